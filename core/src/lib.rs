@@ -1,0 +1,28 @@
+//! # isthmus-core
+//!
+//! The heart of an Isthmus node: the data model (causal clocks, versions,
+//! version sets), the limits every layer enforces, and the per-node storage
+//! engine. The cluster machinery (ring, gossip, coordinator, hints, repair,
+//! node server) grows here too, behind traits that keep this crate free of
+//! wasmtime and of the cross-DC bridge.
+//!
+//! What it is not: a client library (that is `isthmus-client`) or a Wasm
+//! host (that is `isthmus-resolvers`).
+//!
+//! ```
+//! use isthmus_core::model::{Actor, Clock, Dot, Version, VersionSet};
+//!
+//! let ctx = Clock::new();
+//! let mut a = ctx.clone();
+//! a.add_dot(Dot { actor: Actor(1), counter: 1 });
+//! let mut b = ctx.clone();
+//! b.add_dot(Dot { actor: Actor(2), counter: 1 });
+//! let mut set = VersionSet::new();
+//! set.absorb(Version::value(a, b"x".to_vec(), 1, "dc1".into()));
+//! set.absorb(Version::value(b, b"y".to_vec(), 2, "dc1".into()));
+//! assert_eq!(set.len(), 2); // concurrent writes stay siblings
+//! ```
+#![warn(missing_docs)]
+
+pub mod limit;
+pub mod model;

@@ -1,0 +1,53 @@
+//! Keyspaces (buckets) and their configuration.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::version::DcName;
+
+/// How many acknowledgements a request waits for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Consistency {
+    /// One replica anywhere.
+    One,
+    /// One replica in the coordinator's datacenter.
+    LocalOne,
+    /// A majority of the replicas in the coordinator's datacenter.
+    LocalQuorum,
+    /// A majority of all replicas across datacenters.
+    Quorum,
+    /// A majority of the replicas in every datacenter.
+    EachQuorum,
+    /// Every replica.
+    All,
+}
+
+/// Replicas per datacenter, e.g. `{dc1: 3, dc2: 3}`.
+pub type Replication = BTreeMap<DcName, u32>;
+
+/// The configuration of one keyspace.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyspaceConfig {
+    /// Replication factor per datacenter.
+    pub replication: Replication,
+    /// Consistency used when a request names none.
+    pub consistency: Consistency,
+    /// Resolver bound to this keyspace: `(name, version)`; `None` keeps
+    /// concurrent siblings for the client to resolve.
+    pub resolver: Option<(String, u32)>,
+    /// Optional time to live of written values, in seconds.
+    pub ttl_s: Option<u64>,
+}
+
+impl Default for KeyspaceConfig {
+    fn default() -> Self {
+        KeyspaceConfig {
+            replication: BTreeMap::from([(DcName::from("dc1"), 3)]),
+            consistency: Consistency::LocalQuorum,
+            resolver: None,
+            ttl_s: None,
+        }
+    }
+}

@@ -1,0 +1,24 @@
+//! The data model: keys, values, causal clocks, versions and version sets.
+//!
+//! - [`Clock`]: causal history with dominance and concurrency tests.
+//! - [`Version`]: value or tombstone + clock + timestamp + origin DC.
+//! - [`VersionSet`]: the live siblings of a key; absorbing a version is a
+//!   semilattice join (commutative, associative, idempotent).
+//!
+//! Not here: where keys live (ring), how versions are stored (engine), or
+//! how siblings are merged by user code (resolvers).
+
+mod clock;
+mod keyspace;
+mod set;
+mod version;
+
+pub use clock::{Actor, Causality, Clock, Dot};
+pub use keyspace::{Consistency, KeyspaceConfig, Replication};
+pub use set::{Absorbed, VersionSet};
+pub use version::{ContentHash, DcName, Payload, Version};
+
+/// A key's 64-bit hash: the ring position and the order of hash-range scans.
+pub fn key_hash(key: &[u8]) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(key)
+}

@@ -1,0 +1,2 @@
+//! The `isthmus` binary.
+fn main() {}
