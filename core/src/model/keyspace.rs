@@ -6,23 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use super::version::DcName;
 
-/// How many acknowledgements a request waits for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum Consistency {
-    /// One replica anywhere.
-    One,
-    /// One replica in the coordinator's datacenter.
-    LocalOne,
-    /// A majority of the replicas in the coordinator's datacenter.
-    LocalQuorum,
-    /// A majority of all replicas across datacenters.
-    Quorum,
-    /// A majority of the replicas in every datacenter.
-    EachQuorum,
-    /// Every replica.
-    All,
-}
+pub use isthmus_client::wire::Consistency;
 
 /// Replicas per datacenter, e.g. `{dc1: 3, dc2: 3}`.
 pub type Replication = BTreeMap<DcName, u32>;

@@ -1,0 +1,269 @@
+//! Protocol messages: one definition used by both ends.
+
+use serde::{Deserialize, Serialize};
+
+/// First four bytes of every handshake: "ISTH".
+pub const MAGIC: [u8; 4] = *b"ISTH";
+
+/// Version of the message definitions in this module. A node refuses a
+/// handshake whose version it does not speak with
+/// [`ErrorCode::ProtocolVersion`].
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// How many acknowledgements a request waits for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Consistency {
+    /// One replica anywhere.
+    One,
+    /// One replica in the coordinator's datacenter.
+    LocalOne,
+    /// A majority of the replicas in the coordinator's datacenter.
+    LocalQuorum,
+    /// A majority of all replicas across datacenters.
+    Quorum,
+    /// A majority of the replicas in every datacenter.
+    EachQuorum,
+    /// Every replica.
+    All,
+}
+
+impl Consistency {
+    /// Every level, for parsers and help texts.
+    pub const ALL_LEVELS: [Consistency; 6] = [
+        Consistency::One,
+        Consistency::LocalOne,
+        Consistency::LocalQuorum,
+        Consistency::Quorum,
+        Consistency::EachQuorum,
+        Consistency::All,
+    ];
+
+    /// The level's name as written in configs and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Consistency::One => "ONE",
+            Consistency::LocalOne => "LOCAL_ONE",
+            Consistency::LocalQuorum => "LOCAL_QUORUM",
+            Consistency::Quorum => "QUORUM",
+            Consistency::EachQuorum => "EACH_QUORUM",
+            Consistency::All => "ALL",
+        }
+    }
+}
+
+impl std::str::FromStr for Consistency {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Consistency::ALL_LEVELS
+            .into_iter()
+            .find(|c| c.name().eq_ignore_ascii_case(s))
+            .ok_or_else(|| {
+                let names: Vec<_> = Consistency::ALL_LEVELS.iter().map(|c| c.name()).collect();
+                format!(
+                    "unknown consistency level {s:?}; expected one of {}",
+                    names.join(", ")
+                )
+            })
+    }
+}
+
+/// Who opens a connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PeerRole {
+    /// An application using the client SDK or the CLI.
+    Client,
+    /// Another node of the cluster.
+    Node,
+}
+
+/// The opening frame from the connecting side.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    /// Must equal [`MAGIC`].
+    pub magic: [u8; 4],
+    /// The sender's [`PROTOCOL_VERSION`].
+    pub version: u16,
+    /// Client or node.
+    pub role: PeerRole,
+    /// Free-form name for logs (client name or node id).
+    pub name: String,
+}
+
+/// The node's answer to a [`Hello`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HelloAck {
+    /// Must equal [`MAGIC`].
+    pub magic: [u8; 4],
+    /// The version the node will speak on this connection.
+    pub version: u16,
+    /// The answering node's id.
+    pub node_id: String,
+    /// The answering node's datacenter.
+    pub dc: String,
+}
+
+/// An opaque causal context: what the client saw at its last read. Pass it
+/// back unchanged with a write so that the write supersedes exactly those
+/// siblings.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Context(pub Vec<u8>);
+
+/// Identity of one logical write, chosen by the client and reused on every
+/// retry of it, so replicas can recognise a retry and not add a sibling.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
+pub struct WriteId(pub [u8; 16]);
+
+/// A client request; `id` is echoed in the response.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Request {
+    /// Chosen by the client, unique among its in-flight requests on the
+    /// connection.
+    pub id: u64,
+    /// How long the client will wait; the node abandons the request after.
+    pub timeout_ms: u32,
+    /// What to do.
+    pub body: RequestBody,
+}
+
+/// The operations a client can ask for.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RequestBody {
+    /// Read the live siblings of a key.
+    Get {
+        /// Keyspace name.
+        keyspace: String,
+        /// The key.
+        key: Vec<u8>,
+        /// Level to read at; `None` uses the keyspace default.
+        consistency: Option<Consistency>,
+    },
+    /// Write a value superseding what `context` saw.
+    Put {
+        /// Keyspace name.
+        keyspace: String,
+        /// The key.
+        key: Vec<u8>,
+        /// The new value.
+        value: Vec<u8>,
+        /// Context from the last read (empty for a blind write).
+        context: Context,
+        /// Level to write at; `None` uses the keyspace default.
+        consistency: Option<Consistency>,
+        /// Retry identity.
+        write_id: WriteId,
+    },
+    /// Delete what `context` saw (writes a tombstone).
+    Delete {
+        /// Keyspace name.
+        keyspace: String,
+        /// The key.
+        key: Vec<u8>,
+        /// Context from the last read.
+        context: Context,
+        /// Level to write at; `None` uses the keyspace default.
+        consistency: Option<Consistency>,
+        /// Retry identity.
+        write_id: WriteId,
+    },
+}
+
+/// One live sibling as a client sees it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Sibling {
+    /// The value bytes.
+    pub value: Vec<u8>,
+    /// Coordinator wall-clock time of the write, in Unix milliseconds.
+    pub timestamp_ms: u64,
+    /// Datacenter that coordinated the write.
+    pub origin_dc: String,
+}
+
+/// A node's answer to one [`Request`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Response {
+    /// The request's `id`.
+    pub id: u64,
+    /// The outcome.
+    pub body: ResponseBody,
+}
+
+/// Outcomes of requests.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ResponseBody {
+    /// A read: the live siblings (none when absent) and the context to
+    /// write back.
+    Value {
+        /// Live siblings in canonical order.
+        siblings: Vec<Sibling>,
+        /// Causal context covering every sibling returned.
+        context: Context,
+    },
+    /// A write reached its consistency level.
+    Written,
+    /// The request failed.
+    Error(WireError),
+}
+
+/// A typed error on the wire.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireError {
+    /// Machine-readable class.
+    pub code: ErrorCode,
+    /// Human-readable detail.
+    pub message: String,
+    /// For consistency failures: acknowledgements required and received.
+    pub acks: Option<AckCount>,
+}
+
+/// Acknowledgements required and received by a request that fell short.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AckCount {
+    /// What the consistency level needed.
+    pub required: u32,
+    /// What arrived before the deadline.
+    pub acked: u32,
+}
+
+/// Error classes a node reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum ErrorCode {
+    /// The frame could not be decoded; the connection is closed.
+    Malformed,
+    /// The frame exceeded the size limit; the connection is closed.
+    FrameTooLarge,
+    /// Handshake magic or version not spoken here; the connection is closed.
+    ProtocolVersion,
+    /// The request is well-formed but invalid (unknown keyspace, bad level).
+    BadRequest,
+    /// Key longer than the keyspace allows.
+    KeyTooLarge,
+    /// Value longer than the keyspace allows.
+    ValueTooLarge,
+    /// The key holds too many siblings; a resolver would merge them.
+    TooManySiblings,
+    /// Not enough replicas answered before the deadline.
+    Timeout,
+    /// Not enough replicas are alive to attempt the level.
+    Unavailable,
+    /// The node is shedding load; retry later.
+    Overloaded,
+    /// The node's storage refuses writes (for example after a failed fsync).
+    StorageFailed,
+    /// Anything else.
+    Internal,
+}
+
+impl ErrorCode {
+    /// May the same request succeed if sent again (with the same write id)?
+    pub fn is_retryable(self) -> bool {
+        matches!(
+            self,
+            ErrorCode::Timeout | ErrorCode::Unavailable | ErrorCode::Overloaded
+        )
+    }
+}

@@ -1,0 +1,122 @@
+use super::*;
+use proptest::prelude::*;
+
+fn sample_requests() -> Vec<Request> {
+    vec![
+        Request {
+            id: 1,
+            timeout_ms: 500,
+            body: RequestBody::Get {
+                keyspace: "k".into(),
+                key: vec![1, 2, 3],
+                consistency: None,
+            },
+        },
+        Request {
+            id: u64::MAX,
+            timeout_ms: 0,
+            body: RequestBody::Put {
+                keyspace: "carts".into(),
+                key: b"alice".to_vec(),
+                value: vec![7; 300],
+                context: Context(vec![9; 40]),
+                consistency: Some(Consistency::EachQuorum),
+                write_id: WriteId([3; 16]),
+            },
+        },
+        Request {
+            id: 3,
+            timeout_ms: 10,
+            body: RequestBody::Delete {
+                keyspace: "carts".into(),
+                key: vec![],
+                context: Context::default(),
+                consistency: Some(Consistency::All),
+                write_id: WriteId([0; 16]),
+            },
+        },
+    ]
+}
+
+#[test]
+fn requests_and_responses_round_trip() {
+    for r in sample_requests() {
+        assert_eq!(decode::<Request>(&encode(&r)).unwrap(), r);
+    }
+    let response = Response {
+        id: 4,
+        body: ResponseBody::Error(WireError {
+            code: ErrorCode::Timeout,
+            message: "2 of 3".into(),
+            acks: Some(AckCount {
+                required: 2,
+                acked: 1,
+            }),
+        }),
+    };
+    assert_eq!(decode::<Response>(&encode(&response)).unwrap(), response);
+}
+
+#[test]
+fn huge_claimed_length_is_refused_without_allocating() {
+    // Request id 1, timeout 1, Get, keyspace claiming u32::MAX bytes.
+    let mut bytes = vec![1, 1, 0];
+    bytes.extend_from_slice(&[0xff, 0xff, 0xff, 0xff, 0x0f]);
+    bytes.extend_from_slice(b"short");
+    assert!(matches!(
+        decode::<Request>(&bytes),
+        Err(DecodeError::Malformed { .. })
+    ));
+}
+
+#[test]
+fn consistency_parses_names_case_insensitively() {
+    assert_eq!(
+        "local_quorum".parse::<Consistency>(),
+        Ok(Consistency::LocalQuorum)
+    );
+    assert!(
+        "MOST"
+            .parse::<Consistency>()
+            .unwrap_err()
+            .contains("EACH_QUORUM")
+    );
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: 2048,
+        rng_seed: proptest::test_runner::RngSeed::Fixed(0x1571_0001),
+        ..ProptestConfig::default()
+    })]
+
+    /// Twin of the `wire` fuzz target: arbitrary bytes never panic the
+    /// decoder, and whatever decodes survives a re-encode unchanged.
+    /// (Byte equality is too strong: postcard accepts over-long varints.)
+    #[test]
+    fn arbitrary_bytes_decode_or_fail_cleanly(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+        if let Ok(r) = decode::<Request>(&bytes) {
+            prop_assert_eq!(decode::<Request>(&encode(&r)), Ok(r));
+        }
+        if let Ok(r) = decode::<Response>(&bytes) {
+            prop_assert_eq!(decode::<Response>(&encode(&r)), Ok(r));
+        }
+        let _ = decode::<Hello>(&bytes);
+    }
+
+    /// Valid messages with bytes flipped, cut or appended are refused or
+    /// decode to some other valid message, never a panic.
+    #[test]
+    fn mutated_messages_fail_cleanly(which in 0usize..3, pos in any::<prop::sample::Index>(), flip in 1u8..=255, cut in any::<bool>()) {
+        let mut bytes = encode(&sample_requests()[which]);
+        let i = pos.index(bytes.len());
+        if cut {
+            bytes.truncate(i);
+        } else {
+            bytes[i] ^= flip;
+        }
+        if let Ok(r) = decode::<Request>(&bytes) {
+            prop_assert_eq!(decode::<Request>(&encode(&r)), Ok(r));
+        }
+    }
+}
