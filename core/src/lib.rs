@@ -26,3 +26,5 @@
 
 pub mod limit;
 pub mod model;
+pub mod quorum;
+pub mod ring;

@@ -1,0 +1,251 @@
+//! Quorum tracking, free of IO: the coordinator feeds it acknowledgements
+//! and failures as they arrive and asks whether the request is won, still
+//! pending, or lost. The same code runs under real sockets and under
+//! simulation (the shape of raft-rs's `quorum::majority`).
+
+use std::collections::BTreeMap;
+
+use crate::model::{Consistency, DcName};
+use crate::ring::NodeId;
+
+/// Where a request stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Enough replicas acknowledged for the consistency level.
+    Won,
+    /// Not yet decided: more answers may still arrive.
+    Pending,
+    /// So many replicas failed that the level can no longer be met.
+    Lost,
+}
+
+/// Acknowledgements needed, per datacenter or overall.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Requirement {
+    /// `n` acks from any replica.
+    Any(usize),
+    /// `n` acks from replicas in each listed datacenter.
+    PerDc(BTreeMap<DcName, usize>),
+}
+
+/// Tracks the answers of the replicas of one request.
+#[derive(Clone, Debug)]
+pub struct QuorumTracker {
+    requirement: Requirement,
+    replicas: BTreeMap<NodeId, (DcName, Option<bool>)>,
+}
+
+/// The majority of `n`: `n / 2 + 1`.
+pub fn majority(n: usize) -> usize {
+    n / 2 + 1
+}
+
+impl QuorumTracker {
+    /// A tracker for `level`, over `replicas` (node and its datacenter), for
+    /// a coordinator in `local_dc`.
+    ///
+    /// Local levels count only replicas in `local_dc`; when it holds none
+    /// (a keyspace not replicated there), the request can never be won and
+    /// the tracker reports [`Outcome::Lost`] at once.
+    pub fn new(level: Consistency, replicas: &[(NodeId, DcName)], local_dc: &DcName) -> Self {
+        let count_in = |dc: &DcName| replicas.iter().filter(|(_, d)| d == dc).count();
+        let requirement = match level {
+            Consistency::One => Requirement::Any(1),
+            Consistency::Quorum => Requirement::Any(majority(replicas.len())),
+            Consistency::All => Requirement::Any(replicas.len()),
+            Consistency::LocalOne => Requirement::PerDc(BTreeMap::from([(local_dc.clone(), 1)])),
+            Consistency::LocalQuorum => Requirement::PerDc(BTreeMap::from([(
+                local_dc.clone(),
+                majority(count_in(local_dc)),
+            )])),
+            Consistency::EachQuorum => {
+                let mut per = BTreeMap::new();
+                for (_, dc) in replicas {
+                    per.entry(dc.clone())
+                        .or_insert_with(|| majority(count_in(dc)));
+                }
+                Requirement::PerDc(per)
+            }
+        };
+        QuorumTracker {
+            requirement,
+            replicas: replicas
+                .iter()
+                .map(|(n, dc)| (n.clone(), (dc.clone(), None)))
+                .collect(),
+        }
+    }
+
+    /// Record that `node` acknowledged. Unknown nodes and repeated answers
+    /// are ignored (the first answer of a replica counts).
+    pub fn ack(&mut self, node: &NodeId) -> Outcome {
+        self.answer(node, true)
+    }
+
+    /// Record that `node` failed or timed out.
+    pub fn fail(&mut self, node: &NodeId) -> Outcome {
+        self.answer(node, false)
+    }
+
+    fn answer(&mut self, node: &NodeId, ok: bool) -> Outcome {
+        if let Some((_, answer)) = self.replicas.get_mut(node)
+            && answer.is_none()
+        {
+            *answer = Some(ok);
+        }
+        self.outcome()
+    }
+
+    /// Acknowledgements required overall (for error reports).
+    pub fn required(&self) -> usize {
+        match &self.requirement {
+            Requirement::Any(n) => *n,
+            Requirement::PerDc(per) => per.values().sum(),
+        }
+    }
+
+    /// Acknowledgements received that count toward the requirement.
+    pub fn acked(&self) -> usize {
+        match &self.requirement {
+            Requirement::Any(_) => self.count(None, |a| a == Some(true)),
+            Requirement::PerDc(per) => per
+                .iter()
+                .map(|(dc, &need)| self.count(Some(dc), |a| a == Some(true)).min(need))
+                .sum(),
+        }
+    }
+
+    fn count(&self, dc: Option<&DcName>, pred: impl Fn(Option<bool>) -> bool) -> usize {
+        self.replicas
+            .values()
+            .filter(|(d, a)| dc.is_none_or(|dc| d == dc) && pred(*a))
+            .count()
+    }
+
+    /// Where the request stands now.
+    pub fn outcome(&self) -> Outcome {
+        let judge = |need: usize, dc: Option<&DcName>| {
+            let acked = self.count(dc, |a| a == Some(true));
+            let possible = self.count(dc, |a| a != Some(false));
+            if need == 0 || acked >= need {
+                Outcome::Won
+            } else if possible < need {
+                Outcome::Lost
+            } else {
+                Outcome::Pending
+            }
+        };
+        match &self.requirement {
+            Requirement::Any(need) => {
+                if self.replicas.is_empty() {
+                    Outcome::Lost
+                } else {
+                    judge(*need, None)
+                }
+            }
+            Requirement::PerDc(per) => {
+                if per.is_empty() {
+                    // No replica anywhere the level looks: never reachable.
+                    return Outcome::Lost;
+                }
+                let mut outcome = Outcome::Won;
+                for (dc, &need) in per {
+                    match judge(need, Some(dc)) {
+                        Outcome::Lost => return Outcome::Lost,
+                        Outcome::Pending => outcome = Outcome::Pending,
+                        Outcome::Won => {}
+                    }
+                }
+                outcome
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn replicas(spec: &[(&str, &str)]) -> Vec<(NodeId, DcName)> {
+        spec.iter()
+            .map(|(n, d)| (NodeId((*n).into()), (*d).into()))
+            .collect()
+    }
+
+    fn n(s: &str) -> NodeId {
+        NodeId(s.into())
+    }
+
+    #[test]
+    fn local_quorum_needs_a_local_majority_only() {
+        let r = replicas(&[
+            ("a", "dc1"),
+            ("b", "dc1"),
+            ("c", "dc1"),
+            ("x", "dc2"),
+            ("y", "dc2"),
+        ]);
+        let mut t = QuorumTracker::new(Consistency::LocalQuorum, &r, &"dc1".into());
+        assert_eq!(t.ack(&n("x")), Outcome::Pending);
+        assert_eq!(t.ack(&n("y")), Outcome::Pending);
+        assert_eq!(t.ack(&n("a")), Outcome::Pending);
+        assert_eq!(t.fail(&n("b")), Outcome::Pending);
+        assert_eq!(t.ack(&n("c")), Outcome::Won);
+        assert_eq!((t.required(), t.acked()), (2, 2));
+    }
+
+    #[test]
+    fn each_quorum_is_lost_when_one_dc_cannot_reach_majority() {
+        let r = replicas(&[
+            ("a", "dc1"),
+            ("b", "dc1"),
+            ("c", "dc1"),
+            ("x", "dc2"),
+            ("y", "dc2"),
+            ("z", "dc2"),
+        ]);
+        let mut t = QuorumTracker::new(Consistency::EachQuorum, &r, &"dc1".into());
+        t.ack(&n("a"));
+        t.ack(&n("b"));
+        assert_eq!(t.ack(&n("x")), Outcome::Pending);
+        assert_eq!(t.fail(&n("y")), Outcome::Pending);
+        assert_eq!(t.fail(&n("z")), Outcome::Lost);
+        assert_eq!((t.required(), t.acked()), (4, 3));
+    }
+
+    #[test]
+    fn quorum_one_all_over_every_replica() {
+        let r = replicas(&[("a", "dc1"), ("b", "dc1"), ("x", "dc2")]);
+        let mut q = QuorumTracker::new(Consistency::Quorum, &r, &"dc1".into());
+        q.ack(&n("x"));
+        assert_eq!(
+            q.ack(&n("x")),
+            Outcome::Pending,
+            "a repeated ack counts once"
+        );
+        assert_eq!(q.ack(&n("b")), Outcome::Won);
+        let mut one = QuorumTracker::new(Consistency::One, &r, &"dc1".into());
+        assert_eq!(one.ack(&n("x")), Outcome::Won);
+        let mut all = QuorumTracker::new(Consistency::All, &r, &"dc1".into());
+        all.ack(&n("a"));
+        all.ack(&n("b"));
+        assert_eq!(all.fail(&n("x")), Outcome::Lost);
+    }
+
+    #[test]
+    fn local_levels_without_local_replicas_are_lost() {
+        let r = replicas(&[("x", "dc2")]);
+        let t = QuorumTracker::new(Consistency::LocalOne, &r, &"dc1".into());
+        assert_eq!(t.outcome(), Outcome::Lost);
+        let t = QuorumTracker::new(Consistency::One, &[], &"dc1".into());
+        assert_eq!(t.outcome(), Outcome::Lost);
+    }
+
+    #[test]
+    fn answers_from_strangers_are_ignored() {
+        let r = replicas(&[("a", "dc1")]);
+        let mut t = QuorumTracker::new(Consistency::One, &r, &"dc1".into());
+        assert_eq!(t.ack(&n("intruder")), Outcome::Pending);
+        assert_eq!(t.ack(&n("a")), Outcome::Won);
+    }
+}

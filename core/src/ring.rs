@@ -1,0 +1,288 @@
+//! Placement: per-datacenter consistent-hash rings with rack-aware replica
+//! walks.
+//!
+//! Each node owns `vnodes` tokens on the ring of its datacenter, derived
+//! from its id so that every node computes the same ring from the same
+//! membership without exchanging tokens. A key's replicas in a datacenter
+//! are found by hashing the key ([`key_hash`](crate::model::key_hash)) and
+//! walking clockwise from that point, taking distinct nodes, and nodes on
+//! racks not yet used first (as Cassandra's NetworkTopologyStrategy does),
+//! so that losing a rack loses at most one replica while racks outnumber
+//! the replication factor.
+//!
+//! This module is pure logic: it knows nothing of liveness (the coordinator
+//! skips down nodes) or of the network.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::{DcName, Replication};
+
+/// A node's stable identity, as configured (`node_id`).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct NodeId(pub String);
+
+impl std::fmt::Display for NodeId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Where a node sits: datacenter and rack.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Placement {
+    /// The node's datacenter.
+    pub dc: DcName,
+    /// The node's rack within it.
+    pub rack: String,
+}
+
+/// The token positions a node takes on its datacenter's ring.
+///
+/// Tokens are `xxh3(node_id, i)` for `i in 0..vnodes`: deterministic, so
+/// every member derives the same ring, and spread uniformly, so with 64 or
+/// more vnodes each node owns close to `1/n` of the ring.
+pub fn tokens_for(node: &NodeId, vnodes: u32) -> Vec<u64> {
+    (0..vnodes)
+        .map(|i| {
+            let mut buf = Vec::with_capacity(node.0.len() + 4);
+            buf.extend_from_slice(node.0.as_bytes());
+            buf.extend_from_slice(&i.to_be_bytes());
+            xxhash_rust::xxh3::xxh3_64(&buf)
+        })
+        .collect()
+}
+
+/// The ring of one datacenter.
+#[derive(Clone, Debug, Default)]
+struct DcRing {
+    /// (token, node index into `nodes`), sorted by token.
+    tokens: Vec<(u64, usize)>,
+    nodes: Vec<(NodeId, String)>,
+}
+
+/// Rings for every datacenter, built from a membership snapshot.
+#[derive(Clone, Debug, Default)]
+pub struct Ring {
+    dcs: BTreeMap<DcName, DcRing>,
+}
+
+impl Ring {
+    /// Build the rings from `(node, placement, vnodes)` for every member
+    /// that owns ranges (joining and leaving nodes are the caller's call).
+    pub fn build<'a>(members: impl IntoIterator<Item = (&'a NodeId, &'a Placement, u32)>) -> Ring {
+        let mut dcs: BTreeMap<DcName, DcRing> = BTreeMap::new();
+        for (node, placement, vnodes) in members {
+            let ring = dcs.entry(placement.dc.clone()).or_default();
+            let index = ring.nodes.len();
+            ring.nodes.push((node.clone(), placement.rack.clone()));
+            ring.tokens
+                .extend(tokens_for(node, vnodes).into_iter().map(|t| (t, index)));
+        }
+        for ring in dcs.values_mut() {
+            // Ties between nodes' tokens (astronomically rare) break by node
+            // id so every member still orders them alike.
+            let nodes = ring.nodes.clone();
+            ring.tokens
+                .sort_by(|a, b| a.0.cmp(&b.0).then_with(|| nodes[a.1].0.cmp(&nodes[b.1].0)));
+        }
+        Ring { dcs }
+    }
+
+    /// Datacenters that have at least one node.
+    pub fn dcs(&self) -> impl Iterator<Item = &DcName> {
+        self.dcs.keys()
+    }
+
+    /// Number of nodes on a datacenter's ring.
+    pub fn node_count(&self, dc: &DcName) -> usize {
+        self.dcs.get(dc).map_or(0, |r| r.nodes.len())
+    }
+
+    /// The first `rf` replicas of the position `hash` in datacenter `dc`:
+    /// distinct nodes, unused racks first, in walk order. Fewer when the
+    /// datacenter has fewer nodes.
+    pub fn replicas_in_dc(&self, dc: &DcName, hash: u64, rf: usize) -> Vec<NodeId> {
+        let Some(ring) = self.dcs.get(dc) else {
+            return Vec::new();
+        };
+        if ring.tokens.is_empty() || rf == 0 {
+            return Vec::new();
+        }
+        let rf = rf.min(ring.nodes.len());
+        let racks: BTreeSet<&str> = ring.nodes.iter().map(|(_, r)| r.as_str()).collect();
+        let start = ring.tokens.partition_point(|&(t, _)| t < hash);
+        let mut chosen: Vec<usize> = Vec::with_capacity(rf);
+        let mut skipped: Vec<usize> = Vec::new();
+        let mut racks_used: BTreeSet<&str> = BTreeSet::new();
+        for step in 0..ring.tokens.len() {
+            if chosen.len() == rf {
+                break;
+            }
+            let (_, node) = ring.tokens[(start + step) % ring.tokens.len()];
+            if chosen.contains(&node) || skipped.contains(&node) {
+                continue;
+            }
+            let rack = ring.nodes[node].1.as_str();
+            if racks_used.len() < racks.len() && racks_used.contains(rack) {
+                // Rack already holds a replica while others hold none: keep
+                // this node for later, in walk order.
+                skipped.push(node);
+                continue;
+            }
+            racks_used.insert(rack);
+            chosen.push(node);
+            if racks_used.len() == racks.len() {
+                // Every rack used: the nodes passed over come next, in order.
+                while chosen.len() < rf && !skipped.is_empty() {
+                    chosen.push(skipped.remove(0));
+                }
+            }
+        }
+        chosen
+            .into_iter()
+            .map(|i| ring.nodes[i].0.clone())
+            .collect()
+    }
+
+    /// Replicas of `hash` in every datacenter named by `replication`.
+    pub fn replicas(&self, replication: &Replication, hash: u64) -> Vec<(DcName, Vec<NodeId>)> {
+        replication
+            .iter()
+            .map(|(dc, &rf)| (dc.clone(), self.replicas_in_dc(dc, hash, rf as usize)))
+            .collect()
+    }
+
+    /// The fraction of the ring (0..=1) for which each node of `dc` is a
+    /// replica at replication factor `rf` ("effective ownership").
+    pub fn ownership(&self, dc: &DcName, rf: usize) -> BTreeMap<NodeId, f64> {
+        let mut owned: BTreeMap<NodeId, f64> = BTreeMap::new();
+        let Some(ring) = self.dcs.get(dc) else {
+            return owned;
+        };
+        let n = ring.tokens.len();
+        for i in 0..n {
+            // The range (tokens[i-1], tokens[i]] is placed like tokens[i].
+            let end = ring.tokens[i].0;
+            let prev = ring.tokens[(i + n - 1) % n].0;
+            let width = if n == 1 {
+                u64::MAX
+            } else {
+                end.wrapping_sub(prev)
+            };
+            let share = width as f64 / u64::MAX as f64;
+            for node in self.replicas_in_dc(dc, end, rf) {
+                *owned.entry(node).or_insert(0.0) += share;
+            }
+        }
+        owned
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member(id: &str, dc: &str, rack: &str) -> (NodeId, Placement) {
+        (
+            NodeId(id.into()),
+            Placement {
+                dc: dc.into(),
+                rack: rack.into(),
+            },
+        )
+    }
+
+    fn ring(members: &[(NodeId, Placement)], vnodes: u32) -> Ring {
+        Ring::build(members.iter().map(|(n, p)| (n, p, vnodes)))
+    }
+
+    #[test]
+    fn replicas_are_distinct_and_cover_racks_first() {
+        let members = vec![
+            member("a1", "dc1", "r1"),
+            member("a2", "dc1", "r1"),
+            member("a3", "dc1", "r1"),
+            member("b1", "dc1", "r2"),
+            member("c1", "dc1", "r3"),
+        ];
+        let rack_of = |n: &NodeId| members.iter().find(|(m, _)| m == n).unwrap().1.rack.clone();
+        let r = ring(&members, 16);
+        for h in (0..1000u64).map(|i| i.wrapping_mul(0x9E37_79B9_7F4A_7C15)) {
+            let reps = r.replicas_in_dc(&"dc1".into(), h, 3);
+            assert_eq!(reps.len(), 3);
+            let distinct: BTreeSet<_> = reps.iter().collect();
+            assert_eq!(distinct.len(), 3);
+            let racks: BTreeSet<_> = reps.iter().map(rack_of).collect();
+            assert_eq!(
+                racks.len(),
+                3,
+                "three racks must hold the three replicas: {reps:?}"
+            );
+            // More replicas than racks: all five nodes, still distinct.
+            let five = r.replicas_in_dc(&"dc1".into(), h, 5);
+            assert_eq!(five.iter().collect::<BTreeSet<_>>().len(), 5);
+            assert_eq!(five[..3], reps[..]);
+        }
+    }
+
+    #[test]
+    fn placement_is_deterministic_and_per_dc() {
+        let members = vec![
+            member("n1", "dc1", "r1"),
+            member("n2", "dc1", "r2"),
+            member("n3", "dc2", "r1"),
+            member("n4", "dc2", "r2"),
+        ];
+        let mut shuffled = members.clone();
+        shuffled.reverse();
+        let (r1, r2) = (ring(&members, 32), ring(&shuffled, 32));
+        let replication = Replication::from([("dc1".into(), 2), ("dc2".into(), 1)]);
+        for h in [0u64, 1, u64::MAX, 1 << 63, 12345] {
+            assert_eq!(r1.replicas(&replication, h), r2.replicas(&replication, h));
+            let by_dc = r1.replicas(&replication, h);
+            assert_eq!(by_dc[0].1.len(), 2);
+            assert_eq!(by_dc[1].1.len(), 1);
+            assert!(by_dc[1].1[0].0 == "n3" || by_dc[1].1[0].0 == "n4");
+        }
+    }
+
+    #[test]
+    fn ownership_is_balanced_and_sums_to_rf() {
+        // Two nodes per rack: rack-awareness gives each rack one replica,
+        // so each node should own about half the ring at RF 3.
+        let members: Vec<_> = (0..6)
+            .map(|i| member(&format!("n{i}"), "dc1", &format!("r{}", i % 3)))
+            .collect();
+        let r = ring(&members, 128);
+        let own = r.ownership(&"dc1".into(), 3);
+        let total: f64 = own.values().sum();
+        assert!((total - 3.0).abs() < 1e-6, "total ownership {total}");
+        for (node, share) in &own {
+            assert!((0.4..0.6).contains(share), "{node} owns {share}");
+        }
+    }
+
+    #[test]
+    fn adding_a_node_moves_only_ranges_it_takes() {
+        let mut members: Vec<_> = (0..4)
+            .map(|i| member(&format!("n{i}"), "dc1", "r1"))
+            .collect();
+        let before = ring(&members, 64);
+        members.push(member("n4", "dc1", "r1"));
+        let after = ring(&members, 64);
+        let mut moved = 0;
+        for h in (0..2000u64).map(|i| i.wrapping_mul(0x9E37_79B9_7F4A_7C15)) {
+            let (b, a) = (
+                before.replicas_in_dc(&"dc1".into(), h, 1),
+                after.replicas_in_dc(&"dc1".into(), h, 1),
+            );
+            if a != b {
+                assert_eq!(a[0].0, "n4", "a key moved between old nodes");
+                moved += 1;
+            }
+        }
+        assert!((200..700).contains(&moved), "moved {moved} of 2000");
+    }
+}
