@@ -24,6 +24,7 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod gossip;
 pub mod limit;
 pub mod model;
 pub mod quorum;
