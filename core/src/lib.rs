@@ -24,6 +24,7 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod config;
 pub mod gossip;
 pub mod limit;
 pub mod model;

@@ -1,0 +1,293 @@
+//! A node's configuration: what `isthmus server --config FILE` reads.
+//!
+//! The binary loads it with figment (a TOML file, overridden by `ISTHMUS_*`
+//! environment variables); this module defines the shape and checks it.
+//! Unknown keys are refused (serde `deny_unknown_fields`), and
+//! [`NodeConfig::validate`] refuses impossible values with an error that
+//! names the field, so a typo never silently becomes a default.
+//!
+//! ```toml
+//! node_id = "n1"
+//! dc = "dc1"
+//! rack = "r1"
+//! listen = "127.0.0.1:7401"
+//! data_dir = "/var/lib/isthmus/n1"
+//! seeds = ["127.0.0.1:7401", "127.0.0.2:7401"]
+//! vnodes = 64
+//! fsync = "interval"
+//! fsync_interval_ms = 5
+//!
+//! [keyspaces.carts]
+//! replication = { dc1 = 3, dc2 = 3 }
+//! consistency = "LOCAL_QUORUM"
+//! resolver = "cart-union@1"
+//! ```
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::Consistency;
+
+/// Largest replication factor accepted for one datacenter.
+pub const REPLICATION_PER_DC_MAX: u32 = 15;
+/// Largest number of vnodes per node accepted.
+pub const VNODES_MAX: u32 = 4096;
+
+/// When the commit log is fsynced.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FsyncMode {
+    /// Before every acknowledgement (concurrent writers share one fsync).
+    Always,
+    /// Every `fsync_interval_ms` milliseconds.
+    Interval,
+}
+
+/// One `[keyspaces.NAME]` table.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyspaceSection {
+    /// Replicas per datacenter, e.g. `{ dc1 = 3 }`.
+    pub replication: BTreeMap<String, u32>,
+    /// Default consistency level of requests that name none.
+    #[serde(default = "default_consistency")]
+    pub consistency: Consistency,
+    /// Resolver binding, `NAME@VERSION`.
+    #[serde(default)]
+    pub resolver: Option<String>,
+    /// Time to live of written values, in seconds.
+    #[serde(default)]
+    pub ttl_s: Option<u64>,
+}
+
+fn default_consistency() -> Consistency {
+    Consistency::LocalQuorum
+}
+
+fn default_vnodes() -> u32 {
+    64
+}
+
+fn default_fsync() -> FsyncMode {
+    FsyncMode::Interval
+}
+
+fn default_fsync_interval_ms() -> u64 {
+    5
+}
+
+/// The whole node configuration.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// This node's stable id.
+    pub node_id: String,
+    /// Its datacenter.
+    pub dc: String,
+    /// Its rack.
+    pub rack: String,
+    /// Address to serve clients and peers on, `host:port`.
+    pub listen: String,
+    /// Directory for the commit log, tables, hints and outbox.
+    pub data_dir: PathBuf,
+    /// Addresses of seed nodes to join through (`host:port`).
+    #[serde(default)]
+    pub seeds: Vec<String>,
+    /// Tokens this node takes on its datacenter's ring.
+    #[serde(default = "default_vnodes")]
+    pub vnodes: u32,
+    /// Commit log fsync policy.
+    #[serde(default = "default_fsync")]
+    pub fsync: FsyncMode,
+    /// Interval of `fsync = "interval"`, in milliseconds.
+    #[serde(default = "default_fsync_interval_ms")]
+    pub fsync_interval_ms: u64,
+    /// Keyspaces by name.
+    #[serde(default)]
+    pub keyspaces: BTreeMap<String, KeyspaceSection>,
+}
+
+/// A configuration value that cannot work, with the field that holds it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("config field `{field}`: {reason}")]
+pub struct ConfigError {
+    /// Dotted path of the offending field, e.g. `keyspaces.carts.replication.dc1`.
+    pub field: String,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+fn invalid(field: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+    ConfigError {
+        field: field.into(),
+        reason: reason.into(),
+    }
+}
+
+/// A `NAME@VERSION` resolver binding, parsed.
+pub fn parse_resolver_binding(s: &str) -> Option<(String, u32)> {
+    let (name, version) = s.rsplit_once('@')?;
+    if name.is_empty() {
+        return None;
+    }
+    Some((name.to_owned(), version.parse().ok()?))
+}
+
+impl NodeConfig {
+    /// Check every field for values that cannot work.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        for (field, value) in [
+            ("node_id", &self.node_id),
+            ("dc", &self.dc),
+            ("rack", &self.rack),
+        ] {
+            if value.trim().is_empty() {
+                return Err(invalid(field, "must not be empty"));
+            }
+        }
+        self.listen.parse::<SocketAddr>().map_err(|e| {
+            invalid(
+                "listen",
+                format!("{:?} is not host:port ({e})", self.listen),
+            )
+        })?;
+        for (i, seed) in self.seeds.iter().enumerate() {
+            seed.parse::<SocketAddr>().map_err(|e| {
+                invalid(
+                    format!("seeds[{i}]"),
+                    format!("{seed:?} is not host:port ({e})"),
+                )
+            })?;
+        }
+        if self.vnodes == 0 || self.vnodes > VNODES_MAX {
+            return Err(invalid(
+                "vnodes",
+                format!("{} is outside 1..={VNODES_MAX}", self.vnodes),
+            ));
+        }
+        if self.fsync == FsyncMode::Interval && self.fsync_interval_ms == 0 {
+            return Err(invalid(
+                "fsync_interval_ms",
+                "must be at least 1 with fsync = \"interval\"",
+            ));
+        }
+        if self.data_dir.as_os_str().is_empty() {
+            return Err(invalid("data_dir", "must not be empty"));
+        }
+        for (name, ks) in &self.keyspaces {
+            let base = format!("keyspaces.{name}");
+            if name.is_empty() || name.starts_with('_') {
+                return Err(invalid(
+                    base,
+                    "keyspace names must be non-empty and not start with '_' (reserved for system keyspaces)",
+                ));
+            }
+            if ks.replication.is_empty() {
+                return Err(invalid(
+                    format!("{base}.replication"),
+                    "names no datacenter",
+                ));
+            }
+            for (dc, &rf) in &ks.replication {
+                if rf == 0 || rf > REPLICATION_PER_DC_MAX {
+                    return Err(invalid(
+                        format!("{base}.replication.{dc}"),
+                        format!("{rf} is outside 1..={REPLICATION_PER_DC_MAX}"),
+                    ));
+                }
+            }
+            let local_levels = [Consistency::LocalOne, Consistency::LocalQuorum];
+            if local_levels.contains(&ks.consistency) && !ks.replication.contains_key(&self.dc) {
+                return Err(invalid(
+                    format!("{base}.consistency"),
+                    format!(
+                        "{} needs replicas in this node's datacenter {:?}",
+                        ks.consistency.name(),
+                        self.dc
+                    ),
+                ));
+            }
+            if let Some(r) = &ks.resolver
+                && parse_resolver_binding(r).is_none()
+            {
+                return Err(invalid(
+                    format!("{base}.resolver"),
+                    format!("{r:?} is not NAME@VERSION"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base() -> NodeConfig {
+        NodeConfig {
+            node_id: "n1".into(),
+            dc: "dc1".into(),
+            rack: "r1".into(),
+            listen: "127.0.0.1:7401".into(),
+            data_dir: "/tmp/n1".into(),
+            seeds: vec!["127.0.0.2:7401".into()],
+            vnodes: 64,
+            fsync: FsyncMode::Always,
+            fsync_interval_ms: 5,
+            keyspaces: BTreeMap::from([(
+                "carts".into(),
+                KeyspaceSection {
+                    replication: BTreeMap::from([("dc1".into(), 3)]),
+                    consistency: Consistency::LocalQuorum,
+                    resolver: Some("cart-union@1".into()),
+                    ttl_s: None,
+                },
+            )]),
+        }
+    }
+
+    #[test]
+    fn a_good_config_validates() {
+        assert_eq!(base().validate(), Ok(()));
+        assert_eq!(
+            parse_resolver_binding("cart-union@12"),
+            Some(("cart-union".into(), 12))
+        );
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let mut c = base();
+        c.listen = "localhost".into();
+        assert_eq!(c.validate().unwrap_err().field, "listen");
+        let mut c = base();
+        c.seeds.push("nope".into());
+        assert_eq!(c.validate().unwrap_err().field, "seeds[1]");
+        let mut c = base();
+        c.keyspaces
+            .get_mut("carts")
+            .unwrap()
+            .replication
+            .insert("dc2".into(), 0);
+        assert_eq!(
+            c.validate().unwrap_err().field,
+            "keyspaces.carts.replication.dc2"
+        );
+        let mut c = base();
+        c.keyspaces.get_mut("carts").unwrap().replication = BTreeMap::from([("dc2".into(), 3)]);
+        assert_eq!(
+            c.validate().unwrap_err().field,
+            "keyspaces.carts.consistency"
+        );
+        let mut c = base();
+        c.keyspaces.get_mut("carts").unwrap().resolver = Some("cart-union".into());
+        assert_eq!(c.validate().unwrap_err().field, "keyspaces.carts.resolver");
+        let mut c = base();
+        c.vnodes = 0;
+        assert_eq!(c.validate().unwrap_err().field, "vnodes");
+    }
+}
