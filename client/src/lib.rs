@@ -30,4 +30,9 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod error;
+pub mod session;
 pub mod wire;
+
+pub use error::ClientError;
+pub use session::Session;

@@ -30,3 +30,4 @@ pub mod limit;
 pub mod model;
 pub mod quorum;
 pub mod ring;
+pub mod server;

@@ -117,11 +117,14 @@ pub struct Context(pub Vec<u8>);
 )]
 pub struct WriteId(pub [u8; 16]);
 
+/// The request id of responses about the connection rather than a request.
+pub const CONNECTION_ERROR_ID: u64 = 0;
+
 /// A client request; `id` is echoed in the response.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Request {
     /// Chosen by the client, unique among its in-flight requests on the
-    /// connection.
+    /// connection, never [`CONNECTION_ERROR_ID`].
     pub id: u64,
     /// How long the client will wait; the node abandons the request after.
     pub timeout_ms: u32,
@@ -259,6 +262,24 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
+    /// The code's name, for messages and logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            ErrorCode::Malformed => "MALFORMED",
+            ErrorCode::FrameTooLarge => "FRAME_TOO_LARGE",
+            ErrorCode::ProtocolVersion => "PROTOCOL_VERSION",
+            ErrorCode::BadRequest => "BAD_REQUEST",
+            ErrorCode::KeyTooLarge => "KEY_TOO_LARGE",
+            ErrorCode::ValueTooLarge => "VALUE_TOO_LARGE",
+            ErrorCode::TooManySiblings => "TOO_MANY_SIBLINGS",
+            ErrorCode::Timeout => "TIMEOUT",
+            ErrorCode::Unavailable => "UNAVAILABLE",
+            ErrorCode::Overloaded => "OVERLOADED",
+            ErrorCode::StorageFailed => "STORAGE_FAILED",
+            ErrorCode::Internal => "INTERNAL",
+        }
+    }
+
     /// May the same request succeed if sent again (with the same write id)?
     pub fn is_retryable(self) -> bool {
         matches!(

@@ -6,7 +6,9 @@
 //! ([`Hello`] / [`HelloAck`]) carrying [`MAGIC`] and [`PROTOCOL_VERSION`];
 //! after it, the client sends [`Request`]s and the node answers with
 //! [`Response`]s carrying the same `id`, in any order, so requests
-//! pipeline on one connection.
+//! pipeline on one connection. Request id 0 is reserved: a node uses it
+//! for errors about the connection itself (a malformed or oversized frame)
+//! just before closing it.
 //!
 //! Decoding is guarded ([`decode`]): frames are capped in size before any
 //! byte is decoded; no message type is recursive, so nesting depth is fixed
@@ -14,6 +16,7 @@
 //! bytes actually present before anything is allocated for it; and trailing
 //! bytes after a message are an error.
 
+pub mod connection;
 pub mod frame;
 mod message;
 

@@ -1,0 +1,61 @@
+//! The client's typed errors.
+
+use std::time::Duration;
+
+use crate::wire::{AckCount, ErrorCode, WireError};
+
+/// Why a client call failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// No connection to the node could be made or kept.
+    #[error("cannot reach {addr}: {reason}")]
+    Connect {
+        /// The address tried.
+        addr: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// The node refused or garbled the handshake.
+    #[error("handshake failed: {reason}")]
+    Handshake {
+        /// What went wrong.
+        reason: String,
+    },
+    /// The connection closed while the request was in flight.
+    #[error("connection closed before the answer arrived")]
+    ConnectionClosed,
+    /// No answer within the deadline; `acks` says how far a write got when
+    /// the node reported it.
+    #[error("no answer within {after:?}")]
+    Timeout {
+        /// The deadline that passed.
+        after: Duration,
+        /// Acknowledgements required and received, when known.
+        acks: Option<AckCount>,
+    },
+    /// The node answered with an error.
+    #[error("{}: {}", .0.code.name(), .0.message)]
+    Server(WireError),
+}
+
+impl ClientError {
+    /// May sending the same request again (with the same write id) succeed?
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            ClientError::Connect { .. }
+            | ClientError::ConnectionClosed
+            | ClientError::Timeout { .. } => true,
+            ClientError::Handshake { .. } => false,
+            ClientError::Server(e) => e.code.is_retryable(),
+        }
+    }
+
+    /// The node's error code, when the node answered with one.
+    pub fn code(&self) -> Option<ErrorCode> {
+        match self {
+            ClientError::Server(e) => Some(e.code),
+            _ => None,
+        }
+    }
+}

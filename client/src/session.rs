@@ -1,0 +1,182 @@
+//! One multiplexed connection to one node.
+//!
+//! A [`Session`] runs the handshake, then lets any number of tasks send
+//! requests over the same socket at once: each request gets a fresh id, a
+//! reader task routes every response to the caller waiting for that id,
+//! and responses may come back in any order. The full client (seeds,
+//! routing, reconnects, retries) is built from sessions.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::net::TcpStream;
+use tokio::sync::{Mutex, oneshot};
+
+use crate::error::ClientError;
+use crate::wire::connection::{Connection, WriteHalf};
+use crate::wire::{
+    CONNECTION_ERROR_ID, Hello, HelloAck, MAGIC, PROTOCOL_VERSION, PeerRole, Request, RequestBody,
+    Response, ResponseBody, frame,
+};
+
+type Pending = Arc<std::sync::Mutex<Option<HashMap<u64, oneshot::Sender<ResponseBody>>>>>;
+
+/// A handshaken, multiplexed connection to one node.
+pub struct Session {
+    writer: Mutex<WriteHalf<TcpStream>>,
+    pending: Pending,
+    next_id: AtomicU64,
+    peer: HelloAck,
+    reader: tokio::task::JoinHandle<()>,
+}
+
+impl Session {
+    /// Connect to `addr` and run the handshake within `timeout`.
+    pub async fn connect(
+        addr: &str,
+        name: &str,
+        timeout: Duration,
+    ) -> Result<Session, ClientError> {
+        let attempt = async {
+            let socket = TcpStream::connect(addr)
+                .await
+                .map_err(|e| ClientError::Connect {
+                    addr: addr.to_owned(),
+                    reason: e.to_string(),
+                })?;
+            let _ = socket.set_nodelay(true);
+            let mut conn = Connection::new(socket, frame::FRAME_BYTES_MAX_DEFAULT);
+            let hello = Hello {
+                magic: MAGIC,
+                version: PROTOCOL_VERSION,
+                role: PeerRole::Client,
+                name: name.to_owned(),
+            };
+            conn.write(&hello).await.map_err(|e| ClientError::Connect {
+                addr: addr.to_owned(),
+                reason: e.to_string(),
+            })?;
+            // The node answers with HelloAck, or with an error response
+            // before closing; both decode from the same frame.
+            match conn.read::<HelloAck>().await {
+                Ok(Some(ack)) if ack.magic == MAGIC => Ok((conn, ack)),
+                Ok(Some(_)) => Err(ClientError::Handshake {
+                    reason: "bad magic in the node's answer".into(),
+                }),
+                Ok(None) => Err(ClientError::Handshake {
+                    reason: "node closed the connection".into(),
+                }),
+                Err(e) => Err(ClientError::Handshake {
+                    reason: e.to_string(),
+                }),
+            }
+        };
+        let (conn, peer) =
+            tokio::time::timeout(timeout, attempt)
+                .await
+                .map_err(|_| ClientError::Connect {
+                    addr: addr.to_owned(),
+                    reason: format!("no handshake within {timeout:?}"),
+                })??;
+        let (mut read_half, write_half) = conn.split();
+        let pending: Pending = Arc::new(std::sync::Mutex::new(Some(HashMap::new())));
+        let routes = pending.clone();
+        let reader = tokio::spawn(async move {
+            while let Ok(Some(response)) = read_half.read::<Response>().await {
+                if response.id == CONNECTION_ERROR_ID {
+                    break;
+                }
+                let waiter = routes
+                    .lock()
+                    .ok()
+                    .and_then(|mut p| p.as_mut()?.remove(&response.id));
+                if let Some(tx) = waiter {
+                    let _ = tx.send(response.body);
+                }
+            }
+            // Closed: fail every waiter by dropping its sender.
+            if let Ok(mut p) = routes.lock() {
+                p.take();
+            }
+        });
+        Ok(Session {
+            writer: Mutex::new(write_half),
+            pending,
+            next_id: AtomicU64::new(1),
+            peer,
+            reader,
+        })
+    }
+
+    /// What the node said about itself in the handshake.
+    pub fn peer(&self) -> &HelloAck {
+        &self.peer
+    }
+
+    /// Is the connection still usable?
+    pub fn is_open(&self) -> bool {
+        self.pending.lock().map(|p| p.is_some()).unwrap_or(false)
+    }
+
+    /// Send one request and wait up to `timeout` for its response.
+    pub async fn call(
+        &self,
+        body: RequestBody,
+        timeout: Duration,
+    ) -> Result<ResponseBody, ClientError> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut pending = self
+                .pending
+                .lock()
+                .map_err(|_| ClientError::ConnectionClosed)?;
+            pending
+                .as_mut()
+                .ok_or(ClientError::ConnectionClosed)?
+                .insert(id, tx);
+        }
+        let timeout_ms = u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX);
+        let request = Request {
+            id,
+            timeout_ms,
+            body,
+        };
+        let sent = self.writer.lock().await.write(&request).await;
+        if let Err(e) = sent {
+            self.forget(id);
+            return Err(ClientError::Connect {
+                addr: self.peer.node_id.clone(),
+                reason: e.to_string(),
+            });
+        }
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(ResponseBody::Error(error))) => Err(ClientError::Server(error)),
+            Ok(Ok(body)) => Ok(body),
+            Ok(Err(_)) => Err(ClientError::ConnectionClosed),
+            Err(_) => {
+                self.forget(id);
+                Err(ClientError::Timeout {
+                    after: timeout,
+                    acks: None,
+                })
+            }
+        }
+    }
+
+    fn forget(&self, id: u64) {
+        if let Ok(mut p) = self.pending.lock()
+            && let Some(map) = p.as_mut()
+        {
+            map.remove(&id);
+        }
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}

@@ -1,0 +1,150 @@
+//! A framed connection carrying protocol messages, used by both ends.
+//!
+//! [`Connection::read`] returns `Ok(None)` on a clean end of stream (the
+//! peer closed between frames), and a typed [`ConnectionError`] for
+//! everything else: a frame over the size cap, bytes that do not decode, an
+//! end of stream in the middle of a frame, or an IO error.
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use serde::{Serialize, de::DeserializeOwned};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_util::codec::{Framed, LengthDelimitedCodec};
+
+use super::{DecodeError, decode, encode, frame};
+
+/// Why a connection could not carry a message.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectionError {
+    /// The peer announced a frame larger than the cap.
+    #[error("frame exceeds the limit of {frame_bytes_max} bytes")]
+    FrameTooLarge {
+        /// The cap in force.
+        frame_bytes_max: usize,
+    },
+    /// A frame arrived whole but did not decode.
+    #[error("undecodable frame: {0}")]
+    Decode(#[from] DecodeError),
+    /// The stream ended inside a frame, or the socket failed.
+    #[error("connection failed: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Length-delimited, postcard-encoded messages over any byte stream.
+pub struct Connection<T> {
+    framed: Framed<T, LengthDelimitedCodec>,
+    frame_bytes_max: usize,
+}
+
+impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
+    /// Wrap a stream, refusing frames larger than `frame_bytes_max`.
+    pub fn new(stream: T, frame_bytes_max: usize) -> Self {
+        Connection {
+            framed: Framed::new(stream, frame::codec(frame_bytes_max)),
+            frame_bytes_max,
+        }
+    }
+
+    /// Read the next message; `Ok(None)` when the peer closed cleanly.
+    pub async fn read<M: DeserializeOwned>(&mut self) -> Result<Option<M>, ConnectionError> {
+        match self.framed.next().await {
+            None => Ok(None),
+            Some(Ok(bytes)) => Ok(Some(decode(&bytes)?)),
+            Some(Err(e)) => Err(self.classify(e)),
+        }
+    }
+
+    /// Send one message and flush it.
+    pub async fn write<M: Serialize>(&mut self, message: &M) -> Result<(), ConnectionError> {
+        self.framed
+            .send(Bytes::from(encode(message)))
+            .await
+            .map_err(|e| self.classify(e))
+    }
+
+    /// Split into independently usable read and write halves.
+    pub fn split(self) -> (ReadHalf<T>, WriteHalf<T>) {
+        let (sink, stream) = self.framed.split();
+        let cap = self.frame_bytes_max;
+        (
+            ReadHalf {
+                stream,
+                frame_bytes_max: cap,
+            },
+            WriteHalf {
+                sink,
+                frame_bytes_max: cap,
+            },
+        )
+    }
+
+    fn classify(&self, e: std::io::Error) -> ConnectionError {
+        classify(e, self.frame_bytes_max)
+    }
+}
+
+/// tokio-util reports an over-long frame as `InvalidData` when reading and
+/// `InvalidInput` when writing; nothing else in the codec uses those kinds.
+fn classify(e: std::io::Error, frame_bytes_max: usize) -> ConnectionError {
+    use std::io::ErrorKind::{InvalidData, InvalidInput};
+    if matches!(e.kind(), InvalidData | InvalidInput) {
+        ConnectionError::FrameTooLarge { frame_bytes_max }
+    } else {
+        ConnectionError::Io(e)
+    }
+}
+
+/// The reading half of a split [`Connection`].
+pub struct ReadHalf<T> {
+    stream: futures_util::stream::SplitStream<Framed<T, LengthDelimitedCodec>>,
+    frame_bytes_max: usize,
+}
+
+impl<T: AsyncRead + AsyncWrite + Unpin> ReadHalf<T> {
+    /// Read the next message; `Ok(None)` when the peer closed cleanly.
+    pub async fn read<M: DeserializeOwned>(&mut self) -> Result<Option<M>, ConnectionError> {
+        match self.stream.next().await {
+            None => Ok(None),
+            Some(Ok(bytes)) => Ok(Some(decode(&bytes)?)),
+            Some(Err(e)) => Err(classify(e, self.frame_bytes_max)),
+        }
+    }
+}
+
+/// The writing half of a split [`Connection`].
+pub struct WriteHalf<T> {
+    sink: futures_util::stream::SplitSink<Framed<T, LengthDelimitedCodec>, Bytes>,
+    frame_bytes_max: usize,
+}
+
+impl<T: AsyncRead + AsyncWrite + Unpin> WriteHalf<T> {
+    /// Send one message and flush it.
+    pub async fn write<M: Serialize>(&mut self, message: &M) -> Result<(), ConnectionError> {
+        let cap = self.frame_bytes_max;
+        self.sink
+            .send(Bytes::from(encode(message)))
+            .await
+            .map_err(|e| classify(e, cap))
+    }
+
+    /// Queue one message without flushing (for writers draining a queue).
+    pub async fn feed<M: Serialize>(&mut self, message: &M) -> Result<(), ConnectionError> {
+        let cap = self.frame_bytes_max;
+        self.sink
+            .feed(Bytes::from(encode(message)))
+            .await
+            .map_err(|e| classify(e, cap))
+    }
+
+    /// Flush queued messages.
+    pub async fn flush(&mut self) -> Result<(), ConnectionError> {
+        let cap = self.frame_bytes_max;
+        self.sink.flush().await.map_err(|e| classify(e, cap))
+    }
+
+    /// Flush and close the write side.
+    pub async fn close(&mut self) -> Result<(), ConnectionError> {
+        let cap = self.frame_bytes_max;
+        self.sink.close().await.map_err(|e| classify(e, cap))
+    }
+}

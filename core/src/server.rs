@@ -1,0 +1,257 @@
+//! The node server: accepts connections, runs the handshake, decodes
+//! requests, hands them to a [`Handler`], and writes the responses back.
+//!
+//! Shaped after mini-redis's server: `run(listener, handler, config,
+//! shutdown)`, one task per connection, a semaphore capping connections, and
+//! a graceful drain at shutdown. What it adds is hostility-proofing:
+//!
+//! - a handshake deadline, so idle sockets (a connection flood) give their
+//!   slot back quickly;
+//! - a frame cap and a guarded decoder: a malformed or oversized frame gets
+//!   one error response (request id [`CONNECTION_ERROR_ID`]) and closes that
+//!   connection only;
+//! - per-connection in-flight limit: a client that stops reading its
+//!   responses stalls only itself (its requests wait for a slot; nothing is
+//!   buffered without bound);
+//! - per-request deadlines, capped by the server.
+//!
+//! What it is not: it does not know what a request means. The coordinator
+//! is a `Handler`.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use isthmus_client::wire::connection::{Connection, ConnectionError};
+use isthmus_client::wire::{
+    CONNECTION_ERROR_ID, ErrorCode, Hello, HelloAck, MAGIC, PROTOCOL_VERSION, Request, RequestBody,
+    Response, ResponseBody, WireError,
+};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, broadcast, mpsc};
+use tokio::task::JoinSet;
+
+/// What serves requests once the connection layer has decoded them.
+pub trait Handler: Send + Sync + 'static {
+    /// Serve one request. The server enforces the deadline; the handler
+    /// may also use it to bound its own waits.
+    fn handle(
+        &self,
+        body: RequestBody,
+        deadline: Duration,
+    ) -> impl Future<Output = ResponseBody> + Send;
+}
+
+/// Limits and deadlines of the connection layer.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// This node's id and datacenter, announced in the handshake.
+    pub node_id: String,
+    /// This node's datacenter.
+    pub dc: String,
+    /// Connections served at once; further connections wait in the accept
+    /// backlog until a slot frees.
+    pub connections_max: usize,
+    /// Largest frame accepted.
+    pub frame_bytes_max: usize,
+    /// Time a new connection has to complete its handshake.
+    pub handshake_timeout: Duration,
+    /// A connection with no complete frame for this long is closed.
+    pub idle_timeout: Duration,
+    /// Requests of one connection being served at once.
+    pub in_flight_per_connection_max: usize,
+    /// Upper bound on any request's deadline, whatever the client asks.
+    pub request_deadline_max: Duration,
+    /// How long shutdown waits for in-flight requests to finish.
+    pub drain_timeout: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            node_id: "node".into(),
+            dc: "dc1".into(),
+            connections_max: 1024,
+            frame_bytes_max: isthmus_client::wire::frame::FRAME_BYTES_MAX_DEFAULT,
+            handshake_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(300),
+            in_flight_per_connection_max: 128,
+            request_deadline_max: Duration::from_secs(30),
+            drain_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+fn error_body(code: ErrorCode, message: impl Into<String>) -> ResponseBody {
+    ResponseBody::Error(WireError {
+        code,
+        message: message.into(),
+        acks: None,
+    })
+}
+
+/// Serve connections from `listener` until `shutdown` completes, then stop
+/// accepting, tell every connection to finish, and wait (up to
+/// `drain_timeout`) for in-flight requests to be answered.
+pub async fn run<H: Handler>(
+    listener: TcpListener,
+    handler: Arc<H>,
+    config: ServerConfig,
+    shutdown: impl Future<Output = ()>,
+) {
+    let config = Arc::new(config);
+    let slots = Arc::new(Semaphore::new(config.connections_max.max(1)));
+    let (stop_tx, _) = broadcast::channel::<()>(1);
+    let mut connections = JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        let permit = tokio::select! {
+            _ = &mut shutdown => break,
+            permit = slots.clone().acquire_owned() => match permit {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+        };
+        let accepted = tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => accepted,
+        };
+        let (socket, peer) = match accepted {
+            Ok(pair) => pair,
+            Err(e) => {
+                // Out of descriptors and similar: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = socket.set_nodelay(true);
+        let (handler, config, stop) = (handler.clone(), config.clone(), stop_tx.subscribe());
+        connections.spawn(async move {
+            if let Err(e) = serve_connection(socket, handler, config, stop).await {
+                tracing::debug!(%peer, error = %e, "connection closed with an error");
+            }
+            drop(permit);
+        });
+        // Reap finished connection tasks so the set does not grow.
+        while connections.try_join_next().is_some() {}
+    }
+    let _ = stop_tx.send(());
+    let drained = tokio::time::timeout(config.drain_timeout, async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        connections.abort_all();
+    }
+}
+
+async fn serve_connection<H: Handler>(
+    socket: TcpStream,
+    handler: Arc<H>,
+    config: Arc<ServerConfig>,
+    mut stop: broadcast::Receiver<()>,
+) -> Result<(), ConnectionError> {
+    let mut conn = Connection::new(socket, config.frame_bytes_max);
+    let hello = match tokio::time::timeout(config.handshake_timeout, conn.read::<Hello>()).await {
+        Err(_) | Ok(Ok(None)) => return Ok(()),
+        Ok(Err(e)) => {
+            let _ = conn.write(&connection_error(&e)).await;
+            return Err(e);
+        }
+        Ok(Ok(Some(hello))) => hello,
+    };
+    if hello.magic != MAGIC || hello.version != PROTOCOL_VERSION {
+        let body = error_body(
+            ErrorCode::ProtocolVersion,
+            format!("this node speaks protocol {PROTOCOL_VERSION} with magic ISTH"),
+        );
+        let _ = conn
+            .write(&Response {
+                id: CONNECTION_ERROR_ID,
+                body,
+            })
+            .await;
+        return Ok(());
+    }
+    conn.write(&HelloAck {
+        magic: MAGIC,
+        version: PROTOCOL_VERSION,
+        node_id: config.node_id.clone(),
+        dc: config.dc.clone(),
+    })
+    .await?;
+
+    let (mut reader, mut writer) = conn.split();
+    let in_flight = config.in_flight_per_connection_max.max(1);
+    let (tx, mut rx) = mpsc::channel::<Response>(in_flight);
+    let write_task = tokio::spawn(async move {
+        while let Some(response) = rx.recv().await {
+            writer.feed(&response).await?;
+            // Batch whatever else is ready into the same flush.
+            while let Ok(more) = rx.try_recv() {
+                writer.feed(&more).await?;
+            }
+            writer.flush().await?;
+        }
+        writer.close().await
+    });
+    let slots = Arc::new(Semaphore::new(in_flight));
+    let mut requests = JoinSet::new();
+    let result = loop {
+        let next = tokio::select! {
+            _ = stop.recv() => break Ok(()),
+            next = tokio::time::timeout(config.idle_timeout, reader.read::<Request>()) => next,
+        };
+        let request = match next {
+            Err(_) | Ok(Ok(None)) => break Ok(()),
+            Ok(Err(e)) => {
+                let _ = tx.send(connection_error(&e)).await;
+                break Err(e);
+            }
+            Ok(Ok(Some(request))) => request,
+        };
+        // Backpressure: wait for a slot before reading the next request.
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            break Ok(());
+        };
+        let deadline =
+            Duration::from_millis(u64::from(request.timeout_ms)).min(config.request_deadline_max);
+        let (handler, tx) = (handler.clone(), tx.clone());
+        requests.spawn(async move {
+            let body = match tokio::time::timeout(deadline, handler.handle(request.body, deadline))
+                .await
+            {
+                Ok(body) => body,
+                Err(_) => error_body(ErrorCode::Timeout, format!("no answer within {deadline:?}")),
+            };
+            let _ = tx
+                .send(Response {
+                    id: request.id,
+                    body,
+                })
+                .await;
+            drop(slot);
+        });
+        while requests.try_join_next().is_some() {}
+    };
+    // Answer what is in flight, then close the write side.
+    while requests.join_next().await.is_some() {}
+    drop(tx);
+    match write_task.await {
+        Ok(Ok(())) | Err(_) => {}
+        Ok(Err(e)) => return Err(e),
+    }
+    result
+}
+
+fn connection_error(e: &ConnectionError) -> Response {
+    let code = match e {
+        ConnectionError::FrameTooLarge { .. } => ErrorCode::FrameTooLarge,
+        ConnectionError::Decode(_) | ConnectionError::Io(_) => ErrorCode::Malformed,
+    };
+    Response {
+        id: CONNECTION_ERROR_ID,
+        body: error_body(code, e.to_string()),
+    }
+}

@@ -1,0 +1,292 @@
+//! The connection layer under good and hostile clients: pipelining, bad
+//! frames, oversized frames, bad handshakes, floods, clients that never
+//! read, and graceful shutdown. A hostile client must only ever hurt its
+//! own connection.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use isthmus_client::wire::{
+    CONNECTION_ERROR_ID, Context, ErrorCode, Hello, MAGIC, PROTOCOL_VERSION, PeerRole, Request,
+    RequestBody, Response, ResponseBody, Sibling, encode,
+};
+use isthmus_client::{ClientError, Session};
+use isthmus_core::server::{Handler, ServerConfig, run};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+
+/// Echoes the key of a `Get` back as a sibling after sleeping `key[0]` ms.
+struct Echo;
+
+impl Handler for Echo {
+    async fn handle(&self, body: RequestBody, _deadline: Duration) -> ResponseBody {
+        match body {
+            RequestBody::Get { key, .. } => {
+                let delay = key.first().copied().unwrap_or(0);
+                tokio::time::sleep(Duration::from_millis(u64::from(delay))).await;
+                ResponseBody::Value {
+                    siblings: vec![Sibling {
+                        value: key,
+                        timestamp_ms: 0,
+                        origin_dc: "dc1".into(),
+                    }],
+                    context: Context::default(),
+                }
+            }
+            _ => ResponseBody::Written,
+        }
+    }
+}
+
+struct TestServer {
+    addr: String,
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+async fn start(config: ServerConfig) -> TestServer {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(run(listener, Arc::new(Echo), config, async {
+        let _ = stopped.await;
+    }));
+    TestServer {
+        addr,
+        stop: Some(stop),
+        task,
+    }
+}
+
+fn get(key: Vec<u8>) -> RequestBody {
+    RequestBody::Get {
+        keyspace: "k".into(),
+        key,
+        consistency: None,
+    }
+}
+
+async fn echo_ok(session: &Session, key: &[u8]) {
+    match session
+        .call(get(key.to_vec()), Duration::from_secs(5))
+        .await
+    {
+        Ok(ResponseBody::Value { siblings, .. }) => assert_eq!(siblings[0].value, key),
+        other => panic!("expected an echo of {key:?}, got {other:?}"),
+    }
+}
+
+/// A raw socket that has completed the handshake.
+async fn raw_handshaken(addr: &str) -> TcpStream {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let hello = Hello {
+        magic: MAGIC,
+        version: PROTOCOL_VERSION,
+        role: PeerRole::Client,
+        name: "raw".into(),
+    };
+    write_frame(&mut s, &encode(&hello)).await;
+    let _ack = read_frame(&mut s).await.expect("handshake answer");
+    s
+}
+
+async fn write_frame(s: &mut TcpStream, payload: &[u8]) {
+    s.write_all(&(payload.len() as u32).to_be_bytes())
+        .await
+        .unwrap();
+    s.write_all(payload).await.unwrap();
+}
+
+async fn read_frame(s: &mut TcpStream) -> Option<Vec<u8>> {
+    let mut len = [0u8; 4];
+    s.read_exact(&mut len).await.ok()?;
+    let mut buf = vec![0; u32::from_be_bytes(len) as usize];
+    s.read_exact(&mut buf).await.ok()?;
+    Some(buf)
+}
+
+/// Reads the connection-level error a node sends before closing, then
+/// checks that the node did close.
+async fn expect_connection_error(s: &mut TcpStream, code: ErrorCode) {
+    let frame = tokio::time::timeout(Duration::from_secs(5), read_frame(s))
+        .await
+        .unwrap()
+        .expect("an error frame");
+    let response: Response = isthmus_client::wire::decode(&frame).unwrap();
+    assert_eq!(response.id, CONNECTION_ERROR_ID);
+    match response.body {
+        ResponseBody::Error(e) => assert_eq!(e.code, code),
+        other => panic!("expected error {code:?}, got {other:?}"),
+    }
+    let mut rest = Vec::new();
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest))
+        .await
+        .unwrap()
+        .unwrap_or(0);
+    assert_eq!(n, 0, "the node must close the connection after the error");
+}
+
+#[tokio::test]
+async fn pipelined_requests_come_back_to_their_callers() {
+    let server = start(ServerConfig::default()).await;
+    let session = Arc::new(
+        Session::connect(&server.addr, "t", Duration::from_secs(5))
+            .await
+            .unwrap(),
+    );
+    let mut calls = Vec::new();
+    for i in 0..200u32 {
+        let s = session.clone();
+        // Later requests sleep less, so answers arrive out of order.
+        let key = vec![(20 - i % 20) as u8, (i >> 8) as u8, i as u8];
+        calls.push(tokio::spawn(async move { echo_ok(&s, &key).await }));
+    }
+    for c in calls {
+        c.await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn malformed_and_oversized_frames_close_only_their_connection() {
+    let config = ServerConfig {
+        frame_bytes_max: 64 * 1024,
+        ..ServerConfig::default()
+    };
+    let server = start(config).await;
+    let good = Session::connect(&server.addr, "good", Duration::from_secs(5))
+        .await
+        .unwrap();
+
+    let mut garbage = raw_handshaken(&server.addr).await;
+    write_frame(&mut garbage, &[0xff; 37]).await;
+    expect_connection_error(&mut garbage, ErrorCode::Malformed).await;
+
+    let mut trailing = raw_handshaken(&server.addr).await;
+    let mut bytes = encode(&Request {
+        id: 5,
+        timeout_ms: 100,
+        body: get(vec![1]),
+    });
+    bytes.push(0);
+    write_frame(&mut trailing, &bytes).await;
+    expect_connection_error(&mut trailing, ErrorCode::Malformed).await;
+
+    let mut huge = raw_handshaken(&server.addr).await;
+    huge.write_all(&(200u32 * 1024 * 1024).to_be_bytes())
+        .await
+        .unwrap();
+    expect_connection_error(&mut huge, ErrorCode::FrameTooLarge).await;
+
+    echo_ok(&good, b"\x00still here").await;
+}
+
+#[tokio::test]
+async fn wrong_magic_or_version_is_refused() {
+    let server = start(ServerConfig::default()).await;
+    for (magic, version) in [(*b"HTTP", PROTOCOL_VERSION), (MAGIC, PROTOCOL_VERSION + 1)] {
+        let mut s = TcpStream::connect(&server.addr).await.unwrap();
+        let hello = Hello {
+            magic,
+            version,
+            role: PeerRole::Client,
+            name: "old".into(),
+        };
+        write_frame(&mut s, &encode(&hello)).await;
+        expect_connection_error(&mut s, ErrorCode::ProtocolVersion).await;
+    }
+    let err = match Session::connect("127.0.0.1:1", "t", Duration::from_secs(2)).await {
+        Err(e) => e,
+        Ok(_) => panic!("nothing listens on port 1"),
+    };
+    assert!(matches!(err, ClientError::Connect { .. }) && err.is_retryable());
+}
+
+#[tokio::test]
+async fn a_connection_flood_does_not_starve_served_clients() {
+    let config = ServerConfig {
+        connections_max: 8,
+        handshake_timeout: Duration::from_millis(300),
+        ..ServerConfig::default()
+    };
+    let server = start(config).await;
+    let good = Session::connect(&server.addr, "good", Duration::from_secs(5))
+        .await
+        .unwrap();
+    // Fifty sockets that never say hello.
+    let mut flood = Vec::new();
+    for _ in 0..50 {
+        flood.push(TcpStream::connect(&server.addr).await.unwrap());
+    }
+    for i in 0..20u8 {
+        echo_ok(&good, &[0, i]).await;
+    }
+    // Idle sockets lose their slots at the handshake deadline, so a new
+    // client gets in while the flood sockets are still open.
+    let late = Session::connect(&server.addr, "late", Duration::from_secs(20))
+        .await
+        .unwrap();
+    echo_ok(&late, b"\x00late").await;
+    drop(flood);
+}
+
+#[tokio::test]
+async fn a_client_that_never_reads_stalls_only_itself() {
+    let config = ServerConfig {
+        in_flight_per_connection_max: 4,
+        ..ServerConfig::default()
+    };
+    let server = start(config).await;
+    let good = Session::connect(&server.addr, "good", Duration::from_secs(5))
+        .await
+        .unwrap();
+    let mut slow = raw_handshaken(&server.addr).await;
+    // Push requests with large answers until the socket stops taking them.
+    let writer = tokio::spawn(async move {
+        for id in 1..20_000u64 {
+            let req = Request {
+                id,
+                timeout_ms: 1000,
+                body: get(vec![0; 8 * 1024]),
+            };
+            let bytes = encode(&req);
+            let sent = tokio::time::timeout(Duration::from_secs(2), async {
+                slow.write_all(&(bytes.len() as u32).to_be_bytes()).await?;
+                slow.write_all(&bytes).await
+            })
+            .await;
+            if !matches!(sent, Ok(Ok(()))) {
+                return (id, slow);
+            }
+        }
+        panic!("a client that never reads was never pushed back");
+    });
+    let (stalled_at, _slow) = writer.await.unwrap();
+    assert!(stalled_at > 1);
+    for i in 0..20u8 {
+        echo_ok(&good, &[0, i]).await;
+    }
+}
+
+#[tokio::test]
+async fn shutdown_answers_requests_in_flight() {
+    let mut server = start(ServerConfig::default()).await;
+    let session = Arc::new(
+        Session::connect(&server.addr, "t", Duration::from_secs(5))
+            .await
+            .unwrap(),
+    );
+    let s = session.clone();
+    let slow_call = tokio::spawn(async move { echo_ok(&s, &[200, 1]).await });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    server.stop.take().unwrap().send(()).unwrap();
+    slow_call.await.unwrap();
+    tokio::time::timeout(Duration::from_secs(5), &mut server.task)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        TcpStream::connect(&server.addr).await.is_err(),
+        "listener closed after shutdown"
+    );
+}
