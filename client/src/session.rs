@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::{Mutex, oneshot};
 
@@ -21,11 +22,17 @@ use crate::wire::{
     Response, ResponseBody, frame,
 };
 
+/// Any byte stream a session can run over: a TCP socket, or a simulated
+/// one in deterministic tests.
+pub trait IoStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> IoStream for T {}
+
 type Pending = Arc<std::sync::Mutex<Option<HashMap<u64, oneshot::Sender<ResponseBody>>>>>;
 
 /// A handshaken, multiplexed connection to one node.
 pub struct Session {
-    writer: Mutex<WriteHalf<TcpStream>>,
+    writer: Mutex<WriteHalf<Box<dyn IoStream>>>,
     pending: Pending,
     next_id: AtomicU64,
     peer: HelloAck,
@@ -33,25 +40,39 @@ pub struct Session {
 }
 
 impl Session {
-    /// Connect to `addr` and run the handshake within `timeout`.
+    /// Connect to `addr` over TCP and run the handshake within `timeout`.
     pub async fn connect(
         addr: &str,
         name: &str,
         timeout: Duration,
     ) -> Result<Session, ClientError> {
+        let unreachable = |reason: String| ClientError::Connect {
+            addr: addr.to_owned(),
+            reason,
+        };
+        let socket = tokio::time::timeout(timeout, TcpStream::connect(addr))
+            .await
+            .map_err(|_| unreachable(format!("no connection within {timeout:?}")))?
+            .map_err(|e| unreachable(e.to_string()))?;
+        let _ = socket.set_nodelay(true);
+        Self::handshake(Box::new(socket), addr, name, PeerRole::Client, timeout).await
+    }
+
+    /// Run the handshake over an already connected `stream` (TCP or
+    /// simulated) as `role`, within `timeout`.
+    pub async fn handshake(
+        stream: Box<dyn IoStream>,
+        addr: &str,
+        name: &str,
+        role: PeerRole,
+        timeout: Duration,
+    ) -> Result<Session, ClientError> {
         let attempt = async {
-            let socket = TcpStream::connect(addr)
-                .await
-                .map_err(|e| ClientError::Connect {
-                    addr: addr.to_owned(),
-                    reason: e.to_string(),
-                })?;
-            let _ = socket.set_nodelay(true);
-            let mut conn = Connection::new(socket, frame::FRAME_BYTES_MAX_DEFAULT);
+            let mut conn = Connection::new(stream, frame::FRAME_BYTES_MAX_DEFAULT);
             let hello = Hello {
                 magic: MAGIC,
                 version: PROTOCOL_VERSION,
-                role: PeerRole::Client,
+                role,
                 name: name.to_owned(),
             };
             conn.write(&hello).await.map_err(|e| ClientError::Connect {

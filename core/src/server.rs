@@ -27,7 +27,10 @@ use isthmus_client::wire::{
     CONNECTION_ERROR_ID, ErrorCode, Hello, HelloAck, MAGIC, PROTOCOL_VERSION, Request, RequestBody,
     Response, ResponseBody, WireError,
 };
-use tokio::net::{TcpListener, TcpStream};
+use std::net::SocketAddr;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, broadcast, mpsc};
 use tokio::task::JoinSet;
 
@@ -40,6 +43,29 @@ pub trait Handler: Send + Sync + 'static {
         body: RequestBody,
         deadline: Duration,
     ) -> impl Future<Output = ResponseBody> + Send;
+}
+
+/// Where connections come from: a TCP listener, or a simulated one in
+/// deterministic tests.
+pub trait Listener: Send + 'static {
+    /// The connection type.
+    type Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+
+    /// Wait for the next connection.
+    fn accept(
+        &mut self,
+    ) -> impl Future<Output = std::io::Result<(Self::Stream, SocketAddr)>> + Send;
+}
+
+impl Listener for TcpListener {
+    type Stream = tokio::net::TcpStream;
+
+    async fn accept(&mut self) -> std::io::Result<(Self::Stream, SocketAddr)> {
+        let (socket, peer) = TcpListener::accept(self).await?;
+        // Small request/response frames: latency matters more than packets.
+        let _ = socket.set_nodelay(true);
+        Ok((socket, peer))
+    }
 }
 
 /// Limits and deadlines of the connection layer.
@@ -93,8 +119,8 @@ fn error_body(code: ErrorCode, message: impl Into<String>) -> ResponseBody {
 /// Serve connections from `listener` until `shutdown` completes, then stop
 /// accepting, tell every connection to finish, and wait (up to
 /// `drain_timeout`) for in-flight requests to be answered.
-pub async fn run<H: Handler>(
-    listener: TcpListener,
+pub async fn run<H: Handler, L: Listener>(
+    mut listener: L,
     handler: Arc<H>,
     config: ServerConfig,
     shutdown: impl Future<Output = ()>,
@@ -125,7 +151,6 @@ pub async fn run<H: Handler>(
                 continue;
             }
         };
-        let _ = socket.set_nodelay(true);
         let (handler, config, stop) = (handler.clone(), config.clone(), stop_tx.subscribe());
         connections.spawn(async move {
             if let Err(e) = serve_connection(socket, handler, config, stop).await {
@@ -146,8 +171,8 @@ pub async fn run<H: Handler>(
     }
 }
 
-async fn serve_connection<H: Handler>(
-    socket: TcpStream,
+async fn serve_connection<H: Handler, S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
+    socket: S,
     handler: Arc<H>,
     config: Arc<ServerConfig>,
     mut stop: broadcast::Receiver<()>,
