@@ -35,4 +35,4 @@ pub mod session;
 pub mod wire;
 
 pub use error::ClientError;
-pub use session::Session;
+pub use session::{Channel, Session};

@@ -1,6 +1,6 @@
 //! One multiplexed connection to one node.
 //!
-//! A [`Session`] runs the handshake, then lets any number of tasks send
+//! A [`Channel`] (for clients, a [`Session`]) runs the handshake, then lets any number of tasks send
 //! requests over the same socket at once: each request gets a fresh id, a
 //! reader task routes every response to the caller waiting for that id,
 //! and responses may come back in any order. The full client (seeds,
@@ -18,9 +18,12 @@ use tokio::sync::{Mutex, oneshot};
 use crate::error::ClientError;
 use crate::wire::connection::{Connection, WriteHalf};
 use crate::wire::{
-    CONNECTION_ERROR_ID, Hello, HelloAck, MAGIC, PROTOCOL_VERSION, PeerRole, Request, RequestBody,
-    Response, ResponseBody, frame,
+    CONNECTION_ERROR_ID, Envelope, Hello, HelloAck, MAGIC, PROTOCOL_VERSION, PeerRole, Reply,
+    ReplyBody, RequestBody, ResponseBody, frame,
 };
+
+/// A client's channel to a node.
+pub type Session = Channel<RequestBody, ResponseBody>;
 
 /// Any byte stream a session can run over: a TCP socket, or a simulated
 /// one in deterministic tests.
@@ -28,24 +31,23 @@ pub trait IoStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
 
 impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> IoStream for T {}
 
-type Pending = Arc<std::sync::Mutex<Option<HashMap<u64, oneshot::Sender<ResponseBody>>>>>;
+type Pending<A> = Arc<std::sync::Mutex<Option<HashMap<u64, oneshot::Sender<A>>>>>;
 
-/// A handshaken, multiplexed connection to one node.
-pub struct Session {
+/// A handshaken, multiplexed connection to one node, sending request
+/// bodies `Q` and receiving reply bodies `A` (client requests by default;
+/// nodes use the same type for their peer protocol).
+pub struct Channel<Q, A> {
     writer: Mutex<WriteHalf<Box<dyn IoStream>>>,
-    pending: Pending,
+    pending: Pending<A>,
+    _request: std::marker::PhantomData<fn(Q)>,
     next_id: AtomicU64,
     peer: HelloAck,
     reader: tokio::task::JoinHandle<()>,
 }
 
-impl Session {
+impl<Q: serde::Serialize + Send, A: ReplyBody> Channel<Q, A> {
     /// Connect to `addr` over TCP and run the handshake within `timeout`.
-    pub async fn connect(
-        addr: &str,
-        name: &str,
-        timeout: Duration,
-    ) -> Result<Session, ClientError> {
+    pub async fn connect(addr: &str, name: &str, timeout: Duration) -> Result<Self, ClientError> {
         let unreachable = |reason: String| ClientError::Connect {
             addr: addr.to_owned(),
             reason,
@@ -66,7 +68,7 @@ impl Session {
         name: &str,
         role: PeerRole,
         timeout: Duration,
-    ) -> Result<Session, ClientError> {
+    ) -> Result<Self, ClientError> {
         let attempt = async {
             let mut conn = Connection::new(stream, frame::FRAME_BYTES_MAX_DEFAULT);
             let hello = Hello {
@@ -102,10 +104,10 @@ impl Session {
                     reason: format!("no handshake within {timeout:?}"),
                 })??;
         let (mut read_half, write_half) = conn.split();
-        let pending: Pending = Arc::new(std::sync::Mutex::new(Some(HashMap::new())));
+        let pending: Pending<A> = Arc::new(std::sync::Mutex::new(Some(HashMap::new())));
         let routes = pending.clone();
         let reader = tokio::spawn(async move {
-            while let Ok(Some(response)) = read_half.read::<Response>().await {
+            while let Ok(Some(response)) = read_half.read::<Reply<A>>().await {
                 if response.id == CONNECTION_ERROR_ID {
                     break;
                 }
@@ -122,12 +124,13 @@ impl Session {
                 p.take();
             }
         });
-        Ok(Session {
+        Ok(Channel {
             writer: Mutex::new(write_half),
             pending,
             next_id: AtomicU64::new(1),
             peer,
             reader,
+            _request: std::marker::PhantomData,
         })
     }
 
@@ -142,11 +145,7 @@ impl Session {
     }
 
     /// Send one request and wait up to `timeout` for its response.
-    pub async fn call(
-        &self,
-        body: RequestBody,
-        timeout: Duration,
-    ) -> Result<ResponseBody, ClientError> {
+    pub async fn call(&self, body: Q, timeout: Duration) -> Result<A, ClientError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         {
@@ -160,7 +159,7 @@ impl Session {
                 .insert(id, tx);
         }
         let timeout_ms = u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX);
-        let request = Request {
+        let request = Envelope {
             id,
             timeout_ms,
             body,
@@ -174,8 +173,7 @@ impl Session {
             });
         }
         match tokio::time::timeout(timeout, rx).await {
-            Ok(Ok(ResponseBody::Error(error))) => Err(ClientError::Server(error)),
-            Ok(Ok(body)) => Ok(body),
+            Ok(Ok(body)) => body.into_result().map_err(ClientError::Server),
             Ok(Err(_)) => Err(ClientError::ConnectionClosed),
             Err(_) => {
                 self.forget(id);
@@ -196,7 +194,7 @@ impl Session {
     }
 }
 
-impl Drop for Session {
+impl<Q, A> Drop for Channel<Q, A> {
     fn drop(&mut self) {
         self.reader.abort();
     }

@@ -28,6 +28,7 @@ pub mod config;
 pub mod gossip;
 pub mod limit;
 pub mod model;
+pub mod peer;
 pub mod quorum;
 pub mod ring;
 pub mod server;

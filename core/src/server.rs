@@ -19,20 +19,22 @@
 //! is a `Handler`.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use isthmus_client::wire::connection::{Connection, ConnectionError};
 use isthmus_client::wire::{
-    CONNECTION_ERROR_ID, ErrorCode, Hello, HelloAck, MAGIC, PROTOCOL_VERSION, Request, RequestBody,
-    Response, ResponseBody, WireError,
+    CONNECTION_ERROR_ID, Envelope, ErrorCode, Hello, HelloAck, MAGIC, PROTOCOL_VERSION, PeerRole,
+    Reply, ReplyBody, RequestBody, ResponseBody, WireError,
 };
-use std::net::SocketAddr;
-
+use serde::de::DeserializeOwned;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, broadcast, mpsc};
 use tokio::task::JoinSet;
+
+use crate::peer::{PeerRequest, PeerResponse};
 
 /// What serves requests once the connection layer has decoded them.
 pub trait Handler: Send + Sync + 'static {
@@ -43,6 +45,13 @@ pub trait Handler: Send + Sync + 'static {
         body: RequestBody,
         deadline: Duration,
     ) -> impl Future<Output = ResponseBody> + Send;
+
+    /// Serve one request from another node.
+    fn handle_peer(
+        &self,
+        body: PeerRequest,
+        deadline: Duration,
+    ) -> impl Future<Output = PeerResponse> + Send;
 }
 
 /// Where connections come from: a TCP listener, or a simulated one in
@@ -108,12 +117,12 @@ impl Default for ServerConfig {
     }
 }
 
-fn error_body(code: ErrorCode, message: impl Into<String>) -> ResponseBody {
-    ResponseBody::Error(WireError {
+fn wire_error(code: ErrorCode, message: impl Into<String>) -> WireError {
+    WireError {
         code,
         message: message.into(),
         acks: None,
-    })
+    }
 }
 
 /// Serve connections from `listener` until `shutdown` completes, then stop
@@ -175,26 +184,26 @@ async fn serve_connection<H: Handler, S: AsyncRead + AsyncWrite + Unpin + Send +
     socket: S,
     handler: Arc<H>,
     config: Arc<ServerConfig>,
-    mut stop: broadcast::Receiver<()>,
+    stop: broadcast::Receiver<()>,
 ) -> Result<(), ConnectionError> {
     let mut conn = Connection::new(socket, config.frame_bytes_max);
     let hello = match tokio::time::timeout(config.handshake_timeout, conn.read::<Hello>()).await {
         Err(_) | Ok(Ok(None)) => return Ok(()),
         Ok(Err(e)) => {
-            let _ = conn.write(&connection_error(&e)).await;
+            let _ = conn.write(&connection_error::<ResponseBody>(&e)).await;
             return Err(e);
         }
         Ok(Ok(Some(hello))) => hello,
     };
     if hello.magic != MAGIC || hello.version != PROTOCOL_VERSION {
-        let body = error_body(
+        let error = wire_error(
             ErrorCode::ProtocolVersion,
             format!("this node speaks protocol {PROTOCOL_VERSION} with magic ISTH"),
         );
         let _ = conn
-            .write(&Response {
+            .write(&Reply {
                 id: CONNECTION_ERROR_ID,
-                body,
+                body: ResponseBody::from_error(error),
             })
             .await;
         return Ok(());
@@ -206,13 +215,44 @@ async fn serve_connection<H: Handler, S: AsyncRead + AsyncWrite + Unpin + Send +
         dc: config.dc.clone(),
     })
     .await?;
+    match hello.role {
+        PeerRole::Client => {
+            serve_requests(conn, config, stop, move |body: RequestBody, deadline| {
+                let handler = handler.clone();
+                async move { handler.handle(body, deadline).await }
+            })
+            .await
+        }
+        PeerRole::Node => {
+            serve_requests(conn, config, stop, move |body: PeerRequest, deadline| {
+                let handler = handler.clone();
+                async move { handler.handle_peer(body, deadline).await }
+            })
+            .await
+        }
+    }
+}
 
+/// The request loop of one connection, for either protocol.
+async fn serve_requests<S, Q, A, F, Fut>(
+    conn: Connection<S>,
+    config: Arc<ServerConfig>,
+    mut stop: broadcast::Receiver<()>,
+    serve: F,
+) -> Result<(), ConnectionError>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    Q: DeserializeOwned + Send + 'static,
+    A: ReplyBody,
+    F: Fn(Q, Duration) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = A> + Send + 'static,
+{
     let (mut reader, mut writer) = conn.split();
     let in_flight = config.in_flight_per_connection_max.max(1);
-    let (tx, mut rx) = mpsc::channel::<Response>(in_flight);
+    let (tx, mut rx) = mpsc::channel::<Reply<A>>(in_flight);
     let write_task = tokio::spawn(async move {
-        while let Some(response) = rx.recv().await {
-            writer.feed(&response).await?;
+        while let Some(reply) = rx.recv().await {
+            writer.feed(&reply).await?;
             // Batch whatever else is ready into the same flush.
             while let Ok(more) = rx.try_recv() {
                 writer.feed(&more).await?;
@@ -226,7 +266,7 @@ async fn serve_connection<H: Handler, S: AsyncRead + AsyncWrite + Unpin + Send +
     let result = loop {
         let next = tokio::select! {
             _ = stop.recv() => break Ok(()),
-            next = tokio::time::timeout(config.idle_timeout, reader.read::<Request>()) => next,
+            next = tokio::time::timeout(config.idle_timeout, reader.read::<Envelope<Q>>()) => next,
         };
         let request = match next {
             Err(_) | Ok(Ok(None)) => break Ok(()),
@@ -242,16 +282,18 @@ async fn serve_connection<H: Handler, S: AsyncRead + AsyncWrite + Unpin + Send +
         };
         let deadline =
             Duration::from_millis(u64::from(request.timeout_ms)).min(config.request_deadline_max);
-        let (handler, tx) = (handler.clone(), tx.clone());
+        let work = serve(request.body, deadline);
+        let tx = tx.clone();
         requests.spawn(async move {
-            let body = match tokio::time::timeout(deadline, handler.handle(request.body, deadline))
-                .await
-            {
+            let body = match tokio::time::timeout(deadline, work).await {
                 Ok(body) => body,
-                Err(_) => error_body(ErrorCode::Timeout, format!("no answer within {deadline:?}")),
+                Err(_) => A::from_error(wire_error(
+                    ErrorCode::Timeout,
+                    format!("no answer within {deadline:?}"),
+                )),
             };
             let _ = tx
-                .send(Response {
+                .send(Reply {
                     id: request.id,
                     body,
                 })
@@ -270,13 +312,13 @@ async fn serve_connection<H: Handler, S: AsyncRead + AsyncWrite + Unpin + Send +
     result
 }
 
-fn connection_error(e: &ConnectionError) -> Response {
+fn connection_error<A: ReplyBody>(e: &ConnectionError) -> Reply<A> {
     let code = match e {
         ConnectionError::FrameTooLarge { .. } => ErrorCode::FrameTooLarge,
         ConnectionError::Decode(_) | ConnectionError::Io(_) => ErrorCode::Malformed,
     };
-    Response {
+    Reply {
         id: CONNECTION_ERROR_ID,
-        body: error_body(code, e.to_string()),
+        body: A::from_error(wire_error(code, e.to_string())),
     }
 }

@@ -7,10 +7,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use isthmus_client::wire::{
-    CONNECTION_ERROR_ID, Context, ErrorCode, Hello, MAGIC, PROTOCOL_VERSION, PeerRole, Request,
-    RequestBody, Response, ResponseBody, Sibling, encode,
+    CONNECTION_ERROR_ID, Context, ErrorCode, Hello, MAGIC, PROTOCOL_VERSION, PeerRole, Reply,
+    ReplyBody, Request, RequestBody, ResponseBody, Sibling, encode,
 };
-use isthmus_client::{ClientError, Session};
+use isthmus_client::{Channel, ClientError, Session};
+use isthmus_core::model::VersionSet;
+use isthmus_core::peer::{PeerRequest, PeerResponse};
 use isthmus_core::server::{Handler, ServerConfig, run};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -35,6 +37,13 @@ impl Handler for Echo {
                 }
             }
             _ => ResponseBody::Written,
+        }
+    }
+
+    async fn handle_peer(&self, body: PeerRequest, _deadline: Duration) -> PeerResponse {
+        match body {
+            PeerRequest::Read { .. } => PeerResponse::Versions(VersionSet::new()),
+            _ => PeerResponse::Applied,
         }
     }
 }
@@ -109,15 +118,22 @@ async fn read_frame(s: &mut TcpStream) -> Option<Vec<u8>> {
 /// Reads the connection-level error a node sends before closing, then
 /// checks that the node did close.
 async fn expect_connection_error(s: &mut TcpStream, code: ErrorCode) {
+    expect_connection_error_as::<ResponseBody>(s, code).await
+}
+
+async fn expect_connection_error_as<A: ReplyBody + std::fmt::Debug>(
+    s: &mut TcpStream,
+    code: ErrorCode,
+) {
     let frame = tokio::time::timeout(Duration::from_secs(5), read_frame(s))
         .await
         .unwrap()
         .expect("an error frame");
-    let response: Response = isthmus_client::wire::decode(&frame).unwrap();
-    assert_eq!(response.id, CONNECTION_ERROR_ID);
-    match response.body {
-        ResponseBody::Error(e) => assert_eq!(e.code, code),
-        other => panic!("expected error {code:?}, got {other:?}"),
+    let reply: Reply<A> = isthmus_client::wire::decode(&frame).unwrap();
+    assert_eq!(reply.id, CONNECTION_ERROR_ID);
+    match reply.body.into_result() {
+        Err(e) => assert_eq!(e.code, code),
+        Ok(other) => panic!("expected error {code:?}, got {other:?}"),
     }
     let mut rest = Vec::new();
     let n = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest))
@@ -289,4 +305,48 @@ async fn shutdown_answers_requests_in_flight() {
         TcpStream::connect(&server.addr).await.is_err(),
         "listener closed after shutdown"
     );
+}
+
+#[tokio::test]
+async fn peers_speak_their_own_protocol_on_the_same_port() {
+    let server = start(ServerConfig::default()).await;
+    let socket = TcpStream::connect(&server.addr).await.unwrap();
+    let peer: Channel<PeerRequest, PeerResponse> = Channel::handshake(
+        Box::new(socket),
+        &server.addr,
+        "n2",
+        PeerRole::Node,
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    let answer = peer
+        .call(
+            PeerRequest::Read {
+                keyspace: "k".into(),
+                key: b"x".to_vec(),
+            },
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+    assert_eq!(answer, PeerResponse::Versions(VersionSet::new()));
+    // A client request body sent on a peer connection does not decode as a
+    // peer request: the node closes that connection with Malformed.
+    let mut raw = TcpStream::connect(&server.addr).await.unwrap();
+    let hello = Hello {
+        magic: MAGIC,
+        version: PROTOCOL_VERSION,
+        role: PeerRole::Node,
+        name: "n3".into(),
+    };
+    write_frame(&mut raw, &encode(&hello)).await;
+    read_frame(&mut raw).await.unwrap();
+    let wrong = Request {
+        id: 1,
+        timeout_ms: 100,
+        body: get(vec![0; 40]),
+    };
+    write_frame(&mut raw, &encode(&wrong)).await;
+    expect_connection_error_as::<PeerResponse>(&mut raw, ErrorCode::Malformed).await;
 }

@@ -120,16 +120,54 @@ pub struct WriteId(pub [u8; 16]);
 /// The request id of responses about the connection rather than a request.
 pub const CONNECTION_ERROR_ID: u64 = 0;
 
-/// A client request; `id` is echoed in the response.
+/// A request of any kind (client or node-to-node); `id` is echoed in the
+/// [`Reply`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Request {
-    /// Chosen by the client, unique among its in-flight requests on the
+pub struct Envelope<B> {
+    /// Chosen by the sender, unique among its in-flight requests on the
     /// connection, never [`CONNECTION_ERROR_ID`].
     pub id: u64,
-    /// How long the client will wait; the node abandons the request after.
+    /// How long the sender will wait; the node abandons the request after.
     pub timeout_ms: u32,
     /// What to do.
-    pub body: RequestBody,
+    pub body: B,
+}
+
+/// The answer to one [`Envelope`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reply<B> {
+    /// The request's `id`.
+    pub id: u64,
+    /// The outcome.
+    pub body: B,
+}
+
+/// A client request.
+pub type Request = Envelope<RequestBody>;
+
+/// A node's answer to a client [`Request`].
+pub type Response = Reply<ResponseBody>;
+
+/// A reply body that can carry a [`WireError`]: what lets one connection
+/// layer serve both clients and peers.
+pub trait ReplyBody: Serialize + serde::de::DeserializeOwned + Send + Sync + 'static {
+    /// The body that reports `error`.
+    fn from_error(error: WireError) -> Self;
+    /// `Err` when the body reports an error.
+    fn into_result(self) -> Result<Self, WireError>;
+}
+
+impl ReplyBody for ResponseBody {
+    fn from_error(error: WireError) -> Self {
+        ResponseBody::Error(error)
+    }
+
+    fn into_result(self) -> Result<Self, WireError> {
+        match self {
+            ResponseBody::Error(e) => Err(e),
+            other => Ok(other),
+        }
+    }
 }
 
 /// The operations a client can ask for.
@@ -183,15 +221,6 @@ pub struct Sibling {
     pub timestamp_ms: u64,
     /// Datacenter that coordinated the write.
     pub origin_dc: String,
-}
-
-/// A node's answer to one [`Request`].
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Response {
-    /// The request's `id`.
-    pub id: u64,
-    /// The outcome.
-    pub body: ResponseBody,
 }
 
 /// Outcomes of requests.

@@ -1,0 +1,112 @@
+//! The node-to-node protocol: what one node asks of another.
+//!
+//! Peers speak over the same framed connections as clients (handshake with
+//! role [`PeerRole::Node`](isthmus_client::wire::PeerRole::Node)), in
+//! [`Envelope`](isthmus_client::wire::Envelope)s of [`PeerRequest`] answered
+//! by [`Reply`](isthmus_client::wire::Reply)s of [`PeerResponse`]. Every
+//! write between nodes carries whole versions with their clocks, so
+//! applying one twice, or out of order, changes nothing (absorb is a join).
+
+use isthmus_client::wire::{ReplyBody, WireError};
+use serde::{Deserialize, Serialize};
+
+use crate::gossip::membership::Endpoint;
+use crate::model::{Version, VersionSet};
+use crate::ring::NodeId;
+
+/// A request from one node to another.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum PeerRequest {
+    /// Absorb `versions` into the key's set (replica write, read repair,
+    /// hint replay). With `hint_for`, the receiver is standing in for that
+    /// node (sloppy quorum): it keeps the versions as a durable hint to
+    /// hand over when that node returns, apart from its own data.
+    Apply {
+        /// Keyspace name.
+        keyspace: String,
+        /// The key.
+        key: Vec<u8>,
+        /// Versions to absorb.
+        versions: Vec<Version>,
+        /// The intended replica, when this is a hinted write.
+        hint_for: Option<NodeId>,
+    },
+    /// Return the local version set of a key.
+    Read {
+        /// Keyspace name.
+        keyspace: String,
+        /// The key.
+        key: Vec<u8>,
+    },
+    /// One gossip exchange: the sender's own entry, a digest of its view,
+    /// and the entries it believes the receiver lacks.
+    Gossip {
+        /// Digest `(node, generation, version)` of the sender's view.
+        digest: Vec<(NodeId, u64, u64)>,
+        /// Entries newer than what the sender believes the receiver holds.
+        entries: Vec<Endpoint>,
+    },
+}
+
+/// A node's answer to a [`PeerRequest`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum PeerResponse {
+    /// The versions were absorbed (or stored as a hint) durably, per the
+    /// receiver's fsync policy.
+    Applied,
+    /// The local set of the key asked for.
+    Versions(VersionSet),
+    /// Entries the receiver holds newer than the sender's digest.
+    Gossip {
+        /// Newer entries.
+        entries: Vec<Endpoint>,
+    },
+    /// The request failed.
+    Error(WireError),
+}
+
+impl ReplyBody for PeerResponse {
+    fn from_error(error: WireError) -> Self {
+        PeerResponse::Error(error)
+    }
+
+    fn into_result(self) -> Result<Self, WireError> {
+        match self {
+            PeerResponse::Error(e) => Err(e),
+            other => Ok(other),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Actor, Clock, Dot};
+    use isthmus_client::wire::{Envelope, decode, encode};
+
+    #[test]
+    fn peer_messages_round_trip_through_the_guarded_decoder() {
+        let mut clock = Clock::new();
+        clock.add_dot(Dot {
+            actor: Actor(3),
+            counter: 1,
+        });
+        let request = Envelope {
+            id: 9,
+            timeout_ms: 100,
+            body: PeerRequest::Apply {
+                keyspace: "carts".into(),
+                key: b"k".to_vec(),
+                versions: vec![Version::value(clock, b"v".to_vec(), 5, "dc1".into())],
+                hint_for: Some(NodeId("n2".into())),
+            },
+        };
+        assert_eq!(
+            decode::<Envelope<PeerRequest>>(&encode(&request)).unwrap(),
+            request
+        );
+        let mut bytes = encode(&request);
+        bytes.truncate(bytes.len() - 1);
+        assert!(decode::<Envelope<PeerRequest>>(&bytes).is_err());
+    }
+}
