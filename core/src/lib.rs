@@ -25,4 +25,5 @@
 #![warn(missing_docs)]
 
 pub mod limit;
+pub mod merge;
 pub mod model;
