@@ -27,6 +27,7 @@
 pub mod config;
 pub mod gossip;
 pub mod limit;
+pub mod merge;
 pub mod model;
 pub mod peer;
 pub mod quorum;

@@ -1,1 +1,179 @@
-//! placeholder
+//! # isthmus-sdk-wasm
+//!
+//! The guest side of Isthmus merge functions ("resolvers"): the ABI types the
+//! host and the guest share, and one macro, [`export_merge!`], that turns a
+//! plain Rust function
+//!
+//! ```text
+//! fn merge(key: &[u8], siblings: &[Sibling]) -> Result<Merged, MergeError>
+//! ```
+//!
+//! into a WebAssembly module the Isthmus host can run. The same function runs
+//! natively, so a resolver is unit-tested with `cargo test` like any other
+//! Rust code.
+//!
+//! What it is not: a host. Loading, limiting and calling modules is
+//! `isthmus-resolvers`; this crate is `no_std` + `alloc`, has no wasmtime in
+//! it, and its modules need **no imports at all** (no WASI).
+//!
+//! ## Writing a resolver
+//!
+//! ```
+//! #![cfg_attr(target_arch = "wasm32", no_std)]
+//! extern crate alloc;
+//! use alloc::vec::Vec;
+//! use isthmus_sdk_wasm::{export_merge, MergeError, Merged, Sibling};
+//!
+//! /// Keeps the longest value (ties: the greater bytes); a join.
+//! pub fn merge(_key: &[u8], siblings: &[Sibling]) -> Result<Merged, MergeError> {
+//!     let best = siblings
+//!         .iter()
+//!         .filter_map(Sibling::value)
+//!         .max_by(|a, b| a.len().cmp(&b.len()).then(a.cmp(b)));
+//!     Ok(match best {
+//!         Some(v) => Merged::Value(v.to_vec()),
+//!         None => Merged::Delete,
+//!     })
+//! }
+//! export_merge!(merge);
+//!
+//! // Natively, the function is just a function:
+//! let merged = merge(b"k", &[Sibling::of_value(b"ab", 1), Sibling::of_value(b"abc", 2)]).unwrap();
+//! assert_eq!(merged, Merged::Value(b"abc".to_vec()));
+//! ```
+//!
+//! The crate is built with `crate-type = ["cdylib", "rlib"]` and
+//! `cargo build --release --target wasm32-unknown-unknown`. With the default
+//! `guest-runtime` feature this SDK supplies, on wasm32 only, a bump
+//! allocator and a panic handler (a panic becomes a wasm trap), so the crate
+//! can be `#![cfg_attr(target_arch = "wasm32", no_std)]` as above. Turn the
+//! feature off if the resolver crate uses `std` on wasm32 or brings its own
+//! allocator. The bump allocator never frees: the host runs every merge in
+//! a fresh instance, so one merge's peak memory is the total it allocates.
+//!
+//! An optional second argument exports a *sampler*,
+//! `export_merge!(merge, sample = my_sample)` with
+//! `fn my_sample(seed: u64) -> Vec<u8>`, which the law checker
+//! (`isthmus resolver check`) calls to generate values in the resolver's
+//! domain instead of random bytes.
+//!
+//! ## The ABI (version 1)
+//!
+//! Everything below is what the [`export_merge!`] macro generates; a
+//! resolver written in C, Zig or AssemblyScript implements the same by hand.
+//! See [`abi`] for the byte-level encoding.
+//!
+//! A resolver is a **core WebAssembly module** (not a component) with **no
+//! imports**. A module that imports anything (WASI included) is rejected at
+//! load. It must export:
+//!
+//! | export | wasm type | meaning |
+//! |---|---|---|
+//! | `memory` | memory | the linear memory the host reads and writes |
+//! | `isthmus_abi_version` | `() -> i32` | must return [`ABI_VERSION`] (1) |
+//! | `isthmus_alloc` | `(len: i32) -> i32` | return a pointer to `len` writable bytes, aligned to 1; 0 on failure |
+//! | `isthmus_merge` | `(ptr: i32, len: i32) -> i64` | merge the input at `ptr..ptr+len`; return the output location packed as `(out_ptr << 32) \| out_len` (both unsigned 32-bit) |
+//!
+//! and may export:
+//!
+//! | export | wasm type | meaning |
+//! |---|---|---|
+//! | `isthmus_dealloc` | `(ptr: i32, len: i32) -> ()` | free a buffer from `isthmus_alloc`; the host never needs to call it |
+//! | `isthmus_sample` | `(seed: i64) -> i64` | a valid value for this resolver, derived only from `seed`; returns packed `(ptr << 32) \| len` of the **raw value bytes** (not postcard) |
+//!
+//! Other exports are ignored. Floating-point NaNs are canonicalised by the
+//! host, and threads are disabled, so a module is deterministic.
+//!
+//! **One call.** For each merge the host creates a fresh instance (fresh
+//! memory, nothing survives between merges), then:
+//! 1. calls `isthmus_abi_version` (at load only) and checks it is 1;
+//! 2. calls `isthmus_alloc(len)` with the length of the encoded input
+//!    ([`abi::MergeInput`]) and writes the input at the returned pointer;
+//!    the guest owns that buffer from then on;
+//! 3. calls `isthmus_merge(ptr, len)`; the guest decodes the input, merges,
+//!    writes the encoded output ([`abi::MergeOutput`]) somewhere in its
+//!    memory and returns its packed location;
+//! 4. copies the output out and drops the instance. The output buffer stays
+//!    owned by the guest; the host never frees it.
+//!
+//! **Errors.** A resolver that refuses its input returns
+//! [`abi::MergeOutput::Error`] with a code and a message: the host keeps the
+//! siblings and counts a *guest error*. Codes `0xFFFF_0000` and above are
+//! reserved for this SDK ([`abi::ERR_BAD_INPUT`]). A trap (including
+//! `unreachable` on panic), running out of fuel or wall-clock time, hitting
+//! the memory cap, or an output that is out of bounds, too large or not a
+//! valid encoding with no trailing bytes, is contained by the host the same
+//! way: siblings kept, failure counted by class.
+//!
+//! **Ordering.** Siblings arrive in the store's canonical order (ascending
+//! timestamp, then content digest), but a correct resolver must not depend
+//! on it: resolvers must be joins (commutative, associative, idempotent),
+//! because replicas merge different subsets in different groupings.
+#![cfg_attr(not(test), no_std)]
+#![warn(missing_docs)]
+
+extern crate alloc;
+
+pub mod abi;
+#[doc(hidden)]
+pub mod glue;
+#[cfg(all(target_arch = "wasm32", feature = "guest-runtime"))]
+mod runtime;
+
+pub use abi::{ABI_VERSION, Dot, MergeError, Merged, Payload, Sibling, SiblingClock};
+
+/// Export a merge function (and optionally a sampler) as the resolver ABI.
+///
+/// `export_merge!(merge)` or `export_merge!(merge, sample = sample_fn)`,
+/// where `merge: fn(&[u8], &[Sibling]) -> Result<Merged, MergeError>` and
+/// `sample_fn: fn(u64) -> Vec<u8>`. The exports exist on wasm32 only, so
+/// several resolver crates can be linked into one native test binary.
+#[macro_export]
+macro_rules! export_merge {
+    ($merge:path) => {
+        $crate::export_merge!(@core $merge);
+    };
+    ($merge:path, sample = $sample:path) => {
+        $crate::export_merge!(@core $merge);
+
+        /// ABI export: a sample value from a seed (raw bytes, packed ptr/len).
+        #[cfg(target_arch = "wasm32")]
+        #[unsafe(no_mangle)]
+        pub extern "C" fn isthmus_sample(seed: u64) -> u64 {
+            $crate::glue::leak_packed($sample(seed))
+        }
+    };
+    (@core $merge:path) => {
+        /// ABI export: the ABI version this module speaks.
+        #[cfg(target_arch = "wasm32")]
+        #[unsafe(no_mangle)]
+        pub extern "C" fn isthmus_abi_version() -> u32 {
+            $crate::ABI_VERSION
+        }
+
+        /// ABI export: allocate `len` bytes for the host to write into.
+        #[cfg(target_arch = "wasm32")]
+        #[unsafe(no_mangle)]
+        pub extern "C" fn isthmus_alloc(len: u32) -> u32 {
+            $crate::glue::alloc(len)
+        }
+
+        /// ABI export: free a buffer from `isthmus_alloc`.
+        #[cfg(target_arch = "wasm32")]
+        #[unsafe(no_mangle)]
+        pub unsafe extern "C" fn isthmus_dealloc(ptr: u32, len: u32) {
+            // SAFETY: the ABI lets the caller pass only buffers from `isthmus_alloc`.
+            unsafe { $crate::glue::dealloc(ptr, len) }
+        }
+
+        /// ABI export: merge the encoded input at `ptr..ptr+len`.
+        #[cfg(target_arch = "wasm32")]
+        #[unsafe(no_mangle)]
+        pub unsafe extern "C" fn isthmus_merge(ptr: u32, len: u32) -> u64 {
+            // SAFETY: the host wrote `len` bytes at `ptr`, a buffer it got
+            // from `isthmus_alloc` and hands over to us.
+            let input = unsafe { $crate::glue::take_input(ptr, len) };
+            $crate::glue::leak_packed($crate::glue::run_merge(&input, $merge))
+        }
+    };
+}

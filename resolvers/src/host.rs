@@ -1,0 +1,696 @@
+//! The wasmtime host: one [`Engine`], compiled modules cached by content
+//! hash, and a fresh [`Store`] with limits, fuel and a deadline per merge.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, mpsc};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use isthmus_core::merge::FailureClass;
+use isthmus_core::model::{ContentHash, Payload, Version, VersionSet};
+use isthmus_sdk_wasm::abi::{self, MergeOutput};
+use isthmus_sdk_wasm::{ABI_VERSION, Dot, Merged, Sibling, SiblingClock};
+use parking_lot::{Mutex, RwLock};
+use wasmtime::{
+    Config, Engine, ExternType, FuncType, InstanceAllocationStrategy, InstancePre, Linker, Memory,
+    Module, ModuleExport, PoolingAllocationConfig, ResourceLimiter, Store, StoreLimits,
+    StoreLimitsBuilder, Trap, TypedFunc, ValType,
+};
+
+use crate::{ResolverError, ResolverLimits};
+
+/// Export names of resolver ABI version 1 (see `isthmus_sdk_wasm` docs).
+pub mod export {
+    /// The linear memory.
+    pub const MEMORY: &str = "memory";
+    /// `() -> i32`: the ABI version.
+    pub const ABI_VERSION: &str = "isthmus_abi_version";
+    /// `(len: i32) -> i32`: allocate an input buffer.
+    pub const ALLOC: &str = "isthmus_alloc";
+    /// `(ptr: i32, len: i32) -> i64`: merge.
+    pub const MERGE: &str = "isthmus_merge";
+    /// Optional `(seed: i64) -> i64`: a sample value.
+    pub const SAMPLE: &str = "isthmus_sample";
+}
+
+/// The content hash of a module (blake3 of its bytes).
+pub fn module_hash(bytes: &[u8]) -> ContentHash {
+    *blake3::hash(bytes).as_bytes()
+}
+
+/// Per-resolver counters of one host (not global: several nodes share a
+/// process in tests).
+#[derive(Debug, Default)]
+pub struct ResolverStats {
+    merges_ok: AtomicU64,
+    failures: [AtomicU64; FailureClass::ALL.len()],
+}
+
+impl ResolverStats {
+    fn record<T>(&self, result: &Result<T, ResolverError>) {
+        match result {
+            Ok(_) => self.merges_ok.fetch_add(1, Ordering::Relaxed),
+            Err(e) => self.failures[class_index(e.class())].fetch_add(1, Ordering::Relaxed),
+        };
+    }
+
+    /// Merges that succeeded.
+    pub fn merges_ok(&self) -> u64 {
+        self.merges_ok.load(Ordering::Relaxed)
+    }
+
+    /// Failures counted under `class`.
+    pub fn failures(&self, class: FailureClass) -> u64 {
+        self.failures[class_index(class)].load(Ordering::Relaxed)
+    }
+
+    /// Total failures, all classes.
+    pub fn failures_total(&self) -> u64 {
+        FailureClass::ALL.iter().map(|&c| self.failures(c)).sum()
+    }
+}
+
+fn class_index(class: FailureClass) -> usize {
+    FailureClass::ALL
+        .iter()
+        .position(|&c| c == class)
+        .unwrap_or(0)
+}
+
+/// A validated, compiled resolver module, ready to instantiate.
+pub struct Resolver {
+    hash: ContentHash,
+    pre: InstancePre<StoreState>,
+    memory: ModuleExport,
+    alloc: ModuleExport,
+    merge: ModuleExport,
+    sample: Option<ModuleExport>,
+    stats: Arc<ResolverStats>,
+}
+
+impl std::fmt::Debug for Resolver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Resolver")
+            .field("hash", &hex(&self.hash))
+            .field("has_sample", &self.sample.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Resolver {
+    /// Content hash (blake3 of the module bytes).
+    pub fn hash(&self) -> ContentHash {
+        self.hash
+    }
+
+    /// Does the module export the optional `isthmus_sample`?
+    pub fn has_sample(&self) -> bool {
+        self.sample.is_some()
+    }
+
+    /// This resolver's counters on its host.
+    pub fn stats(&self) -> &ResolverStats {
+        &self.stats
+    }
+}
+
+/// Lower-case hex of a hash (for logs and reports).
+pub fn hex(hash: &[u8]) -> String {
+    hash.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Per-store state: the memory limiter, which remembers whether it refused
+/// a growth so that the resulting trap is classed as a memory limit.
+pub struct StoreState {
+    limits: StoreLimits,
+    refused: bool,
+}
+
+impl ResourceLimiter for StoreState {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let ok = self.limits.memory_growing(current, desired, maximum)?;
+        self.refused |= !ok;
+        Ok(ok)
+    }
+
+    fn memory_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.refused = true;
+        self.limits.memory_grow_failed(error)
+    }
+
+    fn table_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let ok = self.limits.table_growing(current, desired, maximum)?;
+        self.refused |= !ok;
+        Ok(ok)
+    }
+
+    fn instances(&self) -> usize {
+        1
+    }
+
+    fn tables(&self) -> usize {
+        1
+    }
+
+    fn memories(&self) -> usize {
+        1
+    }
+}
+
+/// The named background thread that advances the engine's epoch, the clock
+/// of the merge deadline. Stopped and joined when the host drops.
+struct EpochTicker {
+    stop: Option<mpsc::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl EpochTicker {
+    fn start(engine: Engine, tick: Duration) -> Result<Self, ResolverError> {
+        let (stop, stopped) = mpsc::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("isthmus-resolver-epoch".into())
+            .spawn(move || {
+                while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(tick) {
+                    engine.increment_epoch();
+                }
+            })
+            .map_err(|e| ResolverError::Unavailable {
+                reason: format!("cannot start the epoch ticker: {e}"),
+            })?;
+        Ok(EpochTicker {
+            stop: Some(stop),
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for EpochTicker {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The resolver host of one node.
+///
+/// Owns one wasmtime [`Engine`] (Cranelift, pooling allocator, fuel, epoch
+/// interruption, NaN canonicalisation, no threads, no WASI), a cache of
+/// validated modules by content hash, per-resolver counters, and the epoch
+/// ticker thread. Every merge runs in a fresh [`Store`]: nothing a guest
+/// does survives the call, and concurrent merges share nothing mutable.
+pub struct Host {
+    engine: Engine,
+    linker: Linker<StoreState>,
+    limits: ResolverLimits,
+    modules: RwLock<HashMap<ContentHash, Arc<Resolver>>>,
+    stats: Mutex<HashMap<ContentHash, Arc<ResolverStats>>>,
+    _ticker: EpochTicker,
+}
+
+impl std::fmt::Debug for Host {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Host")
+            .field("limits", &self.limits)
+            .field("modules", &self.modules.read().len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Host {
+    /// A host with the given limits (starts the epoch ticker thread).
+    pub fn new(limits: ResolverLimits) -> Result<Self, ResolverError> {
+        let mut pool = PoolingAllocationConfig::new();
+        pool.total_core_instances(limits.instances_max)
+            .total_memories(limits.instances_max)
+            .total_tables(limits.instances_max)
+            .max_memories_per_module(1)
+            .max_tables_per_module(1)
+            .table_elements(limits.table_elements_max)
+            .max_memory_size(limits.memory_bytes_max);
+        let mut config = Config::new();
+        config
+            .consume_fuel(true)
+            .epoch_interruption(true)
+            .cranelift_nan_canonicalization(true)
+            .relaxed_simd_deterministic(true)
+            .max_wasm_stack(limits.stack_bytes_max)
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        let engine = Engine::new(&config).map_err(|e| ResolverError::Unavailable {
+            reason: format!("cannot configure the wasm engine: {e}"),
+        })?;
+        let ticker = EpochTicker::start(engine.clone(), limits.epoch_tick)?;
+        Ok(Host {
+            linker: Linker::new(&engine),
+            engine,
+            limits,
+            modules: RwLock::new(HashMap::new()),
+            stats: Mutex::new(HashMap::new()),
+            _ticker: ticker,
+        })
+    }
+
+    /// The limits this host enforces.
+    pub fn limits(&self) -> &ResolverLimits {
+        &self.limits
+    }
+
+    /// Counters of the resolver with this content hash (load failures of a
+    /// module are counted under its hash too).
+    pub fn stats(&self, hash: &ContentHash) -> Arc<ResolverStats> {
+        self.stats.lock().entry(*hash).or_default().clone()
+    }
+
+    /// The loaded resolver with this content hash, if cached.
+    pub fn get(&self, hash: &ContentHash) -> Option<Arc<Resolver>> {
+        self.modules.read().get(hash).cloned()
+    }
+
+    /// Drop a module from the cache (running merges keep their handle).
+    pub fn evict(&self, hash: &ContentHash) {
+        self.modules.write().remove(hash);
+    }
+
+    /// Validate, compile and cache a module (a cache hit if already loaded).
+    ///
+    /// Checks, in order: size cap, wasm magic, compile (bounded by
+    /// `compile_deadline`), no imports, the ABI exports and their types,
+    /// and `isthmus_abi_version() == 1` run under the merge limits.
+    pub fn load(&self, bytes: &[u8]) -> Result<Arc<Resolver>, ResolverError> {
+        let hash = module_hash(bytes);
+        if let Some(r) = self.get(&hash) {
+            return Ok(r);
+        }
+        let stats = self.stats(&hash);
+        let result = self.load_uncached(bytes, hash, stats.clone());
+        if let Err(e) = &result {
+            stats.record::<()>(&Err(e.clone()));
+            tracing::warn!(hash = %hex(&hash), error = %e, "resolver module rejected");
+        }
+        let resolver = Arc::new(result?);
+        Ok(self
+            .modules
+            .write()
+            .entry(hash)
+            .or_insert(resolver)
+            .clone())
+    }
+
+    fn load_uncached(
+        &self,
+        bytes: &[u8],
+        hash: ContentHash,
+        stats: Arc<ResolverStats>,
+    ) -> Result<Resolver, ResolverError> {
+        if bytes.len() > self.limits.module_bytes_max {
+            return Err(ResolverError::ModuleTooLarge {
+                bytes: bytes.len(),
+                max_bytes: self.limits.module_bytes_max,
+            });
+        }
+        if !bytes.starts_with(b"\0asm") {
+            return Err(ResolverError::InvalidModule {
+                reason: "not a WebAssembly binary (no \\0asm magic)".into(),
+            });
+        }
+        let module = self.compile(bytes)?;
+        if let Some(import) = module.imports().next() {
+            return Err(ResolverError::ImportNotAllowed {
+                module: import.module().into(),
+                name: import.name().into(),
+            });
+        }
+        use ValType::{I32, I64};
+        let func = |params: &[ValType], results: &[ValType]| {
+            FuncType::new(&self.engine, params.iter().cloned(), results.iter().cloned())
+        };
+        let required = [
+            (export::ABI_VERSION, func(&[], &[I32]), "() -> i32"),
+            (export::ALLOC, func(&[I32], &[I32]), "(i32) -> i32"),
+            (export::MERGE, func(&[I32, I32], &[I64]), "(i32, i32) -> i64"),
+        ];
+        for (name, ty, shown) in &required {
+            let ok = match module.get_export(name) {
+                Some(ExternType::Func(f)) => FuncType::eq(&f, ty),
+                _ => false,
+            };
+            if !ok {
+                return Err(ResolverError::MissingExport {
+                    name: (*name).into(),
+                    expected: (*shown).into(),
+                });
+            }
+        }
+        if !matches!(module.get_export(export::MEMORY), Some(ExternType::Memory(_))) {
+            return Err(ResolverError::MissingExport {
+                name: export::MEMORY.into(),
+                expected: "memory".into(),
+            });
+        }
+        let sample = match module.get_export(export::SAMPLE) {
+            None => None,
+            Some(ExternType::Func(f)) if FuncType::eq(&f, &func(&[I64], &[I64])) => {
+                module.get_export_index(export::SAMPLE)
+            }
+            Some(_) => {
+                return Err(ResolverError::MissingExport {
+                    name: export::SAMPLE.into(),
+                    expected: "(i64) -> i64 (it is optional, but must have this type)".into(),
+                });
+            }
+        };
+        let index = |name: &str| {
+            module
+                .get_export_index(name)
+                .ok_or_else(|| ResolverError::MissingExport {
+                    name: name.into(),
+                    expected: "an export".into(),
+                })
+        };
+        let pre = self
+            .linker
+            .instantiate_pre(&module)
+            .map_err(|e| ResolverError::InvalidModule {
+                reason: format!("cannot prepare instantiation: {e}"),
+            })?;
+        let resolver = Resolver {
+            hash,
+            memory: index(export::MEMORY)?,
+            alloc: index(export::ALLOC)?,
+            merge: index(export::MERGE)?,
+            sample,
+            pre,
+            stats,
+        };
+        // Ask the module its ABI version, under the same limits as a merge.
+        let mut store = self.store()?;
+        let instance = resolver
+            .pre
+            .instantiate(&mut store)
+            .map_err(|e| self.classify(&store, e, "instantiate"))?;
+        let version = instance
+            .get_typed_func::<(), u32>(&mut store, export::ABI_VERSION)
+            .and_then(|f| f.call(&mut store, ()))
+            .map_err(|e| self.classify(&store, e, "isthmus_abi_version"))?;
+        if version != ABI_VERSION {
+            return Err(ResolverError::AbiMismatch {
+                expected: ABI_VERSION,
+                found: version,
+            });
+        }
+        Ok(resolver)
+    }
+
+    /// Compile on a named thread and wait at most `compile_deadline`.
+    fn compile(&self, bytes: &[u8]) -> Result<Module, ResolverError> {
+        let (tx, rx) = mpsc::sync_channel(1);
+        let engine = self.engine.clone();
+        let owned = bytes.to_vec();
+        std::thread::Builder::new()
+            .name("isthmus-resolver-compile".into())
+            .spawn(move || {
+                let _ = tx.send(Module::from_binary(&engine, &owned));
+            })
+            .map_err(|e| ResolverError::Unavailable {
+                reason: format!("cannot start a compile thread: {e}"),
+            })?;
+        match rx.recv_timeout(self.limits.compile_deadline) {
+            Ok(Ok(module)) => Ok(module),
+            Ok(Err(e)) => Err(ResolverError::InvalidModule {
+                reason: format!("{e:#}"),
+            }),
+            Err(_) => Err(ResolverError::CompileTimeout {
+                deadline_ms: self.limits.compile_deadline.as_millis() as u64,
+            }),
+        }
+    }
+
+    /// A fresh store with the memory cap, the fuel budget and the deadline.
+    fn store(&self) -> Result<Store<StoreState>, ResolverError> {
+        let limits = StoreLimitsBuilder::new()
+            .memory_size(self.limits.memory_bytes_max)
+            .table_elements(self.limits.table_elements_max)
+            .instances(1)
+            .memories(1)
+            .tables(1)
+            .build();
+        let mut store = Store::new(
+            &self.engine,
+            StoreState {
+                limits,
+                refused: false,
+            },
+        );
+        store.limiter(|s| s);
+        store
+            .set_fuel(self.limits.fuel_per_merge)
+            .map_err(|e| ResolverError::Unavailable {
+                reason: format!("cannot set fuel: {e}"),
+            })?;
+        let tick = self.limits.epoch_tick.as_nanos().max(1);
+        // +1: the next tick may come at once.
+        let ticks = (self.limits.merge_deadline.as_nanos() / tick) as u64 + 1;
+        store.set_epoch_deadline(ticks);
+        Ok(store)
+    }
+
+    /// Class a wasmtime error into a [`ResolverError`].
+    fn classify(&self, store: &Store<StoreState>, e: wasmtime::Error, what: &str) -> ResolverError {
+        match e.downcast_ref::<Trap>() {
+            Some(Trap::OutOfFuel) => ResolverError::FuelExhausted {
+                fuel: self.limits.fuel_per_merge,
+            },
+            Some(Trap::Interrupt) => ResolverError::Deadline {
+                deadline_ms: self.limits.merge_deadline.as_millis() as u64,
+            },
+            _ if store.data().refused => ResolverError::MemoryLimit {
+                memory_bytes_max: self.limits.memory_bytes_max,
+            },
+            Some(trap) => ResolverError::Trap {
+                message: format!("{trap} (in {what})"),
+            },
+            None if what == "instantiate" => ResolverError::Unavailable {
+                reason: format!("cannot instantiate: {e:#}"),
+            },
+            None => ResolverError::Trap {
+                message: format!("{e:#} (in {what})"),
+            },
+        }
+    }
+
+    /// Run one merge on already-encoded input; returns the raw output bytes
+    /// (an encoded [`MergeOutput`], not yet decoded). Counted.
+    pub fn merge_raw(&self, resolver: &Resolver, input: &[u8]) -> Result<Vec<u8>, ResolverError> {
+        let result = self.merge_raw_uncounted(resolver, input);
+        resolver.stats.record(&result);
+        result
+    }
+
+    fn merge_raw_uncounted(
+        &self,
+        resolver: &Resolver,
+        input: &[u8],
+    ) -> Result<Vec<u8>, ResolverError> {
+        if input.len() > self.limits.input_bytes_max {
+            return Err(ResolverError::InputTooLarge {
+                bytes: input.len(),
+                max_bytes: self.limits.input_bytes_max,
+            });
+        }
+        let mut store = self.store()?;
+        let instance = resolver
+            .pre
+            .instantiate(&mut store)
+            .map_err(|e| self.classify(&store, e, "instantiate"))?;
+        let (memory, alloc, merge) = self.exports(&mut store, &instance, resolver)?;
+        let len = u32::try_from(input.len()).map_err(|_| ResolverError::InputTooLarge {
+            bytes: input.len(),
+            max_bytes: u32::MAX as usize,
+        })?;
+        let ptr = alloc
+            .call(&mut store, len)
+            .map_err(|e| self.classify(&store, e, export::ALLOC))?;
+        if ptr == 0 && len > 0 {
+            return Err(if store.data().refused {
+                ResolverError::MemoryLimit {
+                    memory_bytes_max: self.limits.memory_bytes_max,
+                }
+            } else {
+                ResolverError::BadOutput {
+                    reason: format!("isthmus_alloc({len}) returned 0"),
+                }
+            });
+        }
+        memory
+            .write(&mut store, ptr as usize, input)
+            .map_err(|_| ResolverError::BadOutput {
+                reason: format!("isthmus_alloc({len}) returned out-of-bounds pointer {ptr:#x}"),
+            })?;
+        let packed = merge
+            .call(&mut store, (ptr, len))
+            .map_err(|e| self.classify(&store, e, export::MERGE))?;
+        self.read_packed(&store, memory, packed)
+    }
+
+    fn exports(
+        &self,
+        store: &mut Store<StoreState>,
+        instance: &wasmtime::Instance,
+        r: &Resolver,
+    ) -> Result<(Memory, TypedFunc<u32, u32>, TypedFunc<(u32, u32), u64>), ResolverError> {
+        let missing = |name: &str| ResolverError::MissingExport {
+            name: name.into(),
+            expected: "(validated at load)".into(),
+        };
+        let memory = instance
+            .get_module_export(&mut *store, &r.memory)
+            .and_then(|e| e.into_memory())
+            .ok_or_else(|| missing(export::MEMORY))?;
+        let alloc = instance
+            .get_module_export(&mut *store, &r.alloc)
+            .and_then(|e| e.into_func())
+            .and_then(|f| f.typed(&*store).ok())
+            .ok_or_else(|| missing(export::ALLOC))?;
+        let merge = instance
+            .get_module_export(&mut *store, &r.merge)
+            .and_then(|e| e.into_func())
+            .and_then(|f| f.typed(&*store).ok())
+            .ok_or_else(|| missing(export::MERGE))?;
+        Ok((memory, alloc, merge))
+    }
+
+    /// Copy out the `(ptr << 32) | len` buffer a guest returned.
+    fn read_packed(
+        &self,
+        store: &Store<StoreState>,
+        memory: Memory,
+        packed: u64,
+    ) -> Result<Vec<u8>, ResolverError> {
+        let (ptr, len) = ((packed >> 32) as usize, (packed & 0xffff_ffff) as usize);
+        if len > self.limits.output_bytes_max {
+            return Err(ResolverError::BadOutput {
+                reason: format!(
+                    "output of {len} bytes exceeds the limit of {} bytes",
+                    self.limits.output_bytes_max
+                ),
+            });
+        }
+        let data = memory.data(store);
+        match ptr.checked_add(len).and_then(|end| data.get(ptr..end)) {
+            Some(out) => Ok(out.to_vec()),
+            None => Err(ResolverError::BadOutput {
+                reason: format!(
+                    "output {ptr:#x}+{len} lies outside guest memory of {} bytes",
+                    data.len()
+                ),
+            }),
+        }
+    }
+
+    /// Merge ABI-level siblings: encode, run, decode. Counted.
+    pub fn merge_siblings(
+        &self,
+        resolver: &Resolver,
+        key: &[u8],
+        siblings: &[Sibling<'_>],
+    ) -> Result<Merged, ResolverError> {
+        let input = abi::encode_input(key, siblings);
+        let result = self
+            .merge_raw_uncounted(resolver, &input)
+            .and_then(|out| decode_output(&out));
+        resolver.stats.record(&result);
+        result
+    }
+
+    /// Merge a version set into the version that replaces it: the least
+    /// upper bound of the sibling clocks, the greatest timestamp, and the
+    /// resolver's content hash ([`VersionSet::merged`]). `Ok(None)` for an
+    /// empty set. Counted.
+    pub fn merge_set(
+        &self,
+        resolver: &Resolver,
+        key: &[u8],
+        set: &VersionSet,
+    ) -> Result<Option<Version>, ResolverError> {
+        let siblings: Vec<Sibling<'_>> = set.versions().iter().map(to_sibling).collect();
+        let payload = match self.merge_siblings(resolver, key, &siblings)? {
+            Merged::Value(v) => Payload::Value(v),
+            Merged::Delete => Payload::Tombstone,
+        };
+        Ok(set.merged(payload, resolver.hash))
+    }
+
+    /// A sample value from the module's optional `isthmus_sample(seed)`;
+    /// `Ok(None)` if it has none. Runs under the merge limits; not counted.
+    pub fn sample(&self, resolver: &Resolver, seed: u64) -> Result<Option<Vec<u8>>, ResolverError> {
+        let Some(sample) = &resolver.sample else {
+            return Ok(None);
+        };
+        let mut store = self.store()?;
+        let instance = resolver
+            .pre
+            .instantiate(&mut store)
+            .map_err(|e| self.classify(&store, e, "instantiate"))?;
+        let (memory, _, _) = self.exports(&mut store, &instance, resolver)?;
+        let f: TypedFunc<u64, u64> = instance
+            .get_module_export(&mut store, sample)
+            .and_then(|e| e.into_func())
+            .and_then(|f| f.typed(&store).ok())
+            .ok_or_else(|| ResolverError::MissingExport {
+                name: export::SAMPLE.into(),
+                expected: "(i64) -> i64".into(),
+            })?;
+        let packed = f
+            .call(&mut store, seed)
+            .map_err(|e| self.classify(&store, e, export::SAMPLE))?;
+        self.read_packed(&store, memory, packed).map(Some)
+    }
+}
+
+/// Decode a guest's output into a merge result or a typed error.
+fn decode_output(out: &[u8]) -> Result<Merged, ResolverError> {
+    match abi::decode_output(out) {
+        Ok(MergeOutput::Value(v)) => Ok(Merged::Value(v)),
+        Ok(MergeOutput::Delete) => Ok(Merged::Delete),
+        Ok(MergeOutput::Error { code, message }) => Err(ResolverError::Guest { code, message }),
+        Err(e) => Err(ResolverError::BadOutput {
+            reason: format!("output does not decode: {e}"),
+        }),
+    }
+}
+
+/// The ABI view of a stored version.
+pub fn to_sibling(v: &Version) -> Sibling<'_> {
+    Sibling {
+        payload: match &v.payload {
+            Payload::Value(b) => isthmus_sdk_wasm::Payload::Value(b),
+            Payload::Tombstone => isthmus_sdk_wasm::Payload::Tombstone,
+        },
+        timestamp_ms: v.timestamp_ms,
+        origin_dc: &v.origin_dc.0,
+        clock: SiblingClock {
+            vector: v.clock.vector().iter().map(|(a, &n)| (a.0, n)).collect(),
+            dots: v
+                .clock
+                .dots()
+                .iter()
+                .map(|d| Dot {
+                    actor: d.actor.0,
+                    counter: d.counter,
+                })
+                .collect(),
+        },
+    }
+}

@@ -1,0 +1,58 @@
+//! Every limit the resolver host enforces, in one place, with units in the
+//! names. A module that exceeds one is rejected at load or contained at call
+//! with a typed [`ResolverError`](crate::ResolverError); none can crash,
+//! hang or exhaust the node (DESIGN.md invariant 4).
+
+use std::time::Duration;
+
+/// Limits of one [`Host`](crate::Host).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ResolverLimits {
+    /// Largest module accepted at load. Also what bounds compile time in
+    /// practice: Cranelift compiles in time roughly linear in code size.
+    pub module_bytes_max: usize,
+    /// How long a caller waits for a module to compile before the load is
+    /// refused (the compile finishes in the background and is dropped).
+    pub compile_deadline: Duration,
+    /// Deterministic budget of one merge, in wasmtime fuel units (about one
+    /// per wasm instruction). Fuel, not time, is the budget: a module that
+    /// runs out does so on every replica alike (DESIGN.md, lessons).
+    pub fuel_per_merge: u64,
+    /// Wall-clock backstop of one merge, enforced by epoch interruption.
+    /// Only a stuck host should ever hit it before the fuel runs out.
+    pub merge_deadline: Duration,
+    /// Period of the epoch ticker thread (the deadline's resolution).
+    pub epoch_tick: Duration,
+    /// Largest linear memory one merge may use (initial plus growth).
+    pub memory_bytes_max: usize,
+    /// Largest table one merge may use, in elements.
+    pub table_elements_max: usize,
+    /// Native stack the guest may use before it traps.
+    pub stack_bytes_max: usize,
+    /// Largest encoded input (key plus siblings) handed to a guest.
+    pub input_bytes_max: usize,
+    /// Largest encoded output read back from a guest.
+    pub output_bytes_max: usize,
+    /// Merges that can run at once on one host: the size of the pooling
+    /// allocator's instance and memory pools.
+    pub instances_max: u32,
+}
+
+impl Default for ResolverLimits {
+    fn default() -> Self {
+        ResolverLimits {
+            module_bytes_max: 8 * 1024 * 1024,
+            compile_deadline: Duration::from_secs(20),
+            fuel_per_merge: 200_000_000,
+            merge_deadline: Duration::from_secs(2),
+            epoch_tick: Duration::from_millis(10),
+            memory_bytes_max: 64 * 1024 * 1024,
+            table_elements_max: 10_000,
+            stack_bytes_max: 512 * 1024,
+            // A sibling cap of 64 values of 1 MiB each, plus framing.
+            input_bytes_max: 80 * 1024 * 1024,
+            output_bytes_max: 2 * 1024 * 1024,
+            instances_max: 32,
+        }
+    }
+}

@@ -1,0 +1,437 @@
+//! The resolver registry: modules stored by name and version with their
+//! content hash, and keyspace bindings with a history to roll back to.
+//!
+//! It is backed by a tiny byte store, [`RegistryStore`] (get / put / prefix
+//! scan), so that it can live in the system keyspace that DESIGN.md
+//! replicates to every DC. [`MemoryStore`] is the in-memory implementation
+//! for tests; the node backs it with its storage engine (an adapter the
+//! integrator adds: a `RegistryStore` over one system keyspace, with a
+//! `put` that writes with a causal context and a `get` that returns the
+//! single merged value; registry records are written once per key, or, for
+//! bindings, by operators one at a time, so last-writer-wins is enough).
+//!
+//! Key layout (all values postcard-encoded, format version 1):
+//!
+//! | key | value |
+//! |---|---|
+//! | `resolver/` name `0x00` version (u32 big-endian) | [`ResolverRecord`] |
+//! | `module/` 32-byte content hash | the module bytes |
+//! | `binding/` keyspace | [`Binding`] |
+//!
+//! Big-endian versions make a prefix scan list a name's versions in order.
+//!
+//! What it is not: an access-control layer. Authorising uploads is the
+//! node's job, before it calls [`Registry::register`].
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use isthmus_core::model::ContentHash;
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+
+use crate::check::{self, CheckOptions};
+use crate::host::{hex, module_hash};
+use crate::{Host, ResolverError};
+
+/// A failure of the byte store under the registry.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("registry storage failed: {reason}")]
+pub struct StoreError {
+    /// What went wrong.
+    pub reason: String,
+}
+
+/// The byte store a registry lives in. Implementations must be safe to
+/// share between threads; `scan` returns keys in ascending byte order.
+pub trait RegistryStore: Send + Sync {
+    /// The value under `key`, if any.
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
+    /// Store `value` under `key`, replacing any previous value.
+    fn put(&self, key: &[u8], value: &[u8]) -> Result<(), StoreError>;
+    /// Every `(key, value)` whose key starts with `prefix`, ascending.
+    fn scan(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError>;
+}
+
+/// An in-memory [`RegistryStore`] (tests, single-process demos).
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    map: Mutex<BTreeMap<Vec<u8>, Vec<u8>>>,
+}
+
+impl RegistryStore for MemoryStore {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.map.lock().get(key).cloned())
+    }
+
+    fn put(&self, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
+        self.map.lock().insert(key.to_vec(), value.to_vec());
+        Ok(())
+    }
+
+    fn scan(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+        Ok(self
+            .map
+            .lock()
+            .range(prefix.to_vec()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect())
+    }
+}
+
+/// How the law check went when a resolver was registered.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LawCheck {
+    /// Every law held on the generated cases.
+    Passed {
+        /// Seed of the check run.
+        seed: u64,
+    },
+    /// The check failed and the uploader overrode it explicitly.
+    Overridden {
+        /// Seed of the check run.
+        seed: u64,
+        /// The violated laws, as the report printed them.
+        violations: Vec<String>,
+    },
+}
+
+/// One registered resolver version.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResolverRecord {
+    /// Resolver name (e.g. `cart-union`).
+    pub name: String,
+    /// Version number chosen by the uploader.
+    pub version: u32,
+    /// blake3 of the module bytes.
+    pub hash: ContentHash,
+    /// Module size.
+    pub module_bytes: u64,
+    /// Outcome of the law check at upload.
+    pub law_check: LawCheck,
+}
+
+/// A reference to one resolver version.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResolverRef {
+    /// Resolver name.
+    pub name: String,
+    /// Version number.
+    pub version: u32,
+    /// Content hash of that version's module.
+    pub hash: ContentHash,
+}
+
+/// Which resolver a keyspace uses, and what it used before.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Binding {
+    /// The keyspace.
+    pub keyspace: String,
+    /// The resolver in force (`None`: detached).
+    pub current: Option<ResolverRef>,
+    /// Earlier bindings, oldest first; [`Registry::rollback`] pops the last.
+    pub history: Vec<Option<ResolverRef>>,
+}
+
+/// What to do when the law check fails at upload.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UploadPolicy {
+    /// Options of the law check (its seed defaults from the module hash).
+    pub check: CheckOptions,
+    /// Register even if the check fails (recorded as [`LawCheck::Overridden`]).
+    pub override_failed_check: bool,
+}
+
+impl Default for UploadPolicy {
+    fn default() -> Self {
+        UploadPolicy {
+            check: CheckOptions::default(),
+            override_failed_check: false,
+        }
+    }
+}
+
+/// Why a registry operation failed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RegistryError {
+    /// The byte store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The module was rejected at load.
+    #[error("module rejected: {source}")]
+    Invalid {
+        /// The load error.
+        source: ResolverError,
+    },
+    /// The law check failed and no override was given.
+    #[error(
+        "resolver {name}@{version} fails the law check (seed {seed}): {violations:?}; upload with the override to register it anyway"
+    )]
+    LawCheckFailed {
+        /// Resolver name.
+        name: String,
+        /// Version.
+        version: u32,
+        /// Seed of the check.
+        seed: u64,
+        /// The violated laws with their counterexamples.
+        violations: Vec<String>,
+    },
+    /// The law check could not run.
+    #[error("law check could not run: {reason}")]
+    CheckFailed {
+        /// Why.
+        reason: String,
+    },
+    /// This name and version already hold a different module.
+    #[error("{name}@{version} is already registered with another module")]
+    VersionTaken {
+        /// Resolver name.
+        name: String,
+        /// Version.
+        version: u32,
+    },
+    /// No such resolver version.
+    #[error("no resolver {name}@{version}")]
+    UnknownResolver {
+        /// Resolver name.
+        name: String,
+        /// Version.
+        version: u32,
+    },
+    /// Nothing to roll back to.
+    #[error("keyspace {keyspace:?} has no earlier binding to roll back to")]
+    NothingToRollBack {
+        /// The keyspace.
+        keyspace: String,
+    },
+    /// A stored record does not decode.
+    #[error("corrupt registry record under {key}")]
+    Corrupt {
+        /// The key, escaped.
+        key: String,
+    },
+}
+
+/// Resolvers by name and version, and keyspace bindings.
+pub struct Registry {
+    store: Arc<dyn RegistryStore>,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registry").finish_non_exhaustive()
+    }
+}
+
+fn resolver_key(name: &str, version: u32) -> Vec<u8> {
+    let mut k = b"resolver/".to_vec();
+    k.extend_from_slice(name.as_bytes());
+    k.push(0);
+    k.extend_from_slice(&version.to_be_bytes());
+    k
+}
+
+fn module_key(hash: &ContentHash) -> Vec<u8> {
+    let mut k = b"module/".to_vec();
+    k.extend_from_slice(hash);
+    k
+}
+
+fn binding_key(keyspace: &str) -> Vec<u8> {
+    let mut k = b"binding/".to_vec();
+    k.extend_from_slice(keyspace.as_bytes());
+    k
+}
+
+fn decode<T: for<'de> Deserialize<'de>>(key: &[u8], bytes: &[u8]) -> Result<T, RegistryError> {
+    postcard::from_bytes(bytes).map_err(|_| RegistryError::Corrupt {
+        key: String::from_utf8_lossy(key).escape_debug().to_string(),
+    })
+}
+
+fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    postcard::to_allocvec(value).unwrap_or_default()
+}
+
+impl Registry {
+    /// A registry over a byte store.
+    pub fn new(store: Arc<dyn RegistryStore>) -> Self {
+        Registry { store }
+    }
+
+    /// A registry over a fresh [`MemoryStore`].
+    pub fn in_memory() -> Self {
+        Self::new(Arc::new(MemoryStore::default()))
+    }
+
+    /// Validate `module` on `host`, run the law check, and store it as
+    /// `name@version`. A module that fails the check is refused unless
+    /// `policy.override_failed_check` is set. Registering the same bytes
+    /// again under the same name and version is a no-op.
+    pub fn register(
+        &self,
+        host: &Host,
+        name: &str,
+        version: u32,
+        module: &[u8],
+        policy: &UploadPolicy,
+    ) -> Result<ResolverRecord, RegistryError> {
+        let hash = module_hash(module);
+        let key = resolver_key(name, version);
+        if let Some(existing) = self.store.get(&key)? {
+            let record: ResolverRecord = decode(&key, &existing)?;
+            if record.hash == hash {
+                return Ok(record);
+            }
+            return Err(RegistryError::VersionTaken {
+                name: name.into(),
+                version,
+            });
+        }
+        let resolver = host
+            .load(module)
+            .map_err(|source| RegistryError::Invalid { source })?;
+        let mut options = policy.check.clone();
+        if options.seed.is_none() {
+            options.seed = Some(u64::from_le_bytes(hash[..8].try_into().unwrap_or([0; 8])));
+        }
+        let report = check::check(host, &resolver, &options).map_err(|e| {
+            RegistryError::CheckFailed {
+                reason: e.to_string(),
+            }
+        })?;
+        let violations: Vec<String> = report.violations.iter().map(|v| v.to_string()).collect();
+        let law_check = if report.passed() {
+            LawCheck::Passed { seed: report.seed }
+        } else if policy.override_failed_check {
+            tracing::warn!(name, version, hash = %hex(&hash), "registering a resolver that fails the law check (override)");
+            LawCheck::Overridden {
+                seed: report.seed,
+                violations,
+            }
+        } else {
+            return Err(RegistryError::LawCheckFailed {
+                name: name.into(),
+                version,
+                seed: report.seed,
+                violations,
+            });
+        };
+        let record = ResolverRecord {
+            name: name.into(),
+            version,
+            hash,
+            module_bytes: module.len() as u64,
+            law_check,
+        };
+        // Module first: a record never points at a missing module.
+        self.store.put(&module_key(&hash), module)?;
+        self.store.put(&key, &encode(&record))?;
+        Ok(record)
+    }
+
+    /// One resolver version.
+    pub fn get(&self, name: &str, version: u32) -> Result<Option<ResolverRecord>, RegistryError> {
+        let key = resolver_key(name, version);
+        self.store
+            .get(&key)?
+            .map(|b| decode(&key, &b))
+            .transpose()
+    }
+
+    /// Every registered version, by name then version.
+    pub fn list(&self) -> Result<Vec<ResolverRecord>, RegistryError> {
+        self.store
+            .scan(b"resolver/")?
+            .into_iter()
+            .map(|(k, v)| decode(&k, &v))
+            .collect()
+    }
+
+    /// The module bytes with this content hash.
+    pub fn module_bytes(&self, hash: &ContentHash) -> Result<Option<Vec<u8>>, RegistryError> {
+        Ok(self.store.get(&module_key(hash))?)
+    }
+
+    /// The keyspace's binding, if it ever had one.
+    pub fn binding(&self, keyspace: &str) -> Result<Option<Binding>, RegistryError> {
+        let key = binding_key(keyspace);
+        self.store
+            .get(&key)?
+            .map(|b| decode(&key, &b))
+            .transpose()
+    }
+
+    /// Every keyspace binding.
+    pub fn bindings(&self) -> Result<Vec<Binding>, RegistryError> {
+        self.store
+            .scan(b"binding/")?
+            .into_iter()
+            .map(|(k, v)| decode(&k, &v))
+            .collect()
+    }
+
+    /// Bind `keyspace` to `name@version` (which must be registered); the
+    /// previous binding goes on the history.
+    pub fn attach(&self, keyspace: &str, name: &str, version: u32) -> Result<Binding, RegistryError> {
+        let record = self
+            .get(name, version)?
+            .ok_or_else(|| RegistryError::UnknownResolver {
+                name: name.into(),
+                version,
+            })?;
+        self.set_current(
+            keyspace,
+            Some(ResolverRef {
+                name: record.name,
+                version: record.version,
+                hash: record.hash,
+            }),
+        )
+    }
+
+    /// Unbind `keyspace` (siblings then accumulate, bounded by the sibling
+    /// cap); the previous binding goes on the history.
+    pub fn detach(&self, keyspace: &str) -> Result<Binding, RegistryError> {
+        self.set_current(keyspace, None)
+    }
+
+    fn set_current(
+        &self,
+        keyspace: &str,
+        current: Option<ResolverRef>,
+    ) -> Result<Binding, RegistryError> {
+        let mut binding = self.binding(keyspace)?.unwrap_or(Binding {
+            keyspace: keyspace.into(),
+            current: None,
+            history: Vec::new(),
+        });
+        if binding.current == current {
+            return Ok(binding);
+        }
+        let previous = std::mem::replace(&mut binding.current, current);
+        binding.history.push(previous);
+        self.store.put(&binding_key(keyspace), &encode(&binding))?;
+        Ok(binding)
+    }
+
+    /// Restore the keyspace's previous binding.
+    pub fn rollback(&self, keyspace: &str) -> Result<Binding, RegistryError> {
+        let mut binding =
+            self.binding(keyspace)?
+                .ok_or_else(|| RegistryError::NothingToRollBack {
+                    keyspace: keyspace.into(),
+                })?;
+        let previous = binding
+            .history
+            .pop()
+            .ok_or_else(|| RegistryError::NothingToRollBack {
+                keyspace: keyspace.into(),
+            })?;
+        binding.current = previous;
+        self.store.put(&binding_key(keyspace), &encode(&binding))?;
+        Ok(binding)
+    }
+}

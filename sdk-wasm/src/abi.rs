@@ -1,0 +1,307 @@
+//! The resolver ABI types, shared by host and guest, and their encoding.
+//!
+//! Both directions are [postcard](https://docs.rs/postcard) encodings of the
+//! types below. Postcard is a simple, non-self-describing format; the whole
+//! of it that this ABI uses is:
+//!
+//! - **varint**: an unsigned integer (`u32`, `u64`) as unsigned LEB128: 7
+//!   bits per byte, least significant group first, high bit set on every
+//!   byte but the last (`0` → `00`, `127` → `7f`, `128` → `80 01`,
+//!   `300` → `ac 02`). At most 5 bytes for a `u32`, 10 for a `u64`.
+//! - **bytes** / **string**: varint length, then that many raw bytes
+//!   (strings are UTF-8).
+//! - **sequence**: varint element count, then the elements.
+//! - **struct** / **tuple**: the fields in declaration order, nothing
+//!   between them (no tags, no lengths).
+//! - **enum**: varint variant index (0, 1, …), then the variant's fields.
+//!
+//! Decoding must consume the whole buffer: the host rejects an output with
+//! trailing bytes.
+//!
+//! ## Input (host → guest): [`MergeInput`]
+//!
+//! ```text
+//! MergeInput   = key:bytes  siblings:seq<Sibling>
+//! Sibling      = payload:Payload  timestamp_ms:varint  origin_dc:string  clock:SiblingClock
+//! Payload      = 0x00 value:bytes        (a value)
+//!              | 0x01                    (a tombstone: the key was deleted)
+//! SiblingClock = vector:seq<(actor:varint, counter:varint)>  dots:seq<(actor:varint, counter:varint)>
+//! ```
+//!
+//! Example: key `"k"`, one sibling holding `"hi"` at timestamp 300 from
+//! `"dc1"` with clock `{actor 7: 1}` and no dots encodes as
+//! `01 6b | 01 | 00 02 68 69 | ac 02 | 03 64 63 31 | 01 07 01 | 00`.
+//!
+//! ## Output (guest → host): [`MergeOutput`]
+//!
+//! ```text
+//! MergeOutput = 0x00 value:bytes                   (the merged value)
+//!             | 0x01                               (the merge is a delete: store a tombstone)
+//!             | 0x02 code:varint message:string    (the guest refuses: siblings are kept)
+//! ```
+//!
+//! Example: the merged value `"hi"` is `00 02 68 69`; a delete is `01`.
+
+use alloc::string::String;
+use alloc::vec::Vec;
+
+use serde::{Deserialize, Serialize};
+
+/// The ABI version this crate speaks; `isthmus_abi_version` returns it.
+pub const ABI_VERSION: u32 = 1;
+
+/// Error code the SDK glue returns when the input does not decode.
+pub const ERR_BAD_INPUT: u32 = 0xFFFF_0000;
+
+/// One write event of a node actor (see the store's causal clocks).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Dot {
+    /// The node actor that coordinated the write.
+    pub actor: u64,
+    /// The actor's event number, from 1.
+    pub counter: u64,
+}
+
+/// A sibling's causal clock: a version vector plus detached dots. Most
+/// resolvers ignore it; it is there for those that need causality (for
+/// instance to tell which replica wrote a counter increment).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct SiblingClock {
+    /// `(actor, counter)`: the actor's events 1..=counter, ascending actor.
+    pub vector: Vec<(u64, u64)>,
+    /// Single events beyond the vector, ascending.
+    pub dots: Vec<Dot>,
+}
+
+/// What a sibling holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Payload<'a> {
+    /// The value bytes.
+    Value(&'a [u8]),
+    /// A delete marker.
+    Tombstone,
+}
+
+/// One sibling handed to a resolver (borrowed from the input buffer).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Sibling<'a> {
+    /// Value or tombstone.
+    #[serde(borrow)]
+    pub payload: Payload<'a>,
+    /// Wall-clock milliseconds since the Unix epoch when it was written (for
+    /// a sibling a resolver produced: the greatest timestamp it merged).
+    pub timestamp_ms: u64,
+    /// Name of the datacenter that wrote it.
+    pub origin_dc: &'a str,
+    /// Its causal clock.
+    pub clock: SiblingClock,
+}
+
+impl<'a> Sibling<'a> {
+    /// A value sibling with an empty clock and origin (handy in tests).
+    pub fn of_value(value: &'a [u8], timestamp_ms: u64) -> Self {
+        Sibling {
+            payload: Payload::Value(value),
+            timestamp_ms,
+            origin_dc: "",
+            clock: SiblingClock::default(),
+        }
+    }
+
+    /// A tombstone sibling with an empty clock and origin (handy in tests).
+    pub fn of_tombstone(timestamp_ms: u64) -> Self {
+        Sibling {
+            payload: Payload::Tombstone,
+            timestamp_ms,
+            origin_dc: "",
+            clock: SiblingClock::default(),
+        }
+    }
+
+    /// The same sibling from another datacenter.
+    pub fn with_origin(mut self, origin_dc: &'a str) -> Self {
+        self.origin_dc = origin_dc;
+        self
+    }
+
+    /// The same sibling with another clock.
+    pub fn with_clock(mut self, clock: SiblingClock) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// The value bytes, or `None` for a tombstone.
+    pub fn value(&self) -> Option<&'a [u8]> {
+        match self.payload {
+            Payload::Value(v) => Some(v),
+            Payload::Tombstone => None,
+        }
+    }
+
+    /// Is this a delete marker?
+    pub fn is_tombstone(&self) -> bool {
+        matches!(self.payload, Payload::Tombstone)
+    }
+}
+
+/// The encoded input of one merge.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MergeInput<'a> {
+    /// The key whose siblings are merged.
+    pub key: &'a [u8],
+    /// The siblings, in the store's canonical order.
+    #[serde(borrow)]
+    pub siblings: Vec<Sibling<'a>>,
+}
+
+/// What a resolver's merge produces.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Merged {
+    /// The merged value.
+    Value(Vec<u8>),
+    /// The merge is a delete: the key's siblings become one tombstone.
+    Delete,
+}
+
+/// A resolver's refusal to merge: the host keeps the siblings as they were.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct MergeError {
+    /// Resolver-defined code (`0xFFFF_0000` and above are reserved).
+    pub code: u32,
+    /// Human-readable reason, logged by the host.
+    pub message: String,
+}
+
+impl MergeError {
+    /// A refusal with a code and a message.
+    pub fn new(code: u32, message: impl Into<String>) -> Self {
+        MergeError {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl core::fmt::Display for MergeError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "resolver error {}: {}", self.code, self.message)
+    }
+}
+
+/// The encoded output of one merge.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum MergeOutput {
+    /// Variant 0: the merged value.
+    Value(Vec<u8>),
+    /// Variant 1: the merge is a delete.
+    Delete,
+    /// Variant 2: the guest refuses to merge.
+    Error {
+        /// Resolver-defined code.
+        code: u32,
+        /// Human-readable reason.
+        message: String,
+    },
+}
+
+impl From<Result<Merged, MergeError>> for MergeOutput {
+    fn from(r: Result<Merged, MergeError>) -> Self {
+        match r {
+            Ok(Merged::Value(v)) => MergeOutput::Value(v),
+            Ok(Merged::Delete) => MergeOutput::Delete,
+            Err(MergeError { code, message }) => MergeOutput::Error { code, message },
+        }
+    }
+}
+
+impl From<MergeOutput> for Result<Merged, MergeError> {
+    fn from(o: MergeOutput) -> Self {
+        match o {
+            MergeOutput::Value(v) => Ok(Merged::Value(v)),
+            MergeOutput::Delete => Ok(Merged::Delete),
+            MergeOutput::Error { code, message } => Err(MergeError { code, message }),
+        }
+    }
+}
+
+/// Encode a merge input (what the host writes into guest memory).
+pub fn encode_input(key: &[u8], siblings: &[Sibling<'_>]) -> Vec<u8> {
+    #[derive(Serialize)]
+    struct Ref<'s, 'a> {
+        key: &'s [u8],
+        siblings: &'s [Sibling<'a>],
+    }
+    postcard::to_allocvec(&Ref { key, siblings }).unwrap_or_default()
+}
+
+/// Decode a merge input; the whole buffer must be consumed.
+pub fn decode_input(bytes: &[u8]) -> Result<MergeInput<'_>, postcard::Error> {
+    let (input, rest) = postcard::take_from_bytes::<MergeInput<'_>>(bytes)?;
+    if !rest.is_empty() {
+        return Err(postcard::Error::DeserializeBadEncoding);
+    }
+    Ok(input)
+}
+
+/// Encode a merge output (what the guest returns).
+pub fn encode_output(output: &MergeOutput) -> Vec<u8> {
+    postcard::to_allocvec(output).unwrap_or_default()
+}
+
+/// Decode a merge output; the whole buffer must be consumed.
+pub fn decode_output(bytes: &[u8]) -> Result<MergeOutput, postcard::Error> {
+    let (output, rest) = postcard::take_from_bytes::<MergeOutput>(bytes)?;
+    if !rest.is_empty() {
+        return Err(postcard::Error::DeserializeBadEncoding);
+    }
+    Ok(output)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn documented_input_example_is_exact() {
+        let s = Sibling::of_value(b"hi", 300)
+            .with_origin("dc1")
+            .with_clock(SiblingClock {
+                vector: alloc::vec![(7, 1)],
+                dots: Vec::new(),
+            });
+        let bytes = encode_input(b"k", &[s.clone()]);
+        assert_eq!(
+            bytes,
+            [
+                0x01, 0x6b, 0x01, 0x00, 0x02, 0x68, 0x69, 0xac, 0x02, 0x03, 0x64, 0x63, 0x31, 0x01,
+                0x07, 0x01, 0x00
+            ]
+        );
+        let back = decode_input(&bytes).unwrap();
+        assert_eq!(back.key, b"k");
+        assert_eq!(back.siblings, [s]);
+    }
+
+    #[test]
+    fn documented_output_examples_are_exact() {
+        assert_eq!(
+            encode_output(&MergeOutput::Value(b"hi".to_vec())),
+            [0x00, 0x02, 0x68, 0x69]
+        );
+        assert_eq!(encode_output(&MergeOutput::Delete), [0x01]);
+        let err = MergeOutput::Error {
+            code: 3,
+            message: "no".into(),
+        };
+        assert_eq!(encode_output(&err), [0x02, 0x03, 0x02, b'n', b'o']);
+        assert_eq!(decode_output(&[0x02, 0x03, 0x02, b'n', b'o']).unwrap(), err);
+    }
+
+    #[test]
+    fn trailing_or_truncated_bytes_are_rejected() {
+        assert!(decode_output(&[0x01, 0x00]).is_err());
+        assert!(decode_output(&[0x00, 0x05, 0x01]).is_err());
+        assert!(decode_output(&[0x07]).is_err());
+        assert!(decode_input(&[0x01]).is_err());
+    }
+}

@@ -1,0 +1,102 @@
+//! The guest runtime (wasm32 with the `guest-runtime` feature only): a bump
+//! allocator over `memory.grow` and a panic handler that traps.
+//!
+//! Why a bump allocator: the host instantiates a fresh module for every
+//! merge, so nothing needs to be freed, and bumping is the fastest and
+//! smallest allocator there is. The host's memory cap bounds it.
+
+use core::alloc::{GlobalAlloc, Layout};
+use core::cell::UnsafeCell;
+
+const PAGE_BYTES: usize = 65536;
+
+struct Bump {
+    /// Next free byte and end of the grown region (0 until first use).
+    state: UnsafeCell<(usize, usize)>,
+}
+
+// SAFETY: wasm32-unknown-unknown without threads is single-threaded.
+unsafe impl Sync for Bump {}
+
+#[global_allocator]
+static ALLOCATOR: Bump = Bump {
+    state: UnsafeCell::new((0, 0)),
+};
+
+impl Bump {
+    /// Grow memory so that `[.., end)` is available; false if the host says no.
+    fn ensure(end_now: &mut usize, need_end: usize) -> bool {
+        if need_end <= *end_now {
+            return true;
+        }
+        let pages = (need_end - *end_now).div_ceil(PAGE_BYTES);
+        if core::arch::wasm32::memory_grow(0, pages) == usize::MAX {
+            return false;
+        }
+        *end_now += pages * PAGE_BYTES;
+        true
+    }
+}
+
+unsafe impl GlobalAlloc for Bump {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: single-threaded (see `Sync` above); no reentrancy.
+        let (next, end) = unsafe { &mut *self.state.get() };
+        if *end == 0 {
+            // Start past everything the module was instantiated with
+            // (data, stack, static heap): the memory we grow is ours alone.
+            *end = core::arch::wasm32::memory_size(0) * PAGE_BYTES;
+            *next = *end;
+        }
+        let start = match next.checked_next_multiple_of(layout.align()) {
+            Some(s) => s,
+            None => return core::ptr::null_mut(),
+        };
+        let Some(new_next) = start.checked_add(layout.size()) else {
+            return core::ptr::null_mut();
+        };
+        if !Self::ensure(end, new_next) {
+            return core::ptr::null_mut();
+        }
+        *next = new_next;
+        start as *mut u8
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: single-threaded; give back only the most recent block.
+        let (next, _) = unsafe { &mut *self.state.get() };
+        if ptr as usize + layout.size() == *next {
+            *next = ptr as usize;
+        }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        // SAFETY: single-threaded; the last block can grow in place.
+        let (next, end) = unsafe { &mut *self.state.get() };
+        if ptr as usize + layout.size() == *next {
+            let Some(new_next) = (ptr as usize).checked_add(new_size) else {
+                return core::ptr::null_mut();
+            };
+            if Self::ensure(end, new_next) {
+                *next = new_next;
+                return ptr;
+            }
+            return core::ptr::null_mut();
+        }
+        // SAFETY: `new_size` and `layout.align()` form a valid layout per
+        // the `GlobalAlloc::realloc` contract.
+        let new_layout = unsafe { Layout::from_size_align_unchecked(new_size, layout.align()) };
+        // SAFETY: as for `alloc`.
+        let new = unsafe { self.alloc(new_layout) };
+        if !new.is_null() {
+            // SAFETY: both blocks are valid for the smaller size and disjoint.
+            unsafe { core::ptr::copy_nonoverlapping(ptr, new, layout.size().min(new_size)) };
+        }
+        new
+    }
+}
+
+#[panic_handler]
+fn panic(_: &core::panic::PanicInfo<'_>) -> ! {
+    core::arch::wasm32::unreachable()
+}
