@@ -144,6 +144,7 @@ impl VersionSet {
                 .unwrap_or(0),
             origin_dc: last.origin_dc.clone(),
             resolver: Some(resolver),
+            write_id: None,
         })
     }
 
@@ -224,6 +225,7 @@ mod tests {
                 timestamp_ms: ts,
                 origin_dc: DcName(format!("dc{dc}")),
                 resolver,
+                write_id: None,
             })
     }
 

@@ -51,6 +51,11 @@ pub struct Version {
     /// Content hash of the resolver module that merged this version, if a
     /// resolver produced it.
     pub resolver: Option<ContentHash>,
+    /// The client's identity for the write that created this version
+    /// (reused on every retry of it), so a coordinator that finds it already
+    /// stored re-sends the stored version instead of adding a sibling.
+    /// `None` for merged versions.
+    pub write_id: Option<[u8; 16]>,
 }
 
 impl Version {
@@ -62,6 +67,7 @@ impl Version {
             timestamp_ms,
             origin_dc,
             resolver: None,
+            write_id: None,
         }
     }
 
@@ -73,6 +79,7 @@ impl Version {
             timestamp_ms,
             origin_dc,
             resolver: None,
+            write_id: None,
         }
     }
 
