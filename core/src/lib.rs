@@ -24,5 +24,6 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod engine;
 pub mod limit;
 pub mod model;
