@@ -275,6 +275,15 @@ fn main() {
         .join(format!("isthmus-bench-{}", std::process::id()));
     std::fs::create_dir_all(&base).expect("bench base dir");
     let ours = run_isthmus(&base, n, reads, durable_per_thread);
+    if std::env::var_os("ISTHMUS_BENCH_ONLY_OURS").is_some() {
+        // Profiling aid: skip fjall.
+        println!(
+            "ours fill={:.0} read={:.0} missing={:.0} durable={:.0} write_amp={:.2}",
+            ours.fill, ours.read, ours.missing, ours.durable, ours.write_amp
+        );
+        let _ = std::fs::remove_dir_all(&base);
+        return;
+    }
     let fj = run_fjall(&base, n, reads, durable_per_thread);
     let _ = std::fs::remove_dir_all(&base);
     println!(

@@ -418,13 +418,18 @@ impl<F: Fs> Engine<F> {
             log::encode_batch(&mut buf, std::iter::once((key, &version)));
             let _gate = s.gate.read();
             let mem = s.mem.read().active.clone();
-            s.check_siblings(&mem, key, &version)?;
-            let lsn = s.log.append(&buf)?;
-            s.counters
-                .user_bytes
-                .fetch_add(buf.len() as u64, Ordering::Relaxed);
-            mem.absorb(key, version);
-            Ok(lsn)
+            mem.absorb_with(
+                key,
+                version,
+                |set, v| s.check_set_siblings(set, v),
+                || {
+                    let lsn = s.log.append(&buf)?;
+                    s.counters
+                        .user_bytes
+                        .fetch_add(buf.len() as u64, Ordering::Relaxed);
+                    Ok(lsn)
+                },
+            )
         })?;
         s.commit(lsn)
     }
@@ -675,6 +680,24 @@ impl<F: Fs> Shared<F> {
         let count = mem.siblings_after(key, v, max);
         if count > max {
             return Err(LimitError::TooManySiblings { count, max }.into());
+        }
+        Ok(())
+    }
+
+    /// [`Self::check_siblings`] on a set already at hand.
+    fn check_set_siblings(&self, set: &VersionSet, v: &Version) -> Result<(), EngineError> {
+        let max = self.options.limits.siblings_max;
+        if set.len() < max {
+            return Ok(());
+        }
+        let mut probe = set.clone();
+        probe.absorb(v.clone());
+        if probe.len() > max {
+            return Err(LimitError::TooManySiblings {
+                count: probe.len(),
+                max,
+            }
+            .into());
         }
         Ok(())
     }
