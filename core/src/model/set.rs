@@ -80,7 +80,9 @@ impl VersionSet {
         // one member of a singleton set is trivially in canonical order,
         // so no digest is needed.
         if self.versions.is_empty() {
-            self.versions.push(incoming);
+            // Exact capacity: `push` would reserve room for four versions,
+            // which in a memtable of single-version keys is mostly waste.
+            self.versions = vec![incoming];
             return Absorbed::Changed;
         }
         let mut incoming_digest: Option<ContentHash> = None;
