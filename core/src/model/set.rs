@@ -76,6 +76,15 @@ impl VersionSet {
 
     /// Absorb one version: drop it if dominated, drop what it dominates.
     pub fn absorb(&mut self, incoming: Version) -> Absorbed {
+        // Fast path (the storage engine's common case, a fresh key): the
+        // one member of a singleton set is trivially in canonical order,
+        // so no digest is needed.
+        if self.versions.is_empty() {
+            // Exact capacity: `push` would reserve room for four versions,
+            // which in a memtable of single-version keys is mostly waste.
+            self.versions = vec![incoming];
+            return Absorbed::Changed;
+        }
         let mut incoming_digest: Option<ContentHash> = None;
         let mut i = 0;
         while i < self.versions.len() {
@@ -173,6 +182,12 @@ impl VersionSet {
     /// encoding cannot smuggle in a set that absorb would never build.
     pub fn decode(bytes: &[u8]) -> Result<Self, postcard::Error> {
         let raw: VersionSet = postcard::from_bytes(bytes)?;
+        // A set of at most one version is canonical by construction
+        // (absorbing it into the empty set rebuilds it unchanged); skipping
+        // the rebuild saves a digest per read of the common case.
+        if raw.versions.len() <= 1 {
+            return Ok(raw);
+        }
         let rebuilt = VersionSet::from_versions(raw.versions.iter().cloned());
         if rebuilt != raw {
             return Err(postcard::Error::DeserializeBadEncoding);

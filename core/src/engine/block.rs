@@ -1,0 +1,191 @@
+//! Data blocks: the unit of compression, checksumming and caching in a
+//! table.
+//!
+//! # On-disk format (table format version [`super::sstable::TABLE_FORMAT_VERSION`])
+//!
+//! A stored block is `lz4(raw) ++ crc32c(lz4(raw))` where `lz4` is
+//! lz4_flex's block format with the uncompressed size prepended (LE u32)
+//! and the trailing checksum is an LE u32 over the compressed bytes. The
+//! raw block is a sequence of entries in strictly ascending key order:
+//! varint key length, key, varint value length, value (a canonical
+//! postcard-encoded [`crate::model::VersionSet`]).
+
+use super::codec::{Reader, put_varint};
+
+/// Uncompressed size at which a block is cut.
+pub(crate) const BLOCK_BYTES_TARGET: usize = 4096;
+/// Largest uncompressed block accepted when decoding: bounds the
+/// allocation a corrupt size prefix can ask for (one maximal value times
+/// the sibling limit fits comfortably).
+const BLOCK_RAW_BYTES_MAX: usize = 512 << 20;
+
+/// Builds one raw block.
+#[derive(Default)]
+pub(crate) struct BlockBuilder {
+    raw: Vec<u8>,
+    count: usize,
+}
+
+impl BlockBuilder {
+    pub(crate) fn add(&mut self, key: &[u8], value: &[u8]) {
+        put_varint(&mut self.raw, key.len() as u64);
+        self.raw.extend_from_slice(key);
+        put_varint(&mut self.raw, value.len() as u64);
+        self.raw.extend_from_slice(value);
+        self.count += 1;
+    }
+
+    pub(crate) fn raw_len(&self) -> usize {
+        self.raw.len()
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// Compress and checksum the block into `out`; resets the builder.
+    pub(crate) fn finish_into(&mut self, out: &mut Vec<u8>) -> usize {
+        let start = out.len();
+        out.extend_from_slice(&lz4_flex::compress_prepend_size(&self.raw));
+        let crc = crc32c::crc32c(&out[start..]);
+        out.extend_from_slice(&crc.to_le_bytes());
+        self.raw.clear();
+        self.count = 0;
+        out.len() - start
+    }
+}
+
+/// A decoded (decompressed, verified) block.
+#[derive(Debug)]
+pub struct Block {
+    data: Vec<u8>,
+    /// Start of each entry in `data`.
+    offsets: Vec<u32>,
+}
+
+impl Block {
+    /// Verify, decompress and index a stored block. Never panics.
+    pub fn decode(stored: &[u8]) -> Result<Block, &'static str> {
+        if stored.len() < 8 {
+            return Err("block shorter than its size prefix and checksum");
+        }
+        let (body, crc) = stored.split_at(stored.len() - 4);
+        let crc = u32::from_le_bytes([crc[0], crc[1], crc[2], crc[3]]);
+        if crc32c::crc32c(body) != crc {
+            return Err("block checksum mismatch");
+        }
+        Self::decode_verified(body)
+    }
+
+    /// Decompress and index a block whose checksum was checked.
+    pub fn decode_verified(body: &[u8]) -> Result<Block, &'static str> {
+        if body.len() < 4 {
+            return Err("block shorter than its size prefix");
+        }
+        let raw_len = u32::from_le_bytes([body[0], body[1], body[2], body[3]]) as usize;
+        // lz4 cannot expand more than ~255x; a larger claim is corruption.
+        if raw_len > BLOCK_RAW_BYTES_MAX || raw_len > body.len().saturating_mul(255) {
+            return Err("implausible uncompressed block size");
+        }
+        let data =
+            lz4_flex::decompress_size_prepended(body).map_err(|_| "block does not decompress")?;
+        if data.len() > u32::MAX as usize {
+            return Err("block too large");
+        }
+        let mut offsets = Vec::new();
+        let mut r = Reader::new(&data);
+        let mut prev: Option<&[u8]> = None;
+        while !r.is_empty() {
+            offsets.push(r.pos() as u32);
+            let key = r.slice()?;
+            r.slice()?;
+            if prev.is_some_and(|p| p >= key) {
+                return Err("block keys out of order");
+            }
+            prev = Some(key);
+        }
+        if offsets.is_empty() {
+            return Err("empty block");
+        }
+        Ok(Block { data, offsets })
+    }
+
+    /// Number of entries.
+    pub fn len(&self) -> usize {
+        self.offsets.len()
+    }
+
+    /// Never true for a decoded block (empty blocks are rejected).
+    pub fn is_empty(&self) -> bool {
+        self.offsets.is_empty()
+    }
+
+    /// Entry `i` as (key, value). Offsets were validated at decode.
+    pub fn entry(&self, i: usize) -> (&[u8], &[u8]) {
+        let mut r = Reader::new(&self.data[self.offsets[i] as usize..]);
+        let key = r.slice().unwrap_or_default();
+        let value = r.slice().unwrap_or_default();
+        (key, value)
+    }
+
+    fn key(&self, i: usize) -> &[u8] {
+        let mut r = Reader::new(&self.data[self.offsets[i] as usize..]);
+        r.slice().unwrap_or_default()
+    }
+
+    /// Index of the first entry whose key is `>= key`.
+    pub fn seek(&self, key: &[u8]) -> usize {
+        let (mut lo, mut hi) = (0, self.offsets.len());
+        while lo < hi {
+            let mid = (lo + hi) / 2;
+            if self.key(mid) < key {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        lo
+    }
+
+    /// The value stored under exactly `key`.
+    pub fn get(&self, key: &[u8]) -> Option<&[u8]> {
+        let i = self.seek(key);
+        if i < self.len() {
+            let (k, v) = self.entry(i);
+            if k == key {
+                return Some(v);
+            }
+        }
+        None
+    }
+
+    /// Bytes held in memory (for the block cache's weigher).
+    pub fn mem_bytes(&self) -> usize {
+        self.data.len() + self.offsets.len() * 4 + 64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blocks_round_trip_and_reject_damage() {
+        let mut b = BlockBuilder::default();
+        for i in 0..100u32 {
+            b.add(format!("k{i:04}").as_bytes(), &i.to_le_bytes());
+        }
+        let mut out = Vec::new();
+        b.finish_into(&mut out);
+        let block = Block::decode(&out).unwrap();
+        assert_eq!(block.len(), 100);
+        assert_eq!(block.get(b"k0042"), Some(&42u32.to_le_bytes()[..]));
+        assert_eq!(block.get(b"k0042x"), None);
+        assert_eq!(block.seek(b"k0042x"), 43);
+        for i in 0..out.len() {
+            let mut bad = out.clone();
+            bad[i] ^= 0x10;
+            assert!(Block::decode(&bad).is_err(), "flip at {i} went unnoticed");
+        }
+    }
+}

@@ -1,0 +1,90 @@
+//! Caches: decoded blocks (bounded by bytes) and open table handles
+//! (bounded by `Limits::open_files_max`), plus the table entries the
+//! levels hold.
+//!
+//! A table's file is deleted only when the last reader lets go of it: a
+//! compaction marks its inputs obsolete, and the file is removed when the
+//! last snapshot of the levels that names it drops. Readers never find a
+//! table gone from under them.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use quick_cache::Weighter;
+
+use super::block::Block;
+use super::error::EngineError;
+use super::fs::Fs;
+use super::manifest::TableMeta;
+use super::sstable::TableReader;
+
+/// Weighs a cached block by its memory footprint.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct BlockWeighter;
+
+impl Weighter<(u64, u64), Arc<Block>> for BlockWeighter {
+    fn weight(&self, _key: &(u64, u64), block: &Arc<Block>) -> u64 {
+        block.mem_bytes() as u64
+    }
+}
+
+/// Decoded blocks keyed by (table id, block offset).
+pub(crate) type BlockCache = quick_cache::sync::Cache<(u64, u64), Arc<Block>, BlockWeighter>;
+
+/// A new block cache holding about `bytes` of decoded blocks.
+pub(crate) fn block_cache(bytes: u64) -> BlockCache {
+    let items = (bytes / 4096).max(16) as usize;
+    BlockCache::with_weighter(items, bytes.max(1), BlockWeighter)
+}
+
+/// Open table handles keyed by table id.
+pub(crate) type ReaderCache<F> = quick_cache::sync::Cache<u64, Arc<TableReader<F>>>;
+
+/// One table as the levels know it.
+pub(crate) struct Table<F: Fs> {
+    pub(crate) meta: TableMeta,
+    path: PathBuf,
+    fs: F,
+    readers: Arc<ReaderCache<F>>,
+    obsolete: AtomicBool,
+}
+
+impl<F: Fs> Table<F> {
+    pub(crate) fn new(meta: TableMeta, path: PathBuf, fs: F, readers: Arc<ReaderCache<F>>) -> Self {
+        Table {
+            meta,
+            path,
+            fs,
+            readers,
+            obsolete: AtomicBool::new(false),
+        }
+    }
+
+    /// The open reader, opening the file if the handle cache dropped it.
+    pub(crate) fn reader(&self) -> Result<Arc<TableReader<F>>, EngineError> {
+        self.readers.get_or_insert_with(&self.meta.id, || {
+            TableReader::open(&self.fs, &self.path, self.meta.id).map(Arc::new)
+        })
+    }
+
+    /// Could `key` be in this table by its key range?
+    pub(crate) fn covers(&self, key: &[u8]) -> bool {
+        self.meta.min_key.as_slice() <= key && key <= self.meta.max_key.as_slice()
+    }
+
+    /// Delete the file once no snapshot holds this table any more.
+    pub(crate) fn mark_obsolete(&self) {
+        self.obsolete.store(true, Ordering::SeqCst);
+    }
+}
+
+impl<F: Fs> Drop for Table<F> {
+    fn drop(&mut self) {
+        if self.obsolete.load(Ordering::SeqCst) {
+            self.readers.remove(&self.meta.id);
+            // A failure leaves an orphan that the next open removes.
+            let _ = self.fs.remove(&self.path);
+        }
+    }
+}

@@ -1,0 +1,966 @@
+//! The per-node storage engine: a log-structured merge tree that stores,
+//! per key, a [`VersionSet`].
+//!
+//! Writes append a [`Version`]: it goes to the commit log ([`log`]), then
+//! is absorbed into the key's set in the active memtable ([`memtable`]).
+//! There is no read before write: because absorbing is a semilattice join,
+//! sets found in different places can be joined in any order later. So a
+//! read joins the sets of every memtable and of every table whose key
+//! range and bloom filter ([`bloom`]) admit the key; it does not stop at
+//! the first hit, since an older table can hold a concurrent sibling.
+//!
+//! Full memtables are flushed by a background thread to tables
+//! ([`sstable`], [`block`]) recorded in an atomically swapped manifest
+//! ([`manifest`]); a background compaction ([`compaction`]) merges level 0
+//! into the bottom level, joining sets (dropping dominated versions) and
+//! dropping tombstone-only sets older than the grace period.
+//!
+//! Two levels only: L0 (flushed memtables, overlapping) and L1 (one sorted
+//! run). Compaction rewrites the L1 tables that overlap L0; with random keys
+//! that is all of L1, so write amplification grows with the data size.
+//! That is the simple, predictable choice for a node's data set; a leveled
+//! scheme is the next step if nodes grow large.
+//!
+//! All IO goes through [`fs::Fs`], so tests run the engine over
+//! [`fs::MemFs`] and simulate power loss and failed fsyncs. After any
+//! write or fsync error the engine is poisoned and refuses writes.
+//!
+//! What it is not: a keyspace layer (callers lay out prefixes), a
+//! resolver (it keeps siblings; merging them is the coordinator's job), or
+//! a replication log.
+//!
+//! ```
+//! use isthmus_core::engine::{Engine, EngineOptions};
+//! use isthmus_core::model::{Actor, Clock, Dot, Version};
+//!
+//! let dir = std::env::temp_dir().join(format!("isthmus-doc-{}", std::process::id()));
+//! let engine = Engine::open(&dir, EngineOptions::default())?;
+//! let mut clock = Clock::new();
+//! clock.add_dot(Dot { actor: Actor(1), counter: 1 });
+//! engine.apply(b"k", Version::value(clock, b"v".to_vec(), 1, "dc1".into()))?;
+//! assert_eq!(engine.get(b"k")?.len(), 1);
+//! engine.close()?;
+//! # std::fs::remove_dir_all(&dir).ok();
+//! # Ok::<(), isthmus_core::engine::EngineError>(())
+//! ```
+
+pub mod block;
+pub mod bloom;
+mod cache;
+mod codec;
+mod compaction;
+mod error;
+pub mod fs;
+pub mod log;
+pub mod manifest;
+mod memtable;
+mod merge;
+pub mod sstable;
+
+use std::cell::RefCell;
+use std::ops::{Bound, RangeBounds};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use parking_lot::{Condvar, Mutex, RwLock};
+
+pub use error::EngineError;
+pub use fs::{Fs, FsFile, MemFs, StdFs};
+
+use crate::limit::{LimitError, Limits};
+use crate::model::{Version, VersionSet};
+use cache::{BlockCache, ReaderCache, Table};
+use log::Log;
+use manifest::{ManifestBody, TableMeta, table_path};
+use memtable::Memtable;
+use merge::{MemIter, MergeIter, Source};
+use sstable::{TableIter, TableWriter};
+
+/// When a write is acknowledged relative to fsync.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FsyncPolicy {
+    /// Acknowledge only after the log record is fsynced. Concurrent
+    /// writers share fsyncs (group commit).
+    Always,
+    /// Acknowledge after the record is in the log buffer; a background
+    /// thread writes and fsyncs the log every interval, so a power loss
+    /// loses at most about one interval of writes (a process crash that
+    /// leaves the OS running loses only what was still buffered).
+    Interval(Duration),
+}
+
+/// Engine configuration.
+#[derive(Clone, Debug)]
+pub struct EngineOptions {
+    /// Size limits (keys, values, siblings, memtable, open files).
+    pub limits: Limits,
+    /// When writes are acknowledged.
+    pub fsync: FsyncPolicy,
+    /// Tombstone-only sets older than this are dropped by bottom-level
+    /// compaction. Must exceed the longest time a replica can be away
+    /// without repair, or deletes come back.
+    pub tombstone_grace: Duration,
+    /// Decoded blocks kept in memory.
+    pub block_cache_bytes: u64,
+    /// Bytes per second background compaction may write (0: unlimited);
+    /// keeps compaction from starving foreground IO.
+    pub compaction_bytes_per_s: u64,
+    /// Level-0 tables that trigger a background compaction.
+    pub l0_compaction_trigger: usize,
+    /// Size at which compaction output is split into a new table.
+    pub table_bytes_target: u64,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        EngineOptions {
+            limits: Limits::default(),
+            fsync: FsyncPolicy::Always,
+            tombstone_grace: Duration::from_secs(24 * 3600),
+            block_cache_bytes: 64 << 20,
+            compaction_bytes_per_s: 64 << 20,
+            l0_compaction_trigger: 4,
+            table_bytes_target: 64 << 20,
+        }
+    }
+}
+
+/// Counters and gauges an operator can read.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EngineStats {
+    /// Bytes of keys and encoded versions applied by callers.
+    pub user_bytes: u64,
+    /// Bytes appended to commit-log segments.
+    pub log_bytes_written: u64,
+    /// Bytes of tables written by flushes.
+    pub flush_bytes_written: u64,
+    /// Bytes of tables written by compactions.
+    pub compaction_bytes_written: u64,
+    /// Commit fsyncs of the log (group commit shares them).
+    pub log_syncs: u64,
+    /// Bytes held by the active memtable.
+    pub memtable_bytes: u64,
+    /// Immutable memtables waiting for flush.
+    pub immutable_memtables: usize,
+    /// Tables per level (L0, L1).
+    pub tables_per_level: Vec<usize>,
+    /// Bytes of all live tables.
+    pub table_bytes: u64,
+    /// Reads served from the block cache.
+    pub block_cache_hits: u64,
+    /// Reads that had to read and decode a block.
+    pub block_cache_misses: u64,
+    /// Table probes skipped by a bloom filter.
+    pub bloom_skips: u64,
+    /// Memtables flushed.
+    pub flushes: u64,
+    /// Compactions completed.
+    pub compactions: u64,
+    /// The engine refuses writes after an IO failure.
+    pub poisoned: bool,
+}
+
+impl EngineStats {
+    /// Bytes written to disk per user byte (log + flush + compaction).
+    pub fn write_amplification(&self) -> f64 {
+        let disk =
+            self.log_bytes_written + self.flush_bytes_written + self.compaction_bytes_written;
+        disk as f64 / self.user_bytes.max(1) as f64
+    }
+}
+
+#[derive(Default)]
+struct Counters {
+    user_bytes: AtomicU64,
+    flush_bytes: AtomicU64,
+    compaction_bytes: AtomicU64,
+    cache_hits: AtomicU64,
+    cache_misses: AtomicU64,
+    bloom_skips: AtomicU64,
+    flushes: AtomicU64,
+    compactions: AtomicU64,
+}
+
+/// The tables, by level (a snapshot; replaced, never mutated).
+struct Levels<F: Fs> {
+    l0: Vec<Arc<Table<F>>>,
+    l1: Vec<Arc<Table<F>>>,
+}
+
+impl<F: Fs> Levels<F> {
+    fn all(&self) -> impl Iterator<Item = &Arc<Table<F>>> {
+        self.l0.iter().chain(&self.l1)
+    }
+}
+
+struct MemSet {
+    active: Arc<Memtable>,
+    /// Oldest first.
+    immutable: Vec<Arc<Memtable>>,
+}
+
+#[derive(Default)]
+struct Signals {
+    stop: bool,
+}
+
+struct Shared<F: Fs> {
+    dir: PathBuf,
+    fs: F,
+    options: EngineOptions,
+    log: Log<F>,
+    poisoned: Arc<AtomicBool>,
+    closed: AtomicBool,
+    /// Writers hold it shared across log append + memtable absorb; a
+    /// rotation holds it exclusively so a segment and its memtable pair up.
+    gate: RwLock<()>,
+    mem: RwLock<MemSet>,
+    levels: RwLock<Arc<Levels<F>>>,
+    /// The current manifest; every edit happens under this lock.
+    manifest: Mutex<ManifestBody>,
+    readers: Arc<ReaderCache<F>>,
+    blocks: BlockCache,
+    signals: Mutex<Signals>,
+    flush_cv: Condvar,
+    compact_cv: Condvar,
+    stall_cv: Condvar,
+    /// One compaction at a time.
+    compaction_lock: Mutex<()>,
+    counters: Counters,
+}
+
+/// The storage engine. `Send + Sync`: share it as `Arc<Engine>`.
+pub struct Engine<F: Fs = StdFs> {
+    shared: Arc<Shared<F>>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+thread_local! {
+    /// Reused record encoding buffer: no allocation per write.
+    static ENCODE_BUF: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn owned_bound<K: AsRef<[u8]>>(b: Bound<&K>) -> Bound<Vec<u8>> {
+    match b {
+        Bound::Included(k) => Bound::Included(k.as_ref().to_vec()),
+        Bound::Excluded(k) => Bound::Excluded(k.as_ref().to_vec()),
+        Bound::Unbounded => Bound::Unbounded,
+    }
+}
+
+impl Engine<StdFs> {
+    /// Open (or create) the engine in `dir` on the real file system,
+    /// replaying the commit log.
+    pub fn open(dir: &Path, options: EngineOptions) -> Result<Self, EngineError> {
+        Self::open_with_fs(StdFs, dir, options)
+    }
+}
+
+impl<F: Fs> Engine<F> {
+    /// Open (or create) the engine in `dir` on file system `fs`.
+    ///
+    /// Recovery: tables named by the manifest are opened and verified;
+    /// stray tables and log segments already in tables are removed; the
+    /// remaining log segments are replayed (a torn tail is truncated,
+    /// other damage is an error) and flushed to a table.
+    pub fn open_with_fs(fs: F, dir: &Path, options: EngineOptions) -> Result<Self, EngineError> {
+        fs.create_dir_all(dir)
+            .map_err(|e| EngineError::io(dir, e))?;
+        let fresh = !fs.exists(&dir.join(manifest::MANIFEST_FILE));
+        let mut body = ManifestBody::load(&fs, dir)?;
+        let readers: Arc<ReaderCache<F>> =
+            Arc::new(ReaderCache::new(options.limits.open_files_max.max(1)));
+        let make = |m: &TableMeta| {
+            Arc::new(Table::new(
+                m.clone(),
+                table_path(dir, m.id),
+                fs.clone(),
+                readers.clone(),
+            ))
+        };
+        let levels = Levels {
+            l0: body.l0.iter().map(make).collect(),
+            l1: body.l1.iter().map(make).collect(),
+        };
+        // Verify every table's footer, index and filter now: a damaged
+        // table is an error at open, not a surprise at some later read.
+        for t in levels.all() {
+            t.reader()?;
+        }
+        let files = fs.list(dir).map_err(|e| EngineError::io(dir, e))?;
+        let live: std::collections::HashSet<u64> =
+            body.l0.iter().chain(&body.l1).map(|t| t.id).collect();
+        let mut segments = Vec::new();
+        for path in &files {
+            if let Some(id) = manifest::parse_table_path(path) {
+                if !live.contains(&id) {
+                    fs.remove(path).map_err(|e| EngineError::io(path, e))?;
+                }
+            } else if let Some(id) = log::parse_segment_path(path) {
+                segments.push(id);
+            }
+        }
+        segments.sort_unstable();
+        let max_segment = segments.last().copied().unwrap_or(0);
+        let new_segment = max_segment.max(body.log_floor.saturating_sub(1)) + 1;
+        let replay = Arc::new(Memtable::new(new_segment - 1));
+        let to_replay: Vec<u64> = segments
+            .iter()
+            .copied()
+            .filter(|&s| s >= body.log_floor)
+            .collect();
+        for (i, &seg) in to_replay.iter().enumerate() {
+            let path = log::segment_path(dir, seg);
+            let bytes = fs.read_all(&path).map_err(|e| EngineError::io(&path, e))?;
+            let newest = i + 1 == to_replay.len();
+            let scan = log::decode_segment(&bytes, &path, newest, |k, v| replay.absorb(&k, v))?;
+            if scan.torn_tail {
+                let f = fs.open(&path).map_err(|e| EngineError::io(&path, e))?;
+                f.truncate(scan.valid_len)
+                    .and_then(|()| f.sync())
+                    .map_err(|e| EngineError::io(&path, e))?;
+            }
+        }
+        let poisoned = Arc::new(AtomicBool::new(false));
+        let log = Log::create(fs.clone(), dir, new_segment, poisoned.clone())?;
+        if body.next_table_id == 0 {
+            body.next_table_id = 1;
+        }
+        let shared = Arc::new(Shared {
+            dir: dir.to_path_buf(),
+            fs: fs.clone(),
+            blocks: cache::block_cache(options.block_cache_bytes),
+            options,
+            log,
+            poisoned,
+            closed: AtomicBool::new(false),
+            gate: RwLock::new(()),
+            mem: RwLock::new(MemSet {
+                active: Arc::new(Memtable::new(new_segment)),
+                immutable: Vec::new(),
+            }),
+            levels: RwLock::new(Arc::new(levels)),
+            manifest: Mutex::new(body),
+            readers,
+            signals: Mutex::new(Signals::default()),
+            flush_cv: Condvar::new(),
+            compact_cv: Condvar::new(),
+            stall_cv: Condvar::new(),
+            compaction_lock: Mutex::new(()),
+            counters: Counters::default(),
+        });
+        // Make the replayed writes a table, so the replayed segments can go
+        // and the next crash replays less.
+        if !replay.is_empty() {
+            shared.flush_memtable(&replay)?;
+        } else {
+            let mut man = shared.manifest.lock();
+            if man.log_floor < new_segment || fresh {
+                let mut next = man.clone();
+                next.log_floor = new_segment;
+                next.store(&shared.fs, dir)?;
+                *man = next;
+            }
+        }
+        shared.remove_old_segments()?;
+        let engine = Engine {
+            threads: Mutex::new(Vec::new()),
+            shared,
+        };
+        engine.spawn_workers()?;
+        Ok(engine)
+    }
+
+    fn spawn_workers(&self) -> Result<(), EngineError> {
+        let mut threads = self.threads.lock();
+        let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
+            std::thread::Builder::new()
+                .name(name.to_owned())
+                .spawn(f)
+                .map_err(|e| EngineError::io(&self.shared.dir, e))
+        };
+        let s = self.shared.clone();
+        threads.push(spawn("isthmus-flush", Box::new(move || s.flush_loop()))?);
+        let s = self.shared.clone();
+        threads.push(spawn(
+            "isthmus-compaction",
+            Box::new(move || s.compaction_loop()),
+        )?);
+        if let FsyncPolicy::Interval(every) = self.shared.options.fsync {
+            let s = self.shared.clone();
+            threads.push(spawn(
+                "isthmus-log-sync",
+                Box::new(move || s.sync_loop(every)),
+            )?);
+        }
+        Ok(())
+    }
+
+    /// Append one version to `key`'s set. Returns once the write is
+    /// durable per the [`FsyncPolicy`].
+    pub fn apply(&self, key: &[u8], version: Version) -> Result<(), EngineError> {
+        let s = &*self.shared;
+        s.check_writable()?;
+        s.options.limits.check(key, version.value_bytes())?;
+        s.wait_for_room()?;
+        let lsn = ENCODE_BUF.with(|buf| -> Result<u64, EngineError> {
+            let mut buf = buf.borrow_mut();
+            buf.clear();
+            log::encode_batch(&mut buf, std::iter::once((key, &version)));
+            let _gate = s.gate.read();
+            let mem = s.mem.read().active.clone();
+            mem.absorb_with(
+                key,
+                version,
+                |set, v| s.check_set_siblings(set, v),
+                || {
+                    let lsn = s.log.append(&buf)?;
+                    s.counters
+                        .user_bytes
+                        .fetch_add(buf.len() as u64, Ordering::Relaxed);
+                    Ok(lsn)
+                },
+            )
+        })?;
+        s.commit(lsn)
+    }
+
+    /// Apply several writes as one log record: after a crash either all of
+    /// them are recovered or none.
+    pub fn apply_batch<K: AsRef<[u8]>>(
+        &self,
+        batch: impl IntoIterator<Item = (K, Version)>,
+    ) -> Result<(), EngineError> {
+        let s = &*self.shared;
+        s.check_writable()?;
+        let batch: Vec<(K, Version)> = batch.into_iter().collect();
+        if batch.is_empty() {
+            return Ok(());
+        }
+        for (k, v) in &batch {
+            s.options.limits.check(k.as_ref(), v.value_bytes())?;
+        }
+        s.wait_for_room()?;
+        let mut buf = Vec::new();
+        log::encode_batch(&mut buf, batch.iter().map(|(k, v)| (k.as_ref(), v)));
+        let lsn = {
+            let _gate = s.gate.read();
+            let mem = s.mem.read().active.clone();
+            for (k, v) in &batch {
+                s.check_siblings(&mem, k.as_ref(), v)?;
+            }
+            let lsn = s.log.append(&buf)?;
+            s.counters
+                .user_bytes
+                .fetch_add(buf.len() as u64, Ordering::Relaxed);
+            for (k, v) in batch {
+                mem.absorb(k.as_ref(), v);
+            }
+            lsn
+        };
+        s.commit(lsn)
+    }
+
+    /// The key's version set: the join of what every memtable and every
+    /// table that may hold the key has. Empty when the key is absent.
+    pub fn get(&self, key: &[u8]) -> Result<VersionSet, EngineError> {
+        let s = &*self.shared;
+        let mut out: Option<VersionSet> = None;
+        let mut add = |set: VersionSet| match &mut out {
+            None => out = Some(set),
+            Some(acc) => {
+                acc.join(set);
+            }
+        };
+        // Memtables before levels: a flush publishes its table before it
+        // retires the memtable, so this order never misses a write.
+        {
+            let mem = s.mem.read();
+            if let Some(set) = mem.active.get(key) {
+                add(set);
+            }
+            for m in &mem.immutable {
+                if let Some(set) = m.get(key) {
+                    add(set);
+                }
+            }
+        }
+        let levels = s.levels.read().clone();
+        let l1 = {
+            let i = levels
+                .l1
+                .partition_point(|t| t.meta.max_key.as_slice() < key);
+            levels.l1.get(i).filter(|t| t.covers(key))
+        };
+        for t in levels.l0.iter().filter(|t| t.covers(key)).chain(l1) {
+            let reader = t.reader()?;
+            if !reader.may_contain(key) {
+                s.counters.bloom_skips.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            let (found, hit) = reader.get(key, &s.blocks)?;
+            let counter = if hit {
+                &s.counters.cache_hits
+            } else {
+                &s.counters.cache_misses
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
+            if let Some(set) = found {
+                add(set);
+            }
+        }
+        Ok(out.unwrap_or_default())
+    }
+
+    /// Iterate `(key, VersionSet)` in key order over `range`. The scan
+    /// sees the memtables and tables as of the call (later writes may or
+    /// may not appear).
+    pub fn scan<K: AsRef<[u8]>, R: RangeBounds<K>>(&self, range: R) -> Result<Scan, EngineError> {
+        let from = owned_bound(range.start_bound());
+        let to = owned_bound(range.end_bound());
+        self.shared.scan(from, to)
+    }
+
+    /// Iterate the entries whose [`crate::model::key_hash`] lies in
+    /// `range`, in key order.
+    ///
+    /// Cost: keys are stored in key order, not hash order, so this is a
+    /// full scan filtered by hash: O(all keys) reads for any range. Repair
+    /// runs it in the background over whole token ranges, where that is
+    /// acceptable; do not use it on a request path.
+    pub fn scan_hash_range<R: RangeBounds<u64>>(
+        &self,
+        range: R,
+    ) -> Result<impl Iterator<Item = Result<(Vec<u8>, VersionSet), EngineError>>, EngineError> {
+        let lo = range.start_bound().cloned();
+        let hi = range.end_bound().cloned();
+        let scan = self.shared.scan(Bound::Unbounded, Bound::Unbounded)?;
+        Ok(scan.filter(move |e| match e {
+            Ok((k, _)) => (lo, hi).contains(&crate::model::key_hash(k)),
+            Err(_) => true,
+        }))
+    }
+
+    /// Write the memtables to tables and wait until they are recorded.
+    pub fn flush(&self) -> Result<(), EngineError> {
+        self.shared.flush_all()
+    }
+
+    /// Flush, then merge every table into the bottom level (synchronous,
+    /// not throttled by the compaction budget), joining sets and dropping
+    /// expired tombstones.
+    pub fn compact(&self) -> Result<(), EngineError> {
+        self.shared.flush_all()?;
+        self.shared.compact(true, None).map(|_| ())
+    }
+
+    /// Counters and gauges.
+    pub fn stats(&self) -> EngineStats {
+        let s = &*self.shared;
+        let c = &s.counters;
+        let (memtable_bytes, immutable_memtables) = {
+            let mem = s.mem.read();
+            (mem.active.approx_bytes() as u64, mem.immutable.len())
+        };
+        let levels = s.levels.read().clone();
+        EngineStats {
+            user_bytes: c.user_bytes.load(Ordering::Relaxed),
+            log_bytes_written: s.log.bytes_written(),
+            flush_bytes_written: c.flush_bytes.load(Ordering::Relaxed),
+            compaction_bytes_written: c.compaction_bytes.load(Ordering::Relaxed),
+            log_syncs: s.log.syncs(),
+            memtable_bytes,
+            immutable_memtables,
+            tables_per_level: vec![levels.l0.len(), levels.l1.len()],
+            table_bytes: levels.all().map(|t| t.meta.size_bytes).sum(),
+            block_cache_hits: c.cache_hits.load(Ordering::Relaxed),
+            block_cache_misses: c.cache_misses.load(Ordering::Relaxed),
+            bloom_skips: c.bloom_skips.load(Ordering::Relaxed),
+            flushes: c.flushes.load(Ordering::Relaxed),
+            compactions: c.compactions.load(Ordering::Relaxed),
+            poisoned: s.poisoned.load(Ordering::SeqCst),
+        }
+    }
+
+    /// Stop the background threads and make the log durable. Dropping the
+    /// engine does the same but cannot report an error.
+    pub fn close(self) -> Result<(), EngineError> {
+        self.shutdown()
+    }
+
+    fn shutdown(&self) -> Result<(), EngineError> {
+        let s = &*self.shared;
+        if s.closed.swap(true, Ordering::SeqCst) {
+            return Ok(());
+        }
+        {
+            let mut sig = s.signals.lock();
+            sig.stop = true;
+            s.flush_cv.notify_all();
+            s.compact_cv.notify_all();
+            s.stall_cv.notify_all();
+        }
+        for t in self.threads.lock().drain(..) {
+            let _ = t.join();
+        }
+        if s.poisoned.load(Ordering::SeqCst) {
+            return Err(EngineError::Poisoned);
+        }
+        s.log.sync_to(s.log.appended())
+    }
+}
+
+impl<F: Fs> Drop for Engine<F> {
+    fn drop(&mut self) {
+        let _ = self.shutdown();
+    }
+}
+
+/// A scan's iterator: `(key, VersionSet)` in key order.
+pub struct Scan {
+    inner: MergeIter,
+    to: Bound<Vec<u8>>,
+    done: bool,
+}
+
+impl Iterator for Scan {
+    type Item = Result<(Vec<u8>, VersionSet), EngineError>;
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done {
+            return None;
+        }
+        let item = self.inner.next()?;
+        if let Ok((k, _)) = &item {
+            let past = match &self.to {
+                Bound::Included(end) => k > end,
+                Bound::Excluded(end) => k >= end,
+                Bound::Unbounded => false,
+            };
+            if past {
+                self.done = true;
+                return None;
+            }
+        }
+        Some(item)
+    }
+}
+
+impl<F: Fs> Shared<F> {
+    fn check_writable(&self) -> Result<(), EngineError> {
+        if self.poisoned.load(Ordering::SeqCst) {
+            return Err(EngineError::Poisoned);
+        }
+        if self.closed.load(Ordering::SeqCst) {
+            return Err(EngineError::Closed);
+        }
+        Ok(())
+    }
+
+    fn poison(&self, e: EngineError) -> EngineError {
+        self.poisoned.store(true, Ordering::SeqCst);
+        self.stall_cv.notify_all();
+        e
+    }
+
+    /// Refuse a write that would leave more than `siblings_max` siblings
+    /// in the active memtable. The engine sees only the memtable here (no
+    /// read before write); the coordinator, which reads the full set,
+    /// enforces the limit end to end.
+    fn check_siblings(&self, mem: &Memtable, key: &[u8], v: &Version) -> Result<(), EngineError> {
+        let max = self.options.limits.siblings_max;
+        let count = mem.siblings_after(key, v, max);
+        if count > max {
+            return Err(LimitError::TooManySiblings { count, max }.into());
+        }
+        Ok(())
+    }
+
+    /// [`Self::check_siblings`] on a set already at hand.
+    fn check_set_siblings(&self, set: &VersionSet, v: &Version) -> Result<(), EngineError> {
+        let max = self.options.limits.siblings_max;
+        if set.len() < max {
+            return Ok(());
+        }
+        let mut probe = set.clone();
+        probe.absorb(v.clone());
+        if probe.len() > max {
+            return Err(LimitError::TooManySiblings {
+                count: probe.len(),
+                max,
+            }
+            .into());
+        }
+        Ok(())
+    }
+
+    fn commit(&self, lsn: u64) -> Result<(), EngineError> {
+        if self.options.fsync == FsyncPolicy::Always {
+            self.log.sync_to(lsn)?;
+        }
+        if self.mem.read().active.approx_bytes() >= self.options.limits.memtable_bytes_max {
+            self.rotate(false)?;
+        }
+        Ok(())
+    }
+
+    /// Stall writers while too many memtables wait for flush: bounded
+    /// memory instead of an unbounded queue.
+    fn wait_for_room(&self) -> Result<(), EngineError> {
+        let max = self.options.limits.immutable_memtables_max.max(1);
+        if self.mem.read().immutable.len() < max {
+            return Ok(());
+        }
+        let mut sig = self.signals.lock();
+        while self.mem.read().immutable.len() >= max {
+            self.check_writable()?;
+            self.stall_cv.wait_for(&mut sig, Duration::from_millis(50));
+        }
+        Ok(())
+    }
+
+    /// Seal the active memtable and its log segment; the flush thread
+    /// takes it from there.
+    fn rotate(&self, force: bool) -> Result<(), EngineError> {
+        let _gate = self.gate.write();
+        let active = self.mem.read().active.clone();
+        if active.is_empty()
+            || (!force && active.approx_bytes() < self.options.limits.memtable_bytes_max)
+        {
+            return Ok(());
+        }
+        let next = self.log.segment() + 1;
+        self.log.rotate(next)?;
+        {
+            let mut mem = self.mem.write();
+            mem.immutable.push(active);
+            mem.active = Arc::new(Memtable::new(next));
+        }
+        let _sig = self.signals.lock();
+        self.flush_cv.notify_all();
+        Ok(())
+    }
+
+    fn flush_all(&self) -> Result<(), EngineError> {
+        self.check_writable()?;
+        self.rotate(true)?;
+        let mut sig = self.signals.lock();
+        while !self.mem.read().immutable.is_empty() {
+            if self.poisoned.load(Ordering::SeqCst) {
+                return Err(EngineError::Poisoned);
+            }
+            if sig.stop {
+                return Err(EngineError::Closed);
+            }
+            self.stall_cv.wait_for(&mut sig, Duration::from_millis(20));
+        }
+        Ok(())
+    }
+
+    fn flush_loop(&self) {
+        loop {
+            let next = {
+                let mut sig = self.signals.lock();
+                loop {
+                    if sig.stop {
+                        return;
+                    }
+                    if let Some(m) = self.mem.read().immutable.first().cloned() {
+                        break m;
+                    }
+                    self.flush_cv.wait_for(&mut sig, Duration::from_millis(200));
+                }
+            };
+            if self.poisoned.load(Ordering::SeqCst) {
+                return;
+            }
+            if let Err(e) = self.flush_memtable(&next) {
+                let e = self.poison(e);
+                eprintln!("isthmus engine: flush failed, engine poisoned: {e}");
+                return;
+            }
+            let _sig = self.signals.lock();
+            self.stall_cv.notify_all();
+            self.compact_cv.notify_all();
+        }
+    }
+
+    /// Write `mem` as an L0 table, record it, retire the memtable and the
+    /// log segments it covered.
+    fn flush_memtable(&self, mem: &Arc<Memtable>) -> Result<(), EngineError> {
+        let table = if mem.is_empty() {
+            None
+        } else {
+            let id = {
+                let mut man = self.manifest.lock();
+                man.next_table_id += 1;
+                man.next_table_id - 1
+            };
+            let mut w = TableWriter::create(&self.fs, &self.dir, id, mem.len())?;
+            let mut err = None;
+            mem.for_each(|k, set| {
+                if err.is_none()
+                    && let Err(e) = w.add(k, &set.encode())
+                {
+                    err = Some(e);
+                }
+            });
+            if let Some(e) = err {
+                return Err(e);
+            }
+            let meta = w.finish()?;
+            self.counters
+                .flush_bytes
+                .fetch_add(meta.size_bytes, Ordering::Relaxed);
+            Some(meta)
+        };
+        {
+            let mut man = self.manifest.lock();
+            let mut next = man.clone();
+            next.log_floor = next.log_floor.max(mem.id() + 1);
+            if let Some(meta) = &table {
+                next.l0.insert(0, meta.clone());
+            }
+            next.store(&self.fs, &self.dir)?;
+            *man = next;
+            if let Some(meta) = table {
+                let t = Arc::new(Table::new(
+                    meta.clone(),
+                    table_path(&self.dir, meta.id),
+                    self.fs.clone(),
+                    self.readers.clone(),
+                ));
+                let mut levels = self.levels.write();
+                let mut l0 = levels.l0.clone();
+                l0.insert(0, t);
+                *levels = Arc::new(Levels {
+                    l0,
+                    l1: levels.l1.clone(),
+                });
+            }
+        }
+        self.mem.write().immutable.retain(|m| !Arc::ptr_eq(m, mem));
+        self.counters.flushes.fetch_add(1, Ordering::Relaxed);
+        self.remove_old_segments()
+    }
+
+    /// Delete log segments whose data the manifest says is in tables.
+    fn remove_old_segments(&self) -> Result<(), EngineError> {
+        let floor = self.manifest.lock().log_floor;
+        let files = self
+            .fs
+            .list(&self.dir)
+            .map_err(|e| EngineError::io(&self.dir, e))?;
+        for path in files {
+            if log::parse_segment_path(&path).is_some_and(|id| id < floor) {
+                self.fs
+                    .remove(&path)
+                    .map_err(|e| EngineError::io(&path, e))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn sync_loop(&self, every: Duration) {
+        loop {
+            {
+                let mut sig = self.signals.lock();
+                if sig.stop {
+                    return;
+                }
+                self.compact_cv.wait_for(&mut sig, every);
+                if sig.stop {
+                    return;
+                }
+            }
+            if self.poisoned.load(Ordering::SeqCst) {
+                return;
+            }
+            if let Err(e) = self.log.sync_to(self.log.appended()) {
+                eprintln!("isthmus engine: log sync failed, engine poisoned: {e}");
+                return;
+            }
+        }
+    }
+
+    fn compaction_loop(&self) {
+        loop {
+            {
+                let mut sig = self.signals.lock();
+                if sig.stop {
+                    return;
+                }
+                if self.levels.read().l0.len() < self.options.l0_compaction_trigger {
+                    self.compact_cv
+                        .wait_for(&mut sig, Duration::from_millis(500));
+                    continue;
+                }
+            }
+            if self.poisoned.load(Ordering::SeqCst) {
+                return;
+            }
+            let budget = Some(self.options.compaction_bytes_per_s).filter(|&b| b > 0);
+            if let Err(e) = self.compact(false, budget) {
+                let e = self.poison(e);
+                eprintln!("isthmus engine: compaction failed, engine poisoned: {e}");
+                return;
+            }
+        }
+    }
+
+    fn scan(&self, from: Bound<Vec<u8>>, to: Bound<Vec<u8>>) -> Result<Scan, EngineError> {
+        let mut sources: Vec<Source> = Vec::new();
+        {
+            let mem = self.mem.read();
+            for m in std::iter::once(&mem.active).chain(&mem.immutable) {
+                sources.push(Box::new(MemIter::new(m.clone(), from.clone(), to.clone())));
+            }
+        }
+        let start: Option<&[u8]> = match &from {
+            Bound::Included(k) | Bound::Excluded(k) => Some(k),
+            Bound::Unbounded => None,
+        };
+        let levels = self.levels.read().clone();
+        for t in levels.all() {
+            let it = TableIter::new(t.reader()?, start)?;
+            let skip_equal = match &from {
+                Bound::Excluded(k) => Some(k.clone()),
+                _ => None,
+            };
+            sources.push(Box::new(it.filter(move |e| match (e, &skip_equal) {
+                (Ok((k, _)), Some(x)) => k != x,
+                _ => true,
+            })));
+        }
+        // Keep the table snapshot alive while the scan runs, so compaction
+        // cannot delete a file under it.
+        sources.push(Box::new(KeepAlive(levels)));
+        Ok(Scan {
+            inner: MergeIter::new(sources),
+            to,
+            done: false,
+        })
+    }
+}
+
+/// An empty source that holds a levels snapshot for a scan's lifetime.
+struct KeepAlive<F: Fs>(Arc<Levels<F>>);
+
+impl<F: Fs> Iterator for KeepAlive<F> {
+    type Item = merge::Entry;
+    fn next(&mut self) -> Option<merge::Entry> {
+        let _ = &self.0;
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,365 @@
+//! Engine behaviour tests over the in-memory file system: a model test
+//! against a `BTreeMap` of version sets, power loss, fsync failure, limits
+//! and tombstone purging.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use proptest::prelude::*;
+
+use super::*;
+use crate::model::{Actor, Clock, Dot, Payload};
+
+fn small_options() -> EngineOptions {
+    EngineOptions {
+        limits: Limits {
+            memtable_bytes_max: 2048,
+            ..Limits::default()
+        },
+        fsync: FsyncPolicy::Always,
+        // Versions in these tests carry tiny timestamps; a grace longer
+        // than the epoch keeps compaction from purging them.
+        tombstone_grace: Duration::from_secs(u64::MAX / 4000),
+        block_cache_bytes: 1 << 16,
+        compaction_bytes_per_s: 0,
+        l0_compaction_trigger: 3,
+        table_bytes_target: 4096,
+    }
+}
+
+fn dir() -> &'static Path {
+    Path::new("/db")
+}
+
+#[derive(Clone, Debug)]
+enum Op {
+    Put(u8, Version),
+    Batch(Vec<(u8, Version)>),
+    Get(u8),
+    Restart,
+    Crash,
+    Flush,
+    Compact,
+    Scan(u8, u8),
+}
+
+fn version_strategy() -> impl Strategy<Value = Version> {
+    (
+        proptest::collection::vec((0u64..3, 0u64..4), 0..3),
+        proptest::collection::vec((0u64..3, 1u64..7), 0..3),
+        proptest::option::of(proptest::collection::vec(any::<u8>(), 0..40)),
+        0u64..4,
+    )
+        .prop_map(|(vector, dots, value, ts)| Version {
+            clock: Clock::from_parts(
+                vector.into_iter().map(|(a, n)| (Actor(a), n)),
+                dots.into_iter().map(|(a, c)| Dot {
+                    actor: Actor(a),
+                    counter: c,
+                }),
+            ),
+            payload: value.map_or(Payload::Tombstone, Payload::Value),
+            timestamp_ms: ts,
+            origin_dc: "dc1".into(),
+            resolver: None,
+            write_id: None,
+        })
+}
+
+fn op_strategy() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        10 => (0u8..12, version_strategy()).prop_map(|(k, v)| Op::Put(k, v)),
+        2 => proptest::collection::vec((0u8..12, version_strategy()), 1..4).prop_map(Op::Batch),
+        5 => (0u8..12).prop_map(Op::Get),
+        1 => Just(Op::Restart),
+        1 => Just(Op::Crash),
+        1 => Just(Op::Flush),
+        1 => Just(Op::Compact),
+        1 => (0u8..12, 0u8..12).prop_map(|(a, b)| Op::Scan(a.min(b), a.max(b))),
+    ]
+}
+
+fn key(k: u8) -> Vec<u8> {
+    format!("key-{k:02}").into_bytes()
+}
+
+fn check_all(engine: &Engine<MemFs>, model: &BTreeMap<Vec<u8>, VersionSet>) {
+    let scanned: Vec<(Vec<u8>, VersionSet)> = engine
+        .scan::<Vec<u8>, _>(..)
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let expected: Vec<(Vec<u8>, VersionSet)> =
+        model.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    assert_eq!(scanned, expected);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: 64,
+        rng_seed: proptest::test_runner::RngSeed::Fixed(0x0157_1e46),
+        ..ProptestConfig::default()
+    })]
+
+    #[test]
+    fn engine_matches_model(ops in proptest::collection::vec(op_strategy(), 1..80)) {
+        let mut fs = MemFs::new();
+        let mut engine = Engine::open_with_fs(fs.clone(), dir(), small_options()).unwrap();
+        let mut model: BTreeMap<Vec<u8>, VersionSet> = BTreeMap::new();
+        for op in ops {
+            match op {
+                Op::Put(k, v) => {
+                    engine.apply(&key(k), v.clone()).unwrap();
+                    model.entry(key(k)).or_default().absorb(v);
+                }
+                Op::Batch(entries) => {
+                    engine.apply_batch(entries.iter().map(|(k, v)| (key(*k), v.clone()))).unwrap();
+                    for (k, v) in entries {
+                        model.entry(key(k)).or_default().absorb(v);
+                    }
+                }
+                Op::Get(k) => {
+                    let got = engine.get(&key(k)).unwrap();
+                    let want = model.get(&key(k)).cloned().unwrap_or_default();
+                    prop_assert_eq!(got.encode(), want.encode());
+                }
+                Op::Restart => {
+                    engine.close().unwrap();
+                    engine = Engine::open_with_fs(fs.clone(), dir(), small_options()).unwrap();
+                }
+                Op::Crash => {
+                    // FsyncPolicy::Always: every acknowledged write survives.
+                    fs = fs.crash();
+                    drop(engine);
+                    engine = Engine::open_with_fs(fs.clone(), dir(), small_options()).unwrap();
+                }
+                Op::Flush => engine.flush().unwrap(),
+                Op::Compact => engine.compact().unwrap(),
+                Op::Scan(a, b) => {
+                    let got: Vec<(Vec<u8>, VersionSet)> = engine
+                        .scan(key(a)..key(b))
+                        .unwrap()
+                        .collect::<Result<_, _>>()
+                        .unwrap();
+                    let want: Vec<(Vec<u8>, VersionSet)> = model
+                        .range(key(a)..key(b))
+                        .map(|(k, v)| (k.clone(), v.clone()))
+                        .collect();
+                    prop_assert_eq!(got, want);
+                }
+            }
+        }
+        check_all(&engine, &model);
+        engine.close().unwrap();
+        let engine = Engine::open_with_fs(fs, dir(), small_options()).unwrap();
+        check_all(&engine, &model);
+    }
+}
+
+fn v(actor: u64, counter: u64, value: &[u8], ts: u64) -> Version {
+    let mut c = Clock::new();
+    c.add_dot(Dot {
+        actor: Actor(actor),
+        counter,
+    });
+    Version::value(c, value.to_vec(), ts, "dc1".into())
+}
+
+#[test]
+fn power_loss_keeps_every_acknowledged_write() {
+    let fs = MemFs::new();
+    let engine = Engine::open_with_fs(fs.clone(), dir(), small_options()).unwrap();
+    for i in 0..200u64 {
+        engine
+            .apply(format!("k{i}").as_bytes(), v(1, i + 1, b"value", i))
+            .unwrap();
+    }
+    let fs2 = fs.crash();
+    drop(engine);
+    let engine = Engine::open_with_fs(fs2, dir(), small_options()).unwrap();
+    for i in 0..200u64 {
+        assert_eq!(
+            engine.get(format!("k{i}").as_bytes()).unwrap().len(),
+            1,
+            "k{i} lost"
+        );
+    }
+}
+
+#[test]
+fn interval_policy_keeps_writes_before_the_last_sync() {
+    let fs = MemFs::new();
+    let opts = EngineOptions {
+        fsync: FsyncPolicy::Interval(Duration::from_secs(3600)),
+        ..small_options()
+    };
+    let mut opts_big = opts.clone();
+    opts_big.limits.memtable_bytes_max = 1 << 20;
+    let engine = Engine::open_with_fs(fs.clone(), dir(), opts_big.clone()).unwrap();
+    engine.apply(b"synced", v(1, 1, b"a", 1)).unwrap();
+    engine
+        .shared
+        .log
+        .sync_to(engine.shared.log.appended())
+        .unwrap();
+    engine.apply(b"unsynced", v(1, 2, b"b", 2)).unwrap();
+    let fs2 = fs.crash();
+    drop(engine);
+    let engine = Engine::open_with_fs(fs2, dir(), opts_big).unwrap();
+    assert_eq!(engine.get(b"synced").unwrap().len(), 1);
+    assert!(engine.get(b"unsynced").unwrap().is_empty());
+}
+
+#[test]
+fn failed_fsync_poisons_the_engine() {
+    let fs = MemFs::new();
+    let engine = Engine::open_with_fs(fs.clone(), dir(), small_options()).unwrap();
+    engine.apply(b"a", v(1, 1, b"x", 1)).unwrap();
+    fs.fail_next_sync();
+    let err = engine.apply(b"b", v(1, 2, b"y", 2)).unwrap_err();
+    assert!(matches!(err, EngineError::Io { .. }), "{err}");
+    // Never retried: every later write is refused, even though the next
+    // fsync would succeed.
+    let err = engine.apply(b"c", v(1, 3, b"z", 3)).unwrap_err();
+    assert!(matches!(err, EngineError::Poisoned), "{err}");
+    assert!(matches!(engine.flush(), Err(EngineError::Poisoned)));
+    assert!(engine.stats().poisoned);
+    // Reads still work; reopening recovers.
+    assert_eq!(engine.get(b"a").unwrap().len(), 1);
+    drop(engine);
+    let engine = Engine::open_with_fs(fs, dir(), small_options()).unwrap();
+    assert_eq!(engine.get(b"a").unwrap().len(), 1);
+    engine.apply(b"d", v(1, 4, b"w", 4)).unwrap();
+}
+
+#[test]
+fn limits_are_typed_errors() {
+    let fs = MemFs::new();
+    let mut opts = small_options();
+    opts.limits.key_bytes_max = 4;
+    opts.limits.value_bytes_max = 4;
+    opts.limits.siblings_max = 2;
+    let engine = Engine::open_with_fs(fs, dir(), opts).unwrap();
+    let e = engine.apply(b"toolong", v(1, 1, b"x", 1)).unwrap_err();
+    assert!(matches!(
+        e,
+        EngineError::Limit(LimitError::KeyTooLarge { len: 7, max: 4 })
+    ));
+    let e = engine.apply(b"k", v(1, 1, b"xxxxx", 1)).unwrap_err();
+    assert!(matches!(
+        e,
+        EngineError::Limit(LimitError::ValueTooLarge { .. })
+    ));
+    engine.apply(b"k", v(1, 1, b"a", 1)).unwrap();
+    engine.apply(b"k", v(2, 1, b"b", 1)).unwrap();
+    let e = engine.apply(b"k", v(3, 1, b"c", 1)).unwrap_err();
+    assert!(matches!(
+        e,
+        EngineError::Limit(LimitError::TooManySiblings { count: 3, max: 2 })
+    ));
+    assert_eq!(engine.get(b"k").unwrap().len(), 2);
+}
+
+#[test]
+fn reads_join_siblings_across_tables_and_compaction_drops_dominated() {
+    let fs = MemFs::new();
+    let engine = Engine::open_with_fs(fs, dir(), small_options()).unwrap();
+    engine.apply(b"k", v(1, 1, b"a", 1)).unwrap();
+    engine.flush().unwrap();
+    engine.apply(b"k", v(2, 1, b"b", 2)).unwrap();
+    engine.flush().unwrap();
+    assert_eq!(engine.get(b"k").unwrap().len(), 2, "siblings in two tables");
+    let both = engine.get(b"k").unwrap().lub();
+    let mut c = both.clone();
+    c.add_dot(Dot {
+        actor: Actor(1),
+        counter: 2,
+    });
+    engine
+        .apply(b"k", Version::value(c, b"m".to_vec(), 3, "dc1".into()))
+        .unwrap();
+    assert_eq!(engine.get(b"k").unwrap().len(), 1);
+    engine.compact().unwrap();
+    let stats = engine.stats();
+    assert_eq!(stats.tables_per_level, vec![0, 1]);
+    assert_eq!(
+        engine.get(b"k").unwrap().versions()[0].value_bytes(),
+        Some(&b"m"[..])
+    );
+}
+
+#[test]
+fn compaction_purges_expired_tombstones_only() {
+    let fs = MemFs::new();
+    let mut opts = small_options();
+    opts.tombstone_grace = Duration::from_secs(60);
+    let engine = Engine::open_with_fs(fs, dir(), opts).unwrap();
+    let now = now_ms();
+    let mut c = Clock::new();
+    c.add_dot(Dot {
+        actor: Actor(1),
+        counter: 1,
+    });
+    engine
+        .apply(
+            b"old",
+            Version::tombstone(c.clone(), now - 120_000, "dc1".into()),
+        )
+        .unwrap();
+    engine
+        .apply(b"fresh", Version::tombstone(c.clone(), now, "dc1".into()))
+        .unwrap();
+    engine.apply(b"live", v(1, 1, b"x", now - 120_000)).unwrap();
+    engine.compact().unwrap();
+    assert!(engine.get(b"old").unwrap().is_empty());
+    assert_eq!(engine.get(b"fresh").unwrap().len(), 1);
+    assert_eq!(engine.get(b"live").unwrap().len(), 1);
+}
+
+#[test]
+fn group_commit_shares_fsyncs_between_threads() {
+    let fs = MemFs::new();
+    let mut opts = small_options();
+    opts.limits.memtable_bytes_max = 64 << 20;
+    let engine = Arc::new(Engine::open_with_fs(fs, dir(), opts).unwrap());
+    let threads: Vec<_> = (0..8u64)
+        .map(|t| {
+            let e = engine.clone();
+            std::thread::spawn(move || {
+                for i in 0..200u64 {
+                    e.apply(format!("t{t}-{i}").as_bytes(), v(t, i + 1, b"v", i))
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let syncs = engine.stats().log_syncs;
+    assert!(syncs <= 1600, "at most one fsync per write: {syncs}");
+    for t in 0..8u64 {
+        for i in 0..200u64 {
+            assert_eq!(engine.get(format!("t{t}-{i}").as_bytes()).unwrap().len(), 1);
+        }
+    }
+}
+
+#[test]
+fn hash_range_scan_partitions_the_keys() {
+    let fs = MemFs::new();
+    let engine = Engine::open_with_fs(fs, dir(), small_options()).unwrap();
+    for i in 0..100u64 {
+        engine
+            .apply(format!("k{i}").as_bytes(), v(1, i + 1, b"v", i))
+            .unwrap();
+    }
+    engine.flush().unwrap();
+    let mid = u64::MAX / 2;
+    let lo = engine.scan_hash_range(..mid).unwrap().count();
+    let hi = engine.scan_hash_range(mid..).unwrap().count();
+    assert_eq!(lo + hi, 100);
+    for e in engine.scan_hash_range(mid..).unwrap() {
+        assert!(crate::model::key_hash(&e.unwrap().0) >= mid);
+    }
+}
