@@ -34,3 +34,4 @@ pub mod peer;
 pub mod quorum;
 pub mod ring;
 pub mod server;
+pub mod store;

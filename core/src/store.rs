@@ -1,0 +1,311 @@
+//! A node's local data, as the cluster machinery sees it: version sets by
+//! keyspace and key.
+//!
+//! [`LocalStore`] is what the coordinator, the replica path, hints and
+//! repair call. [`EngineStore`] puts it on the storage engine;
+//! [`MemStore`] keeps it in memory for simulations, where a "crash" must
+//! keep what a real disk would keep.
+//!
+//! Storage keys are laid out hash-first so that a keyspace's token range is
+//! one contiguous range of the engine's key order (what Merkle repair and
+//! range streaming scan):
+//!
+//! ```text
+//! [keyspace length: u8][keyspace bytes][key_hash(key): u64 big-endian][key bytes]
+//! ```
+
+use std::collections::BTreeMap;
+use std::ops::Range;
+use std::path::Path;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+use crate::engine::{Engine, EngineError, EngineOptions};
+use crate::limit::LimitError;
+use crate::model::{Version, VersionSet, key_hash};
+
+/// Longest keyspace name, in bytes (it is length-prefixed with one byte).
+pub const KEYSPACE_NAME_BYTES_MAX: usize = 255;
+
+/// Why the local store could not serve a call.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    /// A size limit refused the write.
+    #[error(transparent)]
+    Limit(#[from] LimitError),
+    /// The storage engine failed or refuses writes (after a failed fsync).
+    #[error("storage failed: {reason}")]
+    Failed {
+        /// What the engine reported.
+        reason: String,
+    },
+    /// The keyspace name cannot be stored.
+    #[error("keyspace name of {len} bytes exceeds {KEYSPACE_NAME_BYTES_MAX}")]
+    KeyspaceName {
+        /// Its length.
+        len: usize,
+    },
+}
+
+impl From<EngineError> for StoreError {
+    fn from(e: EngineError) -> Self {
+        match e {
+            EngineError::Limit(l) => StoreError::Limit(l),
+            other => StoreError::Failed {
+                reason: other.to_string(),
+            },
+        }
+    }
+}
+
+/// Version sets by keyspace and key; every call is durable per the store's
+/// fsync policy when it returns.
+pub trait LocalStore: Send + Sync + 'static {
+    /// Absorb `versions` into the key's set.
+    fn apply(
+        &self,
+        keyspace: &str,
+        key: &[u8],
+        versions: Vec<Version>,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// The key's set (empty when absent).
+    fn get(
+        &self,
+        keyspace: &str,
+        key: &[u8],
+    ) -> impl Future<Output = Result<VersionSet, StoreError>> + Send;
+
+    /// Every `(key, set)` of `keyspace` whose key hash is in `hashes`, in
+    /// hash order (for repair and range streaming).
+    fn scan_hashes(
+        &self,
+        keyspace: &str,
+        hashes: Range<u64>,
+    ) -> impl Future<Output = Result<Vec<(Vec<u8>, VersionSet)>, StoreError>> + Send;
+}
+
+/// The storage key of `(keyspace, key)`.
+pub fn storage_key(keyspace: &str, key: &[u8]) -> Result<Vec<u8>, StoreError> {
+    let mut out = keyspace_prefix(keyspace)?;
+    out.extend_from_slice(&key_hash(key).to_be_bytes());
+    out.extend_from_slice(key);
+    Ok(out)
+}
+
+fn keyspace_prefix(keyspace: &str) -> Result<Vec<u8>, StoreError> {
+    let len = keyspace.len();
+    let len_byte = u8::try_from(len).map_err(|_| StoreError::KeyspaceName { len })?;
+    let mut out = Vec::with_capacity(1 + len + 8);
+    out.push(len_byte);
+    out.extend_from_slice(keyspace.as_bytes());
+    Ok(out)
+}
+
+/// Split a storage key of `keyspace` back into the user key.
+fn user_key(prefix_len: usize, storage_key: &[u8]) -> Option<Vec<u8>> {
+    storage_key.get(prefix_len + 8..).map(<[u8]>::to_vec)
+}
+
+/// The storage-key range holding `keyspace`'s keys with hash in `hashes`.
+fn hash_range(keyspace: &str, hashes: &Range<u64>) -> Result<(Vec<u8>, Vec<u8>), StoreError> {
+    let prefix = keyspace_prefix(keyspace)?;
+    let mut lo = prefix.clone();
+    lo.extend_from_slice(&hashes.start.to_be_bytes());
+    let mut hi = prefix;
+    hi.extend_from_slice(&hashes.end.to_be_bytes());
+    Ok((lo, hi))
+}
+
+/// A [`LocalStore`] on the storage engine. Engine calls block (an fsync
+/// may take milliseconds), so they run on tokio's blocking pool.
+#[derive(Clone)]
+pub struct EngineStore {
+    engine: Arc<Engine>,
+}
+
+impl EngineStore {
+    /// Open (or create) the engine in `dir`.
+    pub fn open(dir: &Path, options: EngineOptions) -> Result<Self, StoreError> {
+        Ok(EngineStore {
+            engine: Arc::new(Engine::open(dir, options)?),
+        })
+    }
+
+    /// The engine underneath (for stats and admin).
+    pub fn engine(&self) -> &Arc<Engine> {
+        &self.engine
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&Engine) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let engine = self.engine.clone();
+        tokio::task::spawn_blocking(move || work(&engine))
+            .await
+            .map_err(|e| StoreError::Failed {
+                reason: format!("storage task failed: {e}"),
+            })?
+    }
+}
+
+impl LocalStore for EngineStore {
+    async fn apply(
+        &self,
+        keyspace: &str,
+        key: &[u8],
+        versions: Vec<Version>,
+    ) -> Result<(), StoreError> {
+        let skey = storage_key(keyspace, key)?;
+        self.blocking(move |engine| {
+            engine.apply_batch(versions.into_iter().map(|v| (skey.clone(), v)))?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn get(&self, keyspace: &str, key: &[u8]) -> Result<VersionSet, StoreError> {
+        let skey = storage_key(keyspace, key)?;
+        self.blocking(move |engine| Ok(engine.get(&skey)?)).await
+    }
+
+    async fn scan_hashes(
+        &self,
+        keyspace: &str,
+        hashes: Range<u64>,
+    ) -> Result<Vec<(Vec<u8>, VersionSet)>, StoreError> {
+        let (lo, hi) = hash_range(keyspace, &hashes)?;
+        let prefix_len = 1 + keyspace.len();
+        self.blocking(move |engine| {
+            let mut out = Vec::new();
+            for entry in engine.scan(lo..hi)? {
+                let (skey, set) = entry?;
+                if let Some(key) = user_key(prefix_len, &skey) {
+                    out.push((key, set));
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+}
+
+/// An in-memory [`LocalStore`] for simulations and unit tests. Cloning
+/// shares the data, so a simulated node "restarted" with a clone of its
+/// store finds what it had written (as a node finds its disk).
+#[derive(Clone, Default)]
+pub struct MemStore {
+    data: Arc<Mutex<BTreeMap<Vec<u8>, VersionSet>>>,
+}
+
+impl MemStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+impl LocalStore for MemStore {
+    async fn apply(
+        &self,
+        keyspace: &str,
+        key: &[u8],
+        versions: Vec<Version>,
+    ) -> Result<(), StoreError> {
+        let skey = storage_key(keyspace, key)?;
+        let mut data = self.data.lock();
+        let set = data.entry(skey).or_default();
+        for v in versions {
+            set.absorb(v);
+        }
+        Ok(())
+    }
+
+    async fn get(&self, keyspace: &str, key: &[u8]) -> Result<VersionSet, StoreError> {
+        let skey = storage_key(keyspace, key)?;
+        Ok(self.data.lock().get(&skey).cloned().unwrap_or_default())
+    }
+
+    async fn scan_hashes(
+        &self,
+        keyspace: &str,
+        hashes: Range<u64>,
+    ) -> Result<Vec<(Vec<u8>, VersionSet)>, StoreError> {
+        let (lo, hi) = hash_range(keyspace, &hashes)?;
+        let prefix_len = 1 + keyspace.len();
+        let data = self.data.lock();
+        Ok(data
+            .range(lo..hi)
+            .filter_map(|(k, set)| Some((user_key(prefix_len, k)?, set.clone())))
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Actor, Clock, Dot};
+
+    fn version(actor: u64, value: &[u8]) -> Version {
+        let clock = Clock::from_parts(
+            [],
+            [Dot {
+                actor: Actor(actor),
+                counter: 1,
+            }],
+        );
+        Version::value(clock, value.to_vec(), 1, "dc1".into())
+    }
+
+    async fn exercise(store: impl LocalStore) {
+        store
+            .apply("carts", b"alice", vec![version(1, b"a")])
+            .await
+            .unwrap();
+        store
+            .apply("carts", b"alice", vec![version(2, b"b")])
+            .await
+            .unwrap();
+        store
+            .apply("other", b"alice", vec![version(3, b"c")])
+            .await
+            .unwrap();
+        assert_eq!(store.get("carts", b"alice").await.unwrap().len(), 2);
+        assert_eq!(store.get("other", b"alice").await.unwrap().len(), 1);
+        assert!(store.get("carts", b"bob").await.unwrap().is_empty());
+        for i in 0..100u32 {
+            store
+                .apply("carts", &i.to_be_bytes(), vec![version(1, b"x")])
+                .await
+                .unwrap();
+        }
+        let all = store.scan_hashes("carts", 0..u64::MAX).await.unwrap();
+        assert_eq!(all.len(), 101);
+        let hashes: Vec<u64> = all.iter().map(|(k, _)| key_hash(k)).collect();
+        assert!(
+            hashes.windows(2).all(|w| w[0] <= w[1]),
+            "scan is in hash order"
+        );
+        let half = store.scan_hashes("carts", 0..1 << 63).await.unwrap();
+        assert!(half.iter().all(|(k, _)| key_hash(k) < 1 << 63));
+        assert!(!half.is_empty() && half.len() < 101);
+        let long = "x".repeat(300);
+        assert!(matches!(
+            store.get(&long, b"k").await,
+            Err(StoreError::KeyspaceName { len: 300 })
+        ));
+    }
+
+    #[tokio::test]
+    async fn mem_store_keeps_keyspaces_apart_and_scans_by_hash() {
+        exercise(MemStore::new()).await;
+    }
+
+    #[tokio::test]
+    async fn engine_store_keeps_keyspaces_apart_and_scans_by_hash() {
+        let dir = tempfile::tempdir().unwrap();
+        exercise(EngineStore::open(dir.path(), EngineOptions::default()).unwrap()).await;
+    }
+}
