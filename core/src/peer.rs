@@ -11,7 +11,7 @@ use isthmus_client::wire::{ReplyBody, WireError};
 use serde::{Deserialize, Serialize};
 
 use crate::gossip::membership::Endpoint;
-use crate::model::{Version, VersionSet};
+use crate::model::{Clock, Consistency, Version, VersionSet};
 use crate::ring::NodeId;
 
 /// A request from one node to another.
@@ -38,6 +38,23 @@ pub enum PeerRequest {
         /// The key.
         key: Vec<u8>,
     },
+    /// Coordinate a client write (the receiver must be a replica of the
+    /// key: write dots are issued by replicas, from the key's own history,
+    /// so that each actor's counters for a key stay contiguous).
+    Coordinate {
+        /// Keyspace name.
+        keyspace: String,
+        /// The key.
+        key: Vec<u8>,
+        /// The new value, or `None` for a delete.
+        value: Option<Vec<u8>>,
+        /// The causal context the client wrote over.
+        context: Clock,
+        /// The client's retry identity.
+        write_id: [u8; 16],
+        /// Level to reach.
+        consistency: Consistency,
+    },
     /// One gossip exchange: the sender's own entry, a digest of its view,
     /// and the entries it believes the receiver lacks.
     Gossip {
@@ -54,6 +71,8 @@ pub enum PeerResponse {
     /// The versions were absorbed (or stored as a hint) durably, per the
     /// receiver's fsync policy.
     Applied,
+    /// A coordinated write reached its level.
+    Written,
     /// The local set of the key asked for.
     Versions(VersionSet),
     /// Entries the receiver holds newer than the sender's digest.

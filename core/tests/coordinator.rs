@@ -1,0 +1,425 @@
+//! The coordinator over an in-process network of nodes (memory stores, a
+//! transport that calls the other coordinators directly, and a switch to
+//! take nodes down): quorums, hints, forwarding, retries, siblings, read
+//! repair and server-side merges.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use isthmus_client::ClientError;
+use isthmus_core::coordinator::{
+    ClusterView, Coordinator, CoordinatorConfig, CoordinatorError, HintSink, Transport,
+};
+use isthmus_core::limit::{LimitError, Limits};
+use isthmus_core::merge::{MergeFailure, MergeHook, NoMerge};
+use isthmus_core::model::{
+    Actor, Clock, Consistency, KeyspaceConfig, Payload, Version, VersionSet,
+};
+use isthmus_core::peer::{PeerRequest, PeerResponse};
+use isthmus_core::ring::{NodeId, Placement, Ring};
+use isthmus_core::store::{LocalStore, MemStore, StoreError};
+use parking_lot::{Mutex, RwLock};
+use tokio::sync::watch;
+
+type Node = Coordinator<MemStore, Net, Hints>;
+
+#[derive(Default)]
+struct Net {
+    nodes: RwLock<HashMap<NodeId, Arc<Node>>>,
+    down: RwLock<BTreeSet<NodeId>>,
+}
+
+impl Transport for Net {
+    fn call(
+        &self,
+        to: &NodeId,
+        request: PeerRequest,
+        timeout: Duration,
+    ) -> impl std::future::Future<Output = Result<PeerResponse, ClientError>> + Send {
+        // Boxed: a forwarded write calls back into a coordinator, whose
+        // future contains this one.
+        let target = if self.down.read().contains(to) {
+            None
+        } else {
+            self.nodes.read().get(to).cloned()
+        };
+        let to = to.clone();
+        let call: std::pin::Pin<Box<dyn std::future::Future<Output = _> + Send>> =
+            Box::pin(async move {
+                match target {
+                    Some(node) => Ok(node.serve_peer(request, timeout).await),
+                    None => Err(ClientError::Connect {
+                        addr: to.0,
+                        reason: "down".into(),
+                    }),
+                }
+            });
+        call
+    }
+}
+
+/// A hint as the test sink keeps it: target, keyspace, key, versions.
+type Hint = (NodeId, String, Vec<u8>, Vec<Version>);
+
+#[derive(Default)]
+struct Hints {
+    kept: Mutex<Vec<Hint>>,
+}
+
+impl HintSink for Hints {
+    async fn add(
+        &self,
+        target: &NodeId,
+        keyspace: &str,
+        key: &[u8],
+        versions: Vec<Version>,
+    ) -> Result<(), StoreError> {
+        self.kept
+            .lock()
+            .push((target.clone(), keyspace.into(), key.to_vec(), versions));
+        Ok(())
+    }
+}
+
+/// Concatenates live sibling values in canonical order: a stand-in
+/// resolver that shows where merges happen.
+struct Concat;
+
+impl MergeHook for Concat {
+    fn merge(&self, _: &str, _: &[u8], set: &VersionSet) -> Result<Option<Version>, MergeFailure> {
+        let bytes: Vec<u8> = set
+            .live()
+            .flat_map(|v| v.value_bytes().unwrap_or_default().to_vec())
+            .collect();
+        Ok(set.merged(Payload::Value(bytes), [9; 32]))
+    }
+}
+
+struct Cluster {
+    net: Arc<Net>,
+    stores: BTreeMap<NodeId, MemStore>,
+    hints: BTreeMap<NodeId, Arc<Hints>>,
+    view: watch::Sender<Arc<ClusterView>>,
+}
+
+const DEADLINE: Duration = Duration::from_secs(2);
+
+fn n(i: usize) -> NodeId {
+    NodeId(format!("n{i}"))
+}
+
+fn cluster(nodes: usize, rf: u32, merge: Arc<dyn MergeHook>, limits: Limits) -> Cluster {
+    let placements: Vec<(NodeId, Placement)> = (0..nodes)
+        .map(|i| {
+            (
+                n(i),
+                Placement {
+                    dc: "dc1".into(),
+                    rack: format!("r{i}"),
+                },
+            )
+        })
+        .collect();
+    let ring = Ring::build(placements.iter().map(|(id, p)| (id, p, 16)));
+    let alive = placements.iter().map(|(id, _)| id.clone()).collect();
+    let (view, view_rx) = watch::channel(Arc::new(ClusterView { ring, alive }));
+    let mut carts = KeyspaceConfig {
+        replication: BTreeMap::from([("dc1".into(), rf)]),
+        ..KeyspaceConfig::default()
+    };
+    let plain = carts.clone();
+    carts.resolver = Some(("concat".into(), 1));
+    let keyspaces = Arc::new(RwLock::new(BTreeMap::from([
+        ("plain".to_string(), plain),
+        ("merged".to_string(), carts),
+    ])));
+    let net = Arc::new(Net::default());
+    let (mut stores, mut hints) = (BTreeMap::new(), BTreeMap::new());
+    for (i, (id, _)) in placements.iter().enumerate() {
+        let store = MemStore::new();
+        let hint = Arc::new(Hints::default());
+        let config = CoordinatorConfig {
+            node: id.clone(),
+            dc: "dc1".into(),
+            actor: Actor(100 + i as u64),
+            limits: limits.clone(),
+        };
+        let node = Coordinator::new(
+            config,
+            store.clone(),
+            net.clone(),
+            hint.clone(),
+            merge.clone(),
+            keyspaces.clone(),
+            view_rx.clone(),
+        );
+        net.nodes.write().insert(id.clone(), Arc::new(node));
+        stores.insert(id.clone(), store);
+        hints.insert(id.clone(), hint);
+    }
+    Cluster {
+        net,
+        stores,
+        hints,
+        view,
+    }
+}
+
+impl Cluster {
+    fn node(&self, id: &NodeId) -> Arc<Node> {
+        self.net.nodes.read()[id].clone()
+    }
+
+    fn down(&self, id: &NodeId) {
+        self.net.down.write().insert(id.clone());
+        self.view.send_modify(|v| {
+            let mut next = (**v).clone();
+            next.alive.remove(id);
+            *v = Arc::new(next);
+        });
+    }
+
+    async fn put(
+        &self,
+        via: &NodeId,
+        key: &[u8],
+        value: &[u8],
+        ctx: Clock,
+        write_id: u8,
+    ) -> Result<(), CoordinatorError> {
+        self.node(via)
+            .write(
+                "plain",
+                key,
+                Some(value.to_vec()),
+                ctx,
+                [write_id; 16],
+                Consistency::LocalQuorum,
+                DEADLINE,
+            )
+            .await
+    }
+
+    async fn get(&self, via: &NodeId, keyspace: &str, key: &[u8]) -> VersionSet {
+        self.node(via)
+            .read(keyspace, key, Consistency::LocalQuorum, DEADLINE)
+            .await
+            .unwrap()
+    }
+
+    async fn copies(&self, keyspace: &str, key: &[u8]) -> Vec<VersionSet> {
+        let mut out = Vec::new();
+        for store in self.stores.values() {
+            out.push(store.get(keyspace, key).await.unwrap());
+        }
+        out
+    }
+}
+
+fn values(set: &VersionSet) -> Vec<Vec<u8>> {
+    set.live()
+        .map(|v| v.value_bytes().unwrap().to_vec())
+        .collect()
+}
+
+/// Replicas of `key` (RF of the cluster).
+fn replicas_of(c: &Cluster, key: &[u8]) -> Vec<NodeId> {
+    let view = c.view.borrow().clone();
+    view.ring
+        .replicas_in_dc(&"dc1".into(), isthmus_core::model::key_hash(key), 3)
+}
+
+#[tokio::test]
+async fn quorum_write_reaches_every_replica_and_reads_back() {
+    let c = cluster(3, 3, Arc::new(NoMerge), Limits::default());
+    c.put(&n(0), b"k", b"v1", Clock::new(), 1).await.unwrap();
+    assert_eq!(
+        values(&c.get(&n(2), "plain", b"k").await),
+        vec![b"v1".to_vec()]
+    );
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    for copy in c.copies("plain", b"k").await {
+        assert_eq!(values(&copy), vec![b"v1".to_vec()]);
+    }
+    // A write over the read context supersedes, it does not add a sibling.
+    let ctx = c.get(&n(1), "plain", b"k").await.lub();
+    c.put(&n(1), b"k", b"v2", ctx, 2).await.unwrap();
+    assert_eq!(
+        values(&c.get(&n(0), "plain", b"k").await),
+        vec![b"v2".to_vec()]
+    );
+}
+
+#[tokio::test]
+async fn one_replica_down_keeps_local_quorum_and_leaves_a_hint() {
+    let c = cluster(3, 3, Arc::new(NoMerge), Limits::default());
+    c.down(&n(2));
+    c.put(&n(0), b"k", b"v", Clock::new(), 1).await.unwrap();
+    assert_eq!(
+        values(&c.get(&n(1), "plain", b"k").await),
+        vec![b"v".to_vec()]
+    );
+    let hints = c.hints[&n(0)].kept.lock().clone();
+    assert_eq!(hints.len(), 1);
+    assert_eq!(hints[0].0, n(2));
+    assert_eq!(
+        values(&VersionSet::from_versions(hints[0].3.clone())),
+        vec![b"v".to_vec()]
+    );
+    assert!(c.stores[&n(2)].get("plain", b"k").await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn two_replicas_down_fail_local_quorum_with_ack_counts() {
+    let c = cluster(3, 3, Arc::new(NoMerge), Limits::default());
+    c.down(&n(1));
+    c.down(&n(2));
+    match c.put(&n(0), b"k", b"v", Clock::new(), 1).await {
+        Err(CoordinatorError::QuorumLost {
+            required: 2,
+            acked: 1,
+        }) => {}
+        other => panic!("expected a lost quorum with 1 of 2 acks, got {other:?}"),
+    }
+    let err = c
+        .node(&n(0))
+        .read("plain", b"k", Consistency::LocalQuorum, DEADLINE)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            CoordinatorError::QuorumLost {
+                required: 2,
+                acked: 1
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(err.to_wire().code.is_retryable());
+}
+
+#[tokio::test]
+async fn a_retried_write_adds_no_sibling() {
+    let c = cluster(3, 3, Arc::new(NoMerge), Limits::default());
+    for _ in 0..3 {
+        c.put(&n(0), b"k", b"v", Clock::new(), 7).await.unwrap();
+    }
+    let set = c.get(&n(0), "plain", b"k").await;
+    assert_eq!(
+        set.len(),
+        1,
+        "retries with one write id must not pile up siblings: {set:?}"
+    );
+}
+
+#[tokio::test]
+async fn blind_writes_become_siblings_and_the_sibling_bound_holds() {
+    let limits = Limits {
+        siblings_max: 3,
+        ..Limits::default()
+    };
+    let c = cluster(3, 3, Arc::new(NoMerge), limits);
+    for i in 0..3u8 {
+        c.put(&n(0), b"k", &[b'a' + i], Clock::new(), i + 1)
+            .await
+            .unwrap();
+    }
+    assert_eq!(c.get(&n(1), "plain", b"k").await.len(), 3);
+    match c.put(&n(0), b"k", b"d", Clock::new(), 9).await {
+        Err(CoordinatorError::Limit(LimitError::TooManySiblings { count: 4, max: 3 })) => {}
+        other => panic!("expected the sibling bound, got {other:?}"),
+    }
+    // A write over the full context resolves them into one.
+    let ctx = c.get(&n(1), "plain", b"k").await.lub();
+    c.put(&n(0), b"k", b"resolved", ctx, 10).await.unwrap();
+    assert_eq!(
+        values(&c.get(&n(2), "plain", b"k").await),
+        vec![b"resolved".to_vec()]
+    );
+}
+
+#[tokio::test]
+async fn non_replicas_forward_writes_to_a_replica() {
+    let c = cluster(5, 3, Arc::new(NoMerge), Limits::default());
+    let key = b"forwarded";
+    let replicas = replicas_of(&c, key);
+    let outsider = (0..5).map(n).find(|id| !replicas.contains(id)).unwrap();
+    c.put(&outsider, key, b"v", Clock::new(), 1).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(
+        c.stores[&outsider]
+            .get("plain", key)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    for r in &replicas {
+        assert_eq!(
+            values(&c.stores[r].get("plain", key).await.unwrap()),
+            vec![b"v".to_vec()]
+        );
+    }
+}
+
+#[tokio::test]
+async fn reads_repair_a_stale_replica() {
+    let c = cluster(3, 3, Arc::new(NoMerge), Limits::default());
+    c.down(&n(2));
+    c.put(&n(0), b"k", b"v", Clock::new(), 1).await.unwrap();
+    // n2 comes back without its hint being replayed.
+    c.net.down.write().clear();
+    c.view.send_modify(|v| {
+        let mut next = (**v).clone();
+        next.alive.insert(n(2));
+        *v = Arc::new(next);
+    });
+    assert_eq!(
+        values(&c.get(&n(0), "plain", b"k").await),
+        vec![b"v".to_vec()]
+    );
+    let mut repaired = false;
+    for _ in 0..100 {
+        if !c.stores[&n(2)].get("plain", b"k").await.unwrap().is_empty() {
+            repaired = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(repaired, "the stale replica was not repaired by the read");
+}
+
+#[tokio::test]
+async fn siblings_of_a_resolver_keyspace_merge_to_the_same_bytes_everywhere() {
+    let c = cluster(3, 3, Arc::new(Concat), Limits::default());
+    for (i, value) in [b"x", b"y", b"z"].iter().enumerate() {
+        c.node(&n(i))
+            .write(
+                "merged",
+                b"k",
+                Some(value.to_vec()),
+                Clock::new(),
+                [i as u8; 16],
+                Consistency::All,
+                DEADLINE,
+            )
+            .await
+            .unwrap();
+    }
+    let read = c.get(&n(0), "merged", b"k").await;
+    assert_eq!(
+        read.len(),
+        1,
+        "a resolver keyspace returns one merged version: {read:?}"
+    );
+    let mut merged = values(&read)[0].clone();
+    merged.sort();
+    assert_eq!(merged, b"xyz".to_vec());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let copies = c.copies("merged", b"k").await;
+    assert!(
+        copies.iter().all(|s| s.encode() == copies[0].encode()),
+        "replicas differ: {copies:?}"
+    );
+}
