@@ -28,6 +28,7 @@ pub mod config;
 pub mod coordinator;
 pub mod engine;
 pub mod gossip;
+pub mod hints;
 pub mod limit;
 pub mod merge;
 pub mod model;
