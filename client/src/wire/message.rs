@@ -134,7 +134,7 @@ pub struct Envelope<B> {
 }
 
 /// The answer to one [`Envelope`].
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Reply<B> {
     /// The request's `id`.
     pub id: u64,
@@ -197,6 +197,8 @@ pub enum RequestBody {
         /// Retry identity.
         write_id: WriteId,
     },
+    /// Describe the cluster as the answering node sees it.
+    Status,
     /// Delete what `context` saw (writes a tombstone).
     Delete {
         /// Keyspace name.
@@ -212,6 +214,28 @@ pub enum RequestBody {
     },
 }
 
+/// One node as `isthmus status` shows it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct NodeReport {
+    /// Node id.
+    pub node_id: String,
+    /// Where it serves.
+    pub addr: String,
+    /// Datacenter.
+    pub dc: String,
+    /// Rack.
+    pub rack: String,
+    /// Whether the answering node's failure detector believes it alive.
+    pub up: bool,
+    /// Lifecycle status (`Joining`, `Normal`, `Leaving`, `Left`).
+    pub status: String,
+    /// Bytes of data on its disk, as it last announced.
+    pub load_bytes: u64,
+    /// Fraction of its datacenter's ring it replicates, per keyspace
+    /// replication (the largest over keyspaces).
+    pub ownership: f64,
+}
+
 /// One live sibling as a client sees it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Sibling {
@@ -224,7 +248,7 @@ pub struct Sibling {
 }
 
 /// Outcomes of requests.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum ResponseBody {
     /// A read: the live siblings (none when absent) and the context to
     /// write back.
@@ -236,6 +260,11 @@ pub enum ResponseBody {
     },
     /// A write reached its consistency level.
     Written,
+    /// The cluster as the answering node sees it.
+    Status {
+        /// Every known node.
+        nodes: Vec<NodeReport>,
+    },
     /// The request failed.
     Error(WireError),
 }

@@ -46,6 +46,8 @@ pub struct Endpoint {
     pub version: u64,
     /// Lifecycle status.
     pub status: NodeStatus,
+    /// Bytes of data on its disk, refreshed every round.
+    pub load_bytes: u64,
 }
 
 impl Endpoint {
@@ -145,6 +147,7 @@ mod tests {
             generation,
             version,
             status,
+            load_bytes: 0,
         }
     }
 

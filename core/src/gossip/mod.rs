@@ -5,8 +5,11 @@
 //! - [`detector`]: the phi accrual failure detector each node runs locally
 //!   over the heartbeats it sees.
 //!
-//! Both are pure logic with time passed in; the gossip rounds over the
-//! network come with the node server.
+//! - [`service`]: the worker that runs rounds over the network and
+//!   publishes the cluster view.
+//!
+//! `membership` and `detector` are pure logic with time passed in.
 
 pub mod detector;
 pub mod membership;
+pub mod service;

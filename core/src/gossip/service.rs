@@ -1,0 +1,260 @@
+//! The gossip worker: spreads membership, watches heartbeats, and publishes
+//! the [`ClusterView`] the coordinator routes by.
+//!
+//! Every round (one second by default) the node bumps its own heartbeat and
+//! exchanges views with one random live peer, and with a seed while it
+//! knows no live peer (or one round in ten, so partitioned groups find each
+//! other again). An exchange is push-pull: the sender ships its digest and
+//! all its entries; the receiver merges them and answers with the entries
+//! it holds newer than the sender's digest. Any entry whose
+//! `(generation, version)` grew counts as a heartbeat of that node for the
+//! phi accrual detector.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use super::detector::{ArrivalWindow, DetectorConfig};
+use super::membership::{Endpoint, Membership, NodeStatus};
+use crate::coordinator::{ClusterView, Transport};
+use crate::peer::{PeerRequest, PeerResponse};
+use crate::ring::{NodeId, Ring};
+use crate::transport::TcpTransport;
+
+/// Tuning of the gossip worker.
+#[derive(Clone, Debug)]
+pub struct GossipConfig {
+    /// Time between rounds.
+    pub interval: Duration,
+    /// Deadline of one exchange.
+    pub exchange_timeout: Duration,
+    /// Failure detector tuning.
+    pub detector: DetectorConfig,
+}
+
+impl Default for GossipConfig {
+    fn default() -> Self {
+        GossipConfig {
+            interval: Duration::from_millis(500),
+            exchange_timeout: Duration::from_secs(1),
+            detector: DetectorConfig {
+                initial_interval: Duration::from_millis(500),
+                ..DetectorConfig::default()
+            },
+        }
+    }
+}
+
+struct State {
+    membership: Membership,
+    windows: HashMap<NodeId, ArrivalWindow>,
+    round: u64,
+}
+
+/// One node's gossip participant.
+pub struct Gossiper {
+    me: NodeId,
+    seeds: Vec<String>,
+    config: GossipConfig,
+    state: Mutex<State>,
+    transport: Arc<TcpTransport>,
+    view: watch::Sender<Arc<ClusterView>>,
+    started: Instant,
+}
+
+impl Gossiper {
+    /// A gossiper announcing `own`, joining through `seeds`.
+    pub fn new(
+        own: Endpoint,
+        seeds: Vec<String>,
+        config: GossipConfig,
+        transport: Arc<TcpTransport>,
+    ) -> (Arc<Self>, watch::Receiver<Arc<ClusterView>>) {
+        let me = own.id.clone();
+        let mut membership = Membership::new();
+        membership.observe(own);
+        let (view, view_rx) = watch::channel(Arc::new(ClusterView::default()));
+        let state = State {
+            membership,
+            windows: HashMap::new(),
+            round: 0,
+        };
+        let gossiper = Arc::new(Gossiper {
+            me,
+            seeds,
+            config,
+            state: Mutex::new(state),
+            transport,
+            view,
+            started: Instant::now(),
+        });
+        gossiper.publish();
+        (gossiper, view_rx)
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    /// A copy of the current membership view.
+    pub fn membership(&self) -> Membership {
+        self.state.lock().membership.clone()
+    }
+
+    /// Nodes currently believed alive (self included).
+    pub fn alive(&self) -> BTreeSet<NodeId> {
+        self.view.borrow().alive.clone()
+    }
+
+    /// Change this node's announced status (joining, leaving, ...).
+    pub fn set_status(&self, status: NodeStatus) {
+        {
+            let mut state = self.state.lock();
+            if let Some(mut own) = state.membership.get(&self.me).cloned() {
+                own.status = status;
+                own.version += 1;
+                state.membership.observe(own);
+            }
+        }
+        self.publish();
+    }
+
+    /// Answer a peer's exchange: merge what it sent, return what it lacks.
+    pub fn on_exchange(
+        &self,
+        digest: &[(NodeId, u64, u64)],
+        entries: Vec<Endpoint>,
+    ) -> Vec<Endpoint> {
+        let reply = {
+            let mut state = self.state.lock();
+            self.absorb(&mut state, entries);
+            state.membership.newer_than(digest)
+        };
+        self.publish();
+        reply
+    }
+
+    fn absorb(&self, state: &mut State, entries: Vec<Endpoint>) {
+        let now = self.now_ms();
+        for entry in entries {
+            if entry.id == self.me {
+                continue; // only this node writes its own entry
+            }
+            let id = entry.id.clone();
+            self.transport.set_addr(&id, &entry.addr);
+            if state.membership.observe(entry) {
+                state
+                    .windows
+                    .entry(id)
+                    .or_default()
+                    .heartbeat(now, &self.config.detector);
+            }
+        }
+    }
+
+    /// Rebuild the ring and the live set, and publish them.
+    fn publish(&self) {
+        let now = self.now_ms();
+        let view = {
+            let state = self.state.lock();
+            let members: Vec<&Endpoint> = state
+                .membership
+                .endpoints()
+                .values()
+                .filter(|e| matches!(e.status, NodeStatus::Normal | NodeStatus::Leaving))
+                .collect();
+            let ring = Ring::build(members.iter().map(|e| (&e.id, &e.placement, e.vnodes)));
+            let alive = state
+                .membership
+                .endpoints()
+                .values()
+                .filter(|e| e.status != NodeStatus::Left)
+                .filter(|e| {
+                    e.id == self.me
+                        || state
+                            .windows
+                            .get(&e.id)
+                            .is_some_and(|w| !w.is_down(now, &self.config.detector))
+                })
+                .map(|e| e.id.clone())
+                .collect();
+            ClusterView { ring, alive }
+        };
+        self.view.send_replace(Arc::new(view));
+    }
+
+    /// One gossip round.
+    pub async fn round(&self) {
+        let (digest, entries, target, round) = {
+            let mut state = self.state.lock();
+            state.round += 1;
+            if let Some(mut own) = state.membership.get(&self.me).cloned() {
+                own.version += 1;
+                state.membership.observe(own);
+            }
+            let alive = self.view.borrow().alive.clone();
+            let peers: Vec<&NodeId> = state
+                .membership
+                .endpoints()
+                .keys()
+                .filter(|id| **id != self.me)
+                .collect();
+            let live: Vec<&NodeId> = peers
+                .iter()
+                .copied()
+                .filter(|id| alive.contains(*id))
+                .collect();
+            // Cheap deterministic spread: rotate through candidates by round.
+            let pick = |list: &[&NodeId]| {
+                list.get((state.round as usize) % list.len().max(1))
+                    .map(|id| (*id).clone())
+            };
+            let target = match pick(&live) {
+                Some(id) if state.round % 10 != 0 || self.seeds.is_empty() => Some(id),
+                _ => pick(&peers).filter(|_| self.seeds.is_empty()),
+            };
+            (
+                state.membership.digest(),
+                state.membership.endpoints().values().cloned().collect(),
+                target,
+                state.round,
+            )
+        };
+        let request = PeerRequest::Gossip { digest, entries };
+        let timeout = self.config.exchange_timeout;
+        let answer = match target {
+            Some(node) => self.transport.call(&node, request, timeout).await.ok(),
+            None => {
+                let seeds: Vec<&String> = self.seeds.iter().collect();
+                match seeds.get(round as usize % seeds.len().max(1)) {
+                    Some(addr) => match self.transport.connect(addr).await {
+                        Ok(channel) => channel.call(request, timeout).await.ok(),
+                        Err(_) => None,
+                    },
+                    None => None,
+                }
+            }
+        };
+        if let Some(PeerResponse::Gossip { entries }) = answer {
+            let mut state = self.state.lock();
+            self.absorb(&mut state, entries);
+        }
+        self.publish();
+    }
+
+    /// Run rounds until `stop` fires.
+    pub async fn run(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        let mut tick = tokio::time::interval(self.config.interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => self.round().await,
+                _ = stop.changed() => break,
+            }
+        }
+    }
+}

@@ -1,0 +1,574 @@
+//! A running node: the parts of core wired together, each background loop
+//! a named task that shutdown awaits.
+//!
+//! ```text
+//!             clients, peers (one port)
+//!                      │
+//!                   server ──► NodeHandler ──► Coordinator ──► EngineStore (engine)
+//!                                  │               │  └──────► TcpTransport ──► peers
+//!                                  │               └─────────► HintStore
+//!                                  └──► Gossiper ──► ClusterView (watch) ──► Coordinator
+//! workers: gossip (rounds), handoff (hint replay), server (accept loop)
+//! ```
+//!
+//! What it is not: the place where merge functions run. The binary hands a
+//! [`MergeHook`] in (the wasm host); core never sees wasmtime.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use isthmus_client::wire::{
+    Context, ErrorCode, NodeReport, RequestBody, ResponseBody, Sibling, WireError, decode, encode,
+};
+use parking_lot::RwLock;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::config::{FsyncMode, NodeConfig, parse_resolver_binding};
+use crate::coordinator::{Coordinator, CoordinatorConfig, Transport};
+use crate::engine::{EngineOptions, FsyncPolicy};
+use crate::gossip::membership::{Endpoint, NodeStatus};
+use crate::gossip::service::{GossipConfig, Gossiper};
+use crate::hints::{HintConfig, HintStore};
+use crate::limit::Limits;
+use crate::merge::MergeHook;
+use crate::model::{Actor, Clock, DcName, KeyspaceConfig, VersionSet};
+use crate::peer::{PeerRequest, PeerResponse};
+use crate::ring::{NodeId, Placement};
+use crate::server::{self, Handler, ServerConfig};
+use crate::store::EngineStore;
+use crate::transport::TcpTransport;
+
+/// Most clock entries accepted in a client's context (a context is the
+/// client's copy of a clock; real ones hold a few entries per actor).
+pub const CONTEXT_ENTRIES_MAX: usize = 4096;
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// The data directory belongs to another node or is unreadable.
+    #[error("data directory {path}: {reason}")]
+    DataDir {
+        /// The directory.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The storage engine could not open.
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}: {reason}")]
+    Listen {
+        /// The address.
+        addr: String,
+        /// What the OS said.
+        reason: String,
+    },
+}
+
+type NodeCoordinator = Coordinator<EngineStore, TcpTransport, Arc<HintStore>>;
+
+/// Runtime knobs that are not part of the operator's config file.
+#[derive(Clone, Debug, Default)]
+pub struct NodeTuning {
+    /// Gossip timing.
+    pub gossip: GossipConfig,
+    /// Connection-layer limits.
+    pub server: Option<ServerConfig>,
+    /// Hint bounds.
+    pub hints: HintConfig,
+    /// Size limits.
+    pub limits: Limits,
+}
+
+/// A started node. Dropping it without [`RunningNode::shutdown`] aborts
+/// its tasks.
+pub struct RunningNode {
+    /// The address it serves on.
+    pub addr: String,
+    coordinator: Arc<NodeCoordinator>,
+    gossiper: Arc<Gossiper>,
+    store: EngineStore,
+    stop: watch::Sender<bool>,
+    tasks: Vec<(&'static str, JoinHandle<()>)>,
+}
+
+/// Read or create the node's identity file: its actor, random per data
+/// directory, so a wiped node never reissues old dots.
+fn identity(data_dir: &Path, node_id: &str) -> Result<Actor, NodeError> {
+    let path = data_dir.join("IDENTITY");
+    let bad = |reason: String| NodeError::DataDir {
+        path: data_dir.to_owned(),
+        reason,
+    };
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            let (id, actor) = text
+                .trim()
+                .split_once(' ')
+                .ok_or_else(|| bad("IDENTITY is malformed".into()))?;
+            if id != node_id {
+                return Err(bad(format!("it belongs to node {id:?}, not {node_id:?}")));
+            }
+            let actor =
+                u64::from_str_radix(actor, 16).map_err(|e| bad(format!("IDENTITY actor: {e}")))?;
+            Ok(Actor(actor))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let seed = format!("{node_id}/{:?}/{}", SystemTime::now(), std::process::id());
+            let actor = xxhash_rust::xxh3::xxh3_64(seed.as_bytes());
+            let tmp = data_dir.join("IDENTITY.tmp");
+            std::fs::write(&tmp, format!("{node_id} {actor:016x}\n"))
+                .map_err(|e| bad(e.to_string()))?;
+            std::fs::File::open(&tmp)
+                .and_then(|f| f.sync_all())
+                .map_err(|e| bad(e.to_string()))?;
+            std::fs::rename(&tmp, &path).map_err(|e| bad(e.to_string()))?;
+            std::fs::File::open(data_dir)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| bad(e.to_string()))?;
+            Ok(Actor(actor))
+        }
+        Err(e) => Err(bad(e.to_string())),
+    }
+}
+
+/// Start a node from its configuration.
+pub async fn start(
+    config: NodeConfig,
+    merge: Arc<dyn MergeHook>,
+    tuning: NodeTuning,
+) -> Result<RunningNode, NodeError> {
+    config.validate()?;
+    let data_dir = config.data_dir.clone();
+    std::fs::create_dir_all(&data_dir).map_err(|e| NodeError::DataDir {
+        path: data_dir.clone(),
+        reason: e.to_string(),
+    })?;
+    let actor = identity(&data_dir, &config.node_id)?;
+    let fsync = match config.fsync {
+        FsyncMode::Always => FsyncPolicy::Always,
+        FsyncMode::Interval => {
+            FsyncPolicy::Interval(Duration::from_millis(config.fsync_interval_ms))
+        }
+    };
+    let engine_options = EngineOptions {
+        limits: tuning.limits.clone(),
+        fsync,
+        ..EngineOptions::default()
+    };
+    let store = EngineStore::open(&data_dir.join("data"), engine_options)?;
+    let hints = Arc::new(HintStore::open(
+        &data_dir.join("hints"),
+        tuning.hints.clone(),
+    )?);
+
+    let keyspaces: BTreeMap<String, KeyspaceConfig> = config
+        .keyspaces
+        .iter()
+        .map(|(name, ks)| {
+            let ksc = KeyspaceConfig {
+                replication: ks
+                    .replication
+                    .iter()
+                    .map(|(dc, rf)| (DcName(dc.clone()), *rf))
+                    .collect(),
+                consistency: ks.consistency,
+                resolver: ks.resolver.as_deref().and_then(parse_resolver_binding),
+                ttl_s: ks.ttl_s,
+            };
+            (name.clone(), ksc)
+        })
+        .collect();
+    let keyspaces = Arc::new(RwLock::new(keyspaces));
+
+    let listener = TcpListener::bind(&config.listen)
+        .await
+        .map_err(|e| NodeError::Listen {
+            addr: config.listen.clone(),
+            reason: e.to_string(),
+        })?;
+    let addr = listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_else(|_| config.listen.clone());
+
+    let me = NodeId(config.node_id.clone());
+    let transport = Arc::new(TcpTransport::new(me.clone(), Duration::from_secs(2)));
+    let own = Endpoint {
+        id: me.clone(),
+        addr: addr.clone(),
+        placement: Placement {
+            dc: DcName(config.dc.clone()),
+            rack: config.rack.clone(),
+        },
+        vnodes: config.vnodes,
+        generation: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(1, |d| d.as_millis() as u64),
+        version: 1,
+        status: NodeStatus::Normal,
+        load_bytes: store.engine().stats().table_bytes,
+    };
+    let (gossiper, view) = Gossiper::new(
+        own,
+        config.seeds.clone(),
+        tuning.gossip.clone(),
+        transport.clone(),
+    );
+    let coordinator = Arc::new(Coordinator::new(
+        CoordinatorConfig {
+            node: me.clone(),
+            dc: DcName(config.dc.clone()),
+            actor,
+            limits: tuning.limits.clone(),
+        },
+        store.clone(),
+        transport.clone(),
+        Arc::new(hints.clone()),
+        merge,
+        keyspaces.clone(),
+        view.clone(),
+    ));
+    hints.discover(
+        std::fs::read_dir(data_dir.join("hints"))
+            .into_iter()
+            .flatten()
+            .filter_map(|entry| {
+                let name = entry.ok()?.file_name().into_string().ok()?;
+                name.strip_suffix(".hints").map(|id| NodeId(id.to_owned()))
+            }),
+    );
+
+    let (stop, stop_rx) = watch::channel(false);
+    let mut tasks = Vec::new();
+    let handler = Arc::new(NodeHandler {
+        coordinator: coordinator.clone(),
+        gossiper: gossiper.clone(),
+        keyspaces: keyspaces.clone(),
+    });
+    let server_config = ServerConfig {
+        node_id: config.node_id.clone(),
+        dc: config.dc.clone(),
+        ..tuning.server.clone().unwrap_or_default()
+    };
+    let mut server_stop = stop_rx.clone();
+    tasks.push((
+        "server",
+        tokio::spawn(server::run(listener, handler, server_config, async move {
+            let _ = server_stop.changed().await;
+        })),
+    ));
+    tasks.push((
+        "gossip",
+        tokio::spawn(gossiper.clone().run(stop_rx.clone())),
+    ));
+    tasks.push((
+        "handoff",
+        tokio::spawn(handoff(
+            hints.clone(),
+            transport.clone(),
+            view.clone(),
+            stop_rx.clone(),
+        )),
+    ));
+    tracing::info!(node = %me, %addr, "node started");
+    Ok(RunningNode {
+        addr,
+        coordinator,
+        gossiper,
+        store,
+        stop,
+        tasks,
+    })
+}
+
+/// The hint-replay worker: every second, hand the hints of each target the
+/// detector believes alive to it.
+async fn handoff(
+    hints: Arc<HintStore>,
+    transport: Arc<TcpTransport>,
+    view: watch::Receiver<Arc<crate::coordinator::ClusterView>>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => return,
+        }
+        let alive = view.borrow().alive.clone();
+        for (target, _) in hints.pending() {
+            if !alive.contains(&target) {
+                continue;
+            }
+            let transport = transport.clone();
+            let result = hints
+                .replay(&target, |record| {
+                    let (transport, target) = (transport.clone(), target.clone());
+                    async move {
+                        let request = PeerRequest::Apply {
+                            keyspace: record.keyspace,
+                            key: record.key,
+                            versions: record.versions,
+                            hint_for: None,
+                        };
+                        matches!(
+                            transport
+                                .call(&target, request, Duration::from_secs(5))
+                                .await,
+                            Ok(PeerResponse::Applied)
+                        )
+                    }
+                })
+                .await;
+            match result {
+                Ok(n) if n > 0 => tracing::info!(%target, delivered = n, "hints handed off"),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(%target, error = %e, "hint replay failed"),
+            }
+        }
+    }
+}
+
+impl RunningNode {
+    /// The node's coordinator (tests and admin).
+    pub fn coordinator(&self) -> &Arc<Coordinator<EngineStore, TcpTransport, Arc<HintStore>>> {
+        &self.coordinator
+    }
+
+    /// The node's gossip participant.
+    pub fn gossiper(&self) -> &Arc<Gossiper> {
+        &self.gossiper
+    }
+
+    /// The node's local store.
+    pub fn store(&self) -> &EngineStore {
+        &self.store
+    }
+
+    /// Stop every worker, drain the server, and wait for all of them.
+    pub async fn shutdown(mut self) {
+        let _ = self.stop.send(true);
+        for (name, task) in self.tasks.drain(..) {
+            if let Err(e) = task.await {
+                tracing::warn!(worker = name, error = %e, "worker ended abnormally");
+            }
+        }
+    }
+}
+
+impl Drop for RunningNode {
+    fn drop(&mut self) {
+        for (_, task) in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+/// Serves client and peer requests of one node.
+struct NodeHandler {
+    coordinator: Arc<NodeCoordinator>,
+    gossiper: Arc<Gossiper>,
+    keyspaces: Arc<RwLock<BTreeMap<String, KeyspaceConfig>>>,
+}
+
+fn bad_request(message: String) -> ResponseBody {
+    ResponseBody::Error(WireError {
+        code: ErrorCode::BadRequest,
+        message,
+        acks: None,
+    })
+}
+
+/// Decode a client's context: postcard of a [`Clock`], bounded.
+pub fn decode_context(context: &Context) -> Result<Clock, String> {
+    if context.0.is_empty() {
+        return Ok(Clock::new());
+    }
+    let clock: Clock = decode(&context.0).map_err(|e| format!("undecodable context: {e}"))?;
+    if clock.entry_count() > CONTEXT_ENTRIES_MAX {
+        return Err(format!(
+            "context of {} entries exceeds {CONTEXT_ENTRIES_MAX}",
+            clock.entry_count()
+        ));
+    }
+    // Re-normalise: a hand-made context must not carry a clock that absorb
+    // would never build.
+    Ok(Clock::from_parts(
+        clock.vector().iter().map(|(a, n)| (*a, *n)),
+        clock.dots().iter().copied(),
+    ))
+}
+
+/// The client's view of a set: live siblings and the context covering all.
+pub fn to_response(set: &VersionSet) -> ResponseBody {
+    let siblings = set
+        .live()
+        .map(|v| Sibling {
+            value: v.value_bytes().unwrap_or_default().to_vec(),
+            timestamp_ms: v.timestamp_ms,
+            origin_dc: v.origin_dc.0.clone(),
+        })
+        .collect();
+    let lub = set.lub();
+    let context = if lub.is_empty() {
+        Context::default()
+    } else {
+        Context(encode(&lub))
+    };
+    ResponseBody::Value { siblings, context }
+}
+
+impl NodeHandler {
+    fn status(&self) -> ResponseBody {
+        let membership = self.gossiper.membership();
+        let alive = self.gossiper.alive();
+        let view = self.coordinator_view();
+        let keyspaces = self.keyspaces.read().clone();
+        let nodes = membership
+            .endpoints()
+            .values()
+            .map(|e| {
+                let ownership = keyspaces
+                    .values()
+                    .filter_map(|ks| ks.replication.get(e.dc()))
+                    .map(|rf| {
+                        view.ring
+                            .ownership(e.dc(), *rf as usize)
+                            .get(&e.id)
+                            .copied()
+                            .unwrap_or(0.0)
+                    })
+                    .fold(0.0, f64::max);
+                NodeReport {
+                    node_id: e.id.0.clone(),
+                    addr: e.addr.clone(),
+                    dc: e.placement.dc.0.clone(),
+                    rack: e.placement.rack.clone(),
+                    up: alive.contains(&e.id),
+                    status: format!("{:?}", e.status),
+                    load_bytes: e.load_bytes,
+                    ownership,
+                }
+            })
+            .collect();
+        ResponseBody::Status { nodes }
+    }
+
+    fn coordinator_view(&self) -> crate::coordinator::ClusterView {
+        let membership = self.gossiper.membership();
+        let members: Vec<&Endpoint> = membership
+            .endpoints()
+            .values()
+            .filter(|e| e.status == NodeStatus::Normal)
+            .collect();
+        crate::coordinator::ClusterView {
+            ring: crate::ring::Ring::build(members.iter().map(|e| (&e.id, &e.placement, e.vnodes))),
+            alive: self.gossiper.alive(),
+        }
+    }
+
+    fn level(
+        &self,
+        keyspace: &str,
+        asked: Option<crate::model::Consistency>,
+    ) -> crate::model::Consistency {
+        asked.unwrap_or_else(|| {
+            self.keyspaces
+                .read()
+                .get(keyspace)
+                .map_or(crate::model::Consistency::LocalQuorum, |k| k.consistency)
+        })
+    }
+}
+
+impl Handler for NodeHandler {
+    async fn handle(&self, body: RequestBody, deadline: Duration) -> ResponseBody {
+        match body {
+            RequestBody::Get {
+                keyspace,
+                key,
+                consistency,
+            } => {
+                let level = self.level(&keyspace, consistency);
+                match self
+                    .coordinator
+                    .read(&keyspace, &key, level, deadline)
+                    .await
+                {
+                    Ok(set) => to_response(&set),
+                    Err(e) => ResponseBody::Error(e.to_wire()),
+                }
+            }
+            RequestBody::Put {
+                keyspace,
+                key,
+                value,
+                context,
+                consistency,
+                write_id,
+            } => {
+                let clock = match decode_context(&context) {
+                    Ok(c) => c,
+                    Err(e) => return bad_request(e),
+                };
+                let level = self.level(&keyspace, consistency);
+                match self
+                    .coordinator
+                    .write(
+                        &keyspace,
+                        &key,
+                        Some(value),
+                        clock,
+                        write_id.0,
+                        level,
+                        deadline,
+                    )
+                    .await
+                {
+                    Ok(()) => ResponseBody::Written,
+                    Err(e) => ResponseBody::Error(e.to_wire()),
+                }
+            }
+            RequestBody::Delete {
+                keyspace,
+                key,
+                context,
+                consistency,
+                write_id,
+            } => {
+                let clock = match decode_context(&context) {
+                    Ok(c) => c,
+                    Err(e) => return bad_request(e),
+                };
+                let level = self.level(&keyspace, consistency);
+                match self
+                    .coordinator
+                    .write(&keyspace, &key, None, clock, write_id.0, level, deadline)
+                    .await
+                {
+                    Ok(()) => ResponseBody::Written,
+                    Err(e) => ResponseBody::Error(e.to_wire()),
+                }
+            }
+            RequestBody::Status => self.status(),
+        }
+    }
+
+    async fn handle_peer(&self, body: PeerRequest, deadline: Duration) -> PeerResponse {
+        match body {
+            PeerRequest::Gossip { digest, entries } => PeerResponse::Gossip {
+                entries: self.gossiper.on_exchange(&digest, entries),
+            },
+            other => self.coordinator.serve_peer(other, deadline).await,
+        }
+    }
+}

@@ -1,0 +1,118 @@
+//! Peer connections over TCP: one multiplexed channel per peer, opened on
+//! first use and reopened after a failure.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use isthmus_client::wire::PeerRole;
+use isthmus_client::{Channel, ClientError};
+use parking_lot::{Mutex, RwLock};
+use tokio::net::TcpStream;
+
+use crate::coordinator::Transport;
+use crate::peer::{PeerRequest, PeerResponse};
+use crate::ring::NodeId;
+
+type PeerChannel = Channel<PeerRequest, PeerResponse>;
+
+/// Channels to peers, by node id; addresses come from gossip.
+pub struct TcpTransport {
+    me: NodeId,
+    addrs: RwLock<HashMap<NodeId, String>>,
+    channels: Mutex<HashMap<NodeId, Arc<PeerChannel>>>,
+    connect_timeout: Duration,
+}
+
+impl TcpTransport {
+    /// A transport for node `me` that gives up connecting after
+    /// `connect_timeout`.
+    pub fn new(me: NodeId, connect_timeout: Duration) -> Self {
+        TcpTransport {
+            me,
+            addrs: RwLock::default(),
+            channels: Mutex::default(),
+            connect_timeout,
+        }
+    }
+
+    /// Learn (or update) where `node` listens; a changed address drops the
+    /// old channel.
+    pub fn set_addr(&self, node: &NodeId, addr: &str) {
+        let changed = self
+            .addrs
+            .write()
+            .insert(node.clone(), addr.to_owned())
+            .is_some_and(|old| old != addr);
+        if changed {
+            self.channels.lock().remove(node);
+        }
+    }
+
+    /// Open a one-off channel to an address (seeds, before their id is
+    /// known).
+    pub async fn connect(&self, addr: &str) -> Result<PeerChannel, ClientError> {
+        let unreachable = |reason: String| ClientError::Connect {
+            addr: addr.to_owned(),
+            reason,
+        };
+        let socket = tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr))
+            .await
+            .map_err(|_| unreachable(format!("no connection within {:?}", self.connect_timeout)))?
+            .map_err(|e| unreachable(e.to_string()))?;
+        let _ = socket.set_nodelay(true);
+        Channel::handshake(
+            Box::new(socket),
+            addr,
+            &self.me.0,
+            PeerRole::Node,
+            self.connect_timeout,
+        )
+        .await
+    }
+
+    async fn channel(&self, to: &NodeId) -> Result<Arc<PeerChannel>, ClientError> {
+        if let Some(ch) = self.channels.lock().get(to).filter(|c| c.is_open()) {
+            return Ok(ch.clone());
+        }
+        let addr = self
+            .addrs
+            .read()
+            .get(to)
+            .cloned()
+            .ok_or_else(|| ClientError::Connect {
+                addr: to.0.clone(),
+                reason: "address unknown".into(),
+            })?;
+        let fresh = Arc::new(self.connect(&addr).await?);
+        let mut channels = self.channels.lock();
+        // Another task may have connected meanwhile: keep one channel.
+        let kept = match channels.get(to) {
+            Some(existing) if existing.is_open() => existing.clone(),
+            _ => {
+                channels.insert(to.clone(), fresh.clone());
+                fresh
+            }
+        };
+        Ok(kept)
+    }
+}
+
+impl Transport for TcpTransport {
+    async fn call(
+        &self,
+        to: &NodeId,
+        request: PeerRequest,
+        timeout: Duration,
+    ) -> Result<PeerResponse, ClientError> {
+        let channel = self.channel(to).await?;
+        let result = channel.call(request, timeout).await;
+        if matches!(
+            result,
+            Err(ClientError::ConnectionClosed | ClientError::Connect { .. })
+        ) {
+            self.channels.lock().remove(to);
+        }
+        result
+    }
+}
