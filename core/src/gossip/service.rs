@@ -214,7 +214,7 @@ impl Gossiper {
                     .map(|id| (*id).clone())
             };
             let target = match pick(&live) {
-                Some(id) if state.round % 10 != 0 || self.seeds.is_empty() => Some(id),
+                Some(id) if !state.round.is_multiple_of(10) || self.seeds.is_empty() => Some(id),
                 _ => pick(&peers).filter(|_| self.seeds.is_empty()),
             };
             (
