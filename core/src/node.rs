@@ -217,11 +217,14 @@ pub async fn start(
         status: NodeStatus::Normal,
         load_bytes: store.engine().stats().table_bytes,
     };
+    let engine = store.engine().clone();
+    let load = Box::new(move || engine.stats().table_bytes);
     let (gossiper, view) = Gossiper::new(
         own,
         config.seeds.clone(),
         tuning.gossip.clone(),
         transport.clone(),
+        load,
     );
     let coordinator = Arc::new(Coordinator::new(
         CoordinatorConfig {

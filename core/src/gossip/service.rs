@@ -64,6 +64,7 @@ pub struct Gossiper {
     transport: Arc<TcpTransport>,
     view: watch::Sender<Arc<ClusterView>>,
     started: Instant,
+    load: Box<dyn Fn() -> u64 + Send + Sync>,
 }
 
 impl Gossiper {
@@ -73,6 +74,7 @@ impl Gossiper {
         seeds: Vec<String>,
         config: GossipConfig,
         transport: Arc<TcpTransport>,
+        load: Box<dyn Fn() -> u64 + Send + Sync>,
     ) -> (Arc<Self>, watch::Receiver<Arc<ClusterView>>) {
         let me = own.id.clone();
         let mut membership = Membership::new();
@@ -91,6 +93,7 @@ impl Gossiper {
             transport,
             view,
             started: Instant::now(),
+            load,
         });
         gossiper.publish();
         (gossiper, view_rx)
@@ -194,6 +197,7 @@ impl Gossiper {
             state.round += 1;
             if let Some(mut own) = state.membership.get(&self.me).cloned() {
                 own.version += 1;
+                own.load_bytes = (self.load)();
                 state.membership.observe(own);
             }
             let alive = self.view.borrow().alive.clone();

@@ -1,0 +1,192 @@
+//! Client commands: `isthmus put|get|del|status --addr HOST:PORT ...`.
+//!
+//! `put` and `del` first read the key (at the same level) and write over
+//! the context they got, so a command-line write replaces what it saw
+//! rather than adding a sibling next to it.
+
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use isthmus_client::Session;
+use isthmus_client::wire::{Consistency, Context, NodeReport, RequestBody, ResponseBody, Sibling, WriteId};
+
+/// Options every client command takes.
+#[derive(clap::Args, Debug, Clone)]
+pub struct Target {
+    /// Node to talk to.
+    #[arg(long, default_value = "127.0.0.1:7401")]
+    pub addr: String,
+    /// Request deadline in milliseconds.
+    #[arg(long, default_value_t = 5000)]
+    pub timeout_ms: u64,
+}
+
+/// Options of key commands.
+#[derive(clap::Args, Debug, Clone)]
+pub struct KeyArgs {
+    /// Where to send the request.
+    #[command(flatten)]
+    pub target: Target,
+    /// Keyspace of the key.
+    #[arg(long, default_value = "default")]
+    pub keyspace: String,
+    /// Consistency level (ONE, LOCAL_ONE, LOCAL_QUORUM, QUORUM, EACH_QUORUM, ALL);
+    /// the keyspace default when absent.
+    #[arg(long)]
+    pub consistency: Option<Consistency>,
+}
+
+/// What a client command does.
+#[derive(Debug)]
+pub enum Op {
+    /// Print the live siblings.
+    Get {
+        /// The key.
+        key: String,
+        /// Print JSON instead of one value per line.
+        json: bool,
+    },
+    /// Write a value over what is there.
+    Put {
+        /// The key.
+        key: String,
+        /// The value.
+        value: String,
+    },
+    /// Delete what is there.
+    Del {
+        /// The key.
+        key: String,
+    },
+}
+
+async fn connect(target: &Target) -> anyhow::Result<(Session, Duration)> {
+    let timeout = Duration::from_millis(target.timeout_ms);
+    let session = Session::connect(&target.addr, "isthmus-cli", timeout)
+        .await
+        .with_context(|| format!("connecting to {}", target.addr))?;
+    Ok((session, timeout))
+}
+
+async fn read(session: &Session, args: &KeyArgs, key: &str, timeout: Duration) -> anyhow::Result<(Vec<Sibling>, Context)> {
+    let body = RequestBody::Get { keyspace: args.keyspace.clone(), key: key.as_bytes().to_vec(), consistency: args.consistency };
+    match session.call(body, timeout).await? {
+        ResponseBody::Value { siblings, context } => Ok((siblings, context)),
+        other => bail!("unexpected answer {other:?}"),
+    }
+}
+
+fn write_id() -> WriteId {
+    WriteId(rand::random())
+}
+
+/// Run a key command; returns the text to print.
+pub fn run_key(args: KeyArgs, op: Op) -> anyhow::Result<String> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(async move {
+        let (session, timeout) = connect(&args.target).await?;
+        match op {
+            Op::Get { key, json } => {
+                let (siblings, context) = read(&session, &args, &key, timeout).await?;
+                if json {
+                    let siblings: Vec<_> = siblings
+                        .iter()
+                        .map(|s| {
+                            serde_json::json!({
+                                "value": String::from_utf8_lossy(&s.value),
+                                "timestamp_ms": s.timestamp_ms,
+                                "origin_dc": s.origin_dc,
+                            })
+                        })
+                        .collect();
+                    let context: String = context.0.iter().map(|b| format!("{b:02x}")).collect();
+                    Ok(format!("{}\n", serde_json::json!({ "siblings": siblings, "context": context })))
+                } else {
+                    Ok(siblings.iter().map(|s| format!("{}\n", String::from_utf8_lossy(&s.value))).collect())
+                }
+            }
+            Op::Put { key, value } => {
+                let (_, context) = read(&session, &args, &key, timeout).await?;
+                let body = RequestBody::Put {
+                    keyspace: args.keyspace.clone(),
+                    key: key.into_bytes(),
+                    value: value.into_bytes(),
+                    context,
+                    consistency: args.consistency,
+                    write_id: write_id(),
+                };
+                session.call(body, timeout).await?;
+                Ok(String::new())
+            }
+            Op::Del { key } => {
+                let (_, context) = read(&session, &args, &key, timeout).await?;
+                let body = RequestBody::Delete {
+                    keyspace: args.keyspace.clone(),
+                    key: key.into_bytes(),
+                    context,
+                    consistency: args.consistency,
+                    write_id: write_id(),
+                };
+                session.call(body, timeout).await?;
+                Ok(String::new())
+            }
+        }
+    })
+}
+
+fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 { format!("{n} B") } else { format!("{value:.1} {}", UNITS[unit]) }
+}
+
+/// `isthmus status`: every node by datacenter and rack, like `nodetool status`.
+pub fn run_status(target: Target, json: bool) -> anyhow::Result<String> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let mut nodes: Vec<NodeReport> = runtime.block_on(async {
+        let (session, timeout) = connect(&target).await?;
+        match session.call(RequestBody::Status, timeout).await? {
+            ResponseBody::Status { nodes } => anyhow::Ok(nodes),
+            other => bail!("unexpected answer {other:?}"),
+        }
+    })?;
+    nodes.sort_by(|a, b| (&a.dc, &a.rack, &a.node_id).cmp(&(&b.dc, &b.rack, &b.node_id)));
+    if json {
+        let rows: Vec<_> = nodes
+            .iter()
+            .map(|n| {
+                serde_json::json!({
+                    "node_id": n.node_id, "addr": n.addr, "dc": n.dc, "rack": n.rack,
+                    "up": n.up, "status": n.status, "load_bytes": n.load_bytes, "ownership": n.ownership,
+                })
+            })
+            .collect();
+        return Ok(format!("{}\n", serde_json::Value::Array(rows)));
+    }
+    let mut out = String::new();
+    let mut dc = None;
+    for n in &nodes {
+        if dc != Some(&n.dc) {
+            dc = Some(&n.dc);
+            out.push_str(&format!("Datacenter: {}\n", n.dc));
+            out.push_str("Status=Up/Down State=Normal/Joining/Leaving/Left\n");
+            out.push_str(&format!("{:<3} {:<22} {:<10} {:<8} {:>10} {:>7}\n", "--", "Address", "Node", "Rack", "Load", "Owns"));
+        }
+        let state = format!("{}{}", if n.up { 'U' } else { 'D' }, n.status.chars().next().unwrap_or('?'));
+        out.push_str(&format!(
+            "{:<3} {:<22} {:<10} {:<8} {:>10} {:>6.1}%\n",
+            state,
+            n.addr,
+            n.node_id,
+            n.rack,
+            human_bytes(n.load_bytes),
+            n.ownership * 100.0
+        ));
+    }
+    Ok(out)
+}

@@ -1,0 +1,122 @@
+//! `isthmus server --config FILE`: load the configuration (TOML file,
+//! overridden by `ISTHMUS_*` environment variables), start the node, and
+//! serve until Ctrl-C or SIGTERM.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use figment::Figment;
+use figment::providers::{Env, Format, Toml};
+use isthmus_core::config::NodeConfig;
+use isthmus_core::merge::MergeHook;
+use isthmus_core::node::{self, NodeTuning};
+
+/// Arguments of `isthmus server`.
+#[derive(clap::Args, Debug)]
+pub struct ServerArgs {
+    /// The node's TOML configuration file.
+    #[arg(long)]
+    pub config: PathBuf,
+}
+
+/// Load a node configuration: the file, then `ISTHMUS_*` variables on top
+/// (`ISTHMUS_LISTEN=127.0.0.1:7402`, nested keys with `__`:
+/// `ISTHMUS_KEYSPACES__CARTS__CONSISTENCY=ALL`). Unknown keys and invalid
+/// values are errors that name the field.
+pub fn load_config(path: &Path) -> anyhow::Result<NodeConfig> {
+    if !path.exists() {
+        anyhow::bail!("config file {} does not exist", path.display());
+    }
+    let config: NodeConfig = Figment::new()
+        .merge(Toml::file(path))
+        .merge(Env::prefixed("ISTHMUS_").split("__"))
+        .extract()
+        .map_err(|e| anyhow::anyhow!("config {}: {e}", path.display()))?;
+    config.validate().with_context(|| format!("config {}", path.display()))?;
+    Ok(config)
+}
+
+/// Run a node until it is told to stop.
+pub fn run(args: ServerArgs, merge: Arc<dyn MergeHook>) -> anyhow::Result<()> {
+    let config = load_config(&args.config)?;
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(async move {
+        let node = node::start(config, merge, NodeTuning::default()).await?;
+        eprintln!("isthmus: serving on {}", node.addr);
+        shutdown_signal().await;
+        eprintln!("isthmus: shutting down");
+        node.shutdown().await;
+        anyhow::Ok(())
+    })
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn files_and_environment_make_a_config_and_errors_name_the_field() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "node.toml",
+                r#"
+                node_id = "n1"
+                dc = "dc1"
+                rack = "r1"
+                listen = "127.0.0.1:7401"
+                data_dir = "/tmp/isthmus-n1"
+                seeds = ["127.0.0.1:7402"]
+
+                [keyspaces.carts]
+                replication = { dc1 = 3 }
+                resolver = "cart-union@1"
+                "#,
+            )?;
+            let config = load_config(Path::new("node.toml")).map_err(|e| e.to_string())?;
+            assert_eq!(config.vnodes, 64);
+            assert_eq!(config.keyspaces["carts"].replication["dc1"], 3);
+
+            jail.set_env("ISTHMUS_LISTEN", "127.0.0.1:9999");
+            let config = load_config(Path::new("node.toml")).map_err(|e| e.to_string())?;
+            assert_eq!(config.listen, "127.0.0.1:9999");
+
+            jail.set_env("ISTHMUS_LISTEN", "nowhere");
+            let err = load_config(Path::new("node.toml")).unwrap_err();
+            assert!(format!("{err:#}").contains("`listen`"), "{err:#}");
+
+            jail.set_env("ISTHMUS_LISTEN", "127.0.0.1:9999");
+            jail.create_file("typo.toml", "node_idd = \"n1\"\n")?;
+            let err = load_config(Path::new("typo.toml")).unwrap_err();
+            assert!(format!("{err:#}").contains("node_idd"), "{err:#}");
+
+            jail.create_file(
+                "zero.toml",
+                "node_id = \"n1\"\ndc = \"dc1\"\nrack = \"r\"\nlisten = \"127.0.0.1:1\"\ndata_dir = \"/tmp/x\"\n[keyspaces.k]\nreplication = { dc1 = 0 }\n",
+            )?;
+            let err = load_config(Path::new("zero.toml")).unwrap_err();
+            assert!(format!("{err:#}").contains("keyspaces.k.replication.dc1"), "{err:#}");
+            Ok(())
+        });
+    }
+}
