@@ -437,18 +437,18 @@ pub fn check(host: &Host, resolver: &Resolver, options: &CheckOptions) -> Result
                     continue;
                 }
                 Err(e) => {
-                    // A trap or resource failure on a plain set violates
-                    // every law at once; report it once, as determinism.
-                    if !report.violations.iter().any(|v| v.law == Law::Deterministic) {
-                        report.violations.push(Violation {
-                            law: Law::Deterministic,
-                            siblings: set.clone(),
-                            how: "merging the set failed".into(),
-                            expected: Err(e.clone()),
-                            got: Err(e),
-                        });
-                    }
-                    continue;
+                    // A trap or resource failure on a plain set: the store
+                    // could never merge it. Report it and stop (a module
+                    // that burns its fuel would make the rest slow).
+                    report.violations.push(Violation {
+                        law: Law::Deterministic,
+                        siblings: set.clone(),
+                        how: "merging the set failed".into(),
+                        expected: Err(e.clone()),
+                        got: Err(e),
+                    });
+                    report.merges = checker.merges;
+                    return Ok(report);
                 }
             };
             let skip: Vec<Law> = report.violations.iter().map(|v| v.law).collect();
