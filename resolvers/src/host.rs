@@ -490,6 +490,17 @@ impl Host {
         }
     }
 
+    /// Create a store and instantiate the module without calling it: what
+    /// every merge pays before guest code runs (benchmarks, health checks).
+    pub fn instantiate_probe(&self, resolver: &Resolver) -> Result<(), ResolverError> {
+        let mut store = self.store()?;
+        resolver
+            .pre
+            .instantiate(&mut store)
+            .map(drop)
+            .map_err(|e| self.classify(&store, e, "instantiate"))
+    }
+
     /// Run one merge on already-encoded input; returns the raw output bytes
     /// (an encoded [`MergeOutput`], not yet decoded). Counted.
     pub fn merge_raw(&self, resolver: &Resolver, input: &[u8]) -> Result<Vec<u8>, ResolverError> {
