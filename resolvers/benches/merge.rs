@@ -19,23 +19,38 @@ fn wasm_path() -> PathBuf {
     let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
-        .map(|t| if t.is_absolute() { t } else { workspace.join(t) })
+        .map(|t| {
+            if t.is_absolute() {
+                t
+            } else {
+                workspace.join(t)
+            }
+        })
         .unwrap_or_else(|| workspace.join("target"));
     target.join("wasm32-unknown-unknown/release/isthmus_example_cart_union.wasm")
 }
 
-/// A cart of about 1 KB: 56 items, overlapping between siblings.
+/// A cart of about 1 KB: 72 items, overlapping between siblings.
 fn cart(i: u64) -> Vec<u8> {
     let mut cart = isthmus_example_cart_union::Cart::new();
-    for j in 0..56 {
-        cart.insert(format!("sku-{:05}", (i * 31 + j * 7) % 400), (i + j) % 9 + 1);
+    for j in 0..72 {
+        cart.insert(
+            format!("sku-{:05}", (i * 31 + j * 7) % 400),
+            (i + j) % 9 + 1,
+        );
     }
     isthmus_example_cart_union::encode(&cart)
 }
 
 fn set(n: u64) -> VersionSet {
     VersionSet::from_versions((0..n).map(|i| {
-        let clock = Clock::from_parts([], [Dot { actor: Actor(i + 1), counter: 1 }]);
+        let clock = Clock::from_parts(
+            [],
+            [Dot {
+                actor: Actor(i + 1),
+                counter: 1,
+            }],
+        );
         Version::value(clock, cart(i), 1_700_000_000_000 + i, "dc1".into())
     }))
 }
@@ -48,7 +63,8 @@ fn measure(iters: usize, mut f: impl FnMut()) -> Histogram<u64> {
     for _ in 0..iters {
         let t = Instant::now();
         f();
-        h.record(t.elapsed().as_nanos().max(1) as u64).expect("in range");
+        h.record(t.elapsed().as_nanos().max(1) as u64)
+            .expect("in range");
     }
     h
 }
@@ -75,29 +91,69 @@ fn main() {
         t.elapsed().as_secs_f64() * 1000.0
     );
 
-    let inst = measure(5000, || host.instantiate_probe(&resolver).expect("instantiate"));
+    let inst = measure(5000, || {
+        host.instantiate_probe(&resolver).expect("instantiate")
+    });
     println!(
         "instantiation per merge (fresh store + pooled instance): p50 {:.2} µs  p99 {:.2} µs",
         us(&inst, 0.5),
         us(&inst, 0.99)
     );
+    let fixed = measure(3000, || {
+        std::hint::black_box(
+            host.merge_siblings(&resolver, b"cart", &[])
+                .expect("empty merge"),
+        );
+    });
+    println!(
+        "fixed cost of a wasm merge (0 siblings: store, instantiate, alloc, call, read): p50 {:.2} µs  p99 {:.2} µs",
+        us(&fixed, 0.5),
+        us(&fixed, 0.99)
+    );
     println!(
         "{:>9} {:>9} | {:>10} {:>10} | {:>10} {:>10} | {:>9} {:>9}",
-        "siblings", "avg bytes", "wasm p50", "wasm p99", "native p50", "native p99", "p50 ratio", "p99 ratio"
+        "siblings",
+        "avg bytes",
+        "wasm p50",
+        "wasm p99",
+        "native p50",
+        "native p99",
+        "p50 ratio",
+        "p99 ratio"
     );
     for n in [2u64, 10, 100] {
         let set = set(n);
-        let avg = set.versions().iter().map(|v| v.value_bytes().map_or(0, <[u8]>::len)).sum::<usize>() / n as usize;
+        let avg = set
+            .versions()
+            .iter()
+            .map(|v| v.value_bytes().map_or(0, <[u8]>::len))
+            .sum::<usize>()
+            / n as usize;
         let siblings: Vec<_> = set.versions().iter().map(to_sibling).collect();
         let iters = if n == 100 { 300 } else { 3000 };
         let expected = isthmus_example_cart_union::merge(b"cart", &siblings).expect("native");
-        assert_eq!(host.merge_siblings(&resolver, b"cart", &siblings).expect("wasm"), expected);
+        assert_eq!(
+            host.merge_siblings(&resolver, b"cart", &siblings)
+                .expect("wasm"),
+            expected
+        );
         let wasm = measure(iters, || {
-            let m = host.merge_siblings(&resolver, b"cart", &siblings).expect("wasm");
+            let m = host
+                .merge_siblings(&resolver, b"cart", &siblings)
+                .expect("wasm");
             std::hint::black_box(m);
         });
+        let input = isthmus_sdk_wasm::abi::encode_input(b"cart", &siblings);
+        let abi = measure(iters, || {
+            let out = isthmus_sdk_wasm::glue::run_merge(
+                std::hint::black_box(&input),
+                isthmus_example_cart_union::merge,
+            );
+            std::hint::black_box(isthmus_sdk_wasm::abi::decode_output(&out).expect("decodes"));
+        });
         let native = measure(iters, || {
-            let m = isthmus_example_cart_union::merge(b"cart", std::hint::black_box(&siblings)).expect("native");
+            let m = isthmus_example_cart_union::merge(b"cart", std::hint::black_box(&siblings))
+                .expect("native");
             std::hint::black_box(m);
         });
         println!(
@@ -110,6 +166,13 @@ fn main() {
             us(&native, 0.99),
             us(&wasm, 0.5) / us(&native, 0.5),
             us(&wasm, 0.99) / us(&native, 0.99),
+        );
+        println!(
+            "{:>9} {:>9} | native through the ABI glue (decode input, merge, encode output, decode): p50 {:.1} µs  p99 {:.1} µs",
+            "",
+            "",
+            us(&abi, 0.5),
+            us(&abi, 0.99)
         );
     }
 }

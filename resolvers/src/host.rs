@@ -239,7 +239,9 @@ impl Host {
             .max_memories_per_module(1)
             .max_tables_per_module(1)
             .table_elements(limits.table_elements_max)
-            .max_memory_size(limits.memory_bytes_max);
+            .max_memory_size(limits.memory_bytes_max)
+            .linear_memory_keep_resident(limits.memory_keep_resident_bytes)
+            .table_keep_resident(64 * 1024);
         let mut config = Config::new();
         config
             .consume_fuel(true)
@@ -300,12 +302,7 @@ impl Host {
             tracing::warn!(hash = %hex(&hash), error = %e, "resolver module rejected");
         }
         let resolver = Arc::new(result?);
-        Ok(self
-            .modules
-            .write()
-            .entry(hash)
-            .or_insert(resolver)
-            .clone())
+        Ok(self.modules.write().entry(hash).or_insert(resolver).clone())
     }
 
     fn load_uncached(
@@ -334,12 +331,20 @@ impl Host {
         }
         use ValType::{I32, I64};
         let func = |params: &[ValType], results: &[ValType]| {
-            FuncType::new(&self.engine, params.iter().cloned(), results.iter().cloned())
+            FuncType::new(
+                &self.engine,
+                params.iter().cloned(),
+                results.iter().cloned(),
+            )
         };
         let required = [
             (export::ABI_VERSION, func(&[], &[I32]), "() -> i32"),
             (export::ALLOC, func(&[I32], &[I32]), "(i32) -> i32"),
-            (export::MERGE, func(&[I32, I32], &[I64]), "(i32, i32) -> i64"),
+            (
+                export::MERGE,
+                func(&[I32, I32], &[I64]),
+                "(i32, i32) -> i64",
+            ),
         ];
         for (name, ty, shown) in &required {
             let ok = match module.get_export(name) {
@@ -353,7 +358,10 @@ impl Host {
                 });
             }
         }
-        if !matches!(module.get_export(export::MEMORY), Some(ExternType::Memory(_))) {
+        if !matches!(
+            module.get_export(export::MEMORY),
+            Some(ExternType::Memory(_))
+        ) {
             return Err(ResolverError::MissingExport {
                 name: export::MEMORY.into(),
                 expected: "memory".into(),
@@ -379,12 +387,12 @@ impl Host {
                     expected: "an export".into(),
                 })
         };
-        let pre = self
-            .linker
-            .instantiate_pre(&module)
-            .map_err(|e| ResolverError::InvalidModule {
-                reason: format!("cannot prepare instantiation: {e}"),
-            })?;
+        let pre =
+            self.linker
+                .instantiate_pre(&module)
+                .map_err(|e| ResolverError::InvalidModule {
+                    reason: format!("cannot prepare instantiation: {e}"),
+                })?;
         let resolver = Resolver {
             hash,
             memory: index(export::MEMORY)?,

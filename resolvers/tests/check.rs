@@ -41,7 +41,11 @@ fn the_wrong_example_fails_with_a_counterexample() {
         .iter()
         .find(|v| v.law == Law::Commutative)
         .expect("commutativity fails");
-    assert_eq!(commutative.siblings.len(), 2, "smallest sets are tried first");
+    assert_eq!(
+        commutative.siblings.len(),
+        2,
+        "smallest sets are tried first"
+    );
     assert_ne!(commutative.expected, commutative.got);
     let text = report.to_string();
     assert!(text.contains("commutative: FAILED"), "{text}");
@@ -68,5 +72,8 @@ fn a_corpus_without_sampler_or_with_garbage_is_handled() {
         ..CheckOptions::default()
     };
     let report = check(&host, &resolver, &options).unwrap();
-    assert!(report.violations.iter().any(|v| v.law == Law::Idempotent), "{report}");
+    assert!(
+        report.violations.iter().any(|v| v.law == Law::Idempotent),
+        "{report}"
+    );
 }

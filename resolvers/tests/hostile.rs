@@ -58,7 +58,10 @@ fn contained(host: &Arc<Host>, hostile: &[u8], class: FailureClass) -> ResolverE
     assert_eq!(failure.class, class, "{failure}");
     assert_eq!(failure.resolver, Some(hostile_resolver.hash()));
     assert_eq!(set, before, "siblings must be kept");
-    assert_eq!(hostile_resolver.stats().failures(class), failures_before + 1);
+    assert_eq!(
+        hostile_resolver.stats().failures(class),
+        failures_before + 1
+    );
 
     // The same failure, typed, from the host directly.
     let err = host
@@ -257,7 +260,9 @@ fn missing_or_mistyped_exports_are_rejected_at_load() {
     let host = small_host();
     let m = wat::parse_str(r#"(module (memory (export "memory") 1))"#).unwrap();
     let err = rejected(&host, &m, FailureClass::AbiMismatch);
-    assert!(matches!(err, ResolverError::MissingExport { ref name, .. } if name == "isthmus_abi_version"));
+    assert!(
+        matches!(err, ResolverError::MissingExport { ref name, .. } if name == "isthmus_abi_version")
+    );
     let m = wat::parse_str(
         r#"(module
              (memory (export "memory") 1)
@@ -267,7 +272,9 @@ fn missing_or_mistyped_exports_are_rejected_at_load() {
     )
     .unwrap();
     let err = rejected(&host, &m, FailureClass::AbiMismatch);
-    assert!(matches!(err, ResolverError::MissingExport { ref name, .. } if name == "isthmus_merge"));
+    assert!(
+        matches!(err, ResolverError::MissingExport { ref name, .. } if name == "isthmus_merge")
+    );
     let m = wat::parse_str(
         r#"(module
              (func (export "isthmus_abi_version") (result i32) i32.const 1)
@@ -303,8 +310,16 @@ fn another_abi_version_is_rejected_at_load() {
 #[test]
 fn not_wasm_is_rejected_at_load() {
     let host = small_host();
-    rejected(&host, b"this is not wasm at all", FailureClass::InvalidModule);
-    rejected(&host, b"\0asm\x01\0\0\0\x0a\xff\xff", FailureClass::InvalidModule);
+    rejected(
+        &host,
+        b"this is not wasm at all",
+        FailureClass::InvalidModule,
+    );
+    rejected(
+        &host,
+        b"\0asm\x01\0\0\0\x0a\xff\xff",
+        FailureClass::InvalidModule,
+    );
     rejected(&host, b"", FailureClass::InvalidModule);
     // WAT text is not accepted either: only binaries are uploaded.
     rejected(&host, b"(module)", FailureClass::InvalidModule);
@@ -332,7 +347,9 @@ fn very_large_module_is_rejected_before_compiling() {
     }
     m.extend_from_slice(&section);
     let err = rejected(&host, &m, FailureClass::InvalidModule);
-    assert!(matches!(err, ResolverError::ModuleTooLarge { max_bytes, .. } if max_bytes == 2 * 1024 * 1024));
+    assert!(
+        matches!(err, ResolverError::ModuleTooLarge { max_bytes, .. } if max_bytes == 2 * 1024 * 1024)
+    );
 }
 
 #[test]

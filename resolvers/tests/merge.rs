@@ -14,7 +14,13 @@ use isthmus_resolvers::{Host, Registry, ResolverLimits, WasmMergeHook};
 fn hook_with(host: Arc<Host>, package: &str) -> WasmMergeHook {
     let registry = Arc::new(Registry::in_memory());
     registry
-        .register(&host, package, 1, &example_wasm(package), &UploadPolicy::default())
+        .register(
+            &host,
+            package,
+            1,
+            &example_wasm(package),
+            &UploadPolicy::default(),
+        )
         .unwrap();
     registry.attach("ks", package, 1).unwrap();
     WasmMergeHook::new(host, registry)
@@ -101,7 +107,11 @@ fn native_and_wasm_builds_agree() {
     let host = small_host();
     let resolver = cart(&host);
     let set = cart_set();
-    let siblings: Vec<_> = set.versions().iter().map(isthmus_resolvers::host::to_sibling).collect();
+    let siblings: Vec<_> = set
+        .versions()
+        .iter()
+        .map(isthmus_resolvers::host::to_sibling)
+        .collect();
     let wasm = host.merge_siblings(&resolver, b"k", &siblings).unwrap();
     let native = isthmus_example_cart_union::merge(b"k", &siblings).unwrap();
     assert_eq!(wasm, native);

@@ -17,11 +17,20 @@ fn register_attach_list_and_roll_back() {
     let cart_bytes = example_wasm("isthmus-example-cart-union");
     let lww_bytes = example_wasm("isthmus-example-lww");
     let policy = UploadPolicy::default();
-    let r1 = registry.register(&host, "merge", 1, &cart_bytes, &policy).unwrap();
+    let r1 = registry
+        .register(&host, "merge", 1, &cart_bytes, &policy)
+        .unwrap();
     assert!(matches!(r1.law_check, LawCheck::Passed { .. }));
-    let r2 = registry.register(&host, "merge", 2, &lww_bytes, &policy).unwrap();
+    let r2 = registry
+        .register(&host, "merge", 2, &lww_bytes, &policy)
+        .unwrap();
     // Same name and version, same bytes: a no-op; other bytes: refused.
-    assert_eq!(registry.register(&host, "merge", 1, &cart_bytes, &policy).unwrap(), r1);
+    assert_eq!(
+        registry
+            .register(&host, "merge", 1, &cart_bytes, &policy)
+            .unwrap(),
+        r1
+    );
     assert!(matches!(
         registry.register(&host, "merge", 1, &lww_bytes, &policy),
         Err(RegistryError::VersionTaken { version: 1, .. })
@@ -73,7 +82,9 @@ fn a_module_failing_the_check_needs_the_override() {
         override_failed_check: true,
         ..UploadPolicy::default()
     };
-    let record = registry.register(&host, "wrong", 1, &wrong, &policy).unwrap();
+    let record = registry
+        .register(&host, "wrong", 1, &wrong, &policy)
+        .unwrap();
     match record.law_check {
         LawCheck::Overridden { violations, .. } => assert!(!violations.is_empty()),
         other => panic!("expected an override, got {other:?}"),
@@ -86,7 +97,13 @@ fn a_node_loads_a_bound_module_from_the_registry_on_first_use() {
     let registry = Arc::new(Registry::in_memory());
     let uploader = small_host();
     registry
-        .register(&uploader, "cart", 1, &example_wasm("isthmus-example-cart-union"), &UploadPolicy::default())
+        .register(
+            &uploader,
+            "cart",
+            1,
+            &example_wasm("isthmus-example-cart-union"),
+            &UploadPolicy::default(),
+        )
         .unwrap();
     registry.attach("carts", "cart", 1).unwrap();
     let node = small_host();

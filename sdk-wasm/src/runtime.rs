@@ -9,6 +9,9 @@ use core::alloc::{GlobalAlloc, Layout};
 use core::cell::UnsafeCell;
 
 const PAGE_BYTES: usize = 65536;
+/// Grow by at least this many pages at a time: each `memory.grow` is a call
+/// into the host.
+const GROW_PAGES_MIN: usize = 4;
 
 struct Bump {
     /// Next free byte and end of the grown region (0 until first use).
@@ -29,9 +32,14 @@ impl Bump {
         if need_end <= *end_now {
             return true;
         }
-        let pages = (need_end - *end_now).div_ceil(PAGE_BYTES);
+        let needed = (need_end - *end_now).div_ceil(PAGE_BYTES);
+        let mut pages = needed.max(GROW_PAGES_MIN);
         if core::arch::wasm32::memory_grow(0, pages) == usize::MAX {
-            return false;
+            // Near the cap: try for exactly what is needed.
+            pages = needed;
+            if pages == GROW_PAGES_MIN || core::arch::wasm32::memory_grow(0, pages) == usize::MAX {
+                return false;
+            }
         }
         *end_now += pages * PAGE_BYTES;
         true

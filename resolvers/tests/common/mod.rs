@@ -14,7 +14,13 @@ pub fn wasm_dir() -> PathBuf {
     let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
-        .map(|t| if t.is_absolute() { t } else { workspace.join(t) })
+        .map(|t| {
+            if t.is_absolute() {
+                t
+            } else {
+                workspace.join(t)
+            }
+        })
         .unwrap_or_else(|| workspace.join("target"));
     target.join("wasm32-unknown-unknown").join("release")
 }
@@ -53,7 +59,13 @@ pub fn cart(host: &Host) -> Arc<Resolver> {
 
 /// A version with its own actor's dot (so versions are concurrent).
 pub fn version(actor: u64, value: Option<&[u8]>, ts: u64, dc: &str) -> Version {
-    let clock = Clock::from_parts([], [Dot { actor: Actor(actor), counter: 1 }]);
+    let clock = Clock::from_parts(
+        [],
+        [Dot {
+            actor: Actor(actor),
+            counter: 1,
+        }],
+    );
     match value {
         Some(v) => Version::value(clock, v.to_vec(), ts, dc.into()),
         None => Version::tombstone(clock, ts, dc.into()),
