@@ -115,6 +115,9 @@ impl Resolver {
     }
 }
 
+/// The memory and the two ABI functions of one instance.
+type AbiExports = (Memory, TypedFunc<u32, u32>, TypedFunc<(u32, u32), u64>);
+
 /// Lower-case hex of a hash (for logs and reports).
 pub fn hex(hash: &[u8]) -> String {
     hash.iter().map(|b| format!("{b:02x}")).collect()
@@ -568,7 +571,7 @@ impl Host {
         store: &mut Store<StoreState>,
         instance: &wasmtime::Instance,
         r: &Resolver,
-    ) -> Result<(Memory, TypedFunc<u32, u32>, TypedFunc<(u32, u32), u64>), ResolverError> {
+    ) -> Result<AbiExports, ResolverError> {
         let missing = |name: &str| ResolverError::MissingExport {
             name: name.into(),
             expected: "(validated at load)".into(),

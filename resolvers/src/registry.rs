@@ -42,6 +42,9 @@ pub struct StoreError {
     pub reason: String,
 }
 
+/// One `(key, value)` pair of a [`RegistryStore`].
+pub type Entry = (Vec<u8>, Vec<u8>);
+
 /// The byte store a registry lives in. Implementations must be safe to
 /// share between threads; `scan` returns keys in ascending byte order.
 pub trait RegistryStore: Send + Sync {
@@ -50,7 +53,7 @@ pub trait RegistryStore: Send + Sync {
     /// Store `value` under `key`, replacing any previous value.
     fn put(&self, key: &[u8], value: &[u8]) -> Result<(), StoreError>;
     /// Every `(key, value)` whose key starts with `prefix`, ascending.
-    fn scan(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError>;
+    fn scan(&self, prefix: &[u8]) -> Result<Vec<Entry>, StoreError>;
 }
 
 /// An in-memory [`RegistryStore`] (tests, single-process demos).
@@ -69,7 +72,7 @@ impl RegistryStore for MemoryStore {
         Ok(())
     }
 
-    fn scan(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    fn scan(&self, prefix: &[u8]) -> Result<Vec<Entry>, StoreError> {
         Ok(self
             .map
             .lock()
@@ -135,21 +138,12 @@ pub struct Binding {
 }
 
 /// What to do when the law check fails at upload.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct UploadPolicy {
     /// Options of the law check (its seed defaults from the module hash).
     pub check: CheckOptions,
     /// Register even if the check fails (recorded as [`LawCheck::Overridden`]).
     pub override_failed_check: bool,
-}
-
-impl Default for UploadPolicy {
-    fn default() -> Self {
-        UploadPolicy {
-            check: CheckOptions::default(),
-            override_failed_check: false,
-        }
-    }
 }
 
 /// Why a registry operation failed.
