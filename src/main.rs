@@ -38,7 +38,7 @@ fn main() -> ExitCode {
         Command::Resolver { command } => resolver_cmd::run(command),
     };
     match result {
-        Ok(code) => code,
+        Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::from(2)

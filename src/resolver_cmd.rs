@@ -1,7 +1,6 @@
 //! `isthmus resolver …`: tooling for resolver modules.
 
 use std::path::PathBuf;
-use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Subcommand;
@@ -32,8 +31,8 @@ pub enum ResolverCommand {
     },
 }
 
-/// Run a resolver subcommand.
-pub fn run(command: ResolverCommand) -> anyhow::Result<ExitCode> {
+/// Run a resolver subcommand; returns the process exit status.
+pub fn run(command: ResolverCommand) -> anyhow::Result<u8> {
     match command {
         ResolverCommand::Check {
             file,
@@ -74,10 +73,10 @@ pub fn run(command: ResolverCommand) -> anyhow::Result<ExitCode> {
             print!("{report}");
             if report.passed() {
                 println!("PASS: the merge is a join on every case tried");
-                Ok(ExitCode::SUCCESS)
+                Ok(0)
             } else {
                 println!("FAIL: reproduce with --seed {}", report.seed);
-                Ok(ExitCode::from(1))
+                Ok(1)
             }
         }
     }
@@ -119,5 +118,66 @@ mod tests {
         assert_eq!(c, vec![b"{\"a\":1}".to_vec(), vec![0x00, 0xff]]);
         assert!(parse_corpus("0x0").is_err());
         assert!(parse_corpus("0xzz").is_err());
+    }
+
+    fn example(package: &str) -> PathBuf {
+        let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+        let target = std::env::var_os("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .map(|t| {
+                if t.is_absolute() {
+                    t
+                } else {
+                    workspace.join(t)
+                }
+            })
+            .unwrap_or_else(|| workspace.join("target"));
+        let path = target
+            .join("wasm32-unknown-unknown/release")
+            .join(format!("{}.wasm", package.replace('-', "_")));
+        assert!(
+            path.exists(),
+            "{} is missing; build it first: cargo build --release --target wasm32-unknown-unknown -p {package}",
+            path.display()
+        );
+        path
+    }
+
+    fn check_status(package: &str) -> u8 {
+        run(ResolverCommand::Check {
+            file: example(package),
+            seed: Some(3),
+            cases: 8,
+            corpus: None,
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn check_exits_0_for_a_join_and_1_for_the_wrong_resolver() {
+        assert_eq!(check_status("isthmus-example-lww"), 0);
+        assert_eq!(check_status("isthmus-example-wrong-first-wins"), 1);
+    }
+
+    #[test]
+    fn check_fails_cleanly_on_a_missing_or_invalid_file() {
+        let missing = run(ResolverCommand::Check {
+            file: "/nonexistent.wasm".into(),
+            seed: None,
+            cases: 1,
+            corpus: None,
+        });
+        assert!(missing.is_err());
+        let dir = tempfile::tempdir().unwrap();
+        let bad = dir.path().join("bad.wasm");
+        std::fs::write(&bad, b"not wasm").unwrap();
+        let err = run(ResolverCommand::Check {
+            file: bad,
+            seed: None,
+            cases: 1,
+            corpus: None,
+        })
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("invalid module"), "{err:#}");
     }
 }

@@ -427,3 +427,37 @@ impl Registry {
         Ok(binding)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_store_scans_a_prefix_in_order() {
+        let s = MemoryStore::default();
+        for k in [&b"b/2"[..], b"a/1", b"b/1", b"c", b"b"] {
+            s.put(k, k).unwrap();
+        }
+        let keys: Vec<Vec<u8>> = s.scan(b"b/").unwrap().into_iter().map(|(k, _)| k).collect();
+        assert_eq!(keys, vec![b"b/1".to_vec(), b"b/2".to_vec()]);
+        assert_eq!(s.get(b"c").unwrap(), Some(b"c".to_vec()));
+        assert_eq!(s.get(b"d").unwrap(), None);
+    }
+
+    #[test]
+    fn resolver_keys_sort_by_name_then_version() {
+        assert!(resolver_key("a", 2) < resolver_key("a", 10));
+        assert!(resolver_key("a", u32::MAX) < resolver_key("ab", 0));
+    }
+
+    #[test]
+    fn corrupt_records_are_typed_errors() {
+        let store = Arc::new(MemoryStore::default());
+        store.put(&binding_key("ks"), &[0xff, 0xff]).unwrap();
+        let registry = Registry::new(store);
+        assert!(matches!(
+            registry.binding("ks"),
+            Err(RegistryError::Corrupt { .. })
+        ));
+    }
+}
