@@ -99,6 +99,26 @@ fn main() {
         us(&inst, 0.5),
         us(&inst, 0.99)
     );
+    // The host's floor: a hand-written module that allocates nothing and
+    // answers `Delete` (one byte at address 0).
+    let floor_module = wat::parse_str(
+        r#"(module
+             (memory (export "memory") 1)
+             (data (i32.const 0) "\01")
+             (func (export "isthmus_abi_version") (result i32) i32.const 1)
+             (func (export "isthmus_alloc") (param i32) (result i32) i32.const 1024)
+             (func (export "isthmus_merge") (param i32 i32) (result i64) i64.const 1))"#,
+    )
+    .expect("floor module");
+    let floor = host.load(&floor_module).expect("floor module loads");
+    let floor_h = measure(5000, || {
+        std::hint::black_box(host.merge_siblings(&floor, b"cart", &[]).expect("floor merge"));
+    });
+    println!(
+        "host floor (minimal WAT module, 0 siblings, full call path): p50 {:.2} µs  p99 {:.2} µs",
+        us(&floor_h, 0.5),
+        us(&floor_h, 0.99)
+    );
     let fixed = measure(3000, || {
         std::hint::black_box(
             host.merge_siblings(&resolver, b"cart", &[])

@@ -13,6 +13,12 @@ const PAGE_BYTES: usize = 65536;
 /// into the host.
 const GROW_PAGES_MIN: usize = 4;
 
+unsafe extern "C" {
+    /// First free byte after the stack and the data (set by the linker; a
+    /// symbol, not an import).
+    static __heap_base: u8;
+}
+
 struct Bump {
     /// Next free byte and end of the grown region (0 until first use).
     state: UnsafeCell<(usize, usize)>,
@@ -51,10 +57,13 @@ unsafe impl GlobalAlloc for Bump {
         // SAFETY: single-threaded (see `Sync` above); no reentrancy.
         let (next, end) = unsafe { &mut *self.state.get() };
         if *end == 0 {
-            // Start past everything the module was instantiated with
-            // (data, stack, static heap): the memory we grow is ours alone.
+            // Start at `__heap_base`, which the linker places after the
+            // stack and the data: the rest of the initial memory is free,
+            // so small merges never call `memory.grow` (a host call).
             *end = core::arch::wasm32::memory_size(0) * PAGE_BYTES;
-            *next = *end;
+            // Taking the address of the linker symbol reads nothing.
+            let heap_base = core::ptr::addr_of!(__heap_base) as usize;
+            *next = if heap_base > 0 && heap_base <= *end { heap_base } else { *end };
         }
         let start = match next.checked_next_multiple_of(layout.align()) {
             Some(s) => s,
