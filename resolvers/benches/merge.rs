@@ -112,7 +112,10 @@ fn main() {
     .expect("floor module");
     let floor = host.load(&floor_module).expect("floor module loads");
     let floor_h = measure(5000, || {
-        std::hint::black_box(host.merge_siblings(&floor, b"cart", &[]).expect("floor merge"));
+        std::hint::black_box(
+            host.merge_siblings(&floor, b"cart", &[])
+                .expect("floor merge"),
+        );
     });
     println!(
         "host floor (minimal WAT module, 0 siblings, full call path): p50 {:.2} µs  p99 {:.2} µs",

@@ -380,3 +380,28 @@ fn many_hostile_calls_in_parallel_do_not_disturb_good_merges() {
     assert_eq!(looping.stats().failures(FailureClass::FuelExhausted), 6);
     assert!(good.stats().merges_ok() >= 6);
 }
+
+#[test]
+fn a_rust_guest_out_of_memory_is_a_memory_limit_not_a_crash() {
+    // 2 MiB of memory: room for the module's stack and data, not for
+    // copying and parsing 1.5 MB of carts.
+    let host = Arc::new(
+        Host::new(ResolverLimits {
+            memory_bytes_max: 2 * 1024 * 1024,
+            ..ResolverLimits::default()
+        })
+        .unwrap(),
+    );
+    let good = cart(&host);
+    let big: Vec<u8> = {
+        let items: Vec<String> = (0..30_000).map(|i| format!("\"item-{i:06}\":1")).collect();
+        format!("{{{}}}", items.join(",")).into_bytes()
+    };
+    let set = isthmus_core::model::VersionSet::from_versions([
+        version(1, Some(&big), 1, "dc1"),
+        version(2, Some(&big), 2, "dc2"),
+    ]);
+    let err = host.merge_set(&good, b"k", &set).unwrap_err();
+    assert_eq!(err.class(), FailureClass::MemoryLimit, "{err}");
+    assert_good(&host, &good);
+}

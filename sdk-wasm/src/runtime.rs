@@ -63,7 +63,11 @@ unsafe impl GlobalAlloc for Bump {
             *end = core::arch::wasm32::memory_size(0) * PAGE_BYTES;
             // Taking the address of the linker symbol reads nothing.
             let heap_base = core::ptr::addr_of!(__heap_base) as usize;
-            *next = if heap_base > 0 && heap_base <= *end { heap_base } else { *end };
+            *next = if heap_base > 0 && heap_base <= *end {
+                heap_base
+            } else {
+                *end
+            };
         }
         let start = match next.checked_next_multiple_of(layout.align()) {
             Some(s) => s,
