@@ -115,6 +115,9 @@ impl Resolver {
     }
 }
 
+/// The memory and the two ABI functions of one instance.
+type AbiExports = (Memory, TypedFunc<u32, u32>, TypedFunc<(u32, u32), u64>);
+
 /// Lower-case hex of a hash (for logs and reports).
 pub fn hex(hash: &[u8]) -> String {
     hash.iter().map(|b| format!("{b:02x}")).collect()
@@ -239,7 +242,9 @@ impl Host {
             .max_memories_per_module(1)
             .max_tables_per_module(1)
             .table_elements(limits.table_elements_max)
-            .max_memory_size(limits.memory_bytes_max);
+            .max_memory_size(limits.memory_bytes_max)
+            .linear_memory_keep_resident(limits.memory_keep_resident_bytes)
+            .table_keep_resident(64 * 1024);
         let mut config = Config::new();
         config
             .consume_fuel(true)
@@ -496,6 +501,17 @@ impl Host {
         }
     }
 
+    /// Create a store and instantiate the module without calling it: what
+    /// every merge pays before guest code runs (benchmarks, health checks).
+    pub fn instantiate_probe(&self, resolver: &Resolver) -> Result<(), ResolverError> {
+        let mut store = self.store()?;
+        resolver
+            .pre
+            .instantiate(&mut store)
+            .map(drop)
+            .map_err(|e| self.classify(&store, e, "instantiate"))
+    }
+
     /// Run one merge on already-encoded input; returns the raw output bytes
     /// (an encoded [`MergeOutput`], not yet decoded). Counted.
     pub fn merge_raw(&self, resolver: &Resolver, input: &[u8]) -> Result<Vec<u8>, ResolverError> {
@@ -555,7 +571,7 @@ impl Host {
         store: &mut Store<StoreState>,
         instance: &wasmtime::Instance,
         r: &Resolver,
-    ) -> Result<(Memory, TypedFunc<u32, u32>, TypedFunc<(u32, u32), u64>), ResolverError> {
+    ) -> Result<AbiExports, ResolverError> {
         let missing = |name: &str| ResolverError::MissingExport {
             name: name.into(),
             expected: "(validated at load)".into(),

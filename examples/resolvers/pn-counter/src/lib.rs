@@ -117,7 +117,7 @@ pub fn sample(seed: u64) -> Vec<u8> {
             s ^= s << 13;
             s ^= s >> 7;
             s ^= s << 17;
-            if s % 3 != 0 {
+            if !s.is_multiple_of(3) {
                 let by = s % 10;
                 if inc {
                     c.increment(actor, by)

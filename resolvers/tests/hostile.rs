@@ -1,0 +1,407 @@
+//! Hostile modules: each is rejected at load or contained at call with its
+//! failure class asserted, the siblings kept, and the host still serving
+//! good merges afterwards, including concurrently from another thread.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use isthmus_core::merge::{FailureClass, merge_into};
+use isthmus_resolvers::registry::UploadPolicy;
+use isthmus_resolvers::{Host, Registry, Resolver, ResolverError, ResolverLimits, WasmMergeHook};
+
+/// A module with the ABI exports; `merge` is the body of `isthmus_merge`.
+fn module(merge: &str, extra: &str) -> Vec<u8> {
+    wat::parse_str(format!(
+        r#"(module
+             (memory (export "memory") 1)
+             (func (export "isthmus_abi_version") (result i32) i32.const 1)
+             (func (export "isthmus_alloc") (param i32) (result i32) i32.const 1024)
+             (func (export "isthmus_merge") (param i32 i32) (result i64) {merge})
+             {extra})"#
+    ))
+    .expect("test WAT parses")
+}
+
+/// Merge the cart set with `hostile` through the hook, and check that the
+/// failure has `class`, the siblings are kept, the failure is counted, and
+/// `good` still merges correctly, also from another thread meanwhile.
+fn contained(host: &Arc<Host>, hostile: &[u8], class: FailureClass) -> ResolverError {
+    let good = cart(host);
+    // The concurrent good merges run while the hostile one does.
+    let background = {
+        let (host, good) = (host.clone(), good.clone());
+        std::thread::spawn(move || {
+            for _ in 0..5 {
+                assert_good(&host, &good);
+            }
+        })
+    };
+    let registry = Arc::new(Registry::in_memory());
+    let policy = UploadPolicy {
+        override_failed_check: true,
+        ..UploadPolicy::default()
+    };
+    registry
+        .register(host, "hostile", 1, hostile, &policy)
+        .expect("loads (it fails only when called)");
+    registry.attach("ks", "hostile", 1).unwrap();
+    let hook = WasmMergeHook::new(host.clone(), registry);
+    let hostile_resolver = host.load(hostile).unwrap();
+    let failures_before = hostile_resolver.stats().failures(class);
+
+    let mut set = cart_set();
+    let before = set.clone();
+    let failure = merge_into(&hook, "ks", b"cart:1", &mut set).unwrap_err();
+    assert_eq!(failure.class, class, "{failure}");
+    assert_eq!(failure.resolver, Some(hostile_resolver.hash()));
+    assert_eq!(set, before, "siblings must be kept");
+    assert_eq!(
+        hostile_resolver.stats().failures(class),
+        failures_before + 1
+    );
+
+    // The same failure, typed, from the host directly.
+    let err = host
+        .merge_set(&hostile_resolver, b"cart:1", &set)
+        .unwrap_err();
+    assert_eq!(err.class(), class, "{err}");
+
+    background.join().expect("good merges kept working");
+    assert_good(host, &good);
+    err
+}
+
+fn assert_good(host: &Host, good: &Resolver) {
+    let merged = host
+        .merge_set(good, b"cart:1", &cart_set())
+        .expect("good merge")
+        .expect("non-empty set");
+    assert_eq!(merged.value_bytes(), Some(CART_MERGED));
+}
+
+/// Load must fail with `class`; the host keeps serving.
+fn rejected(host: &Arc<Host>, bytes: &[u8], class: FailureClass) -> ResolverError {
+    let err = host.load(bytes).unwrap_err();
+    assert_eq!(err.class(), class, "{err}");
+    let registry = Registry::in_memory();
+    let policy = UploadPolicy {
+        override_failed_check: true,
+        ..UploadPolicy::default()
+    };
+    assert!(registry.register(host, "bad", 1, bytes, &policy).is_err());
+    assert!(registry.list().unwrap().is_empty());
+    let hash = isthmus_resolvers::host::module_hash(bytes);
+    assert!(host.stats(&hash).failures(class) >= 1);
+    assert_good(host, &cart(host));
+    err
+}
+
+#[test]
+fn infinite_loop_runs_out_of_fuel() {
+    let host = small_host();
+    let m = module("(loop $l (br $l)) i64.const 0", "");
+    let err = contained(&host, &m, FailureClass::FuelExhausted);
+    assert_eq!(err, ResolverError::FuelExhausted { fuel: 20_000_000 });
+}
+
+#[test]
+fn wall_clock_deadline_is_the_backstop() {
+    let host = Arc::new(
+        Host::new(ResolverLimits {
+            fuel_per_merge: 1 << 50,
+            merge_deadline: Duration::from_millis(200),
+            ..ResolverLimits::default()
+        })
+        .unwrap(),
+    );
+    let m = module("(loop $l (br $l)) i64.const 0", "");
+    let started = Instant::now();
+    let err = contained(&host, &m, FailureClass::Deadline);
+    assert_eq!(err, ResolverError::Deadline { deadline_ms: 200 });
+    assert!(started.elapsed() < Duration::from_secs(20));
+}
+
+#[test]
+fn unbounded_memory_growth_hits_the_cap() {
+    let host = small_host();
+    let m = module(
+        "(loop $l (br_if $l (i32.ne (memory.grow (i32.const 16)) (i32.const -1)))) unreachable",
+        "",
+    );
+    let err = contained(&host, &m, FailureClass::MemoryLimit);
+    assert_eq!(
+        err,
+        ResolverError::MemoryLimit {
+            memory_bytes_max: 8 * 1024 * 1024
+        }
+    );
+}
+
+#[test]
+fn huge_initial_memory_is_rejected_at_load() {
+    let host = small_host();
+    let m = wat::parse_str(
+        r#"(module
+             (memory (export "memory") 2000)
+             (func (export "isthmus_abi_version") (result i32) i32.const 1)
+             (func (export "isthmus_alloc") (param i32) (result i32) i32.const 0)
+             (func (export "isthmus_merge") (param i32 i32) (result i64) i64.const 0))"#,
+    )
+    .unwrap();
+    // The pooling allocator refuses it while compiling: it cannot fit a slot.
+    let err = rejected(&host, &m, FailureClass::InvalidModule);
+    assert!(err.to_string().contains("minimum byte size"), "{err}");
+}
+
+#[test]
+fn deep_recursion_traps_on_the_stack_limit() {
+    let host = small_host();
+    let m = module(
+        "i32.const 0 call $r drop i64.const 0",
+        "(func $r (param i32) (result i32) local.get 0 i32.const 1 i32.add call $r)",
+    );
+    let err = contained(&host, &m, FailureClass::Trap);
+    assert!(err.to_string().contains("call stack exhausted"), "{err}");
+}
+
+#[test]
+fn huge_output_is_bad_output() {
+    let host = small_host();
+    let m = module("i64.const 0x7fffffff", "");
+    let err = contained(&host, &m, FailureClass::BadOutput);
+    assert!(err.to_string().contains("exceeds the limit"), "{err}");
+}
+
+#[test]
+fn out_of_bounds_output_pointer_is_bad_output() {
+    let host = small_host();
+    let m = module("i64.const 0xffff000000000010", "");
+    let err = contained(&host, &m, FailureClass::BadOutput);
+    assert!(err.to_string().contains("outside guest memory"), "{err}");
+}
+
+#[test]
+fn malformed_postcard_is_bad_output() {
+    let host = small_host();
+    // Variant 7 does not exist.
+    let m = module("i64.const 1", r#"(data (i32.const 0) "\07")"#);
+    contained(&host, &m, FailureClass::BadOutput);
+    // A valid `Delete` followed by a trailing byte.
+    let m = module("i64.const 2", r#"(data (i32.const 0) "\01\00")"#);
+    contained(&host, &m, FailureClass::BadOutput);
+    // A value whose claimed length runs past the output.
+    let m = module("i64.const 3", r#"(data (i32.const 0) "\00\ff\01")"#);
+    contained(&host, &m, FailureClass::BadOutput);
+}
+
+#[test]
+fn guest_error_is_counted_and_keeps_siblings() {
+    let host = small_host();
+    let m = module("i64.const 5", r#"(data (i32.const 0) "\02\07\02no")"#);
+    let err = contained(&host, &m, FailureClass::GuestError);
+    assert_eq!(
+        err,
+        ResolverError::Guest {
+            code: 7,
+            message: "no".into()
+        }
+    );
+}
+
+#[test]
+fn out_of_bounds_alloc_is_bad_output() {
+    let host = small_host();
+    let m = wat::parse_str(
+        r#"(module
+             (memory (export "memory") 1)
+             (func (export "isthmus_abi_version") (result i32) i32.const 1)
+             (func (export "isthmus_alloc") (param i32) (result i32) i32.const 0x7ffffff0)
+             (func (export "isthmus_merge") (param i32 i32) (result i64) i64.const 0))"#,
+    )
+    .unwrap();
+    contained(&host, &m, FailureClass::BadOutput);
+}
+
+#[test]
+fn trap_in_merge_is_a_trap() {
+    let host = small_host();
+    let m = module("unreachable", "");
+    let err = contained(&host, &m, FailureClass::Trap);
+    assert!(err.to_string().contains("unreachable"), "{err}");
+}
+
+#[test]
+fn wasi_import_is_rejected_at_load() {
+    let host = small_host();
+    let m = wat::parse_str(
+        r#"(module
+             (import "wasi_snapshot_preview1" "fd_write" (func (param i32 i32 i32 i32) (result i32)))
+             (memory (export "memory") 1)
+             (func (export "isthmus_abi_version") (result i32) i32.const 1)
+             (func (export "isthmus_alloc") (param i32) (result i32) i32.const 0)
+             (func (export "isthmus_merge") (param i32 i32) (result i64) i64.const 0))"#,
+    )
+    .unwrap();
+    let err = rejected(&host, &m, FailureClass::InvalidModule);
+    assert_eq!(
+        err,
+        ResolverError::ImportNotAllowed {
+            module: "wasi_snapshot_preview1".into(),
+            name: "fd_write".into()
+        }
+    );
+}
+
+#[test]
+fn missing_or_mistyped_exports_are_rejected_at_load() {
+    let host = small_host();
+    let m = wat::parse_str(r#"(module (memory (export "memory") 1))"#).unwrap();
+    let err = rejected(&host, &m, FailureClass::AbiMismatch);
+    assert!(
+        matches!(err, ResolverError::MissingExport { ref name, .. } if name == "isthmus_abi_version")
+    );
+    let m = wat::parse_str(
+        r#"(module
+             (memory (export "memory") 1)
+             (func (export "isthmus_abi_version") (result i32) i32.const 1)
+             (func (export "isthmus_alloc") (param i32) (result i32) i32.const 0)
+             (func (export "isthmus_merge") (param i32) (result i64) i64.const 0))"#,
+    )
+    .unwrap();
+    let err = rejected(&host, &m, FailureClass::AbiMismatch);
+    assert!(
+        matches!(err, ResolverError::MissingExport { ref name, .. } if name == "isthmus_merge")
+    );
+    let m = wat::parse_str(
+        r#"(module
+             (func (export "isthmus_abi_version") (result i32) i32.const 1)
+             (func (export "isthmus_alloc") (param i32) (result i32) i32.const 0)
+             (func (export "isthmus_merge") (param i32 i32) (result i64) i64.const 0))"#,
+    )
+    .unwrap();
+    let err = rejected(&host, &m, FailureClass::AbiMismatch);
+    assert!(matches!(err, ResolverError::MissingExport { ref name, .. } if name == "memory"));
+}
+
+#[test]
+fn another_abi_version_is_rejected_at_load() {
+    let host = small_host();
+    let m = wat::parse_str(
+        r#"(module
+             (memory (export "memory") 1)
+             (func (export "isthmus_abi_version") (result i32) i32.const 2)
+             (func (export "isthmus_alloc") (param i32) (result i32) i32.const 0)
+             (func (export "isthmus_merge") (param i32 i32) (result i64) i64.const 0))"#,
+    )
+    .unwrap();
+    let err = rejected(&host, &m, FailureClass::AbiMismatch);
+    assert_eq!(
+        err,
+        ResolverError::AbiMismatch {
+            expected: 1,
+            found: 2
+        }
+    );
+}
+
+#[test]
+fn not_wasm_is_rejected_at_load() {
+    let host = small_host();
+    rejected(
+        &host,
+        b"this is not wasm at all",
+        FailureClass::InvalidModule,
+    );
+    rejected(
+        &host,
+        b"\0asm\x01\0\0\0\x0a\xff\xff",
+        FailureClass::InvalidModule,
+    );
+    rejected(&host, b"", FailureClass::InvalidModule);
+    // WAT text is not accepted either: only binaries are uploaded.
+    rejected(&host, b"(module)", FailureClass::InvalidModule);
+}
+
+#[test]
+fn very_large_module_is_rejected_before_compiling() {
+    let host = small_host();
+    let mut m = module("i64.const 0", "");
+    // Pad with a 3 MiB custom section: valid wasm, over the 2 MiB cap.
+    let payload = vec![0u8; 3 * 1024 * 1024];
+    let name = b"pad";
+    let mut section = vec![name.len() as u8];
+    section.extend_from_slice(name);
+    section.extend_from_slice(&payload);
+    m.push(0);
+    let mut len = section.len();
+    loop {
+        let byte = (len & 0x7f) as u8;
+        len >>= 7;
+        m.push(if len == 0 { byte } else { byte | 0x80 });
+        if len == 0 {
+            break;
+        }
+    }
+    m.extend_from_slice(&section);
+    let err = rejected(&host, &m, FailureClass::InvalidModule);
+    assert!(
+        matches!(err, ResolverError::ModuleTooLarge { max_bytes, .. } if max_bytes == 2 * 1024 * 1024)
+    );
+}
+
+#[test]
+fn many_hostile_calls_in_parallel_do_not_disturb_good_merges() {
+    let host = small_host();
+    let good = cart(&host);
+    let looping = host
+        .load(&module("(loop $l (br $l)) i64.const 0", ""))
+        .unwrap();
+    let threads: Vec<_> = (0..4)
+        .map(|i| {
+            let (host, good, looping) = (host.clone(), good.clone(), looping.clone());
+            std::thread::spawn(move || {
+                for _ in 0..3 {
+                    if i % 2 == 0 {
+                        let err = host.merge_set(&looping, b"k", &cart_set()).unwrap_err();
+                        assert_eq!(err.class(), FailureClass::FuelExhausted);
+                    } else {
+                        assert_good(&host, &good);
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    assert_eq!(looping.stats().failures(FailureClass::FuelExhausted), 6);
+    assert!(good.stats().merges_ok() >= 6);
+}
+
+#[test]
+fn a_rust_guest_out_of_memory_is_a_memory_limit_not_a_crash() {
+    // 2 MiB of memory: room for the module's stack and data, not for
+    // copying and parsing 1.5 MB of carts.
+    let host = Arc::new(
+        Host::new(ResolverLimits {
+            memory_bytes_max: 2 * 1024 * 1024,
+            ..ResolverLimits::default()
+        })
+        .unwrap(),
+    );
+    let good = cart(&host);
+    let big: Vec<u8> = {
+        let items: Vec<String> = (0..30_000).map(|i| format!("\"item-{i:06}\":1")).collect();
+        format!("{{{}}}", items.join(",")).into_bytes()
+    };
+    let set = isthmus_core::model::VersionSet::from_versions([
+        version(1, Some(&big), 1, "dc1"),
+        version(2, Some(&big), 2, "dc2"),
+    ]);
+    let err = host.merge_set(&good, b"k", &set).unwrap_err();
+    assert_eq!(err.class(), FailureClass::MemoryLimit, "{err}");
+    assert_good(&host, &good);
+}
