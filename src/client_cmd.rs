@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use isthmus_client::Session;
-use isthmus_client::wire::{Consistency, Context, NodeReport, RequestBody, ResponseBody, Sibling, WriteId};
+use isthmus_client::wire::{
+    Consistency, Context, NodeReport, RequestBody, ResponseBody, Sibling, WriteId,
+};
 
 /// Options every client command takes.
 #[derive(clap::Args, Debug, Clone)]
@@ -68,8 +70,17 @@ async fn connect(target: &Target) -> anyhow::Result<(Session, Duration)> {
     Ok((session, timeout))
 }
 
-async fn read(session: &Session, args: &KeyArgs, key: &str, timeout: Duration) -> anyhow::Result<(Vec<Sibling>, Context)> {
-    let body = RequestBody::Get { keyspace: args.keyspace.clone(), key: key.as_bytes().to_vec(), consistency: args.consistency };
+async fn read(
+    session: &Session,
+    args: &KeyArgs,
+    key: &str,
+    timeout: Duration,
+) -> anyhow::Result<(Vec<Sibling>, Context)> {
+    let body = RequestBody::Get {
+        keyspace: args.keyspace.clone(),
+        key: key.as_bytes().to_vec(),
+        consistency: args.consistency,
+    };
     match session.call(body, timeout).await? {
         ResponseBody::Value { siblings, context } => Ok((siblings, context)),
         other => bail!("unexpected answer {other:?}"),
@@ -82,7 +93,9 @@ fn write_id() -> WriteId {
 
 /// Run a key command; returns the text to print.
 pub fn run_key(args: KeyArgs, op: Op) -> anyhow::Result<String> {
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(async move {
         let (session, timeout) = connect(&args.target).await?;
         match op {
@@ -100,9 +113,15 @@ pub fn run_key(args: KeyArgs, op: Op) -> anyhow::Result<String> {
                         })
                         .collect();
                     let context: String = context.0.iter().map(|b| format!("{b:02x}")).collect();
-                    Ok(format!("{}\n", serde_json::json!({ "siblings": siblings, "context": context })))
+                    Ok(format!(
+                        "{}\n",
+                        serde_json::json!({ "siblings": siblings, "context": context })
+                    ))
                 } else {
-                    Ok(siblings.iter().map(|s| format!("{}\n", String::from_utf8_lossy(&s.value))).collect())
+                    Ok(siblings
+                        .iter()
+                        .map(|s| format!("{}\n", String::from_utf8_lossy(&s.value)))
+                        .collect())
                 }
             }
             Op::Put { key, value } => {
@@ -142,12 +161,18 @@ fn human_bytes(n: u64) -> String {
         value /= 1024.0;
         unit += 1;
     }
-    if unit == 0 { format!("{n} B") } else { format!("{value:.1} {}", UNITS[unit]) }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
 }
 
 /// `isthmus status`: every node by datacenter and rack, like `nodetool status`.
 pub fn run_status(target: Target, json: bool) -> anyhow::Result<String> {
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     let mut nodes: Vec<NodeReport> = runtime.block_on(async {
         let (session, timeout) = connect(&target).await?;
         match session.call(RequestBody::Status, timeout).await? {
@@ -175,9 +200,16 @@ pub fn run_status(target: Target, json: bool) -> anyhow::Result<String> {
             dc = Some(&n.dc);
             out.push_str(&format!("Datacenter: {}\n", n.dc));
             out.push_str("Status=Up/Down State=Normal/Joining/Leaving/Left\n");
-            out.push_str(&format!("{:<3} {:<22} {:<10} {:<8} {:>10} {:>7}\n", "--", "Address", "Node", "Rack", "Load", "Owns"));
+            out.push_str(&format!(
+                "{:<3} {:<22} {:<10} {:<8} {:>10} {:>7}\n",
+                "--", "Address", "Node", "Rack", "Load", "Owns"
+            ));
         }
-        let state = format!("{}{}", if n.up { 'U' } else { 'D' }, n.status.chars().next().unwrap_or('?'));
+        let state = format!(
+            "{}{}",
+            if n.up { 'U' } else { 'D' },
+            n.status.chars().next().unwrap_or('?')
+        );
         out.push_str(&format!(
             "{:<3} {:<22} {:<10} {:<8} {:>10} {:>6.1}%\n",
             state,

@@ -24,7 +24,9 @@ use isthmus_core::gossip::detector::DetectorConfig;
 use isthmus_core::gossip::service::GossipConfig;
 use isthmus_core::node::{self, NodeTuning, RunningNode};
 use isthmus_core::store::LocalStore;
-use isthmus_resolvers::{Host, Registry, ResolverLimits, UploadPolicy, WasmMergeHook};
+use isthmus_resolvers::host::module_hash;
+use isthmus_resolvers::registry::UploadPolicy;
+use isthmus_resolvers::{Host, Registry, ResolverLimits, WasmMergeHook};
 use parking_lot::Mutex;
 
 /// Arguments of `isthmus demo`.
@@ -53,7 +55,8 @@ const NODES_PER_DC: usize = 3;
 const KEYSPACE: &str = "carts";
 
 fn default_resolver_path() -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| PathBuf::from("target"), PathBuf::from);
+    let target =
+        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| PathBuf::from("target"), PathBuf::from);
     target.join("wasm32-unknown-unknown/release/isthmus_example_cart_union.wasm")
 }
 
@@ -114,7 +117,11 @@ struct Cluster {
 
 impl Cluster {
     async fn start_node(&mut self, dc: usize, i: usize) -> anyhow::Result<()> {
-        let seeds = if self.seed.is_empty() { vec![] } else { vec![self.seed.clone()] };
+        let seeds = if self.seed.is_empty() {
+            vec![]
+        } else {
+            vec![self.seed.clone()]
+        };
         let config = node_config(dc, i, &self.root, seeds);
         let (hook, host) = merge_hook(&self.module)?;
         self.hosts.push(host);
@@ -127,12 +134,20 @@ impl Cluster {
     }
 
     fn addrs(&self, dc: &str) -> Vec<String> {
-        self.nodes.iter().filter(|(id, _)| id.starts_with(dc)).map(|(_, n)| n.addr.clone()).collect()
+        self.nodes
+            .iter()
+            .filter(|(id, _)| id.starts_with(dc))
+            .map(|(_, n)| n.addr.clone())
+            .collect()
     }
 
     async fn wait_alive(&self, count: usize, what: &str) -> anyhow::Result<()> {
         for _ in 0..300 {
-            if self.nodes.values().all(|n| n.gossiper().alive().len() == count) {
+            if self
+                .nodes
+                .values()
+                .all(|n| n.gossiper().alive().len() == count)
+            {
                 return Ok(());
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -141,7 +156,8 @@ impl Cluster {
     }
 
     fn merges(&self) -> u64 {
-        self.hosts.iter().map(|h| h.total_merges_ok()).sum()
+        let hash = module_hash(&self.module);
+        self.hosts.iter().map(|h| h.stats(&hash).merges_ok()).sum()
     }
 }
 
@@ -173,7 +189,9 @@ async fn shopper(
     while !stop.load(Ordering::Relaxed) {
         if session.as_ref().is_none_or(|s| !s.is_open()) {
             let addr = &addrs[(id + n as usize) % addrs.len()];
-            session = Session::connect(addr, "shopper", Duration::from_secs(1)).await.ok();
+            session = Session::connect(addr, "shopper", Duration::from_secs(1))
+                .await
+                .ok();
             if session.is_none() {
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 n += 1;
@@ -188,7 +206,11 @@ async fn shopper(
         let item = format!("{dc}-s{id}-i{n}");
         n += 1;
         let timeout = Duration::from_secs(2);
-        let read = RequestBody::Get { keyspace: KEYSPACE.into(), key: cart_key(cart), consistency: None };
+        let read = RequestBody::Get {
+            keyspace: KEYSPACE.into(),
+            key: cart_key(cart),
+            consistency: None,
+        };
         let (mut items, context) = match s.call(read, timeout).await {
             Ok(ResponseBody::Value { siblings, context }) => {
                 let mut merged: BTreeMap<String, u64> = BTreeMap::new();
@@ -245,7 +267,14 @@ async fn shop(
         let addrs = cluster.addrs(dc);
         for s in 0..shoppers {
             let id = d * 1000 + s;
-            tasks.push(tokio::spawn(shopper(dc, id, addrs.clone(), carts, ledger.clone(), stop.clone())));
+            tasks.push(tokio::spawn(shopper(
+                dc,
+                id,
+                addrs.clone(),
+                carts,
+                ledger.clone(),
+                stop.clone(),
+            )));
         }
     }
     let start = Instant::now();
@@ -273,7 +302,12 @@ async fn measure_lag(cluster: &Cluster, samples: usize) -> anyhow::Result<Histog
     let mut hist = Histogram::<u64>::new(3)?;
     let dc1 = cluster.addrs("dc1");
     let session = Session::connect(&dc1[0], "lag-probe", Duration::from_secs(2)).await?;
-    let far: Vec<&RunningNode> = cluster.nodes.iter().filter(|(id, _)| id.starts_with("dc2")).map(|(_, n)| n).collect();
+    let far: Vec<&RunningNode> = cluster
+        .nodes
+        .iter()
+        .filter(|(id, _)| id.starts_with("dc2"))
+        .map(|(_, n)| n)
+        .collect();
     for i in 0..samples {
         let key = format!("lag:{i}").into_bytes();
         let body = RequestBody::Put {
@@ -313,12 +347,16 @@ async fn audit(cluster: &Cluster, ledger: &Ledger, carts: usize) -> anyhow::Resu
             encodings.insert(set.encode());
             let mut items: BTreeSet<String> = BTreeSet::new();
             for v in set.live() {
-                if let Ok(c) = serde_json::from_slice::<BTreeMap<String, u64>>(v.value_bytes().unwrap_or_default()) {
+                if let Ok(c) = serde_json::from_slice::<BTreeMap<String, u64>>(
+                    v.value_bytes().unwrap_or_default(),
+                ) {
                     items.extend(c.into_keys());
                 }
             }
-            lost += acked.range((cart, String::new())..(cart + 1, String::new())).filter(|(_, i)| !items.contains(i)).count()
-                as u64;
+            lost += acked
+                .range((cart, String::new())..(cart + 1, String::new()))
+                .filter(|(_, i)| !items.contains(i))
+                .count() as u64;
         }
         converged &= encodings.len() == 1;
     }
@@ -329,18 +367,35 @@ async fn audit(cluster: &Cluster, ledger: &Ledger, carts: usize) -> anyhow::Resu
 pub fn run(args: DemoArgs) -> anyhow::Result<bool> {
     let resolver = args.resolver.clone().unwrap_or_else(default_resolver_path);
     let module = std::fs::read(&resolver).with_context(|| {
-        format!("reading the cart-union module {} (build it with scripts/build-resolvers.sh)", resolver.display())
+        format!(
+            "reading the cart-union module {} (build it with scripts/build-resolvers.sh)",
+            resolver.display()
+        )
     })?;
     let temp = tempfile::tempdir()?;
-    let root = args.data_dir.clone().unwrap_or_else(|| temp.path().to_owned());
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let root = args
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| temp.path().to_owned());
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(demo(args, module, root))
 }
 
 async fn demo(args: DemoArgs, module: Vec<u8>, root: PathBuf) -> anyhow::Result<bool> {
     let started = Instant::now();
-    let mut cluster = Cluster { root, module, seed: String::new(), nodes: BTreeMap::new(), hosts: Vec::new() };
-    eprintln!("demo: starting 2 datacenters x {NODES_PER_DC} nodes under {}", cluster.root.display());
+    let mut cluster = Cluster {
+        root,
+        module,
+        seed: String::new(),
+        nodes: BTreeMap::new(),
+        hosts: Vec::new(),
+    };
+    eprintln!(
+        "demo: starting 2 datacenters x {NODES_PER_DC} nodes under {}",
+        cluster.root.display()
+    );
     for dc in 0..DCS.len() {
         for i in 0..NODES_PER_DC {
             cluster.start_node(dc, i).await?;
@@ -350,8 +405,20 @@ async fn demo(args: DemoArgs, module: Vec<u8>, root: PathBuf) -> anyhow::Result<
     eprintln!("demo: cluster up; cart-union resolver bound to keyspace {KEYSPACE:?}");
 
     let ledger = Arc::new(Ledger::default());
-    eprintln!("demo: phase 1: shoppers in both datacenters fill {} shared carts", args.carts);
-    shop(&cluster, &["dc1", "dc2"], args.shoppers, args.carts, &ledger, args.phase_s, "both DCs").await;
+    eprintln!(
+        "demo: phase 1: shoppers in both datacenters fill {} shared carts",
+        args.carts
+    );
+    shop(
+        &cluster,
+        &["dc1", "dc2"],
+        args.shoppers,
+        args.carts,
+        &ledger,
+        args.phase_s,
+        "both DCs",
+    )
+    .await;
     let lag = measure_lag(&cluster, 200).await?;
     eprintln!(
         "demo:   cross-DC lag: p50 {:.2} ms, p99 {:.2} ms",
@@ -360,14 +427,28 @@ async fn demo(args: DemoArgs, module: Vec<u8>, root: PathBuf) -> anyhow::Result<
     );
 
     eprintln!("demo: phase 2: dc2 goes dark (all three nodes stopped); dc1 keeps selling");
-    let dark: Vec<String> = cluster.nodes.keys().filter(|id| id.starts_with("dc2")).cloned().collect();
+    let dark: Vec<String> = cluster
+        .nodes
+        .keys()
+        .filter(|id| id.starts_with("dc2"))
+        .cloned()
+        .collect();
     for id in &dark {
         if let Some(node) = cluster.nodes.remove(id) {
             node.shutdown().await;
         }
     }
     cluster.wait_alive(3, "dc2 seen down").await?;
-    shop(&cluster, &["dc1"], args.shoppers * 2, args.carts, &ledger, args.phase_s, "dc1 alone").await;
+    shop(
+        &cluster,
+        &["dc1"],
+        args.shoppers * 2,
+        args.carts,
+        &ledger,
+        args.phase_s,
+        "dc1 alone",
+    )
+    .await;
 
     eprintln!("demo: phase 3: dc2 returns with its data; hints flow back");
     let back = Instant::now();
@@ -387,9 +468,21 @@ async fn demo(args: DemoArgs, module: Vec<u8>, root: PathBuf) -> anyhow::Result<
     }
     eprintln!(
         "demo:   dc2 caught up in {}",
-        catch_up.map_or("(did not catch up)".to_string(), |d| format!("{:.1} s", d.as_secs_f64()))
+        catch_up.map_or("(did not catch up)".to_string(), |d| format!(
+            "{:.1} s",
+            d.as_secs_f64()
+        ))
     );
-    shop(&cluster, &["dc1", "dc2"], args.shoppers, args.carts, &ledger, args.phase_s / 2, "both DCs").await;
+    shop(
+        &cluster,
+        &["dc1", "dc2"],
+        args.shoppers,
+        args.carts,
+        &ledger,
+        args.phase_s / 2,
+        "both DCs",
+    )
+    .await;
 
     eprintln!("demo: phase 4: quiet; auditing every replica of every cart");
     let mut result = (u64::MAX, false);

@@ -1,13 +1,18 @@
 //! The `isthmus` binary.
 //!
-//! Subcommands so far: `resolver check`, the law checker for merge modules.
-//! Node assembly, server, demo, admin and client commands come later.
+//! - `demo`: the main job, a local two-datacenter cluster doing real work.
+//! - `server --config FILE`: run one node.
+//! - `put`, `get`, `del`, `status`: client commands against a node.
+//! - `resolver check FILE.wasm`: the law checker for merge modules.
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod client_cmd;
+mod demo;
 mod resolver_cmd;
+mod server_cmd;
 
 /// Isthmus: a multi-datacenter key-value store with WebAssembly merge functions.
 #[derive(Parser, Debug)]
@@ -19,11 +24,73 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Run two datacenters of three nodes locally, shop, take one
+    /// datacenter down and back, and audit that nothing was lost.
+    Demo(demo::DemoArgs),
+    /// Run one node.
+    Server(server_cmd::ServerArgs),
+    /// Print the live siblings of a key, one per line (nothing when absent).
+    Get {
+        #[command(flatten)]
+        args: client_cmd::KeyArgs,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        /// The key.
+        key: String,
+    },
+    /// Write a value over whatever the key holds.
+    Put {
+        #[command(flatten)]
+        args: client_cmd::KeyArgs,
+        /// The key.
+        key: String,
+        /// The value.
+        value: String,
+    },
+    /// Delete a key.
+    Del {
+        #[command(flatten)]
+        args: client_cmd::KeyArgs,
+        /// The key.
+        key: String,
+    },
+    /// Show every node by datacenter and rack, with state, load and ownership.
+    Status {
+        #[command(flatten)]
+        target: client_cmd::Target,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Work with resolver (merge function) modules.
     Resolver {
         #[command(subcommand)]
         command: resolver_cmd::ResolverCommand,
     },
+}
+
+/// Print a command's output; exit status 0.
+fn print(output: anyhow::Result<String>) -> anyhow::Result<u8> {
+    print!("{}", output?);
+    Ok(0)
+}
+
+/// The merge hook a server node runs: a wasm host and a node-local
+/// registry. Until resolver upload reaches live clusters, the registry
+/// starts empty and keyspaces keep their siblings (a missing resolver never
+/// loses data; the failure is counted).
+fn server_hook() -> std::sync::Arc<dyn isthmus_core::merge::MergeHook> {
+    match isthmus_resolvers::Host::new(isthmus_resolvers::ResolverLimits::default()) {
+        Ok(host) => std::sync::Arc::new(isthmus_resolvers::WasmMergeHook::new(
+            std::sync::Arc::new(host),
+            std::sync::Arc::new(isthmus_resolvers::Registry::in_memory()),
+        )),
+        Err(e) => {
+            eprintln!("warning: no wasm host ({e}); siblings will not be merged");
+            std::sync::Arc::new(isthmus_core::merge::NoMerge)
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -36,6 +103,17 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Resolver { command } => resolver_cmd::run(command),
+        Command::Demo(args) => demo::run(args).map(|ok| if ok { 0 } else { 1 }),
+        Command::Server(args) => server_cmd::run(args, server_hook()).map(|()| 0),
+        Command::Get { args, json, key } => {
+            print(client_cmd::run_key(args, client_cmd::Op::Get { key, json }))
+        }
+        Command::Put { args, key, value } => print(client_cmd::run_key(
+            args,
+            client_cmd::Op::Put { key, value },
+        )),
+        Command::Del { args, key } => print(client_cmd::run_key(args, client_cmd::Op::Del { key })),
+        Command::Status { target, json } => print(client_cmd::run_status(target, json)),
     };
     match result {
         Ok(code) => ExitCode::from(code),

@@ -33,7 +33,9 @@ pub fn load_config(path: &Path) -> anyhow::Result<NodeConfig> {
         .merge(Env::prefixed("ISTHMUS_").split("__"))
         .extract()
         .map_err(|e| anyhow::anyhow!("config {}: {e}", path.display()))?;
-    config.validate().with_context(|| format!("config {}", path.display()))?;
+    config
+        .validate()
+        .with_context(|| format!("config {}", path.display()))?;
     Ok(config)
 }
 
@@ -55,13 +57,14 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => {
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}
@@ -115,7 +118,10 @@ mod tests {
                 "node_id = \"n1\"\ndc = \"dc1\"\nrack = \"r\"\nlisten = \"127.0.0.1:1\"\ndata_dir = \"/tmp/x\"\n[keyspaces.k]\nreplication = { dc1 = 0 }\n",
             )?;
             let err = load_config(Path::new("zero.toml")).unwrap_err();
-            assert!(format!("{err:#}").contains("keyspaces.k.replication.dc1"), "{err:#}");
+            assert!(
+                format!("{err:#}").contains("keyspaces.k.replication.dc1"),
+                "{err:#}"
+            );
             Ok(())
         });
     }
