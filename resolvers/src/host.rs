@@ -628,12 +628,22 @@ impl Host {
         key: &[u8],
         siblings: &[Sibling<'_>],
     ) -> Result<Merged, ResolverError> {
-        let input = abi::encode_input(key, siblings);
-        let result = self
-            .merge_raw_uncounted(resolver, &input)
-            .and_then(|out| decode_output(&out));
+        let result = self.merge_siblings_uncounted(resolver, key, siblings);
         resolver.stats.record(&result);
         result
+    }
+
+    /// As [`Host::merge_siblings`], but not counted: the law checker's
+    /// thousands of trial merges must not pollute a node's counters.
+    pub(crate) fn merge_siblings_uncounted(
+        &self,
+        resolver: &Resolver,
+        key: &[u8],
+        siblings: &[Sibling<'_>],
+    ) -> Result<Merged, ResolverError> {
+        let input = abi::encode_input(key, siblings);
+        self.merge_raw_uncounted(resolver, &input)
+            .and_then(|out| decode_output(&out))
     }
 
     /// Merge a version set into the version that replaces it: the least
