@@ -442,8 +442,11 @@ impl Host {
             Ok(Err(e)) => Err(ResolverError::InvalidModule {
                 reason: format!("{e:#}"),
             }),
-            Err(_) => Err(ResolverError::CompileTimeout {
+            Err(mpsc::RecvTimeoutError::Timeout) => Err(ResolverError::CompileTimeout {
                 deadline_ms: self.limits.compile_deadline.as_millis() as u64,
+            }),
+            Err(mpsc::RecvTimeoutError::Disconnected) => Err(ResolverError::InvalidModule {
+                reason: "the compiler thread died while compiling this module".into(),
             }),
         }
     }
