@@ -442,8 +442,11 @@ impl Host {
             Ok(Err(e)) => Err(ResolverError::InvalidModule {
                 reason: format!("{e:#}"),
             }),
-            Err(_) => Err(ResolverError::CompileTimeout {
+            Err(mpsc::RecvTimeoutError::Timeout) => Err(ResolverError::CompileTimeout {
                 deadline_ms: self.limits.compile_deadline.as_millis() as u64,
+            }),
+            Err(mpsc::RecvTimeoutError::Disconnected) => Err(ResolverError::InvalidModule {
+                reason: "the compiler thread died while compiling this module".into(),
             }),
         }
     }
@@ -628,12 +631,22 @@ impl Host {
         key: &[u8],
         siblings: &[Sibling<'_>],
     ) -> Result<Merged, ResolverError> {
-        let input = abi::encode_input(key, siblings);
-        let result = self
-            .merge_raw_uncounted(resolver, &input)
-            .and_then(|out| decode_output(&out));
+        let result = self.merge_siblings_uncounted(resolver, key, siblings);
         resolver.stats.record(&result);
         result
+    }
+
+    /// As [`Host::merge_siblings`], but not counted: the law checker's
+    /// thousands of trial merges must not pollute a node's counters.
+    pub(crate) fn merge_siblings_uncounted(
+        &self,
+        resolver: &Resolver,
+        key: &[u8],
+        siblings: &[Sibling<'_>],
+    ) -> Result<Merged, ResolverError> {
+        let input = abi::encode_input(key, siblings);
+        self.merge_raw_uncounted(resolver, &input)
+            .and_then(|out| decode_output(&out))
     }
 
     /// Merge a version set into the version that replaces it: the least

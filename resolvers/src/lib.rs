@@ -15,6 +15,17 @@
 //! The guest side (ABI types, the `export_merge!` macro, the ABI's
 //! byte-level description) is `isthmus-sdk-wasm`.
 //!
+//! ## Cost (measured by `cargo bench -p isthmus-resolvers`)
+//!
+//! On a 2-core VM shared with a compiler: instantiating a module from the
+//! pool costs about 3 µs; the whole call path of a minimal module about
+//! 6 µs; an empty merge of a Rust/SDK module about 12 µs. cart-union with
+//! 10 siblings of 1 KB of JSON takes about 370 µs p50 in wasm against
+//! 90 µs natively (ratio about 4). Fuel metering and epoch checks account
+//! for roughly 40% of the wasm time (with both off the ratio was about
+//! 1.8); they stay on, because fuel is the deterministic budget and the
+//! epoch the wall-clock backstop.
+//!
 //! What it is not: the storage engine or the node. It never writes a
 //! version itself; the node absorbs the merged version it returns, and on
 //! any failure keeps the siblings as they were.

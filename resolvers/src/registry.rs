@@ -151,7 +151,11 @@ pub struct UploadPolicy {
 pub enum RegistryError {
     /// The byte store failed.
     #[error(transparent)]
-    Store(#[from] StoreError),
+    Store {
+        /// The store's error.
+        #[from]
+        source: StoreError,
+    },
     /// The module was rejected at load.
     #[error("module rejected: {source}")]
     Invalid {
