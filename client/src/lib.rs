@@ -30,9 +30,12 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod client;
 pub mod error;
+pub mod placement;
 pub mod session;
 pub mod wire;
 
+pub use client::{Client, ClientBuilder, Read};
 pub use error::ClientError;
 pub use session::{Channel, Session};

@@ -456,6 +456,7 @@ impl NodeHandler {
                     addr: e.addr.clone(),
                     dc: e.placement.dc.0.clone(),
                     rack: e.placement.rack.clone(),
+                    vnodes: e.vnodes,
                     up: alive.contains(&e.id),
                     status: format!("{:?}", e.status),
                     load_bytes: e.load_bytes,

@@ -44,14 +44,7 @@ pub struct Placement {
 /// every member derives the same ring, and spread uniformly, so with 64 or
 /// more vnodes each node owns close to `1/n` of the ring.
 pub fn tokens_for(node: &NodeId, vnodes: u32) -> Vec<u64> {
-    (0..vnodes)
-        .map(|i| {
-            let mut buf = Vec::with_capacity(node.0.len() + 4);
-            buf.extend_from_slice(node.0.as_bytes());
-            buf.extend_from_slice(&i.to_be_bytes());
-            xxhash_rust::xxh3::xxh3_64(&buf)
-        })
-        .collect()
+    isthmus_client::placement::tokens_for(&node.0, vnodes)
 }
 
 /// The ring of one datacenter.

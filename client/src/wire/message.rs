@@ -225,6 +225,9 @@ pub struct NodeReport {
     pub dc: String,
     /// Rack.
     pub rack: String,
+    /// Tokens it takes on its datacenter's ring (see
+    /// [`placement::tokens_for`](crate::placement::tokens_for)).
+    pub vnodes: u32,
     /// Whether the answering node's failure detector believes it alive.
     pub up: bool,
     /// Lifecycle status (`Joining`, `Normal`, `Leaving`, `Left`).

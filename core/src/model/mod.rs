@@ -18,7 +18,6 @@ pub use keyspace::{Consistency, KeyspaceConfig, Replication};
 pub use set::{Absorbed, VersionSet};
 pub use version::{ContentHash, DcName, Payload, Version};
 
-/// A key's 64-bit hash: the ring position and the order of hash-range scans.
-pub fn key_hash(key: &[u8]) -> u64 {
-    xxhash_rust::xxh3::xxh3_64(key)
-}
+/// A key's 64-bit hash: the ring position and the order of hash-range
+/// scans (defined in the client crate, which routes by it too).
+pub use isthmus_client::placement::key_hash;

@@ -1,0 +1,304 @@
+//! The application's client: a builder, a session per node opened on
+//! demand and reopened after failures, requests routed to a replica of the
+//! key in the local datacenter, and retries with backoff and jitter that
+//! reuse the write id (so a retried write never adds a sibling).
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), isthmus_client::ClientError> {
+//! use isthmus_client::Client;
+//! let client = Client::builder().seed("127.0.0.1:7401").local_dc("dc1").build().await?;
+//! let read = client.get("carts", b"alice").await?;
+//! client.put("carts", b"alice", br#"{"apple":1}"#.to_vec(), &read.context).await?;
+//! // Fetch-modify-store in one call, retried on conflict-free failures:
+//! client.update("carts", b"alice", |siblings| Some(siblings.first()?.value.clone())).await?;
+//! # Ok(()) }
+//! ```
+//!
+//! Conditional writes hold within a datacenter only: a write carries the
+//! context it supersedes, and the store keeps concurrent writes from other
+//! datacenters as siblings rather than refusing them.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use rand::Rng;
+
+use crate::error::ClientError;
+use crate::placement;
+use crate::session::Session;
+use crate::wire::{Consistency, Context, NodeReport, RequestBody, ResponseBody, Sibling, WriteId};
+
+/// A read: the live siblings (none when absent) and the context to write
+/// back over them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Read {
+    /// Live siblings in canonical order.
+    pub siblings: Vec<Sibling>,
+    /// Causal context covering every sibling.
+    pub context: Context,
+}
+
+/// Configures a [`Client`].
+#[derive(Clone, Debug)]
+pub struct ClientBuilder {
+    seeds: Vec<String>,
+    local_dc: Option<String>,
+    timeout: Duration,
+    connect_timeout: Duration,
+    retries: u32,
+    backoff: Duration,
+    consistency: Option<Consistency>,
+    name: String,
+}
+
+impl Default for ClientBuilder {
+    fn default() -> Self {
+        ClientBuilder {
+            seeds: Vec::new(),
+            local_dc: None,
+            timeout: Duration::from_secs(2),
+            connect_timeout: Duration::from_secs(1),
+            retries: 3,
+            backoff: Duration::from_millis(20),
+            consistency: None,
+            name: "isthmus-client".into(),
+        }
+    }
+}
+
+impl ClientBuilder {
+    /// Add a node to learn the cluster from (`host:port`).
+    pub fn seed(mut self, addr: impl Into<String>) -> Self {
+        self.seeds.push(addr.into());
+        self
+    }
+
+    /// The datacenter to prefer (requests go to its nodes while any is up).
+    pub fn local_dc(mut self, dc: impl Into<String>) -> Self {
+        self.local_dc = Some(dc.into());
+        self
+    }
+
+    /// Deadline of each attempt.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Retries after the first attempt, for retryable errors only.
+    pub fn retries(mut self, retries: u32) -> Self {
+        self.retries = retries;
+        self
+    }
+
+    /// Base of the exponential backoff between retries (with full jitter).
+    pub fn backoff(mut self, base: Duration) -> Self {
+        self.backoff = base;
+        self
+    }
+
+    /// Level of requests that name none (`None`: the keyspace default).
+    pub fn consistency(mut self, level: Consistency) -> Self {
+        self.consistency = Some(level);
+        self
+    }
+
+    /// Name announced in the handshake (for node logs).
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// Connect to a seed and learn the cluster.
+    pub async fn build(self) -> Result<Client, ClientError> {
+        if self.seeds.is_empty() {
+            return Err(ClientError::Connect { addr: String::new(), reason: "no seed given".into() });
+        }
+        let client = Client { inner: Arc::new(Inner { config: self, sessions: Mutex::default(), topology: Mutex::default() }) };
+        client.refresh().await?;
+        Ok(client)
+    }
+}
+
+#[derive(Default)]
+struct Topology {
+    /// Every node known, by id.
+    nodes: Vec<NodeReport>,
+    /// Sorted (token, addr) of the preferred datacenter's live nodes.
+    tokens: Vec<(u64, String)>,
+}
+
+struct Inner {
+    config: ClientBuilder,
+    sessions: Mutex<HashMap<String, Arc<Session>>>,
+    topology: Mutex<Topology>,
+}
+
+/// A cluster client; cheap to clone, safe to share between tasks.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+impl Client {
+    /// Start configuring a client.
+    pub fn builder() -> ClientBuilder {
+        ClientBuilder::default()
+    }
+
+    async fn session(&self, addr: &str) -> Result<Arc<Session>, ClientError> {
+        if let Some(s) = self.inner.sessions.lock().get(addr).filter(|s| s.is_open()) {
+            return Ok(s.clone());
+        }
+        let fresh = Arc::new(Session::connect(addr, &self.inner.config.name, self.inner.config.connect_timeout).await?);
+        self.inner.sessions.lock().insert(addr.to_owned(), fresh.clone());
+        Ok(fresh)
+    }
+
+    /// Re-learn the cluster's nodes from any reachable node.
+    pub async fn refresh(&self) -> Result<(), ClientError> {
+        let mut candidates: Vec<String> = self.inner.topology.lock().nodes.iter().filter(|n| n.up).map(|n| n.addr.clone()).collect();
+        candidates.extend(self.inner.config.seeds.iter().cloned());
+        let mut last = ClientError::Connect { addr: String::new(), reason: "no node reachable".into() };
+        for addr in candidates {
+            let answer = match self.session(&addr).await {
+                Ok(s) => s.call(RequestBody::Status, self.inner.config.timeout).await,
+                Err(e) => Err(e),
+            };
+            match answer {
+                Ok(ResponseBody::Status { nodes }) => {
+                    self.set_topology(nodes);
+                    return Ok(());
+                }
+                Ok(other) => last = ClientError::Handshake { reason: format!("unexpected status answer {other:?}") },
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+
+    fn set_topology(&self, nodes: Vec<NodeReport>) {
+        let local = self.inner.config.local_dc.clone();
+        let preferred: Vec<&NodeReport> = nodes
+            .iter()
+            .filter(|n| n.up && n.status == "Normal" && local.as_ref().is_none_or(|dc| *dc == n.dc))
+            .collect();
+        let mut tokens: Vec<(u64, String)> = preferred
+            .iter()
+            .flat_map(|n| placement::tokens_for(&n.node_id, n.vnodes).into_iter().map(|t| (t, n.addr.clone())))
+            .collect();
+        tokens.sort();
+        *self.inner.topology.lock() = Topology { nodes, tokens };
+    }
+
+    /// Nodes to try for `key`, best first: the key's primary replica in
+    /// the preferred datacenter, then the other live preferred nodes, then
+    /// live nodes elsewhere, then the seeds.
+    fn route(&self, key: &[u8]) -> Vec<String> {
+        let topology = self.inner.topology.lock();
+        let mut out: Vec<String> = Vec::new();
+        let mut push = |addr: &String| {
+            if !out.contains(addr) {
+                out.push(addr.clone());
+            }
+        };
+        if let Some(addr) = placement::primary(&topology.tokens, key) {
+            push(addr);
+        }
+        topology.tokens.iter().for_each(|(_, a)| push(a));
+        topology.nodes.iter().filter(|n| n.up).for_each(|n| push(&n.addr));
+        self.inner.config.seeds.iter().for_each(&mut push);
+        out
+    }
+
+    /// Send `body` for `key`, retrying retryable failures on the next
+    /// node with backoff and jitter.
+    async fn call(&self, key: &[u8], body: RequestBody) -> Result<ResponseBody, ClientError> {
+        let route = self.route(key);
+        let attempts = self.inner.config.retries + 1;
+        let mut last = ClientError::Connect { addr: String::new(), reason: "no node known".into() };
+        for attempt in 0..attempts {
+            if attempt > 0 {
+                let cap = self.inner.config.backoff.saturating_mul(1 << attempt.min(10));
+                let sleep = rand::rng().random_range(Duration::ZERO..=cap);
+                tokio::time::sleep(sleep).await;
+            }
+            let Some(addr) = route.get(attempt as usize % route.len().max(1)) else { break };
+            let result = match self.session(addr).await {
+                Ok(s) => s.call(body.clone(), self.inner.config.timeout).await,
+                Err(e) => Err(e),
+            };
+            match result {
+                Ok(answer) => return Ok(answer),
+                Err(e) if e.is_retryable() => {
+                    if matches!(e, ClientError::Connect { .. } | ClientError::ConnectionClosed) {
+                        self.inner.sessions.lock().remove(addr);
+                        // Best effort: learn who is up before the next try.
+                        let _ = Box::pin(self.refresh()).await;
+                    }
+                    last = e;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last)
+    }
+
+    /// Read the live siblings of a key.
+    pub async fn get(&self, keyspace: &str, key: &[u8]) -> Result<Read, ClientError> {
+        let body = RequestBody::Get { keyspace: keyspace.into(), key: key.to_vec(), consistency: self.inner.config.consistency };
+        match self.call(key, body).await? {
+            ResponseBody::Value { siblings, context } => Ok(Read { siblings, context }),
+            other => Err(ClientError::Handshake { reason: format!("unexpected answer {other:?}") }),
+        }
+    }
+
+    /// Write `value` superseding what `context` saw.
+    pub async fn put(&self, keyspace: &str, key: &[u8], value: Vec<u8>, context: &Context) -> Result<(), ClientError> {
+        let body = RequestBody::Put {
+            keyspace: keyspace.into(),
+            key: key.to_vec(),
+            value,
+            context: context.clone(),
+            consistency: self.inner.config.consistency,
+            write_id: WriteId(rand::random()),
+        };
+        self.expect_written(key, body).await
+    }
+
+    /// Delete what `context` saw.
+    pub async fn delete(&self, keyspace: &str, key: &[u8], context: &Context) -> Result<(), ClientError> {
+        let body = RequestBody::Delete {
+            keyspace: keyspace.into(),
+            key: key.to_vec(),
+            context: context.clone(),
+            consistency: self.inner.config.consistency,
+            write_id: WriteId(rand::random()),
+        };
+        self.expect_written(key, body).await
+    }
+
+    /// Fetch the siblings, compute the new value (`None` deletes), and
+    /// store it over what was read.
+    pub async fn update(
+        &self,
+        keyspace: &str,
+        key: &[u8],
+        change: impl FnOnce(&[Sibling]) -> Option<Vec<u8>>,
+    ) -> Result<(), ClientError> {
+        let read = self.get(keyspace, key).await?;
+        match change(&read.siblings) {
+            Some(value) => self.put(keyspace, key, value, &read.context).await,
+            None => self.delete(keyspace, key, &read.context).await,
+        }
+    }
+
+    async fn expect_written(&self, key: &[u8], body: RequestBody) -> Result<(), ClientError> {
+        match self.call(key, body).await? {
+            ResponseBody::Written => Ok(()),
+            other => Err(ClientError::Handshake { reason: format!("unexpected answer {other:?}") }),
+        }
+    }
+}
