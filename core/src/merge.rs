@@ -173,7 +173,12 @@ mod tests {
     struct Failing;
 
     impl MergeHook for Failing {
-        fn merge(&self, ks: &str, _: &[u8], _: &VersionSet) -> Result<Option<Version>, MergeFailure> {
+        fn merge(
+            &self,
+            ks: &str,
+            _: &[u8],
+            _: &VersionSet,
+        ) -> Result<Option<Version>, MergeFailure> {
             Err(MergeFailure {
                 keyspace: ks.into(),
                 resolver: None,
@@ -184,7 +189,15 @@ mod tests {
     }
 
     fn siblings() -> VersionSet {
-        let dot = |a| Clock::from_parts([], [Dot { actor: Actor(a), counter: 1 }]);
+        let dot = |a| {
+            Clock::from_parts(
+                [],
+                [Dot {
+                    actor: Actor(a),
+                    counter: 1,
+                }],
+            )
+        };
         VersionSet::from_versions([
             Version::value(dot(1), b"a".to_vec(), 1, "dc1".into()),
             Version::value(dot(2), b"b".to_vec(), 2, "dc2".into()),
@@ -195,7 +208,10 @@ mod tests {
     fn merge_into_replaces_siblings_with_one_version_at_the_lub() {
         let mut set = siblings();
         let lub = set.lub();
-        assert_eq!(merge_into(&Concat, "ks", b"k", &mut set), Ok(Absorbed::Changed));
+        assert_eq!(
+            merge_into(&Concat, "ks", b"k", &mut set),
+            Ok(Absorbed::Changed)
+        );
         assert_eq!(set.len(), 1);
         assert_eq!(set.versions()[0].clock, lub);
         assert_eq!(set.versions()[0].value_bytes(), Some(&b"ab"[..]));
@@ -209,7 +225,10 @@ mod tests {
         let err = merge_into(&Failing, "ks", b"k", &mut set).unwrap_err();
         assert_eq!(err.class, FailureClass::Trap);
         assert_eq!(set, before);
-        assert_eq!(merge_into(&NoMerge, "ks", b"k", &mut set), Ok(Absorbed::Unchanged));
+        assert_eq!(
+            merge_into(&NoMerge, "ks", b"k", &mut set),
+            Ok(Absorbed::Unchanged)
+        );
         assert_eq!(set, before);
     }
 }

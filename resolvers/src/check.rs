@@ -212,17 +212,29 @@ impl fmt::Display for CheckReport {
             self.seed,
             self.cases,
             self.merges,
-            if self.sampled { "isthmus_sample" } else { "random bytes/corpus" },
+            if self.sampled {
+                "isthmus_sample"
+            } else {
+                "random bytes/corpus"
+            },
             self.rejected
         )?;
-        for law in [Law::Commutative, Law::Associative, Law::Idempotent, Law::Deterministic] {
+        for law in [
+            Law::Commutative,
+            Law::Associative,
+            Law::Idempotent,
+            Law::Deterministic,
+        ] {
             match self.violations.iter().find(|v| v.law == law) {
                 None => writeln!(f, "  {law}: ok")?,
                 Some(v) => writeln!(f, "  {law}: FAILED\n{v}")?,
             }
         }
         if self.cases <= self.rejected {
-            writeln!(f, "  no case ran: the resolver refused every generated set; pass a corpus of valid values")?;
+            writeln!(
+                f,
+                "  no case ran: the resolver refused every generated set; pass a corpus of valid values"
+            )?;
         }
         Ok(())
     }
@@ -260,7 +272,12 @@ impl Rng {
 }
 
 /// A violated law: which, how, expected and actual outcome.
-type Found = (Law, String, Result<Merged, ResolverError>, Result<Merged, ResolverError>);
+type Found = (
+    Law,
+    String,
+    Result<Merged, ResolverError>,
+    Result<Merged, ResolverError>,
+);
 
 struct Checker<'h> {
     host: &'h Host,
@@ -280,9 +297,9 @@ impl Checker<'_> {
         let mut dots: Vec<Dot> = of.iter().flat_map(|s| s.dots.iter().copied()).collect();
         dots.sort();
         dots.dedup();
-        let last = of.iter().max_by(|a, b| {
-            (a.timestamp_ms, &a.origin_dc).cmp(&(b.timestamp_ms, &b.origin_dc))
-        });
+        let last = of
+            .iter()
+            .max_by(|a, b| (a.timestamp_ms, &a.origin_dc).cmp(&(b.timestamp_ms, &b.origin_dc)));
         GenSibling {
             value: match result {
                 Merged::Value(v) => Some(v.clone()),
@@ -295,18 +312,18 @@ impl Checker<'_> {
     }
 
     /// Check every law on one set; `base` is its merge as given.
-    fn laws(
-        &mut self,
-        set: &[GenSibling],
-        base: &Merged,
-        skip: &[Law],
-    ) -> Vec<Found> {
+    fn laws(&mut self, set: &[GenSibling], base: &Merged, skip: &[Law]) -> Vec<Found> {
         let mut found = Vec::new();
         let same = |r: &Result<Merged, ResolverError>| matches!(r, Ok(m) if m == base);
         if !skip.contains(&Law::Deterministic) {
             let again = self.merge(set);
             if !same(&again) {
-                found.push((Law::Deterministic, "the same set merged twice in fresh stores".into(), Ok(base.clone()), again));
+                found.push((
+                    Law::Deterministic,
+                    "the same set merged twice in fresh stores".into(),
+                    Ok(base.clone()),
+                    again,
+                ));
             }
         }
         if !skip.contains(&Law::Commutative) {
@@ -315,31 +332,65 @@ impl Checker<'_> {
                 let r = self.merge(&permuted);
                 if !same(&r) {
                     let order: Vec<String> = perm.iter().map(|i| format!("s{i}")).collect();
-                    found.push((Law::Commutative, format!("order [{}] differs from the order given", order.join(", ")), Ok(base.clone()), r));
+                    found.push((
+                        Law::Commutative,
+                        format!("order [{}] differs from the order given", order.join(", ")),
+                        Ok(base.clone()),
+                        r,
+                    ));
                     break;
                 }
             }
         }
         if !skip.contains(&Law::Associative) && set.len() >= 3 {
             'groups: for mask in 1u32..(1 << set.len()) - 1 {
-                let group: Vec<GenSibling> = (0..set.len()).filter(|i| mask & (1 << i) != 0).map(|i| set[i].clone()).collect();
+                let group: Vec<GenSibling> = (0..set.len())
+                    .filter(|i| mask & (1 << i) != 0)
+                    .map(|i| set[i].clone())
+                    .collect();
                 if group.len() < 2 {
                     continue;
                 }
                 let inner = self.merge(&group);
-                let names: Vec<String> = (0..set.len()).map(|i| if mask & (1 << i) != 0 { format!("s{i}") } else { String::new() }).filter(|s| !s.is_empty()).collect();
+                let names: Vec<String> = (0..set.len())
+                    .map(|i| {
+                        if mask & (1 << i) != 0 {
+                            format!("s{i}")
+                        } else {
+                            String::new()
+                        }
+                    })
+                    .filter(|s| !s.is_empty())
+                    .collect();
                 let inner = match inner {
                     Ok(m) => m,
                     Err(e) => {
-                        found.push((Law::Associative, format!("merging the group ({}) alone failed", names.join(", ")), Ok(base.clone()), Err(e)));
+                        found.push((
+                            Law::Associative,
+                            format!("merging the group ({}) alone failed", names.join(", ")),
+                            Ok(base.clone()),
+                            Err(e),
+                        ));
                         break 'groups;
                     }
                 };
                 let mut outer = vec![Self::merged_sibling(&group, &inner)];
-                outer.extend((0..set.len()).filter(|i| mask & (1 << i) == 0).map(|i| set[i].clone()));
+                outer.extend(
+                    (0..set.len())
+                        .filter(|i| mask & (1 << i) == 0)
+                        .map(|i| set[i].clone()),
+                );
                 let r = self.merge(&outer);
                 if !same(&r) {
-                    found.push((Law::Associative, format!("merge(merge({}), rest) differs from merging all at once", names.join(", ")), Ok(base.clone()), r));
+                    found.push((
+                        Law::Associative,
+                        format!(
+                            "merge(merge({}), rest) differs from merging all at once",
+                            names.join(", ")
+                        ),
+                        Ok(base.clone()),
+                        r,
+                    ));
                     break;
                 }
             }
@@ -347,14 +398,22 @@ impl Checker<'_> {
         if !skip.contains(&Law::Idempotent) {
             for (i, s) in set.iter().enumerate() {
                 let mut twin = s.clone();
-                twin.dots = vec![Dot { actor: 1000 + i as u64, counter: 1 }];
+                twin.dots = vec![Dot {
+                    actor: 1000 + i as u64,
+                    counter: 1,
+                }];
                 let r = self.merge(&[s.clone(), twin]);
                 let expect = match &s.value {
                     Some(v) => Merged::Value(v.clone()),
                     None => Merged::Delete,
                 };
                 if !matches!(&r, Ok(m) if *m == expect) {
-                    found.push((Law::Idempotent, format!("merging s{i} with a copy of itself does not give s{i} back"), Ok(expect), r));
+                    found.push((
+                        Law::Idempotent,
+                        format!("merging s{i} with a copy of itself does not give s{i} back"),
+                        Ok(expect),
+                        r,
+                    ));
                     return found;
                 }
             }
@@ -362,7 +421,12 @@ impl Checker<'_> {
             with_merge.extend(set.iter().cloned());
             let r = self.merge(&with_merge);
             if !same(&r) {
-                found.push((Law::Idempotent, "merging the merged value with the set it came from changes it".into(), Ok(base.clone()), r));
+                found.push((
+                    Law::Idempotent,
+                    "merging the merged value with the set it came from changes it".into(),
+                    Ok(base.clone()),
+                    r,
+                ));
             }
         }
         found
@@ -391,7 +455,11 @@ fn permutations(n: usize) -> Vec<Vec<usize>> {
 }
 
 /// Run the laws on `resolver` inside `host`.
-pub fn check(host: &Host, resolver: &Resolver, options: &CheckOptions) -> Result<CheckReport, CheckError> {
+pub fn check(
+    host: &Host,
+    resolver: &Resolver,
+    options: &CheckOptions,
+) -> Result<CheckReport, CheckError> {
     let seed = options.seed.unwrap_or(0);
     let mut rng = Rng(seed);
     // A pool of values: samples (or random bytes) plus the corpus.
@@ -417,16 +485,27 @@ pub fn check(host: &Host, resolver: &Resolver, options: &CheckOptions) -> Result
         rejected: 0,
         violations: Vec::new(),
     };
-    let mut checker = Checker { host, resolver, merges: 0 };
+    let mut checker = Checker {
+        host,
+        resolver,
+        merges: 0,
+    };
     let dcs = ["dc1", "dc2"];
     for n in 2..=options.siblings_max.max(3) {
         for _ in 0..options.cases_per_size {
             let set: Vec<GenSibling> = (0..n)
                 .map(|i| GenSibling {
-                    value: if rng.below(8) == 0 { None } else { Some(pool[rng.below(pool.len() as u64) as usize].clone()) },
+                    value: if rng.below(8) == 0 {
+                        None
+                    } else {
+                        Some(pool[rng.below(pool.len() as u64) as usize].clone())
+                    },
                     timestamp_ms: 1000 + rng.below(4),
                     origin_dc: dcs[rng.below(2) as usize].into(),
-                    dots: vec![Dot { actor: i as u64 + 1, counter: 1 + rng.below(3) }],
+                    dots: vec![Dot {
+                        actor: i as u64 + 1,
+                        counter: 1 + rng.below(3),
+                    }],
                 })
                 .collect();
             report.cases += 1;
@@ -439,7 +518,11 @@ pub fn check(host: &Host, resolver: &Resolver, options: &CheckOptions) -> Result
                 Err(e) => {
                     // A trap or resource failure on a plain set violates
                     // every law at once; report it once, as determinism.
-                    if !report.violations.iter().any(|v| v.law == Law::Deterministic) {
+                    if !report
+                        .violations
+                        .iter()
+                        .any(|v| v.law == Law::Deterministic)
+                    {
                         report.violations.push(Violation {
                             law: Law::Deterministic,
                             siblings: set.clone(),
@@ -453,7 +536,13 @@ pub fn check(host: &Host, resolver: &Resolver, options: &CheckOptions) -> Result
             };
             let skip: Vec<Law> = report.violations.iter().map(|v| v.law).collect();
             for (law, how, expected, got) in checker.laws(&set, &base, &skip) {
-                report.violations.push(Violation { law, siblings: set.clone(), how, expected, got });
+                report.violations.push(Violation {
+                    law,
+                    siblings: set.clone(),
+                    how,
+                    expected,
+                    got,
+                });
             }
         }
     }

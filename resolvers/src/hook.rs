@@ -67,7 +67,10 @@ impl MergeHook for WasmMergeHook {
                         failure(
                             Some(hash),
                             FailureClass::Missing,
-                            format!("module of {}@{} is not stored", current.name, current.version),
+                            format!(
+                                "module of {}@{} is not stored",
+                                current.name, current.version
+                            ),
                         )
                     })?;
                 self.host

@@ -300,12 +300,7 @@ impl Host {
             tracing::warn!(hash = %hex(&hash), error = %e, "resolver module rejected");
         }
         let resolver = Arc::new(result?);
-        Ok(self
-            .modules
-            .write()
-            .entry(hash)
-            .or_insert(resolver)
-            .clone())
+        Ok(self.modules.write().entry(hash).or_insert(resolver).clone())
     }
 
     fn load_uncached(
@@ -334,12 +329,20 @@ impl Host {
         }
         use ValType::{I32, I64};
         let func = |params: &[ValType], results: &[ValType]| {
-            FuncType::new(&self.engine, params.iter().cloned(), results.iter().cloned())
+            FuncType::new(
+                &self.engine,
+                params.iter().cloned(),
+                results.iter().cloned(),
+            )
         };
         let required = [
             (export::ABI_VERSION, func(&[], &[I32]), "() -> i32"),
             (export::ALLOC, func(&[I32], &[I32]), "(i32) -> i32"),
-            (export::MERGE, func(&[I32, I32], &[I64]), "(i32, i32) -> i64"),
+            (
+                export::MERGE,
+                func(&[I32, I32], &[I64]),
+                "(i32, i32) -> i64",
+            ),
         ];
         for (name, ty, shown) in &required {
             let ok = match module.get_export(name) {
@@ -353,7 +356,10 @@ impl Host {
                 });
             }
         }
-        if !matches!(module.get_export(export::MEMORY), Some(ExternType::Memory(_))) {
+        if !matches!(
+            module.get_export(export::MEMORY),
+            Some(ExternType::Memory(_))
+        ) {
             return Err(ResolverError::MissingExport {
                 name: export::MEMORY.into(),
                 expected: "memory".into(),
@@ -379,12 +385,12 @@ impl Host {
                     expected: "an export".into(),
                 })
         };
-        let pre = self
-            .linker
-            .instantiate_pre(&module)
-            .map_err(|e| ResolverError::InvalidModule {
-                reason: format!("cannot prepare instantiation: {e}"),
-            })?;
+        let pre =
+            self.linker
+                .instantiate_pre(&module)
+                .map_err(|e| ResolverError::InvalidModule {
+                    reason: format!("cannot prepare instantiation: {e}"),
+                })?;
         let resolver = Resolver {
             hash,
             memory: index(export::MEMORY)?,

@@ -297,11 +297,10 @@ impl Registry {
         if options.seed.is_none() {
             options.seed = Some(u64::from_le_bytes(hash[..8].try_into().unwrap_or([0; 8])));
         }
-        let report = check::check(host, &resolver, &options).map_err(|e| {
-            RegistryError::CheckFailed {
+        let report =
+            check::check(host, &resolver, &options).map_err(|e| RegistryError::CheckFailed {
                 reason: e.to_string(),
-            }
-        })?;
+            })?;
         let violations: Vec<String> = report.violations.iter().map(|v| v.to_string()).collect();
         let law_check = if report.passed() {
             LawCheck::Passed { seed: report.seed }
@@ -335,10 +334,7 @@ impl Registry {
     /// One resolver version.
     pub fn get(&self, name: &str, version: u32) -> Result<Option<ResolverRecord>, RegistryError> {
         let key = resolver_key(name, version);
-        self.store
-            .get(&key)?
-            .map(|b| decode(&key, &b))
-            .transpose()
+        self.store.get(&key)?.map(|b| decode(&key, &b)).transpose()
     }
 
     /// Every registered version, by name then version.
@@ -358,10 +354,7 @@ impl Registry {
     /// The keyspace's binding, if it ever had one.
     pub fn binding(&self, keyspace: &str) -> Result<Option<Binding>, RegistryError> {
         let key = binding_key(keyspace);
-        self.store
-            .get(&key)?
-            .map(|b| decode(&key, &b))
-            .transpose()
+        self.store.get(&key)?.map(|b| decode(&key, &b)).transpose()
     }
 
     /// Every keyspace binding.
@@ -375,7 +368,12 @@ impl Registry {
 
     /// Bind `keyspace` to `name@version` (which must be registered); the
     /// previous binding goes on the history.
-    pub fn attach(&self, keyspace: &str, name: &str, version: u32) -> Result<Binding, RegistryError> {
+    pub fn attach(
+        &self,
+        keyspace: &str,
+        name: &str,
+        version: u32,
+    ) -> Result<Binding, RegistryError> {
         let record = self
             .get(name, version)?
             .ok_or_else(|| RegistryError::UnknownResolver {

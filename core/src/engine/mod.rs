@@ -85,10 +85,10 @@ pub enum FsyncPolicy {
     /// Acknowledge only after the log record is fsynced. Concurrent
     /// writers share fsyncs (group commit).
     Always,
-    /// Acknowledge after the record is in the log buffer; a background
-    /// thread writes and fsyncs the log every interval, so a power loss
-    /// loses at most about one interval of writes (a process crash that
-    /// leaves the OS running loses only what was still buffered).
+    /// Acknowledge once the record is handed to the OS (write(2), shared
+    /// by concurrent writers: group commit); a background thread fsyncs
+    /// the log every interval. A process crash loses no acknowledged
+    /// write; a power loss loses at most about one interval of them.
     Interval(Duration),
 }
 
@@ -703,8 +703,9 @@ impl<F: Fs> Shared<F> {
     }
 
     fn commit(&self, lsn: u64) -> Result<(), EngineError> {
-        if self.options.fsync == FsyncPolicy::Always {
-            self.log.sync_to(lsn)?;
+        match self.options.fsync {
+            FsyncPolicy::Always => self.log.sync_to(lsn)?,
+            FsyncPolicy::Interval(_) => self.log.write_to(lsn)?,
         }
         if self.mem.read().active.approx_bytes() >= self.options.limits.memtable_bytes_max {
             self.rotate(false)?;

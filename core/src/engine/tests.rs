@@ -211,6 +211,24 @@ fn interval_policy_keeps_writes_before_the_last_sync() {
 }
 
 #[test]
+fn interval_policy_hands_each_write_to_the_os_before_acknowledging() {
+    let fs = MemFs::new();
+    let opts = EngineOptions {
+        fsync: FsyncPolicy::Interval(Duration::from_secs(3600)),
+        ..small_options()
+    };
+    let engine = Engine::open_with_fs(fs.clone(), dir(), opts).unwrap();
+    engine.apply(b"a", v(1, 1, b"x", 1)).unwrap();
+    engine.apply_batch([(b"b", v(1, 2, b"y", 2))]).unwrap();
+    // No fsync yet, but the file (what a process crash leaves) has both.
+    let segment = log::segment_path(dir(), engine.shared.log.segment());
+    let bytes = fs.read_all(&segment).unwrap();
+    let mut keys = Vec::new();
+    log::decode_segment(&bytes, &segment, true, |k, _| keys.push(k)).unwrap();
+    assert_eq!(keys, vec![b"a".to_vec(), b"b".to_vec()]);
+}
+
+#[test]
 fn failed_fsync_poisons_the_engine() {
     let fs = MemFs::new();
     let engine = Engine::open_with_fs(fs.clone(), dir(), small_options()).unwrap();

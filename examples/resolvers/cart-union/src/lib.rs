@@ -125,7 +125,10 @@ mod tests {
         let x: &[u8] = br#"{"z":1,"a":2}"#;
         let y: &[u8] = br#"{"m":3}"#;
         assert_eq!(m(&[x, y]), m(&[y, x]));
-        assert_eq!(m(&[x, y]), Merged::Value(br#"{"a":2,"m":3,"z":1}"#.to_vec()));
+        assert_eq!(
+            m(&[x, y]),
+            Merged::Value(br#"{"a":2,"m":3,"z":1}"#.to_vec())
+        );
     }
 
     #[test]

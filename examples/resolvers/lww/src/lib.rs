@@ -66,7 +66,10 @@ mod tests {
     fn ties_are_broken_by_bytes_in_any_order() {
         let x = Sibling::of_value(b"x", 5);
         let y = Sibling::of_value(b"y", 5);
-        assert_eq!(merge(b"k", &[x.clone(), y.clone()]).unwrap(), Merged::Value(b"y".to_vec()));
+        assert_eq!(
+            merge(b"k", &[x.clone(), y.clone()]).unwrap(),
+            Merged::Value(b"y".to_vec())
+        );
         assert_eq!(merge(b"k", &[y, x]).unwrap(), Merged::Value(b"y".to_vec()));
     }
 

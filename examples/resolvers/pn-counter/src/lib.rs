@@ -55,9 +55,8 @@ pub struct Counter {
 impl Counter {
     /// Parse a counter.
     pub fn parse(bytes: &[u8]) -> Result<Counter, MergeError> {
-        serde_json::from_slice(bytes).map_err(|e| {
-            MergeError::new(ERR_NOT_A_COUNTER, alloc::format!("not a counter: {e}"))
-        })
+        serde_json::from_slice(bytes)
+            .map_err(|e| MergeError::new(ERR_NOT_A_COUNTER, alloc::format!("not a counter: {e}")))
     }
 
     /// Encode canonically (compact JSON, sorted keys).
@@ -120,7 +119,11 @@ pub fn sample(seed: u64) -> Vec<u8> {
             s ^= s << 17;
             if s % 3 != 0 {
                 let by = s % 10;
-                if inc { c.increment(actor, by) } else { c.decrement(actor, by) }
+                if inc {
+                    c.increment(actor, by)
+                } else {
+                    c.decrement(actor, by)
+                }
             }
         }
     }
@@ -165,7 +168,10 @@ mod tests {
 
     #[test]
     fn tombstones_are_zero_and_garbage_is_refused() {
-        assert_eq!(merge(b"k", &[Sibling::of_tombstone(1)]).unwrap(), Merged::Delete);
+        assert_eq!(
+            merge(b"k", &[Sibling::of_tombstone(1)]).unwrap(),
+            Merged::Delete
+        );
         let err = merge(b"k", &[Sibling::of_value(b"7", 1)]).unwrap_err();
         assert_eq!(err.code, ERR_NOT_A_COUNTER);
     }

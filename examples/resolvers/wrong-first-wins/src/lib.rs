@@ -45,7 +45,10 @@ mod tests {
     fn it_really_is_order_dependent() {
         let a = Sibling::of_value(b"a", 1);
         let b = Sibling::of_value(b"b", 2);
-        assert_eq!(merge(b"k", &[a.clone(), b.clone()]).unwrap(), Merged::Value(b"a".to_vec()));
+        assert_eq!(
+            merge(b"k", &[a.clone(), b.clone()]).unwrap(),
+            Merged::Value(b"a".to_vec())
+        );
         assert_eq!(merge(b"k", &[b, a]).unwrap(), Merged::Value(b"b".to_vec()));
     }
 }
