@@ -45,6 +45,7 @@
 //!
 //! Lock order: `sync_lock`, then `write_lock`, then `inner`.
 
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -113,6 +114,25 @@ pub(crate) fn encode_batch<'a>(
             buf[len_at + i] = b;
         }
     }
+}
+
+/// Encode a batch of one entry; returns where the version's encoding lies
+/// in `buf` (the memtable keeps those bytes instead of encoding again).
+pub(crate) fn encode_one(buf: &mut Vec<u8>, key: &[u8], version: &Version) -> Range<usize> {
+    let at = buf.len();
+    encode_batch(buf, std::iter::once((key, version)));
+    // Count (1), key length, key, the fixed 5-byte version length, version.
+    let start = at + 1 + varint_len(key.len() as u64) + key.len() + 5;
+    start..buf.len()
+}
+
+fn varint_len(mut v: u64) -> usize {
+    let mut n = 1;
+    while v >= 0x80 {
+        v >>= 7;
+        n += 1;
+    }
+    n
 }
 
 /// Frame a record payload with its length and checksum.
@@ -472,6 +492,16 @@ mod tests {
             frame_record(&mut out, &p);
         }
         out
+    }
+
+    #[test]
+    fn encode_one_points_at_the_version_encoding() {
+        for key_len in [0usize, 1, 127, 128, 300] {
+            let key = vec![b'k'; key_len];
+            let mut buf = vec![9u8; 3];
+            let at = encode_one(&mut buf, &key, &v(5));
+            assert_eq!(&buf[at], v(5).encode().as_slice());
+        }
     }
 
     #[test]

@@ -415,12 +415,13 @@ impl<F: Fs> Engine<F> {
         let lsn = ENCODE_BUF.with(|buf| -> Result<u64, EngineError> {
             let mut buf = buf.borrow_mut();
             buf.clear();
-            log::encode_batch(&mut buf, std::iter::once((key, &version)));
+            let encoded = log::encode_one(&mut buf, key, &version);
             let _gate = s.gate.read();
             let mem = s.mem.read().active.clone();
             mem.absorb_with(
                 key,
                 version,
+                &buf[encoded],
                 |set, v| s.check_set_siblings(set, v),
                 || {
                     let lsn = s.log.append(&buf)?;
@@ -809,7 +810,7 @@ impl<F: Fs> Shared<F> {
             let mut err = None;
             mem.for_each(|k, set| {
                 if err.is_none()
-                    && let Err(e) = w.add(k, &set.encode())
+                    && let Err(e) = w.add(k, set)
                 {
                     err = Some(e);
                 }
