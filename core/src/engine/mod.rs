@@ -786,7 +786,7 @@ impl<F: Fs> Shared<F> {
             }
             if let Err(e) = self.flush_memtable(&next) {
                 let e = self.poison(e);
-                eprintln!("isthmus engine: flush failed, engine poisoned: {e}");
+                tracing::error!(error = %e, dir = %self.dir.display(), "engine flush failed; engine poisoned");
                 return;
             }
             let _sig = self.signals.lock();
@@ -887,7 +887,7 @@ impl<F: Fs> Shared<F> {
                 return;
             }
             if let Err(e) = self.log.sync_to(self.log.appended()) {
-                eprintln!("isthmus engine: log sync failed, engine poisoned: {e}");
+                tracing::error!(error = %e, dir = %self.dir.display(), "engine log sync failed; engine poisoned");
                 return;
             }
         }
@@ -912,7 +912,7 @@ impl<F: Fs> Shared<F> {
             let budget = Some(self.options.compaction_bytes_per_s).filter(|&b| b > 0);
             if let Err(e) = self.compact(false, budget) {
                 let e = self.poison(e);
-                eprintln!("isthmus engine: compaction failed, engine poisoned: {e}");
+                tracing::error!(error = %e, dir = %self.dir.display(), "engine compaction failed; engine poisoned");
                 return;
             }
         }
