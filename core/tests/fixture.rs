@@ -44,8 +44,11 @@ fn version(actor: u64, counter: u64, value: &str) -> Version {
     )
 }
 
-/// (key, versions it holds as (actor, counter, value)), as written.
-fn expected() -> Vec<(String, Vec<(u64, u64, String)>)> {
+/// One version as (actor, counter, value).
+type Written = (u64, u64, String);
+
+/// (key, versions it holds), as written.
+fn expected() -> Vec<(String, Vec<Written>)> {
     let mut out = Vec::new();
     for i in 0..50u64 {
         out.push((
@@ -117,7 +120,7 @@ fn fixture_from_an_earlier_build_opens_and_reads() {
     let engine = Engine::open(tmp.path(), options()).expect("open the fixture");
     for (k, want) in expected() {
         let set = engine.get(k.as_bytes()).expect("get");
-        let mut got: Vec<(u64, u64, String)> = set
+        let mut got: Vec<Written> = set
             .versions()
             .iter()
             .map(|v| {
