@@ -11,10 +11,11 @@
 //!   a `Version` (clock with one dot, timestamp, origin DC), so it writes
 //!   about 20 more bytes per entry than fjall; building that `Version` is
 //!   counted in its time.
-//! - fill-random: Isthmus `FsyncPolicy::Interval(1s)` (records buffered in
-//!   user space, up to 1 MiB, written and fsynced every second); fjall
-//!   defaults (each write handed to the OS, no fsync). Neither fsyncs per
-//!   write. Timed from the first write to the last acknowledgement.
+//! - fill-random: Isthmus `FsyncPolicy::Interval(1s)` (each write handed
+//!   to the OS with write(2) before it is acknowledged, fsync every
+//!   second); fjall defaults (each write handed to the OS, no fsync). So
+//!   both survive a process crash and neither fsyncs per write. Timed from
+//!   the first write to the last acknowledgement.
 //! - both engines get a 256 MiB block cache; other settings are defaults
 //!   (64 MiB memtables for Isthmus).
 //! - read-random: after the fill, memtables flushed and compaction

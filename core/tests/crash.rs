@@ -1,7 +1,10 @@
-//! Process-crash test: a child process writes with `FsyncPolicy::Always`
-//! from several threads and prints every acknowledged key; the parent
-//! SIGKILLs it at seeded random moments, reopens the store, and requires
-//! every acknowledged key to be there.
+//! Process-crash test: a child process writes from several threads and
+//! prints every acknowledged key; the parent SIGKILLs it at seeded random
+//! moments, reopens the store, and requires every acknowledged key to be
+//! there. It runs once with `FsyncPolicy::Always` and once with
+//! `FsyncPolicy::Interval`: SIGKILL is a process crash, not a power loss,
+//! so even a write acknowledged before any fsync must survive it (the OS
+//! still has it).
 //!
 //! The child is this same test binary, re-executed with
 //! `ISTHMUS_CRASH_CHILD=<dir>` to run only `crash_child_writer`.
@@ -19,10 +22,12 @@ use rand::{Rng, SeedableRng};
 
 const CHILD_ENV: &str = "ISTHMUS_CRASH_CHILD";
 const ROUND_ENV: &str = "ISTHMUS_CRASH_ROUND";
+/// "always" or "interval": the child's fsync policy.
+const POLICY_ENV: &str = "ISTHMUS_CRASH_POLICY";
 const THREADS: u64 = 4;
 const SEED: u64 = 0x15_7405_c4a5;
 
-fn options() -> EngineOptions {
+fn options(policy: &str) -> EngineOptions {
     EngineOptions {
         limits: Limits {
             // Small memtables so that kills also land in flushes and
@@ -30,7 +35,11 @@ fn options() -> EngineOptions {
             memtable_bytes_max: 64 * 1024,
             ..Limits::default()
         },
-        fsync: FsyncPolicy::Always,
+        fsync: match policy {
+            // Never fsynced by the interval thread during a round.
+            "interval" => FsyncPolicy::Interval(Duration::from_secs(3600)),
+            _ => FsyncPolicy::Always,
+        },
         l0_compaction_trigger: 3,
         compaction_bytes_per_s: 0,
         ..EngineOptions::default()
@@ -56,7 +65,8 @@ fn crash_child_writer() {
         .ok()
         .and_then(|r| r.parse().ok())
         .unwrap_or(0);
-    let engine = Arc::new(Engine::open(Path::new(&dir), options()).expect("child open"));
+    let policy = std::env::var(POLICY_ENV).unwrap_or_default();
+    let engine = Arc::new(Engine::open(Path::new(&dir), options(&policy)).expect("child open"));
     let threads: Vec<_> = (0..THREADS)
         .map(|t| {
             let e = engine.clone();
@@ -82,10 +92,22 @@ fn crash_rounds_lose_no_acknowledged_write() {
     if std::env::var(CHILD_ENV).is_ok() {
         return;
     }
+    crash_rounds("always", 24);
+}
+
+#[test]
+fn crash_rounds_lose_no_acknowledged_write_with_interval_fsync() {
+    if std::env::var(CHILD_ENV).is_ok() {
+        return;
+    }
+    crash_rounds("interval", 12);
+}
+
+fn crash_rounds(policy: &str, default_rounds: u64) {
     let rounds: u64 = std::env::var("ISTHMUS_CRASH_ROUNDS")
         .ok()
         .and_then(|r| r.parse().ok())
-        .unwrap_or(24);
+        .unwrap_or(default_rounds);
     let dir = tempfile::tempdir().expect("tempdir");
     let exe = std::env::current_exe().expect("current exe");
     let mut rng = rand::rngs::StdRng::seed_from_u64(SEED);
@@ -101,6 +123,7 @@ fn crash_rounds_lose_no_acknowledged_write() {
             ])
             .env(CHILD_ENV, dir.path())
             .env(ROUND_ENV, round.to_string())
+            .env(POLICY_ENV, policy)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -133,7 +156,7 @@ fn crash_rounds_lose_no_acknowledged_write() {
         let _ = child.wait();
         let round_keys = reader.join().expect("reader thread");
         acked.extend(round_keys);
-        let engine = Engine::open(dir.path(), options())
+        let engine = Engine::open(dir.path(), options(policy))
             .unwrap_or_else(|e| panic!("reopen after round {round} (seed {SEED:#x}): {e}"));
         for k in &acked {
             let set = engine.get(k.as_bytes()).expect("get");
@@ -144,10 +167,16 @@ fn crash_rounds_lose_no_acknowledged_write() {
         }
         engine.close().expect("close");
     }
-    println!("crash: rounds={rounds} acked={} lost={lost}", acked.len());
+    println!(
+        "crash {policy}: rounds={rounds} acked={} lost={lost}",
+        acked.len()
+    );
     assert!(
         acked.len() as u64 > rounds,
         "the child acknowledged too little to test"
     );
-    assert_eq!(lost, 0, "acknowledged writes lost (seed {SEED:#x})");
+    assert_eq!(
+        lost, 0,
+        "acknowledged writes lost ({policy}, seed {SEED:#x})"
+    );
 }

@@ -55,12 +55,24 @@ impl BlockBuilder {
     }
 }
 
+/// Where one entry's key and value lie in a decoded block.
+#[derive(Debug, Clone, Copy)]
+struct Span {
+    key_start: u32,
+    key_end: u32,
+    value_start: u32,
+    value_end: u32,
+}
+
 /// A decoded (decompressed, verified) block.
+///
+/// Entry positions are resolved once at decode, so a cached block is
+/// searched with plain slice comparisons (no varint parsing per probe):
+/// the block cache holds decoded blocks, and a get only binary-searches.
 #[derive(Debug)]
 pub struct Block {
     data: Vec<u8>,
-    /// Start of each entry in `data`.
-    offsets: Vec<u32>,
+    spans: Vec<Span>,
 }
 
 impl Block {
@@ -92,50 +104,59 @@ impl Block {
         if data.len() > u32::MAX as usize {
             return Err("block too large");
         }
-        let mut offsets = Vec::new();
+        let mut spans = Vec::new();
         let mut r = Reader::new(&data);
         let mut prev: Option<&[u8]> = None;
         while !r.is_empty() {
-            offsets.push(r.pos() as u32);
             let key = r.slice()?;
-            r.slice()?;
+            let key_end = r.pos();
+            let key_start = key_end - key.len();
+            let value = r.slice()?;
+            let value_end = r.pos();
             if prev.is_some_and(|p| p >= key) {
                 return Err("block keys out of order");
             }
             prev = Some(key);
+            spans.push(Span {
+                key_start: key_start as u32,
+                key_end: key_end as u32,
+                value_start: (value_end - value.len()) as u32,
+                value_end: value_end as u32,
+            });
         }
-        if offsets.is_empty() {
+        if spans.is_empty() {
             return Err("empty block");
         }
-        Ok(Block { data, offsets })
+        Ok(Block { data, spans })
     }
 
     /// Number of entries.
     pub fn len(&self) -> usize {
-        self.offsets.len()
+        self.spans.len()
     }
 
     /// Never true for a decoded block (empty blocks are rejected).
     pub fn is_empty(&self) -> bool {
-        self.offsets.is_empty()
+        self.spans.is_empty()
     }
 
-    /// Entry `i` as (key, value). Offsets were validated at decode.
+    /// Entry `i` as (key, value). Spans were validated at decode.
     pub fn entry(&self, i: usize) -> (&[u8], &[u8]) {
-        let mut r = Reader::new(&self.data[self.offsets[i] as usize..]);
-        let key = r.slice().unwrap_or_default();
-        let value = r.slice().unwrap_or_default();
-        (key, value)
+        let s = self.spans[i];
+        (
+            &self.data[s.key_start as usize..s.key_end as usize],
+            &self.data[s.value_start as usize..s.value_end as usize],
+        )
     }
 
     fn key(&self, i: usize) -> &[u8] {
-        let mut r = Reader::new(&self.data[self.offsets[i] as usize..]);
-        r.slice().unwrap_or_default()
+        let s = self.spans[i];
+        &self.data[s.key_start as usize..s.key_end as usize]
     }
 
     /// Index of the first entry whose key is `>= key`.
     pub fn seek(&self, key: &[u8]) -> usize {
-        let (mut lo, mut hi) = (0, self.offsets.len());
+        let (mut lo, mut hi) = (0, self.spans.len());
         while lo < hi {
             let mid = (lo + hi) / 2;
             if self.key(mid) < key {
@@ -161,7 +182,7 @@ impl Block {
 
     /// Bytes held in memory (for the block cache's weigher).
     pub fn mem_bytes(&self) -> usize {
-        self.data.len() + self.offsets.len() * 4 + 64
+        self.data.len() + self.spans.len() * std::mem::size_of::<Span>() + 64
     }
 }
 

@@ -29,12 +29,23 @@
 //! # Group commit
 //!
 //! Writers append records to a shared in-memory buffer under a short lock
-//! and receive a log sequence number (LSN, bytes appended so far). With
-//! `FsyncPolicy::Always` each then calls [`Log::sync_to`]: one writer
-//! becomes the leader, writes the whole buffer and fsyncs once, covering
-//! every writer that appended before it; the others find their LSN already
-//! durable. So N concurrent writers share one fsync.
+//! and receive a log sequence number (LSN, bytes appended so far). Before a
+//! write is acknowledged it is at least handed to the OS
+//! ([`Log::write_to`]): one waiting writer becomes the leader, takes the
+//! whole buffer and writes it with one write(2), covering every writer that
+//! appended before it; the others find their LSN already written. So a
+//! process crash (the OS keeps running) never loses an acknowledged write,
+//! under either fsync policy, and concurrent writers share syscalls.
+//!
+//! With `FsyncPolicy::Always` writers call [`Log::sync_to`] instead, which
+//! does the same and then fsyncs once for the group, so N concurrent
+//! writers share one fsync. With `FsyncPolicy::Interval` a background
+//! thread calls it every interval; a power loss can lose up to about one
+//! interval of acknowledged writes.
+//!
+//! Lock order: `sync_lock`, then `write_lock`, then `inner`.
 
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -53,9 +64,9 @@ pub const LOG_MAGIC: u32 = 0x474c_5349;
 /// Size of the segment header.
 pub const SEGMENT_HEADER_BYTES: usize = 16;
 const RECORD_HEADER_BYTES: usize = 8;
-/// Buffered bytes that force a write to the OS even without a sync, so
-/// that the buffer stays bounded under `FsyncPolicy::Interval`.
-const BUFFER_BYTES_MAX: usize = 1 << 20;
+/// Capacity kept by the append buffers between writes (larger groups
+/// reallocate once, then shrink back to this).
+const BUFFER_BYTES_KEEP: usize = 1 << 20;
 
 /// File name of segment `id`.
 pub(crate) fn segment_path(dir: &Path, id: u64) -> PathBuf {
@@ -103,6 +114,25 @@ pub(crate) fn encode_batch<'a>(
             buf[len_at + i] = b;
         }
     }
+}
+
+/// Encode a batch of one entry; returns where the version's encoding lies
+/// in `buf` (the memtable keeps those bytes instead of encoding again).
+pub(crate) fn encode_one(buf: &mut Vec<u8>, key: &[u8], version: &Version) -> Range<usize> {
+    let at = buf.len();
+    encode_batch(buf, std::iter::once((key, version)));
+    // Count (1), key length, key, the fixed 5-byte version length, version.
+    let start = at + 1 + varint_len(key.len() as u64) + key.len() + 5;
+    start..buf.len()
+}
+
+fn varint_len(mut v: u64) -> usize {
+    let mut n = 1;
+    while v >= 0x80 {
+        v >>= 7;
+        n += 1;
+    }
+    n
 }
 
 /// Frame a record payload with its length and checksum.
@@ -243,6 +273,7 @@ struct Inner<F: Fs> {
     file: Arc<F::File>,
     path: PathBuf,
     segment: u64,
+    /// Records appended but not yet handed to the OS.
     buf: Vec<u8>,
     /// LSN of the last byte appended (to the buffer or the file).
     appended: u64,
@@ -255,6 +286,14 @@ pub(crate) struct Log<F: Fs> {
     inner: Mutex<Inner<F>>,
     /// Serialises fsyncs: the holder is the group-commit leader.
     sync_lock: Mutex<()>,
+    /// Serialises write(2)s of the buffer: the holder is the leader of a
+    /// write group. Holds the spare buffer swapped with `Inner::buf`, so a
+    /// group's bytes are written outside the append lock without
+    /// allocating.
+    write_lock: Mutex<Vec<u8>>,
+    /// LSN handed to the OS.
+    written: AtomicU64,
+    /// LSN made durable.
     synced: AtomicU64,
     poisoned: Arc<AtomicBool>,
     bytes_written: AtomicU64,
@@ -281,6 +320,8 @@ impl<F: Fs> Log<F> {
                 appended: 0,
             }),
             sync_lock: Mutex::new(()),
+            write_lock: Mutex::new(Vec::with_capacity(64 * 1024)),
+            written: AtomicU64::new(0),
             synced: AtomicU64::new(0),
             poisoned,
             bytes_written: AtomicU64::new(SEGMENT_HEADER_BYTES as u64),
@@ -315,32 +356,52 @@ impl<F: Fs> Log<F> {
         self.inner.lock().segment
     }
 
-    /// Append a framed record; returns the LSN that must be synced for it
-    /// to be durable.
+    /// Append a framed record to the buffer; returns its LSN, to pass to
+    /// [`Self::write_to`] or [`Self::sync_to`] before acknowledging.
     pub(crate) fn append(&self, payload: &[u8]) -> Result<u64, EngineError> {
         let mut inner = self.inner.lock();
         self.check()?;
         frame_record(&mut inner.buf, payload);
         inner.appended += (RECORD_HEADER_BYTES + payload.len()) as u64;
-        let lsn = inner.appended;
-        if inner.buf.len() >= BUFFER_BYTES_MAX {
-            self.write_out(&mut inner)?;
-        }
-        Ok(lsn)
+        Ok(inner.appended)
     }
 
-    fn write_out(&self, inner: &mut Inner<F>) -> Result<(), EngineError> {
-        if inner.buf.is_empty() {
+    /// Write the buffer to the OS; the caller holds `write_lock` (whose
+    /// spare buffer is `spare`). Returns the file and the LSN now written.
+    fn write_group(
+        &self,
+        spare: &mut Vec<u8>,
+    ) -> Result<(Arc<F::File>, PathBuf, u64), EngineError> {
+        let (file, path, target) = {
+            let mut inner = self.inner.lock();
+            std::mem::swap(&mut inner.buf, spare);
+            (inner.file.clone(), inner.path.clone(), inner.appended)
+        };
+        if !spare.is_empty() {
+            if let Err(e) = file.append(spare) {
+                return self.poison(&path, e);
+            }
+            self.bytes_written
+                .fetch_add(spare.len() as u64, Ordering::Relaxed);
+            spare.clear();
+            spare.shrink_to(BUFFER_BYTES_KEEP);
+        }
+        self.written.store(target, Ordering::Release);
+        Ok((file, path, target))
+    }
+
+    /// Hand everything up to `lsn` to the OS (group commit, module docs):
+    /// it then survives a crash of this process, not of the machine.
+    pub(crate) fn write_to(&self, lsn: u64) -> Result<(), EngineError> {
+        if self.written.load(Ordering::Acquire) >= lsn {
             return Ok(());
         }
-        if let Err(e) = inner.file.append(&inner.buf) {
-            let path = inner.path.clone();
-            return self.poison(&path, e);
+        let mut spare = self.write_lock.lock();
+        if self.written.load(Ordering::Acquire) >= lsn {
+            return Ok(());
         }
-        self.bytes_written
-            .fetch_add(inner.buf.len() as u64, Ordering::Relaxed);
-        inner.buf.clear();
-        Ok(())
+        self.check()?;
+        self.write_group(&mut spare).map(|_| ())
     }
 
     /// LSN of everything appended so far.
@@ -359,11 +420,10 @@ impl<F: Fs> Log<F> {
         }
         self.check()?;
         let (file, path, target) = {
-            let mut inner = self.inner.lock();
-            self.write_out(&mut inner)?;
-            (inner.file.clone(), inner.path.clone(), inner.appended)
+            let mut spare = self.write_lock.lock();
+            self.write_group(&mut spare)?
         };
-        // fsync outside the buffer lock so the next group can append.
+        // fsync outside the write lock so the next group can be written.
         if let Err(e) = file.sync() {
             return self.poison(&path, e);
         }
@@ -377,13 +437,12 @@ impl<F: Fs> Log<F> {
     pub(crate) fn rotate(&self, id: u64) -> Result<(), EngineError> {
         let _leader = self.sync_lock.lock();
         self.check()?;
-        let mut inner = self.inner.lock();
-        self.write_out(&mut inner)?;
-        if let Err(e) = inner.file.sync() {
-            let path = inner.path.clone();
+        let mut spare = self.write_lock.lock();
+        let (file, path, target) = self.write_group(&mut spare)?;
+        if let Err(e) = file.sync() {
             return self.poison(&path, e);
         }
-        self.synced.store(inner.appended, Ordering::Release);
+        self.synced.store(target, Ordering::Release);
         let (file, path) = match Self::new_segment(&self.fs, &self.dir, id) {
             Ok(x) => x,
             Err(e) => {
@@ -393,6 +452,7 @@ impl<F: Fs> Log<F> {
         };
         self.bytes_written
             .fetch_add(SEGMENT_HEADER_BYTES as u64, Ordering::Relaxed);
+        let mut inner = self.inner.lock();
         inner.file = Arc::new(file);
         inner.path = path;
         inner.segment = id;
@@ -432,6 +492,16 @@ mod tests {
             frame_record(&mut out, &p);
         }
         out
+    }
+
+    #[test]
+    fn encode_one_points_at_the_version_encoding() {
+        for key_len in [0usize, 1, 127, 128, 300] {
+            let key = vec![b'k'; key_len];
+            let mut buf = vec![9u8; 3];
+            let at = encode_one(&mut buf, &key, &v(5));
+            assert_eq!(&buf[at], v(5).encode().as_slice());
+        }
     }
 
     #[test]

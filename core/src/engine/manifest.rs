@@ -13,6 +13,10 @@
 //! | 12..16 | crc32c of the body (LE u32) |
 //! | 16.. | body: postcard-encoded [`ManifestBody`] |
 //!
+//! Version 2 replaced version 1's single bottom run (`l1`) with a list of
+//! sorted runs (`levels`, L1 first). A version-1 manifest is still read:
+//! its `l1` becomes the one run of L1.
+//!
 //! It is replaced atomically: the new content is written to
 //! `MANIFEST.tmp`, fsynced, renamed over `MANIFEST`, and the directory is
 //! fsynced. A crash leaves either the old or the new manifest, never a mix.
@@ -25,7 +29,9 @@ use super::error::EngineError;
 use super::fs::{Fs, FsFile};
 
 /// Format version of manifests written by this build.
-pub const MANIFEST_FORMAT_VERSION: u32 = 1;
+pub const MANIFEST_FORMAT_VERSION: u32 = 2;
+/// The previous manifest format (two levels), still readable.
+const MANIFEST_FORMAT_VERSION_V1: u32 = 1;
 /// Magic number opening the manifest ("ISMF").
 pub const MANIFEST_MAGIC: u32 = 0x464d_5349;
 const HEADER_BYTES: usize = 16;
@@ -58,9 +64,25 @@ pub struct ManifestBody {
     pub log_floor: u64,
     /// Level 0: flushed memtables, newest first, key ranges may overlap.
     pub l0: Vec<TableMeta>,
-    /// Level 1 (the bottom): one sorted run of non-overlapping tables,
-    /// ordered by key.
-    pub l1: Vec<TableMeta>,
+    /// Levels 1.. (`levels[0]` is L1): each one sorted run of
+    /// non-overlapping tables ordered by key; the last is the bottom.
+    pub levels: Vec<Vec<TableMeta>>,
+}
+
+/// The version-1 body: L0 and a single bottom run.
+#[derive(Deserialize)]
+struct ManifestBodyV1 {
+    next_table_id: u64,
+    log_floor: u64,
+    l0: Vec<TableMeta>,
+    l1: Vec<TableMeta>,
+}
+
+impl ManifestBody {
+    /// Every table, L0 first.
+    pub fn tables(&self) -> impl Iterator<Item = &TableMeta> {
+        self.l0.iter().chain(self.levels.iter().flatten())
+    }
 }
 
 /// Path of a table file.
@@ -103,7 +125,8 @@ impl ManifestBody {
         if word(0) != MANIFEST_MAGIC {
             return Err(corrupt(0, "bad manifest magic"));
         }
-        if word(4) != MANIFEST_FORMAT_VERSION {
+        let version = word(4);
+        if version != MANIFEST_FORMAT_VERSION && version != MANIFEST_FORMAT_VERSION_V1 {
             return Err(EngineError::FormatVersion {
                 file: file.to_path_buf(),
                 found: word(4),
@@ -118,11 +141,31 @@ impl ManifestBody {
         if crc32c::crc32c(body) != word(12) {
             return Err(corrupt(12, "manifest checksum mismatch"));
         }
-        let m: ManifestBody = postcard::from_bytes(body)
-            .map_err(|e| corrupt(HEADER_BYTES as u64, &format!("undecodable manifest: {e}")))?;
-        let bad_range = m.l0.iter().chain(&m.l1).any(|t| t.min_key > t.max_key);
-        let ids_ok = m.l0.iter().chain(&m.l1).all(|t| t.id < m.next_table_id);
-        if bad_range || !ids_ok {
+        let undecodable = |e: postcard::Error| {
+            corrupt(HEADER_BYTES as u64, &format!("undecodable manifest: {e}"))
+        };
+        let m: ManifestBody = if version == MANIFEST_FORMAT_VERSION_V1 {
+            let v1: ManifestBodyV1 = postcard::from_bytes(body).map_err(undecodable)?;
+            ManifestBody {
+                next_table_id: v1.next_table_id,
+                log_floor: v1.log_floor,
+                l0: v1.l0,
+                levels: if v1.l1.is_empty() {
+                    vec![]
+                } else {
+                    vec![v1.l1]
+                },
+            }
+        } else {
+            postcard::from_bytes(body).map_err(undecodable)?
+        };
+        let bad_range = m.tables().any(|t| t.min_key > t.max_key);
+        let ids_ok = m.tables().all(|t| t.id < m.next_table_id);
+        let runs_ok = m
+            .levels
+            .iter()
+            .all(|run| run.windows(2).all(|w| w[0].max_key < w[1].min_key));
+        if bad_range || !ids_ok || !runs_ok {
             return Err(corrupt(HEADER_BYTES as u64, "inconsistent table list"));
         }
         Ok(m)
@@ -161,6 +204,45 @@ mod tests {
     use super::*;
 
     #[test]
+    fn version_1_manifests_are_read() {
+        #[derive(Serialize)]
+        struct V1<'a> {
+            next_table_id: u64,
+            log_floor: u64,
+            l0: &'a [TableMeta],
+            l1: &'a [TableMeta],
+        }
+        let t = |id: u64, a: &[u8], b: &[u8]| TableMeta {
+            id,
+            size_bytes: 1,
+            entries: 1,
+            min_key: a.to_vec(),
+            max_key: b.to_vec(),
+        };
+        let (l0, l1) = (
+            vec![t(3, b"a", b"z")],
+            vec![t(1, b"a", b"c"), t(2, b"d", b"f")],
+        );
+        let body = postcard::to_allocvec(&V1 {
+            next_table_id: 4,
+            log_floor: 2,
+            l0: &l0,
+            l1: &l1,
+        })
+        .unwrap();
+        let mut bytes = Vec::new();
+        bytes.extend_from_slice(&MANIFEST_MAGIC.to_le_bytes());
+        bytes.extend_from_slice(&MANIFEST_FORMAT_VERSION_V1.to_le_bytes());
+        bytes.extend_from_slice(&(body.len() as u32).to_le_bytes());
+        bytes.extend_from_slice(&crc32c::crc32c(&body).to_le_bytes());
+        bytes.extend_from_slice(&body);
+        let m = ManifestBody::decode(&bytes, Path::new("M")).unwrap();
+        assert_eq!(m.l0, l0);
+        assert_eq!(m.levels, vec![l1]);
+        assert_eq!((m.next_table_id, m.log_floor), (4, 2));
+    }
+
+    #[test]
     fn manifest_round_trips_and_rejects_every_flip() {
         let m = ManifestBody {
             next_table_id: 9,
@@ -172,7 +254,16 @@ mod tests {
                 min_key: b"a".to_vec(),
                 max_key: b"z".to_vec(),
             }],
-            l1: vec![],
+            levels: vec![
+                vec![],
+                vec![TableMeta {
+                    id: 5,
+                    size_bytes: 10,
+                    entries: 1,
+                    min_key: b"b".to_vec(),
+                    max_key: b"c".to_vec(),
+                }],
+            ],
         };
         let bytes = m.encode();
         assert_eq!(ManifestBody::decode(&bytes, Path::new("M")).unwrap(), m);

@@ -11,15 +11,14 @@
 //!
 //! Full memtables are flushed by a background thread to tables
 //! ([`sstable`], [`block`]) recorded in an atomically swapped manifest
-//! ([`manifest`]); a background compaction ([`compaction`]) merges level 0
-//! into the bottom level, joining sets (dropping dominated versions) and
+//! ([`manifest`]); a background leveled compaction ([`compaction`]) merges
+//! level 0 into L1 and each over-full level into the next, joining sets
+//! (dropping dominated versions) and, where nothing deeper overlaps,
 //! dropping tombstone-only sets older than the grace period.
 //!
-//! Two levels only: L0 (flushed memtables, overlapping) and L1 (one sorted
-//! run). Compaction rewrites the L1 tables that overlap L0; with random keys
-//! that is all of L1, so write amplification grows with the data size.
-//! That is the simple, predictable choice for a node's data set; a leveled
-//! scheme is the next step if nodes grow large.
+//! Levels: L0 (flushed memtables, overlapping), then L1..L6, each one
+//! sorted run ten times the size of the one above, so a compaction
+//! rewrites about one table's overlap, not the whole data set.
 //!
 //! All IO goes through [`fs::Fs`], so tests run the engine over
 //! [`fs::MemFs`] and simulate power loss and failed fsyncs. After any
@@ -85,10 +84,10 @@ pub enum FsyncPolicy {
     /// Acknowledge only after the log record is fsynced. Concurrent
     /// writers share fsyncs (group commit).
     Always,
-    /// Acknowledge after the record is in the log buffer; a background
-    /// thread writes and fsyncs the log every interval, so a power loss
-    /// loses at most about one interval of writes (a process crash that
-    /// leaves the OS running loses only what was still buffered).
+    /// Acknowledge once the record is handed to the OS (write(2), shared
+    /// by concurrent writers: group commit); a background thread fsyncs
+    /// the log every interval. A process crash loses no acknowledged
+    /// write; a power loss loses at most about one interval of them.
     Interval(Duration),
 }
 
@@ -145,7 +144,7 @@ pub struct EngineStats {
     pub memtable_bytes: u64,
     /// Immutable memtables waiting for flush.
     pub immutable_memtables: usize,
-    /// Tables per level (L0, L1).
+    /// Tables per level (L0, L1, ...; at least two entries).
     pub tables_per_level: Vec<usize>,
     /// Bytes of all live tables.
     pub table_bytes: u64,
@@ -186,14 +185,23 @@ struct Counters {
 
 /// The tables, by level (a snapshot; replaced, never mutated).
 struct Levels<F: Fs> {
+    /// Flushed memtables, newest first, overlapping.
     l0: Vec<Arc<Table<F>>>,
-    l1: Vec<Arc<Table<F>>>,
+    /// L1 and deeper (`runs[0]` is L1): each a sorted run of
+    /// non-overlapping tables ordered by key.
+    runs: Vec<Vec<Arc<Table<F>>>>,
 }
 
 impl<F: Fs> Levels<F> {
     fn all(&self) -> impl Iterator<Item = &Arc<Table<F>>> {
-        self.l0.iter().chain(&self.l1)
+        self.l0.iter().chain(self.runs.iter().flatten())
     }
+}
+
+/// The table of a sorted run that may hold `key`.
+fn run_table<'a, F: Fs>(run: &'a [Arc<Table<F>>], key: &[u8]) -> Option<&'a Arc<Table<F>>> {
+    let i = run.partition_point(|t| t.meta.max_key.as_slice() < key);
+    run.get(i).filter(|t| t.covers(key))
 }
 
 struct MemSet {
@@ -289,7 +297,11 @@ impl<F: Fs> Engine<F> {
         };
         let levels = Levels {
             l0: body.l0.iter().map(make).collect(),
-            l1: body.l1.iter().map(make).collect(),
+            runs: body
+                .levels
+                .iter()
+                .map(|run| run.iter().map(make).collect())
+                .collect(),
         };
         // Verify every table's footer, index and filter now: a damaged
         // table is an error at open, not a surprise at some later read.
@@ -297,8 +309,7 @@ impl<F: Fs> Engine<F> {
             t.reader()?;
         }
         let files = fs.list(dir).map_err(|e| EngineError::io(dir, e))?;
-        let live: std::collections::HashSet<u64> =
-            body.l0.iter().chain(&body.l1).map(|t| t.id).collect();
+        let live: std::collections::HashSet<u64> = body.tables().map(|t| t.id).collect();
         let mut segments = Vec::new();
         for path in &files {
             if let Some(id) = manifest::parse_table_path(path) {
@@ -415,12 +426,13 @@ impl<F: Fs> Engine<F> {
         let lsn = ENCODE_BUF.with(|buf| -> Result<u64, EngineError> {
             let mut buf = buf.borrow_mut();
             buf.clear();
-            log::encode_batch(&mut buf, std::iter::once((key, &version)));
+            let encoded = log::encode_one(&mut buf, key, &version);
             let _gate = s.gate.read();
             let mem = s.mem.read().active.clone();
             mem.absorb_with(
                 key,
                 version,
+                &buf[encoded],
                 |set, v| s.check_set_siblings(set, v),
                 || {
                     let lsn = s.log.append(&buf)?;
@@ -495,13 +507,8 @@ impl<F: Fs> Engine<F> {
             }
         }
         let levels = s.levels.read().clone();
-        let l1 = {
-            let i = levels
-                .l1
-                .partition_point(|t| t.meta.max_key.as_slice() < key);
-            levels.l1.get(i).filter(|t| t.covers(key))
-        };
-        for t in levels.l0.iter().filter(|t| t.covers(key)).chain(l1) {
+        let runs = levels.runs.iter().filter_map(|run| run_table(run, key));
+        for t in levels.l0.iter().filter(|t| t.covers(key)).chain(runs) {
             let reader = t.reader()?;
             if !reader.may_contain(key) {
                 s.counters.bloom_skips.fetch_add(1, Ordering::Relaxed);
@@ -580,7 +587,13 @@ impl<F: Fs> Engine<F> {
             log_syncs: s.log.syncs(),
             memtable_bytes,
             immutable_memtables,
-            tables_per_level: vec![levels.l0.len(), levels.l1.len()],
+            tables_per_level: {
+                let mut v = vec![levels.l0.len()];
+                v.extend(levels.runs.iter().map(Vec::len));
+                // Always at least L0 and L1.
+                v.resize(v.len().max(2), 0);
+                v
+            },
             table_bytes: levels.all().map(|t| t.meta.size_bytes).sum(),
             block_cache_hits: c.cache_hits.load(Ordering::Relaxed),
             block_cache_misses: c.cache_misses.load(Ordering::Relaxed),
@@ -703,8 +716,9 @@ impl<F: Fs> Shared<F> {
     }
 
     fn commit(&self, lsn: u64) -> Result<(), EngineError> {
-        if self.options.fsync == FsyncPolicy::Always {
-            self.log.sync_to(lsn)?;
+        match self.options.fsync {
+            FsyncPolicy::Always => self.log.sync_to(lsn)?,
+            FsyncPolicy::Interval(_) => self.log.write_to(lsn)?,
         }
         if self.mem.read().active.approx_bytes() >= self.options.limits.memtable_bytes_max {
             self.rotate(false)?;
@@ -784,7 +798,7 @@ impl<F: Fs> Shared<F> {
             }
             if let Err(e) = self.flush_memtable(&next) {
                 let e = self.poison(e);
-                eprintln!("isthmus engine: flush failed, engine poisoned: {e}");
+                tracing::error!(error = %e, dir = %self.dir.display(), "engine flush failed; engine poisoned");
                 return;
             }
             let _sig = self.signals.lock();
@@ -808,7 +822,7 @@ impl<F: Fs> Shared<F> {
             let mut err = None;
             mem.for_each(|k, set| {
                 if err.is_none()
-                    && let Err(e) = w.add(k, &set.encode())
+                    && let Err(e) = w.add(k, set)
                 {
                     err = Some(e);
                 }
@@ -843,7 +857,7 @@ impl<F: Fs> Shared<F> {
                 l0.insert(0, t);
                 *levels = Arc::new(Levels {
                     l0,
-                    l1: levels.l1.clone(),
+                    runs: levels.runs.clone(),
                 });
             }
         }
@@ -885,7 +899,7 @@ impl<F: Fs> Shared<F> {
                 return;
             }
             if let Err(e) = self.log.sync_to(self.log.appended()) {
-                eprintln!("isthmus engine: log sync failed, engine poisoned: {e}");
+                tracing::error!(error = %e, dir = %self.dir.display(), "engine log sync failed; engine poisoned");
                 return;
             }
         }
@@ -898,7 +912,7 @@ impl<F: Fs> Shared<F> {
                 if sig.stop {
                     return;
                 }
-                if self.levels.read().l0.len() < self.options.l0_compaction_trigger {
+                if !self.needs_compaction() {
                     self.compact_cv
                         .wait_for(&mut sig, Duration::from_millis(500));
                     continue;
@@ -910,7 +924,7 @@ impl<F: Fs> Shared<F> {
             let budget = Some(self.options.compaction_bytes_per_s).filter(|&b| b > 0);
             if let Err(e) = self.compact(false, budget) {
                 let e = self.poison(e);
-                eprintln!("isthmus engine: compaction failed, engine poisoned: {e}");
+                tracing::error!(error = %e, dir = %self.dir.display(), "engine compaction failed; engine poisoned");
                 return;
             }
         }

@@ -311,12 +311,25 @@ impl<F: Fs> TableWriter<F> {
     }
 }
 
+/// The first 8 bytes of `key`, big-endian, zero-padded: ordering keys by
+/// this is coarser than, and consistent with, ordering them by bytes.
+fn key_prefix(key: &[u8]) -> u64 {
+    let mut b = [0u8; 8];
+    let n = key.len().min(8);
+    b[..n].copy_from_slice(&key[..n]);
+    u64::from_be_bytes(b)
+}
+
 /// An open table: file handle, index and filter in memory.
 pub struct TableReader<F: Fs> {
     id: u64,
     path: PathBuf,
     file: F::File,
     index: Vec<IndexEntry>,
+    /// `key_prefix` of each index entry's last key, contiguous: a lookup
+    /// binary-searches these integers and compares full keys (one pointer
+    /// chase each) only among blocks whose prefixes tie.
+    index_prefixes: Vec<u64>,
     filter: KeyFilter,
 }
 
@@ -363,6 +376,7 @@ impl<F: Fs> TableReader<F> {
             id,
             path: path.to_path_buf(),
             file,
+            index_prefixes: index.iter().map(|e| key_prefix(&e.last_key)).collect(),
             index,
             filter,
         })
@@ -405,7 +419,7 @@ impl<F: Fs> TableReader<F> {
         key: &[u8],
         cache: &BlockCache,
     ) -> Result<(Option<VersionSet>, bool), EngineError> {
-        let i = self.index.partition_point(|e| e.last_key.as_slice() < key);
+        let i = self.block_for(key);
         if i == self.index.len() {
             return Ok((None, true));
         }
@@ -421,6 +435,14 @@ impl<F: Fs> TableReader<F> {
             }),
         }?;
         Ok((found, hit))
+    }
+
+    /// Index of the first block whose last key is `>= key`.
+    fn block_for(&self, key: &[u8]) -> usize {
+        let p = key_prefix(key);
+        let lo = self.index_prefixes.partition_point(|&x| x < p);
+        let hi = lo + self.index_prefixes[lo..].partition_point(|&x| x <= p);
+        lo + self.index[lo..hi].partition_point(|e| e.last_key.as_slice() < key)
     }
 
     /// Number of data blocks.
@@ -446,7 +468,7 @@ impl<F: Fs> TableIter<F> {
         start: Option<&[u8]>,
     ) -> Result<Self, EngineError> {
         let block_idx = match start {
-            Some(s) => reader.index.partition_point(|e| e.last_key.as_slice() < s),
+            Some(s) => reader.block_for(s),
             None => 0,
         };
         let mut it = TableIter {
@@ -503,6 +525,48 @@ impl<F: Fs> Iterator for TableIter<F> {
                     return Some(Err(e));
                 }
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::fs::MemFs;
+
+    #[test]
+    fn prefix_search_finds_the_same_block_as_a_full_key_search() {
+        let fs = MemFs::new();
+        let dir = Path::new("/t");
+        let mut w = TableWriter::create(&fs, dir, 1, 1000).unwrap();
+        // Many keys sharing 8-byte prefixes, and short keys that the zero
+        // padding makes tie with longer ones.
+        let mut keys: Vec<Vec<u8>> = (0..3000u32)
+            .map(|i| {
+                let mut k = vec![b'p'; (i % 3) as usize * 4];
+                k.extend_from_slice(&(i / 7).to_be_bytes());
+                k.extend_from_slice(&i.to_be_bytes());
+                k
+            })
+            .collect();
+        keys.push(vec![]);
+        keys.push(vec![0]);
+        keys.sort();
+        keys.dedup();
+        for k in &keys {
+            w.add(k, &[7u8; 40]).unwrap();
+        }
+        w.finish().unwrap();
+        let r = TableReader::open(&fs, &super::super::manifest::table_path(dir, 1), 1).unwrap();
+        assert!(r.block_count() > 10);
+        let mut probes = keys.clone();
+        probes.extend(keys.iter().map(|k| [k.as_slice(), &[0]].concat()));
+        probes.push(vec![0xff; 20]);
+        for p in &probes {
+            let naive = r
+                .index
+                .partition_point(|e| e.last_key.as_slice() < p.as_slice());
+            assert_eq!(r.block_for(p), naive, "{p:?}");
         }
     }
 }

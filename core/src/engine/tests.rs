@@ -211,6 +211,24 @@ fn interval_policy_keeps_writes_before_the_last_sync() {
 }
 
 #[test]
+fn interval_policy_hands_each_write_to_the_os_before_acknowledging() {
+    let fs = MemFs::new();
+    let opts = EngineOptions {
+        fsync: FsyncPolicy::Interval(Duration::from_secs(3600)),
+        ..small_options()
+    };
+    let engine = Engine::open_with_fs(fs.clone(), dir(), opts).unwrap();
+    engine.apply(b"a", v(1, 1, b"x", 1)).unwrap();
+    engine.apply_batch([(b"b", v(1, 2, b"y", 2))]).unwrap();
+    // No fsync yet, but the file (what a process crash leaves) has both.
+    let segment = log::segment_path(dir(), engine.shared.log.segment());
+    let bytes = fs.read_all(&segment).unwrap();
+    let mut keys = Vec::new();
+    log::decode_segment(&bytes, &segment, true, |k, _| keys.push(k)).unwrap();
+    assert_eq!(keys, vec![b"a".to_vec(), b"b".to_vec()]);
+}
+
+#[test]
 fn failed_fsync_poisons_the_engine() {
     let fs = MemFs::new();
     let engine = Engine::open_with_fs(fs.clone(), dir(), small_options()).unwrap();
@@ -362,4 +380,65 @@ fn hash_range_scan_partitions_the_keys() {
     for e in engine.scan_hash_range(mid..).unwrap() {
         assert!(crate::model::key_hash(&e.unwrap().0) >= mid);
     }
+}
+
+#[test]
+fn leveled_compaction_builds_several_levels_and_loses_nothing() {
+    let fs = MemFs::new();
+    let opts = EngineOptions {
+        limits: Limits {
+            memtable_bytes_max: 16 << 10,
+            ..Limits::default()
+        },
+        ..small_options()
+    };
+    let engine = Engine::open_with_fs(fs.clone(), dir(), opts.clone()).unwrap();
+    let key = |i: u64| format!("k{:08}", (i * 7919) % 4000).into_bytes();
+    for i in 0..4000u64 {
+        engine
+            .apply(&key(i), v(1, i + 1, &[i as u8; 100], 1))
+            .unwrap();
+    }
+    // Overwrite a tenth with versions that dominate the first ones.
+    for i in (0..4000u64).step_by(10) {
+        let mut c = Clock::new();
+        c.add_dot(Dot {
+            actor: Actor(1),
+            counter: i + 1,
+        });
+        c.add_dot(Dot {
+            actor: Actor(2),
+            counter: 1,
+        });
+        let newer = Version::value(c, b"new".to_vec(), 2, "dc1".into());
+        engine.apply(&key(i), newer).unwrap();
+    }
+    engine.flush().unwrap();
+    while engine.shared.needs_compaction() {
+        assert!(engine.shared.compact(false, None).unwrap());
+    }
+    let levels = engine.stats().tables_per_level;
+    assert!(levels.len() > 2, "expected L2 or deeper: {levels:?}");
+    let check = |engine: &Engine<MemFs>| {
+        for i in 0..4000u64 {
+            let set = engine.get(&key(i)).unwrap();
+            assert_eq!(set.len(), 1, "key {i}");
+            let want: &[u8] = if i % 10 == 0 { b"new" } else { &[i as u8; 100] };
+            assert_eq!(set.versions()[0].value_bytes(), Some(want), "key {i}");
+        }
+        assert_eq!(engine.scan::<&[u8], _>(..).unwrap().count(), 4000);
+    };
+    check(&engine);
+    // Every run is sorted and non-overlapping.
+    for run in &engine.shared.levels.read().runs {
+        assert!(
+            run.windows(2)
+                .all(|w| w[0].meta.max_key < w[1].meta.min_key)
+        );
+    }
+    drop(engine);
+    let engine = Engine::open_with_fs(fs, dir(), opts).unwrap();
+    check(&engine);
+    engine.compact().unwrap();
+    check(&engine);
 }
