@@ -114,9 +114,18 @@ impl ClientBuilder {
     /// Connect to a seed and learn the cluster.
     pub async fn build(self) -> Result<Client, ClientError> {
         if self.seeds.is_empty() {
-            return Err(ClientError::Connect { addr: String::new(), reason: "no seed given".into() });
+            return Err(ClientError::Connect {
+                addr: String::new(),
+                reason: "no seed given".into(),
+            });
         }
-        let client = Client { inner: Arc::new(Inner { config: self, sessions: Mutex::default(), topology: Mutex::default() }) };
+        let client = Client {
+            inner: Arc::new(Inner {
+                config: self,
+                sessions: Mutex::default(),
+                topology: Mutex::default(),
+            }),
+        };
         client.refresh().await?;
         Ok(client)
     }
@@ -152,16 +161,37 @@ impl Client {
         if let Some(s) = self.inner.sessions.lock().get(addr).filter(|s| s.is_open()) {
             return Ok(s.clone());
         }
-        let fresh = Arc::new(Session::connect(addr, &self.inner.config.name, self.inner.config.connect_timeout).await?);
-        self.inner.sessions.lock().insert(addr.to_owned(), fresh.clone());
+        let fresh = Arc::new(
+            Session::connect(
+                addr,
+                &self.inner.config.name,
+                self.inner.config.connect_timeout,
+            )
+            .await?,
+        );
+        self.inner
+            .sessions
+            .lock()
+            .insert(addr.to_owned(), fresh.clone());
         Ok(fresh)
     }
 
     /// Re-learn the cluster's nodes from any reachable node.
     pub async fn refresh(&self) -> Result<(), ClientError> {
-        let mut candidates: Vec<String> = self.inner.topology.lock().nodes.iter().filter(|n| n.up).map(|n| n.addr.clone()).collect();
+        let mut candidates: Vec<String> = self
+            .inner
+            .topology
+            .lock()
+            .nodes
+            .iter()
+            .filter(|n| n.up)
+            .map(|n| n.addr.clone())
+            .collect();
         candidates.extend(self.inner.config.seeds.iter().cloned());
-        let mut last = ClientError::Connect { addr: String::new(), reason: "no node reachable".into() };
+        let mut last = ClientError::Connect {
+            addr: String::new(),
+            reason: "no node reachable".into(),
+        };
         for addr in candidates {
             let answer = match self.session(&addr).await {
                 Ok(s) => s.call(RequestBody::Status, self.inner.config.timeout).await,
@@ -172,7 +202,11 @@ impl Client {
                     self.set_topology(nodes);
                     return Ok(());
                 }
-                Ok(other) => last = ClientError::Handshake { reason: format!("unexpected status answer {other:?}") },
+                Ok(other) => {
+                    last = ClientError::Handshake {
+                        reason: format!("unexpected status answer {other:?}"),
+                    }
+                }
                 Err(e) => last = e,
             }
         }
@@ -187,7 +221,11 @@ impl Client {
             .collect();
         let mut tokens: Vec<(u64, String)> = preferred
             .iter()
-            .flat_map(|n| placement::tokens_for(&n.node_id, n.vnodes).into_iter().map(|t| (t, n.addr.clone())))
+            .flat_map(|n| {
+                placement::tokens_for(&n.node_id, n.vnodes)
+                    .into_iter()
+                    .map(|t| (t, n.addr.clone()))
+            })
             .collect();
         tokens.sort();
         *self.inner.topology.lock() = Topology { nodes, tokens };
@@ -208,7 +246,11 @@ impl Client {
             push(addr);
         }
         topology.tokens.iter().for_each(|(_, a)| push(a));
-        topology.nodes.iter().filter(|n| n.up).for_each(|n| push(&n.addr));
+        topology
+            .nodes
+            .iter()
+            .filter(|n| n.up)
+            .for_each(|n| push(&n.addr));
         self.inner.config.seeds.iter().for_each(&mut push);
         out
     }
@@ -218,14 +260,23 @@ impl Client {
     async fn call(&self, key: &[u8], body: RequestBody) -> Result<ResponseBody, ClientError> {
         let route = self.route(key);
         let attempts = self.inner.config.retries + 1;
-        let mut last = ClientError::Connect { addr: String::new(), reason: "no node known".into() };
+        let mut last = ClientError::Connect {
+            addr: String::new(),
+            reason: "no node known".into(),
+        };
         for attempt in 0..attempts {
             if attempt > 0 {
-                let cap = self.inner.config.backoff.saturating_mul(1 << attempt.min(10));
+                let cap = self
+                    .inner
+                    .config
+                    .backoff
+                    .saturating_mul(1 << attempt.min(10));
                 let sleep = rand::rng().random_range(Duration::ZERO..=cap);
                 tokio::time::sleep(sleep).await;
             }
-            let Some(addr) = route.get(attempt as usize % route.len().max(1)) else { break };
+            let Some(addr) = route.get(attempt as usize % route.len().max(1)) else {
+                break;
+            };
             let result = match self.session(addr).await {
                 Ok(s) => s.call(body.clone(), self.inner.config.timeout).await,
                 Err(e) => Err(e),
@@ -233,7 +284,10 @@ impl Client {
             match result {
                 Ok(answer) => return Ok(answer),
                 Err(e) if e.is_retryable() => {
-                    if matches!(e, ClientError::Connect { .. } | ClientError::ConnectionClosed) {
+                    if matches!(
+                        e,
+                        ClientError::Connect { .. } | ClientError::ConnectionClosed
+                    ) {
                         self.inner.sessions.lock().remove(addr);
                         // Best effort: learn who is up before the next try.
                         let _ = Box::pin(self.refresh()).await;
@@ -248,15 +302,27 @@ impl Client {
 
     /// Read the live siblings of a key.
     pub async fn get(&self, keyspace: &str, key: &[u8]) -> Result<Read, ClientError> {
-        let body = RequestBody::Get { keyspace: keyspace.into(), key: key.to_vec(), consistency: self.inner.config.consistency };
+        let body = RequestBody::Get {
+            keyspace: keyspace.into(),
+            key: key.to_vec(),
+            consistency: self.inner.config.consistency,
+        };
         match self.call(key, body).await? {
             ResponseBody::Value { siblings, context } => Ok(Read { siblings, context }),
-            other => Err(ClientError::Handshake { reason: format!("unexpected answer {other:?}") }),
+            other => Err(ClientError::Handshake {
+                reason: format!("unexpected answer {other:?}"),
+            }),
         }
     }
 
     /// Write `value` superseding what `context` saw.
-    pub async fn put(&self, keyspace: &str, key: &[u8], value: Vec<u8>, context: &Context) -> Result<(), ClientError> {
+    pub async fn put(
+        &self,
+        keyspace: &str,
+        key: &[u8],
+        value: Vec<u8>,
+        context: &Context,
+    ) -> Result<(), ClientError> {
         let body = RequestBody::Put {
             keyspace: keyspace.into(),
             key: key.to_vec(),
@@ -269,7 +335,12 @@ impl Client {
     }
 
     /// Delete what `context` saw.
-    pub async fn delete(&self, keyspace: &str, key: &[u8], context: &Context) -> Result<(), ClientError> {
+    pub async fn delete(
+        &self,
+        keyspace: &str,
+        key: &[u8],
+        context: &Context,
+    ) -> Result<(), ClientError> {
         let body = RequestBody::Delete {
             keyspace: keyspace.into(),
             key: key.to_vec(),
@@ -298,7 +369,9 @@ impl Client {
     async fn expect_written(&self, key: &[u8], body: RequestBody) -> Result<(), ClientError> {
         match self.call(key, body).await? {
             ResponseBody::Written => Ok(()),
-            other => Err(ClientError::Handshake { reason: format!("unexpected answer {other:?}") }),
+            other => Err(ClientError::Handshake {
+                reason: format!("unexpected answer {other:?}"),
+            }),
         }
     }
 }

@@ -188,3 +188,88 @@ async fn a_three_node_cluster_survives_a_stopped_node_and_hands_off_its_hints() 
         node.shutdown().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_routes_retries_and_survives_a_stopped_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = start(
+        config(0, dir.path(), "127.0.0.1:0", vec![]),
+        Arc::new(NoMerge),
+        tuning(),
+    )
+    .await
+    .unwrap();
+    let seed = first.addr.clone();
+    let mut nodes: Vec<RunningNode> = vec![first];
+    for i in 1..3 {
+        let node = start(
+            config(i, dir.path(), "127.0.0.1:0", vec![seed.clone()]),
+            Arc::new(NoMerge),
+            tuning(),
+        )
+        .await
+        .unwrap();
+        nodes.push(node);
+    }
+    until("every node sees three live nodes", || {
+        nodes.iter().all(|n| n.gossiper().alive().len() == 3)
+    })
+    .await;
+    let client = isthmus_client::Client::builder()
+        .seed(seed.clone())
+        .local_dc("dc1")
+        .timeout(Duration::from_secs(2))
+        .retries(4)
+        .build()
+        .await
+        .unwrap();
+    for i in 0..30u8 {
+        let read = client.get("carts", &[i]).await.unwrap();
+        assert!(read.siblings.is_empty());
+        client
+            .put("carts", &[i], vec![i], &read.context)
+            .await
+            .unwrap();
+    }
+    client
+        .update("carts", &[7], |siblings| {
+            assert_eq!(siblings.len(), 1);
+            Some(vec![70])
+        })
+        .await
+        .unwrap();
+    let read = client.get("carts", &[7]).await.unwrap();
+    assert_eq!(
+        read.siblings
+            .iter()
+            .map(|s| s.value.clone())
+            .collect::<Vec<_>>(),
+        vec![vec![70]]
+    );
+
+    // Stop the seed node: the client fails over to the others.
+    nodes.remove(0).shutdown().await;
+    for i in 0..30u8 {
+        let read = client.get("carts", &[i]).await.unwrap();
+        let want = if i == 7 { vec![70] } else { vec![i] };
+        assert_eq!(
+            read.siblings
+                .iter()
+                .map(|s| s.value.clone())
+                .collect::<Vec<_>>(),
+            vec![want]
+        );
+    }
+    client
+        .delete(
+            "carts",
+            &[1],
+            &client.get("carts", &[1]).await.unwrap().context,
+        )
+        .await
+        .unwrap();
+    assert!(client.get("carts", &[1]).await.unwrap().siblings.is_empty());
+    for node in nodes {
+        node.shutdown().await;
+    }
+}
