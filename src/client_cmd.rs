@@ -187,7 +187,8 @@ pub fn run_status(target: Target, json: bool) -> anyhow::Result<String> {
             .map(|n| {
                 serde_json::json!({
                     "node_id": n.node_id, "addr": n.addr, "dc": n.dc, "rack": n.rack,
-                    "up": n.up, "status": n.status, "load_bytes": n.load_bytes, "ownership": n.ownership,
+                    "up": n.up, "status": n.status, "load_bytes": n.load_bytes, "hint_bytes": n.hint_bytes,
+                    "ownership": n.ownership,
                 })
             })
             .collect();

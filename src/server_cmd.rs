@@ -79,6 +79,8 @@ mod tests {
     use super::*;
 
     #[test]
+    // figment's Jail API fixes the closure's error type.
+    #[allow(clippy::result_large_err)]
     fn files_and_environment_make_a_config_and_errors_name_the_field() {
         figment::Jail::expect_with(|jail| {
             jail.create_file(

@@ -254,6 +254,7 @@ pub async fn start(
     let mut tasks = Vec::new();
     let handler = Arc::new(NodeHandler {
         coordinator: coordinator.clone(),
+        hints: hints.clone(),
         gossiper: gossiper.clone(),
         keyspaces: keyspaces.clone(),
     });
@@ -379,6 +380,7 @@ impl Drop for RunningNode {
 /// Serves client and peer requests of one node.
 struct NodeHandler {
     coordinator: Arc<NodeCoordinator>,
+    hints: Arc<HintStore>,
     gossiper: Arc<Gossiper>,
     keyspaces: Arc<RwLock<BTreeMap<String, KeyspaceConfig>>>,
 }
@@ -436,6 +438,7 @@ impl NodeHandler {
         let alive = self.gossiper.alive();
         let view = self.coordinator_view();
         let keyspaces = self.keyspaces.read().clone();
+        let hints: BTreeMap<NodeId, u64> = self.hints.pending().into_iter().collect();
         let nodes = membership
             .endpoints()
             .values()
@@ -460,6 +463,7 @@ impl NodeHandler {
                     up: alive.contains(&e.id),
                     status: format!("{:?}", e.status),
                     load_bytes: e.load_bytes,
+                    hint_bytes: hints.get(&e.id).copied().unwrap_or(0),
                     ownership,
                 }
             })

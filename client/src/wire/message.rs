@@ -234,6 +234,9 @@ pub struct NodeReport {
     pub status: String,
     /// Bytes of data on its disk, as it last announced.
     pub load_bytes: u64,
+    /// Bytes of hints the answering node holds for this node (writes it
+    /// missed while down, waiting for handoff).
+    pub hint_bytes: u64,
     /// Fraction of its datacenter's ring it replicates, per keyspace
     /// replication (the largest over keyspaces).
     pub ownership: f64,
