@@ -9,6 +9,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod bench_cmd;
 mod client_cmd;
 mod demo;
 mod resolver_cmd;
@@ -29,6 +30,8 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Run one node.
     Server(server_cmd::ServerArgs),
+    /// YCSB-style load against a running cluster (ops/s, p50/p99/p999).
+    Bench(bench_cmd::BenchArgs),
     /// Print the live siblings of a key, one per line (nothing when absent).
     Get {
         #[command(flatten)]
@@ -103,6 +106,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Resolver { command } => resolver_cmd::run(command),
+        Command::Bench(args) => print(bench_cmd::run(args)),
         Command::Demo(args) => demo::run(args).map(|ok| if ok { 0 } else { 1 }),
         Command::Server(args) => server_cmd::run(args, server_hook()).map(|()| 0),
         Command::Get { args, json, key } => {
