@@ -19,8 +19,9 @@
 //! RF 3 and local quorums a single failure never needs it, so strictness
 //! wins here, as in Cassandra.)
 //!
-//! Reads ask every replica, answer when the level is won with the join of
-//! what arrived, and then repair: every replica whose set differs from the
+//! Reads ask every replica the level can count (local replicas only for
+//! LOCAL_* levels), answer when the level is won with the join of what
+//! arrived, and then repair: every replica whose set differs from the
 //! join of all answers gets the missing versions. When the keyspace has a
 //! resolver and the join holds siblings, the coordinator merges them first,
 //! so the client and the repaired replicas see the merged version.
@@ -605,7 +606,12 @@ impl<S: LocalStore + Clone, T: Transport, H: HintSink> Coordinator<S, T, H> {
     ) -> Result<VersionSet, CoordinatorError> {
         let ks = self.keyspace(keyspace)?;
         self.config.limits.check(key, None)?;
-        let (replicas, view) = self.replicas(&ks, key);
+        let (mut replicas, view) = self.replicas(&ks, key);
+        if matches!(level, Consistency::LocalOne | Consistency::LocalQuorum) {
+            // Local levels read local replicas only: no WAN round trip per
+            // read. Remote replicas converge through writes and repair.
+            replicas.retain(|(_, dc)| *dc == self.config.dc);
+        }
         let mut tracker = QuorumTracker::new(level, &replicas, &self.config.dc);
         let alive = replicas
             .iter()
