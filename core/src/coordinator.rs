@@ -280,7 +280,25 @@ impl<S: LocalStore + Clone, T: Transport, H: HintSink> Coordinator<S, T, H> {
     /// versions to a replica (coordinated writes, peer applies, hint
     /// replay, read repair, the bridge) comes through here. A failed merge
     /// keeps the siblings (and is counted by the hook).
+    ///
+    /// Holds the key's lock, so concurrent deliveries to one key merge one
+    /// after another and the last merge sees every sibling.
     pub async fn apply_local(
+        &self,
+        keyspace: &str,
+        key: &[u8],
+        versions: Vec<Version>,
+    ) -> Result<(), StoreError> {
+        let _guard = self.key_lock(key).lock().await;
+        self.apply_local_locked(keyspace, key, versions).await
+    }
+
+    fn key_lock(&self, key: &[u8]) -> &Mutex<()> {
+        &self.key_locks[(key_hash(key) as usize) % KEY_LOCK_STRIPES]
+    }
+
+    /// [`Self::apply_local`] for a caller that holds the key's lock.
+    async fn apply_local_locked(
         &self,
         keyspace: &str,
         key: &[u8],
@@ -427,8 +445,7 @@ impl<S: LocalStore + Clone, T: Transport, H: HintSink> Coordinator<S, T, H> {
                 .await;
         }
         let version = {
-            let stripe = (key_hash(key) as usize) % KEY_LOCK_STRIPES;
-            let _guard = self.key_locks[stripe].lock().await;
+            let _guard = self.key_lock(key).lock().await;
             let current = self.store.get(keyspace, key).await?;
             if let Some(stored) = current
                 .versions()
@@ -468,7 +485,7 @@ impl<S: LocalStore + Clone, T: Transport, H: HintSink> Coordinator<S, T, H> {
                     resolver: None,
                     write_id: Some(write_id),
                 };
-                self.apply_local(keyspace, key, vec![version.clone()])
+                self.apply_local_locked(keyspace, key, vec![version.clone()])
                     .await?;
                 version
             }
