@@ -202,8 +202,8 @@ pub fn run_status(target: Target, json: bool) -> anyhow::Result<String> {
             out.push_str(&format!("Datacenter: {}\n", n.dc));
             out.push_str("Status=Up/Down State=Normal/Joining/Leaving/Left\n");
             out.push_str(&format!(
-                "{:<3} {:<22} {:<10} {:<8} {:>10} {:>7}\n",
-                "--", "Address", "Node", "Rack", "Load", "Owns"
+                "{:<3} {:<22} {:<10} {:<8} {:>10} {:>7} {:>12}\n",
+                "--", "Address", "Node", "Rack", "Load", "Owns", "Hints held"
             ));
         }
         let state = format!(
@@ -212,13 +212,14 @@ pub fn run_status(target: Target, json: bool) -> anyhow::Result<String> {
             n.status.chars().next().unwrap_or('?')
         );
         out.push_str(&format!(
-            "{:<3} {:<22} {:<10} {:<8} {:>10} {:>6.1}%\n",
+            "{:<3} {:<22} {:<10} {:<8} {:>10} {:>6.1}% {:>12}\n",
             state,
             n.addr,
             n.node_id,
             n.rack,
             human_bytes(n.load_bytes),
-            n.ownership * 100.0
+            n.ownership * 100.0,
+            human_bytes(n.hint_bytes)
         ));
     }
     Ok(out)
