@@ -278,17 +278,21 @@ fn merge_sorted<'a>(values: impl Iterator<Item = &'a [u8]>) -> Result<Vec<u8>, b
     let mut capacity = 0usize;
     let mut cursors: Vec<Cursor<'a>> = Vec::new();
     for bytes in values {
-        capacity = capacity.saturating_add(bytes.len());
+        capacity = capacity.max(bytes.len());
         if !bytes.is_empty() {
             cursors.push(Cursor::new(bytes)?);
         }
     }
+    // `out` is allocated last and starts at the largest input's size: with
+    // the guest's bump allocator it then grows in place, and a merge of
+    // overlapping carts stays within the memory the module starts with
+    // (growing linear memory costs the host far more than the merge).
+    let mut ties: Vec<usize> = Vec::with_capacity(cursors.len());
     let mut out = Vec::with_capacity(capacity);
     // Each round: one scan finds the least head name, its greatest
     // quantity and the cursors that hold it (`ties`, ascending); those are
     // advanced, exhausted ones dropped (in descending order, so that
     // `swap_remove` only moves cursors already dealt with).
-    let mut ties: Vec<usize> = Vec::with_capacity(cursors.len());
     while !cursors.is_empty() {
         ties.clear();
         ties.push(0);
