@@ -21,9 +21,11 @@
 //! between runs): instantiating a module from the pool costs about 3-4 µs;
 //! the whole call path of a minimal module about 6-8 µs; an empty merge of
 //! a Rust/SDK module about 10-14 µs. cart-union (binary carts, k-way
-//! merge) with 10 siblings of 1 KB takes about 80-135 µs p50 in wasm
-//! against 20-37 µs natively (ratio about 2.5-4; it was about 4-5.7 with
-//! JSON carts at 370-540 µs). Fuel metering and epoch checks account for
+//! merge) with 10 siblings of 1 KB takes about 72-73 µs p50 in wasm
+//! against about 20 µs natively (ratio about 3.6; it was 4.2-5.7 with JSON
+//! carts at 370-540 µs). A merge that grows guest memory pays far more
+//! than one that stays within the module's initial memory (127 against
+//! 73 µs for the same merge), so guests should not over-allocate. Fuel metering and epoch checks account for
 //! roughly 40% of the wasm time; they stay on, because fuel is the
 //! deterministic budget and the epoch the wall-clock backstop.
 //!
