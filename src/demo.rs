@@ -24,6 +24,7 @@ use isthmus_core::gossip::detector::DetectorConfig;
 use isthmus_core::gossip::service::GossipConfig;
 use isthmus_core::node::{self, NodeTuning, RunningNode};
 use isthmus_core::store::LocalStore;
+use isthmus_example_cart_union as cart_union;
 use isthmus_resolvers::host::module_hash;
 use isthmus_resolvers::registry::UploadPolicy;
 use isthmus_resolvers::{Host, Registry, ResolverLimits, WasmMergeHook};
@@ -215,7 +216,7 @@ async fn shopper(
             Ok(ResponseBody::Value { siblings, context }) => {
                 let mut merged: BTreeMap<String, u64> = BTreeMap::new();
                 for sib in siblings {
-                    if let Ok(c) = serde_json::from_slice::<BTreeMap<String, u64>>(&sib.value) {
+                    if let Ok(c) = cart_union::parse(&sib.value) {
                         for (k, q) in c {
                             let e = merged.entry(k).or_insert(0);
                             *e = (*e).max(q);
@@ -234,7 +235,7 @@ async fn shopper(
         let body = RequestBody::Put {
             keyspace: KEYSPACE.into(),
             key: cart_key(cart),
-            value: serde_json::to_vec(&items).unwrap_or_default(),
+            value: cart_union::encode(&items),
             context: Context(context.0),
             consistency: Some(Consistency::LocalQuorum),
             write_id: WriteId(rand::random()),
@@ -347,9 +348,7 @@ async fn audit(cluster: &Cluster, ledger: &Ledger, carts: usize) -> anyhow::Resu
             encodings.insert(set.encode());
             let mut items: BTreeSet<String> = BTreeSet::new();
             for v in set.live() {
-                if let Ok(c) = serde_json::from_slice::<BTreeMap<String, u64>>(
-                    v.value_bytes().unwrap_or_default(),
-                ) {
+                if let Ok(c) = cart_union::parse(v.value_bytes().unwrap_or_default()) {
                     items.extend(c.into_keys());
                 }
             }

@@ -30,10 +30,11 @@ fn wasm_path() -> PathBuf {
     target.join("wasm32-unknown-unknown/release/isthmus_example_cart_union.wasm")
 }
 
-/// A cart of about 1 KB: 72 items, overlapping between siblings.
+/// A cart of about 1 KB: 92 items of 11 bytes each in cart-union's binary
+/// format, overlapping between siblings (72 items made 1 KB of JSON).
 fn cart(i: u64) -> Vec<u8> {
     let mut cart = isthmus_example_cart_union::Cart::new();
-    for j in 0..72 {
+    for j in 0..92 {
         cart.insert(
             format!("sku-{:05}", (i * 31 + j * 7) % 400),
             (i + j) % 9 + 1,

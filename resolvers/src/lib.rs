@@ -17,14 +17,17 @@
 //!
 //! ## Cost (measured by `cargo bench -p isthmus-resolvers`)
 //!
-//! On a 2-core VM shared with a compiler: instantiating a module from the
-//! pool costs about 3 µs; the whole call path of a minimal module about
-//! 6 µs; an empty merge of a Rust/SDK module about 12 µs. cart-union with
-//! 10 siblings of 1 KB of JSON takes about 370 µs p50 in wasm against
-//! 90 µs natively (ratio about 4). Fuel metering and epoch checks account
-//! for roughly 40% of the wasm time (with both off the ratio was about
-//! 1.8); they stay on, because fuel is the deterministic budget and the
-//! epoch the wall-clock backstop.
+//! On a 2-core VM shared with other benchmarks (figures swing by up to 2x
+//! between runs): instantiating a module from the pool costs about 3-4 µs;
+//! the whole call path of a minimal module about 6-8 µs; an empty merge of
+//! a Rust/SDK module about 10-14 µs. cart-union (binary carts, k-way
+//! merge) with 10 siblings of 1 KB takes about 72-73 µs p50 in wasm
+//! against about 20 µs natively (ratio about 3.6; it was 4.2-5.7 with JSON
+//! carts at 370-540 µs). A merge that grows guest memory pays far more
+//! than one that stays within the module's initial memory (127 against
+//! 73 µs for the same merge), so guests should not over-allocate. Fuel metering and epoch checks account for
+//! roughly 40% of the wasm time; they stay on, because fuel is the
+//! deterministic budget and the epoch the wall-clock backstop.
 //!
 //! What it is not: the storage engine or the node. It never writes a
 //! version itself; the node absorbs the merged version it returns, and on

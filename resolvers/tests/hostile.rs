@@ -384,7 +384,7 @@ fn many_hostile_calls_in_parallel_do_not_disturb_good_merges() {
 #[test]
 fn a_rust_guest_out_of_memory_is_a_memory_limit_not_a_crash() {
     // 2 MiB of memory: room for the module's stack and data, not for
-    // copying and parsing 1.5 MB of carts.
+    // copying and merging 1.4 MB of carts.
     let host = Arc::new(
         Host::new(ResolverLimits {
             memory_bytes_max: 2 * 1024 * 1024,
@@ -393,10 +393,9 @@ fn a_rust_guest_out_of_memory_is_a_memory_limit_not_a_crash() {
         .unwrap(),
     );
     let good = cart(&host);
-    let big: Vec<u8> = {
-        let items: Vec<String> = (0..30_000).map(|i| format!("\"item-{i:06}\":1")).collect();
-        format!("{{{}}}", items.join(",")).into_bytes()
-    };
+    let big: Vec<u8> = isthmus_example_cart_union::encode(
+        &(0..40_000).map(|i| (format!("item-{i:06}"), 1)).collect(),
+    );
     let set = isthmus_core::model::VersionSet::from_versions([
         version(1, Some(&big), 1, "dc1"),
         version(2, Some(&big), 2, "dc2"),

@@ -45,7 +45,34 @@
 use alloc::string::String;
 use alloc::vec::Vec;
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// Serialize a byte string as postcard *bytes* (varint length, raw bytes)
+/// in one copy. Serde's default for `[u8]` and `Vec<u8>` is a sequence of
+/// `u8`, which postcard writes in the same bytes but one element at a
+/// time: measurably slower in a metered guest.
+fn ser_bytes<T: AsRef<[u8]>, S: Serializer>(v: &T, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_bytes(v.as_ref())
+}
+
+/// Deserialize a `Vec<u8>` from postcard bytes in one copy (see
+/// [`ser_bytes`]).
+fn de_byte_buf<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+    struct V;
+    impl serde::de::Visitor<'_> for V {
+        type Value = Vec<u8>;
+        fn expecting(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+            f.write_str("bytes")
+        }
+        fn visit_bytes<E>(self, v: &[u8]) -> Result<Vec<u8>, E> {
+            Ok(v.to_vec())
+        }
+        fn visit_byte_buf<E>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
+            Ok(v)
+        }
+    }
+    d.deserialize_byte_buf(V)
+}
 
 /// The ABI version this crate speaks; `isthmus_abi_version` returns it.
 pub const ABI_VERSION: u32 = 1;
@@ -77,7 +104,7 @@ pub struct SiblingClock {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Payload<'a> {
     /// The value bytes.
-    Value(&'a [u8]),
+    Value(#[serde(serialize_with = "ser_bytes")] &'a [u8]),
     /// A delete marker.
     Tombstone,
 }
@@ -148,6 +175,7 @@ impl<'a> Sibling<'a> {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MergeInput<'a> {
     /// The key whose siblings are merged.
+    #[serde(serialize_with = "ser_bytes")]
     pub key: &'a [u8],
     /// The siblings, in the store's canonical order.
     #[serde(borrow)]
@@ -192,7 +220,7 @@ impl core::fmt::Display for MergeError {
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum MergeOutput {
     /// Variant 0: the merged value.
-    Value(Vec<u8>),
+    Value(#[serde(serialize_with = "ser_bytes", deserialize_with = "de_byte_buf")] Vec<u8>),
     /// Variant 1: the merge is a delete.
     Delete,
     /// Variant 2: the guest refuses to merge.
@@ -226,12 +254,25 @@ impl From<MergeOutput> for Result<Merged, MergeError> {
 
 /// Encode a merge input (what the host writes into guest memory).
 pub fn encode_input(key: &[u8], siblings: &[Sibling<'_>]) -> Vec<u8> {
+    // Room for the values and the usual framing: one allocation.
+    let capacity = key.len()
+        + 8
+        + siblings
+            .iter()
+            .map(|s| {
+                s.value().map_or(0, <[u8]>::len)
+                    + s.origin_dc.len()
+                    + 24
+                    + 20 * (s.clock.vector.len() + s.clock.dots.len())
+            })
+            .sum::<usize>();
     #[derive(Serialize)]
     struct Ref<'s, 'a> {
+        #[serde(serialize_with = "ser_bytes")]
         key: &'s [u8],
         siblings: &'s [Sibling<'a>],
     }
-    postcard::to_allocvec(&Ref { key, siblings }).unwrap_or_default()
+    postcard::to_extend(&Ref { key, siblings }, Vec::with_capacity(capacity)).unwrap_or_default()
 }
 
 /// Decode a merge input; the whole buffer must be consumed.
@@ -245,7 +286,12 @@ pub fn decode_input(bytes: &[u8]) -> Result<MergeInput<'_>, postcard::Error> {
 
 /// Encode a merge output (what the guest returns).
 pub fn encode_output(output: &MergeOutput) -> Vec<u8> {
-    postcard::to_allocvec(output).unwrap_or_default()
+    let capacity = match output {
+        MergeOutput::Value(v) => v.len() + 11,
+        MergeOutput::Delete => 1,
+        MergeOutput::Error { message, .. } => message.len() + 11,
+    };
+    postcard::to_extend(output, Vec::with_capacity(capacity)).unwrap_or_default()
 }
 
 /// Decode a merge output; the whole buffer must be consumed.
@@ -295,6 +341,32 @@ mod tests {
         };
         assert_eq!(encode_output(&err), [0x02, 0x03, 0x02, b'n', b'o']);
         assert_eq!(decode_output(&[0x02, 0x03, 0x02, b'n', b'o']).unwrap(), err);
+    }
+
+    #[test]
+    fn bytes_encode_as_postcard_sequences_of_u8_did() {
+        // The byte-string fields keep the wire format of serde's default
+        // (a sequence of u8): varint length, then the raw bytes.
+        let value: Vec<u8> = (0..300u32).map(|i| i as u8).collect();
+        let s = Sibling::of_value(&value, 1);
+        // Serde's default for byte slices: a sequence of u8.
+        type Legacy<'a> = (&'a [u8], [(u8, &'a [u8], u64, &'a str, u8, u8); 1]);
+        let legacy: Legacy<'_> = (b"key", [(0, &value, 1, "", 0, 0)]);
+        let expected = postcard::to_allocvec(&legacy).unwrap();
+        // A fixed-size array has no length; the sibling list has one (1).
+        assert_eq!(expected[4..7], [0, 0xac, 0x02]);
+        let mut expected_seq = expected[..4].to_vec();
+        expected_seq.push(1);
+        expected_seq.extend(&expected[4..]);
+        assert_eq!(
+            encode_input(b"key", core::slice::from_ref(&s)),
+            expected_seq
+        );
+        let out = MergeOutput::Value(value.clone());
+        let mut expected = alloc::vec![0u8];
+        expected.extend(postcard::to_allocvec(&value).unwrap());
+        assert_eq!(encode_output(&out), expected);
+        assert_eq!(decode_output(&expected).unwrap(), out);
     }
 
     #[test]

@@ -72,14 +72,15 @@ pub fn version(actor: u64, value: Option<&[u8]>, ts: u64, dc: &str) -> Version {
     }
 }
 
-/// Three concurrent carts.
+/// Three concurrent carts (cart-union's binary format, see its crate docs):
+/// `{apple: 2}`, `{apple: 1, pear: 3}`, `{fig: 1}`.
 pub fn cart_set() -> VersionSet {
     VersionSet::from_versions([
-        version(1, Some(br#"{"apple":2}"#), 10, "dc1"),
-        version(2, Some(br#"{"apple":1,"pear":3}"#), 11, "dc2"),
-        version(3, Some(br#"{"fig":1}"#), 12, "dc1"),
+        version(1, Some(b"\x05apple\x02"), 10, "dc1"),
+        version(2, Some(b"\x05apple\x01\x04pear\x03"), 11, "dc2"),
+        version(3, Some(b"\x03fig\x01"), 12, "dc1"),
     ])
 }
 
-/// What merging [`cart_set`] must give.
-pub const CART_MERGED: &[u8] = br#"{"apple":2,"fig":1,"pear":3}"#;
+/// What merging [`cart_set`] must give: `{apple: 2, fig: 1, pear: 3}`.
+pub const CART_MERGED: &[u8] = b"\x05apple\x02\x03fig\x01\x04pear\x03";
