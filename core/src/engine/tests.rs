@@ -415,7 +415,9 @@ fn leveled_compaction_builds_several_levels_and_loses_nothing() {
     }
     engine.flush().unwrap();
     while engine.shared.needs_compaction() {
-        assert!(engine.shared.compact(false, None).unwrap());
+        // The background thread may take this compaction first; either
+        // way the loop ends when no work is left.
+        engine.shared.compact(false, None).unwrap();
     }
     let levels = engine.stats().tables_per_level;
     assert!(levels.len() > 2, "expected L2 or deeper: {levels:?}");
