@@ -509,12 +509,11 @@ impl<F: Fs> Engine<F> {
         let levels = s.levels.read().clone();
         let runs = levels.runs.iter().filter_map(|run| run_table(run, key));
         for t in levels.l0.iter().filter(|t| t.covers(key)).chain(runs) {
-            let reader = t.reader()?;
-            if !reader.may_contain(key) {
+            if !t.may_contain(key)? {
                 s.counters.bloom_skips.fetch_add(1, Ordering::Relaxed);
                 continue;
             }
-            let (found, hit) = reader.get(key, &s.blocks)?;
+            let (found, hit) = t.reader()?.get(key, &s.blocks)?;
             let counter = if hit {
                 &s.counters.cache_hits
             } else {

@@ -330,7 +330,7 @@ pub struct TableReader<F: Fs> {
     /// binary-searches these integers and compares full keys (one pointer
     /// chase each) only among blocks whose prefixes tie.
     index_prefixes: Vec<u64>,
-    filter: KeyFilter,
+    filter: std::sync::Arc<KeyFilter>,
 }
 
 impl<F: Fs> TableReader<F> {
@@ -378,13 +378,18 @@ impl<F: Fs> TableReader<F> {
             file,
             index_prefixes: index.iter().map(|e| key_prefix(&e.last_key)).collect(),
             index,
-            filter,
+            filter: std::sync::Arc::new(filter),
         })
     }
 
     /// May this table hold `key`?
     pub fn may_contain(&self, key: &[u8]) -> bool {
         self.filter.may_contain(key)
+    }
+
+    /// The table's bloom filter, shared.
+    pub(crate) fn filter(&self) -> std::sync::Arc<KeyFilter> {
+        self.filter.clone()
     }
 
     fn read_block(&self, i: usize) -> Result<Block, EngineError> {
