@@ -82,11 +82,15 @@ impl<F: Fs> Table<F> {
 
     /// May the table hold `key` (its bloom filter; opens the reader the
     /// first time)?
-    pub(crate) fn may_contain(&self, key: &[u8]) -> Result<bool, EngineError> {
-        match self.filter.get() {
-            Some(f) => Ok(f.may_contain(key)),
-            None => Ok(self.reader()?.may_contain(key)),
+    /// `hash` is [`super::bloom::key_hash`]`(key)`, computed once per read.
+    pub(crate) fn may_contain(&self, key: &[u8], hash: u64) -> Result<bool, EngineError> {
+        if self.filter.get().is_none() {
+            self.reader()?;
         }
+        Ok(self
+            .filter
+            .get()
+            .is_none_or(|f| f.may_contain_hashed(key, hash)))
     }
 
     /// Could `key` be in this table by its key range?

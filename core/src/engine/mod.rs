@@ -508,8 +508,9 @@ impl<F: Fs> Engine<F> {
         }
         let levels = s.levels.read().clone();
         let runs = levels.runs.iter().filter_map(|run| run_table(run, key));
+        let hash = bloom::key_hash(key);
         for t in levels.l0.iter().filter(|t| t.covers(key)).chain(runs) {
-            if !t.may_contain(key)? {
+            if !t.may_contain(key, hash)? {
                 s.counters.bloom_skips.fetch_add(1, Ordering::Relaxed);
                 continue;
             }
