@@ -6,8 +6,8 @@
 //! A stored block is `lz4(raw) ++ crc32c(lz4(raw))` where `lz4` is
 //! lz4_flex's block format with the uncompressed size prepended (LE u32)
 //! and the trailing checksum is an LE u32 over the compressed bytes.
-//! Since table format 2, a block that lz4 would not shrink by at least an
-//! eighth is stored as is: `(len | RAW_FLAG) ++ raw ++ crc32c(...)` with
+//! Since table format 2, a block that lz4 would not shrink is stored as
+//! is: `(len | RAW_FLAG) ++ raw ++ crc32c(...)` with
 //! [`RAW_FLAG`] the top bit of the size prefix (never set by format 1,
 //! whose sizes are below [`BLOCK_RAW_BYTES_MAX`]). After such a block the
 //! writer stores the next few raw without trying, so incompressible data
@@ -64,8 +64,7 @@ impl BlockBuilder {
             self.skip -= 1;
         } else {
             out.extend_from_slice(&lz4_flex::compress_prepend_size(&self.raw));
-            let worth = self.raw.len() - self.raw.len() / 8;
-            if out.len() - start - 4 > worth {
+            if out.len() - start - 4 >= self.raw.len() {
                 out.truncate(start);
                 raw = true;
                 self.skip = RAW_STREAK;
@@ -261,7 +260,10 @@ mod tests {
                         x as u8
                     })
                     .collect();
-                b.add(format!("k{blk}{i:04}").as_bytes(), &v);
+                // Keys share no 4-byte run either (lz4's shortest match).
+                let mut k = vec![blk as u8, i as u8];
+                k.extend_from_slice(&v[..6]);
+                b.add(&k, &v);
             }
             let start = out.len();
             b.finish_into(&mut out);
