@@ -16,8 +16,17 @@
 //!   second); fjall defaults (each write handed to the OS, no fsync). So
 //!   both survive a process crash and neither fsyncs per write. Timed from
 //!   the first write to the last acknowledgement.
-//! - both engines get a 256 MiB block cache; other settings are defaults
-//!   (64 MiB memtables for Isthmus).
+//! - both engines get a 256 MiB block cache; other settings are defaults,
+//!   which match where they overlap: 64 MiB memtables (each engine counts
+//!   its own per-entry overhead: Isthmus key + encoded set + 72 bytes of
+//!   B-tree slot, fjall key + value + its item struct), an L0 compaction
+//!   trigger of 4 tables, 64 MiB output tables, level fanout 10, ~1% bloom
+//!   false positives (fjall: 0.01% on L0). Isthmus lz4-compresses every
+//!   table's blocks (values here are incompressible); fjall compresses
+//!   L2 and deeper only. Neither rewrites the first flushed table: Isthmus
+//!   flushes into empty L0 and L1 straight to L1, fjall trivially moves a
+//!   disjoint L0 into its empty last level; so the 1M-key fill ends with
+//!   no compaction in either engine unless one reaches 4 L0 tables.
 //! - read-random: after the fill, memtables flushed and compaction
 //!   quiesced, a warm-up pass, then random gets of existing keys from one
 //!   thread. read-missing: gets of keys never written.
@@ -25,8 +34,10 @@
 //!   Isthmus `FsyncPolicy::Always` (group commit), fjall `insert` followed
 //!   by `Database::persist(PersistMode::SyncAll)`.
 //! - write_amp: bytes the process passed to write(2) (`wchar` in
-//!   /proc/self/io) during fill + flush + compaction quiescence, divided by
-//!   the user bytes (16 + 100 per write).
+//!   /proc/self/io: commit log/journal, tables, manifests, from every
+//!   thread) during fill + flush + compaction quiescence, divided by the
+//!   same user bytes for both (16 + 100 per write; Isthmus's ~20 extra
+//!   bytes of `Version` per entry count against it).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

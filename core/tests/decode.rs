@@ -27,6 +27,7 @@ fn decode_all(bytes: &[u8]) {
     let _ = Block::decode_verified(bytes);
     let _ = decode_index(bytes, bytes.len() as u64);
     let _ = KeyFilter::decode(bytes).map(|f| f.may_contain(b"k"));
+    let _ = KeyFilter::decode_v1(bytes).map(|f| f.may_contain(b"k"));
     let _ = Footer::decode(bytes, bytes.len() as u64 + 100);
     let _ = ManifestBody::decode(bytes, Path::new("MANIFEST"));
 }

@@ -5,7 +5,13 @@
 //!
 //! A stored block is `lz4(raw) ++ crc32c(lz4(raw))` where `lz4` is
 //! lz4_flex's block format with the uncompressed size prepended (LE u32)
-//! and the trailing checksum is an LE u32 over the compressed bytes. The
+//! and the trailing checksum is an LE u32 over the compressed bytes.
+//! Since table format 2, a block that lz4 would not shrink is stored as
+//! is: `(len | RAW_FLAG) ++ raw ++ crc32c(...)` with
+//! [`RAW_FLAG`] the top bit of the size prefix (never set by format 1,
+//! whose sizes are below [`BLOCK_RAW_BYTES_MAX`]). After such a block the
+//! writer stores the next few raw without trying, so incompressible data
+//! costs no compression time. The
 //! raw block is a sequence of entries in strictly ascending key order:
 //! varint key length, key, varint value length, value (a canonical
 //! postcard-encoded [`crate::model::VersionSet`]).
@@ -18,12 +24,19 @@ pub(crate) const BLOCK_BYTES_TARGET: usize = 4096;
 /// allocation a corrupt size prefix can ask for (one maximal value times
 /// the sibling limit fits comfortably).
 const BLOCK_RAW_BYTES_MAX: usize = 512 << 20;
+/// Size-prefix bit marking a block stored uncompressed.
+pub const RAW_FLAG: u32 = 1 << 31;
+/// Blocks stored raw without a compression attempt after one that did not
+/// compress.
+const RAW_STREAK: u8 = 16;
 
 /// Builds one raw block.
 #[derive(Default)]
 pub(crate) struct BlockBuilder {
     raw: Vec<u8>,
     count: usize,
+    /// Blocks left to store raw without trying lz4.
+    skip: u8,
 }
 
 impl BlockBuilder {
@@ -46,7 +59,21 @@ impl BlockBuilder {
     /// Compress and checksum the block into `out`; resets the builder.
     pub(crate) fn finish_into(&mut self, out: &mut Vec<u8>) -> usize {
         let start = out.len();
-        out.extend_from_slice(&lz4_flex::compress_prepend_size(&self.raw));
+        let mut raw = self.skip > 0;
+        if raw {
+            self.skip -= 1;
+        } else {
+            out.extend_from_slice(&lz4_flex::compress_prepend_size(&self.raw));
+            if out.len() - start - 4 >= self.raw.len() {
+                out.truncate(start);
+                raw = true;
+                self.skip = RAW_STREAK;
+            }
+        }
+        if raw {
+            out.extend_from_slice(&(self.raw.len() as u32 | RAW_FLAG).to_le_bytes());
+            out.extend_from_slice(&self.raw);
+        }
         let crc = crc32c::crc32c(&out[start..]);
         out.extend_from_slice(&crc.to_le_bytes());
         self.raw.clear();
@@ -94,13 +121,20 @@ impl Block {
         if body.len() < 4 {
             return Err("block shorter than its size prefix");
         }
-        let raw_len = u32::from_le_bytes([body[0], body[1], body[2], body[3]]) as usize;
-        // lz4 cannot expand more than ~255x; a larger claim is corruption.
-        if raw_len > BLOCK_RAW_BYTES_MAX || raw_len > body.len().saturating_mul(255) {
-            return Err("implausible uncompressed block size");
-        }
-        let data =
-            lz4_flex::decompress_size_prepended(body).map_err(|_| "block does not decompress")?;
+        let prefix = u32::from_le_bytes([body[0], body[1], body[2], body[3]]);
+        let data = if prefix & RAW_FLAG != 0 {
+            if (prefix & !RAW_FLAG) as usize != body.len() - 4 {
+                return Err("raw block size does not match its prefix");
+            }
+            body[4..].to_vec()
+        } else {
+            let raw_len = prefix as usize;
+            // lz4 cannot expand more than ~255x; a larger claim is corruption.
+            if raw_len > BLOCK_RAW_BYTES_MAX || raw_len > body.len().saturating_mul(255) {
+                return Err("implausible uncompressed block size");
+            }
+            lz4_flex::decompress_size_prepended(body).map_err(|_| "block does not decompress")?
+        };
         if data.len() > u32::MAX as usize {
             return Err("block too large");
         }
@@ -207,6 +241,42 @@ mod tests {
             let mut bad = out.clone();
             bad[i] ^= 0x10;
             assert!(Block::decode(&bad).is_err(), "flip at {i} went unnoticed");
+        }
+    }
+
+    #[test]
+    fn incompressible_blocks_are_stored_raw_and_round_trip() {
+        let mut b = BlockBuilder::default();
+        let mut out = Vec::new();
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let mut ends = Vec::new();
+        for blk in 0..3u32 {
+            for i in 0..30u32 {
+                let v: Vec<u8> = (0..100)
+                    .map(|_| {
+                        x ^= x << 13;
+                        x ^= x >> 7;
+                        x ^= x << 17;
+                        x as u8
+                    })
+                    .collect();
+                // Keys share no 4-byte run either (lz4's shortest match).
+                let mut k = vec![blk as u8, i as u8];
+                k.extend_from_slice(&v[..6]);
+                b.add(&k, &v);
+            }
+            let start = out.len();
+            b.finish_into(&mut out);
+            ends.push((start, out.len()));
+        }
+        for (i, &(a, z)) in ends.iter().enumerate() {
+            let prefix = u32::from_le_bytes(out[a..a + 4].try_into().unwrap());
+            assert!(prefix & RAW_FLAG != 0, "block {i} compressed");
+            let block = Block::decode(&out[a..z]).unwrap();
+            assert_eq!(block.len(), 30);
+            let mut bad = out[a..z].to_vec();
+            bad[1] ^= 1;
+            assert!(Block::decode(&bad).is_err());
         }
     }
 }

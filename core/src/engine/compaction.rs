@@ -9,6 +9,11 @@
 //!   overlapping the fewest bytes below, relative to its size) with the
 //!   tables it overlaps in the next level, into that level.
 //!
+//! A table that overlaps nothing in the next level, when there is no
+//! expired tombstone it could drop, is moved there by a manifest edit
+//! (a trivial move), not rewritten. (A flush into empty L0 and L1 goes
+//! straight to L1 for the same reason; see `flush_memtable`.)
+//!
 //! So a compaction rewrites about one table's overlap in the next level,
 //! not the whole data set: write amplification grows with the number of
 //! levels (logarithmic in the data size), not with the data size.
@@ -147,6 +152,12 @@ impl<F: Fs> Shared<F> {
             return Ok(false);
         };
         let inputs = pick.inputs;
+        if !full && inputs.len() == 1 && !pick.drop_tombstones {
+            // Nothing below overlaps and there is nothing to purge: move
+            // the table down with a manifest edit instead of rewriting it.
+            self.install_move(&inputs[0], pick.output_run)?;
+            return Ok(true);
+        }
         let mut sources: Vec<Source> = Vec::new();
         let mut expected = 0usize;
         for t in &inputs {
@@ -303,6 +314,55 @@ impl<F: Fs> Shared<F> {
         self.counters
             .compaction_bytes
             .fetch_add(written, Ordering::Relaxed);
+        self.counters.compactions.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+impl<F: Fs> Shared<F> {
+    /// Move `table` (overlapping nothing in `output_run`) to that level:
+    /// a manifest edit, the file stays as it is.
+    fn install_move(&self, table: &Arc<Table<F>>, output_run: usize) -> Result<(), EngineError> {
+        let id = table.meta.id;
+        let mut man = self.manifest.lock();
+        let mut next = man.clone();
+        next.l0.retain(|t| t.id != id);
+        for run in &mut next.levels {
+            run.retain(|t| t.id != id);
+        }
+        if next.levels.len() <= output_run {
+            next.levels.resize(output_run + 1, Vec::new());
+        }
+        next.levels[output_run].push(table.meta.clone());
+        next.levels[output_run].sort_by(|a, b| a.min_key.cmp(&b.min_key));
+        while next.levels.last().is_some_and(Vec::is_empty) {
+            next.levels.pop();
+        }
+        next.store(&self.fs, &self.dir)?;
+        *man = next;
+        let mut levels = self.levels.write();
+        let l0 = levels
+            .l0
+            .iter()
+            .filter(|t| t.meta.id != id)
+            .cloned()
+            .collect();
+        let mut runs: Vec<Vec<Arc<Table<F>>>> = levels
+            .runs
+            .iter()
+            .map(|run| run.iter().filter(|t| t.meta.id != id).cloned().collect())
+            .collect();
+        if runs.len() <= output_run {
+            runs.resize_with(output_run + 1, Vec::new);
+        }
+        runs[output_run].push(table.clone());
+        runs[output_run].sort_by(|a, b| a.meta.min_key.cmp(&b.meta.min_key));
+        while runs.last().is_some_and(Vec::is_empty) {
+            runs.pop();
+        }
+        *levels = Arc::new(Levels { l0, runs });
+        drop(levels);
+        drop(man);
         self.counters.compactions.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }

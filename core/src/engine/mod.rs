@@ -508,13 +508,13 @@ impl<F: Fs> Engine<F> {
         }
         let levels = s.levels.read().clone();
         let runs = levels.runs.iter().filter_map(|run| run_table(run, key));
+        let hash = bloom::key_hash(key);
         for t in levels.l0.iter().filter(|t| t.covers(key)).chain(runs) {
-            let reader = t.reader()?;
-            if !reader.may_contain(key) {
+            if !t.may_contain(key, hash)? {
                 s.counters.bloom_skips.fetch_add(1, Ordering::Relaxed);
                 continue;
             }
-            let (found, hit) = reader.get(key, &s.blocks)?;
+            let (found, hit) = t.reader()?.get(key, &s.blocks)?;
             let counter = if hit {
                 &s.counters.cache_hits
             } else {
@@ -807,8 +807,8 @@ impl<F: Fs> Shared<F> {
         }
     }
 
-    /// Write `mem` as an L0 table, record it, retire the memtable and the
-    /// log segments it covered.
+    /// Write `mem` as an L0 table (L1 when L0 and L1 are empty), record
+    /// it, retire the memtable and the log segments it covered.
     fn flush_memtable(&self, mem: &Arc<Memtable>) -> Result<(), EngineError> {
         let table = if mem.is_empty() {
             None
@@ -840,8 +840,23 @@ impl<F: Fs> Shared<F> {
             let mut man = self.manifest.lock();
             let mut next = man.clone();
             next.log_floor = next.log_floor.max(mem.id() + 1);
+            // With L0 and L1 both empty the table goes straight to L1 (one
+            // table is a sorted run): moving it there later would be a
+            // free manifest edit anyway, and in L0 it would count towards
+            // the L0 trigger and be rewritten by the next L0 compaction.
+            // Decided under the manifest lock: with L0 and L1 empty no
+            // running compaction can be writing into L1 (its inputs would
+            // still be listed in L0 or L1 until it installs).
+            let to_l1 = next.l0.is_empty() && next.levels.first().is_none_or(Vec::is_empty);
             if let Some(meta) = &table {
-                next.l0.insert(0, meta.clone());
+                if to_l1 {
+                    if next.levels.is_empty() {
+                        next.levels.push(Vec::new());
+                    }
+                    next.levels[0].push(meta.clone());
+                } else {
+                    next.l0.insert(0, meta.clone());
+                }
             }
             next.store(&self.fs, &self.dir)?;
             *man = next;
@@ -854,11 +869,16 @@ impl<F: Fs> Shared<F> {
                 ));
                 let mut levels = self.levels.write();
                 let mut l0 = levels.l0.clone();
-                l0.insert(0, t);
-                *levels = Arc::new(Levels {
-                    l0,
-                    runs: levels.runs.clone(),
-                });
+                let mut runs = levels.runs.clone();
+                if to_l1 {
+                    if runs.is_empty() {
+                        runs.push(Vec::new());
+                    }
+                    runs[0].push(t);
+                } else {
+                    l0.insert(0, t);
+                }
+                *levels = Arc::new(Levels { l0, runs });
             }
         }
         self.mem.write().immutable.retain(|m| !Arc::ptr_eq(m, mem));

@@ -38,7 +38,9 @@ use super::manifest::TableMeta;
 use crate::model::VersionSet;
 
 /// Format version of tables written by this build.
-pub const TABLE_FORMAT_VERSION: u32 = 1;
+pub const TABLE_FORMAT_VERSION: u32 = 2;
+/// Oldest table format version still read (1: SipHash bloom filter).
+pub const TABLE_FORMAT_VERSION_MIN: u32 = 1;
 /// Magic number closing every table ("ISTHMSST").
 pub const TABLE_MAGIC: u64 = u64::from_le_bytes(*b"ISTHMSST");
 /// Size of the footer.
@@ -49,6 +51,8 @@ const WRITE_BUFFER_BYTES: usize = 1 << 20;
 /// The decoded footer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Footer {
+    /// Table format version (1: SipHash bloom filter; 2: blocked).
+    pub version: u32,
     /// Offset of the index.
     pub index_offset: u64,
     /// Length of the index (with its checksum).
@@ -69,7 +73,7 @@ impl Footer {
         out[16..24].copy_from_slice(&self.bloom_offset.to_le_bytes());
         out[24..32].copy_from_slice(&self.bloom_len.to_le_bytes());
         out[32..40].copy_from_slice(&self.entries.to_le_bytes());
-        out[40..44].copy_from_slice(&TABLE_FORMAT_VERSION.to_le_bytes());
+        out[40..44].copy_from_slice(&self.version.to_le_bytes());
         let crc = crc32c::crc32c(&out[0..44]);
         out[44..48].copy_from_slice(&crc.to_le_bytes());
         out[48..56].copy_from_slice(&TABLE_MAGIC.to_le_bytes());
@@ -96,7 +100,7 @@ impl Footer {
         if crc32c::crc32c(&bytes[0..44]) != crc {
             return Err(FooterError::Corrupt("footer checksum mismatch"));
         }
-        if version != TABLE_FORMAT_VERSION {
+        if !(TABLE_FORMAT_VERSION_MIN..=TABLE_FORMAT_VERSION).contains(&version) {
             return Err(FooterError::Version(version));
         }
         let [index_offset, index_len, bloom_offset, bloom_len, entries] = u64s;
@@ -108,6 +112,7 @@ impl Footer {
             _ => return Err(FooterError::Corrupt("footer offsets do not fit the file")),
         }
         Ok(Footer {
+            version,
             index_offset,
             index_len,
             bloom_offset,
@@ -287,6 +292,7 @@ impl<F: Fs> TableWriter<F> {
         let index = encode_index(&self.index);
         let bloom = self.filter.encode();
         let footer = Footer {
+            version: TABLE_FORMAT_VERSION,
             index_offset: self.offset,
             index_len: index.len() as u64,
             bloom_offset: self.offset + index.len() as u64,
@@ -330,7 +336,7 @@ pub struct TableReader<F: Fs> {
     /// binary-searches these integers and compares full keys (one pointer
     /// chase each) only among blocks whose prefixes tie.
     index_prefixes: Vec<u64>,
-    filter: KeyFilter,
+    filter: std::sync::Arc<KeyFilter>,
 }
 
 impl<F: Fs> TableReader<F> {
@@ -370,7 +376,12 @@ impl<F: Fs> TableReader<F> {
         let index = decode_index(&index_bytes, footer.index_offset)
             .map_err(|r| EngineError::corrupt(path, footer.index_offset, r))?;
         let bloom_bytes = read(footer.bloom_offset, footer.bloom_len)?;
-        let filter = KeyFilter::decode(&bloom_bytes)
+        let decode_filter = if footer.version == 1 {
+            KeyFilter::decode_v1
+        } else {
+            KeyFilter::decode
+        };
+        let filter = decode_filter(&bloom_bytes)
             .map_err(|r| EngineError::corrupt(path, footer.bloom_offset, r))?;
         Ok(TableReader {
             id,
@@ -378,13 +389,18 @@ impl<F: Fs> TableReader<F> {
             file,
             index_prefixes: index.iter().map(|e| key_prefix(&e.last_key)).collect(),
             index,
-            filter,
+            filter: std::sync::Arc::new(filter),
         })
     }
 
     /// May this table hold `key`?
     pub fn may_contain(&self, key: &[u8]) -> bool {
         self.filter.may_contain(key)
+    }
+
+    /// The table's bloom filter, shared.
+    pub(crate) fn filter(&self) -> std::sync::Arc<KeyFilter> {
+        self.filter.clone()
     }
 
     fn read_block(&self, i: usize) -> Result<Block, EngineError> {
