@@ -19,7 +19,7 @@ use super::bloom::KeyFilter;
 use super::error::EngineError;
 use super::fs::Fs;
 use super::manifest::TableMeta;
-use super::sstable::TableReader;
+use super::sstable::{TableReader, key_prefix};
 
 /// Weighs a cached block by its memory footprint.
 #[derive(Clone, Copy, Debug, Default)]
@@ -54,12 +54,18 @@ pub(crate) struct Table<F: Fs> {
     /// the handle cache dropped the reader). Memory: the filters of all
     /// live tables, about 1.2 bytes per key (1% false positives).
     filter: OnceLock<Arc<KeyFilter>>,
+    /// `key_prefix` of the smallest and largest keys: most `covers`
+    /// answers without comparing byte strings.
+    min_prefix: u64,
+    max_prefix: u64,
     obsolete: AtomicBool,
 }
 
 impl<F: Fs> Table<F> {
     pub(crate) fn new(meta: TableMeta, path: PathBuf, fs: F, readers: Arc<ReaderCache<F>>) -> Self {
         Table {
+            min_prefix: key_prefix(&meta.min_key),
+            max_prefix: key_prefix(&meta.max_key),
             meta,
             path,
             fs,
@@ -95,7 +101,13 @@ impl<F: Fs> Table<F> {
 
     /// Could `key` be in this table by its key range?
     pub(crate) fn covers(&self, key: &[u8]) -> bool {
-        self.meta.min_key.as_slice() <= key && key <= self.meta.max_key.as_slice()
+        // Prefixes order like the keys (ties aside), see `key_prefix`.
+        let p = key_prefix(key);
+        if p < self.min_prefix || p > self.max_prefix {
+            return false;
+        }
+        (p > self.min_prefix || self.meta.min_key.as_slice() <= key)
+            && (p < self.max_prefix || key <= self.meta.max_key.as_slice())
     }
 
     /// Delete the file once no snapshot holds this table any more.
@@ -110,6 +122,44 @@ impl<F: Fs> Drop for Table<F> {
             self.readers.remove(&self.meta.id);
             // A failure leaves an orphan that the next open removes.
             let _ = self.fs.remove(&self.path);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::fs::MemFs;
+
+    #[test]
+    fn covers_agrees_with_byte_comparison() {
+        let keys: Vec<Vec<u8>> = vec![
+            vec![],
+            vec![0],
+            b"a".to_vec(),
+            b"a\0".to_vec(),
+            b"abcdefgh".to_vec(),
+            b"abcdefgh\0".to_vec(),
+            b"abcdefgh\x01".to_vec(),
+            b"abcdefgi".to_vec(),
+            b"b".to_vec(),
+            vec![0xff; 9],
+        ];
+        let readers = Arc::new(ReaderCache::<MemFs>::new(4));
+        for lo in &keys {
+            for hi in keys.iter().filter(|h| *h >= lo) {
+                let meta = TableMeta {
+                    id: 1,
+                    size_bytes: 0,
+                    entries: 1,
+                    min_key: lo.clone(),
+                    max_key: hi.clone(),
+                };
+                let t = Table::new(meta, PathBuf::from("/t"), MemFs::new(), readers.clone());
+                for k in &keys {
+                    assert_eq!(t.covers(k), lo <= k && k <= hi, "{k:?} in {lo:?}..={hi:?}");
+                }
+            }
         }
     }
 }

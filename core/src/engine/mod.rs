@@ -509,9 +509,19 @@ impl<F: Fs> Engine<F> {
         let levels = s.levels.read().clone();
         let runs = levels.runs.iter().filter_map(|run| run_table(run, key));
         let hash = bloom::key_hash(key);
+        // Counted once per get, not once per table: each count is an
+        // atomic read-modify-write on a shared cache line.
+        let mut skips = 0u64;
         for t in levels.l0.iter().filter(|t| t.covers(key)).chain(runs) {
-            if !t.may_contain(key, hash)? {
-                s.counters.bloom_skips.fetch_add(1, Ordering::Relaxed);
+            let admitted = match t.may_contain(key, hash) {
+                Ok(a) => a,
+                Err(e) => {
+                    s.counters.bloom_skips.fetch_add(skips, Ordering::Relaxed);
+                    return Err(e);
+                }
+            };
+            if !admitted {
+                skips += 1;
                 continue;
             }
             let (found, hit) = t.reader()?.get(key, &s.blocks)?;
@@ -524,6 +534,9 @@ impl<F: Fs> Engine<F> {
             if let Some(set) = found {
                 add(set);
             }
+        }
+        if skips > 0 {
+            s.counters.bloom_skips.fetch_add(skips, Ordering::Relaxed);
         }
         Ok(out.unwrap_or_default())
     }

@@ -319,7 +319,7 @@ impl<F: Fs> TableWriter<F> {
 
 /// The first 8 bytes of `key`, big-endian, zero-padded: ordering keys by
 /// this is coarser than, and consistent with, ordering them by bytes.
-fn key_prefix(key: &[u8]) -> u64 {
+pub(crate) fn key_prefix(key: &[u8]) -> u64 {
     let mut b = [0u8; 8];
     let n = key.len().min(8);
     b[..n].copy_from_slice(&key[..n]);
