@@ -471,6 +471,33 @@ impl NodeHandler {
         ResponseBody::Status { nodes }
     }
 
+    /// A client put (`Some(value)`) or delete (`None`).
+    #[allow(clippy::too_many_arguments)]
+    async fn write(
+        &self,
+        keyspace: String,
+        key: Vec<u8>,
+        value: Option<Vec<u8>>,
+        context: Context,
+        consistency: Option<crate::model::Consistency>,
+        write_id: isthmus_client::wire::WriteId,
+        deadline: Duration,
+    ) -> ResponseBody {
+        let clock = match decode_context(&context) {
+            Ok(c) => c,
+            Err(e) => return bad_request(e),
+        };
+        let level = self.level(&keyspace, consistency);
+        match self
+            .coordinator
+            .write(&keyspace, &key, value, clock, write_id.0, level, deadline)
+            .await
+        {
+            Ok(()) => ResponseBody::Written,
+            Err(e) => ResponseBody::Error(e.to_wire()),
+        }
+    }
+
     fn coordinator_view(&self) -> crate::coordinator::ClusterView {
         let membership = self.gossiper.membership();
         let members: Vec<&Endpoint> = membership
@@ -524,27 +551,16 @@ impl Handler for NodeHandler {
                 consistency,
                 write_id,
             } => {
-                let clock = match decode_context(&context) {
-                    Ok(c) => c,
-                    Err(e) => return bad_request(e),
-                };
-                let level = self.level(&keyspace, consistency);
-                match self
-                    .coordinator
-                    .write(
-                        &keyspace,
-                        &key,
-                        Some(value),
-                        clock,
-                        write_id.0,
-                        level,
-                        deadline,
-                    )
-                    .await
-                {
-                    Ok(()) => ResponseBody::Written,
-                    Err(e) => ResponseBody::Error(e.to_wire()),
-                }
+                self.write(
+                    keyspace,
+                    key,
+                    Some(value),
+                    context,
+                    consistency,
+                    write_id,
+                    deadline,
+                )
+                .await
             }
             RequestBody::Delete {
                 keyspace,
@@ -553,19 +569,16 @@ impl Handler for NodeHandler {
                 consistency,
                 write_id,
             } => {
-                let clock = match decode_context(&context) {
-                    Ok(c) => c,
-                    Err(e) => return bad_request(e),
-                };
-                let level = self.level(&keyspace, consistency);
-                match self
-                    .coordinator
-                    .write(&keyspace, &key, None, clock, write_id.0, level, deadline)
-                    .await
-                {
-                    Ok(()) => ResponseBody::Written,
-                    Err(e) => ResponseBody::Error(e.to_wire()),
-                }
+                self.write(
+                    keyspace,
+                    key,
+                    None,
+                    context,
+                    consistency,
+                    write_id,
+                    deadline,
+                )
+                .await
             }
             RequestBody::Status => self.status(),
         }

@@ -88,11 +88,10 @@ async fn get(session: &Session, key: &[u8]) -> Vec<Vec<u8>> {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_three_node_cluster_survives_a_stopped_node_and_hands_off_its_hints() {
-    let dir = tempfile::tempdir().unwrap();
+/// Three nodes joined through the first; returns its address and them.
+async fn three_nodes(dir: &Path) -> (String, Vec<RunningNode>) {
     let first = start(
-        config(0, dir.path(), "127.0.0.1:0", vec![]),
+        config(0, dir, "127.0.0.1:0", vec![]),
         Arc::new(NoMerge),
         tuning(),
     )
@@ -101,19 +100,20 @@ async fn a_three_node_cluster_survives_a_stopped_node_and_hands_off_its_hints() 
     let seed = first.addr.clone();
     let mut nodes: Vec<RunningNode> = vec![first];
     for i in 1..3 {
-        let node = start(
-            config(i, dir.path(), "127.0.0.1:0", vec![seed.clone()]),
-            Arc::new(NoMerge),
-            tuning(),
-        )
-        .await
-        .unwrap();
-        nodes.push(node);
+        let config = config(i, dir, "127.0.0.1:0", vec![seed.clone()]);
+        nodes.push(start(config, Arc::new(NoMerge), tuning()).await.unwrap());
     }
     until("every node sees three live nodes", || {
         nodes.iter().all(|n| n.gossiper().alive().len() == 3)
     })
     .await;
+    (seed, nodes)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_three_node_cluster_survives_a_stopped_node_and_hands_off_its_hints() {
+    let dir = tempfile::tempdir().unwrap();
+    let (seed, mut nodes) = three_nodes(dir.path()).await;
 
     let client = Session::connect(&nodes[0].addr, "test", Duration::from_secs(5))
         .await
@@ -192,29 +192,7 @@ async fn a_three_node_cluster_survives_a_stopped_node_and_hands_off_its_hints() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_client_routes_retries_and_survives_a_stopped_node() {
     let dir = tempfile::tempdir().unwrap();
-    let first = start(
-        config(0, dir.path(), "127.0.0.1:0", vec![]),
-        Arc::new(NoMerge),
-        tuning(),
-    )
-    .await
-    .unwrap();
-    let seed = first.addr.clone();
-    let mut nodes: Vec<RunningNode> = vec![first];
-    for i in 1..3 {
-        let node = start(
-            config(i, dir.path(), "127.0.0.1:0", vec![seed.clone()]),
-            Arc::new(NoMerge),
-            tuning(),
-        )
-        .await
-        .unwrap();
-        nodes.push(node);
-    }
-    until("every node sees three live nodes", || {
-        nodes.iter().all(|n| n.gossiper().alive().len() == 3)
-    })
-    .await;
+    let (seed, mut nodes) = three_nodes(dir.path()).await;
     let client = isthmus_client::Client::builder()
         .seed(seed.clone())
         .local_dc("dc1")
