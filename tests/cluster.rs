@@ -146,6 +146,27 @@ fn values(read: &isthmus_client::Read) -> Vec<Vec<u8>> {
     read.siblings.iter().map(|s| s.value.clone()).collect()
 }
 
+/// 100 blind writes of `PHASE-i` through `client`, each read back at once
+/// through `quorum` (W + R > N: a quorum read after a quorum write sees it).
+async fn write_and_read_back(client: &Client, quorum: &Client, phase: &str) {
+    for i in 0..100u32 {
+        let key = format!("{phase}-{i}");
+        client
+            .put(
+                "carts",
+                key.as_bytes(),
+                key.as_bytes().to_vec(),
+                &Context::default(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            values(&quorum.get("carts", key.as_bytes()).await.unwrap()),
+            vec![key.into_bytes()]
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_processes_survive_a_sigkill_and_hand_off_hints() {
     let dir = tempfile::tempdir().unwrap();
@@ -171,45 +192,14 @@ async fn five_processes_survive_a_sigkill_and_hand_off_hints() {
         .build()
         .await
         .unwrap();
-    for i in 0..100u32 {
-        let key = format!("before-{i}");
-        client
-            .put(
-                "carts",
-                key.as_bytes(),
-                key.as_bytes().to_vec(),
-                &Context::default(),
-            )
-            .await
-            .unwrap();
-        // W + R > N: a quorum read right after a quorum write sees it.
-        assert_eq!(
-            values(&quorum.get("carts", key.as_bytes()).await.unwrap()),
-            vec![key.into_bytes()]
-        );
-    }
+    write_and_read_back(&client, &quorum, "before").await;
 
     // SIGKILL one node; writes at LOCAL_QUORUM go on.
     nodes[3].kill();
     let survivors: Vec<&Node> = nodes.iter().filter(|n| n.child.is_some()).collect();
     assert_eq!(survivors.len(), 4);
     until("n3 is seen down", &nodes, async || all_see(&nodes, 4).await).await;
-    for i in 0..100u32 {
-        let key = format!("during-{i}");
-        client
-            .put(
-                "carts",
-                key.as_bytes(),
-                key.as_bytes().to_vec(),
-                &Context::default(),
-            )
-            .await
-            .unwrap();
-        assert_eq!(
-            values(&quorum.get("carts", key.as_bytes()).await.unwrap()),
-            vec![key.into_bytes()]
-        );
-    }
+    write_and_read_back(&client, &quorum, "during").await;
     let mut hinted = 0;
     for node in nodes.iter().filter(|n| n.child.is_some()) {
         let reports = status(&node.addr).await.unwrap();
