@@ -88,6 +88,18 @@ impl Ring {
         self.dcs.keys()
     }
 
+    /// The distinct tokens of a datacenter's ring, ascending. Each ends the
+    /// range of hashes placed like it: `(previous token, token]`, the
+    /// first one wrapping around from the last.
+    pub fn tokens(&self, dc: &DcName) -> Vec<u64> {
+        let mut tokens: Vec<u64> = self
+            .dcs
+            .get(dc)
+            .map_or_else(Vec::new, |r| r.tokens.iter().map(|&(t, _)| t).collect());
+        tokens.dedup();
+        tokens
+    }
+
     /// Number of nodes on a datacenter's ring.
     pub fn node_count(&self, dc: &DcName) -> usize {
         self.dcs.get(dc).map_or(0, |r| r.nodes.len())

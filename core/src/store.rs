@@ -15,7 +15,7 @@
 //! ```
 
 use std::collections::BTreeMap;
-use std::ops::Range;
+use std::ops::{Bound, RangeBounds};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -23,7 +23,7 @@ use parking_lot::Mutex;
 
 use crate::engine::{Engine, EngineError, EngineOptions};
 use crate::limit::LimitError;
-use crate::model::{Version, VersionSet, key_hash};
+use crate::model::{ContentHash, Version, VersionSet, key_hash};
 
 /// Longest keyspace name, in bytes (it is length-prefixed with one byte).
 pub const KEYSPACE_NAME_BYTES_MAX: usize = 255;
@@ -78,12 +78,30 @@ pub trait LocalStore: Send + Sync + 'static {
     ) -> impl Future<Output = Result<VersionSet, StoreError>> + Send;
 
     /// Every `(key, set)` of `keyspace` whose key hash is in `hashes`, in
-    /// hash order (for repair and range streaming).
+    /// hash order (for repair and range streaming). Any range form works,
+    /// so `..` and `h..=u64::MAX` reach the keys hashed to `u64::MAX`.
     fn scan_hashes(
         &self,
         keyspace: &str,
-        hashes: Range<u64>,
+        hashes: impl RangeBounds<u64> + Send,
     ) -> impl Future<Output = Result<Vec<(Vec<u8>, VersionSet)>, StoreError>> + Send;
+
+    /// Every `(key, digest of its set)` of `keyspace` whose key hash is in
+    /// `hashes`, in hash order: what Merkle repair lists. The default scans
+    /// the sets; a store may drop each set as soon as it is digested.
+    fn scan_digests(
+        &self,
+        keyspace: &str,
+        hashes: impl RangeBounds<u64> + Send,
+    ) -> impl Future<Output = Result<Vec<(Vec<u8>, ContentHash)>, StoreError>> + Send {
+        async move {
+            let sets = self.scan_hashes(keyspace, hashes).await?;
+            Ok(sets
+                .into_iter()
+                .map(|(key, set)| (key, set.digest()))
+                .collect())
+        }
+    }
 }
 
 /// The storage key of `(keyspace, key)`.
@@ -108,14 +126,54 @@ fn user_key(prefix_len: usize, storage_key: &[u8]) -> Option<Vec<u8>> {
     storage_key.get(prefix_len + 8..).map(<[u8]>::to_vec)
 }
 
-/// The storage-key range holding `keyspace`'s keys with hash in `hashes`.
-fn hash_range(keyspace: &str, hashes: &Range<u64>) -> Result<(Vec<u8>, Vec<u8>), StoreError> {
+/// The storage keys `[lo, hi)` holding `keyspace`'s keys with hash in
+/// `hashes`; `None` when no hash is in it.
+fn hash_range(
+    keyspace: &str,
+    hashes: &impl RangeBounds<u64>,
+) -> Result<Option<(Vec<u8>, Vec<u8>)>, StoreError> {
     let prefix = keyspace_prefix(keyspace)?;
+    let first = match hashes.start_bound() {
+        Bound::Included(&h) => h,
+        Bound::Excluded(&h) => match h.checked_add(1) {
+            Some(h) => h,
+            None => return Ok(None),
+        },
+        Bound::Unbounded => 0,
+    };
+    // One past the last hash, or `None` for "through u64::MAX".
+    let end = match hashes.end_bound() {
+        Bound::Included(&h) => h.checked_add(1),
+        Bound::Excluded(&h) => Some(h),
+        Bound::Unbounded => None,
+    };
+    if end.is_some_and(|end| end <= first) {
+        return Ok(None);
+    }
     let mut lo = prefix.clone();
-    lo.extend_from_slice(&hashes.start.to_be_bytes());
-    let mut hi = prefix;
-    hi.extend_from_slice(&hashes.end.to_be_bytes());
-    Ok((lo, hi))
+    lo.extend_from_slice(&first.to_be_bytes());
+    let hi = match end {
+        Some(end) => {
+            let mut hi = prefix;
+            hi.extend_from_slice(&end.to_be_bytes());
+            hi
+        }
+        None => prefix_successor(prefix),
+    };
+    Ok(Some((lo, hi)))
+}
+
+/// The least byte string greater than every string starting with
+/// `prefix`. A keyspace prefix always has one: its last byte is a UTF-8
+/// byte or the length byte of an empty name, never 0xff.
+fn prefix_successor(mut prefix: Vec<u8>) -> Vec<u8> {
+    while let Some(last) = prefix.pop() {
+        if last < u8::MAX {
+            prefix.push(last + 1);
+            return prefix;
+        }
+    }
+    unreachable!("a keyspace prefix is never all 0xff bytes")
 }
 
 /// A [`LocalStore`] on the storage engine. Engine calls block (an fsync
@@ -174,9 +232,11 @@ impl LocalStore for EngineStore {
     async fn scan_hashes(
         &self,
         keyspace: &str,
-        hashes: Range<u64>,
+        hashes: impl RangeBounds<u64> + Send,
     ) -> Result<Vec<(Vec<u8>, VersionSet)>, StoreError> {
-        let (lo, hi) = hash_range(keyspace, &hashes)?;
+        let Some((lo, hi)) = hash_range(keyspace, &hashes)? else {
+            return Ok(Vec::new());
+        };
         let prefix_len = 1 + keyspace.len();
         self.blocking(move |engine| {
             let mut out = Vec::new();
@@ -184,6 +244,28 @@ impl LocalStore for EngineStore {
                 let (skey, set) = entry?;
                 if let Some(key) = user_key(prefix_len, &skey) {
                     out.push((key, set));
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn scan_digests(
+        &self,
+        keyspace: &str,
+        hashes: impl RangeBounds<u64> + Send,
+    ) -> Result<Vec<(Vec<u8>, ContentHash)>, StoreError> {
+        let Some((lo, hi)) = hash_range(keyspace, &hashes)? else {
+            return Ok(Vec::new());
+        };
+        let prefix_len = 1 + keyspace.len();
+        self.blocking(move |engine| {
+            let mut out = Vec::new();
+            for entry in engine.scan(lo..hi)? {
+                let (skey, set) = entry?;
+                if let Some(key) = user_key(prefix_len, &skey) {
+                    out.push((key, set.digest()));
                 }
             }
             Ok(out)
@@ -231,9 +313,11 @@ impl LocalStore for MemStore {
     async fn scan_hashes(
         &self,
         keyspace: &str,
-        hashes: Range<u64>,
+        hashes: impl RangeBounds<u64> + Send,
     ) -> Result<Vec<(Vec<u8>, VersionSet)>, StoreError> {
-        let (lo, hi) = hash_range(keyspace, &hashes)?;
+        let Some((lo, hi)) = hash_range(keyspace, &hashes)? else {
+            return Ok(Vec::new());
+        };
         let prefix_len = 1 + keyspace.len();
         let data = self.data.lock();
         Ok(data
@@ -291,6 +375,39 @@ mod tests {
         let half = store.scan_hashes("carts", 0..1 << 63).await.unwrap();
         assert!(half.iter().all(|(k, _)| key_hash(k) < 1 << 63));
         assert!(!half.is_empty() && half.len() < 101);
+        // Every range form, including the hash u64::MAX and empty ranges.
+        assert_eq!(store.scan_hashes("carts", ..).await.unwrap().len(), 101);
+        let first = hashes[0];
+        assert_eq!(
+            store
+                .scan_hashes("carts", first..=first)
+                .await
+                .unwrap()
+                .len(),
+            1
+        );
+        assert!(
+            store
+                .scan_hashes("carts", first..first)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert!(store.scan_hashes("carts", 9..3).await.unwrap().is_empty());
+        assert!(
+            store
+                .scan_hashes("carts", (Bound::Excluded(u64::MAX), Bound::Unbounded))
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        let tail = store.scan_hashes("carts", first + 1..).await.unwrap();
+        assert_eq!(tail.len(), 100);
+        let digests = store.scan_digests("carts", ..).await.unwrap();
+        assert_eq!(digests.len(), 101);
+        for ((k, set), (dk, digest)) in all.iter().zip(&digests) {
+            assert_eq!((k, set.digest()), (dk, *digest));
+        }
         let long = "x".repeat(300);
         assert!(matches!(
             store.get(&long, b"k").await,

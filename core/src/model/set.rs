@@ -177,6 +177,13 @@ impl VersionSet {
         postcard::to_allocvec(self).expect("encoding a VersionSet into a Vec cannot fail")
     }
 
+    /// Content digest of the set: blake3 of its canonical encoding. Equal
+    /// sets have equal digests on every replica (what Merkle repair
+    /// compares).
+    pub fn digest(&self) -> ContentHash {
+        *blake3::hash(&self.encode()).as_bytes()
+    }
+
     /// Decode a set and check it is canonical (normalised clocks, pairwise
     /// concurrent members, canonical order), so a corrupt or hostile
     /// encoding cannot smuggle in a set that absorb would never build.
