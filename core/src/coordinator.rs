@@ -391,6 +391,9 @@ impl<S: LocalStore + Clone, T: Transport, H: HintSink> Coordinator<S, T, H> {
             PeerRequest::Gossip { .. } => {
                 failed(&"gossip is served by the node", ErrorCode::BadRequest)
             }
+            PeerRequest::Repair(_) => {
+                failed(&"repair is served by the node", ErrorCode::BadRequest)
+            }
         }
     }
 

@@ -35,6 +35,7 @@ pub mod model;
 pub mod node;
 pub mod peer;
 pub mod quorum;
+pub mod repair;
 pub mod ring;
 pub mod server;
 pub mod store;

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::gossip::membership::Endpoint;
 use crate::model::{Clock, Consistency, Version, VersionSet};
+use crate::repair::{RepairRequest, RepairResponse};
 use crate::ring::NodeId;
 
 /// A request from one node to another.
@@ -63,6 +64,8 @@ pub enum PeerRequest {
         /// Entries newer than what the sender believes the receiver holds.
         entries: Vec<Endpoint>,
     },
+    /// One step of a Merkle repair exchange (see [`crate::repair`]).
+    Repair(RepairRequest),
 }
 
 /// A node's answer to a [`PeerRequest`].
@@ -82,6 +85,8 @@ pub enum PeerResponse {
     },
     /// The request failed.
     Error(WireError),
+    /// The answer to a [`PeerRequest::Repair`].
+    Repair(RepairResponse),
 }
 
 impl ReplyBody for PeerResponse {

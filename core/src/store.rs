@@ -126,12 +126,15 @@ fn user_key(prefix_len: usize, storage_key: &[u8]) -> Option<Vec<u8>> {
     storage_key.get(prefix_len + 8..).map(<[u8]>::to_vec)
 }
 
+/// Storage keys `lo..hi`.
+type KeyRange = (Vec<u8>, Vec<u8>);
+
 /// The storage keys `[lo, hi)` holding `keyspace`'s keys with hash in
 /// `hashes`; `None` when no hash is in it.
 fn hash_range(
     keyspace: &str,
     hashes: &impl RangeBounds<u64>,
-) -> Result<Option<(Vec<u8>, Vec<u8>)>, StoreError> {
+) -> Result<Option<KeyRange>, StoreError> {
     let prefix = keyspace_prefix(keyspace)?;
     let first = match hashes.start_bound() {
         Bound::Included(&h) => h,
@@ -393,7 +396,8 @@ mod tests {
                 .unwrap()
                 .is_empty()
         );
-        assert!(store.scan_hashes("carts", 9..3).await.unwrap().is_empty());
+        let (hi, lo) = (3u64, 9u64);
+        assert!(store.scan_hashes("carts", lo..hi).await.unwrap().is_empty());
         assert!(
             store
                 .scan_hashes("carts", (Bound::Excluded(u64::MAX), Bound::Unbounded))

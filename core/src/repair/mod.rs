@@ -1,0 +1,455 @@
+//! Merkle anti-entropy: replicas compare hash trees over token ranges and
+//! exchange only the keys whose sets differ.
+//!
+//! - [`tree`]: hash ranges, listing entries, Merkle trees, leaf diffs (no IO).
+//! - [`exchange`]: the [`RepairRequest`]/[`RepairResponse`] messages and
+//!   [`sync`], one range between two [`Replica`]s, both ways.
+//! - [`server`]: a replica's side: sessions over a [`RepairData`] source
+//!   ([`StoreData`]: a local store, absorbing through the coordinator).
+//! - [`plan`]: which ranges a node syncs, and with whom (no IO).
+//! - [`Repairer`]: a node's repair: in-DC ranges with their other live
+//!   replicas (on a schedule and on demand), cross-DC full-sync with
+//!   another datacenter, and the serving of peers' requests.
+//!
+//! Every version a sync moves is absorbed through the keyspace's merge
+//! ([`crate::coordinator::Coordinator::apply_local`] on a node), so repair
+//! is idempotent and commutes with every other delivery path.
+//!
+//! Repair must run on every range more often than compaction's tombstone
+//! grace: a replica that still holds a value whose tombstone the others
+//! have purged would otherwise hand the value back to them.
+//!
+//! ```
+//! use isthmus_core::repair::tree::{HashRange, MerkleTree, depth_for};
+//!
+//! let keys: Vec<(u64, Vec<u8>, [u8; 32])> = (0..100u32)
+//!     .map(|i| {
+//!         let key = i.to_be_bytes().to_vec();
+//!         (isthmus_core::model::key_hash(&key), key, [i as u8; 32])
+//!     })
+//!     .collect();
+//! let depth = depth_for(keys.len() as u64);
+//! let a = MerkleTree::from_keys(HashRange::FULL, depth, keys.clone());
+//! let mut changed = keys;
+//! changed[7].2 = [0xff; 32];
+//! let b = MerkleTree::from_keys(HashRange::FULL, depth, changed);
+//! assert_ne!(a.root(), b.root());
+//! ```
+
+pub mod exchange;
+pub mod plan;
+pub mod server;
+pub mod tree;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use isthmus_client::wire::{ErrorCode, WireError};
+use parking_lot::RwLock;
+use tokio::sync::watch;
+
+pub use exchange::{RepairRequest, RepairResponse, Replica, SessionId, sync};
+pub use server::{Absorb, RepairData, RepairServer, StoreData};
+pub use tree::HashRange;
+
+use crate::coordinator::{ClusterView, Transport};
+use crate::model::{DcName, KeyspaceConfig};
+use crate::peer::{PeerRequest, PeerResponse};
+use crate::ring::NodeId;
+use crate::store::StoreError;
+
+/// What a repair did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RepairStats {
+    /// Range syncs completed (a range synced with two partners counts
+    /// twice).
+    pub ranges: u64,
+    /// Range syncs that failed (partner unreachable, storage error); the
+    /// next run retries them.
+    pub ranges_failed: u64,
+    /// Keys whose sets differed between the two sides.
+    pub keys_differing: u64,
+    /// Keys for which this node absorbed versions it lacked.
+    pub keys_pulled: u64,
+    /// Keys for which the partner was sent versions it lacked.
+    pub keys_pushed: u64,
+    /// Postcard-encoded bytes of the requests to partners and their
+    /// answers (peer message bodies, without envelopes and frame headers).
+    pub bytes: u64,
+}
+
+impl std::ops::AddAssign for RepairStats {
+    fn add_assign(&mut self, other: RepairStats) {
+        self.ranges += other.ranges;
+        self.ranges_failed += other.ranges_failed;
+        self.keys_differing += other.keys_differing;
+        self.keys_pulled += other.keys_pulled;
+        self.keys_pushed += other.keys_pushed;
+        self.bytes += other.bytes;
+    }
+}
+
+/// Why a repair (or one repair request) failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum RepairError {
+    /// No keyspace of that name is configured.
+    #[error("unknown keyspace {name:?}")]
+    UnknownKeyspace {
+        /// The name asked for.
+        name: String,
+    },
+    /// No node of that datacenter is known.
+    #[error("unknown datacenter {name:?}")]
+    UnknownDc {
+        /// The name asked for.
+        name: String,
+    },
+    /// A request that cannot be valid.
+    #[error("bad repair request: {reason}")]
+    BadRequest {
+        /// What is wrong.
+        reason: String,
+    },
+    /// The session was forgotten (expired, evicted, or the node restarted).
+    #[error("repair session {session:016x} is unknown")]
+    UnknownSession {
+        /// The session.
+        session: SessionId,
+    },
+    /// The local store failed.
+    #[error(transparent)]
+    Storage(#[from] StoreError),
+    /// The partner could not be reached or reported an error.
+    #[error("repair partner {node}: {reason}")]
+    Peer {
+        /// The partner.
+        node: NodeId,
+        /// What went wrong.
+        reason: String,
+    },
+    /// The partner answered something the exchange did not ask for.
+    #[error("repair protocol: {reason}")]
+    Protocol {
+        /// What arrived.
+        reason: String,
+    },
+}
+
+impl RepairError {
+    /// The error as the wire carries it.
+    pub fn to_wire(&self) -> WireError {
+        let code = match self {
+            RepairError::UnknownKeyspace { .. }
+            | RepairError::UnknownDc { .. }
+            | RepairError::BadRequest { .. }
+            | RepairError::UnknownSession { .. } => ErrorCode::BadRequest,
+            RepairError::Storage(_) => ErrorCode::StorageFailed,
+            RepairError::Peer { .. } => ErrorCode::Unavailable,
+            RepairError::Protocol { .. } => ErrorCode::Internal,
+        };
+        WireError {
+            code,
+            message: self.to_string(),
+            acks: None,
+        }
+    }
+}
+
+/// Repair knobs of a node.
+#[derive(Clone, Debug)]
+pub struct RepairConfig {
+    /// Time between scheduled in-DC repairs (the first one runs one
+    /// interval after start); zero disables them.
+    pub interval: Duration,
+    /// Deadline of each request to a partner (an `Open` scans a range).
+    pub call_timeout: Duration,
+}
+
+impl Default for RepairConfig {
+    fn default() -> Self {
+        RepairConfig {
+            interval: Duration::from_secs(600),
+            call_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// A partner node reached through a [`Transport`]; counts the encoded
+/// bytes of each request and answer.
+pub struct PeerReplica<'a, T> {
+    /// How to reach it.
+    pub transport: &'a T,
+    /// The partner.
+    pub node: &'a NodeId,
+    /// Deadline of each request.
+    pub timeout: Duration,
+}
+
+fn encoded_len<M: serde::Serialize>(message: &M) -> u64 {
+    postcard::experimental::serialized_size(message).map_or(0, |n| n as u64)
+}
+
+impl<T: Transport> Replica for PeerReplica<'_, T> {
+    async fn call(&self, request: RepairRequest) -> Result<(RepairResponse, u64), RepairError> {
+        let request = PeerRequest::Repair(request);
+        let sent = encoded_len(&request);
+        let failed = |reason: String| RepairError::Peer {
+            node: self.node.clone(),
+            reason,
+        };
+        let response = self
+            .transport
+            .call(self.node, request, self.timeout)
+            .await
+            .map_err(|e| failed(e.to_string()))?;
+        let bytes = sent + encoded_len(&response);
+        match response {
+            PeerResponse::Repair(r) => Ok((r, bytes)),
+            PeerResponse::Error(e) => Err(failed(format!("{}: {}", e.code.name(), e.message))),
+            other => Err(RepairError::Protocol {
+                reason: format!("{} answered {other:?}", self.node),
+            }),
+        }
+    }
+}
+
+/// Which live replicas of a range a node syncs it with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Partners {
+    /// Every other live replica (on demand).
+    All,
+    /// The live replicas after this node in the range's placement order
+    /// (the schedule: every node runs it, so each pair of live replicas is
+    /// synced once per round, by its earlier member).
+    Following,
+}
+
+/// A node's repair: serves its peers' syncs and runs its own.
+pub struct Repairer<D, T> {
+    me: NodeId,
+    dc: DcName,
+    server: RepairServer<D>,
+    transport: Arc<T>,
+    keyspaces: Arc<RwLock<BTreeMap<String, KeyspaceConfig>>>,
+    view: watch::Receiver<Arc<ClusterView>>,
+    config: RepairConfig,
+    seed: u64,
+    next_session: AtomicU64,
+}
+
+impl<D: RepairData, T: Transport> Repairer<D, T> {
+    /// The repair of node `me` of datacenter `dc`.
+    pub fn new(
+        me: NodeId,
+        dc: DcName,
+        data: D,
+        transport: Arc<T>,
+        keyspaces: Arc<RwLock<BTreeMap<String, KeyspaceConfig>>>,
+        view: watch::Receiver<Arc<ClusterView>>,
+        config: RepairConfig,
+    ) -> Self {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        let seed = xxhash_rust::xxh3::xxh3_64_with_seed(me.0.as_bytes(), now);
+        Repairer {
+            me,
+            dc,
+            server: RepairServer::new(data),
+            transport,
+            keyspaces,
+            view,
+            config,
+            seed,
+            next_session: AtomicU64::new(0),
+        }
+    }
+
+    /// This node's side of syncs (its data source and sessions).
+    pub fn server(&self) -> &RepairServer<D> {
+        &self.server
+    }
+
+    /// The knobs.
+    pub fn config(&self) -> &RepairConfig {
+        &self.config
+    }
+
+    /// Answer a peer's repair request.
+    pub async fn serve(&self, request: RepairRequest) -> PeerResponse {
+        match self.server.serve(request).await {
+            Ok(r) => PeerResponse::Repair(r),
+            Err(e) => PeerResponse::Error(e.to_wire()),
+        }
+    }
+
+    /// Repair on demand: with `remote_dc`, a full sync with that
+    /// datacenter ([`Self::full_sync`]); without, this node's in-DC ranges
+    /// with every other live replica ([`Self::repair_dc`]). `keyspace`
+    /// limits it to one keyspace.
+    pub async fn repair(
+        &self,
+        keyspace: Option<&str>,
+        remote_dc: Option<&DcName>,
+    ) -> Result<RepairStats, RepairError> {
+        match remote_dc {
+            Some(dc) if *dc != self.dc => self.full_sync(keyspace, dc).await,
+            _ => self.repair_dc(keyspace, Partners::All).await,
+        }
+    }
+
+    fn session(&self) -> SessionId {
+        let n = self.next_session.fetch_add(1, Ordering::Relaxed);
+        xxhash_rust::xxh3::xxh3_64_with_seed(&n.to_le_bytes(), self.seed)
+    }
+
+    fn keyspaces(&self, only: Option<&str>) -> Result<Vec<(String, KeyspaceConfig)>, RepairError> {
+        let keyspaces = self.keyspaces.read();
+        match only {
+            Some(name) => keyspaces
+                .get(name)
+                .map(|k| vec![(name.to_owned(), k.clone())])
+                .ok_or_else(|| RepairError::UnknownKeyspace {
+                    name: name.to_owned(),
+                }),
+            None => Ok(keyspaces
+                .iter()
+                .map(|(n, k)| (n.clone(), k.clone()))
+                .collect()),
+        }
+    }
+
+    /// Sync one range with one partner, counting a failure rather than
+    /// returning it (the other ranges still run).
+    async fn sync_range(
+        &self,
+        keyspace: &str,
+        range: HashRange,
+        partner: &NodeId,
+        stats: &mut RepairStats,
+    ) {
+        let remote = PeerReplica {
+            transport: self.transport.as_ref(),
+            node: partner,
+            timeout: self.config.call_timeout,
+        };
+        match sync(&self.server, &remote, keyspace, range, self.session()).await {
+            Ok(s) => {
+                if s.keys_differing > 0 {
+                    tracing::debug!(keyspace, %range, %partner, differing = s.keys_differing, "range repaired");
+                }
+                *stats += s;
+            }
+            Err(e) => {
+                stats.ranges_failed += 1;
+                tracing::warn!(keyspace, %range, %partner, error = %e, "range repair failed");
+            }
+        }
+    }
+
+    /// Sync every range this node replicates in its datacenter with the
+    /// `partners` among its other live replicas.
+    pub async fn repair_dc(
+        &self,
+        keyspace: Option<&str>,
+        partners: Partners,
+    ) -> Result<RepairStats, RepairError> {
+        let mut stats = RepairStats::default();
+        for (name, ks) in self.keyspaces(keyspace)? {
+            let Some(&rf) = ks.replication.get(&self.dc) else {
+                continue;
+            };
+            let view = self.view.borrow().clone();
+            for (range, replicas) in plan::local_ranges(&view.ring, &self.dc, rf as usize, &self.me)
+            {
+                let position = replicas.iter().position(|n| *n == self.me).unwrap_or(0);
+                let candidates = match partners {
+                    Partners::All => &replicas[..],
+                    Partners::Following => &replicas[position + 1..],
+                };
+                for partner in candidates {
+                    if *partner != self.me && view.alive.contains(partner) {
+                        self.sync_range(&name, range, partner, &mut stats).await;
+                    }
+                }
+            }
+        }
+        Ok(stats)
+    }
+
+    /// Full sync with datacenter `remote`: for every piece of the ring on
+    /// which this node is the first live local replica, sync with the
+    /// first live replica of `remote`. What it pulls reaches the other
+    /// local replicas through their in-DC repair, and what it pushes
+    /// reaches the other remote replicas through theirs. This is what the
+    /// cross-DC bridge falls back to when its outbox overflows.
+    pub async fn full_sync(
+        &self,
+        keyspace: Option<&str>,
+        remote: &DcName,
+    ) -> Result<RepairStats, RepairError> {
+        let view = self.view.borrow().clone();
+        if view.ring.node_count(remote) == 0 {
+            return Err(RepairError::UnknownDc {
+                name: remote.0.clone(),
+            });
+        }
+        let mut stats = RepairStats::default();
+        for (name, ks) in self.keyspaces(keyspace)? {
+            let (Some(&local_rf), Some(&remote_rf)) =
+                (ks.replication.get(&self.dc), ks.replication.get(remote))
+            else {
+                continue;
+            };
+            let view = self.view.borrow().clone();
+            let ranges = plan::remote_ranges(
+                &view.ring,
+                &self.dc,
+                local_rf as usize,
+                remote,
+                remote_rf as usize,
+                &view.alive,
+                &self.me,
+            );
+            for (range, partner) in ranges {
+                self.sync_range(&name, range, &partner, &mut stats).await;
+            }
+        }
+        Ok(stats)
+    }
+
+    /// The scheduled worker: every [`RepairConfig::interval`], an in-DC
+    /// repair of every keyspace ([`Partners::Following`]), until `stop`.
+    pub async fn run(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        let period = self.config.interval;
+        if period.is_zero() {
+            return;
+        }
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(period) => {}
+                _ = stop.changed() => return,
+            }
+            tokio::select! {
+                result = self.repair_dc(None, Partners::Following) => match result {
+                    Ok(s) => tracing::info!(
+                        ranges = s.ranges,
+                        failed = s.ranges_failed,
+                        differing = s.keys_differing,
+                        pulled = s.keys_pulled,
+                        pushed = s.keys_pushed,
+                        bytes = s.bytes,
+                        "scheduled repair done"
+                    ),
+                    Err(e) => tracing::warn!(error = %e, "scheduled repair failed"),
+                },
+                _ = stop.changed() => return,
+            }
+        }
+    }
+}
