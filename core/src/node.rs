@@ -8,7 +8,8 @@
 //!                                  │               │  └──────► TcpTransport ──► peers
 //!                                  │               └─────────► HintStore
 //!                                  └──► Gossiper ──► ClusterView (watch) ──► Coordinator
-//! workers: gossip (rounds), handoff (hint replay), server (accept loop)
+//! workers: gossip (rounds), handoff (hint replay), repair (scheduled
+//! Merkle repair), server (accept loop)
 //! ```
 //!
 //! What it is not: the place where merge functions run. The binary hands a
@@ -20,7 +21,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use isthmus_client::wire::{
-    Context, ErrorCode, NodeReport, RequestBody, ResponseBody, Sibling, WireError, decode, encode,
+    Context, ErrorCode, NodeReport, RepairReport, RequestBody, ResponseBody, Sibling, WireError,
+    decode, encode,
 };
 use parking_lot::RwLock;
 use tokio::net::TcpListener;
@@ -37,6 +39,7 @@ use crate::limit::Limits;
 use crate::merge::MergeHook;
 use crate::model::{Actor, Clock, DcName, KeyspaceConfig, VersionSet};
 use crate::peer::{PeerRequest, PeerResponse};
+use crate::repair::{RepairConfig, RepairError, RepairStats, Repairer, StoreData};
 use crate::ring::{NodeId, Placement};
 use crate::server::{self, Handler, ServerConfig};
 use crate::store::EngineStore;
@@ -75,6 +78,9 @@ pub enum NodeError {
 
 type NodeCoordinator = Coordinator<EngineStore, TcpTransport, Arc<HintStore>>;
 
+/// A node's Merkle repair: its store, absorbing through its coordinator.
+pub type NodeRepairer = Repairer<StoreData<EngineStore, Arc<NodeCoordinator>>, TcpTransport>;
+
 /// Runtime knobs that are not part of the operator's config file.
 #[derive(Clone, Debug, Default)]
 pub struct NodeTuning {
@@ -86,6 +92,8 @@ pub struct NodeTuning {
     pub hints: HintConfig,
     /// Size limits.
     pub limits: Limits,
+    /// Merkle repair schedule and deadlines.
+    pub repair: RepairConfig,
 }
 
 /// A started node. Dropping it without [`RunningNode::shutdown`] aborts
@@ -96,6 +104,7 @@ pub struct RunningNode {
     coordinator: Arc<NodeCoordinator>,
     gossiper: Arc<Gossiper>,
     store: EngineStore,
+    repairer: Arc<NodeRepairer>,
     stop: watch::Sender<bool>,
     tasks: Vec<(&'static str, JoinHandle<()>)>,
 }
@@ -240,6 +249,18 @@ pub async fn start(
         keyspaces.clone(),
         view.clone(),
     ));
+    let repairer = Arc::new(Repairer::new(
+        me.clone(),
+        DcName(config.dc.clone()),
+        StoreData {
+            store: store.clone(),
+            absorb: coordinator.clone(),
+        },
+        transport.clone(),
+        keyspaces.clone(),
+        view.clone(),
+        tuning.repair.clone(),
+    ));
     hints.discover(
         std::fs::read_dir(data_dir.join("hints"))
             .into_iter()
@@ -257,6 +278,8 @@ pub async fn start(
         hints: hints.clone(),
         gossiper: gossiper.clone(),
         keyspaces: keyspaces.clone(),
+        repairer: repairer.clone(),
+        stop: stop_rx.clone(),
     });
     let server_config = ServerConfig {
         node_id: config.node_id.clone(),
@@ -283,12 +306,19 @@ pub async fn start(
             stop_rx.clone(),
         )),
     ));
+    if !tuning.repair.interval.is_zero() {
+        tasks.push((
+            "repair",
+            tokio::spawn(repairer.clone().run(stop_rx.clone())),
+        ));
+    }
     tracing::info!(node = %me, %addr, "node started");
     Ok(RunningNode {
         addr,
         coordinator,
         gossiper,
         store,
+        repairer,
         stop,
         tasks,
     })
@@ -358,6 +388,22 @@ impl RunningNode {
         &self.store
     }
 
+    /// The node's Merkle repair (for the cross-DC bridge's full sync).
+    pub fn repairer(&self) -> &Arc<NodeRepairer> {
+        &self.repairer
+    }
+
+    /// Repair now: this node's ranges in its datacenter with their other
+    /// live replicas or, with `remote_dc`, a full sync with that
+    /// datacenter; every keyspace, or just `keyspace`.
+    pub async fn repair(
+        &self,
+        keyspace: Option<&str>,
+        remote_dc: Option<&DcName>,
+    ) -> Result<RepairStats, RepairError> {
+        self.repairer.repair(keyspace, remote_dc).await
+    }
+
     /// Stop every worker, drain the server, and wait for all of them.
     pub async fn shutdown(mut self) {
         let _ = self.stop.send(true);
@@ -383,6 +429,8 @@ struct NodeHandler {
     hints: Arc<HintStore>,
     gossiper: Arc<Gossiper>,
     keyspaces: Arc<RwLock<BTreeMap<String, KeyspaceConfig>>>,
+    repairer: Arc<NodeRepairer>,
+    stop: watch::Receiver<bool>,
 }
 
 fn bad_request(message: String) -> ResponseBody {
@@ -498,6 +546,52 @@ impl NodeHandler {
         }
     }
 
+    /// An on-demand repair. It runs as its own task, so a client deadline
+    /// shorter than the repair ends the wait, not the repair (which logs
+    /// its outcome); node shutdown ends it.
+    async fn repair(&self, keyspace: Option<String>, remote_dc: Option<String>) -> ResponseBody {
+        let (repairer, mut stop) = (self.repairer.clone(), self.stop.clone());
+        let task = tokio::spawn(async move {
+            let remote_dc = remote_dc.map(DcName);
+            tokio::select! {
+                result = repairer.repair(keyspace.as_deref(), remote_dc.as_ref()) => {
+                    match &result {
+                        Ok(s) => tracing::info!(
+                            keyspace = keyspace.as_deref().unwrap_or("*"),
+                            remote_dc = remote_dc.as_ref().map_or("", |d| d.0.as_str()),
+                            ranges = s.ranges,
+                            failed = s.ranges_failed,
+                            differing = s.keys_differing,
+                            pulled = s.keys_pulled,
+                            pushed = s.keys_pushed,
+                            bytes = s.bytes,
+                            "repair done"
+                        ),
+                        Err(e) => tracing::warn!(error = %e, "repair failed"),
+                    }
+                    Some(result)
+                }
+                _ = stop.changed() => None,
+            }
+        });
+        match task.await {
+            Ok(Some(Ok(s))) => ResponseBody::Repaired(RepairReport {
+                ranges: s.ranges,
+                ranges_failed: s.ranges_failed,
+                keys_differing: s.keys_differing,
+                keys_pulled: s.keys_pulled,
+                keys_pushed: s.keys_pushed,
+                bytes: s.bytes,
+            }),
+            Ok(Some(Err(e))) => ResponseBody::Error(e.to_wire()),
+            Ok(None) | Err(_) => ResponseBody::Error(WireError {
+                code: ErrorCode::Unavailable,
+                message: "the node is shutting down".into(),
+                acks: None,
+            }),
+        }
+    }
+
     fn coordinator_view(&self) -> crate::coordinator::ClusterView {
         let membership = self.gossiper.membership();
         let members: Vec<&Endpoint> = membership
@@ -581,6 +675,10 @@ impl Handler for NodeHandler {
                 .await
             }
             RequestBody::Status => self.status(),
+            RequestBody::Repair {
+                keyspace,
+                remote_dc,
+            } => self.repair(keyspace, remote_dc).await,
         }
     }
 
@@ -589,6 +687,7 @@ impl Handler for NodeHandler {
             PeerRequest::Gossip { digest, entries } => PeerResponse::Gossip {
                 entries: self.gossiper.on_exchange(&digest, entries),
             },
+            PeerRequest::Repair(request) => self.repairer.serve(request).await,
             other => self.coordinator.serve_peer(other, deadline).await,
         }
     }

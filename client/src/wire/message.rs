@@ -212,6 +212,15 @@ pub enum RequestBody {
         /// Retry identity.
         write_id: WriteId,
     },
+    /// Run Merkle repair on the answering node now: its ranges in its own
+    /// datacenter with their other live replicas, or, with `remote_dc`, a
+    /// full sync with that datacenter.
+    Repair {
+        /// One keyspace, or every keyspace.
+        keyspace: Option<String>,
+        /// Another datacenter to fully sync with.
+        remote_dc: Option<String>,
+    },
 }
 
 /// One node as `isthmus status` shows it.
@@ -273,6 +282,25 @@ pub enum ResponseBody {
     },
     /// The request failed.
     Error(WireError),
+    /// A repair finished.
+    Repaired(RepairReport),
+}
+
+/// What an on-demand repair did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RepairReport {
+    /// Range exchanges completed.
+    pub ranges: u64,
+    /// Range exchanges that failed (the next run retries them).
+    pub ranges_failed: u64,
+    /// Keys whose sets differed between replicas.
+    pub keys_differing: u64,
+    /// Keys for which the answering node absorbed versions it lacked.
+    pub keys_pulled: u64,
+    /// Keys for which a partner was sent versions it lacked.
+    pub keys_pushed: u64,
+    /// Encoded bytes of the repair messages exchanged with partners.
+    pub bytes: u64,
 }
 
 /// A typed error on the wire.

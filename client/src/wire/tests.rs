@@ -35,6 +35,14 @@ fn sample_requests() -> Vec<Request> {
                 write_id: WriteId([0; 16]),
             },
         },
+        Request {
+            id: 4,
+            timeout_ms: 30_000,
+            body: RequestBody::Repair {
+                keyspace: Some("carts".into()),
+                remote_dc: None,
+            },
+        },
     ]
 }
 
@@ -55,6 +63,18 @@ fn requests_and_responses_round_trip() {
         }),
     };
     assert_eq!(decode::<Response>(&encode(&response)).unwrap(), response);
+    let repaired = Response {
+        id: 5,
+        body: ResponseBody::Repaired(RepairReport {
+            ranges: 64,
+            ranges_failed: 1,
+            keys_differing: 3,
+            keys_pulled: 2,
+            keys_pushed: 1,
+            bytes: u64::MAX,
+        }),
+    };
+    assert_eq!(decode::<Response>(&encode(&repaired)).unwrap(), repaired);
 }
 
 #[test]
@@ -107,7 +127,7 @@ proptest! {
     /// Valid messages with bytes flipped, cut or appended are refused or
     /// decode to some other valid message, never a panic.
     #[test]
-    fn mutated_messages_fail_cleanly(which in 0usize..3, pos in any::<prop::sample::Index>(), flip in 1u8..=255, cut in any::<bool>()) {
+    fn mutated_messages_fail_cleanly(which in 0usize..4, pos in any::<prop::sample::Index>(), flip in 1u8..=255, cut in any::<bool>()) {
         let mut bytes = encode(&sample_requests()[which]);
         let i = pos.index(bytes.len());
         if cut {

@@ -4,8 +4,8 @@
 //! ```text
 //! initiator (local and remote alike)         replica
 //!   Open { session, keyspace, range }   ──►  scan the range, keep its listing
-//!                                       ◄──  Opened { keys }
-//!   depth = depth_for(max(keys, keys'))
+//!                                       ◄──  Opened { keys, digest }
+//!   equal digests: done; else depth = depth_for(max(keys, keys'))
 //!   Level { session, depth, level, nodes } ─► hashes of those nodes
 //!     level 0: [root]; then the children of every node whose hashes differ
 //!   Leaves { session, depth, leaves }   ──►  the listings (hash, fingerprint) of those leaves
@@ -112,10 +112,13 @@ pub enum RepairRequest {
 /// A replica's answer to a [`RepairRequest`].
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum RepairResponse {
-    /// The range is scanned; it holds `keys` keys.
+    /// The range is scanned.
     Opened {
         /// Keys in the range.
         keys: u64,
+        /// Hash of the whole listing ([`listing_digest`](super::tree::listing_digest)): equal on both
+        /// sides, the range is in sync and the descent is skipped.
+        digest: Fingerprint,
     },
     /// Node hashes, in the order asked.
     Hashes(Vec<Fingerprint>),
@@ -172,14 +175,14 @@ impl<R: Replica> Side<'_, R> {
         session: SessionId,
         keyspace: &str,
         range: HashRange,
-    ) -> Result<u64, RepairError> {
+    ) -> Result<(u64, Fingerprint), RepairError> {
         let request = RepairRequest::Open {
             session,
             keyspace: keyspace.to_owned(),
             range,
         };
         match self.call(request).await? {
-            RepairResponse::Opened { keys } => Ok(keys),
+            RepairResponse::Opened { keys, digest } => Ok((keys, digest)),
             other => Err(unexpected("Opened", &other)),
         }
     }
@@ -338,9 +341,9 @@ async fn sync_open<L: Replica, R: Replica>(
         ours.open(session, keyspace, range),
         theirs.open(session, keyspace, range)
     );
-    let (a, b) = (a?, b?);
+    let ((a, a_digest), (b, b_digest)) = (a?, b?);
     let mut stats = RepairStats::default();
-    if a == 0 && b == 0 {
+    if a_digest == b_digest {
         return Ok(stats);
     }
     let depth = depth_for(a.max(b));

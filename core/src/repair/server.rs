@@ -20,7 +20,7 @@ use super::exchange::{
     HASHES_PER_REQUEST, LEAVES_PER_REQUEST, MESSAGE_BYTES_TARGET, NODES_PER_REQUEST, RepairRequest,
     RepairResponse, Replica, SessionId,
 };
-use super::tree::{DEPTH_MAX, Entry, HashRange, MerkleTree, listing};
+use super::tree::{DEPTH_MAX, Entry, HashRange, MerkleTree, listing, listing_digest};
 use crate::coordinator::{Coordinator, HintSink, Transport};
 use crate::model::{Version, VersionSet, key_hash};
 use crate::store::{LocalStore, StoreError};
@@ -194,6 +194,10 @@ impl<D: RepairData> RepairServer<D> {
             } => {
                 let listing: Arc<[Entry]> = self.data.listing(&keyspace, range).await?.into();
                 let keys = listing.len() as u64;
+                let digest = {
+                    let listing = listing.clone();
+                    blocking(move || listing_digest(&listing)).await?
+                };
                 self.insert(
                     session,
                     Session {
@@ -203,7 +207,7 @@ impl<D: RepairData> RepairServer<D> {
                         used: Instant::now(),
                     },
                 );
-                Ok(RepairResponse::Opened { keys })
+                Ok(RepairResponse::Opened { keys, digest })
             }
             RepairRequest::Level {
                 session,

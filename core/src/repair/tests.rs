@@ -114,9 +114,11 @@ fn equal_contents_give_equal_trees_in_any_order() {
     let mut ks = keys(1000);
     let a = MerkleTree::from_keys(HashRange::FULL, 8, ks.clone());
     ks.reverse();
-    let b = MerkleTree::from_keys(HashRange::FULL, 8, ks);
+    let b = MerkleTree::from_keys(HashRange::FULL, 8, ks.clone());
     assert_eq!(a, b);
     assert_ne!(a.root(), EMPTY);
+    let flat = MerkleTree::from_keys(HashRange::FULL, 0, ks.clone());
+    assert_eq!(listing_digest(&listing(ks)), flat.root());
     let empty = MerkleTree::from_keys(
         HashRange::FULL,
         8,
