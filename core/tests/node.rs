@@ -1,6 +1,7 @@
 //! Whole nodes in one process over real TCP on loopback: gossip forms the
 //! cluster, clients write and read through any node, a stopped node's
-//! writes go to hints, and the hints are handed off when it returns.
+//! writes go to hints, the hints are handed off when it returns, and an
+//! on-demand repair brings diverged replicas together.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -13,6 +14,7 @@ use isthmus_core::config::{FsyncMode, KeyspaceSection, NodeConfig};
 use isthmus_core::gossip::detector::DetectorConfig;
 use isthmus_core::gossip::service::GossipConfig;
 use isthmus_core::merge::NoMerge;
+use isthmus_core::model::{Actor, Clock, Version};
 use isthmus_core::node::{NodeTuning, RunningNode, start};
 use isthmus_core::store::LocalStore;
 
@@ -247,6 +249,94 @@ async fn the_client_routes_retries_and_survives_a_stopped_node() {
         .await
         .unwrap();
     assert!(client.get("carts", &[1]).await.unwrap().siblings.is_empty());
+    for node in nodes {
+        node.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_on_demand_repair_makes_diverged_replicas_identical() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, nodes) = three_nodes(dir.path()).await;
+    let version = |counter: u64, value: &[u8]| {
+        let clock = Clock::from_parts([(Actor(1), counter)], []);
+        Version::value(clock, value.to_vec(), counter, "dc1".into())
+    };
+    // Writes that bypass replication: keys only n0 holds, and a key on
+    // which n1 holds a newer version than n0 and n2.
+    let mut keys: Vec<Vec<u8>> = (0..50u8).map(|i| vec![b'd', i]).collect();
+    for key in &keys {
+        nodes[0]
+            .coordinator()
+            .apply_local("carts", key, vec![version(1, b"only on n0")])
+            .await
+            .unwrap();
+    }
+    keys.push(b"both".to_vec());
+    for node in &nodes {
+        node.coordinator()
+            .apply_local("carts", b"both", vec![version(1, b"old")])
+            .await
+            .unwrap();
+    }
+    nodes[1]
+        .coordinator()
+        .apply_local("carts", b"both", vec![version(2, b"new")])
+        .await
+        .unwrap();
+
+    let client = Session::connect(&nodes[0].addr, "test", Duration::from_secs(5))
+        .await
+        .unwrap();
+    let repair = RequestBody::Repair {
+        keyspace: Some("carts".into()),
+        remote_dc: None,
+    };
+    let report = match client.call(repair, Duration::from_secs(30)).await.unwrap() {
+        ResponseBody::Repaired(report) => report,
+        other => panic!("unexpected answer {other:?}"),
+    };
+    assert_eq!(report.ranges_failed, 0, "{report:?}");
+    assert!(report.ranges > 0 && report.bytes > 0, "{report:?}");
+    assert!(
+        report.keys_pushed >= 100,
+        "50 keys to each partner: {report:?}"
+    );
+    assert!(report.keys_pulled >= 1, "the newer version: {report:?}");
+    // n0 synced with each partner in turn; n1's own repair finishes the job.
+    let stats = nodes[1].repair(Some("carts"), None).await.unwrap();
+    assert_eq!(stats.ranges_failed, 0);
+    for key in &keys {
+        let mut sets = Vec::new();
+        for node in &nodes {
+            sets.push(node.store().get("carts", key).await.unwrap());
+        }
+        assert!(sets.iter().all(|s| *s == sets[0]), "{key:?}: {sets:?}");
+        assert_eq!(sets[0].len(), 1);
+    }
+    let both = nodes[2].store().get("carts", b"both").await.unwrap();
+    assert_eq!(both.versions()[0].value_bytes(), Some(&b"new"[..]));
+
+    // Nothing left to do; bad names are typed errors.
+    let again = nodes[2].repair(None, None).await.unwrap();
+    assert_eq!(again.keys_differing, 0, "{again:?}");
+    for bad in [
+        RequestBody::Repair {
+            keyspace: Some("nope".into()),
+            remote_dc: None,
+        },
+        RequestBody::Repair {
+            keyspace: None,
+            remote_dc: Some("dc9".into()),
+        },
+    ] {
+        match client.call(bad, Duration::from_secs(5)).await {
+            Err(isthmus_client::ClientError::Server(e)) => {
+                assert_eq!(e.code, isthmus_client::wire::ErrorCode::BadRequest, "{e:?}")
+            }
+            other => panic!("unexpected answer {other:?}"),
+        }
+    }
     for node in nodes {
         node.shutdown().await;
     }
