@@ -1,4 +1,4 @@
-//! Client commands: `isthmus put|get|del|status --addr HOST:PORT ...`.
+//! Client commands: `isthmus put|get|del|status|repair --addr HOST:PORT ...`.
 //!
 //! `put` and `del` first read the key (at the same level) and write over
 //! the context they got, so a command-line write replaces what it saw
@@ -7,10 +7,11 @@
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
-use isthmus_client::Session;
 use isthmus_client::wire::{
-    Consistency, Context, NodeReport, RequestBody, ResponseBody, Sibling, WriteId,
+    Consistency, Context, ErrorCode, NodeReport, RepairReport, RequestBody, ResponseBody, Sibling,
+    WriteId,
 };
+use isthmus_client::{ClientError, Session};
 
 /// Options every client command takes.
 #[derive(clap::Args, Debug, Clone)]
@@ -223,4 +224,108 @@ pub fn run_status(target: Target, json: bool) -> anyhow::Result<String> {
         ));
     }
     Ok(out)
+}
+
+/// Options of `isthmus repair`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct RepairArgs {
+    /// Node to repair (its ranges, with their other replicas).
+    #[arg(long, default_value = "127.0.0.1:7401")]
+    pub addr: String,
+    /// How long to wait for the report, in milliseconds (a node caps a
+    /// request at 30 s; a longer repair goes on and logs its outcome).
+    #[arg(long, default_value_t = 30_000)]
+    pub timeout_ms: u64,
+    /// Repair one keyspace only.
+    #[arg(long)]
+    pub keyspace: Option<String>,
+    /// Fully sync with this other datacenter instead of repairing within
+    /// the node's own.
+    #[arg(long)]
+    pub dc: Option<String>,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The report as `isthmus repair` prints it.
+fn format_repair(r: &RepairReport, json: bool) -> String {
+    if json {
+        return format!(
+            "{}\n",
+            serde_json::json!({
+                "ranges": r.ranges, "ranges_failed": r.ranges_failed,
+                "keys_differing": r.keys_differing, "keys_pulled": r.keys_pulled,
+                "keys_pushed": r.keys_pushed, "bytes": r.bytes,
+            })
+        );
+    }
+    format!(
+        "ranges synced:  {}\nranges failed:  {}\nkeys differing: {}\nkeys pulled:    {}\nkeys pushed:    {}\nbytes:          {} ({})\n",
+        r.ranges,
+        r.ranges_failed,
+        r.keys_differing,
+        r.keys_pulled,
+        r.keys_pushed,
+        r.bytes,
+        human_bytes(r.bytes)
+    )
+}
+
+/// `isthmus repair`: run Merkle repair on a node now and print what it did.
+/// Exit status 1 when some range could not be synced.
+pub fn run_repair(args: RepairArgs) -> anyhow::Result<(String, bool)> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let report = runtime.block_on(async {
+        let target = Target {
+            addr: args.addr.clone(),
+            timeout_ms: args.timeout_ms,
+        };
+        let (session, timeout) = connect(&target).await?;
+        let body = RequestBody::Repair {
+            keyspace: args.keyspace.clone(),
+            remote_dc: args.dc.clone(),
+        };
+        match session.call(body, timeout).await {
+            Ok(ResponseBody::Repaired(report)) => anyhow::Ok(report),
+            Ok(other) => bail!("unexpected answer {other:?}"),
+            Err(e)
+                if matches!(e, ClientError::Timeout { .. })
+                    || e.code() == Some(ErrorCode::Timeout) =>
+            {
+                Err(anyhow::Error::new(e).context(
+                    "no report in time; the repair goes on in the node, which logs its outcome",
+                ))
+            }
+            Err(e) => Err(e.into()),
+        }
+    })?;
+    Ok((format_repair(&report, args.json), report.ranges_failed == 0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repair_reports_print_as_text_and_json() {
+        let r = RepairReport {
+            ranges: 64,
+            ranges_failed: 0,
+            keys_differing: 3,
+            keys_pulled: 2,
+            keys_pushed: 1,
+            bytes: 4096,
+        };
+        let text = format_repair(&r, false);
+        assert!(
+            text.contains("keys differing: 3") && text.contains("4.0 KiB"),
+            "{text}"
+        );
+        let json: serde_json::Value = serde_json::from_str(&format_repair(&r, true)).unwrap();
+        assert_eq!(json["keys_pushed"], 1);
+        assert_eq!(json["bytes"], 4096);
+    }
 }

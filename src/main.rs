@@ -3,6 +3,7 @@
 //! - `demo`: the main job, a local two-datacenter cluster doing real work.
 //! - `server --config FILE`: run one node.
 //! - `put`, `get`, `del`, `status`: client commands against a node.
+//! - `repair`: Merkle repair of a node's ranges (or a cross-DC full sync).
 //! - `resolver check FILE.wasm`: the law checker for merge modules.
 
 use std::process::ExitCode;
@@ -66,6 +67,10 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Repair a node's ranges with their other live replicas now (Merkle
+    /// trees: only differing keys move), or fully sync it with another
+    /// datacenter with --dc; prints what moved.
+    Repair(client_cmd::RepairArgs),
     /// Work with resolver (merge function) modules.
     Resolver {
         #[command(subcommand)]
@@ -118,6 +123,10 @@ fn main() -> ExitCode {
         )),
         Command::Del { args, key } => print(client_cmd::run_key(args, client_cmd::Op::Del { key })),
         Command::Status { target, json } => print(client_cmd::run_status(target, json)),
+        Command::Repair(args) => client_cmd::run_repair(args).map(|(out, complete)| {
+            print!("{out}");
+            if complete { 0 } else { 1 }
+        }),
     };
     match result {
         Ok(code) => ExitCode::from(code),
