@@ -465,16 +465,37 @@ async fn an_unreachable_partner_fails_its_ranges_and_the_rest_still_run() {
             .len(),
         200
     );
-    // Once the detector sees it down, it is skipped rather than failed.
+    // Once the detector sees it down, it is not tried, and still counted.
     c.view.send_modify(|v| {
         let mut next = (**v).clone();
         next.alive.remove(&NodeId("dc1-n2".into()));
         *v = Arc::new(next);
     });
-    let stats = c
+    let before = c.net.repair_bytes.load(Ordering::Relaxed);
+    let again = c
         .repairer("dc1-n0")
         .repair(Some("plain"), None)
         .await
         .unwrap();
-    assert_eq!(stats.ranges_failed, 0);
+    assert_eq!(again.ranges_failed, stats.ranges_failed);
+    assert_eq!(again.keys_differing, 0);
+    assert_eq!(
+        again.bytes,
+        c.net.repair_bytes.load(Ordering::Relaxed) - before
+    );
+    // A full sync with a datacenter none of whose nodes is up does nothing
+    // and says so.
+    let c = cluster(&[("dc1", 1), ("dc2", 1)], &[("dc1", 1), ("dc2", 1)]);
+    c.view.send_modify(|v| {
+        let mut next = (**v).clone();
+        next.alive.remove(&NodeId("dc2-n0".into()));
+        *v = Arc::new(next);
+    });
+    let stats = c
+        .repairer("dc1-n0")
+        .full_sync(None, &DcName::from("dc2"))
+        .await
+        .unwrap();
+    assert_eq!(stats.ranges, 0);
+    assert!(stats.ranges_failed > 0, "{stats:?}");
 }

@@ -69,8 +69,8 @@ pub struct RepairStats {
     /// Range syncs completed (a range synced with two partners counts
     /// twice).
     pub ranges: u64,
-    /// Range syncs that failed (partner unreachable, storage error); the
-    /// next run retries them.
+    /// Range syncs that could not run (partner down) or failed (partner
+    /// unreachable, storage error); the next run retries them.
     pub ranges_failed: u64,
     /// Keys whose sets differed between the two sides.
     pub keys_differing: u64,
@@ -372,9 +372,12 @@ impl<D: RepairData, T: Transport> Repairer<D, T> {
                     Partners::All => &replicas[..],
                     Partners::Following => &replicas[position + 1..],
                 };
-                for partner in candidates {
-                    if *partner != self.me && view.alive.contains(partner) {
+                for partner in candidates.iter().filter(|p| **p != self.me) {
+                    if view.alive.contains(partner) {
                         self.sync_range(&name, range, partner, &mut stats).await;
+                    } else {
+                        stats.ranges_failed += 1;
+                        tracing::debug!(keyspace = name, %range, %partner, "partner down; range not repaired");
                     }
                 }
             }
@@ -417,7 +420,13 @@ impl<D: RepairData, T: Transport> Repairer<D, T> {
                 &self.me,
             );
             for (range, partner) in ranges {
-                self.sync_range(&name, range, &partner, &mut stats).await;
+                match partner {
+                    Some(partner) => self.sync_range(&name, range, &partner, &mut stats).await,
+                    None => {
+                        stats.ranges_failed += 1;
+                        tracing::debug!(keyspace = name, %range, %remote, "no live replica in the remote datacenter");
+                    }
+                }
             }
         }
         Ok(stats)

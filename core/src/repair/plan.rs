@@ -88,8 +88,8 @@ pub fn local_ranges(
 
 /// Cross-datacenter ranges: pieces of the union of both rings on which
 /// `me` is the first live replica of `local` (the primary while it is up),
-/// each with the first live replica of `remote`, with which to sync it.
-/// Pieces where `remote` has no live replica are left out.
+/// each with the first live replica of `remote`, with which to sync it
+/// (`None` where `remote` has no live replica).
 #[allow(clippy::too_many_arguments)]
 pub fn remote_ranges(
     ring: &Ring,
@@ -99,7 +99,7 @@ pub fn remote_ranges(
     remote_rf: usize,
     alive: &BTreeSet<NodeId>,
     me: &NodeId,
-) -> Vec<(HashRange, NodeId)> {
+) -> Vec<(HashRange, Option<NodeId>)> {
     if local_rf == 0 || remote_rf == 0 {
         return Vec::new();
     }
@@ -108,11 +108,11 @@ pub fn remote_ranges(
             .into_iter()
             .find(|n| alive.contains(n))
     };
-    let labelled: Vec<(HashRange, NodeId)> =
+    let labelled: Vec<(HashRange, Option<NodeId>)> =
         pieces(ring.tokens(local).into_iter().chain(ring.tokens(remote)))
             .into_iter()
             .filter(|piece| first_live(local, local_rf, piece.last).as_ref() == Some(me))
-            .filter_map(|piece| Some((piece, first_live(remote, remote_rf, piece.last)?)))
+            .map(|piece| (piece, first_live(remote, remote_rf, piece.last)))
             .collect();
     merge(labelled, RANGE_WIDTH_MAX)
 }
