@@ -1,10 +1,11 @@
 //! # isthmus-core
 //!
 //! The heart of an Isthmus node: the data model (causal clocks, versions,
-//! version sets), the limits every layer enforces, and the per-node storage
-//! engine. The cluster machinery (ring, gossip, coordinator, hints, repair,
-//! node server) grows here too, behind traits that keep this crate free of
-//! wasmtime and of the cross-DC bridge.
+//! version sets), the limits every layer enforces, the per-node storage
+//! engine, and the cluster machinery: placement rings, gossip, the
+//! coordinator, hints, Merkle repair ([`repair`]) and the node server,
+//! behind traits that keep this crate free of wasmtime and of the cross-DC
+//! bridge.
 //!
 //! What it is not: a client library (that is `isthmus-client`) or a Wasm
 //! host (that is `isthmus-resolvers`).
