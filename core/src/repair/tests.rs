@@ -261,7 +261,8 @@ fn remote_ranges_give_each_piece_to_the_first_live_local_replica() {
         .collect();
     alive.remove(&NodeId("dc1-n1".into()));
     alive.remove(&NodeId("dc2-n2".into()));
-    let plans: Vec<(NodeId, Vec<(HashRange, Option<NodeId>)>)> = (0..3)
+    type Plan = Vec<(HashRange, Option<NodeId>)>;
+    let plans: Vec<(NodeId, Plan)> = (0..3)
         .map(|i| NodeId(format!("dc1-n{i}")))
         .map(|me| {
             let ranges = remote_ranges(&r, &dc1, 2, &dc2, 3, &alive, &me);
