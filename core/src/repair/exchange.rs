@@ -33,7 +33,7 @@ use serde::{Deserialize, Serialize};
 
 use super::tree::{Entry, Fingerprint, HashRange, depth_for, differing_hashes};
 use super::{RepairError, RepairStats};
-use crate::model::{Version, VersionSet};
+use crate::model::{Version, VersionSet, key_hash};
 
 /// Node hashes asked for in one [`RepairRequest::Level`] (64 KiB of
 /// indices and hashes at most).
@@ -251,8 +251,15 @@ impl<R: Replica> Side<'_, R> {
                 RepairResponse::Sets { served, entries }
                     if served > 0 && served as usize <= rest.len() =>
                 {
-                    done += served as usize;
-                    out.extend(entries);
+                    // Only keys of the hashes asked for: a confused partner
+                    // cannot make repair move keys outside the range.
+                    let asked = &rest[..served as usize];
+                    done += asked.len();
+                    out.extend(
+                        entries
+                            .into_iter()
+                            .filter(|(key, _)| asked.contains(&key_hash(key))),
+                    );
                 }
                 other => return Err(unexpected("sets", &other)),
             }

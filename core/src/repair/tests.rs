@@ -91,6 +91,14 @@ fn depth_aims_at_a_few_keys_per_leaf() {
 }
 
 #[test]
+fn a_reversed_range_does_not_decode() {
+    let range = HashRange::new(3, 300).unwrap();
+    assert_eq!(decode::<HashRange>(&encode(&range)).unwrap(), range);
+    assert_eq!(encode(&range), encode(&(3u64, 300u64)));
+    assert!(decode::<HashRange>(&encode(&(300u64, 3u64))).is_err());
+}
+
+#[test]
 fn entries_encode_as_24_fixed_bytes() {
     let e = Entry::new(u64::MAX - 1, b"k", &[7; 32]);
     let bytes = encode(&e);

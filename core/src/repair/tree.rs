@@ -53,13 +53,35 @@ fn truncated(hasher: &blake3::Hasher) -> Fingerprint {
 }
 
 /// A closed range of key hashes, `first..=last`: closed so that the whole
-/// ring, hash `u64::MAX` included, is one range.
+/// ring, hash `u64::MAX` included, is one range. Decoding refuses
+/// `last < first`, so a range from a peer is always valid.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "RawHashRange")]
 pub struct HashRange {
     /// Least hash in the range.
     pub first: u64,
     /// Greatest hash in the range (not less than `first`).
     pub last: u64,
+}
+
+/// A [`HashRange`] as decoded, before it is checked.
+#[derive(Deserialize)]
+struct RawHashRange {
+    first: u64,
+    last: u64,
+}
+
+impl TryFrom<RawHashRange> for HashRange {
+    type Error = String;
+
+    fn try_from(raw: RawHashRange) -> Result<Self, Self::Error> {
+        HashRange::new(raw.first, raw.last).ok_or_else(|| {
+            format!(
+                "hash range ends at {} before it starts at {}",
+                raw.last, raw.first
+            )
+        })
+    }
 }
 
 impl HashRange {
