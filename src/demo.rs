@@ -72,6 +72,8 @@ fn node_config(dc: usize, i: usize, root: &Path, seeds: Vec<String>) -> NodeConf
         vnodes: 32,
         fsync: FsyncMode::Interval,
         fsync_interval_ms: 5,
+        bridge: Default::default(),
+        wan_proxy: None,
         keyspaces: BTreeMap::from([(
             KEYSPACE.into(),
             KeyspaceSection {

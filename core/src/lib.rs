@@ -24,6 +24,7 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod bridge;
 pub mod config;
 pub mod coordinator;
 pub mod engine;

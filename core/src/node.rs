@@ -27,6 +27,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::bridge::{BoxFuture, BridgeFactory, BridgeParts, FullSync};
 use crate::config::{FsyncMode, NodeConfig, parse_resolver_binding};
 use crate::coordinator::{Coordinator, CoordinatorConfig, Transport};
 use crate::engine::{EngineOptions, FsyncPolicy};
@@ -76,8 +77,11 @@ pub enum NodeError {
 type NodeCoordinator = Coordinator<EngineStore, TcpTransport, Arc<HintStore>>;
 
 /// Runtime knobs that are not part of the operator's config file.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Default)]
 pub struct NodeTuning {
+    /// Builds the cross-DC bridge (the binary passes
+    /// `isthmus-dc-bridge`'s); `None` runs without one.
+    pub bridge: Option<Arc<dyn BridgeFactory>>,
     /// Gossip timing.
     pub gossip: GossipConfig,
     /// Connection-layer limits.
@@ -86,6 +90,36 @@ pub struct NodeTuning {
     pub hints: HintConfig,
     /// Size limits.
     pub limits: Limits,
+}
+
+impl std::fmt::Debug for NodeTuning {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeTuning")
+            .field("bridge", &self.bridge.is_some())
+            .field("gossip", &self.gossip)
+            .field("server", &self.server)
+            .field("hints", &self.hints)
+            .field("limits", &self.limits)
+            .finish()
+    }
+}
+
+/// Merkle full-sync against another DC, for the bridge. It holds the
+/// coordinator weakly: the coordinator owns the bridge, which owns this.
+#[derive(Default)]
+struct NodeFullSync {
+    coordinator: std::sync::OnceLock<std::sync::Weak<NodeCoordinator>>,
+}
+
+impl FullSync for NodeFullSync {
+    fn full_sync<'a>(&'a self, dc: &'a DcName) -> BoxFuture<'a, Result<(), String>> {
+        Box::pin(async move {
+            let Some(_coordinator) = self.coordinator.get().and_then(|w| w.upgrade()) else {
+                return Err("the node is stopping".to_owned());
+            };
+            Err(format!("Merkle full-sync with {dc} is not available yet"))
+        })
+    }
 }
 
 /// A started node. Dropping it without [`RunningNode::shutdown`] aborts
@@ -201,7 +235,11 @@ pub async fn start(
         .unwrap_or_else(|_| config.listen.clone());
 
     let me = NodeId(config.node_id.clone());
-    let transport = Arc::new(TcpTransport::new(me.clone(), Duration::from_secs(2)));
+    let mut transport = TcpTransport::new(me.clone(), Duration::from_secs(2));
+    if let Some(proxy) = &config.wan_proxy {
+        transport = transport.with_wan_proxy(DcName(config.dc.clone()), proxy.clone());
+    }
+    let transport = Arc::new(transport);
     let own = Endpoint {
         id: me.clone(),
         addr: addr.clone(),
@@ -226,7 +264,28 @@ pub async fn start(
         transport.clone(),
         load,
     );
-    let coordinator = Arc::new(Coordinator::new(
+    let (stop, stop_rx) = watch::channel(false);
+    let mut tasks = Vec::new();
+    let full_sync = Arc::new(NodeFullSync::default());
+    let bridge = match (&tuning.bridge, config.bridge.enabled) {
+        (Some(factory), true) => {
+            let started = factory.start(BridgeParts {
+                node: me.clone(),
+                dc: DcName(config.dc.clone()),
+                dir: data_dir.join("outbox"),
+                fsync,
+                transport: transport.clone(),
+                view: view.clone(),
+                keyspaces: keyspaces.clone(),
+                stop: stop_rx.clone(),
+                full_sync: full_sync.clone(),
+            })?;
+            tasks.extend(started.tasks);
+            Some(started.bridge)
+        }
+        _ => None,
+    };
+    let mut coordinator = Coordinator::new(
         CoordinatorConfig {
             node: me.clone(),
             dc: DcName(config.dc.clone()),
@@ -239,7 +298,12 @@ pub async fn start(
         merge,
         keyspaces.clone(),
         view.clone(),
-    ));
+    );
+    if let Some(bridge) = bridge {
+        coordinator = coordinator.with_bridge(bridge);
+    }
+    let coordinator = Arc::new(coordinator);
+    let _ = full_sync.coordinator.set(Arc::downgrade(&coordinator));
     hints.discover(
         std::fs::read_dir(data_dir.join("hints"))
             .into_iter()
@@ -250,8 +314,6 @@ pub async fn start(
             }),
     );
 
-    let (stop, stop_rx) = watch::channel(false);
-    let mut tasks = Vec::new();
     let handler = Arc::new(NodeHandler {
         coordinator: coordinator.clone(),
         hints: hints.clone(),
@@ -468,7 +530,12 @@ impl NodeHandler {
                 }
             })
             .collect();
-        ResponseBody::Status { nodes }
+        let bridges = self
+            .coordinator
+            .bridge()
+            .map(|b| b.report())
+            .unwrap_or_default();
+        ResponseBody::Status { nodes, bridges }
     }
 
     /// A client put (`Some(value)`) or delete (`None`).
@@ -588,6 +655,20 @@ impl Handler for NodeHandler {
         match body {
             PeerRequest::Gossip { digest, entries } => PeerResponse::Gossip {
                 entries: self.gossiper.on_exchange(&digest, entries),
+            },
+            PeerRequest::Ship { from_dc, batch } => match self.coordinator.bridge() {
+                Some(bridge) => match bridge
+                    .receive(&from_dc, &batch, self.coordinator.as_ref())
+                    .await
+                {
+                    Ok(()) => PeerResponse::Applied,
+                    Err(e) => PeerResponse::Error(e),
+                },
+                None => PeerResponse::Error(WireError {
+                    code: ErrorCode::BadRequest,
+                    message: "this node runs no cross-DC bridge".into(),
+                    acks: None,
+                }),
             },
             other => self.coordinator.serve_peer(other, deadline).await,
         }

@@ -27,6 +27,8 @@ fn config(i: usize, dir: &Path, listen: &str, seeds: Vec<String>) -> NodeConfig 
         vnodes: 16,
         fsync: FsyncMode::Always,
         fsync_interval_ms: 5,
+        bridge: Default::default(),
+        wan_proxy: None,
         keyspaces: BTreeMap::from([(
             "carts".into(),
             KeyspaceSection {
