@@ -1,7 +1,10 @@
 //! Outbox records and the batch format the bridge ships.
 //!
-//! A batch is the postcard encoding of a `Vec<Record>`, compressed with
-//! lz4 (block format) behind its uncompressed length:
+//! A batch carries [`Item`]s: the outbox records of one key, joined (a
+//! version another record of the batch dominates is not shipped: the
+//! receiver would drop it anyway, since absorb is a join). It is the
+//! postcard encoding of a `Vec<Item>`, compressed with lz4 (block format)
+//! behind its uncompressed length:
 //!
 //! ```text
 //! [raw length: u32 LE][lz4 block of the postcard bytes]
@@ -12,7 +15,7 @@
 //! (trailing bytes refused).
 
 use isthmus_client::wire::{decode, encode};
-use isthmus_core::model::Version;
+use isthmus_core::model::{Version, VersionSet};
 use serde::{Deserialize, Serialize};
 
 /// Largest uncompressed batch a receiver accepts (a batch is at most the
@@ -32,6 +35,44 @@ pub struct Record {
     pub key: Vec<u8>,
     /// The version, with its original clock.
     pub version: Version,
+}
+
+/// The versions of one key a batch ships.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Item {
+    /// When the oldest of its records was queued, Unix ms (lag is
+    /// measured from it).
+    pub enqueued_ms: u64,
+    /// Keyspace name.
+    pub keyspace: String,
+    /// The key.
+    pub key: Vec<u8>,
+    /// The join of its records' versions.
+    pub versions: Vec<Version>,
+}
+
+/// Join records by key, in order of each key's first record.
+pub fn coalesce<'a>(records: impl IntoIterator<Item = &'a Record>) -> Vec<Item> {
+    let mut at: std::collections::HashMap<(&str, &[u8]), usize> = Default::default();
+    let mut sets: Vec<(u64, &str, &[u8], VersionSet)> = Vec::new();
+    for r in records {
+        let i = *at
+            .entry((r.keyspace.as_str(), r.key.as_slice()))
+            .or_insert_with(|| {
+                sets.push((r.enqueued_ms, &r.keyspace, &r.key, VersionSet::new()));
+                sets.len() - 1
+            });
+        sets[i].0 = sets[i].0.min(r.enqueued_ms);
+        sets[i].3.absorb(r.version.clone());
+    }
+    sets.into_iter()
+        .map(|(enqueued_ms, keyspace, key, set)| Item {
+            enqueued_ms,
+            keyspace: keyspace.to_owned(),
+            key: key.to_vec(),
+            versions: set.into_versions(),
+        })
+        .collect()
 }
 
 /// Why a batch could not be read.
@@ -63,14 +104,14 @@ pub enum BatchError {
     },
 }
 
-/// Encode and compress records; returns the batch and its uncompressed size.
-pub fn encode_batch(records: &[Record]) -> (Vec<u8>, usize) {
-    let raw = encode(&records);
+/// Encode and compress items; returns the batch and its uncompressed size.
+pub fn encode_batch(items: &[Item]) -> (Vec<u8>, usize) {
+    let raw = encode(&items);
     (lz4_flex::block::compress_prepend_size(&raw), raw.len())
 }
 
 /// Check, decompress and decode a batch.
-pub fn decode_batch(batch: &[u8]) -> Result<Vec<Record>, BatchError> {
+pub fn decode_batch(batch: &[u8]) -> Result<Vec<Item>, BatchError> {
     let header: [u8; 4] = batch
         .get(..4)
         .and_then(|h| h.try_into().ok())
@@ -122,14 +163,45 @@ mod tests {
     fn batches_round_trip_and_compress_repetitive_values() {
         let value = br#"{"items":[{"sku":"book-1","qty":1},{"sku":"book-2","qty":3}]}"#;
         let records: Vec<Record> = (1..=200).map(|s| record(s, value)).collect();
-        let (batch, raw) = encode_batch(&records);
+        let items = coalesce(&records);
+        assert_eq!(items.len(), 200, "distinct keys stay apart");
+        let (batch, raw) = encode_batch(&items);
         assert!(batch.len() * 2 < raw, "{} of {raw}", batch.len());
-        assert_eq!(decode_batch(&batch).unwrap(), records);
+        assert_eq!(decode_batch(&batch).unwrap(), items);
+    }
+
+    #[test]
+    fn records_of_one_key_ship_as_their_join() {
+        // Three writes to one key: the second supersedes the first, the
+        // third is concurrent with both.
+        let mut first = record(1, b"a");
+        let mut second = record(2, b"b");
+        let mut third = record(3, b"c");
+        for r in [&mut first, &mut second, &mut third] {
+            r.key = b"cart".to_vec();
+        }
+        second.version.clock = {
+            let mut c = first.version.clock.clone();
+            c.add_dot(Dot {
+                actor: Actor(8),
+                counter: 1,
+            });
+            c
+        };
+        let items = coalesce(&[first.clone(), second.clone(), third.clone()]);
+        assert_eq!(items.len(), 1);
+        assert_eq!(items[0].enqueued_ms, first.enqueued_ms);
+        let mut expected = VersionSet::new();
+        for r in [first, second, third] {
+            expected.absorb(r.version);
+        }
+        assert_eq!(items[0].versions, expected.into_versions());
+        assert_eq!(items[0].versions.len(), 2);
     }
 
     #[test]
     fn hostile_batches_are_typed_errors() {
-        let (batch, _) = encode_batch(&[record(1, b"v")]);
+        let (batch, _) = encode_batch(&coalesce(&[record(1, b"v")]));
         assert!(matches!(
             decode_batch(&batch[..2]),
             Err(BatchError::Truncated { .. })

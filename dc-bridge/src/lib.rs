@@ -249,11 +249,11 @@ impl Bridge for DcBridge {
             })?;
             let total = records.len();
             let results: Vec<Result<u64, String>> = futures_util::stream::iter(records)
-                .map(|r| async move {
+                .map(|item| async move {
                     deliver
-                        .deliver(&r.keyspace, &r.key, vec![r.version], APPLY_DEADLINE)
+                        .deliver(&item.keyspace, &item.key, item.versions, APPLY_DEADLINE)
                         .await
-                        .map(|()| now_ms().saturating_sub(r.enqueued_ms))
+                        .map(|()| now_ms().saturating_sub(item.enqueued_ms))
                         .map_err(|e| e.to_string())
                 })
                 .buffer_unordered(APPLY_CONCURRENCY)
@@ -269,7 +269,7 @@ impl Bridge for DcBridge {
                 return Err(WireError {
                     code: ErrorCode::Timeout,
                     message: format!(
-                        "{} of {total} records not applied at LOCAL_QUORUM (first: {first})",
+                        "{} of {total} keys not applied at LOCAL_QUORUM (first: {first})",
                         total - lags.len()
                     ),
                     acks: None,

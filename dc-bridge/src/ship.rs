@@ -25,7 +25,7 @@ use isthmus_core::transport::TcpTransport;
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::watch;
 
-use crate::batch::{Record, encode_batch};
+use crate::batch::{Record, coalesce, encode_batch};
 use crate::outbox::Outbox;
 
 /// Batches in flight per remote DC (keeps a long link busy).
@@ -102,6 +102,11 @@ impl Shipper {
             let mut next = cursor.next;
             let mut in_flight: FuturesOrdered<InFlight> = FuturesOrdered::new();
             loop {
+                // Registered before reading, so an append after the read
+                // still wakes this loop while batches are in flight.
+                let arrived = self.outbox.arrived.notified();
+                tokio::pin!(arrived);
+                arrived.as_mut().enable();
                 // Fill the window.
                 while in_flight.len() < WINDOW {
                     let (records, bytes) = match self.take(next).await {
@@ -129,11 +134,7 @@ impl Shipper {
                             continue;
                         }
                     }
-                    let shipped: Vec<Record> = records
-                        .iter()
-                        .filter(|r| self.ships(r))
-                        .map(|r| (**r).clone())
-                        .collect();
+                    let shipped = coalesce(records.iter().map(|r| &**r).filter(|r| self.ships(r)));
                     let targets = self.live_targets();
                     if shipped.is_empty() {
                         next = after;
@@ -145,7 +146,7 @@ impl Shipper {
                     }
                     next = after;
                     let (batch, raw) = encode_batch(&shipped);
-                    let count = shipped.len();
+                    let count = records.len();
                     let wire = batch.len();
                     let to = targets[target % targets.len()].clone();
                     let transport = self.transport.clone();
@@ -183,6 +184,7 @@ impl Shipper {
                 }
                 let done = tokio::select! {
                     done = in_flight.next() => done,
+                    _ = &mut arrived, if in_flight.len() < WINDOW => continue,
                     _ = stop.changed() => return,
                 };
                 let Some((after, count, raw, wire, ok)) = done else {
