@@ -506,13 +506,16 @@ impl<S: LocalStore + Clone, T: Transport, H: HintSink> Coordinator<S, T, H> {
                 version
             }
         };
-        let mut tracker = QuorumTracker::new(level, &replicas, &self.config.dc);
+        let mut tracker =
+            QuorumTracker::for_replication(level, &replicas, &self.config.dc, &ks.replication);
         tracker.ack(me);
         let mut targets = replicas;
         if let Some(bridge) = &self.bridge {
-            if targets.iter().any(|(_, dc)| *dc != self.config.dc) {
-                bridge.enqueue(keyspace, key, &version).await?;
-            }
+            // The bridge decides from the keyspace's replication, not from
+            // this node's view of the ring: a node that just restarted may
+            // not know the remote DC's nodes yet, and its writes are owed
+            // there all the same.
+            bridge.enqueue(keyspace, key, &version).await?;
             if matches!(
                 level,
                 Consistency::One | Consistency::LocalOne | Consistency::LocalQuorum
@@ -546,7 +549,12 @@ impl<S: LocalStore + Clone, T: Transport, H: HintSink> Coordinator<S, T, H> {
         let ks = self.keyspace(keyspace)?;
         let (mut replicas, view) = self.replicas(&ks, key);
         replicas.retain(|(_, dc)| *dc == self.config.dc);
-        let mut tracker = QuorumTracker::new(Consistency::LocalQuorum, &replicas, &self.config.dc);
+        let mut tracker = QuorumTracker::for_replication(
+            Consistency::LocalQuorum,
+            &replicas,
+            &self.config.dc,
+            &ks.replication,
+        );
         let me = &self.config.node;
         if replicas.iter().any(|(n, _)| n == me) {
             self.apply_local(keyspace, key, versions.clone()).await?;
@@ -695,7 +703,8 @@ impl<S: LocalStore + Clone, T: Transport, H: HintSink> Coordinator<S, T, H> {
             // read. Remote replicas converge through writes and repair.
             replicas.retain(|(_, dc)| *dc == self.config.dc);
         }
-        let mut tracker = QuorumTracker::new(level, &replicas, &self.config.dc);
+        let mut tracker =
+            QuorumTracker::for_replication(level, &replicas, &self.config.dc, &ks.replication);
         let alive = replicas
             .iter()
             .filter(|(n, _)| view.alive.contains(n))
