@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use isthmus_client::wire::{
-    Consistency, Context, ErrorCode, NodeReport, RepairReport, RequestBody, ResponseBody, Sibling,
-    WriteId,
+    BridgeReport, Consistency, Context, ErrorCode, NodeReport, RepairReport, RequestBody,
+    ResponseBody, Sibling, WriteId,
 };
 use isthmus_client::{ClientError, Session};
 
@@ -174,10 +174,10 @@ pub fn run_status(target: Target, json: bool) -> anyhow::Result<String> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let mut nodes: Vec<NodeReport> = runtime.block_on(async {
+    let (mut nodes, bridges): (Vec<NodeReport>, Vec<BridgeReport>) = runtime.block_on(async {
         let (session, timeout) = connect(&target).await?;
         match session.call(RequestBody::Status, timeout).await? {
-            ResponseBody::Status { nodes } => anyhow::Ok(nodes),
+            ResponseBody::Status { nodes, bridges } => anyhow::Ok((nodes, bridges)),
             other => bail!("unexpected answer {other:?}"),
         }
     })?;
@@ -193,7 +193,21 @@ pub fn run_status(target: Target, json: bool) -> anyhow::Result<String> {
                 })
             })
             .collect();
-        return Ok(format!("{}\n", serde_json::Value::Array(rows)));
+        let links: Vec<_> = bridges
+            .iter()
+            .map(|b| {
+                serde_json::json!({
+                    "remote_dc": b.remote_dc, "outbox_records": b.outbox_records,
+                    "outbox_bytes": b.outbox_bytes, "shipped_records": b.shipped_records,
+                    "raw_bytes": b.raw_bytes, "shipped_bytes": b.shipped_bytes,
+                    "overflows": b.overflows, "full_sync_pending": b.full_sync_pending,
+                    "lag_in_p50_ms": b.lag_in_p50_ms, "lag_in_p99_ms": b.lag_in_p99_ms,
+                    "applied_in": b.applied_in,
+                })
+            })
+            .collect();
+        let doc = serde_json::json!({ "nodes": rows, "bridges": links });
+        return Ok(format!("{doc}\n"));
     }
     let mut out = String::new();
     let mut dc = None;
@@ -222,6 +236,42 @@ pub fn run_status(target: Target, json: bool) -> anyhow::Result<String> {
             n.ownership * 100.0,
             human_bytes(n.hint_bytes)
         ));
+    }
+    if !bridges.is_empty() {
+        out.push_str("\nBridge (this node)\n");
+        out.push_str(&format!(
+            "{:<10} {:>10} {:>10} {:>10} {:>8} {:>9} {:>9} {:>10}\n",
+            "Remote DC",
+            "Outbox",
+            "Shipped",
+            "Wire/raw",
+            "Overflow",
+            "Lag p50",
+            "Lag p99",
+            "Applied in"
+        ));
+        for b in &bridges {
+            let ratio = if b.raw_bytes == 0 {
+                0.0
+            } else {
+                b.shipped_bytes as f64 / b.raw_bytes as f64
+            };
+            out.push_str(&format!(
+                "{:<10} {:>10} {:>10} {:>10.2} {:>8} {:>7.1}ms {:>7.1}ms {:>10}\n",
+                b.remote_dc,
+                b.outbox_records,
+                b.shipped_records,
+                ratio,
+                format!(
+                    "{}{}",
+                    b.overflows,
+                    if b.full_sync_pending { "*" } else { "" }
+                ),
+                b.lag_in_p50_ms,
+                b.lag_in_p99_ms,
+                b.applied_in
+            ));
+        }
     }
     Ok(out)
 }

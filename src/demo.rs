@@ -1,13 +1,15 @@
 //! `isthmus demo`: two datacenters of three nodes each on loopback, real
-//! data directories, the cart-union merge function, shoppers writing
-//! concurrently in both datacenters, a whole-datacenter outage and its
-//! recovery, and a final audit of every acknowledged write.
+//! data directories, joined by the cross-DC bridge over a simulated WAN
+//! (a userspace proxy adding one-way latency), the cart-union merge
+//! function, shoppers writing concurrently in both datacenters, a
+//! whole-datacenter outage and its recovery, and a final audit of every
+//! acknowledged write.
 //!
-//! Today the datacenters are joined by the coordinator itself (writes go to
-//! every replica of every datacenter, hints keep what a dark datacenter
-//! missed, and hint handoff brings it back); the asynchronous bridge will
-//! take that role. The audit is the same either way: every acknowledged
-//! item in every cart, in every replica of both datacenters, byte-identical.
+//! Writes are acknowledged at LOCAL_QUORUM in the shopper's datacenter; the
+//! bridge ships them to the other. While dc2 is dark, dc1's outboxes hold
+//! what it misses; when it returns they drain (the catch-up). The audit:
+//! every acknowledged item in every cart, in every replica of both
+//! datacenters, byte-identical.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -24,6 +26,8 @@ use isthmus_core::gossip::detector::DetectorConfig;
 use isthmus_core::gossip::service::GossipConfig;
 use isthmus_core::node::{self, NodeTuning, RunningNode};
 use isthmus_core::store::LocalStore;
+use isthmus_dc_bridge::wan::WanProxy;
+use isthmus_dc_bridge::{BridgeConfig, DcBridgeFactory};
 use isthmus_example_cart_union as cart_union;
 use isthmus_resolvers::host::module_hash;
 use isthmus_resolvers::registry::UploadPolicy;
@@ -49,6 +53,9 @@ pub struct DemoArgs {
     /// Seconds of shopping before the outage, during it, and after.
     #[arg(long, default_value_t = 8)]
     pub phase_s: u64,
+    /// One-way latency between the datacenters, in milliseconds.
+    #[arg(long, default_value_t = 50)]
+    pub wan_latency_ms: u64,
 }
 
 const DCS: [&str; 2] = ["dc1", "dc2"];
@@ -61,7 +68,13 @@ fn default_resolver_path() -> PathBuf {
     target.join("wasm32-unknown-unknown/release/isthmus_example_cart_union.wasm")
 }
 
-fn node_config(dc: usize, i: usize, root: &Path, seeds: Vec<String>) -> NodeConfig {
+fn node_config(
+    dc: usize,
+    i: usize,
+    root: &Path,
+    seeds: Vec<String>,
+    wan_proxy: String,
+) -> NodeConfig {
     NodeConfig {
         node_id: format!("{}-n{i}", DCS[dc]),
         dc: DCS[dc].into(),
@@ -72,6 +85,8 @@ fn node_config(dc: usize, i: usize, root: &Path, seeds: Vec<String>) -> NodeConf
         vnodes: 32,
         fsync: FsyncMode::Interval,
         fsync_interval_ms: 5,
+        bridge: Default::default(),
+        wan_proxy: Some(wan_proxy),
         keyspaces: BTreeMap::from([(
             KEYSPACE.into(),
             KeyspaceSection {
@@ -84,8 +99,11 @@ fn node_config(dc: usize, i: usize, root: &Path, seeds: Vec<String>) -> NodeConf
     }
 }
 
-fn tuning() -> NodeTuning {
+fn tuning(config: &NodeConfig) -> NodeTuning {
     NodeTuning {
+        bridge: Some(Arc::new(DcBridgeFactory::new(BridgeConfig::from(
+            &config.bridge,
+        )))),
         gossip: GossipConfig {
             interval: Duration::from_millis(200),
             exchange_timeout: Duration::from_millis(500),
@@ -109,6 +127,7 @@ fn merge_hook(module: &[u8]) -> anyhow::Result<(Arc<WasmMergeHook>, Arc<Host>)> 
 }
 
 struct Cluster {
+    wan: WanProxy,
     root: PathBuf,
     module: Vec<u8>,
     seed: String,
@@ -123,10 +142,12 @@ impl Cluster {
         } else {
             vec![self.seed.clone()]
         };
-        let config = node_config(dc, i, &self.root, seeds);
+        let config = node_config(dc, i, &self.root, seeds, self.wan.addr().to_string());
         let (hook, host) = merge_hook(&self.module)?;
         self.hosts.push(host);
-        let node = node::start(config, hook, tuning()).await?;
+        let tuning = tuning(&config);
+        let node = node::start(config, hook, tuning).await?;
+        self.wan.register(&node.addr, DCS[dc]);
         if self.seed.is_empty() {
             self.seed = node.addr.clone();
         }
@@ -154,6 +175,33 @@ impl Cluster {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         bail!("the cluster did not settle: {what}")
+    }
+
+    /// Records dc1's outboxes still owe `dc`.
+    fn backlog(&self, dc: &str) -> u64 {
+        self.nodes
+            .values()
+            .filter_map(|n| n.coordinator().bridge())
+            .flat_map(|b| b.report())
+            .filter(|r| r.remote_dc == dc)
+            .map(|r| r.outbox_records)
+            .sum()
+    }
+
+    /// Bridge figures summed over nodes: (records shipped, raw bytes,
+    /// wire bytes).
+    fn shipped(&self) -> (u64, u64, u64) {
+        self.nodes
+            .values()
+            .filter_map(|n| n.coordinator().bridge())
+            .flat_map(|b| b.report())
+            .fold((0, 0, 0), |(r, raw, wire), b| {
+                (
+                    r + b.shipped_records,
+                    raw + b.raw_bytes,
+                    wire + b.shipped_bytes,
+                )
+            })
     }
 
     fn merges(&self) -> u64 {
@@ -261,7 +309,7 @@ async fn shop(
     ledger: &Arc<Ledger>,
     seconds: u64,
     label: &str,
-) {
+) -> f64 {
     let stop = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::new();
     for (d, dc) in dcs.iter().enumerate() {
@@ -284,17 +332,20 @@ async fn shop(
         tokio::time::sleep(Duration::from_secs(1)).await;
         let acked = ledger.writes_acked.load(Ordering::Relaxed) - before;
         eprintln!(
-            "demo:   {label}: {:>2}s  writes acked {acked:>6} ({:.0}/s)  failed {}  merges {}",
+            "demo:   {label}: {:>2}s  writes acked {acked:>6} ({:.0}/s)  failed {}  merges {}  outbox→dc1 {}  outbox→dc2 {}",
             start.elapsed().as_secs(),
             acked as f64 / start.elapsed().as_secs_f64(),
             ledger.writes_failed.load(Ordering::Relaxed),
             cluster.merges(),
+            cluster.backlog("dc1"),
+            cluster.backlog("dc2"),
         );
     }
     stop.store(true, Ordering::Relaxed);
     for t in tasks {
         let _ = t.await;
     }
+    (ledger.writes_acked.load(Ordering::Relaxed) - before) as f64 / start.elapsed().as_secs_f64()
 }
 
 /// Cross-DC lag: write a marker through DC1 and time until a DC2 replica's
@@ -384,7 +435,9 @@ pub fn run(args: DemoArgs) -> anyhow::Result<bool> {
 
 async fn demo(args: DemoArgs, module: Vec<u8>, root: PathBuf) -> anyhow::Result<bool> {
     let started = Instant::now();
+    let wan = WanProxy::start("127.0.0.1:0", Duration::from_millis(args.wan_latency_ms)).await?;
     let mut cluster = Cluster {
+        wan,
         root,
         module,
         seed: String::new(),
@@ -392,8 +445,9 @@ async fn demo(args: DemoArgs, module: Vec<u8>, root: PathBuf) -> anyhow::Result<
         hosts: Vec::new(),
     };
     eprintln!(
-        "demo: starting 2 datacenters x {NODES_PER_DC} nodes under {}",
-        cluster.root.display()
+        "demo: starting 2 datacenters x {NODES_PER_DC} nodes under {}; WAN {} ms one way",
+        cluster.root.display(),
+        args.wan_latency_ms
     );
     for dc in 0..DCS.len() {
         for i in 0..NODES_PER_DC {
@@ -418,7 +472,7 @@ async fn demo(args: DemoArgs, module: Vec<u8>, root: PathBuf) -> anyhow::Result<
         "both DCs",
     )
     .await;
-    let lag = measure_lag(&cluster, 200).await?;
+    let lag = measure_lag(&cluster, 100).await?;
     eprintln!(
         "demo:   cross-DC lag: p50 {:.2} ms, p99 {:.2} ms",
         lag.value_at_quantile(0.5) as f64 / 1000.0,
@@ -438,7 +492,7 @@ async fn demo(args: DemoArgs, module: Vec<u8>, root: PathBuf) -> anyhow::Result<
         }
     }
     cluster.wait_alive(3, "dc2 seen down").await?;
-    shop(
+    let outage_rate = shop(
         &cluster,
         &["dc1"],
         args.shoppers * 2,
@@ -449,7 +503,8 @@ async fn demo(args: DemoArgs, module: Vec<u8>, root: PathBuf) -> anyhow::Result<
     )
     .await;
 
-    eprintln!("demo: phase 3: dc2 returns with its data; hints flow back");
+    let owed = cluster.backlog("dc2");
+    eprintln!("demo: phase 3: dc2 returns with its data; dc1's outboxes owe it {owed} writes");
     let back = Instant::now();
     for i in 0..NODES_PER_DC {
         cluster.start_node(1, i).await?;
@@ -468,8 +523,10 @@ async fn demo(args: DemoArgs, module: Vec<u8>, root: PathBuf) -> anyhow::Result<
     eprintln!(
         "demo:   dc2 caught up in {}",
         catch_up.map_or("(did not catch up)".to_string(), |d| format!(
-            "{:.1} s",
-            d.as_secs_f64()
+            "{:.1} s ({:.0} writes/s, {:.1}x the outage write rate of {outage_rate:.0}/s)",
+            d.as_secs_f64(),
+            owed as f64 / d.as_secs_f64(),
+            owed as f64 / d.as_secs_f64() / outage_rate.max(1.0),
         ))
     );
     shop(
@@ -495,6 +552,14 @@ async fn demo(args: DemoArgs, module: Vec<u8>, root: PathBuf) -> anyhow::Result<
     let (lost, converged) = result;
     let writes_acked = ledger.writes_acked.load(Ordering::Relaxed);
     let merged = cluster.merges();
+    let (records, raw, wire) = cluster.shipped();
+    eprintln!(
+        "demo: bridge shipped {records} writes, {} bytes on the wire for {} raw ({:.2}); {} bytes crossed the WAN",
+        wire,
+        raw,
+        wire as f64 / raw.max(1) as f64,
+        cluster.wan.cross_dc_bytes()
+    );
     for (_, node) in std::mem::take(&mut cluster.nodes) {
         node.shutdown().await;
     }

@@ -11,6 +11,7 @@ use figment::providers::{Env, Format, Toml};
 use isthmus_core::config::NodeConfig;
 use isthmus_core::merge::MergeHook;
 use isthmus_core::node::{self, NodeTuning};
+use isthmus_dc_bridge::{BridgeConfig, DcBridgeFactory};
 
 /// Arguments of `isthmus server`.
 #[derive(clap::Args, Debug)]
@@ -44,7 +45,13 @@ pub fn run(args: ServerArgs, merge: Arc<dyn MergeHook>) -> anyhow::Result<()> {
     let config = load_config(&args.config)?;
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async move {
-        let node = node::start(config, merge, NodeTuning::default()).await?;
+        let tuning = NodeTuning {
+            bridge: Some(Arc::new(DcBridgeFactory::new(BridgeConfig::from(
+                &config.bridge,
+            )))),
+            ..NodeTuning::default()
+        };
+        let node = node::start(config, merge, tuning).await?;
         eprintln!("isthmus: serving on {}", node.addr);
         shutdown_signal().await;
         eprintln!("isthmus: shutting down");

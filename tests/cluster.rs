@@ -108,7 +108,7 @@ async fn status(addr: &str) -> Option<Vec<NodeReport>> {
         .await
         .ok()?
     {
-        ResponseBody::Status { nodes } => Some(nodes),
+        ResponseBody::Status { nodes, .. } => Some(nodes),
         _ => None,
     }
 }

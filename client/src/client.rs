@@ -198,7 +198,7 @@ impl Client {
                 Err(e) => Err(e),
             };
             match answer {
-                Ok(ResponseBody::Status { nodes }) => {
+                Ok(ResponseBody::Status { nodes, .. }) => {
                     self.set_topology(nodes);
                     return Ok(());
                 }

@@ -108,6 +108,41 @@ pub struct NodeConfig {
     /// Keyspaces by name.
     #[serde(default)]
     pub keyspaces: BTreeMap<String, KeyspaceSection>,
+    /// The cross-DC bridge.
+    #[serde(default)]
+    pub bridge: BridgeSection,
+    /// Dial nodes of other datacenters (and seeds) through this userspace
+    /// WAN proxy, `host:port` (simulated latency and partitions in tests
+    /// and the demo; see `isthmus_dc_bridge::wan`). Unset in production.
+    #[serde(default)]
+    pub wan_proxy: Option<String>,
+}
+
+/// The `[bridge]` table.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BridgeSection {
+    /// Ship writes to other datacenters through the bridge (when off,
+    /// coordinators write to remote replicas directly).
+    pub enabled: bool,
+    /// Bound of the outbox on disk; past it, the datacenter furthest
+    /// behind falls back to Merkle full-sync.
+    pub outbox_bytes_max: u64,
+    /// Largest batch, in encoded bytes before compression.
+    pub batch_bytes_max: u32,
+    /// How long a shipper waits for a batch to fill, in milliseconds.
+    pub linger_ms: u64,
+}
+
+impl Default for BridgeSection {
+    fn default() -> Self {
+        BridgeSection {
+            enabled: true,
+            outbox_bytes_max: 1 << 30,
+            batch_bytes_max: 1 << 20,
+            linger_ms: 2,
+        }
+    }
 }
 
 /// A configuration value that cannot work, with the field that holds it.
@@ -174,6 +209,20 @@ impl NodeConfig {
                 "must be at least 1 with fsync = \"interval\"",
             ));
         }
+        if let Some(proxy) = &self.wan_proxy {
+            proxy
+                .parse::<SocketAddr>()
+                .map_err(|e| invalid("wan_proxy", format!("{proxy:?} is not host:port ({e})")))?;
+        }
+        if self.bridge.outbox_bytes_max < 1 << 20 {
+            return Err(invalid("bridge.outbox_bytes_max", "must be at least 1 MiB"));
+        }
+        if !(4096..=1 << 20).contains(&self.bridge.batch_bytes_max) {
+            return Err(invalid(
+                "bridge.batch_bytes_max",
+                "must be within 4 KiB..=1 MiB (a batch travels in one frame)",
+            ));
+        }
         if self.data_dir.as_os_str().is_empty() {
             return Err(invalid("data_dir", "must not be empty"));
         }
@@ -238,6 +287,8 @@ mod tests {
             vnodes: 64,
             fsync: FsyncMode::Always,
             fsync_interval_ms: 5,
+            bridge: Default::default(),
+            wan_proxy: None,
             keyspaces: BTreeMap::from([(
                 "carts".into(),
                 KeyspaceSection {

@@ -38,6 +38,7 @@ use isthmus_client::wire::{AckCount, ErrorCode, WireError};
 use parking_lot::RwLock;
 use tokio::sync::{Mutex, mpsc, watch};
 
+use crate::bridge::{BoxFuture, Bridge, Deliver};
 use crate::limit::{LimitError, Limits};
 use crate::merge::{MergeHook, merge_into};
 use crate::model::{
@@ -214,6 +215,7 @@ pub struct Coordinator<S, T, H> {
     keyspaces: Arc<RwLock<BTreeMap<String, KeyspaceConfig>>>,
     view: watch::Receiver<Arc<ClusterView>>,
     key_locks: Vec<Mutex<()>>,
+    bridge: Option<Arc<dyn Bridge>>,
 }
 
 /// The replicas of a key: `(node, dc)` in placement order per DC.
@@ -246,7 +248,20 @@ impl<S: LocalStore + Clone, T: Transport, H: HintSink> Coordinator<S, T, H> {
             keyspaces,
             view,
             key_locks,
+            bridge: None,
         }
+    }
+
+    /// Hand writes bound for other DCs to `bridge`: writes at local levels
+    /// then go to this DC's replicas only, and the bridge ships them on.
+    pub fn with_bridge(mut self, bridge: Arc<dyn Bridge>) -> Self {
+        self.bridge = Some(bridge);
+        self
+    }
+
+    /// The bridge, when the node runs one.
+    pub fn bridge(&self) -> Option<&Arc<dyn Bridge>> {
+        self.bridge.as_ref()
     }
 
     /// This node's identity.
@@ -388,9 +403,10 @@ impl<S: LocalStore + Clone, T: Transport, H: HintSink> Coordinator<S, T, H> {
                     Err(e) => PeerResponse::Error(e.to_wire()),
                 }
             }
-            PeerRequest::Gossip { .. } => {
-                failed(&"gossip is served by the node", ErrorCode::BadRequest)
-            }
+            PeerRequest::Gossip { .. } | PeerRequest::Ship { .. } => failed(
+                &"gossip and bridge batches are served by the node",
+                ErrorCode::BadRequest,
+            ),
             PeerRequest::Repair(_) => {
                 failed(&"repair is served by the node", ErrorCode::BadRequest)
             }
@@ -493,36 +509,92 @@ impl<S: LocalStore + Clone, T: Transport, H: HintSink> Coordinator<S, T, H> {
                 version
             }
         };
-        let mut tracker = QuorumTracker::new(level, &replicas, &self.config.dc);
+        let mut tracker =
+            QuorumTracker::for_replication(level, &replicas, &self.config.dc, &ks.replication);
         tracker.ack(me);
-        self.replicate(keyspace, key, version, &replicas, &view, tracker, deadline)
+        let mut targets = replicas;
+        if let Some(bridge) = &self.bridge {
+            // The bridge decides from the keyspace's replication, not from
+            // this node's view of the ring: a node that just restarted may
+            // not know the remote DC's nodes yet, and its writes are owed
+            // there all the same.
+            bridge.enqueue(keyspace, key, &version).await?;
+            if matches!(
+                level,
+                Consistency::One | Consistency::LocalOne | Consistency::LocalQuorum
+            ) {
+                // The bridge carries the write to the other DCs.
+                targets.retain(|(_, dc)| *dc == self.config.dc);
+            }
+        }
+        targets.retain(|(n, _)| n != me);
+        self.replicate(
+            keyspace,
+            key,
+            vec![version],
+            &targets,
+            &view,
+            tracker,
+            deadline,
+        )
+        .await
+    }
+
+    /// Absorb versions shipped from another DC on a local quorum of the
+    /// key's replicas in this DC (this node need not be one of them).
+    pub async fn deliver_local(
+        &self,
+        keyspace: &str,
+        key: &[u8],
+        versions: Vec<Version>,
+        deadline: Duration,
+    ) -> Result<(), CoordinatorError> {
+        let ks = self.keyspace(keyspace)?;
+        let (mut replicas, view) = self.replicas(&ks, key);
+        replicas.retain(|(_, dc)| *dc == self.config.dc);
+        let mut tracker = QuorumTracker::for_replication(
+            Consistency::LocalQuorum,
+            &replicas,
+            &self.config.dc,
+            &ks.replication,
+        );
+        let me = &self.config.node;
+        if replicas.iter().any(|(n, _)| n == me) {
+            self.apply_local(keyspace, key, versions.clone()).await?;
+            tracker.ack(me);
+        }
+        replicas.retain(|(n, _)| n != me);
+        self.replicate(keyspace, key, versions, &replicas, &view, tracker, deadline)
             .await
     }
 
-    /// Send `version` to every other replica and wait for the level.
+    /// Send `versions` to `targets` and wait for the level. A target in
+    /// this DC that misses them gets a hint; one in another DC does not
+    /// when a bridge runs (the bridge carries the write there).
     #[allow(clippy::too_many_arguments)]
     async fn replicate(
         &self,
         keyspace: &str,
         key: &[u8],
-        version: Version,
-        replicas: &Replicas,
+        versions: Vec<Version>,
+        targets: &Replicas,
         view: &ClusterView,
         mut tracker: QuorumTracker,
         deadline: Duration,
     ) -> Result<(), CoordinatorError> {
-        let (tx, mut rx) = mpsc::channel::<(NodeId, bool)>(replicas.len().max(1));
-        for (node, _) in replicas.iter().filter(|(n, _)| *n != self.config.node) {
+        let (tx, mut rx) = mpsc::channel::<(NodeId, bool)>(targets.len().max(1));
+        for (node, dc) in targets {
             let (node, tx) = (node.clone(), tx.clone());
             let (transport, hints) = (self.transport.clone(), self.hints.clone());
-            let (keyspace, key, version) = (keyspace.to_owned(), key.to_vec(), version.clone());
+            let (keyspace, key, versions) = (keyspace.to_owned(), key.to_vec(), versions.clone());
             let alive = view.alive.contains(&node);
+            let hint = self.bridge.is_none() || *dc == self.config.dc;
             tokio::spawn(async move {
                 let delivered = alive && {
                     let request = PeerRequest::Apply {
                         keyspace: keyspace.clone(),
                         key: key.clone(),
-                        versions: vec![version.clone()],
+                        versions: versions.clone(),
                         hint_for: None,
                     };
                     matches!(
@@ -530,7 +602,9 @@ impl<S: LocalStore + Clone, T: Transport, H: HintSink> Coordinator<S, T, H> {
                         Ok(PeerResponse::Applied)
                     )
                 };
-                if !delivered && let Err(e) = hints.add(&node, &keyspace, &key, vec![version]).await
+                if !delivered
+                    && hint
+                    && let Err(e) = hints.add(&node, &keyspace, &key, versions).await
                 {
                     tracing::error!(%node, error = %e, "could not store a hint");
                 }
@@ -632,7 +706,8 @@ impl<S: LocalStore + Clone, T: Transport, H: HintSink> Coordinator<S, T, H> {
             // read. Remote replicas converge through writes and repair.
             replicas.retain(|(_, dc)| *dc == self.config.dc);
         }
-        let mut tracker = QuorumTracker::new(level, &replicas, &self.config.dc);
+        let mut tracker =
+            QuorumTracker::for_replication(level, &replicas, &self.config.dc, &ks.replication);
         let alive = replicas
             .iter()
             .filter(|(n, _)| view.alive.contains(n))
@@ -750,5 +825,17 @@ impl<S: LocalStore + Clone, T: Transport, H: HintSink> Coordinator<S, T, H> {
                 tracing::debug!(%node, error = %e, "read repair not delivered; anti-entropy will");
             }
         }
+    }
+}
+
+impl<S: LocalStore + Clone, T: Transport, H: HintSink> Deliver for Coordinator<S, T, H> {
+    fn deliver<'a>(
+        &'a self,
+        keyspace: &'a str,
+        key: &'a [u8],
+        versions: Vec<Version>,
+        deadline: Duration,
+    ) -> BoxFuture<'a, Result<(), CoordinatorError>> {
+        Box::pin(self.deliver_local(keyspace, key, versions, deadline))
     }
 }

@@ -29,6 +29,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::bridge::{BoxFuture, BridgeFactory, BridgeParts, FullSync};
 use crate::config::{FsyncMode, NodeConfig, parse_resolver_binding};
 use crate::coordinator::{Coordinator, CoordinatorConfig, Transport};
 use crate::engine::{EngineOptions, FsyncPolicy};
@@ -39,7 +40,7 @@ use crate::limit::Limits;
 use crate::merge::MergeHook;
 use crate::model::{Actor, Clock, DcName, KeyspaceConfig, VersionSet};
 use crate::peer::{PeerRequest, PeerResponse};
-use crate::repair::{RepairConfig, RepairError, RepairStats, Repairer, StoreData};
+use crate::repair::{RepairConfig, RepairError, RepairStats, Repairer, Share, StoreData};
 use crate::ring::{NodeId, Placement};
 use crate::server::{self, Handler, ServerConfig};
 use crate::store::EngineStore;
@@ -82,8 +83,11 @@ type NodeCoordinator = Coordinator<EngineStore, TcpTransport, Arc<HintStore>>;
 pub type NodeRepairer = Repairer<StoreData<EngineStore, Arc<NodeCoordinator>>, TcpTransport>;
 
 /// Runtime knobs that are not part of the operator's config file.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Default)]
 pub struct NodeTuning {
+    /// Builds the cross-DC bridge (the binary passes
+    /// `isthmus-dc-bridge`'s); `None` runs without one.
+    pub bridge: Option<Arc<dyn BridgeFactory>>,
     /// Gossip timing.
     pub gossip: GossipConfig,
     /// Connection-layer limits.
@@ -94,6 +98,57 @@ pub struct NodeTuning {
     pub limits: Limits,
     /// Merkle repair schedule and deadlines.
     pub repair: RepairConfig,
+}
+
+impl std::fmt::Debug for NodeTuning {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeTuning")
+            .field("bridge", &self.bridge.is_some())
+            .field("gossip", &self.gossip)
+            .field("server", &self.server)
+            .field("hints", &self.hints)
+            .field("limits", &self.limits)
+            .field("repair", &self.repair)
+            .finish()
+    }
+}
+
+/// Merkle full-sync against another DC, for the bridge. It holds the
+/// repairer weakly: the repairer holds the coordinator, which owns the
+/// bridge, which owns this.
+#[derive(Default)]
+struct NodeFullSync {
+    repairer: std::sync::OnceLock<std::sync::Weak<NodeRepairer>>,
+}
+
+impl FullSync for NodeFullSync {
+    fn full_sync<'a>(&'a self, dc: &'a DcName) -> BoxFuture<'a, Result<(), String>> {
+        Box::pin(async move {
+            let Some(repairer) = self.repairer.get().and_then(|w| w.upgrade()) else {
+                return Err("the node is stopping".to_owned());
+            };
+            // The writes the outbox dropped were coordinated here, so on
+            // keys this node replicates: sync all of them, not only the
+            // pieces it is primary for.
+            let stats = repairer
+                .full_sync(None, dc, Share::Replicated)
+                .await
+                .map_err(|e| e.to_string())?;
+            tracing::info!(
+                %dc,
+                ranges = stats.ranges,
+                differing = stats.keys_differing,
+                pulled = stats.keys_pulled,
+                pushed = stats.keys_pushed,
+                bytes = stats.bytes,
+                "full-sync ranges synced"
+            );
+            match stats.ranges_failed {
+                0 => Ok(()),
+                n => Err(format!("{n} ranges could not be synced with {dc}")),
+            }
+        })
+    }
 }
 
 /// A started node. Dropping it without [`RunningNode::shutdown`] aborts
@@ -210,7 +265,11 @@ pub async fn start(
         .unwrap_or_else(|_| config.listen.clone());
 
     let me = NodeId(config.node_id.clone());
-    let transport = Arc::new(TcpTransport::new(me.clone(), Duration::from_secs(2)));
+    let mut transport = TcpTransport::new(me.clone(), Duration::from_secs(2));
+    if let Some(proxy) = &config.wan_proxy {
+        transport = transport.with_wan_proxy(DcName(config.dc.clone()), proxy.clone());
+    }
+    let transport = Arc::new(transport);
     let own = Endpoint {
         id: me.clone(),
         addr: addr.clone(),
@@ -235,7 +294,28 @@ pub async fn start(
         transport.clone(),
         load,
     );
-    let coordinator = Arc::new(Coordinator::new(
+    let (stop, stop_rx) = watch::channel(false);
+    let mut tasks = Vec::new();
+    let full_sync = Arc::new(NodeFullSync::default());
+    let bridge = match (&tuning.bridge, config.bridge.enabled) {
+        (Some(factory), true) => {
+            let started = factory.start(BridgeParts {
+                node: me.clone(),
+                dc: DcName(config.dc.clone()),
+                dir: data_dir.join("outbox"),
+                fsync,
+                transport: transport.clone(),
+                view: view.clone(),
+                keyspaces: keyspaces.clone(),
+                stop: stop_rx.clone(),
+                full_sync: full_sync.clone(),
+            })?;
+            tasks.extend(started.tasks);
+            Some(started.bridge)
+        }
+        _ => None,
+    };
+    let mut coordinator = Coordinator::new(
         CoordinatorConfig {
             node: me.clone(),
             dc: DcName(config.dc.clone()),
@@ -248,7 +328,11 @@ pub async fn start(
         merge,
         keyspaces.clone(),
         view.clone(),
-    ));
+    );
+    if let Some(bridge) = bridge {
+        coordinator = coordinator.with_bridge(bridge);
+    }
+    let coordinator = Arc::new(coordinator);
     let repairer = Arc::new(Repairer::new(
         me.clone(),
         DcName(config.dc.clone()),
@@ -261,6 +345,7 @@ pub async fn start(
         view.clone(),
         tuning.repair.clone(),
     ));
+    let _ = full_sync.repairer.set(Arc::downgrade(&repairer));
     hints.discover(
         std::fs::read_dir(data_dir.join("hints"))
             .into_iter()
@@ -271,8 +356,6 @@ pub async fn start(
             }),
     );
 
-    let (stop, stop_rx) = watch::channel(false);
-    let mut tasks = Vec::new();
     let handler = Arc::new(NodeHandler {
         coordinator: coordinator.clone(),
         hints: hints.clone(),
@@ -516,7 +599,12 @@ impl NodeHandler {
                 }
             })
             .collect();
-        ResponseBody::Status { nodes }
+        let bridges = self
+            .coordinator
+            .bridge()
+            .map(|b| b.report())
+            .unwrap_or_default();
+        ResponseBody::Status { nodes, bridges }
     }
 
     /// A client put (`Some(value)`) or delete (`None`).
@@ -688,6 +776,20 @@ impl Handler for NodeHandler {
                 entries: self.gossiper.on_exchange(&digest, entries),
             },
             PeerRequest::Repair(request) => self.repairer.serve(request).await,
+            PeerRequest::Ship { from_dc, batch } => match self.coordinator.bridge() {
+                Some(bridge) => match bridge
+                    .receive(&from_dc, &batch, self.coordinator.as_ref())
+                    .await
+                {
+                    Ok(()) => PeerResponse::Applied,
+                    Err(e) => PeerResponse::Error(e),
+                },
+                None => PeerResponse::Error(WireError {
+                    code: ErrorCode::BadRequest,
+                    message: "this node runs no cross-DC bridge".into(),
+                    acks: None,
+                }),
+            },
             other => self.coordinator.serve_peer(other, deadline).await,
         }
     }

@@ -56,6 +56,16 @@ pub enum PeerRequest {
         /// Level to reach.
         consistency: Consistency,
     },
+    /// A batch of writes from the bridge of a node in `from_dc`: an
+    /// lz4-compressed, postcard-encoded list of records (the bridge's
+    /// format). The receiver applies every version at LOCAL_QUORUM in its
+    /// DC and answers [`PeerResponse::Applied`] once all are.
+    Ship {
+        /// The sender's datacenter.
+        from_dc: crate::model::DcName,
+        /// The compressed batch.
+        batch: Vec<u8>,
+    },
     /// One gossip exchange: the sender's own entry, a digest of its view,
     /// and the entries it believes the receiver lacks.
     Gossip {

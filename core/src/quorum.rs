@@ -47,25 +47,62 @@ impl QuorumTracker {
     /// Local levels count only replicas in `local_dc`; when it holds none
     /// (a keyspace not replicated there), the request can never be won and
     /// the tracker reports [`Outcome::Lost`] at once.
+    ///
+    /// The replication factor of each DC is taken to be the number of
+    /// replicas listed there; see [`QuorumTracker::for_replication`] for
+    /// the coordinator's case, where the configured factor rules.
     pub fn new(level: Consistency, replicas: &[(NodeId, DcName)], local_dc: &DcName) -> Self {
-        let count_in = |dc: &DcName| replicas.iter().filter(|(_, d)| d == dc).count();
+        let mut rf: BTreeMap<DcName, usize> = BTreeMap::new();
+        for (_, dc) in replicas {
+            *rf.entry(dc.clone()).or_default() += 1;
+        }
+        Self::with_factors(level, replicas, local_dc, &rf)
+    }
+
+    /// A tracker whose quorums are majorities of the configured replication
+    /// factors, however many replicas the caller's view of the ring could
+    /// name. A node whose view is incomplete (just restarted, say) lists
+    /// fewer replicas than the factor; it must not take a majority of those
+    /// for a quorum, so the request is lost at once instead.
+    pub fn for_replication(
+        level: Consistency,
+        replicas: &[(NodeId, DcName)],
+        local_dc: &DcName,
+        replication: &BTreeMap<DcName, u32>,
+    ) -> Self {
+        let rf = replication
+            .iter()
+            .map(|(dc, &n)| (dc.clone(), n as usize))
+            .collect();
+        Self::with_factors(level, replicas, local_dc, &rf)
+    }
+
+    fn with_factors(
+        level: Consistency,
+        replicas: &[(NodeId, DcName)],
+        local_dc: &DcName,
+        rf: &BTreeMap<DcName, usize>,
+    ) -> Self {
+        let local_rf = rf.get(local_dc).copied().unwrap_or(0);
+        let total: usize = rf.values().sum();
         let requirement = match level {
             Consistency::One => Requirement::Any(1),
-            Consistency::Quorum => Requirement::Any(majority(replicas.len())),
-            Consistency::All => Requirement::Any(replicas.len()),
-            Consistency::LocalOne => Requirement::PerDc(BTreeMap::from([(local_dc.clone(), 1)])),
-            Consistency::LocalQuorum => Requirement::PerDc(BTreeMap::from([(
-                local_dc.clone(),
-                majority(count_in(local_dc)),
-            )])),
-            Consistency::EachQuorum => {
-                let mut per = BTreeMap::new();
-                for (_, dc) in replicas {
-                    per.entry(dc.clone())
-                        .or_insert_with(|| majority(count_in(dc)));
-                }
-                Requirement::PerDc(per)
+            Consistency::Quorum => Requirement::Any(majority(total)),
+            Consistency::All => Requirement::Any(total),
+            Consistency::LocalOne if local_rf > 0 => {
+                Requirement::PerDc(BTreeMap::from([(local_dc.clone(), 1)]))
             }
+            Consistency::LocalQuorum if local_rf > 0 => {
+                Requirement::PerDc(BTreeMap::from([(local_dc.clone(), majority(local_rf))]))
+            }
+            // A local level where this DC holds no replica: never reachable.
+            Consistency::LocalOne | Consistency::LocalQuorum => Requirement::PerDc(BTreeMap::new()),
+            Consistency::EachQuorum => Requirement::PerDc(
+                rf.iter()
+                    .filter(|(_, n)| **n > 0)
+                    .map(|(dc, n)| (dc.clone(), majority(*n)))
+                    .collect(),
+            ),
         };
         QuorumTracker {
             requirement,
@@ -239,6 +276,29 @@ mod tests {
         assert_eq!(t.outcome(), Outcome::Lost);
         let t = QuorumTracker::new(Consistency::One, &[], &"dc1".into());
         assert_eq!(t.outcome(), Outcome::Lost);
+    }
+
+    #[test]
+    fn quorums_follow_the_configured_factor_not_the_replicas_found() {
+        // A node that knows only itself must not call itself a quorum of 3.
+        let alone = replicas(&[("a", "dc1")]);
+        let rf = BTreeMap::from([("dc1".into(), 3), ("dc2".into(), 3)]);
+        let mut t =
+            QuorumTracker::for_replication(Consistency::LocalQuorum, &alone, &"dc1".into(), &rf);
+        assert_eq!(t.outcome(), Outcome::Lost);
+        assert_eq!(t.ack(&n("a")), Outcome::Lost);
+        assert_eq!(t.required(), 2);
+        let full = replicas(&[("a", "dc1"), ("b", "dc1"), ("c", "dc1"), ("x", "dc2")]);
+        let mut t =
+            QuorumTracker::for_replication(Consistency::EachQuorum, &full, &"dc1".into(), &rf);
+        t.ack(&n("a"));
+        t.ack(&n("b"));
+        assert_eq!(t.ack(&n("x")), Outcome::Lost, "dc2 can give one of two");
+        let mut q = QuorumTracker::for_replication(Consistency::Quorum, &full, &"dc1".into(), &rf);
+        for r in ["a", "b", "c"] {
+            assert_eq!(q.ack(&n(r)), Outcome::Pending);
+        }
+        assert_eq!(q.ack(&n("x")), Outcome::Won, "4 of 6");
     }
 
     #[test]

@@ -100,6 +100,14 @@ impl Ring {
         tokens
     }
 
+    /// The nodes on a datacenter's ring.
+    pub fn nodes_in(&self, dc: &DcName) -> impl Iterator<Item = &NodeId> {
+        self.dcs
+            .get(dc)
+            .into_iter()
+            .flat_map(|r| r.nodes.iter().map(|(n, _)| n))
+    }
+
     /// Number of nodes on a datacenter's ring.
     pub fn node_count(&self, dc: &DcName) -> usize {
         self.dcs.get(dc).map_or(0, |r| r.nodes.len())

@@ -8,20 +8,33 @@ use std::time::Duration;
 use isthmus_client::wire::PeerRole;
 use isthmus_client::{Channel, ClientError};
 use parking_lot::{Mutex, RwLock};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use crate::coordinator::Transport;
+use crate::model::DcName;
 use crate::peer::{PeerRequest, PeerResponse};
 use crate::ring::NodeId;
 
 type PeerChannel = Channel<PeerRequest, PeerResponse>;
 
+/// The first line a node sends to a WAN proxy: which datacenter it dials
+/// from and where the proxy must connect, `WAN1 <dc> <host:port>\n`.
+pub fn wan_preface(from_dc: &DcName, target: &str) -> Vec<u8> {
+    format!("{WAN_PREFACE_MAGIC} {} {target}\n", from_dc.0).into_bytes()
+}
+
+/// First word of a [`wan_preface`].
+pub const WAN_PREFACE_MAGIC: &str = "WAN1";
+
 /// Channels to peers, by node id; addresses come from gossip.
 pub struct TcpTransport {
     me: NodeId,
     addrs: RwLock<HashMap<NodeId, String>>,
+    dcs: RwLock<HashMap<NodeId, DcName>>,
     channels: Mutex<HashMap<NodeId, Arc<PeerChannel>>>,
     connect_timeout: Duration,
+    wan: Option<(DcName, String)>,
 }
 
 impl TcpTransport {
@@ -31,8 +44,24 @@ impl TcpTransport {
         TcpTransport {
             me,
             addrs: RwLock::default(),
+            dcs: RwLock::default(),
             channels: Mutex::default(),
             connect_timeout,
+            wan: None,
+        }
+    }
+
+    /// Dial nodes outside `own_dc` (and seeds, whose datacenter is not yet
+    /// known) through the WAN proxy at `proxy`.
+    pub fn with_wan_proxy(mut self, own_dc: DcName, proxy: String) -> Self {
+        self.wan = Some((own_dc, proxy));
+        self
+    }
+
+    /// Learn which datacenter `node` is in.
+    pub fn set_dc(&self, node: &NodeId, dc: &DcName) {
+        if self.dcs.read().get(node) != Some(dc) {
+            self.dcs.write().insert(node.clone(), dc.clone());
         }
     }
 
@@ -52,15 +81,27 @@ impl TcpTransport {
     /// Open a one-off channel to an address (seeds, before their id is
     /// known).
     pub async fn connect(&self, addr: &str) -> Result<PeerChannel, ClientError> {
+        self.dial(addr, true).await
+    }
+
+    async fn dial(&self, addr: &str, remote: bool) -> Result<PeerChannel, ClientError> {
         let unreachable = |reason: String| ClientError::Connect {
             addr: addr.to_owned(),
             reason,
         };
-        let socket = tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr))
+        let proxy = self.wan.as_ref().filter(|_| remote);
+        let dial_addr = proxy.map_or(addr, |(_, p)| p.as_str());
+        let mut socket = tokio::time::timeout(self.connect_timeout, TcpStream::connect(dial_addr))
             .await
             .map_err(|_| unreachable(format!("no connection within {:?}", self.connect_timeout)))?
             .map_err(|e| unreachable(e.to_string()))?;
         let _ = socket.set_nodelay(true);
+        if let Some((dc, _)) = proxy {
+            socket
+                .write_all(&wan_preface(dc, addr))
+                .await
+                .map_err(|e| unreachable(format!("WAN proxy: {e}")))?;
+        }
         Channel::handshake(
             Box::new(socket),
             addr,
@@ -84,7 +125,11 @@ impl TcpTransport {
                 addr: to.0.clone(),
                 reason: "address unknown".into(),
             })?;
-        let fresh = Arc::new(self.connect(&addr).await?);
+        let remote = match (&self.wan, self.dcs.read().get(to)) {
+            (Some((own, _)), Some(dc)) => dc != own,
+            _ => true,
+        };
+        let fresh = Arc::new(self.dial(&addr, remote).await?);
         let mut channels = self.channels.lock();
         // Another task may have connected meanwhile: keep one channel.
         let kept = match channels.get(to) {

@@ -18,7 +18,7 @@ use isthmus_core::model::{
     Actor, Clock, DcName, Dot, KeyspaceConfig, Payload, Version, VersionSet, key_hash,
 };
 use isthmus_core::peer::{PeerRequest, PeerResponse};
-use isthmus_core::repair::{Partners, RepairConfig, Repairer, StoreData};
+use isthmus_core::repair::{Partners, RepairConfig, Repairer, Share, StoreData};
 use isthmus_core::ring::{NodeId, Placement, Ring};
 use isthmus_core::store::{LocalStore, MemStore, StoreError};
 use parking_lot::RwLock;
@@ -401,7 +401,7 @@ async fn full_sync_brings_two_datacenters_with_different_rings_together() {
     for i in 0..3 {
         total += c
             .repairer(&format!("dc1-n{i}"))
-            .full_sync(None, &dc2)
+            .full_sync(None, &dc2, Share::Primary)
             .await
             .unwrap();
     }
@@ -428,10 +428,45 @@ async fn full_sync_brings_two_datacenters_with_different_rings_together() {
     for i in 0..2 {
         let back = c
             .repairer(&format!("dc2-n{i}"))
-            .full_sync(None, &dc1)
+            .full_sync(None, &dc1, Share::Primary)
             .await
             .unwrap();
         assert_eq!(back.keys_differing, 0, "{back:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_nodes_own_full_sync_covers_every_key_it_replicates() {
+    // What the bridge asks of a node whose outbox dropped writes it
+    // coordinated: those keys are the node's, wherever it is not primary.
+    let c = cluster(&[("dc1", 3), ("dc2", 2)], &[("dc1", 2), ("dc2", 1)]);
+    let me = NodeId("dc1-n0".into());
+    let mut mine = Vec::new();
+    for i in 0..1000u32 {
+        let key = format!("k{i}").into_bytes();
+        let replicas = c.replicas("plain", &key);
+        if replicas.contains(&me) {
+            c.plant(&me, "plain", &key, vec![version(1, 1, b"x", 1)])
+                .await;
+            mine.push(key);
+        }
+    }
+    let primary = c
+        .repairer(&me.0)
+        .full_sync(None, &DcName::from("dc2"), Share::Primary)
+        .await
+        .unwrap();
+    assert!(primary.keys_pushed < mine.len() as u64, "{primary:?}");
+    let all = c
+        .repairer(&me.0)
+        .full_sync(None, &DcName::from("dc2"), Share::Replicated)
+        .await
+        .unwrap();
+    assert_eq!(primary.keys_pushed + all.keys_pushed, mine.len() as u64);
+    for key in &mine {
+        let copies = c.copies("plain", key).await;
+        let ours = c.stores[&me].get("plain", key).await.unwrap();
+        assert_eq!(copies[2], ours, "the dc2 copy of {key:?}");
     }
 }
 
@@ -493,7 +528,7 @@ async fn an_unreachable_partner_fails_its_ranges_and_the_rest_still_run() {
     });
     let stats = c
         .repairer("dc1-n0")
-        .full_sync(None, &DcName::from("dc2"))
+        .full_sync(None, &DcName::from("dc2"), Share::Primary)
         .await
         .unwrap();
     assert_eq!(stats.ranges, 0);

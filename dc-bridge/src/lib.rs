@@ -1,15 +1,317 @@
 //! # isthmus-dc-bridge
 //!
-//! The asynchronous bridge between datacenters: writes coordinated in one
-//! datacenter enter a durable outbox; shippers batch, compress and send them
-//! over framed TCP to live nodes of each remote datacenter, which apply them
-//! with their original versions (idempotently, since absorbing a version
-//! twice changes nothing); acknowledgements advance a persisted cursor per
-//! remote datacenter, and an outbox past its bound falls back to Merkle
-//! full-sync.
+//! The asynchronous bridge between datacenters. Every write a node
+//! coordinates for a keyspace replicated to other DCs enters the node's
+//! durable [`outbox`](outbox::Outbox) before the client hears back.
+//! Shippers ([`ship`]), one per remote DC, batch the records by size and
+//! time, compress them with lz4 ([`batch`]), and send them over the node's
+//! framed peer connections to live nodes of the remote DC, failing over
+//! between them. The receiving node applies every version with its
+//! original clock at LOCAL_QUORUM in its DC (idempotent: absorbing a
+//! version twice changes nothing) and only then acknowledges; the
+//! acknowledgement advances a persisted cursor per remote DC, so a
+//! restarted node resumes where it stopped. An outbox past its bound cuts
+//! the furthest-behind DC loose, which then gets a Merkle full-sync.
 //!
-//! Nothing is implemented here yet: the bridge needs the single-datacenter
-//! cluster (ring, coordinator, node server) first. What it will build on is
-//! already in `isthmus-core`: versions carry their full causal clock and
-//! origin datacenter, and `VersionSet::absorb` is an idempotent join, which
-//! is what makes re-shipping a batch after a crash harmless.
+//! [`wan`] is a userspace WAN: a proxy that adds one-way latency between
+//! DCs and can cut and restore the link (tests and the demo).
+//!
+//! What it is not: the coordinator. Core calls the bridge through
+//! [`isthmus_core::bridge::Bridge`]; this crate never sees wasmtime.
+#![warn(missing_docs)]
+
+pub mod batch;
+pub mod outbox;
+pub mod ship;
+pub mod wan;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use hdrhistogram::Histogram;
+use isthmus_client::wire::{ErrorCode, WireError};
+use isthmus_core::bridge::{
+    BoxFuture, Bridge, BridgeFactory, BridgeParts, BridgeReport, Deliver, StartedBridge,
+};
+use isthmus_core::engine::FsyncPolicy;
+use isthmus_core::model::{DcName, KeyspaceConfig, Version};
+use isthmus_core::store::StoreError;
+use parking_lot::{Mutex, RwLock};
+
+use crate::batch::decode_batch;
+use crate::outbox::{Outbox, OutboxConfig};
+use crate::ship::{ShipStats, Shipper, full_syncer};
+
+/// Versions of one batch applied at once on the receiving side.
+const APPLY_CONCURRENCY: usize = 64;
+/// Deadline of one record's local-quorum apply on the receiving side.
+const APPLY_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Bridge settings (the `[bridge]` config table).
+#[derive(Clone, Debug)]
+pub struct BridgeConfig {
+    /// Outbox bound in bytes.
+    pub outbox_bytes_max: u64,
+    /// Largest batch before compression.
+    pub batch_bytes_max: usize,
+    /// Longest wait for a small batch to fill.
+    pub linger: Duration,
+}
+
+impl From<&isthmus_core::config::BridgeSection> for BridgeConfig {
+    fn from(s: &isthmus_core::config::BridgeSection) -> Self {
+        BridgeConfig {
+            outbox_bytes_max: s.outbox_bytes_max,
+            batch_bytes_max: s.batch_bytes_max as usize,
+            linger: Duration::from_millis(s.linger_ms),
+        }
+    }
+}
+
+/// Builds the bridge of a node (hand it to `NodeTuning::bridge`).
+pub struct DcBridgeFactory {
+    config: BridgeConfig,
+}
+
+impl DcBridgeFactory {
+    /// A factory with these settings.
+    pub fn new(config: BridgeConfig) -> Self {
+        DcBridgeFactory { config }
+    }
+}
+
+/// The remote DCs `keyspaces` replicate to, seen from `own`.
+fn remote_dcs(keyspaces: &BTreeMap<String, KeyspaceConfig>, own: &DcName) -> BTreeSet<DcName> {
+    keyspaces
+        .values()
+        .flat_map(|ks| ks.replication.keys())
+        .filter(|dc| *dc != own)
+        .cloned()
+        .collect()
+}
+
+impl BridgeFactory for DcBridgeFactory {
+    fn start(&self, parts: BridgeParts) -> Result<StartedBridge, StoreError> {
+        let sync_each_append = matches!(parts.fsync, FsyncPolicy::Always);
+        let outbox = Arc::new(Outbox::open(
+            &parts.dir,
+            OutboxConfig {
+                bytes_max: self.config.outbox_bytes_max,
+                sync_each_append,
+                ..OutboxConfig::default()
+            },
+        )?);
+        let remotes = remote_dcs(&parts.keyspaces.read(), &parts.dc);
+        let mut links = BTreeMap::new();
+        let mut tasks = Vec::new();
+        for dc in &remotes {
+            outbox.register(dc)?;
+            let stats = Arc::new(ShipStats::default());
+            let syncing = Arc::new(Mutex::new(false));
+            let shipper = Shipper {
+                outbox: outbox.clone(),
+                me: parts.node.clone(),
+                dc: dc.clone(),
+                from_dc: parts.dc.clone(),
+                transport: parts.transport.clone(),
+                view: parts.view.clone(),
+                keyspaces: parts.keyspaces.clone(),
+                batch_bytes_max: self.config.batch_bytes_max,
+                linger: self.config.linger,
+                stats: stats.clone(),
+                call_timeout: Duration::from_secs(15),
+            };
+            tasks.push(("bridge-ship", tokio::spawn(shipper.run(parts.stop.clone()))));
+            tasks.push((
+                "bridge-full-sync",
+                tokio::spawn(full_syncer(
+                    outbox.clone(),
+                    dc.clone(),
+                    parts.full_sync.clone(),
+                    parts.view.clone(),
+                    syncing,
+                    parts.stop.clone(),
+                )),
+            ));
+            links.insert(dc.clone(), stats);
+        }
+        if let FsyncPolicy::Interval(every) = parts.fsync {
+            let (outbox, mut stop) = (outbox.clone(), parts.stop.clone());
+            tasks.push((
+                "bridge-sync",
+                tokio::spawn(async move {
+                    let mut tick = tokio::time::interval(every);
+                    loop {
+                        tokio::select! {
+                            _ = tick.tick() => {}
+                            _ = stop.changed() => return,
+                        }
+                        let outbox = outbox.clone();
+                        if let Ok(Err(e)) = tokio::task::spawn_blocking(move || outbox.sync()).await
+                        {
+                            tracing::error!(error = %e, "outbox sync failed");
+                        }
+                    }
+                }),
+            ));
+        }
+        let bridge = Arc::new(DcBridge {
+            outbox,
+            links,
+            lag_in: Mutex::default(),
+            keyspaces: parts.keyspaces,
+            own: parts.dc,
+        });
+        Ok(StartedBridge { bridge, tasks })
+    }
+}
+
+/// Receiving-side figures per origin DC.
+struct Inbound {
+    lag_ms: Histogram<u64>,
+    applied: u64,
+}
+
+/// One node's bridge.
+pub struct DcBridge {
+    outbox: Arc<Outbox>,
+    links: BTreeMap<DcName, Arc<ShipStats>>,
+    lag_in: Mutex<BTreeMap<DcName, Inbound>>,
+    keyspaces: Arc<RwLock<BTreeMap<String, KeyspaceConfig>>>,
+    own: DcName,
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl DcBridge {
+    fn record_lag(&self, from: &DcName, lags: &[u64]) {
+        let mut all = self.lag_in.lock();
+        let inbound = all.entry(from.clone()).or_insert_with(|| Inbound {
+            lag_ms: Histogram::new_with_bounds(1, 3_600_000, 3).expect("valid bounds"),
+            applied: 0,
+        });
+        for &lag in lags {
+            inbound.lag_ms.saturating_record(lag.max(1));
+        }
+        inbound.applied += lags.len() as u64;
+    }
+}
+
+impl Bridge for DcBridge {
+    fn enqueue<'a>(
+        &'a self,
+        keyspace: &'a str,
+        key: &'a [u8],
+        version: &'a Version,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        let ships = self
+            .keyspaces
+            .read()
+            .get(keyspace)
+            .is_some_and(|ks| ks.replication.keys().any(|dc| *dc != self.own));
+        let (outbox, keyspace, key, version) = (
+            self.outbox.clone(),
+            keyspace.to_owned(),
+            key.to_vec(),
+            version.clone(),
+        );
+        Box::pin(async move {
+            if !ships {
+                return Ok(());
+            }
+            tokio::task::spawn_blocking(move || outbox.append(&keyspace, &key, &version))
+                .await
+                .map_err(|e| StoreError::Failed {
+                    reason: format!("outbox append: {e}"),
+                })?
+                .map(|_| ())
+        })
+    }
+
+    fn receive<'a>(
+        &'a self,
+        from_dc: &'a DcName,
+        batch: &'a [u8],
+        deliver: &'a dyn Deliver,
+    ) -> BoxFuture<'a, Result<(), WireError>> {
+        Box::pin(async move {
+            let records = decode_batch(batch).map_err(|e| WireError {
+                code: ErrorCode::BadRequest,
+                message: e.to_string(),
+                acks: None,
+            })?;
+            let total = records.len();
+            let results: Vec<Result<u64, String>> = futures_util::stream::iter(records)
+                .map(|item| async move {
+                    deliver
+                        .deliver(&item.keyspace, &item.key, item.versions, APPLY_DEADLINE)
+                        .await
+                        .map(|()| now_ms().saturating_sub(item.enqueued_ms))
+                        .map_err(|e| e.to_string())
+                })
+                .buffer_unordered(APPLY_CONCURRENCY)
+                .collect()
+                .await;
+            let lags: Vec<u64> = results
+                .iter()
+                .filter_map(|r| r.as_ref().ok())
+                .copied()
+                .collect();
+            self.record_lag(from_dc, &lags);
+            if let Some(Err(first)) = results.iter().find(|r| r.is_err()) {
+                return Err(WireError {
+                    code: ErrorCode::Timeout,
+                    message: format!(
+                        "{} of {total} keys not applied at LOCAL_QUORUM (first: {first})",
+                        total - lags.len()
+                    ),
+                    acks: None,
+                });
+            }
+            Ok(())
+        })
+    }
+
+    fn report(&self) -> Vec<BridgeReport> {
+        let cursors = self.outbox.cursors();
+        let head = self.outbox.head();
+        let bytes = self.outbox.bytes();
+        let lag_in = self.lag_in.lock();
+        let mut dcs: BTreeSet<DcName> = self.links.keys().cloned().collect();
+        dcs.extend(lag_in.keys().cloned());
+        dcs.into_iter()
+            .map(|dc| {
+                let cursor = cursors.get(&dc).cloned().unwrap_or_default();
+                let stats = self.links.get(&dc);
+                let load = |f: fn(&ShipStats) -> &std::sync::atomic::AtomicU64| {
+                    stats.map_or(0, |s| f(s).load(Ordering::Relaxed))
+                };
+                let inbound = lag_in.get(&dc);
+                BridgeReport {
+                    remote_dc: dc.0.clone(),
+                    outbox_records: if self.links.contains_key(&dc) {
+                        head.saturating_sub(cursor.next)
+                    } else {
+                        0
+                    },
+                    outbox_bytes: bytes,
+                    shipped_records: load(|s| &s.records),
+                    raw_bytes: load(|s| &s.raw_bytes),
+                    shipped_bytes: load(|s| &s.wire_bytes),
+                    overflows: cursor.overflows,
+                    full_sync_pending: cursor.full_sync_pending,
+                    lag_in_p50_ms: inbound.map_or(0.0, |i| i.lag_ms.value_at_quantile(0.5) as f64),
+                    lag_in_p99_ms: inbound.map_or(0.0, |i| i.lag_ms.value_at_quantile(0.99) as f64),
+                    applied_in: inbound.map_or(0, |i| i.applied),
+                }
+            })
+            .collect()
+    }
+}

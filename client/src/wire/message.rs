@@ -251,6 +251,34 @@ pub struct NodeReport {
     pub ownership: f64,
 }
 
+/// One direction of one DC pair, as this node sees it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct BridgeReport {
+    /// The remote datacenter.
+    pub remote_dc: String,
+    /// Records in this node's outbox not yet acknowledged by `remote_dc`.
+    pub outbox_records: u64,
+    /// Bytes of outbox segments on disk (shared by all remote DCs).
+    pub outbox_bytes: u64,
+    /// Records acknowledged by `remote_dc`.
+    pub shipped_records: u64,
+    /// Encoded bytes of those records before compression.
+    pub raw_bytes: u64,
+    /// Bytes actually sent (compressed batches).
+    pub shipped_bytes: u64,
+    /// Times the outbox bound was exceeded for `remote_dc`.
+    pub overflows: u64,
+    /// Whether a full-sync with `remote_dc` is owed.
+    pub full_sync_pending: bool,
+    /// Replication lag from `remote_dc` into this DC, as this node applied
+    /// its batches: origin ack to local apply, p50 in milliseconds.
+    pub lag_in_p50_ms: f64,
+    /// Same, p99.
+    pub lag_in_p99_ms: f64,
+    /// Records applied here from `remote_dc`.
+    pub applied_in: u64,
+}
+
 /// One live sibling as a client sees it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Sibling {
@@ -279,6 +307,9 @@ pub enum ResponseBody {
     Status {
         /// Every known node.
         nodes: Vec<NodeReport>,
+        /// The answering node's bridge, one entry per remote datacenter
+        /// (empty without a bridge).
+        bridges: Vec<BridgeReport>,
     },
     /// The request failed.
     Error(WireError),

@@ -149,6 +149,7 @@ impl Gossiper {
             }
             let id = entry.id.clone();
             self.transport.set_addr(&id, &entry.addr);
+            self.transport.set_dc(&id, &entry.placement.dc);
             if state.membership.observe(entry) {
                 state
                     .windows

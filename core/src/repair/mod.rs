@@ -229,6 +229,17 @@ pub enum Partners {
     Following,
 }
 
+/// Which pieces of the ring a node fully syncs with another datacenter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Share {
+    /// The pieces on which it is the first live local replica: run on
+    /// every node of the datacenter, each piece is synced once (on demand).
+    Primary,
+    /// Every piece it replicates: what the node alone owes when its own
+    /// bridge outbox dropped writes it coordinated (the bridge's fallback).
+    Replicated,
+}
+
 /// A node's repair: serves its peers' syncs and runs its own.
 pub struct Repairer<D, T> {
     me: NodeId,
@@ -289,7 +300,9 @@ impl<D: RepairData, T: Transport> Repairer<D, T> {
     }
 
     /// Repair on demand: with `remote_dc`, a full sync with that
-    /// datacenter ([`Self::full_sync`]); without, this node's in-DC ranges
+    /// datacenter of the pieces this node is primary for
+    /// ([`Self::full_sync`], [`Share::Primary`]: run it on every node of
+    /// the datacenter to cover the ring); without, this node's in-DC ranges
     /// with every other live replica ([`Self::repair_dc`]). `keyspace`
     /// limits it to one keyspace.
     pub async fn repair(
@@ -298,7 +311,7 @@ impl<D: RepairData, T: Transport> Repairer<D, T> {
         remote_dc: Option<&DcName>,
     ) -> Result<RepairStats, RepairError> {
         match remote_dc {
-            Some(dc) if *dc != self.dc => self.full_sync(keyspace, dc).await,
+            Some(dc) if *dc != self.dc => self.full_sync(keyspace, dc, Share::Primary).await,
             _ => self.repair_dc(keyspace, Partners::All).await,
         }
     }
@@ -385,16 +398,18 @@ impl<D: RepairData, T: Transport> Repairer<D, T> {
         Ok(stats)
     }
 
-    /// Full sync with datacenter `remote`: for every piece of the ring on
-    /// which this node is the first live local replica, sync with the
+    /// Full sync with datacenter `remote`: the pieces of the ring (cut at
+    /// the tokens of both rings) in this node's `share`, each with the
     /// first live replica of `remote`. What it pulls reaches the other
     /// local replicas through their in-DC repair, and what it pushes
-    /// reaches the other remote replicas through theirs. This is what the
-    /// cross-DC bridge falls back to when its outbox overflows.
+    /// reaches the other remote replicas through theirs. The cross-DC
+    /// bridge falls back to it ([`Share::Replicated`]) when its outbox
+    /// overflows.
     pub async fn full_sync(
         &self,
         keyspace: Option<&str>,
         remote: &DcName,
+        share: Share,
     ) -> Result<RepairStats, RepairError> {
         let view = self.view.borrow().clone();
         if view.ring.node_count(remote) == 0 {
@@ -418,6 +433,7 @@ impl<D: RepairData, T: Transport> Repairer<D, T> {
                 remote_rf as usize,
                 &view.alive,
                 &self.me,
+                share,
             );
             for (range, partner) in ranges {
                 match partner {

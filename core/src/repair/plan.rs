@@ -10,6 +10,7 @@
 
 use std::collections::BTreeSet;
 
+use super::Share;
 use super::tree::HashRange;
 use crate::model::DcName;
 use crate::ring::{NodeId, Ring};
@@ -86,10 +87,11 @@ pub fn local_ranges(
     merge(labelled, RANGE_WIDTH_MAX)
 }
 
-/// Cross-datacenter ranges: pieces of the union of both rings on which
-/// `me` is the first live replica of `local` (the primary while it is up),
-/// each with the first live replica of `remote`, with which to sync it
-/// (`None` where `remote` has no live replica).
+/// Cross-datacenter ranges: pieces of the union of both rings that `me`
+/// replicates in `local` (with [`Share::Primary`], only those on which it
+/// is the first live local replica: the primary while it is up), each with
+/// the first live replica of `remote`, with which to sync it (`None` where
+/// `remote` has no live replica).
 #[allow(clippy::too_many_arguments)]
 pub fn remote_ranges(
     ring: &Ring,
@@ -99,6 +101,7 @@ pub fn remote_ranges(
     remote_rf: usize,
     alive: &BTreeSet<NodeId>,
     me: &NodeId,
+    share: Share,
 ) -> Vec<(HashRange, Option<NodeId>)> {
     if local_rf == 0 || remote_rf == 0 {
         return Vec::new();
@@ -111,7 +114,12 @@ pub fn remote_ranges(
     let labelled: Vec<(HashRange, Option<NodeId>)> =
         pieces(ring.tokens(local).into_iter().chain(ring.tokens(remote)))
             .into_iter()
-            .filter(|piece| first_live(local, local_rf, piece.last).as_ref() == Some(me))
+            .filter(|piece| match share {
+                Share::Primary => first_live(local, local_rf, piece.last).as_ref() == Some(me),
+                Share::Replicated => ring
+                    .replicas_in_dc(local, piece.last, local_rf)
+                    .contains(me),
+            })
             .map(|piece| (piece, first_live(remote, remote_rf, piece.last)))
             .collect();
     merge(labelled, RANGE_WIDTH_MAX)

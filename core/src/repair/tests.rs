@@ -12,7 +12,7 @@ use super::exchange::{RepairRequest, RepairResponse, Replica, sync};
 use super::plan::{RANGE_WIDTH_MAX, local_ranges, pieces, remote_ranges};
 use super::server::{Absorb, RepairData, RepairServer, StoreData};
 use super::tree::*;
-use super::{RepairError, RepairStats};
+use super::{RepairError, RepairStats, Share};
 use crate::model::{Actor, Clock, ContentHash, DcName, Dot, Version, VersionSet, key_hash};
 use crate::peer::{PeerRequest, PeerResponse};
 use crate::ring::{NodeId, Placement, Ring};
@@ -273,7 +273,7 @@ fn remote_ranges_give_each_piece_to_the_first_live_local_replica() {
     let plans: Vec<(NodeId, Plan)> = (0..3)
         .map(|i| NodeId(format!("dc1-n{i}")))
         .map(|me| {
-            let ranges = remote_ranges(&r, &dc1, 2, &dc2, 3, &alive, &me);
+            let ranges = remote_ranges(&r, &dc1, 2, &dc2, 3, &alive, &me, Share::Primary);
             (me, ranges)
         })
         .collect();
@@ -297,6 +297,16 @@ fn remote_ranges_give_each_piece_to_the_first_live_local_replica() {
             owners[0].1.as_ref(),
             remote.iter().find(|n| alive.contains(n))
         );
+    }
+    // Its whole share: every piece a node replicates, whoever is primary.
+    for i in 0..3 {
+        let me = NodeId(format!("dc1-n{i}"));
+        let ranges = remote_ranges(&r, &dc1, 2, &dc2, 3, &alive, &me, Share::Replicated);
+        for h in sample_hashes() {
+            let found = ranges.iter().filter(|(range, _)| range.contains(h)).count();
+            let replicates = r.replicas_in_dc(&dc1, h, 2).contains(&me);
+            assert_eq!(found, usize::from(replicates), "{me} hash {h:x}");
+        }
     }
 }
 

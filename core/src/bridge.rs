@@ -1,0 +1,119 @@
+//! The outbound replication hook: how the coordinator hands writes to the
+//! cross-DC bridge, and how batches from other datacenters come in.
+//!
+//! Core defines the traits; `isthmus-dc-bridge` implements them, so core
+//! never depends on the bridge. A node without a bridge (one datacenter,
+//! or tests of the single-DC machinery) sends every write to every replica
+//! in every DC directly, as before; a node with one sends writes at local
+//! levels to its own DC only and leaves the others to the bridge.
+//!
+//! ```text
+//! coordinator ──enqueue──► Bridge (durable outbox) ──ship──► remote node
+//!                                                              │ receive
+//!                                       Deliver (LOCAL_QUORUM) ◄┘
+//! ```
+
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use isthmus_client::wire::BridgeReport;
+use isthmus_client::wire::WireError;
+use parking_lot::RwLock;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::coordinator::{ClusterView, CoordinatorError};
+use crate::engine::FsyncPolicy;
+use crate::model::{DcName, KeyspaceConfig, Version};
+use crate::ring::NodeId;
+use crate::store::StoreError;
+use crate::transport::TcpTransport;
+
+/// A boxed future (the hooks are called through trait objects).
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Applies versions shipped from another DC in this one, at LOCAL_QUORUM
+/// (the coordinator implements it).
+pub trait Deliver: Send + Sync {
+    /// Absorb `versions` of the key on a local quorum of its replicas
+    /// (hints for the ones that miss it).
+    fn deliver<'a>(
+        &'a self,
+        keyspace: &'a str,
+        key: &'a [u8],
+        versions: Vec<Version>,
+        deadline: Duration,
+    ) -> BoxFuture<'a, Result<(), CoordinatorError>>;
+}
+
+/// Runs Merkle full-sync of this node's ranges against another DC (the
+/// bridge calls it when its outbox overflowed for that DC).
+pub trait FullSync: Send + Sync {
+    /// Sync every keyspace replicated to `dc`; `Ok` once all ranges were
+    /// compared and the differences exchanged.
+    fn full_sync<'a>(&'a self, dc: &'a DcName) -> BoxFuture<'a, Result<(), String>>;
+}
+
+/// The bridge as the node sees it.
+pub trait Bridge: Send + Sync + 'static {
+    /// Durably queue `version` of the key for every other DC that
+    /// replicates `keyspace`. Returns once the outbox holds it per the
+    /// node's fsync policy; never waits for a remote DC.
+    fn enqueue<'a>(
+        &'a self,
+        keyspace: &'a str,
+        key: &'a [u8],
+        version: &'a Version,
+    ) -> BoxFuture<'a, Result<(), StoreError>>;
+
+    /// A batch shipped by a node of `from_dc`: apply every version in it
+    /// through `deliver`; `Ok` only when all reached a local quorum (the
+    /// sender then advances its cursor).
+    fn receive<'a>(
+        &'a self,
+        from_dc: &'a DcName,
+        batch: &'a [u8],
+        deliver: &'a dyn Deliver,
+    ) -> BoxFuture<'a, Result<(), WireError>>;
+
+    /// Figures for `isthmus status`.
+    fn report(&self) -> Vec<BridgeReport>;
+}
+
+/// What a bridge needs of its node.
+pub struct BridgeParts {
+    /// This node.
+    pub node: NodeId,
+    /// Its datacenter.
+    pub dc: DcName,
+    /// Where the bridge keeps its outbox and cursors.
+    pub dir: PathBuf,
+    /// The node's fsync policy (the outbox follows it).
+    pub fsync: FsyncPolicy,
+    /// Peer connections (reach nodes of other DCs).
+    pub transport: Arc<TcpTransport>,
+    /// Membership and rings, as gossip publishes them.
+    pub view: watch::Receiver<Arc<ClusterView>>,
+    /// Keyspace configurations (which DCs replicate what).
+    pub keyspaces: Arc<RwLock<std::collections::BTreeMap<String, KeyspaceConfig>>>,
+    /// Set to `true` when the node stops.
+    pub stop: watch::Receiver<bool>,
+    /// Merkle full-sync against a remote DC.
+    pub full_sync: Arc<dyn FullSync>,
+}
+
+/// A started bridge and its background tasks.
+pub struct StartedBridge {
+    /// The bridge.
+    pub bridge: Arc<dyn Bridge>,
+    /// Its workers; the node awaits them at shutdown.
+    pub tasks: Vec<(&'static str, JoinHandle<()>)>,
+}
+
+/// Builds a node's bridge at start.
+pub trait BridgeFactory: Send + Sync {
+    /// Open the outbox and start the shippers.
+    fn start(&self, parts: BridgeParts) -> Result<StartedBridge, StoreError>;
+}

@@ -1,0 +1,823 @@
+//! Two datacenters of three nodes each, joined by the cross-DC bridge over
+//! a userspace WAN with 50 ms one-way latency.
+//!
+//! In-process clusters (real sockets, real data directories, one process):
+//! conflicting cart writes in both DCs converge to byte-identical carts
+//! holding the union; a partition between the DCs with writes on both
+//! sides heals with nothing lost.
+//!
+//! Real processes (`isthmus server`): every node of DC2 SIGKILLed for 30 s
+//! while DC1 takes over 1,000 writes/s at LOCAL_QUORUM, then restarted:
+//! every acknowledged write is in both DCs; a DC1 node SIGKILLed while its
+//! bridge ships, then restarted: nothing lost and no write twice.
+//!
+//! The tests take a shared lock: each runs six nodes, and two at once on a
+//! small machine would only measure the scheduler.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use isthmus_client::Session;
+use isthmus_client::wire::{
+    BridgeReport, Consistency, Context, RequestBody, ResponseBody, WriteId,
+};
+use isthmus_core::config::{BridgeSection, FsyncMode, KeyspaceSection, NodeConfig};
+use isthmus_core::gossip::detector::DetectorConfig;
+use isthmus_core::gossip::service::GossipConfig;
+use isthmus_core::node::{self, NodeTuning, RunningNode};
+use isthmus_core::store::LocalStore;
+use isthmus_dc_bridge::wan::WanProxy;
+use isthmus_dc_bridge::{BridgeConfig, DcBridgeFactory};
+use isthmus_example_cart_union as cart_union;
+use isthmus_resolvers::registry::UploadPolicy;
+use isthmus_resolvers::{Host, Registry, ResolverLimits, WasmMergeHook};
+use parking_lot::Mutex;
+
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+const KEYSPACE: &str = "carts";
+const WAN_ONE_WAY: Duration = Duration::from_millis(50);
+
+fn cart_module() -> Vec<u8> {
+    let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .map(|t| {
+            if t.is_absolute() {
+                t
+            } else {
+                workspace.join(t)
+            }
+        })
+        .unwrap_or_else(|| workspace.join("target"));
+    let path = target.join("wasm32-unknown-unknown/release/isthmus_example_cart_union.wasm");
+    std::fs::read(&path).unwrap_or_else(|e| {
+        panic!(
+            "cannot read {} ({e}); build it with scripts/build-resolvers.sh",
+            path.display()
+        )
+    })
+}
+
+fn replication() -> BTreeMap<String, u32> {
+    BTreeMap::from([("dc1".into(), 3), ("dc2".into(), 3)])
+}
+
+// ---------------------------------------------------------------------------
+// In-process clusters
+
+struct Cluster {
+    wan: WanProxy,
+    root: tempfile::TempDir,
+    module: Vec<u8>,
+    bridge: BridgeSection,
+    seed: String,
+    nodes: BTreeMap<String, RunningNode>,
+}
+
+impl Cluster {
+    async fn start(bridge: BridgeSection) -> Cluster {
+        let mut cluster = Cluster {
+            wan: WanProxy::start("127.0.0.1:0", WAN_ONE_WAY).await.unwrap(),
+            root: tempfile::tempdir().unwrap(),
+            module: cart_module(),
+            bridge,
+            seed: String::new(),
+            nodes: BTreeMap::new(),
+        };
+        for dc in ["dc1", "dc2"] {
+            for i in 0..3 {
+                cluster.start_node(dc, i).await;
+            }
+        }
+        cluster.settle(6).await;
+        cluster
+    }
+
+    async fn start_node(&mut self, dc: &str, i: usize) {
+        let id = format!("{dc}-n{i}");
+        let config = NodeConfig {
+            node_id: id.clone(),
+            dc: dc.into(),
+            rack: format!("r{i}"),
+            listen: "127.0.0.1:0".into(),
+            data_dir: self.root.path().join(&id),
+            seeds: if self.seed.is_empty() {
+                vec![]
+            } else {
+                vec![self.seed.clone()]
+            },
+            vnodes: 16,
+            fsync: FsyncMode::Interval,
+            fsync_interval_ms: 5,
+            bridge: self.bridge.clone(),
+            wan_proxy: Some(self.wan.addr().to_string()),
+            keyspaces: BTreeMap::from([(
+                KEYSPACE.into(),
+                KeyspaceSection {
+                    replication: replication(),
+                    consistency: Consistency::LocalQuorum,
+                    resolver: Some("cart-union@1".into()),
+                    ttl_s: None,
+                },
+            )]),
+        };
+        let host = Arc::new(Host::new(ResolverLimits::default()).unwrap());
+        let registry = Arc::new(Registry::in_memory());
+        registry
+            .register(
+                &host,
+                "cart-union",
+                1,
+                &self.module,
+                &UploadPolicy::default(),
+            )
+            .unwrap();
+        registry.attach(KEYSPACE, "cart-union", 1).unwrap();
+        let tuning = NodeTuning {
+            bridge: Some(Arc::new(DcBridgeFactory::new(BridgeConfig::from(
+                &config.bridge,
+            )))),
+            gossip: GossipConfig {
+                interval: Duration::from_millis(200),
+                exchange_timeout: Duration::from_millis(500),
+                detector: DetectorConfig {
+                    initial_interval: Duration::from_millis(200),
+                    interval_max: Duration::from_millis(800),
+                    ..DetectorConfig::default()
+                },
+            },
+            ..NodeTuning::default()
+        };
+        let node = node::start(config, Arc::new(WasmMergeHook::new(host, registry)), tuning)
+            .await
+            .unwrap();
+        self.wan.register(&node.addr, dc);
+        if self.seed.is_empty() {
+            self.seed = node.addr.clone();
+        }
+        self.nodes.insert(id, node);
+    }
+
+    async fn settle(&self, alive: usize) {
+        for _ in 0..300 {
+            if self
+                .nodes
+                .values()
+                .all(|n| n.gossiper().alive().len() == alive)
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("the cluster did not settle at {alive} live nodes");
+    }
+
+    fn addrs(&self, dc: &str) -> Vec<String> {
+        self.nodes
+            .iter()
+            .filter(|(id, _)| id.starts_with(dc))
+            .map(|(_, n)| n.addr.clone())
+            .collect()
+    }
+
+    /// Every replica's local set of `key`, encoded.
+    async fn encodings(&self, key: &[u8]) -> BTreeMap<String, Vec<u8>> {
+        let mut out = BTreeMap::new();
+        for (id, node) in &self.nodes {
+            let set = node.store().get(KEYSPACE, key).await.unwrap();
+            out.insert(id.clone(), set.encode());
+        }
+        out
+    }
+
+    async fn shutdown(mut self) {
+        for (_, node) in std::mem::take(&mut self.nodes) {
+            node.shutdown().await;
+        }
+    }
+}
+
+/// The items of every live sibling of a cart, as one node holds it.
+async fn cart_items(node: &RunningNode, key: &[u8]) -> (BTreeSet<String>, usize) {
+    let set = node.store().get(KEYSPACE, key).await.unwrap();
+    let mut items = BTreeSet::new();
+    for v in set.live() {
+        items.extend(
+            cart_union::parse(v.value_bytes().unwrap_or_default())
+                .unwrap()
+                .into_keys(),
+        );
+    }
+    (items, set.len())
+}
+
+#[derive(Default)]
+struct Ledger {
+    acked: Mutex<BTreeSet<(usize, String)>>,
+    attempted: Mutex<BTreeSet<(usize, String)>>,
+    writes: AtomicU64,
+}
+
+fn cart_key(cart: usize) -> Vec<u8> {
+    format!("cart:{cart:03}").into_bytes()
+}
+
+/// Read-modify-write shoppers adding unique items to shared carts.
+async fn shoppers(
+    dc: &'static str,
+    addrs: Vec<String>,
+    carts: usize,
+    ledger: Arc<Ledger>,
+    stop: Arc<AtomicBool>,
+) {
+    let mut tasks = Vec::new();
+    for s in 0..3usize {
+        let (addrs, ledger, stop) = (addrs.clone(), ledger.clone(), stop.clone());
+        tasks.push(tokio::spawn(async move {
+            let session =
+                Session::connect(&addrs[s % addrs.len()], "shopper", Duration::from_secs(2))
+                    .await
+                    .unwrap();
+            let mut n = 0usize;
+            while !stop.load(Ordering::Relaxed) {
+                let cart = (n * 7 + s) % carts;
+                let item = format!("{dc}-s{s}-{n}");
+                n += 1;
+                let read = RequestBody::Get {
+                    keyspace: KEYSPACE.into(),
+                    key: cart_key(cart),
+                    consistency: None,
+                };
+                let Ok(ResponseBody::Value { siblings, context }) =
+                    session.call(read, Duration::from_secs(2)).await
+                else {
+                    continue;
+                };
+                let mut items: BTreeMap<String, u64> = BTreeMap::new();
+                for sib in siblings {
+                    items.extend(cart_union::parse(&sib.value).unwrap());
+                }
+                items.insert(item.clone(), 1);
+                ledger.attempted.lock().insert((cart, item.clone()));
+                let put = RequestBody::Put {
+                    keyspace: KEYSPACE.into(),
+                    key: cart_key(cart),
+                    value: cart_union::encode(&items),
+                    context,
+                    consistency: Some(Consistency::LocalQuorum),
+                    write_id: WriteId(rand::random()),
+                };
+                if let Ok(ResponseBody::Written) = session.call(put, Duration::from_secs(2)).await {
+                    ledger.acked.lock().insert((cart, item));
+                    ledger.writes.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+}
+
+/// Wait until every replica in both DCs holds byte-identical carts, a
+/// single merged version each, holding every acknowledged item and
+/// nothing never attempted; returns the time it took.
+async fn converged(cluster: &Cluster, carts: usize, ledger: &Ledger) -> Duration {
+    let start = Instant::now();
+    let acked = ledger.acked.lock().clone();
+    let attempted = ledger.attempted.lock().clone();
+    let mut last = String::new();
+    while start.elapsed() < Duration::from_secs(60) {
+        let mut ok = true;
+        for cart in 0..carts {
+            let key = cart_key(cart);
+            let encodings = cluster.encodings(&key).await;
+            let distinct: BTreeSet<&Vec<u8>> = encodings.values().collect();
+            if distinct.len() != 1 {
+                ok = false;
+                last = format!("cart {cart}: {} distinct encodings", distinct.len());
+                break;
+            }
+            let node = cluster.nodes.values().next().unwrap();
+            let (items, versions) = cart_items(node, &key).await;
+            let want: BTreeSet<String> = acked
+                .range((cart, String::new())..(cart + 1, String::new()))
+                .map(|(_, i)| i.clone())
+                .collect();
+            let missing = want.difference(&items).count();
+            let unknown = items
+                .iter()
+                .filter(|i| !attempted.contains(&(cart, (*i).clone())))
+                .count();
+            assert_eq!(unknown, 0, "cart {cart} holds items nobody wrote");
+            if missing > 0 || versions != 1 {
+                ok = false;
+                last = format!("cart {cart}: {missing} acked items missing, {versions} versions");
+                break;
+            }
+        }
+        if ok {
+            return start.elapsed();
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("did not converge within 60 s: {last}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn conflicting_carts_in_both_dcs_converge_to_the_union() {
+    let _serial = SERIAL.lock().await;
+    let cluster = Cluster::start(BridgeSection::default()).await;
+    let carts = 6;
+    let ledger = Arc::new(Ledger::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let dc1 = tokio::spawn(shoppers(
+        "dc1",
+        cluster.addrs("dc1"),
+        carts,
+        ledger.clone(),
+        stop.clone(),
+    ));
+    let dc2 = tokio::spawn(shoppers(
+        "dc2",
+        cluster.addrs("dc2"),
+        carts,
+        ledger.clone(),
+        stop.clone(),
+    ));
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    stop.store(true, Ordering::Relaxed);
+    dc1.await.unwrap();
+    dc2.await.unwrap();
+    let acked = ledger.acked.lock().len();
+    let from_dc2 = ledger
+        .acked
+        .lock()
+        .iter()
+        .filter(|(_, i)| i.starts_with("dc2"))
+        .count();
+    assert!(
+        acked > 100 && from_dc2 > 50,
+        "too little traffic: {acked} ({from_dc2} in dc2)"
+    );
+    let took = converged(&cluster, carts, &ledger).await;
+    eprintln!("converged {acked} acknowledged cart writes from both DCs in {took:?}");
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_partition_between_the_dcs_heals_with_nothing_lost() {
+    let _serial = SERIAL.lock().await;
+    let cluster = Cluster::start(BridgeSection::default()).await;
+    let carts = 6;
+    let ledger = Arc::new(Ledger::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    cluster.wan.cut("dc1", "dc2");
+    // Each side sees the other go down; both keep taking writes.
+    for _ in 0..200 {
+        if cluster
+            .nodes
+            .values()
+            .all(|n| n.gossiper().alive().len() == 3)
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        cluster
+            .nodes
+            .values()
+            .all(|n| n.gossiper().alive().len() == 3)
+    );
+    let dc1 = tokio::spawn(shoppers(
+        "dc1",
+        cluster.addrs("dc1"),
+        carts,
+        ledger.clone(),
+        stop.clone(),
+    ));
+    let dc2 = tokio::spawn(shoppers(
+        "dc2",
+        cluster.addrs("dc2"),
+        carts,
+        ledger.clone(),
+        stop.clone(),
+    ));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stop.store(true, Ordering::Relaxed);
+    dc1.await.unwrap();
+    dc2.await.unwrap();
+    let owed: u64 = cluster
+        .nodes
+        .values()
+        .filter_map(|n| n.coordinator().bridge())
+        .flat_map(|b| b.report())
+        .map(|r| r.outbox_records)
+        .sum();
+    assert!(
+        owed > 0,
+        "the outboxes must hold what the partition kept back"
+    );
+    cluster.wan.heal("dc1", "dc2");
+    let took = converged(&cluster, carts, &ledger).await;
+    eprintln!(
+        "partition healed: {} acknowledged writes, {owed} queued, converged in {took:?}",
+        ledger.acked.lock().len()
+    );
+    cluster.shutdown().await;
+}
+
+// ---------------------------------------------------------------------------
+// Real processes
+
+struct Proc {
+    id: String,
+    dc: &'static str,
+    addr: String,
+    config: PathBuf,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+impl Proc {
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        self.child = Some(
+            Command::new(env!("CARGO_BIN_EXE_isthmus"))
+                .args(["server", "--config"])
+                .arg(&self.config)
+                .env("RUST_LOG", "info")
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .expect("spawning isthmus server"),
+        );
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill(); // SIGKILL
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn free_port(ip: &str) -> u16 {
+    std::net::TcpListener::bind((ip, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn processes(dir: &Path, wan: &WanProxy) -> Vec<Proc> {
+    let mut procs = Vec::new();
+    for (d, dc) in ["dc1", "dc2"].into_iter().enumerate() {
+        for i in 0..3 {
+            let ip = format!("127.0.{}.{}", 10 + d, i + 2);
+            procs.push(Proc {
+                id: format!("{dc}-n{i}"),
+                dc,
+                addr: format!("{ip}:{}", free_port(&ip)),
+                config: dir.join(format!("{dc}-n{i}.toml")),
+                log: dir.join(format!("{dc}-n{i}.log")),
+                child: None,
+            });
+        }
+    }
+    let seeds = format!("[\"{}\", \"{}\"]", procs[0].addr, procs[3].addr);
+    for p in &procs {
+        wan.register(&p.addr, p.dc);
+        let toml = format!(
+            r#"node_id = "{id}"
+dc = "{dc}"
+rack = "r{rack}"
+listen = "{addr}"
+data_dir = "{data}"
+seeds = {seeds}
+vnodes = 16
+fsync = "interval"
+fsync_interval_ms = 5
+wan_proxy = "{wan}"
+
+[keyspaces.carts]
+replication = {{ dc1 = 3, dc2 = 3 }}
+consistency = "LOCAL_QUORUM"
+"#,
+            id = p.id,
+            dc = p.dc,
+            rack = p.id.chars().last().unwrap(),
+            addr = p.addr,
+            data = dir.join(&p.id).display(),
+            wan = wan.addr(),
+        );
+        std::fs::write(&p.config, toml).unwrap();
+    }
+    procs
+}
+
+async fn status(addr: &str) -> Option<(usize, Vec<BridgeReport>)> {
+    let session = Session::connect(addr, "test", Duration::from_secs(1))
+        .await
+        .ok()?;
+    match session
+        .call(RequestBody::Status, Duration::from_secs(2))
+        .await
+        .ok()?
+    {
+        ResponseBody::Status { nodes, bridges } => {
+            Some((nodes.iter().filter(|n| n.up).count(), bridges))
+        }
+        _ => None,
+    }
+}
+
+async fn until(what: &str, procs: &[Proc], secs: u64, mut check: impl AsyncFnMut() -> bool) {
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(secs) {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for p in procs {
+        let log = std::fs::read_to_string(&p.log).unwrap_or_default();
+        eprintln!(
+            "--- {} log (tail) ---\n{}",
+            p.id,
+            log.lines().rev().take(15).collect::<Vec<_>>().join("\n")
+        );
+    }
+    panic!("timed out waiting until {what}");
+}
+
+async fn all_up(procs: &[Proc], up: usize) -> bool {
+    for p in procs.iter().filter(|p| p.child.is_some()) {
+        match status(&p.addr).await {
+            Some((n, _)) if n == up => {}
+            _ => return false,
+        }
+    }
+    true
+}
+
+/// Blind writes of distinct keys at LOCAL_QUORUM through `addrs`, paced
+/// to `rate` per second, until `stop`; every acknowledged key is recorded.
+async fn writers(
+    prefix: String,
+    addrs: Vec<String>,
+    rate: u64,
+    acked: Arc<Mutex<Vec<Vec<u8>>>>,
+    stop: Arc<AtomicBool>,
+) -> u64 {
+    const TASKS: u64 = 32;
+    let failed = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for t in 0..TASKS {
+        let (addrs, acked, stop, failed, prefix) = (
+            addrs.clone(),
+            acked.clone(),
+            stop.clone(),
+            failed.clone(),
+            prefix.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let period = Duration::from_secs_f64(TASKS as f64 / rate as f64);
+            let mut next = tokio::time::Instant::now();
+            let mut session: Option<Session> = None;
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                next += period;
+                tokio::time::sleep_until(next).await;
+                if session.as_ref().is_none_or(|s| !s.is_open()) {
+                    let addr = &addrs[(t + n) as usize % addrs.len()];
+                    session = Session::connect(addr, "writer", Duration::from_secs(1))
+                        .await
+                        .ok();
+                }
+                let Some(s) = &session else {
+                    failed.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                };
+                let key = format!("{prefix}-{t}-{n}").into_bytes();
+                n += 1;
+                let put = RequestBody::Put {
+                    keyspace: KEYSPACE.into(),
+                    key: key.clone(),
+                    value: format!("{{\"item\":{n},\"qty\":1}}").into_bytes(),
+                    context: Context::default(),
+                    consistency: Some(Consistency::LocalQuorum),
+                    write_id: WriteId(rand::random()),
+                };
+                match s.call(put, Duration::from_secs(2)).await {
+                    Ok(ResponseBody::Written) => acked.lock().push(key),
+                    _ => {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                        session = None;
+                    }
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    failed.load(Ordering::Relaxed)
+}
+
+/// Keys of `acked` missing from (or with more than one sibling in) the DC
+/// `addr` belongs to, read at LOCAL_QUORUM there. A read that fails is
+/// retried; one that keeps failing counts as lost.
+async fn audit(addr: &str, acked: &[Vec<u8>]) -> (usize, usize) {
+    let session = Arc::new(
+        Session::connect(addr, "audit", Duration::from_secs(2))
+            .await
+            .unwrap(),
+    );
+    let mut lost = 0;
+    let mut doubled = 0;
+    for chunk in acked.chunks(64) {
+        let mut reads = Vec::new();
+        for key in chunk {
+            let (session, key) = (session.clone(), key.clone());
+            reads.push(tokio::spawn(async move {
+                let name = String::from_utf8_lossy(&key).into_owned();
+                let mut last = None;
+                for _ in 0..5 {
+                    let get = RequestBody::Get {
+                        keyspace: KEYSPACE.into(),
+                        key: key.clone(),
+                        consistency: Some(Consistency::LocalQuorum),
+                    };
+                    match session.call(get, Duration::from_secs(5)).await {
+                        Ok(ResponseBody::Value { siblings, .. }) => {
+                            return Ok((siblings.len(), name));
+                        }
+                        other => last = Some(format!("{other:?}")),
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err((name, last))
+            }));
+        }
+        for r in reads {
+            match r.await.unwrap() {
+                Ok((1, _)) => {}
+                Ok((0, key)) => {
+                    if lost < 10 {
+                        eprintln!("audit: {key} is missing");
+                    }
+                    lost += 1;
+                }
+                Ok(_) => doubled += 1,
+                Err((key, error)) => {
+                    eprintln!("audit: {key}: {error:?}");
+                    lost += 1;
+                }
+            }
+        }
+    }
+    (lost, doubled)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_dark_dc_gets_every_write_back_and_a_killed_shipper_resumes() {
+    let _serial = SERIAL.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let wan = WanProxy::start("127.0.0.1:0", WAN_ONE_WAY).await.unwrap();
+    let mut procs = processes(dir.path(), &wan);
+    for p in procs.iter_mut() {
+        p.spawn();
+    }
+    until("six nodes see each other", &procs, 60, async || {
+        all_up(&procs, 6).await
+    })
+    .await;
+    let dc1: Vec<String> = procs[..3].iter().map(|p| p.addr.clone()).collect();
+    let dc2: Vec<String> = procs[3..].iter().map(|p| p.addr.clone()).collect();
+
+    // Both DCs write for a while.
+    let acked1 = Arc::new(Mutex::new(Vec::new()));
+    let acked2 = Arc::new(Mutex::new(Vec::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let w1 = tokio::spawn(writers(
+        "before1".into(),
+        dc1.clone(),
+        500,
+        acked1.clone(),
+        stop.clone(),
+    ));
+    let w2 = tokio::spawn(writers(
+        "before2".into(),
+        dc2.clone(),
+        500,
+        acked2.clone(),
+        stop.clone(),
+    ));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stop.store(true, Ordering::Relaxed);
+    w1.await.unwrap();
+    w2.await.unwrap();
+
+    // DC2 goes dark: every node SIGKILLed. DC1 keeps writing at LOCAL_QUORUM.
+    for p in procs[3..].iter_mut() {
+        p.kill();
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let during = Arc::new(Mutex::new(Vec::new()));
+    let rate = 1200;
+    let w = tokio::spawn(writers(
+        "during".into(),
+        dc1.clone(),
+        rate,
+        during.clone(),
+        stop.clone(),
+    ));
+    let dark = Instant::now();
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    // Mid-outage, a DC1 node is SIGKILLed too and restarted: its outbox
+    // must survive.
+    procs[1].kill();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    procs[1].spawn();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, Ordering::Relaxed);
+    let failed = w.await.unwrap();
+    let outage = dark.elapsed();
+    let during_acked = during.lock().len();
+    eprintln!(
+        "outage of {outage:?}: {during_acked} writes acknowledged in dc1 ({:.0}/s), {failed} failed",
+        during_acked as f64 / outage.as_secs_f64()
+    );
+    assert!(
+        during_acked as f64 / 30.0 >= 1000.0,
+        "dc1 must take at least 1,000 writes/s through the outage: {during_acked} in {outage:?}"
+    );
+
+    // DC2 returns; a DC1 node is killed while its bridge ships the
+    // backlog, and restarted.
+    let back = Instant::now();
+    for p in procs[3..].iter_mut() {
+        p.spawn();
+    }
+    until("six nodes see each other again", &procs, 60, async || {
+        all_up(&procs, 6).await
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    procs[0].kill();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    procs[0].spawn();
+    until("dc1's outboxes are drained", &procs, 120, async || {
+        for addr in &dc1 {
+            match status(addr).await {
+                Some((_, bridges)) if bridges.iter().all(|b| b.outbox_records == 0) => {}
+                _ => return false,
+            }
+        }
+        true
+    })
+    .await;
+    let catch_up = back.elapsed();
+
+    let mut all1 = acked1.lock().clone();
+    all1.extend(during.lock().iter().cloned());
+    let all2 = acked2.lock().clone();
+    let mut lost_total = 0;
+    for (dc, addr) in [("dc1", &dc1[2]), ("dc2", &dc2[0])] {
+        for (from, keys) in [("dc1", &all1), ("dc2", &all2)] {
+            let (lost, doubled) = audit(addr, keys).await;
+            eprintln!(
+                "{dc} holds {} of {from}'s writes: lost {lost}, doubled {doubled}",
+                keys.len()
+            );
+            assert_eq!(
+                (lost, doubled),
+                (0, 0),
+                "{from}'s writes as {dc} holds them"
+            );
+            lost_total += lost;
+        }
+    }
+    eprintln!(
+        "dark-dc: acknowledged={} lost={lost_total} catch_up_s={:.1}",
+        all1.len() + all2.len(),
+        catch_up.as_secs_f64()
+    );
+}
