@@ -133,7 +133,7 @@ async fn a_three_node_cluster_survives_a_stopped_node_and_hands_off_its_hints() 
         .await
         .unwrap()
     {
-        ResponseBody::Status { nodes: reports } => {
+        ResponseBody::Status { nodes: reports, .. } => {
             assert_eq!(reports.len(), 3);
             assert!(
                 reports.iter().all(|r| r.up && r.ownership > 0.99),
