@@ -12,27 +12,22 @@
 //! datacenters, byte-identical.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
 use hdrhistogram::Histogram;
 use isthmus_client::Session;
 use isthmus_client::wire::{Consistency, Context, RequestBody, ResponseBody, WriteId};
-use isthmus_core::config::{FsyncMode, KeyspaceSection, NodeConfig};
-use isthmus_core::gossip::detector::DetectorConfig;
-use isthmus_core::gossip::service::GossipConfig;
-use isthmus_core::node::{self, NodeTuning, RunningNode};
+use isthmus_core::config::BridgeSection;
+use isthmus_core::node::RunningNode;
 use isthmus_core::store::LocalStore;
-use isthmus_dc_bridge::wan::WanProxy;
-use isthmus_dc_bridge::{BridgeConfig, DcBridgeFactory};
 use isthmus_example_cart_union as cart_union;
-use isthmus_resolvers::host::module_hash;
-use isthmus_resolvers::registry::UploadPolicy;
-use isthmus_resolvers::{Host, Registry, ResolverLimits, WasmMergeHook};
 use parking_lot::Mutex;
+
+use crate::local_cluster::{ClusterSpec, LocalCluster};
 
 /// Arguments of `isthmus demo`.
 #[derive(clap::Args, Debug)]
@@ -66,148 +61,6 @@ fn default_resolver_path() -> PathBuf {
     let target =
         std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| PathBuf::from("target"), PathBuf::from);
     target.join("wasm32-unknown-unknown/release/isthmus_example_cart_union.wasm")
-}
-
-fn node_config(
-    dc: usize,
-    i: usize,
-    root: &Path,
-    seeds: Vec<String>,
-    wan_proxy: String,
-) -> NodeConfig {
-    NodeConfig {
-        node_id: format!("{}-n{i}", DCS[dc]),
-        dc: DCS[dc].into(),
-        rack: format!("r{i}"),
-        listen: "127.0.0.1:0".into(),
-        data_dir: root.join(format!("{}-n{i}", DCS[dc])),
-        seeds,
-        vnodes: 32,
-        fsync: FsyncMode::Interval,
-        fsync_interval_ms: 5,
-        bridge: Default::default(),
-        wan_proxy: Some(wan_proxy),
-        keyspaces: BTreeMap::from([(
-            KEYSPACE.into(),
-            KeyspaceSection {
-                replication: BTreeMap::from([("dc1".into(), 3), ("dc2".into(), 3)]),
-                consistency: Consistency::LocalQuorum,
-                resolver: Some("cart-union@1".into()),
-                ttl_s: None,
-            },
-        )]),
-    }
-}
-
-fn tuning(config: &NodeConfig) -> NodeTuning {
-    NodeTuning {
-        bridge: Some(Arc::new(DcBridgeFactory::new(BridgeConfig::from(
-            &config.bridge,
-        )))),
-        gossip: GossipConfig {
-            interval: Duration::from_millis(200),
-            exchange_timeout: Duration::from_millis(500),
-            detector: DetectorConfig {
-                initial_interval: Duration::from_millis(200),
-                interval_max: Duration::from_millis(800),
-                ..DetectorConfig::default()
-            },
-        },
-        ..NodeTuning::default()
-    }
-}
-
-/// One node's merge hook: its own host and registry (per-node state).
-fn merge_hook(module: &[u8]) -> anyhow::Result<(Arc<WasmMergeHook>, Arc<Host>)> {
-    let host = Arc::new(Host::new(ResolverLimits::default())?);
-    let registry = Arc::new(Registry::in_memory());
-    registry.register(&host, "cart-union", 1, module, &UploadPolicy::default())?;
-    registry.attach(KEYSPACE, "cart-union", 1)?;
-    Ok((Arc::new(WasmMergeHook::new(host.clone(), registry)), host))
-}
-
-struct Cluster {
-    wan: WanProxy,
-    root: PathBuf,
-    module: Vec<u8>,
-    seed: String,
-    nodes: BTreeMap<String, RunningNode>,
-    hosts: Vec<Arc<Host>>,
-}
-
-impl Cluster {
-    async fn start_node(&mut self, dc: usize, i: usize) -> anyhow::Result<()> {
-        let seeds = if self.seed.is_empty() {
-            vec![]
-        } else {
-            vec![self.seed.clone()]
-        };
-        let config = node_config(dc, i, &self.root, seeds, self.wan.addr().to_string());
-        let (hook, host) = merge_hook(&self.module)?;
-        self.hosts.push(host);
-        let tuning = tuning(&config);
-        let node = node::start(config, hook, tuning).await?;
-        self.wan.register(&node.addr, DCS[dc]);
-        if self.seed.is_empty() {
-            self.seed = node.addr.clone();
-        }
-        self.nodes.insert(format!("{}-n{i}", DCS[dc]), node);
-        Ok(())
-    }
-
-    fn addrs(&self, dc: &str) -> Vec<String> {
-        self.nodes
-            .iter()
-            .filter(|(id, _)| id.starts_with(dc))
-            .map(|(_, n)| n.addr.clone())
-            .collect()
-    }
-
-    async fn wait_alive(&self, count: usize, what: &str) -> anyhow::Result<()> {
-        for _ in 0..300 {
-            if self
-                .nodes
-                .values()
-                .all(|n| n.gossiper().alive().len() == count)
-            {
-                return Ok(());
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        bail!("the cluster did not settle: {what}")
-    }
-
-    /// Records dc1's outboxes still owe `dc`.
-    fn backlog(&self, dc: &str) -> u64 {
-        self.nodes
-            .values()
-            .filter_map(|n| n.coordinator().bridge())
-            .flat_map(|b| b.report())
-            .filter(|r| r.remote_dc == dc)
-            .map(|r| r.outbox_records)
-            .sum()
-    }
-
-    /// Bridge figures summed over nodes: (records shipped, raw bytes,
-    /// wire bytes).
-    fn shipped(&self) -> (u64, u64, u64) {
-        self.nodes
-            .values()
-            .filter_map(|n| n.coordinator().bridge())
-            .flat_map(|b| b.report())
-            .fold((0, 0, 0), |(r, raw, wire), b| {
-                (
-                    r + b.shipped_records,
-                    raw + b.raw_bytes,
-                    wire + b.shipped_bytes,
-                )
-            })
-    }
-
-    fn merges(&self) -> u64 {
-        let hash = module_hash(&self.module);
-        self.hosts.iter().map(|h| h.stats(&hash).merges_ok()).sum()
-    }
 }
 
 /// What the shoppers did.
@@ -302,7 +155,7 @@ async fn shopper(
 }
 
 async fn shop(
-    cluster: &Cluster,
+    cluster: &LocalCluster,
     dcs: &[&'static str],
     shoppers: usize,
     carts: usize,
@@ -350,7 +203,7 @@ async fn shop(
 
 /// Cross-DC lag: write a marker through DC1 and time until a DC2 replica's
 /// own store holds it.
-async fn measure_lag(cluster: &Cluster, samples: usize) -> anyhow::Result<Histogram<u64>> {
+async fn measure_lag(cluster: &LocalCluster, samples: usize) -> anyhow::Result<Histogram<u64>> {
     let mut hist = Histogram::<u64>::new(3)?;
     let dc1 = cluster.addrs("dc1");
     let session = Session::connect(&dc1[0], "lag-probe", Duration::from_secs(2)).await?;
@@ -387,7 +240,11 @@ async fn measure_lag(cluster: &Cluster, samples: usize) -> anyhow::Result<Histog
 
 /// Every acked item present in every replica, and all replicas of a cart
 /// byte-identical.
-async fn audit(cluster: &Cluster, ledger: &Ledger, carts: usize) -> anyhow::Result<(u64, bool)> {
+async fn audit(
+    cluster: &LocalCluster,
+    ledger: &Ledger,
+    carts: usize,
+) -> anyhow::Result<(u64, bool)> {
     let acked = ledger.acked.lock().clone();
     let mut lost = 0u64;
     let mut converged = true;
@@ -435,26 +292,20 @@ pub fn run(args: DemoArgs) -> anyhow::Result<bool> {
 
 async fn demo(args: DemoArgs, module: Vec<u8>, root: PathBuf) -> anyhow::Result<bool> {
     let started = Instant::now();
-    let wan = WanProxy::start("127.0.0.1:0", Duration::from_millis(args.wan_latency_ms)).await?;
-    let mut cluster = Cluster {
-        wan,
-        root,
-        module,
-        seed: String::new(),
-        nodes: BTreeMap::new(),
-        hosts: Vec::new(),
-    };
     eprintln!(
         "demo: starting 2 datacenters x {NODES_PER_DC} nodes under {}; WAN {} ms one way",
-        cluster.root.display(),
+        root.display(),
         args.wan_latency_ms
     );
-    for dc in 0..DCS.len() {
-        for i in 0..NODES_PER_DC {
-            cluster.start_node(dc, i).await?;
-        }
-    }
-    cluster.wait_alive(6, "six nodes up").await?;
+    let spec = ClusterSpec {
+        dcs: DCS.to_vec(),
+        nodes_per_dc: NODES_PER_DC,
+        keyspace: KEYSPACE,
+        resolver: Some(("cart-union", module)),
+        bridge: BridgeSection::default(),
+        wan_one_way: Duration::from_millis(args.wan_latency_ms),
+    };
+    let mut cluster = LocalCluster::start(spec, root).await?;
     eprintln!("demo: cluster up; cart-union resolver bound to keyspace {KEYSPACE:?}");
 
     let ledger = Arc::new(Ledger::default());
@@ -480,17 +331,7 @@ async fn demo(args: DemoArgs, module: Vec<u8>, root: PathBuf) -> anyhow::Result<
     );
 
     eprintln!("demo: phase 2: dc2 goes dark (all three nodes stopped); dc1 keeps selling");
-    let dark: Vec<String> = cluster
-        .nodes
-        .keys()
-        .filter(|id| id.starts_with("dc2"))
-        .cloned()
-        .collect();
-    for id in &dark {
-        if let Some(node) = cluster.nodes.remove(id) {
-            node.shutdown().await;
-        }
-    }
+    cluster.stop_dc("dc2").await;
     cluster.wait_alive(3, "dc2 seen down").await?;
     let outage_rate = shop(
         &cluster,
@@ -506,9 +347,7 @@ async fn demo(args: DemoArgs, module: Vec<u8>, root: PathBuf) -> anyhow::Result<
     let owed = cluster.backlog("dc2");
     eprintln!("demo: phase 3: dc2 returns with its data; dc1's outboxes owe it {owed} writes");
     let back = Instant::now();
-    for i in 0..NODES_PER_DC {
-        cluster.start_node(1, i).await?;
-    }
+    cluster.start_dc("dc2").await?;
     cluster.wait_alive(6, "dc2 back up").await?;
     // Catch-up: until every dc2 replica holds every acknowledged item.
     let mut catch_up = None;
@@ -560,9 +399,7 @@ async fn demo(args: DemoArgs, module: Vec<u8>, root: PathBuf) -> anyhow::Result<
         wire as f64 / raw.max(1) as f64,
         cluster.wan.cross_dc_bytes()
     );
-    for (_, node) in std::mem::take(&mut cluster.nodes) {
-        node.shutdown().await;
-    }
+    cluster.shutdown().await;
     eprintln!("demo: finished in {:.1} s", started.elapsed().as_secs_f64());
     println!(
         "demo: writes_acked={writes_acked} conflicts_merged={merged} lost={lost} converged={converged} lag_p99_ms={:.2} catch_up_s={:.1}",

@@ -1,6 +1,8 @@
 //! The `isthmus` binary.
 //!
 //! - `demo`: the main job, a local two-datacenter cluster doing real work.
+//! - `bench`, `bench-bridge`: load against a cluster; the cross-DC bridge
+//!   measured on a local two-DC cluster.
 //! - `server --config FILE`: run one node.
 //! - `put`, `get`, `del`, `status`: client commands against a node.
 //! - `repair`: Merkle repair of a node's ranges (or a cross-DC full sync).
@@ -11,8 +13,10 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod bench_cmd;
+mod bridge_bench;
 mod client_cmd;
 mod demo;
+mod local_cluster;
 mod resolver_cmd;
 mod server_cmd;
 
@@ -33,6 +37,9 @@ enum Command {
     Server(server_cmd::ServerArgs),
     /// YCSB-style load against a running cluster (ops/s, p50/p99/p999).
     Bench(bench_cmd::BenchArgs),
+    /// Measure the cross-DC bridge on a local two-DC cluster: lag, bytes
+    /// per write, catch-up after an outage.
+    BenchBridge(bridge_bench::BridgeBenchArgs),
     /// Print the live siblings of a key, one per line (nothing when absent).
     Get {
         #[command(flatten)]
@@ -112,6 +119,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Resolver { command } => resolver_cmd::run(command),
         Command::Bench(args) => print(bench_cmd::run(args)),
+        Command::BenchBridge(args) => bridge_bench::run(args).map(|()| 0),
         Command::Demo(args) => demo::run(args).map(|ok| if ok { 0 } else { 1 }),
         Command::Server(args) => server_cmd::run(args, server_hook()).map(|()| 0),
         Command::Get { args, json, key } => {

@@ -40,11 +40,34 @@ pub struct Read {
     pub context: Context,
 }
 
+/// When requests may go to nodes outside the client's local datacenter.
+///
+/// A coordinator in another DC serves a LOCAL_* level in *its* DC, so a
+/// LOCAL_QUORUM write that fails over is no longer acknowledged by the
+/// client's DC; the policy makes that trade explicit.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DcFailover {
+    /// Only nodes of the local datacenter: with all of them down,
+    /// requests fail.
+    Never,
+    /// Requests at levels that are not DC-local (ONE, QUORUM,
+    /// EACH_QUORUM, ALL) may go to other datacenters; LOCAL_ONE and
+    /// LOCAL_QUORUM (and the keyspace default, which is usually one of
+    /// them) stay local.
+    #[default]
+    NonLocalLevels,
+    /// Any request may go to another datacenter when the local one is
+    /// unreachable.
+    Always,
+}
+
 /// Configures a [`Client`].
 #[derive(Clone, Debug)]
 pub struct ClientBuilder {
     seeds: Vec<String>,
     local_dc: Option<String>,
+    failover: DcFailover,
     timeout: Duration,
     connect_timeout: Duration,
     retries: u32,
@@ -58,6 +81,7 @@ impl Default for ClientBuilder {
         ClientBuilder {
             seeds: Vec::new(),
             local_dc: None,
+            failover: DcFailover::default(),
             timeout: Duration::from_secs(2),
             connect_timeout: Duration::from_secs(1),
             retries: 3,
@@ -78,6 +102,13 @@ impl ClientBuilder {
     /// The datacenter to prefer (requests go to its nodes while any is up).
     pub fn local_dc(mut self, dc: impl Into<String>) -> Self {
         self.local_dc = Some(dc.into());
+        self
+    }
+
+    /// When requests may leave the local datacenter (without
+    /// [`ClientBuilder::local_dc`], every node is local).
+    pub fn dc_failover(mut self, policy: DcFailover) -> Self {
+        self.failover = policy;
         self
     }
 
@@ -231,11 +262,20 @@ impl Client {
         *self.inner.topology.lock() = Topology { nodes, tokens };
     }
 
-    /// Nodes to try for `key`, best first: the key's primary replica in
-    /// the preferred datacenter, then the other live preferred nodes, then
-    /// live nodes elsewhere, then the seeds.
-    fn route(&self, key: &[u8]) -> Vec<String> {
+    /// Nodes to try for `key` at `level`, best first: the key's primary
+    /// replica in the preferred datacenter, then the other live preferred
+    /// nodes, then (when the failover policy lets this level leave the
+    /// DC) live nodes elsewhere, then the seeds it may use.
+    fn route(&self, key: &[u8], level: Option<Consistency>) -> Vec<String> {
         let topology = self.inner.topology.lock();
+        let local = self.inner.config.local_dc.as_ref();
+        let leave = match self.inner.config.failover {
+            DcFailover::Always => true,
+            DcFailover::Never => false,
+            DcFailover::NonLocalLevels => level
+                .is_some_and(|l| !matches!(l, Consistency::LocalOne | Consistency::LocalQuorum)),
+        };
+        let allowed = |dc: &str| local.is_none_or(|l| l == dc) || leave;
         let mut out: Vec<String> = Vec::new();
         let mut push = |addr: &String| {
             if !out.contains(addr) {
@@ -249,16 +289,33 @@ impl Client {
         topology
             .nodes
             .iter()
-            .filter(|n| n.up)
+            .filter(|n| n.up && allowed(&n.dc))
             .for_each(|n| push(&n.addr));
-        self.inner.config.seeds.iter().for_each(&mut push);
+        // A seed whose DC the topology names obeys the policy; one it
+        // does not know is tried (it may be the only way in).
+        for seed in &self.inner.config.seeds {
+            let dc = topology
+                .nodes
+                .iter()
+                .find(|n| n.addr == *seed)
+                .map(|n| &n.dc);
+            if dc.is_none_or(|dc| allowed(dc)) {
+                push(seed);
+            }
+        }
         out
     }
 
     /// Send `body` for `key`, retrying retryable failures on the next
     /// node with backoff and jitter.
     async fn call(&self, key: &[u8], body: RequestBody) -> Result<ResponseBody, ClientError> {
-        let route = self.route(key);
+        let level = match &body {
+            RequestBody::Get { consistency, .. }
+            | RequestBody::Put { consistency, .. }
+            | RequestBody::Delete { consistency, .. } => *consistency,
+            _ => None,
+        };
+        let route = self.route(key, level);
         let attempts = self.inner.config.retries + 1;
         let mut last = ClientError::Connect {
             addr: String::new(),
@@ -373,5 +430,84 @@ impl Client {
                 reason: format!("unexpected answer {other:?}"),
             }),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(id: &str, dc: &str, up: bool) -> NodeReport {
+        NodeReport {
+            node_id: id.into(),
+            addr: format!("{id}:1"),
+            dc: dc.into(),
+            rack: "r".into(),
+            vnodes: 8,
+            up,
+            status: "Normal".into(),
+            load_bytes: 0,
+            hint_bytes: 0,
+            ownership: 0.0,
+        }
+    }
+
+    fn client(policy: DcFailover) -> Client {
+        let config = Client::builder()
+            .seed("a1:1")
+            .seed("unknown:1")
+            .local_dc("dc1")
+            .dc_failover(policy);
+        let client = Client {
+            inner: Arc::new(Inner {
+                config,
+                sessions: Mutex::default(),
+                topology: Mutex::default(),
+            }),
+        };
+        client.set_topology(vec![
+            node("a1", "dc1", false),
+            node("a2", "dc1", true),
+            node("b1", "dc2", true),
+        ]);
+        client
+    }
+
+    #[test]
+    fn failover_policy_decides_which_levels_may_leave_the_local_dc() {
+        let never = client(DcFailover::Never);
+        for level in [
+            None,
+            Some(Consistency::LocalQuorum),
+            Some(Consistency::Quorum),
+        ] {
+            let route = never.route(b"k", level);
+            assert_eq!(route[0], "a2:1");
+            assert!(!route.contains(&"b1:1".to_string()), "{level:?}: {route:?}");
+            assert!(
+                route.contains(&"a1:1".to_string()),
+                "local seeds stay usable"
+            );
+            assert!(route.contains(&"unknown:1".to_string()));
+        }
+        let default = client(DcFailover::NonLocalLevels);
+        assert!(
+            !default
+                .route(b"k", Some(Consistency::LocalQuorum))
+                .contains(&"b1:1".to_string())
+        );
+        assert!(!default.route(b"k", None).contains(&"b1:1".to_string()));
+        let quorum = default.route(b"k", Some(Consistency::EachQuorum));
+        assert_eq!(
+            quorum[0], "a2:1",
+            "local first even when leaving is allowed"
+        );
+        assert!(quorum.contains(&"b1:1".to_string()));
+        let always = client(DcFailover::Always);
+        assert!(
+            always
+                .route(b"k", Some(Consistency::LocalOne))
+                .contains(&"b1:1".to_string())
+        );
     }
 }

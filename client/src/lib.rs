@@ -36,6 +36,6 @@ pub mod placement;
 pub mod session;
 pub mod wire;
 
-pub use client::{Client, ClientBuilder, Read};
+pub use client::{Client, ClientBuilder, DcFailover, Read};
 pub use error::ClientError;
 pub use session::{Channel, Session};

@@ -34,16 +34,18 @@ use crate::transport::TcpTransport;
 /// A boxed future (the hooks are called through trait objects).
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
+/// Keys of one keyspace and the versions each must absorb.
+pub type Entries = Vec<(Vec<u8>, Vec<Version>)>;
+
 /// Applies versions shipped from another DC in this one, at LOCAL_QUORUM
 /// (the coordinator implements it).
 pub trait Deliver: Send + Sync {
-    /// Absorb `versions` of the key on a local quorum of its replicas
-    /// (hints for the ones that miss it).
+    /// Absorb every entry on a local quorum of its key's replicas (hints
+    /// for the ones that miss it); `Ok` only when every key reached it.
     fn deliver<'a>(
         &'a self,
         keyspace: &'a str,
-        key: &'a [u8],
-        versions: Vec<Version>,
+        entries: Entries,
         deadline: Duration,
     ) -> BoxFuture<'a, Result<(), CoordinatorError>>;
 }

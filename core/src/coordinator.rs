@@ -38,7 +38,7 @@ use isthmus_client::wire::{AckCount, ErrorCode, WireError};
 use parking_lot::RwLock;
 use tokio::sync::{Mutex, mpsc, watch};
 
-use crate::bridge::{BoxFuture, Bridge, Deliver};
+use crate::bridge::{BoxFuture, Bridge, Deliver, Entries};
 use crate::limit::{LimitError, Limits};
 use crate::merge::{MergeHook, merge_into};
 use crate::model::{
@@ -374,6 +374,12 @@ impl<S: LocalStore + Clone, T: Transport, H: HintSink> Coordinator<S, T, H> {
                 Ok(()) => PeerResponse::Applied,
                 Err(e) => failed(&e, ErrorCode::StorageFailed),
             },
+            PeerRequest::ApplyBatch { keyspace, entries } => {
+                match self.apply_many_local(&keyspace, entries).await {
+                    Ok(()) => PeerResponse::Applied,
+                    Err(e) => failed(&e, ErrorCode::StorageFailed),
+                }
+            }
             PeerRequest::Read { keyspace, key } => match self.read_local(&keyspace, &key).await {
                 Ok(set) => PeerResponse::Versions(set),
                 Err(e) => failed(&e, ErrorCode::StorageFailed),
@@ -540,32 +546,114 @@ impl<S: LocalStore + Clone, T: Transport, H: HintSink> Coordinator<S, T, H> {
         .await
     }
 
-    /// Absorb versions shipped from another DC on a local quorum of the
-    /// key's replicas in this DC (this node need not be one of them).
+    /// Absorb many keys' versions in this replica's store: one engine
+    /// batch, or key by key (each merged) when the keyspace has a resolver.
+    pub async fn apply_many_local(
+        &self,
+        keyspace: &str,
+        entries: Entries,
+    ) -> Result<(), StoreError> {
+        let has_resolver = self
+            .keyspaces
+            .read()
+            .get(keyspace)
+            .is_some_and(|k| k.resolver.is_some());
+        if has_resolver {
+            for (key, versions) in entries {
+                self.apply_local(keyspace, &key, versions).await?;
+            }
+            Ok(())
+        } else {
+            self.store.apply_many(keyspace, entries).await
+        }
+    }
+
+    /// Absorb versions shipped from another DC on a local quorum of each
+    /// key's replicas in this DC (this node need not be one of them): one
+    /// [`PeerRequest::ApplyBatch`] per replica, whatever the number of
+    /// keys. A replica that misses its part gets hints for it.
     pub async fn deliver_local(
         &self,
         keyspace: &str,
-        key: &[u8],
-        versions: Vec<Version>,
+        entries: Entries,
         deadline: Duration,
     ) -> Result<(), CoordinatorError> {
         let ks = self.keyspace(keyspace)?;
-        let (mut replicas, view) = self.replicas(&ks, key);
-        replicas.retain(|(_, dc)| *dc == self.config.dc);
-        let mut tracker = QuorumTracker::for_replication(
-            Consistency::LocalQuorum,
-            &replicas,
-            &self.config.dc,
-            &ks.replication,
-        );
-        let me = &self.config.node;
-        if replicas.iter().any(|(n, _)| n == me) {
-            self.apply_local(keyspace, key, versions.clone()).await?;
-            tracker.ack(me);
+        let rf = ks.replication.get(&self.config.dc).copied().unwrap_or(0) as usize;
+        if rf == 0 {
+            return Err(CoordinatorError::BadRequest {
+                reason: format!(
+                    "keyspace {keyspace:?} has no replicas in {}",
+                    self.config.dc
+                ),
+            });
         }
-        replicas.retain(|(n, _)| n != me);
-        self.replicate(keyspace, key, versions, &replicas, &view, tracker, deadline)
+        let view = self.view.borrow().clone();
+        let mut per_node: BTreeMap<NodeId, Vec<usize>> = BTreeMap::new();
+        let mut owners: Vec<Vec<NodeId>> = Vec::with_capacity(entries.len());
+        for (i, (key, _)) in entries.iter().enumerate() {
+            let nodes = view.ring.replicas_in_dc(&self.config.dc, key_hash(key), rf);
+            for n in &nodes {
+                per_node.entry(n.clone()).or_default().push(i);
+            }
+            owners.push(nodes);
+        }
+        let entries = Arc::new(entries);
+        let pick = |idx: &[usize]| -> Entries { idx.iter().map(|&i| entries[i].clone()).collect() };
+        let mut calls = Vec::new();
+        for (node, idx) in &per_node {
+            let part = pick(idx);
+            let node = node.clone();
+            let alive = view.alive.contains(&node);
+            let me = node == self.config.node;
+            let keyspace = keyspace.to_owned();
+            calls.push(async move {
+                let ok = if me {
+                    self.apply_many_local(&keyspace, part.clone()).await.is_ok()
+                } else if alive {
+                    let request = PeerRequest::ApplyBatch {
+                        keyspace: keyspace.clone(),
+                        entries: part.clone(),
+                    };
+                    matches!(
+                        self.transport.call(&node, request, deadline).await,
+                        Ok(PeerResponse::Applied)
+                    )
+                } else {
+                    false
+                };
+                if !ok && !me {
+                    for (key, versions) in part {
+                        if let Err(e) = self.hints.add(&node, &keyspace, &key, versions).await {
+                            tracing::error!(%node, error = %e, "could not store a hint");
+                        }
+                    }
+                }
+                (node, ok)
+            });
+        }
+        let answers: BTreeMap<NodeId, bool> = futures_util::future::join_all(calls)
             .await
+            .into_iter()
+            .collect();
+        let need = crate::quorum::majority(rf);
+        let worst = owners
+            .iter()
+            .map(|nodes| {
+                nodes
+                    .iter()
+                    .filter(|n| answers.get(*n) == Some(&true))
+                    .count()
+            })
+            .min()
+            .unwrap_or(need);
+        if worst < need {
+            return Err(CoordinatorError::QuorumLost {
+                required: need as u32,
+                acked: worst as u32,
+            });
+        }
+        Ok(())
     }
 
     /// Send `versions` to `targets` and wait for the level. A target in
@@ -832,10 +920,9 @@ impl<S: LocalStore + Clone, T: Transport, H: HintSink> Deliver for Coordinator<S
     fn deliver<'a>(
         &'a self,
         keyspace: &'a str,
-        key: &'a [u8],
-        versions: Vec<Version>,
+        entries: Entries,
         deadline: Duration,
     ) -> BoxFuture<'a, Result<(), CoordinatorError>> {
-        Box::pin(self.deliver_local(keyspace, key, versions, deadline))
+        Box::pin(self.deliver_local(keyspace, entries, deadline))
     }
 }

@@ -32,6 +32,14 @@ pub enum PeerRequest {
         /// The intended replica, when this is a hinted write.
         hint_for: Option<NodeId>,
     },
+    /// Absorb the versions of many keys of one keyspace (a bridge batch
+    /// delivered to this DC's replicas): one engine batch, one answer.
+    ApplyBatch {
+        /// Keyspace name.
+        keyspace: String,
+        /// Keys and the versions each must absorb.
+        entries: Vec<(Vec<u8>, Vec<Version>)>,
+    },
     /// Return the local version set of a key.
     Read {
         /// Keyspace name.

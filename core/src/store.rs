@@ -70,6 +70,14 @@ pub trait LocalStore: Send + Sync + 'static {
         versions: Vec<Version>,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
+    /// Absorb the versions of many keys of `keyspace` at once (one
+    /// commit-log record: the bridge's batches and their replicas).
+    fn apply_many(
+        &self,
+        keyspace: &str,
+        entries: Vec<(Vec<u8>, Vec<Version>)>,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
     /// The key's set (empty when absent).
     fn get(
         &self,
@@ -227,6 +235,23 @@ impl LocalStore for EngineStore {
         .await
     }
 
+    async fn apply_many(
+        &self,
+        keyspace: &str,
+        entries: Vec<(Vec<u8>, Vec<Version>)>,
+    ) -> Result<(), StoreError> {
+        let mut batch = Vec::with_capacity(entries.len());
+        for (key, versions) in entries {
+            let skey = storage_key(keyspace, &key)?;
+            batch.extend(versions.into_iter().map(|v| (skey.clone(), v)));
+        }
+        self.blocking(move |engine| {
+            engine.apply_batch(batch)?;
+            Ok(())
+        })
+        .await
+    }
+
     async fn get(&self, keyspace: &str, key: &[u8]) -> Result<VersionSet, StoreError> {
         let skey = storage_key(keyspace, key)?;
         self.blocking(move |engine| Ok(engine.get(&skey)?)).await
@@ -304,6 +329,17 @@ impl LocalStore for MemStore {
         let set = data.entry(skey).or_default();
         for v in versions {
             set.absorb(v);
+        }
+        Ok(())
+    }
+
+    async fn apply_many(
+        &self,
+        keyspace: &str,
+        entries: Vec<(Vec<u8>, Vec<Version>)>,
+    ) -> Result<(), StoreError> {
+        for (key, versions) in entries {
+            self.apply(keyspace, &key, versions).await?;
         }
         Ok(())
     }

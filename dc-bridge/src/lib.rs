@@ -30,7 +30,6 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use futures_util::StreamExt;
 use hdrhistogram::Histogram;
 use isthmus_client::wire::{ErrorCode, WireError};
 use isthmus_core::bridge::{
@@ -45,8 +44,6 @@ use crate::batch::decode_batch;
 use crate::outbox::{Outbox, OutboxConfig};
 use crate::ship::{ShipStats, Shipper, full_syncer};
 
-/// Versions of one batch applied at once on the receiving side.
-const APPLY_CONCURRENCY: usize = 64;
 /// Deadline of one record's local-quorum apply on the receiving side.
 const APPLY_DEADLINE: Duration = Duration::from_secs(10);
 
@@ -74,12 +71,24 @@ impl From<&isthmus_core::config::BridgeSection> for BridgeConfig {
 /// Builds the bridge of a node (hand it to `NodeTuning::bridge`).
 pub struct DcBridgeFactory {
     config: BridgeConfig,
+    started: Mutex<Vec<std::sync::Weak<DcBridge>>>,
 }
 
 impl DcBridgeFactory {
     /// A factory with these settings.
     pub fn new(config: BridgeConfig) -> Self {
-        DcBridgeFactory { config }
+        DcBridgeFactory {
+            config,
+            started: Mutex::default(),
+        }
+    }
+
+    /// The bridges it started that are still running (benchmarks read
+    /// their histograms).
+    pub fn bridges(&self) -> Vec<Arc<DcBridge>> {
+        let mut started = self.started.lock();
+        started.retain(|w| w.strong_count() > 0);
+        started.iter().filter_map(|w| w.upgrade()).collect()
     }
 }
 
@@ -165,6 +174,7 @@ impl BridgeFactory for DcBridgeFactory {
             keyspaces: parts.keyspaces,
             own: parts.dc,
         });
+        self.started.lock().push(Arc::downgrade(&bridge));
         Ok(StartedBridge { bridge, tasks })
     }
 }
@@ -191,6 +201,16 @@ fn now_ms() -> u64 {
 }
 
 impl DcBridge {
+    /// The lag histogram (milliseconds) of writes applied here from
+    /// `from`, since the last call; resets it.
+    pub fn take_lag(&self, from: &DcName) -> Option<Histogram<u64>> {
+        let mut all = self.lag_in.lock();
+        let inbound = all.get_mut(from)?;
+        let taken = inbound.lag_ms.clone();
+        inbound.lag_ms.reset();
+        Some(taken)
+    }
+
     fn record_lag(&self, from: &DcName, lags: &[u64]) {
         let mut all = self.lag_in.lock();
         let inbound = all.entry(from.clone()).or_insert_with(|| Inbound {
@@ -248,30 +268,35 @@ impl Bridge for DcBridge {
                 acks: None,
             })?;
             let total = records.len();
-            let results: Vec<Result<u64, String>> = futures_util::stream::iter(records)
-                .map(|item| async move {
-                    deliver
-                        .deliver(&item.keyspace, &item.key, item.versions, APPLY_DEADLINE)
-                        .await
-                        .map(|()| now_ms().saturating_sub(item.enqueued_ms))
-                        .map_err(|e| e.to_string())
-                })
-                .buffer_unordered(APPLY_CONCURRENCY)
-                .collect()
-                .await;
-            let lags: Vec<u64> = results
-                .iter()
-                .filter_map(|r| r.as_ref().ok())
-                .copied()
-                .collect();
-            self.record_lag(from_dc, &lags);
-            if let Some(Err(first)) = results.iter().find(|r| r.is_err()) {
+            let mut by_keyspace: BTreeMap<String, (Vec<u64>, isthmus_core::bridge::Entries)> =
+                BTreeMap::new();
+            for item in records {
+                let (times, entries) = by_keyspace.entry(item.keyspace).or_default();
+                times.push(item.enqueued_ms);
+                entries.push((item.key, item.versions));
+            }
+            let results = futures_util::future::join_all(by_keyspace.into_iter().map(
+                |(keyspace, (times, entries))| async move {
+                    let result = deliver.deliver(&keyspace, entries, APPLY_DEADLINE).await;
+                    (times, result)
+                },
+            ))
+            .await;
+            let mut failed = None;
+            for (times, result) in results {
+                match result {
+                    Ok(()) => {
+                        let now = now_ms();
+                        let lags: Vec<u64> = times.iter().map(|t| now.saturating_sub(*t)).collect();
+                        self.record_lag(from_dc, &lags);
+                    }
+                    Err(e) => failed = Some(e),
+                }
+            }
+            if let Some(e) = failed {
                 return Err(WireError {
                     code: ErrorCode::Timeout,
-                    message: format!(
-                        "{} of {total} keys not applied at LOCAL_QUORUM (first: {first})",
-                        total - lags.len()
-                    ),
+                    message: format!("batch of {total} keys not applied at LOCAL_QUORUM: {e}"),
                     acks: None,
                 });
             }

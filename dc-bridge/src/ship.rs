@@ -29,7 +29,7 @@ use crate::batch::{Record, coalesce, encode_batch};
 use crate::outbox::Outbox;
 
 /// Batches in flight per remote DC (keeps a long link busy).
-pub const WINDOW: usize = 4;
+pub const WINDOW: usize = 16;
 
 /// Per remote DC counters of the sending side.
 #[derive(Debug, Default)]
