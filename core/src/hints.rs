@@ -16,6 +16,10 @@
 //! silently lost: the caller logs, and repair covers them). Replaying is
 //! idempotent, because applying a version twice changes nothing, so a file
 //! is deleted only after every record in it was acknowledged.
+//!
+//! [`handoff`] is the worker that replays them. It runs over any
+//! [`HintQueue`] and [`Transport`]: the file store and TCP in a node, memory
+//! and a simulated network in deterministic tests.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
@@ -27,9 +31,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
 
-use crate::coordinator::HintSink;
+use crate::coordinator::{ClusterView, HintSink, Transport};
 use crate::model::Version;
+use crate::peer::{PeerRequest, PeerResponse};
 use crate::ring::NodeId;
 use crate::store::StoreError;
 
@@ -271,6 +277,90 @@ fn decode_records(bytes: &[u8]) -> Vec<HintRecord> {
         at += 8 + len;
     }
     out
+}
+
+/// Hints waiting for their targets, as the [`handoff`] worker sees them.
+pub trait HintQueue: Send + Sync + 'static {
+    /// Targets that have hints waiting, with the bytes waiting for each.
+    fn pending(&self) -> Vec<(NodeId, u64)>;
+
+    /// Hand every hint for `target` to `deliver`, oldest first, stopping
+    /// at the first it refuses; forget them only when all were delivered.
+    /// Returns how many were delivered.
+    fn replay<F, Fut>(
+        &self,
+        target: &NodeId,
+        deliver: F,
+    ) -> impl Future<Output = Result<usize, StoreError>> + Send
+    where
+        F: FnMut(HintRecord) -> Fut + Send,
+        Fut: Future<Output = bool> + Send;
+}
+
+impl HintQueue for HintStore {
+    fn pending(&self) -> Vec<(NodeId, u64)> {
+        HintStore::pending(self)
+    }
+
+    fn replay<F, Fut>(
+        &self,
+        target: &NodeId,
+        deliver: F,
+    ) -> impl Future<Output = Result<usize, StoreError>> + Send
+    where
+        F: FnMut(HintRecord) -> Fut + Send,
+        Fut: Future<Output = bool> + Send,
+    {
+        HintStore::replay(self, target, deliver)
+    }
+}
+
+/// The hint-replay worker: every second, hand the hints of each target the
+/// detector believes alive to it, until `stop` fires.
+pub async fn handoff<Q: HintQueue, T: Transport>(
+    hints: Arc<Q>,
+    transport: Arc<T>,
+    view: watch::Receiver<Arc<ClusterView>>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => return,
+        }
+        let alive = view.borrow().alive.clone();
+        for (target, _) in hints.pending() {
+            if !alive.contains(&target) {
+                continue;
+            }
+            let transport = transport.clone();
+            let result = hints
+                .replay(&target, |record| {
+                    let (transport, target) = (transport.clone(), target.clone());
+                    async move {
+                        let request = PeerRequest::Apply {
+                            keyspace: record.keyspace,
+                            key: record.key,
+                            versions: record.versions,
+                            hint_for: None,
+                        };
+                        matches!(
+                            transport
+                                .call(&target, request, Duration::from_secs(5))
+                                .await,
+                            Ok(PeerResponse::Applied)
+                        )
+                    }
+                })
+                .await;
+            match result {
+                Ok(n) if n > 0 => tracing::info!(%target, delivered = n, "hints handed off"),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(%target, error = %e, "hint replay failed"),
+            }
+        }
+    }
 }
 
 impl HintSink for Arc<HintStore> {

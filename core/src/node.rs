@@ -31,7 +31,7 @@ use tokio::task::JoinHandle;
 
 use crate::bridge::{BoxFuture, BridgeFactory, BridgeParts, FullSync};
 use crate::config::{FsyncMode, NodeConfig, parse_resolver_binding};
-use crate::coordinator::{Coordinator, CoordinatorConfig, Transport};
+use crate::coordinator::{Coordinator, CoordinatorConfig};
 use crate::engine::{EngineOptions, FsyncPolicy};
 use crate::gossip::membership::{Endpoint, NodeStatus};
 use crate::gossip::service::{GossipConfig, Gossiper};
@@ -382,7 +382,7 @@ pub async fn start(
     ));
     tasks.push((
         "handoff",
-        tokio::spawn(handoff(
+        tokio::spawn(crate::hints::handoff(
             hints.clone(),
             transport.clone(),
             view.clone(),
@@ -405,54 +405,6 @@ pub async fn start(
         stop,
         tasks,
     })
-}
-
-/// The hint-replay worker: every second, hand the hints of each target the
-/// detector believes alive to it.
-async fn handoff(
-    hints: Arc<HintStore>,
-    transport: Arc<TcpTransport>,
-    view: watch::Receiver<Arc<crate::coordinator::ClusterView>>,
-    mut stop: watch::Receiver<bool>,
-) {
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = stop.changed() => return,
-        }
-        let alive = view.borrow().alive.clone();
-        for (target, _) in hints.pending() {
-            if !alive.contains(&target) {
-                continue;
-            }
-            let transport = transport.clone();
-            let result = hints
-                .replay(&target, |record| {
-                    let (transport, target) = (transport.clone(), target.clone());
-                    async move {
-                        let request = PeerRequest::Apply {
-                            keyspace: record.keyspace,
-                            key: record.key,
-                            versions: record.versions,
-                            hint_for: None,
-                        };
-                        matches!(
-                            transport
-                                .call(&target, request, Duration::from_secs(5))
-                                .await,
-                            Ok(PeerResponse::Applied)
-                        )
-                    }
-                })
-                .await;
-            match result {
-                Ok(n) if n > 0 => tracing::info!(%target, delivered = n, "hints handed off"),
-                Ok(_) => {}
-                Err(e) => tracing::warn!(%target, error = %e, "hint replay failed"),
-            }
-        }
-    }
 }
 
 impl RunningNode {

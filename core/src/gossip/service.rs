@@ -9,11 +9,15 @@
 //! it holds newer than the sender's digest. Any entry whose
 //! `(generation, version)` grew counts as a heartbeat of that node for the
 //! phi accrual detector.
+//!
+//! The worker runs over any [`GossipTransport`]: [`TcpTransport`] in a
+//! node, a simulated network in deterministic tests.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
+use isthmus_client::{Channel, ClientError};
 use parking_lot::Mutex;
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -21,9 +25,44 @@ use tokio::time::Instant;
 use super::detector::{ArrivalWindow, DetectorConfig};
 use super::membership::{Endpoint, Membership, NodeStatus};
 use crate::coordinator::{ClusterView, Transport};
+use crate::model::DcName;
 use crate::peer::{PeerRequest, PeerResponse};
 use crate::ring::{NodeId, Ring};
 use crate::transport::TcpTransport;
+
+/// What gossip needs of the network: calls by node id (a
+/// [`Transport`]), the addresses and datacenters it learns, and one-off
+/// channels to seeds, whose ids are not known yet.
+pub trait GossipTransport: Transport {
+    /// Learn (or update) where `node` listens.
+    fn set_addr(&self, node: &NodeId, addr: &str);
+
+    /// Learn which datacenter `node` is in.
+    fn set_dc(&self, node: &NodeId, dc: &DcName);
+
+    /// Open a channel to an address (a seed).
+    fn connect(
+        &self,
+        addr: &str,
+    ) -> impl Future<Output = Result<Channel<PeerRequest, PeerResponse>, ClientError>> + Send;
+}
+
+impl GossipTransport for TcpTransport {
+    fn set_addr(&self, node: &NodeId, addr: &str) {
+        TcpTransport::set_addr(self, node, addr);
+    }
+
+    fn set_dc(&self, node: &NodeId, dc: &DcName) {
+        TcpTransport::set_dc(self, node, dc);
+    }
+
+    fn connect(
+        &self,
+        addr: &str,
+    ) -> impl Future<Output = Result<Channel<PeerRequest, PeerResponse>, ClientError>> + Send {
+        TcpTransport::connect(self, addr)
+    }
+}
 
 /// Tuning of the gossip worker.
 #[derive(Clone, Debug)]
@@ -56,24 +95,24 @@ struct State {
 }
 
 /// One node's gossip participant.
-pub struct Gossiper {
+pub struct Gossiper<T = TcpTransport> {
     me: NodeId,
     seeds: Vec<String>,
     config: GossipConfig,
     state: Mutex<State>,
-    transport: Arc<TcpTransport>,
+    transport: Arc<T>,
     view: watch::Sender<Arc<ClusterView>>,
     started: Instant,
     load: Box<dyn Fn() -> u64 + Send + Sync>,
 }
 
-impl Gossiper {
+impl<T: GossipTransport> Gossiper<T> {
     /// A gossiper announcing `own`, joining through `seeds`.
     pub fn new(
         own: Endpoint,
         seeds: Vec<String>,
         config: GossipConfig,
-        transport: Arc<TcpTransport>,
+        transport: Arc<T>,
         load: Box<dyn Fn() -> u64 + Send + Sync>,
     ) -> (Arc<Self>, watch::Receiver<Arc<ClusterView>>) {
         let me = own.id.clone();
