@@ -10,6 +10,13 @@
 //! `(generation, version)` grew counts as a heartbeat of that node for the
 //! phi accrual detector.
 //!
+//! Until it has heard from a peer (an answer to one of its exchanges, or a
+//! peer's exchange), a node that has seeds other than itself publishes an
+//! empty ring: knowing only itself, it would otherwise place every key on
+//! itself, and a node restarting behind a slow or cut link would
+//! acknowledge writes at ONE that no real replica ever receives. With an
+//! empty ring its coordinator refuses requests as unavailable instead.
+//!
 //! The worker runs over any [`GossipTransport`]: [`TcpTransport`] in a
 //! node, a simulated network in deterministic tests.
 
@@ -92,6 +99,9 @@ struct State {
     membership: Membership,
     windows: HashMap<NodeId, ArrivalWindow>,
     round: u64,
+    /// Whether the view holds what a peer knows (or there is no one to
+    /// ask): until then the published ring is empty.
+    joined: bool,
 }
 
 /// One node's gossip participant.
@@ -116,6 +126,7 @@ impl<T: GossipTransport> Gossiper<T> {
         load: Box<dyn Fn() -> u64 + Send + Sync>,
     ) -> (Arc<Self>, watch::Receiver<Arc<ClusterView>>) {
         let me = own.id.clone();
+        let joined = seeds.iter().all(|s| *s == own.addr);
         let mut membership = Membership::new();
         membership.observe(own);
         let (view, view_rx) = watch::channel(Arc::new(ClusterView::default()));
@@ -123,6 +134,7 @@ impl<T: GossipTransport> Gossiper<T> {
             membership,
             windows: HashMap::new(),
             round: 0,
+            joined,
         };
         let gossiper = Arc::new(Gossiper {
             me,
@@ -173,6 +185,9 @@ impl<T: GossipTransport> Gossiper<T> {
     ) -> Vec<Endpoint> {
         let reply = {
             let mut state = self.state.lock();
+            if entries.iter().any(|e| e.id != self.me) {
+                state.joined = true;
+            }
             self.absorb(&mut state, entries);
             state.membership.newer_than(digest)
         };
@@ -204,10 +219,12 @@ impl<T: GossipTransport> Gossiper<T> {
         let now = self.now_ms();
         let view = {
             let state = self.state.lock();
+            // Not joined: no ring (see the module docs).
             let members: Vec<&Endpoint> = state
                 .membership
                 .endpoints()
                 .values()
+                .filter(|_| state.joined)
                 .filter(|e| matches!(e.status, NodeStatus::Normal | NodeStatus::Leaving))
                 .collect();
             let ring = Ring::build(members.iter().map(|e| (&e.id, &e.placement, e.vnodes)));
@@ -285,6 +302,7 @@ impl<T: GossipTransport> Gossiper<T> {
         };
         if let Some(PeerResponse::Gossip { entries }) = answer {
             let mut state = self.state.lock();
+            state.joined = true;
             self.absorb(&mut state, entries);
         }
         self.publish();
@@ -299,6 +317,154 @@ impl<T: GossipTransport> Gossiper<T> {
                 _ = tick.tick() => self.round().await,
                 _ = stop.changed() => break,
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use parking_lot::RwLock;
+
+    use super::*;
+    use crate::coordinator::{Coordinator, CoordinatorConfig, CoordinatorError, HintSink};
+    use crate::limit::Limits;
+    use crate::merge::NoMerge;
+    use crate::model::{Actor, Clock, Consistency, KeyspaceConfig, Version};
+    use crate::ring::Placement;
+    use crate::store::{MemStore, StoreError};
+
+    /// A network where nobody answers.
+    struct Silent;
+
+    impl Transport for Silent {
+        async fn call(
+            &self,
+            to: &NodeId,
+            _: PeerRequest,
+            _: Duration,
+        ) -> Result<PeerResponse, ClientError> {
+            Err(ClientError::Connect {
+                addr: to.0.clone(),
+                reason: "unreachable".into(),
+            })
+        }
+    }
+
+    impl GossipTransport for Silent {
+        fn set_addr(&self, _: &NodeId, _: &str) {}
+
+        fn set_dc(&self, _: &NodeId, _: &DcName) {}
+
+        async fn connect(
+            &self,
+            addr: &str,
+        ) -> Result<Channel<PeerRequest, PeerResponse>, ClientError> {
+            Err(ClientError::Connect {
+                addr: addr.to_owned(),
+                reason: "unreachable".into(),
+            })
+        }
+    }
+
+    struct NoHints;
+
+    impl HintSink for NoHints {
+        async fn add(
+            &self,
+            _: &NodeId,
+            _: &str,
+            _: &[u8],
+            _: Vec<Version>,
+        ) -> Result<(), StoreError> {
+            Ok(())
+        }
+    }
+
+    fn endpoint(i: u32) -> Endpoint {
+        Endpoint {
+            id: NodeId(format!("n{i}")),
+            addr: format!("n{i}:7000"),
+            placement: Placement {
+                dc: "dc1".into(),
+                rack: format!("r{}", i % 2),
+            },
+            vnodes: 8,
+            generation: 1,
+            version: 1,
+            status: NodeStatus::Normal,
+            load_bytes: 0,
+        }
+    }
+
+    fn gossiper(seeds: &[&str]) -> (Arc<Gossiper<Silent>>, watch::Receiver<Arc<ClusterView>>) {
+        Gossiper::new(
+            endpoint(1),
+            seeds.iter().map(|s| s.to_string()).collect(),
+            GossipConfig::default(),
+            Arc::new(Silent),
+            Box::new(|| 0),
+        )
+    }
+
+    #[tokio::test]
+    async fn a_node_that_has_heard_from_no_peer_places_no_key_and_acknowledges_no_write() {
+        // Restarted behind a cut link: its seeds do not answer.
+        let (gossiper, view) = gossiper(&["n2:7000"]);
+        gossiper.round().await;
+        assert_eq!(view.borrow().ring.node_count(&"dc1".into()), 0);
+        let keyspaces = BTreeMap::from([(
+            "ks".to_owned(),
+            KeyspaceConfig {
+                replication: BTreeMap::from([("dc1".into(), 3)]),
+                ..KeyspaceConfig::default()
+            },
+        )]);
+        let coordinator = Coordinator::new(
+            CoordinatorConfig {
+                node: NodeId("n1".into()),
+                dc: "dc1".into(),
+                actor: Actor(1),
+                limits: Limits::default(),
+            },
+            MemStore::new(),
+            Arc::new(Silent),
+            Arc::new(NoHints),
+            Arc::new(NoMerge),
+            Arc::new(RwLock::new(keyspaces)),
+            view.clone(),
+        );
+        let write = |key: &'static [u8]| {
+            coordinator.write(
+                "ks",
+                key,
+                Some(b"v".to_vec()),
+                Clock::new(),
+                [7; 16],
+                Consistency::One,
+                Duration::from_millis(100),
+            )
+        };
+        // Knowing only itself, it used to be every key's only replica and
+        // acknowledged this write at ONE on itself alone.
+        assert!(matches!(
+            write(b"k").await,
+            Err(CoordinatorError::Unavailable { .. })
+        ));
+        assert!(coordinator.read_local("ks", b"k").await.unwrap().is_empty());
+
+        // A peer's exchange brings the membership: the ring is whole.
+        let entries: Vec<Endpoint> = (2..=4).map(endpoint).collect();
+        gossiper.on_exchange(&[], entries);
+        assert_eq!(view.borrow().ring.node_count(&"dc1".into()), 4);
+    }
+
+    #[tokio::test]
+    async fn a_node_without_other_seeds_is_its_own_cluster_at_once() {
+        for seeds in [&[][..], &["n1:7000"][..]] {
+            let (_gossiper, view) = gossiper(seeds);
+            assert_eq!(view.borrow().ring.node_count(&"dc1".into()), 1);
         }
     }
 }
