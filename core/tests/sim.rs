@@ -1,0 +1,902 @@
+//! Deterministic simulation of a cluster (turmoil): gossip, coordinators,
+//! hinted handoff, read repair and Merkle repair, run as in a node (the
+//! production code over a simulated TCP network, through the real
+//! connection server and framed protocol), under partitions, message delay
+//! and node crashes and restarts.
+//!
+//! Each seed derives everything: the fault schedule, the client workload,
+//! and turmoil's network randomness (latencies). Five nodes, two
+//! datacenters (four nodes with three replicas of each key, and one node
+//! with one), one client host issuing reads and writes at every level
+//! through random coordinators for some fifteen simulated seconds while
+//! links break and heal, messages slow down and nodes crash and restart,
+//! their store and hints (their "disk") kept across the restart. Then
+//! every fault heals; hints are handed off; every node runs an on-demand
+//! Merkle repair; the client reads every key at ALL. The checks, per key:
+//!
+//! 1. Convergence: every replica of the key holds a byte-identical
+//!    `VersionSet`.
+//! 2. No acknowledged write is lost: each write the client saw
+//!    acknowledged is in that set, or was superseded by a version written
+//!    over a context that covered it.
+//! 3. A read at ALL returns exactly the set's live values.
+//! 4. Without crashes, hints alone (no Merkle repair) converge the
+//!    replicas: a coordinator that lives hints every replica it missed.
+//!
+//! Runs `ISTHMUS_SIM_SEEDS` seeds (default 200) from `ISTHMUS_SIM_FIRST`
+//! (default 0) on `ISTHMUS_SIM_THREADS` threads (default: the cores), or
+//! just `ISTHMUS_SIM_SEED`. `ISTHMUS_SIM_LOG=debug` (a tracing filter)
+//! logs a single seed's run. A failure names its seed and the command that
+//! reruns it. The schedule, the workload and the network are the same on a
+//! rerun; the interleaving of tasks woken at the same simulated instant is
+//! too only under `RUSTFLAGS="--cfg tokio_unstable"` (turmoil then seeds
+//! tokio's scheduler as well).
+
+#[path = "sim/net.rs"]
+mod net;
+#[path = "sim/node.rs"]
+mod node;
+
+use std::cell::Cell;
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use futures_util::FutureExt;
+use isthmus_client::wire::{
+    Consistency, Context, PeerRole, RepairReport, RequestBody, ResponseBody, WriteId,
+};
+use isthmus_client::{Channel, ClientError};
+use isthmus_core::model::{Actor, Clock, DcName, KeyspaceConfig, VersionSet, key_hash};
+use isthmus_core::node::decode_context;
+use isthmus_core::ring::{NodeId, Ring};
+use isthmus_core::store::LocalStore;
+use parking_lot::Mutex;
+use rand::rngs::StdRng;
+use rand::seq::{IndexedRandom, SliceRandom};
+use rand::{Rng, SeedableRng};
+
+use node::{Cluster, Disk, MemHints, NodeSpec, Oracle, RecStore};
+
+const KEYSPACE: &str = "sim";
+const CLIENT: &str = "client";
+/// Simulated time per step of the simulation.
+const TICK: Duration = Duration::from_millis(10);
+/// Link latency outside slow episodes.
+const LATENCY_MIN: Duration = Duration::from_millis(1);
+const LATENCY_MAX: Duration = Duration::from_millis(10);
+const GOSSIP_INTERVAL: Duration = Duration::from_millis(250);
+/// When the client starts writing (gossip has converged by then).
+const LOAD_START: Duration = Duration::from_secs(3);
+const LOAD_LENGTH: Duration = Duration::from_secs(15);
+/// From heal to repair: gossip sees everyone alive, hints are handed off.
+const SETTLE: Duration = Duration::from_secs(15);
+/// A seed that has not finished by then has hung.
+const SIM_LIMIT: Duration = Duration::from_secs(300);
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+// ---------------------------------------------------------------- plan
+
+#[derive(Clone, Debug)]
+enum Fault {
+    Partition(Vec<String>, Vec<String>),
+    Heal(Vec<String>, Vec<String>),
+    Crash(usize),
+    Restart(usize),
+    Slow(Vec<String>, Vec<String>, Duration),
+    Fast(Vec<String>, Vec<String>),
+}
+
+/// Everything a seed decides.
+struct Plan {
+    seed: u64,
+    faults: Vec<(Duration, Fault)>,
+    heal_at: Duration,
+    writers: usize,
+    keys: usize,
+    crashes: usize,
+}
+
+fn topology() -> Vec<NodeSpec> {
+    let spec = |name: &str, dc: &str, rack: &str| NodeSpec {
+        name: name.into(),
+        dc: DcName::from(dc),
+        rack: rack.into(),
+    };
+    vec![
+        spec("n1", "dc1", "r1"),
+        spec("n2", "dc1", "r2"),
+        spec("n3", "dc1", "r1"),
+        spec("n4", "dc1", "r2"),
+        spec("n5", "dc2", "r1"),
+    ]
+}
+
+fn replication() -> BTreeMap<DcName, u32> {
+    BTreeMap::from([(DcName::from("dc1"), 3), (DcName::from("dc2"), 1)])
+}
+
+fn plan(seed: u64, nodes: &[NodeSpec]) -> Plan {
+    let mut rng = StdRng::seed_from_u64(seed ^ 0x1577_4d05);
+    let names: Vec<String> = nodes.iter().map(|n| n.name.clone()).collect();
+    let load_end = LOAD_START + LOAD_LENGTH;
+    let heal_at = load_end + ms(500);
+    let mut faults = Vec::new();
+    let mut crashes = 0;
+    for _ in 0..rng.random_range(2..=6) {
+        let start = LOAD_START + ms(rng.random_range(0..LOAD_LENGTH.as_millis() as u64));
+        let end = (start + ms(rng.random_range(500..6000))).min(heal_at);
+        match rng.random_range(0..10) {
+            // A partition: one node alone, a random split, or the client
+            // cut off from some coordinators.
+            0..=3 => {
+                let mut shuffled = names.clone();
+                shuffled.shuffle(&mut rng);
+                let (a, b) = match rng.random_range(0..3) {
+                    0 => (vec![shuffled[0].clone()], shuffled[1..].to_vec()),
+                    1 => {
+                        let cut = rng.random_range(1..shuffled.len());
+                        (shuffled[..cut].to_vec(), shuffled[cut..].to_vec())
+                    }
+                    _ => {
+                        let cut = rng.random_range(1..shuffled.len());
+                        (vec![CLIENT.to_owned()], shuffled[..cut].to_vec())
+                    }
+                };
+                faults.push((start, Fault::Partition(a.clone(), b.clone())));
+                faults.push((end, Fault::Heal(a, b)));
+            }
+            4..=6 => {
+                let node = rng.random_range(0..nodes.len());
+                crashes += 1;
+                faults.push((start, Fault::Crash(node)));
+                faults.push((end, Fault::Restart(node)));
+            }
+            _ => {
+                let mut shuffled = names.clone();
+                shuffled.shuffle(&mut rng);
+                let cut = rng.random_range(1..shuffled.len());
+                let max = ms(rng.random_range(50..1500));
+                let (a, b) = (shuffled[..cut].to_vec(), shuffled[cut..].to_vec());
+                faults.push((start, Fault::Slow(a.clone(), b.clone(), max)));
+                faults.push((end, Fault::Fast(a, b)));
+            }
+        }
+    }
+    faults.sort_by_key(|(t, _)| *t);
+    Plan {
+        seed,
+        faults,
+        heal_at,
+        writers: rng.random_range(2..=4),
+        keys: rng.random_range(8..=32),
+        crashes,
+    }
+}
+
+// ---------------------------------------------------------------- client
+
+/// One write the client attempted.
+struct Attempt {
+    key: String,
+    /// The context it was written over.
+    context: Clock,
+    acked: bool,
+    /// Where, how and when it was sent (for failure reports).
+    node: String,
+    level: Consistency,
+    at: Duration,
+}
+
+/// What the client did and saw.
+#[derive(Default)]
+struct Log {
+    attempts: BTreeMap<[u8; 16], Attempt>,
+    outcomes: BTreeMap<String, u64>,
+    reads: (u64, u64),
+    /// Per node: hints it held when the faults had healed and settled.
+    hints_before_repair: usize,
+    /// Keys whose replicas differed before Merkle repair.
+    diverged_before_repair: Vec<String>,
+    repairs: Vec<(String, Result<RepairReport, String>)>,
+    /// Live values of each key read at ALL at the end.
+    final_reads: BTreeMap<String, Result<Vec<Vec<u8>>, String>>,
+    finished: bool,
+}
+
+type Session = Channel<RequestBody, ResponseBody>;
+
+/// The client's sessions to nodes, opened on demand.
+struct Sessions {
+    open: Mutex<BTreeMap<String, Arc<Session>>>,
+}
+
+impl Sessions {
+    async fn call(
+        &self,
+        node: &str,
+        body: RequestBody,
+        timeout: Duration,
+    ) -> Result<ResponseBody, ClientError> {
+        let existing = self.open.lock().get(node).filter(|s| s.is_open()).cloned();
+        let session = match existing {
+            Some(s) => s,
+            None => {
+                let addr = format!("{node}:{}", net::PORT);
+                let s = Arc::new(net::dial(&addr, CLIENT, PeerRole::Client, ms(500)).await?);
+                self.open.lock().insert(node.to_owned(), s.clone());
+                s
+            }
+        };
+        let result = session.call(body, timeout).await;
+        if matches!(
+            result,
+            Err(ClientError::ConnectionClosed | ClientError::Connect { .. })
+        ) {
+            self.open.lock().remove(node);
+        }
+        result
+    }
+}
+
+fn outcome_name(result: &Result<ResponseBody, ClientError>) -> String {
+    match result {
+        Ok(ResponseBody::Written) => "written".into(),
+        Ok(ResponseBody::Value { .. }) => "value".into(),
+        Ok(other) => format!("unexpected {other:?}"),
+        Err(ClientError::Server(e)) => format!("error {}", e.code.name()),
+        Err(ClientError::Timeout { .. }) => "client timeout".into(),
+        Err(ClientError::Connect { .. }) => "unreachable".into(),
+        Err(e) => format!("failed {e}"),
+    }
+}
+
+fn pick_level(rng: &mut StdRng, choices: &[(Consistency, u32)]) -> Consistency {
+    choices
+        .choose_weighted(rng, |(_, w)| *w)
+        .map(|(c, _)| *c)
+        .unwrap_or(Consistency::LocalQuorum)
+}
+
+async fn writer(
+    index: usize,
+    plan: Arc<Plan>,
+    names: Arc<Vec<String>>,
+    sessions: Arc<Sessions>,
+    log: Arc<Mutex<Log>>,
+    until: tokio::time::Instant,
+) {
+    let mut rng = StdRng::seed_from_u64(plan.seed.wrapping_mul(31).wrapping_add(index as u64));
+    let mut n: u32 = 0;
+    while tokio::time::Instant::now() < until {
+        tokio::time::sleep(ms(rng.random_range(0..60))).await;
+        n += 1;
+        let key = format!("k{:02}", rng.random_range(0..plan.keys));
+        let node = names.choose(&mut rng).expect("nodes").clone();
+        // Mostly read-modify-write, sometimes blind.
+        let context = if rng.random_bool(0.8) {
+            let level = pick_level(
+                &mut rng,
+                &[
+                    (Consistency::One, 2),
+                    (Consistency::LocalQuorum, 3),
+                    (Consistency::Quorum, 2),
+                ],
+            );
+            let read = sessions
+                .call(
+                    &node,
+                    RequestBody::Get {
+                        keyspace: KEYSPACE.into(),
+                        key: key.clone().into_bytes(),
+                        consistency: Some(level),
+                    },
+                    ms(1500),
+                )
+                .await;
+            match read {
+                Ok(ResponseBody::Value { context, .. }) => {
+                    log.lock().reads.0 += 1;
+                    context
+                }
+                _ => {
+                    log.lock().reads.1 += 1;
+                    continue;
+                }
+            }
+        } else {
+            Context::default()
+        };
+        let clock = decode_context(&context).expect("a node's context decodes");
+        let level = pick_level(
+            &mut rng,
+            &[
+                (Consistency::One, 1),
+                (Consistency::LocalOne, 1),
+                (Consistency::LocalQuorum, 4),
+                (Consistency::Quorum, 3),
+                (Consistency::EachQuorum, 1),
+                (Consistency::All, 1),
+            ],
+        );
+        let mut id = [0u8; 16];
+        id[..8].copy_from_slice(&plan.seed.to_le_bytes());
+        id[8..12].copy_from_slice(&(index as u32).to_le_bytes());
+        id[12..].copy_from_slice(&n.to_le_bytes());
+        let body = if !clock.is_empty() && rng.random_bool(0.1) {
+            RequestBody::Delete {
+                keyspace: KEYSPACE.into(),
+                key: key.clone().into_bytes(),
+                context,
+                consistency: Some(level),
+                write_id: WriteId(id),
+            }
+        } else {
+            RequestBody::Put {
+                keyspace: KEYSPACE.into(),
+                key: key.clone().into_bytes(),
+                value: format!("w{index}.{n}").into_bytes(),
+                context,
+                consistency: Some(level),
+                write_id: WriteId(id),
+            }
+        };
+        log.lock().attempts.insert(
+            id,
+            Attempt {
+                key,
+                context: clock,
+                acked: false,
+                node: node.clone(),
+                level,
+                at: turmoil::sim_elapsed().unwrap_or_default(),
+            },
+        );
+        let result = sessions.call(&node, body, ms(2000)).await;
+        let mut log = log.lock();
+        *log.outcomes.entry(outcome_name(&result)).or_default() += 1;
+        if matches!(result, Ok(ResponseBody::Written))
+            && let Some(a) = log.attempts.get_mut(&id)
+        {
+            a.acked = true;
+        }
+    }
+}
+
+/// Keys whose replicas hold different sets, per the final ring.
+fn diverged(keys: &BTreeSet<String>, ring: &Ring, disks: &[(NodeId, Disk)]) -> Vec<String> {
+    keys.iter()
+        .filter(|key| {
+            let sets = replica_sets(key, ring, disks);
+            sets.windows(2).any(|w| w[0].1.encode() != w[1].1.encode())
+        })
+        .cloned()
+        .collect()
+}
+
+fn replica_sets(key: &str, ring: &Ring, disks: &[(NodeId, Disk)]) -> Vec<(NodeId, VersionSet)> {
+    ring.replicas(&replication(), key_hash(key.as_bytes()))
+        .into_iter()
+        .flat_map(|(_, nodes)| nodes)
+        .map(|node| {
+            let disk = &disks.iter().find(|(n, _)| *n == node).expect("a disk").1;
+            let set = disk
+                .store
+                .get(KEYSPACE, key.as_bytes())
+                .now_or_never()
+                .expect("memory stores answer at once")
+                .expect("memory stores do not fail");
+            (node, set)
+        })
+        .collect()
+}
+
+fn full_ring(nodes: &[NodeSpec], vnodes: u32) -> Ring {
+    let members: Vec<(NodeId, _)> = nodes.iter().map(|n| (n.id(), n.placement())).collect();
+    Ring::build(members.iter().map(|(id, p)| (id, p, vnodes)))
+}
+
+async fn client(
+    plan: Arc<Plan>,
+    cluster: Arc<Cluster>,
+    disks: Arc<Vec<(NodeId, Disk)>>,
+    log: Arc<Mutex<Log>>,
+) -> turmoil::Result {
+    let t0 = tokio::time::Instant::now();
+    let names: Arc<Vec<String>> = Arc::new(cluster.nodes.iter().map(|n| n.name.clone()).collect());
+    let sessions = Arc::new(Sessions {
+        open: Mutex::default(),
+    });
+    tokio::time::sleep_until(t0 + LOAD_START).await;
+    let until = t0 + LOAD_START + LOAD_LENGTH;
+    let writers = (0..plan.writers).map(|i| {
+        writer(
+            i,
+            plan.clone(),
+            names.clone(),
+            sessions.clone(),
+            log.clone(),
+            until,
+        )
+    });
+    futures_util::future::join_all(writers).await;
+    tokio::time::sleep_until(t0 + plan.heal_at + SETTLE).await;
+
+    let ring = full_ring(&cluster.nodes, cluster.vnodes);
+    let keys: BTreeSet<String> = log
+        .lock()
+        .attempts
+        .values()
+        .map(|a| a.key.clone())
+        .collect();
+    {
+        let mut log = log.lock();
+        log.hints_before_repair = disks.iter().map(|(_, d)| d.hints.len()).sum();
+        log.diverged_before_repair = diverged(&keys, &ring, &disks);
+    }
+    // Merkle repair on every node, one after another.
+    for name in names.iter() {
+        let result = sessions
+            .call(
+                name,
+                RequestBody::Repair {
+                    keyspace: None,
+                    remote_dc: None,
+                },
+                Duration::from_secs(100),
+            )
+            .await;
+        let report = match result {
+            Ok(ResponseBody::Repaired(r)) => Ok(r),
+            other => Err(outcome_name(&other)),
+        };
+        log.lock().repairs.push((name.clone(), report));
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for key in &keys {
+        let mut answer = Err("no node answered".to_owned());
+        for name in names.iter() {
+            let read = sessions
+                .call(
+                    name,
+                    RequestBody::Get {
+                        keyspace: KEYSPACE.into(),
+                        key: key.clone().into_bytes(),
+                        consistency: Some(Consistency::All),
+                    },
+                    ms(2000),
+                )
+                .await;
+            match read {
+                Ok(ResponseBody::Value { siblings, .. }) => {
+                    let mut values: Vec<Vec<u8>> = siblings.into_iter().map(|s| s.value).collect();
+                    values.sort();
+                    answer = Ok(values);
+                    break;
+                }
+                other => answer = Err(format!("{name}: {}", outcome_name(&other))),
+            }
+        }
+        log.lock().final_reads.insert(key.clone(), answer);
+    }
+    log.lock().finished = true;
+    Ok(())
+}
+
+// ---------------------------------------------------------------- checks
+
+/// What a seed did, for the summary line.
+#[derive(Default, Debug, Clone)]
+struct Summary {
+    attempted: usize,
+    acked: usize,
+    keys: usize,
+    crashes: usize,
+    diverged_before_repair: usize,
+    hints_before_repair: usize,
+    simulated: Duration,
+}
+
+fn check(
+    plan: &Plan,
+    cluster: &Cluster,
+    disks: &[(NodeId, Disk)],
+    oracle: &Oracle,
+    log: &Log,
+) -> Result<Summary, String> {
+    let mut problems = String::new();
+    let ring = full_ring(&cluster.nodes, cluster.vnodes);
+    let keys: BTreeSet<String> = log.attempts.values().map(|a| a.key.clone()).collect();
+    let mut finals: BTreeMap<String, VersionSet> = BTreeMap::new();
+    for key in &keys {
+        let sets = replica_sets(key, &ring, disks);
+        let first = sets[0].1.clone();
+        for (node, set) in &sets[1..] {
+            if set.encode() != first.encode() {
+                let _ = writeln!(
+                    problems,
+                    "replicas of {key} differ: {} holds {:?}, {node} holds {:?}",
+                    sets[0].0,
+                    first.versions(),
+                    set.versions()
+                );
+            }
+        }
+        finals.insert(key.clone(), first);
+    }
+    let mut acked = 0;
+    for (id, attempt) in &log.attempts {
+        if !attempt.acked {
+            continue;
+        }
+        acked += 1;
+        let set = &finals[&attempt.key];
+        let Some(clock) = oracle.clock(id) else {
+            let _ = writeln!(
+                problems,
+                "acknowledged write {} on {} never reached any store",
+                hex(id),
+                attempt.key
+            );
+            continue;
+        };
+        let kept = set.versions().iter().any(|v| match v.write_id {
+            Some(w) if w == *id => true,
+            Some(w) => log
+                .attempts
+                .get(&w)
+                .is_some_and(|later| clock.is_covered_by(&later.context)),
+            None => false,
+        });
+        if !kept {
+            let holders: Vec<&NodeId> = disks
+                .iter()
+                .filter(|(_, d)| {
+                    d.store
+                        .get(KEYSPACE, attempt.key.as_bytes())
+                        .now_or_never()
+                        .and_then(Result::ok)
+                        .is_some_and(|s| s.versions().iter().any(|v| v.write_id == Some(*id)))
+                })
+                .map(|(n, _)| n)
+                .collect();
+            let _ = writeln!(
+                problems,
+                "acknowledged write {} on {} (clock {clock:?}, sent to {} at {:?} at {}) is lost: \
+                 the replicas hold {:?}; nodes still holding it: {holders:?}",
+                hex(id),
+                attempt.key,
+                attempt.node,
+                attempt.at,
+                attempt.level.name(),
+                set.versions()
+            );
+        }
+    }
+    for (key, read) in &log.final_reads {
+        let mut live: Vec<Vec<u8>> = finals[key]
+            .live()
+            .map(|v| v.value_bytes().unwrap_or_default().to_vec())
+            .collect();
+        live.sort();
+        match read {
+            Ok(values) if *values == live => {}
+            Ok(values) => {
+                let _ = writeln!(
+                    problems,
+                    "a read of {key} at ALL returned {values:?}, the replicas hold {live:?}"
+                );
+            }
+            Err(e) => {
+                let _ = writeln!(problems, "a read of {key} at ALL failed after heal: {e}");
+            }
+        }
+    }
+    if !log.finished {
+        let _ = writeln!(problems, "the client did not finish");
+    }
+    for (node, report) in &log.repairs {
+        if let Err(e) = report {
+            let _ = writeln!(problems, "repair on {node} failed after heal: {e}");
+        }
+    }
+    if plan.crashes == 0 && !log.diverged_before_repair.is_empty() {
+        let _ = writeln!(
+            problems,
+            "without crashes, hints left {} keys diverged before repair: {:?}",
+            log.diverged_before_repair.len(),
+            log.diverged_before_repair
+        );
+    }
+    let doubled = oracle.doubled.lock().len();
+    if doubled > 0 {
+        let _ = writeln!(problems, "{doubled} write ids were coordinated twice");
+    }
+    if !problems.is_empty() {
+        let actors: Vec<String> = disks
+            .iter()
+            .map(|(n, d)| format!("{n}={}", d.actor.0))
+            .collect();
+        let _ = writeln!(problems, "actors: {}", actors.join(", "));
+        let faults: Vec<String> = plan
+            .faults
+            .iter()
+            .map(|(t, f)| format!("{t:?} {f:?}"))
+            .collect();
+        let _ = writeln!(problems, "faults: {}", faults.join("; "));
+    }
+    if problems.is_empty() {
+        Ok(Summary {
+            attempted: log.attempts.len(),
+            acked,
+            keys: keys.len(),
+            crashes: plan.crashes,
+            diverged_before_repair: log.diverged_before_repair.len(),
+            hints_before_repair: log.hints_before_repair,
+            simulated: Duration::ZERO,
+        })
+    } else {
+        Err(problems)
+    }
+}
+
+fn hex(id: &[u8; 16]) -> String {
+    id.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+// ---------------------------------------------------------------- runner
+
+thread_local! {
+    static PANICS: Cell<usize> = const { Cell::new(0) };
+}
+
+fn count_panics() {
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            PANICS.with(|p| p.set(p.get() + 1));
+            previous(info);
+        }));
+    });
+}
+
+/// Run one seed: its summary, or what went wrong.
+fn run_seed(seed: u64) -> Result<Summary, String> {
+    count_panics();
+    PANICS.with(|p| p.set(0));
+    let nodes = topology();
+    let plan = Arc::new(plan(seed, &nodes));
+    let cluster = Arc::new(Cluster {
+        seeds: vec![nodes[0].addr(), nodes[1].addr(), nodes[4].addr()],
+        nodes,
+        keyspaces: BTreeMap::from([(
+            KEYSPACE.to_owned(),
+            KeyspaceConfig {
+                replication: replication(),
+                ..KeyspaceConfig::default()
+            },
+        )]),
+        vnodes: 8,
+        gossip: Cluster::gossip_config(GOSSIP_INTERVAL),
+    });
+    let oracle = Arc::new(Oracle::default());
+    let mut actors = StdRng::seed_from_u64(seed ^ 0xac70_0000);
+    let disks: Arc<Vec<(NodeId, Disk)>> = Arc::new(
+        cluster
+            .nodes
+            .iter()
+            .map(|n| {
+                let disk = Disk {
+                    store: RecStore::new(oracle.clone()),
+                    hints: MemHints::default(),
+                    actor: Actor(actors.random()),
+                };
+                (n.id(), disk)
+            })
+            .collect(),
+    );
+    let log = Arc::new(Mutex::new(Log::default()));
+
+    let mut sim = turmoil::Builder::new()
+        .rng_seed(seed)
+        .tick_duration(TICK)
+        .simulation_duration(SIM_LIMIT)
+        .min_message_latency(LATENCY_MIN)
+        .max_message_latency(LATENCY_MAX)
+        .tcp_capacity(1 << 16)
+        .build();
+    for (i, (_, disk)) in disks.iter().enumerate() {
+        let (shared, disk) = (cluster.clone(), disk.clone());
+        sim.host(cluster.nodes[i].name.as_str(), move || {
+            node::run(shared.clone(), i, disk.clone())
+        });
+    }
+    sim.client(
+        CLIENT,
+        client(plan.clone(), cluster.clone(), disks.clone(), log.clone()),
+    );
+
+    let mut faults = plan.faults.iter().peekable();
+    let mut down: BTreeSet<usize> = BTreeSet::new();
+    let mut healed = false;
+    let all: Vec<String> = cluster
+        .nodes
+        .iter()
+        .map(|n| n.name.clone())
+        .chain([CLIENT.to_owned()])
+        .collect();
+    let pairs = |a: &[String], b: &[String], f: &mut dyn FnMut(&str, &str)| {
+        for x in a {
+            for y in b {
+                if x != y {
+                    f(x, y);
+                }
+            }
+        }
+    };
+    loop {
+        while let Some((at, fault)) = faults.peek()
+            && *at <= sim.elapsed()
+        {
+            if !healed {
+                match fault {
+                    Fault::Partition(a, b) => pairs(a, b, &mut |x, y| sim.hold(x, y)),
+                    Fault::Heal(a, b) => pairs(a, b, &mut |x, y| sim.release(x, y)),
+                    Fault::Slow(a, b, max) => pairs(a, b, &mut |x, y| {
+                        sim.set_link_max_message_latency(x, y, *max)
+                    }),
+                    Fault::Fast(a, b) => pairs(a, b, &mut |x, y| {
+                        sim.set_link_max_message_latency(x, y, LATENCY_MAX)
+                    }),
+                    Fault::Crash(i) => {
+                        if down.insert(*i) {
+                            sim.crash(cluster.nodes[*i].name.as_str());
+                        }
+                    }
+                    Fault::Restart(i) => {
+                        if down.remove(i) {
+                            sim.bounce(cluster.nodes[*i].name.as_str());
+                        }
+                    }
+                }
+            }
+            faults.next();
+        }
+        if !healed && sim.elapsed() >= plan.heal_at {
+            healed = true;
+            pairs(&all, &all, &mut |x, y| {
+                sim.release(x, y);
+                sim.set_link_max_message_latency(x, y, LATENCY_MAX);
+            });
+            for i in std::mem::take(&mut down) {
+                sim.bounce(cluster.nodes[i].name.as_str());
+            }
+        }
+        match sim.step() {
+            Ok(true) => break,
+            Ok(false) => {}
+            Err(e) => return Err(format!("the simulation failed: {e}")),
+        }
+    }
+    let simulated = sim.elapsed();
+    drop(sim);
+    let panics = PANICS.with(Cell::get);
+    let log = log.lock();
+    let mut result = check(&plan, &cluster, &disks, &oracle, &log);
+    if panics > 0 {
+        let message = format!("{panics} panics during the run (see the output above)\n");
+        result = match result {
+            Ok(_) => Err(message),
+            Err(e) => Err(message + &e),
+        };
+    }
+    result.map(|mut s| {
+        s.simulated = simulated;
+        s
+    })
+}
+
+/// Log lines carry the simulated time.
+struct SimTime;
+
+impl tracing_subscriber::fmt::time::FormatTime for SimTime {
+    fn format_time(&self, w: &mut tracing_subscriber::fmt::format::Writer<'_>) -> std::fmt::Result {
+        match turmoil::sim_elapsed() {
+            Some(t) => write!(w, "{:>9.3}s", t.as_secs_f64()),
+            None => write!(w, "{:>10}", "-"),
+        }
+    }
+}
+
+fn env_u64(name: &str) -> Option<u64> {
+    let value = std::env::var(name).ok()?;
+    Some(
+        value
+            .parse()
+            .unwrap_or_else(|_| panic!("{name}={value:?} is not a number")),
+    )
+}
+
+#[test]
+fn no_acknowledged_write_is_lost_and_replicas_converge() {
+    let seeds: Vec<u64> = match env_u64("ISTHMUS_SIM_SEED") {
+        Some(seed) => vec![seed],
+        None => {
+            let first = env_u64("ISTHMUS_SIM_FIRST").unwrap_or(0);
+            let count = env_u64("ISTHMUS_SIM_SEEDS").unwrap_or(200);
+            (first..first + count).collect()
+        }
+    };
+    if let Ok(filter) = std::env::var("ISTHMUS_SIM_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_timer(SimTime)
+            .with_ansi(false)
+            .with_test_writer()
+            .try_init();
+    }
+    let threads = env_u64("ISTHMUS_SIM_THREADS")
+        .map(|n| n as usize)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()))
+        .clamp(1, seeds.len().max(1));
+    let started = Instant::now();
+    let next = AtomicU64::new(0);
+    let results: Mutex<Vec<(u64, Result<Summary, String>)>> = Mutex::default();
+    std::thread::scope(|scope| {
+        for _ in 0..threads {
+            scope.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed) as usize;
+                    let Some(&seed) = seeds.get(i) else { break };
+                    let result = std::panic::catch_unwind(|| run_seed(seed))
+                        .unwrap_or_else(|_| Err("the run panicked".to_owned()));
+                    if let Err(e) = &result {
+                        eprintln!(
+                            "simulation seed {seed} FAILED:\n{e}\nrerun: ISTHMUS_SIM_SEED={seed} cargo test -p isthmus-core --test sim"
+                        );
+                    }
+                    results.lock().push((seed, result));
+                }
+            });
+        }
+    });
+    let mut results = results.into_inner();
+    results.sort_by_key(|(seed, _)| *seed);
+    let ok: Vec<&Summary> = results
+        .iter()
+        .filter_map(|(_, r)| r.as_ref().ok())
+        .collect();
+    let failed: Vec<u64> = results
+        .iter()
+        .filter(|(_, r)| r.is_err())
+        .map(|(s, _)| *s)
+        .collect();
+    let total = |f: fn(&Summary) -> usize| ok.iter().map(|s| f(s)).sum::<usize>();
+    eprintln!(
+        "{} seeds in {:.1?} on {threads} threads: {} writes attempted, {} acknowledged, {} keys, {} crashes; {} seeds with keys diverged before repair ({} keys), {} hints pending before repair",
+        results.len(),
+        started.elapsed(),
+        total(|s| s.attempted),
+        total(|s| s.acked),
+        total(|s| s.keys),
+        total(|s| s.crashes),
+        ok.iter().filter(|s| s.diverged_before_repair > 0).count(),
+        total(|s| s.diverged_before_repair),
+        total(|s| s.hints_before_repair),
+    );
+    if seeds.len() == 1
+        && let Some(s) = ok.first()
+    {
+        eprintln!("seed {}: {s:?}", seeds[0]);
+    }
+    assert!(
+        failed.is_empty(),
+        "simulation failed for seeds {failed:?}; rerun one with ISTHMUS_SIM_SEED=<seed> cargo test -p isthmus-core --test sim"
+    );
+}
