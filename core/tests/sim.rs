@@ -26,11 +26,17 @@
 //! Runs `ISTHMUS_SIM_SEEDS` seeds (default 200) from `ISTHMUS_SIM_FIRST`
 //! (default 0) on `ISTHMUS_SIM_THREADS` threads (default: the cores), or
 //! just `ISTHMUS_SIM_SEED`. `ISTHMUS_SIM_LOG=debug` (a tracing filter)
-//! logs a single seed's run. A failure names its seed and the command that
-//! reruns it. The schedule, the workload and the network are the same on a
-//! rerun; the interleaving of tasks woken at the same simulated instant is
-//! too only under `RUSTFLAGS="--cfg tokio_unstable"` (turmoil then seeds
-//! tokio's scheduler as well).
+//! logs a single seed's run. A failure names its seed, the command that
+//! reruns it, the fault schedule, and for a lost write where, when and at
+//! which level it was sent and which nodes still hold it.
+//!
+//! A seed fixes the fault schedule, the workload and turmoil's network
+//! randomness, and reruns mostly replay the same run; not always bit for
+//! bit: tokio's own randomness (which ready branch `select!` polls first)
+//! is seeded only under `--cfg tokio_unstable`, and the real clock still
+//! stamps versions, so an occasional rerun diverges after a while (seen on
+//! about one seed in ten). A failure's report is meant to be read on its
+//! own; a rerun usually, not surely, fails the same way.
 
 #[path = "sim/net.rs"]
 mod net;
@@ -491,8 +497,9 @@ async fn client(
 // ---------------------------------------------------------------- checks
 
 /// What a seed did, for the summary line.
-#[derive(Default, Debug, Clone)]
+#[derive(Default, Debug, Clone, PartialEq)]
 struct Summary {
+    outcomes: BTreeMap<String, u64>,
     attempted: usize,
     acked: usize,
     keys: usize,
@@ -632,6 +639,7 @@ fn check(
     }
     if problems.is_empty() {
         Ok(Summary {
+            outcomes: log.outcomes.clone(),
             attempted: log.attempts.len(),
             acked,
             keys: keys.len(),
