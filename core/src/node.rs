@@ -44,6 +44,7 @@ use crate::repair::{RepairConfig, RepairError, RepairStats, Repairer, Share, Sto
 use crate::ring::{NodeId, Placement};
 use crate::server::{self, Handler, ServerConfig};
 use crate::store::EngineStore;
+use crate::system::{self, REGISTRY_KEYSPACE, RegistryHook, SystemStore, SystemWriter};
 use crate::transport::TcpTransport;
 
 /// Most clock entries accepted in a client's context (a context is the
@@ -98,6 +99,10 @@ pub struct NodeTuning {
     pub limits: Limits,
     /// Merkle repair schedule and deadlines.
     pub repair: RepairConfig,
+    /// Serves the resolver registry over the `_registry` system keyspace
+    /// (the binary passes `isthmus-resolvers`'s); `None` answers registry
+    /// requests with an error.
+    pub registry: Option<Arc<dyn RegistryHook>>,
 }
 
 impl std::fmt::Debug for NodeTuning {
@@ -109,6 +114,7 @@ impl std::fmt::Debug for NodeTuning {
             .field("hints", &self.hints)
             .field("limits", &self.limits)
             .field("repair", &self.repair)
+            .field("registry", &self.registry.is_some())
             .finish()
     }
 }
@@ -251,6 +257,13 @@ pub async fn start(
             (name.clone(), ksc)
         })
         .collect();
+    let mut keyspaces = keyspaces;
+    let registry_keyspace = system::registry_keyspace(
+        &DcName(config.dc.clone()),
+        &keyspaces,
+        &crate::ring::Ring::default(),
+    );
+    keyspaces.insert(REGISTRY_KEYSPACE.to_owned(), registry_keyspace);
     let keyspaces = Arc::new(RwLock::new(keyspaces));
 
     let listener = TcpListener::bind(&config.listen)
@@ -333,6 +346,26 @@ pub async fn start(
         coordinator = coordinator.with_bridge(bridge);
     }
     let coordinator = Arc::new(coordinator);
+    tasks.push((
+        "system-replication",
+        tokio::spawn(system::track_replication(
+            keyspaces.clone(),
+            view.clone(),
+            stop_rx.clone(),
+        )),
+    ));
+    if let Some(registry) = &tuning.registry {
+        let writer: Arc<dyn SystemWriter> = coordinator.clone();
+        registry.attach(SystemStore::new(
+            me.clone(),
+            REGISTRY_KEYSPACE,
+            store.engine(),
+            &writer,
+            coordinator.system_applies().clone(),
+            keyspaces.clone(),
+            &tuning.limits,
+        ));
+    }
     let repairer = Arc::new(Repairer::new(
         me.clone(),
         DcName(config.dc.clone()),
@@ -362,6 +395,7 @@ pub async fn start(
         gossiper: gossiper.clone(),
         keyspaces: keyspaces.clone(),
         repairer: repairer.clone(),
+        registry: tuning.registry.clone(),
         stop: stop_rx.clone(),
     });
     let server_config = ServerConfig {
@@ -513,6 +547,7 @@ struct NodeHandler {
     gossiper: Arc<Gossiper>,
     keyspaces: Arc<RwLock<BTreeMap<String, KeyspaceConfig>>>,
     repairer: Arc<NodeRepairer>,
+    registry: Option<Arc<dyn RegistryHook>>,
     stop: watch::Receiver<bool>,
 }
 
@@ -575,8 +610,9 @@ impl NodeHandler {
             .values()
             .map(|e| {
                 let ownership = keyspaces
-                    .values()
-                    .filter_map(|ks| ks.replication.get(e.dc()))
+                    .iter()
+                    .filter(|(name, _)| !system::is_system(name))
+                    .filter_map(|(_, ks)| ks.replication.get(e.dc()))
                     .map(|rf| {
                         view.ring
                             .ownership(e.dc(), *rf as usize)
@@ -709,6 +745,15 @@ impl NodeHandler {
 
 impl Handler for NodeHandler {
     async fn handle(&self, body: RequestBody, deadline: Duration) -> ResponseBody {
+        if let RequestBody::Get { keyspace, .. }
+        | RequestBody::Put { keyspace, .. }
+        | RequestBody::Delete { keyspace, .. } = &body
+            && system::is_system(keyspace)
+        {
+            return bad_request(format!(
+                "keyspace {keyspace:?} is a system keyspace; use the registry requests"
+            ));
+        }
         match body {
             RequestBody::Get {
                 keyspace,
@@ -767,6 +812,13 @@ impl Handler for NodeHandler {
                 keyspace,
                 remote_dc,
             } => self.repair(keyspace, remote_dc).await,
+            RequestBody::Registry(request) => match &self.registry {
+                Some(registry) => match registry.serve(request, deadline).await {
+                    Ok(answer) => ResponseBody::Registry(answer),
+                    Err(e) => ResponseBody::Error(e),
+                },
+                None => bad_request("this node runs no resolver registry".into()),
+            },
         }
     }
 
