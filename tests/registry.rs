@@ -295,6 +295,21 @@ async fn an_uploaded_resolver_merges_on_every_node_of_every_dc() {
     .unwrap_err();
     assert_eq!(err.code(), Some(ErrorCode::InvalidModule), "{err}");
 
+    // The registry's keyspace is not the clients' to write.
+    let sneak = RequestBody::Put {
+        keyspace: "_registry".into(),
+        key: b"binding/carts".to_vec(),
+        value: b"anything".to_vec(),
+        context: Context::default(),
+        consistency: None,
+        write_id: WriteId([9; 16]),
+    };
+    match call(&addr(0), sneak).await {
+        Ok(ResponseBody::Error(e)) => assert_eq!(e.code, ErrorCode::BadRequest),
+        Err(e) => assert_eq!(e.code(), Some(ErrorCode::BadRequest), "{e}"),
+        Ok(other) => panic!("a client wrote the registry keyspace: {other:?}"),
+    }
+
     // Forced: registered, with the override recorded.
     let out = upload_wrong(true).await;
     assert!(out.status.success(), "{}", text(&out.stderr));

@@ -183,6 +183,12 @@ async fn puts_write_through_over_the_local_context_and_scans_list_by_prefix() {
     })
     .await
     .unwrap();
+    // The async path writes the same way.
+    n.system
+        .write(b"binding/c", b"5".to_vec(), Duration::from_secs(1))
+        .await
+        .unwrap();
+    assert_eq!(store.get(b"binding/c").unwrap(), Some(b"5".to_vec()));
     // The second write of binding/b superseded the first: one version.
     let set = n.system.get(b"binding/b").unwrap();
     assert_eq!(set.len(), 1, "{set:?}");
@@ -193,6 +199,7 @@ async fn puts_write_through_over_the_local_context_and_scans_list_by_prefix() {
         vec![
             (b"binding/a".to_vec(), b"2".to_vec()),
             (b"binding/b".to_vec(), b"4".to_vec()),
+            (b"binding/c".to_vec(), b"5".to_vec()),
         ]
     );
 }
