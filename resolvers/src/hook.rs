@@ -30,8 +30,12 @@ pub struct WasmMergeHook {
     host: Arc<Host>,
     registry: Arc<Registry>,
     defaults: Arc<BTreeMap<String, (String, u32)>>,
-    cache: Arc<Mutex<HashMap<String, (u64, Option<Bound>)>>>,
+    cache: Arc<Mutex<BindingCache>>,
 }
+
+/// Per keyspace: the registry generation it was looked up at, and what it
+/// is bound to.
+type BindingCache = HashMap<String, (u64, Option<Bound>)>;
 
 /// What a keyspace is bound to.
 #[derive(Clone, Debug, PartialEq, Eq)]

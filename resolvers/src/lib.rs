@@ -11,8 +11,8 @@
 //!   over a host and a [`Registry`] of resolvers by name and version and
 //!   keyspace bindings, backed by a small [`RegistryStore`]: in memory, or
 //!   a node's replicated `_registry` system keyspace ([`ReplicatedStore`]).
-//! - [`RegistryService`]: core's
-//!   [`RegistryHook`](isthmus_core::system::RegistryHook), the node's
+//! - [`RegistryService`], core's
+//!   [`RegistryHook`](isthmus_core::system::RegistryHook): the node's
 //!   registry as clients reach it (upload with the law check, attach,
 //!   detach, roll back, list).
 //! - [`check`]: the law checker behind `isthmus resolver check`.
