@@ -28,7 +28,10 @@ use isthmus_client::wire::{
 use isthmus_core::config::{BridgeSection, FsyncMode, KeyspaceSection, NodeConfig};
 use isthmus_core::gossip::detector::DetectorConfig;
 use isthmus_core::gossip::service::GossipConfig;
+use isthmus_core::model::key_hash;
 use isthmus_core::node::{self, NodeTuning, RunningNode};
+use isthmus_core::repair::HashRange;
+use isthmus_core::repair::tree::MerkleTree;
 use isthmus_core::store::LocalStore;
 use isthmus_dc_bridge::wan::WanProxy;
 use isthmus_dc_bridge::{BridgeConfig, DcBridgeFactory};
@@ -193,6 +196,42 @@ impl Cluster {
             out.insert(id.clone(), set.encode());
         }
         out
+    }
+
+    /// Stop every node of `dc` (their data stays).
+    async fn stop_dc(&mut self, dc: &str) {
+        let ids: Vec<String> = self
+            .nodes
+            .keys()
+            .filter(|id| id.starts_with(dc))
+            .cloned()
+            .collect();
+        for id in ids {
+            if let Some(node) = self.nodes.remove(&id) {
+                node.shutdown().await;
+            }
+        }
+    }
+
+    /// The Merkle root of every node's whole keyspace (every node holds
+    /// every key: 3 nodes, RF 3, in each DC).
+    async fn merkle_roots(&self) -> BTreeMap<String, [u8; 16]> {
+        let mut out = BTreeMap::new();
+        for (id, node) in &self.nodes {
+            let listing = node.store().scan_digests(KEYSPACE, ..).await.unwrap();
+            let keys = listing
+                .into_iter()
+                .map(|(key, digest)| (key_hash(&key), key, digest));
+            let tree = MerkleTree::from_keys(HashRange::new(0, u64::MAX).unwrap(), 12, keys);
+            out.insert(id.clone(), tree.root());
+        }
+        out
+    }
+
+    async fn assert_equal_roots(&self) {
+        let roots = self.merkle_roots().await;
+        let distinct: BTreeSet<_> = roots.values().collect();
+        assert_eq!(distinct.len(), 1, "Merkle roots differ: {roots:?}");
     }
 
     async fn shutdown(mut self) {
@@ -367,6 +406,7 @@ async fn conflicting_carts_in_both_dcs_converge_to_the_union() {
     );
     let took = converged(&cluster, carts, &ledger).await;
     eprintln!("converged {acked} acknowledged cart writes from both DCs in {took:?}");
+    cluster.assert_equal_roots().await;
     cluster.shutdown().await;
 }
 
@@ -379,7 +419,7 @@ async fn a_partition_between_the_dcs_heals_with_nothing_lost() {
     let stop = Arc::new(AtomicBool::new(false));
     cluster.wan.cut("dc1", "dc2");
     // Each side sees the other go down; both keep taking writes.
-    for _ in 0..200 {
+    for _ in 0..600 {
         if cluster
             .nodes
             .values()
@@ -430,6 +470,97 @@ async fn a_partition_between_the_dcs_heals_with_nothing_lost() {
         "partition healed: {} acknowledged writes, {owed} queued, converged in {took:?}",
         ledger.acked.lock().len()
     );
+    cluster.assert_equal_roots().await;
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn past_the_outbox_bound_a_full_sync_restores_convergence() {
+    let _serial = SERIAL.lock().await;
+    let bridge = BridgeSection {
+        outbox_bytes_max: 1 << 20,
+        ..BridgeSection::default()
+    };
+    let mut cluster = Cluster::start(bridge).await;
+    let carts = 4;
+    let ledger = Arc::new(Ledger::default());
+    cluster.stop_dc("dc2").await;
+    cluster.settle(3).await;
+    // Carts grow with every item: a few thousand writes of growing carts
+    // are far more than the 1 MiB outbox bound.
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers = tokio::spawn(shoppers(
+        "dc1",
+        cluster.addrs("dc1"),
+        carts,
+        ledger.clone(),
+        stop.clone(),
+    ));
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(30) {
+        let overflowed = cluster
+            .nodes
+            .values()
+            .filter_map(|n| n.coordinator().bridge())
+            .flat_map(|b| b.report())
+            .filter(|r| r.overflows > 0)
+            .count();
+        if overflowed == 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    writers.await.unwrap();
+    let reports: Vec<BridgeReport> = cluster
+        .nodes
+        .values()
+        .filter_map(|n| n.coordinator().bridge())
+        .flat_map(|b| b.report())
+        .collect();
+    assert!(
+        reports
+            .iter()
+            .all(|r| r.overflows > 0 && r.full_sync_pending),
+        "every dc1 outbox must have overflowed: {reports:?}"
+    );
+    assert!(
+        reports
+            .iter()
+            .all(|r| r.outbox_bytes <= (1 << 20) + (8 << 20))
+    );
+    for i in 0..3 {
+        cluster.start_node("dc2", i).await;
+    }
+    cluster.settle(6).await;
+    let took = converged(&cluster, carts, &ledger).await;
+    for _ in 0..400 {
+        let pending = cluster
+            .nodes
+            .values()
+            .filter_map(|n| n.coordinator().bridge())
+            .flat_map(|b| b.report())
+            .any(|r| r.full_sync_pending);
+        if !pending {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let reports: Vec<BridgeReport> = cluster
+        .nodes
+        .values()
+        .filter_map(|n| n.coordinator().bridge())
+        .flat_map(|b| b.report())
+        .collect();
+    assert!(
+        reports.iter().all(|r| !r.full_sync_pending),
+        "full-syncs must complete: {reports:?}"
+    );
+    eprintln!(
+        "outbox bound: {} acknowledged writes, dc2 restored by full-sync in {took:?}",
+        ledger.acked.lock().len()
+    );
+    cluster.assert_equal_roots().await;
     cluster.shutdown().await;
 }
 
