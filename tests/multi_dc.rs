@@ -3,8 +3,10 @@
 //!
 //! In-process clusters (real sockets, real data directories, one process):
 //! conflicting cart writes in both DCs converge to byte-identical carts
-//! holding the union; a partition between the DCs with writes on both
-//! sides heals with nothing lost.
+//! holding the union (equal Merkle roots); a partition between the DCs
+//! with writes on both sides heals with nothing lost; EACH_QUORUM waits
+//! for every DC and LOCAL_QUORUM does not; an outbox past its bound falls
+//! back to full-sync, which restores convergence by itself.
 //!
 //! Real processes (`isthmus server`): every node of DC2 SIGKILLed for 30 s
 //! while DC1 takes over 1,000 writes/s at LOCAL_QUORUM, then restarted:
@@ -471,6 +473,72 @@ async fn a_partition_between_the_dcs_heals_with_nothing_lost() {
         ledger.acked.lock().len()
     );
     cluster.assert_equal_roots().await;
+    cluster.shutdown().await;
+}
+
+async fn put_at(addr: &str, key: &[u8], level: Consistency) -> Result<ResponseBody, String> {
+    let session = Session::connect(addr, "levels", Duration::from_secs(2))
+        .await
+        .map_err(|e| e.to_string())?;
+    let put = RequestBody::Put {
+        keyspace: KEYSPACE.into(),
+        key: key.to_vec(),
+        value: cart_union::encode(&BTreeMap::from([("apple".to_string(), 1)])),
+        context: Context::default(),
+        consistency: Some(level),
+        write_id: WriteId(rand::random()),
+    };
+    session
+        .call(put, Duration::from_secs(3))
+        .await
+        .map_err(|e| e.to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn each_quorum_waits_for_every_dc_and_local_quorum_does_not() {
+    let _serial = SERIAL.lock().await;
+    let mut cluster = Cluster::start(BridgeSection::default()).await;
+    let dc1 = cluster.addrs("dc1");
+    // Acknowledged at EACH_QUORUM: already on a quorum of dc2's replicas,
+    // without waiting for the bridge.
+    assert_eq!(
+        put_at(&dc1[0], b"each", Consistency::EachQuorum).await,
+        Ok(ResponseBody::Written)
+    );
+    let mut holders = 0;
+    for (id, node) in &cluster.nodes {
+        if id.starts_with("dc2")
+            && !node
+                .store()
+                .get(KEYSPACE, b"each")
+                .await
+                .unwrap()
+                .is_empty()
+        {
+            holders += 1;
+        }
+    }
+    assert!(
+        holders >= 2,
+        "EACH_QUORUM acknowledged with {holders} dc2 replicas"
+    );
+    // With dc2 dark, EACH_QUORUM cannot be met; LOCAL_QUORUM is not held up.
+    cluster.stop_dc("dc2").await;
+    cluster.settle(3).await;
+    let each = put_at(&dc1[1], b"each-dark", Consistency::EachQuorum).await;
+    assert!(
+        matches!(&each, Err(e) if e.starts_with("TIMEOUT") || e.starts_with("UNAVAILABLE")),
+        "{each:?}"
+    );
+    let started = Instant::now();
+    assert_eq!(
+        put_at(&dc1[1], b"local-dark", Consistency::LocalQuorum).await,
+        Ok(ResponseBody::Written)
+    );
+    eprintln!(
+        "LOCAL_QUORUM with dc2 dark acknowledged in {:?}",
+        started.elapsed()
+    );
     cluster.shutdown().await;
 }
 
