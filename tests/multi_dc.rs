@@ -121,6 +121,7 @@ impl Cluster {
             fsync_interval_ms: 5,
             bridge: self.bridge.clone(),
             wan_proxy: Some(self.wan.addr().to_string()),
+            bootstrap: false,
             keyspaces: BTreeMap::from([(
                 KEYSPACE.into(),
                 KeyspaceSection {

@@ -221,6 +221,10 @@ pub enum RequestBody {
         /// Another datacenter to fully sync with.
         remote_dc: Option<String>,
     },
+    /// Take the answering node out of the ring: it hands every range it
+    /// holds to the next owners, then leaves (answered with what moved,
+    /// as [`ResponseBody::Repaired`]).
+    Decommission,
 }
 
 /// One node as `isthmus status` shows it.

@@ -290,6 +290,11 @@ impl<D: RepairData, T: Transport> Repairer<D, T> {
         &self.server
     }
 
+    /// The node it repairs for.
+    pub fn me(&self) -> &NodeId {
+        &self.me
+    }
+
     /// The knobs.
     pub fn config(&self) -> &RepairConfig {
         &self.config
@@ -343,6 +348,20 @@ impl<D: RepairData, T: Transport> Repairer<D, T> {
 
     /// Sync one range with one partner, counting a failure rather than
     /// returning it (the other ranges still run).
+    /// Sync each `(range, partner)` of `keyspace`, a few at a time: how a
+    /// joining node pulls the ranges it will own from their owners, and a
+    /// leaving node hands its ranges to their next owners.
+    pub async fn stream(&self, keyspace: &str, jobs: Vec<(HashRange, NodeId)>) -> RepairStats {
+        let mut stats = RepairStats::default();
+        let mut runs = futures_util::stream::iter(jobs)
+            .map(|(range, partner)| async move { self.sync_one(keyspace, range, &partner).await })
+            .buffer_unordered(FULL_SYNC_CONCURRENCY);
+        while let Some(s) = runs.next().await {
+            stats += s;
+        }
+        stats
+    }
+
     /// [`Self::sync_range`] returning its own figures (for syncs run
     /// concurrently).
     async fn sync_one(&self, keyspace: &str, range: HashRange, partner: &NodeId) -> RepairStats {
