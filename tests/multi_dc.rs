@@ -941,7 +941,7 @@ async fn a_dark_dc_gets_every_write_back_and_a_killed_shipper_resumes() {
     }
     let stop = Arc::new(AtomicBool::new(false));
     let during = Arc::new(Mutex::new(Vec::new()));
-    let rate = 1200;
+    let rate = 1600;
     let w = tokio::spawn(writers(
         "during".into(),
         dc1.clone(),
