@@ -279,7 +279,8 @@ pub struct BridgeReport {
     pub lag_in_p50_ms: f64,
     /// Same, p99.
     pub lag_in_p99_ms: f64,
-    /// Records applied here from `remote_dc`.
+    /// Keys applied here from `remote_dc` (a batch carries each key's
+    /// records joined, so a hot key counts once per batch).
     pub applied_in: u64,
 }
 
