@@ -80,6 +80,15 @@ enum Command {
     /// trees: only differing keys move), or fully sync it with another
     /// datacenter with --dc; prints what moved.
     Repair(client_cmd::RepairArgs),
+    /// Take a node out of the ring: it streams every range it holds to
+    /// the next owners, then leaves (status `Left`); stop it afterwards.
+    Decommission {
+        #[command(flatten)]
+        target: client_cmd::Target,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Work with resolver (merge function) modules.
     Resolver {
         #[command(subcommand)]
@@ -116,6 +125,7 @@ fn main() -> ExitCode {
         )),
         Command::Del { args, key } => print(client_cmd::run_key(args, client_cmd::Op::Del { key })),
         Command::Status { target, json } => print(client_cmd::run_status(target, json)),
+        Command::Decommission { target, json } => print(client_cmd::run_decommission(target, json)),
         Command::Repair(args) => client_cmd::run_repair(args).map(|(out, complete)| {
             print!("{out}");
             if complete { 0 } else { 1 }

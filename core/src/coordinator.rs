@@ -57,6 +57,11 @@ pub struct ClusterView {
     pub ring: Ring,
     /// Nodes the failure detector currently believes alive (self included).
     pub alive: BTreeSet<NodeId>,
+    /// The rings once the nodes now joining own their ranges and the
+    /// nodes now leaving are gone. Writes also go to the replicas it adds
+    /// (pending owners, not counted toward any level), so that a range
+    /// being streamed misses no write.
+    pub next: Ring,
 }
 
 /// Sends peer requests to other nodes.
@@ -558,6 +563,17 @@ impl<S: LocalStore + Clone, T: Transport, H: HintSink> Coordinator<S, T, H> {
             ) {
                 // The bridge carries the write to the other DCs.
                 targets.retain(|(_, dc)| *dc == self.config.dc);
+            }
+        }
+        // Pending owners in this DC (a node joining, or taking over from a
+        // node leaving) get the write too; their acks count for nothing.
+        let local_rf = ks.replication.get(&self.config.dc).copied().unwrap_or(0) as usize;
+        for pending in view
+            .next
+            .replicas_in_dc(&self.config.dc, key_hash(key), local_rf)
+        {
+            if !targets.iter().any(|(n, _)| *n == pending) {
+                targets.push((pending, self.config.dc.clone()));
             }
         }
         targets.retain(|(n, _)| n != me);

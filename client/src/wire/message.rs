@@ -221,6 +221,10 @@ pub enum RequestBody {
         /// Another datacenter to fully sync with.
         remote_dc: Option<String>,
     },
+    /// Take the answering node out of the ring: it hands every range it
+    /// holds to the next owners, then leaves (answered with what moved,
+    /// as [`ResponseBody::Repaired`]).
+    Decommission,
     /// Work with the resolver registry (the replicated system keyspace
     /// of merge modules and keyspace bindings).
     Registry(RegistryRequest),
@@ -320,7 +324,8 @@ pub struct BridgeReport {
     pub lag_in_p50_ms: f64,
     /// Same, p99.
     pub lag_in_p99_ms: f64,
-    /// Records applied here from `remote_dc`.
+    /// Keys applied here from `remote_dc` (a batch carries each key's
+    /// records joined, so a hot key counts once per batch).
     pub applied_in: u64,
 }
 

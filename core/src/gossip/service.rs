@@ -172,6 +172,14 @@ impl Gossiper {
                 .filter(|e| matches!(e.status, NodeStatus::Normal | NodeStatus::Leaving))
                 .collect();
             let ring = Ring::build(members.iter().map(|e| (&e.id, &e.placement, e.vnodes)));
+            let next = Ring::build(
+                state
+                    .membership
+                    .endpoints()
+                    .values()
+                    .filter(|e| matches!(e.status, NodeStatus::Normal | NodeStatus::Joining))
+                    .map(|e| (&e.id, &e.placement, e.vnodes)),
+            );
             let alive = state
                 .membership
                 .endpoints()
@@ -186,7 +194,7 @@ impl Gossiper {
                 })
                 .map(|e| e.id.clone())
                 .collect();
-            ClusterView { ring, alive }
+            ClusterView { ring, alive, next }
         };
         self.view.send_replace(Arc::new(view));
     }
