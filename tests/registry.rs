@@ -4,7 +4,8 @@
 //! concurrent carts written through three nodes in both datacenters end,
 //! on every replica, as one merged version holding the union, merged by
 //! that module. The law checker refuses wrong-first-wins unless forced,
-//! and a module that is not wasm is a typed error.
+//! and a module that is not wasm is a typed error. A node that joins DC1
+//! afterwards streams the whole registry in as it bootstraps.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -18,8 +19,10 @@ use isthmus_client::{ClientError, Session};
 use isthmus_core::model::VersionSet;
 use isthmus_core::peer::{PeerRequest, PeerResponse};
 use isthmus_core::ring::NodeId;
+use isthmus_core::system::REGISTRY_KEYSPACE;
 use isthmus_core::transport::TcpTransport;
 use isthmus_example_cart_union as cart_union;
+use isthmus_resolvers::registry::{binding_key, module_key, resolver_key};
 
 struct Node {
     id: String,
@@ -88,22 +91,21 @@ fn wasm(package: &str) -> PathBuf {
     path
 }
 
-/// Two DCs of two nodes; `carts` has two replicas in each and no
-/// configured resolver.
+/// Two DCs of two nodes, and a third DC1 node (last) that bootstraps
+/// into the running cluster when spawned; `carts` has two replicas in
+/// each DC and no configured resolver.
 fn cluster(dir: &Path) -> Vec<Node> {
     let mut nodes = Vec::new();
-    for (d, dc) in ["dc1", "dc2"].into_iter().enumerate() {
-        for i in 0..2 {
-            let ip = format!("127.0.{}.{}", 30 + d, i + 2);
-            let id = format!("{dc}-n{i}");
-            nodes.push(Node {
-                addr: format!("{ip}:{}", free_port(&ip)),
-                config: dir.join(format!("{id}.toml")),
-                log: dir.join(format!("{id}.log")),
-                id,
-                child: None,
-            });
-        }
+    for (dc, i) in [("dc1", 0), ("dc1", 1), ("dc2", 0), ("dc2", 1), ("dc1", 2)] {
+        let ip = format!("127.0.{}.{}", if dc == "dc1" { 30 } else { 31 }, i + 2);
+        let id = format!("{dc}-n{i}");
+        nodes.push(Node {
+            addr: format!("{ip}:{}", free_port(&ip)),
+            config: dir.join(format!("{id}.toml")),
+            log: dir.join(format!("{id}.log")),
+            id,
+            child: None,
+        });
     }
     let seeds = format!("[\"{}\", \"{}\"]", nodes[0].addr, nodes[2].addr);
     for node in &nodes {
@@ -127,6 +129,11 @@ consistency = "LOCAL_QUORUM"
             addr = node.addr,
             data = dir.join(&node.id).display(),
         );
+        let toml = if node.id == "dc1-n2" {
+            toml.replace("vnodes = 16\n", "vnodes = 16\nbootstrap = true\n")
+        } else {
+            toml
+        };
         std::fs::write(&node.config, toml).unwrap();
     }
     nodes
@@ -163,7 +170,8 @@ async fn until(what: &str, nodes: &[Node], mut check: impl AsyncFnMut() -> bool)
 }
 
 async fn all_up(nodes: &[Node]) -> bool {
-    for node in nodes {
+    let nodes: Vec<&Node> = nodes.iter().filter(|n| n.child.is_some()).collect();
+    for node in &nodes {
         match call(&node.addr, RequestBody::Status).await {
             Ok(ResponseBody::Status { nodes: reports, .. })
                 if reports.iter().filter(|r| r.up).count() == nodes.len() => {}
@@ -191,10 +199,15 @@ fn text(bytes: &[u8]) -> String {
 }
 
 /// A node's own replica of a key, asked over the peer protocol.
-async fn local_set(transport: &TcpTransport, addr: &str, key: &[u8]) -> Option<VersionSet> {
+async fn local_set(
+    transport: &TcpTransport,
+    addr: &str,
+    keyspace: &str,
+    key: &[u8],
+) -> Option<VersionSet> {
     let channel = transport.connect(addr).await.ok()?;
     let request = PeerRequest::Read {
-        keyspace: "carts".into(),
+        keyspace: keyspace.into(),
         key: key.to_vec(),
     };
     match channel.call(request, Duration::from_secs(2)).await.ok()? {
@@ -207,7 +220,7 @@ async fn local_set(transport: &TcpTransport, addr: &str, key: &[u8]) -> Option<V
 async fn an_uploaded_resolver_merges_on_every_node_of_every_dc() {
     let dir = tempfile::tempdir().unwrap();
     let mut nodes = cluster(dir.path());
-    for node in nodes.iter_mut() {
+    for node in nodes.iter_mut().take(4) {
         node.spawn();
     }
     until("four nodes see each other", &nodes, async || {
@@ -317,7 +330,7 @@ async fn an_uploaded_resolver_merges_on_every_node_of_every_dc() {
 
     // The records reach every node of both DCs.
     until("every node lists both resolvers", &nodes, async || {
-        for node in &nodes {
+        for node in &nodes[..4] {
             match registry(&node.addr, RegistryRequest::List).await {
                 Ok(RegistryResponse::Listing { resolvers, .. }) if resolvers.len() == 2 => {}
                 _ => return false,
@@ -340,7 +353,7 @@ async fn an_uploaded_resolver_merges_on_every_node_of_every_dc() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     let mut hash = None;
     until("every node holds the binding", &nodes, async || {
-        for node in &nodes {
+        for node in &nodes[..4] {
             let Ok(RegistryResponse::Listing { bindings, .. }) =
                 registry(&node.addr, RegistryRequest::List).await
             else {
@@ -393,8 +406,8 @@ async fn an_uploaded_resolver_merges_on_every_node_of_every_dc() {
     let mut last = Vec::new();
     until("every replica holds the merged union", &nodes, async || {
         last.clear();
-        for node in &nodes {
-            last.push(local_set(&probe, &node.addr, b"alice").await);
+        for node in &nodes[..4] {
+            last.push(local_set(&probe, &node.addr, "carts", b"alice").await);
         }
         last.iter().all(|set| {
             set.as_ref().is_some_and(|s| {
@@ -406,4 +419,45 @@ async fn an_uploaded_resolver_merges_on_every_node_of_every_dc() {
     })
     .await;
     assert!(hash.is_some());
+
+    // A node joins DC1: the whole registry is streamed to it at bootstrap
+    // (scheduled repair is minutes away): every registry key, as a DC1
+    // node holds it.
+    let Ok(RegistryResponse::Listing { resolvers, .. }) =
+        registry(&addr(0), RegistryRequest::List).await
+    else {
+        panic!("no listing")
+    };
+    let mut keys = vec![binding_key("carts")];
+    for r in &resolvers {
+        keys.push(resolver_key(&r.name, r.version));
+        keys.push(module_key(&r.hash));
+    }
+    let mut want = Vec::new();
+    for key in &keys {
+        want.push(
+            local_set(&probe, &addr(0), REGISTRY_KEYSPACE, key)
+                .await
+                .unwrap(),
+        );
+    }
+    assert!(want.iter().all(|set| set.len() == 1), "{want:?}");
+    nodes[4].spawn();
+    until(
+        "the joining node holds the whole registry",
+        &nodes,
+        async || {
+            for (key, want) in keys.iter().zip(&want) {
+                if local_set(&probe, &nodes[4].addr, REGISTRY_KEYSPACE, key)
+                    .await
+                    .as_ref()
+                    != Some(want)
+                {
+                    return false;
+                }
+            }
+            true
+        },
+    )
+    .await;
 }

@@ -481,6 +481,13 @@ async fn move_ranges(
         let Some(&rf) = ks.replication.get(dc) else {
             continue;
         };
+        // Every node holds all of a system keyspace: its factor follows
+        // the current ring, so a joining node takes the next ring's.
+        let rf = if system::is_system(&name) {
+            rf.max(system::factor(&view.next, dc))
+        } else {
+            rf
+        };
         let mut jobs = Vec::new();
         for (range, now, next) in
             crate::repair::plan::movement(&view.ring, &view.next, dc, rf as usize)

@@ -21,7 +21,8 @@
 //!   three nodes, which no write (nor a bridge batch, applied at a local
 //!   quorum on the far side) could ever reach. The factor is not capped
 //!   at `REPLICATION_PER_DC_MAX`: past it, some nodes would not hold the
-//!   registry and could not read it locally.
+//!   registry and could not read it locally. A bootstrapping node streams
+//!   all of it: its movement plan takes the factor of the ring it joins.
 //! - Writes ([`SystemStore::write`]) go through the coordinator at
 //!   [`SYSTEM_WRITE_LEVEL`], LOCAL_QUORUM: acknowledged by a majority of
 //!   the writing node's datacenter (so by the node itself and survives a

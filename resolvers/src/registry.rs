@@ -257,7 +257,8 @@ impl std::fmt::Debug for Registry {
     }
 }
 
-fn resolver_key(name: &str, version: u32) -> Vec<u8> {
+/// The key of `name@version`'s [`ResolverRecord`].
+pub fn resolver_key(name: &str, version: u32) -> Vec<u8> {
     let mut k = b"resolver/".to_vec();
     k.extend_from_slice(name.as_bytes());
     k.push(0);
@@ -265,13 +266,15 @@ fn resolver_key(name: &str, version: u32) -> Vec<u8> {
     k
 }
 
-fn module_key(hash: &ContentHash) -> Vec<u8> {
+/// The key of the module bytes with this content hash.
+pub fn module_key(hash: &ContentHash) -> Vec<u8> {
     let mut k = b"module/".to_vec();
     k.extend_from_slice(hash);
     k
 }
 
-fn binding_key(keyspace: &str) -> Vec<u8> {
+/// The key of a keyspace's [`Binding`].
+pub fn binding_key(keyspace: &str) -> Vec<u8> {
     let mut k = b"binding/".to_vec();
     k.extend_from_slice(keyspace.as_bytes());
     k
