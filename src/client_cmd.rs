@@ -322,6 +322,28 @@ fn format_repair(r: &RepairReport, json: bool) -> String {
     )
 }
 
+/// `isthmus decommission`: the node hands its ranges to their next owners
+/// and leaves the ring; prints what moved.
+pub fn run_decommission(target: Target, json: bool) -> anyhow::Result<String> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    // Streaming takes a while; the node caps a request at 30 s (and keeps
+    // going past it, logging the outcome).
+    let target = Target {
+        timeout_ms: target.timeout_ms.max(30_000),
+        ..target
+    };
+    let report = runtime.block_on(async {
+        let (session, timeout) = connect(&target).await?;
+        match session.call(RequestBody::Decommission, timeout).await? {
+            ResponseBody::Repaired(report) => anyhow::Ok(report),
+            other => bail!("unexpected answer {other:?}"),
+        }
+    })?;
+    Ok(format_repair(&report, json))
+}
+
 /// `isthmus repair`: run Merkle repair on a node now and print what it did.
 /// Exit status 1 when some range could not be synced.
 pub fn run_repair(args: RepairArgs) -> anyhow::Result<(String, bool)> {

@@ -127,6 +127,7 @@ impl LocalCluster {
             fsync_interval_ms: 5,
             bridge: self.spec.bridge.clone(),
             wan_proxy: Some(self.wan.addr().to_string()),
+            bootstrap: false,
             keyspaces: BTreeMap::from([(
                 self.spec.keyspace.to_owned(),
                 KeyspaceSection {

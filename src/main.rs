@@ -6,7 +6,9 @@
 //! - `server --config FILE`: run one node.
 //! - `put`, `get`, `del`, `status`: client commands against a node.
 //! - `repair`: Merkle repair of a node's ranges (or a cross-DC full sync).
-//! - `resolver check FILE.wasm`: the law checker for merge modules.
+//! - `resolver check FILE.wasm`: the law checker for merge modules;
+//!   `resolver upload|attach|detach|rollback|list --addr HOST:PORT`: the
+//!   cluster's replicated resolver registry.
 
 use std::process::ExitCode;
 
@@ -78,6 +80,15 @@ enum Command {
     /// trees: only differing keys move), or fully sync it with another
     /// datacenter with --dc; prints what moved.
     Repair(client_cmd::RepairArgs),
+    /// Take a node out of the ring: it streams every range it holds to
+    /// the next owners, then leaves (status `Left`); stop it afterwards.
+    Decommission {
+        #[command(flatten)]
+        target: client_cmd::Target,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Work with resolver (merge function) modules.
     Resolver {
         #[command(subcommand)]
@@ -89,23 +100,6 @@ enum Command {
 fn print(output: anyhow::Result<String>) -> anyhow::Result<u8> {
     print!("{}", output?);
     Ok(0)
-}
-
-/// The merge hook a server node runs: a wasm host and a node-local
-/// registry. Until resolver upload reaches live clusters, the registry
-/// starts empty and keyspaces keep their siblings (a missing resolver never
-/// loses data; the failure is counted).
-fn server_hook() -> std::sync::Arc<dyn isthmus_core::merge::MergeHook> {
-    match isthmus_resolvers::Host::new(isthmus_resolvers::ResolverLimits::default()) {
-        Ok(host) => std::sync::Arc::new(isthmus_resolvers::WasmMergeHook::new(
-            std::sync::Arc::new(host),
-            std::sync::Arc::new(isthmus_resolvers::Registry::in_memory()),
-        )),
-        Err(e) => {
-            eprintln!("warning: no wasm host ({e}); siblings will not be merged");
-            std::sync::Arc::new(isthmus_core::merge::NoMerge)
-        }
-    }
 }
 
 fn main() -> ExitCode {
@@ -121,7 +115,7 @@ fn main() -> ExitCode {
         Command::Bench(args) => print(bench_cmd::run(args)),
         Command::BenchBridge(args) => bridge_bench::run(args).map(|()| 0),
         Command::Demo(args) => demo::run(args).map(|ok| if ok { 0 } else { 1 }),
-        Command::Server(args) => server_cmd::run(args, server_hook()).map(|()| 0),
+        Command::Server(args) => server_cmd::run(args).map(|()| 0),
         Command::Get { args, json, key } => {
             print(client_cmd::run_key(args, client_cmd::Op::Get { key, json }))
         }
@@ -131,6 +125,7 @@ fn main() -> ExitCode {
         )),
         Command::Del { args, key } => print(client_cmd::run_key(args, client_cmd::Op::Del { key })),
         Command::Status { target, json } => print(client_cmd::run_status(target, json)),
+        Command::Decommission { target, json } => print(client_cmd::run_decommission(target, json)),
         Command::Repair(args) => client_cmd::run_repair(args).map(|(out, complete)| {
             print!("{out}");
             if complete { 0 } else { 1 }

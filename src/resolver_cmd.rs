@@ -1,12 +1,32 @@
-//! `isthmus resolver …`: tooling for resolver modules.
+//! `isthmus resolver …`: tooling for resolver modules: the law checker,
+//! and the cluster's resolver registry (upload, attach, detach, rollback,
+//! list) through any node.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::Subcommand;
+use isthmus_client::wire::{
+    BindingInfo, BoundResolver, ErrorCode, LawCheckOutcome, RegistryRequest, RegistryResponse,
+    RequestBody, ResolverInfo, ResponseBody,
+};
+use isthmus_client::{ClientError, Session};
 use isthmus_resolvers::check::{CheckOptions, check};
 use isthmus_resolvers::host::hex;
 use isthmus_resolvers::{Host, ResolverLimits};
+
+/// Where registry commands go.
+#[derive(clap::Args, Debug, Clone)]
+pub struct NodeArgs {
+    /// Node to talk to (any node: the registry is replicated to all).
+    #[arg(long, default_value = "127.0.0.1:7401")]
+    pub addr: String,
+    /// Request deadline in milliseconds (an upload runs the law checker
+    /// on the node; a node caps a request at 30 s).
+    #[arg(long, default_value_t = 30_000)]
+    pub timeout_ms: u64,
+}
 
 /// Resolver subcommands.
 #[derive(Subcommand, Debug)]
@@ -29,6 +49,290 @@ pub enum ResolverCommand {
         #[arg(long)]
         corpus: Option<PathBuf>,
     },
+    /// Register a module in the cluster as NAME@VERSION. The node loads it
+    /// and runs the law checker; a module that fails is refused (exit
+    /// status 1) unless --force, which records the override.
+    Upload {
+        #[command(flatten)]
+        node: NodeArgs,
+        /// Resolver name (letters, digits, `.`, `_`, `-`).
+        #[arg(long)]
+        name: String,
+        /// Version number (a name and version hold one module forever).
+        #[arg(long)]
+        version: u32,
+        /// Register even if the law check fails.
+        #[arg(long)]
+        force: bool,
+        /// The module (`.wasm`, built for wasm32-unknown-unknown).
+        file: PathBuf,
+    },
+    /// Bind a keyspace to a registered NAME@VERSION on every node.
+    Attach {
+        #[command(flatten)]
+        node: NodeArgs,
+        /// The keyspace.
+        #[arg(long)]
+        keyspace: String,
+        /// The resolver, NAME@VERSION.
+        resolver: String,
+    },
+    /// Unbind a keyspace (its siblings are then kept for clients).
+    Detach {
+        #[command(flatten)]
+        node: NodeArgs,
+        /// The keyspace.
+        #[arg(long)]
+        keyspace: String,
+    },
+    /// Restore a keyspace's previous binding.
+    Rollback {
+        #[command(flatten)]
+        node: NodeArgs,
+        /// The keyspace.
+        #[arg(long)]
+        keyspace: String,
+    },
+    /// List registered resolvers (name, version, hash, size, law check)
+    /// and keyspace bindings, as the node's replica holds them.
+    List {
+        #[command(flatten)]
+        node: NodeArgs,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Send one registry request.
+fn call(node: &NodeArgs, request: RegistryRequest) -> Result<RegistryResponse, ClientError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| ClientError::Connect {
+            addr: node.addr.clone(),
+            reason: format!("starting the async runtime: {e}"),
+        })?;
+    runtime.block_on(async {
+        let timeout = Duration::from_millis(node.timeout_ms);
+        let session = Session::connect(&node.addr, "isthmus-cli", timeout).await?;
+        match session
+            .call(RequestBody::Registry(request), timeout)
+            .await?
+        {
+            ResponseBody::Registry(answer) => Ok(answer),
+            other => Err(ClientError::Handshake {
+                reason: format!("unexpected answer {other:?}"),
+            }),
+        }
+    })
+}
+
+fn short(hash: &[u8]) -> String {
+    hex(&hash[..8.min(hash.len())])
+}
+
+fn resolver_name(r: &Option<BoundResolver>) -> String {
+    match r {
+        Some(r) => format!("{}@{}", r.name, r.version),
+        None => "(none)".into(),
+    }
+}
+
+fn law_check_text(outcome: &LawCheckOutcome) -> String {
+    match outcome {
+        LawCheckOutcome::Passed { seed } => format!("passed (seed {seed})"),
+        LawCheckOutcome::Overridden { seed, violations } => format!(
+            "FAILED, overridden (seed {seed}): {}",
+            violations.join("; ")
+        ),
+    }
+}
+
+fn format_binding(b: &BindingInfo) -> String {
+    let hash = b
+        .current
+        .as_ref()
+        .and_then(|r| r.hash)
+        .map_or_else(|| "-".into(), |h| short(&h));
+    format!(
+        "{} -> {} (blake3 {hash})\n",
+        b.keyspace,
+        resolver_name(&b.current)
+    )
+}
+
+/// `isthmus resolver list` output.
+fn format_listing(resolvers: &[ResolverInfo], bindings: &[BindingInfo], json: bool) -> String {
+    if json {
+        let resolvers: Vec<_> = resolvers
+            .iter()
+            .map(|r| {
+                let (outcome, seed, violations) = match &r.law_check {
+                    LawCheckOutcome::Passed { seed } => ("passed", seed, &[][..]),
+                    LawCheckOutcome::Overridden { seed, violations } => {
+                        ("overridden", seed, &violations[..])
+                    }
+                };
+                serde_json::json!({
+                    "name": r.name, "version": r.version, "hash": hex(&r.hash),
+                    "module_bytes": r.module_bytes,
+                    "law_check": { "outcome": outcome, "seed": seed, "violations": violations },
+                })
+            })
+            .collect();
+        let bound = |r: &Option<BoundResolver>| {
+            r.as_ref().map(|r| {
+                serde_json::json!({
+                    "name": r.name, "version": r.version, "hash": r.hash.map(|h| hex(&h)),
+                })
+            })
+        };
+        let bindings: Vec<_> = bindings
+            .iter()
+            .map(|b| {
+                serde_json::json!({
+                    "keyspace": b.keyspace,
+                    "current": bound(&b.current),
+                    "history": b.history.iter().map(bound).collect::<Vec<_>>(),
+                    "source": if b.from_config { "config" } else { "registry" },
+                })
+            })
+            .collect();
+        return format!(
+            "{}\n",
+            serde_json::json!({ "resolvers": resolvers, "bindings": bindings })
+        );
+    }
+    let mut out = String::from("Resolvers\n");
+    out.push_str(&format!(
+        "{:<24} {:>7} {:>10} {:<16}  {}\n",
+        "Name", "Version", "Size", "Blake3", "Law check"
+    ));
+    for r in resolvers {
+        let check = match &r.law_check {
+            LawCheckOutcome::Passed { .. } => "passed".to_owned(),
+            LawCheckOutcome::Overridden { violations, .. } => {
+                format!("overridden ({} violations)", violations.len())
+            }
+        };
+        out.push_str(&format!(
+            "{:<24} {:>7} {:>10} {:<16}  {check}\n",
+            r.name,
+            r.version,
+            r.module_bytes,
+            short(&r.hash)
+        ));
+    }
+    out.push_str("\nBindings\n");
+    out.push_str(&format!(
+        "{:<24} {:<24} {:<16} {:<8} {}\n",
+        "Keyspace", "Resolver", "Blake3", "Source", "Earlier"
+    ));
+    for b in bindings {
+        let hash = b
+            .current
+            .as_ref()
+            .and_then(|r| r.hash)
+            .map_or_else(|| "(not uploaded)".into(), |h| short(&h));
+        let earlier: Vec<String> = b.history.iter().map(resolver_name).collect();
+        out.push_str(&format!(
+            "{:<24} {:<24} {:<16} {:<8} {}\n",
+            b.keyspace,
+            resolver_name(&b.current),
+            if b.current.is_some() {
+                hash
+            } else {
+                "-".into()
+            },
+            if b.from_config { "config" } else { "registry" },
+            earlier.join(", ")
+        ));
+    }
+    out
+}
+
+/// A registry command's outcome: text to print and the exit status.
+fn registry_command(command: ResolverCommand) -> anyhow::Result<(String, u8)> {
+    let expect = |what: &str, other: RegistryResponse| {
+        anyhow::anyhow!("unexpected answer to {what}: {other:?}")
+    };
+    match command {
+        ResolverCommand::Check { .. } => anyhow::bail!("check is not a registry command"),
+        ResolverCommand::Upload {
+            node,
+            name,
+            version,
+            force,
+            file,
+        } => {
+            let module =
+                std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            let request = RegistryRequest::Upload {
+                name: name.clone(),
+                version,
+                module,
+                force,
+            };
+            match call(&node, request) {
+                Ok(RegistryResponse::Uploaded(r)) => Ok((
+                    format!(
+                        "registered {}@{} ({} bytes, blake3 {})\nlaw check: {}\n",
+                        r.name,
+                        r.version,
+                        r.module_bytes,
+                        hex(&r.hash),
+                        law_check_text(&r.law_check)
+                    ),
+                    0,
+                )),
+                Ok(other) => Err(expect("upload", other)),
+                Err(ClientError::Server(e)) if e.code == ErrorCode::LawCheckFailed => {
+                    eprintln!("error: {}", e.message);
+                    eprintln!("(upload with --force to register it anyway)");
+                    Ok((String::new(), 1))
+                }
+                Err(e) => Err(anyhow::Error::new(e)
+                    .context(format!("uploading {} as {name}@{version}", file.display()))),
+            }
+        }
+        ResolverCommand::Attach {
+            node,
+            keyspace,
+            resolver,
+        } => {
+            let (name, version) = isthmus_core::config::parse_resolver_binding(&resolver)
+                .with_context(|| format!("{resolver:?} is not NAME@VERSION"))?;
+            let request = RegistryRequest::Attach {
+                keyspace,
+                name,
+                version,
+            };
+            match call(&node, request)? {
+                RegistryResponse::Bound(b) => Ok((format_binding(&b), 0)),
+                other => Err(expect("attach", other)),
+            }
+        }
+        ResolverCommand::Detach { node, keyspace } => {
+            match call(&node, RegistryRequest::Detach { keyspace })? {
+                RegistryResponse::Bound(b) => Ok((format_binding(&b), 0)),
+                other => Err(expect("detach", other)),
+            }
+        }
+        ResolverCommand::Rollback { node, keyspace } => {
+            match call(&node, RegistryRequest::Rollback { keyspace })? {
+                RegistryResponse::Bound(b) => Ok((format_binding(&b), 0)),
+                other => Err(expect("rollback", other)),
+            }
+        }
+        ResolverCommand::List { node, json } => match call(&node, RegistryRequest::List)? {
+            RegistryResponse::Listing {
+                resolvers,
+                bindings,
+            } => Ok((format_listing(&resolvers, &bindings, json), 0)),
+            other => Err(expect("list", other)),
+        },
+    }
 }
 
 /// Run a resolver subcommand; returns the process exit status.
@@ -78,6 +382,11 @@ pub fn run(command: ResolverCommand) -> anyhow::Result<u8> {
                 println!("FAIL: reproduce with --seed {}", report.seed);
                 Ok(1)
             }
+        }
+        other => {
+            let (out, status) = registry_command(other)?;
+            print!("{out}");
+            Ok(status)
         }
     }
 }

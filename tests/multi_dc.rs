@@ -3,8 +3,10 @@
 //!
 //! In-process clusters (real sockets, real data directories, one process):
 //! conflicting cart writes in both DCs converge to byte-identical carts
-//! holding the union; a partition between the DCs with writes on both
-//! sides heals with nothing lost.
+//! holding the union (equal Merkle roots); a partition between the DCs
+//! with writes on both sides heals with nothing lost; EACH_QUORUM waits
+//! for every DC and LOCAL_QUORUM does not; an outbox past its bound falls
+//! back to full-sync, which restores convergence by itself.
 //!
 //! Real processes (`isthmus server`): every node of DC2 SIGKILLed for 30 s
 //! while DC1 takes over 1,000 writes/s at LOCAL_QUORUM, then restarted:
@@ -28,7 +30,10 @@ use isthmus_client::wire::{
 use isthmus_core::config::{BridgeSection, FsyncMode, KeyspaceSection, NodeConfig};
 use isthmus_core::gossip::detector::DetectorConfig;
 use isthmus_core::gossip::service::GossipConfig;
+use isthmus_core::model::key_hash;
 use isthmus_core::node::{self, NodeTuning, RunningNode};
+use isthmus_core::repair::HashRange;
+use isthmus_core::repair::tree::MerkleTree;
 use isthmus_core::store::LocalStore;
 use isthmus_dc_bridge::wan::WanProxy;
 use isthmus_dc_bridge::{BridgeConfig, DcBridgeFactory};
@@ -116,6 +121,7 @@ impl Cluster {
             fsync_interval_ms: 5,
             bridge: self.bridge.clone(),
             wan_proxy: Some(self.wan.addr().to_string()),
+            bootstrap: false,
             keyspaces: BTreeMap::from([(
                 KEYSPACE.into(),
                 KeyspaceSection {
@@ -193,6 +199,42 @@ impl Cluster {
             out.insert(id.clone(), set.encode());
         }
         out
+    }
+
+    /// Stop every node of `dc` (their data stays).
+    async fn stop_dc(&mut self, dc: &str) {
+        let ids: Vec<String> = self
+            .nodes
+            .keys()
+            .filter(|id| id.starts_with(dc))
+            .cloned()
+            .collect();
+        for id in ids {
+            if let Some(node) = self.nodes.remove(&id) {
+                node.shutdown().await;
+            }
+        }
+    }
+
+    /// The Merkle root of every node's whole keyspace (every node holds
+    /// every key: 3 nodes, RF 3, in each DC).
+    async fn merkle_roots(&self) -> BTreeMap<String, [u8; 16]> {
+        let mut out = BTreeMap::new();
+        for (id, node) in &self.nodes {
+            let listing = node.store().scan_digests(KEYSPACE, ..).await.unwrap();
+            let keys = listing
+                .into_iter()
+                .map(|(key, digest)| (key_hash(&key), key, digest));
+            let tree = MerkleTree::from_keys(HashRange::new(0, u64::MAX).unwrap(), 12, keys);
+            out.insert(id.clone(), tree.root());
+        }
+        out
+    }
+
+    async fn assert_equal_roots(&self) {
+        let roots = self.merkle_roots().await;
+        let distinct: BTreeSet<_> = roots.values().collect();
+        assert_eq!(distinct.len(), 1, "Merkle roots differ: {roots:?}");
     }
 
     async fn shutdown(mut self) {
@@ -367,6 +409,7 @@ async fn conflicting_carts_in_both_dcs_converge_to_the_union() {
     );
     let took = converged(&cluster, carts, &ledger).await;
     eprintln!("converged {acked} acknowledged cart writes from both DCs in {took:?}");
+    cluster.assert_equal_roots().await;
     cluster.shutdown().await;
 }
 
@@ -379,7 +422,7 @@ async fn a_partition_between_the_dcs_heals_with_nothing_lost() {
     let stop = Arc::new(AtomicBool::new(false));
     cluster.wan.cut("dc1", "dc2");
     // Each side sees the other go down; both keep taking writes.
-    for _ in 0..200 {
+    for _ in 0..600 {
         if cluster
             .nodes
             .values()
@@ -430,6 +473,163 @@ async fn a_partition_between_the_dcs_heals_with_nothing_lost() {
         "partition healed: {} acknowledged writes, {owed} queued, converged in {took:?}",
         ledger.acked.lock().len()
     );
+    cluster.assert_equal_roots().await;
+    cluster.shutdown().await;
+}
+
+async fn put_at(addr: &str, key: &[u8], level: Consistency) -> Result<ResponseBody, String> {
+    let session = Session::connect(addr, "levels", Duration::from_secs(2))
+        .await
+        .map_err(|e| e.to_string())?;
+    let put = RequestBody::Put {
+        keyspace: KEYSPACE.into(),
+        key: key.to_vec(),
+        value: cart_union::encode(&BTreeMap::from([("apple".to_string(), 1)])),
+        context: Context::default(),
+        consistency: Some(level),
+        write_id: WriteId(rand::random()),
+    };
+    session
+        .call(put, Duration::from_secs(3))
+        .await
+        .map_err(|e| e.to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn each_quorum_waits_for_every_dc_and_local_quorum_does_not() {
+    let _serial = SERIAL.lock().await;
+    let mut cluster = Cluster::start(BridgeSection::default()).await;
+    let dc1 = cluster.addrs("dc1");
+    // Acknowledged at EACH_QUORUM: already on a quorum of dc2's replicas,
+    // without waiting for the bridge.
+    assert_eq!(
+        put_at(&dc1[0], b"each", Consistency::EachQuorum).await,
+        Ok(ResponseBody::Written)
+    );
+    let mut holders = 0;
+    for (id, node) in &cluster.nodes {
+        if id.starts_with("dc2")
+            && !node
+                .store()
+                .get(KEYSPACE, b"each")
+                .await
+                .unwrap()
+                .is_empty()
+        {
+            holders += 1;
+        }
+    }
+    assert!(
+        holders >= 2,
+        "EACH_QUORUM acknowledged with {holders} dc2 replicas"
+    );
+    // With dc2 dark, EACH_QUORUM cannot be met; LOCAL_QUORUM is not held up.
+    cluster.stop_dc("dc2").await;
+    cluster.settle(3).await;
+    let each = put_at(&dc1[1], b"each-dark", Consistency::EachQuorum).await;
+    assert!(
+        matches!(&each, Err(e) if e.starts_with("TIMEOUT") || e.starts_with("UNAVAILABLE")),
+        "{each:?}"
+    );
+    let started = Instant::now();
+    assert_eq!(
+        put_at(&dc1[1], b"local-dark", Consistency::LocalQuorum).await,
+        Ok(ResponseBody::Written)
+    );
+    eprintln!(
+        "LOCAL_QUORUM with dc2 dark acknowledged in {:?}",
+        started.elapsed()
+    );
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn past_the_outbox_bound_a_full_sync_restores_convergence() {
+    let _serial = SERIAL.lock().await;
+    let bridge = BridgeSection {
+        outbox_bytes_max: 1 << 20,
+        ..BridgeSection::default()
+    };
+    let mut cluster = Cluster::start(bridge).await;
+    let carts = 4;
+    let ledger = Arc::new(Ledger::default());
+    cluster.stop_dc("dc2").await;
+    cluster.settle(3).await;
+    // Carts grow with every item: a few thousand writes of growing carts
+    // are far more than the 1 MiB outbox bound.
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers = tokio::spawn(shoppers(
+        "dc1",
+        cluster.addrs("dc1"),
+        carts,
+        ledger.clone(),
+        stop.clone(),
+    ));
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(30) {
+        let overflowed = cluster
+            .nodes
+            .values()
+            .filter_map(|n| n.coordinator().bridge())
+            .flat_map(|b| b.report())
+            .filter(|r| r.overflows > 0)
+            .count();
+        if overflowed == 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    writers.await.unwrap();
+    let reports: Vec<BridgeReport> = cluster
+        .nodes
+        .values()
+        .filter_map(|n| n.coordinator().bridge())
+        .flat_map(|b| b.report())
+        .collect();
+    assert!(
+        reports
+            .iter()
+            .all(|r| r.overflows > 0 && r.full_sync_pending),
+        "every dc1 outbox must have overflowed: {reports:?}"
+    );
+    assert!(
+        reports
+            .iter()
+            .all(|r| r.outbox_bytes <= (1 << 20) + (8 << 20))
+    );
+    for i in 0..3 {
+        cluster.start_node("dc2", i).await;
+    }
+    cluster.settle(6).await;
+    let took = converged(&cluster, carts, &ledger).await;
+    for _ in 0..400 {
+        let pending = cluster
+            .nodes
+            .values()
+            .filter_map(|n| n.coordinator().bridge())
+            .flat_map(|b| b.report())
+            .any(|r| r.full_sync_pending);
+        if !pending {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let reports: Vec<BridgeReport> = cluster
+        .nodes
+        .values()
+        .filter_map(|n| n.coordinator().bridge())
+        .flat_map(|b| b.report())
+        .collect();
+    assert!(
+        reports.iter().all(|r| !r.full_sync_pending),
+        "full-syncs must complete: {reports:?}"
+    );
+    eprintln!(
+        "outbox bound: {} acknowledged writes, dc2 restored by full-sync in {took:?}",
+        ledger.acked.lock().len()
+    );
+    cluster.assert_equal_roots().await;
     cluster.shutdown().await;
 }
 
@@ -741,7 +941,7 @@ async fn a_dark_dc_gets_every_write_back_and_a_killed_shipper_resumes() {
     }
     let stop = Arc::new(AtomicBool::new(false));
     let during = Arc::new(Mutex::new(Vec::new()));
-    let rate = 1200;
+    let rate = 1600;
     let w = tokio::spawn(writers(
         "during".into(),
         dc1.clone(),

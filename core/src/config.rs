@@ -116,6 +116,12 @@ pub struct NodeConfig {
     /// and the demo; see `isthmus_dc_bridge::wan`). Unset in production.
     #[serde(default)]
     pub wan_proxy: Option<String>,
+    /// Join a running cluster: start as `Joining`, stream the ranges this
+    /// node will own from their current owners, then take them over. Set
+    /// it on a node added to a live cluster; leave it off for the nodes
+    /// that form a new one.
+    #[serde(default)]
+    pub bootstrap: bool,
 }
 
 /// The `[bridge]` table.
@@ -289,6 +295,7 @@ mod tests {
             fsync_interval_ms: 5,
             bridge: Default::default(),
             wan_proxy: None,
+            bootstrap: false,
             keyspaces: BTreeMap::from([(
                 "carts".into(),
                 KeyspaceSection {

@@ -31,6 +31,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use isthmus_client::ClientError;
@@ -56,6 +57,11 @@ pub struct ClusterView {
     pub ring: Ring,
     /// Nodes the failure detector currently believes alive (self included).
     pub alive: BTreeSet<NodeId>,
+    /// The rings once the nodes now joining own their ranges and the
+    /// nodes now leaving are gone. Writes also go to the replicas it adds
+    /// (pending owners, not counted toward any level), so that a range
+    /// being streamed misses no write.
+    pub next: Ring,
 }
 
 /// Sends peer requests to other nodes.
@@ -216,6 +222,7 @@ pub struct Coordinator<S, T, H> {
     view: watch::Receiver<Arc<ClusterView>>,
     key_locks: Vec<Mutex<()>>,
     bridge: Option<Arc<dyn Bridge>>,
+    system_applies: Arc<AtomicU64>,
 }
 
 /// The replicas of a key: `(node, dc)` in placement order per DC.
@@ -249,6 +256,35 @@ impl<S: LocalStore + Clone, T: Transport, H: HintSink> Coordinator<S, T, H> {
             view,
             key_locks,
             bridge: None,
+            system_applies: Arc::default(),
+        }
+    }
+
+    /// Counts the versions applied to this replica's system keyspaces
+    /// (bumped after each apply), so readers of those keyspaces can cache
+    /// what they decoded until it moves.
+    pub fn system_applies(&self) -> &Arc<AtomicU64> {
+        &self.system_applies
+    }
+
+    /// Whether siblings of `keyspace` are merged: the merge hook decides
+    /// when it knows (run-time bindings), else the keyspace's configured
+    /// resolver. System keyspaces never merge.
+    fn has_resolver(&self, keyspace: &str) -> bool {
+        if crate::system::is_system(keyspace) {
+            return false;
+        }
+        self.merge.bound(keyspace).unwrap_or_else(|| {
+            self.keyspaces
+                .read()
+                .get(keyspace)
+                .is_some_and(|k| k.resolver.is_some())
+        })
+    }
+
+    fn applied(&self, keyspace: &str) {
+        if crate::system::is_system(keyspace) {
+            self.system_applies.fetch_add(1, Ordering::Release);
         }
     }
 
@@ -320,12 +356,8 @@ impl<S: LocalStore + Clone, T: Transport, H: HintSink> Coordinator<S, T, H> {
         versions: Vec<Version>,
     ) -> Result<(), StoreError> {
         self.store.apply(keyspace, key, versions).await?;
-        let has_resolver = self
-            .keyspaces
-            .read()
-            .get(keyspace)
-            .is_some_and(|k| k.resolver.is_some());
-        if has_resolver {
+        self.applied(keyspace);
+        if self.has_resolver(keyspace) {
             let mut set = self.store.get(keyspace, key).await?;
             if set.len() > 1 {
                 match merge_into(self.merge.as_ref(), keyspace, key, &mut set) {
@@ -494,7 +526,7 @@ impl<S: LocalStore + Clone, T: Transport, H: HintSink> Coordinator<S, T, H> {
                     .iter()
                     .filter(|v| !v.clock.is_covered_by(&clock))
                     .count();
-                if ks.resolver.is_none() && remaining + 1 > self.config.limits.siblings_max {
+                if !self.has_resolver(keyspace) && remaining + 1 > self.config.limits.siblings_max {
                     return Err(LimitError::TooManySiblings {
                         count: remaining + 1,
                         max: self.config.limits.siblings_max,
@@ -533,6 +565,17 @@ impl<S: LocalStore + Clone, T: Transport, H: HintSink> Coordinator<S, T, H> {
                 targets.retain(|(_, dc)| *dc == self.config.dc);
             }
         }
+        // Pending owners in this DC (a node joining, or taking over from a
+        // node leaving) get the write too; their acks count for nothing.
+        let local_rf = ks.replication.get(&self.config.dc).copied().unwrap_or(0) as usize;
+        for pending in view
+            .next
+            .replicas_in_dc(&self.config.dc, key_hash(key), local_rf)
+        {
+            if !targets.iter().any(|(n, _)| *n == pending) {
+                targets.push((pending, self.config.dc.clone()));
+            }
+        }
         targets.retain(|(n, _)| n != me);
         self.replicate(
             keyspace,
@@ -553,18 +596,15 @@ impl<S: LocalStore + Clone, T: Transport, H: HintSink> Coordinator<S, T, H> {
         keyspace: &str,
         entries: Entries,
     ) -> Result<(), StoreError> {
-        let has_resolver = self
-            .keyspaces
-            .read()
-            .get(keyspace)
-            .is_some_and(|k| k.resolver.is_some());
-        if has_resolver {
+        if self.has_resolver(keyspace) {
             for (key, versions) in entries {
                 self.apply_local(keyspace, &key, versions).await?;
             }
             Ok(())
         } else {
-            self.store.apply_many(keyspace, entries).await
+            self.store.apply_many(keyspace, entries).await?;
+            self.applied(keyspace);
+            Ok(())
         }
     }
 
@@ -853,8 +893,8 @@ impl<S: LocalStore + Clone, T: Transport, H: HintSink> Coordinator<S, T, H> {
             Ok(_) => return Err(CoordinatorError::QuorumLost { required, acked }),
             Err(_) => return Err(CoordinatorError::Timeout { required, acked }),
         }
-        if ks.resolver.is_some()
-            && joined.len() > 1
+        if joined.len() > 1
+            && self.has_resolver(keyspace)
             && let Err(failure) = merge_into(self.merge.as_ref(), keyspace, key, &mut joined)
         {
             tracing::warn!(%failure, "merge at read failed; siblings returned");

@@ -41,4 +41,5 @@ pub mod repair;
 pub mod ring;
 pub mod server;
 pub mod store;
+pub mod system;
 pub mod transport;

@@ -120,6 +120,17 @@ pub trait MergeHook: Send + Sync {
         key: &[u8],
         siblings: &VersionSet,
     ) -> Result<Option<Version>, MergeFailure>;
+
+    /// Whether `keyspace` has a resolver bound now, when the hook knows
+    /// better than the keyspace's configuration (bindings that change at
+    /// run time, such as the resolver registry's). `None`, the default:
+    /// the configuration's `resolver` decides. The coordinator reads a set
+    /// back for merging, and lifts the sibling bound, only for keyspaces
+    /// with a resolver.
+    fn bound(&self, keyspace: &str) -> Option<bool> {
+        let _ = keyspace;
+        None
+    }
 }
 
 /// A hook that never merges: for keyspaces (or nodes) without resolvers.

@@ -44,6 +44,7 @@ use crate::repair::{RepairConfig, RepairError, RepairStats, Repairer, Share, Sto
 use crate::ring::{NodeId, Placement};
 use crate::server::{self, Handler, ServerConfig};
 use crate::store::EngineStore;
+use crate::system::{self, REGISTRY_KEYSPACE, RegistryHook, SystemStore, SystemWriter};
 use crate::transport::TcpTransport;
 
 /// Most clock entries accepted in a client's context (a context is the
@@ -98,6 +99,10 @@ pub struct NodeTuning {
     pub limits: Limits,
     /// Merkle repair schedule and deadlines.
     pub repair: RepairConfig,
+    /// Serves the resolver registry over the `_registry` system keyspace
+    /// (the binary passes `isthmus-resolvers`'s); `None` answers registry
+    /// requests with an error.
+    pub registry: Option<Arc<dyn RegistryHook>>,
 }
 
 impl std::fmt::Debug for NodeTuning {
@@ -109,6 +114,7 @@ impl std::fmt::Debug for NodeTuning {
             .field("hints", &self.hints)
             .field("limits", &self.limits)
             .field("repair", &self.repair)
+            .field("registry", &self.registry.is_some())
             .finish()
     }
 }
@@ -251,6 +257,13 @@ pub async fn start(
             (name.clone(), ksc)
         })
         .collect();
+    let mut keyspaces = keyspaces;
+    let registry_keyspace = system::registry_keyspace(
+        &DcName(config.dc.clone()),
+        &keyspaces,
+        &crate::ring::Ring::default(),
+    );
+    keyspaces.insert(REGISTRY_KEYSPACE.to_owned(), registry_keyspace);
     let keyspaces = Arc::new(RwLock::new(keyspaces));
 
     let listener = TcpListener::bind(&config.listen)
@@ -282,7 +295,11 @@ pub async fn start(
             .duration_since(UNIX_EPOCH)
             .map_or(1, |d| d.as_millis() as u64),
         version: 1,
-        status: NodeStatus::Normal,
+        status: if config.bootstrap {
+            NodeStatus::Joining
+        } else {
+            NodeStatus::Normal
+        },
         load_bytes: store.engine().stats().table_bytes,
     };
     let engine = store.engine().clone();
@@ -333,6 +350,26 @@ pub async fn start(
         coordinator = coordinator.with_bridge(bridge);
     }
     let coordinator = Arc::new(coordinator);
+    tasks.push((
+        "system-replication",
+        tokio::spawn(system::track_replication(
+            keyspaces.clone(),
+            view.clone(),
+            stop_rx.clone(),
+        )),
+    ));
+    if let Some(registry) = &tuning.registry {
+        let writer: Arc<dyn SystemWriter> = coordinator.clone();
+        registry.attach(SystemStore::new(
+            me.clone(),
+            REGISTRY_KEYSPACE,
+            store.engine(),
+            &writer,
+            coordinator.system_applies().clone(),
+            keyspaces.clone(),
+            &tuning.limits,
+        ));
+    }
     let repairer = Arc::new(Repairer::new(
         me.clone(),
         DcName(config.dc.clone()),
@@ -362,7 +399,11 @@ pub async fn start(
         gossiper: gossiper.clone(),
         keyspaces: keyspaces.clone(),
         repairer: repairer.clone(),
+        registry: tuning.registry.clone(),
         stop: stop_rx.clone(),
+        view: view.clone(),
+        dc: DcName(config.dc.clone()),
+        spread: tuning.gossip.interval * 4 + Duration::from_millis(500),
     });
     let server_config = ServerConfig {
         node_id: config.node_id.clone(),
@@ -389,6 +430,20 @@ pub async fn start(
             stop_rx.clone(),
         )),
     ));
+    if config.bootstrap {
+        tasks.push((
+            "bootstrap",
+            tokio::spawn(bootstrap(
+                gossiper.clone(),
+                repairer.clone(),
+                keyspaces.clone(),
+                view.clone(),
+                DcName(config.dc.clone()),
+                tuning.gossip.interval,
+                stop_rx.clone(),
+            )),
+        ));
+    }
     if !tuning.repair.interval.is_zero() {
         tasks.push((
             "repair",
@@ -405,6 +460,108 @@ pub async fn start(
         stop,
         tasks,
     })
+}
+
+/// Stream the ranges whose owners change in `dc` between the view's ring
+/// and its next ring: a joining node pulls what it will own from the
+/// current owners; a leaving node pushes what it owns to the next owners.
+/// Merkle sync moves only what the other side lacks, and both ways.
+async fn move_ranges(
+    repairer: &NodeRepairer,
+    keyspaces: &RwLock<BTreeMap<String, KeyspaceConfig>>,
+    view: &watch::Receiver<Arc<crate::coordinator::ClusterView>>,
+    dc: &DcName,
+    joining: bool,
+) -> RepairStats {
+    let view = view.borrow().clone();
+    let me = repairer.me().clone();
+    let keyspaces = keyspaces.read().clone();
+    let mut stats = RepairStats::default();
+    for (name, ks) in keyspaces {
+        let Some(&rf) = ks.replication.get(dc) else {
+            continue;
+        };
+        // Every node holds all of a system keyspace: its factor follows
+        // the current ring, so a joining node takes the next ring's.
+        let rf = if system::is_system(&name) {
+            rf.max(system::factor(&view.next, dc))
+        } else {
+            rf
+        };
+        let mut jobs = Vec::new();
+        for (range, now, next) in
+            crate::repair::plan::movement(&view.ring, &view.next, dc, rf as usize)
+        {
+            let (mine, partners) = if joining {
+                (next.contains(&me), now)
+            } else {
+                (now.contains(&me), next)
+            };
+            if !mine {
+                continue;
+            }
+            for partner in partners {
+                if partner == me {
+                    continue;
+                }
+                if view.alive.contains(&partner) {
+                    jobs.push((range, partner));
+                } else {
+                    stats.ranges_failed += 1;
+                }
+            }
+        }
+        stats += repairer.stream(&name, jobs).await;
+    }
+    stats
+}
+
+/// Join a running cluster: learn it through gossip, pull the ranges this
+/// node will own, then announce `Normal` (writes already reach it as a
+/// pending owner while it streams). Retries until every range came in.
+async fn bootstrap(
+    gossiper: Arc<Gossiper>,
+    repairer: Arc<NodeRepairer>,
+    keyspaces: Arc<RwLock<BTreeMap<String, KeyspaceConfig>>>,
+    view: watch::Receiver<Arc<crate::coordinator::ClusterView>>,
+    dc: DcName,
+    interval: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut rounds_seen = 0;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = stop.changed() => return,
+        }
+        // Let gossip settle: the owners must know this node is joining
+        // (so they send it writes) before it copies their data.
+        if view.borrow().ring.node_count(&dc) == 0 {
+            continue;
+        }
+        rounds_seen += 1;
+        if rounds_seen < 6 {
+            continue;
+        }
+        let stats = tokio::select! {
+            s = move_ranges(&repairer, &keyspaces, &view, &dc, true) => s,
+            _ = stop.changed() => return,
+        };
+        if stats.ranges_failed == 0 {
+            tracing::info!(
+                ranges = stats.ranges,
+                pulled = stats.keys_pulled,
+                bytes = stats.bytes,
+                "bootstrap streamed; joining the ring"
+            );
+            gossiper.set_status(NodeStatus::Normal);
+            return;
+        }
+        tracing::warn!(
+            failed = stats.ranges_failed,
+            "bootstrap incomplete; retrying"
+        );
+    }
 }
 
 impl RunningNode {
@@ -465,7 +622,12 @@ struct NodeHandler {
     gossiper: Arc<Gossiper>,
     keyspaces: Arc<RwLock<BTreeMap<String, KeyspaceConfig>>>,
     repairer: Arc<NodeRepairer>,
+    registry: Option<Arc<dyn RegistryHook>>,
     stop: watch::Receiver<bool>,
+    view: watch::Receiver<Arc<crate::coordinator::ClusterView>>,
+    dc: DcName,
+    /// How long a status change takes to reach every node.
+    spread: Duration,
 }
 
 fn bad_request(message: String) -> ResponseBody {
@@ -527,8 +689,9 @@ impl NodeHandler {
             .values()
             .map(|e| {
                 let ownership = keyspaces
-                    .values()
-                    .filter_map(|ks| ks.replication.get(e.dc()))
+                    .iter()
+                    .filter(|(name, _)| !system::is_system(name))
+                    .filter_map(|(_, ks)| ks.replication.get(e.dc()))
                     .map(|rf| {
                         view.ring
                             .ownership(e.dc(), *rf as usize)
@@ -589,6 +752,74 @@ impl NodeHandler {
     /// An on-demand repair. It runs as its own task, so a client deadline
     /// shorter than the repair ends the wait, not the repair (which logs
     /// its outcome); node shutdown ends it.
+    /// Leave the ring: announce `Leaving` (coordinators start sending
+    /// writes to the next owners too), hand every range to its next
+    /// owners, then announce `Left`. On a failed range the node stays
+    /// `Normal` and says so; nothing has been given up.
+    ///
+    /// It runs as its own task: a client that stops waiting (the request
+    /// deadline) does not stop a decommission halfway.
+    async fn decommission(&self) -> ResponseBody {
+        let (gossiper, repairer, keyspaces, view, dc, spread) = (
+            self.gossiper.clone(),
+            self.repairer.clone(),
+            self.keyspaces.clone(),
+            self.view.clone(),
+            self.dc.clone(),
+            self.spread,
+        );
+        let task = tokio::spawn(async move {
+            Self::leave(&gossiper, &repairer, &keyspaces, &view, &dc, spread).await
+        });
+        task.await.unwrap_or_else(|e| {
+            ResponseBody::Error(WireError {
+                code: ErrorCode::Internal,
+                message: format!("decommission failed: {e}"),
+                acks: None,
+            })
+        })
+    }
+
+    async fn leave(
+        gossiper: &Gossiper,
+        repairer: &NodeRepairer,
+        keyspaces: &RwLock<BTreeMap<String, KeyspaceConfig>>,
+        view: &watch::Receiver<Arc<crate::coordinator::ClusterView>>,
+        dc: &DcName,
+        spread: Duration,
+    ) -> ResponseBody {
+        gossiper.set_status(NodeStatus::Leaving);
+        tokio::time::sleep(spread).await;
+        let stats = move_ranges(repairer, keyspaces, view, dc, false).await;
+        let report = RepairReport {
+            ranges: stats.ranges,
+            ranges_failed: stats.ranges_failed,
+            keys_differing: stats.keys_differing,
+            keys_pulled: stats.keys_pulled,
+            keys_pushed: stats.keys_pushed,
+            bytes: stats.bytes,
+        };
+        if stats.ranges_failed > 0 {
+            gossiper.set_status(NodeStatus::Normal);
+            return ResponseBody::Error(WireError {
+                code: ErrorCode::Unavailable,
+                message: format!(
+                    "{} ranges could not be handed over (a next owner is down); still a member",
+                    stats.ranges_failed
+                ),
+                acks: None,
+            });
+        }
+        gossiper.set_status(NodeStatus::Left);
+        tokio::time::sleep(spread).await;
+        tracing::info!(
+            pushed = stats.keys_pushed,
+            bytes = stats.bytes,
+            "decommissioned"
+        );
+        ResponseBody::Repaired(report)
+    }
+
     async fn repair(&self, keyspace: Option<String>, remote_dc: Option<String>) -> ResponseBody {
         let (repairer, mut stop) = (self.repairer.clone(), self.stop.clone());
         let task = tokio::spawn(async move {
@@ -642,6 +873,7 @@ impl NodeHandler {
         crate::coordinator::ClusterView {
             ring: crate::ring::Ring::build(members.iter().map(|e| (&e.id, &e.placement, e.vnodes))),
             alive: self.gossiper.alive(),
+            next: Default::default(),
         }
     }
 
@@ -661,6 +893,15 @@ impl NodeHandler {
 
 impl Handler for NodeHandler {
     async fn handle(&self, body: RequestBody, deadline: Duration) -> ResponseBody {
+        if let RequestBody::Get { keyspace, .. }
+        | RequestBody::Put { keyspace, .. }
+        | RequestBody::Delete { keyspace, .. } = &body
+            && system::is_system(keyspace)
+        {
+            return bad_request(format!(
+                "keyspace {keyspace:?} is a system keyspace; use the registry requests"
+            ));
+        }
         match body {
             RequestBody::Get {
                 keyspace,
@@ -719,6 +960,14 @@ impl Handler for NodeHandler {
                 keyspace,
                 remote_dc,
             } => self.repair(keyspace, remote_dc).await,
+            RequestBody::Decommission => self.decommission().await,
+            RequestBody::Registry(request) => match &self.registry {
+                Some(registry) => match registry.serve(request, deadline).await {
+                    Ok(answer) => ResponseBody::Registry(answer),
+                    Err(e) => ResponseBody::Error(e),
+                },
+                None => bad_request("this node runs no resolver registry".into()),
+            },
         }
     }
 

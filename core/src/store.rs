@@ -253,8 +253,10 @@ impl LocalStore for EngineStore {
     }
 
     async fn get(&self, keyspace: &str, key: &[u8]) -> Result<VersionSet, StoreError> {
-        let skey = storage_key(keyspace, key)?;
-        self.blocking(move |engine| Ok(engine.get(&skey)?)).await
+        let keyspace = keyspace.to_owned();
+        let key = key.to_vec();
+        self.blocking(move |engine| get_blocking(engine, &keyspace, &key))
+            .await
     }
 
     async fn scan_hashes(
@@ -266,17 +268,8 @@ impl LocalStore for EngineStore {
             return Ok(Vec::new());
         };
         let prefix_len = 1 + keyspace.len();
-        self.blocking(move |engine| {
-            let mut out = Vec::new();
-            for entry in engine.scan(lo..hi)? {
-                let (skey, set) = entry?;
-                if let Some(key) = user_key(prefix_len, &skey) {
-                    out.push((key, set));
-                }
-            }
-            Ok(out)
-        })
-        .await
+        self.blocking(move |engine| scan_storage(engine, prefix_len, lo, hi))
+            .await
     }
 
     async fn scan_digests(
@@ -300,6 +293,42 @@ impl LocalStore for EngineStore {
         })
         .await
     }
+}
+
+/// [`LocalStore::get`] on the calling thread, for callers that cannot
+/// await (the resolver registry, read from inside a merge). It may block
+/// on disk: never call it on a hot async path.
+pub fn get_blocking(engine: &Engine, keyspace: &str, key: &[u8]) -> Result<VersionSet, StoreError> {
+    Ok(engine.get(&storage_key(keyspace, key)?)?)
+}
+
+/// [`LocalStore::scan_hashes`] on the calling thread (see
+/// [`get_blocking`]).
+pub fn scan_blocking(
+    engine: &Engine,
+    keyspace: &str,
+    hashes: impl RangeBounds<u64>,
+) -> Result<Vec<(Vec<u8>, VersionSet)>, StoreError> {
+    match hash_range(keyspace, &hashes)? {
+        Some((lo, hi)) => scan_storage(engine, 1 + keyspace.len(), lo, hi),
+        None => Ok(Vec::new()),
+    }
+}
+
+fn scan_storage(
+    engine: &Engine,
+    prefix_len: usize,
+    lo: Vec<u8>,
+    hi: Vec<u8>,
+) -> Result<Vec<(Vec<u8>, VersionSet)>, StoreError> {
+    let mut out = Vec::new();
+    for entry in engine.scan(lo..hi)? {
+        let (skey, set) = entry?;
+        if let Some(key) = user_key(prefix_len, &skey) {
+            out.push((key, set));
+        }
+    }
+    Ok(out)
 }
 
 /// An in-memory [`LocalStore`] for simulations and unit tests. Cloning

@@ -123,7 +123,11 @@ fn cluster(nodes: usize, rf: u32, merge: Arc<dyn MergeHook>, limits: Limits) -> 
         .collect();
     let ring = Ring::build(placements.iter().map(|(id, p)| (id, p, 16)));
     let alive = placements.iter().map(|(id, _)| id.clone()).collect();
-    let (view, view_rx) = watch::channel(Arc::new(ClusterView { ring, alive }));
+    let (view, view_rx) = watch::channel(Arc::new(ClusterView {
+        ring,
+        alive,
+        next: Default::default(),
+    }));
     let mut carts = KeyspaceConfig {
         replication: BTreeMap::from([("dc1".into(), rf)]),
         ..KeyspaceConfig::default()

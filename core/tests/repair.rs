@@ -130,6 +130,7 @@ fn cluster(dcs: &[(&str, usize)], replication: &[(&str, u32)]) -> Cluster {
     let (view, view_rx) = watch::channel(Arc::new(ClusterView {
         ring: ring.clone(),
         alive,
+        next: Default::default(),
     }));
     let plain = KeyspaceConfig {
         replication: replication

@@ -9,7 +9,12 @@
 //!   [`ResolverError`] counted per resolver in [`ResolverStats`].
 //! - [`WasmMergeHook`]: core's [`MergeHook`](isthmus_core::merge::MergeHook)
 //!   over a host and a [`Registry`] of resolvers by name and version and
-//!   keyspace bindings, backed by a small [`RegistryStore`].
+//!   keyspace bindings, backed by a small [`RegistryStore`]: in memory, or
+//!   a node's replicated `_registry` system keyspace ([`ReplicatedStore`]).
+//! - [`RegistryService`], core's
+//!   [`RegistryHook`](isthmus_core::system::RegistryHook): the node's
+//!   registry as clients reach it (upload with the law check, attach,
+//!   detach, roll back, list).
 //! - [`check`]: the law checker behind `isthmus resolver check`.
 //!
 //! The guest side (ABI types, the `export_merge!` macro, the ABI's
@@ -51,9 +56,13 @@ mod hook;
 pub mod host;
 mod limit;
 pub mod registry;
+pub mod replicated;
+pub mod service;
 
 pub use error::ResolverError;
 pub use hook::WasmMergeHook;
 pub use host::{Host, Resolver, ResolverStats};
 pub use limit::ResolverLimits;
 pub use registry::{Registry, RegistryStore};
+pub use replicated::ReplicatedStore;
+pub use service::RegistryService;

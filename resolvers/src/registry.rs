@@ -4,11 +4,12 @@
 //! It is backed by a tiny byte store, [`RegistryStore`] (get / put / prefix
 //! scan), so that it can live in the system keyspace that DESIGN.md
 //! replicates to every DC. [`MemoryStore`] is the in-memory implementation
-//! for tests; the node backs it with its storage engine (an adapter the
-//! integrator adds: a `RegistryStore` over one system keyspace, with a
-//! `put` that writes with a causal context and a `get` that returns the
-//! single merged value; registry records are written once per key, or, for
-//! bindings, by operators one at a time, so last-writer-wins is enough).
+//! for tests and single-process demos;
+//! [`ReplicatedStore`](crate::ReplicatedStore) is a node's, over its
+//! `_registry` system keyspace (reads of the local replica, writes through
+//! the cluster; registry records are written once per key, or, for
+//! bindings, by operators one at a time, so last-writer-wins settles the
+//! rare concurrent writes).
 //!
 //! Key layout (all values postcard-encoded, format version 1):
 //!
@@ -54,12 +55,19 @@ pub trait RegistryStore: Send + Sync {
     fn put(&self, key: &[u8], value: &[u8]) -> Result<(), StoreError>;
     /// Every `(key, value)` whose key starts with `prefix`, ascending.
     fn scan(&self, prefix: &[u8]) -> Result<Vec<Entry>, StoreError>;
+    /// A number that moves whenever the store's contents may have changed,
+    /// by any path, so that a reader can cache what it decoded until then;
+    /// `None` (the default): no such number, do not cache.
+    fn generation(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// An in-memory [`RegistryStore`] (tests, single-process demos).
 #[derive(Debug, Default)]
 pub struct MemoryStore {
     map: Mutex<BTreeMap<Vec<u8>, Vec<u8>>>,
+    puts: std::sync::atomic::AtomicU64,
 }
 
 impl RegistryStore for MemoryStore {
@@ -69,6 +77,7 @@ impl RegistryStore for MemoryStore {
 
     fn put(&self, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
         self.map.lock().insert(key.to_vec(), value.to_vec());
+        self.puts.fetch_add(1, std::sync::atomic::Ordering::Release);
         Ok(())
     }
 
@@ -80,6 +89,10 @@ impl RegistryStore for MemoryStore {
             .take_while(|(k, _)| k.starts_with(prefix))
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect())
+    }
+
+    fn generation(&self) -> Option<u64> {
+        Some(self.puts.load(std::sync::atomic::Ordering::Acquire))
     }
 }
 
@@ -164,7 +177,8 @@ pub enum RegistryError {
     },
     /// The law check failed and no override was given.
     #[error(
-        "resolver {name}@{version} fails the law check (seed {seed}): {violations:?}; upload with the override to register it anyway"
+        "resolver {name}@{version} fails the law check (seed {seed}); register it with the override to use it anyway:\n{}",
+        .violations.join("\n")
     )]
     LawCheckFailed {
         /// Resolver name.
@@ -204,12 +218,32 @@ pub enum RegistryError {
         /// The keyspace.
         keyspace: String,
     },
+    /// A resolver name that cannot be registered.
+    #[error("resolver name {name:?} is not 1 to {NAME_BYTES_MAX} characters of A-Z a-z 0-9 . _ -")]
+    InvalidName {
+        /// The name given.
+        name: String,
+    },
     /// A stored record does not decode.
     #[error("corrupt registry record under {key}")]
     Corrupt {
         /// The key, escaped.
         key: String,
     },
+}
+
+/// Longest resolver name, in bytes.
+pub const NAME_BYTES_MAX: usize = 128;
+
+/// Whether `name` can name a resolver: 1 to [`NAME_BYTES_MAX`] ASCII
+/// letters, digits, `.`, `_` and `-` (so it never holds the key layout's
+/// separator, and prints as typed).
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= NAME_BYTES_MAX
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
 /// Resolvers by name and version, and keyspace bindings.
@@ -223,7 +257,8 @@ impl std::fmt::Debug for Registry {
     }
 }
 
-fn resolver_key(name: &str, version: u32) -> Vec<u8> {
+/// The key of `name@version`'s [`ResolverRecord`].
+pub fn resolver_key(name: &str, version: u32) -> Vec<u8> {
     let mut k = b"resolver/".to_vec();
     k.extend_from_slice(name.as_bytes());
     k.push(0);
@@ -231,13 +266,15 @@ fn resolver_key(name: &str, version: u32) -> Vec<u8> {
     k
 }
 
-fn module_key(hash: &ContentHash) -> Vec<u8> {
+/// The key of the module bytes with this content hash.
+pub fn module_key(hash: &ContentHash) -> Vec<u8> {
     let mut k = b"module/".to_vec();
     k.extend_from_slice(hash);
     k
 }
 
-fn binding_key(keyspace: &str) -> Vec<u8> {
+/// The key of a keyspace's [`Binding`].
+pub fn binding_key(keyspace: &str) -> Vec<u8> {
     let mut k = b"binding/".to_vec();
     k.extend_from_slice(keyspace.as_bytes());
     k
@@ -264,6 +301,12 @@ impl Registry {
         Self::new(Arc::new(MemoryStore::default()))
     }
 
+    /// The store's [`RegistryStore::generation`]: what a reader caching
+    /// bindings compares.
+    pub fn generation(&self) -> Option<u64> {
+        self.store.generation()
+    }
+
     /// Validate `module` on `host`, run the law check, and store it as
     /// `name@version`. A module that fails the check is refused unless
     /// `policy.override_failed_check` is set. Registering the same bytes
@@ -276,6 +319,9 @@ impl Registry {
         module: &[u8],
         policy: &UploadPolicy,
     ) -> Result<ResolverRecord, RegistryError> {
+        if !valid_name(name) {
+            return Err(RegistryError::InvalidName { name: name.into() });
+        }
         let hash = module_hash(module);
         let key = resolver_key(name, version);
         if let Some(existing) = self.store.get(&key)? {

@@ -221,6 +221,55 @@ pub enum RequestBody {
         /// Another datacenter to fully sync with.
         remote_dc: Option<String>,
     },
+    /// Take the answering node out of the ring: it hands every range it
+    /// holds to the next owners, then leaves (answered with what moved,
+    /// as [`ResponseBody::Repaired`]).
+    Decommission,
+    /// Work with the resolver registry (the replicated system keyspace
+    /// of merge modules and keyspace bindings).
+    Registry(RegistryRequest),
+}
+
+/// A resolver registry operation. Mutations are validated by the
+/// answering node and written through it, at a local quorum of its
+/// datacenter; the registry keyspace carries them to every node of every
+/// datacenter.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RegistryRequest {
+    /// Register a module as `name@version`. The node loads it and runs the
+    /// law checker; a module that fails the check is refused unless
+    /// `force`, which records the override.
+    Upload {
+        /// Resolver name.
+        name: String,
+        /// Version chosen by the uploader.
+        version: u32,
+        /// The wasm module.
+        module: Vec<u8>,
+        /// Register even if the law check fails.
+        force: bool,
+    },
+    /// Bind a keyspace to a registered `name@version`.
+    Attach {
+        /// The keyspace.
+        keyspace: String,
+        /// Resolver name.
+        name: String,
+        /// Resolver version.
+        version: u32,
+    },
+    /// Unbind a keyspace (its siblings are then kept for clients).
+    Detach {
+        /// The keyspace.
+        keyspace: String,
+    },
+    /// Restore a keyspace's previous binding.
+    Rollback {
+        /// The keyspace.
+        keyspace: String,
+    },
+    /// Every registered resolver and every keyspace binding.
+    List,
 }
 
 /// One node as `isthmus status` shows it.
@@ -275,7 +324,8 @@ pub struct BridgeReport {
     pub lag_in_p50_ms: f64,
     /// Same, p99.
     pub lag_in_p99_ms: f64,
-    /// Records applied here from `remote_dc`.
+    /// Keys applied here from `remote_dc` (a batch carries each key's
+    /// records joined, so a hot key counts once per batch).
     pub applied_in: u64,
 }
 
@@ -315,6 +365,83 @@ pub enum ResponseBody {
     Error(WireError),
     /// A repair finished.
     Repaired(RepairReport),
+    /// A registry operation succeeded.
+    Registry(RegistryResponse),
+}
+
+/// What a [`RegistryRequest`] did.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RegistryResponse {
+    /// The module is registered (or was already, with the same bytes).
+    Uploaded(ResolverInfo),
+    /// The keyspace's binding after an attach, detach or rollback.
+    Bound(BindingInfo),
+    /// The registry as the answering node's replica holds it.
+    Listing {
+        /// Resolvers by name, then version.
+        resolvers: Vec<ResolverInfo>,
+        /// Keyspace bindings by keyspace: the registry's, and the node's
+        /// configured defaults for keyspaces the registry does not bind.
+        bindings: Vec<BindingInfo>,
+    },
+}
+
+/// One registered resolver version.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResolverInfo {
+    /// Resolver name.
+    pub name: String,
+    /// Version.
+    pub version: u32,
+    /// blake3 of the module bytes.
+    pub hash: [u8; 32],
+    /// Module size in bytes.
+    pub module_bytes: u64,
+    /// How the law check went at upload.
+    pub law_check: LawCheckOutcome,
+}
+
+/// The law check's outcome recorded with a resolver.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LawCheckOutcome {
+    /// Every law held on the generated cases.
+    Passed {
+        /// Seed of the check run.
+        seed: u64,
+    },
+    /// The check failed and the uploader forced the upload.
+    Overridden {
+        /// Seed of the check run.
+        seed: u64,
+        /// The violated laws.
+        violations: Vec<String>,
+    },
+}
+
+/// A resolver a keyspace is bound to.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BoundResolver {
+    /// Resolver name.
+    pub name: String,
+    /// Version.
+    pub version: u32,
+    /// Its module's hash; `None` for a configured default whose module is
+    /// not registered (its keyspace keeps siblings until it is uploaded).
+    pub hash: Option<[u8; 32]>,
+}
+
+/// Which resolver a keyspace uses.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BindingInfo {
+    /// The keyspace.
+    pub keyspace: String,
+    /// The resolver in force (`None`: detached).
+    pub current: Option<BoundResolver>,
+    /// Earlier bindings, oldest first (what rollback restores).
+    pub history: Vec<Option<BoundResolver>>,
+    /// The binding is the node's configuration (`resolver = "NAME@N"`),
+    /// not a registry record: the registry binds the keyspace to nothing.
+    pub from_config: bool,
 }
 
 /// What an on-demand repair did.
@@ -382,6 +509,15 @@ pub enum ErrorCode {
     StorageFailed,
     /// Anything else.
     Internal,
+    /// A resolver module was refused at load (not wasm, wrong ABI,
+    /// imports, too large).
+    InvalidModule,
+    /// A resolver module fails the law check and the upload was not forced.
+    LawCheckFailed,
+    /// No resolver of that name and version is registered.
+    UnknownResolver,
+    /// The resolver name and version already hold another module.
+    VersionTaken,
 }
 
 impl ErrorCode {
@@ -400,6 +536,10 @@ impl ErrorCode {
             ErrorCode::Overloaded => "OVERLOADED",
             ErrorCode::StorageFailed => "STORAGE_FAILED",
             ErrorCode::Internal => "INTERNAL",
+            ErrorCode::InvalidModule => "INVALID_MODULE",
+            ErrorCode::LawCheckFailed => "LAW_CHECK_FAILED",
+            ErrorCode::UnknownResolver => "UNKNOWN_RESOLVER",
+            ErrorCode::VersionTaken => "VERSION_TAKEN",
         }
     }
 

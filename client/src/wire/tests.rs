@@ -43,6 +43,25 @@ fn sample_requests() -> Vec<Request> {
                 remote_dc: None,
             },
         },
+        Request {
+            id: 5,
+            timeout_ms: 30_000,
+            body: RequestBody::Registry(RegistryRequest::Upload {
+                name: "cart-union".into(),
+                version: 1,
+                module: b"\0asm".to_vec(),
+                force: true,
+            }),
+        },
+        Request {
+            id: 6,
+            timeout_ms: 1,
+            body: RequestBody::Registry(RegistryRequest::Attach {
+                keyspace: "carts".into(),
+                name: "cart-union".into(),
+                version: 1,
+            }),
+        },
     ]
 }
 
@@ -75,6 +94,33 @@ fn requests_and_responses_round_trip() {
         }),
     };
     assert_eq!(decode::<Response>(&encode(&repaired)).unwrap(), repaired);
+    let resolver = BoundResolver {
+        name: "cart-union".into(),
+        version: 1,
+        hash: Some([7; 32]),
+    };
+    let listing = Response {
+        id: 6,
+        body: ResponseBody::Registry(RegistryResponse::Listing {
+            resolvers: vec![ResolverInfo {
+                name: "cart-union".into(),
+                version: 1,
+                hash: [7; 32],
+                module_bytes: 40_000,
+                law_check: LawCheckOutcome::Overridden {
+                    seed: 9,
+                    violations: vec!["commutative".into()],
+                },
+            }],
+            bindings: vec![BindingInfo {
+                keyspace: "carts".into(),
+                current: Some(resolver.clone()),
+                history: vec![None, Some(resolver)],
+                from_config: false,
+            }],
+        }),
+    };
+    assert_eq!(decode::<Response>(&encode(&listing)).unwrap(), listing);
 }
 
 #[test]

@@ -219,7 +219,7 @@ impl<T: GossipTransport> Gossiper<T> {
         let now = self.now_ms();
         let view = {
             let state = self.state.lock();
-            // Not joined: no ring (see the module docs).
+            // Not joined: no rings (see the module docs).
             let members: Vec<&Endpoint> = state
                 .membership
                 .endpoints()
@@ -228,6 +228,15 @@ impl<T: GossipTransport> Gossiper<T> {
                 .filter(|e| matches!(e.status, NodeStatus::Normal | NodeStatus::Leaving))
                 .collect();
             let ring = Ring::build(members.iter().map(|e| (&e.id, &e.placement, e.vnodes)));
+            let next = Ring::build(
+                state
+                    .membership
+                    .endpoints()
+                    .values()
+                    .filter(|_| state.joined)
+                    .filter(|e| matches!(e.status, NodeStatus::Normal | NodeStatus::Joining))
+                    .map(|e| (&e.id, &e.placement, e.vnodes)),
+            );
             let alive = state
                 .membership
                 .endpoints()
@@ -242,7 +251,7 @@ impl<T: GossipTransport> Gossiper<T> {
                 })
                 .map(|e| e.id.clone())
                 .collect();
-            ClusterView { ring, alive }
+            ClusterView { ring, alive, next }
         };
         self.view.send_replace(Arc::new(view));
     }

@@ -62,6 +62,7 @@ use crate::model::{DcName, KeyspaceConfig};
 use crate::peer::{PeerRequest, PeerResponse};
 use crate::ring::NodeId;
 use crate::store::StoreError;
+use futures_util::StreamExt;
 
 /// What a repair did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -218,6 +219,9 @@ impl<T: Transport> Replica for PeerReplica<'_, T> {
     }
 }
 
+/// Range syncs a full sync keeps in flight at once.
+const FULL_SYNC_CONCURRENCY: usize = 8;
+
 /// Which live replicas of a range a node syncs it with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Partners {
@@ -286,6 +290,11 @@ impl<D: RepairData, T: Transport> Repairer<D, T> {
         &self.server
     }
 
+    /// The node it repairs for.
+    pub fn me(&self) -> &NodeId {
+        &self.me
+    }
+
     /// The knobs.
     pub fn config(&self) -> &RepairConfig {
         &self.config
@@ -339,6 +348,28 @@ impl<D: RepairData, T: Transport> Repairer<D, T> {
 
     /// Sync one range with one partner, counting a failure rather than
     /// returning it (the other ranges still run).
+    /// Sync each `(range, partner)` of `keyspace`, a few at a time: how a
+    /// joining node pulls the ranges it will own from their owners, and a
+    /// leaving node hands its ranges to their next owners.
+    pub async fn stream(&self, keyspace: &str, jobs: Vec<(HashRange, NodeId)>) -> RepairStats {
+        let mut stats = RepairStats::default();
+        let mut runs = futures_util::stream::iter(jobs)
+            .map(|(range, partner)| async move { self.sync_one(keyspace, range, &partner).await })
+            .buffer_unordered(FULL_SYNC_CONCURRENCY);
+        while let Some(s) = runs.next().await {
+            stats += s;
+        }
+        stats
+    }
+
+    /// [`Self::sync_range`] returning its own figures (for syncs run
+    /// concurrently).
+    async fn sync_one(&self, keyspace: &str, range: HashRange, partner: &NodeId) -> RepairStats {
+        let mut stats = RepairStats::default();
+        self.sync_range(keyspace, range, partner, &mut stats).await;
+        stats
+    }
+
     async fn sync_range(
         &self,
         keyspace: &str,
@@ -399,12 +430,14 @@ impl<D: RepairData, T: Transport> Repairer<D, T> {
     }
 
     /// Full sync with datacenter `remote`: the pieces of the ring (cut at
-    /// the tokens of both rings) in this node's `share`, each with the
-    /// first live replica of `remote`. What it pulls reaches the other
-    /// local replicas through their in-DC repair, and what it pushes
-    /// reaches the other remote replicas through theirs. The cross-DC
-    /// bridge falls back to it ([`Share::Replicated`]) when its outbox
-    /// overflows.
+    /// the tokens of both rings) in this node's `share`. With
+    /// [`Share::Primary`] each piece is synced with the first live replica
+    /// of `remote`: what it pulls reaches the other local replicas through
+    /// their in-DC repair, and what it pushes reaches the other remote
+    /// replicas through theirs. With [`Share::Replicated`] (the cross-DC
+    /// bridge's fallback when its outbox overflows) each piece is synced
+    /// with every live replica of `remote`, so what this node owes that DC
+    /// reaches all of its replicas at once.
     pub async fn full_sync(
         &self,
         keyspace: Option<&str>,
@@ -435,14 +468,34 @@ impl<D: RepairData, T: Transport> Repairer<D, T> {
                 &self.me,
                 share,
             );
+            let mut jobs: Vec<(HashRange, NodeId)> = Vec::new();
             for (range, partner) in ranges {
-                match partner {
-                    Some(partner) => self.sync_range(&name, range, &partner, &mut stats).await,
-                    None => {
-                        stats.ranges_failed += 1;
-                        tracing::debug!(keyspace = name, %range, %remote, "no live replica in the remote datacenter");
-                    }
+                let partners: Vec<NodeId> = match share {
+                    Share::Primary => partner.into_iter().collect(),
+                    // The writes this node owes the remote DC must reach
+                    // every replica there, not wait for the remote DC's
+                    // own repair round.
+                    Share::Replicated => view
+                        .ring
+                        .replicas_in_dc(remote, range.last, remote_rf as usize)
+                        .into_iter()
+                        .filter(|n| view.alive.contains(n))
+                        .collect(),
+                };
+                if partners.is_empty() {
+                    stats.ranges_failed += 1;
+                    tracing::debug!(keyspace = name, %range, %remote, "no live replica in the remote datacenter");
                 }
+                jobs.extend(partners.into_iter().map(|p| (range, p)));
+            }
+            // Over a WAN each range costs several round trips: keep a few
+            // in flight rather than paying them one after another.
+            let name = name.as_str();
+            let mut runs = futures_util::stream::iter(jobs)
+                .map(|(range, partner)| async move { self.sync_one(name, range, &partner).await })
+                .buffer_unordered(FULL_SYNC_CONCURRENCY);
+            while let Some(s) = runs.next().await {
+                stats += s;
             }
         }
         Ok(stats)

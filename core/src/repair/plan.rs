@@ -87,6 +87,27 @@ pub fn local_ranges(
     merge(labelled, RANGE_WIDTH_MAX)
 }
 
+/// Range movement in `dc` from the ring `now` to the ring `next` (a node
+/// joining or leaving): every piece cut at both rings' tokens, with its
+/// replicas now and next.
+pub fn movement(
+    now: &Ring,
+    next: &Ring,
+    dc: &DcName,
+    rf: usize,
+) -> Vec<(HashRange, Vec<NodeId>, Vec<NodeId>)> {
+    pieces(now.tokens(dc).into_iter().chain(next.tokens(dc)))
+        .into_iter()
+        .map(|p| {
+            (
+                p,
+                now.replicas_in_dc(dc, p.last, rf),
+                next.replicas_in_dc(dc, p.last, rf),
+            )
+        })
+        .collect()
+}
+
 /// Cross-datacenter ranges: pieces of the union of both rings that `me`
 /// replicates in `local` (with [`Share::Primary`], only those on which it
 /// is the first live local replica: the primary while it is up), each with

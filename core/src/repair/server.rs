@@ -26,7 +26,7 @@ use crate::model::{Version, VersionSet, key_hash};
 use crate::store::{LocalStore, StoreError};
 
 /// Sessions a replica keeps at once.
-pub const SESSIONS_MAX: usize = 8;
+pub const SESSIONS_MAX: usize = 64;
 
 /// A session unused this long is forgotten.
 pub const SESSION_IDLE: Duration = Duration::from_secs(120);

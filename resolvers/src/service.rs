@@ -1,0 +1,314 @@
+//! [`RegistryService`]: a node's resolver registry, served to clients.
+//!
+//! It implements core's [`RegistryHook`]: the node attaches its
+//! `_registry` system keyspace at start ([`ReplicatedStore`]), and hands it
+//! the client's [`RegistryRequest`]s. Each runs on tokio's blocking pool
+//! (loading a module and running the law checker take CPU time, and the
+//! registry's store writes block until their level is reached):
+//!
+//! - upload: the module must fit a registry value; the node's host loads
+//!   it (a bad module is [`ErrorCode::InvalidModule`]) and runs the law
+//!   checker; a failing module is [`ErrorCode::LawCheckFailed`] unless the
+//!   upload is forced, which registers it with the override recorded.
+//!   Then the module, then its record, are written through the cluster.
+//! - attach, detach, rollback: the keyspace must be one of the node's user
+//!   keyspaces; attach needs the resolver registered (as this node's
+//!   replica knows it: upload, then attach, through one node, or wait for
+//!   the record to arrive).
+//! - list: the registry as this node's replica holds it, plus the
+//!   configured default bindings of keyspaces the registry never bound.
+//!
+//! One node runs its registry mutations one at a time (a binding is read,
+//! changed and written back); mutations through two nodes at once are
+//! settled by the store's last-writer-wins.
+//!
+//! What it is not: access control. Any client that reaches a node can
+//! upload and attach.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use isthmus_core::bridge::BoxFuture;
+use isthmus_core::system::{
+    BindingInfo, BoundResolver, ErrorCode, LawCheckOutcome, RegistryHook, RegistryRequest,
+    RegistryResponse, ResolverInfo, SystemStore, WireError, is_system,
+};
+use parking_lot::Mutex;
+
+use crate::check::CheckOptions;
+use crate::registry::{
+    Binding, LawCheck, RegistryError, ResolverRecord, ResolverRef, UploadPolicy,
+};
+use crate::{Host, Registry, ReplicatedStore, WasmMergeHook};
+
+/// A node's resolver registry over its `_registry` keyspace.
+#[derive(Clone)]
+pub struct RegistryService {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    host: Arc<Host>,
+    store: Arc<ReplicatedStore>,
+    registry: Arc<Registry>,
+    check: CheckOptions,
+    mutating: Mutex<()>,
+}
+
+fn wire(code: ErrorCode, message: impl Into<String>) -> WireError {
+    WireError {
+        code,
+        message: message.into(),
+        acks: None,
+    }
+}
+
+/// A registry error as the wire carries it.
+pub fn to_wire(e: &RegistryError) -> WireError {
+    let code = match e {
+        RegistryError::Store { .. } => ErrorCode::StorageFailed,
+        RegistryError::Invalid { .. } | RegistryError::CheckFailed { .. } => {
+            ErrorCode::InvalidModule
+        }
+        RegistryError::LawCheckFailed { .. } => ErrorCode::LawCheckFailed,
+        RegistryError::VersionTaken { .. } => ErrorCode::VersionTaken,
+        RegistryError::UnknownResolver { .. } => ErrorCode::UnknownResolver,
+        RegistryError::NothingToRollBack { .. } | RegistryError::InvalidName { .. } => {
+            ErrorCode::BadRequest
+        }
+        RegistryError::Corrupt { .. } => ErrorCode::Internal,
+    };
+    wire(code, e.to_string())
+}
+
+fn info(record: ResolverRecord) -> ResolverInfo {
+    ResolverInfo {
+        name: record.name,
+        version: record.version,
+        hash: record.hash,
+        module_bytes: record.module_bytes,
+        law_check: match record.law_check {
+            LawCheck::Passed { seed } => LawCheckOutcome::Passed { seed },
+            LawCheck::Overridden { seed, violations } => {
+                LawCheckOutcome::Overridden { seed, violations }
+            }
+        },
+    }
+}
+
+fn bound(r: Option<ResolverRef>) -> Option<BoundResolver> {
+    r.map(|r| BoundResolver {
+        name: r.name,
+        version: r.version,
+        hash: Some(r.hash),
+    })
+}
+
+fn binding_info(b: Binding) -> BindingInfo {
+    BindingInfo {
+        keyspace: b.keyspace,
+        current: bound(b.current),
+        history: b.history.into_iter().map(bound).collect(),
+        from_config: false,
+    }
+}
+
+impl RegistryService {
+    /// A registry service whose law checks and module loads run on `host`.
+    pub fn new(host: Arc<Host>) -> Self {
+        Self::with_check(host, CheckOptions::default())
+    }
+
+    /// Same, with the law checker's options (the seed still defaults from
+    /// the module's hash, so every node checks a module alike).
+    pub fn with_check(host: Arc<Host>, check: CheckOptions) -> Self {
+        let store = Arc::new(ReplicatedStore::new());
+        let registry = Arc::new(Registry::new(store.clone()));
+        RegistryService {
+            inner: Arc::new(Inner {
+                host,
+                store,
+                registry,
+                check,
+                mutating: Mutex::new(()),
+            }),
+        }
+    }
+
+    /// The registry (reads of the node's replica; writes block, see
+    /// [`ReplicatedStore`]).
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.inner.registry
+    }
+
+    /// The store under the registry.
+    pub fn store(&self) -> &Arc<ReplicatedStore> {
+        &self.inner.store
+    }
+
+    /// The merge hook for the node: this registry's bindings, else
+    /// `defaults` (the configuration's `keyspace -> (name, version)`).
+    pub fn merge_hook(&self, defaults: BTreeMap<String, (String, u32)>) -> WasmMergeHook {
+        WasmMergeHook::new(self.inner.host.clone(), self.inner.registry.clone())
+            .with_defaults(defaults)
+    }
+
+    /// Serve one request on the calling thread, which it may block (see
+    /// the module docs).
+    pub fn serve_blocking(&self, request: RegistryRequest) -> Result<RegistryResponse, WireError> {
+        self.inner.serve(request)
+    }
+}
+
+impl Inner {
+    fn system(&self) -> Result<&SystemStore, WireError> {
+        self.store.system().ok_or_else(|| {
+            wire(
+                ErrorCode::Unavailable,
+                "the registry is not attached to the node yet",
+            )
+        })
+    }
+
+    fn user_keyspace(&self, keyspace: &str) -> Result<(), WireError> {
+        if is_system(keyspace) {
+            return Err(wire(
+                ErrorCode::BadRequest,
+                format!("{keyspace:?} is a system keyspace; it takes no resolver"),
+            ));
+        }
+        if !self.system()?.keyspaces().contains_key(keyspace) {
+            return Err(wire(
+                ErrorCode::BadRequest,
+                format!("this node has no keyspace {keyspace:?}"),
+            ));
+        }
+        Ok(())
+    }
+
+    fn serve(&self, request: RegistryRequest) -> Result<RegistryResponse, WireError> {
+        let registry = &self.registry;
+        let e = |e: RegistryError| to_wire(&e);
+        match request {
+            RegistryRequest::Upload {
+                name,
+                version,
+                module,
+                force,
+            } => {
+                let max = self.system()?.value_bytes_max();
+                if module.len() > max {
+                    return Err(wire(
+                        ErrorCode::InvalidModule,
+                        format!(
+                            "module of {} bytes exceeds the {max} bytes a registry value may hold",
+                            module.len()
+                        ),
+                    ));
+                }
+                let policy = UploadPolicy {
+                    check: self.check.clone(),
+                    override_failed_check: force,
+                };
+                let _one_at_a_time = self.mutating.lock();
+                let record = registry
+                    .register(&self.host, &name, version, &module, &policy)
+                    .map_err(e)?;
+                tracing::info!(
+                    name,
+                    version,
+                    bytes = module.len(),
+                    forced = force,
+                    "resolver registered"
+                );
+                Ok(RegistryResponse::Uploaded(info(record)))
+            }
+            RegistryRequest::Attach {
+                keyspace,
+                name,
+                version,
+            } => {
+                self.user_keyspace(&keyspace)?;
+                let _one_at_a_time = self.mutating.lock();
+                let binding = registry.attach(&keyspace, &name, version).map_err(e)?;
+                tracing::info!(keyspace, name, version, "resolver attached");
+                Ok(RegistryResponse::Bound(binding_info(binding)))
+            }
+            RegistryRequest::Detach { keyspace } => {
+                self.user_keyspace(&keyspace)?;
+                let _one_at_a_time = self.mutating.lock();
+                let binding = registry.detach(&keyspace).map_err(e)?;
+                tracing::info!(keyspace, "resolver detached");
+                Ok(RegistryResponse::Bound(binding_info(binding)))
+            }
+            RegistryRequest::Rollback { keyspace } => {
+                self.user_keyspace(&keyspace)?;
+                let _one_at_a_time = self.mutating.lock();
+                let binding = registry.rollback(&keyspace).map_err(e)?;
+                tracing::info!(keyspace, "resolver binding rolled back");
+                Ok(RegistryResponse::Bound(binding_info(binding)))
+            }
+            RegistryRequest::List => {
+                let resolvers: Vec<ResolverInfo> =
+                    registry.list().map_err(e)?.into_iter().map(info).collect();
+                let mut bindings: BTreeMap<String, BindingInfo> = registry
+                    .bindings()
+                    .map_err(e)?
+                    .into_iter()
+                    .map(|b| (b.keyspace.clone(), binding_info(b)))
+                    .collect();
+                for (keyspace, config) in self.system()?.keyspaces() {
+                    let Some((name, version)) = config.resolver else {
+                        continue;
+                    };
+                    if bindings.contains_key(&keyspace) {
+                        continue;
+                    }
+                    let hash = registry.get(&name, version).map_err(e)?.map(|r| r.hash);
+                    bindings.insert(
+                        keyspace.clone(),
+                        BindingInfo {
+                            keyspace,
+                            current: Some(BoundResolver {
+                                name,
+                                version,
+                                hash,
+                            }),
+                            history: Vec::new(),
+                            from_config: true,
+                        },
+                    );
+                }
+                Ok(RegistryResponse::Listing {
+                    resolvers,
+                    bindings: bindings.into_values().collect(),
+                })
+            }
+        }
+    }
+}
+
+impl RegistryHook for RegistryService {
+    fn attach(&self, store: SystemStore) {
+        if !self.inner.store.attach(store) {
+            tracing::warn!("the registry was attached to a node already; this one is ignored");
+        }
+    }
+
+    fn serve<'a>(
+        &'a self,
+        request: RegistryRequest,
+        _deadline: Duration,
+    ) -> BoxFuture<'a, Result<RegistryResponse, WireError>> {
+        let inner = self.inner.clone();
+        Box::pin(async move {
+            // A deadline shorter than the operation ends the wait, not
+            // the operation: the server drops this future, the blocking
+            // task finishes (its writes are whole records either way).
+            tokio::task::spawn_blocking(move || inner.serve(request))
+                .await
+                .map_err(|e| wire(ErrorCode::Internal, format!("registry task failed: {e}")))?
+        })
+    }
+}

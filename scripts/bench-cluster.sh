@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# One run, three systems on this machine: `isthmus bench` (YCSB a, b, c)
+# against a 1-node cluster (RF 1) and a 3-node cluster (RF 3, LOCAL_QUORUM),
+# real processes on loopback, then redis-benchmark against a local
+# redis-server with the same value size and concurrency (AOF with fsync
+# every second, the closest redis comes to Isthmus' default 5 ms log sync).
+#
+#   THREADS=16 DURATION=20 VALUE=100 KEYS=100000 bash scripts/bench-cluster.sh
+#
+# redis-server and redis-benchmark come from apt (`apt-get install
+# redis-server`); the script skips redis when they are missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+THREADS=${THREADS:-16}
+DURATION=${DURATION:-20}
+VALUE=${VALUE:-100}
+KEYS=${KEYS:-100000}
+
+cargo build --release -q
+BIN=${CARGO_TARGET_DIR:-target}/release/isthmus
+dir=$(mktemp -d)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$dir"
+}
+trap cleanup EXIT
+
+node() { # id addr seed rf
+  cat >"$dir/$1.toml" <<EOF
+node_id = "$1"
+dc = "dc1"
+rack = "r-$1"
+listen = "$2"
+data_dir = "$dir/$1"
+seeds = ["$3"]
+vnodes = 64
+fsync = "interval"
+fsync_interval_ms = 5
+
+[keyspaces.bench]
+replication = { dc1 = $4 }
+consistency = "LOCAL_QUORUM"
+EOF
+  "$BIN" server --config "$dir/$1.toml" 2>"$dir/$1.log" &
+  pids+=($!)
+}
+
+wait_up() { # addr count
+  for _ in $(seq 1 150); do
+    up=$("$BIN" status --addr "$1" --json 2>/dev/null | grep -o '"up":true' | wc -l || true)
+    [ "$up" -ge "$2" ] && return 0
+    sleep 0.2
+  done
+  echo "cluster at $1 did not come up" >&2
+  exit 1
+}
+
+bench() { # label addr
+  for w in a b c; do
+    load=()
+    [ "$w" != a ] && load=(--no-load)
+    echo "== isthmus $1, workload $w"
+    "$BIN" bench --addr "$2" --keyspace bench --workload "$w" --threads "$THREADS" \
+      --duration "$DURATION" --keys "$KEYS" --value-bytes "$VALUE" "${load[@]}"
+  done
+}
+
+node n1 127.0.0.1:7501 127.0.0.1:7501 1
+wait_up 127.0.0.1:7501 1
+bench "1 node (RF 1)" 127.0.0.1:7501
+cleanup_pids=("${pids[@]}")
+for p in "${cleanup_pids[@]}"; do kill "$p"; done
+wait 2>/dev/null || true
+pids=()
+
+node n1 127.0.0.2:7501 127.0.0.2:7501 3
+node n2 127.0.0.3:7501 127.0.0.2:7501 3
+node n3 127.0.0.4:7501 127.0.0.2:7501 3
+wait_up 127.0.0.2:7501 3
+bench "3 nodes (RF 3, LOCAL_QUORUM)" 127.0.0.2:7501
+
+if command -v redis-server >/dev/null && command -v redis-benchmark >/dev/null; then
+  redis-server --port 7601 --dir "$dir" --save '' --appendonly yes --appendfsync everysec \
+    --daemonize no >"$dir/redis.log" 2>&1 &
+  pids+=($!)
+  sleep 1
+  requests=$((THREADS * 20000))
+  echo "== redis-benchmark (AOF, fsync every second): SET and GET, $VALUE-byte values, $THREADS clients, $KEYS keys"
+  redis-benchmark -p 7601 -t set,get -d "$VALUE" -c "$THREADS" -n "$requests" -r "$KEYS" -q \
+    | tr '\r' '\n' | grep 'requests per second'
+else
+  echo "== redis-benchmark skipped: redis-server not installed (apt-get install redis-server)"
+fi
