@@ -11,8 +11,8 @@
 //! phi accrual detector.
 //!
 //! Until it has heard from a peer (an answer to one of its exchanges, or a
-//! peer's exchange), a node that has seeds other than itself publishes an
-//! empty ring: knowing only itself, it would otherwise place every key on
+//! peer's exchange; not its own answer through a seed address that is its
+//! own), a node that has seeds other than itself publishes an empty ring: knowing only itself, it would otherwise place every key on
 //! itself, and a node restarting behind a slow or cut link would
 //! acknowledge writes at ONE that no real replica ever receives. With an
 //! empty ring its coordinator refuses requests as unavailable instead.
@@ -102,6 +102,8 @@ struct State {
     /// Whether the view holds what a peer knows (or there is no one to
     /// ask): until then the published ring is empty.
     joined: bool,
+    /// Seed addresses that turned out to be this node.
+    self_seeds: BTreeSet<String>,
 }
 
 /// One node's gossip participant.
@@ -135,6 +137,7 @@ impl<T: GossipTransport> Gossiper<T> {
             windows: HashMap::new(),
             round: 0,
             joined,
+            self_seeds: BTreeSet::new(),
         };
         let gossiper = Arc::new(Gossiper {
             me,
@@ -296,22 +299,32 @@ impl<T: GossipTransport> Gossiper<T> {
         };
         let request = PeerRequest::Gossip { digest, entries };
         let timeout = self.config.exchange_timeout;
-        let answer = match target {
-            Some(node) => self.transport.call(&node, request, timeout).await.ok(),
-            None => {
-                let seeds: Vec<&String> = self.seeds.iter().collect();
-                match seeds.get(round as usize % seeds.len().max(1)) {
-                    Some(addr) => match self.transport.connect(addr).await {
-                        Ok(channel) => channel.call(request, timeout).await.ok(),
-                        Err(_) => None,
-                    },
-                    None => None,
-                }
-            }
+        // A seed may be this node itself, under its own address: its
+        // answer teaches nothing, unless every seed is.
+        let (answer, from_self) = match target {
+            Some(node) => (
+                self.transport.call(&node, request, timeout).await.ok(),
+                false,
+            ),
+            None => match self.seeds.get(round as usize % self.seeds.len().max(1)) {
+                Some(addr) => match self.transport.connect(addr).await {
+                    Ok(channel) => {
+                        let from_self = channel.peer().node_id == self.me.0;
+                        if from_self {
+                            self.state.lock().self_seeds.insert(addr.clone());
+                        }
+                        (channel.call(request, timeout).await.ok(), from_self)
+                    }
+                    Err(_) => (None, false),
+                },
+                None => (None, false),
+            },
         };
         if let Some(PeerResponse::Gossip { entries }) = answer {
             let mut state = self.state.lock();
-            state.joined = true;
+            if !from_self || state.self_seeds.len() == self.seeds.len() {
+                state.joined = true;
+            }
             self.absorb(&mut state, entries);
         }
         self.publish();

@@ -374,12 +374,8 @@ pub async fn run(cluster: Arc<Cluster>, me: usize, disk: Disk) -> turmoil::Resul
         status: NodeStatus::Normal,
         load_bytes: 0,
     };
-    let seeds = cluster
-        .seeds
-        .iter()
-        .filter(|s| **s != spec.addr())
-        .cloned()
-        .collect();
+    // A seed's own list names itself too, as operators' configs do.
+    let seeds = cluster.seeds.clone();
     let (gossiper, view) = Gossiper::new(
         own,
         seeds,
