@@ -482,6 +482,91 @@ mod tests {
         assert_eq!(view.borrow().ring.node_count(&"dc1".into()), 4);
     }
 
+    /// A network where the seed `me:1` is the node itself (a one-request
+    /// stand-in for its own server, which knows nothing newer) and every
+    /// other address is unreachable.
+    struct OwnSeed;
+
+    impl Transport for OwnSeed {
+        async fn call(
+            &self,
+            to: &NodeId,
+            request: PeerRequest,
+            timeout: Duration,
+        ) -> Result<PeerResponse, ClientError> {
+            Silent.call(to, request, timeout).await
+        }
+    }
+
+    impl GossipTransport for OwnSeed {
+        fn set_addr(&self, _: &NodeId, _: &str) {}
+
+        fn set_dc(&self, _: &NodeId, _: &DcName) {}
+
+        async fn connect(
+            &self,
+            addr: &str,
+        ) -> Result<Channel<PeerRequest, PeerResponse>, ClientError> {
+            use isthmus_client::wire::connection::Connection;
+            use isthmus_client::wire::{Envelope, Hello, HelloAck, Reply, frame};
+            if addr != "me:1" {
+                return Silent.connect(addr).await;
+            }
+            let (near, far) = tokio::io::duplex(1 << 16);
+            tokio::spawn(async move {
+                let mut conn = Connection::new(far, frame::FRAME_BYTES_MAX_DEFAULT);
+                let Ok(Some(hello)) = conn.read::<Hello>().await else {
+                    return;
+                };
+                let ack = HelloAck {
+                    magic: hello.magic,
+                    version: hello.version,
+                    node_id: "n1".into(),
+                    dc: "dc1".into(),
+                };
+                let _ = conn.write(&ack).await;
+                if let Ok(Some(request)) = conn.read::<Envelope<PeerRequest>>().await {
+                    let reply = Reply {
+                        id: request.id,
+                        body: PeerResponse::Gossip { entries: vec![] },
+                    };
+                    let _ = conn.write(&reply).await;
+                }
+            });
+            Channel::handshake(
+                Box::new(near),
+                addr,
+                "n1",
+                isthmus_client::wire::PeerRole::Node,
+                Duration::from_secs(1),
+            )
+            .await
+        }
+    }
+
+    #[tokio::test]
+    async fn its_own_answer_through_a_seed_address_is_not_hearing_from_a_peer() {
+        let own = |seeds: &[&str]| {
+            Gossiper::new(
+                endpoint(1),
+                seeds.iter().map(|s| s.to_string()).collect(),
+                GossipConfig::default(),
+                Arc::new(OwnSeed),
+                Box::new(|| 0),
+            )
+        };
+        // Its seeds: itself (under another name) and a peer out of reach.
+        let (gossiper, view) = own(&["me:1", "n2:7000"]);
+        for _ in 0..4 {
+            gossiper.round().await;
+        }
+        assert_eq!(view.borrow().ring.node_count(&"dc1".into()), 0);
+        // Its only seed is itself: once it knows, it is its own cluster.
+        let (gossiper, view) = own(&["me:1"]);
+        gossiper.round().await;
+        assert_eq!(view.borrow().ring.node_count(&"dc1".into()), 1);
+    }
+
     #[tokio::test]
     async fn a_node_without_other_seeds_is_its_own_cluster_at_once() {
         for seeds in [&[][..], &["n1:7000"][..]] {
