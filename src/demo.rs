@@ -306,7 +306,9 @@ async fn demo(args: DemoArgs, module: Vec<u8>, root: PathBuf) -> anyhow::Result<
         wan_one_way: Duration::from_millis(args.wan_latency_ms),
     };
     let mut cluster = LocalCluster::start(spec, root).await?;
-    eprintln!("demo: cluster up; cart-union resolver bound to keyspace {KEYSPACE:?}");
+    eprintln!(
+        "demo: cluster up; cart-union uploaded through dc1-n0, bound to keyspace {KEYSPACE:?}, replicated to every node"
+    );
 
     let ledger = Arc::new(Ledger::default());
     eprintln!(

@@ -1,7 +1,10 @@
 //! A local multi-datacenter cluster inside this process: nodes on
-//! loopback with real data directories, each with its own wasm host,
+//! loopback with real data directories, each with its own wasm host and
+//! the replicated resolver registry (as `isthmus server` runs them),
 //! joined by the cross-DC bridge over a userspace WAN with simulated
-//! latency. `isthmus demo` and `isthmus bench-bridge` run on it.
+//! latency. A resolver is uploaded to one node through the client
+//! protocol and replicates to the rest. `isthmus demo` and
+//! `isthmus bench-bridge` run on it.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -9,7 +12,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::bail;
+use isthmus_client::Session;
 use isthmus_client::wire::{BridgeReport, Consistency};
+use isthmus_client::wire::{RegistryRequest, RegistryResponse, RequestBody, ResponseBody};
 use isthmus_core::config::{BridgeSection, FsyncMode, KeyspaceSection, NodeConfig};
 use isthmus_core::gossip::detector::DetectorConfig;
 use isthmus_core::gossip::service::GossipConfig;
@@ -18,8 +23,7 @@ use isthmus_core::node::{self, NodeTuning, RunningNode};
 use isthmus_dc_bridge::wan::WanProxy;
 use isthmus_dc_bridge::{BridgeConfig, DcBridge, DcBridgeFactory};
 use isthmus_resolvers::host::module_hash;
-use isthmus_resolvers::registry::UploadPolicy;
-use isthmus_resolvers::{Host, Registry, ResolverLimits, WasmMergeHook};
+use isthmus_resolvers::{Host, RegistryService, ResolverLimits};
 
 /// What to run.
 pub struct ClusterSpec {
@@ -30,7 +34,8 @@ pub struct ClusterSpec {
     /// The one keyspace, replicated 3 ways (or fewer, with fewer nodes)
     /// in every DC.
     pub keyspace: &'static str,
-    /// A merge module bound to the keyspace as `NAME@1`.
+    /// A merge module, uploaded as `NAME@1` once the cluster is up and
+    /// bound to the keyspace.
     pub resolver: Option<(&'static str, Vec<u8>)>,
     /// Bridge settings.
     pub bridge: BridgeSection,
@@ -82,7 +87,66 @@ impl LocalCluster {
         }
         let all = cluster.spec.dcs.len() * cluster.spec.nodes_per_dc;
         cluster.wait_alive(all, "every node up").await?;
+        cluster.upload_resolver().await?;
         Ok(cluster)
+    }
+
+    /// Upload the spec's resolver to the first node and attach it, as
+    /// `isthmus resolver upload` and `attach` do; wait until every node's
+    /// registry replica holds it.
+    async fn upload_resolver(&self) -> anyhow::Result<()> {
+        let Some((name, module)) = &self.spec.resolver else {
+            return Ok(());
+        };
+        let first = self.nodes.values().next().map(|n| n.addr.clone());
+        let first = first.ok_or_else(|| anyhow::anyhow!("no node"))?;
+        let session = Session::connect(&first, "local-cluster", Duration::from_secs(2)).await?;
+        let call = |request| session.call(RequestBody::Registry(request), Duration::from_secs(30));
+        match call(RegistryRequest::Upload {
+            name: name.to_string(),
+            version: 1,
+            module: module.clone(),
+            force: false,
+        })
+        .await?
+        {
+            ResponseBody::Registry(RegistryResponse::Uploaded(_)) => {}
+            other => bail!("upload answered {other:?}"),
+        }
+        match call(RegistryRequest::Attach {
+            keyspace: self.spec.keyspace.to_owned(),
+            name: name.to_string(),
+            version: 1,
+        })
+        .await?
+        {
+            ResponseBody::Registry(RegistryResponse::Bound(_)) => {}
+            other => bail!("attach answered {other:?}"),
+        }
+        for _ in 0..600 {
+            let mut everywhere = true;
+            for node in self.nodes.values() {
+                let s =
+                    Session::connect(&node.addr, "local-cluster", Duration::from_secs(2)).await?;
+                let listing = s
+                    .call(
+                        RequestBody::Registry(RegistryRequest::List),
+                        Duration::from_secs(5),
+                    )
+                    .await?;
+                let held = matches!(
+                    &listing,
+                    ResponseBody::Registry(RegistryResponse::Listing { resolvers, .. })
+                        if resolvers.iter().any(|r| r.name == *name && r.version == 1)
+                );
+                everywhere &= held;
+            }
+            if everywhere {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        bail!("the uploaded resolver did not reach every node")
     }
 
     /// Start (or restart, with its data) every node of `dc`.
@@ -142,22 +206,27 @@ impl LocalCluster {
                 },
             )]),
         };
+        // What `isthmus server` runs: a wasm host and the replicated
+        // registry, the keyspace's configured binding as its default.
         let host = Arc::new(Host::new(ResolverLimits::default())?);
-        let registry = Arc::new(Registry::in_memory());
-        if let Some((name, module)) = &self.spec.resolver {
-            registry.register(&host, name, 1, module, &UploadPolicy::default())?;
-            registry.attach(self.spec.keyspace, name, 1)?;
-        }
-        self.hosts.push(host.clone());
+        let service = RegistryService::new(host.clone());
+        let defaults = self
+            .spec
+            .resolver
+            .iter()
+            .map(|(name, _)| (self.spec.keyspace.to_owned(), (name.to_string(), 1)))
+            .collect();
+        let hook = service.merge_hook(defaults);
+        self.hosts.push(host);
         let factory = Arc::new(DcBridgeFactory::new(BridgeConfig::from(&config.bridge)));
         self.bridges.push(factory.clone());
         let tuning = NodeTuning {
             bridge: Some(factory),
+            registry: Some(Arc::new(service)),
             gossip: gossip(),
             ..NodeTuning::default()
         };
-        let node =
-            node::start(config, Arc::new(WasmMergeHook::new(host, registry)), tuning).await?;
+        let node = node::start(config, Arc::new(hook), tuning).await?;
         self.wan.register(&node.addr, dc);
         if self.seed.is_empty() {
             self.seed = node.addr.clone();
