@@ -231,6 +231,15 @@ impl Cluster {
         out
     }
 
+    /// Every running node's bridge report.
+    fn reports(&self) -> Vec<BridgeReport> {
+        self.nodes
+            .values()
+            .filter_map(|n| n.coordinator().bridge())
+            .flat_map(|b| b.report())
+            .collect()
+    }
+
     async fn assert_equal_roots(&self) {
         let roots = self.merkle_roots().await;
         let distinct: BTreeSet<_> = roots.values().collect();
@@ -457,10 +466,8 @@ async fn a_partition_between_the_dcs_heals_with_nothing_lost() {
     dc1.await.unwrap();
     dc2.await.unwrap();
     let owed: u64 = cluster
-        .nodes
-        .values()
-        .filter_map(|n| n.coordinator().bridge())
-        .flat_map(|b| b.report())
+        .reports()
+        .into_iter()
         .map(|r| r.outbox_records)
         .sum();
     assert!(
@@ -568,10 +575,8 @@ async fn past_the_outbox_bound_a_full_sync_restores_convergence() {
     let start = Instant::now();
     while start.elapsed() < Duration::from_secs(30) {
         let overflowed = cluster
-            .nodes
-            .values()
-            .filter_map(|n| n.coordinator().bridge())
-            .flat_map(|b| b.report())
+            .reports()
+            .into_iter()
             .filter(|r| r.overflows > 0)
             .count();
         if overflowed == 3 {
@@ -581,12 +586,7 @@ async fn past_the_outbox_bound_a_full_sync_restores_convergence() {
     }
     stop.store(true, Ordering::Relaxed);
     writers.await.unwrap();
-    let reports: Vec<BridgeReport> = cluster
-        .nodes
-        .values()
-        .filter_map(|n| n.coordinator().bridge())
-        .flat_map(|b| b.report())
-        .collect();
+    let reports: Vec<BridgeReport> = cluster.reports();
     assert!(
         reports
             .iter()
@@ -604,23 +604,13 @@ async fn past_the_outbox_bound_a_full_sync_restores_convergence() {
     cluster.settle(6).await;
     let took = converged(&cluster, carts, &ledger).await;
     for _ in 0..400 {
-        let pending = cluster
-            .nodes
-            .values()
-            .filter_map(|n| n.coordinator().bridge())
-            .flat_map(|b| b.report())
-            .any(|r| r.full_sync_pending);
+        let pending = cluster.reports().into_iter().any(|r| r.full_sync_pending);
         if !pending {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let reports: Vec<BridgeReport> = cluster
-        .nodes
-        .values()
-        .filter_map(|n| n.coordinator().bridge())
-        .flat_map(|b| b.report())
-        .collect();
+    let reports: Vec<BridgeReport> = cluster.reports();
     assert!(
         reports.iter().all(|r| !r.full_sync_pending),
         "full-syncs must complete: {reports:?}"

@@ -236,6 +236,9 @@ impl Bridge for DcBridge {
             .read()
             .get(keyspace)
             .is_some_and(|ks| ks.replication.keys().any(|dc| *dc != self.own));
+        if !ships {
+            return Box::pin(async { Ok(()) });
+        }
         let (outbox, keyspace, key, version) = (
             self.outbox.clone(),
             keyspace.to_owned(),
@@ -243,9 +246,6 @@ impl Bridge for DcBridge {
             version.clone(),
         );
         Box::pin(async move {
-            if !ships {
-                return Ok(());
-            }
             tokio::task::spawn_blocking(move || outbox.append(&keyspace, &key, &version))
                 .await
                 .map_err(|e| StoreError::Failed {
