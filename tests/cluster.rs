@@ -1,75 +1,47 @@
-//! A five-node cluster of real `isthmus server` processes on 127.0.0.x:
+//! A five-node cluster of real `isthmus server` processes on 127.0.x.y:
 //! writes at LOCAL_QUORUM keep succeeding with one node SIGKILLed, its
 //! hints are handed off when it returns, reads at quorum see every
-//! acknowledged write, and a retried put adds no sibling.
+//! acknowledged write, and a retried put adds no sibling; concurrent
+//! writers on one cart, through five nodes, leave siblings that the
+//! uploaded cart-union module merges to the same bytes on every replica;
+//! a sixth node joins and another is decommissioned under writes, with
+//! every acknowledged write on each of its replicas afterwards.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
+
+use common::{Node, all_see, isthmus, local_set, status, text, until, wasm};
 
 use isthmus_client::wire::{Consistency, Context, NodeReport, RequestBody, ResponseBody, WriteId};
 use isthmus_client::{Client, Session};
+use isthmus_core::model::{DcName, key_hash};
+use isthmus_core::ring::{NodeId, Placement, Ring};
+use isthmus_core::transport::TcpTransport;
+use isthmus_example_cart_union as cart_union;
 
-struct Node {
-    id: String,
-    addr: String,
-    config: PathBuf,
-    log: PathBuf,
-    child: Option<Child>,
-}
+/// Tests here run one at a time: each runs five or six nodes, and two
+/// clusters at once on a small machine would only measure the scheduler
+/// (and trip the failure detectors).
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-impl Node {
-    fn spawn(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_isthmus"))
-            .args(["server", "--config"])
-            .arg(&self.config)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawning isthmus server");
-        self.child = Some(child);
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            // SIGKILL: no shutdown path runs.
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-fn free_port(ip: &str) -> u16 {
-    std::net::TcpListener::bind((ip, 0))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn cluster(dir: &Path, n: usize) -> Vec<Node> {
-    let ips: Vec<String> = (0..n).map(|i| format!("127.0.0.{}", i + 2)).collect();
-    let addrs: Vec<String> = ips
-        .iter()
-        .map(|ip| format!("{ip}:{}", free_port(ip)))
-        .collect();
-    (0..n)
+/// `n` nodes n0.. on 127.0.`subnet`.x, racks r0..r2, seeded by n0;
+/// `carts` has three replicas at LOCAL_QUORUM. The nodes listed in
+/// `joining` bootstrap into the running ring when spawned.
+fn cluster(dir: &Path, subnet: u8, n: usize, joining: &[usize]) -> Vec<Node> {
+    let nodes: Vec<Node> = (0..n)
         .map(|i| {
-            let config = dir.join(format!("n{i}.toml"));
-            let toml = format!(
-                r#"node_id = "n{i}"
+            let ip = format!("127.0.{subnet}.{}", i + 2);
+            Node::new(dir, &format!("n{i}"), "dc1", &ip)
+        })
+        .collect();
+    for (i, node) in nodes.iter().enumerate() {
+        let toml = format!(
+            r#"node_id = "{id}"
 dc = "dc1"
 rack = "r{rack}"
 listen = "{addr}"
@@ -77,69 +49,31 @@ data_dir = "{data}"
 seeds = ["{seed}"]
 vnodes = 32
 fsync = "always"
+bootstrap = {bootstrap}
 
 [keyspaces.carts]
 replication = {{ dc1 = 3 }}
 consistency = "LOCAL_QUORUM"
 "#,
-                rack = i % 3,
-                addr = addrs[i],
-                data = dir.join(format!("n{i}")).display(),
-                seed = addrs[0],
-            );
-            std::fs::write(&config, toml).unwrap();
-            Node {
-                id: format!("n{i}"),
-                addr: addrs[i].clone(),
-                config,
-                log: dir.join(format!("n{i}.log")),
-                child: None,
-            }
-        })
-        .collect()
-}
-
-async fn status(addr: &str) -> Option<Vec<NodeReport>> {
-    let session = Session::connect(addr, "test", Duration::from_secs(1))
-        .await
-        .ok()?;
-    match session
-        .call(RequestBody::Status, Duration::from_secs(2))
-        .await
-        .ok()?
-    {
-        ResponseBody::Status { nodes, .. } => Some(nodes),
-        _ => None,
-    }
-}
-
-async fn until(what: &str, nodes: &[Node], mut check: impl AsyncFnMut() -> bool) {
-    for _ in 0..600 {
-        if check().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    for node in nodes {
-        let log = std::fs::read_to_string(&node.log).unwrap_or_default();
-        eprintln!(
-            "--- {} log (tail) ---\n{}",
-            node.id,
-            log.lines().rev().take(20).collect::<Vec<_>>().join("\n")
+            id = node.id,
+            rack = i % 3,
+            addr = node.addr,
+            data = dir.join(&node.id).display(),
+            seed = nodes[0].addr,
+            bootstrap = joining.contains(&i),
         );
+        std::fs::write(&node.config, toml).unwrap();
     }
-    panic!("timed out waiting until {what}");
+    nodes
 }
 
-/// Every live node reports `up` nodes up.
-async fn all_see(nodes: &[Node], up: usize) -> bool {
-    for node in nodes.iter().filter(|n| n.child.is_some()) {
-        match status(&node.addr).await {
-            Some(reports) if reports.iter().filter(|r| r.up).count() == up => {}
-            _ => return false,
-        }
+/// What every node reports of each node's state, when all of them answer.
+async fn states(nodes: &[Node]) -> Option<Vec<NodeReport>> {
+    let mut all = Vec::new();
+    for node in nodes.iter().filter(|n| n.running()) {
+        all.extend(status(&node.addr).await?.0);
     }
-    true
+    Some(all)
 }
 
 fn values(read: &isthmus_client::Read) -> Vec<Vec<u8>> {
@@ -169,12 +103,13 @@ async fn write_and_read_back(client: &Client, quorum: &Client, phase: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_processes_survive_a_sigkill_and_hand_off_hints() {
+    let _serial = SERIAL.lock().await;
     let dir = tempfile::tempdir().unwrap();
-    let mut nodes = cluster(dir.path(), 5);
+    let mut nodes = cluster(dir.path(), 0, 5, &[]);
     for node in nodes.iter_mut() {
         node.spawn();
     }
-    until("five nodes see each other", &nodes, async || {
+    until("five nodes see each other", &nodes, 60, async || {
         all_see(&nodes, 5).await
     })
     .await;
@@ -196,13 +131,16 @@ async fn five_processes_survive_a_sigkill_and_hand_off_hints() {
 
     // SIGKILL one node; writes at LOCAL_QUORUM go on.
     nodes[3].kill();
-    let survivors: Vec<&Node> = nodes.iter().filter(|n| n.child.is_some()).collect();
+    let survivors: Vec<&Node> = nodes.iter().filter(|n| n.running()).collect();
     assert_eq!(survivors.len(), 4);
-    until("n3 is seen down", &nodes, async || all_see(&nodes, 4).await).await;
+    until("n3 is seen down", &nodes, 60, async || {
+        all_see(&nodes, 4).await
+    })
+    .await;
     write_and_read_back(&client, &quorum, "during").await;
     let mut hinted = 0;
-    for node in nodes.iter().filter(|n| n.child.is_some()) {
-        let reports = status(&node.addr).await.unwrap();
+    for node in nodes.iter().filter(|n| n.running()) {
+        let (reports, _) = status(&node.addr).await.unwrap();
         hinted += reports
             .iter()
             .find(|r| r.node_id == "n3")
@@ -215,12 +153,13 @@ async fn five_processes_survive_a_sigkill_and_hand_off_hints() {
     until(
         "n3 is back and every hint for it is handed off",
         &nodes,
+        60,
         async || {
             if !all_see(&nodes, 5).await {
                 return false;
             }
             for node in &nodes {
-                let Some(reports) = status(&node.addr).await else {
+                let Some((reports, _)) = status(&node.addr).await else {
                     return false;
                 };
                 if reports
@@ -274,5 +213,378 @@ async fn five_processes_survive_a_sigkill_and_hand_off_hints() {
     assert_eq!(
         values(&all.get("carts", b"retried").await.unwrap()),
         vec![b"once".to_vec()]
+    );
+}
+
+/// `isthmus resolver ARGS...`, which must succeed; its stdout.
+async fn resolver_cli(args: &[&str]) -> String {
+    let mut all = vec!["resolver".to_owned()];
+    all.extend(args.iter().map(|a| (*a).to_owned()));
+    let out = isthmus(all).await;
+    assert!(out.status.success(), "{args:?}: {}", text(&out.stderr));
+    text(&out.stdout)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_carts_merge_to_the_same_bytes_on_every_replica() {
+    let _serial = SERIAL.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes = cluster(dir.path(), 1, 5, &[]);
+    for node in nodes.iter_mut() {
+        node.spawn();
+    }
+    until("five nodes see each other", &nodes, 60, async || {
+        all_see(&nodes, 5).await
+    })
+    .await;
+
+    // cart-union is uploaded through n0 and attached through n2, as an
+    // operator would; the binding reaches every node.
+    let module = wasm("isthmus-example-cart-union");
+    let module = module.display().to_string();
+    let out = resolver_cli(&[
+        "upload",
+        "--addr",
+        &nodes[0].addr,
+        "--name",
+        "cart-union",
+        "--version",
+        "1",
+        &module,
+    ])
+    .await;
+    assert!(out.contains("law check: passed"), "{out}");
+    resolver_cli(&[
+        "attach",
+        "--addr",
+        &nodes[2].addr,
+        "--keyspace",
+        "carts",
+        "cart-union@1",
+    ])
+    .await;
+    let mut hash = None;
+    until("every node holds the binding", &nodes, 60, async || {
+        for node in &nodes {
+            let out = isthmus(vec![
+                "resolver".into(),
+                "list".into(),
+                "--addr".into(),
+                node.addr.clone(),
+                "--json".into(),
+            ])
+            .await;
+            let Ok(listing) = serde_json::from_slice::<serde_json::Value>(&out.stdout) else {
+                return false;
+            };
+            let current = &listing["bindings"][0]["current"];
+            if current["name"] != "cart-union" {
+                return false;
+            }
+            hash = current["hash"].as_str().map(str::to_owned);
+        }
+        true
+    })
+    .await;
+
+    // Five writers, one through each node, race on one cart: four write
+    // blind (no context: every write is concurrent with all the others),
+    // the fifth reads, adds its item and writes back over what it read.
+    const ITEMS: u64 = 30;
+    let mut writers = Vec::new();
+    for (w, node) in nodes.iter().enumerate().take(4) {
+        let addr = node.addr.clone();
+        writers.push(tokio::spawn(async move {
+            let session = Session::connect(&addr, "writer", Duration::from_secs(2))
+                .await
+                .unwrap();
+            for i in 0..ITEMS {
+                let cart = BTreeMap::from([(format!("w{w}-item{i}"), w as u64 + 1)]);
+                let put = RequestBody::Put {
+                    keyspace: "carts".into(),
+                    key: b"shared-cart".to_vec(),
+                    value: cart_union::encode(&cart),
+                    context: Context::default(),
+                    consistency: None,
+                    write_id: WriteId(rand::random()),
+                };
+                match session.call(put, Duration::from_secs(5)).await {
+                    Ok(ResponseBody::Written) => {}
+                    other => return Err(format!("w{w}-item{i}: {other:?}")),
+                }
+            }
+            Ok(())
+        }));
+    }
+    let updater = Client::builder()
+        .seed(nodes[4].addr.clone())
+        .retries(5)
+        .build()
+        .await
+        .unwrap();
+    writers.push(tokio::spawn(async move {
+        for i in 0..ITEMS {
+            updater
+                .update("carts", b"shared-cart", |siblings| {
+                    // Siblings not yet merged are merged here the same
+                    // way (pointwise max), so nothing read is dropped.
+                    let mut cart = cart_union::Cart::new();
+                    for s in siblings {
+                        for (item, qty) in cart_union::parse(&s.value).unwrap() {
+                            let q = cart.entry(item).or_insert(0);
+                            *q = (*q).max(qty);
+                        }
+                    }
+                    cart.insert(format!("u-item{i}"), 9);
+                    Some(cart_union::encode(&cart))
+                })
+                .await
+                .map_err(|e| format!("u-item{i}: {e}"))?;
+        }
+        Ok(())
+    }));
+    for w in writers {
+        if let Err(e) = w.await.unwrap() {
+            common::dump_logs(&nodes);
+            panic!("a writer failed: {e}");
+        }
+    }
+    // One more blind write, concurrent with whatever the updater wrote
+    // last: the final version is the resolver's, not a client's.
+    let last = BTreeMap::from([("last".to_owned(), 1)]);
+    let put = RequestBody::Put {
+        keyspace: "carts".into(),
+        key: b"shared-cart".to_vec(),
+        value: cart_union::encode(&last),
+        context: Context::default(),
+        consistency: None,
+        write_id: WriteId(rand::random()),
+    };
+    assert_eq!(
+        common::call(&nodes[3].addr, put).await.unwrap(),
+        ResponseBody::Written
+    );
+
+    // Every replica ends with one version: the union of all 151 items,
+    // merged by the uploaded module, byte-identical (value, clock,
+    // resolver hash) on all three replicas.
+    let mut union = cart_union::Cart::new();
+    for w in 0..4u64 {
+        for i in 0..ITEMS {
+            union.insert(format!("w{w}-item{i}"), w + 1);
+        }
+    }
+    for i in 0..ITEMS {
+        union.insert(format!("u-item{i}"), 9);
+    }
+    union.insert("last".to_owned(), 1);
+    let union = cart_union::encode(&union);
+    let probe = TcpTransport::new(NodeId("probe".into()), Duration::from_secs(2));
+    let mut held = Vec::new();
+    until(
+        "the three replicas hold the same merged cart",
+        &nodes,
+        60,
+        async || {
+            held.clear();
+            for node in &nodes {
+                match local_set(&probe, &node.addr, "carts", b"shared-cart").await {
+                    Some(set) if set.is_empty() => {}
+                    Some(set) => held.push(set),
+                    None => return false,
+                }
+            }
+            held.len() == 3
+                && held.windows(2).all(|w| w[0] == w[1])
+                && held[0].len() == 1
+                && held[0].versions()[0].value_bytes() == Some(&union[..])
+        },
+    )
+    .await;
+    let merged_by = held[0].versions()[0]
+        .resolver
+        .map(|h| h.iter().map(|b| format!("{b:02x}")).collect::<String>());
+    assert!(hash.is_some());
+    assert_eq!(merged_by, hash, "the merged version names its resolver");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_joins_and_another_is_decommissioned_with_nothing_lost() {
+    let _serial = SERIAL.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes = cluster(dir.path(), 2, 6, &[5]);
+    for node in nodes.iter_mut().take(5) {
+        node.spawn();
+    }
+    until("five nodes see each other", &nodes, 60, async || {
+        all_see(&nodes, 5).await
+    })
+    .await;
+    let client = Client::builder()
+        .seed(nodes[1].addr.clone())
+        .retries(5)
+        .build()
+        .await
+        .unwrap();
+    let mut acked: Vec<Vec<u8>> = Vec::new();
+    for i in 0..300u32 {
+        let key = format!("before-{i}").into_bytes();
+        client
+            .put("carts", &key, key.clone(), &Context::default())
+            .await
+            .unwrap();
+        acked.push(key);
+    }
+
+    // Writers keep going through n1..n4 while n5 joins and n0 leaves:
+    // ranges in motion must miss none of their acknowledged writes.
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut writers = Vec::new();
+    for (w, node) in nodes[1..5].iter().enumerate() {
+        let (addr, stop) = (node.addr.clone(), stop.clone());
+        writers.push(tokio::spawn(async move {
+            let mut acked = Vec::new();
+            let mut session: Option<Session> = None;
+            let mut i = 0u32;
+            while !stop.load(Ordering::Relaxed) {
+                if session.as_ref().is_none_or(|s| !s.is_open()) {
+                    session = Session::connect(&addr, "writer", Duration::from_secs(2))
+                        .await
+                        .ok();
+                }
+                let Some(s) = &session else { continue };
+                let key = format!("during-{w}-{i}").into_bytes();
+                i += 1;
+                let put = RequestBody::Put {
+                    keyspace: "carts".into(),
+                    key: key.clone(),
+                    value: key.clone(),
+                    context: Context::default(),
+                    consistency: None,
+                    write_id: WriteId(rand::random()),
+                };
+                // Only acknowledged writes are audited; one that times
+                // out while ranges move was never promised.
+                if let Ok(ResponseBody::Written) = s.call(put, Duration::from_secs(5)).await {
+                    acked.push(key);
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            acked
+        }));
+    }
+
+    // n5 bootstraps: Joining while it pulls the ranges it will own, then
+    // Normal on every node.
+    nodes[5].spawn();
+    until("every node sees n5 Normal", &nodes, 90, async || {
+        let Some(reports) = states(&nodes).await else {
+            return false;
+        };
+        let n5: Vec<_> = reports.iter().filter(|r| r.node_id == "n5").collect();
+        n5.len() == 6 && n5.iter().all(|r| r.up && r.status == "Normal")
+    })
+    .await;
+
+    // n0 is decommissioned with the CLI: it pushes every range it holds to
+    // the next owners, then is Left on every node, and is stopped.
+    let out = isthmus(vec![
+        "decommission".into(),
+        "--addr".into(),
+        nodes[0].addr.clone(),
+        "--json".into(),
+    ])
+    .await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["ranges_failed"], 0, "{report}");
+    assert!(report["ranges"].as_u64().unwrap() > 0, "{report}");
+    until("every node sees n0 Left", &nodes, 60, async || {
+        let Some(reports) = states(&nodes).await else {
+            return false;
+        };
+        let n0: Vec<_> = reports.iter().filter(|r| r.node_id == "n0").collect();
+        n0.len() == 6 && n0.iter().all(|r| r.status == "Left")
+    })
+    .await;
+    nodes[0].kill();
+    // Writes go on a moment without n0, then stop.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, Ordering::Relaxed);
+    for w in writers {
+        acked.extend(w.await.unwrap());
+    }
+    let during = acked.len() - 300;
+    assert!(during > 100, "only {during} writes during the moves");
+
+    // The ring is now n1..n5. Every acknowledged write must be in the own
+    // store of each of its three replicas there (asked directly: no read
+    // repair helps). The last writes' third copies may still be in
+    // flight, so look again for a while before calling anything lost.
+    let (reports, _) = status(&nodes[1].addr).await.unwrap();
+    let members: Vec<(NodeId, Placement, u32)> = reports
+        .iter()
+        .filter(|r| r.status == "Normal")
+        .map(|r| {
+            let placement = Placement {
+                dc: DcName(r.dc.clone()),
+                rack: r.rack.clone(),
+            };
+            (NodeId(r.node_id.clone()), placement, r.vnodes)
+        })
+        .collect();
+    assert_eq!(members.len(), 5, "{reports:?}");
+    let ring = Ring::build(members.iter().map(|(n, p, v)| (n, p, *v)));
+    let addr_of: BTreeMap<String, String> = nodes
+        .iter()
+        .map(|n| (n.id.clone(), n.addr.clone()))
+        .collect();
+    let probe = TcpTransport::new(NodeId("probe".into()), Duration::from_secs(2));
+    let dc1 = DcName("dc1".into());
+    let mut missing: Vec<(Vec<u8>, NodeId)> = acked
+        .iter()
+        .flat_map(|key| {
+            ring.replicas_in_dc(&dc1, key_hash(key), 3)
+                .into_iter()
+                .map(move |replica| (key.clone(), replica))
+        })
+        .collect();
+    assert_eq!(missing.len(), acked.len() * 3);
+    let mut on_n5 = 0;
+    for _ in 0..50 {
+        let mut still = Vec::new();
+        for (key, replica) in missing {
+            let set = local_set(&probe, &addr_of[&replica.0], "carts", &key).await;
+            match set {
+                Some(set)
+                    if set.len() == 1 && set.versions()[0].value_bytes() == Some(&key[..]) =>
+                {
+                    on_n5 += usize::from(replica.0 == "n5");
+                }
+                _ => still.push((key, replica)),
+            }
+        }
+        missing = still;
+        if missing.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let shown: Vec<String> = missing
+        .iter()
+        .take(5)
+        .map(|(k, r)| format!("{} on {r}", String::from_utf8_lossy(k)))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {} replica copies of {} acknowledged writes missing, e.g. {shown:?}",
+        missing.len(),
+        acked.len() * 3,
+        acked.len()
+    );
+    assert!(on_n5 > acked.len() / 4, "n5 holds {on_n5} keys");
+    eprintln!(
+        "join+decommission: acknowledged={} ({during} during the moves) lost=0, n5 holds {on_n5}",
+        acked.len()
     );
 }

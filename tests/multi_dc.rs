@@ -16,13 +16,15 @@
 //! The tests take a shared lock: each runs six nodes, and two at once on a
 //! small machine would only measure the scheduler.
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use common::{Node, all_see, status, until};
 use isthmus_client::Session;
 use isthmus_client::wire::{
     BridgeReport, Consistency, Context, RequestBody, ResponseBody, WriteId,
@@ -626,74 +628,17 @@ async fn past_the_outbox_bound_a_full_sync_restores_convergence() {
 // ---------------------------------------------------------------------------
 // Real processes
 
-struct Proc {
-    id: String,
-    dc: &'static str,
-    addr: String,
-    config: PathBuf,
-    log: PathBuf,
-    child: Option<Child>,
-}
-
-impl Proc {
-    fn spawn(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .unwrap();
-        self.child = Some(
-            Command::new(env!("CARGO_BIN_EXE_isthmus"))
-                .args(["server", "--config"])
-                .arg(&self.config)
-                .env("RUST_LOG", "info")
-                .stdout(Stdio::null())
-                .stderr(log)
-                .spawn()
-                .expect("spawning isthmus server"),
-        );
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill(); // SIGKILL
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-fn free_port(ip: &str) -> u16 {
-    std::net::TcpListener::bind((ip, 0))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn processes(dir: &Path, wan: &WanProxy) -> Vec<Proc> {
+fn processes(dir: &Path, wan: &WanProxy) -> Vec<Node> {
     let mut procs = Vec::new();
     for (d, dc) in ["dc1", "dc2"].into_iter().enumerate() {
         for i in 0..3 {
             let ip = format!("127.0.{}.{}", 10 + d, i + 2);
-            procs.push(Proc {
-                id: format!("{dc}-n{i}"),
-                dc,
-                addr: format!("{ip}:{}", free_port(&ip)),
-                config: dir.join(format!("{dc}-n{i}.toml")),
-                log: dir.join(format!("{dc}-n{i}.log")),
-                child: None,
-            });
+            procs.push(Node::new(dir, &format!("{dc}-n{i}"), dc, &ip));
         }
     }
     let seeds = format!("[\"{}\", \"{}\"]", procs[0].addr, procs[3].addr);
     for p in &procs {
-        wan.register(&p.addr, p.dc);
+        wan.register(&p.addr, &p.dc);
         let toml = format!(
             r#"node_id = "{id}"
 dc = "{dc}"
@@ -720,51 +665,6 @@ consistency = "LOCAL_QUORUM"
         std::fs::write(&p.config, toml).unwrap();
     }
     procs
-}
-
-async fn status(addr: &str) -> Option<(usize, Vec<BridgeReport>)> {
-    let session = Session::connect(addr, "test", Duration::from_secs(1))
-        .await
-        .ok()?;
-    match session
-        .call(RequestBody::Status, Duration::from_secs(2))
-        .await
-        .ok()?
-    {
-        ResponseBody::Status { nodes, bridges } => {
-            Some((nodes.iter().filter(|n| n.up).count(), bridges))
-        }
-        _ => None,
-    }
-}
-
-async fn until(what: &str, procs: &[Proc], secs: u64, mut check: impl AsyncFnMut() -> bool) {
-    let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(secs) {
-        if check().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    for p in procs {
-        let log = std::fs::read_to_string(&p.log).unwrap_or_default();
-        eprintln!(
-            "--- {} log (tail) ---\n{}",
-            p.id,
-            log.lines().rev().take(15).collect::<Vec<_>>().join("\n")
-        );
-    }
-    panic!("timed out waiting until {what}");
-}
-
-async fn all_up(procs: &[Proc], up: usize) -> bool {
-    for p in procs.iter().filter(|p| p.child.is_some()) {
-        match status(&p.addr).await {
-            Some((n, _)) if n == up => {}
-            _ => return false,
-        }
-    }
-    true
 }
 
 /// Blind writes of distinct keys at LOCAL_QUORUM through `addrs`, paced
@@ -896,7 +796,7 @@ async fn a_dark_dc_gets_every_write_back_and_a_killed_shipper_resumes() {
         p.spawn();
     }
     until("six nodes see each other", &procs, 60, async || {
-        all_up(&procs, 6).await
+        all_see(&procs, 6).await
     })
     .await;
     let dc1: Vec<String> = procs[..3].iter().map(|p| p.addr.clone()).collect();
@@ -967,7 +867,7 @@ async fn a_dark_dc_gets_every_write_back_and_a_killed_shipper_resumes() {
         p.spawn();
     }
     until("six nodes see each other again", &procs, 60, async || {
-        all_up(&procs, 6).await
+        all_see(&procs, 6).await
     })
     .await;
     tokio::time::sleep(Duration::from_millis(300)).await;

@@ -7,89 +7,23 @@
 //! and a module that is not wasm is a typed error. A node that joins DC1
 //! afterwards streams the whole registry in as it bootstraps.
 
+mod common;
+
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::path::Path;
+use std::process::Output;
 use std::time::Duration;
 
+use common::{Node, all_see, call, isthmus, local_set, text, until, wasm};
+use isthmus_client::ClientError;
 use isthmus_client::wire::{
     Context, ErrorCode, RegistryRequest, RegistryResponse, RequestBody, ResponseBody, WriteId,
 };
-use isthmus_client::{ClientError, Session};
-use isthmus_core::model::VersionSet;
-use isthmus_core::peer::{PeerRequest, PeerResponse};
 use isthmus_core::ring::NodeId;
 use isthmus_core::system::REGISTRY_KEYSPACE;
 use isthmus_core::transport::TcpTransport;
 use isthmus_example_cart_union as cart_union;
 use isthmus_resolvers::registry::{binding_key, module_key, resolver_key};
-
-struct Node {
-    id: String,
-    addr: String,
-    config: PathBuf,
-    log: PathBuf,
-    child: Option<Child>,
-}
-
-impl Node {
-    fn spawn(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_isthmus"))
-            .args(["server", "--config"])
-            .arg(&self.config)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawning isthmus server");
-        self.child = Some(child);
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-fn free_port(ip: &str) -> u16 {
-    std::net::TcpListener::bind((ip, 0))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn wasm(package: &str) -> PathBuf {
-    let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .map(|t| {
-            if t.is_absolute() {
-                t
-            } else {
-                workspace.join(t)
-            }
-        })
-        .unwrap_or_else(|| workspace.join("target"));
-    let path = target
-        .join("wasm32-unknown-unknown/release")
-        .join(format!("{}.wasm", package.replace('-', "_")));
-    assert!(
-        path.exists(),
-        "{} is missing; build it with scripts/build-resolvers.sh",
-        path.display()
-    );
-    path
-}
 
 /// Two DCs of two nodes, and a third DC1 node (last) that bootstraps
 /// into the running cluster when spawned; `carts` has two replicas in
@@ -99,13 +33,7 @@ fn cluster(dir: &Path) -> Vec<Node> {
     for (dc, i) in [("dc1", 0), ("dc1", 1), ("dc2", 0), ("dc2", 1), ("dc1", 2)] {
         let ip = format!("127.0.{}.{}", if dc == "dc1" { 30 } else { 31 }, i + 2);
         let id = format!("{dc}-n{i}");
-        nodes.push(Node {
-            addr: format!("{ip}:{}", free_port(&ip)),
-            config: dir.join(format!("{id}.toml")),
-            log: dir.join(format!("{id}.log")),
-            id,
-            child: None,
-        });
+        nodes.push(Node::new(dir, &id, dc, &ip));
     }
     let seeds = format!("[\"{}\", \"{}\"]", nodes[0].addr, nodes[2].addr);
     for node in &nodes {
@@ -124,7 +52,7 @@ replication = {{ dc1 = 2, dc2 = 2 }}
 consistency = "LOCAL_QUORUM"
 "#,
             id = node.id,
-            dc = &node.id[..3],
+            dc = node.dc,
             rack = node.id.chars().last().unwrap(),
             addr = node.addr,
             data = dir.join(&node.id).display(),
@@ -139,11 +67,6 @@ consistency = "LOCAL_QUORUM"
     nodes
 }
 
-async fn call(addr: &str, body: RequestBody) -> Result<ResponseBody, ClientError> {
-    let session = Session::connect(addr, "test", Duration::from_secs(1)).await?;
-    session.call(body, Duration::from_secs(30)).await
-}
-
 async fn registry(addr: &str, request: RegistryRequest) -> Result<RegistryResponse, ClientError> {
     match call(addr, RequestBody::Registry(request)).await? {
         ResponseBody::Registry(answer) => Ok(answer),
@@ -151,69 +74,9 @@ async fn registry(addr: &str, request: RegistryRequest) -> Result<RegistryRespon
     }
 }
 
-async fn until(what: &str, nodes: &[Node], mut check: impl AsyncFnMut() -> bool) {
-    for _ in 0..600 {
-        if check().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    for node in nodes {
-        let log = std::fs::read_to_string(&node.log).unwrap_or_default();
-        eprintln!(
-            "--- {} log (tail) ---\n{}",
-            node.id,
-            log.lines().rev().take(20).collect::<Vec<_>>().join("\n")
-        );
-    }
-    panic!("timed out waiting until {what}");
-}
-
-async fn all_up(nodes: &[Node]) -> bool {
-    let nodes: Vec<&Node> = nodes.iter().filter(|n| n.child.is_some()).collect();
-    for node in &nodes {
-        match call(&node.addr, RequestBody::Status).await {
-            Ok(ResponseBody::Status { nodes: reports, .. })
-                if reports.iter().filter(|r| r.up).count() == nodes.len() => {}
-            _ => return false,
-        }
-    }
-    true
-}
-
-/// `isthmus resolver ARGS...`, run to completion off the async runtime.
+/// `isthmus resolver ARGS...`.
 async fn cli(args: Vec<String>) -> Output {
-    tokio::task::spawn_blocking(move || {
-        Command::new(env!("CARGO_BIN_EXE_isthmus"))
-            .arg("resolver")
-            .args(args)
-            .output()
-            .expect("running isthmus resolver")
-    })
-    .await
-    .unwrap()
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-/// A node's own replica of a key, asked over the peer protocol.
-async fn local_set(
-    transport: &TcpTransport,
-    addr: &str,
-    keyspace: &str,
-    key: &[u8],
-) -> Option<VersionSet> {
-    let channel = transport.connect(addr).await.ok()?;
-    let request = PeerRequest::Read {
-        keyspace: keyspace.into(),
-        key: key.to_vec(),
-    };
-    match channel.call(request, Duration::from_secs(2)).await.ok()? {
-        PeerResponse::Versions(set) => Some(set),
-        _ => None,
-    }
+    isthmus(["resolver".to_owned()].into_iter().chain(args).collect()).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -223,8 +86,8 @@ async fn an_uploaded_resolver_merges_on_every_node_of_every_dc() {
     for node in nodes.iter_mut().take(4) {
         node.spawn();
     }
-    until("four nodes see each other", &nodes, async || {
-        all_up(&nodes).await
+    until("four nodes see each other", &nodes, 60, async || {
+        all_see(&nodes, 4).await
     })
     .await;
     let addr = |i: usize| nodes[i].addr.clone();
@@ -329,7 +192,7 @@ async fn an_uploaded_resolver_merges_on_every_node_of_every_dc() {
     assert!(text(&out.stdout).contains("overridden"));
 
     // The records reach every node of both DCs.
-    until("every node lists both resolvers", &nodes, async || {
+    until("every node lists both resolvers", &nodes, 60, async || {
         for node in &nodes[..4] {
             match registry(&node.addr, RegistryRequest::List).await {
                 Ok(RegistryResponse::Listing { resolvers, .. }) if resolvers.len() == 2 => {}
@@ -352,7 +215,7 @@ async fn an_uploaded_resolver_merges_on_every_node_of_every_dc() {
     .await;
     assert!(out.status.success(), "{}", text(&out.stderr));
     let mut hash = None;
-    until("every node holds the binding", &nodes, async || {
+    until("every node holds the binding", &nodes, 60, async || {
         for node in &nodes[..4] {
             let Ok(RegistryResponse::Listing { bindings, .. }) =
                 registry(&node.addr, RegistryRequest::List).await
@@ -404,19 +267,24 @@ async fn an_uploaded_resolver_merges_on_every_node_of_every_dc() {
     let union = cart_union::encode(&items.iter().map(|(i, q)| ((*i).to_owned(), *q)).collect());
     let probe = TcpTransport::new(NodeId("probe".into()), Duration::from_secs(2));
     let mut last = Vec::new();
-    until("every replica holds the merged union", &nodes, async || {
-        last.clear();
-        for node in &nodes[..4] {
-            last.push(local_set(&probe, &node.addr, "carts", b"alice").await);
-        }
-        last.iter().all(|set| {
-            set.as_ref().is_some_and(|s| {
-                s.len() == 1
-                    && s.versions()[0].value_bytes() == Some(&union[..])
-                    && s.versions()[0].resolver == hash
-            })
-        }) && last.windows(2).all(|w| w[0] == w[1])
-    })
+    until(
+        "every replica holds the merged union",
+        &nodes,
+        60,
+        async || {
+            last.clear();
+            for node in &nodes[..4] {
+                last.push(local_set(&probe, &node.addr, "carts", b"alice").await);
+            }
+            last.iter().all(|set| {
+                set.as_ref().is_some_and(|s| {
+                    s.len() == 1
+                        && s.versions()[0].value_bytes() == Some(&union[..])
+                        && s.versions()[0].resolver == hash
+                })
+            }) && last.windows(2).all(|w| w[0] == w[1])
+        },
+    )
     .await;
     assert!(hash.is_some());
 
@@ -446,6 +314,7 @@ async fn an_uploaded_resolver_merges_on_every_node_of_every_dc() {
     until(
         "the joining node holds the whole registry",
         &nodes,
+        60,
         async || {
             for (key, want) in keys.iter().zip(&want) {
                 if local_set(&probe, &nodes[4].addr, REGISTRY_KEYSPACE, key)

@@ -381,6 +381,7 @@ impl<S: LocalStore + Clone, T: Transport, H: HintSink> Coordinator<S, T, H> {
     /// coordinator's: the node answers it before calling this.
     pub async fn serve_peer(&self, request: PeerRequest, deadline: Duration) -> PeerResponse {
         let failed = |e: &dyn std::fmt::Display, code| {
+            tracing::warn!(error = %e, ?code, "a peer request failed here");
             PeerResponse::Error(WireError {
                 code,
                 message: e.to_string(),
@@ -725,10 +726,13 @@ impl<S: LocalStore + Clone, T: Transport, H: HintSink> Coordinator<S, T, H> {
                         versions: versions.clone(),
                         hint_for: None,
                     };
-                    matches!(
-                        transport.call(&node, request, deadline).await,
-                        Ok(PeerResponse::Applied)
-                    )
+                    match transport.call(&node, request, deadline).await {
+                        Ok(PeerResponse::Applied) => true,
+                        other => {
+                            tracing::debug!(%node, answer = ?other, "a replica missed a write");
+                            false
+                        }
+                    }
                 };
                 if !delivered
                     && hint

@@ -22,6 +22,11 @@ pub struct DetectorConfig {
     /// Heartbeat gaps remembered per peer.
     pub window_len: usize,
     /// Gap assumed before any has been observed (the gossip interval).
+    /// It also stays in the window as its first sample, as in Cassandra:
+    /// a peer's first heartbeats often arrive in a burst (its news reaches
+    /// this node along several gossip paths at once), and a window of only
+    /// those few-millisecond gaps would convict it after a few hundred
+    /// milliseconds of ordinary silence.
     pub initial_interval: Duration,
     /// Gaps longer than this are not learned (a restart or a pause would
     /// otherwise teach the detector to wait forever).
@@ -59,6 +64,11 @@ impl ArrivalWindow {
 
     /// A heartbeat arrived at `now_ms`.
     pub fn heartbeat(&mut self, now_ms: u64, config: &DetectorConfig) {
+        if self.last_ms.is_none() && self.gaps_ms.is_empty() {
+            let prior = config.initial_interval.as_millis() as f64;
+            self.gaps_ms.push_back(prior);
+            self.sum_ms += prior;
+        }
         if let Some(last) = self.last_ms {
             let gap = now_ms.saturating_sub(last) as f64;
             if gap <= config.interval_max.as_millis() as f64 {
@@ -124,10 +134,33 @@ mod tests {
     }
 
     #[test]
+    fn an_early_burst_of_heartbeats_does_not_make_a_hair_trigger() {
+        let config = DetectorConfig {
+            initial_interval: Duration::from_millis(500),
+            ..DetectorConfig::default()
+        };
+        let mut w = ArrivalWindow::new();
+        // The same news along three paths, 2 ms apart, then the usual
+        // quiet of a gossip round or two.
+        for t in [1000, 1002, 1004] {
+            w.heartbeat(t, &config);
+        }
+        assert!(!w.is_down(1004 + 1500, &config));
+        // Real silence still convicts: the prior is one sample among many.
+        assert!(w.is_down(1004 + 5000, &config));
+        for i in 1..200 {
+            w.heartbeat(1004 + i * 250, &config);
+        }
+        let last = 1004 + 199 * 250;
+        assert!(!w.is_down(last + 1000, &config));
+        assert!(w.is_down(last + 5000, &config));
+    }
+
+    #[test]
     fn long_pauses_are_not_learned() {
         let config = DetectorConfig::default();
         let mut w = ArrivalWindow::new();
-        for i in 0..10 {
+        for i in 0..30 {
             w.heartbeat(i * 100, &config);
         }
         w.heartbeat(60_000, &config); // a restart, not a rhythm

@@ -1,0 +1,206 @@
+//! What the process-level tests share: spawning and SIGKILLing
+//! `isthmus server` processes, free ports on 127.0.0.x, the client and
+//! peer calls the tests make, running the `isthmus` CLI, and waiting for a
+//! condition with the nodes' log tails printed when it never comes.
+
+// Each test binary uses a different part of this module.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use isthmus_client::wire::{BridgeReport, NodeReport, RequestBody, ResponseBody};
+use isthmus_client::{ClientError, Session};
+use isthmus_core::model::VersionSet;
+use isthmus_core::peer::{PeerRequest, PeerResponse};
+use isthmus_core::transport::TcpTransport;
+
+/// One `isthmus server` process: its config file, its log (stderr,
+/// appended across restarts) and, while it runs, the child.
+pub struct Node {
+    pub id: String,
+    pub dc: String,
+    pub addr: String,
+    pub config: PathBuf,
+    pub log: PathBuf,
+    pub child: Option<Child>,
+}
+
+impl Node {
+    /// A node `id` of `dc` listening on a free port of `ip`, with its
+    /// config and log in `dir` (the config is the caller's to write).
+    pub fn new(dir: &Path, id: &str, dc: &str, ip: &str) -> Node {
+        Node {
+            id: id.to_owned(),
+            dc: dc.to_owned(),
+            addr: format!("{ip}:{}", free_port(ip)),
+            config: dir.join(format!("{id}.toml")),
+            log: dir.join(format!("{id}.log")),
+            child: None,
+        }
+    }
+
+    pub fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_isthmus"))
+            .args(["server", "--config"])
+            .arg(&self.config)
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawning isthmus server");
+        self.child = Some(child);
+    }
+
+    /// SIGKILL: no shutdown path runs.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn running(&self) -> bool {
+        self.child.is_some()
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+pub fn free_port(ip: &str) -> u16 {
+    std::net::TcpListener::bind((ip, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The wasm32 build of an example resolver package, as
+/// `scripts/build-resolvers.sh` leaves it.
+pub fn wasm(package: &str) -> PathBuf {
+    let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .map(|t| {
+            if t.is_absolute() {
+                t
+            } else {
+                workspace.join(t)
+            }
+        })
+        .unwrap_or_else(|| workspace.join("target"));
+    let path = target
+        .join("wasm32-unknown-unknown/release")
+        .join(format!("{}.wasm", package.replace('-', "_")));
+    assert!(
+        path.exists(),
+        "{} is missing; build it with scripts/build-resolvers.sh",
+        path.display()
+    );
+    path
+}
+
+/// One request on a fresh client connection to `addr`.
+pub async fn call(addr: &str, body: RequestBody) -> Result<ResponseBody, ClientError> {
+    let session = Session::connect(addr, "test", Duration::from_secs(1)).await?;
+    session.call(body, Duration::from_secs(30)).await
+}
+
+/// What `addr` reports of every node and of its bridge, or `None` when it
+/// does not answer.
+pub async fn status(addr: &str) -> Option<(Vec<NodeReport>, Vec<BridgeReport>)> {
+    let session = Session::connect(addr, "test", Duration::from_secs(1))
+        .await
+        .ok()?;
+    match session
+        .call(RequestBody::Status, Duration::from_secs(2))
+        .await
+        .ok()?
+    {
+        ResponseBody::Status { nodes, bridges } => Some((nodes, bridges)),
+        _ => None,
+    }
+}
+
+/// Every running node reports `up` nodes up.
+pub async fn all_see(nodes: &[Node], up: usize) -> bool {
+    for node in nodes.iter().filter(|n| n.running()) {
+        match status(&node.addr).await {
+            Some((reports, _)) if reports.iter().filter(|r| r.up).count() == up => {}
+            _ => return false,
+        }
+    }
+    true
+}
+
+/// Poll `check` until it holds; after `secs`, print the tail of every
+/// node's log and fail naming `what`.
+pub async fn until(what: &str, nodes: &[Node], secs: u64, mut check: impl AsyncFnMut() -> bool) {
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(secs) {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    dump_logs(nodes);
+    panic!("timed out waiting until {what}");
+}
+
+/// Print the last lines of every node's log (on the way to a failure).
+pub fn dump_logs(nodes: &[Node]) {
+    for node in nodes {
+        let log = std::fs::read_to_string(&node.log).unwrap_or_default();
+        let mut tail: Vec<&str> = log.lines().rev().take(30).collect();
+        tail.reverse();
+        eprintln!("--- {} log (tail) ---\n{}", node.id, tail.join("\n"));
+    }
+}
+
+/// `isthmus ARGS...`, run to completion off the async runtime.
+pub async fn isthmus(args: Vec<String>) -> Output {
+    tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_isthmus"))
+            .args(args)
+            .output()
+            .expect("running isthmus")
+    })
+    .await
+    .unwrap()
+}
+
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// A node's own replica of a key, asked over the peer protocol (no
+/// coordinator, no read repair).
+pub async fn local_set(
+    transport: &TcpTransport,
+    addr: &str,
+    keyspace: &str,
+    key: &[u8],
+) -> Option<VersionSet> {
+    let channel = transport.connect(addr).await.ok()?;
+    let request = PeerRequest::Read {
+        keyspace: keyspace.into(),
+        key: key.to_vec(),
+    };
+    match channel.call(request, Duration::from_secs(2)).await.ok()? {
+        PeerResponse::Versions(set) => Some(set),
+        _ => None,
+    }
+}
