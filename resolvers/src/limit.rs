@@ -33,10 +33,13 @@ pub struct ResolverLimits {
     pub input_bytes_max: usize,
     /// Largest encoded output read back from a guest.
     pub output_bytes_max: usize,
-    /// Bytes of each pooled memory slot kept resident between merges
-    /// (zeroed by memset rather than returned to the kernel). Measured on
-    /// cart-union: 2 MiB made instantiation cost 19 µs instead of 4 µs (the
-    /// memset is paid on every merge), so the default is 0.
+    /// Bytes at the start of each pooled memory slot kept resident between
+    /// merges (zeroed by memset rather than returned to the kernel and
+    /// faulted in again). The memset is paid on every merge: 2 MiB made
+    /// instantiation cost 19 µs instead of 4 µs; 128 KiB covers what a
+    /// module linked with a 64 KiB stack touches in a small merge (see
+    /// `isthmus-sdk-wasm`), and took cart-union's fixed cost per merge from
+    /// about 10-14 to 4-5 µs.
     pub memory_keep_resident_bytes: usize,
     /// Merges that can run at once on one host: the size of the pooling
     /// allocator's instance and memory pools.
@@ -57,7 +60,7 @@ impl Default for ResolverLimits {
             // A sibling cap of 64 values of 1 MiB each, plus framing.
             input_bytes_max: 80 * 1024 * 1024,
             output_bytes_max: 2 * 1024 * 1024,
-            memory_keep_resident_bytes: 0,
+            memory_keep_resident_bytes: 128 * 1024,
             instances_max: 32,
         }
     }

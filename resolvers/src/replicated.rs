@@ -1,6 +1,6 @@
 //! [`ReplicatedStore`]: the [`RegistryStore`] a node runs its registry on,
 //! over core's `_registry` system keyspace
-//! ([`SystemStore`](isthmus_core::system::SystemStore)).
+//! ([`SystemStore`]).
 //!
 //! - `get` and `scan` read the node's own replica (every node replicates
 //!   every registry key), synchronously, from the storage engine. A key

@@ -204,13 +204,39 @@ fn cmp_names_from(a: &[u8], b: &[u8], mut at: usize) -> Ordering {
     a.len().cmp(&b.len())
 }
 
+/// Bytes `at..at + 8` of the name at `start..start + len` of `buf`, as a
+/// big-endian integer zero-padded past the name's end. Reads 8 bytes of
+/// `buf` at once and masks off what lies past the name (the next item's
+/// bytes), falling back to a byte loop only at the very end of `buf`.
+#[inline(always)]
+fn chunk_in(buf: &[u8], start: usize, len: usize, at: usize) -> u64 {
+    if at >= len {
+        return 0;
+    }
+    let valid = len - at;
+    let from = start + at;
+    match buf.get(from..from + 8) {
+        Some(b) => {
+            let v = u64::from_be_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]);
+            if valid >= 8 {
+                v
+            } else {
+                v & !(u64::MAX >> (8 * valid))
+            }
+        }
+        None => chunk(&buf[start..start + len], at),
+    }
+}
+
 /// One sibling being merged: its bytes, the position after its head item,
-/// and the head item (its first 8 name bytes cached in `key`).
+/// and the head item (its first 16 name bytes cached in `k0`, `k1`).
 struct Cursor<'a> {
     bytes: &'a [u8],
     pos: usize,
-    key: u64,
-    name: &'a [u8],
+    k0: u64,
+    k1: u64,
+    start: usize,
+    len: usize,
     qty: u64,
 }
 
@@ -218,24 +244,64 @@ impl<'a> Cursor<'a> {
     /// The cursor on the first item of a non-empty cart.
     #[inline(always)]
     fn new(bytes: &'a [u8]) -> Result<Self, bool> {
-        let mut pos = 0;
-        let (name, qty) = read_item(bytes, &mut pos).ok_or(false)?;
-        Ok(Cursor {
+        let mut c = Cursor {
             bytes,
-            pos,
-            key: chunk(name, 0),
-            name,
-            qty,
-        })
+            pos: 0,
+            k0: 0,
+            k1: 0,
+            start: 0,
+            len: 0,
+            qty: 0,
+        };
+        let (start, len, qty) = c.read().ok_or(false)?;
+        c.set(start, len, qty);
+        Ok(c)
+    }
+
+    /// The head item's name.
+    #[inline(always)]
+    fn name(&self) -> &'a [u8] {
+        &self.bytes[self.start..self.start + self.len]
+    }
+
+    /// Read the item at `pos`: where its name is, and its quantity.
+    #[inline(always)]
+    fn read(&mut self) -> Option<(usize, usize, u64)> {
+        let len = usize::try_from(read_varint(self.bytes, &mut self.pos)?).ok()?;
+        let start = self.pos;
+        let end = start.checked_add(len)?;
+        if end > self.bytes.len() {
+            return None;
+        }
+        self.pos = end;
+        let qty = read_varint(self.bytes, &mut self.pos)?;
+        Some((start, len, qty))
+    }
+
+    #[inline(always)]
+    fn set(&mut self, start: usize, len: usize, qty: u64) {
+        self.k0 = chunk_in(self.bytes, start, len, 0);
+        self.k1 = chunk_in(self.bytes, start, len, 8);
+        self.start = start;
+        self.len = len;
+        self.qty = qty;
     }
 
     /// Order of the head items' names.
     #[inline(always)]
     fn cmp_name(&self, other: &Cursor<'_>) -> Ordering {
-        if self.key != other.key {
-            return self.key.cmp(&other.key);
+        if self.k0 != other.k0 {
+            return self.k0.cmp(&other.k0);
         }
-        cmp_names_from(self.name, other.name, 8)
+        if self.k1 != other.k1 {
+            return self.k1.cmp(&other.k1);
+        }
+        if self.len <= 16 || other.len <= 16 {
+            // Equal padded prefixes and one name ends within them: that
+            // name is a prefix of the other.
+            return self.len.cmp(&other.len);
+        }
+        cmp_names_from(self.name(), other.name(), 16)
     }
 
     /// Advance to the next item. `Ok(false)` at the end; `Err(true)` if the
@@ -246,14 +312,26 @@ impl<'a> Cursor<'a> {
         if self.pos >= self.bytes.len() {
             return Ok(false);
         }
-        let (name, qty) = read_item(self.bytes, &mut self.pos).ok_or(false)?;
-        let key = chunk(name, 0);
-        if key < self.key || (key == self.key && cmp_names_from(name, self.name, 8).is_le()) {
+        let (start, len, qty) = self.read().ok_or(false)?;
+        let (k0, k1) = (self.k0, self.k1);
+        let (old_start, old_len) = (self.start, self.len);
+        self.set(start, len, qty);
+        let order = if self.k0 != k0 {
+            self.k0.cmp(&k0)
+        } else if self.k1 != k1 {
+            self.k1.cmp(&k1)
+        } else if len <= 16 || old_len <= 16 {
+            len.cmp(&old_len)
+        } else {
+            cmp_names_from(
+                &self.bytes[start..start + len],
+                &self.bytes[old_start..old_start + old_len],
+                16,
+            )
+        };
+        if order.is_le() {
             return Err(true);
         }
-        self.key = key;
-        self.name = name;
-        self.qty = qty;
         Ok(true)
     }
 }
@@ -313,7 +391,7 @@ fn merge_sorted<'a>(values: impl Iterator<Item = &'a [u8]>) -> Result<Vec<u8>, b
                 Ordering::Greater => {}
             }
         }
-        write_item(&mut out, cursors[min].name, qty);
+        write_item(&mut out, cursors[min].name(), qty);
         for &i in ties.iter().rev() {
             if !cursors[i].advance()? {
                 cursors.swap_remove(i);
@@ -481,6 +559,45 @@ mod tests {
                 let got = ca.cmp(&cb).then_with(|| cmp_names_from(a, b, 8));
                 assert_eq!(got, a.cmp(b), "{a:?} vs {b:?}");
             }
+        }
+    }
+
+    #[test]
+    fn merging_carts_of_awkward_names_matches_the_slow_path() {
+        // Names of 0 to 21 bytes ending in {0, 'a', 0xff}: zero bytes that look
+        // like padding, prefixes of one another, and ends on either side of
+        // the 8- and 16-byte keys, with other items' bytes right after them.
+        let mut s = 7u64;
+        let mut next = move || {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            s
+        };
+        for _ in 0..300 {
+            let carts: Vec<Vec<u8>> = (0..next() % 4 + 1)
+                .map(|_| {
+                    let mut names = BTreeMap::new();
+                    for _ in 0..next() % 12 {
+                        // A shared prefix ending around a key boundary,
+                        // then a short random tail.
+                        let mut name = vec![b'p'; [0, 7, 8, 9, 15, 16, 17][(next() % 7) as usize]];
+                        for _ in 0..next() % 5 {
+                            name.push([0u8, b'a', 0xff][(next() % 3) as usize]);
+                        }
+                        names.insert(name, next() % 300);
+                    }
+                    let mut out = Vec::new();
+                    for (name, qty) in names {
+                        write_item(&mut out, &name, qty);
+                    }
+                    out
+                })
+                .collect();
+            let refs: Vec<&[u8]> = carts.iter().map(Vec::as_slice).collect();
+            let fast = merge_sorted(refs.iter().copied()).unwrap();
+            let slow = merge_any_order(refs.iter().copied()).unwrap();
+            assert_eq!(fast, slow, "{carts:?}");
         }
     }
 
