@@ -71,7 +71,7 @@ impl<F: Fs> Shared<F> {
 
     /// Is there compaction work to do (module docs)?
     pub(super) fn needs_compaction(&self) -> bool {
-        let levels = self.levels.read().clone();
+        let levels = self.levels.load_full();
         self.pick(&levels, false).is_some()
     }
 
@@ -147,7 +147,7 @@ impl<F: Fs> Shared<F> {
         if self.poisoned.load(Ordering::SeqCst) {
             return Err(EngineError::Poisoned);
         }
-        let levels = self.levels.read().clone();
+        let levels = self.levels.load_full();
         let Some(pick) = self.pick(&levels, full) else {
             return Ok(false);
         };
@@ -273,7 +273,7 @@ impl<F: Fs> Shared<F> {
             return Err(e);
         }
         *man = next;
-        let mut levels = self.levels.write();
+        let levels = self.levels.load_full();
         let mut runs: Vec<Vec<Arc<Table<F>>>> = levels
             .runs
             .iter()
@@ -305,7 +305,7 @@ impl<F: Fs> Shared<F> {
             .filter(|t| !input_ids.contains(&t.meta.id))
             .cloned()
             .collect();
-        *levels = Arc::new(Levels { l0, runs });
+        self.levels.store(Arc::new(Levels { l0, runs }));
         drop(levels);
         drop(man);
         for t in inputs {
@@ -340,7 +340,7 @@ impl<F: Fs> Shared<F> {
         }
         next.store(&self.fs, &self.dir)?;
         *man = next;
-        let mut levels = self.levels.write();
+        let levels = self.levels.load_full();
         let l0 = levels
             .l0
             .iter()
@@ -360,7 +360,7 @@ impl<F: Fs> Shared<F> {
         while runs.last().is_some_and(Vec::is_empty) {
             runs.pop();
         }
-        *levels = Arc::new(Levels { l0, runs });
+        self.levels.store(Arc::new(Levels { l0, runs }));
         drop(levels);
         drop(man);
         self.counters.compactions.fetch_add(1, Ordering::Relaxed);

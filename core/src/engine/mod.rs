@@ -64,6 +64,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use parking_lot::{Condvar, Mutex, RwLock};
 
 pub use error::EngineError;
@@ -226,7 +227,10 @@ struct Shared<F: Fs> {
     /// rotation holds it exclusively so a segment and its memtable pair up.
     gate: RwLock<()>,
     mem: RwLock<MemSet>,
-    levels: RwLock<Arc<Levels<F>>>,
+    /// The tables readers see. Swapped whole, under the manifest lock;
+    /// read without a lock (a get takes no lock and bumps no shared
+    /// counter here: most of a missing key's cost was these atomics).
+    levels: ArcSwap<Levels<F>>,
     /// The current manifest; every edit happens under this lock.
     manifest: Mutex<ManifestBody>,
     readers: Arc<ReaderCache<F>>,
@@ -359,7 +363,7 @@ impl<F: Fs> Engine<F> {
                 active: Arc::new(Memtable::new(new_segment)),
                 immutable: Vec::new(),
             }),
-            levels: RwLock::new(Arc::new(levels)),
+            levels: ArcSwap::from_pointee(levels),
             manifest: Mutex::new(body),
             readers,
             signals: Mutex::new(Signals::default()),
@@ -506,7 +510,7 @@ impl<F: Fs> Engine<F> {
                 }
             }
         }
-        let levels = s.levels.read().clone();
+        let levels = s.levels.load();
         let runs = levels.runs.iter().filter_map(|run| run_table(run, key));
         let hash = bloom::key_hash(key);
         // Counted once per get, not once per table: each count is an
@@ -591,7 +595,7 @@ impl<F: Fs> Engine<F> {
             let mem = s.mem.read();
             (mem.active.approx_bytes() as u64, mem.immutable.len())
         };
-        let levels = s.levels.read().clone();
+        let levels = s.levels.load_full();
         EngineStats {
             user_bytes: c.user_bytes.load(Ordering::Relaxed),
             log_bytes_written: s.log.bytes_written(),
@@ -880,7 +884,7 @@ impl<F: Fs> Shared<F> {
                     self.fs.clone(),
                     self.readers.clone(),
                 ));
-                let mut levels = self.levels.write();
+                let levels = self.levels.load_full();
                 let mut l0 = levels.l0.clone();
                 let mut runs = levels.runs.clone();
                 if to_l1 {
@@ -891,7 +895,7 @@ impl<F: Fs> Shared<F> {
                 } else {
                     l0.insert(0, t);
                 }
-                *levels = Arc::new(Levels { l0, runs });
+                self.levels.store(Arc::new(Levels { l0, runs }));
             }
         }
         self.mem.write().immutable.retain(|m| !Arc::ptr_eq(m, mem));
@@ -975,7 +979,7 @@ impl<F: Fs> Shared<F> {
             Bound::Included(k) | Bound::Excluded(k) => Some(k),
             Bound::Unbounded => None,
         };
-        let levels = self.levels.read().clone();
+        let levels = self.levels.load_full();
         for t in levels.all() {
             let it = TableIter::new(t.reader()?, start)?;
             let skip_equal = match &from {

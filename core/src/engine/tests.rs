@@ -432,7 +432,7 @@ fn leveled_compaction_builds_several_levels_and_loses_nothing() {
     };
     check(&engine);
     // Every run is sorted and non-overlapping.
-    for run in &engine.shared.levels.read().runs {
+    for run in &engine.shared.levels.load().runs {
         assert!(
             run.windows(2)
                 .all(|w| w[0].meta.max_key < w[1].meta.min_key)
