@@ -188,7 +188,8 @@ fn prefix_successor(mut prefix: Vec<u8>) -> Vec<u8> {
 }
 
 /// A [`LocalStore`] on the storage engine. Engine calls block (an fsync
-/// may take milliseconds), so they run on tokio's blocking pool.
+/// may take milliseconds, a read may wait for the disk), so they run on
+/// tokio's blocking pool; reads that memory can answer run inline.
 #[derive(Clone)]
 pub struct EngineStore {
     engine: Arc<Engine>,
@@ -253,10 +254,14 @@ impl LocalStore for EngineStore {
     }
 
     async fn get(&self, keyspace: &str, key: &[u8]) -> Result<VersionSet, StoreError> {
-        let keyspace = keyspace.to_owned();
-        let key = key.to_vec();
-        self.blocking(move |engine| get_blocking(engine, &keyspace, &key))
-            .await
+        let skey = storage_key(keyspace, key)?;
+        // Most reads are answered from memory: inline, without the two
+        // thread hand-offs of the blocking pool (they cost more than the
+        // lookup). Only a read that must touch a file goes there.
+        if let Some(answer) = self.engine.get_cached(&skey) {
+            return Ok(answer?);
+        }
+        self.blocking(move |engine| Ok(engine.get(&skey)?)).await
     }
 
     async fn scan_hashes(

@@ -99,6 +99,20 @@ impl<F: Fs> Table<F> {
             .is_none_or(|f| f.may_contain_hashed(key, hash)))
     }
 
+    /// As [`Table::may_contain`] and then the reader, without touching the
+    /// file: `None` when the filter is not loaded or the handle cache no
+    /// longer holds the reader.
+    pub(crate) fn cached_reader(
+        &self,
+        key: &[u8],
+        hash: u64,
+    ) -> Option<Option<Arc<TableReader<F>>>> {
+        if !self.filter.get()?.may_contain_hashed(key, hash) {
+            return Some(None);
+        }
+        self.readers.get(&self.meta.id).map(Some)
+    }
+
     /// Could `key` be in this table by its key range?
     pub(crate) fn covers(&self, key: &[u8]) -> bool {
         // Prefixes order like the keys (ties aside), see `key_prefix`.

@@ -489,6 +489,21 @@ impl<F: Fs> Engine<F> {
     /// The key's version set: the join of what every memtable and every
     /// table that may hold the key has. Empty when the key is absent.
     pub fn get(&self, key: &[u8]) -> Result<VersionSet, EngineError> {
+        // Allowed to read files, the lookup always answers.
+        self.lookup(key, false).map(Option::unwrap_or_default)
+    }
+
+    /// As [`Engine::get`], from memory only (memtables, bloom filters,
+    /// cached table handles and blocks): `None` when answering would open
+    /// or read a file. Cheap enough for an async task to call inline,
+    /// where [`Engine::get`] may block on the disk.
+    pub fn get_cached(&self, key: &[u8]) -> Option<Result<VersionSet, EngineError>> {
+        self.lookup(key, true).transpose()
+    }
+
+    /// The key's set; with `cached_only`, `Ok(None)` when a table's filter,
+    /// handle or block is not in memory.
+    fn lookup(&self, key: &[u8], cached_only: bool) -> Result<Option<VersionSet>, EngineError> {
         let s = &*self.shared;
         let mut out: Option<VersionSet> = None;
         let mut add = |set: VersionSet| match &mut out {
@@ -516,33 +531,79 @@ impl<F: Fs> Engine<F> {
         // Counted once per get, not once per table: each count is an
         // atomic read-modify-write on a shared cache line.
         let mut skips = 0u64;
+        let mut hits = 0u64;
+        let mut misses = 0u64;
+        let mut answer = Ok(true);
         for t in levels.l0.iter().filter(|t| t.covers(key)).chain(runs) {
-            let admitted = match t.may_contain(key, hash) {
-                Ok(a) => a,
-                Err(e) => {
-                    s.counters.bloom_skips.fetch_add(skips, Ordering::Relaxed);
-                    return Err(e);
+            let found = if cached_only {
+                let reader = match t.cached_reader(key, hash) {
+                    None => {
+                        answer = Ok(false);
+                        break;
+                    }
+                    Some(None) => {
+                        skips += 1;
+                        continue;
+                    }
+                    Some(Some(reader)) => reader,
+                };
+                match reader.get_cached(key, &s.blocks) {
+                    None => {
+                        answer = Ok(false);
+                        break;
+                    }
+                    Some(found) => {
+                        hits += 1;
+                        found
+                    }
+                }
+            } else {
+                match t.may_contain(key, hash) {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        skips += 1;
+                        continue;
+                    }
+                    Err(e) => {
+                        answer = Err(e);
+                        break;
+                    }
+                }
+                match t.reader().and_then(|r| r.get(key, &s.blocks)) {
+                    Ok((found, hit)) => {
+                        if hit {
+                            hits += 1;
+                        } else {
+                            misses += 1;
+                        }
+                        Ok(found)
+                    }
+                    Err(e) => Err(e),
                 }
             };
-            if !admitted {
-                skips += 1;
-                continue;
-            }
-            let (found, hit) = t.reader()?.get(key, &s.blocks)?;
-            let counter = if hit {
-                &s.counters.cache_hits
-            } else {
-                &s.counters.cache_misses
-            };
-            counter.fetch_add(1, Ordering::Relaxed);
-            if let Some(set) = found {
-                add(set);
+            match found {
+                Ok(Some(set)) => add(set),
+                Ok(None) => {}
+                Err(e) => {
+                    answer = Err(e);
+                    break;
+                }
             }
         }
-        if skips > 0 {
-            s.counters.bloom_skips.fetch_add(skips, Ordering::Relaxed);
+        for (counter, n) in [
+            (&s.counters.bloom_skips, skips),
+            (&s.counters.cache_hits, hits),
+            (&s.counters.cache_misses, misses),
+        ] {
+            if n > 0 {
+                counter.fetch_add(n, Ordering::Relaxed);
+            }
         }
-        Ok(out.unwrap_or_default())
+        match answer {
+            Ok(true) => Ok(Some(out.unwrap_or_default())),
+            Ok(false) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     /// Iterate `(key, VersionSet)` in key order over `range`. The scan

@@ -440,7 +440,27 @@ impl<F: Fs> TableReader<F> {
             return Ok((None, true));
         }
         let (block, hit) = self.cached_block(i, cache)?;
-        let found = match block.get(key) {
+        Ok((self.find(&block, i, key)?, hit))
+    }
+
+    /// As [`TableReader::get`], from the block cache only: `None` when the
+    /// key's block is not cached (answering would read the file).
+    pub(crate) fn get_cached(
+        &self,
+        key: &[u8],
+        cache: &BlockCache,
+    ) -> Option<Result<Option<VersionSet>, EngineError>> {
+        let i = self.block_for(key);
+        if i == self.index.len() {
+            return Some(Ok(None));
+        }
+        let block = cache.get(&(self.id, self.index[i].offset))?;
+        Some(self.find(&block, i, key))
+    }
+
+    /// The key's set in block `i`, decoded.
+    fn find(&self, block: &Block, i: usize, key: &[u8]) -> Result<Option<VersionSet>, EngineError> {
+        match block.get(key) {
             None => Ok(None),
             Some(v) => VersionSet::decode(v).map(Some).map_err(|e| {
                 EngineError::corrupt(
@@ -449,8 +469,7 @@ impl<F: Fs> TableReader<F> {
                     format!("undecodable version set: {e}"),
                 )
             }),
-        }?;
-        Ok((found, hit))
+        }
     }
 
     /// Index of the first block whose last key is `>= key`.

@@ -119,8 +119,12 @@ proptest! {
                     }
                 }
                 Op::Get(k) => {
-                    let got = engine.get(&key(k)).unwrap();
                     let want = model.get(&key(k)).cloned().unwrap_or_default();
+                    // From memory when it can answer: it must agree.
+                    if let Some(cached) = engine.get_cached(&key(k)) {
+                        prop_assert_eq!(cached.unwrap().encode(), want.encode());
+                    }
+                    let got = engine.get(&key(k)).unwrap();
                     prop_assert_eq!(got.encode(), want.encode());
                 }
                 Op::Restart => {
@@ -168,7 +172,10 @@ fn v(actor: u64, counter: u64, value: &[u8], ts: u64) -> Version {
 #[test]
 fn power_loss_keeps_every_acknowledged_write() {
     let fs = MemFs::new();
-    let engine = Engine::open_with_fs(fs.clone(), dir(), small_options()).unwrap();
+    let mut options = small_options();
+    options.limits.memtable_bytes_max = 1 << 20;
+    options.block_cache_bytes = 1 << 20;
+    let engine = Engine::open_with_fs(fs.clone(), dir(), options.clone()).unwrap();
     for i in 0..200u64 {
         engine
             .apply(format!("k{i}").as_bytes(), v(1, i + 1, b"value", i))
@@ -468,4 +475,32 @@ fn first_flush_goes_to_empty_l1_and_the_next_to_l0() {
         assert_eq!(engine.get(k).unwrap().len(), 1);
     }
     assert_eq!(engine.scan::<&[u8], _>(..).unwrap().count(), 3);
+}
+
+#[test]
+fn a_cold_read_goes_to_the_file_and_then_memory_answers() {
+    let fs = MemFs::new();
+    let mut options = small_options();
+    options.limits.memtable_bytes_max = 1 << 20;
+    options.block_cache_bytes = 1 << 20;
+    let engine = Engine::open_with_fs(fs.clone(), dir(), options.clone()).unwrap();
+    for i in 0..200u64 {
+        engine
+            .apply(format!("k{i}").as_bytes(), v(1, i + 1, b"x", i))
+            .unwrap();
+    }
+    // In the memtable: memory answers.
+    assert_eq!(engine.get_cached(b"k7").unwrap().unwrap().len(), 1);
+    engine.flush().unwrap();
+    engine.close().unwrap();
+    // Reopened: no filter, handle or block in memory yet.
+    let engine = Engine::open_with_fs(fs, dir(), options).unwrap();
+    assert!(engine.get_cached(b"k7").is_none());
+    assert_eq!(engine.get(b"k7").unwrap().len(), 1);
+    assert_eq!(engine.get_cached(b"k7").unwrap().unwrap().len(), 1);
+    // A key of a block never read: its filter is loaded now, its block not.
+    let other = (0..200)
+        .map(|i| format!("k{i}"))
+        .find(|k| engine.get_cached(k.as_bytes()).is_none());
+    assert!(other.is_some(), "the table has more than one block");
 }
