@@ -12,7 +12,7 @@
 //! datacenters, byte-identical.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -58,9 +58,7 @@ const NODES_PER_DC: usize = 3;
 const KEYSPACE: &str = "carts";
 
 fn default_resolver_path() -> PathBuf {
-    let target =
-        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| PathBuf::from("target"), PathBuf::from);
-    target.join("wasm32-unknown-unknown/release/isthmus_example_cart_union.wasm")
+    isthmus_resolvers::built_module(Path::new("."), "isthmus-example-cart-union")
 }
 
 /// What the shoppers did.

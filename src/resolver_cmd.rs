@@ -430,20 +430,10 @@ mod tests {
     }
 
     fn example(package: &str) -> PathBuf {
-        let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-        let target = std::env::var_os("CARGO_TARGET_DIR")
-            .map(PathBuf::from)
-            .map(|t| {
-                if t.is_absolute() {
-                    t
-                } else {
-                    workspace.join(t)
-                }
-            })
-            .unwrap_or_else(|| workspace.join("target"));
-        let path = target
-            .join("wasm32-unknown-unknown/release")
-            .join(format!("{}.wasm", package.replace('-', "_")));
+        let path = isthmus_resolvers::built_module(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")),
+            package,
+        );
         assert!(
             path.exists(),
             "{} is missing; build it first: cargo build --release --target wasm32-unknown-unknown -p {package}",

@@ -19,7 +19,7 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -50,24 +50,7 @@ const KEYSPACE: &str = "carts";
 const WAN_ONE_WAY: Duration = Duration::from_millis(50);
 
 fn cart_module() -> Vec<u8> {
-    let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .map(|t| {
-            if t.is_absolute() {
-                t
-            } else {
-                workspace.join(t)
-            }
-        })
-        .unwrap_or_else(|| workspace.join("target"));
-    let path = target.join("wasm32-unknown-unknown/release/isthmus_example_cart_union.wasm");
-    std::fs::read(&path).unwrap_or_else(|e| {
-        panic!(
-            "cannot read {} ({e}); build it with scripts/build-resolvers.sh",
-            path.display()
-        )
-    })
+    std::fs::read(common::wasm("isthmus-example-cart-union")).unwrap()
 }
 
 fn replication() -> BTreeMap<String, u32> {

@@ -17,17 +17,7 @@ use isthmus_resolvers::{Host, ResolverLimits};
 
 fn wasm_path() -> PathBuf {
     let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .map(|t| {
-            if t.is_absolute() {
-                t
-            } else {
-                workspace.join(t)
-            }
-        })
-        .unwrap_or_else(|| workspace.join("target"));
-    target.join("wasm32-unknown-unknown/release/isthmus_example_cart_union.wasm")
+    isthmus_resolvers::built_module(&workspace, "isthmus-example-cart-union")
 }
 
 /// A cart of about 1 KB: 92 items of 11 bytes each in cart-union's binary

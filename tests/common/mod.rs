@@ -91,20 +91,7 @@ pub fn free_port(ip: &str) -> u16 {
 /// The wasm32 build of an example resolver package, as
 /// `scripts/build-resolvers.sh` leaves it.
 pub fn wasm(package: &str) -> PathBuf {
-    let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .map(|t| {
-            if t.is_absolute() {
-                t
-            } else {
-                workspace.join(t)
-            }
-        })
-        .unwrap_or_else(|| workspace.join("target"));
-    let path = target
-        .join("wasm32-unknown-unknown/release")
-        .join(format!("{}.wasm", package.replace('-', "_")));
+    let path = isthmus_resolvers::built_module(Path::new(env!("CARGO_MANIFEST_DIR")), package);
     assert!(
         path.exists(),
         "{} is missing; build it with scripts/build-resolvers.sh",

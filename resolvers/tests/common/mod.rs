@@ -12,17 +12,8 @@ use isthmus_resolvers::{Host, Resolver, ResolverLimits};
 /// `<workspace>/target`.
 pub fn wasm_dir() -> PathBuf {
     let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .map(|t| {
-            if t.is_absolute() {
-                t
-            } else {
-                workspace.join(t)
-            }
-        })
-        .unwrap_or_else(|| workspace.join("target"));
-    target.join("wasm32-unknown-unknown").join("release")
+    let module = isthmus_resolvers::built_module(&workspace, "any");
+    module.parent().map(PathBuf::from).unwrap_or(module)
 }
 
 /// The bytes of an example resolver module; panics with how to build it.
