@@ -91,9 +91,11 @@ pub struct NodeConfig {
     pub rack: String,
     /// Address to serve clients and peers on, `host:port`.
     pub listen: String,
-    /// Directory for the commit log, tables, hints and outbox.
+    /// Directory for the commit log, tables, hints, outbox and the peers
+    /// the node remembers.
     pub data_dir: PathBuf,
-    /// Addresses of seed nodes to join through (`host:port`).
+    /// Addresses of seed nodes to join through (`host:port`). On restart
+    /// the node also contacts the peers it knew (`data_dir/peers`).
     #[serde(default)]
     pub seeds: Vec<String>,
     /// Tokens this node takes on its datacenter's ring.

@@ -304,13 +304,16 @@ pub async fn start(
     };
     let engine = store.engine().clone();
     let load = Box::new(move || engine.stats().table_bytes);
-    let (gossiper, view) = Gossiper::new(
-        own,
-        config.seeds.clone(),
-        tuning.gossip.clone(),
-        transport.clone(),
-        load,
-    );
+    // The configured seeds, then the peers this node knew when it last ran
+    // (in case the seeds are down too).
+    let mut seeds = config.seeds.clone();
+    for peer in crate::gossip::peers::load(&data_dir, &addr) {
+        if !seeds.contains(&peer) {
+            seeds.push(peer);
+        }
+    }
+    let (gossiper, view) =
+        Gossiper::new(own, seeds, tuning.gossip.clone(), transport.clone(), load);
     let (stop, stop_rx) = watch::channel(false);
     let mut tasks = Vec::new();
     let full_sync = Arc::new(NodeFullSync::default());
@@ -420,6 +423,15 @@ pub async fn start(
     tasks.push((
         "gossip",
         tokio::spawn(gossiper.clone().run(stop_rx.clone())),
+    ));
+    tasks.push((
+        "peers",
+        tokio::spawn(crate::gossip::peers::keep(
+            gossiper.clone(),
+            data_dir.clone(),
+            tuning.gossip.interval * 5,
+            stop_rx.clone(),
+        )),
     ));
     tasks.push((
         "handoff",

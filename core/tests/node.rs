@@ -478,3 +478,51 @@ async fn a_node_joins_and_another_leaves_with_nothing_lost() {
         node.shutdown().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarted_nodes_find_each_other_while_their_seed_is_down() {
+    use isthmus_core::ring::NodeId;
+
+    let dir = tempfile::tempdir().unwrap();
+    let (seed, nodes) = three_nodes(dir.path()).await;
+    let addrs: Vec<String> = nodes.iter().map(|n| n.addr.clone()).collect();
+    for i in [1, 2] {
+        let file = dir.path().join(format!("n{i}")).join("peers");
+        until("the nodes remember their peers", || {
+            std::fs::read_to_string(&file)
+                .is_ok_and(|p| addrs.iter().filter(|a| p.contains(a.as_str())).count() == 2)
+        })
+        .await;
+    }
+    // The whole cluster stops; n0, the seed everyone joined through,
+    // stays down.
+    for node in nodes {
+        node.shutdown().await;
+    }
+    // n1 and n2 come back knowing nothing but that dead seed, and find
+    // each other through the peers they remembered.
+    let mut back = Vec::new();
+    for i in [1, 2] {
+        let config = config(i, dir.path(), &addrs[i], vec![seed.clone()]);
+        back.push(start(config, Arc::new(NoMerge), tuning()).await.unwrap());
+    }
+    until("n1 and n2 see each other", || {
+        back.iter().all(|n| {
+            let alive = n.gossiper().alive();
+            alive.contains(&NodeId("n1".into())) && alive.contains(&NodeId("n2".into()))
+        })
+    })
+    .await;
+    let session = Session::connect(&back[0].addr, "test", Duration::from_secs(2))
+        .await
+        .unwrap();
+    // LOCAL_QUORUM of three replicas: n1 and n2 are two.
+    assert_eq!(
+        put(&session, b"after", b"v", 1).await,
+        ResponseBody::Written
+    );
+    assert_eq!(get(&session, b"after").await, vec![b"v".to_vec()]);
+    for node in back {
+        node.shutdown().await;
+    }
+}

@@ -7,9 +7,12 @@
 //!
 //! - [`service`]: the worker that runs rounds over the network and
 //!   publishes the cluster view.
+//! - [`peers`]: the peers a node remembers across restarts, contacted as
+//!   extra seeds when it starts.
 //!
 //! `membership` and `detector` are pure logic with time passed in.
 
 pub mod detector;
 pub mod membership;
+pub mod peers;
 pub mod service;

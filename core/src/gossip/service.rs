@@ -157,6 +157,11 @@ impl<T: GossipTransport> Gossiper<T> {
         self.started.elapsed().as_millis() as u64
     }
 
+    /// This node's id.
+    pub fn id(&self) -> NodeId {
+        self.me.clone()
+    }
+
     /// A copy of the current membership view.
     pub fn membership(&self) -> Membership {
         self.state.lock().membership.clone()
