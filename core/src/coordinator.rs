@@ -851,24 +851,34 @@ impl<S: LocalStore + Clone, T: Transport, H: HintSink> Coordinator<S, T, H> {
             });
         }
         let (tx, mut rx) = mpsc::channel::<(NodeId, Option<VersionSet>)>(replicas.len().max(1));
+        let mut local = false;
         for (node, _) in &replicas {
+            if *node == self.config.node {
+                local = true;
+                continue;
+            }
             let (node, tx, this) = (node.clone(), tx.clone(), self.clone());
             let (keyspace, key) = (keyspace.to_owned(), key.to_vec());
             let alive = view.alive.contains(&node);
             tokio::spawn(async move {
-                let answer = if !alive {
-                    None
-                } else if node == this.config.node {
-                    this.read_local(&keyspace, &key).await.ok()
-                } else {
+                let answer = if alive {
                     let request = PeerRequest::Read { keyspace, key };
                     match this.transport.call(&node, request, deadline).await {
                         Ok(PeerResponse::Versions(set)) => Some(set),
                         _ => None,
                     }
+                } else {
+                    None
                 };
                 let _ = tx.send((node, answer)).await;
             });
+        }
+        if local {
+            // This node's own copy, read while the others are on their
+            // way (no task of its own: most reads are answered from
+            // memory). The channel holds one answer per replica.
+            let answer = self.read_local(keyspace, key).await.ok();
+            let _ = tx.send((self.config.node.clone(), answer)).await;
         }
         drop(tx);
         let mut joined = VersionSet::new();
