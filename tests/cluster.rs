@@ -40,29 +40,16 @@ fn cluster(dir: &Path, subnet: u8, n: usize, joining: &[usize]) -> Vec<Node> {
         })
         .collect();
     for (i, node) in nodes.iter().enumerate() {
-        let toml = format!(
-            r#"node_id = "{id}"
-dc = "dc1"
-rack = "r{rack}"
-listen = "{addr}"
-data_dir = "{data}"
-seeds = ["{seed}"]
-vnodes = 32
-fsync = "always"
-bootstrap = {bootstrap}
-
-[keyspaces.carts]
-replication = {{ dc1 = 3 }}
-consistency = "LOCAL_QUORUM"
-"#,
-            id = node.id,
-            rack = i % 3,
-            addr = node.addr,
-            data = dir.join(&node.id).display(),
-            seed = nodes[0].addr,
-            bootstrap = joining.contains(&i),
+        node.write_config(
+            dir,
+            &format!("r{}", i % 3),
+            &[&nodes[0].addr],
+            &format!(
+                "vnodes = 32\nfsync = \"always\"\nbootstrap = {}",
+                joining.contains(&i)
+            ),
+            "dc1 = 3",
         );
-        std::fs::write(&node.config, toml).unwrap();
     }
     nodes
 }

@@ -619,33 +619,19 @@ fn processes(dir: &Path, wan: &WanProxy) -> Vec<Node> {
             procs.push(Node::new(dir, &format!("{dc}-n{i}"), dc, &ip));
         }
     }
-    let seeds = format!("[\"{}\", \"{}\"]", procs[0].addr, procs[3].addr);
+    let seeds = [procs[0].addr.as_str(), procs[3].addr.as_str()];
     for p in &procs {
         wan.register(&p.addr, &p.dc);
-        let toml = format!(
-            r#"node_id = "{id}"
-dc = "{dc}"
-rack = "r{rack}"
-listen = "{addr}"
-data_dir = "{data}"
-seeds = {seeds}
-vnodes = 16
-fsync = "interval"
-fsync_interval_ms = 5
-wan_proxy = "{wan}"
-
-[keyspaces.carts]
-replication = {{ dc1 = 3, dc2 = 3 }}
-consistency = "LOCAL_QUORUM"
-"#,
-            id = p.id,
-            dc = p.dc,
-            rack = p.id.chars().last().unwrap(),
-            addr = p.addr,
-            data = dir.join(&p.id).display(),
-            wan = wan.addr(),
+        p.write_config(
+            dir,
+            &format!("r{}", p.id.chars().last().unwrap()),
+            &seeds,
+            &format!(
+                "vnodes = 16\nfsync = \"interval\"\nfsync_interval_ms = 5\nwan_proxy = \"{}\"",
+                wan.addr()
+            ),
+            "dc1 = 3, dc2 = 3",
         );
-        std::fs::write(&p.config, toml).unwrap();
     }
     procs
 }

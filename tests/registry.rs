@@ -35,34 +35,16 @@ fn cluster(dir: &Path) -> Vec<Node> {
         let id = format!("{dc}-n{i}");
         nodes.push(Node::new(dir, &id, dc, &ip));
     }
-    let seeds = format!("[\"{}\", \"{}\"]", nodes[0].addr, nodes[2].addr);
+    let seeds = [nodes[0].addr.as_str(), nodes[2].addr.as_str()];
     for node in &nodes {
-        let toml = format!(
-            r#"node_id = "{id}"
-dc = "{dc}"
-rack = "r{rack}"
-listen = "{addr}"
-data_dir = "{data}"
-seeds = {seeds}
-vnodes = 16
-fsync = "interval"
-
-[keyspaces.carts]
-replication = {{ dc1 = 2, dc2 = 2 }}
-consistency = "LOCAL_QUORUM"
-"#,
-            id = node.id,
-            dc = node.dc,
-            rack = node.id.chars().last().unwrap(),
-            addr = node.addr,
-            data = dir.join(&node.id).display(),
+        let bootstrap = node.id == "dc1-n2";
+        node.write_config(
+            dir,
+            &format!("r{}", node.id.chars().last().unwrap()),
+            &seeds,
+            &format!("vnodes = 16\nfsync = \"interval\"\nbootstrap = {bootstrap}"),
+            "dc1 = 2, dc2 = 2",
         );
-        let toml = if node.id == "dc1-n2" {
-            toml.replace("vnodes = 16\n", "vnodes = 16\nbootstrap = true\n")
-        } else {
-            toml
-        };
-        std::fs::write(&node.config, toml).unwrap();
     }
     nodes
 }

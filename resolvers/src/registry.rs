@@ -96,22 +96,10 @@ impl RegistryStore for MemoryStore {
     }
 }
 
-/// How the law check went when a resolver was registered.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum LawCheck {
-    /// Every law held on the generated cases.
-    Passed {
-        /// Seed of the check run.
-        seed: u64,
-    },
-    /// The check failed and the uploader overrode it explicitly.
-    Overridden {
-        /// Seed of the check run.
-        seed: u64,
-        /// The violated laws, as the report printed them.
-        violations: Vec<String>,
-    },
-}
+/// How the law check went when a resolver was registered: the wire's
+/// [`LawCheckOutcome`](isthmus_core::system::LawCheckOutcome), stored as is
+/// in the record (one definition, the same encoding).
+pub type LawCheck = isthmus_core::system::LawCheckOutcome;
 
 /// One registered resolver version.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -31,15 +31,13 @@ use std::time::Duration;
 
 use isthmus_core::bridge::BoxFuture;
 use isthmus_core::system::{
-    BindingInfo, BoundResolver, ErrorCode, LawCheckOutcome, RegistryHook, RegistryRequest,
-    RegistryResponse, ResolverInfo, SystemStore, WireError, is_system,
+    BindingInfo, BoundResolver, ErrorCode, RegistryHook, RegistryRequest, RegistryResponse,
+    ResolverInfo, SystemStore, WireError, is_system,
 };
 use parking_lot::Mutex;
 
 use crate::check::CheckOptions;
-use crate::registry::{
-    Binding, LawCheck, RegistryError, ResolverRecord, ResolverRef, UploadPolicy,
-};
+use crate::registry::{Binding, RegistryError, ResolverRecord, ResolverRef, UploadPolicy};
 use crate::{Host, Registry, ReplicatedStore, WasmMergeHook};
 
 /// A node's resolver registry over its `_registry` keyspace.
@@ -88,12 +86,7 @@ fn info(record: ResolverRecord) -> ResolverInfo {
         version: record.version,
         hash: record.hash,
         module_bytes: record.module_bytes,
-        law_check: match record.law_check {
-            LawCheck::Passed { seed } => LawCheckOutcome::Passed { seed },
-            LawCheck::Overridden { seed, violations } => {
-                LawCheckOutcome::Overridden { seed, violations }
-            }
-        },
+        law_check: record.law_check,
     }
 }
 

@@ -41,6 +41,41 @@ impl Node {
         }
     }
 
+    /// Write this node's config: its identity, rack `rack`, its address,
+    /// a data directory under `dir`, `seeds`, the top-level `settings`
+    /// (TOML lines: vnodes, fsync, ...) and a `carts` keyspace at
+    /// LOCAL_QUORUM with `replication` (e.g. `dc1 = 3, dc2 = 3`).
+    pub fn write_config(
+        &self,
+        dir: &Path,
+        rack: &str,
+        seeds: &[&str],
+        settings: &str,
+        replication: &str,
+    ) {
+        let seeds: Vec<String> = seeds.iter().map(|s| format!("\"{s}\"")).collect();
+        let toml = format!(
+            r#"node_id = "{id}"
+dc = "{dc}"
+rack = "{rack}"
+listen = "{addr}"
+data_dir = "{data}"
+seeds = [{seeds}]
+{settings}
+
+[keyspaces.carts]
+replication = {{ {replication} }}
+consistency = "LOCAL_QUORUM"
+"#,
+            id = self.id,
+            dc = self.dc,
+            addr = self.addr,
+            data = dir.join(&self.id).display(),
+            seeds = seeds.join(", "),
+        );
+        std::fs::write(&self.config, toml).unwrap();
+    }
+
     pub fn spawn(&mut self) {
         let log = std::fs::OpenOptions::new()
             .create(true)
