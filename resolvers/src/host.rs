@@ -528,9 +528,31 @@ impl Host {
         resolver: &Resolver,
         input: &[u8],
     ) -> Result<Vec<u8>, ResolverError> {
-        if input.len() > self.limits.input_bytes_max {
+        self.run(
+            resolver,
+            input.len(),
+            |buf| {
+                buf.copy_from_slice(input);
+                Ok(())
+            },
+            |out| Ok(out.to_vec()),
+        )
+    }
+
+    /// One merge: a fresh store and instance, `len` input bytes that
+    /// `write` puts straight into the buffer the guest allocated, the call,
+    /// and `read` on the guest's output where it lies in guest memory (no
+    /// copies of either on the way).
+    fn run<T>(
+        &self,
+        resolver: &Resolver,
+        len: usize,
+        write: impl FnOnce(&mut [u8]) -> Result<(), ResolverError>,
+        read: impl FnOnce(&[u8]) -> Result<T, ResolverError>,
+    ) -> Result<T, ResolverError> {
+        if len > self.limits.input_bytes_max {
             return Err(ResolverError::InputTooLarge {
-                bytes: input.len(),
+                bytes: len,
                 max_bytes: self.limits.input_bytes_max,
             });
         }
@@ -540,12 +562,12 @@ impl Host {
             .instantiate(&mut store)
             .map_err(|e| self.classify(&store, e, "instantiate"))?;
         let (memory, alloc, merge) = self.exports(&mut store, &instance, resolver)?;
-        let len = u32::try_from(input.len()).map_err(|_| ResolverError::InputTooLarge {
-            bytes: input.len(),
+        let len32 = u32::try_from(len).map_err(|_| ResolverError::InputTooLarge {
+            bytes: len,
             max_bytes: u32::MAX as usize,
         })?;
         let ptr = alloc
-            .call(&mut store, len)
+            .call(&mut store, len32)
             .map_err(|e| self.classify(&store, e, export::ALLOC))?;
         if ptr == 0 && len > 0 {
             return Err(if store.data().refused {
@@ -558,15 +580,17 @@ impl Host {
                 }
             });
         }
-        memory
-            .write(&mut store, ptr as usize, input)
-            .map_err(|_| ResolverError::BadOutput {
+        let buf = (ptr as usize)
+            .checked_add(len)
+            .and_then(|end| memory.data_mut(&mut store).get_mut(ptr as usize..end))
+            .ok_or_else(|| ResolverError::BadOutput {
                 reason: format!("isthmus_alloc({len}) returned out-of-bounds pointer {ptr:#x}"),
             })?;
+        write(buf)?;
         let packed = merge
-            .call(&mut store, (ptr, len))
+            .call(&mut store, (ptr, len32))
             .map_err(|e| self.classify(&store, e, export::MERGE))?;
-        self.read_packed(&store, memory, packed)
+        read(self.output(&store, memory, packed)?)
     }
 
     fn exports(
@@ -596,13 +620,13 @@ impl Host {
         Ok((memory, alloc, merge))
     }
 
-    /// Copy out the `(ptr << 32) | len` buffer a guest returned.
-    fn read_packed(
+    /// The `(ptr << 32) | len` buffer a guest returned, in guest memory.
+    fn output<'s>(
         &self,
-        store: &Store<StoreState>,
+        store: &'s Store<StoreState>,
         memory: Memory,
         packed: u64,
-    ) -> Result<Vec<u8>, ResolverError> {
+    ) -> Result<&'s [u8], ResolverError> {
         let (ptr, len) = ((packed >> 32) as usize, (packed & 0xffff_ffff) as usize);
         if len > self.limits.output_bytes_max {
             return Err(ResolverError::BadOutput {
@@ -613,15 +637,14 @@ impl Host {
             });
         }
         let data = memory.data(store);
-        match ptr.checked_add(len).and_then(|end| data.get(ptr..end)) {
-            Some(out) => Ok(out.to_vec()),
-            None => Err(ResolverError::BadOutput {
+        ptr.checked_add(len)
+            .and_then(|end| data.get(ptr..end))
+            .ok_or_else(|| ResolverError::BadOutput {
                 reason: format!(
                     "output {ptr:#x}+{len} lies outside guest memory of {} bytes",
                     data.len()
                 ),
-            }),
-        }
+            })
     }
 
     /// Merge ABI-level siblings: encode, run, decode. Counted.
@@ -644,9 +667,18 @@ impl Host {
         key: &[u8],
         siblings: &[Sibling<'_>],
     ) -> Result<Merged, ResolverError> {
-        let input = abi::encode_input(key, siblings);
-        self.merge_raw_uncounted(resolver, &input)
-            .and_then(|out| decode_output(&out))
+        self.run(
+            resolver,
+            abi::encoded_input_len(key, siblings),
+            |buf| {
+                abi::encode_input_into(key, siblings, buf)
+                    .map(drop)
+                    .map_err(|e| ResolverError::Unavailable {
+                        reason: format!("cannot encode the merge input: {e}"),
+                    })
+            },
+            decode_output,
+        )
     }
 
     /// Merge a version set into the version that replaces it: the least
@@ -690,7 +722,8 @@ impl Host {
         let packed = f
             .call(&mut store, seed)
             .map_err(|e| self.classify(&store, e, export::SAMPLE))?;
-        self.read_packed(&store, memory, packed).map(Some)
+        self.output(&store, memory, packed)
+            .map(|out| Some(out.to_vec()))
     }
 }
 

@@ -37,9 +37,13 @@ pub struct ResolverLimits {
     /// merges (zeroed by memset rather than returned to the kernel and
     /// faulted in again). The memset is paid on every merge: 2 MiB made
     /// instantiation cost 19 µs instead of 4 µs; 128 KiB covers what a
-    /// module linked with a 64 KiB stack touches in a small merge (see
+    /// module linked with a 16-64 KiB stack touches in a small merge (see
     /// `isthmus-sdk-wasm`), and took cart-union's fixed cost per merge from
-    /// about 10-14 to 4-5 µs.
+    /// about 10-14 to 3-5 µs. Only the accessible part is reset: a module
+    /// whose memory is one 64 KiB page pays a 64 KiB memset. Smaller values
+    /// cost more: each page past it is faulted in again on every merge that
+    /// touches it (cart-union, 10 siblings: 30 µs at 128 KiB, 49 µs at
+    /// 64 KiB with a 64 KiB stack).
     pub memory_keep_resident_bytes: usize,
     /// Merges that can run at once on one host: the size of the pooling
     /// allocator's instance and memory pools.

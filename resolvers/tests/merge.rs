@@ -117,3 +117,66 @@ fn native_and_wasm_builds_agree() {
     assert_eq!(wasm, native);
     assert_eq!(wasm, Merged::Value(CART_MERGED.to_vec()));
 }
+
+/// The wasm build compares two heads per scan iteration where the native
+/// build compares one (`SCAN_STEP`), so the wasm fast path gets its own
+/// check against the native build: many carts of awkward names (shared
+/// prefixes ending around the 8- and 16-byte keys, zero and 0xff bytes,
+/// names over 16 bytes), 1 to 13 siblings so that every remainder of the
+/// two-step scan occurs, some carts left unsorted for the slow path.
+#[test]
+fn native_and_wasm_builds_agree_on_awkward_carts() {
+    use isthmus_sdk_wasm::Sibling;
+    let host = small_host();
+    let resolver = cart(&host);
+    let mut s = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move || {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        s
+    };
+    let mut slow = 0;
+    for round in 0..300 {
+        let mut unsorted = false;
+        let carts: Vec<Vec<u8>> = (0..next() % 13 + 1)
+            .map(|_| {
+                let mut items = Vec::new();
+                for _ in 0..next() % 20 {
+                    let mut name = vec![b'p'; [0, 7, 8, 9, 15, 16, 17, 24][(next() % 8) as usize]];
+                    for _ in 0..next() % 5 {
+                        name.push([0u8, b'a', 0xff][(next() % 3) as usize]);
+                    }
+                    items.push((name, next() % 300));
+                }
+                if next() % 8 != 0 {
+                    items.sort();
+                    items.dedup_by(|a, b| a.0 == b.0);
+                }
+                unsorted |= items.windows(2).any(|w| w[0].0 >= w[1].0);
+                let mut out = Vec::new();
+                for (name, qty) in items {
+                    out.push(name.len() as u8);
+                    out.extend_from_slice(&name);
+                    let mut q = qty;
+                    while q >= 0x80 {
+                        out.push(q as u8 | 0x80);
+                        q >>= 7;
+                    }
+                    out.push(q as u8);
+                }
+                out
+            })
+            .collect();
+        let siblings: Vec<_> = carts
+            .iter()
+            .enumerate()
+            .map(|(i, c)| Sibling::of_value(c, i as u64))
+            .collect();
+        let native = isthmus_example_cart_union::merge(b"k", &siblings).unwrap();
+        let wasm = host.merge_siblings(&resolver, b"k", &siblings).unwrap();
+        assert_eq!(wasm, native, "round {round}: {carts:?}");
+        slow += usize::from(unsorted);
+    }
+    assert!(slow > 0, "no round took the slow path");
+}

@@ -54,14 +54,17 @@
 //! Link with a small shadow stack: rustc gives wasm32 modules 1 MiB of stack
 //! at the bottom of linear memory, which puts every page a merge touches
 //! (stack top, data, heap) past the first megabyte, where the host must
-//! fault them in afresh for every merge. A 64 KiB stack keeps them within
-//! the first ~100 KiB, which the host keeps resident between merges; it
-//! halved the fixed cost of a merge (about 10 to 4 µs). In the resolver's
-//! workspace, `.cargo/config.toml`:
+//! fault them in afresh for every merge. A small stack keeps them within
+//! the first page or two, which the host keeps resident between merges
+//! (and resets with a short memset). 64 KiB halved the fixed cost of a
+//! merge (about 10 to 4 µs); the examples use 16 KiB, which took it to
+//! about 3 µs. Pick the smallest your merge's deepest call chain fits in
+//! (the examples' merges use a few KiB; deep recursion or large stack
+//! arrays need more). In the resolver's workspace, `.cargo/config.toml`:
 //!
 //! ```toml
 //! [target.wasm32-unknown-unknown]
-//! rustflags = ["-C", "link-arg=-zstack-size=65536"]
+//! rustflags = ["-C", "link-arg=-zstack-size=16384"]
 //! ```
 //!
 //! Overflowing the stack still traps (it grows down, out of the memory); it

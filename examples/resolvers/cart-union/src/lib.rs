@@ -287,21 +287,24 @@ impl<'a> Cursor<'a> {
         self.qty = qty;
     }
 
-    /// Order of the head items' names.
+    /// Append the head item with quantity `qty`. A name of up to 16 bytes
+    /// is written from the keys (two 8-byte stores, then the surplus cut
+    /// off): in wasm a `memory.copy` of a few bytes is a call out of the
+    /// guest.
     #[inline(always)]
-    fn cmp_name(&self, other: &Cursor<'_>) -> Ordering {
-        if self.k0 != other.k0 {
-            return self.k0.cmp(&other.k0);
+    fn write_head(&self, out: &mut Vec<u8>, qty: u64) {
+        write_varint(out, self.len as u64);
+        if self.len <= 16 {
+            let end = out.len() + self.len;
+            out.extend_from_slice(&self.k0.to_be_bytes());
+            if self.len > 8 {
+                out.extend_from_slice(&self.k1.to_be_bytes());
+            }
+            out.truncate(end);
+        } else {
+            out.extend_from_slice(self.name());
         }
-        if self.k1 != other.k1 {
-            return self.k1.cmp(&other.k1);
-        }
-        if self.len <= 16 || other.len <= 16 {
-            // Equal padded prefixes and one name ends within them: that
-            // name is a prefix of the other.
-            return self.len.cmp(&other.len);
-        }
-        cmp_names_from(self.name(), other.name(), 16)
+        write_varint(out, qty);
     }
 
     /// Advance to the next item. `Ok(false)` at the end; `Err(true)` if the
@@ -333,6 +336,64 @@ impl<'a> Cursor<'a> {
             return Err(true);
         }
         Ok(true)
+    }
+}
+
+/// Heads compared per iteration of a round's scan. In wasm every loop
+/// iteration pays fuel and epoch checks, and two heads per iteration made
+/// a 10-sibling merge about 10% faster; natively the plain loop is faster.
+const SCAN_STEP: usize = if cfg!(target_arch = "wasm32") { 2 } else { 1 };
+
+/// The least head name of a round so far: which cursor, its keys and
+/// length, and the greatest quantity among the cursors that hold it.
+struct Least {
+    at: usize,
+    k0: u64,
+    k1: u64,
+    len: usize,
+    qty: u64,
+}
+
+impl Least {
+    /// Compare cursor `i`'s head with the least so far; `ties` lists the
+    /// cursors holding the least name.
+    #[inline(always)]
+    fn offer(&mut self, cursors: &[Cursor<'_>], i: usize, ties: &mut Vec<usize>) {
+        let c = &cursors[i];
+        // Most heads are greater than the least so far: rule those out with
+        // two integer compares (no three-way `Ordering` match, which wasm
+        // compiles to an indirect jump).
+        if c.k0 > self.k0 || (c.k0 == self.k0 && c.k1 > self.k1) {
+            return;
+        }
+        let less = if c.k0 != self.k0 || c.k1 != self.k1 {
+            true
+        } else if c.len > 16 && self.len > 16 {
+            match cmp_names_from(c.name(), cursors[self.at].name(), 16) {
+                Ordering::Less => true,
+                Ordering::Equal => false,
+                Ordering::Greater => return,
+            }
+        } else if c.len < self.len {
+            true
+        } else if c.len == self.len {
+            false
+        } else {
+            return;
+        };
+        if less {
+            *self = Least {
+                at: i,
+                k0: c.k0,
+                k1: c.k1,
+                len: c.len,
+                qty: c.qty,
+            };
+            ties.clear();
+        } else {
+            self.qty = self.qty.max(c.qty);
+        }
+        ties.push(i);
     }
 }
 
@@ -374,24 +435,23 @@ fn merge_sorted<'a>(values: impl Iterator<Item = &'a [u8]>) -> Result<Vec<u8>, b
     while !cursors.is_empty() {
         ties.clear();
         ties.push(0);
-        let mut min = 0;
-        let mut qty = cursors[0].qty;
-        for i in 1..cursors.len() {
-            match cursors[i].cmp_name(&cursors[min]) {
-                Ordering::Less => {
-                    min = i;
-                    qty = cursors[i].qty;
-                    ties.clear();
-                    ties.push(i);
-                }
-                Ordering::Equal => {
-                    qty = qty.max(cursors[i].qty);
-                    ties.push(i);
-                }
-                Ordering::Greater => {}
+        let mut least = Least {
+            at: 0,
+            k0: cursors[0].k0,
+            k1: cursors[0].k1,
+            len: cursors[0].len,
+            qty: cursors[0].qty,
+        };
+        let mut i = 1;
+        while i < cursors.len() {
+            least.offer(&cursors, i, &mut ties);
+            if SCAN_STEP == 2 && i + 1 < cursors.len() {
+                least.offer(&cursors, i + 1, &mut ties);
             }
+            i += SCAN_STEP;
         }
-        write_item(&mut out, cursors[min].name(), qty);
+        let (min, qty) = (least.at, least.qty);
+        cursors[min].write_head(&mut out, qty);
         for &i in ties.iter().rev() {
             if !cursors[i].advance()? {
                 cursors.swap_remove(i);
