@@ -23,20 +23,23 @@
 //! ## Cost (measured by `cargo bench -p isthmus-resolvers`)
 //!
 //! On a 2-core VM shared with other benchmarks (figures swing by up to 2x
-//! between runs): instantiating a module from the pool costs about 3-4 µs;
+//! between runs): instantiating a module from the pool costs about 2.5-4 µs;
 //! the whole call path of a minimal module about 2.5-3.5 µs; an empty merge
-//! of a Rust/SDK module (linked with a 64 KiB stack, see
-//! [`ResolverLimits::memory_keep_resident_bytes`]) about 3.7-5 µs.
+//! of a Rust/SDK module (linked with a 16 KiB stack, see
+//! [`ResolverLimits::memory_keep_resident_bytes`]) about 3-4 µs.
 //! cart-union (binary carts, k-way merge over 16-byte name keys) with 10
-//! siblings of 1 KB takes about 34 µs p50 in wasm against about 10 µs
-//! natively (ratio about 3.3; it was 3.6 at 73 µs with 8-byte keys and a
-//! 1 MiB stack, and 4.2-5.7 with JSON carts at 370-540 µs). A merge that
-//! grows guest memory pays far more than one that stays within the
-//! module's initial memory, so guests should not over-allocate. Fuel
-//! metering and epoch checks account for about 20% of the wasm time (34
-//! against 27 µs); they stay on, because fuel is the deterministic budget
-//! and the epoch the wall-clock backstop. The rest is Cranelift's code
-//! against LLVM's: the merge loop itself runs about 2.5x slower in wasm.
+//! siblings of 1 KB takes about 26 µs p50 in wasm against about 9.5 µs
+//! natively (ratio about 2.8). A merge's input is encoded straight into
+//! the guest's buffer and its output decoded where it lies in guest
+//! memory. A merge that grows guest memory pays far more than one that
+//! stays within the module's initial memory, so guests should not
+//! over-allocate. Fuel metering and epoch checks cost about 20% of the
+//! wasm time (measured at 34 against 27 µs); they stay on, because fuel is
+//! the deterministic budget and the epoch the wall-clock backstop, and a
+//! guest's hot loops pay them per iteration (cart-union's scan compares two
+//! heads per iteration in wasm for that reason). The rest is Cranelift's
+//! code against LLVM's: the merge loop itself runs about 2.3x slower in
+//! wasm.
 //!
 //! What it is not: the storage engine or the node. It never writes a
 //! version itself; the node absorbs the merged version it returns, and on
