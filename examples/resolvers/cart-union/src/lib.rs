@@ -339,9 +339,10 @@ impl<'a> Cursor<'a> {
     }
 }
 
-/// Heads compared per iteration of a round's scan. In wasm every loop
-/// iteration pays fuel and epoch checks, and two heads per iteration made
-/// a 10-sibling merge about 10% faster; natively the plain loop is faster.
+/// Heads compared per iteration of the scan of a round over more than 16
+/// cursors. In wasm every loop iteration pays fuel and epoch checks, and two
+/// heads per iteration made a 100-sibling merge about 15% faster; natively
+/// the plain loop is faster.
 const SCAN_STEP: usize = if cfg!(target_arch = "wasm32") { 2 } else { 1 };
 
 /// The least head name of a round so far: which cursor, its keys and
@@ -358,7 +359,7 @@ impl Least {
     /// Compare cursor `i`'s head with the least so far; `ties` lists the
     /// cursors holding the least name.
     #[inline(always)]
-    fn offer(&mut self, cursors: &[Cursor<'_>], i: usize, ties: &mut Vec<usize>) {
+    fn offer(&mut self, cursors: &[Cursor<'_>], i: usize, ties: &mut impl Ties) {
         let c = &cursors[i];
         // Most heads are greater than the least so far: rule those out with
         // two integer compares (no three-way `Ordering` match, which wasm
@@ -426,12 +427,77 @@ fn merge_sorted<'a>(values: impl Iterator<Item = &'a [u8]>) -> Result<Vec<u8>, b
     // the guest's bump allocator it then grows in place, and a merge of
     // overlapping carts stays within the memory the module starts with
     // (growing linear memory costs the host far more than the merge).
-    let mut ties: Vec<usize> = Vec::with_capacity(cursors.len());
-    let mut out = Vec::with_capacity(capacity);
-    // Each round: one scan finds the least head name, its greatest
-    // quantity and the cursors that hold it (`ties`, ascending); those are
-    // advanced, exhausted ones dropped (in descending order, so that
-    // `swap_remove` only moves cursors already dealt with).
+    if cursors.len() <= 64 {
+        let out = Vec::with_capacity(capacity);
+        k_way(cursors, 0u64, out)
+    } else {
+        let ties = Vec::with_capacity(cursors.len());
+        let out = Vec::with_capacity(capacity);
+        k_way(cursors, ties, out)
+    }
+}
+
+/// The cursors whose head holds a round's least name.
+trait Ties {
+    /// Forget every cursor.
+    fn clear(&mut self);
+    /// Add cursor `i`, greater than every cursor added since the last clear.
+    fn push(&mut self, i: usize);
+    /// Remove and return the greatest cursor.
+    fn pop(&mut self) -> Option<usize>;
+}
+
+/// Up to 64 cursors: a bit per cursor, held in a register (a `Vec` of
+/// indices costs loads and stores on every push: 10 siblings, natively 10.0
+/// against 8.6 µs).
+impl Ties for u64 {
+    #[inline(always)]
+    fn clear(&mut self) {
+        *self = 0;
+    }
+    #[inline(always)]
+    fn push(&mut self, i: usize) {
+        *self |= 1 << i;
+    }
+    #[inline(always)]
+    fn pop(&mut self) -> Option<usize> {
+        if *self == 0 {
+            return None;
+        }
+        let i = 63 - self.leading_zeros() as usize;
+        *self &= !(1 << i);
+        Some(i)
+    }
+}
+
+/// Any number of cursors, in ascending order.
+impl Ties for Vec<usize> {
+    #[inline(always)]
+    fn clear(&mut self) {
+        Vec::clear(self);
+    }
+    #[inline(always)]
+    fn push(&mut self, i: usize) {
+        Vec::push(self, i);
+    }
+    #[inline(always)]
+    fn pop(&mut self) -> Option<usize> {
+        Vec::pop(self)
+    }
+}
+
+/// The k-way merge itself. Each round: one scan finds the least head
+/// name, its greatest quantity and the cursors that hold it (`ties`);
+/// those are advanced, exhausted ones dropped (in descending order, so
+/// that `swap_remove` only moves cursors already dealt with). Kept out of
+/// line: its two copies (one per kind of `Ties`) inlined into the caller
+/// made both builds slower.
+#[inline(never)]
+fn k_way(
+    mut cursors: Vec<Cursor<'_>>,
+    mut ties: impl Ties,
+    mut out: Vec<u8>,
+) -> Result<Vec<u8>, bool> {
     while !cursors.is_empty() {
         ties.clear();
         ties.push(0);
@@ -442,17 +508,30 @@ fn merge_sorted<'a>(values: impl Iterator<Item = &'a [u8]>) -> Result<Vec<u8>, b
             len: cursors[0].len,
             qty: cursors[0].qty,
         };
-        let mut i = 1;
-        while i < cursors.len() {
-            least.offer(&cursors, i, &mut ties);
-            if SCAN_STEP == 2 && i + 1 < cursors.len() {
-                least.offer(&cursors, i + 1, &mut ties);
+        // Up to 16 cursors (the usual case), the scan is straight-line
+        // code: no loop, so no per-iteration fuel and epoch checks in wasm
+        // (10 siblings: 26 to 24.6 µs), and slightly faster natively too.
+        if cursors.len() <= 16 {
+            macro_rules! offer_each {
+                ($($j:literal)*) => {$(
+                    if $j < cursors.len() {
+                        least.offer(&cursors, $j, &mut ties);
+                    }
+                )*};
             }
-            i += SCAN_STEP;
+            offer_each!(1 2 3 4 5 6 7 8 9 10 11 12 13 14 15);
+        } else {
+            let mut i = 1;
+            while i < cursors.len() {
+                least.offer(&cursors, i, &mut ties);
+                if SCAN_STEP == 2 && i + 1 < cursors.len() {
+                    least.offer(&cursors, i + 1, &mut ties);
+                }
+                i += SCAN_STEP;
+            }
         }
-        let (min, qty) = (least.at, least.qty);
-        cursors[min].write_head(&mut out, qty);
-        for &i in ties.iter().rev() {
+        cursors[least.at].write_head(&mut out, least.qty);
+        while let Some(i) = ties.pop() {
             if !cursors[i].advance()? {
                 cursors.swap_remove(i);
             }
