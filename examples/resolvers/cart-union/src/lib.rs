@@ -267,14 +267,19 @@ impl<'a> Cursor<'a> {
     /// Read the item at `pos`: where its name is, and its quantity.
     #[inline(always)]
     fn read(&mut self) -> Option<(usize, usize, u64)> {
-        let len = usize::try_from(read_varint(self.bytes, &mut self.pos)?).ok()?;
-        let start = self.pos;
+        // A local position, stored once: the cursor lives in memory, and
+        // every store to it lengthens the chain of loads the next item's
+        // bytes wait on.
+        let mut pos = self.pos;
+        let len = usize::try_from(read_varint(self.bytes, &mut pos)?).ok()?;
+        let start = pos;
         let end = start.checked_add(len)?;
         if end > self.bytes.len() {
             return None;
         }
-        self.pos = end;
-        let qty = read_varint(self.bytes, &mut self.pos)?;
+        pos = end;
+        let qty = read_varint(self.bytes, &mut pos)?;
+        self.pos = pos;
         Some((start, len, qty))
     }
 
