@@ -28,18 +28,18 @@
 //! of a Rust/SDK module (linked with a 16 KiB stack, see
 //! [`ResolverLimits::memory_keep_resident_bytes`]) about 3-4 µs.
 //! cart-union (binary carts, k-way merge over 16-byte name keys) with 10
-//! siblings of 1 KB takes about 26 µs p50 in wasm against about 9.5 µs
-//! natively (ratio about 2.8). A merge's input is encoded straight into
+//! siblings of 1 KB takes about 24 µs p50 in wasm against about 8.3 µs
+//! natively (ratio about 2.9). A merge's input is encoded straight into
 //! the guest's buffer and its output decoded where it lies in guest
 //! memory. A merge that grows guest memory pays far more than one that
 //! stays within the module's initial memory, so guests should not
-//! over-allocate. Fuel metering and epoch checks cost about 20% of the
-//! wasm time (measured at 34 against 27 µs); they stay on, because fuel is
-//! the deterministic budget and the epoch the wall-clock backstop, and a
-//! guest's hot loops pay them per iteration (cart-union's scan compares two
-//! heads per iteration in wasm for that reason). The rest is Cranelift's
-//! code against LLVM's: the merge loop itself runs about 2.3x slower in
-//! wasm.
+//! over-allocate. Fuel metering and epoch checks cost about 12% of the
+//! wasm time (24.6 against 21.7 µs with both off, as a measurement only);
+//! they stay on, because fuel is the deterministic budget and the epoch
+//! the wall-clock backstop. A guest's hot loops pay them per iteration,
+//! which is why cart-union's scan of up to 16 heads is straight-line code.
+//! The rest is Cranelift's code against LLVM's: the merge loop itself runs
+//! about 2x slower in wasm.
 //!
 //! What it is not: the storage engine or the node. It never writes a
 //! version itself; the node absorbs the merged version it returns, and on
