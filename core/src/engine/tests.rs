@@ -169,18 +169,25 @@ fn v(actor: u64, counter: u64, value: &[u8], ts: u64) -> Version {
     Version::value(c, value.to_vec(), ts, "dc1".into())
 }
 
-#[test]
-fn power_loss_keeps_every_acknowledged_write() {
-    let fs = MemFs::new();
+/// An engine on `fs` with a 1 MiB memtable and block cache, holding
+/// `k0`..`k199` (all in the memtable), and the options it was opened with.
+fn engine_with_keys_k0_to_k199(fs: &MemFs, value: &[u8]) -> (Engine<MemFs>, EngineOptions) {
     let mut options = small_options();
     options.limits.memtable_bytes_max = 1 << 20;
     options.block_cache_bytes = 1 << 20;
     let engine = Engine::open_with_fs(fs.clone(), dir(), options.clone()).unwrap();
     for i in 0..200u64 {
         engine
-            .apply(format!("k{i}").as_bytes(), v(1, i + 1, b"value", i))
+            .apply(format!("k{i}").as_bytes(), v(1, i + 1, value, i))
             .unwrap();
     }
+    (engine, options)
+}
+
+#[test]
+fn power_loss_keeps_every_acknowledged_write() {
+    let fs = MemFs::new();
+    let (engine, _) = engine_with_keys_k0_to_k199(&fs, b"value");
     let fs2 = fs.crash();
     drop(engine);
     let engine = Engine::open_with_fs(fs2, dir(), small_options()).unwrap();
@@ -480,15 +487,7 @@ fn first_flush_goes_to_empty_l1_and_the_next_to_l0() {
 #[test]
 fn a_cold_read_goes_to_the_file_and_then_memory_answers() {
     let fs = MemFs::new();
-    let mut options = small_options();
-    options.limits.memtable_bytes_max = 1 << 20;
-    options.block_cache_bytes = 1 << 20;
-    let engine = Engine::open_with_fs(fs.clone(), dir(), options.clone()).unwrap();
-    for i in 0..200u64 {
-        engine
-            .apply(format!("k{i}").as_bytes(), v(1, i + 1, b"x", i))
-            .unwrap();
-    }
+    let (engine, options) = engine_with_keys_k0_to_k199(&fs, b"x");
     // In the memtable: memory answers.
     assert_eq!(engine.get_cached(b"k7").unwrap().unwrap().len(), 1);
     engine.flush().unwrap();
