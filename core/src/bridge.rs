@@ -24,12 +24,13 @@ use parking_lot::RwLock;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::coordinator::{ClusterView, CoordinatorError};
+use crate::coordinator::error::CoordinatorError;
 use crate::engine::FsyncPolicy;
 use crate::model::{DcName, KeyspaceConfig, Version};
 use crate::ring::NodeId;
 use crate::store::StoreError;
 use crate::transport::TcpTransport;
+use crate::view::ClusterView;
 
 /// A boxed future (the hooks are called through trait objects).
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;

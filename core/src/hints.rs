@@ -33,11 +33,24 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use crate::coordinator::{ClusterView, HintSink, Transport};
 use crate::model::Version;
 use crate::peer::{PeerRequest, PeerResponse};
 use crate::ring::NodeId;
 use crate::store::StoreError;
+use crate::transport::Transport;
+use crate::view::ClusterView;
+
+/// Keeps versions for a replica that could not take them.
+pub trait HintSink: Send + Sync + 'static {
+    /// Store durably that `target` must still receive `versions` of the key.
+    fn add(
+        &self,
+        target: &NodeId,
+        keyspace: &str,
+        key: &[u8],
+        versions: Vec<Version>,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+}
 
 /// Format version of hint files (the record layout above).
 pub const HINT_FORMAT_VERSION: u32 = 1;

@@ -41,6 +41,7 @@ use crate::merge::MergeHook;
 use crate::model::{Actor, Clock, DcName, KeyspaceConfig, VersionSet};
 use crate::peer::{PeerRequest, PeerResponse};
 use crate::repair::{RepairConfig, RepairError, RepairStats, Repairer, Share, StoreData};
+use crate::replica::Replica;
 use crate::ring::{NodeId, Placement};
 use crate::server::{self, Handler, ServerConfig};
 use crate::store::EngineStore;
@@ -80,8 +81,8 @@ pub enum NodeError {
 
 type NodeCoordinator = Coordinator<EngineStore, TcpTransport, Arc<HintStore>>;
 
-/// A node's Merkle repair: its store, absorbing through its coordinator.
-pub type NodeRepairer = Repairer<StoreData<EngineStore, Arc<NodeCoordinator>>, TcpTransport>;
+/// A node's Merkle repair: its store, absorbing through its replica.
+pub type NodeRepairer = Repairer<StoreData<EngineStore, Arc<Replica<EngineStore>>>, TcpTransport>;
 
 /// Runtime knobs that are not part of the operator's config file.
 #[derive(Clone, Default)]
@@ -368,7 +369,7 @@ pub async fn start(
             REGISTRY_KEYSPACE,
             store.engine(),
             &writer,
-            coordinator.system_applies().clone(),
+            coordinator.replica().system_applies().clone(),
             keyspaces.clone(),
             &tuning.limits,
         ));
@@ -378,7 +379,7 @@ pub async fn start(
         DcName(config.dc.clone()),
         StoreData {
             store: store.clone(),
-            absorb: coordinator.clone(),
+            absorb: coordinator.replica().clone(),
         },
         transport.clone(),
         keyspaces.clone(),
@@ -481,7 +482,7 @@ pub async fn start(
 async fn move_ranges(
     repairer: &NodeRepairer,
     keyspaces: &RwLock<BTreeMap<String, KeyspaceConfig>>,
-    view: &watch::Receiver<Arc<crate::coordinator::ClusterView>>,
+    view: &watch::Receiver<Arc<crate::view::ClusterView>>,
     dc: &DcName,
     joining: bool,
 ) -> RepairStats {
@@ -535,7 +536,7 @@ async fn bootstrap(
     gossiper: Arc<Gossiper>,
     repairer: Arc<NodeRepairer>,
     keyspaces: Arc<RwLock<BTreeMap<String, KeyspaceConfig>>>,
-    view: watch::Receiver<Arc<crate::coordinator::ClusterView>>,
+    view: watch::Receiver<Arc<crate::view::ClusterView>>,
     dc: DcName,
     interval: Duration,
     mut stop: watch::Receiver<bool>,
@@ -636,7 +637,7 @@ struct NodeHandler {
     repairer: Arc<NodeRepairer>,
     registry: Option<Arc<dyn RegistryHook>>,
     stop: watch::Receiver<bool>,
-    view: watch::Receiver<Arc<crate::coordinator::ClusterView>>,
+    view: watch::Receiver<Arc<crate::view::ClusterView>>,
     dc: DcName,
     /// How long a status change takes to reach every node.
     spread: Duration,
@@ -796,7 +797,7 @@ impl NodeHandler {
         gossiper: &Gossiper,
         repairer: &NodeRepairer,
         keyspaces: &RwLock<BTreeMap<String, KeyspaceConfig>>,
-        view: &watch::Receiver<Arc<crate::coordinator::ClusterView>>,
+        view: &watch::Receiver<Arc<crate::view::ClusterView>>,
         dc: &DcName,
         spread: Duration,
     ) -> ResponseBody {
@@ -875,14 +876,14 @@ impl NodeHandler {
         }
     }
 
-    fn coordinator_view(&self) -> crate::coordinator::ClusterView {
+    fn coordinator_view(&self) -> crate::view::ClusterView {
         let membership = self.gossiper.membership();
         let members: Vec<&Endpoint> = membership
             .endpoints()
             .values()
             .filter(|e| e.status == NodeStatus::Normal)
             .collect();
-        crate::coordinator::ClusterView {
+        crate::view::ClusterView {
             ring: crate::ring::Ring::build(members.iter().map(|e| (&e.id, &e.placement, e.vnodes))),
             alive: self.gossiper.alive(),
             next: Default::default(),

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::gossip::membership::Endpoint;
 use crate::model::{Clock, Consistency, Version, VersionSet};
-use crate::repair::{RepairRequest, RepairResponse};
+use crate::repair::exchange::{RepairRequest, RepairResponse};
 use crate::ring::NodeId;
 
 /// A request from one node to another.

@@ -62,12 +62,13 @@ use parking_lot::RwLock;
 use tokio::sync::watch;
 
 use crate::bridge::BoxFuture;
-use crate::coordinator::{ClusterView, Coordinator, CoordinatorError, HintSink, Transport};
+use crate::coordinator::error::CoordinatorError;
 use crate::engine::Engine;
 use crate::limit::Limits;
 use crate::model::{Clock, Consistency, DcName, KeyspaceConfig, VersionSet};
 use crate::ring::{NodeId, Ring};
-use crate::store::{LocalStore, StoreError, get_blocking, scan_blocking};
+use crate::store::{StoreError, get_blocking, scan_blocking};
+use crate::view::ClusterView;
 
 /// The system keyspace of the resolver registry.
 pub const REGISTRY_KEYSPACE: &str = "_registry";
@@ -156,29 +157,6 @@ pub trait SystemWriter: Send + Sync {
         write_id: [u8; 16],
         deadline: Duration,
     ) -> BoxFuture<'a, Result<(), CoordinatorError>>;
-}
-
-impl<S: LocalStore + Clone, T: Transport, H: HintSink> SystemWriter for Coordinator<S, T, H> {
-    fn write<'a>(
-        &'a self,
-        keyspace: &'a str,
-        key: &'a [u8],
-        value: Vec<u8>,
-        context: Clock,
-        write_id: [u8; 16],
-        deadline: Duration,
-    ) -> BoxFuture<'a, Result<(), CoordinatorError>> {
-        Box::pin(Coordinator::write(
-            self,
-            keyspace,
-            key,
-            Some(value),
-            context,
-            write_id,
-            SYSTEM_WRITE_LEVEL,
-            deadline,
-        ))
-    }
 }
 
 /// One system keyspace of a node: synchronous reads of the node's own

@@ -11,12 +11,22 @@ use parking_lot::{Mutex, RwLock};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-use crate::coordinator::Transport;
 use crate::model::DcName;
 use crate::peer::{PeerRequest, PeerResponse};
 use crate::ring::NodeId;
 
 type PeerChannel = Channel<PeerRequest, PeerResponse>;
+
+/// Sends peer requests to other nodes.
+pub trait Transport: Send + Sync + 'static {
+    /// Send `request` to `to` and wait up to `timeout` for the answer.
+    fn call(
+        &self,
+        to: &NodeId,
+        request: PeerRequest,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<PeerResponse, ClientError>> + Send;
+}
 
 /// The first line a node sends to a WAN proxy: which datacenter it dials
 /// from and where the proxy must connect, `WAN1 <dc> <host:port>\n`.

@@ -8,9 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use isthmus_client::ClientError;
-use isthmus_core::coordinator::{
-    ClusterView, Coordinator, CoordinatorConfig, CoordinatorError, HintSink, Transport,
-};
+use isthmus_core::coordinator::{Coordinator, CoordinatorConfig, CoordinatorError};
+use isthmus_core::hints::HintSink;
 use isthmus_core::limit::{LimitError, Limits};
 use isthmus_core::merge::{MergeFailure, MergeHook, NoMerge};
 use isthmus_core::model::{
@@ -19,6 +18,8 @@ use isthmus_core::model::{
 use isthmus_core::peer::{PeerRequest, PeerResponse};
 use isthmus_core::ring::{NodeId, Placement, Ring};
 use isthmus_core::store::{LocalStore, MemStore, StoreError};
+use isthmus_core::transport::Transport;
+use isthmus_core::view::ClusterView;
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::watch;
 

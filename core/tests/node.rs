@@ -272,20 +272,23 @@ async fn an_on_demand_repair_makes_diverged_replicas_identical() {
     for key in &keys {
         nodes[0]
             .coordinator()
-            .apply_local("carts", key, vec![version(1, b"only on n0")])
+            .replica()
+            .apply("carts", key, vec![version(1, b"only on n0")])
             .await
             .unwrap();
     }
     keys.push(b"both".to_vec());
     for node in &nodes {
         node.coordinator()
-            .apply_local("carts", b"both", vec![version(1, b"old")])
+            .replica()
+            .apply("carts", b"both", vec![version(1, b"old")])
             .await
             .unwrap();
     }
     nodes[1]
         .coordinator()
-        .apply_local("carts", b"both", vec![version(2, b"new")])
+        .replica()
+        .apply("carts", b"both", vec![version(2, b"new")])
         .await
         .unwrap();
 

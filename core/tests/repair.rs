@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use isthmus_client::ClientError;
 use isthmus_client::wire::{decode, encode};
-use isthmus_core::coordinator::{ClusterView, Coordinator, CoordinatorConfig, HintSink, Transport};
+use isthmus_core::coordinator::{Coordinator, CoordinatorConfig};
+use isthmus_core::hints::HintSink;
 use isthmus_core::limit::Limits;
 use isthmus_core::merge::{MergeFailure, MergeHook};
 use isthmus_core::model::{
@@ -19,13 +20,16 @@ use isthmus_core::model::{
 };
 use isthmus_core::peer::{PeerRequest, PeerResponse};
 use isthmus_core::repair::{Partners, RepairConfig, Repairer, Share, StoreData};
+use isthmus_core::replica::Replica;
 use isthmus_core::ring::{NodeId, Placement, Ring};
 use isthmus_core::store::{LocalStore, MemStore, StoreError};
+use isthmus_core::transport::Transport;
+use isthmus_core::view::ClusterView;
 use parking_lot::RwLock;
 use tokio::sync::watch;
 
 type Node = Coordinator<MemStore, Net, NoHints>;
-type NodeRepair = Repairer<StoreData<MemStore, Arc<Node>>, Net>;
+type NodeRepair = Repairer<StoreData<MemStore, Arc<Replica<MemStore>>>, Net>;
 /// A node's coordinator and repair, as the network dispatches to them.
 type Parts = (Arc<Node>, Arc<NodeRepair>);
 
@@ -168,7 +172,7 @@ fn cluster(dcs: &[(&str, usize)], replication: &[(&str, u32)]) -> Cluster {
             placement.dc.clone(),
             StoreData {
                 store: store.clone(),
-                absorb: node.clone(),
+                absorb: node.replica().clone(),
             },
             net.clone(),
             shared.clone(),

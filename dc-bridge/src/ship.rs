@@ -17,11 +17,12 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use futures_util::stream::FuturesOrdered;
 use isthmus_core::bridge::FullSync;
-use isthmus_core::coordinator::{ClusterView, Transport};
 use isthmus_core::model::{DcName, KeyspaceConfig};
 use isthmus_core::peer::{PeerRequest, PeerResponse};
 use isthmus_core::ring::NodeId;
 use isthmus_core::transport::TcpTransport;
+use isthmus_core::transport::Transport;
+use isthmus_core::view::ClusterView;
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::watch;
 

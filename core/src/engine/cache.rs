@@ -1,6 +1,6 @@
-//! Caches: decoded blocks (bounded by bytes) and open table handles
-//! (bounded by `Limits::open_files_max`), plus the table entries the
-//! levels hold.
+//! Open table handles (bounded by `Limits::open_files_max`) and the table
+//! entries the levels hold. (Decoded blocks are cached by
+//! [`super::block_cache`].)
 //!
 //! A table's file is deleted only when the last reader lets go of it: a
 //! compaction marks its inputs obsolete, and the file is removed when the
@@ -12,33 +12,11 @@ use std::sync::Arc;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use quick_cache::Weighter;
-
-use super::block::Block;
 use super::bloom::KeyFilter;
 use super::error::EngineError;
 use super::fs::Fs;
 use super::manifest::TableMeta;
 use super::sstable::{TableReader, key_prefix};
-
-/// Weighs a cached block by its memory footprint.
-#[derive(Clone, Copy, Debug, Default)]
-pub(crate) struct BlockWeighter;
-
-impl Weighter<(u64, u64), Arc<Block>> for BlockWeighter {
-    fn weight(&self, _key: &(u64, u64), block: &Arc<Block>) -> u64 {
-        block.mem_bytes() as u64
-    }
-}
-
-/// Decoded blocks keyed by (table id, block offset).
-pub(crate) type BlockCache = quick_cache::sync::Cache<(u64, u64), Arc<Block>, BlockWeighter>;
-
-/// A new block cache holding about `bytes` of decoded blocks.
-pub(crate) fn block_cache(bytes: u64) -> BlockCache {
-    let items = (bytes / 4096).max(16) as usize;
-    BlockCache::with_weighter(items, bytes.max(1), BlockWeighter)
-}
 
 /// Open table handles keyed by table id.
 pub(crate) type ReaderCache<F> = quick_cache::sync::Cache<u64, Arc<TableReader<F>>>;

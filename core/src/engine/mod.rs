@@ -44,6 +44,7 @@
 //! ```
 
 pub mod block;
+mod block_cache;
 pub mod bloom;
 mod cache;
 mod codec;
@@ -72,7 +73,8 @@ pub use fs::{Fs, FsFile, MemFs, StdFs};
 
 use crate::limit::{LimitError, Limits};
 use crate::model::{Version, VersionSet};
-use cache::{BlockCache, ReaderCache, Table};
+use block_cache::BlockCache;
+use cache::{ReaderCache, Table};
 use log::Log;
 use manifest::{ManifestBody, TableMeta, table_path};
 use memtable::Memtable;
@@ -353,7 +355,7 @@ impl<F: Fs> Engine<F> {
         let shared = Arc::new(Shared {
             dir: dir.to_path_buf(),
             fs: fs.clone(),
-            blocks: cache::block_cache(options.block_cache_bytes),
+            blocks: block_cache::block_cache(options.block_cache_bytes),
             options,
             log,
             poisoned,

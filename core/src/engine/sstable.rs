@@ -29,8 +29,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::block::{BLOCK_BYTES_TARGET, Block, BlockBuilder};
+use super::block_cache::BlockCache;
 use super::bloom::KeyFilter;
-use super::cache::BlockCache;
 use super::codec::{Reader, put_varint};
 use super::error::EngineError;
 use super::fs::{Fs, FsFile};

@@ -31,11 +31,12 @@ use tokio::time::Instant;
 
 use super::detector::{ArrivalWindow, DetectorConfig};
 use super::membership::{Endpoint, Membership, NodeStatus};
-use crate::coordinator::{ClusterView, Transport};
 use crate::model::DcName;
 use crate::peer::{PeerRequest, PeerResponse};
 use crate::ring::{NodeId, Ring};
 use crate::transport::TcpTransport;
+use crate::transport::Transport;
+use crate::view::ClusterView;
 
 /// What gossip needs of the network: calls by node id (a
 /// [`Transport`]), the addresses and datacenters it learns, and one-off
@@ -355,7 +356,8 @@ mod tests {
     use parking_lot::RwLock;
 
     use super::*;
-    use crate::coordinator::{Coordinator, CoordinatorConfig, CoordinatorError, HintSink};
+    use crate::coordinator::{Coordinator, CoordinatorConfig, CoordinatorError};
+    use crate::hints::HintSink;
     use crate::limit::Limits;
     use crate::merge::NoMerge;
     use crate::model::{Actor, Clock, Consistency, KeyspaceConfig, Version};
@@ -479,7 +481,14 @@ mod tests {
             write(b"k").await,
             Err(CoordinatorError::Unavailable { .. })
         ));
-        assert!(coordinator.read_local("ks", b"k").await.unwrap().is_empty());
+        assert!(
+            coordinator
+                .replica()
+                .read("ks", b"k")
+                .await
+                .unwrap()
+                .is_empty()
+        );
 
         // A peer's exchange brings the membership: the ring is whole.
         let entries: Vec<Endpoint> = (2..=4).map(endpoint).collect();

@@ -31,8 +31,9 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use super::error::RepairError;
+use super::stats::RepairStats;
 use super::tree::{Entry, Fingerprint, HashRange, depth_for, differing_hashes};
-use super::{RepairError, RepairStats};
 use crate::model::{Version, VersionSet, key_hash};
 
 /// Node hashes asked for in one [`RepairRequest::Level`] (64 KiB of

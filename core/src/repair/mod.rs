@@ -12,7 +12,7 @@
 //!   another datacenter, and the serving of peers' requests.
 //!
 //! Every version a sync moves is absorbed through the keyspace's merge
-//! ([`crate::coordinator::Coordinator::apply_local`] on a node), so repair
+//! ([`crate::replica::Replica::apply`] on a node), so repair
 //! is idempotent and commutes with every other delivery path.
 //!
 //! Repair must run on every range more often than compaction's tombstone
@@ -36,9 +36,11 @@
 //! assert_ne!(a.root(), b.root());
 //! ```
 
+mod error;
 pub mod exchange;
 pub mod plan;
 pub mod server;
+mod stats;
 pub mod tree;
 
 #[cfg(test)]
@@ -49,117 +51,21 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use isthmus_client::wire::{ErrorCode, WireError};
 use parking_lot::RwLock;
 use tokio::sync::watch;
 
+pub use error::RepairError;
 pub use exchange::{RepairRequest, RepairResponse, Replica, SessionId, sync};
 pub use server::{Absorb, RepairData, RepairServer, StoreData};
+pub use stats::RepairStats;
 pub use tree::HashRange;
 
-use crate::coordinator::{ClusterView, Transport};
 use crate::model::{DcName, KeyspaceConfig};
 use crate::peer::{PeerRequest, PeerResponse};
 use crate::ring::NodeId;
-use crate::store::StoreError;
+use crate::transport::Transport;
+use crate::view::ClusterView;
 use futures_util::StreamExt;
-
-/// What a repair did.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct RepairStats {
-    /// Range syncs completed (a range synced with two partners counts
-    /// twice).
-    pub ranges: u64,
-    /// Range syncs that could not run (partner down) or failed (partner
-    /// unreachable, storage error); the next run retries them.
-    pub ranges_failed: u64,
-    /// Keys whose sets differed between the two sides.
-    pub keys_differing: u64,
-    /// Keys for which this node absorbed versions it lacked.
-    pub keys_pulled: u64,
-    /// Keys for which the partner was sent versions it lacked.
-    pub keys_pushed: u64,
-    /// Postcard-encoded bytes of the requests to partners and their
-    /// answers (peer message bodies, without envelopes and frame headers).
-    pub bytes: u64,
-}
-
-impl std::ops::AddAssign for RepairStats {
-    fn add_assign(&mut self, other: RepairStats) {
-        self.ranges += other.ranges;
-        self.ranges_failed += other.ranges_failed;
-        self.keys_differing += other.keys_differing;
-        self.keys_pulled += other.keys_pulled;
-        self.keys_pushed += other.keys_pushed;
-        self.bytes += other.bytes;
-    }
-}
-
-/// Why a repair (or one repair request) failed.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum RepairError {
-    /// No keyspace of that name is configured.
-    #[error("unknown keyspace {name:?}")]
-    UnknownKeyspace {
-        /// The name asked for.
-        name: String,
-    },
-    /// No node of that datacenter is known.
-    #[error("unknown datacenter {name:?}")]
-    UnknownDc {
-        /// The name asked for.
-        name: String,
-    },
-    /// A request that cannot be valid.
-    #[error("bad repair request: {reason}")]
-    BadRequest {
-        /// What is wrong.
-        reason: String,
-    },
-    /// The session was forgotten (expired, evicted, or the node restarted).
-    #[error("repair session {session:016x} is unknown")]
-    UnknownSession {
-        /// The session.
-        session: SessionId,
-    },
-    /// The local store failed.
-    #[error(transparent)]
-    Storage(#[from] StoreError),
-    /// The partner could not be reached or reported an error.
-    #[error("repair partner {node}: {reason}")]
-    Peer {
-        /// The partner.
-        node: NodeId,
-        /// What went wrong.
-        reason: String,
-    },
-    /// The partner answered something the exchange did not ask for.
-    #[error("repair protocol: {reason}")]
-    Protocol {
-        /// What arrived.
-        reason: String,
-    },
-}
-
-impl RepairError {
-    /// The error as the wire carries it.
-    pub fn to_wire(&self) -> WireError {
-        let code = match self {
-            RepairError::UnknownKeyspace { .. }
-            | RepairError::UnknownDc { .. }
-            | RepairError::BadRequest { .. }
-            | RepairError::UnknownSession { .. } => ErrorCode::BadRequest,
-            RepairError::Storage(_) => ErrorCode::StorageFailed,
-            RepairError::Peer { .. } => ErrorCode::Unavailable,
-            RepairError::Protocol { .. } => ErrorCode::Internal,
-        };
-        WireError {
-            code,
-            message: self.to_string(),
-            acks: None,
-        }
-    }
-}
 
 /// Repair knobs of a node.
 #[derive(Clone, Debug)]

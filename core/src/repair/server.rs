@@ -15,13 +15,12 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
-use super::RepairError;
+use super::error::RepairError;
 use super::exchange::{
     HASHES_PER_REQUEST, LEAVES_PER_REQUEST, MESSAGE_BYTES_TARGET, NODES_PER_REQUEST, RepairRequest,
     RepairResponse, Replica, SessionId,
 };
 use super::tree::{DEPTH_MAX, Entry, HashRange, MerkleTree, listing, listing_digest};
-use crate::coordinator::{Coordinator, HintSink, Transport};
 use crate::model::{Version, VersionSet, key_hash};
 use crate::store::{LocalStore, StoreError};
 
@@ -67,19 +66,6 @@ pub trait Absorb: Send + Sync + 'static {
         key: &[u8],
         versions: Vec<Version>,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
-}
-
-/// A coordinator absorbs through [`Coordinator::apply_local`], the one path
-/// by which versions reach a replica (it runs the keyspace's merge).
-impl<S: LocalStore + Clone, T: Transport, H: HintSink> Absorb for Coordinator<S, T, H> {
-    fn absorb(
-        &self,
-        keyspace: &str,
-        key: &[u8],
-        versions: Vec<Version>,
-    ) -> impl Future<Output = Result<(), StoreError>> + Send {
-        self.apply_local(keyspace, key, versions)
-    }
 }
 
 impl<A: Absorb> Absorb for Arc<A> {

@@ -9,12 +9,12 @@ use std::time::Duration;
 
 use isthmus_client::wire::PeerRole;
 use isthmus_client::{Channel, ClientError};
-use isthmus_core::coordinator::Transport;
 use isthmus_core::gossip::service::GossipTransport;
 use isthmus_core::model::DcName;
 use isthmus_core::peer::{PeerRequest, PeerResponse};
 use isthmus_core::ring::NodeId;
 use isthmus_core::server::Listener;
+use isthmus_core::transport::Transport;
 use parking_lot::{Mutex, RwLock};
 use serde::Serialize;
 

@@ -8,10 +8,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use isthmus_client::wire::{ErrorCode, RepairReport, RequestBody, ResponseBody, WireError};
-use isthmus_core::coordinator::{Coordinator, CoordinatorConfig, HintSink};
+use isthmus_core::coordinator::{Coordinator, CoordinatorConfig};
 use isthmus_core::gossip::detector::DetectorConfig;
 use isthmus_core::gossip::membership::{Endpoint, NodeStatus};
 use isthmus_core::gossip::service::{GossipConfig, Gossiper};
+use isthmus_core::hints::HintSink;
 use isthmus_core::hints::{HintQueue, HintRecord, handoff};
 use isthmus_core::limit::Limits;
 use isthmus_core::merge::NoMerge;
@@ -19,6 +20,7 @@ use isthmus_core::model::{Actor, Clock, ContentHash, DcName, KeyspaceConfig, Ver
 use isthmus_core::node::{decode_context, to_response};
 use isthmus_core::peer::{PeerRequest, PeerResponse};
 use isthmus_core::repair::{RepairConfig, Repairer, StoreData};
+use isthmus_core::replica::Replica;
 use isthmus_core::ring::{NodeId, Placement};
 use isthmus_core::server::{self, Handler, ServerConfig};
 use isthmus_core::store::{LocalStore, MemStore, StoreError};
@@ -245,7 +247,7 @@ impl Cluster {
 }
 
 type SimCoordinator = Coordinator<RecStore, SimTransport, MemHints>;
-type SimRepairer = Repairer<StoreData<RecStore, Arc<SimCoordinator>>, SimTransport>;
+type SimRepairer = Repairer<StoreData<RecStore, Arc<Replica<RecStore>>>, SimTransport>;
 
 /// Serves one node's clients and peers (what `node::NodeHandler` does for
 /// a real node, minus status and the bridge).
@@ -404,7 +406,7 @@ pub async fn run(cluster: Arc<Cluster>, me: usize, disk: Disk) -> turmoil::Resul
         spec.dc.clone(),
         StoreData {
             store: disk.store.clone(),
-            absorb: coordinator.clone(),
+            absorb: coordinator.replica().clone(),
         },
         transport.clone(),
         keyspaces,

@@ -1,0 +1,787 @@
+//! The coordinator: serves client reads and writes at a consistency level
+//! by talking to the key's replicas.
+//!
+//! Writes. Write dots are issued by a replica of the key, from the key's
+//! own history, so each actor's counters for a key stay contiguous and the
+//! clock stays small (a node that is not a local replica forwards the write
+//! to one: [`target::route`]). Under the key's lock the coordinating
+//! replica reads its set, returns the stored version if the client's write
+//! id is already there (a retry), checks the sibling bound, builds the new
+//! version (the client's context plus one new dot), and applies it locally.
+//! It then sends the version to the level's targets ([`target::targets`]),
+//! answers the client when the [`QuorumTracker`] says the level is won (or
+//! lost, or the deadline passed), and keeps delivering to the rest in the
+//! background. A replica that is down or does not answer gets a durable
+//! hint.
+//!
+//! Quorums are strict: a hint does not count toward the level, so a read
+//! at R and a write at W with R + W > N always overlap on a real replica.
+//! (DESIGN.md's sloppy quorum trades that guarantee for availability; with
+//! RF 3 and local quorums a single failure never needs it, so strictness
+//! wins here, as in Cassandra.)
+//!
+//! Reads ask the level's targets, answer when the level is won with the
+//! join of what arrived, and then repair: every replica whose set differs
+//! from the join of all answers gets the missing versions. When the
+//! keyspace has a resolver and the join holds siblings, the coordinator
+//! merges them first, so the client and the repaired replicas see the
+//! merged version.
+//!
+//! Which replicas a request asks and counts is [`target`]'s decision, and
+//! "enough answers?" is [`QuorumTracker`]'s: both are pure. This module
+//! moves messages between them, the [`Replica`] it coordinates over, the
+//! transport, the hints and the bridge.
+//!
+//! What it is not: the replica. Absorbing versions, key locks and merging
+//! on apply are [`crate::replica`]'s.
+
+pub mod error;
+pub mod target;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use isthmus_client::ClientError;
+use isthmus_client::wire::{ErrorCode, WireError};
+use parking_lot::RwLock;
+use tokio::sync::{mpsc, watch};
+
+pub use error::CoordinatorError;
+pub use target::{Operation, Route, Scope, Targets};
+
+use crate::bridge::{BoxFuture, Bridge, Deliver, Entries};
+use crate::hints::HintSink;
+use crate::limit::{LimitError, Limits};
+use crate::merge::{MergeHook, merge_into};
+use crate::model::{
+    Actor, Clock, Consistency, DcName, Dot, KeyspaceConfig, Payload, Version, VersionSet, key_hash,
+};
+use crate::peer::{PeerRequest, PeerResponse};
+use crate::quorum::{Outcome, QuorumTracker};
+use crate::replica::Replica;
+use crate::ring::NodeId;
+use crate::store::{LocalStore, StoreError};
+use crate::system::{SYSTEM_WRITE_LEVEL, SystemWriter};
+use crate::transport::Transport;
+use crate::view::ClusterView;
+
+/// Per-node identity and knobs of the coordinator.
+#[derive(Clone, Debug)]
+pub struct CoordinatorConfig {
+    /// This node.
+    pub node: NodeId,
+    /// Its datacenter.
+    pub dc: DcName,
+    /// The actor its write dots carry (random per data directory, so a node
+    /// whose disk was wiped never reissues a dot it issued before).
+    pub actor: Actor,
+    /// Size and sibling limits.
+    pub limits: Limits,
+}
+
+/// Serves client requests for one node, over its [`Replica`].
+pub struct Coordinator<S, T, H> {
+    config: CoordinatorConfig,
+    replica: Arc<Replica<S>>,
+    transport: Arc<T>,
+    hints: Arc<H>,
+    keyspaces: Arc<RwLock<BTreeMap<String, KeyspaceConfig>>>,
+    view: watch::Receiver<Arc<ClusterView>>,
+    bridge: Option<Arc<dyn Bridge>>,
+}
+
+/// One write as the coordinator handles it.
+#[derive(Clone, Debug)]
+struct Write<'a> {
+    keyspace: &'a str,
+    key: &'a [u8],
+    /// The value, or `None` for a delete.
+    value: Option<Vec<u8>>,
+    /// What the client saw.
+    context: Clock,
+    /// The client's id for this write (retries carry the same).
+    write_id: [u8; 16],
+    level: Consistency,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// A peer request that failed here, as the peer's answer.
+fn peer_failure(error: CoordinatorError) -> PeerResponse {
+    tracing::warn!(%error, "a peer request failed here");
+    PeerResponse::Error(error.to_wire())
+}
+
+impl<S: LocalStore, T: Transport, H: HintSink> Coordinator<S, T, H> {
+    /// A coordinator over a replica of `store` that merges with `merge`.
+    pub fn new(
+        config: CoordinatorConfig,
+        store: S,
+        transport: Arc<T>,
+        hints: Arc<H>,
+        merge: Arc<dyn MergeHook>,
+        keyspaces: Arc<RwLock<BTreeMap<String, KeyspaceConfig>>>,
+        view: watch::Receiver<Arc<ClusterView>>,
+    ) -> Self {
+        Coordinator {
+            config,
+            replica: Arc::new(Replica::new(store, merge, keyspaces.clone())),
+            transport,
+            hints,
+            keyspaces,
+            view,
+            bridge: None,
+        }
+    }
+
+    /// The replica this node coordinates over: the one path by which
+    /// versions reach this node's store.
+    pub fn replica(&self) -> &Arc<Replica<S>> {
+        &self.replica
+    }
+
+    /// Hand writes bound for other DCs to `bridge`: writes at local levels
+    /// then go to this DC's replicas only, and the bridge ships them on.
+    pub fn with_bridge(mut self, bridge: Arc<dyn Bridge>) -> Self {
+        self.bridge = Some(bridge);
+        self
+    }
+
+    /// The bridge, when the node runs one.
+    pub fn bridge(&self) -> Option<&Arc<dyn Bridge>> {
+        self.bridge.as_ref()
+    }
+
+    /// This node's identity.
+    pub fn config(&self) -> &CoordinatorConfig {
+        &self.config
+    }
+
+    fn keyspace(&self, name: &str) -> Result<KeyspaceConfig, CoordinatorError> {
+        self.keyspaces
+            .read()
+            .get(name)
+            .cloned()
+            .ok_or_else(|| CoordinatorError::UnknownKeyspace {
+                name: name.to_owned(),
+            })
+    }
+
+    fn scope<'a>(&'a self, ks: &'a KeyspaceConfig, level: Consistency) -> Scope<'a> {
+        Scope {
+            level,
+            replication: &ks.replication,
+            local_dc: &self.config.dc,
+            bridged: self.bridge.is_some(),
+        }
+    }
+
+    /// Serve a request from another node. Gossip, repair and bridge
+    /// batches are not the coordinator's: the node answers them.
+    pub async fn serve_peer(&self, request: PeerRequest, deadline: Duration) -> PeerResponse {
+        let replica = &self.replica;
+        let applied = |result: Result<(), StoreError>| match result {
+            Ok(()) => PeerResponse::Applied,
+            Err(e) => peer_failure(e.into()),
+        };
+        match request {
+            PeerRequest::Apply {
+                keyspace,
+                key,
+                versions,
+                hint_for: None,
+            } => applied(replica.apply(&keyspace, &key, versions).await),
+            PeerRequest::Apply {
+                keyspace,
+                key,
+                versions,
+                hint_for: Some(target),
+            } => applied(self.hints.add(&target, &keyspace, &key, versions).await),
+            PeerRequest::ApplyBatch { keyspace, entries } => {
+                applied(replica.apply_many(&keyspace, entries).await)
+            }
+            PeerRequest::Read { keyspace, key } => match replica.read(&keyspace, &key).await {
+                Ok(set) => PeerResponse::Versions(set),
+                Err(e) => peer_failure(e.into()),
+            },
+            PeerRequest::Coordinate {
+                keyspace,
+                key,
+                value,
+                context,
+                write_id,
+                consistency,
+            } => {
+                let write = Write {
+                    keyspace: &keyspace,
+                    key: &key,
+                    value,
+                    context,
+                    write_id,
+                    level: consistency,
+                };
+                match self.write_inner(write, deadline, false).await {
+                    Ok(()) => PeerResponse::Written,
+                    Err(e) => PeerResponse::Error(e.to_wire()),
+                }
+            }
+            PeerRequest::Gossip { .. } | PeerRequest::Ship { .. } | PeerRequest::Repair(_) => {
+                peer_failure(CoordinatorError::BadRequest {
+                    reason: "gossip, repair and bridge batches are served by the node".into(),
+                })
+            }
+        }
+    }
+
+    /// Write `value` (or delete when `None`) over `context` at `level`.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn write(
+        &self,
+        keyspace: &str,
+        key: &[u8],
+        value: Option<Vec<u8>>,
+        context: Clock,
+        write_id: [u8; 16],
+        level: Consistency,
+        deadline: Duration,
+    ) -> Result<(), CoordinatorError> {
+        let write = Write {
+            keyspace,
+            key,
+            value,
+            context,
+            write_id,
+            level,
+        };
+        self.write_inner(write, deadline, true).await
+    }
+
+    /// Route, issue, queue for the bridge, replicate.
+    async fn write_inner(
+        &self,
+        write: Write<'_>,
+        deadline: Duration,
+        may_forward: bool,
+    ) -> Result<(), CoordinatorError> {
+        let ks = self.keyspace(write.keyspace)?;
+        self.config
+            .limits
+            .check(write.key, write.value.as_deref())?;
+        let view = self.view.borrow().clone();
+        let scope = self.scope(&ks, write.level);
+        let hash = key_hash(write.key);
+        let me = &self.config.node;
+        match target::route(&scope, &view, hash, me) {
+            Route::Here => {}
+            // Views disagree about placement: refuse rather than bounce.
+            _ if !may_forward => {
+                return Err(CoordinatorError::BadRequest {
+                    reason: format!("{me} is not a replica of this key"),
+                });
+            }
+            Route::Forward(node) => return self.forward(&node, write, &scope, deadline).await,
+            Route::Unavailable { required } => {
+                return Err(CoordinatorError::Unavailable { required, alive: 0 });
+            }
+        }
+        let version = self.issue(&write).await?;
+        if let Some(bridge) = &self.bridge {
+            // The bridge decides from the keyspace's replication, not from
+            // this node's view of the ring: a node that just restarted may
+            // not know the remote DC's nodes yet, and its writes are owed
+            // there all the same.
+            bridge.enqueue(write.keyspace, write.key, &version).await?;
+        }
+        let mut targets = target::targets(Operation::Write, &scope, &view, hash);
+        targets.tracker.ack(me);
+        self.replicate(
+            write.keyspace,
+            write.key,
+            vec![version],
+            targets,
+            &view,
+            deadline,
+        )
+        .await
+    }
+
+    /// The write's version, applied to this replica under the key's lock:
+    /// the client's context plus a new dot from the key's history, or the
+    /// version already stored under the write's id (a retry).
+    async fn issue(&self, write: &Write<'_>) -> Result<Version, CoordinatorError> {
+        let locked = self.replica.lock(write.key).await;
+        let current = locked.read(write.keyspace).await?;
+        if let Some(stored) = current
+            .versions()
+            .iter()
+            .find(|v| v.write_id == Some(write.write_id))
+        {
+            // A retry of a write this replica already holds: deliver the
+            // stored version again rather than adding a sibling.
+            return Ok(stored.clone());
+        }
+        let actor = self.config.actor;
+        let counter = current
+            .lub()
+            .max_counter(actor)
+            .max(write.context.max_counter(actor))
+            + 1;
+        let mut clock = write.context.clone();
+        clock.add_dot(Dot { actor, counter });
+        let remaining = current
+            .versions()
+            .iter()
+            .filter(|v| !v.clock.is_covered_by(&clock))
+            .count();
+        let siblings_max = self.config.limits.siblings_max;
+        if !self.replica.has_resolver(write.keyspace) && remaining + 1 > siblings_max {
+            return Err(LimitError::TooManySiblings {
+                count: remaining + 1,
+                max: siblings_max,
+            }
+            .into());
+        }
+        let version = Version {
+            clock,
+            payload: write
+                .value
+                .clone()
+                .map_or(Payload::Tombstone, Payload::Value),
+            timestamp_ms: now_ms(),
+            origin_dc: self.config.dc.clone(),
+            resolver: None,
+            write_id: Some(write.write_id),
+        };
+        locked.apply(write.keyspace, vec![version.clone()]).await?;
+        Ok(version)
+    }
+
+    /// Absorb versions shipped from another DC on a local quorum of each
+    /// key's replicas in this DC (this node need not be one of them), and
+    /// on the key's pending owners: one [`PeerRequest::ApplyBatch`] per
+    /// node, whatever the number of keys. A replica that misses its part
+    /// gets hints for it.
+    pub async fn deliver_local(
+        &self,
+        keyspace: &str,
+        entries: Entries,
+        deadline: Duration,
+    ) -> Result<(), CoordinatorError> {
+        let ks = self.keyspace(keyspace)?;
+        if ks.replication.get(&self.config.dc).copied().unwrap_or(0) == 0 {
+            return Err(CoordinatorError::BadRequest {
+                reason: format!(
+                    "keyspace {keyspace:?} has no replicas in {}",
+                    self.config.dc
+                ),
+            });
+        }
+        let view = self.view.borrow().clone();
+        // A delivery is a write at LOCAL_QUORUM: the bridge it came from
+        // carries it to the other DCs.
+        let scope = Scope {
+            bridged: true,
+            ..self.scope(&ks, Consistency::LocalQuorum)
+        };
+        let mut per_node: BTreeMap<NodeId, Vec<usize>> = BTreeMap::new();
+        let mut trackers: Vec<QuorumTracker> = Vec::with_capacity(entries.len());
+        for (i, (key, _)) in entries.iter().enumerate() {
+            let targets = target::targets(Operation::Write, &scope, &view, key_hash(key));
+            for node in targets
+                .replicas
+                .iter()
+                .map(|(n, _)| n)
+                .chain(&targets.pending)
+            {
+                per_node.entry(node.clone()).or_default().push(i);
+            }
+            trackers.push(targets.tracker);
+        }
+        let entries = Arc::new(entries);
+        let calls = per_node.into_iter().map(|(node, idx)| {
+            let part: Entries = idx.iter().map(|&i| entries[i].clone()).collect();
+            self.deliver_part(keyspace, node, part, &view, deadline)
+        });
+        let answers: BTreeMap<NodeId, bool> = futures_util::future::join_all(calls)
+            .await
+            .into_iter()
+            .collect();
+        let mut worst: Option<QuorumTracker> = None;
+        for mut tracker in trackers {
+            for (node, ok) in &answers {
+                if *ok {
+                    tracker.ack(node);
+                } else {
+                    tracker.fail(node);
+                }
+            }
+            if tracker.outcome() != Outcome::Won
+                && worst.as_ref().is_none_or(|w| tracker.acked() < w.acked())
+            {
+                worst = Some(tracker);
+            }
+        }
+        match worst {
+            None => Ok(()),
+            Some(t) => Err(CoordinatorError::QuorumLost {
+                required: t.required() as u32,
+                acked: t.acked() as u32,
+            }),
+        }
+    }
+
+    /// One node's part of a delivery; hints for it when it misses it.
+    async fn deliver_part(
+        &self,
+        keyspace: &str,
+        node: NodeId,
+        part: Entries,
+        view: &ClusterView,
+        deadline: Duration,
+    ) -> (NodeId, bool) {
+        if node == self.config.node {
+            let ok = self.replica.apply_many(keyspace, part).await.is_ok();
+            return (node, ok);
+        }
+        let ok = view.alive.contains(&node) && {
+            let request = PeerRequest::ApplyBatch {
+                keyspace: keyspace.to_owned(),
+                entries: part.clone(),
+            };
+            matches!(
+                self.transport.call(&node, request, deadline).await,
+                Ok(PeerResponse::Applied)
+            )
+        };
+        if !ok {
+            for (key, versions) in part {
+                if let Err(e) = self.hints.add(&node, keyspace, &key, versions).await {
+                    tracing::error!(%node, error = %e, "could not store a hint");
+                }
+            }
+        }
+        (node, ok)
+    }
+
+    /// Send `versions` to the targets other than this node and wait for
+    /// the level. A target in this DC that misses them gets a hint; one in
+    /// another DC does not when a bridge runs (the bridge carries the
+    /// write there).
+    async fn replicate(
+        &self,
+        keyspace: &str,
+        key: &[u8],
+        versions: Vec<Version>,
+        targets: Targets,
+        view: &ClusterView,
+        deadline: Duration,
+    ) -> Result<(), CoordinatorError> {
+        let Targets {
+            replicas,
+            pending,
+            mut tracker,
+        } = targets;
+        let local = self.config.dc.clone();
+        let sends: Vec<(NodeId, DcName)> = replicas
+            .into_iter()
+            .chain(pending.into_iter().map(|n| (n, local.clone())))
+            .filter(|(n, _)| *n != self.config.node)
+            .collect();
+        let (tx, mut rx) = mpsc::channel::<(NodeId, bool)>(sends.len().max(1));
+        for (node, dc) in sends {
+            let tx = tx.clone();
+            let (transport, hints) = (self.transport.clone(), self.hints.clone());
+            let (keyspace, key, versions) = (keyspace.to_owned(), key.to_vec(), versions.clone());
+            let alive = view.alive.contains(&node);
+            let hint = self.bridge.is_none() || dc == self.config.dc;
+            tokio::spawn(async move {
+                let delivered = alive && {
+                    let request = PeerRequest::Apply {
+                        keyspace: keyspace.clone(),
+                        key: key.clone(),
+                        versions: versions.clone(),
+                        hint_for: None,
+                    };
+                    match transport.call(&node, request, deadline).await {
+                        Ok(PeerResponse::Applied) => true,
+                        other => {
+                            tracing::debug!(%node, answer = ?other, "a replica missed a write");
+                            false
+                        }
+                    }
+                };
+                if !delivered
+                    && hint
+                    && let Err(e) = hints.add(&node, &keyspace, &key, versions).await
+                {
+                    tracing::error!(%node, error = %e, "could not store a hint");
+                }
+                let _ = tx.send((node, delivered)).await;
+            });
+        }
+        drop(tx);
+        let outcome = tokio::time::timeout(deadline, async {
+            let mut outcome = tracker.outcome();
+            while outcome == Outcome::Pending {
+                let Some((node, ok)) = rx.recv().await else {
+                    break;
+                };
+                outcome = if ok {
+                    tracker.ack(&node)
+                } else {
+                    tracker.fail(&node)
+                };
+            }
+            outcome
+        })
+        .await;
+        let (required, acked) = (tracker.required() as u32, tracker.acked() as u32);
+        match outcome {
+            Ok(Outcome::Won) => Ok(()),
+            Ok(_) => Err(CoordinatorError::QuorumLost { required, acked }),
+            Err(_) => Err(CoordinatorError::Timeout { required, acked }),
+        }
+    }
+
+    /// Hand a write to `node`, a live replica of its key, to coordinate.
+    async fn forward(
+        &self,
+        node: &NodeId,
+        write: Write<'_>,
+        scope: &Scope<'_>,
+        deadline: Duration,
+    ) -> Result<(), CoordinatorError> {
+        let request = PeerRequest::Coordinate {
+            keyspace: write.keyspace.to_owned(),
+            key: write.key.to_vec(),
+            value: write.value,
+            context: write.context,
+            write_id: write.write_id,
+            consistency: write.level,
+        };
+        match self.transport.call(node, request, deadline).await {
+            Ok(PeerResponse::Written) => Ok(()),
+            Ok(PeerResponse::Error(e)) | Err(ClientError::Server(e)) => {
+                Err(CoordinatorError::from_peer(node, e))
+            }
+            Ok(other) => Err(CoordinatorError::Peer {
+                node: node.clone(),
+                error: WireError {
+                    code: ErrorCode::Internal,
+                    message: format!("unexpected answer to a forwarded write: {other:?}"),
+                    acks: None,
+                },
+            }),
+            Err(e) => {
+                tracing::debug!(%node, error = %e, "forwarding a write failed");
+                let view = self.view.borrow().clone();
+                let all = target::replicas(&view, scope.replication, key_hash(write.key));
+                let required = QuorumTracker::for_replication(
+                    scope.level,
+                    &all,
+                    scope.local_dc,
+                    scope.replication,
+                )
+                .required() as u32;
+                Err(CoordinatorError::Timeout { required, acked: 0 })
+            }
+        }
+    }
+
+    /// Read the key's live siblings at `level`.
+    pub async fn read(
+        self: &Arc<Self>,
+        keyspace: &str,
+        key: &[u8],
+        level: Consistency,
+        deadline: Duration,
+    ) -> Result<VersionSet, CoordinatorError> {
+        let ks = self.keyspace(keyspace)?;
+        self.config.limits.check(key, None)?;
+        let view = self.view.borrow().clone();
+        let Targets {
+            replicas,
+            mut tracker,
+            ..
+        } = target::targets(
+            Operation::Read,
+            &self.scope(&ks, level),
+            &view,
+            key_hash(key),
+        );
+        let alive = replicas
+            .iter()
+            .filter(|(n, _)| view.alive.contains(n))
+            .count() as u32;
+        if tracker.outcome() == Outcome::Lost {
+            return Err(CoordinatorError::Unavailable {
+                required: tracker.required() as u32,
+                alive,
+            });
+        }
+        let (tx, mut rx) = mpsc::channel::<(NodeId, Option<VersionSet>)>(replicas.len().max(1));
+        let mut local = false;
+        for (node, _) in &replicas {
+            if *node == self.config.node {
+                local = true;
+                continue;
+            }
+            let (node, tx, this) = (node.clone(), tx.clone(), self.clone());
+            let (keyspace, key) = (keyspace.to_owned(), key.to_vec());
+            let alive = view.alive.contains(&node);
+            tokio::spawn(async move {
+                let answer = if alive {
+                    let request = PeerRequest::Read { keyspace, key };
+                    match this.transport.call(&node, request, deadline).await {
+                        Ok(PeerResponse::Versions(set)) => Some(set),
+                        _ => None,
+                    }
+                } else {
+                    None
+                };
+                let _ = tx.send((node, answer)).await;
+            });
+        }
+        if local {
+            // This node's own copy, read while the others are on their
+            // way (no task of its own: most reads are answered from
+            // memory). The channel holds one answer per replica.
+            let answer = self.replica.read(keyspace, key).await.ok();
+            let _ = tx.send((self.config.node.clone(), answer)).await;
+        }
+        drop(tx);
+        let mut joined = VersionSet::new();
+        let mut answers: Vec<(NodeId, VersionSet)> = Vec::new();
+        let outcome = tokio::time::timeout(deadline, async {
+            let mut outcome = tracker.outcome();
+            while outcome == Outcome::Pending {
+                let Some((node, answer)) = rx.recv().await else {
+                    break;
+                };
+                outcome = match answer {
+                    Some(set) => {
+                        joined.join(set.clone());
+                        answers.push((node.clone(), set));
+                        tracker.ack(&node)
+                    }
+                    None => tracker.fail(&node),
+                };
+            }
+            outcome
+        })
+        .await;
+        let (required, acked) = (tracker.required() as u32, tracker.acked() as u32);
+        match outcome {
+            Ok(Outcome::Won) => {}
+            Ok(_) => return Err(CoordinatorError::QuorumLost { required, acked }),
+            Err(_) => return Err(CoordinatorError::Timeout { required, acked }),
+        }
+        if joined.len() > 1
+            && self.replica.has_resolver(keyspace)
+            && let Err(failure) = merge_into(
+                self.replica.merge_hook().as_ref(),
+                keyspace,
+                key,
+                &mut joined,
+            )
+        {
+            tracing::warn!(%failure, "merge at read failed; siblings returned");
+        }
+        // Repair in the background: wait for the stragglers, then give
+        // every replica that answered what it lacks.
+        let this = self.clone();
+        let (keyspace, key, result) = (keyspace.to_owned(), key.to_vec(), joined.clone());
+        tokio::spawn(async move {
+            let mut full = joined;
+            let _ = tokio::time::timeout(deadline, async {
+                while let Some((node, answer)) = rx.recv().await {
+                    if let Some(set) = answer {
+                        full.join(set.clone());
+                        answers.push((node, set));
+                    }
+                }
+            })
+            .await;
+            this.read_repair(&keyspace, &key, full, answers, deadline)
+                .await;
+        });
+        Ok(result)
+    }
+
+    /// Give every replica that answered a read the versions of `full` it
+    /// lacks.
+    async fn read_repair(
+        &self,
+        keyspace: &str,
+        key: &[u8],
+        full: VersionSet,
+        answers: Vec<(NodeId, VersionSet)>,
+        deadline: Duration,
+    ) {
+        for (node, seen) in answers {
+            if seen == full {
+                continue;
+            }
+            let missing: Vec<Version> = full
+                .versions()
+                .iter()
+                .filter(|v| !seen.versions().contains(v))
+                .cloned()
+                .collect();
+            if node == self.config.node {
+                if let Err(e) = self.replica.apply(keyspace, key, missing).await {
+                    tracing::warn!(error = %e, "local read repair failed");
+                }
+                continue;
+            }
+            let request = PeerRequest::Apply {
+                keyspace: keyspace.to_owned(),
+                key: key.to_vec(),
+                versions: missing,
+                hint_for: None,
+            };
+            if let Err(e) = self.transport.call(&node, request, deadline).await {
+                tracing::debug!(%node, error = %e, "read repair not delivered; anti-entropy will");
+            }
+        }
+    }
+}
+
+impl<S: LocalStore, T: Transport, H: HintSink> Deliver for Coordinator<S, T, H> {
+    fn deliver<'a>(
+        &'a self,
+        keyspace: &'a str,
+        entries: Entries,
+        deadline: Duration,
+    ) -> BoxFuture<'a, Result<(), CoordinatorError>> {
+        Box::pin(self.deliver_local(keyspace, entries, deadline))
+    }
+}
+
+impl<S: LocalStore, T: Transport, H: HintSink> SystemWriter for Coordinator<S, T, H> {
+    fn write<'a>(
+        &'a self,
+        keyspace: &'a str,
+        key: &'a [u8],
+        value: Vec<u8>,
+        context: Clock,
+        write_id: [u8; 16],
+        deadline: Duration,
+    ) -> BoxFuture<'a, Result<(), CoordinatorError>> {
+        Box::pin(Coordinator::write(
+            self,
+            keyspace,
+            key,
+            Some(value),
+            context,
+            write_id,
+            SYSTEM_WRITE_LEVEL,
+            deadline,
+        ))
+    }
+}
