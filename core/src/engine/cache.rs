@@ -17,9 +17,9 @@ use quick_cache::Weighter;
 use super::block::Block;
 use super::bloom::KeyFilter;
 use super::error::EngineError;
-use super::fs::Fs;
 use super::manifest::TableMeta;
 use super::sstable::{TableReader, key_prefix};
+use crate::fs::Fs;
 
 /// Weighs a cached block by its memory footprint.
 #[derive(Clone, Copy, Debug, Default)]
@@ -143,7 +143,7 @@ impl<F: Fs> Drop for Table<F> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::fs::MemFs;
+    use crate::fs::MemFs;
 
     #[test]
     fn covers_agrees_with_byte_comparison() {
