@@ -382,15 +382,6 @@ pub async fn start(
         tuning.repair.clone(),
     ));
     let _ = full_sync.repairer.set(Arc::downgrade(&repairer));
-    hints.discover(
-        std::fs::read_dir(data_dir.join("hints"))
-            .into_iter()
-            .flatten()
-            .filter_map(|entry| {
-                let name = entry.ok()?.file_name().into_string().ok()?;
-                name.strip_suffix(".hints").map(|id| NodeId(id.to_owned()))
-            }),
-    );
 
     let handler = Arc::new(NodeHandler {
         coordinator: coordinator.clone(),
