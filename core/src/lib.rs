@@ -29,6 +29,7 @@ pub mod bridge;
 pub mod config;
 pub mod coordinator;
 pub mod engine;
+pub mod fs;
 pub mod gossip;
 pub mod hints;
 pub mod limit;

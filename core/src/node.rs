@@ -195,16 +195,12 @@ fn identity(data_dir: &Path, node_id: &str) -> Result<Actor, NodeError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let seed = format!("{node_id}/{:?}/{}", SystemTime::now(), std::process::id());
             let actor = xxhash_rust::xxh3::xxh3_64(seed.as_bytes());
-            let tmp = data_dir.join("IDENTITY.tmp");
-            std::fs::write(&tmp, format!("{node_id} {actor:016x}\n"))
-                .map_err(|e| bad(e.to_string()))?;
-            std::fs::File::open(&tmp)
-                .and_then(|f| f.sync_all())
-                .map_err(|e| bad(e.to_string()))?;
-            std::fs::rename(&tmp, &path).map_err(|e| bad(e.to_string()))?;
-            std::fs::File::open(data_dir)
-                .and_then(|d| d.sync_all())
-                .map_err(|e| bad(e.to_string()))?;
+            crate::fs::Fs::write_atomic(
+                &crate::fs::StdFs,
+                &path,
+                format!("{node_id} {actor:016x}\n").as_bytes(),
+            )
+            .map_err(|e| bad(e.to_string()))?;
             Ok(Actor(actor))
         }
         Err(e) => Err(bad(e.to_string())),
@@ -387,15 +383,6 @@ pub async fn start(
         tuning.repair.clone(),
     ));
     let _ = full_sync.repairer.set(Arc::downgrade(&repairer));
-    hints.discover(
-        std::fs::read_dir(data_dir.join("hints"))
-            .into_iter()
-            .flatten()
-            .filter_map(|entry| {
-                let name = entry.ok()?.file_name().into_string().ok()?;
-                name.strip_suffix(".hints").map(|id| NodeId(id.to_owned()))
-            }),
-    );
 
     let handler = Arc::new(NodeHandler {
         coordinator: coordinator.clone(),

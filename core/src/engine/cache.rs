@@ -14,9 +14,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::bloom::KeyFilter;
 use super::error::EngineError;
-use super::fs::Fs;
 use super::manifest::TableMeta;
 use super::sstable::{TableReader, key_prefix};
+use crate::fs::Fs;
 
 /// Open table handles keyed by table id.
 pub(crate) type ReaderCache<F> = quick_cache::sync::Cache<u64, Arc<TableReader<F>>>;
@@ -121,7 +121,7 @@ impl<F: Fs> Drop for Table<F> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::fs::MemFs;
+    use crate::fs::MemFs;
 
     #[test]
     fn covers_agrees_with_byte_comparison() {

@@ -34,11 +34,11 @@ use std::time::{Duration, Instant};
 
 use super::cache::Table;
 use super::error::EngineError;
-use super::fs::Fs;
 use super::manifest::{TableMeta, table_path};
 use super::merge::{MergeIter, Source};
 use super::sstable::{TableIter, TableWriter};
 use super::{Levels, Shared, now_ms};
+use crate::fs::Fs;
 
 /// Each level may hold this many times the bytes of the one above.
 const LEVEL_FANOUT: u64 = 10;

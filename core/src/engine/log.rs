@@ -54,7 +54,7 @@ use parking_lot::Mutex;
 
 use super::codec::{Reader, put_varint};
 use super::error::EngineError;
-use super::fs::{Fs, FsFile};
+use crate::fs::{Fs, FsFile};
 use crate::model::Version;
 
 /// Format version of log segments written by this build.

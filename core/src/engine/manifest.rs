@@ -17,16 +17,17 @@
 //! sorted runs (`levels`, L1 first). A version-1 manifest is still read:
 //! its `l1` becomes the one run of L1.
 //!
-//! It is replaced atomically: the new content is written to
-//! `MANIFEST.tmp`, fsynced, renamed over `MANIFEST`, and the directory is
-//! fsynced. A crash leaves either the old or the new manifest, never a mix.
+//! It is replaced atomically by [`Fs::write_atomic`]: the new content is
+//! written to `MANIFEST.tmp`, fsynced, renamed over `MANIFEST`, and the
+//! directory is fsynced. A crash leaves either the old or the new manifest,
+//! never a mix.
 
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 use super::error::EngineError;
-use super::fs::{Fs, FsFile};
+use crate::fs::Fs;
 
 /// Format version of manifests written by this build.
 pub const MANIFEST_FORMAT_VERSION: u32 = 2;
@@ -37,7 +38,6 @@ pub const MANIFEST_MAGIC: u32 = 0x464d_5349;
 const HEADER_BYTES: usize = 16;
 /// File name of the manifest.
 pub(crate) const MANIFEST_FILE: &str = "MANIFEST";
-const MANIFEST_TMP_FILE: &str = "MANIFEST.tmp";
 
 /// What the manifest records about one table.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -187,15 +187,9 @@ impl ManifestBody {
 
     /// Atomically replace the manifest of `dir` (module docs).
     pub(crate) fn store(&self, fs: &impl Fs, dir: &Path) -> Result<(), EngineError> {
-        let tmp = dir.join(MANIFEST_TMP_FILE);
         let path = dir.join(MANIFEST_FILE);
-        let f = fs.create(&tmp).map_err(|e| EngineError::io(&tmp, e))?;
-        f.append(&self.encode())
-            .and_then(|()| f.sync())
-            .map_err(|e| EngineError::io(&tmp, e))?;
-        fs.rename(&tmp, &path)
-            .map_err(|e| EngineError::io(&path, e))?;
-        fs.sync_dir(dir).map_err(|e| EngineError::io(dir, e))
+        fs.write_atomic(&path, &self.encode())
+            .map_err(|e| EngineError::io(&path, e))
     }
 }
 

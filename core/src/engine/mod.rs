@@ -20,8 +20,8 @@
 //! sorted run ten times the size of the one above, so a compaction
 //! rewrites about one table's overlap, not the whole data set.
 //!
-//! All IO goes through [`fs::Fs`], so tests run the engine over
-//! [`fs::MemFs`] and simulate power loss and failed fsyncs. After any
+//! All IO goes through [`Fs`], so tests run the engine over
+//! [`MemFs`] and simulate power loss and failed fsyncs. After any
 //! write or fsync error the engine is poisoned and refuses writes.
 //!
 //! What it is not: a keyspace layer (callers lay out prefixes), a
@@ -50,7 +50,6 @@ mod cache;
 mod codec;
 mod compaction;
 mod error;
-pub mod fs;
 pub mod log;
 pub mod manifest;
 mod memtable;
@@ -68,8 +67,8 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use parking_lot::{Condvar, Mutex, RwLock};
 
+pub use crate::fs::{Fs, FsFile, MemFs, StdFs};
 pub use error::EngineError;
-pub use fs::{Fs, FsFile, MemFs, StdFs};
 
 use crate::limit::{LimitError, Limits};
 use crate::model::{Version, VersionSet};

@@ -33,8 +33,8 @@ use super::block_cache::BlockCache;
 use super::bloom::KeyFilter;
 use super::codec::{Reader, put_varint};
 use super::error::EngineError;
-use super::fs::{Fs, FsFile};
 use super::manifest::TableMeta;
+use crate::fs::{Fs, FsFile};
 use crate::model::VersionSet;
 
 /// Format version of tables written by this build.
@@ -567,7 +567,7 @@ impl<F: Fs> Iterator for TableIter<F> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::fs::MemFs;
+    use crate::fs::MemFs;
 
     #[test]
     fn prefix_search_finds_the_same_block_as_a_full_key_search() {

@@ -7,13 +7,12 @@
 //! knows in `data_dir/peers`, rewritten when they change, and gossips to
 //! them as extra seeds when it starts.
 //!
-//! The file is a hint, not state: one `host:port` per line, written to a
-//! temporary file, fsynced and renamed over the old one. An unreadable or
-//! damaged file costs only the hint (a warning, and the configured seeds
-//! alone); a line that is not an address is skipped.
+//! The file is a hint, not state: one `host:port` per line, replaced with
+//! [`Fs::write_atomic`] (temporary file, fsync, rename, directory fsync).
+//! An unreadable or damaged file costs only the hint (a warning, and the
+//! configured seeds alone); a line that is not an address is skipped.
 
 use std::collections::BTreeSet;
-use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -23,6 +22,7 @@ use tokio::sync::watch;
 
 use super::membership::NodeStatus;
 use super::service::{GossipTransport, Gossiper};
+use crate::fs::{Fs, StdFs};
 
 /// The file's name in the data directory.
 pub const FILE: &str = "peers";
@@ -77,16 +77,14 @@ fn is_addr(s: &str) -> bool {
     }
 }
 
-/// Write `peers` to `dir` atomically (temporary file, fsync, rename).
+/// Write `peers` to `dir` atomically and durably ([`Fs::write_atomic`]).
 pub fn store(dir: &Path, peers: &BTreeSet<String>) -> std::io::Result<()> {
-    let tmp = dir.join(format!("{FILE}.tmp"));
-    let mut file = std::fs::File::create(&tmp)?;
+    let mut text = String::new();
     for peer in peers.iter().take(PEERS_MAX) {
-        writeln!(file, "{peer}")?;
+        text.push_str(peer);
+        text.push('\n');
     }
-    file.sync_all()?;
-    drop(file);
-    std::fs::rename(&tmp, path(dir))
+    StdFs.write_atomic(&path(dir), text.as_bytes())
 }
 
 /// Every `interval` until `stop`, write the addresses of the members the

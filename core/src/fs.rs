@@ -1,13 +1,24 @@
-//! The file-system seam: every byte the engine reads or writes goes through
-//! [`Fs`] and [`FsFile`].
+//! The file-system seam: every byte the engine, the hint store and the
+//! cross-DC outbox read or write goes through [`Fs`] and [`FsFile`].
 //!
-//! Two implementations: [`StdFs`] over `std::fs` (the real path; the engine
-//! is generic over `Fs`, so there is no dynamic dispatch per record), and
+//! Two implementations: [`StdFs`] over `std::fs` (the real path; users are
+//! generic over `Fs`, so there is no dynamic dispatch per record), and
 //! [`MemFs`], an in-memory file system that remembers, per file, what was
 //! fsynced and what was not, and per directory which names were made
 //! durable by a directory sync. [`MemFs::crash`] throws away everything not
-//! durable, like a power cut; [`MemFs::fail_next_sync`] makes the next
-//! fsync fail, to prove the engine poisons itself.
+//! durable, like a power cut; [`MemFs::fail_next_sync`] and
+//! [`MemFs::fail_sync_after`] make an fsync fail, to prove callers neither
+//! acknowledge what is not durable nor lose what they acknowledged.
+//!
+//! [`Fs::write_atomic`] is the one way a small file is replaced whole
+//! (the engine's manifest, the node's identity, the remembered peers, the
+//! outbox cursors): write a temporary file, fsync it, rename it over the
+//! old one, fsync the directory. A crash leaves the old content or the new,
+//! never a mix, and once it returns the new content survives power loss.
+//!
+//! What it is not: a general VFS. Directories are only created and synced,
+//! files only appended, read at offsets and truncated, as the log-shaped
+//! files here need.
 
 use std::collections::HashMap;
 use std::io::{self, Write};
@@ -30,7 +41,7 @@ pub trait FsFile: Send + Sync + 'static {
     fn truncate(&self, len: u64) -> io::Result<()>;
 }
 
-/// The operations the engine needs from a file system.
+/// The operations Isthmus needs from a file system.
 pub trait Fs: Clone + Send + Sync + 'static {
     /// File handle type.
     type File: FsFile;
@@ -58,6 +69,32 @@ pub trait Fs: Clone + Send + Sync + 'static {
         let mut buf = vec![0; len];
         f.read_at(&mut buf, 0)?;
         Ok(buf)
+    }
+
+    /// Replace `path` with `bytes` atomically and durably: write
+    /// `<path>.tmp`, fsync it, rename it over `path`, fsync the directory.
+    ///
+    /// A crash at any point leaves the old content or the new one; once
+    /// this returns `Ok`, the new content survives power loss. Without the
+    /// file fsync the rename could reach the disk before the data (an empty
+    /// or partial file after a crash); without the directory fsync the
+    /// rename itself could be lost, bringing back the old content after
+    /// the caller acted on the new. Callers serialise writers of one path
+    /// (they share the temporary name).
+    fn write_atomic(&self, path: &Path, bytes: &[u8]) -> io::Result<()> {
+        let mut tmp = path.as_os_str().to_owned();
+        tmp.push(".tmp");
+        let tmp = PathBuf::from(tmp);
+        let f = self.create(&tmp)?;
+        f.append(bytes)?;
+        f.sync()?;
+        drop(f);
+        self.rename(&tmp, path)?;
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        self.sync_dir(dir)
     }
 }
 
@@ -153,8 +190,11 @@ struct MemState {
     durable_names: HashMap<PathBuf, Node>,
     /// Bumped by every crash; handles from an older epoch are dead.
     epoch: u64,
-    /// Fail the next `sync` (file or directory) with an IO error.
-    fail_next_sync: bool,
+    /// Fail a `sync` (file or directory) with an IO error after this many
+    /// more succeed.
+    fail_sync_in: Option<u64>,
+    /// Removals are durable at once (see [`MemFs::eager_removals`]).
+    eager_removals: bool,
     /// Count of successful file syncs (tests check group commit with it).
     syncs: u64,
 }
@@ -198,7 +238,7 @@ impl MemFs {
             let mut n = node.lock();
             n.current = n.durable.clone();
         }
-        st.fail_next_sync = false;
+        st.fail_sync_in = None;
         MemFs {
             state: self.state.clone(),
             epoch: st.epoch,
@@ -207,7 +247,25 @@ impl MemFs {
 
     /// Make the next fsync (file or directory) fail.
     pub fn fail_next_sync(&self) {
-        self.state.lock().fail_next_sync = true;
+        self.fail_sync_after(0);
+    }
+
+    /// Let `n` more fsyncs (file or directory) succeed, then fail the next
+    /// one. Tests sweep `n` over every sync a scenario makes, cut the power
+    /// where it failed, and check what survived: a crash at every sync
+    /// point.
+    pub fn fail_sync_after(&self, n: u64) {
+        self.state.lock().fail_sync_in = Some(n);
+    }
+
+    /// From now on (crashes included), a removed name is gone for good at
+    /// once, as if a journal commit carried the removal to disk ahead of
+    /// everything not yet synced. This is the pessimistic order for code
+    /// that must make a pointer durable before deleting what it pointed
+    /// past (the outbox's cursors and segments): a missing directory sync
+    /// before the removal shows up as lost data.
+    pub fn eager_removals(&self) {
+        self.state.lock().eager_removals = true;
     }
 
     /// Number of successful file fsyncs so far.
@@ -241,10 +299,17 @@ impl MemFs {
     }
 
     fn take_sync_failure(st: &mut MemState) -> io::Result<()> {
-        if std::mem::take(&mut st.fail_next_sync) {
-            return Err(io::Error::other("injected fsync failure"));
+        match st.fail_sync_in {
+            Some(0) => {
+                st.fail_sync_in = None;
+                Err(io::Error::other("injected fsync failure"))
+            }
+            Some(n) => {
+                st.fail_sync_in = Some(n - 1);
+                Ok(())
+            }
+            None => Ok(()),
         }
-        Ok(())
     }
 }
 
@@ -334,8 +399,11 @@ impl Fs for MemFs {
         let mut st = self.live()?;
         st.names
             .remove(path)
-            .map(|_| ())
-            .ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))
+            .ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))?;
+        if st.eager_removals {
+            st.durable_names.remove(path);
+        }
+        Ok(())
     }
     fn list(&self, dir: &Path) -> io::Result<Vec<PathBuf>> {
         let st = self.live()?;
@@ -398,5 +466,51 @@ mod tests {
         fs.fail_next_sync();
         assert!(f.sync().is_err());
         assert!(f.sync().is_ok());
+        fs.fail_sync_after(2);
+        assert!(f.sync().is_ok());
+        assert!(fs.sync_dir(Path::new("/d")).is_ok());
+        assert!(f.sync().is_err());
+        assert!(f.sync().is_ok());
+    }
+
+    #[test]
+    fn eager_removals_survive_a_crash_without_a_directory_sync() {
+        let fs = MemFs::new();
+        let dir = Path::new("/d");
+        fs.create(&dir.join("a")).unwrap().sync().unwrap();
+        fs.create(&dir.join("b")).unwrap().sync().unwrap();
+        fs.sync_dir(dir).unwrap();
+        fs.remove(&dir.join("a")).unwrap();
+        fs.eager_removals();
+        fs.remove(&dir.join("b")).unwrap();
+        let fs = fs.crash();
+        assert!(
+            fs.exists(&dir.join("a")),
+            "an ordinary removal needs a sync"
+        );
+        assert!(!fs.exists(&dir.join("b")));
+    }
+
+    /// Power cut at every sync point of a replacement: old or new content,
+    /// never anything else, and the new content once it returned.
+    #[test]
+    fn write_atomic_leaves_old_or_new_content_and_new_once_it_returns() {
+        let path = Path::new("/d/state");
+        for n in 0.. {
+            let fs = MemFs::new();
+            fs.write_atomic(path, b"old").unwrap();
+            fs.fail_sync_after(n);
+            let result = fs.write_atomic(path, b"new content");
+            let fs = fs.crash();
+            let got = fs.read_all(path).unwrap();
+            if result.is_ok() {
+                assert_eq!(got, b"new content", "returned Ok, then lost at sync {n}");
+                break;
+            }
+            assert!(
+                got == b"old" || got == b"new content",
+                "{got:?} at sync {n}"
+            );
+        }
     }
 }
