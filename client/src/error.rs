@@ -37,6 +37,13 @@ pub enum ClientError {
     /// The node answered with an error.
     #[error("{}: {}", .0.code.name(), .0.message)]
     Server(WireError),
+    /// The request encodes to more than the frame cap (or does not encode),
+    /// so it was not sent; the connection stays open.
+    #[error("request not sent: {reason}")]
+    RequestTooLarge {
+        /// What the connection reported.
+        reason: String,
+    },
 }
 
 impl ClientError {
@@ -46,7 +53,7 @@ impl ClientError {
             ClientError::Connect { .. }
             | ClientError::ConnectionClosed
             | ClientError::Timeout { .. } => true,
-            ClientError::Handshake { .. } => false,
+            ClientError::Handshake { .. } | ClientError::RequestTooLarge { .. } => false,
             ClientError::Server(e) => e.code.is_retryable(),
         }
     }

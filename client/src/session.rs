@@ -16,7 +16,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{Mutex, oneshot};
 
 use crate::error::ClientError;
-use crate::wire::connection::{Connection, WriteHalf};
+use crate::wire::connection::{Connection, ConnectionError, WriteHalf};
 use crate::wire::{
     CONNECTION_ERROR_ID, Envelope, Hello, HelloAck, MAGIC, PROTOCOL_VERSION, PeerRole, Reply,
     ReplyBody, RequestBody, ResponseBody, frame,
@@ -165,12 +165,25 @@ impl<Q: serde::Serialize + Send, A: ReplyBody> Channel<Q, A> {
             body,
         };
         let sent = self.writer.lock().await.write(&request).await;
-        if let Err(e) = sent {
-            self.forget(id);
-            return Err(ClientError::Connect {
-                addr: self.peer.node_id.clone(),
-                reason: e.to_string(),
-            });
+        match sent {
+            Ok(()) => {}
+            Err(e @ (ConnectionError::MessageTooLarge { .. } | ConnectionError::Encode { .. })) => {
+                // Nothing reached the socket: the channel is still good.
+                self.forget(id);
+                return Err(ClientError::RequestTooLarge {
+                    reason: e.to_string(),
+                });
+            }
+            Err(e) => {
+                // The write half may have sent part of a frame: the stream
+                // is unusable both ways, so close the channel (its reader
+                // too) rather than leave it open for the next caller.
+                self.close();
+                return Err(ClientError::Connect {
+                    addr: self.peer.node_id.clone(),
+                    reason: e.to_string(),
+                });
+            }
         }
         match tokio::time::timeout(timeout, rx).await {
             Ok(Ok(body)) => body.into_result().map_err(ClientError::Server),
@@ -183,6 +196,16 @@ impl<Q: serde::Serialize + Send, A: ReplyBody> Channel<Q, A> {
                 })
             }
         }
+    }
+
+    /// Stop using the connection: every waiting call fails with
+    /// [`ClientError::ConnectionClosed`], [`Self::is_open`] turns false, and
+    /// the reader stops. Calls that hold the channel fail from then on.
+    pub fn close(&self) {
+        if let Ok(mut p) = self.pending.lock() {
+            p.take();
+        }
+        self.reader.abort();
     }
 
     fn forget(&self, id: u64) {

@@ -29,6 +29,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use crate::limit::DC_NAME_BYTES_MAX;
 use crate::model::Consistency;
 
 /// Largest replication factor accepted for one datacenter.
@@ -191,6 +192,12 @@ impl NodeConfig {
                 return Err(invalid(field, "must not be empty"));
             }
         }
+        if self.dc.len() > DC_NAME_BYTES_MAX {
+            return Err(invalid(
+                "dc",
+                format!("longer than {DC_NAME_BYTES_MAX} bytes (every version carries it)"),
+            ));
+        }
         self.listen.parse::<SocketAddr>().map_err(|e| {
             invalid(
                 "listen",
@@ -349,5 +356,8 @@ mod tests {
         let mut c = base();
         c.vnodes = 0;
         assert_eq!(c.validate().unwrap_err().field, "vnodes");
+        let mut c = base();
+        c.dc = "d".repeat(DC_NAME_BYTES_MAX + 1);
+        assert_eq!(c.validate().unwrap_err().field, "dc");
     }
 }

@@ -48,9 +48,7 @@ use crate::store::EngineStore;
 use crate::system::{self, REGISTRY_KEYSPACE, RegistryHook, SystemStore, SystemWriter};
 use crate::transport::TcpTransport;
 
-/// Most clock entries accepted in a client's context (a context is the
-/// client's copy of a clock; real ones hold a few entries per actor).
-pub const CONTEXT_ENTRIES_MAX: usize = 4096;
+pub use crate::limit::CONTEXT_ENTRIES_MAX;
 
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
@@ -214,6 +212,11 @@ pub async fn start(
     tuning: NodeTuning,
 ) -> Result<RunningNode, NodeError> {
     config.validate()?;
+    let frame_bytes_max = tuning
+        .server
+        .as_ref()
+        .map_or(crate::limit::FRAME_BYTES_MAX_DEFAULT, |s| s.frame_bytes_max);
+    tuning.limits.validate(frame_bytes_max)?;
     let data_dir = config.data_dir.clone();
     std::fs::create_dir_all(&data_dir).map_err(|e| NodeError::DataDir {
         path: data_dir.clone(),

@@ -13,7 +13,11 @@
 //! - per-connection in-flight limit: a client that stops reading its
 //!   responses stalls only itself (its requests wait for a slot; nothing is
 //!   buffered without bound);
-//! - per-request deadlines, capped by the server.
+//! - per-request deadlines, capped by the server;
+//! - a reply too large for a frame (or that does not encode) becomes a
+//!   typed [`ErrorCode::ReplyTooLarge`] for that request, and the
+//!   connection keeps serving; if the socket fails under the writer, the
+//!   reader stops too, so no request runs whose answer cannot be sent.
 //!
 //! What it is not: it does not know what a request means. The coordinator
 //! is a `Handler`.
@@ -23,7 +27,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use isthmus_client::wire::connection::{Connection, ConnectionError};
+use isthmus_client::wire::connection::{Connection, ConnectionError, WriteHalf};
+use isthmus_client::wire::frame::HANDSHAKE_FRAME_BYTES_MAX;
 use isthmus_client::wire::{
     CONNECTION_ERROR_ID, Envelope, ErrorCode, Hello, HelloAck, MAGIC, PROTOCOL_VERSION, PeerRole,
     Reply, ReplyBody, RequestBody, ResponseBody, WireError,
@@ -87,7 +92,10 @@ pub struct ServerConfig {
     /// Connections served at once; further connections wait in the accept
     /// backlog until a slot frees.
     pub connections_max: usize,
-    /// Largest frame accepted.
+    /// Largest frame accepted or sent (default
+    /// [`FRAME_BYTES_MAX_DEFAULT`](crate::limit::FRAME_BYTES_MAX_DEFAULT));
+    /// a node refuses to start with limits whose largest answer exceeds it
+    /// ([`Limits::validate`](crate::limit::Limits::validate)).
     pub frame_bytes_max: usize,
     /// Time a new connection has to complete its handshake.
     pub handshake_timeout: Duration,
@@ -107,7 +115,7 @@ impl Default for ServerConfig {
             node_id: "node".into(),
             dc: "dc1".into(),
             connections_max: 1024,
-            frame_bytes_max: isthmus_client::wire::frame::FRAME_BYTES_MAX_DEFAULT,
+            frame_bytes_max: crate::limit::FRAME_BYTES_MAX_DEFAULT,
             handshake_timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(300),
             in_flight_per_connection_max: 128,
@@ -186,7 +194,12 @@ async fn serve_connection<H: Handler, S: AsyncRead + AsyncWrite + Unpin + Send +
     config: Arc<ServerConfig>,
     stop: broadcast::Receiver<()>,
 ) -> Result<(), ConnectionError> {
-    let mut conn = Connection::new(socket, config.frame_bytes_max);
+    // The handshake is read under a small cap: a connection that has not
+    // said who it is cannot make the node hold a frame-cap-sized buffer.
+    let mut conn = Connection::new(
+        socket,
+        HANDSHAKE_FRAME_BYTES_MAX.min(config.frame_bytes_max),
+    );
     let hello = match tokio::time::timeout(config.handshake_timeout, conn.read::<Hello>()).await {
         Err(_) | Ok(Ok(None)) => return Ok(()),
         Ok(Err(e)) => {
@@ -208,6 +221,7 @@ async fn serve_connection<H: Handler, S: AsyncRead + AsyncWrite + Unpin + Send +
             .await;
         return Ok(());
     }
+    conn.set_frame_bytes_max(config.frame_bytes_max);
     conn.write(&HelloAck {
         magic: MAGIC,
         version: PROTOCOL_VERSION,
@@ -250,22 +264,31 @@ where
     let (mut reader, mut writer) = conn.split();
     let in_flight = config.in_flight_per_connection_max.max(1);
     let (tx, mut rx) = mpsc::channel::<Reply<A>>(in_flight);
-    let write_task = tokio::spawn(async move {
+    // The writer ends only when the queue closes or the socket fails; a
+    // reply it cannot send becomes an error reply for that request.
+    let mut write_task = tokio::spawn(async move {
         while let Some(reply) = rx.recv().await {
-            writer.feed(&reply).await?;
+            feed_reply(&mut writer, reply).await?;
             // Batch whatever else is ready into the same flush.
             while let Ok(more) = rx.try_recv() {
-                writer.feed(&more).await?;
+                feed_reply(&mut writer, more).await?;
             }
             writer.flush().await?;
         }
         writer.close().await
     });
+    let mut writer_ended = None;
     let slots = Arc::new(Semaphore::new(in_flight));
     let mut requests = JoinSet::new();
     let result = loop {
         let next = tokio::select! {
             _ = stop.recv() => break Ok(()),
+            // The writer failed (the socket is gone): stop reading, or the
+            // connection would go on executing requests nobody hears of.
+            ended = &mut write_task => {
+                writer_ended = Some(ended);
+                break Ok(());
+            }
             next = tokio::time::timeout(config.idle_timeout, reader.read::<Envelope<Q>>()) => next,
         };
         let request = match next {
@@ -305,16 +328,45 @@ where
     // Answer what is in flight, then close the write side.
     while requests.join_next().await.is_some() {}
     drop(tx);
-    match write_task.await {
+    let ended = match writer_ended {
+        Some(ended) => ended,
+        None => write_task.await,
+    };
+    match ended {
         Ok(Ok(())) | Err(_) => {}
         Ok(Err(e)) => return Err(e),
     }
     result
 }
 
+/// Queue one reply on the writer. A reply the frame cap cannot carry, or
+/// that does not encode, is replaced by a [`ErrorCode::ReplyTooLarge`]
+/// error for the same request id: the request fails, the connection goes
+/// on. Only an IO error ends the writer.
+async fn feed_reply<S, A>(writer: &mut WriteHalf<S>, reply: Reply<A>) -> Result<(), ConnectionError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    A: ReplyBody,
+{
+    match writer.feed(&reply).await {
+        Err(e @ (ConnectionError::MessageTooLarge { .. } | ConnectionError::Encode { .. })) => {
+            tracing::warn!(id = reply.id, error = %e, "reply replaced by an error");
+            let error = Reply {
+                id: reply.id,
+                body: A::from_error(wire_error(ErrorCode::ReplyTooLarge, e.to_string())),
+            };
+            writer.feed(&error).await
+        }
+        other => other,
+    }
+}
+
 fn connection_error<A: ReplyBody>(e: &ConnectionError) -> Reply<A> {
     let code = match e {
         ConnectionError::FrameTooLarge { .. } => ErrorCode::FrameTooLarge,
+        ConnectionError::MessageTooLarge { .. } | ConnectionError::Encode { .. } => {
+            ErrorCode::ReplyTooLarge
+        }
         ConnectionError::Decode(_) | ConnectionError::Io(_) => ErrorCode::Malformed,
     };
     Reply {

@@ -1,5 +1,7 @@
 //! Peer connections over TCP: one multiplexed channel per peer, opened on
-//! first use and reopened after a failure.
+//! first use and replaced after a failure: a closed connection, or a call
+//! that timed out (one poisoned channel must not make every later request
+//! between two nodes time out).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -164,10 +166,122 @@ impl Transport for TcpTransport {
         let result = channel.call(request, timeout).await;
         if matches!(
             result,
-            Err(ClientError::ConnectionClosed | ClientError::Connect { .. })
+            Err(ClientError::ConnectionClosed
+                | ClientError::Connect { .. }
+                | ClientError::Timeout { .. })
         ) {
-            self.channels.lock().remove(to);
+            // A peer answers every request by its deadline (the server
+            // caps them and answers `Timeout` itself), so a call that
+            // hears nothing points at the channel: a stuck socket, or a
+            // peer that stopped answering on it. The next call dials a
+            // fresh one; calls still in flight keep the old channel until
+            // they end. Only this channel is dropped, not one another
+            // task put in its place meanwhile.
+            let mut channels = self.channels.lock();
+            if channels.get(to).is_some_and(|c| Arc::ptr_eq(c, &channel)) {
+                channels.remove(to);
+            }
         }
         result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Instant;
+
+    use isthmus_client::wire::connection::Connection;
+    use isthmus_client::wire::{Envelope, Hello, HelloAck, MAGIC, PROTOCOL_VERSION, Reply};
+    use tokio::net::TcpListener;
+
+    use super::*;
+    use crate::limit::FRAME_BYTES_MAX_DEFAULT;
+
+    /// A peer whose first connection reads requests and never answers (as
+    /// a connection whose writer died would), while later connections
+    /// answer every request with `Applied`.
+    async fn stuck_then_good_peer(listener: TcpListener, accepted: Arc<AtomicUsize>) {
+        let mut held = Vec::new();
+        loop {
+            let Ok((socket, _)) = listener.accept().await else {
+                return;
+            };
+            let n = accepted.fetch_add(1, Ordering::SeqCst);
+            let task = tokio::spawn(async move {
+                let mut conn = Connection::new(socket, FRAME_BYTES_MAX_DEFAULT);
+                let Ok(Some(_hello)) = conn.read::<Hello>().await else {
+                    return;
+                };
+                let ack = HelloAck {
+                    magic: MAGIC,
+                    version: PROTOCOL_VERSION,
+                    node_id: "peer".into(),
+                    dc: "dc1".into(),
+                };
+                if conn.write(&ack).await.is_err() {
+                    return;
+                }
+                while let Ok(Some(request)) = conn.read::<Envelope<PeerRequest>>().await {
+                    if n == 0 {
+                        continue;
+                    }
+                    let reply = Reply {
+                        id: request.id,
+                        body: PeerResponse::Applied,
+                    };
+                    if conn.write(&reply).await.is_err() {
+                        return;
+                    }
+                }
+            });
+            held.push(task);
+        }
+    }
+
+    fn gossip() -> PeerRequest {
+        PeerRequest::Gossip {
+            digest: Vec::new(),
+            entries: Vec::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_channel_whose_peer_stops_answering_is_replaced() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let peer_task = tokio::spawn(stuck_then_good_peer(listener, accepted.clone()));
+        let transport = TcpTransport::new(NodeId("me".into()), Duration::from_secs(2));
+        let peer = NodeId("peer".into());
+        transport.set_addr(&peer, &addr);
+
+        let first = transport
+            .call(&peer, gossip(), Duration::from_millis(200))
+            .await;
+        assert!(
+            matches!(first, Err(ClientError::Timeout { .. })),
+            "the stuck channel times out: {first:?}"
+        );
+        // Before, the stuck channel stayed in place and every later call
+        // timed out too; now the next call dials afresh and is answered.
+        let start = Instant::now();
+        for _ in 0..3 {
+            let answer = transport
+                .call(&peer, gossip(), Duration::from_secs(2))
+                .await;
+            assert_eq!(answer, Ok(PeerResponse::Applied));
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(1),
+            "{:?}",
+            start.elapsed()
+        );
+        assert_eq!(
+            accepted.load(Ordering::SeqCst),
+            2,
+            "one fresh channel, reused"
+        );
+        peer_task.abort();
     }
 }

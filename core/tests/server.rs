@@ -18,12 +18,25 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 
-/// Echoes the key of a `Get` back as a sibling after sleeping `key[0]` ms.
+/// Echoes the key of a `Get` back as a sibling after sleeping `key[0]` ms;
+/// the key `huge` is answered with a value of [`HUGE_BYTES`].
 struct Echo;
+
+/// The value the key `huge` is answered with: more than the 64 KiB frame
+/// cap the reply-size test sets.
+const HUGE_BYTES: usize = 256 * 1024;
 
 impl Handler for Echo {
     async fn handle(&self, body: RequestBody, _deadline: Duration) -> ResponseBody {
         match body {
+            RequestBody::Get { key, .. } if key == b"huge" => ResponseBody::Value {
+                siblings: vec![Sibling {
+                    value: vec![7; HUGE_BYTES],
+                    timestamp_ms: 0,
+                    origin_dc: "dc1".into(),
+                }],
+                context: Context::default(),
+            },
             RequestBody::Get { key, .. } => {
                 let delay = key.first().copied().unwrap_or(0);
                 tokio::time::sleep(Duration::from_millis(u64::from(delay))).await;
@@ -195,6 +208,60 @@ async fn malformed_and_oversized_frames_close_only_their_connection() {
     expect_connection_error(&mut huge, ErrorCode::FrameTooLarge).await;
 
     echo_ok(&good, b"\x00still here").await;
+}
+
+#[tokio::test]
+async fn a_reply_too_large_for_a_frame_fails_only_its_request() {
+    let config = ServerConfig {
+        frame_bytes_max: 64 * 1024,
+        ..ServerConfig::default()
+    };
+    let server = start(config).await;
+    let session = Arc::new(
+        Session::connect(&server.addr, "t", Duration::from_secs(5))
+            .await
+            .unwrap(),
+    );
+    // Pipelined with ordinary requests on the same connection: the huge
+    // answers become typed errors for their own ids, the others arrive.
+    let mut calls = Vec::new();
+    for i in 0..40u8 {
+        let s = session.clone();
+        calls.push(tokio::spawn(async move {
+            if i % 4 == 0 {
+                let answer = s.call(get(b"huge".to_vec()), Duration::from_secs(5)).await;
+                match answer {
+                    Err(ClientError::Server(e)) => {
+                        assert_eq!(e.code, ErrorCode::ReplyTooLarge, "{e:?}");
+                        assert!(!e.code.is_retryable());
+                    }
+                    other => panic!("expected REPLY_TOO_LARGE, got {other:?}"),
+                }
+            } else {
+                echo_ok(&s, &[0, i]).await;
+            }
+        }));
+    }
+    for c in calls {
+        c.await.unwrap();
+    }
+    assert!(session.is_open());
+    echo_ok(&session, b"\x00still served").await;
+}
+
+#[tokio::test]
+async fn a_request_too_large_for_a_frame_is_not_sent_and_the_session_stays_open() {
+    let server = start(ServerConfig::default()).await;
+    let session = Session::connect(&server.addr, "t", Duration::from_secs(5))
+        .await
+        .unwrap();
+    let too_big = vec![0u8; isthmus_core::limit::FRAME_BYTES_MAX_DEFAULT + 1];
+    match session.call(get(too_big), Duration::from_secs(5)).await {
+        Err(ClientError::RequestTooLarge { .. }) => {}
+        other => panic!("expected RequestTooLarge, got {other:?}"),
+    }
+    assert!(session.is_open());
+    echo_ok(&session, b"\x00still served").await;
 }
 
 #[tokio::test]

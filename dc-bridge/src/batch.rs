@@ -15,12 +15,30 @@
 //! (trailing bytes refused).
 
 use isthmus_client::wire::{decode, encode};
+use isthmus_core::limit;
 use isthmus_core::model::{Version, VersionSet};
 use serde::{Deserialize, Serialize};
 
 /// Largest uncompressed batch a receiver accepts (a batch is at most the
 /// configured batch size, or one record when a single record is larger).
 pub const BATCH_RAW_BYTES_MAX: usize = 4 << 20;
+
+// A batch of the largest configurable size (1 MiB, `bridge.batch_bytes_max`)
+// plus the one record that overflowed it stays under the receiver's bound.
+const _: () = assert!(
+    (1 << 20)
+        + limit::KEY_BYTES_MAX_DEFAULT
+        + limit::VALUE_BYTES_MAX_DEFAULT
+        + limit::VERSION_OVERHEAD_BYTES
+        + limit::ENVELOPE_OVERHEAD_BYTES
+        <= BATCH_RAW_BYTES_MAX
+);
+// The largest accepted batch, after lz4's worst-case growth (n/255 + 16)
+// and behind its length, fits in one frame with its envelope.
+const _: () = assert!(
+    BATCH_RAW_BYTES_MAX + BATCH_RAW_BYTES_MAX / 255 + 16 + 4 + limit::ENVELOPE_OVERHEAD_BYTES
+        <= limit::FRAME_BYTES_MAX_DEFAULT
+);
 
 /// One write as the outbox keeps it and the bridge ships it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -61,7 +61,8 @@ impl Default for ResolverLimits {
             memory_bytes_max: 64 * 1024 * 1024,
             table_elements_max: 10_000,
             stack_bytes_max: 512 * 1024,
-            // A sibling cap of 64 values of 1 MiB each, plus framing.
+            // Room for 64 values of 1 MiB plus framing: more than the
+            // largest set core allows (16 siblings, `isthmus_core::limit`).
             input_bytes_max: 80 * 1024 * 1024,
             output_bytes_max: 2 * 1024 * 1024,
             memory_keep_resident_bytes: 128 * 1024,

@@ -4,6 +4,12 @@
 //! peer closed between frames), and a typed [`ConnectionError`] for
 //! everything else: a frame over the size cap, bytes that do not decode, an
 //! end of stream in the middle of a frame, or an IO error.
+//!
+//! Writes check the message before any byte reaches the stream: a message
+//! that does not encode, or whose encoding exceeds the frame cap, is
+//! refused with [`ConnectionError::MessageTooLarge`] or
+//! [`ConnectionError::Encode`] and the connection stays usable, so the
+//! sender can answer that one request with an error instead.
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
@@ -11,7 +17,7 @@ use serde::{Serialize, de::DeserializeOwned};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::codec::{Framed, LengthDelimitedCodec};
 
-use super::{DecodeError, decode, encode, frame};
+use super::{DecodeError, decode, frame};
 
 /// Why a connection could not carry a message.
 #[derive(Debug, thiserror::Error)]
@@ -21,6 +27,22 @@ pub enum ConnectionError {
     FrameTooLarge {
         /// The cap in force.
         frame_bytes_max: usize,
+    },
+    /// A message to send encodes to more bytes than the cap; nothing was
+    /// sent and the connection is still usable.
+    #[error("message of {bytes} bytes exceeds the frame limit of {frame_bytes_max} bytes")]
+    MessageTooLarge {
+        /// The encoded message's length.
+        bytes: usize,
+        /// The cap in force.
+        frame_bytes_max: usize,
+    },
+    /// A message to send could not be encoded; nothing was sent and the
+    /// connection is still usable.
+    #[error("message does not encode: {reason}")]
+    Encode {
+        /// What postcard reported.
+        reason: String,
     },
     /// A frame arrived whole but did not decode.
     #[error("undecodable frame: {0}")]
@@ -45,6 +67,15 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
         }
     }
 
+    /// Change the cap on frames read and written from now on (a server
+    /// reads the handshake under a small cap, then raises it).
+    pub fn set_frame_bytes_max(&mut self, frame_bytes_max: usize) {
+        self.framed
+            .codec_mut()
+            .set_max_frame_length(frame_bytes_max);
+        self.frame_bytes_max = frame_bytes_max;
+    }
+
     /// Read the next message; `Ok(None)` when the peer closed cleanly.
     pub async fn read<M: DeserializeOwned>(&mut self) -> Result<Option<M>, ConnectionError> {
         match self.framed.next().await {
@@ -56,10 +87,8 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
 
     /// Send one message and flush it.
     pub async fn write<M: Serialize>(&mut self, message: &M) -> Result<(), ConnectionError> {
-        self.framed
-            .send(Bytes::from(encode(message)))
-            .await
-            .map_err(|e| self.classify(e))
+        let bytes = to_frame(message, self.frame_bytes_max)?;
+        self.framed.send(bytes).await.map_err(|e| self.classify(e))
     }
 
     /// Split into independently usable read and write halves.
@@ -83,8 +112,24 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
     }
 }
 
-/// tokio-util reports an over-long frame as `InvalidData` when reading and
-/// `InvalidInput` when writing; nothing else in the codec uses those kinds.
+/// Encode `message` as one frame's body, refusing what the cap would not
+/// carry before any byte is written.
+fn to_frame<M: Serialize>(message: &M, frame_bytes_max: usize) -> Result<Bytes, ConnectionError> {
+    let bytes = postcard::to_allocvec(message).map_err(|e| ConnectionError::Encode {
+        reason: e.to_string(),
+    })?;
+    if bytes.len() > frame_bytes_max {
+        return Err(ConnectionError::MessageTooLarge {
+            bytes: bytes.len(),
+            frame_bytes_max,
+        });
+    }
+    Ok(Bytes::from(bytes))
+}
+
+/// tokio-util reports an over-long frame as `InvalidData` when reading (and
+/// `InvalidInput` when writing, which [`to_frame`] already prevents);
+/// nothing else in the codec uses those kinds.
 fn classify(e: std::io::Error, frame_bytes_max: usize) -> ConnectionError {
     use std::io::ErrorKind::{InvalidData, InvalidInput};
     if matches!(e.kind(), InvalidData | InvalidInput) {
@@ -121,19 +166,15 @@ impl<T: AsyncRead + AsyncWrite + Unpin> WriteHalf<T> {
     /// Send one message and flush it.
     pub async fn write<M: Serialize>(&mut self, message: &M) -> Result<(), ConnectionError> {
         let cap = self.frame_bytes_max;
-        self.sink
-            .send(Bytes::from(encode(message)))
-            .await
-            .map_err(|e| classify(e, cap))
+        let bytes = to_frame(message, cap)?;
+        self.sink.send(bytes).await.map_err(|e| classify(e, cap))
     }
 
     /// Queue one message without flushing (for writers draining a queue).
     pub async fn feed<M: Serialize>(&mut self, message: &M) -> Result<(), ConnectionError> {
         let cap = self.frame_bytes_max;
-        self.sink
-            .feed(Bytes::from(encode(message)))
-            .await
-            .map_err(|e| classify(e, cap))
+        let bytes = to_frame(message, cap)?;
+        self.sink.feed(bytes).await.map_err(|e| classify(e, cap))
     }
 
     /// Flush queued messages.

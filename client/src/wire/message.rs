@@ -518,6 +518,12 @@ pub enum ErrorCode {
     UnknownResolver,
     /// The resolver name and version already hold another module.
     VersionTaken,
+    /// The answer to this request encodes to more than the frame cap (or
+    /// does not encode), so the node sent this error in its place; the
+    /// connection stays open. A write's effect may have taken place. The
+    /// same request would meet the same answer: not retryable. (Appended
+    /// last: codes are encoded by position.)
+    ReplyTooLarge,
 }
 
 impl ErrorCode {
@@ -540,6 +546,7 @@ impl ErrorCode {
             ErrorCode::LawCheckFailed => "LAW_CHECK_FAILED",
             ErrorCode::UnknownResolver => "UNKNOWN_RESOLVER",
             ErrorCode::VersionTaken => "VERSION_TAKEN",
+            ErrorCode::ReplyTooLarge => "REPLY_TOO_LARGE",
         }
     }
 

@@ -46,11 +46,11 @@ pub const LEAVES_PER_REQUEST: usize = 1024;
 /// Key hashes asked for in one [`RepairRequest::Fetch`].
 pub const HASHES_PER_REQUEST: usize = 256;
 
-/// Target size of one answer or push, in encoded bytes: well under the
-/// default frame cap (2 MiB), so large sets travel in several messages. A
-/// single key whose set alone exceeds the frame cap cannot be repaired
-/// (nor read); the sibling and value limits keep sets below it.
-pub const MESSAGE_BYTES_TARGET: usize = 1 << 20;
+/// Target size of one answer or push, in encoded bytes, so large sets
+/// travel in several messages; defined with the other size limits in
+/// [`crate::limit`], which asserts that this plus one full set fits in a
+/// frame.
+pub const MESSAGE_BYTES_TARGET: usize = crate::limit::REPAIR_MESSAGE_BYTES_TARGET;
 
 /// Id of one sync's session on each replica, chosen by the initiator.
 pub type SessionId = u64;

@@ -102,9 +102,15 @@ impl Transport for SimTransport {
         let result = channel.call(request, timeout).await;
         if matches!(
             result,
-            Err(ClientError::ConnectionClosed | ClientError::Connect { .. })
+            Err(ClientError::ConnectionClosed
+                | ClientError::Connect { .. }
+                | ClientError::Timeout { .. })
         ) {
-            self.channels.lock().remove(to);
+            // As `TcpTransport` does: a timed-out channel is replaced.
+            let mut channels = self.channels.lock();
+            if channels.get(to).is_some_and(|c| Arc::ptr_eq(c, &channel)) {
+                channels.remove(to);
+            }
         }
         result
     }
