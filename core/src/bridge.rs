@@ -29,7 +29,7 @@ use crate::engine::FsyncPolicy;
 use crate::model::{DcName, KeyspaceConfig, Version};
 use crate::ring::NodeId;
 use crate::store::StoreError;
-use crate::transport::TcpTransport;
+use crate::transport::DynTransport;
 use crate::view::ClusterView;
 
 /// A boxed future (the hooks are called through trait objects).
@@ -96,7 +96,7 @@ pub struct BridgeParts {
     /// The node's fsync policy (the outbox follows it).
     pub fsync: FsyncPolicy,
     /// Peer connections (reach nodes of other DCs).
-    pub transport: Arc<TcpTransport>,
+    pub transport: Arc<dyn DynTransport>,
     /// Membership and rings, as gossip publishes them.
     pub view: watch::Receiver<Arc<ClusterView>>,
     /// Keyspace configurations (which DCs replicate what).

@@ -60,6 +60,18 @@ pub trait HintSink: Send + Sync + 'static {
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 }
 
+impl<Q: HintSink> HintSink for Arc<Q> {
+    fn add(
+        &self,
+        target: &NodeId,
+        keyspace: &str,
+        key: &[u8],
+        versions: Vec<Version>,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        (**self).add(target, keyspace, key, versions)
+    }
+}
+
 /// Format version of hint files (the record layout above).
 pub const HINT_FORMAT_VERSION: u32 = 1;
 
@@ -111,8 +123,27 @@ pub struct HintStats {
     pub expired: AtomicU64,
 }
 
-/// The durable hint store of one node, on the file system `F`.
-pub struct HintStore<F: Fs = StdFs> {
+/// The durable hint store of one node, on the file system `F`. Cheap to
+/// clone: clones share the files (the coordinator and the replay worker
+/// hold one each).
+pub struct HintStore<F: Fs = StdFs>(Arc<HintFiles<F>>);
+
+impl<F: Fs> Clone for HintStore<F> {
+    fn clone(&self) -> Self {
+        HintStore(self.0.clone())
+    }
+}
+
+impl<F: Fs> std::ops::Deref for HintStore<F> {
+    type Target = HintFiles<F>;
+
+    fn deref(&self) -> &HintFiles<F> {
+        &self.0
+    }
+}
+
+/// The hint files of one node (behind a [`HintStore`]).
+pub struct HintFiles<F: Fs = StdFs> {
     fs: F,
     dir: PathBuf,
     config: HintConfig,
@@ -146,7 +177,7 @@ impl<F: Fs> HintStore<F> {
     /// left one) cut off durably.
     pub fn open_with_fs(fs: F, dir: &Path, config: HintConfig) -> Result<Self, StoreError> {
         fs.create_dir_all(dir).map_err(|e| io_failed(dir, e))?;
-        let store = HintStore {
+        let store = HintFiles {
             fs,
             dir: dir.to_owned(),
             config,
@@ -172,9 +203,11 @@ impl<F: Fs> HintStore<F> {
             }
             store.files.lock().entry(NodeId(id.to_owned())).or_default();
         }
-        Ok(store)
+        Ok(HintStore(Arc::new(store)))
     }
+}
 
+impl<F: Fs> HintFiles<F> {
     /// Counters.
     pub fn stats(&self) -> &Arc<HintStats> {
         &self.stats
@@ -370,7 +403,7 @@ pub trait HintQueue: Send + Sync + 'static {
 
 impl<F: Fs> HintQueue for HintStore<F> {
     fn pending(&self) -> Vec<(NodeId, u64)> {
-        HintStore::pending(self)
+        HintFiles::pending(self)
     }
 
     fn replay<D, Fut>(
@@ -382,7 +415,7 @@ impl<F: Fs> HintQueue for HintStore<F> {
         D: FnMut(HintRecord) -> Fut + Send,
         Fut: Future<Output = bool> + Send,
     {
-        HintStore::replay(self, target, deliver)
+        HintFiles::replay(self, target, deliver)
     }
 }
 
@@ -434,7 +467,7 @@ pub async fn handoff<Q: HintQueue, T: Transport>(
     }
 }
 
-impl<F: Fs> HintSink for Arc<HintStore<F>> {
+impl<F: Fs> HintSink for HintStore<F> {
     async fn add(
         &self,
         target: &NodeId,

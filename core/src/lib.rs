@@ -46,3 +46,4 @@ pub mod store;
 pub mod system;
 pub mod transport;
 pub mod view;
+pub mod worker;

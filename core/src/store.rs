@@ -300,6 +300,27 @@ impl LocalStore for EngineStore {
     }
 }
 
+/// Reads of a replica's store on the calling thread, for readers that
+/// cannot await (the resolver registry, read from inside a merge). They
+/// may block on disk: never on a hot async path.
+pub trait BlockingRead: Send + Sync + 'static {
+    /// This replica's set of `key` in `keyspace` (empty when absent).
+    fn get_blocking(&self, keyspace: &str, key: &[u8]) -> Result<VersionSet, StoreError>;
+
+    /// Every `(key, set)` of `keyspace`, in storage order (by key hash).
+    fn scan_blocking(&self, keyspace: &str) -> Result<Vec<(Vec<u8>, VersionSet)>, StoreError>;
+}
+
+impl BlockingRead for Engine {
+    fn get_blocking(&self, keyspace: &str, key: &[u8]) -> Result<VersionSet, StoreError> {
+        get_blocking(self, keyspace, key)
+    }
+
+    fn scan_blocking(&self, keyspace: &str) -> Result<Vec<(Vec<u8>, VersionSet)>, StoreError> {
+        scan_blocking(self, keyspace, ..)
+    }
+}
+
 /// [`LocalStore::get`] on the calling thread, for callers that cannot
 /// await (the resolver registry, read from inside a merge). It may block
 /// on disk: never call it on a hot async path.

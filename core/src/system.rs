@@ -63,11 +63,10 @@ use tokio::sync::watch;
 
 use crate::bridge::BoxFuture;
 use crate::coordinator::error::CoordinatorError;
-use crate::engine::Engine;
 use crate::limit::Limits;
 use crate::model::{Clock, Consistency, DcName, KeyspaceConfig, VersionSet};
 use crate::ring::{NodeId, Ring};
-use crate::store::{StoreError, get_blocking, scan_blocking};
+use crate::store::{BlockingRead, StoreError};
 use crate::view::ClusterView;
 
 /// The system keyspace of the resolver registry.
@@ -167,7 +166,7 @@ pub trait SystemWriter: Send + Sync {
 pub struct SystemStore {
     node: NodeId,
     keyspace: String,
-    engine: Weak<Engine>,
+    reader: Weak<dyn BlockingRead>,
     writer: Weak<dyn SystemWriter>,
     applies: Arc<AtomicU64>,
     keyspaces: Arc<RwLock<BTreeMap<String, KeyspaceConfig>>>,
@@ -192,7 +191,7 @@ fn stopping() -> StoreError {
 }
 
 impl SystemStore {
-    /// The system keyspace `keyspace` of node `node`, read from `engine`,
+    /// The system keyspace `keyspace` of node `node`, read from `reader`,
     /// written through `writer`. `applies` counts the versions applied to
     /// system keyspaces on this replica (the coordinator's
     /// `system_applies`); `keyspaces` is the node's keyspace table.
@@ -200,7 +199,7 @@ impl SystemStore {
     pub fn new(
         node: NodeId,
         keyspace: &str,
-        engine: &Arc<Engine>,
+        reader: &Arc<dyn BlockingRead>,
         writer: &Arc<dyn SystemWriter>,
         applies: Arc<AtomicU64>,
         keyspaces: Arc<RwLock<BTreeMap<String, KeyspaceConfig>>>,
@@ -209,7 +208,7 @@ impl SystemStore {
         SystemStore {
             node,
             keyspace: keyspace.to_owned(),
-            engine: Arc::downgrade(engine),
+            reader: Arc::downgrade(reader),
             writer: Arc::downgrade(writer),
             applies,
             keyspaces,
@@ -248,15 +247,15 @@ impl SystemStore {
     /// This replica's set of `key` (empty when absent). Blocks on the
     /// engine.
     pub fn get(&self, key: &[u8]) -> Result<VersionSet, StoreError> {
-        let engine = self.engine.upgrade().ok_or_else(stopping)?;
-        get_blocking(&engine, &self.keyspace, key)
+        let reader = self.reader.upgrade().ok_or_else(stopping)?;
+        reader.get_blocking(&self.keyspace, key)
     }
 
     /// Every `(key, set)` of this replica's keyspace, in storage order
     /// (by key hash, not by key). Blocks on the engine.
     pub fn scan(&self) -> Result<Vec<(Vec<u8>, VersionSet)>, StoreError> {
-        let engine = self.engine.upgrade().ok_or_else(stopping)?;
-        scan_blocking(&engine, &self.keyspace, ..)
+        let reader = self.reader.upgrade().ok_or_else(stopping)?;
+        reader.scan_blocking(&self.keyspace)
     }
 
     /// A write id no other write carries: retries are the writer's

@@ -16,6 +16,7 @@ use tokio::net::TcpStream;
 use crate::model::DcName;
 use crate::peer::{PeerRequest, PeerResponse};
 use crate::ring::NodeId;
+use futures_util::future::BoxFuture;
 
 type PeerChannel = Channel<PeerRequest, PeerResponse>;
 
@@ -28,6 +29,41 @@ pub trait Transport: Send + Sync + 'static {
         request: PeerRequest,
         timeout: Duration,
     ) -> impl Future<Output = Result<PeerResponse, ClientError>> + Send;
+}
+
+/// A [`Transport`] as a trait object, for parts that plug into a node
+/// through one (the cross-DC bridge): every transport is one, and
+/// `dyn DynTransport` is a [`Transport`] again.
+pub trait DynTransport: Send + Sync + 'static {
+    /// [`Transport::call`], boxed.
+    fn call_boxed<'a>(
+        &'a self,
+        to: &'a NodeId,
+        request: PeerRequest,
+        timeout: Duration,
+    ) -> BoxFuture<'a, Result<PeerResponse, ClientError>>;
+}
+
+impl<T: Transport> DynTransport for T {
+    fn call_boxed<'a>(
+        &'a self,
+        to: &'a NodeId,
+        request: PeerRequest,
+        timeout: Duration,
+    ) -> BoxFuture<'a, Result<PeerResponse, ClientError>> {
+        Box::pin(self.call(to, request, timeout))
+    }
+}
+
+impl Transport for dyn DynTransport {
+    fn call(
+        &self,
+        to: &NodeId,
+        request: PeerRequest,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<PeerResponse, ClientError>> + Send {
+        async move { self.call_boxed(to, request, timeout).await }
+    }
 }
 
 /// The first line a node sends to a WAN proxy: which datacenter it dials

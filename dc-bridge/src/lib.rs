@@ -43,6 +43,7 @@ use parking_lot::{Mutex, RwLock};
 use crate::batch::decode_batch;
 use crate::outbox::{Outbox, OutboxConfig};
 use crate::ship::{ShipStats, Shipper, full_syncer};
+use isthmus_core::fs::{Fs, StdFs};
 
 /// Deadline of one record's local-quorum apply on the receiving side.
 const APPLY_DEADLINE: Duration = Duration::from_secs(10);
@@ -69,23 +70,34 @@ impl From<&isthmus_core::config::BridgeSection> for BridgeConfig {
 }
 
 /// Builds the bridge of a node (hand it to `NodeTuning::bridge`).
-pub struct DcBridgeFactory {
+pub struct DcBridgeFactory<F: Fs = StdFs> {
     config: BridgeConfig,
-    started: Mutex<Vec<std::sync::Weak<DcBridge>>>,
+    fs: F,
+    started: Mutex<Vec<std::sync::Weak<DcBridge<F>>>>,
 }
 
 impl DcBridgeFactory {
-    /// A factory with these settings.
+    /// A factory with these settings, keeping outboxes on the real file
+    /// system.
     pub fn new(config: BridgeConfig) -> Self {
+        Self::with_fs(config, StdFs)
+    }
+}
+
+impl<F: Fs> DcBridgeFactory<F> {
+    /// A factory with these settings whose outboxes live on `fs` (a
+    /// simulated disk in deterministic tests).
+    pub fn with_fs(config: BridgeConfig, fs: F) -> Self {
         DcBridgeFactory {
             config,
+            fs,
             started: Mutex::default(),
         }
     }
 
     /// The bridges it started that are still running (benchmarks read
     /// their histograms).
-    pub fn bridges(&self) -> Vec<Arc<DcBridge>> {
+    pub fn bridges(&self) -> Vec<Arc<DcBridge<F>>> {
         let mut started = self.started.lock();
         started.retain(|w| w.strong_count() > 0);
         started.iter().filter_map(|w| w.upgrade()).collect()
@@ -102,10 +114,11 @@ fn remote_dcs(keyspaces: &BTreeMap<String, KeyspaceConfig>, own: &DcName) -> BTr
         .collect()
 }
 
-impl BridgeFactory for DcBridgeFactory {
+impl<F: Fs> BridgeFactory for DcBridgeFactory<F> {
     fn start(&self, parts: BridgeParts) -> Result<StartedBridge, StoreError> {
         let sync_each_append = matches!(parts.fsync, FsyncPolicy::Always);
-        let outbox = Arc::new(Outbox::open(
+        let outbox = Arc::new(Outbox::open_with_fs(
+            self.fs.clone(),
             &parts.dir,
             OutboxConfig {
                 bytes_max: self.config.outbox_bytes_max,
@@ -186,8 +199,8 @@ struct Inbound {
 }
 
 /// One node's bridge.
-pub struct DcBridge {
-    outbox: Arc<Outbox>,
+pub struct DcBridge<F: Fs = StdFs> {
+    outbox: Arc<Outbox<F>>,
     links: BTreeMap<DcName, Arc<ShipStats>>,
     lag_in: Mutex<BTreeMap<DcName, Inbound>>,
     keyspaces: Arc<RwLock<BTreeMap<String, KeyspaceConfig>>>,
@@ -200,7 +213,7 @@ fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-impl DcBridge {
+impl<F: Fs> DcBridge<F> {
     /// The lag histogram (milliseconds) of writes applied here from
     /// `from`, since the last call; resets it.
     pub fn take_lag(&self, from: &DcName) -> Option<Histogram<u64>> {
@@ -224,7 +237,7 @@ impl DcBridge {
     }
 }
 
-impl Bridge for DcBridge {
+impl<F: Fs> Bridge for DcBridge<F> {
     fn enqueue<'a>(
         &'a self,
         keyspace: &'a str,

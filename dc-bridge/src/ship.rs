@@ -17,10 +17,11 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use futures_util::stream::FuturesOrdered;
 use isthmus_core::bridge::FullSync;
+use isthmus_core::fs::Fs;
 use isthmus_core::model::{DcName, KeyspaceConfig};
 use isthmus_core::peer::{PeerRequest, PeerResponse};
 use isthmus_core::ring::NodeId;
-use isthmus_core::transport::TcpTransport;
+use isthmus_core::transport::DynTransport;
 use isthmus_core::transport::Transport;
 use isthmus_core::view::ClusterView;
 use parking_lot::{Mutex, RwLock};
@@ -46,12 +47,12 @@ pub struct ShipStats {
 }
 
 /// What a shipper needs.
-pub(crate) struct Shipper {
-    pub outbox: Arc<Outbox>,
+pub(crate) struct Shipper<F: Fs> {
+    pub outbox: Arc<Outbox<F>>,
     pub me: NodeId,
     pub dc: DcName,
     pub from_dc: DcName,
-    pub transport: Arc<TcpTransport>,
+    pub transport: Arc<dyn DynTransport>,
     pub view: watch::Receiver<Arc<ClusterView>>,
     pub keyspaces: Arc<RwLock<BTreeMap<String, KeyspaceConfig>>>,
     pub batch_bytes_max: usize,
@@ -72,7 +73,7 @@ fn sleep_or_stop(stop: &mut watch::Receiver<bool>, d: Duration) -> impl Future<O
     }
 }
 
-impl Shipper {
+impl<F: Fs> Shipper<F> {
     fn live_targets(&self) -> Vec<NodeId> {
         let view = self.view.borrow().clone();
         view.ring
@@ -237,8 +238,8 @@ impl Shipper {
 }
 
 /// Runs full-syncs owed after the outbox bound cut a DC loose.
-pub(crate) async fn full_syncer(
-    outbox: Arc<Outbox>,
+pub(crate) async fn full_syncer<F: Fs>(
+    outbox: Arc<Outbox<F>>,
     dc: DcName,
     sync: Arc<dyn FullSync>,
     view: watch::Receiver<Arc<ClusterView>>,

@@ -103,7 +103,7 @@ fn node(default: Option<(&str, u32)>) -> Node {
     let system = SystemStore::new(
         NodeId("n1".into()),
         REGISTRY_KEYSPACE,
-        &engine,
+        &(engine.clone() as Arc<dyn isthmus_core::store::BlockingRead>),
         &dyn_writer,
         applies,
         Arc::new(RwLock::new(keyspaces)),

@@ -1,31 +1,27 @@
-//! One simulated node: the production gossip, coordinator, hint handoff,
-//! Merkle repair and connection server, over the simulated network, with
-//! an in-memory "disk" (store, hints, actor) that outlives crashes.
+//! One simulated node: the production node, started by `node::start_with`
+//! (gossip, coordinator, hint handoff, Merkle repair, the request handler
+//! and the connection server), over the simulated network, with an
+//! in-memory "disk" (store, hints, actor) that outlives crashes.
 
 use std::collections::{BTreeMap, HashMap};
 use std::ops::RangeBounds;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use isthmus_client::wire::{ErrorCode, RepairReport, RequestBody, ResponseBody, WireError};
-use isthmus_core::coordinator::{Coordinator, CoordinatorConfig};
+use isthmus_core::config::{BridgeSection, FsyncMode, KeyspaceSection, NodeConfig};
 use isthmus_core::gossip::detector::DetectorConfig;
-use isthmus_core::gossip::membership::{Endpoint, NodeStatus};
-use isthmus_core::gossip::service::{GossipConfig, Gossiper};
-use isthmus_core::hints::HintSink;
-use isthmus_core::hints::{HintQueue, HintRecord, handoff};
+use isthmus_core::gossip::service::GossipConfig;
+use isthmus_core::hints::{HintQueue, HintRecord, HintSink};
 use isthmus_core::limit::Limits;
 use isthmus_core::merge::NoMerge;
 use isthmus_core::model::{Actor, Clock, ContentHash, DcName, KeyspaceConfig, Version, VersionSet};
-use isthmus_core::node::{decode_context, to_response};
-use isthmus_core::peer::{PeerRequest, PeerResponse};
-use isthmus_core::repair::{RepairConfig, Repairer, StoreData};
-use isthmus_core::replica::Replica;
+use isthmus_core::node::{NodeParts, NodeTuning, start_with};
+use isthmus_core::repair::RepairConfig;
 use isthmus_core::ring::{NodeId, Placement};
-use isthmus_core::server::{self, Handler, ServerConfig};
+use isthmus_core::server::ServerConfig;
 use isthmus_core::store::{LocalStore, MemStore, StoreError};
-use parking_lot::{Mutex, RwLock};
-use tokio::sync::watch;
+use parking_lot::Mutex;
 
 use super::net::{PORT, SimListener, SimTransport};
 
@@ -246,197 +242,87 @@ impl Cluster {
     }
 }
 
-type SimCoordinator = Coordinator<RecStore, SimTransport, MemHints>;
-type SimRepairer = Repairer<StoreData<RecStore, Arc<Replica<RecStore>>>, SimTransport>;
-
-/// Serves one node's clients and peers (what `node::NodeHandler` does for
-/// a real node, minus status and the bridge).
-struct SimHandler {
-    coordinator: Arc<SimCoordinator>,
-    gossiper: Arc<Gossiper<SimTransport>>,
-    repairer: Arc<SimRepairer>,
-}
-
-fn error(code: ErrorCode, message: impl Into<String>) -> ResponseBody {
-    ResponseBody::Error(WireError {
-        code,
-        message: message.into(),
-        acks: None,
-    })
-}
-
-impl Handler for SimHandler {
-    async fn handle(&self, body: RequestBody, deadline: Duration) -> ResponseBody {
-        let level =
-            |asked: Option<_>| asked.unwrap_or(isthmus_core::model::Consistency::LocalQuorum);
-        let (keyspace, key, value, context, consistency, write_id) = match body {
-            RequestBody::Get {
-                keyspace,
-                key,
-                consistency,
-            } => {
-                return match self
-                    .coordinator
-                    .read(&keyspace, &key, level(consistency), deadline)
-                    .await
-                {
-                    Ok(set) => to_response(&set),
-                    Err(e) => ResponseBody::Error(e.to_wire()),
+/// The node's configuration as the simulation runs it: the production
+/// node, addressed by host name, with the cluster's keyspaces.
+fn config(cluster: &Cluster, spec: &NodeSpec) -> NodeConfig {
+    NodeConfig {
+        node_id: spec.name.clone(),
+        dc: spec.dc.0.clone(),
+        rack: spec.rack.clone(),
+        listen: spec.addr(),
+        data_dir: PathBuf::from(format!("/sim/{}", spec.name)),
+        seeds: cluster.seeds.clone(),
+        vnodes: cluster.vnodes,
+        fsync: FsyncMode::Always,
+        fsync_interval_ms: 5,
+        keyspaces: cluster
+            .keyspaces
+            .iter()
+            .map(|(name, ks)| {
+                let section = KeyspaceSection {
+                    replication: ks
+                        .replication
+                        .iter()
+                        .map(|(dc, rf)| (dc.0.clone(), *rf))
+                        .collect(),
+                    consistency: ks.consistency,
+                    resolver: ks.resolver.as_ref().map(|(n, v)| format!("{n}@{v}")),
+                    ttl_s: ks.ttl_s,
                 };
-            }
-            RequestBody::Put {
-                keyspace,
-                key,
-                value,
-                context,
-                consistency,
-                write_id,
-            } => (keyspace, key, Some(value), context, consistency, write_id),
-            RequestBody::Delete {
-                keyspace,
-                key,
-                context,
-                consistency,
-                write_id,
-            } => (keyspace, key, None, context, consistency, write_id),
-            RequestBody::Repair {
-                keyspace,
-                remote_dc,
-            } => {
-                let remote_dc = remote_dc.map(DcName);
-                return match self
-                    .repairer
-                    .repair(keyspace.as_deref(), remote_dc.as_ref())
-                    .await
-                {
-                    Ok(s) => ResponseBody::Repaired(RepairReport {
-                        ranges: s.ranges,
-                        ranges_failed: s.ranges_failed,
-                        keys_differing: s.keys_differing,
-                        keys_pulled: s.keys_pulled,
-                        keys_pushed: s.keys_pushed,
-                        bytes: s.bytes,
-                    }),
-                    Err(e) => ResponseBody::Error(e.to_wire()),
-                };
-            }
-            _ => return error(ErrorCode::BadRequest, "not served in the simulation"),
-        };
-        let clock = match decode_context(&context) {
-            Ok(c) => c,
-            Err(e) => return error(ErrorCode::BadRequest, e),
-        };
-        match self
-            .coordinator
-            .write(
-                &keyspace,
-                &key,
-                value,
-                clock,
-                write_id.0,
-                level(consistency),
-                deadline,
-            )
-            .await
-        {
-            Ok(()) => ResponseBody::Written,
-            Err(e) => ResponseBody::Error(e.to_wire()),
-        }
-    }
-
-    async fn handle_peer(&self, body: PeerRequest, deadline: Duration) -> PeerResponse {
-        match body {
-            PeerRequest::Gossip { digest, entries } => PeerResponse::Gossip {
-                entries: self.gossiper.on_exchange(&digest, entries),
-            },
-            PeerRequest::Repair(request) => self.repairer.serve(request).await,
-            other => self.coordinator.serve_peer(other, deadline).await,
-        }
+                (name.clone(), section)
+            })
+            .collect(),
+        bridge: BridgeSection {
+            enabled: false,
+            ..BridgeSection::default()
+        },
+        wan_proxy: None,
+        bootstrap: false,
     }
 }
 
-/// The software of one node host: runs until the host crashes.
+/// The software of one node host: the production node (`node::start_with`)
+/// over the simulated network and the node's "disk"; runs until the host
+/// crashes.
 pub async fn run(cluster: Arc<Cluster>, me: usize, disk: Disk) -> turmoil::Result {
     let spec = cluster.nodes[me].clone();
     let listener = turmoil::net::TcpListener::bind(("0.0.0.0", PORT)).await?;
-    let id = spec.id();
-    let transport = Arc::new(SimTransport::new(id.clone(), Duration::from_millis(500)));
+    let transport = Arc::new(SimTransport::new(spec.id(), Duration::from_millis(500)));
     // Each incarnation announces a greater generation: the simulated time
     // it started at.
     let generation = turmoil::since_epoch()
         .map_or(1, |d| d.as_millis() as u64)
         .max(1);
-    let own = Endpoint {
-        id: id.clone(),
+    let parts = NodeParts {
+        store: disk.store.clone(),
+        hints: Arc::new(disk.hints.clone()),
+        transport,
+        listener: SimListener(listener),
         addr: spec.addr(),
-        placement: spec.placement(),
-        vnodes: cluster.vnodes,
+        actor: disk.actor,
         generation,
-        version: 1,
-        status: NodeStatus::Normal,
-        load_bytes: 0,
+        load: Arc::new(|| 0),
+        blocking_reads: None,
+        peers_dir: None,
     };
-    // A seed's own list names itself too, as operators' configs do.
-    let seeds = cluster.seeds.clone();
-    let (gossiper, view) = Gossiper::new(
-        own,
-        seeds,
-        cluster.gossip.clone(),
-        transport.clone(),
-        Box::new(|| 0),
-    );
-    let keyspaces = Arc::new(RwLock::new(cluster.keyspaces.clone()));
-    let hints = Arc::new(disk.hints.clone());
-    let coordinator = Arc::new(Coordinator::new(
-        CoordinatorConfig {
-            node: id.clone(),
-            dc: spec.dc.clone(),
-            actor: disk.actor,
-            limits: Limits::default(),
-        },
-        disk.store.clone(),
-        transport.clone(),
-        hints.clone(),
-        Arc::new(NoMerge),
-        keyspaces.clone(),
-        view.clone(),
-    ));
-    let repairer = Arc::new(Repairer::new(
-        id.clone(),
-        spec.dc.clone(),
-        StoreData {
-            store: disk.store.clone(),
-            absorb: coordinator.replica().clone(),
-        },
-        transport.clone(),
-        keyspaces,
-        view.clone(),
-        RepairConfig {
+    let tuning = NodeTuning {
+        gossip: cluster.gossip.clone(),
+        server: Some(ServerConfig {
+            request_deadline_max: Duration::from_secs(120),
+            ..ServerConfig::default()
+        }),
+        limits: Limits::default(),
+        repair: RepairConfig {
             interval: Duration::ZERO,
             call_timeout: Duration::from_secs(5),
         },
-    ));
-    let handler = Arc::new(SimHandler {
-        coordinator,
-        gossiper: gossiper.clone(),
-        repairer,
-    });
-    // Never fires: the node runs until the simulation crashes it.
-    let (_stop, stop_rx) = watch::channel(false);
-    tokio::spawn(gossiper.run(stop_rx.clone()));
-    tokio::spawn(handoff(hints, transport, view, stop_rx));
-    let config = ServerConfig {
-        node_id: spec.name.clone(),
-        dc: spec.dc.0.clone(),
-        request_deadline_max: Duration::from_secs(120),
-        ..ServerConfig::default()
+        ..NodeTuning::default()
     };
-    server::run(
-        SimListener(listener),
-        handler,
-        config,
-        std::future::pending::<()>(),
-    )
-    .await;
+    let node = start_with(config(&cluster, &spec), parts, Arc::new(NoMerge), tuning)
+        .await
+        .map_err(|e| e.to_string())?;
+    // The node runs until the simulation crashes the host.
+    std::future::pending::<()>().await;
+    drop(node);
     Ok(())
 }

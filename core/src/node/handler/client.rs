@@ -1,0 +1,263 @@
+//! One function per client request.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use isthmus_client::wire::{
+    Context, ErrorCode, RegistryRequest, RepairReport, ResponseBody, Sibling, WireError, WriteId,
+    decode, encode,
+};
+
+use super::{NodeHandler, bad_request};
+use crate::gossip::service::GossipTransport;
+use crate::hints::{HintQueue, HintSink};
+use crate::limit::CONTEXT_ENTRIES_MAX;
+use crate::model::{Clock, Consistency, DcName, VersionSet};
+use crate::node::movement::Left;
+use crate::node::status;
+use crate::repair::RepairStats;
+use crate::ring::NodeId;
+use crate::store::LocalStore;
+
+/// A client put (`value` is `Some`) or delete (`None`), as it arrived.
+pub struct Write {
+    /// The keyspace.
+    pub keyspace: String,
+    /// The key.
+    pub key: Vec<u8>,
+    /// The value; `None` deletes.
+    pub value: Option<Vec<u8>>,
+    /// What the client saw.
+    pub context: Context,
+    /// The level asked for, or the keyspace's default.
+    pub consistency: Option<Consistency>,
+    /// The client's id for this write.
+    pub write_id: WriteId,
+}
+
+/// Decode a client's context: postcard of a [`Clock`], bounded.
+pub fn decode_context(context: &Context) -> Result<Clock, String> {
+    if context.0.is_empty() {
+        return Ok(Clock::new());
+    }
+    let clock: Clock = decode(&context.0).map_err(|e| format!("undecodable context: {e}"))?;
+    if clock.entry_count() > CONTEXT_ENTRIES_MAX {
+        return Err(format!(
+            "context of {} entries exceeds {CONTEXT_ENTRIES_MAX}",
+            clock.entry_count()
+        ));
+    }
+    // Re-normalise: a hand-made context must not carry a clock that absorb
+    // would never build.
+    Ok(Clock::from_parts(
+        clock.vector().iter().map(|(a, n)| (*a, *n)),
+        clock.dots().iter().copied(),
+    ))
+}
+
+/// The client's view of a set: live siblings and the context covering all.
+pub fn to_response(set: &VersionSet) -> ResponseBody {
+    let siblings = set
+        .live()
+        .map(|v| Sibling {
+            value: v.value_bytes().unwrap_or_default().to_vec(),
+            timestamp_ms: v.timestamp_ms,
+            origin_dc: v.origin_dc.0.clone(),
+        })
+        .collect();
+    let lub = set.lub();
+    let context = if lub.is_empty() {
+        Context::default()
+    } else {
+        Context(encode(&lub))
+    };
+    ResponseBody::Value { siblings, context }
+}
+
+fn repair_report(s: &RepairStats) -> RepairReport {
+    RepairReport {
+        ranges: s.ranges,
+        ranges_failed: s.ranges_failed,
+        keys_differing: s.keys_differing,
+        keys_pulled: s.keys_pulled,
+        keys_pushed: s.keys_pushed,
+        bytes: s.bytes,
+    }
+}
+
+fn shutting_down() -> ResponseBody {
+    ResponseBody::Error(WireError {
+        code: ErrorCode::Unavailable,
+        message: "the node is shutting down".into(),
+        acks: None,
+    })
+}
+
+/// `Get`: the key's live siblings at the level.
+pub async fn get<S, T, H>(
+    node: &NodeHandler<S, T, H>,
+    keyspace: String,
+    key: Vec<u8>,
+    consistency: Option<Consistency>,
+    deadline: Duration,
+) -> ResponseBody
+where
+    S: LocalStore + Clone,
+    T: GossipTransport,
+    H: HintQueue + HintSink,
+{
+    let level = node.level(&keyspace, consistency);
+    match node
+        .coordinator
+        .read(&keyspace, &key, level, deadline)
+        .await
+    {
+        Ok(set) => to_response(&set),
+        Err(e) => ResponseBody::Error(e.to_wire()),
+    }
+}
+
+/// `Put` and `Delete`: a write over the client's context at the level.
+pub async fn write<S, T, H>(
+    node: &NodeHandler<S, T, H>,
+    write: Write,
+    deadline: Duration,
+) -> ResponseBody
+where
+    S: LocalStore + Clone,
+    T: GossipTransport,
+    H: HintQueue + HintSink,
+{
+    let clock = match decode_context(&write.context) {
+        Ok(c) => c,
+        Err(e) => return bad_request(e),
+    };
+    let level = node.level(&write.keyspace, write.consistency);
+    let result = node
+        .coordinator
+        .write(
+            &write.keyspace,
+            &write.key,
+            write.value,
+            clock,
+            write.write_id.0,
+            level,
+            deadline,
+        )
+        .await;
+    match result {
+        Ok(()) => ResponseBody::Written,
+        Err(e) => ResponseBody::Error(e.to_wire()),
+    }
+}
+
+/// `Status`: the members this node knows and its bridges.
+pub fn status<S, T, H>(node: &NodeHandler<S, T, H>) -> ResponseBody
+where
+    S: LocalStore + Clone,
+    T: GossipTransport,
+    H: HintQueue + HintSink,
+{
+    let keyspaces = node.keyspaces.read().clone();
+    let hints: BTreeMap<NodeId, u64> = node.hints.pending().into_iter().collect();
+    let nodes = status::nodes(&node.gossiper, &keyspaces, &hints);
+    let bridges = node
+        .coordinator
+        .bridge()
+        .map(|b| b.report())
+        .unwrap_or_default();
+    status::report(nodes, bridges)
+}
+
+/// `Repair`: an on-demand repair. It runs as its own task, so a client
+/// deadline shorter than the repair ends the wait, not the repair (which
+/// logs its outcome); node shutdown ends it.
+pub async fn repair<S, T, H>(
+    node: &NodeHandler<S, T, H>,
+    keyspace: Option<String>,
+    remote_dc: Option<String>,
+) -> ResponseBody
+where
+    S: LocalStore + Clone,
+    T: GossipTransport,
+    H: HintQueue + HintSink,
+{
+    let (repairer, mut stop) = (node.repairer.clone(), node.stop.clone());
+    let task = tokio::spawn(async move {
+        let remote_dc = remote_dc.map(DcName);
+        tokio::select! {
+            result = repairer.repair(keyspace.as_deref(), remote_dc.as_ref()) => {
+                match &result {
+                    Ok(s) => tracing::info!(
+                        keyspace = keyspace.as_deref().unwrap_or("*"),
+                        remote_dc = remote_dc.as_ref().map_or("", |d| d.0.as_str()),
+                        ranges = s.ranges,
+                        failed = s.ranges_failed,
+                        differing = s.keys_differing,
+                        pulled = s.keys_pulled,
+                        pushed = s.keys_pushed,
+                        bytes = s.bytes,
+                        "repair done"
+                    ),
+                    Err(e) => tracing::warn!(error = %e, "repair failed"),
+                }
+                Some(result)
+            }
+            _ = stop.changed() => None,
+        }
+    });
+    match task.await {
+        Ok(Some(Ok(s))) => ResponseBody::Repaired(repair_report(&s)),
+        Ok(Some(Err(e))) => ResponseBody::Error(e.to_wire()),
+        Ok(None) | Err(_) => shutting_down(),
+    }
+}
+
+/// `Decommission`: leave the ring, handing every range to its next
+/// owners. It runs as its own task: a client that stops waiting (the
+/// request deadline) does not stop a decommission halfway.
+pub async fn decommission<S, T, H>(node: &NodeHandler<S, T, H>) -> ResponseBody
+where
+    S: LocalStore + Clone,
+    T: GossipTransport,
+    H: HintQueue + HintSink,
+{
+    let movement = node.movement.clone();
+    let task = tokio::spawn(async move { movement.leave().await });
+    match task.await {
+        Ok(Left::Done(stats)) => ResponseBody::Repaired(repair_report(&stats)),
+        Ok(Left::Incomplete(stats)) => ResponseBody::Error(WireError {
+            code: ErrorCode::Unavailable,
+            message: format!(
+                "{} ranges could not be handed over (a next owner is down); still a member",
+                stats.ranges_failed
+            ),
+            acks: None,
+        }),
+        Err(e) => ResponseBody::Error(WireError {
+            code: ErrorCode::Internal,
+            message: format!("decommission failed: {e}"),
+            acks: None,
+        }),
+    }
+}
+
+/// `Registry`: the resolver registry's requests, when the node runs one.
+pub async fn registry<S, T, H>(
+    node: &NodeHandler<S, T, H>,
+    request: RegistryRequest,
+    deadline: Duration,
+) -> ResponseBody
+where
+    S: LocalStore + Clone,
+    T: GossipTransport,
+    H: HintQueue + HintSink,
+{
+    match &node.registry {
+        Some(registry) => match registry.serve(request, deadline).await {
+            Ok(answer) => ResponseBody::Registry(answer),
+            Err(e) => ResponseBody::Error(e),
+        },
+        None => bad_request("this node runs no resolver registry".into()),
+    }
+}

@@ -1,0 +1,143 @@
+//! A node's request handling: [`NodeHandler`] routes each request, client
+//! or peer, to one function that serves it ([`client`], [`peer`]; the
+//! shape of mini-redis's `cmd/`). The connection layer
+//! ([`crate::server`]) calls it; it knows nothing of sockets.
+
+pub mod client;
+pub mod peer;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use isthmus_client::wire::{ErrorCode, RequestBody, ResponseBody, WireError};
+use parking_lot::RwLock;
+use tokio::sync::watch;
+
+pub use client::{decode_context, to_response};
+
+use super::NodeRepairer;
+use super::movement::Movement;
+use crate::coordinator::Coordinator;
+use crate::gossip::service::{GossipTransport, Gossiper};
+use crate::hints::{HintQueue, HintSink};
+use crate::model::{Consistency, KeyspaceConfig};
+use crate::peer::{PeerRequest, PeerResponse};
+use crate::server::Handler;
+use crate::store::LocalStore;
+use crate::system::RegistryHook;
+
+/// Serves client and peer requests of one node.
+pub struct NodeHandler<S, T: GossipTransport, H> {
+    pub(super) coordinator: Arc<Coordinator<S, T, Arc<H>>>,
+    pub(super) hints: Arc<H>,
+    pub(super) gossiper: Arc<Gossiper<T>>,
+    pub(super) keyspaces: Arc<RwLock<BTreeMap<String, KeyspaceConfig>>>,
+    pub(super) repairer: Arc<NodeRepairer<S, T>>,
+    pub(super) movement: Movement<crate::repair::StoreData<S, Arc<crate::replica::Replica<S>>>, T>,
+    pub(super) registry: Option<Arc<dyn RegistryHook>>,
+    pub(super) stop: watch::Receiver<bool>,
+}
+
+/// A `BadRequest` answer.
+pub(crate) fn bad_request(message: String) -> ResponseBody {
+    ResponseBody::Error(WireError {
+        code: ErrorCode::BadRequest,
+        message,
+        acks: None,
+    })
+}
+
+impl<S, T, H> NodeHandler<S, T, H>
+where
+    S: LocalStore + Clone,
+    T: GossipTransport,
+    H: HintQueue + HintSink,
+{
+    /// The level a request asked for, else its keyspace's default.
+    fn level(&self, keyspace: &str, asked: Option<Consistency>) -> Consistency {
+        asked.unwrap_or_else(|| {
+            self.keyspaces
+                .read()
+                .get(keyspace)
+                .map_or(Consistency::LocalQuorum, |k| k.consistency)
+        })
+    }
+}
+
+impl<S, T, H> Handler for NodeHandler<S, T, H>
+where
+    S: LocalStore + Clone,
+    T: GossipTransport,
+    H: HintQueue + HintSink,
+{
+    async fn handle(&self, body: RequestBody, deadline: Duration) -> ResponseBody {
+        if let RequestBody::Get { keyspace, .. }
+        | RequestBody::Put { keyspace, .. }
+        | RequestBody::Delete { keyspace, .. } = &body
+            && crate::system::is_system(keyspace)
+        {
+            return bad_request(format!(
+                "keyspace {keyspace:?} is a system keyspace; use the registry requests"
+            ));
+        }
+        match body {
+            RequestBody::Get {
+                keyspace,
+                key,
+                consistency,
+            } => client::get(self, keyspace, key, consistency, deadline).await,
+            RequestBody::Put {
+                keyspace,
+                key,
+                value,
+                context,
+                consistency,
+                write_id,
+            } => {
+                let write = client::Write {
+                    keyspace,
+                    key,
+                    value: Some(value),
+                    context,
+                    consistency,
+                    write_id,
+                };
+                client::write(self, write, deadline).await
+            }
+            RequestBody::Delete {
+                keyspace,
+                key,
+                context,
+                consistency,
+                write_id,
+            } => {
+                let write = client::Write {
+                    keyspace,
+                    key,
+                    value: None,
+                    context,
+                    consistency,
+                    write_id,
+                };
+                client::write(self, write, deadline).await
+            }
+            RequestBody::Status => client::status(self),
+            RequestBody::Repair {
+                keyspace,
+                remote_dc,
+            } => client::repair(self, keyspace, remote_dc).await,
+            RequestBody::Decommission => client::decommission(self).await,
+            RequestBody::Registry(request) => client::registry(self, request, deadline).await,
+        }
+    }
+
+    async fn handle_peer(&self, body: PeerRequest, deadline: Duration) -> PeerResponse {
+        match body {
+            PeerRequest::Gossip { digest, entries } => peer::gossip(self, &digest, entries),
+            PeerRequest::Repair(request) => peer::repair(self, request).await,
+            PeerRequest::Ship { from_dc, batch } => peer::ship(self, &from_dc, &batch).await,
+            data => peer::data(self, data, deadline).await,
+        }
+    }
+}

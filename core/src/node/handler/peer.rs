@@ -1,0 +1,84 @@
+//! One function per peer request (gossip, repair, bridge batches); the
+//! data requests (apply, read, coordinate) are the coordinator's.
+
+use std::time::Duration;
+
+use isthmus_client::wire::{ErrorCode, WireError};
+
+use super::NodeHandler;
+use crate::gossip::membership::Endpoint;
+use crate::gossip::service::GossipTransport;
+use crate::hints::{HintQueue, HintSink};
+use crate::model::DcName;
+use crate::peer::{PeerRequest, PeerResponse};
+use crate::repair::RepairRequest;
+use crate::ring::NodeId;
+use crate::store::LocalStore;
+
+/// `Gossip`: a push-pull exchange; answers what the peer lacks.
+pub fn gossip<S, T, H>(
+    node: &NodeHandler<S, T, H>,
+    digest: &[(NodeId, u64, u64)],
+    entries: Vec<Endpoint>,
+) -> PeerResponse
+where
+    S: LocalStore + Clone,
+    T: GossipTransport,
+    H: HintQueue + HintSink,
+{
+    PeerResponse::Gossip {
+        entries: node.gossiper.on_exchange(digest, entries),
+    }
+}
+
+/// `Repair`: one step of a peer's Merkle sync with this replica.
+pub async fn repair<S, T, H>(node: &NodeHandler<S, T, H>, request: RepairRequest) -> PeerResponse
+where
+    S: LocalStore + Clone,
+    T: GossipTransport,
+    H: HintQueue + HintSink,
+{
+    node.repairer.serve(request).await
+}
+
+/// `Ship`: a bridge batch from another datacenter, applied at a local
+/// quorum of each key's replicas here.
+pub async fn ship<S, T, H>(
+    node: &NodeHandler<S, T, H>,
+    from_dc: &DcName,
+    batch: &[u8],
+) -> PeerResponse
+where
+    S: LocalStore + Clone,
+    T: GossipTransport,
+    H: HintQueue + HintSink,
+{
+    match node.coordinator.bridge() {
+        Some(bridge) => match bridge
+            .receive(from_dc, batch, node.coordinator.as_ref())
+            .await
+        {
+            Ok(()) => PeerResponse::Applied,
+            Err(e) => PeerResponse::Error(e),
+        },
+        None => PeerResponse::Error(WireError {
+            code: ErrorCode::BadRequest,
+            message: "this node runs no cross-DC bridge".into(),
+            acks: None,
+        }),
+    }
+}
+
+/// `Apply`, `ApplyBatch`, `Read`, `Coordinate`: the coordinator's.
+pub async fn data<S, T, H>(
+    node: &NodeHandler<S, T, H>,
+    request: PeerRequest,
+    deadline: Duration,
+) -> PeerResponse
+where
+    S: LocalStore + Clone,
+    T: GossipTransport,
+    H: HintQueue + HintSink,
+{
+    node.coordinator.serve_peer(request, deadline).await
+}

@@ -1,0 +1,570 @@
+//! A running node: the parts of core wired together, each background loop
+//! a named [`Worker`](crate::worker) that shutdown awaits.
+//!
+//! ```text
+//!             clients, peers (one port)
+//!                      │
+//!                   server ──► NodeHandler ──► Coordinator ──► Replica ──► store (engine)
+//!                                  │               │  ├──────► transport ──► peers
+//!                                  │               │  ├──────► hints
+//!                                  │               │  └──────► bridge (outbox ──► shippers)
+//!                                  ├──► Repairer ──► Replica
+//!                                  └──► Gossiper ──► ClusterView (watch) ──► Coordinator, Repairer
+//! workers: server (accept loop), gossip (rounds), peers (remembered
+//! addresses), handoff (hint replay), repair (scheduled Merkle repair),
+//! system-replication, bootstrap, the bridge's shippers and full-syncers
+//! ```
+//!
+//! [`start`] builds a node as a process runs it (an engine in a data
+//! directory, durable hints, TCP); [`start_with`] wires the same node from
+//! parts handed in, which is how the deterministic simulation runs the
+//! production node over its simulated network and disks.
+//!
+//! - `identity`: the data directory's identity file (the node's actor).
+//! - `handler`: one function per request, client and peer.
+//! - `status`: what `isthmus status` reports.
+//! - `movement`: bootstrap and decommission (range movement).
+//!
+//! What it is not: the place where merge functions run. The binary hands a
+//! [`MergeHook`] in (the wasm host); core never sees wasmtime.
+
+mod full_sync;
+pub mod handler;
+pub mod identity;
+mod movement;
+pub mod status;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use parking_lot::RwLock;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+pub use handler::{NodeHandler, decode_context, to_response};
+
+use crate::bridge::{Bridge, BridgeFactory, BridgeParts};
+use crate::config::{FsyncMode, NodeConfig, parse_resolver_binding};
+use crate::coordinator::{Coordinator, CoordinatorConfig};
+use crate::engine::{EngineOptions, FsyncPolicy};
+use crate::gossip::membership::{Endpoint, NodeStatus};
+use crate::gossip::service::{GossipConfig, GossipTransport, Gossiper};
+use crate::hints::{HintConfig, HintQueue, HintSink, HintStore};
+use crate::limit::Limits;
+use crate::merge::MergeHook;
+use crate::model::{Actor, DcName, KeyspaceConfig};
+use crate::repair::{RepairConfig, RepairError, RepairStats, Repairer, StoreData};
+use crate::replica::Replica;
+use crate::ring::{NodeId, Placement};
+use crate::server::{self, Listener, ServerConfig};
+use crate::store::{BlockingRead, EngineStore, LocalStore};
+use crate::system::{self, REGISTRY_KEYSPACE, RegistryHook, SystemStore, SystemWriter};
+use crate::transport::TcpTransport;
+use crate::view::ClusterView;
+use crate::worker::{WorkerStatus, Workers};
+
+pub use crate::limit::CONTEXT_ENTRIES_MAX;
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// The data directory belongs to another node or is unreadable.
+    #[error("data directory {path}: {reason}")]
+    DataDir {
+        /// The directory.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The storage engine could not open.
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}: {reason}")]
+    Listen {
+        /// The address.
+        addr: String,
+        /// What the OS said.
+        reason: String,
+    },
+}
+
+/// Runtime knobs that are not part of the operator's config file.
+#[derive(Clone, Default)]
+pub struct NodeTuning {
+    /// Builds the cross-DC bridge (the binary passes
+    /// `isthmus-dc-bridge`'s); `None` runs without one.
+    pub bridge: Option<Arc<dyn BridgeFactory>>,
+    /// Gossip timing.
+    pub gossip: GossipConfig,
+    /// Connection-layer limits.
+    pub server: Option<ServerConfig>,
+    /// Hint bounds.
+    pub hints: HintConfig,
+    /// Size limits.
+    pub limits: Limits,
+    /// Merkle repair schedule and deadlines.
+    pub repair: RepairConfig,
+    /// Serves the resolver registry over the `_registry` system keyspace
+    /// (the binary passes `isthmus-resolvers`'s); `None` answers registry
+    /// requests with an error.
+    pub registry: Option<Arc<dyn RegistryHook>>,
+}
+
+impl std::fmt::Debug for NodeTuning {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeTuning")
+            .field("bridge", &self.bridge.is_some())
+            .field("gossip", &self.gossip)
+            .field("server", &self.server)
+            .field("hints", &self.hints)
+            .field("limits", &self.limits)
+            .field("repair", &self.repair)
+            .field("registry", &self.registry.is_some())
+            .finish()
+    }
+}
+
+/// A node's Merkle repair: its store, absorbing through its replica.
+pub type NodeRepairer<S = EngineStore, T = TcpTransport> =
+    Repairer<StoreData<S, Arc<Replica<S>>>, T>;
+
+/// A node's coordinator.
+pub type NodeCoordinator<S = EngineStore, T = TcpTransport, H = HintStore> =
+    Coordinator<S, T, Arc<H>>;
+
+/// What a node is made of that differs between a process and a
+/// simulation: its store, hints, transport and listener, and the facts a
+/// process reads from its data directory and clock.
+pub struct NodeParts<S, T, H, L> {
+    /// The replica's store.
+    pub store: S,
+    /// Durable hints for replicas that missed writes.
+    pub hints: Arc<H>,
+    /// Peer connections.
+    pub transport: Arc<T>,
+    /// Where clients and peers connect.
+    pub listener: L,
+    /// The address peers reach the listener at.
+    pub addr: String,
+    /// The actor the node's dots carry.
+    pub actor: Actor,
+    /// This incarnation's gossip generation (greater than any before).
+    pub generation: u64,
+    /// Bytes stored, as gossip advertises them.
+    pub load: Arc<dyn Fn() -> u64 + Send + Sync>,
+    /// Synchronous reads of the store for the resolver registry (which is
+    /// read from inside merges); without it the node serves no registry.
+    pub blocking_reads: Option<Arc<dyn BlockingRead>>,
+    /// Where the node remembers its peers' addresses between runs
+    /// (`None`: it does not).
+    pub peers_dir: Option<PathBuf>,
+}
+
+/// A started node. Dropping it without [`RunningNode::shutdown`] aborts
+/// its workers.
+pub struct RunningNode<S = EngineStore, T: GossipTransport = TcpTransport, H = HintStore> {
+    /// The address it serves on.
+    pub addr: String,
+    coordinator: Arc<NodeCoordinator<S, T, H>>,
+    gossiper: Arc<Gossiper<T>>,
+    store: S,
+    repairer: Arc<NodeRepairer<S, T>>,
+    stop: watch::Sender<bool>,
+    workers: Arc<Workers>,
+}
+
+/// How long shutdown waits for the workers before aborting them.
+const SHUTDOWN_WAIT: Duration = Duration::from_secs(30);
+
+/// The keyspaces a node serves: its configured ones and the registry's
+/// system keyspace.
+fn keyspaces_of(config: &NodeConfig) -> BTreeMap<String, KeyspaceConfig> {
+    let mut keyspaces: BTreeMap<String, KeyspaceConfig> = config
+        .keyspaces
+        .iter()
+        .map(|(name, ks)| {
+            let ksc = KeyspaceConfig {
+                replication: ks
+                    .replication
+                    .iter()
+                    .map(|(dc, rf)| (DcName(dc.clone()), *rf))
+                    .collect(),
+                consistency: ks.consistency,
+                resolver: ks.resolver.as_deref().and_then(parse_resolver_binding),
+                ttl_s: ks.ttl_s,
+            };
+            (name.clone(), ksc)
+        })
+        .collect();
+    let registry = system::registry_keyspace(
+        &DcName(config.dc.clone()),
+        &keyspaces,
+        &crate::ring::Ring::default(),
+    );
+    keyspaces.insert(REGISTRY_KEYSPACE.to_owned(), registry);
+    keyspaces
+}
+
+/// The node's fsync policy (engine, outbox).
+pub fn fsync_policy(config: &NodeConfig) -> FsyncPolicy {
+    match config.fsync {
+        FsyncMode::Always => FsyncPolicy::Always,
+        FsyncMode::Interval => {
+            FsyncPolicy::Interval(Duration::from_millis(config.fsync_interval_ms))
+        }
+    }
+}
+
+/// Start a node as a process runs it: validate the configuration, open
+/// the data directory (identity, engine, hints), bind the listener, and
+/// wire it all with [`start_with`].
+pub async fn start(
+    config: NodeConfig,
+    merge: Arc<dyn MergeHook>,
+    tuning: NodeTuning,
+) -> Result<RunningNode, NodeError> {
+    config.validate()?;
+    let frame_bytes_max = tuning
+        .server
+        .as_ref()
+        .map_or(crate::limit::FRAME_BYTES_MAX_DEFAULT, |s| s.frame_bytes_max);
+    tuning.limits.validate(frame_bytes_max)?;
+    let data_dir = config.data_dir.clone();
+    std::fs::create_dir_all(&data_dir).map_err(|e| NodeError::DataDir {
+        path: data_dir.clone(),
+        reason: e.to_string(),
+    })?;
+    let actor = identity::load_or_create(&data_dir, &config.node_id)?;
+    let engine_options = EngineOptions {
+        limits: tuning.limits.clone(),
+        fsync: fsync_policy(&config),
+        ..EngineOptions::default()
+    };
+    let store = EngineStore::open(&data_dir.join("data"), engine_options)?;
+    let hints = Arc::new(HintStore::open(
+        &data_dir.join("hints"),
+        tuning.hints.clone(),
+    )?);
+    let listener = TcpListener::bind(&config.listen)
+        .await
+        .map_err(|e| NodeError::Listen {
+            addr: config.listen.clone(),
+            reason: e.to_string(),
+        })?;
+    let addr = listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_else(|_| config.listen.clone());
+    let me = NodeId(config.node_id.clone());
+    let mut transport = TcpTransport::new(me, Duration::from_secs(2));
+    if let Some(proxy) = &config.wan_proxy {
+        transport = transport.with_wan_proxy(DcName(config.dc.clone()), proxy.clone());
+    }
+    let engine = store.engine().clone();
+    let parts = NodeParts {
+        store: store.clone(),
+        hints,
+        transport: Arc::new(transport),
+        listener,
+        addr,
+        actor,
+        generation: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(1, |d| d.as_millis() as u64),
+        load: Arc::new(move || engine.stats().table_bytes),
+        blocking_reads: Some(store.engine().clone() as Arc<dyn BlockingRead>),
+        peers_dir: Some(data_dir),
+    };
+    start_with(config, parts, merge, tuning).await
+}
+
+/// Start a node from parts handed in (see [`NodeParts`]); the caller has
+/// validated `config` (its `listen`, `data_dir` and `wan_proxy` are not
+/// used here: the parts stand for them).
+pub async fn start_with<S, T, H, L>(
+    config: NodeConfig,
+    parts: NodeParts<S, T, H, L>,
+    merge: Arc<dyn MergeHook>,
+    tuning: NodeTuning,
+) -> Result<RunningNode<S, T, H>, NodeError>
+where
+    S: LocalStore + Clone,
+    T: GossipTransport,
+    H: HintQueue + HintSink,
+    L: Listener,
+{
+    let me = NodeId(config.node_id.clone());
+    let dc = DcName(config.dc.clone());
+    let keyspaces = Arc::new(RwLock::new(keyspaces_of(&config)));
+    let (stop, stop_rx) = watch::channel(false);
+    let workers = Arc::new(Workers::new());
+    let (gossiper, view) = gossip(&config, &parts, &tuning);
+    let full_sync = Arc::new(full_sync::NodeFullSync::default());
+    let bridge = match (&tuning.bridge, config.bridge.enabled) {
+        (Some(factory), true) => Some(start_bridge(
+            factory.as_ref(),
+            BridgeParts {
+                node: me.clone(),
+                dc: dc.clone(),
+                dir: config.data_dir.join("outbox"),
+                fsync: fsync_policy(&config),
+                transport: parts.transport.clone(),
+                view: view.clone(),
+                keyspaces: keyspaces.clone(),
+                stop: stop_rx.clone(),
+                full_sync: full_sync.clone(),
+            },
+            &workers,
+        )?),
+        _ => None,
+    };
+    let mut coordinator = Coordinator::new(
+        CoordinatorConfig {
+            node: me.clone(),
+            dc: dc.clone(),
+            actor: parts.actor,
+            limits: tuning.limits.clone(),
+        },
+        parts.store.clone(),
+        parts.transport.clone(),
+        Arc::new(parts.hints.clone()),
+        merge,
+        keyspaces.clone(),
+        view.clone(),
+    );
+    if let Some(bridge) = bridge {
+        coordinator = coordinator.with_bridge(bridge);
+    }
+    let coordinator = Arc::new(coordinator);
+    attach_registry(&me, &parts, &coordinator, &keyspaces, &tuning);
+    let repairer = Arc::new(Repairer::new(
+        me.clone(),
+        dc.clone(),
+        StoreData {
+            store: parts.store.clone(),
+            absorb: coordinator.replica().clone(),
+        },
+        parts.transport.clone(),
+        keyspaces.clone(),
+        view.clone(),
+        tuning.repair.clone(),
+    ));
+    let _ = full_sync.repairer.set(Arc::downgrade(&repairer));
+    let movement = movement::Movement {
+        gossiper: gossiper.clone(),
+        repairer: repairer.clone(),
+        keyspaces: keyspaces.clone(),
+        view: view.clone(),
+        dc: dc.clone(),
+        spread: tuning.gossip.interval * 4 + Duration::from_millis(500),
+    };
+    let handler = Arc::new(NodeHandler {
+        coordinator: coordinator.clone(),
+        hints: parts.hints.clone(),
+        gossiper: gossiper.clone(),
+        keyspaces: keyspaces.clone(),
+        repairer: repairer.clone(),
+        movement: movement.clone(),
+        registry: tuning.registry.clone(),
+        stop: stop_rx.clone(),
+    });
+    let server_config = ServerConfig {
+        node_id: config.node_id.clone(),
+        dc: config.dc.clone(),
+        ..tuning.server.clone().unwrap_or_default()
+    };
+    let mut server_stop = stop_rx.clone();
+    let listener = parts.listener;
+    workers.spawn("server", |_| {
+        server::run(listener, handler, server_config, async move {
+            let _ = server_stop.changed().await;
+        })
+    });
+    let stopped = || stop_rx.clone();
+    workers.spawn("system-replication", |_| {
+        system::track_replication(keyspaces.clone(), view.clone(), stopped())
+    });
+    workers.spawn("gossip", |_| gossiper.clone().run(stopped()));
+    if let Some(dir) = parts.peers_dir.clone() {
+        let interval = tuning.gossip.interval * 5;
+        workers.spawn("peers", |_| {
+            crate::gossip::peers::keep(gossiper.clone(), dir, interval, stopped())
+        });
+    }
+    workers.spawn("handoff", |_| {
+        crate::hints::handoff(
+            parts.hints.clone(),
+            parts.transport.clone(),
+            view.clone(),
+            stopped(),
+        )
+    });
+    if config.bootstrap {
+        let interval = tuning.gossip.interval;
+        workers.spawn("bootstrap", |w| movement.bootstrap(interval, stopped(), w));
+    }
+    if !tuning.repair.interval.is_zero() {
+        workers.spawn("repair", |_| repairer.clone().run(stopped()));
+    }
+    tracing::info!(node = %me, addr = %parts.addr, "node started");
+    Ok(RunningNode {
+        addr: parts.addr,
+        coordinator,
+        gossiper,
+        store: parts.store,
+        repairer,
+        stop,
+        workers,
+    })
+}
+
+/// The node's gossip participant and the view it publishes: it announces
+/// itself `Joining` when it bootstraps, and contacts the configured seeds
+/// and then the peers it knew when it last ran (in case the seeds are
+/// down too).
+fn gossip<S, T: GossipTransport, H, L>(
+    config: &NodeConfig,
+    parts: &NodeParts<S, T, H, L>,
+    tuning: &NodeTuning,
+) -> (Arc<Gossiper<T>>, watch::Receiver<Arc<ClusterView>>) {
+    let own = Endpoint {
+        id: NodeId(config.node_id.clone()),
+        addr: parts.addr.clone(),
+        placement: Placement {
+            dc: DcName(config.dc.clone()),
+            rack: config.rack.clone(),
+        },
+        vnodes: config.vnodes,
+        generation: parts.generation,
+        version: 1,
+        status: if config.bootstrap {
+            NodeStatus::Joining
+        } else {
+            NodeStatus::Normal
+        },
+        load_bytes: (parts.load)(),
+    };
+    let mut seeds = config.seeds.clone();
+    if let Some(dir) = &parts.peers_dir {
+        for peer in crate::gossip::peers::load(dir, &parts.addr) {
+            if !seeds.contains(&peer) {
+                seeds.push(peer);
+            }
+        }
+    }
+    let load = parts.load.clone();
+    Gossiper::new(
+        own,
+        seeds,
+        tuning.gossip.clone(),
+        parts.transport.clone(),
+        Box::new(move || load()),
+    )
+}
+
+/// Start the bridge and adopt its workers.
+fn start_bridge(
+    factory: &dyn BridgeFactory,
+    parts: BridgeParts,
+    workers: &Workers,
+) -> Result<Arc<dyn Bridge>, NodeError> {
+    let started = factory.start(parts)?;
+    for (name, task) in started.tasks {
+        workers.adopt(name, task);
+    }
+    Ok(started.bridge)
+}
+
+/// Hand the registry (when the node runs one) its system keyspace: read
+/// from this replica, written through the coordinator.
+fn attach_registry<S, T, H, L>(
+    me: &NodeId,
+    parts: &NodeParts<S, T, H, L>,
+    coordinator: &Arc<NodeCoordinator<S, T, H>>,
+    keyspaces: &Arc<RwLock<BTreeMap<String, KeyspaceConfig>>>,
+    tuning: &NodeTuning,
+) where
+    S: LocalStore + Clone,
+    T: GossipTransport,
+    H: HintQueue + HintSink,
+{
+    let Some(registry) = &tuning.registry else {
+        return;
+    };
+    let Some(reads) = &parts.blocking_reads else {
+        tracing::warn!("this node's store has no blocking reads; it serves no registry");
+        return;
+    };
+    let writer: Arc<dyn SystemWriter> = coordinator.clone();
+    registry.attach(SystemStore::new(
+        me.clone(),
+        REGISTRY_KEYSPACE,
+        reads,
+        &writer,
+        coordinator.replica().system_applies().clone(),
+        keyspaces.clone(),
+        &tuning.limits,
+    ));
+}
+
+impl<S, T, H> RunningNode<S, T, H>
+where
+    S: LocalStore + Clone,
+    T: GossipTransport,
+    H: HintQueue + HintSink,
+{
+    /// The node's coordinator (tests and admin).
+    pub fn coordinator(&self) -> &Arc<NodeCoordinator<S, T, H>> {
+        &self.coordinator
+    }
+
+    /// The node's gossip participant.
+    pub fn gossiper(&self) -> &Arc<Gossiper<T>> {
+        &self.gossiper
+    }
+
+    /// The node's local store.
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    /// The node's Merkle repair (for the cross-DC bridge's full sync).
+    pub fn repairer(&self) -> &Arc<NodeRepairer<S, T>> {
+        &self.repairer
+    }
+
+    /// Every background worker's status.
+    pub fn workers(&self) -> Vec<WorkerStatus> {
+        self.workers.statuses()
+    }
+
+    /// Repair now: this node's ranges in its datacenter with their other
+    /// live replicas or, with `remote_dc`, a full sync with that
+    /// datacenter; every keyspace, or just `keyspace`.
+    pub async fn repair(
+        &self,
+        keyspace: Option<&str>,
+        remote_dc: Option<&DcName>,
+    ) -> Result<RepairStats, RepairError> {
+        self.repairer.repair(keyspace, remote_dc).await
+    }
+
+    /// Stop every worker, drain the server, and wait for all of them
+    /// (those still running after 30 s are aborted).
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        self.workers.shutdown(SHUTDOWN_WAIT).await;
+    }
+}
+
+impl<S, T: GossipTransport, H> Drop for RunningNode<S, T, H> {
+    fn drop(&mut self) {
+        self.workers.abort_all();
+    }
+}

@@ -1,0 +1,175 @@
+//! Range movement: a joining node pulls the ranges it will own, a leaving
+//! node pushes the ranges it owns, both over Merkle sync (which moves only
+//! what the other side lacks, both ways). While a range moves,
+//! coordinators also send writes to its pending owners, so it misses none.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::RwLock;
+use tokio::sync::watch;
+
+use crate::gossip::membership::NodeStatus;
+use crate::gossip::service::{GossipTransport, Gossiper};
+use crate::model::{DcName, KeyspaceConfig};
+use crate::repair::{RepairData, RepairStats, Repairer};
+use crate::system;
+use crate::transport::Transport;
+use crate::view::ClusterView;
+use crate::worker::WorkerHandle;
+
+/// What range movement needs of its node.
+pub(super) struct Movement<D, T: GossipTransport> {
+    pub(super) gossiper: Arc<Gossiper<T>>,
+    pub(super) repairer: Arc<Repairer<D, T>>,
+    pub(super) keyspaces: Arc<RwLock<BTreeMap<String, KeyspaceConfig>>>,
+    pub(super) view: watch::Receiver<Arc<ClusterView>>,
+    pub(super) dc: DcName,
+    /// How long a status change takes to reach every node.
+    pub(super) spread: Duration,
+}
+
+impl<D, T: GossipTransport> Clone for Movement<D, T> {
+    fn clone(&self) -> Self {
+        Movement {
+            gossiper: self.gossiper.clone(),
+            repairer: self.repairer.clone(),
+            keyspaces: self.keyspaces.clone(),
+            view: self.view.clone(),
+            dc: self.dc.clone(),
+            spread: self.spread,
+        }
+    }
+}
+
+/// How a decommission ended.
+pub(super) enum Left {
+    /// Every range was handed over; the node announced `Left`.
+    Done(RepairStats),
+    /// Some ranges could not be handed over (a next owner is down); the
+    /// node is `Normal` again and gave nothing up.
+    Incomplete(RepairStats),
+}
+
+impl<D: RepairData, T: GossipTransport + Transport> Movement<D, T> {
+    /// Stream the ranges whose owners change in this DC between the view's
+    /// ring and its next ring: a joining node pulls what it will own from
+    /// the current owners; a leaving node pushes what it owns to the next
+    /// owners.
+    pub(super) async fn move_ranges(&self, joining: bool) -> RepairStats {
+        let view = self.view.borrow().clone();
+        let me = self.repairer.me().clone();
+        let keyspaces = self.keyspaces.read().clone();
+        let dc = &self.dc;
+        let mut stats = RepairStats::default();
+        for (name, ks) in keyspaces {
+            let Some(&rf) = ks.replication.get(dc) else {
+                continue;
+            };
+            // Every node holds all of a system keyspace: its factor follows
+            // the current ring, so a joining node takes the next ring's.
+            let rf = if system::is_system(&name) {
+                rf.max(system::factor(&view.next, dc))
+            } else {
+                rf
+            };
+            let mut jobs = Vec::new();
+            for (range, now, next) in
+                crate::repair::plan::movement(&view.ring, &view.next, dc, rf as usize)
+            {
+                let (mine, partners) = if joining {
+                    (next.contains(&me), now)
+                } else {
+                    (now.contains(&me), next)
+                };
+                if !mine {
+                    continue;
+                }
+                for partner in partners {
+                    if partner == me {
+                        continue;
+                    }
+                    if view.alive.contains(&partner) {
+                        jobs.push((range, partner));
+                    } else {
+                        stats.ranges_failed += 1;
+                    }
+                }
+            }
+            stats += self.repairer.stream(&name, jobs).await;
+        }
+        stats
+    }
+
+    /// Join a running cluster: learn it through gossip, pull the ranges
+    /// this node will own, then announce `Normal` (writes already reach it
+    /// as a pending owner while it streams). Retries until every range
+    /// came in.
+    pub(super) async fn bootstrap(
+        self,
+        interval: Duration,
+        mut stop: watch::Receiver<bool>,
+        worker: WorkerHandle,
+    ) {
+        let mut rounds_seen = 0;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(interval) => {}
+                _ = stop.changed() => return,
+            }
+            // Let gossip settle: the owners must know this node is joining
+            // (so they send it writes) before it copies their data.
+            if self.view.borrow().ring.node_count(&self.dc) == 0 {
+                continue;
+            }
+            rounds_seen += 1;
+            if rounds_seen < 6 {
+                continue;
+            }
+            worker.busy();
+            let stats = tokio::select! {
+                s = self.move_ranges(true) => s,
+                _ = stop.changed() => return,
+            };
+            if stats.ranges_failed == 0 {
+                tracing::info!(
+                    ranges = stats.ranges,
+                    pulled = stats.keys_pulled,
+                    bytes = stats.bytes,
+                    "bootstrap streamed; joining the ring"
+                );
+                self.gossiper.set_status(NodeStatus::Normal);
+                worker.idle();
+                return;
+            }
+            worker.failed(format!("{} ranges failed; retrying", stats.ranges_failed));
+            tracing::warn!(
+                failed = stats.ranges_failed,
+                "bootstrap incomplete; retrying"
+            );
+        }
+    }
+
+    /// Leave the ring: announce `Leaving` (coordinators start sending
+    /// writes to the next owners too), hand every range to its next
+    /// owners, then announce `Left`. On a failed range the node goes back
+    /// to `Normal`; nothing has been given up.
+    pub(super) async fn leave(&self) -> Left {
+        self.gossiper.set_status(NodeStatus::Leaving);
+        tokio::time::sleep(self.spread).await;
+        let stats = self.move_ranges(false).await;
+        if stats.ranges_failed > 0 {
+            self.gossiper.set_status(NodeStatus::Normal);
+            return Left::Incomplete(stats);
+        }
+        self.gossiper.set_status(NodeStatus::Left);
+        tokio::time::sleep(self.spread).await;
+        tracing::info!(
+            pushed = stats.keys_pushed,
+            bytes = stats.bytes,
+            "decommissioned"
+        );
+        Left::Done(stats)
+    }
+}
