@@ -51,8 +51,6 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::ConfigError;
-
 /// Largest frame a connection accepts or sends, by default, in bytes (the
 /// protocol's, re-exported so that every size limit can be read here).
 pub use isthmus_client::wire::frame::FRAME_BYTES_MAX_DEFAULT;
@@ -188,6 +186,16 @@ impl Default for Limits {
     }
 }
 
+/// Limits that cannot work together (checked when a node starts).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {reason}")]
+pub struct LimitsInvalid {
+    /// The setting to change, as the configuration names it.
+    pub field: String,
+    /// Why.
+    pub reason: String,
+}
+
 /// A request that exceeds a configured limit.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LimitError {
@@ -229,14 +237,14 @@ impl Limits {
     /// Check that the limits can work together under a frame cap of
     /// `frame_bytes_max`: none is zero, and the largest message they allow
     /// fits in one frame. The error names the field to change.
-    pub fn validate(&self, frame_bytes_max: usize) -> Result<(), ConfigError> {
+    pub fn validate(&self, frame_bytes_max: usize) -> Result<(), LimitsInvalid> {
         for (field, value) in [
             ("limits.key_bytes_max", self.key_bytes_max),
             ("limits.value_bytes_max", self.value_bytes_max),
             ("limits.siblings_max", self.siblings_max),
         ] {
             if value == 0 {
-                return Err(ConfigError {
+                return Err(LimitsInvalid {
                     field: field.into(),
                     reason: "must be at least 1".into(),
                 });
@@ -244,7 +252,7 @@ impl Limits {
         }
         let largest = self.message_bytes_max();
         if largest > frame_bytes_max {
-            return Err(ConfigError {
+            return Err(LimitsInvalid {
                 field: "limits.siblings_max".into(),
                 reason: format!(
                     "{} siblings of up to {} bytes (each with up to {VERSION_OVERHEAD_BYTES} bytes \

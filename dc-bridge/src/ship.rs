@@ -27,7 +27,7 @@ use isthmus_core::view::ClusterView;
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::watch;
 
-use crate::batch::{Record, coalesce, encode_batch};
+use crate::batch::{Item, Record, coalesce, encode_batch};
 use crate::outbox::Outbox;
 
 /// Batches in flight per remote DC (keeps a long link busy).
@@ -147,28 +147,8 @@ impl<F: Fs> Shipper<F> {
                         break;
                     }
                     next = after;
-                    let (batch, raw) = encode_batch(&shipped);
-                    let count = records.len();
-                    let wire = batch.len();
                     let to = targets[target % targets.len()].clone();
-                    let transport = self.transport.clone();
-                    let from_dc = self.from_dc.clone();
-                    let timeout = self.call_timeout;
-                    in_flight.push_back(Box::pin(async move {
-                        let request = PeerRequest::Ship { from_dc, batch };
-                        let ok = match transport.call(&to, request, timeout).await {
-                            Ok(PeerResponse::Applied) => true,
-                            Ok(other) => {
-                                tracing::debug!(node = %to, answer = ?other, "batch refused");
-                                false
-                            }
-                            Err(e) => {
-                                tracing::debug!(node = %to, error = %e, "batch not delivered");
-                                false
-                            }
-                        };
-                        (after, count, raw, wire, ok)
-                    }));
+                    in_flight.push_back(self.send(&shipped, records.len(), after, to));
                 }
                 if in_flight.is_empty() {
                     // Caught up (or nobody to ship to): wait for records.
@@ -202,25 +182,58 @@ impl<F: Fs> Shipper<F> {
                     continue 'outer;
                 }
                 backoff = Duration::from_millis(100);
-                self.stats
-                    .records
-                    .fetch_add(count as u64, Ordering::Relaxed);
-                self.stats
-                    .raw_bytes
-                    .fetch_add(raw as u64, Ordering::Relaxed);
-                self.stats
-                    .wire_bytes
-                    .fetch_add(wire as u64, Ordering::Relaxed);
-                let outbox = self.outbox.clone();
-                let dc = self.dc.clone();
-                let acked = tokio::task::spawn_blocking(move || outbox.acknowledge(&dc, after))
-                    .await
-                    .map_err(|e| e.to_string())
-                    .and_then(|r| r.map_err(|e| e.to_string()));
-                if let Err(e) = acked {
-                    tracing::error!(dc = %self.dc, error = %e, "cursor not persisted");
-                }
+                self.acknowledged(after, count, raw, wire).await;
             }
+        }
+    }
+
+    /// Ship one batch of `count` records (coalesced into `shipped`) to
+    /// `to`; the future answers `(after, count, raw bytes, wire bytes,
+    /// acknowledged)`, `after` being the sequence number the cursor moves
+    /// to once this batch and every one before it are acknowledged.
+    fn send(&self, shipped: &[Item], count: usize, after: u64, to: NodeId) -> InFlight {
+        let (batch, raw) = encode_batch(shipped);
+        let wire = batch.len();
+        let transport = self.transport.clone();
+        let from_dc = self.from_dc.clone();
+        let timeout = self.call_timeout;
+        Box::pin(async move {
+            let request = PeerRequest::Ship { from_dc, batch };
+            let ok = match transport.call(&to, request, timeout).await {
+                Ok(PeerResponse::Applied) => true,
+                Ok(other) => {
+                    tracing::debug!(node = %to, answer = ?other, "batch refused");
+                    false
+                }
+                Err(e) => {
+                    tracing::debug!(node = %to, error = %e, "batch not delivered");
+                    false
+                }
+            };
+            (after, count, raw, wire, ok)
+        })
+    }
+
+    /// A batch was acknowledged, and every batch before it: count it and
+    /// move the persisted cursor past it.
+    async fn acknowledged(&self, after: u64, count: usize, raw: usize, wire: usize) {
+        self.stats
+            .records
+            .fetch_add(count as u64, Ordering::Relaxed);
+        self.stats
+            .raw_bytes
+            .fetch_add(raw as u64, Ordering::Relaxed);
+        self.stats
+            .wire_bytes
+            .fetch_add(wire as u64, Ordering::Relaxed);
+        let outbox = self.outbox.clone();
+        let dc = self.dc.clone();
+        let acked = tokio::task::spawn_blocking(move || outbox.acknowledge(&dc, after))
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.map_err(|e| e.to_string()));
+        if let Err(e) = acked {
+            tracing::error!(dc = %self.dc, error = %e, "cursor not persisted");
         }
     }
 

@@ -308,12 +308,48 @@ impl Host {
         Ok(self.modules.write().entry(hash).or_insert(resolver).clone())
     }
 
+    /// Check, compile and validate a module not in the cache: size and
+    /// magic, compilation, the ABI's imports and exports, then its ABI
+    /// version.
     fn load_uncached(
         &self,
         bytes: &[u8],
         hash: ContentHash,
         stats: Arc<ResolverStats>,
     ) -> Result<Resolver, ResolverError> {
+        self.check_bytes(bytes)?;
+        let module = self.compile(bytes)?;
+        let sample = self.check_interface(&module)?;
+        let index = |name: &str| {
+            module
+                .get_export_index(name)
+                .ok_or_else(|| ResolverError::MissingExport {
+                    name: name.into(),
+                    expected: "an export".into(),
+                })
+        };
+        let pre =
+            self.linker
+                .instantiate_pre(&module)
+                .map_err(|e| ResolverError::InvalidModule {
+                    reason: format!("cannot prepare instantiation: {e}"),
+                })?;
+        let resolver = Resolver {
+            hash,
+            memory: index(export::MEMORY)?,
+            alloc: index(export::ALLOC)?,
+            merge: index(export::MERGE)?,
+            sample,
+            pre,
+            stats,
+        };
+        self.check_abi_version(&resolver)?;
+        Ok(resolver)
+    }
+
+    /// A module's bytes before any compilation: within the size limit and
+    /// starting with WebAssembly's magic.
+    fn check_bytes(&self, bytes: &[u8]) -> Result<(), ResolverError> {
         if bytes.len() > self.limits.module_bytes_max {
             return Err(ResolverError::ModuleTooLarge {
                 bytes: bytes.len(),
@@ -325,7 +361,12 @@ impl Host {
                 reason: "not a WebAssembly binary (no \\0asm magic)".into(),
             });
         }
-        let module = self.compile(bytes)?;
+        Ok(())
+    }
+
+    /// The module imports nothing and exports what the ABI names, with
+    /// their types; returns the optional sampler's export.
+    fn check_interface(&self, module: &Module) -> Result<Option<ModuleExport>, ResolverError> {
         if let Some(import) = module.imports().next() {
             return Err(ResolverError::ImportNotAllowed {
                 module: import.module().into(),
@@ -370,42 +411,20 @@ impl Host {
                 expected: "memory".into(),
             });
         }
-        let sample = match module.get_export(export::SAMPLE) {
-            None => None,
+        match module.get_export(export::SAMPLE) {
+            None => Ok(None),
             Some(ExternType::Func(f)) if FuncType::eq(&f, &func(&[I64], &[I64])) => {
-                module.get_export_index(export::SAMPLE)
+                Ok(module.get_export_index(export::SAMPLE))
             }
-            Some(_) => {
-                return Err(ResolverError::MissingExport {
-                    name: export::SAMPLE.into(),
-                    expected: "(i64) -> i64 (it is optional, but must have this type)".into(),
-                });
-            }
-        };
-        let index = |name: &str| {
-            module
-                .get_export_index(name)
-                .ok_or_else(|| ResolverError::MissingExport {
-                    name: name.into(),
-                    expected: "an export".into(),
-                })
-        };
-        let pre =
-            self.linker
-                .instantiate_pre(&module)
-                .map_err(|e| ResolverError::InvalidModule {
-                    reason: format!("cannot prepare instantiation: {e}"),
-                })?;
-        let resolver = Resolver {
-            hash,
-            memory: index(export::MEMORY)?,
-            alloc: index(export::ALLOC)?,
-            merge: index(export::MERGE)?,
-            sample,
-            pre,
-            stats,
-        };
-        // Ask the module its ABI version, under the same limits as a merge.
+            Some(_) => Err(ResolverError::MissingExport {
+                name: export::SAMPLE.into(),
+                expected: "(i64) -> i64 (it is optional, but must have this type)".into(),
+            }),
+        }
+    }
+
+    /// Ask the module its ABI version, under the same limits as a merge.
+    fn check_abi_version(&self, resolver: &Resolver) -> Result<(), ResolverError> {
         let mut store = self.store()?;
         let instance = resolver
             .pre
@@ -421,7 +440,7 @@ impl Host {
                 found: version,
             });
         }
-        Ok(resolver)
+        Ok(())
     }
 
     /// Compile on a named thread and wait at most `compile_deadline`.

@@ -593,7 +593,10 @@ impl<S: LocalStore, T: Transport, H: HintSink> Coordinator<S, T, H> {
         }
     }
 
-    /// Read the key's live siblings at `level`.
+    /// Read the key's live siblings at `level`: ask the level's targets,
+    /// answer with the join of what arrived once the level is won (merged
+    /// when the keyspace has a resolver), and repair stale replicas in the
+    /// background.
     pub async fn read(
         self: &Arc<Self>,
         keyspace: &str,
@@ -605,28 +608,61 @@ impl<S: LocalStore, T: Transport, H: HintSink> Coordinator<S, T, H> {
         self.config.limits.check(key, None)?;
         let view = self.view.borrow().clone();
         let Targets {
-            replicas,
-            mut tracker,
-            ..
+            replicas, tracker, ..
         } = target::targets(
             Operation::Read,
             &self.scope(&ks, level),
             &view,
             key_hash(key),
         );
-        let alive = replicas
-            .iter()
-            .filter(|(n, _)| view.alive.contains(n))
-            .count() as u32;
         if tracker.outcome() == Outcome::Lost {
+            let alive = replicas
+                .iter()
+                .filter(|(n, _)| view.alive.contains(n))
+                .count() as u32;
             return Err(CoordinatorError::Unavailable {
                 required: tracker.required() as u32,
                 alive,
             });
         }
-        let (tx, mut rx) = mpsc::channel::<(NodeId, Option<VersionSet>)>(replicas.len().max(1));
+        let rx = self.ask(keyspace, key, &replicas, &view, deadline).await;
+        let mut gathered = Gathered {
+            tracker,
+            joined: VersionSet::new(),
+            answers: Vec::new(),
+            rx,
+        };
+        gathered.until_decided(deadline).await?;
+        let mut result = gathered.joined.clone();
+        if result.len() > 1
+            && self.replica.has_resolver(keyspace)
+            && let Err(failure) = merge_into(
+                self.replica.merge_hook().as_ref(),
+                keyspace,
+                key,
+                &mut result,
+            )
+        {
+            tracing::warn!(%failure, "merge at read failed; siblings returned");
+        }
+        self.repair_in_background(keyspace, key, gathered, deadline);
+        Ok(result)
+    }
+
+    /// Send a read to every replica in `replicas` (this node's own copy
+    /// read inline, the others as tasks); each answer, or `None` for a
+    /// failure, arrives on the returned channel, one per replica.
+    async fn ask(
+        self: &Arc<Self>,
+        keyspace: &str,
+        key: &[u8],
+        replicas: &[(NodeId, DcName)],
+        view: &ClusterView,
+        deadline: Duration,
+    ) -> mpsc::Receiver<(NodeId, Option<VersionSet>)> {
+        let (tx, rx) = mpsc::channel(replicas.len().max(1));
         let mut local = false;
-        for (node, _) in &replicas {
+        for (node, _) in replicas {
             if *node == self.config.node {
                 local = true;
                 continue;
@@ -654,63 +690,28 @@ impl<S: LocalStore, T: Transport, H: HintSink> Coordinator<S, T, H> {
             let answer = self.replica.read(keyspace, key).await.ok();
             let _ = tx.send((self.config.node.clone(), answer)).await;
         }
-        drop(tx);
-        let mut joined = VersionSet::new();
-        let mut answers: Vec<(NodeId, VersionSet)> = Vec::new();
-        let outcome = tokio::time::timeout(deadline, async {
-            let mut outcome = tracker.outcome();
-            while outcome == Outcome::Pending {
-                let Some((node, answer)) = rx.recv().await else {
-                    break;
-                };
-                outcome = match answer {
-                    Some(set) => {
-                        joined.join(set.clone());
-                        answers.push((node.clone(), set));
-                        tracker.ack(&node)
-                    }
-                    None => tracker.fail(&node),
-                };
-            }
-            outcome
-        })
-        .await;
-        let (required, acked) = (tracker.required() as u32, tracker.acked() as u32);
-        match outcome {
-            Ok(Outcome::Won) => {}
-            Ok(_) => return Err(CoordinatorError::QuorumLost { required, acked }),
-            Err(_) => return Err(CoordinatorError::Timeout { required, acked }),
-        }
-        if joined.len() > 1
-            && self.replica.has_resolver(keyspace)
-            && let Err(failure) = merge_into(
-                self.replica.merge_hook().as_ref(),
-                keyspace,
-                key,
-                &mut joined,
-            )
-        {
-            tracing::warn!(%failure, "merge at read failed; siblings returned");
-        }
-        // Repair in the background: wait for the stragglers, then give
-        // every replica that answered what it lacks.
+        rx
+    }
+
+    /// Wait for the stragglers of a read, then give every replica that
+    /// answered what it lacks, as a task of its own.
+    fn repair_in_background(
+        self: &Arc<Self>,
+        keyspace: &str,
+        key: &[u8],
+        mut gathered: Gathered,
+        deadline: Duration,
+    ) {
         let this = self.clone();
-        let (keyspace, key, result) = (keyspace.to_owned(), key.to_vec(), joined.clone());
+        let (keyspace, key) = (keyspace.to_owned(), key.to_vec());
         tokio::spawn(async move {
-            let mut full = joined;
-            let _ = tokio::time::timeout(deadline, async {
-                while let Some((node, answer)) = rx.recv().await {
-                    if let Some(set) = answer {
-                        full.join(set.clone());
-                        answers.push((node, set));
-                    }
-                }
-            })
-            .await;
-            this.read_repair(&keyspace, &key, full, answers, deadline)
+            let _ = tokio::time::timeout(deadline, gathered.rest()).await;
+            let Gathered {
+                joined, answers, ..
+            } = gathered;
+            this.read_repair(&keyspace, &key, joined, answers, deadline)
                 .await;
         });
-        Ok(result)
     }
 
     /// Give every replica that answered a read the versions of `full` it
@@ -748,6 +749,58 @@ impl<S: LocalStore, T: Transport, H: HintSink> Coordinator<S, T, H> {
             if let Err(e) = self.transport.call(&node, request, deadline).await {
                 tracing::debug!(%node, error = %e, "read repair not delivered; anti-entropy will");
             }
+        }
+    }
+}
+
+/// The answers of a read as they arrive.
+struct Gathered {
+    tracker: QuorumTracker,
+    /// The join of every answer so far.
+    joined: VersionSet,
+    /// Each answering replica's set.
+    answers: Vec<(NodeId, VersionSet)>,
+    rx: mpsc::Receiver<(NodeId, Option<VersionSet>)>,
+}
+
+impl Gathered {
+    fn take(&mut self, node: NodeId, answer: Option<VersionSet>) -> Outcome {
+        match answer {
+            Some(set) => {
+                self.joined.join(set.clone());
+                self.answers.push((node.clone(), set));
+                self.tracker.ack(&node)
+            }
+            None => self.tracker.fail(&node),
+        }
+    }
+
+    /// Take answers until the level is won (`Ok`), lost, or the deadline
+    /// passes.
+    async fn until_decided(&mut self, deadline: Duration) -> Result<(), CoordinatorError> {
+        let outcome = tokio::time::timeout(deadline, async {
+            let mut outcome = self.tracker.outcome();
+            while outcome == Outcome::Pending {
+                let Some((node, answer)) = self.rx.recv().await else {
+                    break;
+                };
+                outcome = self.take(node, answer);
+            }
+            outcome
+        })
+        .await;
+        let (required, acked) = (self.tracker.required() as u32, self.tracker.acked() as u32);
+        match outcome {
+            Ok(Outcome::Won) => Ok(()),
+            Ok(_) => Err(CoordinatorError::QuorumLost { required, acked }),
+            Err(_) => Err(CoordinatorError::Timeout { required, acked }),
+        }
+    }
+
+    /// Take every answer still to come.
+    async fn rest(&mut self) {
+        while let Some((node, answer)) = self.rx.recv().await {
+            self.take(node, answer);
         }
     }
 }

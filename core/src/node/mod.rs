@@ -73,6 +73,9 @@ pub enum NodeError {
     /// The configuration is invalid.
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
+    /// The limits cannot work together.
+    #[error(transparent)]
+    Limits(#[from] crate::limit::LimitsInvalid),
     /// The data directory belongs to another node or is unreadable.
     #[error("data directory {path}: {reason}")]
     DataDir {
@@ -386,32 +389,22 @@ where
             let _ = server_stop.changed().await;
         })
     });
-    let stopped = || stop_rx.clone();
-    workers.spawn("system-replication", |_| {
-        system::track_replication(keyspaces.clone(), view.clone(), stopped())
-    });
-    workers.spawn("gossip", |_| gossiper.clone().run(stopped()));
-    if let Some(dir) = parts.peers_dir.clone() {
-        let interval = tuning.gossip.interval * 5;
-        workers.spawn("peers", |_| {
-            crate::gossip::peers::keep(gossiper.clone(), dir, interval, stopped())
-        });
-    }
-    workers.spawn("handoff", |_| {
-        crate::hints::handoff(
-            parts.hints.clone(),
-            parts.transport.clone(),
-            view.clone(),
-            stopped(),
-        )
-    });
-    if config.bootstrap {
-        let interval = tuning.gossip.interval;
-        workers.spawn("bootstrap", |w| movement.bootstrap(interval, stopped(), w));
-    }
-    if !tuning.repair.interval.is_zero() {
-        workers.spawn("repair", |_| repairer.clone().run(stopped()));
-    }
+    spawn_background(
+        &workers,
+        Background {
+            gossiper: gossiper.clone(),
+            repairer: repairer.clone(),
+            movement,
+            hints: parts.hints.clone(),
+            transport: parts.transport.clone(),
+            keyspaces,
+            view,
+            peers_dir: parts.peers_dir.clone(),
+            bootstrap: config.bootstrap,
+        },
+        &tuning,
+        &stop_rx,
+    );
     tracing::info!(node = %me, addr = %parts.addr, "node started");
     Ok(RunningNode {
         addr: parts.addr,
@@ -422,6 +415,57 @@ where
         stop,
         workers,
     })
+}
+
+/// What a node's background loops are given.
+struct Background<S, T: GossipTransport, H> {
+    gossiper: Arc<Gossiper<T>>,
+    repairer: Arc<NodeRepairer<S, T>>,
+    movement: movement::Movement<StoreData<S, Arc<Replica<S>>>, T>,
+    hints: Arc<H>,
+    transport: Arc<T>,
+    keyspaces: Arc<RwLock<BTreeMap<String, KeyspaceConfig>>>,
+    view: watch::Receiver<Arc<ClusterView>>,
+    peers_dir: Option<PathBuf>,
+    bootstrap: bool,
+}
+
+/// Start the node's background loops: the system keyspace's factors,
+/// gossip rounds, remembered peers, hint handoff, bootstrap (on a joining
+/// node) and scheduled repair.
+fn spawn_background<S, T, H>(
+    workers: &Workers,
+    bg: Background<S, T, H>,
+    tuning: &NodeTuning,
+    stop: &watch::Receiver<bool>,
+) where
+    S: LocalStore + Clone,
+    T: GossipTransport,
+    H: HintQueue + HintSink,
+{
+    let stopped = || stop.clone();
+    workers.spawn("system-replication", |_| {
+        system::track_replication(bg.keyspaces.clone(), bg.view.clone(), stopped())
+    });
+    workers.spawn("gossip", |_| bg.gossiper.clone().run(stopped()));
+    if let Some(dir) = bg.peers_dir {
+        let interval = tuning.gossip.interval * 5;
+        workers.spawn("peers", |_| {
+            crate::gossip::peers::keep(bg.gossiper.clone(), dir, interval, stopped())
+        });
+    }
+    workers.spawn("handoff", |_| {
+        crate::hints::handoff(bg.hints, bg.transport, bg.view.clone(), stopped())
+    });
+    if bg.bootstrap {
+        let interval = tuning.gossip.interval;
+        workers.spawn("bootstrap", |w| {
+            bg.movement.bootstrap(interval, stopped(), w)
+        });
+    }
+    if !tuning.repair.interval.is_zero() {
+        workers.spawn("repair", |_| bg.repairer.run(stopped()));
+    }
 }
 
 /// The node's gossip participant and the view it publishes: it announces
