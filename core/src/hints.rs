@@ -47,6 +47,7 @@ use crate::ring::NodeId;
 use crate::store::StoreError;
 use crate::transport::Transport;
 use crate::view::ClusterView;
+use crate::worker::WorkerHandle;
 
 /// Keeps versions for a replica that could not take them.
 pub trait HintSink: Send + Sync + 'static {
@@ -426,6 +427,7 @@ pub async fn handoff<Q: HintQueue, T: Transport>(
     transport: Arc<T>,
     view: watch::Receiver<Arc<ClusterView>>,
     mut stop: watch::Receiver<bool>,
+    worker: WorkerHandle,
 ) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
@@ -434,6 +436,8 @@ pub async fn handoff<Q: HintQueue, T: Transport>(
             _ = stop.changed() => return,
         }
         let alive = view.borrow().alive.clone();
+        worker.busy();
+        let mut failure = None;
         for (target, _) in hints.pending() {
             if !alive.contains(&target) {
                 continue;
@@ -461,8 +465,15 @@ pub async fn handoff<Q: HintQueue, T: Transport>(
             match result {
                 Ok(n) if n > 0 => tracing::info!(%target, delivered = n, "hints handed off"),
                 Ok(_) => {}
-                Err(e) => tracing::warn!(%target, error = %e, "hint replay failed"),
+                Err(e) => {
+                    tracing::warn!(%target, error = %e, "hint replay failed");
+                    failure = Some(format!("replay to {target}: {e}"));
+                }
             }
+        }
+        match failure {
+            Some(e) => worker.failed(e),
+            None => worker.idle(),
         }
     }
 }

@@ -37,6 +37,7 @@ use crate::ring::{NodeId, Ring};
 use crate::transport::TcpTransport;
 use crate::transport::Transport;
 use crate::view::ClusterView;
+use crate::worker::WorkerHandle;
 
 /// What gossip needs of the network: calls by node id (a
 /// [`Transport`]), the addresses and datacenters it learns, and one-off
@@ -337,12 +338,16 @@ impl<T: GossipTransport> Gossiper<T> {
     }
 
     /// Run rounds until `stop` fires.
-    pub async fn run(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+    pub async fn run(self: Arc<Self>, mut stop: watch::Receiver<bool>, worker: WorkerHandle) {
         let mut tick = tokio::time::interval(self.config.interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                _ = tick.tick() => self.round().await,
+                _ = tick.tick() => {
+                    worker.busy();
+                    self.round().await;
+                    worker.idle();
+                }
                 _ = stop.changed() => break,
             }
         }

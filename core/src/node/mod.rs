@@ -447,15 +447,15 @@ fn spawn_background<S, T, H>(
     workers.spawn("system-replication", |_| {
         system::track_replication(bg.keyspaces.clone(), bg.view.clone(), stopped())
     });
-    workers.spawn("gossip", |_| bg.gossiper.clone().run(stopped()));
+    workers.spawn("gossip", |w| bg.gossiper.clone().run(stopped(), w));
     if let Some(dir) = bg.peers_dir {
         let interval = tuning.gossip.interval * 5;
         workers.spawn("peers", |_| {
             crate::gossip::peers::keep(bg.gossiper.clone(), dir, interval, stopped())
         });
     }
-    workers.spawn("handoff", |_| {
-        crate::hints::handoff(bg.hints, bg.transport, bg.view.clone(), stopped())
+    workers.spawn("handoff", |w| {
+        crate::hints::handoff(bg.hints, bg.transport, bg.view.clone(), stopped(), w)
     });
     if bg.bootstrap {
         let interval = tuning.gossip.interval;
@@ -464,7 +464,7 @@ fn spawn_background<S, T, H>(
         });
     }
     if !tuning.repair.interval.is_zero() {
-        workers.spawn("repair", |_| bg.repairer.run(stopped()));
+        workers.spawn("repair", |w| bg.repairer.run(stopped(), w));
     }
 }
 

@@ -65,6 +65,7 @@ use crate::peer::{PeerRequest, PeerResponse};
 use crate::ring::NodeId;
 use crate::transport::Transport;
 use crate::view::ClusterView;
+use crate::worker::WorkerHandle;
 use futures_util::StreamExt;
 
 /// Repair knobs of a node.
@@ -409,7 +410,7 @@ impl<D: RepairData, T: Transport> Repairer<D, T> {
 
     /// The scheduled worker: every [`RepairConfig::interval`], an in-DC
     /// repair of every keyspace ([`Partners::Following`]), until `stop`.
-    pub async fn run(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+    pub async fn run(self: Arc<Self>, mut stop: watch::Receiver<bool>, worker: WorkerHandle) {
         let period = self.config.interval;
         if period.is_zero() {
             return;
@@ -419,18 +420,28 @@ impl<D: RepairData, T: Transport> Repairer<D, T> {
                 _ = tokio::time::sleep(period) => {}
                 _ = stop.changed() => return,
             }
+            worker.busy();
             tokio::select! {
                 result = self.repair_dc(None, Partners::Following) => match result {
-                    Ok(s) => tracing::info!(
-                        ranges = s.ranges,
-                        failed = s.ranges_failed,
-                        differing = s.keys_differing,
-                        pulled = s.keys_pulled,
-                        pushed = s.keys_pushed,
-                        bytes = s.bytes,
-                        "scheduled repair done"
-                    ),
-                    Err(e) => tracing::warn!(error = %e, "scheduled repair failed"),
+                    Ok(s) => {
+                        tracing::info!(
+                            ranges = s.ranges,
+                            failed = s.ranges_failed,
+                            differing = s.keys_differing,
+                            pulled = s.keys_pulled,
+                            pushed = s.keys_pushed,
+                            bytes = s.bytes,
+                            "scheduled repair done"
+                        );
+                        match s.ranges_failed {
+                            0 => worker.idle(),
+                            n => worker.failed(format!("{n} ranges could not be synced")),
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "scheduled repair failed");
+                        worker.failed(e);
+                    }
                 },
                 _ = stop.changed() => return,
             }
