@@ -29,12 +29,13 @@
 //! [`HintQueue`] and [`Transport`]: the file store and TCP in a node, memory
 //! and a simulated network in deterministic tests.
 
+use crate::wall_clock::now_ms;
 use std::collections::BTreeMap;
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
@@ -150,12 +151,6 @@ pub struct HintFiles<F: Fs = StdFs> {
     config: HintConfig,
     files: Mutex<BTreeMap<NodeId, Arc<Mutex<()>>>>,
     stats: Arc<HintStats>,
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn io_failed(path: &Path, e: std::io::Error) -> StoreError {

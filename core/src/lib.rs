@@ -46,4 +46,5 @@ pub mod store;
 pub mod system;
 pub mod transport;
 pub mod view;
+pub mod wall_clock;
 pub mod worker;

@@ -9,8 +9,9 @@
 //! tasks; [`Workers::shutdown`] waits for each until a deadline, then
 //! aborts what is left, so a stuck loop cannot hold a node's shutdown.
 
+use crate::wall_clock::now_ms;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use parking_lot::Mutex;
 use tokio::task::JoinHandle;
@@ -46,12 +47,6 @@ pub struct WorkerStatus {
 /// How a loop reports its status. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct WorkerHandle(Arc<Mutex<WorkerStatus>>);
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
 
 impl WorkerHandle {
     fn new(name: &str) -> Self {

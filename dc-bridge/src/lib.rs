@@ -25,6 +25,7 @@ pub mod outbox;
 pub mod ship;
 pub mod wan;
 
+use isthmus_core::wall_clock::now_ms;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -205,12 +206,6 @@ pub struct DcBridge<F: Fs = StdFs> {
     lag_in: Mutex<BTreeMap<DcName, Inbound>>,
     keyspaces: Arc<RwLock<BTreeMap<String, KeyspaceConfig>>>,
     own: DcName,
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 impl<F: Fs> DcBridge<F> {

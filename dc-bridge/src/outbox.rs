@@ -36,6 +36,7 @@
 //! the segments nobody needs are deleted. Local writes never wait for a
 //! remote DC.
 
+use isthmus_core::wall_clock::now_ms;
 use std::collections::{BTreeMap, VecDeque};
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
@@ -181,12 +182,6 @@ fn frame(record: &Record) -> Vec<u8> {
     out.extend_from_slice(&crc32c::crc32c(&payload).to_le_bytes());
     out.extend_from_slice(&payload);
     out
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 impl Outbox<StdFs> {

@@ -9,6 +9,7 @@
 //! flight is dropped and shipping resumes from the cursor: batches may
 //! arrive twice, which is harmless (absorb is idempotent).
 
+use isthmus_core::wall_clock::now_ms;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -303,10 +304,4 @@ pub(crate) async fn full_syncer<F: Fs>(
             }
         }
     }
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }

@@ -38,9 +38,10 @@
 pub mod error;
 pub mod target;
 
+use crate::wall_clock::now_ms;
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use isthmus_client::ClientError;
 use isthmus_client::wire::{ErrorCode, WireError};
@@ -103,12 +104,6 @@ struct Write<'a> {
     /// The client's id for this write (retries carry the same).
     write_id: [u8; 16],
     level: Consistency,
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// A peer request that failed here, as the peer's answer.

@@ -56,6 +56,7 @@ mod memtable;
 mod merge;
 pub mod sstable;
 
+use crate::wall_clock::now_ms;
 use std::cell::RefCell;
 use std::ops::{Bound, RangeBounds};
 use std::path::{Path, PathBuf};
@@ -254,12 +255,6 @@ pub struct Engine<F: Fs = StdFs> {
 thread_local! {
     /// Reused record encoding buffer: no allocation per write.
     static ENCODE_BUF: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn owned_bound<K: AsRef<[u8]>>(b: Bound<&K>) -> Bound<Vec<u8>> {
