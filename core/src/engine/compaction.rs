@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 use super::cache::Table;
 use super::error::EngineError;
 use super::manifest::{TableMeta, table_path};
-use super::merge::{MergeIter, Source};
+use super::merge_iter::{MergeIter, Source};
 use super::sstable::{TableIter, TableWriter};
 use super::{Levels, Shared, now_ms};
 use crate::fs::Fs;

@@ -53,7 +53,7 @@ mod error;
 pub mod log;
 pub mod manifest;
 mod memtable;
-mod merge;
+mod merge_iter;
 pub mod sstable;
 
 use crate::wall_clock::now_ms;
@@ -78,7 +78,7 @@ use cache::{ReaderCache, Table};
 use log::Log;
 use manifest::{ManifestBody, TableMeta, table_path};
 use memtable::Memtable;
-use merge::{MemIter, MergeIter, Source};
+use merge_iter::{MemIter, MergeIter, Source};
 use sstable::{TableIter, TableWriter};
 
 /// When a write is acknowledged relative to fsync.
@@ -1063,8 +1063,8 @@ impl<F: Fs> Shared<F> {
 struct KeepAlive<F: Fs>(Arc<Levels<F>>);
 
 impl<F: Fs> Iterator for KeepAlive<F> {
-    type Item = merge::Entry;
-    fn next(&mut self) -> Option<merge::Entry> {
+    type Item = merge_iter::Entry;
+    fn next(&mut self) -> Option<merge_iter::Entry> {
         let _ = &self.0;
         None
     }
