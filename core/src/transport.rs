@@ -56,13 +56,13 @@ impl<T: Transport> DynTransport for T {
 }
 
 impl Transport for dyn DynTransport {
-    fn call(
+    async fn call(
         &self,
         to: &NodeId,
         request: PeerRequest,
         timeout: Duration,
-    ) -> impl Future<Output = Result<PeerResponse, ClientError>> + Send {
-        async move { self.call_boxed(to, request, timeout).await }
+    ) -> Result<PeerResponse, ClientError> {
+        self.call_boxed(to, request, timeout).await
     }
 }
 
