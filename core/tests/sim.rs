@@ -1,27 +1,35 @@
-//! Deterministic simulation of a cluster (turmoil): gossip, coordinators,
-//! hinted handoff, read repair and Merkle repair, run as in a node (the
-//! production code over a simulated TCP network, through the real
-//! connection server and framed protocol), under partitions, message delay
+//! Deterministic simulation of a cluster (turmoil): the production node
+//! (gossip, coordinators, hinted handoff, read repair, Merkle repair,
+//! range movement and, in most seeds, the cross-DC bridge) over a
+//! simulated TCP network, through the real connection server and framed
+//! protocol, under partitions, message delay, WAN latency, DC partitions
 //! and node crashes and restarts.
 //!
 //! Each seed derives everything: the fault schedule, the client workload,
-//! and turmoil's network randomness (latencies). Five nodes, two
-//! datacenters (four nodes with three replicas of each key, and one node
-//! with one), one client host issuing reads and writes at every level
-//! through random coordinators for some fifteen simulated seconds while
-//! links break and heal, messages slow down and nodes crash and restart,
-//! their store and hints (their "disk") kept across the restart. Then
-//! every fault heals; hints are handed off; every node runs an on-demand
+//! whether the bridge runs (and whether its outbox bound is small enough
+//! to overflow into a full-sync), whether a node bootstraps and whether
+//! one is decommissioned, and turmoil's network randomness. Five nodes,
+//! two datacenters (four nodes with three replicas of each key, and one
+//! node with one), a sixth node joining dc2 in some seeds, one client host
+//! issuing reads and writes at every level through random coordinators,
+//! in a plain keyspace and in one whose siblings merge (a native union
+//! hook), for some fifteen simulated seconds while links break and heal,
+//! messages slow down and nodes crash and restart, their store, hints and
+//! outbox (their "disk") kept across the restart. Then every fault heals;
+//! membership settles; outboxes drain; every member runs an on-demand
 //! Merkle repair; the client reads every key at ALL. The checks, per key:
 //!
-//! 1. Convergence: every replica of the key holds a byte-identical
-//!    `VersionSet`.
+//! 1. Convergence: every replica of the key, in every DC, holds a
+//!    byte-identical `VersionSet`.
 //! 2. No acknowledged write is lost: each write the client saw
-//!    acknowledged is in that set, or was superseded by a version written
-//!    over a context that covered it.
+//!    acknowledged is in that set, merged into one of its values, or was
+//!    superseded by a version written over a context that covered it.
 //! 3. A read at ALL returns exactly the set's live values.
-//! 4. Without crashes, hints alone (no Merkle repair) converge the
-//!    replicas: a coordinator that lives hints every replica it missed.
+//! 4. Without crashes, range movement or outbox overflow, hints and the
+//!    bridge alone (no Merkle repair) converge the replicas.
+//! 5. Throughout the run, a bridge cursor never moves past an unapplied
+//!    record: at every persisted cursor, every record it moved past is
+//!    held (or covered) by some node of its DC (`sim/bridge.rs`).
 //!
 //! Runs `ISTHMUS_SIM_SEEDS` seeds (default 200) from `ISTHMUS_SIM_FIRST`
 //! (default 0) on `ISTHMUS_SIM_THREADS` threads (default: the cores), or
