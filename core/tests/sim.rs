@@ -1,27 +1,35 @@
-//! Deterministic simulation of a cluster (turmoil): gossip, coordinators,
-//! hinted handoff, read repair and Merkle repair, run as in a node (the
-//! production code over a simulated TCP network, through the real
-//! connection server and framed protocol), under partitions, message delay
+//! Deterministic simulation of a cluster (turmoil): the production node
+//! (gossip, coordinators, hinted handoff, read repair, Merkle repair,
+//! range movement and, in most seeds, the cross-DC bridge) over a
+//! simulated TCP network, through the real connection server and framed
+//! protocol, under partitions, message delay, WAN latency, DC partitions
 //! and node crashes and restarts.
 //!
 //! Each seed derives everything: the fault schedule, the client workload,
-//! and turmoil's network randomness (latencies). Five nodes, two
-//! datacenters (four nodes with three replicas of each key, and one node
-//! with one), one client host issuing reads and writes at every level
-//! through random coordinators for some fifteen simulated seconds while
-//! links break and heal, messages slow down and nodes crash and restart,
-//! their store and hints (their "disk") kept across the restart. Then
-//! every fault heals; hints are handed off; every node runs an on-demand
+//! whether the bridge runs (and whether its outbox bound is small enough
+//! to overflow into a full-sync), whether a node bootstraps and whether
+//! one is decommissioned, and turmoil's network randomness. Five nodes,
+//! two datacenters (four nodes with three replicas of each key, and one
+//! node with one), a sixth node joining dc2 in some seeds, one client host
+//! issuing reads and writes at every level through random coordinators,
+//! in a plain keyspace and in one whose siblings merge (a native union
+//! hook), for some fifteen simulated seconds while links break and heal,
+//! messages slow down and nodes crash and restart, their store, hints and
+//! outbox (their "disk") kept across the restart. Then every fault heals;
+//! membership settles; outboxes drain; every member runs an on-demand
 //! Merkle repair; the client reads every key at ALL. The checks, per key:
 //!
-//! 1. Convergence: every replica of the key holds a byte-identical
-//!    `VersionSet`.
+//! 1. Convergence: every replica of the key, in every DC, holds a
+//!    byte-identical `VersionSet`.
 //! 2. No acknowledged write is lost: each write the client saw
-//!    acknowledged is in that set, or was superseded by a version written
-//!    over a context that covered it.
+//!    acknowledged is in that set, merged into one of its values, or was
+//!    superseded by a version written over a context that covered it.
 //! 3. A read at ALL returns exactly the set's live values.
-//! 4. Without crashes, hints alone (no Merkle repair) converge the
-//!    replicas: a coordinator that lives hints every replica it missed.
+//! 4. Without crashes, range movement or outbox overflow, hints and the
+//!    bridge alone (no Merkle repair) converge the replicas.
+//! 5. Throughout the run, a bridge cursor never moves past an unapplied
+//!    record: at every persisted cursor, every record it moved past is
+//!    held (or covered) by some node of its DC (`sim/bridge.rs`).
 //!
 //! Runs `ISTHMUS_SIM_SEEDS` seeds (default 200) from `ISTHMUS_SIM_FIRST`
 //! (default 0) on `ISTHMUS_SIM_THREADS` threads (default: the cores), or
@@ -38,13 +46,15 @@
 //! about one seed in ten). A failure's report is meant to be read on its
 //! own; a rerun usually, not surely, fails the same way.
 
+#[path = "sim/bridge.rs"]
+mod bridge;
 #[path = "sim/net.rs"]
 mod net;
 #[path = "sim/node.rs"]
 mod node;
 
 use std::cell::Cell;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Write as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -55,7 +65,8 @@ use isthmus_client::wire::{
     Consistency, Context, PeerRole, RepairReport, RequestBody, ResponseBody, WriteId,
 };
 use isthmus_client::{Channel, ClientError};
-use isthmus_core::model::{Actor, Clock, DcName, KeyspaceConfig, VersionSet, key_hash};
+use isthmus_core::fs::MemFs;
+use isthmus_core::model::{Actor, Clock, DcName, KeyspaceConfig, Version, VersionSet, key_hash};
 use isthmus_core::node::decode_context;
 use isthmus_core::ring::{NodeId, Ring};
 use isthmus_core::store::LocalStore;
@@ -64,9 +75,19 @@ use rand::rngs::StdRng;
 use rand::seq::{IndexedRandom, SliceRandom};
 use rand::{Rng, SeedableRng};
 
-use node::{Cluster, Disk, MemHints, NodeSpec, Oracle, RecStore};
+use bridge::CursorWatch;
+use node::{Cluster, Disk, MemHints, NodeSpec, Oracle, RecStore, UNION, elements};
 
 const KEYSPACE: &str = "sim";
+/// A keyspace bound to the native union merge: its siblings merge on
+/// replicas.
+const SET_KEYSPACE: &str = "set";
+/// The node that joins mid-run (in seeds that bootstrap one).
+const JOINER: usize = 5;
+/// The node decommissioned under writes (in seeds that do).
+const LEAVER: usize = 3;
+/// Largest one-way latency between the DCs when the bridge runs.
+const WAN_MAX: Duration = Duration::from_millis(60);
 const CLIENT: &str = "client";
 /// Simulated time per step of the simulation.
 const TICK: Duration = Duration::from_millis(10);
@@ -98,6 +119,17 @@ enum Fault {
     Fast(Vec<String>, Vec<String>),
 }
 
+/// The latency bound of a healthy link: WAN between DCs when bridged.
+fn base_latency(nodes: &[NodeSpec], bridged: bool, x: &str, y: &str) -> Duration {
+    let dc = |n: &str| nodes.iter().find(|s| s.name == n).map(|s| s.dc.clone());
+    let (a, b) = (dc(x), dc(y));
+    if bridged && a.is_some() && b.is_some() && a != b {
+        WAN_MAX
+    } else {
+        LATENCY_MAX
+    }
+}
+
 /// Everything a seed decides.
 struct Plan {
     seed: u64,
@@ -106,6 +138,12 @@ struct Plan {
     writers: usize,
     keys: usize,
     crashes: usize,
+    /// The bridge's outbox bound, when the seed runs the bridge.
+    bridge: Option<u64>,
+    /// When the joiner starts.
+    join_at: Option<Duration>,
+    /// When the client asks the leaver to decommission.
+    decommission_at: Option<Duration>,
 }
 
 fn topology() -> Vec<NodeSpec> {
@@ -113,6 +151,7 @@ fn topology() -> Vec<NodeSpec> {
         name: name.into(),
         dc: DcName::from(dc),
         rack: rack.into(),
+        bootstrap: false,
     };
     vec![
         spec("n1", "dc1", "r1"),
@@ -120,6 +159,10 @@ fn topology() -> Vec<NodeSpec> {
         spec("n3", "dc1", "r1"),
         spec("n4", "dc1", "r2"),
         spec("n5", "dc2", "r1"),
+        NodeSpec {
+            bootstrap: true,
+            ..spec("n6", "dc2", "r2")
+        },
     ]
 }
 
@@ -129,7 +172,39 @@ fn replication() -> BTreeMap<DcName, u32> {
 
 fn plan(seed: u64, nodes: &[NodeSpec]) -> Plan {
     let mut rng = StdRng::seed_from_u64(seed ^ 0x1577_4d05);
-    let names: Vec<String> = nodes.iter().map(|n| n.name.clone()).collect();
+    // Most seeds bridge the DCs, some with an outbox small enough to
+    // overflow (then a full-sync); half bootstrap a node, half
+    // decommission one, each under writes.
+    let bridge = match rng.random_range(0..8) {
+        0 => None,
+        1 | 2 => Some(rng.random_range(2..8) * 1024),
+        _ => Some(1 << 30),
+    };
+    let half = LOAD_LENGTH.as_millis() as u64 / 2;
+    let join_at = rng
+        .random_bool(0.5)
+        .then(|| LOAD_START + ms(rng.random_range(0..half)));
+    let decommission_at = rng
+        .random_bool(0.5)
+        .then(|| LOAD_START + ms(rng.random_range(0..half)));
+    let names: Vec<String> = nodes
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != JOINER || join_at.is_some())
+        .map(|(_, n)| n.name.clone())
+        .collect();
+    // The joiner and the leaver are not crashed: a restart would announce
+    // them anew (the operator's part, not the node's).
+    let crashable: Vec<usize> = (0..nodes.len())
+        .filter(|i| *i != JOINER && (*i != LEAVER || decommission_at.is_none()))
+        .collect();
+    let in_dc = |dc: &str| -> Vec<String> {
+        nodes
+            .iter()
+            .filter(|n| n.dc.0 == dc && names.contains(&n.name))
+            .map(|n| n.name.clone())
+            .collect()
+    };
     let load_end = LOAD_START + LOAD_LENGTH;
     let heal_at = load_end + ms(500);
     let mut faults = Vec::new();
@@ -143,9 +218,11 @@ fn plan(seed: u64, nodes: &[NodeSpec]) -> Plan {
             0..=3 => {
                 let mut shuffled = names.clone();
                 shuffled.shuffle(&mut rng);
-                let (a, b) = match rng.random_range(0..3) {
+                let (a, b) = match rng.random_range(0..4) {
                     0 => (vec![shuffled[0].clone()], shuffled[1..].to_vec()),
-                    1 => {
+                    // The DCs cut from each other.
+                    1 => (in_dc("dc1"), in_dc("dc2")),
+                    2 => {
                         let cut = rng.random_range(1..shuffled.len());
                         (shuffled[..cut].to_vec(), shuffled[cut..].to_vec())
                     }
@@ -158,7 +235,7 @@ fn plan(seed: u64, nodes: &[NodeSpec]) -> Plan {
                 faults.push((end, Fault::Heal(a, b)));
             }
             4..=6 => {
-                let node = rng.random_range(0..nodes.len());
+                let node = *crashable.choose(&mut rng).expect("crashable nodes");
                 crashes += 1;
                 faults.push((start, Fault::Crash(node)));
                 faults.push((end, Fault::Restart(node)));
@@ -182,6 +259,9 @@ fn plan(seed: u64, nodes: &[NodeSpec]) -> Plan {
         writers: rng.random_range(2..=4),
         keys: rng.random_range(8..=32),
         crashes,
+        bridge,
+        join_at,
+        decommission_at,
     }
 }
 
@@ -189,7 +269,10 @@ fn plan(seed: u64, nodes: &[NodeSpec]) -> Plan {
 
 /// One write the client attempted.
 struct Attempt {
+    keyspace: &'static str,
     key: String,
+    /// The element it adds (its whole value outside the merged keyspace).
+    element: String,
     /// The context it was written over.
     context: Clock,
     acked: bool,
@@ -198,6 +281,9 @@ struct Attempt {
     level: Consistency,
     at: Duration,
 }
+
+/// A key of one keyspace.
+type KsKey = (&'static str, String);
 
 /// What the client did and saw.
 #[derive(Default)]
@@ -211,8 +297,17 @@ struct Log {
     diverged_before_repair: Vec<String>,
     repairs: Vec<(String, Result<RepairReport, String>)>,
     /// Live values of each key read at ALL at the end.
-    final_reads: BTreeMap<String, Result<Vec<Vec<u8>>, String>>,
+    final_reads: BTreeMap<KsKey, Result<Vec<Vec<u8>>, String>>,
     finished: bool,
+    /// How the decommission request ended.
+    decommission: Option<String>,
+    /// The ring's members after heal (status `Normal`), and what kept the
+    /// membership from settling.
+    members: Vec<String>,
+    unsettled: Option<String>,
+    /// Outboxes not drained after heal, and overflows seen.
+    undrained: Vec<String>,
+    overflows: u64,
 }
 
 type Session = Channel<RequestBody, ResponseBody>;
@@ -254,6 +349,7 @@ fn outcome_name(result: &Result<ResponseBody, ClientError>) -> String {
     match result {
         Ok(ResponseBody::Written) => "written".into(),
         Ok(ResponseBody::Value { .. }) => "value".into(),
+        Ok(ResponseBody::Repaired(_)) => "repaired".into(),
         Ok(other) => format!("unexpected {other:?}"),
         Err(ClientError::Server(e)) => format!("error {}", e.code.name()),
         Err(ClientError::Timeout { .. }) => "client timeout".into(),
@@ -283,7 +379,20 @@ async fn writer(
         tokio::time::sleep(ms(rng.random_range(0..60))).await;
         n += 1;
         let key = format!("k{:02}", rng.random_range(0..plan.keys));
-        let node = names.choose(&mut rng).expect("nodes").clone();
+        let keyspace = if rng.random_bool(0.4) {
+            SET_KEYSPACE
+        } else {
+            KEYSPACE
+        };
+        let now = turmoil::sim_elapsed().unwrap_or_default();
+        let node = names
+            .iter()
+            .filter(|n| **n != format!("n{}", JOINER + 1) || plan.join_at.is_some_and(|t| now >= t))
+            .collect::<Vec<_>>()
+            .choose(&mut rng)
+            .map(|n| (*n).clone())
+            .expect("nodes");
+        let mut seen = BTreeSet::new();
         // Mostly read-modify-write, sometimes blind.
         let context = if rng.random_bool(0.8) {
             let level = pick_level(
@@ -298,7 +407,7 @@ async fn writer(
                 .call(
                     &node,
                     RequestBody::Get {
-                        keyspace: KEYSPACE.into(),
+                        keyspace: keyspace.into(),
                         key: key.clone().into_bytes(),
                         consistency: Some(level),
                     },
@@ -306,8 +415,11 @@ async fn writer(
                 )
                 .await;
             match read {
-                Ok(ResponseBody::Value { context, .. }) => {
+                Ok(ResponseBody::Value { context, siblings }) => {
                     log.lock().reads.0 += 1;
+                    for s in &siblings {
+                        seen.extend(elements(&s.value));
+                    }
                     context
                 }
                 _ => {
@@ -334,9 +446,17 @@ async fn writer(
         id[..8].copy_from_slice(&plan.seed.to_le_bytes());
         id[8..12].copy_from_slice(&(index as u32).to_le_bytes());
         id[12..].copy_from_slice(&n.to_le_bytes());
-        let body = if !clock.is_empty() && rng.random_bool(0.1) {
+        let element = format!("w{index}.{n}");
+        // In the merged keyspace a write adds its element to what it read.
+        let value = if keyspace == SET_KEYSPACE {
+            seen.insert(element.clone());
+            seen.into_iter().collect::<Vec<_>>().join(",")
+        } else {
+            element.clone()
+        };
+        let body = if keyspace == KEYSPACE && !clock.is_empty() && rng.random_bool(0.1) {
             RequestBody::Delete {
-                keyspace: KEYSPACE.into(),
+                keyspace: keyspace.into(),
                 key: key.clone().into_bytes(),
                 context,
                 consistency: Some(level),
@@ -344,9 +464,9 @@ async fn writer(
             }
         } else {
             RequestBody::Put {
-                keyspace: KEYSPACE.into(),
+                keyspace: keyspace.into(),
                 key: key.clone().into_bytes(),
-                value: format!("w{index}.{n}").into_bytes(),
+                value: value.into_bytes(),
                 context,
                 consistency: Some(level),
                 write_id: WriteId(id),
@@ -355,7 +475,9 @@ async fn writer(
         log.lock().attempts.insert(
             id,
             Attempt {
+                keyspace,
                 key,
+                element,
                 context: clock,
                 acked: false,
                 node: node.clone(),
@@ -375,17 +497,22 @@ async fn writer(
 }
 
 /// Keys whose replicas hold different sets, per the final ring.
-fn diverged(keys: &BTreeSet<String>, ring: &Ring, disks: &[(NodeId, Disk)]) -> Vec<String> {
+fn diverged(keys: &BTreeSet<KsKey>, ring: &Ring, disks: &[(NodeId, Disk)]) -> Vec<String> {
     keys.iter()
-        .filter(|key| {
-            let sets = replica_sets(key, ring, disks);
+        .filter(|(keyspace, key)| {
+            let sets = replica_sets(keyspace, key, ring, disks);
             sets.windows(2).any(|w| w[0].1.encode() != w[1].1.encode())
         })
-        .cloned()
+        .map(|(keyspace, key)| format!("{keyspace}/{key}"))
         .collect()
 }
 
-fn replica_sets(key: &str, ring: &Ring, disks: &[(NodeId, Disk)]) -> Vec<(NodeId, VersionSet)> {
+fn replica_sets(
+    keyspace: &str,
+    key: &str,
+    ring: &Ring,
+    disks: &[(NodeId, Disk)],
+) -> Vec<(NodeId, VersionSet)> {
     ring.replicas(&replication(), key_hash(key.as_bytes()))
         .into_iter()
         .flat_map(|(_, nodes)| nodes)
@@ -393,7 +520,7 @@ fn replica_sets(key: &str, ring: &Ring, disks: &[(NodeId, Disk)]) -> Vec<(NodeId
             let disk = &disks.iter().find(|(n, _)| *n == node).expect("a disk").1;
             let set = disk
                 .store
-                .get(KEYSPACE, key.as_bytes())
+                .get(keyspace, key.as_bytes())
                 .now_or_never()
                 .expect("memory stores answer at once")
                 .expect("memory stores do not fail");
@@ -402,8 +529,13 @@ fn replica_sets(key: &str, ring: &Ring, disks: &[(NodeId, Disk)]) -> Vec<(NodeId
         .collect()
 }
 
-fn full_ring(nodes: &[NodeSpec], vnodes: u32) -> Ring {
-    let members: Vec<(NodeId, _)> = nodes.iter().map(|n| (n.id(), n.placement())).collect();
+/// The ring of `members` (names), as gossip builds it.
+fn ring_of(nodes: &[NodeSpec], members: &[String], vnodes: u32) -> Ring {
+    let members: Vec<(NodeId, _)> = nodes
+        .iter()
+        .filter(|n| members.contains(&n.name))
+        .map(|n| (n.id(), n.placement()))
+        .collect();
     Ring::build(members.iter().map(|(id, p)| (id, p, vnodes)))
 }
 
@@ -414,10 +546,29 @@ async fn client(
     log: Arc<Mutex<Log>>,
 ) -> turmoil::Result {
     let t0 = tokio::time::Instant::now();
-    let names: Arc<Vec<String>> = Arc::new(cluster.nodes.iter().map(|n| n.name.clone()).collect());
+    let names: Arc<Vec<String>> = Arc::new(
+        cluster
+            .nodes
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != JOINER || plan.join_at.is_some())
+            .map(|(_, n)| n.name.clone())
+            .collect(),
+    );
     let sessions = Arc::new(Sessions {
         open: Mutex::default(),
     });
+    let leaver = cluster.nodes[LEAVER].name.clone();
+    if let Some(at) = plan.decommission_at {
+        let (sessions, log, leaver) = (sessions.clone(), log.clone(), leaver.clone());
+        tokio::spawn(async move {
+            tokio::time::sleep_until(t0 + at).await;
+            let result = sessions
+                .call(&leaver, RequestBody::Decommission, Duration::from_secs(200))
+                .await;
+            log.lock().decommission = Some(outcome_name(&result));
+        });
+    }
     tokio::time::sleep_until(t0 + LOAD_START).await;
     let until = t0 + LOAD_START + LOAD_LENGTH;
     let writers = (0..plan.writers).map(|i| {
@@ -433,20 +584,101 @@ async fn client(
     futures_util::future::join_all(writers).await;
     tokio::time::sleep_until(t0 + plan.heal_at + SETTLE).await;
 
-    let ring = full_ring(&cluster.nodes, cluster.vnodes);
-    let keys: BTreeSet<String> = log
+    // Membership settles: the joiner `Normal`, the leaver `Left` (or
+    // `Normal` again, when a next owner was down).
+    let joiner = cluster.nodes[JOINER].name.clone();
+    let status = |name: String| {
+        let sessions = sessions.clone();
+        async move {
+            match sessions
+                .call(&name, RequestBody::Status, Duration::from_secs(5))
+                .await
+            {
+                Ok(ResponseBody::Status { nodes, bridges }) => Ok((nodes, bridges)),
+                other => Err(format!("status of {name}: {}", outcome_name(&other))),
+            }
+        }
+    };
+    let mut members = Vec::new();
+    let mut unsettled = Some("no status".to_owned());
+    for _ in 0..60 {
+        match status(names[0].clone()).await {
+            Ok((nodes, _)) => {
+                let of = |n: &str| {
+                    nodes
+                        .iter()
+                        .find(|r| r.node_id == n)
+                        .map_or("absent".to_owned(), |r| r.status.clone())
+                };
+                members = nodes
+                    .iter()
+                    .filter(|r| r.status == "Normal")
+                    .map(|r| r.node_id.clone())
+                    .collect();
+                unsettled = if plan.join_at.is_some() && of(&joiner) != "Normal" {
+                    Some(format!("{joiner} is {}", of(&joiner)))
+                } else if plan.decommission_at.is_some()
+                    && !matches!(of(&leaver).as_str(), "Left" | "Normal")
+                {
+                    Some(format!("{leaver} is {}", of(&leaver)))
+                } else {
+                    None
+                };
+            }
+            Err(e) => unsettled = Some(e),
+        }
+        if unsettled.is_none() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    // Every outbox drains (a DC cut loose gets its full-sync).
+    let mut undrained = Vec::new();
+    let mut overflows = 0;
+    if plan.bridge.is_some() {
+        for _ in 0..90 {
+            undrained.clear();
+            overflows = 0;
+            for name in names.iter() {
+                match status(name.clone()).await {
+                    Ok((_, bridges)) => {
+                        for b in bridges.iter().filter(|b| !b.remote_dc.is_empty()) {
+                            overflows += b.overflows;
+                            if b.outbox_records > 0 || b.full_sync_pending {
+                                undrained.push(format!(
+                                    "{name} to {}: {} records, full-sync pending {}",
+                                    b.remote_dc, b.outbox_records, b.full_sync_pending
+                                ));
+                            }
+                        }
+                    }
+                    Err(e) => undrained.push(e),
+                }
+            }
+            if undrained.is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+    let ring = ring_of(&cluster.nodes, &members, cluster.vnodes);
+    let keys: BTreeSet<KsKey> = log
         .lock()
         .attempts
         .values()
-        .map(|a| a.key.clone())
+        .map(|a| (a.keyspace, a.key.clone()))
         .collect();
     {
         let mut log = log.lock();
+        log.members = members.clone();
+        log.unsettled = unsettled;
+        log.undrained = undrained;
+        log.overflows = overflows;
         log.hints_before_repair = disks.iter().map(|(_, d)| d.hints.len()).sum();
         log.diverged_before_repair = diverged(&keys, &ring, &disks);
     }
-    // Merkle repair on every node, one after another.
-    for name in names.iter() {
+    // Merkle repair on every member, one after another.
+    for name in &members {
         let result = sessions
             .call(
                 name,
@@ -464,14 +696,14 @@ async fn client(
         log.lock().repairs.push((name.clone(), report));
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
-    for key in &keys {
+    for (keyspace, key) in &keys {
         let mut answer = Err("no node answered".to_owned());
-        for name in names.iter() {
+        for name in &members {
             let read = sessions
                 .call(
                     name,
                     RequestBody::Get {
-                        keyspace: KEYSPACE.into(),
+                        keyspace: (*keyspace).into(),
                         key: key.clone().into_bytes(),
                         consistency: Some(Consistency::All),
                     },
@@ -488,7 +720,9 @@ async fn client(
                 other => answer = Err(format!("{name}: {}", outcome_name(&other))),
             }
         }
-        log.lock().final_reads.insert(key.clone(), answer);
+        log.lock()
+            .final_reads
+            .insert((*keyspace, key.clone()), answer);
     }
     log.lock().finished = true;
     Ok(())
@@ -507,6 +741,14 @@ struct Summary {
     diverged_before_repair: usize,
     hints_before_repair: usize,
     simulated: Duration,
+    bridged: bool,
+    overflows: u64,
+    /// Cursor moves checked, and the records they moved past.
+    cursor_moves: (u64, u64),
+    joined: bool,
+    left: bool,
+    /// Keys whose final set holds a merged version.
+    merged: usize,
 }
 
 fn check(
@@ -514,58 +756,101 @@ fn check(
     cluster: &Cluster,
     disks: &[(NodeId, Disk)],
     oracle: &Oracle,
+    watch: &CursorWatch,
     log: &Log,
 ) -> Result<Summary, String> {
     let mut problems = String::new();
-    let ring = full_ring(&cluster.nodes, cluster.vnodes);
-    let keys: BTreeSet<String> = log.attempts.values().map(|a| a.key.clone()).collect();
-    let mut finals: BTreeMap<String, VersionSet> = BTreeMap::new();
-    for key in &keys {
-        let sets = replica_sets(key, &ring, disks);
+    if let Some(why) = &log.unsettled {
+        let _ = writeln!(problems, "membership did not settle after heal: {why}");
+    }
+    for u in &log.undrained {
+        let _ = writeln!(problems, "outbox not drained after heal: {u}");
+    }
+    for v in watch.violations.lock().iter() {
+        let _ = writeln!(problems, "bridge cursor: {v}");
+    }
+    let members = if log.members.is_empty() {
+        let _ = writeln!(problems, "no membership after heal");
+        cluster.nodes[..JOINER]
+            .iter()
+            .map(|n| n.name.clone())
+            .collect()
+    } else {
+        log.members.clone()
+    };
+    let ring = ring_of(&cluster.nodes, &members, cluster.vnodes);
+    let keys: BTreeSet<KsKey> = log
+        .attempts
+        .values()
+        .map(|a| (a.keyspace, a.key.clone()))
+        .collect();
+    let mut finals: BTreeMap<KsKey, VersionSet> = BTreeMap::new();
+    for (keyspace, key) in &keys {
+        let sets = replica_sets(keyspace, key, &ring, disks);
         let first = sets[0].1.clone();
         for (node, set) in &sets[1..] {
             if set.encode() != first.encode() {
                 let _ = writeln!(
                     problems,
-                    "replicas of {key} differ: {} holds {:?}, {node} holds {:?}",
+                    "replicas of {keyspace}/{key} differ: {} holds {:?}, {node} holds {:?}",
                     sets[0].0,
                     first.versions(),
                     set.versions()
                 );
             }
         }
-        finals.insert(key.clone(), first);
+        finals.insert((*keyspace, key.clone()), first);
     }
+    // A version accounts for the writes whose ids it carries and whose
+    // elements its value holds (merged in).
+    let by_element: HashMap<&str, [u8; 16]> = log
+        .attempts
+        .iter()
+        .map(|(id, a)| (a.element.as_str(), *id))
+        .collect();
+    let accounts_for = |v: &Version| -> Vec<[u8; 16]> {
+        let mut ids: Vec<[u8; 16]> = v.write_id.into_iter().collect();
+        if let Some(value) = v.value_bytes() {
+            ids.extend(
+                elements(value)
+                    .iter()
+                    .filter_map(|e| by_element.get(e.as_str()).copied()),
+            );
+        }
+        ids
+    };
     let mut acked = 0;
     for (id, attempt) in &log.attempts {
         if !attempt.acked {
             continue;
         }
         acked += 1;
-        let set = &finals[&attempt.key];
+        let set = &finals[&(attempt.keyspace, attempt.key.clone())];
         let Some(clock) = oracle.clock(id) else {
             let _ = writeln!(
                 problems,
-                "acknowledged write {} on {} never reached any store",
+                "acknowledged write {} on {}/{} never reached any store",
                 hex(id),
+                attempt.keyspace,
                 attempt.key
             );
             continue;
         };
-        let kept = set.versions().iter().any(|v| match v.write_id {
-            Some(w) if w == *id => true,
-            Some(w) => log
-                .attempts
-                .get(&w)
-                .is_some_and(|later| clock.is_covered_by(&later.context)),
-            None => false,
+        let kept = set.versions().iter().any(|v| {
+            accounts_for(v).iter().any(|w| {
+                w == id
+                    || log
+                        .attempts
+                        .get(w)
+                        .is_some_and(|later| clock.is_covered_by(&later.context))
+            })
         });
         if !kept {
             let holders: Vec<&NodeId> = disks
                 .iter()
                 .filter(|(_, d)| {
                     d.store
-                        .get(KEYSPACE, attempt.key.as_bytes())
+                        .get(attempt.keyspace, attempt.key.as_bytes())
                         .now_or_never()
                         .and_then(Result::ok)
                         .is_some_and(|s| s.versions().iter().any(|v| v.write_id == Some(*id)))
@@ -574,9 +859,11 @@ fn check(
                 .collect();
             let _ = writeln!(
                 problems,
-                "acknowledged write {} on {} (clock {clock:?}, sent to {} at {:?} at {}) is lost: \
-                 the replicas hold {:?}; nodes still holding it: {holders:?}",
+                "acknowledged write {} ({}) on {}/{} (clock {clock:?}, sent to {} at {:?} at {}) \
+                 is lost: the replicas hold {:?}; nodes still holding it: {holders:?}",
                 hex(id),
+                attempt.element,
+                attempt.keyspace,
                 attempt.key,
                 attempt.node,
                 attempt.at,
@@ -585,8 +872,8 @@ fn check(
             );
         }
     }
-    for (key, read) in &log.final_reads {
-        let mut live: Vec<Vec<u8>> = finals[key]
+    for ((keyspace, key), read) in &log.final_reads {
+        let mut live: Vec<Vec<u8>> = finals[&(*keyspace, key.clone())]
             .live()
             .map(|v| v.value_bytes().unwrap_or_default().to_vec())
             .collect();
@@ -596,11 +883,14 @@ fn check(
             Ok(values) => {
                 let _ = writeln!(
                     problems,
-                    "a read of {key} at ALL returned {values:?}, the replicas hold {live:?}"
+                    "a read of {keyspace}/{key} at ALL returned {values:?}, the replicas hold {live:?}"
                 );
             }
             Err(e) => {
-                let _ = writeln!(problems, "a read of {key} at ALL failed after heal: {e}");
+                let _ = writeln!(
+                    problems,
+                    "a read of {keyspace}/{key} at ALL failed after heal: {e}"
+                );
             }
         }
     }
@@ -612,10 +902,13 @@ fn check(
             let _ = writeln!(problems, "repair on {node} failed after heal: {e}");
         }
     }
-    if plan.crashes == 0 && !log.diverged_before_repair.is_empty() {
+    // Hints and the bridge alone converge the replicas when no node
+    // crashed, no range moved and no outbox overflowed.
+    let moved = plan.join_at.is_some() || plan.decommission_at.is_some();
+    if plan.crashes == 0 && !moved && log.overflows == 0 && !log.diverged_before_repair.is_empty() {
         let _ = writeln!(
             problems,
-            "without crashes, hints left {} keys diverged before repair: {:?}",
+            "without crashes or movement, hints and the bridge left {} keys diverged before repair: {:?}",
             log.diverged_before_repair.len(),
             log.diverged_before_repair
         );
@@ -636,6 +929,11 @@ fn check(
             .map(|(t, f)| format!("{t:?} {f:?}"))
             .collect();
         let _ = writeln!(problems, "faults: {}", faults.join("; "));
+        let _ = writeln!(
+            problems,
+            "bridge: {:?}; join at {:?}; decommission at {:?} ({:?}); members after heal: {:?}",
+            plan.bridge, plan.join_at, plan.decommission_at, log.decommission, log.members
+        );
     }
     if problems.is_empty() {
         Ok(Summary {
@@ -647,6 +945,15 @@ fn check(
             diverged_before_repair: log.diverged_before_repair.len(),
             hints_before_repair: log.hints_before_repair,
             simulated: Duration::ZERO,
+            bridged: plan.bridge.is_some(),
+            overflows: log.overflows,
+            cursor_moves: *watch.checked.lock(),
+            joined: plan.join_at.is_some() && members.contains(&cluster.nodes[JOINER].name),
+            left: plan.decommission_at.is_some() && !members.contains(&cluster.nodes[LEAVER].name),
+            merged: finals
+                .values()
+                .filter(|s| s.versions().iter().any(|v| v.resolver.is_some()))
+                .count(),
         })
     } else {
         Err(problems)
@@ -680,18 +987,28 @@ fn run_seed(seed: u64) -> Result<Summary, String> {
     PANICS.with(|p| p.set(0));
     let nodes = topology();
     let plan = Arc::new(plan(seed, &nodes));
+    let replicated = KeyspaceConfig {
+        replication: replication(),
+        ..KeyspaceConfig::default()
+    };
+    let watch = Arc::new(CursorWatch::default());
     let cluster = Arc::new(Cluster {
         seeds: vec![nodes[0].addr(), nodes[1].addr(), nodes[4].addr()],
         nodes,
-        keyspaces: BTreeMap::from([(
-            KEYSPACE.to_owned(),
-            KeyspaceConfig {
-                replication: replication(),
-                ..KeyspaceConfig::default()
-            },
-        )]),
+        keyspaces: BTreeMap::from([
+            (KEYSPACE.to_owned(), replicated.clone()),
+            (
+                SET_KEYSPACE.to_owned(),
+                KeyspaceConfig {
+                    resolver: Some((UNION.to_owned(), 1)),
+                    ..replicated
+                },
+            ),
+        ]),
         vnodes: 8,
         gossip: Cluster::gossip_config(GOSSIP_INTERVAL),
+        bridge: plan.bridge,
+        watch: watch.clone(),
     });
     let oracle = Arc::new(Oracle::default());
     let mut actors = StdRng::seed_from_u64(seed ^ 0xac70_0000);
@@ -703,8 +1020,10 @@ fn run_seed(seed: u64) -> Result<Summary, String> {
                 let disk = Disk {
                     store: RecStore::new(oracle.clone()),
                     hints: MemHints::default(),
+                    outbox: MemFs::new(),
                     actor: Actor(actors.random()),
                 };
+                watch.add_store(n.dc.clone(), n.name.clone(), disk.store.clone());
                 (n.id(), disk)
             })
             .collect(),
@@ -719,48 +1038,71 @@ fn run_seed(seed: u64) -> Result<Summary, String> {
         .max_message_latency(LATENCY_MAX)
         .tcp_capacity(1 << 16)
         .build();
-    for (i, (_, disk)) in disks.iter().enumerate() {
-        let (shared, disk) = (cluster.clone(), disk.clone());
+    let start_host = |sim: &mut turmoil::Sim<'_>, i: usize| {
+        let (shared, disk) = (cluster.clone(), disks[i].1.clone());
         sim.host(cluster.nodes[i].name.as_str(), move || {
             node::run(shared.clone(), i, disk.clone())
         });
+    };
+    let mut started: Vec<String> = Vec::new();
+    for i in 0..cluster.nodes.len() {
+        if i != JOINER {
+            start_host(&mut sim, i);
+            started.push(cluster.nodes[i].name.clone());
+        }
     }
     sim.client(
         CLIENT,
         client(plan.clone(), cluster.clone(), disks.clone(), log.clone()),
     );
-
-    let mut faults = plan.faults.iter().peekable();
-    let mut down: BTreeSet<usize> = BTreeSet::new();
-    let mut healed = false;
-    let all: Vec<String> = cluster
-        .nodes
-        .iter()
-        .map(|n| n.name.clone())
-        .chain([CLIENT.to_owned()])
-        .collect();
-    let pairs = |a: &[String], b: &[String], f: &mut dyn FnMut(&str, &str)| {
-        for x in a {
-            for y in b {
+    started.push(CLIENT.to_owned());
+    let bridged = plan.bridge.is_some();
+    let base = |x: &str, y: &str| base_latency(&cluster.nodes, bridged, x, y);
+    let pairs = |started: &[String], a: &[String], b: &[String], f: &mut dyn FnMut(&str, &str)| {
+        for x in a.iter().filter(|x| started.contains(x)) {
+            for y in b.iter().filter(|y| started.contains(y)) {
                 if x != y {
                     f(x, y);
                 }
             }
         }
     };
+    // The WAN between the DCs.
+    pairs(&started, &started, &started, &mut |x, y| {
+        sim.set_link_max_message_latency(x, y, base(x, y))
+    });
+
+    let mut faults = plan.faults.iter().peekable();
+    let mut down: BTreeSet<usize> = BTreeSet::new();
+    let mut healed = false;
     loop {
+        if let Some(at) = plan.join_at
+            && sim.elapsed() >= at
+            && !started.contains(&cluster.nodes[JOINER].name)
+        {
+            start_host(&mut sim, JOINER);
+            let joiner = cluster.nodes[JOINER].name.clone();
+            for other in &started {
+                sim.set_link_max_message_latency(
+                    joiner.as_str(),
+                    other.as_str(),
+                    base(&joiner, other),
+                );
+            }
+            started.push(joiner);
+        }
         while let Some((at, fault)) = faults.peek()
             && *at <= sim.elapsed()
         {
             if !healed {
                 match fault {
-                    Fault::Partition(a, b) => pairs(a, b, &mut |x, y| sim.hold(x, y)),
-                    Fault::Heal(a, b) => pairs(a, b, &mut |x, y| sim.release(x, y)),
-                    Fault::Slow(a, b, max) => pairs(a, b, &mut |x, y| {
-                        sim.set_link_max_message_latency(x, y, *max)
+                    Fault::Partition(a, b) => pairs(&started, a, b, &mut |x, y| sim.hold(x, y)),
+                    Fault::Heal(a, b) => pairs(&started, a, b, &mut |x, y| sim.release(x, y)),
+                    Fault::Slow(a, b, max) => pairs(&started, a, b, &mut |x, y| {
+                        sim.set_link_max_message_latency(x, y, base(x, y).max(*max))
                     }),
-                    Fault::Fast(a, b) => pairs(a, b, &mut |x, y| {
-                        sim.set_link_max_message_latency(x, y, LATENCY_MAX)
+                    Fault::Fast(a, b) => pairs(&started, a, b, &mut |x, y| {
+                        sim.set_link_max_message_latency(x, y, base(x, y))
                     }),
                     Fault::Crash(i) => {
                         if down.insert(*i) {
@@ -778,9 +1120,9 @@ fn run_seed(seed: u64) -> Result<Summary, String> {
         }
         if !healed && sim.elapsed() >= plan.heal_at {
             healed = true;
-            pairs(&all, &all, &mut |x, y| {
+            pairs(&started, &started, &started, &mut |x, y| {
                 sim.release(x, y);
-                sim.set_link_max_message_latency(x, y, LATENCY_MAX);
+                sim.set_link_max_message_latency(x, y, base(x, y));
             });
             for i in std::mem::take(&mut down) {
                 sim.bounce(cluster.nodes[i].name.as_str());
@@ -796,7 +1138,7 @@ fn run_seed(seed: u64) -> Result<Summary, String> {
     drop(sim);
     let panics = PANICS.with(Cell::get);
     let log = log.lock();
-    let mut result = check(&plan, &cluster, &disks, &oracle, &log);
+    let mut result = check(&plan, &cluster, &disks, &oracle, &watch, &log);
     if panics > 0 {
         let message = format!("{panics} panics during the run (see the output above)\n");
         result = match result {
@@ -886,17 +1228,25 @@ fn no_acknowledged_write_is_lost_and_replicas_converge() {
         .map(|(s, _)| *s)
         .collect();
     let total = |f: fn(&Summary) -> usize| ok.iter().map(|s| f(s)).sum::<usize>();
+    let count = |f: fn(&Summary) -> bool| ok.iter().filter(|s| f(s)).count();
     eprintln!(
-        "{} seeds in {:.1?} on {threads} threads: {} writes attempted, {} acknowledged, {} keys, {} crashes; {} seeds with keys diverged before repair ({} keys), {} hints pending before repair",
+        "{} seeds in {:.1?} on {threads} threads: {} writes attempted, {} acknowledged, {} keys ({} with merged versions), {} crashes; {} seeds with keys diverged before repair ({} keys), {} hints pending before repair; {} bridged ({} overflowed, {} cursor moves checked over {} records), {} bootstrapped a node, {} decommissioned one",
         results.len(),
         started.elapsed(),
         total(|s| s.attempted),
         total(|s| s.acked),
         total(|s| s.keys),
+        total(|s| s.merged),
         total(|s| s.crashes),
         ok.iter().filter(|s| s.diverged_before_repair > 0).count(),
         total(|s| s.diverged_before_repair),
         total(|s| s.hints_before_repair),
+        count(|s| s.bridged),
+        count(|s| s.overflows > 0),
+        total(|s| s.cursor_moves.0 as usize),
+        total(|s| s.cursor_moves.1 as usize),
+        count(|s| s.joined),
+        count(|s| s.left),
     );
     if seeds.len() == 1
         && let Some(s) = ok.first()

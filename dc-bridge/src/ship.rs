@@ -104,6 +104,11 @@ impl<F: Fs> Shipper<F> {
             };
             let mut next = cursor.next;
             let mut in_flight: FuturesOrdered<InFlight> = FuturesOrdered::new();
+            // The first record of the batch last waited for: a batch waits
+            // for more records once. (After one `linger` its first record
+            // is old anyway; remembering it keeps a clock that moves slower
+            // than tokio's, a simulation's, from holding a batch back.)
+            let mut lingered: Option<u64> = None;
             loop {
                 // Registered before reading, so an append after the read
                 // still wakes this loop while batches are in flight.
@@ -126,8 +131,10 @@ impl<F: Fs> Shipper<F> {
                     let after = last.seq + 1;
                     // Small and young: wait for more, unless the link is busy
                     // anyway (then the batch goes when a slot frees).
-                    let young = records[0].enqueued_ms + self.linger.as_millis() as u64 > now_ms();
+                    let young = lingered != Some(records[0].seq)
+                        && records[0].enqueued_ms + self.linger.as_millis() as u64 > now_ms();
                     if in_flight.is_empty() && bytes < self.batch_bytes_max / 2 && young {
+                        lingered = Some(records[0].seq);
                         tokio::time::sleep(self.linger).await;
                         let (more, _) = match self.take(next).await {
                             Ok(r) => r,

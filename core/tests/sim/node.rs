@@ -1,28 +1,34 @@
 //! One simulated node: the production node, started by `node::start_with`
 //! (gossip, coordinator, hint handoff, Merkle repair, the request handler
-//! and the connection server), over the simulated network, with an
-//! in-memory "disk" (store, hints, actor) that outlives crashes.
+//! and the connection server, and in bridged runs the real cross-DC
+//! bridge), over the simulated network, with an in-memory "disk" (store,
+//! hints, outbox, actor) that outlives crashes, and a native merge hook.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ops::RangeBounds;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use isthmus_core::config::{BridgeSection, FsyncMode, KeyspaceSection, NodeConfig};
+use isthmus_core::fs::MemFs;
 use isthmus_core::gossip::detector::DetectorConfig;
 use isthmus_core::gossip::service::GossipConfig;
 use isthmus_core::hints::{HintQueue, HintRecord, HintSink};
 use isthmus_core::limit::Limits;
-use isthmus_core::merge::NoMerge;
-use isthmus_core::model::{Actor, Clock, ContentHash, DcName, KeyspaceConfig, Version, VersionSet};
+use isthmus_core::merge::{MergeFailure, MergeHook};
+use isthmus_core::model::{
+    Actor, Clock, ContentHash, DcName, KeyspaceConfig, Payload, Version, VersionSet,
+};
 use isthmus_core::node::{NodeParts, NodeTuning, start_with};
 use isthmus_core::repair::RepairConfig;
 use isthmus_core::ring::{NodeId, Placement};
 use isthmus_core::server::ServerConfig;
 use isthmus_core::store::{LocalStore, MemStore, StoreError};
+use isthmus_dc_bridge::{BridgeConfig, DcBridgeFactory};
 use parking_lot::Mutex;
 
+use super::bridge::{CursorWatch, WatchedFs};
 use super::net::{PORT, SimListener, SimTransport};
 
 /// Where and what a node is.
@@ -31,6 +37,8 @@ pub struct NodeSpec {
     pub name: String,
     pub dc: DcName,
     pub rack: String,
+    /// Joins a running cluster (`config.bootstrap`).
+    pub bootstrap: bool,
 }
 
 impl NodeSpec {
@@ -210,12 +218,56 @@ impl HintQueue for MemHints {
     }
 }
 
-/// What survives a node's crash: its store, its hints and its actor.
+/// What survives a node's crash: its store, its hints, its outbox and its
+/// actor.
 #[derive(Clone)]
 pub struct Disk {
     pub store: RecStore,
     pub hints: MemHints,
+    pub outbox: MemFs,
     pub actor: Actor,
+}
+
+/// The resolver bound to the merged keyspace (its name in the binding).
+pub const UNION: &str = "union";
+
+/// The elements of a value of the merged keyspace: comma-separated.
+pub fn elements(value: &[u8]) -> BTreeSet<String> {
+    String::from_utf8_lossy(value)
+        .split(',')
+        .filter(|e| !e.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// A native merge hook: the union of the siblings' elements, for
+/// keyspaces bound to [`UNION`] (a join, as resolvers must be).
+pub struct Union {
+    pub keyspaces: BTreeSet<String>,
+}
+
+impl MergeHook for Union {
+    fn merge(
+        &self,
+        keyspace: &str,
+        _key: &[u8],
+        siblings: &VersionSet,
+    ) -> Result<Option<Version>, MergeFailure> {
+        if !self.keyspaces.contains(keyspace) {
+            return Ok(None);
+        }
+        let mut union = BTreeSet::new();
+        let mut live = 0;
+        for v in siblings.live() {
+            live += 1;
+            union.extend(elements(v.value_bytes().unwrap_or_default()));
+        }
+        if live == 0 {
+            return Ok(None);
+        }
+        let value = union.into_iter().collect::<Vec<_>>().join(",");
+        Ok(siblings.merged(Payload::Value(value.into_bytes()), [0x55; 32]))
+    }
 }
 
 /// What every node of one simulation shares: the cluster's shape and
@@ -226,6 +278,10 @@ pub struct Cluster {
     pub keyspaces: BTreeMap<String, KeyspaceConfig>,
     pub vnodes: u32,
     pub gossip: GossipConfig,
+    /// Run the cross-DC bridge, with this outbox bound.
+    pub bridge: Option<u64>,
+    /// Sees every outbox's records and cursors.
+    pub watch: Arc<CursorWatch>,
 }
 
 impl Cluster {
@@ -273,11 +329,14 @@ fn config(cluster: &Cluster, spec: &NodeSpec) -> NodeConfig {
             })
             .collect(),
         bridge: BridgeSection {
-            enabled: false,
-            ..BridgeSection::default()
+            enabled: cluster.bridge.is_some(),
+            outbox_bytes_max: cluster.bridge.unwrap_or(1 << 30),
+            // Small batches: several in flight at once.
+            batch_bytes_max: 4096,
+            linger_ms: 2,
         },
         wan_proxy: None,
-        bootstrap: false,
+        bootstrap: spec.bootstrap,
     }
 }
 
@@ -305,7 +364,15 @@ pub async fn run(cluster: Arc<Cluster>, me: usize, disk: Disk) -> turmoil::Resul
         blocking_reads: None,
         peers_dir: None,
     };
+    let config = config(&cluster, &spec);
+    let bridge = WatchedFs {
+        mem: disk.outbox.clone(),
+        node: spec.name.clone(),
+        watch: cluster.watch.clone(),
+    };
+    let bridge = DcBridgeFactory::with_fs(BridgeConfig::from(&config.bridge), bridge);
     let tuning = NodeTuning {
+        bridge: Some(Arc::new(bridge)),
         gossip: cluster.gossip.clone(),
         server: Some(ServerConfig {
             request_deadline_max: Duration::from_secs(120),
@@ -318,7 +385,15 @@ pub async fn run(cluster: Arc<Cluster>, me: usize, disk: Disk) -> turmoil::Resul
         },
         ..NodeTuning::default()
     };
-    let node = start_with(config(&cluster, &spec), parts, Arc::new(NoMerge), tuning)
+    let merge = Union {
+        keyspaces: cluster
+            .keyspaces
+            .iter()
+            .filter(|(_, ks)| ks.resolver.as_ref().is_some_and(|(n, _)| n == UNION))
+            .map(|(name, _)| name.clone())
+            .collect(),
+    };
+    let node = start_with(config, parts, Arc::new(merge), tuning)
         .await
         .map_err(|e| e.to_string())?;
     // The node runs until the simulation crashes the host.
