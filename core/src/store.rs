@@ -34,10 +34,15 @@ pub enum StoreError {
     /// A size limit refused the write.
     #[error(transparent)]
     Limit(#[from] LimitError),
-    /// The storage engine failed or refuses writes (after a failed fsync).
+    /// The storage engine failed, or refuses writes (after a failed
+    /// fsync); the engine's own error, whole (its `source` chain included).
+    #[error("storage engine: {0}")]
+    Engine(Arc<EngineError>),
+    /// Storage outside the engine failed (hint files, the outbox, a task
+    /// that did not finish, a node that is stopping).
     #[error("storage failed: {reason}")]
     Failed {
-        /// What the engine reported.
+        /// What went wrong.
         reason: String,
     },
     /// The keyspace name cannot be stored.
@@ -52,9 +57,7 @@ impl From<EngineError> for StoreError {
     fn from(e: EngineError) -> Self {
         match e {
             EngineError::Limit(l) => StoreError::Limit(l),
-            other => StoreError::Failed {
-                reason: other.to_string(),
-            },
+            other => StoreError::Engine(Arc::new(other)),
         }
     }
 }
