@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use isthmus_client::ClientError;
+use isthmus_client::wire::ErrorCode;
 use isthmus_core::coordinator::{Coordinator, CoordinatorConfig, CoordinatorError};
 use isthmus_core::hints::HintSink;
 use isthmus_core::limit::{LimitError, Limits};
@@ -366,6 +367,39 @@ async fn non_replicas_forward_writes_to_a_replica() {
             vec![b"v".to_vec()]
         );
     }
+}
+
+#[tokio::test]
+async fn a_forwarded_write_keeps_the_replicas_error_whole() {
+    let limits = Limits {
+        siblings_max: 2,
+        ..Limits::default()
+    };
+    let c = cluster(5, 3, Arc::new(NoMerge), limits);
+    let key = b"bounded";
+    let replicas = replicas_of(&c, key);
+    let outsider = (0..5).map(n).find(|id| !replicas.contains(id)).unwrap();
+    for i in 0..2u8 {
+        c.put(&outsider, key, &[b'a' + i], Clock::new(), i + 1)
+            .await
+            .unwrap();
+    }
+    // The outsider forwards; the replica that coordinates refuses with the
+    // sibling bound, and the outsider's caller sees that, not a generic
+    // storage failure.
+    let err = c
+        .put(&outsider, key, b"c", Clock::new(), 3)
+        .await
+        .unwrap_err();
+    match &err {
+        CoordinatorError::Peer { node, error } => {
+            assert!(replicas.contains(node), "{node} is no replica");
+            assert_eq!(error.code, ErrorCode::TooManySiblings, "{err}");
+        }
+        other => panic!("expected the replica's error, got {other:?}"),
+    }
+    assert_eq!(err.to_wire().code, ErrorCode::TooManySiblings);
+    assert!(err.to_wire().message.contains("siblings"), "{err}");
 }
 
 #[tokio::test]
