@@ -68,6 +68,7 @@ use crate::model::{Clock, Consistency, DcName, KeyspaceConfig, VersionSet};
 use crate::ring::{NodeId, Ring};
 use crate::store::{BlockingRead, StoreError};
 use crate::view::ClusterView;
+use crate::worker::WorkerHandle;
 
 /// The system keyspace of the resolver registry.
 pub const REGISTRY_KEYSPACE: &str = "_registry";
@@ -132,10 +133,13 @@ pub async fn track_replication(
     keyspaces: Arc<RwLock<BTreeMap<String, KeyspaceConfig>>>,
     mut view: watch::Receiver<Arc<ClusterView>>,
     mut stop: watch::Receiver<bool>,
+    worker: WorkerHandle,
 ) {
     loop {
         let current = view.borrow_and_update().clone();
+        worker.busy();
         update_replication(&keyspaces, &current.ring);
+        worker.idle();
         tokio::select! {
             changed = view.changed() => if changed.is_err() { return },
             _ = stop.changed() => return,

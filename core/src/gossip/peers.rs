@@ -23,6 +23,7 @@ use tokio::sync::watch;
 use super::membership::NodeStatus;
 use super::service::{GossipTransport, Gossiper};
 use crate::fs::{Fs, StdFs};
+use crate::worker::WorkerHandle;
 
 /// The file's name in the data directory.
 pub const FILE: &str = "peers";
@@ -94,6 +95,7 @@ pub async fn keep<T: GossipTransport>(
     dir: PathBuf,
     interval: Duration,
     mut stop: watch::Receiver<bool>,
+    worker: WorkerHandle,
 ) {
     let mut written: Option<BTreeSet<String>> = None;
     let mut tick = tokio::time::interval(interval);
@@ -114,10 +116,20 @@ pub async fn keep<T: GossipTransport>(
             continue;
         }
         let (d, p) = (dir.clone(), peers.clone());
+        worker.busy();
         match tokio::task::spawn_blocking(move || store(&d, &p)).await {
-            Ok(Ok(())) => written = Some(peers),
-            Ok(Err(e)) => tracing::warn!(error = %e, "cannot remember the peers"),
-            Err(e) => tracing::warn!(error = %e, "cannot remember the peers"),
+            Ok(Ok(())) => {
+                written = Some(peers);
+                worker.idle();
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "cannot remember the peers");
+                worker.failed(e);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot remember the peers");
+                worker.failed(e);
+            }
         }
     }
 }

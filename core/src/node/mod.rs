@@ -444,14 +444,14 @@ fn spawn_background<S, T, H>(
     H: HintQueue + HintSink,
 {
     let stopped = || stop.clone();
-    workers.spawn("system-replication", |_| {
-        system::track_replication(bg.keyspaces.clone(), bg.view.clone(), stopped())
+    workers.spawn("system-replication", |w| {
+        system::track_replication(bg.keyspaces.clone(), bg.view.clone(), stopped(), w)
     });
     workers.spawn("gossip", |w| bg.gossiper.clone().run(stopped(), w));
     if let Some(dir) = bg.peers_dir {
         let interval = tuning.gossip.interval * 5;
-        workers.spawn("peers", |_| {
-            crate::gossip::peers::keep(bg.gossiper.clone(), dir, interval, stopped())
+        workers.spawn("peers", |w| {
+            crate::gossip::peers::keep(bg.gossiper.clone(), dir, interval, stopped(), w)
         });
     }
     workers.spawn("handoff", |w| {
