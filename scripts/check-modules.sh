@@ -18,12 +18,12 @@ if [[ "${1:-}" == "--cargo-modules" ]]; then
             --no-traits --no-types --no-owns 2>/dev/null \
             | python3 scripts/check-module-cycles.py --dot || status=1
     }
-    for package in isthmus-core isthmus-client isthmus-dc-bridge isthmus-resolvers isthmus-sdk-wasm; do
+    for package in isthmus-core isthmus-client isthmus-dc-bridge isthmus-resolvers isthmus-sdk-wasm isthmus-server isthmus-testkit; do
         check "$package" -p "$package" --lib
     done
     check "isthmus (bin)" -p isthmus --bin isthmus
 else
-    for src in core/src client/src dc-bridge/src resolvers/src sdk-wasm/src src; do
+    for src in core/src client/src dc-bridge/src resolvers/src sdk-wasm/src server/src testkit/src src; do
         printf '%-22s ' "$src:"
         python3 scripts/check-module-cycles.py --src "$src" || status=1
     done

@@ -24,11 +24,10 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use isthmus_client::Session;
 use isthmus_client::wire::{Consistency, Context, RequestBody, ResponseBody, WriteId};
-use isthmus_core::config::BridgeSection;
 use isthmus_core::model::DcName;
 use rand::{Rng, SeedableRng};
 
-use crate::local_cluster::{ClusterSpec, LocalCluster};
+use isthmus_testkit::{ClusterSpec, LocalCluster, Root};
 
 /// Arguments of `isthmus bench-bridge`.
 #[derive(clap::Args, Debug)]
@@ -213,31 +212,25 @@ async fn phase(
 
 /// Run the benchmark.
 pub fn run(args: BridgeBenchArgs) -> anyhow::Result<()> {
-    let temp = tempfile::tempdir()?;
-    let root = args
-        .data_dir
-        .clone()
-        .unwrap_or_else(|| temp.path().to_owned());
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?
-        .block_on(bench(args, root))
+        .block_on(bench(args))
 }
 
-async fn bench(args: BridgeBenchArgs, root: PathBuf) -> anyhow::Result<()> {
+async fn bench(args: BridgeBenchArgs) -> anyhow::Result<()> {
     let spec = ClusterSpec {
-        dcs: vec!["dc1", "dc2"],
-        nodes_per_dc: 3,
-        keyspace: KEYSPACE,
-        resolver: None,
-        bridge: BridgeSection::default(),
-        wan_one_way: Duration::from_millis(args.wan_latency_ms),
+        keyspace: KEYSPACE.into(),
+        wan_one_way: Some(Duration::from_millis(args.wan_latency_ms)),
+        vnodes: 32,
+        ..ClusterSpec::new(&["dc1", "dc2"], 3)
     };
     eprintln!(
         "bench-bridge: 2 DCs x 3 nodes, {} ms one way between them, writes at LOCAL_QUORUM into dc1",
         args.wan_latency_ms
     );
-    let mut cluster = LocalCluster::start(spec, root).await?;
+    let mut cluster =
+        LocalCluster::start(spec, Root::at_or_temporary(args.data_dir.clone())?).await?;
     let duration = Duration::from_secs(args.duration);
 
     // Warm up connections and caches.

@@ -21,13 +21,12 @@ use anyhow::Context as _;
 use hdrhistogram::Histogram;
 use isthmus_client::Session;
 use isthmus_client::wire::{Consistency, Context, RequestBody, ResponseBody, WriteId};
-use isthmus_core::config::BridgeSection;
 use isthmus_core::node::RunningNode;
 use isthmus_core::store::LocalStore;
 use isthmus_example_cart_union as cart_union;
 use parking_lot::Mutex;
 
-use crate::local_cluster::{ClusterSpec, LocalCluster};
+use isthmus_testkit::{ClusterSpec, LocalCluster, Root};
 
 /// Arguments of `isthmus demo`.
 #[derive(clap::Args, Debug)]
@@ -58,7 +57,7 @@ const NODES_PER_DC: usize = 3;
 const KEYSPACE: &str = "carts";
 
 fn default_resolver_path() -> PathBuf {
-    isthmus_resolvers::built_module(Path::new("."), "isthmus-example-cart-union")
+    isthmus_testkit::built_module(Path::new("."), "isthmus-example-cart-union")
 }
 
 /// What the shoppers did.
@@ -277,31 +276,26 @@ pub fn run(args: DemoArgs) -> anyhow::Result<bool> {
             resolver.display()
         )
     })?;
-    let temp = tempfile::tempdir()?;
-    let root = args
-        .data_dir
-        .clone()
-        .unwrap_or_else(|| temp.path().to_owned());
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
+    let root = Root::at_or_temporary(args.data_dir.clone())?;
     runtime.block_on(demo(args, module, root))
 }
 
-async fn demo(args: DemoArgs, module: Vec<u8>, root: PathBuf) -> anyhow::Result<bool> {
+async fn demo(args: DemoArgs, module: Vec<u8>, root: Root) -> anyhow::Result<bool> {
     let started = Instant::now();
     eprintln!(
         "demo: starting 2 datacenters x {NODES_PER_DC} nodes under {}; WAN {} ms one way",
-        root.display(),
+        root.path().display(),
         args.wan_latency_ms
     );
     let spec = ClusterSpec {
-        dcs: DCS.to_vec(),
-        nodes_per_dc: NODES_PER_DC,
-        keyspace: KEYSPACE,
-        resolver: Some(("cart-union", module)),
-        bridge: BridgeSection::default(),
-        wan_one_way: Duration::from_millis(args.wan_latency_ms),
+        keyspace: KEYSPACE.into(),
+        resolver: Some(("cart-union".into(), module)),
+        wan_one_way: Some(Duration::from_millis(args.wan_latency_ms)),
+        vnodes: 32,
+        ..ClusterSpec::new(&DCS, NODES_PER_DC)
     };
     let mut cluster = LocalCluster::start(spec, root).await?;
     eprintln!(
@@ -397,7 +391,7 @@ async fn demo(args: DemoArgs, module: Vec<u8>, root: PathBuf) -> anyhow::Result<
         wire,
         raw,
         wire as f64 / raw.max(1) as f64,
-        cluster.wan.cross_dc_bytes()
+        cluster.wan().cross_dc_bytes()
     );
     cluster.shutdown().await;
     eprintln!("demo: finished in {:.1} s", started.elapsed().as_secs_f64());

@@ -9,16 +9,23 @@
 //! - `resolver check FILE.wasm`: the law checker for merge modules;
 //!   `resolver upload|attach|detach|rollback|list --addr HOST:PORT`: the
 //!   cluster's replicated resolver registry.
+//!
+//! `demo`, `bench` and `bench-bridge` are the `demo` feature (on by
+//! default): they run on `isthmus-testkit`'s in-process cluster. A server
+//! build without it (`--no-default-features`) links neither the testkit
+//! nor the example resolvers.
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+#[cfg(feature = "demo")]
 mod bench_cmd;
+#[cfg(feature = "demo")]
 mod bridge_bench;
 mod client_cmd;
+#[cfg(feature = "demo")]
 mod demo;
-mod local_cluster;
 mod resolver_cmd;
 mod server_cmd;
 
@@ -34,13 +41,16 @@ struct Cli {
 enum Command {
     /// Run two datacenters of three nodes locally, shop, take one
     /// datacenter down and back, and audit that nothing was lost.
+    #[cfg(feature = "demo")]
     Demo(demo::DemoArgs),
     /// Run one node.
     Server(server_cmd::ServerArgs),
     /// YCSB-style load against a running cluster (ops/s, p50/p99/p999).
+    #[cfg(feature = "demo")]
     Bench(bench_cmd::BenchArgs),
     /// Measure the cross-DC bridge on a local two-DC cluster: lag, bytes
     /// per write, catch-up after an outage.
+    #[cfg(feature = "demo")]
     BenchBridge(bridge_bench::BridgeBenchArgs),
     /// Print the live siblings of a key, one per line (nothing when absent).
     Get {
@@ -112,8 +122,11 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Resolver { command } => resolver_cmd::run(command),
+        #[cfg(feature = "demo")]
         Command::Bench(args) => print(bench_cmd::run(args)),
+        #[cfg(feature = "demo")]
         Command::BenchBridge(args) => bridge_bench::run(args).map(|()| 0),
+        #[cfg(feature = "demo")]
         Command::Demo(args) => demo::run(args).map(|ok| if ok { 0 } else { 1 }),
         Command::Server(args) => server_cmd::run(args).map(|()| 0),
         Command::Get { args, json, key } => {

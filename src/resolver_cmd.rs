@@ -430,10 +430,7 @@ mod tests {
     }
 
     fn example(package: &str) -> PathBuf {
-        let path = isthmus_resolvers::built_module(
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")),
-            package,
-        );
+        let path = isthmus_testkit::built_module(&isthmus_testkit::module::workspace(), package);
         assert!(
             path.exists(),
             "{} is missing; build it first: cargo build --release --target wasm32-unknown-unknown -p {package}",

@@ -3,17 +3,13 @@
 //! serve until Ctrl-C or SIGTERM.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use anyhow::Context as _;
 use figment::Figment;
 use figment::providers::{Env, Format, Toml};
-use isthmus_core::config::{NodeConfig, parse_resolver_binding};
-use isthmus_core::merge::{MergeHook, NoMerge};
-use isthmus_core::node::{self, NodeTuning};
-use isthmus_core::system::RegistryHook;
-use isthmus_dc_bridge::{BridgeConfig, DcBridgeFactory};
-use isthmus_resolvers::{Host, RegistryService, ResolverLimits};
+use isthmus_core::config::NodeConfig;
+use isthmus_core::node::NodeTuning;
+use isthmus_server::Plugins;
 
 /// Arguments of `isthmus server`.
 #[derive(clap::Args, Debug)]
@@ -42,48 +38,19 @@ pub fn load_config(path: &Path) -> anyhow::Result<NodeConfig> {
     Ok(config)
 }
 
-/// The merge hook and the resolver registry a server runs: a wasm host
-/// whose merges follow the bindings of the cluster's replicated registry,
-/// else the keyspaces' configured `resolver = "NAME@VERSION"` (which must
-/// then be uploaded). Without a wasm host, siblings are kept unmerged.
-pub fn resolvers(config: &NodeConfig) -> (Arc<dyn MergeHook>, Option<Arc<dyn RegistryHook>>) {
-    match Host::new(ResolverLimits::default()) {
-        Ok(host) => {
-            let service = RegistryService::new(Arc::new(host));
-            let defaults = config
-                .keyspaces
-                .iter()
-                .filter_map(|(name, ks)| {
-                    Some((
-                        name.clone(),
-                        parse_resolver_binding(ks.resolver.as_deref()?)?,
-                    ))
-                })
-                .collect();
-            let hook = service.merge_hook(defaults);
-            (Arc::new(hook), Some(Arc::new(service)))
-        }
-        Err(e) => {
-            eprintln!("warning: no wasm host ({e}); siblings will not be merged");
-            (Arc::new(NoMerge), None)
-        }
-    }
-}
-
 /// Run a node until it is told to stop.
 pub fn run(args: ServerArgs) -> anyhow::Result<()> {
     let config = load_config(&args.config)?;
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async move {
-        let (merge, registry) = resolvers(&config);
-        let tuning = NodeTuning {
-            bridge: Some(Arc::new(DcBridgeFactory::new(BridgeConfig::from(
-                &config.bridge,
-            )))),
-            registry,
-            ..NodeTuning::default()
-        };
-        let node = node::start(config, merge, tuning).await?;
+        // A wasm host whose merges follow the bindings of the cluster's
+        // replicated registry, else the keyspaces' configured
+        // `resolver = "NAME@VERSION"`; the cross-DC bridge.
+        let plugins = Plugins::new(&config);
+        if let Err(e) = &plugins.host {
+            eprintln!("warning: no wasm host ({e}); siblings will not be merged");
+        }
+        let node = plugins.start(config, NodeTuning::default()).await?;
         eprintln!("isthmus: serving on {}", node.addr);
         shutdown_signal().await;
         eprintln!("isthmus: shutting down");

@@ -29,19 +29,12 @@ use isthmus_client::Session;
 use isthmus_client::wire::{
     BridgeReport, Consistency, Context, RequestBody, ResponseBody, WriteId,
 };
-use isthmus_core::config::{BridgeSection, FsyncMode, KeyspaceSection, NodeConfig};
-use isthmus_core::gossip::detector::DetectorConfig;
-use isthmus_core::gossip::service::GossipConfig;
-use isthmus_core::model::key_hash;
-use isthmus_core::node::{self, NodeTuning, RunningNode};
-use isthmus_core::repair::HashRange;
-use isthmus_core::repair::tree::MerkleTree;
+use isthmus_core::config::BridgeSection;
+use isthmus_core::node::RunningNode;
 use isthmus_core::store::LocalStore;
 use isthmus_dc_bridge::wan::WanProxy;
-use isthmus_dc_bridge::{BridgeConfig, DcBridgeFactory};
 use isthmus_example_cart_union as cart_union;
-use isthmus_resolvers::registry::UploadPolicy;
-use isthmus_resolvers::{Host, Registry, ResolverLimits, WasmMergeHook};
+use isthmus_testkit::{ClusterSpec, LocalCluster, Root};
 use parking_lot::Mutex;
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -53,189 +46,39 @@ fn cart_module() -> Vec<u8> {
     std::fs::read(common::wasm("isthmus-example-cart-union")).unwrap()
 }
 
-fn replication() -> BTreeMap<String, u32> {
-    BTreeMap::from([("dc1".into(), 3), ("dc2".into(), 3)])
-}
-
 // ---------------------------------------------------------------------------
 // In-process clusters
 
-struct Cluster {
-    wan: WanProxy,
-    root: tempfile::TempDir,
-    module: Vec<u8>,
-    bridge: BridgeSection,
-    seed: String,
-    nodes: BTreeMap<String, RunningNode>,
+/// Two DCs of three nodes, cart-union uploaded and bound to the keyspace.
+async fn cluster(bridge: BridgeSection) -> LocalCluster {
+    let spec = ClusterSpec {
+        keyspace: KEYSPACE.into(),
+        resolver: Some(("cart-union".into(), cart_module())),
+        bridge,
+        wan_one_way: Some(WAN_ONE_WAY),
+        ..ClusterSpec::new(&["dc1", "dc2"], 3)
+    };
+    LocalCluster::start(spec, Root::temporary().unwrap())
+        .await
+        .unwrap()
 }
 
-impl Cluster {
-    async fn start(bridge: BridgeSection) -> Cluster {
-        let mut cluster = Cluster {
-            wan: WanProxy::start("127.0.0.1:0", WAN_ONE_WAY).await.unwrap(),
-            root: tempfile::tempdir().unwrap(),
-            module: cart_module(),
-            bridge,
-            seed: String::new(),
-            nodes: BTreeMap::new(),
-        };
-        for dc in ["dc1", "dc2"] {
-            for i in 0..3 {
-                cluster.start_node(dc, i).await;
-            }
-        }
-        cluster.settle(6).await;
-        cluster
-    }
+async fn settle(cluster: &LocalCluster, alive: usize) {
+    cluster.wait_alive(alive, "settle").await.unwrap();
+}
 
-    async fn start_node(&mut self, dc: &str, i: usize) {
-        let id = format!("{dc}-n{i}");
-        let config = NodeConfig {
-            node_id: id.clone(),
-            dc: dc.into(),
-            rack: format!("r{i}"),
-            listen: "127.0.0.1:0".into(),
-            data_dir: self.root.path().join(&id),
-            seeds: if self.seed.is_empty() {
-                vec![]
-            } else {
-                vec![self.seed.clone()]
-            },
-            vnodes: 16,
-            fsync: FsyncMode::Interval,
-            fsync_interval_ms: 5,
-            bridge: self.bridge.clone(),
-            wan_proxy: Some(self.wan.addr().to_string()),
-            bootstrap: false,
-            keyspaces: BTreeMap::from([(
-                KEYSPACE.into(),
-                KeyspaceSection {
-                    replication: replication(),
-                    consistency: Consistency::LocalQuorum,
-                    resolver: Some("cart-union@1".into()),
-                    ttl_s: None,
-                },
-            )]),
-        };
-        let host = Arc::new(Host::new(ResolverLimits::default()).unwrap());
-        let registry = Arc::new(Registry::in_memory());
-        registry
-            .register(
-                &host,
-                "cart-union",
-                1,
-                &self.module,
-                &UploadPolicy::default(),
-            )
-            .unwrap();
-        registry.attach(KEYSPACE, "cart-union", 1).unwrap();
-        let tuning = NodeTuning {
-            bridge: Some(Arc::new(DcBridgeFactory::new(BridgeConfig::from(
-                &config.bridge,
-            )))),
-            gossip: GossipConfig {
-                interval: Duration::from_millis(200),
-                exchange_timeout: Duration::from_millis(500),
-                detector: DetectorConfig {
-                    initial_interval: Duration::from_millis(200),
-                    interval_max: Duration::from_millis(800),
-                    ..DetectorConfig::default()
-                },
-            },
-            ..NodeTuning::default()
-        };
-        let node = node::start(config, Arc::new(WasmMergeHook::new(host, registry)), tuning)
-            .await
-            .unwrap();
-        self.wan.register(&node.addr, dc);
-        if self.seed.is_empty() {
-            self.seed = node.addr.clone();
-        }
-        self.nodes.insert(id, node);
-    }
+/// Every replica's local set of `key`, encoded.
+async fn encodings(cluster: &LocalCluster, key: &[u8]) -> BTreeMap<String, Vec<u8>> {
+    let sets = cluster.sets(key).await.unwrap();
+    sets.into_iter().map(|(id, s)| (id, s.encode())).collect()
+}
 
-    async fn settle(&self, alive: usize) {
-        for _ in 0..300 {
-            if self
-                .nodes
-                .values()
-                .all(|n| n.gossiper().alive().len() == alive)
-            {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("the cluster did not settle at {alive} live nodes");
-    }
-
-    fn addrs(&self, dc: &str) -> Vec<String> {
-        self.nodes
-            .iter()
-            .filter(|(id, _)| id.starts_with(dc))
-            .map(|(_, n)| n.addr.clone())
-            .collect()
-    }
-
-    /// Every replica's local set of `key`, encoded.
-    async fn encodings(&self, key: &[u8]) -> BTreeMap<String, Vec<u8>> {
-        let mut out = BTreeMap::new();
-        for (id, node) in &self.nodes {
-            let set = node.store().get(KEYSPACE, key).await.unwrap();
-            out.insert(id.clone(), set.encode());
-        }
-        out
-    }
-
-    /// Stop every node of `dc` (their data stays).
-    async fn stop_dc(&mut self, dc: &str) {
-        let ids: Vec<String> = self
-            .nodes
-            .keys()
-            .filter(|id| id.starts_with(dc))
-            .cloned()
-            .collect();
-        for id in ids {
-            if let Some(node) = self.nodes.remove(&id) {
-                node.shutdown().await;
-            }
-        }
-    }
-
-    /// The Merkle root of every node's whole keyspace (every node holds
-    /// every key: 3 nodes, RF 3, in each DC).
-    async fn merkle_roots(&self) -> BTreeMap<String, [u8; 16]> {
-        let mut out = BTreeMap::new();
-        for (id, node) in &self.nodes {
-            let listing = node.store().scan_digests(KEYSPACE, ..).await.unwrap();
-            let keys = listing
-                .into_iter()
-                .map(|(key, digest)| (key_hash(&key), key, digest));
-            let tree = MerkleTree::from_keys(HashRange::new(0, u64::MAX).unwrap(), 12, keys);
-            out.insert(id.clone(), tree.root());
-        }
-        out
-    }
-
-    /// Every running node's bridge report.
-    fn reports(&self) -> Vec<BridgeReport> {
-        self.nodes
-            .values()
-            .filter_map(|n| n.coordinator().bridge())
-            .flat_map(|b| b.report())
-            .collect()
-    }
-
-    async fn assert_equal_roots(&self) {
-        let roots = self.merkle_roots().await;
-        let distinct: BTreeSet<_> = roots.values().collect();
-        assert_eq!(distinct.len(), 1, "Merkle roots differ: {roots:?}");
-    }
-
-    async fn shutdown(mut self) {
-        for (_, node) in std::mem::take(&mut self.nodes) {
-            node.shutdown().await;
-        }
-    }
+/// Every node's Merkle root of the whole keyspace is the same (every
+/// node holds every key: 3 nodes, RF 3, in each DC).
+async fn assert_equal_roots(cluster: &LocalCluster) {
+    let roots = cluster.merkle_roots().await.unwrap();
+    let distinct: BTreeSet<_> = roots.values().collect();
+    assert_eq!(distinct.len(), 1, "Merkle roots differ: {roots:?}");
 }
 
 /// The items of every live sibling of a cart, as one node holds it.
@@ -323,7 +166,7 @@ async fn shoppers(
 /// Wait until every replica in both DCs holds byte-identical carts, a
 /// single merged version each, holding every acknowledged item and
 /// nothing never attempted; returns the time it took.
-async fn converged(cluster: &Cluster, carts: usize, ledger: &Ledger) -> Duration {
+async fn converged(cluster: &LocalCluster, carts: usize, ledger: &Ledger) -> Duration {
     let start = Instant::now();
     let acked = ledger.acked.lock().clone();
     let attempted = ledger.attempted.lock().clone();
@@ -332,7 +175,7 @@ async fn converged(cluster: &Cluster, carts: usize, ledger: &Ledger) -> Duration
         let mut ok = true;
         for cart in 0..carts {
             let key = cart_key(cart);
-            let encodings = cluster.encodings(&key).await;
+            let encodings = encodings(cluster, &key).await;
             let distinct: BTreeSet<&Vec<u8>> = encodings.values().collect();
             if distinct.len() != 1 {
                 ok = false;
@@ -368,7 +211,7 @@ async fn converged(cluster: &Cluster, carts: usize, ledger: &Ledger) -> Duration
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn conflicting_carts_in_both_dcs_converge_to_the_union() {
     let _serial = SERIAL.lock().await;
-    let cluster = Cluster::start(BridgeSection::default()).await;
+    let cluster = cluster(BridgeSection::default()).await;
     let carts = 6;
     let ledger = Arc::new(Ledger::default());
     let stop = Arc::new(AtomicBool::new(false));
@@ -403,18 +246,18 @@ async fn conflicting_carts_in_both_dcs_converge_to_the_union() {
     );
     let took = converged(&cluster, carts, &ledger).await;
     eprintln!("converged {acked} acknowledged cart writes from both DCs in {took:?}");
-    cluster.assert_equal_roots().await;
+    assert_equal_roots(&cluster).await;
     cluster.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_partition_between_the_dcs_heals_with_nothing_lost() {
     let _serial = SERIAL.lock().await;
-    let cluster = Cluster::start(BridgeSection::default()).await;
+    let cluster = cluster(BridgeSection::default()).await;
     let carts = 6;
     let ledger = Arc::new(Ledger::default());
     let stop = Arc::new(AtomicBool::new(false));
-    cluster.wan.cut("dc1", "dc2");
+    cluster.wan().cut("dc1", "dc2");
     // Each side sees the other go down; both keep taking writes.
     for _ in 0..600 {
         if cluster
@@ -459,13 +302,13 @@ async fn a_partition_between_the_dcs_heals_with_nothing_lost() {
         owed > 0,
         "the outboxes must hold what the partition kept back"
     );
-    cluster.wan.heal("dc1", "dc2");
+    cluster.wan().heal("dc1", "dc2");
     let took = converged(&cluster, carts, &ledger).await;
     eprintln!(
         "partition healed: {} acknowledged writes, {owed} queued, converged in {took:?}",
         ledger.acked.lock().len()
     );
-    cluster.assert_equal_roots().await;
+    assert_equal_roots(&cluster).await;
     cluster.shutdown().await;
 }
 
@@ -490,7 +333,7 @@ async fn put_at(addr: &str, key: &[u8], level: Consistency) -> Result<ResponseBo
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn each_quorum_waits_for_every_dc_and_local_quorum_does_not() {
     let _serial = SERIAL.lock().await;
-    let mut cluster = Cluster::start(BridgeSection::default()).await;
+    let mut cluster = cluster(BridgeSection::default()).await;
     let dc1 = cluster.addrs("dc1");
     // Acknowledged at EACH_QUORUM: already on a quorum of dc2's replicas,
     // without waiting for the bridge.
@@ -517,7 +360,7 @@ async fn each_quorum_waits_for_every_dc_and_local_quorum_does_not() {
     );
     // With dc2 dark, EACH_QUORUM cannot be met; LOCAL_QUORUM is not held up.
     cluster.stop_dc("dc2").await;
-    cluster.settle(3).await;
+    settle(&cluster, 3).await;
     let each = put_at(&dc1[1], b"each-dark", Consistency::EachQuorum).await;
     assert!(
         matches!(&each, Err(e) if e.starts_with("TIMEOUT") || e.starts_with("UNAVAILABLE")),
@@ -542,11 +385,11 @@ async fn past_the_outbox_bound_a_full_sync_restores_convergence() {
         outbox_bytes_max: 1 << 20,
         ..BridgeSection::default()
     };
-    let mut cluster = Cluster::start(bridge).await;
+    let mut cluster = cluster(bridge).await;
     let carts = 4;
     let ledger = Arc::new(Ledger::default());
     cluster.stop_dc("dc2").await;
-    cluster.settle(3).await;
+    settle(&cluster, 3).await;
     // Carts grow with every item: a few thousand writes of growing carts
     // are far more than the 1 MiB outbox bound.
     let stop = Arc::new(AtomicBool::new(false));
@@ -584,9 +427,9 @@ async fn past_the_outbox_bound_a_full_sync_restores_convergence() {
             .all(|r| r.outbox_bytes <= (1 << 20) + (8 << 20))
     );
     for i in 0..3 {
-        cluster.start_node("dc2", i).await;
+        cluster.start_node("dc2", i).await.unwrap();
     }
-    cluster.settle(6).await;
+    settle(&cluster, 6).await;
     let took = converged(&cluster, carts, &ledger).await;
     for _ in 0..400 {
         let pending = cluster.reports().into_iter().any(|r| r.full_sync_pending);
@@ -604,7 +447,7 @@ async fn past_the_outbox_bound_a_full_sync_restores_convergence() {
         "outbox bound: {} acknowledged writes, dc2 restored by full-sync in {took:?}",
         ledger.acked.lock().len()
     );
-    cluster.assert_equal_roots().await;
+    assert_equal_roots(&cluster).await;
     cluster.shutdown().await;
 }
 

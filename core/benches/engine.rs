@@ -44,7 +44,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use isthmus_core::engine::{Engine, EngineOptions, FsyncPolicy};
-use isthmus_core::model::{Actor, Clock, Dot, Version};
+use isthmus_core::model::Version;
+use isthmus_testkit::version::dotted;
 
 const VALUE_BYTES: usize = 100;
 const CACHE_BYTES: u64 = 256 << 20;
@@ -74,12 +75,7 @@ fn value(i: u64) -> [u8; VALUE_BYTES] {
 }
 
 fn version(i: u64) -> Version {
-    let mut c = Clock::new();
-    c.add_dot(Dot {
-        actor: Actor(1),
-        counter: i + 1,
-    });
-    Version::value(c, value(i).to_vec(), 1_700_000_000_000 + i, "dc1".into())
+    dotted(1, i + 1).at(1_700_000_000_000 + i).value(value(i))
 }
 
 fn wchar() -> u64 {

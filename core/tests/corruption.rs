@@ -8,19 +8,10 @@ use std::path::{Path, PathBuf};
 
 use isthmus_core::engine::sstable::{FOOTER_BYTES, Footer, decode_index};
 use isthmus_core::engine::{Engine, EngineError, EngineOptions, Fs, FsFile, MemFs};
-use isthmus_core::model::{Actor, Clock, Dot, Version};
+use isthmus_testkit::version::dotted;
 
 fn dir() -> &'static Path {
     Path::new("/db")
-}
-
-fn v(n: u64) -> Version {
-    let mut c = Clock::new();
-    c.add_dot(Dot {
-        actor: Actor(1),
-        counter: n,
-    });
-    Version::value(c, format!("value-{n}").into_bytes(), n, "dc1".into())
 }
 
 fn key(i: u64) -> Vec<u8> {
@@ -40,7 +31,9 @@ fn store_with_table() -> (MemFs, PathBuf) {
     let fs = MemFs::new();
     let engine = Engine::open_with_fs(fs.clone(), dir(), EngineOptions::default()).unwrap();
     engine
-        .apply_batch((0..2000).map(|i| (key(i), v(i + 1))))
+        .apply_batch(
+            (0..2000).map(|i| (key(i), dotted(1, i + 1).value(format!("value-{}", i + 1)))),
+        )
         .unwrap();
     engine.flush().unwrap();
     engine.close().unwrap();
@@ -81,7 +74,9 @@ fn flipped_log_record_before_the_tail_is_reported_with_file_and_offset() {
     let fs = MemFs::new();
     let engine = Engine::open_with_fs(fs.clone(), dir(), EngineOptions::default()).unwrap();
     for i in 0..10 {
-        engine.apply(&key(i), v(i + 1)).unwrap();
+        engine
+            .apply(&key(i), dotted(1, i + 1).value(format!("value-{}", i + 1)))
+            .unwrap();
     }
     // Crash before any flush: the data lives only in the log.
     let fs = fs.crash();
@@ -107,7 +102,9 @@ fn torn_log_tail_is_truncated_and_earlier_records_survive() {
     let fs = MemFs::new();
     let engine = Engine::open_with_fs(fs.clone(), dir(), EngineOptions::default()).unwrap();
     for i in 0..10 {
-        engine.apply(&key(i), v(i + 1)).unwrap();
+        engine
+            .apply(&key(i), dotted(1, i + 1).value(format!("value-{}", i + 1)))
+            .unwrap();
     }
     let fs = fs.crash();
     drop(engine);

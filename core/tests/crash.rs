@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use isthmus_core::engine::{Engine, EngineOptions, FsyncPolicy};
 use isthmus_core::limit::Limits;
-use isthmus_core::model::{Actor, Clock, Dot, Version};
+use isthmus_testkit::version::dotted;
 use rand::{Rng, SeedableRng};
 
 const CHILD_ENV: &str = "ISTHMUS_CRASH_CHILD";
@@ -46,15 +46,6 @@ fn options(policy: &str) -> EngineOptions {
     }
 }
 
-fn version(actor: u64, counter: u64) -> Version {
-    let mut c = Clock::new();
-    c.add_dot(Dot {
-        actor: Actor(actor),
-        counter,
-    });
-    Version::value(c, vec![b'v'; 64], counter, "dc1".into())
-}
-
 /// Child mode: write until killed. A no-op in a normal test run.
 #[test]
 fn crash_child_writer() {
@@ -74,7 +65,7 @@ fn crash_child_writer() {
                 let actor = round * 100 + t + 1;
                 for i in 0..1_000_000u64 {
                     let key = format!("r{round}-t{t}-{i}");
-                    e.apply(key.as_bytes(), version(actor, i + 1))
+                    e.apply(key.as_bytes(), dotted(actor, i + 1).value([b'v'; 64]))
                         .expect("apply");
                     // println! takes the stdout lock for the whole line.
                     println!("ack {key}");

@@ -12,7 +12,8 @@ use isthmus_core::engine::log::decode_segment;
 use isthmus_core::engine::manifest::ManifestBody;
 use isthmus_core::engine::sstable::{FOOTER_BYTES, Footer, decode_index};
 use isthmus_core::engine::{Engine, EngineOptions, Fs, MemFs};
-use isthmus_core::model::{Actor, Clock, Dot, Version};
+use isthmus_core::model::Clock;
+use isthmus_testkit::version::{dotted, with_clock};
 use proptest::prelude::*;
 
 /// Feed `bytes` to every decoder; they must not panic.
@@ -40,21 +41,12 @@ fn samples() -> &'static Vec<Vec<u8>> {
         let fs = MemFs::new();
         let engine = Engine::open_with_fs(fs.clone(), dir, EngineOptions::default()).unwrap();
         for i in 0..300u64 {
-            let mut c = Clock::new();
-            c.add_dot(Dot {
-                actor: Actor(i % 3),
-                counter: i + 1,
-            });
-            engine
-                .apply(
-                    format!("k{i}").as_bytes(),
-                    Version::value(c, vec![i as u8; 20], i, "dc1".into()),
-                )
-                .unwrap();
+            let version = dotted(i % 3, i + 1).at(i).value(vec![i as u8; 20]);
+            engine.apply(format!("k{i}").as_bytes(), version).unwrap();
         }
         engine.flush().unwrap();
         engine
-            .apply(b"tail", Version::tombstone(Clock::new(), 1, "dc1".into()))
+            .apply(b"tail", with_clock(Clock::new()).at(1).tombstone())
             .unwrap();
         let fs = fs.crash();
         drop(engine);

@@ -15,9 +15,12 @@
 use std::path::{Path, PathBuf};
 
 use isthmus_core::engine::{Engine, EngineOptions, FsyncPolicy};
-use isthmus_core::model::{Actor, Clock, Dot, Version};
+use isthmus_testkit::version::dotted;
 
 const FIXTURE: &str = "tests/fixtures/engine-v2";
+
+/// Every fixture version's timestamp.
+const FIXTURE_TS: u64 = 1_700_000_000_000;
 
 fn fixture_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(FIXTURE)
@@ -28,20 +31,6 @@ fn options() -> EngineOptions {
         fsync: FsyncPolicy::Always,
         ..EngineOptions::default()
     }
-}
-
-fn version(actor: u64, counter: u64, value: &str) -> Version {
-    let mut c = Clock::new();
-    c.add_dot(Dot {
-        actor: Actor(actor),
-        counter,
-    });
-    Version::value(
-        c,
-        value.as_bytes().to_vec(),
-        1_700_000_000_000,
-        "dc1".into(),
-    )
 }
 
 /// One version as (actor, counter, value).
@@ -80,21 +69,21 @@ fn write_fixture(dir: &Path) {
         for (k, vs) in all.iter().filter(|(k, _)| k.starts_with(prefix)) {
             for (a, c, v) in vs {
                 engine
-                    .apply(k.as_bytes(), version(*a, *c, v))
+                    .apply(k.as_bytes(), dotted(*a, *c).at(FIXTURE_TS).value(v))
                     .expect("apply");
             }
         }
     };
     put("l1-");
     engine
-        .apply(b"siblings", version(4, 1, "left"))
+        .apply(b"siblings", dotted(4, 1).at(FIXTURE_TS).value("left"))
         .expect("apply");
     engine.compact().expect("compact");
     put("l0-");
     engine.flush().expect("flush");
     put("log-");
     engine
-        .apply(b"siblings", version(5, 1, "right"))
+        .apply(b"siblings", dotted(5, 1).at(FIXTURE_TS).value("right"))
         .expect("apply");
     // Closing syncs the log but does not flush: the last writes stay
     // only in the log.

@@ -4,60 +4,30 @@
 //! on-demand repair brings diverged replicas together, and a node joins
 //! and another is decommissioned under writes with nothing lost.
 
-use std::collections::BTreeMap;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use isthmus_client::Session;
-use isthmus_client::wire::{Consistency, Context, RequestBody, ResponseBody, WriteId};
-use isthmus_core::config::{FsyncMode, KeyspaceSection, NodeConfig};
-use isthmus_core::gossip::detector::DetectorConfig;
-use isthmus_core::gossip::service::GossipConfig;
-use isthmus_core::merge::NoMerge;
-use isthmus_core::model::{Actor, Clock, Version};
-use isthmus_core::node::{NodeTuning, RunningNode, start};
+use isthmus_client::wire::{Context, RequestBody, ResponseBody, WriteId};
+use isthmus_core::config::FsyncMode;
+use isthmus_core::node::RunningNode;
 use isthmus_core::store::LocalStore;
+use isthmus_testkit::version::covering;
+use isthmus_testkit::{ClusterSpec, LocalCluster, NodeKind, Root, config};
 
-fn config(i: usize, dir: &Path, listen: &str, seeds: Vec<String>) -> NodeConfig {
-    NodeConfig {
-        node_id: format!("n{i}"),
-        dc: "dc1".into(),
-        rack: format!("r{i}"),
-        listen: listen.into(),
-        data_dir: dir.join(format!("n{i}")),
-        seeds,
-        vnodes: 16,
+/// Three nodes of dc1 (`n0`, `n1`, `n2`), core's node alone (no merge,
+/// no registry, no bridge), an fsync per write, gossip every 100 ms, one
+/// `carts` keyspace at RF 3.
+async fn three_nodes() -> LocalCluster {
+    let spec = ClusterSpec {
+        kind: NodeKind::Bare,
         fsync: FsyncMode::Always,
-        fsync_interval_ms: 5,
-        bridge: Default::default(),
-        wan_proxy: None,
-        bootstrap: false,
-        keyspaces: BTreeMap::from([(
-            "carts".into(),
-            KeyspaceSection {
-                replication: BTreeMap::from([("dc1".into(), 3)]),
-                consistency: Consistency::LocalQuorum,
-                resolver: None,
-                ttl_s: None,
-            },
-        )]),
-    }
-}
-
-fn tuning() -> NodeTuning {
-    NodeTuning {
-        gossip: GossipConfig {
-            interval: Duration::from_millis(100),
-            exchange_timeout: Duration::from_millis(500),
-            detector: DetectorConfig {
-                initial_interval: Duration::from_millis(100),
-                interval_max: Duration::from_millis(400),
-                ..DetectorConfig::default()
-            },
-        },
-        ..NodeTuning::default()
-    }
+        gossip: config::gossip(Duration::from_millis(100)),
+        ..ClusterSpec::new(&["dc1"], 3)
+    };
+    LocalCluster::start(spec, Root::temporary().unwrap())
+        .await
+        .unwrap()
 }
 
 async fn until(what: &str, mut check: impl FnMut() -> bool) {
@@ -94,32 +64,10 @@ async fn get(session: &Session, key: &[u8]) -> Vec<Vec<u8>> {
     }
 }
 
-/// Three nodes joined through the first; returns its address and them.
-async fn three_nodes(dir: &Path) -> (String, Vec<RunningNode>) {
-    let first = start(
-        config(0, dir, "127.0.0.1:0", vec![]),
-        Arc::new(NoMerge),
-        tuning(),
-    )
-    .await
-    .unwrap();
-    let seed = first.addr.clone();
-    let mut nodes: Vec<RunningNode> = vec![first];
-    for i in 1..3 {
-        let config = config(i, dir, "127.0.0.1:0", vec![seed.clone()]);
-        nodes.push(start(config, Arc::new(NoMerge), tuning()).await.unwrap());
-    }
-    until("every node sees three live nodes", || {
-        nodes.iter().all(|n| n.gossiper().alive().len() == 3)
-    })
-    .await;
-    (seed, nodes)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_three_node_cluster_survives_a_stopped_node_and_hands_off_its_hints() {
-    let dir = tempfile::tempdir().unwrap();
-    let (seed, mut nodes) = three_nodes(dir.path()).await;
+    let mut cluster = three_nodes().await;
+    let nodes: Vec<&RunningNode> = cluster.nodes.values().collect();
 
     let client = Session::connect(&nodes[0].addr, "test", Duration::from_secs(5))
         .await
@@ -148,13 +96,8 @@ async fn a_three_node_cluster_survives_a_stopped_node_and_hands_off_its_hints() 
     }
 
     // Stop n2: writes at LOCAL_QUORUM go on, n2's share becomes hints.
-    let stopped = nodes.pop().unwrap();
-    let n2_config = config(2, dir.path(), "127.0.0.1:0", vec![seed.clone()]);
-    stopped.shutdown().await;
-    until("n2 is seen down", || {
-        nodes.iter().all(|n| n.gossiper().alive().len() == 2)
-    })
-    .await;
+    cluster.stop_node("n2").await;
+    cluster.wait_alive(2, "n2 is seen down").await.unwrap();
     for i in 0..20u8 {
         assert_eq!(
             put(&client, &[b'k', i], b"during", 10 + i).await,
@@ -162,12 +105,9 @@ async fn a_three_node_cluster_survives_a_stopped_node_and_hands_off_its_hints() 
         );
     }
     // n2 returns on a new port with its data directory; hints flow back.
-    let back = start(n2_config, Arc::new(NoMerge), tuning()).await.unwrap();
-    nodes.push(back);
-    until("n2 is seen up again", || {
-        nodes.iter().all(|n| n.gossiper().alive().len() == 3)
-    })
-    .await;
+    cluster.start_node("dc1", 2).await.unwrap();
+    cluster.wait_alive(3, "n2 is seen up again").await.unwrap();
+    let nodes: Vec<&RunningNode> = cluster.nodes.values().collect();
     for _ in 0..200 {
         let mut held = 0;
         for i in 0..20u8 {
@@ -190,17 +130,14 @@ async fn a_three_node_cluster_survives_a_stopped_node_and_hands_off_its_hints() 
         let set = nodes[2].store().get("carts", &[b'k', i]).await.unwrap();
         assert_eq!(set.live().count(), 1, "n2 lacks key {i} after handoff");
     }
-    for node in nodes {
-        node.shutdown().await;
-    }
+    cluster.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_client_routes_retries_and_survives_a_stopped_node() {
-    let dir = tempfile::tempdir().unwrap();
-    let (seed, mut nodes) = three_nodes(dir.path()).await;
+    let mut cluster = three_nodes().await;
     let client = isthmus_client::Client::builder()
-        .seed(seed.clone())
+        .seed(cluster.seed().to_owned())
         .local_dc("dc1")
         .timeout(Duration::from_secs(2))
         .retries(4)
@@ -232,7 +169,7 @@ async fn the_client_routes_retries_and_survives_a_stopped_node() {
     );
 
     // Stop the seed node: the client fails over to the others.
-    nodes.remove(0).shutdown().await;
+    cluster.stop_node("n0").await;
     for i in 0..30u8 {
         let read = client.get("carts", &[i]).await.unwrap();
         let want = if i == 7 { vec![70] } else { vec![i] };
@@ -253,19 +190,14 @@ async fn the_client_routes_retries_and_survives_a_stopped_node() {
         .await
         .unwrap();
     assert!(client.get("carts", &[1]).await.unwrap().siblings.is_empty());
-    for node in nodes {
-        node.shutdown().await;
-    }
+    cluster.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_on_demand_repair_makes_diverged_replicas_identical() {
-    let dir = tempfile::tempdir().unwrap();
-    let (_, nodes) = three_nodes(dir.path()).await;
-    let version = |counter: u64, value: &[u8]| {
-        let clock = Clock::from_parts([(Actor(1), counter)], []);
-        Version::value(clock, value.to_vec(), counter, "dc1".into())
-    };
+    let cluster = three_nodes().await;
+    let nodes: Vec<&RunningNode> = cluster.nodes.values().collect();
+    let version = |counter: u64, value: &[u8]| covering(1, counter).value(value);
     // Writes that bypass replication: keys only n0 holds, and a key on
     // which n1 holds a newer version than n0 and n2.
     let mut keys: Vec<Vec<u8>> = (0..50u8).map(|i| vec![b'd', i]).collect();
@@ -344,9 +276,7 @@ async fn an_on_demand_repair_makes_diverged_replicas_identical() {
             other => panic!("unexpected answer {other:?}"),
         }
     }
-    for node in nodes {
-        node.shutdown().await;
-    }
+    cluster.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -355,8 +285,8 @@ async fn a_node_joins_and_another_leaves_with_nothing_lost() {
     use isthmus_core::ring::NodeId;
     use std::sync::atomic::{AtomicBool, Ordering};
 
-    let dir = tempfile::tempdir().unwrap();
-    let (seed, mut nodes) = three_nodes(dir.path()).await;
+    let mut cluster = three_nodes().await;
+    let nodes: Vec<&RunningNode> = cluster.nodes.values().collect();
     let session = Session::connect(&nodes[1].addr, "test", Duration::from_secs(2))
         .await
         .unwrap();
@@ -401,9 +331,10 @@ async fn a_node_joins_and_another_leaves_with_nothing_lost() {
     };
 
     // n3 joins: it streams the ranges it will own, then takes them.
-    let mut joining = config(3, dir.path(), "127.0.0.1:0", vec![seed]);
+    let mut joining = cluster.node_config("dc1", 3);
     joining.bootstrap = true;
-    nodes.push(start(joining, Arc::new(NoMerge), tuning()).await.unwrap());
+    cluster.start_with(joining).await.unwrap();
+    let nodes: Vec<&RunningNode> = cluster.nodes.values().collect();
     let status_of = |node: &RunningNode, id: &str| {
         node.gossiper()
             .membership()
@@ -446,8 +377,9 @@ async fn a_node_joins_and_another_leaves_with_nothing_lost() {
         ResponseBody::Repaired(report) => assert_eq!(report.ranges_failed, 0, "{report:?}"),
         other => panic!("unexpected answer {other:?}"),
     }
-    assert_eq!(status_of(&nodes[1], "n0"), Some(NodeStatus::Left));
-    nodes.remove(0).shutdown().await;
+    assert_eq!(status_of(nodes[1], "n0"), Some(NodeStatus::Left));
+    cluster.stop_node("n0").await;
+    let nodes: Vec<&RunningNode> = cluster.nodes.values().collect();
     stop.store(true, Ordering::Relaxed);
     acked.extend(writer.await.unwrap());
 
@@ -477,20 +409,17 @@ async fn a_node_joins_and_another_leaves_with_nothing_lost() {
         acked.len(),
         &lost[..lost.len().min(5)]
     );
-    for node in nodes {
-        node.shutdown().await;
-    }
+    cluster.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restarted_nodes_find_each_other_while_their_seed_is_down() {
     use isthmus_core::ring::NodeId;
 
-    let dir = tempfile::tempdir().unwrap();
-    let (seed, nodes) = three_nodes(dir.path()).await;
-    let addrs: Vec<String> = nodes.iter().map(|n| n.addr.clone()).collect();
+    let mut cluster = three_nodes().await;
+    let addrs: Vec<String> = cluster.nodes.values().map(|n| n.addr.clone()).collect();
     for i in [1, 2] {
-        let file = dir.path().join(format!("n{i}")).join("peers");
+        let file = cluster.root().join(format!("n{i}")).join("peers");
         until("the nodes remember their peers", || {
             std::fs::read_to_string(&file)
                 .is_ok_and(|p| addrs.iter().filter(|a| p.contains(a.as_str())).count() == 2)
@@ -499,16 +428,17 @@ async fn restarted_nodes_find_each_other_while_their_seed_is_down() {
     }
     // The whole cluster stops; n0, the seed everyone joined through,
     // stays down.
-    for node in nodes {
-        node.shutdown().await;
+    for id in ["n0", "n1", "n2"] {
+        cluster.stop_node(id).await;
     }
     // n1 and n2 come back knowing nothing but that dead seed, and find
     // each other through the peers they remembered.
-    let mut back = Vec::new();
     for i in [1, 2] {
-        let config = config(i, dir.path(), &addrs[i], vec![seed.clone()]);
-        back.push(start(config, Arc::new(NoMerge), tuning()).await.unwrap());
+        let mut config = cluster.node_config("dc1", i);
+        config.listen = addrs[i].clone();
+        cluster.start_with(config).await.unwrap();
     }
+    let back: Vec<&RunningNode> = cluster.nodes.values().collect();
     until("n1 and n2 see each other", || {
         back.iter().all(|n| {
             let alive = n.gossiper().alive();
@@ -525,7 +455,5 @@ async fn restarted_nodes_find_each_other_while_their_seed_is_down() {
         ResponseBody::Written
     );
     assert_eq!(get(&session, b"after").await, vec![b"v".to_vec()]);
-    for node in back {
-        node.shutdown().await;
-    }
+    cluster.shutdown().await;
 }

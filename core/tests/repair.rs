@@ -15,9 +15,7 @@ use isthmus_core::coordinator::{Coordinator, CoordinatorConfig};
 use isthmus_core::hints::HintSink;
 use isthmus_core::limit::Limits;
 use isthmus_core::merge::{MergeFailure, MergeHook};
-use isthmus_core::model::{
-    Actor, Clock, DcName, Dot, KeyspaceConfig, Payload, Version, VersionSet, key_hash,
-};
+use isthmus_core::model::{Actor, DcName, KeyspaceConfig, Payload, Version, VersionSet, key_hash};
 use isthmus_core::peer::{PeerRequest, PeerResponse};
 use isthmus_core::repair::{Partners, RepairConfig, Repairer, Share, StoreData};
 use isthmus_core::replica::Replica;
@@ -25,6 +23,7 @@ use isthmus_core::ring::{NodeId, Placement, Ring};
 use isthmus_core::store::{LocalStore, MemStore, StoreError};
 use isthmus_core::transport::Transport;
 use isthmus_core::view::ClusterView;
+use isthmus_testkit::version::{covering, dotted};
 use parking_lot::RwLock;
 use tokio::sync::watch;
 
@@ -191,23 +190,6 @@ fn cluster(dcs: &[(&str, usize)], replication: &[(&str, u32)]) -> Cluster {
     }
 }
 
-fn version(actor: u64, counter: u64, value: &[u8], ts: u64) -> Version {
-    let clock = Clock::from_parts(
-        [],
-        [Dot {
-            actor: Actor(actor),
-            counter,
-        }],
-    );
-    Version::value(clock, value.to_vec(), ts, "dc1".into())
-}
-
-/// A version whose clock covers every event of `actor` up to `counter`.
-fn covering(actor: u64, counter: u64, value: &[u8], ts: u64) -> Version {
-    let clock = Clock::from_parts([(Actor(actor), counter)], []);
-    Version::value(clock, value.to_vec(), ts, "dc1".into())
-}
-
 impl Cluster {
     fn repairer(&self, id: &str) -> Arc<NodeRepair> {
         self.net.nodes.read()[&NodeId(id.into())].1.clone()
@@ -259,7 +241,7 @@ async fn in_dc_repair_of_twenty_thousand_keys_makes_every_replica_equal() {
     for i in 0..KEYS {
         let key = format!("key:{i:06}").into_bytes();
         let replicas = c.replicas("plain", &key);
-        let base = version(1, u64::from(i) + 1, b"base", 1);
+        let base = dotted(1, u64::from(i) + 1).at(1).value(b"base");
         for (r, node) in replicas.iter().enumerate() {
             let versions = match (i % 100, r) {
                 // Missing on one replica.
@@ -267,9 +249,9 @@ async fn in_dc_repair_of_twenty_thousand_keys_makes_every_replica_equal() {
                 // Missing on all but one.
                 (1, 0 | 2) => continue,
                 // A concurrent write one replica alone took.
-                (2, 2) => vec![base.clone(), version(2, 1, b"extra", 2)],
+                (2, 2) => vec![base.clone(), dotted(2, 1).at(2).value(b"extra")],
                 // A newer version on one replica.
-                (3, 0) => vec![covering(1, u64::from(i) + 2, b"newer", 3)],
+                (3, 0) => vec![covering(1, u64::from(i) + 2).at(3).value(b"newer")],
                 _ => vec![base.clone()],
             };
             c.plant(node, "plain", &key, versions).await;
@@ -341,10 +323,20 @@ async fn repaired_siblings_are_merged_by_the_keyspace_resolver_on_both_sides() {
     let c = cluster(&[("dc1", 2)], &[("dc1", 2)]);
     let key = b"cart".to_vec();
     let [a, b] = <[NodeId; 2]>::try_from(c.replicas("merged", &key)).unwrap();
-    c.plant(&a, "merged", &key, vec![version(1, 1, b"apples,", 1)])
-        .await;
-    c.plant(&b, "merged", &key, vec![version(2, 1, b"pears,", 2)])
-        .await;
+    c.plant(
+        &a,
+        "merged",
+        &key,
+        vec![dotted(1, 1).at(1).value(b"apples,")],
+    )
+    .await;
+    c.plant(
+        &b,
+        "merged",
+        &key,
+        vec![dotted(2, 1).at(2).value(b"pears,")],
+    )
+    .await;
     let stats = c.repairer(&a.0).repair(Some("merged"), None).await.unwrap();
     assert_eq!(
         (stats.keys_differing, stats.keys_pulled, stats.keys_pushed),
@@ -382,9 +374,9 @@ async fn full_sync_brings_two_datacenters_with_different_rings_together() {
             .ring
             .replicas(&c.keyspaces["plain"].replication, key_hash(&key));
         let (home, v) = if i % 10 == 0 {
-            (&dc2, version(7, 1, b"from dc2", 5))
+            (&dc2, dotted(7, 1).at(5).value(b"from dc2"))
         } else {
-            (&dc1, version(1, 1, b"from dc1", 1))
+            (&dc1, dotted(1, 1).at(1).value(b"from dc1"))
         };
         for (dc, nodes) in &by_dc {
             if dc == home {
@@ -451,7 +443,7 @@ async fn a_nodes_own_full_sync_covers_every_key_it_replicates() {
         let key = format!("k{i}").into_bytes();
         let replicas = c.replicas("plain", &key);
         if replicas.contains(&me) {
-            c.plant(&me, "plain", &key, vec![version(1, 1, b"x", 1)])
+            c.plant(&me, "plain", &key, vec![dotted(1, 1).at(1).value(b"x")])
                 .await;
             mine.push(key);
         }
@@ -484,7 +476,7 @@ async fn an_unreachable_partner_fails_its_ranges_and_the_rest_still_run() {
             &NodeId("dc1-n0".into()),
             "plain",
             &key,
-            vec![version(1, 1, b"x", 1)],
+            vec![dotted(1, 1).at(1).value(b"x")],
         )
         .await;
     }

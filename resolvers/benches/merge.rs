@@ -11,13 +11,16 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use hdrhistogram::Histogram;
-use isthmus_core::model::{Actor, Clock, Dot, Version, VersionSet};
+use isthmus_core::model::VersionSet;
 use isthmus_resolvers::host::to_sibling;
 use isthmus_resolvers::{Host, ResolverLimits};
+use isthmus_testkit::version::dotted;
 
 fn wasm_path() -> PathBuf {
-    let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    isthmus_resolvers::built_module(&workspace, "isthmus-example-cart-union")
+    isthmus_testkit::built_module(
+        &isthmus_testkit::module::workspace(),
+        "isthmus-example-cart-union",
+    )
 }
 
 /// A cart of about 1 KB: 92 items of 11 bytes each in cart-union's binary
@@ -34,16 +37,9 @@ fn cart(i: u64) -> Vec<u8> {
 }
 
 fn set(n: u64) -> VersionSet {
-    VersionSet::from_versions((0..n).map(|i| {
-        let clock = Clock::from_parts(
-            [],
-            [Dot {
-                actor: Actor(i + 1),
-                counter: 1,
-            }],
-        );
-        Version::value(clock, cart(i), 1_700_000_000_000 + i, "dc1".into())
-    }))
+    VersionSet::from_versions(
+        (0..n).map(|i| dotted(i + 1, 1).at(1_700_000_000_000 + i).value(cart(i))),
+    )
 }
 
 fn measure(iters: usize, mut f: impl FnMut()) -> Histogram<u64> {

@@ -66,27 +66,6 @@ pub mod registry;
 pub mod replicated;
 pub mod service;
 
-/// Where `cargo build --release --target wasm32-unknown-unknown -p
-/// PACKAGE` leaves the module of `package`, built in the workspace at
-/// `workspace`: under `$CARGO_TARGET_DIR` (a relative one is taken from
-/// the workspace) or `<workspace>/target`. For the demo, benches and tests
-/// that load the example resolvers.
-pub fn built_module(workspace: &std::path::Path, package: &str) -> std::path::PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(std::path::PathBuf::from)
-        .map(|t| {
-            if t.is_absolute() {
-                t
-            } else {
-                workspace.join(t)
-            }
-        })
-        .unwrap_or_else(|| workspace.join("target"));
-    target
-        .join("wasm32-unknown-unknown/release")
-        .join(format!("{}.wasm", package.replace('-', "_")))
-}
-
 pub use error::ResolverError;
 pub use hook::WasmMergeHook;
 pub use host::{Host, Resolver, ResolverStats};

@@ -5,10 +5,11 @@ mod common;
 
 use common::*;
 use isthmus_resolvers::check::{CheckOptions, Law, check};
+use isthmus_testkit::example_module;
 
 fn run(package: &str, seed: u64) -> isthmus_resolvers::check::CheckReport {
     let host = small_host();
-    let resolver = host.load(&example_wasm(package)).unwrap();
+    let resolver = host.load(&example_module(package)).unwrap();
     let options = CheckOptions {
         seed: Some(seed),
         cases_per_size: 16,

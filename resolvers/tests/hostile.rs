@@ -11,6 +11,7 @@ use common::*;
 use isthmus_core::merge::{FailureClass, merge_into};
 use isthmus_resolvers::registry::UploadPolicy;
 use isthmus_resolvers::{Host, Registry, Resolver, ResolverError, ResolverLimits, WasmMergeHook};
+use isthmus_testkit::version::dotted;
 
 /// A module with the ABI exports; `merge` is the body of `isthmus_merge`.
 fn module(merge: &str, extra: &str) -> Vec<u8> {
@@ -397,8 +398,8 @@ fn a_rust_guest_out_of_memory_is_a_memory_limit_not_a_crash() {
         &(0..40_000).map(|i| (format!("item-{i:06}"), 1)).collect(),
     );
     let set = isthmus_core::model::VersionSet::from_versions([
-        version(1, Some(&big), 1, "dc1"),
-        version(2, Some(&big), 2, "dc2"),
+        dotted(1, 1).at(1).value(&big),
+        dotted(2, 1).at(2).dc("dc2").value(&big),
     ]);
     let err = host.merge_set(&good, b"k", &set).unwrap_err();
     assert_eq!(err.class(), FailureClass::MemoryLimit, "{err}");

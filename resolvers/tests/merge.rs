@@ -10,6 +10,8 @@ use isthmus_core::merge::{MergeHook, merge_into};
 use isthmus_core::model::{Absorbed, VersionSet};
 use isthmus_resolvers::registry::UploadPolicy;
 use isthmus_resolvers::{Host, Registry, ResolverLimits, WasmMergeHook};
+use isthmus_testkit::example_module;
+use isthmus_testkit::version::dotted;
 
 fn hook_with(host: Arc<Host>, package: &str) -> WasmMergeHook {
     let registry = Arc::new(Registry::in_memory());
@@ -18,7 +20,7 @@ fn hook_with(host: Arc<Host>, package: &str) -> WasmMergeHook {
             &host,
             package,
             1,
-            &example_wasm(package),
+            &example_module(package),
             &UploadPolicy::default(),
         )
         .unwrap();
@@ -40,7 +42,7 @@ fn two_hosts_merging_the_same_set_produce_identical_bytes() {
     assert_eq!(ma.value_bytes(), Some(CART_MERGED));
     assert_eq!(ma.clock, set.lub());
     assert_eq!(ma.timestamp_ms, 12);
-    let hash = isthmus_resolvers::host::module_hash(&example_wasm("isthmus-example-cart-union"));
+    let hash = isthmus_resolvers::host::module_hash(&example_module("isthmus-example-cart-union"));
     assert_eq!(ma.resolver, Some(hash));
     // A set built in another order is the same set, merged the same.
     let reversed = VersionSet::from_versions(set.versions().iter().rev().cloned());
@@ -75,17 +77,20 @@ fn lww_and_pn_counter_run_in_the_host() {
     let host = small_host();
     let lww = hook_with(host.clone(), "isthmus-example-lww");
     let set = VersionSet::from_versions([
-        version(1, Some(b"old"), 10, "dc1"),
-        version(2, Some(b"new"), 20, "dc2"),
-        version(3, None, 15, "dc1"),
+        dotted(1, 1).at(10).value(b"old"),
+        dotted(2, 1).at(20).dc("dc2").value(b"new"),
+        dotted(3, 1).at(15).tombstone(),
     ]);
     let m = lww.merge("ks", b"k", &set).unwrap().unwrap();
     assert_eq!(m.value_bytes(), Some(&b"new"[..]));
 
     let pn = hook_with(host, "isthmus-example-pn-counter");
     let set = VersionSet::from_versions([
-        version(1, Some(br#"{"p":{"a":3}}"#), 10, "dc1"),
-        version(2, Some(br#"{"n":{"b":1},"p":{"a":1}}"#), 11, "dc2"),
+        dotted(1, 1).at(10).value(br#"{"p":{"a":3}}"#),
+        dotted(2, 1)
+            .at(11)
+            .dc("dc2")
+            .value(br#"{"n":{"b":1},"p":{"a":1}}"#),
     ]);
     let m = pn.merge("ks", b"k", &set).unwrap().unwrap();
     assert_eq!(m.value_bytes(), Some(&br#"{"n":{"b":1},"p":{"a":3}}"#[..]));
@@ -95,7 +100,10 @@ fn lww_and_pn_counter_run_in_the_host() {
 fn all_tombstones_merge_into_a_tombstone_and_unbound_keyspaces_are_left_alone() {
     let host = small_host();
     let hook = hook_with(host, "isthmus-example-cart-union");
-    let set = VersionSet::from_versions([version(1, None, 1, "dc1"), version(2, None, 2, "dc2")]);
+    let set = VersionSet::from_versions([
+        dotted(1, 1).at(1).tombstone(),
+        dotted(2, 1).at(2).dc("dc2").tombstone(),
+    ]);
     let m = hook.merge("ks", b"k", &set).unwrap().unwrap();
     assert!(m.is_tombstone());
     assert_eq!(hook.merge("other", b"k", &cart_set()), Ok(None));

@@ -9,13 +9,14 @@ use common::*;
 use isthmus_core::merge::MergeHook;
 use isthmus_resolvers::registry::{LawCheck, RegistryError, UploadPolicy};
 use isthmus_resolvers::{Registry, WasmMergeHook};
+use isthmus_testkit::example_module;
 
 #[test]
 fn register_attach_list_and_roll_back() {
     let host = small_host();
     let registry = Arc::new(Registry::in_memory());
-    let cart_bytes = example_wasm("isthmus-example-cart-union");
-    let lww_bytes = example_wasm("isthmus-example-lww");
+    let cart_bytes = example_module("isthmus-example-cart-union");
+    let lww_bytes = example_module("isthmus-example-lww");
     let policy = UploadPolicy::default();
     let r1 = registry
         .register(&host, "merge", 1, &cart_bytes, &policy)
@@ -72,7 +73,7 @@ fn register_attach_list_and_roll_back() {
 fn a_module_failing_the_check_needs_the_override() {
     let host = small_host();
     let registry = Registry::in_memory();
-    let wrong = example_wasm("isthmus-example-wrong-first-wins");
+    let wrong = example_module("isthmus-example-wrong-first-wins");
     let err = registry
         .register(&host, "wrong", 1, &wrong, &UploadPolicy::default())
         .unwrap_err();
@@ -101,7 +102,7 @@ fn a_node_loads_a_bound_module_from_the_registry_on_first_use() {
             &uploader,
             "cart",
             1,
-            &example_wasm("isthmus-example-cart-union"),
+            &example_module("isthmus-example-cart-union"),
             &UploadPolicy::default(),
         )
         .unwrap();

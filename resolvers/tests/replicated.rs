@@ -30,6 +30,8 @@ use isthmus_resolvers::check::CheckOptions;
 use isthmus_resolvers::registry::RegistryStore;
 use isthmus_resolvers::replicated::resolve;
 use isthmus_resolvers::{RegistryService, ReplicatedStore};
+use isthmus_testkit::example_module;
+use isthmus_testkit::version::dotted;
 use parking_lot::RwLock;
 
 /// Applies a write to the engine as the coordinating replica would: one
@@ -117,16 +119,6 @@ fn node(default: Option<(&str, u32)>) -> Node {
     }
 }
 
-fn dot(actor: u64, counter: u64) -> Clock {
-    Clock::from_parts(
-        [],
-        [Dot {
-            actor: Actor(actor),
-            counter,
-        }],
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_resolve_siblings_to_the_latest_then_the_greater_digest() {
     let n = node(None);
@@ -139,28 +131,22 @@ async fn reads_resolve_siblings_to_the_latest_then_the_greater_digest() {
     let g0 = store.generation().unwrap();
 
     // Two nodes wrote the key concurrently: the later timestamp wins.
-    n.writer.apply(
-        b"k",
-        Version::value(dot(1, 1), b"old".to_vec(), 10, "dc1".into()),
-    );
-    n.writer.apply(
-        b"k",
-        Version::value(dot(2, 1), b"new".to_vec(), 20, "dc2".into()),
-    );
+    n.writer.apply(b"k", dotted(1, 1).at(10).value(b"old"));
+    n.writer
+        .apply(b"k", dotted(2, 1).at(20).dc("dc2").value(b"new"));
     assert_eq!(store.get(b"k").unwrap(), Some(b"new".to_vec()));
     assert!(store.generation().unwrap() >= g0 + 2);
 
     // Equal timestamps: the greater digest, whatever the arrival order.
-    let a = Version::value(dot(3, 1), b"a".to_vec(), 5, "dc1".into());
-    let b = Version::value(dot(4, 1), b"b".to_vec(), 5, "dc1".into());
+    let a = dotted(3, 1).at(5).value(b"a");
+    let b = dotted(4, 1).at(5).value(b"b");
     let want = if a.digest() > b.digest() { "a" } else { "b" };
     n.writer.apply(b"tie", b.clone());
     n.writer.apply(b"tie", a.clone());
     assert_eq!(store.get(b"tie").unwrap(), Some(want.as_bytes().to_vec()));
 
     // A later tombstone reads as absent.
-    n.writer
-        .apply(b"k", Version::tombstone(dot(5, 1), 30, "dc1".into()));
+    n.writer.apply(b"k", dotted(5, 1).at(30).tombstone());
     assert_eq!(store.get(b"k").unwrap(), None);
     assert_eq!(resolve(&Default::default()), None);
 }
@@ -242,7 +228,7 @@ async fn the_service_uploads_checks_attaches_lists_and_answers_typed_errors() {
     assert_eq!(err.class, FailureClass::Missing);
     assert!(err.detail.contains("lww@1"), "{}", err.detail);
 
-    let cart = example_wasm("isthmus-example-cart-union");
+    let cart = example_module("isthmus-example-cart-union");
     let answer = serve(&service, upload("cart-union", cart.clone(), false))
         .await
         .unwrap();
@@ -252,7 +238,7 @@ async fn the_service_uploads_checks_attaches_lists_and_answers_typed_errors() {
     assert_eq!(info.module_bytes, cart.len() as u64);
     assert!(matches!(info.law_check, LawCheckOutcome::Passed { .. }));
 
-    let wrong = example_wasm("isthmus-example-wrong-first-wins");
+    let wrong = example_module("isthmus-example-wrong-first-wins");
     let err = serve(&service, upload("wrong", wrong.clone(), false))
         .await
         .unwrap_err();
@@ -278,7 +264,7 @@ async fn the_service_uploads_checks_attaches_lists_and_answers_typed_errors() {
         .await
         .unwrap_err();
     assert_eq!(err.code, ErrorCode::InvalidModule, "{err:?}");
-    let lww = example_wasm("isthmus-example-lww");
+    let lww = example_module("isthmus-example-lww");
     let err = serve(&service, upload("cart-union", lww, false))
         .await
         .unwrap_err();
@@ -365,7 +351,7 @@ async fn the_hook_follows_a_binding_that_arrives_from_another_node() {
         &service,
         upload(
             "cart-union",
-            example_wasm("isthmus-example-cart-union"),
+            example_module("isthmus-example-cart-union"),
             false,
         ),
     )

@@ -126,7 +126,7 @@ pub fn free_port(ip: &str) -> u16 {
 /// The wasm32 build of an example resolver package, as
 /// `scripts/build-resolvers.sh` leaves it.
 pub fn wasm(package: &str) -> PathBuf {
-    let path = isthmus_resolvers::built_module(Path::new(env!("CARGO_MANIFEST_DIR")), package);
+    let path = isthmus_testkit::built_module(Path::new(env!("CARGO_MANIFEST_DIR")), package);
     assert!(
         path.exists(),
         "{} is missing; build it with scripts/build-resolvers.sh",

@@ -1,0 +1,126 @@
+//! # isthmus-server
+//!
+//! One Isthmus node as `isthmus server` runs it: core's node (storage,
+//! ring, gossip, coordinator, hints, repair) with the parts core only
+//! defines traits for plugged in:
+//!
+//! - the wasm resolver [`Host`] and the replicated resolver registry
+//!   ([`RegistryService`], core's `RegistryHook`), whose merge hook follows
+//!   the registry's bindings, else each keyspace's configured
+//!   `resolver = "NAME@VERSION"`;
+//! - the cross-DC bridge ([`DcBridgeFactory`], core's `BridgeFactory`).
+//!
+//! The composition lives here, in one place, because two callers need
+//! it: the `isthmus server` command and the in-process clusters of
+//! `isthmus-testkit` (the demo, the bridge benchmark and the tests run
+//! nodes exactly as the server does). It cannot live in the binary's
+//! package: that package depends on the testkit (for `isthmus demo`),
+//! so the testkit depending back on it would be a cycle.
+//!
+//! What it is not: configuration loading (files and environment
+//! variables are the binary's), signal handling, or any test helper.
+//!
+//! ```no_run
+//! # async fn run(config: isthmus_core::config::NodeConfig) -> Result<(), isthmus_core::node::NodeError> {
+//! use isthmus_core::node::NodeTuning;
+//!
+//! let plugins = isthmus_server::Plugins::new(&config);
+//! if let Err(e) = &plugins.host {
+//!     eprintln!("no wasm host ({e}); siblings will not be merged");
+//! }
+//! let node = plugins.start(config, NodeTuning::default()).await?;
+//! println!("serving on {}", node.addr);
+//! node.shutdown().await;
+//! # Ok(())
+//! # }
+//! ```
+#![warn(missing_docs)]
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use isthmus_core::config::{NodeConfig, parse_resolver_binding};
+use isthmus_core::merge::{MergeHook, NoMerge};
+use isthmus_core::node::{self, NodeError, NodeTuning, RunningNode};
+use isthmus_core::system::RegistryHook;
+use isthmus_dc_bridge::{BridgeConfig, DcBridgeFactory};
+use isthmus_resolvers::{Host, RegistryService, ResolverError, ResolverLimits};
+
+/// What a server plugs into core's node: built from its configuration,
+/// kept by the caller for what it wants to observe (the host's merge
+/// counts, the bridges' reports).
+pub struct Plugins {
+    /// The wasm host merges run on, or why there is none (then siblings
+    /// are kept unmerged and registry requests are refused).
+    pub host: Result<Arc<Host>, ResolverError>,
+    /// The merge hook: the registry's bindings, else the keyspaces'
+    /// configured resolvers; [`NoMerge`] without a host.
+    pub merge: Arc<dyn MergeHook>,
+    /// The replicated resolver registry, served to clients.
+    pub registry: Option<Arc<dyn RegistryHook>>,
+    /// Builds the node's cross-DC bridge.
+    pub bridge: Arc<DcBridgeFactory>,
+}
+
+impl Plugins {
+    /// The plugins for a node with `config`, with the default
+    /// [`ResolverLimits`].
+    pub fn new(config: &NodeConfig) -> Plugins {
+        Plugins::with_limits(config, ResolverLimits::default())
+    }
+
+    /// The plugins for a node with `config`, merges held to `limits`.
+    pub fn with_limits(config: &NodeConfig, limits: ResolverLimits) -> Plugins {
+        let bridge = Arc::new(DcBridgeFactory::new(BridgeConfig::from(&config.bridge)));
+        match Host::new(limits) {
+            Ok(host) => {
+                let host = Arc::new(host);
+                let service = RegistryService::new(host.clone());
+                let hook = service.merge_hook(default_bindings(config));
+                Plugins {
+                    host: Ok(host),
+                    merge: Arc::new(hook),
+                    registry: Some(Arc::new(service)),
+                    bridge,
+                }
+            }
+            Err(e) => Plugins {
+                host: Err(e),
+                merge: Arc::new(NoMerge),
+                registry: None,
+                bridge,
+            },
+        }
+    }
+
+    /// Start a node with these plugins; `tuning` gives the rest (gossip
+    /// timing, limits, repair schedule), its `bridge` and `registry`
+    /// replaced by these.
+    pub async fn start(
+        &self,
+        config: NodeConfig,
+        tuning: NodeTuning,
+    ) -> Result<RunningNode, NodeError> {
+        let tuning = NodeTuning {
+            bridge: Some(self.bridge.clone()),
+            registry: self.registry.clone(),
+            ..tuning
+        };
+        node::start(config, self.merge.clone(), tuning).await
+    }
+}
+
+/// Each keyspace's configured `resolver = "NAME@VERSION"`: its binding
+/// until the registry holds one.
+pub fn default_bindings(config: &NodeConfig) -> BTreeMap<String, (String, u32)> {
+    config
+        .keyspaces
+        .iter()
+        .filter_map(|(name, ks)| {
+            Some((
+                name.clone(),
+                parse_resolver_binding(ks.resolver.as_deref()?)?,
+            ))
+        })
+        .collect()
+}
