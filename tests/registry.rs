@@ -20,7 +20,7 @@ use isthmus_client::wire::{
     Context, ErrorCode, RegistryRequest, RegistryResponse, RequestBody, ResponseBody, WriteId,
 };
 use isthmus_core::ring::NodeId;
-use isthmus_core::system::REGISTRY_KEYSPACE;
+use isthmus_core::system_keyspace::REGISTRY_KEYSPACE;
 use isthmus_core::transport::TcpTransport;
 use isthmus_example_cart_union as cart_union;
 use isthmus_resolvers::registry::{binding_key, module_key, resolver_key};

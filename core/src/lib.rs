@@ -43,7 +43,7 @@ pub mod replica;
 pub mod ring;
 pub mod server;
 pub mod store;
-pub mod system;
+pub mod system_keyspace;
 pub mod transport;
 pub mod view;
 pub mod wall_clock;

@@ -18,7 +18,7 @@ use crate::merge::{MergeHook, merge_into};
 use crate::model::{Absorbed, KeyspaceConfig, Version, VersionSet, key_hash};
 use crate::repair::server::Absorb;
 use crate::store::{LocalStore, StoreError};
-use crate::system;
+use crate::system_keyspace;
 
 /// Key locks: writes to one key serialise their read-issue-apply step,
 /// and concurrent deliveries to one key merge one after another.
@@ -78,7 +78,7 @@ impl<S: LocalStore> Replica<S> {
     /// when it knows (run-time bindings), else the keyspace's configured
     /// resolver. System keyspaces never merge.
     pub fn has_resolver(&self, keyspace: &str) -> bool {
-        if system::is_system(keyspace) {
+        if system_keyspace::is_system(keyspace) {
             return false;
         }
         self.merge.bound(keyspace).unwrap_or_else(|| {
@@ -90,7 +90,7 @@ impl<S: LocalStore> Replica<S> {
     }
 
     fn applied(&self, keyspace: &str) {
-        if system::is_system(keyspace) {
+        if system_keyspace::is_system(keyspace) {
             self.system_applies.fetch_add(1, Ordering::Release);
         }
     }

@@ -9,10 +9,10 @@
 //!   [`ResolverError`] counted per resolver in [`ResolverStats`].
 //! - [`WasmMergeHook`]: core's [`MergeHook`](isthmus_core::merge::MergeHook)
 //!   over a host and a [`Registry`] of resolvers by name and version and
-//!   keyspace bindings, backed by a small [`RegistryStore`]: in memory, or
-//!   a node's replicated `_registry` system keyspace ([`ReplicatedStore`]).
+//!   keyspace bindings, backed by a small [`RegistryRecords`]: in memory, or
+//!   a node's replicated `_registry` system keyspace ([`RegistryKeyspace`]).
 //! - [`RegistryService`], core's
-//!   [`RegistryHook`](isthmus_core::system::RegistryHook): the node's
+//!   [`RegistryHook`](isthmus_core::system_keyspace::RegistryHook): the node's
 //!   registry as clients reach it (upload with the law check, attach,
 //!   detach, roll back, list).
 //! - [`check`]: the law checker behind `isthmus resolver check`.
@@ -70,6 +70,6 @@ pub use error::ResolverError;
 pub use hook::WasmMergeHook;
 pub use host::{Host, Resolver, ResolverStats};
 pub use limit::ResolverLimits;
-pub use registry::{Registry, RegistryStore};
-pub use replicated::ReplicatedStore;
+pub use registry::{Registry, RegistryRecords};
+pub use replicated::RegistryKeyspace;
 pub use service::RegistryService;

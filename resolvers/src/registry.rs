@@ -1,11 +1,11 @@
 //! The resolver registry: modules stored by name and version with their
 //! content hash, and keyspace bindings with a history to roll back to.
 //!
-//! It is backed by a tiny byte store, [`RegistryStore`] (get / put / prefix
+//! It is backed by a tiny byte store, [`RegistryRecords`] (get / put / prefix
 //! scan), so that it can live in the system keyspace that DESIGN.md
-//! replicates to every DC. [`MemoryStore`] is the in-memory implementation
+//! replicates to every DC. [`MemoryRecords`] is the in-memory implementation
 //! for tests and single-process demos;
-//! [`ReplicatedStore`](crate::ReplicatedStore) is a node's, over its
+//! [`RegistryKeyspace`](crate::RegistryKeyspace) is a node's, over its
 //! `_registry` system keyspace (reads of the local replica, writes through
 //! the cluster; registry records are written once per key, or, for
 //! bindings, by operators one at a time, so last-writer-wins settles the
@@ -38,23 +38,23 @@ use crate::{Host, ResolverError};
 /// A failure of the byte store under the registry.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("registry storage failed: {reason}")]
-pub struct StoreError {
+pub struct RecordsError {
     /// What went wrong.
     pub reason: String,
 }
 
-/// One `(key, value)` pair of a [`RegistryStore`].
+/// One `(key, value)` pair of a [`RegistryRecords`].
 pub type Entry = (Vec<u8>, Vec<u8>);
 
 /// The byte store a registry lives in. Implementations must be safe to
 /// share between threads; `scan` returns keys in ascending byte order.
-pub trait RegistryStore: Send + Sync {
+pub trait RegistryRecords: Send + Sync {
     /// The value under `key`, if any.
-    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, RecordsError>;
     /// Store `value` under `key`, replacing any previous value.
-    fn put(&self, key: &[u8], value: &[u8]) -> Result<(), StoreError>;
+    fn put(&self, key: &[u8], value: &[u8]) -> Result<(), RecordsError>;
     /// Every `(key, value)` whose key starts with `prefix`, ascending.
-    fn scan(&self, prefix: &[u8]) -> Result<Vec<Entry>, StoreError>;
+    fn scan(&self, prefix: &[u8]) -> Result<Vec<Entry>, RecordsError>;
     /// A number that moves whenever the store's contents may have changed,
     /// by any path, so that a reader can cache what it decoded until then;
     /// `None` (the default): no such number, do not cache.
@@ -63,25 +63,25 @@ pub trait RegistryStore: Send + Sync {
     }
 }
 
-/// An in-memory [`RegistryStore`] (tests, single-process demos).
+/// An in-memory [`RegistryRecords`] (tests, single-process demos).
 #[derive(Debug, Default)]
-pub struct MemoryStore {
+pub struct MemoryRecords {
     map: Mutex<BTreeMap<Vec<u8>, Vec<u8>>>,
     puts: std::sync::atomic::AtomicU64,
 }
 
-impl RegistryStore for MemoryStore {
-    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+impl RegistryRecords for MemoryRecords {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, RecordsError> {
         Ok(self.map.lock().get(key).cloned())
     }
 
-    fn put(&self, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
+    fn put(&self, key: &[u8], value: &[u8]) -> Result<(), RecordsError> {
         self.map.lock().insert(key.to_vec(), value.to_vec());
         self.puts.fetch_add(1, std::sync::atomic::Ordering::Release);
         Ok(())
     }
 
-    fn scan(&self, prefix: &[u8]) -> Result<Vec<Entry>, StoreError> {
+    fn scan(&self, prefix: &[u8]) -> Result<Vec<Entry>, RecordsError> {
         Ok(self
             .map
             .lock()
@@ -97,9 +97,9 @@ impl RegistryStore for MemoryStore {
 }
 
 /// How the law check went when a resolver was registered: the wire's
-/// [`LawCheckOutcome`](isthmus_core::system::LawCheckOutcome), stored as is
+/// [`LawCheckOutcome`](isthmus_core::system_keyspace::LawCheckOutcome), stored as is
 /// in the record (one definition, the same encoding).
-pub type LawCheck = isthmus_core::system::LawCheckOutcome;
+pub type LawCheck = isthmus_core::system_keyspace::LawCheckOutcome;
 
 /// One registered resolver version.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -155,7 +155,7 @@ pub enum RegistryError {
     Store {
         /// The store's error.
         #[from]
-        source: StoreError,
+        source: RecordsError,
     },
     /// The module was rejected at load.
     #[error("module rejected: {source}")]
@@ -236,7 +236,7 @@ pub fn valid_name(name: &str) -> bool {
 
 /// Resolvers by name and version, and keyspace bindings.
 pub struct Registry {
-    store: Arc<dyn RegistryStore>,
+    store: Arc<dyn RegistryRecords>,
 }
 
 impl std::fmt::Debug for Registry {
@@ -280,16 +280,16 @@ fn encode<T: Serialize>(value: &T) -> Vec<u8> {
 
 impl Registry {
     /// A registry over a byte store.
-    pub fn new(store: Arc<dyn RegistryStore>) -> Self {
+    pub fn new(store: Arc<dyn RegistryRecords>) -> Self {
         Registry { store }
     }
 
-    /// A registry over a fresh [`MemoryStore`].
+    /// A registry over a fresh [`MemoryRecords`].
     pub fn in_memory() -> Self {
-        Self::new(Arc::new(MemoryStore::default()))
+        Self::new(Arc::new(MemoryRecords::default()))
     }
 
-    /// The store's [`RegistryStore::generation`]: what a reader caching
+    /// The store's [`RegistryRecords::generation`]: what a reader caching
     /// bindings compares.
     pub fn generation(&self) -> Option<u64> {
         self.store.generation()
@@ -472,7 +472,7 @@ mod tests {
 
     #[test]
     fn memory_store_scans_a_prefix_in_order() {
-        let s = MemoryStore::default();
+        let s = MemoryRecords::default();
         for k in [&b"b/2"[..], b"a/1", b"b/1", b"c", b"b"] {
             s.put(k, k).unwrap();
         }
@@ -490,7 +490,7 @@ mod tests {
 
     #[test]
     fn corrupt_records_are_typed_errors() {
-        let store = Arc::new(MemoryStore::default());
+        let store = Arc::new(MemoryRecords::default());
         store.put(&binding_key("ks"), &[0xff, 0xff]).unwrap();
         let registry = Registry::new(store);
         assert!(matches!(

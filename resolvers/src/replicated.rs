@@ -1,6 +1,6 @@
-//! [`ReplicatedStore`]: the [`RegistryStore`] a node runs its registry on,
+//! [`RegistryKeyspace`]: the [`RegistryRecords`] a node runs its registry on,
 //! over core's `_registry` system keyspace
-//! ([`SystemStore`]).
+//! ([`SystemKeyspace`]).
 //!
 //! - `get` and `scan` read the node's own replica (every node replicates
 //!   every registry key), synchronously, from the storage engine. A key
@@ -18,24 +18,24 @@
 //!   keyspace, by any path (a local write, a peer, the bridge, hints,
 //!   repair), which is what lets the merge hook cache bindings.
 //!
-//! Until the node attaches it ([`ReplicatedStore::attach`], before the
-//! node serves anything), every call fails with a [`StoreError`].
+//! Until the node attaches it ([`RegistryKeyspace::attach`], before the
+//! node serves anything), every call fails with a [`RecordsError`].
 
 use std::sync::OnceLock;
 use std::time::Duration;
 
 use isthmus_core::model::{Version, VersionSet};
-use isthmus_core::system::SystemStore;
+use isthmus_core::system_keyspace::SystemKeyspace;
 
-use crate::registry::{Entry, RegistryStore, StoreError};
+use crate::registry::{Entry, RecordsError, RegistryRecords};
 
 /// How long a registry write may take to reach its level.
 pub const WRITE_DEADLINE: Duration = Duration::from_secs(10);
 
-/// A [`RegistryStore`] over a node's registry keyspace.
+/// A [`RegistryRecords`] over a node's registry keyspace.
 #[derive(Debug, Default)]
-pub struct ReplicatedStore {
-    system: OnceLock<SystemStore>,
+pub struct RegistryKeyspace {
+    system: OnceLock<SystemKeyspace>,
 }
 
 /// The value a replica's set of a registry key reads as: the latest
@@ -51,13 +51,13 @@ pub fn resolve(set: &VersionSet) -> Option<Vec<u8>> {
     latest.value_bytes().map(<[u8]>::to_vec)
 }
 
-fn failed(e: impl std::fmt::Display) -> StoreError {
-    StoreError {
+fn failed(e: impl std::fmt::Display) -> RecordsError {
+    RecordsError {
         reason: e.to_string(),
     }
 }
 
-impl ReplicatedStore {
+impl RegistryKeyspace {
     /// A store not yet attached to a node.
     pub fn new() -> Self {
         Self::default()
@@ -65,35 +65,35 @@ impl ReplicatedStore {
 
     /// Attach the node's registry keyspace; `false` if one was attached
     /// already (the first stays).
-    pub fn attach(&self, store: SystemStore) -> bool {
+    pub fn attach(&self, store: SystemKeyspace) -> bool {
         self.system.set(store).is_ok()
     }
 
     /// The node's registry keyspace, once attached.
-    pub fn system(&self) -> Option<&SystemStore> {
+    pub fn system(&self) -> Option<&SystemKeyspace> {
         self.system.get()
     }
 
-    fn attached(&self) -> Result<&SystemStore, StoreError> {
-        self.system.get().ok_or_else(|| StoreError {
+    fn attached(&self) -> Result<&SystemKeyspace, RecordsError> {
+        self.system.get().ok_or_else(|| RecordsError {
             reason: "the registry is not attached to a node".into(),
         })
     }
 }
 
-impl RegistryStore for ReplicatedStore {
-    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+impl RegistryRecords for RegistryKeyspace {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, RecordsError> {
         let set = self.attached()?.get(key).map_err(failed)?;
         Ok(resolve(&set))
     }
 
-    fn put(&self, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
+    fn put(&self, key: &[u8], value: &[u8]) -> Result<(), RecordsError> {
         self.attached()?
             .write_blocking(key, value.to_vec(), WRITE_DEADLINE)
             .map_err(failed)
     }
 
-    fn scan(&self, prefix: &[u8]) -> Result<Vec<Entry>, StoreError> {
+    fn scan(&self, prefix: &[u8]) -> Result<Vec<Entry>, RecordsError> {
         let mut entries: Vec<Entry> = self
             .attached()?
             .scan()
@@ -108,6 +108,6 @@ impl RegistryStore for ReplicatedStore {
     }
 
     fn generation(&self) -> Option<u64> {
-        self.system.get().map(SystemStore::generation)
+        self.system.get().map(SystemKeyspace::generation)
     }
 }

@@ -1,7 +1,7 @@
 //! [`RegistryService`]: a node's resolver registry, served to clients.
 //!
 //! It implements core's [`RegistryHook`]: the node attaches its
-//! `_registry` system keyspace at start ([`ReplicatedStore`]), and hands it
+//! `_registry` system keyspace at start ([`RegistryKeyspace`]), and hands it
 //! the client's [`RegistryRequest`]s. Each runs on tokio's blocking pool
 //! (loading a module and running the law checker take CPU time, and the
 //! registry's store writes block until their level is reached):
@@ -30,15 +30,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use isthmus_core::bridge::BoxFuture;
-use isthmus_core::system::{
+use isthmus_core::system_keyspace::{
     BindingInfo, BoundResolver, ErrorCode, RegistryHook, RegistryRequest, RegistryResponse,
-    ResolverInfo, SystemStore, WireError, is_system,
+    ResolverInfo, SystemKeyspace, WireError, is_system,
 };
 use parking_lot::Mutex;
 
 use crate::check::CheckOptions;
 use crate::registry::{Binding, RegistryError, ResolverRecord, ResolverRef, UploadPolicy};
-use crate::{Host, Registry, ReplicatedStore, WasmMergeHook};
+use crate::{Host, Registry, RegistryKeyspace, WasmMergeHook};
 
 /// A node's resolver registry over its `_registry` keyspace.
 #[derive(Clone)]
@@ -48,7 +48,7 @@ pub struct RegistryService {
 
 struct Inner {
     host: Arc<Host>,
-    store: Arc<ReplicatedStore>,
+    store: Arc<RegistryKeyspace>,
     registry: Arc<Registry>,
     check: CheckOptions,
     mutating: Mutex<()>,
@@ -116,7 +116,7 @@ impl RegistryService {
     /// Same, with the law checker's options (the seed still defaults from
     /// the module's hash, so every node checks a module alike).
     pub fn with_check(host: Arc<Host>, check: CheckOptions) -> Self {
-        let store = Arc::new(ReplicatedStore::new());
+        let store = Arc::new(RegistryKeyspace::new());
         let registry = Arc::new(Registry::new(store.clone()));
         RegistryService {
             inner: Arc::new(Inner {
@@ -130,13 +130,13 @@ impl RegistryService {
     }
 
     /// The registry (reads of the node's replica; writes block, see
-    /// [`ReplicatedStore`]).
+    /// [`RegistryKeyspace`]).
     pub fn registry(&self) -> &Arc<Registry> {
         &self.inner.registry
     }
 
     /// The store under the registry.
-    pub fn store(&self) -> &Arc<ReplicatedStore> {
+    pub fn store(&self) -> &Arc<RegistryKeyspace> {
         &self.inner.store
     }
 
@@ -155,7 +155,7 @@ impl RegistryService {
 }
 
 impl Inner {
-    fn system(&self) -> Result<&SystemStore, WireError> {
+    fn system(&self) -> Result<&SystemKeyspace, WireError> {
         self.store.system().ok_or_else(|| {
             wire(
                 ErrorCode::Unavailable,
@@ -283,7 +283,7 @@ impl Inner {
 }
 
 impl RegistryHook for RegistryService {
-    fn attach(&self, store: SystemStore) {
+    fn attach(&self, store: SystemKeyspace) {
         if !self.inner.store.attach(store) {
             tracing::warn!("the registry was attached to a node already; this one is ignored");
         }

@@ -22,14 +22,14 @@ use isthmus_core::merge::{FailureClass, MergeHook};
 use isthmus_core::model::{Actor, Clock, Dot, KeyspaceConfig, Version};
 use isthmus_core::ring::NodeId;
 use isthmus_core::store::storage_key;
-use isthmus_core::system::{
+use isthmus_core::system_keyspace::{
     ErrorCode, LawCheckOutcome, REGISTRY_KEYSPACE, RegistryHook, RegistryRequest, RegistryResponse,
-    ResolverInfo, SystemStore, SystemWriter,
+    ResolverInfo, SystemKeyspace, SystemWriter,
 };
 use isthmus_resolvers::check::CheckOptions;
-use isthmus_resolvers::registry::RegistryStore;
+use isthmus_resolvers::registry::RegistryRecords;
 use isthmus_resolvers::replicated::resolve;
-use isthmus_resolvers::{RegistryService, ReplicatedStore};
+use isthmus_resolvers::{RegistryKeyspace, RegistryService};
 use isthmus_testkit::example_module;
 use isthmus_testkit::version::dotted;
 use parking_lot::RwLock;
@@ -77,7 +77,7 @@ struct Node {
     _dir: tempfile::TempDir,
     writer: Arc<EngineWriter>,
     _dyn_writer: Arc<dyn SystemWriter>,
-    system: SystemStore,
+    system: SystemKeyspace,
 }
 
 /// A node's registry keyspace over a fresh engine; `carts` is its one
@@ -102,7 +102,7 @@ fn node(default: Option<(&str, u32)>) -> Node {
         ),
         (REGISTRY_KEYSPACE.to_owned(), KeyspaceConfig::default()),
     ]);
-    let system = SystemStore::new(
+    let system = SystemKeyspace::new(
         NodeId("n1".into()),
         REGISTRY_KEYSPACE,
         &(engine.clone() as Arc<dyn isthmus_core::store::BlockingRead>),
@@ -122,7 +122,7 @@ fn node(default: Option<(&str, u32)>) -> Node {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_resolve_siblings_to_the_latest_then_the_greater_digest() {
     let n = node(None);
-    let store = ReplicatedStore::new();
+    let store = RegistryKeyspace::new();
     assert!(store.get(b"k").is_err(), "unattached stores fail cleanly");
     assert_eq!(store.generation(), None);
     assert!(store.attach(n.system.clone()));
@@ -154,7 +154,7 @@ async fn reads_resolve_siblings_to_the_latest_then_the_greater_digest() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn puts_write_through_over_the_local_context_and_scans_list_by_prefix() {
     let n = node(None);
-    let store = Arc::new(ReplicatedStore::new());
+    let store = Arc::new(RegistryKeyspace::new());
     store.attach(n.system.clone());
     let s = store.clone();
     tokio::task::spawn_blocking(move || {
@@ -202,7 +202,7 @@ fn upload(name: &str, module: Vec<u8>, force: bool) -> RegistryRequest {
 async fn serve(
     service: &RegistryService,
     request: RegistryRequest,
-) -> Result<RegistryResponse, isthmus_core::system::WireError> {
+) -> Result<RegistryResponse, isthmus_core::system_keyspace::WireError> {
     service.serve(request, Duration::from_secs(30)).await
 }
 

@@ -42,7 +42,7 @@ use std::sync::Arc;
 use isthmus_core::config::{NodeConfig, parse_resolver_binding};
 use isthmus_core::merge::{MergeHook, NoMerge};
 use isthmus_core::node::{self, NodeError, NodeTuning, RunningNode};
-use isthmus_core::system::RegistryHook;
+use isthmus_core::system_keyspace::RegistryHook;
 use isthmus_dc_bridge::{BridgeConfig, DcBridgeFactory};
 use isthmus_resolvers::{Host, RegistryService, ResolverError, ResolverLimits};
 

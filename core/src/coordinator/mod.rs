@@ -63,7 +63,7 @@ use crate::quorum::{Outcome, QuorumTracker};
 use crate::replica::Replica;
 use crate::ring::NodeId;
 use crate::store::{LocalStore, StoreError};
-use crate::system::{SYSTEM_WRITE_LEVEL, SystemWriter};
+use crate::system_keyspace::{SYSTEM_WRITE_LEVEL, SystemWriter};
 use crate::transport::Transport;
 use crate::view::ClusterView;
 

@@ -60,7 +60,7 @@ use crate::replica::Replica;
 use crate::ring::{NodeId, Placement};
 use crate::server::{self, Listener, ServerConfig};
 use crate::store::{BlockingRead, EngineStore, LocalStore};
-use crate::system::{self, REGISTRY_KEYSPACE, RegistryHook, SystemStore, SystemWriter};
+use crate::system_keyspace::{self, REGISTRY_KEYSPACE, RegistryHook, SystemKeyspace, SystemWriter};
 use crate::transport::TcpTransport;
 use crate::view::ClusterView;
 use crate::worker::{WorkerStatus, Workers};
@@ -205,7 +205,7 @@ fn keyspaces_of(config: &NodeConfig) -> BTreeMap<String, KeyspaceConfig> {
             (name.clone(), ksc)
         })
         .collect();
-    let registry = system::registry_keyspace(
+    let registry = system_keyspace::registry_keyspace(
         &DcName(config.dc.clone()),
         &keyspaces,
         &crate::ring::Ring::default(),
@@ -445,7 +445,7 @@ fn spawn_background<S, T, H>(
 {
     let stopped = || stop.clone();
     workers.spawn("system-replication", |w| {
-        system::track_replication(bg.keyspaces.clone(), bg.view.clone(), stopped(), w)
+        system_keyspace::track_replication(bg.keyspaces.clone(), bg.view.clone(), stopped(), w)
     });
     workers.spawn("gossip", |w| bg.gossiper.clone().run(stopped(), w));
     if let Some(dir) = bg.peers_dir {
@@ -546,7 +546,7 @@ fn attach_registry<S, T, H, L>(
         return;
     };
     let writer: Arc<dyn SystemWriter> = coordinator.clone();
-    registry.attach(SystemStore::new(
+    registry.attach(SystemKeyspace::new(
         me.clone(),
         REGISTRY_KEYSPACE,
         reads,

@@ -14,7 +14,7 @@ use crate::gossip::membership::NodeStatus;
 use crate::gossip::service::{GossipTransport, Gossiper};
 use crate::model::{DcName, KeyspaceConfig};
 use crate::repair::{RepairData, RepairStats, Repairer};
-use crate::system;
+use crate::system_keyspace;
 use crate::transport::Transport;
 use crate::view::ClusterView;
 use crate::worker::WorkerHandle;
@@ -69,8 +69,8 @@ impl<D: RepairData, T: GossipTransport + Transport> Movement<D, T> {
             };
             // Every node holds all of a system keyspace: its factor follows
             // the current ring, so a joining node takes the next ring's.
-            let rf = if system::is_system(&name) {
-                rf.max(system::factor(&view.next, dc))
+            let rf = if system_keyspace::is_system(&name) {
+                rf.max(system_keyspace::factor(&view.next, dc))
             } else {
                 rf
             };

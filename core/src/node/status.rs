@@ -10,7 +10,7 @@ use crate::gossip::membership::{Endpoint, NodeStatus};
 use crate::gossip::service::{GossipTransport, Gossiper};
 use crate::model::KeyspaceConfig;
 use crate::ring::{NodeId, Ring};
-use crate::system;
+use crate::system_keyspace;
 
 /// The members `gossiper` knows, as the status report lists them.
 /// `hints` is the bytes of hints held per target; ownership is the
@@ -35,7 +35,7 @@ pub fn nodes<T: GossipTransport>(
         .map(|e| {
             let ownership = keyspaces
                 .iter()
-                .filter(|(name, _)| !system::is_system(name))
+                .filter(|(name, _)| !system_keyspace::is_system(name))
                 .filter_map(|(_, ks)| ks.replication.get(e.dc()))
                 .map(|rf| {
                     ring.ownership(e.dc(), *rf as usize)

@@ -25,7 +25,7 @@ use crate::model::{Consistency, KeyspaceConfig};
 use crate::peer::{PeerRequest, PeerResponse};
 use crate::server::Handler;
 use crate::store::LocalStore;
-use crate::system::RegistryHook;
+use crate::system_keyspace::RegistryHook;
 
 /// Serves client and peer requests of one node.
 pub struct NodeHandler<S, T: GossipTransport, H> {
@@ -75,7 +75,7 @@ where
         if let RequestBody::Get { keyspace, .. }
         | RequestBody::Put { keyspace, .. }
         | RequestBody::Delete { keyspace, .. } = &body
-            && crate::system::is_system(keyspace)
+            && crate::system_keyspace::is_system(keyspace)
         {
             return bad_request(format!(
                 "keyspace {keyspace:?} is a system keyspace; use the registry requests"

@@ -23,7 +23,7 @@
 //!   at `REPLICATION_PER_DC_MAX`: past it, some nodes would not hold the
 //!   registry and could not read it locally. A bootstrapping node streams
 //!   all of it: its movement plan takes the factor of the ring it joins.
-//! - Writes ([`SystemStore::write`]) go through the coordinator at
+//! - Writes ([`SystemKeyspace::write`]) go through the coordinator at
 //!   [`SYSTEM_WRITE_LEVEL`], LOCAL_QUORUM: acknowledged by a majority of
 //!   the writing node's datacenter (so by the node itself and survives a
 //!   node loss there), queued durably for the other datacenters by the
@@ -33,7 +33,7 @@
 //!   through two nodes become siblings, which readers resolve
 //!   deterministically (the registry takes the latest by timestamp, then
 //!   digest).
-//! - Reads ([`SystemStore::get`], [`SystemStore::scan`]) are of the
+//! - Reads ([`SystemKeyspace::get`], [`SystemKeyspace::scan`]) are of the
 //!   node's own replica, synchronous, straight from the storage engine:
 //!   the merge hook reads bindings from inside a merge, which cannot
 //!   await.
@@ -167,7 +167,7 @@ pub trait SystemWriter: Send + Sync {
 /// engine and the writer weakly: once the node is gone, calls fail with
 /// an error instead of keeping its storage open.
 #[derive(Clone)]
-pub struct SystemStore {
+pub struct SystemKeyspace {
     node: NodeId,
     keyspace: String,
     reader: Weak<dyn BlockingRead>,
@@ -179,9 +179,9 @@ pub struct SystemStore {
     writes: Arc<AtomicU64>,
 }
 
-impl std::fmt::Debug for SystemStore {
+impl std::fmt::Debug for SystemKeyspace {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SystemStore")
+        f.debug_struct("SystemKeyspace")
             .field("node", &self.node)
             .field("keyspace", &self.keyspace)
             .finish_non_exhaustive()
@@ -194,7 +194,7 @@ fn stopping() -> StoreError {
     }
 }
 
-impl SystemStore {
+impl SystemKeyspace {
     /// The system keyspace `keyspace` of node `node`, read from `reader`,
     /// written through `writer`. `applies` counts the versions applied to
     /// system keyspaces on this replica (the coordinator's
@@ -209,7 +209,7 @@ impl SystemStore {
         keyspaces: Arc<RwLock<BTreeMap<String, KeyspaceConfig>>>,
         limits: &Limits,
     ) -> Self {
-        SystemStore {
+        SystemKeyspace {
             node,
             keyspace: keyspace.to_owned(),
             reader: Arc::downgrade(reader),
@@ -303,7 +303,7 @@ impl SystemStore {
             .await
     }
 
-    /// [`SystemStore::write`] for a caller that cannot await: the write
+    /// [`SystemKeyspace::write`] for a caller that cannot await: the write
     /// runs on the node's runtime while this thread waits. Call it from a
     /// thread that is not one of the runtime's workers (a
     /// `spawn_blocking` task, a plain thread); a current-thread runtime
@@ -342,7 +342,7 @@ impl SystemStore {
 pub trait RegistryHook: Send + Sync {
     /// The node's registry keyspace. Called once, after the coordinator
     /// exists and before the node serves any request or merges anything.
-    fn attach(&self, store: SystemStore);
+    fn attach(&self, store: SystemKeyspace);
 
     /// Serve a client's registry request.
     fn serve<'a>(
