@@ -159,16 +159,8 @@ impl<F: Fs> Shipper<F> {
                     in_flight.push_back(self.send(&shipped, records.len(), after, to));
                 }
                 if in_flight.is_empty() {
-                    // Caught up (or nobody to ship to): wait for records.
-                    let arrived = self.outbox.arrived.notified();
-                    let nobody = self.live_targets().is_empty();
-                    tokio::select! {
-                        _ = arrived, if !nobody => {}
-                        _ = tokio::time::sleep(if nobody { backoff } else { Duration::from_millis(200) }) => {}
-                        _ = stop.changed() => return,
-                    }
-                    if nobody {
-                        backoff = (backoff * 2).min(Duration::from_secs(2));
+                    if !self.idle(&mut stop, &mut backoff).await {
+                        return;
                     }
                     continue 'outer;
                 }
@@ -193,6 +185,27 @@ impl<F: Fs> Shipper<F> {
                 self.acknowledged(after, count, raw, wire).await;
             }
         }
+    }
+
+    /// Caught up, or nobody to ship to: wait for records (or, with no
+    /// live node in the DC, back off). `false` once the node stops.
+    async fn idle(&self, stop: &mut watch::Receiver<bool>, backoff: &mut Duration) -> bool {
+        let arrived = self.outbox.arrived.notified();
+        let nobody = self.live_targets().is_empty();
+        let wait = if nobody {
+            *backoff
+        } else {
+            Duration::from_millis(200)
+        };
+        tokio::select! {
+            _ = arrived, if !nobody => {}
+            _ = tokio::time::sleep(wait) => {}
+            _ = stop.changed() => return false,
+        }
+        if nobody {
+            *backoff = (*backoff * 2).min(Duration::from_secs(2));
+        }
+        true
     }
 
     /// Ship one batch of `count` records (coalesced into `shipped`) to

@@ -327,24 +327,13 @@ where
         )?),
         _ => None,
     };
-    let mut coordinator = Coordinator::new(
-        CoordinatorConfig {
-            node: me.clone(),
-            dc: dc.clone(),
-            actor: parts.actor,
-            limits: tuning.limits.clone(),
-        },
-        parts.store.clone(),
-        parts.transport.clone(),
-        Arc::new(parts.hints.clone()),
-        merge,
-        keyspaces.clone(),
-        view.clone(),
-    );
-    if let Some(bridge) = bridge {
-        coordinator = coordinator.with_bridge(bridge);
-    }
-    let coordinator = Arc::new(coordinator);
+    let identity = CoordinatorConfig {
+        node: me.clone(),
+        dc: dc.clone(),
+        actor: parts.actor,
+        limits: tuning.limits.clone(),
+    };
+    let coordinator = coordinator(identity, &parts, merge, &keyspaces, &view, bridge);
     attach_registry(&me, &parts, &coordinator, &keyspaces, &tuning);
     let repairer = Arc::new(Repairer::new(
         me.clone(),
@@ -382,13 +371,7 @@ where
         dc: config.dc.clone(),
         ..tuning.server.clone().unwrap_or_default()
     };
-    let mut server_stop = stop_rx.clone();
-    let listener = parts.listener;
-    workers.spawn("server", |_| {
-        server::run(listener, handler, server_config, async move {
-            let _ = server_stop.changed().await;
-        })
-    });
+    spawn_server(&workers, parts.listener, handler, server_config, &stop_rx);
     spawn_background(
         &workers,
         Background {
@@ -415,6 +398,57 @@ where
         stop,
         workers,
     })
+}
+
+/// The node's coordinator over a replica of the parts' store, with the
+/// bridge when the node runs one.
+fn coordinator<S, T, H, L>(
+    config: CoordinatorConfig,
+    parts: &NodeParts<S, T, H, L>,
+    merge: Arc<dyn MergeHook>,
+    keyspaces: &Arc<RwLock<BTreeMap<String, KeyspaceConfig>>>,
+    view: &watch::Receiver<Arc<ClusterView>>,
+    bridge: Option<Arc<dyn Bridge>>,
+) -> Arc<NodeCoordinator<S, T, H>>
+where
+    S: LocalStore + Clone,
+    T: GossipTransport,
+    H: HintQueue + HintSink,
+{
+    let mut coordinator = Coordinator::new(
+        config,
+        parts.store.clone(),
+        parts.transport.clone(),
+        Arc::new(parts.hints.clone()),
+        merge,
+        keyspaces.clone(),
+        view.clone(),
+    );
+    if let Some(bridge) = bridge {
+        coordinator = coordinator.with_bridge(bridge);
+    }
+    Arc::new(coordinator)
+}
+
+/// Serve clients and peers on `listener` until the node stops.
+fn spawn_server<S, T, H, L>(
+    workers: &Workers,
+    listener: L,
+    handler: Arc<NodeHandler<S, T, H>>,
+    config: ServerConfig,
+    stop: &watch::Receiver<bool>,
+) where
+    S: LocalStore + Clone,
+    T: GossipTransport,
+    H: HintQueue + HintSink,
+    L: Listener,
+{
+    let mut stop = stop.clone();
+    workers.spawn("server", |_| {
+        server::run(listener, handler, config, async move {
+            let _ = stop.changed().await;
+        })
+    });
 }
 
 /// What a node's background loops are given.
