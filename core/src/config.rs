@@ -34,7 +34,9 @@ use crate::model::Consistency;
 
 /// Largest replication factor accepted for one datacenter.
 pub const REPLICATION_PER_DC_MAX: u32 = 15;
-/// Largest number of vnodes per node accepted.
+/// Largest number of vnodes per node accepted, and the default of the
+/// bound gossip holds every node's entry to
+/// ([`GossipConfig::vnodes_max`](crate::gossip::service::GossipConfig::vnodes_max)).
 pub const VNODES_MAX: u32 = 4096;
 
 /// When the commit log is fsynced.
@@ -181,6 +183,22 @@ pub fn parse_resolver_binding(s: &str) -> Option<(String, u32)> {
 }
 
 impl NodeConfig {
+    /// Check `vnodes` against `vnodes_max`: the bound of the gossip
+    /// tuning the node starts with, which its peers hold its entry to (a
+    /// node announcing more would be refused by every peer).
+    pub fn validate_vnodes(&self, vnodes_max: u32) -> Result<(), ConfigError> {
+        if self.vnodes == 0 || self.vnodes > vnodes_max {
+            return Err(invalid(
+                "vnodes",
+                format!(
+                    "{} is outside 1..={vnodes_max} (gossip's vnodes_max)",
+                    self.vnodes
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     /// Check every field for values that cannot work.
     pub fn validate(&self) -> Result<(), ConfigError> {
         for (field, value) in [
@@ -212,12 +230,7 @@ impl NodeConfig {
                 )
             })?;
         }
-        if self.vnodes == 0 || self.vnodes > VNODES_MAX {
-            return Err(invalid(
-                "vnodes",
-                format!("{} is outside 1..={VNODES_MAX}", self.vnodes),
-            ));
-        }
+        self.validate_vnodes(VNODES_MAX)?;
         if self.fsync == FsyncMode::Interval && self.fsync_interval_ms == 0 {
             return Err(invalid(
                 "fsync_interval_ms",
@@ -356,6 +369,11 @@ mod tests {
         let mut c = base();
         c.vnodes = 0;
         assert_eq!(c.validate().unwrap_err().field, "vnodes");
+        let mut c = base();
+        c.vnodes = VNODES_MAX + 1;
+        assert_eq!(c.validate().unwrap_err().field, "vnodes");
+        assert_eq!(base().validate_vnodes(63).unwrap_err().field, "vnodes");
+        assert_eq!(base().validate_vnodes(64), Ok(()));
         let mut c = base();
         c.dc = "d".repeat(DC_NAME_BYTES_MAX + 1);
         assert_eq!(c.validate().unwrap_err().field, "dc");

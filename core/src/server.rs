@@ -40,6 +40,7 @@ use tokio::sync::{Semaphore, broadcast, mpsc};
 use tokio::task::JoinSet;
 
 use crate::peer::{PeerRequest, PeerResponse};
+use crate::ring::NodeId;
 
 /// What serves requests once the connection layer has decoded them.
 pub trait Handler: Send + Sync + 'static {
@@ -51,9 +52,13 @@ pub trait Handler: Send + Sync + 'static {
         deadline: Duration,
     ) -> impl Future<Output = ResponseBody> + Send;
 
-    /// Serve one request from another node.
+    /// Serve one request from another node: `from` is the node id the
+    /// peer named in its handshake ([`Hello::name`]). Gossip judges by it
+    /// who may change which entry; until connections are authenticated by
+    /// certificate it is only what the peer claims.
     fn handle_peer(
         &self,
+        from: NodeId,
         body: PeerRequest,
         deadline: Duration,
     ) -> impl Future<Output = PeerResponse> + Send;
@@ -238,9 +243,10 @@ async fn serve_connection<H: Handler, S: AsyncRead + AsyncWrite + Unpin + Send +
             .await
         }
         PeerRole::Node => {
+            let from = NodeId(hello.name);
             serve_requests(conn, config, stop, move |body: PeerRequest, deadline| {
-                let handler = handler.clone();
-                async move { handler.handle_peer(body, deadline).await }
+                let (handler, from) = (handler.clone(), from.clone());
+                async move { handler.handle_peer(from, body, deadline).await }
             })
             .await
         }

@@ -13,6 +13,7 @@ use isthmus_client::wire::{
 use isthmus_client::{Channel, ClientError, Session};
 use isthmus_core::model::VersionSet;
 use isthmus_core::peer::{PeerRequest, PeerResponse};
+use isthmus_core::ring::NodeId;
 use isthmus_core::server::{Handler, ServerConfig, run};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -53,7 +54,12 @@ impl Handler for Echo {
         }
     }
 
-    async fn handle_peer(&self, body: PeerRequest, _deadline: Duration) -> PeerResponse {
+    async fn handle_peer(
+        &self,
+        _from: NodeId,
+        body: PeerRequest,
+        _deadline: Duration,
+    ) -> PeerResponse {
         match body {
             PeerRequest::Read { .. } => PeerResponse::Versions(VersionSet::new()),
             _ => PeerResponse::Applied,

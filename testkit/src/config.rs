@@ -66,5 +66,6 @@ pub fn gossip(interval: Duration) -> GossipConfig {
             interval_max: interval * 4,
             ..DetectorConfig::default()
         },
+        ..GossipConfig::default()
     }
 }

@@ -10,9 +10,18 @@
 //! `(generation, version)` grew counts as a heartbeat of that node for the
 //! phi accrual detector.
 //!
-//! Until it has heard from a peer (an answer to one of its exchanges, or a
-//! peer's exchange; not its own answer through a seed address that is its
-//! own), a node that has seeds other than itself publishes an empty ring: knowing only itself, it would otherwise place every key on
+//! Every entry that arrives, in an exchange or in its answer, is first
+//! judged by [`membership::validate`](super::membership::validate) against
+//! the sender's id (the one its handshake named) and this node's wall
+//! clock; a refused entry changes nothing (not the membership, not the
+//! transport's addresses or datacenters, not the failure detector), and
+//! is counted by kind ([`Gossiper::rejections`]) and logged at warn (the
+//! 1st, 2nd, 4th, 8th... of each kind, so a flood of forged entries does
+//! not flood the log).
+//!
+//! Until it has heard from a peer (an answer to one of its exchanges, or
+//! the exchange of a member of its view; not its own answer through a
+//! seed address that is its own), a node that has seeds other than itself publishes an empty ring: knowing only itself, it would otherwise place every key on
 //! itself, and a node restarting behind a slow or cut link would
 //! acknowledge writes at ONE that no real replica ever receives. With an
 //! empty ring its coordinator refuses requests as unavailable instead.
@@ -30,7 +39,10 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::detector::{ArrivalWindow, DetectorConfig};
-use super::membership::{Endpoint, Membership, NodeStatus};
+use super::membership::{
+    self, Endpoint, EntryBounds, GossipRejection, Membership, NodeStatus, Receiver, RejectionKind,
+    Sender,
+};
 use crate::model::DcName;
 use crate::peer::{PeerRequest, PeerResponse};
 use crate::ring::{NodeId, Ring};
@@ -82,6 +94,16 @@ pub struct GossipConfig {
     pub exchange_timeout: Duration,
     /// Failure detector tuning.
     pub detector: DetectorConfig,
+    /// Most vnodes an entry may claim; entries claiming more (or none)
+    /// are refused. A node's own `vnodes` must be within it (checked at
+    /// start). Default [`VNODES_MAX`](crate::config::VNODES_MAX).
+    pub vnodes_max: u32,
+    /// How far a generation (a start time in Unix milliseconds) may be
+    /// ahead of this node's wall clock; entries further ahead are refused.
+    /// Default five minutes: clocks of a cluster are NTP-synchronised to
+    /// well within it, and a generation within it is superseded by the
+    /// node's next start a few minutes later at the latest.
+    pub generation_skew_max: Duration,
 }
 
 impl Default for GossipConfig {
@@ -93,7 +115,45 @@ impl Default for GossipConfig {
                 initial_interval: Duration::from_millis(500),
                 ..DetectorConfig::default()
             },
+            vnodes_max: crate::config::VNODES_MAX,
+            generation_skew_max: Duration::from_secs(5 * 60),
         }
+    }
+}
+
+impl GossipConfig {
+    /// The bounds entries are judged by.
+    pub fn bounds(&self) -> EntryBounds {
+        EntryBounds {
+            vnodes_max: self.vnodes_max,
+            generation_skew_max_ms: u64::try_from(self.generation_skew_max.as_millis())
+                .unwrap_or(u64::MAX),
+        }
+    }
+}
+
+/// Entries refused, by kind.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Rejections {
+    counts: [u64; RejectionKind::ALL.len()],
+}
+
+impl Rejections {
+    /// Entries refused for `kind`.
+    pub fn count(&self, kind: RejectionKind) -> u64 {
+        self.counts[kind as usize]
+    }
+
+    /// Entries refused, of any kind.
+    pub fn total(&self) -> u64 {
+        self.counts.iter().sum()
+    }
+
+    /// Count one; returns the new count of its kind.
+    fn add(&mut self, kind: RejectionKind) -> u64 {
+        let n = &mut self.counts[kind as usize];
+        *n = n.saturating_add(1);
+        *n
     }
 }
 
@@ -106,6 +166,8 @@ struct State {
     joined: bool,
     /// Seed addresses that turned out to be this node.
     self_seeds: BTreeSet<String>,
+    /// Entries refused, by kind.
+    rejections: Rejections,
 }
 
 /// One node's gossip participant.
@@ -118,16 +180,21 @@ pub struct Gossiper<T = TcpTransport> {
     view: watch::Sender<Arc<ClusterView>>,
     started: Instant,
     load: Box<dyn Fn() -> u64 + Send + Sync>,
+    /// The wall clock generations are judged against, in Unix ms.
+    wall_clock: fn() -> u64,
 }
 
 impl<T: GossipTransport> Gossiper<T> {
-    /// A gossiper announcing `own`, joining through `seeds`.
+    /// A gossiper announcing `own`, joining through `seeds`; `wall_clock`
+    /// (Unix ms, the clock `own.generation` was read from) is what other
+    /// nodes' generations are judged against.
     pub fn new(
         own: Endpoint,
         seeds: Vec<String>,
         config: GossipConfig,
         transport: Arc<T>,
         load: Box<dyn Fn() -> u64 + Send + Sync>,
+        wall_clock: fn() -> u64,
     ) -> (Arc<Self>, watch::Receiver<Arc<ClusterView>>) {
         let me = own.id.clone();
         let joined = seeds.iter().all(|s| *s == own.addr);
@@ -140,6 +207,7 @@ impl<T: GossipTransport> Gossiper<T> {
             round: 0,
             joined,
             self_seeds: BTreeSet::new(),
+            rejections: Rejections::default(),
         };
         let gossiper = Arc::new(Gossiper {
             me,
@@ -150,6 +218,7 @@ impl<T: GossipTransport> Gossiper<T> {
             view,
             started: Instant::now(),
             load,
+            wall_clock,
         });
         gossiper.publish();
         (gossiper, view_rx)
@@ -167,6 +236,11 @@ impl<T: GossipTransport> Gossiper<T> {
     /// A copy of the current membership view.
     pub fn membership(&self) -> Membership {
         self.state.lock().membership.clone()
+    }
+
+    /// Entries refused so far, by kind.
+    pub fn rejections(&self) -> Rejections {
+        self.state.lock().rejections.clone()
     }
 
     /// Nodes currently believed alive (self included).
@@ -187,40 +261,82 @@ impl<T: GossipTransport> Gossiper<T> {
         self.publish();
     }
 
-    /// Answer a peer's exchange: merge what it sent, return what it lacks.
+    /// Answer the exchange of peer `from` (the node id its handshake
+    /// named): merge what it sent, return what it lacks.
     pub fn on_exchange(
         &self,
+        from: &NodeId,
         digest: &[(NodeId, u64, u64)],
         entries: Vec<Endpoint>,
     ) -> Vec<Endpoint> {
         let reply = {
             let mut state = self.state.lock();
-            if entries.iter().any(|e| e.id != self.me) {
+            let member = is_member(&state.membership, from);
+            // A non-member's exchange brings only its own entry: not yet
+            // what the cluster knows (see the module docs).
+            if member && entries.iter().any(|e| e.id != self.me) {
                 state.joined = true;
             }
-            self.absorb(&mut state, entries);
+            self.absorb(&mut state, from, member, entries);
             state.membership.newer_than(digest)
         };
         self.publish();
         reply
     }
 
-    fn absorb(&self, state: &mut State, entries: Vec<Endpoint>) {
+    /// Judge each entry sent by `from` and apply those accepted; `member`:
+    /// whether `from` may tell of nodes this one does not know (judged
+    /// before the exchange, so a non-member cannot vouch for others by
+    /// announcing itself first).
+    fn absorb(&self, state: &mut State, from: &NodeId, member: bool, entries: Vec<Endpoint>) {
         let now = self.now_ms();
+        let receiver = Receiver {
+            me: &self.me,
+            now_ms: (self.wall_clock)(),
+            bounds: self.config.bounds(),
+        };
+        let sender = Sender { id: from, member };
         for entry in entries {
+            if let Err(rejection) =
+                membership::validate(&entry, &state.membership, &receiver, &sender)
+            {
+                self.reject(state, &rejection);
+                continue;
+            }
             if entry.id == self.me {
                 continue; // only this node writes its own entry
             }
-            let id = entry.id.clone();
-            self.transport.set_addr(&id, &entry.addr);
-            self.transport.set_dc(&id, &entry.placement.dc);
+            let (id, addr, dc) = (
+                entry.id.clone(),
+                entry.addr.clone(),
+                entry.placement.dc.clone(),
+            );
+            // Applied only once judged and newer: a stale copy carries
+            // no address or datacenter to learn.
             if state.membership.observe(entry) {
+                self.transport.set_addr(&id, &addr);
+                self.transport.set_dc(&id, &dc);
                 state
                     .windows
                     .entry(id)
                     .or_default()
                     .heartbeat(now, &self.config.detector);
             }
+        }
+    }
+
+    /// Count a refused entry, and log the 1st, 2nd, 4th, 8th... of its
+    /// kind.
+    fn reject(&self, state: &mut State, rejection: &GossipRejection) {
+        let kind = rejection.kind();
+        let count = state.rejections.add(kind);
+        if count.is_power_of_two() {
+            tracing::warn!(
+                node = %self.me,
+                reason = kind.name(),
+                count,
+                "gossip entry refused: {rejection}"
+            );
         }
     }
 
@@ -309,10 +425,10 @@ impl<T: GossipTransport> Gossiper<T> {
         // A seed may be this node itself, under its own address: its
         // answer teaches nothing, unless every seed is.
         let (answer, from_self) = match target {
-            Some(node) => (
-                self.transport.call(&node, request, timeout).await.ok(),
-                false,
-            ),
+            Some(node) => {
+                let answer = self.transport.call(&node, request, timeout).await.ok();
+                (answer.map(|a| (a, node, None)), false)
+            }
             None => match self.seeds.get(round as usize % self.seeds.len().max(1)) {
                 Some(addr) => match self.transport.connect(addr).await {
                     Ok(channel) => {
@@ -320,19 +436,24 @@ impl<T: GossipTransport> Gossiper<T> {
                         if from_self {
                             self.state.lock().self_seeds.insert(addr.clone());
                         }
-                        (channel.call(request, timeout).await.ok(), from_self)
+                        // A seed is one the operator named: it may tell
+                        // of nodes this one does not know yet.
+                        let answer = channel.call(request, timeout).await.ok();
+                        let from = NodeId(channel.peer().node_id.clone());
+                        (answer.map(|a| (a, from, Some(true))), from_self)
                     }
                     Err(_) => (None, false),
                 },
                 None => (None, false),
             },
         };
-        if let Some(PeerResponse::Gossip { entries }) = answer {
+        if let Some((PeerResponse::Gossip { entries }, from, seed)) = answer {
             let mut state = self.state.lock();
             if !from_self || state.self_seeds.len() == self.seeds.len() {
                 state.joined = true;
             }
-            self.absorb(&mut state, entries);
+            let member = seed.unwrap_or_else(|| is_member(&state.membership, &from));
+            self.absorb(&mut state, &from, member, entries);
         }
         self.publish();
     }
@@ -354,6 +475,11 @@ impl<T: GossipTransport> Gossiper<T> {
     }
 }
 
+/// Whether `node` is a member of `view`: known, and not `Left`.
+fn is_member(view: &Membership, node: &NodeId) -> bool {
+    view.get(node).is_some_and(|e| e.status != NodeStatus::Left)
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
@@ -362,6 +488,7 @@ mod tests {
 
     use super::*;
     use crate::coordinator::{Coordinator, CoordinatorConfig, CoordinatorError};
+    use crate::gossip::membership::RejectionKind;
     use crate::hints::HintSink;
     use crate::limit::Limits;
     use crate::merge::NoMerge;
@@ -439,6 +566,7 @@ mod tests {
             GossipConfig::default(),
             Arc::new(Silent),
             Box::new(|| 0),
+            crate::wall_clock::now_ms,
         )
     }
 
@@ -495,9 +623,14 @@ mod tests {
                 .is_empty()
         );
 
-        // A peer's exchange brings the membership: the ring is whole.
+        // A peer's exchange brings the membership: the ring is whole. Its
+        // first exchange, while it is not a member yet, teaches only its
+        // own entry; the next, the rest.
+        let n2 = NodeId("n2".into());
         let entries: Vec<Endpoint> = (2..=4).map(endpoint).collect();
-        gossiper.on_exchange(&[], entries);
+        gossiper.on_exchange(&n2, &[], entries.clone());
+        assert_eq!(view.borrow().ring.node_count(&"dc1".into()), 0);
+        gossiper.on_exchange(&n2, &[], entries);
         assert_eq!(view.borrow().ring.node_count(&"dc1".into()), 4);
     }
 
@@ -572,6 +705,7 @@ mod tests {
                 GossipConfig::default(),
                 Arc::new(OwnSeed),
                 Box::new(|| 0),
+                crate::wall_clock::now_ms,
             )
         };
         // Its seeds: itself (under another name) and a peer out of reach.
@@ -592,5 +726,253 @@ mod tests {
             let (_gossiper, view) = gossiper(seeds);
             assert_eq!(view.borrow().ring.node_count(&"dc1".into()), 1);
         }
+    }
+
+    /// A network that answers every call with `answer` and records the
+    /// addresses and datacenters gossip teaches it.
+    #[derive(Default)]
+    struct Recorder {
+        answer: Mutex<Vec<Endpoint>>,
+        addrs: Mutex<BTreeMap<NodeId, String>>,
+        dcs: Mutex<BTreeMap<NodeId, DcName>>,
+    }
+
+    impl Transport for Recorder {
+        async fn call(
+            &self,
+            _: &NodeId,
+            _: PeerRequest,
+            _: Duration,
+        ) -> Result<PeerResponse, ClientError> {
+            Ok(PeerResponse::Gossip {
+                entries: self.answer.lock().clone(),
+            })
+        }
+    }
+
+    impl GossipTransport for Recorder {
+        fn set_addr(&self, node: &NodeId, addr: &str) {
+            self.addrs.lock().insert(node.clone(), addr.to_owned());
+        }
+
+        fn set_dc(&self, node: &NodeId, dc: &DcName) {
+            self.dcs.lock().insert(node.clone(), dc.clone());
+        }
+
+        async fn connect(
+            &self,
+            addr: &str,
+        ) -> Result<Channel<PeerRequest, PeerResponse>, ClientError> {
+            Silent.connect(addr).await
+        }
+    }
+
+    fn id(i: u32) -> NodeId {
+        NodeId(format!("n{i}"))
+    }
+
+    /// Node `i` as it announces itself now: started a second ago.
+    fn current(i: u32) -> Endpoint {
+        Endpoint {
+            generation: crate::wall_clock::now_ms() - 1000,
+            ..endpoint(i)
+        }
+    }
+
+    /// `n1`, a cluster of its own, that `n2` and `n3` have each announced
+    /// themselves to.
+    fn member_of_three() -> (Arc<Gossiper<Recorder>>, Arc<Recorder>) {
+        let transport = Arc::new(Recorder::default());
+        let (gossiper, _view) = Gossiper::new(
+            current(1),
+            vec![],
+            GossipConfig::default(),
+            transport.clone(),
+            Box::new(|| 0),
+            crate::wall_clock::now_ms,
+        );
+        for i in [2, 3] {
+            gossiper.on_exchange(&id(i), &[], vec![current(i)]);
+        }
+        assert_eq!(gossiper.membership().endpoints().len(), 3);
+        assert_eq!(gossiper.rejections().total(), 0);
+        (gossiper, transport)
+    }
+
+    /// `entry` newer than what `n1` holds of its node.
+    fn bumped(mut entry: Endpoint) -> Endpoint {
+        entry.version += 1;
+        entry
+    }
+
+    #[test]
+    fn an_entry_claiming_u32_max_vnodes_is_refused_and_changes_nothing() {
+        let (gossiper, _) = member_of_three();
+        let before = gossiper.membership();
+        let forged = Endpoint {
+            vnodes: u32::MAX,
+            ..bumped(current(2))
+        };
+        // Neither relayed by n3 nor announced by n2 itself.
+        gossiper.on_exchange(&id(3), &[], vec![forged.clone()]);
+        gossiper.on_exchange(&id(2), &[], vec![forged]);
+        assert_eq!(gossiper.membership(), before);
+        let rejections = gossiper.rejections();
+        assert_eq!(rejections.count(RejectionKind::VnodesOutOfBounds), 2);
+        assert_eq!(rejections.total(), 2);
+    }
+
+    #[test]
+    fn a_generation_of_u64_max_is_refused_and_cannot_mark_a_node_left() {
+        let (gossiper, _) = member_of_three();
+        let before = gossiper.membership();
+        let forever_left = Endpoint {
+            generation: u64::MAX,
+            status: NodeStatus::Left,
+            ..current(2)
+        };
+        gossiper.on_exchange(&id(3), &[], vec![forever_left.clone()]);
+        gossiper.on_exchange(&id(2), &[], vec![forever_left]);
+        assert_eq!(gossiper.membership(), before);
+        assert!(gossiper.alive().contains(&id(2)));
+        assert_eq!(
+            gossiper.rejections().count(RejectionKind::GenerationAhead),
+            2
+        );
+    }
+
+    #[test]
+    fn another_nodes_address_in_third_party_gossip_is_refused_until_the_node_announces_it() {
+        let (gossiper, transport) = member_of_three();
+        let before = gossiper.membership();
+        let moved = Endpoint {
+            addr: "10.9.9.9:7000".into(),
+            ..bumped(current(2))
+        };
+        // n3 says n2 moved: refused, the transport still dials n2:7000.
+        gossiper.on_exchange(&id(3), &[], vec![moved.clone()]);
+        assert_eq!(gossiper.membership(), before);
+        assert_eq!(transport.addrs.lock()[&id(2)], "n2:7000");
+        let rejections = gossiper.rejections();
+        assert_eq!(rejections.count(RejectionKind::AddressFromThirdParty), 1);
+        // Nor another datacenter for it.
+        let elsewhere = Endpoint {
+            placement: Placement {
+                dc: "dc2".into(),
+                rack: "r0".into(),
+            },
+            ..bumped(current(2))
+        };
+        gossiper.on_exchange(&id(3), &[], vec![elsewhere]);
+        assert_eq!(gossiper.membership(), before);
+        assert_eq!(transport.dcs.lock()[&id(2)], DcName::from("dc1"));
+        assert_eq!(
+            gossiper
+                .rejections()
+                .count(RejectionKind::PlacementFromThirdParty),
+            1
+        );
+        // n2 announcing its own new address: taken.
+        gossiper.on_exchange(&id(2), &[], vec![moved]);
+        assert_eq!(
+            gossiper.membership().get(&id(2)).unwrap().addr,
+            "10.9.9.9:7000"
+        );
+        assert_eq!(transport.addrs.lock()[&id(2)], "10.9.9.9:7000");
+        assert_eq!(gossiper.rejections().total(), 2);
+    }
+
+    #[test]
+    fn an_entry_claiming_to_be_the_receiver_is_refused_but_echoes_of_its_own_are_not() {
+        let (gossiper, _) = member_of_three();
+        let before = gossiper.membership();
+        let own = before.get(&id(1)).unwrap().clone();
+        // Every exchange carries copies of the receiver's own entry.
+        gossiper.on_exchange(&id(2), &[], vec![own.clone()]);
+        assert_eq!(gossiper.rejections().total(), 0);
+        let impostor = Endpoint {
+            status: NodeStatus::Left,
+            ..bumped(own)
+        };
+        gossiper.on_exchange(&id(2), &[], vec![impostor]);
+        assert_eq!(gossiper.membership(), before);
+        assert_eq!(
+            gossiper.rejections().count(RejectionKind::ClaimsReceiver),
+            1
+        );
+    }
+
+    #[test]
+    fn a_non_member_may_announce_only_itself() {
+        let (gossiper, transport) = member_of_three();
+        // n9 is new: its own entry is taken, the node it vouches for not.
+        gossiper.on_exchange(&id(9), &[], vec![current(9), current(5)]);
+        let membership = gossiper.membership();
+        assert!(membership.get(&id(9)).is_some());
+        assert!(membership.get(&id(5)).is_none());
+        assert!(!transport.addrs.lock().contains_key(&id(5)));
+        assert_eq!(
+            gossiper
+                .rejections()
+                .count(RejectionKind::UnknownFromNonMember),
+            1
+        );
+        // A member tells of a node this one does not know: taken.
+        gossiper.on_exchange(&id(2), &[], vec![current(5)]);
+        assert!(gossiper.membership().get(&id(5)).is_some());
+        assert_eq!(gossiper.rejections().total(), 1);
+    }
+
+    #[test]
+    fn a_restarted_node_with_a_generation_within_the_skew_is_taken_even_relayed() {
+        let (gossiper, _) = member_of_three();
+        // Its clock a minute ahead of this one's: within the five minutes.
+        let restarted = Endpoint {
+            generation: crate::wall_clock::now_ms() + 60_000,
+            version: 1,
+            status: NodeStatus::Joining,
+            ..endpoint(2)
+        };
+        gossiper.on_exchange(&id(3), &[], vec![restarted.clone()]);
+        assert_eq!(gossiper.membership().get(&id(2)), Some(&restarted));
+        assert_eq!(gossiper.rejections().total(), 0);
+        // Ten minutes ahead: refused.
+        let too_far = Endpoint {
+            generation: crate::wall_clock::now_ms() + 600_000,
+            ..endpoint(2)
+        };
+        gossiper.on_exchange(&id(2), &[], vec![too_far]);
+        assert_eq!(gossiper.membership().get(&id(2)), Some(&restarted));
+        assert_eq!(
+            gossiper.rejections().count(RejectionKind::GenerationAhead),
+            1
+        );
+    }
+
+    #[tokio::test]
+    async fn the_answer_to_a_round_is_judged_as_coming_from_the_node_called() {
+        let (gossiper, transport) = member_of_three();
+        let before = gossiper.membership();
+        // Whoever this node calls (n2 or n3) answers with a new address
+        // for both: each may change only its own.
+        *transport.answer.lock() = [2, 3]
+            .map(|i| Endpoint {
+                addr: format!("10.0.0.{i}:7000"),
+                ..bumped(before.get(&id(i)).unwrap().clone())
+            })
+            .to_vec();
+        gossiper.round().await;
+        let after = gossiper.membership();
+        let moved: Vec<u32> = [2, 3]
+            .into_iter()
+            .filter(|&i| after.get(&id(i)) != before.get(&id(i)))
+            .collect();
+        assert_eq!(moved.len(), 1, "only the node called moves: {moved:?}");
+        assert_eq!(
+            gossiper
+                .rejections()
+                .count(RejectionKind::AddressFromThirdParty),
+            1
+        );
     }
 }

@@ -37,7 +37,7 @@ pub mod status;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use parking_lot::RwLock;
 use tokio::net::TcpListener;
@@ -157,8 +157,13 @@ pub struct NodeParts<S, T, H, L> {
     pub addr: String,
     /// The actor the node's dots carry.
     pub actor: Actor,
-    /// This incarnation's gossip generation (greater than any before).
+    /// This incarnation's gossip generation (greater than any before):
+    /// the start time read from `wall_clock`.
     pub generation: u64,
+    /// The wall clock, in Unix milliseconds, that gossip judges other
+    /// nodes' generations against (the simulation's own clock under
+    /// simulation).
+    pub wall_clock: fn() -> u64,
     /// Bytes stored, as gossip advertises them.
     pub load: Arc<dyn Fn() -> u64 + Send + Sync>,
     /// Synchronous reads of the store for the resolver registry (which is
@@ -277,9 +282,8 @@ pub async fn start(
         listener,
         addr,
         actor,
-        generation: SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(1, |d| d.as_millis() as u64),
+        generation: crate::wall_clock::now_ms().max(1),
+        wall_clock: crate::wall_clock::now_ms,
         load: Arc::new(move || engine.stats().table_bytes),
         blocking_reads: Some(store.engine().clone() as Arc<dyn BlockingRead>),
         peers_dir: Some(data_dir),
@@ -289,7 +293,8 @@ pub async fn start(
 
 /// Start a node from parts handed in (see [`NodeParts`]); the caller has
 /// validated `config` (its `listen`, `data_dir` and `wan_proxy` are not
-/// used here: the parts stand for them).
+/// used here: the parts stand for them). Its `vnodes` are checked here
+/// against the gossip tuning's bound, which peers hold every entry to.
 pub async fn start_with<S, T, H, L>(
     config: NodeConfig,
     parts: NodeParts<S, T, H, L>,
@@ -302,6 +307,7 @@ where
     H: HintQueue + HintSink,
     L: Listener,
 {
+    config.validate_vnodes(tuning.gossip.vnodes_max)?;
     let me = NodeId(config.node_id.clone());
     let dc = DcName(config.dc.clone());
     let keyspaces = Arc::new(RwLock::new(keyspaces_of(&config)));
@@ -543,6 +549,7 @@ fn gossip<S, T: GossipTransport, H, L>(
         tuning.gossip.clone(),
         parts.transport.clone(),
         Box::new(move || load()),
+        parts.wall_clock,
     )
 }
 

@@ -294,6 +294,7 @@ impl Cluster {
                 interval_max: interval * 8,
                 ..DetectorConfig::default()
             },
+            ..GossipConfig::default()
         }
     }
 }
@@ -340,6 +341,12 @@ fn config(cluster: &Cluster, spec: &NodeSpec) -> NodeConfig {
     }
 }
 
+/// The simulation's wall clock, in Unix milliseconds: what generations
+/// are read from and judged against.
+fn sim_clock_ms() -> u64 {
+    turmoil::since_epoch().map_or(0, |d| d.as_millis() as u64)
+}
+
 /// The software of one node host: the production node (`node::start_with`)
 /// over the simulated network and the node's "disk"; runs until the host
 /// crashes.
@@ -360,6 +367,7 @@ pub async fn run(cluster: Arc<Cluster>, me: usize, disk: Disk) -> turmoil::Resul
         addr: spec.addr(),
         actor: disk.actor,
         generation,
+        wall_clock: sim_clock_ms,
         load: Arc::new(|| 0),
         blocking_reads: None,
         peers_dir: None,

@@ -15,9 +15,11 @@ use crate::repair::RepairRequest;
 use crate::ring::NodeId;
 use crate::store::LocalStore;
 
-/// `Gossip`: a push-pull exchange; answers what the peer lacks.
+/// `Gossip`: a push-pull exchange with `from` (the node id its handshake
+/// named); answers what the peer lacks.
 pub fn gossip<S, T, H>(
     node: &NodeHandler<S, T, H>,
+    from: &NodeId,
     digest: &[(NodeId, u64, u64)],
     entries: Vec<Endpoint>,
 ) -> PeerResponse
@@ -27,7 +29,7 @@ where
     H: HintQueue + HintSink,
 {
     PeerResponse::Gossip {
-        entries: node.gossiper.on_exchange(digest, entries),
+        entries: node.gossiper.on_exchange(from, digest, entries),
     }
 }
 
