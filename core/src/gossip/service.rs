@@ -11,17 +11,17 @@
 //! phi accrual detector.
 //!
 //! Every entry that arrives, in an exchange or in its answer, is first
-//! judged by [`membership::validate`](super::membership::validate) against
-//! the sender's id (the one its handshake named) and this node's wall
-//! clock; a refused entry changes nothing (not the membership, not the
-//! transport's addresses or datacenters, not the failure detector), and
-//! is counted by kind ([`Gossiper::rejections`]) and logged at warn (the
-//! 1st, 2nd, 4th, 8th... of each kind, so a flood of forged entries does
-//! not flood the log).
+//! judged by [`membership::validate`] against the sender's id (the one
+//! its handshake named) and this node's wall clock; a refused entry
+//! changes nothing (not the membership, not the transport's addresses or
+//! datacenters, not the failure detector), and is counted by kind
+//! ([`Gossiper::rejections`]) and logged at warn (the 1st, 2nd, 4th,
+//! 8th... of each kind, so a flood of forged entries does not flood the
+//! log).
 //!
 //! Until it has heard from a peer (an answer to one of its exchanges, or
-//! the exchange of a member of its view; not its own answer through a
-//! seed address that is its own), a node that has seeds other than itself publishes an empty ring: knowing only itself, it would otherwise place every key on
+//! a peer's exchange: a member's, or one of which nothing was refused;
+//! not its own answer through a seed address that is its own), a node that has seeds other than itself publishes an empty ring: knowing only itself, it would otherwise place every key on
 //! itself, and a node restarting behind a slow or cut link would
 //! acknowledge writes at ONE that no real replica ever receives. With an
 //! empty ring its coordinator refuses requests as unavailable instead.
@@ -272,12 +272,14 @@ impl<T: GossipTransport> Gossiper<T> {
         let reply = {
             let mut state = self.state.lock();
             let member = is_member(&state.membership, from);
-            // A non-member's exchange brings only its own entry: not yet
-            // what the cluster knows (see the module docs).
-            if member && entries.iter().any(|e| e.id != self.me) {
+            let tells = entries.iter().any(|e| e.id != self.me);
+            let refused = self.absorb(&mut state, from, member, entries);
+            // Heard from a peer: the view now holds what it knows, unless
+            // entries of a non-member were refused (it may announce only
+            // itself; see the module docs).
+            if tells && (member || refused == 0) {
                 state.joined = true;
             }
-            self.absorb(&mut state, from, member, entries);
             state.membership.newer_than(digest)
         };
         self.publish();
@@ -287,8 +289,14 @@ impl<T: GossipTransport> Gossiper<T> {
     /// Judge each entry sent by `from` and apply those accepted; `member`:
     /// whether `from` may tell of nodes this one does not know (judged
     /// before the exchange, so a non-member cannot vouch for others by
-    /// announcing itself first).
-    fn absorb(&self, state: &mut State, from: &NodeId, member: bool, entries: Vec<Endpoint>) {
+    /// announcing itself first). Returns how many were refused.
+    fn absorb(
+        &self,
+        state: &mut State,
+        from: &NodeId,
+        member: bool,
+        entries: Vec<Endpoint>,
+    ) -> usize {
         let now = self.now_ms();
         let receiver = Receiver {
             me: &self.me,
@@ -296,11 +304,13 @@ impl<T: GossipTransport> Gossiper<T> {
             bounds: self.config.bounds(),
         };
         let sender = Sender { id: from, member };
+        let mut refused = 0;
         for entry in entries {
             if let Err(rejection) =
                 membership::validate(&entry, &state.membership, &receiver, &sender)
             {
                 self.reject(state, &rejection);
+                refused += 1;
                 continue;
             }
             if entry.id == self.me {
@@ -323,6 +333,7 @@ impl<T: GossipTransport> Gossiper<T> {
                     .heartbeat(now, &self.config.detector);
             }
         }
+        refused
     }
 
     /// Count a refused entry, and log the 1st, 2nd, 4th, 8th... of its
@@ -625,7 +636,8 @@ mod tests {
 
         // A peer's exchange brings the membership: the ring is whole. Its
         // first exchange, while it is not a member yet, teaches only its
-        // own entry; the next, the rest.
+        // own entry (the others are refused, and the ring stays empty);
+        // the next, the rest.
         let n2 = NodeId("n2".into());
         let entries: Vec<Endpoint> = (2..=4).map(endpoint).collect();
         gossiper.on_exchange(&n2, &[], entries.clone());
@@ -718,6 +730,16 @@ mod tests {
         let (gossiper, view) = own(&["me:1"]);
         gossiper.round().await;
         assert_eq!(view.borrow().ring.node_count(&"dc1".into()), 1);
+    }
+
+    #[test]
+    fn a_strangers_exchange_that_announces_only_itself_is_hearing_from_a_peer() {
+        // Restarted, its seed down: a peer that restarted too (and knows
+        // no one else) calls it.
+        let (gossiper, view) = gossiper(&["n9:7000"]);
+        gossiper.on_exchange(&NodeId("n2".into()), &[], vec![endpoint(1), endpoint(2)]);
+        assert_eq!(gossiper.rejections().total(), 0);
+        assert_eq!(view.borrow().ring.node_count(&"dc1".into()), 2);
     }
 
     #[tokio::test]
