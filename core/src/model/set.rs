@@ -137,21 +137,24 @@ impl VersionSet {
     ///
     /// Its clock is the least upper bound (no new counter, so replicas that
     /// merge the same set independently produce the same clock), its
-    /// timestamp the greatest sibling timestamp, its origin that of the last
-    /// sibling in canonical order, and it records the resolver's content
-    /// hash. Every input is a function of the set, so the output is too.
+    /// timestamp and origin the greatest `(timestamp, origin DC)` of the
+    /// siblings, and it records the resolver's content hash. Every field is
+    /// a join of the siblings' (least upper bound, maximum), so a replica
+    /// that merged some siblings before the others arrived ends with the
+    /// bytes of one that merged them all at once (given an associative
+    /// resolver). Taking the origin of the last sibling in canonical order
+    /// was not: on a timestamp tie it followed the content digests, which
+    /// differ between a merged version and the siblings it replaced.
     pub fn merged(&self, payload: Payload, resolver: ContentHash) -> Option<Version> {
-        let last = self.versions.last()?;
+        let latest = self
+            .versions
+            .iter()
+            .max_by(|a, b| (a.timestamp_ms, &a.origin_dc).cmp(&(b.timestamp_ms, &b.origin_dc)))?;
         Some(Version {
             clock: self.lub(),
             payload,
-            timestamp_ms: self
-                .versions
-                .iter()
-                .map(|v| v.timestamp_ms)
-                .max()
-                .unwrap_or(0),
-            origin_dc: last.origin_dc.clone(),
+            timestamp_ms: latest.timestamp_ms,
+            origin_dc: latest.origin_dc.clone(),
             resolver: Some(resolver),
             write_id: None,
         })
@@ -306,6 +309,38 @@ mod tests {
                 }
             }
             prop_assert_eq!(VersionSet::decode(&set.encode()).unwrap(), set);
+        }
+
+        #[test]
+        fn merging_in_steps_gives_the_bytes_of_merging_at_once(
+            vs in proptest::collection::vec(version_strategy(), 2..8),
+            split in 1usize..7,
+        ) {
+            // A replica that merged some siblings before the others arrived
+            // must end with the bytes of one that merged them all at once.
+            let set = absorb_all(&vs);
+            prop_assume!(set.len() >= 2);
+            let split = split.min(set.len() - 1);
+            let (first, rest) = set.versions().split_at(split);
+            let step = |vs: &[Version]| {
+                let part = absorb_all(vs);
+                if part.len() > 1 {
+                    part.merged(Payload::Value(b"m".to_vec()), [7; 32]).unwrap()
+                } else {
+                    part.versions()[0].clone()
+                }
+            };
+            let mut later: Vec<Version> = vec![step(first)];
+            later.extend(rest.iter().cloned());
+            let stepwise = absorb_all(&later);
+            // Only where the early merge dropped none of the later siblings
+            // (its clock does not cover them) do the two paths see the same
+            // siblings.
+            prop_assume!(stepwise.len() == later.len());
+            prop_assert_eq!(
+                stepwise.merged(Payload::Value(b"m".to_vec()), [7; 32]),
+                set.merged(Payload::Value(b"m".to_vec()), [7; 32])
+            );
         }
 
         #[test]
