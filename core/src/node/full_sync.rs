@@ -36,15 +36,7 @@ impl<D: RepairData, T: Transport> FullSync for NodeFullSync<D, T> {
                 .full_sync(None, dc, Share::Replicated)
                 .await
                 .map_err(|e| e.to_string())?;
-            tracing::info!(
-                %dc,
-                ranges = stats.ranges,
-                differing = stats.keys_differing,
-                pulled = stats.keys_pulled,
-                pushed = stats.keys_pushed,
-                bytes = stats.bytes,
-                "full-sync ranges synced"
-            );
+            tracing::info!(%dc, %stats, "full-sync ranges synced");
             match stats.ranges_failed {
                 0 => Ok(()),
                 n => Err(format!("{n} ranges could not be synced with {dc}")),

@@ -424,15 +424,7 @@ impl<D: RepairData, T: Transport> Repairer<D, T> {
             tokio::select! {
                 result = self.repair_dc(None, Partners::Following) => match result {
                     Ok(s) => {
-                        tracing::info!(
-                            ranges = s.ranges,
-                            failed = s.ranges_failed,
-                            differing = s.keys_differing,
-                            pulled = s.keys_pulled,
-                            pushed = s.keys_pushed,
-                            bytes = s.bytes,
-                            "scheduled repair done"
-                        );
+                        tracing::info!(stats = %s, "scheduled repair done");
                         match s.ranges_failed {
                             0 => worker.idle(),
                             n => worker.failed(format!("{n} ranges could not be synced")),

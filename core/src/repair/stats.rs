@@ -20,6 +20,23 @@ pub struct RepairStats {
     pub bytes: u64,
 }
 
+/// One line for logs: `R ranges (F failed), D keys differing, P pulled,
+/// S pushed, B bytes`.
+impl std::fmt::Display for RepairStats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} ranges ({} failed), {} keys differing, {} pulled, {} pushed, {} bytes",
+            self.ranges,
+            self.ranges_failed,
+            self.keys_differing,
+            self.keys_pulled,
+            self.keys_pushed,
+            self.bytes
+        )
+    }
+}
+
 impl std::ops::AddAssign for RepairStats {
     fn add_assign(&mut self, other: RepairStats) {
         self.ranges += other.ranges;

@@ -188,15 +188,10 @@ where
         tokio::select! {
             result = repairer.repair(keyspace.as_deref(), remote_dc.as_ref()) => {
                 match &result {
-                    Ok(s) => tracing::info!(
+                    Ok(stats) => tracing::info!(
                         keyspace = keyspace.as_deref().unwrap_or("*"),
                         remote_dc = remote_dc.as_ref().map_or("", |d| d.0.as_str()),
-                        ranges = s.ranges,
-                        failed = s.ranges_failed,
-                        differing = s.keys_differing,
-                        pulled = s.keys_pulled,
-                        pushed = s.keys_pushed,
-                        bytes = s.bytes,
+                        %stats,
                         "repair done"
                     ),
                     Err(e) => tracing::warn!(error = %e, "repair failed"),
