@@ -22,6 +22,17 @@ pub enum ClientError {
         /// What went wrong.
         reason: String,
     },
+    /// The TLS handshake failed: the node's certificate is not from a
+    /// trusted CA, expired, or names no node (or not the node dialled), or
+    /// the node refused this side's certificate. Not retryable: the same
+    /// certificates meet the same refusal.
+    #[error("TLS with {addr} failed: {reason}")]
+    Tls {
+        /// The address dialled.
+        addr: String,
+        /// What failed.
+        reason: String,
+    },
     /// The connection closed while the request was in flight.
     #[error("connection closed before the answer arrived")]
     ConnectionClosed,
@@ -53,7 +64,9 @@ impl ClientError {
             ClientError::Connect { .. }
             | ClientError::ConnectionClosed
             | ClientError::Timeout { .. } => true,
-            ClientError::Handshake { .. } | ClientError::RequestTooLarge { .. } => false,
+            ClientError::Handshake { .. }
+            | ClientError::Tls { .. }
+            | ClientError::RequestTooLarge { .. } => false,
             ClientError::Server(e) => e.code.is_retryable(),
         }
     }

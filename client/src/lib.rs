@@ -34,8 +34,10 @@ pub mod client;
 pub mod error;
 pub mod placement;
 pub mod session;
+pub mod tls;
 pub mod wire;
 
 pub use client::{Client, ClientBuilder, DcFailover, Read};
 pub use error::ClientError;
+pub use session::ConnectOptions;
 pub use session::{Channel, Session};

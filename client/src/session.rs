@@ -18,8 +18,8 @@ use tokio::sync::{Mutex, oneshot};
 use crate::error::ClientError;
 use crate::wire::connection::{Connection, ConnectionError, WriteHalf};
 use crate::wire::{
-    CONNECTION_ERROR_ID, Envelope, Hello, HelloAck, MAGIC, PROTOCOL_VERSION, PeerRole, Reply,
-    ReplyBody, RequestBody, ResponseBody, frame,
+    CONNECTION_ERROR_ID, Envelope, Hello, HelloAck, HelloAnswer, MAGIC, PROTOCOL_VERSION, PeerRole,
+    Reply, ReplyBody, RequestBody, ResponseBody, frame,
 };
 
 /// A client's channel to a node.
@@ -45,9 +45,43 @@ pub struct Channel<Q, A> {
     reader: tokio::task::JoinHandle<()>,
 }
 
+/// How a client connects to a node: the name it gives (for the node's
+/// logs) and, unless the cluster runs without it, TLS.
+#[derive(Clone, Debug, Default)]
+pub struct ConnectOptions {
+    /// Name announced in the handshake.
+    pub name: String,
+    /// TLS configuration ([`TlsMaterial::client_config`](crate::tls::TlsMaterial::client_config));
+    /// `None` speaks plaintext, which only a node configured with
+    /// `insecure_plaintext` accepts.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+impl ConnectOptions {
+    /// Plaintext, as `name`.
+    pub fn plaintext(name: &str) -> Self {
+        ConnectOptions {
+            name: name.to_owned(),
+            tls: None,
+        }
+    }
+}
+
 impl<Q: serde::Serialize + Send, A: ReplyBody> Channel<Q, A> {
-    /// Connect to `addr` over TCP and run the handshake within `timeout`.
+    /// Connect to `addr` over plaintext TCP and run the handshake within
+    /// `timeout` (nodes configured with `insecure_plaintext` only; see
+    /// [`Channel::connect_with`]).
     pub async fn connect(addr: &str, name: &str, timeout: Duration) -> Result<Self, ClientError> {
+        Self::connect_with(addr, &ConnectOptions::plaintext(name), timeout).await
+    }
+
+    /// Connect to `addr` over TCP, with TLS when `options` say so, and run
+    /// the handshake, all within `timeout`.
+    pub async fn connect_with(
+        addr: &str,
+        options: &ConnectOptions,
+        timeout: Duration,
+    ) -> Result<Self, ClientError> {
         let unreachable = |reason: String| ClientError::Connect {
             addr: addr.to_owned(),
             reason,
@@ -57,7 +91,23 @@ impl<Q: serde::Serialize + Send, A: ReplyBody> Channel<Q, A> {
             .map_err(|_| unreachable(format!("no connection within {timeout:?}")))?
             .map_err(|e| unreachable(e.to_string()))?;
         let _ = socket.set_nodelay(true);
-        Self::handshake(Box::new(socket), addr, name, PeerRole::Client, timeout).await
+        let stream: Box<dyn IoStream> = match &options.tls {
+            None => Box::new(socket),
+            Some(config) => {
+                let (tls, _) = tokio::time::timeout(
+                    timeout,
+                    crate::tls::connect(config.clone(), socket, None),
+                )
+                .await
+                .map_err(|_| unreachable(format!("no TLS handshake within {timeout:?}")))?
+                .map_err(|e| ClientError::Tls {
+                    addr: addr.to_owned(),
+                    reason: e.to_string(),
+                })?;
+                Box::new(tls)
+            }
+        };
+        Self::handshake(stream, addr, &options.name, PeerRole::Client, timeout).await
     }
 
     /// Run the handshake over an already connected `stream` (TCP or
@@ -81,13 +131,12 @@ impl<Q: serde::Serialize + Send, A: ReplyBody> Channel<Q, A> {
                 addr: addr.to_owned(),
                 reason: e.to_string(),
             })?;
-            // The node answers with HelloAck, or with an error response
-            // before closing; both decode from the same frame.
-            match conn.read::<HelloAck>().await {
-                Ok(Some(ack)) if ack.magic == MAGIC => Ok((conn, ack)),
-                Ok(Some(_)) => Err(ClientError::Handshake {
+            match conn.read::<HelloAnswer>().await {
+                Ok(Some(Ok(ack))) if ack.magic == MAGIC => Ok((conn, ack)),
+                Ok(Some(Ok(_))) => Err(ClientError::Handshake {
                     reason: "bad magic in the node's answer".into(),
                 }),
+                Ok(Some(Err(refusal))) => Err(ClientError::Server(refusal)),
                 Ok(None) => Err(ClientError::Handshake {
                     reason: "node closed the connection".into(),
                 }),

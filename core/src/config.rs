@@ -127,6 +127,29 @@ pub struct NodeConfig {
     /// that form a new one.
     #[serde(default)]
     pub bootstrap: bool,
+    /// TLS on every link: the trusted CAs, and this node's certificate and
+    /// key. Required unless `insecure_plaintext` is set.
+    #[serde(default)]
+    pub tls: Option<TlsSection>,
+    /// Run without TLS: every link (clients, peers, other datacenters) in
+    /// plaintext, and a connection that says it is a node is believed. For
+    /// a laptop or a sealed test network only; the node warns at start.
+    #[serde(default)]
+    pub insecure_plaintext: bool,
+}
+
+/// The `[tls]` table. PEM files; `ca` may list several (each file may hold
+/// several certificates): during a CA rotation, the old and the new CA.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSection {
+    /// Trusted CA certificates.
+    pub ca: Vec<PathBuf>,
+    /// This node's certificate chain (leaf first), issued for
+    /// `isthmus://node/<dc>/<node_id>`.
+    pub cert: PathBuf,
+    /// The certificate's private key.
+    pub key: PathBuf,
 }
 
 /// The `[bridge]` table.
@@ -251,6 +274,25 @@ impl NodeConfig {
                 "must be within 4 KiB..=1 MiB (a batch travels in one frame)",
             ));
         }
+        match (&self.tls, self.insecure_plaintext) {
+            (None, false) => {
+                return Err(invalid(
+                    "tls",
+                    "TLS is required: set [tls] ca, cert and key (see `isthmus certs`), \
+                     or insecure_plaintext = true to run every link in plaintext",
+                ));
+            }
+            (Some(_), true) => {
+                return Err(invalid(
+                    "insecure_plaintext",
+                    "set together with [tls]: choose one",
+                ));
+            }
+            (Some(tls), false) if tls.ca.is_empty() => {
+                return Err(invalid("tls.ca", "names no CA file"));
+            }
+            _ => {}
+        }
         if self.data_dir.as_os_str().is_empty() {
             return Err(invalid("data_dir", "must not be empty"));
         }
@@ -318,6 +360,8 @@ mod tests {
             bridge: Default::default(),
             wan_proxy: None,
             bootstrap: false,
+            tls: None,
+            insecure_plaintext: true,
             keyspaces: BTreeMap::from([(
                 "carts".into(),
                 KeyspaceSection {
@@ -374,6 +418,19 @@ mod tests {
         assert_eq!(c.validate().unwrap_err().field, "vnodes");
         assert_eq!(base().validate_vnodes(63).unwrap_err().field, "vnodes");
         assert_eq!(base().validate_vnodes(64), Ok(()));
+        let mut c = base();
+        c.insecure_plaintext = false;
+        assert_eq!(c.validate().unwrap_err().field, "tls");
+        c.tls = Some(TlsSection {
+            ca: vec![],
+            cert: "n1.pem".into(),
+            key: "n1.key".into(),
+        });
+        assert_eq!(c.validate().unwrap_err().field, "tls.ca");
+        c.tls.as_mut().unwrap().ca.push("ca.pem".into());
+        assert_eq!(c.validate(), Ok(()));
+        c.insecure_plaintext = true;
+        assert_eq!(c.validate().unwrap_err().field, "insecure_plaintext");
         let mut c = base();
         c.dc = "d".repeat(DC_NAME_BYTES_MAX + 1);
         assert_eq!(c.validate().unwrap_err().field, "dc");

@@ -30,8 +30,8 @@ use std::time::Duration;
 use isthmus_client::wire::connection::{Connection, ConnectionError, WriteHalf};
 use isthmus_client::wire::frame::HANDSHAKE_FRAME_BYTES_MAX;
 use isthmus_client::wire::{
-    CONNECTION_ERROR_ID, Envelope, ErrorCode, Hello, HelloAck, MAGIC, PROTOCOL_VERSION, PeerRole,
-    Reply, ReplyBody, RequestBody, ResponseBody, WireError,
+    CONNECTION_ERROR_ID, Envelope, ErrorCode, Hello, HelloAck, HelloAnswer, MAGIC,
+    PROTOCOL_VERSION, PeerRole, Reply, ReplyBody, RequestBody, ResponseBody, WireError,
 };
 use serde::de::DeserializeOwned;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -39,6 +39,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, broadcast, mpsc};
 use tokio::task::JoinSet;
 
+use crate::model::DcName;
 use crate::peer::{PeerRequest, PeerResponse};
 use crate::ring::NodeId;
 
@@ -52,16 +53,27 @@ pub trait Handler: Send + Sync + 'static {
         deadline: Duration,
     ) -> impl Future<Output = ResponseBody> + Send;
 
-    /// Serve one request from another node: `from` is the node id the
-    /// peer named in its handshake ([`Hello::name`]). Gossip judges by it
-    /// who may change which entry; until connections are authenticated by
-    /// certificate it is only what the peer claims.
+    /// Serve one request from another node: `from` is who the peer is,
+    /// proven by its certificate under TLS. Gossip judges by it who may
+    /// change which entry, and a bridge batch's origin must be its DC.
     fn handle_peer(
         &self,
-        from: NodeId,
+        from: PeerIdentity,
         body: PeerRequest,
         deadline: Duration,
     ) -> impl Future<Output = PeerResponse> + Send;
+}
+
+/// Who a peer connection comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerIdentity {
+    /// The node: the node id its certificate names (which its handshake
+    /// must repeat), or on a plaintext link what its handshake claims.
+    pub node: NodeId,
+    /// Its datacenter as its certificate names it; `None` on a plaintext
+    /// link (`insecure_plaintext`), where nothing about the peer is
+    /// proven.
+    pub dc: Option<DcName>,
 }
 
 /// Where connections come from: a TCP listener, or a simulated one in
@@ -112,6 +124,10 @@ pub struct ServerConfig {
     pub request_deadline_max: Duration,
     /// How long shutdown waits for in-flight requests to finish.
     pub drain_timeout: Duration,
+    /// TLS for every connection (the handshake, certificates included,
+    /// must complete within `handshake_timeout`); `None` serves plaintext
+    /// and believes a peer's claimed node id (`insecure_plaintext`).
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl Default for ServerConfig {
@@ -126,6 +142,7 @@ impl Default for ServerConfig {
             in_flight_per_connection_max: 128,
             request_deadline_max: Duration::from_secs(30),
             drain_timeout: Duration::from_secs(10),
+            tls: None,
         }
     }
 }
@@ -199,6 +216,69 @@ async fn serve_connection<H: Handler, S: AsyncRead + AsyncWrite + Unpin + Send +
     config: Arc<ServerConfig>,
     stop: broadcast::Receiver<()>,
 ) -> Result<(), ConnectionError> {
+    let Some(tls) = config.tls.clone() else {
+        return serve_handshake(socket, None, handler, config, stop).await;
+    };
+    // The TLS handshake counts against the same deadline as ours: a
+    // connection that never finishes it gives its slot back.
+    let started = tokio::time::Instant::now();
+    let accepted = tokio::time::timeout(
+        config.handshake_timeout,
+        tokio_rustls::TlsAcceptor::from(tls).accept(socket),
+    )
+    .await;
+    let stream = match accepted {
+        Err(_) => return Ok(()),
+        Ok(Err(e)) => {
+            // A plaintext client, a certificate from another CA, an
+            // expired one: rustls has sent its alert; nothing else to do.
+            tracing::debug!(error = %e, "TLS handshake refused");
+            return Ok(());
+        }
+        Ok(Ok(stream)) => stream,
+    };
+    let identity = match isthmus_client::tls::peer_identity(stream.get_ref().1.peer_certificates())
+    {
+        None => Authenticated::Anonymous,
+        Some(Ok(identity)) => Authenticated::Certificate(identity),
+        Some(Err(e)) => Authenticated::Refused(e.to_string()),
+    };
+    let config = Arc::new(ServerConfig {
+        handshake_timeout: config.handshake_timeout.saturating_sub(started.elapsed()),
+        ..(*config).clone()
+    });
+    serve_handshake(stream, Some(identity), handler, config, stop).await
+}
+
+/// What TLS proved about the other end of a connection.
+enum Authenticated {
+    /// No client certificate (a client that logs in another way).
+    Anonymous,
+    /// A certificate from a trusted CA, naming this identity.
+    Certificate(isthmus_client::tls::CertIdentity),
+    /// A certificate from a trusted CA whose identity cannot be read.
+    Refused(String),
+}
+
+/// Refuse a handshake with `code` and close.
+async fn refuse<S: AsyncRead + AsyncWrite + Unpin>(
+    conn: &mut Connection<S>,
+    code: ErrorCode,
+    message: String,
+) {
+    let answer: HelloAnswer = Err(wire_error(code, message));
+    let _ = conn.write(&answer).await;
+}
+
+/// Our handshake over an established stream; `tls` is what TLS proved
+/// (`None`: a plaintext link).
+async fn serve_handshake<H: Handler, S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
+    socket: S,
+    tls: Option<Authenticated>,
+    handler: Arc<H>,
+    config: Arc<ServerConfig>,
+    stop: broadcast::Receiver<()>,
+) -> Result<(), ConnectionError> {
     // The handshake is read under a small cap: a connection that has not
     // said who it is cannot make the node hold a frame-cap-sized buffer.
     let mut conn = Connection::new(
@@ -208,42 +288,69 @@ async fn serve_connection<H: Handler, S: AsyncRead + AsyncWrite + Unpin + Send +
     let hello = match tokio::time::timeout(config.handshake_timeout, conn.read::<Hello>()).await {
         Err(_) | Ok(Ok(None)) => return Ok(()),
         Ok(Err(e)) => {
-            let _ = conn.write(&connection_error::<ResponseBody>(&e)).await;
+            let code = connection_error::<ResponseBody>(&e);
+            if let ResponseBody::Error(error) = code.body {
+                refuse(&mut conn, error.code, error.message).await;
+            }
             return Err(e);
         }
         Ok(Ok(Some(hello))) => hello,
     };
     if hello.magic != MAGIC || hello.version != PROTOCOL_VERSION {
-        let error = wire_error(
-            ErrorCode::ProtocolVersion,
-            format!("this node speaks protocol {PROTOCOL_VERSION} with magic ISTH"),
-        );
-        let _ = conn
-            .write(&Reply {
-                id: CONNECTION_ERROR_ID,
-                body: ResponseBody::from_error(error),
-            })
-            .await;
+        let message = format!("this node speaks protocol {PROTOCOL_VERSION} with magic ISTH");
+        refuse(&mut conn, ErrorCode::ProtocolVersion, message).await;
         return Ok(());
     }
+    // The peer role is bound to the certificate: only a node certificate
+    // from a trusted CA gets it, and only for the node id it names.
+    let peer = match (hello.role, &tls) {
+        (PeerRole::Client, _) => None,
+        (PeerRole::Node, None) => Some(PeerIdentity {
+            node: NodeId(hello.name.clone()),
+            dc: None,
+        }),
+        (
+            PeerRole::Node,
+            Some(Authenticated::Certificate(isthmus_client::tls::CertIdentity::Node {
+                node_id,
+                dc,
+            })),
+        ) if *node_id == hello.name => Some(PeerIdentity {
+            node: NodeId(node_id.clone()),
+            dc: Some(DcName(dc.clone())),
+        }),
+        (PeerRole::Node, Some(proof)) => {
+            let shown = match proof {
+                Authenticated::Anonymous => "no certificate".to_owned(),
+                Authenticated::Certificate(identity) => format!("a certificate for {identity}"),
+                Authenticated::Refused(reason) => format!("an unreadable certificate ({reason})"),
+            };
+            let message = format!(
+                "the peer role needs a node certificate naming node {:?}; this connection has {shown}",
+                hello.name
+            );
+            tracing::warn!(claimed = %hello.name, "{message}");
+            refuse(&mut conn, ErrorCode::Unauthenticated, message).await;
+            return Ok(());
+        }
+    };
     conn.set_frame_bytes_max(config.frame_bytes_max);
-    conn.write(&HelloAck {
+    let answer: HelloAnswer = Ok(HelloAck {
         magic: MAGIC,
         version: PROTOCOL_VERSION,
         node_id: config.node_id.clone(),
         dc: config.dc.clone(),
-    })
-    .await?;
-    match hello.role {
-        PeerRole::Client => {
+    });
+    conn.write(&answer).await?;
+    match peer {
+        None => {
             serve_requests(conn, config, stop, move |body: RequestBody, deadline| {
                 let handler = handler.clone();
                 async move { handler.handle(body, deadline).await }
             })
             .await
         }
-        PeerRole::Node => {
-            let from = NodeId(hello.name);
+        Some(from) => {
             serve_requests(conn, config, stop, move |body: PeerRequest, deadline| {
                 let (handler, from) = (handler.clone(), from.clone());
                 async move { handler.handle_peer(from, body, deadline).await }

@@ -7,6 +7,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use isthmus_client::session::IoStream;
+use isthmus_client::tls::CertIdentity;
 use isthmus_client::wire::PeerRole;
 use isthmus_client::{Channel, ClientError};
 use parking_lot::{Mutex, RwLock};
@@ -83,6 +85,7 @@ pub struct TcpTransport {
     channels: Mutex<HashMap<NodeId, Arc<PeerChannel>>>,
     connect_timeout: Duration,
     wan: Option<(DcName, String)>,
+    tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl TcpTransport {
@@ -96,7 +99,15 @@ impl TcpTransport {
             channels: Mutex::default(),
             connect_timeout,
             wan: None,
+            tls: None,
         }
+    }
+
+    /// Dial peers over TLS with `config` (this node's certificate goes
+    /// along; the peer's must name the node dialled).
+    pub fn with_tls(mut self, config: Arc<rustls::ClientConfig>) -> Self {
+        self.tls = Some(config);
+        self
     }
 
     /// Dial nodes outside `own_dc` (and seeds, whose datacenter is not yet
@@ -127,12 +138,21 @@ impl TcpTransport {
     }
 
     /// Open a one-off channel to an address (seeds, before their id is
-    /// known).
+    /// known): whichever node answers, as its certificate proves.
     pub async fn connect(&self, addr: &str) -> Result<PeerChannel, ClientError> {
-        self.dial(addr, true).await
+        self.dial(addr, true, None).await
     }
 
-    async fn dial(&self, addr: &str, remote: bool) -> Result<PeerChannel, ClientError> {
+    /// Dial `addr`; with `expected` set, the node that answers must be that
+    /// node (its certificate under TLS, and its handshake either way), or
+    /// the channel is refused: an address gossip learnt may have been
+    /// reused by another node since.
+    async fn dial(
+        &self,
+        addr: &str,
+        remote: bool,
+        expected: Option<&NodeId>,
+    ) -> Result<PeerChannel, ClientError> {
         let unreachable = |reason: String| ClientError::Connect {
             addr: addr.to_owned(),
             reason,
@@ -150,14 +170,52 @@ impl TcpTransport {
                 .await
                 .map_err(|e| unreachable(format!("WAN proxy: {e}")))?;
         }
-        Channel::handshake(
-            Box::new(socket),
+        let (stream, proven): (Box<dyn IoStream>, Option<String>) = match &self.tls {
+            None => (Box::new(socket), None),
+            Some(config) => {
+                let want = expected.map(|n| n.0.as_str());
+                let connected = tokio::time::timeout(
+                    self.connect_timeout,
+                    isthmus_client::tls::connect(config.clone(), socket, want),
+                )
+                .await
+                .map_err(|_| unreachable(format!("no TLS within {:?}", self.connect_timeout)))?
+                .map_err(|e| ClientError::Tls {
+                    addr: addr.to_owned(),
+                    reason: e.to_string(),
+                })?;
+                let node = match connected.1 {
+                    CertIdentity::Node { node_id, .. } => node_id,
+                    other => {
+                        return Err(ClientError::Tls {
+                            addr: addr.to_owned(),
+                            reason: format!("{other} answered, not a node"),
+                        });
+                    }
+                };
+                (Box::new(connected.0), Some(node))
+            }
+        };
+        let channel = Channel::handshake(
+            stream,
             addr,
             &self.me.0,
             PeerRole::Node,
             self.connect_timeout,
         )
-        .await
+        .await?;
+        let answered = &channel.peer().node_id;
+        let mismatch = expected
+            .map(|n| &n.0)
+            .into_iter()
+            .chain(proven.as_ref())
+            .find(|want| *want != answered);
+        if let Some(want) = mismatch {
+            return Err(ClientError::Handshake {
+                reason: format!("expected node {want} at {addr}, node {answered} answered"),
+            });
+        }
+        Ok(channel)
     }
 
     async fn channel(&self, to: &NodeId) -> Result<Arc<PeerChannel>, ClientError> {
@@ -177,7 +235,7 @@ impl TcpTransport {
             (Some((own, _)), Some(dc)) => dc != own,
             _ => true,
         };
-        let fresh = Arc::new(self.dial(&addr, remote).await?);
+        let fresh = Arc::new(self.dial(&addr, remote, Some(to)).await?);
         let mut channels = self.channels.lock();
         // Another task may have connected meanwhile: keep one channel.
         let kept = match channels.get(to) {
@@ -228,7 +286,9 @@ mod tests {
     use std::time::Instant;
 
     use isthmus_client::wire::connection::Connection;
-    use isthmus_client::wire::{Envelope, Hello, HelloAck, MAGIC, PROTOCOL_VERSION, Reply};
+    use isthmus_client::wire::{
+        Envelope, Hello, HelloAck, MAGIC, PROTOCOL_VERSION, Reply, WireError,
+    };
     use tokio::net::TcpListener;
 
     use super::*;
@@ -255,7 +315,7 @@ mod tests {
                     node_id: "peer".into(),
                     dc: "dc1".into(),
                 };
-                if conn.write(&ack).await.is_err() {
+                if conn.write(&Ok::<_, WireError>(ack)).await.is_err() {
                     return;
                 }
                 while let Ok(Some(request)) = conn.read::<Envelope<PeerRequest>>().await {

@@ -13,8 +13,8 @@ use isthmus_client::wire::{
 use isthmus_client::{Channel, ClientError, Session};
 use isthmus_core::model::VersionSet;
 use isthmus_core::peer::{PeerRequest, PeerResponse};
-use isthmus_core::ring::NodeId;
-use isthmus_core::server::{Handler, ServerConfig, run};
+
+use isthmus_core::server::{Handler, PeerIdentity, ServerConfig, run};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
@@ -56,7 +56,7 @@ impl Handler for Echo {
 
     async fn handle_peer(
         &self,
-        _from: NodeId,
+        _from: PeerIdentity,
         body: PeerRequest,
         _deadline: Duration,
     ) -> PeerResponse {

@@ -29,6 +29,8 @@ async fn every_loop_is_a_named_worker_with_a_status() {
         bridge: Default::default(),
         wan_proxy: None,
         bootstrap: false,
+        tls: None,
+        insecure_plaintext: true,
         keyspaces: BTreeMap::from([(
             "carts".into(),
             KeyspaceSection {

@@ -21,7 +21,9 @@ use isthmus_core::gossip::service::GossipConfig;
 
 /// A node `id` of `dc` with its data in `data_dir`: rack `r0`, any free
 /// port on 127.0.0.1, no seeds (its own cluster), 16 vnodes, an fsync per
-/// write, the default bridge settings, no WAN proxy, no keyspace.
+/// write, the default bridge settings, no WAN proxy, no keyspace, and
+/// plaintext links (`insecure_plaintext`; a secure `LocalCluster` sets
+/// `tls`).
 pub fn node(id: &str, dc: &str, data_dir: PathBuf) -> NodeConfig {
     NodeConfig {
         node_id: id.to_owned(),
@@ -36,6 +38,8 @@ pub fn node(id: &str, dc: &str, data_dir: PathBuf) -> NodeConfig {
         bridge: BridgeSection::default(),
         wan_proxy: None,
         bootstrap: false,
+        tls: None,
+        insecure_plaintext: true,
         keyspaces: BTreeMap::new(),
     }
 }

@@ -8,7 +8,7 @@ pub const MAGIC: [u8; 4] = *b"ISTH";
 /// Version of the message definitions in this module. A node refuses a
 /// handshake whose version it does not speak with
 /// [`ErrorCode::ProtocolVersion`].
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// How many acknowledgements a request waits for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -103,6 +103,11 @@ pub struct HelloAck {
     /// The answering node's datacenter.
     pub dc: String,
 }
+
+/// What the node answers a [`Hello`] with: its [`HelloAck`], or why it
+/// refuses the connection (protocol version, authentication), just before
+/// closing it.
+pub type HelloAnswer = Result<HelloAck, WireError>;
 
 /// An opaque causal context: what the client saw at its last read. Pass it
 /// back unchanged with a write so that the write supersedes exactly those
@@ -524,6 +529,13 @@ pub enum ErrorCode {
     /// same request would meet the same answer: not retryable. (Appended
     /// last: codes are encoded by position.)
     ReplyTooLarge,
+    /// The connection has not proven who is at the other end: no or bad
+    /// credentials, or a peer handshake without a node certificate. Not
+    /// retryable.
+    Unauthenticated,
+    /// The authenticated user lacks the permission the request needs. Not
+    /// retryable.
+    Forbidden,
 }
 
 impl ErrorCode {
@@ -547,6 +559,8 @@ impl ErrorCode {
             ErrorCode::UnknownResolver => "UNKNOWN_RESOLVER",
             ErrorCode::VersionTaken => "VERSION_TAKEN",
             ErrorCode::ReplyTooLarge => "REPLY_TOO_LARGE",
+            ErrorCode::Unauthenticated => "UNAUTHENTICATED",
+            ErrorCode::Forbidden => "FORBIDDEN",
         }
     }
 

@@ -672,7 +672,7 @@ mod tests {
             addr: &str,
         ) -> Result<Channel<PeerRequest, PeerResponse>, ClientError> {
             use isthmus_client::wire::connection::Connection;
-            use isthmus_client::wire::{Envelope, Hello, HelloAck, Reply, frame};
+            use isthmus_client::wire::{Envelope, Hello, HelloAck, Reply, WireError, frame};
             if addr != "me:1" {
                 return Silent.connect(addr).await;
             }
@@ -688,7 +688,7 @@ mod tests {
                     node_id: "n1".into(),
                     dc: "dc1".into(),
                 };
-                let _ = conn.write(&ack).await;
+                let _ = conn.write(&Ok::<_, WireError>(ack)).await;
                 if let Ok(Some(request)) = conn.read::<Envelope<PeerRequest>>().await {
                     let reply = Reply {
                         id: request.id,

@@ -87,6 +87,9 @@ pub enum NodeError {
     /// The storage engine could not open.
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
+    /// The TLS files are unreadable, or do not name this node.
+    #[error(transparent)]
+    Tls(#[from] isthmus_client::tls::TlsError),
     /// The listen address could not be bound.
     #[error("cannot listen on {addr}: {reason}")]
     Listen {
@@ -172,6 +175,8 @@ pub struct NodeParts<S, T, H, L> {
     /// Where the node remembers its peers' addresses between runs
     /// (`None`: it does not).
     pub peers_dir: Option<PathBuf>,
+    /// TLS for the listener (`None`: plaintext, `insecure_plaintext`).
+    pub server_tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 /// A started node. Dropping it without [`RunningNode::shutdown`] aborts
@@ -274,6 +279,21 @@ pub async fn start(
     if let Some(proxy) = &config.wan_proxy {
         transport = transport.with_wan_proxy(DcName(config.dc.clone()), proxy.clone());
     }
+    let server_tls = match &config.tls {
+        Some(section) => {
+            let (server, client) = load_tls(&config, section)?;
+            transport = transport.with_tls(client);
+            Some(server)
+        }
+        None => {
+            tracing::warn!(
+                node = %config.node_id,
+                "insecure_plaintext: TLS is off; every link is plaintext, and any connection \
+                 that says it is a node is believed"
+            );
+            None
+        }
+    };
     let engine = store.engine().clone();
     let parts = NodeParts {
         store: store.clone(),
@@ -287,8 +307,37 @@ pub async fn start(
         load: Arc::new(move || engine.stats().table_bytes),
         blocking_reads: Some(store.engine().clone() as Arc<dyn BlockingRead>),
         peers_dir: Some(data_dir),
+        server_tls,
     };
     start_with(config, parts, merge, tuning).await
+}
+
+/// The node's TLS configurations, server side and dialling side, from the
+/// `[tls]` files. The certificate must name this node: a node started with
+/// another node's certificate would be refused by every peer anyway, so it
+/// is refused here, with the reason.
+fn load_tls(
+    config: &NodeConfig,
+    section: &crate::config::TlsSection,
+) -> Result<(Arc<rustls::ServerConfig>, Arc<rustls::ClientConfig>), NodeError> {
+    use isthmus_client::tls::{CertIdentity, TlsMaterial};
+    let material = TlsMaterial::load(&section.ca, Some((&section.cert, &section.key)))?;
+    let want = CertIdentity::Node {
+        node_id: config.node_id.clone(),
+        dc: config.dc.clone(),
+    };
+    if material.identity() != Some(&want) {
+        return Err(NodeError::Tls(isthmus_client::tls::TlsError::Identity {
+            reason: format!(
+                "{} names {}, but this is {want}",
+                section.cert.display(),
+                material
+                    .identity()
+                    .map_or_else(|| "nothing".to_owned(), ToString::to_string),
+            ),
+        }));
+    }
+    Ok((material.server_config()?, material.client_config()?))
 }
 
 /// Start a node from parts handed in (see [`NodeParts`]); the caller has
@@ -375,6 +424,7 @@ where
     let server_config = ServerConfig {
         node_id: config.node_id.clone(),
         dc: config.dc.clone(),
+        tls: parts.server_tls.clone(),
         ..tuning.server.clone().unwrap_or_default()
     };
     spawn_server(&workers, parts.listener, handler, server_config, &stop_rx);

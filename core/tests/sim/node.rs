@@ -338,6 +338,8 @@ fn config(cluster: &Cluster, spec: &NodeSpec) -> NodeConfig {
         },
         wan_proxy: None,
         bootstrap: spec.bootstrap,
+        tls: None,
+        insecure_plaintext: true,
     }
 }
 
@@ -371,6 +373,7 @@ pub async fn run(cluster: Arc<Cluster>, me: usize, disk: Disk) -> turmoil::Resul
         load: Arc::new(|| 0),
         blocking_reads: None,
         peers_dir: None,
+        server_tls: None,
     };
     let config = config(&cluster, &spec);
     let bridge = WatchedFs {

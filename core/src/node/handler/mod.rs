@@ -23,8 +23,8 @@ use crate::gossip::service::{GossipTransport, Gossiper};
 use crate::hints::{HintQueue, HintSink};
 use crate::model::{Consistency, KeyspaceConfig};
 use crate::peer::{PeerRequest, PeerResponse};
-use crate::ring::NodeId;
-use crate::server::Handler;
+
+use crate::server::{Handler, PeerIdentity};
 use crate::store::LocalStore;
 use crate::system_keyspace::RegistryHook;
 
@@ -135,14 +135,16 @@ where
 
     async fn handle_peer(
         &self,
-        from: NodeId,
+        from: PeerIdentity,
         body: PeerRequest,
         deadline: Duration,
     ) -> PeerResponse {
         match body {
-            PeerRequest::Gossip { digest, entries } => peer::gossip(self, &from, &digest, entries),
+            PeerRequest::Gossip { digest, entries } => {
+                peer::gossip(self, &from.node, &digest, entries)
+            }
             PeerRequest::Repair(request) => peer::repair(self, request).await,
-            PeerRequest::Ship { from_dc, batch } => peer::ship(self, &from_dc, &batch).await,
+            PeerRequest::Ship { from_dc, batch } => peer::ship(self, &from, &from_dc, &batch).await,
             data => peer::data(self, data, deadline).await,
         }
     }

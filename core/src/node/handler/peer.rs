@@ -13,6 +13,7 @@ use crate::model::DcName;
 use crate::peer::{PeerRequest, PeerResponse};
 use crate::repair::RepairRequest;
 use crate::ring::NodeId;
+use crate::server::PeerIdentity;
 use crate::store::LocalStore;
 
 /// `Gossip`: a push-pull exchange with `from` (the node id its handshake
@@ -44,9 +45,12 @@ where
 }
 
 /// `Ship`: a bridge batch from another datacenter, applied at a local
-/// quorum of each key's replicas here.
+/// quorum of each key's replicas here. The origin it names must be the
+/// sender's datacenter as its certificate names it (on a TLS link): a
+/// node of one datacenter cannot pass its writes off as another's.
 pub async fn ship<S, T, H>(
     node: &NodeHandler<S, T, H>,
+    from: &PeerIdentity,
     from_dc: &DcName,
     batch: &[u8],
 ) -> PeerResponse
@@ -55,6 +59,17 @@ where
     T: GossipTransport,
     H: HintQueue + HintSink,
 {
+    if let Some(proven) = from.dc.as_ref().filter(|dc| *dc != from_dc) {
+        tracing::warn!(node = %from.node, claimed = %from_dc, certificate = %proven, "bridge batch refused: origin is not the sender's datacenter");
+        return PeerResponse::Error(WireError {
+            code: ErrorCode::Unauthenticated,
+            message: format!(
+                "a batch from {from_dc} sent by node {} of {proven}",
+                from.node
+            ),
+            acks: None,
+        });
+    }
     match node.coordinator.bridge() {
         Some(bridge) => match bridge
             .receive(from_dc, batch, node.coordinator.as_ref())
