@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
-use isthmus_client::Session;
+use isthmus_client::{ConnectOptions, Session};
 use isthmus_client::wire::{Consistency, Context, RequestBody, ResponseBody, WriteId};
 use isthmus_core::model::DcName;
 use rand::{Rng, SeedableRng};
@@ -109,6 +109,7 @@ fn value(corpus: Corpus, rng: &mut impl Rng, id: u64) -> Vec<u8> {
 /// `stop`); returns writes acknowledged.
 async fn write_load(
     addrs: Vec<String>,
+    options: ConnectOptions,
     rate: u64,
     duration: Duration,
     corpus: Corpus,
@@ -121,6 +122,7 @@ async fn write_load(
     let mut handles = Vec::new();
     for t in 0..tasks {
         let (addrs, acked, stop) = (addrs.clone(), acked.clone(), stop.clone());
+        let options = options.clone();
         handles.push(tokio::spawn(async move {
             let mut rng = rand::rngs::StdRng::seed_from_u64(t);
             let period = Duration::from_secs_f64(tasks as f64 / rate as f64);
@@ -132,7 +134,7 @@ async fn write_load(
                 next += period;
                 if session.as_ref().is_none_or(|s| !s.is_open()) {
                     let addr = &addrs[(t + n) as usize % addrs.len()];
-                    session = Session::connect(addr, "bench-bridge", Duration::from_secs(1))
+                    session = Session::connect_with(addr, &options, Duration::from_secs(1))
                         .await
                         .ok();
                 }
@@ -195,6 +197,7 @@ async fn phase(
     let started = Instant::now();
     let acked = write_load(
         cluster.addrs("dc1"),
+        cluster.connect_options("bench-bridge"),
         rate,
         duration,
         corpus,
@@ -223,6 +226,7 @@ async fn bench(args: BridgeBenchArgs) -> anyhow::Result<()> {
         keyspace: KEYSPACE.into(),
         wan_one_way: Some(Duration::from_millis(args.wan_latency_ms)),
         vnodes: 32,
+        tls: true,
         ..ClusterSpec::new(&["dc1", "dc2"], 3)
     };
     eprintln!(
@@ -289,6 +293,7 @@ async fn bench(args: BridgeBenchArgs) -> anyhow::Result<()> {
     cluster.wait_alive(3, "dc2 seen down").await?;
     let during = write_load(
         cluster.addrs("dc1"),
+        cluster.connect_options("bench-bridge"),
         args.outage_rate,
         Duration::from_secs(args.outage_s),
         Corpus::JsonCarts,
@@ -300,6 +305,7 @@ async fn bench(args: BridgeBenchArgs) -> anyhow::Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     let writers = tokio::spawn(write_load(
         cluster.addrs("dc1"),
+        cluster.connect_options("bench-bridge"),
         args.outage_rate,
         Duration::from_secs(3600),
         Corpus::JsonCarts,

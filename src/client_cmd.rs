@@ -4,6 +4,7 @@
 //! the context they got, so a command-line write replaces what it saw
 //! rather than adding a sibling next to it.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
@@ -11,7 +12,49 @@ use isthmus_client::wire::{
     BridgeReport, Consistency, Context, ErrorCode, NodeReport, RepairReport, RequestBody,
     ResponseBody, Sibling, WriteId,
 };
-use isthmus_client::{ClientError, Session};
+use isthmus_client::tls::TlsMaterial;
+use isthmus_client::{ClientError, ConnectOptions, Session};
+
+/// How a command reaches a node securely: the CA to trust and the
+/// client's own certificate, by flag or environment variable.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct Security {
+    /// The cluster's CA certificate(s), PEM (`ca.pem` of `isthmus certs`).
+    #[arg(long, env = "ISTHMUS_CA")]
+    pub ca: Option<PathBuf>,
+    /// A client certificate to present, PEM (with --key).
+    #[arg(long, env = "ISTHMUS_CERT", requires = "key")]
+    pub cert: Option<PathBuf>,
+    /// The client certificate's key, PEM.
+    #[arg(long, env = "ISTHMUS_KEY", requires = "cert")]
+    pub key: Option<PathBuf>,
+    /// Speak plaintext: only nodes configured with `insecure_plaintext`
+    /// accept it.
+    #[arg(long, conflicts_with = "ca")]
+    pub insecure_plaintext: bool,
+}
+
+impl Security {
+    /// Connection options for a client named `name`.
+    pub fn options(&self, name: &str) -> anyhow::Result<ConnectOptions> {
+        let tls = match (&self.ca, self.insecure_plaintext) {
+            (Some(ca), _) => {
+                let own = self.cert.as_deref().zip(self.key.as_deref());
+                let material = TlsMaterial::load(std::slice::from_ref(ca), own)?;
+                Some(material.client_config()?)
+            }
+            (None, true) => None,
+            (None, false) => bail!(
+                "no CA to trust: give --ca FILE (or ISTHMUS_CA), or --insecure-plaintext \
+                 for a node that runs without TLS"
+            ),
+        };
+        Ok(ConnectOptions {
+            name: name.to_owned(),
+            tls,
+        })
+    }
+}
 
 /// Options every client command takes.
 #[derive(clap::Args, Debug, Clone)]
@@ -22,6 +65,9 @@ pub struct Target {
     /// Request deadline in milliseconds.
     #[arg(long, default_value_t = 5000)]
     pub timeout_ms: u64,
+    /// TLS and credentials.
+    #[command(flatten)]
+    pub security: Security,
 }
 
 /// Options of key commands.
@@ -65,7 +111,8 @@ pub enum Op {
 
 async fn connect(target: &Target) -> anyhow::Result<(Session, Duration)> {
     let timeout = Duration::from_millis(target.timeout_ms);
-    let session = Session::connect(&target.addr, "isthmus-cli", timeout)
+    let options = target.security.options("isthmus-cli")?;
+    let session = Session::connect_with(&target.addr, &options, timeout)
         .await
         .with_context(|| format!("connecting to {}", target.addr))?;
     Ok((session, timeout))
@@ -296,6 +343,9 @@ pub struct RepairArgs {
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
+    /// TLS and credentials.
+    #[command(flatten)]
+    pub security: Security,
 }
 
 /// The report as `isthmus repair` prints it.
@@ -354,6 +404,7 @@ pub fn run_repair(args: RepairArgs) -> anyhow::Result<(String, bool)> {
         let target = Target {
             addr: args.addr.clone(),
             timeout_ms: args.timeout_ms,
+            security: args.security.clone(),
         };
         let (session, timeout) = connect(&target).await?;
         let body = RequestBody::Repair {

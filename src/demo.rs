@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use hdrhistogram::Histogram;
-use isthmus_client::Session;
+use isthmus_client::{ConnectOptions, Session};
 use isthmus_client::wire::{Consistency, Context, RequestBody, ResponseBody, WriteId};
 use isthmus_core::node::RunningNode;
 use isthmus_core::store::LocalStore;
@@ -78,6 +78,7 @@ async fn shopper(
     dc: &'static str,
     id: usize,
     addrs: Vec<String>,
+    options: ConnectOptions,
     carts: usize,
     ledger: Arc<Ledger>,
     stop: Arc<AtomicBool>,
@@ -88,7 +89,7 @@ async fn shopper(
     while !stop.load(Ordering::Relaxed) {
         if session.as_ref().is_none_or(|s| !s.is_open()) {
             let addr = &addrs[(id + n as usize) % addrs.len()];
-            session = Session::connect(addr, "shopper", Duration::from_secs(1))
+            session = Session::connect_with(addr, &options, Duration::from_secs(1))
                 .await
                 .ok();
             if session.is_none() {
@@ -170,6 +171,7 @@ async fn shop(
                 dc,
                 id,
                 addrs.clone(),
+                cluster.connect_options("shopper"),
                 carts,
                 ledger.clone(),
                 stop.clone(),
@@ -203,7 +205,7 @@ async fn shop(
 async fn measure_lag(cluster: &LocalCluster, samples: usize) -> anyhow::Result<Histogram<u64>> {
     let mut hist = Histogram::<u64>::new(3)?;
     let dc1 = cluster.addrs("dc1");
-    let session = Session::connect(&dc1[0], "lag-probe", Duration::from_secs(2)).await?;
+    let session = cluster.session(&dc1[0], "lag-probe").await?;
     let far: Vec<&RunningNode> = cluster
         .nodes
         .iter()
@@ -295,6 +297,7 @@ async fn demo(args: DemoArgs, module: Vec<u8>, root: Root) -> anyhow::Result<boo
         resolver: Some(("cart-union".into(), module)),
         wan_one_way: Some(Duration::from_millis(args.wan_latency_ms)),
         vnodes: 32,
+        tls: true,
         ..ClusterSpec::new(&DCS, NODES_PER_DC)
     };
     let mut cluster = LocalCluster::start(spec, root).await?;

@@ -4,6 +4,7 @@
 //! - `bench`, `bench-bridge`: load against a cluster; the cross-DC bridge
 //!   measured on a local two-DC cluster.
 //! - `server --config FILE`: run one node.
+//! - `certs ca|node|client`: a cluster CA and its certificates.
 //! - `put`, `get`, `del`, `status`: client commands against a node.
 //! - `repair`: Merkle repair of a node's ranges (or a cross-DC full sync).
 //! - `resolver check FILE.wasm`: the law checker for merge modules;
@@ -23,6 +24,7 @@ use clap::{Parser, Subcommand};
 mod bench_cmd;
 #[cfg(feature = "demo")]
 mod bridge_bench;
+mod certs_cmd;
 mod client_cmd;
 #[cfg(feature = "demo")]
 mod demo;
@@ -104,6 +106,11 @@ enum Command {
         #[command(subcommand)]
         command: resolver_cmd::ResolverCommand,
     },
+    /// Create a cluster CA and issue node and client certificates.
+    Certs {
+        #[command(subcommand)]
+        command: certs_cmd::CertsCommand,
+    },
 }
 
 /// Print a command's output; exit status 0.
@@ -122,6 +129,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Resolver { command } => resolver_cmd::run(command),
+        Command::Certs { command } => print(certs_cmd::run(command)),
         #[cfg(feature = "demo")]
         Command::Bench(args) => print(bench_cmd::run(args)),
         #[cfg(feature = "demo")]

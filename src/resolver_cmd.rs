@@ -26,6 +26,9 @@ pub struct NodeArgs {
     /// on the node; a node caps a request at 30 s).
     #[arg(long, default_value_t = 30_000)]
     pub timeout_ms: u64,
+    /// TLS and credentials.
+    #[command(flatten)]
+    pub security: crate::client_cmd::Security,
 }
 
 /// Resolver subcommands.
@@ -106,6 +109,13 @@ pub enum ResolverCommand {
 
 /// Send one registry request.
 fn call(node: &NodeArgs, request: RegistryRequest) -> Result<RegistryResponse, ClientError> {
+    let options = node
+        .security
+        .options("isthmus-cli")
+        .map_err(|e| ClientError::Tls {
+            addr: node.addr.clone(),
+            reason: format!("{e:#}"),
+        })?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -115,7 +125,7 @@ fn call(node: &NodeArgs, request: RegistryRequest) -> Result<RegistryResponse, C
         })?;
     runtime.block_on(async {
         let timeout = Duration::from_millis(node.timeout_ms);
-        let session = Session::connect(&node.addr, "isthmus-cli", timeout).await?;
+        let session = Session::connect_with(&node.addr, &options, timeout).await?;
         match session
             .call(RequestBody::Registry(request), timeout)
             .await?

@@ -99,6 +99,11 @@ mod tests {
                 data_dir = "/tmp/isthmus-n1"
                 seeds = ["127.0.0.1:7402"]
 
+                [tls]
+                ca = ["/etc/isthmus/ca.pem"]
+                cert = "/etc/isthmus/n1.pem"
+                key = "/etc/isthmus/n1.key"
+
                 [keyspaces.carts]
                 replication = { dc1 = 3 }
                 resolver = "cart-union@1"
@@ -106,6 +111,11 @@ mod tests {
             )?;
             let config = load_config(Path::new("node.toml")).map_err(|e| e.to_string())?;
             assert_eq!(config.vnodes, 64);
+            assert_eq!(
+                config.tls.as_ref().map(|t| t.cert.clone()),
+                Some("/etc/isthmus/n1.pem".into())
+            );
+
             assert_eq!(config.keyspaces["carts"].replication["dc1"], 3);
 
             jail.set_env("ISTHMUS_LISTEN", "127.0.0.1:9999");
@@ -123,13 +133,25 @@ mod tests {
 
             jail.create_file(
                 "zero.toml",
-                "node_id = \"n1\"\ndc = \"dc1\"\nrack = \"r\"\nlisten = \"127.0.0.1:1\"\ndata_dir = \"/tmp/x\"\n[keyspaces.k]\nreplication = { dc1 = 0 }\n",
+                "node_id = \"n1\"\ndc = \"dc1\"\nrack = \"r\"\nlisten = \"127.0.0.1:1\"\ndata_dir = \"/tmp/x\"\ninsecure_plaintext = true\n[keyspaces.k]\nreplication = { dc1 = 0 }\n",
             )?;
             let err = load_config(Path::new("zero.toml")).unwrap_err();
             assert!(
                 format!("{err:#}").contains("keyspaces.k.replication.dc1"),
                 "{err:#}"
             );
+
+            // Without [tls], plaintext must be asked for by name.
+            jail.create_file(
+                "plain.toml",
+                "node_id = \"n1\"\ndc = \"dc1\"\nrack = \"r\"\nlisten = \"127.0.0.1:1\"\ndata_dir = \"/tmp/x\"\n",
+            )?;
+            let err = load_config(Path::new("plain.toml")).unwrap_err();
+            assert!(format!("{err:#}").contains("`tls`"), "{err:#}");
+            jail.set_env("ISTHMUS_INSECURE_PLAINTEXT", "true");
+            assert!(load_config(Path::new("plain.toml")).is_ok());
+            let err = load_config(Path::new("node.toml")).unwrap_err();
+            assert!(format!("{err:#}").contains("insecure_plaintext"), "{err:#}");
             Ok(())
         });
     }

@@ -21,7 +21,6 @@ use isthmus_client::wire::{Consistency, Context, NodeReport, RequestBody, Respon
 use isthmus_client::{Client, Session};
 use isthmus_core::model::{DcName, key_hash};
 use isthmus_core::ring::{NodeId, Placement, Ring};
-use isthmus_core::transport::TcpTransport;
 use isthmus_example_cart_union as cart_union;
 
 /// Tests here run one at a time: each runs five or six nodes, and two
@@ -180,7 +179,7 @@ async fn five_processes_survive_a_sigkill_and_hand_off_hints() {
     }
 
     // A put retried with the same write id adds no sibling.
-    let session = Session::connect(&nodes[2].addr, "retry", Duration::from_secs(2))
+    let session = common::session(&nodes[2].addr, "retry", Duration::from_secs(2))
         .await
         .unwrap();
     for _ in 0..3 {
@@ -282,7 +281,7 @@ async fn concurrent_carts_merge_to_the_same_bytes_on_every_replica() {
     for (w, node) in nodes.iter().enumerate().take(4) {
         let addr = node.addr.clone();
         writers.push(tokio::spawn(async move {
-            let session = Session::connect(&addr, "writer", Duration::from_secs(2))
+            let session = common::session(&addr, "writer", Duration::from_secs(2))
                 .await
                 .unwrap();
             for i in 0..ITEMS {
@@ -366,7 +365,7 @@ async fn concurrent_carts_merge_to_the_same_bytes_on_every_replica() {
     }
     union.insert("last".to_owned(), 1);
     let union = cart_union::encode(&union);
-    let probe = TcpTransport::new(NodeId("probe".into()), Duration::from_secs(2));
+    let probe = common::probe("probe");
     let mut held = Vec::new();
     until(
         "the three replicas hold the same merged cart",
@@ -435,7 +434,7 @@ async fn a_node_joins_and_another_is_decommissioned_with_nothing_lost() {
             let mut i = 0u32;
             while !stop.load(Ordering::Relaxed) {
                 if session.as_ref().is_none_or(|s| !s.is_open()) {
-                    session = Session::connect(&addr, "writer", Duration::from_secs(2))
+                    session = common::session(&addr, "writer", Duration::from_secs(2))
                         .await
                         .ok();
                 }
@@ -526,7 +525,7 @@ async fn a_node_joins_and_another_is_decommissioned_with_nothing_lost() {
         .iter()
         .map(|n| (n.id.clone(), n.addr.clone()))
         .collect();
-    let probe = TcpTransport::new(NodeId("probe".into()), Duration::from_secs(2));
+    let probe = common::probe("probe");
     let dc1 = DcName("dc1".into());
     let mut missing: Vec<(Vec<u8>, NodeId)> = acked
         .iter()

@@ -14,10 +14,8 @@ use std::time::{Duration, Instant};
 use common::{Node, all_see, local_set, until};
 
 use isthmus_client::wire::{Consistency, Context, RequestBody, ResponseBody, WriteId};
-use isthmus_client::{Client, Session};
+use isthmus_client::Client;
 use isthmus_core::limit::VALUE_BYTES_MAX_DEFAULT;
-use isthmus_core::ring::NodeId;
-use isthmus_core::transport::TcpTransport;
 
 /// Tests here run one at a time, like every cluster test binary's.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -76,7 +74,7 @@ async fn three_one_mib_siblings_are_read_at_all_and_the_coordinator_keeps_servin
     // allowed, at ALL, through one coordinator: three siblings, 3 MiB of
     // values on every replica.
     let coordinator = Arc::new(
-        Session::connect(&nodes[0].addr, "large", Duration::from_secs(5))
+        common::session(&nodes[0].addr, "large", Duration::from_secs(5))
             .await
             .unwrap(),
     );
@@ -182,7 +180,7 @@ async fn three_one_mib_siblings_are_read_at_all_and_the_coordinator_keeps_servin
 
     // Every replica holds the three siblings (asked over the peer
     // protocol: no coordinator, no read repair).
-    let transport = TcpTransport::new(NodeId("inspector".into()), Duration::from_secs(2));
+    let transport = common::probe("inspector");
     for node in &nodes {
         let set = local_set(&transport, &node.addr, "carts", &key)
             .await

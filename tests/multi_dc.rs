@@ -119,7 +119,7 @@ async fn shoppers(
         let (addrs, ledger, stop) = (addrs.clone(), ledger.clone(), stop.clone());
         tasks.push(tokio::spawn(async move {
             let session =
-                Session::connect(&addrs[s % addrs.len()], "shopper", Duration::from_secs(2))
+                common::session(&addrs[s % addrs.len()], "shopper", Duration::from_secs(2))
                     .await
                     .unwrap();
             let mut n = 0usize;
@@ -313,7 +313,7 @@ async fn a_partition_between_the_dcs_heals_with_nothing_lost() {
 }
 
 async fn put_at(addr: &str, key: &[u8], level: Consistency) -> Result<ResponseBody, String> {
-    let session = Session::connect(addr, "levels", Duration::from_secs(2))
+    let session = common::session(addr, "levels", Duration::from_secs(2))
         .await
         .map_err(|e| e.to_string())?;
     let put = RequestBody::Put {
@@ -509,7 +509,7 @@ async fn writers(
                 tokio::time::sleep_until(next).await;
                 if session.as_ref().is_none_or(|s| !s.is_open()) {
                     let addr = &addrs[(t + n) as usize % addrs.len()];
-                    session = Session::connect(addr, "writer", Duration::from_secs(1))
+                    session = common::session(addr, "writer", Duration::from_secs(1))
                         .await
                         .ok();
                 }
@@ -548,7 +548,7 @@ async fn writers(
 /// retried; one that keeps failing counts as lost.
 async fn audit(addr: &str, acked: &[Vec<u8>]) -> (usize, usize) {
     let session = Arc::new(
-        Session::connect(addr, "audit", Duration::from_secs(2))
+        common::session(addr, "audit", Duration::from_secs(2))
             .await
             .unwrap(),
     );

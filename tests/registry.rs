@@ -12,16 +12,13 @@ mod common;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Output;
-use std::time::Duration;
 
 use common::{Node, all_see, call, isthmus, local_set, text, until, wasm};
 use isthmus_client::ClientError;
 use isthmus_client::wire::{
     Context, ErrorCode, RegistryRequest, RegistryResponse, RequestBody, ResponseBody, WriteId,
 };
-use isthmus_core::ring::NodeId;
 use isthmus_core::system_keyspace::REGISTRY_KEYSPACE;
-use isthmus_core::transport::TcpTransport;
 use isthmus_example_cart_union as cart_union;
 use isthmus_resolvers::registry::{binding_key, module_key, resolver_key};
 
@@ -247,7 +244,7 @@ async fn an_uploaded_resolver_merges_on_every_node_of_every_dc() {
     // Every replica, in both DCs, ends with one version: the union,
     // merged by the uploaded module, byte-identical everywhere.
     let union = cart_union::encode(&items.iter().map(|(i, q)| ((*i).to_owned(), *q)).collect());
-    let probe = TcpTransport::new(NodeId("probe".into()), Duration::from_secs(2));
+    let probe = common::probe("probe");
     let mut last = Vec::new();
     until(
         "every replica holds the merged union",

@@ -36,6 +36,8 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod certs;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 

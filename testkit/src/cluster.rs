@@ -36,11 +36,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
-use isthmus_client::Session;
+use isthmus_client::tls::{CertIdentity, TlsMaterial};
+use isthmus_client::{ClientError, ConnectOptions, Session};
 use isthmus_client::wire::{
     BridgeReport, RegistryRequest, RegistryResponse, RequestBody, ResponseBody,
 };
-use isthmus_core::config::{BridgeSection, FsyncMode, NodeConfig};
+use isthmus_core::config::{BridgeSection, FsyncMode, NodeConfig, TlsSection};
 use isthmus_core::gossip::service::GossipConfig;
 use isthmus_core::merge::NoMerge;
 use isthmus_core::model::{VersionSet, key_hash};
@@ -53,6 +54,7 @@ use isthmus_dc_bridge::{DcBridge, DcBridgeFactory};
 use isthmus_resolvers::Host;
 use isthmus_resolvers::host::module_hash;
 use isthmus_server::Plugins;
+use isthmus_server::certs::{Ca, Validity};
 
 /// How each node is composed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -92,6 +94,11 @@ pub struct ClusterSpec {
     pub fsync: FsyncMode,
     /// Gossip timing.
     pub gossip: GossipConfig,
+    /// TLS on every link: the cluster makes a CA under its root
+    /// (`<root>/certs`) and a certificate for each node; clients connect
+    /// with [`LocalCluster::connect_options`]. Off: plaintext
+    /// (`insecure_plaintext`).
+    pub tls: bool,
 }
 
 impl ClusterSpec {
@@ -111,6 +118,7 @@ impl ClusterSpec {
             vnodes: 16,
             fsync: FsyncMode::Interval,
             gossip: crate::config::gossip(Duration::from_millis(200)),
+            tls: false,
         }
     }
 }
@@ -161,6 +169,49 @@ pub struct LocalCluster {
     node_dcs: BTreeMap<String, String>,
     hosts: Vec<Arc<Host>>,
     bridges: Vec<Arc<DcBridgeFactory>>,
+    tls: Option<ClusterTls>,
+}
+
+/// A TLS cluster's CA and the client side of its links.
+struct ClusterTls {
+    ca: Ca,
+    dir: PathBuf,
+    client: Arc<rustls::ClientConfig>,
+}
+
+impl ClusterTls {
+    fn create(dir: PathBuf) -> anyhow::Result<ClusterTls> {
+        let ca_files = (dir.join("ca.pem"), dir.join("ca.key"));
+        let ca = if ca_files.0.exists() {
+            Ca::load(&dir)?
+        } else {
+            let ca = Ca::new("local cluster CA", Validity::days(30))?;
+            ca.issued().write(&dir, "ca")?;
+            ca
+        };
+        let client = TlsMaterial::from_pem(ca.issued().cert_pem.as_bytes(), None)?.client_config()?;
+        Ok(ClusterTls { ca, dir, client })
+    }
+
+    /// The `[tls]` section of node `id` of `dc`, its certificate issued
+    /// the first time.
+    fn node_section(&self, id: &str, dc: &str) -> anyhow::Result<TlsSection> {
+        let (cert, key) = (self.dir.join(format!("{id}.pem")), self.dir.join(format!("{id}.key")));
+        if !cert.exists() {
+            let identity = CertIdentity::Node {
+                node_id: id.to_owned(),
+                dc: dc.to_owned(),
+            };
+            self.ca
+                .issue(&identity, &[], Validity::days(30))?
+                .write(&self.dir, id)?;
+        }
+        Ok(TlsSection {
+            ca: vec![self.dir.join("ca.pem")],
+            cert,
+            key,
+        })
+    }
 }
 
 impl LocalCluster {
@@ -174,7 +225,12 @@ impl LocalCluster {
             Some(latency) => Some(WanProxy::start("127.0.0.1:0", latency).await?),
             None => None,
         };
+        let tls = match spec.tls {
+            true => Some(ClusterTls::create(root.path().join("certs"))?),
+            false => None,
+        };
         let mut cluster = LocalCluster {
+            tls,
             nodes: BTreeMap::new(),
             wan,
             root,
@@ -214,6 +270,26 @@ impl LocalCluster {
     /// joins through.
     pub fn seed(&self) -> &str {
         &self.seed
+    }
+
+    /// How a client named `name` connects to this cluster's nodes: with
+    /// TLS trusting the cluster's CA when the spec says so.
+    pub fn connect_options(&self, name: &str) -> ConnectOptions {
+        ConnectOptions {
+            name: name.to_owned(),
+            tls: self.tls.as_ref().map(|t| t.client.clone()),
+        }
+    }
+
+    /// A session with the node at `addr`, as [`connect_options`](Self::connect_options).
+    pub async fn session(&self, addr: &str, name: &str) -> Result<Session, ClientError> {
+        Session::connect_with(addr, &self.connect_options(name), Duration::from_secs(2)).await
+    }
+
+    /// The directory of the cluster's CA and certificates (`ca.pem`,
+    /// `ca.key`, `<node id>.pem`, `.key`), when it runs TLS.
+    pub fn certs_dir(&self) -> Option<&Path> {
+        self.tls.as_ref().map(|t| t.dir.as_path())
     }
 
     /// The id of node `i` of `dc`.
@@ -268,9 +344,23 @@ impl LocalCluster {
         self.start_with(config).await
     }
 
+    /// The `[tls]` section for node `id` of `dc` (its certificate issued
+    /// by the cluster's CA the first time), or `None` in a plaintext
+    /// cluster. [`node_config`](Self::node_config) sets it.
+    pub fn tls_section(&self, id: &str, dc: &str) -> anyhow::Result<Option<TlsSection>> {
+        self.tls
+            .as_ref()
+            .map(|t| t.node_section(id, dc))
+            .transpose()
+    }
+
     /// Start a node with `config` (made by [`node_config`](Self::node_config)
     /// and adjusted: a fixed address, `bootstrap`, other seeds).
-    pub async fn start_with(&mut self, config: NodeConfig) -> anyhow::Result<&RunningNode> {
+    pub async fn start_with(&mut self, mut config: NodeConfig) -> anyhow::Result<&RunningNode> {
+        if let Some(section) = self.tls_section(&config.node_id, &config.dc)? {
+            config.tls = Some(section);
+            config.insecure_plaintext = false;
+        }
         let tuning = NodeTuning {
             gossip: self.spec.gossip.clone(),
             ..NodeTuning::default()
@@ -367,7 +457,7 @@ impl LocalCluster {
         };
         let first = self.nodes.values().next().map(|n| n.addr.clone());
         let first = first.ok_or_else(|| anyhow::anyhow!("no node"))?;
-        let session = Session::connect(&first, "local-cluster", Duration::from_secs(2)).await?;
+        let session = self.session(&first, "local-cluster").await?;
         let call = |request| session.call(RequestBody::Registry(request), Duration::from_secs(30));
         match call(RegistryRequest::Upload {
             name: name.clone(),
@@ -393,8 +483,7 @@ impl LocalCluster {
         for _ in 0..600 {
             let mut everywhere = true;
             for node in self.nodes.values() {
-                let s =
-                    Session::connect(&node.addr, "local-cluster", Duration::from_secs(2)).await?;
+                let s = self.session(&node.addr, "local-cluster").await?;
                 let listing = s
                     .call(
                         RequestBody::Registry(RegistryRequest::List),

@@ -7,14 +7,18 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use isthmus_client::wire::{BridgeReport, NodeReport, RequestBody, ResponseBody};
-use isthmus_client::{ClientError, Session};
+use isthmus_client::tls::{CertIdentity, TlsMaterial};
+use isthmus_client::{ClientError, ConnectOptions, Session};
 use isthmus_core::model::VersionSet;
 use isthmus_core::peer::{PeerRequest, PeerResponse};
+use isthmus_core::ring::NodeId;
 use isthmus_core::transport::TcpTransport;
+use isthmus_server::certs::{Ca, Validity};
 
 /// One `isthmus server` process: its config file, its log (stderr,
 /// appended across restarts) and, while it runs, the child.
@@ -43,7 +47,8 @@ impl Node {
 
     /// Write this node's config: its identity, rack `rack`, its address,
     /// a data directory under `dir`, `seeds`, the top-level `settings`
-    /// (TOML lines: vnodes, fsync, ...) and a `carts` keyspace at
+    /// (TOML lines: vnodes, fsync, ...), TLS with a certificate from the
+    /// tests' CA ([`pki`]) and a `carts` keyspace at
     /// LOCAL_QUORUM with `replication` (e.g. `dc1 = 3, dc2 = 3`).
     pub fn write_config(
         &self,
@@ -63,6 +68,8 @@ data_dir = "{data}"
 seeds = [{seeds}]
 {settings}
 
+{tls}
+
 [keyspaces.carts]
 replication = {{ {replication} }}
 consistency = "LOCAL_QUORUM"
@@ -72,6 +79,7 @@ consistency = "LOCAL_QUORUM"
             addr = self.addr,
             data = dir.join(&self.id).display(),
             seeds = seeds.join(", "),
+            tls = pki().tls_section(&self.id, &self.dc),
         );
         std::fs::write(&self.config, toml).unwrap();
     }
@@ -135,18 +143,99 @@ pub fn wasm(package: &str) -> PathBuf {
     path
 }
 
+/// The process's test CA: a directory with `ca.pem` and `ca.key`, and
+/// the node certificates issued so far (`<dc>--<id>.pem`, `.key`). Every
+/// process test runs its nodes with TLS on.
+pub struct Pki {
+    pub dir: PathBuf,
+    ca: Ca,
+    client: Arc<rustls::ClientConfig>,
+}
+
+pub fn pki() -> &'static Pki {
+    static PKI: OnceLock<Pki> = OnceLock::new();
+    PKI.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("isthmus-test-pki-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let ca = Ca::new("process tests CA", Validity::days(1)).unwrap();
+        ca.issued().write(&dir, "ca").unwrap();
+        let client = TlsMaterial::from_pem(ca.issued().cert_pem.as_bytes(), None)
+            .unwrap()
+            .client_config()
+            .unwrap();
+        Pki { dir, ca, client }
+    })
+}
+
+impl Pki {
+    /// The CA certificate, for `--ca` (the CLI also reads `ISTHMUS_CA`).
+    pub fn ca_pem(&self) -> PathBuf {
+        self.dir.join("ca.pem")
+    }
+
+    /// Certificate and key of node `id` of `dc`, issued the first time.
+    pub fn node_cert(&self, id: &str, dc: &str) -> (PathBuf, PathBuf) {
+        let stem = format!("{dc}--{id}");
+        let files = (
+            self.dir.join(format!("{stem}.pem")),
+            self.dir.join(format!("{stem}.key")),
+        );
+        if !files.0.exists() {
+            let identity = CertIdentity::Node {
+                node_id: id.to_owned(),
+                dc: dc.to_owned(),
+            };
+            let issued = self.ca.issue(&identity, &[], Validity::days(1)).unwrap();
+            issued.write(&self.dir, &stem).unwrap();
+        }
+        files
+    }
+
+    /// The `[tls]` table of node `id` of `dc`.
+    pub fn tls_section(&self, id: &str, dc: &str) -> String {
+        let (cert, key) = self.node_cert(id, dc);
+        format!(
+            "[tls]\nca = [\"{}\"]\ncert = \"{}\"\nkey = \"{}\"",
+            self.ca_pem().display(),
+            cert.display(),
+            key.display()
+        )
+    }
+
+    /// How test clients connect: TLS, trusting the tests' CA.
+    pub fn options(&self, name: &str) -> ConnectOptions {
+        ConnectOptions {
+            name: name.to_owned(),
+            tls: Some(self.client.clone()),
+        }
+    }
+}
+
+/// A client session with `addr` over TLS.
+pub async fn session(addr: &str, name: &str, timeout: Duration) -> Result<Session, ClientError> {
+    Session::connect_with(addr, &pki().options(name), timeout).await
+}
+
+/// A peer transport for reading nodes' own replicas: a node of `dc1`
+/// named `name`, with a node certificate from the tests' CA.
+pub fn probe(name: &str) -> TcpTransport {
+    let pki = pki();
+    let (cert, key) = pki.node_cert(name, "dc1");
+    let material = TlsMaterial::load(&[pki.ca_pem()], Some((&cert, &key))).unwrap();
+    TcpTransport::new(NodeId(name.into()), Duration::from_secs(2))
+        .with_tls(material.client_config().unwrap())
+}
+
 /// One request on a fresh client connection to `addr`.
 pub async fn call(addr: &str, body: RequestBody) -> Result<ResponseBody, ClientError> {
-    let session = Session::connect(addr, "test", Duration::from_secs(1)).await?;
+    let session = session(addr, "test", Duration::from_secs(1)).await?;
     session.call(body, Duration::from_secs(30)).await
 }
 
 /// What `addr` reports of every node and of its bridge, or `None` when it
 /// does not answer.
 pub async fn status(addr: &str) -> Option<(Vec<NodeReport>, Vec<BridgeReport>)> {
-    let session = Session::connect(addr, "test", Duration::from_secs(1))
-        .await
-        .ok()?;
+    let session = session(addr, "test", Duration::from_secs(1)).await.ok()?;
     match session
         .call(RequestBody::Status, Duration::from_secs(2))
         .await
@@ -197,6 +286,7 @@ pub async fn isthmus(args: Vec<String>) -> Output {
     tokio::task::spawn_blocking(move || {
         Command::new(env!("CARGO_BIN_EXE_isthmus"))
             .args(args)
+            .env("ISTHMUS_CA", pki().ca_pem())
             .output()
             .expect("running isthmus")
     })
