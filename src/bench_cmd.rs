@@ -57,6 +57,9 @@ pub struct BenchArgs {
     /// Seed of the key and operation choices.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// TLS and credentials.
+    #[command(flatten)]
+    pub security: crate::client_cmd::Security,
 }
 
 fn key(i: u64) -> Vec<u8> {
@@ -122,6 +125,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<String> {
         let mut builder = Client::builder().seed(args.addr.clone()).timeout(Duration::from_secs(5)).name("isthmus-bench");
         if let Some(level) = args.consistency {
             builder = builder.consistency(level);
+        }
+        if let Some(material) = args.security.material()? {
+            builder = builder.tls(material);
         }
         let client = builder.build().await.with_context(|| format!("connecting to {}", args.addr))?;
         if !args.no_load {

@@ -22,8 +22,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
-use isthmus_client::{ConnectOptions, Session};
 use isthmus_client::wire::{Consistency, Context, RequestBody, ResponseBody, WriteId};
+use isthmus_client::{ConnectOptions, Session};
 use isthmus_core::model::DcName;
 use rand::{Rng, SeedableRng};
 

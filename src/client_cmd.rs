@@ -8,11 +8,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
+use isthmus_client::tls::TlsMaterial;
 use isthmus_client::wire::{
     BridgeReport, Consistency, Context, ErrorCode, NodeReport, RepairReport, RequestBody,
     ResponseBody, Sibling, WriteId,
 };
-use isthmus_client::tls::TlsMaterial;
 use isthmus_client::{ClientError, ConnectOptions, Session};
 
 /// How a command reaches a node securely: the CA to trust and the
@@ -35,19 +35,27 @@ pub struct Security {
 }
 
 impl Security {
-    /// Connection options for a client named `name`.
-    pub fn options(&self, name: &str) -> anyhow::Result<ConnectOptions> {
-        let tls = match (&self.ca, self.insecure_plaintext) {
+    /// What TLS trusts and presents (`None`: plaintext, asked for by
+    /// name).
+    pub fn material(&self) -> anyhow::Result<Option<TlsMaterial>> {
+        match (&self.ca, self.insecure_plaintext) {
             (Some(ca), _) => {
                 let own = self.cert.as_deref().zip(self.key.as_deref());
-                let material = TlsMaterial::load(std::slice::from_ref(ca), own)?;
-                Some(material.client_config()?)
+                Ok(Some(TlsMaterial::load(std::slice::from_ref(ca), own)?))
             }
-            (None, true) => None,
+            (None, true) => Ok(None),
             (None, false) => bail!(
                 "no CA to trust: give --ca FILE (or ISTHMUS_CA), or --insecure-plaintext \
                  for a node that runs without TLS"
             ),
+        }
+    }
+
+    /// Connection options for a client named `name`.
+    pub fn options(&self, name: &str) -> anyhow::Result<ConnectOptions> {
+        let tls = match self.material()? {
+            Some(material) => Some(material.client_config()?),
+            None => None,
         };
         Ok(ConnectOptions {
             name: name.to_owned(),

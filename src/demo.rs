@@ -19,8 +19,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use hdrhistogram::Histogram;
-use isthmus_client::{ConnectOptions, Session};
 use isthmus_client::wire::{Consistency, Context, RequestBody, ResponseBody, WriteId};
+use isthmus_client::{ConnectOptions, Session};
 use isthmus_core::node::RunningNode;
 use isthmus_core::store::LocalStore;
 use isthmus_example_cart_union as cart_union;

@@ -101,6 +101,7 @@ async fn five_processes_survive_a_sigkill_and_hand_off_hints() {
     .await;
 
     let client = Client::builder()
+        .tls(common::pki().material())
         .seed(nodes[0].addr.clone())
         .seed(nodes[1].addr.clone())
         .retries(5)
@@ -108,6 +109,7 @@ async fn five_processes_survive_a_sigkill_and_hand_off_hints() {
         .await
         .unwrap();
     let quorum = Client::builder()
+        .tls(common::pki().material())
         .seed(nodes[1].addr.clone())
         .consistency(Consistency::LocalQuorum)
         .build()
@@ -162,6 +164,7 @@ async fn five_processes_survive_a_sigkill_and_hand_off_hints() {
 
     // Every acknowledged write, read from all three replicas.
     let all = Client::builder()
+        .tls(common::pki().material())
         .seed(nodes[3].addr.clone())
         .consistency(Consistency::All)
         .build()
@@ -303,6 +306,7 @@ async fn concurrent_carts_merge_to_the_same_bytes_on_every_replica() {
         }));
     }
     let updater = Client::builder()
+        .tls(common::pki().material())
         .seed(nodes[4].addr.clone())
         .retries(5)
         .build()
@@ -407,6 +411,7 @@ async fn a_node_joins_and_another_is_decommissioned_with_nothing_lost() {
     })
     .await;
     let client = Client::builder()
+        .tls(common::pki().material())
         .seed(nodes[1].addr.clone())
         .retries(5)
         .build()

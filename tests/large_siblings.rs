@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use common::{Node, all_see, local_set, until};
 
-use isthmus_client::wire::{Consistency, Context, RequestBody, ResponseBody, WriteId};
 use isthmus_client::Client;
+use isthmus_client::wire::{Consistency, Context, RequestBody, ResponseBody, WriteId};
 use isthmus_core::limit::VALUE_BYTES_MAX_DEFAULT;
 
 /// Tests here run one at a time, like every cluster test binary's.
@@ -111,6 +111,7 @@ async fn three_one_mib_siblings_are_read_at_all_and_the_coordinator_keeps_servin
     // A read at ALL through the client SDK returns all three, byte for
     // byte (3 MiB: more than the old 2.1 MiB frame cap could carry).
     let client = Client::builder()
+        .tls(common::pki().material())
         .seed(nodes[0].addr.clone())
         .consistency(Consistency::All)
         .timeout(Duration::from_secs(10))

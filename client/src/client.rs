@@ -27,7 +27,8 @@ use rand::Rng;
 
 use crate::error::ClientError;
 use crate::placement;
-use crate::session::Session;
+use crate::session::{ConnectOptions, Session};
+use crate::tls::TlsMaterial;
 use crate::wire::{Consistency, Context, NodeReport, RequestBody, ResponseBody, Sibling, WriteId};
 
 /// A read: the live siblings (none when absent) and the context to write
@@ -74,6 +75,8 @@ pub struct ClientBuilder {
     backoff: Duration,
     consistency: Option<Consistency>,
     name: String,
+    tls: Option<TlsMaterial>,
+    options: ConnectOptions,
 }
 
 impl Default for ClientBuilder {
@@ -88,6 +91,8 @@ impl Default for ClientBuilder {
             backoff: Duration::from_millis(20),
             consistency: None,
             name: "isthmus-client".into(),
+            tls: None,
+            options: ConnectOptions::default(),
         }
     }
 }
@@ -142,14 +147,34 @@ impl ClientBuilder {
         self
     }
 
+    /// Connect over TLS, trusting the CAs of `material` (and presenting
+    /// its certificate, if it has one). Without it the client speaks
+    /// plaintext, which only nodes configured with `insecure_plaintext`
+    /// accept.
+    pub fn tls(mut self, material: TlsMaterial) -> Self {
+        self.tls = Some(material);
+        self
+    }
+
     /// Connect to a seed and learn the cluster.
-    pub async fn build(self) -> Result<Client, ClientError> {
+    pub async fn build(mut self) -> Result<Client, ClientError> {
         if self.seeds.is_empty() {
             return Err(ClientError::Connect {
                 addr: String::new(),
                 reason: "no seed given".into(),
             });
         }
+        let tls = match &self.tls {
+            Some(material) => Some(material.client_config().map_err(|e| ClientError::Tls {
+                addr: String::new(),
+                reason: e.to_string(),
+            })?),
+            None => None,
+        };
+        self.options = ConnectOptions {
+            name: self.name.clone(),
+            tls,
+        };
         let client = Client {
             inner: Arc::new(Inner {
                 config: self,
@@ -193,9 +218,9 @@ impl Client {
             return Ok(s.clone());
         }
         let fresh = Arc::new(
-            Session::connect(
+            Session::connect_with(
                 addr,
-                &self.inner.config.name,
+                &self.inner.config.options,
                 self.inner.config.connect_timeout,
             )
             .await?,

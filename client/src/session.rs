@@ -140,6 +140,13 @@ impl<Q: serde::Serialize + Send, A: ReplyBody> Channel<Q, A> {
                 Ok(None) => Err(ClientError::Handshake {
                     reason: "node closed the connection".into(),
                 }),
+                // A TLS record (an alert) read as a frame length: the
+                // node speaks TLS and this side did not.
+                Err(ConnectionError::FrameTooLarge { .. }) => Err(ClientError::Handshake {
+                    reason: "the node answered with something other than the Isthmus handshake \
+                             (a node that requires TLS? connect with TLS)"
+                        .into(),
+                }),
                 Err(e) => Err(ClientError::Handshake {
                     reason: e.to_string(),
                 }),

@@ -181,7 +181,9 @@ impl Ca {
             CertIdentity::Node { node_id, .. } => node_id,
             CertIdentity::Client { name } => name,
         };
-        params.distinguished_name.push(DnType::CommonName, common_name);
+        params
+            .distinguished_name
+            .push(DnType::CommonName, common_name);
         params.use_authority_key_identifier_extension = true;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = match identity {
@@ -218,7 +220,11 @@ mod tests {
             dc: "dc1".into(),
         };
         let issued = ca
-            .issue(&node, &["127.0.0.1".into(), "n1.local".into()], Validity::days(1))
+            .issue(
+                &node,
+                &["127.0.0.1".into(), "n1.local".into()],
+                Validity::days(1),
+            )
             .unwrap();
         let der = CertificateDer::from_pem_slice(issued.cert_pem.as_bytes()).unwrap();
         assert_eq!(identity_of(&der).unwrap(), node);

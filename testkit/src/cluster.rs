@@ -37,10 +37,10 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use isthmus_client::tls::{CertIdentity, TlsMaterial};
-use isthmus_client::{ClientError, ConnectOptions, Session};
 use isthmus_client::wire::{
     BridgeReport, RegistryRequest, RegistryResponse, RequestBody, ResponseBody,
 };
+use isthmus_client::{ClientError, ConnectOptions, Session};
 use isthmus_core::config::{BridgeSection, FsyncMode, NodeConfig, TlsSection};
 use isthmus_core::gossip::service::GossipConfig;
 use isthmus_core::merge::NoMerge;
@@ -189,14 +189,18 @@ impl ClusterTls {
             ca.issued().write(&dir, "ca")?;
             ca
         };
-        let client = TlsMaterial::from_pem(ca.issued().cert_pem.as_bytes(), None)?.client_config()?;
+        let client =
+            TlsMaterial::from_pem(ca.issued().cert_pem.as_bytes(), None)?.client_config()?;
         Ok(ClusterTls { ca, dir, client })
     }
 
     /// The `[tls]` section of node `id` of `dc`, its certificate issued
     /// the first time.
     fn node_section(&self, id: &str, dc: &str) -> anyhow::Result<TlsSection> {
-        let (cert, key) = (self.dir.join(format!("{id}.pem")), self.dir.join(format!("{id}.key")));
+        let (cert, key) = (
+            self.dir.join(format!("{id}.pem")),
+            self.dir.join(format!("{id}.key")),
+        );
         if !cert.exists() {
             let identity = CertIdentity::Node {
                 node_id: id.to_owned(),

@@ -7,12 +7,12 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, OnceLock};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use isthmus_client::wire::{BridgeReport, NodeReport, RequestBody, ResponseBody};
 use isthmus_client::tls::{CertIdentity, TlsMaterial};
+use isthmus_client::wire::{BridgeReport, NodeReport, RequestBody, ResponseBody};
 use isthmus_client::{ClientError, ConnectOptions, Session};
 use isthmus_core::model::VersionSet;
 use isthmus_core::peer::{PeerRequest, PeerResponse};
@@ -200,6 +200,11 @@ impl Pki {
             cert.display(),
             key.display()
         )
+    }
+
+    /// What test clients trust: the tests' CA.
+    pub fn material(&self) -> TlsMaterial {
+        TlsMaterial::from_pem(self.ca.issued().cert_pem.as_bytes(), None).unwrap()
     }
 
     /// How test clients connect: TLS, trusting the tests' CA.
