@@ -25,6 +25,7 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod auth;
 pub mod bridge;
 pub mod config;
 pub mod coordinator;

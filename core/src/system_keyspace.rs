@@ -64,7 +64,7 @@ use tokio::sync::watch;
 use crate::bridge::BoxFuture;
 use crate::coordinator::error::CoordinatorError;
 use crate::limit::Limits;
-use crate::model::{Clock, Consistency, DcName, KeyspaceConfig, VersionSet};
+use crate::model::{Clock, Consistency, DcName, KeyspaceConfig, Version, VersionSet};
 use crate::ring::{NodeId, Ring};
 use crate::store::{BlockingRead, StoreError};
 use crate::view::ClusterView;
@@ -147,6 +147,16 @@ pub async fn track_replication(
     }
 }
 
+/// The version a replica's set of a system key reads as: the latest by
+/// `(timestamp, digest)`, the same choice on every replica that holds the
+/// same set; `None` when the set is empty. A tombstone chosen this way
+/// means the key is deleted.
+pub fn latest(set: &VersionSet) -> Option<&Version> {
+    set.versions()
+        .iter()
+        .max_by_key(|v| (v.timestamp_ms, v.digest()))
+}
+
 /// Writes a system keyspace through the cluster (the coordinator
 /// implements it).
 pub trait SystemWriter: Send + Sync {
@@ -160,6 +170,25 @@ pub trait SystemWriter: Send + Sync {
         write_id: [u8; 16],
         deadline: Duration,
     ) -> BoxFuture<'a, Result<(), CoordinatorError>>;
+
+    /// Write a tombstone under `key` over `context` at
+    /// [`SYSTEM_WRITE_LEVEL`]. The coordinator implements it; the default,
+    /// for writers that only ever write values (test doubles), refuses.
+    fn delete<'a>(
+        &'a self,
+        keyspace: &'a str,
+        key: &'a [u8],
+        context: Clock,
+        write_id: [u8; 16],
+        deadline: Duration,
+    ) -> BoxFuture<'a, Result<(), CoordinatorError>> {
+        let _ = (key, context, write_id, deadline);
+        Box::pin(async move {
+            Err(CoordinatorError::BadRequest {
+                reason: format!("this writer of {keyspace} cannot delete"),
+            })
+        })
+    }
 }
 
 /// One system keyspace of a node: synchronous reads of the node's own
@@ -279,6 +308,18 @@ impl SystemKeyspace {
         id
     }
 
+    /// The context a write of `key` supersedes: this replica's set of it,
+    /// read on the blocking pool.
+    async fn local_context(&self, key: &[u8]) -> Result<Clock, StoreError> {
+        let (this, key) = (self.clone(), key.to_vec());
+        Ok(tokio::task::spawn_blocking(move || this.get(&key))
+            .await
+            .map_err(|e| StoreError::Failed {
+                reason: format!("reading the system keyspace: {e}"),
+            })??
+            .lub())
+    }
+
     /// Write `value` under `key`, superseding what this replica holds of
     /// it, at [`SYSTEM_WRITE_LEVEL`].
     pub async fn write(
@@ -287,19 +328,24 @@ impl SystemKeyspace {
         value: Vec<u8>,
         deadline: Duration,
     ) -> Result<(), CoordinatorError> {
-        let context = {
-            let (this, key) = (self.clone(), key.to_vec());
-            tokio::task::spawn_blocking(move || this.get(&key))
-                .await
-                .map_err(|e| StoreError::Failed {
-                    reason: format!("reading the system keyspace: {e}"),
-                })??
-                .lub()
-        };
+        let context = self.local_context(key).await?;
         let writer = self.writer.upgrade().ok_or_else(stopping)?;
         let id = self.write_id(key);
         writer
             .write(&self.keyspace, key, value, context, id, deadline)
+            .await
+    }
+
+    /// Delete `key` (write a tombstone), superseding what this replica
+    /// holds of it, at [`SYSTEM_WRITE_LEVEL`]. A sibling written
+    /// concurrently through another node is not superseded: readers
+    /// resolve the two by [`latest`].
+    pub async fn delete(&self, key: &[u8], deadline: Duration) -> Result<(), CoordinatorError> {
+        let context = self.local_context(key).await?;
+        let writer = self.writer.upgrade().ok_or_else(stopping)?;
+        let id = self.write_id(key);
+        writer
+            .delete(&self.keyspace, key, context, id, deadline)
             .await
     }
 

@@ -16,10 +16,12 @@
 //! bytes actually present before anything is allocated for it; and trailing
 //! bytes after a message are an error.
 
+mod auth;
 pub mod connection;
 pub mod frame;
 mod message;
 
+pub use auth::*;
 pub use message::*;
 
 use serde::{Serialize, de::DeserializeOwned};

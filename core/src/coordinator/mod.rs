@@ -832,4 +832,24 @@ impl<S: LocalStore, T: Transport, H: HintSink> SystemWriter for Coordinator<S, T
             deadline,
         ))
     }
+
+    fn delete<'a>(
+        &'a self,
+        keyspace: &'a str,
+        key: &'a [u8],
+        context: Clock,
+        write_id: [u8; 16],
+        deadline: Duration,
+    ) -> BoxFuture<'a, Result<(), CoordinatorError>> {
+        Box::pin(Coordinator::write(
+            self,
+            keyspace,
+            key,
+            None,
+            context,
+            write_id,
+            SYSTEM_WRITE_LEVEL,
+            deadline,
+        ))
+    }
 }
