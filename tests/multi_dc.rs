@@ -25,10 +25,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use common::{Node, all_see, status, until};
-use isthmus_client::Session;
 use isthmus_client::wire::{
     BridgeReport, Consistency, Context, RequestBody, ResponseBody, WriteId,
 };
+use isthmus_client::{ConnectOptions, Session};
 use isthmus_core::config::BridgeSection;
 use isthmus_core::node::RunningNode;
 use isthmus_core::store::LocalStore;
@@ -56,6 +56,7 @@ async fn cluster(bridge: BridgeSection) -> LocalCluster {
         resolver: Some(("cart-union".into(), cart_module())),
         bridge,
         wan_one_way: Some(WAN_ONE_WAY),
+        tls: true,
         ..ClusterSpec::new(&["dc1", "dc2"], 3)
     };
     LocalCluster::start(spec, Root::temporary().unwrap())
@@ -110,6 +111,7 @@ fn cart_key(cart: usize) -> Vec<u8> {
 async fn shoppers(
     dc: &'static str,
     addrs: Vec<String>,
+    options: ConnectOptions,
     carts: usize,
     ledger: Arc<Ledger>,
     stop: Arc<AtomicBool>,
@@ -117,9 +119,10 @@ async fn shoppers(
     let mut tasks = Vec::new();
     for s in 0..3usize {
         let (addrs, ledger, stop) = (addrs.clone(), ledger.clone(), stop.clone());
+        let options = options.clone();
         tasks.push(tokio::spawn(async move {
             let session =
-                common::session(&addrs[s % addrs.len()], "shopper", Duration::from_secs(2))
+                Session::connect_with(&addrs[s % addrs.len()], &options, Duration::from_secs(2))
                     .await
                     .unwrap();
             let mut n = 0usize;
@@ -218,6 +221,7 @@ async fn conflicting_carts_in_both_dcs_converge_to_the_union() {
     let dc1 = tokio::spawn(shoppers(
         "dc1",
         cluster.addrs("dc1"),
+        cluster.connect_options("shopper"),
         carts,
         ledger.clone(),
         stop.clone(),
@@ -225,6 +229,7 @@ async fn conflicting_carts_in_both_dcs_converge_to_the_union() {
     let dc2 = tokio::spawn(shoppers(
         "dc2",
         cluster.addrs("dc2"),
+        cluster.connect_options("shopper"),
         carts,
         ledger.clone(),
         stop.clone(),
@@ -278,6 +283,7 @@ async fn a_partition_between_the_dcs_heals_with_nothing_lost() {
     let dc1 = tokio::spawn(shoppers(
         "dc1",
         cluster.addrs("dc1"),
+        cluster.connect_options("shopper"),
         carts,
         ledger.clone(),
         stop.clone(),
@@ -285,6 +291,7 @@ async fn a_partition_between_the_dcs_heals_with_nothing_lost() {
     let dc2 = tokio::spawn(shoppers(
         "dc2",
         cluster.addrs("dc2"),
+        cluster.connect_options("shopper"),
         carts,
         ledger.clone(),
         stop.clone(),
@@ -312,8 +319,14 @@ async fn a_partition_between_the_dcs_heals_with_nothing_lost() {
     cluster.shutdown().await;
 }
 
-async fn put_at(addr: &str, key: &[u8], level: Consistency) -> Result<ResponseBody, String> {
-    let session = common::session(addr, "levels", Duration::from_secs(2))
+async fn put_at(
+    cluster: &LocalCluster,
+    addr: &str,
+    key: &[u8],
+    level: Consistency,
+) -> Result<ResponseBody, String> {
+    let session = cluster
+        .session(addr, "levels")
         .await
         .map_err(|e| e.to_string())?;
     let put = RequestBody::Put {
@@ -338,7 +351,7 @@ async fn each_quorum_waits_for_every_dc_and_local_quorum_does_not() {
     // Acknowledged at EACH_QUORUM: already on a quorum of dc2's replicas,
     // without waiting for the bridge.
     assert_eq!(
-        put_at(&dc1[0], b"each", Consistency::EachQuorum).await,
+        put_at(&cluster, &dc1[0], b"each", Consistency::EachQuorum).await,
         Ok(ResponseBody::Written)
     );
     let mut holders = 0;
@@ -361,14 +374,14 @@ async fn each_quorum_waits_for_every_dc_and_local_quorum_does_not() {
     // With dc2 dark, EACH_QUORUM cannot be met; LOCAL_QUORUM is not held up.
     cluster.stop_dc("dc2").await;
     settle(&cluster, 3).await;
-    let each = put_at(&dc1[1], b"each-dark", Consistency::EachQuorum).await;
+    let each = put_at(&cluster, &dc1[1], b"each-dark", Consistency::EachQuorum).await;
     assert!(
         matches!(&each, Err(e) if e.starts_with("TIMEOUT") || e.starts_with("UNAVAILABLE")),
         "{each:?}"
     );
     let started = Instant::now();
     assert_eq!(
-        put_at(&dc1[1], b"local-dark", Consistency::LocalQuorum).await,
+        put_at(&cluster, &dc1[1], b"local-dark", Consistency::LocalQuorum).await,
         Ok(ResponseBody::Written)
     );
     eprintln!(
@@ -396,6 +409,7 @@ async fn past_the_outbox_bound_a_full_sync_restores_convergence() {
     let writers = tokio::spawn(shoppers(
         "dc1",
         cluster.addrs("dc1"),
+        cluster.connect_options("shopper"),
         carts,
         ledger.clone(),
         stop.clone(),
