@@ -10,8 +10,8 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use isthmus_client::tls::TlsMaterial;
 use isthmus_client::wire::{
-    BridgeReport, Consistency, Context, ErrorCode, NodeReport, RepairReport, RequestBody,
-    ResponseBody, Sibling, WriteId,
+    BridgeReport, Consistency, Context, Credentials, ErrorCode, NodeReport, RepairReport,
+    RequestBody, ResponseBody, Sibling, WriteId,
 };
 use isthmus_client::{ClientError, ConnectOptions, Session};
 
@@ -32,6 +32,20 @@ pub struct Security {
     /// accept it.
     #[arg(long, conflicts_with = "ca")]
     pub insecure_plaintext: bool,
+    /// User to log in as (its password from ISTHMUS_PASSWORD or
+    /// --password-file; never on the command line).
+    #[arg(long, env = "ISTHMUS_USER")]
+    pub user: Option<String>,
+    /// A file holding the user's password (trailing newline ignored).
+    #[arg(long, env = "ISTHMUS_PASSWORD_FILE")]
+    pub password_file: Option<PathBuf>,
+}
+
+/// Read a password from a file, without its trailing newline.
+pub fn read_password(path: &std::path::Path) -> anyhow::Result<String> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the password file {}", path.display()))?;
+    Ok(text.trim_end_matches(['\n', '\r']).to_owned())
 }
 
 impl Security {
@@ -57,9 +71,26 @@ impl Security {
             Some(material) => Some(material.client_config()?),
             None => None,
         };
+        let credentials = match &self.user {
+            None => None,
+            Some(user) => {
+                let password = match (&self.password_file, std::env::var("ISTHMUS_PASSWORD")) {
+                    (Some(path), _) => read_password(path)?,
+                    (None, Ok(password)) => password,
+                    (None, Err(_)) => {
+                        bail!("--user {user} needs a password: ISTHMUS_PASSWORD or --password-file")
+                    }
+                };
+                Some(Credentials {
+                    user: user.clone(),
+                    password,
+                })
+            }
+        };
         Ok(ConnectOptions {
             name: name.to_owned(),
             tls,
+            credentials,
         })
     }
 }

@@ -5,6 +5,7 @@
 //!   measured on a local two-DC cluster.
 //! - `server --config FILE`: run one node.
 //! - `certs ca|node|client`: a cluster CA and its certificates.
+//! - `user add|passwd|grant|revoke|remove|list`: users and grants.
 //! - `put`, `get`, `del`, `status`: client commands against a node.
 //! - `repair`: Merkle repair of a node's ranges (or a cross-DC full sync).
 //! - `resolver check FILE.wasm`: the law checker for merge modules;
@@ -30,6 +31,7 @@ mod client_cmd;
 mod demo;
 mod resolver_cmd;
 mod server_cmd;
+mod user_cmd;
 
 /// Isthmus: a multi-datacenter key-value store with WebAssembly merge functions.
 #[derive(Parser, Debug)]
@@ -106,6 +108,11 @@ enum Command {
         #[command(subcommand)]
         command: resolver_cmd::ResolverCommand,
     },
+    /// Manage users and their grants.
+    User {
+        #[command(subcommand)]
+        command: user_cmd::UserCommand,
+    },
     /// Create a cluster CA and issue node and client certificates.
     Certs {
         #[command(subcommand)]
@@ -130,6 +137,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Resolver { command } => resolver_cmd::run(command),
         Command::Certs { command } => print(certs_cmd::run(command)),
+        Command::User { command } => print(user_cmd::run(command)),
         #[cfg(feature = "demo")]
         Command::Bench(args) => print(bench_cmd::run(args)),
         #[cfg(feature = "demo")]

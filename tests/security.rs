@@ -76,7 +76,7 @@ async fn peer_channel(
 
 fn refused_unauthenticated(result: &Result<Channel<PeerRequest, PeerResponse>, ClientError>) {
     match result {
-        Err(ClientError::Server(e)) => assert_eq!(e.code, ErrorCode::Unauthenticated, "{e:?}"),
+        Err(ClientError::Unauthenticated { .. }) => {}
         Err(other) => panic!("expected UNAUTHENTICATED, got {other:?}"),
         Ok(_) => panic!("the peer role was granted"),
     }
@@ -209,9 +209,7 @@ async fn a_bridge_batch_must_come_from_the_senders_datacenter() {
             )
             .await;
         match answer {
-            Err(ClientError::Server(e)) => {
-                assert_eq!(e.code, ErrorCode::Unauthenticated, "{e:?}")
-            }
+            Err(ClientError::Unauthenticated { .. }) => {}
             other => panic!("a batch claiming {claimed} was not refused: {other:?}"),
         }
     }
@@ -227,7 +225,7 @@ async fn a_bridge_batch_must_come_from_the_senders_datacenter() {
         )
         .await;
     match answer {
-        Err(ClientError::Server(e)) => assert_ne!(e.code, ErrorCode::Unauthenticated, "{e:?}"),
+        Err(ClientError::Server(e)) => assert_eq!(e.code, ErrorCode::BadRequest, "{e:?}"),
         other => panic!("garbage was taken as a batch: {other:?}"),
     }
     cluster.shutdown().await;

@@ -29,7 +29,9 @@ use crate::error::ClientError;
 use crate::placement;
 use crate::session::{ConnectOptions, Session};
 use crate::tls::TlsMaterial;
-use crate::wire::{Consistency, Context, NodeReport, RequestBody, ResponseBody, Sibling, WriteId};
+use crate::wire::{
+    Consistency, Context, Credentials, NodeReport, RequestBody, ResponseBody, Sibling, WriteId,
+};
 
 /// A read: the live siblings (none when absent) and the context to write
 /// back over them.
@@ -76,6 +78,7 @@ pub struct ClientBuilder {
     consistency: Option<Consistency>,
     name: String,
     tls: Option<TlsMaterial>,
+    credentials: Option<Credentials>,
     options: ConnectOptions,
 }
 
@@ -92,6 +95,7 @@ impl Default for ClientBuilder {
             consistency: None,
             name: "isthmus-client".into(),
             tls: None,
+            credentials: None,
             options: ConnectOptions::default(),
         }
     }
@@ -156,6 +160,13 @@ impl ClientBuilder {
         self
     }
 
+    /// Log in as `credentials` on every connection (needs
+    /// [`ClientBuilder::tls`]: a password never travels in plaintext).
+    pub fn credentials(mut self, credentials: Credentials) -> Self {
+        self.credentials = Some(credentials);
+        self
+    }
+
     /// Connect to a seed and learn the cluster.
     pub async fn build(mut self) -> Result<Client, ClientError> {
         if self.seeds.is_empty() {
@@ -174,6 +185,7 @@ impl ClientBuilder {
         self.options = ConnectOptions {
             name: self.name.clone(),
             tls,
+            credentials: self.credentials.clone(),
         };
         let client = Client {
             inner: Arc::new(Inner {

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::wire::{AckCount, ErrorCode, WireError};
+use crate::wire::{AckCount, ErrorCode, Permission, WireError};
 
 /// Why a client call failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -45,6 +45,22 @@ pub enum ClientError {
         /// Acknowledgements required and received, when known.
         acks: Option<AckCount>,
     },
+    /// The node does not know who this is: no credentials where it
+    /// requires them, a wrong user or password, a user since removed, or
+    /// a peer handshake without a node certificate. Not retryable.
+    #[error("unauthenticated: {reason}")]
+    Unauthenticated {
+        /// What the node said.
+        reason: String,
+    },
+    /// The user lacks `permission` for this request. Not retryable.
+    #[error("forbidden: needs {permission} ({reason})")]
+    Forbidden {
+        /// The permission the request needed.
+        permission: Permission,
+        /// What the node said.
+        reason: String,
+    },
     /// The node answered with an error.
     #[error("{}: {}", .0.code.name(), .0.message)]
     Server(WireError),
@@ -66,14 +82,36 @@ impl ClientError {
             | ClientError::Timeout { .. } => true,
             ClientError::Handshake { .. }
             | ClientError::Tls { .. }
+            | ClientError::Unauthenticated { .. }
+            | ClientError::Forbidden { .. }
             | ClientError::RequestTooLarge { .. } => false,
             ClientError::Server(e) => e.code.is_retryable(),
+        }
+    }
+
+    /// The error a node answered with, typed: authentication and
+    /// permission refusals get their own variants.
+    pub fn from_wire(e: WireError) -> Self {
+        match (e.code, e.needs) {
+            (ErrorCode::Unauthenticated, _) => ClientError::Unauthenticated { reason: e.message },
+            (ErrorCode::Forbidden, Some(permission)) => ClientError::Forbidden {
+                permission,
+                reason: e.message,
+            },
+            (code, needs) => ClientError::Server(WireError {
+                code,
+                message: e.message,
+                acks: e.acks,
+                needs,
+            }),
         }
     }
 
     /// The node's error code, when the node answered with one.
     pub fn code(&self) -> Option<ErrorCode> {
         match self {
+            ClientError::Unauthenticated { .. } => Some(ErrorCode::Unauthenticated),
+            ClientError::Forbidden { .. } => Some(ErrorCode::Forbidden),
             ClientError::Server(e) => Some(e.code),
             _ => None,
         }

@@ -55,6 +55,8 @@ pub struct ConnectOptions {
     /// `None` speaks plaintext, which only a node configured with
     /// `insecure_plaintext` accepts.
     pub tls: Option<Arc<rustls::ClientConfig>>,
+    /// User and password to log in with; sent only over TLS.
+    pub credentials: Option<crate::wire::Credentials>,
 }
 
 impl ConnectOptions {
@@ -63,6 +65,7 @@ impl ConnectOptions {
         ConnectOptions {
             name: name.to_owned(),
             tls: None,
+            credentials: None,
         }
     }
 }
@@ -91,6 +94,12 @@ impl<Q: serde::Serialize + Send, A: ReplyBody> Channel<Q, A> {
             .map_err(|_| unreachable(format!("no connection within {timeout:?}")))?
             .map_err(|e| unreachable(e.to_string()))?;
         let _ = socket.set_nodelay(true);
+        if options.credentials.is_some() && options.tls.is_none() {
+            return Err(ClientError::Tls {
+                addr: addr.to_owned(),
+                reason: "credentials are sent only over TLS; configure TLS".into(),
+            });
+        }
         let stream: Box<dyn IoStream> = match &options.tls {
             None => Box::new(socket),
             Some(config) => {
@@ -107,7 +116,14 @@ impl<Q: serde::Serialize + Send, A: ReplyBody> Channel<Q, A> {
                 Box::new(tls)
             }
         };
-        Self::handshake(stream, addr, &options.name, PeerRole::Client, timeout).await
+        let hello = Hello {
+            magic: MAGIC,
+            version: PROTOCOL_VERSION,
+            role: PeerRole::Client,
+            name: options.name.clone(),
+            credentials: options.credentials.clone(),
+        };
+        Self::handshake_with(stream, addr, hello, timeout).await
     }
 
     /// Run the handshake over an already connected `stream` (TCP or
@@ -119,14 +135,25 @@ impl<Q: serde::Serialize + Send, A: ReplyBody> Channel<Q, A> {
         role: PeerRole,
         timeout: Duration,
     ) -> Result<Self, ClientError> {
+        let hello = Hello {
+            magic: MAGIC,
+            version: PROTOCOL_VERSION,
+            role,
+            name: name.to_owned(),
+            credentials: None,
+        };
+        Self::handshake_with(stream, addr, hello, timeout).await
+    }
+
+    /// Run the handshake with `hello` over `stream` within `timeout`.
+    pub async fn handshake_with(
+        stream: Box<dyn IoStream>,
+        addr: &str,
+        hello: Hello,
+        timeout: Duration,
+    ) -> Result<Self, ClientError> {
         let attempt = async {
             let mut conn = Connection::new(stream, frame::FRAME_BYTES_MAX_DEFAULT);
-            let hello = Hello {
-                magic: MAGIC,
-                version: PROTOCOL_VERSION,
-                role,
-                name: name.to_owned(),
-            };
             conn.write(&hello).await.map_err(|e| ClientError::Connect {
                 addr: addr.to_owned(),
                 reason: e.to_string(),
@@ -136,7 +163,7 @@ impl<Q: serde::Serialize + Send, A: ReplyBody> Channel<Q, A> {
                 Ok(Some(Ok(_))) => Err(ClientError::Handshake {
                     reason: "bad magic in the node's answer".into(),
                 }),
-                Ok(Some(Err(refusal))) => Err(ClientError::Server(refusal)),
+                Ok(Some(Err(refusal))) => Err(ClientError::from_wire(refusal)),
                 Ok(None) => Err(ClientError::Handshake {
                     reason: "node closed the connection".into(),
                 }),
@@ -242,7 +269,7 @@ impl<Q: serde::Serialize + Send, A: ReplyBody> Channel<Q, A> {
             }
         }
         match tokio::time::timeout(timeout, rx).await {
-            Ok(Ok(body)) => body.into_result().map_err(ClientError::Server),
+            Ok(Ok(body)) => body.into_result().map_err(ClientError::from_wire),
             Ok(Err(_)) => Err(ClientError::ConnectionClosed),
             Err(_) => {
                 self.forget(id);

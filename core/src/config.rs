@@ -136,6 +136,64 @@ pub struct NodeConfig {
     /// a laptop or a sealed test network only; the node warns at start.
     #[serde(default)]
     pub insecure_plaintext: bool,
+    /// Client authentication.
+    #[serde(default)]
+    pub auth: AuthSection,
+}
+
+/// The `[auth]` table: who may connect as a client.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthSection {
+    /// Let clients that present no credentials do anything (every
+    /// permission, admin included). Off by default; for a laptop, or a
+    /// cluster behind its own access control. The node warns at start.
+    pub anonymous_full_access: bool,
+    /// The first admin: when a node forming the cluster finds no user at
+    /// all, it creates this user with the admin role. Ignored once any
+    /// user exists (a later password change is not undone).
+    pub bootstrap_admin: Option<String>,
+    /// The first admin's password; meant for the environment variable
+    /// `ISTHMUS_AUTH__BOOTSTRAP_PASSWORD` rather than the file.
+    pub bootstrap_password: Option<String>,
+    /// A file holding the first admin's password (trailing newline
+    /// ignored), instead of `bootstrap_password`.
+    pub bootstrap_password_file: Option<PathBuf>,
+}
+
+impl AuthSection {
+    /// The first admin's name and password, when configured; the
+    /// password file is read here.
+    pub fn bootstrap(&self) -> Result<Option<(String, String)>, ConfigError> {
+        let Some(name) = &self.bootstrap_admin else {
+            return Ok(None);
+        };
+        let password = match (&self.bootstrap_password, &self.bootstrap_password_file) {
+            (Some(p), None) => p.clone(),
+            (None, Some(path)) => std::fs::read_to_string(path)
+                .map_err(|e| {
+                    invalid(
+                        "auth.bootstrap_password_file",
+                        format!("{}: {e}", path.display()),
+                    )
+                })?
+                .trim_end_matches(['\n', '\r'])
+                .to_owned(),
+            (None, None) => {
+                return Err(invalid(
+                    "auth.bootstrap_admin",
+                    "needs bootstrap_password (ISTHMUS_AUTH__BOOTSTRAP_PASSWORD) or bootstrap_password_file",
+                ));
+            }
+            (Some(_), Some(_)) => {
+                return Err(invalid(
+                    "auth.bootstrap_password",
+                    "set together with bootstrap_password_file: choose one",
+                ));
+            }
+        };
+        Ok(Some((name.clone(), password)))
+    }
 }
 
 /// The `[tls]` table. PEM files; `ca` may list several (each file may hold
@@ -293,6 +351,7 @@ impl NodeConfig {
             }
             _ => {}
         }
+        self.auth.bootstrap()?;
         if self.data_dir.as_os_str().is_empty() {
             return Err(invalid("data_dir", "must not be empty"));
         }
@@ -362,6 +421,7 @@ mod tests {
             bootstrap: false,
             tls: None,
             insecure_plaintext: true,
+            auth: Default::default(),
             keyspaces: BTreeMap::from([(
                 "carts".into(),
                 KeyspaceSection {

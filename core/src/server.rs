@@ -39,16 +39,29 @@ use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, broadcast, mpsc};
 use tokio::task::JoinSet;
 
+use crate::auth::Principal;
 use crate::model::DcName;
 use crate::peer::{PeerRequest, PeerResponse};
 use crate::ring::NodeId;
+use isthmus_client::tls::CertIdentity;
+use isthmus_client::wire::Credentials;
 
 /// What serves requests once the connection layer has decoded them.
 pub trait Handler: Send + Sync + 'static {
-    /// Serve one request. The server enforces the deadline; the handler
-    /// may also use it to bound its own waits.
+    /// Decide who a client connection is from what its handshake carries:
+    /// its credentials and the identity of its TLS client certificate. An
+    /// error refuses the connection.
+    fn authenticate(
+        &self,
+        credentials: Option<Credentials>,
+        certificate: Option<CertIdentity>,
+    ) -> impl Future<Output = Result<Principal, WireError>> + Send;
+
+    /// Serve one request of `principal`. The server enforces the deadline;
+    /// the handler may also use it to bound its own waits.
     fn handle(
         &self,
+        principal: &Principal,
         body: RequestBody,
         deadline: Duration,
     ) -> impl Future<Output = ResponseBody> + Send;
@@ -152,6 +165,7 @@ fn wire_error(code: ErrorCode, message: impl Into<String>) -> WireError {
         code,
         message: message.into(),
         acks: None,
+        needs: None,
     }
 }
 
@@ -334,6 +348,33 @@ async fn serve_handshake<H: Handler, S: AsyncRead + AsyncWrite + Unpin + Send + 
             return Ok(());
         }
     };
+    let principal = match peer {
+        Some(_) => None,
+        None => {
+            let certificate = match tls {
+                Some(Authenticated::Certificate(identity)) => Some(identity),
+                _ => None,
+            };
+            let judged = tokio::time::timeout(
+                config.handshake_timeout,
+                handler.authenticate(hello.credentials, certificate),
+            )
+            .await;
+            match judged {
+                Ok(Ok(principal)) => Some(Arc::new(principal)),
+                Ok(Err(refusal)) => {
+                    let answer: HelloAnswer = Err(refusal);
+                    let _ = conn.write(&answer).await;
+                    return Ok(());
+                }
+                Err(_) => {
+                    let message = "authentication did not finish in time".to_owned();
+                    refuse(&mut conn, ErrorCode::Unauthenticated, message).await;
+                    return Ok(());
+                }
+            }
+        }
+    };
     conn.set_frame_bytes_max(config.frame_bytes_max);
     let answer: HelloAnswer = Ok(HelloAck {
         magic: MAGIC,
@@ -342,15 +383,16 @@ async fn serve_handshake<H: Handler, S: AsyncRead + AsyncWrite + Unpin + Send + 
         dc: config.dc.clone(),
     });
     conn.write(&answer).await?;
-    match peer {
-        None => {
+    match (peer, principal) {
+        (None, Some(principal)) => {
             serve_requests(conn, config, stop, move |body: RequestBody, deadline| {
-                let handler = handler.clone();
-                async move { handler.handle(body, deadline).await }
+                let (handler, principal) = (handler.clone(), principal.clone());
+                async move { handler.handle(&principal, body, deadline).await }
             })
             .await
         }
-        Some(from) => {
+        (None, None) => Ok(()),
+        (Some(from), _) => {
             serve_requests(conn, config, stop, move |body: PeerRequest, deadline| {
                 let (handler, from) = (handler.clone(), from.clone());
                 async move { handler.handle_peer(from, body, deadline).await }

@@ -73,6 +73,14 @@ use crate::worker::WorkerHandle;
 /// The system keyspace of the resolver registry.
 pub const REGISTRY_KEYSPACE: &str = "_registry";
 
+/// The system keyspace of users, their password hashes and grants
+/// (`crate::auth`).
+pub const AUTH_KEYSPACE: &str = "_auth";
+
+/// Every system keyspace a node has; all are replicated alike (see the
+/// module docs).
+pub const SYSTEM_KEYSPACES: [&str; 2] = [REGISTRY_KEYSPACE, AUTH_KEYSPACE];
+
 /// The level of system keyspace writes.
 pub const SYSTEM_WRITE_LEVEL: Consistency = Consistency::LocalQuorum;
 
@@ -120,9 +128,11 @@ pub fn factor(ring: &Ring, dc: &DcName) -> u32 {
 /// start).
 pub fn update_replication(keyspaces: &RwLock<BTreeMap<String, KeyspaceConfig>>, ring: &Ring) {
     let mut keyspaces = keyspaces.write();
-    if let Some(registry) = keyspaces.get_mut(REGISTRY_KEYSPACE) {
-        for (dc, rf) in registry.replication.iter_mut() {
-            *rf = factor(ring, dc);
+    for name in SYSTEM_KEYSPACES {
+        if let Some(system) = keyspaces.get_mut(name) {
+            for (dc, rf) in system.replication.iter_mut() {
+                *rf = factor(ring, dc);
+            }
         }
     }
 }

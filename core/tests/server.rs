@@ -14,6 +14,9 @@ use isthmus_client::{Channel, ClientError, Session};
 use isthmus_core::model::VersionSet;
 use isthmus_core::peer::{PeerRequest, PeerResponse};
 
+use isthmus_client::tls::CertIdentity;
+use isthmus_client::wire::{Credentials, HelloAnswer, WireError};
+use isthmus_core::auth::Principal;
 use isthmus_core::server::{Handler, PeerIdentity, ServerConfig, run};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -28,7 +31,20 @@ struct Echo;
 const HUGE_BYTES: usize = 256 * 1024;
 
 impl Handler for Echo {
-    async fn handle(&self, body: RequestBody, _deadline: Duration) -> ResponseBody {
+    async fn authenticate(
+        &self,
+        _credentials: Option<Credentials>,
+        _certificate: Option<CertIdentity>,
+    ) -> Result<Principal, WireError> {
+        Ok(Principal::Anonymous)
+    }
+
+    async fn handle(
+        &self,
+        _principal: &Principal,
+        body: RequestBody,
+        _deadline: Duration,
+    ) -> ResponseBody {
         match body {
             RequestBody::Get { key, .. } if key == b"huge" => ResponseBody::Value {
                 siblings: vec![Sibling {
@@ -113,6 +129,7 @@ async fn raw_handshaken(addr: &str) -> TcpStream {
         version: PROTOCOL_VERSION,
         role: PeerRole::Client,
         name: "raw".into(),
+        credentials: None,
     };
     write_frame(&mut s, &encode(&hello)).await;
     let _ack = read_frame(&mut s).await.expect("handshake answer");
@@ -138,6 +155,26 @@ async fn read_frame(s: &mut TcpStream) -> Option<Vec<u8>> {
 /// checks that the node did close.
 async fn expect_connection_error(s: &mut TcpStream, code: ErrorCode) {
     expect_connection_error_as::<ResponseBody>(s, code).await
+}
+
+/// Reads the refusal a node answers a handshake with, then checks that
+/// the node closed.
+async fn expect_handshake_refusal(s: &mut TcpStream, code: ErrorCode) {
+    let frame = tokio::time::timeout(Duration::from_secs(5), read_frame(s))
+        .await
+        .unwrap()
+        .expect("a refusal frame");
+    let answer: HelloAnswer = isthmus_client::wire::decode(&frame).unwrap();
+    match answer {
+        Err(e) => assert_eq!(e.code, code),
+        Ok(ack) => panic!("expected refusal {code:?}, got {ack:?}"),
+    }
+    let mut rest = Vec::new();
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest))
+        .await
+        .unwrap()
+        .unwrap_or(0);
+    assert_eq!(n, 0, "the node closes after refusing");
 }
 
 async fn expect_connection_error_as<A: ReplyBody + std::fmt::Debug>(
@@ -280,9 +317,10 @@ async fn wrong_magic_or_version_is_refused() {
             version,
             role: PeerRole::Client,
             name: "old".into(),
+            credentials: None,
         };
         write_frame(&mut s, &encode(&hello)).await;
-        expect_connection_error(&mut s, ErrorCode::ProtocolVersion).await;
+        expect_handshake_refusal(&mut s, ErrorCode::ProtocolVersion).await;
     }
     let err = match Session::connect("127.0.0.1:1", "t", Duration::from_secs(2)).await {
         Err(e) => e,
@@ -412,6 +450,7 @@ async fn peers_speak_their_own_protocol_on_the_same_port() {
         version: PROTOCOL_VERSION,
         role: PeerRole::Node,
         name: "n3".into(),
+        credentials: None,
     };
     write_frame(&mut raw, &encode(&hello)).await;
     read_frame(&mut raw).await.unwrap();

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use isthmus_core::config::{FsyncMode, KeyspaceSection, NodeConfig};
+use isthmus_core::config::{AuthSection, FsyncMode, KeyspaceSection, NodeConfig};
 use isthmus_core::gossip::service::GossipConfig;
 use isthmus_core::merge::NoMerge;
 use isthmus_core::model::Consistency;
@@ -31,6 +31,10 @@ async fn every_loop_is_a_named_worker_with_a_status() {
         bootstrap: false,
         tls: None,
         insecure_plaintext: true,
+        auth: AuthSection {
+            anonymous_full_access: true,
+            ..AuthSection::default()
+        },
         keyspaces: BTreeMap::from([(
             "carts".into(),
             KeyspaceSection {

@@ -274,6 +274,7 @@ impl<F: Fs> Bridge for DcBridge<F> {
                 code: ErrorCode::BadRequest,
                 message: e.to_string(),
                 acks: None,
+                needs: None,
             })?;
             let total = records.len();
             let mut by_keyspace: BTreeMap<String, (Vec<u64>, isthmus_core::bridge::Entries)> =
@@ -306,6 +307,7 @@ impl<F: Fs> Bridge for DcBridge<F> {
                     code: ErrorCode::Timeout,
                     message: format!("batch of {total} keys not applied at LOCAL_QUORUM: {e}"),
                     acks: None,
+                    needs: None,
                 });
             }
             Ok(())

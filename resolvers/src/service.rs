@@ -59,6 +59,7 @@ fn wire(code: ErrorCode, message: impl Into<String>) -> WireError {
         code,
         message: message.into(),
         acks: None,
+        needs: None,
     }
 }
 

@@ -38,10 +38,12 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use isthmus_client::tls::{CertIdentity, TlsMaterial};
 use isthmus_client::wire::{
-    BridgeReport, RegistryRequest, RegistryResponse, RequestBody, ResponseBody,
+    BridgeReport, Credentials, RegistryRequest, RegistryResponse, RequestBody, ResponseBody,
 };
 use isthmus_client::{ClientError, ConnectOptions, Session};
-use isthmus_core::config::{BridgeSection, FsyncMode, NodeConfig, TlsSection};
+use isthmus_core::auth::password::PasswordParams;
+use isthmus_core::auth::users::UsersConfig;
+use isthmus_core::config::{AuthSection, BridgeSection, FsyncMode, NodeConfig, TlsSection};
 use isthmus_core::gossip::service::GossipConfig;
 use isthmus_core::merge::NoMerge;
 use isthmus_core::model::{VersionSet, key_hash};
@@ -55,6 +57,11 @@ use isthmus_resolvers::Host;
 use isthmus_resolvers::host::module_hash;
 use isthmus_server::Plugins;
 use isthmus_server::certs::{Ca, Validity};
+
+/// The first admin of a TLS cluster.
+pub const ADMIN: &str = "admin";
+/// The first admin's password.
+pub const ADMIN_PASSWORD: &str = "local-cluster-admin";
 
 /// How each node is composed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -278,11 +285,32 @@ impl LocalCluster {
 
     /// How a client named `name` connects to this cluster's nodes: with
     /// TLS trusting the cluster's CA when the spec says so.
+    ///
+    /// A TLS cluster also runs authentication: its first admin is
+    /// [`ADMIN`] with [`ADMIN_PASSWORD`], and these options log in as
+    /// that admin; a plaintext cluster lets anonymous clients do anything.
     pub fn connect_options(&self, name: &str) -> ConnectOptions {
+        let admin = Credentials {
+            user: ADMIN.into(),
+            password: ADMIN_PASSWORD.into(),
+        };
+        self.connect_as(name, self.tls.as_ref().map(|_| admin))
+    }
+
+    /// Options for a client named `name` logging in with `credentials`
+    /// (`None`: anonymous).
+    pub fn connect_as(&self, name: &str, credentials: Option<Credentials>) -> ConnectOptions {
         ConnectOptions {
             name: name.to_owned(),
             tls: self.tls.as_ref().map(|t| t.client.clone()),
+            credentials,
         }
+    }
+
+    /// TLS material trusting the cluster's CA (for `ClientBuilder::tls`).
+    pub fn client_material(&self) -> Option<TlsMaterial> {
+        let tls = self.tls.as_ref()?;
+        TlsMaterial::from_pem(tls.ca.issued().cert_pem.as_bytes(), None).ok()
     }
 
     /// A session with the node at `addr`, as [`connect_options`](Self::connect_options).
@@ -364,9 +392,19 @@ impl LocalCluster {
         if let Some(section) = self.tls_section(&config.node_id, &config.dc)? {
             config.tls = Some(section);
             config.insecure_plaintext = false;
+            config.auth = AuthSection {
+                anonymous_full_access: false,
+                bootstrap_admin: Some(ADMIN.into()),
+                bootstrap_password: Some(ADMIN_PASSWORD.into()),
+                bootstrap_password_file: None,
+            };
         }
         let tuning = NodeTuning {
             gossip: self.spec.gossip.clone(),
+            users: UsersConfig {
+                password: PasswordParams::for_tests(),
+                ..UsersConfig::default()
+            },
             ..NodeTuning::default()
         };
         let (id, dc) = (config.node_id.clone(), config.dc.clone());

@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use isthmus_client::wire::Consistency;
-use isthmus_core::config::{BridgeSection, FsyncMode, KeyspaceSection, NodeConfig};
+use isthmus_core::config::{AuthSection, BridgeSection, FsyncMode, KeyspaceSection, NodeConfig};
 use isthmus_core::gossip::detector::DetectorConfig;
 use isthmus_core::gossip::service::GossipConfig;
 
@@ -40,6 +40,10 @@ pub fn node(id: &str, dc: &str, data_dir: PathBuf) -> NodeConfig {
         bootstrap: false,
         tls: None,
         insecure_plaintext: true,
+        auth: AuthSection {
+            anonymous_full_access: true,
+            ..AuthSection::default()
+        },
         keyspaces: BTreeMap::new(),
     }
 }

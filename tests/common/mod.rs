@@ -143,6 +143,11 @@ pub fn wasm(package: &str) -> PathBuf {
     path
 }
 
+/// The first admin of every process-test cluster.
+pub const ADMIN: &str = "admin";
+/// Its password (tests log in by certificate; the CLI tests by password).
+pub const ADMIN_PASSWORD: &str = "process-tests-admin";
+
 /// The process's test CA: a directory with `ca.pem` and `ca.key`, and
 /// the node certificates issued so far (`<dc>--<id>.pem`, `.key`). Every
 /// process test runs its nodes with TLS on.
@@ -159,10 +164,18 @@ pub fn pki() -> &'static Pki {
         let _ = std::fs::remove_dir_all(&dir);
         let ca = Ca::new("process tests CA", Validity::days(1)).unwrap();
         ca.issued().write(&dir, "ca").unwrap();
-        let client = TlsMaterial::from_pem(ca.issued().cert_pem.as_bytes(), None)
-            .unwrap()
-            .client_config()
-            .unwrap();
+        // Test clients log in as the first admin by certificate (no
+        // password check per connection).
+        let admin = CertIdentity::Client { name: ADMIN.into() };
+        let issued = ca.issue(&admin, &[], Validity::days(1)).unwrap();
+        issued.write(&dir, "client-admin").unwrap();
+        let client = TlsMaterial::from_pem(
+            ca.issued().cert_pem.as_bytes(),
+            Some((issued.cert_pem.as_bytes(), issued.key_pem.as_bytes())),
+        )
+        .unwrap()
+        .client_config()
+        .unwrap();
         Pki { dir, ca, client }
     })
 }
@@ -191,20 +204,31 @@ impl Pki {
         files
     }
 
-    /// The `[tls]` table of node `id` of `dc`.
+    /// The `[tls]` and `[auth]` tables of node `id` of `dc`: TLS with
+    /// its certificate, and the first admin [`ADMIN`].
     pub fn tls_section(&self, id: &str, dc: &str) -> String {
         let (cert, key) = self.node_cert(id, dc);
         format!(
-            "[tls]\nca = [\"{}\"]\ncert = \"{}\"\nkey = \"{}\"",
+            "[tls]\nca = [\"{}\"]\ncert = \"{}\"\nkey = \"{}\"\n\n[auth]\nbootstrap_admin = \"{ADMIN}\"\nbootstrap_password = \"{ADMIN_PASSWORD}\"",
             self.ca_pem().display(),
             cert.display(),
             key.display()
         )
     }
 
-    /// What test clients trust: the tests' CA.
+    /// The admin's client certificate and key, for the CLI.
+    pub fn admin_cert(&self) -> (PathBuf, PathBuf) {
+        (
+            self.dir.join("client-admin.pem"),
+            self.dir.join("client-admin.key"),
+        )
+    }
+
+    /// What test clients trust (the tests' CA) and present (the admin's
+    /// client certificate).
     pub fn material(&self) -> TlsMaterial {
-        TlsMaterial::from_pem(self.ca.issued().cert_pem.as_bytes(), None).unwrap()
+        let (cert, key) = self.admin_cert();
+        TlsMaterial::load(&[self.ca_pem()], Some((&cert, &key))).unwrap()
     }
 
     /// How test clients connect: TLS, trusting the tests' CA.
@@ -212,6 +236,7 @@ impl Pki {
         ConnectOptions {
             name: name.to_owned(),
             tls: Some(self.client.clone()),
+            credentials: None,
         }
     }
 }
@@ -292,6 +317,8 @@ pub async fn isthmus(args: Vec<String>) -> Output {
         Command::new(env!("CARGO_BIN_EXE_isthmus"))
             .args(args)
             .env("ISTHMUS_CA", pki().ca_pem())
+            .env("ISTHMUS_CERT", pki().admin_cert().0)
+            .env("ISTHMUS_KEY", pki().admin_cert().1)
             .output()
             .expect("running isthmus")
     })

@@ -89,6 +89,10 @@ pub struct Hello {
     pub role: PeerRole,
     /// Free-form name for logs (client name or node id).
     pub name: String,
+    /// A client's user and password (sent only over TLS); `None` for
+    /// nodes, for clients that authenticate by certificate, and for
+    /// anonymous clients.
+    pub credentials: Option<super::Credentials>,
 }
 
 /// The node's answer to a [`Hello`].
@@ -233,6 +237,9 @@ pub enum RequestBody {
     /// Work with the resolver registry (the replicated system keyspace
     /// of merge modules and keyspace bindings).
     Registry(RegistryRequest),
+    /// Manage users and grants (admin; a user may change their own
+    /// password).
+    User(super::UserRequest),
 }
 
 /// A resolver registry operation. Mutations are validated by the
@@ -372,6 +379,8 @@ pub enum ResponseBody {
     Repaired(RepairReport),
     /// A registry operation succeeded.
     Registry(RegistryResponse),
+    /// The answer to a [`RequestBody::User`].
+    User(super::UserResponse),
 }
 
 /// What a [`RegistryRequest`] did.
@@ -475,6 +484,8 @@ pub struct WireError {
     pub message: String,
     /// For consistency failures: acknowledgements required and received.
     pub acks: Option<AckCount>,
+    /// For [`ErrorCode::Forbidden`]: the permission the request needed.
+    pub needs: Option<super::Permission>,
 }
 
 /// Acknowledgements required and received by a request that fell short.

@@ -79,6 +79,7 @@ fn requests_and_responses_round_trip() {
                 required: 2,
                 acked: 1,
             }),
+            needs: None,
         }),
     };
     assert_eq!(decode::<Response>(&encode(&response)).unwrap(), response);

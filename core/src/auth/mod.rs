@@ -103,8 +103,7 @@ use isthmus_client::wire::{ErrorCode, WireError};
 use crate::coordinator::error::CoordinatorError;
 use crate::store::StoreError;
 
-/// The system keyspace of users and their grants.
-pub const AUTH_KEYSPACE: &str = "_auth";
+pub use crate::system_keyspace::AUTH_KEYSPACE;
 
 /// Why an authentication or a user-management request failed.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -184,14 +183,10 @@ pub enum AuthError {
 
 impl AuthError {
     /// The error's class on the wire.
-    ///
-    /// `BadCredentials` and `Forbidden` go out as `BadRequest` until the
-    /// protocol has codes of their own (`Unauthenticated`, `Forbidden`):
-    /// change those two arms then.
     pub fn wire_code(&self) -> ErrorCode {
         match self {
-            AuthError::BadCredentials => ErrorCode::BadRequest,
-            AuthError::Forbidden { .. } => ErrorCode::BadRequest,
+            AuthError::BadCredentials => ErrorCode::Unauthenticated,
+            AuthError::Forbidden { .. } => ErrorCode::Forbidden,
             AuthError::UnknownUser { .. }
             | AuthError::UserExists { .. }
             | AuthError::InvalidName { .. }
@@ -213,6 +208,10 @@ impl AuthError {
             message: self.to_string(),
             acks: match self {
                 AuthError::Write(e) => e.to_wire().acks,
+                _ => None,
+            },
+            needs: match self {
+                AuthError::Forbidden { needed, .. } => Some(needed.clone()),
                 _ => None,
             },
         }
@@ -245,4 +244,16 @@ pub async fn serve(users: &Users, request: UserRequest) -> Result<UserResponse, 
         }
     }
     Ok(UserResponse::Done)
+}
+
+/// Who a client connection is, once its handshake is over.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Principal {
+    /// No credentials, on a node with `auth.anonymous_full_access`:
+    /// every permission.
+    Anonymous,
+    /// A user, by name (by password, or by a client certificate naming
+    /// them). What they may do is read from `_auth` at each request, so a
+    /// revoked grant or a removed user takes effect on open connections.
+    User(String),
 }

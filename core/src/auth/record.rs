@@ -9,7 +9,6 @@ use serde::{Deserialize, Serialize};
 
 use super::AuthError;
 use crate::model::VersionSet;
-use crate::system_keyspace;
 
 /// The format version [`UserRecord::encode`] writes, the first byte of
 /// every record.
@@ -138,8 +137,23 @@ impl UserRecord {
 /// choice), so every replica holding the same set reads the same user.
 /// `None` when the set is empty or a tombstone wins (the user was
 /// removed).
+///
+/// One exception: a record the first-admin bootstrap wrote (`updated_ms`
+/// 0) loses to any other sibling. A node that bootstraps before the
+/// cluster's users reach it (a replica that saw none) writes the admin
+/// again, concurrently with the real record; that write must never reset
+/// a password or grants an operator changed since.
 pub fn resolve(set: &VersionSet) -> Result<Option<UserRecord>, AuthError> {
-    match system_keyspace::latest(set).and_then(|v| v.value_bytes()) {
+    let bootstrap = |v: &crate::model::Version| {
+        v.value_bytes()
+            .and_then(|b| UserRecord::decode(b).ok())
+            .is_some_and(|r| r.updated_ms == 0)
+    };
+    let winner = set
+        .versions()
+        .iter()
+        .max_by_key(|v| (!bootstrap(v), v.timestamp_ms, v.digest()));
+    match winner.and_then(|v| v.value_bytes()) {
         Some(bytes) => UserRecord::decode(bytes).map(Some),
         None => Ok(None),
     }

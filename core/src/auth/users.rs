@@ -1218,13 +1218,13 @@ mod tests {
     #[test]
     fn errors_map_to_wire_codes() {
         let cases = [
-            (AuthError::BadCredentials, ErrorCode::BadRequest),
+            (AuthError::BadCredentials, ErrorCode::Unauthenticated),
             (
                 AuthError::Forbidden {
                     name: "a".into(),
                     needed: Permission::Admin,
                 },
-                ErrorCode::BadRequest,
+                ErrorCode::Forbidden,
             ),
             (
                 AuthError::UserExists { name: "a".into() },

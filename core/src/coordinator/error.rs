@@ -104,6 +104,7 @@ impl CoordinatorError {
             code,
             message: self.to_string(),
             acks,
+            needs: None,
         }
     }
 

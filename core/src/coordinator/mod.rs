@@ -570,6 +570,7 @@ impl<S: LocalStore, T: Transport, H: HintSink> Coordinator<S, T, H> {
                     code: ErrorCode::Internal,
                     message: format!("unexpected answer to a forwarded write: {other:?}"),
                     acks: None,
+                    needs: None,
                 },
             }),
             Err(e) => {

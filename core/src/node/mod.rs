@@ -28,6 +28,7 @@
 //! What it is not: the place where merge functions run. The binary hands a
 //! [`MergeHook`] in (the wasm host); core never sees wasmtime.
 
+pub mod access;
 mod full_sync;
 pub mod handler;
 pub mod identity;
@@ -90,6 +91,9 @@ pub enum NodeError {
     /// The TLS files are unreadable, or do not name this node.
     #[error(transparent)]
     Tls(#[from] isthmus_client::tls::TlsError),
+    /// The user store could not start (password parameters).
+    #[error("users: {0}")]
+    Auth(String),
     /// The listen address could not be bound.
     #[error("cannot listen on {addr}: {reason}")]
     Listen {
@@ -120,6 +124,8 @@ pub struct NodeTuning {
     /// (the binary passes `isthmus-resolvers`'s); `None` answers registry
     /// requests with an error.
     pub registry: Option<Arc<dyn RegistryHook>>,
+    /// Password hashing and checking (argon2id's cost, checks at once).
+    pub users: crate::auth::users::UsersConfig,
 }
 
 impl std::fmt::Debug for NodeTuning {
@@ -132,6 +138,7 @@ impl std::fmt::Debug for NodeTuning {
             .field("limits", &self.limits)
             .field("repair", &self.repair)
             .field("registry", &self.registry.is_some())
+            .field("users", &self.users)
             .finish()
     }
 }
@@ -220,7 +227,9 @@ fn keyspaces_of(config: &NodeConfig) -> BTreeMap<String, KeyspaceConfig> {
         &keyspaces,
         &crate::ring::Ring::default(),
     );
-    keyspaces.insert(REGISTRY_KEYSPACE.to_owned(), registry);
+    for name in system_keyspace::SYSTEM_KEYSPACES {
+        keyspaces.insert(name.to_owned(), registry.clone());
+    }
     keyspaces
 }
 
@@ -390,6 +399,16 @@ where
     };
     let coordinator = coordinator(identity, &parts, merge, &keyspaces, &view, bridge);
     attach_registry(&me, &parts, &coordinator, &keyspaces, &tuning);
+    let access = access::Access {
+        users: users(&me, &parts, &coordinator, &keyspaces, &tuning)?,
+        anonymous_full_access: config.auth.anonymous_full_access,
+    };
+    if config.auth.anonymous_full_access {
+        tracing::warn!(
+            node = %config.node_id,
+            "auth.anonymous_full_access: clients without credentials may do anything"
+        );
+    }
     let repairer = Arc::new(Repairer::new(
         me.clone(),
         dc.clone(),
@@ -419,6 +438,7 @@ where
         repairer: repairer.clone(),
         movement: movement.clone(),
         registry: tuning.registry.clone(),
+        access: access.clone(),
         stop: stop_rx.clone(),
     });
     let server_config = ServerConfig {
@@ -428,6 +448,7 @@ where
         ..tuning.server.clone().unwrap_or_default()
     };
     spawn_server(&workers, parts.listener, handler, server_config, &stop_rx);
+    let auth_view = view.clone();
     spawn_background(
         &workers,
         Background {
@@ -444,6 +465,15 @@ where
         &tuning,
         &stop_rx,
     );
+    let first_admin = config.auth.bootstrap()?;
+    if let (Some((name, password)), Some(users), false) =
+        (first_admin, access.users.clone(), config.bootstrap)
+    {
+        let (view, stop) = (auth_view, stop_rx.clone());
+        workers.spawn("auth-bootstrap", |w| {
+            bootstrap_admin(users, name, password, view, stop, w)
+        });
+    }
     tracing::info!(node = %me, addr = %parts.addr, "node started");
     Ok(RunningNode {
         addr: parts.addr,
@@ -614,6 +644,77 @@ fn start_bridge(
         workers.adopt(name, task);
     }
     Ok(started.bridge)
+}
+
+/// The node's user store over the `_auth` system keyspace (none on a
+/// store without synchronous reads).
+fn users<S, T, H, L>(
+    me: &NodeId,
+    parts: &NodeParts<S, T, H, L>,
+    coordinator: &Arc<NodeCoordinator<S, T, H>>,
+    keyspaces: &Arc<RwLock<BTreeMap<String, KeyspaceConfig>>>,
+    tuning: &NodeTuning,
+) -> Result<Option<crate::auth::Users>, NodeError>
+where
+    S: LocalStore + Clone,
+    T: GossipTransport,
+    H: HintQueue + HintSink,
+{
+    let Some(reads) = &parts.blocking_reads else {
+        return Ok(None);
+    };
+    let writer: Arc<dyn SystemWriter> = coordinator.clone();
+    let system = SystemKeyspace::new(
+        me.clone(),
+        system_keyspace::AUTH_KEYSPACE,
+        reads,
+        &writer,
+        coordinator.replica().system_applies().clone(),
+        keyspaces.clone(),
+        &tuning.limits,
+    );
+    crate::auth::Users::new(system, tuning.users.clone())
+        .map(Some)
+        .map_err(|e| NodeError::Auth(e.to_string()))
+}
+
+/// The first-admin bootstrap, on a node forming a cluster: once the node
+/// has a ring (it heard from its peers, or it is alone), and while no user
+/// exists, create the configured admin; retried until a write succeeds.
+/// A record written so never wins over one an operator wrote (see
+/// `auth::record::resolve`), so a node that bootstraps before the users
+/// reach it undoes nothing.
+async fn bootstrap_admin(
+    users: crate::auth::Users,
+    name: String,
+    password: String,
+    mut view: watch::Receiver<Arc<ClusterView>>,
+    mut stop: watch::Receiver<bool>,
+    worker: crate::worker::WorkerHandle,
+) {
+    loop {
+        let ready = view.borrow_and_update().ring.dcs().next().is_some();
+        if ready {
+            worker.busy();
+            match users.ensure_bootstrap_admin(&name, &password).await {
+                Ok(created) => {
+                    if created {
+                        tracing::info!(user = %name, "created the bootstrap admin");
+                    }
+                    worker.idle();
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "bootstrap admin not written yet");
+                    worker.failed(e.to_string());
+                }
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = stop.changed() => return,
+        }
+    }
 }
 
 /// Hand the registry (when the node runs one) its system keyspace: read

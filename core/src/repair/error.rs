@@ -68,6 +68,7 @@ impl RepairError {
             code,
             message: self.to_string(),
             acks: None,
+            needs: None,
         }
     }
 }

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use isthmus_core::config::{BridgeSection, FsyncMode, KeyspaceSection, NodeConfig};
+use isthmus_core::config::{AuthSection, BridgeSection, FsyncMode, KeyspaceSection, NodeConfig};
 use isthmus_core::fs::MemFs;
 use isthmus_core::gossip::detector::DetectorConfig;
 use isthmus_core::gossip::service::GossipConfig;
@@ -340,6 +340,10 @@ fn config(cluster: &Cluster, spec: &NodeSpec) -> NodeConfig {
         bootstrap: spec.bootstrap,
         tls: None,
         insecure_plaintext: true,
+        auth: AuthSection {
+            anonymous_full_access: true,
+            ..AuthSection::default()
+        },
     }
 }
 

@@ -90,6 +90,7 @@ fn shutting_down() -> ResponseBody {
         code: ErrorCode::Unavailable,
         message: "the node is shutting down".into(),
         acks: None,
+        needs: None,
     })
 }
 
@@ -228,11 +229,13 @@ where
                 stats.ranges_failed
             ),
             acks: None,
+            needs: None,
         }),
         Err(e) => ResponseBody::Error(WireError {
             code: ErrorCode::Internal,
             message: format!("decommission failed: {e}"),
             acks: None,
+            needs: None,
         }),
     }
 }

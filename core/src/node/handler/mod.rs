@@ -37,6 +37,7 @@ pub struct NodeHandler<S, T: GossipTransport, H> {
     pub(super) repairer: Arc<NodeRepairer<S, T>>,
     pub(super) movement: Movement<crate::repair::StoreData<S, Arc<crate::replica::Replica<S>>>, T>,
     pub(super) registry: Option<Arc<dyn RegistryHook>>,
+    pub(super) access: super::access::Access,
     pub(super) stop: watch::Receiver<bool>,
 }
 
@@ -46,6 +47,7 @@ pub(crate) fn bad_request(message: String) -> ResponseBody {
         code: ErrorCode::BadRequest,
         message,
         acks: None,
+        needs: None,
     })
 }
 
@@ -72,7 +74,23 @@ where
     T: GossipTransport,
     H: HintQueue + HintSink,
 {
-    async fn handle(&self, body: RequestBody, deadline: Duration) -> ResponseBody {
+    async fn authenticate(
+        &self,
+        credentials: Option<isthmus_client::wire::Credentials>,
+        certificate: Option<isthmus_client::tls::CertIdentity>,
+    ) -> Result<crate::auth::Principal, WireError> {
+        self.access.authenticate(credentials, certificate).await
+    }
+
+    async fn handle(
+        &self,
+        principal: &crate::auth::Principal,
+        body: RequestBody,
+        deadline: Duration,
+    ) -> ResponseBody {
+        if let Err(refusal) = self.access.check(principal, &body) {
+            return ResponseBody::Error(refusal);
+        }
         if let RequestBody::Get { keyspace, .. }
         | RequestBody::Put { keyspace, .. }
         | RequestBody::Delete { keyspace, .. } = &body
@@ -130,6 +148,13 @@ where
             } => client::repair(self, keyspace, remote_dc).await,
             RequestBody::Decommission => client::decommission(self).await,
             RequestBody::Registry(request) => client::registry(self, request, deadline).await,
+            RequestBody::User(request) => match &self.access.users {
+                Some(users) => match crate::auth::serve(users, request).await {
+                    Ok(answer) => ResponseBody::User(answer),
+                    Err(e) => ResponseBody::Error(e.to_wire()),
+                },
+                None => bad_request("this node keeps no users".into()),
+            },
         }
     }
 

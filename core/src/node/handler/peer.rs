@@ -68,6 +68,7 @@ where
                 from.node
             ),
             acks: None,
+            needs: None,
         });
     }
     match node.coordinator.bridge() {
@@ -82,6 +83,7 @@ where
             code: ErrorCode::BadRequest,
             message: "this node runs no cross-DC bridge".into(),
             acks: None,
+            needs: None,
         }),
     }
 }
