@@ -12,7 +12,10 @@ use std::time::Duration;
 
 use isthmus_client::session::IoStream;
 use isthmus_client::tls::{CertIdentity, TlsMaterial};
-use isthmus_client::wire::{ErrorCode, PeerRole, RequestBody, ResponseBody};
+use isthmus_client::wire::{
+    Context, Credentials, ErrorCode, PeerRole, Permission, RegistryRequest, RequestBody,
+    ResponseBody, UserRequest, UserResponse, WriteId,
+};
 use isthmus_client::{Channel, ClientError, Session};
 use isthmus_core::config::TlsSection;
 use isthmus_core::merge::NoMerge;
@@ -20,6 +23,7 @@ use isthmus_core::model::DcName;
 use isthmus_core::node::{self, NodeError, NodeTuning};
 use isthmus_core::peer::{PeerRequest, PeerResponse};
 use isthmus_server::certs::{Ca, Issued, Validity};
+use isthmus_testkit::cluster::{ADMIN, ADMIN_PASSWORD};
 use isthmus_testkit::{ClusterSpec, LocalCluster, Root};
 use tokio::net::TcpStream;
 
@@ -334,5 +338,318 @@ async fn a_client_connection_cannot_send_peer_requests() {
         ),
         other => panic!("{other:?}"),
     }
+    cluster.shutdown().await;
+}
+
+// ---------------------------------------------------------------------------
+// Users, roles and grants
+
+fn creds(user: &str, password: &str) -> Option<Credentials> {
+    Some(Credentials {
+        user: user.into(),
+        password: password.into(),
+    })
+}
+
+async fn login(
+    cluster: &LocalCluster,
+    addr: &str,
+    credentials: Option<Credentials>,
+) -> Result<Session, ClientError> {
+    Session::connect_with(addr, &cluster.connect_as("t", credentials), WAIT).await
+}
+
+async fn put(session: &Session, key: &[u8]) -> Result<ResponseBody, ClientError> {
+    session
+        .call(
+            RequestBody::Put {
+                keyspace: "carts".into(),
+                key: key.to_vec(),
+                value: b"v".to_vec(),
+                context: Context::default(),
+                consistency: None,
+                write_id: WriteId(rand_id()),
+            },
+            WAIT,
+        )
+        .await
+}
+
+async fn get(session: &Session, key: &[u8]) -> Result<ResponseBody, ClientError> {
+    session
+        .call(
+            RequestBody::Get {
+                keyspace: "carts".into(),
+                key: key.to_vec(),
+                consistency: None,
+            },
+            WAIT,
+        )
+        .await
+}
+
+fn rand_id() -> [u8; 16] {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    let mut id = [0u8; 16];
+    id[..8].copy_from_slice(&NEXT.fetch_add(1, Ordering::Relaxed).to_le_bytes());
+    id[8..].copy_from_slice(&std::process::id().to_le_bytes().repeat(2));
+    id
+}
+
+async fn admin_call(session: &Session, request: UserRequest) -> ResponseBody {
+    session
+        .call(RequestBody::User(request), WAIT)
+        .await
+        .unwrap()
+}
+
+fn forbidden(result: Result<ResponseBody, ClientError>, needs: Permission) {
+    match result {
+        Err(ClientError::Forbidden { permission, .. }) => assert_eq!(permission, needs),
+        other => panic!("expected FORBIDDEN {needs}, got {other:?}"),
+    }
+}
+
+/// Poll `check` on every node until it holds everywhere; returns how long
+/// it took, or panics after 30 s naming `what`.
+async fn everywhere<F, Fut>(cluster: &LocalCluster, what: &str, check: F) -> Duration
+where
+    F: Fn(String) -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = std::time::Instant::now();
+    let addrs: Vec<String> = cluster.nodes.values().map(|n| n.addr.clone()).collect();
+    while start.elapsed() < Duration::from_secs(30) {
+        let mut all = true;
+        for addr in &addrs {
+            all &= check(addr.clone()).await;
+        }
+        if all {
+            return start.elapsed();
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("{what} did not reach every node within 30 s");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strangers_and_users_get_what_their_grants_allow_in_every_dc() {
+    let cluster = cluster().await;
+    let dc1 = cluster.node(&cluster.node_id("dc1", 0)).addr.clone();
+    let dc2 = cluster.node(&cluster.node_id("dc2", 0)).addr.clone();
+    let admin = cluster.session(&dc1, "admin").await.unwrap();
+
+    // Anonymous: refused at the handshake, on every node.
+    for addr in [&dc1, &dc2] {
+        match login(&cluster, addr, None).await {
+            Err(ClientError::Unauthenticated { .. }) => {}
+            other => panic!("anonymous got in: {:?}", other.map(|_| "a session")),
+        }
+    }
+    // A wrong password, and an unknown user: the same refusal.
+    for (user, password) in [(ADMIN, "not-the-password"), ("nobody", "whatever-it-is")] {
+        match login(&cluster, &dc1, creds(user, password)).await {
+            Err(ClientError::Unauthenticated { reason }) => {
+                assert!(!reason.contains("nobody"), "{reason}")
+            }
+            other => panic!("{user} got in: {:?}", other.map(|_| "a session")),
+        }
+    }
+
+    // The admin creates a reader and a writer through dc1.
+    for (name, grant) in [("reader", "role:readonly"), ("writer", "write:carts")] {
+        let answer = admin_call(
+            &admin,
+            UserRequest::Add {
+                name: name.into(),
+                password: format!("{name}-password"),
+                grants: vec![grant.parse().unwrap(), "read:carts".parse().unwrap()],
+            },
+        )
+        .await;
+        assert_eq!(answer, ResponseBody::User(UserResponse::Done));
+    }
+    // They reach dc2 through the bridge: the writer logs in there.
+    let took = everywhere(&cluster, "the new users", |addr| {
+        let cluster = &cluster;
+        async move {
+            login(cluster, &addr, creds("writer", "writer-password"))
+                .await
+                .is_ok()
+        }
+    })
+    .await;
+    eprintln!("a new user could log in on every node after {took:?}");
+
+    let writer = login(&cluster, &dc2, creds("writer", "writer-password"))
+        .await
+        .unwrap();
+    let reader = login(&cluster, &dc1, creds("reader", "reader-password"))
+        .await
+        .unwrap();
+    assert_eq!(put(&writer, b"k").await.unwrap(), ResponseBody::Written);
+    assert!(matches!(
+        get(&writer, b"k").await,
+        Ok(ResponseBody::Value { .. })
+    ));
+    assert!(matches!(
+        get(&reader, b"k").await,
+        Ok(ResponseBody::Value { .. })
+    ));
+    let write_carts = Permission::Write {
+        keyspace: Some("carts".into()),
+    };
+    forbidden(put(&reader, b"k").await, write_carts);
+
+    // The writer may not administer anything.
+    let module = isthmus_testkit::example_module("isthmus-example-lww");
+    let admin_only = [
+        RequestBody::Registry(RegistryRequest::Upload {
+            name: "lww".into(),
+            version: 1,
+            module,
+            force: false,
+        }),
+        RequestBody::Registry(RegistryRequest::Attach {
+            keyspace: "carts".into(),
+            name: "lww".into(),
+            version: 1,
+        }),
+        RequestBody::Decommission,
+        RequestBody::Repair {
+            keyspace: None,
+            remote_dc: None,
+        },
+        RequestBody::User(UserRequest::Add {
+            name: "mallory".into(),
+            password: "mallory-password".into(),
+            grants: vec!["role:admin".parse().unwrap()],
+        }),
+        RequestBody::User(UserRequest::Passwd {
+            name: ADMIN.into(),
+            password: "taken-over-admin".into(),
+        }),
+    ];
+    for request in admin_only {
+        forbidden(writer.call(request, WAIT).await, Permission::Admin);
+    }
+    // ...and nothing of it happened.
+    let listing = admin.call(RequestBody::User(UserRequest::List), WAIT).await;
+    match listing {
+        Ok(ResponseBody::User(UserResponse::Users(users))) => {
+            let names: Vec<&str> = users.iter().map(|u| u.name.as_str()).collect();
+            assert_eq!(names, [ADMIN, "reader", "writer"]);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(cluster.nodes.len(), 2);
+    assert!(
+        login(&cluster, &dc1, creds(ADMIN, ADMIN_PASSWORD))
+            .await
+            .is_ok()
+    );
+
+    // A user may change their own password.
+    let own = UserRequest::Passwd {
+        name: "reader".into(),
+        password: "reader-new-password".into(),
+    };
+    assert_eq!(
+        reader.call(RequestBody::User(own), WAIT).await.unwrap(),
+        ResponseBody::User(UserResponse::Done)
+    );
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_grant_and_a_new_password_take_effect_on_every_node() {
+    let cluster = cluster().await;
+    let dc1 = cluster.node(&cluster.node_id("dc1", 0)).addr.clone();
+    let admin = cluster.session(&dc1, "admin").await.unwrap();
+    admin_call(
+        &admin,
+        UserRequest::Add {
+            name: "writer".into(),
+            password: "writer-password".into(),
+            grants: vec!["role:readwrite".parse().unwrap()],
+        },
+    )
+    .await;
+    everywhere(&cluster, "the new user", |addr| {
+        let cluster = &cluster;
+        async move {
+            login(cluster, &addr, creds("writer", "writer-password"))
+                .await
+                .is_ok()
+        }
+    })
+    .await;
+    // Sessions opened before the revocation, one per node.
+    let mut open = Vec::new();
+    for node in cluster.nodes.values() {
+        let session = login(&cluster, &node.addr, creds("writer", "writer-password"))
+            .await
+            .unwrap();
+        assert_eq!(
+            put(&session, b"before").await.unwrap(),
+            ResponseBody::Written
+        );
+        open.push(session);
+    }
+    let answer = admin_call(
+        &admin,
+        UserRequest::Revoke {
+            name: "writer".into(),
+            grant: "role:readwrite".parse().unwrap(),
+        },
+    )
+    .await;
+    assert_eq!(answer, ResponseBody::User(UserResponse::Done));
+    let start = std::time::Instant::now();
+    loop {
+        let mut refused = 0;
+        for session in &open {
+            if matches!(
+                put(session, b"after").await,
+                Err(ClientError::Forbidden { .. })
+            ) {
+                refused += 1;
+            }
+        }
+        if refused == open.len() {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the revocation did not reach every node"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    eprintln!(
+        "a revoked grant was refused on every node's open sessions after {:?}",
+        start.elapsed()
+    );
+
+    // A password change: the old password stops working everywhere, the
+    // new one works everywhere.
+    admin_call(
+        &admin,
+        UserRequest::Passwd {
+            name: "writer".into(),
+            password: "writer-password-2".into(),
+        },
+    )
+    .await;
+    let took = everywhere(&cluster, "the password change", |addr| {
+        let cluster = &cluster;
+        async move {
+            let old = login(cluster, &addr, creds("writer", "writer-password")).await;
+            let new = login(cluster, &addr, creds("writer", "writer-password-2")).await;
+            matches!(old, Err(ClientError::Unauthenticated { .. })) && new.is_ok()
+        }
+    })
+    .await;
+    eprintln!("a password change held on every node after {took:?}");
     cluster.shutdown().await;
 }
