@@ -7,6 +7,11 @@
 #
 #   THREADS=16 DURATION=20 VALUE=100 KEYS=100000 bash scripts/bench-cluster.sh
 #
+# Nodes run as they are deployed: TLS on every link and clients logged in
+# (SECURITY=tls, the default). SECURITY=plaintext runs them with
+# insecure_plaintext and anonymous access, to measure what security costs
+# (scripts/bench-security.sh runs both in one run). REDIS=0 skips redis.
+#
 # redis-server and redis-benchmark come from apt (`apt-get install
 # redis-server`); the script skips redis when they are missing.
 set -euo pipefail
@@ -16,6 +21,8 @@ THREADS=${THREADS:-16}
 DURATION=${DURATION:-20}
 VALUE=${VALUE:-100}
 KEYS=${KEYS:-100000}
+SECURITY=${SECURITY:-tls}
+REDIS=${REDIS:-1}
 
 cargo build --release -q
 BIN=${CARGO_TARGET_DIR:-target}/release/isthmus
@@ -28,6 +35,28 @@ cleanup() {
 }
 trap cleanup EXIT
 
+client=()
+if [ "$SECURITY" = tls ]; then
+  "$BIN" certs ca --dir "$dir/certs" >/dev/null
+  echo "bench-admin-password" >"$dir/certs/admin.pw"
+  client=(--ca "$dir/certs/ca.pem" --user admin --password-file "$dir/certs/admin.pw")
+elif [ "$SECURITY" != plaintext ]; then
+  echo "SECURITY must be tls or plaintext" >&2
+  exit 2
+else
+  client=(--insecure-plaintext)
+fi
+
+security_toml() { # id
+  if [ "$SECURITY" = tls ]; then
+    [ -f "$dir/certs/$1.pem" ] || "$BIN" certs node --ca-dir "$dir/certs" --node-id "$1" --dc dc1 >/dev/null
+    printf '[tls]\nca = ["%s"]\ncert = "%s"\nkey = "%s"\n\n[auth]\nbootstrap_admin = "admin"\nbootstrap_password_file = "%s"\n' \
+      "$dir/certs/ca.pem" "$dir/certs/$1.pem" "$dir/certs/$1.key" "$dir/certs/admin.pw"
+  else
+    printf 'insecure_plaintext = true\n\n[auth]\nanonymous_full_access = true\n'
+  fi
+}
+
 node() { # id addr seed rf
   cat >"$dir/$1.toml" <<EOF
 node_id = "$1"
@@ -39,6 +68,7 @@ seeds = ["$3"]
 vnodes = 64
 fsync = "interval"
 fsync_interval_ms = 5
+$(security_toml "$1")
 
 [keyspaces.bench]
 replication = { dc1 = $4 }
@@ -50,7 +80,7 @@ EOF
 
 wait_up() { # addr count
   for _ in $(seq 1 150); do
-    up=$("$BIN" status --addr "$1" --json 2>/dev/null | grep -o '"up":true' | wc -l || true)
+    up=$("$BIN" status --addr "$1" "${client[@]}" --json 2>/dev/null | grep -o '"up":true' | wc -l || true)
     [ "$up" -ge "$2" ] && return 0
     sleep 0.2
   done
@@ -62,8 +92,8 @@ bench() { # label addr
   for w in a b c; do
     load=()
     [ "$w" != a ] && load=(--no-load)
-    echo "== isthmus $1, workload $w"
-    "$BIN" bench --addr "$2" --keyspace bench --workload "$w" --threads "$THREADS" \
+    echo "== isthmus $1, $SECURITY, workload $w"
+    "$BIN" bench --addr "$2" "${client[@]}" --keyspace bench --workload "$w" --threads "$THREADS" \
       --duration "$DURATION" --keys "$KEYS" --value-bytes "$VALUE" "${load[@]}"
   done
 }
@@ -82,7 +112,9 @@ node n3 127.0.0.4:7501 127.0.0.2:7501 3
 wait_up 127.0.0.2:7501 3
 bench "3 nodes (RF 3, LOCAL_QUORUM)" 127.0.0.2:7501
 
-if command -v redis-server >/dev/null && command -v redis-benchmark >/dev/null; then
+if [ "$REDIS" = 0 ]; then
+  :
+elif command -v redis-server >/dev/null && command -v redis-benchmark >/dev/null; then
   redis-server --port 7601 --dir "$dir" --save '' --appendonly yes --appendfsync everysec \
     --daemonize no >"$dir/redis.log" 2>&1 &
   pids+=($!)

@@ -256,6 +256,7 @@ impl LocalCluster {
         }
         let all = cluster.spec.dcs.len() * cluster.spec.nodes_per_dc;
         cluster.wait_alive(all, "every node up").await?;
+        cluster.wait_admin().await?;
         cluster.upload_resolver().await?;
         Ok(cluster)
     }
@@ -390,7 +391,9 @@ impl LocalCluster {
     /// and adjusted: a fixed address, `bootstrap`, other seeds).
     pub async fn start_with(&mut self, mut config: NodeConfig) -> anyhow::Result<&RunningNode> {
         if let Some(section) = self.tls_section(&config.node_id, &config.dc)? {
-            config.tls = Some(section);
+            // A config that names its own TLS files keeps them (tests of
+            // certificate rotation).
+            config.tls.get_or_insert(section);
             config.insecure_plaintext = false;
             config.auth = AuthSection {
                 anonymous_full_access: false,
@@ -488,6 +491,26 @@ impl LocalCluster {
             .map(|(id, n)| (id.clone(), n.gossiper().alive().len()))
             .collect();
         bail!("the cluster did not settle at {count} live nodes ({what}); each sees {seen:?}")
+    }
+
+    /// In a TLS cluster, wait (up to 30 s) until the first admin can log
+    /// in on every running node (the bootstrap has written it and it has
+    /// replicated).
+    pub async fn wait_admin(&self) -> anyhow::Result<()> {
+        if self.tls.is_none() {
+            return Ok(());
+        }
+        for _ in 0..600 {
+            let mut all = true;
+            for node in self.nodes.values() {
+                all &= self.session(&node.addr, "local-cluster").await.is_ok();
+            }
+            if all {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        bail!("the first admin could not log in on every node within 30 s")
     }
 
     /// Upload the spec's resolver to the first node and attach it, as

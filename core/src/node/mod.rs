@@ -673,7 +673,7 @@ where
         keyspaces.clone(),
         &tuning.limits,
     );
-    crate::auth::Users::new(system, tuning.users.clone())
+    crate::auth::Users::new(system, tuning.users)
         .map(Some)
         .map_err(|e| NodeError::Auth(e.to_string()))
 }
