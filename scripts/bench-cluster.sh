@@ -109,7 +109,9 @@ pids=()
 node n1 127.0.0.2:7501 127.0.0.2:7501 3
 node n2 127.0.0.3:7501 127.0.0.2:7501 3
 node n3 127.0.0.4:7501 127.0.0.2:7501 3
-wait_up 127.0.0.2:7501 3
+# Every node, not only the first: each must know the users before the
+# client, which spreads its requests, logs in there.
+for a in 127.0.0.2:7501 127.0.0.3:7501 127.0.0.4:7501; do wait_up "$a" 3; done
 bench "3 nodes (RF 3, LOCAL_QUORUM)" 127.0.0.2:7501
 
 if [ "$REDIS" = 0 ]; then

@@ -129,6 +129,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<String> {
         if let Some(material) = args.security.material()? {
             builder = builder.tls(material);
         }
+        if let Some(credentials) = args.security.options("isthmus-bench")?.credentials {
+            builder = builder.credentials(credentials);
+        }
         let client = builder.build().await.with_context(|| format!("connecting to {}", args.addr))?;
         if !args.no_load {
             let started = Instant::now();

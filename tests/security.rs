@@ -183,6 +183,18 @@ async fn peers_are_who_their_certificates_say_and_nobody_else() {
         channel.call(gossip(), WAIT).await,
         Ok(PeerResponse::Gossip { .. })
     ));
+    // Even a real node cannot make another store data outside its
+    // keyspaces.
+    let stray = PeerRequest::Apply {
+        keyspace: "nowhere".into(),
+        key: b"k".to_vec(),
+        versions: Vec::new(),
+        hint_for: None,
+    };
+    match channel.call(stray, WAIT).await {
+        Err(ClientError::Server(e)) => assert_eq!(e.code, ErrorCode::BadRequest, "{e:?}"),
+        other => panic!("a write to an unknown keyspace was taken: {other:?}"),
+    }
 
     // Nothing the refused attempts said reached membership.
     assert_eq!(cluster.node(&n1).gossiper().alive().len(), members_before);

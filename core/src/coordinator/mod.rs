@@ -178,7 +178,21 @@ impl<S: LocalStore, T: Transport, H: HintSink> Coordinator<S, T, H> {
 
     /// Serve a request from another node. Gossip, repair and bridge
     /// batches are not the coordinator's: the node answers them.
+    ///
+    /// A request naming a keyspace this node does not know is refused
+    /// (`UnknownKeyspace`): no peer can make a node store data outside its
+    /// keyspaces.
     pub async fn serve_peer(&self, request: PeerRequest, deadline: Duration) -> PeerResponse {
+        let named = match &request {
+            PeerRequest::Apply { keyspace, .. }
+            | PeerRequest::ApplyBatch { keyspace, .. }
+            | PeerRequest::Read { keyspace, .. }
+            | PeerRequest::Coordinate { keyspace, .. } => Some(keyspace),
+            _ => None,
+        };
+        if let Some(Err(e)) = named.map(|ks| self.keyspace(ks)) {
+            return peer_failure(e);
+        }
         let replica = &self.replica;
         let applied = |result: Result<(), StoreError>| match result {
             Ok(()) => PeerResponse::Applied,
