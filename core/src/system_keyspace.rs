@@ -170,35 +170,17 @@ pub fn latest(set: &VersionSet) -> Option<&Version> {
 /// Writes a system keyspace through the cluster (the coordinator
 /// implements it).
 pub trait SystemWriter: Send + Sync {
-    /// Write `value` under `key` over `context` at [`SYSTEM_WRITE_LEVEL`].
+    /// Write `value` under `key` over `context` at [`SYSTEM_WRITE_LEVEL`];
+    /// `None` writes a tombstone.
     fn write<'a>(
         &'a self,
         keyspace: &'a str,
         key: &'a [u8],
-        value: Vec<u8>,
+        value: Option<Vec<u8>>,
         context: Clock,
         write_id: [u8; 16],
         deadline: Duration,
     ) -> BoxFuture<'a, Result<(), CoordinatorError>>;
-
-    /// Write a tombstone under `key` over `context` at
-    /// [`SYSTEM_WRITE_LEVEL`]. The coordinator implements it; the default,
-    /// for writers that only ever write values (test doubles), refuses.
-    fn delete<'a>(
-        &'a self,
-        keyspace: &'a str,
-        key: &'a [u8],
-        context: Clock,
-        write_id: [u8; 16],
-        deadline: Duration,
-    ) -> BoxFuture<'a, Result<(), CoordinatorError>> {
-        let _ = (key, context, write_id, deadline);
-        Box::pin(async move {
-            Err(CoordinatorError::BadRequest {
-                reason: format!("this writer of {keyspace} cannot delete"),
-            })
-        })
-    }
 }
 
 /// One system keyspace of a node: synchronous reads of the node's own
@@ -338,12 +320,7 @@ impl SystemKeyspace {
         value: Vec<u8>,
         deadline: Duration,
     ) -> Result<(), CoordinatorError> {
-        let context = self.local_context(key).await?;
-        let writer = self.writer.upgrade().ok_or_else(stopping)?;
-        let id = self.write_id(key);
-        writer
-            .write(&self.keyspace, key, value, context, id, deadline)
-            .await
+        self.put(key, Some(value), deadline).await
     }
 
     /// Delete `key` (write a tombstone), superseding what this replica
@@ -351,11 +328,20 @@ impl SystemKeyspace {
     /// concurrently through another node is not superseded: readers
     /// resolve the two by [`latest`].
     pub async fn delete(&self, key: &[u8], deadline: Duration) -> Result<(), CoordinatorError> {
+        self.put(key, None, deadline).await
+    }
+
+    async fn put(
+        &self,
+        key: &[u8],
+        value: Option<Vec<u8>>,
+        deadline: Duration,
+    ) -> Result<(), CoordinatorError> {
         let context = self.local_context(key).await?;
         let writer = self.writer.upgrade().ok_or_else(stopping)?;
         let id = self.write_id(key);
         writer
-            .delete(&self.keyspace, key, context, id, deadline)
+            .write(&self.keyspace, key, value, context, id, deadline)
             .await
     }
 
@@ -379,7 +365,7 @@ impl SystemKeyspace {
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         runtime.spawn(async move {
             let result = writer
-                .write(&keyspace, &key, value, context, id, deadline)
+                .write(&keyspace, &key, Some(value), context, id, deadline)
                 .await;
             let _ = tx.send(result);
         });

@@ -56,7 +56,7 @@ impl SystemWriter for EngineWriter {
         &'a self,
         _keyspace: &'a str,
         key: &'a [u8],
-        value: Vec<u8>,
+        value: Option<Vec<u8>>,
         mut context: Clock,
         _write_id: [u8; 16],
         _deadline: Duration,
@@ -67,7 +67,11 @@ impl SystemWriter for EngineWriter {
                 actor: Actor(7),
                 counter,
             });
-            self.apply(key, Version::value(context, value, counter, "dc1".into()));
+            let version = match value {
+                Some(value) => Version::value(context, value, counter, "dc1".into()),
+                None => Version::tombstone(context, counter, "dc1".into()),
+            };
+            self.apply(key, version);
             Ok(())
         })
     }

@@ -596,29 +596,18 @@ mod tests {
             &'a self,
             _keyspace: &'a str,
             key: &'a [u8],
-            value: Vec<u8>,
+            value: Option<Vec<u8>>,
             context: Clock,
             _write_id: [u8; 16],
             _deadline: Duration,
         ) -> BoxFuture<'a, Result<(), CoordinatorError>> {
             Box::pin(async move {
                 let (clock, at) = self.next(context);
-                self.apply(key, Version::value(clock, value, at, "dc1".into()));
-                Ok(())
-            })
-        }
-
-        fn delete<'a>(
-            &'a self,
-            _keyspace: &'a str,
-            key: &'a [u8],
-            context: Clock,
-            _write_id: [u8; 16],
-            _deadline: Duration,
-        ) -> BoxFuture<'a, Result<(), CoordinatorError>> {
-            Box::pin(async move {
-                let (clock, at) = self.next(context);
-                self.apply(key, Version::tombstone(clock, at, "dc1".into()));
+                let version = match value {
+                    Some(value) => Version::value(clock, value, at, "dc1".into()),
+                    None => Version::tombstone(clock, at, "dc1".into()),
+                };
+                self.apply(key, version);
                 Ok(())
             })
         }

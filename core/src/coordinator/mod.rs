@@ -831,7 +831,7 @@ impl<S: LocalStore, T: Transport, H: HintSink> SystemWriter for Coordinator<S, T
         &'a self,
         keyspace: &'a str,
         key: &'a [u8],
-        value: Vec<u8>,
+        value: Option<Vec<u8>>,
         context: Clock,
         write_id: [u8; 16],
         deadline: Duration,
@@ -840,27 +840,7 @@ impl<S: LocalStore, T: Transport, H: HintSink> SystemWriter for Coordinator<S, T
             self,
             keyspace,
             key,
-            Some(value),
-            context,
-            write_id,
-            SYSTEM_WRITE_LEVEL,
-            deadline,
-        ))
-    }
-
-    fn delete<'a>(
-        &'a self,
-        keyspace: &'a str,
-        key: &'a [u8],
-        context: Clock,
-        write_id: [u8; 16],
-        deadline: Duration,
-    ) -> BoxFuture<'a, Result<(), CoordinatorError>> {
-        Box::pin(Coordinator::write(
-            self,
-            keyspace,
-            key,
-            None,
+            value,
             context,
             write_id,
             SYSTEM_WRITE_LEVEL,
