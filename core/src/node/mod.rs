@@ -398,9 +398,10 @@ where
         limits: tuning.limits.clone(),
     };
     let coordinator = coordinator(identity, &parts, merge, &keyspaces, &view, bridge);
-    attach_registry(&me, &parts, &coordinator, &keyspaces, &tuning);
+    let system = |name| system_keyspace(name, &me, &parts, &coordinator, &keyspaces, &tuning);
+    attach_registry(system(REGISTRY_KEYSPACE), &tuning);
     let access = access::Access {
-        users: users(&me, &parts, &coordinator, &keyspaces, &tuning)?,
+        users: users(system(system_keyspace::AUTH_KEYSPACE), &tuning)?,
         anonymous_full_access: config.auth.anonymous_full_access,
     };
     if config.auth.anonymous_full_access {
@@ -646,33 +647,43 @@ fn start_bridge(
     Ok(started.bridge)
 }
 
-/// The node's user store over the `_auth` system keyspace (none on a
-/// store without synchronous reads).
-fn users<S, T, H, L>(
+/// A system keyspace of this node: read from its replica, written through
+/// its coordinator. None when the store has no synchronous reads.
+fn system_keyspace<S, T, H, L>(
+    name: &str,
     me: &NodeId,
     parts: &NodeParts<S, T, H, L>,
     coordinator: &Arc<NodeCoordinator<S, T, H>>,
     keyspaces: &Arc<RwLock<BTreeMap<String, KeyspaceConfig>>>,
     tuning: &NodeTuning,
-) -> Result<Option<crate::auth::Users>, NodeError>
+) -> Option<SystemKeyspace>
 where
     S: LocalStore + Clone,
     T: GossipTransport,
     H: HintQueue + HintSink,
 {
-    let Some(reads) = &parts.blocking_reads else {
-        return Ok(None);
-    };
+    let reads = parts.blocking_reads.as_ref()?;
     let writer: Arc<dyn SystemWriter> = coordinator.clone();
-    let system = SystemKeyspace::new(
+    Some(SystemKeyspace::new(
         me.clone(),
-        system_keyspace::AUTH_KEYSPACE,
+        name,
         reads,
         &writer,
         coordinator.replica().system_applies().clone(),
         keyspaces.clone(),
         &tuning.limits,
-    );
+    ))
+}
+
+/// The node's user store over the `_auth` system keyspace (none on a
+/// store without synchronous reads).
+fn users(
+    system: Option<SystemKeyspace>,
+    tuning: &NodeTuning,
+) -> Result<Option<crate::auth::Users>, NodeError> {
+    let Some(system) = system else {
+        return Ok(None);
+    };
     crate::auth::Users::new(system, tuning.users)
         .map(Some)
         .map_err(|e| NodeError::Auth(e.to_string()))
@@ -717,36 +728,16 @@ async fn bootstrap_admin(
     }
 }
 
-/// Hand the registry (when the node runs one) its system keyspace: read
-/// from this replica, written through the coordinator.
-fn attach_registry<S, T, H, L>(
-    me: &NodeId,
-    parts: &NodeParts<S, T, H, L>,
-    coordinator: &Arc<NodeCoordinator<S, T, H>>,
-    keyspaces: &Arc<RwLock<BTreeMap<String, KeyspaceConfig>>>,
-    tuning: &NodeTuning,
-) where
-    S: LocalStore + Clone,
-    T: GossipTransport,
-    H: HintQueue + HintSink,
-{
+/// Hand the registry (when the node runs one) its system keyspace.
+fn attach_registry(system: Option<SystemKeyspace>, tuning: &NodeTuning) {
     let Some(registry) = &tuning.registry else {
         return;
     };
-    let Some(reads) = &parts.blocking_reads else {
+    let Some(system) = system else {
         tracing::warn!("this node's store has no blocking reads; it serves no registry");
         return;
     };
-    let writer: Arc<dyn SystemWriter> = coordinator.clone();
-    registry.attach(SystemKeyspace::new(
-        me.clone(),
-        REGISTRY_KEYSPACE,
-        reads,
-        &writer,
-        coordinator.replica().system_applies().clone(),
-        keyspaces.clone(),
-        &tuning.limits,
-    ));
+    registry.attach(system);
 }
 
 impl<S, T, H> RunningNode<S, T, H>
