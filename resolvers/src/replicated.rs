@@ -24,8 +24,8 @@
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use isthmus_core::model::{Version, VersionSet};
-use isthmus_core::system_keyspace::SystemKeyspace;
+use isthmus_core::model::VersionSet;
+use isthmus_core::system_keyspace::{SystemKeyspace, latest};
 
 use crate::registry::{Entry, RecordsError, RegistryRecords};
 
@@ -41,14 +41,7 @@ pub struct RegistryKeyspace {
 /// The value a replica's set of a registry key reads as: the latest
 /// version by `(timestamp, digest)`; `None` when absent or deleted.
 pub fn resolve(set: &VersionSet) -> Option<Vec<u8>> {
-    let latest = match set.versions() {
-        [] => return None,
-        [only] => only,
-        many => many
-            .iter()
-            .max_by_key(|v: &&Version| (v.timestamp_ms, v.digest()))?,
-    };
-    latest.value_bytes().map(<[u8]>::to_vec)
+    latest(set)?.value_bytes().map(<[u8]>::to_vec)
 }
 
 fn failed(e: impl std::fmt::Display) -> RecordsError {
