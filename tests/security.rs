@@ -51,6 +51,12 @@ fn node_identity(node_id: &str, dc: &str) -> CertIdentity {
     }
 }
 
+/// A day-long certificate from `ca` naming node `node_id` of `dc`.
+fn node_cert(ca: &Ca, node_id: &str, dc: &str) -> Issued {
+    ca.issue(&node_identity(node_id, dc), &[], Validity::days(1))
+        .unwrap()
+}
+
 /// TLS material trusting `trusted`'s CA and presenting `own`.
 fn material(trusted: &Ca, own: Option<&Issued>) -> TlsMaterial {
     TlsMaterial::from_pem(
@@ -141,16 +147,12 @@ async fn peers_are_who_their_certificates_say_and_nobody_else() {
     );
 
     // A node certificate for one node, claiming to be another.
-    let intruder = ca
-        .issue(&node_identity("n9", "dc1"), &[], Validity::days(1))
-        .unwrap();
+    let intruder = node_cert(&ca, "n9", "dc1");
     refused_unauthenticated(&peer_channel(&addr, &material(&ca, Some(&intruder)), "dc2-n0").await);
 
     // A node certificate from another CA (naming a real node).
     let other_ca = Ca::new("other", Validity::days(1)).unwrap();
-    let foreign = other_ca
-        .issue(&node_identity("dc2-n0", "dc2"), &[], Validity::days(1))
-        .unwrap();
+    let foreign = node_cert(&other_ca, "dc2-n0", "dc2");
     refused_in_tls_or_handshake(
         &peer_channel(&addr, &material(&ca, Some(&foreign)), "dc2-n0").await,
     );
@@ -173,9 +175,7 @@ async fn peers_are_who_their_certificates_say_and_nobody_else() {
 
     // A node certificate of the right CA, for the node it claims: the
     // peer role works (the refusals above are not a broken listener).
-    let honest = ca
-        .issue(&node_identity("n9", "dc1"), &[], Validity::days(1))
-        .unwrap();
+    let honest = node_cert(&ca, "n9", "dc1");
     let channel = peer_channel(&addr, &material(&ca, Some(&honest)), "n9")
         .await
         .unwrap();
@@ -208,9 +208,7 @@ async fn a_bridge_batch_must_come_from_the_senders_datacenter() {
     let far = cluster.node(&cluster.node_id("dc2", 0)).addr.clone();
     // A real node certificate of dc1, used to pass a batch off as dc2's
     // own (or a third DC's).
-    let dc1_node = ca
-        .issue(&node_identity("n9", "dc1"), &[], Validity::days(1))
-        .unwrap();
+    let dc1_node = node_cert(&ca, "n9", "dc1");
     let channel = peer_channel(&far, &material(&ca, Some(&dc1_node)), "n9")
         .await
         .unwrap();
@@ -253,9 +251,7 @@ async fn the_dialer_refuses_a_node_other_than_the_one_it_dialled() {
     let ca = ca_of(&cluster);
     let n1 = cluster.node_id("dc1", 0);
     let addr = cluster.node(&n1).addr.clone();
-    let mine = ca
-        .issue(&node_identity("n9", "dc1"), &[], Validity::days(1))
-        .unwrap();
+    let mine = node_cert(&ca, "n9", "dc1");
     let transport =
         isthmus_core::transport::TcpTransport::new(isthmus_core::ring::NodeId("n9".into()), WAIT)
             .with_tls(material(&ca, Some(&mine)).client_config().unwrap());
@@ -280,8 +276,7 @@ async fn a_node_will_not_start_with_another_nodes_certificate() {
     let root = tempfile::tempdir().unwrap();
     let ca = Ca::new("t", Validity::days(1)).unwrap();
     ca.issued().write(root.path(), "ca").unwrap();
-    ca.issue(&node_identity("n2", "dc1"), &[], Validity::days(1))
-        .unwrap()
+    node_cert(&ca, "n2", "dc1")
         .write(root.path(), "n2")
         .unwrap();
     let mut config = isthmus_testkit::config::node("n3", "dc1", root.path().join("n3"));
@@ -663,6 +658,26 @@ async fn a_revoked_grant_and_a_new_password_take_effect_on_every_node() {
     })
     .await;
     eprintln!("a password change held on every node after {took:?}");
+
+    // Removal (a tombstone written through the coordinator): the user can
+    // log in nowhere.
+    let answer = admin_call(
+        &admin,
+        UserRequest::Remove {
+            name: "writer".into(),
+        },
+    )
+    .await;
+    assert_eq!(answer, ResponseBody::User(UserResponse::Done));
+    let took = everywhere(&cluster, "the removal", |addr| {
+        let cluster = &cluster;
+        async move {
+            let login = login(cluster, &addr, creds("writer", "writer-password-2")).await;
+            matches!(login, Err(ClientError::Unauthenticated { .. }))
+        }
+    })
+    .await;
+    eprintln!("a removed user was refused on every node after {took:?}");
     cluster.shutdown().await;
 }
 
@@ -766,9 +781,7 @@ async fn certificates_rotate_to_a_new_ca_while_writes_go_on_and_nothing_is_lost(
     writer.await.unwrap();
     // The old CA's certificates are refused now.
     let old_ca = Ca::load(&old_dir).unwrap();
-    let stale = old_ca
-        .issue(&node_identity("n9", "dc1"), &[], Validity::days(1))
-        .unwrap();
+    let stale = node_cert(&old_ca, "n9", "dc1");
     let addr = cluster.node(&ids[0]).addr.clone();
     let trusting_new = TlsMaterial::from_pem(
         new_ca.issued().cert_pem.as_bytes(),

@@ -159,44 +159,44 @@ async fn expect_connection_error(s: &mut TcpStream, code: ErrorCode) {
 
 /// Reads the refusal a node answers a handshake with, then checks that
 /// the node closed.
-async fn expect_handshake_refusal(s: &mut TcpStream, code: ErrorCode) {
-    let frame = tokio::time::timeout(Duration::from_secs(5), read_frame(s))
+/// The next frame from `s`, within five seconds.
+async fn next_frame(s: &mut TcpStream) -> Vec<u8> {
+    tokio::time::timeout(Duration::from_secs(5), read_frame(s))
         .await
         .unwrap()
-        .expect("a refusal frame");
-    let answer: HelloAnswer = isthmus_client::wire::decode(&frame).unwrap();
-    match answer {
-        Err(e) => assert_eq!(e.code, code),
-        Ok(ack) => panic!("expected refusal {code:?}, got {ack:?}"),
-    }
-    let mut rest = Vec::new();
-    let n = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest))
-        .await
-        .unwrap()
-        .unwrap_or(0);
-    assert_eq!(n, 0, "the node closes after refusing");
+        .expect("a frame")
 }
 
-async fn expect_connection_error_as<A: ReplyBody + std::fmt::Debug>(
-    s: &mut TcpStream,
-    code: ErrorCode,
-) {
-    let frame = tokio::time::timeout(Duration::from_secs(5), read_frame(s))
-        .await
-        .unwrap()
-        .expect("an error frame");
-    let reply: Reply<A> = isthmus_client::wire::decode(&frame).unwrap();
-    assert_eq!(reply.id, CONNECTION_ERROR_ID);
-    match reply.body.into_result() {
-        Err(e) => assert_eq!(e.code, code),
-        Ok(other) => panic!("expected error {code:?}, got {other:?}"),
-    }
+/// The node closes `s` (nothing more comes) within five seconds.
+async fn expect_closed(s: &mut TcpStream) {
     let mut rest = Vec::new();
     let n = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest))
         .await
         .unwrap()
         .unwrap_or(0);
     assert_eq!(n, 0, "the node must close the connection after the error");
+}
+
+async fn expect_handshake_refusal(s: &mut TcpStream, code: ErrorCode) {
+    let answer: HelloAnswer = isthmus_client::wire::decode(&next_frame(s).await).unwrap();
+    match answer {
+        Err(e) => assert_eq!(e.code, code),
+        Ok(ack) => panic!("expected refusal {code:?}, got {ack:?}"),
+    }
+    expect_closed(s).await;
+}
+
+async fn expect_connection_error_as<A: ReplyBody + std::fmt::Debug>(
+    s: &mut TcpStream,
+    code: ErrorCode,
+) {
+    let reply: Reply<A> = isthmus_client::wire::decode(&next_frame(s).await).unwrap();
+    assert_eq!(reply.id, CONNECTION_ERROR_ID);
+    match reply.body.into_result() {
+        Err(e) => assert_eq!(e.code, code),
+        Ok(other) => panic!("expected error {code:?}, got {other:?}"),
+    }
+    expect_closed(s).await;
 }
 
 #[tokio::test]
