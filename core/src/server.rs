@@ -460,7 +460,9 @@ where
         };
         let deadline =
             Duration::from_millis(u64::from(request.timeout_ms)).min(config.request_deadline_max);
-        let work = serve(request.body, deadline);
+        // Boxed: a handler's future is large, and moving it by value into
+        // the task would copy all of it for every request.
+        let work = Box::pin(serve(request.body, deadline));
         let tx = tx.clone();
         requests.spawn(async move {
             let body = match tokio::time::timeout(deadline, work).await {
