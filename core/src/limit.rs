@@ -69,6 +69,13 @@ pub const SIBLINGS_MAX_DEFAULT: usize = 16;
 /// client's copy of a clock; real ones hold a few entries per actor).
 pub const CONTEXT_ENTRIES_MAX: usize = 4096;
 
+/// Largest event counter accepted in a client's context. An actor's
+/// counter for a key grows by one per write it coordinates for that key,
+/// so a real history stays far below (2^53 writes of one key through one
+/// node); the bound keeps a forged context from pushing any actor's next
+/// counter to overflow.
+pub const CONTEXT_COUNTER_MAX: u64 = 1 << 53;
+
 /// Longest datacenter name accepted in a node's configuration, in bytes
 /// (every version carries its origin datacenter's name).
 pub const DC_NAME_BYTES_MAX: usize = 128;

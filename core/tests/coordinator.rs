@@ -462,3 +462,37 @@ async fn siblings_of_a_resolver_keyspace_merge_to_the_same_bytes_everywhere() {
         "replicas differ: {copies:?}"
     );
 }
+
+#[tokio::test]
+async fn a_context_naming_events_the_replica_never_issued_is_refused_and_the_key_stays_writable() {
+    let c = cluster(3, 3, Arc::new(NoMerge), Limits::default());
+    c.put(&n(0), b"k", b"v1", Clock::new(), 1).await.unwrap();
+    let read = c.get(&n(0), "plain", b"k").await;
+    // n0 (actor 100) issued the key's only event so far.
+    assert_eq!(read.lub().max_counter(Actor(100)), 1);
+    // Contexts naming later events of n0's actor: one just ahead, and the
+    // largest counter there is (the next event would wrap to 0).
+    for forged in [2, 1_000, u64::MAX] {
+        let context = Clock::from_parts([(Actor(100), forged)], []);
+        match c.put(&n(0), b"k", b"forged", context, 2).await {
+            Err(e @ CoordinatorError::InvalidContext { .. }) => {
+                assert_eq!(e.to_wire().code, ErrorCode::InvalidContext);
+                assert!(!e.to_wire().code.is_retryable());
+            }
+            other => panic!("a context naming event {forged} was not refused: {other:?}"),
+        }
+    }
+    // Nothing of the refused writes was stored, and the key still takes
+    // writes: a blind write becomes a sibling, a write over the read
+    // context supersedes both.
+    c.put(&n(0), b"k", b"v2", Clock::new(), 3).await.unwrap();
+    let read = c.get(&n(1), "plain", b"k").await;
+    let mut got = values(&read);
+    got.sort();
+    assert_eq!(got, vec![b"v1".to_vec(), b"v2".to_vec()]);
+    c.put(&n(0), b"k", b"v3", read.lub(), 4).await.unwrap();
+    assert_eq!(
+        values(&c.get(&n(2), "plain", b"k").await),
+        vec![b"v3".to_vec()]
+    );
+}

@@ -547,6 +547,12 @@ pub enum ErrorCode {
     /// The authenticated user lacks the permission the request needs. Not
     /// retryable.
     Forbidden,
+    /// The write's causal context is not one a read of the key returned:
+    /// it names events the key's replica never issued, or counters past
+    /// what a real history reaches (2^53). Read the key again and write
+    /// over that context. Not retryable. (Appended last: codes are encoded
+    /// by position.)
+    InvalidContext,
 }
 
 impl ErrorCode {
@@ -572,6 +578,7 @@ impl ErrorCode {
             ErrorCode::ReplyTooLarge => "REPLY_TOO_LARGE",
             ErrorCode::Unauthenticated => "UNAUTHENTICATED",
             ErrorCode::Forbidden => "FORBIDDEN",
+            ErrorCode::InvalidContext => "INVALID_CONTEXT",
         }
     }
 

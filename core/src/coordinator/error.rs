@@ -21,6 +21,13 @@ pub enum CoordinatorError {
         /// What is wrong.
         reason: String,
     },
+    /// A write's context that no read of the key returned (see
+    /// [`ErrorCode::InvalidContext`]).
+    #[error("invalid context: {reason}")]
+    InvalidContext {
+        /// What is wrong with it.
+        reason: String,
+    },
     /// A size or sibling limit refused the write.
     #[error(transparent)]
     Limit(#[from] LimitError),
@@ -70,6 +77,7 @@ impl CoordinatorError {
             CoordinatorError::UnknownKeyspace { .. } | CoordinatorError::BadRequest { .. } => {
                 (ErrorCode::BadRequest, None)
             }
+            CoordinatorError::InvalidContext { .. } => (ErrorCode::InvalidContext, None),
             CoordinatorError::Limit(LimitError::KeyTooLarge { .. }) => {
                 (ErrorCode::KeyTooLarge, None)
             }

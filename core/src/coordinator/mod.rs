@@ -8,6 +8,10 @@
 //! replica reads its set, returns the stored version if the client's write
 //! id is already there (a retry), checks the sibling bound, builds the new
 //! version (the client's context plus one new dot), and applies it locally.
+//! The replica issues its own actor's dots for the key, so it knows all of
+//! them: a context naming a later one did not come from a read and is
+//! refused (`INVALID_CONTEXT`); other actors' counters in a context are
+//! bounded when it is decoded, so no counter can be pushed to overflow.
 //! It then sends the version to the level's targets ([`target::targets`]),
 //! answers the client when the [`QuorumTracker`] says the level is won (or
 //! lost, or the deadline passed), and keeps delivering to the rest in the
@@ -334,12 +338,28 @@ impl<S: LocalStore, T: Transport, H: HintSink> Coordinator<S, T, H> {
             // stored version again rather than adding a sibling.
             return Ok(stored.clone());
         }
+        // This replica issues its actor's events for the key, so it knows
+        // every one of them: a context naming a later one did not come
+        // from a read of the key. (Events of other actors may not have
+        // reached this replica yet; their counters are only bounded, by
+        // `decode_context`.)
         let actor = self.config.actor;
-        let counter = current
-            .lub()
-            .max_counter(actor)
-            .max(write.context.max_counter(actor))
-            + 1;
+        let issued = current.lub().max_counter(actor);
+        let claimed = write.context.max_counter(actor);
+        if claimed > issued {
+            return Err(CoordinatorError::InvalidContext {
+                reason: format!(
+                    "it names event {claimed} of {}'s actor for this key, which has issued {issued}; \
+                     write over a context a read of the key returned",
+                    self.config.node
+                ),
+            });
+        }
+        let counter = issued
+            .checked_add(1)
+            .ok_or_else(|| CoordinatorError::InvalidContext {
+                reason: "the key's event counter of this replica is exhausted".into(),
+            })?;
         let mut clock = write.context.clone();
         clock.add_dot(Dot { actor, counter });
         let remaining = current

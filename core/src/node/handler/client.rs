@@ -9,9 +9,10 @@ use isthmus_client::wire::{
 };
 
 use super::{NodeHandler, bad_request};
+use crate::coordinator::CoordinatorError;
 use crate::gossip::service::GossipTransport;
 use crate::hints::{HintQueue, HintSink};
-use crate::limit::CONTEXT_ENTRIES_MAX;
+use crate::limit::{CONTEXT_COUNTER_MAX, CONTEXT_ENTRIES_MAX};
 use crate::model::{Clock, Consistency, DcName, VersionSet};
 use crate::node::movement::Left;
 use crate::node::status;
@@ -35,17 +36,29 @@ pub struct Write {
     pub write_id: WriteId,
 }
 
-/// Decode a client's context: postcard of a [`Clock`], bounded.
-pub fn decode_context(context: &Context) -> Result<Clock, String> {
+/// Decode a client's context: postcard of a [`Clock`], bounded in entries
+/// ([`CONTEXT_ENTRIES_MAX`]) and counters ([`CONTEXT_COUNTER_MAX`]).
+pub fn decode_context(context: &Context) -> Result<Clock, CoordinatorError> {
+    let invalid = |reason: String| CoordinatorError::InvalidContext { reason };
     if context.0.is_empty() {
         return Ok(Clock::new());
     }
-    let clock: Clock = decode(&context.0).map_err(|e| format!("undecodable context: {e}"))?;
+    let clock: Clock =
+        decode(&context.0).map_err(|e| invalid(format!("undecodable context: {e}")))?;
     if clock.entry_count() > CONTEXT_ENTRIES_MAX {
-        return Err(format!(
+        return Err(invalid(format!(
             "context of {} entries exceeds {CONTEXT_ENTRIES_MAX}",
             clock.entry_count()
-        ));
+        )));
+    }
+    let counters = clock
+        .vector()
+        .values()
+        .chain(clock.dots().iter().map(|d| &d.counter));
+    if let Some(counter) = counters.copied().find(|&c| c > CONTEXT_COUNTER_MAX) {
+        return Err(invalid(format!(
+            "context names event {counter}, past the {CONTEXT_COUNTER_MAX} a real history reaches"
+        )));
     }
     // Re-normalise: a hand-made context must not carry a clock that absorb
     // would never build.
@@ -131,7 +144,7 @@ where
 {
     let clock = match decode_context(&write.context) {
         Ok(c) => c,
-        Err(e) => return bad_request(e),
+        Err(e) => return ResponseBody::Error(e.to_wire()),
     };
     let level = node.level(&write.keyspace, write.consistency);
     let result = node
