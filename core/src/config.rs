@@ -139,6 +139,17 @@ pub struct NodeConfig {
     /// Client authentication.
     #[serde(default)]
     pub auth: AuthSection,
+    /// How far in the future, by this node's clock, a version written
+    /// elsewhere may be stamped before this node refuses it (`CLOCK_SKEW`).
+    /// A node whose clock runs ahead would otherwise win last-writer-wins
+    /// against every concurrent write; one whose clock runs behind finds
+    /// its replicas refusing what it sends. Keep clocks in sync with NTP.
+    #[serde(default = "default_clock_skew_max_ms")]
+    pub clock_skew_max_ms: u64,
+}
+
+fn default_clock_skew_max_ms() -> u64 {
+    crate::limit::CLOCK_SKEW_MAX_MS_DEFAULT
 }
 
 /// The `[auth]` table: who may connect as a client.
@@ -318,6 +329,12 @@ impl NodeConfig {
                 "must be at least 1 with fsync = \"interval\"",
             ));
         }
+        if self.clock_skew_max_ms < 100 {
+            return Err(invalid(
+                "clock_skew_max_ms",
+                "must be at least 100: the delay of a message between nodes counts against it",
+            ));
+        }
         if let Some(proxy) = &self.wan_proxy {
             proxy
                 .parse::<SocketAddr>()
@@ -407,6 +424,7 @@ mod tests {
 
     fn base() -> NodeConfig {
         NodeConfig {
+            clock_skew_max_ms: crate::limit::CLOCK_SKEW_MAX_MS_DEFAULT,
             node_id: "n1".into(),
             dc: "dc1".into(),
             rack: "r1".into(),

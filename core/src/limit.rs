@@ -69,6 +69,11 @@ pub const SIBLINGS_MAX_DEFAULT: usize = 16;
 /// client's copy of a clock; real ones hold a few entries per actor).
 pub const CONTEXT_ENTRIES_MAX: usize = 4096;
 
+/// Default of a node's `clock_skew_max_ms`: how far in the future, by the
+/// receiving node's clock, a version may be stamped. NTP keeps clocks
+/// within milliseconds; a clock off by this much is broken.
+pub const CLOCK_SKEW_MAX_MS_DEFAULT: u64 = 30_000;
+
 /// Largest event counter accepted in a client's context. An actor's
 /// counter for a key grows by one per write it coordinates for that key,
 /// so a real history stays far below (2^53 writes of one key through one
@@ -231,6 +236,19 @@ pub enum LimitError {
         count: usize,
         /// Configured maximum.
         max: usize,
+    },
+    /// A version is stamped further in the future than the node's
+    /// `clock_skew_max_ms` allows: it would win last-writer-wins against
+    /// every concurrent write until the clocks caught up.
+    #[error(
+        "a version is stamped {ahead_ms} ms ahead of this node's clock, more than the {max_ms} ms \
+         clock_skew_max_ms allows: a node's clock is off"
+    )]
+    TimestampAhead {
+        /// How far ahead of the receiver's clock.
+        ahead_ms: u64,
+        /// The node's bound.
+        max_ms: u64,
     },
 }
 

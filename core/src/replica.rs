@@ -14,11 +14,13 @@ use parking_lot::RwLock;
 use tokio::sync::{Mutex, MutexGuard};
 
 use crate::bridge::Entries;
+use crate::limit::LimitError;
 use crate::merge::{MergeHook, merge_into};
 use crate::model::{Absorbed, KeyspaceConfig, Version, VersionSet, key_hash};
 use crate::repair::server::Absorb;
 use crate::store::{LocalStore, StoreError};
 use crate::system_keyspace;
+use crate::wall_clock::now_ms;
 
 /// Key locks: writes to one key serialise their read-issue-apply step,
 /// and concurrent deliveries to one key merge one after another.
@@ -31,6 +33,7 @@ pub struct Replica<S> {
     keyspaces: Arc<RwLock<BTreeMap<String, KeyspaceConfig>>>,
     key_locks: Vec<Mutex<()>>,
     system_applies: Arc<AtomicU64>,
+    clock_skew_max_ms: u64,
 }
 
 /// A key's lock, held: reads and applies of that key by the holder.
@@ -42,11 +45,14 @@ pub struct LockedKey<'a, S> {
 
 impl<S: LocalStore> Replica<S> {
     /// A replica over `store`, merging with `merge` (or the keyspace's
-    /// configured resolver, when the hook does not know the keyspace).
+    /// configured resolver, when the hook does not know the keyspace),
+    /// refusing versions stamped more than `clock_skew_max_ms` ahead of
+    /// this node's clock.
     pub fn new(
         store: S,
         merge: Arc<dyn MergeHook>,
         keyspaces: Arc<RwLock<BTreeMap<String, KeyspaceConfig>>>,
+        clock_skew_max_ms: u64,
     ) -> Self {
         Replica {
             store,
@@ -54,6 +60,27 @@ impl<S: LocalStore> Replica<S> {
             keyspaces,
             key_locks: (0..KEY_LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
             system_applies: Arc::default(),
+            clock_skew_max_ms,
+        }
+    }
+
+    /// Refuse versions stamped further ahead of this node's clock than
+    /// the bound: they would win last-writer-wins against every
+    /// concurrent write until the clocks caught up.
+    fn check_clock<'a>(
+        &self,
+        versions: impl IntoIterator<Item = &'a Version>,
+    ) -> Result<(), StoreError> {
+        let latest = versions.into_iter().map(|v| v.timestamp_ms).max();
+        let now = now_ms();
+        match latest {
+            Some(at) if at > now.saturating_add(self.clock_skew_max_ms) => {
+                Err(StoreError::Limit(LimitError::TimestampAhead {
+                    ahead_ms: at - now,
+                    max_ms: self.clock_skew_max_ms,
+                }))
+            }
+            _ => Ok(()),
         }
     }
 
@@ -109,18 +136,22 @@ impl<S: LocalStore> Replica<S> {
     /// keyspace's resolver merge any siblings. A failed merge keeps the
     /// siblings (and is counted by the hook). Holds the key's lock, so the
     /// last of concurrent deliveries to one key sees every sibling.
+    /// Versions stamped too far ahead of this node's clock are refused
+    /// (`LimitError::TimestampAhead`), the whole delivery with them.
     pub async fn apply(
         &self,
         keyspace: &str,
         key: &[u8],
         versions: Vec<Version>,
     ) -> Result<(), StoreError> {
+        self.check_clock(&versions)?;
         self.lock(key).await.apply(keyspace, versions).await
     }
 
     /// Absorb many keys' versions: one engine batch, or key by key (each
     /// merged) when the keyspace has a resolver.
     pub async fn apply_many(&self, keyspace: &str, entries: Entries) -> Result<(), StoreError> {
+        self.check_clock(entries.iter().flat_map(|(_, versions)| versions))?;
         if self.has_resolver(keyspace) {
             for (key, versions) in entries {
                 self.apply(keyspace, &key, versions).await?;

@@ -30,6 +30,9 @@ type Node = Coordinator<MemStore, Net, Hints>;
 struct Net {
     nodes: RwLock<HashMap<NodeId, Arc<Node>>>,
     down: RwLock<BTreeSet<NodeId>>,
+    /// Added to the timestamp of every version a node sends another: the
+    /// senders' clocks run this far ahead of the receivers'.
+    ahead_ms: std::sync::atomic::AtomicU64,
 }
 
 impl Transport for Net {
@@ -47,6 +50,13 @@ impl Transport for Net {
             self.nodes.read().get(to).cloned()
         };
         let to = to.clone();
+        let ahead_ms = self.ahead_ms.load(std::sync::atomic::Ordering::Relaxed);
+        let mut request = request;
+        if let PeerRequest::Apply { versions, .. } = &mut request {
+            for v in versions {
+                v.timestamp_ms += ahead_ms;
+            }
+        }
         let call: std::pin::Pin<Box<dyn std::future::Future<Output = _> + Send>> =
             Box::pin(async move {
                 match target {
@@ -150,6 +160,7 @@ fn cluster(nodes: usize, rf: u32, merge: Arc<dyn MergeHook>, limits: Limits) -> 
             dc: "dc1".into(),
             actor: Actor(100 + i as u64),
             limits: limits.clone(),
+            clock_skew_max_ms: isthmus_core::limit::CLOCK_SKEW_MAX_MS_DEFAULT,
         };
         let node = Coordinator::new(
             config,
@@ -495,4 +506,74 @@ async fn a_context_naming_events_the_replica_never_issued_is_refused_and_the_key
         values(&c.get(&n(2), "plain", b"k").await),
         vec![b"v3".to_vec()]
     );
+}
+
+fn stamped(value: &[u8], at: u64) -> Version {
+    let clock = Clock::from_parts(
+        [],
+        [isthmus_core::model::Dot {
+            actor: Actor(7),
+            counter: 1,
+        }],
+    );
+    Version::value(clock, value.to_vec(), at, "dc1".into())
+}
+
+#[tokio::test]
+async fn versions_stamped_past_the_clock_skew_bound_are_refused() {
+    let c = cluster(3, 3, Arc::new(NoMerge), Limits::default());
+    let now = isthmus_core::wall_clock::now_ms();
+    let bound = isthmus_core::limit::CLOCK_SKEW_MAX_MS_DEFAULT;
+    let node = c.node(&n(1));
+    // An hour ahead, alone or in a batch with honest versions: refused,
+    // typed, and nothing of it stored.
+    let ahead = stamped(b"future", now + 3_600_000);
+    let refusals = [
+        PeerRequest::Apply {
+            keyspace: "plain".into(),
+            key: b"k".to_vec(),
+            versions: vec![ahead.clone()],
+            hint_for: None,
+        },
+        PeerRequest::ApplyBatch {
+            keyspace: "plain".into(),
+            entries: vec![
+                (b"j".to_vec(), vec![stamped(b"honest", now)]),
+                (b"k".to_vec(), vec![ahead]),
+            ],
+        },
+    ];
+    for request in refusals {
+        match node.serve_peer(request, DEADLINE).await {
+            PeerResponse::Error(e) => assert_eq!(e.code, ErrorCode::ClockSkew, "{e:?}"),
+            other => panic!("a version an hour ahead was taken: {other:?}"),
+        }
+    }
+    for key in [&b"j"[..], b"k"] {
+        assert!(c.stores[&n(1)].get("plain", key).await.unwrap().is_empty());
+    }
+    // Within the bound (a clock a little ahead, a message in flight): taken.
+    let near = stamped(b"near", now + bound / 2);
+    let answer = node
+        .serve_peer(
+            PeerRequest::Apply {
+                keyspace: "plain".into(),
+                key: b"k".to_vec(),
+                versions: vec![near],
+                hint_for: None,
+            },
+            DEADLINE,
+        )
+        .await;
+    assert!(matches!(answer, PeerResponse::Applied), "{answer:?}");
+
+    // A coordinator whose clock runs an hour ahead of its peers': its
+    // write fails with the replicas' reason, not a bare count.
+    c.net
+        .ahead_ms
+        .store(3_600_000, std::sync::atomic::Ordering::Relaxed);
+    match c.put(&n(0), b"m", b"v", Clock::new(), 1).await {
+        Err(e) => assert_eq!(e.to_wire().code, ErrorCode::ClockSkew, "{e:?}"),
+        Ok(()) => panic!("a write stamped an hour ahead reached a quorum"),
+    }
 }

@@ -17,6 +17,7 @@ use isthmus_core::worker::WorkerState;
 async fn every_loop_is_a_named_worker_with_a_status() {
     let dir = tempfile::tempdir().unwrap();
     let config = NodeConfig {
+        clock_skew_max_ms: isthmus_core::limit::CLOCK_SKEW_MAX_MS_DEFAULT,
         node_id: "n1".into(),
         dc: "dc1".into(),
         rack: "r1".into(),

@@ -26,6 +26,7 @@ use isthmus_core::gossip::service::GossipConfig;
 /// `tls`).
 pub fn node(id: &str, dc: &str, data_dir: PathBuf) -> NodeConfig {
     NodeConfig {
+        clock_skew_max_ms: isthmus_core::limit::CLOCK_SKEW_MAX_MS_DEFAULT,
         node_id: id.to_owned(),
         dc: dc.to_owned(),
         rack: "r0".into(),

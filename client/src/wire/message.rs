@@ -553,6 +553,10 @@ pub enum ErrorCode {
     /// over that context. Not retryable. (Appended last: codes are encoded
     /// by position.)
     InvalidContext,
+    /// A version is stamped further ahead of the receiving node's clock
+    /// than its `clock_skew_max_ms`: one of the two clocks is off. Fix the
+    /// clock (NTP); the same version is refused until then.
+    ClockSkew,
 }
 
 impl ErrorCode {
@@ -579,6 +583,7 @@ impl ErrorCode {
             ErrorCode::Unauthenticated => "UNAUTHENTICATED",
             ErrorCode::Forbidden => "FORBIDDEN",
             ErrorCode::InvalidContext => "INVALID_CONTEXT",
+            ErrorCode::ClockSkew => "CLOCK_SKEW",
         }
     }
 

@@ -87,6 +87,9 @@ impl CoordinatorError {
             CoordinatorError::Limit(LimitError::TooManySiblings { .. }) => {
                 (ErrorCode::TooManySiblings, None)
             }
+            CoordinatorError::Limit(LimitError::TimestampAhead { .. }) => {
+                (ErrorCode::ClockSkew, None)
+            }
             CoordinatorError::Unavailable { required, alive } => (
                 ErrorCode::Unavailable,
                 Some(AckCount {

@@ -83,6 +83,9 @@ pub struct CoordinatorConfig {
     pub actor: Actor,
     /// Size and sibling limits.
     pub limits: Limits,
+    /// How far in the future, by this node's clock, a version received
+    /// from elsewhere may be stamped (the node's `clock_skew_max_ms`).
+    pub clock_skew_max_ms: u64,
 }
 
 /// Serves client requests for one node, over its [`Replica`].
@@ -127,9 +130,10 @@ impl<S: LocalStore, T: Transport, H: HintSink> Coordinator<S, T, H> {
         keyspaces: Arc<RwLock<BTreeMap<String, KeyspaceConfig>>>,
         view: watch::Receiver<Arc<ClusterView>>,
     ) -> Self {
+        let replica = Replica::new(store, merge, keyspaces.clone(), config.clock_skew_max_ms);
         Coordinator {
             config,
-            replica: Arc::new(Replica::new(store, merge, keyspaces.clone())),
+            replica: Arc::new(replica),
             transport,
             hints,
             keyspaces,
@@ -521,7 +525,8 @@ impl<S: LocalStore, T: Transport, H: HintSink> Coordinator<S, T, H> {
             .chain(pending.into_iter().map(|n| (n, local.clone())))
             .filter(|(n, _)| *n != self.config.node)
             .collect();
-        let (tx, mut rx) = mpsc::channel::<(NodeId, bool)>(sends.len().max(1));
+        let (tx, mut rx) =
+            mpsc::channel::<(NodeId, Result<(), Option<WireError>>)>(sends.len().max(1));
         for (node, dc) in sends {
             let tx = tx.clone();
             let (transport, hints) = (self.transport.clone(), self.hints.clone());
@@ -529,7 +534,7 @@ impl<S: LocalStore, T: Transport, H: HintSink> Coordinator<S, T, H> {
             let alive = view.alive.contains(&node);
             let hint = self.bridge.is_none() || dc == self.config.dc;
             tokio::spawn(async move {
-                let delivered = alive && {
+                let delivered = if alive {
                     let request = PeerRequest::Apply {
                         keyspace: keyspace.clone(),
                         key: key.clone(),
@@ -537,14 +542,20 @@ impl<S: LocalStore, T: Transport, H: HintSink> Coordinator<S, T, H> {
                         hint_for: None,
                     };
                     match transport.call(&node, request, deadline).await {
-                        Ok(PeerResponse::Applied) => true,
+                        Ok(PeerResponse::Applied) => Ok(()),
+                        Ok(PeerResponse::Error(refusal)) => {
+                            tracing::debug!(%node, refusal = %refusal.message, "a replica refused a write");
+                            Err(Some(refusal))
+                        }
                         other => {
                             tracing::debug!(%node, answer = ?other, "a replica missed a write");
-                            false
+                            Err(None)
                         }
                     }
+                } else {
+                    Err(None)
                 };
-                if !delivered
+                if delivered.is_err()
                     && hint
                     && let Err(e) = hints.add(&node, &keyspace, &key, versions).await
                 {
@@ -554,26 +565,34 @@ impl<S: LocalStore, T: Transport, H: HintSink> Coordinator<S, T, H> {
             });
         }
         drop(tx);
+        // A replica's refusal for a clock off beyond the bound is what the
+        // client should hear when the level is lost, not a bare count.
+        let mut skew: Option<(NodeId, WireError)> = None;
         let outcome = tokio::time::timeout(deadline, async {
             let mut outcome = tracker.outcome();
             while outcome == Outcome::Pending {
-                let Some((node, ok)) = rx.recv().await else {
+                let Some((node, delivered)) = rx.recv().await else {
                     break;
                 };
-                outcome = if ok {
-                    tracker.ack(&node)
-                } else {
-                    tracker.fail(&node)
+                outcome = match delivered {
+                    Ok(()) => tracker.ack(&node),
+                    Err(refusal) => {
+                        if let Some(e) = refusal.filter(|e| e.code == ErrorCode::ClockSkew) {
+                            skew = Some((node.clone(), e));
+                        }
+                        tracker.fail(&node)
+                    }
                 };
             }
             outcome
         })
         .await;
         let (required, acked) = (tracker.required() as u32, tracker.acked() as u32);
-        match outcome {
-            Ok(Outcome::Won) => Ok(()),
-            Ok(_) => Err(CoordinatorError::QuorumLost { required, acked }),
-            Err(_) => Err(CoordinatorError::Timeout { required, acked }),
+        match (outcome, skew) {
+            (Ok(Outcome::Won), _) => Ok(()),
+            (Ok(_), Some((node, error))) => Err(CoordinatorError::Peer { node, error }),
+            (Ok(_), None) => Err(CoordinatorError::QuorumLost { required, acked }),
+            (Err(_), _) => Err(CoordinatorError::Timeout { required, acked }),
         }
     }
 

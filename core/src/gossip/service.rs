@@ -600,6 +600,7 @@ mod tests {
                 dc: "dc1".into(),
                 actor: Actor(1),
                 limits: Limits::default(),
+                clock_skew_max_ms: crate::limit::CLOCK_SKEW_MAX_MS_DEFAULT,
             },
             MemStore::new(),
             Arc::new(Silent),

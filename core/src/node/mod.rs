@@ -396,6 +396,7 @@ where
         dc: dc.clone(),
         actor: parts.actor,
         limits: tuning.limits.clone(),
+        clock_skew_max_ms: config.clock_skew_max_ms,
     };
     let coordinator = coordinator(identity, &parts, merge, &keyspaces, &view, bridge);
     let system = |name| system_keyspace(name, &me, &parts, &coordinator, &keyspaces, &tuning);

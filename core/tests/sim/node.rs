@@ -303,6 +303,7 @@ impl Cluster {
 /// node, addressed by host name, with the cluster's keyspaces.
 fn config(cluster: &Cluster, spec: &NodeSpec) -> NodeConfig {
     NodeConfig {
+        clock_skew_max_ms: isthmus_core::limit::CLOCK_SKEW_MAX_MS_DEFAULT,
         node_id: spec.name.clone(),
         dc: spec.dc.0.clone(),
         rack: spec.rack.clone(),
