@@ -197,6 +197,11 @@ struct MemState {
     eager_removals: bool,
     /// Count of successful file syncs (tests check group commit with it).
     syncs: u64,
+    /// Bytes appends may still add before the disk is full (`None`:
+    /// unlimited). An append past it writes what fits and fails.
+    space: Option<u64>,
+    /// Fail the next truncate with an IO error.
+    fail_truncate: bool,
 }
 
 /// An in-memory, fault-injecting file system for tests (see module docs).
@@ -268,6 +273,19 @@ impl MemFs {
         self.state.lock().eager_removals = true;
     }
 
+    /// Let appends add `bytes` more before the disk is full (`None`: no
+    /// limit). An append that does not fit writes the part that fits and
+    /// fails with `StorageFull` (ENOSPC), as a write(2) that ran out of
+    /// space mid-way leaves a partial record.
+    pub fn set_space(&self, bytes: Option<u64>) {
+        self.state.lock().space = bytes;
+    }
+
+    /// Make the next truncate fail.
+    pub fn fail_next_truncate(&self) {
+        self.state.lock().fail_truncate = true;
+    }
+
     /// Number of successful file fsyncs so far.
     pub fn sync_count(&self) -> u64 {
         self.state.lock().syncs
@@ -325,9 +343,20 @@ impl MemFile {
 
 impl FsFile for MemFile {
     fn append(&self, buf: &[u8]) -> io::Result<()> {
-        let _st = self.check()?;
-        self.node.lock().current.extend_from_slice(buf);
-        Ok(())
+        let mut st = self.check()?;
+        match st.space {
+            Some(space) if (buf.len() as u64) > space => {
+                let fits = usize::try_from(space).unwrap_or(usize::MAX).min(buf.len());
+                self.node.lock().current.extend_from_slice(&buf[..fits]);
+                st.space = Some(0);
+                Err(io::Error::from(io::ErrorKind::StorageFull))
+            }
+            space => {
+                st.space = space.map(|s| s - buf.len() as u64);
+                self.node.lock().current.extend_from_slice(buf);
+                Ok(())
+            }
+        }
     }
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
         let _st = self.check()?;
@@ -354,7 +383,10 @@ impl FsFile for MemFile {
         Ok(())
     }
     fn truncate(&self, len: u64) -> io::Result<()> {
-        let _st = self.check()?;
+        let mut st = self.check()?;
+        if std::mem::take(&mut st.fail_truncate) {
+            return Err(io::Error::other("injected truncate failure"));
+        }
         let len = usize::try_from(len).map_err(|_| io::Error::other("length too large"))?;
         self.node.lock().current.truncate(len);
         Ok(())

@@ -1,7 +1,9 @@
 //! Durable hinted handoff: versions a replica could not take, kept by the
 //! coordinator until that replica returns.
 //!
-//! One append-only file per target node, `DIR/<node>.hints`, of records:
+//! One append-only file per target node, `DIR/<node>.hints` (the id with
+//! every byte outside `[A-Za-z0-9-]` written `_XX`, so no two ids share a
+//! file), of records:
 //!
 //! ```text
 //! [payload length: u32 LE][crc32c of payload: u32 LE][payload: postcard(HintRecord)]
@@ -12,7 +14,10 @@
 //! coordinator's power loss. Reading stops at a torn or corrupt record (the
 //! tail of a crash) and keeps what came before; opening the store cuts such
 //! a tail off, so hints appended afterwards stay readable. An append that
-//! fails is cut off too, so it cannot hide the ones after it. Hints are bounded twice: a
+//! fails is cut off too, so it cannot hide the ones after it (and if that
+//! cut fails, the next append makes it first or is refused). Replay reads
+//! a file a record at a time, resuming where the last round stopped.
+//! Hints are bounded twice: a
 //! *window* (hints older than it are dropped at replay: a replica down that
 //! long is repaired by anti-entropy instead, as in Cassandra) and a byte
 //! bound per target (past it new hints are refused and counted, never
@@ -149,8 +154,62 @@ pub struct HintFiles<F: Fs = StdFs> {
     fs: F,
     dir: PathBuf,
     config: HintConfig,
-    files: Mutex<BTreeMap<NodeId, Arc<Mutex<()>>>>,
+    files: Mutex<BTreeMap<NodeId, Arc<Mutex<TargetFile>>>>,
     stats: Arc<HintStats>,
+}
+
+/// What the store knows of one target's file, under that target's lock.
+#[derive(Debug, Default)]
+struct TargetFile {
+    /// The length of the file's acknowledged records, once an append set
+    /// it: bytes past it are what a failed append left, cut off before the
+    /// next append so they can never hide the records after them.
+    good_len: Option<u64>,
+    /// Records before this offset were delivered by an earlier replay
+    /// round (in memory only: after a restart replay starts over, which
+    /// changes nothing at the target).
+    replayed: u64,
+}
+
+/// A target's file name: its node id with every byte outside
+/// `[A-Za-z0-9-]` written as `_` and two hex digits, so that distinct ids
+/// never share a file and no id escapes the directory.
+fn file_stem(target: &NodeId) -> String {
+    let mut stem = String::with_capacity(target.0.len());
+    for b in target.0.bytes() {
+        if b.is_ascii_alphanumeric() || b == b'-' {
+            stem.push(char::from(b));
+        } else {
+            stem.push_str(&format!("_{b:02x}"));
+        }
+    }
+    stem
+}
+
+/// The node id a [`file_stem`] came from; `None` for a name it never
+/// produces (a file of an older release, which replaced every such byte
+/// by a bare `_`).
+fn parse_stem(stem: &str) -> Option<NodeId> {
+    let mut bytes = Vec::with_capacity(stem.len());
+    let mut rest = stem.as_bytes();
+    while let Some((&b, tail)) = rest.split_first() {
+        if b == b'_' {
+            let hex = std::str::from_utf8(tail.get(..2)?).ok()?;
+            let byte = u8::from_str_radix(hex, 16).ok()?;
+            if byte.is_ascii_alphanumeric() || byte == b'-' {
+                return None;
+            }
+            bytes.push(byte);
+            rest = &tail[2..];
+        } else if b.is_ascii_alphanumeric() || b == b'-' {
+            bytes.push(b);
+            rest = tail;
+        } else {
+            return None;
+        }
+    }
+    let id = String::from_utf8(bytes).ok()?;
+    (!id.is_empty() && !id.chars().any(char::is_control)).then_some(NodeId(id))
 }
 
 fn io_failed(path: &Path, e: std::io::Error) -> StoreError {
@@ -180,14 +239,35 @@ impl<F: Fs> HintStore<F> {
             files: Mutex::default(),
             stats: Arc::default(),
         };
-        for path in store.fs.list(dir).map_err(|e| io_failed(dir, e))? {
-            let Some(id) = path
+        for found in store.fs.list(dir).map_err(|e| io_failed(dir, e))? {
+            let Some(stem) = found
                 .file_name()
                 .and_then(|n| n.to_str())
                 .and_then(|n| n.strip_suffix(".hints"))
             else {
                 continue;
             };
+            let target = match parse_stem(stem) {
+                Some(target) => target,
+                None => {
+                    // An older release's name: the id as it was, with the
+                    // bytes it replaced read as `_`. Move it to its name.
+                    let target = NodeId(stem.to_owned());
+                    let path = store.path(&target);
+                    if store.fs.exists(&path) {
+                        tracing::warn!(file = %found.display(), "hint file of an older release \
+                            shadowed by a current one; left unreplayed");
+                        continue;
+                    }
+                    store
+                        .fs
+                        .rename(&found, &path)
+                        .and_then(|()| store.fs.sync_dir(dir))
+                        .map_err(|e| io_failed(&found, e))?;
+                    target
+                }
+            };
+            let path = store.path(&target);
             let bytes = store.fs.read_all(&path).map_err(|e| io_failed(&path, e))?;
             let (_, good) = decode_records(&bytes);
             if good < bytes.len() {
@@ -197,7 +277,7 @@ impl<F: Fs> HintStore<F> {
                     .and_then(|()| f.sync())
                     .map_err(|e| io_failed(&path, e))?;
             }
-            store.files.lock().entry(NodeId(id.to_owned())).or_default();
+            store.files.lock().entry(target).or_default();
         }
         Ok(HintStore(Arc::new(store)))
     }
@@ -210,22 +290,10 @@ impl<F: Fs> HintFiles<F> {
     }
 
     fn path(&self, target: &NodeId) -> PathBuf {
-        // Node ids are config strings; keep file names tame.
-        let safe: String = target
-            .0
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                    c
-                } else {
-                    '_'
-                }
-            })
-            .collect();
-        self.dir.join(format!("{safe}.hints"))
+        self.dir.join(format!("{}.hints", file_stem(target)))
     }
 
-    fn lock(&self, target: &NodeId) -> Arc<Mutex<()>> {
+    fn lock(&self, target: &NodeId) -> Arc<Mutex<TargetFile>> {
         self.files.lock().entry(target.clone()).or_default().clone()
     }
 
@@ -258,17 +326,27 @@ impl<F: Fs> HintFiles<F> {
             reason: e.to_string(),
         })?;
         let lock = self.lock(target);
-        let _guard = lock.lock();
+        let mut state = lock.lock();
         let path = self.path(target);
         let file = match self.fs.open(&path) {
             Ok(f) => Some(f),
             Err(e) if e.kind() == ErrorKind::NotFound => None,
             Err(e) => return Err(io_failed(&path, e)),
         };
-        let len = match &file {
+        let mut len = match &file {
             Some(f) => f.size().map_err(|e| io_failed(&path, e))?,
             None => 0,
         };
+        if let (Some(f), Some(good)) = (&file, state.good_len)
+            && len > good
+        {
+            // A failed append left part of a record that could not be cut
+            // then: cut it now, or refuse rather than append behind it.
+            f.truncate(good)
+                .and_then(|()| f.sync())
+                .map_err(|e| io_failed(&path, e))?;
+            len = good;
+        }
         if len + payload.len() as u64 + 8 > self.config.bytes_per_target_max {
             self.stats.refused.fetch_add(1, Ordering::Relaxed);
             return Err(StoreError::Failed {
@@ -296,11 +374,14 @@ impl<F: Fs> HintFiles<F> {
         };
         if let Err(e) = file.append(&buf).and_then(|()| file.sync()) {
             // Not acknowledged: cut it off, so a half-written record cannot
-            // hide the hints appended after it. Best effort; opening the
-            // store cuts any torn tail that remains.
+            // hide the hints appended after it. If the cut fails too, the
+            // next append cuts first (`good_len`), and opening the store
+            // cuts any torn tail that remains.
             let _ = file.truncate(len);
+            state.good_len = Some(len);
             return Err(io_failed(&path, e));
         }
+        state.good_len = Some(len + buf.len() as u64);
         self.stats.stored.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
@@ -317,42 +398,82 @@ impl<F: Fs> HintFiles<F> {
     }
 
     /// Hand every hint for `target` to `deliver` (oldest first, dropping
-    /// those past the window); delete the file only if all were delivered.
-    /// Returns how many were delivered.
+    /// those past the window), reading the file a record at a time from
+    /// where the last round stopped; delete the file only once all of it
+    /// was delivered. Returns how many were delivered.
     pub async fn replay<D, Fut>(&self, target: &NodeId, mut deliver: D) -> Result<usize, StoreError>
     where
         D: FnMut(HintRecord) -> Fut,
         Fut: Future<Output = bool>,
     {
         let lock = self.lock(target);
-        let records = self.read(target)?;
-        let processed = records.len();
+        let path = self.path(target);
+        let file = match self.fs.open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(io_failed(&path, e)),
+        };
+        let end = file.size().map_err(|e| io_failed(&path, e))?;
+        let mut at = lock.lock().replayed;
+        if at > end {
+            at = 0;
+        }
         let cutoff = now_ms().saturating_sub(self.config.window.as_millis() as u64);
         let mut delivered = 0;
-        for record in records {
+        while let Some((record, next)) =
+            read_record(&file, at, end).map_err(|e| io_failed(&path, e))?
+        {
             if record.created_ms < cutoff {
                 self.stats.expired.fetch_add(1, Ordering::Relaxed);
-                continue;
-            }
-            if !deliver(record).await {
+            } else if deliver(record).await {
+                delivered += 1;
+                self.stats.delivered.fetch_add(1, Ordering::Relaxed);
+            } else {
                 return Ok(delivered);
             }
-            delivered += 1;
-            self.stats.delivered.fetch_add(1, Ordering::Relaxed);
+            at = next;
+            lock.lock().replayed = at;
         }
-        // Everything went through: drop the file, unless new hints arrived
-        // meanwhile (then the next round replays them all again, harmlessly).
-        let _guard = lock.lock();
-        let path = self.path(target);
-        if self.read(target)?.len() == processed {
+        // Delivered up to `at`: drop the file if that is all of it; if new
+        // hints arrived meanwhile (or a torn record stops reading), the
+        // next round goes on from `at`.
+        let mut state = lock.lock();
+        if file.size().map_err(|e| io_failed(&path, e))? == at {
             match self.fs.remove(&path) {
                 Ok(()) => {}
                 Err(e) if e.kind() == ErrorKind::NotFound => {}
                 Err(e) => return Err(io_failed(&path, e)),
             }
+            *state = TargetFile::default();
         }
         Ok(delivered)
     }
+}
+
+/// The record at `at` of a file whose readable part ends at `end`, and
+/// the offset after it; `None` at the end or at a torn or corrupt record.
+fn read_record<H: FsFile>(
+    file: &H,
+    at: u64,
+    end: u64,
+) -> std::io::Result<Option<(HintRecord, u64)>> {
+    if at + 8 > end {
+        return Ok(None);
+    }
+    let mut header = [0u8; 8];
+    file.read_at(&mut header, at)?;
+    let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
+    let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
+    let next = at + 8 + len as u64;
+    if len > RECORD_BYTES_MAX || next > end {
+        return Ok(None);
+    }
+    let mut payload = vec![0u8; len];
+    file.read_at(&mut payload, at + 8)?;
+    if crc32c::crc32c(&payload) != crc {
+        return Ok(None);
+    }
+    Ok(postcard::from_bytes(&payload).ok().map(|r| (r, next)))
 }
 
 /// Decode records until the first torn or corrupt one; returns them and
@@ -542,11 +663,15 @@ mod tests {
         });
         assert_eq!(n.await.unwrap(), 2);
         assert_eq!(store.read(&target).unwrap().len(), 5);
-        let delivered = store.replay(&target, |_| async { true }).await.unwrap();
-        assert_eq!(delivered, 5);
+        // The next round goes on from the first undelivered hint.
+        let delivered = store.replay(&target, |r| {
+            seen.push(r.key[0]);
+            async { true }
+        });
+        assert_eq!(delivered.await.unwrap(), 3);
         assert!(store.read(&target).unwrap().is_empty());
         assert!(store.pending().is_empty());
-        assert_eq!(seen, vec![0, 1, 2]);
+        assert_eq!(seen, vec![0, 1, 2, 2, 3, 4]);
     }
 
     #[tokio::test]
@@ -690,6 +815,77 @@ mod tests {
         );
         store.add_blocking(&target, &record(2, now_ms())).unwrap();
         assert_eq!(store.stats().stored.load(Ordering::Relaxed), 2);
+        let fs = fs.crash();
+        drop(store);
+        let store = HintStore::open_with_fs(fs, dir(), HintConfig::default()).unwrap();
+        assert_eq!(keys(&store, &target), vec![0, 2]);
+    }
+
+    /// Ids that an older naming mapped to one file (`n.1`, `n_1`) keep
+    /// their own files, survive a reopen under their own ids, and none
+    /// escapes the directory.
+    #[test]
+    fn distinct_node_ids_never_share_a_hint_file() {
+        let fs = MemFs::new();
+        let ids = ["n.1", "n_1", "n/../1", "n1", "dc-1.n\u{e9}"].map(|s| NodeId(s.into()));
+        let store = HintStore::open_with_fs(fs.clone(), dir(), HintConfig::default()).unwrap();
+        for (i, id) in ids.iter().enumerate() {
+            store.add_blocking(id, &record(i as u8, now_ms())).unwrap();
+            assert_eq!(store.path(id).parent(), Some(dir()));
+        }
+        let fs = fs.crash();
+        drop(store);
+        let store = HintStore::open_with_fs(fs, dir(), HintConfig::default()).unwrap();
+        let mut pending: Vec<NodeId> = store.pending().into_iter().map(|(t, _)| t).collect();
+        pending.sort();
+        let mut want = ids.to_vec();
+        want.sort();
+        assert_eq!(pending, want);
+        for (i, id) in ids.iter().enumerate() {
+            assert_eq!(keys(&store, id), vec![i as u8], "{id}");
+        }
+    }
+
+    /// A file named by an older release (`dc1_n2` for node `dc1_n2`) is
+    /// found, moved to its current name and replayed to that node.
+    #[tokio::test]
+    async fn an_older_releases_hint_file_is_renamed_and_replayed() {
+        let fs = MemFs::new();
+        let target = NodeId("dc1_n2".into());
+        let store = HintStore::open_with_fs(fs.clone(), dir(), HintConfig::default()).unwrap();
+        store.add_blocking(&target, &record(7, now_ms())).unwrap();
+        let legacy = dir().join("dc1_n2.hints");
+        fs.rename(&store.path(&target), &legacy).unwrap();
+        fs.sync_dir(dir()).unwrap();
+        drop(store);
+        let store = HintStore::open_with_fs(fs.clone(), dir(), HintConfig::default()).unwrap();
+        assert!(!fs.exists(&legacy));
+        assert_eq!(store.pending().len(), 1);
+        let mut replayed = Vec::new();
+        let n = store.replay(&target, |r| {
+            replayed.push(r.key[0]);
+            async { true }
+        });
+        assert_eq!(n.await.unwrap(), 1);
+        assert_eq!(replayed, vec![7]);
+    }
+
+    /// A disk that fills mid-append leaves part of a record, and the cut
+    /// that should remove it fails too: the next hint is appended after
+    /// the cut is made, never behind the partial record, and it survives
+    /// power loss.
+    #[test]
+    fn a_partial_append_never_hides_the_hints_after_it() {
+        let fs = MemFs::new();
+        let target = NodeId("n2".into());
+        let store = HintStore::open_with_fs(fs.clone(), dir(), HintConfig::default()).unwrap();
+        store.add_blocking(&target, &record(0, now_ms())).unwrap();
+        fs.set_space(Some(5));
+        fs.fail_next_truncate();
+        assert!(store.add_blocking(&target, &record(1, now_ms())).is_err());
+        fs.set_space(None);
+        store.add_blocking(&target, &record(2, now_ms())).unwrap();
+        assert_eq!(keys(&store, &target), vec![0, 2]);
         let fs = fs.crash();
         drop(store);
         let store = HintStore::open_with_fs(fs, dir(), HintConfig::default()).unwrap();

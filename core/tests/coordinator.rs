@@ -577,3 +577,22 @@ async fn versions_stamped_past_the_clock_skew_bound_are_refused() {
         Ok(()) => panic!("a write stamped an hour ahead reached a quorum"),
     }
 }
+
+#[tokio::test]
+async fn hints_are_kept_only_for_nodes_of_the_ring() {
+    let c = cluster(3, 3, Arc::new(NoMerge), Limits::default());
+    let hint = |target: &str| PeerRequest::Apply {
+        keyspace: "plain".into(),
+        key: b"k".to_vec(),
+        versions: vec![stamped(b"v", isthmus_core::wall_clock::now_ms())],
+        hint_for: Some(NodeId(target.into())),
+    };
+    match c.node(&n(0)).serve_peer(hint("nobody"), DEADLINE).await {
+        PeerResponse::Error(e) => assert_eq!(e.code, ErrorCode::BadRequest, "{e:?}"),
+        other => panic!("a hint for a node outside the ring was kept: {other:?}"),
+    }
+    assert!(c.hints[&n(0)].kept.lock().is_empty());
+    let answer = c.node(&n(0)).serve_peer(hint("n2"), DEADLINE).await;
+    assert!(matches!(answer, PeerResponse::Applied), "{answer:?}");
+    assert_eq!(c.hints[&n(0)].kept.lock().len(), 1);
+}

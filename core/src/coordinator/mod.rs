@@ -218,7 +218,21 @@ impl<S: LocalStore, T: Transport, H: HintSink> Coordinator<S, T, H> {
                 key,
                 versions,
                 hint_for: Some(target),
-            } => applied(self.hints.add(&target, &keyspace, &key, versions).await),
+            } => {
+                // Hints are bounded per target: only nodes of the ring get
+                // a file, so no peer can open unbounded ones.
+                let view = self.view.borrow().clone();
+                let member = view
+                    .ring
+                    .dcs()
+                    .any(|dc| view.ring.nodes_in(dc).any(|n| *n == target));
+                if !member {
+                    return peer_failure(CoordinatorError::BadRequest {
+                        reason: format!("no node {target} in the ring to keep hints for"),
+                    });
+                }
+                applied(self.hints.add(&target, &keyspace, &key, versions).await)
+            }
             PeerRequest::ApplyBatch { keyspace, entries } => {
                 applied(replica.apply_many(&keyspace, entries).await)
             }
