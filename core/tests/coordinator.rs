@@ -596,3 +596,32 @@ async fn hints_are_kept_only_for_nodes_of_the_ring() {
     assert!(matches!(answer, PeerResponse::Applied), "{answer:?}");
     assert_eq!(c.hints[&n(0)].kept.lock().len(), 1);
 }
+
+#[tokio::test]
+async fn a_node_that_knows_no_replica_says_so() {
+    let c = cluster(3, 3, Arc::new(NoMerge), Limits::default());
+    // A node just restarted: it has not heard from any peer, its ring is
+    // empty.
+    c.view.send_modify(|v| {
+        *v = Arc::new(ClusterView {
+            ring: Ring::build([]),
+            alive: BTreeSet::from([n(0)]),
+            next: Ring::build([]),
+        });
+    });
+    let write = c.put(&n(0), b"k", b"v", Clock::new(), 1).await;
+    let read = c
+        .node(&n(0))
+        .read("plain", b"k", Consistency::LocalQuorum, DEADLINE)
+        .await;
+    for err in [write.unwrap_err(), read.unwrap_err()] {
+        let wire = err.to_wire();
+        assert_eq!(wire.code, ErrorCode::Unavailable, "{err:?}");
+        assert!(wire.code.is_retryable());
+        assert!(
+            wire.message.contains("knows no replica") && wire.message.contains("dc1"),
+            "{}",
+            wire.message
+        );
+    }
+}

@@ -39,6 +39,19 @@ pub enum CoordinatorError {
         /// Replicas alive where the level looks.
         alive: u32,
     },
+    /// The node knows no replica of the key: its ring lacks every
+    /// datacenter the keyspace replicates to (it has just started and not
+    /// yet heard from its peers, or it is cut off from them).
+    #[error(
+        "this node knows no replica of the key yet: its ring has no node in {dcs} \
+         (it knows {known} node(s); it has just started, or cannot reach its peers)"
+    )]
+    NoReplicas {
+        /// The datacenters the keyspace replicates to.
+        dcs: String,
+        /// Nodes in this node's ring.
+        known: usize,
+    },
     /// The deadline passed before the level was met.
     #[error("timed out with {acked} of {required} acknowledgements")]
     Timeout {
@@ -97,6 +110,7 @@ impl CoordinatorError {
                     acked: *alive,
                 }),
             ),
+            CoordinatorError::NoReplicas { .. } => (ErrorCode::Unavailable, None),
             CoordinatorError::Timeout { required, acked }
             | CoordinatorError::QuorumLost { required, acked } => (
                 ErrorCode::Timeout,

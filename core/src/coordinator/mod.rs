@@ -175,6 +175,24 @@ impl<S: LocalStore, T: Transport, H: HintSink> Coordinator<S, T, H> {
             })
     }
 
+    /// Refuse, saying why, a request for a key of which this node's ring
+    /// knows no replica at all (rather than "0 live replicas cannot meet a
+    /// level needing 0").
+    fn check_known(
+        view: &ClusterView,
+        ks: &KeyspaceConfig,
+        hash: u64,
+    ) -> Result<(), CoordinatorError> {
+        if !target::replicas(view, &ks.replication, hash).is_empty() {
+            return Ok(());
+        }
+        let dcs: Vec<&str> = ks.replication.keys().map(|dc| dc.0.as_str()).collect();
+        Err(CoordinatorError::NoReplicas {
+            dcs: dcs.join(", "),
+            known: view.ring.dcs().map(|dc| view.ring.node_count(dc)).sum(),
+        })
+    }
+
     fn scope<'a>(&'a self, ks: &'a KeyspaceConfig, level: Consistency) -> Scope<'a> {
         Scope {
             level,
@@ -306,6 +324,7 @@ impl<S: LocalStore, T: Transport, H: HintSink> Coordinator<S, T, H> {
         let view = self.view.borrow().clone();
         let scope = self.scope(&ks, write.level);
         let hash = key_hash(write.key);
+        Self::check_known(&view, &ks, hash)?;
         let me = &self.config.node;
         match target::route(&scope, &view, hash, me) {
             Route::Here => {}
@@ -670,6 +689,7 @@ impl<S: LocalStore, T: Transport, H: HintSink> Coordinator<S, T, H> {
         let ks = self.keyspace(keyspace)?;
         self.config.limits.check(key, None)?;
         let view = self.view.borrow().clone();
+        Self::check_known(&view, &ks, key_hash(key))?;
         let Targets {
             replicas, tracker, ..
         } = target::targets(
