@@ -33,7 +33,19 @@ pub struct Replica<S> {
     keyspaces: Arc<RwLock<BTreeMap<String, KeyspaceConfig>>>,
     key_locks: Vec<Mutex<()>>,
     system_applies: Arc<AtomicU64>,
-    clock_skew_max_ms: u64,
+    bounds: ReplicaBounds,
+}
+
+/// What a replica refuses to absorb.
+#[derive(Clone, Copy, Debug)]
+pub struct ReplicaBounds {
+    /// Most siblings a key may hold: an apply that would leave more (after
+    /// the keyspace's resolver, if any, had its go) is refused, and so is
+    /// a delivery carrying more versions of one key than that.
+    pub siblings_max: usize,
+    /// How far in the future, by this node's clock, a received version
+    /// may be stamped.
+    pub clock_skew_max_ms: u64,
 }
 
 /// A key's lock, held: reads and applies of that key by the holder.
@@ -46,13 +58,12 @@ pub struct LockedKey<'a, S> {
 impl<S: LocalStore> Replica<S> {
     /// A replica over `store`, merging with `merge` (or the keyspace's
     /// configured resolver, when the hook does not know the keyspace),
-    /// refusing versions stamped more than `clock_skew_max_ms` ahead of
-    /// this node's clock.
+    /// within `bounds`.
     pub fn new(
         store: S,
         merge: Arc<dyn MergeHook>,
         keyspaces: Arc<RwLock<BTreeMap<String, KeyspaceConfig>>>,
-        clock_skew_max_ms: u64,
+        bounds: ReplicaBounds,
     ) -> Self {
         Replica {
             store,
@@ -60,28 +71,42 @@ impl<S: LocalStore> Replica<S> {
             keyspaces,
             key_locks: (0..KEY_LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
             system_applies: Arc::default(),
-            clock_skew_max_ms,
+            bounds,
         }
     }
 
-    /// Refuse versions stamped further ahead of this node's clock than
-    /// the bound: they would win last-writer-wins against every
-    /// concurrent write until the clocks caught up.
-    fn check_clock<'a>(
+    /// Check a delivery before any of it is absorbed: no key may carry
+    /// more versions than a set may hold (absorbing is quadratic in them),
+    /// and no version may be stamped further ahead of this node's clock
+    /// than the bound (it would win last-writer-wins against every
+    /// concurrent write until the clocks caught up).
+    fn check_delivery<'a>(
         &self,
-        versions: impl IntoIterator<Item = &'a Version>,
+        per_key: impl IntoIterator<Item = &'a [Version]>,
     ) -> Result<(), StoreError> {
-        let latest = versions.into_iter().map(|v| v.timestamp_ms).max();
-        let now = now_ms();
-        match latest {
-            Some(at) if at > now.saturating_add(self.clock_skew_max_ms) => {
-                Err(StoreError::Limit(LimitError::TimestampAhead {
-                    ahead_ms: at - now,
-                    max_ms: self.clock_skew_max_ms,
-                }))
+        let max = self.bounds.siblings_max;
+        let mut latest = 0;
+        for versions in per_key {
+            if versions.len() > max {
+                return Err(StoreError::Limit(LimitError::TooManySiblings {
+                    count: versions.len(),
+                    max,
+                }));
             }
-            _ => Ok(()),
+            latest = versions
+                .iter()
+                .map(|v| v.timestamp_ms)
+                .fold(latest, u64::max);
         }
+        let now = now_ms();
+        let skew = self.bounds.clock_skew_max_ms;
+        if latest > now.saturating_add(skew) {
+            return Err(StoreError::Limit(LimitError::TimestampAhead {
+                ahead_ms: latest - now,
+                max_ms: skew,
+            }));
+        }
+        Ok(())
     }
 
     /// The store under this replica.
@@ -135,23 +160,25 @@ impl<S: LocalStore> Replica<S> {
     /// Absorb versions into this replica's copy of the key, then let the
     /// keyspace's resolver merge any siblings. A failed merge keeps the
     /// siblings (and is counted by the hook). Holds the key's lock, so the
-    /// last of concurrent deliveries to one key sees every sibling.
-    /// Versions stamped too far ahead of this node's clock are refused
-    /// (`LimitError::TimestampAhead`), the whole delivery with them.
+    /// last of concurrent deliveries to one key sees every sibling. The
+    /// delivery is refused whole when it breaks a bound
+    /// ([`ReplicaBounds`]).
     pub async fn apply(
         &self,
         keyspace: &str,
         key: &[u8],
         versions: Vec<Version>,
     ) -> Result<(), StoreError> {
-        self.check_clock(&versions)?;
+        self.check_delivery([versions.as_slice()])?;
         self.lock(key).await.apply(keyspace, versions).await
     }
 
     /// Absorb many keys' versions: one engine batch, or key by key (each
-    /// merged) when the keyspace has a resolver.
+    /// merged) when the keyspace has a resolver. The store's batch keeps
+    /// the sibling bound itself (the engine counts a batch's versions of
+    /// one key together).
     pub async fn apply_many(&self, keyspace: &str, entries: Entries) -> Result<(), StoreError> {
-        self.check_clock(entries.iter().flat_map(|(_, versions)| versions))?;
+        self.check_delivery(entries.iter().map(|(_, versions)| versions.as_slice()))?;
         if self.has_resolver(keyspace) {
             for (key, versions) in entries {
                 self.apply(keyspace, &key, versions).await?;
@@ -175,25 +202,40 @@ impl<S: LocalStore> LockedKey<'_, S> {
         self.replica.store.get(keyspace, self.key).await
     }
 
-    /// [`Replica::apply`] under this lock.
+    /// [`Replica::apply`] under this lock: the key's set with `versions`
+    /// absorbed, merged by the keyspace's resolver when it has siblings,
+    /// must hold at most `siblings_max` siblings (or no more than it held
+    /// before), whatever the resolver's state: bound, missing, failing or
+    /// detached. Otherwise nothing is applied (`TooManySiblings`).
     pub async fn apply(&self, keyspace: &str, versions: Vec<Version>) -> Result<(), StoreError> {
         let replica = self.replica;
+        let mut set = replica.store.get(keyspace, self.key).await?;
+        let before = set.len();
+        for v in &versions {
+            set.absorb(v.clone());
+        }
+        let mut merged = false;
+        if set.len() > 1 && replica.has_resolver(keyspace) {
+            match merge_into(replica.merge.as_ref(), keyspace, self.key, &mut set) {
+                Ok(Absorbed::Changed) => merged = true,
+                Ok(Absorbed::Unchanged) => {}
+                Err(failure) => tracing::warn!(%failure, "merge failed; siblings kept"),
+            }
+        }
+        let max = replica.bounds.siblings_max;
+        if set.len() > max && set.len() > before {
+            return Err(StoreError::Limit(LimitError::TooManySiblings {
+                count: set.len(),
+                max,
+            }));
+        }
         replica.store.apply(keyspace, self.key, versions).await?;
         replica.applied(keyspace);
-        if replica.has_resolver(keyspace) {
-            let mut set = replica.store.get(keyspace, self.key).await?;
-            if set.len() > 1 {
-                match merge_into(replica.merge.as_ref(), keyspace, self.key, &mut set) {
-                    Ok(Absorbed::Changed) => {
-                        replica
-                            .store
-                            .apply(keyspace, self.key, set.into_versions())
-                            .await?;
-                    }
-                    Ok(Absorbed::Unchanged) => {}
-                    Err(failure) => tracing::warn!(%failure, "merge failed; siblings kept"),
-                }
-            }
+        if merged {
+            replica
+                .store
+                .apply(keyspace, self.key, set.into_versions())
+                .await?;
         }
         Ok(())
     }

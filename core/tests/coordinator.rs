@@ -625,3 +625,111 @@ async fn a_node_that_knows_no_replica_says_so() {
         );
     }
 }
+
+/// A resolver that fails every merge (a trap, say).
+struct Failing;
+
+impl MergeHook for Failing {
+    fn merge(
+        &self,
+        keyspace: &str,
+        _: &[u8],
+        _: &VersionSet,
+    ) -> Result<Option<Version>, MergeFailure> {
+        Err(MergeFailure {
+            keyspace: keyspace.into(),
+            resolver: None,
+            class: isthmus_core::merge::FailureClass::Trap,
+            detail: "trapped".into(),
+        })
+    }
+}
+
+fn concurrent(actor: u64, value: &[u8]) -> Version {
+    let clock = Clock::from_parts(
+        [],
+        [isthmus_core::model::Dot {
+            actor: Actor(actor),
+            counter: 1,
+        }],
+    );
+    Version::value(
+        clock,
+        value.to_vec(),
+        isthmus_core::wall_clock::now_ms(),
+        "dc1".into(),
+    )
+}
+
+#[tokio::test]
+async fn the_sibling_bound_holds_with_a_failing_resolver_and_at_every_replica() {
+    let limits = Limits {
+        siblings_max: 3,
+        ..Limits::default()
+    };
+    let c = cluster(3, 3, Arc::new(Failing), limits);
+    let node = c.node(&n(0));
+    let write = |i: u8| {
+        node.write(
+            "merged",
+            b"k",
+            Some(vec![i]),
+            Clock::new(),
+            [i; 16],
+            Consistency::All,
+            DEADLINE,
+        )
+    };
+    // The resolver fails every merge: blind writes stay siblings, up to
+    // the bound and no further.
+    for i in 1..=3 {
+        write(i).await.unwrap();
+    }
+    match write(4).await {
+        Err(CoordinatorError::Limit(LimitError::TooManySiblings { count: 4, max: 3 })) => {}
+        other => panic!("expected the sibling bound, got {other:?}"),
+    }
+    for copy in c.copies("merged", b"k").await {
+        assert_eq!(copy.len(), 3);
+    }
+
+    // A peer delivering concurrent versions one by one: the replica
+    // refuses the one past the bound, whichever path brings it.
+    let replica = c.node(&n(1));
+    let apply = |versions: Vec<Version>| PeerRequest::Apply {
+        keyspace: "plain".into(),
+        key: b"p".to_vec(),
+        versions,
+        hint_for: None,
+    };
+    for actor in 1..=3 {
+        let answer = replica
+            .serve_peer(apply(vec![concurrent(actor, b"x")]), DEADLINE)
+            .await;
+        assert!(matches!(answer, PeerResponse::Applied), "{answer:?}");
+    }
+    match replica
+        .serve_peer(apply(vec![concurrent(4, b"x")]), DEADLINE)
+        .await
+    {
+        PeerResponse::Error(e) => assert_eq!(e.code, ErrorCode::TooManySiblings, "{e:?}"),
+        other => panic!("a fourth sibling was taken: {other:?}"),
+    }
+    // One delivery carrying thousands of concurrent versions of a key is
+    // refused before any is absorbed.
+    let flood: Vec<Version> = (10..5_010).map(|a| concurrent(a, b"y")).collect();
+    for request in [
+        apply(flood.clone()),
+        PeerRequest::ApplyBatch {
+            keyspace: "plain".into(),
+            entries: vec![(b"q".to_vec(), flood)],
+        },
+    ] {
+        match replica.serve_peer(request, DEADLINE).await {
+            PeerResponse::Error(e) => assert_eq!(e.code, ErrorCode::TooManySiblings, "{e:?}"),
+            other => panic!("a flood of siblings was taken: {other:?}"),
+        }
+    }
+    assert_eq!(c.stores[&n(1)].get("plain", b"p").await.unwrap().len(), 3);
+    assert!(c.stores[&n(1)].get("plain", b"q").await.unwrap().is_empty());
+}

@@ -64,7 +64,7 @@ use crate::model::{
 };
 use crate::peer::{PeerRequest, PeerResponse};
 use crate::quorum::{Outcome, QuorumTracker};
-use crate::replica::Replica;
+use crate::replica::{Replica, ReplicaBounds};
 use crate::ring::NodeId;
 use crate::store::{LocalStore, StoreError};
 use crate::system_keyspace::{SYSTEM_WRITE_LEVEL, SystemWriter};
@@ -130,7 +130,11 @@ impl<S: LocalStore, T: Transport, H: HintSink> Coordinator<S, T, H> {
         keyspaces: Arc<RwLock<BTreeMap<String, KeyspaceConfig>>>,
         view: watch::Receiver<Arc<ClusterView>>,
     ) -> Self {
-        let replica = Replica::new(store, merge, keyspaces.clone(), config.clock_skew_max_ms);
+        let bounds = ReplicaBounds {
+            siblings_max: config.limits.siblings_max,
+            clock_skew_max_ms: config.clock_skew_max_ms,
+        };
+        let replica = Replica::new(store, merge, keyspaces.clone(), bounds);
         Coordinator {
             config,
             replica: Arc::new(replica),
@@ -404,8 +408,10 @@ impl<S: LocalStore, T: Transport, H: HintSink> Coordinator<S, T, H> {
             .iter()
             .filter(|v| !v.clock.is_covered_by(&clock))
             .count();
+        // Whatever the resolver's state: a working one keeps the set
+        // merged, a missing or failing one must not let it grow unbounded.
         let siblings_max = self.config.limits.siblings_max;
-        if !self.replica.has_resolver(write.keyspace) && remaining + 1 > siblings_max {
+        if remaining + 1 > siblings_max {
             return Err(LimitError::TooManySiblings {
                 count: remaining + 1,
                 max: siblings_max,

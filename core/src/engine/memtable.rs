@@ -272,25 +272,6 @@ impl Memtable {
         Ok(out)
     }
 
-    /// Siblings the key would hold here after absorbing `version`; only
-    /// computed when the key already holds `at_least` siblings, so the
-    /// common path clones nothing.
-    pub(crate) fn siblings_after(&self, key: &[u8], version: &Version, at_least: usize) -> usize {
-        let inner = self.inner.read();
-        match inner.lookup(key) {
-            Some(loc) => {
-                let mut set = decode(inner.arena.get(loc));
-                drop(inner);
-                if set.len() < at_least {
-                    return set.len();
-                }
-                set.absorb(version.clone());
-                set.len()
-            }
-            None => 1,
-        }
-    }
-
     /// The key's set here, if any.
     pub(crate) fn get(&self, key: &[u8]) -> Option<VersionSet> {
         let inner = self.inner.read();

@@ -467,9 +467,7 @@ impl<F: Fs> Engine<F> {
         let lsn = {
             let _gate = s.gate.read();
             let mem = s.mem.read().active.clone();
-            for (k, v) in &batch {
-                s.check_siblings(&mem, k.as_ref(), v)?;
-            }
+            s.check_batch_siblings(&mem, &batch)?;
             let lsn = s.log.append(&buf)?;
             s.counters
                 .user_bytes
@@ -758,15 +756,37 @@ impl<F: Fs> Shared<F> {
         e
     }
 
-    /// Refuse a write that would leave more than `siblings_max` siblings
-    /// in the active memtable. The engine sees only the memtable here (no
-    /// read before write); the coordinator, which reads the full set,
-    /// enforces the limit end to end.
-    fn check_siblings(&self, mem: &Memtable, key: &[u8], v: &Version) -> Result<(), EngineError> {
+    /// Refuse a batch that would leave more than `siblings_max` siblings
+    /// of a key in the active memtable, counting every version the batch
+    /// carries for that key together. The engine sees only the memtable
+    /// here (no read before write); the replica, which reads the full set
+    /// under the key's lock, enforces the limit end to end.
+    fn check_batch_siblings<K: AsRef<[u8]>>(
+        &self,
+        mem: &Memtable,
+        batch: &[(K, Version)],
+    ) -> Result<(), EngineError> {
         let max = self.options.limits.siblings_max;
-        let count = mem.siblings_after(key, v, max);
-        if count > max {
-            return Err(LimitError::TooManySiblings { count, max }.into());
+        let mut per_key: std::collections::BTreeMap<&[u8], Vec<&Version>> =
+            std::collections::BTreeMap::new();
+        for (k, v) in batch {
+            per_key.entry(k.as_ref()).or_default().push(v);
+        }
+        for (key, versions) in per_key {
+            let mut set = mem.get(key).unwrap_or_default();
+            if set.len() + versions.len() <= max {
+                continue;
+            }
+            for v in versions {
+                set.absorb(v.clone());
+                if set.len() > max {
+                    return Err(LimitError::TooManySiblings {
+                        count: set.len(),
+                        max,
+                    }
+                    .into());
+                }
+            }
         }
         Ok(())
     }

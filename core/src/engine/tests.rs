@@ -290,6 +290,33 @@ fn limits_are_typed_errors() {
         EngineError::Limit(LimitError::TooManySiblings { count: 3, max: 2 })
     ));
     assert_eq!(engine.get(b"k").unwrap().len(), 2);
+    // A batch counts its own versions of a key together, on top of what
+    // the memtable holds: three concurrent versions of a new key, or one
+    // more of a full key, are refused whole.
+    let e = engine
+        .apply_batch([
+            (b"j", v(1, 1, b"a", 1)),
+            (b"j", v(2, 1, b"b", 1)),
+            (b"j", v(3, 1, b"c", 1)),
+        ])
+        .unwrap_err();
+    assert!(matches!(
+        e,
+        EngineError::Limit(LimitError::TooManySiblings { count: 3, max: 2 })
+    ));
+    let e = engine
+        .apply_batch([(b"i", v(1, 1, b"a", 1)), (b"k", v(4, 1, b"d", 1))])
+        .unwrap_err();
+    assert!(matches!(
+        e,
+        EngineError::Limit(LimitError::TooManySiblings { .. })
+    ));
+    assert!(engine.get(b"j").unwrap().is_empty());
+    assert!(engine.get(b"i").unwrap().is_empty());
+    engine
+        .apply_batch([(b"j", v(1, 1, b"a", 1)), (b"j", v(2, 1, b"b", 1))])
+        .unwrap();
+    assert_eq!(engine.get(b"j").unwrap().len(), 2);
 }
 
 #[test]

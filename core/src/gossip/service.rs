@@ -624,7 +624,7 @@ mod tests {
         // acknowledged this write at ONE on itself alone.
         assert!(matches!(
             write(b"k").await,
-            Err(CoordinatorError::Unavailable { .. })
+            Err(CoordinatorError::NoReplicas { .. })
         ));
         assert!(
             coordinator
