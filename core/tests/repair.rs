@@ -17,7 +17,7 @@ use isthmus_core::limit::Limits;
 use isthmus_core::merge::{MergeFailure, MergeHook};
 use isthmus_core::model::{Actor, DcName, KeyspaceConfig, Payload, Version, VersionSet, key_hash};
 use isthmus_core::peer::{PeerRequest, PeerResponse};
-use isthmus_core::repair::{Partners, RepairConfig, Repairer, Share, StoreData};
+use isthmus_core::repair::{Partners, RepairConfig, RepairError, Repairer, Share, StoreData};
 use isthmus_core::replica::Replica;
 use isthmus_core::ring::{NodeId, Placement, Ring};
 use isthmus_core::store::{LocalStore, MemStore, StoreError};
@@ -69,7 +69,8 @@ impl Transport for Net {
                 };
                 let request: PeerRequest = decode(&sent).expect("peer requests decode");
                 let response = match request {
-                    PeerRequest::Repair(r) => repair.serve(r).await,
+                    // The test network does not say who calls: one owner.
+                    PeerRequest::Repair(r) => repair.serve(&NodeId("caller".into()), r).await,
                     other => node.serve_peer(other, timeout).await,
                 };
                 let answered = encode(&response);
@@ -531,4 +532,39 @@ async fn an_unreachable_partner_fails_its_ranges_and_the_rest_still_run() {
         .unwrap();
     assert_eq!(stats.ranges, 0);
     assert!(stats.ranges_failed > 0, "{stats:?}");
+}
+
+#[tokio::test]
+async fn one_administrative_operation_runs_at_a_time_on_a_node() {
+    let c = cluster(&[("dc1", 3), ("dc2", 1)], &[("dc1", 3), ("dc2", 1)]);
+    let repairer = c.repairer("dc1-n0");
+    let turn = repairer.try_admin("a decommission").unwrap();
+    for remote in [None, Some(DcName::from("dc2"))] {
+        match repairer.repair(None, remote.as_ref()).await {
+            Err(e @ RepairError::Busy { .. }) => {
+                assert!(
+                    e.to_string().contains("a decommission is already running"),
+                    "{e}"
+                );
+                assert_eq!(
+                    e.to_wire().code,
+                    isthmus_client::wire::ErrorCode::Overloaded
+                );
+            }
+            other => panic!("a second operation ran alongside: {other:?}"),
+        }
+    }
+    assert!(matches!(
+        repairer.try_admin("another"),
+        Err(RepairError::Busy {
+            running: "a decommission",
+            ..
+        })
+    ));
+    drop(turn);
+    repairer.repair(None, None).await.unwrap();
+    // Another node's slot is its own.
+    let other = c.repairer("dc1-n1");
+    let _turn = other.try_admin("a repair").unwrap();
+    repairer.repair(None, None).await.unwrap();
 }

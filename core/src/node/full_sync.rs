@@ -32,6 +32,7 @@ impl<D: RepairData, T: Transport> FullSync for NodeFullSync<D, T> {
             // The writes the outbox dropped were coordinated here, so on
             // keys this node replicates: sync all of them, not only the
             // pieces it is primary for.
+            let _turn = repairer.admin("a full sync the bridge owes").await;
             let stats = repairer
                 .full_sync(None, dc, Share::Replicated)
                 .await

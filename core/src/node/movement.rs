@@ -155,13 +155,14 @@ impl<D: RepairData, T: GossipTransport + Transport> Movement<D, T> {
     /// writes to the next owners too), hand every range to its next
     /// owners, then announce `Left`. On a failed range the node goes back
     /// to `Normal`; nothing has been given up.
-    pub(super) async fn leave(&self) -> Left {
+    pub(super) async fn leave(&self) -> Result<Left, crate::repair::RepairError> {
+        let _turn = self.repairer.try_admin("a decommission")?;
         self.gossiper.set_status(NodeStatus::Leaving);
         tokio::time::sleep(self.spread).await;
         let stats = self.move_ranges(false).await;
         if stats.ranges_failed > 0 {
             self.gossiper.set_status(NodeStatus::Normal);
-            return Left::Incomplete(stats);
+            return Ok(Left::Incomplete(stats));
         }
         self.gossiper.set_status(NodeStatus::Left);
         tokio::time::sleep(self.spread).await;
@@ -170,6 +171,6 @@ impl<D: RepairData, T: GossipTransport + Transport> Movement<D, T> {
             bytes = stats.bytes,
             "decommissioned"
         );
-        Left::Done(stats)
+        Ok(Left::Done(stats))
     }
 }

@@ -33,6 +33,15 @@ pub enum RepairError {
         /// (A [`super::exchange::SessionId`].)
         session: u64,
     },
+    /// Another administrative operation (repair, full sync,
+    /// decommission) is running on this node: one at a time.
+    #[error("{running} is already running on this node (for {for_s} s); wait for it to end")]
+    Busy {
+        /// What is running.
+        running: &'static str,
+        /// For how long, in seconds.
+        for_s: u64,
+    },
     /// The local store failed.
     #[error(transparent)]
     Storage(#[from] StoreError),
@@ -60,6 +69,7 @@ impl RepairError {
             | RepairError::UnknownDc { .. }
             | RepairError::BadRequest { .. }
             | RepairError::UnknownSession { .. } => ErrorCode::BadRequest,
+            RepairError::Busy { .. } => ErrorCode::Overloaded,
             RepairError::Storage(_) => ErrorCode::StorageFailed,
             RepairError::Peer { .. } => ErrorCode::Unavailable,
             RepairError::Protocol { .. } => ErrorCode::Internal,

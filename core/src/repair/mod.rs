@@ -162,6 +162,41 @@ pub struct Repairer<D, T> {
     config: RepairConfig,
     seed: u64,
     next_session: AtomicU64,
+    admin: AdminSlot,
+}
+
+/// The node's one slot for administrative work (repair, full sync,
+/// decommission): they run one at a time, so requests cannot pile them up.
+#[derive(Default)]
+struct AdminSlot {
+    lock: tokio::sync::Mutex<()>,
+    running: parking_lot::Mutex<Option<(&'static str, std::time::Instant)>>,
+}
+
+/// Holds the node's administrative slot until dropped.
+pub struct AdminTurn<'a> {
+    _guard: tokio::sync::MutexGuard<'a, ()>,
+    slot: &'a AdminSlot,
+}
+
+impl Drop for AdminTurn<'_> {
+    fn drop(&mut self) {
+        *self.slot.running.lock() = None;
+    }
+}
+
+impl AdminSlot {
+    fn turn<'a>(
+        &'a self,
+        guard: tokio::sync::MutexGuard<'a, ()>,
+        what: &'static str,
+    ) -> AdminTurn<'a> {
+        *self.running.lock() = Some((what, std::time::Instant::now()));
+        AdminTurn {
+            _guard: guard,
+            slot: self,
+        }
+    }
 }
 
 impl<D: RepairData, T: Transport> Repairer<D, T> {
@@ -189,6 +224,7 @@ impl<D: RepairData, T: Transport> Repairer<D, T> {
             config,
             seed,
             next_session: AtomicU64::new(0),
+            admin: AdminSlot::default(),
         }
     }
 
@@ -207,9 +243,31 @@ impl<D: RepairData, T: Transport> Repairer<D, T> {
         &self.config
     }
 
-    /// Answer a peer's repair request.
-    pub async fn serve(&self, request: RepairRequest) -> PeerResponse {
-        match self.server.serve(request).await {
+    /// Take the node's administrative slot for `what`, or say what holds
+    /// it ([`RepairError::Busy`]).
+    pub fn try_admin(&self, what: &'static str) -> Result<AdminTurn<'_>, RepairError> {
+        match self.admin.lock.try_lock() {
+            Ok(guard) => Ok(self.admin.turn(guard, what)),
+            Err(_) => {
+                let (running, since) = (*self.admin.running.lock())
+                    .unwrap_or(("another operation", std::time::Instant::now()));
+                Err(RepairError::Busy {
+                    running,
+                    for_s: since.elapsed().as_secs(),
+                })
+            }
+        }
+    }
+
+    /// Wait for the node's administrative slot, then hold it for `what`.
+    pub async fn admin(&self, what: &'static str) -> AdminTurn<'_> {
+        let guard = self.admin.lock.lock().await;
+        self.admin.turn(guard, what)
+    }
+
+    /// Answer `from`'s repair request.
+    pub async fn serve(&self, from: &NodeId, request: RepairRequest) -> PeerResponse {
+        match self.server.serve_peer(from, request).await {
             Ok(r) => PeerResponse::Repair(r),
             Err(e) => PeerResponse::Error(e.to_wire()),
         }
@@ -220,12 +278,18 @@ impl<D: RepairData, T: Transport> Repairer<D, T> {
     /// ([`Self::full_sync`], [`Share::Primary`]: run it on every node of
     /// the datacenter to cover the ring); without, this node's in-DC ranges
     /// with every other live replica ([`Self::repair_dc`]). `keyspace`
-    /// limits it to one keyspace.
+    /// limits it to one keyspace. One administrative operation runs at a
+    /// time on a node: while another runs, this one is refused
+    /// ([`RepairError::Busy`]).
     pub async fn repair(
         &self,
         keyspace: Option<&str>,
         remote_dc: Option<&DcName>,
     ) -> Result<RepairStats, RepairError> {
+        let _turn = self.try_admin(match remote_dc {
+            Some(dc) if *dc != self.dc => "a full sync",
+            _ => "a repair",
+        })?;
         match remote_dc {
             Some(dc) if *dc != self.dc => self.full_sync(keyspace, dc, Share::Primary).await,
             _ => self.repair_dc(keyspace, Partners::All).await,
@@ -420,6 +484,15 @@ impl<D: RepairData, T: Transport> Repairer<D, T> {
                 _ = tokio::time::sleep(period) => {}
                 _ = stop.changed() => return,
             }
+            // An operator's repair or a decommission holds the slot: this
+            // round is skipped, the next one runs.
+            let turn = match self.try_admin("the scheduled repair") {
+                Ok(turn) => turn,
+                Err(e) => {
+                    tracing::info!(reason = %e, "scheduled repair skipped this round");
+                    continue;
+                }
+            };
             worker.busy();
             tokio::select! {
                 result = self.repair_dc(None, Partners::Following) => match result {
@@ -437,6 +510,7 @@ impl<D: RepairData, T: Transport> Repairer<D, T> {
                 },
                 _ = stop.changed() => return,
             }
+            drop(turn);
         }
     }
 }

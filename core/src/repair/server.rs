@@ -3,11 +3,13 @@
 //! [`RepairServer`] answers [`RepairRequest`]s from a [`RepairData`]: on
 //! `Open` it lists the range once (24 bytes per key) and keeps the listing
 //! and the tree it builds from it for the session, so the descent and the
-//! leaf listings cost no further scans. Sessions are bounded
-//! ([`SESSIONS_MAX`], least recently used evicted first) and expire when
-//! idle for [`SESSION_IDLE`]; a request naming a forgotten session gets
-//! [`RepairError::UnknownSession`] and the initiator retries the range on
-//! its next run.
+//! leaf listings cost no further scans. Sessions belong to the node that
+//! opened them (a peer, or this node's own side of a sync) and are bounded
+//! per owner ([`SESSIONS_PER_OWNER_MAX`], that owner's least recently used
+//! evicted first), so a stream of syncs from one node never evicts
+//! another's; they expire when idle for [`SESSION_IDLE`]. A request naming
+//! a forgotten session gets [`RepairError::UnknownSession`] and the
+//! initiator retries the range on its next run.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -22,10 +24,16 @@ use super::exchange::{
 };
 use super::tree::{DEPTH_MAX, Entry, HashRange, MerkleTree, listing, listing_digest};
 use crate::model::{Version, VersionSet, key_hash};
+use crate::ring::NodeId;
 use crate::store::{LocalStore, StoreError};
 
-/// Sessions a replica keeps at once.
-pub const SESSIONS_MAX: usize = 64;
+/// Sessions a replica keeps at once for one owner (a node runs one repair
+/// at a time, a few ranges at once).
+pub const SESSIONS_PER_OWNER_MAX: usize = 32;
+
+/// Who opened a session: a peer node, or `None` for this node's own side
+/// of a sync it runs.
+type Owner = Option<NodeId>;
 
 /// A session unused this long is forgotten.
 pub const SESSION_IDLE: Duration = Duration::from_secs(120);
@@ -142,7 +150,7 @@ struct Session {
 /// listing and tree for its session.
 pub struct RepairServer<D> {
     data: D,
-    sessions: Mutex<HashMap<SessionId, Session>>,
+    sessions: Mutex<HashMap<(Owner, SessionId), Session>>,
 }
 
 fn bad(reason: impl Into<String>) -> RepairError {
@@ -170,8 +178,25 @@ impl<D: RepairData> RepairServer<D> {
         self.sessions.lock().len()
     }
 
-    /// Answer one request.
+    /// Answer one request of this node's own side of a sync.
     pub async fn serve(&self, request: RepairRequest) -> Result<RepairResponse, RepairError> {
+        self.serve_as(None, request).await
+    }
+
+    /// Answer one request of peer `from`.
+    pub async fn serve_peer(
+        &self,
+        from: &NodeId,
+        request: RepairRequest,
+    ) -> Result<RepairResponse, RepairError> {
+        self.serve_as(Some(from.clone()), request).await
+    }
+
+    async fn serve_as(
+        &self,
+        owner: Owner,
+        request: RepairRequest,
+    ) -> Result<RepairResponse, RepairError> {
         match request {
             RepairRequest::Open {
                 session,
@@ -185,7 +210,7 @@ impl<D: RepairData> RepairServer<D> {
                     blocking(move || listing_digest(&listing)).await?
                 };
                 self.insert(
-                    session,
+                    (owner, session),
                     Session {
                         range,
                         listing,
@@ -207,7 +232,7 @@ impl<D: RepairData> RepairServer<D> {
                         nodes.len()
                     )));
                 }
-                let tree = self.tree(session, depth).await?;
+                let tree = self.tree(&(owner, session), depth).await?;
                 nodes
                     .iter()
                     .map(|&n| {
@@ -225,7 +250,7 @@ impl<D: RepairData> RepairServer<D> {
                 if depth > DEPTH_MAX || leaves.len() > LEAVES_PER_REQUEST {
                     return Err(bad(format!("depth {depth}, {} leaves asked", leaves.len())));
                 }
-                let (range, listing) = self.listing(session)?;
+                let (range, listing) = self.listing(&(owner, session))?;
                 let mut out = Vec::with_capacity(leaves.len());
                 let mut size = 0;
                 for leaf in leaves {
@@ -272,45 +297,53 @@ impl<D: RepairData> RepairServer<D> {
                 Ok(RepairResponse::Pushed)
             }
             RepairRequest::Close { session } => {
-                self.sessions.lock().remove(&session);
+                self.sessions.lock().remove(&(owner, session));
                 Ok(RepairResponse::Closed)
             }
         }
     }
 
-    fn insert(&self, id: SessionId, session: Session) {
+    fn insert(&self, id: (Owner, SessionId), session: Session) {
         let mut sessions = self.sessions.lock();
         let now = Instant::now();
         sessions.retain(|_, s| now.duration_since(s.used) < SESSION_IDLE);
-        while sessions.len() >= SESSIONS_MAX && !sessions.contains_key(&id) {
-            let Some(oldest) = sessions.iter().min_by_key(|(_, s)| s.used).map(|(k, _)| *k) else {
+        loop {
+            let owned = sessions.iter().filter(|((owner, _), _)| *owner == id.0);
+            if owned.clone().count() < SESSIONS_PER_OWNER_MAX || sessions.contains_key(&id) {
+                break;
+            }
+            let Some(oldest) = owned.min_by_key(|(_, s)| s.used).map(|(k, _)| k.clone()) else {
                 break;
             };
-            tracing::debug!(session = oldest, "repair session evicted");
+            tracing::debug!(owner = ?oldest.0, session = oldest.1, "repair session evicted");
             sessions.remove(&oldest);
         }
         sessions.insert(id, session);
     }
 
-    fn listing(&self, id: SessionId) -> Result<(HashRange, Arc<[Entry]>), RepairError> {
+    fn listing(&self, id: &(Owner, SessionId)) -> Result<(HashRange, Arc<[Entry]>), RepairError> {
         let mut sessions = self.sessions.lock();
         let session = sessions
-            .get_mut(&id)
-            .ok_or(RepairError::UnknownSession { session: id })?;
+            .get_mut(id)
+            .ok_or(RepairError::UnknownSession { session: id.1 })?;
         session.used = Instant::now();
         Ok((session.range, session.listing.clone()))
     }
 
     /// The session's tree at `depth`, built on first use.
-    async fn tree(&self, id: SessionId, depth: u8) -> Result<Arc<MerkleTree>, RepairError> {
+    async fn tree(
+        &self,
+        id: &(Owner, SessionId),
+        depth: u8,
+    ) -> Result<Arc<MerkleTree>, RepairError> {
         if depth > DEPTH_MAX {
             return Err(bad(format!("depth {depth} exceeds {DEPTH_MAX}")));
         }
         let (range, listing) = {
             let mut sessions = self.sessions.lock();
             let session = sessions
-                .get_mut(&id)
-                .ok_or(RepairError::UnknownSession { session: id })?;
+                .get_mut(id)
+                .ok_or(RepairError::UnknownSession { session: id.1 })?;
             session.used = Instant::now();
             if let Some(tree) = session.tree.as_ref().filter(|t| t.depth() == depth) {
                 return Ok(tree.clone());
@@ -318,7 +351,7 @@ impl<D: RepairData> RepairServer<D> {
             (session.range, session.listing.clone())
         };
         let tree = Arc::new(blocking(move || MerkleTree::build(range, depth, &listing)).await?);
-        if let Some(session) = self.sessions.lock().get_mut(&id) {
+        if let Some(session) = self.sessions.lock().get_mut(id) {
             session.tree = Some(tree.clone());
         }
         Ok(tree)

@@ -509,6 +509,47 @@ async fn a_forgotten_session_is_a_typed_error() {
     assert!(matches!(err, RepairError::BadRequest { .. }), "{err}");
 }
 
+/// A stream of sessions opened by one peer evicts only that peer's own
+/// oldest sessions: a sync another node is running keeps its session, and
+/// two owners' equal session ids are two sessions.
+#[tokio::test]
+async fn a_stream_of_sessions_from_one_peer_never_evicts_anothers() {
+    use crate::repair::server::SESSIONS_PER_OWNER_MAX;
+    use crate::ring::NodeId;
+    let server = store_server(&MemStore::new());
+    let (scheduled, flood) = (NodeId("n2".into()), NodeId("n3".into()));
+    let open = |session| RepairRequest::Open {
+        session,
+        keyspace: "ks".into(),
+        range: HashRange::FULL,
+    };
+    let level = |session| RepairRequest::Level {
+        session,
+        depth: 0,
+        level: 0,
+        nodes: vec![0],
+    };
+    server.serve_peer(&scheduled, open(1)).await.unwrap();
+    for session in 0..(4 * SESSIONS_PER_OWNER_MAX as u64) {
+        server.serve_peer(&flood, open(session)).await.unwrap();
+    }
+    assert!(server.serve_peer(&scheduled, level(1)).await.is_ok());
+    // The flood's oldest were evicted, its newest kept.
+    assert!(matches!(
+        server.serve_peer(&flood, level(0)).await,
+        Err(RepairError::UnknownSession { session: 0 })
+    ));
+    let newest = 4 * SESSIONS_PER_OWNER_MAX as u64 - 1;
+    assert!(server.serve_peer(&flood, level(newest)).await.is_ok());
+    assert_eq!(server.sessions(), 1 + SESSIONS_PER_OWNER_MAX);
+    // Session 1 of the flood is not the scheduled sync's session 1.
+    server
+        .serve_peer(&flood, RepairRequest::Close { session: 1 })
+        .await
+        .unwrap();
+    assert!(server.serve_peer(&scheduled, level(1)).await.is_ok());
+}
+
 // ------------------------------------------------- the million-key test
 
 /// A replica of `KEYS` keys that keeps only a listing row per key: every

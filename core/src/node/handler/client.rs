@@ -234,8 +234,9 @@ where
     let movement = node.movement.clone();
     let task = tokio::spawn(async move { movement.leave().await });
     match task.await {
-        Ok(Left::Done(stats)) => ResponseBody::Repaired(repair_report(&stats)),
-        Ok(Left::Incomplete(stats)) => ResponseBody::Error(WireError {
+        Ok(Ok(Left::Done(stats))) => ResponseBody::Repaired(repair_report(&stats)),
+        Ok(Err(busy)) => ResponseBody::Error(busy.to_wire()),
+        Ok(Ok(Left::Incomplete(stats))) => ResponseBody::Error(WireError {
             code: ErrorCode::Unavailable,
             message: format!(
                 "{} ranges could not be handed over (a next owner is down); still a member",

@@ -168,7 +168,7 @@ where
             PeerRequest::Gossip { digest, entries } => {
                 peer::gossip(self, &from.node, &digest, entries)
             }
-            PeerRequest::Repair(request) => peer::repair(self, request).await,
+            PeerRequest::Repair(request) => peer::repair(self, &from.node, request).await,
             PeerRequest::Ship { from_dc, batch } => peer::ship(self, &from, &from_dc, &batch).await,
             data => peer::data(self, data, deadline).await,
         }

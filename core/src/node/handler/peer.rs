@@ -34,14 +34,19 @@ where
     }
 }
 
-/// `Repair`: one step of a peer's Merkle sync with this replica.
-pub async fn repair<S, T, H>(node: &NodeHandler<S, T, H>, request: RepairRequest) -> PeerResponse
+/// `Repair`: one step of a peer's Merkle sync with this replica (its
+/// sessions counted against `from`'s share).
+pub async fn repair<S, T, H>(
+    node: &NodeHandler<S, T, H>,
+    from: &NodeId,
+    request: RepairRequest,
+) -> PeerResponse
 where
     S: LocalStore + Clone,
     T: GossipTransport,
     H: HintQueue + HintSink,
 {
-    node.repairer.serve(request).await
+    node.repairer.serve(from, request).await
 }
 
 /// `Ship`: a bridge batch from another datacenter, applied at a local
