@@ -219,7 +219,18 @@ impl<F: Fs> DcBridge<F> {
         Some(taken)
     }
 
+    /// Record the lags of writes applied here from `from`; only for a DC
+    /// some keyspace replicates to (on a plaintext link a batch's origin
+    /// is whatever it claims, and each name would hold a histogram).
     fn record_lag(&self, from: &DcName, lags: &[u64]) {
+        let configured = self
+            .keyspaces
+            .read()
+            .values()
+            .any(|ks| ks.replication.contains_key(from));
+        if !configured {
+            return;
+        }
         let mut all = self.lag_in.lock();
         let inbound = all.entry(from.clone()).or_insert_with(|| Inbound {
             lag_ms: Histogram::new_with_bounds(1, 3_600_000, 3).expect("valid bounds"),
@@ -348,5 +359,47 @@ impl<F: Fs> Bridge for DcBridge<F> {
                 }
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use isthmus_core::fs::MemFs;
+
+    use super::*;
+
+    /// A bridge of dc1 whose one keyspace replicates to dc1 and dc2.
+    fn bridge() -> DcBridge<MemFs> {
+        let outbox =
+            Outbox::open_with_fs(MemFs::new(), Path::new("/outbox"), OutboxConfig::default())
+                .unwrap();
+        let carts = KeyspaceConfig {
+            replication: BTreeMap::from([("dc1".into(), 3), ("dc2".into(), 3)]),
+            ..KeyspaceConfig::default()
+        };
+        DcBridge {
+            outbox: Arc::new(outbox),
+            links: BTreeMap::new(),
+            lag_in: Mutex::default(),
+            keyspaces: Arc::new(RwLock::new(BTreeMap::from([("carts".into(), carts)]))),
+            own: "dc1".into(),
+        }
+    }
+
+    /// Batches claiming a thousand made-up origins (a plaintext link
+    /// believes whatever origin a batch names) hold no histogram each; a
+    /// configured DC's lag is kept.
+    #[test]
+    fn lag_is_kept_only_for_configured_datacenters() {
+        let bridge = bridge();
+        bridge.record_lag(&"dc2".into(), &[5, 7]);
+        for i in 0..1000 {
+            bridge.record_lag(&DcName(format!("forged-{i}")), &[1]);
+        }
+        assert_eq!(bridge.lag_in.lock().len(), 1);
+        assert!(bridge.take_lag(&"forged-1".into()).is_none());
+        assert_eq!(bridge.take_lag(&"dc2".into()).unwrap().len(), 2);
     }
 }
