@@ -27,8 +27,10 @@
 //! - per-connection budget of reply bytes: replies are encoded before they
 //!   are queued for the socket, and the queue holds at most
 //!   `reply_buffer_bytes_max` bytes of them (a single reply larger than
-//!   the budget still goes, alone), so large replies to a slow reader do
-//!   not pile up to in-flight count times the frame cap;
+//!   the budget still goes, alone). A reply waiting for room keeps its
+//!   in-flight slot, so a slow reader's connection takes no new request
+//!   meanwhile: what it holds is the budget plus the replies of its
+//!   requests in flight, not a queue of in-flight count frames on top;
 //! - a write deadline: a connection whose queued replies make no progress
 //!   onto the socket for `write_timeout` (a client that never reads) is
 //!   closed, and its slot freed;
