@@ -146,6 +146,139 @@ pub struct NodeConfig {
     /// its replicas refusing what it sends. Keep clocks in sync with NTP.
     #[serde(default = "default_clock_skew_max_ms")]
     pub clock_skew_max_ms: u64,
+    /// The connection layer's bounds: slots, deadlines, reply buffering.
+    #[serde(default)]
+    pub server: ServerSection,
+}
+
+/// The `[server]` table: the connection layer's bounds
+/// ([`ServerConfig`](crate::server::ServerConfig)). Every key has a
+/// default a production node runs with.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerSection {
+    /// Client connections served at once; one more is refused at its
+    /// handshake with `OVERLOADED`.
+    pub connections_max: usize,
+    /// Peer (node) connections served at once, a pool apart from the
+    /// clients' so that clients never lock peers out.
+    pub peer_connections_max: usize,
+    /// Connections in their handshake at once; a socket accepted beyond
+    /// it is closed at once.
+    pub handshakes_max: usize,
+    /// Time a new connection has to complete its handshake (TLS included),
+    /// in milliseconds.
+    pub handshake_timeout_ms: u64,
+    /// A connection on which no next request begins for this long is
+    /// closed, in milliseconds.
+    pub idle_timeout_ms: u64,
+    /// A request frame, once begun, must be whole within this long, in
+    /// milliseconds (a client trickling bytes is cut).
+    pub read_timeout_ms: u64,
+    /// A connection whose replies make no progress onto its socket for
+    /// this long (a client that does not read) is closed, in milliseconds.
+    pub write_timeout_ms: u64,
+    /// Bytes of encoded replies queued for one connection's socket (one
+    /// reply larger than this is still sent, alone).
+    pub reply_buffer_bytes_max: usize,
+}
+
+impl Default for ServerSection {
+    fn default() -> Self {
+        use crate::server as s;
+        ServerSection {
+            connections_max: s::CONNECTIONS_MAX_DEFAULT,
+            peer_connections_max: s::PEER_CONNECTIONS_MAX_DEFAULT,
+            handshakes_max: s::HANDSHAKES_MAX_DEFAULT,
+            handshake_timeout_ms: millis(s::HANDSHAKE_TIMEOUT_DEFAULT),
+            idle_timeout_ms: millis(s::IDLE_TIMEOUT_DEFAULT),
+            read_timeout_ms: millis(s::READ_TIMEOUT_DEFAULT),
+            write_timeout_ms: millis(s::WRITE_TIMEOUT_DEFAULT),
+            reply_buffer_bytes_max: s::REPLY_BUFFER_BYTES_MAX_DEFAULT,
+        }
+    }
+}
+
+fn millis(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+impl ServerSection {
+    /// `base` with this table's bounds in place of its own.
+    pub fn apply(&self, base: crate::server::ServerConfig) -> crate::server::ServerConfig {
+        use std::time::Duration;
+        crate::server::ServerConfig {
+            connections_max: self.connections_max,
+            peer_connections_max: self.peer_connections_max,
+            handshakes_max: self.handshakes_max,
+            handshake_timeout: Duration::from_millis(self.handshake_timeout_ms),
+            idle_timeout: Duration::from_millis(self.idle_timeout_ms),
+            read_timeout: Duration::from_millis(self.read_timeout_ms),
+            write_timeout: Duration::from_millis(self.write_timeout_ms),
+            reply_buffer_bytes_max: self.reply_buffer_bytes_max,
+            ..base
+        }
+    }
+
+    /// Refuse a zero or absurd bound, naming its field.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let counts = [
+            ("server.connections_max", self.connections_max, 1_000_000),
+            (
+                "server.peer_connections_max",
+                self.peer_connections_max,
+                100_000,
+            ),
+            ("server.handshakes_max", self.handshakes_max, 100_000),
+            (
+                "server.reply_buffer_bytes_max",
+                self.reply_buffer_bytes_max,
+                1 << 30,
+            ),
+        ];
+        for (field, value, max) in counts {
+            if value == 0 || value > max {
+                return Err(invalid(field, format!("{value} is outside 1..={max}")));
+            }
+        }
+        if self.reply_buffer_bytes_max < 64 * 1024 {
+            return Err(invalid(
+                "server.reply_buffer_bytes_max",
+                "must be at least 64 KiB",
+            ));
+        }
+        const HOUR_MS: u64 = 3_600_000;
+        let deadlines = [
+            (
+                "server.handshake_timeout_ms",
+                self.handshake_timeout_ms,
+                100,
+                60_000,
+            ),
+            (
+                "server.idle_timeout_ms",
+                self.idle_timeout_ms,
+                1_000,
+                24 * HOUR_MS,
+            ),
+            ("server.read_timeout_ms", self.read_timeout_ms, 100, HOUR_MS),
+            (
+                "server.write_timeout_ms",
+                self.write_timeout_ms,
+                100,
+                HOUR_MS,
+            ),
+        ];
+        for (field, value, min, max) in deadlines {
+            if !(min..=max).contains(&value) {
+                return Err(invalid(
+                    field,
+                    format!("{value} ms is outside {min}..={max} ms"),
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 fn default_clock_skew_max_ms() -> u64 {
@@ -369,6 +502,7 @@ impl NodeConfig {
             _ => {}
         }
         self.auth.bootstrap()?;
+        self.server.validate()?;
         if self.data_dir.as_os_str().is_empty() {
             return Err(invalid("data_dir", "must not be empty"));
         }
@@ -440,6 +574,7 @@ mod tests {
             tls: None,
             insecure_plaintext: true,
             auth: Default::default(),
+            server: Default::default(),
             keyspaces: BTreeMap::from([(
                 "carts".into(),
                 KeyspaceSection {
@@ -512,5 +647,46 @@ mod tests {
         let mut c = base();
         c.dc = "d".repeat(DC_NAME_BYTES_MAX + 1);
         assert_eq!(c.validate().unwrap_err().field, "dc");
+        let mut c = base();
+        c.server.peer_connections_max = 0;
+        assert_eq!(
+            c.validate().unwrap_err().field,
+            "server.peer_connections_max"
+        );
+        let mut c = base();
+        c.server.reply_buffer_bytes_max = 1 << 40;
+        assert_eq!(
+            c.validate().unwrap_err().field,
+            "server.reply_buffer_bytes_max"
+        );
+        let mut c = base();
+        c.server.write_timeout_ms = 0;
+        assert_eq!(c.validate().unwrap_err().field, "server.write_timeout_ms");
+        let mut c = base();
+        c.server.read_timeout_ms = 30 * 24 * 3_600_000;
+        assert_eq!(c.validate().unwrap_err().field, "server.read_timeout_ms");
+    }
+
+    #[test]
+    fn the_server_table_reaches_the_connection_layer() {
+        let section = ServerSection {
+            peer_connections_max: 7,
+            write_timeout_ms: 1500,
+            reply_buffer_bytes_max: 65536,
+            ..ServerSection::default()
+        };
+        assert_eq!(
+            section.connections_max,
+            crate::server::CONNECTIONS_MAX_DEFAULT
+        );
+        let applied = section.apply(crate::server::ServerConfig::default());
+        assert_eq!(applied.peer_connections_max, 7);
+        assert_eq!(
+            applied.write_timeout,
+            std::time::Duration::from_millis(1500)
+        );
+        assert_eq!(applied.reply_buffer_bytes_max, 65536);
+        assert_eq!(applied.read_timeout, crate::server::READ_TIMEOUT_DEFAULT);
+        assert_eq!(ServerSection::default().validate(), Ok(()));
     }
 }

@@ -35,10 +35,11 @@
 //!
 //! # Other limits, and where they live
 //!
-//! - connection layer (`server::ServerConfig`): connections at once,
-//!   requests in flight per connection, handshake, idle and request
-//!   deadlines, drain time; the handshake is read under
-//!   `isthmus_client::wire::frame::HANDSHAKE_FRAME_BYTES_MAX`;
+//! - connection layer (`server::ServerConfig`, the config's `[server]`
+//!   table): client, peer and handshaking connections at once, requests
+//!   in flight and reply bytes queued per connection, handshake, idle,
+//!   read, write and request deadlines, drain time; the handshake is read
+//!   under `isthmus_client::wire::frame::HANDSHAKE_FRAME_BYTES_MAX`;
 //! - hints (`hints::HintConfig`): the time window and the byte bound;
 //! - repair (`repair::server`): sessions per node and their idle expiry;
 //!   requests name at most `NODES_PER_REQUEST` tree nodes,

@@ -462,3 +462,318 @@ async fn peers_speak_their_own_protocol_on_the_same_port() {
     write_frame(&mut raw, &encode(&wrong)).await;
     expect_connection_error_as::<PeerResponse>(&mut raw, ErrorCode::Malformed).await;
 }
+
+/// A peer channel to the server at `addr`, handshaken as node `name`.
+async fn peer_channel(
+    addr: &str,
+    name: &str,
+) -> Result<Channel<PeerRequest, PeerResponse>, ClientError> {
+    let socket = TcpStream::connect(addr).await.unwrap();
+    Channel::handshake(
+        Box::new(socket),
+        addr,
+        name,
+        PeerRole::Node,
+        Duration::from_secs(5),
+    )
+    .await
+}
+
+async fn peer_read_ok(peer: &Channel<PeerRequest, PeerResponse>) {
+    let read = PeerRequest::Read {
+        keyspace: "k".into(),
+        key: b"x".to_vec(),
+    };
+    let answer = peer.call(read, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(answer, PeerResponse::Versions(VersionSet::new()));
+}
+
+#[tokio::test]
+async fn clients_filling_their_slots_do_not_lock_peers_out_and_one_more_is_refused() {
+    let config = ServerConfig {
+        connections_max: 3,
+        peer_connections_max: 2,
+        ..ServerConfig::default()
+    };
+    let stats = config.stats.clone();
+    let server = start(config).await;
+    // Every client slot taken by logged-in connections that stay idle.
+    let mut clients = Vec::new();
+    for i in 0..3 {
+        let name = format!("idle{i}");
+        let session = Session::connect(&server.addr, &name, Duration::from_secs(5))
+            .await
+            .unwrap();
+        echo_ok(&session, &[0, i]).await;
+        clients.push(session);
+    }
+    // A peer still completes its handshake and is served.
+    let peer = peer_channel(&server.addr, "n2").await.unwrap();
+    peer_read_ok(&peer).await;
+    // One more client is refused at its handshake with a typed, retryable
+    // error, without waiting for a slot (the call's timeout is the
+    // handshake's own: a refusal, not a wait, answers it).
+    match Session::connect(&server.addr, "extra", Duration::from_secs(5)).await {
+        Err(ClientError::Server(e)) => {
+            assert_eq!(e.code, ErrorCode::Overloaded, "{e:?}");
+            assert!(e.code.is_retryable());
+        }
+        Err(other) => panic!("expected OVERLOADED, got {other:?}"),
+        Ok(_) => panic!("a fourth client got in past connections_max = 3"),
+    }
+    assert_eq!(stats.connections_refused(), 1);
+    // The peers' pool is its own: one more peer fits, the one after not.
+    let second = peer_channel(&server.addr, "n3").await.unwrap();
+    peer_read_ok(&second).await;
+    match peer_channel(&server.addr, "n4").await {
+        Err(ClientError::Server(e)) => assert_eq!(e.code, ErrorCode::Overloaded, "{e:?}"),
+        Err(other) => panic!("expected OVERLOADED, got {other:?}"),
+        Ok(_) => panic!("a third peer got in past peer_connections_max = 2"),
+    }
+    // The clients already in are still served.
+    for (i, session) in clients.iter().enumerate() {
+        echo_ok(session, &[0, i as u8, 1]).await;
+    }
+    // A client slot freed by a closed connection serves the next client.
+    drop(clients.pop());
+    let mut next = None;
+    for _ in 0..100 {
+        if let Ok(session) = Session::connect(&server.addr, "next", Duration::from_secs(5)).await {
+            next = Some(session);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    echo_ok(&next.expect("the freed slot is taken"), b"\x00next").await;
+}
+
+#[tokio::test]
+async fn sockets_beyond_the_handshake_pool_are_closed_at_once() {
+    let config = ServerConfig {
+        handshakes_max: 2,
+        // Long enough that only the pool, not the deadline, can close the
+        // third socket within the five seconds `expect_closed` waits.
+        handshake_timeout: Duration::from_secs(60),
+        ..ServerConfig::default()
+    };
+    let stats = config.stats.clone();
+    let server = start(config).await;
+    let good = Session::connect(&server.addr, "good", Duration::from_secs(5))
+        .await
+        .unwrap();
+    // Two sockets that never say hello hold both handshake slots.
+    let _silent = [
+        TcpStream::connect(&server.addr).await.unwrap(),
+        TcpStream::connect(&server.addr).await.unwrap(),
+    ];
+    // The accept loop does not wait for a slot: the third socket is
+    // closed, not left in the backlog until a silent one times out.
+    let mut third = TcpStream::connect(&server.addr).await.unwrap();
+    expect_closed(&mut third).await;
+    assert!(stats.connections_refused() >= 1);
+    // Connections past their handshake are not affected.
+    echo_ok(&good, b"\x00still served").await;
+}
+
+#[tokio::test]
+async fn a_frame_trickled_slower_than_the_read_deadline_is_cut() {
+    let config = ServerConfig {
+        idle_timeout: Duration::from_secs(60),
+        read_timeout: Duration::from_millis(500),
+        ..ServerConfig::default()
+    };
+    let server = start(config).await;
+    let good = Session::connect(&server.addr, "good", Duration::from_secs(5))
+        .await
+        .unwrap();
+    let request = |id| {
+        let mut frame = Vec::new();
+        let payload = encode(&Request {
+            id,
+            timeout_ms: 1000,
+            body: get(vec![0; 24]),
+        });
+        frame.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+        frame.extend_from_slice(&payload);
+        frame
+    };
+
+    // Idle longer than the read deadline, then a whole frame: the idle
+    // deadline is the one that applies between frames, and it is long.
+    let mut patient = raw_handshaken(&server.addr).await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    patient.write_all(&request(1)).await.unwrap();
+    let reply: Reply<ResponseBody> =
+        isthmus_client::wire::decode(&next_frame(&mut patient).await).unwrap();
+    assert_eq!(reply.id, 1);
+    assert!(reply.body.into_result().is_ok());
+
+    // A slowloris: one byte every 200 ms, the frame taking seconds. The
+    // node closes the connection before the frame is whole.
+    let slowloris = raw_handshaken(&server.addr).await;
+    let (mut read, mut write) = slowloris.into_split();
+    let frame = request(2);
+    let trickle = tokio::spawn(async move {
+        for byte in frame {
+            if write.write_all(&[byte]).await.is_err() {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        true
+    });
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(5), read.read_to_end(&mut rest)).await;
+    assert!(
+        matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
+        "the trickled frame must be cut before it is whole: {closed:?}, {} bytes",
+        rest.len()
+    );
+    trickle.abort();
+    echo_ok(&good, b"\x00still served").await;
+}
+
+#[tokio::test]
+async fn a_client_that_never_reads_loses_its_connection_at_the_write_deadline() {
+    let config = ServerConfig {
+        in_flight_per_connection_max: 4,
+        write_timeout: Duration::from_millis(500),
+        ..ServerConfig::default()
+    };
+    let server = start(config).await;
+    let good = Session::connect(&server.addr, "good", Duration::from_secs(5))
+        .await
+        .unwrap();
+    let slow = raw_handshaken(&server.addr).await;
+    let (mut read, mut write) = slow.into_split();
+    // Requests with 8 KiB answers until the node stops taking them: its
+    // replies fill both sockets' buffers, and its writer stalls.
+    let pushed = tokio::spawn(async move {
+        for id in 1..20_000u64 {
+            let bytes = encode(&Request {
+                id,
+                timeout_ms: 1000,
+                body: get(vec![0; 8 * 1024]),
+            });
+            let sent = tokio::time::timeout(Duration::from_secs(2), async {
+                write.write_all(&(bytes.len() as u32).to_be_bytes()).await?;
+                write.write_all(&bytes).await
+            })
+            .await;
+            if !matches!(sent, Ok(Ok(()))) {
+                return (id, write);
+            }
+        }
+        panic!("a client that never reads was never pushed back");
+    });
+    // Other clients are served meanwhile.
+    for i in 0..20u8 {
+        echo_ok(&good, &[0, i]).await;
+    }
+    let (stalled_at, _write) = pushed.await.unwrap();
+    assert!(stalled_at > 1);
+    // The node closed the connection: reading now finds its end (or a
+    // reset) after whatever was buffered, rather than answers for ever.
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(10), read.read_to_end(&mut rest)).await;
+    assert!(
+        matches!(closed, Ok(Ok(_)) | Ok(Err(_))),
+        "the node must close a connection whose replies stall past the write deadline"
+    );
+    for i in 0..20u8 {
+        echo_ok(&good, &[0, i, 1]).await;
+    }
+}
+
+/// A handshaken raw socket whose receive buffer is small, so that replies
+/// it does not read back up into the node soon.
+async fn raw_handshaken_small_window(addr: &str) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut s = socket.connect(addr.parse().unwrap()).await.unwrap();
+    let hello = Hello {
+        magic: MAGIC,
+        version: PROTOCOL_VERSION,
+        role: PeerRole::Client,
+        name: "small-window".into(),
+        credentials: None,
+    };
+    write_frame(&mut s, &encode(&hello)).await;
+    let _ack = read_frame(&mut s).await.expect("handshake answer");
+    s
+}
+
+#[tokio::test]
+async fn reply_bytes_queued_for_a_client_that_does_not_read_stay_within_the_budget() {
+    const BUDGET: usize = 1024 * 1024;
+    const REQUESTS: u64 = 64;
+    let config = ServerConfig {
+        in_flight_per_connection_max: REQUESTS as usize,
+        reply_buffer_bytes_max: BUDGET,
+        ..ServerConfig::default()
+    };
+    let stats = config.stats.clone();
+    let server = start(config).await;
+    let mut slow = raw_handshaken_small_window(&server.addr).await;
+    // 64 answers of 256 KiB (16 MiB): far more than the sockets' buffers
+    // take, so the rest waits in the node.
+    for id in 1..=REQUESTS {
+        let request = Request {
+            id,
+            timeout_ms: 30_000,
+            body: get(b"huge".to_vec()),
+        };
+        write_frame(&mut slow, &encode(&request)).await;
+    }
+    // Wait until the node's queue for this connection has filled.
+    for _ in 0..200 {
+        if stats.reply_bytes_queued_peak() >= BUDGET / 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let peak = stats.reply_bytes_queued_peak();
+    assert!(peak >= BUDGET / 2, "the queue never filled: peak {peak}");
+    assert!(peak <= BUDGET, "{peak} reply bytes queued, budget {BUDGET}");
+    // Nothing was lost: every request is answered once the client reads.
+    let mut answered = std::collections::BTreeSet::new();
+    for _ in 0..REQUESTS {
+        let reply: Reply<ResponseBody> =
+            isthmus_client::wire::decode(&next_frame(&mut slow).await).unwrap();
+        match reply.body {
+            ResponseBody::Value { siblings, .. } => assert_eq!(siblings[0].value.len(), HUGE_BYTES),
+            other => panic!("expected the huge value, got {other:?}"),
+        }
+        answered.insert(reply.id);
+    }
+    assert_eq!(answered, (1..=REQUESTS).collect());
+    assert!(stats.reply_bytes_queued_peak() <= BUDGET);
+}
+
+#[tokio::test]
+async fn a_reply_larger_than_the_whole_budget_is_still_sent() {
+    let config = ServerConfig {
+        reply_buffer_bytes_max: 64 * 1024,
+        ..ServerConfig::default()
+    };
+    let stats = config.stats.clone();
+    let server = start(config).await;
+    let session = Session::connect(&server.addr, "t", Duration::from_secs(5))
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        match session
+            .call(get(b"huge".to_vec()), Duration::from_secs(5))
+            .await
+        {
+            Ok(ResponseBody::Value { siblings, .. }) => {
+                assert_eq!(siblings[0].value.len(), HUGE_BYTES)
+            }
+            other => panic!("expected the huge value, got {other:?}"),
+        }
+    }
+    // It went alone: the peak is that one reply.
+    assert!(stats.reply_bytes_queued_peak() > HUGE_BYTES);
+    assert!(stats.reply_bytes_queued_peak() < 2 * HUGE_BYTES);
+    echo_ok(&session, b"\x00small").await;
+}

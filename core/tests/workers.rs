@@ -32,6 +32,7 @@ async fn every_loop_is_a_named_worker_with_a_status() {
         bootstrap: false,
         tls: None,
         insecure_plaintext: true,
+        server: Default::default(),
         auth: AuthSection {
             anonymous_full_access: true,
             ..AuthSection::default()

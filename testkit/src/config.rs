@@ -46,6 +46,7 @@ pub fn node(id: &str, dc: &str, data_dir: PathBuf) -> NodeConfig {
             ..AuthSection::default()
         },
         keyspaces: BTreeMap::new(),
+        server: Default::default(),
     }
 }
 

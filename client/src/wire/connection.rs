@@ -10,12 +10,21 @@
 //! refused with [`ConnectionError::MessageTooLarge`] or
 //! [`ConnectionError::Encode`] and the connection stays usable, so the
 //! sender can answer that one request with an error instead.
+//!
+//! A server reads under two deadlines ([`ReadHalf::read_within`]): one for
+//! the next frame to begin, one for a begun frame to end, so a peer that
+//! trickles a frame a byte at a time loses its connection at the second.
+
+use std::future::Future;
+use std::pin::pin;
+use std::task::Poll;
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use serde::{Serialize, de::DeserializeOwned};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio_util::codec::{Framed, LengthDelimitedCodec};
+use tokio_util::codec::{Framed, FramedRead, FramedWrite, LengthDelimitedCodec};
 
 use super::{DecodeError, decode, frame};
 
@@ -93,7 +102,13 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
 
     /// Split into independently usable read and write halves.
     pub fn split(self) -> (ReadHalf<T>, WriteHalf<T>) {
-        let (sink, stream) = self.framed.split();
+        let parts = self.framed.into_parts();
+        let (read, write) = tokio::io::split(parts.io);
+        // Bytes read past the last frame belong to the next one.
+        let mut stream = FramedRead::new(read, parts.codec.clone());
+        stream.read_buffer_mut().extend_from_slice(&parts.read_buf);
+        let mut sink = FramedWrite::new(write, parts.codec);
+        sink.write_buffer_mut().extend_from_slice(&parts.write_buf);
         let cap = self.frame_bytes_max;
         (
             ReadHalf {
@@ -113,7 +128,14 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
 }
 
 /// Encode `message` as one frame's body, refusing what the cap would not
-/// carry before any byte is written.
+/// carry before any byte is written (for [`WriteHalf::feed_frame`]).
+pub fn encode_frame<M: Serialize>(
+    message: &M,
+    frame_bytes_max: usize,
+) -> Result<Bytes, ConnectionError> {
+    to_frame(message, frame_bytes_max)
+}
+
 fn to_frame<M: Serialize>(message: &M, frame_bytes_max: usize) -> Result<Bytes, ConnectionError> {
     let bytes = postcard::to_allocvec(message).map_err(|e| ConnectionError::Encode {
         reason: e.to_string(),
@@ -141,8 +163,17 @@ fn classify(e: std::io::Error, frame_bytes_max: usize) -> ConnectionError {
 
 /// The reading half of a split [`Connection`].
 pub struct ReadHalf<T> {
-    stream: futures_util::stream::SplitStream<Framed<T, LengthDelimitedCodec>>,
+    stream: FramedRead<tokio::io::ReadHalf<T>, LengthDelimitedCodec>,
     frame_bytes_max: usize,
+}
+
+/// Which deadline of [`ReadHalf::read_within`] passed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReadDeadline {
+    /// No byte of a next frame arrived in time.
+    Idle,
+    /// A frame began but did not end in time.
+    Frame,
 }
 
 impl<T: AsyncRead + AsyncWrite + Unpin> ReadHalf<T> {
@@ -154,11 +185,47 @@ impl<T: AsyncRead + AsyncWrite + Unpin> ReadHalf<T> {
             Some(Err(e)) => Err(classify(e, self.frame_bytes_max)),
         }
     }
+
+    /// Read the next message under two deadlines: its first byte must
+    /// arrive within `idle`, and once it has (or when it was already
+    /// buffered), the whole frame within `frame` of that moment. The outer
+    /// error says which deadline passed; the inner result is
+    /// [`ReadHalf::read`]'s.
+    pub async fn read_within<M: DeserializeOwned>(
+        &mut self,
+        idle: Duration,
+        frame: Duration,
+    ) -> Result<Result<Option<M>, ConnectionError>, ReadDeadline> {
+        let mut deadline = pin!(tokio::time::sleep(idle));
+        let mut begun = false;
+        let next = std::future::poll_fn(|cx| {
+            if let Poll::Ready(next) = self.stream.poll_next_unpin(cx) {
+                return Poll::Ready(Ok(next));
+            }
+            // The codec keeps the part of a frame read so far: bytes there
+            // mean the frame has begun, and from now on it has `frame`.
+            if !begun && !self.stream.read_buffer().is_empty() {
+                begun = true;
+                deadline.as_mut().reset(tokio::time::Instant::now() + frame);
+            }
+            match deadline.as_mut().poll(cx) {
+                Poll::Ready(()) if begun => Poll::Ready(Err(ReadDeadline::Frame)),
+                Poll::Ready(()) => Poll::Ready(Err(ReadDeadline::Idle)),
+                Poll::Pending => Poll::Pending,
+            }
+        })
+        .await?;
+        Ok(match next {
+            None => Ok(None),
+            Some(Ok(bytes)) => decode(&bytes).map(Some).map_err(ConnectionError::from),
+            Some(Err(e)) => Err(classify(e, self.frame_bytes_max)),
+        })
+    }
 }
 
 /// The writing half of a split [`Connection`].
 pub struct WriteHalf<T> {
-    sink: futures_util::stream::SplitSink<Framed<T, LengthDelimitedCodec>, Bytes>,
+    sink: FramedWrite<tokio::io::WriteHalf<T>, LengthDelimitedCodec>,
     frame_bytes_max: usize,
 }
 
@@ -177,15 +244,26 @@ impl<T: AsyncRead + AsyncWrite + Unpin> WriteHalf<T> {
         self.sink.feed(bytes).await.map_err(|e| classify(e, cap))
     }
 
+    /// Queue one frame encoded by [`encode_frame`] without flushing; the
+    /// caller checked it against the frame cap.
+    pub async fn feed_frame(&mut self, frame: Bytes) -> Result<(), ConnectionError> {
+        let cap = self.frame_bytes_max;
+        self.sink.feed(frame).await.map_err(|e| classify(e, cap))
+    }
+
     /// Flush queued messages.
     pub async fn flush(&mut self) -> Result<(), ConnectionError> {
         let cap = self.frame_bytes_max;
-        self.sink.flush().await.map_err(|e| classify(e, cap))
+        SinkExt::<Bytes>::flush(&mut self.sink)
+            .await
+            .map_err(|e| classify(e, cap))
     }
 
     /// Flush and close the write side.
     pub async fn close(&mut self) -> Result<(), ConnectionError> {
         let cap = self.frame_bytes_max;
-        self.sink.close().await.map_err(|e| classify(e, cap))
+        SinkExt::<Bytes>::close(&mut self.sink)
+            .await
+            .map_err(|e| classify(e, cap))
     }
 }

@@ -112,7 +112,9 @@ pub struct NodeTuning {
     pub bridge: Option<Arc<dyn BridgeFactory>>,
     /// Gossip timing.
     pub gossip: GossipConfig,
-    /// Connection-layer limits.
+    /// Connection-layer limits; the config's `[server]` table
+    /// ([`ServerSection`](crate::config::ServerSection)) overrides the
+    /// bounds it holds.
     pub server: Option<ServerConfig>,
     /// Hint bounds.
     pub hints: HintConfig,
@@ -443,12 +445,12 @@ where
         access: access.clone(),
         stop: stop_rx.clone(),
     });
-    let server_config = ServerConfig {
+    let server_config = config.server.apply(ServerConfig {
         node_id: config.node_id.clone(),
         dc: config.dc.clone(),
         tls: parts.server_tls.clone(),
         ..tuning.server.clone().unwrap_or_default()
-    };
+    });
     spawn_server(&workers, parts.listener, handler, server_config, &stop_rx);
     let auth_view = view.clone();
     spawn_background(

@@ -341,6 +341,7 @@ fn config(cluster: &Cluster, spec: &NodeSpec) -> NodeConfig {
         bootstrap: spec.bootstrap,
         tls: None,
         insecure_plaintext: true,
+        server: Default::default(),
         auth: AuthSection {
             anonymous_full_access: true,
             ..AuthSection::default()
