@@ -30,6 +30,15 @@
 //! power loss a cursor may lag (records are shipped again, harmlessly),
 //! but it never skips a record nobody owes a full-sync for.
 //!
+//! A failed fsync poisons the outbox, as it does the engine: what reached
+//! the disk is uncertain, so appends are refused until the node restarts,
+//! and every DC is owed a full sync. An append that fails (a full disk)
+//! may leave part of a record: its segment is sealed there (recovery
+//! reads the part as damage), later records go to a new segment, and
+//! every DC is owed a full sync, since the write was stored locally
+//! without reaching the outbox. A full-sync mark that cannot be persisted
+//! is persisted before the next append, or that append is refused.
+//!
 //! The outbox is bounded: when its segments exceed `bytes_max`, the DC
 //! furthest behind is cut loose: its cursor jumps to the head, a
 //! full-sync is owed to it (Merkle repair brings it what it missed), and
@@ -122,6 +131,12 @@ pub struct Outbox<F: Fs = StdFs> {
     pub(crate) arrived: tokio::sync::Notify,
     /// A sealed segment decoded for a shipper catching up from disk.
     sealed_cache: Mutex<Option<SealedSegment>>,
+    /// An fsync failed: what reached the disk is uncertain, so appends
+    /// are refused until the node restarts (as the engine does).
+    poisoned: std::sync::atomic::AtomicBool,
+    /// A full-sync mark could not be persisted (a full disk): appends
+    /// persist it first, or are refused.
+    marks_unsaved: std::sync::atomic::AtomicBool,
 }
 
 /// A decoded sealed segment: its first record number and its records.
@@ -271,6 +286,8 @@ impl<F: Fs> Outbox<F> {
             }),
             synced: AtomicU64::new(next_seq),
             sync_lock: Mutex::new(()),
+            poisoned: std::sync::atomic::AtomicBool::new(false),
+            marks_unsaved: std::sync::atomic::AtomicBool::new(false),
             arrived: tokio::sync::Notify::new(),
             sealed_cache: Mutex::new(None),
         };
@@ -313,11 +330,66 @@ impl<F: Fs> Outbox<F> {
         Ok(())
     }
 
+    /// Every DC is owed a full sync, durably as far as the disk allows:
+    /// the outbox may have lost records they were owed (a write that did
+    /// not reach it, records a failed fsync may have dropped).
+    fn owe_everyone(&self, inner: &mut Inner<F>) {
+        for cursor in inner.cursors.values_mut() {
+            if !cursor.full_sync_pending {
+                cursor.full_sync_pending = true;
+                cursor.overflows += 1;
+            }
+        }
+        if let Err(e) = self.persist_marks(inner) {
+            self.marks_unsaved.store(true, Ordering::SeqCst);
+            tracing::error!(error = %e, "could not persist full-sync marks; appends wait for them");
+        }
+    }
+
+    /// Persist every cursor that owes a full sync.
+    fn persist_marks(&self, inner: &Inner<F>) -> Result<(), StoreError> {
+        for (dc, cursor) in inner.cursors.iter().filter(|(_, c)| c.full_sync_pending) {
+            self.persist_cursor(dc, cursor)?;
+        }
+        Ok(())
+    }
+
+    /// An fsync failed: refuse appends from now on, and owe every DC a
+    /// full sync (interval-synced records already acknowledged may be
+    /// gone).
+    fn poison(&self, e: StoreError) -> StoreError {
+        self.poisoned.store(true, Ordering::SeqCst);
+        tracing::error!(error = %e, "outbox fsync failed; refusing writes until restart, full-sync owed to every DC");
+        self.owe_everyone(&mut self.inner.lock());
+        e
+    }
+
+    /// Has an fsync failed (appends refused until restart)?
+    pub fn is_poisoned(&self) -> bool {
+        self.poisoned.load(Ordering::SeqCst)
+    }
+
     /// Append one write; durable per the config when it returns. Blocking
-    /// (file IO): call it off the async executor.
+    /// (file IO): call it off the async executor. Refused after a failed
+    /// fsync. An append that fails (a full disk, say) may leave part of a
+    /// record: its segment is sealed there, so later records go to a new
+    /// one and are never hidden behind it, and every DC is owed a full
+    /// sync (the write was stored locally without reaching the outbox).
     pub fn append(&self, keyspace: &str, key: &[u8], version: &Version) -> Result<u64, StoreError> {
+        if self.is_poisoned() {
+            return Err(StoreError::Failed {
+                reason: format!(
+                    "outbox {}: an fsync failed; writes are refused until the node restarts",
+                    self.dir.display()
+                ),
+            });
+        }
         let (seq, file) = {
             let mut inner = self.inner.lock();
+            if self.marks_unsaved.load(Ordering::SeqCst) {
+                self.persist_marks(&inner)?;
+                self.marks_unsaved.store(false, Ordering::SeqCst);
+            }
             let seq = inner.next_seq;
             let record = Record {
                 seq,
@@ -334,7 +406,10 @@ impl<F: Fs> Outbox<F> {
             if needs_segment {
                 if let Some(old) = inner.current.take() {
                     // Seal: what the group sync covers is the new file only.
-                    old.sync().map_err(|e| failed(&self.dir, e))?;
+                    if let Err(e) = old.sync() {
+                        drop(inner);
+                        return Err(self.poison(failed(&self.dir, e)));
+                    }
                 }
                 // A segment starting at `seq` can only be an empty one a
                 // crash left (the head only moves forward), so creating
@@ -358,7 +433,11 @@ impl<F: Fs> Outbox<F> {
                 .current
                 .clone()
                 .expect("a current segment was just ensured");
-            file.append(&bytes).map_err(|e| failed(&self.dir, e))?;
+            if let Err(e) = file.append(&bytes) {
+                inner.current = None;
+                self.owe_everyone(&mut inner);
+                return Err(failed(&self.dir, e));
+            }
             let len = bytes.len();
             if let Some((_, s)) = inner.segments.iter_mut().next_back() {
                 s.bytes += len as u64;
@@ -395,7 +474,7 @@ impl<F: Fs> Outbox<F> {
             return Ok(());
         }
         let upto = self.inner.lock().next_seq;
-        file.sync().map_err(|e| failed(&self.dir, e))?;
+        file.sync().map_err(|e| self.poison(failed(&self.dir, e)))?;
         self.synced.fetch_max(upto, Ordering::AcqRel);
         Ok(())
     }
@@ -410,7 +489,7 @@ impl<F: Fs> Outbox<F> {
             && self.synced.load(Ordering::Acquire) < upto
         {
             let _leader = self.sync_lock.lock();
-            file.sync().map_err(|e| failed(&self.dir, e))?;
+            file.sync().map_err(|e| self.poison(failed(&self.dir, e)))?;
             self.synced.fetch_max(upto, Ordering::AcqRel);
         }
         Ok(())
@@ -971,5 +1050,70 @@ mod tests {
                 break;
             }
         }
+    }
+
+    /// A failed fsync: the append is refused, so is every later one (what
+    /// reached the disk is uncertain, as the engine treats it), and every
+    /// DC is owed a full sync, a mark that survives a restart.
+    #[test]
+    fn a_failed_fsync_refuses_later_appends_and_owes_every_dc_a_full_sync() {
+        let fs = MemFs::new();
+        let dir = Path::new("/outbox");
+        let outbox = Outbox::open_with_fs(fs.clone(), dir, small()).unwrap();
+        outbox.register(&dc("dc2")).unwrap();
+        outbox.register(&dc("dc3")).unwrap();
+        outbox.append("ks", b"a", &version(1)).unwrap();
+        fs.fail_next_sync();
+        assert!(outbox.append("ks", b"b", &version(2)).is_err());
+        assert!(outbox.is_poisoned());
+        assert!(outbox.append("ks", b"c", &version(3)).is_err());
+        for name in ["dc2", "dc3"] {
+            assert!(
+                outbox.cursor(&dc(name)).unwrap().full_sync_pending,
+                "{name}"
+            );
+        }
+        drop(outbox);
+        let outbox = Outbox::open_with_fs(fs.crash(), dir, small()).unwrap();
+        assert!(!outbox.is_poisoned());
+        for name in ["dc2", "dc3"] {
+            assert!(
+                outbox.cursor(&dc(name)).unwrap().full_sync_pending,
+                "{name}"
+            );
+        }
+        outbox.append("ks", b"d", &version(4)).unwrap();
+    }
+
+    /// A disk that fills mid-append leaves part of a record: that write is
+    /// owed to every DC by a full sync, and the records appended once
+    /// space returns go to a new segment, readable and kept across a
+    /// crash, never cut off as if behind a torn tail.
+    #[test]
+    fn a_partial_append_owes_a_full_sync_and_hides_no_later_record() {
+        let fs = MemFs::new();
+        let dir = Path::new("/outbox");
+        let outbox = Outbox::open_with_fs(fs.clone(), dir, small()).unwrap();
+        outbox.register(&dc("dc2")).unwrap();
+        let first = outbox.append("ks", b"a", &version(1)).unwrap();
+        fs.set_space(Some(10));
+        assert!(outbox.append("ks", b"b", &version(2)).is_err());
+        assert!(outbox.cursor(&dc("dc2")).unwrap().full_sync_pending);
+        fs.set_space(None);
+        let later = outbox.append("ks", b"c", &version(3)).unwrap();
+        let keys = |o: &Outbox<MemFs>| -> Vec<Vec<u8>> {
+            o.read(0, usize::MAX, usize::MAX)
+                .unwrap()
+                .iter()
+                .map(|r| r.key.clone())
+                .collect()
+        };
+        assert_eq!(keys(&outbox), vec![b"a".to_vec(), b"c".to_vec()]);
+        assert_eq!((first, later), (0, 1));
+        drop(outbox);
+        let outbox = Outbox::open_with_fs(fs.crash(), dir, small()).unwrap();
+        assert_eq!(keys(&outbox), vec![b"a".to_vec(), b"c".to_vec()]);
+        assert!(outbox.cursor(&dc("dc2")).unwrap().full_sync_pending);
+        assert_eq!(outbox.append("ks", b"d", &version(4)).unwrap(), 2);
     }
 }
