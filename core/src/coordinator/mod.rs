@@ -334,14 +334,9 @@ impl<S: LocalStore, T: Transport, H: HintSink> Coordinator<S, T, H> {
             // stored version again rather than adding a sibling.
             return Ok(stored.clone());
         }
-        let actor = self.config.actor;
-        let counter = current
-            .lub()
-            .max_counter(actor)
-            .max(write.context.max_counter(actor))
-            + 1;
+        let dot = next_dot(self.config.actor, &current.lub(), &write.context)?;
         let mut clock = write.context.clone();
-        clock.add_dot(Dot { actor, counter });
+        clock.add_dot(dot);
         let remaining = current
             .versions()
             .iter()
@@ -847,4 +842,22 @@ impl<S: LocalStore, T: Transport, H: HintSink> SystemWriter for Coordinator<S, T
             deadline,
         ))
     }
+}
+
+/// The dot a write coordinated by `actor` takes: one past the greatest
+/// event of `actor` in the key's history (`current`, the lub of its
+/// stored set) and in the write's `context`, so each actor's counters for
+/// a key stay contiguous. A context or history already at `u64::MAX` for
+/// `actor` (which only a hand-made context or a corrupt peer can carry)
+/// is refused: the next counter would wrap to 0, and the write would
+/// take no new event at all.
+pub fn next_dot(actor: Actor, current: &Clock, context: &Clock) -> Result<Dot, CoordinatorError> {
+    current
+        .max_counter(actor)
+        .max(context.max_counter(actor))
+        .checked_add(1)
+        .map(|counter| Dot { actor, counter })
+        .ok_or_else(|| CoordinatorError::BadRequest {
+            reason: format!("the context holds the last event of actor {}", actor.0),
+        })
 }
