@@ -6,6 +6,8 @@
 #   bash scripts/fuzz.sh                          # all targets, 5 minutes each
 #   SECONDS_PER_TARGET=30 bash scripts/fuzz.sh    # a quick pass
 #   bash scripts/fuzz.sh core/fuzz                # one crate's targets
+#   FUZZ_TARGET_DIR=/tmp/fuzz bash scripts/fuzz.sh   # one build directory for all
+#                                                 # crates (their dependencies build once)
 #
 # Needs the nightly toolchain and cargo-fuzz (`cargo install cargo-fuzz`).
 # A crash stops the script: libFuzzer leaves the input under
@@ -19,19 +21,23 @@ if [[ ${#dirs[@]} -eq 0 ]]; then
     dirs=(client/fuzz core/fuzz dc-bridge/fuzz resolvers/fuzz)
 fi
 results=()
+target_dir=()
+if [[ -n "${FUZZ_TARGET_DIR:-}" ]]; then
+    target_dir=(--target-dir "$FUZZ_TARGET_DIR")
+fi
 for dir in "${dirs[@]}"; do
     for target in $(cd "$dir" && cargo +nightly fuzz list); do
         echo "== $dir $target (${seconds}s)"
         log="$(mktemp)"
         status=0
-        (cd "$dir" && cargo +nightly fuzz run "$target" -- -max_total_time="$seconds") >"$log" 2>&1 || status=$?
+        (cd "$dir" && cargo +nightly fuzz run "${target_dir[@]}" "$target" -- -max_total_time="$seconds") >"$log" 2>&1 || status=$?
         if [[ $status -ne 0 ]]; then
             tail -40 "$log"
             echo "!! $dir $target failed (exit $status); the whole log: $log"
             exit 1
         fi
-        grep -E '^#[0-9]+ +DONE|^Done [0-9]+ runs' "$log" || true
-        results+=("$dir $target: $(grep -E '^#[0-9]+ +DONE' "$log" | tail -1)")
+        grep -E '^#[0-9]+[[:space:]]+DONE|^Done [0-9]+ runs' "$log" || true
+        results+=("$dir $target: $(grep -E '^#[0-9]+[[:space:]]+DONE' "$log" | tail -1 || true)")
         rm -f "$log"
     done
 done
