@@ -31,6 +31,8 @@ pub mod config;
 pub mod coordinator;
 pub mod engine;
 pub mod fs;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod gossip;
 pub mod hints;
 pub mod limit;

@@ -21,6 +21,8 @@
 #![warn(missing_docs)]
 
 pub mod batch;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod outbox;
 pub mod ship;
 pub mod wan;

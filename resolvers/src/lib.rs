@@ -59,6 +59,8 @@
 
 pub mod check;
 mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 mod hook;
 pub mod host;
 mod limit;

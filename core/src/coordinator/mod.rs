@@ -379,30 +379,9 @@ impl<S: LocalStore, T: Transport, H: HintSink> Coordinator<S, T, H> {
             // stored version again rather than adding a sibling.
             return Ok(stored.clone());
         }
-        // This replica issues its actor's events for the key, so it knows
-        // every one of them: a context naming a later one did not come
-        // from a read of the key. (Events of other actors may not have
-        // reached this replica yet; their counters are only bounded, by
-        // `decode_context`.)
-        let actor = self.config.actor;
-        let issued = current.lub().max_counter(actor);
-        let claimed = write.context.max_counter(actor);
-        if claimed > issued {
-            return Err(CoordinatorError::InvalidContext {
-                reason: format!(
-                    "it names event {claimed} of {}'s actor for this key, which has issued {issued}; \
-                     write over a context a read of the key returned",
-                    self.config.node
-                ),
-            });
-        }
-        let counter = issued
-            .checked_add(1)
-            .ok_or_else(|| CoordinatorError::InvalidContext {
-                reason: "the key's event counter of this replica is exhausted".into(),
-            })?;
+        let dot = next_dot(self.config.actor, &current.lub(), &write.context)?;
         let mut clock = write.context.clone();
-        clock.add_dot(Dot { actor, counter });
+        clock.add_dot(dot);
         let remaining = current
             .versions()
             .iter()
@@ -926,4 +905,37 @@ impl<S: LocalStore, T: Transport, H: HintSink> SystemWriter for Coordinator<S, T
             deadline,
         ))
     }
+}
+
+/// The dot a write coordinated by `actor` takes: one past the greatest
+/// event of `actor` in the key's history (`current`, the lub of its
+/// stored set), so each actor's counters for a key stay contiguous.
+///
+/// The replica issues its actor's events for the key, so it knows every
+/// one of them: a `context` naming a later one did not come from a read
+/// of the key and is refused (`InvalidContext`), and so is a history
+/// already at `u64::MAX`, where the next counter would wrap to 0. (Events
+/// of other actors may not have reached this replica yet; their counters
+/// are only bounded, by `decode_context`.)
+pub fn next_dot(actor: Actor, current: &Clock, context: &Clock) -> Result<Dot, CoordinatorError> {
+    let issued = current.max_counter(actor);
+    let claimed = context.max_counter(actor);
+    if claimed > issued {
+        return Err(CoordinatorError::InvalidContext {
+            reason: format!(
+                "it names event {claimed} of actor {} for this key, which has issued {issued}; \
+                 write over a context a read of the key returned",
+                actor.0
+            ),
+        });
+    }
+    issued
+        .checked_add(1)
+        .map(|counter| Dot { actor, counter })
+        .ok_or_else(|| CoordinatorError::InvalidContext {
+            reason: format!(
+                "actor {}'s event counter for this key is exhausted",
+                actor.0
+            ),
+        })
 }

@@ -60,12 +60,9 @@ pub fn decode_context(context: &Context) -> Result<Clock, CoordinatorError> {
             "context names event {counter}, past the {CONTEXT_COUNTER_MAX} a real history reaches"
         )));
     }
-    // Re-normalise: a hand-made context must not carry a clock that absorb
-    // would never build.
-    Ok(Clock::from_parts(
-        clock.vector().iter().map(|(a, n)| (*a, *n)),
-        clock.dots().iter().copied(),
-    ))
+    // Decoding normalised it: a hand-made context cannot carry a clock
+    // that absorb would never build.
+    Ok(clock)
 }
 
 /// The client's view of a set: live siblings and the context covering all.
