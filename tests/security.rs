@@ -440,6 +440,15 @@ where
     panic!("{what} did not reach every node within 30 s");
 }
 
+/// Wait until `user` can log in with `password` on every node; how long
+/// that took.
+async fn logs_in_everywhere(cluster: &LocalCluster, user: &str, password: &str) -> Duration {
+    everywhere(cluster, &format!("user {user}"), |addr| async move {
+        login(cluster, &addr, creds(user, password)).await.is_ok()
+    })
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn strangers_and_users_get_what_their_grants_allow_in_every_dc() {
     let cluster = cluster().await;
@@ -478,15 +487,7 @@ async fn strangers_and_users_get_what_their_grants_allow_in_every_dc() {
         assert_eq!(answer, ResponseBody::User(UserResponse::Done));
     }
     // They reach dc2 through the bridge: the writer logs in there.
-    let took = everywhere(&cluster, "the new users", |addr| {
-        let cluster = &cluster;
-        async move {
-            login(cluster, &addr, creds("writer", "writer-password"))
-                .await
-                .is_ok()
-        }
-    })
-    .await;
+    let took = logs_in_everywhere(&cluster, "writer", "writer-password").await;
     eprintln!("a new user could log in on every node after {took:?}");
 
     let writer = login(&cluster, &dc2, creds("writer", "writer-password"))
@@ -583,15 +584,7 @@ async fn a_revoked_grant_and_a_new_password_take_effect_on_every_node() {
         },
     )
     .await;
-    everywhere(&cluster, "the new user", |addr| {
-        let cluster = &cluster;
-        async move {
-            login(cluster, &addr, creds("writer", "writer-password"))
-                .await
-                .is_ok()
-        }
-    })
-    .await;
+    logs_in_everywhere(&cluster, "writer", "writer-password").await;
     // Sessions opened before the revocation, one per node.
     let mut open = Vec::new();
     for node in cluster.nodes.values() {

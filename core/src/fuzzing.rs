@@ -33,6 +33,23 @@ use crate::store::StoreError;
 /// The receiver's wall clock in the gossip checks, Unix milliseconds.
 pub const NOW_MS: u64 = 1_800_000_000_000;
 
+/// `bytes` with one byte flipped, one inserted, or the tail cut (`how`
+/// modulo 3), at `at` modulo its length: how the proptest twins of every
+/// fuzz target turn a valid encoding into a near miss. Empty bytes become
+/// `[byte]`.
+pub fn mutate(mut bytes: Vec<u8>, how: u8, at: usize, byte: u8) -> Vec<u8> {
+    if bytes.is_empty() {
+        return vec![byte];
+    }
+    let i = at % bytes.len();
+    match how % 3 {
+        0 => bytes[i] ^= byte.max(1),
+        1 => bytes.insert(i, byte),
+        _ => bytes.truncate(i),
+    }
+    bytes
+}
+
 /// A peer message: `bytes` as an `Envelope<PeerRequest>` (what a node
 /// reads from a peer connection) and as a `Reply<PeerResponse>` (what it
 /// reads back). Whatever decodes re-encodes to the same bytes, and its
