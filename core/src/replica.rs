@@ -208,8 +208,19 @@ impl<S: LocalStore> LockedKey<'_, S> {
     /// before), whatever the resolver's state: bound, missing, failing or
     /// detached. Otherwise nothing is applied (`TooManySiblings`).
     pub async fn apply(&self, keyspace: &str, versions: Vec<Version>) -> Result<(), StoreError> {
+        let set = self.replica.store.get(keyspace, self.key).await?;
+        self.apply_over(keyspace, set, versions).await
+    }
+
+    /// [`Self::apply`] for a caller that read the key's set under this
+    /// lock already (the coordinator issuing a write): no second read.
+    pub async fn apply_over(
+        &self,
+        keyspace: &str,
+        mut set: VersionSet,
+        versions: Vec<Version>,
+    ) -> Result<(), StoreError> {
         let replica = self.replica;
-        let mut set = replica.store.get(keyspace, self.key).await?;
         let before = set.len();
         for v in &versions {
             set.absorb(v.clone());

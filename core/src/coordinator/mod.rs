@@ -6,8 +6,9 @@
 //! clock stays small (a node that is not a local replica forwards the write
 //! to one: [`target::route`]). Under the key's lock the coordinating
 //! replica reads its set, returns the stored version if the client's write
-//! id is already there (a retry), checks the sibling bound, builds the new
-//! version (the client's context plus one new dot), and applies it locally.
+//! id is already there (a retry), builds the new version (the client's
+//! context plus one new dot), and applies it locally, where the replica
+//! checks the sibling bound.
 //! The replica issues its own actor's dots for the key, so it knows all of
 //! them: a context naming a later one did not come from a read and is
 //! refused (`INVALID_CONTEXT`); other actors' counters in a context are
@@ -57,7 +58,7 @@ pub use target::{Operation, Route, Scope, Targets};
 
 use crate::bridge::{BoxFuture, Bridge, Deliver, Entries};
 use crate::hints::HintSink;
-use crate::limit::{LimitError, Limits};
+use crate::limit::Limits;
 use crate::merge::{MergeHook, merge_into};
 use crate::model::{
     Actor, Clock, Consistency, DcName, Dot, KeyspaceConfig, Payload, Version, VersionSet, key_hash,
@@ -382,21 +383,6 @@ impl<S: LocalStore, T: Transport, H: HintSink> Coordinator<S, T, H> {
         let dot = next_dot(self.config.actor, &current.lub(), &write.context)?;
         let mut clock = write.context.clone();
         clock.add_dot(dot);
-        let remaining = current
-            .versions()
-            .iter()
-            .filter(|v| !v.clock.is_covered_by(&clock))
-            .count();
-        // Whatever the resolver's state: a working one keeps the set
-        // merged, a missing or failing one must not let it grow unbounded.
-        let siblings_max = self.config.limits.siblings_max;
-        if remaining + 1 > siblings_max {
-            return Err(LimitError::TooManySiblings {
-                count: remaining + 1,
-                max: siblings_max,
-            }
-            .into());
-        }
         let version = Version {
             clock,
             payload: write
@@ -408,7 +394,15 @@ impl<S: LocalStore, T: Transport, H: HintSink> Coordinator<S, T, H> {
             resolver: None,
             write_id: Some(write.write_id),
         };
-        locked.apply(write.keyspace, vec![version.clone()]).await?;
+        // The replica keeps the sibling bound, whatever the resolver's
+        // state, over the set read above.
+        locked
+            .apply_over(write.keyspace, current, vec![version.clone()])
+            .await
+            .map_err(|e| match e {
+                StoreError::Limit(limit) => CoordinatorError::Limit(limit),
+                other => other.into(),
+            })?;
         Ok(version)
     }
 
