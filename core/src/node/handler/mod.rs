@@ -148,6 +148,7 @@ where
             } => client::repair(self, keyspace, remote_dc).await,
             RequestBody::Decommission => client::decommission(self).await,
             RequestBody::Registry(request) => client::registry(self, request, deadline).await,
+            RequestBody::Quarantine(request) => client::quarantine(self, request).await,
             RequestBody::User(request) => match &self.access.users {
                 Some(users) => match crate::auth::serve(users, request).await {
                     Ok(answer) => ResponseBody::User(answer),
