@@ -117,7 +117,10 @@ pub fn run(command: BridgeCommand) -> anyhow::Result<String> {
                     ids,
                 });
                 match session.call(body, timeout).await? {
-                    ResponseBody::Quarantine(QuarantineResponse::Replayed { replayed, missing }) => {
+                    ResponseBody::Quarantine(QuarantineResponse::Replayed {
+                        replayed,
+                        missing,
+                    }) => {
                         let mut out = format!("replayed {replayed} record(s) to {dc}\n");
                         if !missing.is_empty() {
                             let ids: Vec<String> = missing.iter().map(u64::to_string).collect();

@@ -5,8 +5,6 @@
 //! quarantine list|export` show it, and once the keyspace exists in the
 //! other datacenter, `replay` delivers it.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -36,7 +34,10 @@ async fn restart(cluster: &mut LocalCluster, config: NodeConfig) {
     let id = config.node_id.clone();
     cluster.stop_node(&id).await;
     cluster.start_with(config).await.unwrap();
-    cluster.wait_alive(2, "the restarted node back").await.unwrap();
+    cluster
+        .wait_alive(2, "the restarted node back")
+        .await
+        .unwrap();
 }
 
 async fn put(session: &Session, keyspace: &str, key: &str, value: &str) {
@@ -93,6 +94,24 @@ fn toward_dc2(cluster: &LocalCluster) -> BridgeReport {
         .unwrap()
 }
 
+/// `isthmus ARGS...` (plaintext: the cluster runs without TLS), run to
+/// completion off the async runtime; exit status, stdout, stderr.
+async fn isthmus(args: Vec<String>) -> (bool, String, String) {
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_isthmus"))
+            .args(args)
+            .env_remove("ISTHMUS_CA")
+            .env_remove("ISTHMUS_CERT")
+            .env_remove("ISTHMUS_KEY")
+            .output()
+            .expect("running isthmus")
+    })
+    .await
+    .unwrap();
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    (out.status.success(), text(&out.stdout), text(&out.stderr))
+}
+
 fn cli(addr: &str, args: &[&str]) -> Vec<String> {
     let mut all: Vec<String> = ["bridge", "quarantine"]
         .iter()
@@ -123,9 +142,11 @@ async fn a_record_the_other_dc_refuses_is_quarantined_and_replayed_once_fixed() 
     put(&s1, "carts", "c1", "after the refused one").await;
 
     // The pair moves on: the later write arrives in dc2.
-    until("a write behind the refused one reaches dc2", 30, async || {
-        values(&s2, "carts", "c1").await == vec![b"after the refused one".to_vec()]
-    })
+    until(
+        "a write behind the refused one reaches dc2",
+        30,
+        async || values(&s2, "carts", "c1").await == vec![b"after the refused one".to_vec()],
+    )
     .await;
     until("the refused record is counted", 10, async || {
         toward_dc2(&cluster).quarantine_held == 1
@@ -153,7 +174,11 @@ async fn a_record_the_other_dc_refuses_is_quarantined_and_replayed_once_fixed() 
     assert_eq!(records.len(), 1);
     let held = &records[0];
     assert_eq!(
-        (held.dc.as_str(), held.keyspace.as_str(), held.key.as_slice()),
+        (
+            held.dc.as_str(),
+            held.keyspace.as_str(),
+            held.key.as_slice()
+        ),
         ("dc2", "orders", b"o1".as_slice())
     );
     assert_eq!(held.code, ErrorCode::BadRequest);
@@ -161,26 +186,25 @@ async fn a_record_the_other_dc_refuses_is_quarantined_and_replayed_once_fixed() 
     assert_eq!(held.value_bytes, "first order".len() as u64);
 
     // ...and by the command line: list, export, status.
-    let out = common::isthmus(cli(&dc1, &["list"])).await;
-    let listing = common::text(&out.stdout);
-    assert!(out.status.success(), "{}", common::text(&out.stderr));
+    let (ok, listing, err) = isthmus(cli(&dc1, &["list"])).await;
+    assert!(ok, "{err}");
     assert!(
         listing.contains("orders") && listing.contains("o1") && listing.contains("BAD_REQUEST"),
         "{listing}"
     );
     let export = cluster.root().join("quarantine.jsonl");
-    let out = common::isthmus(cli(
+    let (ok, _, err) = isthmus(cli(
         &dc1,
         &["export", "--dc", "dc2", "--out", export.to_str().unwrap()],
     ))
     .await;
-    assert!(out.status.success(), "{}", common::text(&out.stderr));
+    assert!(ok, "{err}");
     let lines = std::fs::read_to_string(&export).unwrap();
     let line: serde_json::Value = serde_json::from_str(lines.trim()).unwrap();
     assert_eq!(line["keyspace"], "orders");
     assert_eq!(line["key"], "o1");
     assert!(line["record_hex"].as_str().is_some_and(|h| h.len() > 40));
-    let out = common::isthmus(vec![
+    let (ok, out, err) = isthmus(vec![
         "status".into(),
         "--addr".into(),
         dc1.clone(),
@@ -188,7 +212,8 @@ async fn a_record_the_other_dc_refuses_is_quarantined_and_replayed_once_fixed() 
         "--json".into(),
     ])
     .await;
-    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(ok, "{err}");
+    let status: serde_json::Value = serde_json::from_str(&out).unwrap();
     let dc2_link: BTreeMap<String, serde_json::Value> = status["bridges"]
         .as_array()
         .unwrap()
@@ -200,10 +225,14 @@ async fn a_record_the_other_dc_refuses_is_quarantined_and_replayed_once_fixed() 
     // The operator creates the keyspace in dc2 and replays.
     let config = with_orders(&cluster, "dc2");
     restart(&mut cluster, config).await;
-    assert!(values(&s2_session(&cluster).await, "orders", "o1").await.is_empty());
-    let out = common::isthmus(cli(&dc1, &["replay", "--dc", "dc2", "--all"])).await;
-    assert!(out.status.success(), "{}", common::text(&out.stderr));
-    assert_eq!(common::text(&out.stdout), "replayed 1 record(s) to dc2\n");
+    assert!(
+        values(&s2_session(&cluster).await, "orders", "o1")
+            .await
+            .is_empty()
+    );
+    let (ok, out, err) = isthmus(cli(&dc1, &["replay", "--dc", "dc2", "--all"])).await;
+    assert!(ok, "{err}");
+    assert_eq!(out, "replayed 1 record(s) to dc2\n");
     let s2 = s2_session(&cluster).await;
     until("the replayed record reaches dc2", 30, async || {
         values(&s2, "orders", "o1").await == vec![b"first order".to_vec()]
@@ -212,8 +241,8 @@ async fn a_record_the_other_dc_refuses_is_quarantined_and_replayed_once_fixed() 
     let report = toward_dc2(&cluster);
     assert_eq!(report.quarantine_held, 0);
     assert_eq!(report.quarantined, 1);
-    let out = common::isthmus(cli(&dc1, &["list"])).await;
-    assert_eq!(common::text(&out.stdout), "no quarantined records\n");
+    let (_, out, _) = isthmus(cli(&dc1, &["list"])).await;
+    assert_eq!(out, "no quarantined records\n");
     cluster.shutdown().await;
 }
 

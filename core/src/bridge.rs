@@ -68,8 +68,12 @@ pub trait Deliver: Send + Sync {
     /// key and every value are within this node's limits, and the key
     /// carries no more versions than a set may hold. A refusal here is
     /// permanent (see [`is_permanent`]) and no hint is kept for it.
-    fn admit(&self, keyspace: &str, key: &[u8], versions: &[Version])
-    -> Result<(), CoordinatorError>;
+    fn admit(
+        &self,
+        keyspace: &str,
+        key: &[u8],
+        versions: &[Version],
+    ) -> Result<(), CoordinatorError>;
 
     /// Absorb every entry on a local quorum of its key's replicas (hints
     /// for the ones that miss it); `Ok` only when every key reached it.

@@ -44,9 +44,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use hdrhistogram::Histogram;
-use isthmus_client::wire::{
-    ErrorCode, QuarantineRequest, QuarantineResponse, WireError,
-};
+use isthmus_client::wire::{ErrorCode, QuarantineRequest, QuarantineResponse, WireError};
 use isthmus_core::bridge::{
     BoxFuture, Bridge, BridgeFactory, BridgeParts, BridgeReport, Deliver, ShipRefusal,
     StartedBridge, is_permanent,
@@ -335,12 +333,15 @@ impl<F: Fs> Bridge for DcBridge<F> {
                         continue;
                     }
                 }
-                by_keyspace.entry(item.keyspace).or_default().push(Delivery {
-                    item: item_no,
-                    enqueued_ms: item.enqueued_ms,
-                    key: item.key,
-                    versions: item.versions,
-                });
+                by_keyspace
+                    .entry(item.keyspace)
+                    .or_default()
+                    .push(Delivery {
+                        item: item_no,
+                        enqueued_ms: item.enqueued_ms,
+                        key: item.key,
+                        versions: item.versions,
+                    });
             }
             let results = futures_util::future::join_all(
                 by_keyspace
@@ -567,7 +568,10 @@ fn serve_quarantine<F: Fs>(
             }
             let wanted: Option<BTreeSet<u64>> =
                 (!ids.is_empty()).then(|| ids.iter().copied().collect());
-            if wanted.as_ref().is_some_and(|w| w.len() > REPLAY_RECORDS_MAX) {
+            if wanted
+                .as_ref()
+                .is_some_and(|w| w.len() > REPLAY_RECORDS_MAX)
+            {
                 return Err(bad_request(format!(
                     "at most {REPLAY_RECORDS_MAX} records per replay"
                 )));
@@ -705,9 +709,11 @@ mod tests {
         ) -> Result<(), isthmus_core::coordinator::CoordinatorError> {
             match keyspace {
                 "carts" => Ok(()),
-                other => Err(isthmus_core::coordinator::CoordinatorError::UnknownKeyspace {
-                    name: other.into(),
-                }),
+                other => Err(
+                    isthmus_core::coordinator::CoordinatorError::UnknownKeyspace {
+                        name: other.into(),
+                    },
+                ),
             }
         }
     }
@@ -742,7 +748,12 @@ mod tests {
     async fn a_batch_is_applied_but_for_the_items_refused_for_good() {
         let bridge = bridge();
         let fake = Fake::default();
-        let shipped = batch(&[("carts", "a"), ("gone", "x"), ("carts", "big"), ("carts", "b")]);
+        let shipped = batch(&[
+            ("carts", "a"),
+            ("gone", "x"),
+            ("carts", "big"),
+            ("carts", "b"),
+        ]);
         let refused = bridge
             .receive(&"dc2".into(), &shipped, &fake)
             .await

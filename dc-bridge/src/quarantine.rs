@@ -242,11 +242,7 @@ impl<F: Fs> Quarantine<F> {
         let mut stores = BTreeMap::new();
         let mut damaged = Vec::new();
         for path in fs.list(dir).map_err(|e| failed(dir, e))? {
-            let Some(dc) = path
-                .file_name()
-                .and_then(|n| n.to_str())
-                .and_then(dc_of)
-            else {
+            let Some(dc) = path.file_name().and_then(|n| n.to_str()).and_then(dc_of) else {
                 continue;
             };
             let bytes = fs.read_all(&path).map_err(|e| failed(&path, e))?;
@@ -323,7 +319,9 @@ impl<F: Fs> Quarantine<F> {
         }
         if store.file.is_none() {
             let file = if self.fs.exists(&store.path) {
-                self.fs.open(&store.path).map_err(|e| failed(&store.path, e))?
+                self.fs
+                    .open(&store.path)
+                    .map_err(|e| failed(&store.path, e))?
             } else {
                 Self::create_file(&self.fs, &self.dir, &store.path)?
             };
@@ -632,7 +630,13 @@ mod tests {
         let added = q
             .add(&dc2, &[refused(3, 10), refused(5, 10), refused(8, 10)])
             .unwrap();
-        assert_eq!(added, Added { kept: 3, overflowed: 0 });
+        assert_eq!(
+            added,
+            Added {
+                kept: 3,
+                overflowed: 0
+            }
+        );
         let fs = fs.crash();
         let (q, damaged) = Quarantine::open(fs.clone(), dir(), 1 << 20).unwrap();
         assert!(damaged.is_empty());
@@ -641,7 +645,8 @@ mod tests {
         assert_eq!(next, None);
         assert_eq!(page[1].code, ErrorCode::BadRequest);
         assert_eq!(page[1].key, b"o5");
-        let record: Record = isthmus_client::wire::decode(page[1].record.as_ref().unwrap()).unwrap();
+        let record: Record =
+            isthmus_client::wire::decode(page[1].record.as_ref().unwrap()).unwrap();
         assert_eq!(record.seq, 5);
         let ids: BTreeSet<u64> = [page[0].id, page[2].id].into();
         q.remove(&dc2, &ids).unwrap();
@@ -665,7 +670,13 @@ mod tests {
         assert_eq!(held(&q, &dc2), vec![1]);
         // Past the bound: not kept, reported for the caller to owe a sync.
         let added = q.add(&dc2, &[refused(2, 100), refused(3, 4000)]).unwrap();
-        assert_eq!(added, Added { kept: 1, overflowed: 1 });
+        assert_eq!(
+            added,
+            Added {
+                kept: 1,
+                overflowed: 1
+            }
+        );
         let stats = q.stats()[&dc2];
         assert_eq!((stats.held, stats.quarantined, stats.overflows), (2, 2, 1));
         assert!(stats.bytes <= 2048);
@@ -681,14 +692,16 @@ mod tests {
         // A torn tail: half a record after the two.
         let f = fs.open(&path).unwrap();
         let size = f.size().unwrap();
-        f.append(&frame(&Entry {
-            id: 99,
-            quarantined_ms: 0,
-            code: ErrorCode::BadRequest,
-            message: String::new(),
-            record: (*refused(3, 10).record).clone(),
-        })[..20])
-            .unwrap();
+        f.append(
+            &frame(&Entry {
+                id: 99,
+                quarantined_ms: 0,
+                code: ErrorCode::BadRequest,
+                message: String::new(),
+                record: (*refused(3, 10).record).clone(),
+            })[..20],
+        )
+        .unwrap();
         f.sync().unwrap();
         let (q, damaged) = Quarantine::open(fs.clone(), dir(), 1 << 20).unwrap();
         assert!(damaged.is_empty(), "a torn tail is no damage");

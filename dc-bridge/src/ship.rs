@@ -288,20 +288,23 @@ impl<F: Fs> Shipper<F> {
         let timeout = self.call_timeout;
         Box::pin(async move {
             let request = PeerRequest::Ship { from_dc, batch };
-            let refused = match transport.call(&to, request, timeout).await {
-                Ok(PeerResponse::Applied) => Some(Vec::new()),
-                Ok(PeerResponse::Shipped { refused }) => refused_records(&shipped, &records, refused)
+            let refused =
+                match transport.call(&to, request, timeout).await {
+                    Ok(PeerResponse::Applied) => Some(Vec::new()),
+                    Ok(PeerResponse::Shipped { refused }) => refused_records(
+                        &shipped, &records, refused,
+                    )
                     .map_err(|why| tracing::warn!(node = %to, why, "batch answer not understood"))
                     .ok(),
-                Ok(other) => {
-                    tracing::debug!(node = %to, answer = ?other, "batch refused");
-                    None
-                }
-                Err(e) => {
-                    tracing::debug!(node = %to, error = %e, "batch not delivered");
-                    None
-                }
-            };
+                    Ok(other) => {
+                        tracing::debug!(node = %to, answer = ?other, "batch refused");
+                        None
+                    }
+                    Err(e) => {
+                        tracing::debug!(node = %to, error = %e, "batch not delivered");
+                        None
+                    }
+                };
             Settled {
                 after,
                 count,
@@ -576,11 +579,19 @@ mod tests {
             },
         };
         // Item 0 is key "a": both its records.
-        let found =
-            refused_records(&shipped, &records, vec![refusal(0, ErrorCode::ValueTooLarge)]).unwrap();
+        let found = refused_records(
+            &shipped,
+            &records,
+            vec![refusal(0, ErrorCode::ValueTooLarge)],
+        )
+        .unwrap();
         let seqs: Vec<u64> = found.iter().map(|r| r.record.seq).collect();
         assert_eq!(seqs, vec![0, 2]);
-        assert!(refused_records(&shipped, &records, vec![refusal(5, ErrorCode::BadRequest)]).is_err());
-        assert!(refused_records(&shipped, &records, vec![refusal(1, ErrorCode::ClockSkew)]).is_err());
+        assert!(
+            refused_records(&shipped, &records, vec![refusal(5, ErrorCode::BadRequest)]).is_err()
+        );
+        assert!(
+            refused_records(&shipped, &records, vec![refusal(1, ErrorCode::ClockSkew)]).is_err()
+        );
     }
 }
