@@ -531,9 +531,10 @@ fn bad_request(message: String) -> WireError {
     }
 }
 
-/// Most records one replay puts back (a bigger quarantine is replayed in
-/// several requests, each well inside a request deadline).
-pub const REPLAY_RECORDS_MAX: usize = 10_000;
+/// Most records one replay request puts back (a bigger quarantine is
+/// replayed in several requests: each holds its records in memory, at
+/// most this many values, and stays well inside a request deadline).
+pub const REPLAY_RECORDS_MAX: usize = 64;
 
 /// An operator's quarantine request, blocking. A replay appends the
 /// records to the outbox for `dc` only, makes them durable there, and

@@ -239,6 +239,10 @@ impl<F: Fs> Quarantine<F> {
     /// damaged (records lost: the caller owes them a full sync).
     pub fn open(fs: F, dir: &Path, bytes_max: u64) -> Result<(Self, Vec<DcName>), StoreError> {
         fs.create_dir_all(dir).map_err(|e| failed(dir, e))?;
+        // The directory's own name, durable before any file in it counts.
+        if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+            fs.sync_dir(parent).map_err(|e| failed(parent, e))?;
+        }
         let mut stores = BTreeMap::new();
         let mut damaged = Vec::new();
         for path in fs.list(dir).map_err(|e| failed(dir, e))? {

@@ -265,7 +265,8 @@ pub enum QuarantineRequest {
     Replay {
         /// The remote datacenter.
         dc: String,
-        /// Which records (by id); empty: every one held for `dc`.
+        /// Which records (by id), at most 64; empty: the first 64 held
+        /// for `dc` (replay again for the rest).
         ids: Vec<u64>,
     },
 }
