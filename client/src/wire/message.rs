@@ -258,6 +258,12 @@ pub enum RequestBody {
     /// Manage users and grants (admin; a user may change their own
     /// password).
     User(super::UserRequest),
+    /// Stop the administrative operation running on the answering node
+    /// (repair, full sync, decommission, rebuild): answered with
+    /// [`ResponseBody::Cancelled`]; the operation's own request fails
+    /// with [`ErrorCode::Cancelled`]. A decommission cancelled before its
+    /// node has left returns the node to normal.
+    Cancel,
 }
 
 /// A resolver registry operation. Mutations are validated by the
@@ -399,6 +405,12 @@ pub enum ResponseBody {
     Registry(RegistryResponse),
     /// The answer to a [`RequestBody::User`].
     User(super::UserResponse),
+    /// The answer to a [`RequestBody::Cancel`]: the operation that was
+    /// running and is now stopping, or `None` when nothing ran.
+    Cancelled {
+        /// What was cancelled ("a repair", "a decommission", ...).
+        operation: Option<String>,
+    },
 }
 
 /// What a [`RegistryRequest`] did.
@@ -575,6 +587,10 @@ pub enum ErrorCode {
     /// than its `clock_skew_max_ms`: one of the two clocks is off. Fix the
     /// clock (NTP); the same version is refused until then.
     ClockSkew,
+    /// An administrative operation was cancelled by an operator
+    /// ([`RequestBody::Cancel`]) before it finished; what it did so far
+    /// stays (repair and streaming are idempotent). Not retryable.
+    Cancelled,
 }
 
 impl ErrorCode {
@@ -602,6 +618,7 @@ impl ErrorCode {
             ErrorCode::Forbidden => "FORBIDDEN",
             ErrorCode::InvalidContext => "INVALID_CONTEXT",
             ErrorCode::ClockSkew => "CLOCK_SKEW",
+            ErrorCode::Cancelled => "CANCELLED",
         }
     }
 

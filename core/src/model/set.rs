@@ -79,10 +79,10 @@ impl VersionSet {
     /// Two concurrent versions carrying the same write id are one logical
     /// write that two coordinators each gave a dot (a client retried
     /// elsewhere while the first coordinator still worked on it): they
-    /// collapse to the one with the greater content digest, as versions of
-    /// equal clocks do, before any merge, so the write takes effect once
-    /// wherever its versions meet. A write id names one write: versions
-    /// sharing one are taken to carry the same payload.
+    /// collapse into one version, before any merge, so the write takes
+    /// effect once wherever its versions meet ([`collapse`]). A write id
+    /// names one write: versions sharing one are taken to carry the same
+    /// payload.
     pub fn absorb(&mut self, incoming: Version) -> Absorbed {
         self.absorb_with(incoming, true)
     }
@@ -90,7 +90,7 @@ impl VersionSet {
     /// [`absorb`](Self::absorb), with or without the collapse of versions
     /// sharing a write id (without: how sets were built before it existed,
     /// which decoding still accepts).
-    fn absorb_with(&mut self, incoming: Version, collapse_aliases: bool) -> Absorbed {
+    fn absorb_with(&mut self, mut incoming: Version, collapse_aliases: bool) -> Absorbed {
         // Fast path (the storage engine's common case, a fresh key): the
         // one member of a singleton set is trivially in canonical order,
         // so no digest is needed.
@@ -100,36 +100,43 @@ impl VersionSet {
             self.versions = vec![incoming];
             return Absorbed::Changed;
         }
-        let alias = |v: &Version| {
-            collapse_aliases && v.write_id.is_some() && v.write_id == incoming.write_id
-        };
-        let mut incoming_digest: Option<ContentHash> = None;
-        // First decide whether the incoming version enters at all: only
-        // then may it displace members.
-        for member in &self.versions {
-            match incoming.clock.compare(&member.clock) {
-                Causality::Before => return Absorbed::Unchanged,
-                Causality::Equal if *member == incoming => return Absorbed::Unchanged,
-                Causality::Equal => {}
-                Causality::Concurrent if alias(member) => {}
-                Causality::After | Causality::Concurrent => continue,
-            }
-            // An equal clock or an alias: the greater digest stays.
-            let ours = *incoming_digest.get_or_insert_with(|| incoming.digest());
-            if member.digest() >= ours {
-                return Absorbed::Unchanged;
+        let mut changed = Absorbed::Unchanged;
+        if collapse_aliases && incoming.write_id.is_some() {
+            // At most one member shares the write id (the set keeps it so).
+            let alias = self.versions.iter().position(|m| {
+                m.write_id == incoming.write_id
+                    && m.clock.compare(&incoming.clock) == Causality::Concurrent
+            });
+            if let Some(i) = alias {
+                // The collapsed version dominates the member it replaces,
+                // so no other member dominates it (members are pairwise
+                // concurrent): it enters below.
+                incoming = collapse(self.versions.remove(i), incoming);
+                changed = Absorbed::Changed;
             }
         }
-        // Clocks in a set are pairwise concurrent, so what the incoming
-        // version displaces is exactly what it dominates, an equal clock,
-        // and its alias (at most one of each kind per write id).
+        let mut incoming_digest: Option<ContentHash> = None;
+        for (i, member) in self.versions.iter().enumerate() {
+            match incoming.clock.compare(&member.clock) {
+                Causality::Before => return changed,
+                Causality::Equal => {
+                    if *member == incoming {
+                        return changed;
+                    }
+                    let ours = *incoming_digest.get_or_insert_with(|| incoming.digest());
+                    if member.digest() >= ours {
+                        return changed;
+                    }
+                    // Clocks in a set are pairwise concurrent, so no other
+                    // member can equal or dominate the incoming clock.
+                    self.versions.remove(i);
+                    break;
+                }
+                Causality::After | Causality::Concurrent => {}
+            }
+        }
         self.versions
-            .retain(|member| match incoming.clock.compare(&member.clock) {
-                Causality::Concurrent => !alias(member),
-                // Cannot happen (checked above); keeping it loses nothing.
-                Causality::Before => true,
-                Causality::Equal | Causality::After => false,
-            });
+            .retain(|member| incoming.clock.compare(&member.clock) != Causality::After);
         let key = order_key(&incoming, &mut incoming_digest);
         let pos = self
             .versions
@@ -251,6 +258,28 @@ impl VersionSet {
     pub fn origins(&self) -> impl Iterator<Item = &DcName> {
         self.versions.iter().map(|v| &v.origin_dc)
     }
+}
+
+/// One version for two concurrent versions of the same write id: the
+/// least upper bound of their clocks, as a merge of the two would have
+/// (so a replica that merged one of them with other siblings before the
+/// other arrived ends with the bytes of one that collapsed them first),
+/// and the rest (payload, timestamp, origin) of the one with the
+/// greater `(timestamp, origin, payload digest)`. That choice does not
+/// depend on the clocks, so collapsing is commutative, associative and
+/// idempotent, as absorbing is.
+fn collapse(a: Version, b: Version) -> Version {
+    let key = |v: &Version| {
+        let payload = postcard::to_allocvec(&v.payload).unwrap_or_default();
+        (
+            v.timestamp_ms,
+            v.origin_dc.clone(),
+            *blake3::hash(&payload).as_bytes(),
+        )
+    };
+    let (mut kept, other) = if key(&a) >= key(&b) { (a, b) } else { (b, a) };
+    kept.clock.join(&other.clock);
+    kept
 }
 
 /// Canonical sibling order: ascending timestamp, then content digest.
@@ -510,7 +539,7 @@ mod tests {
     }
 
     #[test]
-    fn versions_sharing_a_write_id_collapse_to_the_greater_digest() {
+    fn versions_sharing_a_write_id_collapse_into_one() {
         let dot = |a| {
             Clock::from_parts(
                 [],
@@ -530,13 +559,21 @@ mod tests {
             ..Version::value(dot(2), b"x".to_vec(), 7, "dc2".into())
         };
         let other = Version::value(dot(3), b"y".to_vec(), 6, "dc1".into());
-        let winner = if a.digest() > b.digest() { &a } else { &b };
+        let mut both = b.clone();
+        both.clock.join(&a.clock);
         for order in [[&a, &b, &other], [&b, &other, &a], [&other, &a, &b]] {
             let set = VersionSet::from_versions(order.into_iter().cloned());
             assert_eq!(set.len(), 2, "{set:?}");
-            assert!(set.versions().contains(winner));
+            assert!(set.versions().contains(&both), "{set:?}");
             assert!(set.versions().contains(&other));
         }
+        // A context that saw either one supersedes the write.
+        let mut over_a = a.clock.clone();
+        over_a.add_dot(Dot {
+            actor: Actor(4),
+            counter: 1,
+        });
+        assert!(!both.clock.is_covered_by(&over_a));
         // A set stored before the collapse existed decodes collapsed.
         let mut old = VersionSet::new();
         for v in [a.clone(), b.clone(), other.clone()] {
@@ -545,5 +582,35 @@ mod tests {
         assert_eq!(old.len(), 3);
         let decoded = VersionSet::decode(&old.encode()).expect("an older set decodes");
         assert_eq!(decoded, VersionSet::from_versions([a, b, other]));
+    }
+
+    #[test]
+    fn a_replica_that_merged_before_the_second_coordination_arrived_agrees() {
+        let dot = |a| {
+            Clock::from_parts(
+                [],
+                [Dot {
+                    actor: Actor(a),
+                    counter: 1,
+                }],
+            )
+        };
+        let id = Some([9; 16]);
+        let a = Version {
+            write_id: id,
+            ..Version::value(dot(1), b"x".to_vec(), 5, "dc1".into())
+        };
+        let b = Version {
+            write_id: id,
+            ..Version::value(dot(2), b"x".to_vec(), 7, "dc2".into())
+        };
+        let d = Version::value(dot(3), b"y".to_vec(), 6, "dc1".into());
+        let merge = |set: &VersionSet| set.merged(Payload::Value(b"m".to_vec()), [7; 32]).unwrap();
+        // One replica merges `a` with `d`, then `b` arrives and it merges
+        // again; the other collapses `a` and `b` first, then merges `d`.
+        let early = merge(&VersionSet::from_versions([a.clone(), d.clone()]));
+        let early = merge(&VersionSet::from_versions([early, b.clone()]));
+        let late = merge(&VersionSet::from_versions([a, b, d]));
+        assert_eq!(early, late);
     }
 }
