@@ -746,9 +746,16 @@ struct Writes {
     unique: Vec<Vec<u8>>,
     /// Counter keys: acknowledged increments of each (one sibling each).
     increments: BTreeMap<Vec<u8>, usize>,
-    /// Attempts that failed and were sent again under the same id.
+    /// Attempts that failed after the client's own retries and were sent
+    /// again under the same id.
     retried: u64,
+    /// Writes that took longer than one attempt's deadline: at least one
+    /// attempt timed out and the client retried it (on another node).
+    slow: u64,
 }
+
+/// The deadline of one attempt of the pause test's writers.
+const ATTEMPT: Duration = Duration::from_secs(1);
 
 /// Increments per counter key: each is a sibling, and the keyspace keeps
 /// at most 16 of them.
@@ -803,6 +810,9 @@ async fn idempotent_writers(
                     }
                 }
                 let mut w = writes.lock();
+                if started.elapsed() >= ATTEMPT {
+                    w.slow += 1;
+                }
                 if n.is_multiple_of(2) {
                     w.unique.push(key);
                 } else {
@@ -833,7 +843,7 @@ async fn a_coordinator_paused_mid_write_does_not_apply_its_retried_writes_twice(
     let mut builder = isthmus_client::Client::builder()
         .tls(common::pki().material())
         .local_dc("dc1")
-        .timeout(Duration::from_secs(1))
+        .timeout(ATTEMPT)
         .retries(4)
         .consistency(Consistency::LocalQuorum);
     for p in &procs[..3] {
@@ -870,12 +880,14 @@ async fn a_coordinator_paused_mid_write_does_not_apply_its_retried_writes_twice(
     let writes = std::mem::take(&mut *writes.lock());
     let increments: usize = writes.increments.values().sum();
     eprintln!(
-        "pause: {} unique writes, {increments} increments of {} counters, {} attempts retried",
+        "pause: {} unique writes, {increments} increments of {} counters, {} writes retried \
+         by the client, {} more after its retries failed",
         writes.unique.len(),
         writes.increments.len(),
+        writes.slow,
         writes.retried
     );
-    assert!(writes.retried > 0, "the pause must have made clients retry");
+    assert!(writes.slow > 0, "the pause must have made clients retry");
 
     // Every replica's own copy: one version per logical write, never two
     // versions of one write id (a write coordinated twice is one version
