@@ -591,6 +591,10 @@ pub enum ErrorCode {
     /// ([`RequestBody::Cancel`]) before it finished; what it did so far
     /// stays (repair and streaming are idempotent). Not retryable.
     Cancelled,
+    /// The node's disk is full: the write was not persisted there. The
+    /// node keeps serving reads and takes writes again once it has room;
+    /// another node may take the write meanwhile (retryable).
+    DiskFull,
 }
 
 impl ErrorCode {
@@ -619,6 +623,7 @@ impl ErrorCode {
             ErrorCode::InvalidContext => "INVALID_CONTEXT",
             ErrorCode::ClockSkew => "CLOCK_SKEW",
             ErrorCode::Cancelled => "CANCELLED",
+            ErrorCode::DiskFull => "DISK_FULL",
         }
     }
 
@@ -626,7 +631,10 @@ impl ErrorCode {
     pub fn is_retryable(self) -> bool {
         matches!(
             self,
-            ErrorCode::Timeout | ErrorCode::Unavailable | ErrorCode::Overloaded
+            ErrorCode::Timeout
+                | ErrorCode::Unavailable
+                | ErrorCode::Overloaded
+                | ErrorCode::DiskFull
         )
     }
 }
