@@ -21,8 +21,13 @@
 //! rewrites about one table's overlap, not the whole data set.
 //!
 //! All IO goes through [`Fs`], so tests run the engine over
-//! [`MemFs`] and simulate power loss and failed fsyncs. After any
-//! write or fsync error the engine is poisoned and refuses writes.
+//! [`MemFs`] and simulate power loss, failed fsyncs and full disks.
+//! After a failed fsync, or a write error other than a full disk, the
+//! engine is poisoned and refuses writes until reopened. A full disk
+//! (ENOSPC) is not: the log group that found no room is cut back off the
+//! segment and refused ([`EngineError::DiskFull`]), writes are refused
+//! until a probe record is durable again, and flushes and compactions
+//! retry; reads go on.
 //!
 //! What it is not: a keyspace layer (callers lay out prefixes), a
 //! resolver (it keeps siblings; merging them is the coordinator's job), or
