@@ -493,6 +493,21 @@ fn processes(dir: &Path, wan: &WanProxy) -> Vec<Node> {
     procs
 }
 
+/// The six processes of [`processes`], started, once they all see each
+/// other, and the WAN proxy between their DCs.
+async fn running_processes(dir: &Path) -> (WanProxy, Vec<Node>) {
+    let wan = WanProxy::start("127.0.0.1:0", WAN_ONE_WAY).await.unwrap();
+    let mut procs = processes(dir, &wan);
+    for p in procs.iter_mut() {
+        p.spawn();
+    }
+    until("six nodes see each other", &procs, 60, async || {
+        all_see(&procs, 6).await
+    })
+    .await;
+    (wan, procs)
+}
+
 /// Blind writes of distinct keys at LOCAL_QUORUM through `addrs`, paced
 /// to `rate` per second, until `stop`; every acknowledged key is recorded.
 async fn writers(
@@ -616,15 +631,7 @@ async fn audit(addr: &str, acked: &[Vec<u8>]) -> (usize, usize) {
 async fn a_dark_dc_gets_every_write_back_and_a_killed_shipper_resumes() {
     let _serial = SERIAL.lock().await;
     let dir = tempfile::tempdir().unwrap();
-    let wan = WanProxy::start("127.0.0.1:0", WAN_ONE_WAY).await.unwrap();
-    let mut procs = processes(dir.path(), &wan);
-    for p in procs.iter_mut() {
-        p.spawn();
-    }
-    until("six nodes see each other", &procs, 60, async || {
-        all_see(&procs, 6).await
-    })
-    .await;
+    let (_wan, mut procs) = running_processes(dir.path()).await;
     let dc1: Vec<String> = procs[..3].iter().map(|p| p.addr.clone()).collect();
     let dc2: Vec<String> = procs[3..].iter().map(|p| p.addr.clone()).collect();
 
@@ -831,15 +838,7 @@ async fn idempotent_writers(
 async fn a_coordinator_paused_mid_write_does_not_apply_its_retried_writes_twice() {
     let _serial = SERIAL.lock().await;
     let dir = tempfile::tempdir().unwrap();
-    let wan = WanProxy::start("127.0.0.1:0", WAN_ONE_WAY).await.unwrap();
-    let mut procs = processes(dir.path(), &wan);
-    for p in procs.iter_mut() {
-        p.spawn();
-    }
-    until("six nodes see each other", &procs, 60, async || {
-        all_see(&procs, 6).await
-    })
-    .await;
+    let (_wan, procs) = running_processes(dir.path()).await;
     let mut builder = isthmus_client::Client::builder()
         .tls(common::pki().material())
         .local_dc("dc1")
@@ -954,15 +953,7 @@ async fn a_coordinator_paused_mid_write_does_not_apply_its_retried_writes_twice(
 async fn writes_through_a_node_just_restarted_reach_every_replica_without_repair() {
     let _serial = SERIAL.lock().await;
     let dir = tempfile::tempdir().unwrap();
-    let wan = WanProxy::start("127.0.0.1:0", WAN_ONE_WAY).await.unwrap();
-    let mut procs = processes(dir.path(), &wan);
-    for p in procs.iter_mut() {
-        p.spawn();
-    }
-    until("six nodes see each other", &procs, 60, async || {
-        all_see(&procs, 6).await
-    })
-    .await;
+    let (_wan, mut procs) = running_processes(dir.path()).await;
     let levels = [
         Consistency::One,
         Consistency::LocalOne,
