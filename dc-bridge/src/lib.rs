@@ -787,6 +787,7 @@ mod tests {
         }
         for code in [
             ErrorCode::ClockSkew,
+            ErrorCode::DiskFull,
             ErrorCode::StorageFailed,
             ErrorCode::Timeout,
             ErrorCode::Unavailable,
