@@ -520,7 +520,19 @@ impl<S: LocalStore, T: Transport, H: HintSink> Coordinator<S, T, H> {
         key: &[u8],
         versions: &[Version],
     ) -> Result<(), CoordinatorError> {
-        self.delivery_keyspace(keyspace)?;
+        // Per item of a batch: look, do not clone the keyspace's config.
+        let replicated_here = self
+            .keyspaces
+            .read()
+            .get(keyspace)
+            .map(|ks| ks.replication.get(&self.config.dc).copied().unwrap_or(0) > 0);
+        match replicated_here {
+            Some(true) => {}
+            // The same refusals, worded once, as a delivery meets them.
+            _ => {
+                self.delivery_keyspace(keyspace)?;
+            }
+        }
         let limits = &self.config.limits;
         limits.check(key, None)?;
         for v in versions {
