@@ -398,6 +398,11 @@ pub struct BridgeSection {
     /// datacenter for records it refused for good; a refused record that
     /// does not fit makes a full sync owed to that datacenter instead.
     pub quarantine_bytes_max: u64,
+    /// How long a shipper waits for the remote node a batch went to before
+    /// it also sends the batch to the next live node of that datacenter,
+    /// in milliseconds: a stalled (paused, overloaded) node does not hold
+    /// up the stream until the failure detector convicts it.
+    pub failover_after_ms: u64,
 }
 
 impl Default for BridgeSection {
@@ -408,6 +413,7 @@ impl Default for BridgeSection {
             batch_bytes_max: 1 << 20,
             linger_ms: 2,
             quarantine_bytes_max: 64 << 20,
+            failover_after_ms: 2_000,
         }
     }
 }
@@ -523,6 +529,12 @@ impl NodeConfig {
             return Err(invalid(
                 "bridge.quarantine_bytes_max",
                 "must be at least 1 MiB",
+            ));
+        }
+        if self.bridge.failover_after_ms < 100 {
+            return Err(invalid(
+                "bridge.failover_after_ms",
+                "must be at least 100: a batch takes a round trip across the WAN and a quorum write",
             ));
         }
         if !(4096..=1 << 20).contains(&self.bridge.batch_bytes_max) {

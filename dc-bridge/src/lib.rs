@@ -74,6 +74,8 @@ pub struct BridgeConfig {
     pub linger: Duration,
     /// Bound of each remote DC's quarantine, in bytes.
     pub quarantine_bytes_max: u64,
+    /// How long a batch waits for its node before the next one gets it too.
+    pub failover_after_ms: u64,
 }
 
 impl From<&isthmus_core::config::BridgeSection> for BridgeConfig {
@@ -83,6 +85,7 @@ impl From<&isthmus_core::config::BridgeSection> for BridgeConfig {
             batch_bytes_max: s.batch_bytes_max as usize,
             linger: Duration::from_millis(s.linger_ms),
             quarantine_bytes_max: s.quarantine_bytes_max,
+            failover_after_ms: s.failover_after_ms,
         }
     }
 }
@@ -172,6 +175,7 @@ impl<F: Fs> BridgeFactory for DcBridgeFactory<F> {
                 linger: self.config.linger,
                 stats: stats.clone(),
                 call_timeout: Duration::from_secs(15),
+                failover_after: Duration::from_millis(self.config.failover_after_ms),
                 quarantine: quarantine.clone(),
             };
             tasks.push(("bridge-ship", tokio::spawn(shipper.run(parts.stop.clone()))));

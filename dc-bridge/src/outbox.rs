@@ -13,7 +13,7 @@
 //! postcard(String)`. Records without it are byte for byte what earlier
 //! releases wrote.
 //!
-//! and one cursor file per remote datacenter, `DIR/cursor-<dc>`, holding
+//! and one cursor file per remote datacenter, `DIR/dc-cursor-<hex of its name>`, holding
 //! the first sequence number that DC has not acknowledged, whether a
 //! full-sync is owed, and how many times the bound was exceeded.
 //!
@@ -122,6 +122,9 @@ struct Inner<F: Fs> {
     cache: VecDeque<(Arc<Record>, usize)>,
     cache_bytes: usize,
     cursors: BTreeMap<DcName, Cursor>,
+    /// Cursor files an older release wrote under a name several
+    /// datacenters may share (see [`legacy_cursor_dc`]), by that name.
+    legacy_shared: BTreeMap<String, Cursor>,
 }
 
 /// One node's outbox, on the file system `F`.
@@ -158,18 +161,39 @@ fn segment_name(first: u64) -> String {
     format!("seg-{first:020}.log")
 }
 
+/// `dc`'s cursor file: `dc-cursor-<hex of the name's bytes>`, one name per
+/// datacenter (names differing only in punctuation do not share a file).
 fn cursor_path(dir: &Path, dc: &DcName) -> PathBuf {
-    let safe: String =
-        dc.0.chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                    c
-                } else {
-                    '_'
-                }
-            })
-            .collect();
-    dir.join(format!("cursor-{safe}"))
+    let hex: String = dc.0.bytes().map(|b| format!("{b:02x}")).collect();
+    dir.join(format!("dc-cursor-{hex}"))
+}
+
+/// The datacenter a [`cursor_path`] file name belongs to.
+fn cursor_dc(name: &str) -> Option<DcName> {
+    let hex = name.strip_prefix("dc-cursor-")?;
+    if hex.len() % 2 != 0 {
+        return None;
+    }
+    let bytes: Option<Vec<u8>> = (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
+        .collect();
+    String::from_utf8(bytes?).ok().map(DcName)
+}
+
+/// A cursor file as an older release named it, `cursor-<name>` with every
+/// character outside `[A-Za-z0-9_-]` written `_`: two datacenters could
+/// share one. Such a file is adopted only by the datacenter whose name it
+/// spells exactly (and then renamed); any other datacenter is owed a full
+/// sync, since a shared file may have run ahead of it.
+fn legacy_cursor_dc(name: &str) -> Option<DcName> {
+    name.strip_prefix("cursor-")
+        .filter(|n| !n.ends_with(".tmp"))
+        .map(|n| DcName(n.to_owned()))
+}
+
+fn name_is_lossless_in_legacy_files(dc: &DcName) -> bool {
+    dc.0.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
 }
 
 /// Decode the records of a segment; returns them and the length of the
@@ -233,6 +257,7 @@ impl<F: Fs> Outbox<F> {
         fs.create_dir_all(dir).map_err(|e| failed(dir, e))?;
         let mut firsts = Vec::new();
         let mut cursors = BTreeMap::new();
+        let mut legacy = Vec::new();
         for path in fs.list(dir).map_err(|e| failed(dir, e))? {
             let Some(name) = path.file_name().map(|n| n.to_string_lossy().into_owned()) else {
                 continue;
@@ -243,17 +268,24 @@ impl<F: Fs> Outbox<F> {
                 .and_then(|n| n.parse::<u64>().ok())
             {
                 firsts.push(first);
-            } else if let Some(dc) = name.strip_prefix("cursor-")
-                && !name.ends_with(".tmp")
-            {
+            } else if let Some(dc) = cursor_dc(&name).filter(|_| !name.ends_with(".tmp")) {
                 let bytes = fs.read_all(&path).unwrap_or_default();
                 let text = String::from_utf8_lossy(&bytes);
-                cursors.insert(DcName(dc.to_owned()), parse_cursor(&text));
+                cursors.insert(dc, parse_cursor(&text));
+            } else if let Some(dc) = legacy_cursor_dc(&name) {
+                let bytes = fs.read_all(&path).unwrap_or_default();
+                let text = String::from_utf8_lossy(&bytes);
+                legacy.push((dc, parse_cursor(&text), path.clone()));
             }
         }
         firsts.sort_unstable();
         let mut segments = BTreeMap::new();
-        let mut next_seq = cursors.values().map(|c| c.next).max().unwrap_or(0);
+        let mut next_seq = cursors
+            .values()
+            .chain(legacy.iter().map(|(_, c, _)| c))
+            .map(|c| c.next)
+            .max()
+            .unwrap_or(0);
         let mut damaged = false;
         let mut total_bytes = 0;
         // Segments to cut at their readable length, once any full-sync
@@ -302,6 +334,7 @@ impl<F: Fs> Outbox<F> {
                 cache: VecDeque::new(),
                 cache_bytes: 0,
                 cursors,
+                legacy_shared: BTreeMap::new(),
             }),
             synced: AtomicU64::new(next_seq),
             sync_lock: Mutex::new(()),
@@ -310,6 +343,22 @@ impl<F: Fs> Outbox<F> {
             arrived: tokio::sync::Notify::new(),
             sealed_cache: Mutex::new(None),
         };
+        // Cursor files an older release wrote: renamed when the name is
+        // the datacenter's own, else kept aside until a datacenter that
+        // may have shared it registers.
+        for (dc, cursor, path) in legacy {
+            let mut inner = outbox.inner.lock();
+            if name_is_lossless_in_legacy_files(&dc) {
+                if inner.cursors.contains_key(&dc) {
+                    continue;
+                }
+                outbox.persist_cursor(&dc, &cursor)?;
+                inner.cursors.insert(dc, cursor);
+            } else {
+                inner.legacy_shared.insert(dc.0, cursor);
+            }
+            outbox.fs.remove(&path).map_err(|e| failed(&path, e))?;
+        }
         if damaged {
             // Durable before the damage is cut away: once it is, nothing on
             // disk would say that records were lost.
@@ -340,9 +389,24 @@ impl<F: Fs> Outbox<F> {
             .next()
             .copied()
             .unwrap_or(inner.next_seq);
+        // A cursor file an older release may have shared with another
+        // datacenter could have run ahead of this one: start from the
+        // oldest record and owe a full sync for what was collected.
+        let legacy: String =
+            dc.0.chars()
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                        c
+                    } else {
+                        '_'
+                    }
+                })
+                .collect();
+        let shared = inner.legacy_shared.contains_key(&legacy);
         let cursor = Cursor {
             next: oldest,
-            ..Cursor::default()
+            full_sync_pending: shared,
+            overflows: u64::from(shared),
         };
         self.persist_cursor(dc, &cursor)?;
         inner.cursors.insert(dc.clone(), cursor);
@@ -856,6 +920,49 @@ mod tests {
                 (b"c".to_vec(), None)
             ]
         );
+    }
+
+    #[test]
+    fn datacenters_whose_names_differ_in_punctuation_keep_their_own_cursors() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let outbox = Outbox::open(dir.path(), small()).unwrap();
+            outbox.register(&dc("dc.1")).unwrap();
+            outbox.register(&dc("dc_1")).unwrap();
+            for n in 0..10 {
+                outbox.append("ks", b"k", &version(n + 1)).unwrap();
+            }
+            outbox.acknowledge(&dc("dc.1"), 10).unwrap();
+        }
+        let outbox = Outbox::open(dir.path(), small()).unwrap();
+        assert_eq!(outbox.cursor(&dc("dc.1")).unwrap().next, 10);
+        assert_eq!(outbox.cursor(&dc("dc_1")).unwrap().next, 0);
+    }
+
+    #[test]
+    fn cursor_files_of_an_older_release_are_adopted_or_owe_a_full_sync() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let outbox = Outbox::open(dir.path(), small()).unwrap();
+            for n in 0..10 {
+                outbox.append("ks", b"k", &version(n + 1)).unwrap();
+            }
+        }
+        // As an older release named them: `dc2` exactly, and `dc.1` and
+        // `dc_1` both as `cursor-dc_1`.
+        std::fs::write(dir.path().join("cursor-dc2"), "7 0 0\n").unwrap();
+        std::fs::write(dir.path().join("cursor-dc_1"), "9 0 0\n").unwrap();
+        let outbox = Outbox::open(dir.path(), small()).unwrap();
+        let adopted = outbox.cursor(&dc("dc2")).unwrap();
+        assert_eq!((adopted.next, adopted.full_sync_pending), (7, false));
+        outbox.register(&dc("dc.1")).unwrap();
+        let shared = outbox.cursor(&dc("dc.1")).unwrap();
+        assert!(shared.full_sync_pending, "{shared:?}");
+        assert!(!dir.path().join("cursor-dc2").exists());
+        drop(outbox);
+        let outbox = Outbox::open(dir.path(), small()).unwrap();
+        assert_eq!(outbox.cursor(&dc("dc2")).unwrap().next, 7);
+        assert!(outbox.cursor(&dc("dc.1")).unwrap().full_sync_pending);
     }
 
     #[test]

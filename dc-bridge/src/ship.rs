@@ -56,6 +56,9 @@ pub struct ShipStats {
     pub wire_bytes: AtomicU64,
     /// Batches that failed (to be resent).
     pub failures: AtomicU64,
+    /// Batches also sent to another node of the DC because the first had
+    /// not answered within `failover_after` (a stalled, not dead, node).
+    pub failovers: AtomicU64,
 }
 
 /// How a batch ended.
@@ -108,6 +111,9 @@ pub(crate) struct Shipper<F: Fs> {
     pub linger: Duration,
     pub stats: Arc<ShipStats>,
     pub call_timeout: Duration,
+    /// How long a batch waits for its node before it is also sent to the
+    /// next live node of the DC (delivery is idempotent).
+    pub failover_after: Duration,
     pub quarantine: Arc<Quarantine<F>>,
 }
 
@@ -217,8 +223,12 @@ impl<F: Fs> Shipper<F> {
                         break;
                     }
                     next = after;
-                    let to = targets[target % targets.len()].clone();
-                    in_flight.push_back(self.send(shipped, records, count, after, to));
+                    // The node to ship to, then the others in turn, for a
+                    // batch its node leaves unanswered.
+                    let order: Vec<NodeId> = (0..targets.len())
+                        .map(|i| targets[(target + i) % targets.len()].clone())
+                        .collect();
+                    in_flight.push_back(self.send(shipped, records, count, after, order));
                 }
                 if in_flight.is_empty() {
                     if !self.idle(&mut stop, &mut backoff).await {
@@ -279,32 +289,75 @@ impl<F: Fs> Shipper<F> {
         records: Vec<Arc<Record>>,
         count: usize,
         after: u64,
-        to: NodeId,
+        nodes: Vec<NodeId>,
     ) -> InFlight {
         let (batch, raw) = encode_batch(&shipped);
         let wire = batch.len();
         let transport = self.transport.clone();
         let from_dc = self.from_dc.clone();
         let timeout = self.call_timeout;
+        let failover_after = self.failover_after;
+        let stats = self.stats.clone();
         Box::pin(async move {
-            let request = PeerRequest::Ship { from_dc, batch };
-            let refused =
-                match transport.call(&to, request, timeout).await {
-                    Ok(PeerResponse::Applied) => Some(Vec::new()),
-                    Ok(PeerResponse::Shipped { refused }) => refused_records(
-                        &shipped, &records, refused,
-                    )
-                    .map_err(|why| tracing::warn!(node = %to, why, "batch answer not understood"))
-                    .ok(),
-                    Ok(other) => {
-                        tracing::debug!(node = %to, answer = ?other, "batch refused");
-                        None
-                    }
-                    Err(e) => {
-                        tracing::debug!(node = %to, error = %e, "batch not delivered");
-                        None
-                    }
+            let shipped = &shipped;
+            let records = &records;
+            let attempt = |to: NodeId| {
+                let request = PeerRequest::Ship {
+                    from_dc: from_dc.clone(),
+                    batch: batch.clone(),
                 };
+                let transport = transport.clone();
+                async move {
+                    match transport.call(&to, request, timeout).await {
+                        Ok(PeerResponse::Applied) => Some(Vec::new()),
+                        Ok(PeerResponse::Shipped { refused }) => refused_records(
+                            shipped, records, refused,
+                        )
+                        .map_err(
+                            |why| tracing::warn!(node = %to, why, "batch answer not understood"),
+                        )
+                        .ok(),
+                        Ok(other) => {
+                            tracing::debug!(node = %to, answer = ?other, "batch refused");
+                            None
+                        }
+                        Err(e) => {
+                            tracing::debug!(node = %to, error = %e, "batch not delivered");
+                            None
+                        }
+                    }
+                }
+            };
+            // The first node's answer, unless it fails, or gives none within
+            // `failover_after`: then the next node gets the batch too, and
+            // the first answer that settles it wins.
+            let mut waiting = futures_util::stream::FuturesUnordered::new();
+            let mut rest = nodes.into_iter();
+            if let Some(first) = rest.next() {
+                waiting.push(attempt(first));
+            }
+            let refused = loop {
+                let hedge = tokio::time::sleep(failover_after);
+                tokio::pin!(hedge);
+                let more = rest.len() > 0;
+                tokio::select! {
+                    answer = waiting.next(), if !waiting.is_empty() => match answer {
+                        Some(Some(refused)) => break Some(refused),
+                        _ => match rest.next() {
+                            Some(next) => waiting.push(attempt(next)),
+                            None if waiting.is_empty() => break None,
+                            None => {}
+                        },
+                    },
+                    _ = &mut hedge, if more => {
+                        if let Some(next) = rest.next() {
+                            stats.failovers.fetch_add(1, Ordering::Relaxed);
+                            waiting.push(attempt(next));
+                        }
+                    }
+                    else => break None,
+                }
+            };
             Settled {
                 after,
                 count,
@@ -553,6 +606,118 @@ mod tests {
             assert!(!completed, "the run fills the quarantine");
         }
         assert!(overflowed_somewhere);
+    }
+
+    /// A DC of two nodes: `stalled` takes a batch and never answers (a
+    /// paused process); `good` applies every batch. Counts what `good` got.
+    struct TwoNodes {
+        good_batches: AtomicU64,
+    }
+
+    impl Transport for TwoNodes {
+        async fn call(
+            &self,
+            to: &NodeId,
+            _request: PeerRequest,
+            timeout: Duration,
+        ) -> Result<PeerResponse, isthmus_client::ClientError> {
+            if to.0 == "a-stalled" {
+                tokio::time::sleep(timeout).await;
+                return Err(isthmus_client::ClientError::Timeout {
+                    after: timeout,
+                    acks: None,
+                });
+            }
+            self.good_batches.fetch_add(1, Ordering::Relaxed);
+            Ok(PeerResponse::Applied)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stalled_receiver_holds_the_stream_only_until_the_failover_bound() {
+        let (me, dc1, dc2) = (
+            NodeId("me".into()),
+            DcName("dc1".into()),
+            DcName("dc2".into()),
+        );
+        let placement = |dc: &DcName| isthmus_core::ring::Placement {
+            dc: dc.clone(),
+            rack: "r".into(),
+        };
+        // Named so the stalled node is the first the shipper picks.
+        let (stalled, good) = (NodeId("a-stalled".into()), NodeId("b-good".into()));
+        let members = [
+            (&me, placement(&dc1)),
+            (&stalled, placement(&dc2)),
+            (&good, placement(&dc2)),
+        ];
+        let ring = isthmus_core::ring::Ring::build(members.iter().map(|(id, p)| (*id, p, 8)));
+        let view = ClusterView {
+            ring: ring.clone(),
+            alive: [me.clone(), stalled.clone(), good.clone()].into(),
+            next: ring,
+        };
+        let (_view_tx, view_rx) = watch::channel(Arc::new(view));
+        let keyspaces = BTreeMap::from([(
+            "orders".to_owned(),
+            KeyspaceConfig {
+                replication: [(dc1.clone(), 1), (dc2.clone(), 2)].into(),
+                ..KeyspaceConfig::default()
+            },
+        )]);
+        let fs = MemFs::new();
+        let outbox = Arc::new(
+            Outbox::open_with_fs(fs.clone(), Path::new("/bridge"), OutboxConfig::default())
+                .unwrap(),
+        );
+        outbox.register(&dc2).unwrap();
+        let (quarantine, _) = Quarantine::open(fs, Path::new("/bridge/q"), 1 << 20).unwrap();
+        let transport = Arc::new(TwoNodes {
+            good_batches: AtomicU64::new(0),
+        });
+        let stats = Arc::new(ShipStats::default());
+        let shipper = Shipper {
+            outbox: outbox.clone(),
+            me,
+            dc: dc2.clone(),
+            from_dc: dc1,
+            transport: transport.clone(),
+            view: view_rx,
+            keyspaces: Arc::new(RwLock::new(keyspaces)),
+            batch_bytes_max: 1 << 20,
+            linger: Duration::from_millis(1),
+            stats: stats.clone(),
+            call_timeout: Duration::from_secs(30),
+            failover_after: Duration::from_millis(200),
+            quarantine: Arc::new(quarantine),
+        };
+        let (stop_tx, stop) = watch::channel(false);
+        let task = tokio::spawn(shipper.run(stop));
+        let started = std::time::Instant::now();
+        for n in 0..20 {
+            outbox
+                .append("orders", format!("k{n}").as_bytes(), &version(n + 1))
+                .unwrap();
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // Batches sent to the stalled node (the shipper starts with either)
+        // are resent to the good one after the bound, not after the call's
+        // 30 s timeout: everything is acknowledged within seconds.
+        while outbox.cursor(&dc2).unwrap().next < 20 {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "the stream stalled behind a paused node: cursor at {}",
+                outbox.cursor(&dc2).unwrap().next
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(transport.good_batches.load(Ordering::Relaxed) > 0);
+        assert!(
+            stats.failovers.load(Ordering::Relaxed) > 0,
+            "no batch went to the stalled node first"
+        );
+        let _ = stop_tx.send(true);
+        let _ = task.await;
     }
 
     #[test]
