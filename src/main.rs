@@ -139,14 +139,26 @@ fn print(output: anyhow::Result<String>) -> anyhow::Result<u8> {
     Ok(0)
 }
 
+/// Log to stderr in `format`, at `default_level` unless `RUST_LOG` says
+/// otherwise.
+pub(crate) fn init_logs(format: isthmus_core::config::LogFormat, default_level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| default_level.into());
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        isthmus_core::config::LogFormat::Text => logs.init(),
+        isthmus_core::config::LogFormat::Json => logs.json().init(),
+    }
+}
+
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    // The server logs as its configuration says, once it has read it.
+    if !matches!(cli.command, Command::Server(_)) {
+        init_logs(isthmus_core::config::LogFormat::Text, "warn");
+    }
     let result = match cli.command {
         Command::Resolver { command } => resolver_cmd::run(command),
         Command::Certs { command } => print(certs_cmd::run(command)),

@@ -41,6 +41,9 @@ pub fn load_config(path: &Path) -> anyhow::Result<NodeConfig> {
 /// Run a node until it is told to stop.
 pub fn run(args: ServerArgs) -> anyhow::Result<()> {
     let config = load_config(&args.config)?;
+    // Lifecycle events (started, ready, datacenters down and up, full
+    // syncs, decommission) are logged at info.
+    crate::init_logs(config.ops.log_format, "info");
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async move {
         // A wasm host whose merges follow the bindings of the cluster's
@@ -48,12 +51,12 @@ pub fn run(args: ServerArgs) -> anyhow::Result<()> {
         // `resolver = "NAME@VERSION"`; the cross-DC bridge.
         let plugins = Plugins::new(&config);
         if let Err(e) = &plugins.host {
-            eprintln!("warning: no wasm host ({e}); siblings will not be merged");
+            tracing::warn!(error = %e, "no wasm host; siblings will not be merged");
         }
         let node = plugins.start(config, NodeTuning::default()).await?;
-        eprintln!("isthmus: serving on {}", node.addr);
+        tracing::info!(addr = %node.addr, ops = ?node.ops_addr, "serving");
         shutdown_signal().await;
-        eprintln!("isthmus: shutting down");
+        tracing::info!("shutting down");
         node.shutdown().await;
         anyhow::Ok(())
     })

@@ -93,6 +93,56 @@ pub trait FullSync: Send + Sync {
     fn full_sync<'a>(&'a self, dc: &'a DcName) -> BoxFuture<'a, Result<(), String>>;
 }
 
+/// Upper bounds, in milliseconds, of the buckets of the bridge's lag
+/// histograms (`/metrics`): from a few milliseconds (a LAN) to a minute
+/// (a DC catching up).
+pub const LAG_BUCKETS_MS: [u64; 14] = [
+    5, 10, 25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 30_000, 60_000, 300_000,
+];
+
+/// Replication lag from one remote DC into this one (origin
+/// acknowledgement to local apply), as a histogram.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LagHistogram {
+    /// The DC the writes came from.
+    pub from_dc: DcName,
+    /// Writes per bucket: `counts[i]` lagged at most `LAG_BUCKETS_MS[i]`
+    /// and more than the bound before; the last entry, past the last
+    /// bound. Not cumulative.
+    pub counts: [u64; LAG_BUCKETS_MS.len() + 1],
+    /// The lags' sum, in milliseconds.
+    pub sum_ms: u64,
+}
+
+impl LagHistogram {
+    /// Count one lag of `lag_ms`.
+    pub fn record(&mut self, lag_ms: u64) {
+        let bucket = LAG_BUCKETS_MS
+            .iter()
+            .position(|&bound| lag_ms <= bound)
+            .unwrap_or(LAG_BUCKETS_MS.len());
+        self.counts[bucket] += 1;
+        self.sum_ms = self.sum_ms.saturating_add(lag_ms);
+    }
+
+    /// Writes counted.
+    pub fn count(&self) -> u64 {
+        self.counts.iter().sum()
+    }
+}
+
+/// What a bridge counts beyond its [`BridgeReport`]s.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BridgeFigures {
+    /// Lag into this DC, per origin DC.
+    pub lag_in: Vec<LagHistogram>,
+    /// Per remote DC: batches also sent to another of its nodes because
+    /// the first did not answer in time.
+    pub failovers: Vec<(DcName, u64)>,
+    /// Per remote DC: full syncs run since the node started.
+    pub full_syncs: Vec<(DcName, u64)>,
+}
+
 /// The bridge as the node sees it.
 pub trait Bridge: Send + Sync + 'static {
     /// Durably queue `version` of the key for every other DC that
@@ -119,6 +169,12 @@ pub trait Bridge: Send + Sync + 'static {
 
     /// Figures for `isthmus status`.
     fn report(&self) -> Vec<BridgeReport>;
+
+    /// Figures for `/metrics` that `isthmus status` does not show: lag
+    /// histograms, failovers, full syncs run. The default has none.
+    fn figures(&self) -> BridgeFigures {
+        BridgeFigures::default()
+    }
 
     /// List or replay this node's quarantined records (the operator's
     /// `isthmus bridge quarantine`).

@@ -160,6 +160,92 @@ pub struct NodeConfig {
     /// The connection layer's bounds: slots, deadlines, reply buffering.
     #[serde(default)]
     pub server: ServerSection,
+    /// The operations listener: `/metrics`, `/healthz`, `/readyz`.
+    #[serde(default)]
+    pub ops: OpsSection,
+}
+
+/// Default port of the operations listener (`[ops] listen`).
+pub const OPS_PORT_DEFAULT: u16 = 9401;
+
+/// The `[ops]` table: the operations listener, an HTTP port apart from
+/// the data port serving `/metrics` (Prometheus text format), `/healthz`
+/// and `/readyz`. On by default, as in Cassandra's and CockroachDB's
+/// nodes: a node that cannot be scraped or probed is hard to run.
+///
+/// Nothing it serves is authenticated (figures and health, no data), so
+/// the address is the access control: by default the host of `listen`
+/// with port 9401 (port 0, any free port, when `listen`'s port is 0);
+/// operators put it on a private interface.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OpsSection {
+    /// Serve the operations listener at all.
+    pub enabled: bool,
+    /// `host:port` to serve it on; absent: `listen`'s host, port 9401.
+    pub listen: Option<String>,
+    /// How `isthmus server` writes its log lines (to stderr): `text` for
+    /// people, `json` (one object per line) for log collectors.
+    pub log_format: LogFormat,
+}
+
+/// The log line format of `isthmus server` (`[ops] log_format`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line (timestamp, level, target, fields).
+    Json,
+}
+
+impl Default for OpsSection {
+    fn default() -> Self {
+        OpsSection {
+            enabled: true,
+            listen: None,
+            log_format: LogFormat::Text,
+        }
+    }
+}
+
+impl OpsSection {
+    /// The address to bind, given the node's data `listen` address; `None`
+    /// when the listener is off.
+    pub fn address(&self, listen: &str) -> Option<String> {
+        if !self.enabled {
+            return None;
+        }
+        if let Some(addr) = &self.listen {
+            return Some(addr.clone());
+        }
+        let (host, port) = listen.rsplit_once(':').unwrap_or((listen, ""));
+        let port = if port == "0" { 0 } else { OPS_PORT_DEFAULT };
+        Some(format!("{host}:{port}"))
+    }
+
+    /// Refuse a `listen` that is not `host:port`, or the data port itself.
+    pub fn validate(&self, data_listen: &str) -> Result<(), ConfigError> {
+        let Some(addr) = &self.listen else {
+            return Ok(());
+        };
+        let Some((host, port)) = addr.rsplit_once(':') else {
+            return Err(invalid("ops.listen", format!("{addr:?} is not host:port")));
+        };
+        if host.is_empty() || port.parse::<u16>().is_err() {
+            return Err(invalid("ops.listen", format!("{addr:?} is not host:port")));
+        }
+        if port != "0" && addr == data_listen {
+            return Err(invalid(
+                "ops.listen",
+                format!(
+                    "{addr:?} is the data port (`listen`); the operations listener needs its own"
+                ),
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// The `[server]` table: the connection layer's bounds
@@ -564,6 +650,7 @@ impl NodeConfig {
         }
         self.auth.bootstrap()?;
         self.server.validate()?;
+        self.ops.validate(&self.listen)?;
         if self.data_dir.as_os_str().is_empty() {
             return Err(invalid("data_dir", "must not be empty"));
         }
@@ -638,6 +725,7 @@ mod tests {
             insecure_plaintext: true,
             auth: Default::default(),
             server: Default::default(),
+            ops: Default::default(),
             keyspaces: BTreeMap::from([(
                 "carts".into(),
                 KeyspaceSection {
@@ -757,5 +845,42 @@ mod tests {
         assert_eq!(applied.reply_buffer_bytes_max, 65536);
         assert_eq!(applied.read_timeout, crate::server::READ_TIMEOUT_DEFAULT);
         assert_eq!(ServerSection::default().validate(), Ok(()));
+    }
+
+    #[test]
+    fn the_ops_table_defaults_to_listens_host_and_refuses_bad_addresses() {
+        let mut c = base();
+        assert_eq!(c.ops.address(&c.listen).as_deref(), Some("127.0.0.1:9401"));
+        assert_eq!(c.ops.address("127.0.0.1:0").as_deref(), Some("127.0.0.1:0"));
+        c.ops.listen = Some("10.0.0.5:9500".into());
+        assert_eq!(c.ops.address(&c.listen).as_deref(), Some("10.0.0.5:9500"));
+        assert_eq!(c.validate(), Ok(()));
+        for bad in [
+            "nope",
+            ":9401",
+            "host:port",
+            "127.0.0.1:70000",
+            "127.0.0.1:7401",
+        ] {
+            c.ops.listen = Some(bad.into());
+            assert_eq!(c.validate().unwrap_err().field, "ops.listen", "{bad}");
+        }
+        c.ops = OpsSection {
+            enabled: false,
+            ..OpsSection::default()
+        };
+        assert_eq!(c.ops.address(&c.listen), None);
+        let parsed: OpsSection = toml_like_default();
+        assert_eq!(parsed, OpsSection::default());
+        let json: OpsSection =
+            serde_json::from_str(r#"{"log_format": "json"}"#).expect("a log format");
+        assert_eq!(json.log_format, LogFormat::Json);
+        let bad = serde_json::from_str::<OpsSection>(r#"{"log_format": "xml"}"#);
+        assert!(bad.unwrap_err().to_string().contains("xml"));
+    }
+
+    /// `[ops]` absent from a file deserializes to the default.
+    fn toml_like_default() -> OpsSection {
+        serde_json::from_str("{}").expect("an empty table")
     }
 }

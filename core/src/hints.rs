@@ -505,6 +505,11 @@ pub trait HintQueue: Send + Sync + 'static {
     /// Targets that have hints waiting, with the bytes waiting for each.
     fn pending(&self) -> Vec<(NodeId, u64)>;
 
+    /// The queue's counters, for `/metrics`; `None` when it keeps none.
+    fn counters(&self) -> Option<Arc<HintStats>> {
+        None
+    }
+
     /// Hand every hint for `target` to `deliver`, oldest first, stopping
     /// at the first it refuses; forget them only when all were delivered.
     /// Returns how many were delivered.
@@ -521,6 +526,10 @@ pub trait HintQueue: Send + Sync + 'static {
 impl<F: Fs> HintQueue for HintStore<F> {
     fn pending(&self) -> Vec<(NodeId, u64)> {
         HintFiles::pending(self)
+    }
+
+    fn counters(&self) -> Option<Arc<HintStats>> {
+        Some(HintFiles::stats(self).clone())
     }
 
     fn replay<D, Fut>(

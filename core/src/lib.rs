@@ -39,6 +39,7 @@ pub mod limit;
 pub mod merge;
 pub mod model;
 pub mod node;
+pub mod ops;
 pub mod peer;
 pub mod quorum;
 pub mod repair;

@@ -215,6 +215,30 @@ pub struct ServerStats {
     reply_bytes_queued_peak: AtomicUsize,
     connections_refused: AtomicU64,
     expired: AtomicU64,
+    clients_open: AtomicUsize,
+    peers_open: AtomicUsize,
+}
+
+/// Counts a connection open in its role's pool while it lives.
+struct OpenConnection {
+    stats: Arc<ServerStats>,
+    peer: bool,
+}
+
+impl OpenConnection {
+    fn new(stats: &Arc<ServerStats>, peer: bool) -> Self {
+        stats.open(peer).fetch_add(1, Ordering::Relaxed);
+        OpenConnection {
+            stats: stats.clone(),
+            peer,
+        }
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.stats.open(self.peer).fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl ServerStats {
@@ -237,6 +261,24 @@ impl ServerStats {
     /// their sender's deadline ([`Envelope::deadline_ms`]).
     pub fn requests_expired(&self) -> u64 {
         self.expired.load(Ordering::Relaxed)
+    }
+
+    /// Client connections past their handshake, open now.
+    pub fn clients_open(&self) -> usize {
+        self.clients_open.load(Ordering::Relaxed)
+    }
+
+    /// Peer (node) connections past their handshake, open now.
+    pub fn peers_open(&self) -> usize {
+        self.peers_open.load(Ordering::Relaxed)
+    }
+
+    fn open(&self, peer: bool) -> &AtomicUsize {
+        if peer {
+            &self.peers_open
+        } else {
+            &self.clients_open
+        }
     }
 
     fn refused(&self) {
@@ -502,6 +544,7 @@ async fn serve_handshake<H: Handler, S: AsyncRead + AsyncWrite + Unpin + Send + 
         refuse(&mut conn, ErrorCode::Overloaded, message).await;
         return Ok(());
     };
+    let open = OpenConnection::new(&config.stats, peer.is_some());
     let principal = match peer {
         Some(_) => None,
         None => {
@@ -570,6 +613,7 @@ async fn serve_handshake<H: Handler, S: AsyncRead + AsyncWrite + Unpin + Send + 
             .await
         }
     };
+    drop(open);
     drop(role_slot);
     served
 }

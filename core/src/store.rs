@@ -113,6 +113,12 @@ pub trait LocalStore: Send + Sync + 'static {
                 .collect())
         }
     }
+
+    /// The storage engine's figures, for `/metrics` and readiness; `None`
+    /// for a store without an engine (in memory).
+    fn engine_stats(&self) -> Option<crate::engine::EngineStats> {
+        None
+    }
 }
 
 /// The storage key of `(keyspace, key)`.
@@ -225,6 +231,10 @@ impl EngineStore {
 }
 
 impl LocalStore for EngineStore {
+    fn engine_stats(&self) -> Option<crate::engine::EngineStats> {
+        Some(self.engine().stats())
+    }
+
     async fn apply(
         &self,
         keyspace: &str,

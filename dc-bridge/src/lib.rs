@@ -46,8 +46,8 @@ use futures_util::StreamExt;
 use hdrhistogram::Histogram;
 use isthmus_client::wire::{ErrorCode, QuarantineRequest, QuarantineResponse, WireError};
 use isthmus_core::bridge::{
-    BoxFuture, Bridge, BridgeFactory, BridgeParts, BridgeReport, Deliver, ShipRefusal,
-    StartedBridge, is_permanent,
+    BoxFuture, Bridge, BridgeFactory, BridgeFigures, BridgeParts, BridgeReport, Deliver,
+    LagHistogram, ShipRefusal, StartedBridge, is_permanent,
 };
 use isthmus_core::engine::FsyncPolicy;
 use isthmus_core::model::{DcName, KeyspaceConfig, Version};
@@ -187,6 +187,7 @@ impl<F: Fs> BridgeFactory for DcBridgeFactory<F> {
                     parts.full_sync.clone(),
                     parts.view.clone(),
                     syncing,
+                    stats.clone(),
                     parts.stop.clone(),
                 )),
             ));
@@ -228,6 +229,8 @@ impl<F: Fs> BridgeFactory for DcBridgeFactory<F> {
 /// Receiving-side figures per origin DC.
 struct Inbound {
     lag_ms: Histogram<u64>,
+    /// The same lags in `/metrics`' fixed buckets, never reset.
+    buckets: LagHistogram,
     applied: u64,
 }
 
@@ -267,10 +270,15 @@ impl<F: Fs> DcBridge<F> {
         let mut all = self.lag_in.lock();
         let inbound = all.entry(from.clone()).or_insert_with(|| Inbound {
             lag_ms: Histogram::new_with_bounds(1, 3_600_000, 3).expect("valid bounds"),
+            buckets: LagHistogram {
+                from_dc: from.clone(),
+                ..LagHistogram::default()
+            },
             applied: 0,
         });
         for &lag in lags {
             inbound.lag_ms.saturating_record(lag.max(1));
+            inbound.buckets.record(lag);
         }
         inbound.applied += lags.len() as u64;
     }
@@ -440,6 +448,25 @@ impl<F: Fs> Bridge for DcBridge<F> {
                 }
             })
             .collect()
+    }
+
+    fn figures(&self) -> BridgeFigures {
+        let per_dc = |f: fn(&ShipStats) -> &std::sync::atomic::AtomicU64| {
+            self.links
+                .iter()
+                .map(|(dc, s)| (dc.clone(), f(s).load(Ordering::Relaxed)))
+                .collect()
+        };
+        BridgeFigures {
+            lag_in: self
+                .lag_in
+                .lock()
+                .values()
+                .map(|i| i.buckets.clone())
+                .collect(),
+            failovers: per_dc(|s| &s.failovers),
+            full_syncs: per_dc(|s| &s.full_syncs),
+        }
     }
 }
 

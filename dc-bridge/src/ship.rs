@@ -59,6 +59,8 @@ pub struct ShipStats {
     /// Batches also sent to another node of the DC because the first had
     /// not answered within `failover_after` (a stalled, not dead, node).
     pub failovers: AtomicU64,
+    /// Full syncs with the DC completed since the node started.
+    pub full_syncs: AtomicU64,
 }
 
 /// How a batch ended.
@@ -459,6 +461,7 @@ pub(crate) async fn full_syncer<F: Fs>(
     sync: Arc<dyn FullSync>,
     view: watch::Receiver<Arc<ClusterView>>,
     running: Arc<Mutex<bool>>,
+    stats: Arc<ShipStats>,
     mut stop: watch::Receiver<bool>,
 ) {
     loop {
@@ -495,6 +498,7 @@ pub(crate) async fn full_syncer<F: Fs>(
                 if let Ok(Err(e)) = done {
                     tracing::error!(%dc, error = %e, "full-sync flag not cleared");
                 }
+                stats.full_syncs.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(%dc, "full-sync complete");
             }
             Err(e) => {

@@ -345,6 +345,15 @@ impl LocalCluster {
             .unwrap_or_else(|| panic!("node {id} is not running"))
     }
 
+    /// The operations listener's address (`/metrics`, `/healthz`,
+    /// `/readyz`) of running node `id`.
+    pub fn ops_addr(&self, id: &str) -> &str {
+        self.node(id)
+            .ops_addr
+            .as_deref()
+            .unwrap_or_else(|| panic!("node {id} serves no operations listener"))
+    }
+
     /// The configuration node `i` of `dc` starts with: rack `r<i>`, any
     /// free port, the seed (once there is one), the spec's keyspace,
     /// bridge, WAN proxy, vnodes and fsync policy.

@@ -15,14 +15,16 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use isthmus_client::wire::Consistency;
-use isthmus_core::config::{AuthSection, BridgeSection, FsyncMode, KeyspaceSection, NodeConfig};
+use isthmus_core::config::{
+    AuthSection, BridgeSection, FsyncMode, KeyspaceSection, NodeConfig, OpsSection,
+};
 use isthmus_core::gossip::detector::DetectorConfig;
 use isthmus_core::gossip::service::GossipConfig;
 
 /// A node `id` of `dc` with its data in `data_dir`: rack `r0`, any free
 /// port on 127.0.0.1, no seeds (its own cluster), 16 vnodes, an fsync per
-/// write, the default bridge settings, no WAN proxy, no keyspace, and
-/// plaintext links (`insecure_plaintext`; a secure `LocalCluster` sets
+/// write, the default bridge settings, no WAN proxy, no keyspace, an
+/// operations listener on any free port of 127.0.0.1, and plaintext links (`insecure_plaintext`; a secure `LocalCluster` sets
 /// `tls`).
 pub fn node(id: &str, dc: &str, data_dir: PathBuf) -> NodeConfig {
     NodeConfig {
@@ -49,6 +51,11 @@ pub fn node(id: &str, dc: &str, data_dir: PathBuf) -> NodeConfig {
         },
         keyspaces: BTreeMap::new(),
         server: Default::default(),
+        ops: OpsSection {
+            enabled: true,
+            listen: Some("127.0.0.1:0".into()),
+            ..OpsSection::default()
+        },
     }
 }
 

@@ -70,6 +70,9 @@ seeds = [{seeds}]
 
 {tls}
 
+[ops]
+listen = "{ip}:0"
+
 [keyspaces.carts]
 replication = {{ {replication} }}
 consistency = "LOCAL_QUORUM"
@@ -80,6 +83,7 @@ consistency = "LOCAL_QUORUM"
             data = dir.join(&self.id).display(),
             seeds = seeds.join(", "),
             tls = pki().tls_section(&self.id, &self.dc),
+            ip = self.addr.rsplit_once(':').map_or("127.0.0.1", |(ip, _)| ip),
         );
         std::fs::write(&self.config, toml).unwrap();
     }

@@ -243,6 +243,25 @@ impl<T: GossipTransport> Gossiper<T> {
         self.state.lock().rejections.clone()
     }
 
+    /// The failure detector's suspicion of each peer it has heard from
+    /// (phi: at `detector.phi_threshold` a peer is held down), for
+    /// `/metrics`.
+    pub fn phis(&self) -> Vec<(NodeId, f64)> {
+        let now = self.now_ms();
+        let state = self.state.lock();
+        state
+            .windows
+            .iter()
+            .map(|(id, w)| (id.clone(), w.phi(now, &self.config.detector)))
+            .collect()
+    }
+
+    /// Whether the node has heard what a peer knows (or there is no one
+    /// to ask): until then it publishes an empty ring.
+    pub fn joined(&self) -> bool {
+        self.state.lock().joined
+    }
+
     /// Nodes currently believed alive (self included).
     pub fn alive(&self) -> BTreeSet<NodeId> {
         self.view.borrow().alive.clone()

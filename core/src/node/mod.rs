@@ -34,6 +34,7 @@ pub mod handler;
 pub mod identity;
 pub mod liveness;
 mod movement;
+mod probe;
 pub mod status;
 
 use std::collections::BTreeMap;
@@ -194,6 +195,11 @@ pub struct NodeParts<S, T, H, L> {
 pub struct RunningNode<S = EngineStore, T: GossipTransport = TcpTransport, H = HintStore> {
     /// The address it serves on.
     pub addr: String,
+    /// The address its operations listener (`/metrics`, `/healthz`,
+    /// `/readyz`) serves on, when it runs one.
+    pub ops_addr: Option<String>,
+    requests: crate::ops::RequestMetrics,
+    probe: Arc<dyn crate::ops::Probe>,
     coordinator: Arc<NodeCoordinator<S, T, H>>,
     gossiper: Arc<Gossiper<T>>,
     store: S,
@@ -301,6 +307,17 @@ pub async fn start(
         .local_addr()
         .map(|a| a.to_string())
         .unwrap_or_else(|_| config.listen.clone());
+    let ops_listener = match config.ops.address(&config.listen) {
+        Some(ops) => Some(
+            TcpListener::bind(&ops)
+                .await
+                .map_err(|e| NodeError::Listen {
+                    addr: ops.clone(),
+                    reason: format!("operations listener (`ops.listen`): {e}"),
+                })?,
+        ),
+        None => None,
+    };
     let me = NodeId(config.node_id.clone());
     let mut transport = TcpTransport::new(me, Duration::from_secs(2));
     if let Some(proxy) = &config.wan_proxy {
@@ -336,7 +353,10 @@ pub async fn start(
         peers_dir: Some(data_dir.clone()),
         server_tls,
     };
-    let node = start_with(config, parts, merge, tuning).await?;
+    let mut node = start_with(config, parts, merge, tuning).await?;
+    if let Some(listener) = ops_listener {
+        node.serve_ops(listener);
+    }
     let stop = || node.stop.subscribe();
     node.workers.spawn("alive", |w| {
         liveness::keep_alive(data_dir.clone(), grace, stop(), w)
@@ -461,6 +481,7 @@ where
         dc: dc.clone(),
         spread: tuning.gossip.interval * 4 + Duration::from_millis(500),
     };
+    let requests = crate::ops::RequestMetrics::default();
     let handler = Arc::new(NodeHandler {
         coordinator: coordinator.clone(),
         hints: parts.hints.clone(),
@@ -471,6 +492,7 @@ where
         registry: tuning.registry.clone(),
         access: access.clone(),
         stop: stop_rx.clone(),
+        requests: requests.clone(),
     });
     let server_config = config.server.apply(ServerConfig {
         node_id: config.node_id.clone(),
@@ -478,7 +500,25 @@ where
         tls: parts.server_tls.clone(),
         ..tuning.server.clone().unwrap_or_default()
     });
+    let server_stats = server_config.stats.clone();
     spawn_server(&workers, parts.listener, handler, server_config, &stop_rx);
+    let probe: Arc<dyn crate::ops::Probe> = Arc::new(probe::NodeProbe {
+        me: me.clone(),
+        dc: config.dc.clone(),
+        store: parts.store.clone(),
+        hints: parts.hints.clone(),
+        gossiper: gossiper.clone(),
+        bridge: coordinator.bridge().cloned(),
+        repairer: repairer.clone(),
+        server: server_stats,
+        workers: workers.clone(),
+        view: view.clone(),
+        stop: stop_rx.clone(),
+    });
+    {
+        let (probe, view, stop) = (probe.clone(), view.clone(), stop_rx.clone());
+        workers.spawn("lifecycle", |w| probe::lifecycle(probe, view, stop, w));
+    }
     let auth_view = view.clone();
     spawn_background(
         &workers,
@@ -505,9 +545,12 @@ where
             bootstrap_admin(users, name, password, view, stop, w)
         });
     }
-    tracing::info!(node = %me, addr = %parts.addr, "node started");
+    tracing::info!(node = %me, dc = %dc, addr = %parts.addr, "node started");
     Ok(RunningNode {
         addr: parts.addr,
+        ops_addr: None,
+        requests,
+        probe,
         coordinator,
         gossiper,
         store: parts.store,
@@ -799,6 +842,31 @@ where
     /// Every background worker's status.
     pub fn workers(&self) -> Vec<WorkerStatus> {
         self.workers.statuses()
+    }
+
+    /// Whether the node would serve requests, as `/readyz` answers.
+    pub fn readiness(&self) -> Result<(), crate::ops::NotReady> {
+        self.probe.readiness()
+    }
+
+    /// A registry of the node's metrics (a fresh registry over the same
+    /// counters on each call), as `/metrics` encodes it.
+    pub fn metrics(&self) -> prometheus_client::registry::Registry {
+        crate::ops::registry(&self.requests, self.probe.clone())
+    }
+
+    /// Serve the operations listener on `listener` until the node stops
+    /// (the `ops` worker).
+    pub fn serve_ops(&mut self, listener: TcpListener) {
+        self.ops_addr = listener.local_addr().ok().map(|a| a.to_string());
+        let router = crate::ops::http::router(self.metrics(), self.probe.clone());
+        let mut stop = self.stop.subscribe();
+        tracing::info!(addr = ?self.ops_addr, "operations listener: /metrics, /healthz, /readyz");
+        self.workers.spawn("ops", |_| {
+            crate::ops::http::serve(listener, router, async move {
+                let _ = stop.changed().await;
+            })
+        });
     }
 
     /// Repair now: this node's ranges in its datacenter with their other

@@ -164,6 +164,8 @@ pub struct Repairer<D, T> {
     seed: u64,
     next_session: AtomicU64,
     admin: AdminSlot,
+    /// Every range sync's figures since the node started (`/metrics`).
+    totals: parking_lot::Mutex<RepairStats>,
 }
 
 /// The node's one slot for administrative work (repair, full sync,
@@ -258,7 +260,14 @@ impl<D: RepairData, T: Transport> Repairer<D, T> {
             seed,
             next_session: AtomicU64::new(0),
             admin: AdminSlot::default(),
+            totals: parking_lot::Mutex::default(),
         }
+    }
+
+    /// The figures of every range sync this node ran since it started
+    /// (repair, full sync, streaming), for `/metrics`.
+    pub fn totals(&self) -> RepairStats {
+        *self.totals.lock()
     }
 
     /// This node's side of syncs (its data source and sessions).
@@ -404,7 +413,23 @@ impl<D: RepairData, T: Transport> Repairer<D, T> {
         stats
     }
 
+    /// Sync one range with `partner`, adding its figures to `stats` and
+    /// to the node's totals.
     async fn sync_range(
+        &self,
+        keyspace: &str,
+        range: HashRange,
+        partner: &NodeId,
+        stats: &mut RepairStats,
+    ) {
+        let mut this = RepairStats::default();
+        self.sync_range_alone(keyspace, range, partner, &mut this)
+            .await;
+        *stats += this;
+        *self.totals.lock() += this;
+    }
+
+    async fn sync_range_alone(
         &self,
         keyspace: &str,
         range: HashRange,

@@ -39,6 +39,7 @@ pub struct NodeHandler<S, T: GossipTransport, H> {
     pub(super) registry: Option<Arc<dyn RegistryHook>>,
     pub(super) access: super::access::Access,
     pub(super) stop: watch::Receiver<bool>,
+    pub(super) requests: crate::ops::RequestMetrics,
 }
 
 /// A `BadRequest` answer.
@@ -83,6 +84,91 @@ where
     }
 
     async fn handle(
+        &self,
+        principal: &crate::auth::Principal,
+        body: RequestBody,
+        deadline: Duration,
+    ) -> ResponseBody {
+        let started = std::time::Instant::now();
+        let (op, keyspace, level) = self.labels(&body);
+        let answer = self.serve(principal, body, deadline).await;
+        self.requests.observe(
+            crate::ops::metrics::RequestLabels {
+                op,
+                keyspace,
+                level: crate::ops::metrics::level_label(level),
+                outcome: crate::ops::metrics::outcome_label(&answer),
+            },
+            started.elapsed(),
+        );
+        answer
+    }
+
+    async fn handle_peer(
+        &self,
+        from: PeerIdentity,
+        body: PeerRequest,
+        deadline: Duration,
+    ) -> PeerResponse {
+        match body {
+            PeerRequest::Gossip { digest, entries } => {
+                peer::gossip(self, &from.node, &digest, entries)
+            }
+            PeerRequest::Repair(request) => peer::repair(self, &from.node, request).await,
+            PeerRequest::Ship { from_dc, batch } => peer::ship(self, &from, &from_dc, &batch).await,
+            data => peer::data(self, data, deadline).await,
+        }
+    }
+}
+
+impl<S, T, H> NodeHandler<S, T, H>
+where
+    S: LocalStore + Clone,
+    T: GossipTransport,
+    H: HintQueue + HintSink,
+{
+    /// A request's metric labels: operation, keyspace (a configured one,
+    /// else `-`, so clients cannot grow the label set) and level (the
+    /// keyspace's default when the request names none).
+    fn labels(&self, body: &RequestBody) -> (&'static str, String, Option<Consistency>) {
+        let data = |op, keyspace: &String, asked: &Option<Consistency>| {
+            let known = self.keyspaces.read().contains_key(keyspace.as_str());
+            let label = if known {
+                keyspace.clone()
+            } else {
+                "-".to_owned()
+            };
+            (op, label, Some(self.level(keyspace, *asked)))
+        };
+        let other = |op| (op, "-".to_owned(), None);
+        match body {
+            RequestBody::Get {
+                keyspace,
+                consistency,
+                ..
+            } => data("get", keyspace, consistency),
+            RequestBody::Put {
+                keyspace,
+                consistency,
+                ..
+            } => data("put", keyspace, consistency),
+            RequestBody::Delete {
+                keyspace,
+                consistency,
+                ..
+            } => data("delete", keyspace, consistency),
+            RequestBody::Status => other("status"),
+            RequestBody::Repair { .. } => other("repair"),
+            RequestBody::Decommission => other("decommission"),
+            RequestBody::Cancel => other("cancel"),
+            RequestBody::Registry(_) => other("registry"),
+            RequestBody::Quarantine(_) => other("quarantine"),
+            RequestBody::User(_) => other("user"),
+        }
+    }
+
+    /// Serve one client request (after its permission check).
+    async fn serve(
         &self,
         principal: &crate::auth::Principal,
         body: RequestBody,
@@ -159,22 +245,6 @@ where
                 },
                 None => bad_request("this node keeps no users".into()),
             },
-        }
-    }
-
-    async fn handle_peer(
-        &self,
-        from: PeerIdentity,
-        body: PeerRequest,
-        deadline: Duration,
-    ) -> PeerResponse {
-        match body {
-            PeerRequest::Gossip { digest, entries } => {
-                peer::gossip(self, &from.node, &digest, entries)
-            }
-            PeerRequest::Repair(request) => peer::repair(self, &from.node, request).await,
-            PeerRequest::Ship { from_dc, batch } => peer::ship(self, &from, &from_dc, &batch).await,
-            data => peer::data(self, data, deadline).await,
         }
     }
 }

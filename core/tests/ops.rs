@@ -1,0 +1,303 @@
+//! The operations listener of every node of a two-DC cluster (in one
+//! process, nodes composed as `isthmus server` composes them, the bridge
+//! over the simulated WAN): `/metrics` under a little load shows requests
+//! counted by operation, keyspace, level and outcome, the bridge's shipped
+//! records and a filled lag histogram in the other DC, gossip's members
+//! and peer connections; `/healthz` answers 200; `/readyz` answers 200 on
+//! a joined node, 503 with its reason on a node that has heard from no
+//! peer, and 503 on a decommissioned node. It prints how long a scrape of
+//! a busy node takes.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use isthmus_client::wire::{Consistency, Context, RequestBody, ResponseBody, WriteId};
+use isthmus_testkit::{ClusterSpec, LocalCluster, Root};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// `GET path` on `addr` over HTTP/1.1: the status, the headers and the
+/// body.
+async fn get(addr: &str, path: &str) -> (u16, String, String) {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.expect("write");
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).await.expect("read");
+    let answer = String::from_utf8(answer).expect("utf-8");
+    let (head, body) = answer.split_once("\r\n\r\n").expect("a head");
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("a status");
+    (status, head.to_owned(), body.to_owned())
+}
+
+/// A scrape's samples: series (name and labels, as written) to value.
+fn samples(text: &str) -> BTreeMap<String, f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .map(|l| {
+            let (series, value) = l.rsplit_once(' ').expect("series and value");
+            (series.to_owned(), value.parse().expect("a number"))
+        })
+        .collect()
+}
+
+async fn scrape(addr: &str) -> BTreeMap<String, f64> {
+    let (status, head, body) = get(addr, "/metrics").await;
+    assert_eq!(status, 200, "{head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: application/openmetrics-text"),
+        "{head}"
+    );
+    assert!(
+        body.ends_with("# EOF\n"),
+        "an OpenMetrics scrape ends with # EOF"
+    );
+    samples(&body)
+}
+
+/// The sum of every series of `name` whose labels include all of `labels`.
+fn sum(samples: &BTreeMap<String, f64>, name: &str, labels: &[&str]) -> f64 {
+    samples
+        .iter()
+        .filter(|(series, _)| {
+            series.split('{').next() == Some(name) && labels.iter().all(|l| series.contains(l))
+        })
+        .map(|(_, v)| v)
+        .sum()
+}
+
+async fn until(what: &str, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !check().await {
+        assert!(Instant::now() < deadline, "never: {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn put(
+    cluster: &LocalCluster,
+    addr: &str,
+    key: &[u8],
+    keyspace: &str,
+) -> Result<ResponseBody, isthmus_client::ClientError> {
+    let session = cluster.session(addr, "ops-test").await.expect("session");
+    let put = RequestBody::Put {
+        keyspace: keyspace.into(),
+        key: key.to_vec(),
+        value: b"v".to_vec(),
+        context: Context::default(),
+        consistency: Some(Consistency::LocalQuorum),
+        write_id: WriteId(rand::random()),
+    };
+    session.call(put, Duration::from_secs(5)).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn metrics_health_and_readiness_of_every_node_of_two_dcs() {
+    let mut cluster = LocalCluster::start(
+        ClusterSpec::new(&["dc1", "dc2"], 2),
+        Root::temporary().unwrap(),
+    )
+    .await
+    .unwrap();
+    let ids: Vec<String> = cluster.nodes.keys().cloned().collect();
+    for id in &ids {
+        let addr = cluster.ops_addr(id).to_owned();
+        assert_ne!(
+            addr,
+            cluster.node(id).addr,
+            "a port apart from the data port"
+        );
+        let (status, _, body) = get(&addr, "/healthz").await;
+        assert_eq!(status, 200, "{id} /healthz: {body}");
+        until(&format!("{id} ready"), async || {
+            get(&addr, "/readyz").await.0 == 200
+        })
+        .await;
+    }
+
+    // A little load through one node of dc1.
+    let coordinator = cluster.node("dc1-n0").addr.clone();
+    const WRITES: usize = 40;
+    for i in 0..WRITES {
+        let answer = put(&cluster, &coordinator, format!("k{i}").as_bytes(), "carts").await;
+        assert!(matches!(answer, Ok(ResponseBody::Written)), "{answer:?}");
+    }
+    let unknown = put(&cluster, &coordinator, b"k", "no-such-keyspace").await;
+    assert!(unknown.is_err(), "{unknown:?}");
+
+    let ops = |id: &str| cluster.ops_addr(id).to_owned();
+    let m = scrape(&ops("dc1-n0")).await;
+    let ok_puts = "isthmus_requests_total{op=\"put\",keyspace=\"carts\",level=\"LOCAL_QUORUM\",outcome=\"ok\"}";
+    assert_eq!(m.get(ok_puts), Some(&(WRITES as f64)), "{m:#?}");
+    assert_eq!(
+        sum(
+            &m,
+            "isthmus_request_duration_seconds_count",
+            &["op=\"put\"", "keyspace=\"carts\""]
+        ),
+        WRITES as f64
+    );
+    assert!(
+        sum(
+            &m,
+            "isthmus_request_duration_seconds_bucket",
+            &["op=\"put\"", "le=\"+Inf\""]
+        ) >= WRITES as f64
+    );
+    assert_eq!(
+        sum(
+            &m,
+            "isthmus_requests_total",
+            &["keyspace=\"-\"", "op=\"put\""]
+        ),
+        1.0,
+        "an unknown keyspace is counted under `-`, not as a label of its own"
+    );
+    assert!(!m.keys().any(|s| s.contains("no-such-keyspace")));
+    assert!(sum(&m, "isthmus_engine_user_written_bytes_total", &[]) > 0.0);
+    assert_eq!(
+        sum(
+            &m,
+            "isthmus_gossip_members",
+            &["dc=\"dc2\"", "status=\"normal\"", "up=\"true\""]
+        ),
+        2.0
+    );
+    assert!(sum(&m, "isthmus_connections", &["role=\"peer\""]) >= 1.0);
+    assert_eq!(sum(&m, "isthmus_node_ready", &[]), 1.0);
+    assert!(sum(&m, "isthmus_workers", &["name=\"gossip\""]) == 1.0);
+
+    // Across the WAN: dc1 ships, dc2 applies and records the lag.
+    until("dc1 ships every write to dc2", async || {
+        let mut shipped = 0.0;
+        for id in ["dc1-n0", "dc1-n1"] {
+            shipped += sum(
+                &scrape(&ops(id)).await,
+                "isthmus_bridge_shipped_records_total",
+                &["remote_dc=\"dc2\""],
+            );
+        }
+        shipped >= WRITES as f64
+    })
+    .await;
+    until("dc2 records the lag of dc1's writes", async || {
+        let mut lagged = 0.0;
+        for id in ["dc2-n0", "dc2-n1"] {
+            lagged += sum(
+                &scrape(&ops(id)).await,
+                "isthmus_bridge_lag_seconds_count",
+                &["from_dc=\"dc1\"", "to_dc=\"dc2\""],
+            );
+        }
+        lagged >= 1.0
+    })
+    .await;
+    let dc2 = scrape(&ops("dc2-n0")).await;
+    let bucket_le_5s = sum(
+        &dc2,
+        "isthmus_bridge_lag_seconds_bucket",
+        &["from_dc=\"dc1\"", "le=\"5.0\""],
+    );
+    let count = sum(
+        &dc2,
+        "isthmus_bridge_lag_seconds_count",
+        &["from_dc=\"dc1\""],
+    );
+    assert!(bucket_le_5s <= count, "buckets are cumulative");
+
+    // How long a scrape of a busy node takes: writes keep coming while
+    // the node is scraped.
+    let busy = ops("dc1-n0");
+    let writer = {
+        let (session, stop) = (
+            cluster.session(&coordinator, "ops-load").await.unwrap(),
+            std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false)),
+        );
+        let stopped = stop.clone();
+        let task = tokio::spawn(async move {
+            let mut i = 0u64;
+            while !stopped.load(std::sync::atomic::Ordering::Relaxed) {
+                let put = RequestBody::Put {
+                    keyspace: "carts".into(),
+                    key: format!("load{i}").into_bytes(),
+                    value: vec![7; 100],
+                    context: Context::default(),
+                    consistency: Some(Consistency::LocalQuorum),
+                    write_id: WriteId(rand::random()),
+                };
+                let _ = session.call(put, Duration::from_secs(5)).await;
+                i += 1;
+            }
+            i
+        });
+        (stop, task)
+    };
+    let mut took = Vec::new();
+    let mut bytes = 0;
+    for _ in 0..50 {
+        let started = Instant::now();
+        let (status, _, body) = get(&busy, "/metrics").await;
+        took.push(started.elapsed());
+        assert_eq!(status, 200);
+        bytes = body.len();
+    }
+    writer.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    let writes = writer.1.await.unwrap();
+    took.sort();
+    println!(
+        "scrape of a busy node ({writes} writes meanwhile, {bytes} bytes of text): \
+         median {:?}, p90 {:?}, max {:?} over {} scrapes",
+        took[took.len() / 2],
+        took[took.len() * 9 / 10],
+        took[took.len() - 1],
+        took.len()
+    );
+
+    // A node that has heard from no peer is alive but not ready.
+    let mut lonely = cluster.node_config("dc1", 5);
+    lonely.seeds = vec!["127.0.0.1:9".into()];
+    let lonely_ops = {
+        let node = cluster.start_with(lonely).await.unwrap();
+        node.ops_addr.clone().expect("an ops listener")
+    };
+    assert_eq!(get(&lonely_ops, "/healthz").await.0, 200);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (status, _, body) = get(&lonely_ops, "/readyz").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body.contains("\"ready\":false") && body.contains("not joined"),
+        "{body}"
+    );
+    assert_eq!(
+        sum(&scrape(&lonely_ops).await, "isthmus_node_ready", &[]),
+        0.0
+    );
+    cluster.stop_node("dc1-n5").await;
+
+    // A decommissioned node is not ready either.
+    cluster.start_node("dc1", 2).await.unwrap();
+    cluster.wait_alive(5, "a third node in dc1").await.unwrap();
+    let leaving = cluster.ops_addr("dc1-n2").to_owned();
+    until("dc1-n2 ready", async || {
+        get(&leaving, "/readyz").await.0 == 200
+    })
+    .await;
+    let admin = cluster
+        .session(&cluster.node("dc1-n2").addr.clone(), "ops-admin")
+        .await
+        .unwrap();
+    let answer = admin
+        .call(RequestBody::Decommission, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert!(matches!(answer, ResponseBody::Repaired(_)), "{answer:?}");
+    let (status, _, body) = get(&leaving, "/readyz").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("decommissioned"), "{body}");
+    cluster.shutdown().await;
+}
