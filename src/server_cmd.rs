@@ -158,4 +158,40 @@ mod tests {
             Ok(())
         });
     }
+
+    #[test]
+    #[allow(clippy::result_large_err)]
+    fn the_ops_table_loads_from_file_and_environment_and_errors_name_the_field() {
+        figment::Jail::expect_with(|jail| {
+            let node = "node_id = \"n1\"\ndc = \"dc1\"\nrack = \"r\"\nlisten = \"127.0.0.1:7401\"\ndata_dir = \"/tmp/x\"\ninsecure_plaintext = true\n";
+            jail.create_file("plain.toml", node)?;
+            let config = load_config(Path::new("plain.toml")).map_err(|e| e.to_string())?;
+            assert_eq!(
+                config.ops.address(&config.listen).as_deref(),
+                Some("127.0.0.1:9401")
+            );
+            assert_eq!(config.ops.log_format, isthmus_core::config::LogFormat::Text);
+
+            jail.create_file(
+                "ops.toml",
+                &format!("{node}[ops]\nlisten = \"127.0.0.2:9500\"\nlog_format = \"json\"\n"),
+            )?;
+            let config = load_config(Path::new("ops.toml")).map_err(|e| e.to_string())?;
+            assert_eq!(config.ops.listen.as_deref(), Some("127.0.0.2:9500"));
+            assert_eq!(config.ops.log_format, isthmus_core::config::LogFormat::Json);
+
+            jail.set_env("ISTHMUS_OPS__ENABLED", "false");
+            let config = load_config(Path::new("ops.toml")).map_err(|e| e.to_string())?;
+            assert_eq!(config.ops.address(&config.listen), None);
+
+            jail.create_file("xml.toml", &format!("{node}[ops]\nlog_format = \"xml\"\n"))?;
+            let err = load_config(Path::new("xml.toml")).unwrap_err();
+            assert!(format!("{err:#}").contains("log_format"), "{err:#}");
+
+            jail.create_file("bad.toml", &format!("{node}[ops]\nlisten = \"nowhere\"\n"))?;
+            let err = load_config(Path::new("bad.toml")).unwrap_err();
+            assert!(format!("{err:#}").contains("`ops.listen`"), "{err:#}");
+            Ok(())
+        });
+    }
 }

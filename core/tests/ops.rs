@@ -213,30 +213,30 @@ async fn metrics_health_and_readiness_of_every_node_of_two_dcs() {
     // How long a scrape of a busy node takes: writes keep coming while
     // the node is scraped.
     let busy = ops("dc1-n0");
-    let writer = {
-        let (session, stop) = (
-            cluster.session(&coordinator, "ops-load").await.unwrap(),
-            std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false)),
-        );
-        let stopped = stop.clone();
-        let task = tokio::spawn(async move {
-            let mut i = 0u64;
-            while !stopped.load(std::sync::atomic::Ordering::Relaxed) {
-                let put = RequestBody::Put {
-                    keyspace: "carts".into(),
-                    key: format!("load{i}").into_bytes(),
-                    value: vec![7; 100],
-                    context: Context::default(),
-                    consistency: Some(Consistency::LocalQuorum),
-                    write_id: WriteId(rand::random()),
-                };
-                let _ = session.call(put, Duration::from_secs(5)).await;
-                i += 1;
-            }
-            i
-        });
-        (stop, task)
-    };
+    let session = std::sync::Arc::new(cluster.session(&coordinator, "ops-load").await.unwrap());
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writers: Vec<_> = (0..8u64)
+        .map(|w| {
+            let (session, stop) = (session.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut i = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let put = RequestBody::Put {
+                        keyspace: "carts".into(),
+                        key: format!("load{w}-{i}").into_bytes(),
+                        value: vec![7; 100],
+                        context: Context::default(),
+                        consistency: Some(Consistency::LocalQuorum),
+                        write_id: WriteId(rand::random()),
+                    };
+                    let _ = session.call(put, Duration::from_secs(5)).await;
+                    i += 1;
+                }
+                i
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let mut took = Vec::new();
     let mut bytes = 0;
     for _ in 0..50 {
@@ -246,11 +246,14 @@ async fn metrics_health_and_readiness_of_every_node_of_two_dcs() {
         assert_eq!(status, 200);
         bytes = body.len();
     }
-    writer.0.store(true, std::sync::atomic::Ordering::Relaxed);
-    let writes = writer.1.await.unwrap();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut writes = 0;
+    for writer in writers {
+        writes += writer.await.unwrap();
+    }
     took.sort();
     println!(
-        "scrape of a busy node ({writes} writes meanwhile, {bytes} bytes of text): \
+        "scrape of a busy node (8 writers, {writes} writes in all, {bytes} bytes of text): \
          median {:?}, p90 {:?}, max {:?} over {} scrapes",
         took[took.len() / 2],
         took[took.len() * 9 / 10],
