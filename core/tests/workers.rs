@@ -73,6 +73,8 @@ async fn every_loop_is_a_named_worker_with_a_status() {
             "peers",
             "handoff",
             "repair",
+            "lifecycle",
+            "ops",
         ] {
             assert!(
                 names.contains(&expected),
