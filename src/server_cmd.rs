@@ -54,7 +54,7 @@ pub fn run(args: ServerArgs) -> anyhow::Result<()> {
             tracing::warn!(error = %e, "no wasm host; siblings will not be merged");
         }
         let node = plugins.start(config, NodeTuning::default()).await?;
-        tracing::info!(addr = %node.addr, ops = ?node.ops_addr, "serving");
+        tracing::info!(addr = %node.addr, ops = node.ops_addr.as_deref().unwrap_or("off"), "serving");
         shutdown_signal().await;
         tracing::info!("shutting down");
         node.shutdown().await;

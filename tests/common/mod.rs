@@ -26,6 +26,8 @@ pub struct Node {
     pub id: String,
     pub dc: String,
     pub addr: String,
+    /// Its operations listener (`/metrics`, `/healthz`, `/readyz`).
+    pub ops: String,
     pub config: PathBuf,
     pub log: PathBuf,
     pub child: Option<Child>,
@@ -39,6 +41,7 @@ impl Node {
             id: id.to_owned(),
             dc: dc.to_owned(),
             addr: format!("{ip}:{}", free_port(ip)),
+            ops: format!("{ip}:{}", free_port(ip)),
             config: dir.join(format!("{id}.toml")),
             log: dir.join(format!("{id}.log")),
             child: None,
@@ -71,7 +74,7 @@ seeds = [{seeds}]
 {tls}
 
 [ops]
-listen = "{ip}:0"
+listen = "{ops}"
 
 [keyspaces.carts]
 replication = {{ {replication} }}
@@ -83,7 +86,7 @@ consistency = "LOCAL_QUORUM"
             data = dir.join(&self.id).display(),
             seeds = seeds.join(", "),
             tls = pki().tls_section(&self.id, &self.dc),
-            ip = self.addr.rsplit_once(':').map_or("127.0.0.1", |(ip, _)| ip),
+            ops = self.ops,
         );
         std::fs::write(&self.config, toml).unwrap();
     }

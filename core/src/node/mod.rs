@@ -515,11 +515,8 @@ where
         view: view.clone(),
         stop: stop_rx.clone(),
     });
-    {
-        let (probe, view, stop) = (probe.clone(), view.clone(), stop_rx.clone());
-        workers.spawn("lifecycle", |w| probe::lifecycle(probe, view, stop, w));
-    }
     let auth_view = view.clone();
+    let lifecycle_view = view.clone();
     spawn_background(
         &workers,
         Background {
@@ -546,6 +543,12 @@ where
         });
     }
     tracing::info!(node = %me, dc = %dc, addr = %parts.addr, "node started");
+    {
+        let (probe, stop) = (probe.clone(), stop_rx.clone());
+        workers.spawn("lifecycle", |w| {
+            probe::lifecycle(probe, lifecycle_view, stop, w)
+        });
+    }
     Ok(RunningNode {
         addr: parts.addr,
         ops_addr: None,
@@ -861,7 +864,10 @@ where
         self.ops_addr = listener.local_addr().ok().map(|a| a.to_string());
         let router = crate::ops::http::router(self.metrics(), self.probe.clone());
         let mut stop = self.stop.subscribe();
-        tracing::info!(addr = ?self.ops_addr, "operations listener: /metrics, /healthz, /readyz");
+        tracing::info!(
+            addr = self.ops_addr.as_deref().unwrap_or("?"),
+            "operations listener: /metrics, /healthz, /readyz"
+        );
         self.workers.spawn("ops", |_| {
             crate::ops::http::serve(listener, router, async move {
                 let _ = stop.changed().await;
