@@ -3,6 +3,17 @@
 //! hint replay, read repair, Merkle repair, the bridge) absorbs them here,
 //! and here alone a replica merges siblings with the keyspace's resolver.
 //!
+//! A merge runs user code, so it never runs on the async runtime's threads
+//! nor under a key's lock: an apply absorbs under the lock (checking the
+//! sibling bound over the absorbed set) and hands back the siblings it
+//! left ([`MergeDue`]); they are merged on the node's [`MergePool`] once
+//! the lock is released, and the merged version (its clock the least upper
+//! bound of the merged siblings) is absorbed under the lock again, unless
+//! the set has moved on so that it would add a sibling (a later apply
+//! merges again). The merged version is a version like any other, and
+//! absorbing is a join, so a merge landing late, or twice, or not at all
+//! leaves every replica able to converge.
+//!
 //! What it is not: the coordinator. It never talks to another node, picks
 //! targets, or issues dots; the coordinator does that, over a replica.
 
@@ -15,7 +26,8 @@ use tokio::sync::{Mutex, MutexGuard};
 
 use crate::bridge::Entries;
 use crate::limit::LimitError;
-use crate::merge::{MergeHook, merge_into};
+use crate::merge::pool::{MergeConfig, MergePool};
+use crate::merge::{MergeFailure, MergeHook};
 use crate::model::{Absorbed, KeyspaceConfig, Version, VersionSet, key_hash};
 use crate::repair::server::Absorb;
 use crate::store::{LocalStore, StoreError};
@@ -29,7 +41,7 @@ const KEY_LOCK_STRIPES: usize = 1024;
 /// A node's replica: its store, the merge hook, and the key locks.
 pub struct Replica<S> {
     store: S,
-    merge: Arc<dyn MergeHook>,
+    merges: MergePool,
     keyspaces: Arc<RwLock<BTreeMap<String, KeyspaceConfig>>>,
     key_locks: Vec<Mutex<()>>,
     system_applies: Arc<AtomicU64>,
@@ -48,6 +60,16 @@ pub struct ReplicaBounds {
     pub clock_skew_max_ms: u64,
 }
 
+/// Siblings an apply left for the keyspace's resolver: hand them to
+/// [`Replica::merge_due`] once the key's lock is released.
+#[must_use = "merge the siblings once the key's lock is released (Replica::merge_due)"]
+#[derive(Debug)]
+pub struct MergeDue {
+    keyspace: String,
+    key: Vec<u8>,
+    siblings: VersionSet,
+}
+
 /// A key's lock, held: reads and applies of that key by the holder.
 pub struct LockedKey<'a, S> {
     replica: &'a Replica<S>,
@@ -57,17 +79,18 @@ pub struct LockedKey<'a, S> {
 
 impl<S: LocalStore> Replica<S> {
     /// A replica over `store`, merging with `merge` (or the keyspace's
-    /// configured resolver, when the hook does not know the keyspace),
-    /// within `bounds`.
+    /// configured resolver, when the hook does not know the keyspace) on
+    /// a [`MergePool`] of `merging`, within `bounds`.
     pub fn new(
         store: S,
         merge: Arc<dyn MergeHook>,
+        merging: MergeConfig,
         keyspaces: Arc<RwLock<BTreeMap<String, KeyspaceConfig>>>,
         bounds: ReplicaBounds,
     ) -> Self {
         Replica {
             store,
-            merge,
+            merges: MergePool::new(merge, merging),
             keyspaces,
             key_locks: (0..KEY_LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
             system_applies: Arc::default(),
@@ -116,7 +139,12 @@ impl<S: LocalStore> Replica<S> {
 
     /// The merge hook.
     pub fn merge_hook(&self) -> &Arc<dyn MergeHook> {
-        &self.merge
+        self.merges.hook()
+    }
+
+    /// The pool this replica's merges run on.
+    pub fn merge_pool(&self) -> &MergePool {
+        &self.merges
     }
 
     /// Counts the versions applied to this replica's system keyspaces
@@ -133,7 +161,7 @@ impl<S: LocalStore> Replica<S> {
         if system_keyspace::is_system(keyspace) {
             return false;
         }
-        self.merge.bound(keyspace).unwrap_or_else(|| {
+        self.merges.hook().bound(keyspace).unwrap_or_else(|| {
             self.keyspaces
                 .read()
                 .get(keyspace)
@@ -157,10 +185,10 @@ impl<S: LocalStore> Replica<S> {
         }
     }
 
-    /// Absorb versions into this replica's copy of the key, then let the
-    /// keyspace's resolver merge any siblings. A failed merge keeps the
-    /// siblings (and is counted by the hook). Holds the key's lock, so the
-    /// last of concurrent deliveries to one key sees every sibling. The
+    /// Absorb versions into this replica's copy of the key under the
+    /// key's lock, then let the keyspace's resolver merge any siblings,
+    /// on the merge pool with the lock released ([`Self::merge_due`]). A
+    /// failed or deferred merge keeps the siblings (and is counted). The
     /// delivery is refused whole when it breaks a bound
     /// ([`ReplicaBounds`]).
     pub async fn apply(
@@ -170,7 +198,64 @@ impl<S: LocalStore> Replica<S> {
         versions: Vec<Version>,
     ) -> Result<(), StoreError> {
         self.check_delivery([versions.as_slice()])?;
-        self.lock(key).await.apply(keyspace, versions).await
+        let due = self.lock(key).await.apply(keyspace, versions).await?;
+        self.merge_due(due).await;
+        Ok(())
+    }
+
+    /// Merge the siblings an apply left, on the merge pool (no lock held),
+    /// then absorb the merged version under the key's lock: unless the set
+    /// moved on meanwhile so that it would add a sibling (the apply that
+    /// moved it merges again), or the merge failed or was deferred (the
+    /// siblings are kept; logged and counted). Errors of the store are
+    /// logged: the siblings stay, which is what a failed merge leaves.
+    pub async fn merge_due(&self, due: Option<MergeDue>) {
+        let Some(MergeDue {
+            keyspace,
+            key,
+            siblings,
+        }) = due
+        else {
+            return;
+        };
+        let merged = match self.merges.merge(&keyspace, &key, &siblings).await {
+            Ok(Some(merged)) => merged,
+            Ok(None) => return,
+            Err(failure) => {
+                log_failure(&failure);
+                return;
+            }
+        };
+        let _locked = self.lock(&key).await;
+        let result = async {
+            let mut current = self.store.get(&keyspace, &key).await?;
+            let before = current.len();
+            if current.absorb(merged.clone()) == Absorbed::Changed && current.len() <= before {
+                self.store.apply(&keyspace, &key, vec![merged]).await?;
+            }
+            Ok::<_, StoreError>(())
+        };
+        if let Err(error) = result.await {
+            tracing::warn!(keyspace, %error, "storing a merged version failed; siblings kept");
+        }
+    }
+
+    /// `set` merged by the keyspace's resolver on the merge pool, when it
+    /// has siblings and the keyspace merges; as it was otherwise (a failed
+    /// or deferred merge is logged and counted). For readers: nothing is
+    /// stored.
+    pub async fn merged(&self, keyspace: &str, key: &[u8], mut set: VersionSet) -> VersionSet {
+        if set.len() < 2 || !self.has_resolver(keyspace) {
+            return set;
+        }
+        match self.merges.merge(keyspace, key, &set).await {
+            Ok(Some(merged)) => {
+                set.absorb(merged);
+            }
+            Ok(None) => {}
+            Err(failure) => log_failure(&failure),
+        }
+        set
     }
 
     /// Absorb many keys' versions: one engine batch, or key by key (each
@@ -202,12 +287,18 @@ impl<S: LocalStore> LockedKey<'_, S> {
         self.replica.store.get(keyspace, self.key).await
     }
 
-    /// [`Replica::apply`] under this lock: the key's set with `versions`
-    /// absorbed, merged by the keyspace's resolver when it has siblings,
-    /// must hold at most `siblings_max` siblings (or no more than it held
-    /// before), whatever the resolver's state: bound, missing, failing or
-    /// detached. Otherwise nothing is applied (`TooManySiblings`).
-    pub async fn apply(&self, keyspace: &str, versions: Vec<Version>) -> Result<(), StoreError> {
+    /// [`Replica::apply`]'s part under this lock: the key's set with
+    /// `versions` absorbed must hold at most `siblings_max` siblings (or
+    /// no more than it held before), whatever the resolver's state: bound,
+    /// missing, failing, deferred or detached. Otherwise nothing is
+    /// applied (`TooManySiblings`). Siblings a merge has not replaced yet
+    /// count. Returns the siblings to merge, when the keyspace merges:
+    /// pass them to [`Replica::merge_due`] once this lock is dropped.
+    pub async fn apply(
+        &self,
+        keyspace: &str,
+        versions: Vec<Version>,
+    ) -> Result<Option<MergeDue>, StoreError> {
         let set = self.replica.store.get(keyspace, self.key).await?;
         self.apply_over(keyspace, set, versions).await
     }
@@ -219,19 +310,11 @@ impl<S: LocalStore> LockedKey<'_, S> {
         keyspace: &str,
         mut set: VersionSet,
         versions: Vec<Version>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<Option<MergeDue>, StoreError> {
         let replica = self.replica;
         let before = set.len();
         for v in &versions {
             set.absorb(v.clone());
-        }
-        let mut merged = false;
-        if set.len() > 1 && replica.has_resolver(keyspace) {
-            match merge_into(replica.merge.as_ref(), keyspace, self.key, &mut set) {
-                Ok(Absorbed::Changed) => merged = true,
-                Ok(Absorbed::Unchanged) => {}
-                Err(failure) => tracing::warn!(%failure, "merge failed; siblings kept"),
-            }
         }
         let max = replica.bounds.siblings_max;
         if set.len() > max && set.len() > before {
@@ -242,13 +325,21 @@ impl<S: LocalStore> LockedKey<'_, S> {
         }
         replica.store.apply(keyspace, self.key, versions).await?;
         replica.applied(keyspace);
-        if merged {
-            replica
-                .store
-                .apply(keyspace, self.key, set.into_versions())
-                .await?;
-        }
-        Ok(())
+        let due = (set.len() > 1 && replica.has_resolver(keyspace)).then(|| MergeDue {
+            keyspace: keyspace.to_owned(),
+            key: self.key.to_vec(),
+            siblings: set,
+        });
+        Ok(due)
+    }
+}
+
+fn log_failure(failure: &MergeFailure) {
+    if failure.class == crate::merge::FailureClass::BudgetExhausted {
+        // Counted by the pool; at warn it would log every deferred merge.
+        tracing::debug!(%failure, "merge deferred; siblings kept");
+    } else {
+        tracing::warn!(%failure, "merge failed; siblings kept");
     }
 }
 

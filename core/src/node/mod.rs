@@ -399,6 +399,7 @@ where
         actor: parts.actor,
         limits: tuning.limits.clone(),
         clock_skew_max_ms: config.clock_skew_max_ms,
+        merge: config.merge.to_config(),
     };
     let coordinator = coordinator(identity, &parts, merge, &keyspaces, &view, bridge);
     let system = |name| system_keyspace(name, &me, &parts, &coordinator, &keyspaces, &tuning);
