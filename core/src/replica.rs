@@ -355,3 +355,152 @@ impl<S: LocalStore> Absorb for Replica<S> {
         self.apply(keyspace, key, versions)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::*;
+    use crate::merge::FailureClass;
+    use crate::model::{Actor, Clock, Dot, Payload};
+    use crate::store::MemStore;
+
+    /// Sleeps `cost` in every merge (a resolver burning its fuel), then
+    /// concatenates the live values.
+    struct Slow(Duration);
+
+    impl MergeHook for Slow {
+        fn merge(
+            &self,
+            _: &str,
+            _: &[u8],
+            set: &VersionSet,
+        ) -> Result<Option<Version>, MergeFailure> {
+            std::thread::sleep(self.0);
+            let bytes = set.live().flat_map(|v| v.value_bytes().unwrap()).copied();
+            Ok(set.merged(Payload::Value(bytes.collect()), [1; 32]))
+        }
+    }
+
+    fn replica(cost: Duration, budget: Duration) -> Arc<Replica<MemStore>> {
+        let keyspaces = BTreeMap::from([(
+            "ks".to_owned(),
+            KeyspaceConfig {
+                replication: BTreeMap::from([("dc1".into(), 1)]),
+                resolver: Some(("slow".into(), 1)),
+                ..KeyspaceConfig::default()
+            },
+        )]);
+        Arc::new(Replica::new(
+            MemStore::new(),
+            Arc::new(Slow(cost)),
+            MergeConfig {
+                keyspace_budget: budget,
+                ..MergeConfig::default()
+            },
+            Arc::new(RwLock::new(keyspaces)),
+            ReplicaBounds {
+                siblings_max: 16,
+                clock_skew_max_ms: 60_000,
+            },
+        ))
+    }
+
+    /// A version of actor `a`'s first write, covering `covers` (actor,
+    /// counter) pairs.
+    fn version(a: u64, covers: &[(u64, u64)], value: &[u8]) -> Version {
+        let clock = Clock::from_parts(
+            covers.iter().map(|&(actor, n)| (Actor(actor), n)),
+            [Dot {
+                actor: Actor(a),
+                counter: 1,
+            }],
+        );
+        Version::value(clock, value.to_vec(), now_ms(), "dc1".into())
+    }
+
+    #[tokio::test]
+    async fn a_merge_holds_neither_the_key_lock_nor_a_runtime_thread() {
+        // One runtime thread: a merge run on it would stop everything.
+        let replica = replica(Duration::from_millis(500), Duration::from_secs(10));
+        let apply = {
+            let replica = replica.clone();
+            tokio::spawn(async move {
+                let versions = vec![version(1, &[], b"a"), version(2, &[], b"b")];
+                replica.apply("ks", b"k", versions).await
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        // The merge is running now: timers fire, and the key's lock is free.
+        let started = Instant::now();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        drop(replica.lock(b"k").await);
+        let waited = started.elapsed();
+        assert!(
+            waited < Duration::from_millis(200),
+            "the runtime or the key's lock was held for {waited:?}"
+        );
+        apply.await.unwrap().unwrap();
+        // Once the apply returns, the merged version is stored.
+        let set = replica.read("ks", b"k").await.unwrap();
+        assert_eq!(set.len(), 1, "{set:?}");
+        let lub = VersionSet::from_versions([version(1, &[], b"a"), version(2, &[], b"b")]).lub();
+        assert_eq!(set.versions()[0].clock, lub);
+        assert_eq!(set.versions()[0].value_bytes().map(<[u8]>::len), Some(2));
+        assert_eq!(replica.merge_pool().stats().run(), 1);
+    }
+
+    #[tokio::test]
+    async fn past_its_budget_a_keyspace_keeps_its_siblings_and_readers_see_them() {
+        let replica = replica(Duration::from_millis(80), Duration::from_millis(50));
+        replica
+            .apply("ks", b"k1", vec![version(1, &[], b"a"), version(2, &[], b"b")])
+            .await
+            .unwrap();
+        assert_eq!(replica.read("ks", b"k1").await.unwrap().len(), 1);
+        // The first merge overdrew the budget: the next is deferred.
+        replica
+            .apply("ks", b"k2", vec![version(1, &[], b"a"), version(2, &[], b"b")])
+            .await
+            .unwrap();
+        let set = replica.read("ks", b"k2").await.unwrap();
+        assert_eq!(set.len(), 2, "siblings kept");
+        assert_eq!(replica.merge_pool().stats().deferred(), 1);
+        assert_eq!(replica.merged("ks", b"k2", set.clone()).await, set);
+        assert_eq!(replica.merge_pool().stats().deferred(), 2);
+        // Once the debt is paid (30 ms at 50 ms/s), a read merges again.
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        let merged = replica.merged("ks", b"k2", set).await;
+        assert_eq!(merged.len(), 1);
+        let err = replica
+            .merges
+            .merge("ks", b"k2", &replica.read("ks", b"k2").await.unwrap())
+            .await
+            .unwrap_err();
+        assert_eq!(err.class, FailureClass::BudgetExhausted);
+    }
+
+    #[tokio::test]
+    async fn a_merge_that_would_add_a_sibling_is_not_stored() {
+        let replica = replica(Duration::ZERO, Duration::from_secs(10));
+        let (a, b) = (version(1, &[], b"a"), version(2, &[], b"b"));
+        let due = replica
+            .lock(b"k")
+            .await
+            .apply("ks", vec![a, b])
+            .await
+            .unwrap();
+        assert!(due.is_some(), "two siblings are due for a merge");
+        // Before the merge lands, each sibling is superseded on its own.
+        let locked = replica.lock(b"k").await;
+        let later = vec![version(3, &[(1, 1)], b"c"), version(4, &[(2, 1)], b"d")];
+        let _not_merged_here = locked.apply("ks", later).await.unwrap();
+        drop(locked);
+        let before = replica.read("ks", b"k").await.unwrap();
+        assert_eq!(before.len(), 2);
+        // The merge of {a, b} would sit beside {c, d}: not stored.
+        replica.merge_due(due).await;
+        assert_eq!(replica.read("ks", b"k").await.unwrap(), before);
+        assert_eq!(replica.merge_pool().stats().run(), 1);
+    }
+}
