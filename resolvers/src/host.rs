@@ -674,25 +674,54 @@ impl Host {
         write: impl FnOnce(&mut [u8]) -> Result<(), ResolverError>,
         read: impl FnOnce(&[u8]) -> Result<T, ResolverError>,
     ) -> Result<T, ResolverError> {
+        self.run_metered(resolver, len, write, read).0
+    }
+
+    /// [`Self::run`], with the fuel the call used (all of it when it ran
+    /// out).
+    fn run_metered<T>(
+        &self,
+        resolver: &Resolver,
+        len: usize,
+        write: impl FnOnce(&mut [u8]) -> Result<(), ResolverError>,
+        read: impl FnOnce(&[u8]) -> Result<T, ResolverError>,
+    ) -> (Result<T, ResolverError>, u64) {
         if len > self.limits.input_bytes_max {
-            return Err(ResolverError::InputTooLarge {
+            let e = ResolverError::InputTooLarge {
                 bytes: len,
                 max_bytes: self.limits.input_bytes_max,
-            });
+            };
+            return (Err(e), 0);
         }
-        let mut store = self.store()?;
+        let mut store = match self.store() {
+            Ok(store) => store,
+            Err(e) => return (Err(e), 0),
+        };
+        let result = self.run_in(&mut store, resolver, len, write, read);
+        let left = store.get_fuel().unwrap_or(0);
+        (result, self.limits.fuel_per_merge.saturating_sub(left))
+    }
+
+    fn run_in<T>(
+        &self,
+        store: &mut Store<StoreState>,
+        resolver: &Resolver,
+        len: usize,
+        write: impl FnOnce(&mut [u8]) -> Result<(), ResolverError>,
+        read: impl FnOnce(&[u8]) -> Result<T, ResolverError>,
+    ) -> Result<T, ResolverError> {
         let instance = resolver
             .pre
-            .instantiate(&mut store)
-            .map_err(|e| self.classify(&store, e, "instantiate"))?;
-        let (memory, alloc, merge) = self.exports(&mut store, &instance, resolver)?;
+            .instantiate(&mut *store)
+            .map_err(|e| self.classify(&*store, e, "instantiate"))?;
+        let (memory, alloc, merge) = self.exports(&mut *store, &instance, resolver)?;
         let len32 = u32::try_from(len).map_err(|_| ResolverError::InputTooLarge {
             bytes: len,
             max_bytes: u32::MAX as usize,
         })?;
         let ptr = alloc
-            .call(&mut store, len32)
-            .map_err(|e| self.classify(&store, e, export::ALLOC))?;
+            .call(&mut *store, len32)
+            .map_err(|e| self.classify(&*store, e, export::ALLOC))?;
         if ptr == 0 && len > 0 {
             return Err(if store.data().refused {
                 ResolverError::MemoryLimit {
@@ -706,15 +735,15 @@ impl Host {
         }
         let buf = (ptr as usize)
             .checked_add(len)
-            .and_then(|end| memory.data_mut(&mut store).get_mut(ptr as usize..end))
+            .and_then(|end| memory.data_mut(&mut *store).get_mut(ptr as usize..end))
             .ok_or_else(|| ResolverError::BadOutput {
                 reason: format!("isthmus_alloc({len}) returned out-of-bounds pointer {ptr:#x}"),
             })?;
         write(buf)?;
         let packed = merge
-            .call(&mut store, (ptr, len32))
-            .map_err(|e| self.classify(&store, e, export::MERGE))?;
-        read(self.output(&store, memory, packed)?)
+            .call(&mut *store, (ptr, len32))
+            .map_err(|e| self.classify(&*store, e, export::MERGE))?;
+        read(self.output(&*store, memory, packed)?)
     }
 
     fn exports(
@@ -791,7 +820,18 @@ impl Host {
         key: &[u8],
         siblings: &[Sibling<'_>],
     ) -> Result<Merged, ResolverError> {
-        self.run(
+        self.merge_siblings_metered(resolver, key, siblings).0
+    }
+
+    /// As [`Host::merge_siblings_uncounted`], with the fuel the merge used
+    /// (the law checker's budget and its report of costly resolvers).
+    pub(crate) fn merge_siblings_metered(
+        &self,
+        resolver: &Resolver,
+        key: &[u8],
+        siblings: &[Sibling<'_>],
+    ) -> (Result<Merged, ResolverError>, u64) {
+        self.run_metered(
             resolver,
             abi::encoded_input_len(key, siblings),
             |buf| {

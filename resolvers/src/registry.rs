@@ -333,6 +333,9 @@ impl Registry {
             check::check(host, &resolver, &options).map_err(|e| RegistryError::CheckFailed {
                 reason: e.to_string(),
             })?;
+        if let Some(warning) = report.warning() {
+            tracing::warn!(name, version, hash = %hex(&hash), "{warning}");
+        }
         let violations: Vec<String> = report.violations.iter().map(|v| v.to_string()).collect();
         let law_check = if report.passed() {
             LawCheck::Passed { seed: report.seed }
