@@ -9,7 +9,7 @@
 //! - `put`, `get`, `del`, `status`: client commands against a node.
 //! - `repair`: Merkle repair of a node's ranges (or a cross-DC full sync).
 //! - `resolver check FILE.wasm`: the law checker for merge modules;
-//!   `resolver upload|attach|detach|rollback|list --addr HOST:PORT`: the
+//!   `resolver upload|attach|detach|rollback|delete|list --addr HOST:PORT`: the
 //!   cluster's replicated resolver registry.
 //!
 //! `demo`, `bench` and `bench-bridge` are the `demo` feature (on by

@@ -349,7 +349,12 @@ fn registry_command(command: ResolverCommand) -> anyhow::Result<(String, u8)> {
                 .with_context(|| format!("{resolver:?} is not NAME@VERSION"))?;
             match call(&node, RegistryRequest::Delete { name, version })? {
                 RegistryResponse::Deleted(r) => Ok((
-                    format!("deleted {}@{} (blake3 {})\n", r.name, r.version, hex(&r.hash)),
+                    format!(
+                        "deleted {}@{} (blake3 {})\n",
+                        r.name,
+                        r.version,
+                        hex(&r.hash)
+                    ),
                     0,
                 )),
                 other => Err(expect("delete", other)),

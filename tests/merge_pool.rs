@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 use isthmus_client::wire::{
     Context, RegistryRequest, RegistryResponse, RequestBody, ResponseBody, WriteId,
 };
-use isthmus_core::ring::NodeId;
 use isthmus_core::merge::FailureClass;
+use isthmus_core::ring::NodeId;
 use isthmus_resolvers::host::module_hash;
 use isthmus_testkit::{ClusterSpec, LocalCluster, Root, example_module};
 
@@ -117,27 +117,27 @@ async fn run(module: Vec<u8>, writers: usize, duration: Duration) -> Run {
         let session = cluster.session(&node.addr, "writer").await.unwrap();
         let requests = requests.clone();
         tasks.push(tokio::spawn(async move {
-                let mut i = 0u64;
-                while Instant::now() < until {
-                    let key = format!("cart:{}", (w as u64 + i) % 4).into_bytes();
-                    let put = RequestBody::Put {
-                        keyspace: "carts".into(),
-                        key: key.clone(),
-                        value: format!("{w}-{i}").into_bytes(),
-                        context: Context::default(),
-                        consistency: None,
-                        write_id: WriteId(rand::random()),
-                    };
-                    let _ = session.call(put, WAIT).await;
-                    let get = RequestBody::Get {
-                        keyspace: "carts".into(),
-                        key,
-                        consistency: None,
-                    };
-                    let _ = session.call(get, WAIT).await;
-                    requests.fetch_add(2, Ordering::Relaxed);
-                    i += 1;
-                }
+            let mut i = 0u64;
+            while Instant::now() < until {
+                let key = format!("cart:{}", (w as u64 + i) % 4).into_bytes();
+                let put = RequestBody::Put {
+                    keyspace: "carts".into(),
+                    key: key.clone(),
+                    value: format!("{w}-{i}").into_bytes(),
+                    context: Context::default(),
+                    consistency: None,
+                    write_id: WriteId(rand::random()),
+                };
+                let _ = session.call(put, WAIT).await;
+                let get = RequestBody::Get {
+                    keyspace: "carts".into(),
+                    key,
+                    consistency: None,
+                };
+                let _ = session.call(get, WAIT).await;
+                requests.fetch_add(2, Ordering::Relaxed);
+                i += 1;
+            }
         }));
     }
     for t in tasks {
@@ -161,7 +161,10 @@ async fn run(module: Vec<u8>, writers: usize, duration: Duration) -> Run {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gossip_keeps_its_rhythm_beside_a_hostile_resolver() {
     let run = run(fuel_burner(), 8, Duration::from_secs(4)).await;
-    assert!(run.fuel_exhausted >= 1, "the resolver ran and burned its fuel");
+    assert!(
+        run.fuel_exhausted >= 1,
+        "the resolver ran and burned its fuel"
+    );
     assert!(run.deferred >= 1, "the keyspace's budget deferred merges");
     assert!(run.requests > 0);
     // A round every 200 ms; a merge inline on a worker thread would

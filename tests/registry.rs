@@ -252,16 +252,21 @@ async fn an_uploaded_resolver_merges_on_every_node_of_every_dc() {
         "{}",
         text(&out.stdout)
     );
-    until("every node lists cart-union alone", &nodes, 60, async || {
-        for node in &nodes[..4] {
-            match registry(&node.addr, RegistryRequest::List).await {
-                Ok(RegistryResponse::Listing { resolvers, .. })
-                    if resolvers.len() == 1 && resolvers[0].name == "cart-union" => {}
-                _ => return false,
+    until(
+        "every node lists cart-union alone",
+        &nodes,
+        60,
+        async || {
+            for node in &nodes[..4] {
+                match registry(&node.addr, RegistryRequest::List).await {
+                    Ok(RegistryResponse::Listing { resolvers, .. })
+                        if resolvers.len() == 1 && resolvers[0].name == "cart-union" => {}
+                    _ => return false,
+                }
             }
-        }
-        true
-    })
+            true
+        },
+    )
     .await;
 
     // Concurrent carts through three nodes of both DCs, no context.

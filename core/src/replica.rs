@@ -454,13 +454,21 @@ mod tests {
     async fn past_its_budget_a_keyspace_keeps_its_siblings_and_readers_see_them() {
         let replica = replica(Duration::from_millis(80), Duration::from_millis(50));
         replica
-            .apply("ks", b"k1", vec![version(1, &[], b"a"), version(2, &[], b"b")])
+            .apply(
+                "ks",
+                b"k1",
+                vec![version(1, &[], b"a"), version(2, &[], b"b")],
+            )
             .await
             .unwrap();
         assert_eq!(replica.read("ks", b"k1").await.unwrap().len(), 1);
         // The first merge overdrew the budget: the next is deferred.
         replica
-            .apply("ks", b"k2", vec![version(1, &[], b"a"), version(2, &[], b"b")])
+            .apply(
+                "ks",
+                b"k2",
+                vec![version(1, &[], b"a"), version(2, &[], b"b")],
+            )
             .await
             .unwrap();
         let set = replica.read("ks", b"k2").await.unwrap();

@@ -390,7 +390,10 @@ impl Host {
         }
         let mut failed = self.failed.lock();
         while failed.len() >= self.limits.failed_modules_max {
-            let oldest = failed.iter().min_by_key(|(_, (at, _))| *at).map(|(h, _)| *h);
+            let oldest = failed
+                .iter()
+                .min_by_key(|(_, (at, _))| *at)
+                .map(|(h, _)| *h);
             match oldest {
                 Some(h) => failed.remove(&h),
                 None => break,

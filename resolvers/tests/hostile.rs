@@ -422,7 +422,7 @@ fn failing_to_load(tag: u32) -> Vec<u8> {
 
 #[test]
 fn a_module_that_failed_to_load_is_not_compiled_again_on_every_merge() {
-    use isthmus_resolvers::registry::{LawCheck, MemoryRecords, ResolverRecord, RegistryRecords};
+    use isthmus_resolvers::registry::{LawCheck, MemoryRecords, RegistryRecords, ResolverRecord};
     use isthmus_resolvers::registry::{module_key, resolver_key};
     let host = small_host();
     let bad = failing_to_load(0);
@@ -481,4 +481,3 @@ fn failed_loads_are_remembered_within_a_bound_and_retried_later() {
     assert!(host.load(&failing_to_load(2)).is_err());
     assert_eq!(host.compiles(), 4);
 }
-

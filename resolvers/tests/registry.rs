@@ -150,9 +150,7 @@ fn the_registry_is_bounded_in_modules_and_module_bytes() {
         ..RegistryLimits::default()
     });
     registry.register(&host, "a", 1, &cart, &policy).unwrap();
-    let err = registry
-        .register(&host, "b", 1, &lww, &policy)
-        .unwrap_err();
+    let err = registry.register(&host, "b", 1, &lww, &policy).unwrap_err();
     assert!(
         matches!(err, RegistryError::Full { module_bytes_total, .. } if module_bytes_total == (cart.len() + lww.len()) as u64),
         "{err}"
@@ -243,7 +241,12 @@ fn delete_removes_what_no_binding_uses_and_refuses_the_rest() {
     assert!(registry.module_bytes(&a.hash).unwrap().is_some());
     registry.delete("twin", 1, &[]).unwrap();
     assert_eq!(registry.module_bytes(&a.hash).unwrap(), None);
-    let names: Vec<String> = registry.list().unwrap().into_iter().map(|r| r.name).collect();
+    let names: Vec<String> = registry
+        .list()
+        .unwrap()
+        .into_iter()
+        .map(|r| r.name)
+        .collect();
     assert_eq!(names, vec!["b"]);
     // Unknown: a typed error.
     assert!(matches!(

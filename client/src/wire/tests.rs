@@ -62,6 +62,14 @@ fn sample_requests() -> Vec<Request> {
                 version: 1,
             }),
         },
+        Request {
+            id: 7,
+            timeout_ms: 30_000,
+            body: RequestBody::Registry(RegistryRequest::Delete {
+                name: "cart-union".into(),
+                version: 1,
+            }),
+        },
     ]
 }
 
