@@ -379,6 +379,10 @@ pub struct RepairArgs {
     /// the node's own.
     #[arg(long)]
     pub dc: Option<String>,
+    /// Cancel the repair, full sync or other administrative operation
+    /// running on the node instead (what it moved so far stays).
+    #[arg(long, conflicts_with_all = ["keyspace", "dc"])]
+    pub cancel: bool,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
@@ -411,6 +415,26 @@ fn format_repair(r: &RepairReport, json: bool) -> String {
     )
 }
 
+/// `--cancel` of `isthmus repair` and `isthmus decommission`: stop the
+/// administrative operation running on the node; says what it was.
+pub fn run_cancel(target: Target) -> anyhow::Result<String> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let (session, timeout) = connect(&target).await?;
+        match session.call(RequestBody::Cancel, timeout).await? {
+            ResponseBody::Cancelled {
+                operation: Some(what),
+            } => Ok(format!("cancelled {what} on {}\n", target.addr)),
+            ResponseBody::Cancelled { operation: None } => {
+                Ok(format!("nothing was running on {}\n", target.addr))
+            }
+            other => bail!("unexpected answer {other:?}"),
+        }
+    })
+}
+
 /// `isthmus decommission`: the node hands its ranges to their next owners
 /// and leaves the ring; prints what moved.
 pub fn run_decommission(target: Target, json: bool) -> anyhow::Result<String> {
@@ -436,6 +460,14 @@ pub fn run_decommission(target: Target, json: bool) -> anyhow::Result<String> {
 /// `isthmus repair`: run Merkle repair on a node now and print what it did.
 /// Exit status 1 when some range could not be synced.
 pub fn run_repair(args: RepairArgs) -> anyhow::Result<(String, bool)> {
+    if args.cancel {
+        let target = Target {
+            addr: args.addr.clone(),
+            timeout_ms: args.timeout_ms,
+            security: args.security.clone(),
+        };
+        return Ok((run_cancel(target)?, true));
+    }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;

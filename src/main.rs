@@ -102,6 +102,10 @@ enum Command {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+        /// Cancel the decommission running on the node instead: it goes
+        /// back to normal, a member still.
+        #[arg(long)]
+        cancel: bool,
     },
     /// Work with resolver (merge function) modules.
     Resolver {
@@ -154,7 +158,14 @@ fn main() -> ExitCode {
         )),
         Command::Del { args, key } => print(client_cmd::run_key(args, client_cmd::Op::Del { key })),
         Command::Status { target, json } => print(client_cmd::run_status(target, json)),
-        Command::Decommission { target, json } => print(client_cmd::run_decommission(target, json)),
+        Command::Decommission {
+            target,
+            cancel: true,
+            ..
+        } => print(client_cmd::run_cancel(target)),
+        Command::Decommission { target, json, .. } => {
+            print(client_cmd::run_decommission(target, json))
+        }
         Command::Repair(args) => client_cmd::run_repair(args).map(|(out, complete)| {
             print!("{out}");
             if complete { 0 } else { 1 }

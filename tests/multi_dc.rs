@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Node, all_see, status, until};
+use common::{Node, all_see, status, text, until};
 use isthmus_client::wire::{
     BridgeReport, Consistency, Context, RequestBody, ResponseBody, WriteId,
 };
@@ -735,5 +735,217 @@ async fn a_dark_dc_gets_every_write_back_and_a_killed_shipper_resumes() {
         "dark-dc: acknowledged={} lost={lost_total} catch_up_s={:.1}",
         all1.len() + all2.len(),
         catch_up.as_secs_f64()
+    );
+}
+
+/// What the writers of the pause test did: every logical write, by key,
+/// retried under its one write id until acknowledged.
+#[derive(Default)]
+struct Writes {
+    /// Unique keys, each written once.
+    unique: Vec<Vec<u8>>,
+    /// Counter keys: acknowledged increments of each (one sibling each).
+    increments: BTreeMap<Vec<u8>, usize>,
+    /// Attempts that failed after the client's own retries and were sent
+    /// again under the same id.
+    retried: u64,
+    /// Writes that took longer than one attempt's deadline: at least one
+    /// attempt timed out and the client retried it (on another node).
+    slow: u64,
+}
+
+/// The deadline of one attempt of the pause test's writers.
+const ATTEMPT: Duration = Duration::from_secs(1);
+
+/// Increments per counter key: each is a sibling, and the keyspace keeps
+/// at most 16 of them.
+const INCREMENTS_PER_COUNTER: usize = 8;
+
+/// Writers through the SDK, with a one-second deadline per attempt: each
+/// task alternates a blind write of a fresh key and an increment of one
+/// of its counters (a blind write of `1`: the counter is the number of
+/// siblings). A write that fails is sent again with its write id until
+/// acknowledged.
+async fn idempotent_writers(
+    client: isthmus_client::Client,
+    writes: Arc<Mutex<Writes>>,
+    stop: Arc<AtomicBool>,
+) {
+    const TASKS: usize = 16;
+    let mut tasks = Vec::new();
+    for t in 0..TASKS {
+        let (client, writes, stop) = (client.clone(), writes.clone(), stop.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut n = 0usize;
+            while !stop.load(Ordering::Relaxed) {
+                let (key, value) = if n.is_multiple_of(2) {
+                    (format!("unique-{t}-{n}"), format!("once {n}"))
+                } else {
+                    let counter = n / 2 / INCREMENTS_PER_COUNTER;
+                    (format!("counter-{t}-{counter}"), "1".to_owned())
+                };
+                let key = key.into_bytes();
+                let id = WriteId(rand::random());
+                let started = Instant::now();
+                loop {
+                    match client
+                        .put_with_id(
+                            KEYSPACE,
+                            &key,
+                            value.clone().into_bytes(),
+                            &Context::default(),
+                            id,
+                        )
+                        .await
+                    {
+                        Ok(()) => break,
+                        Err(e) => {
+                            assert!(
+                                started.elapsed() < Duration::from_secs(60),
+                                "a write failed for a minute: {e}"
+                            );
+                            writes.lock().retried += 1;
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                    }
+                }
+                let mut w = writes.lock();
+                if started.elapsed() >= ATTEMPT {
+                    w.slow += 1;
+                }
+                if n.is_multiple_of(2) {
+                    w.unique.push(key);
+                } else {
+                    *w.increments.entry(key).or_default() += 1;
+                }
+                n += 1;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_coordinator_paused_mid_write_does_not_apply_its_retried_writes_twice() {
+    let _serial = SERIAL.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let wan = WanProxy::start("127.0.0.1:0", WAN_ONE_WAY).await.unwrap();
+    let mut procs = processes(dir.path(), &wan);
+    for p in procs.iter_mut() {
+        p.spawn();
+    }
+    until("six nodes see each other", &procs, 60, async || {
+        all_see(&procs, 6).await
+    })
+    .await;
+    let mut builder = isthmus_client::Client::builder()
+        .tls(common::pki().material())
+        .local_dc("dc1")
+        .timeout(ATTEMPT)
+        .retries(4)
+        .consistency(Consistency::LocalQuorum);
+    for p in &procs[..3] {
+        builder = builder.seed(p.addr.clone());
+    }
+    let client = builder.build().await.unwrap();
+    let writes = Arc::new(Mutex::new(Writes::default()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = tokio::spawn(idempotent_writers(client, writes.clone(), stop.clone()));
+
+    // A DC1 node stops dead for ten seconds, twice, holding the requests
+    // it had read and those queued on its sockets; the clients time out
+    // and retry elsewhere meanwhile.
+    for _ in 0..2 {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        procs[1].pause();
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        procs[1].resume();
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stop.store(true, Ordering::Relaxed);
+    load.await.unwrap();
+
+    until("every outbox is drained", &procs, 120, async || {
+        for p in &procs {
+            match status(&p.addr).await {
+                Some((_, bridges)) if bridges.iter().all(|b| b.outbox_records == 0) => {}
+                _ => return false,
+            }
+        }
+        true
+    })
+    .await;
+    let writes = std::mem::take(&mut *writes.lock());
+    let increments: usize = writes.increments.values().sum();
+    eprintln!(
+        "pause: {} unique writes, {increments} increments of {} counters, {} writes retried \
+         by the client, {} more after its retries failed",
+        writes.unique.len(),
+        writes.increments.len(),
+        writes.slow,
+        writes.retried
+    );
+    assert!(writes.slow > 0, "the pause must have made clients retry");
+
+    // Every replica's own copy: one version per logical write, never two
+    // versions of one write id (a write coordinated twice is one version
+    // whose clock holds both dots).
+    let probe = common::probe("audit");
+    let mut doubled = Vec::new();
+    for p in &procs {
+        for key in &writes.unique {
+            let set = common::local_set(&probe, &p.addr, KEYSPACE, key)
+                .await
+                .unwrap();
+            if set.len() > 1 {
+                doubled.push(format!("{} on {}: {:?}", text(key), p.id, set.versions()));
+            }
+        }
+        for (key, &acked) in &writes.increments {
+            let set = common::local_set(&probe, &p.addr, KEYSPACE, key)
+                .await
+                .unwrap();
+            let ids: BTreeSet<_> = set.versions().iter().map(|v| v.write_id).collect();
+            if set.len() > acked || ids.len() != set.len() {
+                doubled.push(format!(
+                    "{} on {}: {} versions for {acked} increments",
+                    text(key),
+                    p.id,
+                    set.len()
+                ));
+            }
+        }
+    }
+    assert!(doubled.is_empty(), "writes applied twice: {doubled:#?}");
+    // Read in each DC: every unique key once, every counter's total equal
+    // to its acknowledged increments.
+    for dc in [&procs[0].addr, &procs[4].addr] {
+        let (lost, twice) = audit(dc, &writes.unique).await;
+        assert_eq!((lost, twice), (0, 0), "unique keys as {dc} reads them");
+        let session = common::session(dc, "counters", Duration::from_secs(2))
+            .await
+            .unwrap();
+        let mut total = 0;
+        for (key, &acked) in &writes.increments {
+            let get = RequestBody::Get {
+                keyspace: KEYSPACE.into(),
+                key: key.clone(),
+                consistency: Some(Consistency::LocalQuorum),
+            };
+            match session.call(get, Duration::from_secs(5)).await {
+                Ok(ResponseBody::Value { siblings, .. }) => {
+                    assert_eq!(siblings.len(), acked, "{} as {dc} reads it", text(key));
+                    total += siblings.len();
+                }
+                other => panic!("reading {} at {dc}: {other:?}", text(key)),
+            }
+        }
+        assert_eq!(total, increments);
+    }
+    eprintln!(
+        "pause: unique={} increments={increments} doubled=0",
+        writes.unique.len()
     );
 }

@@ -417,13 +417,30 @@ impl Client {
         value: Vec<u8>,
         context: &Context,
     ) -> Result<(), ClientError> {
+        self.put_with_id(keyspace, key, value, context, WriteId(rand::random()))
+            .await
+    }
+
+    /// [`put`](Self::put) as the logical write `write_id`: calling it again
+    /// with the same id after an error (a timeout, an unavailable node),
+    /// with the same value and context, is the same write, which takes
+    /// effect at most once wherever its attempts land. The client's own
+    /// retries reuse the id the same way.
+    pub async fn put_with_id(
+        &self,
+        keyspace: &str,
+        key: &[u8],
+        value: Vec<u8>,
+        context: &Context,
+        write_id: WriteId,
+    ) -> Result<(), ClientError> {
         let body = RequestBody::Put {
             keyspace: keyspace.into(),
             key: key.to_vec(),
             value,
             context: context.clone(),
             consistency: self.inner.config.consistency,
-            write_id: WriteId(rand::random()),
+            write_id,
         };
         self.expect_written(key, body).await
     }

@@ -15,6 +15,7 @@
 //! let request = Request {
 //!     id: 7,
 //!     timeout_ms: 1_000,
+//!     deadline_ms: 0,
 //!     body: RequestBody::Get {
 //!         keyspace: "carts".into(),
 //!         key: b"alice".to_vec(),

@@ -42,7 +42,68 @@ pub struct Channel<Q, A> {
     _request: std::marker::PhantomData<fn(Q)>,
     next_id: AtomicU64,
     peer: HelloAck,
+    /// The node's wall clock minus ours, from the clocks its answers carry.
+    clock: Arc<std::sync::Mutex<ClockOffset>>,
     reader: tokio::task::JoinHandle<()>,
+}
+
+/// The node's wall clock minus ours, as a node's answers show it.
+///
+/// Each answer gives `node clock at sending - our clock at receipt`, which
+/// is the true offset less the answer's transit (and queueing) time, so
+/// never more than the offset. The estimate is the greatest of the last
+/// [`Self::SAMPLES`] answers: a few answers delayed by load do not make it
+/// stricter, a node paused mid-request does not bias it (its answers are
+/// stamped when they leave), and after a step of either clock it follows
+/// within that many answers (erring, backwards, on the lenient side).
+#[derive(Debug)]
+struct ClockOffset {
+    samples: std::collections::VecDeque<i64>,
+}
+
+impl ClockOffset {
+    const SAMPLES: usize = 32;
+
+    fn new(node_clock_ms: u64) -> Self {
+        let mut offset = ClockOffset {
+            samples: std::collections::VecDeque::with_capacity(Self::SAMPLES),
+        };
+        offset.sample(node_clock_ms);
+        offset
+    }
+
+    fn sample(&mut self, node_clock_ms: u64) {
+        // A node that sends no clock (0) or an absurd one gives no sample.
+        let Ok(node) = i64::try_from(node_clock_ms) else {
+            return;
+        };
+        if node == 0 {
+            return;
+        }
+        if self.samples.len() == Self::SAMPLES {
+            self.samples.pop_front();
+        }
+        self.samples.push_back(node - wall_clock_ms());
+    }
+
+    /// When a wait of `timeout_ms` from now ends, on the node's clock; 0
+    /// (no bound) when the node's clock is unknown.
+    fn deadline_ms(&self, timeout_ms: u32) -> u64 {
+        let Some(offset) = self.samples.iter().max() else {
+            return 0;
+        };
+        let deadline = wall_clock_ms()
+            .saturating_add(*offset)
+            .saturating_add(i64::from(timeout_ms));
+        u64::try_from(deadline).unwrap_or(0)
+    }
+}
+
+/// This machine's wall clock, milliseconds since the Unix epoch.
+fn wall_clock_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 /// How a client connects to a node: the name it gives (for the node's
@@ -186,6 +247,8 @@ impl<Q: serde::Serialize + Send, A: ReplyBody> Channel<Q, A> {
                     addr: addr.to_owned(),
                     reason: format!("no handshake within {timeout:?}"),
                 })??;
+        let clock = Arc::new(std::sync::Mutex::new(ClockOffset::new(peer.clock_ms)));
+        let samples = clock.clone();
         let (mut read_half, write_half) = conn.split();
         let pending: Pending<A> = Arc::new(std::sync::Mutex::new(Some(HashMap::new())));
         let routes = pending.clone();
@@ -193,6 +256,9 @@ impl<Q: serde::Serialize + Send, A: ReplyBody> Channel<Q, A> {
             while let Ok(Some(response)) = read_half.read::<Reply<A>>().await {
                 if response.id == CONNECTION_ERROR_ID {
                     break;
+                }
+                if let Ok(mut clock) = samples.lock() {
+                    clock.sample(response.clock_ms);
                 }
                 let waiter = routes
                     .lock()
@@ -212,6 +278,7 @@ impl<Q: serde::Serialize + Send, A: ReplyBody> Channel<Q, A> {
             pending,
             next_id: AtomicU64::new(1),
             peer,
+            clock,
             reader,
             _request: std::marker::PhantomData,
         })
@@ -242,9 +309,15 @@ impl<Q: serde::Serialize + Send, A: ReplyBody> Channel<Q, A> {
                 .insert(id, tx);
         }
         let timeout_ms = u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX);
+        // When we stop waiting, on the node's clock.
+        let deadline_ms = self
+            .clock
+            .lock()
+            .map_or(0, |clock| clock.deadline_ms(timeout_ms));
         let request = Envelope {
             id,
             timeout_ms,
+            deadline_ms,
             body,
         };
         let sent = self.writer.lock().await.write(&request).await;
@@ -303,5 +376,42 @@ impl<Q: serde::Serialize + Send, A: ReplyBody> Channel<Q, A> {
 impl<Q, A> Drop for Channel<Q, A> {
     fn drop(&mut self) {
         self.reader.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn now() -> u64 {
+        u64::try_from(wall_clock_ms()).unwrap()
+    }
+
+    #[test]
+    fn deadlines_are_stated_on_the_nodes_clock() {
+        // A node an hour ahead: the deadline is an hour ahead too.
+        let hour = 3_600_000;
+        let ahead = ClockOffset::new(now() + hour);
+        let deadline = ahead.deadline_ms(1_000);
+        assert!(
+            deadline.abs_diff(now() + hour + 1_000) < 1_000,
+            "{deadline}"
+        );
+        // Answers delayed in transit read as a smaller offset: they do not
+        // make the estimate stricter.
+        let mut delayed = ClockOffset::new(now());
+        for _ in 0..10 {
+            delayed.sample(now() - 5_000);
+        }
+        assert!(delayed.deadline_ms(1_000) >= now() + 900);
+        // After the node's clock steps back, the estimate follows once the
+        // window has only new answers.
+        let mut stepped = ClockOffset::new(now() + hour);
+        for _ in 0..ClockOffset::SAMPLES {
+            stepped.sample(now());
+        }
+        assert!(stepped.deadline_ms(1_000).abs_diff(now() + 1_000) < 1_000);
+        // A node that gives no clock: no deadline.
+        assert_eq!(ClockOffset::new(0).deadline_ms(1_000), 0);
     }
 }

@@ -146,6 +146,17 @@ pub struct NodeConfig {
     /// its replicas refusing what it sends. Keep clocks in sync with NTP.
     #[serde(default = "default_clock_skew_max_ms")]
     pub clock_skew_max_ms: u64,
+    /// How long compaction keeps a tombstone before dropping it, in
+    /// milliseconds: every replica must see a delete within this time. A
+    /// node that was down longer sets its data aside when it starts and
+    /// rebuilds it from its peers, so it cannot bring deleted values back.
+    #[serde(default = "default_tombstone_grace_ms")]
+    pub tombstone_grace_ms: u64,
+    /// How long a node keeps hints for a replica that is down, in
+    /// milliseconds; older hints are dropped (repair brings what they
+    /// held).
+    #[serde(default = "default_hint_window_ms")]
+    pub hint_window_ms: u64,
     /// The connection layer's bounds: slots, deadlines, reply buffering.
     #[serde(default)]
     pub server: ServerSection,
@@ -355,6 +366,21 @@ fn default_clock_skew_max_ms() -> u64 {
     crate::limit::CLOCK_SKEW_MAX_MS_DEFAULT
 }
 
+/// Default of `tombstone_grace_ms`: ten days, as Cassandra's
+/// `gc_grace_seconds`.
+pub const TOMBSTONE_GRACE_MS_DEFAULT: u64 = 10 * 24 * 3600 * 1000;
+
+fn default_tombstone_grace_ms() -> u64 {
+    TOMBSTONE_GRACE_MS_DEFAULT
+}
+
+/// Default of `hint_window_ms`: three hours.
+pub const HINT_WINDOW_MS_DEFAULT: u64 = 3 * 3600 * 1000;
+
+fn default_hint_window_ms() -> u64 {
+    HINT_WINDOW_MS_DEFAULT
+}
+
 /// The `[auth]` table: who may connect as a client.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -538,6 +564,18 @@ impl NodeConfig {
                 "must be at least 100: the delay of a message between nodes counts against it",
             ));
         }
+        if self.tombstone_grace_ms < 1000 {
+            return Err(invalid(
+                "tombstone_grace_ms",
+                "must be at least 1000: a node that misses more than this must rebuild its data",
+            ));
+        }
+        if self.hint_window_ms == 0 {
+            return Err(invalid(
+                "hint_window_ms",
+                "must be at least 1 (hints are what bring a briefly down replica its writes)",
+            ));
+        }
         if let Some(proxy) = &self.wan_proxy {
             proxy
                 .parse::<SocketAddr>()
@@ -630,6 +668,8 @@ mod tests {
     fn base() -> NodeConfig {
         NodeConfig {
             clock_skew_max_ms: crate::limit::CLOCK_SKEW_MAX_MS_DEFAULT,
+            tombstone_grace_ms: TOMBSTONE_GRACE_MS_DEFAULT,
+            hint_window_ms: HINT_WINDOW_MS_DEFAULT,
             node_id: "n1".into(),
             dc: "dc1".into(),
             rack: "r1".into(),

@@ -136,6 +136,7 @@ mod tests {
         let request = Envelope {
             id: 9,
             timeout_ms: 100,
+            deadline_ms: 0,
             body: PeerRequest::Apply {
                 keyspace: "carts".into(),
                 key: b"k".to_vec(),

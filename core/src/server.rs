@@ -70,6 +70,7 @@ use crate::auth::Principal;
 use crate::model::DcName;
 use crate::peer::{PeerRequest, PeerResponse};
 use crate::ring::NodeId;
+use crate::wall_clock::now_ms;
 use isthmus_client::tls::CertIdentity;
 use isthmus_client::wire::Credentials;
 
@@ -213,6 +214,7 @@ pub const REPLY_BUFFER_BYTES_MAX_DEFAULT: usize = 4 * 1024 * 1024;
 pub struct ServerStats {
     reply_bytes_queued_peak: AtomicUsize,
     connections_refused: AtomicU64,
+    expired: AtomicU64,
 }
 
 impl ServerStats {
@@ -229,6 +231,12 @@ impl ServerStats {
     /// the handshake (their role's pool full).
     pub fn connections_refused(&self) -> u64 {
         self.connections_refused.load(Ordering::Relaxed)
+    }
+
+    /// Requests answered [`ErrorCode::Timeout`] unstarted: read after
+    /// their sender's deadline ([`Envelope::deadline_ms`]).
+    pub fn requests_expired(&self) -> u64 {
+        self.expired.load(Ordering::Relaxed)
     }
 
     fn refused(&self) {
@@ -527,6 +535,7 @@ async fn serve_handshake<H: Handler, S: AsyncRead + AsyncWrite + Unpin + Send + 
         version: PROTOCOL_VERSION,
         node_id: config.node_id.clone(),
         dc: config.dc.clone(),
+        clock_ms: now_ms(),
     });
     // The handshake slot is given back before the answer goes: once a
     // client reads its acknowledgement, it holds only its role's slot.
@@ -700,12 +709,37 @@ where
         let Ok(slot) = slots.clone().acquire_owned().await else {
             break Ok(());
         };
-        let deadline =
-            Duration::from_millis(u64::from(request.timeout_ms)).min(config.request_deadline_max);
+        let (tx, budget) = (tx.clone(), budget.clone());
+        let Some(deadline) = request_deadline(&request, config.request_deadline_max) else {
+            // Read after the sender stopped waiting (this node was paused,
+            // or the request queued): it may have been retried elsewhere,
+            // so it must not also take effect here, late.
+            config.stats.expired.fetch_add(1, Ordering::Relaxed);
+            let body = A::from_error(wire_error(
+                ErrorCode::Timeout,
+                "the request was read after its sender's deadline: not started",
+            ));
+            let reply = Reply {
+                id: request.id,
+                clock_ms: now_ms(),
+                body,
+            };
+            if let Some(frame) = encode_reply(reply, frame_bytes_max)
+                && let Some(held) = budget.take(frame.len()).await
+            {
+                let _ = tx
+                    .send(Queued {
+                        frame,
+                        held: Some(held),
+                    })
+                    .await;
+            }
+            drop(slot);
+            continue;
+        };
         // Boxed: a handler's future is large, and moving it by value into
         // the task would copy all of it for every request.
         let work = Box::pin(serve(request.body, deadline));
-        let (tx, budget) = (tx.clone(), budget.clone());
         requests.spawn(async move {
             let body = match tokio::time::timeout(deadline, work).await {
                 Ok(body) => body,
@@ -716,6 +750,7 @@ where
             };
             let reply = Reply {
                 id: request.id,
+                clock_ms: now_ms(),
                 body,
             };
             if let Some(frame) = encode_reply(reply, frame_bytes_max) {
@@ -876,6 +911,7 @@ fn encode_reply<A: ReplyBody>(reply: Reply<A>, frame_bytes_max: usize) -> Option
             tracing::warn!(id = reply.id, error = %e, "reply replaced by an error");
             let error = Reply {
                 id: reply.id,
+                clock_ms: reply.clock_ms,
                 body: A::from_error(wire_error(ErrorCode::ReplyTooLarge, e.to_string())),
             };
             match encode_frame(&error, frame_bytes_max) {
@@ -889,6 +925,22 @@ fn encode_reply<A: ReplyBody>(reply: Reply<A>, frame_bytes_max: usize) -> Option
     }
 }
 
+/// How long a request may run: what its sender waits (`timeout_ms`), and
+/// no later than its sender's deadline on this node's clock
+/// (`deadline_ms`, when it names one), capped at `cap`. `None` when that
+/// deadline has already passed.
+fn request_deadline<Q>(request: &Envelope<Q>, cap: Duration) -> Option<Duration> {
+    let mut deadline = Duration::from_millis(u64::from(request.timeout_ms)).min(cap);
+    if request.deadline_ms != 0 {
+        let left = request
+            .deadline_ms
+            .checked_sub(now_ms())
+            .filter(|&ms| ms > 0)?;
+        deadline = deadline.min(Duration::from_millis(left));
+    }
+    Some(deadline)
+}
+
 fn connection_error<A: ReplyBody>(e: &ConnectionError) -> Reply<A> {
     let code = match e {
         ConnectionError::FrameTooLarge { .. } => ErrorCode::FrameTooLarge,
@@ -899,6 +951,7 @@ fn connection_error<A: ReplyBody>(e: &ConnectionError) -> Reply<A> {
     };
     Reply {
         id: CONNECTION_ERROR_ID,
+        clock_ms: now_ms(),
         body: A::from_error(wire_error(code, e.to_string())),
     }
 }

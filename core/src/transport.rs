@@ -314,6 +314,7 @@ mod tests {
                     version: PROTOCOL_VERSION,
                     node_id: "peer".into(),
                     dc: "dc1".into(),
+                    clock_ms: 1,
                 };
                 if conn.write(&Ok::<_, WireError>(ack)).await.is_err() {
                     return;
@@ -324,6 +325,7 @@ mod tests {
                     }
                     let reply = Reply {
                         id: request.id,
+                        clock_ms: 1,
                         body: PeerResponse::Applied,
                     };
                     if conn.write(&reply).await.is_err() {

@@ -198,6 +198,15 @@ impl Cluster {
         });
     }
 
+    fn up(&self, id: &NodeId) {
+        self.net.down.write().remove(id);
+        self.view.send_modify(|v| {
+            let mut next = (**v).clone();
+            next.alive.insert(id.clone());
+            *v = Arc::new(next);
+        });
+    }
+
     async fn put(
         &self,
         via: &NodeId,
@@ -733,4 +742,99 @@ async fn the_sibling_bound_holds_with_a_failing_resolver_and_at_every_replica() 
     }
     assert_eq!(c.stores[&n(1)].get("plain", b"p").await.unwrap().len(), 3);
     assert!(c.stores[&n(1)].get("plain", b"q").await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_write_retried_at_a_second_coordinator_takes_effect_once() {
+    let c = cluster(3, 3, Arc::new(NoMerge), Limits::default());
+    let write = |via: usize, level| {
+        let node = c.node(&n(via));
+        async move {
+            node.write(
+                "plain",
+                b"k",
+                Some(b"once".to_vec()),
+                Clock::new(),
+                [42; 16],
+                level,
+                DEADLINE,
+            )
+            .await
+        }
+    };
+    // n0 takes the write alone (its peers unreachable), then stalls before
+    // its copy reaches anyone: the client times out and retries the same
+    // write (same id) at n1, whose replicas do not hold it yet, so n1
+    // issues a second dot for it.
+    c.down(&n(1));
+    c.down(&n(2));
+    write(0, Consistency::One).await.unwrap();
+    c.down(&n(0));
+    c.up(&n(1));
+    c.up(&n(2));
+    write(1, Consistency::LocalQuorum).await.unwrap();
+    c.up(&n(0));
+    // Both versions meet on every replica (as hint replay, read repair or
+    // Merkle repair would bring them).
+    let mut all = Vec::new();
+    for copy in c.copies("plain", b"k").await {
+        all.extend(copy.into_versions());
+    }
+    let mut clocks: Vec<Clock> = Vec::new();
+    for v in &all {
+        if !clocks.contains(&v.clock) {
+            clocks.push(v.clock.clone());
+        }
+    }
+    assert_eq!(clocks.len(), 2, "the write was coordinated twice: {all:?}");
+    for id in [n(0), n(1), n(2)] {
+        let answer = c
+            .node(&id)
+            .serve_peer(
+                PeerRequest::Apply {
+                    keyspace: "plain".into(),
+                    key: b"k".to_vec(),
+                    versions: all.clone(),
+                    hint_for: None,
+                },
+                DEADLINE,
+            )
+            .await;
+        assert!(matches!(answer, PeerResponse::Applied), "{answer:?}");
+    }
+    // One version of the write everywhere, the same on every replica, and
+    // a read sees the value once.
+    let copies = c.copies("plain", b"k").await;
+    for copy in &copies {
+        assert_eq!(copy.len(), 1, "two versions of one write: {copy:?}");
+        assert_eq!(copy.encode(), copies[0].encode());
+    }
+    assert_eq!(
+        values(&c.get(&n(2), "plain", b"k").await),
+        vec![b"once".to_vec()]
+    );
+}
+
+#[tokio::test]
+async fn a_write_whose_deadline_has_passed_is_not_issued() {
+    let c = cluster(3, 3, Arc::new(NoMerge), Limits::default());
+    let node = c.node(&n(0));
+    let late = node
+        .write(
+            "plain",
+            b"k",
+            Some(b"late".to_vec()),
+            Clock::new(),
+            [7; 16],
+            Consistency::LocalQuorum,
+            Duration::ZERO,
+        )
+        .await;
+    match late {
+        Err(e @ CoordinatorError::Expired) => assert_eq!(e.to_wire().code, ErrorCode::Timeout),
+        other => panic!("a write past its deadline was issued: {other:?}"),
+    }
+    for copy in c.copies("plain", b"k").await {
+        assert!(copy.is_empty(), "{copy:?}");
+    }
 }

@@ -238,6 +238,7 @@ async fn malformed_and_oversized_frames_close_only_their_connection() {
     let mut bytes = encode(&Request {
         id: 5,
         timeout_ms: 100,
+        deadline_ms: 0,
         body: get(vec![1]),
     });
     bytes.push(0);
@@ -374,6 +375,7 @@ async fn a_client_that_never_reads_stalls_only_itself() {
             let req = Request {
                 id,
                 timeout_ms: 1000,
+                deadline_ms: 0,
                 body: get(vec![0; 8 * 1024]),
             };
             let bytes = encode(&req);
@@ -457,6 +459,7 @@ async fn peers_speak_their_own_protocol_on_the_same_port() {
     let wrong = Request {
         id: 1,
         timeout_ms: 100,
+        deadline_ms: 0,
         body: get(vec![0; 40]),
     };
     write_frame(&mut raw, &encode(&wrong)).await;
@@ -591,6 +594,7 @@ async fn a_frame_trickled_slower_than_the_read_deadline_is_cut() {
         let payload = encode(&Request {
             id,
             timeout_ms: 1000,
+            deadline_ms: 0,
             body: get(vec![0; 24]),
         });
         frame.extend_from_slice(&(payload.len() as u32).to_be_bytes());
@@ -653,6 +657,7 @@ async fn a_client_that_never_reads_loses_its_connection_at_the_write_deadline() 
             let bytes = encode(&Request {
                 id,
                 timeout_ms: 1000,
+                deadline_ms: 0,
                 body: get(vec![0; 8 * 1024]),
             });
             let sent = tokio::time::timeout(Duration::from_secs(2), async {
@@ -721,6 +726,7 @@ async fn reply_bytes_queued_for_a_client_that_does_not_read_stay_within_the_budg
         let request = Request {
             id,
             timeout_ms: 30_000,
+            deadline_ms: 0,
             body: get(b"huge".to_vec()),
         };
         write_frame(&mut slow, &encode(&request)).await;
@@ -776,4 +782,77 @@ async fn a_reply_larger_than_the_whole_budget_is_still_sent() {
     assert!(stats.reply_bytes_queued_peak() > HUGE_BYTES);
     assert!(stats.reply_bytes_queued_peak() < 2 * HUGE_BYTES);
     echo_ok(&session, b"\x00small").await;
+}
+
+/// The node's wall clock, as the server under test reads it.
+fn wall_ms() -> u64 {
+    isthmus_core::wall_clock::now_ms()
+}
+
+async fn raw_call(s: &mut TcpStream, id: u64, timeout_ms: u32, deadline_ms: u64, key: Vec<u8>) {
+    let request = Request {
+        id,
+        timeout_ms,
+        deadline_ms,
+        body: get(key),
+    };
+    write_frame(s, &encode(&request)).await;
+}
+
+async fn raw_reply(s: &mut TcpStream) -> Reply<ResponseBody> {
+    isthmus_client::wire::decode(&next_frame(s).await).unwrap()
+}
+
+#[tokio::test]
+async fn a_request_read_after_its_senders_deadline_is_not_started() {
+    let config = ServerConfig::default();
+    let stats = config.stats.clone();
+    let server = start(config).await;
+    let mut s = raw_handshaken(&server.addr).await;
+    // Its sender stopped waiting a second ago (on the node's clock): the
+    // node answers at once, without running it (it would sleep 200 ms).
+    let started = std::time::Instant::now();
+    raw_call(&mut s, 1, 30_000, wall_ms() - 1_000, vec![200]).await;
+    let reply = raw_reply(&mut s).await;
+    assert_eq!(reply.id, 1);
+    match reply.body.into_result() {
+        Err(e) => {
+            assert_eq!(e.code, ErrorCode::Timeout);
+            assert!(e.message.contains("not started"), "{}", e.message);
+        }
+        Ok(other) => panic!("an expired request must not run, got {other:?}"),
+    }
+    assert!(
+        started.elapsed() < Duration::from_millis(200),
+        "answered without the work"
+    );
+    assert_eq!(stats.requests_expired(), 1);
+    assert!(
+        reply.clock_ms >= wall_ms() - 5_000,
+        "replies carry the node's clock"
+    );
+
+    // A deadline nearer than the timeout bounds the work: the 200 ms
+    // request times out by it, although the sender named 30 s.
+    raw_call(&mut s, 2, 30_000, wall_ms() + 50, vec![200]).await;
+    match raw_reply(&mut s).await.body.into_result() {
+        Err(e) => {
+            assert_eq!(e.code, ErrorCode::Timeout);
+            assert!(e.message.contains("no answer within"), "{}", e.message);
+        }
+        Ok(other) => panic!("the deadline must bound the work, got {other:?}"),
+    }
+    // A deadline ahead, or none (0), and the request runs.
+    raw_call(&mut s, 3, 30_000, wall_ms() + 10_000, vec![1]).await;
+    assert!(raw_reply(&mut s).await.body.into_result().is_ok());
+    raw_call(&mut s, 4, 30_000, 0, vec![1]).await;
+    assert!(raw_reply(&mut s).await.body.into_result().is_ok());
+    assert_eq!(stats.requests_expired(), 1);
+
+    // The SDK states its deadlines on the node's clock: its requests run.
+    let session = Session::connect(&server.addr, "sdk", Duration::from_secs(5))
+        .await
+        .unwrap();
+    echo_ok(&session, b"\x01sdk").await;
+    assert_eq!(stats.requests_expired(), 1);
 }

@@ -18,6 +18,8 @@ async fn every_loop_is_a_named_worker_with_a_status() {
     let dir = tempfile::tempdir().unwrap();
     let config = NodeConfig {
         clock_skew_max_ms: isthmus_core::limit::CLOCK_SKEW_MAX_MS_DEFAULT,
+        tombstone_grace_ms: isthmus_core::config::TOMBSTONE_GRACE_MS_DEFAULT,
+        hint_window_ms: isthmus_core::config::HINT_WINDOW_MS_DEFAULT,
         node_id: "n1".into(),
         dc: "dc1".into(),
         rack: "r1".into(),

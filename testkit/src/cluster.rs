@@ -101,6 +101,9 @@ pub struct ClusterSpec {
     pub fsync: FsyncMode,
     /// Gossip timing.
     pub gossip: GossipConfig,
+    /// Applied last to every node's configuration (grace periods,
+    /// windows, anything the other fields do not cover).
+    pub configure: Option<fn(&mut NodeConfig)>,
     /// TLS on every link: the cluster makes a CA under its root
     /// (`<root>/certs`) and a certificate for each node; clients connect
     /// with [`LocalCluster::connect_options`]. Off: plaintext
@@ -125,6 +128,7 @@ impl ClusterSpec {
             vnodes: 16,
             fsync: FsyncMode::Interval,
             gossip: crate::config::gossip(Duration::from_millis(200)),
+            configure: None,
             tls: false,
         }
     }
@@ -355,7 +359,7 @@ impl LocalCluster {
             .resolver
             .as_ref()
             .map(|(name, _)| format!("{name}@1"));
-        NodeConfig {
+        let mut config = NodeConfig {
             rack: format!("r{i}"),
             seeds: if self.seed.is_empty() {
                 vec![]
@@ -368,7 +372,11 @@ impl LocalCluster {
             wan_proxy: self.wan.as_ref().map(|w| w.addr().to_string()),
             keyspaces: BTreeMap::from([(self.spec.keyspace.clone(), keyspace)]),
             ..crate::config::node(&id, dc, self.root().join(&id))
+        };
+        if let Some(configure) = self.spec.configure {
+            configure(&mut config);
         }
+        config
     }
 
     /// Start (or restart, with its data) node `i` of `dc`.

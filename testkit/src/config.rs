@@ -27,6 +27,8 @@ use isthmus_core::gossip::service::GossipConfig;
 pub fn node(id: &str, dc: &str, data_dir: PathBuf) -> NodeConfig {
     NodeConfig {
         clock_skew_max_ms: isthmus_core::limit::CLOCK_SKEW_MAX_MS_DEFAULT,
+        tombstone_grace_ms: isthmus_core::config::TOMBSTONE_GRACE_MS_DEFAULT,
+        hint_window_ms: isthmus_core::config::HINT_WINDOW_MS_DEFAULT,
         node_id: id.to_owned(),
         dc: dc.to_owned(),
         rack: "r0".into(),

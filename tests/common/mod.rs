@@ -112,6 +112,27 @@ consistency = "LOCAL_QUORUM"
         }
     }
 
+    /// SIGSTOP: the process holds its sockets and its state, and does
+    /// nothing, until [`Node::resume`].
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// SIGCONT after [`Node::pause`].
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let child = self.child.as_ref().expect("a running node");
+        let status = Command::new("kill")
+            .arg(signal)
+            .arg(child.id().to_string())
+            .status()
+            .expect("running kill");
+        assert!(status.success(), "kill {signal} {}", child.id());
+    }
+
     pub fn running(&self) -> bool {
         self.child.is_some()
     }

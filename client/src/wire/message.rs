@@ -8,7 +8,7 @@ pub const MAGIC: [u8; 4] = *b"ISTH";
 /// Version of the message definitions in this module. A node refuses a
 /// handshake whose version it does not speak with
 /// [`ErrorCode::ProtocolVersion`].
-pub const PROTOCOL_VERSION: u16 = 2;
+pub const PROTOCOL_VERSION: u16 = 3;
 
 /// How many acknowledgements a request waits for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -106,6 +106,10 @@ pub struct HelloAck {
     pub node_id: String,
     /// The answering node's datacenter.
     pub dc: String,
+    /// The answering node's wall clock (milliseconds since the Unix epoch)
+    /// as it answered: what lets the other side state its deadlines on
+    /// this node's clock ([`Envelope::deadline_ms`]).
+    pub clock_ms: u64,
 }
 
 /// What the node answers a [`Hello`] with: its [`HelloAck`], or why it
@@ -138,6 +142,16 @@ pub struct Envelope<B> {
     pub id: u64,
     /// How long the sender will wait; the node abandons the request after.
     pub timeout_ms: u32,
+    /// When the sender stops waiting, on the receiving node's wall clock
+    /// (milliseconds since the Unix epoch, as the sender estimates it from
+    /// the handshake's [`HelloAck::clock_ms`] and each
+    /// [`Reply::clock_ms`]); 0 for no such bound. A
+    /// node that reads the request only after this instant (it was
+    /// paused, or the request queued behind others) answers
+    /// [`ErrorCode::Timeout`] without starting it, so a request the
+    /// client has given up on, and may have retried elsewhere, does not
+    /// also take effect late here.
+    pub deadline_ms: u64,
     /// What to do.
     pub body: B,
 }
@@ -147,6 +161,10 @@ pub struct Envelope<B> {
 pub struct Reply<B> {
     /// The request's `id`.
     pub id: u64,
+    /// The answering node's wall clock as it sent the reply (milliseconds
+    /// since the Unix epoch): the sender keeps its estimate of the node's
+    /// clock, for [`Envelope::deadline_ms`], from these.
+    pub clock_ms: u64,
     /// The outcome.
     pub body: B,
 }
@@ -240,6 +258,12 @@ pub enum RequestBody {
     /// Manage users and grants (admin; a user may change their own
     /// password).
     User(super::UserRequest),
+    /// Stop the administrative operation running on the answering node
+    /// (repair, full sync, decommission, rebuild): answered with
+    /// [`ResponseBody::Cancelled`]; the operation's own request fails
+    /// with [`ErrorCode::Cancelled`]. A decommission cancelled before its
+    /// node has left returns the node to normal.
+    Cancel,
 }
 
 /// A resolver registry operation. Mutations are validated by the
@@ -390,6 +414,12 @@ pub enum ResponseBody {
     Registry(RegistryResponse),
     /// The answer to a [`RequestBody::User`].
     User(super::UserResponse),
+    /// The answer to a [`RequestBody::Cancel`]: the operation that was
+    /// running and is now stopping, or `None` when nothing ran.
+    Cancelled {
+        /// What was cancelled ("a repair", "a decommission", ...).
+        operation: Option<String>,
+    },
 }
 
 /// What a [`RegistryRequest`] did.
@@ -568,6 +598,10 @@ pub enum ErrorCode {
     /// than its `clock_skew_max_ms`: one of the two clocks is off. Fix the
     /// clock (NTP); the same version is refused until then.
     ClockSkew,
+    /// An administrative operation was cancelled by an operator
+    /// ([`RequestBody::Cancel`]) before it finished; what it did so far
+    /// stays (repair and streaming are idempotent). Not retryable.
+    Cancelled,
     /// The resolver registry holds as many modules, or as many module
     /// bytes, as it may: delete unused resolvers first. (Appended last:
     /// codes are encoded by position.)
@@ -603,6 +637,7 @@ impl ErrorCode {
             ErrorCode::Forbidden => "FORBIDDEN",
             ErrorCode::InvalidContext => "INVALID_CONTEXT",
             ErrorCode::ClockSkew => "CLOCK_SKEW",
+            ErrorCode::Cancelled => "CANCELLED",
             ErrorCode::RegistryFull => "REGISTRY_FULL",
             ErrorCode::ResolverInUse => "RESOLVER_IN_USE",
         }

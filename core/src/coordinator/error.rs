@@ -60,6 +60,11 @@ pub enum CoordinatorError {
         /// Acknowledgements received.
         acked: u32,
     },
+    /// The request's deadline passed before the write was issued: nothing
+    /// was applied (the client has given up on it and may have retried
+    /// it elsewhere).
+    #[error("the deadline passed before the write was issued: not applied")]
+    Expired,
     /// So many replicas failed that the level cannot be met.
     #[error("only {acked} of {required} acknowledgements possible")]
     QuorumLost {
@@ -111,6 +116,7 @@ impl CoordinatorError {
                 }),
             ),
             CoordinatorError::NoReplicas { .. } => (ErrorCode::Unavailable, None),
+            CoordinatorError::Expired => (ErrorCode::Timeout, None),
             CoordinatorError::Timeout { required, acked }
             | CoordinatorError::QuorumLost { required, acked } => (
                 ErrorCode::Timeout,

@@ -52,6 +52,7 @@ use isthmus_client::ClientError;
 use isthmus_client::wire::{ErrorCode, WireError};
 use parking_lot::RwLock;
 use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
 
 pub use error::CoordinatorError;
 pub use target::{Operation, Route, Scope, Targets};
@@ -332,6 +333,7 @@ impl<S: LocalStore, T: Transport, H: HintSink> Coordinator<S, T, H> {
         deadline: Duration,
         may_forward: bool,
     ) -> Result<(), CoordinatorError> {
+        let expires = Instant::now() + deadline;
         let ks = self.keyspace(write.keyspace)?;
         self.config
             .limits
@@ -349,12 +351,16 @@ impl<S: LocalStore, T: Transport, H: HintSink> Coordinator<S, T, H> {
                     reason: format!("{me} is not a replica of this key"),
                 });
             }
-            Route::Forward(node) => return self.forward(&node, write, &scope, deadline).await,
+            Route::Forward(node) => {
+                // What is left of the client's wait, not all of it again.
+                let left = expires.saturating_duration_since(Instant::now());
+                return self.forward(&node, write, &scope, left).await;
+            }
             Route::Unavailable { required } => {
                 return Err(CoordinatorError::Unavailable { required, alive: 0 });
             }
         }
-        let version = self.issue(&write).await?;
+        let version = self.issue(&write, expires).await?;
         if let Some(bridge) = &self.bridge {
             // The bridge decides from the keyspace's replication, not from
             // this node's view of the ring: a node that just restarted may
@@ -377,9 +383,16 @@ impl<S: LocalStore, T: Transport, H: HintSink> Coordinator<S, T, H> {
 
     /// The write's version, applied to this replica under the key's lock:
     /// the client's context plus a new dot from the key's history, or the
-    /// version already stored under the write's id (a retry).
-    async fn issue(&self, write: &Write<'_>) -> Result<Version, CoordinatorError> {
-        let (version, due) = self.issue_locked(write).await?;
+    /// version already stored under the write's id (a retry). A new dot is
+    /// issued only before `expires`: past it the client has given up, and
+    /// its retry elsewhere must not be joined by this one, late (the node
+    /// may have been paused, or waited for the lock or the disk).
+    async fn issue(
+        &self,
+        write: &Write<'_>,
+        expires: Instant,
+    ) -> Result<Version, CoordinatorError> {
+        let (version, due) = self.issue_locked(write, expires).await?;
         // Merged on the merge pool, the key's lock released.
         self.replica.merge_due(due).await;
         Ok(version)
@@ -390,6 +403,7 @@ impl<S: LocalStore, T: Transport, H: HintSink> Coordinator<S, T, H> {
     async fn issue_locked(
         &self,
         write: &Write<'_>,
+        expires: Instant,
     ) -> Result<(Version, Option<MergeDue>), CoordinatorError> {
         let locked = self.replica.lock(write.key).await;
         let current = locked.read(write.keyspace).await?;
@@ -401,6 +415,9 @@ impl<S: LocalStore, T: Transport, H: HintSink> Coordinator<S, T, H> {
             // A retry of a write this replica already holds: deliver the
             // stored version again rather than adding a sibling.
             return Ok((stored.clone(), None));
+        }
+        if Instant::now() >= expires {
+            return Err(CoordinatorError::Expired);
         }
         let dot = next_dot(self.config.actor, &current.lub(), &write.context)?;
         let mut clock = write.context.clone();

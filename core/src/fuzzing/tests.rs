@@ -86,10 +86,17 @@ fn samples() -> Vec<Vec<u8>> {
         encode(&Envelope {
             id: 7,
             timeout_ms: 500,
+            deadline_ms: 0,
             body,
         })
     };
-    let reply = |body| encode(&Reply { id: 7, body });
+    let reply = |body| {
+        encode(&Reply {
+            id: 7,
+            clock_ms: 1,
+            body,
+        })
+    };
     let mut out = vec![
         envelope(PeerRequest::Apply {
             keyspace: "ks".into(),
@@ -223,6 +230,7 @@ fn a_context_at_the_last_event_of_an_actor_is_refused() {
     peer_message(&encode(&Envelope {
         id: 1,
         timeout_ms: 100,
+        deadline_ms: 0,
         body: PeerRequest::Coordinate {
             keyspace: "ks".into(),
             key: b"k".to_vec(),

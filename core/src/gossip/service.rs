@@ -689,11 +689,13 @@ mod tests {
                     version: hello.version,
                     node_id: "n1".into(),
                     dc: "dc1".into(),
+                    clock_ms: 1,
                 };
                 let _ = conn.write(&Ok::<_, WireError>(ack)).await;
                 if let Ok(Some(request)) = conn.read::<Envelope<PeerRequest>>().await {
                     let reply = Reply {
                         id: request.id,
+                        clock_ms: 1,
                         body: PeerResponse::Gossip { entries: vec![] },
                     };
                     let _ = conn.write(&reply).await;

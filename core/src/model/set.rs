@@ -75,7 +75,22 @@ impl VersionSet {
     }
 
     /// Absorb one version: drop it if dominated, drop what it dominates.
+    ///
+    /// Two concurrent versions carrying the same write id are one logical
+    /// write that two coordinators each gave a dot (a client retried
+    /// elsewhere while the first coordinator still worked on it): they
+    /// collapse into one version, before any merge, so the write takes
+    /// effect once wherever its versions meet ([`collapse`]). A write id
+    /// names one write: versions sharing one are taken to carry the same
+    /// payload.
     pub fn absorb(&mut self, incoming: Version) -> Absorbed {
+        self.absorb_with(incoming, true)
+    }
+
+    /// [`absorb`](Self::absorb), with or without the collapse of versions
+    /// sharing a write id (without: how sets were built before it existed,
+    /// which decoding still accepts).
+    fn absorb_with(&mut self, mut incoming: Version, collapse_aliases: bool) -> Absorbed {
         // Fast path (the storage engine's common case, a fresh key): the
         // one member of a singleton set is trivially in canonical order,
         // so no digest is needed.
@@ -85,29 +100,43 @@ impl VersionSet {
             self.versions = vec![incoming];
             return Absorbed::Changed;
         }
+        let mut changed = Absorbed::Unchanged;
+        if collapse_aliases && incoming.write_id.is_some() {
+            // At most one member shares the write id (the set keeps it so).
+            let alias = self.versions.iter().position(|m| {
+                m.write_id == incoming.write_id
+                    && m.clock.compare(&incoming.clock) == Causality::Concurrent
+            });
+            if let Some(i) = alias {
+                // The collapsed version dominates the member it replaces,
+                // so no other member dominates it (members are pairwise
+                // concurrent): it enters below.
+                incoming = collapse(self.versions.remove(i), incoming);
+                changed = Absorbed::Changed;
+            }
+        }
         let mut incoming_digest: Option<ContentHash> = None;
-        let mut i = 0;
-        while i < self.versions.len() {
-            match incoming.clock.compare(&self.versions[i].clock) {
-                Causality::Before => return Absorbed::Unchanged,
+        for (i, member) in self.versions.iter().enumerate() {
+            match incoming.clock.compare(&member.clock) {
+                Causality::Before => return changed,
                 Causality::Equal => {
-                    if self.versions[i] == incoming {
-                        return Absorbed::Unchanged;
+                    if *member == incoming {
+                        return changed;
                     }
                     let ours = *incoming_digest.get_or_insert_with(|| incoming.digest());
-                    if self.versions[i].digest() >= ours {
-                        return Absorbed::Unchanged;
+                    if member.digest() >= ours {
+                        return changed;
                     }
                     // Clocks in a set are pairwise concurrent, so no other
                     // member can equal or dominate the incoming clock.
                     self.versions.remove(i);
+                    break;
                 }
-                Causality::After => {
-                    self.versions.remove(i);
-                }
-                Causality::Concurrent => i += 1,
+                Causality::After | Causality::Concurrent => {}
             }
         }
+        self.versions
+            .retain(|member| incoming.clock.compare(&member.clock) != Causality::After);
         let key = order_key(&incoming, &mut incoming_digest);
         let pos = self
             .versions
@@ -198,9 +227,24 @@ impl VersionSet {
         if raw.versions.len() <= 1 {
             return Ok(raw);
         }
-        let rebuilt = VersionSet::from_versions(raw.versions.iter().cloned());
+        let mut rebuilt = VersionSet::new();
+        for v in raw.versions.iter().cloned() {
+            rebuilt.absorb_with(v, false);
+        }
         if rebuilt != raw {
             return Err(postcard::Error::DeserializeBadEncoding);
+        }
+        // Sets stored before versions sharing a write id collapsed may
+        // hold such pairs: they are canonical but for that, and come back
+        // collapsed.
+        let has_aliases = raw.versions.iter().enumerate().any(|(i, a)| {
+            a.write_id.is_some()
+                && raw.versions[i + 1..]
+                    .iter()
+                    .any(|b| b.write_id == a.write_id)
+        });
+        if has_aliases {
+            return Ok(VersionSet::from_versions(raw.versions));
         }
         Ok(raw)
     }
@@ -214,6 +258,28 @@ impl VersionSet {
     pub fn origins(&self) -> impl Iterator<Item = &DcName> {
         self.versions.iter().map(|v| &v.origin_dc)
     }
+}
+
+/// One version for two concurrent versions of the same write id: the
+/// least upper bound of their clocks, as a merge of the two would have
+/// (so a replica that merged one of them with other siblings before the
+/// other arrived ends with the bytes of one that collapsed them first),
+/// and the rest (payload, timestamp, origin) of the one with the
+/// greater `(timestamp, origin, payload digest)`. That choice does not
+/// depend on the clocks, so collapsing is commutative, associative and
+/// idempotent, as absorbing is.
+fn collapse(a: Version, b: Version) -> Version {
+    let key = |v: &Version| {
+        let payload = postcard::to_allocvec(&v.payload).unwrap_or_default();
+        (
+            v.timestamp_ms,
+            v.origin_dc.clone(),
+            *blake3::hash(&payload).as_bytes(),
+        )
+    };
+    let (mut kept, other) = if key(&a) >= key(&b) { (a, b) } else { (b, a) };
+    kept.clock.join(&other.clock);
+    kept
 }
 
 /// Canonical sibling order: ascending timestamp, then content digest.
@@ -401,5 +467,150 @@ mod tests {
         };
         assert!(VersionSet::decode(&bad.encode()).is_err());
         assert!(VersionSet::decode(&[0xff, 0xff, 0xff]).is_err());
+    }
+
+    /// One logical write as two coordinators issued it: the client's
+    /// context plus a dot of each coordinator's actor (`actors` and up,
+    /// which no other generated version names), the same payload, each
+    /// coordinator's own timestamp and datacenter.
+    fn aliases_strategy(actors: u64) -> impl Strategy<Value = Vec<Version>> {
+        (
+            proptest::collection::vec((0u64..3, 0u64..4), 0..3),
+            proptest::option::of(proptest::collection::vec(any::<u8>(), 0..3)),
+            any::<u8>(),
+            proptest::collection::vec((0u64..4, 0u8..2), 2..4),
+        )
+            .prop_map(move |(context, value, id, coordinators)| {
+                let context =
+                    Clock::from_parts(context.into_iter().map(|(a, n)| (Actor(a), n)), []);
+                coordinators
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, (ts, dc))| {
+                        let mut clock = context.clone();
+                        clock.add_dot(Dot {
+                            actor: Actor(actors + i as u64),
+                            counter: 1,
+                        });
+                        Version {
+                            clock,
+                            payload: value.clone().map_or(Payload::Tombstone, Payload::Value),
+                            timestamp_ms: ts,
+                            origin_dc: DcName(format!("dc{dc}")),
+                            resolver: None,
+                            write_id: Some([id; 16]),
+                        }
+                    })
+                    .collect()
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 512, rng_seed: proptest::test_runner::RngSeed::Fixed(0x15_7402), ..ProptestConfig::default() })]
+
+        #[test]
+        fn a_write_coordinated_twice_takes_effect_once_in_any_order(
+            others in proptest::collection::vec(version_strategy(), 0..5),
+            first in aliases_strategy(10),
+            second in proptest::option::of(aliases_strategy(20)),
+            seed in any::<u64>(),
+        ) {
+            let all: Vec<Version> = others.into_iter().chain(first).chain(second.into_iter().flatten()).collect();
+            let mut shuffled = all.clone();
+            let mut s = seed;
+            for i in (1..shuffled.len()).rev() {
+                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                shuffled.swap(i, (s >> 33) as usize % (i + 1));
+            }
+            let set = absorb_all(&all);
+            prop_assert_eq!(set.encode(), absorb_all(&shuffled).encode());
+            for (i, a) in set.versions().iter().enumerate() {
+                for b in &set.versions()[i + 1..] {
+                    prop_assert!(a.write_id.is_none() || a.write_id != b.write_id, "two versions of one write id in {:?}", set);
+                }
+            }
+            prop_assert_eq!(VersionSet::decode(&set.encode()).unwrap(), set.clone());
+            // Split between two replicas and joined: the same bytes.
+            let (left, right) = shuffled.split_at(shuffled.len() / 2);
+            let mut joined = absorb_all(left);
+            joined.join(absorb_all(right));
+            prop_assert_eq!(joined.encode(), set.encode());
+        }
+    }
+
+    #[test]
+    fn versions_sharing_a_write_id_collapse_into_one() {
+        let dot = |a| {
+            Clock::from_parts(
+                [],
+                [Dot {
+                    actor: Actor(a),
+                    counter: 1,
+                }],
+            )
+        };
+        let id = Some([9; 16]);
+        let a = Version {
+            write_id: id,
+            ..Version::value(dot(1), b"x".to_vec(), 5, "dc1".into())
+        };
+        let b = Version {
+            write_id: id,
+            ..Version::value(dot(2), b"x".to_vec(), 7, "dc2".into())
+        };
+        let other = Version::value(dot(3), b"y".to_vec(), 6, "dc1".into());
+        let mut both = b.clone();
+        both.clock.join(&a.clock);
+        for order in [[&a, &b, &other], [&b, &other, &a], [&other, &a, &b]] {
+            let set = VersionSet::from_versions(order.into_iter().cloned());
+            assert_eq!(set.len(), 2, "{set:?}");
+            assert!(set.versions().contains(&both), "{set:?}");
+            assert!(set.versions().contains(&other));
+        }
+        // A context that saw either one supersedes the write.
+        let mut over_a = a.clock.clone();
+        over_a.add_dot(Dot {
+            actor: Actor(4),
+            counter: 1,
+        });
+        assert!(!both.clock.is_covered_by(&over_a));
+        // A set stored before the collapse existed decodes collapsed.
+        let mut old = VersionSet::new();
+        for v in [a.clone(), b.clone(), other.clone()] {
+            old.absorb_with(v, false);
+        }
+        assert_eq!(old.len(), 3);
+        let decoded = VersionSet::decode(&old.encode()).expect("an older set decodes");
+        assert_eq!(decoded, VersionSet::from_versions([a, b, other]));
+    }
+
+    #[test]
+    fn a_replica_that_merged_before_the_second_coordination_arrived_agrees() {
+        let dot = |a| {
+            Clock::from_parts(
+                [],
+                [Dot {
+                    actor: Actor(a),
+                    counter: 1,
+                }],
+            )
+        };
+        let id = Some([9; 16]);
+        let a = Version {
+            write_id: id,
+            ..Version::value(dot(1), b"x".to_vec(), 5, "dc1".into())
+        };
+        let b = Version {
+            write_id: id,
+            ..Version::value(dot(2), b"x".to_vec(), 7, "dc2".into())
+        };
+        let d = Version::value(dot(3), b"y".to_vec(), 6, "dc1".into());
+        let merge = |set: &VersionSet| set.merged(Payload::Value(b"m".to_vec()), [7; 32]).unwrap();
+        // One replica merges `a` with `d`, then `b` arrives and it merges
+        // again; the other collapses `a` and `b` first, then merges `d`.
+        let early = merge(&VersionSet::from_versions([a.clone(), d.clone()]));
+        let early = merge(&VersionSet::from_versions([early, b.clone()]));
+        let late = merge(&VersionSet::from_versions([a, b, d]));
+        assert_eq!(early, late);
     }
 }

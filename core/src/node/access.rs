@@ -109,6 +109,7 @@ pub fn needs(name: &str, request: &RequestBody) -> Option<Permission> {
         RequestBody::User(UserRequest::Passwd { name: whose, .. }) if whose == name => None,
         RequestBody::Repair { .. }
         | RequestBody::Decommission
+        | RequestBody::Cancel
         | RequestBody::Registry(_)
         | RequestBody::User(_) => Some(Permission::Admin),
     }
@@ -135,6 +136,7 @@ mod tests {
             needs("a", &RequestBody::Decommission),
             Some(Permission::Admin)
         );
+        assert_eq!(needs("a", &RequestBody::Cancel), Some(Permission::Admin));
         assert_eq!(needs("a", &RequestBody::Status), None);
         let own = RequestBody::User(UserRequest::Passwd {
             name: "a".into(),

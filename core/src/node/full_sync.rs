@@ -32,9 +32,10 @@ impl<D: RepairData, T: Transport> FullSync for NodeFullSync<D, T> {
             // The writes the outbox dropped were coordinated here, so on
             // keys this node replicates: sync all of them, not only the
             // pieces it is primary for.
-            let _turn = repairer.admin("a full sync the bridge owes").await;
-            let stats = repairer
-                .full_sync(None, dc, Share::Replicated)
+            // Cancelled by an operator, it stays owed and runs again.
+            let turn = repairer.admin("a full sync the bridge owes").await;
+            let stats = turn
+                .run(repairer.full_sync(None, dc, Share::Replicated))
                 .await
                 .map_err(|e| e.to_string())?;
             tracing::info!(%dc, %stats, "full-sync ranges synced");

@@ -32,6 +32,7 @@ pub mod access;
 mod full_sync;
 pub mod handler;
 pub mod identity;
+pub mod liveness;
 mod movement;
 pub mod status;
 
@@ -265,16 +266,31 @@ pub async fn start(
         reason: e.to_string(),
     })?;
     let actor = identity::load_or_create(&data_dir, &config.node_id)?;
+    let grace = Duration::from_millis(config.tombstone_grace_ms);
+    let liveness = liveness::on_start(&data_dir, grace, crate::wall_clock::now_ms())?;
     let engine_options = EngineOptions {
         limits: tuning.limits.clone(),
         fsync: fsync_policy(&config),
+        tombstone_grace: grace,
         ..EngineOptions::default()
     };
     let store = EngineStore::open(&data_dir.join("data"), engine_options)?;
     let hints = Arc::new(HintStore::open(
         &data_dir.join("hints"),
-        tuning.hints.clone(),
+        HintConfig {
+            window: Duration::from_millis(config.hint_window_ms),
+            ..tuning.hints.clone()
+        },
     )?);
+    let remote_dcs: Vec<DcName> = config
+        .keyspaces
+        .values()
+        .flat_map(|ks| ks.replication.keys())
+        .filter(|dc| **dc != config.dc)
+        .map(|dc| DcName(dc.clone()))
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
     let listener = TcpListener::bind(&config.listen)
         .await
         .map_err(|e| NodeError::Listen {
@@ -317,10 +333,21 @@ pub async fn start(
         wall_clock: crate::wall_clock::now_ms,
         load: Arc::new(move || engine.stats().table_bytes),
         blocking_reads: Some(store.engine().clone() as Arc<dyn BlockingRead>),
-        peers_dir: Some(data_dir),
+        peers_dir: Some(data_dir.clone()),
         server_tls,
     };
-    start_with(config, parts, merge, tuning).await
+    let node = start_with(config, parts, merge, tuning).await?;
+    let stop = || node.stop.subscribe();
+    node.workers.spawn("alive", |w| {
+        liveness::keep_alive(data_dir.clone(), grace, stop(), w)
+    });
+    if matches!(liveness, liveness::Start::Rebuild { .. }) {
+        let repairer = node.repairer.clone();
+        node.workers.spawn("rebuild", |w| {
+            liveness::rebuild(data_dir, repairer, remote_dcs, stop(), w)
+        });
+    }
+    Ok(node)
 }
 
 /// The node's TLS configurations, server side and dialling side, from the

@@ -155,11 +155,24 @@ impl<D: RepairData, T: GossipTransport + Transport> Movement<D, T> {
     /// writes to the next owners too), hand every range to its next
     /// owners, then announce `Left`. On a failed range the node goes back
     /// to `Normal`; nothing has been given up.
+    /// Cancelled ([`Repairer::cancel`](crate::repair::Repairer::cancel))
+    /// before it announces `Left`, it goes back to `Normal` too.
     pub(super) async fn leave(&self) -> Result<Left, crate::repair::RepairError> {
-        let _turn = self.repairer.try_admin("a decommission")?;
+        let turn = self.repairer.try_admin("a decommission")?;
         self.gossiper.set_status(NodeStatus::Leaving);
-        tokio::time::sleep(self.spread).await;
-        let stats = self.move_ranges(false).await;
+        let moved = turn
+            .run(async {
+                tokio::time::sleep(self.spread).await;
+                Ok(self.move_ranges(false).await)
+            })
+            .await;
+        let stats = match moved {
+            Ok(stats) => stats,
+            Err(cancelled) => {
+                self.gossiper.set_status(NodeStatus::Normal);
+                return Err(cancelled);
+            }
+        };
         if stats.ranges_failed > 0 {
             self.gossiper.set_status(NodeStatus::Normal);
             return Ok(Left::Incomplete(stats));

@@ -42,6 +42,12 @@ pub enum RepairError {
         /// For how long, in seconds.
         for_s: u64,
     },
+    /// An operator cancelled it ([`Repairer::cancel`](super::Repairer::cancel)).
+    #[error("{what} was cancelled")]
+    Cancelled {
+        /// What was cancelled.
+        what: &'static str,
+    },
     /// The local store failed.
     #[error(transparent)]
     Storage(#[from] StoreError),
@@ -70,6 +76,7 @@ impl RepairError {
             | RepairError::BadRequest { .. }
             | RepairError::UnknownSession { .. } => ErrorCode::BadRequest,
             RepairError::Busy { .. } => ErrorCode::Overloaded,
+            RepairError::Cancelled { .. } => ErrorCode::Cancelled,
             RepairError::Storage(_) => ErrorCode::StorageFailed,
             RepairError::Peer { .. } => ErrorCode::Unavailable,
             RepairError::Protocol { .. } => ErrorCode::Internal,

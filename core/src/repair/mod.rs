@@ -53,6 +53,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use parking_lot::RwLock;
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 pub use error::RepairError;
 pub use exchange::{RepairRequest, RepairResponse, Replica, SessionId, sync};
@@ -170,13 +171,38 @@ pub struct Repairer<D, T> {
 #[derive(Default)]
 struct AdminSlot {
     lock: tokio::sync::Mutex<()>,
-    running: parking_lot::Mutex<Option<(&'static str, std::time::Instant)>>,
+    running: parking_lot::Mutex<Option<Running>>,
+}
+
+/// The operation holding the slot: what, since when, and how to stop it.
+struct Running {
+    what: &'static str,
+    since: std::time::Instant,
+    cancel: CancellationToken,
 }
 
 /// Holds the node's administrative slot until dropped.
 pub struct AdminTurn<'a> {
     _guard: tokio::sync::MutexGuard<'a, ()>,
     slot: &'a AdminSlot,
+    what: &'static str,
+    cancel: CancellationToken,
+}
+
+impl AdminTurn<'_> {
+    /// Run `work` until it ends or an operator cancels this turn
+    /// ([`Repairer::cancel`]): then `work` is dropped (every step of
+    /// repair and streaming is idempotent, so what it did stays) and the
+    /// answer is [`RepairError::Cancelled`].
+    pub async fn run<R>(
+        &self,
+        work: impl std::future::Future<Output = Result<R, RepairError>>,
+    ) -> Result<R, RepairError> {
+        tokio::select! {
+            result = work => result,
+            _ = self.cancel.cancelled() => Err(RepairError::Cancelled { what: self.what }),
+        }
+    }
 }
 
 impl Drop for AdminTurn<'_> {
@@ -191,10 +217,17 @@ impl AdminSlot {
         guard: tokio::sync::MutexGuard<'a, ()>,
         what: &'static str,
     ) -> AdminTurn<'a> {
-        *self.running.lock() = Some((what, std::time::Instant::now()));
+        let cancel = CancellationToken::new();
+        *self.running.lock() = Some(Running {
+            what,
+            since: std::time::Instant::now(),
+            cancel: cancel.clone(),
+        });
         AdminTurn {
             _guard: guard,
             slot: self,
+            what,
+            cancel,
         }
     }
 }
@@ -238,6 +271,16 @@ impl<D: RepairData, T: Transport> Repairer<D, T> {
         &self.me
     }
 
+    /// The node's datacenter.
+    pub fn dc(&self) -> &DcName {
+        &self.dc
+    }
+
+    /// The cluster as the node sees it.
+    pub fn view(&self) -> watch::Receiver<Arc<ClusterView>> {
+        self.view.clone()
+    }
+
     /// The knobs.
     pub fn config(&self) -> &RepairConfig {
         &self.config
@@ -249,14 +292,31 @@ impl<D: RepairData, T: Transport> Repairer<D, T> {
         match self.admin.lock.try_lock() {
             Ok(guard) => Ok(self.admin.turn(guard, what)),
             Err(_) => {
-                let (running, since) = (*self.admin.running.lock())
-                    .unwrap_or(("another operation", std::time::Instant::now()));
+                let (running, since) = self
+                    .admin
+                    .running
+                    .lock()
+                    .as_ref()
+                    .map_or(("another operation", std::time::Instant::now()), |r| {
+                        (r.what, r.since)
+                    });
                 Err(RepairError::Busy {
                     running,
                     for_s: since.elapsed().as_secs(),
                 })
             }
         }
+    }
+
+    /// Cancel the administrative operation holding the slot, if any, and
+    /// say what it was. It stops at its next step; the slot frees once it
+    /// has.
+    pub fn cancel(&self) -> Option<&'static str> {
+        let running = self.admin.running.lock();
+        let running = running.as_ref()?;
+        running.cancel.cancel();
+        tracing::info!(operation = running.what, "cancelled by an operator");
+        Some(running.what)
     }
 
     /// Wait for the node's administrative slot, then hold it for `what`.
@@ -286,14 +346,17 @@ impl<D: RepairData, T: Transport> Repairer<D, T> {
         keyspace: Option<&str>,
         remote_dc: Option<&DcName>,
     ) -> Result<RepairStats, RepairError> {
-        let _turn = self.try_admin(match remote_dc {
+        let turn = self.try_admin(match remote_dc {
             Some(dc) if *dc != self.dc => "a full sync",
             _ => "a repair",
         })?;
-        match remote_dc {
-            Some(dc) if *dc != self.dc => self.full_sync(keyspace, dc, Share::Primary).await,
-            _ => self.repair_dc(keyspace, Partners::All).await,
-        }
+        turn.run(async {
+            match remote_dc {
+                Some(dc) if *dc != self.dc => self.full_sync(keyspace, dc, Share::Primary).await,
+                _ => self.repair_dc(keyspace, Partners::All).await,
+            }
+        })
+        .await
     }
 
     fn session(&self) -> SessionId {
@@ -495,7 +558,7 @@ impl<D: RepairData, T: Transport> Repairer<D, T> {
             };
             worker.busy();
             tokio::select! {
-                result = self.repair_dc(None, Partners::Following) => match result {
+                result = turn.run(self.repair_dc(None, Partners::Following)) => match result {
                     Ok(s) => {
                         tracing::info!(stats = %s, "scheduled repair done");
                         match s.ranges_failed {

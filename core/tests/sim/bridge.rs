@@ -24,6 +24,7 @@ struct Kept {
     keyspace: String,
     key: Vec<u8>,
     clock: Clock,
+    write_id: Option<[u8; 16]>,
 }
 
 /// A cursor as last persisted: its next record and overflow count.
@@ -68,6 +69,7 @@ impl CursorWatch {
                             keyspace: r.keyspace,
                             key: r.key,
                             clock: r.version.clock,
+                            write_id: r.version.write_id,
                         },
                     );
             }
@@ -116,6 +118,12 @@ impl CursorWatch {
                 continue;
             };
             checked.1 += 1;
+            // The record, or another version of its write (coordinated
+            // twice, the two collapse to one wherever they meet).
+            let mut clocks = vec![kept.clock.clone()];
+            if let (Some(id), Some((_, _, store))) = (kept.write_id, stores.first()) {
+                clocks.extend(store.oracle.clocks(&id));
+            }
             let present = stores
                 .iter()
                 .filter(|(d, _, _)| d.0 == dc)
@@ -126,7 +134,7 @@ impl CursorWatch {
                         .is_some_and(|set| {
                             set.versions()
                                 .iter()
-                                .any(|v| kept.clock.is_covered_by(&v.clock))
+                                .any(|v| clocks.iter().any(|c| c.is_covered_by(&v.clock)))
                         })
                 });
             if !present {

@@ -58,15 +58,14 @@ impl NodeSpec {
     }
 }
 
-/// The clock of every write id any replica ever absorbed, first seen:
-/// what the checks use to tell a superseded write from a lost one. It
-/// belongs to the harness, not to any node.
+/// The clocks of every write id any replica ever absorbed, first seen
+/// first: what the checks use to tell a superseded write from a lost one.
+/// A write id with two clocks was coordinated twice (a client retried it
+/// elsewhere while the first coordinator still held it). It belongs to
+/// the harness, not to any node.
 #[derive(Default)]
 pub struct Oracle {
-    clocks: Mutex<HashMap<[u8; 16], Clock>>,
-    /// Write ids seen with two different clocks (one write coordinated
-    /// twice).
-    pub doubled: Mutex<Vec<[u8; 16]>>,
+    clocks: Mutex<HashMap<[u8; 16], Vec<Clock>>>,
 }
 
 impl Oracle {
@@ -74,18 +73,21 @@ impl Oracle {
         let mut clocks = self.clocks.lock();
         for v in versions {
             let Some(id) = v.write_id else { continue };
-            match clocks.get(&id) {
-                None => {
-                    clocks.insert(id, v.clock.clone());
-                }
-                Some(known) if *known != v.clock => self.doubled.lock().push(id),
-                Some(_) => {}
+            let known = clocks.entry(id).or_default();
+            if !known.contains(&v.clock) {
+                known.push(v.clock.clone());
             }
         }
     }
 
-    pub fn clock(&self, id: &[u8; 16]) -> Option<Clock> {
-        self.clocks.lock().get(id).cloned()
+    /// Every clock the write `id` was seen with.
+    pub fn clocks(&self, id: &[u8; 16]) -> Vec<Clock> {
+        self.clocks.lock().get(id).cloned().unwrap_or_default()
+    }
+
+    /// Write ids seen with more than one clock.
+    pub fn doubled(&self) -> usize {
+        self.clocks.lock().values().filter(|c| c.len() > 1).count()
     }
 }
 
@@ -94,7 +96,7 @@ impl Oracle {
 #[derive(Clone)]
 pub struct RecStore {
     pub mem: MemStore,
-    oracle: Arc<Oracle>,
+    pub oracle: Arc<Oracle>,
 }
 
 impl RecStore {
@@ -304,6 +306,8 @@ impl Cluster {
 fn config(cluster: &Cluster, spec: &NodeSpec) -> NodeConfig {
     NodeConfig {
         clock_skew_max_ms: isthmus_core::limit::CLOCK_SKEW_MAX_MS_DEFAULT,
+        tombstone_grace_ms: isthmus_core::config::TOMBSTONE_GRACE_MS_DEFAULT,
+        hint_window_ms: isthmus_core::config::HINT_WINDOW_MS_DEFAULT,
         node_id: spec.name.clone(),
         dc: spec.dc.0.clone(),
         rack: spec.rack.clone(),

@@ -147,6 +147,9 @@ where
                 remote_dc,
             } => client::repair(self, keyspace, remote_dc).await,
             RequestBody::Decommission => client::decommission(self).await,
+            RequestBody::Cancel => ResponseBody::Cancelled {
+                operation: self.repairer.cancel().map(str::to_owned),
+            },
             RequestBody::Registry(request) => client::registry(self, request, deadline).await,
             RequestBody::User(request) => match &self.access.users {
                 Some(users) => match crate::auth::serve(users, request).await {
