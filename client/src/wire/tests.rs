@@ -71,6 +71,7 @@ fn sample_requests() -> Vec<Request> {
         Request {
             id: 7,
             timeout_ms: 30_000,
+            deadline_ms: 1_700_000_000_000,
             body: RequestBody::Registry(RegistryRequest::Delete {
                 name: "cart-union".into(),
                 version: 1,
