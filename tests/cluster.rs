@@ -17,7 +17,9 @@ use std::time::Duration;
 
 use common::{Node, all_see, isthmus, local_set, status, text, until, wasm};
 
-use isthmus_client::wire::{Consistency, Context, NodeReport, RequestBody, ResponseBody, WriteId};
+use isthmus_client::wire::{
+    Consistency, Context, ErrorCode, NodeReport, RequestBody, ResponseBody, WriteId,
+};
 use isthmus_client::{Client, Session};
 use isthmus_core::model::{DcName, key_hash};
 use isthmus_core::ring::{NodeId, Placement, Ring};
@@ -578,4 +580,173 @@ async fn a_node_joins_and_another_is_decommissioned_with_nothing_lost() {
         "join+decommission: acknowledged={} ({during} during the moves) lost=0, n5 holds {on_n5}",
         acked.len()
     );
+}
+
+/// A tmpfs of a few MiB mounted at a node's data directory: a disk that
+/// fills. Unmounted when dropped. Mounting needs root (as the CI runs).
+struct SmallDisk {
+    path: std::path::PathBuf,
+}
+
+impl SmallDisk {
+    fn mount(path: &Path, mib: u64) -> SmallDisk {
+        std::fs::create_dir_all(path).unwrap();
+        let size = format!("size={mib}m");
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &size, "tmpfs"])
+            .arg(path)
+            .status()
+            .expect("running mount");
+        assert!(
+            status.success(),
+            "mounting a {mib} MiB tmpfs at {} failed: this test needs root",
+            path.display()
+        );
+        SmallDisk {
+            path: path.to_owned(),
+        }
+    }
+
+    /// Make room: the same filesystem, `mib` MiB large.
+    fn grow(&self, mib: u64) {
+        let options = format!("remount,size={mib}m");
+        let status = std::process::Command::new("mount")
+            .args(["-o", &options])
+            .arg(&self.path)
+            .status()
+            .expect("running mount");
+        assert!(status.success(), "growing the tmpfs failed");
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.path)
+            .status();
+    }
+}
+
+/// A blind write of `value` to `key` at ONE: the coordinator's own replica
+/// is the one acknowledgement.
+async fn put_at_one(
+    session: &Session,
+    key: &str,
+    value: &[u8],
+) -> Result<ResponseBody, isthmus_client::ClientError> {
+    let put = RequestBody::Put {
+        keyspace: "carts".into(),
+        key: key.as_bytes().to_vec(),
+        value: value.to_vec(),
+        context: Context::default(),
+        consistency: Some(Consistency::One),
+        write_id: WriteId(rand::random()),
+    };
+    session.call(put, Duration::from_secs(10)).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_disk_fills_refuses_writes_serves_reads_and_recovers() {
+    let _serial = SERIAL.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes = cluster(dir.path(), 3, 3, &[]);
+    let disk = SmallDisk::mount(&dir.path().join("n2"), 12);
+    for node in nodes.iter_mut() {
+        node.spawn();
+    }
+    until("three nodes see each other", &nodes, 60, async || {
+        all_see(&nodes, 3).await
+    })
+    .await;
+    let full = &nodes[2];
+    let session = common::session(&full.addr, "t", Duration::from_secs(5))
+        .await
+        .unwrap();
+    // Writes through the node at ONE (its own disk is the one that counts)
+    // until its disk is full: then a typed refusal, again and again.
+    let value = vec![7u8; 64 * 1024];
+    let mut acked: Vec<String> = Vec::new();
+    let mut refusals = 0;
+    for i in 0..2_000 {
+        let key = format!("fill-{i}");
+        match put_at_one(&session, &key, &value).await {
+            Ok(ResponseBody::Written) => {
+                assert_eq!(refusals, 0, "a write was taken after the disk was full");
+                acked.push(key);
+            }
+            Err(isthmus_client::ClientError::Server(e)) if e.code == ErrorCode::DiskFull => {
+                assert!(e.code.is_retryable());
+                refusals += 1;
+                if refusals == 5 {
+                    break;
+                }
+            }
+            other => panic!("write {i}: expected success or DISK_FULL, got {other:?}"),
+        }
+    }
+    assert_eq!(
+        refusals,
+        5,
+        "the disk never filled ({} writes taken)",
+        acked.len()
+    );
+    eprintln!("disk full after {} writes of 64 KiB", acked.len());
+    // Reads go on: the node's own replica answers, and so does the node.
+    let probe = common::probe("audit");
+    for key in [&acked[0], acked.last().unwrap()] {
+        let set = local_set(&probe, &full.addr, "carts", key.as_bytes())
+            .await
+            .unwrap();
+        assert_eq!(set.len(), 1, "{key} on the full node");
+    }
+    let get = RequestBody::Get {
+        keyspace: "carts".into(),
+        key: acked[0].as_bytes().to_vec(),
+        consistency: Some(Consistency::LocalQuorum),
+    };
+    assert!(matches!(
+        session.call(get, Duration::from_secs(5)).await,
+        Ok(ResponseBody::Value { siblings, .. }) if siblings.len() == 1
+    ));
+    // Room again: the node takes writes by itself, no restart.
+    disk.grow(256);
+    let mut after = Vec::new();
+    let started = std::time::Instant::now();
+    while after.len() < 20 {
+        let key = format!("after-{}", after.len());
+        match put_at_one(&session, &key, &value).await {
+            Ok(ResponseBody::Written) => after.push(key),
+            other => {
+                assert!(
+                    started.elapsed() < Duration::from_secs(30),
+                    "no recovery once there was room: {other:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+    // A power cut (SIGKILL) and a restart: everything the node
+    // acknowledged is on its own disk, and it opens cleanly.
+    nodes[2].kill();
+    nodes[2].spawn();
+    until("the node is back", &nodes, 60, async || {
+        all_see(&nodes, 3).await
+    })
+    .await;
+    let full = &nodes[2];
+    for key in acked.iter().chain(&after) {
+        let set = local_set(&probe, &full.addr, "carts", key.as_bytes())
+            .await
+            .unwrap();
+        assert_eq!(
+            set.len(),
+            1,
+            "{key}, acknowledged at ONE, is not on the node's disk"
+        );
+    }
+    for node in nodes.iter_mut() {
+        node.kill();
+    }
+    drop(disk);
 }

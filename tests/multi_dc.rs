@@ -493,6 +493,21 @@ fn processes(dir: &Path, wan: &WanProxy) -> Vec<Node> {
     procs
 }
 
+/// The six processes of [`processes`], started, once they all see each
+/// other, and the WAN proxy between their DCs.
+async fn running_processes(dir: &Path) -> (WanProxy, Vec<Node>) {
+    let wan = WanProxy::start("127.0.0.1:0", WAN_ONE_WAY).await.unwrap();
+    let mut procs = processes(dir, &wan);
+    for p in procs.iter_mut() {
+        p.spawn();
+    }
+    until("six nodes see each other", &procs, 60, async || {
+        all_see(&procs, 6).await
+    })
+    .await;
+    (wan, procs)
+}
+
 /// Blind writes of distinct keys at LOCAL_QUORUM through `addrs`, paced
 /// to `rate` per second, until `stop`; every acknowledged key is recorded.
 async fn writers(
@@ -616,15 +631,7 @@ async fn audit(addr: &str, acked: &[Vec<u8>]) -> (usize, usize) {
 async fn a_dark_dc_gets_every_write_back_and_a_killed_shipper_resumes() {
     let _serial = SERIAL.lock().await;
     let dir = tempfile::tempdir().unwrap();
-    let wan = WanProxy::start("127.0.0.1:0", WAN_ONE_WAY).await.unwrap();
-    let mut procs = processes(dir.path(), &wan);
-    for p in procs.iter_mut() {
-        p.spawn();
-    }
-    until("six nodes see each other", &procs, 60, async || {
-        all_see(&procs, 6).await
-    })
-    .await;
+    let (_wan, mut procs) = running_processes(dir.path()).await;
     let dc1: Vec<String> = procs[..3].iter().map(|p| p.addr.clone()).collect();
     let dc2: Vec<String> = procs[3..].iter().map(|p| p.addr.clone()).collect();
 
@@ -831,15 +838,7 @@ async fn idempotent_writers(
 async fn a_coordinator_paused_mid_write_does_not_apply_its_retried_writes_twice() {
     let _serial = SERIAL.lock().await;
     let dir = tempfile::tempdir().unwrap();
-    let wan = WanProxy::start("127.0.0.1:0", WAN_ONE_WAY).await.unwrap();
-    let mut procs = processes(dir.path(), &wan);
-    for p in procs.iter_mut() {
-        p.spawn();
-    }
-    until("six nodes see each other", &procs, 60, async || {
-        all_see(&procs, 6).await
-    })
-    .await;
+    let (_wan, procs) = running_processes(dir.path()).await;
     let mut builder = isthmus_client::Client::builder()
         .tls(common::pki().material())
         .local_dc("dc1")
@@ -948,4 +947,89 @@ async fn a_coordinator_paused_mid_write_does_not_apply_its_retried_writes_twice(
         "pause: unique={} increments={increments} doubled=0",
         writes.unique.len()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn writes_through_a_node_just_restarted_reach_every_replica_without_repair() {
+    let _serial = SERIAL.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (_wan, mut procs) = running_processes(dir.path()).await;
+    let levels = [
+        Consistency::One,
+        Consistency::LocalOne,
+        Consistency::LocalQuorum,
+    ];
+    let mut written = Vec::new();
+    for round in 0..3 {
+        // Restarted, and written through from the moment it answers:
+        // each write is retried (same id) until acknowledged.
+        procs[1].kill();
+        procs[1].spawn();
+        let addr = procs[1].addr.clone();
+        let started = Instant::now();
+        for i in 0..30 {
+            let key = format!("restart-{round}-{i}").into_bytes();
+            let put = RequestBody::Put {
+                keyspace: KEYSPACE.into(),
+                key: key.clone(),
+                value: b"v".to_vec(),
+                context: Context::default(),
+                consistency: Some(levels[i % levels.len()]),
+                write_id: WriteId(rand::random()),
+            };
+            loop {
+                let answer = match common::session(&addr, "writer", Duration::from_secs(1)).await {
+                    Ok(s) => s.call(put.clone(), Duration::from_secs(2)).await,
+                    Err(e) => Err(e),
+                };
+                if matches!(answer, Ok(ResponseBody::Written)) {
+                    break;
+                }
+                assert!(
+                    started.elapsed() < Duration::from_secs(60),
+                    "the restarted node never took {}: {answer:?}",
+                    text(&key)
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            written.push(key);
+        }
+        eprintln!(
+            "round {round}: 30 writes through the restarted node in {:?}",
+            started.elapsed()
+        );
+    }
+    // With every hint handed off and every outbox drained (no repair
+    // runs: the schedule is ten minutes away), every replica in both DCs
+    // holds every write.
+    until(
+        "hints handed off and outboxes drained",
+        &procs,
+        120,
+        async || {
+            for p in &procs {
+                match status(&p.addr).await {
+                    Some((nodes, bridges))
+                        if nodes.iter().all(|n| n.hint_bytes == 0)
+                            && bridges.iter().all(|b| b.outbox_records == 0) => {}
+                    _ => return false,
+                }
+            }
+            true
+        },
+    )
+    .await;
+    let probe = common::probe("audit");
+    let mut missing = Vec::new();
+    for key in &written {
+        for p in &procs {
+            let set = common::local_set(&probe, &p.addr, KEYSPACE, key)
+                .await
+                .unwrap();
+            if set.is_empty() {
+                missing.push(format!("{} on {}", text(key), p.id));
+            }
+        }
+    }
+    assert!(missing.is_empty(), "replicas missing writes: {missing:?}");
 }

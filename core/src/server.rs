@@ -719,21 +719,7 @@ where
                 ErrorCode::Timeout,
                 "the request was read after its sender's deadline: not started",
             ));
-            let reply = Reply {
-                id: request.id,
-                clock_ms: now_ms(),
-                body,
-            };
-            if let Some(frame) = encode_reply(reply, frame_bytes_max)
-                && let Some(held) = budget.take(frame.len()).await
-            {
-                let _ = tx
-                    .send(Queued {
-                        frame,
-                        held: Some(held),
-                    })
-                    .await;
-            }
+            queue_reply(request.id, body, frame_bytes_max, &budget, &tx).await;
             drop(slot);
             continue;
         };
@@ -748,22 +734,7 @@ where
                     format!("no answer within {deadline:?}"),
                 )),
             };
-            let reply = Reply {
-                id: request.id,
-                clock_ms: now_ms(),
-                body,
-            };
-            if let Some(frame) = encode_reply(reply, frame_bytes_max) {
-                // Room in the queue first; `None`: the writer is gone.
-                if let Some(held) = budget.take(frame.len()).await {
-                    let _ = tx
-                        .send(Queued {
-                            frame,
-                            held: Some(held),
-                        })
-                        .await;
-                }
-            }
+            queue_reply(request.id, body, frame_bytes_max, &budget, &tx).await;
             drop(slot);
         });
         while requests.try_join_next().is_some() {}
@@ -898,6 +869,33 @@ where
         }
     })
     .await
+}
+
+/// Encode the answer to request `id`, stamped with this node's clock, and
+/// queue it for the writer once the connection's reply budget has room
+/// (dropped when the writer is gone).
+async fn queue_reply<A: ReplyBody>(
+    id: u64,
+    body: A,
+    frame_bytes_max: usize,
+    budget: &ReplyBudget,
+    tx: &mpsc::Sender<Queued>,
+) {
+    let reply = Reply {
+        id,
+        clock_ms: now_ms(),
+        body,
+    };
+    if let Some(frame) = encode_reply(reply, frame_bytes_max)
+        && let Some(held) = budget.take(frame.len()).await
+    {
+        let _ = tx
+            .send(Queued {
+                frame,
+                held: Some(held),
+            })
+            .await;
+    }
 }
 
 /// Encode one reply as a frame. A reply the frame cap cannot carry, or

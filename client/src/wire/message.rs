@@ -602,6 +602,10 @@ pub enum ErrorCode {
     /// ([`RequestBody::Cancel`]) before it finished; what it did so far
     /// stays (repair and streaming are idempotent). Not retryable.
     Cancelled,
+    /// The node's disk is full: the write was not persisted there. The
+    /// node keeps serving reads and takes writes again once it has room;
+    /// another node may take the write meanwhile (retryable).
+    DiskFull,
     /// The resolver registry holds as many modules, or as many module
     /// bytes, as it may: delete unused resolvers first. (Appended last:
     /// codes are encoded by position.)
@@ -638,6 +642,7 @@ impl ErrorCode {
             ErrorCode::InvalidContext => "INVALID_CONTEXT",
             ErrorCode::ClockSkew => "CLOCK_SKEW",
             ErrorCode::Cancelled => "CANCELLED",
+            ErrorCode::DiskFull => "DISK_FULL",
             ErrorCode::RegistryFull => "REGISTRY_FULL",
             ErrorCode::ResolverInUse => "RESOLVER_IN_USE",
         }
@@ -647,7 +652,10 @@ impl ErrorCode {
     pub fn is_retryable(self) -> bool {
         matches!(
             self,
-            ErrorCode::Timeout | ErrorCode::Unavailable | ErrorCode::Overloaded
+            ErrorCode::Timeout
+                | ErrorCode::Unavailable
+                | ErrorCode::Overloaded
+                | ErrorCode::DiskFull
         )
     }
 }

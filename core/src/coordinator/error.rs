@@ -128,6 +128,9 @@ impl CoordinatorError {
             CoordinatorError::Storage(StoreError::Limit(limit)) => {
                 return CoordinatorError::Limit(limit.clone()).to_wire();
             }
+            CoordinatorError::Storage(StoreError::Engine(e)) if e.is_disk_full() => {
+                (ErrorCode::DiskFull, None)
+            }
             CoordinatorError::Storage(_) => (ErrorCode::StorageFailed, None),
             CoordinatorError::Peer { error, .. } => (error.code, error.acks),
         };

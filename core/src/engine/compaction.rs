@@ -217,6 +217,12 @@ impl<F: Fs> Shared<F> {
             Ok(f) => f,
             Err(e) => {
                 self.remove_unrecorded(&outputs);
+                // The table being written when it failed holds space too.
+                if let Some(w) = writer.take() {
+                    let path = w.path().to_path_buf();
+                    drop(w);
+                    let _ = self.fs.remove(&path);
+                }
                 return Err(e);
             }
         };

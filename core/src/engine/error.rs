@@ -45,6 +45,13 @@ pub enum EngineError {
     /// data the kernel already dropped). Reopen the engine to recover.
     #[error("the engine is poisoned by an earlier write or fsync failure; reopen it to recover")]
     Poisoned,
+    /// The disk is full: the write was not persisted (and is refused, as
+    /// every write is until a probe finds room again). Reads go on.
+    #[error("the disk under {path:?} is full: writes are refused until there is room again")]
+    DiskFull {
+        /// The file the engine could not grow.
+        path: PathBuf,
+    },
     /// A request exceeded a configured limit.
     #[error(transparent)]
     Limit(#[from] LimitError),
@@ -62,6 +69,16 @@ impl EngineError {
         }
     }
 
+    /// The disk had no room for it (ENOSPC), as an IO error or as
+    /// [`EngineError::DiskFull`].
+    pub fn is_disk_full(&self) -> bool {
+        match self {
+            EngineError::DiskFull { .. } => true,
+            EngineError::Io { source, .. } => is_disk_full(source),
+            _ => false,
+        }
+    }
+
     /// Shorthand for an [`EngineError::Corrupt`].
     pub(crate) fn corrupt(
         file: impl Into<PathBuf>,
@@ -74,4 +91,9 @@ impl EngineError {
             reason: reason.into(),
         }
     }
+}
+
+/// An IO error that says the disk has no room (ENOSPC).
+pub(crate) fn is_disk_full(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::StorageFull
 }

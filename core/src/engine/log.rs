@@ -53,7 +53,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use parking_lot::Mutex;
 
 use super::codec::{Reader, put_varint};
-use super::error::EngineError;
+use super::error::{EngineError, is_disk_full};
 use crate::fs::{Fs, FsFile};
 use crate::model::Version;
 
@@ -64,6 +64,9 @@ pub const LOG_MAGIC: u32 = 0x474c_5349;
 /// Size of the segment header.
 pub const SEGMENT_HEADER_BYTES: usize = 16;
 const RECORD_HEADER_BYTES: usize = 8;
+/// Lost group ranges remembered (a writer checks its own right after its
+/// group; older ones are long answered).
+const LOST_RANGES_MAX: usize = 1024;
 /// Capacity kept by the append buffers between writes (larger groups
 /// reallocate once, then shrink back to this).
 const BUFFER_BYTES_KEEP: usize = 1 << 20;
@@ -293,6 +296,15 @@ pub(crate) struct Log<F: Fs> {
     write_lock: Mutex<Vec<u8>>,
     /// LSN handed to the OS.
     written: AtomicU64,
+    /// Bytes of the current segment file handed to the OS (changed under
+    /// `write_lock`): where a group that found the disk full is cut back to.
+    file_len: AtomicU64,
+    /// LSN ranges `(after, upto]` of groups the disk had no room for: their
+    /// writers are told so, even once later groups are written.
+    lost: Mutex<Vec<(u64, u64)>>,
+    /// Set when a group found the disk full; the engine clears it once a
+    /// probe finds room again.
+    full: Arc<AtomicBool>,
     /// LSN made durable.
     synced: AtomicU64,
     poisoned: Arc<AtomicBool>,
@@ -307,6 +319,7 @@ impl<F: Fs> Log<F> {
         dir: &Path,
         id: u64,
         poisoned: Arc<AtomicBool>,
+        full: Arc<AtomicBool>,
     ) -> Result<Self, EngineError> {
         let (file, path) = Self::new_segment(&fs, dir, id)?;
         Ok(Log {
@@ -322,6 +335,9 @@ impl<F: Fs> Log<F> {
             sync_lock: Mutex::new(()),
             write_lock: Mutex::new(Vec::with_capacity(64 * 1024)),
             written: AtomicU64::new(0),
+            file_len: AtomicU64::new(SEGMENT_HEADER_BYTES as u64),
+            lost: Mutex::new(Vec::new()),
+            full,
             synced: AtomicU64::new(0),
             poisoned,
             bytes_written: AtomicU64::new(SEGMENT_HEADER_BYTES as u64),
@@ -332,11 +348,30 @@ impl<F: Fs> Log<F> {
     fn new_segment(fs: &F, dir: &Path, id: u64) -> Result<(F::File, PathBuf), EngineError> {
         let path = segment_path(dir, id);
         let file = fs.create(&path).map_err(|e| EngineError::io(&path, e))?;
-        file.append(&segment_header(id))
-            .and_then(|()| file.sync())
-            .map_err(|e| EngineError::io(&path, e))?;
+        if let Err(e) = file.append(&segment_header(id)).and_then(|()| file.sync()) {
+            // A segment without its header would not open again.
+            let _ = fs.remove(&path);
+            return Err(EngineError::io(&path, e));
+        }
         fs.sync_dir(dir).map_err(|e| EngineError::io(dir, e))?;
         Ok((file, path))
+    }
+
+    /// Was the record at `lsn` in a group the disk had no room for?
+    fn was_lost(&self, lsn: u64) -> bool {
+        self.lost
+            .lock()
+            .iter()
+            .any(|&(after, upto)| lsn > after && lsn <= upto)
+    }
+
+    /// Write an empty record and make it durable: `Ok` once the disk takes
+    /// writes again (then the full mark is cleared).
+    pub(crate) fn probe(&self) -> Result<(), EngineError> {
+        let lsn = self.append(&[0])?;
+        self.sync_to(lsn)?;
+        self.full.store(false, Ordering::SeqCst);
+        Ok(())
     }
 
     fn poison<T>(&self, path: &Path, e: std::io::Error) -> Result<T, EngineError> {
@@ -379,8 +414,28 @@ impl<F: Fs> Log<F> {
         };
         if !spare.is_empty() {
             if let Err(e) = file.append(spare) {
+                // No room: cut the segment back to its last whole group, so
+                // the records after it are not hidden behind a torn one,
+                // and fail this group's writers. Anything else (or a cut
+                // that fails) leaves the file in doubt: poison.
+                let good = self.file_len.load(Ordering::Acquire);
+                if is_disk_full(&e) && file.truncate(good).is_ok() {
+                    let after = self.written.load(Ordering::Acquire);
+                    let mut lost = self.lost.lock();
+                    if lost.len() >= LOST_RANGES_MAX {
+                        lost.remove(0);
+                    }
+                    lost.push((after, target));
+                    drop(lost);
+                    self.written.store(target, Ordering::Release);
+                    spare.clear();
+                    self.full.store(true, Ordering::SeqCst);
+                    return Err(EngineError::DiskFull { path });
+                }
                 return self.poison(&path, e);
             }
+            self.file_len
+                .fetch_add(spare.len() as u64, Ordering::AcqRel);
             self.bytes_written
                 .fetch_add(spare.len() as u64, Ordering::Relaxed);
             spare.clear();
@@ -393,15 +448,25 @@ impl<F: Fs> Log<F> {
     /// Hand everything up to `lsn` to the OS (group commit, module docs):
     /// it then survives a crash of this process, not of the machine.
     pub(crate) fn write_to(&self, lsn: u64) -> Result<(), EngineError> {
-        if self.written.load(Ordering::Acquire) >= lsn {
-            return Ok(());
+        if self.written.load(Ordering::Acquire) < lsn {
+            let mut spare = self.write_lock.lock();
+            if self.written.load(Ordering::Acquire) < lsn {
+                self.check()?;
+                self.write_group(&mut spare)?;
+            }
         }
-        let mut spare = self.write_lock.lock();
-        if self.written.load(Ordering::Acquire) >= lsn {
-            return Ok(());
+        self.check_kept(lsn)
+    }
+
+    /// `Err` when the record at `lsn` was in a group the disk had no room
+    /// for.
+    fn check_kept(&self, lsn: u64) -> Result<(), EngineError> {
+        if self.was_lost(lsn) {
+            return Err(EngineError::DiskFull {
+                path: self.inner.lock().path.clone(),
+            });
         }
-        self.check()?;
-        self.write_group(&mut spare).map(|_| ())
+        Ok(())
     }
 
     /// LSN of everything appended so far.
@@ -412,11 +477,11 @@ impl<F: Fs> Log<F> {
     /// Make everything up to `lsn` durable (group commit, module docs).
     pub(crate) fn sync_to(&self, lsn: u64) -> Result<(), EngineError> {
         if self.synced.load(Ordering::Acquire) >= lsn {
-            return Ok(());
+            return self.check_kept(lsn);
         }
         let _leader = self.sync_lock.lock();
         if self.synced.load(Ordering::Acquire) >= lsn {
-            return Ok(());
+            return self.check_kept(lsn);
         }
         self.check()?;
         let (file, path, target) = {
@@ -429,7 +494,7 @@ impl<F: Fs> Log<F> {
         }
         self.syncs.fetch_add(1, Ordering::Relaxed);
         self.synced.store(target, Ordering::Release);
-        Ok(())
+        self.check_kept(lsn)
     }
 
     /// Seal the current segment (write, fsync) and start segment `id`.
@@ -445,11 +510,19 @@ impl<F: Fs> Log<F> {
         self.synced.store(target, Ordering::Release);
         let (file, path) = match Self::new_segment(&self.fs, &self.dir, id) {
             Ok(x) => x,
+            // No room for a new segment: the current one stays (it is
+            // whole and synced), and writes are refused until there is.
+            Err(e) if e.is_disk_full() => {
+                self.full.store(true, Ordering::SeqCst);
+                return Err(e);
+            }
             Err(e) => {
                 self.poisoned.store(true, Ordering::SeqCst);
                 return Err(e);
             }
         };
+        self.file_len
+            .store(SEGMENT_HEADER_BYTES as u64, Ordering::Release);
         self.bytes_written
             .fetch_add(SEGMENT_HEADER_BYTES as u64, Ordering::Relaxed);
         let mut inner = self.inner.lock();

@@ -21,8 +21,13 @@
 //! rewrites about one table's overlap, not the whole data set.
 //!
 //! All IO goes through [`Fs`], so tests run the engine over
-//! [`MemFs`] and simulate power loss and failed fsyncs. After any
-//! write or fsync error the engine is poisoned and refuses writes.
+//! [`MemFs`] and simulate power loss, failed fsyncs and full disks.
+//! After a failed fsync, or a write error other than a full disk, the
+//! engine is poisoned and refuses writes until reopened. A full disk
+//! (ENOSPC) is not: the log group that found no room is cut back off the
+//! segment and refused ([`EngineError::DiskFull`]), writes are refused
+//! until a probe record is durable again, and flushes and compactions
+//! retry; reads go on.
 //!
 //! What it is not: a keyspace layer (callers lay out prefixes), a
 //! resolver (it keeps siblings; merging them is the coordinator's job), or
@@ -63,7 +68,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use parking_lot::{Condvar, Mutex, RwLock};
@@ -163,6 +168,9 @@ pub struct EngineStats {
     pub compactions: u64,
     /// The engine refuses writes after an IO failure.
     pub poisoned: bool,
+    /// The disk was found full: writes are refused until a probe finds
+    /// room (reads go on).
+    pub disk_full: bool,
 }
 
 impl EngineStats {
@@ -213,6 +221,9 @@ struct MemSet {
     immutable: Vec<Arc<Memtable>>,
 }
 
+/// How often, at most, a write probes a full disk for room.
+const PROBE_EVERY: Duration = Duration::from_millis(100);
+
 #[derive(Default)]
 struct Signals {
     stop: bool,
@@ -224,6 +235,11 @@ struct Shared<F: Fs> {
     options: EngineOptions,
     log: Log<F>,
     poisoned: Arc<AtomicBool>,
+    /// The disk had no room for a write (ENOSPC): writes are refused, and
+    /// a probe ([`Shared::probe_room`]) clears it once there is room.
+    full: Arc<AtomicBool>,
+    /// When the last probe ran (probes are at most [`PROBE_EVERY`] apart).
+    last_probe: Mutex<Option<Instant>>,
     closed: AtomicBool,
     /// Writers hold it shared across log append + memtable absorb; a
     /// rotation holds it exclusively so a segment and its memtable pair up.
@@ -342,7 +358,8 @@ impl<F: Fs> Engine<F> {
             }
         }
         let poisoned = Arc::new(AtomicBool::new(false));
-        let log = Log::create(fs.clone(), dir, new_segment, poisoned.clone())?;
+        let full = Arc::new(AtomicBool::new(false));
+        let log = Log::create(fs.clone(), dir, new_segment, poisoned.clone(), full.clone())?;
         if body.next_table_id == 0 {
             body.next_table_id = 1;
         }
@@ -353,6 +370,8 @@ impl<F: Fs> Engine<F> {
             options,
             log,
             poisoned,
+            full,
+            last_probe: Mutex::new(None),
             closed: AtomicBool::new(false),
             gate: RwLock::new(()),
             mem: RwLock::new(MemSet {
@@ -673,6 +692,7 @@ impl<F: Fs> Engine<F> {
             flushes: c.flushes.load(Ordering::Relaxed),
             compactions: c.compactions.load(Ordering::Relaxed),
             poisoned: s.poisoned.load(Ordering::SeqCst),
+            disk_full: s.full.load(Ordering::SeqCst),
         }
     }
 
@@ -747,7 +767,51 @@ impl<F: Fs> Shared<F> {
         if self.closed.load(Ordering::SeqCst) {
             return Err(EngineError::Closed);
         }
+        if self.full.load(Ordering::SeqCst) {
+            self.probe_room()?;
+        }
         Ok(())
+    }
+
+    /// With the disk found full: at most every [`PROBE_EVERY`], write an
+    /// empty log record; once one is durable, writes resume (and the flush
+    /// thread retries). Until then, [`EngineError::DiskFull`].
+    fn probe_room(&self) -> Result<(), EngineError> {
+        let full = || EngineError::DiskFull {
+            path: self.dir.clone(),
+        };
+        {
+            let mut last = self.last_probe.lock();
+            if last.is_some_and(|at| at.elapsed() < PROBE_EVERY) {
+                return Err(full());
+            }
+            *last = Some(Instant::now());
+        }
+        let _gate = self.gate.read();
+        match self.log.probe() {
+            Ok(()) => {
+                tracing::info!(dir = %self.dir.display(), "the disk has room again: writes resume");
+                let _sig = self.signals.lock();
+                self.flush_cv.notify_all();
+                self.compact_cv.notify_all();
+                Ok(())
+            }
+            Err(e) if e.is_disk_full() => Err(full()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// After a flush or compaction found the disk full: wait a while (or
+    /// until stopped); `false` once stopping.
+    fn back_off(&self, why: &str, e: &EngineError) -> bool {
+        tracing::warn!(error = %e, dir = %self.dir.display(), "{why} found the disk full; retrying");
+        let mut sig = self.signals.lock();
+        if sig.stop {
+            return false;
+        }
+        self.stall_cv.notify_all();
+        self.flush_cv.wait_for(&mut sig, PROBE_EVERY * 10);
+        !sig.stop
     }
 
     fn poison(&self, e: EngineError) -> EngineError {
@@ -815,7 +879,14 @@ impl<F: Fs> Shared<F> {
             FsyncPolicy::Interval(_) => self.log.write_to(lsn)?,
         }
         if self.mem.read().active.approx_bytes() >= self.options.limits.memtable_bytes_max {
-            self.rotate(false)?;
+            match self.rotate(false) {
+                // The write is in the log; only the next segment found no
+                // room, and the next writes are refused until there is.
+                Err(e) if e.is_disk_full() => {
+                    tracing::warn!(error = %e, dir = %self.dir.display(), "no room for a new log segment");
+                }
+                other => other?,
+            }
         }
         Ok(())
     }
@@ -891,6 +962,15 @@ impl<F: Fs> Shared<F> {
                 return;
             }
             if let Err(e) = self.flush_memtable(&next) {
+                // No room for the table: the memtable stays in memory (and
+                // in the log), and the flush is retried.
+                if e.is_disk_full() {
+                    self.full.store(true, Ordering::SeqCst);
+                    if self.back_off("a flush", &e) {
+                        continue;
+                    }
+                    return;
+                }
                 let e = self.poison(e);
                 tracing::error!(error = %e, dir = %self.dir.display(), "engine flush failed; engine poisoned");
                 return;
@@ -912,19 +992,29 @@ impl<F: Fs> Shared<F> {
                 man.next_table_id += 1;
                 man.next_table_id - 1
             };
-            let mut w = TableWriter::create(&self.fs, &self.dir, id, mem.len())?;
-            let mut err = None;
-            mem.for_each(|k, set| {
-                if err.is_none()
-                    && let Err(e) = w.add(k, set)
-                {
-                    err = Some(e);
+            let written = (|| {
+                let mut w = TableWriter::create(&self.fs, &self.dir, id, mem.len())?;
+                let mut err = None;
+                mem.for_each(|k, set| {
+                    if err.is_none()
+                        && let Err(e) = w.add(k, set)
+                    {
+                        err = Some(e);
+                    }
+                });
+                if let Some(e) = err {
+                    return Err(e);
                 }
-            });
-            if let Some(e) = err {
-                return Err(e);
-            }
-            let meta = w.finish()?;
+                w.finish()
+            })();
+            let meta = match written {
+                Ok(meta) => meta,
+                Err(e) => {
+                    // A partial table holds space and belongs to nothing.
+                    let _ = self.fs.remove(&table_path(&self.dir, id));
+                    return Err(e);
+                }
+            };
             self.counters
                 .flush_bytes
                 .fetch_add(meta.size_bytes, Ordering::Relaxed);
@@ -952,7 +1042,12 @@ impl<F: Fs> Shared<F> {
                     next.l0.insert(0, meta.clone());
                 }
             }
-            next.store(&self.fs, &self.dir)?;
+            if let Err(e) = next.store(&self.fs, &self.dir) {
+                if let Some(meta) = &table {
+                    let _ = self.fs.remove(&table_path(&self.dir, meta.id));
+                }
+                return Err(e);
+            }
             *man = next;
             if let Some(meta) = table {
                 let t = Arc::new(Table::new(
@@ -1037,6 +1132,14 @@ impl<F: Fs> Shared<F> {
             }
             let budget = Some(self.options.compaction_bytes_per_s).filter(|&b| b > 0);
             if let Err(e) = self.compact(false, budget) {
+                // No room for the new tables (removed again): compaction
+                // waits; the tables it would have merged stay as they were.
+                if e.is_disk_full() {
+                    if self.back_off("a compaction", &e) {
+                        continue;
+                    }
+                    return;
+                }
                 let e = self.poison(e);
                 tracing::error!(error = %e, dir = %self.dir.display(), "engine compaction failed; engine poisoned");
                 return;

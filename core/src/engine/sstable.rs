@@ -210,6 +210,11 @@ pub(crate) struct TableWriter<F: Fs> {
 }
 
 impl<F: Fs> TableWriter<F> {
+    /// The file being written.
+    pub(crate) fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+
     /// Start table `id` in `dir`, sized for about `expected_keys` keys.
     pub(crate) fn create(
         fs: &F,

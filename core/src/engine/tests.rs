@@ -530,3 +530,72 @@ fn a_cold_read_goes_to_the_file_and_then_memory_answers() {
         .find(|k| engine.get_cached(k.as_bytes()).is_none());
     assert!(other.is_some(), "the table has more than one block");
 }
+
+#[test]
+fn a_full_disk_refuses_writes_keeps_reads_and_recovers_when_space_returns() {
+    let fs = MemFs::new();
+    let engine = Engine::open_with_fs(fs.clone(), dir(), small_options()).unwrap();
+    engine.apply(b"a", v(1, 1, b"x", 1)).unwrap();
+    // Room for part of the next record only: it is refused, typed.
+    fs.set_space(Some(10));
+    let err = engine.apply(b"b", v(1, 2, b"y", 2)).unwrap_err();
+    assert!(matches!(err, EngineError::DiskFull { .. }), "{err}");
+    // Refused at once while the disk stays full; not poisoned; reads go on.
+    for i in 0..3 {
+        let err = engine.apply(b"c", v(1, 3 + i, b"z", 3)).unwrap_err();
+        assert!(matches!(err, EngineError::DiskFull { .. }), "{err}");
+        std::thread::sleep(Duration::from_millis(120));
+    }
+    let stats = engine.stats();
+    assert!(stats.disk_full && !stats.poisoned, "{stats:?}");
+    assert_eq!(engine.get(b"a").unwrap().len(), 1);
+    // Room again: writes resume on their own.
+    fs.set_space(None);
+    std::thread::sleep(Duration::from_millis(120));
+    engine.apply(b"d", v(1, 9, b"w", 9)).unwrap();
+    engine.apply(b"e", v(1, 10, b"u", 10)).unwrap();
+    assert!(!engine.stats().disk_full);
+    // After a power cut, what was acknowledged is there: the cut partial
+    // record hides nothing written after it.
+    let after = fs.crash();
+    drop(engine);
+    let engine = Engine::open_with_fs(after, dir(), small_options()).unwrap();
+    for key in [&b"a"[..], b"d", b"e"] {
+        assert_eq!(engine.get(key).unwrap().len(), 1, "{key:?} lost");
+    }
+    assert!(
+        engine.get(b"b").unwrap().is_empty(),
+        "a refused write was persisted"
+    );
+}
+
+#[test]
+fn a_flush_without_room_waits_for_it_rather_than_poisoning() {
+    let fs = MemFs::new();
+    let engine = Arc::new(Engine::open_with_fs(fs.clone(), dir(), small_options()).unwrap());
+    for i in 0..20u64 {
+        engine
+            .apply(format!("k{i}").as_bytes(), v(1, i + 1, b"value", i))
+            .unwrap();
+    }
+    // Room for a new log segment, not for the table.
+    fs.set_space(Some(64));
+    let flushing = {
+        let engine = engine.clone();
+        std::thread::spawn(move || engine.flush())
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    let stats = engine.stats();
+    assert!(stats.disk_full && !stats.poisoned, "{stats:?}");
+    assert_eq!(stats.flushes, 0);
+    assert_eq!(
+        engine.get(b"k3").unwrap().len(),
+        1,
+        "reads go on from memory"
+    );
+    fs.set_space(None);
+    flushing.join().unwrap().unwrap();
+    assert!(engine.stats().flushes >= 1);
+    engine.apply(b"later", v(1, 100, b"x", 100)).unwrap();
+    assert_eq!(engine.get(b"k3").unwrap().len(), 1);
+}

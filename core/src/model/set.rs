@@ -538,8 +538,9 @@ mod tests {
         }
     }
 
-    #[test]
-    fn versions_sharing_a_write_id_collapse_into_one() {
+    /// One write (id 9) coordinated twice, by actors 1 and 2 in two DCs,
+    /// and a concurrent write of actor 3.
+    fn coordinated_twice() -> (Version, Version, Version) {
         let dot = |a| {
             Clock::from_parts(
                 [],
@@ -559,6 +560,12 @@ mod tests {
             ..Version::value(dot(2), b"x".to_vec(), 7, "dc2".into())
         };
         let other = Version::value(dot(3), b"y".to_vec(), 6, "dc1".into());
+        (a, b, other)
+    }
+
+    #[test]
+    fn versions_sharing_a_write_id_collapse_into_one() {
+        let (a, b, other) = coordinated_twice();
         let mut both = b.clone();
         both.clock.join(&a.clock);
         for order in [[&a, &b, &other], [&b, &other, &a], [&other, &a, &b]] {
@@ -586,25 +593,7 @@ mod tests {
 
     #[test]
     fn a_replica_that_merged_before_the_second_coordination_arrived_agrees() {
-        let dot = |a| {
-            Clock::from_parts(
-                [],
-                [Dot {
-                    actor: Actor(a),
-                    counter: 1,
-                }],
-            )
-        };
-        let id = Some([9; 16]);
-        let a = Version {
-            write_id: id,
-            ..Version::value(dot(1), b"x".to_vec(), 5, "dc1".into())
-        };
-        let b = Version {
-            write_id: id,
-            ..Version::value(dot(2), b"x".to_vec(), 7, "dc2".into())
-        };
-        let d = Version::value(dot(3), b"y".to_vec(), 6, "dc1".into());
+        let (a, b, d) = coordinated_twice();
         let merge = |set: &VersionSet| set.merged(Payload::Value(b"m".to_vec()), [7; 32]).unwrap();
         // One replica merges `a` with `d`, then `b` arrives and it merges
         // again; the other collapses `a` and `b` first, then merges `d`.
