@@ -198,9 +198,41 @@ impl<S: LocalStore> Replica<S> {
         versions: Vec<Version>,
     ) -> Result<(), StoreError> {
         self.check_delivery([versions.as_slice()])?;
-        let due = self.lock(key).await.apply(keyspace, versions).await?;
+        // Kept for a second try when the keyspace merges (deliveries are
+        // small: one version, or a few concurrent ones).
+        let again = self.has_resolver(keyspace).then(|| versions.clone());
+        let first = self.lock(key).await.apply(keyspace, versions).await;
+        let due = match (first, again) {
+            (Err(StoreError::Limit(LimitError::TooManySiblings { .. })), Some(versions)) => {
+                self.apply_merged_first(keyspace, key, versions).await?
+            }
+            (first, _) => first?,
+        };
         self.merge_due(due).await;
         Ok(())
+    }
+
+    /// A delivery that would leave the key past its sibling bound, in a
+    /// keyspace that merges: merge what the key would hold on the merge
+    /// pool (no lock held), then apply the delivery together with that
+    /// merge, which dominates every sibling it replaced. A failed or
+    /// deferred merge leaves the bound to refuse it, as before.
+    async fn apply_merged_first(
+        &self,
+        keyspace: &str,
+        key: &[u8],
+        mut versions: Vec<Version>,
+    ) -> Result<Option<MergeDue>, StoreError> {
+        let mut would = self.read(keyspace, key).await?;
+        for v in &versions {
+            would.absorb(v.clone());
+        }
+        match self.merges.merge(keyspace, key, &would).await {
+            Ok(Some(merged)) => versions.push(merged),
+            Ok(None) => {}
+            Err(failure) => log_failure(&failure),
+        }
+        self.lock(key).await.apply(keyspace, versions).await
     }
 
     /// Merge the siblings an apply left, on the merge pool (no lock held),
@@ -493,6 +525,63 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(err.class, FailureClass::BudgetExhausted);
+    }
+
+    #[tokio::test]
+    async fn a_delivery_past_the_bound_is_merged_first_when_the_keyspace_merges() {
+        let mut merging = replica(Duration::ZERO, Duration::from_secs(10));
+        Arc::get_mut(&mut merging).unwrap().bounds.siblings_max = 3;
+        merging
+            .apply("ks", b"k", vec![version(1, &[], b"a")])
+            .await
+            .unwrap();
+        // Three more concurrent versions: four siblings before a merge.
+        let delivery = vec![
+            version(2, &[], b"b"),
+            version(3, &[], b"c"),
+            version(4, &[], b"d"),
+        ];
+        merging.apply("ks", b"k", delivery.clone()).await.unwrap();
+        let set = merging.read("ks", b"k").await.unwrap();
+        assert_eq!(set.len(), 1, "{set:?}");
+        let mut all = VersionSet::from_versions(delivery);
+        all.absorb(version(1, &[], b"a"));
+        assert_eq!(set.versions()[0].clock, all.lub());
+        // Where merges are deferred, the bound refuses it: one merge of
+        // another key overdraws the budget, then nothing merges.
+        let mut throttled = replica(Duration::from_millis(50), Duration::from_millis(10));
+        Arc::get_mut(&mut throttled).unwrap().bounds.siblings_max = 3;
+        throttled
+            .apply(
+                "ks",
+                b"x",
+                vec![version(1, &[], b"a"), version(2, &[], b"b")],
+            )
+            .await
+            .unwrap();
+        throttled
+            .apply(
+                "ks",
+                b"k",
+                vec![version(1, &[], b"a"), version(2, &[], b"b")],
+            )
+            .await
+            .unwrap();
+        let err = throttled
+            .apply(
+                "ks",
+                b"k",
+                vec![version(3, &[], b"c"), version(4, &[], b"d")],
+            )
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                StoreError::Limit(LimitError::TooManySiblings { count: 4, max: 3 })
+            ),
+            "{err:?}"
+        );
     }
 
     #[tokio::test]
