@@ -49,8 +49,8 @@ pub enum FailureClass {
     Unavailable,
     /// The keyspace used up its merge-time budget
     /// ([`pool::MergeConfig::keyspace_budget`]): the merge is deferred,
-    /// the siblings kept, and the next apply or read of the key merges
-    /// them once the budget has refilled.
+    /// the siblings kept (and returned to readers), and the node merges
+    /// them once the budget has refilled (`merge-retry`).
     BudgetExhausted,
 }
 

@@ -27,7 +27,7 @@ use tokio::sync::{Mutex, MutexGuard};
 use crate::bridge::Entries;
 use crate::limit::LimitError;
 use crate::merge::pool::{MergeConfig, MergePool};
-use crate::merge::{MergeFailure, MergeHook};
+use crate::merge::{FailureClass, MergeFailure, MergeHook};
 use crate::model::{Absorbed, KeyspaceConfig, Version, VersionSet, key_hash};
 use crate::repair::server::Absorb;
 use crate::store::{LocalStore, StoreError};
@@ -255,6 +255,14 @@ impl<S: LocalStore> Replica<S> {
             Ok(None) => return,
             Err(failure) => {
                 log_failure(&failure);
+                if matches!(
+                    failure.class,
+                    FailureClass::BudgetExhausted | FailureClass::Unavailable
+                ) {
+                    // Not the resolver's fault: merged again once the
+                    // keyspace has budget (`retry_deferred`).
+                    self.merges.defer(&keyspace, &key);
+                }
                 return;
             }
         };
@@ -270,6 +278,33 @@ impl<S: LocalStore> Replica<S> {
         if let Err(error) = result.await {
             tracing::warn!(keyspace, %error, "storing a merged version failed; siblings kept");
         }
+    }
+
+    /// Merge again, up to `max` at a time, the keys whose merge was
+    /// deferred (or refused for a full queue) and whose keyspace has budget
+    /// now; returns how many were tried. The node's `merge-retry` worker
+    /// calls it.
+    pub async fn retry_deferred(&self, max: usize) -> usize {
+        let ready = self.merges.take_ready(max);
+        let tried = ready.len();
+        for (keyspace, key) in ready {
+            let siblings = match self.store.get(&keyspace, &key).await {
+                Ok(set) => set,
+                Err(error) => {
+                    tracing::warn!(keyspace, %error, "reading a key to merge failed");
+                    continue;
+                }
+            };
+            if siblings.len() > 1 && self.has_resolver(&keyspace) {
+                self.merge_due(Some(MergeDue {
+                    keyspace,
+                    key,
+                    siblings,
+                }))
+                .await;
+            }
+        }
+        tried
     }
 
     /// `set` merged by the keyspace's resolver on the merge pool, when it
@@ -367,7 +402,7 @@ impl<S: LocalStore> LockedKey<'_, S> {
 }
 
 fn log_failure(failure: &MergeFailure) {
-    if failure.class == crate::merge::FailureClass::BudgetExhausted {
+    if failure.class == FailureClass::BudgetExhausted {
         // Counted by the pool; at warn it would log every deferred merge.
         tracing::debug!(%failure, "merge deferred; siblings kept");
     } else {
@@ -582,6 +617,33 @@ mod tests {
             ),
             "{err:?}"
         );
+    }
+
+    #[tokio::test]
+    async fn a_deferred_merge_is_retried_once_the_budget_refills() {
+        let replica = replica(Duration::from_millis(50), Duration::from_millis(10));
+        // One merge overdraws the budget; the next key's merge is deferred.
+        for key in [&b"k1"[..], b"k2"] {
+            replica
+                .apply(
+                    "ks",
+                    key,
+                    vec![version(1, &[], b"a"), version(2, &[], b"b")],
+                )
+                .await
+                .unwrap();
+        }
+        assert_eq!(replica.read("ks", b"k2").await.unwrap().len(), 2);
+        assert_eq!(replica.merge_pool().deferred_keys(), 1);
+        // Nothing writes k2 again: the retry merges it once the budget
+        // has refilled (about 4 s at 10 ms per second, more when busy).
+        let started = Instant::now();
+        while replica.read("ks", b"k2").await.unwrap().len() > 1 {
+            assert!(started.elapsed() < Duration::from_secs(30), "never merged");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            replica.retry_deferred(64).await;
+        }
+        assert_eq!(replica.merge_pool().deferred_keys(), 0);
     }
 
     #[tokio::test]

@@ -70,6 +70,7 @@ async fn every_loop_is_a_named_worker_with_a_status() {
             "server",
             "system-replication",
             "gossip",
+            "merge-retry",
             "peers",
             "handoff",
             "repair",

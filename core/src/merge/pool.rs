@@ -16,10 +16,17 @@
 //!   the wall-clock time each merge spent on its thread. A merge starts
 //!   only while the bucket is not in debt; otherwise it is deferred with
 //!   [`FailureClass::BudgetExhausted`]: the siblings are kept (and
-//!   returned to readers), and the next apply or read of the key merges
-//!   them once the budget has refilled. One merge may overdraw the bucket
-//!   (it is bounded by the resolver's own deadline); the debt is paid off
-//!   before the next starts, so a keyspace's long-run share holds.
+//!   returned to readers) and merged once the budget has refilled (see
+//!   the retries below). One merge may overdraw the bucket (it is bounded
+//!   by the resolver's own deadline); the debt is paid off before the next
+//!   starts, so a keyspace's long-run share holds.
+//!
+//! A merge an apply left that is deferred (or refused for a full queue) is
+//! remembered ([`MergePool::defer`], at most [`DEFERRED_KEYS_MAX`] keys)
+//! and retried once its keyspace has budget again
+//! ([`MergePool::take_ready`], which the node's `merge-retry` worker
+//! drains through the replica), so a key written last while its keyspace
+//! was over budget still ends merged, as on every other replica.
 //!
 //! A resolver that burns its whole budget on every merge therefore slows
 //! its own keyspace (its writes wait for merge slots, then its siblings
@@ -32,7 +39,7 @@
 //! What it is not: the merge itself ([`MergeHook`]), or where its result
 //! goes ([`Replica`](crate::replica::Replica)).
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
@@ -50,6 +57,9 @@ pub const THREADS_DEFAULT: usize = 2;
 pub const QUEUE_MAX_DEFAULT: usize = 1024;
 /// Default merge time a keyspace may use per second, in milliseconds.
 pub const KEYSPACE_BUDGET_MS_PER_S_DEFAULT: u64 = 500;
+/// Keys whose deferred merge the pool remembers for a retry; one more is
+/// not remembered (counted), and merges at its next apply.
+pub const DEFERRED_KEYS_MAX: usize = 65_536;
 
 /// How a node runs its merges (the node config's `[merge]` table).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -90,6 +100,7 @@ pub struct MergePoolStats {
     deferred: AtomicU64,
     queue_full: AtomicU64,
     run_ns: AtomicU64,
+    retry_dropped: AtomicU64,
 }
 
 impl MergePoolStats {
@@ -106,6 +117,11 @@ impl MergePoolStats {
     /// Merges refused because the queue was full.
     pub fn queue_full(&self) -> u64 {
         self.queue_full.load(Ordering::Relaxed)
+    }
+
+    /// Deferred merges not remembered for a retry (too many keys waiting).
+    pub fn retry_dropped(&self) -> u64 {
+        self.retry_dropped.load(Ordering::Relaxed)
     }
 
     /// Total time merges spent on the threads.
@@ -169,6 +185,7 @@ pub struct MergePool {
     config: MergeConfig,
     jobs: Mutex<Option<mpsc::SyncSender<Job>>>,
     shares: Mutex<HashMap<String, Arc<KeyspaceShare>>>,
+    retries: Mutex<BTreeSet<(String, Vec<u8>)>>,
     stats: Arc<MergePoolStats>,
 }
 
@@ -189,6 +206,7 @@ impl MergePool {
             config,
             jobs: Mutex::new(None),
             shares: Mutex::default(),
+            retries: Mutex::default(),
             stats: Arc::default(),
         }
     }
@@ -206,6 +224,48 @@ impl MergePool {
     /// What the pool counted.
     pub fn stats(&self) -> &MergePoolStats {
         &self.stats
+    }
+
+    /// Remember `key` of `keyspace` for a retry of its merge (a deferred
+    /// or refused one); `false` when too many keys wait already.
+    pub fn defer(&self, keyspace: &str, key: &[u8]) -> bool {
+        let mut retries = self.retries.lock();
+        if retries.len() >= DEFERRED_KEYS_MAX {
+            self.stats.retry_dropped.fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
+        retries.insert((keyspace.to_owned(), key.to_vec()));
+        true
+    }
+
+    /// Keys waiting for a retry.
+    pub fn deferred_keys(&self) -> usize {
+        self.retries.lock().len()
+    }
+
+    /// Up to `max` remembered keys whose keyspace has budget now, no
+    /// longer remembered: the caller merges them (and defers them again if
+    /// need be).
+    pub fn take_ready(&self, max: usize) -> Vec<(String, Vec<u8>)> {
+        let mut retries = self.retries.lock();
+        let budget = self.config.keyspace_budget;
+        let mut ready = Vec::new();
+        let mut has_budget: HashMap<String, bool> = HashMap::new();
+        for entry in retries.iter() {
+            if ready.len() >= max {
+                break;
+            }
+            let ok = *has_budget
+                .entry(entry.0.clone())
+                .or_insert_with(|| self.share(&entry.0).has_budget(budget));
+            if ok {
+                ready.push(entry.clone());
+            }
+        }
+        for entry in &ready {
+            retries.remove(entry);
+        }
+        ready
     }
 
     fn share(&self, keyspace: &str) -> Arc<KeyspaceShare> {
