@@ -148,7 +148,7 @@ pub enum Op {
     },
 }
 
-async fn connect(target: &Target) -> anyhow::Result<(Session, Duration)> {
+pub async fn connect(target: &Target) -> anyhow::Result<(Session, Duration)> {
     let timeout = Duration::from_millis(target.timeout_ms);
     let options = target.security.options("isthmus-cli")?;
     let session = Session::connect_with(&target.addr, &options, timeout)
@@ -288,7 +288,9 @@ pub fn run_status(target: Target, json: bool) -> anyhow::Result<String> {
                     "raw_bytes": b.raw_bytes, "shipped_bytes": b.shipped_bytes,
                     "overflows": b.overflows, "full_sync_pending": b.full_sync_pending,
                     "lag_in_p50_ms": b.lag_in_p50_ms, "lag_in_p99_ms": b.lag_in_p99_ms,
-                    "applied_in": b.applied_in,
+                    "applied_in": b.applied_in, "quarantined": b.quarantined,
+                    "quarantine_held": b.quarantine_held, "quarantine_bytes": b.quarantine_bytes,
+                    "quarantine_overflows": b.quarantine_overflows,
                 })
             })
             .collect();
@@ -326,7 +328,7 @@ pub fn run_status(target: Target, json: bool) -> anyhow::Result<String> {
     if !bridges.is_empty() {
         out.push_str("\nBridge (this node)\n");
         out.push_str(&format!(
-            "{:<10} {:>10} {:>10} {:>10} {:>8} {:>9} {:>9} {:>10}\n",
+            "{:<10} {:>10} {:>10} {:>10} {:>8} {:>9} {:>9} {:>10} {:>11}\n",
             "Remote DC",
             "Outbox",
             "Shipped",
@@ -334,7 +336,8 @@ pub fn run_status(target: Target, json: bool) -> anyhow::Result<String> {
             "Overflow",
             "Lag p50",
             "Lag p99",
-            "Applied in"
+            "Applied in",
+            "Quarantine"
         ));
         for b in &bridges {
             let ratio = if b.raw_bytes == 0 {
@@ -343,7 +346,7 @@ pub fn run_status(target: Target, json: bool) -> anyhow::Result<String> {
                 b.shipped_bytes as f64 / b.raw_bytes as f64
             };
             out.push_str(&format!(
-                "{:<10} {:>10} {:>10} {:>10.2} {:>8} {:>7.1}ms {:>7.1}ms {:>10}\n",
+                "{:<10} {:>10} {:>10} {:>10.2} {:>8} {:>7.1}ms {:>7.1}ms {:>10} {:>11}\n",
                 b.remote_dc,
                 b.outbox_records,
                 b.shipped_records,
@@ -355,7 +358,17 @@ pub fn run_status(target: Target, json: bool) -> anyhow::Result<String> {
                 ),
                 b.lag_in_p50_ms,
                 b.lag_in_p99_ms,
-                b.applied_in
+                b.applied_in,
+                // Held now; `+N!` when N refused records found no room.
+                format!(
+                    "{}{}",
+                    b.quarantine_held,
+                    if b.quarantine_overflows > 0 {
+                        format!("+{}!", b.quarantine_overflows)
+                    } else {
+                        String::new()
+                    }
+                )
             ));
         }
     }

@@ -8,6 +8,8 @@
 //! - `user add|passwd|grant|revoke|remove|list`: users and grants.
 //! - `put`, `get`, `del`, `status`: client commands against a node.
 //! - `repair`: Merkle repair of a node's ranges (or a cross-DC full sync).
+//! - `bridge quarantine list|export|replay`: records another datacenter
+//!   refused for good, held by a node's bridge.
 //! - `resolver check FILE.wasm`: the law checker for merge modules;
 //!   `resolver upload|attach|detach|rollback|delete|list --addr HOST:PORT`: the
 //!   cluster's replicated resolver registry.
@@ -25,6 +27,7 @@ use clap::{Parser, Subcommand};
 mod bench_cmd;
 #[cfg(feature = "demo")]
 mod bridge_bench;
+mod bridge_cmd;
 mod certs_cmd;
 mod client_cmd;
 #[cfg(feature = "demo")]
@@ -94,6 +97,12 @@ enum Command {
     /// trees: only differing keys move), or fully sync it with another
     /// datacenter with --dc; prints what moved.
     Repair(client_cmd::RepairArgs),
+    /// The cross-DC bridge: records another datacenter refused for good
+    /// (`quarantine list|export|replay`).
+    Bridge {
+        #[command(subcommand)]
+        command: bridge_cmd::BridgeCommand,
+    },
     /// Take a node out of the ring: it streams every range it holds to
     /// the next owners, then leaves (status `Left`); stop it afterwards.
     Decommission {
@@ -141,6 +150,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Resolver { command } => resolver_cmd::run(command),
         Command::Certs { command } => print(certs_cmd::run(command)),
+        Command::Bridge { command } => print(bridge_cmd::run(command)),
         Command::User { command } => print(user_cmd::run(command)),
         #[cfg(feature = "demo")]
         Command::Bench(args) => print(bench_cmd::run(args)),

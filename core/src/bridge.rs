@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use isthmus_client::wire::BridgeReport;
-use isthmus_client::wire::WireError;
+use isthmus_client::wire::{ErrorCode, QuarantineRequest, QuarantineResponse, WireError};
 use parking_lot::RwLock;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -27,6 +27,7 @@ use tokio::task::JoinHandle;
 use crate::coordinator::error::CoordinatorError;
 use crate::engine::FsyncPolicy;
 use crate::model::{DcName, KeyspaceConfig, Version};
+pub use crate::peer::ShipRefusal;
 use crate::ring::NodeId;
 use crate::store::StoreError;
 use crate::transport::DynTransport;
@@ -38,9 +39,42 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// Keys of one keyspace and the versions each must absorb.
 pub type Entries = Vec<(Vec<u8>, Vec<Version>)>;
 
+/// Would a delivery refused with `code` be refused again, whatever is
+/// retried, until an operator changes something (a keyspace unknown in
+/// the receiving datacenter or not replicated there, a key, value or
+/// sibling count over its limits, a version it holds invalid)? Such a
+/// record is quarantined by the sender rather than retried. Everything
+/// else is transient: unavailability, overload, timeouts, a full or
+/// failed disk (space returns), a clock off beyond the skew bound (clocks
+/// get fixed), an authentication or protocol problem of the link, and
+/// any code this build does not know.
+pub fn is_permanent(code: ErrorCode) -> bool {
+    matches!(
+        code,
+        ErrorCode::BadRequest
+            | ErrorCode::KeyTooLarge
+            | ErrorCode::ValueTooLarge
+            | ErrorCode::TooManySiblings
+            | ErrorCode::InvalidContext
+    )
+}
+
 /// Applies versions shipped from another DC in this one, at LOCAL_QUORUM
 /// (the coordinator implements it).
 pub trait Deliver: Send + Sync {
+    /// The checks a delivery of `versions` to `key` would fail whatever
+    /// the replicas' state, made on this node alone before any replica is
+    /// asked: the keyspace is configured and replicated in this DC, the
+    /// key and every value are within this node's limits, and the key
+    /// carries no more versions than a set may hold. A refusal here is
+    /// permanent (see [`is_permanent`]) and no hint is kept for it.
+    fn admit(
+        &self,
+        keyspace: &str,
+        key: &[u8],
+        versions: &[Version],
+    ) -> Result<(), CoordinatorError>;
+
     /// Absorb every entry on a local quorum of its key's replicas (hints
     /// for the ones that miss it); `Ok` only when every key reached it.
     fn deliver<'a>(
@@ -72,17 +106,26 @@ pub trait Bridge: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<(), StoreError>>;
 
     /// A batch shipped by a node of `from_dc`: apply every version in it
-    /// through `deliver`; `Ok` only when all reached a local quorum (the
-    /// sender then advances its cursor).
+    /// through `deliver`. `Ok` when every item reached a local quorum or
+    /// was refused for good (those are listed, and the sender quarantines
+    /// them before it advances its cursor); `Err` when any item failed
+    /// for a transient reason (the sender ships the batch again).
     fn receive<'a>(
         &'a self,
         from_dc: &'a DcName,
         batch: &'a [u8],
         deliver: &'a dyn Deliver,
-    ) -> BoxFuture<'a, Result<(), WireError>>;
+    ) -> BoxFuture<'a, Result<Vec<ShipRefusal>, WireError>>;
 
     /// Figures for `isthmus status`.
     fn report(&self) -> Vec<BridgeReport>;
+
+    /// List or replay this node's quarantined records (the operator's
+    /// `isthmus bridge quarantine`).
+    fn quarantine(
+        &self,
+        request: QuarantineRequest,
+    ) -> BoxFuture<'_, Result<QuarantineResponse, WireError>>;
 }
 
 /// What a bridge needs of its node.

@@ -464,6 +464,10 @@ pub struct BridgeSection {
     pub batch_bytes_max: u32,
     /// How long a shipper waits for a batch to fill, in milliseconds.
     pub linger_ms: u64,
+    /// Bound of the quarantine (dead-letter store) kept per remote
+    /// datacenter for records it refused for good; a refused record that
+    /// does not fit makes a full sync owed to that datacenter instead.
+    pub quarantine_bytes_max: u64,
 }
 
 impl Default for BridgeSection {
@@ -473,6 +477,7 @@ impl Default for BridgeSection {
             outbox_bytes_max: 1 << 30,
             batch_bytes_max: 1 << 20,
             linger_ms: 2,
+            quarantine_bytes_max: 64 << 20,
         }
     }
 }
@@ -583,6 +588,12 @@ impl NodeConfig {
         }
         if self.bridge.outbox_bytes_max < 1 << 20 {
             return Err(invalid("bridge.outbox_bytes_max", "must be at least 1 MiB"));
+        }
+        if self.bridge.quarantine_bytes_max < 1 << 20 {
+            return Err(invalid(
+                "bridge.quarantine_bytes_max",
+                "must be at least 1 MiB",
+            ));
         }
         if !(4096..=1 << 20).contains(&self.bridge.batch_bytes_max) {
             return Err(invalid(
@@ -777,6 +788,12 @@ mod tests {
         let mut c = base();
         c.server.read_timeout_ms = 30 * 24 * 3_600_000;
         assert_eq!(c.validate().unwrap_err().field, "server.read_timeout_ms");
+        let mut c = base();
+        c.bridge.quarantine_bytes_max = 4096;
+        assert_eq!(
+            c.validate().unwrap_err().field,
+            "bridge.quarantine_bytes_max"
+        );
     }
 
     #[test]

@@ -93,7 +93,10 @@ pub fn peer_message(bytes: &[u8]) {
             PeerResponse::Versions(set) => absorb(set.into_versions()),
             PeerResponse::Gossip { entries } => judge_exchange(&[], entries),
             PeerResponse::Repair(response) => check_repair_answer(response),
-            PeerResponse::Error(_) | PeerResponse::Applied | PeerResponse::Written => {}
+            PeerResponse::Error(_)
+            | PeerResponse::Applied
+            | PeerResponse::Written
+            | PeerResponse::Shipped { .. } => {}
         }
     }
 }

@@ -67,7 +67,9 @@ pub enum PeerRequest {
     /// A batch of writes from the bridge of a node in `from_dc`: an
     /// lz4-compressed, postcard-encoded list of records (the bridge's
     /// format). The receiver applies every version at LOCAL_QUORUM in its
-    /// DC and answers [`PeerResponse::Applied`] once all are.
+    /// DC and answers [`PeerResponse::Applied`] once all are, or
+    /// [`PeerResponse::Shipped`] once all but those it refused for good
+    /// are.
     Ship {
         /// The sender's datacenter.
         from_dc: crate::model::DcName,
@@ -105,6 +107,24 @@ pub enum PeerResponse {
     Error(WireError),
     /// The answer to a [`PeerRequest::Repair`].
     Repair(RepairResponse),
+    /// A [`PeerRequest::Ship`] batch was applied at LOCAL_QUORUM except
+    /// for the items refused for a reason retrying cannot change (see
+    /// [`crate::bridge::is_permanent`]). (Appended last: variants are
+    /// encoded by position; a batch with no refusal is answered
+    /// [`PeerResponse::Applied`], as before.)
+    Shipped {
+        /// The refused items, by position in the batch.
+        refused: Vec<ShipRefusal>,
+    },
+}
+
+/// One item of a bridge batch the receiving datacenter refused for good.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShipRefusal {
+    /// Its position among the batch's items.
+    pub item: u32,
+    /// Why (code and message, as the receiver's coordinator gave them).
+    pub error: WireError,
 }
 
 impl ReplyBody for PeerResponse {

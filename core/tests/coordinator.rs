@@ -744,6 +744,58 @@ async fn the_sibling_bound_holds_with_a_failing_resolver_and_at_every_replica() 
     assert!(c.stores[&n(1)].get("plain", b"q").await.unwrap().is_empty());
 }
 
+/// A bridge delivery this DC refuses for good says why, so the bridge
+/// can quarantine the key: what the receiving node can tell alone
+/// (`admit`: an unknown keyspace, a value over its limit, more versions
+/// than a set may hold) before any replica is asked, and a replica's
+/// refusal (its sibling bound) as the replica's code rather than a bare
+/// count of acknowledgements.
+#[tokio::test]
+async fn a_delivery_refused_for_good_says_why() {
+    let limits = Limits {
+        siblings_max: 2,
+        value_bytes_max: 16,
+        ..Limits::default()
+    };
+    // Replicas keep the sibling bound under the key's lock, resolver or
+    // not (this one fails every merge).
+    let c = cluster(3, 3, Arc::new(Failing), limits);
+    let node = c.node(&n(0));
+    let code = |r: Result<(), CoordinatorError>| r.map_err(|e| e.to_wire().code);
+    assert_eq!(
+        code(node.admit_delivery("orders", b"k", &[concurrent(1, b"x")])),
+        Err(ErrorCode::BadRequest)
+    );
+    assert_eq!(
+        code(node.admit_delivery("plain", b"k", &[concurrent(1, &[b'x'; 17])])),
+        Err(ErrorCode::ValueTooLarge)
+    );
+    let three: Vec<Version> = (1..=3).map(|a| concurrent(a, b"x")).collect();
+    assert_eq!(
+        code(node.admit_delivery("plain", b"k", &three)),
+        Err(ErrorCode::TooManySiblings)
+    );
+    assert_eq!(
+        code(node.admit_delivery("plain", b"k", &three[..2])),
+        Ok(())
+    );
+
+    // Two concurrent versions reach every replica; a third, concurrent
+    // with both, would leave three siblings: every replica refuses it.
+    for actor in 1..=2 {
+        let entries = vec![(b"p".to_vec(), vec![concurrent(actor, b"x")])];
+        node.deliver_local("merged", entries, DEADLINE)
+            .await
+            .unwrap();
+    }
+    let entries = vec![(b"p".to_vec(), vec![concurrent(3, b"x")])];
+    let refused = node.deliver_local("merged", entries, DEADLINE).await;
+    assert_eq!(code(refused), Err(ErrorCode::TooManySiblings));
+    for copy in c.copies("merged", b"p").await {
+        assert_eq!(copy.len(), 2);
+    }
+}
+
 #[tokio::test]
 async fn a_write_retried_at_a_second_coordinator_takes_effect_once() {
     let c = cluster(3, 3, Arc::new(NoMerge), Limits::default());

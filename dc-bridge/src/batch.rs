@@ -53,6 +53,12 @@ pub struct Record {
     pub key: Vec<u8>,
     /// The version, with its original clock.
     pub version: Version,
+    /// The one remote datacenter this record is for (a record replayed
+    /// from that datacenter's quarantine); `None`: every datacenter the
+    /// keyspace replicates to. Not part of the postcard encoding: the
+    /// outbox keeps it behind the record (see [`crate::outbox`]).
+    #[serde(skip)]
+    pub only: Option<isthmus_core::model::DcName>,
 }
 
 /// The versions of one key a batch ships.
@@ -174,6 +180,7 @@ mod tests {
             keyspace: "carts".into(),
             key: format!("cart-{seq}").into_bytes(),
             version: Version::value(clock, value.to_vec(), 5, "dc1".into()),
+            only: None,
         }
     }
 

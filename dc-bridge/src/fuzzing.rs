@@ -79,6 +79,7 @@ mod tests {
                     keyspace: if seq % 2 == 0 { "carts" } else { "users" }.into(),
                     key: format!("key-{}", seq % 4).into_bytes(),
                     version: Version::value(clock, vec![b'v'; seq as usize], seq, "dc1".into()),
+                    only: None,
                 }
             })
             .collect()

@@ -7,6 +7,12 @@
 //! [payload length: u32 LE][crc32c of payload: u32 LE][payload: postcard(Record)]
 //! ```
 //!
+//! A record for one remote datacenter only (replayed from its
+//! quarantine, see [`crate::quarantine`]) carries that datacenter's name
+//! after the record, inside the payload: `postcard(Record)
+//! postcard(String)`. Records without it are byte for byte what earlier
+//! releases wrote.
+//!
 //! and one cursor file per remote datacenter, `DIR/cursor-<dc>`, holding
 //! the first sequence number that DC has not acknowledged, whether a
 //! full-sync is owed, and how many times the bound was exceeded.
@@ -181,17 +187,30 @@ fn decode_segment(bytes: &[u8]) -> (Vec<Record>, usize) {
         if crc32c::crc32c(payload) != crc {
             break;
         }
-        match isthmus_client::wire::decode::<Record>(payload) {
-            Ok(r) => records.push(r),
-            Err(_) => break,
+        match decode_record(payload) {
+            Some(r) => records.push(r),
+            None => break,
         }
         at += 8 + len;
     }
     (records, at)
 }
 
+/// A record's payload: the record, then the one DC it is for, if any.
+fn decode_record(payload: &[u8]) -> Option<Record> {
+    let (mut record, rest) = postcard::take_from_bytes::<Record>(payload).ok()?;
+    if !rest.is_empty() {
+        let dc = isthmus_client::wire::decode::<String>(rest).ok()?;
+        record.only = Some(DcName(dc));
+    }
+    Some(record)
+}
+
 fn frame(record: &Record) -> Vec<u8> {
-    let payload = isthmus_client::wire::encode(record);
+    let mut payload = isthmus_client::wire::encode(record);
+    if let Some(dc) = &record.only {
+        payload.extend(isthmus_client::wire::encode(&dc.0));
+    }
     let mut out = Vec::with_capacity(payload.len() + 8);
     out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
     out.extend_from_slice(&crc32c::crc32c(&payload).to_le_bytes());
@@ -376,6 +395,18 @@ impl<F: Fs> Outbox<F> {
     /// one and are never hidden behind it, and every DC is owed a full
     /// sync (the write was stored locally without reaching the outbox).
     pub fn append(&self, keyspace: &str, key: &[u8], version: &Version) -> Result<u64, StoreError> {
+        self.append_for(None, keyspace, key, version)
+    }
+
+    /// [`Self::append`] of a record for one remote DC only (`only`), or
+    /// for every DC (`None`).
+    pub fn append_for(
+        &self,
+        only: Option<&DcName>,
+        keyspace: &str,
+        key: &[u8],
+        version: &Version,
+    ) -> Result<u64, StoreError> {
         if self.is_poisoned() {
             return Err(StoreError::Failed {
                 reason: format!(
@@ -397,6 +428,7 @@ impl<F: Fs> Outbox<F> {
                 keyspace: keyspace.to_owned(),
                 key: key.to_vec(),
                 version: version.clone(),
+                only: only.cloned(),
             };
             let bytes = frame(&record);
             let needs_segment = match inner.segments.last_key_value() {
@@ -585,6 +617,20 @@ impl<F: Fs> Outbox<F> {
         let cursor = cursor.clone();
         self.persist_cursor(dc, &cursor)?;
         self.collect(&mut inner)
+    }
+
+    /// Owe `dc` a full sync (records it was owed were not kept: a
+    /// quarantine with no room for them), durably when it returns.
+    /// Blocking.
+    pub fn owe_full_sync(&self, dc: &DcName) -> Result<(), StoreError> {
+        let mut inner = self.inner.lock();
+        let Some(cursor) = inner.cursors.get_mut(dc) else {
+            return Ok(());
+        };
+        cursor.full_sync_pending = true;
+        cursor.overflows += 1;
+        let cursor = cursor.clone();
+        self.persist_cursor(dc, &cursor)
     }
 
     /// A full-sync with `dc` completed: clear the flag if no new overflow
@@ -781,6 +827,35 @@ mod tests {
         assert_eq!(outbox.read(50, 1, 10).unwrap().len(), 1);
         assert_eq!(outbox.read(50, usize::MAX, 10).unwrap().len(), 10);
         assert_eq!(outbox.append("ks", b"after", &version(999)).unwrap(), 200);
+    }
+
+    /// A record for one DC (a replay) keeps its destination on disk,
+    /// and the records around it read as before.
+    #[test]
+    fn a_record_for_one_datacenter_keeps_its_destination_across_reopen() {
+        let fs = MemFs::new();
+        {
+            let outbox = Outbox::open_with_fs(fs.clone(), mem_dir(), small()).unwrap();
+            outbox.append("ks", b"a", &version(1)).unwrap();
+            outbox
+                .append_for(Some(&dc("dc2")), "ks", b"b", &version(2))
+                .unwrap();
+            outbox.append("ks", b"c", &version(3)).unwrap();
+        }
+        let outbox = Outbox::open_with_fs(fs.crash(), mem_dir(), small()).unwrap();
+        let records = outbox.read(0, usize::MAX, 10).unwrap();
+        let only: Vec<(Vec<u8>, Option<DcName>)> = records
+            .iter()
+            .map(|r| (r.key.clone(), r.only.clone()))
+            .collect();
+        assert_eq!(
+            only,
+            vec![
+                (b"a".to_vec(), None),
+                (b"b".to_vec(), Some(dc("dc2"))),
+                (b"c".to_vec(), None)
+            ]
+        );
     }
 
     #[test]

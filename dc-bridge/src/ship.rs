@@ -8,6 +8,15 @@
 //! advances the persisted cursor. After a failure every batch still in
 //! flight is dropped and shipping resumes from the cursor: batches may
 //! arrive twice, which is harmless (absorb is idempotent).
+//!
+//! A batch the receiver applied except for items it refused for good
+//! (`PeerResponse::Shipped`) settles in order like any other: the
+//! records of the refused items go to the [`Quarantine`] first, durably,
+//! then the cursor moves past the batch ([`settle`]). A record the
+//! quarantine has no room for makes a full sync owed to the DC, durably,
+//! before the cursor moves. Architecture invariant: the cursor never
+//! moves past a record that is neither applied in the remote DC, nor
+//! durable in the quarantine, nor owed there by a full sync.
 
 use isthmus_core::wall_clock::now_ms;
 use std::collections::BTreeMap;
@@ -17,7 +26,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use futures_util::stream::FuturesOrdered;
-use isthmus_core::bridge::FullSync;
+use isthmus_core::bridge::{FullSync, is_permanent};
 use isthmus_core::fs::Fs;
 use isthmus_core::model::{DcName, KeyspaceConfig};
 use isthmus_core::peer::{PeerRequest, PeerResponse};
@@ -30,6 +39,8 @@ use tokio::sync::watch;
 
 use crate::batch::{Item, Record, coalesce, encode_batch};
 use crate::outbox::Outbox;
+use crate::quarantine::{Quarantine, Refused};
+use isthmus_core::store::StoreError;
 
 /// Batches in flight per remote DC (keeps a long link busy).
 pub const WINDOW: usize = 16;
@@ -47,6 +58,43 @@ pub struct ShipStats {
     pub failures: AtomicU64,
 }
 
+/// How a batch ended.
+pub(crate) struct Settled {
+    /// The cursor's next position once it (and every one before it) is
+    /// settled.
+    after: u64,
+    count: usize,
+    raw: usize,
+    wire: usize,
+    /// `None`: not applied (resend); `Some`: applied, but for these
+    /// records, refused for good.
+    refused: Option<Vec<Refused>>,
+}
+
+/// Settle an acknowledged batch, blocking: keep its `refused` records in
+/// `dc`'s quarantine (durable), owe `dc` a full sync for any it had no
+/// room for (durable), and only then move `dc`'s cursor to `after`. An
+/// error leaves the cursor where it was (the batch is shipped again).
+pub fn settle<F: Fs>(
+    outbox: &Outbox<F>,
+    quarantine: &Quarantine<F>,
+    dc: &DcName,
+    after: u64,
+    refused: &[Refused],
+) -> Result<(), StoreError> {
+    if !refused.is_empty() {
+        let added = quarantine.add(dc, refused)?;
+        tracing::warn!(%dc, kept = added.kept, overflowed = added.overflowed,
+            "records refused for good by the remote DC were quarantined");
+        if added.overflowed > 0 {
+            tracing::error!(%dc, records = added.overflowed,
+                "quarantine full: refused records not kept; a full sync is owed");
+            outbox.owe_full_sync(dc)?;
+        }
+    }
+    outbox.acknowledge(dc, after)
+}
+
 /// What a shipper needs.
 pub(crate) struct Shipper<F: Fs> {
     pub outbox: Arc<Outbox<F>>,
@@ -60,9 +108,10 @@ pub(crate) struct Shipper<F: Fs> {
     pub linger: Duration,
     pub stats: Arc<ShipStats>,
     pub call_timeout: Duration,
+    pub quarantine: Arc<Quarantine<F>>,
 }
 
-type InFlight = futures_util::future::BoxFuture<'static, (u64, usize, usize, usize, bool)>;
+type InFlight = futures_util::future::BoxFuture<'static, Settled>;
 
 fn sleep_or_stop(stop: &mut watch::Receiver<bool>, d: Duration) -> impl Future<Output = bool> {
     let mut stop = stop.clone();
@@ -85,10 +134,12 @@ impl<F: Fs> Shipper<F> {
     }
 
     fn ships(&self, record: &Record) -> bool {
-        self.keyspaces
-            .read()
-            .get(&record.keyspace)
-            .is_some_and(|ks| ks.replication.contains_key(&self.dc))
+        record.only.as_ref().is_none_or(|only| *only == self.dc)
+            && self
+                .keyspaces
+                .read()
+                .get(&record.keyspace)
+                .is_some_and(|ks| ks.replication.contains_key(&self.dc))
     }
 
     /// Ship until `stop`.
@@ -144,11 +195,22 @@ impl<F: Fs> Shipper<F> {
                             continue;
                         }
                     }
-                    let shipped = coalesce(records.iter().map(|r| &**r).filter(|r| self.ships(r)));
+                    let count = records.len();
+                    let records: Vec<Arc<Record>> =
+                        records.into_iter().filter(|r| self.ships(r)).collect();
+                    let shipped = coalesce(records.iter().map(|r| &**r));
                     let targets = self.live_targets();
                     if shipped.is_empty() {
                         next = after;
-                        in_flight.push_back(Box::pin(async move { (after, 0, 0, 0, true) }));
+                        in_flight.push_back(Box::pin(async move {
+                            Settled {
+                                after,
+                                count: 0,
+                                raw: 0,
+                                wire: 0,
+                                refused: Some(Vec::new()),
+                            }
+                        }));
                         continue;
                     }
                     if targets.is_empty() {
@@ -156,7 +218,7 @@ impl<F: Fs> Shipper<F> {
                     }
                     next = after;
                     let to = targets[target % targets.len()].clone();
-                    in_flight.push_back(self.send(&shipped, records.len(), after, to));
+                    in_flight.push_back(self.send(shipped, records, count, after, to));
                 }
                 if in_flight.is_empty() {
                     if !self.idle(&mut stop, &mut backoff).await {
@@ -169,10 +231,10 @@ impl<F: Fs> Shipper<F> {
                     _ = &mut arrived, if in_flight.len() < WINDOW => continue,
                     _ = stop.changed() => return,
                 };
-                let Some((after, count, raw, wire, ok)) = done else {
+                let Some(settled) = done else {
                     continue;
                 };
-                if !ok {
+                if !self.acknowledged(settled).await {
                     self.stats.failures.fetch_add(1, Ordering::Relaxed);
                     target = target.wrapping_add(1);
                     if !sleep_or_stop(&mut stop, backoff).await {
@@ -182,7 +244,6 @@ impl<F: Fs> Shipper<F> {
                     continue 'outer;
                 }
                 backoff = Duration::from_millis(100);
-                self.acknowledged(after, count, raw, wire).await;
             }
         }
     }
@@ -208,36 +269,80 @@ impl<F: Fs> Shipper<F> {
         true
     }
 
-    /// Ship one batch of `count` records (coalesced into `shipped`) to
-    /// `to`; the future answers `(after, count, raw bytes, wire bytes,
-    /// acknowledged)`, `after` being the sequence number the cursor moves
-    /// to once this batch and every one before it are acknowledged.
-    fn send(&self, shipped: &[Item], count: usize, after: u64, to: NodeId) -> InFlight {
-        let (batch, raw) = encode_batch(shipped);
+    /// Ship one batch of `count` records (those that ship to this DC,
+    /// `records`, coalesced into `shipped`) to `to`; the future answers
+    /// how it ended, `after` being the sequence number the cursor moves
+    /// to once this batch and every one before it are settled.
+    fn send(
+        &self,
+        shipped: Vec<Item>,
+        records: Vec<Arc<Record>>,
+        count: usize,
+        after: u64,
+        to: NodeId,
+    ) -> InFlight {
+        let (batch, raw) = encode_batch(&shipped);
         let wire = batch.len();
         let transport = self.transport.clone();
         let from_dc = self.from_dc.clone();
         let timeout = self.call_timeout;
         Box::pin(async move {
             let request = PeerRequest::Ship { from_dc, batch };
-            let ok = match transport.call(&to, request, timeout).await {
-                Ok(PeerResponse::Applied) => true,
-                Ok(other) => {
-                    tracing::debug!(node = %to, answer = ?other, "batch refused");
-                    false
-                }
-                Err(e) => {
-                    tracing::debug!(node = %to, error = %e, "batch not delivered");
-                    false
-                }
-            };
-            (after, count, raw, wire, ok)
+            let refused =
+                match transport.call(&to, request, timeout).await {
+                    Ok(PeerResponse::Applied) => Some(Vec::new()),
+                    Ok(PeerResponse::Shipped { refused }) => refused_records(
+                        &shipped, &records, refused,
+                    )
+                    .map_err(|why| tracing::warn!(node = %to, why, "batch answer not understood"))
+                    .ok(),
+                    Ok(other) => {
+                        tracing::debug!(node = %to, answer = ?other, "batch refused");
+                        None
+                    }
+                    Err(e) => {
+                        tracing::debug!(node = %to, error = %e, "batch not delivered");
+                        None
+                    }
+                };
+            Settled {
+                after,
+                count,
+                raw,
+                wire,
+                refused,
+            }
         })
     }
 
-    /// A batch was acknowledged, and every batch before it: count it and
-    /// move the persisted cursor past it.
-    async fn acknowledged(&self, after: u64, count: usize, raw: usize, wire: usize) {
+    /// A batch ended, and every batch before it: when it was applied,
+    /// quarantine what it refused, count it and move the persisted cursor
+    /// past it. `false`: not applied, or not settled (it is resent).
+    async fn acknowledged(&self, settled: Settled) -> bool {
+        let Settled {
+            after,
+            count,
+            raw,
+            wire,
+            refused,
+        } = settled;
+        let Some(refused) = refused else {
+            return false;
+        };
+        let (outbox, quarantine, dc) = (
+            self.outbox.clone(),
+            self.quarantine.clone(),
+            self.dc.clone(),
+        );
+        let done =
+            tokio::task::spawn_blocking(move || settle(&outbox, &quarantine, &dc, after, &refused))
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|r| r.map_err(|e| e.to_string()));
+        if let Err(e) = done {
+            tracing::error!(dc = %self.dc, error = %e, "batch not settled; shipping it again");
+            return false;
+        }
         self.stats
             .records
             .fetch_add(count as u64, Ordering::Relaxed);
@@ -247,15 +352,7 @@ impl<F: Fs> Shipper<F> {
         self.stats
             .wire_bytes
             .fetch_add(wire as u64, Ordering::Relaxed);
-        let outbox = self.outbox.clone();
-        let dc = self.dc.clone();
-        let acked = tokio::task::spawn_blocking(move || outbox.acknowledge(&dc, after))
-            .await
-            .map_err(|e| e.to_string())
-            .and_then(|r| r.map_err(|e| e.to_string()));
-        if let Err(e) = acked {
-            tracing::error!(dc = %self.dc, error = %e, "cursor not persisted");
-        }
+        true
     }
 
     /// The next batch's records from `from`, and their encoded size.
@@ -269,6 +366,37 @@ impl<F: Fs> Shipper<F> {
         let bytes = records.iter().map(|r| crate::batch::record_bytes(r)).sum();
         Ok((records, bytes))
     }
+}
+
+/// The records behind the items a receiver refused for good: every
+/// record of the batch with the item's keyspace and key. An answer that
+/// names no item of the batch, or a refusal that is not permanent, is not
+/// understood (the batch is resent).
+fn refused_records(
+    shipped: &[Item],
+    records: &[Arc<Record>],
+    refused: Vec<isthmus_core::peer::ShipRefusal>,
+) -> Result<Vec<Refused>, String> {
+    let mut out = Vec::new();
+    for r in refused {
+        let item = shipped
+            .get(r.item as usize)
+            .ok_or_else(|| format!("item {} of a batch of {}", r.item, shipped.len()))?;
+        if !is_permanent(r.error.code) {
+            return Err(format!("item {} refused with {:?}", r.item, r.error.code));
+        }
+        out.extend(
+            records
+                .iter()
+                .filter(|rec| rec.keyspace == item.keyspace && rec.key == item.key)
+                .map(|rec| Refused {
+                    record: rec.clone(),
+                    code: r.error.code,
+                    message: r.error.message.clone(),
+                }),
+        );
+    }
+    Ok(out)
 }
 
 /// Runs full-syncs owed after the outbox bound cut a DC loose.
@@ -323,5 +451,147 @@ pub(crate) async fn full_syncer<F: Fs>(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use isthmus_client::wire::ErrorCode;
+    use isthmus_core::fs::MemFs;
+    use isthmus_core::model::{Actor, Clock, Dot, Version};
+
+    use super::*;
+    use crate::outbox::OutboxConfig;
+
+    fn version(n: u64) -> Version {
+        let mut clock = Clock::new();
+        clock.add_dot(Dot {
+            actor: Actor(1),
+            counter: n,
+        });
+        Version::value(clock, vec![b'x'; 100], n, "dc1".into())
+    }
+
+    /// Power cut at every sync point of a run in which every third record
+    /// is refused for good and the quarantine fills up part-way: after
+    /// recovery, every record the cursor moved past that was refused is
+    /// in the quarantine, or a full sync is owed to the DC.
+    #[test]
+    fn power_loss_never_lets_the_cursor_pass_a_refused_record_not_kept() {
+        let dc2 = DcName("dc2".into());
+        let config = OutboxConfig {
+            segment_bytes: 2048,
+            tail_cache_bytes: 8192,
+            ..OutboxConfig::default()
+        };
+        let (outbox_dir, q_dir) = (Path::new("/bridge"), Path::new("/bridge/quarantine"));
+        // Room for about ten refused records of the twenty.
+        let q_max = 2048;
+        let mut overflowed_somewhere = false;
+        for n in 0.. {
+            let fs = MemFs::new();
+            fs.eager_removals();
+            let outbox = Outbox::open_with_fs(fs.clone(), outbox_dir, config.clone()).unwrap();
+            let (q, _) = Quarantine::open(fs.clone(), q_dir, q_max).unwrap();
+            outbox.register(&dc2).unwrap();
+            fs.fail_sync_after(n);
+            let mut refused_seqs = Vec::new();
+            let mut completed = true;
+            'run: for batch in 0..15u64 {
+                let mut refused = Vec::new();
+                let mut last = 0;
+                for i in 0..4 {
+                    let Ok(seq) = outbox.append("orders", b"k", &version(batch * 4 + i + 1)) else {
+                        completed = false;
+                        break 'run;
+                    };
+                    last = seq;
+                    if seq % 3 == 0 {
+                        let record = outbox.read(seq, usize::MAX, 1).unwrap().remove(0);
+                        refused.push(Refused {
+                            record,
+                            code: ErrorCode::BadRequest,
+                            message: "unknown keyspace".into(),
+                        });
+                    }
+                }
+                refused_seqs.extend(refused.iter().map(|r| r.record.seq));
+                if settle(&outbox, &q, &dc2, last + 1, &refused).is_err() {
+                    completed = false;
+                    break;
+                }
+            }
+            let fs = fs.crash();
+            drop((outbox, q));
+            let outbox = Outbox::open_with_fs(fs.clone(), outbox_dir, config.clone()).unwrap();
+            let (q, damaged) = Quarantine::open(fs, q_dir, q_max).unwrap();
+            assert!(damaged.is_empty(), "sync {n}: damage after a power cut");
+            let cursor = outbox.cursor(&dc2).unwrap();
+            if cursor.full_sync_pending {
+                overflowed_somewhere = true;
+                if completed {
+                    break;
+                }
+                continue;
+            }
+            let kept: BTreeMap<u64, ()> = q
+                .list(Some(&dc2), None, false)
+                .unwrap()
+                .0
+                .iter()
+                .map(|r| (r.seq, ()))
+                .collect();
+            for seq in refused_seqs.iter().filter(|&&s| s < cursor.next) {
+                assert!(
+                    kept.contains_key(seq),
+                    "sync {n}: the cursor ({}) passed refused record {seq}, neither kept nor owed a full sync",
+                    cursor.next
+                );
+            }
+            assert!(!completed, "the run fills the quarantine");
+        }
+        assert!(overflowed_somewhere);
+    }
+
+    #[test]
+    fn only_refusals_of_items_in_the_batch_with_permanent_codes_are_understood() {
+        let record = |seq: u64, key: &[u8]| {
+            Arc::new(Record {
+                seq,
+                enqueued_ms: 0,
+                keyspace: "orders".into(),
+                key: key.to_vec(),
+                version: version(seq + 1),
+                only: None,
+            })
+        };
+        let records = vec![record(0, b"a"), record(1, b"b"), record(2, b"a")];
+        let shipped = coalesce(records.iter().map(|r| &**r));
+        let refusal = |item: u32, code: ErrorCode| isthmus_core::peer::ShipRefusal {
+            item,
+            error: isthmus_client::wire::WireError {
+                code,
+                message: "no".into(),
+                acks: None,
+                needs: None,
+            },
+        };
+        // Item 0 is key "a": both its records.
+        let found = refused_records(
+            &shipped,
+            &records,
+            vec![refusal(0, ErrorCode::ValueTooLarge)],
+        )
+        .unwrap();
+        let seqs: Vec<u64> = found.iter().map(|r| r.record.seq).collect();
+        assert_eq!(seqs, vec![0, 2]);
+        assert!(
+            refused_records(&shipped, &records, vec![refusal(5, ErrorCode::BadRequest)]).is_err()
+        );
+        assert!(
+            refused_records(&shipped, &records, vec![refusal(1, ErrorCode::ClockSkew)]).is_err()
+        );
     }
 }

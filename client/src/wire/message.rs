@@ -264,6 +264,93 @@ pub enum RequestBody {
     /// with [`ErrorCode::Cancelled`]. A decommission cancelled before its
     /// node has left returns the node to normal.
     Cancel,
+    /// The answering node's bridge quarantine: records another datacenter
+    /// refused for a reason that will not change by retrying (admin).
+    Quarantine(QuarantineRequest),
+}
+
+/// An operation on a node's bridge quarantine (its dead-letter store, one
+/// per remote datacenter). (Appended last: variants are encoded by
+/// position.)
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum QuarantineRequest {
+    /// One page of the quarantined records, in order of datacenter, then
+    /// id, starting after `after`.
+    List {
+        /// One remote datacenter, or every one.
+        dc: Option<String>,
+        /// Where the previous page stopped (its `next`).
+        after: Option<QuarantinePosition>,
+        /// Include each record's encoded form (for an export).
+        records: bool,
+    },
+    /// Put records back in the outbox for `dc` (after the cause was
+    /// fixed there) and remove them from the quarantine once they are.
+    Replay {
+        /// The remote datacenter.
+        dc: String,
+        /// Which records (by id), at most 64; empty: the first 64 held
+        /// for `dc` (replay again for the rest).
+        ids: Vec<u64>,
+    },
+}
+
+/// A place in a node's quarantine: a remote datacenter and a record id.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct QuarantinePosition {
+    /// The remote datacenter.
+    pub dc: String,
+    /// A record id in its store.
+    pub id: u64,
+}
+
+/// One quarantined record as an operator sees it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QuarantinedRecord {
+    /// The datacenter that refused it.
+    pub dc: String,
+    /// Its id in that datacenter's store (what `Replay` names).
+    pub id: u64,
+    /// When it was quarantined, Unix milliseconds.
+    pub quarantined_ms: u64,
+    /// Keyspace of the write.
+    pub keyspace: String,
+    /// The key.
+    pub key: Vec<u8>,
+    /// Why the datacenter refused it.
+    pub code: ErrorCode,
+    /// The refusal's message, as the receiving node wrote it.
+    pub message: String,
+    /// Its position in the sending node's outbox.
+    pub seq: u64,
+    /// The write's timestamp, Unix milliseconds.
+    pub timestamp_ms: u64,
+    /// Whether the write is a delete.
+    pub tombstone: bool,
+    /// Bytes of its value (0 for a delete).
+    pub value_bytes: u64,
+    /// The whole outbox record as the bridge encodes it (postcard), when
+    /// asked for: what a replay ships again.
+    pub record: Option<Vec<u8>>,
+}
+
+/// The answer to a [`QuarantineRequest`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum QuarantineResponse {
+    /// A page of records.
+    Listing {
+        /// The records, by datacenter then id.
+        records: Vec<QuarantinedRecord>,
+        /// Where the next page starts (`None`: this was the last).
+        next: Option<QuarantinePosition>,
+    },
+    /// What a replay did.
+    Replayed {
+        /// Records put back in the outbox and removed from the quarantine.
+        replayed: u64,
+        /// Ids asked for that the quarantine does not hold.
+        missing: Vec<u64>,
+    },
 }
 
 /// A resolver registry operation. Mutations are validated by the
@@ -372,6 +459,16 @@ pub struct BridgeReport {
     /// Keys applied here from `remote_dc` (a batch carries each key's
     /// records joined, so a hot key counts once per batch).
     pub applied_in: u64,
+    /// Records `remote_dc` refused for good that this node quarantined
+    /// since it started.
+    pub quarantined: u64,
+    /// Records held in this node's quarantine for `remote_dc` now.
+    pub quarantine_held: u64,
+    /// Bytes of that quarantine on disk.
+    pub quarantine_bytes: u64,
+    /// Refused records the quarantine had no room for since this node
+    /// started: each made a full sync owed to `remote_dc` instead.
+    pub quarantine_overflows: u64,
 }
 
 /// One live sibling as a client sees it.
@@ -420,6 +517,8 @@ pub enum ResponseBody {
         /// What was cancelled ("a repair", "a decommission", ...).
         operation: Option<String>,
     },
+    /// The answer to a [`RequestBody::Quarantine`].
+    Quarantine(QuarantineResponse),
 }
 
 /// What a [`RegistryRequest`] did.

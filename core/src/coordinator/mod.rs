@@ -456,15 +456,7 @@ impl<S: LocalStore, T: Transport, H: HintSink> Coordinator<S, T, H> {
         entries: Entries,
         deadline: Duration,
     ) -> Result<(), CoordinatorError> {
-        let ks = self.keyspace(keyspace)?;
-        if ks.replication.get(&self.config.dc).copied().unwrap_or(0) == 0 {
-            return Err(CoordinatorError::BadRequest {
-                reason: format!(
-                    "keyspace {keyspace:?} has no replicas in {}",
-                    self.config.dc
-                ),
-            });
-        }
+        let ks = self.delivery_keyspace(keyspace)?;
         let view = self.view.borrow().clone();
         // A delivery is a write at LOCAL_QUORUM: the bridge it came from
         // carries it to the other DCs.
@@ -491,14 +483,15 @@ impl<S: LocalStore, T: Transport, H: HintSink> Coordinator<S, T, H> {
             let part: Entries = idx.iter().map(|&i| entries[i].clone()).collect();
             self.deliver_part(keyspace, node, part, &view, deadline)
         });
-        let answers: BTreeMap<NodeId, bool> = futures_util::future::join_all(calls)
-            .await
-            .into_iter()
-            .collect();
+        let answers: BTreeMap<NodeId, Result<(), Option<WireError>>> =
+            futures_util::future::join_all(calls)
+                .await
+                .into_iter()
+                .collect();
         let mut worst: Option<QuorumTracker> = None;
         for mut tracker in trackers {
-            for (node, ok) in &answers {
-                if *ok {
+            for (node, answer) in &answers {
+                if answer.is_ok() {
                     tracker.ack(node);
                 } else {
                     tracker.fail(node);
@@ -510,13 +503,74 @@ impl<S: LocalStore, T: Transport, H: HintSink> Coordinator<S, T, H> {
                 worst = Some(tracker);
             }
         }
-        match worst {
-            None => Ok(()),
-            Some(t) => Err(CoordinatorError::QuorumLost {
+        let Some(t) = worst else { return Ok(()) };
+        // A replica's refusal that retrying cannot change is what the
+        // bridge must hear (it then finds the keys refused and quarantines
+        // them), not a bare count.
+        let refusal = answers.into_iter().find_map(|(node, answer)| match answer {
+            Err(Some(e)) if crate::bridge::is_permanent(e.code) => Some((node, e)),
+            _ => None,
+        });
+        Err(match refusal {
+            Some((node, error)) => CoordinatorError::Peer { node, error },
+            None => CoordinatorError::QuorumLost {
                 required: t.required() as u32,
                 acked: t.acked() as u32,
-            }),
+            },
+        })
+    }
+
+    /// The keyspace a delivery from another DC writes to: configured here
+    /// and replicated in this DC.
+    fn delivery_keyspace(&self, keyspace: &str) -> Result<KeyspaceConfig, CoordinatorError> {
+        let ks = self.keyspace(keyspace)?;
+        if ks.replication.get(&self.config.dc).copied().unwrap_or(0) == 0 {
+            return Err(CoordinatorError::BadRequest {
+                reason: format!(
+                    "keyspace {keyspace:?} has no replicas in {}",
+                    self.config.dc
+                ),
+            });
         }
+        Ok(ks)
+    }
+
+    /// [`Deliver::admit`]: what this node can tell of a delivery before
+    /// any replica is asked.
+    pub fn admit_delivery(
+        &self,
+        keyspace: &str,
+        key: &[u8],
+        versions: &[Version],
+    ) -> Result<(), CoordinatorError> {
+        // Per item of a batch: look, do not clone the keyspace's config.
+        let replicated_here = self
+            .keyspaces
+            .read()
+            .get(keyspace)
+            .map(|ks| ks.replication.get(&self.config.dc).copied().unwrap_or(0) > 0);
+        match replicated_here {
+            Some(true) => {}
+            // The same refusals, worded once, as a delivery meets them.
+            _ => {
+                self.delivery_keyspace(keyspace)?;
+            }
+        }
+        let limits = &self.config.limits;
+        limits.check(key, None)?;
+        for v in versions {
+            if let Payload::Value(value) = &v.payload {
+                limits.check(key, Some(value))?;
+            }
+        }
+        if versions.len() > limits.siblings_max {
+            return Err(crate::limit::LimitError::TooManySiblings {
+                count: versions.len(),
+                max: limits.siblings_max,
+            }
+            .into());
+        }
+        Ok(())
     }
 
     /// One node's part of a delivery; hints for it when it misses it.
@@ -527,29 +581,35 @@ impl<S: LocalStore, T: Transport, H: HintSink> Coordinator<S, T, H> {
         part: Entries,
         view: &ClusterView,
         deadline: Duration,
-    ) -> (NodeId, bool) {
+    ) -> (NodeId, Result<(), Option<WireError>>) {
         if node == self.config.node {
-            let ok = self.replica.apply_many(keyspace, part).await.is_ok();
-            return (node, ok);
+            let answer = match self.replica.apply_many(keyspace, part).await {
+                Ok(()) => Ok(()),
+                Err(e) => Err(Some(CoordinatorError::from(e).to_wire())),
+            };
+            return (node, answer);
         }
-        let ok = view.alive.contains(&node) && {
+        let answer = if view.alive.contains(&node) {
             let request = PeerRequest::ApplyBatch {
                 keyspace: keyspace.to_owned(),
                 entries: part.clone(),
             };
-            matches!(
-                self.transport.call(&node, request, deadline).await,
-                Ok(PeerResponse::Applied)
-            )
+            match self.transport.call(&node, request, deadline).await {
+                Ok(PeerResponse::Applied) => Ok(()),
+                Ok(PeerResponse::Error(refusal)) => Err(Some(refusal)),
+                _ => Err(None),
+            }
+        } else {
+            Err(None)
         };
-        if !ok {
+        if answer.is_err() {
             for (key, versions) in part {
                 if let Err(e) = self.hints.add(&node, keyspace, &key, versions).await {
                     tracing::error!(%node, error = %e, "could not store a hint");
                 }
             }
         }
-        (node, ok)
+        (node, answer)
     }
 
     /// Send `versions` to the targets other than this node and wait for
@@ -908,6 +968,15 @@ impl<S: LocalStore, T: Transport, H: HintSink> Deliver for Coordinator<S, T, H> 
         deadline: Duration,
     ) -> BoxFuture<'a, Result<(), CoordinatorError>> {
         Box::pin(self.deliver_local(keyspace, entries, deadline))
+    }
+
+    fn admit(
+        &self,
+        keyspace: &str,
+        key: &[u8],
+        versions: &[Version],
+    ) -> Result<(), CoordinatorError> {
+        self.admit_delivery(keyspace, key, versions)
     }
 }
 

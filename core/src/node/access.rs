@@ -111,6 +111,7 @@ pub fn needs(name: &str, request: &RequestBody) -> Option<Permission> {
         | RequestBody::Decommission
         | RequestBody::Cancel
         | RequestBody::Registry(_)
+        | RequestBody::Quarantine(_)
         | RequestBody::User(_) => Some(Permission::Admin),
     }
 }
@@ -146,5 +147,11 @@ mod tests {
         assert_eq!(needs("b", &own), Some(Permission::Admin));
         let upload = RequestBody::Registry(RegistryRequest::List);
         assert_eq!(needs("a", &upload), None);
+        let list = RequestBody::Quarantine(isthmus_client::wire::QuarantineRequest::List {
+            dc: None,
+            after: None,
+            records: true,
+        });
+        assert_eq!(needs("a", &list), Some(Permission::Admin));
     }
 }

@@ -340,6 +340,7 @@ fn config(cluster: &Cluster, spec: &NodeSpec) -> NodeConfig {
             // Small batches: several in flight at once.
             batch_bytes_max: 4096,
             linger_ms: 2,
+            ..BridgeSection::default()
         },
         wan_proxy: None,
         bootstrap: spec.bootstrap,

@@ -270,3 +270,23 @@ where
         None => bad_request("this node runs no resolver registry".into()),
     }
 }
+
+/// `Quarantine`: list or replay the records another datacenter refused
+/// for good, held by this node's bridge.
+pub async fn quarantine<S, T, H>(
+    node: &NodeHandler<S, T, H>,
+    request: isthmus_client::wire::QuarantineRequest,
+) -> ResponseBody
+where
+    S: LocalStore + Clone,
+    T: GossipTransport,
+    H: HintQueue + HintSink,
+{
+    match node.coordinator.bridge() {
+        Some(bridge) => match bridge.quarantine(request).await {
+            Ok(answer) => ResponseBody::Quarantine(answer),
+            Err(e) => ResponseBody::Error(e),
+        },
+        None => bad_request("this node runs no cross-DC bridge".into()),
+    }
+}

@@ -151,6 +151,7 @@ where
                 operation: self.repairer.cancel().map(str::to_owned),
             },
             RequestBody::Registry(request) => client::registry(self, request, deadline).await,
+            RequestBody::Quarantine(request) => client::quarantine(self, request).await,
             RequestBody::User(request) => match &self.access.users {
                 Some(users) => match crate::auth::serve(users, request).await {
                     Ok(answer) => ResponseBody::User(answer),

@@ -81,7 +81,8 @@ where
             .receive(from_dc, batch, node.coordinator.as_ref())
             .await
         {
-            Ok(()) => PeerResponse::Applied,
+            Ok(refused) if refused.is_empty() => PeerResponse::Applied,
+            Ok(refused) => PeerResponse::Shipped { refused },
             Err(e) => PeerResponse::Error(e),
         },
         None => PeerResponse::Error(WireError {
