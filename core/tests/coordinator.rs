@@ -161,6 +161,7 @@ fn cluster(nodes: usize, rf: u32, merge: Arc<dyn MergeHook>, limits: Limits) -> 
             actor: Actor(100 + i as u64),
             limits: limits.clone(),
             clock_skew_max_ms: isthmus_core::limit::CLOCK_SKEW_MAX_MS_DEFAULT,
+            merge: Default::default(),
         };
         let node = Coordinator::new(
             config,

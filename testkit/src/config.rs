@@ -49,6 +49,7 @@ pub fn node(id: &str, dc: &str, data_dir: PathBuf) -> NodeConfig {
         },
         keyspaces: BTreeMap::new(),
         server: Default::default(),
+        merge: Default::default(),
     }
 }
 

@@ -65,7 +65,7 @@ use crate::store::{BlockingRead, EngineStore, LocalStore};
 use crate::system_keyspace::{self, REGISTRY_KEYSPACE, RegistryHook, SystemKeyspace, SystemWriter};
 use crate::transport::TcpTransport;
 use crate::view::ClusterView;
-use crate::worker::{WorkerStatus, Workers};
+use crate::worker::{WorkerHandle, WorkerStatus, Workers};
 
 pub use crate::limit::CONTEXT_ENTRIES_MAX;
 
@@ -426,6 +426,7 @@ where
         actor: parts.actor,
         limits: tuning.limits.clone(),
         clock_skew_max_ms: config.clock_skew_max_ms,
+        merge: config.merge.to_config(),
     };
     let coordinator = coordinator(identity, &parts, merge, &keyspaces, &view, bridge);
     let system = |name| system_keyspace(name, &me, &parts, &coordinator, &keyspaces, &tuning);
@@ -483,6 +484,7 @@ where
     spawn_background(
         &workers,
         Background {
+            replica: coordinator.replica().clone(),
             gossiper: gossiper.clone(),
             repairer: repairer.clone(),
             movement,
@@ -570,6 +572,7 @@ fn spawn_server<S, T, H, L>(
 
 /// What a node's background loops are given.
 struct Background<S, T: GossipTransport, H> {
+    replica: Arc<Replica<S>>,
     gossiper: Arc<Gossiper<T>>,
     repairer: Arc<NodeRepairer<S, T>>,
     movement: movement::Movement<StoreData<S, Arc<Replica<S>>>, T>,
@@ -599,6 +602,9 @@ fn spawn_background<S, T, H>(
         system_keyspace::track_replication(bg.keyspaces.clone(), bg.view.clone(), stopped(), w)
     });
     workers.spawn("gossip", |w| bg.gossiper.clone().run(stopped(), w));
+    workers.spawn("merge-retry", |w| {
+        retry_merges(bg.replica.clone(), stopped(), w)
+    });
     if let Some(dir) = bg.peers_dir {
         let interval = tuning.gossip.interval * 5;
         workers.spawn("peers", |w| {
@@ -616,6 +622,33 @@ fn spawn_background<S, T, H>(
     }
     if !tuning.repair.interval.is_zero() {
         workers.spawn("repair", |w| bg.repairer.run(stopped(), w));
+    }
+}
+
+/// Every 100 ms, merge again (up to 16 batches of 64) the keys whose merge was
+/// deferred for their keyspace's budget or a full merge queue, once the
+/// keyspace has budget again ([`Replica::retry_deferred`]).
+async fn retry_merges<S: LocalStore>(
+    replica: Arc<Replica<S>>,
+    mut stop: watch::Receiver<bool>,
+    worker: WorkerHandle,
+) {
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+        }
+        if replica.merge_pool().deferred_keys() == 0 {
+            continue;
+        }
+        worker.busy();
+        // At most 16 batches a round: keys deferred again wait for the next.
+        for _ in 0..16 {
+            if *stop.borrow() || replica.retry_deferred(64).await == 0 {
+                break;
+            }
+        }
+        worker.idle();
     }
 }
 
