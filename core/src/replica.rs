@@ -46,6 +46,23 @@ pub struct Replica<S> {
     key_locks: Vec<Mutex<()>>,
     system_applies: Arc<AtomicU64>,
     bounds: ReplicaBounds,
+    /// Where versions this replica made by collapsing two coordinations
+    /// of one write go, to be spread like writes ([`Replica::on_collapse`]).
+    collapsed: std::sync::OnceLock<tokio::sync::mpsc::Sender<Collapsed>>,
+}
+
+/// A version a replica made by collapsing two coordinations of one write
+/// ([`VersionSet::absorb_noting_collapse`]): no other replica was sent it,
+/// and one where a later write had already replaced one of the copies
+/// cannot make it, so it must travel like a write.
+#[derive(Debug, Clone)]
+pub struct Collapsed {
+    /// Its keyspace.
+    pub keyspace: String,
+    /// Its key.
+    pub key: Vec<u8>,
+    /// The collapsed version.
+    pub version: Version,
 }
 
 /// What a replica refuses to absorb.
@@ -95,6 +112,31 @@ impl<S: LocalStore> Replica<S> {
             key_locks: (0..KEY_LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
             system_applies: Arc::default(),
             bounds,
+            collapsed: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Send the versions this replica makes by collapsing two
+    /// coordinations of one write to `spread` (the coordinator replicates
+    /// them). Without it, or when it is full, they reach the others by
+    /// repair.
+    pub fn on_collapse(&self, spread: tokio::sync::mpsc::Sender<Collapsed>) {
+        let _ = self.collapsed.set(spread);
+    }
+
+    fn note_collapsed(&self, keyspace: &str, key: &[u8], made: Vec<Version>) {
+        let Some(spread) = self.collapsed.get() else {
+            return;
+        };
+        for version in made {
+            let collapsed = Collapsed {
+                keyspace: keyspace.to_owned(),
+                key: key.to_vec(),
+                version,
+            };
+            if spread.try_send(collapsed).is_err() {
+                tracing::debug!("collapsed version not spread (queue full): repair carries it");
+            }
         }
     }
 
@@ -326,9 +368,12 @@ impl<S: LocalStore> Replica<S> {
     }
 
     /// Absorb many keys' versions: one engine batch, or key by key (each
-    /// merged) when the keyspace has a resolver. The store's batch keeps
-    /// the sibling bound itself (the engine counts a batch's versions of
-    /// one key together).
+    /// merged) when the keyspace has a resolver. Without one, each key is
+    /// read first: the sibling bound holds over its whole set (memtables
+    /// and tables), and collapsed coordinations of a write are noted for
+    /// spreading. The read is unlocked, so a concurrent write can slip past
+    /// the bound by its own siblings; the engine still counts a batch's
+    /// versions of one key together.
     pub async fn apply_many(&self, keyspace: &str, entries: Entries) -> Result<(), StoreError> {
         self.check_delivery(entries.iter().map(|(_, versions)| versions.as_slice()))?;
         if self.has_resolver(keyspace) {
@@ -336,8 +381,31 @@ impl<S: LocalStore> Replica<S> {
                 self.apply(keyspace, &key, versions).await?;
             }
         } else {
+            // Each key as the batch would leave it, whole (memtables and
+            // tables): the sibling bound holds across them, and a version
+            // collapsed with another coordination of its write is noted.
+            let max = self.bounds.siblings_max;
+            let mut made = Vec::new();
+            for (key, versions) in &entries {
+                let mut set = self.store.get(keyspace, key).await?;
+                let before = set.len();
+                for v in versions {
+                    if let Some(version) = set.absorb_noting_collapse(v.clone()) {
+                        made.push((key.clone(), version));
+                    }
+                }
+                if set.len() > max && set.len() > before {
+                    return Err(StoreError::Limit(LimitError::TooManySiblings {
+                        count: set.len(),
+                        max,
+                    }));
+                }
+            }
             self.store.apply_many(keyspace, entries).await?;
             self.applied(keyspace);
+            for (key, version) in made {
+                self.note_collapsed(keyspace, &key, vec![version]);
+            }
         }
         Ok(())
     }
@@ -380,8 +448,9 @@ impl<S: LocalStore> LockedKey<'_, S> {
     ) -> Result<Option<MergeDue>, StoreError> {
         let replica = self.replica;
         let before = set.len();
+        let mut made = Vec::new();
         for v in &versions {
-            set.absorb(v.clone());
+            made.extend(set.absorb_noting_collapse(v.clone()));
         }
         let max = replica.bounds.siblings_max;
         if set.len() > max && set.len() > before {
@@ -392,6 +461,7 @@ impl<S: LocalStore> LockedKey<'_, S> {
         }
         replica.store.apply(keyspace, self.key, versions).await?;
         replica.applied(keyspace);
+        replica.note_collapsed(keyspace, self.key, made);
         let due = (set.len() > 1 && replica.has_resolver(keyspace)).then(|| MergeDue {
             keyspace: keyspace.to_owned(),
             key: self.key.to_vec(),

@@ -71,6 +71,8 @@ async fn every_loop_is_a_named_worker_with_a_status() {
             "system-replication",
             "gossip",
             "merge-retry",
+            "collapse-spread",
+            "alive",
             "peers",
             "handoff",
             "repair",

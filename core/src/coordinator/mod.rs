@@ -67,7 +67,7 @@ use crate::model::{
 };
 use crate::peer::{PeerRequest, PeerResponse};
 use crate::quorum::{Outcome, QuorumTracker};
-use crate::replica::{MergeDue, Replica, ReplicaBounds};
+use crate::replica::{Collapsed, MergeDue, Replica, ReplicaBounds};
 use crate::ring::NodeId;
 use crate::store::{LocalStore, StoreError};
 use crate::system_keyspace::{SYSTEM_WRITE_LEVEL, SystemWriter};
@@ -103,7 +103,18 @@ pub struct Coordinator<S, T, H> {
     keyspaces: Arc<RwLock<BTreeMap<String, KeyspaceConfig>>>,
     view: watch::Receiver<Arc<ClusterView>>,
     bridge: Option<Arc<dyn Bridge>>,
+    /// Versions the replica made by collapsing two coordinations of one
+    /// write, until [`Coordinator::spread_collapsed`] takes them.
+    collapsed: parking_lot::Mutex<Option<mpsc::Receiver<Collapsed>>>,
 }
+
+/// How many collapsed versions wait to be spread (more are left to
+/// repair).
+const COLLAPSED_QUEUE: usize = 1024;
+
+/// How long spreading a collapsed version waits for its replicas (those
+/// that miss it get hints).
+const SPREAD_DEADLINE: Duration = Duration::from_secs(5);
 
 /// One write as the coordinator handles it.
 #[derive(Clone, Debug)]
@@ -147,6 +158,8 @@ impl<S: LocalStore, T: Transport, H: HintSink> Coordinator<S, T, H> {
             keyspaces.clone(),
             bounds,
         );
+        let (spread, collapsed) = mpsc::channel(COLLAPSED_QUEUE);
+        replica.on_collapse(spread);
         Coordinator {
             config,
             replica: Arc::new(replica),
@@ -155,7 +168,68 @@ impl<S: LocalStore, T: Transport, H: HintSink> Coordinator<S, T, H> {
             keyspaces,
             view,
             bridge: None,
+            collapsed: parking_lot::Mutex::new(Some(collapsed)),
         }
+    }
+
+    /// The worker that spreads what the replica collapsed: each version
+    /// goes to every replica of its key in this DC (hints for those it
+    /// misses) and into the bridge's outbox for the others (or, without a
+    /// bridge, straight to every replica), as a write would. A replica
+    /// where a later write had replaced one copy of the write before the
+    /// other arrived cannot collapse them itself; this version is what
+    /// makes it agree. Runs until `stop` (once: a second call returns).
+    pub async fn spread_collapsed(&self, mut stop: watch::Receiver<bool>) {
+        let Some(mut collapsed) = self.collapsed.lock().take() else {
+            return;
+        };
+        loop {
+            let next = tokio::select! {
+                next = collapsed.recv() => next,
+                _ = stop.changed() => return,
+            };
+            let Some(Collapsed {
+                keyspace,
+                key,
+                version,
+            }) = next
+            else {
+                return;
+            };
+            if let Err(e) = self.spread(&keyspace, &key, version).await {
+                tracing::debug!(error = %e, "a collapsed version was not spread everywhere; repair carries it");
+            }
+        }
+    }
+
+    async fn spread(
+        &self,
+        keyspace: &str,
+        key: &[u8],
+        version: Version,
+    ) -> Result<(), CoordinatorError> {
+        let ks = self.keyspace(keyspace)?;
+        if let Some(bridge) = &self.bridge {
+            bridge.enqueue(keyspace, key, &version).await?;
+        }
+        let level = if self.bridge.is_some() {
+            Consistency::LocalOne
+        } else {
+            Consistency::One
+        };
+        let view = self.view.borrow().clone();
+        let scope = self.scope(&ks, level);
+        let mut targets = target::targets(Operation::Write, &scope, &view, key_hash(key));
+        targets.tracker.ack(&self.config.node);
+        self.replicate(
+            keyspace,
+            key,
+            vec![version],
+            targets,
+            &view,
+            SPREAD_DEADLINE,
+        )
+        .await
     }
 
     /// The replica this node coordinates over: the one path by which

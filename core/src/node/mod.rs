@@ -429,6 +429,12 @@ where
         merge: config.merge.to_config(),
     };
     let coordinator = coordinator(identity, &parts, merge, &keyspaces, &view, bridge);
+    {
+        let (coordinator, stop) = (coordinator.clone(), stop_rx.clone());
+        workers.spawn("collapse-spread", |_| async move {
+            coordinator.spread_collapsed(stop).await
+        });
+    }
     let system = |name| system_keyspace(name, &me, &parts, &coordinator, &keyspaces, &tuning);
     attach_registry(system(REGISTRY_KEYSPACE), &tuning);
     let access = access::Access {
