@@ -739,4 +739,43 @@ mod tests {
         assert_eq!(replica.read("ks", b"k").await.unwrap(), before);
         assert_eq!(replica.merge_pool().stats().run(), 1);
     }
+
+    #[tokio::test]
+    async fn a_batch_delivery_keeps_the_sibling_bound_over_what_the_key_already_holds() {
+        let keyspaces = BTreeMap::from([(
+            "plain".to_owned(),
+            KeyspaceConfig {
+                replication: BTreeMap::from([("dc1".into(), 1)]),
+                ..KeyspaceConfig::default()
+            },
+        )]);
+        let replica = Replica::new(
+            MemStore::new(),
+            Arc::new(crate::merge::NoMerge),
+            MergeConfig::default(),
+            Arc::new(RwLock::new(keyspaces)),
+            ReplicaBounds {
+                siblings_max: 4,
+                clock_skew_max_ms: 60_000,
+            },
+        );
+        for a in 1..=4 {
+            replica
+                .apply("plain", b"k", vec![version(a, &[], b"v")])
+                .await
+                .unwrap();
+        }
+        // One more concurrent version in a batch (the bridge's path) would
+        // make five: refused, typed, and nothing of the batch stored.
+        let batch = vec![
+            (b"j".to_vec(), vec![version(9, &[], b"other key")]),
+            (b"k".to_vec(), vec![version(5, &[], b"v")]),
+        ];
+        match replica.apply_many("plain", batch).await {
+            Err(StoreError::Limit(LimitError::TooManySiblings { count: 5, max: 4 })) => {}
+            other => panic!("a fifth sibling was taken: {other:?}"),
+        }
+        assert_eq!(replica.read("plain", b"k").await.unwrap().len(), 4);
+        assert!(replica.read("plain", b"j").await.unwrap().is_empty());
+    }
 }
