@@ -11,7 +11,7 @@
 //! - `bridge quarantine list|export|replay`: records another datacenter
 //!   refused for good, held by a node's bridge.
 //! - `resolver check FILE.wasm`: the law checker for merge modules;
-//!   `resolver upload|attach|detach|rollback|list --addr HOST:PORT`: the
+//!   `resolver upload|attach|detach|rollback|delete|list --addr HOST:PORT`: the
 //!   cluster's replicated resolver registry.
 //!
 //! `demo`, `bench` and `bench-bridge` are the `demo` feature (on by

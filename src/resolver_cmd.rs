@@ -96,6 +96,15 @@ pub enum ResolverCommand {
         #[arg(long)]
         keyspace: String,
     },
+    /// Delete a registered NAME@VERSION that no keyspace uses (bound now,
+    /// in the binding history a rollback returns to, or as a keyspace's
+    /// configured default), from every node. Needs the admin permission.
+    Delete {
+        #[command(flatten)]
+        node: NodeArgs,
+        /// The resolver, NAME@VERSION.
+        resolver: String,
+    },
     /// List registered resolvers (name, version, hash, size, law check)
     /// and keyspace bindings, as the node's replica holds them.
     List {
@@ -333,6 +342,22 @@ fn registry_command(command: ResolverCommand) -> anyhow::Result<(String, u8)> {
             match call(&node, RegistryRequest::Rollback { keyspace })? {
                 RegistryResponse::Bound(b) => Ok((format_binding(&b), 0)),
                 other => Err(expect("rollback", other)),
+            }
+        }
+        ResolverCommand::Delete { node, resolver } => {
+            let (name, version) = isthmus_core::config::parse_resolver_binding(&resolver)
+                .with_context(|| format!("{resolver:?} is not NAME@VERSION"))?;
+            match call(&node, RegistryRequest::Delete { name, version })? {
+                RegistryResponse::Deleted(r) => Ok((
+                    format!(
+                        "deleted {}@{} (blake3 {})\n",
+                        r.name,
+                        r.version,
+                        hex(&r.hash)
+                    ),
+                    0,
+                )),
+                other => Err(expect("delete", other)),
             }
         }
         ResolverCommand::List { node, json } => match call(&node, RegistryRequest::List)? {

@@ -479,6 +479,21 @@ async fn a_node_joins_and_another_is_decommissioned_with_nothing_lost() {
     })
     .await;
 
+    // With nothing running, the CLI's cancel says so.
+    let out = isthmus(vec![
+        "decommission".into(),
+        "--addr".into(),
+        nodes[0].addr.clone(),
+        "--cancel".into(),
+    ])
+    .await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).starts_with("nothing was running"),
+        "{}",
+        text(&out.stdout)
+    );
+
     // n0 is decommissioned with the CLI: it pushes every range it holds to
     // the next owners, then is Left on every node, and is stopped.
     let out = isthmus(vec![

@@ -4,7 +4,8 @@
 //! concurrent carts written through three nodes in both datacenters end,
 //! on every replica, as one merged version holding the union, merged by
 //! that module. The law checker refuses wrong-first-wins unless forced,
-//! and a module that is not wasm is a typed error. A node that joins DC1
+//! and a module that is not wasm is a typed error; an unused resolver is
+//! deleted through one node and gone on all. A node that joins DC1
 //! afterwards streams the whole registry in as it bootstraps.
 
 mod common;
@@ -225,6 +226,48 @@ async fn an_uploaded_resolver_merges_on_every_node_of_every_dc() {
         listing["resolvers"][1]["law_check"]["outcome"],
         "overridden"
     );
+
+    // Delete: refused for the bound cart-union (RESOLVER_IN_USE), done for
+    // the unused first-wins through a DC1 node, and gone on every node of
+    // both DCs.
+    let delete = |resolver: &str| {
+        cli(vec![
+            "delete".into(),
+            "--addr".into(),
+            addr(0),
+            resolver.into(),
+        ])
+    };
+    let out = delete("cart-union@1").await;
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("RESOLVER_IN_USE"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = delete("first-wins@1").await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("deleted first-wins@1"),
+        "{}",
+        text(&out.stdout)
+    );
+    until(
+        "every node lists cart-union alone",
+        &nodes,
+        60,
+        async || {
+            for node in &nodes[..4] {
+                match registry(&node.addr, RegistryRequest::List).await {
+                    Ok(RegistryResponse::Listing { resolvers, .. })
+                        if resolvers.len() == 1 && resolvers[0].name == "cart-union" => {}
+                    _ => return false,
+                }
+            }
+            true
+        },
+    )
+    .await;
 
     // Concurrent carts through three nodes of both DCs, no context.
     let items = [("apple", 2u64), ("pear", 1), ("fig", 3)];

@@ -160,6 +160,9 @@ pub struct NodeConfig {
     /// The connection layer's bounds: slots, deadlines, reply buffering.
     #[serde(default)]
     pub server: ServerSection,
+    /// Where merges run and each keyspace's merge-time budget.
+    #[serde(default)]
+    pub merge: MergeSection,
     /// The operations listener: `/metrics`, `/healthz`, `/readyz`.
     #[serde(default)]
     pub ops: OpsSection,
@@ -241,6 +244,73 @@ impl OpsSection {
                 "ops.listen",
                 format!(
                     "{addr:?} is the data port (`listen`); the operations listener needs its own"
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The `[merge]` table: the node's merge pool
+/// ([`MergePool`](crate::merge::pool::MergePool)). A keyspace whose merges
+/// use up its budget has them deferred
+/// ([`FailureClass::BudgetExhausted`](crate::merge::FailureClass)): its
+/// siblings are kept until the budget refills.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MergeSection {
+    /// Threads merges run on (never the async runtime's).
+    pub threads: usize,
+    /// Merges that may wait for a thread; one more is refused and its
+    /// siblings kept.
+    pub queue_max: usize,
+    /// Merge time (wall-clock time on a merge thread) one keyspace may use
+    /// per second, in milliseconds; at most `threads * 1000`.
+    pub keyspace_budget_ms_per_s: u64,
+}
+
+impl Default for MergeSection {
+    fn default() -> Self {
+        use crate::merge::pool as p;
+        MergeSection {
+            threads: p::THREADS_DEFAULT,
+            queue_max: p::QUEUE_MAX_DEFAULT,
+            keyspace_budget_ms_per_s: p::KEYSPACE_BUDGET_MS_PER_S_DEFAULT,
+        }
+    }
+}
+
+impl MergeSection {
+    /// The pool's configuration.
+    pub fn to_config(&self) -> crate::merge::pool::MergeConfig {
+        crate::merge::pool::MergeConfig {
+            threads: self.threads,
+            queue_max: self.queue_max,
+            keyspace_budget: std::time::Duration::from_millis(self.keyspace_budget_ms_per_s),
+        }
+    }
+
+    /// Refuse a bound that cannot work, naming its field.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !(1..=64).contains(&self.threads) {
+            return Err(invalid(
+                "merge.threads",
+                format!("{} is outside 1..=64", self.threads),
+            ));
+        }
+        if !(1..=1_000_000).contains(&self.queue_max) {
+            return Err(invalid(
+                "merge.queue_max",
+                format!("{} is outside 1..=1000000", self.queue_max),
+            ));
+        }
+        let most = self.threads as u64 * 1000;
+        if !(1..=most).contains(&self.keyspace_budget_ms_per_s) {
+            return Err(invalid(
+                "merge.keyspace_budget_ms_per_s",
+                format!(
+                    "{} is outside 1..={most} (1000 per merge thread)",
+                    self.keyspace_budget_ms_per_s
                 ),
             ));
         }
@@ -651,6 +721,7 @@ impl NodeConfig {
         self.auth.bootstrap()?;
         self.server.validate()?;
         self.ops.validate(&self.listen)?;
+        self.merge.validate()?;
         if self.data_dir.as_os_str().is_empty() {
             return Err(invalid("data_dir", "must not be empty"));
         }
@@ -725,6 +796,7 @@ mod tests {
             insecure_plaintext: true,
             auth: Default::default(),
             server: Default::default(),
+            merge: Default::default(),
             ops: Default::default(),
             keyspaces: BTreeMap::from([(
                 "carts".into(),
@@ -845,6 +917,56 @@ mod tests {
         assert_eq!(applied.reply_buffer_bytes_max, 65536);
         assert_eq!(applied.read_timeout, crate::server::READ_TIMEOUT_DEFAULT);
         assert_eq!(ServerSection::default().validate(), Ok(()));
+    }
+
+    #[test]
+    fn the_merge_table_is_validated_and_reaches_the_pool() {
+        assert_eq!(MergeSection::default().validate(), Ok(()));
+        let section = MergeSection {
+            threads: 3,
+            queue_max: 10,
+            keyspace_budget_ms_per_s: 250,
+        };
+        let pool = section.to_config();
+        assert_eq!(pool.threads, 3);
+        assert_eq!(pool.queue_max, 10);
+        assert_eq!(pool.keyspace_budget, std::time::Duration::from_millis(250));
+        assert_eq!(pool.keyspace_threads_max(), 2);
+        for (section, field) in [
+            (
+                MergeSection {
+                    threads: 0,
+                    ..MergeSection::default()
+                },
+                "merge.threads",
+            ),
+            (
+                MergeSection {
+                    queue_max: 0,
+                    ..MergeSection::default()
+                },
+                "merge.queue_max",
+            ),
+            (
+                MergeSection {
+                    keyspace_budget_ms_per_s: 0,
+                    ..MergeSection::default()
+                },
+                "merge.keyspace_budget_ms_per_s",
+            ),
+            (
+                MergeSection {
+                    threads: 1,
+                    keyspace_budget_ms_per_s: 1001,
+                    ..MergeSection::default()
+                },
+                "merge.keyspace_budget_ms_per_s",
+            ),
+        ] {
+            let mut c = base();
+            c.merge = section;
+            assert_eq!(c.validate().unwrap_err().field, field);
+        }
     }
 
     #[test]

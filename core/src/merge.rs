@@ -20,6 +20,8 @@
 
 use crate::model::{Absorbed, ContentHash, Version, VersionSet};
 
+pub mod pool;
+
 /// Why a merge did not happen; the siblings are kept as they were.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum FailureClass {
@@ -45,11 +47,16 @@ pub enum FailureClass {
     /// The host could not run the merge now (for instance every instance
     /// slot is busy); nothing is wrong with the module.
     Unavailable,
+    /// The keyspace used up its merge-time budget
+    /// ([`pool::MergeConfig::keyspace_budget`]): the merge is deferred,
+    /// the siblings kept (and returned to readers), and the node merges
+    /// them once the budget has refilled (`merge-retry`).
+    BudgetExhausted,
 }
 
 impl FailureClass {
     /// Every class, for exporting counters.
-    pub const ALL: [FailureClass; 10] = [
+    pub const ALL: [FailureClass; 11] = [
         FailureClass::GuestError,
         FailureClass::Trap,
         FailureClass::FuelExhausted,
@@ -60,6 +67,7 @@ impl FailureClass {
         FailureClass::InvalidModule,
         FailureClass::Missing,
         FailureClass::Unavailable,
+        FailureClass::BudgetExhausted,
     ];
 
     /// A stable snake_case name (metric label).
@@ -75,6 +83,7 @@ impl FailureClass {
             FailureClass::InvalidModule => "invalid_module",
             FailureClass::Missing => "missing",
             FailureClass::Unavailable => "unavailable",
+            FailureClass::BudgetExhausted => "budget_exhausted",
         }
     }
 }

@@ -322,6 +322,20 @@ pub trait BlockingRead: Send + Sync + 'static {
 
     /// Every `(key, set)` of `keyspace`, in storage order (by key hash).
     fn scan_blocking(&self, keyspace: &str) -> Result<Vec<(Vec<u8>, VersionSet)>, StoreError>;
+
+    /// The `(key, set)` pairs of `keyspace` whose key `keep` accepts, in
+    /// storage order. The others are dropped as the scan meets them, so
+    /// the answer holds only what was asked for (the registry lists its
+    /// records without holding every module).
+    fn scan_blocking_where(
+        &self,
+        keyspace: &str,
+        keep: &dyn Fn(&[u8]) -> bool,
+    ) -> Result<Vec<(Vec<u8>, VersionSet)>, StoreError> {
+        let mut all = self.scan_blocking(keyspace)?;
+        all.retain(|(key, _)| keep(key));
+        Ok(all)
+    }
 }
 
 impl BlockingRead for Engine {
@@ -331,6 +345,17 @@ impl BlockingRead for Engine {
 
     fn scan_blocking(&self, keyspace: &str) -> Result<Vec<(Vec<u8>, VersionSet)>, StoreError> {
         scan_blocking(self, keyspace, ..)
+    }
+
+    fn scan_blocking_where(
+        &self,
+        keyspace: &str,
+        keep: &dyn Fn(&[u8]) -> bool,
+    ) -> Result<Vec<(Vec<u8>, VersionSet)>, StoreError> {
+        match hash_range(keyspace, &(..))? {
+            Some((lo, hi)) => scan_storage_where(self, 1 + keyspace.len(), lo, hi, keep),
+            None => Ok(Vec::new()),
+        }
     }
 }
 
@@ -360,10 +385,22 @@ fn scan_storage(
     lo: Vec<u8>,
     hi: Vec<u8>,
 ) -> Result<Vec<(Vec<u8>, VersionSet)>, StoreError> {
+    scan_storage_where(engine, prefix_len, lo, hi, &|_| true)
+}
+
+fn scan_storage_where(
+    engine: &Engine,
+    prefix_len: usize,
+    lo: Vec<u8>,
+    hi: Vec<u8>,
+    keep: &dyn Fn(&[u8]) -> bool,
+) -> Result<Vec<(Vec<u8>, VersionSet)>, StoreError> {
     let mut out = Vec::new();
     for entry in engine.scan(lo..hi)? {
         let (skey, set) = entry?;
-        if let Some(key) = user_key(prefix_len, &skey) {
+        if let Some(key) = user_key(prefix_len, &skey)
+            && keep(&key)
+        {
             out.push((key, set));
         }
     }

@@ -283,6 +283,14 @@ impl SystemKeyspace {
         reader.scan_blocking(&self.keyspace)
     }
 
+    /// The `(key, set)` pairs whose key starts with `prefix`, in storage
+    /// order; the rest are dropped as the scan meets them. Blocks on the
+    /// engine.
+    pub fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, VersionSet)>, StoreError> {
+        let reader = self.reader.upgrade().ok_or_else(stopping)?;
+        reader.scan_blocking_where(&self.keyspace, &|key| key.starts_with(prefix))
+    }
+
     /// A write id no other write carries: retries are the writer's
     /// business, not this store's.
     fn write_id(&self, key: &[u8]) -> [u8; 16] {
@@ -356,6 +364,21 @@ impl SystemKeyspace {
         value: Vec<u8>,
         deadline: Duration,
     ) -> Result<(), CoordinatorError> {
+        self.put_blocking(key, Some(value), deadline)
+    }
+
+    /// [`SystemKeyspace::delete`] for a caller that cannot await (see
+    /// [`SystemKeyspace::write_blocking`]).
+    pub fn delete_blocking(&self, key: &[u8], deadline: Duration) -> Result<(), CoordinatorError> {
+        self.put_blocking(key, None, deadline)
+    }
+
+    fn put_blocking(
+        &self,
+        key: &[u8],
+        value: Option<Vec<u8>>,
+        deadline: Duration,
+    ) -> Result<(), CoordinatorError> {
         let runtime = self.runtime.clone().ok_or_else(|| StoreError::Failed {
             reason: "the system keyspace was opened outside a runtime".into(),
         })?;
@@ -365,7 +388,7 @@ impl SystemKeyspace {
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         runtime.spawn(async move {
             let result = writer
-                .write(&keyspace, &key, Some(value), context, id, deadline)
+                .write(&keyspace, &key, value, context, id, deadline)
                 .await;
             let _ = tx.send(result);
         });

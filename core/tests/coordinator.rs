@@ -161,6 +161,7 @@ fn cluster(nodes: usize, rf: u32, merge: Arc<dyn MergeHook>, limits: Limits) -> 
             actor: Actor(100 + i as u64),
             limits: limits.clone(),
             clock_skew_max_ms: isthmus_core::limit::CLOCK_SKEW_MAX_MS_DEFAULT,
+            merge: Default::default(),
         };
         let node = Coordinator::new(
             config,
@@ -887,5 +888,90 @@ async fn a_write_whose_deadline_has_passed_is_not_issued() {
     }
     for copy in c.copies("plain", b"k").await {
         assert!(copy.is_empty(), "{copy:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_collapsed_write_reaches_the_replica_where_a_later_write_replaced_one_copy() {
+    let c = cluster(3, 3, Arc::new(NoMerge), Limits::default());
+    let (_stop, stop) = watch::channel(false);
+    for i in 0..3 {
+        let (node, stop) = (c.node(&n(i)), stop.clone());
+        tokio::spawn(async move { node.spread_collapsed(stop).await });
+    }
+    let write_w = |via: usize, level| {
+        let node = c.node(&n(via));
+        async move {
+            node.write(
+                "plain",
+                b"k",
+                Some(b"w".to_vec()),
+                Clock::new(),
+                [42; 16],
+                level,
+                DEADLINE,
+            )
+            .await
+        }
+    };
+    // W reaches n0 alone; retried at n1 (n0 stalled), it gets a second
+    // dot there and on n2; a client reads that copy at n1 and writes W2
+    // over it.
+    c.down(&n(1));
+    c.down(&n(2));
+    write_w(0, Consistency::One).await.unwrap();
+    c.down(&n(0));
+    c.up(&n(1));
+    c.up(&n(2));
+    write_w(1, Consistency::LocalQuorum).await.unwrap();
+    let b = c.stores[&n(1)]
+        .get("plain", b"k")
+        .await
+        .unwrap()
+        .into_versions();
+    let seen = c.get(&n(1), "plain", b"k").await;
+    c.put(&n(1), b"k", b"w2", seen.lub(), 43).await.unwrap();
+    c.up(&n(0));
+    let a = c.stores[&n(0)]
+        .get("plain", b"k")
+        .await
+        .unwrap()
+        .into_versions();
+    let w2 = c.stores[&n(1)]
+        .get("plain", b"k")
+        .await
+        .unwrap()
+        .into_versions();
+    let apply = |to: usize, versions: Vec<Version>| {
+        let node = c.node(&n(to));
+        async move {
+            let request = PeerRequest::Apply {
+                keyspace: "plain".into(),
+                key: b"k".to_vec(),
+                versions,
+                hint_for: None,
+            };
+            node.serve_peer(request, DEADLINE).await
+        }
+    };
+    // n0 gets the second copy while it still holds the first (and
+    // collapses them), then W2; n1 and n2 get the first copy after W2
+    // replaced the second: they cannot collapse anything.
+    for (to, versions) in [(0, b), (0, w2), (1, a.clone()), (2, a)] {
+        assert!(matches!(apply(to, versions).await, PeerResponse::Applied));
+    }
+    // The version n0 made is spread: every replica ends the same.
+    let started = std::time::Instant::now();
+    loop {
+        let copies = c.copies("plain", b"k").await;
+        if copies.iter().all(|s| s.encode() == copies[0].encode()) {
+            assert_eq!(copies[0].len(), 2, "{copies:?}");
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "replicas differ: {copies:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

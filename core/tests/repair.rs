@@ -160,6 +160,7 @@ fn cluster(dcs: &[(&str, usize)], replication: &[(&str, u32)]) -> Cluster {
                 actor: Actor(100 + i as u64),
                 limits: Limits::default(),
                 clock_skew_max_ms: isthmus_core::limit::CLOCK_SKEW_MAX_MS_DEFAULT,
+                merge: Default::default(),
             },
             store.clone(),
             net.clone(),

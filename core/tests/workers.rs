@@ -35,6 +35,7 @@ async fn every_loop_is_a_named_worker_with_a_status() {
         tls: None,
         insecure_plaintext: true,
         server: Default::default(),
+        merge: Default::default(),
         ops: Default::default(),
         auth: AuthSection {
             anonymous_full_access: true,
@@ -70,6 +71,9 @@ async fn every_loop_is_a_named_worker_with_a_status() {
             "server",
             "system-replication",
             "gossip",
+            "merge-retry",
+            "collapse-spread",
+            "alive",
             "peers",
             "handoff",
             "repair",

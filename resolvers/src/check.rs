@@ -37,10 +37,20 @@
 //!
 //! Trial merges are not counted in the host's per-resolver counters.
 //!
+//! **Cost.** The whole run is bounded: at most [`CheckOptions::fuel_max`]
+//! fuel over all its merges and [`CheckOptions::time_max`] of wall-clock
+//! time; past either it stops with [`CheckError::BudgetExceeded`] (a
+//! resolver that costly cannot be judged, and the registry refuses it).
+//! The report gives the fuel of the costliest merge against the host's
+//! per-merge budget, and warns ([`CheckReport::costly`]) when it is over
+//! [`COSTLY_FUEL_PERCENT`] percent of it: bigger inputs than the checker's
+//! may run out of fuel on a node.
+//!
 //! What it is not: a proof. It is a seeded property test; pass more cases
 //! or a corpus of real values for more confidence.
 
 use std::fmt;
+use std::time::{Duration, Instant};
 
 use isthmus_sdk_wasm::{Dot, Merged, Payload, Sibling, SiblingClock};
 
@@ -59,7 +69,23 @@ pub struct CheckOptions {
     pub siblings_max: usize,
     /// User-supplied values mixed into the generated ones.
     pub corpus: Vec<Vec<u8>>,
+    /// Fuel the whole run may use, over all its merges.
+    pub fuel_max: u64,
+    /// Wall-clock time the whole run may take.
+    pub time_max: Duration,
 }
+
+/// Default [`CheckOptions::fuel_max`]: a hundred merges at the host's
+/// default per-merge budget; a resolver like cart-union checks in about a
+/// hundredth of it.
+pub const FUEL_MAX_DEFAULT: u64 = 20_000_000_000;
+
+/// Default [`CheckOptions::time_max`].
+pub const TIME_MAX_DEFAULT: Duration = Duration::from_secs(60);
+
+/// A resolver whose costliest trial merge used more than this percentage
+/// of the per-merge fuel budget is reported as costly.
+pub const COSTLY_FUEL_PERCENT: u64 = 50;
 
 impl Default for CheckOptions {
     fn default() -> Self {
@@ -68,6 +94,8 @@ impl Default for CheckOptions {
             cases_per_size: 48,
             siblings_max: 4,
             corpus: Vec::new(),
+            fuel_max: FUEL_MAX_DEFAULT,
+            time_max: TIME_MAX_DEFAULT,
         }
     }
 }
@@ -197,12 +225,38 @@ pub struct CheckReport {
     pub rejected: usize,
     /// Laws that failed, at most one counterexample each.
     pub violations: Vec<Violation>,
+    /// Fuel all the merges used.
+    pub fuel_total: u64,
+    /// Fuel the costliest merge used.
+    pub fuel_max_per_merge: u64,
+    /// The host's per-merge fuel budget.
+    pub fuel_budget: u64,
 }
 
 impl CheckReport {
     /// Did every law hold (and did at least one case run)?
     pub fn passed(&self) -> bool {
         self.violations.is_empty() && self.cases > self.rejected
+    }
+
+    /// Did a merge use more than [`COSTLY_FUEL_PERCENT`] percent of the
+    /// per-merge budget? (Bigger inputs may then run out on a node.)
+    pub fn costly(&self) -> bool {
+        u128::from(self.fuel_max_per_merge) * 100
+            > u128::from(self.fuel_budget) * u128::from(COSTLY_FUEL_PERCENT)
+    }
+
+    /// The warning a costly resolver gets, if it is one.
+    pub fn warning(&self) -> Option<String> {
+        self.costly().then(|| {
+            format!(
+                "warning: the costliest merge used {} fuel, {}% of the per-merge budget of {}; \
+                 bigger inputs may run out of fuel on a node",
+                self.fuel_max_per_merge,
+                u128::from(self.fuel_max_per_merge) * 100 / u128::from(self.fuel_budget.max(1)),
+                self.fuel_budget
+            )
+        })
     }
 }
 
@@ -221,6 +275,14 @@ impl fmt::Display for CheckReport {
             },
             self.rejected
         )?;
+        writeln!(
+            f,
+            "  fuel: {} in all, {} in the costliest merge (budget {} per merge)",
+            self.fuel_total, self.fuel_max_per_merge, self.fuel_budget
+        )?;
+        if let Some(warning) = self.warning() {
+            writeln!(f, "  {warning}")?;
+        }
         for law in [
             Law::Commutative,
             Law::Associative,
@@ -253,6 +315,23 @@ pub enum CheckError {
         /// The failure.
         source: ResolverError,
     },
+    /// The run used up its fuel or time ([`CheckOptions::fuel_max`],
+    /// [`CheckOptions::time_max`]) before it finished.
+    #[error(
+        "the law check ran out of its budget after {merges} merges: {fuel_used} fuel of {fuel_max}, {elapsed_ms} ms of {time_max_ms} ms"
+    )]
+    BudgetExceeded {
+        /// Merges run.
+        merges: usize,
+        /// Fuel used.
+        fuel_used: u64,
+        /// The run's fuel limit.
+        fuel_max: u64,
+        /// Time taken, in milliseconds.
+        elapsed_ms: u64,
+        /// The run's time limit, in milliseconds.
+        time_max_ms: u64,
+    },
 }
 
 /// SplitMix64: tiny, seedable, and stable across crate versions, so a
@@ -281,18 +360,41 @@ type Found = (
     Result<Merged, ResolverError>,
 );
 
+/// A trial merge's outcome, or the end of the run (budget exceeded).
+type Trial = Result<Result<Merged, ResolverError>, CheckError>;
+
 struct Checker<'h> {
     host: &'h Host,
     resolver: &'h Resolver,
     merges: usize,
+    fuel_total: u64,
+    fuel_max_per_merge: u64,
+    fuel_max: u64,
+    started: Instant,
+    time_max: Duration,
 }
 
 impl Checker<'_> {
-    fn merge(&mut self, siblings: &[GenSibling]) -> Result<Merged, ResolverError> {
+    /// One trial merge, within the run's budget.
+    fn merge(&mut self, siblings: &[GenSibling]) -> Trial {
+        let elapsed = self.started.elapsed();
+        if self.fuel_total >= self.fuel_max || elapsed >= self.time_max {
+            return Err(CheckError::BudgetExceeded {
+                merges: self.merges,
+                fuel_used: self.fuel_total,
+                fuel_max: self.fuel_max,
+                elapsed_ms: u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX),
+                time_max_ms: u64::try_from(self.time_max.as_millis()).unwrap_or(u64::MAX),
+            });
+        }
         self.merges += 1;
         let s: Vec<Sibling<'_>> = siblings.iter().map(GenSibling::as_sibling).collect();
-        self.host
-            .merge_siblings_uncounted(self.resolver, b"law-check", &s)
+        let (result, fuel) = self
+            .host
+            .merge_siblings_metered(self.resolver, b"law-check", &s);
+        self.fuel_total = self.fuel_total.saturating_add(fuel);
+        self.fuel_max_per_merge = self.fuel_max_per_merge.max(fuel);
+        Ok(result)
     }
 
     /// The sibling a replica stores after merging `of` into `result`.
@@ -315,11 +417,16 @@ impl Checker<'_> {
     }
 
     /// Check every law on one set; `base` is its merge as given.
-    fn laws(&mut self, set: &[GenSibling], base: &Merged, skip: &[Law]) -> Vec<Found> {
+    fn laws(
+        &mut self,
+        set: &[GenSibling],
+        base: &Merged,
+        skip: &[Law],
+    ) -> Result<Vec<Found>, CheckError> {
         let mut found = Vec::new();
         let same = |r: &Result<Merged, ResolverError>| matches!(r, Ok(m) if m == base);
         if !skip.contains(&Law::Deterministic) {
-            let again = self.merge(set);
+            let again = self.merge(set)?;
             if !same(&again) {
                 found.push((
                     Law::Deterministic,
@@ -332,7 +439,7 @@ impl Checker<'_> {
         if !skip.contains(&Law::Commutative) {
             for perm in permutations(set.len()) {
                 let permuted: Vec<GenSibling> = perm.iter().map(|&i| set[i].clone()).collect();
-                let r = self.merge(&permuted);
+                let r = self.merge(&permuted)?;
                 if !same(&r) {
                     let order: Vec<String> = perm.iter().map(|i| format!("s{i}")).collect();
                     found.push((
@@ -354,7 +461,7 @@ impl Checker<'_> {
                 if group.len() < 2 {
                     continue;
                 }
-                let inner = self.merge(&group);
+                let inner = self.merge(&group)?;
                 let names: Vec<String> = (0..set.len())
                     .map(|i| {
                         if mask & (1 << i) != 0 {
@@ -383,7 +490,7 @@ impl Checker<'_> {
                         .filter(|i| mask & (1 << i) == 0)
                         .map(|i| set[i].clone()),
                 );
-                let r = self.merge(&outer);
+                let r = self.merge(&outer)?;
                 if !same(&r) {
                     found.push((
                         Law::Associative,
@@ -405,7 +512,7 @@ impl Checker<'_> {
                     actor: 1000 + i as u64,
                     counter: 1,
                 }];
-                let r = self.merge(&[s.clone(), twin]);
+                let r = self.merge(&[s.clone(), twin])?;
                 let expect = match &s.value {
                     Some(v) => Merged::Value(v.clone()),
                     None => Merged::Delete,
@@ -417,12 +524,12 @@ impl Checker<'_> {
                         Ok(expect),
                         r,
                     ));
-                    return found;
+                    return Ok(found);
                 }
             }
             let mut with_merge = vec![Self::merged_sibling(set, base)];
             with_merge.extend(set.iter().cloned());
-            let r = self.merge(&with_merge);
+            let r = self.merge(&with_merge)?;
             if !same(&r) {
                 found.push((
                     Law::Idempotent,
@@ -432,7 +539,7 @@ impl Checker<'_> {
                 ));
             }
         }
-        found
+        Ok(found)
     }
 }
 
@@ -487,11 +594,19 @@ pub fn check(
         merges: 0,
         rejected: 0,
         violations: Vec::new(),
+        fuel_total: 0,
+        fuel_max_per_merge: 0,
+        fuel_budget: host.limits().fuel_per_merge,
     };
     let mut checker = Checker {
         host,
         resolver,
         merges: 0,
+        fuel_total: 0,
+        fuel_max_per_merge: 0,
+        fuel_max: options.fuel_max,
+        started: Instant::now(),
+        time_max: options.time_max,
     };
     let dcs = ["dc1", "dc2"];
     for n in 2..=options.siblings_max.max(3) {
@@ -512,7 +627,7 @@ pub fn check(
                 })
                 .collect();
             report.cases += 1;
-            let base = match checker.merge(&set) {
+            let base = match checker.merge(&set)? {
                 Ok(m) => m,
                 Err(ResolverError::Guest { .. }) => {
                     report.rejected += 1;
@@ -529,12 +644,12 @@ pub fn check(
                         expected: Err(e.clone()),
                         got: Err(e),
                     });
-                    report.merges = checker.merges;
+                    checker.finish(&mut report);
                     return Ok(report);
                 }
             };
             let skip: Vec<Law> = report.violations.iter().map(|v| v.law).collect();
-            for (law, how, expected, got) in checker.laws(&set, &base, &skip) {
+            for (law, how, expected, got) in checker.laws(&set, &base, &skip)? {
                 report.violations.push(Violation {
                     law,
                     siblings: set.clone(),
@@ -545,9 +660,18 @@ pub fn check(
             }
         }
     }
-    report.merges = checker.merges;
+    checker.finish(&mut report);
     report.violations.sort_by_key(|v| v.law);
     Ok(report)
+}
+
+impl Checker<'_> {
+    /// The run's counts, into its report.
+    fn finish(&self, report: &mut CheckReport) {
+        report.merges = self.merges;
+        report.fuel_total = self.fuel_total;
+        report.fuel_max_per_merge = self.fuel_max_per_merge;
+    }
 }
 
 #[cfg(test)]

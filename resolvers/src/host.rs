@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, mpsc};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use isthmus_core::merge::FailureClass;
 use isthmus_core::model::{ContentHash, Payload, Version, VersionSet};
@@ -207,6 +207,43 @@ impl Drop for EpochTicker {
     }
 }
 
+/// A compilation for the compile pool: the bytes, and where the module
+/// goes (the caller may have stopped waiting).
+type CompileJob = (Vec<u8>, mpsc::SyncSender<wasmtime::Result<Module>>);
+
+/// The host's compile threads (`isthmus-resolver-compile`), fed by a
+/// bounded queue. They stop when the host drops (each finishes the module
+/// it is compiling; nothing waits for them).
+struct Compiler {
+    jobs: mpsc::SyncSender<CompileJob>,
+}
+
+impl Compiler {
+    fn start(engine: &Engine, limits: &ResolverLimits) -> Result<Self, ResolverError> {
+        let (jobs, queue) = mpsc::sync_channel::<CompileJob>(limits.compile_queue_max);
+        let queue = Arc::new(Mutex::new(queue));
+        for i in 0..limits.compile_threads.max(1) {
+            let (engine, queue) = (engine.clone(), queue.clone());
+            std::thread::Builder::new()
+                .name(format!("isthmus-resolver-compile-{i}"))
+                .spawn(move || {
+                    loop {
+                        let job = queue.lock().recv();
+                        let Ok((bytes, done)) = job else { return };
+                        let _ = done.send(Module::from_binary(&engine, &bytes));
+                    }
+                })
+                .map_err(|e| ResolverError::Unavailable {
+                    reason: format!("cannot start a compile thread: {e}"),
+                })?;
+        }
+        Ok(Compiler { jobs })
+    }
+}
+
+/// Modules whose load failed, by content hash, with when.
+type FailedModules = HashMap<ContentHash, (Instant, ResolverError)>;
+
 /// The resolver host of one node.
 ///
 /// Owns one wasmtime [`Engine`] (Cranelift, pooling allocator, fuel, epoch
@@ -214,12 +251,18 @@ impl Drop for EpochTicker {
 /// validated modules by content hash, per-resolver counters, and the epoch
 /// ticker thread. Every merge runs in a fresh [`Store`]: nothing a guest
 /// does survives the call, and concurrent merges share nothing mutable.
+/// Modules compile on the host's bounded compile pool; a module whose load
+/// failed is remembered (bounded, for `failed_module_retry`) and not
+/// compiled again meanwhile.
 pub struct Host {
     engine: Engine,
     linker: Linker<StoreState>,
     limits: ResolverLimits,
     modules: RwLock<HashMap<ContentHash, Arc<Resolver>>>,
+    failed: Mutex<FailedModules>,
     stats: Mutex<HashMap<ContentHash, Arc<ResolverStats>>>,
+    compiler: Compiler,
+    compiles: AtomicU64,
     _ticker: EpochTicker,
 }
 
@@ -257,12 +300,16 @@ impl Host {
             reason: format!("cannot configure the wasm engine: {e}"),
         })?;
         let ticker = EpochTicker::start(engine.clone(), limits.epoch_tick)?;
+        let compiler = Compiler::start(&engine, &limits)?;
         Ok(Host {
             linker: Linker::new(&engine),
             engine,
             limits,
             modules: RwLock::new(HashMap::new()),
+            failed: Mutex::new(HashMap::new()),
             stats: Mutex::new(HashMap::new()),
+            compiler,
+            compiles: AtomicU64::new(0),
             _ticker: ticker,
         })
     }
@@ -283,29 +330,81 @@ impl Host {
         self.modules.read().get(hash).cloned()
     }
 
-    /// Drop a module from the cache (running merges keep their handle).
+    /// Drop a module from the cache (running merges keep their handle),
+    /// and forget a failed load of it.
     pub fn evict(&self, hash: &ContentHash) {
         self.modules.write().remove(hash);
+        self.failed.lock().remove(hash);
+    }
+
+    /// Modules handed to the compiler so far (cache hits and remembered
+    /// failures compile nothing).
+    pub fn compiles(&self) -> u64 {
+        self.compiles.load(Ordering::Relaxed)
     }
 
     /// Validate, compile and cache a module (a cache hit if already loaded).
     ///
-    /// Checks, in order: size cap, wasm magic, compile (bounded by
-    /// `compile_deadline`), no imports, the ABI exports and their types,
-    /// and `isthmus_abi_version() == 1` run under the merge limits.
+    /// Checks, in order: size cap, wasm magic, compile (on the compile
+    /// pool, bounded by `compile_deadline`), no imports, the ABI exports
+    /// and their types, and `isthmus_abi_version() == 1` run under the
+    /// merge limits. A module that failed within `failed_module_retry`
+    /// fails again at once with the same error.
     pub fn load(&self, bytes: &[u8]) -> Result<Arc<Resolver>, ResolverError> {
         let hash = module_hash(bytes);
         if let Some(r) = self.get(&hash) {
             return Ok(r);
         }
         let stats = self.stats(&hash);
+        if let Some(e) = self.failed_before(&hash) {
+            stats.record::<()>(&Err(e.clone()));
+            return Err(e);
+        }
         let result = self.load_uncached(bytes, hash, stats.clone());
         if let Err(e) = &result {
             stats.record::<()>(&Err(e.clone()));
             tracing::warn!(hash = %hex(&hash), error = %e, "resolver module rejected");
+            self.remember_failure(hash, e);
         }
         let resolver = Arc::new(result?);
         Ok(self.modules.write().entry(hash).or_insert(resolver).clone())
+    }
+
+    /// The remembered failure of this module, if it is recent enough.
+    fn failed_before(&self, hash: &ContentHash) -> Option<ResolverError> {
+        let mut failed = self.failed.lock();
+        let (at, error) = failed.get(hash)?;
+        if at.elapsed() < self.limits.failed_module_retry {
+            return Some(error.clone());
+        }
+        failed.remove(hash);
+        None
+    }
+
+    /// Remember a failed load (not one the host could not run now), the
+    /// oldest forgotten past `failed_modules_max`.
+    fn remember_failure(&self, hash: ContentHash, error: &ResolverError) {
+        if matches!(error, ResolverError::Unavailable { .. }) || self.limits.failed_modules_max == 0
+        {
+            return;
+        }
+        let mut failed = self.failed.lock();
+        while failed.len() >= self.limits.failed_modules_max {
+            let oldest = failed
+                .iter()
+                .min_by_key(|(_, (at, _))| *at)
+                .map(|(h, _)| *h);
+            match oldest {
+                Some(h) => failed.remove(&h),
+                None => break,
+            };
+        }
+        failed.insert(hash, (Instant::now(), error.clone()));
+    }
+
+    /// How many failed loads are remembered.
+    pub fn failed_modules(&self) -> usize {
+        self.failed.lock().len()
     }
 
     /// Check, compile and validate a module not in the cache: size and
@@ -443,19 +542,28 @@ impl Host {
         Ok(())
     }
 
-    /// Compile on a named thread and wait at most `compile_deadline`.
+    /// Compile on the compile pool and wait at most `compile_deadline`
+    /// (a full queue is `Unavailable`).
     fn compile(&self, bytes: &[u8]) -> Result<Module, ResolverError> {
         let (tx, rx) = mpsc::sync_channel(1);
-        let engine = self.engine.clone();
-        let owned = bytes.to_vec();
-        std::thread::Builder::new()
-            .name("isthmus-resolver-compile".into())
-            .spawn(move || {
-                let _ = tx.send(Module::from_binary(&engine, &owned));
-            })
-            .map_err(|e| ResolverError::Unavailable {
-                reason: format!("cannot start a compile thread: {e}"),
-            })?;
+        match self.compiler.jobs.try_send((bytes.to_vec(), tx)) {
+            Ok(()) => {
+                self.compiles.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(mpsc::TrySendError::Full(_)) => {
+                return Err(ResolverError::Unavailable {
+                    reason: format!(
+                        "{} modules are waiting to compile already",
+                        self.limits.compile_queue_max
+                    ),
+                });
+            }
+            Err(mpsc::TrySendError::Disconnected(_)) => {
+                return Err(ResolverError::Unavailable {
+                    reason: "the compile threads stopped".into(),
+                });
+            }
+        }
         match rx.recv_timeout(self.limits.compile_deadline) {
             Ok(Ok(module)) => Ok(module),
             Ok(Err(e)) => Err(ResolverError::InvalidModule {
@@ -569,25 +677,54 @@ impl Host {
         write: impl FnOnce(&mut [u8]) -> Result<(), ResolverError>,
         read: impl FnOnce(&[u8]) -> Result<T, ResolverError>,
     ) -> Result<T, ResolverError> {
+        self.run_metered(resolver, len, write, read).0
+    }
+
+    /// [`Self::run`], with the fuel the call used (all of it when it ran
+    /// out).
+    fn run_metered<T>(
+        &self,
+        resolver: &Resolver,
+        len: usize,
+        write: impl FnOnce(&mut [u8]) -> Result<(), ResolverError>,
+        read: impl FnOnce(&[u8]) -> Result<T, ResolverError>,
+    ) -> (Result<T, ResolverError>, u64) {
         if len > self.limits.input_bytes_max {
-            return Err(ResolverError::InputTooLarge {
+            let e = ResolverError::InputTooLarge {
                 bytes: len,
                 max_bytes: self.limits.input_bytes_max,
-            });
+            };
+            return (Err(e), 0);
         }
-        let mut store = self.store()?;
+        let mut store = match self.store() {
+            Ok(store) => store,
+            Err(e) => return (Err(e), 0),
+        };
+        let result = self.run_in(&mut store, resolver, len, write, read);
+        let left = store.get_fuel().unwrap_or(0);
+        (result, self.limits.fuel_per_merge.saturating_sub(left))
+    }
+
+    fn run_in<T>(
+        &self,
+        store: &mut Store<StoreState>,
+        resolver: &Resolver,
+        len: usize,
+        write: impl FnOnce(&mut [u8]) -> Result<(), ResolverError>,
+        read: impl FnOnce(&[u8]) -> Result<T, ResolverError>,
+    ) -> Result<T, ResolverError> {
         let instance = resolver
             .pre
-            .instantiate(&mut store)
-            .map_err(|e| self.classify(&store, e, "instantiate"))?;
-        let (memory, alloc, merge) = self.exports(&mut store, &instance, resolver)?;
+            .instantiate(&mut *store)
+            .map_err(|e| self.classify(&*store, e, "instantiate"))?;
+        let (memory, alloc, merge) = self.exports(&mut *store, &instance, resolver)?;
         let len32 = u32::try_from(len).map_err(|_| ResolverError::InputTooLarge {
             bytes: len,
             max_bytes: u32::MAX as usize,
         })?;
         let ptr = alloc
-            .call(&mut store, len32)
-            .map_err(|e| self.classify(&store, e, export::ALLOC))?;
+            .call(&mut *store, len32)
+            .map_err(|e| self.classify(&*store, e, export::ALLOC))?;
         if ptr == 0 && len > 0 {
             return Err(if store.data().refused {
                 ResolverError::MemoryLimit {
@@ -601,15 +738,15 @@ impl Host {
         }
         let buf = (ptr as usize)
             .checked_add(len)
-            .and_then(|end| memory.data_mut(&mut store).get_mut(ptr as usize..end))
+            .and_then(|end| memory.data_mut(&mut *store).get_mut(ptr as usize..end))
             .ok_or_else(|| ResolverError::BadOutput {
                 reason: format!("isthmus_alloc({len}) returned out-of-bounds pointer {ptr:#x}"),
             })?;
         write(buf)?;
         let packed = merge
-            .call(&mut store, (ptr, len32))
-            .map_err(|e| self.classify(&store, e, export::MERGE))?;
-        read(self.output(&store, memory, packed)?)
+            .call(&mut *store, (ptr, len32))
+            .map_err(|e| self.classify(&*store, e, export::MERGE))?;
+        read(self.output(&*store, memory, packed)?)
     }
 
     fn exports(
@@ -686,7 +823,18 @@ impl Host {
         key: &[u8],
         siblings: &[Sibling<'_>],
     ) -> Result<Merged, ResolverError> {
-        self.run(
+        self.merge_siblings_metered(resolver, key, siblings).0
+    }
+
+    /// As [`Host::merge_siblings_uncounted`], with the fuel the merge used
+    /// (the law checker's budget and its report of costly resolvers).
+    pub(crate) fn merge_siblings_metered(
+        &self,
+        resolver: &Resolver,
+        key: &[u8],
+        siblings: &[Sibling<'_>],
+    ) -> (Result<Merged, ResolverError>, u64) {
+        self.run_metered(
             resolver,
             abi::encoded_input_len(key, siblings),
             |buf| {

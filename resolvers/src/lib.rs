@@ -72,6 +72,6 @@ pub use error::ResolverError;
 pub use hook::WasmMergeHook;
 pub use host::{Host, Resolver, ResolverStats};
 pub use limit::ResolverLimits;
-pub use registry::{Registry, RegistryRecords};
+pub use registry::{Registry, RegistryLimits, RegistryRecords};
 pub use replicated::RegistryKeyspace;
 pub use service::RegistryService;

@@ -14,6 +14,21 @@ pub struct ResolverLimits {
     /// How long a caller waits for a module to compile before the load is
     /// refused (the compile finishes in the background and is dropped).
     pub compile_deadline: Duration,
+    /// Threads modules compile on (a pool of the host's own: compiling
+    /// never runs on the caller's thread, and never on more threads).
+    pub compile_threads: usize,
+    /// Compilations that may wait for a compile thread; a load beyond it
+    /// is refused as [`Unavailable`](crate::ResolverError::Unavailable)
+    /// (not cached: nothing is wrong with the module).
+    pub compile_queue_max: usize,
+    /// Modules whose load failed, remembered by content hash so that a
+    /// keyspace bound to one does not recompile it on every merge: the
+    /// load fails again at once with the remembered error. The oldest is
+    /// forgotten past this many.
+    pub failed_modules_max: usize,
+    /// How long a failed load is remembered before the module is tried
+    /// again (a compile that timed out on a busy node may succeed later).
+    pub failed_module_retry: Duration,
     /// Deterministic budget of one merge, in wasmtime fuel units (about one
     /// per wasm instruction). Fuel, not time, is the budget: a module that
     /// runs out does so on every replica alike (DESIGN.md, lessons).
@@ -55,6 +70,10 @@ impl Default for ResolverLimits {
         ResolverLimits {
             module_bytes_max: 8 * 1024 * 1024,
             compile_deadline: Duration::from_secs(20),
+            compile_threads: 1,
+            compile_queue_max: 8,
+            failed_modules_max: 256,
+            failed_module_retry: Duration::from_secs(60),
             fuel_per_merge: 200_000_000,
             merge_deadline: Duration::from_secs(2),
             epoch_tick: Duration::from_millis(10),

@@ -55,6 +55,8 @@ pub trait RegistryRecords: Send + Sync {
     fn put(&self, key: &[u8], value: &[u8]) -> Result<(), RecordsError>;
     /// Every `(key, value)` whose key starts with `prefix`, ascending.
     fn scan(&self, prefix: &[u8]) -> Result<Vec<Entry>, RecordsError>;
+    /// Remove `key` (absent keys read as `None` afterwards).
+    fn delete(&self, key: &[u8]) -> Result<(), RecordsError>;
     /// A number that moves whenever the store's contents may have changed,
     /// by any path, so that a reader can cache what it decoded until then;
     /// `None` (the default): no such number, do not cache.
@@ -91,8 +93,38 @@ impl RegistryRecords for MemoryRecords {
             .collect())
     }
 
+    fn delete(&self, key: &[u8]) -> Result<(), RecordsError> {
+        self.map.lock().remove(key);
+        self.puts.fetch_add(1, std::sync::atomic::Ordering::Release);
+        Ok(())
+    }
+
     fn generation(&self) -> Option<u64> {
         Some(self.puts.load(std::sync::atomic::Ordering::Acquire))
+    }
+}
+
+/// How much a registry may hold. Every node holds every registry record
+/// (the `_registry` keyspace is replicated to all of them), so these bound
+/// each node's disk and every `list`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RegistryLimits {
+    /// Distinct modules (by content hash) registered at once.
+    pub modules_max: usize,
+    /// Bytes of all distinct modules together.
+    pub module_bytes_total_max: u64,
+    /// Earlier bindings a keyspace keeps for [`Registry::rollback`]: the
+    /// oldest is dropped past it, so a binding can always change.
+    pub history_max: usize,
+}
+
+impl Default for RegistryLimits {
+    fn default() -> Self {
+        RegistryLimits {
+            modules_max: 256,
+            module_bytes_total_max: 256 * 1024 * 1024,
+            history_max: 16,
+        }
     }
 }
 
@@ -134,7 +166,8 @@ pub struct Binding {
     pub keyspace: String,
     /// The resolver in force (`None`: detached).
     pub current: Option<ResolverRef>,
-    /// Earlier bindings, oldest first; [`Registry::rollback`] pops the last.
+    /// Earlier bindings, oldest first; [`Registry::rollback`] pops the
+    /// last. At most [`RegistryLimits::history_max`] are kept.
     pub history: Vec<Option<ResolverRef>>,
 }
 
@@ -212,6 +245,31 @@ pub enum RegistryError {
         /// The name given.
         name: String,
     },
+    /// Registering this module would pass a bound of the registry.
+    #[error(
+        "the registry is full: {modules} modules of at most {modules_max}, {module_bytes_total} module bytes of at most {module_bytes_total_max} (with this one); delete unused resolvers first"
+    )]
+    Full {
+        /// Distinct modules, counting this one.
+        modules: usize,
+        /// Their limit.
+        modules_max: usize,
+        /// Bytes of all distinct modules, counting this one.
+        module_bytes_total: u64,
+        /// Their limit.
+        module_bytes_total_max: u64,
+    },
+    /// The resolver is in use: it cannot be deleted.
+    #[error("{name}@{version} is in use by keyspace(s) {}: detach it (and let rollbacks move past it) first", .keyspaces.join(", "))]
+    InUse {
+        /// Resolver name.
+        name: String,
+        /// Version.
+        version: u32,
+        /// The keyspaces that use it (bound now, in their history, or by
+        /// default).
+        keyspaces: Vec<String>,
+    },
     /// A stored record does not decode.
     #[error("corrupt registry record under {key}")]
     Corrupt {
@@ -237,6 +295,7 @@ pub fn valid_name(name: &str) -> bool {
 /// Resolvers by name and version, and keyspace bindings.
 pub struct Registry {
     store: Arc<dyn RegistryRecords>,
+    limits: RegistryLimits,
 }
 
 impl std::fmt::Debug for Registry {
@@ -281,7 +340,17 @@ fn encode<T: Serialize>(value: &T) -> Vec<u8> {
 impl Registry {
     /// A registry over a byte store.
     pub fn new(store: Arc<dyn RegistryRecords>) -> Self {
-        Registry { store }
+        Self::with_limits(store, RegistryLimits::default())
+    }
+
+    /// A registry over a byte store, within `limits`.
+    pub fn with_limits(store: Arc<dyn RegistryRecords>, limits: RegistryLimits) -> Self {
+        Registry { store, limits }
+    }
+
+    /// The registry's bounds.
+    pub fn limits(&self) -> &RegistryLimits {
+        &self.limits
     }
 
     /// A registry over a fresh [`MemoryRecords`].
@@ -322,6 +391,7 @@ impl Registry {
                 version,
             });
         }
+        self.check_room(&hash, module.len() as u64)?;
         let resolver = host
             .load(module)
             .map_err(|source| RegistryError::Invalid { source })?;
@@ -333,6 +403,9 @@ impl Registry {
             check::check(host, &resolver, &options).map_err(|e| RegistryError::CheckFailed {
                 reason: e.to_string(),
             })?;
+        if let Some(warning) = report.warning() {
+            tracing::warn!(name, version, hash = %hex(&hash), "{warning}");
+        }
         let violations: Vec<String> = report.violations.iter().map(|v| v.to_string()).collect();
         let law_check = if report.passed() {
             LawCheck::Passed { seed: report.seed }
@@ -360,6 +433,82 @@ impl Registry {
         // Module first: a record never points at a missing module.
         self.store.put(&module_key(&hash), module)?;
         self.store.put(&key, &encode(&record))?;
+        Ok(record)
+    }
+
+    /// Refuse a module that would pass the registry's bounds (one whose
+    /// bytes are stored already takes no room).
+    fn check_room(&self, hash: &ContentHash, bytes: u64) -> Result<(), RegistryError> {
+        let mut modules: BTreeMap<ContentHash, u64> = self
+            .list()?
+            .into_iter()
+            .map(|r| (r.hash, r.module_bytes))
+            .collect();
+        if modules.contains_key(hash) {
+            return Ok(());
+        }
+        modules.insert(*hash, bytes);
+        let total: u64 = modules.values().sum();
+        if modules.len() > self.limits.modules_max || total > self.limits.module_bytes_total_max {
+            return Err(RegistryError::Full {
+                modules: modules.len(),
+                modules_max: self.limits.modules_max,
+                module_bytes_total: total,
+                module_bytes_total_max: self.limits.module_bytes_total_max,
+            });
+        }
+        Ok(())
+    }
+
+    /// The keyspaces whose binding uses `name@version`, now or in the
+    /// history a rollback returns to.
+    pub fn users(&self, name: &str, version: u32) -> Result<Vec<String>, RegistryError> {
+        let uses = |r: &Option<ResolverRef>| {
+            r.as_ref()
+                .is_some_and(|r| r.name == name && r.version == version)
+        };
+        Ok(self
+            .bindings()?
+            .into_iter()
+            .filter(|b| uses(&b.current) || b.history.iter().any(uses))
+            .map(|b| b.keyspace)
+            .collect())
+    }
+
+    /// Delete `name@version`, which no binding may use (now or in its
+    /// history: a rollback must find what it returns to), nor any of
+    /// `defaults` (keyspaces whose configured default binding names it);
+    /// and its module, unless another version has the same bytes. Returns
+    /// the deleted record; the caller evicts the module from its host.
+    pub fn delete(
+        &self,
+        name: &str,
+        version: u32,
+        defaults: &[String],
+    ) -> Result<ResolverRecord, RegistryError> {
+        let record = self
+            .get(name, version)?
+            .ok_or_else(|| RegistryError::UnknownResolver {
+                name: name.into(),
+                version,
+            })?;
+        let mut keyspaces = self.users(name, version)?;
+        keyspaces.extend(defaults.iter().cloned());
+        keyspaces.sort();
+        keyspaces.dedup();
+        if !keyspaces.is_empty() {
+            return Err(RegistryError::InUse {
+                name: name.into(),
+                version,
+                keyspaces,
+            });
+        }
+        // Record first: a record never points at a missing module.
+        self.store.delete(&resolver_key(name, version))?;
+        let shared = self.list()?.iter().any(|r| r.hash == record.hash);
+        if !shared {
+            self.store.delete(&module_key(&record.hash))?;
+        }
         Ok(record)
     }
 
@@ -443,6 +592,11 @@ impl Registry {
         }
         let previous = std::mem::replace(&mut binding.current, current);
         binding.history.push(previous);
+        let excess = binding
+            .history
+            .len()
+            .saturating_sub(self.limits.history_max);
+        binding.history.drain(..excess);
         self.store.put(&binding_key(keyspace), &encode(&binding))?;
         Ok(binding)
     }

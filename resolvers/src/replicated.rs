@@ -8,7 +8,7 @@
 //!   latest sibling by timestamp, then by content digest: the same choice
 //!   on every replica that holds the same set. A tombstone read that way
 //!   is an absent key.
-//! - `put` writes through the node's coordinator at the system write level
+//! - `put` (and `delete`, a tombstone) writes through the node's coordinator at the system write level
 //!   (a local quorum of the node's datacenter; the bridge takes it to the
 //!   others), superseding what the local replica holds of the key. It
 //!   blocks until the level is reached, so it must run off the runtime's
@@ -86,13 +86,20 @@ impl RegistryRecords for RegistryKeyspace {
             .map_err(failed)
     }
 
+    fn delete(&self, key: &[u8]) -> Result<(), RecordsError> {
+        self.attached()?
+            .delete_blocking(key, WRITE_DEADLINE)
+            .map_err(failed)
+    }
+
     fn scan(&self, prefix: &[u8]) -> Result<Vec<Entry>, RecordsError> {
+        // Only the prefix's sets are kept: listing resolver records holds
+        // no module.
         let mut entries: Vec<Entry> = self
             .attached()?
-            .scan()
+            .scan_prefix(prefix)
             .map_err(failed)?
             .into_iter()
-            .filter(|(key, _)| key.starts_with(prefix))
             .filter_map(|(key, set)| Some((key, resolve(&set)?)))
             .collect();
         // The keyspace is stored by key hash; the trait promises key order.

@@ -15,8 +15,18 @@
 //!   keyspaces; attach needs the resolver registered (as this node's
 //!   replica knows it: upload, then attach, through one node, or wait for
 //!   the record to arrive).
-//! - list: the registry as this node's replica holds it, plus the
-//!   configured default bindings of keyspaces the registry never bound.
+//! - list: the registry as this node's replica holds it (its records and
+//!   bindings; no module is read or compiled), plus the configured default
+//!   bindings of keyspaces the registry never bound.
+//! - delete: a resolver version no keyspace uses, bound now, in the
+//!   history a rollback returns to, or as the configured default of a
+//!   keyspace the registry never bound ([`ErrorCode::ResolverInUse`]);
+//!   its module goes too unless another version has the same bytes, and
+//!   leaves this node's host cache.
+//!
+//! The registry is bounded ([`RegistryLimits`]): modules and their total
+//! bytes (an upload past them is [`ErrorCode::RegistryFull`]), and each
+//! binding's history (the oldest entries drop off).
 //!
 //! One node runs its registry mutations one at a time (a binding is read,
 //! changed and written back); mutations through two nodes at once are
@@ -37,7 +47,9 @@ use isthmus_core::system_keyspace::{
 use parking_lot::Mutex;
 
 use crate::check::CheckOptions;
-use crate::registry::{Binding, RegistryError, ResolverRecord, ResolverRef, UploadPolicy};
+use crate::registry::{
+    Binding, RegistryError, RegistryLimits, ResolverRecord, ResolverRef, UploadPolicy,
+};
 use crate::{Host, Registry, RegistryKeyspace, WasmMergeHook};
 
 /// A node's resolver registry over its `_registry` keyspace.
@@ -77,6 +89,8 @@ pub fn to_wire(e: &RegistryError) -> WireError {
             ErrorCode::BadRequest
         }
         RegistryError::Corrupt { .. } => ErrorCode::Internal,
+        RegistryError::Full { .. } => ErrorCode::RegistryFull,
+        RegistryError::InUse { .. } => ErrorCode::ResolverInUse,
     };
     wire(code, e.to_string())
 }
@@ -117,8 +131,13 @@ impl RegistryService {
     /// Same, with the law checker's options (the seed still defaults from
     /// the module's hash, so every node checks a module alike).
     pub fn with_check(host: Arc<Host>, check: CheckOptions) -> Self {
+        Self::with_limits(host, check, RegistryLimits::default())
+    }
+
+    /// Same, with the registry's bounds.
+    pub fn with_limits(host: Arc<Host>, check: CheckOptions, limits: RegistryLimits) -> Self {
         let store = Arc::new(RegistryKeyspace::new());
-        let registry = Arc::new(Registry::new(store.clone()));
+        let registry = Arc::new(Registry::with_limits(store.clone(), limits));
         RegistryService {
             inner: Arc::new(Inner {
                 host,
@@ -179,6 +198,27 @@ impl Inner {
             ));
         }
         Ok(())
+    }
+
+    /// The keyspaces whose configured default binding is `name@version`
+    /// and that the registry never bound (the default is then in force).
+    fn default_users(&self, name: &str, version: u32) -> Result<Vec<String>, WireError> {
+        let mut users = Vec::new();
+        for (keyspace, config) in self.system()?.keyspaces() {
+            let named = config
+                .resolver
+                .is_some_and(|(n, v)| n == name && v == version);
+            if named
+                && self
+                    .registry
+                    .binding(&keyspace)
+                    .map_err(|e| to_wire(&e))?
+                    .is_none()
+            {
+                users.push(keyspace);
+            }
+        }
+        Ok(users)
     }
 
     fn serve(&self, request: RegistryRequest) -> Result<RegistryResponse, WireError> {
@@ -242,6 +282,14 @@ impl Inner {
                 let binding = registry.rollback(&keyspace).map_err(e)?;
                 tracing::info!(keyspace, "resolver binding rolled back");
                 Ok(RegistryResponse::Bound(binding_info(binding)))
+            }
+            RegistryRequest::Delete { name, version } => {
+                let _one_at_a_time = self.mutating.lock();
+                let defaults = self.default_users(&name, version)?;
+                let record = registry.delete(&name, version, &defaults).map_err(e)?;
+                self.host.evict(&record.hash);
+                tracing::info!(name, version, "resolver deleted");
+                Ok(RegistryResponse::Deleted(info(record)))
             }
             RegistryRequest::List => {
                 let resolvers: Vec<ResolverInfo> =

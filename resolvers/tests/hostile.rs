@@ -405,3 +405,79 @@ fn a_rust_guest_out_of_memory_is_a_memory_limit_not_a_crash() {
     assert_eq!(err.class(), FailureClass::MemoryLimit, "{err}");
     assert_good(&host, &good);
 }
+
+/// A module that compiles but fails its load (ABI version 2), with `tag`
+/// in an extra export so each tag has its own hash.
+fn failing_to_load(tag: u32) -> Vec<u8> {
+    wat::parse_str(format!(
+        r#"(module
+             (memory (export "memory") 1)
+             (func (export "isthmus_abi_version") (result i32) i32.const 2)
+             (func (export "isthmus_alloc") (param i32) (result i32) i32.const 0)
+             (func (export "isthmus_merge") (param i32 i32) (result i64) i64.const 0)
+             (func (export "tag") (result i32) i32.const {tag}))"#
+    ))
+    .unwrap()
+}
+
+#[test]
+fn a_module_that_failed_to_load_is_not_compiled_again_on_every_merge() {
+    use isthmus_resolvers::registry::{LawCheck, MemoryRecords, RegistryRecords, ResolverRecord};
+    use isthmus_resolvers::registry::{module_key, resolver_key};
+    let host = small_host();
+    let bad = failing_to_load(0);
+    // Stored as if another node had registered it (this node's host
+    // cannot load it).
+    let records = Arc::new(MemoryRecords::default());
+    let hash = isthmus_resolvers::host::module_hash(&bad);
+    records.put(&module_key(&hash), &bad).unwrap();
+    let record = ResolverRecord {
+        name: "bad".into(),
+        version: 1,
+        hash,
+        module_bytes: bad.len() as u64,
+        law_check: LawCheck::Passed { seed: 0 },
+    };
+    records
+        .put(
+            &resolver_key("bad", 1),
+            &postcard::to_allocvec(&record).unwrap(),
+        )
+        .unwrap();
+    let registry = Arc::new(Registry::new(records));
+    registry.attach("ks", "bad", 1).unwrap();
+    let hook = WasmMergeHook::new(host.clone(), registry);
+    for _ in 0..5 {
+        let mut set = cart_set();
+        let failure = merge_into(&hook, "ks", b"cart:1", &mut set).unwrap_err();
+        assert_eq!(failure.class, FailureClass::AbiMismatch, "{failure}");
+        assert_eq!(set, cart_set(), "siblings kept");
+    }
+    assert_eq!(host.compiles(), 1, "compiled once, then remembered");
+    assert_eq!(host.stats(&hash).failures(FailureClass::AbiMismatch), 5);
+    // Forgetting it (evict) lets the next load try again.
+    host.evict(&hash);
+    assert!(host.load(&bad).is_err());
+    assert_eq!(host.compiles(), 2);
+}
+
+#[test]
+fn failed_loads_are_remembered_within_a_bound_and_retried_later() {
+    let host = Host::new(ResolverLimits {
+        failed_modules_max: 2,
+        failed_module_retry: Duration::from_millis(300),
+        ..ResolverLimits::default()
+    })
+    .unwrap();
+    for tag in 0..3 {
+        assert!(host.load(&failing_to_load(tag)).is_err());
+    }
+    assert_eq!(host.failed_modules(), 2, "the oldest is forgotten");
+    assert_eq!(host.compiles(), 3);
+    // Within the retry interval: no compile; after it: compiled again.
+    assert!(host.load(&failing_to_load(2)).is_err());
+    assert_eq!(host.compiles(), 3);
+    std::thread::sleep(Duration::from_millis(400));
+    assert!(host.load(&failing_to_load(2)).is_err());
+    assert_eq!(host.compiles(), 4);
+}

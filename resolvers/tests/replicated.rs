@@ -394,3 +394,67 @@ async fn the_hook_follows_a_binding_that_arrives_from_another_node() {
     let merged = hook.merge("carts", b"k", &cart_set()).unwrap().unwrap();
     assert_eq!(merged.value_bytes(), Some(CART_MERGED));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_service_deletes_unused_resolvers_and_refuses_past_its_bounds() {
+    use isthmus_resolvers::RegistryLimits;
+    let n = node(Some(("lww", 1)));
+    let service = RegistryService::with_limits(
+        small_host(),
+        CheckOptions {
+            cases_per_size: 4,
+            ..CheckOptions::default()
+        },
+        RegistryLimits {
+            modules_max: 2,
+            ..RegistryLimits::default()
+        },
+    );
+    service.attach(n.system.clone());
+    let lww = example_module("isthmus-example-lww");
+    let cart = example_module("isthmus-example-cart-union");
+    let counter = example_module("isthmus-example-pn-counter");
+    serve(&service, upload("lww", lww, false)).await.unwrap();
+    serve(&service, upload("cart-union", cart.clone(), false))
+        .await
+        .unwrap();
+    let err = serve(&service, upload("pn", counter.clone(), false))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code, ErrorCode::RegistryFull, "{err:?}");
+
+    let delete = |name: &str| RegistryRequest::Delete {
+        name: name.into(),
+        version: 1,
+    };
+    // lww@1 is the configured default of `carts`: in use.
+    let err = serve(&service, delete("lww")).await.unwrap_err();
+    assert_eq!(err.code, ErrorCode::ResolverInUse, "{err:?}");
+    assert!(err.message.contains("carts"), "{}", err.message);
+    // cart-union is unused: deleted, record and module, on this replica.
+    let answer = serve(&service, delete("cart-union")).await.unwrap();
+    let RegistryResponse::Deleted(info) = answer else {
+        panic!("{answer:?}")
+    };
+    assert_eq!(info.name, "cart-union");
+    let records = n.system.scan().unwrap();
+    let held = |key: &[u8]| {
+        records
+            .iter()
+            .any(|(k, set)| k == key && resolve(set).is_some())
+    };
+    use isthmus_resolvers::registry::{module_key, resolver_key};
+    assert!(!held(&resolver_key("cart-union", 1)));
+    assert!(!held(&module_key(&info.hash)));
+    assert!(held(&resolver_key("lww", 1)));
+    let err = serve(&service, delete("cart-union")).await.unwrap_err();
+    assert_eq!(err.code, ErrorCode::UnknownResolver, "{err:?}");
+    // The room it took is free again.
+    serve(&service, upload("pn", counter, false)).await.unwrap();
+    let listing = serve(&service, RegistryRequest::List).await.unwrap();
+    let RegistryResponse::Listing { resolvers, .. } = listing else {
+        panic!("{listing:?}")
+    };
+    let names: Vec<&str> = resolvers.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(names, vec!["lww", "pn"]);
+}

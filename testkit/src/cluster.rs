@@ -647,6 +647,12 @@ impl LocalCluster {
         self.bridges.iter().flat_map(|f| f.bridges()).collect()
     }
 
+    /// The resolver hosts of the nodes this cluster started (server
+    /// nodes), in start order.
+    pub fn hosts(&self) -> &[Arc<Host>] {
+        &self.hosts
+    }
+
     /// Merges the spec's resolver ran, over every host this cluster
     /// started.
     pub fn merges(&self) -> u64 {

@@ -393,6 +393,15 @@ pub enum RegistryRequest {
     },
     /// Every registered resolver and every keyspace binding.
     List,
+    /// Delete a registered `name@version` that no keyspace uses (bound
+    /// now, in a binding's history, or as a configured default), and its
+    /// module unless another version has the same bytes.
+    Delete {
+        /// Resolver name.
+        name: String,
+        /// Version.
+        version: u32,
+    },
 }
 
 /// One node as `isthmus status` shows it.
@@ -519,6 +528,8 @@ pub enum RegistryResponse {
     Uploaded(ResolverInfo),
     /// The keyspace's binding after an attach, detach or rollback.
     Bound(BindingInfo),
+    /// The resolver version was deleted (what it was).
+    Deleted(ResolverInfo),
     /// The registry as the answering node's replica holds it.
     Listing {
         /// Resolvers by name, then version.
@@ -694,6 +705,14 @@ pub enum ErrorCode {
     /// node keeps serving reads and takes writes again once it has room;
     /// another node may take the write meanwhile (retryable).
     DiskFull,
+    /// The resolver registry holds as many modules, or as many module
+    /// bytes, as it may: delete unused resolvers first. (Appended last:
+    /// codes are encoded by position.)
+    RegistryFull,
+    /// The resolver is bound to a keyspace, now or in the binding history
+    /// a rollback returns to, or is a keyspace's configured default: it
+    /// cannot be deleted.
+    ResolverInUse,
 }
 
 impl ErrorCode {
@@ -723,6 +742,8 @@ impl ErrorCode {
             ErrorCode::ClockSkew => "CLOCK_SKEW",
             ErrorCode::Cancelled => "CANCELLED",
             ErrorCode::DiskFull => "DISK_FULL",
+            ErrorCode::RegistryFull => "REGISTRY_FULL",
+            ErrorCode::ResolverInUse => "RESOLVER_IN_USE",
         }
     }
 

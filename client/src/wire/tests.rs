@@ -68,6 +68,15 @@ fn sample_requests() -> Vec<Request> {
                 version: 1,
             }),
         },
+        Request {
+            id: 7,
+            timeout_ms: 30_000,
+            deadline_ms: 1_700_000_000_000,
+            body: RequestBody::Registry(RegistryRequest::Delete {
+                name: "cart-union".into(),
+                version: 1,
+            }),
+        },
     ]
 }
 

@@ -60,13 +60,14 @@ pub use target::{Operation, Route, Scope, Targets};
 use crate::bridge::{BoxFuture, Bridge, Deliver, Entries};
 use crate::hints::HintSink;
 use crate::limit::Limits;
-use crate::merge::{MergeHook, merge_into};
+use crate::merge::MergeHook;
+use crate::merge::pool::MergeConfig;
 use crate::model::{
     Actor, Clock, Consistency, DcName, Dot, KeyspaceConfig, Payload, Version, VersionSet, key_hash,
 };
 use crate::peer::{PeerRequest, PeerResponse};
 use crate::quorum::{Outcome, QuorumTracker};
-use crate::replica::{Replica, ReplicaBounds};
+use crate::replica::{Collapsed, MergeDue, Replica, ReplicaBounds};
 use crate::ring::NodeId;
 use crate::store::{LocalStore, StoreError};
 use crate::system_keyspace::{SYSTEM_WRITE_LEVEL, SystemWriter};
@@ -88,6 +89,9 @@ pub struct CoordinatorConfig {
     /// How far in the future, by this node's clock, a version received
     /// from elsewhere may be stamped (the node's `clock_skew_max_ms`).
     pub clock_skew_max_ms: u64,
+    /// Where and within what budget the replica's merges run (the node's
+    /// `[merge]` table).
+    pub merge: MergeConfig,
 }
 
 /// Serves client requests for one node, over its [`Replica`].
@@ -99,7 +103,18 @@ pub struct Coordinator<S, T, H> {
     keyspaces: Arc<RwLock<BTreeMap<String, KeyspaceConfig>>>,
     view: watch::Receiver<Arc<ClusterView>>,
     bridge: Option<Arc<dyn Bridge>>,
+    /// Versions the replica made by collapsing two coordinations of one
+    /// write, until [`Coordinator::spread_collapsed`] takes them.
+    collapsed: parking_lot::Mutex<Option<mpsc::Receiver<Collapsed>>>,
 }
+
+/// How many collapsed versions wait to be spread (more are left to
+/// repair).
+const COLLAPSED_QUEUE: usize = 1024;
+
+/// How long spreading a collapsed version waits for its replicas (those
+/// that miss it get hints).
+const SPREAD_DEADLINE: Duration = Duration::from_secs(5);
 
 /// One write as the coordinator handles it.
 #[derive(Clone, Debug)]
@@ -136,7 +151,15 @@ impl<S: LocalStore, T: Transport, H: HintSink> Coordinator<S, T, H> {
             siblings_max: config.limits.siblings_max,
             clock_skew_max_ms: config.clock_skew_max_ms,
         };
-        let replica = Replica::new(store, merge, keyspaces.clone(), bounds);
+        let replica = Replica::new(
+            store,
+            merge,
+            config.merge.clone(),
+            keyspaces.clone(),
+            bounds,
+        );
+        let (spread, collapsed) = mpsc::channel(COLLAPSED_QUEUE);
+        replica.on_collapse(spread);
         Coordinator {
             config,
             replica: Arc::new(replica),
@@ -145,7 +168,68 @@ impl<S: LocalStore, T: Transport, H: HintSink> Coordinator<S, T, H> {
             keyspaces,
             view,
             bridge: None,
+            collapsed: parking_lot::Mutex::new(Some(collapsed)),
         }
+    }
+
+    /// The worker that spreads what the replica collapsed: each version
+    /// goes to every replica of its key in this DC (hints for those it
+    /// misses) and into the bridge's outbox for the others (or, without a
+    /// bridge, straight to every replica), as a write would. A replica
+    /// where a later write had replaced one copy of the write before the
+    /// other arrived cannot collapse them itself; this version is what
+    /// makes it agree. Runs until `stop` (once: a second call returns).
+    pub async fn spread_collapsed(&self, mut stop: watch::Receiver<bool>) {
+        let Some(mut collapsed) = self.collapsed.lock().take() else {
+            return;
+        };
+        loop {
+            let next = tokio::select! {
+                next = collapsed.recv() => next,
+                _ = stop.changed() => return,
+            };
+            let Some(Collapsed {
+                keyspace,
+                key,
+                version,
+            }) = next
+            else {
+                return;
+            };
+            if let Err(e) = self.spread(&keyspace, &key, version).await {
+                tracing::debug!(error = %e, "a collapsed version was not spread everywhere; repair carries it");
+            }
+        }
+    }
+
+    async fn spread(
+        &self,
+        keyspace: &str,
+        key: &[u8],
+        version: Version,
+    ) -> Result<(), CoordinatorError> {
+        let ks = self.keyspace(keyspace)?;
+        if let Some(bridge) = &self.bridge {
+            bridge.enqueue(keyspace, key, &version).await?;
+        }
+        let level = if self.bridge.is_some() {
+            Consistency::LocalOne
+        } else {
+            Consistency::One
+        };
+        let view = self.view.borrow().clone();
+        let scope = self.scope(&ks, level);
+        let mut targets = target::targets(Operation::Write, &scope, &view, key_hash(key));
+        targets.tracker.ack(&self.config.node);
+        self.replicate(
+            keyspace,
+            key,
+            vec![version],
+            targets,
+            &view,
+            SPREAD_DEADLINE,
+        )
+        .await
     }
 
     /// The replica this node coordinates over: the one path by which
@@ -382,6 +466,19 @@ impl<S: LocalStore, T: Transport, H: HintSink> Coordinator<S, T, H> {
         write: &Write<'_>,
         expires: Instant,
     ) -> Result<Version, CoordinatorError> {
+        let (version, due) = self.issue_locked(write, expires).await?;
+        // Merged on the merge pool, the key's lock released.
+        self.replica.merge_due(due).await;
+        Ok(version)
+    }
+
+    /// [`Self::issue`]'s part under the key's lock; returns the siblings
+    /// left to merge.
+    async fn issue_locked(
+        &self,
+        write: &Write<'_>,
+        expires: Instant,
+    ) -> Result<(Version, Option<MergeDue>), CoordinatorError> {
         let locked = self.replica.lock(write.key).await;
         let current = locked.read(write.keyspace).await?;
         if let Some(stored) = current
@@ -391,7 +488,7 @@ impl<S: LocalStore, T: Transport, H: HintSink> Coordinator<S, T, H> {
         {
             // A retry of a write this replica already holds: deliver the
             // stored version again rather than adding a sibling.
-            return Ok(stored.clone());
+            return Ok((stored.clone(), None));
         }
         if Instant::now() >= expires {
             return Err(CoordinatorError::Expired);
@@ -412,14 +509,14 @@ impl<S: LocalStore, T: Transport, H: HintSink> Coordinator<S, T, H> {
         };
         // The replica keeps the sibling bound, whatever the resolver's
         // state, over the set read above.
-        locked
+        let due = locked
             .apply_over(write.keyspace, current, vec![version.clone()])
             .await
             .map_err(|e| match e {
                 StoreError::Limit(limit) => CoordinatorError::Limit(limit),
                 other => other.into(),
             })?;
-        Ok(version)
+        Ok((version, due))
     }
 
     /// Absorb versions shipped from another DC on a local quorum of each
@@ -771,18 +868,12 @@ impl<S: LocalStore, T: Transport, H: HintSink> Coordinator<S, T, H> {
             rx,
         };
         gathered.until_decided(deadline).await?;
-        let mut result = gathered.joined.clone();
-        if result.len() > 1
-            && self.replica.has_resolver(keyspace)
-            && let Err(failure) = merge_into(
-                self.replica.merge_hook().as_ref(),
-                keyspace,
-                key,
-                &mut result,
-            )
-        {
-            tracing::warn!(%failure, "merge at read failed; siblings returned");
-        }
+        // Merged on the merge pool; siblings returned when the merge fails
+        // or is deferred.
+        let result = self
+            .replica
+            .merged(keyspace, key, gathered.joined.clone())
+            .await;
         self.repair_in_background(keyspace, key, gathered, deadline);
         Ok(result)
     }

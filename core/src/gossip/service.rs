@@ -620,6 +620,7 @@ mod tests {
                 actor: Actor(1),
                 limits: Limits::default(),
                 clock_skew_max_ms: crate::limit::CLOCK_SKEW_MAX_MS_DEFAULT,
+                merge: Default::default(),
             },
             MemStore::new(),
             Arc::new(Silent),

@@ -84,13 +84,27 @@ impl VersionSet {
     /// names one write: versions sharing one are taken to carry the same
     /// payload.
     pub fn absorb(&mut self, incoming: Version) -> Absorbed {
-        self.absorb_with(incoming, true)
+        self.absorb_with(incoming, true).0
+    }
+
+    /// [`absorb`](Self::absorb), and the version it made when `incoming`
+    /// collapsed with another coordination of its write: a version no
+    /// replica was sent, which the caller should spread as it would a
+    /// write (a replica where a later write had already replaced the other
+    /// copy cannot make it, see docs/decisions.md).
+    pub fn absorb_noting_collapse(&mut self, incoming: Version) -> Option<Version> {
+        let (_, collapsed) = self.absorb_with(incoming, true);
+        collapsed
     }
 
     /// [`absorb`](Self::absorb), with or without the collapse of versions
     /// sharing a write id (without: how sets were built before it existed,
     /// which decoding still accepts).
-    fn absorb_with(&mut self, mut incoming: Version, collapse_aliases: bool) -> Absorbed {
+    fn absorb_with(
+        &mut self,
+        mut incoming: Version,
+        collapse_aliases: bool,
+    ) -> (Absorbed, Option<Version>) {
         // Fast path (the storage engine's common case, a fresh key): the
         // one member of a singleton set is trivially in canonical order,
         // so no digest is needed.
@@ -98,9 +112,10 @@ impl VersionSet {
             // Exact capacity: `push` would reserve room for four versions,
             // which in a memtable of single-version keys is mostly waste.
             self.versions = vec![incoming];
-            return Absorbed::Changed;
+            return (Absorbed::Changed, None);
         }
         let mut changed = Absorbed::Unchanged;
+        let mut collapsed = false;
         if collapse_aliases && incoming.write_id.is_some() {
             // At most one member shares the write id (the set keeps it so).
             let alias = self.versions.iter().position(|m| {
@@ -113,19 +128,20 @@ impl VersionSet {
                 // concurrent): it enters below.
                 incoming = collapse(self.versions.remove(i), incoming);
                 changed = Absorbed::Changed;
+                collapsed = true;
             }
         }
         let mut incoming_digest: Option<ContentHash> = None;
         for (i, member) in self.versions.iter().enumerate() {
             match incoming.clock.compare(&member.clock) {
-                Causality::Before => return changed,
+                Causality::Before => return (changed, None),
                 Causality::Equal => {
                     if *member == incoming {
-                        return changed;
+                        return (changed, None);
                     }
                     let ours = *incoming_digest.get_or_insert_with(|| incoming.digest());
                     if member.digest() >= ours {
-                        return changed;
+                        return (changed, None);
                     }
                     // Clocks in a set are pairwise concurrent, so no other
                     // member can equal or dominate the incoming clock.
@@ -141,8 +157,9 @@ impl VersionSet {
         let pos = self
             .versions
             .partition_point(|v| order_key(v, &mut None) < key);
+        let made = collapsed.then(|| incoming.clone());
         self.versions.insert(pos, incoming);
-        Absorbed::Changed
+        (Absorbed::Changed, made)
     }
 
     /// Absorb every version of `other`.

@@ -66,7 +66,7 @@ use crate::store::{BlockingRead, EngineStore, LocalStore};
 use crate::system_keyspace::{self, REGISTRY_KEYSPACE, RegistryHook, SystemKeyspace, SystemWriter};
 use crate::transport::TcpTransport;
 use crate::view::ClusterView;
-use crate::worker::{WorkerStatus, Workers};
+use crate::worker::{WorkerHandle, WorkerStatus, Workers};
 
 pub use crate::limit::CONTEXT_ENTRIES_MAX;
 
@@ -446,8 +446,15 @@ where
         actor: parts.actor,
         limits: tuning.limits.clone(),
         clock_skew_max_ms: config.clock_skew_max_ms,
+        merge: config.merge.to_config(),
     };
     let coordinator = coordinator(identity, &parts, merge, &keyspaces, &view, bridge);
+    {
+        let (coordinator, stop) = (coordinator.clone(), stop_rx.clone());
+        workers.spawn("collapse-spread", |_| async move {
+            coordinator.spread_collapsed(stop).await
+        });
+    }
     let system = |name| system_keyspace(name, &me, &parts, &coordinator, &keyspaces, &tuning);
     attach_registry(system(REGISTRY_KEYSPACE), &tuning);
     let access = access::Access {
@@ -520,6 +527,7 @@ where
     spawn_background(
         &workers,
         Background {
+            replica: coordinator.replica().clone(),
             gossiper: gossiper.clone(),
             repairer: repairer.clone(),
             movement,
@@ -616,6 +624,7 @@ fn spawn_server<S, T, H, L>(
 
 /// What a node's background loops are given.
 struct Background<S, T: GossipTransport, H> {
+    replica: Arc<Replica<S>>,
     gossiper: Arc<Gossiper<T>>,
     repairer: Arc<NodeRepairer<S, T>>,
     movement: movement::Movement<StoreData<S, Arc<Replica<S>>>, T>,
@@ -645,6 +654,9 @@ fn spawn_background<S, T, H>(
         system_keyspace::track_replication(bg.keyspaces.clone(), bg.view.clone(), stopped(), w)
     });
     workers.spawn("gossip", |w| bg.gossiper.clone().run(stopped(), w));
+    workers.spawn("merge-retry", |w| {
+        retry_merges(bg.replica.clone(), stopped(), w)
+    });
     if let Some(dir) = bg.peers_dir {
         let interval = tuning.gossip.interval * 5;
         workers.spawn("peers", |w| {
@@ -662,6 +674,33 @@ fn spawn_background<S, T, H>(
     }
     if !tuning.repair.interval.is_zero() {
         workers.spawn("repair", |w| bg.repairer.run(stopped(), w));
+    }
+}
+
+/// Every 100 ms, merge again (up to 16 batches of 64) the keys whose merge was
+/// deferred for their keyspace's budget or a full merge queue, once the
+/// keyspace has budget again ([`Replica::retry_deferred`]).
+async fn retry_merges<S: LocalStore>(
+    replica: Arc<Replica<S>>,
+    mut stop: watch::Receiver<bool>,
+    worker: WorkerHandle,
+) {
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+        }
+        if replica.merge_pool().deferred_keys() == 0 {
+            continue;
+        }
+        worker.busy();
+        // At most 16 batches a round: keys deferred again wait for the next.
+        for _ in 0..16 {
+            if *stop.borrow() || replica.retry_deferred(64).await == 0 {
+                break;
+            }
+        }
+        worker.idle();
     }
 }
 

@@ -347,6 +347,7 @@ fn config(cluster: &Cluster, spec: &NodeSpec) -> NodeConfig {
         tls: None,
         insecure_plaintext: true,
         server: Default::default(),
+        merge: Default::default(),
         ops: Default::default(),
         auth: AuthSection {
             anonymous_full_access: true,
