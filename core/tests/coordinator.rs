@@ -207,6 +207,35 @@ impl Cluster {
         });
     }
 
+    /// Write id 42 coordinated twice: n0 takes it alone (its peers
+    /// unreachable), then stalls before its copy reaches anyone; the
+    /// client retries the same write at n1, whose replicas do not hold it
+    /// yet, so n1 issues a second dot for it (on n1 and n2). n0 stays down.
+    async fn coordinate_twice(&self, value: &[u8]) {
+        let write = |via: usize, level| {
+            let node = self.node(&n(via));
+            async move {
+                node.write(
+                    "plain",
+                    b"k",
+                    Some(value.to_vec()),
+                    Clock::new(),
+                    [42; 16],
+                    level,
+                    DEADLINE,
+                )
+                .await
+            }
+        };
+        self.down(&n(1));
+        self.down(&n(2));
+        write(0, Consistency::One).await.unwrap();
+        self.down(&n(0));
+        self.up(&n(1));
+        self.up(&n(2));
+        write(1, Consistency::LocalQuorum).await.unwrap();
+    }
+
     async fn put(
         &self,
         via: &NodeId,
@@ -799,32 +828,7 @@ async fn a_delivery_refused_for_good_says_why() {
 #[tokio::test]
 async fn a_write_retried_at_a_second_coordinator_takes_effect_once() {
     let c = cluster(3, 3, Arc::new(NoMerge), Limits::default());
-    let write = |via: usize, level| {
-        let node = c.node(&n(via));
-        async move {
-            node.write(
-                "plain",
-                b"k",
-                Some(b"once".to_vec()),
-                Clock::new(),
-                [42; 16],
-                level,
-                DEADLINE,
-            )
-            .await
-        }
-    };
-    // n0 takes the write alone (its peers unreachable), then stalls before
-    // its copy reaches anyone: the client times out and retries the same
-    // write (same id) at n1, whose replicas do not hold it yet, so n1
-    // issues a second dot for it.
-    c.down(&n(1));
-    c.down(&n(2));
-    write(0, Consistency::One).await.unwrap();
-    c.down(&n(0));
-    c.up(&n(1));
-    c.up(&n(2));
-    write(1, Consistency::LocalQuorum).await.unwrap();
+    c.coordinate_twice(b"once").await;
     c.up(&n(0));
     // Both versions meet on every replica (as hint replay, read repair or
     // Merkle repair would bring them).
@@ -899,31 +903,9 @@ async fn a_collapsed_write_reaches_the_replica_where_a_later_write_replaced_one_
         let (node, stop) = (c.node(&n(i)), stop.clone());
         tokio::spawn(async move { node.spread_collapsed(stop).await });
     }
-    let write_w = |via: usize, level| {
-        let node = c.node(&n(via));
-        async move {
-            node.write(
-                "plain",
-                b"k",
-                Some(b"w".to_vec()),
-                Clock::new(),
-                [42; 16],
-                level,
-                DEADLINE,
-            )
-            .await
-        }
-    };
-    // W reaches n0 alone; retried at n1 (n0 stalled), it gets a second
-    // dot there and on n2; a client reads that copy at n1 and writes W2
-    // over it.
-    c.down(&n(1));
-    c.down(&n(2));
-    write_w(0, Consistency::One).await.unwrap();
-    c.down(&n(0));
-    c.up(&n(1));
-    c.up(&n(2));
-    write_w(1, Consistency::LocalQuorum).await.unwrap();
+    // W reaches n0 alone and a second dot at n1 and n2; a client reads
+    // that copy at n1 and writes W2 over it.
+    c.coordinate_twice(b"w").await;
     let b = c.stores[&n(1)]
         .get("plain", b"k")
         .await

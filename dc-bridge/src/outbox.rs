@@ -161,17 +161,15 @@ fn segment_name(first: u64) -> String {
     format!("seg-{first:020}.log")
 }
 
-/// `dc`'s cursor file: `dc-cursor-<hex of the name's bytes>`, one name per
-/// datacenter (names differing only in punctuation do not share a file).
-fn cursor_path(dir: &Path, dc: &DcName) -> PathBuf {
-    let hex: String = dc.0.bytes().map(|b| format!("{b:02x}")).collect();
-    dir.join(format!("dc-cursor-{hex}"))
+/// A datacenter's name as file names carry it: the hex of its bytes, so
+/// names differing only in punctuation never share a file.
+pub fn dc_hex(dc: &DcName) -> String {
+    dc.0.bytes().map(|b| format!("{b:02x}")).collect()
 }
 
-/// The datacenter a [`cursor_path`] file name belongs to.
-fn cursor_dc(name: &str) -> Option<DcName> {
-    let hex = name.strip_prefix("dc-cursor-")?;
-    if hex.len() % 2 != 0 {
+/// The datacenter whose [`dc_hex`] is `hex`.
+pub fn dc_of_hex(hex: &str) -> Option<DcName> {
+    if !hex.len().is_multiple_of(2) {
         return None;
     }
     let bytes: Option<Vec<u8>> = (0..hex.len())
@@ -179,6 +177,16 @@ fn cursor_dc(name: &str) -> Option<DcName> {
         .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
         .collect();
     String::from_utf8(bytes?).ok().map(DcName)
+}
+
+/// `dc`'s cursor file: `dc-cursor-<dc_hex>`.
+fn cursor_path(dir: &Path, dc: &DcName) -> PathBuf {
+    dir.join(format!("dc-cursor-{}", dc_hex(dc)))
+}
+
+/// The datacenter a [`cursor_path`] file name belongs to.
+fn cursor_dc(name: &str) -> Option<DcName> {
+    dc_of_hex(name.strip_prefix("dc-cursor-")?)
 }
 
 /// A cursor file as an older release named it, `cursor-<name>` with every

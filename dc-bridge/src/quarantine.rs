@@ -154,20 +154,11 @@ fn failed(path: &Path, e: impl std::fmt::Display) -> StoreError {
 }
 
 fn file_name(dc: &DcName) -> String {
-    let hex: String = dc.0.bytes().map(|b| format!("{b:02x}")).collect();
-    format!("q-{hex}.log")
+    format!("q-{}.log", crate::outbox::dc_hex(dc))
 }
 
 fn dc_of(name: &str) -> Option<DcName> {
-    let hex = name.strip_prefix("q-")?.strip_suffix(".log")?;
-    if hex.len() % 2 != 0 {
-        return None;
-    }
-    let bytes: Option<Vec<u8>> = (0..hex.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
-        .collect();
-    String::from_utf8(bytes?).ok().map(DcName)
+    crate::outbox::dc_of_hex(name.strip_prefix("q-")?.strip_suffix(".log")?)
 }
 
 fn frame(entry: &Entry) -> Vec<u8> {

@@ -219,13 +219,10 @@ impl Fs for WatchedFs {
 
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
         // `dc-cursor-<hex of the datacenter's name>`.
-        let cursor = name_of(to).strip_prefix("dc-cursor-").and_then(|hex| {
-            let bytes: Option<Vec<u8>> = (0..hex.len())
-                .step_by(2)
-                .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
-                .collect();
-            String::from_utf8(bytes?).ok()
-        });
+        let cursor = name_of(to)
+            .strip_prefix("dc-cursor-")
+            .and_then(isthmus_dc_bridge::outbox::dc_of_hex)
+            .map(|dc| dc.0);
         let text = match &cursor {
             Some(_) => Some(self.mem.read_all(from)?),
             None => None,
