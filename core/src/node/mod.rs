@@ -513,6 +513,7 @@ where
         me: me.clone(),
         dc: config.dc.clone(),
         store: parts.store.clone(),
+        replica: coordinator.replica().clone(),
         hints: parts.hints.clone(),
         gossiper: gossiper.clone(),
         bridge: coordinator.bridge().cloned(),

@@ -10,6 +10,7 @@ use crate::bridge::Bridge;
 use crate::gossip::service::{GossipTransport, Gossiper};
 use crate::hints::HintQueue;
 use crate::ops::{Figures, HintFigures, Member, NotReady, Probe, ServerFigures};
+use crate::replica::Replica;
 use crate::ring::NodeId;
 use crate::server::ServerStats;
 use crate::store::LocalStore;
@@ -21,6 +22,7 @@ pub(super) struct NodeProbe<S, T: GossipTransport, H> {
     pub me: NodeId,
     pub dc: String,
     pub store: S,
+    pub replica: Arc<Replica<S>>,
     pub hints: Arc<H>,
     pub gossiper: Arc<Gossiper<T>>,
     pub bridge: Option<Arc<dyn Bridge>>,
@@ -79,6 +81,7 @@ where
         };
         Figures {
             engine: self.store.engine_stats(),
+            conflicts: self.replica.merge_pool().tally().figures(),
             hints,
             bridges: self.bridge.as_ref().map(|b| b.report()).unwrap_or_default(),
             bridge: self

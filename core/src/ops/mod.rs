@@ -25,6 +25,7 @@ pub use metrics::{RequestMetrics, registry};
 
 use crate::bridge::BridgeFigures;
 use crate::engine::EngineStats;
+use crate::merge::tally::TallyFigures;
 use crate::repair::RepairStats;
 use crate::worker::WorkerStatus;
 use isthmus_client::wire::BridgeReport;
@@ -34,6 +35,8 @@ use isthmus_client::wire::BridgeReport;
 pub struct Figures {
     /// The storage engine's counters (`None`: a store without one).
     pub engine: Option<EngineStats>,
+    /// Siblings created, merges and merge failures (the replica's tally).
+    pub conflicts: TallyFigures,
     /// Hints.
     pub hints: HintFigures,
     /// The bridge, one report per remote DC (empty without a bridge).
