@@ -174,6 +174,35 @@ async fn metrics_health_and_readiness_of_every_node_of_two_dcs() {
     assert_eq!(sum(&m, "isthmus_node_ready", &[]), 1.0);
     assert!(sum(&m, "isthmus_workers", &["name=\"gossip\""]) == 1.0);
 
+    // The JSON API: this node's view of both DCs.
+    let (status, head, body) = get(&ops("dc1-n0"), "/api/v1/overview").await;
+    assert_eq!(status, 200, "{head}");
+    let overview: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(overview["node"]["id"], "dc1-n0");
+    assert_eq!(overview["node"]["ready"], true);
+    let dcs = overview["dcs"].as_array().expect("dcs");
+    let names: Vec<&str> = dcs.iter().filter_map(|d| d["name"].as_str()).collect();
+    assert_eq!(names, ["dc1", "dc2"]);
+    for dc in dcs {
+        let nodes = dc["nodes"].as_array().expect("nodes");
+        assert_eq!(nodes.len(), 2, "{dc}");
+        assert!(
+            nodes
+                .iter()
+                .all(|n| n["up"] == true && n["status"] == "Normal"),
+            "{dc}"
+        );
+    }
+    assert_eq!(overview["bridges"][0]["remote_dc"], "dc2");
+    let (status, head, page) = get(&ops("dc2-n1"), "/").await;
+    assert_eq!(status, 200, "{head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: text/html"),
+        "{head}"
+    );
+    assert!(page.contains("api/v1/overview"), "the page reads the API");
+
     // Across the WAN: dc1 ships, dc2 applies and records the lag.
     until("dc1 ships every write to dc2", async || {
         let mut shipped = 0.0;

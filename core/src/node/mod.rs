@@ -513,6 +513,7 @@ where
         me: me.clone(),
         dc: config.dc.clone(),
         store: parts.store.clone(),
+        keyspaces: keyspaces.clone(),
         replica: coordinator.replica().clone(),
         hints: parts.hints.clone(),
         gossiper: gossiper.clone(),
@@ -902,16 +903,22 @@ where
     /// (the `ops` worker).
     pub fn serve_ops(&mut self, listener: TcpListener) {
         self.ops_addr = listener.local_addr().ok().map(|a| a.to_string());
-        let router = crate::ops::http::router(self.metrics(), self.probe.clone());
+        let history = Arc::new(parking_lot::Mutex::new(crate::ops::api::History::default()));
+        let router = crate::ops::http::router(self.metrics(), self.probe.clone(), history.clone());
         let mut stop = self.stop.subscribe();
         tracing::info!(
             addr = self.ops_addr.as_deref().unwrap_or("?"),
-            "operations listener: /metrics, /healthz, /readyz"
+            "operations listener: /metrics, /healthz, /readyz, /api/v1/overview, the dashboard at /"
         );
-        self.workers.spawn("ops", |_| {
-            crate::ops::http::serve(listener, router, async move {
-                let _ = stop.changed().await;
-            })
+        let sampler = crate::ops::http::sample(self.probe.clone(), history);
+        self.workers.spawn("ops", |_| async move {
+            // The history's sampler stops with the listener.
+            tokio::select! {
+                () = crate::ops::http::serve(listener, router, async move {
+                    let _ = stop.changed().await;
+                }) => {}
+                () = sampler => {}
+            }
         });
     }
 

@@ -1,5 +1,6 @@
 //! The operations listener's HTTP side (axum): `/metrics`, `/healthz`,
-//! `/readyz`.
+//! `/readyz`, the JSON API (`/api/v1/overview`) and the dashboard (`/`),
+//! one page whose script and styles are in the binary.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -13,6 +14,11 @@ use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 
 use super::Probe;
+use super::api::{self, History};
+
+/// The dashboard page: HTML, styles and script in one file, no asset
+/// fetched from anywhere but this listener's API.
+const DASHBOARD: &str = include_str!("dashboard.html");
 
 /// The content type of `/metrics`: OpenMetrics text, which Prometheus
 /// scrapes natively.
@@ -22,15 +28,27 @@ pub const METRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.
 struct Ops {
     registry: Registry,
     probe: Arc<dyn Probe>,
+    history: Arc<parking_lot::Mutex<History>>,
 }
 
-/// The router over a node's registry and probe.
-pub fn router(registry: Registry, probe: Arc<dyn Probe>) -> Router {
+/// The router over a node's registry and probe, and the history its
+/// overview shows (see [`sample`]).
+pub fn router(
+    registry: Registry,
+    probe: Arc<dyn Probe>,
+    history: Arc<parking_lot::Mutex<History>>,
+) -> Router {
     Router::new()
+        .route("/", get(dashboard))
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .with_state(Arc::new(Ops { registry, probe }))
+        .route("/api/v1/overview", get(overview))
+        .with_state(Arc::new(Ops {
+            registry,
+            probe,
+            history,
+        }))
 }
 
 /// Serve `router` on `listener` until `shutdown` completes.
@@ -44,6 +62,44 @@ pub async fn serve(
         .await
     {
         tracing::error!(error = %e, "operations listener failed");
+    }
+}
+
+/// Sample `probe` into `history` every [`api::SAMPLE_EVERY`], for ever
+/// (the caller stops it with the listener).
+pub async fn sample(probe: Arc<dyn Probe>, history: Arc<parking_lot::Mutex<History>>) {
+    let mut tick = tokio::time::interval(api::SAMPLE_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let (probe, history) = (probe.clone(), history.clone());
+        // Figures read some components under their locks: off the async
+        // workers.
+        let _ = tokio::task::spawn_blocking(move || {
+            let figures = probe.figures();
+            history.lock().sample(&figures, crate::wall_clock::now_ms());
+        })
+        .await;
+    }
+}
+
+async fn dashboard() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        DASHBOARD,
+    )
+        .into_response()
+}
+
+async fn overview(State(ops): State<Arc<Ops>>) -> Response {
+    let answer =
+        tokio::task::spawn_blocking(move || api::overview(ops.probe.as_ref(), &ops.history)).await;
+    match answer {
+        Ok(overview) => axum::Json(overview).into_response(),
+        Err(_) => (StatusCode::INTERNAL_SERVER_ERROR, "the overview failed\n").into_response(),
     }
 }
 

@@ -20,7 +20,6 @@ use prometheus_client::registry::Registry;
 
 use super::{Figures, Probe};
 use crate::bridge::LAG_BUCKETS_MS;
-use crate::worker::WorkerState;
 
 /// The labels of a request: its operation, keyspace (a configured one, or
 /// `-`: unknown names are not labels, so a client cannot grow the set),
@@ -578,12 +577,7 @@ fn encode_cluster(f: &Figures, out: &mut Out<'_, '_>) -> Result<(), Error> {
     let mut states: std::collections::BTreeMap<(&str, &str), i64> = Default::default();
     let mut runs: std::collections::BTreeMap<&str, u64> = Default::default();
     for w in &f.workers {
-        let state = match w.state {
-            WorkerState::Busy => "busy",
-            WorkerState::Idle => "idle",
-            WorkerState::Done => "done",
-            WorkerState::Dead => "dead",
-        };
+        let state = w.state.as_str();
         *states.entry((w.name.as_str(), state)).or_default() += 1;
         *runs.entry(w.name.as_str()).or_default() += w.runs;
     }
@@ -629,6 +623,7 @@ mod tests {
     use super::*;
     use crate::bridge::{BridgeFigures, LagHistogram};
     use crate::ops::{Member, NotReady};
+    use crate::worker::WorkerState;
 
     struct Fixed(Figures);
 
@@ -638,6 +633,9 @@ mod tests {
         }
         fn readiness(&self) -> Result<(), NotReady> {
             Ok(())
+        }
+        fn nodes(&self) -> Vec<isthmus_client::wire::NodeReport> {
+            Vec::new()
         }
     }
 
@@ -732,11 +730,13 @@ mod tests {
             .collect()
     }
 
-    /// The names in the table of docs/metrics.md (first column, in
-    /// backquotes).
+    /// The names in the metric table of docs/metrics.md (first column,
+    /// in backquotes; the sections after it document other things).
     fn documented() -> BTreeSet<String> {
         let doc = include_str!("../../../docs/metrics.md");
-        doc.lines()
+        let table = doc.split("\n## ").next().unwrap_or(doc);
+        table
+            .lines()
             .filter_map(|l| l.strip_prefix("| `"))
             .filter_map(|l| l.split_once('`'))
             .map(|(name, _)| name.to_owned())
