@@ -1,8 +1,14 @@
-//! The dashboard in a real browser: two datacenters of two `isthmus
-//! server` processes each, writes in both, and the page of a DC1 node's
-//! operations listener rendered by headless Chromium. The rendered DOM
-//! shows every node of both DCs up and a lag figure for writes from DC2;
-//! a DC2 node SIGKILLed mid-test is shown down within a bound.
+//! What an operator sees of a running cluster: two datacenters of two
+//! `isthmus server` processes each, writes in both.
+//!
+//! - The dashboard in a real browser: the page of a DC1 node's operations
+//!   listener rendered by headless Chromium shows every node of both DCs
+//!   up and a lag figure for writes from DC2; a DC2 node SIGKILLed
+//!   mid-test is shown down within a bound.
+//! - `isthmus status --cluster`: every node's view side by side, all
+//!   agreeing; after the kill, the killed node's column is `?`.
+//! - `isthmus put --file`: a binary value from a file and from stdin
+//!   reads back byte for byte.
 //!
 //! Needs Chromium (`chromium`, or the path in `$CHROMIUM`; not `ISTHMUS_`-prefixed, since the servers read those): `.ci/run` installs
 //! Debian's package. Without it the test fails, except outside CI where it
@@ -16,7 +22,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{Node, all_see, call, until};
+use common::{Node, all_see, call, isthmus, text, until};
 use isthmus_client::wire::{Consistency, Context, RequestBody, ResponseBody, WriteId};
 use isthmus_dc_bridge::wan::WanProxy;
 
@@ -85,6 +91,15 @@ fn lag_figure(dom: &str, from: &str, to: &str) -> Option<String> {
     Some(text.split('<').next()?.to_owned())
 }
 
+/// The row of `status --cluster`'s table for member `id` (a mark, the
+/// DC, the id, then one column per viewer).
+fn member_row<'t>(table: &'t str, id: &str) -> Option<&'t str> {
+    table.lines().find(|l| {
+        let mut words = l.split_whitespace().filter(|w| *w != "*");
+        words.nth(1) == Some(id) && l.starts_with([' ', '*'])
+    })
+}
+
 async fn put(addr: &str, key: String) -> bool {
     let put = RequestBody::Put {
         keyspace: "carts".into(),
@@ -98,7 +113,7 @@ async fn put(addr: &str, key: String) -> bool {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_dashboard_shows_both_dcs_a_lag_figure_and_a_killed_node_down() {
+async fn the_dashboard_status_cluster_and_binary_puts_of_a_two_dc_cluster() {
     let Some(chromium) = chromium() else {
         assert!(
             std::env::var_os("CI").is_none(),
@@ -197,6 +212,88 @@ async fn the_dashboard_shows_both_dcs_a_lag_figure_and_a_killed_node_down() {
         println!("screenshot: {}", path.display());
     }
 
+    // Every node's view, side by side: all four agree.
+    let out = isthmus(vec![
+        "status".into(),
+        "--cluster".into(),
+        "--addr".into(),
+        dc1.clone(),
+    ])
+    .await;
+    let table = text(&out.stdout);
+    assert!(out.status.success(), "{table}{}", text(&out.stderr));
+    assert!(
+        table.contains("4 members, 4 views, 0 disagreement(s)"),
+        "{table}"
+    );
+    for id in &ids {
+        let row = member_row(&table, id).expect("a row per node");
+        assert_eq!(row.matches("UN").count(), 4, "{table}");
+    }
+
+    // Binary values through the CLI, from a file and from stdin.
+    let binary: Vec<u8> = (0..=255u8).cycle().take(3000).collect();
+    let file = dir.path().join("value.bin");
+    std::fs::write(&file, &binary).unwrap();
+    let put_args = |key: &str, file: &str| -> Vec<String> {
+        [
+            "put",
+            "--keyspace",
+            "carts",
+            "--addr",
+            &dc1,
+            key,
+            "--file",
+            file,
+        ]
+        .map(String::from)
+        .to_vec()
+    };
+    let out = isthmus(put_args("bin-file", &file.display().to_string())).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdin_put = {
+        let args = put_args("bin-stdin", "-");
+        let bytes = binary.clone();
+        tokio::task::spawn_blocking(move || {
+            use std::io::Write;
+            let mut child = Command::new(env!("CARGO_BIN_EXE_isthmus"))
+                .args(args)
+                .env("ISTHMUS_CA", common::pki().ca_pem())
+                .env("ISTHMUS_CERT", common::pki().admin_cert().0)
+                .env("ISTHMUS_KEY", common::pki().admin_cert().1)
+                .stdin(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            child.stdin.take().unwrap().write_all(&bytes).unwrap();
+            child.wait_with_output().unwrap()
+        })
+        .await
+        .unwrap()
+    };
+    assert!(stdin_put.status.success(), "{}", text(&stdin_put.stderr));
+    for key in ["bin-file", "bin-stdin"] {
+        let get = RequestBody::Get {
+            keyspace: "carts".into(),
+            key: key.as_bytes().to_vec(),
+            consistency: Some(Consistency::LocalQuorum),
+        };
+        match call(&dc1, get).await {
+            Ok(ResponseBody::Value { siblings, .. }) => {
+                assert_eq!(siblings.len(), 1, "{key}");
+                assert!(siblings[0].value == binary, "{key}: the bytes written");
+            }
+            other => panic!("{key}: {other:?}"),
+        }
+    }
+    let out = isthmus(put_args("nowhere", "/no/such/file")).await;
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("/no/such/file"),
+        "{}",
+        text(&out.stderr)
+    );
+
     // A node killed mid-test is shown down within a bound: the failure
     // detector's conviction plus a refresh of the page.
     const SHOWN_DOWN_WITHIN: Duration = Duration::from_secs(30);
@@ -217,4 +314,19 @@ async fn the_dashboard_shows_both_dcs_a_lag_figure_and_a_killed_node_down() {
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+    let out = isthmus(vec![
+        "status".into(),
+        "--cluster".into(),
+        "--addr".into(),
+        dc1.clone(),
+    ])
+    .await;
+    let table = text(&out.stdout);
+    assert!(out.status.success(), "{table}{}", text(&out.stderr));
+    assert!(table.contains("Did not answer:\n  dc2-n1:"), "{table}");
+    let killed = member_row(&table, "dc2-n1").expect("a row for dc2-n1");
+    assert!(
+        killed.trim_end().ends_with('?'),
+        "its own column is `?`: {table}"
+    );
 }
