@@ -2,7 +2,8 @@
 //! `isthmus server` processes each, writes in both.
 //!
 //! - The dashboard in a real browser: the page of a DC1 node's operations
-//!   listener rendered by headless Chromium shows every node of both DCs
+//!   listener (HTTPS, logged in as a user) rendered by headless Chromium
+//!   shows every node of both DCs
 //!   up and a lag figure for writes from DC2; a DC2 node SIGKILLed
 //!   mid-test is shown down within a bound.
 //! - `isthmus status --cluster`: every node's view side by side, all
@@ -55,6 +56,9 @@ fn browser(chromium: &PathBuf, profile: &std::path::Path) -> Command {
         "--no-first-run",
         "--hide-scrollbars",
         "--virtual-time-budget=4000",
+        // The listener's certificate is the node's, from the cluster's
+        // own CA, which this browser profile does not trust.
+        "--ignore-certificate-errors",
     ]);
     command.arg(format!("--user-data-dir={}", profile.display()));
     command
@@ -164,7 +168,14 @@ async fn the_dashboard_status_cluster_and_binary_puts_of_a_two_dc_cluster() {
     }
     assert_eq!(written, 80, "every write acknowledged");
 
-    let url = format!("http://{}/", nodes[0].ops);
+    // HTTPS with the node's certificate; the page and its API need a
+    // user's login (HTTP Basic, given in the URL).
+    let url = format!(
+        "https://{}:{}@{}/",
+        common::ADMIN,
+        common::ADMIN_PASSWORD,
+        nodes[0].ops
+    );
     let ids: Vec<String> = nodes.iter().map(|n| n.id.clone()).collect();
     let deadline = Instant::now() + Duration::from_secs(60);
     let dom = loop {

@@ -176,10 +176,12 @@ pub const OPS_PORT_DEFAULT: u16 = 9401;
 /// and `/readyz`. On by default, as in Cassandra's and CockroachDB's
 /// nodes: a node that cannot be scraped or probed is hard to run.
 ///
-/// Nothing it serves is authenticated (figures and health, no data), so
-/// the address is the access control: by default the host of `listen`
-/// with port 9401 (port 0, any free port, when `listen`'s port is 0);
-/// operators put it on a private interface.
+/// By default the host of `listen` with port 9401 (port 0, any free
+/// port, when `listen`'s port is 0). `/healthz` and `/readyz` are open;
+/// the figures (`/metrics`, the JSON API, the dashboard) need a user's
+/// login (`auth = "login"`, HTTP Basic) unless `auth = "none"` or the
+/// node allows anonymous access; on a node with TLS the listener speaks
+/// HTTPS with the node's certificate.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct OpsSection {
@@ -190,6 +192,22 @@ pub struct OpsSection {
     /// How `isthmus server` writes its log lines (to stderr): `text` for
     /// people, `json` (one object per line) for log collectors.
     pub log_format: LogFormat,
+    /// Who may read the figures.
+    pub auth: OpsAuth,
+}
+
+/// Who may read the operations listener's figures (`[ops] auth`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OpsAuth {
+    /// Any user of the cluster, by HTTP Basic credentials (as the data
+    /// port's `status` needs a login). Open when the node allows
+    /// anonymous access (`auth.anonymous_full_access`).
+    #[default]
+    Login,
+    /// Anyone who reaches the address: for a listener bound to a private
+    /// interface whose scraper cannot log in.
+    None,
 }
 
 /// The log line format of `isthmus server` (`[ops] log_format`).
@@ -209,6 +227,7 @@ impl Default for OpsSection {
             enabled: true,
             listen: None,
             log_format: LogFormat::Text,
+            auth: OpsAuth::Login,
         }
     }
 }

@@ -206,6 +206,31 @@ pub struct RunningNode<S = EngineStore, T: GossipTransport = TcpTransport, H = H
     repairer: Arc<NodeRepairer<S, T>>,
     stop: watch::Sender<bool>,
     workers: Arc<Workers>,
+    /// The login the operations listener's figures need (`None`: open).
+    ops_guard: Option<Arc<crate::ops::http::Guard>>,
+}
+
+/// The operations listener's logins, checked by the node's user store.
+struct UserLogin(crate::auth::Users);
+
+impl crate::ops::http::Login for UserLogin {
+    fn login<'a>(
+        &'a self,
+        user: &'a str,
+        password: &'a str,
+    ) -> futures_util::future::BoxFuture<'a, Result<(), String>> {
+        Box::pin(async move {
+            let credentials = isthmus_client::wire::Credentials {
+                user: user.to_owned(),
+                password: password.to_owned(),
+            };
+            self.0
+                .authenticate(&credentials)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_wire().message)
+        })
+    }
 }
 
 /// How long shutdown waits for the workers before aborting them.
@@ -353,9 +378,10 @@ pub async fn start(
         peers_dir: Some(data_dir.clone()),
         server_tls,
     };
+    let ops_tls = parts.server_tls.clone();
     let mut node = start_with(config, parts, merge, tuning).await?;
     if let Some(listener) = ops_listener {
-        node.serve_ops(listener);
+        node.serve_ops(listener, ops_tls);
     }
     let stop = || node.stop.subscribe();
     node.workers.spawn("alive", |w| {
@@ -552,6 +578,14 @@ where
             bootstrap_admin(users, name, password, view, stop, w)
         });
     }
+    let ops_guard = match (&access.users, config.ops.auth) {
+        (Some(users), crate::config::OpsAuth::Login) if !access.anonymous_full_access => {
+            Some(Arc::new(crate::ops::http::Guard::new(Arc::new(UserLogin(
+                users.clone(),
+            )))))
+        }
+        _ => None,
+    };
     tracing::info!(node = %me, dc = %dc, addr = %parts.addr, "node started");
     {
         let (probe, stop) = (probe.clone(), stop_rx.clone());
@@ -570,6 +604,7 @@ where
         repairer,
         stop,
         workers,
+        ops_guard,
     })
 }
 
@@ -900,23 +935,36 @@ where
     }
 
     /// Serve the operations listener on `listener` until the node stops
-    /// (the `ops` worker).
-    pub fn serve_ops(&mut self, listener: TcpListener) {
+    /// (the `ops` worker): over TLS with `tls` (the node's own server
+    /// configuration), plain HTTP without.
+    pub fn serve_ops(&mut self, listener: TcpListener, tls: Option<Arc<rustls::ServerConfig>>) {
         self.ops_addr = listener.local_addr().ok().map(|a| a.to_string());
         let history = Arc::new(parking_lot::Mutex::new(crate::ops::api::History::default()));
-        let router = crate::ops::http::router(self.metrics(), self.probe.clone(), history.clone());
+        let router = crate::ops::http::router(
+            self.metrics(),
+            self.probe.clone(),
+            history.clone(),
+            self.ops_guard.clone(),
+        );
         let mut stop = self.stop.subscribe();
         tracing::info!(
             addr = self.ops_addr.as_deref().unwrap_or("?"),
+            scheme = if tls.is_some() { "https" } else { "http" },
+            login = self.ops_guard.is_some(),
             "operations listener: /metrics, /healthz, /readyz, /api/v1/overview, the dashboard at /"
         );
         let sampler = crate::ops::http::sample(self.probe.clone(), history);
         self.workers.spawn("ops", |_| async move {
+            let stopped = async move {
+                let _ = stop.changed().await;
+            };
+            let serve: futures_util::future::BoxFuture<'static, ()> = match tls {
+                Some(tls) => Box::pin(crate::ops::http::serve_tls(listener, router, tls, stopped)),
+                None => Box::pin(crate::ops::http::serve(listener, router, stopped)),
+            };
             // The history's sampler stops with the listener.
             tokio::select! {
-                () = crate::ops::http::serve(listener, router, async move {
-                    let _ = stop.changed().await;
-                }) => {}
+                () = serve => {}
                 () = sampler => {}
             }
         });
