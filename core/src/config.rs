@@ -166,6 +166,104 @@ pub struct NodeConfig {
     /// The operations listener: `/metrics`, `/healthz`, `/readyz`.
     #[serde(default)]
     pub ops: OpsSection,
+    /// The Redis-protocol front door (off unless enabled).
+    #[serde(default)]
+    pub redis: RedisSection,
+}
+
+/// Default port of the Redis-protocol front door (`[redis] listen`).
+pub const REDIS_PORT_DEFAULT: u16 = 6379;
+
+/// The `[redis]` table: the Redis-protocol front door (RESP2 and RESP3),
+/// off by default. Its commands become this node's client requests, with
+/// the same users and permissions; over TLS on a node with TLS.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisSection {
+    /// Serve it.
+    pub enabled: bool,
+    /// `host:port`; absent: `listen`'s host, port 6379 (any free port
+    /// when `listen`'s port is 0).
+    pub listen: Option<String>,
+    /// Keyspaces by database index: `SELECT n` chooses `databases[n]`; a
+    /// connection starts in database 0. Each must be a configured
+    /// keyspace.
+    pub databases: Vec<String>,
+    /// Each command's deadline, in milliseconds.
+    pub timeout_ms: u64,
+    /// Connections served at once; one more is closed at once.
+    pub connections_max: usize,
+}
+
+impl Default for RedisSection {
+    fn default() -> Self {
+        RedisSection {
+            enabled: false,
+            listen: None,
+            databases: Vec::new(),
+            timeout_ms: 5_000,
+            connections_max: 1024,
+        }
+    }
+}
+
+impl RedisSection {
+    /// The address to bind, given the node's data `listen` address; `None`
+    /// when the front door is off.
+    pub fn address(&self, listen: &str) -> Option<String> {
+        if !self.enabled {
+            return None;
+        }
+        if let Some(addr) = &self.listen {
+            return Some(addr.clone());
+        }
+        let (host, port) = listen.rsplit_once(':').unwrap_or((listen, ""));
+        let port = if port == "0" { 0 } else { REDIS_PORT_DEFAULT };
+        Some(format!("{host}:{port}"))
+    }
+
+    /// Refuse an address that is not `host:port`, a database that is not
+    /// a configured keyspace (or none at all), and zero bounds.
+    pub fn validate(
+        &self,
+        keyspaces: &BTreeMap<String, KeyspaceSection>,
+    ) -> Result<(), ConfigError> {
+        if !self.enabled {
+            return Ok(());
+        }
+        if let Some(addr) = &self.listen {
+            let ok = addr
+                .rsplit_once(':')
+                .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+            if !ok {
+                return Err(invalid(
+                    "redis.listen",
+                    format!("{addr:?} is not host:port"),
+                ));
+            }
+        }
+        if self.databases.is_empty() {
+            return Err(invalid(
+                "redis.databases",
+                "name at least one keyspace (database 0, where connections start)",
+            ));
+        }
+        for (i, ks) in self.databases.iter().enumerate() {
+            if !keyspaces.contains_key(ks) {
+                return Err(invalid(
+                    format!("redis.databases[{i}]"),
+                    format!("{ks:?} is not a configured keyspace"),
+                ));
+            }
+        }
+        if self.timeout_ms == 0 {
+            return Err(invalid("redis.timeout_ms", "must be at least 1"));
+        }
+        if self.connections_max == 0 {
+            return Err(invalid("redis.connections_max", "must be at least 1"));
+        }
+        Ok(())
+    }
 }
 
 /// Default port of the operations listener (`[ops] listen`).
@@ -740,6 +838,7 @@ impl NodeConfig {
         self.auth.bootstrap()?;
         self.server.validate()?;
         self.ops.validate(&self.listen)?;
+        self.redis.validate(&self.keyspaces)?;
         self.merge.validate()?;
         if self.data_dir.as_os_str().is_empty() {
             return Err(invalid("data_dir", "must not be empty"));
@@ -817,6 +916,7 @@ mod tests {
             server: Default::default(),
             merge: Default::default(),
             ops: Default::default(),
+            redis: Default::default(),
             keyspaces: BTreeMap::from([(
                 "carts".into(),
                 KeyspaceSection {
@@ -986,6 +1086,31 @@ mod tests {
             c.merge = section;
             assert_eq!(c.validate().unwrap_err().field, field);
         }
+    }
+
+    #[test]
+    fn the_redis_table_is_off_by_default_and_names_each_bad_field() {
+        let mut c = base();
+        assert_eq!(c.redis.address(&c.listen), None, "off by default");
+        c.redis.enabled = true;
+        assert_eq!(c.validate().unwrap_err().field, "redis.databases");
+        let known = c.keyspaces.keys().next().cloned().expect("a keyspace");
+        c.redis.databases = vec![known.clone(), "nope".into()];
+        assert_eq!(c.validate().unwrap_err().field, "redis.databases[1]");
+        c.redis.databases = vec![known];
+        assert_eq!(c.validate(), Ok(()));
+        assert_eq!(
+            c.redis.address(&c.listen).as_deref(),
+            Some("127.0.0.1:6379")
+        );
+        c.redis.listen = Some("nowhere".into());
+        assert_eq!(c.validate().unwrap_err().field, "redis.listen");
+        c.redis.listen = None;
+        c.redis.timeout_ms = 0;
+        assert_eq!(c.validate().unwrap_err().field, "redis.timeout_ms");
+        c.redis.timeout_ms = 1;
+        c.redis.connections_max = 0;
+        assert_eq!(c.validate().unwrap_err().field, "redis.connections_max");
     }
 
     #[test]

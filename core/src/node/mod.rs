@@ -198,6 +198,8 @@ pub struct RunningNode<S = EngineStore, T: GossipTransport = TcpTransport, H = H
     /// The address its operations listener (`/metrics`, `/healthz`,
     /// `/readyz`) serves on, when it runs one.
     pub ops_addr: Option<String>,
+    /// The address its Redis front door serves on, when it runs one.
+    pub redis_addr: Option<String>,
     requests: crate::ops::RequestMetrics,
     probe: Arc<dyn crate::ops::Probe>,
     coordinator: Arc<NodeCoordinator<S, T, H>>,
@@ -208,6 +210,13 @@ pub struct RunningNode<S = EngineStore, T: GossipTransport = TcpTransport, H = H
     workers: Arc<Workers>,
     /// The login the operations listener's figures need (`None`: open).
     ops_guard: Option<Arc<crate::ops::http::Guard>>,
+    /// The request handler, which the Redis front door also serves
+    /// through.
+    handler: Arc<NodeHandler<S, T, H>>,
+    /// What `[redis]` says, for the front door.
+    redis: crate::config::RedisSection,
+    node_id: String,
+    dc: String,
 }
 
 /// The operations listener's logins, checked by the node's user store.
@@ -343,6 +352,17 @@ pub async fn start(
         ),
         None => None,
     };
+    let redis_listener = match config.redis.address(&config.listen) {
+        Some(redis) => Some(
+            TcpListener::bind(&redis)
+                .await
+                .map_err(|e| NodeError::Listen {
+                    addr: redis.clone(),
+                    reason: format!("Redis front door (`redis.listen`): {e}"),
+                })?,
+        ),
+        None => None,
+    };
     let me = NodeId(config.node_id.clone());
     let mut transport = TcpTransport::new(me, Duration::from_secs(2));
     if let Some(proxy) = &config.wan_proxy {
@@ -381,7 +401,10 @@ pub async fn start(
     let ops_tls = parts.server_tls.clone();
     let mut node = start_with(config, parts, merge, tuning).await?;
     if let Some(listener) = ops_listener {
-        node.serve_ops(listener, ops_tls);
+        node.serve_ops(listener, ops_tls.clone());
+    }
+    if let Some(listener) = redis_listener {
+        node.serve_redis(listener, ops_tls);
     }
     let stop = || node.stop.subscribe();
     node.workers.spawn("alive", |w| {
@@ -534,7 +557,13 @@ where
         ..tuning.server.clone().unwrap_or_default()
     });
     let server_stats = server_config.stats.clone();
-    spawn_server(&workers, parts.listener, handler, server_config, &stop_rx);
+    spawn_server(
+        &workers,
+        parts.listener,
+        handler.clone(),
+        server_config,
+        &stop_rx,
+    );
     let probe: Arc<dyn crate::ops::Probe> = Arc::new(probe::NodeProbe {
         me: me.clone(),
         dc: config.dc.clone(),
@@ -596,6 +625,7 @@ where
     Ok(RunningNode {
         addr: parts.addr,
         ops_addr: None,
+        redis_addr: None,
         requests,
         probe,
         coordinator,
@@ -605,6 +635,10 @@ where
         stop,
         workers,
         ops_guard,
+        handler,
+        redis: config.redis.clone(),
+        node_id: me.0.clone(),
+        dc: dc.to_string(),
     })
 }
 
@@ -967,6 +1001,37 @@ where
                 () = serve => {}
                 () = sampler => {}
             }
+        });
+    }
+
+    /// Serve the Redis front door on `listener` until the node stops (the
+    /// `redis` worker): over TLS with `tls`.
+    pub fn serve_redis(&mut self, listener: TcpListener, tls: Option<Arc<rustls::ServerConfig>>)
+    where
+        S: LocalStore + Clone,
+        H: HintQueue + HintSink,
+    {
+        self.redis_addr = listener.local_addr().ok().map(|a| a.to_string());
+        let door = crate::redis::FrontDoor {
+            databases: self.redis.databases.clone(),
+            timeout: Duration::from_millis(self.redis.timeout_ms),
+            connections_max: self.redis.connections_max,
+            request_bytes_max: crate::limit::FRAME_BYTES_MAX_DEFAULT,
+            node_id: self.node_id.clone(),
+            dc: self.dc.clone(),
+        };
+        tracing::info!(
+            addr = self.redis_addr.as_deref().unwrap_or("?"),
+            tls = tls.is_some(),
+            databases = ?door.databases,
+            "Redis front door"
+        );
+        let mut stop = self.stop.subscribe();
+        let handler = self.handler.clone();
+        self.workers.spawn("redis", |_| {
+            crate::redis::serve(listener, tls, handler, door, async move {
+                let _ = stop.changed().await;
+            })
         });
     }
 
