@@ -516,7 +516,7 @@ fn parse_siblings(json: &str) -> anyhow::Result<Vec<GivenSibling>> {
 
 fn decode_hex(text: &str) -> Option<Vec<u8>> {
     let text = text.strip_prefix("0x").unwrap_or(text);
-    if text.len() % 2 != 0 {
+    if !text.len().is_multiple_of(2) {
         return None;
     }
     (0..text.len())
