@@ -128,6 +128,82 @@
 //! timestamp, then content digest), but a correct resolver must not depend
 //! on it: resolvers must be joins (commutative, associative, idempotent),
 //! because replicas merge different subsets in different groupings.
+//!
+//! **How many siblings.** The host calls `isthmus_merge` only for a key
+//! holding two or more siblings (tombstones included); never with zero or
+//! one. A merge of a merge (a merged sibling fed back in beside new ones)
+//! is an ordinary sibling: its value, the greatest timestamp it merged,
+//! and the union of their clocks.
+//!
+//! **Nothing survives between merges.** Every merge runs in a fresh
+//! instance: memory, globals and tables start from the module's initial
+//! state each time, so a resolver cannot keep caches or counters across
+//! calls (and cannot leak state between keys).
+//!
+//! ## Limits (the host's defaults)
+//!
+//! | limit | default | past it |
+//! |---|---|---|
+//! | fuel per merge (about one unit per wasm instruction) | 200,000,000 | `fuel_exhausted` |
+//! | wall-clock time per merge (a backstop to fuel) | 2 s | `deadline` |
+//! | linear memory | 64 MiB (one memory) | `memory_limit` |
+//! | host stack for wasm frames | 512 KiB | `trap` (stack overflow) |
+//! | table elements | 10,000 | refused at load |
+//! | module size | 8 MiB | refused at load (`invalid_module`) |
+//! | compile time | 20 s | refused at load (`invalid_module`) |
+//! | input (the encoded siblings) | 80 MiB | the merge is not run (`unavailable`) |
+//! | output | 2 MiB | `bad_output` |
+//!
+//! The node's core bounds what a key can hold long before these: 16
+//! siblings of at most 1 MiB each by default.
+//!
+//! ## WebAssembly features
+//!
+//! The host compiles core WebAssembly with these proposals, and refuses at
+//! load any module that needs another (`resolvers/tests/features.rs`
+//! checks each):
+//!
+//! | accepted | refused |
+//! |---|---|
+//! | SIMD (128-bit), relaxed SIMD (deterministic lowering), bulk memory, multi-value, reference types, sign extension, saturating float-to-int, tail calls | threads (shared memory, atomics), more than one memory, any import (WASI included), the component model |
+//!
+//! Floating-point NaNs are canonicalised and relaxed SIMD is lowered
+//! deterministically, so the same input gives the same bytes on every
+//! machine.
+//!
+//! ## The laws, exactly
+//!
+//! A resolver `m` over sibling sets must be a join, because replicas merge
+//! different subsets in different groupings and orders and must end with
+//! the same bytes. With `s1 … sn` siblings and `merged(m, S)` the sibling a
+//! replica stores after merging `S` (value from `m`, greatest timestamp,
+//! union of clocks), `isthmus resolver check` (and the registry, at
+//! upload) tests, on generated sets of 2 to 4 siblings:
+//!
+//! - **deterministic**: `m(S)` gives the same output bytes in two fresh
+//!   instances;
+//! - **commutative**: `m(S)` equals `m(P)` for every reordering `P` of `S`;
+//! - **associative**: for every split of `S` into a part `A` (two or more
+//!   siblings) and the rest `B`, `m({merged(m, A)} ∪ B)` equals `m(S)`;
+//! - **idempotent**: `m({s, s})` for a sibling `s` twice (two writes of the
+//!   same value) returns `s`'s value, byte for byte (a tombstone twice: a
+//!   delete); and `m({merged(m, S)} ∪ S)` equals `m(S)`.
+//!
+//! Values come from the module's `isthmus_sample(seed)` when it exports
+//! one, else from random bytes (0 to 8) and any corpus given: a resolver
+//! whose domain is narrower than arbitrary bytes (JSON, a fixed layout)
+//! needs a sampler, or every generated set is refused with a guest error
+//! and the check fails with no law tested. A guest error on generated
+//! input is not a violation; one on a merged value is.
+//!
+//! ## Stack size, for any toolchain
+//!
+//! The shadow stack lives at the bottom of linear memory, and the linker
+//! picks its size: rustc and clang (wasm-ld) default to 1 MiB (64 KiB for
+//! some clang versions), which pushes data and heap past the pages the
+//! host keeps resident between merges. Give wasm-ld a small stack:
+//! `-C link-arg=-zstack-size=16384` with rustc, `-Wl,-z,stack-size=16384`
+//! with clang, the equivalent linker flag elsewhere. Too small traps on overflow, never corrupts memory.
 #![cfg_attr(not(test), no_std)]
 #![warn(missing_docs)]
 
