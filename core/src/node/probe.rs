@@ -125,6 +125,16 @@ where
             Some(NodeStatus::Left) => return not("decommissioned"),
             None => return not("not a member of its own view"),
         }
+        // Its replicas are being pulled from other datacenters: a LOCAL
+        // read it coordinates would miss what has not arrived yet.
+        if self
+            .repairer
+            .operations()
+            .running(isthmus_client::wire::OperationKind::Rebuild)
+            > 0
+        {
+            return not("rebuilding: pulling its ranges from other datacenters");
+        }
         if !self.gossiper.joined() {
             return not("not joined: no peer heard from yet");
         }
@@ -137,6 +147,10 @@ where
             return not("no ring yet");
         }
         Ok(())
+    }
+
+    fn operations(&self) -> Vec<isthmus_client::wire::OperationInfo> {
+        self.repairer.operations().list()
     }
 }
 

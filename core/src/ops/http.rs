@@ -1,5 +1,5 @@
 //! The operations listener's HTTP side (axum): `/metrics`, `/healthz`,
-//! `/readyz`.
+//! `/readyz`, `/api/v1/operations`.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -30,6 +30,7 @@ pub fn router(registry: Registry, probe: Arc<dyn Probe>) -> Router {
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/api/v1/operations", get(operations))
         .with_state(Arc::new(Ops { registry, probe }))
 }
 
@@ -67,6 +68,12 @@ async fn metrics(State(ops): State<Arc<Ops>>) -> Response {
 
 async fn healthz() -> Response {
     axum::Json(serde_json::json!({ "status": "alive" })).into_response()
+}
+
+/// The node's operations, running and recently finished, oldest first:
+/// `{"operations": [OperationInfo, ...]}` (docs/metrics.md shows one).
+async fn operations(State(ops): State<Arc<Ops>>) -> Response {
+    axum::Json(serde_json::json!({ "operations": ops.probe.operations() })).into_response()
 }
 
 async fn readyz(State(ops): State<Arc<Ops>>) -> Response {

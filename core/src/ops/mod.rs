@@ -8,7 +8,8 @@
 //!   at scrape time from the counters its component already keeps, through
 //!   a [`Probe`], so nothing is counted twice.
 //! - `http`: the axum router: `/metrics` (OpenMetrics text), `/healthz`
-//!   (the process answers) and `/readyz` (the node would serve requests).
+//!   (the process answers), `/readyz` (the node would serve requests) and
+//!   `/api/v1/operations` (its long work and progress, JSON).
 //!
 //! One [`Registry`](prometheus_client::registry::Registry) per node value:
 //! several nodes run in one process (tests, the demo), so there is no
@@ -112,4 +113,9 @@ pub trait Probe: Send + Sync + 'static {
     /// its own status `Normal` (not joining, leaving or gone), and not
     /// stopping. A node that would answer UNAVAILABLE is not ready.
     fn readiness(&self) -> Result<(), NotReady>;
+
+    /// The node's long work: its running operations and the last finished
+    /// ones, oldest first (`GET /api/v1/operations`, and the
+    /// `isthmus_operations_*` gauges).
+    fn operations(&self) -> Vec<isthmus_client::wire::OperationInfo>;
 }
