@@ -1266,6 +1266,30 @@ async fn a_dc_lost_for_good_is_rebuilt_from_the_other_while_writes_go_on() {
         },
     )
     .await;
+    // A full sync over the WAN outlasts a request deadline of 300 ms: the
+    // CLI follows it to its end rather than giving up at the deadline.
+    let synced = Instant::now();
+    let out = common::isthmus(vec![
+        "repair".into(),
+        "--addr".into(),
+        dc2[2].clone(),
+        "--dc".into(),
+        "dc1".into(),
+        "--timeout-ms".into(),
+        "300".into(),
+        "--json".into(),
+    ])
+    .await;
+    let synced = synced.elapsed();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let sync: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(sync["ranges"].as_u64().unwrap() > 0, "{sync}");
+    assert_eq!(sync["keys_differing"], 0, "{sync}");
+    assert!(
+        synced > Duration::from_millis(300),
+        "the full sync took {synced:?}: too short to outlast the deadline"
+    );
+    eprintln!("full sync dc2 <- dc1 after the rebuild: {synced:?}, {sync}");
     let pulled: u64 = final_ops
         .iter()
         .map(|o| o["progress"]["keys_pulled"].as_u64().unwrap())
@@ -1276,9 +1300,19 @@ async fn a_dc_lost_for_good_is_rebuilt_from_the_other_while_writes_go_on() {
         .map(|o| o["progress"]["bytes"].as_u64().unwrap())
         .sum::<u64>()
         + report["bytes"].as_u64().unwrap();
+    // How long the detached rebuilds ran on their nodes (the CLI's
+    // polling above adds its own time to `rebuild_s`).
+    let node_s: Vec<String> = final_ops
+        .iter()
+        .map(|o| {
+            let ms = o["finished_ms"].as_u64().unwrap() - o["started_ms"].as_u64().unwrap();
+            format!("{:.1}", ms as f64 / 1000.0)
+        })
+        .collect();
     eprintln!(
         "rebuild: acknowledged={} (before the loss {before}, {failed} writes failed) lost={lost} \
-         keys_per_node={} keys_pulled={pulled} bytes={bytes} rebuild_s={rebuild_s:.1}",
+         keys_per_node={} keys_pulled={pulled} bytes={bytes} rebuild_s={rebuild_s:.1} \
+         detached_rebuilds_s={node_s:?}",
         keys.len(),
         roots.values().next().map_or(0, |(k, _)| *k),
     );
