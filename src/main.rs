@@ -33,6 +33,7 @@ mod client_cmd;
 mod cluster_cmd;
 #[cfg(feature = "demo")]
 mod demo;
+mod operation_cmd;
 mod resolver_cmd;
 mod server_cmd;
 mod user_cmd;
@@ -110,8 +111,20 @@ enum Command {
     },
     /// Repair a node's ranges with their other live replicas now (Merkle
     /// trees: only differing keys move), or fully sync it with another
-    /// datacenter with --dc; prints what moved.
+    /// datacenter with --dc; waits with a progress bar and prints what
+    /// moved (--detach: returns the operation id at once). `repair status
+    /// [ID]` shows progress.
     Repair(client_cmd::RepairArgs),
+    /// Rebuild a node's replicas from other datacenters: every range it
+    /// owns, pulled from a live replica there (Cassandra's `nodetool
+    /// rebuild`). For fresh nodes replacing a datacenter lost for good;
+    /// the node is not ready until it is done. `rebuild status [ID]`
+    /// shows progress.
+    Rebuild(RebuildArgs),
+    /// The long work of a node (repairs, full syncs, decommission, join,
+    /// rebuilds): the running operations and the last finished ones, or
+    /// one by id, with their progress.
+    Operations(operation_cmd::StatusArgs),
     /// The cross-DC bridge: records another datacenter refused for good
     /// (`quarantine list|export|replay`).
     Bridge {
@@ -120,15 +133,21 @@ enum Command {
     },
     /// Take a node out of the ring: it streams every range it holds to
     /// the next owners, then leaves (status `Left`); stop it afterwards.
+    /// Waits with a progress bar (--detach: returns the operation id at
+    /// once); `decommission status [ID]` shows progress.
+    #[command(args_conflicts_with_subcommands = true)]
     Decommission {
+        /// `status [ID]`: the progress of the node's decommission.
+        #[command(subcommand)]
+        command: Option<operation_cmd::StatusCommand>,
         #[command(flatten)]
         target: client_cmd::Target,
-        /// Print JSON.
-        #[arg(long)]
-        json: bool,
+        /// Waiting or not, and JSON.
+        #[command(flatten)]
+        follow: operation_cmd::Follow,
         /// Cancel the decommission running on the node instead: it goes
         /// back to normal, a member still.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "detach")]
         cancel: bool,
     },
     /// Work with resolver (merge function) modules.
@@ -146,6 +165,31 @@ enum Command {
         #[command(subcommand)]
         command: certs_cmd::CertsCommand,
     },
+}
+
+/// Options of `isthmus rebuild`.
+#[derive(clap::Args, Debug, Clone)]
+#[command(args_conflicts_with_subcommands = true)]
+struct RebuildArgs {
+    /// `status [ID]`: the progress of the node's rebuilds.
+    #[command(subcommand)]
+    command: Option<operation_cmd::StatusCommand>,
+    /// The node to rebuild.
+    #[command(flatten)]
+    target: client_cmd::Target,
+    /// The datacenter to pull from (default: every other datacenter the
+    /// node's keyspaces replicate to).
+    #[arg(long)]
+    from_dc: Option<String>,
+    /// Waiting or not, and JSON.
+    #[command(flatten)]
+    follow: operation_cmd::Follow,
+}
+
+/// An operation's outcome as an exit status: 0, or 1 when it finished
+/// with ranges it could not sync.
+fn complete(result: anyhow::Result<bool>) -> anyhow::Result<u8> {
+    result.map(|complete| if complete { 0 } else { 1 })
 }
 
 /// Print a command's output; exit status 0.
@@ -210,13 +254,35 @@ fn main() -> ExitCode {
             cluster: true,
         } => print(cluster_cmd::run(target, json)),
         Command::Decommission {
+            command: Some(operation_cmd::StatusCommand::Status(args)),
+            ..
+        } => print(operation_cmd::run_status(
+            args,
+            &[isthmus_client::wire::OperationKind::Decommission],
+        )),
+        Command::Decommission {
             target,
             cancel: true,
             ..
         } => print(client_cmd::run_cancel(target)),
-        Command::Decommission { target, json, .. } => {
-            print(client_cmd::run_decommission(target, json))
+        Command::Decommission { target, follow, .. } => {
+            complete(client_cmd::run_decommission(target, follow))
         }
+        Command::Rebuild(RebuildArgs {
+            command: Some(operation_cmd::StatusCommand::Status(args)),
+            ..
+        }) => print(operation_cmd::run_status(
+            args,
+            &[isthmus_client::wire::OperationKind::Rebuild],
+        )),
+        Command::Rebuild(args) => complete(operation_cmd::run_start(
+            args.target,
+            isthmus_client::wire::RequestBody::Rebuild {
+                from_dc: args.from_dc,
+            },
+            args.follow,
+        )),
+        Command::Operations(args) => print(operation_cmd::run_status(args, &[])),
         Command::Repair(args) => client_cmd::run_repair(args).map(|(out, complete)| {
             print!("{out}");
             if complete { 0 } else { 1 }

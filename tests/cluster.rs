@@ -507,6 +507,22 @@ async fn a_node_joins_and_another_is_decommissioned_with_nothing_lost() {
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["ranges_failed"], 0, "{report}");
     assert!(report["ranges"].as_u64().unwrap() > 0, "{report}");
+    // The decommission is the node's operation, done, with what it moved.
+    let out = isthmus(vec![
+        "decommission".into(),
+        "status".into(),
+        "--addr".into(),
+        nodes[0].addr.clone(),
+        "--json".into(),
+    ])
+    .await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let listed = listed.as_array().expect("an array");
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0]["kind"], "decommission");
+    assert_eq!(listed[0]["state"], "done");
+    assert_eq!(listed[0]["progress"]["ranges"], report["ranges"]);
     until("every node sees n0 Left", &nodes, 60, async || {
         let Some(reports) = states(&nodes).await else {
             return false;

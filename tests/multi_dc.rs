@@ -1033,3 +1033,287 @@ async fn writes_through_a_node_just_restarted_reach_every_replica_without_repair
     }
     assert!(missing.is_empty(), "replicas missing writes: {missing:?}");
 }
+
+// ---------------------------------------------------------------------------
+// A datacenter lost for good, rebuilt
+
+/// `GET path` on `addr` over HTTP/1.1: the status and the body.
+async fn http_get(addr: &str, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(mut stream) = tokio::net::TcpStream::connect(addr).await else {
+        return (0, String::new());
+    };
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    if stream.write_all(request.as_bytes()).await.is_err() {
+        return (0, String::new());
+    }
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer).await;
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    let Some((head, body)) = answer.split_once("\r\n\r\n") else {
+        return (0, answer);
+    };
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, body.to_owned())
+}
+
+/// Each node's digest of its whole replica of the keyspace (the root a
+/// Merkle sync compares first: equal digests, nothing to sync), and its
+/// key count, asked over the peer protocol.
+async fn digests(nodes: &[Node]) -> BTreeMap<String, (u64, String)> {
+    use isthmus_core::peer::{PeerRequest, PeerResponse};
+    use isthmus_core::repair::{HashRange, RepairRequest, RepairResponse};
+    let transport = common::probe("digest-probe");
+    let mut out = BTreeMap::new();
+    for (i, node) in nodes.iter().enumerate() {
+        let Ok(channel) = transport.connect(&node.addr).await else {
+            continue;
+        };
+        let open = PeerRequest::Repair(RepairRequest::Open {
+            session: 0xd16e_5700 + i as u64,
+            keyspace: KEYSPACE.into(),
+            range: HashRange::FULL,
+        });
+        if let Ok(PeerResponse::Repair(RepairResponse::Opened { keys, digest })) =
+            channel.call(open, Duration::from_secs(10)).await
+        {
+            out.insert(node.id.clone(), (keys, format!("{digest:?}")));
+        }
+    }
+    out
+}
+
+/// The operation a `rebuild --detach --json` printed.
+fn started(out: &std::process::Output) -> serde_json::Value {
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&out.stdout)))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_dc_lost_for_good_is_rebuilt_from_the_other_while_writes_go_on() {
+    let _serial = SERIAL.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (_wan, mut procs) = running_processes(dir.path()).await;
+    let dc1: Vec<String> = procs[..3].iter().map(|p| p.addr.clone()).collect();
+    let dc2: Vec<String> = procs[3..].iter().map(|p| p.addr.clone()).collect();
+
+    // Both DCs take writes; DC2's reach DC1 through the bridge.
+    let acked = Arc::new(Mutex::new(Vec::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let w1 = tokio::spawn(writers(
+        "before1".into(),
+        dc1.clone(),
+        500,
+        acked.clone(),
+        stop.clone(),
+    ));
+    let w2 = tokio::spawn(writers(
+        "before2".into(),
+        dc2.clone(),
+        500,
+        acked.clone(),
+        stop.clone(),
+    ));
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    stop.store(true, Ordering::Relaxed);
+    w1.await.unwrap();
+    w2.await.unwrap();
+    until("every outbox is drained", &procs, 60, async || {
+        for addr in dc1.iter().chain(&dc2) {
+            match status(addr).await {
+                Some((_, bridges)) if bridges.iter().all(|b| b.outbox_records == 0) => {}
+                _ => return false,
+            }
+        }
+        true
+    })
+    .await;
+    let before = acked.lock().len();
+
+    // DC2 is lost for good: every node SIGKILLed and its disk wiped.
+    for p in procs[3..].iter_mut() {
+        p.kill();
+        std::fs::remove_dir_all(dir.path().join(&p.id)).unwrap();
+    }
+    // DC1 keeps taking writes from here to the end of the rebuild.
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = tokio::spawn(writers(
+        "during".into(),
+        dc1.clone(),
+        400,
+        acked.clone(),
+        stop.clone(),
+    ));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    // Three fresh DC2 nodes, with empty disks, join under the same names.
+    for p in procs[3..].iter_mut() {
+        p.spawn();
+    }
+    until("six nodes see each other again", &procs, 60, async || {
+        all_see(&procs, 6).await
+    })
+    .await;
+
+    // Each is rebuilt from DC1: two detached (followed with `rebuild
+    // status`), one waited for by the CLI.
+    let rebuilt = Instant::now();
+    let cli = |addr: &str, extra: &[&str]| {
+        let mut args: Vec<String> = ["rebuild", "--addr", addr, "--from-dc", "dc1", "--json"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args
+    };
+    let waited = tokio::spawn(common::isthmus(cli(&dc2[0], &[])));
+    let mut detached = Vec::new();
+    for p in &procs[4..] {
+        let op = started(&common::isthmus(cli(&p.addr, &["--detach"])).await);
+        assert_eq!(op["kind"], "rebuild", "{op}");
+        assert_eq!(op["state"], "running", "{op}");
+        detached.push((p.addr.clone(), p.ops.clone(), op["id"].as_u64().unwrap()));
+    }
+    // While a node rebuilds it is not ready; the status command shows
+    // its progress.
+    let mut seen_not_ready = false;
+    let mut final_ops = Vec::new();
+    for (addr, ops, id) in &detached {
+        let info = loop {
+            let (code, body) = http_get(ops, "/readyz").await;
+            let out = common::isthmus(vec![
+                "rebuild".into(),
+                "status".into(),
+                id.to_string(),
+                "--addr".into(),
+                addr.clone(),
+                "--json".into(),
+            ])
+            .await;
+            let info = started(&out);
+            if info["state"] != "running" {
+                break info;
+            }
+            if code == 503 && body.contains("rebuilding") {
+                seen_not_ready = true;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        assert_eq!(info["state"], "done", "{info}");
+        assert_eq!(info["progress"]["ranges_failed"], 0, "{info}");
+        assert_eq!(info["progress"]["ranges"], info["ranges_total"], "{info}");
+        let (code, body) = http_get(ops, "/readyz").await;
+        assert_eq!(code, 200, "ready once rebuilt: {body}");
+        final_ops.push(info);
+    }
+    let out = waited.await.unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["ranges_failed"], 0, "{report}");
+    let rebuild_s = rebuilt.elapsed().as_secs_f64();
+    assert!(
+        seen_not_ready,
+        "a rebuilding node was never seen not ready (rebuilds took {rebuild_s:.1} s)"
+    );
+    // The rebuild is listed on the operations listener too.
+    let (code, body) = http_get(&procs[3].ops, "/api/v1/operations").await;
+    assert_eq!(code, 200, "{body}");
+    let listed: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert!(
+        listed["operations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|o| o["kind"] == "rebuild" && o["state"] == "done"),
+        "{body}"
+    );
+
+    // The writer stops; DC1's outboxes drain into the new DC2.
+    stop.store(true, Ordering::Relaxed);
+    let failed = writer.await.unwrap();
+    until("dc1's outboxes are drained", &procs, 120, async || {
+        for addr in &dc1 {
+            match status(addr).await {
+                Some((_, bridges)) if bridges.iter().all(|b| b.outbox_records == 0) => {}
+                _ => return false,
+            }
+        }
+        true
+    })
+    .await;
+
+    // Every acknowledged key reads at LOCAL_QUORUM in DC2, and every
+    // replica of both DCs has the same digest of the keyspace.
+    let keys = acked.lock().clone();
+    let (lost, doubled) = audit(&dc2[1], &keys).await;
+    assert_eq!(
+        (lost, doubled),
+        (0, 0),
+        "acknowledged writes as dc2 holds them"
+    );
+    let mut roots = BTreeMap::new();
+    until(
+        "every replica's Merkle root agrees",
+        &procs,
+        60,
+        async || {
+            roots = digests(&procs).await;
+            roots.len() == 6 && roots.values().collect::<BTreeSet<_>>().len() == 1
+        },
+    )
+    .await;
+    // A full sync over the WAN outlasts a request deadline of 300 ms: the
+    // CLI follows it to its end rather than giving up at the deadline.
+    let synced = Instant::now();
+    let out = common::isthmus(vec![
+        "repair".into(),
+        "--addr".into(),
+        dc2[2].clone(),
+        "--dc".into(),
+        "dc1".into(),
+        "--timeout-ms".into(),
+        "300".into(),
+        "--json".into(),
+    ])
+    .await;
+    let synced = synced.elapsed();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let sync: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(sync["ranges"].as_u64().unwrap() > 0, "{sync}");
+    assert_eq!(sync["keys_differing"], 0, "{sync}");
+    assert!(
+        synced > Duration::from_millis(300),
+        "the full sync took {synced:?}: too short to outlast the deadline"
+    );
+    eprintln!("full sync dc2 <- dc1 after the rebuild: {synced:?}, {sync}");
+    let pulled: u64 = final_ops
+        .iter()
+        .map(|o| o["progress"]["keys_pulled"].as_u64().unwrap())
+        .sum::<u64>()
+        + report["keys_pulled"].as_u64().unwrap();
+    let bytes: u64 = final_ops
+        .iter()
+        .map(|o| o["progress"]["bytes"].as_u64().unwrap())
+        .sum::<u64>()
+        + report["bytes"].as_u64().unwrap();
+    // How long the detached rebuilds ran on their nodes (the CLI's
+    // polling above adds its own time to `rebuild_s`).
+    let node_s: Vec<String> = final_ops
+        .iter()
+        .map(|o| {
+            let ms = o["finished_ms"].as_u64().unwrap() - o["started_ms"].as_u64().unwrap();
+            format!("{:.1}", ms as f64 / 1000.0)
+        })
+        .collect();
+    eprintln!(
+        "rebuild: acknowledged={} (before the loss {before}, {failed} writes failed) lost={lost} \
+         keys_per_node={} keys_pulled={pulled} bytes={bytes} rebuild_s={rebuild_s:.1} \
+         detached_rebuilds_s={node_s:?}",
+        keys.len(),
+        roots.values().next().map_or(0, |(k, _)| *k),
+    );
+}

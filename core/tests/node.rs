@@ -8,7 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use isthmus_client::Session;
-use isthmus_client::wire::{Context, RequestBody, ResponseBody, WriteId};
+use isthmus_client::wire::{
+    Context, OperationKind, OperationState, OperationsRequest, RequestBody, ResponseBody, WriteId,
+};
 use isthmus_core::config::FsyncMode;
 use isthmus_core::node::RunningNode;
 use isthmus_core::store::LocalStore;
@@ -231,10 +233,26 @@ async fn an_on_demand_repair_makes_diverged_replicas_identical() {
         keyspace: Some("carts".into()),
         remote_dc: None,
     };
-    let report = match client.call(repair, Duration::from_secs(30)).await.unwrap() {
-        ResponseBody::Repaired(report) => report,
-        other => panic!("unexpected answer {other:?}"),
-    };
+    // The request answers at once with the operation; its progress is
+    // followed by id until it ends.
+    let started = client.call(repair, Duration::from_secs(30)).await;
+    let c = &client;
+    let done = isthmus_testkit::operation::finished(
+        move |b| c.call(b, Duration::from_secs(5)),
+        started,
+        Duration::from_secs(60),
+    )
+    .await
+    .unwrap();
+    assert_eq!(done.state, OperationState::Done, "{done:?}");
+    assert_eq!(done.kind, OperationKind::Repair);
+    assert_eq!(done.keyspace.as_deref(), Some("carts"));
+    let report = done.progress;
+    assert_eq!(
+        done.ranges_total,
+        report.ranges + report.ranges_failed,
+        "every planned range sync is counted: {done:?}"
+    );
     assert_eq!(report.ranges_failed, 0, "{report:?}");
     assert!(report.ranges > 0 && report.bytes > 0, "{report:?}");
     assert!(
@@ -364,19 +382,49 @@ async fn a_node_joins_and_another_leaves_with_nothing_lost() {
         .unwrap()
         .len();
     assert!(held >= 150, "n3 holds only {held} keys after joining");
+    // Its join was an operation, listed with what it pulled.
+    let joiner = Session::connect(&nodes[3].addr, "admin", Duration::from_secs(2))
+        .await
+        .unwrap();
+    let listed = joiner
+        .call(
+            RequestBody::Operations(OperationsRequest::List),
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+    let ResponseBody::Operations(listed) = listed else {
+        panic!("unexpected answer {listed:?}");
+    };
+    let join = listed
+        .iter()
+        .rfind(|o| o.kind == OperationKind::Join)
+        .expect("a join operation");
+    assert_eq!(join.state, OperationState::Done, "{join:?}");
+    assert!(
+        join.ranges_total > 0 && join.progress.ranges == join.ranges_total,
+        "{join:?}"
+    );
+    assert!(join.progress.keys_pulled > 0, "{join:?}");
 
     // n0 leaves: it hands its ranges to the next owners, then goes.
     let admin = Session::connect(&nodes[0].addr, "admin", Duration::from_secs(2))
         .await
         .unwrap();
-    match admin
+    let started = admin
         .call(RequestBody::Decommission, Duration::from_secs(30))
-        .await
-        .unwrap()
-    {
-        ResponseBody::Repaired(report) => assert_eq!(report.ranges_failed, 0, "{report:?}"),
-        other => panic!("unexpected answer {other:?}"),
-    }
+        .await;
+    let a = &admin;
+    let done = isthmus_testkit::operation::finished(
+        move |b| a.call(b, Duration::from_secs(5)),
+        started,
+        Duration::from_secs(60),
+    )
+    .await
+    .unwrap();
+    assert_eq!(done.state, OperationState::Done, "{done:?}");
+    assert_eq!(done.kind, OperationKind::Decommission);
+    assert_eq!(done.progress.ranges_failed, 0, "{done:?}");
     assert_eq!(status_of(nodes[1], "n0"), Some(NodeStatus::Left));
     cluster.stop_node("n0").await;
     let nodes: Vec<&RunningNode> = cluster.nodes.values().collect();

@@ -325,11 +325,38 @@ async fn metrics_health_and_readiness_of_every_node_of_two_dcs() {
         .session(&cluster.node("dc1-n2").addr.clone(), "ops-admin")
         .await
         .unwrap();
-    let answer = admin
+    let started = admin
         .call(RequestBody::Decommission, Duration::from_secs(60))
-        .await
-        .unwrap();
-    assert!(matches!(answer, ResponseBody::Repaired(_)), "{answer:?}");
+        .await;
+    // While it runs, and after, the operations listener lists it.
+    let a = &admin;
+    let done = isthmus_testkit::operation::finished(
+        move |b| a.call(b, Duration::from_secs(5)),
+        started,
+        Duration::from_secs(60),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        done.state,
+        isthmus_client::wire::OperationState::Done,
+        "{done:?}"
+    );
+    let (status, _, body) = get(&leaving, "/api/v1/operations").await;
+    assert_eq!(status, 200, "{body}");
+    let listed: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let listed = listed["operations"].as_array().expect("an array");
+    let decommission = listed
+        .iter()
+        .find(|o| o["id"] == done.id)
+        .unwrap_or_else(|| panic!("{} not listed in {body}", done.id));
+    assert_eq!(decommission["kind"], "decommission", "{body}");
+    assert_eq!(decommission["state"], "done", "{body}");
+    assert_eq!(decommission["ranges_total"], done.ranges_total, "{body}");
+    assert_eq!(
+        decommission["progress"]["ranges"], done.progress.ranges,
+        "{body}"
+    );
     let (status, _, body) = get(&leaving, "/readyz").await;
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("decommissioned"), "{body}");

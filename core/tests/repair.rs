@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use isthmus_client::ClientError;
-use isthmus_client::wire::{decode, encode};
+use isthmus_client::wire::{OperationKind, OperationState, decode, encode};
 use isthmus_core::coordinator::{Coordinator, CoordinatorConfig};
 use isthmus_core::hints::HintSink;
 use isthmus_core::limit::Limits;
@@ -568,4 +568,58 @@ async fn one_administrative_operation_runs_at_a_time_on_a_node() {
     let other = c.repairer("dc1-n1");
     let _turn = other.try_admin("a repair").unwrap();
     repairer.repair(None, None).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_rebuild_pulls_every_key_a_node_owns_and_only_those() {
+    // dc2 was lost: its nodes are back with nothing. dc2-n0 rebuilds
+    // from dc1 alone; its dc2 peers, empty too, are not asked.
+    let c = cluster(&[("dc1", 3), ("dc2", 3)], &[("dc1", 2), ("dc2", 2)]);
+    let me = NodeId("dc2-n0".into());
+    let mut owned = 0u64;
+    for i in 0..1000u32 {
+        let key = format!("k{i}").into_bytes();
+        let replicas = c.replicas("plain", &key);
+        for node in replicas.iter().filter(|n| n.0.starts_with("dc1")) {
+            c.plant(node, "plain", &key, vec![dotted(1, 1).at(1).value(b"x")])
+                .await;
+        }
+        owned += u64::from(replicas.contains(&me));
+    }
+    let repairer = c.repairer(&me.0);
+    let (_stop_tx, stop) = tokio::sync::watch::channel(false);
+    // Bad sources are refused at once, with typed errors.
+    assert!(matches!(
+        repairer
+            .start_rebuild(Some(DcName::from("dc2")), stop.clone())
+            .await,
+        Err(RepairError::BadRequest { .. })
+    ));
+    assert!(matches!(
+        repairer
+            .start_rebuild(Some(DcName::from("dc9")), stop.clone())
+            .await,
+        Err(RepairError::UnknownDc { .. })
+    ));
+    let started = repairer.start_rebuild(None, stop.clone()).await.unwrap();
+    assert_eq!(started.kind, OperationKind::Rebuild);
+    let done = loop {
+        let info = repairer.operations().get(started.id).unwrap();
+        if info.state != OperationState::Running {
+            break info;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert_eq!(done.state, OperationState::Done, "{done:?}");
+    assert_eq!(done.progress.ranges, done.ranges_total, "{done:?}");
+    assert_eq!(done.progress.keys_pulled, owned, "{done:?}");
+    for i in 0..1000u32 {
+        let key = format!("k{i}").into_bytes();
+        let held = !c.stores[&me].get("plain", &key).await.unwrap().is_empty();
+        assert_eq!(
+            held,
+            c.replicas("plain", &key).contains(&me),
+            "key {i}: held {held}"
+        );
+    }
 }

@@ -351,7 +351,7 @@ fn outcome_name(result: &Result<ResponseBody, ClientError>) -> String {
     match result {
         Ok(ResponseBody::Written) => "written".into(),
         Ok(ResponseBody::Value { .. }) => "value".into(),
-        Ok(ResponseBody::Repaired(_)) => "repaired".into(),
+        Ok(ResponseBody::Started(_)) => "started".into(),
         Ok(other) => format!("unexpected {other:?}"),
         Err(ClientError::Server(e)) => format!("error {}", e.code.name()),
         Err(ClientError::Timeout { .. }) => "client timeout".into(),
@@ -589,10 +589,22 @@ async fn client(
         let (sessions, log, leaver) = (sessions.clone(), log.clone(), leaver.clone());
         tokio::spawn(async move {
             tokio::time::sleep_until(t0 + at).await;
-            let result = sessions
+            let started = sessions
                 .call(&leaver, RequestBody::Decommission, Duration::from_secs(200))
                 .await;
-            log.lock().decommission = Some(outcome_name(&result));
+            let s = &sessions;
+            let l = &leaver;
+            let outcome = match isthmus_testkit::operation::finished(
+                move |b| s.call(l, b, Duration::from_secs(5)),
+                started,
+                Duration::from_secs(200),
+            )
+            .await
+            {
+                Ok(done) => done.state.name().to_owned(),
+                Err(e) => format!("{e}"),
+            };
+            log.lock().decommission = Some(outcome);
         });
     }
     tokio::time::sleep_until(t0 + LOAD_START).await;
@@ -705,7 +717,7 @@ async fn client(
     }
     // Merkle repair on every member, one after another.
     for name in &members {
-        let result = sessions
+        let started = sessions
             .call(
                 name,
                 RequestBody::Repair {
@@ -715,9 +727,19 @@ async fn client(
                 Duration::from_secs(100),
             )
             .await;
-        let report = match result {
-            Ok(ResponseBody::Repaired(r)) => Ok(r),
-            other => Err(outcome_name(&other)),
+        let s = &sessions;
+        let report = match isthmus_testkit::operation::finished(
+            move |b| s.call(name, b, Duration::from_secs(5)),
+            started,
+            Duration::from_secs(100),
+        )
+        .await
+        {
+            Ok(done) if done.state == isthmus_client::wire::OperationState::Done => {
+                Ok(done.progress)
+            }
+            Ok(done) => Err(format!("{} {:?}", done.state.name(), done.error)),
+            Err(e) => Err(e.to_string()),
         };
         log.lock().repairs.push((name.clone(), report));
     }

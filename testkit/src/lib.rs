@@ -40,6 +40,7 @@
 pub mod cluster;
 pub mod config;
 pub mod module;
+pub mod operation;
 pub mod version;
 
 pub use cluster::{ClusterSpec, LocalCluster, NodeKind, Root};

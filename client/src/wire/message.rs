@@ -8,7 +8,7 @@ pub const MAGIC: [u8; 4] = *b"ISTH";
 /// Version of the message definitions in this module. A node refuses a
 /// handshake whose version it does not speak with
 /// [`ErrorCode::ProtocolVersion`].
-pub const PROTOCOL_VERSION: u16 = 3;
+pub const PROTOCOL_VERSION: u16 = 4;
 
 /// How many acknowledgements a request waits for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -241,7 +241,9 @@ pub enum RequestBody {
     },
     /// Run Merkle repair on the answering node now: its ranges in its own
     /// datacenter with their other live replicas, or, with `remote_dc`, a
-    /// full sync with that datacenter.
+    /// full sync with that datacenter. Answered at once with the operation
+    /// it started ([`ResponseBody::Started`]); follow it with
+    /// [`RequestBody::Operations`].
     Repair {
         /// One keyspace, or every keyspace.
         keyspace: Option<String>,
@@ -249,8 +251,9 @@ pub enum RequestBody {
         remote_dc: Option<String>,
     },
     /// Take the answering node out of the ring: it hands every range it
-    /// holds to the next owners, then leaves (answered with what moved,
-    /// as [`ResponseBody::Repaired`]).
+    /// holds to the next owners, then leaves. Answered at once with the
+    /// operation it started ([`ResponseBody::Started`]); follow it with
+    /// [`RequestBody::Operations`].
     Decommission,
     /// Work with the resolver registry (the replicated system keyspace
     /// of merge modules and keyspace bindings).
@@ -267,6 +270,125 @@ pub enum RequestBody {
     /// The answering node's bridge quarantine: records another datacenter
     /// refused for a reason that will not change by retrying (admin).
     Quarantine(QuarantineRequest),
+    /// The answering node's long work: its running operations and the
+    /// last ones that finished, or one of them by id.
+    Operations(OperationsRequest),
+    /// Rebuild the answering node's replicas from other datacenters
+    /// (`from_dc`, or every other datacenter its keyspaces replicate to):
+    /// every range it owns, pulled from a live replica there. For the
+    /// fresh nodes of a datacenter lost for good. Answered at once with
+    /// the operation it started ([`ResponseBody::Started`]).
+    Rebuild {
+        /// One source datacenter, or every other one.
+        from_dc: Option<String>,
+    },
+}
+
+/// What [`RequestBody::Operations`] asks for.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OperationsRequest {
+    /// Every operation the node remembers: the running ones and the last
+    /// finished ones, oldest first (answered [`ResponseBody::Operations`]).
+    List,
+    /// One operation (answered [`ResponseBody::Operation`], or
+    /// [`ErrorCode::BadRequest`] when the node does not know the id: a
+    /// wrong id, one forgotten, or a node restarted since).
+    Get {
+        /// The operation's id.
+        id: u64,
+    },
+}
+
+/// What kind of long work an operation is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OperationKind {
+    /// In-DC Merkle repair (an operator's or the schedule's).
+    Repair,
+    /// Merkle full sync with another datacenter.
+    FullSync,
+    /// The node leaving the ring, handing its ranges over.
+    Decommission,
+    /// The node joining the ring, pulling the ranges it will own.
+    Join,
+    /// The node's replicas rebuilt from its peers.
+    Rebuild,
+}
+
+impl OperationKind {
+    /// The kind's name, as the CLI, the JSON API and metric labels write it.
+    pub fn name(self) -> &'static str {
+        match self {
+            OperationKind::Repair => "repair",
+            OperationKind::FullSync => "full_sync",
+            OperationKind::Decommission => "decommission",
+            OperationKind::Join => "join",
+            OperationKind::Rebuild => "rebuild",
+        }
+    }
+
+    /// Every kind, for metric labels.
+    pub const ALL: [OperationKind; 5] = [
+        OperationKind::Repair,
+        OperationKind::FullSync,
+        OperationKind::Decommission,
+        OperationKind::Join,
+        OperationKind::Rebuild,
+    ];
+}
+
+/// Where an operation stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OperationState {
+    /// Still working.
+    Running,
+    /// Finished its plan (some ranges may have failed: `ranges_failed`).
+    Done,
+    /// Stopped short: `error` says why.
+    Failed,
+    /// Stopped by an operator ([`RequestBody::Cancel`]); what it moved
+    /// stays.
+    Cancelled,
+}
+
+impl OperationState {
+    /// The state's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            OperationState::Running => "running",
+            OperationState::Done => "done",
+            OperationState::Failed => "failed",
+            OperationState::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// One operation of a node's long work, and its progress.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OperationInfo {
+    /// The node's id for it (unique on that node).
+    pub id: u64,
+    /// What it is.
+    pub kind: OperationKind,
+    /// The one keyspace it works on (`None`: every keyspace).
+    pub keyspace: Option<String>,
+    /// The other datacenter it syncs with (full sync, rebuild from one
+    /// datacenter).
+    pub dc: Option<String>,
+    /// Where it stands.
+    pub state: OperationState,
+    /// When it started (milliseconds since the Unix epoch).
+    pub started_ms: u64,
+    /// When it finished.
+    pub finished_ms: Option<u64>,
+    /// Range syncs planned so far (it grows while the work plans more).
+    pub ranges_total: u64,
+    /// What it did so far: `ranges` and `ranges_failed` of
+    /// `ranges_total`, keys and bytes moved.
+    pub progress: RepairReport,
+    /// Why it failed or was cancelled.
+    pub error: Option<String>,
 }
 
 /// An operation on a node's bridge quarantine (its dead-letter store, one
@@ -505,8 +627,9 @@ pub enum ResponseBody {
     },
     /// The request failed.
     Error(WireError),
-    /// A repair finished.
-    Repaired(RepairReport),
+    /// Long work started (repair, full sync, decommission, rebuild): the
+    /// operation, just begun.
+    Started(OperationInfo),
     /// A registry operation succeeded.
     Registry(RegistryResponse),
     /// The answer to a [`RequestBody::User`].
@@ -519,6 +642,10 @@ pub enum ResponseBody {
     },
     /// The answer to a [`RequestBody::Quarantine`].
     Quarantine(QuarantineResponse),
+    /// The answer to [`OperationsRequest::List`], oldest first.
+    Operations(Vec<OperationInfo>),
+    /// The answer to [`OperationsRequest::Get`].
+    Operation(OperationInfo),
 }
 
 /// What a [`RegistryRequest`] did.
@@ -598,7 +725,7 @@ pub struct BindingInfo {
     pub from_config: bool,
 }
 
-/// What an on-demand repair did.
+/// What a repair, full sync or range movement did (so far).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RepairReport {
     /// Range exchanges completed.

@@ -99,19 +99,57 @@ fn requests_and_responses_round_trip() {
         }),
     };
     assert_eq!(decode::<Response>(&encode(&response)).unwrap(), response);
-    let repaired = Response {
-        id: 5,
-        clock_ms: 1_700_000_000_000,
-        body: ResponseBody::Repaired(RepairReport {
+    let operation = OperationInfo {
+        id: 1_700_000_000_123,
+        kind: OperationKind::FullSync,
+        keyspace: Some("carts".into()),
+        dc: Some("dc2".into()),
+        state: OperationState::Running,
+        started_ms: 1_700_000_000_000,
+        finished_ms: None,
+        ranges_total: 96,
+        progress: RepairReport {
             ranges: 64,
             ranges_failed: 1,
             keys_differing: 3,
             keys_pulled: 2,
             keys_pushed: 1,
             bytes: u64::MAX,
-        }),
+        },
+        error: None,
     };
-    assert_eq!(decode::<Response>(&encode(&repaired)).unwrap(), repaired);
+    for body in [
+        ResponseBody::Started(operation.clone()),
+        ResponseBody::Operation(OperationInfo {
+            state: OperationState::Cancelled,
+            finished_ms: Some(1_700_000_001_000),
+            error: Some("cancelled".into()),
+            ..operation.clone()
+        }),
+        ResponseBody::Operations(vec![operation.clone(), operation]),
+    ] {
+        let started = Response {
+            id: 5,
+            clock_ms: 1_700_000_000_000,
+            body,
+        };
+        assert_eq!(decode::<Response>(&encode(&started)).unwrap(), started);
+    }
+    for body in [
+        RequestBody::Operations(OperationsRequest::List),
+        RequestBody::Operations(OperationsRequest::Get { id: 7 }),
+        RequestBody::Rebuild {
+            from_dc: Some("dc1".into()),
+        },
+    ] {
+        let request = Request {
+            id: 9,
+            timeout_ms: 1_000,
+            deadline_ms: 1_700_000_000_000,
+            body,
+        };
+        assert_eq!(decode::<Request>(&encode(&request)).unwrap(), request);
+    }
     let resolver = BoundResolver {
         name: "cart-union".into(),
         version: 1,

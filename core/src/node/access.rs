@@ -105,10 +105,13 @@ pub fn needs(name: &str, request: &RequestBody) -> Option<Permission> {
                 keyspace: Some(keyspace.clone()),
             })
         }
-        RequestBody::Status | RequestBody::Registry(RegistryRequest::List) => None,
+        RequestBody::Status
+        | RequestBody::Operations(_)
+        | RequestBody::Registry(RegistryRequest::List) => None,
         RequestBody::User(UserRequest::Passwd { name: whose, .. }) if whose == name => None,
         RequestBody::Repair { .. }
         | RequestBody::Decommission
+        | RequestBody::Rebuild { .. }
         | RequestBody::Cancel
         | RequestBody::Registry(_)
         | RequestBody::Quarantine(_)

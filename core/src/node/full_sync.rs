@@ -34,10 +34,16 @@ impl<D: RepairData, T: Transport> FullSync for NodeFullSync<D, T> {
             // pieces it is primary for.
             // Cancelled by an operator, it stays owed and runs again.
             let turn = repairer.admin("a full sync the bridge owes").await;
-            let stats = turn
-                .run(repairer.full_sync(None, dc, Share::Replicated))
-                .await
-                .map_err(|e| e.to_string())?;
+            let op = repairer.operations().start(
+                isthmus_client::wire::OperationKind::FullSync,
+                None,
+                Some(dc.0.clone()),
+            );
+            let result = turn
+                .run(repairer.full_sync_with(None, dc, Share::Replicated, op.progress()))
+                .await;
+            op.finish_with(&result);
+            let stats = result.map_err(|e| e.to_string())?;
             tracing::info!(%dc, %stats, "full-sync ranges synced");
             match stats.ranges_failed {
                 0 => Ok(()),

@@ -190,11 +190,18 @@ pub async fn rebuild<D, T>(
         }
         worker.busy();
         let turn = repairer.admin("a rebuild").await;
+        let op =
+            repairer
+                .operations()
+                .start(isthmus_client::wire::OperationKind::Rebuild, None, None);
         // An operator's cancel stops this pass; the next one runs later.
         let pass = turn
             .run(async {
                 let mut failed = 0;
-                match repairer.repair_dc(None, Partners::All).await {
+                match repairer
+                    .repair_dc_with(None, Partners::All, op.progress())
+                    .await
+                {
                     Ok(stats) => {
                         tracing::info!(%stats, "rebuild: in-datacenter repair done");
                         failed += stats.ranges_failed;
@@ -205,7 +212,10 @@ pub async fn rebuild<D, T>(
                     }
                 }
                 for dc in &remote_dcs {
-                    match repairer.full_sync(None, dc, Share::Primary).await {
+                    match repairer
+                        .full_sync_with(None, dc, Share::Primary, op.progress())
+                        .await
+                    {
                         Ok(stats) => {
                             tracing::info!(%dc, %stats, "rebuild: full sync done");
                             failed += stats.ranges_failed;
@@ -219,6 +229,11 @@ pub async fn rebuild<D, T>(
                 Ok(failed)
             })
             .await;
+        match &pass {
+            Ok(0) => op.done(),
+            Ok(n) => op.failed(format!("{n} ranges or datacenters not rebuilt; retrying")),
+            Err(_) => op.finish_with(&pass),
+        }
         drop(turn);
         let failed = pass.unwrap_or(1);
         if failed > 0 {

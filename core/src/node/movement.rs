@@ -13,11 +13,12 @@ use tokio::sync::watch;
 use crate::gossip::membership::NodeStatus;
 use crate::gossip::service::{GossipTransport, Gossiper};
 use crate::model::{DcName, KeyspaceConfig};
-use crate::repair::{RepairData, RepairStats, Repairer};
+use crate::repair::{Progress, RepairData, RepairError, RepairStats, Repairer};
 use crate::system_keyspace;
 use crate::transport::Transport;
 use crate::view::ClusterView;
 use crate::worker::WorkerHandle;
+use isthmus_client::wire::{OperationInfo, OperationKind};
 
 /// What range movement needs of its node.
 pub(super) struct Movement<D, T: GossipTransport> {
@@ -57,12 +58,14 @@ impl<D: RepairData, T: GossipTransport + Transport> Movement<D, T> {
     /// ring and its next ring: a joining node pulls what it will own from
     /// the current owners; a leaving node pushes what it owns to the next
     /// owners.
-    pub(super) async fn move_ranges(&self, joining: bool) -> RepairStats {
+    /// Each range sync is planned and counted in `progress`.
+    pub(super) async fn move_ranges(&self, joining: bool, progress: &Progress) -> RepairStats {
         let view = self.view.borrow().clone();
         let me = self.repairer.me().clone();
         let keyspaces = self.keyspaces.read().clone();
         let dc = &self.dc;
         let mut stats = RepairStats::default();
+        let mut planned = Vec::new();
         for (name, ks) in keyspaces {
             let Some(&rf) = ks.replication.get(dc) else {
                 continue;
@@ -97,7 +100,13 @@ impl<D: RepairData, T: GossipTransport + Transport> Movement<D, T> {
                     }
                 }
             }
-            stats += self.repairer.stream(&name, jobs).await;
+            planned.push((name, jobs));
+        }
+        progress
+            .plan(planned.iter().map(|(_, j)| j.len() as u64).sum::<u64>() + stats.ranges_failed);
+        progress.add(&stats);
+        for (name, jobs) in planned {
+            stats += self.repairer.stream_with(&name, jobs, progress).await;
         }
         stats
     }
@@ -128,11 +137,18 @@ impl<D: RepairData, T: GossipTransport + Transport> Movement<D, T> {
                 continue;
             }
             worker.busy();
+            // Each pass is an operation of its own: a failed pass is
+            // recorded as such, and the next pass starts again.
+            let op = self
+                .repairer
+                .operations()
+                .start(OperationKind::Join, None, None);
             let stats = tokio::select! {
-                s = self.move_ranges(true) => s,
+                s = self.move_ranges(true, op.progress()) => s,
                 _ = stop.changed() => return,
             };
             if stats.ranges_failed == 0 {
+                op.done();
                 tracing::info!(
                     ranges = stats.ranges,
                     pulled = stats.keys_pulled,
@@ -143,6 +159,10 @@ impl<D: RepairData, T: GossipTransport + Transport> Movement<D, T> {
                 worker.idle();
                 return;
             }
+            op.failed(format!(
+                "{} ranges failed; the join retries",
+                stats.ranges_failed
+            ));
             worker.failed(format!("{} ranges failed; retrying", stats.ranges_failed));
             tracing::warn!(
                 failed = stats.ranges_failed,
@@ -157,28 +177,52 @@ impl<D: RepairData, T: GossipTransport + Transport> Movement<D, T> {
     /// to `Normal`; nothing has been given up.
     /// Cancelled ([`Repairer::cancel`](crate::repair::Repairer::cancel))
     /// before it announces `Left`, it goes back to `Normal` too.
-    pub(super) async fn leave(&self) -> Result<Left, crate::repair::RepairError> {
-        let turn = self.repairer.try_admin("a decommission")?;
+    ///
+    /// It runs as an operation of kind decommission; `started` hears of
+    /// it (or of the refusal, when another operation holds the slot) as
+    /// soon as it begins.
+    pub(super) async fn leave(
+        &self,
+        started: tokio::sync::oneshot::Sender<Result<OperationInfo, RepairError>>,
+    ) -> Result<Left, RepairError> {
+        let turn = match self.repairer.try_admin("a decommission") {
+            Ok(turn) => turn,
+            Err(e) => {
+                let _ = started.send(Err(e.clone()));
+                return Err(e);
+            }
+        };
+        let op = self
+            .repairer
+            .operations()
+            .start(OperationKind::Decommission, None, None);
+        let _ = started.send(Ok(op.info()));
         self.gossiper.set_status(NodeStatus::Leaving);
         let moved = turn
             .run(async {
                 tokio::time::sleep(self.spread).await;
-                Ok(self.move_ranges(false).await)
+                Ok(self.move_ranges(false, op.progress()).await)
             })
             .await;
         let stats = match moved {
             Ok(stats) => stats,
             Err(cancelled) => {
                 self.gossiper.set_status(NodeStatus::Normal);
+                op.finish_with::<()>(&Err(cancelled.clone()));
                 return Err(cancelled);
             }
         };
         if stats.ranges_failed > 0 {
             self.gossiper.set_status(NodeStatus::Normal);
+            op.failed(format!(
+                "{} ranges could not be handed over (a next owner is down); still a member",
+                stats.ranges_failed
+            ));
             return Ok(Left::Incomplete(stats));
         }
         self.gossiper.set_status(NodeStatus::Left);
         tokio::time::sleep(self.spread).await;
+        op.done();
         tracing::info!(
             pushed = stats.keys_pushed,
             bytes = stats.bytes,

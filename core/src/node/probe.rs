@@ -131,6 +131,16 @@ where
             Some(NodeStatus::Left) => return not("decommissioned"),
             None => return not("not a member of its own view"),
         }
+        // Its replicas are being pulled from other datacenters: a LOCAL
+        // read it coordinates would miss what has not arrived yet.
+        if self
+            .repairer
+            .operations()
+            .running(isthmus_client::wire::OperationKind::Rebuild)
+            > 0
+        {
+            return not("rebuilding: pulling its ranges from other datacenters");
+        }
         if !self.gossiper.joined() {
             return not("not joined: no peer heard from yet");
         }
@@ -149,6 +159,10 @@ where
         let keyspaces = self.keyspaces.read().clone();
         let hints = self.hints.pending().into_iter().collect();
         super::status::nodes(&self.gossiper, &keyspaces, &hints)
+    }
+
+    fn operations(&self) -> Vec<isthmus_client::wire::OperationInfo> {
+        self.repairer.operations().list()
     }
 }
 

@@ -1,5 +1,6 @@
 //! The operations listener's HTTP side (axum): `/metrics`, `/healthz`,
-//! `/readyz`, the JSON API (`/api/v1/overview`) and the dashboard (`/`),
+//! `/readyz`, the JSON API (`/api/v1/overview`, `/api/v1/operations`) and
+//! the dashboard (`/`),
 //! one page whose script and styles are in the binary.
 //!
 //! Access: `/healthz` and `/readyz` are open (probes carry no
@@ -59,7 +60,8 @@ pub fn router(
     let figures = Router::new()
         .route("/", get(dashboard))
         .route("/metrics", get(metrics))
-        .route("/api/v1/overview", get(overview));
+        .route("/api/v1/overview", get(overview))
+        .route("/api/v1/operations", get(operations));
     let figures = match guard {
         Some(guard) => figures.layer(middleware::from_fn_with_state(guard, require_login)),
         None => figures,
@@ -279,6 +281,12 @@ async fn metrics(State(ops): State<Arc<Ops>>) -> Response {
 
 async fn healthz() -> Response {
     axum::Json(serde_json::json!({ "status": "alive" })).into_response()
+}
+
+/// The node's operations, running and recently finished, oldest first:
+/// `{"operations": [OperationInfo, ...]}` (docs/metrics.md shows one).
+async fn operations(State(ops): State<Arc<Ops>>) -> Response {
+    axum::Json(serde_json::json!({ "operations": ops.probe.operations() })).into_response()
 }
 
 async fn readyz(State(ops): State<Arc<Ops>>) -> Response {

@@ -6,7 +6,9 @@ use std::fmt::Error;
 use std::sync::Arc;
 use std::time::Duration;
 
-use isthmus_client::wire::{Consistency, ResponseBody};
+use isthmus_client::wire::{
+    Consistency, OperationInfo, OperationKind, OperationState, ResponseBody,
+};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{
     DescriptorEncoder, EncodeGaugeValue, EncodeLabelSet, EncodeMetric, NoLabelSet,
@@ -113,7 +115,8 @@ impl std::fmt::Debug for FiguresCollector {
 
 impl Collector for FiguresCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), Error> {
-        encode_figures(&self.0.figures(), &mut encoder)
+        encode_figures(&self.0.figures(), &mut encoder)?;
+        encode_operations(&self.0.operations(), &mut Out(&mut encoder))
     }
 }
 
@@ -616,6 +619,40 @@ fn encode_cluster(f: &Figures, out: &mut Out<'_, '_>) -> Result<(), Error> {
     )
 }
 
+/// Running operations by kind, and the range syncs they have left.
+fn encode_operations(ops: &[OperationInfo], out: &mut Out<'_, '_>) -> Result<(), Error> {
+    let running = |kind: OperationKind| {
+        ops.iter()
+            .filter(move |o| o.kind == kind && o.state == OperationState::Running)
+    };
+    let rows: Vec<(Labels<'_>, i64)> = OperationKind::ALL
+        .iter()
+        .map(|k| (vec![("kind", k.name())], running(*k).count() as i64))
+        .collect();
+    out.gauges(
+        "isthmus_operations_running",
+        "Long work running on the node (repair, full sync, decommission, join, rebuild), by kind",
+        &rows,
+    )?;
+    let rows: Vec<(Labels<'_>, i64)> = OperationKind::ALL
+        .iter()
+        .map(|k| {
+            let left: u64 = running(*k)
+                .map(|o| {
+                    o.ranges_total
+                        .saturating_sub(o.progress.ranges + o.progress.ranges_failed)
+                })
+                .sum();
+            (vec![("kind", k.name())], left as i64)
+        })
+        .collect();
+    out.gauges(
+        "isthmus_operations_ranges_remaining",
+        "Range syncs the running operations of the kind have planned and not yet run",
+        &rows,
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeSet;
@@ -636,6 +673,24 @@ mod tests {
         }
         fn nodes(&self) -> Vec<isthmus_client::wire::NodeReport> {
             Vec::new()
+        }
+        fn operations(&self) -> Vec<OperationInfo> {
+            vec![OperationInfo {
+                id: 1,
+                kind: OperationKind::Rebuild,
+                keyspace: None,
+                dc: Some("dc2".into()),
+                state: OperationState::Running,
+                started_ms: 0,
+                finished_ms: None,
+                ranges_total: 10,
+                progress: isthmus_client::wire::RepairReport {
+                    ranges: 4,
+                    ranges_failed: 1,
+                    ..Default::default()
+                },
+                error: None,
+            }]
         }
     }
 
@@ -785,6 +840,9 @@ mod tests {
             "isthmus_hints_queued_bytes{target=\"n2\"} 7",
             "isthmus_gossip_members{dc=\"dc1\",status=\"normal\",up=\"true\"} 1",
             "isthmus_worker_runs_total{name=\"gossip\"} 3",
+            "isthmus_operations_running{kind=\"rebuild\"} 1",
+            "isthmus_operations_running{kind=\"repair\"} 0",
+            "isthmus_operations_ranges_remaining{kind=\"rebuild\"} 5",
         ] {
             assert!(text.contains(line), "missing {line:?} in\n{text}");
         }

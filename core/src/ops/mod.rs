@@ -8,7 +8,8 @@
 //!   at scrape time from the counters its component already keeps, through
 //!   a [`Probe`], so nothing is counted twice.
 //! - `http`: the axum router: `/metrics` (OpenMetrics text), `/healthz`
-//!   (the process answers) and `/readyz` (the node would serve requests).
+//!   (the process answers), `/readyz` (the node would serve requests) and
+//!   `/api/v1/operations` (its long work and progress, JSON).
 //!
 //! One [`Registry`](prometheus_client::registry::Registry) per node value:
 //! several nodes run in one process (tests, the demo), so there is no
@@ -121,4 +122,9 @@ pub trait Probe: Send + Sync + 'static {
 
     /// Every member the node knows, as `isthmus status` lists them.
     fn nodes(&self) -> Vec<isthmus_client::wire::NodeReport>;
+
+    /// The node's long work: its running operations and the last finished
+    /// ones, oldest first (`GET /api/v1/operations`, and the
+    /// `isthmus_operations_*` gauges).
+    fn operations(&self) -> Vec<isthmus_client::wire::OperationInfo>;
 }

@@ -9,7 +9,10 @@
 //! - [`plan`]: which ranges a node syncs, and with whom (no IO).
 //! - [`Repairer`]: a node's repair: in-DC ranges with their other live
 //!   replicas (on a schedule and on demand), cross-DC full-sync with
-//!   another datacenter, and the serving of peers' requests.
+//!   another datacenter, rebuild from other datacenters, and the serving
+//!   of peers' requests.
+//! - [`operation`]: the node's long work as operations with ids and live
+//!   progress ([`Operations`]).
 //!
 //! Every version a sync moves is absorbed through the keyspace's merge
 //! ([`crate::replica::Replica::apply`] on a node), so repair
@@ -38,6 +41,7 @@
 
 mod error;
 pub mod exchange;
+pub mod operation;
 pub mod plan;
 pub mod server;
 mod stats;
@@ -57,6 +61,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use error::RepairError;
 pub use exchange::{RepairRequest, RepairResponse, Replica, SessionId, sync};
+pub use operation::{Operation, Operations, Progress};
 pub use server::{Absorb, RepairData, RepairServer, StoreData};
 pub use stats::RepairStats;
 pub use tree::HashRange;
@@ -68,6 +73,7 @@ use crate::transport::Transport;
 use crate::view::ClusterView;
 use crate::worker::WorkerHandle;
 use futures_util::StreamExt;
+use isthmus_client::wire::{OperationInfo, OperationKind};
 
 /// Repair knobs of a node.
 #[derive(Clone, Debug)]
@@ -150,6 +156,11 @@ pub enum Share {
     /// Every piece it replicates: what the node alone owes when its own
     /// bridge outbox dropped writes it coordinated (the bridge's fallback).
     Replicated,
+    /// Every piece it replicates, each with one live replica of the other
+    /// datacenter: a rebuild, which must leave this node holding all it
+    /// owns whatever its local peers hold (a datacenter lost whole has
+    /// none to repair from).
+    Owned,
 }
 
 /// A node's repair: serves its peers' syncs and runs its own.
@@ -166,6 +177,8 @@ pub struct Repairer<D, T> {
     admin: AdminSlot,
     /// Every range sync's figures since the node started (`/metrics`).
     totals: parking_lot::Mutex<RepairStats>,
+    /// The node's long work and its progress.
+    operations: Arc<Operations>,
 }
 
 /// The node's one slot for administrative work (repair, full sync,
@@ -261,7 +274,28 @@ impl<D: RepairData, T: Transport> Repairer<D, T> {
             next_session: AtomicU64::new(0),
             admin: AdminSlot::default(),
             totals: parking_lot::Mutex::default(),
+            operations: Arc::new(Operations::default()),
         }
+    }
+
+    /// The node's table of operations (its long work and their progress).
+    pub fn operations(&self) -> &Arc<Operations> {
+        &self.operations
+    }
+
+    /// Every other datacenter the node's keyspaces replicate to (what a
+    /// rebuild pulls from when not told one).
+    pub fn other_dcs(&self) -> Vec<DcName> {
+        let mut dcs: Vec<DcName> = self
+            .keyspaces
+            .read()
+            .values()
+            .flat_map(|k| k.replication.keys().cloned())
+            .filter(|dc| *dc != self.dc)
+            .collect();
+        dcs.sort();
+        dcs.dedup();
+        dcs
     }
 
     /// The figures of every range sync this node ran since it started
@@ -350,22 +384,209 @@ impl<D: RepairData, T: Transport> Repairer<D, T> {
     /// limits it to one keyspace. One administrative operation runs at a
     /// time on a node: while another runs, this one is refused
     /// ([`RepairError::Busy`]).
+    /// It runs as an operation ([`Self::operations`]); this waits for it
+    /// to end, where [`Self::start_repair`] returns once it has begun.
     pub async fn repair(
         &self,
         keyspace: Option<&str>,
         remote_dc: Option<&DcName>,
     ) -> Result<RepairStats, RepairError> {
-        let turn = self.try_admin(match remote_dc {
-            Some(dc) if *dc != self.dc => "a full sync",
-            _ => "a repair",
-        })?;
-        turn.run(async {
-            match remote_dc {
-                Some(dc) if *dc != self.dc => self.full_sync(keyspace, dc, Share::Primary).await,
-                _ => self.repair_dc(keyspace, Partners::All).await,
+        let (what, kind, dc) = self.repair_kind(remote_dc);
+        let turn = self.try_admin(what)?;
+        let op = self.operations.start(kind, keyspace.map(str::to_owned), dc);
+        let result = turn
+            .run(self.repair_work(keyspace, remote_dc, op.progress()))
+            .await;
+        op.finish_with(&result);
+        result
+    }
+
+    fn repair_kind(
+        &self,
+        remote_dc: Option<&DcName>,
+    ) -> (&'static str, OperationKind, Option<String>) {
+        match remote_dc {
+            Some(dc) if *dc != self.dc => {
+                ("a full sync", OperationKind::FullSync, Some(dc.0.clone()))
             }
-        })
+            _ => ("a repair", OperationKind::Repair, None),
+        }
+    }
+
+    async fn repair_work(
+        &self,
+        keyspace: Option<&str>,
+        remote_dc: Option<&DcName>,
+        progress: &Progress,
+    ) -> Result<RepairStats, RepairError> {
+        match remote_dc {
+            Some(dc) if *dc != self.dc => {
+                self.full_sync_with(keyspace, dc, Share::Primary, progress)
+                    .await
+            }
+            _ => self.repair_dc_with(keyspace, Partners::All, progress).await,
+        }
+    }
+
+    /// [`Self::repair`] in the background: it takes the administrative
+    /// slot (or is refused, [`RepairError::Busy`]), starts the operation
+    /// and returns it at once; the work goes on until it ends, an operator
+    /// cancels it, or `stop` (the node stops).
+    pub async fn start_repair(
+        self: &Arc<Self>,
+        keyspace: Option<String>,
+        remote_dc: Option<DcName>,
+        stop: watch::Receiver<bool>,
+    ) -> Result<OperationInfo, RepairError> {
+        // Refuse bad names at once, not in an operation that fails.
+        self.keyspaces(keyspace.as_deref())?;
+        if let Some(dc) = &remote_dc
+            && self.view.borrow().ring.node_count(dc) == 0
+        {
+            return Err(RepairError::UnknownDc { name: dc.0.clone() });
+        }
+        let (what, kind, dc) = self.repair_kind(remote_dc.as_ref());
+        self.start_admin(
+            what,
+            kind,
+            keyspace.clone(),
+            dc,
+            stop,
+            move |me, progress| {
+                Box::pin(async move {
+                    let result = me
+                        .repair_work(keyspace.as_deref(), remote_dc.as_ref(), progress)
+                        .await;
+                    match &result {
+                        Ok(stats) => tracing::info!(
+                            keyspace = keyspace.as_deref().unwrap_or("*"),
+                            remote_dc = remote_dc.as_ref().map_or("", |d| d.0.as_str()),
+                            %stats,
+                            "repair done"
+                        ),
+                        Err(e) => tracing::warn!(error = %e, "repair failed"),
+                    }
+                    result.map(|_| ())
+                })
+            },
+        )
         .await
+    }
+
+    /// Rebuild this node's replicas from `from` (or every other
+    /// datacenter, [`Self::other_dcs`]): each range it owns pulled from a
+    /// live replica there ([`Share::Owned`]), as an operation of kind
+    /// rebuild, started in the background like [`Self::start_repair`].
+    /// For the fresh nodes of a datacenter lost for good: they have no
+    /// local peer with data to repair from.
+    pub async fn start_rebuild(
+        self: &Arc<Self>,
+        from: Option<DcName>,
+        stop: watch::Receiver<bool>,
+    ) -> Result<OperationInfo, RepairError> {
+        let sources = match &from {
+            Some(dc) if *dc == self.dc => {
+                return Err(RepairError::BadRequest {
+                    reason: format!("a node cannot rebuild from its own datacenter {dc}"),
+                });
+            }
+            Some(dc) => vec![dc.clone()],
+            None => self.other_dcs(),
+        };
+        if sources.is_empty() {
+            return Err(RepairError::BadRequest {
+                reason: "no other datacenter replicates this node's keyspaces".into(),
+            });
+        }
+        let view = self.view.borrow().clone();
+        if let Some(dc) = sources.iter().find(|dc| view.ring.node_count(dc) == 0) {
+            return Err(RepairError::UnknownDc { name: dc.0.clone() });
+        }
+        let dc = from.map(|d| d.0);
+        self.start_admin(
+            "a rebuild",
+            OperationKind::Rebuild,
+            None,
+            dc,
+            stop,
+            move |me, progress| {
+                Box::pin(async move {
+                    let stats = me.rebuild_from(&sources, progress).await?;
+                    tracing::info!(%stats, "rebuild done");
+                    match stats.ranges_failed {
+                        0 => Ok(()),
+                        n => Err(RepairError::Peer {
+                            node: me.me.clone(),
+                            reason: format!(
+                                "{n} ranges could not be pulled; run the rebuild again"
+                            ),
+                        }),
+                    }
+                })
+            },
+        )
+        .await
+    }
+
+    /// Pull every range this node owns from each of `sources`.
+    pub async fn rebuild_from(
+        &self,
+        sources: &[DcName],
+        progress: &Progress,
+    ) -> Result<RepairStats, RepairError> {
+        let mut stats = RepairStats::default();
+        for dc in sources {
+            stats += self
+                .full_sync_with(None, dc, Share::Owned, progress)
+                .await?;
+        }
+        Ok(stats)
+    }
+
+    /// Take the administrative slot for `what` (or say what holds it),
+    /// start an operation of `kind`, and run `work` on it in a task of
+    /// its own until it ends, is cancelled, or `stop`.
+    async fn start_admin<F>(
+        self: &Arc<Self>,
+        what: &'static str,
+        kind: OperationKind,
+        keyspace: Option<String>,
+        dc: Option<String>,
+        mut stop: watch::Receiver<bool>,
+        work: F,
+    ) -> Result<OperationInfo, RepairError>
+    where
+        F: for<'a> FnOnce(
+                &'a Self,
+                &'a Progress,
+            ) -> std::pin::Pin<
+                Box<dyn std::future::Future<Output = Result<(), RepairError>> + Send + 'a>,
+            > + Send
+            + 'static,
+    {
+        let (started, answer) = tokio::sync::oneshot::channel();
+        let me = self.clone();
+        tokio::spawn(async move {
+            let turn = match me.try_admin(what) {
+                Ok(turn) => turn,
+                Err(e) => {
+                    let _ = started.send(Err(e));
+                    return;
+                }
+            };
+            let op = me.operations.start(kind, keyspace, dc);
+            let _ = started.send(Ok(op.info()));
+            tokio::select! {
+                result = turn.run(work(&me, op.progress())) => op.finish_with(&result),
+                // Dropped unfinished: recorded as failed, the node stopping.
+                _ = stop.changed() => {}
+            }
+        });
+        answer.await.unwrap_or_else(|_| {
+            Err(RepairError::Protocol {
+                reason: "the operation's task ended before it started".into(),
+            })
+        })
     }
 
     fn session(&self) -> SessionId {
@@ -395,9 +616,22 @@ impl<D: RepairData, T: Transport> Repairer<D, T> {
     /// joining node pulls the ranges it will own from their owners, and a
     /// leaving node hands its ranges to their next owners.
     pub async fn stream(&self, keyspace: &str, jobs: Vec<(HashRange, NodeId)>) -> RepairStats {
+        self.stream_with(keyspace, jobs, &Progress::default()).await
+    }
+
+    /// [`Self::stream`], counting each range sync in `progress` (whose
+    /// plan the caller has made).
+    pub async fn stream_with(
+        &self,
+        keyspace: &str,
+        jobs: Vec<(HashRange, NodeId)>,
+        progress: &Progress,
+    ) -> RepairStats {
         let mut stats = RepairStats::default();
         let mut runs = futures_util::stream::iter(jobs)
-            .map(|(range, partner)| async move { self.sync_one(keyspace, range, &partner).await })
+            .map(|(range, partner)| async move {
+                self.sync_one(keyspace, range, &partner, progress).await
+            })
             .buffer_unordered(FULL_SYNC_CONCURRENCY);
         while let Some(s) = runs.next().await {
             stats += s;
@@ -407,25 +641,34 @@ impl<D: RepairData, T: Transport> Repairer<D, T> {
 
     /// [`Self::sync_range`] returning its own figures (for syncs run
     /// concurrently).
-    async fn sync_one(&self, keyspace: &str, range: HashRange, partner: &NodeId) -> RepairStats {
+    async fn sync_one(
+        &self,
+        keyspace: &str,
+        range: HashRange,
+        partner: &NodeId,
+        progress: &Progress,
+    ) -> RepairStats {
         let mut stats = RepairStats::default();
-        self.sync_range(keyspace, range, partner, &mut stats).await;
+        self.sync_range(keyspace, range, partner, &mut stats, progress)
+            .await;
         stats
     }
 
-    /// Sync one range with `partner`, adding its figures to `stats` and
-    /// to the node's totals.
+    /// Sync one range with `partner`, adding its figures to `stats`, to
+    /// its operation's `progress` and to the node's totals.
     async fn sync_range(
         &self,
         keyspace: &str,
         range: HashRange,
         partner: &NodeId,
         stats: &mut RepairStats,
+        progress: &Progress,
     ) {
         let mut this = RepairStats::default();
         self.sync_range_alone(keyspace, range, partner, &mut this)
             .await;
         *stats += this;
+        progress.add(&this);
         *self.totals.lock() += this;
     }
 
@@ -462,12 +705,26 @@ impl<D: RepairData, T: Transport> Repairer<D, T> {
         keyspace: Option<&str>,
         partners: Partners,
     ) -> Result<RepairStats, RepairError> {
+        self.repair_dc_with(keyspace, partners, &Progress::default())
+            .await
+    }
+
+    /// [`Self::repair_dc`], planning and counting its range syncs in
+    /// `progress`.
+    pub async fn repair_dc_with(
+        &self,
+        keyspace: Option<&str>,
+        partners: Partners,
+        progress: &Progress,
+    ) -> Result<RepairStats, RepairError> {
         let mut stats = RepairStats::default();
+        // Plan every keyspace first, so the total is known from the start.
+        let view = self.view.borrow().clone();
+        let mut jobs: Vec<(String, HashRange, NodeId)> = Vec::new();
         for (name, ks) in self.keyspaces(keyspace)? {
             let Some(&rf) = ks.replication.get(&self.dc) else {
                 continue;
             };
-            let view = self.view.borrow().clone();
             for (range, replicas) in plan::local_ranges(&view.ring, &self.dc, rf as usize, &self.me)
             {
                 let position = replicas.iter().position(|n| *n == self.me).unwrap_or(0);
@@ -477,13 +734,19 @@ impl<D: RepairData, T: Transport> Repairer<D, T> {
                 };
                 for partner in candidates.iter().filter(|p| **p != self.me) {
                     if view.alive.contains(partner) {
-                        self.sync_range(&name, range, partner, &mut stats).await;
+                        jobs.push((name.clone(), range, partner.clone()));
                     } else {
                         stats.ranges_failed += 1;
                         tracing::debug!(keyspace = name, %range, %partner, "partner down; range not repaired");
                     }
                 }
             }
+        }
+        progress.plan(jobs.len() as u64 + stats.ranges_failed);
+        progress.add(&stats);
+        for (name, range, partner) in jobs {
+            self.sync_range(&name, range, &partner, &mut stats, progress)
+                .await;
         }
         Ok(stats)
     }
@@ -503,6 +766,19 @@ impl<D: RepairData, T: Transport> Repairer<D, T> {
         remote: &DcName,
         share: Share,
     ) -> Result<RepairStats, RepairError> {
+        self.full_sync_with(keyspace, remote, share, &Progress::default())
+            .await
+    }
+
+    /// [`Self::full_sync`], planning and counting its range syncs in
+    /// `progress`.
+    pub async fn full_sync_with(
+        &self,
+        keyspace: Option<&str>,
+        remote: &DcName,
+        share: Share,
+        progress: &Progress,
+    ) -> Result<RepairStats, RepairError> {
         let view = self.view.borrow().clone();
         if view.ring.node_count(remote) == 0 {
             return Err(RepairError::UnknownDc {
@@ -510,6 +786,7 @@ impl<D: RepairData, T: Transport> Repairer<D, T> {
             });
         }
         let mut stats = RepairStats::default();
+        let mut planned: Vec<(String, Vec<(HashRange, NodeId)>)> = Vec::new();
         for (name, ks) in self.keyspaces(keyspace)? {
             let (Some(&local_rf), Some(&remote_rf)) =
                 (ks.replication.get(&self.dc), ks.replication.get(remote))
@@ -530,7 +807,7 @@ impl<D: RepairData, T: Transport> Repairer<D, T> {
             let mut jobs: Vec<(HashRange, NodeId)> = Vec::new();
             for (range, partner) in ranges {
                 let partners: Vec<NodeId> = match share {
-                    Share::Primary => partner.into_iter().collect(),
+                    Share::Primary | Share::Owned => partner.into_iter().collect(),
                     // The writes this node owes the remote DC must reach
                     // every replica there, not wait for the remote DC's
                     // own repair round.
@@ -547,15 +824,15 @@ impl<D: RepairData, T: Transport> Repairer<D, T> {
                 }
                 jobs.extend(partners.into_iter().map(|p| (range, p)));
             }
+            planned.push((name, jobs));
+        }
+        progress
+            .plan(planned.iter().map(|(_, j)| j.len() as u64).sum::<u64>() + stats.ranges_failed);
+        progress.add(&stats);
+        for (name, jobs) in planned {
             // Over a WAN each range costs several round trips: keep a few
             // in flight rather than paying them one after another.
-            let name = name.as_str();
-            let mut runs = futures_util::stream::iter(jobs)
-                .map(|(range, partner)| async move { self.sync_one(name, range, &partner).await })
-                .buffer_unordered(FULL_SYNC_CONCURRENCY);
-            while let Some(s) = runs.next().await {
-                stats += s;
-            }
+            stats += self.stream_with(&name, jobs, progress).await;
         }
         Ok(stats)
     }
@@ -582,8 +859,11 @@ impl<D: RepairData, T: Transport> Repairer<D, T> {
                 }
             };
             worker.busy();
+            let op = self.operations.start(OperationKind::Repair, None, None);
             tokio::select! {
-                result = turn.run(self.repair_dc(None, Partners::Following)) => match result {
+                result = turn.run(self.repair_dc_with(None, Partners::Following, op.progress())) => {
+                    op.finish_with(&result);
+                    match result {
                     Ok(s) => {
                         tracing::info!(stats = %s, "scheduled repair done");
                         match s.ranges_failed {
@@ -595,7 +875,7 @@ impl<D: RepairData, T: Transport> Repairer<D, T> {
                         tracing::warn!(error = %e, "scheduled repair failed");
                         worker.failed(e);
                     }
-                },
+                }},
                 _ = stop.changed() => return,
             }
             drop(turn);

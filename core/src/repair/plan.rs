@@ -137,7 +137,7 @@ pub fn remote_ranges(
             .into_iter()
             .filter(|piece| match share {
                 Share::Primary => first_live(local, local_rf, piece.last).as_ref() == Some(me),
-                Share::Replicated => ring
+                Share::Replicated | Share::Owned => ring
                     .replicas_in_dc(local, piece.last, local_rf)
                     .contains(me),
             })

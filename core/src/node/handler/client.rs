@@ -4,8 +4,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use isthmus_client::wire::{
-    Context, ErrorCode, RegistryRequest, RepairReport, ResponseBody, Sibling, WireError, WriteId,
-    decode, encode,
+    Context, ErrorCode, OperationInfo, OperationsRequest, RegistryRequest, ResponseBody, Sibling,
+    WireError, WriteId, decode, encode,
 };
 
 use super::{NodeHandler, bad_request};
@@ -16,7 +16,7 @@ use crate::limit::{CONTEXT_COUNTER_MAX, CONTEXT_ENTRIES_MAX};
 use crate::model::{Clock, Consistency, DcName, VersionSet};
 use crate::node::movement::Left;
 use crate::node::status;
-use crate::repair::RepairStats;
+use crate::repair::RepairError;
 use crate::ring::NodeId;
 use crate::store::LocalStore;
 
@@ -82,17 +82,6 @@ pub fn to_response(set: &VersionSet) -> ResponseBody {
         Context(encode(&lub))
     };
     ResponseBody::Value { siblings, context }
-}
-
-fn repair_report(s: &RepairStats) -> RepairReport {
-    RepairReport {
-        ranges: s.ranges,
-        ranges_failed: s.ranges_failed,
-        keys_differing: s.keys_differing,
-        keys_pulled: s.keys_pulled,
-        keys_pushed: s.keys_pushed,
-        bytes: s.bytes,
-    }
 }
 
 fn shutting_down() -> ResponseBody {
@@ -180,9 +169,10 @@ where
     status::report(nodes, bridges)
 }
 
-/// `Repair`: an on-demand repair. It runs as its own task, so a client
-/// deadline shorter than the repair ends the wait, not the repair (which
-/// logs its outcome); node shutdown ends it.
+/// `Repair`: an on-demand repair or full sync, started as an operation
+/// and answered at once with it (or refused: another operation holds the
+/// node's administrative slot). The work goes on in a task of its own
+/// until it ends, an operator cancels it, or the node stops.
 pub async fn repair<S, T, H>(
     node: &NodeHandler<S, T, H>,
     keyspace: Option<String>,
@@ -193,35 +183,38 @@ where
     T: GossipTransport,
     H: HintQueue + HintSink,
 {
-    let (repairer, mut stop) = (node.repairer.clone(), node.stop.clone());
-    let task = tokio::spawn(async move {
-        let remote_dc = remote_dc.map(DcName);
-        tokio::select! {
-            result = repairer.repair(keyspace.as_deref(), remote_dc.as_ref()) => {
-                match &result {
-                    Ok(stats) => tracing::info!(
-                        keyspace = keyspace.as_deref().unwrap_or("*"),
-                        remote_dc = remote_dc.as_ref().map_or("", |d| d.0.as_str()),
-                        %stats,
-                        "repair done"
-                    ),
-                    Err(e) => tracing::warn!(error = %e, "repair failed"),
-                }
-                Some(result)
-            }
-            _ = stop.changed() => None,
-        }
-    });
-    match task.await {
-        Ok(Some(Ok(s))) => ResponseBody::Repaired(repair_report(&s)),
-        Ok(Some(Err(e))) => ResponseBody::Error(e.to_wire()),
-        Ok(None) | Err(_) => shutting_down(),
+    let started = node
+        .repairer
+        .start_repair(keyspace, remote_dc.map(DcName), node.stop.clone())
+        .await;
+    started_answer(started)
+}
+
+/// `Rebuild`: pull every range the node owns from other datacenters, as
+/// an operation, answered at once like [`repair`].
+pub async fn rebuild<S, T, H>(node: &NodeHandler<S, T, H>, from_dc: Option<String>) -> ResponseBody
+where
+    S: LocalStore + Clone,
+    T: GossipTransport,
+    H: HintQueue + HintSink,
+{
+    let started = node
+        .repairer
+        .start_rebuild(from_dc.map(DcName), node.stop.clone())
+        .await;
+    started_answer(started)
+}
+
+fn started_answer(started: Result<OperationInfo, RepairError>) -> ResponseBody {
+    match started {
+        Ok(info) => ResponseBody::Started(info),
+        Err(e) => ResponseBody::Error(e.to_wire()),
     }
 }
 
 /// `Decommission`: leave the ring, handing every range to its next
-/// owners. It runs as its own task: a client that stops waiting (the
-/// request deadline) does not stop a decommission halfway.
+/// owners, as an operation answered at once. It runs as its own task: a
+/// client that goes away does not stop a decommission halfway.
 pub async fn decommission<S, T, H>(node: &NodeHandler<S, T, H>) -> ResponseBody
 where
     S: LocalStore + Clone,
@@ -229,25 +222,38 @@ where
     H: HintQueue + HintSink,
 {
     let movement = node.movement.clone();
-    let task = tokio::spawn(async move { movement.leave().await });
-    match task.await {
-        Ok(Ok(Left::Done(stats))) => ResponseBody::Repaired(repair_report(&stats)),
-        Ok(Err(busy)) => ResponseBody::Error(busy.to_wire()),
-        Ok(Ok(Left::Incomplete(stats))) => ResponseBody::Error(WireError {
-            code: ErrorCode::Unavailable,
-            message: format!(
-                "{} ranges could not be handed over (a next owner is down); still a member",
-                stats.ranges_failed
-            ),
-            acks: None,
-            needs: None,
-        }),
-        Err(e) => ResponseBody::Error(WireError {
-            code: ErrorCode::Internal,
-            message: format!("decommission failed: {e}"),
-            acks: None,
-            needs: None,
-        }),
+    let (started, answer) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        match movement.leave(started).await {
+            Ok(Left::Done(stats)) => tracing::info!(%stats, "decommission done"),
+            Ok(Left::Incomplete(stats)) => {
+                tracing::warn!(%stats, "decommission incomplete; still a member")
+            }
+            Err(e) => tracing::warn!(error = %e, "decommission stopped"),
+        }
+    });
+    match answer.await {
+        Ok(started) => started_answer(started),
+        Err(_) => shutting_down(),
+    }
+}
+
+/// `Operations`: the node's long work, all of it or one by id.
+pub fn operations<S, T, H>(node: &NodeHandler<S, T, H>, request: OperationsRequest) -> ResponseBody
+where
+    S: LocalStore + Clone,
+    T: GossipTransport,
+    H: HintQueue + HintSink,
+{
+    let table = node.repairer.operations();
+    match request {
+        OperationsRequest::List => ResponseBody::Operations(table.list()),
+        OperationsRequest::Get { id } => match table.get(id) {
+            Some(info) => ResponseBody::Operation(info),
+            None => bad_request(format!(
+                "no operation {id} on this node (a wrong id, one forgotten, or the node restarted)"
+            )),
+        },
     }
 }
 

@@ -164,6 +164,8 @@ where
             RequestBody::Registry(_) => other("registry"),
             RequestBody::Quarantine(_) => other("quarantine"),
             RequestBody::User(_) => other("user"),
+            RequestBody::Operations(_) => other("operations"),
+            RequestBody::Rebuild { .. } => other("rebuild"),
         }
     }
 
@@ -233,6 +235,8 @@ where
                 remote_dc,
             } => client::repair(self, keyspace, remote_dc).await,
             RequestBody::Decommission => client::decommission(self).await,
+            RequestBody::Rebuild { from_dc } => client::rebuild(self, from_dc).await,
+            RequestBody::Operations(request) => client::operations(self, request),
             RequestBody::Cancel => ResponseBody::Cancelled {
                 operation: self.repairer.cancel().map(str::to_owned),
             },
