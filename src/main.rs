@@ -8,6 +8,8 @@
 //! - `user add|passwd|grant|revoke|remove|list`: users and grants.
 //! - `put`, `get`, `del`, `status`: client commands against a node.
 //! - `repair`: Merkle repair of a node's ranges (or a cross-DC full sync).
+//! - `pre-stop`: a Kubernetes pod's preStop hook (decommission on a
+//!   scale-down, nothing on a restart).
 //! - `bridge quarantine list|export|replay`: records another datacenter
 //!   refused for good, held by a node's bridge.
 //! - `resolver check FILE.wasm`: the law checker for merge modules;
@@ -32,6 +34,7 @@ mod certs_cmd;
 mod client_cmd;
 #[cfg(feature = "demo")]
 mod demo;
+mod prestop_cmd;
 mod resolver_cmd;
 mod server_cmd;
 mod user_cmd;
@@ -116,6 +119,9 @@ enum Command {
         #[arg(long)]
         cancel: bool,
     },
+    /// A StatefulSet pod's preStop hook: decommission the local node when
+    /// the StatefulSet was scaled down past this pod, nothing on a restart.
+    PreStop(prestop_cmd::PreStopArgs),
     /// Work with resolver (merge function) modules.
     Resolver {
         #[command(subcommand)]
@@ -188,6 +194,7 @@ fn main() -> ExitCode {
         Command::Decommission { target, json, .. } => {
             print(client_cmd::run_decommission(target, json))
         }
+        Command::PreStop(args) => print(prestop_cmd::run(args)),
         Command::Repair(args) => client_cmd::run_repair(args).map(|(out, complete)| {
             print!("{out}");
             if complete { 0 } else { 1 }
