@@ -261,8 +261,8 @@ async fn tls_to(
     {
         roots.add(cert.with_context(|| format!("reading {}", ca.display()))?)?;
     }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
+    // The one provider every TLS link of the project uses.
+    let config = rustls::ClientConfig::builder_with_provider(isthmus_client::tls::provider())
         .with_safe_default_protocol_versions()?
         .with_root_certificates(roots)
         .with_no_client_auth();
