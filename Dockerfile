@@ -17,7 +17,8 @@ RUN CC_x86_64_unknown_linux_musl=musl-gcc cargo build --release --locked \
         --no-default-features --target x86_64-unknown-linux-musl --bin isthmus \
     && mkdir -p /out/var/lib/isthmus /out/etc/isthmus /out/tmp \
     && chmod 1777 /out/tmp \
-    && cp target/x86_64-unknown-linux-musl/release/isthmus /out/isthmus
+    && cp target/x86_64-unknown-linux-musl/release/isthmus /out/isthmus \
+    && strip --strip-debug /out/isthmus
 
 FROM scratch
 COPY --from=build /out/isthmus /usr/local/bin/isthmus

@@ -4,7 +4,8 @@
 #
 #   bash scripts/image.sh [TAG]        # default tag: localhost/isthmus:<version>
 #
-# Needs: rustup (the script adds the x86_64-unknown-linux-musl target),
+# Needs: rustup (the script adds the x86_64-unknown-linux-musl target), strip
+# (binutils),
 # musl-tools (musl-gcc, for ring's C and assembly) and buildah (Debian:
 # `apt-get install musl-tools buildah`). The image holds only the binary;
 # the node trusts the CA files its `[tls]` table names, not a system store,
@@ -37,13 +38,18 @@ fi
 export BUILDAH_ISOLATION=${BUILDAH_ISOLATION:-chroot}
 export STORAGE_DRIVER=${STORAGE_DRIVER:-vfs}
 
+staging=$(mktemp -d)
+trap 'rm -rf "$staging"' EXIT
+# The release profile keeps line tables (for backtraces in benchmarks);
+# the image carries the binary without them.
+cp "$binary" "$staging/isthmus"
+strip --strip-debug "$staging/isthmus"
+
 container=$(buildah from scratch)
-trap 'buildah rm "$container" >/dev/null 2>&1 || true' EXIT
-buildah copy --chmod 0755 "$container" "$binary" /usr/local/bin/isthmus >/dev/null
+trap 'buildah rm "$container" >/dev/null 2>&1 || true; rm -rf "$staging"' EXIT
+buildah copy --chmod 0755 "$container" "$staging/isthmus" /usr/local/bin/isthmus >/dev/null
 # Directories the node writes to must exist and belong to its user; a
 # scratch image has no shell to make them, so they come from a staging tree.
-staging=$(mktemp -d)
-trap 'buildah rm "$container" >/dev/null 2>&1 || true; rm -rf "$staging"' EXIT
 mkdir -p "$staging/var/lib/isthmus" "$staging/etc/isthmus" "$staging/tmp"
 chmod 1777 "$staging/tmp"
 buildah copy --chown 10001:10001 "$container" "$staging/var/lib/isthmus" /var/lib/isthmus >/dev/null
