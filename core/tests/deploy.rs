@@ -238,6 +238,13 @@ async fn the_tuning_tables_reach_the_running_node() {
         interval_ms: Some(0),
         ..RepairSection::default()
     };
+    // Limits that together overflow the frame cap stop the node at start,
+    // naming the field.
+    let mut too_large = config.clone();
+    too_large.tuning.limits.value_bytes_max = Some(16 << 20);
+    let refused = start(too_large, Arc::new(NoMerge), NodeTuning::default()).await;
+    let error = refused.err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(error.contains("tuning.limits.siblings_max"), "{error}");
     let node = start(config, Arc::new(NoMerge), NodeTuning::default())
         .await
         .unwrap();
