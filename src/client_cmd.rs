@@ -138,8 +138,8 @@ pub enum Op {
     Put {
         /// The key.
         key: String,
-        /// The value.
-        value: String,
+        /// The value's bytes.
+        value: Vec<u8>,
     },
     /// Delete what is there.
     Del {
@@ -216,7 +216,7 @@ pub fn run_key(args: KeyArgs, op: Op) -> anyhow::Result<String> {
                 let body = RequestBody::Put {
                     keyspace: args.keyspace.clone(),
                     key: key.into_bytes(),
-                    value: value.into_bytes(),
+                    value,
                     context,
                     consistency: args.consistency,
                     write_id: write_id(),
@@ -240,7 +240,38 @@ pub fn run_key(args: KeyArgs, op: Op) -> anyhow::Result<String> {
     })
 }
 
-fn human_bytes(n: u64) -> String {
+/// The most bytes `isthmus put --file` reads: past the frame cap no
+/// node would take the value anyway.
+pub const PUT_FILE_BYTES_MAX: u64 = isthmus_client::wire::frame::FRAME_BYTES_MAX_DEFAULT as u64;
+
+/// The value `isthmus put` writes: the argument's bytes, or a file's
+/// (`-`: stdin), read whole up to [`PUT_FILE_BYTES_MAX`].
+pub fn value_of(value: Option<String>, file: Option<&std::path::Path>) -> anyhow::Result<Vec<u8>> {
+    use std::io::Read;
+    let Some(path) = file else {
+        return value.map(String::into_bytes).context("a value or --file");
+    };
+    let mut bytes = Vec::new();
+    let read = if path == std::path::Path::new("-") {
+        std::io::stdin()
+            .lock()
+            .take(PUT_FILE_BYTES_MAX + 1)
+            .read_to_end(&mut bytes)
+            .context("reading the value from stdin")?
+    } else {
+        std::fs::File::open(path)
+            .with_context(|| format!("opening {}", path.display()))?
+            .take(PUT_FILE_BYTES_MAX + 1)
+            .read_to_end(&mut bytes)
+            .with_context(|| format!("reading {}", path.display()))?
+    };
+    if read as u64 > PUT_FILE_BYTES_MAX {
+        bail!("the value is larger than {PUT_FILE_BYTES_MAX} bytes, more than any node accepts");
+    }
+    Ok(bytes)
+}
+
+pub(crate) fn human_bytes(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut value = n as f64;
     let mut unit = 0;

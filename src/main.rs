@@ -32,6 +32,7 @@ mod bridge_bench;
 mod bridge_cmd;
 mod certs_cmd;
 mod client_cmd;
+mod cluster_cmd;
 #[cfg(feature = "demo")]
 mod demo;
 mod prestop_cmd;
@@ -70,31 +71,45 @@ enum Command {
         #[arg(long)]
         json: bool,
         /// The key.
+        #[arg(id = "target_key", value_name = "KEY")]
         key: String,
     },
-    /// Write a value over whatever the key holds.
+    /// Write a value over whatever the key holds: the VALUE argument, or
+    /// the bytes of a file (`--file PATH`; `--file -` reads stdin), so
+    /// binary values can be written.
+    #[command(group(clap::ArgGroup::new("source").required(true).args(["value", "file"])))]
     Put {
         #[command(flatten)]
         args: client_cmd::KeyArgs,
         /// The key.
+        #[arg(id = "target_key", value_name = "KEY")]
         key: String,
-        /// The value.
-        value: String,
+        /// The value, as given.
+        value: Option<String>,
+        /// Read the value from this file (`-`: stdin), byte for byte.
+        #[arg(long, value_name = "PATH")]
+        file: Option<std::path::PathBuf>,
     },
     /// Delete a key.
     Del {
         #[command(flatten)]
         args: client_cmd::KeyArgs,
         /// The key.
+        #[arg(id = "target_key", value_name = "KEY")]
         key: String,
     },
-    /// Show every node by datacenter and rack, with state, load and ownership.
+    /// Show every node by datacenter and rack, with state, load and
+    /// ownership; with --cluster, every node's view of every other, with
+    /// the members whose views disagree marked.
     Status {
         #[command(flatten)]
         target: client_cmd::Target,
         /// Print JSON.
         #[arg(long)]
         json: bool,
+        /// Ask every node the target knows for its view, side by side.
+        #[arg(long)]
+        cluster: bool,
     },
     /// Repair a node's ranges with their other live replicas now (Merkle
     /// trees: only differing keys move), or fully sync it with another
@@ -180,12 +195,26 @@ fn main() -> ExitCode {
         Command::Get { args, json, key } => {
             print(client_cmd::run_key(args, client_cmd::Op::Get { key, json }))
         }
-        Command::Put { args, key, value } => print(client_cmd::run_key(
+        Command::Put {
             args,
-            client_cmd::Op::Put { key, value },
-        )),
+            key,
+            value,
+            file,
+        } => print(
+            client_cmd::value_of(value, file.as_deref())
+                .and_then(|value| client_cmd::run_key(args, client_cmd::Op::Put { key, value })),
+        ),
         Command::Del { args, key } => print(client_cmd::run_key(args, client_cmd::Op::Del { key })),
-        Command::Status { target, json } => print(client_cmd::run_status(target, json)),
+        Command::Status {
+            target,
+            json,
+            cluster: false,
+        } => print(client_cmd::run_status(target, json)),
+        Command::Status {
+            target,
+            json,
+            cluster: true,
+        } => print(cluster_cmd::run(target, json)),
         Command::Decommission {
             target,
             cancel: true,
@@ -206,5 +235,18 @@ fn main() -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::from(2)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// clap's own consistency checks over every subcommand (unique
+    /// argument names, valid groups and requirements); in a release build
+    /// a clash would not panic but silently mix two arguments up.
+    #[test]
+    fn the_command_line_is_consistent() {
+        super::Cli::command().debug_assert();
     }
 }

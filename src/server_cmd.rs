@@ -171,6 +171,7 @@ mod tests {
                 Some("127.0.0.1:9401")
             );
             assert_eq!(config.ops.log_format, isthmus_core::config::LogFormat::Text);
+            assert_eq!(config.ops.auth, isthmus_core::config::OpsAuth::Login);
 
             jail.create_file(
                 "ops.toml",
@@ -179,6 +180,17 @@ mod tests {
             let config = load_config(Path::new("ops.toml")).map_err(|e| e.to_string())?;
             assert_eq!(config.ops.listen.as_deref(), Some("127.0.0.2:9500"));
             assert_eq!(config.ops.log_format, isthmus_core::config::LogFormat::Json);
+
+            jail.set_env("ISTHMUS_OPS__AUTH", "none");
+            let config = load_config(Path::new("ops.toml")).map_err(|e| e.to_string())?;
+            assert_eq!(config.ops.auth, isthmus_core::config::OpsAuth::None);
+            jail.set_env("ISTHMUS_OPS__AUTH", "nobody");
+            let err = load_config(Path::new("ops.toml")).unwrap_err();
+            assert!(
+                format!("{err:#}").to_lowercase().contains("ops.auth"),
+                "{err:#}"
+            );
+            jail.set_env("ISTHMUS_OPS__AUTH", "login");
 
             jail.set_env("ISTHMUS_OPS__ENABLED", "false");
             let config = load_config(Path::new("ops.toml")).map_err(|e| e.to_string())?;

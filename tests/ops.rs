@@ -1,29 +1,14 @@
 //! `isthmus server` as a process: its operations listener on the address
-//! its config names, and its logs in JSON lines when `[ops] log_format =
-//! "json"`, lifecycle events at info (started, ready).
+//! its config names, over HTTPS with the node's certificate, the health
+//! probes open and the figures behind a user's login; and its logs in JSON
+//! lines when `[ops] log_format = "json"`, lifecycle events at info
+//! (started, ready).
 
 mod common;
 
-use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
-use common::Node;
-
-/// `GET path` on `addr`: the status and the body.
-fn get(addr: &str, path: &str) -> Option<(u16, String)> {
-    let mut stream = std::net::TcpStream::connect(addr).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer).ok()?;
-    let (head, body) = answer.split_once("\r\n\r\n")?;
-    let status = head.split(' ').nth(1)?.parse().ok()?;
-    Some((status, body.to_owned()))
-}
+use common::{Node, admin_login, ops_get};
 
 #[test]
 fn a_server_process_serves_its_operations_listener_and_logs_json_lines() {
@@ -38,16 +23,30 @@ fn a_server_process_serves_its_operations_listener_and_logs_json_lines() {
 
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        if let Some((200, body)) = get(&node.ops, "/readyz") {
+        if let Some((200, body)) = ops_get(&node.ops, "/readyz", None) {
             assert!(body.contains("\"ready\":true"), "{body}");
             break;
         }
         assert!(Instant::now() < deadline, "{} never ready", node.ops);
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert_eq!(get(&node.ops, "/healthz").map(|a| a.0), Some(200));
-    let (status, metrics) = get(&node.ops, "/metrics").unwrap();
-    assert_eq!(status, 200);
+    assert_eq!(ops_get(&node.ops, "/healthz", None).map(|a| a.0), Some(200));
+    // The figures need a login; the listener speaks HTTPS (ops_get
+    // verifies the node's certificate against the cluster's CA).
+    for path in ["/metrics", "/api/v1/overview", "/"] {
+        let (status, body) = ops_get(&node.ops, path, None).unwrap();
+        assert_eq!(status, 401, "{path} without a login: {body}");
+        let (status, body) = ops_get(&node.ops, path, Some(("admin", "not-the-password"))).unwrap();
+        assert_eq!(status, 401, "{path} with a wrong password: {body}");
+    }
+    // The first admin is written once the node has its ring.
+    let metrics = loop {
+        match ops_get(&node.ops, "/metrics", admin_login()) {
+            Some((200, metrics)) => break metrics,
+            other => assert!(Instant::now() < deadline, "{other:?}"),
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
     assert!(metrics.contains("\nisthmus_node_ready 1\n"), "{metrics}");
     node.kill();
 

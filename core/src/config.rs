@@ -193,10 +193,108 @@ pub struct NodeConfig {
     /// The operations listener: `/metrics`, `/healthz`, `/readyz`.
     #[serde(default)]
     pub ops: OpsSection,
+    /// The Redis-protocol front door (off unless enabled).
+    #[serde(default)]
+    pub redis: RedisSection,
     /// Tuning values that have a built-in default: size limits, the
     /// engine, gossip, hints, repair, the resolver host and registry.
     #[serde(default)]
     pub tuning: Tuning,
+}
+
+/// Default port of the Redis-protocol front door (`[redis] listen`).
+pub const REDIS_PORT_DEFAULT: u16 = 6379;
+
+/// The `[redis]` table: the Redis-protocol front door (RESP2 and RESP3),
+/// off by default. Its commands become this node's client requests, with
+/// the same users and permissions; over TLS on a node with TLS.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisSection {
+    /// Serve it.
+    pub enabled: bool,
+    /// `host:port`; absent: `listen`'s host, port 6379 (any free port
+    /// when `listen`'s port is 0).
+    pub listen: Option<String>,
+    /// Keyspaces by database index: `SELECT n` chooses `databases[n]`; a
+    /// connection starts in database 0. Each must be a configured
+    /// keyspace.
+    pub databases: Vec<String>,
+    /// Each command's deadline, in milliseconds.
+    pub timeout_ms: u64,
+    /// Connections served at once; one more is closed at once.
+    pub connections_max: usize,
+}
+
+impl Default for RedisSection {
+    fn default() -> Self {
+        RedisSection {
+            enabled: false,
+            listen: None,
+            databases: Vec::new(),
+            timeout_ms: 5_000,
+            connections_max: 1024,
+        }
+    }
+}
+
+impl RedisSection {
+    /// The address to bind, given the node's data `listen` address; `None`
+    /// when the front door is off.
+    pub fn address(&self, listen: &str) -> Option<String> {
+        if !self.enabled {
+            return None;
+        }
+        if let Some(addr) = &self.listen {
+            return Some(addr.clone());
+        }
+        let (host, port) = listen.rsplit_once(':').unwrap_or((listen, ""));
+        let port = if port == "0" { 0 } else { REDIS_PORT_DEFAULT };
+        Some(format!("{host}:{port}"))
+    }
+
+    /// Refuse an address that is not `host:port`, a database that is not
+    /// a configured keyspace (or none at all), and zero bounds.
+    pub fn validate(
+        &self,
+        keyspaces: &BTreeMap<String, KeyspaceSection>,
+    ) -> Result<(), ConfigError> {
+        if !self.enabled {
+            return Ok(());
+        }
+        if let Some(addr) = &self.listen {
+            let ok = addr
+                .rsplit_once(':')
+                .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+            if !ok {
+                return Err(invalid(
+                    "redis.listen",
+                    format!("{addr:?} is not host:port"),
+                ));
+            }
+        }
+        if self.databases.is_empty() {
+            return Err(invalid(
+                "redis.databases",
+                "name at least one keyspace (database 0, where connections start)",
+            ));
+        }
+        for (i, ks) in self.databases.iter().enumerate() {
+            if !keyspaces.contains_key(ks) {
+                return Err(invalid(
+                    format!("redis.databases[{i}]"),
+                    format!("{ks:?} is not a configured keyspace"),
+                ));
+            }
+        }
+        if self.timeout_ms == 0 {
+            return Err(invalid("redis.timeout_ms", "must be at least 1"));
+        }
+        if self.connections_max == 0 {
+            return Err(invalid("redis.connections_max", "must be at least 1"));
+        }
+        Ok(())
+    }
 }
 
 /// Default port of the operations listener (`[ops] listen`).
@@ -207,10 +305,12 @@ pub const OPS_PORT_DEFAULT: u16 = 9401;
 /// and `/readyz`. On by default, as in Cassandra's and CockroachDB's
 /// nodes: a node that cannot be scraped or probed is hard to run.
 ///
-/// Nothing it serves is authenticated (figures and health, no data), so
-/// the address is the access control: by default the host of `listen`
-/// with port 9401 (port 0, any free port, when `listen`'s port is 0);
-/// operators put it on a private interface.
+/// By default the host of `listen` with port 9401 (port 0, any free
+/// port, when `listen`'s port is 0). `/healthz` and `/readyz` are open;
+/// the figures (`/metrics`, the JSON API, the dashboard) need a user's
+/// login (`auth = "login"`, HTTP Basic) unless `auth = "none"` or the
+/// node allows anonymous access; on a node with TLS the listener speaks
+/// HTTPS with the node's certificate.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct OpsSection {
@@ -221,6 +321,22 @@ pub struct OpsSection {
     /// How `isthmus server` writes its log lines (to stderr): `text` for
     /// people, `json` (one object per line) for log collectors.
     pub log_format: LogFormat,
+    /// Who may read the figures.
+    pub auth: OpsAuth,
+}
+
+/// Who may read the operations listener's figures (`[ops] auth`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OpsAuth {
+    /// Any user of the cluster, by HTTP Basic credentials (as the data
+    /// port's `status` needs a login). Open when the node allows
+    /// anonymous access (`auth.anonymous_full_access`).
+    #[default]
+    Login,
+    /// Anyone who reaches the address: for a listener bound to a private
+    /// interface whose scraper cannot log in.
+    None,
 }
 
 /// The log line format of `isthmus server` (`[ops] log_format`).
@@ -240,6 +356,7 @@ impl Default for OpsSection {
             enabled: true,
             listen: None,
             log_format: LogFormat::Text,
+            auth: OpsAuth::Login,
         }
     }
 }
@@ -802,6 +919,7 @@ impl NodeConfig {
         self.auth.bootstrap()?;
         self.server.validate()?;
         self.ops.validate(&self.listen)?;
+        self.redis.validate(&self.keyspaces)?;
         self.merge.validate()?;
         self.tuning.validate()?;
         if self.data_dir.as_os_str().is_empty() {
@@ -882,6 +1000,7 @@ mod tests {
             merge: Default::default(),
             ops: Default::default(),
             tuning: Default::default(),
+            redis: Default::default(),
             keyspaces: BTreeMap::from([(
                 "carts".into(),
                 KeyspaceSection {
@@ -1096,6 +1215,31 @@ mod tests {
             c.merge = section;
             assert_eq!(c.validate().unwrap_err().field, field);
         }
+    }
+
+    #[test]
+    fn the_redis_table_is_off_by_default_and_names_each_bad_field() {
+        let mut c = base();
+        assert_eq!(c.redis.address(&c.listen), None, "off by default");
+        c.redis.enabled = true;
+        assert_eq!(c.validate().unwrap_err().field, "redis.databases");
+        let known = c.keyspaces.keys().next().cloned().expect("a keyspace");
+        c.redis.databases = vec![known.clone(), "nope".into()];
+        assert_eq!(c.validate().unwrap_err().field, "redis.databases[1]");
+        c.redis.databases = vec![known];
+        assert_eq!(c.validate(), Ok(()));
+        assert_eq!(
+            c.redis.address(&c.listen).as_deref(),
+            Some("127.0.0.1:6379")
+        );
+        c.redis.listen = Some("nowhere".into());
+        assert_eq!(c.validate().unwrap_err().field, "redis.listen");
+        c.redis.listen = None;
+        c.redis.timeout_ms = 0;
+        assert_eq!(c.validate().unwrap_err().field, "redis.timeout_ms");
+        c.redis.timeout_ms = 1;
+        c.redis.connections_max = 0;
+        assert_eq!(c.validate().unwrap_err().field, "redis.connections_max");
     }
 
     #[test]

@@ -42,6 +42,7 @@ pub mod node;
 pub mod ops;
 pub mod peer;
 pub mod quorum;
+pub mod redis;
 pub mod repair;
 pub mod replica;
 pub mod ring;

@@ -21,6 +21,7 @@
 use crate::model::{Absorbed, ContentHash, Version, VersionSet};
 
 pub mod pool;
+pub mod tally;
 
 /// Why a merge did not happen; the siblings are kept as they were.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -27,6 +27,7 @@ use tokio::sync::{Mutex, MutexGuard};
 use crate::bridge::Entries;
 use crate::limit::LimitError;
 use crate::merge::pool::{MergeConfig, MergePool};
+use crate::merge::tally::ConflictTally;
 use crate::merge::{FailureClass, MergeFailure, MergeHook};
 use crate::model::{Absorbed, KeyspaceConfig, Version, VersionSet, key_hash};
 use crate::repair::server::Absorb;
@@ -386,6 +387,7 @@ impl<S: LocalStore> Replica<S> {
             // collapsed with another coordination of its write is noted.
             let max = self.bounds.siblings_max;
             let mut made = Vec::new();
+            let mut created = Vec::new();
             for (key, versions) in &entries {
                 let mut set = self.store.get(keyspace, key).await?;
                 let before = set.len();
@@ -400,9 +402,11 @@ impl<S: LocalStore> Replica<S> {
                         max,
                     }));
                 }
+                created.extend(ConflictTally::new_siblings(before, &set, versions));
             }
             self.store.apply_many(keyspace, entries).await?;
             self.applied(keyspace);
+            self.merges.tally().siblings_created(keyspace, created);
             for (key, version) in made {
                 self.note_collapsed(keyspace, &key, vec![version]);
             }
@@ -459,8 +463,10 @@ impl<S: LocalStore> LockedKey<'_, S> {
                 max,
             }));
         }
+        let created = ConflictTally::new_siblings(before, &set, &versions);
         replica.store.apply(keyspace, self.key, versions).await?;
         replica.applied(keyspace);
+        replica.merges.tally().siblings_created(keyspace, created);
         replica.note_collapsed(keyspace, self.key, made);
         let due = (set.len() > 1 && replica.has_resolver(keyspace)).then(|| MergeDue {
             keyspace: keyspace.to_owned(),

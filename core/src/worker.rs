@@ -29,6 +29,18 @@ pub enum WorkerState {
     Dead,
 }
 
+impl WorkerState {
+    /// Lower-case name (metric label, JSON).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WorkerState::Busy => "busy",
+            WorkerState::Idle => "idle",
+            WorkerState::Done => "done",
+            WorkerState::Dead => "dead",
+        }
+    }
+}
+
 /// A worker's status as an operator reads it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WorkerStatus {

@@ -59,6 +59,7 @@ fn config(dir: &Path, id: &str, port: u16, seeds: Vec<String>) -> NodeConfig {
             enabled: false,
             ..Default::default()
         },
+        redis: Default::default(),
         tuning: Tuning {
             gossip: GossipSection {
                 interval_ms: Some(50),

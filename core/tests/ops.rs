@@ -11,7 +11,9 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use isthmus_client::wire::{Consistency, Context, RequestBody, ResponseBody, WriteId};
+use isthmus_client::wire::{
+    Consistency, Context, RegistryRequest, RegistryResponse, RequestBody, ResponseBody, WriteId,
+};
 use isthmus_testkit::{ClusterSpec, LocalCluster, Root};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -172,6 +174,35 @@ async fn metrics_health_and_readiness_of_every_node_of_two_dcs() {
     assert_eq!(sum(&m, "isthmus_node_ready", &[]), 1.0);
     assert!(sum(&m, "isthmus_workers", &["name=\"gossip\""]) == 1.0);
 
+    // The JSON API: this node's view of both DCs.
+    let (status, head, body) = get(&ops("dc1-n0"), "/api/v1/overview").await;
+    assert_eq!(status, 200, "{head}");
+    let overview: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(overview["node"]["id"], "dc1-n0");
+    assert_eq!(overview["node"]["ready"], true);
+    let dcs = overview["dcs"].as_array().expect("dcs");
+    let names: Vec<&str> = dcs.iter().filter_map(|d| d["name"].as_str()).collect();
+    assert_eq!(names, ["dc1", "dc2"]);
+    for dc in dcs {
+        let nodes = dc["nodes"].as_array().expect("nodes");
+        assert_eq!(nodes.len(), 2, "{dc}");
+        assert!(
+            nodes
+                .iter()
+                .all(|n| n["up"] == true && n["status"] == "Normal"),
+            "{dc}"
+        );
+    }
+    assert_eq!(overview["bridges"][0]["remote_dc"], "dc2");
+    let (status, head, page) = get(&ops("dc2-n1"), "/").await;
+    assert_eq!(status, 200, "{head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: text/html"),
+        "{head}"
+    );
+    assert!(page.contains("api/v1/overview"), "the page reads the API");
+
     // Across the WAN: dc1 ships, dc2 applies and records the lag.
     until("dc1 ships every write to dc2", async || {
         let mut shipped = 0.0;
@@ -302,5 +333,185 @@ async fn metrics_health_and_readiness_of_every_node_of_two_dcs() {
     let (status, _, body) = get(&leaving, "/readyz").await;
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("decommissioned"), "{body}");
+    cluster.shutdown().await;
+}
+
+/// A blind put of `value` to `key` of `carts` through `addr`.
+async fn put_value(cluster: &LocalCluster, addr: &str, key: &[u8], value: &[u8]) {
+    let session = cluster
+        .session(addr, "ops-conflicts")
+        .await
+        .expect("session");
+    let put = RequestBody::Put {
+        keyspace: "carts".into(),
+        key: key.to_vec(),
+        value: value.to_vec(),
+        context: Context::default(),
+        consistency: Some(Consistency::LocalQuorum),
+        write_id: WriteId(rand::random()),
+    };
+    let answer = session.call(put, Duration::from_secs(10)).await;
+    assert!(matches!(answer, Ok(ResponseBody::Written)), "{answer:?}");
+}
+
+/// The sum of `name` with `labels` over every node of the cluster.
+async fn cluster_sum(cluster: &LocalCluster, name: &str, labels: &[&str]) -> f64 {
+    let mut total = 0.0;
+    for id in cluster.nodes.keys() {
+        total += sum(&scrape(cluster.ops_addr(id)).await, name, labels);
+    }
+    total
+}
+
+/// Concurrent writes of the same keys in two DCs are counted as siblings
+/// per origin-DC pair on every replica, exactly once each; a resolver
+/// that traps, bound afterwards, has its failures counted by class and
+/// resolver on the nodes that tried to merge, and no merge is counted
+/// for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn conflicts_merges_and_merge_failures_are_counted_per_dc_pair_and_class() {
+    let cluster = LocalCluster::start(
+        ClusterSpec::new(&["dc1", "dc2"], 2),
+        Root::temporary().unwrap(),
+    )
+    .await
+    .unwrap();
+    let dc1 = cluster.node("dc1-n0").addr.clone();
+    let dc2 = cluster.node("dc2-n0").addr.clone();
+    // Two replicas per DC, so every node holds every key; each ends with
+    // one sibling from each DC, created once on each node.
+    const KEYS: usize = 12;
+    for i in 0..KEYS {
+        let key = format!("conflict{i}");
+        put_value(&cluster, &dc1, key.as_bytes(), b"from dc1").await;
+        put_value(&cluster, &dc2, key.as_bytes(), b"from dc2").await;
+    }
+    let cross = async || {
+        cluster_sum(
+            &cluster,
+            "isthmus_conflict_siblings_total",
+            &[
+                "keyspace=\"carts\"",
+                "origin_dc=\"dc1\"",
+                "sibling_dc=\"dc2\"",
+            ],
+        )
+        .await
+            + cluster_sum(
+                &cluster,
+                "isthmus_conflict_siblings_total",
+                &[
+                    "keyspace=\"carts\"",
+                    "origin_dc=\"dc2\"",
+                    "sibling_dc=\"dc1\"",
+                ],
+            )
+            .await
+    };
+    let expected = (KEYS * cluster.nodes.len()) as f64;
+    until(
+        "every node counts each key's cross-DC sibling",
+        async || cross().await >= expected,
+    )
+    .await;
+    // Settled (the bridge's deliveries and read repair may still arrive:
+    // they change nothing and must count nothing).
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(cross().await, expected, "once per key and node");
+    for dc in ["dc1", "dc2"] {
+        let same = format!("origin_dc=\"{dc}\"");
+        let beside = format!("sibling_dc=\"{dc}\"");
+        assert_eq!(
+            cluster_sum(
+                &cluster,
+                "isthmus_conflict_siblings_total",
+                &[same.as_str(), beside.as_str()],
+            )
+            .await,
+            0.0,
+            "no sibling within {dc}"
+        );
+    }
+
+    // A resolver that traps on every merge, bound to the keyspace: reads
+    // of the keys try to merge their siblings and fail, counted by class.
+    let trap = wat::parse_str(
+        r#"(module
+             (memory (export "memory") 1)
+             (func (export "isthmus_abi_version") (result i32) i32.const 1)
+             (func (export "isthmus_alloc") (param i32) (result i32) i32.const 1024)
+             (func (export "isthmus_merge") (param i32 i32) (result i64) unreachable))"#,
+    )
+    .expect("WAT parses");
+    let hash: String = isthmus_resolvers::host::module_hash(&trap)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let session = cluster.session(&dc1, "ops-registry").await.unwrap();
+    let registry = |request| RequestBody::Registry(request);
+    let uploaded = session
+        .call(
+            registry(RegistryRequest::Upload {
+                name: "trap".into(),
+                version: 1,
+                module: trap,
+                force: true,
+            }),
+            Duration::from_secs(60),
+        )
+        .await;
+    assert!(
+        matches!(
+            uploaded,
+            Ok(ResponseBody::Registry(RegistryResponse::Uploaded(_)))
+        ),
+        "{uploaded:?}"
+    );
+    let attached = session
+        .call(
+            registry(RegistryRequest::Attach {
+                keyspace: "carts".into(),
+                name: "trap".into(),
+                version: 1,
+            }),
+            Duration::from_secs(30),
+        )
+        .await;
+    assert!(
+        matches!(
+            attached,
+            Ok(ResponseBody::Registry(RegistryResponse::Bound(_)))
+        ),
+        "{attached:?}"
+    );
+    let trap_label = format!("resolver=\"{hash}\"");
+    let ops = cluster.ops_addr("dc1-n0").to_owned();
+    until("dc1-n0 counts the resolver's traps", async || {
+        for i in 0..KEYS {
+            let get = RequestBody::Get {
+                keyspace: "carts".into(),
+                key: format!("conflict{i}").into_bytes(),
+                consistency: Some(Consistency::LocalQuorum),
+            };
+            let answer = session.call(get, Duration::from_secs(10)).await;
+            assert!(
+                matches!(answer, Ok(ResponseBody::Value { .. })),
+                "{answer:?}"
+            );
+        }
+        let m = scrape(&ops).await;
+        sum(
+            &m,
+            "isthmus_merge_failures_total",
+            &["keyspace=\"carts\"", "class=\"trap\"", trap_label.as_str()],
+        ) >= KEYS as f64
+    })
+    .await;
+    let m = scrape(&ops).await;
+    assert_eq!(
+        sum(&m, "isthmus_merges_total", &[trap_label.as_str()]),
+        0.0,
+        "a resolver that traps merges nothing"
+    );
     cluster.shutdown().await;
 }

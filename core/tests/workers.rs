@@ -39,6 +39,7 @@ async fn every_loop_is_a_named_worker_with_a_status() {
         server: Default::default(),
         merge: Default::default(),
         ops: Default::default(),
+        redis: Default::default(),
         auth: AuthSection {
             anonymous_full_access: true,
             ..AuthSection::default()

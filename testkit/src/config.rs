@@ -54,6 +54,7 @@ pub fn node(id: &str, dc: &str, data_dir: PathBuf) -> NodeConfig {
         keyspaces: BTreeMap::new(),
         server: Default::default(),
         merge: Default::default(),
+        redis: Default::default(),
         ops: OpsSection {
             enabled: true,
             listen: Some("127.0.0.1:0".into()),

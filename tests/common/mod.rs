@@ -365,6 +365,46 @@ pub async fn isthmus(args: Vec<String>) -> Output {
     .unwrap()
 }
 
+/// `GET path` on a node's operations listener, which speaks HTTPS with
+/// the node's certificate (trusted through the tests' CA), logged in as
+/// `login` (user, password) by HTTP Basic; the status and the body, or
+/// `None` when it does not answer.
+pub fn ops_get(addr: &str, path: &str, login: Option<(&str, &str)>) -> Option<(u16, String)> {
+    use base64::Engine as _;
+    use std::io::{Read, Write};
+    let config = pki().material().client_config().ok()?;
+    let host = addr.rsplit_once(':')?.0;
+    let name = rustls::pki_types::ServerName::try_from(host.to_owned()).ok()?;
+    let connection = rustls::ClientConnection::new(config, name).ok()?;
+    let tcp = std::net::TcpStream::connect(addr).ok()?;
+    tcp.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    let mut stream = rustls::StreamOwned::new(connection, tcp);
+    let authorization = login
+        .map(|(user, password)| {
+            let encoded =
+                base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+            format!("Authorization: Basic {encoded}\r\n")
+        })
+        .unwrap_or_default();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\n{authorization}Connection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut answer = Vec::new();
+    // A peer that closes without close_notify still sent its answer.
+    let _ = stream.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer);
+    let (head, body) = answer.split_once("\r\n\r\n")?;
+    let status = head.split(' ').nth(1)?.parse().ok()?;
+    Some((status, body.to_owned()))
+}
+
+/// The tests' admin login, for [`ops_get`].
+pub fn admin_login() -> Option<(&'static str, &'static str)> {
+    Some((ADMIN, ADMIN_PASSWORD))
+}
+
 pub fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }

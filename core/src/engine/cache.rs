@@ -10,7 +10,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use super::bloom::KeyFilter;
 use super::error::EngineError;
@@ -18,8 +18,43 @@ use super::manifest::TableMeta;
 use super::sstable::{TableReader, key_prefix};
 use crate::fs::Fs;
 
-/// Open table handles keyed by table id.
-pub(crate) type ReaderCache<F> = quick_cache::sync::Cache<u64, Arc<TableReader<F>>>;
+/// Open table handles keyed by table id, and the bytes every reader
+/// opened through it read from its table file.
+pub(crate) struct ReaderCache<F: Fs> {
+    handles: quick_cache::sync::Cache<u64, Arc<TableReader<F>>>,
+    bytes_read: Arc<AtomicU64>,
+}
+
+impl<F: Fs> ReaderCache<F> {
+    /// A cache of at most `capacity` open handles.
+    pub(crate) fn new(capacity: usize) -> Self {
+        ReaderCache {
+            handles: quick_cache::sync::Cache::new(capacity),
+            bytes_read: Arc::default(),
+        }
+    }
+
+    /// Bytes read from table files (footers, indexes, filters, blocks).
+    pub(crate) fn bytes_read(&self) -> u64 {
+        self.bytes_read.load(Ordering::Relaxed)
+    }
+
+    fn get_or_insert_with(
+        &self,
+        id: &u64,
+        open: impl FnOnce() -> Result<Arc<TableReader<F>>, EngineError>,
+    ) -> Result<Arc<TableReader<F>>, EngineError> {
+        self.handles.get_or_insert_with(id, open)
+    }
+
+    fn get(&self, id: &u64) -> Option<Arc<TableReader<F>>> {
+        self.handles.get(id)
+    }
+
+    fn remove(&self, id: &u64) {
+        self.handles.remove(id);
+    }
+}
 
 /// One table as the levels know it.
 pub(crate) struct Table<F: Fs> {
@@ -56,7 +91,13 @@ impl<F: Fs> Table<F> {
     /// The open reader, opening the file if the handle cache dropped it.
     pub(crate) fn reader(&self) -> Result<Arc<TableReader<F>>, EngineError> {
         let r = self.readers.get_or_insert_with(&self.meta.id, || {
-            TableReader::open(&self.fs, &self.path, self.meta.id).map(Arc::new)
+            TableReader::open_counted(
+                &self.fs,
+                &self.path,
+                self.meta.id,
+                self.readers.bytes_read.clone(),
+            )
+            .map(Arc::new)
         })?;
         if self.filter.get().is_none() {
             let _ = self.filter.set(r.filter());

@@ -146,6 +146,9 @@ pub struct EngineStats {
     pub flush_bytes_written: u64,
     /// Bytes of tables written by compactions.
     pub compaction_bytes_written: u64,
+    /// Bytes read from table files (footers, indexes and filters when a
+    /// table is opened, blocks for reads, scans and compactions).
+    pub table_bytes_read: u64,
     /// Commit fsyncs of the log (group commit shares them).
     pub log_syncs: u64,
     /// Bytes held by the active memtable.
@@ -675,6 +678,7 @@ impl<F: Fs> Engine<F> {
             log_bytes_written: s.log.bytes_written(),
             flush_bytes_written: c.flush_bytes.load(Ordering::Relaxed),
             compaction_bytes_written: c.compaction_bytes.load(Ordering::Relaxed),
+            table_bytes_read: s.readers.bytes_read(),
             log_syncs: s.log.syncs(),
             memtable_bytes,
             immutable_memtables,

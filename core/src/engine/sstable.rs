@@ -27,6 +27,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::block::{BLOCK_BYTES_TARGET, Block, BlockBuilder};
 use super::block_cache::BlockCache;
@@ -342,11 +343,25 @@ pub struct TableReader<F: Fs> {
     /// chase each) only among blocks whose prefixes tie.
     index_prefixes: Vec<u64>,
     filter: std::sync::Arc<KeyFilter>,
+    /// Bytes this reader read from its file, added to a count its engine
+    /// shares among its readers.
+    bytes_read: Arc<AtomicU64>,
 }
 
 impl<F: Fs> TableReader<F> {
     /// Open table `id` at `path`, verifying footer, index and filter.
     pub fn open(fs: &F, path: &Path, id: u64) -> Result<Self, EngineError> {
+        Self::open_counted(fs, path, id, Arc::default())
+    }
+
+    /// [`TableReader::open`], adding every byte read from the file
+    /// (footer, index and filter now, blocks later) to `bytes_read`.
+    pub fn open_counted(
+        fs: &F,
+        path: &Path,
+        id: u64,
+        bytes_read: Arc<AtomicU64>,
+    ) -> Result<Self, EngineError> {
         let file = fs.open(path).map_err(|e| EngineError::io(path, e))?;
         let len = file.size().map_err(|e| EngineError::io(path, e))?;
         if len < FOOTER_BYTES as u64 {
@@ -360,6 +375,7 @@ impl<F: Fs> TableReader<F> {
         let mut fb = [0u8; FOOTER_BYTES];
         file.read_at(&mut fb, footer_at)
             .map_err(|e| EngineError::io(path, e))?;
+        bytes_read.fetch_add(FOOTER_BYTES as u64, Ordering::Relaxed);
         let footer = match Footer::decode(&fb, len) {
             Ok(f) => f,
             Err(FooterError::Corrupt(r)) => return Err(EngineError::corrupt(path, footer_at, r)),
@@ -375,6 +391,7 @@ impl<F: Fs> TableReader<F> {
             let mut buf = vec![0u8; n as usize];
             file.read_at(&mut buf, offset)
                 .map_err(|e| EngineError::io(path, e))?;
+            bytes_read.fetch_add(n, Ordering::Relaxed);
             Ok(buf)
         };
         let index_bytes = read(footer.index_offset, footer.index_len)?;
@@ -395,6 +412,7 @@ impl<F: Fs> TableReader<F> {
             index_prefixes: index.iter().map(|e| key_prefix(&e.last_key)).collect(),
             index,
             filter: std::sync::Arc::new(filter),
+            bytes_read,
         })
     }
 
@@ -414,6 +432,7 @@ impl<F: Fs> TableReader<F> {
         self.file
             .read_at(&mut buf, e.offset)
             .map_err(|err| EngineError::io(&self.path, err))?;
+        self.bytes_read.fetch_add(e.len, Ordering::Relaxed);
         Block::decode(&buf).map_err(|r| EngineError::corrupt(&self.path, e.offset, r))
     }
 

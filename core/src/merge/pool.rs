@@ -48,6 +48,7 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
+use super::tally::ConflictTally;
 use super::{FailureClass, MergeFailure, MergeHook};
 use crate::model::{Version, VersionSet};
 
@@ -187,6 +188,7 @@ pub struct MergePool {
     shares: Mutex<HashMap<String, Arc<KeyspaceShare>>>,
     retries: Mutex<BTreeSet<(String, Vec<u8>)>>,
     stats: Arc<MergePoolStats>,
+    tally: ConflictTally,
 }
 
 impl std::fmt::Debug for MergePool {
@@ -208,6 +210,7 @@ impl MergePool {
             shares: Mutex::default(),
             retries: Mutex::default(),
             stats: Arc::default(),
+            tally: ConflictTally::default(),
         }
     }
 
@@ -224,6 +227,13 @@ impl MergePool {
     /// What the pool counted.
     pub fn stats(&self) -> &MergePoolStats {
         &self.stats
+    }
+
+    /// The node's conflict counts: merges and failures by keyspace,
+    /// resolver and class (counted here, for every merge the pool is
+    /// asked for), and siblings created (counted by the replica).
+    pub fn tally(&self) -> &ConflictTally {
+        &self.tally
     }
 
     /// Remember `key` of `keyspace` for a retry of its merge (a deferred
@@ -333,8 +343,26 @@ impl MergePool {
 
     /// Merge `siblings` of `key` with the hook, on a merge thread, within
     /// the keyspace's share (see the module docs). `Ok(None)`: nothing to
-    /// merge; `Err`: the siblings are to be kept.
+    /// merge; `Err`: the siblings are to be kept. Counted in the
+    /// [`tally`](Self::tally) either way.
     pub async fn merge(
+        &self,
+        keyspace: &str,
+        key: &[u8],
+        siblings: &VersionSet,
+    ) -> Result<Option<Version>, MergeFailure> {
+        let result = self.merge_uncounted(keyspace, key, siblings).await;
+        match &result {
+            Ok(Some(merged)) => self.tally.merged(keyspace, merged),
+            Ok(None) => {}
+            Err(failure) => self
+                .tally
+                .failed(keyspace, failure.resolver.as_ref(), failure.class),
+        }
+        result
+    }
+
+    async fn merge_uncounted(
         &self,
         keyspace: &str,
         key: &[u8],

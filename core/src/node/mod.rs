@@ -198,6 +198,8 @@ pub struct RunningNode<S = EngineStore, T: GossipTransport = TcpTransport, H = H
     /// The address its operations listener (`/metrics`, `/healthz`,
     /// `/readyz`) serves on, when it runs one.
     pub ops_addr: Option<String>,
+    /// The address its Redis front door serves on, when it runs one.
+    pub redis_addr: Option<String>,
     requests: crate::ops::RequestMetrics,
     probe: Arc<dyn crate::ops::Probe>,
     coordinator: Arc<NodeCoordinator<S, T, H>>,
@@ -206,6 +208,38 @@ pub struct RunningNode<S = EngineStore, T: GossipTransport = TcpTransport, H = H
     repairer: Arc<NodeRepairer<S, T>>,
     stop: watch::Sender<bool>,
     workers: Arc<Workers>,
+    /// The login the operations listener's figures need (`None`: open).
+    ops_guard: Option<Arc<crate::ops::http::Guard>>,
+    /// The request handler, which the Redis front door also serves
+    /// through.
+    handler: Arc<NodeHandler<S, T, H>>,
+    /// What `[redis]` says, for the front door.
+    redis: crate::config::RedisSection,
+    node_id: String,
+    dc: String,
+}
+
+/// The operations listener's logins, checked by the node's user store.
+struct UserLogin(crate::auth::Users);
+
+impl crate::ops::http::Login for UserLogin {
+    fn login<'a>(
+        &'a self,
+        user: &'a str,
+        password: &'a str,
+    ) -> futures_util::future::BoxFuture<'a, Result<(), String>> {
+        Box::pin(async move {
+            let credentials = isthmus_client::wire::Credentials {
+                user: user.to_owned(),
+                password: password.to_owned(),
+            };
+            self.0
+                .authenticate(&credentials)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_wire().message)
+        })
+    }
 }
 
 /// How long shutdown waits for the workers before aborting them.
@@ -340,6 +374,17 @@ pub async fn start(
         ),
         None => None,
     };
+    let redis_listener = match config.redis.address(&config.listen) {
+        Some(redis) => Some(
+            TcpListener::bind(&redis)
+                .await
+                .map_err(|e| NodeError::Listen {
+                    addr: redis.clone(),
+                    reason: format!("Redis front door (`redis.listen`): {e}"),
+                })?,
+        ),
+        None => None,
+    };
     let me = NodeId(config.node_id.clone());
     let mut transport = TcpTransport::new(me, Duration::from_secs(2));
     if let Some(proxy) = &config.wan_proxy {
@@ -375,9 +420,13 @@ pub async fn start(
         peers_dir: Some(data_dir.clone()),
         server_tls,
     };
+    let ops_tls = parts.server_tls.clone();
     let mut node = start_with(config, parts, merge, tuning).await?;
     if let Some(listener) = ops_listener {
-        node.serve_ops(listener);
+        node.serve_ops(listener, ops_tls.clone());
+    }
+    if let Some(listener) = redis_listener {
+        node.serve_redis(listener, ops_tls);
     }
     let stop = || node.stop.subscribe();
     node.workers.spawn("alive", |w| {
@@ -530,11 +579,19 @@ where
         ..tuning.server.clone().unwrap_or_default()
     });
     let server_stats = server_config.stats.clone();
-    spawn_server(&workers, parts.listener, handler, server_config, &stop_rx);
+    spawn_server(
+        &workers,
+        parts.listener,
+        handler.clone(),
+        server_config,
+        &stop_rx,
+    );
     let probe: Arc<dyn crate::ops::Probe> = Arc::new(probe::NodeProbe {
         me: me.clone(),
         dc: config.dc.clone(),
         store: parts.store.clone(),
+        keyspaces: keyspaces.clone(),
+        replica: coordinator.replica().clone(),
         hints: parts.hints.clone(),
         gossiper: gossiper.clone(),
         bridge: coordinator.bridge().cloned(),
@@ -577,6 +634,14 @@ where
             bootstrap_admin(users, name, password, view, stop, w)
         });
     }
+    let ops_guard = match (&access.users, config.ops.auth) {
+        (Some(users), crate::config::OpsAuth::Login) if !access.anonymous_full_access => {
+            Some(Arc::new(crate::ops::http::Guard::new(Arc::new(UserLogin(
+                users.clone(),
+            )))))
+        }
+        _ => None,
+    };
     tracing::info!(node = %me, dc = %dc, addr = %parts.addr, "node started");
     {
         let (probe, stop) = (probe.clone(), stop_rx.clone());
@@ -587,6 +652,7 @@ where
     Ok(RunningNode {
         addr: parts.addr,
         ops_addr: None,
+        redis_addr: None,
         requests,
         probe,
         coordinator,
@@ -595,6 +661,11 @@ where
         repairer,
         stop,
         workers,
+        ops_guard,
+        handler,
+        redis: config.redis.clone(),
+        node_id: me.0.clone(),
+        dc: dc.to_string(),
     })
 }
 
@@ -932,17 +1003,67 @@ where
     }
 
     /// Serve the operations listener on `listener` until the node stops
-    /// (the `ops` worker).
-    pub fn serve_ops(&mut self, listener: TcpListener) {
+    /// (the `ops` worker): over TLS with `tls` (the node's own server
+    /// configuration), plain HTTP without.
+    pub fn serve_ops(&mut self, listener: TcpListener, tls: Option<Arc<rustls::ServerConfig>>) {
         self.ops_addr = listener.local_addr().ok().map(|a| a.to_string());
-        let router = crate::ops::http::router(self.metrics(), self.probe.clone());
+        let history = Arc::new(parking_lot::Mutex::new(crate::ops::api::History::default()));
+        let router = crate::ops::http::router(
+            self.metrics(),
+            self.probe.clone(),
+            history.clone(),
+            self.ops_guard.clone(),
+        );
         let mut stop = self.stop.subscribe();
         tracing::info!(
             addr = self.ops_addr.as_deref().unwrap_or("?"),
-            "operations listener: /metrics, /healthz, /readyz"
+            scheme = if tls.is_some() { "https" } else { "http" },
+            login = self.ops_guard.is_some(),
+            "operations listener: /metrics, /healthz, /readyz, /api/v1/overview, the dashboard at /"
         );
-        self.workers.spawn("ops", |_| {
-            crate::ops::http::serve(listener, router, async move {
+        let sampler = crate::ops::http::sample(self.probe.clone(), history);
+        self.workers.spawn("ops", |_| async move {
+            let stopped = async move {
+                let _ = stop.changed().await;
+            };
+            let serve: futures_util::future::BoxFuture<'static, ()> = match tls {
+                Some(tls) => Box::pin(crate::ops::http::serve_tls(listener, router, tls, stopped)),
+                None => Box::pin(crate::ops::http::serve(listener, router, stopped)),
+            };
+            // The history's sampler stops with the listener.
+            tokio::select! {
+                () = serve => {}
+                () = sampler => {}
+            }
+        });
+    }
+
+    /// Serve the Redis front door on `listener` until the node stops (the
+    /// `redis` worker): over TLS with `tls`.
+    pub fn serve_redis(&mut self, listener: TcpListener, tls: Option<Arc<rustls::ServerConfig>>)
+    where
+        S: LocalStore + Clone,
+        H: HintQueue + HintSink,
+    {
+        self.redis_addr = listener.local_addr().ok().map(|a| a.to_string());
+        let door = crate::redis::FrontDoor {
+            databases: self.redis.databases.clone(),
+            timeout: Duration::from_millis(self.redis.timeout_ms),
+            connections_max: self.redis.connections_max,
+            request_bytes_max: crate::limit::FRAME_BYTES_MAX_DEFAULT,
+            node_id: self.node_id.clone(),
+            dc: self.dc.clone(),
+        };
+        tracing::info!(
+            addr = self.redis_addr.as_deref().unwrap_or("?"),
+            tls = tls.is_some(),
+            databases = ?door.databases,
+            "Redis front door"
+        );
+        let mut stop = self.stop.subscribe();
+        let handler = self.handler.clone();
+        self.workers.spawn("redis", |_| {
+            crate::redis::serve(listener, tls, handler, door, async move {
                 let _ = stop.changed().await;
             })
         });

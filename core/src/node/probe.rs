@@ -9,7 +9,9 @@ use super::{NodeRepairer, NodeStatus};
 use crate::bridge::Bridge;
 use crate::gossip::service::{GossipTransport, Gossiper};
 use crate::hints::HintQueue;
+use crate::model::KeyspaceConfig;
 use crate::ops::{Figures, HintFigures, Member, NotReady, Probe, ServerFigures};
+use crate::replica::Replica;
 use crate::ring::NodeId;
 use crate::server::ServerStats;
 use crate::store::LocalStore;
@@ -21,6 +23,8 @@ pub(super) struct NodeProbe<S, T: GossipTransport, H> {
     pub me: NodeId,
     pub dc: String,
     pub store: S,
+    pub keyspaces: Arc<parking_lot::RwLock<std::collections::BTreeMap<String, KeyspaceConfig>>>,
+    pub replica: Arc<Replica<S>>,
     pub hints: Arc<H>,
     pub gossiper: Arc<Gossiper<T>>,
     pub bridge: Option<Arc<dyn Bridge>>,
@@ -79,6 +83,7 @@ where
         };
         Figures {
             engine: self.store.engine_stats(),
+            conflicts: self.replica.merge_pool().tally().figures(),
             hints,
             bridges: self.bridge.as_ref().map(|b| b.report()).unwrap_or_default(),
             bridge: self
@@ -86,6 +91,7 @@ where
                 .as_ref()
                 .map(|b| b.figures())
                 .unwrap_or_default(),
+            node: self.me.0.clone(),
             dc: self.dc.clone(),
             repair: self.repairer.totals(),
             members,
@@ -137,6 +143,12 @@ where
             return not("no ring yet");
         }
         Ok(())
+    }
+
+    fn nodes(&self) -> Vec<isthmus_client::wire::NodeReport> {
+        let keyspaces = self.keyspaces.read().clone();
+        let hints = self.hints.pending().into_iter().collect();
+        super::status::nodes(&self.gossiper, &keyspaces, &hints)
     }
 }
 

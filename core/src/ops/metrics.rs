@@ -20,7 +20,6 @@ use prometheus_client::registry::Registry;
 
 use super::{Figures, Probe};
 use crate::bridge::LAG_BUCKETS_MS;
-use crate::worker::WorkerState;
 
 /// The labels of a request: its operation, keyspace (a configured one, or
 /// `-`: unknown names are not labels, so a client cannot grow the set),
@@ -177,6 +176,7 @@ fn encode_figures(f: &Figures, encoder: &mut DescriptorEncoder<'_>) -> Result<()
         i64::from(f.ready),
     )?;
     encode_engine(f, &mut out)?;
+    encode_conflicts(f, &mut out)?;
     encode_hints(f, &mut out)?;
     encode_bridge(f, &mut out)?;
     encode_cluster(f, &mut out)
@@ -184,7 +184,7 @@ fn encode_figures(f: &Figures, encoder: &mut DescriptorEncoder<'_>) -> Result<()
 
 fn encode_engine(f: &Figures, out: &mut Out<'_, '_>) -> Result<(), Error> {
     let e = f.engine.clone().unwrap_or_default();
-    let counters: [(&str, &str, u64); 10] = [
+    let counters: [(&str, &str, u64); 11] = [
         ("isthmus_engine_flushes", "Memtables flushed", e.flushes),
         (
             "isthmus_engine_compactions",
@@ -210,6 +210,11 @@ fn encode_engine(f: &Figures, out: &mut Out<'_, '_>) -> Result<(), Error> {
             "isthmus_engine_compaction_written_bytes",
             "Bytes of tables written by compactions",
             e.compaction_bytes_written,
+        ),
+        (
+            "isthmus_engine_table_read_bytes",
+            "Bytes read from table files (blocks, and indexes and filters when opened)",
+            e.table_bytes_read,
         ),
         ("isthmus_engine_log_syncs", "Commit-log fsyncs", e.log_syncs),
         (
@@ -274,6 +279,68 @@ fn encode_engine(f: &Figures, out: &mut Out<'_, '_>) -> Result<(), Error> {
         "isthmus_engine_disk_full",
         "1 while the disk is full (writes refused, reads served)",
         i64::from(e.disk_full),
+    )
+}
+
+fn encode_conflicts(f: &Figures, out: &mut Out<'_, '_>) -> Result<(), Error> {
+    let c = &f.conflicts;
+    let siblings: Vec<(Labels<'_>, u64)> = c
+        .siblings
+        .iter()
+        .map(|((ks, origin, beside), n)| {
+            (
+                vec![
+                    ("keyspace", ks.as_str()),
+                    ("origin_dc", origin.as_str()),
+                    ("sibling_dc", beside.as_str()),
+                ],
+                *n,
+            )
+        })
+        .collect();
+    out.counters(
+        "isthmus_conflict_siblings",
+        "Siblings created on this replica, by keyspace, the new sibling's origin DC and the origin DC of one beside it",
+        &siblings,
+    )?;
+    let merges: Vec<(Labels<'_>, u64)> = c
+        .merges
+        .iter()
+        .map(|((ks, resolver), n)| {
+            (
+                vec![("keyspace", ks.as_str()), ("resolver", resolver.as_str())],
+                *n,
+            )
+        })
+        .collect();
+    out.counters(
+        "isthmus_merges",
+        "Merges that replaced siblings with one version, by keyspace and resolver (hex content hash)",
+        &merges,
+    )?;
+    let failures: Vec<(Labels<'_>, u64)> = c
+        .failures
+        .iter()
+        .map(|((ks, resolver, class), n)| {
+            (
+                vec![
+                    ("keyspace", ks.as_str()),
+                    ("resolver", resolver.as_str()),
+                    ("class", class.as_str()),
+                ],
+                *n,
+            )
+        })
+        .collect();
+    out.counters(
+        "isthmus_merge_failures",
+        "Merges that failed or were deferred (siblings kept), by keyspace, resolver and failure class",
+        &failures,
+    )?;
+    out.counter(
+        "isthmus_conflict_tally_overflow",
+        "Conflict counts not kept because a table of label sets was full",
+        c.overflow,
     )
 }
 
@@ -510,12 +577,7 @@ fn encode_cluster(f: &Figures, out: &mut Out<'_, '_>) -> Result<(), Error> {
     let mut states: std::collections::BTreeMap<(&str, &str), i64> = Default::default();
     let mut runs: std::collections::BTreeMap<&str, u64> = Default::default();
     for w in &f.workers {
-        let state = match w.state {
-            WorkerState::Busy => "busy",
-            WorkerState::Idle => "idle",
-            WorkerState::Done => "done",
-            WorkerState::Dead => "dead",
-        };
+        let state = w.state.as_str();
         *states.entry((w.name.as_str(), state)).or_default() += 1;
         *runs.entry(w.name.as_str()).or_default() += w.runs;
     }
@@ -561,6 +623,7 @@ mod tests {
     use super::*;
     use crate::bridge::{BridgeFigures, LagHistogram};
     use crate::ops::{Member, NotReady};
+    use crate::worker::WorkerState;
 
     struct Fixed(Figures);
 
@@ -570,6 +633,9 @@ mod tests {
         }
         fn readiness(&self) -> Result<(), NotReady> {
             Ok(())
+        }
+        fn nodes(&self) -> Vec<isthmus_client::wire::NodeReport> {
+            Vec::new()
         }
     }
 
@@ -664,11 +730,13 @@ mod tests {
             .collect()
     }
 
-    /// The names in the table of docs/metrics.md (first column, in
-    /// backquotes).
+    /// The names in the metric table of docs/metrics.md (first column,
+    /// in backquotes; the sections after it document other things).
     fn documented() -> BTreeSet<String> {
         let doc = include_str!("../../../docs/metrics.md");
-        doc.lines()
+        let table = doc.split("\n## ").next().unwrap_or(doc);
+        table
+            .lines()
             .filter_map(|l| l.strip_prefix("| `"))
             .filter_map(|l| l.split_once('`'))
             .map(|(name, _)| name.to_owned())

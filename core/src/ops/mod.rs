@@ -18,6 +18,7 @@
 //! What it is not: authenticated. It serves figures and health, never
 //! data, and its address is its access control (see the README's `[ops]`).
 
+pub mod api;
 pub mod http;
 pub mod metrics;
 
@@ -25,6 +26,7 @@ pub use metrics::{RequestMetrics, registry};
 
 use crate::bridge::BridgeFigures;
 use crate::engine::EngineStats;
+use crate::merge::tally::TallyFigures;
 use crate::repair::RepairStats;
 use crate::worker::WorkerStatus;
 use isthmus_client::wire::BridgeReport;
@@ -34,12 +36,16 @@ use isthmus_client::wire::BridgeReport;
 pub struct Figures {
     /// The storage engine's counters (`None`: a store without one).
     pub engine: Option<EngineStats>,
+    /// Siblings created, merges and merge failures (the replica's tally).
+    pub conflicts: TallyFigures,
     /// Hints.
     pub hints: HintFigures,
     /// The bridge, one report per remote DC (empty without a bridge).
     pub bridges: Vec<BridgeReport>,
     /// The bridge's histograms and counts beyond its reports.
     pub bridge: BridgeFigures,
+    /// This node's id.
+    pub node: String,
     /// This node's DC (the `to_dc` of lag histograms).
     pub dc: String,
     /// Every range sync since start.
@@ -112,4 +118,7 @@ pub trait Probe: Send + Sync + 'static {
     /// its own status `Normal` (not joining, leaving or gone), and not
     /// stopping. A node that would answer UNAVAILABLE is not ready.
     fn readiness(&self) -> Result<(), NotReady>;
+
+    /// Every member the node knows, as `isthmus status` lists them.
+    fn nodes(&self) -> Vec<isthmus_client::wire::NodeReport>;
 }

@@ -351,6 +351,7 @@ fn config(cluster: &Cluster, spec: &NodeSpec) -> NodeConfig {
         server: Default::default(),
         merge: Default::default(),
         ops: Default::default(),
+        redis: Default::default(),
         auth: AuthSection {
             anonymous_full_access: true,
             ..AuthSection::default()

@@ -1,0 +1,580 @@
+//! The front door's commands, one function each, over a connection's
+//! [`Session`]: who it is logged in as, its keyspace, its protocol
+//! version and its name. Every read and write becomes a client request
+//! to the node's handler. `docs/redis.md` has the table of what each
+//! command means here.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use isthmus_client::tls::CertIdentity;
+use isthmus_client::wire::{
+    Context, Credentials, ErrorCode, RequestBody, ResponseBody, Sibling, WireError, WriteId,
+};
+use redis_protocol::resp2::types::BytesFrame;
+
+use super::FrontDoor;
+use super::reply::Reply;
+use crate::auth::Principal;
+use crate::server::Handler;
+
+/// The arguments of a command frame (an array of bulk strings), or the
+/// error to answer a frame of another shape with.
+pub fn arguments(frame: BytesFrame) -> Result<Vec<Bytes>, Reply> {
+    let BytesFrame::Array(items) = frame else {
+        return Err(Reply::err(
+            "Protocol error: expected an array of bulk strings",
+        ));
+    };
+    items
+        .into_iter()
+        .map(|item| match item {
+            BytesFrame::BulkString(b) | BytesFrame::SimpleString(b) => Ok(b),
+            BytesFrame::Integer(n) => Ok(Bytes::from(n.to_string())),
+            _ => Err(Reply::err(
+                "Protocol error: expected an array of bulk strings",
+            )),
+        })
+        .collect()
+}
+
+/// The arguments of an inline command (a line, words split by spaces
+/// and tabs; no quoting).
+pub fn inline(line: &Bytes) -> Vec<Bytes> {
+    line.split(|b| b.is_ascii_whitespace())
+        .filter(|word| !word.is_empty())
+        .map(|word| line.slice_ref(word))
+        .collect()
+}
+
+/// The user `AUTH password` (one argument) logs in as.
+pub const DEFAULT_USER: &str = "default";
+
+/// The commands this front door knows: name, arity (negative: at least
+/// that many), as `COMMAND` lists them.
+pub const COMMANDS: &[(&str, i64)] = &[
+    ("auth", -2),
+    ("client", -2),
+    ("command", -1),
+    ("del", -2),
+    ("echo", 2),
+    ("exists", -2),
+    ("get", 2),
+    ("getdel", 2),
+    ("hello", -1),
+    ("info", -1),
+    ("isthmus.putctx", 4),
+    ("isthmus.siblings", 2),
+    ("isthmus.use", 2),
+    ("mget", -2),
+    ("mset", -3),
+    ("ping", -1),
+    ("quit", 1),
+    ("select", 2),
+    ("set", -3),
+];
+
+/// One connection's state.
+pub struct Session<H> {
+    handler: Arc<H>,
+    door: Arc<FrontDoor>,
+    id: u64,
+    addr: String,
+    certificate: Option<CertIdentity>,
+    principal: Option<Principal>,
+    protocol: u8,
+    keyspace: String,
+    name: Option<String>,
+    closing: bool,
+    writes: u64,
+}
+
+fn lower(arg: &Bytes) -> String {
+    String::from_utf8_lossy(arg).to_ascii_lowercase()
+}
+
+fn text(arg: &Bytes) -> String {
+    String::from_utf8_lossy(arg).into_owned()
+}
+
+fn arity(name: &str) -> Reply {
+    Reply::err(format!("wrong number of arguments for '{name}' command"))
+}
+
+/// The reply to a failed request: its code first, as Redis errors begin.
+fn refusal(error: WireError) -> Reply {
+    let code = match error.code {
+        ErrorCode::Unauthenticated => "NOAUTH",
+        ErrorCode::Forbidden => "NOPERM",
+        other => other.name(),
+    };
+    Reply::Error(format!("{code} {}", error.message))
+}
+
+/// The one value `GET` answers for a key with siblings and no resolver:
+/// the latest by timestamp, then by origin DC, then by value, the same
+/// on every node and in every DC.
+pub fn chosen(siblings: &[Sibling]) -> Option<&Sibling> {
+    siblings.iter().max_by(|a, b| {
+        (a.timestamp_ms, &a.origin_dc, &a.value).cmp(&(b.timestamp_ms, &b.origin_dc, &b.value))
+    })
+}
+
+impl<H: Handler> Session<H> {
+    /// A connection's session: logged in by its client certificate, or
+    /// anonymously on a node that allows it; otherwise not until `AUTH`.
+    pub async fn new(
+        handler: Arc<H>,
+        door: Arc<FrontDoor>,
+        id: u64,
+        addr: String,
+        certificate: Option<CertIdentity>,
+    ) -> Self {
+        let principal = handler.authenticate(None, certificate.clone()).await.ok();
+        Session {
+            keyspace: door.databases.first().cloned().unwrap_or_default(),
+            handler,
+            door,
+            id,
+            addr,
+            certificate,
+            principal,
+            protocol: 2,
+            name: None,
+            closing: false,
+            writes: 0,
+        }
+    }
+
+    /// The protocol version replies are encoded in.
+    pub fn protocol(&self) -> u8 {
+        self.protocol
+    }
+
+    /// Whether the connection closes after this reply (`QUIT`).
+    pub fn closing(&self) -> bool {
+        self.closing
+    }
+
+    async fn call(&self, body: RequestBody) -> Result<ResponseBody, Reply> {
+        let principal = self
+            .principal
+            .as_ref()
+            .ok_or_else(|| Reply::Error("NOAUTH Authentication required.".into()))?;
+        match tokio::time::timeout(
+            self.door.timeout,
+            self.handler.handle(principal, body, self.door.timeout),
+        )
+        .await
+        {
+            Ok(ResponseBody::Error(e)) => Err(refusal(e)),
+            Ok(answer) => Ok(answer),
+            Err(_) => Err(Reply::Error(format!(
+                "TIMEOUT no answer within {} ms",
+                self.door.timeout.as_millis()
+            ))),
+        }
+    }
+
+    async fn read(&self, key: &Bytes) -> Result<(Vec<Sibling>, Context), Reply> {
+        let get = RequestBody::Get {
+            keyspace: self.keyspace.clone(),
+            key: key.to_vec(),
+            consistency: None,
+        };
+        match self.call(get).await? {
+            ResponseBody::Value { siblings, context } => Ok((siblings, context)),
+            other => Err(Reply::err(format!("unexpected answer {other:?}"))),
+        }
+    }
+
+    /// A write id no other write carries (this node, this connection, its
+    /// count of writes, the time): a command is not retried by the front
+    /// door, so each write is its own.
+    fn write_id(&mut self) -> WriteId {
+        self.writes += 1;
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let mut h = blake3::Hasher::new();
+        h.update(self.door.node_id.as_bytes());
+        h.update(&[0]);
+        h.update(&self.id.to_le_bytes());
+        h.update(&self.writes.to_le_bytes());
+        h.update(&nanos.to_le_bytes());
+        let mut id = [0; 16];
+        id.copy_from_slice(&h.finalize().as_bytes()[..16]);
+        WriteId(id)
+    }
+
+    async fn put(&mut self, key: &Bytes, value: &Bytes, context: Context) -> Result<(), Reply> {
+        let put = RequestBody::Put {
+            keyspace: self.keyspace.clone(),
+            key: key.to_vec(),
+            value: value.to_vec(),
+            context,
+            consistency: None,
+            write_id: self.write_id(),
+        };
+        self.call(put).await.map(|_| ())
+    }
+
+    async fn delete(&mut self, key: &Bytes, context: Context) -> Result<(), Reply> {
+        let delete = RequestBody::Delete {
+            keyspace: self.keyspace.clone(),
+            key: key.to_vec(),
+            context,
+            consistency: None,
+            write_id: self.write_id(),
+        };
+        self.call(delete).await.map(|_| ())
+    }
+
+    /// Serve one command.
+    pub async fn run(&mut self, args: Vec<Bytes>) -> Reply {
+        let name = lower(&args[0]);
+        if let Some((_, arity_of)) = COMMANDS.iter().find(|(n, _)| *n == name) {
+            let n = args.len() as i64;
+            if (*arity_of > 0 && n != *arity_of) || (*arity_of < 0 && n < -arity_of) {
+                return arity(&name);
+            }
+        }
+        let result = match name.as_str() {
+            "ping" => Ok(match args.get(1) {
+                Some(message) => Reply::Bulk(message.clone()),
+                None => Reply::Simple("PONG"),
+            }),
+            "echo" => Ok(Reply::Bulk(args[1].clone())),
+            "quit" => {
+                self.closing = true;
+                Ok(Reply::Simple("OK"))
+            }
+            "hello" => self.hello(&args).await,
+            "auth" => self.auth(&args[1..]).await,
+            "select" => self.select(&args[1]),
+            "isthmus.use" => {
+                self.keyspace = text(&args[1]);
+                Ok(Reply::Simple("OK"))
+            }
+            "client" => self.client(&args),
+            "command" => Ok(command(&args)),
+            "info" => self.info(args.get(1)).await,
+            "get" => self.get(&args[1]).await,
+            "getdel" => self.getdel(&args[1]).await,
+            "set" => self.set(&args).await,
+            "mset" => self.mset(&args).await,
+            "mget" => self.mget(&args[1..]).await,
+            "del" => self.del(&args[1..]).await,
+            "exists" => self.exists(&args[1..]).await,
+            "isthmus.siblings" => self.siblings(&args[1]).await,
+            "isthmus.putctx" => self
+                .put(&args[1], &args[2], Context(args[3].to_vec()))
+                .await
+                .map(|()| Reply::Simple("OK")),
+            _ => {
+                let shown: Vec<String> = args[1..]
+                    .iter()
+                    .take(3)
+                    .map(|a| format!("'{}'", text(a)))
+                    .collect();
+                Err(Reply::err(format!(
+                    "unknown command '{}', with args beginning with: {}",
+                    text(&args[0]),
+                    shown.join(" ")
+                )))
+            }
+        };
+        result.unwrap_or_else(|reply| reply)
+    }
+
+    async fn login(&mut self, user: &Bytes, password: &Bytes) -> Result<Reply, Reply> {
+        let credentials = Credentials {
+            user: text(user),
+            password: text(password),
+        };
+        match self
+            .handler
+            .authenticate(Some(credentials), self.certificate.clone())
+            .await
+        {
+            Ok(principal) => {
+                self.principal = Some(principal);
+                Ok(Reply::Simple("OK"))
+            }
+            Err(_) => Err(Reply::Error(
+                "WRONGPASS invalid username-password pair or user is disabled.".into(),
+            )),
+        }
+    }
+
+    async fn auth(&mut self, args: &[Bytes]) -> Result<Reply, Reply> {
+        match args {
+            [password] => {
+                self.login(&Bytes::from_static(DEFAULT_USER.as_bytes()), password)
+                    .await
+            }
+            [user, password] => self.login(user, password).await,
+            _ => Err(Reply::Error("ERR syntax error".into())),
+        }
+    }
+
+    async fn hello(&mut self, args: &[Bytes]) -> Result<Reply, Reply> {
+        let mut rest = args[1..].iter();
+        if let Some(version) = rest.next() {
+            match text(version).parse::<u8>() {
+                Ok(v @ (2 | 3)) => self.protocol = v,
+                _ => {
+                    return Err(Reply::Error("NOPROTO unsupported protocol version".into()));
+                }
+            }
+        }
+        while let Some(option) = rest.next() {
+            match lower(option).as_str() {
+                "auth" => {
+                    let (Some(user), Some(password)) = (rest.next(), rest.next()) else {
+                        return Err(Reply::Error("ERR syntax error in HELLO".into()));
+                    };
+                    self.login(user, password).await?;
+                }
+                "setname" => {
+                    let Some(name) = rest.next() else {
+                        return Err(Reply::Error("ERR syntax error in HELLO".into()));
+                    };
+                    self.name = Some(text(name));
+                }
+                _ => return Err(Reply::Error("ERR syntax error in HELLO".into())),
+            }
+        }
+        let field = |k: &str, v: Reply| (Reply::bulk(k.to_owned()), v);
+        Ok(Reply::Map(vec![
+            field("server", Reply::bulk("isthmus")),
+            field("version", Reply::bulk(env!("CARGO_PKG_VERSION"))),
+            field("proto", Reply::Int(i64::from(self.protocol))),
+            field("id", Reply::Int(self.id as i64)),
+            field("mode", Reply::bulk("cluster")),
+            field("role", Reply::bulk("master")),
+            field("modules", Reply::Array(Vec::new())),
+        ]))
+    }
+
+    fn select(&mut self, index: &Bytes) -> Result<Reply, Reply> {
+        let keyspace = text(index)
+            .parse::<usize>()
+            .ok()
+            .and_then(|i| self.door.databases.get(i))
+            .ok_or_else(|| Reply::err("DB index is out of range"))?;
+        self.keyspace = keyspace.clone();
+        Ok(Reply::Simple("OK"))
+    }
+
+    fn client(&mut self, args: &[Bytes]) -> Result<Reply, Reply> {
+        match (lower(&args[1]).as_str(), args.len()) {
+            ("setname", 3) => {
+                self.name = Some(text(&args[2]));
+                Ok(Reply::Simple("OK"))
+            }
+            ("getname", 2) => Ok(self.name.clone().map_or(Reply::Nil, Reply::bulk)),
+            ("id", 2) => Ok(Reply::Int(self.id as i64)),
+            ("info", 2) => Ok(Reply::Text(format!(
+                "id={} addr={} name={} db-keyspace={} resp={}\n",
+                self.id,
+                self.addr,
+                self.name.as_deref().unwrap_or(""),
+                self.keyspace,
+                self.protocol
+            ))),
+            // Client libraries announce themselves; nothing to keep.
+            ("setinfo", 4) => Ok(Reply::Simple("OK")),
+            (sub, _) => Err(Reply::err(format!(
+                "unknown subcommand or wrong number of arguments for 'client|{sub}'"
+            ))),
+        }
+    }
+
+    async fn info(&self, section: Option<&Bytes>) -> Result<Reply, Reply> {
+        let section = section.map(lower).unwrap_or_else(|| "default".into());
+        let all = matches!(section.as_str(), "default" | "all" | "everything");
+        let mut out = String::new();
+        if all || section == "server" {
+            out.push_str(&format!(
+                "# Server\r\nredis_version:7.2.0\r\nisthmus_version:{}\r\nredis_mode:cluster\r\nnode_id:{}\r\ndc:{}\r\n\r\n",
+                env!("CARGO_PKG_VERSION"),
+                self.door.node_id,
+                self.door.dc
+            ));
+        }
+        if all || section == "replication" {
+            out.push_str("# Replication\r\nrole:master\r\n");
+            if let Ok(ResponseBody::Status { nodes, bridges }) =
+                self.call(RequestBody::Status).await
+            {
+                let mut dcs: std::collections::BTreeMap<&str, (usize, usize)> = Default::default();
+                for n in &nodes {
+                    let e = dcs.entry(n.dc.as_str()).or_default();
+                    e.0 += 1;
+                    e.1 += usize::from(n.up);
+                }
+                for (dc, (total, up)) in dcs {
+                    out.push_str(&format!("dc_{dc}:nodes={total},up={up}\r\n"));
+                }
+                for b in bridges {
+                    out.push_str(&format!(
+                        "bridge_{}:outbox={},shipped={},lag_in_p99_ms={:.0},full_sync_pending={}\r\n",
+                        b.remote_dc, b.outbox_records, b.shipped_records, b.lag_in_p99_ms, b.full_sync_pending
+                    ));
+                }
+            }
+            out.push_str("\r\n");
+        }
+        if all || section == "keyspace" {
+            out.push_str("# Keyspace\r\n");
+            for (i, ks) in self.door.databases.iter().enumerate() {
+                out.push_str(&format!("db{i}:keyspace={ks}\r\n"));
+            }
+            out.push_str("\r\n");
+        }
+        Ok(Reply::Text(out))
+    }
+
+    async fn get(&self, key: &Bytes) -> Result<Reply, Reply> {
+        let (siblings, _) = self.read(key).await?;
+        Ok(chosen(&siblings).map_or(Reply::Nil, |s| Reply::bulk(s.value.clone())))
+    }
+
+    async fn getdel(&mut self, key: &Bytes) -> Result<Reply, Reply> {
+        let (siblings, context) = self.read(key).await?;
+        let Some(value) = chosen(&siblings).map(|s| s.value.clone()) else {
+            return Ok(Reply::Nil);
+        };
+        self.delete(key, context).await?;
+        Ok(Reply::bulk(value))
+    }
+
+    async fn set(&mut self, args: &[Bytes]) -> Result<Reply, Reply> {
+        let mut get = false;
+        for option in &args[3..] {
+            match lower(option).as_str() {
+                "get" => get = true,
+                other @ ("ex" | "px" | "exat" | "pxat" | "nx" | "xx" | "keepttl") => {
+                    return Err(Reply::err(format!(
+                        "SET option {} is not supported by this front door yet",
+                        other.to_ascii_uppercase()
+                    )));
+                }
+                _ => return Err(Reply::Error("ERR syntax error".into())),
+            }
+        }
+        let (siblings, context) = self.read(&args[1]).await?;
+        self.put(&args[1], &args[2], context).await?;
+        Ok(if get {
+            chosen(&siblings).map_or(Reply::Nil, |s| Reply::bulk(s.value.clone()))
+        } else {
+            Reply::Simple("OK")
+        })
+    }
+
+    async fn mset(&mut self, args: &[Bytes]) -> Result<Reply, Reply> {
+        if args.len().is_multiple_of(2) {
+            return Err(arity("mset"));
+        }
+        for pair in args[1..].chunks(2) {
+            let (_, context) = self.read(&pair[0]).await?;
+            self.put(&pair[0], &pair[1], context).await?;
+        }
+        Ok(Reply::Simple("OK"))
+    }
+
+    async fn mget(&self, keys: &[Bytes]) -> Result<Reply, Reply> {
+        let mut values = Vec::with_capacity(keys.len());
+        for key in keys {
+            let (siblings, _) = self.read(key).await?;
+            values.push(chosen(&siblings).map_or(Reply::Nil, |s| Reply::bulk(s.value.clone())));
+        }
+        Ok(Reply::Array(values))
+    }
+
+    async fn del(&mut self, keys: &[Bytes]) -> Result<Reply, Reply> {
+        let mut removed = 0;
+        for key in keys {
+            let (siblings, context) = self.read(key).await?;
+            if !siblings.is_empty() {
+                self.delete(key, context).await?;
+                removed += 1;
+            }
+        }
+        Ok(Reply::Int(removed))
+    }
+
+    async fn exists(&self, keys: &[Bytes]) -> Result<Reply, Reply> {
+        let mut found = 0;
+        for key in keys {
+            let (siblings, _) = self.read(key).await?;
+            found += i64::from(!siblings.is_empty());
+        }
+        Ok(Reply::Int(found))
+    }
+
+    async fn siblings(&self, key: &Bytes) -> Result<Reply, Reply> {
+        let (siblings, context) = self.read(key).await?;
+        let mut ordered: Vec<&Sibling> = siblings.iter().collect();
+        ordered.sort_by(|a, b| {
+            (a.timestamp_ms, &a.origin_dc, &a.value).cmp(&(b.timestamp_ms, &b.origin_dc, &b.value))
+        });
+        Ok(Reply::Array(vec![
+            Reply::Array(
+                ordered
+                    .into_iter()
+                    .map(|s| Reply::bulk(s.value.clone()))
+                    .collect(),
+            ),
+            Reply::bulk(context.0),
+        ]))
+    }
+}
+
+/// `COMMAND`, `COMMAND COUNT`, `COMMAND DOCS`: enough for redis-cli and
+/// client libraries to start.
+fn command(args: &[Bytes]) -> Reply {
+    // name, arity, flags, first key, last key, step (as Redis lists them).
+    let info = |(name, arity): &(&str, i64)| {
+        let keyed = matches!(
+            *name,
+            "get"
+                | "getdel"
+                | "set"
+                | "mget"
+                | "mset"
+                | "del"
+                | "exists"
+                | "isthmus.siblings"
+                | "isthmus.putctx"
+        );
+        let many = matches!(*name, "mget" | "mset" | "del" | "exists");
+        let first = i64::from(keyed);
+        Reply::Array(vec![
+            Reply::bulk(name.to_string()),
+            Reply::Int(*arity),
+            Reply::Array(Vec::new()),
+            Reply::Int(first),
+            Reply::Int(if many { -1 } else { first }),
+            Reply::Int(if *name == "mset" { 2 } else { first }),
+        ])
+    };
+    match args.get(1).map(lower).as_deref() {
+        None => Reply::Array(COMMANDS.iter().map(info).collect()),
+        Some("count") => Reply::Int(COMMANDS.len() as i64),
+        Some("docs") => Reply::Map(Vec::new()),
+        Some("info") => Reply::Array(
+            args[2..]
+                .iter()
+                .map(|n| {
+                    COMMANDS
+                        .iter()
+                        .find(|(c, _)| *c == lower(n))
+                        .map_or(Reply::Nil, info)
+                })
+                .collect(),
+        ),
+        Some(sub) => Reply::err(format!("unknown subcommand '{sub}' for 'command'")),
+    }
+}

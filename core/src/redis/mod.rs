@@ -1,0 +1,198 @@
+//! The Redis-protocol front door: a listener speaking RESP2 and RESP3
+//! (`HELLO`), over TLS on a node with TLS, whose commands become the
+//! node's own client requests (get, put over a context, delete) served
+//! by its [`Handler`], with the same authentication (`AUTH`, `HELLO ...
+//! AUTH`: the cluster's users) and the same permission check per
+//! request. The command table, and what each command means on a
+//! multi-datacenter store, is in `docs/redis.md`.
+//!
+//! - `reply`: what a command answers, encoded in RESP2 or RESP3 with the
+//!   `redis-protocol` crate.
+//! - `command`: the commands, one function each.
+//! - here: the accept loop and one task per connection. Requests are
+//!   decoded as they arrive (pipelining: every complete command in the
+//!   buffer is served in order, and the replies are written together); a
+//!   request larger than the frame cap, or one that does not decode,
+//!   gets an error and closes that connection only; connections beyond
+//!   `connections_max` are closed at once.
+//!
+//! What it is not: a second data path. Every read and write is a
+//! [`RequestBody`](isthmus_client::wire::RequestBody) handed to the node's
+//! handler, exactly as a native client's would be.
+
+pub mod command;
+pub mod reply;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+use crate::server::Handler;
+use command::Session;
+use reply::Reply;
+
+/// How the front door runs (from the node config's `[redis]` table).
+#[derive(Clone, Debug)]
+pub struct FrontDoor {
+    /// `SELECT n` chooses `databases[n]`; database 0 is where a
+    /// connection starts.
+    pub databases: Vec<String>,
+    /// Each command's deadline.
+    pub timeout: Duration,
+    /// Connections served at once; one more is closed at once.
+    pub connections_max: usize,
+    /// The largest request accepted (bytes of one command).
+    pub request_bytes_max: usize,
+    /// This node, for `INFO`.
+    pub node_id: String,
+    /// This node's datacenter, for `INFO`.
+    pub dc: String,
+}
+
+/// Serve the front door on `listener` until `shutdown` completes; over
+/// TLS with `tls`.
+pub async fn serve<H: Handler>(
+    listener: TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    handler: Arc<H>,
+    door: FrontDoor,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) {
+    let door = Arc::new(door);
+    let slots = Arc::new(tokio::sync::Semaphore::new(door.connections_max));
+    let ids = Arc::new(AtomicU64::new(1));
+    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
+    let mut connections = tokio::task::JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    tracing::warn!(error = %e, "redis front door: accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => return,
+        };
+        while connections.try_join_next().is_some() {}
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            drop(stream);
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let id = ids.fetch_add(1, Ordering::Relaxed);
+        let (handler, door, acceptor) = (handler.clone(), door.clone(), acceptor.clone());
+        connections.spawn(async move {
+            let _slot = slot;
+            let addr = peer.to_string();
+            match acceptor {
+                Some(acceptor) => {
+                    let handshake =
+                        tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream));
+                    let Ok(Ok(tls)) = handshake.await else {
+                        return;
+                    };
+                    let certificate = tls
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .and_then(|chain| chain.first())
+                        .and_then(|cert| isthmus_client::tls::identity_of(cert).ok());
+                    connection(tls, handler, door, id, addr, certificate).await;
+                }
+                None => connection(stream, handler, door, id, addr, None).await,
+            }
+        });
+    }
+}
+
+/// One client connection: decode, serve in order, write back.
+async fn connection<S, H>(
+    mut stream: S,
+    handler: Arc<H>,
+    door: Arc<FrontDoor>,
+    id: u64,
+    addr: String,
+    certificate: Option<isthmus_client::tls::CertIdentity>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+    H: Handler,
+{
+    let mut session = Session::new(handler, door.clone(), id, addr, certificate).await;
+    let mut input = BytesMut::with_capacity(16 * 1024);
+    let mut output = BytesMut::with_capacity(16 * 1024);
+    loop {
+        // Every complete command already read, in order.
+        loop {
+            if input.first().is_some_and(|b| *b != b'*') {
+                // An inline command: one line, words split by spaces (as
+                // telnet sends, and as `redis-cli --pipe` ends a batch
+                // with an empty one).
+                let Some(end) = input.iter().position(|b| *b == b'\n') else {
+                    break;
+                };
+                let line = input.split_to(end + 1).freeze();
+                let args = command::inline(&line);
+                if args.is_empty() {
+                    continue;
+                }
+                session
+                    .run(args)
+                    .await
+                    .encode(session.protocol(), &mut output);
+                if session.closing() {
+                    let _ = stream.write_all(&output).await;
+                    return;
+                }
+                continue;
+            }
+            match redis_protocol::resp2::decode::decode_bytes_mut(&mut input) {
+                Ok(Some((frame, _, _))) => {
+                    let reply = match command::arguments(frame) {
+                        Ok(args) if args.is_empty() => continue,
+                        Ok(args) => session.run(args).await,
+                        Err(reply) => reply,
+                    };
+                    reply.encode(session.protocol(), &mut output);
+                    if session.closing() {
+                        let _ = stream.write_all(&output).await;
+                        return;
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    Reply::Error(format!("ERR Protocol error: {e}"))
+                        .encode(session.protocol(), &mut output);
+                    let _ = stream.write_all(&output).await;
+                    return;
+                }
+            }
+        }
+        if !output.is_empty() {
+            if stream.write_all(&output).await.is_err() {
+                return;
+            }
+            output.clear();
+        }
+        if input.len() > door.request_bytes_max {
+            Reply::err(format!(
+                "Protocol error: a request larger than {} bytes",
+                door.request_bytes_max
+            ))
+            .encode(session.protocol(), &mut output);
+            let _ = stream.write_all(&output).await;
+            return;
+        }
+        match stream.read_buf(&mut input).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+    }
+}

@@ -1,0 +1,182 @@
+//! The Redis-protocol front door of an `isthmus server` process, driven
+//! by `redis-cli` (Debian's `redis-tools`, installed by `.ci/run`) over
+//! TLS: a client that has not logged in is refused, `AUTH` with a user of
+//! the cluster lets it in; SET, GET (with siblings: the deterministic
+//! choice), MSET, MGET, EXISTS, DEL, GETDEL, ECHO, PING, HELLO 3, CLIENT,
+//! INFO, SELECT between keyspaces, ISTHMUS.SIBLINGS and ISTHMUS.PUTCTX;
+//! Redis-style errors for unknown commands and wrong arity; a pipeline of
+//! a thousand commands (`--pipe`); a connection that sends garbage is
+//! closed and another is not disturbed.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{ADMIN, ADMIN_PASSWORD, Node, free_port, pki, text};
+
+/// `redis-cli` against `port` of `host` over TLS (the tests' CA), with
+/// `login` and extra `flags`, running `args`; stdout and success.
+fn cli(host: &str, port: u16, login: bool, flags: &[&str], args: &[&str]) -> (String, bool) {
+    let mut command = Command::new("redis-cli");
+    command
+        .args(["--tls", "--cacert"])
+        .arg(pki().ca_pem())
+        .args(["-h", host, "-p", &port.to_string()]);
+    if login {
+        command.args([
+            "--user",
+            ADMIN,
+            "--pass",
+            ADMIN_PASSWORD,
+            "--no-auth-warning",
+        ]);
+    }
+    let out = command
+        .args(flags)
+        .args(args)
+        .output()
+        .expect("running redis-cli");
+    (text(&out.stdout) + &text(&out.stderr), out.status.success())
+}
+
+#[test]
+fn redis_cli_speaks_to_the_front_door() {
+    if Command::new("redis-cli").arg("--version").output().is_err() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must run the front door test: install redis-tools"
+        );
+        eprintln!("no redis-cli on this machine: the front door test did not run");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let ip = "127.0.9.2";
+    let mut node = Node::new(dir.path(), "r1", "dc1", ip);
+    node.write_config(dir.path(), "r1", &[], "", "dc1 = 1");
+    let port = free_port(ip);
+    let config = std::fs::read_to_string(&node.config).unwrap()
+        + &format!(
+            "\n[redis]\nenabled = true\nlisten = \"{ip}:{port}\"\ndatabases = [\"carts\", \"sessions\"]\n\n\
+             [keyspaces.sessions]\nreplication = {{ dc1 = 1 }}\nconsistency = \"LOCAL_QUORUM\"\n"
+        );
+    std::fs::write(&node.config, config).unwrap();
+    node.spawn();
+
+    // Up, and the first admin written (it is, once the node has a ring).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (out, _) = cli(ip, port, true, &[], &["PING"]);
+        if out.trim() == "PONG" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never PONG: {out}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    let run = |args: &[&str]| cli(ip, port, true, &[], args).0.trim_end().to_owned();
+    // No login, no data.
+    let (out, _) = cli(ip, port, false, &[], &["GET", "k"]);
+    assert!(out.contains("NOAUTH"), "{out}");
+    let (out, _) = cli(ip, port, false, &[], &["AUTH", ADMIN, "wrong"]);
+    assert!(out.contains("WRONGPASS"), "{out}");
+
+    assert_eq!(run(&["SET", "k", "v1"]), "OK");
+    assert_eq!(run(&["GET", "k"]), "v1");
+    assert_eq!(run(&["SET", "k", "v2", "GET"]), "v1");
+    assert_eq!(run(&["GET", "k"]), "v2");
+    assert_eq!(run(&["MSET", "a", "1", "b", "2"]), "OK");
+    assert_eq!(run(&["MGET", "a", "nope", "b"]), "1\n\n2");
+    assert_eq!(run(&["EXISTS", "a", "nope", "a"]), "2");
+    assert_eq!(run(&["DEL", "a", "nope"]), "1");
+    assert_eq!(run(&["GET", "a"]), "");
+    assert_eq!(run(&["GETDEL", "b"]), "2");
+    assert_eq!(run(&["EXISTS", "b"]), "0");
+    assert_eq!(run(&["ECHO", "hi"]), "hi");
+    assert_eq!(run(&["PING", "x"]), "x");
+    assert!(run(&["INFO", "keyspace"]).contains("db1:keyspace=sessions"));
+    assert!(run(&["INFO"]).contains("dc_dc1:nodes=1,up=1"));
+    let hello = cli(ip, port, true, &["-3"], &["HELLO", "3"]).0;
+    assert!(
+        hello.contains("proto") && hello.contains('3') && hello.contains("isthmus"),
+        "{hello}"
+    );
+    assert!(run(&["FLUSHALL"]).contains("ERR unknown command 'FLUSHALL'"));
+    assert!(run(&["GET"]).contains("ERR wrong number of arguments for 'get' command"));
+    assert!(run(&["SET", "k", "v", "EX", "10"]).contains("not supported"));
+    assert!(run(&["SELECT", "2"]).contains("DB index is out of range"));
+
+    // Databases are keyspaces: a key of db 0 is not in db 1. redis-cli
+    // `-n` selects before the command.
+    assert_eq!(
+        cli(ip, port, true, &["-n", "1"], &["GET", "k"]).0.trim(),
+        ""
+    );
+    assert_eq!(
+        cli(ip, port, true, &["-n", "1"], &["SET", "k", "s"])
+            .0
+            .trim(),
+        "OK"
+    );
+    assert_eq!(run(&["GET", "k"]), "v2");
+
+    // Siblings: two blind writes over no context are concurrent. GET
+    // answers the later one; ISTHMUS.SIBLINGS answers both and the
+    // context, which ISTHMUS.PUTCTX writes over.
+    assert_eq!(run(&["ISTHMUS.PUTCTX", "twin", "first", ""]), "OK");
+    std::thread::sleep(Duration::from_millis(5));
+    assert_eq!(run(&["ISTHMUS.PUTCTX", "twin", "second", ""]), "OK");
+    assert_eq!(run(&["GET", "twin"]), "second");
+    let siblings = run(&["ISTHMUS.SIBLINGS", "twin"]);
+    let lines: Vec<&str> = siblings.lines().collect();
+    assert_eq!(&lines[..2], ["first", "second"], "{siblings}");
+
+    // A pipeline: a thousand SETs written at once.
+    let mut pipe = Vec::new();
+    for i in 0..1000 {
+        let (key, value) = (format!("p{i}"), format!("v{i}"));
+        write!(
+            pipe,
+            "*3\r\n$3\r\nSET\r\n${}\r\n{key}\r\n${}\r\n{value}\r\n",
+            key.len(),
+            value.len()
+        )
+        .unwrap();
+    }
+    let mut child = Command::new("redis-cli")
+        .args(["--tls", "--cacert"])
+        .arg(pki().ca_pem())
+        .args(["-h", ip, "-p", &port.to_string()])
+        .args([
+            "--user",
+            ADMIN,
+            "--pass",
+            ADMIN_PASSWORD,
+            "--no-auth-warning",
+            "--pipe",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(&pipe).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let report = text(&out.stdout);
+    assert!(report.contains("errors: 0, replies: 1000"), "{report}");
+    assert_eq!(run(&["GET", "p999"]), "v999");
+
+    // Garbage on one connection closes it; another goes on.
+    let config = pki().material().client_config().unwrap();
+    let name = rustls::pki_types::ServerName::try_from(ip.to_owned()).unwrap();
+    let connection = rustls::ClientConnection::new(config, name).unwrap();
+    let tcp = std::net::TcpStream::connect((ip, port)).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut stream = rustls::StreamOwned::new(connection, tcp);
+    stream.write_all(b"*2\r\n$3\r\nGET\r\n$-7\r\n").unwrap();
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("-ERR Protocol error"), "{answer}");
+    assert_eq!(run(&["GET", "k"]), "v2");
+}
