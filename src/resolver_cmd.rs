@@ -1,6 +1,6 @@
 //! `isthmus resolver …`: tooling for resolver modules: the law checker,
-//! and the cluster's resolver registry (upload, attach, detach, rollback,
-//! list) through any node.
+//! one merge run locally (`call`), and the cluster's resolver registry
+//! (upload, attach, detach, rollback, list) through any node.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -51,6 +51,26 @@ pub enum ResolverCommand {
         /// starting with `#` and empty lines are skipped.
         #[arg(long)]
         corpus: Option<PathBuf>,
+    },
+    /// Run one merge of a module locally, in the same host a node runs,
+    /// and print its output, the fuel it used and the time it took. Exit
+    /// status 0 when it merged, 1 when the merge failed (the failure class
+    /// and message are printed), 2 when the module or the siblings cannot
+    /// be read.
+    Call {
+        /// The resolver module (`.wasm`, built for wasm32-unknown-unknown).
+        file: PathBuf,
+        /// The siblings, as JSON (or `@PATH` to read them from a file): an
+        /// array whose items are a string (a value), `null` (a tombstone),
+        /// or an object with `value` (text) or `value_hex`, or
+        /// `"tombstone": true`, and optionally `timestamp_ms` and
+        /// `origin_dc`. Each sibling gets its own writer, so all are
+        /// concurrent.
+        #[arg(long)]
+        siblings: String,
+        /// The key the merge is told it is merging.
+        #[arg(long, default_value = "key")]
+        key: String,
     },
     /// Register a module in the cluster as NAME@VERSION. The node loads it
     /// and runs the law checker; a module that fails is refused (exit
@@ -277,7 +297,9 @@ fn registry_command(command: ResolverCommand) -> anyhow::Result<(String, u8)> {
         anyhow::anyhow!("unexpected answer to {what}: {other:?}")
     };
     match command {
-        ResolverCommand::Check { .. } => anyhow::bail!("check is not a registry command"),
+        ResolverCommand::Check { .. } | ResolverCommand::Call { .. } => {
+            anyhow::bail!("check and call are not registry commands")
+        }
         ResolverCommand::Upload {
             node,
             name,
@@ -418,12 +440,157 @@ pub fn run(command: ResolverCommand) -> anyhow::Result<u8> {
                 Ok(1)
             }
         }
+        ResolverCommand::Call {
+            file,
+            siblings,
+            key,
+        } => {
+            let (out, status) = call_local(&file, &siblings, &key)?;
+            print!("{out}");
+            Ok(status)
+        }
         other => {
             let (out, status) = registry_command(other)?;
             print!("{out}");
             Ok(status)
         }
     }
+}
+
+/// One sibling given to `resolver call`.
+#[derive(Debug, PartialEq, Eq)]
+struct GivenSibling {
+    value: Option<Vec<u8>>,
+    timestamp_ms: u64,
+    origin_dc: String,
+}
+
+/// Parse `resolver call --siblings` (see its help).
+fn parse_siblings(json: &str) -> anyhow::Result<Vec<GivenSibling>> {
+    let items: Vec<serde_json::Value> =
+        serde_json::from_str(json).context("--siblings: expected a JSON array")?;
+    items
+        .into_iter()
+        .enumerate()
+        .map(|(i, item)| {
+            let at = |what: &str| format!("--siblings[{i}]: {what}");
+            let mut sibling = GivenSibling {
+                value: None,
+                timestamp_ms: 1_000 + i as u64,
+                origin_dc: "dc1".into(),
+            };
+            match item {
+                serde_json::Value::Null => {}
+                serde_json::Value::String(text) => sibling.value = Some(text.into_bytes()),
+                serde_json::Value::Object(fields) => {
+                    for (name, field) in fields {
+                        match (name.as_str(), field) {
+                            ("value", serde_json::Value::String(t)) => {
+                                sibling.value = Some(t.into_bytes());
+                            }
+                            ("value_hex", serde_json::Value::String(h)) => {
+                                sibling.value =
+                                    Some(decode_hex(&h).ok_or_else(|| {
+                                        anyhow::anyhow!(at("value_hex is not hex"))
+                                    })?);
+                            }
+                            ("tombstone", serde_json::Value::Bool(true)) => sibling.value = None,
+                            ("timestamp_ms", serde_json::Value::Number(n)) => {
+                                sibling.timestamp_ms = n
+                                    .as_u64()
+                                    .ok_or_else(|| anyhow::anyhow!(at("timestamp_ms")))?;
+                            }
+                            ("origin_dc", serde_json::Value::String(dc)) => sibling.origin_dc = dc,
+                            (other, _) => anyhow::bail!(at(&format!("unexpected field {other:?}"))),
+                        }
+                    }
+                }
+                other => anyhow::bail!(at(&format!(
+                    "expected a string, null or an object, not {other}"
+                ))),
+            }
+            Ok(sibling)
+        })
+        .collect()
+}
+
+fn decode_hex(text: &str) -> Option<Vec<u8>> {
+    let text = text.strip_prefix("0x").unwrap_or(text);
+    if !text.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+/// `isthmus resolver call`: what to print and the exit status.
+fn call_local(file: &std::path::Path, siblings: &str, key: &str) -> anyhow::Result<(String, u8)> {
+    use isthmus_sdk_wasm::{Dot, Merged, Payload, Sibling, SiblingClock};
+    use std::fmt::Write as _;
+    let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+    let json = match siblings.strip_prefix('@') {
+        Some(path) => std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?,
+        None => siblings.to_owned(),
+    };
+    let given = parse_siblings(&json)?;
+    let host = Host::new(ResolverLimits::default())?;
+    let resolver = host
+        .load(&bytes)
+        .with_context(|| format!("loading {}", file.display()))?;
+    let siblings: Vec<Sibling<'_>> = given
+        .iter()
+        .enumerate()
+        .map(|(i, g)| Sibling {
+            payload: g
+                .value
+                .as_deref()
+                .map_or(Payload::Tombstone, Payload::Value),
+            timestamp_ms: g.timestamp_ms,
+            origin_dc: &g.origin_dc,
+            clock: SiblingClock {
+                vector: Vec::new(),
+                dots: vec![Dot {
+                    actor: i as u64 + 1,
+                    counter: 1,
+                }],
+            },
+        })
+        .collect();
+    let started = std::time::Instant::now();
+    let (result, fuel) = host.merge_siblings_metered(&resolver, key.as_bytes(), &siblings);
+    let took = started.elapsed();
+    let shown = |v: &[u8]| match std::str::from_utf8(v) {
+        Ok(text) => format!("{text:?} ({} bytes)", v.len()),
+        Err(_) => format!("0x{} ({} bytes, not UTF-8)", hex(v), v.len()),
+    };
+    let mut out = String::new();
+    let status = match &result {
+        Ok(Merged::Value(v)) => {
+            let _ = writeln!(out, "output: value {}", shown(v));
+            0
+        }
+        Ok(Merged::Delete) => {
+            let _ = writeln!(out, "output: delete");
+            0
+        }
+        Err(e) => {
+            let _ = writeln!(out, "failed ({}): {e}", e.class());
+            1
+        }
+    };
+    let _ = writeln!(
+        out,
+        "fuel: {fuel} of the {} a merge may use",
+        host.limits().fuel_per_merge
+    );
+    let _ = writeln!(
+        out,
+        "time: {} µs (one merge in a fresh instance)",
+        took.as_micros()
+    );
+    Ok((out, status))
 }
 
 /// Parse a corpus file (see `--corpus`).
@@ -488,6 +655,55 @@ mod tests {
     fn check_exits_0_for_a_join_and_1_for_the_wrong_resolver() {
         assert_eq!(check_status("isthmus-example-lww"), 0);
         assert_eq!(check_status("isthmus-example-wrong-first-wins"), 1);
+    }
+
+    #[test]
+    fn siblings_are_values_tombstones_or_objects() {
+        let given = parse_siblings(
+            r#"["a", null, {"value_hex": "0x00ff", "timestamp_ms": 7, "origin_dc": "dc2"}, {"tombstone": true}]"#,
+        )
+        .unwrap();
+        assert_eq!(given[0].value.as_deref(), Some(&b"a"[..]));
+        assert_eq!(given[1].value, None);
+        assert_eq!(
+            given[2],
+            GivenSibling {
+                value: Some(vec![0, 0xff]),
+                timestamp_ms: 7,
+                origin_dc: "dc2".into()
+            }
+        );
+        assert_eq!(given[3].value, None);
+        for bad in [
+            r#"{"a": 1}"#,
+            "[1]",
+            r#"[{"value_hex": "0xz"}]"#,
+            r#"[{"colour": "red"}]"#,
+        ] {
+            assert!(parse_siblings(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn call_runs_one_merge_and_reports_its_output_and_fuel() {
+        let file = example("isthmus-example-lww");
+        let (out, status) = call_local(
+            &file,
+            r#"[{"value": "old", "timestamp_ms": 5}, {"value": "new", "timestamp_ms": 9}]"#,
+            "k",
+        )
+        .unwrap();
+        assert_eq!(status, 0, "{out}");
+        assert!(out.contains("output: value \"new\" (3 bytes)"), "{out}");
+        assert!(out.contains("fuel: "), "{out}");
+        let (out, status) = call_local(
+            &example("isthmus-example-pn-counter"),
+            r#"["not json", "{}"]"#,
+            "k",
+        )
+        .unwrap();
+        assert_eq!(status, 1, "{out}");
+        assert!(out.contains("failed (guest_error)"), "{out}");
     }
 
     #[test]

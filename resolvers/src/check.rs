@@ -290,14 +290,17 @@ impl fmt::Display for CheckReport {
             Law::Deterministic,
         ] {
             match self.violations.iter().find(|v| v.law == law) {
-                None => writeln!(f, "  {law}: ok")?,
                 Some(v) => writeln!(f, "  {law}: FAILED\n{v}")?,
+                // A law no case exercised is not known to hold.
+                None if self.cases <= self.rejected => writeln!(f, "  {law}: NOT TESTED")?,
+                None => writeln!(f, "  {law}: ok")?,
             }
         }
         if self.cases <= self.rejected {
             writeln!(
                 f,
-                "  no case ran: the resolver refused every generated set; pass a corpus of valid values"
+                "  no law was tested: the resolver refused every generated set, so the check fails; \
+                 pass a corpus of valid values (or export isthmus_sample)"
             )?;
         }
         Ok(())
@@ -677,6 +680,32 @@ impl Checker<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_report_whose_every_case_was_refused_fails_and_claims_no_law() {
+        let report = CheckReport {
+            seed: 1,
+            sampled: false,
+            cases: 10,
+            merges: 10,
+            rejected: 10,
+            violations: Vec::new(),
+            fuel_total: 0,
+            fuel_max_per_merge: 0,
+            fuel_budget: 1,
+        };
+        assert!(!report.passed());
+        let text = report.to_string();
+        assert!(!text.contains(": ok"), "{text}");
+        assert_eq!(text.matches("NOT TESTED").count(), 4, "{text}");
+        assert!(text.contains("the check fails"), "{text}");
+        let tested = CheckReport {
+            rejected: 9,
+            ..report
+        };
+        assert!(tested.passed());
+        assert_eq!(tested.to_string().matches(": ok").count(), 4);
+    }
 
     #[test]
     fn permutations_are_all_orders_but_the_identity() {

@@ -828,7 +828,7 @@ impl Host {
 
     /// As [`Host::merge_siblings_uncounted`], with the fuel the merge used
     /// (the law checker's budget and its report of costly resolvers).
-    pub(crate) fn merge_siblings_metered(
+    pub fn merge_siblings_metered(
         &self,
         resolver: &Resolver,
         key: &[u8],
