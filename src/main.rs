@@ -8,6 +8,8 @@
 //! - `user add|passwd|grant|revoke|remove|list`: users and grants.
 //! - `put`, `get`, `del`, `status`: client commands against a node.
 //! - `repair`: Merkle repair of a node's ranges (or a cross-DC full sync).
+//! - `pre-stop`: a Kubernetes pod's preStop hook (decommission on a
+//!   scale-down, nothing on a restart).
 //! - `bridge quarantine list|export|replay`: records another datacenter
 //!   refused for good, held by a node's bridge.
 //! - `resolver check FILE.wasm`: the law checker for merge modules;
@@ -34,6 +36,7 @@ mod cluster_cmd;
 #[cfg(feature = "demo")]
 mod demo;
 mod operation_cmd;
+mod prestop_cmd;
 mod resolver_cmd;
 mod server_cmd;
 mod user_cmd;
@@ -150,6 +153,9 @@ enum Command {
         #[arg(long, conflicts_with = "detach")]
         cancel: bool,
     },
+    /// A StatefulSet pod's preStop hook: decommission the local node when
+    /// the StatefulSet was scaled down past this pod, nothing on a restart.
+    PreStop(prestop_cmd::PreStopArgs),
     /// Work with resolver (merge function) modules.
     Resolver {
         #[command(subcommand)]
@@ -283,6 +289,7 @@ fn main() -> ExitCode {
             args.follow,
         )),
         Command::Operations(args) => print(operation_cmd::run_status(args, &[])),
+        Command::PreStop(args) => print(prestop_cmd::run(args)),
         Command::Repair(args) => client_cmd::run_repair(args).map(|(out, complete)| {
             print!("{out}");
             if complete { 0 } else { 1 }

@@ -206,4 +206,117 @@ mod tests {
             Ok(())
         });
     }
+
+    /// The TOML of a ConfigMap manifest's `isthmus.toml: |` block.
+    fn configmap_toml(yaml: &str) -> String {
+        let mut lines = yaml
+            .lines()
+            .skip_while(|l| !l.trim().starts_with("isthmus.toml: |"));
+        lines.next();
+        lines
+            .take_while(|l| l.is_empty() || l.starts_with("    "))
+            .map(|l| l.strip_prefix("    ").unwrap_or(l))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// The `ISTHMUS_*` variables a StatefulSet manifest sets, with
+    /// `$(POD_NAME)` filled in (a variable from a Secret gets `secret`).
+    fn statefulset_env(yaml: &str, pod: &str) -> Vec<(String, String)> {
+        let mut env = Vec::new();
+        let mut lines = yaml.lines().map(str::trim).peekable();
+        while let Some(line) = lines.next() {
+            let Some(name) = line.strip_prefix("- name: ISTHMUS_") else {
+                continue;
+            };
+            let value = match lines.peek().and_then(|l| l.strip_prefix("value: ")) {
+                Some(v) => v.trim_matches('"').replace("$(POD_NAME)", pod),
+                None => "secret".to_owned(),
+            };
+            env.push((format!("ISTHMUS_{name}"), value));
+        }
+        env
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)]
+    fn the_kubernetes_manifests_make_valid_node_configs() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/kubernetes");
+        for dc in ["dc1", "dc2"] {
+            let read = |f: &str| std::fs::read_to_string(root.join(dc).join(f)).unwrap();
+            let toml = configmap_toml(&read("configmap.yaml"));
+            let pod = format!("isthmus-{dc}-0");
+            let env = statefulset_env(&read("statefulset.yaml"), &pod);
+            assert!(env.len() >= 4, "{env:?}");
+            figment::Jail::expect_with(|jail| {
+                jail.create_file("isthmus.toml", &toml)?;
+                for (name, value) in &env {
+                    jail.set_env(name, value);
+                }
+                let config =
+                    load_config(Path::new("isthmus.toml")).map_err(|e| format!("{dc}: {e:#}"))?;
+                assert_eq!(config.dc, dc);
+                assert_eq!(config.node_id, pod);
+                assert_eq!(config.listen, "0.0.0.0:7401");
+                assert_eq!(
+                    config.advertise.as_deref(),
+                    Some(
+                        format!("{pod}.isthmus-{dc}.isthmus.svc.{dc}.isthmus.internal:7401")
+                            .as_str()
+                    )
+                );
+                assert_eq!(
+                    config.tls.as_ref().map(|t| t.cert.clone()),
+                    Some(format!("/etc/isthmus/tls/{pod}.pem").into())
+                );
+                // A pod on a new volume decides for itself.
+                assert_eq!(config.bootstrap, None);
+                assert_eq!(
+                    config.ops.address(&config.listen).as_deref(),
+                    Some("0.0.0.0:9401")
+                );
+                assert!(config.seeds.len() >= 4);
+                Ok(())
+            });
+        }
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)]
+    fn tuning_and_advertise_load_from_file_and_environment() {
+        figment::Jail::expect_with(|jail| {
+            let node = "node_id = \"n1\"\ndc = \"dc1\"\nrack = \"r\"\nlisten = \"0.0.0.0:7401\"\ndata_dir = \"/tmp/x\"\ninsecure_plaintext = true\n";
+            jail.create_file("wild.toml", node)?;
+            let err = load_config(Path::new("wild.toml")).unwrap_err();
+            assert!(format!("{err:#}").contains("`advertise`"), "{err:#}");
+            jail.set_env("ISTHMUS_ADVERTISE", "n1.isthmus.example:7401");
+            jail.create_file(
+                "tuned.toml",
+                &format!("{node}[tuning.gossip]\ninterval_ms = 250\n[tuning.resolvers]\ncompile_threads = 2\n"),
+            )?;
+            let config = load_config(Path::new("tuned.toml")).map_err(|e| e.to_string())?;
+            assert_eq!(config.advertise.as_deref(), Some("n1.isthmus.example:7401"));
+            assert_eq!(config.tuning.gossip.interval_ms, Some(250));
+            assert_eq!(config.tuning.resolvers.compile_threads, Some(2));
+            let limits = isthmus_server::resolver_limits(
+                &config.tuning.resolvers,
+                isthmus_resolvers::ResolverLimits::default(),
+            );
+            assert_eq!(limits.compile_threads, 2);
+            jail.set_env("ISTHMUS_TUNING__REPAIR__INTERVAL_MS", "3600000");
+            let config = load_config(Path::new("tuned.toml")).map_err(|e| e.to_string())?;
+            assert_eq!(config.tuning.repair.interval_ms, Some(3_600_000));
+            jail.set_env("ISTHMUS_TUNING__GOSSIP__INTERVAL_MS", "0");
+            let err = load_config(Path::new("tuned.toml")).unwrap_err();
+            assert!(
+                format!("{err:#}").contains("`tuning.gossip.interval_ms`"),
+                "{err:#}"
+            );
+            jail.set_env("ISTHMUS_TUNING__GOSSIP__INTERVAL_MS", "250");
+            jail.set_env("ISTHMUS_TUNING__GOSSIP__INTERVALL_MS", "250");
+            let err = load_config(Path::new("tuned.toml")).unwrap_err();
+            assert!(format!("{err:#}").contains("intervall_ms"), "{err:#}");
+            Ok(())
+        });
+    }
 }

@@ -10,9 +10,10 @@
 //! node_id = "n1"
 //! dc = "dc1"
 //! rack = "r1"
-//! listen = "127.0.0.1:7401"
+//! listen = "0.0.0.0:7401"
+//! advertise = "n1.isthmus.example:7401"
 //! data_dir = "/var/lib/isthmus/n1"
-//! seeds = ["127.0.0.1:7401", "127.0.0.2:7401"]
+//! seeds = ["n1.isthmus.example:7401", "n2.isthmus.example:7401"]
 //! vnodes = 64
 //! fsync = "interval"
 //! fsync_interval_ms = 5
@@ -21,7 +22,17 @@
 //! replication = { dc1 = 3, dc2 = 3 }
 //! consistency = "LOCAL_QUORUM"
 //! resolver = "cart-union@1"
+//!
+//! [tuning.gossip]
+//! interval_ms = 500
 //! ```
+
+mod tuning;
+
+pub use tuning::{
+    EngineSection, GossipSection, HintsSection, LimitsSection, RepairSection, ResolversSection,
+    Tuning,
+};
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -92,13 +103,23 @@ pub struct NodeConfig {
     pub dc: String,
     /// Its rack.
     pub rack: String,
-    /// Address to serve clients and peers on, `host:port`.
+    /// Address the data socket binds, `ip:port` (clients and peers;
+    /// `0.0.0.0:7401` binds every interface).
     pub listen: String,
+    /// Address other nodes and clients are told to reach this node at,
+    /// `host:port`: an IP or a DNS name (a Kubernetes pod's stable name,
+    /// `isthmus-0.isthmus.dc1.svc:7401`), resolved on every dial, so a
+    /// node that comes back at a new IP is found again under its name.
+    /// Absent: `listen` (which must then name an interface, not a
+    /// wildcard; with port 0, the port bound).
+    #[serde(default)]
+    pub advertise: Option<String>,
     /// Directory for the commit log, tables, hints, outbox and the peers
     /// the node remembers.
     pub data_dir: PathBuf,
-    /// Addresses of seed nodes to join through (`host:port`). On restart
-    /// the node also contacts the peers it knew (`data_dir/peers`).
+    /// Addresses of seed nodes to join through (`host:port`, IPs or DNS
+    /// names, resolved on every dial). On restart the node also contacts
+    /// the peers it knew (`data_dir/peers`).
     #[serde(default)]
     pub seeds: Vec<String>,
     /// Tokens this node takes on its datacenter's ring.
@@ -121,12 +142,18 @@ pub struct NodeConfig {
     /// and the demo; see `isthmus_dc_bridge::wan`). Unset in production.
     #[serde(default)]
     pub wan_proxy: Option<String>,
-    /// Join a running cluster: start as `Joining`, stream the ranges this
-    /// node will own from their current owners, then take them over. Set
-    /// it on a node added to a live cluster; leave it off for the nodes
-    /// that form a new one.
+    /// How a node takes its place on the ring. Absent (the default):
+    /// decided by the node: one starting on a new data directory (or one
+    /// whose bootstrap did not finish) announces `Joining`, waits to hear
+    /// from its seeds, and then bootstraps if its datacenter's ring has
+    /// members, or forms the ring if it has none; a node that has been on
+    /// the ring before takes its place again. `true`: always join a
+    /// running cluster (stream the ranges it will own from their current
+    /// owners, then take them over). `false`: always take its place at
+    /// once, streaming nothing (the nodes forming a new cluster together).
+    /// See `docs/decisions.md`.
     #[serde(default)]
-    pub bootstrap: bool,
+    pub bootstrap: Option<bool>,
     /// TLS on every link: the trusted CAs, and this node's certificate and
     /// key. Required unless `insecure_plaintext` is set.
     #[serde(default)]
@@ -169,6 +196,10 @@ pub struct NodeConfig {
     /// The Redis-protocol front door (off unless enabled).
     #[serde(default)]
     pub redis: RedisSection,
+    /// Tuning values that have a built-in default: size limits, the
+    /// engine, gossip, hints, repair, the resolver host and registry.
+    #[serde(default)]
+    pub tuning: Tuning,
 }
 
 /// Default port of the Redis-protocol front door (`[redis] listen`).
@@ -717,7 +748,48 @@ pub fn parse_resolver_binding(s: &str) -> Option<(String, u32)> {
     Some((name.to_owned(), version.parse().ok()?))
 }
 
+/// Refuse an address that is not `host:port` with a non-zero port, where
+/// host is an IP (`[v6]` in brackets) or a DNS name.
+pub fn check_host_port(addr: &str) -> Result<(), String> {
+    if let Ok(socket) = addr.parse::<SocketAddr>() {
+        if socket.port() == 0 || socket.ip().is_unspecified() {
+            return Err(format!(
+                "{addr:?} is not an address to reach a node at (a wildcard or port 0)"
+            ));
+        }
+        return Ok(());
+    }
+    let Some((host, port)) = addr.rsplit_once(':') else {
+        return Err(format!("{addr:?} is not host:port"));
+    };
+    if !matches!(port.parse::<u16>(), Ok(p) if p > 0) {
+        return Err(format!("{addr:?} has no port number 1..=65535"));
+    }
+    let label_ok = |label: &str| {
+        !label.is_empty()
+            && label.len() <= 63
+            && !label.starts_with('-')
+            && !label.ends_with('-')
+            && label
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    };
+    let host = host.strip_suffix('.').unwrap_or(host);
+    if host.is_empty() || host.len() > 253 || !host.split('.').all(label_ok) {
+        return Err(format!(
+            "{addr:?}: {host:?} is neither an IP nor a DNS name"
+        ));
+    }
+    Ok(())
+}
+
 impl NodeConfig {
+    /// The address this node tells other nodes and clients, given the
+    /// address its socket bound: `advertise`, else the bound address.
+    pub fn advertised(&self, bound: &str) -> String {
+        self.advertise.clone().unwrap_or_else(|| bound.to_owned())
+    }
+
     /// Check `vnodes` against `vnodes_max`: the bound of the gossip
     /// tuning the node starts with, which its peers hold its entry to (a
     /// node announcing more would be refused by every peer).
@@ -751,19 +823,28 @@ impl NodeConfig {
                 format!("longer than {DC_NAME_BYTES_MAX} bytes (every version carries it)"),
             ));
         }
-        self.listen.parse::<SocketAddr>().map_err(|e| {
-            invalid(
-                "listen",
-                format!("{:?} is not host:port ({e})", self.listen),
-            )
-        })?;
+        let listen = self
+            .listen
+            .parse::<SocketAddr>()
+            .map_err(|e| invalid("listen", format!("{:?} is not ip:port ({e})", self.listen)))?;
+        match &self.advertise {
+            Some(advertise) => {
+                check_host_port(advertise).map_err(|reason| invalid("advertise", reason))?;
+            }
+            None if listen.ip().is_unspecified() => {
+                return Err(invalid(
+                    "advertise",
+                    format!(
+                        "must be set when listen is a wildcard ({}): other nodes and clients \
+                         need an address or DNS name that reaches this node",
+                        self.listen
+                    ),
+                ));
+            }
+            None => {}
+        }
         for (i, seed) in self.seeds.iter().enumerate() {
-            seed.parse::<SocketAddr>().map_err(|e| {
-                invalid(
-                    format!("seeds[{i}]"),
-                    format!("{seed:?} is not host:port ({e})"),
-                )
-            })?;
+            check_host_port(seed).map_err(|reason| invalid(format!("seeds[{i}]"), reason))?;
         }
         self.validate_vnodes(VNODES_MAX)?;
         if self.fsync == FsyncMode::Interval && self.fsync_interval_ms == 0 {
@@ -840,6 +921,7 @@ impl NodeConfig {
         self.ops.validate(&self.listen)?;
         self.redis.validate(&self.keyspaces)?;
         self.merge.validate()?;
+        self.tuning.validate()?;
         if self.data_dir.as_os_str().is_empty() {
             return Err(invalid("data_dir", "must not be empty"));
         }
@@ -909,13 +991,15 @@ mod tests {
             fsync_interval_ms: 5,
             bridge: Default::default(),
             wan_proxy: None,
-            bootstrap: false,
+            advertise: None,
+            bootstrap: None,
             tls: None,
             insecure_plaintext: true,
             auth: Default::default(),
             server: Default::default(),
             merge: Default::default(),
             ops: Default::default(),
+            tuning: Default::default(),
             redis: Default::default(),
             keyspaces: BTreeMap::from([(
                 "carts".into(),
@@ -1013,6 +1097,51 @@ mod tests {
             c.validate().unwrap_err().field,
             "bridge.quarantine_bytes_max"
         );
+    }
+
+    #[test]
+    fn advertise_and_seeds_take_dns_names_and_a_wildcard_listen_needs_advertise() {
+        let mut c = base();
+        assert_eq!(c.advertised("127.0.0.1:7401"), "127.0.0.1:7401");
+        c.seeds = vec![
+            "isthmus-0.isthmus.dc1.svc.cluster.local:7401".into(),
+            "isthmus-1.isthmus.dc1.svc:7401".into(),
+            "[::1]:7401".into(),
+            "localhost:7401".into(),
+        ];
+        assert_eq!(c.validate(), Ok(()));
+        c.listen = "0.0.0.0:7401".into();
+        let err = c.validate().unwrap_err();
+        assert_eq!(err.field, "advertise", "{err}");
+        assert!(err.reason.contains("wildcard"), "{err}");
+        c.listen = "[::]:7401".into();
+        assert_eq!(c.validate().unwrap_err().field, "advertise");
+        c.advertise = Some("isthmus-0.isthmus.dc1.svc:7401".into());
+        assert_eq!(c.validate(), Ok(()));
+        assert_eq!(
+            c.advertised("0.0.0.0:7401"),
+            "isthmus-0.isthmus.dc1.svc:7401"
+        );
+        // The socket binds an IP: a name there is refused, naming listen.
+        c.listen = "isthmus-0:7401".into();
+        assert_eq!(c.validate().unwrap_err().field, "listen");
+        c.listen = "0.0.0.0:7401".into();
+        for bad in [
+            "isthmus-0",
+            "isthmus-0:0",
+            "isthmus-0:70000",
+            ":7401",
+            "bad host:7401",
+            "-lead.example:7401",
+            "0.0.0.0:7401",
+            "10.0.0.1:0",
+        ] {
+            c.advertise = Some(bad.into());
+            assert_eq!(c.validate().unwrap_err().field, "advertise", "{bad}");
+        }
+        c.advertise = Some("10.0.0.1:7401".into());
+        c.seeds.push("under_score.example:notaport".into());
+        assert_eq!(c.validate().unwrap_err().field, "seeds[4]");
     }
 
     #[test]

@@ -265,9 +265,9 @@ impl Limits {
     /// fits in one frame. The error names the field to change.
     pub fn validate(&self, frame_bytes_max: usize) -> Result<(), LimitsInvalid> {
         for (field, value) in [
-            ("limits.key_bytes_max", self.key_bytes_max),
-            ("limits.value_bytes_max", self.value_bytes_max),
-            ("limits.siblings_max", self.siblings_max),
+            ("tuning.limits.key_bytes_max", self.key_bytes_max),
+            ("tuning.limits.value_bytes_max", self.value_bytes_max),
+            ("tuning.limits.siblings_max", self.siblings_max),
         ] {
             if value == 0 {
                 return Err(LimitsInvalid {
@@ -279,12 +279,11 @@ impl Limits {
         let largest = self.message_bytes_max();
         if largest > frame_bytes_max {
             return Err(LimitsInvalid {
-                field: "limits.siblings_max".into(),
+                field: "tuning.limits.siblings_max".into(),
                 reason: format!(
                     "{} siblings of up to {} bytes (each with up to {VERSION_OVERHEAD_BYTES} bytes \
                      of clock and metadata) make answers of up to {largest} bytes, over the frame \
-                     cap (server.frame_bytes_max) of {frame_bytes_max} bytes; lower siblings_max \
-                     or value_bytes_max, or raise the frame cap",
+                     cap of {frame_bytes_max} bytes; lower siblings_max or value_bytes_max",
                     self.siblings_max, self.value_bytes_max,
                 ),
             });
@@ -330,7 +329,7 @@ mod tests {
             ..Limits::default()
         };
         let err = old.validate(FRAME_BYTES_MAX_DEFAULT).unwrap_err();
-        assert_eq!(err.field, "limits.siblings_max");
+        assert_eq!(err.field, "tuning.limits.siblings_max");
         assert!(err.reason.contains("frame cap"), "{err}");
         let huge = Limits {
             value_bytes_max: usize::MAX / 2,
@@ -338,7 +337,7 @@ mod tests {
         };
         assert_eq!(
             huge.validate(FRAME_BYTES_MAX_DEFAULT).unwrap_err().field,
-            "limits.siblings_max"
+            "tuning.limits.siblings_max"
         );
         let zero = Limits {
             value_bytes_max: 0,
@@ -346,7 +345,7 @@ mod tests {
         };
         assert_eq!(
             zero.validate(FRAME_BYTES_MAX_DEFAULT).unwrap_err().field,
-            "limits.value_bytes_max"
+            "tuning.limits.value_bytes_max"
         );
     }
 }

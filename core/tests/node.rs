@@ -350,7 +350,7 @@ async fn a_node_joins_and_another_leaves_with_nothing_lost() {
 
     // n3 joins: it streams the ranges it will own, then takes them.
     let mut joining = cluster.node_config("dc1", 3);
-    joining.bootstrap = true;
+    joining.bootstrap = Some(true);
     cluster.start_with(joining).await.unwrap();
     let nodes: Vec<&RunningNode> = cluster.nodes.values().collect();
     let status_of = |node: &RunningNode, id: &str| {

@@ -41,12 +41,13 @@ pub mod certs;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use isthmus_core::config::{NodeConfig, parse_resolver_binding};
+use isthmus_core::config::{NodeConfig, ResolversSection, parse_resolver_binding};
 use isthmus_core::merge::{MergeHook, NoMerge};
 use isthmus_core::node::{self, NodeError, NodeTuning, RunningNode};
 use isthmus_core::system_keyspace::RegistryHook;
 use isthmus_dc_bridge::{BridgeConfig, DcBridgeFactory};
-use isthmus_resolvers::{Host, RegistryService, ResolverError, ResolverLimits};
+use isthmus_resolvers::check::CheckOptions;
+use isthmus_resolvers::{Host, RegistryLimits, RegistryService, ResolverError, ResolverLimits};
 
 /// What a server plugs into core's node: built from its configuration,
 /// kept by the caller for what it wants to observe (the host's merge
@@ -65,19 +66,26 @@ pub struct Plugins {
 }
 
 impl Plugins {
-    /// The plugins for a node with `config`, with the default
-    /// [`ResolverLimits`].
+    /// The plugins for a node with `config`: the default
+    /// [`ResolverLimits`] and [`RegistryLimits`] with the values its
+    /// `[tuning.resolvers]` table sets.
     pub fn new(config: &NodeConfig) -> Plugins {
-        Plugins::with_limits(config, ResolverLimits::default())
+        let section = &config.tuning.resolvers;
+        Plugins::with_limits(config, resolver_limits(section, ResolverLimits::default()))
     }
 
-    /// The plugins for a node with `config`, merges held to `limits`.
+    /// The plugins for a node with `config`, merges held to `limits` (the
+    /// registry's bounds from its `[tuning.resolvers]` table).
     pub fn with_limits(config: &NodeConfig, limits: ResolverLimits) -> Plugins {
         let bridge = Arc::new(DcBridgeFactory::new(BridgeConfig::from(&config.bridge)));
         match Host::new(limits) {
             Ok(host) => {
                 let host = Arc::new(host);
-                let service = RegistryService::new(host.clone());
+                let service = RegistryService::with_limits(
+                    host.clone(),
+                    CheckOptions::default(),
+                    registry_limits(&config.tuning.resolvers, RegistryLimits::default()),
+                );
                 let hook = service.merge_hook(default_bindings(config));
                 Plugins {
                     host: Ok(host),
@@ -109,6 +117,36 @@ impl Plugins {
             ..tuning
         };
         node::start(config, self.merge.clone(), tuning).await
+    }
+}
+
+/// `base` with the values of a `[tuning.resolvers]` table in place of its
+/// own (the table was validated with the node's configuration).
+pub fn resolver_limits(section: &ResolversSection, base: ResolverLimits) -> ResolverLimits {
+    let ms = std::time::Duration::from_millis;
+    ResolverLimits {
+        module_bytes_max: section.module_bytes_max.unwrap_or(base.module_bytes_max),
+        compile_threads: section.compile_threads.unwrap_or(base.compile_threads),
+        compile_queue_max: section.compile_queue_max.unwrap_or(base.compile_queue_max),
+        compile_deadline: section
+            .compile_deadline_ms
+            .map_or(base.compile_deadline, ms),
+        fuel_per_merge: section.fuel_per_merge.unwrap_or(base.fuel_per_merge),
+        merge_deadline: section.merge_deadline_ms.map_or(base.merge_deadline, ms),
+        memory_bytes_max: section.memory_bytes_max.unwrap_or(base.memory_bytes_max),
+        instances_max: section.instances_max.unwrap_or(base.instances_max),
+        ..base
+    }
+}
+
+/// `base` with the registry bounds of a `[tuning.resolvers]` table.
+pub fn registry_limits(section: &ResolversSection, base: RegistryLimits) -> RegistryLimits {
+    RegistryLimits {
+        modules_max: section.registry_modules_max.unwrap_or(base.modules_max),
+        module_bytes_total_max: section
+            .registry_module_bytes_total_max
+            .unwrap_or(base.module_bytes_total_max),
+        history_max: section.registry_history_max.unwrap_or(base.history_max),
     }
 }
 

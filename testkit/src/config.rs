@@ -42,7 +42,9 @@ pub fn node(id: &str, dc: &str, data_dir: PathBuf) -> NodeConfig {
         fsync_interval_ms: 5,
         bridge: BridgeSection::default(),
         wan_proxy: None,
-        bootstrap: false,
+        advertise: None,
+        bootstrap: Some(false),
+        tuning: Default::default(),
         tls: None,
         insecure_plaintext: true,
         auth: AuthSection {

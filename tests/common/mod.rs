@@ -50,7 +50,8 @@ impl Node {
 
     /// Write this node's config: its identity, rack `rack`, its address,
     /// a data directory under `dir`, `seeds`, the top-level `settings`
-    /// (TOML lines: vnodes, fsync, ...), TLS with a certificate from the
+    /// (TOML lines: vnodes, fsync, ...; `bootstrap = false` unless they
+    /// set it), TLS with a certificate from the
     /// tests' CA ([`pki`]) and a `carts` keyspace at
     /// LOCAL_QUORUM with `replication` (e.g. `dc1 = 3, dc2 = 3`).
     pub fn write_config(
@@ -62,6 +63,16 @@ impl Node {
         replication: &str,
     ) {
         let seeds: Vec<String> = seeds.iter().map(|s| format!("\"{s}\"")).collect();
+        // Nodes form their cluster together unless a test says otherwise
+        // (`bootstrap = true`, or absent on purpose: `bootstrap = "auto"`
+        // in `settings` drops the line, so the node decides).
+        let settings = if settings.contains("bootstrap = \"auto\"") {
+            settings.replace("bootstrap = \"auto\"", "")
+        } else if settings.contains("bootstrap") {
+            settings.to_owned()
+        } else {
+            format!("{settings}\nbootstrap = false")
+        };
         let toml = format!(
             r#"node_id = "{id}"
 dc = "{dc}"

@@ -508,6 +508,29 @@ mod tests {
         // A restart (new generation) at the same address, relayed: taken.
         let restarted = ep("a", NOW_MS + 1000, 1, NodeStatus::Joining);
         assert_eq!(judge(&restarted, &m, "b", true), Ok(()));
+        // A DNS name is an address like any other: a third party cannot
+        // swap a node's IP for a name, nor its name for another.
+        let mut named = ep("a", NOW_MS, 1, NodeStatus::Normal);
+        named.addr = "a.isthmus.dc1.svc:7000".into();
+        assert_eq!(
+            judge(&named, &m, "b", true),
+            Err(RejectionKind::AddressFromThirdParty)
+        );
+        assert_eq!(judge(&named, &m, "a", true), Ok(()));
+        let mut by_name = Membership::new();
+        by_name.observe(named.clone());
+        let mut renamed = named.clone();
+        renamed.version += 1;
+        renamed.addr = "evil.example:7000".into();
+        assert_eq!(
+            judge(&renamed, &by_name, "b", true),
+            Err(RejectionKind::AddressFromThirdParty)
+        );
+        // A pod restarted at a new IP keeps its name: its new incarnation,
+        // relayed, changes no address and is taken.
+        let mut back = named.clone();
+        back.generation += 5000;
+        assert_eq!(judge(&back, &by_name, "b", true), Ok(()));
     }
 
     #[test]

@@ -33,7 +33,7 @@ mod full_sync;
 pub mod handler;
 pub mod identity;
 pub mod liveness;
-mod movement;
+pub mod movement;
 mod probe;
 pub mod status;
 
@@ -295,6 +295,7 @@ pub async fn start(
     tuning: NodeTuning,
 ) -> Result<RunningNode, NodeError> {
     config.validate()?;
+    let tuning = config.tuning.apply(tuning);
     let frame_bytes_max = tuning
         .server
         .as_ref()
@@ -305,15 +306,32 @@ pub async fn start(
         path: data_dir.clone(),
         reason: e.to_string(),
     })?;
+    let mut config = config;
+    let joining_mark = data_dir.join(movement::JOINING_FILE);
+    let new_dir = !data_dir.join("IDENTITY").exists() || joining_mark.exists();
     let actor = identity::load_or_create(&data_dir, &config.node_id)?;
+    if config.bootstrap.is_none() {
+        if new_dir {
+            // Decided once it knows its cluster (`Movement::bootstrap`).
+            crate::fs::Fs::write_atomic(&crate::fs::StdFs, &joining_mark, b"").map_err(|e| {
+                NodeError::DataDir {
+                    path: data_dir.clone(),
+                    reason: format!("{}: {e}", joining_mark.display()),
+                }
+            })?;
+        } else {
+            // It has been on the ring: it takes its place again.
+            config.bootstrap = Some(false);
+        }
+    }
     let grace = Duration::from_millis(config.tombstone_grace_ms);
     let liveness = liveness::on_start(&data_dir, grace, crate::wall_clock::now_ms())?;
-    let engine_options = EngineOptions {
+    let engine_options = config.tuning.engine(EngineOptions {
         limits: tuning.limits.clone(),
         fsync: fsync_policy(&config),
         tombstone_grace: grace,
         ..EngineOptions::default()
-    };
+    });
     let store = EngineStore::open(&data_dir.join("data"), engine_options)?;
     let hints = Arc::new(HintStore::open(
         &data_dir.join("hints"),
@@ -337,10 +355,14 @@ pub async fn start(
             addr: config.listen.clone(),
             reason: e.to_string(),
         })?;
-    let addr = listener
-        .local_addr()
-        .map(|a| a.to_string())
-        .unwrap_or_else(|_| config.listen.clone());
+    // What other nodes and clients are told: `advertise` (a DNS name is
+    // resolved by whoever dials it, on every dial), else the bound address.
+    let addr = config.advertised(
+        &listener
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_else(|_| config.listen.clone()),
+    );
     let ops_listener = match config.ops.address(&config.listen) {
         Some(ops) => Some(
             TcpListener::bind(&ops)
@@ -599,9 +621,14 @@ where
         &stop_rx,
     );
     let first_admin = config.auth.bootstrap()?;
-    if let (Some((name, password)), Some(users), false) =
-        (first_admin, access.users.clone(), config.bootstrap)
-    {
+    // Not on a node told to join a running cluster; a node that decides
+    // for itself may run it (a record it writes never wins over one an
+    // operator wrote).
+    if let (Some((name, password)), Some(users), false) = (
+        first_admin,
+        access.users.clone(),
+        config.bootstrap == Some(true),
+    ) {
         let (view, stop) = (auth_view, stop_rx.clone());
         workers.spawn("auth-bootstrap", |w| {
             bootstrap_admin(users, name, password, view, stop, w)
@@ -704,7 +731,9 @@ struct Background<S, T: GossipTransport, H> {
     keyspaces: Arc<RwLock<BTreeMap<String, KeyspaceConfig>>>,
     view: watch::Receiver<Arc<ClusterView>>,
     peers_dir: Option<PathBuf>,
-    bootstrap: bool,
+    /// `NodeConfig::bootstrap`: join (`Some(true)`), take its place at
+    /// once (`Some(false)`), or decide (`None`).
+    bootstrap: Option<bool>,
 }
 
 /// Start the node's background loops: the system keyspace's factors,
@@ -721,6 +750,10 @@ fn spawn_background<S, T, H>(
     H: HintQueue + HintSink,
 {
     let stopped = || stop.clone();
+    let marker = bg
+        .peers_dir
+        .as_ref()
+        .map(|dir| dir.join(movement::JOINING_FILE));
     workers.spawn("system-replication", |w| {
         system_keyspace::track_replication(bg.keyspaces.clone(), bg.view.clone(), stopped(), w)
     });
@@ -737,10 +770,11 @@ fn spawn_background<S, T, H>(
     workers.spawn("handoff", |w| {
         crate::hints::handoff(bg.hints, bg.transport, bg.view.clone(), stopped(), w)
     });
-    if bg.bootstrap {
+    if bg.bootstrap != Some(false) {
         let interval = tuning.gossip.interval;
+        let auto = bg.bootstrap.is_none();
         workers.spawn("bootstrap", |w| {
-            bg.movement.bootstrap(interval, stopped(), w)
+            bg.movement.bootstrap(auto, interval, marker, stopped(), w)
         });
     }
     if !tuning.repair.interval.is_zero() {
@@ -794,7 +828,7 @@ fn gossip<S, T: GossipTransport, H, L>(
         vnodes: config.vnodes,
         generation: parts.generation,
         version: 1,
-        status: if config.bootstrap {
+        status: if config.bootstrap != Some(false) {
             NodeStatus::Joining
         } else {
             NodeStatus::Normal

@@ -20,6 +20,16 @@ use crate::view::ClusterView;
 use crate::worker::WorkerHandle;
 use isthmus_client::wire::{OperationInfo, OperationKind};
 
+/// The data directory's mark of a node that has not yet taken its place
+/// on the ring (written when a node whose `bootstrap` is unset starts on a
+/// new data directory, removed once it is `Normal`): a node that restarts
+/// with it decides again, rather than taking a place it never filled.
+pub const JOINING_FILE: &str = "JOINING";
+
+/// Gossip rounds a joining node lets pass, once it knows its cluster,
+/// before it decides or streams: its status must have reached the owners.
+const SETTLE_ROUNDS: u32 = 6;
+
 /// What range movement needs of its node.
 pub(super) struct Movement<D, T: GossipTransport> {
     pub(super) gossiper: Arc<Gossiper<T>>,
@@ -115,17 +125,62 @@ impl<D: RepairData, T: GossipTransport + Transport> Movement<D, T> {
     /// this node will own, then announce `Normal` (writes already reach it
     /// as a pending owner while it streams). Retries until every range
     /// came in.
+    ///
+    /// With `auto` (the configuration leaves `bootstrap` unset and the
+    /// node is new), it first decides whether there is a cluster to join:
+    /// once it has heard from a peer (or its only seeds are itself) and a
+    /// few rounds have passed, a datacenter ring with members means a
+    /// running cluster (stream, as above); an empty one means this node
+    /// is among those forming it (announce `Normal` at once, nothing to
+    /// stream). A node whose seeds never answer keeps waiting: it never
+    /// forms a second cluster beside one it could not reach. Either way
+    /// `marker` (the data directory's [`JOINING_FILE`]) is removed once
+    /// the node is `Normal`.
     pub(super) async fn bootstrap(
         self,
+        auto: bool,
         interval: Duration,
+        marker: Option<std::path::PathBuf>,
         mut stop: watch::Receiver<bool>,
         worker: WorkerHandle,
     ) {
         let mut rounds_seen = 0;
+        let mut deciding = auto;
+        let mut waiting = false;
+        let normal = |why: &str| {
+            self.gossiper.set_status(NodeStatus::Normal);
+            if let Some(marker) = &marker
+                && let Err(e) = std::fs::remove_file(marker)
+                && e.kind() != std::io::ErrorKind::NotFound
+            {
+                tracing::warn!(error = %e, path = %marker.display(), "cannot remove the joining mark");
+            }
+            tracing::info!("{why}; joining the ring");
+        };
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(interval) => {}
                 _ = stop.changed() => return,
+            }
+            if deciding {
+                if !self.gossiper.joined() {
+                    if !waiting {
+                        waiting = true;
+                        worker.failed("no seed has answered yet; waiting to learn the cluster");
+                    }
+                    continue;
+                }
+                rounds_seen += 1;
+                if rounds_seen < SETTLE_ROUNDS {
+                    continue;
+                }
+                if self.view.borrow().ring.node_count(&self.dc) == 0 {
+                    normal("no member on this datacenter's ring: forming it");
+                    worker.idle();
+                    return;
+                }
+                tracing::info!("this datacenter's ring has members: bootstrapping into it");
+                deciding = false;
             }
             // Let gossip settle: the owners must know this node is joining
             // (so they send it writes) before it copies their data.
@@ -133,7 +188,7 @@ impl<D: RepairData, T: GossipTransport + Transport> Movement<D, T> {
                 continue;
             }
             rounds_seen += 1;
-            if rounds_seen < 6 {
+            if rounds_seen < SETTLE_ROUNDS {
                 continue;
             }
             worker.busy();
@@ -153,9 +208,9 @@ impl<D: RepairData, T: GossipTransport + Transport> Movement<D, T> {
                     ranges = stats.ranges,
                     pulled = stats.keys_pulled,
                     bytes = stats.bytes,
-                    "bootstrap streamed; joining the ring"
+                    "bootstrap streamed"
                 );
-                self.gossiper.set_status(NodeStatus::Normal);
+                normal("bootstrap done");
                 worker.idle();
                 return;
             }

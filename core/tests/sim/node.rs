@@ -343,7 +343,9 @@ fn config(cluster: &Cluster, spec: &NodeSpec) -> NodeConfig {
             ..BridgeSection::default()
         },
         wan_proxy: None,
-        bootstrap: spec.bootstrap,
+        advertise: None,
+        bootstrap: Some(spec.bootstrap),
+        tuning: Default::default(),
         tls: None,
         insecure_plaintext: true,
         server: Default::default(),
