@@ -10,12 +10,10 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use isthmus_client::tls::TlsMaterial;
 use isthmus_client::wire::{
-    BridgeReport, Consistency, Context, Credentials, NodeReport, OperationKind, RepairReport,
-    RequestBody, ResponseBody, Sibling, WriteId,
+    BridgeReport, Consistency, Context, Credentials, NodeReport, RepairReport, RequestBody,
+    ResponseBody, Sibling, WriteId,
 };
 use isthmus_client::{ConnectOptions, Session};
-
-use crate::operation_cmd::Follow;
 
 /// How a command reaches a node securely: the CA to trust and the
 /// client's own certificate, by flag or environment variable.
@@ -408,39 +406,6 @@ pub fn run_status(target: Target, json: bool) -> anyhow::Result<String> {
     Ok(out)
 }
 
-/// Options of `isthmus repair`.
-#[derive(clap::Args, Debug, Clone)]
-#[command(args_conflicts_with_subcommands = true)]
-pub struct RepairArgs {
-    /// `status [ID]`: the progress of the node's repairs and full syncs.
-    #[command(subcommand)]
-    pub command: Option<crate::operation_cmd::StatusCommand>,
-    /// Node to repair (its ranges, with their other replicas).
-    #[arg(long, default_value = "127.0.0.1:7401")]
-    pub addr: String,
-    /// Deadline of each request, in milliseconds (the repair itself runs
-    /// as long as it takes; the CLI follows it request by request).
-    #[arg(long, default_value_t = 30_000)]
-    pub timeout_ms: u64,
-    /// Repair one keyspace only.
-    #[arg(long)]
-    pub keyspace: Option<String>,
-    /// Fully sync with this other datacenter instead of repairing within
-    /// the node's own.
-    #[arg(long)]
-    pub dc: Option<String>,
-    /// Cancel the repair, full sync or other administrative operation
-    /// running on the node instead (what it moved so far stays).
-    #[arg(long, conflicts_with_all = ["keyspace", "dc", "detach"])]
-    pub cancel: bool,
-    /// Waiting or not, and JSON.
-    #[command(flatten)]
-    pub follow: crate::operation_cmd::Follow,
-    /// TLS and credentials.
-    #[command(flatten)]
-    pub security: Security,
-}
-
 /// The report as `isthmus repair` prints it.
 pub(crate) fn format_repair(r: &RepairReport, json: bool) -> String {
     if json {
@@ -483,37 +448,6 @@ pub fn run_cancel(target: Target) -> anyhow::Result<String> {
             other => bail!("unexpected answer {other:?}"),
         }
     })
-}
-
-/// `isthmus decommission`: the node hands its ranges to their next owners
-/// and leaves the ring, as an operation the CLI follows to its end (or
-/// not, with `--detach`); prints what moved.
-pub fn run_decommission(target: Target, follow: Follow) -> anyhow::Result<bool> {
-    crate::operation_cmd::run_start(target, RequestBody::Decommission, follow)
-}
-
-/// `isthmus repair`: run Merkle repair on a node now, follow it and print
-/// what it did; `status [ID]` shows the progress of repairs and full
-/// syncs. `Ok(false)` (exit status 1) when some range could not be synced.
-pub fn run_repair(args: RepairArgs) -> anyhow::Result<(String, bool)> {
-    let target = Target {
-        addr: args.addr.clone(),
-        timeout_ms: args.timeout_ms,
-        security: args.security.clone(),
-    };
-    if let Some(crate::operation_cmd::StatusCommand::Status(status)) = args.command {
-        let kinds = [OperationKind::Repair, OperationKind::FullSync];
-        return Ok((crate::operation_cmd::run_status(status, &kinds)?, true));
-    }
-    if args.cancel {
-        return Ok((run_cancel(target)?, true));
-    }
-    let body = RequestBody::Repair {
-        keyspace: args.keyspace.clone(),
-        remote_dc: args.dc.clone(),
-    };
-    let complete = crate::operation_cmd::run_start(target, body, args.follow)?;
-    Ok((String::new(), complete))
 }
 
 #[cfg(test)]

@@ -117,7 +117,7 @@ enum Command {
     /// datacenter with --dc; waits with a progress bar and prints what
     /// moved (--detach: returns the operation id at once). `repair status
     /// [ID]` shows progress.
-    Repair(client_cmd::RepairArgs),
+    Repair(operation_cmd::RepairArgs),
     /// Rebuild a node's replicas from other datacenters: every range it
     /// owns, pulled from a live replica there (Cassandra's `nodetool
     /// rebuild`). For fresh nodes replacing a datacenter lost for good;
@@ -272,7 +272,7 @@ fn main() -> ExitCode {
             ..
         } => print(client_cmd::run_cancel(target)),
         Command::Decommission { target, follow, .. } => {
-            complete(client_cmd::run_decommission(target, follow))
+            complete(operation_cmd::run_decommission(target, follow))
         }
         Command::Rebuild(RebuildArgs {
             command: Some(operation_cmd::StatusCommand::Status(args)),
@@ -290,7 +290,7 @@ fn main() -> ExitCode {
         )),
         Command::Operations(args) => print(operation_cmd::run_status(args, &[])),
         Command::PreStop(args) => print(prestop_cmd::run(args)),
-        Command::Repair(args) => client_cmd::run_repair(args).map(|(out, complete)| {
+        Command::Repair(args) => operation_cmd::run_repair(args).map(|(out, complete)| {
             print!("{out}");
             if complete { 0 } else { 1 }
         }),

@@ -308,6 +308,70 @@ fn duration(o: &OperationInfo) -> String {
     format!("{:.1} s", end.saturating_sub(o.started_ms) as f64 / 1000.0)
 }
 
+/// Options of `isthmus repair`.
+#[derive(clap::Args, Debug, Clone)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct RepairArgs {
+    /// `status [ID]`: the progress of the node's repairs and full syncs.
+    #[command(subcommand)]
+    pub command: Option<StatusCommand>,
+    /// Node to repair (its ranges, with their other replicas).
+    #[arg(long, default_value = "127.0.0.1:7401")]
+    pub addr: String,
+    /// Deadline of each request, in milliseconds (the repair itself runs
+    /// as long as it takes; the CLI follows it request by request).
+    #[arg(long, default_value_t = 30_000)]
+    pub timeout_ms: u64,
+    /// Repair one keyspace only.
+    #[arg(long)]
+    pub keyspace: Option<String>,
+    /// Fully sync with this other datacenter instead of repairing within
+    /// the node's own.
+    #[arg(long)]
+    pub dc: Option<String>,
+    /// Cancel the repair, full sync or other administrative operation
+    /// running on the node instead (what it moved so far stays).
+    #[arg(long, conflicts_with_all = ["keyspace", "dc", "detach"])]
+    pub cancel: bool,
+    /// Waiting or not, and JSON.
+    #[command(flatten)]
+    pub follow: Follow,
+    /// TLS and credentials.
+    #[command(flatten)]
+    pub security: crate::client_cmd::Security,
+}
+
+/// `isthmus decommission`: the node hands its ranges to their next owners
+/// and leaves the ring, as an operation the CLI follows to its end (or
+/// not, with `--detach`); prints what moved.
+pub fn run_decommission(target: Target, follow: Follow) -> anyhow::Result<bool> {
+    run_start(target, RequestBody::Decommission, follow)
+}
+
+/// `isthmus repair`: run Merkle repair on a node now, follow it and print
+/// what it did; `status [ID]` shows the progress of repairs and full
+/// syncs. `Ok(false)` (exit status 1) when some range could not be synced.
+pub fn run_repair(args: RepairArgs) -> anyhow::Result<(String, bool)> {
+    let target = Target {
+        addr: args.addr.clone(),
+        timeout_ms: args.timeout_ms,
+        security: args.security.clone(),
+    };
+    if let Some(StatusCommand::Status(status)) = args.command {
+        let kinds = [OperationKind::Repair, OperationKind::FullSync];
+        return Ok((run_status(status, &kinds)?, true));
+    }
+    if args.cancel {
+        return Ok((crate::client_cmd::run_cancel(target)?, true));
+    }
+    let body = RequestBody::Repair {
+        keyspace: args.keyspace.clone(),
+        remote_dc: args.dc.clone(),
+    };
+    let complete = run_start(target, body, args.follow)?;
+    Ok((String::new(), complete))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

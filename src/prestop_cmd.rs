@@ -139,7 +139,7 @@ pub fn run(args: PreStopArgs) -> anyhow::Result<String> {
                 detach: false,
                 json: false,
             };
-            match client_cmd::run_decommission(args.target.clone(), follow) {
+            match crate::operation_cmd::run_decommission(args.target.clone(), follow) {
                 Ok(true) => out.push_str("decommission done\n"),
                 Ok(false) => out.push_str("decommission ended with ranges not handed over\n"),
                 Err(e) => out.push_str(&format!("decommission: {e:#}; watching the ring\n")),
