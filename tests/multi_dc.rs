@@ -1037,28 +1037,16 @@ async fn writes_through_a_node_just_restarted_reach_every_replica_without_repair
 // ---------------------------------------------------------------------------
 // A datacenter lost for good, rebuilt
 
-/// `GET path` on `addr` over HTTP/1.1: the status and the body.
+/// `GET path` on the operations listener at `addr`: the status and the
+/// body (0 when it does not answer).
 async fn http_get(addr: &str, path: &str) -> (u16, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let Ok(mut stream) = tokio::net::TcpStream::connect(addr).await else {
-        return (0, String::new());
-    };
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    if stream.write_all(request.as_bytes()).await.is_err() {
-        return (0, String::new());
-    }
-    let mut answer = Vec::new();
-    let _ = stream.read_to_end(&mut answer).await;
-    let answer = String::from_utf8_lossy(&answer).into_owned();
-    let Some((head, body)) = answer.split_once("\r\n\r\n") else {
-        return (0, answer);
-    };
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    (status, body.to_owned())
+    // The operations listener speaks HTTPS with the node's certificate;
+    // past the health probes it needs a login (the tests' admin).
+    let (addr, path) = (addr.to_owned(), path.to_owned());
+    tokio::task::spawn_blocking(move || common::ops_get(&addr, &path, common::admin_login()))
+        .await
+        .unwrap()
+        .unwrap_or((0, String::new()))
 }
 
 /// Each node's digest of its whole replica of the keyspace (the root a
