@@ -37,7 +37,7 @@ async fn one_dc() -> LocalCluster {
     cluster
 }
 
-async fn client(cluster: &LocalCluster, dc: &str, seed: &str) -> Client {
+async fn connect(cluster: &LocalCluster, dc: &str, seed: &str) -> Client {
     let mut builder = Client::builder()
         .seed(seed.to_owned())
         .local_dc(dc)
@@ -168,7 +168,10 @@ async fn concurrent_put_if_increments_through_every_node_lose_none() {
         successes,
         "every success is a distinct step ({failures} condition failures retried)"
     );
-    assert!(failures > 0, "the workers never raced: the test shows nothing");
+    assert!(
+        failures > 0,
+        "the workers never raced: the test shows nothing"
+    );
     cluster.shutdown().await;
 }
 
@@ -177,7 +180,7 @@ async fn the_sdk_writes_conditionally_and_overwrites_without_siblings() {
     let _serial = SERIAL.lock().await;
     let cluster = one_dc().await;
     let addrs = cluster.addrs("dc1");
-    let client = client(&cluster, "dc1", &addrs[0]).await;
+    let client = connect(&cluster, "dc1", &addrs[0]).await;
 
     // put_if_absent: many writers at once, exactly one gets in; the others
     // are told what the key holds.
@@ -252,15 +255,18 @@ async fn the_sdk_writes_conditionally_and_overwrites_without_siblings() {
     // sibling, where blind writes over no context leave one each.
     let mut tasks = Vec::new();
     for w in 0..12usize {
-        let c = client(&cluster, "dc1", &addrs[w % 3]).await;
+        let c = connect(&cluster, "dc1", &addrs[w % 3]).await;
         tasks.push(tokio::spawn(async move {
             for i in 0..5 {
                 c.overwrite(KEYSPACE, b"hot", format!("{w}-{i}").into_bytes())
                     .await
                     .unwrap();
-                c.put(KEYSPACE, b"blind", vec![w as u8, i], &Context::default())
-                    .await
-                    .unwrap();
+                // A few blind writes (within the sibling bound) for contrast.
+                if w < 4 && i == 0 {
+                    c.put(KEYSPACE, b"blind", vec![w as u8, i], &Context::default())
+                        .await
+                        .unwrap();
+                }
             }
         }));
     }
@@ -322,7 +328,10 @@ async fn with_the_deciding_replica_down_the_next_one_decides() {
     assert_eq!(first.len(), 1, "{first:?}");
     let first = first[0].clone();
     cluster.stop_node(&first).await;
-    cluster.wait_alive(2, "deciding replica down").await.unwrap();
+    cluster
+        .wait_alive(2, "deciding replica down")
+        .await
+        .unwrap();
     let other_addr = cluster.addrs("dc1")[0].clone();
     let session = cluster.session(&other_addr, "f2").await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -424,7 +433,7 @@ async fn put_if_in_two_dcs_makes_siblings_the_counter_resolver_merges() {
     let mut tasks = Vec::new();
     for dc in ["dc1", "dc2"] {
         for w in 0..3 {
-            let c = client(&cluster, dc, &cluster.addrs(dc)[w]).await;
+            let c = connect(&cluster, dc, &cluster.addrs(dc)[w]).await;
             let key = key.clone();
             let actor = format!("{dc}-{w}");
             tasks.push(tokio::spawn(async move {
@@ -463,9 +472,14 @@ async fn put_if_in_two_dcs_makes_siblings_the_counter_resolver_merges() {
     loop {
         let mut values = Vec::new();
         for dc in ["dc1", "dc2"] {
-            let c = client(&cluster, dc, &cluster.addrs(dc)[0]).await;
+            let c = connect(&cluster, dc, &cluster.addrs(dc)[0]).await;
             let read = c.get(KEYSPACE, &key).await.unwrap();
-            values.push(read.siblings.iter().map(|s| counter_value(&s.value)).collect::<Vec<_>>());
+            values.push(
+                read.siblings
+                    .iter()
+                    .map(|s| counter_value(&s.value))
+                    .collect::<Vec<_>>(),
+            );
         }
         if values.iter().all(|v| v == &vec![successes]) {
             break;

@@ -474,8 +474,14 @@ impl Client {
         key: &[u8],
         value: Vec<u8>,
     ) -> Result<(), ClientError> {
-        self.put_mode(keyspace, key, value, &Context::default(), WriteMode::IfAbsent)
-            .await
+        self.put_mode(
+            keyspace,
+            key,
+            value,
+            &Context::default(),
+            WriteMode::IfAbsent,
+        )
+        .await
     }
 
     /// Write `value` over whatever the key holds, without a read first:

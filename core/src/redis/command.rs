@@ -218,9 +218,14 @@ impl<H: Handler> Session<H> {
     }
 
     async fn put(&mut self, key: &Bytes, value: &Bytes, context: Context) -> Result<(), Reply> {
-        match self.put_mode(key, value, context, WriteMode::Context).await? {
+        match self
+            .put_mode(key, value, context, WriteMode::Context)
+            .await?
+        {
             None => Ok(()),
-            Some(_) => Err(Reply::err("unexpected condition failure of a context write")),
+            Some(_) => Err(Reply::err(
+                "unexpected condition failure of a context write",
+            )),
         }
     }
 
