@@ -141,6 +141,7 @@ async fn write_load(
                 let Some(s) = &session else { continue };
                 n += 1;
                 let put = RequestBody::Put {
+                    mode: isthmus_client::wire::WriteMode::Context,
                     keyspace: KEYSPACE.into(),
                     key: format!("{label}-{t}-{n}").into_bytes(),
                     value: value(corpus, &mut rng, t << 32 | n),

@@ -214,6 +214,7 @@ pub fn run_key(args: KeyArgs, op: Op) -> anyhow::Result<String> {
             Op::Put { key, value } => {
                 let (_, context) = read(&session, &args, &key, timeout).await?;
                 let body = RequestBody::Put {
+                    mode: isthmus_client::wire::WriteMode::Context,
                     keyspace: args.keyspace.clone(),
                     key: key.into_bytes(),
                     value,

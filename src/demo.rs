@@ -132,6 +132,7 @@ async fn shopper(
         };
         items.insert(item.clone(), 1);
         let body = RequestBody::Put {
+            mode: isthmus_client::wire::WriteMode::Context,
             keyspace: KEYSPACE.into(),
             key: cart_key(cart),
             value: cart_union::encode(&items),
@@ -215,6 +216,7 @@ async fn measure_lag(cluster: &LocalCluster, samples: usize) -> anyhow::Result<H
     for i in 0..samples {
         let key = format!("lag:{i}").into_bytes();
         let body = RequestBody::Put {
+            mode: isthmus_client::wire::WriteMode::Context,
             keyspace: KEYSPACE.into(),
             key: key.clone(),
             value: br#"{"probe":1}"#.to_vec(),

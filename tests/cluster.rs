@@ -189,6 +189,7 @@ async fn five_processes_survive_a_sigkill_and_hand_off_hints() {
         .unwrap();
     for _ in 0..3 {
         let body = RequestBody::Put {
+            mode: isthmus_client::wire::WriteMode::Context,
             keyspace: "carts".into(),
             key: b"retried".to_vec(),
             value: b"once".to_vec(),
@@ -292,6 +293,7 @@ async fn concurrent_carts_merge_to_the_same_bytes_on_every_replica() {
             for i in 0..ITEMS {
                 let cart = BTreeMap::from([(format!("w{w}-item{i}"), w as u64 + 1)]);
                 let put = RequestBody::Put {
+                    mode: isthmus_client::wire::WriteMode::Context,
                     keyspace: "carts".into(),
                     key: b"shared-cart".to_vec(),
                     value: cart_union::encode(&cart),
@@ -345,6 +347,7 @@ async fn concurrent_carts_merge_to_the_same_bytes_on_every_replica() {
     // last: the final version is the resolver's, not a client's.
     let last = BTreeMap::from([("last".to_owned(), 1)]);
     let put = RequestBody::Put {
+        mode: isthmus_client::wire::WriteMode::Context,
         keyspace: "carts".into(),
         key: b"shared-cart".to_vec(),
         value: cart_union::encode(&last),
@@ -449,6 +452,7 @@ async fn a_node_joins_and_another_is_decommissioned_with_nothing_lost() {
                 let key = format!("during-{w}-{i}").into_bytes();
                 i += 1;
                 let put = RequestBody::Put {
+                    mode: isthmus_client::wire::WriteMode::Context,
                     keyspace: "carts".into(),
                     key: key.clone(),
                     value: key.clone(),
@@ -667,6 +671,7 @@ async fn put_at_one(
     value: &[u8],
 ) -> Result<ResponseBody, isthmus_client::ClientError> {
     let put = RequestBody::Put {
+        mode: isthmus_client::wire::WriteMode::Context,
         keyspace: "carts".into(),
         key: key.as_bytes().to_vec(),
         value: value.to_vec(),

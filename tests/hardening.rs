@@ -24,6 +24,7 @@ async fn cluster() -> LocalCluster {
 
 fn put(key: &[u8], value: &[u8], context: Context) -> RequestBody {
     RequestBody::Put {
+        mode: isthmus_client::wire::WriteMode::Context,
         keyspace: "carts".into(),
         key: key.to_vec(),
         value: value.to_vec(),

@@ -40,6 +40,7 @@ fn cluster(dir: &Path) -> Vec<Node> {
 
 fn put(key: &[u8], value: Vec<u8>, consistency: Consistency) -> RequestBody {
     RequestBody::Put {
+        mode: isthmus_client::wire::WriteMode::Context,
         keyspace: "carts".into(),
         key: key.to_vec(),
         value,

@@ -121,6 +121,7 @@ async fn run(module: Vec<u8>, writers: usize, duration: Duration) -> Run {
             while Instant::now() < until {
                 let key = format!("cart:{}", (w as u64 + i) % 4).into_bytes();
                 let put = RequestBody::Put {
+                    mode: isthmus_client::wire::WriteMode::Context,
                     keyspace: "carts".into(),
                     key: key.clone(),
                     value: format!("{w}-{i}").into_bytes(),

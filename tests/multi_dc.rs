@@ -147,6 +147,7 @@ async fn shoppers(
                 items.insert(item.clone(), 1);
                 ledger.attempted.lock().insert((cart, item.clone()));
                 let put = RequestBody::Put {
+                    mode: isthmus_client::wire::WriteMode::Context,
                     keyspace: KEYSPACE.into(),
                     key: cart_key(cart),
                     value: cart_union::encode(&items),
@@ -330,6 +331,7 @@ async fn put_at(
         .await
         .map_err(|e| e.to_string())?;
     let put = RequestBody::Put {
+        mode: isthmus_client::wire::WriteMode::Context,
         keyspace: KEYSPACE.into(),
         key: key.to_vec(),
         value: cart_union::encode(&BTreeMap::from([("apple".to_string(), 1)])),
@@ -549,6 +551,7 @@ async fn writers(
                 let key = format!("{prefix}-{t}-{n}").into_bytes();
                 n += 1;
                 let put = RequestBody::Put {
+                    mode: isthmus_client::wire::WriteMode::Context,
                     keyspace: KEYSPACE.into(),
                     key: key.clone(),
                     value: format!("{{\"item\":{n},\"qty\":1}}").into_bytes(),
@@ -970,6 +973,7 @@ async fn writes_through_a_node_just_restarted_reach_every_replica_without_repair
         for i in 0..30 {
             let key = format!("restart-{round}-{i}").into_bytes();
             let put = RequestBody::Put {
+                mode: isthmus_client::wire::WriteMode::Context,
                 keyspace: KEYSPACE.into(),
                 key: key.clone(),
                 value: b"v".to_vec(),

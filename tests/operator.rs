@@ -106,6 +106,7 @@ fn member_row<'t>(table: &'t str, id: &str) -> Option<&'t str> {
 
 async fn put(addr: &str, key: String) -> bool {
     let put = RequestBody::Put {
+        mode: isthmus_client::wire::WriteMode::Context,
         keyspace: "carts".into(),
         key: key.into_bytes(),
         value: vec![7; 64],

@@ -42,6 +42,7 @@ async fn restart(cluster: &mut LocalCluster, config: NodeConfig) {
 
 async fn put(session: &Session, keyspace: &str, key: &str, value: &str) {
     let body = RequestBody::Put {
+        mode: isthmus_client::wire::WriteMode::Context,
         keyspace: keyspace.into(),
         key: key.as_bytes().to_vec(),
         value: value.as_bytes().to_vec(),

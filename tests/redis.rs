@@ -4,6 +4,9 @@
 //! the cluster lets it in; SET, GET (with siblings: the deterministic
 //! choice), MSET, MGET, EXISTS, DEL, GETDEL, ECHO, PING, HELLO 3, CLIENT,
 //! INFO, SELECT between keyspaces, ISTHMUS.SIBLINGS and ISTHMUS.PUTCTX;
+//! SET NX, SETNX and SET XX (of racing clients, exactly one NX wins);
+//! concurrent SETs of one key (`redis-benchmark`, 20 writers) leave one
+//! value, no siblings;
 //! Redis-style errors for unknown commands and wrong arity; a pipeline of
 //! a thousand commands (`--pipe`); a connection that sends garbage is
 //! closed and another is not disturbed.
@@ -165,6 +168,102 @@ fn redis_cli_speaks_to_the_front_door() {
     let report = text(&out.stdout);
     assert!(report.contains("errors: 0, replies: 1000"), "{report}");
     assert_eq!(run(&["GET", "p999"]), "v999");
+
+    // SET NX, SETNX and SET XX: conditional writes, checked atomically at
+    // the key's deciding replica.
+    assert_eq!(run(&["SET", "nx", "a", "NX"]), "OK");
+    assert_eq!(run(&["SET", "nx", "b", "NX"]), "");
+    assert_eq!(run(&["GET", "nx"]), "a");
+    assert_eq!(run(&["SETNX", "nx2", "a"]), "1");
+    assert_eq!(run(&["SETNX", "nx2", "b"]), "0");
+    assert_eq!(run(&["GET", "nx2"]), "a");
+    assert_eq!(run(&["SET", "xx", "a", "XX"]), "");
+    assert_eq!(run(&["EXISTS", "xx"]), "0");
+    assert_eq!(run(&["SET", "nx2", "c", "XX"]), "OK");
+    assert_eq!(run(&["SET", "nx2", "d", "XX", "GET"]), "c");
+    assert_eq!(run(&["GET", "nx2"]), "d");
+    assert_eq!(run(&["SET", "nx2", "e", "NX", "GET"]), "d");
+    assert!(run(&["SET", "nx2", "f", "NX", "XX"]).contains("syntax error"));
+    assert_eq!(run(&["DEL", "nx2"]), "1");
+    assert_eq!(run(&["SETNX", "nx2", "g"]), "1", "a deleted key is absent");
+    // Several clients at once: exactly one NX wins.
+    let racers: Vec<_> = (0..8)
+        .map(|i| {
+            Command::new("redis-cli")
+                .args(["--tls", "--cacert"])
+                .arg(pki().ca_pem())
+                .args(["-h", ip, "-p", &port.to_string()])
+                .args([
+                    "--user",
+                    ADMIN,
+                    "--pass",
+                    ADMIN_PASSWORD,
+                    "--no-auth-warning",
+                ])
+                .args(["SET", "race", &format!("r{i}"), "NX"])
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let answers: Vec<String> = racers
+        .into_iter()
+        .map(|c| {
+            text(&c.wait_with_output().unwrap().stdout)
+                .trim()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(
+        answers.iter().filter(|a| *a == "OK").count(),
+        1,
+        "{answers:?}"
+    );
+    assert_eq!(answers.iter().filter(|a| a.is_empty()).count(), 7);
+
+    // Concurrent SETs of one key overwrite: no siblings pile up (a read
+    // then a write over its context left one per race, up to
+    // TOO_MANY_SIBLINGS). redis-benchmark's SET writes one key.
+    let bench = Command::new("redis-benchmark")
+        .args(["--tls", "--cacert"])
+        .arg(pki().ca_pem())
+        .args(["-h", ip, "-p", &port.to_string()])
+        .args(["--user", ADMIN, "-a", ADMIN_PASSWORD])
+        .args(["-t", "set", "-n", "20000", "-c", "20", "-q"])
+        .output();
+    if let Ok(out) = bench {
+        let report = text(&out.stdout) + &text(&out.stderr);
+        eprintln!("redis-benchmark -t set -n 20000 -c 20: {report}");
+        assert!(out.status.success(), "{report}");
+        assert!(!report.contains("TOO_MANY_SIBLINGS"), "{report}");
+        assert!(!report.contains("rror"), "{report}");
+        let siblings = run(&["ISTHMUS.SIBLINGS", "key:__rand_int__"]);
+        let value = run(&["GET", "key:__rand_int__"]);
+        let values = siblings.lines().filter(|l| *l == value).count();
+        assert_eq!(values, 1, "one value: {siblings:?}");
+    }
+    let writers: Vec<_> = (0..20)
+        .map(|i| {
+            std::thread::spawn(move || {
+                (0..25)
+                    .map(|j| cli(ip, port, true, &[], &["SET", "hot", &format!("{i}-{j}")]).0)
+                    .filter(|out| out.trim() != "OK")
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    for w in writers {
+        let failures = w.join().unwrap();
+        assert!(failures.is_empty(), "{failures:?}");
+    }
+    let siblings = run(&["ISTHMUS.SIBLINGS", "hot"]);
+    let is_value = |l: &&str| {
+        l.split_once('-').is_some_and(|(a, b)| {
+            !a.is_empty() && a.bytes().chain(b.bytes()).all(|c| c.is_ascii_digit())
+        })
+    };
+    let values = siblings.lines().filter(is_value).count();
+    assert_eq!(values, 1, "one value: {siblings:?}");
 
     // Garbage on one connection closes it; another goes on.
     let config = pki().material().client_config().unwrap();

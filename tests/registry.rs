@@ -153,6 +153,7 @@ async fn an_uploaded_resolver_merges_on_every_node_of_every_dc() {
 
     // The registry's keyspace is not the clients' to write.
     let sneak = RequestBody::Put {
+        mode: isthmus_client::wire::WriteMode::Context,
         keyspace: "_registry".into(),
         key: b"binding/carts".to_vec(),
         value: b"anything".to_vec(),
@@ -274,6 +275,7 @@ async fn an_uploaded_resolver_merges_on_every_node_of_every_dc() {
     for (n, (item, qty)) in [0usize, 1, 2].into_iter().zip(items) {
         let cart = cart_union::encode(&BTreeMap::from([(item.to_owned(), qty)]));
         let put = RequestBody::Put {
+            mode: isthmus_client::wire::WriteMode::Context,
             keyspace: "carts".into(),
             key: b"alice".to_vec(),
             value: cart,

@@ -160,6 +160,7 @@ async fn a_statefulset_scales_down_and_up_by_itself_with_nothing_lost() {
         for i in 0..300u32 {
             let key = format!("before-{i}").into_bytes();
             let put = RequestBody::Put {
+                mode: isthmus_client::wire::WriteMode::Context,
                 keyspace: "carts".into(),
                 key: key.clone(),
                 value: key.clone(),
@@ -192,6 +193,7 @@ async fn a_statefulset_scales_down_and_up_by_itself_with_nothing_lost() {
                 let key = format!("during-{w}-{i}").into_bytes();
                 i += 1;
                 let put = RequestBody::Put {
+                    mode: isthmus_client::wire::WriteMode::Context,
                     keyspace: "carts".into(),
                     key: key.clone(),
                     value: key.clone(),

@@ -370,6 +370,7 @@ async fn put(session: &Session, key: &[u8]) -> Result<ResponseBody, ClientError>
     session
         .call(
             RequestBody::Put {
+                mode: isthmus_client::wire::WriteMode::Context,
                 keyspace: "carts".into(),
                 key: key.to_vec(),
                 value: b"v".to_vec(),

@@ -31,6 +31,7 @@ use crate::session::{ConnectOptions, Session};
 use crate::tls::TlsMaterial;
 use crate::wire::{
     Consistency, Context, Credentials, NodeReport, RequestBody, ResponseBody, Sibling, WriteId,
+    WriteMode,
 };
 
 /// A read: the live siblings (none when absent) and the context to write
@@ -441,6 +442,84 @@ impl Client {
             context: context.clone(),
             consistency: self.inner.config.consistency,
             write_id,
+            mode: WriteMode::Context,
+        };
+        self.expect_written(key, body).await
+    }
+
+    /// Write `value` only if nothing was written to the key since the read
+    /// that returned `context` (compare-and-set): the key's replica that
+    /// decides checks that `context` covers every version it holds, and
+    /// writes, in one step under the key's lock. Otherwise
+    /// [`ClientError::ConditionFailed`] carries the key's current
+    /// siblings and context, to decide again and retry over. An empty
+    /// context succeeds only on a key never written.
+    pub async fn put_if(
+        &self,
+        keyspace: &str,
+        key: &[u8],
+        value: Vec<u8>,
+        context: &Context,
+    ) -> Result<(), ClientError> {
+        self.put_mode(keyspace, key, value, context, WriteMode::IfMatch)
+            .await
+    }
+
+    /// Write `value` only if the key holds no live value (never written,
+    /// or deleted); otherwise [`ClientError::ConditionFailed`] with what it
+    /// holds.
+    pub async fn put_if_absent(
+        &self,
+        keyspace: &str,
+        key: &[u8],
+        value: Vec<u8>,
+    ) -> Result<(), ClientError> {
+        self.put_mode(
+            keyspace,
+            key,
+            value,
+            &Context::default(),
+            WriteMode::IfAbsent,
+        )
+        .await
+    }
+
+    /// Write `value` over whatever the key holds, without a read first:
+    /// within a datacenter, concurrent overwrites of one key leave no
+    /// siblings (the last one its deciding replica issued wins). Writes
+    /// from another datacenter that had not arrived yet stay as siblings.
+    pub async fn overwrite(
+        &self,
+        keyspace: &str,
+        key: &[u8],
+        value: Vec<u8>,
+    ) -> Result<(), ClientError> {
+        self.put_mode(
+            keyspace,
+            key,
+            value,
+            &Context::default(),
+            WriteMode::Overwrite,
+        )
+        .await
+    }
+
+    async fn put_mode(
+        &self,
+        keyspace: &str,
+        key: &[u8],
+        value: Vec<u8>,
+        context: &Context,
+        mode: WriteMode,
+    ) -> Result<(), ClientError> {
+        let body = RequestBody::Put {
+            keyspace: keyspace.into(),
+            key: key.to_vec(),
+            value,
+            context: context.clone(),
+            consistency: self.inner.config.consistency,
+            write_id: WriteId(rand::random()),
+            mode,
         };
         self.expect_written(key, body).await
     }
@@ -480,6 +559,9 @@ impl Client {
     async fn expect_written(&self, key: &[u8], body: RequestBody) -> Result<(), ClientError> {
         match self.call(key, body).await? {
             ResponseBody::Written => Ok(()),
+            ResponseBody::ConditionFailed { siblings, context } => {
+                Err(ClientError::ConditionFailed { siblings, context })
+            }
             other => Err(ClientError::Handshake {
                 reason: format!("unexpected answer {other:?}"),
             }),

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::wire::{AckCount, ErrorCode, Permission, WireError};
+use crate::wire::{AckCount, Context, ErrorCode, Permission, Sibling, WireError};
 
 /// Why a client call failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -64,6 +64,18 @@ pub enum ClientError {
     /// The node answered with an error.
     #[error("{}: {}", .0.code.name(), .0.message)]
     Server(WireError),
+    /// A conditional put ([`Client::put_if`](crate::Client::put_if),
+    /// [`Client::put_if_absent`](crate::Client::put_if_absent)) was not
+    /// applied: the key holds these live siblings now, under `context`.
+    /// Decide again from them and retry over `context`. Not retryable as
+    /// it was sent.
+    #[error("CONDITION_FAILED: the key holds {} live sibling(s)", siblings.len())]
+    ConditionFailed {
+        /// The key's live siblings at the replica that checked.
+        siblings: Vec<Sibling>,
+        /// The context covering them (what to write over next).
+        context: Context,
+    },
     /// The request encodes to more than the frame cap (or does not encode),
     /// so it was not sent; the connection stays open.
     #[error("request not sent: {reason}")]
@@ -84,7 +96,8 @@ impl ClientError {
             | ClientError::Tls { .. }
             | ClientError::Unauthenticated { .. }
             | ClientError::Forbidden { .. }
-            | ClientError::RequestTooLarge { .. } => false,
+            | ClientError::RequestTooLarge { .. }
+            | ClientError::ConditionFailed { .. } => false,
             ClientError::Server(e) => e.code.is_retryable(),
         }
     }
@@ -112,6 +125,7 @@ impl ClientError {
         match self {
             ClientError::Unauthenticated { .. } => Some(ErrorCode::Unauthenticated),
             ClientError::Forbidden { .. } => Some(ErrorCode::Forbidden),
+            ClientError::ConditionFailed { .. } => Some(ErrorCode::ConditionFailed),
             ClientError::Server(e) => Some(e.code),
             _ => None,
         }

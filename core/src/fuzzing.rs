@@ -89,8 +89,11 @@ pub fn peer_message(bytes: &[u8]) {
     if let Ok(reply) = decode::<Reply<PeerResponse>>(bytes) {
         assert_re_encodes(&reply);
         match reply.body {
-            // The coordinator joins the replicas' answers.
-            PeerResponse::Versions(set) => absorb(set.into_versions()),
+            // The coordinator joins the replicas' answers; a failed
+            // condition's set is returned to the client as it is read.
+            PeerResponse::Versions(set) | PeerResponse::ConditionFailed(set) => {
+                absorb(set.into_versions())
+            }
             PeerResponse::Gossip { entries } => judge_exchange(&[], entries),
             PeerResponse::Repair(response) => check_repair_answer(response),
             PeerResponse::Error(_)

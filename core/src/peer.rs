@@ -63,6 +63,9 @@ pub enum PeerRequest {
         write_id: [u8; 16],
         /// Level to reach.
         consistency: Consistency,
+        /// Overwrite or condition (the receiver then checks it under the
+        /// key's lock).
+        mode: isthmus_client::wire::WriteMode,
     },
     /// A batch of writes from the bridge of a node in `from_dc`: an
     /// lz4-compressed, postcard-encoded list of records (the bridge's
@@ -116,6 +119,9 @@ pub enum PeerResponse {
         /// The refused items, by position in the batch.
         refused: Vec<ShipRefusal>,
     },
+    /// A forwarded conditional write's condition did not hold: the key's
+    /// set at the replica that checked it. (Appended last.)
+    ConditionFailed(VersionSet),
 }
 
 /// One item of a bridge batch the receiving datacenter refused for good.

@@ -96,6 +96,7 @@ async fn session(addr: &str) -> Session {
 
 fn put(key: &[u8], value: Vec<u8>) -> RequestBody {
     RequestBody::Put {
+        mode: isthmus_client::wire::WriteMode::Context,
         keyspace: "carts".into(),
         key: key.to_vec(),
         value,

@@ -44,6 +44,7 @@ async fn until(what: &str, mut check: impl FnMut() -> bool) {
 
 async fn put(session: &Session, key: &[u8], value: &[u8], id: u8) -> ResponseBody {
     let body = RequestBody::Put {
+        mode: isthmus_client::wire::WriteMode::Context,
         keyspace: "carts".into(),
         key: key.to_vec(),
         value: value.to_vec(),
@@ -329,6 +330,7 @@ async fn a_node_joins_and_another_leaves_with_nothing_lost() {
                 let key = format!("during-{i}").into_bytes();
                 i += 1;
                 let body = RequestBody::Put {
+                    mode: isthmus_client::wire::WriteMode::Context,
                     keyspace: "carts".into(),
                     key: key.clone(),
                     value: key.clone(),

@@ -88,6 +88,7 @@ async fn put(
 ) -> Result<ResponseBody, isthmus_client::ClientError> {
     let session = cluster.session(addr, "ops-test").await.expect("session");
     let put = RequestBody::Put {
+        mode: isthmus_client::wire::WriteMode::Context,
         keyspace: keyspace.into(),
         key: key.to_vec(),
         value: b"v".to_vec(),
@@ -253,6 +254,7 @@ async fn metrics_health_and_readiness_of_every_node_of_two_dcs() {
                 let mut i = 0u64;
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                     let put = RequestBody::Put {
+                        mode: isthmus_client::wire::WriteMode::Context,
                         keyspace: "carts".into(),
                         key: format!("load{w}-{i}").into_bytes(),
                         value: vec![7; 100],
@@ -370,6 +372,7 @@ async fn put_value(cluster: &LocalCluster, addr: &str, key: &[u8], value: &[u8])
         .await
         .expect("session");
     let put = RequestBody::Put {
+        mode: isthmus_client::wire::WriteMode::Context,
         keyspace: "carts".into(),
         key: key.to_vec(),
         value: value.to_vec(),

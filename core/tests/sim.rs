@@ -466,6 +466,7 @@ async fn writer(
             }
         } else {
             RequestBody::Put {
+                mode: isthmus_client::wire::WriteMode::Context,
                 keyspace: keyspace.into(),
                 key: key.clone().into_bytes(),
                 value: value.into_bytes(),

@@ -8,7 +8,7 @@ pub const MAGIC: [u8; 4] = *b"ISTH";
 /// Version of the message definitions in this module. A node refuses a
 /// handshake whose version it does not speak with
 /// [`ErrorCode::ProtocolVersion`].
-pub const PROTOCOL_VERSION: u16 = 4;
+pub const PROTOCOL_VERSION: u16 = 5;
 
 /// How many acknowledgements a request waits for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -123,6 +123,44 @@ pub type HelloAnswer = Result<HelloAck, WireError>;
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Context(pub Vec<u8>);
 
+/// How a put relates to what the key holds. Every mode but
+/// [`WriteMode::Context`] is decided, and its dot issued, at one replica
+/// of the key in the coordinator's datacenter (the first live one in
+/// placement order), under the key's lock: the check and the write are
+/// one step there. `docs/decisions.md` says what holds within a
+/// datacenter, across datacenters and under failover.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum WriteMode {
+    /// The new version supersedes what the context saw; versions the
+    /// context did not see stay beside it as siblings (a blind write,
+    /// with an empty context, adds a sibling).
+    #[default]
+    Context,
+    /// The new version supersedes the context and every version the
+    /// issuing replica holds: within a datacenter, concurrent overwrites
+    /// of one key leave no siblings (the last one issued wins).
+    Overwrite,
+    /// Applied only if the context covers every version (live or
+    /// tombstone) the issuing replica holds for the key, that is, no write
+    /// happened there since the read that returned the context; otherwise
+    /// the answer is [`ResponseBody::ConditionFailed`] with what the key
+    /// holds now.
+    IfMatch,
+    /// Applied only if the key has no live value at the issuing replica
+    /// (never written, or deleted); otherwise
+    /// [`ResponseBody::ConditionFailed`]. The new version supersedes the
+    /// tombstones there.
+    IfAbsent,
+}
+
+impl WriteMode {
+    /// Whether the write is decided at the key's first live replica in
+    /// placement order (every mode but [`WriteMode::Context`]).
+    pub fn is_checked(self) -> bool {
+        self != WriteMode::Context
+    }
+}
+
 /// Identity of one logical write, chosen by the client and reused on every
 /// retry of it, so replicas can recognise a retry and not add a sibling.
 #[derive(
@@ -223,6 +261,10 @@ pub enum RequestBody {
         consistency: Option<Consistency>,
         /// Retry identity.
         write_id: WriteId,
+        /// How the write relates to what the key holds: over the context
+        /// (siblings beside what it did not see), as an overwrite, or on
+        /// a condition checked atomically with the write.
+        mode: WriteMode,
     },
     /// Describe the cluster as the answering node sees it.
     Status,
@@ -646,6 +688,16 @@ pub enum ResponseBody {
     Operations(Vec<OperationInfo>),
     /// The answer to [`OperationsRequest::Get`].
     Operation(OperationInfo),
+    /// A conditional put ([`WriteMode::IfMatch`], [`WriteMode::IfAbsent`])
+    /// was not applied: the key's live siblings and context at the
+    /// replica that checked, to decide again and retry over. (Appended
+    /// last: variants are encoded by position.)
+    ConditionFailed {
+        /// Live siblings in canonical order.
+        siblings: Vec<Sibling>,
+        /// Causal context covering every version the replica holds.
+        context: Context,
+    },
 }
 
 /// What a [`RegistryRequest`] did.
@@ -840,6 +892,12 @@ pub enum ErrorCode {
     /// a rollback returns to, or is a keyspace's configured default: it
     /// cannot be deleted.
     ResolverInUse,
+    /// A conditional put's condition did not hold at the replica that
+    /// checked it (a client sees [`ResponseBody::ConditionFailed`], with
+    /// the key's current siblings, instead). Not retryable as it is: read
+    /// again (or use the siblings the failure carried) and decide again.
+    /// (Appended last: codes are encoded by position.)
+    ConditionFailed,
 }
 
 impl ErrorCode {
@@ -871,6 +929,7 @@ impl ErrorCode {
             ErrorCode::DiskFull => "DISK_FULL",
             ErrorCode::RegistryFull => "REGISTRY_FULL",
             ErrorCode::ResolverInUse => "RESOLVER_IN_USE",
+            ErrorCode::ConditionFailed => "CONDITION_FAILED",
         }
     }
 

@@ -18,6 +18,7 @@ fn sample_requests() -> Vec<Request> {
             timeout_ms: 0,
             deadline_ms: u64::MAX,
             body: RequestBody::Put {
+                mode: WriteMode::Context,
                 keyspace: "carts".into(),
                 key: b"alice".to_vec(),
                 value: vec![7; 300],

@@ -76,6 +76,13 @@ pub enum CoordinatorError {
     /// The local store failed.
     #[error(transparent)]
     Storage(#[from] StoreError),
+    /// A conditional write's condition did not hold at the replica that
+    /// checked it; `current` is the key's set there.
+    #[error("the write's condition did not hold: the key holds {} live sibling(s)", current.live().count())]
+    ConditionFailed {
+        /// What the key holds at the checking replica.
+        current: crate::model::VersionSet,
+    },
     /// The replica a write was forwarded to refused it; its error is kept
     /// whole (code, message, acknowledgement counts), so the client sees
     /// the cause, not a generic failure.
@@ -132,6 +139,7 @@ impl CoordinatorError {
                 (ErrorCode::DiskFull, None)
             }
             CoordinatorError::Storage(_) => (ErrorCode::StorageFailed, None),
+            CoordinatorError::ConditionFailed { .. } => (ErrorCode::ConditionFailed, None),
             CoordinatorError::Peer { error, .. } => (error.code, error.acks),
         };
         WireError {

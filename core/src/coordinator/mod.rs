@@ -49,7 +49,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use isthmus_client::ClientError;
-use isthmus_client::wire::{ErrorCode, WireError};
+use isthmus_client::wire::{ErrorCode, WireError, WriteMode};
 use parking_lot::RwLock;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
@@ -128,6 +128,8 @@ struct Write<'a> {
     /// The client's id for this write (retries carry the same).
     write_id: [u8; 16],
     level: Consistency,
+    /// Over the context, an overwrite, or conditional.
+    mode: WriteMode,
 }
 
 /// A peer request that failed here, as the peer's answer.
@@ -355,6 +357,7 @@ impl<S: LocalStore, T: Transport, H: HintSink> Coordinator<S, T, H> {
                 context,
                 write_id,
                 consistency,
+                mode,
             } => {
                 let write = Write {
                     keyspace: &keyspace,
@@ -363,9 +366,13 @@ impl<S: LocalStore, T: Transport, H: HintSink> Coordinator<S, T, H> {
                     context,
                     write_id,
                     level: consistency,
+                    mode,
                 };
                 match self.write_inner(write, deadline, false).await {
                     Ok(()) => PeerResponse::Written,
+                    Err(CoordinatorError::ConditionFailed { current }) => {
+                        PeerResponse::ConditionFailed(current)
+                    }
                     Err(e) => PeerResponse::Error(e.to_wire()),
                 }
             }
@@ -389,6 +396,35 @@ impl<S: LocalStore, T: Transport, H: HintSink> Coordinator<S, T, H> {
         level: Consistency,
         deadline: Duration,
     ) -> Result<(), CoordinatorError> {
+        self.write_with(
+            keyspace,
+            key,
+            value,
+            context,
+            write_id,
+            level,
+            WriteMode::Context,
+            deadline,
+        )
+        .await
+    }
+
+    /// [`Self::write`] in `mode`: an overwrite, or a conditional write
+    /// whose condition is checked where its dot is issued, under the
+    /// key's lock (a failed condition is
+    /// [`CoordinatorError::ConditionFailed`], with the key's set there).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn write_with(
+        &self,
+        keyspace: &str,
+        key: &[u8],
+        value: Option<Vec<u8>>,
+        context: Clock,
+        write_id: [u8; 16],
+        level: Consistency,
+        mode: WriteMode,
+        deadline: Duration,
+    ) -> Result<(), CoordinatorError> {
         let write = Write {
             keyspace,
             key,
@@ -396,6 +432,7 @@ impl<S: LocalStore, T: Transport, H: HintSink> Coordinator<S, T, H> {
             context,
             write_id,
             level,
+            mode,
         };
         self.write_inner(write, deadline, true).await
     }
@@ -417,7 +454,16 @@ impl<S: LocalStore, T: Transport, H: HintSink> Coordinator<S, T, H> {
         let hash = key_hash(write.key);
         Self::check_known(&view, &ks, hash)?;
         let me = &self.config.node;
-        match target::route(&scope, &view, hash, me) {
+        // A checked write is decided at one replica: the first live local
+        // one in placement order. A node it was forwarded to takes it if
+        // it is a replica at all (views may briefly disagree on who is
+        // first; the two then issue concurrent versions: siblings).
+        let route = if write.mode.is_checked() && may_forward {
+            target::route_checked(&scope, &view, hash, me)
+        } else {
+            target::route(&scope, &view, hash, me)
+        };
+        match route {
             Route::Here => {}
             // Views disagree about placement: refuse rather than bounce.
             _ if !may_forward => {
@@ -493,8 +539,25 @@ impl<S: LocalStore, T: Transport, H: HintSink> Coordinator<S, T, H> {
         if Instant::now() >= expires {
             return Err(CoordinatorError::Expired);
         }
-        let dot = next_dot(self.config.actor, &current.lub(), &write.context)?;
+        let held = current.lub();
+        let dot = next_dot(self.config.actor, &held, &write.context)?;
+        let holds = match write.mode {
+            WriteMode::Context | WriteMode::Overwrite => true,
+            // The context saw every version held here: nothing was
+            // written since the read (a context ahead of this replica,
+            // which saw a version not here yet, still holds: the new
+            // version supersedes that one too).
+            WriteMode::IfMatch => held.is_covered_by(&write.context),
+            WriteMode::IfAbsent => current.live().next().is_none(),
+        };
+        if !holds {
+            return Err(CoordinatorError::ConditionFailed { current });
+        }
         let mut clock = write.context.clone();
+        if matches!(write.mode, WriteMode::Overwrite | WriteMode::IfAbsent) {
+            // Supersede everything held here (tombstones, for IfAbsent).
+            clock.join(&held);
+        }
         clock.add_dot(dot);
         let version = Version {
             clock,
@@ -796,9 +859,13 @@ impl<S: LocalStore, T: Transport, H: HintSink> Coordinator<S, T, H> {
             context: write.context,
             write_id: write.write_id,
             consistency: write.level,
+            mode: write.mode,
         };
         match self.transport.call(node, request, deadline).await {
             Ok(PeerResponse::Written) => Ok(()),
+            Ok(PeerResponse::ConditionFailed(current)) => {
+                Err(CoordinatorError::ConditionFailed { current })
+            }
             Ok(PeerResponse::Error(e)) | Err(ClientError::Server(e)) => {
                 Err(CoordinatorError::from_peer(node, e))
             }

@@ -25,6 +25,12 @@
 //!   datacenter (it issues the write's dot from the key's history); any
 //!   other node forwards it, to the first live local replica in placement
 //!   order, else the first live replica of any datacenter.
+//! - An overwrite or a conditional write (`WriteMode::is_checked`) is
+//!   coordinated by one replica only: the first live replica of its key in
+//!   the coordinator's datacenter in placement order (else the first live
+//!   one of any datacenter), so its check and its dot are one step under
+//!   that replica's key lock ([`route_checked`]). Every other node,
+//!   replicas included, forwards it there.
 
 use std::collections::BTreeMap;
 
@@ -165,6 +171,25 @@ pub fn route(scope: &Scope<'_>, view: &ClusterView, hash: u64, me: &NodeId) -> R
             )
             .required() as u32,
         },
+    }
+}
+
+/// Who coordinates an overwrite or a conditional write: the first live
+/// replica of the key in the coordinator's datacenter, in placement order
+/// (else the first live replica of any datacenter), whoever `me` is. Every
+/// node with the same view picks the same replica, so the condition is
+/// checked, and the dot issued, at one place.
+pub fn route_checked(scope: &Scope<'_>, view: &ClusterView, hash: u64, me: &NodeId) -> Route {
+    let all = replicas(view, scope.replication, hash);
+    let alive = |(n, _): &&(NodeId, DcName)| view.alive.contains(n) || n == me;
+    let local = all
+        .iter()
+        .filter(|(_, dc)| dc == scope.local_dc)
+        .find(alive);
+    match local.or_else(|| all.iter().find(alive)) {
+        Some((node, _)) if node == me => Route::Here,
+        Some((node, _)) => Route::Forward(node.clone()),
+        None => route(scope, view, hash, me),
     }
 }
 
@@ -434,5 +459,53 @@ mod tests {
             ..scope
         };
         assert_eq!(route(&scope2, &view, hash, first_remote), Route::Here);
+    }
+
+    #[test]
+    fn checked_writes_go_to_the_first_live_local_replica_from_every_node() {
+        let (mut view, replication) = (view(), replication());
+        let local = DcName::from("dc1");
+        let scope = Scope {
+            level: Consistency::LocalQuorum,
+            replication: &replication,
+            local_dc: &local,
+            bridged: true,
+        };
+        let hash = 1234;
+        let reps = replicas(&view, &replication, hash);
+        let locals: Vec<&NodeId> = reps
+            .iter()
+            .filter(|(_, dc)| *dc == local)
+            .map(|(n, _)| n)
+            .collect();
+        let (first, second) = (locals[0].clone(), locals[1].clone());
+        // Every local replica and a stranger send it to the first one.
+        assert_eq!(route_checked(&scope, &view, hash, &first), Route::Here);
+        for me in locals[1..].iter().copied().chain([&NodeId("zz".into())]) {
+            assert_eq!(
+                route_checked(&scope, &view, hash, me),
+                Route::Forward(first.clone()),
+                "from {me}"
+            );
+            // A context write stays wherever a local replica received it.
+            if me != &NodeId("zz".into()) {
+                assert_eq!(route(&scope, &view, hash, me), Route::Here);
+            }
+        }
+        // The first one down: the next in placement order takes over.
+        view.alive.remove(&first);
+        assert_eq!(route_checked(&scope, &view, hash, &second), Route::Here);
+        assert_eq!(
+            route_checked(&scope, &view, hash, &NodeId("zz".into())),
+            Route::Forward(second.clone())
+        );
+        // No local replica alive: the first live one of another DC.
+        for n in &locals {
+            view.alive.remove(*n);
+        }
+        match route_checked(&scope, &view, hash, &NodeId("zz".into())) {
+            Route::Forward(n) => assert!(n.0.starts_with('b'), "{n}"),
+            other => panic!("expected a forward to dc2, got {other:?}"),
+        }
     }
 }

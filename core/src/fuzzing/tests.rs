@@ -115,6 +115,7 @@ fn samples() -> Vec<Vec<u8>> {
             context: clock(1, 4),
             write_id: [1; 16],
             consistency: Consistency::LocalQuorum,
+            mode: isthmus_client::wire::WriteMode::IfMatch,
         }),
         envelope(PeerRequest::Gossip {
             digest: vec![(node("n2"), 1, 2)],
@@ -238,6 +239,7 @@ fn a_context_at_the_last_event_of_an_actor_is_refused() {
             context,
             write_id: [0; 16],
             consistency: Consistency::One,
+            mode: isthmus_client::wire::WriteMode::Context,
         },
     }));
 }

@@ -10,6 +10,7 @@ use bytes::Bytes;
 use isthmus_client::tls::CertIdentity;
 use isthmus_client::wire::{
     Context, Credentials, ErrorCode, RequestBody, ResponseBody, Sibling, WireError, WriteId,
+    WriteMode,
 };
 use redis_protocol::resp2::types::BytesFrame;
 
@@ -72,7 +73,16 @@ pub const COMMANDS: &[(&str, i64)] = &[
     ("quit", 1),
     ("select", 2),
     ("set", -3),
+    ("setnx", 3),
 ];
+
+/// How many times `SET ... XX` writes again when the key changed between
+/// its read and its write (each time over what the failure returned)
+/// before it answers `CONDITION_FAILED`.
+pub const XX_ATTEMPTS: usize = 8;
+
+/// What the key held when a conditional write's condition failed.
+type Current = (Vec<Sibling>, Context);
 
 /// One connection's state.
 pub struct Session<H> {
@@ -208,7 +218,28 @@ impl<H: Handler> Session<H> {
     }
 
     async fn put(&mut self, key: &Bytes, value: &Bytes, context: Context) -> Result<(), Reply> {
+        match self
+            .put_mode(key, value, context, WriteMode::Context)
+            .await?
+        {
+            None => Ok(()),
+            Some(_) => Err(Reply::err(
+                "unexpected condition failure of a context write",
+            )),
+        }
+    }
+
+    /// A put in `mode`: `None` once written, or what the key holds when
+    /// the condition failed.
+    async fn put_mode(
+        &mut self,
+        key: &Bytes,
+        value: &Bytes,
+        context: Context,
+        mode: WriteMode,
+    ) -> Result<Option<Current>, Reply> {
         let put = RequestBody::Put {
+            mode,
             keyspace: self.keyspace.clone(),
             key: key.to_vec(),
             value: value.to_vec(),
@@ -216,7 +247,21 @@ impl<H: Handler> Session<H> {
             consistency: None,
             write_id: self.write_id(),
         };
-        self.call(put).await.map(|_| ())
+        match self.call(put).await? {
+            ResponseBody::ConditionFailed { siblings, context } => Ok(Some((siblings, context))),
+            _ => Ok(None),
+        }
+    }
+
+    /// Whether the put was written (`false`: its condition failed).
+    async fn put_checked(
+        &mut self,
+        key: &Bytes,
+        value: &Bytes,
+        context: Context,
+        mode: WriteMode,
+    ) -> Result<bool, Reply> {
+        Ok(self.put_mode(key, value, context, mode).await?.is_none())
     }
 
     async fn delete(&mut self, key: &Bytes, context: Context) -> Result<(), Reply> {
@@ -262,6 +307,10 @@ impl<H: Handler> Session<H> {
             "get" => self.get(&args[1]).await,
             "getdel" => self.getdel(&args[1]).await,
             "set" => self.set(&args).await,
+            "setnx" => self
+                .put_checked(&args[1], &args[2], Context::default(), WriteMode::IfAbsent)
+                .await
+                .map(|written| Reply::Int(i64::from(written))),
             "mset" => self.mset(&args).await,
             "mget" => self.mget(&args[1..]).await,
             "del" => self.del(&args[1..]).await,
@@ -450,12 +499,19 @@ impl<H: Handler> Session<H> {
         Ok(Reply::bulk(value))
     }
 
+    /// `SET key value [NX | XX] [GET]`: an overwrite (no read first
+    /// unless `GET` asks for the old value); `NX` writes only if the key
+    /// holds no live value, atomically; `XX` only if it does: a read, then
+    /// a write conditional on nothing having changed since, again over
+    /// what a failure returned, up to [`XX_ATTEMPTS`] times.
     async fn set(&mut self, args: &[Bytes]) -> Result<Reply, Reply> {
-        let mut get = false;
+        let (mut get, mut nx, mut xx) = (false, false, false);
         for option in &args[3..] {
             match lower(option).as_str() {
                 "get" => get = true,
-                other @ ("ex" | "px" | "exat" | "pxat" | "nx" | "xx" | "keepttl") => {
+                "nx" => nx = true,
+                "xx" => xx = true,
+                other @ ("ex" | "px" | "exat" | "pxat" | "keepttl") => {
                     return Err(Reply::err(format!(
                         "SET option {} is not supported by this front door yet",
                         other.to_ascii_uppercase()
@@ -464,22 +520,59 @@ impl<H: Handler> Session<H> {
                 _ => return Err(Reply::Error("ERR syntax error".into())),
             }
         }
-        let (siblings, context) = self.read(&args[1]).await?;
-        self.put(&args[1], &args[2], context).await?;
-        Ok(if get {
-            chosen(&siblings).map_or(Reply::Nil, |s| Reply::bulk(s.value.clone()))
+        if nx && xx {
+            return Err(Reply::Error("ERR syntax error".into()));
+        }
+        let (key, value) = (&args[1], &args[2]);
+        let old = |siblings: &[Sibling]| {
+            chosen(siblings).map_or(Reply::Nil, |s| Reply::bulk(s.value.clone()))
+        };
+        if xx {
+            let (mut siblings, mut context) = self.read(key).await?;
+            for _ in 0..XX_ATTEMPTS {
+                if siblings.is_empty() {
+                    return Ok(Reply::Nil);
+                }
+                match self
+                    .put_mode(key, value, context, WriteMode::IfMatch)
+                    .await?
+                {
+                    None if get => return Ok(old(&siblings)),
+                    None => return Ok(Reply::Simple("OK")),
+                    Some(now) => (siblings, context) = now,
+                }
+            }
+            return Err(Reply::Error(format!(
+                "CONDITION_FAILED the key changed during each of {XX_ATTEMPTS} attempts"
+            )));
+        }
+        let (siblings, context) = if get {
+            self.read(key).await?
         } else {
-            Reply::Simple("OK")
-        })
+            (Vec::new(), Context::default())
+        };
+        let mode = if nx {
+            WriteMode::IfAbsent
+        } else {
+            WriteMode::Overwrite
+        };
+        match self.put_mode(key, value, context, mode).await? {
+            None if get => Ok(old(&siblings)),
+            None => Ok(Reply::Simple("OK")),
+            // NX on a key that holds a value: not set.
+            Some((now, _)) if get => Ok(old(&now)),
+            Some(_) => Ok(Reply::Nil),
+        }
     }
 
+    /// `MSET`: an overwrite of each key in turn (not atomic across keys).
     async fn mset(&mut self, args: &[Bytes]) -> Result<Reply, Reply> {
         if args.len().is_multiple_of(2) {
             return Err(arity("mset"));
         }
         for pair in args[1..].chunks(2) {
-            let (_, context) = self.read(&pair[0]).await?;
-            self.put(&pair[0], &pair[1], context).await?;
+            self.put_mode(&pair[0], &pair[1], Context::default(), WriteMode::Overwrite)
+                .await?;
         }
         Ok(Reply::Simple("OK"))
     }
@@ -542,6 +635,7 @@ fn command(args: &[Bytes]) -> Reply {
             "get"
                 | "getdel"
                 | "set"
+                | "setnx"
                 | "mget"
                 | "mset"
                 | "del"

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use isthmus_client::wire::{
     Context, ErrorCode, OperationInfo, OperationsRequest, RegistryRequest, ResponseBody, Sibling,
-    WireError, WriteId, decode, encode,
+    WireError, WriteId, WriteMode, decode, encode,
 };
 
 use super::{NodeHandler, bad_request};
@@ -34,6 +34,9 @@ pub struct Write {
     pub consistency: Option<Consistency>,
     /// The client's id for this write.
     pub write_id: WriteId,
+    /// Over the context, an overwrite, or conditional (deletes: over the
+    /// context).
+    pub mode: WriteMode,
 }
 
 /// Decode a client's context: postcard of a [`Clock`], bounded in entries
@@ -67,6 +70,13 @@ pub fn decode_context(context: &Context) -> Result<Clock, CoordinatorError> {
 
 /// The client's view of a set: live siblings and the context covering all.
 pub fn to_response(set: &VersionSet) -> ResponseBody {
+    let (siblings, context) = client_view(set);
+    ResponseBody::Value { siblings, context }
+}
+
+/// A set's live siblings in canonical order, and the context covering
+/// every version of it.
+fn client_view(set: &VersionSet) -> (Vec<Sibling>, Context) {
     let siblings = set
         .live()
         .map(|v| Sibling {
@@ -81,7 +91,7 @@ pub fn to_response(set: &VersionSet) -> ResponseBody {
     } else {
         Context(encode(&lub))
     };
-    ResponseBody::Value { siblings, context }
+    (siblings, context)
 }
 
 fn shutting_down() -> ResponseBody {
@@ -135,18 +145,23 @@ where
     let level = node.level(&write.keyspace, write.consistency);
     let result = node
         .coordinator
-        .write(
+        .write_with(
             &write.keyspace,
             &write.key,
             write.value,
             clock,
             write.write_id.0,
             level,
+            write.mode,
             deadline,
         )
         .await;
     match result {
         Ok(()) => ResponseBody::Written,
+        Err(CoordinatorError::ConditionFailed { current }) => {
+            let (siblings, context) = client_view(&current);
+            ResponseBody::ConditionFailed { siblings, context }
+        }
         Err(e) => ResponseBody::Error(e.to_wire()),
     }
 }

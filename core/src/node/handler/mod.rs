@@ -201,6 +201,7 @@ where
                 context,
                 consistency,
                 write_id,
+                mode,
             } => {
                 let write = client::Write {
                     keyspace,
@@ -209,6 +210,7 @@ where
                     context,
                     consistency,
                     write_id,
+                    mode,
                 };
                 client::write(self, write, deadline).await
             }
@@ -226,6 +228,7 @@ where
                     context,
                     consistency,
                     write_id,
+                    mode: isthmus_client::wire::WriteMode::Context,
                 };
                 client::write(self, write, deadline).await
             }
