@@ -114,11 +114,88 @@ pub trait LocalStore: Send + Sync + 'static {
         }
     }
 
+    /// One stretch of a scan ([`crate::coordinator::Coordinator::scan`]):
+    /// the live keys of `keyspace` hashed in `from..=to`, in hash order,
+    /// until `count` keys or `bytes_max` bytes of keys were taken (never
+    /// stopping between two keys of one hash). Keys whose every version
+    /// is a tombstone are skipped. The default scans the stretch whole; a
+    /// store may stop reading where the page ends.
+    fn scan_keys(
+        &self,
+        keyspace: &str,
+        from: u64,
+        to: u64,
+        count: usize,
+        bytes_max: usize,
+    ) -> impl Future<Output = Result<ScanPart, StoreError>> + Send {
+        async move {
+            let sets = self.scan_hashes(keyspace, from..=to).await?;
+            let entries = sets
+                .into_iter()
+                .map(|(key, set)| Ok::<_, StoreError>((key_hash(&key), key, set)));
+            collect_part(entries, count, bytes_max)
+        }
+    }
+
     /// The storage engine's figures, for `/metrics` and readiness; `None`
     /// for a store without an engine (in memory).
     fn engine_stats(&self) -> Option<crate::engine::EngineStats> {
         None
     }
+}
+
+/// What one [`LocalStore::scan_keys`] call found.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ScanPart {
+    /// Live keys, in hash order.
+    pub keys: Vec<Vec<u8>>,
+    /// Where the stretch goes on: the first hash not read, or `None` when
+    /// it was read through its last hash.
+    pub next: Option<u64>,
+}
+
+/// How many stored keys one [`LocalStore::scan_keys`] reads at most,
+/// live or not: a stretch of tombstones ends a part early instead of
+/// holding the node for as long as they last.
+pub const SCAN_ENTRIES_MAX: usize = 100_000;
+
+/// Bytes a key costs in a scan page beyond its own (its length prefix
+/// and the vector around it, rounded up).
+pub const SCAN_KEY_OVERHEAD_BYTES: usize = 8;
+
+/// Take `(hash, key, set)` entries in hash order into a [`ScanPart`]:
+/// the live keys until `count` keys, `bytes_max` bytes or
+/// [`SCAN_ENTRIES_MAX`] entries were read, stopping only where the hash
+/// changes.
+fn collect_part<E>(
+    entries: impl Iterator<Item = Result<(u64, Vec<u8>, VersionSet), E>>,
+    count: usize,
+    bytes_max: usize,
+) -> Result<ScanPart, StoreError>
+where
+    StoreError: From<E>,
+{
+    let mut part = ScanPart::default();
+    let (mut bytes, mut read) = (0usize, 0usize);
+    let mut last: Option<u64> = None;
+    for entry in entries {
+        let (hash, key, set) = entry?;
+        if let Some(last) = last
+            && hash != last
+            && (part.keys.len() >= count || bytes >= bytes_max || read >= SCAN_ENTRIES_MAX)
+        {
+            // `last < hash`, so `last + 1` does not overflow.
+            part.next = Some(last + 1);
+            return Ok(part);
+        }
+        last = Some(hash);
+        read += 1;
+        if set.live().next().is_some() {
+            bytes += key.len() + SCAN_KEY_OVERHEAD_BYTES;
+            part.keys.push(key);
+        }
+    }
+    Ok(part)
 }
 
 /// The storage key of `(keyspace, key)`.
@@ -288,6 +365,32 @@ impl LocalStore for EngineStore {
         let prefix_len = 1 + keyspace.len();
         self.blocking(move |engine| scan_storage(engine, prefix_len, lo, hi))
             .await
+    }
+
+    async fn scan_keys(
+        &self,
+        keyspace: &str,
+        from: u64,
+        to: u64,
+        count: usize,
+        bytes_max: usize,
+    ) -> Result<ScanPart, StoreError> {
+        let Some((lo, hi)) = hash_range(keyspace, &(from..=to))? else {
+            return Ok(ScanPart::default());
+        };
+        let prefix_len = 1 + keyspace.len();
+        self.blocking(move |engine| {
+            let entries = engine.scan(lo..hi)?.filter_map(|entry| match entry {
+                Ok((skey, set)) => {
+                    let hash = skey.get(prefix_len..prefix_len + 8)?;
+                    let hash = u64::from_be_bytes(hash.try_into().ok()?);
+                    Some(Ok((hash, user_key(prefix_len, &skey)?, set)))
+                }
+                Err(e) => Some(Err(e)),
+            });
+            collect_part(entries, count, bytes_max)
+        })
+        .await
     }
 
     async fn scan_digests(
