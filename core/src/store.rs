@@ -673,4 +673,77 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         exercise(EngineStore::open(dir.path(), EngineOptions::default()).unwrap()).await;
     }
+
+    /// Pages of `scan_keys` walked from hash 0 to the end: every live key
+    /// once, in hash order, tombstones and other keyspaces skipped, pages
+    /// of `count` keys at most.
+    async fn scan_pages(store: impl LocalStore) {
+        let mut live = Vec::new();
+        for i in 0..200u32 {
+            let key = format!("k{i}").into_bytes();
+            if i % 10 == 3 {
+                let tomb = Version::tombstone(
+                    Clock::from_parts([], [Dot { actor: Actor(1), counter: 1 }]),
+                    1,
+                    "dc1".into(),
+                );
+                store.apply("carts", &key, vec![tomb]).await.unwrap();
+            } else {
+                store.apply("carts", &key, vec![version(1, b"v")]).await.unwrap();
+                live.push(key.clone());
+            }
+            store.apply("other", &key, vec![version(1, b"v")]).await.unwrap();
+        }
+        live.sort_by_key(|k| (key_hash(k), k.clone()));
+        let mut seen = Vec::new();
+        let mut from = 0u64;
+        let mut parts = 0;
+        loop {
+            let part = store.scan_keys("carts", from, u64::MAX, 7, 1 << 20).await.unwrap();
+            assert!(part.keys.len() <= 7);
+            parts += 1;
+            seen.extend(part.keys);
+            match part.next {
+                Some(next) => {
+                    assert!(next > from);
+                    from = next;
+                }
+                None => break,
+            }
+        }
+        assert_eq!(seen, live);
+        assert!(parts >= 180 / 7);
+        // A byte budget ends a part after the first key past it.
+        let part = store.scan_keys("carts", 0, u64::MAX, 100, 1).await.unwrap();
+        assert_eq!(part.keys.len(), 1);
+        assert_eq!(part.next, Some(key_hash(&part.keys[0]) + 1));
+        // A stretch ends at its last hash.
+        let mid = key_hash(&live[90]);
+        let part = store.scan_keys("carts", 0, mid, 10_000, 1 << 20).await.unwrap();
+        assert_eq!(part.keys, live[..=90].to_vec());
+        assert_eq!(part.next, None);
+    }
+
+    #[tokio::test]
+    async fn mem_store_scans_live_keys_in_pages() {
+        scan_pages(MemStore::new()).await;
+    }
+
+    #[tokio::test]
+    async fn engine_store_scans_live_keys_in_pages() {
+        let dir = tempfile::tempdir().unwrap();
+        scan_pages(EngineStore::open(dir.path(), EngineOptions::default()).unwrap()).await;
+    }
+
+    /// Keys of one hash stay in one part, whatever the count.
+    #[test]
+    fn a_part_never_ends_inside_a_hash() {
+        let set = VersionSet::from_versions([version(1, b"v")]);
+        let entries = [(5u64, b"a".to_vec()), (5, b"b".to_vec()), (6, b"c".to_vec())]
+            .into_iter()
+            .map(|(h, k)| Ok::<_, StoreError>((h, k, set.clone())));
+        let part = collect_part(entries, 1, 1 << 20).unwrap();
+        assert_eq!(part.keys, vec![b"a".to_vec(), b"b".to_vec()]);
+        assert_eq!(part.next, Some(6));
+    }
 }
