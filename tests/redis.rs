@@ -183,13 +183,7 @@ fn redis_cli_speaks_to_the_front_door() {
         expected.iter().map(String::as_str).collect(),
         "scan of db 0"
     );
-    let (matched, _) = cli(
-        ip,
-        port,
-        true,
-        &["--scan", "--pattern", "p1[0-4]?"],
-        &[],
-    );
+    let (matched, _) = cli(ip, port, true, &["--scan", "--pattern", "p1[0-4]?"], &[]);
     let mut matched: Vec<&str> = matched.lines().collect();
     matched.sort();
     let mut want: Vec<String> = (100..150).map(|i| format!("p{i}")).collect();

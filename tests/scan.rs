@@ -66,7 +66,10 @@ async fn a_scan_of_100k_keys_returns_every_key_with_a_node_stopped_midway() {
     let wrote = started.elapsed();
     for i in (0..KEYS).filter(|&i| deleted(i)) {
         let read = client.get("carts", &key(i)).await.unwrap();
-        client.delete("carts", &key(i), &read.context).await.unwrap();
+        client
+            .delete("carts", &key(i), &read.context)
+            .await
+            .unwrap();
     }
     let live: BTreeSet<Vec<u8>> = (0..KEYS).filter(|&i| !deleted(i)).map(key).collect();
 
@@ -102,6 +105,9 @@ async fn a_scan_of_100k_keys_returns_every_key_with_a_node_stopped_midway() {
         live.difference(&seen).count()
     );
     let back: Vec<_> = seen.difference(&live).take(5).collect();
-    assert!(back.is_empty(), "deleted or unknown keys returned: {back:?}");
+    assert!(
+        back.is_empty(),
+        "deleted or unknown keys returned: {back:?}"
+    );
     cluster.shutdown().await;
 }

@@ -683,23 +683,38 @@ mod tests {
             let key = format!("k{i}").into_bytes();
             if i % 10 == 3 {
                 let tomb = Version::tombstone(
-                    Clock::from_parts([], [Dot { actor: Actor(1), counter: 1 }]),
+                    Clock::from_parts(
+                        [],
+                        [Dot {
+                            actor: Actor(1),
+                            counter: 1,
+                        }],
+                    ),
                     1,
                     "dc1".into(),
                 );
                 store.apply("carts", &key, vec![tomb]).await.unwrap();
             } else {
-                store.apply("carts", &key, vec![version(1, b"v")]).await.unwrap();
+                store
+                    .apply("carts", &key, vec![version(1, b"v")])
+                    .await
+                    .unwrap();
                 live.push(key.clone());
             }
-            store.apply("other", &key, vec![version(1, b"v")]).await.unwrap();
+            store
+                .apply("other", &key, vec![version(1, b"v")])
+                .await
+                .unwrap();
         }
         live.sort_by_key(|k| (key_hash(k), k.clone()));
         let mut seen = Vec::new();
         let mut from = 0u64;
         let mut parts = 0;
         loop {
-            let part = store.scan_keys("carts", from, u64::MAX, 7, 1 << 20).await.unwrap();
+            let part = store
+                .scan_keys("carts", from, u64::MAX, 7, 1 << 20)
+                .await
+                .unwrap();
             assert!(part.keys.len() <= 7);
             parts += 1;
             seen.extend(part.keys);
@@ -719,7 +734,10 @@ mod tests {
         assert_eq!(part.next, Some(key_hash(&part.keys[0]) + 1));
         // A stretch ends at its last hash.
         let mid = key_hash(&live[90]);
-        let part = store.scan_keys("carts", 0, mid, 10_000, 1 << 20).await.unwrap();
+        let part = store
+            .scan_keys("carts", 0, mid, 10_000, 1 << 20)
+            .await
+            .unwrap();
         assert_eq!(part.keys, live[..=90].to_vec());
         assert_eq!(part.next, None);
     }
@@ -739,9 +757,13 @@ mod tests {
     #[test]
     fn a_part_never_ends_inside_a_hash() {
         let set = VersionSet::from_versions([version(1, b"v")]);
-        let entries = [(5u64, b"a".to_vec()), (5, b"b".to_vec()), (6, b"c".to_vec())]
-            .into_iter()
-            .map(|(h, k)| Ok::<_, StoreError>((h, k, set.clone())));
+        let entries = [
+            (5u64, b"a".to_vec()),
+            (5, b"b".to_vec()),
+            (6, b"c".to_vec()),
+        ]
+        .into_iter()
+        .map(|(h, k)| Ok::<_, StoreError>((h, k, set.clone())));
         let part = collect_part(entries, 1, 1 << 20).unwrap();
         assert_eq!(part.keys, vec![b"a".to_vec(), b"b".to_vec()]);
         assert_eq!(part.next, Some(6));

@@ -164,7 +164,10 @@ impl<S: LocalStore, T: Transport, H: HintSink> Coordinator<S, T, H> {
             for node in replicas {
                 let to = stretch(&view.ring, &dc, rf, from, &node);
                 let left = deadline.saturating_sub(started.elapsed());
-                match self.scan_part(&node, keyspace, from, to, want, budget, left).await {
+                match self
+                    .scan_part(&node, keyspace, from, to, want, budget, left)
+                    .await
+                {
                     Ok(part) => {
                         found = Some((part, to));
                         break;

@@ -306,9 +306,9 @@ impl<H: Handler> Session<H> {
             match lower(option).as_str() {
                 "match" => pattern = Some(value.clone()),
                 "count" => {
-                    let n: u64 = text(value).parse().map_err(|_| {
-                        Reply::err("value is not an integer or out of range")
-                    })?;
+                    let n: u64 = text(value)
+                        .parse()
+                        .map_err(|_| Reply::err("value is not an integer or out of range"))?;
                     if n == 0 {
                         return Err(syntax());
                     }
