@@ -11,7 +11,7 @@ use anyhow::{Context as _, bail};
 use isthmus_client::tls::TlsMaterial;
 use isthmus_client::wire::{
     BridgeReport, Consistency, Context, Credentials, NodeReport, RepairReport, RequestBody,
-    ResponseBody, Sibling, WriteId,
+    ResponseBody, SCAN_COUNT_MAX, ScanCursor, Sibling, WriteId,
 };
 use isthmus_client::{ConnectOptions, Session};
 
@@ -122,6 +122,79 @@ pub struct KeyArgs {
     /// the keyspace default when absent.
     #[arg(long)]
     pub consistency: Option<Consistency>,
+}
+
+/// `isthmus scan`: where and what to scan.
+#[derive(clap::Args, Debug)]
+pub struct ScanArgs {
+    /// Where to send the requests.
+    #[command(flatten)]
+    pub target: Target,
+    /// The keyspace to scan.
+    #[arg(long, default_value = "default")]
+    pub keyspace: String,
+    /// Keys per page asked of the node (1..=10000).
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=SCAN_COUNT_MAX as i64))]
+    pub count: u32,
+    /// Print only the keys matching this Redis glob (`*`, `?`, `[a-z]`,
+    /// `\x`); the whole keyspace is still read.
+    #[arg(long = "match", value_name = "GLOB")]
+    pub pattern: Option<String>,
+    /// Resume a scan from this cursor (what a failed scan printed).
+    #[arg(long, default_value = "0")]
+    pub cursor: ScanCursor,
+    /// Print each key as a JSON string (escaped) instead of as it is.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Scan a keyspace page by page, printing each page's keys (one per line)
+/// as it arrives. A page that fails ends the command with the cursor to
+/// resume from (`--cursor`, on this node or another).
+pub fn run_scan(args: ScanArgs) -> anyhow::Result<u8> {
+    use std::io::Write as _;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let (session, timeout) = connect(&args.target).await?;
+        let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+        let mut cursor = args.cursor;
+        loop {
+            let body = RequestBody::Scan {
+                keyspace: args.keyspace.clone(),
+                cursor: cursor.0,
+                count: args.count,
+            };
+            let (keys, next) = match session.call(body, timeout).await {
+                Ok(ResponseBody::ScanPage { keys, cursor }) => (keys, ScanCursor(cursor)),
+                Ok(other) => bail!("unexpected answer {other:?}"),
+                Err(e) => {
+                    out.flush()?;
+                    bail!("{e}; resume with --cursor {cursor}")
+                }
+            };
+            for key in keys {
+                if let Some(pattern) = &args.pattern
+                    && !isthmus_core::redis::pattern::matches(pattern.as_bytes(), &key)
+                {
+                    continue;
+                }
+                let text = String::from_utf8_lossy(&key);
+                if args.json {
+                    writeln!(out, "{}", serde_json::Value::String(text.into_owned()))?;
+                } else {
+                    writeln!(out, "{text}")?;
+                }
+            }
+            if next.is_end() {
+                break;
+            }
+            cursor = next;
+        }
+        out.flush()?;
+        Ok(0)
+    })
 }
 
 /// What a client command does.

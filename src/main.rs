@@ -91,6 +91,10 @@ enum Command {
         #[arg(long, value_name = "PATH")]
         file: Option<std::path::PathBuf>,
     },
+    /// Print every live key of a keyspace, one per line, unordered (a
+    /// cursor-based scan, page by page; keys written during the scan may
+    /// or may not appear).
+    Scan(client_cmd::ScanArgs),
     /// Delete a key.
     Del {
         #[command(flatten)]
@@ -248,6 +252,7 @@ fn main() -> ExitCode {
             client_cmd::value_of(value, file.as_deref())
                 .and_then(|value| client_cmd::run_key(args, client_cmd::Op::Put { key, value })),
         ),
+        Command::Scan(args) => client_cmd::run_scan(args),
         Command::Del { args, key } => print(client_cmd::run_key(args, client_cmd::Op::Del { key })),
         Command::Status {
             target,

@@ -284,6 +284,27 @@ async fn the_dashboard_status_cluster_and_binary_puts_of_a_two_dc_cluster() {
         .unwrap()
     };
     assert!(stdin_put.status.success(), "{}", text(&stdin_put.stderr));
+    // `isthmus scan`: every key of the keyspace, page by page (one key a
+    // page here), filtered by a glob; a cursor that is not one is refused.
+    let scan = |extra: &[&str]| -> Vec<String> {
+        ["scan", "--keyspace", "carts", "--addr", &dc1]
+            .iter()
+            .chain(extra)
+            .map(|a| a.to_string())
+            .collect()
+    };
+    let out = isthmus(scan(&["--count", "1", "--match", "bin-*"])).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let mut keys: Vec<String> = text(&out.stdout).lines().map(str::to_owned).collect();
+    keys.sort();
+    assert_eq!(keys, ["bin-file", "bin-stdin"]);
+    let out = isthmus(scan(&["--cursor=-1"])).await;
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("invalid cursor"),
+        "{}",
+        text(&out.stderr)
+    );
     for key in ["bin-file", "bin-stdin"] {
         let get = RequestBody::Get {
             keyspace: "carts".into(),

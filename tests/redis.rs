@@ -3,7 +3,8 @@
 //! TLS: a client that has not logged in is refused, `AUTH` with a user of
 //! the cluster lets it in; SET, GET (with siblings: the deterministic
 //! choice), MSET, MGET, EXISTS, DEL, GETDEL, ECHO, PING, HELLO 3, CLIENT,
-//! INFO, SELECT between keyspaces, ISTHMUS.SIBLINGS and ISTHMUS.PUTCTX;
+//! INFO, SELECT between keyspaces, ISTHMUS.SIBLINGS and ISTHMUS.PUTCTX,
+//! SCAN (followed to the end by `redis-cli --scan`, with MATCH and COUNT);
 //! SET NX, SETNX and SET XX (of racing clients, exactly one NX wins);
 //! concurrent SETs of one key (`redis-benchmark`, 20 writers) leave one
 //! value, no siblings;
@@ -168,6 +169,43 @@ fn redis_cli_speaks_to_the_front_door() {
     let report = text(&out.stdout);
     assert!(report.contains("errors: 0, replies: 1000"), "{report}");
     assert_eq!(run(&["GET", "p999"]), "v999");
+
+    // SCAN: redis-cli follows the cursors to 0 (pages of the default 10
+    // keys). Every live key once (on one node, a stable cluster), deleted
+    // ones not; MATCH filters.
+    let (scanned, ok) = cli(ip, port, true, &["--scan"], &[]);
+    assert!(ok, "{scanned}");
+    let keys: Vec<&str> = scanned.lines().collect();
+    let distinct: std::collections::BTreeSet<&str> = keys.iter().copied().collect();
+    assert_eq!(keys.len(), distinct.len(), "a key returned twice");
+    let expected: std::collections::BTreeSet<String> = (0..1000)
+        .map(|i| format!("p{i}"))
+        .chain(["k".to_owned(), "twin".to_owned()])
+        .collect();
+    assert_eq!(
+        distinct,
+        expected.iter().map(String::as_str).collect(),
+        "scan of db 0"
+    );
+    let (matched, _) = cli(ip, port, true, &["--scan", "--pattern", "p1[0-4]?"], &[]);
+    let mut matched: Vec<&str> = matched.lines().collect();
+    matched.sort();
+    let mut want: Vec<String> = (100..150).map(|i| format!("p{i}")).collect();
+    want.sort();
+    assert_eq!(matched, want);
+    // One page by hand: at most COUNT keys and a cursor to go on from.
+    let page = run(&["SCAN", "0", "COUNT", "3"]);
+    let lines: Vec<&str> = page.lines().collect();
+    assert!(lines.len() <= 4 && lines[0] != "0", "{page}");
+    assert!(lines[0].parse::<u64>().is_ok(), "{page}");
+    // Hostile cursors and options: Redis's errors.
+    assert!(run(&["SCAN", "abc"]).contains("ERR invalid cursor"));
+    assert!(run(&["SCAN", "-1"]).contains("ERR invalid cursor"));
+    assert!(run(&["SCAN", "18446744073709551616"]).contains("ERR invalid cursor"));
+    assert!(run(&["SCAN", "0", "COUNT", "0"]).contains("ERR syntax error"));
+    assert!(run(&["SCAN", "0", "MATCH"]).contains("ERR syntax error"));
+    assert!(run(&["SCAN", "0", "COUNT", "x"]).contains("ERR value is not an integer"));
+    assert!(run(&["SCAN"]).contains("ERR wrong number of arguments for 'scan' command"));
 
     // SET NX, SETNX and SET XX: conditional writes, checked atomically at
     // the key's deciding replica.

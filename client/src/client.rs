@@ -30,8 +30,8 @@ use crate::placement;
 use crate::session::{ConnectOptions, Session};
 use crate::tls::TlsMaterial;
 use crate::wire::{
-    Consistency, Context, Credentials, NodeReport, RequestBody, ResponseBody, Sibling, WriteId,
-    WriteMode,
+    Consistency, Context, Credentials, NodeReport, RequestBody, ResponseBody, SCAN_COUNT_MAX,
+    ScanCursor, Sibling, WriteId, WriteMode,
 };
 
 /// A read: the live siblings (none when absent) and the context to write
@@ -42,6 +42,69 @@ pub struct Read {
     pub siblings: Vec<Sibling>,
     /// Causal context covering every sibling.
     pub context: Context,
+}
+
+/// One page of a scan: live keys and where the next page starts.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ScanPage {
+    /// The page's keys (possibly none, even when the scan goes on).
+    pub keys: Vec<Vec<u8>>,
+    /// The next page's cursor; [`ScanCursor::START`] when the scan is done.
+    pub cursor: ScanCursor,
+}
+
+/// A scan of a keyspace, page by page ([`Client::scan`]).
+#[derive(Clone)]
+pub struct Scan {
+    client: Client,
+    keyspace: String,
+    count: u32,
+    cursor: ScanCursor,
+    done: bool,
+}
+
+impl std::fmt::Debug for Scan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Scan")
+            .field("keyspace", &self.keyspace)
+            .field("count", &self.count)
+            .field("cursor", &self.cursor)
+            .field("done", &self.done)
+            .finish()
+    }
+}
+
+impl Scan {
+    /// The next page's keys, or `None` once the scan is done. A failed
+    /// page (after the client's retries on other nodes) can be asked for
+    /// again: the cursor moves only on success.
+    pub async fn next_page(&mut self) -> Result<Option<Vec<Vec<u8>>>, ClientError> {
+        if self.done {
+            return Ok(None);
+        }
+        let page = self
+            .client
+            .scan_page(&self.keyspace, self.cursor, self.count)
+            .await?;
+        self.cursor = page.cursor;
+        self.done = page.cursor.is_end();
+        Ok(Some(page.keys))
+    }
+
+    /// Where the next page starts (to resume this scan later with
+    /// [`Client::scan_page`]).
+    pub fn cursor(&self) -> ScanCursor {
+        self.cursor
+    }
+
+    /// Every remaining key, page by page.
+    pub async fn collect(mut self) -> Result<Vec<Vec<u8>>, ClientError> {
+        let mut keys = Vec::new();
+        while let Some(page) = self.next_page().await? {
+            keys.extend(page);
+        }
+        Ok(keys)
+    }
 }
 
 /// When requests may go to nodes outside the client's local datacenter.
@@ -553,6 +616,46 @@ impl Client {
         match change(&read.siblings) {
             Some(value) => self.put(keyspace, key, value, &read.context).await,
             None => self.delete(keyspace, key, &read.context).await,
+        }
+    }
+
+    /// One page of a scan of `keyspace`'s live keys from `cursor`
+    /// ([`ScanCursor::START`] to begin), at most `count` keys
+    /// (`1..=`[`SCAN_COUNT_MAX`]). Any node can serve any page: a page
+    /// whose node fails goes to the next, as every request does. What a
+    /// scan guarantees is on [`ScanCursor`].
+    pub async fn scan_page(
+        &self,
+        keyspace: &str,
+        cursor: ScanCursor,
+        count: u32,
+    ) -> Result<ScanPage, ClientError> {
+        let body = RequestBody::Scan {
+            keyspace: keyspace.into(),
+            cursor: cursor.0,
+            count,
+        };
+        // Routed as a key at the cursor would be: pages spread over nodes.
+        match self.call(&cursor.0.to_be_bytes(), body).await? {
+            ResponseBody::ScanPage { keys, cursor } => Ok(ScanPage {
+                keys,
+                cursor: ScanCursor(cursor),
+            }),
+            other => Err(ClientError::Handshake {
+                reason: format!("unexpected answer {other:?}"),
+            }),
+        }
+    }
+
+    /// A scan of `keyspace` from the start, `count` keys a page at most
+    /// (clamped to `1..=`[`SCAN_COUNT_MAX`]).
+    pub fn scan(&self, keyspace: &str, count: u32) -> Scan {
+        Scan {
+            client: self.clone(),
+            keyspace: keyspace.into(),
+            count: count.clamp(1, SCAN_COUNT_MAX),
+            cursor: ScanCursor::START,
+            done: false,
         }
     }
 

@@ -38,7 +38,7 @@ pub mod session;
 pub mod tls;
 pub mod wire;
 
-pub use client::{Client, ClientBuilder, DcFailover, Read};
+pub use client::{Client, ClientBuilder, DcFailover, Read, Scan, ScanPage};
 pub use error::ClientError;
 pub use session::ConnectOptions;
 pub use session::{Channel, Session};

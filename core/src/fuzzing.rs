@@ -82,8 +82,10 @@ pub fn peer_message(bytes: &[u8]) {
             PeerRequest::Gossip { digest, entries } => judge_exchange(&digest, entries),
             PeerRequest::Repair(request) => serve_repair(request),
             // A `Ship` batch's bytes are the bridge's format (the
-            // `isthmus-dc-bridge` crate checks them); a read has no body.
-            PeerRequest::Ship { .. } | PeerRequest::Read { .. } => {}
+            // `isthmus-dc-bridge` crate checks them); a read has no body;
+            // a scan's numbers are held to their bounds before the store
+            // is read (`Coordinator::serve_scan`).
+            PeerRequest::Ship { .. } | PeerRequest::Read { .. } | PeerRequest::Scan { .. } => {}
         }
     }
     if let Ok(reply) = decode::<Reply<PeerResponse>>(bytes) {
@@ -99,7 +101,9 @@ pub fn peer_message(bytes: &[u8]) {
             PeerResponse::Error(_)
             | PeerResponse::Applied
             | PeerResponse::Written
-            | PeerResponse::Shipped { .. } => {}
+            | PeerResponse::Shipped { .. }
+            // Held to the stretch asked for by `Coordinator::scan`.
+            | PeerResponse::ScanPart { .. } => {}
         }
     }
 }

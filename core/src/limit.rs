@@ -166,6 +166,18 @@ const _: () = assert!(
 // A sibling bound of 1 would make every concurrent write fail.
 const _: () = assert!(SIBLINGS_MAX_DEFAULT >= 2);
 
+/// Bytes of keys one scan page gathers before it ends (each key counted
+/// with [`SCAN_KEY_OVERHEAD_BYTES`](crate::store::SCAN_KEY_OVERHEAD_BYTES)):
+/// a page ends at the first hash past this, so it holds at most this plus
+/// the keys of one hash (one key, but for a 64-bit hash collision).
+pub const SCAN_PAGE_BYTES_MAX: usize = 4 << 20;
+
+// A full scan page and one more key of the default limit fit a frame.
+const _: () = assert!(
+    SCAN_PAGE_BYTES_MAX + KEY_BYTES_MAX_DEFAULT + ENVELOPE_OVERHEAD_BYTES
+        <= FRAME_BYTES_MAX_DEFAULT
+);
+
 /// Size limits enforced by the data path and the storage engine.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Limits {

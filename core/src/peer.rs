@@ -89,6 +89,25 @@ pub enum PeerRequest {
     },
     /// One step of a Merkle repair exchange (see [`crate::repair`]).
     Repair(RepairRequest),
+    /// One stretch of a client's scan, from a replica of it: the live keys
+    /// of `keyspace` hashed in `from..=to`, at most `count` keys and
+    /// `bytes_max` bytes of them (see
+    /// [`LocalStore::scan_keys`](crate::store::LocalStore::scan_keys)),
+    /// answered [`PeerResponse::ScanPart`]. (Appended last: variants are
+    /// encoded by position.)
+    Scan {
+        /// Keyspace name.
+        keyspace: String,
+        /// First key hash.
+        from: u64,
+        /// Last key hash.
+        to: u64,
+        /// Keys at most, `1..=`[`SCAN_COUNT_MAX`](isthmus_client::wire::SCAN_COUNT_MAX).
+        count: u32,
+        /// Bytes of keys at most, up to
+        /// [`SCAN_PAGE_BYTES_MAX`](crate::limit::SCAN_PAGE_BYTES_MAX).
+        bytes_max: u32,
+    },
 }
 
 /// A node's answer to a [`PeerRequest`].
@@ -122,6 +141,14 @@ pub enum PeerResponse {
     /// A forwarded conditional write's condition did not hold: the key's
     /// set at the replica that checked it. (Appended last.)
     ConditionFailed(VersionSet),
+    /// The answer to a [`PeerRequest::Scan`]. (Appended last.)
+    ScanPart {
+        /// Live keys, in hash order.
+        keys: Vec<Vec<u8>>,
+        /// The first hash not read, or `None` when the stretch was read
+        /// through `to`.
+        next: Option<u64>,
+    },
 }
 
 /// One item of a bridge batch the receiving datacenter refused for good.

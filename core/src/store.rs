@@ -114,11 +114,88 @@ pub trait LocalStore: Send + Sync + 'static {
         }
     }
 
+    /// One stretch of a scan ([`crate::coordinator::Coordinator::scan`]):
+    /// the live keys of `keyspace` hashed in `from..=to`, in hash order,
+    /// until `count` keys or `bytes_max` bytes of keys were taken (never
+    /// stopping between two keys of one hash). Keys whose every version
+    /// is a tombstone are skipped. The default scans the stretch whole; a
+    /// store may stop reading where the page ends.
+    fn scan_keys(
+        &self,
+        keyspace: &str,
+        from: u64,
+        to: u64,
+        count: usize,
+        bytes_max: usize,
+    ) -> impl Future<Output = Result<ScanPart, StoreError>> + Send {
+        async move {
+            let sets = self.scan_hashes(keyspace, from..=to).await?;
+            let entries = sets
+                .into_iter()
+                .map(|(key, set)| Ok::<_, StoreError>((key_hash(&key), key, set)));
+            collect_part(entries, count, bytes_max)
+        }
+    }
+
     /// The storage engine's figures, for `/metrics` and readiness; `None`
     /// for a store without an engine (in memory).
     fn engine_stats(&self) -> Option<crate::engine::EngineStats> {
         None
     }
+}
+
+/// What one [`LocalStore::scan_keys`] call found.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ScanPart {
+    /// Live keys, in hash order.
+    pub keys: Vec<Vec<u8>>,
+    /// Where the stretch goes on: the first hash not read, or `None` when
+    /// it was read through its last hash.
+    pub next: Option<u64>,
+}
+
+/// How many stored keys one [`LocalStore::scan_keys`] reads at most,
+/// live or not: a stretch of tombstones ends a part early instead of
+/// holding the node for as long as they last.
+pub const SCAN_ENTRIES_MAX: usize = 100_000;
+
+/// Bytes a key costs in a scan page beyond its own (its length prefix
+/// and the vector around it, rounded up).
+pub const SCAN_KEY_OVERHEAD_BYTES: usize = 8;
+
+/// Take `(hash, key, set)` entries in hash order into a [`ScanPart`]:
+/// the live keys until `count` keys, `bytes_max` bytes or
+/// [`SCAN_ENTRIES_MAX`] entries were read, stopping only where the hash
+/// changes.
+fn collect_part<E>(
+    entries: impl Iterator<Item = Result<(u64, Vec<u8>, VersionSet), E>>,
+    count: usize,
+    bytes_max: usize,
+) -> Result<ScanPart, StoreError>
+where
+    StoreError: From<E>,
+{
+    let mut part = ScanPart::default();
+    let (mut bytes, mut read) = (0usize, 0usize);
+    let mut last: Option<u64> = None;
+    for entry in entries {
+        let (hash, key, set) = entry?;
+        if let Some(last) = last
+            && hash != last
+            && (part.keys.len() >= count || bytes >= bytes_max || read >= SCAN_ENTRIES_MAX)
+        {
+            // `last < hash`, so `last + 1` does not overflow.
+            part.next = Some(last + 1);
+            return Ok(part);
+        }
+        last = Some(hash);
+        read += 1;
+        if set.live().next().is_some() {
+            bytes += key.len() + SCAN_KEY_OVERHEAD_BYTES;
+            part.keys.push(key);
+        }
+    }
+    Ok(part)
 }
 
 /// The storage key of `(keyspace, key)`.
@@ -288,6 +365,32 @@ impl LocalStore for EngineStore {
         let prefix_len = 1 + keyspace.len();
         self.blocking(move |engine| scan_storage(engine, prefix_len, lo, hi))
             .await
+    }
+
+    async fn scan_keys(
+        &self,
+        keyspace: &str,
+        from: u64,
+        to: u64,
+        count: usize,
+        bytes_max: usize,
+    ) -> Result<ScanPart, StoreError> {
+        let Some((lo, hi)) = hash_range(keyspace, &(from..=to))? else {
+            return Ok(ScanPart::default());
+        };
+        let prefix_len = 1 + keyspace.len();
+        self.blocking(move |engine| {
+            let entries = engine.scan(lo..hi)?.filter_map(|entry| match entry {
+                Ok((skey, set)) => {
+                    let hash = skey.get(prefix_len..prefix_len + 8)?;
+                    let hash = u64::from_be_bytes(hash.try_into().ok()?);
+                    Some(Ok((hash, user_key(prefix_len, &skey)?, set)))
+                }
+                Err(e) => Some(Err(e)),
+            });
+            collect_part(entries, count, bytes_max)
+        })
+        .await
     }
 
     async fn scan_digests(
@@ -569,5 +672,100 @@ mod tests {
     async fn engine_store_keeps_keyspaces_apart_and_scans_by_hash() {
         let dir = tempfile::tempdir().unwrap();
         exercise(EngineStore::open(dir.path(), EngineOptions::default()).unwrap()).await;
+    }
+
+    /// Pages of `scan_keys` walked from hash 0 to the end: every live key
+    /// once, in hash order, tombstones and other keyspaces skipped, pages
+    /// of `count` keys at most.
+    async fn scan_pages(store: impl LocalStore) {
+        let mut live = Vec::new();
+        for i in 0..200u32 {
+            let key = format!("k{i}").into_bytes();
+            if i % 10 == 3 {
+                let tomb = Version::tombstone(
+                    Clock::from_parts(
+                        [],
+                        [Dot {
+                            actor: Actor(1),
+                            counter: 1,
+                        }],
+                    ),
+                    1,
+                    "dc1".into(),
+                );
+                store.apply("carts", &key, vec![tomb]).await.unwrap();
+            } else {
+                store
+                    .apply("carts", &key, vec![version(1, b"v")])
+                    .await
+                    .unwrap();
+                live.push(key.clone());
+            }
+            store
+                .apply("other", &key, vec![version(1, b"v")])
+                .await
+                .unwrap();
+        }
+        live.sort_by_key(|k| (key_hash(k), k.clone()));
+        let mut seen = Vec::new();
+        let mut from = 0u64;
+        let mut parts = 0;
+        loop {
+            let part = store
+                .scan_keys("carts", from, u64::MAX, 7, 1 << 20)
+                .await
+                .unwrap();
+            assert!(part.keys.len() <= 7);
+            parts += 1;
+            seen.extend(part.keys);
+            match part.next {
+                Some(next) => {
+                    assert!(next > from);
+                    from = next;
+                }
+                None => break,
+            }
+        }
+        assert_eq!(seen, live);
+        assert!(parts >= 180 / 7);
+        // A byte budget ends a part after the first key past it.
+        let part = store.scan_keys("carts", 0, u64::MAX, 100, 1).await.unwrap();
+        assert_eq!(part.keys.len(), 1);
+        assert_eq!(part.next, Some(key_hash(&part.keys[0]) + 1));
+        // A stretch ends at its last hash.
+        let mid = key_hash(&live[90]);
+        let part = store
+            .scan_keys("carts", 0, mid, 10_000, 1 << 20)
+            .await
+            .unwrap();
+        assert_eq!(part.keys, live[..=90].to_vec());
+        assert_eq!(part.next, None);
+    }
+
+    #[tokio::test]
+    async fn mem_store_scans_live_keys_in_pages() {
+        scan_pages(MemStore::new()).await;
+    }
+
+    #[tokio::test]
+    async fn engine_store_scans_live_keys_in_pages() {
+        let dir = tempfile::tempdir().unwrap();
+        scan_pages(EngineStore::open(dir.path(), EngineOptions::default()).unwrap()).await;
+    }
+
+    /// Keys of one hash stay in one part, whatever the count.
+    #[test]
+    fn a_part_never_ends_inside_a_hash() {
+        let set = VersionSet::from_versions([version(1, b"v")]);
+        let entries = [
+            (5u64, b"a".to_vec()),
+            (5, b"b".to_vec()),
+            (6, b"c".to_vec()),
+        ]
+        .into_iter()
+        .map(|(h, k)| Ok::<_, StoreError>((h, k, set.clone())));
+        let part = collect_part(entries, 1, 1 << 20).unwrap();
+        assert_eq!(part.keys, vec![b"a".to_vec(), b"b".to_vec()]);
+        assert_eq!(part.next, Some(6));
     }
 }

@@ -324,6 +324,88 @@ pub enum RequestBody {
         /// One source datacenter, or every other one.
         from_dc: Option<String>,
     },
+    /// One page of a scan of a keyspace's live keys, unordered (in key
+    /// hash order), from `cursor` (0 to start): answered
+    /// [`ResponseBody::ScanPage`] with the cursor of the next page (0 when
+    /// the scan is done). See [`ScanCursor`] for what a scan guarantees.
+    /// (Appended last: variants are encoded by position.)
+    Scan {
+        /// Keyspace name.
+        keyspace: String,
+        /// Where the page starts: 0, or the cursor a previous page
+        /// returned.
+        cursor: u64,
+        /// How many keys the page may hold, `1..=`[`SCAN_COUNT_MAX`]; a
+        /// page may hold fewer (or none) and still not be the last.
+        count: u32,
+    },
+}
+
+/// The most keys one [`RequestBody::Scan`] page may ask for.
+pub const SCAN_COUNT_MAX: u32 = 10_000;
+
+/// The position of a scan in a keyspace's key-hash space, as
+/// [`RequestBody::Scan`] and [`ResponseBody::ScanPage`] carry it (and the
+/// Redis front door's `SCAN` writes it, in decimal): the next key hash to
+/// read from. 0 starts a scan and, returned, ends it.
+///
+/// A page never stops between two keys of one hash, so the hash alone is
+/// a complete position: a cursor is a plain number that any node can
+/// serve, whichever node served the page before. What a scan returns:
+/// every key live on the replicas read when the scan passes its hash, at
+/// least once while the cluster is stable (a key may come twice only if a
+/// client repeats a page); keys written or deleted during the scan may or
+/// may not appear. A page reads one replica of each range (consistency
+/// ONE in the coordinator's datacenter): a key that replica has not yet
+/// received (a write it missed, before hints or repair bring it) is
+/// missed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ScanCursor(pub u64);
+
+/// Why a cursor's text form could not be read.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("invalid cursor {text:?}: expected an unsigned decimal number below 2^64")]
+pub struct CursorError {
+    /// The text refused (at most 64 characters of it).
+    pub text: String,
+}
+
+impl ScanCursor {
+    /// The cursor that starts a scan, and that a page returns when the
+    /// scan is done.
+    pub const START: ScanCursor = ScanCursor(0);
+
+    /// Whether this cursor, returned by a page, means the scan is done.
+    pub fn is_end(self) -> bool {
+        self.0 == 0
+    }
+
+    /// The cursor of the page after one whose last key hash was `hash`
+    /// (the end when `hash` is the last hash).
+    pub fn after(hash: u64) -> ScanCursor {
+        ScanCursor(hash.checked_add(1).unwrap_or(0))
+    }
+}
+
+impl std::fmt::Display for ScanCursor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+impl std::str::FromStr for ScanCursor {
+    type Err = CursorError;
+
+    /// Decimal digits only (no sign, no spaces), below 2^64.
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let refuse = || CursorError {
+            text: text.chars().take(64).collect(),
+        };
+        if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(refuse());
+        }
+        text.parse::<u64>().map(ScanCursor).map_err(|_| refuse())
+    }
 }
 
 /// What [`RequestBody::Operations`] asks for.
@@ -697,6 +779,15 @@ pub enum ResponseBody {
         siblings: Vec<Sibling>,
         /// Causal context covering every version the replica holds.
         context: Context,
+    },
+    /// The answer to a [`RequestBody::Scan`]: live keys in key hash order
+    /// and where the next page starts (0: the scan is done). (Appended
+    /// last: variants are encoded by position.)
+    ScanPage {
+        /// The page's keys.
+        keys: Vec<Vec<u8>>,
+        /// The next page's cursor; 0 when the scan is done.
+        cursor: u64,
     },
 }
 

@@ -271,3 +271,57 @@ fn a_status_with_nan_lag_re_encodes() {
     let response = decode::<Response>(&bytes).unwrap();
     assert!(re_encodes(&response));
 }
+
+#[test]
+fn scan_cursors_read_back_and_hostile_ones_are_typed_errors() {
+    for n in [0u64, 1, 42, u64::MAX] {
+        let cursor = ScanCursor(n);
+        assert_eq!(cursor.to_string().parse::<ScanCursor>(), Ok(cursor));
+    }
+    assert!(ScanCursor::START.is_end());
+    assert_eq!(ScanCursor::after(7), ScanCursor(8));
+    // Past the last hash, the scan is done.
+    assert!(ScanCursor::after(u64::MAX).is_end());
+    let long = "9".repeat(10_000);
+    for hostile in [
+        "",
+        "-1",
+        "+1",
+        " 1",
+        "1 ",
+        "0x10",
+        "abc",
+        "18446744073709551616",
+        long.as_str(),
+        "١٢",
+        "1\0",
+    ] {
+        let err = hostile.parse::<ScanCursor>().unwrap_err();
+        assert!(err.text.chars().count() <= 64, "{err}");
+        assert!(err.to_string().contains("invalid cursor"), "{err}");
+    }
+}
+
+#[test]
+fn a_scan_request_and_its_page_round_trip() {
+    let request = Request {
+        id: 3,
+        timeout_ms: 100,
+        deadline_ms: 0,
+        body: RequestBody::Scan {
+            keyspace: "carts".into(),
+            cursor: u64::MAX,
+            count: SCAN_COUNT_MAX,
+        },
+    };
+    assert_eq!(decode::<Request>(&encode(&request)).unwrap(), request);
+    let response = Response {
+        id: 3,
+        clock_ms: 1,
+        body: ResponseBody::ScanPage {
+            keys: vec![b"a".to_vec(), vec![0xff]],
+            cursor: 9,
+        },
+    };
+    assert_eq!(decode::<Response>(&encode(&response)).unwrap(), response);
+}

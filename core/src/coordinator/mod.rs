@@ -41,6 +41,7 @@
 //! on apply are [`crate::replica`]'s.
 
 pub mod error;
+pub mod scan;
 pub mod target;
 
 use crate::wall_clock::now_ms;
@@ -305,7 +306,8 @@ impl<S: LocalStore, T: Transport, H: HintSink> Coordinator<S, T, H> {
             PeerRequest::Apply { keyspace, .. }
             | PeerRequest::ApplyBatch { keyspace, .. }
             | PeerRequest::Read { keyspace, .. }
-            | PeerRequest::Coordinate { keyspace, .. } => Some(keyspace),
+            | PeerRequest::Coordinate { keyspace, .. }
+            | PeerRequest::Scan { keyspace, .. } => Some(keyspace),
             _ => None,
         };
         if let Some(Err(e)) = named.map(|ks| self.keyspace(ks)) {
@@ -376,6 +378,19 @@ impl<S: LocalStore, T: Transport, H: HintSink> Coordinator<S, T, H> {
                     Err(e) => PeerResponse::Error(e.to_wire()),
                 }
             }
+            PeerRequest::Scan {
+                keyspace,
+                from,
+                to,
+                count,
+                bytes_max,
+            } => match self.serve_scan(&keyspace, from, to, count, bytes_max).await {
+                Ok(part) => PeerResponse::ScanPart {
+                    keys: part.keys,
+                    next: part.next,
+                },
+                Err(e) => peer_failure(e),
+            },
             PeerRequest::Gossip { .. } | PeerRequest::Ship { .. } | PeerRequest::Repair(_) => {
                 peer_failure(CoordinatorError::BadRequest {
                     reason: "gossip, repair and bridge batches are served by the node".into(),

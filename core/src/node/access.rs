@@ -97,9 +97,11 @@ impl Access {
 /// The permission `request` needs from user `name`, if any beyond a login.
 pub fn needs(name: &str, request: &RequestBody) -> Option<Permission> {
     match request {
-        RequestBody::Get { keyspace, .. } => Some(Permission::Read {
-            keyspace: Some(keyspace.clone()),
-        }),
+        RequestBody::Get { keyspace, .. } | RequestBody::Scan { keyspace, .. } => {
+            Some(Permission::Read {
+                keyspace: Some(keyspace.clone()),
+            })
+        }
         RequestBody::Put { keyspace, .. } | RequestBody::Delete { keyspace, .. } => {
             Some(Permission::Write {
                 keyspace: Some(keyspace.clone()),
@@ -142,6 +144,17 @@ mod tests {
         );
         assert_eq!(needs("a", &RequestBody::Cancel), Some(Permission::Admin));
         assert_eq!(needs("a", &RequestBody::Status), None);
+        let scan = RequestBody::Scan {
+            keyspace: "carts".into(),
+            cursor: 0,
+            count: 10,
+        };
+        assert_eq!(
+            needs("a", &scan),
+            Some(Permission::Read {
+                keyspace: Some("carts".into())
+            })
+        );
         let own = RequestBody::User(UserRequest::Passwd {
             name: "a".into(),
             password: "p".repeat(8),

@@ -9,8 +9,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 use isthmus_client::tls::CertIdentity;
 use isthmus_client::wire::{
-    Context, Credentials, ErrorCode, RequestBody, ResponseBody, Sibling, WireError, WriteId,
-    WriteMode,
+    Context, Credentials, ErrorCode, RequestBody, ResponseBody, SCAN_COUNT_MAX, ScanCursor,
+    Sibling, WireError, WriteId, WriteMode,
 };
 use redis_protocol::resp2::types::BytesFrame;
 
@@ -71,6 +71,7 @@ pub const COMMANDS: &[(&str, i64)] = &[
     ("mset", -3),
     ("ping", -1),
     ("quit", 1),
+    ("scan", -2),
     ("select", 2),
     ("set", -3),
     ("setnx", 3),
@@ -315,6 +316,7 @@ impl<H: Handler> Session<H> {
             "mget" => self.mget(&args[1..]).await,
             "del" => self.del(&args[1..]).await,
             "exists" => self.exists(&args[1..]).await,
+            "scan" => self.scan(&args[1..]).await,
             "isthmus.siblings" => self.siblings(&args[1]).await,
             "isthmus.putctx" => self
                 .put(&args[1], &args[2], Context(args[3].to_vec()))
@@ -334,6 +336,58 @@ impl<H: Handler> Session<H> {
             }
         };
         result.unwrap_or_else(|reply| reply)
+    }
+
+    /// `SCAN cursor [MATCH pattern] [COUNT n]`: one page of the
+    /// keyspace's scan (`RequestBody::Scan`), `COUNT` keys at most
+    /// (default 10, at most `SCAN_COUNT_MAX`), then filtered by `MATCH`;
+    /// answered `[next cursor, [keys]]`, cursor `0` when done.
+    async fn scan(&self, args: &[Bytes]) -> Result<Reply, Reply> {
+        let cursor: ScanCursor = text(&args[0])
+            .parse()
+            .map_err(|_| Reply::err("invalid cursor"))?;
+        let syntax = || Reply::err("syntax error");
+        let (mut pattern, mut count) = (None, 10u32);
+        let mut options = args[1..].iter();
+        while let Some(option) = options.next() {
+            let value = options.next().ok_or_else(syntax)?;
+            match lower(option).as_str() {
+                "match" => pattern = Some(value.clone()),
+                "count" => {
+                    let n: u64 = text(value)
+                        .parse()
+                        .map_err(|_| Reply::err("value is not an integer or out of range"))?;
+                    if n == 0 {
+                        return Err(syntax());
+                    }
+                    count = n.min(u64::from(SCAN_COUNT_MAX)) as u32;
+                }
+                _ => return Err(syntax()),
+            }
+        }
+        let body = RequestBody::Scan {
+            keyspace: self.keyspace.clone(),
+            cursor: cursor.0,
+            count,
+        };
+        match self.call(body).await? {
+            ResponseBody::ScanPage { keys, cursor } => {
+                let keys = keys
+                    .into_iter()
+                    .filter(|k| {
+                        pattern
+                            .as_ref()
+                            .is_none_or(|p| super::pattern::matches(p, k))
+                    })
+                    .map(|k| Reply::Bulk(Bytes::from(k)))
+                    .collect();
+                Ok(Reply::Array(vec![
+                    Reply::Bulk(Bytes::from(cursor.to_string())),
+                    Reply::Array(keys),
+                ]))
+            }
+            other => Err(Reply::err(format!("unexpected answer {other:?}"))),
+        }
     }
 
     async fn login(&mut self, user: &Bytes, password: &Bytes) -> Result<Reply, Reply> {

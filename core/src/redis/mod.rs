@@ -9,6 +9,7 @@
 //! - `reply`: what a command answers, encoded in RESP2 or RESP3 with the
 //!   `redis-protocol` crate.
 //! - `command`: the commands, one function each.
+//! - `pattern`: Redis glob patterns (`SCAN ... MATCH`).
 //! - here: the accept loop and one task per connection. Requests are
 //!   decoded as they arrive (pipelining: every complete command in the
 //!   buffer is served in order, and the replies are written together); a
@@ -21,6 +22,7 @@
 //! handler, exactly as a native client's would be.
 
 pub mod command;
+pub mod pattern;
 pub mod reply;
 
 use std::future::Future;

@@ -127,6 +127,33 @@ where
     }
 }
 
+/// `Scan`: one page of the keyspace's live keys from the cursor.
+pub async fn scan<S, T, H>(
+    node: &NodeHandler<S, T, H>,
+    keyspace: String,
+    cursor: u64,
+    count: u32,
+    deadline: Duration,
+) -> ResponseBody
+where
+    S: LocalStore + Clone,
+    T: GossipTransport,
+    H: HintQueue + HintSink,
+{
+    let cursor = crate::coordinator::scan::ScanCursor(cursor);
+    match node
+        .coordinator
+        .scan(&keyspace, cursor, count, deadline)
+        .await
+    {
+        Ok(page) => ResponseBody::ScanPage {
+            keys: page.keys,
+            cursor: page.cursor.0,
+        },
+        Err(e) => ResponseBody::Error(e.to_wire()),
+    }
+}
+
 /// `Put` and `Delete`: a write over the client's context at the level.
 pub async fn write<S, T, H>(
     node: &NodeHandler<S, T, H>,

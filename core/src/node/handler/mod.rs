@@ -166,6 +166,7 @@ where
             RequestBody::User(_) => other("user"),
             RequestBody::Operations(_) => other("operations"),
             RequestBody::Rebuild { .. } => other("rebuild"),
+            RequestBody::Scan { keyspace, .. } => data("scan", keyspace, &Some(Consistency::One)),
         }
     }
 
@@ -181,7 +182,8 @@ where
         }
         if let RequestBody::Get { keyspace, .. }
         | RequestBody::Put { keyspace, .. }
-        | RequestBody::Delete { keyspace, .. } = &body
+        | RequestBody::Delete { keyspace, .. }
+        | RequestBody::Scan { keyspace, .. } = &body
             && crate::system_keyspace::is_system(keyspace)
         {
             return bad_request(format!(
@@ -232,6 +234,11 @@ where
                 };
                 client::write(self, write, deadline).await
             }
+            RequestBody::Scan {
+                keyspace,
+                cursor,
+                count,
+            } => client::scan(self, keyspace, cursor, count, deadline).await,
             RequestBody::Status => client::status(self),
             RequestBody::Repair {
                 keyspace,
