@@ -202,6 +202,26 @@ pub struct NodeConfig {
     pub tuning: Tuning,
 }
 
+/// The address a listener of its own binds: none when off, else the one
+/// configured, else the data `listen` address's host on `port` (any
+/// free port when `listen`'s port is 0).
+fn listener_address(
+    enabled: bool,
+    configured: Option<&str>,
+    listen: &str,
+    port: u16,
+) -> Option<String> {
+    if !enabled {
+        return None;
+    }
+    if let Some(addr) = configured {
+        return Some(addr.to_owned());
+    }
+    let (host, data_port) = listen.rsplit_once(':').unwrap_or((listen, ""));
+    let port = if data_port == "0" { 0 } else { port };
+    Some(format!("{host}:{port}"))
+}
+
 /// Default port of the Redis-protocol front door (`[redis] listen`).
 pub const REDIS_PORT_DEFAULT: u16 = 6379;
 
@@ -242,15 +262,12 @@ impl RedisSection {
     /// The address to bind, given the node's data `listen` address; `None`
     /// when the front door is off.
     pub fn address(&self, listen: &str) -> Option<String> {
-        if !self.enabled {
-            return None;
-        }
-        if let Some(addr) = &self.listen {
-            return Some(addr.clone());
-        }
-        let (host, port) = listen.rsplit_once(':').unwrap_or((listen, ""));
-        let port = if port == "0" { 0 } else { REDIS_PORT_DEFAULT };
-        Some(format!("{host}:{port}"))
+        listener_address(
+            self.enabled,
+            self.listen.as_deref(),
+            listen,
+            REDIS_PORT_DEFAULT,
+        )
     }
 
     /// Refuse an address that is not `host:port`, a database that is not
@@ -365,15 +382,12 @@ impl OpsSection {
     /// The address to bind, given the node's data `listen` address; `None`
     /// when the listener is off.
     pub fn address(&self, listen: &str) -> Option<String> {
-        if !self.enabled {
-            return None;
-        }
-        if let Some(addr) = &self.listen {
-            return Some(addr.clone());
-        }
-        let (host, port) = listen.rsplit_once(':').unwrap_or((listen, ""));
-        let port = if port == "0" { 0 } else { OPS_PORT_DEFAULT };
-        Some(format!("{host}:{port}"))
+        listener_address(
+            self.enabled,
+            self.listen.as_deref(),
+            listen,
+            OPS_PORT_DEFAULT,
+        )
     }
 
     /// Refuse a `listen` that is not `host:port`, or the data port itself.
