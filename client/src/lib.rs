@@ -32,6 +32,7 @@
 #![warn(missing_docs)]
 
 pub mod client;
+pub mod counter;
 pub mod error;
 pub mod placement;
 pub mod session;

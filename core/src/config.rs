@@ -75,6 +75,12 @@ pub struct KeyspaceSection {
     /// Time to live of written values, in seconds.
     #[serde(default)]
     pub ttl_s: Option<u64>,
+    /// The keyspace holds counters: the Redis front door's `INCR`,
+    /// `INCRBY`, `DECR` and `DECRBY` add to them (with a resolver that
+    /// merges counters bound, such as the `pn-counter` example), and its
+    /// `GET` shows their value. Writes of other values are refused there.
+    #[serde(default)]
+    pub counter: bool,
 }
 
 fn default_consistency() -> Consistency {
@@ -1022,6 +1028,7 @@ mod tests {
                     consistency: Consistency::LocalQuorum,
                     resolver: Some("cart-union@1".into()),
                     ttl_s: None,
+                    counter: false,
                 },
             )]),
         }

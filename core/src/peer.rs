@@ -149,6 +149,9 @@ pub enum PeerResponse {
         /// through `to`.
         next: Option<u64>,
     },
+    /// A forwarded addition to a counter reached its level: the counter's
+    /// value where it was added. (Appended last.)
+    Counted(i64),
 }
 
 /// One item of a bridge batch the receiving datacenter refused for good.

@@ -74,6 +74,7 @@ pub fn keyspace(replication: &[(&str, u32)]) -> KeyspaceSection {
         consistency: Consistency::LocalQuorum,
         resolver: None,
         ttl_s: None,
+        counter: false,
     }
 }
 

@@ -50,6 +50,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use isthmus_client::ClientError;
+use isthmus_client::counter::Counter;
 use isthmus_client::wire::{ErrorCode, WireError, WriteMode};
 use parking_lot::RwLock;
 use tokio::sync::{mpsc, watch};
@@ -371,7 +372,8 @@ impl<S: LocalStore, T: Transport, H: HintSink> Coordinator<S, T, H> {
                     mode,
                 };
                 match self.write_inner(write, deadline, false).await {
-                    Ok(()) => PeerResponse::Written,
+                    Ok(None) => PeerResponse::Written,
+                    Ok(Some(value)) => PeerResponse::Counted(value),
                     Err(CoordinatorError::ConditionFailed { current }) => {
                         PeerResponse::ConditionFailed(current)
                     }
@@ -422,12 +424,15 @@ impl<S: LocalStore, T: Transport, H: HintSink> Coordinator<S, T, H> {
             deadline,
         )
         .await
+        .map(|_| ())
     }
 
-    /// [`Self::write`] in `mode`: an overwrite, or a conditional write
+    /// [`Self::write`] in `mode`: an overwrite, a conditional write
     /// whose condition is checked where its dot is issued, under the
     /// key's lock (a failed condition is
-    /// [`CoordinatorError::ConditionFailed`], with the key's set there).
+    /// [`CoordinatorError::ConditionFailed`], with the key's set there),
+    /// or an addition to a counter, answered with the counter's value
+    /// where it was added (`Some`; `None` for every other mode).
     #[allow(clippy::too_many_arguments)]
     pub async fn write_with(
         &self,
@@ -439,7 +444,7 @@ impl<S: LocalStore, T: Transport, H: HintSink> Coordinator<S, T, H> {
         level: Consistency,
         mode: WriteMode,
         deadline: Duration,
-    ) -> Result<(), CoordinatorError> {
+    ) -> Result<Option<i64>, CoordinatorError> {
         let write = Write {
             keyspace,
             key,
@@ -452,15 +457,19 @@ impl<S: LocalStore, T: Transport, H: HintSink> Coordinator<S, T, H> {
         self.write_inner(write, deadline, true).await
     }
 
-    /// Route, issue, queue for the bridge, replicate.
+    /// Route, issue, queue for the bridge, replicate; a counter's value
+    /// after an addition.
     async fn write_inner(
         &self,
         write: Write<'_>,
         deadline: Duration,
         may_forward: bool,
-    ) -> Result<(), CoordinatorError> {
+    ) -> Result<Option<i64>, CoordinatorError> {
         let expires = Instant::now() + deadline;
         let ks = self.keyspace(write.keyspace)?;
+        if let WriteMode::Add(_) = write.mode {
+            self.check_counter(write.keyspace, &ks, &write)?;
+        }
         self.config
             .limits
             .check(write.key, write.value.as_deref())?;
@@ -503,6 +512,10 @@ impl<S: LocalStore, T: Transport, H: HintSink> Coordinator<S, T, H> {
             // there all the same.
             bridge.enqueue(write.keyspace, write.key, &version).await?;
         }
+        let counted = match write.mode {
+            WriteMode::Add(_) => Some(counter_value(&version)?),
+            _ => None,
+        };
         let mut targets = target::targets(Operation::Write, &scope, &view, hash);
         targets.tracker.ack(me);
         self.replicate(
@@ -513,7 +526,34 @@ impl<S: LocalStore, T: Transport, H: HintSink> Coordinator<S, T, H> {
             &view,
             deadline,
         )
-        .await
+        .await?;
+        Ok(counted)
+    }
+
+    /// An addition goes to a keyspace of counters whose siblings merge,
+    /// and carries no value of its own.
+    fn check_counter(
+        &self,
+        name: &str,
+        ks: &KeyspaceConfig,
+        write: &Write<'_>,
+    ) -> Result<(), CoordinatorError> {
+        let refuse = |reason: String| Err(CoordinatorError::BadRequest { reason });
+        if !ks.counter {
+            return refuse(format!(
+                "keyspace {name:?} does not hold counters (its config has no `counter = true`)"
+            ));
+        }
+        if !self.replica.has_resolver(name) {
+            return refuse(format!(
+                "keyspace {name:?} has no resolver bound: counters changed in two places \
+                 need one that merges them, such as the pn-counter example"
+            ));
+        }
+        if write.value.as_ref().is_some_and(|v| !v.is_empty()) {
+            return refuse("an addition to a counter carries no value".into());
+        }
+        Ok(())
     }
 
     /// The write's version, applied to this replica under the key's lock:
@@ -557,7 +597,7 @@ impl<S: LocalStore, T: Transport, H: HintSink> Coordinator<S, T, H> {
         let held = current.lub();
         let dot = next_dot(self.config.actor, &held, &write.context)?;
         let holds = match write.mode {
-            WriteMode::Context | WriteMode::Overwrite => true,
+            WriteMode::Context | WriteMode::Overwrite | WriteMode::Add(_) => true,
             // The context saw every version held here: nothing was
             // written since the read (a context ahead of this replica,
             // which saw a version not here yet, still holds: the new
@@ -569,17 +609,25 @@ impl<S: LocalStore, T: Transport, H: HintSink> Coordinator<S, T, H> {
             return Err(CoordinatorError::ConditionFailed { current });
         }
         let mut clock = write.context.clone();
-        if matches!(write.mode, WriteMode::Overwrite | WriteMode::IfAbsent) {
-            // Supersede everything held here (tombstones, for IfAbsent).
+        if matches!(
+            write.mode,
+            WriteMode::Overwrite | WriteMode::IfAbsent | WriteMode::Add(_)
+        ) {
+            // Supersede everything held here (tombstones, for IfAbsent;
+            // the counters joined into the new one, for Add).
             clock.join(&held);
         }
         clock.add_dot(dot);
-        let version = Version {
-            clock,
-            payload: write
+        let payload = match write.mode {
+            WriteMode::Add(delta) => Payload::Value(self.counter_after(&current, delta)?),
+            _ => write
                 .value
                 .clone()
                 .map_or(Payload::Tombstone, Payload::Value),
+        };
+        let version = Version {
+            clock,
+            payload,
             timestamp_ms: now_ms(),
             origin_dc: self.config.dc.clone(),
             resolver: None,
@@ -595,6 +643,22 @@ impl<S: LocalStore, T: Transport, H: HintSink> Coordinator<S, T, H> {
                 other => other.into(),
             })?;
         Ok((version, due))
+    }
+
+    /// The counter a [`WriteMode::Add`] writes: every counter `current`
+    /// holds, joined, with `delta` added on behalf of this node's actor.
+    fn counter_after(&self, current: &VersionSet, delta: i64) -> Result<Vec<u8>, CoordinatorError> {
+        let mut counter = Counter::join_all(current.live().filter_map(Version::value_bytes))
+            .map_err(|e| CoordinatorError::BadRequest {
+                reason: e.to_string(),
+            })?;
+        counter.add(&counter_actor(self.config.actor), delta);
+        if i64::try_from(counter.value()).is_err() {
+            return Err(CoordinatorError::BadRequest {
+                reason: "increment or decrement would overflow".into(),
+            });
+        }
+        Ok(counter.encode())
     }
 
     /// Absorb versions shipped from another DC on a local quorum of each
@@ -866,7 +930,7 @@ impl<S: LocalStore, T: Transport, H: HintSink> Coordinator<S, T, H> {
         write: Write<'_>,
         scope: &Scope<'_>,
         deadline: Duration,
-    ) -> Result<(), CoordinatorError> {
+    ) -> Result<Option<i64>, CoordinatorError> {
         let request = PeerRequest::Coordinate {
             keyspace: write.keyspace.to_owned(),
             key: write.key.to_vec(),
@@ -877,7 +941,8 @@ impl<S: LocalStore, T: Transport, H: HintSink> Coordinator<S, T, H> {
             mode: write.mode,
         };
         match self.transport.call(node, request, deadline).await {
-            Ok(PeerResponse::Written) => Ok(()),
+            Ok(PeerResponse::Written) => Ok(None),
+            Ok(PeerResponse::Counted(value)) => Ok(Some(value)),
             Ok(PeerResponse::ConditionFailed(current)) => {
                 Err(CoordinatorError::ConditionFailed { current })
             }
@@ -1157,6 +1222,24 @@ impl<S: LocalStore, T: Transport, H: HintSink> SystemWriter for Coordinator<S, T
             deadline,
         ))
     }
+}
+
+/// The name a node's actor adds to counters under: its actor id in hex,
+/// random per data directory, so a node whose disk was wiped starts a
+/// total of its own rather than counting again from an old one.
+fn counter_actor(actor: Actor) -> String {
+    format!("{:016x}", actor.0)
+}
+
+/// A counter's value, from the version an addition wrote (or, for a
+/// retried addition, the one it wrote before).
+fn counter_value(version: &Version) -> Result<i64, CoordinatorError> {
+    let bad = |reason: String| CoordinatorError::BadRequest { reason };
+    let bytes = version
+        .value_bytes()
+        .ok_or_else(|| bad("the write named by this write id was a delete".into()))?;
+    let counter = Counter::parse(bytes).map_err(|e| bad(e.to_string()))?;
+    i64::try_from(counter.value()).map_err(|_| bad("the counter is beyond 64 bits".into()))
 }
 
 /// The dot a write coordinated by `actor` takes: one past the greatest

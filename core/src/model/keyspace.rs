@@ -23,6 +23,9 @@ pub struct KeyspaceConfig {
     pub resolver: Option<(String, u32)>,
     /// Optional time to live of written values, in seconds.
     pub ttl_s: Option<u64>,
+    /// Whether the keyspace's values are counters (`isthmus_client::counter`),
+    /// changed by adding to them ([`isthmus_client::wire::WriteMode::Add`]).
+    pub counter: bool,
 }
 
 impl Default for KeyspaceConfig {
@@ -32,6 +35,7 @@ impl Default for KeyspaceConfig {
             consistency: Consistency::LocalQuorum,
             resolver: None,
             ttl_s: None,
+            counter: false,
         }
     }
 }

@@ -7,6 +7,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
+use isthmus_client::counter::Counter;
 use isthmus_client::tls::CertIdentity;
 use isthmus_client::wire::{
     Context, Credentials, ErrorCode, RequestBody, ResponseBody, SCAN_COUNT_MAX, ScanCursor,
@@ -57,12 +58,16 @@ pub const COMMANDS: &[(&str, i64)] = &[
     ("auth", -2),
     ("client", -2),
     ("command", -1),
+    ("decr", 2),
+    ("decrby", 3),
     ("del", -2),
     ("echo", 2),
     ("exists", -2),
     ("get", 2),
     ("getdel", 2),
     ("hello", -1),
+    ("incr", 2),
+    ("incrby", 3),
     ("info", -1),
     ("isthmus.putctx", 4),
     ("isthmus.siblings", 2),
@@ -307,6 +312,26 @@ impl<H: Handler> Session<H> {
             "info" => self.info(args.get(1)).await,
             "get" => self.get(&args[1]).await,
             "getdel" => self.getdel(&args[1]).await,
+            "incr" => self.add(&args[1], 1).await,
+            "decr" => self.add(&args[1], -1).await,
+            "incrby" => match integer(&args[2]) {
+                Ok(by) => self.add(&args[1], by).await,
+                Err(e) => Err(e),
+            },
+            "decrby" => match integer(&args[2]).and_then(|by| {
+                by.checked_neg()
+                    .ok_or_else(|| Reply::err("decrement would overflow"))
+            }) {
+                Ok(by) => self.add(&args[1], by).await,
+                Err(e) => Err(e),
+            },
+            "set" | "setnx" | "mset" | "isthmus.putctx" if self.counters() => {
+                Err(Reply::err(format!(
+                    "keyspace '{}' holds counters: change them with INCRBY or DECRBY, \
+                     reset them with DEL",
+                    self.keyspace
+                )))
+            }
             "set" => self.set(&args).await,
             "setnx" => self
                 .put_checked(&args[1], &args[2], Context::default(), WriteMode::IfAbsent)
@@ -539,18 +564,56 @@ impl<H: Handler> Session<H> {
         Ok(Reply::Text(out))
     }
 
+    /// Whether the connection's keyspace holds counters.
+    fn counters(&self) -> bool {
+        self.door.counters.contains(&self.keyspace)
+    }
+
+    /// What `GET` shows of a key's siblings: in a keyspace of counters,
+    /// the value of their join; otherwise the [`chosen`] one.
+    fn shown(&self, siblings: &[Sibling]) -> Result<Reply, Reply> {
+        if siblings.is_empty() {
+            return Ok(Reply::Nil);
+        }
+        if self.counters() {
+            let counter = Counter::join_all(siblings.iter().map(|s| &s.value[..]))
+                .map_err(|e| Reply::Error(format!("WRONGTYPE {e}")))?;
+            return Ok(Reply::bulk(counter.value().to_string()));
+        }
+        Ok(chosen(siblings).map_or(Reply::Nil, |s| Reply::bulk(s.value.clone())))
+    }
+
     async fn get(&self, key: &Bytes) -> Result<Reply, Reply> {
         let (siblings, _) = self.read(key).await?;
-        Ok(chosen(&siblings).map_or(Reply::Nil, |s| Reply::bulk(s.value.clone())))
+        self.shown(&siblings)
     }
 
     async fn getdel(&mut self, key: &Bytes) -> Result<Reply, Reply> {
         let (siblings, context) = self.read(key).await?;
-        let Some(value) = chosen(&siblings).map(|s| s.value.clone()) else {
-            return Ok(Reply::Nil);
+        let shown = self.shown(&siblings)?;
+        if !siblings.is_empty() {
+            self.delete(key, context).await?;
+        }
+        Ok(shown)
+    }
+
+    /// `INCR`, `INCRBY`, `DECR`, `DECRBY`: `by` added to the key's counter
+    /// at its deciding replica ([`WriteMode::Add`]); answered with the
+    /// counter's value there.
+    async fn add(&mut self, key: &Bytes, by: i64) -> Result<Reply, Reply> {
+        let put = RequestBody::Put {
+            mode: WriteMode::Add(by),
+            keyspace: self.keyspace.clone(),
+            key: key.to_vec(),
+            value: Vec::new(),
+            context: Context::default(),
+            consistency: None,
+            write_id: self.write_id(),
         };
-        self.delete(key, context).await?;
-        Ok(Reply::bulk(value))
+        match self.call(put).await? {
+            ResponseBody::Counted { value } => Ok(Reply::Int(value)),
+            other => Err(Reply::err(format!("unexpected answer {other:?}"))),
+        }
     }
 
     /// `SET key value [NX | XX] [GET]`: an overwrite (no read first
@@ -635,7 +698,7 @@ impl<H: Handler> Session<H> {
         let mut values = Vec::with_capacity(keys.len());
         for key in keys {
             let (siblings, _) = self.read(key).await?;
-            values.push(chosen(&siblings).map_or(Reply::Nil, |s| Reply::bulk(s.value.clone())));
+            values.push(self.shown(&siblings)?);
         }
         Ok(Reply::Array(values))
     }
@@ -679,6 +742,14 @@ impl<H: Handler> Session<H> {
     }
 }
 
+/// An integer argument, as Redis parses one.
+fn integer(arg: &Bytes) -> Result<i64, Reply> {
+    std::str::from_utf8(arg)
+        .ok()
+        .and_then(|t| t.parse::<i64>().ok())
+        .ok_or_else(|| Reply::err("value is not an integer or out of range"))
+}
+
 /// `COMMAND`, `COMMAND COUNT`, `COMMAND DOCS`: enough for redis-cli and
 /// client libraries to start.
 fn command(args: &[Bytes]) -> Reply {
@@ -688,6 +759,10 @@ fn command(args: &[Bytes]) -> Reply {
             *name,
             "get"
                 | "getdel"
+                | "incr"
+                | "incrby"
+                | "decr"
+                | "decrby"
                 | "set"
                 | "setnx"
                 | "mget"

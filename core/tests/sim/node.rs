@@ -330,6 +330,7 @@ fn config(cluster: &Cluster, spec: &NodeSpec) -> NodeConfig {
                     consistency: ks.consistency,
                     resolver: ks.resolver.as_ref().map(|(n, v)| format!("{n}@{v}")),
                     ttl_s: ks.ttl_s,
+                    counter: ks.counter,
                 };
                 (name.clone(), section)
             })
