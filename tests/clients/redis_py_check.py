@@ -82,6 +82,23 @@ def counters(c1, c2):
             "INCR from both DCs totals %d in %s" % (total, name),
             lambda c=c: c.get(key) == str(total).encode() or c.get(key),
         )
+    # The counters' database holds this program's counter (and perhaps
+    # the other program's): DBSIZE reads them all, so it is exact here.
+    size = c1.dbsize()
+    assert 1 <= size <= 2, "DBSIZE of the counters' database: %r" % size
+    refused(lambda: c1.set(key, "7"), "holds counters")
+    refused(lambda: c1.incrby(key, "x"), "not an integer")
+    refused(lambda: c1.incrby(key, 2**63 - 1), "overflow")
+
+
+def refused(call, reason):
+    try:
+        call()
+    except redis.ResponseError as e:
+        if reason not in str(e):
+            sys.exit("FAILED: refused with %r, not for %r" % (str(e), reason))
+        return
+    sys.exit("FAILED: not refused (%s)" % reason)
 
 
 def expiry(dc1, dc2):
@@ -126,6 +143,7 @@ def main():
     c1, c2 = client("DC1_REDIS", db=1), client("DC2_REDIS", db=1)
     assert dc1.ping() and dc2.ping()
     replicated(dc1, dc2)
+    refused(lambda: dc1.incr(PREFIX + "greeting"), "does not hold counters")
     counters(c1, c2)
     expiry(dc1, dc2)
     set_nx("DC1_REDIS")

@@ -58,6 +58,7 @@ pub const COMMANDS: &[(&str, i64)] = &[
     ("auth", -2),
     ("client", -2),
     ("command", -1),
+    ("dbsize", 1),
     ("decr", 2),
     ("decrby", 3),
     ("del", -2),
@@ -342,6 +343,7 @@ impl<H: Handler> Session<H> {
             "del" => self.del(&args[1..]).await,
             "exists" => self.exists(&args[1..]).await,
             "scan" => self.scan(&args[1..]).await,
+            "dbsize" => self.dbsize().await,
             "isthmus.siblings" => self.siblings(&args[1]).await,
             "isthmus.putctx" => self
                 .put(&args[1], &args[2], Context(args[3].to_vec()))
@@ -411,6 +413,24 @@ impl<H: Handler> Session<H> {
                     Reply::Array(keys),
                 ]))
             }
+            other => Err(Reply::err(format!("unexpected answer {other:?}"))),
+        }
+    }
+
+    /// `DBSIZE`: an estimate of the keys in the connection's keyspace,
+    /// from the first page of a scan (up to [`DBSIZE_SAMPLE`] keys, in
+    /// key hash order from hash 0): exact when that page ends the scan,
+    /// else scaled by the share of the hash space the page covered.
+    async fn dbsize(&self) -> Result<Reply, Reply> {
+        let body = RequestBody::Scan {
+            keyspace: self.keyspace.clone(),
+            cursor: ScanCursor::START.0,
+            count: DBSIZE_SAMPLE,
+        };
+        match self.call(body).await? {
+            ResponseBody::ScanPage { keys, cursor } => Ok(Reply::Int(
+                i64::try_from(estimate(keys.len() as u64, ScanCursor(cursor))).unwrap_or(i64::MAX),
+            )),
             other => Err(Reply::err(format!("unexpected answer {other:?}"))),
         }
     }
@@ -742,6 +762,22 @@ impl<H: Handler> Session<H> {
     }
 }
 
+/// The keys `DBSIZE` reads to estimate a keyspace's size: the estimate's
+/// relative error is about `1 / sqrt(DBSIZE_SAMPLE)` (3%), since key
+/// hashes are uniform.
+pub const DBSIZE_SAMPLE: u32 = 1000;
+
+/// The keys of a keyspace estimated from a first scan page of `found`
+/// keys that ended at `cursor` (the next key hash): exact when the scan
+/// ended, else `found` scaled from the hashes `0..cursor` to all `2^64`.
+fn estimate(found: u64, cursor: ScanCursor) -> u64 {
+    if cursor.is_end() {
+        return found;
+    }
+    let scaled = u128::from(found) * (1u128 << 64) / u128::from(cursor.0);
+    u64::try_from(scaled).unwrap_or(u64::MAX)
+}
+
 /// An integer argument, as Redis parses one.
 fn integer(arg: &Bytes) -> Result<i64, Reply> {
     std::str::from_utf8(arg)
@@ -799,5 +835,37 @@ fn command(args: &[Bytes]) -> Reply {
                 .collect(),
         ),
         Some(sub) => Reply::err(format!("unknown subcommand '{sub}' for 'command'")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dbsize_is_exact_for_a_whole_scan_and_scaled_from_a_part() {
+        assert_eq!(estimate(0, ScanCursor::START), 0);
+        assert_eq!(estimate(17, ScanCursor::START), 17);
+        // A quarter of the hash space held 250 keys: about 1000 in all.
+        assert_eq!(estimate(250, ScanCursor(1 << 62)), 1000);
+        // A page that ended at the very first hash cannot overflow.
+        assert_eq!(estimate(1000, ScanCursor(1)), u64::MAX);
+        // Uniform hashes: the estimate of 100k keys from the first 1000
+        // of them is within 10%.
+        let mut hashes: Vec<u64> = (0..100_000u64)
+            .map(|i| isthmus_client::placement::key_hash(format!("key-{i}").as_bytes()))
+            .collect();
+        hashes.sort_unstable();
+        let cursor = ScanCursor::after(hashes[DBSIZE_SAMPLE as usize - 1]);
+        let guess = estimate(u64::from(DBSIZE_SAMPLE), cursor);
+        assert!((90_000..110_000).contains(&guess), "{guess}");
+    }
+
+    #[test]
+    fn integers_parse_as_redis_parses_them() {
+        assert_eq!(integer(&Bytes::from("-42")).unwrap(), -42);
+        for bad in ["", "1.5", "9223372036854775808", " 1", "0x10"] {
+            assert!(integer(&Bytes::from(bad)).is_err(), "{bad}");
+        }
     }
 }
