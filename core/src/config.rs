@@ -81,6 +81,13 @@ pub struct KeyspaceSection {
     /// `GET` shows their value. Writes of other values are refused there.
     #[serde(default)]
     pub counter: bool,
+    /// Writes take a sloppy quorum unless a request says otherwise: with
+    /// replicas of a key down, the first live nodes further along its
+    /// datacenter's ring take their copies as hints (delivered when the
+    /// replicas return) and count toward the level in their place. Off:
+    /// strict quorums, only the key's replicas count.
+    #[serde(default)]
+    pub sloppy_quorum: bool,
 }
 
 fn default_consistency() -> Consistency {
@@ -1029,6 +1036,7 @@ mod tests {
                     resolver: Some("cart-union@1".into()),
                     ttl_s: None,
                     counter: false,
+                    sloppy_quorum: false,
                 },
             )]),
         }

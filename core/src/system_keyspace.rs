@@ -112,6 +112,7 @@ pub fn registry_keyspace(
         resolver: None,
         ttl_s: None,
         counter: false,
+        sloppy_quorum: false,
     }
 }
 

@@ -79,6 +79,7 @@ fn config(dir: &Path, id: &str, port: u16, seeds: Vec<String>) -> NodeConfig {
                 resolver: None,
                 ttl_s: None,
                 counter: false,
+                sloppy_quorum: false,
             },
         )]),
     }

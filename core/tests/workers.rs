@@ -52,6 +52,7 @@ async fn every_loop_is_a_named_worker_with_a_status() {
                 resolver: None,
                 ttl_s: None,
                 counter: false,
+                sloppy_quorum: false,
             },
         )]),
     };

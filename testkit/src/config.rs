@@ -75,6 +75,7 @@ pub fn keyspace(replication: &[(&str, u32)]) -> KeyspaceSection {
         resolver: None,
         ttl_s: None,
         counter: false,
+        sloppy_quorum: false,
     }
 }
 

@@ -132,6 +132,9 @@ struct Write<'a> {
     level: Consistency,
     /// Over the context, an overwrite, or conditional.
     mode: WriteMode,
+    /// A sloppy quorum (stand-ins count for replicas that cannot take
+    /// the write), strict, or `None`: the keyspace's default.
+    sloppy: Option<bool>,
 }
 
 /// A peer request that failed here, as the peer's answer.
@@ -230,6 +233,7 @@ impl<S: LocalStore, T: Transport, H: HintSink> Coordinator<S, T, H> {
             key,
             vec![version],
             targets,
+            BTreeMap::new(),
             &view,
             SPREAD_DEADLINE,
         )
@@ -361,6 +365,7 @@ impl<S: LocalStore, T: Transport, H: HintSink> Coordinator<S, T, H> {
                 write_id,
                 consistency,
                 mode,
+                sloppy,
             } => {
                 let write = Write {
                     keyspace: &keyspace,
@@ -370,6 +375,7 @@ impl<S: LocalStore, T: Transport, H: HintSink> Coordinator<S, T, H> {
                     write_id,
                     level: consistency,
                     mode,
+                    sloppy,
                 };
                 match self.write_inner(write, deadline, false).await {
                     Ok(None) => PeerResponse::Written,
@@ -453,6 +459,7 @@ impl<S: LocalStore, T: Transport, H: HintSink> Coordinator<S, T, H> {
             write_id,
             level,
             mode,
+            sloppy: None,
         };
         self.write_inner(write, deadline, true).await
     }
@@ -518,11 +525,17 @@ impl<S: LocalStore, T: Transport, H: HintSink> Coordinator<S, T, H> {
         };
         let mut targets = target::targets(Operation::Write, &scope, &view, hash);
         targets.tracker.ack(me);
+        let stand_ins = if write.sloppy.unwrap_or(ks.sloppy_quorum) {
+            target::fallbacks(&view, hash, &targets.replicas, me)
+        } else {
+            BTreeMap::new()
+        };
         self.replicate(
             write.keyspace,
             write.key,
             vec![version],
             targets,
+            stand_ins,
             &view,
             deadline,
         )
@@ -832,12 +845,14 @@ impl<S: LocalStore, T: Transport, H: HintSink> Coordinator<S, T, H> {
     /// the level. A target in this DC that misses them gets a hint; one in
     /// another DC does not when a bridge runs (the bridge carries the
     /// write there).
+    #[allow(clippy::too_many_arguments)]
     async fn replicate(
         &self,
         keyspace: &str,
         key: &[u8],
         versions: Vec<Version>,
         targets: Targets,
+        stand_ins: BTreeMap<NodeId, NodeId>,
         view: &ClusterView,
         deadline: Duration,
     ) -> Result<(), CoordinatorError> {
@@ -860,8 +875,9 @@ impl<S: LocalStore, T: Transport, H: HintSink> Coordinator<S, T, H> {
             let (keyspace, key, versions) = (keyspace.to_owned(), key.to_vec(), versions.clone());
             let alive = view.alive.contains(&node);
             let hint = self.bridge.is_none() || dc == self.config.dc;
+            let stand_in = stand_ins.get(&node).cloned();
             tokio::spawn(async move {
-                let delivered = if alive {
+                let mut delivered = if alive {
                     let request = PeerRequest::Apply {
                         keyspace: keyspace.clone(),
                         key: key.clone(),
@@ -882,6 +898,26 @@ impl<S: LocalStore, T: Transport, H: HintSink> Coordinator<S, T, H> {
                 } else {
                     Err(None)
                 };
+                if let (Err(_), Some(stand_in)) = (&delivered, stand_in) {
+                    // A sloppy quorum: the stand-in keeps the copy as a
+                    // durable hint for `node`, delivered when it returns,
+                    // and answers for it toward the level.
+                    let request = PeerRequest::Apply {
+                        keyspace: keyspace.clone(),
+                        key: key.clone(),
+                        versions: versions.clone(),
+                        hint_for: Some(node.clone()),
+                    };
+                    match transport.call(&stand_in, request, deadline).await {
+                        Ok(PeerResponse::Applied) => {
+                            tracing::debug!(%node, %stand_in, "a stand-in took a write as a hint");
+                            delivered = Ok(());
+                        }
+                        other => {
+                            tracing::debug!(%node, %stand_in, answer = ?other, "a stand-in missed a write");
+                        }
+                    }
+                }
                 if delivered.is_err()
                     && hint
                     && let Err(e) = hints.add(&node, &keyspace, &key, versions).await
@@ -939,6 +975,7 @@ impl<S: LocalStore, T: Transport, H: HintSink> Coordinator<S, T, H> {
             write_id: write.write_id,
             consistency: write.level,
             mode: write.mode,
+            sloppy: write.sloppy,
         };
         match self.transport.call(node, request, deadline).await {
             Ok(PeerResponse::Written) => Ok(None),

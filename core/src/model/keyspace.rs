@@ -26,6 +26,10 @@ pub struct KeyspaceConfig {
     /// Whether the keyspace's values are counters (`isthmus_client::counter`),
     /// changed by adding to them ([`isthmus_client::wire::WriteMode::Add`]).
     pub counter: bool,
+    /// Whether writes take a sloppy quorum by default: with replicas
+    /// down, live nodes further along the ring take their copies as hints
+    /// and count toward the level in their place.
+    pub sloppy_quorum: bool,
 }
 
 impl Default for KeyspaceConfig {
@@ -36,6 +40,7 @@ impl Default for KeyspaceConfig {
             resolver: None,
             ttl_s: None,
             counter: false,
+            sloppy_quorum: false,
         }
     }
 }

@@ -262,6 +262,7 @@ fn keyspaces_of(config: &NodeConfig) -> BTreeMap<String, KeyspaceConfig> {
                 resolver: ks.resolver.as_deref().and_then(parse_resolver_binding),
                 ttl_s: ks.ttl_s,
                 counter: ks.counter,
+                sloppy_quorum: ks.sloppy_quorum,
             };
             (name.clone(), ksc)
         })

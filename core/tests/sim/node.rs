@@ -331,6 +331,7 @@ fn config(cluster: &Cluster, spec: &NodeSpec) -> NodeConfig {
                     resolver: ks.resolver.as_ref().map(|(n, v)| format!("{n}@{v}")),
                     ttl_s: ks.ttl_s,
                     counter: ks.counter,
+                    sloppy_quorum: ks.sloppy_quorum,
                 };
                 (name.clone(), section)
             })
