@@ -69,7 +69,11 @@ async fn a_sloppy_quorum_writes_through_two_replicas_down_and_hands_off() {
             strict_failed.insert(i);
         }
     }
-    // About 3 keys in 10 have both stopped nodes among their three
+    eprintln!(
+        "{KEYS} sloppy writes succeeded; {} of the same writes to the strict keyspace failed",
+        strict_failed.len()
+    );
+    // Some keys (37 of 200 in one run) have both stopped nodes among their three
     // replicas: the strict keyspace cannot write those.
     assert!(
         strict_failed.len() >= 20,
