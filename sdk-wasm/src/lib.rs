@@ -212,6 +212,7 @@ extern crate alloc;
 pub mod abi;
 #[doc(hidden)]
 pub mod glue;
+pub mod laws;
 #[cfg(all(target_arch = "wasm32", feature = "guest-runtime"))]
 mod runtime;
 
