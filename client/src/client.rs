@@ -1,7 +1,10 @@
 //! The application's client: a builder, a session per node opened on
-//! demand and reopened after failures, requests routed to a replica of the
-//! key in the local datacenter, and retries with backoff and jitter that
-//! reuse the write id (so a retried write never adds a sibling).
+//! demand and reopened after failures, requests routed along the key's
+//! replica walk (its primary in the local datacenter first, then its other
+//! replicas, in the order the nodes place them), members re-learned in the
+//! background, and retries with backoff and jitter that reuse the write id
+//! (so a retried write never adds a sibling), within an optional overall
+//! deadline ([`RequestOptions`]).
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), isthmus_client::ClientError> {
@@ -1035,5 +1038,85 @@ mod tests {
                 .route(b"k", Some(Consistency::LocalOne))
                 .contains(&"b1:1".to_string())
         );
+    }
+
+    #[test]
+    fn a_route_follows_the_keys_replica_walk_not_the_token_order() {
+        let config = Client::builder()
+            .seed("a0:1")
+            .local_dc("dc1")
+            .dc_failover(DcFailover::Always);
+        let client = Client {
+            inner: Arc::new(Inner {
+                config,
+                sessions: Mutex::default(),
+                topology: Mutex::default(),
+                refresher: Mutex::default(),
+                membership_moved: Arc::default(),
+            }),
+        };
+        let mut nodes: Vec<NodeReport> = (0..5)
+            .map(|i| NodeReport {
+                rack: format!("r{}", i % 3),
+                ..node(&format!("a{i}"), "dc1", i != 3)
+            })
+            .chain((0..3).map(|i| node(&format!("b{i}"), "dc2", true)))
+            .collect();
+        // A joining node owns no range: it is tried after the walks.
+        nodes.push(NodeReport {
+            status: "Joining".into(),
+            ..node("a9", "dc1", true)
+        });
+        client.set_topology(nodes.clone());
+        let rings = Rings::build(nodes.iter().filter(|n| n.status == "Normal").map(|n| {
+            Member {
+                node_id: n.node_id.clone(),
+                dc: n.dc.clone(),
+                rack: n.rack.clone(),
+                vnodes: n.vnodes,
+            }
+        }));
+        let addr = |id: &str| format!("{id}:1");
+        let mut differs_from_token_order = 0;
+        for i in 0..200u32 {
+            let key = i.to_be_bytes();
+            let route = client.route(&key, None);
+            let mut expected: Vec<String> = rings
+                .walk_all("dc1", &key)
+                .into_iter()
+                .filter(|id| *id != "a3")
+                .map(addr)
+                .collect();
+            expected.extend(rings.walk_all("dc2", &key).into_iter().map(addr));
+            expected.push(addr("a9"));
+            expected.push(addr("a3"));
+            assert_eq!(route, expected, "key {i}");
+            // The old route: the primary, then every node in the order of
+            // its first token on the ring, ignoring racks.
+            let tokens: Vec<(u64, &str)> = {
+                let mut t: Vec<(u64, &str)> = nodes[..5]
+                    .iter()
+                    .flat_map(|n| {
+                        crate::placement::tokens_for(&n.node_id, n.vnodes)
+                            .into_iter()
+                            .map(|t| (t, n.node_id.as_str()))
+                    })
+                    .collect();
+                t.sort();
+                t
+            };
+            let mut by_token: Vec<&str> = Vec::new();
+            let start = tokens.partition_point(|(t, _)| *t < crate::placement::key_hash(&key));
+            for (_, id) in tokens[start..].iter().chain(&tokens[..start]) {
+                if !by_token.contains(id) {
+                    by_token.push(id);
+                }
+            }
+            if by_token != rings.walk_all("dc1", &key) {
+                differs_from_token_order += 1;
+            }
+        }
+        // Racks make the walk differ from a plain clockwise walk.
+        assert!(differs_from_token_order > 0);
     }
 }
