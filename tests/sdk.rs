@@ -67,7 +67,9 @@ async fn batches_of_300_keys_on_three_nodes_answer_in_input_order() {
         .build()
         .await
         .unwrap();
-    let keys: Vec<Vec<u8>> = (0..300).map(|i| format!("batch-{i}").into_bytes()).collect();
+    let keys: Vec<Vec<u8>> = (0..300)
+        .map(|i| format!("batch-{i}").into_bytes())
+        .collect();
     // The batch's keys go to every node first (their primaries differ).
     let firsts: std::collections::BTreeSet<String> = keys
         .iter()
@@ -77,7 +79,13 @@ async fn batches_of_300_keys_on_three_nodes_answer_in_input_order() {
 
     let mut items: Vec<PutItem> = keys
         .iter()
-        .map(|k| PutItem::new(k.clone(), k.iter().rev().copied().collect(), Context::default()))
+        .map(|k| {
+            PutItem::new(
+                k.clone(),
+                k.iter().rev().copied().collect(),
+                Context::default(),
+            )
+        })
         .collect();
     // One item too large for the node: it fails alone.
     items[150].key = vec![b'k'; 64 * 1024];
@@ -89,9 +97,7 @@ async fn batches_of_300_keys_on_three_nodes_answer_in_input_order() {
         if i == 150 {
             assert!(result.is_err(), "an oversized key is refused");
         } else {
-            result
-                .as_ref()
-                .unwrap_or_else(|e| panic!("item {i}: {e}"));
+            result.as_ref().unwrap_or_else(|e| panic!("item {i}: {e}"));
         }
     }
     let started = Instant::now();

@@ -43,7 +43,11 @@ fn target() -> anyhow::Result<(String, String)> {
 
 /// Two concurrent carts, merged by the next update.
 pub async fn run(seed: &str, keyspace: &str) -> anyhow::Result<()> {
-    let client = Client::builder().seed(seed).name("cart-example").build().await?;
+    let client = Client::builder()
+        .seed(seed)
+        .name("cart-example")
+        .build()
+        .await?;
     let key = format!("cart-{:016x}", rand::random::<u64>());
 
     // The phone and the laptop each add an item to the empty cart.

@@ -140,7 +140,11 @@ impl Client {
     {
         let mut by_node: BTreeMap<String, Vec<usize>> = BTreeMap::new();
         for (i, key) in keys.iter().enumerate() {
-            let first = self.route(key, level).into_iter().next().unwrap_or_default();
+            let first = self
+                .route(key, level)
+                .into_iter()
+                .next()
+                .unwrap_or_default();
             by_node.entry(first).or_default().push(i);
         }
         let each = &each;

@@ -495,14 +495,17 @@ impl Client {
     }
 
     fn set_topology(&self, nodes: Vec<NodeReport>) {
-        let rings = Rings::build(nodes.iter().filter(|n| owns_ranges(&n.status)).map(|n| {
-            Member {
-                node_id: n.node_id.clone(),
-                dc: n.dc.clone(),
-                rack: n.rack.clone(),
-                vnodes: n.vnodes,
-            }
-        }));
+        let rings = Rings::build(
+            nodes
+                .iter()
+                .filter(|n| owns_ranges(&n.status))
+                .map(|n| Member {
+                    node_id: n.node_id.clone(),
+                    dc: n.dc.clone(),
+                    rack: n.rack.clone(),
+                    vnodes: n.vnodes,
+                }),
+        );
         let mut topology = self.inner.topology.lock();
         let changed = member_set(&topology.nodes) != member_set(&nodes);
         let generation = topology.generation + u64::from(changed);
@@ -1068,14 +1071,17 @@ mod tests {
             ..node("a9", "dc1", true)
         });
         client.set_topology(nodes.clone());
-        let rings = Rings::build(nodes.iter().filter(|n| n.status == "Normal").map(|n| {
-            Member {
-                node_id: n.node_id.clone(),
-                dc: n.dc.clone(),
-                rack: n.rack.clone(),
-                vnodes: n.vnodes,
-            }
-        }));
+        let rings = Rings::build(
+            nodes
+                .iter()
+                .filter(|n| n.status == "Normal")
+                .map(|n| Member {
+                    node_id: n.node_id.clone(),
+                    dc: n.dc.clone(),
+                    rack: n.rack.clone(),
+                    vnodes: n.vnodes,
+                }),
+        );
         let addr = |id: &str| format!("{id}:1");
         let mut differs_from_token_order = 0;
         for i in 0..200u32 {

@@ -168,7 +168,10 @@ mod tests {
     fn unset_options_take_the_defaults_and_set_ones_win() {
         let r = RequestOptions::new().resolve(&defaults()).unwrap();
         assert_eq!(r.consistency, Some(Consistency::LocalQuorum));
-        assert_eq!((r.timeout, r.retries, r.deadline), (Duration::from_secs(2), 3, None));
+        assert_eq!(
+            (r.timeout, r.retries, r.deadline),
+            (Duration::from_secs(2), 3, None)
+        );
         let r = RequestOptions::new()
             .consistency(Consistency::One)
             .timeout(Duration::from_secs(5))
@@ -188,11 +191,29 @@ mod tests {
             .timeout(Duration::ZERO)
             .resolve(&defaults())
             .unwrap_err();
-        assert!(matches!(e, ClientError::InvalidOption { field: "timeout", .. }), "{e}");
+        assert!(
+            matches!(
+                e,
+                ClientError::InvalidOption {
+                    field: "timeout",
+                    ..
+                }
+            ),
+            "{e}"
+        );
         let e = RequestOptions::new()
             .deadline(Duration::ZERO)
             .resolve(&defaults())
             .unwrap_err();
-        assert!(matches!(e, ClientError::InvalidOption { field: "deadline", .. }), "{e}");
+        assert!(
+            matches!(
+                e,
+                ClientError::InvalidOption {
+                    field: "deadline",
+                    ..
+                }
+            ),
+            "{e}"
+        );
     }
 }

@@ -204,8 +204,10 @@ mod tests {
                 assert_eq!(rings.walk("dc1", &key, n), all[..n]);
             }
             // Three racks: the first three replicas are on three racks.
-            let racks: std::collections::BTreeSet<char> =
-                all[..3].iter().map(|id| id.chars().next().unwrap()).collect();
+            let racks: std::collections::BTreeSet<char> = all[..3]
+                .iter()
+                .map(|id| id.chars().next().unwrap())
+                .collect();
             assert_eq!(racks.len(), 3, "{all:?}");
         }
         assert!(rings.walk_all("dc2", b"k").is_empty());

@@ -51,7 +51,10 @@ impl<Q, A> std::fmt::Debug for Channel<Q, A> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Channel")
             .field("peer", &self.peer)
-            .field("open", &self.pending.lock().map(|p| p.is_some()).unwrap_or(false))
+            .field(
+                "open",
+                &self.pending.lock().map(|p| p.is_some()).unwrap_or(false),
+            )
             .finish_non_exhaustive()
     }
 }

@@ -124,9 +124,7 @@ async fn fake_node(behaviour: Behaviour) -> FakeNode {
                                 replies.extend(held.drain(..).map(|r| (r.id, answer(&r.body))));
                             }
                         }
-                        (body, Behaviour::HoldUntil(_)) => {
-                            replies.push((request.id, answer(body)))
-                        }
+                        (body, Behaviour::HoldUntil(_)) => replies.push((request.id, answer(body))),
                     }
                     for (id, body) in replies {
                         let reply = Reply {
@@ -231,7 +229,13 @@ async fn the_overall_deadline_bounds_every_retry() {
         .await
         .unwrap_err();
     assert!(
-        matches!(e, ClientError::InvalidOption { field: "timeout", .. }),
+        matches!(
+            e,
+            ClientError::InvalidOption {
+                field: "timeout",
+                ..
+            }
+        ),
         "{e}"
     );
 }
