@@ -214,3 +214,72 @@ async fn a_node_added_to_the_cluster_is_used_without_a_failure_first() {
     );
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_keys_primary_down_its_next_replica_in_walk_order_serves_it() {
+    let _serial = SERIAL.lock().await;
+    let mut cluster = one_dc(4).await;
+    let client = Client::builder()
+        .seed(cluster.seed())
+        .local_dc("dc1")
+        .timeout(Duration::from_secs(5))
+        .retries(4)
+        .build()
+        .await
+        .unwrap();
+    let id_of = |addr: &str| {
+        client
+            .nodes()
+            .into_iter()
+            .find(|n| n.addr == addr)
+            .map(|n| n.node_id)
+            .unwrap()
+    };
+    // Keys whose primary is one node (not the seed, which stays up).
+    let all: Vec<Vec<u8>> = (0..400u32)
+        .map(|i| format!("failover-{i}").into_bytes())
+        .collect();
+    let primary = client.route(&all[0], None)[0].clone();
+    let primary = if primary == cluster.seed() {
+        client.route(&all[1], None)[0].clone()
+    } else {
+        primary
+    };
+    let keys: Vec<(Vec<u8>, String)> = all
+        .iter()
+        .filter_map(|k| {
+            let route = client.route(k, None);
+            (route[0] == primary).then(|| (k.clone(), id_of(&route[1])))
+        })
+        .collect();
+    for (key, _) in &keys {
+        client
+            .put(KEYSPACE, key, b"v".to_vec(), &Context::default())
+            .await
+            .unwrap();
+    }
+    let down = id_of(&primary);
+    let live: Vec<String> = client
+        .nodes()
+        .into_iter()
+        .map(|n| n.node_id)
+        .filter(|id| *id != down)
+        .collect();
+    cluster.stop_node(&down).await;
+    let mut before = std::collections::BTreeMap::new();
+    for id in &live {
+        before.insert(id.clone(), gets_coordinated(&cluster, id).await);
+    }
+    for (key, _) in &keys {
+        let read = client.get(KEYSPACE, key).await.unwrap();
+        assert_eq!(read.siblings.len(), 1);
+    }
+    // Each read went to its key's second replica in walk order: every
+    // node coordinated exactly the reads whose second replica it is.
+    for id in &live {
+        let expected = keys.iter().filter(|(_, second)| second == id).count() as f64;
+        let got = gets_coordinated(&cluster, id).await - before[id];
+        assert_eq!(got, expected, "{id}: {got} reads, {expected} expected");
+    }
+    cluster.shutdown().await;
+}
