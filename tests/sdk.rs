@@ -10,6 +10,7 @@
 
 use std::time::{Duration, Instant};
 
+use isthmus_client::placement::{Member, Rings};
 use isthmus_client::wire::Context;
 use isthmus_client::{Client, PutItem, RequestOptions};
 use isthmus_testkit::{ClusterSpec, LocalCluster, Root};
@@ -235,21 +236,30 @@ async fn with_a_keys_primary_down_its_next_replica_in_walk_order_serves_it() {
             .map(|n| n.node_id)
             .unwrap()
     };
-    // Keys whose primary is one node (not the seed, which stays up).
+    // The nodes' own replica order (core's placement test shows the
+    // client's `Rings` walk is the ring's), independent of the client's
+    // routing: keys whose primary is one node (not the seed, which stays
+    // up), each with its second replica.
+    let rings = Rings::build(client.nodes().into_iter().map(|n| Member {
+        node_id: n.node_id,
+        dc: n.dc,
+        rack: n.rack,
+        vnodes: n.vnodes,
+    }));
+    let seed_id = id_of(cluster.seed());
     let all: Vec<Vec<u8>> = (0..400u32)
         .map(|i| format!("failover-{i}").into_bytes())
         .collect();
-    let primary = client.route(&all[0], None)[0].clone();
-    let primary = if primary == cluster.seed() {
-        client.route(&all[1], None)[0].clone()
-    } else {
-        primary
-    };
+    let down = all
+        .iter()
+        .map(|k| rings.walk_all("dc1", k)[0].to_owned())
+        .find(|id| *id != seed_id)
+        .unwrap();
     let keys: Vec<(Vec<u8>, String)> = all
         .iter()
         .filter_map(|k| {
-            let route = client.route(k, None);
-            (route[0] == primary).then(|| (k.clone(), id_of(&route[1])))
+            let walk = rings.walk_all("dc1", k);
+            (walk[0] == down).then(|| (k.clone(), walk[1].to_owned()))
         })
         .collect();
     for (key, _) in &keys {
@@ -258,7 +268,6 @@ async fn with_a_keys_primary_down_its_next_replica_in_walk_order_serves_it() {
             .await
             .unwrap();
     }
-    let down = id_of(&primary);
     let live: Vec<String> = client
         .nodes()
         .into_iter()
