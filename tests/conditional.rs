@@ -496,3 +496,143 @@ async fn put_if_in_two_dcs_makes_siblings_the_counter_resolver_merges() {
     );
     cluster.shutdown().await;
 }
+
+// ---------------------------------------------------------------------------
+// Counters
+
+/// The node config of a counter keyspace: `carts` holds counters.
+fn counters(config: &mut isthmus_core::config::NodeConfig) {
+    for ks in config.keyspaces.values_mut() {
+        ks.counter = true;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn additions_in_two_dcs_all_count_once() {
+    let _serial = SERIAL.lock().await;
+    let spec = ClusterSpec {
+        keyspace: KEYSPACE.into(),
+        resolver: Some(("pn-counter".into(), counter_module())),
+        configure: Some(counters),
+        ..ClusterSpec::new(&["dc1", "dc2"], 3)
+    };
+    let cluster = LocalCluster::start(spec, Root::temporary().unwrap())
+        .await
+        .unwrap();
+    cluster.wait_alive(6, "two dcs").await.unwrap();
+    const PER_WORKER: i64 = 20;
+    let key = b"hits".to_vec();
+    let mut tasks = Vec::new();
+    for dc in ["dc1", "dc2"] {
+        for w in 0..3 {
+            // Every worker through a different node: most forward to the
+            // key's deciding replica.
+            let c = connect(&cluster, dc, &cluster.addrs(dc)[w]).await;
+            let key = key.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut seen = Vec::new();
+                for _ in 0..PER_WORKER {
+                    seen.push(c.add(KEYSPACE, &key, 1).await.unwrap());
+                }
+                (dc, seen)
+            }));
+        }
+    }
+    let mut answered: BTreeMap<&str, Vec<i64>> = BTreeMap::new();
+    for t in tasks {
+        let (dc, seen) = t.await.unwrap();
+        answered.entry(dc).or_default().extend(seen);
+    }
+    // Within a DC, additions are serialised at the deciding replica: each
+    // +1 answered a value no other +1 of that DC answered.
+    for (dc, values) in &answered {
+        let mut distinct = values.clone();
+        distinct.sort_unstable();
+        distinct.dedup();
+        assert_eq!(distinct.len(), values.len(), "{dc}: {values:?}");
+    }
+    // Subtractions count as well: three in each DC, at once.
+    let mut takes = Vec::new();
+    for dc in ["dc1", "dc2"] {
+        for w in 0..3 {
+            let c = connect(&cluster, dc, &cluster.addrs(dc)[w]).await;
+            let key = key.clone();
+            takes.push(tokio::spawn(async move { c.add(KEYSPACE, &key, -1).await }));
+        }
+    }
+    for t in takes {
+        t.await.unwrap().unwrap();
+    }
+    let total = 6 * (PER_WORKER - 1);
+    // Both DCs converge on one counter holding every addition, once.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut values = Vec::new();
+        for dc in ["dc1", "dc2"] {
+            let c = connect(&cluster, dc, &cluster.addrs(dc)[1]).await;
+            values.push(c.counter(KEYSPACE, &key).await.unwrap());
+        }
+        if values.iter().all(|v| *v == i128::from(total)) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the DCs never agreed on {total}: {values:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // An addition is refused where it cannot be one, with the reason.
+    let c = connect(&cluster, "dc1", &cluster.addrs("dc1")[0]).await;
+    c.overwrite(KEYSPACE, b"text", b"not a counter".to_vec())
+        .await
+        .unwrap();
+    let err = c.add(KEYSPACE, b"text", 1).await.unwrap_err();
+    assert!(err.to_string().contains("not a counter"), "{err}");
+    assert!(matches!(
+        c.counter(KEYSPACE, b"text").await,
+        Err(ClientError::NotACounter(_))
+    ));
+    let err = c.add("nope", b"k", 1).await.unwrap_err();
+    assert!(err.to_string().contains("nope"), "{err}");
+    let err = c.add(KEYSPACE, b"hits", i64::MAX).await.unwrap_err();
+    assert!(err.to_string().contains("overflow"), "{err}");
+    assert_eq!(
+        c.counter(KEYSPACE, &key).await.unwrap(),
+        i128::from(total),
+        "a refused addition changed the counter"
+    );
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn additions_need_a_counter_keyspace_with_a_resolver() {
+    let _serial = SERIAL.lock().await;
+    // Counters, but no resolver bound: siblings from two places would
+    // never merge, so the addition is refused.
+    let spec = ClusterSpec {
+        configure: Some(counters),
+        ..ClusterSpec::new(&["dc1"], 1)
+    };
+    let cluster = LocalCluster::start(spec, Root::temporary().unwrap())
+        .await
+        .unwrap();
+    cluster.wait_alive(1, "one node").await.unwrap();
+    let c = connect(&cluster, "dc1", &cluster.addrs("dc1")[0]).await;
+    let err = c.add(KEYSPACE, b"k", 1).await.unwrap_err();
+    assert!(err.to_string().contains("no resolver bound"), "{err}");
+    cluster.shutdown().await;
+    // A resolver, but values that are not counters.
+    let spec = ClusterSpec {
+        keyspace: KEYSPACE.into(),
+        resolver: Some(("pn-counter".into(), counter_module())),
+        ..ClusterSpec::new(&["dc1"], 1)
+    };
+    let cluster = LocalCluster::start(spec, Root::temporary().unwrap())
+        .await
+        .unwrap();
+    cluster.wait_alive(1, "one node").await.unwrap();
+    let c = connect(&cluster, "dc1", &cluster.addrs("dc1")[0]).await;
+    let err = c.add(KEYSPACE, b"k", 1).await.unwrap_err();
+    assert!(err.to_string().contains("does not hold counters"), "{err}");
+    cluster.shutdown().await;
+}

@@ -817,6 +817,43 @@ impl Client {
         .await
     }
 
+    /// Add `delta` (negative: subtract) to the counter at `key`, in a
+    /// keyspace that holds counters (`counter = true`, with a resolver
+    /// that merges counters bound): the key's deciding replica adds it on
+    /// behalf of its own actor over every counter it holds, in one step
+    /// under the key's lock ([`WriteMode::Add`]). Answers the counter's
+    /// value there just after. A retry carries the same write id, so an
+    /// addition counts once however often it is sent; additions made
+    /// concurrently in two datacenters both count once their counters
+    /// meet and merge ([`crate::counter`]).
+    pub async fn add(&self, keyspace: &str, key: &[u8], delta: i64) -> Result<i64, ClientError> {
+        let opts = RequestOptions::default().resolve(&self.defaults())?;
+        let body = RequestBody::Put {
+            keyspace: keyspace.into(),
+            key: key.to_vec(),
+            value: Vec::new(),
+            context: Context::default(),
+            consistency: opts.consistency,
+            write_id: WriteId(rand::random()),
+            mode: WriteMode::Add(delta),
+        };
+        match self.call(key, body, &opts).await? {
+            ResponseBody::Counted { value } => Ok(value),
+            other => Err(ClientError::Handshake {
+                reason: format!("unexpected answer {other:?}"),
+            }),
+        }
+    }
+
+    /// The value of the counter at `key`: the join of its siblings (0 when
+    /// absent). [`ClientError::NotACounter`] when a sibling is not one.
+    pub async fn counter(&self, keyspace: &str, key: &[u8]) -> Result<i128, ClientError> {
+        let read = self.get(keyspace, key).await?;
+        crate::counter::Counter::join_all(read.siblings.iter().map(|s| &s.value[..]))
+            .map(|c| c.value())
+            .map_err(ClientError::NotACounter)
+    }
+
     async fn put_mode(
         &self,
         keyspace: &str,

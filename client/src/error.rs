@@ -76,6 +76,9 @@ pub enum ClientError {
         /// The context covering them (what to write over next).
         context: Context,
     },
+    /// A value read as a counter is not one ([`crate::counter`]).
+    #[error(transparent)]
+    NotACounter(#[from] crate::counter::NotACounter),
     /// The request encodes to more than the frame cap (or does not encode),
     /// so it was not sent; the connection stays open.
     #[error("request not sent: {reason}")]
@@ -128,7 +131,8 @@ impl ClientError {
             | ClientError::Forbidden { .. }
             | ClientError::RequestTooLarge { .. }
             | ClientError::ConditionFailed { .. }
-            | ClientError::InvalidOption { .. } => false,
+            | ClientError::InvalidOption { .. }
+            | ClientError::NotACounter(_) => false,
             #[cfg(feature = "serde-json")]
             ClientError::Value { .. } => false,
             ClientError::Server(e) => e.code.is_retryable(),

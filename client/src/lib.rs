@@ -4,6 +4,7 @@
 
 pub mod batch;
 pub mod client;
+pub mod counter;
 pub mod error;
 pub mod options;
 pub mod placement;

@@ -75,6 +75,19 @@ pub struct KeyspaceSection {
     /// Time to live of written values, in seconds.
     #[serde(default)]
     pub ttl_s: Option<u64>,
+    /// The keyspace holds counters: the Redis front door's `INCR`,
+    /// `INCRBY`, `DECR` and `DECRBY` add to them (with a resolver that
+    /// merges counters bound, such as the `pn-counter` example), and its
+    /// `GET` shows their value. Writes of other values are refused there.
+    #[serde(default)]
+    pub counter: bool,
+    /// Writes take a sloppy quorum unless a request says otherwise: with
+    /// replicas of a key down, the first live nodes further along its
+    /// datacenter's ring take their copies as hints (delivered when the
+    /// replicas return) and count toward the level in their place. Off:
+    /// strict quorums, only the key's replicas count.
+    #[serde(default)]
+    pub sloppy_quorum: bool,
 }
 
 fn default_consistency() -> Consistency {
@@ -1022,6 +1035,8 @@ mod tests {
                     consistency: Consistency::LocalQuorum,
                     resolver: Some("cart-union@1".into()),
                     ttl_s: None,
+                    counter: false,
+                    sloppy_quorum: false,
                 },
             )]),
         }

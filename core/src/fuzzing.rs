@@ -102,6 +102,8 @@ pub fn peer_message(bytes: &[u8]) {
             | PeerResponse::Applied
             | PeerResponse::Written
             | PeerResponse::Shipped { .. }
+            // Any value is a counter's value, handed on as it is.
+            | PeerResponse::Counted(_)
             // Held to the stretch asked for by `Coordinator::scan`.
             | PeerResponse::ScanPart { .. } => {}
         }

@@ -66,6 +66,8 @@ pub enum PeerRequest {
         /// Overwrite or condition (the receiver then checks it under the
         /// key's lock).
         mode: isthmus_client::wire::WriteMode,
+        /// A sloppy or a strict quorum; `None`: the keyspace's default.
+        sloppy: Option<bool>,
     },
     /// A batch of writes from the bridge of a node in `from_dc`: an
     /// lz4-compressed, postcard-encoded list of records (the bridge's
@@ -149,6 +151,9 @@ pub enum PeerResponse {
         /// through `to`.
         next: Option<u64>,
     },
+    /// A forwarded addition to a counter reached its level: the counter's
+    /// value where it was added. (Appended last.)
+    Counted(i64),
 }
 
 /// One item of a bridge batch the receiving datacenter refused for good.

@@ -111,6 +111,8 @@ pub fn registry_keyspace(
         consistency: SYSTEM_WRITE_LEVEL,
         resolver: None,
         ttl_s: None,
+        counter: false,
+        sloppy_quorum: false,
     }
 }
 

@@ -78,6 +78,8 @@ fn config(dir: &Path, id: &str, port: u16, seeds: Vec<String>) -> NodeConfig {
                 consistency: Consistency::One,
                 resolver: None,
                 ttl_s: None,
+                counter: false,
+                sloppy_quorum: false,
             },
         )]),
     }

@@ -51,6 +51,8 @@ async fn every_loop_is_a_named_worker_with_a_status() {
                 consistency: Consistency::LocalOne,
                 resolver: None,
                 ttl_s: None,
+                counter: false,
+                sloppy_quorum: false,
             },
         )]),
     };

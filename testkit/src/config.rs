@@ -74,6 +74,8 @@ pub fn keyspace(replication: &[(&str, u32)]) -> KeyspaceSection {
         consistency: Consistency::LocalQuorum,
         resolver: None,
         ttl_s: None,
+        counter: false,
+        sloppy_quorum: false,
     }
 }
 

@@ -8,7 +8,7 @@ pub const MAGIC: [u8; 4] = *b"ISTH";
 /// Version of the message definitions in this module. A node refuses a
 /// handshake whose version it does not speak with
 /// [`ErrorCode::ProtocolVersion`].
-pub const PROTOCOL_VERSION: u16 = 5;
+pub const PROTOCOL_VERSION: u16 = 6;
 
 /// How many acknowledgements a request waits for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -151,6 +151,14 @@ pub enum WriteMode {
     /// [`ResponseBody::ConditionFailed`]. The new version supersedes the
     /// tombstones there.
     IfAbsent,
+    /// Add the delta to the key's counter (subtract when negative), in a
+    /// keyspace that holds counters: the issuing replica joins every
+    /// counter it holds for the key ([`crate::counter`]), adds the delta
+    /// on behalf of its own actor, and writes the result over all of
+    /// them; the put's value must be empty. Answered
+    /// [`ResponseBody::Counted`] with the counter's value there.
+    /// (Appended last: variants are encoded by position.)
+    Add(i64),
 }
 
 impl WriteMode {
@@ -788,6 +796,12 @@ pub enum ResponseBody {
         keys: Vec<Vec<u8>>,
         /// The next page's cursor; 0 when the scan is done.
         cursor: u64,
+    },
+    /// The answer to a put in [`WriteMode::Add`]: the counter's value
+    /// where the delta was added, just after adding it. (Appended last.)
+    Counted {
+        /// The counter's value.
+        value: i64,
     },
 }
 

@@ -50,6 +50,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use isthmus_client::ClientError;
+use isthmus_client::counter::Counter;
 use isthmus_client::wire::{ErrorCode, WireError, WriteMode};
 use parking_lot::RwLock;
 use tokio::sync::{mpsc, watch};
@@ -131,6 +132,9 @@ struct Write<'a> {
     level: Consistency,
     /// Over the context, an overwrite, or conditional.
     mode: WriteMode,
+    /// A sloppy quorum (stand-ins count for replicas that cannot take
+    /// the write), strict, or `None`: the keyspace's default.
+    sloppy: Option<bool>,
 }
 
 /// A peer request that failed here, as the peer's answer.
@@ -229,6 +233,7 @@ impl<S: LocalStore, T: Transport, H: HintSink> Coordinator<S, T, H> {
             key,
             vec![version],
             targets,
+            BTreeMap::new(),
             &view,
             SPREAD_DEADLINE,
         )
@@ -360,6 +365,7 @@ impl<S: LocalStore, T: Transport, H: HintSink> Coordinator<S, T, H> {
                 write_id,
                 consistency,
                 mode,
+                sloppy,
             } => {
                 let write = Write {
                     keyspace: &keyspace,
@@ -369,9 +375,11 @@ impl<S: LocalStore, T: Transport, H: HintSink> Coordinator<S, T, H> {
                     write_id,
                     level: consistency,
                     mode,
+                    sloppy,
                 };
                 match self.write_inner(write, deadline, false).await {
-                    Ok(()) => PeerResponse::Written,
+                    Ok(None) => PeerResponse::Written,
+                    Ok(Some(value)) => PeerResponse::Counted(value),
                     Err(CoordinatorError::ConditionFailed { current }) => {
                         PeerResponse::ConditionFailed(current)
                     }
@@ -422,12 +430,15 @@ impl<S: LocalStore, T: Transport, H: HintSink> Coordinator<S, T, H> {
             deadline,
         )
         .await
+        .map(|_| ())
     }
 
-    /// [`Self::write`] in `mode`: an overwrite, or a conditional write
+    /// [`Self::write`] in `mode`: an overwrite, a conditional write
     /// whose condition is checked where its dot is issued, under the
     /// key's lock (a failed condition is
-    /// [`CoordinatorError::ConditionFailed`], with the key's set there).
+    /// [`CoordinatorError::ConditionFailed`], with the key's set there),
+    /// or an addition to a counter, answered with the counter's value
+    /// where it was added (`Some`; `None` for every other mode).
     #[allow(clippy::too_many_arguments)]
     pub async fn write_with(
         &self,
@@ -439,7 +450,7 @@ impl<S: LocalStore, T: Transport, H: HintSink> Coordinator<S, T, H> {
         level: Consistency,
         mode: WriteMode,
         deadline: Duration,
-    ) -> Result<(), CoordinatorError> {
+    ) -> Result<Option<i64>, CoordinatorError> {
         let write = Write {
             keyspace,
             key,
@@ -448,19 +459,24 @@ impl<S: LocalStore, T: Transport, H: HintSink> Coordinator<S, T, H> {
             write_id,
             level,
             mode,
+            sloppy: None,
         };
         self.write_inner(write, deadline, true).await
     }
 
-    /// Route, issue, queue for the bridge, replicate.
+    /// Route, issue, queue for the bridge, replicate; a counter's value
+    /// after an addition.
     async fn write_inner(
         &self,
         write: Write<'_>,
         deadline: Duration,
         may_forward: bool,
-    ) -> Result<(), CoordinatorError> {
+    ) -> Result<Option<i64>, CoordinatorError> {
         let expires = Instant::now() + deadline;
         let ks = self.keyspace(write.keyspace)?;
+        if let WriteMode::Add(_) = write.mode {
+            self.check_counter(write.keyspace, &ks, &write)?;
+        }
         self.config
             .limits
             .check(write.key, write.value.as_deref())?;
@@ -503,17 +519,54 @@ impl<S: LocalStore, T: Transport, H: HintSink> Coordinator<S, T, H> {
             // there all the same.
             bridge.enqueue(write.keyspace, write.key, &version).await?;
         }
+        let counted = match write.mode {
+            WriteMode::Add(_) => Some(counter_value(&version)?),
+            _ => None,
+        };
         let mut targets = target::targets(Operation::Write, &scope, &view, hash);
         targets.tracker.ack(me);
+        let stand_ins = if write.sloppy.unwrap_or(ks.sloppy_quorum) {
+            target::fallbacks(&view, hash, &targets.replicas, me)
+        } else {
+            BTreeMap::new()
+        };
         self.replicate(
             write.keyspace,
             write.key,
             vec![version],
             targets,
+            stand_ins,
             &view,
             deadline,
         )
-        .await
+        .await?;
+        Ok(counted)
+    }
+
+    /// An addition goes to a keyspace of counters whose siblings merge,
+    /// and carries no value of its own.
+    fn check_counter(
+        &self,
+        name: &str,
+        ks: &KeyspaceConfig,
+        write: &Write<'_>,
+    ) -> Result<(), CoordinatorError> {
+        let refuse = |reason: String| Err(CoordinatorError::BadRequest { reason });
+        if !ks.counter {
+            return refuse(format!(
+                "keyspace {name:?} does not hold counters (its config has no `counter = true`)"
+            ));
+        }
+        if !self.replica.has_resolver(name) {
+            return refuse(format!(
+                "keyspace {name:?} has no resolver bound: counters changed in two places \
+                 need one that merges them, such as the pn-counter example"
+            ));
+        }
+        if write.value.as_ref().is_some_and(|v| !v.is_empty()) {
+            return refuse("an addition to a counter carries no value".into());
+        }
+        Ok(())
     }
 
     /// The write's version, applied to this replica under the key's lock:
@@ -557,7 +610,7 @@ impl<S: LocalStore, T: Transport, H: HintSink> Coordinator<S, T, H> {
         let held = current.lub();
         let dot = next_dot(self.config.actor, &held, &write.context)?;
         let holds = match write.mode {
-            WriteMode::Context | WriteMode::Overwrite => true,
+            WriteMode::Context | WriteMode::Overwrite | WriteMode::Add(_) => true,
             // The context saw every version held here: nothing was
             // written since the read (a context ahead of this replica,
             // which saw a version not here yet, still holds: the new
@@ -569,17 +622,25 @@ impl<S: LocalStore, T: Transport, H: HintSink> Coordinator<S, T, H> {
             return Err(CoordinatorError::ConditionFailed { current });
         }
         let mut clock = write.context.clone();
-        if matches!(write.mode, WriteMode::Overwrite | WriteMode::IfAbsent) {
-            // Supersede everything held here (tombstones, for IfAbsent).
+        if matches!(
+            write.mode,
+            WriteMode::Overwrite | WriteMode::IfAbsent | WriteMode::Add(_)
+        ) {
+            // Supersede everything held here (tombstones, for IfAbsent;
+            // the counters joined into the new one, for Add).
             clock.join(&held);
         }
         clock.add_dot(dot);
-        let version = Version {
-            clock,
-            payload: write
+        let payload = match write.mode {
+            WriteMode::Add(delta) => Payload::Value(self.counter_after(&current, delta)?),
+            _ => write
                 .value
                 .clone()
                 .map_or(Payload::Tombstone, Payload::Value),
+        };
+        let version = Version {
+            clock,
+            payload,
             timestamp_ms: now_ms(),
             origin_dc: self.config.dc.clone(),
             resolver: None,
@@ -595,6 +656,22 @@ impl<S: LocalStore, T: Transport, H: HintSink> Coordinator<S, T, H> {
                 other => other.into(),
             })?;
         Ok((version, due))
+    }
+
+    /// The counter a [`WriteMode::Add`] writes: every counter `current`
+    /// holds, joined, with `delta` added on behalf of this node's actor.
+    fn counter_after(&self, current: &VersionSet, delta: i64) -> Result<Vec<u8>, CoordinatorError> {
+        let mut counter = Counter::join_all(current.live().filter_map(Version::value_bytes))
+            .map_err(|e| CoordinatorError::BadRequest {
+                reason: e.to_string(),
+            })?;
+        counter.add(&counter_actor(self.config.actor), delta);
+        if i64::try_from(counter.value()).is_err() {
+            return Err(CoordinatorError::BadRequest {
+                reason: "increment or decrement would overflow".into(),
+            });
+        }
+        Ok(counter.encode())
     }
 
     /// Absorb versions shipped from another DC on a local quorum of each
@@ -768,12 +845,14 @@ impl<S: LocalStore, T: Transport, H: HintSink> Coordinator<S, T, H> {
     /// the level. A target in this DC that misses them gets a hint; one in
     /// another DC does not when a bridge runs (the bridge carries the
     /// write there).
+    #[allow(clippy::too_many_arguments)]
     async fn replicate(
         &self,
         keyspace: &str,
         key: &[u8],
         versions: Vec<Version>,
         targets: Targets,
+        stand_ins: BTreeMap<NodeId, NodeId>,
         view: &ClusterView,
         deadline: Duration,
     ) -> Result<(), CoordinatorError> {
@@ -796,8 +875,9 @@ impl<S: LocalStore, T: Transport, H: HintSink> Coordinator<S, T, H> {
             let (keyspace, key, versions) = (keyspace.to_owned(), key.to_vec(), versions.clone());
             let alive = view.alive.contains(&node);
             let hint = self.bridge.is_none() || dc == self.config.dc;
+            let stand_in = stand_ins.get(&node).cloned();
             tokio::spawn(async move {
-                let delivered = if alive {
+                let mut delivered = if alive {
                     let request = PeerRequest::Apply {
                         keyspace: keyspace.clone(),
                         key: key.clone(),
@@ -818,6 +898,26 @@ impl<S: LocalStore, T: Transport, H: HintSink> Coordinator<S, T, H> {
                 } else {
                     Err(None)
                 };
+                if let (Err(_), Some(stand_in)) = (&delivered, stand_in) {
+                    // A sloppy quorum: the stand-in keeps the copy as a
+                    // durable hint for `node`, delivered when it returns,
+                    // and answers for it toward the level.
+                    let request = PeerRequest::Apply {
+                        keyspace: keyspace.clone(),
+                        key: key.clone(),
+                        versions: versions.clone(),
+                        hint_for: Some(node.clone()),
+                    };
+                    match transport.call(&stand_in, request, deadline).await {
+                        Ok(PeerResponse::Applied) => {
+                            tracing::debug!(%node, %stand_in, "a stand-in took a write as a hint");
+                            delivered = Ok(());
+                        }
+                        other => {
+                            tracing::debug!(%node, %stand_in, answer = ?other, "a stand-in missed a write");
+                        }
+                    }
+                }
                 if delivered.is_err()
                     && hint
                     && let Err(e) = hints.add(&node, &keyspace, &key, versions).await
@@ -866,7 +966,7 @@ impl<S: LocalStore, T: Transport, H: HintSink> Coordinator<S, T, H> {
         write: Write<'_>,
         scope: &Scope<'_>,
         deadline: Duration,
-    ) -> Result<(), CoordinatorError> {
+    ) -> Result<Option<i64>, CoordinatorError> {
         let request = PeerRequest::Coordinate {
             keyspace: write.keyspace.to_owned(),
             key: write.key.to_vec(),
@@ -875,9 +975,11 @@ impl<S: LocalStore, T: Transport, H: HintSink> Coordinator<S, T, H> {
             write_id: write.write_id,
             consistency: write.level,
             mode: write.mode,
+            sloppy: write.sloppy,
         };
         match self.transport.call(node, request, deadline).await {
-            Ok(PeerResponse::Written) => Ok(()),
+            Ok(PeerResponse::Written) => Ok(None),
+            Ok(PeerResponse::Counted(value)) => Ok(Some(value)),
             Ok(PeerResponse::ConditionFailed(current)) => {
                 Err(CoordinatorError::ConditionFailed { current })
             }
@@ -1157,6 +1259,24 @@ impl<S: LocalStore, T: Transport, H: HintSink> SystemWriter for Coordinator<S, T
             deadline,
         ))
     }
+}
+
+/// The name a node's actor adds to counters under: its actor id in hex,
+/// random per data directory, so a node whose disk was wiped starts a
+/// total of its own rather than counting again from an old one.
+fn counter_actor(actor: Actor) -> String {
+    format!("{:016x}", actor.0)
+}
+
+/// A counter's value, from the version an addition wrote (or, for a
+/// retried addition, the one it wrote before).
+fn counter_value(version: &Version) -> Result<i64, CoordinatorError> {
+    let bad = |reason: String| CoordinatorError::BadRequest { reason };
+    let bytes = version
+        .value_bytes()
+        .ok_or_else(|| bad("the write named by this write id was a delete".into()))?;
+    let counter = Counter::parse(bytes).map_err(|e| bad(e.to_string()))?;
+    i64::try_from(counter.value()).map_err(|_| bad("the counter is beyond 64 bits".into()))
 }
 
 /// The dot a write coordinated by `actor` takes: one past the greatest

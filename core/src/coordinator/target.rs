@@ -193,6 +193,46 @@ pub fn route_checked(scope: &Scope<'_>, view: &ClusterView, hash: u64, me: &Node
     }
 }
 
+/// Stand-ins for a sloppy write of the key at `hash` to `replicas`: for
+/// each replica, the live node of its datacenter that takes its copy as a
+/// hint when it cannot (down, or failing), and counts toward the level in
+/// its place. Stand-ins are the nodes further along the datacenter's ring
+/// walk than the key's replicas, live ones only, each standing in for one
+/// replica at most: the replicas the view holds down get the first of
+/// them, in placement order, then the live ones (should they fail), but
+/// never `me`, the coordinator, which holds its copy already.
+pub fn fallbacks(
+    view: &ClusterView,
+    hash: u64,
+    replicas: &[(NodeId, DcName)],
+    me: &NodeId,
+) -> BTreeMap<NodeId, NodeId> {
+    let mut out = BTreeMap::new();
+    let dcs: std::collections::BTreeSet<&DcName> = replicas.iter().map(|(_, dc)| dc).collect();
+    for dc in dcs {
+        let mut walk = view
+            .ring
+            .replicas_in_dc(dc, hash, usize::MAX)
+            .into_iter()
+            .filter(|n| view.alive.contains(n) && !replicas.iter().any(|(r, _)| r == n));
+        let in_dc = replicas
+            .iter()
+            .filter(|(n, d)| d == dc && n != me)
+            .map(|(n, _)| n);
+        let (down, up): (Vec<&NodeId>, Vec<&NodeId>) =
+            in_dc.partition(|n| !view.alive.contains(*n));
+        for replica in down.into_iter().chain(up) {
+            match walk.next() {
+                Some(stand_in) => {
+                    out.insert(replica.clone(), stand_in);
+                }
+                None => break,
+            }
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeSet;
@@ -506,6 +546,67 @@ mod tests {
         match route_checked(&scope, &view, hash, &NodeId("zz".into())) {
             Route::Forward(n) => assert!(n.0.starts_with('b'), "{n}"),
             other => panic!("expected a forward to dc2, got {other:?}"),
+        }
+    }
+
+    /// Five nodes of dc1 on five racks, `down` of them not alive.
+    fn five(down: &[&str]) -> ClusterView {
+        let members: Vec<(NodeId, Placement)> = ["a1", "a2", "a3", "a4", "a5"]
+            .iter()
+            .map(|id| {
+                let placement = Placement {
+                    dc: DcName::from("dc1"),
+                    rack: (*id).to_owned(),
+                };
+                (NodeId((*id).to_owned()), placement)
+            })
+            .collect();
+        let ring = Ring::build(members.iter().map(|(id, p)| (id, p, 16)));
+        ClusterView {
+            alive: members
+                .iter()
+                .map(|(id, _)| id.clone())
+                .filter(|id| !down.contains(&id.0.as_str()))
+                .collect(),
+            next: ring.clone(),
+            ring,
+        }
+    }
+
+    #[test]
+    fn stand_ins_are_live_non_replicas_further_along_the_ring() {
+        let replication = BTreeMap::from([(DcName::from("dc1"), 3)]);
+        for hash in [0, 42, u64::MAX / 3, u64::MAX] {
+            let all = replicas(&five(&[]), &replication, hash);
+            let names: Vec<&str> = all.iter().map(|(n, _)| n.0.as_str()).collect();
+            // Two replicas down: each has its own live stand-in, not a
+            // replica; the live replica gets none (no node is left).
+            let view = five(&names[1..]);
+            let me = &all[0].0;
+            let stand_ins = fallbacks(&view, hash, &all, me);
+            assert_eq!(stand_ins.len(), 2, "{hash}: {stand_ins:?}");
+            let mut used = BTreeSet::new();
+            for down in &all[1..] {
+                let s = &stand_ins[&down.0];
+                assert!(view.alive.contains(s), "{s} is down");
+                assert!(!all.iter().any(|(n, _)| n == s), "{s} is a replica");
+                assert!(used.insert(s.clone()), "{s} stands in twice");
+            }
+            // In ring order: the walk after the replicas.
+            let walk = view.ring.replicas_in_dc(&DcName::from("dc1"), hash, 5);
+            let expect: Vec<&NodeId> = walk[3..].iter().collect();
+            let got: Vec<&NodeId> = all[1..].iter().map(|(n, _)| &stand_ins[n]).collect();
+            assert_eq!(got, expect, "{hash}");
+            // Everything up: the replicas in placement order get the two,
+            // the coordinator none.
+            let stand_ins = fallbacks(&five(&[]), hash, &all, &all[1].0);
+            assert_eq!(stand_ins.len(), 2);
+            assert!(stand_ins.contains_key(&all[0].0) && stand_ins.contains_key(&all[2].0));
+            // Every other node down too: no stand-in at all.
+            let others: Vec<&str> = walk[3..].iter().map(|n| n.0.as_str()).collect();
+            let mut down = names[1..].to_vec();
+            down.extend(others);
+            assert!(fallbacks(&five(&down), hash, &all, me).is_empty());
         }
     }
 }

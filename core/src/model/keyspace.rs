@@ -23,6 +23,13 @@ pub struct KeyspaceConfig {
     pub resolver: Option<(String, u32)>,
     /// Optional time to live of written values, in seconds.
     pub ttl_s: Option<u64>,
+    /// Whether the keyspace's values are counters (`isthmus_client::counter`),
+    /// changed by adding to them ([`isthmus_client::wire::WriteMode::Add`]).
+    pub counter: bool,
+    /// Whether writes take a sloppy quorum by default: with replicas
+    /// down, live nodes further along the ring take their copies as hints
+    /// and count toward the level in their place.
+    pub sloppy_quorum: bool,
 }
 
 impl Default for KeyspaceConfig {
@@ -32,6 +39,8 @@ impl Default for KeyspaceConfig {
             consistency: Consistency::LocalQuorum,
             resolver: None,
             ttl_s: None,
+            counter: false,
+            sloppy_quorum: false,
         }
     }
 }

@@ -261,6 +261,8 @@ fn keyspaces_of(config: &NodeConfig) -> BTreeMap<String, KeyspaceConfig> {
                 consistency: ks.consistency,
                 resolver: ks.resolver.as_deref().and_then(parse_resolver_binding),
                 ttl_s: ks.ttl_s,
+                counter: ks.counter,
+                sloppy_quorum: ks.sloppy_quorum,
             };
             (name.clone(), ksc)
         })
@@ -1053,6 +1055,14 @@ where
             request_bytes_max: crate::limit::FRAME_BYTES_MAX_DEFAULT,
             node_id: self.node_id.clone(),
             dc: self.dc.clone(),
+            counters: self
+                .handler
+                .keyspaces
+                .read()
+                .iter()
+                .filter(|(_, ks)| ks.counter)
+                .map(|(name, _)| name.clone())
+                .collect(),
         };
         tracing::info!(
             addr = self.redis_addr.as_deref().unwrap_or("?"),

@@ -7,6 +7,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
+use isthmus_client::counter::Counter;
 use isthmus_client::tls::CertIdentity;
 use isthmus_client::wire::{
     Context, Credentials, ErrorCode, RequestBody, ResponseBody, SCAN_COUNT_MAX, ScanCursor,
@@ -57,12 +58,17 @@ pub const COMMANDS: &[(&str, i64)] = &[
     ("auth", -2),
     ("client", -2),
     ("command", -1),
+    ("dbsize", 1),
+    ("decr", 2),
+    ("decrby", 3),
     ("del", -2),
     ("echo", 2),
     ("exists", -2),
     ("get", 2),
     ("getdel", 2),
     ("hello", -1),
+    ("incr", 2),
+    ("incrby", 3),
     ("info", -1),
     ("isthmus.putctx", 4),
     ("isthmus.siblings", 2),
@@ -307,6 +313,26 @@ impl<H: Handler> Session<H> {
             "info" => self.info(args.get(1)).await,
             "get" => self.get(&args[1]).await,
             "getdel" => self.getdel(&args[1]).await,
+            "incr" => self.add(&args[1], 1).await,
+            "decr" => self.add(&args[1], -1).await,
+            "incrby" => match integer(&args[2]) {
+                Ok(by) => self.add(&args[1], by).await,
+                Err(e) => Err(e),
+            },
+            "decrby" => match integer(&args[2]).and_then(|by| {
+                by.checked_neg()
+                    .ok_or_else(|| Reply::err("decrement would overflow"))
+            }) {
+                Ok(by) => self.add(&args[1], by).await,
+                Err(e) => Err(e),
+            },
+            "set" | "setnx" | "mset" | "isthmus.putctx" if self.counters() => {
+                Err(Reply::err(format!(
+                    "keyspace '{}' holds counters: change them with INCRBY or DECRBY, \
+                     reset them with DEL",
+                    self.keyspace
+                )))
+            }
             "set" => self.set(&args).await,
             "setnx" => self
                 .put_checked(&args[1], &args[2], Context::default(), WriteMode::IfAbsent)
@@ -317,6 +343,7 @@ impl<H: Handler> Session<H> {
             "del" => self.del(&args[1..]).await,
             "exists" => self.exists(&args[1..]).await,
             "scan" => self.scan(&args[1..]).await,
+            "dbsize" => self.dbsize().await,
             "isthmus.siblings" => self.siblings(&args[1]).await,
             "isthmus.putctx" => self
                 .put(&args[1], &args[2], Context(args[3].to_vec()))
@@ -386,6 +413,24 @@ impl<H: Handler> Session<H> {
                     Reply::Array(keys),
                 ]))
             }
+            other => Err(Reply::err(format!("unexpected answer {other:?}"))),
+        }
+    }
+
+    /// `DBSIZE`: an estimate of the keys in the connection's keyspace,
+    /// from the first page of a scan (up to [`DBSIZE_SAMPLE`] keys, in
+    /// key hash order from hash 0): exact when that page ends the scan,
+    /// else scaled by the share of the hash space the page covered.
+    async fn dbsize(&self) -> Result<Reply, Reply> {
+        let body = RequestBody::Scan {
+            keyspace: self.keyspace.clone(),
+            cursor: ScanCursor::START.0,
+            count: DBSIZE_SAMPLE,
+        };
+        match self.call(body).await? {
+            ResponseBody::ScanPage { keys, cursor } => Ok(Reply::Int(
+                i64::try_from(estimate(keys.len() as u64, ScanCursor(cursor))).unwrap_or(i64::MAX),
+            )),
             other => Err(Reply::err(format!("unexpected answer {other:?}"))),
         }
     }
@@ -539,18 +584,56 @@ impl<H: Handler> Session<H> {
         Ok(Reply::Text(out))
     }
 
+    /// Whether the connection's keyspace holds counters.
+    fn counters(&self) -> bool {
+        self.door.counters.contains(&self.keyspace)
+    }
+
+    /// What `GET` shows of a key's siblings: in a keyspace of counters,
+    /// the value of their join; otherwise the [`chosen`] one.
+    fn shown(&self, siblings: &[Sibling]) -> Result<Reply, Reply> {
+        if siblings.is_empty() {
+            return Ok(Reply::Nil);
+        }
+        if self.counters() {
+            let counter = Counter::join_all(siblings.iter().map(|s| &s.value[..]))
+                .map_err(|e| Reply::Error(format!("WRONGTYPE {e}")))?;
+            return Ok(Reply::bulk(counter.value().to_string()));
+        }
+        Ok(chosen(siblings).map_or(Reply::Nil, |s| Reply::bulk(s.value.clone())))
+    }
+
     async fn get(&self, key: &Bytes) -> Result<Reply, Reply> {
         let (siblings, _) = self.read(key).await?;
-        Ok(chosen(&siblings).map_or(Reply::Nil, |s| Reply::bulk(s.value.clone())))
+        self.shown(&siblings)
     }
 
     async fn getdel(&mut self, key: &Bytes) -> Result<Reply, Reply> {
         let (siblings, context) = self.read(key).await?;
-        let Some(value) = chosen(&siblings).map(|s| s.value.clone()) else {
-            return Ok(Reply::Nil);
+        let shown = self.shown(&siblings)?;
+        if !siblings.is_empty() {
+            self.delete(key, context).await?;
+        }
+        Ok(shown)
+    }
+
+    /// `INCR`, `INCRBY`, `DECR`, `DECRBY`: `by` added to the key's counter
+    /// at its deciding replica ([`WriteMode::Add`]); answered with the
+    /// counter's value there.
+    async fn add(&mut self, key: &Bytes, by: i64) -> Result<Reply, Reply> {
+        let put = RequestBody::Put {
+            mode: WriteMode::Add(by),
+            keyspace: self.keyspace.clone(),
+            key: key.to_vec(),
+            value: Vec::new(),
+            context: Context::default(),
+            consistency: None,
+            write_id: self.write_id(),
         };
-        self.delete(key, context).await?;
-        Ok(Reply::bulk(value))
+        match self.call(put).await? {
+            ResponseBody::Counted { value } => Ok(Reply::Int(value)),
+            other => Err(Reply::err(format!("unexpected answer {other:?}"))),
+        }
     }
 
     /// `SET key value [NX | XX] [GET]`: an overwrite (no read first
@@ -635,7 +718,7 @@ impl<H: Handler> Session<H> {
         let mut values = Vec::with_capacity(keys.len());
         for key in keys {
             let (siblings, _) = self.read(key).await?;
-            values.push(chosen(&siblings).map_or(Reply::Nil, |s| Reply::bulk(s.value.clone())));
+            values.push(self.shown(&siblings)?);
         }
         Ok(Reply::Array(values))
     }
@@ -679,6 +762,30 @@ impl<H: Handler> Session<H> {
     }
 }
 
+/// The keys `DBSIZE` reads to estimate a keyspace's size: the estimate's
+/// relative error is about `1 / sqrt(DBSIZE_SAMPLE)` (3%), since key
+/// hashes are uniform.
+pub const DBSIZE_SAMPLE: u32 = 1000;
+
+/// The keys of a keyspace estimated from a first scan page of `found`
+/// keys that ended at `cursor` (the next key hash): exact when the scan
+/// ended, else `found` scaled from the hashes `0..cursor` to all `2^64`.
+fn estimate(found: u64, cursor: ScanCursor) -> u64 {
+    if cursor.is_end() {
+        return found;
+    }
+    let scaled = u128::from(found) * (1u128 << 64) / u128::from(cursor.0);
+    u64::try_from(scaled).unwrap_or(u64::MAX)
+}
+
+/// An integer argument, as Redis parses one.
+fn integer(arg: &Bytes) -> Result<i64, Reply> {
+    std::str::from_utf8(arg)
+        .ok()
+        .and_then(|t| t.parse::<i64>().ok())
+        .ok_or_else(|| Reply::err("value is not an integer or out of range"))
+}
+
 /// `COMMAND`, `COMMAND COUNT`, `COMMAND DOCS`: enough for redis-cli and
 /// client libraries to start.
 fn command(args: &[Bytes]) -> Reply {
@@ -688,6 +795,10 @@ fn command(args: &[Bytes]) -> Reply {
             *name,
             "get"
                 | "getdel"
+                | "incr"
+                | "incrby"
+                | "decr"
+                | "decrby"
                 | "set"
                 | "setnx"
                 | "mget"
@@ -724,5 +835,37 @@ fn command(args: &[Bytes]) -> Reply {
                 .collect(),
         ),
         Some(sub) => Reply::err(format!("unknown subcommand '{sub}' for 'command'")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dbsize_is_exact_for_a_whole_scan_and_scaled_from_a_part() {
+        assert_eq!(estimate(0, ScanCursor::START), 0);
+        assert_eq!(estimate(17, ScanCursor::START), 17);
+        // A quarter of the hash space held 250 keys: about 1000 in all.
+        assert_eq!(estimate(250, ScanCursor(1 << 62)), 1000);
+        // A page that ended at the very first hash cannot overflow.
+        assert_eq!(estimate(1000, ScanCursor(1)), u64::MAX);
+        // Uniform hashes: the estimate of 100k keys from the first 1000
+        // of them is within 10%.
+        let mut hashes: Vec<u64> = (0..100_000u64)
+            .map(|i| isthmus_client::placement::key_hash(format!("key-{i}").as_bytes()))
+            .collect();
+        hashes.sort_unstable();
+        let cursor = ScanCursor::after(hashes[DBSIZE_SAMPLE as usize - 1]);
+        let guess = estimate(u64::from(DBSIZE_SAMPLE), cursor);
+        assert!((90_000..110_000).contains(&guess), "{guess}");
+    }
+
+    #[test]
+    fn integers_parse_as_redis_parses_them() {
+        assert_eq!(integer(&Bytes::from("-42")).unwrap(), -42);
+        for bad in ["", "1.5", "9223372036854775808", " 1", "0x10"] {
+            assert!(integer(&Bytes::from(bad)).is_err(), "{bad}");
+        }
     }
 }

@@ -54,6 +54,9 @@ pub struct FrontDoor {
     pub node_id: String,
     /// This node's datacenter, for `INFO`.
     pub dc: String,
+    /// The keyspaces that hold counters (`counter = true`): `GET` shows
+    /// their value, and writes of other values are refused.
+    pub counters: std::collections::BTreeSet<String>,
 }
 
 /// Serve the front door on `listener` until `shutdown` completes; over

@@ -330,6 +330,8 @@ fn config(cluster: &Cluster, spec: &NodeSpec) -> NodeConfig {
                     consistency: ks.consistency,
                     resolver: ks.resolver.as_ref().map(|(n, v)| format!("{n}@{v}")),
                     ttl_s: ks.ttl_s,
+                    counter: ks.counter,
+                    sloppy_quorum: ks.sloppy_quorum,
                 };
                 (name.clone(), section)
             })

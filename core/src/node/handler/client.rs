@@ -184,7 +184,8 @@ where
         )
         .await;
     match result {
-        Ok(()) => ResponseBody::Written,
+        Ok(None) => ResponseBody::Written,
+        Ok(Some(value)) => ResponseBody::Counted { value },
         Err(CoordinatorError::ConditionFailed { current }) => {
             let (siblings, context) = client_view(&current);
             ResponseBody::ConditionFailed { siblings, context }
