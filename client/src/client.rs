@@ -1,7 +1,10 @@
 //! The application's client: a builder, a session per node opened on
-//! demand and reopened after failures, requests routed to a replica of the
-//! key in the local datacenter, and retries with backoff and jitter that
-//! reuse the write id (so a retried write never adds a sibling).
+//! demand and reopened after failures, requests routed along the key's
+//! replica walk (its primary in the local datacenter first, then its other
+//! replicas, in the order the nodes place them), members re-learned in the
+//! background, and retries with backoff and jitter that reuse the write id
+//! (so a retried write never adds a sibling), within an optional overall
+//! deadline ([`RequestOptions`]).
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), isthmus_client::ClientError> {
@@ -18,7 +21,7 @@
 //! context it supersedes, and the store keeps concurrent writes from other
 //! datacenters as siblings rather than refusing them.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,7 +29,8 @@ use parking_lot::Mutex;
 use rand::Rng;
 
 use crate::error::ClientError;
-use crate::placement;
+use crate::options::{Defaults, RequestOptions, Resolved};
+use crate::placement::{Member, Rings};
 use crate::session::{ConnectOptions, Session};
 use crate::tls::TlsMaterial;
 use crate::wire::{
@@ -143,6 +147,8 @@ pub struct ClientBuilder {
     name: String,
     tls: Option<TlsMaterial>,
     credentials: Option<Credentials>,
+    deadline: Option<Duration>,
+    refresh_interval: Duration,
     options: ConnectOptions,
 }
 
@@ -160,6 +166,8 @@ impl Default for ClientBuilder {
             name: "isthmus-client".into(),
             tls: None,
             credentials: None,
+            deadline: None,
+            refresh_interval: Duration::from_secs(30),
             options: ConnectOptions::default(),
         }
     }
@@ -231,6 +239,24 @@ impl ClientBuilder {
         self
     }
 
+    /// A default overall deadline for every request, across its retries
+    /// (none by default: a call ends after its retries). Per request:
+    /// [`RequestOptions::deadline`].
+    pub fn deadline(mut self, deadline: Duration) -> Self {
+        self.deadline = Some(deadline);
+        self
+    }
+
+    /// How often the client re-learns the cluster's members in the
+    /// background (30 s by default), so that a node added or gone is
+    /// routed to, or around, without a failure first. A reply that shows
+    /// a member set other than the one known, or a node the client does
+    /// not know answering, refreshes at once.
+    pub fn refresh_interval(mut self, interval: Duration) -> Self {
+        self.refresh_interval = interval;
+        self
+    }
+
     /// Connect to a seed and learn the cluster.
     pub async fn build(mut self) -> Result<Client, ClientError> {
         if self.seeds.is_empty() {
@@ -238,6 +264,19 @@ impl ClientBuilder {
                 addr: String::new(),
                 reason: "no seed given".into(),
             });
+        }
+        for (field, value) in [
+            ("timeout", Some(self.timeout)),
+            ("connect_timeout", Some(self.connect_timeout)),
+            ("deadline", self.deadline),
+            ("refresh_interval", Some(self.refresh_interval)),
+        ] {
+            if value.is_some_and(|v| v.is_zero()) {
+                return Err(ClientError::InvalidOption {
+                    field,
+                    reason: "must be more than zero".into(),
+                });
+            }
         }
         let tls = match &self.tls {
             Some(material) => Some(material.client_config().map_err(|e| ClientError::Tls {
@@ -251,30 +290,91 @@ impl ClientBuilder {
             tls,
             credentials: self.credentials.clone(),
         };
+        let interval = self.refresh_interval;
         let client = Client {
             inner: Arc::new(Inner {
                 config: self,
                 sessions: Mutex::default(),
                 topology: Mutex::default(),
+                refresher: Mutex::default(),
+                membership_moved: Arc::default(),
             }),
         };
         client.refresh().await?;
+        // The background refresh holds the client weakly: it ends when
+        // the last handle is dropped (and is aborted then, see `Drop`).
+        let weak = Arc::downgrade(&client.inner);
+        let task = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.tick().await;
+            loop {
+                let Some(moved) = weak.upgrade().map(|i| Arc::clone(&i.membership_moved)) else {
+                    return;
+                };
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = moved.notified() => tick.reset(),
+                }
+                let Some(inner) = weak.upgrade() else { return };
+                // Failures are retried at the next tick; requests still
+                // route on what was known.
+                let _ = Client { inner }.refresh().await;
+            }
+        });
+        *client.inner.refresher.lock() = Some(task.abort_handle());
         Ok(client)
     }
 }
 
-#[derive(Default)]
+/// What the client knows of the cluster.
+#[derive(Debug, Default)]
 struct Topology {
-    /// Every node known, by id.
+    /// Every node known, as the last status reported it.
     nodes: Vec<NodeReport>,
-    /// Sorted (token, addr) of the preferred datacenter's live nodes.
-    tokens: Vec<(u64, String)>,
+    /// Each datacenter's ring, of the members that own ranges (up or not:
+    /// liveness does not move replicas).
+    rings: Rings,
+    /// Bumped whenever the member set (ids, addresses, statuses) changes.
+    generation: u64,
+}
+
+/// The members that own ranges: what the nodes' rings are built from.
+fn owns_ranges(status: &str) -> bool {
+    matches!(status, "Normal" | "Leaving")
+}
+
+/// What identifies a member set: a change in it means the rings moved.
+fn member_set(nodes: &[NodeReport]) -> BTreeSet<(&str, &str, &str, &str)> {
+    nodes
+        .iter()
+        .map(|n| {
+            (
+                n.node_id.as_str(),
+                n.addr.as_str(),
+                n.dc.as_str(),
+                n.status.as_str(),
+            )
+        })
+        .collect()
 }
 
 struct Inner {
     config: ClientBuilder,
     sessions: Mutex<HashMap<String, Arc<Session>>>,
     topology: Mutex<Topology>,
+    refresher: Mutex<Option<tokio::task::AbortHandle>>,
+    /// Wakes the background refresh before its tick: a node the client
+    /// did not know answered.
+    membership_moved: Arc<tokio::sync::Notify>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let Some(task) = self.refresher.lock().take() {
+            task.abort();
+        }
+    }
 }
 
 /// A cluster client; cheap to clone, safe to share between tasks.
@@ -283,13 +383,38 @@ pub struct Client {
     inner: Arc<Inner>,
 }
 
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let topology = self.inner.topology.lock();
+        let mut sessions: Vec<String> = self.inner.sessions.lock().keys().cloned().collect();
+        sessions.sort();
+        f.debug_struct("Client")
+            .field("seeds", &self.inner.config.seeds)
+            .field("local_dc", &self.inner.config.local_dc)
+            .field("nodes", &topology.nodes.len())
+            .field("generation", &topology.generation)
+            .field("sessions", &sessions)
+            .finish()
+    }
+}
+
 impl Client {
     /// Start configuring a client.
     pub fn builder() -> ClientBuilder {
         ClientBuilder::default()
     }
 
-    async fn session(&self, addr: &str) -> Result<Arc<Session>, ClientError> {
+    pub(crate) fn defaults(&self) -> Defaults {
+        let c = &self.inner.config;
+        Defaults {
+            consistency: c.consistency,
+            timeout: c.timeout,
+            deadline: c.deadline,
+            retries: c.retries,
+        }
+    }
+
+    pub(crate) async fn session(&self, addr: &str) -> Result<Arc<Session>, ClientError> {
         if let Some(s) = self.inner.sessions.lock().get(addr).filter(|s| s.is_open()) {
             return Ok(s.clone());
         }
@@ -301,6 +426,19 @@ impl Client {
             )
             .await?,
         );
+        let known = {
+            let topology = self.inner.topology.lock();
+            topology.nodes.is_empty()
+                || topology
+                    .nodes
+                    .iter()
+                    .any(|n| n.node_id == fresh.peer().node_id)
+        };
+        if !known {
+            // A node the client has not heard of answered: the members
+            // changed (or an address moved). Learn them now.
+            self.inner.membership_moved.notify_one();
+        }
         self.inner
             .sessions
             .lock()
@@ -345,29 +483,48 @@ impl Client {
         Err(last)
     }
 
-    fn set_topology(&self, nodes: Vec<NodeReport>) {
-        let local = self.inner.config.local_dc.clone();
-        let preferred: Vec<&NodeReport> = nodes
-            .iter()
-            .filter(|n| n.up && n.status == "Normal" && local.as_ref().is_none_or(|dc| *dc == n.dc))
-            .collect();
-        let mut tokens: Vec<(u64, String)> = preferred
-            .iter()
-            .flat_map(|n| {
-                placement::tokens_for(&n.node_id, n.vnodes)
-                    .into_iter()
-                    .map(|t| (t, n.addr.clone()))
-            })
-            .collect();
-        tokens.sort();
-        *self.inner.topology.lock() = Topology { nodes, tokens };
+    /// The nodes the client knows, as the last status it learned reported
+    /// them (refreshed every [`ClientBuilder::refresh_interval`]).
+    pub fn nodes(&self) -> Vec<NodeReport> {
+        self.inner.topology.lock().nodes.clone()
     }
 
-    /// Nodes to try for `key` at `level`, best first: the key's primary
-    /// replica in the preferred datacenter, then the other live preferred
-    /// nodes, then (when the failover policy lets this level leave the
-    /// DC) live nodes elsewhere, then the seeds it may use.
-    fn route(&self, key: &[u8], level: Option<Consistency>) -> Vec<String> {
+    /// How many times the member set the client knows has changed.
+    pub fn topology_generation(&self) -> u64 {
+        self.inner.topology.lock().generation
+    }
+
+    fn set_topology(&self, nodes: Vec<NodeReport>) {
+        let rings = Rings::build(
+            nodes
+                .iter()
+                .filter(|n| owns_ranges(&n.status))
+                .map(|n| Member {
+                    node_id: n.node_id.clone(),
+                    dc: n.dc.clone(),
+                    rack: n.rack.clone(),
+                    vnodes: n.vnodes,
+                }),
+        );
+        let mut topology = self.inner.topology.lock();
+        let changed = member_set(&topology.nodes) != member_set(&nodes);
+        let generation = topology.generation + u64::from(changed);
+        *topology = Topology {
+            nodes,
+            rings,
+            generation,
+        };
+    }
+
+    /// The addresses a request for `key` at `level` tries, best first.
+    /// In the preferred datacenter, the live nodes in the key's replica
+    /// walk, the same walk the nodes place replicas by: the key's replicas
+    /// first (its primary, then the others), then the nodes further along
+    /// the ring. Then, when the failover policy lets this level leave the
+    /// datacenter, the live nodes of the others, each in the key's walk
+    /// of its datacenter; then the seeds the policy allows; nodes known to
+    /// be down last.
+    pub fn route(&self, key: &[u8], level: Option<Consistency>) -> Vec<String> {
         let topology = self.inner.topology.lock();
         let local = self.inner.config.local_dc.as_ref();
         let leave = match self.inner.config.failover {
@@ -377,21 +534,33 @@ impl Client {
                 .is_some_and(|l| !matches!(l, Consistency::LocalOne | Consistency::LocalQuorum)),
         };
         let allowed = |dc: &str| local.is_none_or(|l| l == dc) || leave;
+        let node = |id: &str| topology.nodes.iter().find(|n| n.node_id == id);
         let mut out: Vec<String> = Vec::new();
-        let mut push = |addr: &String| {
-            if !out.contains(addr) {
-                out.push(addr.clone());
+        let mut down: Vec<String> = Vec::new();
+        let mut push = |n: &NodeReport, out: &mut Vec<String>| {
+            if out.contains(&n.addr) || down.contains(&n.addr) {
+                return;
+            }
+            if n.up {
+                out.push(n.addr.clone());
+            } else {
+                down.push(n.addr.clone());
             }
         };
-        if let Some(addr) = placement::primary(&topology.tokens, key) {
-            push(addr);
+        // The preferred DC first (every DC when none is), then the others.
+        let mut dcs: Vec<&str> = topology.rings.dcs().collect();
+        dcs.sort_by_key(|dc| local.is_some_and(|l| l != dc));
+        for dc in dcs.into_iter().filter(|dc| allowed(dc)) {
+            for id in topology.rings.walk_all(dc, key) {
+                if let Some(n) = node(id) {
+                    push(n, &mut out);
+                }
+            }
         }
-        topology.tokens.iter().for_each(|(_, a)| push(a));
-        topology
-            .nodes
-            .iter()
-            .filter(|n| n.up && allowed(&n.dc))
-            .for_each(|n| push(&n.addr));
+        // Nodes that own no range yet (joining) can still coordinate.
+        for n in topology.nodes.iter().filter(|n| allowed(&n.dc)) {
+            push(n, &mut out);
+        }
         // A seed whose DC the topology names obeys the policy; one it
         // does not know is tried (it may be the only way in).
         for seed in &self.inner.config.seeds {
@@ -400,27 +569,35 @@ impl Client {
                 .iter()
                 .find(|n| n.addr == *seed)
                 .map(|n| &n.dc);
-            if dc.is_none_or(|dc| allowed(dc)) {
-                push(seed);
+            if dc.is_none_or(|dc| allowed(dc)) && !out.contains(seed) && !down.contains(seed) {
+                out.push(seed.clone());
             }
         }
+        out.extend(down);
         out
     }
 
-    /// Send `body` for `key`, retrying retryable failures on the next
-    /// node with backoff and jitter.
-    async fn call(&self, key: &[u8], body: RequestBody) -> Result<ResponseBody, ClientError> {
-        let level = match &body {
-            RequestBody::Get { consistency, .. }
-            | RequestBody::Put { consistency, .. }
-            | RequestBody::Delete { consistency, .. } => *consistency,
-            _ => None,
-        };
-        let route = self.route(key, level);
-        let attempts = self.inner.config.retries + 1;
+    /// Send `body` for `key` under `opts`, retrying retryable failures on
+    /// the next node of the key's route with backoff and jitter, within the
+    /// overall deadline.
+    pub(crate) async fn call(
+        &self,
+        key: &[u8],
+        body: RequestBody,
+        opts: &Resolved,
+    ) -> Result<ResponseBody, ClientError> {
+        let route = self.route(key, opts.consistency);
+        let attempts = opts.retries.saturating_add(1);
         let mut last = ClientError::Connect {
             addr: String::new(),
             reason: "no node known".into(),
+        };
+        let past_deadline = |last: ClientError| match opts.budget {
+            Some(after) => ClientError::DeadlineExceeded {
+                after,
+                last: Box::new(last),
+            },
+            None => last,
         };
         for attempt in 0..attempts {
             if attempt > 0 {
@@ -430,14 +607,29 @@ impl Client {
                     .backoff
                     .saturating_mul(1 << attempt.min(10));
                 let sleep = rand::rng().random_range(Duration::ZERO..=cap);
+                if opts.remaining().is_some_and(|left| left <= sleep) {
+                    return Err(past_deadline(last));
+                }
                 tokio::time::sleep(sleep).await;
             }
             let Some(addr) = route.get(attempt as usize % route.len().max(1)) else {
                 break;
             };
-            let result = match self.session(addr).await {
-                Ok(s) => s.call(body.clone(), self.inner.config.timeout).await,
-                Err(e) => Err(e),
+            let timeout = opts.attempt_timeout();
+            if timeout.is_zero() {
+                return Err(past_deadline(last));
+            }
+            let attempt = async {
+                let session = self.session(addr).await?;
+                session.call(body.clone(), timeout).await
+            };
+            // The connect too is bounded by what is left of the deadline.
+            let result = match tokio::time::timeout(timeout, attempt).await {
+                Ok(result) => result,
+                Err(_) => Err(ClientError::Timeout {
+                    after: timeout,
+                    acks: None,
+                }),
             };
             match result {
                 Ok(answer) => return Ok(answer),
@@ -447,25 +639,59 @@ impl Client {
                         ClientError::Connect { .. } | ClientError::ConnectionClosed
                     ) {
                         self.inner.sessions.lock().remove(addr);
-                        // Best effort: learn who is up before the next try.
-                        let _ = Box::pin(self.refresh()).await;
+                        // Best effort: learn who is up before the next try,
+                        // within the deadline.
+                        let refresh = Box::pin(self.refresh());
+                        match opts.remaining() {
+                            Some(left) => {
+                                let _ = tokio::time::timeout(left, refresh).await;
+                            }
+                            None => {
+                                let _ = refresh.await;
+                            }
+                        }
                     }
                     last = e;
                 }
                 Err(e) => return Err(e),
             }
         }
+        if opts.remaining().is_some_and(|left| left.is_zero()) {
+            return Err(past_deadline(last));
+        }
         Err(last)
     }
 
     /// Read the live siblings of a key.
     pub async fn get(&self, keyspace: &str, key: &[u8]) -> Result<Read, ClientError> {
+        self.get_with(keyspace, key, &RequestOptions::default())
+            .await
+    }
+
+    /// [`get`](Self::get) with per-request options (level, timeout,
+    /// overall deadline, retries).
+    pub async fn get_with(
+        &self,
+        keyspace: &str,
+        key: &[u8],
+        opts: &RequestOptions,
+    ) -> Result<Read, ClientError> {
+        let opts = opts.resolve(&self.defaults())?;
+        self.get_resolved(keyspace, key, &opts).await
+    }
+
+    pub(crate) async fn get_resolved(
+        &self,
+        keyspace: &str,
+        key: &[u8],
+        opts: &Resolved,
+    ) -> Result<Read, ClientError> {
         let body = RequestBody::Get {
             keyspace: keyspace.into(),
             key: key.to_vec(),
-            consistency: self.inner.config.consistency,
+            consistency: opts.consistency,
         };
-        match self.call(key, body).await? {
+        match self.call(key, body, opts).await? {
             ResponseBody::Value { siblings, context } => Ok(Read { siblings, context }),
             other => Err(ClientError::Handshake {
                 reason: format!("unexpected answer {other:?}"),
@@ -481,8 +707,31 @@ impl Client {
         value: Vec<u8>,
         context: &Context,
     ) -> Result<(), ClientError> {
-        self.put_with_id(keyspace, key, value, context, WriteId(rand::random()))
+        self.put_with(keyspace, key, value, context, &RequestOptions::default())
             .await
+    }
+
+    /// [`put`](Self::put) with per-request options (level, timeout,
+    /// overall deadline, retries). Every attempt carries the same write id.
+    pub async fn put_with(
+        &self,
+        keyspace: &str,
+        key: &[u8],
+        value: Vec<u8>,
+        context: &Context,
+        opts: &RequestOptions,
+    ) -> Result<(), ClientError> {
+        let opts = opts.resolve(&self.defaults())?;
+        let body = put_body(
+            keyspace,
+            key,
+            value,
+            context,
+            opts.consistency,
+            WriteId(rand::random()),
+            WriteMode::Context,
+        );
+        self.expect_written(key, body, &opts).await
     }
 
     /// [`put`](Self::put) as the logical write `write_id`: calling it again
@@ -498,16 +747,17 @@ impl Client {
         context: &Context,
         write_id: WriteId,
     ) -> Result<(), ClientError> {
-        let body = RequestBody::Put {
-            keyspace: keyspace.into(),
-            key: key.to_vec(),
+        let opts = RequestOptions::default().resolve(&self.defaults())?;
+        let body = put_body(
+            keyspace,
+            key,
             value,
-            context: context.clone(),
-            consistency: self.inner.config.consistency,
+            context,
+            opts.consistency,
             write_id,
-            mode: WriteMode::Context,
-        };
-        self.expect_written(key, body).await
+            WriteMode::Context,
+        );
+        self.expect_written(key, body, &opts).await
     }
 
     /// Write `value` only if nothing was written to the key since the read
@@ -577,16 +827,17 @@ impl Client {
     /// concurrently in two datacenters both count once their counters
     /// meet and merge ([`crate::counter`]).
     pub async fn add(&self, keyspace: &str, key: &[u8], delta: i64) -> Result<i64, ClientError> {
+        let opts = RequestOptions::default().resolve(&self.defaults())?;
         let body = RequestBody::Put {
             keyspace: keyspace.into(),
             key: key.to_vec(),
             value: Vec::new(),
             context: Context::default(),
-            consistency: self.inner.config.consistency,
+            consistency: opts.consistency,
             write_id: WriteId(rand::random()),
             mode: WriteMode::Add(delta),
         };
-        match self.call(key, body).await? {
+        match self.call(key, body, &opts).await? {
             ResponseBody::Counted { value } => Ok(value),
             other => Err(ClientError::Handshake {
                 reason: format!("unexpected answer {other:?}"),
@@ -611,16 +862,17 @@ impl Client {
         context: &Context,
         mode: WriteMode,
     ) -> Result<(), ClientError> {
-        let body = RequestBody::Put {
-            keyspace: keyspace.into(),
-            key: key.to_vec(),
+        let opts = RequestOptions::default().resolve(&self.defaults())?;
+        let body = put_body(
+            keyspace,
+            key,
             value,
-            context: context.clone(),
-            consistency: self.inner.config.consistency,
-            write_id: WriteId(rand::random()),
+            context,
+            opts.consistency,
+            WriteId(rand::random()),
             mode,
-        };
-        self.expect_written(key, body).await
+        );
+        self.expect_written(key, body, &opts).await
     }
 
     /// Delete what `context` saw.
@@ -630,14 +882,27 @@ impl Client {
         key: &[u8],
         context: &Context,
     ) -> Result<(), ClientError> {
+        self.delete_with(keyspace, key, context, &RequestOptions::default())
+            .await
+    }
+
+    /// [`delete`](Self::delete) with per-request options.
+    pub async fn delete_with(
+        &self,
+        keyspace: &str,
+        key: &[u8],
+        context: &Context,
+        opts: &RequestOptions,
+    ) -> Result<(), ClientError> {
+        let opts = opts.resolve(&self.defaults())?;
         let body = RequestBody::Delete {
             keyspace: keyspace.into(),
             key: key.to_vec(),
             context: context.clone(),
-            consistency: self.inner.config.consistency,
+            consistency: opts.consistency,
             write_id: WriteId(rand::random()),
         };
-        self.expect_written(key, body).await
+        self.expect_written(key, body, &opts).await
     }
 
     /// Fetch the siblings, compute the new value (`None` deletes), and
@@ -671,8 +936,9 @@ impl Client {
             cursor: cursor.0,
             count,
         };
+        let opts = RequestOptions::default().resolve(&self.defaults())?;
         // Routed as a key at the cursor would be: pages spread over nodes.
-        match self.call(&cursor.0.to_be_bytes(), body).await? {
+        match self.call(&cursor.0.to_be_bytes(), body, &opts).await? {
             ResponseBody::ScanPage { keys, cursor } => Ok(ScanPage {
                 keys,
                 cursor: ScanCursor(cursor),
@@ -695,8 +961,13 @@ impl Client {
         }
     }
 
-    async fn expect_written(&self, key: &[u8], body: RequestBody) -> Result<(), ClientError> {
-        match self.call(key, body).await? {
+    pub(crate) async fn expect_written(
+        &self,
+        key: &[u8],
+        body: RequestBody,
+        opts: &Resolved,
+    ) -> Result<(), ClientError> {
+        match self.call(key, body, opts).await? {
             ResponseBody::Written => Ok(()),
             ResponseBody::ConditionFailed { siblings, context } => {
                 Err(ClientError::ConditionFailed { siblings, context })
@@ -705,6 +976,27 @@ impl Client {
                 reason: format!("unexpected answer {other:?}"),
             }),
         }
+    }
+}
+
+/// A put's request body.
+pub(crate) fn put_body(
+    keyspace: &str,
+    key: &[u8],
+    value: Vec<u8>,
+    context: &Context,
+    consistency: Option<Consistency>,
+    write_id: WriteId,
+    mode: WriteMode,
+) -> RequestBody {
+    RequestBody::Put {
+        keyspace: keyspace.into(),
+        key: key.to_vec(),
+        value,
+        context: context.clone(),
+        consistency,
+        write_id,
+        mode,
     }
 }
 
@@ -738,6 +1030,8 @@ mod tests {
                 config,
                 sessions: Mutex::default(),
                 topology: Mutex::default(),
+                refresher: Mutex::default(),
+                membership_moved: Arc::default(),
             }),
         };
         client.set_topology(vec![
@@ -784,5 +1078,88 @@ mod tests {
                 .route(b"k", Some(Consistency::LocalOne))
                 .contains(&"b1:1".to_string())
         );
+    }
+
+    #[test]
+    fn a_route_follows_the_keys_replica_walk_not_the_token_order() {
+        let config = Client::builder()
+            .seed("a0:1")
+            .local_dc("dc1")
+            .dc_failover(DcFailover::Always);
+        let client = Client {
+            inner: Arc::new(Inner {
+                config,
+                sessions: Mutex::default(),
+                topology: Mutex::default(),
+                refresher: Mutex::default(),
+                membership_moved: Arc::default(),
+            }),
+        };
+        let mut nodes: Vec<NodeReport> = (0..5)
+            .map(|i| NodeReport {
+                rack: format!("r{}", i % 3),
+                ..node(&format!("a{i}"), "dc1", i != 3)
+            })
+            .chain((0..3).map(|i| node(&format!("b{i}"), "dc2", true)))
+            .collect();
+        // A joining node owns no range: it is tried after the walks.
+        nodes.push(NodeReport {
+            status: "Joining".into(),
+            ..node("a9", "dc1", true)
+        });
+        client.set_topology(nodes.clone());
+        let rings = Rings::build(
+            nodes
+                .iter()
+                .filter(|n| n.status == "Normal")
+                .map(|n| Member {
+                    node_id: n.node_id.clone(),
+                    dc: n.dc.clone(),
+                    rack: n.rack.clone(),
+                    vnodes: n.vnodes,
+                }),
+        );
+        let addr = |id: &str| format!("{id}:1");
+        let mut differs_from_token_order = 0;
+        for i in 0..200u32 {
+            let key = i.to_be_bytes();
+            let route = client.route(&key, None);
+            let mut expected: Vec<String> = rings
+                .walk_all("dc1", &key)
+                .into_iter()
+                .filter(|id| *id != "a3")
+                .map(addr)
+                .collect();
+            expected.extend(rings.walk_all("dc2", &key).into_iter().map(addr));
+            expected.push(addr("a9"));
+            expected.push(addr("a3"));
+            assert_eq!(route, expected, "key {i}");
+            // The old route: the primary, then every node in the order of
+            // its first token on the ring, ignoring racks.
+            let tokens: Vec<(u64, &str)> = {
+                let mut t: Vec<(u64, &str)> = nodes[..5]
+                    .iter()
+                    .flat_map(|n| {
+                        crate::placement::tokens_for(&n.node_id, n.vnodes)
+                            .into_iter()
+                            .map(|t| (t, n.node_id.as_str()))
+                    })
+                    .collect();
+                t.sort();
+                t
+            };
+            let mut by_token: Vec<&str> = Vec::new();
+            let start = tokens.partition_point(|(t, _)| *t < crate::placement::key_hash(&key));
+            for (_, id) in tokens[start..].iter().chain(&tokens[..start]) {
+                if !by_token.contains(id) {
+                    by_token.push(id);
+                }
+            }
+            if by_token != rings.walk_all("dc1", &key) {
+                differs_from_token_order += 1;
+            }
+        }
+        // Racks make the walk differ from a plain clockwise walk.
+        assert!(differs_from_token_order > 0);
     }
 }

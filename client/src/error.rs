@@ -86,6 +86,35 @@ pub enum ClientError {
         /// What the connection reported.
         reason: String,
     },
+    /// A client or request option is out of range (`field` names it);
+    /// nothing was sent.
+    #[error("invalid option {field}: {reason}")]
+    InvalidOption {
+        /// The option, as its builder method is named.
+        field: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The request's overall deadline
+    /// ([`RequestOptions::deadline`](crate::RequestOptions::deadline))
+    /// passed before any attempt succeeded; `last` is the last attempt's
+    /// failure. Retryable: a write may have been applied, and sending it
+    /// again with the same write id takes effect at most once.
+    #[error("deadline of {after:?} passed; last attempt: {last}")]
+    DeadlineExceeded {
+        /// The deadline.
+        after: Duration,
+        /// The last attempt's error.
+        last: Box<ClientError>,
+    },
+    /// A typed value did not serialize, or a stored value did not
+    /// deserialize as the type asked for.
+    #[cfg(feature = "serde-json")]
+    #[error("value does not convert: {reason}")]
+    Value {
+        /// What serde_json reported.
+        reason: String,
+    },
 }
 
 impl ClientError {
@@ -94,14 +123,18 @@ impl ClientError {
         match self {
             ClientError::Connect { .. }
             | ClientError::ConnectionClosed
-            | ClientError::Timeout { .. } => true,
+            | ClientError::Timeout { .. }
+            | ClientError::DeadlineExceeded { .. } => true,
             ClientError::Handshake { .. }
             | ClientError::Tls { .. }
             | ClientError::Unauthenticated { .. }
             | ClientError::Forbidden { .. }
             | ClientError::RequestTooLarge { .. }
             | ClientError::ConditionFailed { .. }
+            | ClientError::InvalidOption { .. }
             | ClientError::NotACounter(_) => false,
+            #[cfg(feature = "serde-json")]
+            ClientError::Value { .. } => false,
             ClientError::Server(e) => e.code.is_retryable(),
         }
     }

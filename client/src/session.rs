@@ -47,6 +47,18 @@ pub struct Channel<Q, A> {
     reader: tokio::task::JoinHandle<()>,
 }
 
+impl<Q, A> std::fmt::Debug for Channel<Q, A> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Channel")
+            .field("peer", &self.peer)
+            .field(
+                "open",
+                &self.pending.lock().map(|p| p.is_some()).unwrap_or(false),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
 /// The node's wall clock minus ours, as a node's answers show it.
 ///
 /// Each answer gives `node clock at sending - our clock at receipt`, which

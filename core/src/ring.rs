@@ -13,7 +13,7 @@
 //! This module is pure logic: it knows nothing of liveness (the coordinator
 //! skips down nodes) or of the network.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
@@ -123,36 +123,14 @@ impl Ring {
         if ring.tokens.is_empty() || rf == 0 {
             return Vec::new();
         }
-        let rf = rf.min(ring.nodes.len());
-        let racks: BTreeSet<&str> = ring.nodes.iter().map(|(_, r)| r.as_str()).collect();
-        let start = ring.tokens.partition_point(|&(t, _)| t < hash);
-        let mut chosen: Vec<usize> = Vec::with_capacity(rf);
-        let mut skipped: Vec<usize> = Vec::new();
-        let mut racks_used: BTreeSet<&str> = BTreeSet::new();
-        for step in 0..ring.tokens.len() {
-            if chosen.len() == rf {
-                break;
-            }
-            let (_, node) = ring.tokens[(start + step) % ring.tokens.len()];
-            if chosen.contains(&node) || skipped.contains(&node) {
-                continue;
-            }
-            let rack = ring.nodes[node].1.as_str();
-            if racks_used.len() < racks.len() && racks_used.contains(rack) {
-                // Rack already holds a replica while others hold none: keep
-                // this node for later, in walk order.
-                skipped.push(node);
-                continue;
-            }
-            racks_used.insert(rack);
-            chosen.push(node);
-            if racks_used.len() == racks.len() {
-                // Every rack used: the nodes passed over come next, in order.
-                while chosen.len() < rf && !skipped.is_empty() {
-                    chosen.push(skipped.remove(0));
-                }
-            }
-        }
+        // The walk is the client's, so clients list replicas in this order.
+        let chosen = isthmus_client::placement::replica_walk(
+            &ring.tokens,
+            ring.nodes.len(),
+            |i| ring.nodes[i].1.as_str(),
+            hash,
+            rf,
+        );
         chosen
             .into_iter()
             .map(|i| ring.nodes[i].0.clone())
@@ -195,6 +173,8 @@ impl Ring {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
+
     use super::*;
 
     fn member(id: &str, dc: &str, rack: &str) -> (NodeId, Placement) {

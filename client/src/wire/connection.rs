@@ -67,6 +67,14 @@ pub struct Connection<T> {
     frame_bytes_max: usize,
 }
 
+impl<T> std::fmt::Debug for Connection<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("frame_bytes_max", &self.frame_bytes_max)
+            .finish_non_exhaustive()
+    }
+}
+
 impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
     /// Wrap a stream, refusing frames larger than `frame_bytes_max`.
     pub fn new(stream: T, frame_bytes_max: usize) -> Self {
@@ -167,6 +175,14 @@ pub struct ReadHalf<T> {
     frame_bytes_max: usize,
 }
 
+impl<T> std::fmt::Debug for ReadHalf<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReadHalf")
+            .field("frame_bytes_max", &self.frame_bytes_max)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Which deadline of [`ReadHalf::read_within`] passed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ReadDeadline {
@@ -227,6 +243,14 @@ impl<T: AsyncRead + AsyncWrite + Unpin> ReadHalf<T> {
 pub struct WriteHalf<T> {
     sink: FramedWrite<tokio::io::WriteHalf<T>, LengthDelimitedCodec>,
     frame_bytes_max: usize,
+}
+
+impl<T> std::fmt::Debug for WriteHalf<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WriteHalf")
+            .field("frame_bytes_max", &self.frame_bytes_max)
+            .finish_non_exhaustive()
+    }
 }
 
 impl<T: AsyncRead + AsyncWrite + Unpin> WriteHalf<T> {

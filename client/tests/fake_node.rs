@@ -1,0 +1,241 @@
+//! The client against a stand-in node on loopback that speaks the wire
+//! protocol and holds its answers back as a test needs: a batch's
+//! requests are pipelined on the node's session (the node answers none
+//! until it holds a hundred), answers come back in input order with one
+//! result per item, and a request's overall deadline bounds its retries.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use isthmus_client::wire::connection::Connection;
+use isthmus_client::wire::frame::FRAME_BYTES_MAX_DEFAULT;
+use isthmus_client::wire::{
+    Context, ErrorCode, Hello, HelloAck, HelloAnswer, MAGIC, NodeReport, PROTOCOL_VERSION, Reply,
+    Request, RequestBody, ResponseBody, Sibling, WireError,
+};
+use isthmus_client::{Client, ClientError, PutItem, RequestOptions};
+use tokio::net::TcpListener;
+
+/// How the stand-in node answers data requests.
+#[derive(Clone, Copy)]
+enum Behaviour {
+    /// Hold answers until this many data requests are outstanding, then
+    /// answer them and every later one at once.
+    HoldUntil(usize),
+    /// Never answer a data request.
+    Silent,
+}
+
+/// A stand-in node: its address and the most data requests it held
+/// unanswered at once.
+struct FakeNode {
+    addr: String,
+    most_outstanding: Arc<AtomicUsize>,
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+/// The answer to a data request: a get reads its key back as its value;
+/// the key `bad` is refused.
+fn answer(body: &RequestBody) -> ResponseBody {
+    let key = match body {
+        RequestBody::Get { key, .. } | RequestBody::Put { key, .. } => key.clone(),
+        other => panic!("unexpected request {other:?}"),
+    };
+    if key == b"bad" {
+        return ResponseBody::Error(WireError {
+            code: ErrorCode::KeyTooLarge,
+            message: "refused by the test".into(),
+            acks: None,
+            needs: None,
+        });
+    }
+    match body {
+        RequestBody::Get { .. } => ResponseBody::Value {
+            siblings: vec![Sibling {
+                value: key,
+                timestamp_ms: 1,
+                origin_dc: "dc1".into(),
+            }],
+            context: Context(vec![]),
+        },
+        _ => ResponseBody::Written,
+    }
+}
+
+fn status(me: &str) -> ResponseBody {
+    ResponseBody::Status {
+        nodes: vec![NodeReport {
+            node_id: "fake".into(),
+            addr: me.into(),
+            dc: "dc1".into(),
+            rack: "r1".into(),
+            vnodes: 8,
+            up: true,
+            status: "Normal".into(),
+            load_bytes: 0,
+            hint_bytes: 0,
+            ownership: 1.0,
+        }],
+        bridges: vec![],
+    }
+}
+
+async fn fake_node(behaviour: Behaviour) -> FakeNode {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let most_outstanding = Arc::new(AtomicUsize::new(0));
+    let (me, most) = (addr.clone(), most_outstanding.clone());
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            let (me, most) = (me.clone(), most.clone());
+            tokio::spawn(async move {
+                let mut conn = Connection::new(stream, FRAME_BYTES_MAX_DEFAULT);
+                let Ok(Some(_hello)) = conn.read::<Hello>().await else {
+                    return;
+                };
+                let ack: HelloAnswer = Ok(HelloAck {
+                    magic: MAGIC,
+                    version: PROTOCOL_VERSION,
+                    node_id: "fake".into(),
+                    dc: "dc1".into(),
+                    clock_ms: now_ms(),
+                });
+                conn.write(&ack).await.unwrap();
+                let mut held: Vec<Request> = Vec::new();
+                let mut released = false;
+                while let Ok(Some(request)) = conn.read::<Request>().await {
+                    let mut replies = Vec::new();
+                    match (&request.body, behaviour) {
+                        (RequestBody::Status, _) => replies.push((request.id, status(&me))),
+                        (_, Behaviour::Silent) => {}
+                        (_, Behaviour::HoldUntil(n)) if !released => {
+                            held.push(request);
+                            most.fetch_max(held.len(), Ordering::Relaxed);
+                            if held.len() >= n {
+                                released = true;
+                                replies.extend(held.drain(..).map(|r| (r.id, answer(&r.body))));
+                            }
+                        }
+                        (body, Behaviour::HoldUntil(_)) => replies.push((request.id, answer(body))),
+                    }
+                    for (id, body) in replies {
+                        let reply = Reply {
+                            id,
+                            clock_ms: now_ms(),
+                            body,
+                        };
+                        if conn.write(&reply).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    FakeNode {
+        addr,
+        most_outstanding,
+    }
+}
+
+#[tokio::test]
+async fn a_batch_is_pipelined_and_answers_in_input_order_per_item() {
+    let node = fake_node(Behaviour::HoldUntil(100)).await;
+    let client = Client::builder()
+        .seed(&node.addr)
+        .timeout(Duration::from_secs(5))
+        .retries(0)
+        .build()
+        .await
+        .unwrap();
+    let mut keys: Vec<Vec<u8>> = (0..300).map(|i| format!("key-{i}").into_bytes()).collect();
+    keys[137] = b"bad".to_vec();
+    let reads = client.get_many("ks", &keys).await.unwrap();
+    assert_eq!(reads.len(), keys.len());
+    for (i, (key, read)) in keys.iter().zip(&reads).enumerate() {
+        if i == 137 {
+            let e = read.as_ref().unwrap_err();
+            assert_eq!(e.code(), Some(ErrorCode::KeyTooLarge), "{e}");
+        } else {
+            let read = read.as_ref().unwrap_or_else(|e| panic!("item {i}: {e}"));
+            assert_eq!(read.siblings[0].value, *key, "item {i} out of order");
+        }
+    }
+    // A client that waited for each answer would have had one request
+    // outstanding, and the node would never have answered.
+    assert!(node.most_outstanding.load(Ordering::Relaxed) >= 100);
+
+    let items: Vec<PutItem> = keys
+        .iter()
+        .map(|k| PutItem::new(k.clone(), b"v".to_vec(), Context::default()))
+        .collect();
+    let written = client.put_many("ks", &items).await.unwrap();
+    assert_eq!(written.len(), items.len());
+    assert!(written[137].is_err());
+    assert_eq!(written.iter().filter(|r| r.is_ok()).count(), 299);
+}
+
+#[tokio::test]
+async fn the_overall_deadline_bounds_every_retry() {
+    let node = fake_node(Behaviour::Silent).await;
+    let client = Client::builder()
+        .seed(&node.addr)
+        .backoff(Duration::from_millis(1))
+        .build()
+        .await
+        .unwrap();
+    let opts = RequestOptions::new()
+        .timeout(Duration::from_millis(200))
+        .retries(20)
+        .deadline(Duration::from_millis(500));
+    let started = Instant::now();
+    let e = client.get_with("ks", b"k", &opts).await.unwrap_err();
+    let took = started.elapsed();
+    // 21 attempts of 200 ms would take over 4 s; the deadline stops them.
+    assert!(took >= Duration::from_millis(450), "{took:?}");
+    assert!(took < Duration::from_millis(1_500), "{took:?}");
+    match e {
+        ClientError::DeadlineExceeded { after, last } => {
+            assert_eq!(after, Duration::from_millis(500));
+            assert!(matches!(*last, ClientError::Timeout { .. }), "{last}");
+        }
+        other => panic!("expected DeadlineExceeded, got {other}"),
+    }
+    // Without a deadline, the per-attempt timeout alone applies.
+    let started = Instant::now();
+    let e = client
+        .get_with(
+            "ks",
+            b"k",
+            &RequestOptions::new()
+                .timeout(Duration::from_millis(100))
+                .retries(1),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(e, ClientError::Timeout { .. }), "{e}");
+    assert!(started.elapsed() >= Duration::from_millis(200));
+    // A zero timeout is refused by name, before anything is sent.
+    let e = client
+        .get_with("ks", b"k", &RequestOptions::new().timeout(Duration::ZERO))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            ClientError::InvalidOption {
+                field: "timeout",
+                ..
+            }
+        ),
+        "{e}"
+    );
+}
