@@ -284,14 +284,27 @@ impl<H: Handler> Session<H> {
 
     /// Serve one command.
     pub async fn run(&mut self, args: Vec<Bytes>) -> Reply {
-        let name = lower(&args[0]);
+        // The name in lower case without allocating: every known name is
+        // short ASCII; a longer one is not known, and is lowered whole.
+        let mut short = [0u8; 16];
+        let long;
+        let raw: &[u8] = &args[0];
+        let name: &str = if raw.len() <= short.len() && raw.is_ascii() {
+            let short = &mut short[..raw.len()];
+            short.copy_from_slice(raw);
+            short.make_ascii_lowercase();
+            std::str::from_utf8(short).unwrap_or_default()
+        } else {
+            long = lower(&args[0]);
+            &long
+        };
         if let Some((_, arity_of)) = COMMANDS.iter().find(|(n, _)| *n == name) {
             let n = args.len() as i64;
             if (*arity_of > 0 && n != *arity_of) || (*arity_of < 0 && n < -arity_of) {
-                return arity(&name);
+                return arity(name);
             }
         }
-        let result = match name.as_str() {
+        let result = match name {
             "ping" => Ok(match args.get(1) {
                 Some(message) => Reply::Bulk(message.clone()),
                 None => Reply::Simple("PONG"),
