@@ -28,7 +28,7 @@
 # (100000, redis-benchmark's -r), SECURITY (plaintext: no TLS and anonymous
 # clients on the front door, as redis-server runs; tls: TLS and a logged-in
 # user on Isthmus' side, redis-benchmark over TLS against redis-server with
-# TLS too), ENGINE_KEYS (1000000), CLUSTER_DURATION (15 s), THREADS (16).
+# TLS too), BIN (a binary to measure; default: this tree's, built), ENGINE_KEYS (1000000), CLUSTER_DURATION (15 s), THREADS (16).
 # Each redis comparison runs Isthmus and redis-server back to back, so the
 # two share the machine's state of the moment.
 set -euo pipefail
@@ -51,7 +51,9 @@ THREADS=${THREADS:-16}
 ISTHMUS_PORT=${ISTHMUS_PORT:-7711}
 REDIS_PORT=${REDIS_PORT:-7712}
 
-BIN=${CARGO_TARGET_DIR:-target}/release/isthmus
+# BIN: an isthmus binary to measure instead of building this tree's.
+BUILT=${BIN:+1}
+BIN=${BIN:-${CARGO_TARGET_DIR:-target}/release/isthmus}
 dir=$(mktemp -d)
 pids=()
 stop() {
@@ -75,7 +77,7 @@ bench_redis() { # port pipeline [tls args...]
   local port=$1 pipeline=$2
   shift 2
   redis-benchmark -h 127.0.0.1 -p "$port" "$@" -t set,get -c "$CLIENTS" -n "$REQUESTS" -d "$VALUE" \
-    -r "$KEYS" -P "$pipeline" --csv |
+    -r "$KEYS" -P "$pipeline" --csv 2>/dev/null |
     tr -d '"' | awk -F, '$1 == "SET" || $1 == "GET" { printf "%s %.0f %s\n", $1, $2, $7 }'
 }
 
@@ -163,7 +165,7 @@ if [ "$REDIS" != 0 ] || [ "$PIPELINE" != 0 ] || [ "$ALWAYS" != 0 ]; then
   if ! command -v redis-server >/dev/null || ! command -v redis-benchmark >/dev/null; then
     echo "== redis comparisons skipped: redis-server not installed (apt-get install redis-server)"
     REDIS=0 PIPELINE=0 ALWAYS=0
-  else
+  elif [ -z "$BUILT" ]; then
     cargo build --release -q --bin isthmus
   fi
 fi
