@@ -186,19 +186,29 @@ fi
 
 if [ "$ENGINE" != 0 ] || [ "$ROCKSDB" != 0 ]; then
   mkdir -p "$dir/engine"
+  # One run of the engine bench: against fjall in the same process
+  # (`ratio fill-random OURS FJALL ...`), or Isthmus alone
+  # (`ours fill=... read=...`) when only RocksDB is compared.
+  only=()
+  [ "$ENGINE" = 0 ] && only=(ISTHMUS_BENCH_ONLY_OURS=1)
+  env "${only[@]}" ISTHMUS_BENCH_KEYS="$ENGINE_KEYS" ISTHMUS_BENCH_DIR="$dir/engine" \
+    cargo bench -q -p isthmus-core --bench engine >"$dir/engine.log" 2>/dev/null
   if [ "$ENGINE" != 0 ]; then
-    # Against fjall, in one process: `ratio fill-random ...` and so on.
-    ISTHMUS_BENCH_KEYS=$ENGINE_KEYS ISTHMUS_BENCH_DIR=$dir/engine \
-      cargo bench -q -p isthmus-core --bench engine 2>/dev/null | awk '/^ratio / { $2 = "engine_fjall_" $2; print }'
+    awk '/^ratio / { $2 = "engine_fjall_" $2; print }' "$dir/engine.log"
   fi
+  # Isthmus' figure of one case, from either form.
+  ours() { # case: fill-random | read-random | read-missing | durable-write-8
+    awk -v c="$1" '$1 == "ratio" && $2 == c { print $3 }
+      $1 == "ours" { split("fill-random read-random read-missing durable-write-8", n, " ");
+        for (i = 2; i <= 5; i++) { split($i, kv, "="); if (n[i - 1] == c) print kv[2] } }' "$dir/engine.log"
+  }
   if [ "$ROCKSDB" != 0 ]; then
     if command -v db_bench >/dev/null; then
-      ours=$(ISTHMUS_BENCH_KEYS=$ENGINE_KEYS ISTHMUS_BENCH_DIR=$dir/engine ISTHMUS_BENCH_ONLY_OURS=1 \
-        cargo bench -q -p isthmus-core --bench engine 2>/dev/null | awk '/^ours / { print }')
       # RocksDB with the same shape: 16-byte keys, 100-byte incompressible
       # values, 64 MiB memtables, a 256 MiB block cache, 10-bit blooms,
-      # the WAL written (not synced) per write; durable writes: 8 threads,
-      # each write synced (sync=1, RocksDB's group commit).
+      # lz4, the WAL written (not synced) per write; reads of half the
+      # keys from one thread; durable writes: 8 threads, each write synced
+      # (sync=1, RocksDB's group commit), 1000 each.
       common=(--db="$dir/engine/rocksdb" --key_size=16 --value_size=100 --compression_ratio=1
         --write_buffer_size=67108864 --cache_size=268435456 --bloom_bits=10 --num="$ENGINE_KEYS"
         --compression_type=lz4 --disable_wal=0 --statistics=0)
@@ -206,13 +216,12 @@ if [ "$ENGINE" != 0 ] || [ "$ROCKSDB" != 0 ]; then
       fill=$(rs --benchmarks=fillrandom --sync=0)
       read=$(rs --benchmarks=readrandom --use_existing_db=1 --reads=$((ENGINE_KEYS / 2)) --threads=1)
       missing=$(rs --benchmarks=readmissing --use_existing_db=1 --reads=$((ENGINE_KEYS / 2)) --threads=1)
+      # db_bench counts the ops of all 8 threads together, as the engine bench does.
       durable=$(rs --benchmarks=fillrandom --sync=1 --threads=8 --num=1000)
-      get() { tr ' ' '\n' <<<"$ours" | awk -F= -v k="$1" '$1 == k { print $2 }'; }
-      ratio engine_rocksdb_fill-random "$(get fill)" "$fill"
-      ratio engine_rocksdb_read-random "$(get read)" "$read"
-      ratio engine_rocksdb_read-missing "$(get missing)" "$missing"
-      # db_bench counts ops of all 8 threads together.
-      ratio engine_rocksdb_durable-write-8 "$(get durable)" "$durable"
+      ratio engine_rocksdb_fill-random "$(ours fill-random)" "$fill"
+      ratio engine_rocksdb_read-random "$(ours read-random)" "$read"
+      ratio engine_rocksdb_read-missing "$(ours read-missing)" "$missing"
+      ratio engine_rocksdb_durable-write-8 "$(ours durable-write-8)" "$durable"
     else
       echo "== RocksDB comparison skipped: db_bench not installed (apt-get install rocksdb-tools)"
     fi
