@@ -78,9 +78,9 @@ EOF
   pids+=($!)
 }
 
-wait_up() { # addr count
+wait_up() { # addr count: that many members up and on the ring (not joining)
   for _ in $(seq 1 150); do
-    up=$("$BIN" status --addr "$1" "${client[@]}" --json 2>/dev/null | grep -o '"up":true' | wc -l || true)
+    up=$("$BIN" status --addr "$1" "${client[@]}" --json 2>/dev/null | grep -o '"status":"Normal","up":true' | wc -l || true)
     [ "$up" -ge "$2" ] && return 0
     sleep 0.2
   done
