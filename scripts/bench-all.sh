@@ -222,7 +222,7 @@ if [ "$ENGINE" != 0 ] || [ "$ROCKSDB" != 0 ]; then
       common=(--db="$dir/engine/rocksdb" --key_size=16 --value_size=100 --compression_ratio=1
         --write_buffer_size=67108864 --cache_size=268435456 --bloom_bits=10 --num="$ENGINE_KEYS"
         --compression_type=lz4 --disable_wal=0 --statistics=0)
-      rs() { db_bench "${common[@]}" "$@" 2>/dev/null | awk '/ops\/sec/ { for (i = 1; i <= NF; i++) if ($(i + 1) ~ /^ops\/sec/) print $i }' | head -1; }
+      rs() { db_bench "${common[@]}" "$@" 2>/dev/null | awk '/micros\/op/ { for (i = 1; i <= NF; i++) if ($(i + 1) ~ /^ops\/sec/) print $i }' | head -1; }
       fill=$(rs --benchmarks=fillrandom --sync=0)
       read=$(rs --benchmarks=readrandom --use_existing_db=1 --reads=$((ENGINE_KEYS / 2)) --threads=1)
       missing=$(rs --benchmarks=readmissing --use_existing_db=1 --reads=$((ENGINE_KEYS / 2)) --threads=1)
