@@ -1053,7 +1053,10 @@ impl<S: LocalStore, T: Transport, H: HintSink> Coordinator<S, T, H> {
         };
         gathered.until_decided(deadline).await?;
         if gathered.answers.len() == replicas.len()
-            && gathered.answers.iter().all(|(_, seen)| *seen == gathered.joined)
+            && gathered
+                .answers
+                .iter()
+                .all(|(_, seen)| *seen == gathered.joined)
         {
             // Every replica asked answered, and each holds all of it:
             // nothing to wait for and nothing to repair (a read at ONE of

@@ -250,8 +250,14 @@ fn a_write_taken_now_is_handed_to_the_os_and_read_back() {
         ..small_options()
     };
     let engine = Engine::open_with_fs(fs.clone(), dir(), opts).unwrap();
-    engine.try_apply_now(b"a", v(1, 1, b"x", 1)).unwrap().unwrap();
-    engine.try_apply_now(b"a", v(1, 2, b"y", 2)).unwrap().unwrap();
+    engine
+        .try_apply_now(b"a", v(1, 1, b"x", 1))
+        .unwrap()
+        .unwrap();
+    engine
+        .try_apply_now(b"a", v(1, 2, b"y", 2))
+        .unwrap()
+        .unwrap();
     assert_eq!(engine.get(b"a").unwrap().len(), 2);
     // No fsync, but the file (what a process crash leaves) holds both.
     let segment = log::segment_path(dir(), engine.shared.log.segment());
@@ -292,10 +298,20 @@ fn a_write_that_might_block_is_given_back_untouched() {
     };
     let segment = engine.shared.log.segment();
     engine.apply(format!("k{i}").as_bytes(), back).unwrap();
-    assert!(engine.shared.log.segment() > segment, "the blocking path rotated");
-    engine.try_apply_now(b"next", v(1, 9999, b"x", 1)).unwrap().unwrap();
+    assert!(
+        engine.shared.log.segment() > segment,
+        "the blocking path rotated"
+    );
+    engine
+        .try_apply_now(b"next", v(1, 9999, b"x", 1))
+        .unwrap()
+        .unwrap();
     for k in 1..=i {
-        assert_eq!(engine.get(format!("k{k}").as_bytes()).unwrap().len(), 1, "k{k}");
+        assert_eq!(
+            engine.get(format!("k{k}").as_bytes()).unwrap().len(),
+            1,
+            "k{k}"
+        );
     }
 }
 
