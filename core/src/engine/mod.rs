@@ -476,6 +476,9 @@ impl<F: Fs> Engine<F> {
     /// writers of its group) exactly as [`Engine::apply`] does: the same
     /// durability. Otherwise the version comes back untouched
     /// (`Err(version)`) for [`Engine::apply`] on a thread that may block.
+    // The version given back is the caller's own, moved back as it came:
+    // boxing it would cost an allocation on the hot path.
+    #[allow(clippy::result_large_err)]
     pub fn try_apply_now(
         &self,
         key: &[u8],
