@@ -78,9 +78,9 @@ EOF
   pids+=($!)
 }
 
-wait_up() { # addr count
+wait_up() { # addr count: that many members up and on the ring (not joining)
   for _ in $(seq 1 150); do
-    up=$("$BIN" status --addr "$1" "${client[@]}" --json 2>/dev/null | grep -o '"up":true' | wc -l || true)
+    up=$("$BIN" status --addr "$1" "${client[@]}" --json 2>/dev/null | grep -o '"status":"Normal","up":true' | wc -l || true)
     [ "$up" -ge "$2" ] && return 0
     sleep 0.2
   done
@@ -107,6 +107,9 @@ wait 2>/dev/null || true
 pids=()
 
 node n1 127.0.0.2:7501 127.0.0.2:7501 3
+# The seed first: two nodes that start together may each find no ring
+# and form one of their own.
+wait_up 127.0.0.2:7501 1
 node n2 127.0.0.3:7501 127.0.0.2:7501 3
 node n3 127.0.0.4:7501 127.0.0.2:7501 3
 # Every node, not only the first: each must know the users before the

@@ -41,6 +41,11 @@ mod resolver_cmd;
 mod server_cmd;
 mod user_cmd;
 
+/// mimalloc: thread-local heaps, where glibc's malloc made the runtime's
+/// threads contend on its arena locks (a node allocates on every request).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Isthmus: a multi-datacenter key-value store with WebAssembly merge functions.
 #[derive(Parser, Debug)]
 #[command(name = "isthmus", version, about)]

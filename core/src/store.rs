@@ -319,6 +319,17 @@ impl LocalStore for EngineStore {
         versions: Vec<Version>,
     ) -> Result<(), StoreError> {
         let skey = storage_key(keyspace, key)?;
+        // One version (a client's write, a replica's apply): inline when
+        // the engine can take it without blocking for long, which spares
+        // the two thread hand-offs of the blocking pool (they cost more
+        // than the write).
+        let versions = match <[Version; 1]>::try_from(versions) {
+            Ok([version]) => match self.engine.try_apply_now(&skey, version) {
+                Ok(done) => return Ok(done?),
+                Err(version) => vec![version],
+            },
+            Err(versions) => versions,
+        };
         self.blocking(move |engine| {
             engine.apply_batch(versions.into_iter().map(|v| (skey.clone(), v)))?;
             Ok(())

@@ -1052,6 +1052,17 @@ impl<S: LocalStore, T: Transport, H: HintSink> Coordinator<S, T, H> {
             rx,
         };
         gathered.until_decided(deadline).await?;
+        if gathered.answers.len() == replicas.len()
+            && gathered
+                .answers
+                .iter()
+                .all(|(_, seen)| *seen == gathered.joined)
+        {
+            // Every replica asked answered, and each holds all of it:
+            // nothing to wait for and nothing to repair (a read at ONE of
+            // one replica, or replicas in agreement), so no task for it.
+            return Ok(self.replica.merged(keyspace, key, gathered.joined).await);
+        }
         // Merged on the merge pool; siblings returned when the merge fails
         // or is deferred.
         let result = self

@@ -468,6 +468,74 @@ impl<F: Fs> Engine<F> {
         s.commit(lsn)
     }
 
+    /// [`Engine::apply`] when it cannot block for long, for a caller on an
+    /// async runtime's thread: under [`FsyncPolicy::Interval`], with room
+    /// in memory (no stall for a flush), no memtable rotation due or under
+    /// way, and the disk not found full. Then the write is appended,
+    /// absorbed and handed to the OS (one write(2), shared with the
+    /// writers of its group) exactly as [`Engine::apply`] does: the same
+    /// durability. Otherwise the version comes back untouched
+    /// (`Err(version)`) for [`Engine::apply`] on a thread that may block.
+    // The version given back is the caller's own, moved back as it came:
+    // boxing it would cost an allocation on the hot path.
+    #[allow(clippy::result_large_err)]
+    pub fn try_apply_now(
+        &self,
+        key: &[u8],
+        version: Version,
+    ) -> Result<Result<(), EngineError>, Version> {
+        let s = &*self.shared;
+        let FsyncPolicy::Interval(_) = s.options.fsync else {
+            return Err(version);
+        };
+        if s.full.load(Ordering::SeqCst) {
+            // Probing for room fsyncs.
+            return Err(version);
+        }
+        {
+            let mem = s.mem.read();
+            if mem.immutable.len() >= s.options.limits.immutable_memtables_max.max(1)
+                || mem.active.approx_bytes() >= s.options.limits.memtable_bytes_max
+            {
+                // A stall, or a rotation (fsync, a new segment) is due.
+                return Err(version);
+            }
+        }
+        // A rotation holds the gate for its fsync.
+        let Some(gate) = s.gate.try_read() else {
+            return Err(version);
+        };
+        if let Err(e) = s
+            .check_writable()
+            .and_then(|()| Ok(s.options.limits.check(key, version.value_bytes())?))
+        {
+            return Ok(Err(e));
+        }
+        let lsn = ENCODE_BUF.with(|buf| -> Result<u64, EngineError> {
+            let mut buf = buf.borrow_mut();
+            buf.clear();
+            let encoded = log::encode_one(&mut buf, key, &version);
+            let mem = s.mem.read().active.clone();
+            mem.absorb_with(
+                key,
+                version,
+                &buf[encoded],
+                |set, v| s.check_set_siblings(set, v),
+                || {
+                    let lsn = s.log.append(&buf)?;
+                    s.counters
+                        .user_bytes
+                        .fetch_add(buf.len() as u64, Ordering::Relaxed);
+                    Ok(lsn)
+                },
+            )
+        });
+        drop(gate);
+        // Handed to the OS; a rotation this write made due is left to the
+        // next write, which takes the blocking path for it.
+        Ok(lsn.and_then(|lsn| s.log.write_to(lsn)))
+    }
+
     /// Apply several writes as one log record: after a crash either all of
     /// them are recovered or none.
     pub fn apply_batch<K: AsRef<[u8]>>(

@@ -243,6 +243,79 @@ fn interval_policy_hands_each_write_to_the_os_before_acknowledging() {
 }
 
 #[test]
+fn a_write_taken_now_is_handed_to_the_os_and_read_back() {
+    let fs = MemFs::new();
+    let opts = EngineOptions {
+        fsync: FsyncPolicy::Interval(Duration::from_secs(3600)),
+        ..small_options()
+    };
+    let engine = Engine::open_with_fs(fs.clone(), dir(), opts).unwrap();
+    engine
+        .try_apply_now(b"a", v(1, 1, b"x", 1))
+        .unwrap()
+        .unwrap();
+    engine
+        .try_apply_now(b"a", v(1, 2, b"y", 2))
+        .unwrap()
+        .unwrap();
+    assert_eq!(engine.get(b"a").unwrap().len(), 2);
+    // No fsync, but the file (what a process crash leaves) holds both.
+    let segment = log::segment_path(dir(), engine.shared.log.segment());
+    let bytes = fs.read_all(&segment).unwrap();
+    let mut keys = Vec::new();
+    log::decode_segment(&bytes, &segment, true, |k, _| keys.push(k)).unwrap();
+    assert_eq!(keys, vec![b"a".to_vec(), b"a".to_vec()]);
+    // Limits are typed errors here too, and nothing is written.
+    let big = vec![0; Limits::default().value_bytes_max + 1];
+    assert!(matches!(
+        engine.try_apply_now(b"b", v(1, 3, &big, 3)),
+        Ok(Err(EngineError::Limit(_)))
+    ));
+    assert!(engine.get(b"b").unwrap().is_empty());
+}
+
+#[test]
+fn a_write_that_might_block_is_given_back_untouched() {
+    // Fsync per write: never on the caller's thread.
+    let engine = Engine::open_with_fs(MemFs::new(), dir(), small_options()).unwrap();
+    let back = engine.try_apply_now(b"a", v(1, 1, b"x", 1)).unwrap_err();
+    assert_eq!(back, v(1, 1, b"x", 1));
+    assert!(engine.get(b"a").unwrap().is_empty());
+    // A memtable at its bound: the rotation (an fsync, a new segment) is
+    // left to a thread that may block; the write after it goes inline.
+    let opts = EngineOptions {
+        fsync: FsyncPolicy::Interval(Duration::from_secs(3600)),
+        ..small_options()
+    };
+    let engine = Engine::open_with_fs(MemFs::new(), dir(), opts).unwrap();
+    let mut i = 0;
+    let back = loop {
+        i += 1;
+        assert!(i < 1000, "the memtable never reached its bound");
+        if let Err(back) = engine.try_apply_now(format!("k{i}").as_bytes(), v(1, i, b"x", i)) {
+            break back;
+        }
+    };
+    let segment = engine.shared.log.segment();
+    engine.apply(format!("k{i}").as_bytes(), back).unwrap();
+    assert!(
+        engine.shared.log.segment() > segment,
+        "the blocking path rotated"
+    );
+    engine
+        .try_apply_now(b"next", v(1, 9999, b"x", 1))
+        .unwrap()
+        .unwrap();
+    for k in 1..=i {
+        assert_eq!(
+            engine.get(format!("k{k}").as_bytes()).unwrap().len(),
+            1,
+            "k{k}"
+        );
+    }
+}
+
+#[test]
 fn failed_fsync_poisons_the_engine() {
     let fs = MemFs::new();
     let engine = Engine::open_with_fs(fs.clone(), dir(), small_options()).unwrap();

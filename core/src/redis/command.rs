@@ -104,6 +104,8 @@ pub struct Session<H> {
     name: Option<String>,
     closing: bool,
     writes: u64,
+    /// The first half of every write id of this connection.
+    write_prefix: [u8; 8],
 }
 
 fn lower(arg: &Bytes) -> String {
@@ -128,6 +130,22 @@ fn refusal(error: WireError) -> Reply {
     Reply::Error(format!("{code} {}", error.message))
 }
 
+/// A connection's write-id prefix: a hash of the node, the connection's
+/// id (unique while the node runs) and the time (apart across restarts).
+fn write_prefix(node_id: &str, connection: u64) -> [u8; 8] {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let mut h = blake3::Hasher::new();
+    h.update(node_id.as_bytes());
+    h.update(&[0]);
+    h.update(&connection.to_le_bytes());
+    h.update(&nanos.to_le_bytes());
+    let mut prefix = [0; 8];
+    prefix.copy_from_slice(&h.finalize().as_bytes()[..8]);
+    prefix
+}
+
 /// The one value `GET` answers for a key with siblings and no resolver:
 /// the latest by timestamp, then by origin DC, then by value, the same
 /// on every node and in every DC.
@@ -148,6 +166,7 @@ impl<H: Handler> Session<H> {
         certificate: Option<CertIdentity>,
     ) -> Self {
         let principal = handler.authenticate(None, certificate.clone()).await.ok();
+        let write_prefix = write_prefix(&door.node_id, id);
         Session {
             keyspace: door.databases.first().cloned().unwrap_or_default(),
             handler,
@@ -160,6 +179,7 @@ impl<H: Handler> Session<H> {
             name: None,
             closing: false,
             writes: 0,
+            write_prefix,
         }
     }
 
@@ -205,22 +225,15 @@ impl<H: Handler> Session<H> {
         }
     }
 
-    /// A write id no other write carries (this node, this connection, its
-    /// count of writes, the time): a command is not retried by the front
+    /// A write id no other write carries: this connection's prefix (a
+    /// hash of this node, the connection's id and the time it opened),
+    /// then its count of writes. A command is not retried by the front
     /// door, so each write is its own.
     fn write_id(&mut self) -> WriteId {
         self.writes += 1;
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos());
-        let mut h = blake3::Hasher::new();
-        h.update(self.door.node_id.as_bytes());
-        h.update(&[0]);
-        h.update(&self.id.to_le_bytes());
-        h.update(&self.writes.to_le_bytes());
-        h.update(&nanos.to_le_bytes());
         let mut id = [0; 16];
-        id.copy_from_slice(&h.finalize().as_bytes()[..16]);
+        id[..8].copy_from_slice(&self.write_prefix);
+        id[8..].copy_from_slice(&self.writes.to_le_bytes());
         WriteId(id)
     }
 
@@ -284,14 +297,27 @@ impl<H: Handler> Session<H> {
 
     /// Serve one command.
     pub async fn run(&mut self, args: Vec<Bytes>) -> Reply {
-        let name = lower(&args[0]);
+        // The name in lower case without allocating: every known name is
+        // short ASCII; a longer one is not known, and is lowered whole.
+        let mut short = [0u8; 16];
+        let long;
+        let raw: &[u8] = &args[0];
+        let name: &str = if raw.len() <= short.len() && raw.is_ascii() {
+            let short = &mut short[..raw.len()];
+            short.copy_from_slice(raw);
+            short.make_ascii_lowercase();
+            std::str::from_utf8(short).unwrap_or_default()
+        } else {
+            long = lower(&args[0]);
+            &long
+        };
         if let Some((_, arity_of)) = COMMANDS.iter().find(|(n, _)| *n == name) {
             let n = args.len() as i64;
             if (*arity_of > 0 && n != *arity_of) || (*arity_of < 0 && n < -arity_of) {
-                return arity(&name);
+                return arity(name);
             }
         }
-        let result = match name.as_str() {
+        let result = match name {
             "ping" => Ok(match args.get(1) {
                 Some(message) => Reply::Bulk(message.clone()),
                 None => Reply::Simple("PONG"),
@@ -841,6 +867,16 @@ fn command(args: &[Bytes]) -> Reply {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn write_id_prefixes_differ_by_node_connection_and_time() {
+        let a = write_prefix("n1", 1);
+        assert_ne!(a, write_prefix("n1", 2));
+        assert_ne!(a, write_prefix("n2", 1));
+        // The same node and connection id after a restart.
+        std::thread::sleep(std::time::Duration::from_millis(1));
+        assert_ne!(a, write_prefix("n1", 1));
+    }
 
     #[test]
     fn dbsize_is_exact_for_a_whole_scan_and_scaled_from_a_part() {

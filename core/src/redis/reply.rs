@@ -97,6 +97,26 @@ impl Reply {
 
     /// Append this reply to `out` in protocol `version` (2 or 3).
     pub fn encode(self, version: u8, out: &mut BytesMut) {
+        // The common replies, written directly (the same bytes the
+        // encoders write, without building a frame first).
+        match &self {
+            Reply::Simple(s) if !s.contains(['\r', '\n']) => {
+                out.extend_from_slice(b"+");
+                out.extend_from_slice(s.as_bytes());
+                out.extend_from_slice(b"\r\n");
+                return;
+            }
+            Reply::Bulk(b) => {
+                out.reserve(b.len() + 26);
+                out.extend_from_slice(b"$");
+                out.extend_from_slice(decimal(b.len(), &mut [0; 20]));
+                out.extend_from_slice(b"\r\n");
+                out.extend_from_slice(b);
+                out.extend_from_slice(b"\r\n");
+                return;
+            }
+            _ => {}
+        }
         let encoded = if version >= 3 {
             redis_protocol::resp3::encode::complete::extend_encode(out, &self.resp3(), false)
         } else {
@@ -106,6 +126,19 @@ impl Reply {
             // Frames built here always encode; should one not, the client
             // still gets an answer in its place.
             out.extend_from_slice(b"-ERR reply did not encode\r\n");
+        }
+    }
+}
+
+/// `n` in decimal, in `buf`.
+fn decimal(mut n: usize, buf: &mut [u8; 20]) -> &[u8] {
+    let mut at = buf.len();
+    loop {
+        at -= 1;
+        buf[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return &buf[at..];
         }
     }
 }
@@ -143,5 +176,13 @@ mod tests {
         let map = Reply::Map(vec![(Reply::bulk("proto"), Reply::Int(3))]);
         assert_eq!(encoded(map.clone(), 3), b"%1\r\n$5\r\nproto\r\n:3\r\n");
         assert_eq!(encoded(map, 2), b"*2\r\n$5\r\nproto\r\n:3\r\n");
+        assert_eq!(encoded(Reply::Simple("OK"), 3), b"+OK\r\n");
+        assert_eq!(encoded(Reply::bulk(&b""[..]), 3), b"$0\r\n\r\n");
+        let long = Bytes::from(vec![b'x'; 1234]);
+        let mut want = b"$1234\r\n".to_vec();
+        want.extend_from_slice(&long);
+        want.extend_from_slice(b"\r\n");
+        assert_eq!(encoded(Reply::Bulk(long.clone()), 2), want);
+        assert_eq!(encoded(Reply::Bulk(long), 3), want);
     }
 }
