@@ -30,7 +30,7 @@ use crate::placement;
 use crate::session::{ConnectOptions, Session};
 use crate::tls::TlsMaterial;
 use crate::wire::{
-    Consistency, Context, Credentials, NodeReport, RequestBody, ResponseBody, SCAN_COUNT_MAX,
+    Consistency, Context, Credentials, Expiry, NodeReport, RequestBody, ResponseBody, SCAN_COUNT_MAX,
     ScanCursor, Sibling, WriteId, WriteMode,
 };
 
@@ -506,6 +506,33 @@ impl Client {
             consistency: self.inner.config.consistency,
             write_id,
             mode: WriteMode::Context,
+            expiry: Expiry::KeyspaceDefault,
+        };
+        self.expect_written(key, body).await
+    }
+
+    /// [`put`](Self::put) with an expiry for the value, instead of the
+    /// keyspace's default: e.g. `Expiry::AfterMs(60_000)` for a minute
+    /// from when the coordinator receives it, `Expiry::AtMs` for a wall
+    /// clock time, `Expiry::Never`. A read's [`Sibling::expires_ms`]
+    /// says when each value expires.
+    pub async fn put_with_expiry(
+        &self,
+        keyspace: &str,
+        key: &[u8],
+        value: Vec<u8>,
+        context: &Context,
+        expiry: Expiry,
+    ) -> Result<(), ClientError> {
+        let body = RequestBody::Put {
+            keyspace: keyspace.into(),
+            key: key.to_vec(),
+            value,
+            context: context.clone(),
+            consistency: self.inner.config.consistency,
+            write_id: WriteId(rand::random()),
+            mode: WriteMode::Context,
+            expiry,
         };
         self.expect_written(key, body).await
     }
@@ -583,6 +610,7 @@ impl Client {
             consistency: self.inner.config.consistency,
             write_id: WriteId(rand::random()),
             mode,
+            expiry: Expiry::KeyspaceDefault,
         };
         self.expect_written(key, body).await
     }

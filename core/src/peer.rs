@@ -66,6 +66,9 @@ pub enum PeerRequest {
         /// Overwrite or condition (the receiver then checks it under the
         /// key's lock).
         mode: isthmus_client::wire::WriteMode,
+        /// When the value expires, as the first node the write reached
+        /// resolved it (an absolute time, never, or `Keep`).
+        expiry: isthmus_client::wire::Expiry,
     },
     /// A batch of writes from the bridge of a node in `from_dc`: an
     /// lz4-compressed, postcard-encoded list of records (the bridge's

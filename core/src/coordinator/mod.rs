@@ -63,6 +63,7 @@ use crate::hints::HintSink;
 use crate::limit::Limits;
 use crate::merge::MergeHook;
 use crate::merge::pool::MergeConfig;
+use crate::model::expiry::{self, Expiry};
 use crate::model::{
     Actor, Clock, Consistency, DcName, Dot, KeyspaceConfig, Payload, Version, VersionSet, key_hash,
 };
@@ -131,6 +132,9 @@ struct Write<'a> {
     level: Consistency,
     /// Over the context, an overwrite, or conditional.
     mode: WriteMode,
+    /// When the value expires ([`expiry::resolve`]d by the first node
+    /// the write reaches).
+    expiry: Expiry,
 }
 
 /// A peer request that failed here, as the peer's answer.
@@ -360,6 +364,7 @@ impl<S: LocalStore, T: Transport, H: HintSink> Coordinator<S, T, H> {
                 write_id,
                 consistency,
                 mode,
+                expiry,
             } => {
                 let write = Write {
                     keyspace: &keyspace,
@@ -369,6 +374,7 @@ impl<S: LocalStore, T: Transport, H: HintSink> Coordinator<S, T, H> {
                     write_id,
                     level: consistency,
                     mode,
+                    expiry,
                 };
                 match self.write_inner(write, deadline, false).await {
                     Ok(()) => PeerResponse::Written,
@@ -440,6 +446,36 @@ impl<S: LocalStore, T: Transport, H: HintSink> Coordinator<S, T, H> {
         mode: WriteMode,
         deadline: Duration,
     ) -> Result<(), CoordinatorError> {
+        self.write_expiring(
+            keyspace,
+            key,
+            value,
+            context,
+            write_id,
+            level,
+            mode,
+            Expiry::KeyspaceDefault,
+            deadline,
+        )
+        .await
+    }
+
+    /// [`Self::write_with`] with an expiry for the value: relative ones
+    /// and the keyspace's default are made absolute here, on this node's
+    /// clock, before the write is forwarded or issued.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn write_expiring(
+        &self,
+        keyspace: &str,
+        key: &[u8],
+        value: Option<Vec<u8>>,
+        context: Clock,
+        write_id: [u8; 16],
+        level: Consistency,
+        mode: WriteMode,
+        expiry: Expiry,
+        deadline: Duration,
+    ) -> Result<(), CoordinatorError> {
         let write = Write {
             keyspace,
             key,
@@ -448,6 +484,7 @@ impl<S: LocalStore, T: Transport, H: HintSink> Coordinator<S, T, H> {
             write_id,
             level,
             mode,
+            expiry,
         };
         self.write_inner(write, deadline, true).await
     }
@@ -461,6 +498,10 @@ impl<S: LocalStore, T: Transport, H: HintSink> Coordinator<S, T, H> {
     ) -> Result<(), CoordinatorError> {
         let expires = Instant::now() + deadline;
         let ks = self.keyspace(write.keyspace)?;
+        let write = Write {
+            expiry: expiry::resolve(write.expiry, ks.ttl_s, now_ms()),
+            ..write
+        };
         self.config
             .limits
             .check(write.key, write.value.as_deref())?;
@@ -563,7 +604,8 @@ impl<S: LocalStore, T: Transport, H: HintSink> Coordinator<S, T, H> {
             // which saw a version not here yet, still holds: the new
             // version supersedes that one too).
             WriteMode::IfMatch => held.is_covered_by(&write.context),
-            WriteMode::IfAbsent => current.live().next().is_none(),
+            // An expired value is absent.
+            WriteMode::IfAbsent => current.live_at(now_ms()).next().is_none(),
         };
         if !holds {
             return Err(CoordinatorError::ConditionFailed { current });
@@ -574,16 +616,20 @@ impl<S: LocalStore, T: Transport, H: HintSink> Coordinator<S, T, H> {
             clock.join(&held);
         }
         clock.add_dot(dot);
+        let now = now_ms();
         let version = Version {
             clock,
             payload: write
                 .value
                 .clone()
                 .map_or(Payload::Tombstone, Payload::Value),
-            timestamp_ms: now_ms(),
+            timestamp_ms: now,
             origin_dc: self.config.dc.clone(),
             resolver: None,
             write_id: Some(write.write_id),
+            // Resolved at the coordinator: the keyspace's default plays no
+            // part here, and `Keep` reads the set held under the lock.
+            expires_ms: expiry::stamp(write.expiry, None, write.value.is_some(), &current, now),
         };
         // The replica keeps the sibling bound, whatever the resolver's
         // state, over the set read above.
@@ -875,6 +921,7 @@ impl<S: LocalStore, T: Transport, H: HintSink> Coordinator<S, T, H> {
             write_id: write.write_id,
             consistency: write.level,
             mode: write.mode,
+            expiry: write.expiry,
         };
         match self.transport.call(node, request, deadline).await {
             Ok(PeerResponse::Written) => Ok(()),

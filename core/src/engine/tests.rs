@@ -49,8 +49,9 @@ fn version_strategy() -> impl Strategy<Value = Version> {
         proptest::collection::vec((0u64..3, 1u64..7), 0..3),
         proptest::option::of(proptest::collection::vec(any::<u8>(), 0..40)),
         0u64..4,
+        proptest::option::of(0u64..4),
     )
-        .prop_map(|(vector, dots, value, ts)| Version {
+        .prop_map(|(vector, dots, value, ts, expires_ms)| Version {
             clock: Clock::from_parts(
                 vector.into_iter().map(|(a, n)| (Actor(a), n)),
                 dots.into_iter().map(|(a, c)| Dot {
@@ -63,6 +64,7 @@ fn version_strategy() -> impl Strategy<Value = Version> {
             origin_dc: "dc1".into(),
             resolver: None,
             write_id: None,
+            expires_ms,
         })
 }
 

@@ -116,6 +116,7 @@ fn samples() -> Vec<Vec<u8>> {
             write_id: [1; 16],
             consistency: Consistency::LocalQuorum,
             mode: isthmus_client::wire::WriteMode::IfMatch,
+            expiry: isthmus_client::wire::Expiry::AtMs(9),
         }),
         envelope(PeerRequest::Gossip {
             digest: vec![(node("n2"), 1, 2)],
@@ -240,6 +241,7 @@ fn a_context_at_the_last_event_of_an_actor_is_refused() {
             write_id: [0; 16],
             consistency: Consistency::One,
             mode: isthmus_client::wire::WriteMode::Context,
+            expiry: isthmus_client::wire::Expiry::Keep,
         },
     }));
 }
