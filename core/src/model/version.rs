@@ -234,3 +234,64 @@ impl Version {
         72 + payload + self.origin_dc.0.len() + 16 * self.clock.entry_count()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::clock::Actor;
+    use super::*;
+
+    /// The definition before expiries existed: its encoding is the fixture
+    /// of what older releases wrote and sent.
+    #[derive(Serialize)]
+    struct LegacyVersion {
+        clock: Clock,
+        payload: Payload,
+        timestamp_ms: u64,
+        origin_dc: DcName,
+        resolver: Option<ContentHash>,
+        write_id: Option<[u8; 16]>,
+    }
+
+    #[test]
+    fn old_encodings_decode_and_versions_without_expiry_encode_as_before() {
+        for payload in [Payload::Value(b"x".to_vec()), Payload::Tombstone] {
+            let legacy = LegacyVersion {
+                clock: Clock::from_parts([(Actor(4), 2)], []),
+                payload: payload.clone(),
+                timestamp_ms: 99,
+                origin_dc: "dc2".into(),
+                resolver: Some([1; 32]),
+                write_id: Some([2; 16]),
+            };
+            let old = postcard::to_allocvec(&legacy).unwrap();
+            let v: Version = postcard::from_bytes(&old).expect("an old version decodes");
+            assert_eq!(v.payload, payload);
+            assert_eq!(v.expires_ms, None);
+            assert_eq!(v.encode(), old, "no expiry: the old bytes, the old digest");
+            // With an expiry: a round trip, and bytes an old decoder
+            // would not take for a version without one.
+            let expiring = Version {
+                expires_ms: Some(1_234),
+                ..v.clone()
+            };
+            let bytes = expiring.encode();
+            assert_ne!(bytes, old);
+            assert_eq!(postcard::from_bytes::<Version>(&bytes).unwrap(), expiring);
+            assert_ne!(expiring.digest(), v.digest());
+        }
+    }
+
+    #[test]
+    fn expiry_is_exclusive_and_tombstones_are_never_live() {
+        let v = Version {
+            expires_ms: Some(10),
+            ..Version::value(Clock::new(), b"x".to_vec(), 1, "dc1".into())
+        };
+        assert!(v.is_live_at(9));
+        assert!(!v.is_live_at(10));
+        assert!(v.is_expired_at(10));
+        let t = Version::tombstone(Clock::new(), 1, "dc1".into());
+        assert!(!t.is_live_at(0));
+        assert!(!t.is_expired_at(u64::MAX));
+    }
+}
