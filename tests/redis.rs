@@ -113,6 +113,8 @@ fn expiries(run: &dyn Fn(&[&str]) -> String) {
     assert!(run(&["SET", "e", "v", "EX"]).contains("ERR syntax error"));
     assert!(run(&["EXPIRE", "e", "10", "NX", "XX"]).contains("ERR NX and XX"));
     assert!(run(&["TTL"]).contains("ERR wrong number of arguments for 'ttl' command"));
+    // Leave db 0 as the rest of the test expects it.
+    assert_eq!(int(&["DEL", "e"]), 1);
 }
 
 #[test]
@@ -160,12 +162,6 @@ fn redis_cli_speaks_to_the_front_door() {
     assert_eq!(run(&["GET", "k"]), "v1");
     assert_eq!(run(&["SET", "k", "v2", "GET"]), "v1");
     assert_eq!(run(&["GET", "k"]), "v2");
-    // db 1's keyspace has a default TTL of an hour; db 0's has none.
-    assert_eq!(
-        cli(ip, port, true, &["-n", "1"], &["TTL", "k"]).0.trim(),
-        "3600"
-    );
-    assert_eq!(run(&["TTL", "k"]), "-1");
     assert_eq!(run(&["MSET", "a", "1", "b", "2"]), "OK");
     assert_eq!(run(&["MGET", "a", "nope", "b"]), "1\n\n2");
     assert_eq!(run(&["EXISTS", "a", "nope", "a"]), "2");
@@ -200,6 +196,12 @@ fn redis_cli_speaks_to_the_front_door() {
         "OK"
     );
     assert_eq!(run(&["GET", "k"]), "v2");
+    // db 1's keyspace has a default TTL of an hour; db 0's has none.
+    assert_eq!(
+        cli(ip, port, true, &["-n", "1"], &["TTL", "k"]).0.trim(),
+        "3600"
+    );
+    assert_eq!(run(&["TTL", "k"]), "-1");
 
     // Siblings: two blind writes over no context are concurrent. GET
     // answers the later one; ISTHMUS.SIBLINGS answers both and the
