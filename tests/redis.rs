@@ -102,12 +102,17 @@ fn expiries(run: &dyn Fn(&[&str]) -> String) {
     let at_ms = (now_s + 2000) * 1000;
     assert_eq!(run(&["SET", "f", "v", "PXAT", &at_ms.to_string()]), "OK");
     assert!((1998..=2000).contains(&int(&["TTL", "f"])));
-    assert_eq!(run(&["SET", "f", "v", "EXAT", &(now_s + 3000).to_string()]), "OK");
+    assert_eq!(
+        run(&["SET", "f", "v", "EXAT", &(now_s + 3000).to_string()]),
+        "OK"
+    );
     assert!((2998..=3000).contains(&int(&["TTL", "f"])));
     // A time already past deletes the key.
     assert_eq!(int(&["EXPIRE", "f", "-1"]), 1);
     assert_eq!(int(&["EXISTS", "f"]), 0);
-    assert!(run(&["SET", "e", "v", "EX", "0"]).contains("ERR invalid expire time in 'set' command"));
+    assert!(
+        run(&["SET", "e", "v", "EX", "0"]).contains("ERR invalid expire time in 'set' command")
+    );
     assert!(run(&["SET", "e", "v", "EX", "ten"]).contains("ERR value is not an integer"));
     assert!(run(&["SET", "e", "v", "EX", "10", "PX", "10"]).contains("ERR syntax error"));
     assert!(run(&["SET", "e", "v", "EX"]).contains("ERR syntax error"));

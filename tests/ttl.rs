@@ -4,7 +4,6 @@
 //! every replica, and is gone from both DCs once it passes (get, scan,
 //! `put_if_absent`), while a value written without one stays.
 
-
 use std::time::{Duration, Instant};
 
 use isthmus_client::wire::{Consistency, Context, Expiry};
@@ -104,7 +103,11 @@ async fn a_value_written_with_a_ttl_in_dc1_expires_in_dc2_too() {
     tokio::time::sleep(Duration::from_millis(left + 100)).await;
     for (dc, client) in [("dc1", &dc1), ("dc2", &dc2)] {
         let read = client.get(KEYSPACE, b"short").await.unwrap();
-        assert!(read.siblings.is_empty(), "{dc} still reads {:?}", read.siblings);
+        assert!(
+            read.siblings.is_empty(),
+            "{dc} still reads {:?}",
+            read.siblings
+        );
         let forever = client.get(KEYSPACE, b"forever").await.unwrap();
         assert_eq!(forever.siblings.len(), 1, "{dc}");
         assert_eq!(forever.siblings[0].expires_ms, None);

@@ -30,8 +30,8 @@ use crate::placement;
 use crate::session::{ConnectOptions, Session};
 use crate::tls::TlsMaterial;
 use crate::wire::{
-    Consistency, Context, Credentials, Expiry, NodeReport, RequestBody, ResponseBody, SCAN_COUNT_MAX,
-    ScanCursor, Sibling, WriteId, WriteMode,
+    Consistency, Context, Credentials, Expiry, NodeReport, RequestBody, ResponseBody,
+    SCAN_COUNT_MAX, ScanCursor, Sibling, WriteId, WriteMode,
 };
 
 /// A read: the live siblings (none when absent) and the context to write

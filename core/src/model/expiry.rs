@@ -56,7 +56,9 @@ pub fn stamp(
 pub fn kept(set: &VersionSet, now_ms: u64) -> Option<u64> {
     let mut live = set.live_at(now_ms).peekable();
     live.peek()?;
-    live.try_fold(0, |latest, v: &Version| v.expires_ms.map(|at| at.max(latest)))
+    live.try_fold(0, |latest, v: &Version| {
+        v.expires_ms.map(|at| at.max(latest))
+    })
 }
 
 #[cfg(test)]
@@ -74,9 +76,15 @@ mod tests {
 
     #[test]
     fn a_relative_expiry_and_the_default_resolve_on_the_coordinators_clock() {
-        assert_eq!(resolve(Expiry::KeyspaceDefault, Some(5), 1_000), Expiry::AtMs(6_000));
+        assert_eq!(
+            resolve(Expiry::KeyspaceDefault, Some(5), 1_000),
+            Expiry::AtMs(6_000)
+        );
         assert_eq!(resolve(Expiry::KeyspaceDefault, None, 1_000), Expiry::Never);
-        assert_eq!(resolve(Expiry::AfterMs(250), Some(5), 1_000), Expiry::AtMs(1_250));
+        assert_eq!(
+            resolve(Expiry::AfterMs(250), Some(5), 1_000),
+            Expiry::AtMs(1_250)
+        );
         assert_eq!(resolve(Expiry::Never, Some(5), 1_000), Expiry::Never);
         assert_eq!(resolve(Expiry::Keep, Some(5), 1_000), Expiry::Keep);
         // Resolved once at the coordinator, again where it is issued: the
@@ -84,7 +92,10 @@ mod tests {
         let once = resolve(Expiry::AfterMs(7), None, 10);
         assert_eq!(resolve(once, Some(1), 99), once);
         // No overflow from a huge TTL.
-        assert_eq!(resolve(Expiry::AfterMs(u64::MAX), None, 5), Expiry::AtMs(u64::MAX));
+        assert_eq!(
+            resolve(Expiry::AfterMs(u64::MAX), None, 5),
+            Expiry::AtMs(u64::MAX)
+        );
         assert_eq!(
             resolve(Expiry::KeyspaceDefault, Some(u64::MAX), 5),
             Expiry::AtMs(u64::MAX)
@@ -95,7 +106,12 @@ mod tests {
     fn keep_takes_the_live_value_expiry_and_tombstones_get_none() {
         let with = |at: Option<u64>, a: u64| Version {
             expires_ms: at,
-            ..Version::value(Clock::from_parts([], [dot(a, 1)]), b"v".to_vec(), 1, "dc1".into())
+            ..Version::value(
+                Clock::from_parts([], [dot(a, 1)]),
+                b"v".to_vec(),
+                1,
+                "dc1".into(),
+            )
         };
         let set = VersionSet::from_versions([with(Some(50), 1), with(Some(80), 2)]);
         assert_eq!(stamp(Expiry::Keep, Some(1), true, &set, 10), Some(80));
@@ -109,7 +125,10 @@ mod tests {
         assert_eq!(stamp(Expiry::Keep, None, true, &set, 10), None);
         // A delete's tombstone never carries an expiry.
         assert_eq!(stamp(Expiry::AtMs(5), Some(9), false, &set, 0), None);
-        assert_eq!(stamp(Expiry::KeyspaceDefault, Some(2), true, &set, 0), Some(2_000));
+        assert_eq!(
+            stamp(Expiry::KeyspaceDefault, Some(2), true, &set, 0),
+            Some(2_000)
+        );
     }
 
     /// One step of a single key's history against one replica, with the

@@ -217,9 +217,10 @@ impl VersionSet {
             origin_dc: latest.origin_dc.clone(),
             resolver: Some(resolver),
             write_id: None,
-            expires_ms: self.versions.iter().try_fold(0, |latest, v| {
-                v.expires_ms.map(|at| at.max(latest))
-            }),
+            expires_ms: self
+                .versions
+                .iter()
+                .try_fold(0, |latest, v| v.expires_ms.map(|at| at.max(latest))),
         })
     }
 
