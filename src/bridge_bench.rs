@@ -148,6 +148,7 @@ async fn write_load(
                     context: Context::default(),
                     consistency: Some(Consistency::LocalQuorum),
                     write_id: WriteId(rng.random()),
+                    expiry: Default::default(),
                 };
                 match s.call(put, Duration::from_secs(2)).await {
                     Ok(ResponseBody::Written) => {

@@ -294,6 +294,7 @@ pub fn run_key(args: KeyArgs, op: Op) -> anyhow::Result<String> {
                     context,
                     consistency: args.consistency,
                     write_id: write_id(),
+                    expiry: Default::default(),
                 };
                 session.call(body, timeout).await?;
                 Ok(String::new())

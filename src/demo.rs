@@ -139,6 +139,7 @@ async fn shopper(
             context: Context(context.0),
             consistency: Some(Consistency::LocalQuorum),
             write_id: WriteId(rand::random()),
+            expiry: Default::default(),
         };
         match s.call(body, timeout).await {
             Ok(ResponseBody::Written) => {
@@ -223,6 +224,7 @@ async fn measure_lag(cluster: &LocalCluster, samples: usize) -> anyhow::Result<H
             context: Context::default(),
             consistency: Some(Consistency::LocalQuorum),
             write_id: WriteId(rand::random()),
+            expiry: Default::default(),
         };
         session.call(body, Duration::from_secs(2)).await?;
         let acked = Instant::now();

@@ -196,6 +196,7 @@ async fn five_processes_survive_a_sigkill_and_hand_off_hints() {
             context: Context::default(),
             consistency: None,
             write_id: WriteId([42; 16]),
+            expiry: Default::default(),
         };
         assert_eq!(
             session.call(body, Duration::from_secs(2)).await.unwrap(),
@@ -300,6 +301,7 @@ async fn concurrent_carts_merge_to_the_same_bytes_on_every_replica() {
                     context: Context::default(),
                     consistency: None,
                     write_id: WriteId(rand::random()),
+                    expiry: Default::default(),
                 };
                 match session.call(put, Duration::from_secs(5)).await {
                     Ok(ResponseBody::Written) => {}
@@ -354,6 +356,7 @@ async fn concurrent_carts_merge_to_the_same_bytes_on_every_replica() {
         context: Context::default(),
         consistency: None,
         write_id: WriteId(rand::random()),
+        expiry: Default::default(),
     };
     assert_eq!(
         common::call(&nodes[3].addr, put).await.unwrap(),
@@ -459,6 +462,7 @@ async fn a_node_joins_and_another_is_decommissioned_with_nothing_lost() {
                     context: Context::default(),
                     consistency: None,
                     write_id: WriteId(rand::random()),
+                    expiry: Default::default(),
                 };
                 // Only acknowledged writes are audited; one that times
                 // out while ranges move was never promised.
@@ -678,6 +682,7 @@ async fn put_at_one(
         context: Context::default(),
         consistency: Some(Consistency::One),
         write_id: WriteId(rand::random()),
+        expiry: Default::default(),
     };
     session.call(put, Duration::from_secs(10)).await
 }

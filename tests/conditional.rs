@@ -79,6 +79,7 @@ async fn put_mode(
         context,
         consistency: Some(Consistency::LocalQuorum),
         write_id: WriteId(rand_id()),
+        expiry: Default::default(),
     };
     match session.call(body, Duration::from_secs(10)).await.unwrap() {
         ResponseBody::Written => None,

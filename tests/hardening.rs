@@ -31,6 +31,7 @@ fn put(key: &[u8], value: &[u8], context: Context) -> RequestBody {
         context,
         consistency: None,
         write_id: WriteId(rand::random()),
+        expiry: Default::default(),
     }
 }
 

@@ -47,6 +47,7 @@ fn put(key: &[u8], value: Vec<u8>, consistency: Consistency) -> RequestBody {
         context: Context::default(),
         consistency: Some(consistency),
         write_id: WriteId(rand::random()),
+        expiry: Default::default(),
     }
 }
 

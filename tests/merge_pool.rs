@@ -128,6 +128,7 @@ async fn run(module: Vec<u8>, writers: usize, duration: Duration) -> Run {
                     context: Context::default(),
                     consistency: None,
                     write_id: WriteId(rand::random()),
+                    expiry: Default::default(),
                 };
                 let _ = session.call(put, WAIT).await;
                 let get = RequestBody::Get {

@@ -154,6 +154,7 @@ async fn shoppers(
                     context,
                     consistency: Some(Consistency::LocalQuorum),
                     write_id: WriteId(rand::random()),
+                    expiry: Default::default(),
                 };
                 if let Ok(ResponseBody::Written) = session.call(put, Duration::from_secs(2)).await {
                     ledger.acked.lock().insert((cart, item));
@@ -338,6 +339,7 @@ async fn put_at(
         context: Context::default(),
         consistency: Some(level),
         write_id: WriteId(rand::random()),
+        expiry: Default::default(),
     };
     session
         .call(put, Duration::from_secs(3))
@@ -558,6 +560,7 @@ async fn writers(
                     context: Context::default(),
                     consistency: Some(Consistency::LocalQuorum),
                     write_id: WriteId(rand::random()),
+                    expiry: Default::default(),
                 };
                 match s.call(put, Duration::from_secs(2)).await {
                     Ok(ResponseBody::Written) => acked.lock().push(key),
@@ -980,6 +983,7 @@ async fn writes_through_a_node_just_restarted_reach_every_replica_without_repair
                 context: Context::default(),
                 consistency: Some(levels[i % levels.len()]),
                 write_id: WriteId(rand::random()),
+                expiry: Default::default(),
             };
             loop {
                 let answer = match common::session(&addr, "writer", Duration::from_secs(1)).await {

@@ -113,6 +113,7 @@ async fn put(addr: &str, key: String) -> bool {
         context: Context::default(),
         consistency: Some(Consistency::LocalQuorum),
         write_id: WriteId(rand::random()),
+        expiry: Default::default(),
     };
     matches!(call(addr, put).await, Ok(ResponseBody::Written))
 }

@@ -49,6 +49,7 @@ async fn put(session: &Session, keyspace: &str, key: &str, value: &str) {
         context: Context::default(),
         consistency: Some(Consistency::LocalQuorum),
         write_id: WriteId(rand::random()),
+        expiry: Default::default(),
     };
     match session.call(body, Duration::from_secs(5)).await.unwrap() {
         ResponseBody::Written => {}

@@ -6,6 +6,9 @@
 //! INFO, SELECT between keyspaces, ISTHMUS.SIBLINGS and ISTHMUS.PUTCTX,
 //! SCAN (followed to the end by `redis-cli --scan`, with MATCH and COUNT);
 //! SET NX, SETNX and SET XX (of racing clients, exactly one NX wins);
+//! expiries: SET EX (gone after 1.5 s) / PX / EXAT / PXAT / KEEPTTL, TTL,
+//! PTTL, EXPIRE with NX / XX / GT / LT, PEXPIRE, EXPIREAT, PERSIST, and a
+//! keyspace's default TTL;
 //! concurrent SETs of one key (`redis-benchmark`, 20 writers) leave one
 //! value, no siblings;
 //! Redis-style errors for unknown commands and wrong arity; a pipeline of
@@ -45,6 +48,80 @@ fn cli(host: &str, port: u16, login: bool, flags: &[&str], args: &[&str]) -> (St
     (text(&out.stdout) + &text(&out.stderr), out.status.success())
 }
 
+/// SET's expiry options, TTL, PTTL, EXPIRE (and its conditions),
+/// PEXPIRE, EXPIREAT, PERSIST, with Redis's answers.
+fn expiries(run: &dyn Fn(&[&str]) -> String) {
+    let int = |args: &[&str]| -> i64 {
+        let out = run(args);
+        out.parse()
+            .unwrap_or_else(|_| panic!("{args:?} answered {out:?}"))
+    };
+    assert_eq!(int(&["TTL", "nokey"]), -2);
+    assert_eq!(int(&["PTTL", "nokey"]), -2);
+    assert_eq!(run(&["SET", "e", "v", "EX", "1"]), "OK");
+    let pttl = int(&["PTTL", "e"]);
+    assert!((1..=1000).contains(&pttl), "PTTL {pttl}");
+    assert!((0..=1).contains(&int(&["TTL", "e"])));
+    assert_eq!(int(&["EXISTS", "e"]), 1);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(run(&["GET", "e"]), "");
+    assert_eq!(int(&["EXISTS", "e"]), 0);
+    assert_eq!(int(&["TTL", "e"]), -2);
+    // SET NX sees an expired key as absent.
+    assert_eq!(run(&["SET", "e", "v", "NX", "PX", "100000"]), "OK");
+    assert!((99..=100).contains(&int(&["TTL", "e"])));
+    assert_eq!(run(&["SET", "e", "v2", "KEEPTTL"]), "OK");
+    assert_eq!(run(&["GET", "e"]), "v2");
+    assert!((99..=100).contains(&int(&["TTL", "e"])));
+    // A plain SET drops the expiry (db 0's keyspace has no default).
+    assert_eq!(run(&["SET", "e", "v3"]), "OK");
+    assert_eq!(int(&["TTL", "e"]), -1);
+    assert_eq!(int(&["EXPIRE", "e", "50", "XX"]), 0);
+    assert_eq!(int(&["EXPIRE", "e", "50"]), 1);
+    assert!((49..=50).contains(&int(&["TTL", "e"])));
+    assert_eq!(run(&["GET", "e"]), "v3");
+    assert_eq!(int(&["EXPIRE", "e", "10", "GT"]), 0);
+    assert_eq!(int(&["EXPIRE", "e", "100", "GT"]), 1);
+    assert_eq!(int(&["EXPIRE", "e", "20", "LT"]), 1);
+    assert!((19..=20).contains(&int(&["TTL", "e"])));
+    assert_eq!(int(&["EXPIRE", "e", "30", "NX"]), 0);
+    assert_eq!(int(&["PERSIST", "e"]), 1);
+    assert_eq!(int(&["TTL", "e"]), -1);
+    assert_eq!(int(&["PERSIST", "e"]), 0);
+    assert_eq!(int(&["PERSIST", "nokey"]), 0);
+    assert_eq!(int(&["EXPIRE", "nokey", "10"]), 0);
+    assert_eq!(int(&["PEXPIRE", "e", "100000"]), 1);
+    let pttl = int(&["PTTL", "e"]);
+    assert!((99_000..=100_000).contains(&pttl), "PTTL {pttl}");
+    let now_s = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    assert_eq!(int(&["EXPIREAT", "e", &(now_s + 1000).to_string()]), 1);
+    assert!((998..=1000).contains(&int(&["TTL", "e"])));
+    let at_ms = (now_s + 2000) * 1000;
+    assert_eq!(run(&["SET", "f", "v", "PXAT", &at_ms.to_string()]), "OK");
+    assert!((1998..=2000).contains(&int(&["TTL", "f"])));
+    assert_eq!(
+        run(&["SET", "f", "v", "EXAT", &(now_s + 3000).to_string()]),
+        "OK"
+    );
+    assert!((2998..=3000).contains(&int(&["TTL", "f"])));
+    // A time already past deletes the key.
+    assert_eq!(int(&["EXPIRE", "f", "-1"]), 1);
+    assert_eq!(int(&["EXISTS", "f"]), 0);
+    assert!(
+        run(&["SET", "e", "v", "EX", "0"]).contains("ERR invalid expire time in 'set' command")
+    );
+    assert!(run(&["SET", "e", "v", "EX", "ten"]).contains("ERR value is not an integer"));
+    assert!(run(&["SET", "e", "v", "EX", "10", "PX", "10"]).contains("ERR syntax error"));
+    assert!(run(&["SET", "e", "v", "EX"]).contains("ERR syntax error"));
+    assert!(run(&["EXPIRE", "e", "10", "NX", "XX"]).contains("ERR NX and XX"));
+    assert!(run(&["TTL"]).contains("ERR wrong number of arguments for 'ttl' command"));
+    // Leave db 0 as the rest of the test expects it.
+    assert_eq!(int(&["DEL", "e"]), 1);
+}
+
 #[test]
 fn redis_cli_speaks_to_the_front_door() {
     if Command::new("redis-cli").arg("--version").output().is_err() {
@@ -63,7 +140,7 @@ fn redis_cli_speaks_to_the_front_door() {
     let config = std::fs::read_to_string(&node.config).unwrap()
         + &format!(
             "\n[redis]\nenabled = true\nlisten = \"{ip}:{port}\"\ndatabases = [\"carts\", \"sessions\"]\n\n\
-             [keyspaces.sessions]\nreplication = {{ dc1 = 1 }}\nconsistency = \"LOCAL_QUORUM\"\n"
+             [keyspaces.sessions]\nreplication = {{ dc1 = 1 }}\nconsistency = \"LOCAL_QUORUM\"\nttl_s = 3600\n"
         );
     std::fs::write(&node.config, config).unwrap();
     node.spawn();
@@ -108,7 +185,7 @@ fn redis_cli_speaks_to_the_front_door() {
     );
     assert!(run(&["FLUSHALL"]).contains("ERR unknown command 'FLUSHALL'"));
     assert!(run(&["GET"]).contains("ERR wrong number of arguments for 'get' command"));
-    assert!(run(&["SET", "k", "v", "EX", "10"]).contains("not supported"));
+    expiries(&run);
     assert!(run(&["SELECT", "2"]).contains("DB index is out of range"));
 
     // Databases are keyspaces: a key of db 0 is not in db 1. redis-cli
@@ -124,6 +201,12 @@ fn redis_cli_speaks_to_the_front_door() {
         "OK"
     );
     assert_eq!(run(&["GET", "k"]), "v2");
+    // db 1's keyspace has a default TTL of an hour; db 0's has none.
+    assert_eq!(
+        cli(ip, port, true, &["-n", "1"], &["TTL", "k"]).0.trim(),
+        "3600"
+    );
+    assert_eq!(run(&["TTL", "k"]), "-1");
 
     // Siblings: two blind writes over no context are concurrent. GET
     // answers the later one; ISTHMUS.SIBLINGS answers both and the

@@ -160,6 +160,7 @@ async fn an_uploaded_resolver_merges_on_every_node_of_every_dc() {
         context: Context::default(),
         consistency: None,
         write_id: WriteId([9; 16]),
+        expiry: Default::default(),
     };
     match call(&addr(0), sneak).await {
         Ok(ResponseBody::Error(e)) => assert_eq!(e.code, ErrorCode::BadRequest),
@@ -282,6 +283,7 @@ async fn an_uploaded_resolver_merges_on_every_node_of_every_dc() {
             context: Context::default(),
             consistency: None,
             write_id: WriteId([n as u8 + 1; 16]),
+            expiry: Default::default(),
         };
         assert_eq!(call(&addr(n), put).await.unwrap(), ResponseBody::Written);
     }

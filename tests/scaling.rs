@@ -167,6 +167,7 @@ async fn a_statefulset_scales_down_and_up_by_itself_with_nothing_lost() {
                 context: Context::default(),
                 consistency: None,
                 write_id: WriteId(rand::random()),
+                expiry: Default::default(),
             };
             let answer = session.call(put, Duration::from_secs(5)).await;
             assert!(matches!(answer, Ok(ResponseBody::Written)), "{answer:?}");
@@ -200,6 +201,7 @@ async fn a_statefulset_scales_down_and_up_by_itself_with_nothing_lost() {
                     context: Context::default(),
                     consistency: None,
                     write_id: WriteId(rand::random()),
+                    expiry: Default::default(),
                 };
                 if let Ok(ResponseBody::Written) = s.call(put, Duration::from_secs(5)).await {
                     acked.push(key);

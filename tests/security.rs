@@ -377,6 +377,7 @@ async fn put(session: &Session, key: &[u8]) -> Result<ResponseBody, ClientError>
                 context: Context::default(),
                 consistency: None,
                 write_id: WriteId(rand_id()),
+                expiry: Default::default(),
             },
             WAIT,
         )

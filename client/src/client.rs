@@ -34,8 +34,8 @@ use crate::placement::{Member, Rings};
 use crate::session::{ConnectOptions, Session};
 use crate::tls::TlsMaterial;
 use crate::wire::{
-    Consistency, Context, Credentials, NodeReport, RequestBody, ResponseBody, SCAN_COUNT_MAX,
-    ScanCursor, Sibling, WriteId, WriteMode,
+    Consistency, Context, Credentials, Expiry, NodeReport, RequestBody, ResponseBody,
+    SCAN_COUNT_MAX, ScanCursor, Sibling, WriteId, WriteMode,
 };
 
 /// A read: the live siblings (none when absent) and the context to write
@@ -760,6 +760,35 @@ impl Client {
         self.expect_written(key, body, &opts).await
     }
 
+    /// [`put`](Self::put) with an expiry for the value, instead of the
+    /// keyspace's default: e.g. `Expiry::AfterMs(60_000)` for a minute
+    /// from when the coordinator receives it, `Expiry::AtMs` for a wall
+    /// clock time, `Expiry::Never`. A read's [`Sibling::expires_ms`]
+    /// says when each value expires.
+    pub async fn put_with_expiry(
+        &self,
+        keyspace: &str,
+        key: &[u8],
+        value: Vec<u8>,
+        context: &Context,
+        expiry: Expiry,
+    ) -> Result<(), ClientError> {
+        let opts = RequestOptions::default().resolve(&self.defaults())?;
+        let mut body = put_body(
+            keyspace,
+            key,
+            value,
+            context,
+            opts.consistency,
+            WriteId(rand::random()),
+            WriteMode::Context,
+        );
+        if let RequestBody::Put { expiry: e, .. } = &mut body {
+            *e = expiry;
+        }
+        self.expect_written(key, body, &opts).await
+    }
+
     /// Write `value` only if nothing was written to the key since the read
     /// that returned `context` (compare-and-set): the key's replica that
     /// decides checks that `context` covers every version it holds, and
@@ -836,6 +865,8 @@ impl Client {
             consistency: opts.consistency,
             write_id: WriteId(rand::random()),
             mode: WriteMode::Add(delta),
+            // A counter keeps the expiry it has, as Redis's INCR does.
+            expiry: Expiry::Keep,
         };
         match self.call(key, body, &opts).await? {
             ResponseBody::Counted { value } => Ok(value),
@@ -997,6 +1028,7 @@ pub(crate) fn put_body(
         consistency,
         write_id,
         mode,
+        expiry: Expiry::KeyspaceDefault,
     }
 }
 

@@ -62,6 +62,7 @@ fn answer(body: &RequestBody) -> ResponseBody {
                 value: key,
                 timestamp_ms: 1,
                 origin_dc: "dc1".into(),
+                expires_ms: None,
             }],
             context: Context(vec![]),
         },

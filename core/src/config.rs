@@ -72,7 +72,9 @@ pub struct KeyspaceSection {
     /// Resolver binding, `NAME@VERSION`.
     #[serde(default)]
     pub resolver: Option<String>,
-    /// Time to live of written values, in seconds.
+    /// Default time to live of written values, in seconds
+    /// (`1..=`[`TTL_S_MAX`]): a write that names no expiry expires this
+    /// long after its coordinator received it. Unset: never.
     #[serde(default)]
     pub ttl_s: Option<u64>,
     /// The keyspace holds counters: the Redis front door's `INCR`,
@@ -89,6 +91,11 @@ pub struct KeyspaceSection {
     #[serde(default)]
     pub sloppy_quorum: bool,
 }
+
+/// The longest keyspace default TTL, in seconds (100 years): beyond it a
+/// value might as well never expire, and a typo (milliseconds for
+/// seconds) is caught.
+pub const TTL_S_MAX: u64 = 100 * 365 * 24 * 3600;
 
 fn default_consistency() -> Consistency {
     Consistency::LocalQuorum
@@ -993,6 +1000,16 @@ impl NodeConfig {
                     format!("{r:?} is not NAME@VERSION"),
                 ));
             }
+            if let Some(ttl) = ks.ttl_s
+                && !(1..=TTL_S_MAX).contains(&ttl)
+            {
+                return Err(invalid(
+                    format!("{base}.ttl_s"),
+                    format!(
+                        "{ttl} is outside 1..={TTL_S_MAX} seconds (leave it unset for values that never expire)"
+                    ),
+                ));
+            }
         }
         Ok(())
     }
@@ -1078,6 +1095,14 @@ mod tests {
         let mut c = base();
         c.keyspaces.get_mut("carts").unwrap().resolver = Some("cart-union".into());
         assert_eq!(c.validate().unwrap_err().field, "keyspaces.carts.resolver");
+        for ttl in [0, TTL_S_MAX + 1] {
+            let mut c = base();
+            c.keyspaces.get_mut("carts").unwrap().ttl_s = Some(ttl);
+            assert_eq!(c.validate().unwrap_err().field, "keyspaces.carts.ttl_s");
+        }
+        let mut c = base();
+        c.keyspaces.get_mut("carts").unwrap().ttl_s = Some(30);
+        c.validate().expect("a ttl of 30 s is valid");
         let mut c = base();
         c.vnodes = 0;
         assert_eq!(c.validate().unwrap_err().field, "vnodes");

@@ -79,7 +79,9 @@ impl<Q: HintSink> HintSink for Arc<Q> {
     }
 }
 
-/// Format version of hint files (the record layout above).
+/// Format version of hint files (the record layout above; its versions
+/// encode as [`crate::model::Version`] says, which reads every version a
+/// release without expiries wrote).
 pub const HINT_FORMAT_VERSION: u32 = 1;
 
 /// Largest single hint record accepted when reading (a corrupt length

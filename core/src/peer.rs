@@ -68,6 +68,9 @@ pub enum PeerRequest {
         mode: isthmus_client::wire::WriteMode,
         /// A sloppy or a strict quorum; `None`: the keyspace's default.
         sloppy: Option<bool>,
+        /// When the value expires, as the first node the write reached
+        /// resolved it (an absolute time, never, or `Keep`).
+        expiry: isthmus_client::wire::Expiry,
     },
     /// A batch of writes from the bridge of a node in `from_dc`: an
     /// lz4-compressed, postcard-encoded list of records (the bridge's

@@ -164,9 +164,9 @@ pub const SCAN_ENTRIES_MAX: usize = 100_000;
 pub const SCAN_KEY_OVERHEAD_BYTES: usize = 8;
 
 /// Take `(hash, key, set)` entries in hash order into a [`ScanPart`]:
-/// the live keys until `count` keys, `bytes_max` bytes or
-/// [`SCAN_ENTRIES_MAX`] entries were read, stopping only where the hash
-/// changes.
+/// the live keys (a value not expired, on this node's clock) until
+/// `count` keys, `bytes_max` bytes or [`SCAN_ENTRIES_MAX`] entries were
+/// read, stopping only where the hash changes.
 fn collect_part<E>(
     entries: impl Iterator<Item = Result<(u64, Vec<u8>, VersionSet), E>>,
     count: usize,
@@ -176,6 +176,7 @@ where
     StoreError: From<E>,
 {
     let mut part = ScanPart::default();
+    let now = crate::wall_clock::now_ms();
     let (mut bytes, mut read) = (0usize, 0usize);
     let mut last: Option<u64> = None;
     for entry in entries {
@@ -190,7 +191,7 @@ where
         }
         last = Some(hash);
         read += 1;
-        if set.live().next().is_some() {
+        if set.live_at(now).next().is_some() {
             bytes += key.len() + SCAN_KEY_OVERHEAD_BYTES;
             part.keys.push(key);
         }

@@ -105,6 +105,7 @@ fn put(key: &[u8], value: Vec<u8>) -> RequestBody {
         context: Context::default(),
         consistency: Some(Consistency::One),
         write_id: WriteId(rand::random()),
+        expiry: Default::default(),
     }
 }
 

@@ -95,6 +95,7 @@ async fn put(
         context: Context::default(),
         consistency: Some(Consistency::LocalQuorum),
         write_id: WriteId(rand::random()),
+        expiry: Default::default(),
     };
     session.call(put, Duration::from_secs(5)).await
 }
@@ -261,6 +262,7 @@ async fn metrics_health_and_readiness_of_every_node_of_two_dcs() {
                         context: Context::default(),
                         consistency: Some(Consistency::LocalQuorum),
                         write_id: WriteId(rand::random()),
+                        expiry: Default::default(),
                     };
                     let _ = session.call(put, Duration::from_secs(5)).await;
                     i += 1;
@@ -379,6 +381,7 @@ async fn put_value(cluster: &LocalCluster, addr: &str, key: &[u8], value: &[u8])
         context: Context::default(),
         consistency: Some(Consistency::LocalQuorum),
         write_id: WriteId(rand::random()),
+        expiry: Default::default(),
     };
     let answer = session.call(put, Duration::from_secs(10)).await;
     assert!(matches!(answer, Ok(ResponseBody::Written)), "{answer:?}");

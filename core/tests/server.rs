@@ -51,6 +51,7 @@ impl Handler for Echo {
                     value: vec![7; HUGE_BYTES],
                     timestamp_ms: 0,
                     origin_dc: "dc1".into(),
+                    expires_ms: None,
                 }],
                 context: Context::default(),
             },
@@ -62,6 +63,7 @@ impl Handler for Echo {
                         value: key,
                         timestamp_ms: 0,
                         origin_dc: "dc1".into(),
+                        expires_ms: None,
                     }],
                     context: Context::default(),
                 }

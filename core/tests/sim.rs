@@ -473,6 +473,7 @@ async fn writer(
                 context,
                 consistency: Some(level),
                 write_id: WriteId(id),
+                expiry: Default::default(),
             }
         };
         log.lock().attempts.insert(

@@ -169,6 +169,33 @@ impl WriteMode {
     }
 }
 
+/// When a written value expires ([`RequestBody::Put`]'s `expiry`). An
+/// expiry is an absolute wall-clock time carried in the stored version, so
+/// every replica in every datacenter agrees on it: the node that receives
+/// the write (its coordinator) turns a relative one into an absolute one
+/// on its own clock, before it forwards the write or issues its version.
+/// From its expiry on, a value reads as deleted (a get finds nothing, a
+/// scan skips it, [`WriteMode::IfAbsent`] sees the key absent).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Expiry {
+    /// The keyspace's `ttl_s` counted from the write, or never in a
+    /// keyspace without one.
+    #[default]
+    KeyspaceDefault,
+    /// Never, whatever the keyspace's default.
+    Never,
+    /// This many milliseconds after the coordinator receives the write.
+    AfterMs(u64),
+    /// At this wall-clock time, in milliseconds since the Unix epoch (a
+    /// time already past stores a value that reads as absent).
+    AtMs(u64),
+    /// The expiry the key's live value has now, read under the key's lock
+    /// at the replica that issues the write (Redis's `KEEPTTL`): the
+    /// latest among its live siblings', none if one of them has none or
+    /// there is no live value.
+    Keep,
+}
+
 /// Identity of one logical write, chosen by the client and reused on every
 /// retry of it, so replicas can recognise a retry and not add a sibling.
 #[derive(
@@ -273,6 +300,8 @@ pub enum RequestBody {
         /// (siblings beside what it did not see), as an overwrite, or on
         /// a condition checked atomically with the write.
         mode: WriteMode,
+        /// When the value expires.
+        expiry: Expiry,
     },
     /// Describe the cluster as the answering node sees it.
     Status,
@@ -734,6 +763,9 @@ pub struct Sibling {
     pub timestamp_ms: u64,
     /// Datacenter that coordinated the write.
     pub origin_dc: String,
+    /// When the value expires (Unix milliseconds, on the nodes' wall
+    /// clocks); `None`: never.
+    pub expires_ms: Option<u64>,
 }
 
 /// Outcomes of requests.

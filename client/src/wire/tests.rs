@@ -25,6 +25,7 @@ fn sample_requests() -> Vec<Request> {
                 context: Context(vec![9; 40]),
                 consistency: Some(Consistency::EachQuorum),
                 write_id: WriteId([3; 16]),
+                expiry: Default::default(),
             },
         },
         Request {

@@ -64,6 +64,7 @@ use crate::hints::HintSink;
 use crate::limit::Limits;
 use crate::merge::MergeHook;
 use crate::merge::pool::MergeConfig;
+use crate::model::expiry::{self, Expiry};
 use crate::model::{
     Actor, Clock, Consistency, DcName, Dot, KeyspaceConfig, Payload, Version, VersionSet, key_hash,
 };
@@ -135,6 +136,9 @@ struct Write<'a> {
     /// A sloppy quorum (stand-ins count for replicas that cannot take
     /// the write), strict, or `None`: the keyspace's default.
     sloppy: Option<bool>,
+    /// When the value expires ([`expiry::resolve`]d by the first node
+    /// the write reaches).
+    expiry: Expiry,
 }
 
 /// A peer request that failed here, as the peer's answer.
@@ -366,6 +370,7 @@ impl<S: LocalStore, T: Transport, H: HintSink> Coordinator<S, T, H> {
                 consistency,
                 mode,
                 sloppy,
+                expiry,
             } => {
                 let write = Write {
                     keyspace: &keyspace,
@@ -376,6 +381,7 @@ impl<S: LocalStore, T: Transport, H: HintSink> Coordinator<S, T, H> {
                     level: consistency,
                     mode,
                     sloppy,
+                    expiry,
                 };
                 match self.write_inner(write, deadline, false).await {
                     Ok(None) => PeerResponse::Written,
@@ -451,6 +457,36 @@ impl<S: LocalStore, T: Transport, H: HintSink> Coordinator<S, T, H> {
         mode: WriteMode,
         deadline: Duration,
     ) -> Result<Option<i64>, CoordinatorError> {
+        self.write_expiring(
+            keyspace,
+            key,
+            value,
+            context,
+            write_id,
+            level,
+            mode,
+            Expiry::KeyspaceDefault,
+            deadline,
+        )
+        .await
+    }
+
+    /// [`Self::write_with`] with an expiry for the value: relative ones
+    /// and the keyspace's default are made absolute here, on this node's
+    /// clock, before the write is forwarded or issued.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn write_expiring(
+        &self,
+        keyspace: &str,
+        key: &[u8],
+        value: Option<Vec<u8>>,
+        context: Clock,
+        write_id: [u8; 16],
+        level: Consistency,
+        mode: WriteMode,
+        expiry: Expiry,
+        deadline: Duration,
+    ) -> Result<Option<i64>, CoordinatorError> {
         let write = Write {
             keyspace,
             key,
@@ -460,6 +496,7 @@ impl<S: LocalStore, T: Transport, H: HintSink> Coordinator<S, T, H> {
             level,
             mode,
             sloppy: None,
+            expiry,
         };
         self.write_inner(write, deadline, true).await
     }
@@ -477,6 +514,10 @@ impl<S: LocalStore, T: Transport, H: HintSink> Coordinator<S, T, H> {
         if let WriteMode::Add(_) = write.mode {
             self.check_counter(write.keyspace, &ks, &write)?;
         }
+        let write = Write {
+            expiry: expiry::resolve(write.expiry, ks.ttl_s, now_ms()),
+            ..write
+        };
         self.config
             .limits
             .check(write.key, write.value.as_deref())?;
@@ -616,7 +657,8 @@ impl<S: LocalStore, T: Transport, H: HintSink> Coordinator<S, T, H> {
             // which saw a version not here yet, still holds: the new
             // version supersedes that one too).
             WriteMode::IfMatch => held.is_covered_by(&write.context),
-            WriteMode::IfAbsent => current.live().next().is_none(),
+            // An expired value is absent.
+            WriteMode::IfAbsent => current.live_at(now_ms()).next().is_none(),
         };
         if !holds {
             return Err(CoordinatorError::ConditionFailed { current });
@@ -631,6 +673,7 @@ impl<S: LocalStore, T: Transport, H: HintSink> Coordinator<S, T, H> {
             clock.join(&held);
         }
         clock.add_dot(dot);
+        let now = now_ms();
         let payload = match write.mode {
             WriteMode::Add(delta) => Payload::Value(self.counter_after(&current, delta)?),
             _ => write
@@ -641,10 +684,13 @@ impl<S: LocalStore, T: Transport, H: HintSink> Coordinator<S, T, H> {
         let version = Version {
             clock,
             payload,
-            timestamp_ms: now_ms(),
+            timestamp_ms: now,
             origin_dc: self.config.dc.clone(),
             resolver: None,
             write_id: Some(write.write_id),
+            // Resolved at the coordinator: the keyspace's default plays no
+            // part here, and `Keep` reads the set held under the lock.
+            expires_ms: expiry::stamp(write.expiry, None, write.value.is_some(), &current, now),
         };
         // The replica keeps the sibling bound, whatever the resolver's
         // state, over the set read above.
@@ -976,6 +1022,7 @@ impl<S: LocalStore, T: Transport, H: HintSink> Coordinator<S, T, H> {
             consistency: write.level,
             mode: write.mode,
             sloppy: write.sloppy,
+            expiry: write.expiry,
         };
         match self.transport.call(node, request, deadline).await {
             Ok(PeerResponse::Written) => Ok(None),

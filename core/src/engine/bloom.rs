@@ -4,7 +4,7 @@
 //!
 //! # On-disk format
 //!
-//! Table format 2 ([`super::sstable::TABLE_FORMAT_VERSION`]): a blocked
+//! Table formats 2 and 3 ([`super::sstable::TABLE_FORMAT_VERSION`]): a blocked
 //! bloom filter (see [`KeyFilter::Blocked`] and [`KeyFilter::encode`]).
 //!
 //! Table format 1 (still read): the `bloomfilter` crate's serialisation

@@ -328,7 +328,11 @@ impl<F: Fs> Shared<F> {
 impl<F: Fs> Shared<F> {
     /// Move `table` (overlapping nothing in `output_run`) to that level:
     /// a manifest edit, the file stays as it is.
-    fn install_move(&self, table: &Arc<Table<F>>, output_run: usize) -> Result<(), EngineError> {
+    pub(super) fn install_move(
+        &self,
+        table: &Arc<Table<F>>,
+        output_run: usize,
+    ) -> Result<(), EngineError> {
         let id = table.meta.id;
         let mut man = self.manifest.lock();
         let mut next = man.clone();

@@ -18,7 +18,7 @@
 //! |---|---|
 //! | 0..4 | payload length `n` (LE u32, > 0) |
 //! | 4..8 | crc32c of the payload (LE u32) |
-//! | 8..8+n | payload: varint count, then per entry varint key length, key, varint version length, postcard-encoded [`Version`] |
+//! | 8..8+n | payload: varint count, then per entry varint key length, key, varint version length, postcard-encoded [`Version`] (format 1: never with an expiry) |
 //!
 //! Recovery: an incomplete or checksum-failing record that reaches the end
 //! of the newest segment (or is followed only by zeros) is a torn tail from
@@ -57,8 +57,12 @@ use super::error::{EngineError, is_disk_full};
 use crate::fs::{Fs, FsFile};
 use crate::model::Version;
 
-/// Format version of log segments written by this build.
-pub const LOG_FORMAT_VERSION: u32 = 1;
+/// Format version of log segments written by this build (2: versions may
+/// carry an expiry, see [`crate::model::Version`]).
+pub const LOG_FORMAT_VERSION: u32 = 2;
+/// Oldest log format version still replayed (1: versions without expiries,
+/// whose bytes decode as format 2's).
+pub const LOG_FORMAT_VERSION_MIN: u32 = 1;
 /// Magic number opening every log segment ("ISLG").
 pub const LOG_MAGIC: u32 = 0x474c_5349;
 /// Size of the segment header.
@@ -211,7 +215,7 @@ pub fn decode_segment(
         return Err(EngineError::corrupt(file, 0, "bad log segment magic"));
     }
     let version = r.u32().map_err(|e| EngineError::corrupt(file, 4, e))?;
-    if version != LOG_FORMAT_VERSION {
+    if !(LOG_FORMAT_VERSION_MIN..=LOG_FORMAT_VERSION).contains(&version) {
         return Err(EngineError::FormatVersion {
             file: file.to_path_buf(),
             found: version,

@@ -7,7 +7,10 @@
 //! [data block]* [index] [bloom filter] [footer]
 //! ```
 //!
-//! - data blocks: see [`super::block`] (lz4 + crc32c each);
+//! - data blocks: see [`super::block`] (lz4 + crc32c each); each entry's
+//!   value is a postcard-encoded [`VersionSet`] (see
+//!   [`crate::model::Version`] for a version's encoding: formats 1 and 2
+//!   hold no expiries, format 3 may);
 //! - index: varint count, then per block varint key length, the block's
 //!   last key, varint block offset, varint stored block length; followed
 //!   by an LE u32 crc32c of those bytes;
@@ -38,8 +41,10 @@ use super::manifest::TableMeta;
 use crate::fs::{Fs, FsFile};
 use crate::model::VersionSet;
 
-/// Format version of tables written by this build.
-pub const TABLE_FORMAT_VERSION: u32 = 2;
+/// Format version of tables written by this build (3: versions may carry
+/// an expiry, which formats 1 and 2 never hold; their bytes decode as
+/// format 3's).
+pub const TABLE_FORMAT_VERSION: u32 = 3;
 /// Oldest table format version still read (1: SipHash bloom filter).
 pub const TABLE_FORMAT_VERSION_MIN: u32 = 1;
 /// Magic number closing every table ("ISTHMSST").
@@ -52,7 +57,8 @@ const WRITE_BUFFER_BYTES: usize = 1 << 20;
 /// The decoded footer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Footer {
-    /// Table format version (1: SipHash bloom filter; 2: blocked).
+    /// Table format version (1: SipHash bloom filter; 2: blocked; 3:
+    /// versions with expiries).
     pub version: u32,
     /// Offset of the index.
     pub index_offset: u64,

@@ -117,6 +117,7 @@ fn samples() -> Vec<Vec<u8>> {
             consistency: Consistency::LocalQuorum,
             mode: isthmus_client::wire::WriteMode::IfMatch,
             sloppy: Some(true),
+            expiry: isthmus_client::wire::Expiry::AtMs(9),
         }),
         envelope(PeerRequest::Gossip {
             digest: vec![(node("n2"), 1, 2)],
@@ -242,6 +243,7 @@ fn a_context_at_the_last_event_of_an_actor_is_refused() {
             consistency: Consistency::One,
             mode: isthmus_client::wire::WriteMode::Context,
             sloppy: None,
+            expiry: isthmus_client::wire::Expiry::Keep,
         },
     }));
 }

@@ -2,6 +2,7 @@
 //!
 //! - [`Clock`]: causal history with dominance and concurrency tests.
 //! - [`Version`]: value or tombstone + clock + timestamp + origin DC.
+//! - [`expiry`]: when a written version expires (pure, time as an argument).
 //! - [`VersionSet`]: the live siblings of a key; absorbing a version is a
 //!   semilattice join (commutative, associative, idempotent).
 //!
@@ -9,11 +10,13 @@
 //! how siblings are merged by user code (resolvers).
 
 mod clock;
+pub mod expiry;
 mod keyspace;
 mod set;
 mod version;
 
 pub use clock::{Actor, Causality, Clock, Dot};
+pub use expiry::Expiry;
 pub use keyspace::{Consistency, KeyspaceConfig, Replication};
 pub use set::{Absorbed, VersionSet};
 pub use version::{ContentHash, DcName, Payload, Version};

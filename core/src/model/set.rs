@@ -69,6 +69,12 @@ impl VersionSet {
         self.versions.iter().filter(|v| !v.is_tombstone())
     }
 
+    /// Siblings a read at `now_ms` returns: values not expired. An
+    /// expired value reads as a tombstone would.
+    pub fn live_at(&self, now_ms: u64) -> impl Iterator<Item = &Version> {
+        self.versions.iter().filter(move |v| v.is_live_at(now_ms))
+    }
+
     /// True when every sibling is a tombstone (or there is none).
     pub fn is_deleted(&self) -> bool {
         self.versions.iter().all(Version::is_tombstone)
@@ -191,6 +197,14 @@ impl VersionSet {
     /// resolver). Taking the origin of the last sibling in canonical order
     /// was not: on a timestamp tie it followed the content digests, which
     /// differ between a merged version and the siblings it replaced.
+    ///
+    /// Its expiry is the latest of the siblings', and none if any sibling
+    /// has none (a tombstone written by a delete has none): a merge never
+    /// shortens the life of what it merges, and, being a maximum with
+    /// "never" on top, it is a join like the other fields. Expired
+    /// siblings take part in the merge like any other (replicas merge at
+    /// different moments, so leaving them out would depend on the time of
+    /// the merge and replicas would diverge).
     pub fn merged(&self, payload: Payload, resolver: ContentHash) -> Option<Version> {
         let latest = self
             .versions
@@ -203,18 +217,24 @@ impl VersionSet {
             origin_dc: latest.origin_dc.clone(),
             resolver: Some(resolver),
             write_id: None,
+            expires_ms: self
+                .versions
+                .iter()
+                .try_fold(0, |latest, v| v.expires_ms.map(|at| at.max(latest))),
         })
     }
 
-    /// Drop the whole set if it is only tombstones all older than
-    /// `grace_cutoff_ms`; returns whether it was dropped. Compaction calls
-    /// this where no older table can still hold versions of the key.
+    /// Drop the whole set if every sibling is dead since before
+    /// `grace_cutoff_ms`: a tombstone stamped before it, or a version that
+    /// expired before it (an expired value is a tombstone stamped at its
+    /// expiry); returns whether it was dropped. Compaction calls this
+    /// where no older table can still hold versions of the key.
     pub fn purge_expired_tombstones(&mut self, grace_cutoff_ms: u64) -> bool {
         let expired = !self.versions.is_empty()
-            && self
-                .versions
-                .iter()
-                .all(|v| v.is_tombstone() && v.timestamp_ms < grace_cutoff_ms);
+            && self.versions.iter().all(|v| {
+                (v.is_tombstone() && v.timestamp_ms < grace_cutoff_ms)
+                    || v.expires_ms.is_some_and(|at| at < grace_cutoff_ms)
+            });
         if expired {
             self.versions.clear();
         }
@@ -281,8 +301,8 @@ impl VersionSet {
 /// least upper bound of their clocks, as a merge of the two would have
 /// (so a replica that merged one of them with other siblings before the
 /// other arrived ends with the bytes of one that collapsed them first),
-/// and the rest (payload, timestamp, origin) of the one with the
-/// greater `(timestamp, origin, payload digest)`. That choice does not
+/// and the rest (payload, timestamp, origin, expiry) of the one with the
+/// greater `(timestamp, origin, payload digest, expiry)`. That choice does not
 /// depend on the clocks, so collapsing is commutative, associative and
 /// idempotent, as absorbing is.
 fn collapse(a: Version, b: Version) -> Version {
@@ -292,6 +312,7 @@ fn collapse(a: Version, b: Version) -> Version {
             v.timestamp_ms,
             v.origin_dc.clone(),
             *blake3::hash(&payload).as_bytes(),
+            v.expires_ms,
         )
     };
     let (mut kept, other) = if key(&a) >= key(&b) { (a, b) } else { (b, a) };
@@ -320,8 +341,9 @@ mod tests {
             0u64..4,
             0u8..2,
             proptest::option::of(any::<[u8; 32]>().prop_map(|h| h)),
+            proptest::option::of(0u64..4),
         )
-            .prop_map(|(vector, dots, value, ts, dc, resolver)| Version {
+            .prop_map(|(vector, dots, value, ts, dc, resolver, expires)| Version {
                 clock: Clock::from_parts(
                     vector.into_iter().map(|(a, n)| (Actor(a), n)),
                     dots.into_iter().map(|(a, c)| Dot {
@@ -334,6 +356,7 @@ mod tests {
                 origin_dc: DcName(format!("dc{dc}")),
                 resolver,
                 write_id: None,
+                expires_ms: expires,
             })
     }
 
@@ -516,6 +539,7 @@ mod tests {
                             origin_dc: DcName(format!("dc{dc}")),
                             resolver: None,
                             write_id: Some([id; 16]),
+                            expires_ms: None,
                         }
                     })
                     .collect()

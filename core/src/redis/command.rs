@@ -10,7 +10,7 @@ use bytes::Bytes;
 use isthmus_client::counter::Counter;
 use isthmus_client::tls::CertIdentity;
 use isthmus_client::wire::{
-    Context, Credentials, ErrorCode, RequestBody, ResponseBody, SCAN_COUNT_MAX, ScanCursor,
+    Context, Credentials, ErrorCode, Expiry, RequestBody, ResponseBody, SCAN_COUNT_MAX, ScanCursor,
     Sibling, WireError, WriteId, WriteMode,
 };
 use redis_protocol::resp2::types::BytesFrame;
@@ -64,6 +64,8 @@ pub const COMMANDS: &[(&str, i64)] = &[
     ("del", -2),
     ("echo", 2),
     ("exists", -2),
+    ("expire", -3),
+    ("expireat", -3),
     ("get", 2),
     ("getdel", 2),
     ("hello", -1),
@@ -75,12 +77,17 @@ pub const COMMANDS: &[(&str, i64)] = &[
     ("isthmus.use", 2),
     ("mget", -2),
     ("mset", -3),
+    ("persist", 2),
+    ("pexpire", -3),
+    ("pexpireat", -3),
     ("ping", -1),
+    ("pttl", 2),
     ("quit", 1),
     ("scan", -2),
     ("select", 2),
     ("set", -3),
     ("setnx", 3),
+    ("ttl", 2),
 ];
 
 /// How many times `SET ... XX` writes again when the key changed between
@@ -153,6 +160,38 @@ pub fn chosen(siblings: &[Sibling]) -> Option<&Sibling> {
     siblings.iter().max_by(|a, b| {
         (a.timestamp_ms, &a.origin_dc, &a.value).cmp(&(b.timestamp_ms, &b.origin_dc, &b.value))
     })
+}
+
+/// When the key whose live siblings are `siblings` stops existing, in
+/// Unix milliseconds: the latest of their expiries, `None` (never) if one
+/// of them has none. (A key with siblings exists while any of them lives;
+/// `KEEPTTL` keeps this same expiry.)
+pub fn key_expiry(siblings: &[Sibling]) -> Option<u64> {
+    siblings
+        .iter()
+        .try_fold(0, |latest, s| s.expires_ms.map(|at| at.max(latest)))
+}
+
+/// A command's integer argument, as Redis reads one.
+fn integer(arg: &Bytes) -> Result<i64, Reply> {
+    std::str::from_utf8(arg)
+        .ok()
+        .and_then(|s| s.parse::<i64>().ok())
+        .ok_or_else(|| Reply::Error("ERR value is not an integer or out of range".into()))
+}
+
+/// A positive expiry argument of `command` (Redis refuses 0 and below).
+fn positive(arg: &Bytes, command: &str) -> Result<u64, Reply> {
+    match integer(arg)? {
+        n if n > 0 => Ok(n as u64),
+        _ => Err(Reply::Error(format!(
+            "ERR invalid expire time in '{command}' command"
+        ))),
+    }
+}
+
+fn now_ms() -> u64 {
+    crate::wall_clock::now_ms()
 }
 
 impl<H: Handler> Session<H> {
@@ -258,8 +297,22 @@ impl<H: Handler> Session<H> {
         context: Context,
         mode: WriteMode,
     ) -> Result<Option<Current>, Reply> {
+        self.put_expiring(key, value, context, mode, Expiry::KeyspaceDefault)
+            .await
+    }
+
+    /// [`Self::put_mode`] with an expiry.
+    async fn put_expiring(
+        &mut self,
+        key: &Bytes,
+        value: &Bytes,
+        context: Context,
+        mode: WriteMode,
+        expiry: Expiry,
+    ) -> Result<Option<Current>, Reply> {
         let put = RequestBody::Put {
             mode,
+            expiry,
             keyspace: self.keyspace.clone(),
             key: key.to_vec(),
             value: value.to_vec(),
@@ -352,7 +405,10 @@ impl<H: Handler> Session<H> {
                 Ok(by) => self.add(&args[1], by).await,
                 Err(e) => Err(e),
             },
-            "set" | "setnx" | "mset" | "isthmus.putctx" if self.counters() => {
+            "set" | "setnx" | "mset" | "isthmus.putctx" | "expire" | "pexpire" | "expireat"
+            | "pexpireat" | "persist"
+                if self.counters() =>
+            {
                 Err(Reply::err(format!(
                     "keyspace '{}' holds counters: change them with INCRBY or DECRBY, \
                      reset them with DEL",
@@ -368,6 +424,9 @@ impl<H: Handler> Session<H> {
             "mget" => self.mget(&args[1..]).await,
             "del" => self.del(&args[1..]).await,
             "exists" => self.exists(&args[1..]).await,
+            "expire" | "pexpire" | "expireat" | "pexpireat" => self.expire(&name, &args).await,
+            "persist" => self.persist(&args[1]).await,
+            "ttl" | "pttl" => self.ttl(&args[1], name == "pttl").await,
             "scan" => self.scan(&args[1..]).await,
             "dbsize" => self.dbsize().await,
             "isthmus.siblings" => self.siblings(&args[1]).await,
@@ -649,6 +708,8 @@ impl<H: Handler> Session<H> {
     async fn add(&mut self, key: &Bytes, by: i64) -> Result<Reply, Reply> {
         let put = RequestBody::Put {
             mode: WriteMode::Add(by),
+            // As Redis's INCR: the counter keeps its expiry.
+            expiry: Expiry::Keep,
             keyspace: self.keyspace.clone(),
             key: key.to_vec(),
             value: Vec::new(),
@@ -662,30 +723,57 @@ impl<H: Handler> Session<H> {
         }
     }
 
-    /// `SET key value [NX | XX] [GET]`: an overwrite (no read first
-    /// unless `GET` asks for the old value); `NX` writes only if the key
-    /// holds no live value, atomically; `XX` only if it does: a read, then
-    /// a write conditional on nothing having changed since, again over
-    /// what a failure returned, up to [`XX_ATTEMPTS`] times.
+    /// `SET key value [NX | XX] [GET] [EX s | PX ms | EXAT s | PXAT ms |
+    /// KEEPTTL]`: an overwrite (no read first unless `GET` asks for the
+    /// old value); `NX` writes only if the key holds no live value,
+    /// atomically; `XX` only if it does: a read, then a write conditional
+    /// on nothing having changed since, again over what a failure
+    /// returned, up to [`XX_ATTEMPTS`] times. Without an expiry option the
+    /// value takes the keyspace's default (`ttl_s`, else none);
+    /// `KEEPTTL` keeps the key's current one, read by the replica that
+    /// decides the overwrite, under the key's lock.
     async fn set(&mut self, args: &[Bytes]) -> Result<Reply, Reply> {
         let (mut get, mut nx, mut xx) = (false, false, false);
-        for option in &args[3..] {
-            match lower(option).as_str() {
-                "get" => get = true,
-                "nx" => nx = true,
-                "xx" => xx = true,
-                other @ ("ex" | "px" | "exat" | "pxat" | "keepttl") => {
-                    return Err(Reply::err(format!(
-                        "SET option {} is not supported by this front door yet",
-                        other.to_ascii_uppercase()
-                    )));
+        let mut expiry: Option<Expiry> = None;
+        let mut options = args[3..].iter();
+        while let Some(option) = options.next() {
+            let option = lower(option);
+            let timed = match option.as_str() {
+                "get" => {
+                    get = true;
+                    continue;
+                }
+                "nx" => {
+                    nx = true;
+                    continue;
+                }
+                "xx" => {
+                    xx = true;
+                    continue;
+                }
+                "keepttl" => Expiry::Keep,
+                "ex" | "px" | "exat" | "pxat" => {
+                    let Some(n) = options.next() else {
+                        return Err(Reply::Error("ERR syntax error".into()));
+                    };
+                    let n = positive(n, "set")?;
+                    match option.as_str() {
+                        "ex" => Expiry::AfterMs(n.saturating_mul(1000)),
+                        "px" => Expiry::AfterMs(n),
+                        "exat" => Expiry::AtMs(n.saturating_mul(1000)),
+                        _ => Expiry::AtMs(n),
+                    }
                 }
                 _ => return Err(Reply::Error("ERR syntax error".into())),
+            };
+            if expiry.replace(timed).is_some() {
+                return Err(Reply::Error("ERR syntax error".into()));
             }
         }
         if nx && xx {
             return Err(Reply::Error("ERR syntax error".into()));
         }
+        let expiry = expiry.unwrap_or(Expiry::KeyspaceDefault);
         let (key, value) = (&args[1], &args[2]);
         let old = |siblings: &[Sibling]| {
             chosen(siblings).map_or(Reply::Nil, |s| Reply::bulk(s.value.clone()))
@@ -697,7 +785,7 @@ impl<H: Handler> Session<H> {
                     return Ok(Reply::Nil);
                 }
                 match self
-                    .put_mode(key, value, context, WriteMode::IfMatch)
+                    .put_expiring(key, value, context, WriteMode::IfMatch, expiry)
                     .await?
                 {
                     None if get => return Ok(old(&siblings)),
@@ -719,7 +807,7 @@ impl<H: Handler> Session<H> {
         } else {
             WriteMode::Overwrite
         };
-        match self.put_mode(key, value, context, mode).await? {
+        match self.put_expiring(key, value, context, mode, expiry).await? {
             None if get => Ok(old(&siblings)),
             None => Ok(Reply::Simple("OK")),
             // NX on a key that holds a value: not set.
@@ -770,6 +858,116 @@ impl<H: Handler> Session<H> {
         Ok(Reply::Int(found))
     }
 
+    /// `EXPIRE key s`, `PEXPIRE key ms`, `EXPIREAT key unix-s`, `PEXPIREAT
+    /// key unix-ms`, with `NX` (only if the key has no expiry), `XX` (only
+    /// if it has one), `GT` (only later than the current one; none counts
+    /// as infinite), `LT` (only earlier). A read, then the value GET
+    /// returns written again with the new expiry, conditional on nothing
+    /// having changed since (as `SET XX`, up to [`XX_ATTEMPTS`] times; the
+    /// write supersedes every sibling the read saw). 1 when set, 0 when
+    /// the key is absent or a condition said no. A time already past
+    /// deletes the key, as in Redis.
+    async fn expire(&mut self, name: &str, args: &[Bytes]) -> Result<Reply, Reply> {
+        let n = integer(&args[2])?;
+        let now = now_ms() as i64;
+        let at = match name {
+            "expire" => n.saturating_mul(1000).saturating_add(now),
+            "pexpire" => n.saturating_add(now),
+            "expireat" => n.saturating_mul(1000),
+            _ => n,
+        };
+        let (mut nx, mut xx, mut gt, mut lt) = (false, false, false, false);
+        for option in &args[3..] {
+            match lower(option).as_str() {
+                "nx" => nx = true,
+                "xx" => xx = true,
+                "gt" => gt = true,
+                "lt" => lt = true,
+                other => {
+                    return Err(Reply::Error(format!("ERR Unsupported option {other}")));
+                }
+            }
+        }
+        if nx && (xx || gt || lt) {
+            return Err(Reply::Error(
+                "ERR NX and XX, GT or LT options at the same time are not compatible".into(),
+            ));
+        }
+        if gt && lt {
+            return Err(Reply::Error(
+                "ERR GT and LT options at the same time are not compatible".into(),
+            ));
+        }
+        let key = &args[1];
+        let (mut siblings, mut context) = self.read(key).await?;
+        for _ in 0..XX_ATTEMPTS {
+            let Some(value) = chosen(&siblings).map(|s| Bytes::from(s.value.clone())) else {
+                return Ok(Reply::Int(0));
+            };
+            let current = key_expiry(&siblings);
+            let allowed = match current {
+                None => !xx && !gt,
+                Some(c) => !nx && (!gt || at > c as i64) && (!lt || at < c as i64),
+            };
+            if !allowed {
+                return Ok(Reply::Int(0));
+            }
+            if at <= now {
+                self.delete(key, context).await?;
+                return Ok(Reply::Int(1));
+            }
+            let expiry = Expiry::AtMs(at as u64);
+            match self
+                .put_expiring(key, &value, context, WriteMode::IfMatch, expiry)
+                .await?
+            {
+                None => return Ok(Reply::Int(1)),
+                Some(now) => (siblings, context) = now,
+            }
+        }
+        Err(Reply::Error(format!(
+            "CONDITION_FAILED the key changed during each of {XX_ATTEMPTS} attempts"
+        )))
+    }
+
+    /// `PERSIST key`: the key's value written again without an expiry (as
+    /// `EXPIRE` writes it): 1 if it had one, 0 if it had none or is absent.
+    async fn persist(&mut self, key: &Bytes) -> Result<Reply, Reply> {
+        let (mut siblings, mut context) = self.read(key).await?;
+        for _ in 0..XX_ATTEMPTS {
+            let Some(value) = chosen(&siblings).map(|s| Bytes::from(s.value.clone())) else {
+                return Ok(Reply::Int(0));
+            };
+            if key_expiry(&siblings).is_none() {
+                return Ok(Reply::Int(0));
+            }
+            match self
+                .put_expiring(key, &value, context, WriteMode::IfMatch, Expiry::Never)
+                .await?
+            {
+                None => return Ok(Reply::Int(1)),
+                Some(now) => (siblings, context) = now,
+            }
+        }
+        Err(Reply::Error(format!(
+            "CONDITION_FAILED the key changed during each of {XX_ATTEMPTS} attempts"
+        )))
+    }
+
+    /// `TTL key` (seconds, rounded) and `PTTL key` (milliseconds): -2 when
+    /// the key is absent, -1 when it has no expiry ([`key_expiry`]).
+    async fn ttl(&self, key: &Bytes, millis: bool) -> Result<Reply, Reply> {
+        let (siblings, _) = self.read(key).await?;
+        if siblings.is_empty() {
+            return Ok(Reply::Int(-2));
+        }
+        let Some(at) = key_expiry(&siblings) else {
+            return Ok(Reply::Int(-1));
+        };
+        let left = at.saturating_sub(now_ms()) as i64;
+        Ok(Reply::Int(if millis { left } else { (left + 500) / 1000 }))
+    }
+
     async fn siblings(&self, key: &Bytes) -> Result<Reply, Reply> {
         let (siblings, context) = self.read(key).await?;
         let mut ordered: Vec<&Sibling> = siblings.iter().collect();
@@ -804,14 +1002,6 @@ fn estimate(found: u64, cursor: ScanCursor) -> u64 {
     u64::try_from(scaled).unwrap_or(u64::MAX)
 }
 
-/// An integer argument, as Redis parses one.
-fn integer(arg: &Bytes) -> Result<i64, Reply> {
-    std::str::from_utf8(arg)
-        .ok()
-        .and_then(|t| t.parse::<i64>().ok())
-        .ok_or_else(|| Reply::err("value is not an integer or out of range"))
-}
-
 /// `COMMAND`, `COMMAND COUNT`, `COMMAND DOCS`: enough for redis-cli and
 /// client libraries to start.
 fn command(args: &[Bytes]) -> Reply {
@@ -831,6 +1021,13 @@ fn command(args: &[Bytes]) -> Reply {
                 | "mset"
                 | "del"
                 | "exists"
+                | "expire"
+                | "pexpire"
+                | "expireat"
+                | "pexpireat"
+                | "persist"
+                | "ttl"
+                | "pttl"
                 | "isthmus.siblings"
                 | "isthmus.putctx"
         );

@@ -8,6 +8,8 @@ use isthmus_client::wire::{
     WireError, WriteId, WriteMode, decode, encode,
 };
 
+pub use isthmus_client::wire::Expiry;
+
 use super::{NodeHandler, bad_request};
 use crate::coordinator::CoordinatorError;
 use crate::gossip::service::GossipTransport;
@@ -19,6 +21,7 @@ use crate::node::status;
 use crate::repair::RepairError;
 use crate::ring::NodeId;
 use crate::store::LocalStore;
+use crate::wall_clock::now_ms;
 
 /// A client put (`value` is `Some`) or delete (`None`), as it arrived.
 pub struct Write {
@@ -37,6 +40,8 @@ pub struct Write {
     /// Over the context, an overwrite, or conditional (deletes: over the
     /// context).
     pub mode: WriteMode,
+    /// When the value expires (deletes: the keyspace default, unused).
+    pub expiry: Expiry,
 }
 
 /// Decode a client's context: postcard of a [`Clock`], bounded in entries
@@ -70,19 +75,21 @@ pub fn decode_context(context: &Context) -> Result<Clock, CoordinatorError> {
 
 /// The client's view of a set: live siblings and the context covering all.
 pub fn to_response(set: &VersionSet) -> ResponseBody {
-    let (siblings, context) = client_view(set);
+    let (siblings, context) = client_view(set, now_ms());
     ResponseBody::Value { siblings, context }
 }
 
-/// A set's live siblings in canonical order, and the context covering
-/// every version of it.
-fn client_view(set: &VersionSet) -> (Vec<Sibling>, Context) {
+/// A set's siblings live at `now_ms` (values not expired) in canonical
+/// order, and the context covering every version of it (expired ones
+/// too: a write over it supersedes them).
+fn client_view(set: &VersionSet, now_ms: u64) -> (Vec<Sibling>, Context) {
     let siblings = set
-        .live()
+        .live_at(now_ms)
         .map(|v| Sibling {
             value: v.value_bytes().unwrap_or_default().to_vec(),
             timestamp_ms: v.timestamp_ms,
             origin_dc: v.origin_dc.0.clone(),
+            expires_ms: v.expires_ms,
         })
         .collect();
     let lub = set.lub();
@@ -172,7 +179,7 @@ where
     let level = node.level(&write.keyspace, write.consistency);
     let result = node
         .coordinator
-        .write_with(
+        .write_expiring(
             &write.keyspace,
             &write.key,
             write.value,
@@ -180,6 +187,7 @@ where
             write.write_id.0,
             level,
             write.mode,
+            write.expiry,
             deadline,
         )
         .await;
@@ -187,7 +195,7 @@ where
         Ok(None) => ResponseBody::Written,
         Ok(Some(value)) => ResponseBody::Counted { value },
         Err(CoordinatorError::ConditionFailed { current }) => {
-            let (siblings, context) = client_view(&current);
+            let (siblings, context) = client_view(&current, now_ms());
             ResponseBody::ConditionFailed { siblings, context }
         }
         Err(e) => ResponseBody::Error(e.to_wire()),

@@ -204,6 +204,7 @@ where
                 consistency,
                 write_id,
                 mode,
+                expiry,
             } => {
                 let write = client::Write {
                     keyspace,
@@ -213,6 +214,7 @@ where
                     consistency,
                     write_id,
                     mode,
+                    expiry,
                 };
                 client::write(self, write, deadline).await
             }
@@ -231,6 +233,7 @@ where
                     consistency,
                     write_id,
                     mode: isthmus_client::wire::WriteMode::Context,
+                    expiry: isthmus_client::wire::Expiry::KeyspaceDefault,
                 };
                 client::write(self, write, deadline).await
             }
