@@ -424,7 +424,7 @@ impl<H: Handler> Session<H> {
             "mget" => self.mget(&args[1..]).await,
             "del" => self.del(&args[1..]).await,
             "exists" => self.exists(&args[1..]).await,
-            "expire" | "pexpire" | "expireat" | "pexpireat" => self.expire(&name, &args).await,
+            "expire" | "pexpire" | "expireat" | "pexpireat" => self.expire(name, &args).await,
             "persist" => self.persist(&args[1]).await,
             "ttl" | "pttl" => self.ttl(&args[1], name == "pttl").await,
             "scan" => self.scan(&args[1..]).await,
