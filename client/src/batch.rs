@@ -31,7 +31,7 @@ use futures_util::StreamExt;
 use crate::client::{Client, Read, put_body};
 use crate::error::ClientError;
 use crate::options::{RequestOptions, Resolved};
-use crate::wire::{Consistency, Context, RequestBody, WriteId, WriteMode};
+use crate::wire::{Consistency, Context, Expiry, RequestBody, WriteId, WriteMode};
 
 /// Requests of one batch in flight at once on one node's session.
 pub const PIPELINE_DEPTH: usize = 128;
@@ -119,6 +119,7 @@ impl Client {
                     opts.consistency,
                     WriteId(rand::random()),
                     WriteMode::Context,
+                    Expiry::KeyspaceDefault,
                 );
                 let opts: &Resolved = &opts;
                 async move { self.expect_written(&item.key, body, opts).await }

@@ -730,6 +730,7 @@ impl Client {
             opts.consistency,
             WriteId(rand::random()),
             WriteMode::Context,
+            Expiry::KeyspaceDefault,
         );
         self.expect_written(key, body, &opts).await
     }
@@ -756,6 +757,7 @@ impl Client {
             opts.consistency,
             write_id,
             WriteMode::Context,
+            Expiry::KeyspaceDefault,
         );
         self.expect_written(key, body, &opts).await
     }
@@ -774,7 +776,7 @@ impl Client {
         expiry: Expiry,
     ) -> Result<(), ClientError> {
         let opts = RequestOptions::default().resolve(&self.defaults())?;
-        let mut body = put_body(
+        let body = put_body(
             keyspace,
             key,
             value,
@@ -782,10 +784,8 @@ impl Client {
             opts.consistency,
             WriteId(rand::random()),
             WriteMode::Context,
+            expiry,
         );
-        if let RequestBody::Put { expiry: e, .. } = &mut body {
-            *e = expiry;
-        }
         self.expect_written(key, body, &opts).await
     }
 
@@ -857,17 +857,17 @@ impl Client {
     /// meet and merge ([`crate::counter`]).
     pub async fn add(&self, keyspace: &str, key: &[u8], delta: i64) -> Result<i64, ClientError> {
         let opts = RequestOptions::default().resolve(&self.defaults())?;
-        let body = RequestBody::Put {
-            keyspace: keyspace.into(),
-            key: key.to_vec(),
-            value: Vec::new(),
-            context: Context::default(),
-            consistency: opts.consistency,
-            write_id: WriteId(rand::random()),
-            mode: WriteMode::Add(delta),
+        let body = put_body(
+            keyspace,
+            key,
+            Vec::new(),
+            &Context::default(),
+            opts.consistency,
+            WriteId(rand::random()),
+            WriteMode::Add(delta),
             // A counter keeps the expiry it has, as Redis's INCR does.
-            expiry: Expiry::Keep,
-        };
+            Expiry::Keep,
+        );
         match self.call(key, body, &opts).await? {
             ResponseBody::Counted { value } => Ok(value),
             other => Err(ClientError::Handshake {
@@ -902,6 +902,7 @@ impl Client {
             opts.consistency,
             WriteId(rand::random()),
             mode,
+            Expiry::KeyspaceDefault,
         );
         self.expect_written(key, body, &opts).await
     }
@@ -1011,6 +1012,7 @@ impl Client {
 }
 
 /// A put's request body.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn put_body(
     keyspace: &str,
     key: &[u8],
@@ -1019,6 +1021,7 @@ pub(crate) fn put_body(
     consistency: Option<Consistency>,
     write_id: WriteId,
     mode: WriteMode,
+    expiry: Expiry,
 ) -> RequestBody {
     RequestBody::Put {
         keyspace: keyspace.into(),
@@ -1028,7 +1031,7 @@ pub(crate) fn put_body(
         consistency,
         write_id,
         mode,
-        expiry: Expiry::KeyspaceDefault,
+        expiry,
     }
 }
 
