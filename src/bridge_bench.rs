@@ -149,6 +149,7 @@ async fn write_load(
                     consistency: Some(Consistency::LocalQuorum),
                     write_id: WriteId(rng.random()),
                     expiry: Default::default(),
+                    sloppy: None,
                 };
                 match s.call(put, Duration::from_secs(2)).await {
                     Ok(ResponseBody::Written) => {

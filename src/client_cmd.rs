@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use isthmus_client::tls::TlsMaterial;
 use isthmus_client::wire::{
-    BridgeReport, Consistency, Context, Credentials, NodeReport, RepairReport, RequestBody,
+    BridgeReport, Consistency, Context, Credentials, Expiry, NodeReport, RepairReport, RequestBody,
     ResponseBody, SCAN_COUNT_MAX, ScanCursor, Sibling, WriteId,
 };
 use isthmus_client::{ConnectOptions, Session};
@@ -124,6 +124,39 @@ pub struct KeyArgs {
     pub consistency: Option<Consistency>,
 }
 
+/// Options of the commands that write (`put`, `del`).
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct WriteArgs {
+    /// Take a sloppy quorum for this write (with replicas down, the next
+    /// healthy nodes of their datacenter keep the copy as a hint and count
+    /// toward the level), whatever the keyspace's `sloppy_quorum` says.
+    #[arg(long, conflicts_with = "strict")]
+    pub sloppy: bool,
+    /// Take a strict quorum for this write, whatever the keyspace says.
+    #[arg(long)]
+    pub strict: bool,
+}
+
+impl WriteArgs {
+    /// The request's quorum choice (`None`: the keyspace's).
+    pub fn sloppy(&self) -> Option<bool> {
+        match (self.sloppy, self.strict) {
+            (true, _) => Some(true),
+            (_, true) => Some(false),
+            _ => None,
+        }
+    }
+}
+
+/// `isthmus put --ttl | --no-ttl`: the value's expiry.
+pub fn expiry(ttl_s: Option<u64>, no_ttl: bool) -> Expiry {
+    match (ttl_s, no_ttl) {
+        (Some(s), _) => Expiry::AfterMs(s.saturating_mul(1000)),
+        (None, true) => Expiry::Never,
+        (None, false) => Expiry::KeyspaceDefault,
+    }
+}
+
 /// `isthmus scan`: where and what to scan.
 #[derive(clap::Args, Debug)]
 pub struct ScanArgs {
@@ -213,11 +246,17 @@ pub enum Op {
         key: String,
         /// The value's bytes.
         value: Vec<u8>,
+        /// When it expires.
+        expiry: Expiry,
+        /// The quorum choice.
+        write: WriteArgs,
     },
     /// Delete what is there.
     Del {
         /// The key.
         key: String,
+        /// The quorum choice.
+        write: WriteArgs,
     },
 }
 
@@ -269,6 +308,7 @@ pub fn run_key(args: KeyArgs, op: Op) -> anyhow::Result<String> {
                                 "value": String::from_utf8_lossy(&s.value),
                                 "timestamp_ms": s.timestamp_ms,
                                 "origin_dc": s.origin_dc,
+                                "expires_ms": s.expires_ms,
                             })
                         })
                         .collect();
@@ -284,7 +324,12 @@ pub fn run_key(args: KeyArgs, op: Op) -> anyhow::Result<String> {
                         .collect())
                 }
             }
-            Op::Put { key, value } => {
+            Op::Put {
+                key,
+                value,
+                expiry,
+                write,
+            } => {
                 let (_, context) = read(&session, &args, &key, timeout).await?;
                 let body = RequestBody::Put {
                     mode: isthmus_client::wire::WriteMode::Context,
@@ -294,12 +339,13 @@ pub fn run_key(args: KeyArgs, op: Op) -> anyhow::Result<String> {
                     context,
                     consistency: args.consistency,
                     write_id: write_id(),
-                    expiry: Default::default(),
+                    expiry,
+                    sloppy: write.sloppy(),
                 };
                 session.call(body, timeout).await?;
                 Ok(String::new())
             }
-            Op::Del { key } => {
+            Op::Del { key, write } => {
                 let (_, context) = read(&session, &args, &key, timeout).await?;
                 let body = RequestBody::Delete {
                     keyspace: args.keyspace.clone(),
@@ -307,6 +353,7 @@ pub fn run_key(args: KeyArgs, op: Op) -> anyhow::Result<String> {
                     context,
                     consistency: args.consistency,
                     write_id: write_id(),
+                    sloppy: write.sloppy(),
                 };
                 session.call(body, timeout).await?;
                 Ok(String::new())

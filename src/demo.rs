@@ -140,6 +140,7 @@ async fn shopper(
             consistency: Some(Consistency::LocalQuorum),
             write_id: WriteId(rand::random()),
             expiry: Default::default(),
+            sloppy: None,
         };
         match s.call(body, timeout).await {
             Ok(ResponseBody::Written) => {
@@ -225,6 +226,7 @@ async fn measure_lag(cluster: &LocalCluster, samples: usize) -> anyhow::Result<H
             consistency: Some(Consistency::LocalQuorum),
             write_id: WriteId(rand::random()),
             expiry: Default::default(),
+            sloppy: None,
         };
         session.call(body, Duration::from_secs(2)).await?;
         let acked = Instant::now();

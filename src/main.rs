@@ -95,6 +95,15 @@ enum Command {
         /// Read the value from this file (`-`: stdin), byte for byte.
         #[arg(long, value_name = "PATH")]
         file: Option<std::path::PathBuf>,
+        /// Expire the value this many seconds after the node receives it,
+        /// instead of at the keyspace's `ttl_s`.
+        #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..=(u64::MAX / 1000)), conflicts_with = "no_ttl")]
+        ttl: Option<u64>,
+        /// Never expire the value, whatever the keyspace's `ttl_s`.
+        #[arg(long)]
+        no_ttl: bool,
+        #[command(flatten)]
+        write: client_cmd::WriteArgs,
     },
     /// Print every live key of a keyspace, one per line, unordered (a
     /// cursor-based scan, page by page; keys written during the scan may
@@ -107,6 +116,8 @@ enum Command {
         /// The key.
         #[arg(id = "target_key", value_name = "KEY")]
         key: String,
+        #[command(flatten)]
+        write: client_cmd::WriteArgs,
     },
     /// Show every node by datacenter and rack, with state, load and
     /// ownership; with --cluster, every node's view of every other, with
@@ -253,12 +264,28 @@ fn main() -> ExitCode {
             key,
             value,
             file,
+            ttl,
+            no_ttl,
+            write,
         } => print(
-            client_cmd::value_of(value, file.as_deref())
-                .and_then(|value| client_cmd::run_key(args, client_cmd::Op::Put { key, value })),
+            client_cmd::value_of(value, file.as_deref()).and_then(|value| {
+                let expiry = client_cmd::expiry(ttl, no_ttl);
+                client_cmd::run_key(
+                    args,
+                    client_cmd::Op::Put {
+                        key,
+                        value,
+                        expiry,
+                        write,
+                    },
+                )
+            }),
         ),
         Command::Scan(args) => client_cmd::run_scan(args),
-        Command::Del { args, key } => print(client_cmd::run_key(args, client_cmd::Op::Del { key })),
+        Command::Del { args, key, write } => print(client_cmd::run_key(
+            args,
+            client_cmd::Op::Del { key, write },
+        )),
         Command::Status {
             target,
             json,

@@ -197,6 +197,7 @@ async fn five_processes_survive_a_sigkill_and_hand_off_hints() {
             consistency: None,
             write_id: WriteId([42; 16]),
             expiry: Default::default(),
+            sloppy: None,
         };
         assert_eq!(
             session.call(body, Duration::from_secs(2)).await.unwrap(),
@@ -302,6 +303,7 @@ async fn concurrent_carts_merge_to_the_same_bytes_on_every_replica() {
                     consistency: None,
                     write_id: WriteId(rand::random()),
                     expiry: Default::default(),
+                    sloppy: None,
                 };
                 match session.call(put, Duration::from_secs(5)).await {
                     Ok(ResponseBody::Written) => {}
@@ -357,6 +359,7 @@ async fn concurrent_carts_merge_to_the_same_bytes_on_every_replica() {
         consistency: None,
         write_id: WriteId(rand::random()),
         expiry: Default::default(),
+        sloppy: None,
     };
     assert_eq!(
         common::call(&nodes[3].addr, put).await.unwrap(),
@@ -463,6 +466,7 @@ async fn a_node_joins_and_another_is_decommissioned_with_nothing_lost() {
                     consistency: None,
                     write_id: WriteId(rand::random()),
                     expiry: Default::default(),
+                    sloppy: None,
                 };
                 // Only acknowledged writes are audited; one that times
                 // out while ranges move was never promised.
@@ -683,6 +687,7 @@ async fn put_at_one(
         consistency: Some(Consistency::One),
         write_id: WriteId(rand::random()),
         expiry: Default::default(),
+        sloppy: None,
     };
     session.call(put, Duration::from_secs(10)).await
 }

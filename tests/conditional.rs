@@ -80,6 +80,7 @@ async fn put_mode(
         consistency: Some(Consistency::LocalQuorum),
         write_id: WriteId(rand_id()),
         expiry: Default::default(),
+        sloppy: None,
     };
     match session.call(body, Duration::from_secs(10)).await.unwrap() {
         ResponseBody::Written => None,

@@ -32,6 +32,7 @@ fn put(key: &[u8], value: &[u8], context: Context) -> RequestBody {
         consistency: None,
         write_id: WriteId(rand::random()),
         expiry: Default::default(),
+        sloppy: None,
     }
 }
 
@@ -161,6 +162,7 @@ async fn a_replica_down_past_the_tombstone_grace_brings_no_deleted_value_back() 
             context,
             consistency: None,
             write_id: WriteId(rand::random()),
+            sloppy: None,
         };
         assert_eq!(
             session.call(delete, WAIT).await.unwrap(),

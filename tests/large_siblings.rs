@@ -48,6 +48,7 @@ fn put(key: &[u8], value: Vec<u8>, consistency: Consistency) -> RequestBody {
         consistency: Some(consistency),
         write_id: WriteId(rand::random()),
         expiry: Default::default(),
+        sloppy: None,
     }
 }
 

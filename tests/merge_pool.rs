@@ -129,6 +129,7 @@ async fn run(module: Vec<u8>, writers: usize, duration: Duration) -> Run {
                     consistency: None,
                     write_id: WriteId(rand::random()),
                     expiry: Default::default(),
+                    sloppy: None,
                 };
                 let _ = session.call(put, WAIT).await;
                 let get = RequestBody::Get {

@@ -155,6 +155,7 @@ async fn shoppers(
                     consistency: Some(Consistency::LocalQuorum),
                     write_id: WriteId(rand::random()),
                     expiry: Default::default(),
+                    sloppy: None,
                 };
                 if let Ok(ResponseBody::Written) = session.call(put, Duration::from_secs(2)).await {
                     ledger.acked.lock().insert((cart, item));
@@ -340,6 +341,7 @@ async fn put_at(
         consistency: Some(level),
         write_id: WriteId(rand::random()),
         expiry: Default::default(),
+        sloppy: None,
     };
     session
         .call(put, Duration::from_secs(3))
@@ -561,6 +563,7 @@ async fn writers(
                     consistency: Some(Consistency::LocalQuorum),
                     write_id: WriteId(rand::random()),
                     expiry: Default::default(),
+                    sloppy: None,
                 };
                 match s.call(put, Duration::from_secs(2)).await {
                     Ok(ResponseBody::Written) => acked.lock().push(key),
@@ -984,6 +987,7 @@ async fn writes_through_a_node_just_restarted_reach_every_replica_without_repair
                 consistency: Some(levels[i % levels.len()]),
                 write_id: WriteId(rand::random()),
                 expiry: Default::default(),
+                sloppy: None,
             };
             loop {
                 let answer = match common::session(&addr, "writer", Duration::from_secs(1)).await {

@@ -9,7 +9,8 @@
 //! - `isthmus status --cluster`: every node's view side by side, all
 //!   agreeing; after the kill, the killed node's column is `?`.
 //! - `isthmus put --file`: a binary value from a file and from stdin
-//!   reads back byte for byte.
+//!   reads back byte for byte; `put --ttl` writes a value that carries
+//!   its expiry, `put`/`del` take `--sloppy`/`--strict`.
 //!
 //! Needs Chromium (`chromium`, or the path in `$CHROMIUM`; not `ISTHMUS_`-prefixed, since the servers read those): `.ci/run` installs
 //! Debian's package. Without it the test fails, except outside CI where it
@@ -114,6 +115,7 @@ async fn put(addr: &str, key: String) -> bool {
         consistency: Some(Consistency::LocalQuorum),
         write_id: WriteId(rand::random()),
         expiry: Default::default(),
+        sloppy: None,
     };
     matches!(call(addr, put).await, Ok(ResponseBody::Written))
 }
@@ -327,6 +329,48 @@ async fn the_dashboard_status_cluster_and_binary_puts_of_a_two_dc_cluster() {
         "{}",
         text(&out.stderr)
     );
+
+    // `put --ttl`: the value carries its expiry (shown by `get --json`);
+    // a zero TTL and a write both sloppy and strict are refused; `del`
+    // takes the quorum choice too.
+    let cli = |args: &[&str]| -> Vec<String> {
+        args.iter()
+            .copied()
+            .chain(["--keyspace", "carts", "--addr", &dc1])
+            .map(String::from)
+            .collect()
+    };
+    let before_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let out = isthmus(cli(&["put", "--ttl", "600", "--sloppy", "ttl-cli", "v"])).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = isthmus(cli(&["get", "--json", "ttl-cli"])).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let expires = json["siblings"][0]["expires_ms"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no expiry shown: {json}"));
+    assert!(
+        (before_ms + 600_000..=before_ms + 600_000 + 60_000).contains(&expires),
+        "expires at {expires}, written at {before_ms} with a TTL of 600 s"
+    );
+    let out = isthmus(cli(&["put", "--ttl", "0", "k", "v"])).await;
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("--ttl"), "{}", text(&out.stderr));
+    let out = isthmus(cli(&["put", "--sloppy", "--strict", "k", "v"])).await;
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("cannot be used with"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = isthmus(cli(&["del", "--strict", "ttl-cli"])).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = isthmus(cli(&["get", "ttl-cli"])).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "", "deleted");
 
     // A node killed mid-test is shown down within a bound: the failure
     // detector's conviction plus a refresh of the page.

@@ -50,6 +50,7 @@ async fn put(session: &Session, keyspace: &str, key: &str, value: &str) {
         consistency: Some(Consistency::LocalQuorum),
         write_id: WriteId(rand::random()),
         expiry: Default::default(),
+        sloppy: None,
     };
     match session.call(body, Duration::from_secs(5)).await.unwrap() {
         ResponseBody::Written => {}

@@ -161,6 +161,7 @@ async fn an_uploaded_resolver_merges_on_every_node_of_every_dc() {
         consistency: None,
         write_id: WriteId([9; 16]),
         expiry: Default::default(),
+        sloppy: None,
     };
     match call(&addr(0), sneak).await {
         Ok(ResponseBody::Error(e)) => assert_eq!(e.code, ErrorCode::BadRequest),
@@ -284,6 +285,7 @@ async fn an_uploaded_resolver_merges_on_every_node_of_every_dc() {
             consistency: None,
             write_id: WriteId([n as u8 + 1; 16]),
             expiry: Default::default(),
+            sloppy: None,
         };
         assert_eq!(call(&addr(n), put).await.unwrap(), ResponseBody::Written);
     }

@@ -168,6 +168,7 @@ async fn a_statefulset_scales_down_and_up_by_itself_with_nothing_lost() {
                 consistency: None,
                 write_id: WriteId(rand::random()),
                 expiry: Default::default(),
+                sloppy: None,
             };
             let answer = session.call(put, Duration::from_secs(5)).await;
             assert!(matches!(answer, Ok(ResponseBody::Written)), "{answer:?}");
@@ -202,6 +203,7 @@ async fn a_statefulset_scales_down_and_up_by_itself_with_nothing_lost() {
                     consistency: None,
                     write_id: WriteId(rand::random()),
                     expiry: Default::default(),
+                    sloppy: None,
                 };
                 if let Ok(ResponseBody::Written) = s.call(put, Duration::from_secs(5)).await {
                     acked.push(key);

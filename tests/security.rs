@@ -378,6 +378,7 @@ async fn put(session: &Session, key: &[u8]) -> Result<ResponseBody, ClientError>
                 consistency: None,
                 write_id: WriteId(rand_id()),
                 expiry: Default::default(),
+                sloppy: None,
             },
             WAIT,
         )

@@ -6,12 +6,16 @@
 //! (the default) the same writes of those keys fail. Once the two nodes
 //! return, the stand-ins' hints reach them: every key of `carts` is on all
 //! three of its replicas, none lost, with no read or repair in between.
+//! A request overrides its keyspace's choice either way: a write that asks
+//! for a sloppy quorum in `strict` succeeds and is handed off alike, and
+//! one that asks for a strict quorum in `carts` fails exactly where
+//! `strict` does.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use isthmus_client::Client;
 use isthmus_client::wire::Consistency;
+use isthmus_client::{Client, RequestOptions};
 use isthmus_core::config::NodeConfig;
 use isthmus_testkit::{ClusterSpec, LocalCluster, Root};
 
@@ -54,6 +58,9 @@ async fn a_sloppy_quorum_writes_through_two_replicas_down_and_hands_off() {
         .unwrap();
     const KEYS: usize = 200;
     let mut strict_failed = BTreeSet::new();
+    let mut asked_strict_failed = BTreeSet::new();
+    let asked_sloppy = RequestOptions::new().sloppy(true);
+    let asked_strict = RequestOptions::new().sloppy(false);
     for i in 0..KEYS {
         let key = format!("key-{i}").into_bytes();
         let value = format!("value-{i}").into_bytes();
@@ -62,11 +69,30 @@ async fn a_sloppy_quorum_writes_through_two_replicas_down_and_hands_off() {
             .await
             .unwrap_or_else(|e| panic!("a sloppy write of key-{i} failed: {e}"));
         if client
-            .put("strict", &key, value, &Default::default())
+            .put("strict", &key, value.clone(), &Default::default())
             .await
             .is_err()
         {
             strict_failed.insert(i);
+        }
+        client
+            .put_with(
+                "strict",
+                &key,
+                value.clone(),
+                &Default::default(),
+                &asked_sloppy,
+            )
+            .await
+            .unwrap_or_else(|e| {
+                panic!("a write of key-{i} asking for a sloppy quorum failed: {e}")
+            });
+        if client
+            .put_with("carts", &key, value, &Default::default(), &asked_strict)
+            .await
+            .is_err()
+        {
+            asked_strict_failed.insert(i);
         }
     }
     eprintln!(
@@ -80,6 +106,10 @@ async fn a_sloppy_quorum_writes_through_two_replicas_down_and_hands_off() {
         "only {} strict writes failed: the test never needed a stand-in",
         strict_failed.len()
     );
+    assert_eq!(
+        asked_strict_failed, strict_failed,
+        "writes asking for a strict quorum in the sloppy keyspace fail where the strict keyspace's do"
+    );
 
     cluster.start_node("dc1", 3).await.unwrap();
     cluster.start_node("dc1", 4).await.unwrap();
@@ -89,20 +119,22 @@ async fn a_sloppy_quorum_writes_through_two_replicas_down_and_hands_off() {
     let mut short = Vec::new();
     loop {
         short.clear();
-        for i in 0..KEYS {
-            let key = format!("key-{i}").into_bytes();
-            let held = cluster
-                .sets(&key)
-                .await
-                .unwrap()
-                .values()
-                .filter(|set| {
-                    set.live()
-                        .any(|v| v.value_bytes() == Some(format!("value-{i}").as_bytes()))
-                })
-                .count();
-            if held < 3 {
-                short.push((i, held));
+        for keyspace in ["carts", "strict"] {
+            for i in 0..KEYS {
+                let key = format!("key-{i}").into_bytes();
+                let held = cluster
+                    .sets_in(keyspace, &key)
+                    .await
+                    .unwrap()
+                    .values()
+                    .filter(|set| {
+                        set.live()
+                            .any(|v| v.value_bytes() == Some(format!("value-{i}").as_bytes()))
+                    })
+                    .count();
+                if held < 3 {
+                    short.push((keyspace, i, held));
+                }
             }
         }
         if short.is_empty() {

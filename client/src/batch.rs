@@ -30,8 +30,8 @@ use futures_util::StreamExt;
 
 use crate::client::{Client, Read, put_body};
 use crate::error::ClientError;
-use crate::options::{RequestOptions, Resolved};
-use crate::wire::{Consistency, Context, Expiry, RequestBody, WriteId, WriteMode};
+use crate::options::{RequestOptions, Resolved, Use};
+use crate::wire::{Consistency, Context, Expiry, RequestBody, WriteMode};
 
 /// Requests of one batch in flight at once on one node's session.
 pub const PIPELINE_DEPTH: usize = 128;
@@ -77,7 +77,7 @@ impl Client {
         keys: &[K],
         opts: &RequestOptions,
     ) -> Result<Vec<Result<Read, ClientError>>, ClientError> {
-        let opts = opts.resolve(&self.defaults())?;
+        let opts = opts.resolve_for(&self.defaults(), Use::Read)?;
         let keys: Vec<&[u8]> = keys.iter().map(AsRef::as_ref).collect();
         Ok(self
             .pipelined(&keys, opts.consistency, |i| {
@@ -106,7 +106,7 @@ impl Client {
         items: &[PutItem],
         opts: &RequestOptions,
     ) -> Result<Vec<Result<(), ClientError>>, ClientError> {
-        let opts = opts.resolve(&self.defaults())?;
+        let opts = opts.resolve_for(&self.defaults(), Use::ManyWrites)?;
         let keys: Vec<&[u8]> = items.iter().map(|item| item.key.as_slice()).collect();
         Ok(self
             .pipelined(&keys, opts.consistency, |i| {
@@ -116,10 +116,9 @@ impl Client {
                     &item.key,
                     item.value.clone(),
                     &item.context,
-                    opts.consistency,
-                    WriteId(rand::random()),
                     WriteMode::Context,
                     Expiry::KeyspaceDefault,
+                    &opts,
                 );
                 let opts: &Resolved = &opts;
                 async move { self.expect_written(&item.key, body, opts).await }

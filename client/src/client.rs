@@ -29,7 +29,7 @@ use parking_lot::Mutex;
 use rand::Rng;
 
 use crate::error::ClientError;
-use crate::options::{Defaults, RequestOptions, Resolved};
+use crate::options::{Defaults, RequestOptions, Resolved, Use};
 use crate::placement::{Member, Rings};
 use crate::session::{ConnectOptions, Session};
 use crate::tls::TlsMaterial;
@@ -65,6 +65,7 @@ pub struct Scan {
     count: u32,
     cursor: ScanCursor,
     done: bool,
+    opts: RequestOptions,
 }
 
 impl std::fmt::Debug for Scan {
@@ -74,6 +75,7 @@ impl std::fmt::Debug for Scan {
             .field("count", &self.count)
             .field("cursor", &self.cursor)
             .field("done", &self.done)
+            .field("opts", &self.opts)
             .finish()
     }
 }
@@ -88,7 +90,7 @@ impl Scan {
         }
         let page = self
             .client
-            .scan_page(&self.keyspace, self.cursor, self.count)
+            .scan_page_with(&self.keyspace, self.cursor, self.count, &self.opts)
             .await?;
         self.cursor = page.cursor;
         self.done = page.cursor.is_end();
@@ -676,7 +678,7 @@ impl Client {
         key: &[u8],
         opts: &RequestOptions,
     ) -> Result<Read, ClientError> {
-        let opts = opts.resolve(&self.defaults())?;
+        let opts = opts.resolve_for(&self.defaults(), Use::Read)?;
         self.get_resolved(keyspace, key, &opts).await
     }
 
@@ -712,7 +714,8 @@ impl Client {
     }
 
     /// [`put`](Self::put) with per-request options (level, timeout,
-    /// overall deadline, retries). Every attempt carries the same write id.
+    /// overall deadline, retries, a sloppy or strict quorum, the value's
+    /// expiry, the write's id). Every attempt carries the same write id.
     pub async fn put_with(
         &self,
         keyspace: &str,
@@ -721,25 +724,16 @@ impl Client {
         context: &Context,
         opts: &RequestOptions,
     ) -> Result<(), ClientError> {
-        let opts = opts.resolve(&self.defaults())?;
-        let body = put_body(
-            keyspace,
-            key,
-            value,
-            context,
-            opts.consistency,
-            WriteId(rand::random()),
-            WriteMode::Context,
-            Expiry::KeyspaceDefault,
-        );
-        self.expect_written(key, body, &opts).await
+        self.put_mode(keyspace, key, value, context, WriteMode::Context, opts)
+            .await
     }
 
     /// [`put`](Self::put) as the logical write `write_id`: calling it again
     /// with the same id after an error (a timeout, an unavailable node),
     /// with the same value and context, is the same write, which takes
     /// effect at most once wherever its attempts land. The client's own
-    /// retries reuse the id the same way.
+    /// retries reuse the id the same way. (The same as
+    /// [`put_with`](Self::put_with) with [`RequestOptions::write_id`].)
     pub async fn put_with_id(
         &self,
         keyspace: &str,
@@ -748,25 +742,16 @@ impl Client {
         context: &Context,
         write_id: WriteId,
     ) -> Result<(), ClientError> {
-        let opts = RequestOptions::default().resolve(&self.defaults())?;
-        let body = put_body(
-            keyspace,
-            key,
-            value,
-            context,
-            opts.consistency,
-            write_id,
-            WriteMode::Context,
-            Expiry::KeyspaceDefault,
-        );
-        self.expect_written(key, body, &opts).await
+        let opts = RequestOptions::new().write_id(write_id);
+        self.put_with(keyspace, key, value, context, &opts).await
     }
 
     /// [`put`](Self::put) with an expiry for the value, instead of the
     /// keyspace's default: e.g. `Expiry::AfterMs(60_000)` for a minute
     /// from when the coordinator receives it, `Expiry::AtMs` for a wall
     /// clock time, `Expiry::Never`. A read's [`Sibling::expires_ms`]
-    /// says when each value expires.
+    /// says when each value expires. (The same as
+    /// [`put_with`](Self::put_with) with [`RequestOptions::expiry`].)
     pub async fn put_with_expiry(
         &self,
         keyspace: &str,
@@ -775,18 +760,8 @@ impl Client {
         context: &Context,
         expiry: Expiry,
     ) -> Result<(), ClientError> {
-        let opts = RequestOptions::default().resolve(&self.defaults())?;
-        let body = put_body(
-            keyspace,
-            key,
-            value,
-            context,
-            opts.consistency,
-            WriteId(rand::random()),
-            WriteMode::Context,
-            expiry,
-        );
-        self.expect_written(key, body, &opts).await
+        let opts = RequestOptions::new().expiry(expiry);
+        self.put_with(keyspace, key, value, context, &opts).await
     }
 
     /// Write `value` only if nothing was written to the key since the read
@@ -803,7 +778,20 @@ impl Client {
         value: Vec<u8>,
         context: &Context,
     ) -> Result<(), ClientError> {
-        self.put_mode(keyspace, key, value, context, WriteMode::IfMatch)
+        self.put_if_with(keyspace, key, value, context, &RequestOptions::default())
+            .await
+    }
+
+    /// [`put_if`](Self::put_if) with per-request options.
+    pub async fn put_if_with(
+        &self,
+        keyspace: &str,
+        key: &[u8],
+        value: Vec<u8>,
+        context: &Context,
+        opts: &RequestOptions,
+    ) -> Result<(), ClientError> {
+        self.put_mode(keyspace, key, value, context, WriteMode::IfMatch, opts)
             .await
     }
 
@@ -816,14 +804,21 @@ impl Client {
         key: &[u8],
         value: Vec<u8>,
     ) -> Result<(), ClientError> {
-        self.put_mode(
-            keyspace,
-            key,
-            value,
-            &Context::default(),
-            WriteMode::IfAbsent,
-        )
-        .await
+        self.put_if_absent_with(keyspace, key, value, &RequestOptions::default())
+            .await
+    }
+
+    /// [`put_if_absent`](Self::put_if_absent) with per-request options.
+    pub async fn put_if_absent_with(
+        &self,
+        keyspace: &str,
+        key: &[u8],
+        value: Vec<u8>,
+        opts: &RequestOptions,
+    ) -> Result<(), ClientError> {
+        let context = Context::default();
+        self.put_mode(keyspace, key, value, &context, WriteMode::IfAbsent, opts)
+            .await
     }
 
     /// Write `value` over whatever the key holds, without a read first:
@@ -836,14 +831,21 @@ impl Client {
         key: &[u8],
         value: Vec<u8>,
     ) -> Result<(), ClientError> {
-        self.put_mode(
-            keyspace,
-            key,
-            value,
-            &Context::default(),
-            WriteMode::Overwrite,
-        )
-        .await
+        self.overwrite_with(keyspace, key, value, &RequestOptions::default())
+            .await
+    }
+
+    /// [`overwrite`](Self::overwrite) with per-request options.
+    pub async fn overwrite_with(
+        &self,
+        keyspace: &str,
+        key: &[u8],
+        value: Vec<u8>,
+        opts: &RequestOptions,
+    ) -> Result<(), ClientError> {
+        let context = Context::default();
+        self.put_mode(keyspace, key, value, &context, WriteMode::Overwrite, opts)
+            .await
     }
 
     /// Add `delta` (negative: subtract) to the counter at `key`, in a
@@ -856,17 +858,29 @@ impl Client {
     /// concurrently in two datacenters both count once their counters
     /// meet and merge ([`crate::counter`]).
     pub async fn add(&self, keyspace: &str, key: &[u8], delta: i64) -> Result<i64, ClientError> {
-        let opts = RequestOptions::default().resolve(&self.defaults())?;
+        self.add_with(keyspace, key, delta, &RequestOptions::default())
+            .await
+    }
+
+    /// [`add`](Self::add) with per-request options (the counter keeps the
+    /// expiry it has unless [`RequestOptions::expiry`] is set).
+    pub async fn add_with(
+        &self,
+        keyspace: &str,
+        key: &[u8],
+        delta: i64,
+        opts: &RequestOptions,
+    ) -> Result<i64, ClientError> {
+        let opts = opts.resolve_for(&self.defaults(), Use::Write)?;
         let body = put_body(
             keyspace,
             key,
             Vec::new(),
             &Context::default(),
-            opts.consistency,
-            WriteId(rand::random()),
             WriteMode::Add(delta),
             // A counter keeps the expiry it has, as Redis's INCR does.
             Expiry::Keep,
+            &opts,
         );
         match self.call(key, body, &opts).await? {
             ResponseBody::Counted { value } => Ok(value),
@@ -879,7 +893,18 @@ impl Client {
     /// The value of the counter at `key`: the join of its siblings (0 when
     /// absent). [`ClientError::NotACounter`] when a sibling is not one.
     pub async fn counter(&self, keyspace: &str, key: &[u8]) -> Result<i128, ClientError> {
-        let read = self.get(keyspace, key).await?;
+        self.counter_with(keyspace, key, &RequestOptions::default())
+            .await
+    }
+
+    /// [`counter`](Self::counter) with per-request options (a read's).
+    pub async fn counter_with(
+        &self,
+        keyspace: &str,
+        key: &[u8],
+        opts: &RequestOptions,
+    ) -> Result<i128, ClientError> {
+        let read = self.get_with(keyspace, key, opts).await?;
         crate::counter::Counter::join_all(read.siblings.iter().map(|s| &s.value[..]))
             .map(|c| c.value())
             .map_err(ClientError::NotACounter)
@@ -892,17 +917,17 @@ impl Client {
         value: Vec<u8>,
         context: &Context,
         mode: WriteMode,
+        opts: &RequestOptions,
     ) -> Result<(), ClientError> {
-        let opts = RequestOptions::default().resolve(&self.defaults())?;
+        let opts = opts.resolve_for(&self.defaults(), Use::Write)?;
         let body = put_body(
             keyspace,
             key,
             value,
             context,
-            opts.consistency,
-            WriteId(rand::random()),
             mode,
             Expiry::KeyspaceDefault,
+            &opts,
         );
         self.expect_written(key, body, &opts).await
     }
@@ -918,7 +943,8 @@ impl Client {
             .await
     }
 
-    /// [`delete`](Self::delete) with per-request options.
+    /// [`delete`](Self::delete) with per-request options (every write
+    /// option but an expiry).
     pub async fn delete_with(
         &self,
         keyspace: &str,
@@ -926,14 +952,8 @@ impl Client {
         context: &Context,
         opts: &RequestOptions,
     ) -> Result<(), ClientError> {
-        let opts = opts.resolve(&self.defaults())?;
-        let body = RequestBody::Delete {
-            keyspace: keyspace.into(),
-            key: key.to_vec(),
-            context: context.clone(),
-            consistency: opts.consistency,
-            write_id: WriteId(rand::random()),
-        };
+        let opts = opts.resolve_for(&self.defaults(), Use::Delete)?;
+        let body = delete_body(keyspace, key, context, &opts);
         self.expect_written(key, body, &opts).await
     }
 
@@ -945,11 +965,49 @@ impl Client {
         key: &[u8],
         change: impl FnOnce(&[Sibling]) -> Option<Vec<u8>>,
     ) -> Result<(), ClientError> {
-        let read = self.get(keyspace, key).await?;
-        match change(&read.siblings) {
-            Some(value) => self.put(keyspace, key, value, &read.context).await,
-            None => self.delete(keyspace, key, &read.context).await,
-        }
+        self.update_with(keyspace, key, change, &RequestOptions::default())
+            .await
+    }
+
+    /// [`update`](Self::update) with per-request options: the read takes
+    /// the level, timeouts and retries; the write takes those and the
+    /// write options (an expiry is refused if the change deletes).
+    pub async fn update_with(
+        &self,
+        keyspace: &str,
+        key: &[u8],
+        change: impl FnOnce(&[Sibling]) -> Option<Vec<u8>>,
+        opts: &RequestOptions,
+    ) -> Result<(), ClientError> {
+        // Resolved once: a bad option sends nothing, and the deadline
+        // spans the read and the write.
+        let opts = opts.resolve_for(&self.defaults(), Use::Write)?;
+        let read_opts = Resolved {
+            sloppy: None,
+            expiry: None,
+            write_id: None,
+            ..opts.clone()
+        };
+        let read = self.get_resolved(keyspace, key, &read_opts).await?;
+        let body = match change(&read.siblings) {
+            Some(value) => put_body(
+                keyspace,
+                key,
+                value,
+                &read.context,
+                WriteMode::Context,
+                Expiry::KeyspaceDefault,
+                &opts,
+            ),
+            None if opts.expiry.is_some() => {
+                return Err(ClientError::InvalidOption {
+                    field: "expiry",
+                    reason: "the change deleted the key, and a delete has no expiry".into(),
+                });
+            }
+            None => delete_body(keyspace, key, &read.context, &opts),
+        };
+        self.expect_written(key, body, &opts).await
     }
 
     /// One page of a scan of `keyspace`'s live keys from `cursor`
@@ -963,12 +1021,32 @@ impl Client {
         cursor: ScanCursor,
         count: u32,
     ) -> Result<ScanPage, ClientError> {
+        self.scan_page_with(keyspace, cursor, count, &RequestOptions::default())
+            .await
+    }
+
+    /// [`scan_page`](Self::scan_page) with per-request options (timeout,
+    /// deadline, retries; a scan reads each replica set at ONE, so a level
+    /// is refused, as are write options).
+    pub async fn scan_page_with(
+        &self,
+        keyspace: &str,
+        cursor: ScanCursor,
+        count: u32,
+        opts: &RequestOptions,
+    ) -> Result<ScanPage, ClientError> {
+        if opts.get_consistency().is_some() {
+            return Err(ClientError::InvalidOption {
+                field: "consistency",
+                reason: "a scan page is read at ONE".into(),
+            });
+        }
+        let opts = opts.resolve_for(&self.defaults(), Use::Read)?;
         let body = RequestBody::Scan {
             keyspace: keyspace.into(),
             cursor: cursor.0,
             count,
         };
-        let opts = RequestOptions::default().resolve(&self.defaults())?;
         // Routed as a key at the cursor would be: pages spread over nodes.
         match self.call(&cursor.0.to_be_bytes(), body, &opts).await? {
             ResponseBody::ScanPage { keys, cursor } => Ok(ScanPage {
@@ -984,12 +1062,19 @@ impl Client {
     /// A scan of `keyspace` from the start, `count` keys a page at most
     /// (clamped to `1..=`[`SCAN_COUNT_MAX`]).
     pub fn scan(&self, keyspace: &str, count: u32) -> Scan {
+        self.scan_with(keyspace, count, RequestOptions::default())
+    }
+
+    /// [`scan`](Self::scan) whose every page takes `opts`
+    /// ([`scan_page_with`](Self::scan_page_with)).
+    pub fn scan_with(&self, keyspace: &str, count: u32, opts: RequestOptions) -> Scan {
         Scan {
             client: self.clone(),
             keyspace: keyspace.into(),
             count: count.clamp(1, SCAN_COUNT_MAX),
             cursor: ScanCursor::START,
             done: false,
+            opts,
         }
     }
 
@@ -1011,27 +1096,39 @@ impl Client {
     }
 }
 
-/// A put's request body.
-#[allow(clippy::too_many_arguments)]
+/// A delete's request body: `opts`' level, quorum choice and write id.
+fn delete_body(keyspace: &str, key: &[u8], context: &Context, opts: &Resolved) -> RequestBody {
+    RequestBody::Delete {
+        keyspace: keyspace.into(),
+        key: key.to_vec(),
+        context: context.clone(),
+        consistency: opts.consistency,
+        write_id: opts.write_id.unwrap_or_else(|| WriteId(rand::random())),
+        sloppy: opts.sloppy,
+    }
+}
+
+/// A put's request body: `opts`' level, quorum choice and write id (a
+/// fresh one if unset), and its expiry or else `default_expiry`.
 pub(crate) fn put_body(
     keyspace: &str,
     key: &[u8],
     value: Vec<u8>,
     context: &Context,
-    consistency: Option<Consistency>,
-    write_id: WriteId,
     mode: WriteMode,
-    expiry: Expiry,
+    default_expiry: Expiry,
+    opts: &Resolved,
 ) -> RequestBody {
     RequestBody::Put {
         keyspace: keyspace.into(),
         key: key.to_vec(),
         value,
         context: context.clone(),
-        consistency,
-        write_id,
+        consistency: opts.consistency,
+        write_id: opts.write_id.unwrap_or_else(|| WriteId(rand::random())),
         mode,
-        expiry,
+        expiry: opts.expiry.unwrap_or(default_expiry),
+        sloppy: opts.sloppy,
     }
 }
 

@@ -1,7 +1,10 @@
 //! Per-request options: what one call may change of the client's
 //! defaults (consistency level, each attempt's timeout, an overall
 //! deadline across retries, the number of retries), in the style of the
-//! AWS SDK's and the MongoDB driver's per-operation settings.
+//! AWS SDK's and the MongoDB driver's per-operation settings, and what
+//! only a write can choose (a sloppy or strict quorum, the value's
+//! expiry, the write's id). A write-only option on a read is refused
+//! ([`ClientError::InvalidOption`]), never ignored.
 //!
 //! ```
 //! use std::time::Duration;
@@ -18,7 +21,7 @@
 use std::time::{Duration, Instant};
 
 use crate::error::ClientError;
-use crate::wire::Consistency;
+use crate::wire::{Consistency, Expiry, WriteId};
 
 /// Options for one request; anything unset takes the client's default
 /// (set on [`ClientBuilder`](crate::ClientBuilder)).
@@ -28,6 +31,22 @@ pub struct RequestOptions {
     timeout: Option<Duration>,
     deadline: Option<Duration>,
     retries: Option<u32>,
+    sloppy: Option<bool>,
+    expiry: Option<Expiry>,
+    write_id: Option<WriteId>,
+}
+
+/// What a call is, for the options it may carry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Use {
+    /// A read or a scan: no write option.
+    Read,
+    /// One write of a value.
+    Write,
+    /// A delete (a tombstone has no expiry).
+    Delete,
+    /// Many writes, each its own (no shared write id).
+    ManyWrites,
 }
 
 impl RequestOptions {
@@ -65,6 +84,33 @@ impl RequestOptions {
         self
     }
 
+    /// Writes only: a sloppy quorum (`true`: with replicas of the key
+    /// down, the next healthy nodes of their datacenter along the ring
+    /// take the write as a hint and count toward the level, and deliver it
+    /// when the replica returns) or a strict one (`false`), whatever the
+    /// keyspace's `sloppy_quorum` says. Reads are always strict.
+    pub fn sloppy(mut self, sloppy: bool) -> Self {
+        self.sloppy = Some(sloppy);
+        self
+    }
+
+    /// Writes of a value only: when it expires, instead of the keyspace's
+    /// default (additions to a counter keep the counter's expiry unless
+    /// this is set).
+    pub fn expiry(mut self, expiry: Expiry) -> Self {
+        self.expiry = Some(expiry);
+        self
+    }
+
+    /// Single writes only: the write's id instead of a fresh random one.
+    /// Sending the same write again with the same id after an error (a
+    /// timeout, an unavailable node) is the same write, which takes effect
+    /// at most once wherever its attempts land.
+    pub fn write_id(mut self, write_id: WriteId) -> Self {
+        self.write_id = Some(write_id);
+        self
+    }
+
     /// The level set, if any.
     pub fn get_consistency(&self) -> Option<Consistency> {
         self.consistency
@@ -83,6 +129,58 @@ impl RequestOptions {
     /// The retries set, if any.
     pub fn get_retries(&self) -> Option<u32> {
         self.retries
+    }
+
+    /// The quorum choice set, if any.
+    pub fn get_sloppy(&self) -> Option<bool> {
+        self.sloppy
+    }
+
+    /// The expiry set, if any.
+    pub fn get_expiry(&self) -> Option<Expiry> {
+        self.expiry
+    }
+
+    /// The write id set, if any.
+    pub fn get_write_id(&self) -> Option<WriteId> {
+        self.write_id
+    }
+
+    /// [`Self::resolve`] for a call of kind `use_`, refusing an option it
+    /// cannot honour.
+    pub(crate) fn resolve_for(
+        &self,
+        defaults: &Defaults,
+        use_: Use,
+    ) -> Result<Resolved, ClientError> {
+        let refuse = |field: &'static str, reason: &str| {
+            Err(ClientError::InvalidOption {
+                field,
+                reason: reason.into(),
+            })
+        };
+        match use_ {
+            Use::Read if self.sloppy.is_some() => {
+                return refuse("sloppy", "reads are always strict; it applies to writes");
+            }
+            Use::Read if self.expiry.is_some() => {
+                return refuse("expiry", "only a write of a value takes an expiry");
+            }
+            Use::Read if self.write_id.is_some() => {
+                return refuse("write_id", "only a write has a write id");
+            }
+            Use::Delete if self.expiry.is_some() => {
+                return refuse("expiry", "a delete has no expiry");
+            }
+            Use::ManyWrites if self.write_id.is_some() => {
+                return refuse(
+                    "write_id",
+                    "each write of a batch has its own id; give one per write",
+                );
+            }
+            _ => {}
+        }
+        self.resolve(defaults)
     }
 
     /// These options over `defaults`, checked, with the deadline fixed
@@ -109,6 +207,9 @@ impl RequestOptions {
             budget: deadline,
             deadline: deadline.map(|d| started + d),
             retries: self.retries.unwrap_or(defaults.retries),
+            sloppy: self.sloppy,
+            expiry: self.expiry,
+            write_id: self.write_id,
         })
     }
 }
@@ -132,6 +233,9 @@ pub(crate) struct Resolved {
     /// When the overall budget runs out.
     pub deadline: Option<Instant>,
     pub retries: u32,
+    pub sloppy: Option<bool>,
+    pub expiry: Option<Expiry>,
+    pub write_id: Option<WriteId>,
 }
 
 impl Resolved {
@@ -215,5 +319,60 @@ mod tests {
             ),
             "{e}"
         );
+    }
+
+    #[test]
+    fn write_options_are_refused_where_they_cannot_apply() {
+        let refused = |opts: RequestOptions, use_: Use| match opts.resolve_for(&defaults(), use_) {
+            Err(ClientError::InvalidOption { field, .. }) => field,
+            other => panic!("{opts:?} for {use_:?} was not refused: {other:?}"),
+        };
+        let id = WriteId([7; 16]);
+        assert_eq!(
+            refused(RequestOptions::new().sloppy(true), Use::Read),
+            "sloppy"
+        );
+        assert_eq!(
+            refused(RequestOptions::new().expiry(Expiry::Never), Use::Read),
+            "expiry"
+        );
+        assert_eq!(
+            refused(RequestOptions::new().write_id(id), Use::Read),
+            "write_id"
+        );
+        assert_eq!(
+            refused(
+                RequestOptions::new().expiry(Expiry::AfterMs(5)),
+                Use::Delete
+            ),
+            "expiry"
+        );
+        assert_eq!(
+            refused(RequestOptions::new().write_id(id), Use::ManyWrites),
+            "write_id"
+        );
+        // Where they apply, they are carried as given.
+        let r = RequestOptions::new()
+            .sloppy(false)
+            .expiry(Expiry::AtMs(9))
+            .write_id(id)
+            .resolve_for(&defaults(), Use::Write)
+            .unwrap();
+        assert_eq!(
+            (r.sloppy, r.expiry, r.write_id),
+            (Some(false), Some(Expiry::AtMs(9)), Some(id))
+        );
+        let r = RequestOptions::new()
+            .sloppy(true)
+            .write_id(id)
+            .resolve_for(&defaults(), Use::Delete)
+            .unwrap();
+        assert_eq!((r.sloppy, r.write_id), (Some(true), Some(id)));
+        let r = RequestOptions::new()
+            .sloppy(true)
+            .expiry(Expiry::Never)
+            .resolve_for(&defaults(), Use::ManyWrites)
+            .unwrap();
+        assert_eq!((r.sloppy, r.expiry), (Some(true), Some(Expiry::Never)));
     }
 }

@@ -106,6 +106,7 @@ fn put(key: &[u8], value: Vec<u8>) -> RequestBody {
         consistency: Some(Consistency::One),
         write_id: WriteId(rand::random()),
         expiry: Default::default(),
+        sloppy: None,
     }
 }
 

@@ -52,6 +52,7 @@ async fn put(session: &Session, key: &[u8], value: &[u8], id: u8) -> ResponseBod
         consistency: None,
         write_id: WriteId([id; 16]),
         expiry: Default::default(),
+        sloppy: None,
     };
     session.call(body, Duration::from_secs(5)).await.unwrap()
 }
@@ -339,6 +340,7 @@ async fn a_node_joins_and_another_leaves_with_nothing_lost() {
                     consistency: None,
                     write_id: WriteId(rand::random()),
                     expiry: Default::default(),
+                    sloppy: None,
                 };
                 // A write that fails (a timeout while nodes move) is not
                 // acknowledged; only acknowledged ones are audited.

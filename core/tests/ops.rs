@@ -96,6 +96,7 @@ async fn put(
         consistency: Some(Consistency::LocalQuorum),
         write_id: WriteId(rand::random()),
         expiry: Default::default(),
+        sloppy: None,
     };
     session.call(put, Duration::from_secs(5)).await
 }
@@ -263,6 +264,7 @@ async fn metrics_health_and_readiness_of_every_node_of_two_dcs() {
                         consistency: Some(Consistency::LocalQuorum),
                         write_id: WriteId(rand::random()),
                         expiry: Default::default(),
+                        sloppy: None,
                     };
                     let _ = session.call(put, Duration::from_secs(5)).await;
                     i += 1;
@@ -382,6 +384,7 @@ async fn put_value(cluster: &LocalCluster, addr: &str, key: &[u8], value: &[u8])
         consistency: Some(Consistency::LocalQuorum),
         write_id: WriteId(rand::random()),
         expiry: Default::default(),
+        sloppy: None,
     };
     let answer = session.call(put, Duration::from_secs(10)).await;
     assert!(matches!(answer, Ok(ResponseBody::Written)), "{answer:?}");

@@ -463,6 +463,7 @@ async fn writer(
                 context,
                 consistency: Some(level),
                 write_id: WriteId(id),
+                sloppy: None,
             }
         } else {
             RequestBody::Put {
@@ -474,6 +475,7 @@ async fn writer(
                 consistency: Some(level),
                 write_id: WriteId(id),
                 expiry: Default::default(),
+                sloppy: None,
             }
         };
         log.lock().attempts.insert(

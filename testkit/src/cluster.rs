@@ -590,9 +590,18 @@ impl LocalCluster {
     /// Every running node's own replica of `key` in the spec's keyspace
     /// (read from its store: no coordinator, no read repair).
     pub async fn sets(&self, key: &[u8]) -> anyhow::Result<BTreeMap<String, VersionSet>> {
+        self.sets_in(&self.spec.keyspace, key).await
+    }
+
+    /// [`Self::sets`] in `keyspace`.
+    pub async fn sets_in(
+        &self,
+        keyspace: &str,
+        key: &[u8],
+    ) -> anyhow::Result<BTreeMap<String, VersionSet>> {
         let mut out = BTreeMap::new();
         for (id, node) in &self.nodes {
-            let set = node.store().get(&self.spec.keyspace, key).await?;
+            let set = node.store().get(keyspace, key).await?;
             out.insert(id.clone(), set);
         }
         Ok(out)

@@ -8,7 +8,7 @@ pub const MAGIC: [u8; 4] = *b"ISTH";
 /// Version of the message definitions in this module. A node refuses a
 /// handshake whose version it does not speak with
 /// [`ErrorCode::ProtocolVersion`].
-pub const PROTOCOL_VERSION: u16 = 6;
+pub const PROTOCOL_VERSION: u16 = 7;
 
 /// How many acknowledgements a request waits for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -302,6 +302,11 @@ pub enum RequestBody {
         mode: WriteMode,
         /// When the value expires.
         expiry: Expiry,
+        /// A sloppy quorum (with replicas down, the next healthy nodes
+        /// of the DC along the ring keep the copy as a hint and count
+        /// toward the level), a strict one, or `None`: the keyspace's
+        /// `sloppy_quorum`.
+        sloppy: Option<bool>,
     },
     /// Describe the cluster as the answering node sees it.
     Status,
@@ -317,6 +322,8 @@ pub enum RequestBody {
         consistency: Option<Consistency>,
         /// Retry identity.
         write_id: WriteId,
+        /// A sloppy or a strict quorum; `None`: the keyspace's default.
+        sloppy: Option<bool>,
     },
     /// Run Merkle repair on the answering node now: its ranges in its own
     /// datacenter with their other live replicas, or, with `remote_dc`, a

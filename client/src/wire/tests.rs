@@ -26,6 +26,7 @@ fn sample_requests() -> Vec<Request> {
                 consistency: Some(Consistency::EachQuorum),
                 write_id: WriteId([3; 16]),
                 expiry: Default::default(),
+                sloppy: None,
             },
         },
         Request {
@@ -38,6 +39,7 @@ fn sample_requests() -> Vec<Request> {
                 context: Context::default(),
                 consistency: Some(Consistency::All),
                 write_id: WriteId([0; 16]),
+                sloppy: None,
             },
         },
         Request {

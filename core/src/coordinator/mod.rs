@@ -119,26 +119,29 @@ const COLLAPSED_QUEUE: usize = 1024;
 /// that miss it get hints).
 const SPREAD_DEADLINE: Duration = Duration::from_secs(5);
 
-/// One write as the coordinator handles it.
+/// One write as the coordinator handles it ([`Coordinator::write_request`]).
 #[derive(Clone, Debug)]
-struct Write<'a> {
-    keyspace: &'a str,
-    key: &'a [u8],
+pub struct Write<'a> {
+    /// The keyspace.
+    pub keyspace: &'a str,
+    /// The key.
+    pub key: &'a [u8],
     /// The value, or `None` for a delete.
-    value: Option<Vec<u8>>,
+    pub value: Option<Vec<u8>>,
     /// What the client saw.
-    context: Clock,
+    pub context: Clock,
     /// The client's id for this write (retries carry the same).
-    write_id: [u8; 16],
-    level: Consistency,
+    pub write_id: [u8; 16],
+    /// The level to write at.
+    pub level: Consistency,
     /// Over the context, an overwrite, or conditional.
-    mode: WriteMode,
+    pub mode: WriteMode,
     /// A sloppy quorum (stand-ins count for replicas that cannot take
     /// the write), strict, or `None`: the keyspace's default.
-    sloppy: Option<bool>,
+    pub sloppy: Option<bool>,
     /// When the value expires ([`expiry::resolve`]d by the first node
     /// the write reaches).
-    expiry: Expiry,
+    pub expiry: Expiry,
 }
 
 /// A peer request that failed here, as the peer's answer.
@@ -498,6 +501,17 @@ impl<S: LocalStore, T: Transport, H: HintSink> Coordinator<S, T, H> {
             sloppy: None,
             expiry,
         };
+        self.write_request(write, deadline).await
+    }
+
+    /// A write with every choice spelled out (the client protocol's
+    /// `Put` and `Delete`, which may ask for a sloppy or a strict quorum
+    /// against the keyspace's default).
+    pub async fn write_request(
+        &self,
+        write: Write<'_>,
+        deadline: Duration,
+    ) -> Result<Option<i64>, CoordinatorError> {
         self.write_inner(write, deadline, true).await
     }
 

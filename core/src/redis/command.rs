@@ -319,6 +319,7 @@ impl<H: Handler> Session<H> {
             context,
             consistency: None,
             write_id: self.write_id(),
+            sloppy: None,
         };
         match self.call(put).await? {
             ResponseBody::ConditionFailed { siblings, context } => Ok(Some((siblings, context))),
@@ -344,6 +345,7 @@ impl<H: Handler> Session<H> {
             context,
             consistency: None,
             write_id: self.write_id(),
+            sloppy: None,
         };
         self.call(delete).await.map(|_| ())
     }
@@ -716,6 +718,7 @@ impl<H: Handler> Session<H> {
             context: Context::default(),
             consistency: None,
             write_id: self.write_id(),
+            sloppy: None,
         };
         match self.call(put).await? {
             ResponseBody::Counted { value } => Ok(Reply::Int(value)),

@@ -42,6 +42,8 @@ pub struct Write {
     pub mode: WriteMode,
     /// When the value expires (deletes: the keyspace default, unused).
     pub expiry: Expiry,
+    /// A sloppy or a strict quorum; `None`: the keyspace's default.
+    pub sloppy: Option<bool>,
 }
 
 /// Decode a client's context: postcard of a [`Clock`], bounded in entries
@@ -177,20 +179,18 @@ where
         Err(e) => return ResponseBody::Error(e.to_wire()),
     };
     let level = node.level(&write.keyspace, write.consistency);
-    let result = node
-        .coordinator
-        .write_expiring(
-            &write.keyspace,
-            &write.key,
-            write.value,
-            clock,
-            write.write_id.0,
-            level,
-            write.mode,
-            write.expiry,
-            deadline,
-        )
-        .await;
+    let request = crate::coordinator::Write {
+        keyspace: &write.keyspace,
+        key: &write.key,
+        value: write.value,
+        context: clock,
+        write_id: write.write_id.0,
+        level,
+        mode: write.mode,
+        sloppy: write.sloppy,
+        expiry: write.expiry,
+    };
+    let result = node.coordinator.write_request(request, deadline).await;
     match result {
         Ok(None) => ResponseBody::Written,
         Ok(Some(value)) => ResponseBody::Counted { value },

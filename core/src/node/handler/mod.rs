@@ -205,6 +205,7 @@ where
                 write_id,
                 mode,
                 expiry,
+                sloppy,
             } => {
                 let write = client::Write {
                     keyspace,
@@ -215,6 +216,7 @@ where
                     write_id,
                     mode,
                     expiry,
+                    sloppy,
                 };
                 client::write(self, write, deadline).await
             }
@@ -224,6 +226,7 @@ where
                 context,
                 consistency,
                 write_id,
+                sloppy,
             } => {
                 let write = client::Write {
                     keyspace,
@@ -234,6 +237,7 @@ where
                     write_id,
                     mode: isthmus_client::wire::WriteMode::Context,
                     expiry: isthmus_client::wire::Expiry::KeyspaceDefault,
+                    sloppy,
                 };
                 client::write(self, write, deadline).await
             }
