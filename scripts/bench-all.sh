@@ -20,6 +20,9 @@
 #   ALWAYS=1    Isthmus `fsync = "always"` against `appendfsync always`
 #   CLUSTER=1   scripts/bench-cluster.sh (YCSB a, b, c through the native
 #               client, one node against three at RF 3, LOCAL_QUORUM)
+#   LATENCY=1   with CLUSTER, workload a open loop (a fixed schedule,
+#               latency from when each operation was due) at 50% and 80%
+#               of each cluster's peak, printed as `latency ...` lines
 #   ENGINE=1    the engine against fjall (core/benches/engine.rs)
 #   ROCKSDB=1   the engine against RocksDB's db_bench (Debian's
 #               rocksdb-tools), when db_bench is installed
@@ -39,6 +42,7 @@ REDIS=${REDIS:-1}
 PIPELINE=${PIPELINE:-1}
 ALWAYS=${ALWAYS:-1}
 CLUSTER=${CLUSTER:-1}
+LATENCY=${LATENCY:-1}
 ENGINE=${ENGINE:-1}
 ROCKSDB=${ROCKSDB:-1}
 CLIENTS=${CLIENTS:-50}
@@ -180,7 +184,7 @@ if [ "$CLUSTER" != 0 ]; then
   # Three nodes started at once can each form a ring of their own (both
   # first nodes log "forming it"), and then the load fails: one more try.
   for attempt in 1 2; do
-    if SECURITY=$CLUSTER_SECURITY THREADS=$THREADS DURATION=$CLUSTER_DURATION REDIS=0 \
+    if SECURITY=$CLUSTER_SECURITY THREADS=$THREADS DURATION=$CLUSTER_DURATION REDIS=0 LATENCY=$LATENCY \
       bash scripts/bench-cluster.sh >"$dir/cluster.log" 2>&1; then
       break
     fi
@@ -188,10 +192,21 @@ if [ "$CLUSTER" != 0 ]; then
     [ "$attempt" = 2 ] && exit 1
   done
   awk '/^== isthmus/ { nodes = ($3 == "1") ? 1 : 3; w = $NF; next }
-       { for (i = 1; i <= NF; i++) if ($i ~ /^ops_per_s=/) { split($i, v, "="); ops[nodes "_" w] = v[2] } }
+       /^== latency/ { w = "open"; next }
+       w != "open" { for (i = 1; i <= NF; i++) if ($i ~ /^ops_per_s=/) { split($i, v, "="); ops[nodes "_" w] = v[2] } }
        END { for (w in ops) if (w ~ /^1_/) { x = substr(w, 3); if (("3_" x) in ops)
                printf "ratio cluster3_over_node1_%s %.0f %.0f %.3f\n", x, ops["3_" x], ops[w], ops["3_" x] / ops[w] } }' \
     "$dir/cluster.log" | sort
+  # latency nodes=N load=P% rate=R, then p50/p99/p999 in ms of reads,
+  # writes (the put of an update alone) and whole updates (read + put).
+  awk '/^== latency/ { nodes = $3; load = $4; next }
+       /^== isthmus/ { load = ""; next }
+       load != "" && /open_loop_rate=/ { for (i = 1; i <= NF; i++) { split($i, v, "=");
+           if (v[1] == "open_loop_rate") rate = v[2]; if (v[1] == "ops_per_s") got = v[2]; if (v[1] == "errors") err = v[2] }
+         line = sprintf("latency nodes=%s load=%s rate=%s achieved=%s errors=%s", nodes, load, rate, got, err); next }
+       load != "" && /^bench: (read|write|update) / { for (i = 3; i <= NF; i++) { split($i, v, "=");
+           if (v[1] ~ /^p/) line = line sprintf(" %s_%s_ms=%.2f", $2, substr(v[1], 1, length(v[1]) - 3), v[2] / 1000) }
+         if ($2 == "write") { print line; load = "" } }' "$dir/cluster.log"
 fi
 
 if [ "$ENGINE" != 0 ] || [ "$ROCKSDB" != 0 ]; then

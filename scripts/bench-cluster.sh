@@ -11,6 +11,8 @@
 # (SECURITY=tls, the default). SECURITY=plaintext runs them with
 # insecure_plaintext and anonymous access, to measure what security costs
 # (scripts/bench-security.sh runs both in one run). REDIS=0 skips redis.
+# LATENCY=1 also runs workload a open loop (`isthmus bench --rate`) at 50%
+# and 80% of the peak just measured, on each cluster (`== latency` blocks).
 #
 # redis-server and redis-benchmark come from apt (`apt-get install
 # redis-server`); the script skips redis when they are missing.
@@ -23,6 +25,7 @@ VALUE=${VALUE:-100}
 KEYS=${KEYS:-100000}
 SECURITY=${SECURITY:-tls}
 REDIS=${REDIS:-1}
+LATENCY=${LATENCY:-0}
 
 cargo build --release -q
 BIN=${CARGO_TARGET_DIR:-target}/release/isthmus
@@ -88,19 +91,30 @@ wait_up() { # addr count: that many members up and on the ring (not joining)
   exit 1
 }
 
-bench() { # label addr
+bench() { # label nodes addr
   for w in a b c; do
     load=()
     [ "$w" != a ] && load=(--no-load)
     echo "== isthmus $1, $SECURITY, workload $w"
-    "$BIN" bench --addr "$2" "${client[@]}" --keyspace bench --workload "$w" --threads "$THREADS" \
-      --duration "$DURATION" --keys "$KEYS" --value-bytes "$VALUE" "${load[@]}"
+    out=$("$BIN" bench --addr "$3" "${client[@]}" --keyspace bench --workload "$w" --threads "$THREADS" \
+      --duration "$DURATION" --keys "$KEYS" --value-bytes "$VALUE" "${load[@]}")
+    echo "$out"
+    if [ "$LATENCY" != 0 ] && [ "$w" = a ]; then
+      # Open loop at a share of the peak just measured: latency from when
+      # each operation was due (no coordinated omission).
+      peak=$(grep -o 'ops_per_s=[0-9]*' <<<"$out" | head -1 | cut -d= -f2)
+      for pct in 50 80; do
+        echo "== latency $2 $pct% of $peak ops/s, $SECURITY, workload a"
+        "$BIN" bench --addr "$3" "${client[@]}" --keyspace bench --workload a --rate $((peak * pct / 100)) \
+          --duration "$DURATION" --keys "$KEYS" --value-bytes "$VALUE" --no-load
+      done
+    fi
   done
 }
 
 node n1 127.0.0.1:7501 127.0.0.1:7501 1
 wait_up 127.0.0.1:7501 1
-bench "1 node (RF 1)" 127.0.0.1:7501
+bench "1 node (RF 1)" 1 127.0.0.1:7501
 cleanup_pids=("${pids[@]}")
 for p in "${cleanup_pids[@]}"; do kill "$p"; done
 wait 2>/dev/null || true
@@ -115,7 +129,7 @@ node n3 127.0.0.4:7501 127.0.0.2:7501 3
 # Every node, not only the first: each must know the users before the
 # client, which spreads its requests, logs in there.
 for a in 127.0.0.2:7501 127.0.0.3:7501 127.0.0.4:7501; do wait_up "$a" 3; done
-bench "3 nodes (RF 3, LOCAL_QUORUM)" 127.0.0.2:7501
+bench "3 nodes (RF 3, LOCAL_QUORUM)" 3 127.0.0.2:7501
 
 if [ "$REDIS" = 0 ]; then
   :

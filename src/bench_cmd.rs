@@ -11,6 +11,15 @@
 //! write on a keyspace without a resolver.) Keys are loaded first, with the
 //! same concurrency. Latencies go into HDR histograms; the report gives
 //! ops/s and p50 / p99 / p999 per operation.
+//!
+//! Closed loop by default (each client sends its next operation when the
+//! last is answered: the peak). With `--rate R`, open loop: operations
+//! start on a fixed schedule of R per second whatever the answers do, each
+//! latency measured from when its operation was *due*, so a stall delays
+//! every operation scheduled during it and shows in the tail (no
+//! coordinated omission, as wrk2 and YCSB's `-target` with intended
+//! times). An update also reports its write alone (`write`: the put's own
+//! round trip, after its read).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -57,6 +66,15 @@ pub struct BenchArgs {
     /// Seed of the key and operation choices.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// Open loop: start this many operations per second on a fixed
+    /// schedule, latency measured from when each was due (`--threads` is
+    /// then used for loading only).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    pub rate: Option<u64>,
+    /// Open loop: operations in flight at most; one due past it is not
+    /// sent and counts as an error (the system is far behind its schedule).
+    #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_in_flight: u64,
     /// TLS and credentials.
     #[command(flatten)]
     pub security: crate::client_cmd::Security,
@@ -69,6 +87,7 @@ fn key(i: u64) -> Vec<u8> {
 struct Recorder {
     reads: Histogram<u64>,
     updates: Histogram<u64>,
+    writes: Histogram<u64>,
     errors: u64,
 }
 
@@ -77,8 +96,55 @@ impl Recorder {
         Ok(Recorder {
             reads: Histogram::new(3)?,
             updates: Histogram::new(3)?,
+            writes: Histogram::new(3)?,
             errors: 0,
         })
+    }
+
+    fn add(&mut self, other: &Recorder) -> anyhow::Result<()> {
+        self.reads.add(&other.reads)?;
+        self.updates.add(&other.updates)?;
+        self.writes.add(&other.writes)?;
+        self.errors += other.errors;
+        Ok(())
+    }
+}
+
+/// Microseconds since `since`, at least 1 (a histogram's lowest value).
+fn micros(since: Instant) -> u64 {
+    (since.elapsed().as_micros() as u64).max(1)
+}
+
+/// What one operation does: a read, or an update writing this value.
+type Op = Option<Vec<u8>>;
+
+/// How one operation went: `None` failed; else its whole latency from
+/// `started` and, for an update, its put's own.
+type Timed = Option<(u64, Option<u64>)>;
+
+/// Run one operation on `k`, timed from `started` (when it was due, in
+/// the open loop).
+async fn one_op(client: &Client, ks: &str, k: &[u8], update: Op, started: Instant) -> Timed {
+    let read = client.get(ks, k).await.ok()?;
+    let Some(value) = update else {
+        return Some((micros(started), None));
+    };
+    let put_started = Instant::now();
+    client.put(ks, k, value, &read.context).await.ok()?;
+    Some((micros(started), Some(micros(put_started))))
+}
+
+impl Recorder {
+    fn record(&mut self, timed: Timed) -> anyhow::Result<()> {
+        match timed {
+            None => self.errors += 1,
+            Some((whole, None)) => self.reads.record(whole)?,
+            Some((whole, Some(put))) => {
+                self.updates.record(whole)?;
+                self.writes.record(put)?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -122,7 +188,10 @@ pub fn run(args: BenchArgs) -> anyhow::Result<String> {
         .enable_all()
         .build()?;
     runtime.block_on(async move {
-        let mut builder = Client::builder().seed(args.addr.clone()).timeout(Duration::from_secs(5)).name("isthmus-bench");
+        let mut builder = Client::builder()
+            .seed(args.addr.clone())
+            .timeout(Duration::from_secs(5))
+            .name("isthmus-bench");
         if let Some(level) = args.consistency {
             builder = builder.consistency(level);
         }
@@ -132,11 +201,18 @@ pub fn run(args: BenchArgs) -> anyhow::Result<String> {
         if let Some(credentials) = args.security.options("isthmus-bench")?.credentials {
             builder = builder.credentials(credentials);
         }
-        let client = builder.build().await.with_context(|| format!("connecting to {}", args.addr))?;
+        let client = builder
+            .build()
+            .await
+            .with_context(|| format!("connecting to {}", args.addr))?;
         if !args.no_load {
             let started = Instant::now();
             load(&client, &args).await?;
-            eprintln!("bench: loaded {} keys in {:.1} s", args.keys, started.elapsed().as_secs_f64());
+            eprintln!(
+                "bench: loaded {} keys in {:.1} s",
+                args.keys,
+                started.elapsed().as_secs_f64()
+            );
         }
         let read_share = match args.workload.as_str() {
             "a" => 0.5,
@@ -144,42 +220,37 @@ pub fn run(args: BenchArgs) -> anyhow::Result<String> {
             _ => 1.0,
         };
         let zipf = Zipf::new(args.keys as f64, 0.99).context("zipf distribution")?;
+        let (keys, value_bytes) = (args.keys, args.value_bytes);
+        // Zipf ranks 1..=n, scrambled (as YCSB does) so the hot keys are
+        // not neighbours; an update's value is random letters.
+        let choose = move |rng: &mut rand::rngs::StdRng| -> (Vec<u8>, Op) {
+            let rank = zipf.sample(&mut *rng) as u64;
+            let k = key(isthmus_client::placement::key_hash(&rank.to_le_bytes()) % keys);
+            let update = (rng.random::<f64>() >= read_share).then(|| {
+                (0..value_bytes)
+                    .map(|_| rng.random_range(b'a'..=b'z'))
+                    .collect()
+            });
+            (k, update)
+        };
+        if let Some(rate) = args.rate {
+            let (total, elapsed) = open_loop(&client, &args, rate, choose).await?;
+            return Ok(report(&args, &total, elapsed, Some(rate)));
+        }
         let stop = Arc::new(AtomicBool::new(false));
         let total = Arc::new(Mutex::new(Recorder::new()?));
         let mut tasks = Vec::new();
         for t in 0..args.threads {
             let (client, stop, total) = (client.clone(), stop.clone(), total.clone());
-            let (ks, value_bytes, keys) = (args.keyspace.clone(), args.value_bytes, args.keys);
+            let ks = args.keyspace.clone();
             let mut rng = rand::rngs::StdRng::seed_from_u64(args.seed.wrapping_add(t as u64));
             tasks.push(tokio::spawn(async move {
                 let mut mine = Recorder::new()?;
                 while !stop.load(Ordering::Relaxed) {
-                    // Zipf ranks 1..=n, scrambled (as YCSB does) so the hot
-                    // keys are not neighbours.
-                    let rank = zipf.sample(&mut rng) as u64;
-                    let k = key(isthmus_client::placement::key_hash(&rank.to_le_bytes()) % keys);
-                    let started = Instant::now();
-                    if rng.random::<f64>() < read_share {
-                        match client.get(&ks, &k).await {
-                            Ok(_) => mine.reads.record(started.elapsed().as_micros() as u64)?,
-                            Err(_) => mine.errors += 1,
-                        }
-                    } else {
-                        let value: Vec<u8> = (0..value_bytes).map(|_| rng.random_range(b'a'..=b'z')).collect();
-                        let result = match client.get(&ks, &k).await {
-                            Ok(read) => client.put(&ks, &k, value, &read.context).await,
-                            Err(e) => Err(e),
-                        };
-                        match result {
-                            Ok(()) => mine.updates.record(started.elapsed().as_micros() as u64)?,
-                            Err(_) => mine.errors += 1,
-                        }
-                    }
+                    let (k, update) = choose(&mut rng);
+                    mine.record(one_op(&client, &ks, &k, update, Instant::now()).await)?;
                 }
-                let mut total = total.lock();
-                total.reads.add(&mine.reads)?;
-                total.updates.add(&mine.updates)?;
-                total.errors += mine.errors;
+                total.lock().add(&mine)?;
                 anyhow::Ok(())
             }));
         }
@@ -191,29 +262,98 @@ pub fn run(args: BenchArgs) -> anyhow::Result<String> {
         }
         let elapsed = started.elapsed().as_secs_f64();
         let total = total.lock();
-        let ops = total.reads.len() + total.updates.len();
-        let mut out = format!(
-            "bench: workload={} threads={} keys={} value_bytes={} duration_s={:.1} ops={ops} ops_per_s={:.0} errors={}\n",
-            args.workload,
-            args.threads,
-            args.keys,
-            args.value_bytes,
-            elapsed,
-            ops as f64 / elapsed,
-            total.errors
-        );
-        for (name, h) in [("read", &total.reads), ("update", &total.updates)] {
-            if h.is_empty() {
-                continue;
-            }
-            out.push_str(&format!(
-                "bench: {name} ops={} p50_us={} p99_us={} p999_us={}\n",
-                h.len(),
-                h.value_at_quantile(0.5),
-                h.value_at_quantile(0.99),
-                h.value_at_quantile(0.999)
-            ));
-        }
-        Ok(out)
+        Ok(report(&args, &total, elapsed, None))
     })
+}
+
+/// The open loop: `rate` operations a second on a fixed schedule for the
+/// duration, each recorded from when it was due; the recorder and the
+/// seconds it took (until the last answer).
+async fn open_loop(
+    client: &Client,
+    args: &BenchArgs,
+    rate: u64,
+    choose: impl Fn(&mut rand::rngs::StdRng) -> (Vec<u8>, Op),
+) -> anyhow::Result<(Recorder, f64)> {
+    let total = Arc::new(Mutex::new(Recorder::new()?));
+    let mut rng = rand::rngs::StdRng::seed_from_u64(args.seed);
+    let in_flight = Arc::new(AtomicU64::new(0));
+    let period = 1.0 / rate as f64;
+    let started = Instant::now();
+    let end = started + Duration::from_secs(args.duration);
+    let (mut sent, mut shed) = (0u64, 0u64);
+    let mut tasks = tokio::task::JoinSet::new();
+    loop {
+        let due = started + Duration::from_secs_f64(sent as f64 * period);
+        if due >= end {
+            break;
+        }
+        if due > Instant::now() {
+            tokio::time::sleep_until(due.into()).await;
+        }
+        sent += 1;
+        let (k, update) = choose(&mut rng);
+        if in_flight.load(Ordering::Relaxed) >= args.max_in_flight {
+            shed += 1;
+            continue;
+        }
+        in_flight.fetch_add(1, Ordering::Relaxed);
+        let (client, ks, total, in_flight) = (
+            client.clone(),
+            args.keyspace.clone(),
+            total.clone(),
+            in_flight.clone(),
+        );
+        tasks.spawn(async move {
+            let timed = one_op(&client, &ks, &k, update, due).await;
+            in_flight.fetch_sub(1, Ordering::Relaxed);
+            total.lock().record(timed)
+        });
+        while let Some(done) = tasks.try_join_next() {
+            done??;
+        }
+    }
+    while let Some(done) = tasks.join_next().await {
+        done??;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let mut total = Arc::into_inner(total)
+        .context("every operation is done")?
+        .into_inner();
+    total.errors += shed;
+    Ok((total, elapsed))
+}
+
+/// The report: a summary line, then one line per kind of operation.
+fn report(args: &BenchArgs, total: &Recorder, elapsed: f64, rate: Option<u64>) -> String {
+    let ops = total.reads.len() + total.updates.len();
+    let mode = match rate {
+        Some(rate) => format!("open_loop_rate={rate}"),
+        None => format!("threads={}", args.threads),
+    };
+    let mut out = format!(
+        "bench: workload={} {mode} keys={} value_bytes={} duration_s={elapsed:.1} ops={ops} ops_per_s={:.0} errors={}\n",
+        args.workload,
+        args.keys,
+        args.value_bytes,
+        ops as f64 / elapsed,
+        total.errors
+    );
+    for (name, h) in [
+        ("read", &total.reads),
+        ("update", &total.updates),
+        ("write", &total.writes),
+    ] {
+        if h.is_empty() {
+            continue;
+        }
+        out.push_str(&format!(
+            "bench: {name} ops={} p50_us={} p99_us={} p999_us={}\n",
+            h.len(),
+            h.value_at_quantile(0.5),
+            h.value_at_quantile(0.99),
+            h.value_at_quantile(0.999)
+        ));
+    }
+    out
 }

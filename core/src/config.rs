@@ -90,6 +90,21 @@ pub struct KeyspaceSection {
     /// strict quorums, only the key's replicas count.
     #[serde(default)]
     pub sloppy_quorum: bool,
+    /// Percent of reads (`0..=100`) that ask every replica the level
+    /// reads from and repair the stale ones; the others ask just enough
+    /// replicas to win the level (the coordinator's own copy first), and
+    /// more only when one fails or is slow. Anti-entropy (hints, Merkle
+    /// repair) repairs the rest, as with Cassandra's
+    /// `dclocal_read_repair_chance`.
+    #[serde(default = "default_read_repair_percent")]
+    pub read_repair_percent: u8,
+}
+
+/// [`KeyspaceSection::read_repair_percent`]'s default.
+pub const READ_REPAIR_PERCENT_DEFAULT: u8 = 10;
+
+fn default_read_repair_percent() -> u8 {
+    READ_REPAIR_PERCENT_DEFAULT
 }
 
 /// The longest keyspace default TTL, in seconds (100 years): beyond it a
@@ -1000,6 +1015,12 @@ impl NodeConfig {
                     format!("{r:?} is not NAME@VERSION"),
                 ));
             }
+            if ks.read_repair_percent > 100 {
+                return Err(invalid(
+                    format!("{base}.read_repair_percent"),
+                    format!("{} is not a percent (0..=100)", ks.read_repair_percent),
+                ));
+            }
             if let Some(ttl) = ks.ttl_s
                 && !(1..=TTL_S_MAX).contains(&ttl)
             {
@@ -1054,6 +1075,7 @@ mod tests {
                     ttl_s: None,
                     counter: false,
                     sloppy_quorum: false,
+                    read_repair_percent: READ_REPAIR_PERCENT_DEFAULT,
                 },
             )]),
         }
@@ -1103,6 +1125,12 @@ mod tests {
         let mut c = base();
         c.keyspaces.get_mut("carts").unwrap().ttl_s = Some(30);
         c.validate().expect("a ttl of 30 s is valid");
+        let mut c = base();
+        c.keyspaces.get_mut("carts").unwrap().read_repair_percent = 101;
+        assert_eq!(
+            c.validate().unwrap_err().field,
+            "keyspaces.carts.read_repair_percent"
+        );
         let mut c = base();
         c.vnodes = 0;
         assert_eq!(c.validate().unwrap_err().field, "vnodes");

@@ -113,6 +113,8 @@ pub fn registry_keyspace(
         ttl_s: None,
         counter: false,
         sloppy_quorum: false,
+        // Small and read rarely: every read asks every replica.
+        read_repair_percent: 100,
     }
 }
 

@@ -33,6 +33,10 @@ struct Net {
     /// Added to the timestamp of every version a node sends another: the
     /// senders' clocks run this far ahead of the receivers'.
     ahead_ms: std::sync::atomic::AtomicU64,
+    /// Nodes whose calls hang until their timeout (alive in the view).
+    hung: RwLock<BTreeSet<NodeId>>,
+    /// Peer reads sent so far.
+    reads: std::sync::atomic::AtomicU64,
 }
 
 impl Transport for Net {
@@ -49,6 +53,11 @@ impl Transport for Net {
         } else {
             self.nodes.read().get(to).cloned()
         };
+        let hung = self.hung.read().contains(to);
+        if let PeerRequest::Read { .. } = &request {
+            self.reads
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
         let to = to.clone();
         let ahead_ms = self.ahead_ms.load(std::sync::atomic::Ordering::Relaxed);
         let mut request = request;
@@ -59,6 +68,13 @@ impl Transport for Net {
         }
         let call: std::pin::Pin<Box<dyn std::future::Future<Output = _> + Send>> =
             Box::pin(async move {
+                if hung {
+                    tokio::time::sleep(timeout).await;
+                    return Err(ClientError::Connect {
+                        addr: to.0,
+                        reason: "hung".into(),
+                    });
+                }
                 match target {
                     Some(node) => Ok(node.serve_peer(request, timeout).await),
                     None => Err(ClientError::Connect {
@@ -146,7 +162,12 @@ fn cluster(nodes: usize, rf: u32, merge: Arc<dyn MergeHook>, limits: Limits) -> 
     };
     let plain = carts.clone();
     carts.resolver = Some(("concat".into(), 1));
+    let lean = KeyspaceConfig {
+        read_repair_percent: 0,
+        ..plain.clone()
+    };
     let keyspaces = Arc::new(RwLock::new(BTreeMap::from([
+        ("lean".to_string(), lean),
         ("plain".to_string(), plain),
         ("merged".to_string(), carts),
     ])));
@@ -450,6 +471,78 @@ async fn a_forwarded_write_keeps_the_replicas_error_whole() {
     }
     assert_eq!(err.to_wire().code, ErrorCode::TooManySiblings);
     assert!(err.to_wire().message.contains("siblings"), "{err}");
+}
+
+/// With `read_repair_percent = 0`, a LOCAL_QUORUM read of RF 3 asks its
+/// own copy and one peer; when that peer fails it asks the third, and
+/// when it hangs it asks the third after the speculative delay instead of
+/// waiting out the deadline. At 100 (`plain`) it asks both peers.
+#[tokio::test]
+async fn reads_ask_just_enough_replicas_and_more_when_one_fails_or_hangs() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let c = cluster(3, 3, Arc::new(NoMerge), Limits::default());
+    for ks in ["lean", "plain"] {
+        c.node(&n(0))
+            .write(
+                ks,
+                b"k",
+                Some(b"v".to_vec()),
+                Clock::new(),
+                [1; 16],
+                Consistency::All,
+                DEADLINE,
+            )
+            .await
+            .unwrap();
+    }
+    let reads = |ks: &'static str| {
+        let c = &c;
+        async move {
+            let before = c.net.reads.load(Relaxed);
+            let got = c
+                .node(&n(0))
+                .read(ks, b"k", Consistency::LocalQuorum, DEADLINE)
+                .await;
+            (
+                got.ok().map(|set| values(&set)),
+                c.net.reads.load(Relaxed) - before,
+            )
+        }
+    };
+    let ok = Some(vec![b"v".to_vec()]);
+    assert_eq!(
+        reads("lean").await,
+        (ok.clone(), 1),
+        "its own copy and one peer"
+    );
+    assert_eq!(reads("plain").await, (ok.clone(), 2), "every replica");
+    // One peer failing: whichever of the two was asked first, the read
+    // wins; where it was the one asked, the other is asked after it.
+    let mut asked = 0;
+    for peer in [n(1), n(2)] {
+        *c.net.down.write() = BTreeSet::from([peer.clone()]);
+        let (got, sent) = reads("lean").await;
+        assert_eq!(got, ok, "{peer} failing");
+        asked += sent;
+    }
+    assert_eq!(
+        asked, 3,
+        "one failure, so one read more than two reads of one peer"
+    );
+    c.net.down.write().clear();
+    // One peer hanging (alive in the view): the read still wins, well
+    // before its deadline, by asking the third replica.
+    for peer in [n(1), n(2)] {
+        *c.net.hung.write() = BTreeSet::from([peer.clone()]);
+        let started = std::time::Instant::now();
+        let (got, _) = reads("lean").await;
+        assert_eq!(got, ok, "{peer} hanging");
+        assert!(
+            started.elapsed() < DEADLINE,
+            "{peer} hanging: the read waited out its deadline"
+        );
+    }
+    c.net.hung.write().clear();
 }
 
 #[tokio::test]

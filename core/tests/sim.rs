@@ -1062,6 +1062,9 @@ fn run_seed(seed: u64) -> Result<Summary, String> {
     let plan = Arc::new(plan(seed, &nodes));
     let replicated = KeyspaceConfig {
         replication: replication(),
+        // Most reads ask just enough replicas (and more when one fails or
+        // is slow), as deployed keyspaces do by default.
+        read_repair_percent: isthmus_core::config::READ_REPAIR_PERCENT_DEFAULT,
         ..KeyspaceConfig::default()
     };
     let watch = Arc::new(CursorWatch::default());

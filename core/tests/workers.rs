@@ -53,6 +53,7 @@ async fn every_loop_is_a_named_worker_with_a_status() {
                 ttl_s: None,
                 counter: false,
                 sloppy_quorum: false,
+                read_repair_percent: 10,
             },
         )]),
     };

@@ -76,6 +76,7 @@ pub fn keyspace(replication: &[(&str, u32)]) -> KeyspaceSection {
         ttl_s: None,
         counter: false,
         sloppy_quorum: false,
+        read_repair_percent: isthmus_core::config::READ_REPAIR_PERCENT_DEFAULT,
     }
 }
 

@@ -109,6 +109,10 @@ pub struct Coordinator<S, T, H> {
     /// Versions the replica made by collapsing two coordinations of one
     /// write, until [`Coordinator::spread_collapsed`] takes them.
     collapsed: parking_lot::Mutex<Option<mpsc::Receiver<Collapsed>>>,
+    /// Reads coordinated so far: the first `read_repair_percent` of every
+    /// 100 ask every replica (deterministic, so a simulation replays
+    /// alike).
+    reads: std::sync::atomic::AtomicU64,
 }
 
 /// How many collapsed versions wait to be spread (more are left to
@@ -183,6 +187,7 @@ impl<S: LocalStore, T: Transport, H: HintSink> Coordinator<S, T, H> {
             view,
             bridge: None,
             collapsed: parking_lot::Mutex::new(Some(collapsed)),
+            reads: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -1105,23 +1110,69 @@ impl<S: LocalStore, T: Transport, H: HintSink> Coordinator<S, T, H> {
                 alive,
             });
         }
-        let rx = self.ask(keyspace, key, &replicas, &view, deadline).await;
+        // Most reads ask just enough replicas to win the level (this
+        // node's own copy first), and the rest only when one of those
+        // fails or is slow; `read_repair_percent` of them ask every
+        // replica and repair the stale ones.
+        let n = self
+            .reads
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let (first, mut spares) = if n % 100 < u64::from(ks.read_repair_percent) {
+            (replicas.clone(), Vec::new())
+        } else {
+            enough_to_win(&replicas, &tracker, &view, &self.config.node)
+        };
+        let (tx, rx) = mpsc::channel(replicas.len().max(1));
+        let mut asked = first.len();
+        self.ask(keyspace, key, &first, &view, deadline, &tx).await;
         let mut gathered = Gathered {
             tracker,
             joined: VersionSet::new(),
             answers: Vec::new(),
             rx,
         };
-        gathered.until_decided(deadline).await?;
-        if gathered.answers.len() == replicas.len()
+        let speculate = tokio::time::sleep(READ_SPECULATE_AFTER.min(deadline));
+        tokio::pin!(speculate);
+        let decided = tokio::time::timeout(deadline, async {
+            let mut outcome = gathered.tracker.outcome();
+            while outcome == Outcome::Pending {
+                tokio::select! {
+                    answer = gathered.rx.recv() => {
+                        let Some((node, answer)) = answer else { break };
+                        let failed = answer.is_none();
+                        outcome = gathered.take(node, answer);
+                        if failed && outcome == Outcome::Pending && !spares.is_empty() {
+                            // One asked replica failed: ask the next.
+                            let next = spares.remove(0);
+                            asked += 1;
+                            self.ask(keyspace, key, std::slice::from_ref(&next), &view, deadline, &tx).await;
+                        }
+                    }
+                    () = &mut speculate, if !spares.is_empty() => {
+                        // Slow: ask every replica left (a speculative
+                        // retry, as Cassandra's).
+                        asked += spares.len();
+                        let rest = std::mem::take(&mut spares);
+                        self.ask(keyspace, key, &rest, &view, deadline, &tx).await;
+                    }
+                }
+            }
+            outcome
+        })
+        .await;
+        // No more asks: the channel closes once the asked have answered.
+        drop(tx);
+        gathered.decided(decided)?;
+        if gathered.answers.len() == asked
             && gathered
                 .answers
                 .iter()
                 .all(|(_, seen)| *seen == gathered.joined)
         {
             // Every replica asked answered, and each holds all of it:
-            // nothing to wait for and nothing to repair (a read at ONE of
-            // one replica, or replicas in agreement), so no task for it.
+            // nothing to wait for and nothing to repair (a read of just
+            // enough replicas in agreement, the common case), so no task
+            // for it.
             return Ok(self.replica.merged(keyspace, key, gathered.joined).await);
         }
         // Merged on the merge pool; siblings returned when the merge fails
@@ -1136,7 +1187,7 @@ impl<S: LocalStore, T: Transport, H: HintSink> Coordinator<S, T, H> {
 
     /// Send a read to every replica in `replicas` (this node's own copy
     /// read inline, the others as tasks); each answer, or `None` for a
-    /// failure, arrives on the returned channel, one per replica.
+    /// failure, arrives on `tx`, one per replica.
     async fn ask(
         self: &Arc<Self>,
         keyspace: &str,
@@ -1144,8 +1195,8 @@ impl<S: LocalStore, T: Transport, H: HintSink> Coordinator<S, T, H> {
         replicas: &[(NodeId, DcName)],
         view: &ClusterView,
         deadline: Duration,
-    ) -> mpsc::Receiver<(NodeId, Option<VersionSet>)> {
-        let (tx, rx) = mpsc::channel(replicas.len().max(1));
+        tx: &mpsc::Sender<(NodeId, Option<VersionSet>)>,
+    ) {
         let mut local = false;
         for (node, _) in replicas {
             if *node == self.config.node {
@@ -1175,7 +1226,6 @@ impl<S: LocalStore, T: Transport, H: HintSink> Coordinator<S, T, H> {
             let answer = self.replica.read(keyspace, key).await.ok();
             let _ = tx.send((self.config.node.clone(), answer)).await;
         }
-        rx
     }
 
     /// Wait for the stragglers of a read, then give every replica that
@@ -1238,6 +1288,41 @@ impl<S: LocalStore, T: Transport, H: HintSink> Coordinator<S, T, H> {
     }
 }
 
+/// How long a read waits for the replicas it asked before asking the
+/// rest of the level's replicas too (a speculative retry: a replica that
+/// hangs, or is merely slow, costs a read this much at most).
+pub const READ_SPECULATE_AFTER: Duration = Duration::from_millis(20);
+
+/// Split a read's `replicas` into the fewest that can win `tracker`'s
+/// level when they all answer, asked first (`me` first when it is a
+/// replica, then the live ones in placement order, then the ones held
+/// down), and the rest, asked only if needed.
+fn enough_to_win(
+    replicas: &[(NodeId, DcName)],
+    tracker: &QuorumTracker,
+    view: &ClusterView,
+    me: &NodeId,
+) -> (Vec<(NodeId, DcName)>, Vec<(NodeId, DcName)>) {
+    let mut ordered: Vec<(NodeId, DcName)> = replicas.to_vec();
+    // Stable: placement order within each rank.
+    ordered.sort_by_key(|(n, _)| match (n == me, view.alive.contains(n)) {
+        (true, _) => 0,
+        (false, true) => 1,
+        (false, false) => 2,
+    });
+    let mut trial = tracker.clone();
+    let mut first = Vec::new();
+    let mut rest = ordered.into_iter();
+    for replica in rest.by_ref() {
+        let outcome = trial.ack(&replica.0);
+        first.push(replica);
+        if outcome == Outcome::Won {
+            break;
+        }
+    }
+    (first, rest.collect())
+}
+
 /// The answers of a read as they arrive.
 struct Gathered {
     tracker: QuorumTracker,
@@ -1260,20 +1345,12 @@ impl Gathered {
         }
     }
 
-    /// Take answers until the level is won (`Ok`), lost, or the deadline
-    /// passes.
-    async fn until_decided(&mut self, deadline: Duration) -> Result<(), CoordinatorError> {
-        let outcome = tokio::time::timeout(deadline, async {
-            let mut outcome = self.tracker.outcome();
-            while outcome == Outcome::Pending {
-                let Some((node, answer)) = self.rx.recv().await else {
-                    break;
-                };
-                outcome = self.take(node, answer);
-            }
-            outcome
-        })
-        .await;
+    /// The read's result from how waiting for the level ended: won
+    /// (`Ok`), lost, or past the deadline.
+    fn decided(
+        &self,
+        outcome: Result<Outcome, tokio::time::error::Elapsed>,
+    ) -> Result<(), CoordinatorError> {
         let (required, acked) = (self.tracker.required() as u32, self.tracker.acked() as u32);
         match outcome {
             Ok(Outcome::Won) => Ok(()),

@@ -30,6 +30,9 @@ pub struct KeyspaceConfig {
     /// down, live nodes further along the ring take their copies as hints
     /// and count toward the level in their place.
     pub sloppy_quorum: bool,
+    /// Percent of reads that ask every replica of the level's scope (and
+    /// repair the stale ones); the rest ask just enough to win it.
+    pub read_repair_percent: u8,
 }
 
 impl Default for KeyspaceConfig {
@@ -41,6 +44,7 @@ impl Default for KeyspaceConfig {
             ttl_s: None,
             counter: false,
             sloppy_quorum: false,
+            read_repair_percent: 100,
         }
     }
 }

@@ -263,6 +263,7 @@ fn keyspaces_of(config: &NodeConfig) -> BTreeMap<String, KeyspaceConfig> {
                 ttl_s: ks.ttl_s,
                 counter: ks.counter,
                 sloppy_quorum: ks.sloppy_quorum,
+                read_repair_percent: ks.read_repair_percent,
             };
             (name.clone(), ksc)
         })

@@ -332,6 +332,7 @@ fn config(cluster: &Cluster, spec: &NodeSpec) -> NodeConfig {
                     ttl_s: ks.ttl_s,
                     counter: ks.counter,
                     sloppy_quorum: ks.sloppy_quorum,
+                    read_repair_percent: ks.read_repair_percent,
                 };
                 (name.clone(), section)
             })
