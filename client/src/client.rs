@@ -34,7 +34,7 @@ use crate::placement::{Member, Rings};
 use crate::session::{ConnectOptions, Session};
 use crate::tls::TlsMaterial;
 use crate::wire::{
-    Consistency, Context, Credentials, Expiry, NodeReport, RequestBody, ResponseBody,
+    Consistency, Context, Credentials, Expiry, MergeFailureInfo, NodeReport, RequestBody, ResponseBody,
     SCAN_COUNT_MAX, ScanCursor, Sibling, WriteId, WriteMode,
 };
 
@@ -46,6 +46,11 @@ pub struct Read {
     pub siblings: Vec<Sibling>,
     /// Causal context covering every sibling.
     pub context: Context,
+    /// Set when the keyspace's resolver did not merge these siblings
+    /// (it failed, its merge was deferred, or its binding is paused): the
+    /// class and the resolver. `None` when they were merged, needed no
+    /// merge, or the keyspace has no resolver.
+    pub merge_failure: Option<MergeFailureInfo>,
 }
 
 /// One page of a scan: live keys and where the next page starts.
@@ -692,7 +697,15 @@ impl Client {
             consistency: opts.consistency,
         };
         match self.call(key, body, opts).await? {
-            ResponseBody::Value { siblings, context } => Ok(Read { siblings, context }),
+            ResponseBody::Value {
+                siblings,
+                context,
+                merge_failure,
+            } => Ok(Read {
+                siblings,
+                context,
+                merge_failure,
+            }),
             other => Err(ClientError::Handshake {
                 reason: format!("unexpected answer {other:?}"),
             }),

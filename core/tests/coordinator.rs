@@ -262,6 +262,7 @@ impl Cluster {
             .read(keyspace, key, Consistency::LocalQuorum, DEADLINE)
             .await
             .unwrap()
+            .set
     }
 
     async fn copies(&self, keyspace: &str, key: &[u8]) -> Vec<VersionSet> {
@@ -678,6 +679,7 @@ impl MergeHook for Failing {
         Err(MergeFailure {
             keyspace: keyspace.into(),
             resolver: None,
+            resolver_name: None,
             class: isthmus_core::merge::FailureClass::Trap,
             detail: "trapped".into(),
         })

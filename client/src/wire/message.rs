@@ -8,7 +8,7 @@ pub const MAGIC: [u8; 4] = *b"ISTH";
 /// Version of the message definitions in this module. A node refuses a
 /// handshake whose version it does not speak with
 /// [`ErrorCode::ProtocolVersion`].
-pub const PROTOCOL_VERSION: u16 = 6;
+pub const PROTOCOL_VERSION: u16 = 7;
 
 /// How many acknowledgements a request waits for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -768,6 +768,113 @@ pub struct Sibling {
     pub expires_ms: Option<u64>,
 }
 
+/// Why a merge did not happen; the siblings are kept as they were.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum MergeFailureClass {
+    /// The resolver refused the input (returned an error of its own).
+    GuestError,
+    /// The resolver trapped (panic, `unreachable`, stack overflow, …).
+    Trap,
+    /// The resolver used up its deterministic fuel budget.
+    FuelExhausted,
+    /// The resolver ran past its wall-clock deadline (the backstop).
+    Deadline,
+    /// The resolver tried to grow memory past its cap.
+    MemoryLimit,
+    /// The resolver's output was out of bounds, too large or malformed.
+    BadOutput,
+    /// The module speaks another ABI version or lacks an ABI export.
+    AbiMismatch,
+    /// The module is not valid wasm, too large, imports something, or
+    /// failed to compile in time.
+    InvalidModule,
+    /// The keyspace's resolver is not loaded or not known on this node.
+    Missing,
+    /// The host could not run the merge now (for instance every instance
+    /// slot is busy); nothing is wrong with the module.
+    Unavailable,
+    /// The keyspace used up its merge-time budget
+    /// (the merge pool's `keyspace_budget`): the merge is deferred,
+    /// the siblings kept (and returned to readers), and the node merges
+    /// them once the budget has refilled (`merge-retry`).
+    BudgetExhausted,
+    /// The keyspace's binding is paused by an operator: siblings are kept
+    /// (and returned to readers) until it is resumed. (Appended last:
+    /// variants are encoded by position.)
+    Paused,
+}
+
+impl MergeFailureClass {
+    /// Every class, for exporting counters.
+    pub const ALL: [MergeFailureClass; 12] = [
+        MergeFailureClass::GuestError,
+        MergeFailureClass::Trap,
+        MergeFailureClass::FuelExhausted,
+        MergeFailureClass::Deadline,
+        MergeFailureClass::MemoryLimit,
+        MergeFailureClass::BadOutput,
+        MergeFailureClass::AbiMismatch,
+        MergeFailureClass::InvalidModule,
+        MergeFailureClass::Missing,
+        MergeFailureClass::Unavailable,
+        MergeFailureClass::BudgetExhausted,
+        MergeFailureClass::Paused,
+    ];
+
+    /// The class named by its [`as_str`](Self::as_str) name.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|c| c.as_str() == name)
+    }
+
+    /// A stable snake_case name (metric label, the CLI's and the Redis
+    /// front door's word for it).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MergeFailureClass::GuestError => "guest_error",
+            MergeFailureClass::Trap => "trap",
+            MergeFailureClass::FuelExhausted => "fuel_exhausted",
+            MergeFailureClass::Deadline => "deadline",
+            MergeFailureClass::MemoryLimit => "memory_limit",
+            MergeFailureClass::BadOutput => "bad_output",
+            MergeFailureClass::AbiMismatch => "abi_mismatch",
+            MergeFailureClass::InvalidModule => "invalid_module",
+            MergeFailureClass::Missing => "missing",
+            MergeFailureClass::Unavailable => "unavailable",
+            MergeFailureClass::BudgetExhausted => "budget_exhausted",
+            MergeFailureClass::Paused => "paused",
+        }
+    }
+}
+
+impl std::fmt::Display for MergeFailureClass {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A read's siblings that the keyspace's resolver did not merge: the
+/// coordinator's merge of the replicas' answers failed (or was deferred,
+/// or the binding is paused), so the siblings come back as they are
+/// stored. A read of a keyspace without a resolver never carries one.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MergeFailureInfo {
+    /// Why the merge did not happen (the class it is counted under in
+    /// `isthmus_merge_failures_total`).
+    pub class: MergeFailureClass,
+    /// The resolver bound to the keyspace, as `name@version`, when the
+    /// node knew it.
+    pub resolver: Option<String>,
+}
+
+impl std::fmt::Display for MergeFailureInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.resolver {
+            Some(resolver) => write!(f, "{} ({resolver})", self.class),
+            None => write!(f, "{}", self.class),
+        }
+    }
+}
+
 /// Outcomes of requests.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum ResponseBody {
@@ -778,6 +885,10 @@ pub enum ResponseBody {
         siblings: Vec<Sibling>,
         /// Causal context covering every sibling returned.
         context: Context,
+        /// Set when the keyspace has a resolver and it did not merge
+        /// these siblings; `None` otherwise (merged, nothing to merge,
+        /// or no resolver).
+        merge_failure: Option<MergeFailureInfo>,
     },
     /// A write reached its consistency level.
     Written,

@@ -295,6 +295,7 @@ impl MergePool {
         MergeFailure {
             keyspace: keyspace.into(),
             resolver: None,
+            resolver_name: None,
             class,
             detail,
         }

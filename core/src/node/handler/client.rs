@@ -76,7 +76,11 @@ pub fn decode_context(context: &Context) -> Result<Clock, CoordinatorError> {
 /// The client's view of a set: live siblings and the context covering all.
 pub fn to_response(set: &VersionSet) -> ResponseBody {
     let (siblings, context) = client_view(set, now_ms());
-    ResponseBody::Value { siblings, context }
+    ResponseBody::Value {
+        siblings,
+        context,
+        merge_failure: None,
+    }
 }
 
 /// A set's siblings live at `now_ms` (values not expired) in canonical
@@ -129,7 +133,14 @@ where
         .read(&keyspace, &key, level, deadline)
         .await
     {
-        Ok(set) => to_response(&set),
+        Ok(answer) => {
+            let (siblings, context) = client_view(&answer.set, now_ms());
+            ResponseBody::Value {
+                siblings,
+                context,
+                merge_failure: answer.merge_failure,
+            }
+        }
         Err(e) => ResponseBody::Error(e.to_wire()),
     }
 }
