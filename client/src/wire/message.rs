@@ -376,6 +376,10 @@ pub enum RequestBody {
         /// page may hold fewer (or none) and still not be the last.
         count: u32,
     },
+    /// The answering node's merge figures since it started, per keyspace
+    /// and resolver: answered [`ResponseBody::MergeStats`]. (Appended
+    /// last.)
+    MergeStats,
 }
 
 /// The most keys one [`RequestBody::Scan`] page may ask for.
@@ -946,6 +950,112 @@ pub enum ResponseBody {
         /// The counter's value.
         value: i64,
     },
+    /// The answer to [`RequestBody::MergeStats`], by keyspace then
+    /// resolver. (Appended last.)
+    MergeStats(Vec<MergeStatsRow>),
+}
+
+/// One node's merges of one keyspace by one resolver since it started.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MergeStatsRow {
+    /// The keyspace.
+    pub keyspace: String,
+    /// The resolver: lower-case hex of its content hash, or `-` for
+    /// failures before any resolver was found (as `/metrics` labels it).
+    pub resolver: String,
+    /// Merges that replaced siblings with one version.
+    pub merges: u64,
+    /// Merges that failed or were deferred, by class (classes with a
+    /// count only).
+    pub failures: Vec<(MergeFailureClass, u64)>,
+    /// Fuel per merge the resolver ran.
+    pub fuel: CostHistogram,
+    /// Time per merge the resolver ran, in microseconds.
+    pub time_us: CostHistogram,
+}
+
+/// A histogram over fixed bucket bounds, as nodes export it (so that
+/// nodes' histograms add up when their bounds agree).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CostHistogram {
+    /// Upper bounds of the buckets, increasing.
+    pub bounds: Vec<u64>,
+    /// Observations per bucket: `counts[i]` at most `bounds[i]` and more
+    /// than the bound before; one more entry, past the last bound. Not
+    /// cumulative.
+    pub counts: Vec<u64>,
+    /// The observations' sum.
+    pub sum: u64,
+}
+
+impl CostHistogram {
+    /// An empty histogram over `bounds` (increasing).
+    pub fn new(bounds: &[u64]) -> Self {
+        CostHistogram {
+            bounds: bounds.to_vec(),
+            counts: vec![0; bounds.len() + 1],
+            sum: 0,
+        }
+    }
+
+    /// Count one observation.
+    pub fn record(&mut self, value: u64) {
+        let bucket = self
+            .bounds
+            .iter()
+            .position(|&bound| value <= bound)
+            .unwrap_or(self.bounds.len());
+        if let Some(n) = self.counts.get_mut(bucket) {
+            *n += 1;
+        }
+        self.sum = self.sum.saturating_add(value);
+    }
+
+    /// Observations counted.
+    pub fn count(&self) -> u64 {
+        self.counts.iter().sum()
+    }
+
+    /// Add `other`'s observations; `false` (nothing added) when its
+    /// bounds differ.
+    pub fn add(&mut self, other: &CostHistogram) -> bool {
+        if self.bounds.is_empty() && self.counts.is_empty() {
+            *self = other.clone();
+            return true;
+        }
+        if other.bounds != self.bounds || other.counts.len() != self.counts.len() {
+            return false;
+        }
+        for (n, m) in self.counts.iter_mut().zip(&other.counts) {
+            *n += m;
+        }
+        self.sum = self.sum.saturating_add(other.sum);
+        true
+    }
+
+    /// The `q` quantile (`0.0..=1.0`), interpolated linearly inside its
+    /// bucket as Prometheus' `histogram_quantile` does (past the last
+    /// bound: the last bound); `None` without observations.
+    pub fn quantile(&self, q: f64) -> Option<f64> {
+        let total = self.count();
+        if total == 0 {
+            return None;
+        }
+        let rank = q.clamp(0.0, 1.0) * total as f64;
+        let mut below = 0u64;
+        for (i, &n) in self.counts.iter().enumerate() {
+            if n > 0 && (below + n) as f64 >= rank {
+                let Some(&upper) = self.bounds.get(i) else {
+                    return self.bounds.last().map(|&b| b as f64);
+                };
+                let lower = if i == 0 { 0 } else { self.bounds[i - 1] };
+                let within = (rank - below as f64) / n as f64;
+                return Some(lower as f64 + (upper - lower) as f64 * within);
+            }
+            below += n;
+        }
+        self.bounds.last().map(|&b| b as f64)
+    }
 }
 
 /// What a [`RegistryRequest`] did.

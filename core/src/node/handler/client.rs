@@ -319,6 +319,19 @@ where
     }
 }
 
+/// `MergeStats`: this node's merges, failures and their costs since it
+/// started, per keyspace and resolver (what `/metrics` exports), for
+/// `isthmus resolver list` and `status`.
+pub fn merge_stats<S, T, H>(node: &NodeHandler<S, T, H>) -> ResponseBody
+where
+    S: LocalStore + Clone,
+    T: GossipTransport,
+    H: HintQueue + HintSink,
+{
+    let figures = node.coordinator.replica().merge_pool().tally().figures();
+    ResponseBody::MergeStats(crate::merge::tally::stats_rows(&figures))
+}
+
 /// `Registry`: the resolver registry's requests, when the node runs one.
 pub async fn registry<S, T, H>(
     node: &NodeHandler<S, T, H>,
