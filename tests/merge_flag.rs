@@ -53,6 +53,10 @@ async fn registry(cluster: &LocalCluster, request: RegistryRequest) -> RegistryR
 }
 
 async fn bind(cluster: &LocalCluster, version: u32, module: Vec<u8>) {
+    bind_to(cluster, "carts", version, module).await
+}
+
+async fn bind_to(cluster: &LocalCluster, keyspace: &str, version: u32, module: Vec<u8>) {
     let upload = RegistryRequest::Upload {
         name: "r".into(),
         version,
@@ -63,7 +67,7 @@ async fn bind(cluster: &LocalCluster, version: u32, module: Vec<u8>) {
     let answer = registry(cluster, upload).await;
     assert!(matches!(answer, RegistryResponse::Uploaded(_)), "{answer:?}");
     let attach = RegistryRequest::Attach {
-        keyspace: "carts".into(),
+        keyspace: keyspace.into(),
         name: "r".into(),
         version,
     };
@@ -100,18 +104,18 @@ async fn resp_siblings(addr: &str, db: u8, key: &str) -> String {
 
 /// `isthmus get` (plaintext); exit status, stdout, stderr.
 async fn cli_get(addr: &str, keyspace: &str, key: &str, json: bool) -> (bool, String, String) {
-    let mut args = vec![
-        "get".to_string(),
-        key.into(),
-        "--keyspace".into(),
-        keyspace.into(),
-        "--addr".into(),
-        addr.into(),
-        "--insecure-plaintext".into(),
-    ];
+    let mut args = vec!["get", key, "--keyspace", keyspace];
     if json {
-        args.push("--json".into());
+        args.push("--json");
     }
+    isthmus(addr, &args).await
+}
+
+/// `isthmus ARGS --addr ADDR --insecure-plaintext`; exit status, stdout,
+/// stderr.
+async fn isthmus(addr: &str, args: &[&str]) -> (bool, String, String) {
+    let mut args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    args.extend(["--addr".into(), addr.into(), "--insecure-plaintext".into()]);
     let out = tokio::task::spawn_blocking(move || {
         std::process::Command::new(env!("CARGO_BIN_EXE_isthmus"))
             .args(args)
@@ -202,5 +206,135 @@ async fn a_read_says_when_the_resolver_failed_to_merge_its_siblings() {
     assert_eq!(read.merge_failure, None);
     let (ok, _, err) = cli_get(&addr, "carts", "k", false).await;
     assert!(ok && !err.contains("not merged"), "{err}");
+    cluster.shutdown().await;
+}
+
+/// `GET /metrics` on a plaintext operations listener.
+async fn metrics(addr: &str) -> String {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(WAIT, stream.read_to_end(&mut answer))
+        .await
+        .expect("an answer")
+        .unwrap();
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// The merge figures node `addr` reports for `keyspace`: merges, failures.
+async fn figures(cluster: &LocalCluster, addr: &str, keyspace: &str) -> (u64, u64) {
+    let session = cluster.session(addr, "test").await.unwrap();
+    match session.call(RequestBody::MergeStats, WAIT).await.unwrap() {
+        ResponseBody::MergeStats(rows) => rows
+            .iter()
+            .filter(|r| r.keyspace == keyspace)
+            .fold((0, 0), |(m, f), r| {
+                (m + r.merges, f + r.failures.iter().map(|(_, n)| n).sum::<u64>())
+            }),
+        other => panic!("MergeStats answered {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn resolver_list_and_status_show_every_node_of_both_dcs() {
+    let mut spec = ClusterSpec::new(&["dc1", "dc2"], 1);
+    spec.configure = Some(configure);
+    let mut cluster = LocalCluster::start(spec, Root::temporary().unwrap())
+        .await
+        .unwrap();
+    // carts merges with lww (r@1); plain's resolver (r@2) traps.
+    bind_to(&cluster, "carts", 1, example_module("isthmus-example-lww")).await;
+    bind_to(&cluster, "plain", 2, trapping()).await;
+    let client = Client::builder()
+        .seed(cluster.seed())
+        .local_dc("dc1")
+        .timeout(Duration::from_secs(10))
+        .build()
+        .await
+        .unwrap();
+    for keyspace in ["carts", "plain"] {
+        for value in ["a", "b"] {
+            client
+                .put(keyspace, b"k", value.into(), &Context::default())
+                .await
+                .unwrap();
+        }
+        client.get(keyspace, b"k").await.unwrap();
+    }
+    // Both DCs' nodes merge (dc2's as the bridge delivers): wait until
+    // each has tried plain's merge and merged carts.
+    let (dc1, dc2) = (cluster.node_id("dc1", 0), cluster.node_id("dc2", 0));
+    let started = std::time::Instant::now();
+    for id in [&dc1, &dc2] {
+        let addr = cluster.node(id).addr.clone();
+        loop {
+            let (merged, _) = figures(&cluster, &addr, "carts").await;
+            let (_, failed) = figures(&cluster, &addr, "plain").await;
+            if merged > 0 && failed > 0 {
+                break;
+            }
+            assert!(started.elapsed() < WAIT, "{id} never merged: {merged} {failed}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let seed = cluster.seed().to_owned();
+
+    // list: summed over both nodes, with fuel and time percentiles.
+    let (ok, out, err) = isthmus(&seed, &["resolver", "list", "--json"]).await;
+    assert!(ok, "{err}");
+    let doc: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let stats = &doc["merge_stats"];
+    assert_eq!(stats["nodes_answered"], 2, "{out}");
+    let row = |ks: &str| {
+        stats["merges"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["keyspace"] == ks)
+            .unwrap_or_else(|| panic!("no row for {ks}: {out}"))
+            .clone()
+    };
+    let carts = row("carts");
+    assert_eq!(carts["resolver"], "r@1", "{out}");
+    assert!(carts["merges"].as_u64().unwrap() >= 2, "both nodes merged: {out}");
+    assert!(carts["fuel_p50"].as_f64().unwrap() > 0.0, "{out}");
+    assert!(carts["fuel_p99"].as_f64().unwrap() >= carts["fuel_p50"].as_f64().unwrap());
+    assert!(carts["seconds_p50"].as_f64().unwrap() > 0.0, "{out}");
+    let plain = row("plain");
+    assert_eq!(plain["resolver"], "r@2", "{out}");
+    assert!(plain["failures_by_class"]["trap"].as_u64().unwrap() >= 2, "{out}");
+    let (ok, text, err) = isthmus(&seed, &["resolver", "list"]).await;
+    assert!(ok, "{err}");
+    assert!(text.contains("summed over the 2 of 2 nodes"), "{text}");
+    assert!(text.contains("trap="), "{text}");
+
+    // status: both DCs' nodes hold r@2, see it bound to plain, and failed.
+    let (ok, out, err) = isthmus(&seed, &["resolver", "status", "r@2", "--json"]).await;
+    assert!(ok, "{err}");
+    let doc: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let nodes = doc["nodes"].as_array().unwrap();
+    assert_eq!(nodes.len(), 2, "{out}");
+    for (node, dc) in nodes.iter().zip(["dc1", "dc2"]) {
+        assert_eq!(node["dc"], dc, "{out}");
+        assert_eq!(node["holds_module"], true, "{out}");
+        assert_eq!(node["bound_keyspaces"], serde_json::json!(["plain"]), "{out}");
+        assert!(node["failures"].as_u64().unwrap() >= 1, "{out}");
+        assert_eq!(node["failure_rate"], 1.0, "{out}");
+    }
+
+    // /metrics: the histograms, by keyspace and resolver.
+    let scraped = metrics(cluster.ops_addr(&dc1)).await;
+    assert!(scraped.contains("isthmus_merge_fuel_count{keyspace=\"carts\",resolver=\""), "{scraped}");
+    assert!(scraped.contains("isthmus_merge_seconds_count{keyspace=\"plain\""), "{scraped}");
+
+    // A node that does not answer is shown as such.
+    cluster.stop_node(&dc2).await;
+    let (ok, text, err) = isthmus(&seed, &["resolver", "status", "r@2"]).await;
+    assert!(ok, "{err}");
+    let dc2_line = text.lines().find(|l| l.contains(&dc2)).unwrap_or_else(|| panic!("{text}"));
+    assert!(dc2_line.contains("no answer"), "{text}");
+    let dc1_line = text.lines().find(|l| l.contains(&dc1)).unwrap_or_else(|| panic!("{text}"));
+    assert!(dc1_line.contains("yes") && dc1_line.contains("plain"), "{text}");
     cluster.shutdown().await;
 }
