@@ -10,8 +10,8 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use isthmus_client::tls::TlsMaterial;
 use isthmus_client::wire::{
-    BridgeReport, Consistency, Context, Credentials, MergeFailureInfo, NodeReport, RepairReport, RequestBody,
-    ResponseBody, SCAN_COUNT_MAX, ScanCursor, Sibling, WriteId,
+    BridgeReport, Consistency, Context, Credentials, MergeFailureInfo, NodeReport, RepairReport,
+    RequestBody, ResponseBody, SCAN_COUNT_MAX, ScanCursor, Sibling, WriteId,
 };
 use isthmus_client::{ConnectOptions, Session};
 
@@ -254,7 +254,10 @@ async fn read(
 /// The line `isthmus get` prints (on stderr) when the keyspace's resolver
 /// did not merge the siblings it shows.
 fn not_merged(failure: &MergeFailureInfo) -> String {
-    let resolver = failure.resolver.as_deref().unwrap_or("the keyspace's resolver");
+    let resolver = failure
+        .resolver
+        .as_deref()
+        .unwrap_or("the keyspace's resolver");
     format!(
         "not merged: {resolver} did not merge these siblings ({})",
         failure.class

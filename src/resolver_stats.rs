@@ -242,7 +242,12 @@ pub fn format_list(views: &[NodeView], json: bool) -> String {
             .collect();
         let silent: Vec<_> = views
             .iter()
-            .filter_map(|v| v.answer.as_ref().err().map(|e| serde_json::json!({"node_id": v.node_id, "dc": v.dc, "error": e})))
+            .filter_map(|v| {
+                v.answer
+                    .as_ref()
+                    .err()
+                    .map(|e| serde_json::json!({"node_id": v.node_id, "dc": v.dc, "error": e}))
+            })
             .collect();
         return serde_json::json!({
             "nodes_asked": views.len(), "nodes_answered": answered,
@@ -379,10 +384,7 @@ pub fn format_status(
                 rate(s).map_or("-".to_owned(), |r| format!("{:.1}%", r * 100.0)),
                 by_class(s),
             )),
-            Err(e) => out.push_str(&format!(
-                "{:<8} {:<20} no answer: {e}\n",
-                v.dc, v.node_id
-            )),
+            Err(e) => out.push_str(&format!("{:<8} {:<20} no answer: {e}\n", v.dc, v.node_id)),
         }
     }
     Ok(out)

@@ -65,7 +65,10 @@ async fn bind_to(cluster: &LocalCluster, keyspace: &str, version: u32, module: V
         force: true,
     };
     let answer = registry(cluster, upload).await;
-    assert!(matches!(answer, RegistryResponse::Uploaded(_)), "{answer:?}");
+    assert!(
+        matches!(answer, RegistryResponse::Uploaded(_)),
+        "{answer:?}"
+    );
     let attach = RegistryRequest::Attach {
         keyspace: keyspace.into(),
         name: "r".into(),
@@ -93,7 +96,11 @@ async fn resp_siblings(addr: &str, db: u8, key: &str) -> String {
     tokio::time::timeout(WAIT, async {
         while !ended(&reply) {
             let n = stream.read(&mut buf).await.unwrap();
-            assert!(n > 0, "the front door closed: {:?}", String::from_utf8_lossy(&reply));
+            assert!(
+                n > 0,
+                "the front door closed: {:?}",
+                String::from_utf8_lossy(&reply)
+            );
             reply.extend_from_slice(&buf[..n]);
         }
     })
@@ -196,7 +203,10 @@ async fn a_read_says_when_the_resolver_failed_to_merge_its_siblings() {
         "{flagged:?}"
     );
     let plain = resp_siblings(&redis, 1, "k").await;
-    assert!(plain.ends_with("$-1\r\n") && !plain.contains("trap"), "{plain:?}");
+    assert!(
+        plain.ends_with("$-1\r\n") && !plain.contains("trap"),
+        "{plain:?}"
+    );
 
     // A working version of the resolver bound to the same keyspace: the
     // read is merged, and carries no flag.
@@ -226,12 +236,16 @@ async fn metrics(addr: &str) -> String {
 async fn figures(cluster: &LocalCluster, addr: &str, keyspace: &str) -> (u64, u64) {
     let session = cluster.session(addr, "test").await.unwrap();
     match session.call(RequestBody::MergeStats, WAIT).await.unwrap() {
-        ResponseBody::MergeStats(rows) => rows
-            .iter()
-            .filter(|r| r.keyspace == keyspace)
-            .fold((0, 0), |(m, f), r| {
-                (m + r.merges, f + r.failures.iter().map(|(_, n)| n).sum::<u64>())
-            }),
+        ResponseBody::MergeStats(rows) => {
+            rows.iter()
+                .filter(|r| r.keyspace == keyspace)
+                .fold((0, 0), |(m, f), r| {
+                    (
+                        m + r.merges,
+                        f + r.failures.iter().map(|(_, n)| n).sum::<u64>(),
+                    )
+                })
+        }
         other => panic!("MergeStats answered {other:?}"),
     }
 }
@@ -274,7 +288,10 @@ async fn resolver_list_and_status_show_every_node_of_both_dcs() {
             if merged > 0 && failed > 0 {
                 break;
             }
-            assert!(started.elapsed() < WAIT, "{id} never merged: {merged} {failed}");
+            assert!(
+                started.elapsed() < WAIT,
+                "{id} never merged: {merged} {failed}"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -297,13 +314,19 @@ async fn resolver_list_and_status_show_every_node_of_both_dcs() {
     };
     let carts = row("carts");
     assert_eq!(carts["resolver"], "r@1", "{out}");
-    assert!(carts["merges"].as_u64().unwrap() >= 2, "both nodes merged: {out}");
+    assert!(
+        carts["merges"].as_u64().unwrap() >= 2,
+        "both nodes merged: {out}"
+    );
     assert!(carts["fuel_p50"].as_f64().unwrap() > 0.0, "{out}");
     assert!(carts["fuel_p99"].as_f64().unwrap() >= carts["fuel_p50"].as_f64().unwrap());
     assert!(carts["seconds_p50"].as_f64().unwrap() > 0.0, "{out}");
     let plain = row("plain");
     assert_eq!(plain["resolver"], "r@2", "{out}");
-    assert!(plain["failures_by_class"]["trap"].as_u64().unwrap() >= 2, "{out}");
+    assert!(
+        plain["failures_by_class"]["trap"].as_u64().unwrap() >= 2,
+        "{out}"
+    );
     let (ok, text, err) = isthmus(&seed, &["resolver", "list"]).await;
     assert!(ok, "{err}");
     assert!(text.contains("summed over the 2 of 2 nodes"), "{text}");
@@ -318,23 +341,42 @@ async fn resolver_list_and_status_show_every_node_of_both_dcs() {
     for (node, dc) in nodes.iter().zip(["dc1", "dc2"]) {
         assert_eq!(node["dc"], dc, "{out}");
         assert_eq!(node["holds_module"], true, "{out}");
-        assert_eq!(node["bound_keyspaces"], serde_json::json!(["plain"]), "{out}");
+        assert_eq!(
+            node["bound_keyspaces"],
+            serde_json::json!(["plain"]),
+            "{out}"
+        );
         assert!(node["failures"].as_u64().unwrap() >= 1, "{out}");
         assert_eq!(node["failure_rate"], 1.0, "{out}");
     }
 
     // /metrics: the histograms, by keyspace and resolver.
     let scraped = metrics(cluster.ops_addr(&dc1)).await;
-    assert!(scraped.contains("isthmus_merge_fuel_count{keyspace=\"carts\",resolver=\""), "{scraped}");
-    assert!(scraped.contains("isthmus_merge_seconds_count{keyspace=\"plain\""), "{scraped}");
+    assert!(
+        scraped.contains("isthmus_merge_fuel_count{keyspace=\"carts\",resolver=\""),
+        "{scraped}"
+    );
+    assert!(
+        scraped.contains("isthmus_merge_seconds_count{keyspace=\"plain\""),
+        "{scraped}"
+    );
 
     // A node that does not answer is shown as such.
     cluster.stop_node(&dc2).await;
     let (ok, text, err) = isthmus(&seed, &["resolver", "status", "r@2"]).await;
     assert!(ok, "{err}");
-    let dc2_line = text.lines().find(|l| l.contains(&dc2)).unwrap_or_else(|| panic!("{text}"));
+    let dc2_line = text
+        .lines()
+        .find(|l| l.contains(&dc2))
+        .unwrap_or_else(|| panic!("{text}"));
     assert!(dc2_line.contains("no answer"), "{text}");
-    let dc1_line = text.lines().find(|l| l.contains(&dc1)).unwrap_or_else(|| panic!("{text}"));
-    assert!(dc1_line.contains("yes") && dc1_line.contains("plain"), "{text}");
+    let dc1_line = text
+        .lines()
+        .find(|l| l.contains(&dc1))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(
+        dc1_line.contains("yes") && dc1_line.contains("plain"),
+        "{text}"
+    );
     cluster.shutdown().await;
 }

@@ -34,8 +34,8 @@ use crate::placement::{Member, Rings};
 use crate::session::{ConnectOptions, Session};
 use crate::tls::TlsMaterial;
 use crate::wire::{
-    Consistency, Context, Credentials, Expiry, MergeFailureInfo, NodeReport, RequestBody, ResponseBody,
-    SCAN_COUNT_MAX, ScanCursor, Sibling, WriteId, WriteMode,
+    Consistency, Context, Credentials, Expiry, MergeFailureInfo, NodeReport, RequestBody,
+    ResponseBody, SCAN_COUNT_MAX, ScanCursor, Sibling, WriteId, WriteMode,
 };
 
 /// A read: the live siblings (none when absent) and the context to write

@@ -62,8 +62,8 @@ pub use target::{Operation, Route, Scope, Targets};
 use crate::bridge::{BoxFuture, Bridge, Deliver, Entries};
 use crate::hints::HintSink;
 use crate::limit::Limits;
-use crate::merge::{MergeFailure, MergeFailureInfo, MergeHook};
 use crate::merge::pool::MergeConfig;
+use crate::merge::{MergeFailure, MergeFailureInfo, MergeHook};
 use crate::model::expiry::{self, Expiry};
 use crate::model::{
     Actor, Clock, Consistency, DcName, Dot, KeyspaceConfig, Payload, Version, VersionSet, key_hash,

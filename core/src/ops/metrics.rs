@@ -341,7 +341,15 @@ fn encode_conflicts(f: &Figures, out: &mut Out<'_, '_>) -> Result<(), Error> {
         "Merges that failed or were deferred (siblings kept), by keyspace, resolver and failure class",
         &failures,
     )?;
-    let histograms: [(&str, &str, fn(&MergeCost) -> &CostHistogram, f64); 2] = [
+    /// A histogram of a merge cost: name, help, which one, and the scale
+    /// from its unit to the exported one.
+    type CostFamily = (
+        &'static str,
+        &'static str,
+        fn(&MergeCost) -> &CostHistogram,
+        f64,
+    );
+    let histograms: [CostFamily; 2] = [
         (
             "isthmus_merge_fuel",
             "Fuel per merge a resolver ran, by keyspace and resolver (hex content hash)",

@@ -10,8 +10,8 @@ use bytes::Bytes;
 use isthmus_client::counter::Counter;
 use isthmus_client::tls::CertIdentity;
 use isthmus_client::wire::{
-    Context, Credentials, ErrorCode, Expiry, MergeFailureInfo, RequestBody, ResponseBody, SCAN_COUNT_MAX, ScanCursor,
-    Sibling, WireError, WriteId, WriteMode,
+    Context, Credentials, ErrorCode, Expiry, MergeFailureInfo, RequestBody, ResponseBody,
+    SCAN_COUNT_MAX, ScanCursor, Sibling, WireError, WriteId, WriteMode,
 };
 use redis_protocol::resp2::types::BytesFrame;
 
