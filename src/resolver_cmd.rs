@@ -305,6 +305,15 @@ fn format_listing(resolvers: &[ResolverInfo], bindings: &[BindingInfo], json: bo
     out
 }
 
+/// How `resolver list` and `status` ask every member.
+fn asking(node: &NodeArgs) -> anyhow::Result<crate::resolver_stats::Asking> {
+    Ok(crate::resolver_stats::Asking {
+        addr: node.addr.clone(),
+        options: node.security.options("isthmus-cli")?,
+        timeout: Duration::from_millis(node.timeout_ms),
+    })
+}
+
 /// A registry command's outcome: text to print and the exit status.
 fn registry_command(command: ResolverCommand) -> anyhow::Result<(String, u8)> {
     let expect = |what: &str, other: RegistryResponse| {
@@ -402,7 +411,7 @@ fn registry_command(command: ResolverCommand) -> anyhow::Result<(String, u8)> {
                 bindings,
             } => {
                 let listing = format_listing(&resolvers, &bindings, json);
-                let views = crate::resolver_stats::gather(&node)?;
+                let views = crate::resolver_stats::gather(&asking(&node)?)?;
                 let merges = crate::resolver_stats::format_list(&views, json);
                 if !json {
                     return Ok((listing + &merges, 0));
@@ -420,7 +429,7 @@ fn registry_command(command: ResolverCommand) -> anyhow::Result<(String, u8)> {
         } => {
             let (name, version) = isthmus_core::config::parse_resolver_binding(&resolver)
                 .with_context(|| format!("{resolver:?} is not NAME@VERSION"))?;
-            let views = crate::resolver_stats::gather(&node)?;
+            let views = crate::resolver_stats::gather(&asking(&node)?)?;
             let text = crate::resolver_stats::format_status(&views, &name, version, json)?;
             Ok((text, 0))
         }

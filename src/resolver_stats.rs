@@ -9,14 +9,23 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::bail;
-use isthmus_client::Session;
 use isthmus_client::wire::{
     BindingInfo, CostHistogram, MergeFailureClass, MergeStatsRow, RegistryRequest,
     RegistryResponse, RequestBody, ResolverInfo, ResponseBody,
 };
+use isthmus_client::{ConnectOptions, Session};
 use isthmus_resolvers::host::hex;
 
-use crate::resolver_cmd::NodeArgs;
+/// Where the CLI asks: the first node, how, and each request's deadline.
+#[derive(Clone, Debug)]
+pub struct Asking {
+    /// The node asked for the members.
+    pub addr: String,
+    /// TLS and credentials.
+    pub options: ConnectOptions,
+    /// Each request's deadline.
+    pub timeout: Duration,
+}
 
 /// What one member answered.
 #[derive(Clone, Debug)]
@@ -42,19 +51,17 @@ pub struct Answer {
 
 async fn call(
     addr: &str,
-    node: &NodeArgs,
+    how: &Asking,
     body: RequestBody,
 ) -> anyhow::Result<(Session, ResponseBody)> {
-    let options = node.security.options("isthmus-cli")?;
-    let timeout = Duration::from_millis(node.timeout_ms);
-    let session = Session::connect_with(addr, &options, timeout).await?;
-    let answer = session.call(body, timeout).await?;
+    let session = Session::connect_with(addr, &how.options, how.timeout).await?;
+    let answer = session.call(body, how.timeout).await?;
     Ok((session, answer))
 }
 
-async fn ask(addr: String, node: NodeArgs) -> Result<Answer, String> {
-    let timeout = Duration::from_millis(node.timeout_ms);
-    let (session, listing) = call(&addr, &node, RequestBody::Registry(RegistryRequest::List))
+async fn ask(addr: String, how: Asking) -> Result<Answer, String> {
+    let timeout = how.timeout;
+    let (session, listing) = call(&addr, &how, RequestBody::Registry(RegistryRequest::List))
         .await
         .map_err(|e| format!("{e:#}"))?;
     let (resolvers, bindings) = match listing {
@@ -78,21 +85,21 @@ async fn ask(addr: String, node: NodeArgs) -> Result<Answer, String> {
     })
 }
 
-/// Every member the node at `node.addr` knows, each asked at once.
-pub fn gather(node: &NodeArgs) -> anyhow::Result<Vec<NodeView>> {
+/// Every member the node at `how.addr` knows, each asked at once.
+pub fn gather(how: &Asking) -> anyhow::Result<Vec<NodeView>> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async {
-        let members = match call(&node.addr, node, RequestBody::Status).await?.1 {
+        let members = match call(&how.addr, how, RequestBody::Status).await?.1 {
             ResponseBody::Status { nodes, .. } => nodes,
             other => bail!("unexpected answer {other:?}"),
         };
         let mut asks = tokio::task::JoinSet::new();
         for m in members {
-            let node = node.clone();
+            let how = how.clone();
             asks.spawn(async move {
-                let answer = ask(m.addr.clone(), node).await;
+                let answer = ask(m.addr.clone(), how).await;
                 NodeView {
                     node_id: m.node_id,
                     dc: m.dc,
