@@ -10,8 +10,8 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use isthmus_client::tls::TlsMaterial;
 use isthmus_client::wire::{
-    BridgeReport, Consistency, Context, Credentials, Expiry, NodeReport, RepairReport, RequestBody,
-    ResponseBody, SCAN_COUNT_MAX, ScanCursor, Sibling, WriteId,
+    BridgeReport, Consistency, Context, Credentials, Expiry, MergeFailureInfo, NodeReport,
+    RepairReport, RequestBody, ResponseBody, SCAN_COUNT_MAX, ScanCursor, Sibling, WriteId,
 };
 use isthmus_client::{ConnectOptions, Session};
 
@@ -274,16 +274,33 @@ async fn read(
     args: &KeyArgs,
     key: &str,
     timeout: Duration,
-) -> anyhow::Result<(Vec<Sibling>, Context)> {
+) -> anyhow::Result<(Vec<Sibling>, Context, Option<MergeFailureInfo>)> {
     let body = RequestBody::Get {
         keyspace: args.keyspace.clone(),
         key: key.as_bytes().to_vec(),
         consistency: args.consistency,
     };
     match session.call(body, timeout).await? {
-        ResponseBody::Value { siblings, context } => Ok((siblings, context)),
+        ResponseBody::Value {
+            siblings,
+            context,
+            merge_failure,
+        } => Ok((siblings, context, merge_failure)),
         other => bail!("unexpected answer {other:?}"),
     }
+}
+
+/// The line `isthmus get` prints (on stderr) when the keyspace's resolver
+/// did not merge the siblings it shows.
+fn not_merged(failure: &MergeFailureInfo) -> String {
+    let resolver = failure
+        .resolver
+        .as_deref()
+        .unwrap_or("the keyspace's resolver");
+    format!(
+        "not merged: {resolver} did not merge these siblings ({})",
+        failure.class
+    )
 }
 
 fn write_id() -> WriteId {
@@ -299,7 +316,7 @@ pub fn run_key(args: KeyArgs, op: Op) -> anyhow::Result<String> {
         let (session, timeout) = connect(&args.target).await?;
         match op {
             Op::Get { key, json } => {
-                let (siblings, context) = read(&session, &args, &key, timeout).await?;
+                let (siblings, context, failure) = read(&session, &args, &key, timeout).await?;
                 if json {
                     let siblings: Vec<_> = siblings
                         .iter()
@@ -315,9 +332,20 @@ pub fn run_key(args: KeyArgs, op: Op) -> anyhow::Result<String> {
                     let context: String = context.0.iter().map(|b| format!("{b:02x}")).collect();
                     Ok(format!(
                         "{}\n",
-                        serde_json::json!({ "siblings": siblings, "context": context })
+                        serde_json::json!({
+                            "siblings": siblings,
+                            "context": context,
+                            "merge_failure": failure.map(|f| serde_json::json!({
+                                "class": f.class.as_str(),
+                                "resolver": f.resolver,
+                            })),
+                        })
                     ))
                 } else {
+                    // On stderr: stdout holds the values alone, one a line.
+                    if let Some(failure) = failure {
+                        eprintln!("{}", not_merged(&failure));
+                    }
                     Ok(siblings
                         .iter()
                         .map(|s| format!("{}\n", String::from_utf8_lossy(&s.value)))
@@ -330,7 +358,7 @@ pub fn run_key(args: KeyArgs, op: Op) -> anyhow::Result<String> {
                 expiry,
                 write,
             } => {
-                let (_, context) = read(&session, &args, &key, timeout).await?;
+                let (_, context, _) = read(&session, &args, &key, timeout).await?;
                 let body = RequestBody::Put {
                     mode: isthmus_client::wire::WriteMode::Context,
                     keyspace: args.keyspace.clone(),
@@ -346,7 +374,7 @@ pub fn run_key(args: KeyArgs, op: Op) -> anyhow::Result<String> {
                 Ok(String::new())
             }
             Op::Del { key, write } => {
-                let (_, context) = read(&session, &args, &key, timeout).await?;
+                let (_, context, _) = read(&session, &args, &key, timeout).await?;
                 let body = RequestBody::Delete {
                     keyspace: args.keyspace.clone(),
                     key: key.into_bytes(),

@@ -112,7 +112,9 @@ async fn shopper(
             consistency: None,
         };
         let (mut items, context) = match s.call(read, timeout).await {
-            Ok(ResponseBody::Value { siblings, context }) => {
+            Ok(ResponseBody::Value {
+                siblings, context, ..
+            }) => {
                 let mut merged: BTreeMap<String, u64> = BTreeMap::new();
                 for sib in siblings {
                     if let Ok(c) = cart_union::parse(&sib.value) {

@@ -126,10 +126,24 @@ pub enum ResolverCommand {
         resolver: String,
     },
     /// List registered resolvers (name, version, hash, size, law check)
-    /// and keyspace bindings, as the node's replica holds them.
+    /// and keyspace bindings, as the node's replica holds them; then the
+    /// merges, failures by class, fuel and time p50/p99 per keyspace and
+    /// resolver, summed over every node that answers.
     List {
         #[command(flatten)]
         node: NodeArgs,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Node by node, in every DC: whether its registry holds NAME@VERSION,
+    /// the keyspaces bound to it, its merges, failures and failure rate
+    /// (a node that does not answer is shown as such).
+    Status {
+        #[command(flatten)]
+        node: NodeArgs,
+        /// The resolver, NAME@VERSION.
+        resolver: String,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -291,6 +305,15 @@ fn format_listing(resolvers: &[ResolverInfo], bindings: &[BindingInfo], json: bo
     out
 }
 
+/// How `resolver list` and `status` ask every member.
+fn asking(node: &NodeArgs) -> anyhow::Result<crate::resolver_stats::Asking> {
+    Ok(crate::resolver_stats::Asking {
+        addr: node.addr.clone(),
+        options: node.security.options("isthmus-cli")?,
+        timeout: Duration::from_millis(node.timeout_ms),
+    })
+}
+
 /// A registry command's outcome: text to print and the exit status.
 fn registry_command(command: ResolverCommand) -> anyhow::Result<(String, u8)> {
     let expect = |what: &str, other: RegistryResponse| {
@@ -386,9 +409,30 @@ fn registry_command(command: ResolverCommand) -> anyhow::Result<(String, u8)> {
             RegistryResponse::Listing {
                 resolvers,
                 bindings,
-            } => Ok((format_listing(&resolvers, &bindings, json), 0)),
+            } => {
+                let listing = format_listing(&resolvers, &bindings, json);
+                let views = crate::resolver_stats::gather(&asking(&node)?)?;
+                let merges = crate::resolver_stats::format_list(&views, json);
+                if !json {
+                    return Ok((listing + &merges, 0));
+                }
+                let mut doc: serde_json::Value = serde_json::from_str(&listing)?;
+                doc["merge_stats"] = serde_json::from_str(&merges)?;
+                Ok((format!("{doc}\n"), 0))
+            }
             other => Err(expect("list", other)),
         },
+        ResolverCommand::Status {
+            node,
+            resolver,
+            json,
+        } => {
+            let (name, version) = isthmus_core::config::parse_resolver_binding(&resolver)
+                .with_context(|| format!("{resolver:?} is not NAME@VERSION"))?;
+            let views = crate::resolver_stats::gather(&asking(&node)?)?;
+            let text = crate::resolver_stats::format_status(&views, &name, version, json)?;
+            Ok((text, 0))
+        }
     }
 }
 

@@ -105,7 +105,9 @@ async fn read_all(session: &Session, key: &[u8]) -> (Vec<Sibling>, Context) {
         consistency: Some(Consistency::All),
     };
     match session.call(body, Duration::from_secs(10)).await.unwrap() {
-        ResponseBody::Value { siblings, context } => (siblings, context),
+        ResponseBody::Value {
+            siblings, context, ..
+        } => (siblings, context),
         other => panic!("unexpected answer {other:?}"),
     }
 }
@@ -343,8 +345,9 @@ async fn with_the_deciding_replica_down_the_next_one_decides() {
             key: key.clone(),
             consistency: Some(Consistency::LocalQuorum),
         };
-        if let Ok(ResponseBody::Value { siblings, context }) =
-            session.call(body, Duration::from_secs(5)).await
+        if let Ok(ResponseBody::Value {
+            siblings, context, ..
+        }) = session.call(body, Duration::from_secs(5)).await
         {
             break (siblings, context);
         }

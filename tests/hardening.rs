@@ -44,7 +44,9 @@ async fn read(session: &Session, key: &[u8]) -> (Vec<Vec<u8>>, Context) {
         consistency: None,
     };
     match session.call(get, WAIT).await.unwrap() {
-        ResponseBody::Value { siblings, context } => {
+        ResponseBody::Value {
+            siblings, context, ..
+        } => {
             let mut values: Vec<Vec<u8>> = siblings.into_iter().map(|s| s.value).collect();
             values.sort();
             (values, context)

@@ -135,8 +135,9 @@ async fn shoppers(
                     key: cart_key(cart),
                     consistency: None,
                 };
-                let Ok(ResponseBody::Value { siblings, context }) =
-                    session.call(read, Duration::from_secs(2)).await
+                let Ok(ResponseBody::Value {
+                    siblings, context, ..
+                }) = session.call(read, Duration::from_secs(2)).await
                 else {
                     continue;
                 };

@@ -34,8 +34,8 @@ use crate::placement::{Member, Rings};
 use crate::session::{ConnectOptions, Session};
 use crate::tls::TlsMaterial;
 use crate::wire::{
-    Consistency, Context, Credentials, Expiry, NodeReport, RequestBody, ResponseBody,
-    SCAN_COUNT_MAX, ScanCursor, Sibling, WriteId, WriteMode,
+    Consistency, Context, Credentials, Expiry, MergeFailureInfo, NodeReport, RequestBody,
+    ResponseBody, SCAN_COUNT_MAX, ScanCursor, Sibling, WriteId, WriteMode,
 };
 
 /// A read: the live siblings (none when absent) and the context to write
@@ -46,6 +46,11 @@ pub struct Read {
     pub siblings: Vec<Sibling>,
     /// Causal context covering every sibling.
     pub context: Context,
+    /// Set when the keyspace's resolver did not merge these siblings
+    /// (it failed, its merge was deferred, or its binding is paused): the
+    /// class and the resolver. `None` when they were merged, needed no
+    /// merge, or the keyspace has no resolver.
+    pub merge_failure: Option<MergeFailureInfo>,
 }
 
 /// One page of a scan: live keys and where the next page starts.
@@ -694,7 +699,15 @@ impl Client {
             consistency: opts.consistency,
         };
         match self.call(key, body, opts).await? {
-            ResponseBody::Value { siblings, context } => Ok(Read { siblings, context }),
+            ResponseBody::Value {
+                siblings,
+                context,
+                merge_failure,
+            } => Ok(Read {
+                siblings,
+                context,
+                merge_failure,
+            }),
             other => Err(ClientError::Handshake {
                 reason: format!("unexpected answer {other:?}"),
             }),

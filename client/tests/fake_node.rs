@@ -65,6 +65,7 @@ fn answer(body: &RequestBody) -> ResponseBody {
                 expires_ms: None,
             }],
             context: Context(vec![]),
+            merge_failure: None,
         },
         _ => ResponseBody::Written,
     }

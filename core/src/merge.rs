@@ -23,77 +23,11 @@ use crate::model::{Absorbed, ContentHash, Version, VersionSet};
 pub mod pool;
 pub mod tally;
 
-/// Why a merge did not happen; the siblings are kept as they were.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum FailureClass {
-    /// The resolver refused the input (returned an error of its own).
-    GuestError,
-    /// The resolver trapped (panic, `unreachable`, stack overflow, …).
-    Trap,
-    /// The resolver used up its deterministic fuel budget.
-    FuelExhausted,
-    /// The resolver ran past its wall-clock deadline (the backstop).
-    Deadline,
-    /// The resolver tried to grow memory past its cap.
-    MemoryLimit,
-    /// The resolver's output was out of bounds, too large or malformed.
-    BadOutput,
-    /// The module speaks another ABI version or lacks an ABI export.
-    AbiMismatch,
-    /// The module is not valid wasm, too large, imports something, or
-    /// failed to compile in time.
-    InvalidModule,
-    /// The keyspace's resolver is not loaded or not known on this node.
-    Missing,
-    /// The host could not run the merge now (for instance every instance
-    /// slot is busy); nothing is wrong with the module.
-    Unavailable,
-    /// The keyspace used up its merge-time budget
-    /// ([`pool::MergeConfig::keyspace_budget`]): the merge is deferred,
-    /// the siblings kept (and returned to readers), and the node merges
-    /// them once the budget has refilled (`merge-retry`).
-    BudgetExhausted,
-}
-
-impl FailureClass {
-    /// Every class, for exporting counters.
-    pub const ALL: [FailureClass; 11] = [
-        FailureClass::GuestError,
-        FailureClass::Trap,
-        FailureClass::FuelExhausted,
-        FailureClass::Deadline,
-        FailureClass::MemoryLimit,
-        FailureClass::BadOutput,
-        FailureClass::AbiMismatch,
-        FailureClass::InvalidModule,
-        FailureClass::Missing,
-        FailureClass::Unavailable,
-        FailureClass::BudgetExhausted,
-    ];
-
-    /// A stable snake_case name (metric label).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            FailureClass::GuestError => "guest_error",
-            FailureClass::Trap => "trap",
-            FailureClass::FuelExhausted => "fuel_exhausted",
-            FailureClass::Deadline => "deadline",
-            FailureClass::MemoryLimit => "memory_limit",
-            FailureClass::BadOutput => "bad_output",
-            FailureClass::AbiMismatch => "abi_mismatch",
-            FailureClass::InvalidModule => "invalid_module",
-            FailureClass::Missing => "missing",
-            FailureClass::Unavailable => "unavailable",
-            FailureClass::BudgetExhausted => "budget_exhausted",
-        }
-    }
-}
-
-impl std::fmt::Display for FailureClass {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+/// Why a merge did not happen; the siblings are kept as they were. One
+/// definition with the wire's: a read whose siblings could not be merged
+/// carries the class to the client ([`MergeFailureInfo`]).
+pub use isthmus_client::wire::MergeFailureClass as FailureClass;
+pub use isthmus_client::wire::MergeFailureInfo;
 
 /// A merge that did not happen. The siblings are kept as they were.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -103,10 +37,23 @@ pub struct MergeFailure {
     pub keyspace: String,
     /// Content hash of the resolver that failed, when one was found.
     pub resolver: Option<ContentHash>,
+    /// The resolver bound to the keyspace as `name@version`, when the hook
+    /// knew it (what a reader is told).
+    pub resolver_name: Option<String>,
     /// What kind of failure (the counter it is counted under).
     pub class: FailureClass,
     /// Human-readable detail for the log.
     pub detail: String,
+}
+
+impl MergeFailure {
+    /// What a reader is told of this failure.
+    pub fn info(&self) -> MergeFailureInfo {
+        MergeFailureInfo {
+            class: self.class,
+            resolver: self.resolver_name.clone(),
+        }
+    }
 }
 
 /// Resolves the siblings of a key with the keyspace's resolver.
@@ -130,6 +77,19 @@ pub trait MergeHook: Send + Sync {
         key: &[u8],
         siblings: &VersionSet,
     ) -> Result<Option<Version>, MergeFailure>;
+
+    /// As [`merge`](Self::merge), with the fuel the resolver used when the
+    /// hook meters it (`None` otherwise): the merge pool records it per
+    /// keyspace and resolver (`isthmus_merge_fuel`). The default does not
+    /// meter.
+    fn merge_metered(
+        &self,
+        keyspace: &str,
+        key: &[u8],
+        siblings: &VersionSet,
+    ) -> (Result<Option<Version>, MergeFailure>, Option<u64>) {
+        (self.merge(keyspace, key, siblings), None)
+    }
 
     /// Whether `keyspace` has a resolver bound now, when the hook knows
     /// better than the keyspace's configuration (bindings that change at
@@ -203,6 +163,7 @@ mod tests {
             Err(MergeFailure {
                 keyspace: ks.into(),
                 resolver: None,
+                resolver_name: None,
                 class: FailureClass::Trap,
                 detail: "boom".into(),
             })

@@ -351,21 +351,30 @@ impl<S: LocalStore> Replica<S> {
     }
 
     /// `set` merged by the keyspace's resolver on the merge pool, when it
-    /// has siblings and the keyspace merges; as it was otherwise (a failed
-    /// or deferred merge is logged and counted). For readers: nothing is
-    /// stored.
-    pub async fn merged(&self, keyspace: &str, key: &[u8], mut set: VersionSet) -> VersionSet {
+    /// has siblings and the keyspace merges; as it was otherwise. A failed
+    /// or deferred merge is logged and counted, and returned beside the
+    /// unmerged set, so that the reader can say so. For readers: nothing
+    /// is stored.
+    pub async fn merged(
+        &self,
+        keyspace: &str,
+        key: &[u8],
+        mut set: VersionSet,
+    ) -> (VersionSet, Option<MergeFailure>) {
         if set.len() < 2 || !self.has_resolver(keyspace) {
-            return set;
+            return (set, None);
         }
         match self.merges.merge(keyspace, key, &set).await {
             Ok(Some(merged)) => {
                 set.absorb(merged);
+                (set, None)
             }
-            Ok(None) => {}
-            Err(failure) => log_failure(&failure),
+            Ok(None) => (set, None),
+            Err(failure) => {
+                log_failure(&failure);
+                (set, Some(failure))
+            }
         }
-        set
     }
 
     /// Absorb many keys' versions: one engine batch, or key by key (each
@@ -617,14 +626,14 @@ mod tests {
         let set = replica.read("ks", b"k2").await.unwrap();
         assert_eq!(set.len(), 2, "siblings kept");
         assert_eq!(replica.merge_pool().stats().deferred(), 1);
-        assert_eq!(replica.merged("ks", b"k2", set.clone()).await, set);
+        assert_eq!(replica.merged("ks", b"k2", set.clone()).await.0, set);
         assert_eq!(replica.merge_pool().stats().deferred(), 2);
         // Once the debt is paid (about 30 ms at 50 ms/s, more on a busy
         // machine, where the 80 ms merge takes longer), a read merges again.
         let started = Instant::now();
         let merged = loop {
             tokio::time::sleep(Duration::from_millis(100)).await;
-            let merged = replica.merged("ks", b"k2", set.clone()).await;
+            let merged = replica.merged("ks", b"k2", set.clone()).await.0;
             if merged.len() == 1 || started.elapsed() > Duration::from_secs(20) {
                 break merged;
             }

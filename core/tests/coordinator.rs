@@ -283,6 +283,7 @@ impl Cluster {
             .read(keyspace, key, Consistency::LocalQuorum, DEADLINE)
             .await
             .unwrap()
+            .set
     }
 
     async fn copies(&self, keyspace: &str, key: &[u8]) -> Vec<VersionSet> {
@@ -504,7 +505,7 @@ async fn reads_ask_just_enough_replicas_and_more_when_one_fails_or_hangs() {
                 .read(ks, b"k", Consistency::LocalQuorum, DEADLINE)
                 .await;
             (
-                got.ok().map(|set| values(&set)),
+                got.ok().map(|answer| values(&answer.set)),
                 c.net.reads.load(Relaxed) - before,
             )
         }
@@ -771,6 +772,7 @@ impl MergeHook for Failing {
         Err(MergeFailure {
             keyspace: keyspace.into(),
             resolver: None,
+            resolver_name: None,
             class: isthmus_core::merge::FailureClass::Trap,
             detail: "trapped".into(),
         })
@@ -1049,4 +1051,50 @@ async fn a_collapsed_write_reaches_the_replica_where_a_later_write_replaced_one_
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+async fn blind(c: &Cluster, keyspace: &str, i: u8) {
+    c.node(&n(0))
+        .write(
+            keyspace,
+            b"k",
+            Some(vec![i]),
+            Clock::new(),
+            [i; 16],
+            Consistency::All,
+            DEADLINE,
+        )
+        .await
+        .unwrap();
+}
+
+async fn read_answer(c: &Cluster, keyspace: &str) -> isthmus_core::coordinator::ReadAnswer {
+    c.node(&n(0))
+        .read(keyspace, b"k", Consistency::LocalQuorum, DEADLINE)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_read_names_the_failed_merge_and_only_in_a_keyspace_that_merges() {
+    let failing = cluster(3, 3, Arc::new(Failing), Limits::default());
+    for i in 1..=2 {
+        blind(&failing, "merged", i).await;
+        blind(&failing, "plain", i).await;
+    }
+    let answer = read_answer(&failing, "merged").await;
+    assert_eq!(answer.set.len(), 2, "the siblings are kept");
+    let failure = answer.merge_failure.expect("the failed merge is named");
+    assert_eq!(failure.class, isthmus_core::merge::FailureClass::Trap);
+    let plain = read_answer(&failing, "plain").await;
+    assert_eq!(plain.set.len(), 2);
+    assert_eq!(plain.merge_failure, None, "no resolver, no flag");
+
+    let working = cluster(3, 3, Arc::new(Concat), Limits::default());
+    for i in 1..=2 {
+        blind(&working, "merged", i).await;
+    }
+    let answer = read_answer(&working, "merged").await;
+    assert_eq!(answer.set.len(), 1);
+    assert_eq!(answer.merge_failure, None);
 }

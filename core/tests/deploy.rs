@@ -80,6 +80,7 @@ fn config(dir: &Path, id: &str, port: u16, seeds: Vec<String>) -> NodeConfig {
                 ttl_s: None,
                 counter: false,
                 sloppy_quorum: false,
+                read_repair_percent: isthmus_core::config::READ_REPAIR_PERCENT_DEFAULT,
             },
         )]),
     }

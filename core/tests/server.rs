@@ -54,6 +54,7 @@ impl Handler for Echo {
                     expires_ms: None,
                 }],
                 context: Context::default(),
+                merge_failure: None,
             },
             RequestBody::Get { key, .. } => {
                 let delay = key.first().copied().unwrap_or(0);
@@ -66,6 +67,7 @@ impl Handler for Echo {
                         expires_ms: None,
                     }],
                     context: Context::default(),
+                    merge_failure: None,
                 }
             }
             _ => ResponseBody::Written,

@@ -417,7 +417,9 @@ async fn writer(
                 )
                 .await;
             match read {
-                Ok(ResponseBody::Value { context, siblings }) => {
+                Ok(ResponseBody::Value {
+                    context, siblings, ..
+                }) => {
                     log.lock().reads.0 += 1;
                     for s in &siblings {
                         seen.extend(elements(&s.value));

@@ -119,61 +119,82 @@ impl MergeHook for WasmMergeHook {
         key: &[u8],
         siblings: &VersionSet,
     ) -> Result<Option<Version>, MergeFailure> {
+        self.merge_metered(keyspace, key, siblings).0
+    }
+
+    fn merge_metered(
+        &self,
+        keyspace: &str,
+        key: &[u8],
+        siblings: &VersionSet,
+    ) -> (Result<Option<Version>, MergeFailure>, Option<u64>) {
         if siblings.len() < 2 {
-            return Ok(None);
+            return (Ok(None), None);
         }
-        let failure = |resolver, class, detail: String| MergeFailure {
+        let failure = |resolver, name, class, detail: String| MergeFailure {
             keyspace: keyspace.into(),
             resolver,
+            resolver_name: name,
             class,
             detail,
         };
-        let current = match self
-            .bound_to(keyspace)
-            .map_err(|e| failure(None, FailureClass::Missing, e.to_string()))?
-        {
-            None => return Ok(None),
-            Some(Bound::Resolver(current)) => current,
-            Some(Bound::Unregistered { name, version }) => {
-                return Err(failure(
+        let current = match self.bound_to(keyspace) {
+            Err(e) => {
+                let error = failure(None, None, FailureClass::Missing, e.to_string());
+                return (Err(error), None);
+            }
+            Ok(None) => return (Ok(None), None),
+            Ok(Some(Bound::Resolver(current))) => current,
+            Ok(Some(Bound::Unregistered { name, version })) => {
+                let detail = format!(
+                    "keyspace {keyspace:?} is configured with {name}@{version}, which is not registered (upload it with `isthmus resolver upload`)"
+                );
+                let name = Some(format!("{name}@{version}"));
+                return (
+                    Err(failure(None, name, FailureClass::Missing, detail)),
                     None,
-                    FailureClass::Missing,
-                    format!(
-                        "keyspace {keyspace:?} is configured with {name}@{version}, which is not registered (upload it with `isthmus resolver upload`)"
-                    ),
-                ));
+                );
             }
         };
         let hash: ContentHash = current.hash;
+        let name = || Some(format!("{}@{}", current.name, current.version));
         let resolver = match self.host.get(&hash) {
             Some(r) => r,
             None => {
-                let bytes = self
-                    .registry
-                    .module_bytes(&hash)
-                    .map_err(|e| failure(Some(hash), FailureClass::Missing, e.to_string()))?
-                    .ok_or_else(|| {
-                        failure(
-                            Some(hash),
-                            FailureClass::Missing,
-                            format!(
-                                "module of {}@{} is not stored",
-                                current.name, current.version
-                            ),
-                        )
-                    })?;
-                self.host
-                    .load(&bytes)
-                    .map_err(|e| failure(Some(hash), e.class(), e.to_string()))?
+                let loaded = match self.registry.module_bytes(&hash) {
+                    Err(e) => Err(failure(
+                        Some(hash),
+                        name(),
+                        FailureClass::Missing,
+                        e.to_string(),
+                    )),
+                    Ok(None) => Err(failure(
+                        Some(hash),
+                        name(),
+                        FailureClass::Missing,
+                        format!(
+                            "module of {}@{} is not stored",
+                            current.name, current.version
+                        ),
+                    )),
+                    Ok(Some(bytes)) => self
+                        .host
+                        .load(&bytes)
+                        .map_err(|e| failure(Some(hash), name(), e.class(), e.to_string())),
+                };
+                match loaded {
+                    Ok(resolver) => resolver,
+                    Err(error) => return (Err(error), None),
+                }
             }
         };
-        self.host
-            .merge_set(&resolver, key, siblings)
-            .map_err(|e: ResolverError| {
-                tracing::warn!(keyspace, resolver = %current.name, version = current.version,
-                    class = %e.class(), error = %e, "merge failed; siblings kept");
-                failure(Some(hash), e.class(), e.to_string())
-            })
+        let (result, fuel) = self.host.merge_set_metered(&resolver, key, siblings);
+        let result = result.map_err(|e: ResolverError| {
+            tracing::warn!(keyspace, resolver = %current.name, version = current.version,
+                class = %e.class(), error = %e, "merge failed; siblings kept");
+            failure(Some(hash), name(), e.class(), e.to_string())
+        });
+        (result, Some(fuel))
     }
 
     fn bound(&self, keyspace: &str) -> Option<bool> {

@@ -858,12 +858,28 @@ impl Host {
         key: &[u8],
         set: &VersionSet,
     ) -> Result<Option<Version>, ResolverError> {
+        self.merge_set_metered(resolver, key, set).0
+    }
+
+    /// As [`Host::merge_set`], with the fuel the merge used (all of it
+    /// when it ran out). Counted.
+    pub fn merge_set_metered(
+        &self,
+        resolver: &Resolver,
+        key: &[u8],
+        set: &VersionSet,
+    ) -> (Result<Option<Version>, ResolverError>, u64) {
         let siblings: Vec<Sibling<'_>> = set.versions().iter().map(to_sibling).collect();
-        let payload = match self.merge_siblings(resolver, key, &siblings)? {
-            Merged::Value(v) => Payload::Value(v),
-            Merged::Delete => Payload::Tombstone,
-        };
-        Ok(set.merged(payload, resolver.hash))
+        let (result, fuel) = self.merge_siblings_metered(resolver, key, &siblings);
+        resolver.stats.record(&result);
+        let result = result.map(|merged| {
+            let payload = match merged {
+                Merged::Value(v) => Payload::Value(v),
+                Merged::Delete => Payload::Tombstone,
+            };
+            set.merged(payload, resolver.hash)
+        });
+        (result, fuel)
     }
 
     /// A sample value from the module's optional `isthmus_sample(seed)`;

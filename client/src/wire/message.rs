@@ -383,6 +383,10 @@ pub enum RequestBody {
         /// page may hold fewer (or none) and still not be the last.
         count: u32,
     },
+    /// The answering node's merge figures since it started, per keyspace
+    /// and resolver: answered [`ResponseBody::MergeStats`]. (Appended
+    /// last.)
+    MergeStats,
 }
 
 /// The most keys one [`RequestBody::Scan`] page may ask for.
@@ -775,6 +779,113 @@ pub struct Sibling {
     pub expires_ms: Option<u64>,
 }
 
+/// Why a merge did not happen; the siblings are kept as they were.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum MergeFailureClass {
+    /// The resolver refused the input (returned an error of its own).
+    GuestError,
+    /// The resolver trapped (panic, `unreachable`, stack overflow, …).
+    Trap,
+    /// The resolver used up its deterministic fuel budget.
+    FuelExhausted,
+    /// The resolver ran past its wall-clock deadline (the backstop).
+    Deadline,
+    /// The resolver tried to grow memory past its cap.
+    MemoryLimit,
+    /// The resolver's output was out of bounds, too large or malformed.
+    BadOutput,
+    /// The module speaks another ABI version or lacks an ABI export.
+    AbiMismatch,
+    /// The module is not valid wasm, too large, imports something, or
+    /// failed to compile in time.
+    InvalidModule,
+    /// The keyspace's resolver is not loaded or not known on this node.
+    Missing,
+    /// The host could not run the merge now (for instance every instance
+    /// slot is busy); nothing is wrong with the module.
+    Unavailable,
+    /// The keyspace used up its merge-time budget
+    /// (the merge pool's `keyspace_budget`): the merge is deferred,
+    /// the siblings kept (and returned to readers), and the node merges
+    /// them once the budget has refilled (`merge-retry`).
+    BudgetExhausted,
+    /// The keyspace's binding is paused by an operator: siblings are kept
+    /// (and returned to readers) until it is resumed. (Appended last:
+    /// variants are encoded by position.)
+    Paused,
+}
+
+impl MergeFailureClass {
+    /// Every class, for exporting counters.
+    pub const ALL: [MergeFailureClass; 12] = [
+        MergeFailureClass::GuestError,
+        MergeFailureClass::Trap,
+        MergeFailureClass::FuelExhausted,
+        MergeFailureClass::Deadline,
+        MergeFailureClass::MemoryLimit,
+        MergeFailureClass::BadOutput,
+        MergeFailureClass::AbiMismatch,
+        MergeFailureClass::InvalidModule,
+        MergeFailureClass::Missing,
+        MergeFailureClass::Unavailable,
+        MergeFailureClass::BudgetExhausted,
+        MergeFailureClass::Paused,
+    ];
+
+    /// The class named by its [`as_str`](Self::as_str) name.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|c| c.as_str() == name)
+    }
+
+    /// A stable snake_case name (metric label, the CLI's and the Redis
+    /// front door's word for it).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MergeFailureClass::GuestError => "guest_error",
+            MergeFailureClass::Trap => "trap",
+            MergeFailureClass::FuelExhausted => "fuel_exhausted",
+            MergeFailureClass::Deadline => "deadline",
+            MergeFailureClass::MemoryLimit => "memory_limit",
+            MergeFailureClass::BadOutput => "bad_output",
+            MergeFailureClass::AbiMismatch => "abi_mismatch",
+            MergeFailureClass::InvalidModule => "invalid_module",
+            MergeFailureClass::Missing => "missing",
+            MergeFailureClass::Unavailable => "unavailable",
+            MergeFailureClass::BudgetExhausted => "budget_exhausted",
+            MergeFailureClass::Paused => "paused",
+        }
+    }
+}
+
+impl std::fmt::Display for MergeFailureClass {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A read's siblings that the keyspace's resolver did not merge: the
+/// coordinator's merge of the replicas' answers failed (or was deferred,
+/// or the binding is paused), so the siblings come back as they are
+/// stored. A read of a keyspace without a resolver never carries one.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MergeFailureInfo {
+    /// Why the merge did not happen (the class it is counted under in
+    /// `isthmus_merge_failures_total`).
+    pub class: MergeFailureClass,
+    /// The resolver bound to the keyspace, as `name@version`, when the
+    /// node knew it.
+    pub resolver: Option<String>,
+}
+
+impl std::fmt::Display for MergeFailureInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.resolver {
+            Some(resolver) => write!(f, "{} ({resolver})", self.class),
+            None => write!(f, "{}", self.class),
+        }
+    }
+}
+
 /// Outcomes of requests.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum ResponseBody {
@@ -785,6 +896,10 @@ pub enum ResponseBody {
         siblings: Vec<Sibling>,
         /// Causal context covering every sibling returned.
         context: Context,
+        /// Set when the keyspace has a resolver and it did not merge
+        /// these siblings; `None` otherwise (merged, nothing to merge,
+        /// or no resolver).
+        merge_failure: Option<MergeFailureInfo>,
     },
     /// A write reached its consistency level.
     Written,
@@ -842,6 +957,112 @@ pub enum ResponseBody {
         /// The counter's value.
         value: i64,
     },
+    /// The answer to [`RequestBody::MergeStats`], by keyspace then
+    /// resolver. (Appended last.)
+    MergeStats(Vec<MergeStatsRow>),
+}
+
+/// One node's merges of one keyspace by one resolver since it started.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MergeStatsRow {
+    /// The keyspace.
+    pub keyspace: String,
+    /// The resolver: lower-case hex of its content hash, or `-` for
+    /// failures before any resolver was found (as `/metrics` labels it).
+    pub resolver: String,
+    /// Merges that replaced siblings with one version.
+    pub merges: u64,
+    /// Merges that failed or were deferred, by class (classes with a
+    /// count only).
+    pub failures: Vec<(MergeFailureClass, u64)>,
+    /// Fuel per merge the resolver ran.
+    pub fuel: CostHistogram,
+    /// Time per merge the resolver ran, in microseconds.
+    pub time_us: CostHistogram,
+}
+
+/// A histogram over fixed bucket bounds, as nodes export it (so that
+/// nodes' histograms add up when their bounds agree).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CostHistogram {
+    /// Upper bounds of the buckets, increasing.
+    pub bounds: Vec<u64>,
+    /// Observations per bucket: `counts[i]` at most `bounds[i]` and more
+    /// than the bound before; one more entry, past the last bound. Not
+    /// cumulative.
+    pub counts: Vec<u64>,
+    /// The observations' sum.
+    pub sum: u64,
+}
+
+impl CostHistogram {
+    /// An empty histogram over `bounds` (increasing).
+    pub fn new(bounds: &[u64]) -> Self {
+        CostHistogram {
+            bounds: bounds.to_vec(),
+            counts: vec![0; bounds.len() + 1],
+            sum: 0,
+        }
+    }
+
+    /// Count one observation.
+    pub fn record(&mut self, value: u64) {
+        let bucket = self
+            .bounds
+            .iter()
+            .position(|&bound| value <= bound)
+            .unwrap_or(self.bounds.len());
+        if let Some(n) = self.counts.get_mut(bucket) {
+            *n += 1;
+        }
+        self.sum = self.sum.saturating_add(value);
+    }
+
+    /// Observations counted.
+    pub fn count(&self) -> u64 {
+        self.counts.iter().sum()
+    }
+
+    /// Add `other`'s observations; `false` (nothing added) when its
+    /// bounds differ.
+    pub fn add(&mut self, other: &CostHistogram) -> bool {
+        if self.bounds.is_empty() && self.counts.is_empty() {
+            *self = other.clone();
+            return true;
+        }
+        if other.bounds != self.bounds || other.counts.len() != self.counts.len() {
+            return false;
+        }
+        for (n, m) in self.counts.iter_mut().zip(&other.counts) {
+            *n += m;
+        }
+        self.sum = self.sum.saturating_add(other.sum);
+        true
+    }
+
+    /// The `q` quantile (`0.0..=1.0`), interpolated linearly inside its
+    /// bucket as Prometheus' `histogram_quantile` does (past the last
+    /// bound: the last bound); `None` without observations.
+    pub fn quantile(&self, q: f64) -> Option<f64> {
+        let total = self.count();
+        if total == 0 {
+            return None;
+        }
+        let rank = q.clamp(0.0, 1.0) * total as f64;
+        let mut below = 0u64;
+        for (i, &n) in self.counts.iter().enumerate() {
+            if n > 0 && (below + n) as f64 >= rank {
+                let Some(&upper) = self.bounds.get(i) else {
+                    return self.bounds.last().map(|&b| b as f64);
+                };
+                let lower = if i == 0 { 0 } else { self.bounds[i - 1] };
+                let within = (rank - below as f64) / n as f64;
+                return Some(lower as f64 + (upper - lower) as f64 * within);
+            }
+            below += n;
+        }
+        self.bounds.last().map(|&b| b as f64)
+    }
 }
 
 /// What a [`RegistryRequest`] did.

@@ -62,8 +62,8 @@ pub use target::{Operation, Route, Scope, Targets};
 use crate::bridge::{BoxFuture, Bridge, Deliver, Entries};
 use crate::hints::HintSink;
 use crate::limit::Limits;
-use crate::merge::MergeHook;
 use crate::merge::pool::MergeConfig;
+use crate::merge::{MergeFailure, MergeFailureInfo, MergeHook};
 use crate::model::expiry::{self, Expiry};
 use crate::model::{
     Actor, Clock, Consistency, DcName, Dot, KeyspaceConfig, Payload, Version, VersionSet, key_hash,
@@ -76,6 +76,27 @@ use crate::store::{LocalStore, StoreError};
 use crate::system_keyspace::{SYSTEM_WRITE_LEVEL, SystemWriter};
 use crate::transport::Transport;
 use crate::view::ClusterView;
+
+/// What a read found: the key's set (merged when the keyspace's resolver
+/// could merge it) and, when the keyspace has a resolver that did not
+/// merge the siblings, why.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ReadAnswer {
+    /// The join of the replicas' answers, merged when it could be.
+    pub set: VersionSet,
+    /// The failed (or deferred) merge of these siblings; `None` when they
+    /// were merged, needed no merge, or the keyspace has no resolver.
+    pub merge_failure: Option<MergeFailureInfo>,
+}
+
+impl ReadAnswer {
+    fn new(set: VersionSet, failure: Option<MergeFailure>) -> Self {
+        ReadAnswer {
+            set,
+            merge_failure: failure.map(|f| f.info()),
+        }
+    }
+}
 
 /// Per-node identity and knobs of the coordinator.
 #[derive(Clone, Debug)]
@@ -1079,15 +1100,15 @@ impl<S: LocalStore, T: Transport, H: HintSink> Coordinator<S, T, H> {
 
     /// Read the key's live siblings at `level`: ask the level's targets,
     /// answer with the join of what arrived once the level is won (merged
-    /// when the keyspace has a resolver), and repair stale replicas in the
-    /// background.
+    /// when the keyspace has a resolver; a merge that failed is named in
+    /// the answer), and repair stale replicas in the background.
     pub async fn read(
         self: &Arc<Self>,
         keyspace: &str,
         key: &[u8],
         level: Consistency,
         deadline: Duration,
-    ) -> Result<VersionSet, CoordinatorError> {
+    ) -> Result<ReadAnswer, CoordinatorError> {
         let ks = self.keyspace(keyspace)?;
         self.config.limits.check(key, None)?;
         let view = self.view.borrow().clone();
@@ -1173,16 +1194,17 @@ impl<S: LocalStore, T: Transport, H: HintSink> Coordinator<S, T, H> {
             // nothing to wait for and nothing to repair (a read of just
             // enough replicas in agreement, the common case), so no task
             // for it.
-            return Ok(self.replica.merged(keyspace, key, gathered.joined).await);
+            let (set, failure) = self.replica.merged(keyspace, key, gathered.joined).await;
+            return Ok(ReadAnswer::new(set, failure));
         }
         // Merged on the merge pool; siblings returned when the merge fails
-        // or is deferred.
-        let result = self
+        // or is deferred, with the failure.
+        let (set, failure) = self
             .replica
             .merged(keyspace, key, gathered.joined.clone())
             .await;
         self.repair_in_background(keyspace, key, gathered, deadline);
-        Ok(result)
+        Ok(ReadAnswer::new(set, failure))
     }
 
     /// Send a read to every replica in `replicas` (this node's own copy

@@ -188,7 +188,7 @@ pub struct MergePool {
     shares: Mutex<HashMap<String, Arc<KeyspaceShare>>>,
     retries: Mutex<BTreeSet<(String, Vec<u8>)>>,
     stats: Arc<MergePoolStats>,
-    tally: ConflictTally,
+    tally: Arc<ConflictTally>,
 }
 
 impl std::fmt::Debug for MergePool {
@@ -210,7 +210,7 @@ impl MergePool {
             shares: Mutex::default(),
             retries: Mutex::default(),
             stats: Arc::default(),
-            tally: ConflictTally::default(),
+            tally: Arc::default(),
         }
     }
 
@@ -295,6 +295,7 @@ impl MergePool {
         MergeFailure {
             keyspace: keyspace.into(),
             resolver: None,
+            resolver_name: None,
             class,
             detail,
         }
@@ -390,13 +391,25 @@ impl MergePool {
         let (done, result) = oneshot::channel();
         let job: Job = {
             let (hook, stats, share) = (self.hook.clone(), self.stats.clone(), share.clone());
+            let tally = self.tally.clone();
             let (keyspace, key, siblings) = (keyspace.to_owned(), key.to_vec(), siblings.clone());
             Box::new(move || {
                 // Held until the merge ends, even if the caller gave up.
                 let _permit = permit;
                 let started = Instant::now();
-                let merged = hook.merge(&keyspace, &key, &siblings);
+                let (merged, fuel) = hook.merge_metered(&keyspace, &key, &siblings);
                 let spent = started.elapsed();
+                // A merge the resolver ran: it produced a version, or the
+                // hook metered it (a failure to load or find the module
+                // ran nothing).
+                let ran = match &merged {
+                    Ok(Some(version)) => version.resolver,
+                    Ok(None) => None,
+                    Err(failure) => failure.resolver.filter(|_| fuel.is_some()),
+                };
+                if let Some(resolver) = ran {
+                    tally.cost(&keyspace, &resolver, spent, fuel);
+                }
                 share.charge(budget, spent);
                 stats.run.fetch_add(1, Ordering::Relaxed);
                 stats.run_ns.fetch_add(

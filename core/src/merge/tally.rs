@@ -10,14 +10,22 @@
 //! of a version a replica holds already changes nothing and counts
 //! nothing.
 //!
+//! The tally also keeps, per keyspace and resolver, the cost of each merge
+//! a resolver ran (it succeeded or failed): the fuel it used and its time
+//! on the merge thread, in fixed buckets ([`MERGE_FUEL_BUCKETS`],
+//! [`MERGE_TIME_BUCKETS_US`]) so that nodes' histograms add up.
+//!
 //! Label sets stay bounded: keyspaces come from the configuration and
 //! resolvers from the bounded registry, but a version's origin DC is
 //! whatever the version says, so each table holds at most
 //! [`TALLY_ENTRIES_MAX`] label sets; counts past that go to
 //! [`ConflictTally::overflow`].
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+pub use isthmus_client::wire::{CostHistogram, MergeStatsRow};
 
 use parking_lot::Mutex;
 
@@ -29,6 +37,59 @@ pub const TALLY_ENTRIES_MAX: usize = 4096;
 
 /// The label a merge failure without a known resolver is counted under.
 pub const NO_RESOLVER: &str = "-";
+
+/// Upper bounds of the fuel buckets: powers of two from 1,024 units
+/// (an empty merge uses a few hundred) up to the 200 M default budget per
+/// merge, which a merge that ran out of fuel reaches.
+pub const MERGE_FUEL_BUCKETS: [u64; 19] = [
+    1 << 10,
+    1 << 11,
+    1 << 12,
+    1 << 13,
+    1 << 14,
+    1 << 15,
+    1 << 16,
+    1 << 17,
+    1 << 18,
+    1 << 19,
+    1 << 20,
+    1 << 21,
+    1 << 22,
+    1 << 23,
+    1 << 24,
+    1 << 25,
+    1 << 26,
+    1 << 27,
+    200_000_000,
+];
+
+/// Upper bounds of the time buckets, in microseconds: powers of two from
+/// 1 us (an empty merge takes a few) to 1 s, then 2 s (past the default
+/// wall-clock backstop of a merge).
+pub const MERGE_TIME_BUCKETS_US: [u64; 22] = [
+    1,
+    2,
+    4,
+    8,
+    16,
+    32,
+    64,
+    128,
+    256,
+    512,
+    1 << 10,
+    1 << 11,
+    1 << 12,
+    1 << 13,
+    1 << 14,
+    1 << 15,
+    1 << 16,
+    1 << 17,
+    1 << 18,
+    1 << 19,
+    1 << 20,
+    2_000_000,
+];
 
 /// Siblings created: keyspace, origin DC of the new sibling, origin DC of
 /// a sibling it stands beside.
@@ -44,7 +105,27 @@ pub struct ConflictTally {
     siblings: Mutex<HashMap<SiblingKey, u64>>,
     merges: Mutex<HashMap<MergeKey, u64>>,
     failures: Mutex<HashMap<FailureKey, u64>>,
+    costs: Mutex<HashMap<MergeKey, MergeCost>>,
     overflow: AtomicU64,
+}
+
+/// What merges cost one resolver in one keyspace.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MergeCost {
+    /// Fuel per merge, in [`MERGE_FUEL_BUCKETS`] (merges the hook did not
+    /// meter are not in it).
+    pub fuel: CostHistogram,
+    /// Time per merge on its thread, in [`MERGE_TIME_BUCKETS_US`].
+    pub time_us: CostHistogram,
+}
+
+impl Default for MergeCost {
+    fn default() -> Self {
+        MergeCost {
+            fuel: CostHistogram::new(&MERGE_FUEL_BUCKETS),
+            time_us: CostHistogram::new(&MERGE_TIME_BUCKETS_US),
+        }
+    }
 }
 
 /// A copy of a tally's counts.
@@ -56,6 +137,8 @@ pub struct TallyFigures {
     pub merges: Vec<(MergeKey, u64)>,
     /// Merges that failed, by keyspace, resolver and class.
     pub failures: Vec<(FailureKey, u64)>,
+    /// What merges cost, by keyspace and resolver.
+    pub costs: Vec<(MergeKey, MergeCost)>,
     /// Counts not kept because a table was full.
     pub overflow: u64,
 }
@@ -157,15 +240,73 @@ impl ConflictTally {
         );
     }
 
+    /// Count what a merge by `resolver` cost: its time on the merge
+    /// thread and, when the hook metered it, its fuel.
+    pub fn cost(&self, keyspace: &str, resolver: &ContentHash, spent: Duration, fuel: Option<u64>) {
+        let mut costs = self.costs.lock();
+        let key = (keyspace.to_owned(), resolver_label(resolver));
+        if !costs.contains_key(&key) && costs.len() >= TALLY_ENTRIES_MAX {
+            self.overflow.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let cost = costs.entry(key).or_default();
+        cost.time_us
+            .record(u64::try_from(spent.as_micros()).unwrap_or(u64::MAX));
+        if let Some(fuel) = fuel {
+            cost.fuel.record(fuel);
+        }
+    }
+
     /// The counts now, sorted by label.
     pub fn figures(&self) -> TallyFigures {
+        let mut costs: Vec<(MergeKey, MergeCost)> = self
+            .costs
+            .lock()
+            .iter()
+            .map(|(k, c)| (k.clone(), c.clone()))
+            .collect();
+        costs.sort_by(|a, b| a.0.cmp(&b.0));
         TallyFigures {
             siblings: sorted(&self.siblings),
             merges: sorted(&self.merges),
             failures: sorted(&self.failures),
+            costs,
             overflow: self.overflow.load(Ordering::Relaxed),
         }
     }
+}
+
+/// The figures as rows per keyspace and resolver (merges, failures by
+/// class, costs), sorted: the answer to a `MergeStats` request.
+pub fn stats_rows(figures: &TallyFigures) -> Vec<MergeStatsRow> {
+    let mut rows: BTreeMap<MergeKey, MergeStatsRow> = BTreeMap::new();
+    fn entry<'a>(
+        rows: &'a mut BTreeMap<MergeKey, MergeStatsRow>,
+        key: &MergeKey,
+    ) -> &'a mut MergeStatsRow {
+        rows.entry(key.clone()).or_insert_with(|| MergeStatsRow {
+            keyspace: key.0.clone(),
+            resolver: key.1.clone(),
+            merges: 0,
+            failures: Vec::new(),
+            fuel: CostHistogram::new(&MERGE_FUEL_BUCKETS),
+            time_us: CostHistogram::new(&MERGE_TIME_BUCKETS_US),
+        })
+    }
+    for (key, n) in &figures.merges {
+        entry(&mut rows, key).merges += n;
+    }
+    for ((ks, resolver, class), n) in &figures.failures {
+        entry(&mut rows, &(ks.clone(), resolver.clone()))
+            .failures
+            .push((*class, *n));
+    }
+    for (key, cost) in &figures.costs {
+        let row = entry(&mut rows, key);
+        row.fuel = cost.fuel.clone();
+        row.time_us = cost.time_us.clone();
+    }
+    rows.into_values().collect()
 }
 
 #[cfg(test)]
@@ -255,6 +396,29 @@ mod tests {
                 (("carts".into(), hex7, FailureClass::Trap), 1),
             ]
         );
+    }
+
+    #[test]
+    fn costs_are_kept_per_keyspace_and_resolver_in_fixed_buckets() {
+        let tally = ConflictTally::default();
+        for us in [3, 3, 3, 700] {
+            tally.cost("carts", &[7; 32], Duration::from_micros(us), Some(5_000));
+        }
+        tally.cost("carts", &[7; 32], Duration::from_secs(5), None);
+        let figures = tally.figures();
+        assert_eq!(figures.costs.len(), 1);
+        let ((ks, resolver), cost) = &figures.costs[0];
+        assert_eq!((ks.as_str(), resolver.clone()), ("carts", "07".repeat(32)));
+        assert_eq!(cost.time_us.count(), 5);
+        assert_eq!(cost.fuel.count(), 4, "an unmetered merge has no fuel");
+        // 3 us falls in the (2, 4] bucket; 5 s past the last bound.
+        assert_eq!(cost.time_us.counts[2], 3);
+        assert_eq!(cost.time_us.counts[MERGE_TIME_BUCKETS_US.len()], 1);
+        assert_eq!(cost.fuel.sum, 20_000);
+        let p50 = cost.time_us.quantile(0.5).unwrap();
+        assert!((2.0..=4.0).contains(&p50), "{p50}");
+        let p99 = cost.fuel.quantile(0.99).unwrap();
+        assert!((4096.0..=8192.0).contains(&p99), "{p99}");
     }
 
     #[test]

@@ -109,6 +109,7 @@ pub fn needs(name: &str, request: &RequestBody) -> Option<Permission> {
         }
         RequestBody::Status
         | RequestBody::Operations(_)
+        | RequestBody::MergeStats
         | RequestBody::Registry(RegistryRequest::List) => None,
         RequestBody::User(UserRequest::Passwd { name: whose, .. }) if whose == name => None,
         RequestBody::Repair { .. }

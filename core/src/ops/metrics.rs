@@ -22,6 +22,7 @@ use prometheus_client::registry::Registry;
 
 use super::{Figures, Probe};
 use crate::bridge::LAG_BUCKETS_MS;
+use crate::merge::tally::{CostHistogram, MergeCost};
 
 /// The labels of a request: its operation, keyspace (a configured one, or
 /// `-`: unknown names are not labels, so a client cannot grow the set),
@@ -340,6 +341,50 @@ fn encode_conflicts(f: &Figures, out: &mut Out<'_, '_>) -> Result<(), Error> {
         "Merges that failed or were deferred (siblings kept), by keyspace, resolver and failure class",
         &failures,
     )?;
+    /// A histogram of a merge cost: name, help, which one, and the scale
+    /// from its unit to the exported one.
+    type CostFamily = (
+        &'static str,
+        &'static str,
+        fn(&MergeCost) -> &CostHistogram,
+        f64,
+    );
+    let histograms: [CostFamily; 2] = [
+        (
+            "isthmus_merge_fuel",
+            "Fuel per merge a resolver ran, by keyspace and resolver (hex content hash)",
+            |c| &c.fuel,
+            1.0,
+        ),
+        (
+            "isthmus_merge_seconds",
+            "Time per merge a resolver ran, on its merge thread, by keyspace and resolver (hex content hash)",
+            |c| &c.time_us,
+            1e-6,
+        ),
+    ];
+    for (name, help, pick, scale) in histograms {
+        let mut m = out
+            .0
+            .encode_descriptor(name, help, None, MetricType::Histogram)?;
+        for ((ks, resolver), cost) in &c.costs {
+            let h = pick(cost);
+            let mut buckets: Vec<(f64, u64)> = h
+                .bounds
+                .iter()
+                .zip(&h.counts)
+                .map(|(bound, n)| (*bound as f64 * scale, *n))
+                .collect();
+            buckets.push((f64::MAX, h.counts.last().copied().unwrap_or(0)));
+            let labels = [("keyspace", ks.as_str()), ("resolver", resolver.as_str())];
+            m.encode_family(&labels)?.encode_histogram::<NoLabelSet>(
+                h.sum as f64 * scale,
+                h.count(),
+                &buckets,
+                None,
+            )?;
+        }
+    }
     out.counter(
         "isthmus_conflict_tally_overflow",
         "Conflict counts not kept because a table of label sets was full",

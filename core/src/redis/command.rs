@@ -10,8 +10,8 @@ use bytes::Bytes;
 use isthmus_client::counter::Counter;
 use isthmus_client::tls::CertIdentity;
 use isthmus_client::wire::{
-    Context, Credentials, ErrorCode, Expiry, RequestBody, ResponseBody, SCAN_COUNT_MAX, ScanCursor,
-    Sibling, WireError, WriteId, WriteMode,
+    Context, Credentials, ErrorCode, Expiry, MergeFailureInfo, RequestBody, ResponseBody,
+    SCAN_COUNT_MAX, ScanCursor, Sibling, WireError, WriteId, WriteMode,
 };
 use redis_protocol::resp2::types::BytesFrame;
 
@@ -253,13 +253,27 @@ impl<H: Handler> Session<H> {
     }
 
     async fn read(&self, key: &Bytes) -> Result<(Vec<Sibling>, Context), Reply> {
+        let (siblings, context, _) = self.read_flagged(key).await?;
+        Ok((siblings, context))
+    }
+
+    /// A read with the failed merge it may carry (the keyspace's resolver
+    /// did not merge the siblings).
+    async fn read_flagged(
+        &self,
+        key: &Bytes,
+    ) -> Result<(Vec<Sibling>, Context, Option<MergeFailureInfo>), Reply> {
         let get = RequestBody::Get {
             keyspace: self.keyspace.clone(),
             key: key.to_vec(),
             consistency: None,
         };
         match self.call(get).await? {
-            ResponseBody::Value { siblings, context } => Ok((siblings, context)),
+            ResponseBody::Value {
+                siblings,
+                context,
+                merge_failure,
+            } => Ok((siblings, context, merge_failure)),
             other => Err(Reply::err(format!("unexpected answer {other:?}"))),
         }
     }
@@ -972,7 +986,7 @@ impl<H: Handler> Session<H> {
     }
 
     async fn siblings(&self, key: &Bytes) -> Result<Reply, Reply> {
-        let (siblings, context) = self.read(key).await?;
+        let (siblings, context, failure) = self.read_flagged(key).await?;
         let mut ordered: Vec<&Sibling> = siblings.iter().collect();
         ordered.sort_by(|a, b| {
             (a.timestamp_ms, &a.origin_dc, &a.value).cmp(&(b.timestamp_ms, &b.origin_dc, &b.value))
@@ -985,7 +999,21 @@ impl<H: Handler> Session<H> {
                     .collect(),
             ),
             Reply::bulk(context.0),
+            merge_failure_reply(failure),
         ]))
+    }
+}
+
+/// `ISTHMUS.SIBLINGS`' third element: nil, or the class of the merge the
+/// keyspace's resolver failed and the resolver (`name@version`, nil when
+/// the node did not know it).
+fn merge_failure_reply(failure: Option<MergeFailureInfo>) -> Reply {
+    match failure {
+        None => Reply::Nil,
+        Some(info) => Reply::Array(vec![
+            Reply::bulk(info.class.as_str()),
+            info.resolver.map_or(Reply::Nil, Reply::bulk),
+        ]),
     }
 }
 

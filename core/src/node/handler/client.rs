@@ -78,7 +78,11 @@ pub fn decode_context(context: &Context) -> Result<Clock, CoordinatorError> {
 /// The client's view of a set: live siblings and the context covering all.
 pub fn to_response(set: &VersionSet) -> ResponseBody {
     let (siblings, context) = client_view(set, now_ms());
-    ResponseBody::Value { siblings, context }
+    ResponseBody::Value {
+        siblings,
+        context,
+        merge_failure: None,
+    }
 }
 
 /// A set's siblings live at `now_ms` (values not expired) in canonical
@@ -131,7 +135,14 @@ where
         .read(&keyspace, &key, level, deadline)
         .await
     {
-        Ok(set) => to_response(&set),
+        Ok(answer) => {
+            let (siblings, context) = client_view(&answer.set, now_ms());
+            ResponseBody::Value {
+                siblings,
+                context,
+                merge_failure: answer.merge_failure,
+            }
+        }
         Err(e) => ResponseBody::Error(e.to_wire()),
     }
 }
@@ -306,6 +317,19 @@ where
             )),
         },
     }
+}
+
+/// `MergeStats`: this node's merges, failures and their costs since it
+/// started, per keyspace and resolver (what `/metrics` exports), for
+/// `isthmus resolver list` and `status`.
+pub fn merge_stats<S, T, H>(node: &NodeHandler<S, T, H>) -> ResponseBody
+where
+    S: LocalStore + Clone,
+    T: GossipTransport,
+    H: HintQueue + HintSink,
+{
+    let figures = node.coordinator.replica().merge_pool().tally().figures();
+    ResponseBody::MergeStats(crate::merge::tally::stats_rows(&figures))
 }
 
 /// `Registry`: the resolver registry's requests, when the node runs one.

@@ -166,6 +166,7 @@ where
             RequestBody::User(_) => other("user"),
             RequestBody::Operations(_) => other("operations"),
             RequestBody::Rebuild { .. } => other("rebuild"),
+            RequestBody::MergeStats => other("merge_stats"),
             RequestBody::Scan { keyspace, .. } => data("scan", keyspace, &Some(Consistency::One)),
         }
     }
@@ -259,6 +260,7 @@ where
             },
             RequestBody::Registry(request) => client::registry(self, request, deadline).await,
             RequestBody::Quarantine(request) => client::quarantine(self, request).await,
+            RequestBody::MergeStats => client::merge_stats(self),
             RequestBody::User(request) => match &self.access.users {
                 Some(users) => match crate::auth::serve(users, request).await {
                     Ok(answer) => ResponseBody::User(answer),
