@@ -9,8 +9,8 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Subcommand;
 use isthmus_client::wire::{
-    BindingInfo, BoundResolver, CanaryInfo, ErrorCode, LawCheckOutcome, RegistryRequest, RegistryResponse,
-    RequestBody, ResolverInfo, ResponseBody,
+    BindingInfo, BoundResolver, CanaryInfo, ErrorCode, LawCheckOutcome, RegistryRequest,
+    RegistryResponse, RequestBody, ResolverInfo, ResponseBody,
 };
 use isthmus_client::{ClientError, Session};
 use isthmus_resolvers::check::{CheckOptions, check};

@@ -135,14 +135,25 @@ async fn a_canary_is_promoted_and_a_failing_one_rolls_itself_back() {
         async move {
             cli(
                 &a,
-                &["upload", "--name", "carts-merge", "--version", version, &file],
+                &[
+                    "upload",
+                    "--name",
+                    "carts-merge",
+                    "--version",
+                    version,
+                    &file,
+                ],
             )
             .await
         }
     };
     upload("1", lww).await;
     upload("2", union).await;
-    cli(&addr(0), &["attach", "--keyspace", "carts", "carts-merge@1"]).await;
+    cli(
+        &addr(0),
+        &["attach", "--keyspace", "carts", "carts-merge@1"],
+    )
+    .await;
 
     // cart-union on trial in DC1 (through a DC2 node: any node will do).
     until("every node holds both versions", &nodes, 60, async || {
@@ -276,12 +287,17 @@ async fn a_canary_is_promoted_and_a_failing_one_rolls_itself_back() {
         ],
     )
     .await;
-    until("every node runs the failing canary", &nodes, 60, async || {
-        every_binding(&nodes, |b| {
-            b.canary.as_ref().is_some_and(|c| c.resolver.version == 3)
-        })
-        .await
-    })
+    until(
+        "every node runs the failing canary",
+        &nodes,
+        60,
+        async || {
+            every_binding(&nodes, |b| {
+                b.canary.as_ref().is_some_and(|c| c.resolver.version == 3)
+            })
+            .await
+        },
+    )
     .await;
 
     // Concurrent writes through both DC1 nodes: DC1's replicas merge with
@@ -324,18 +340,23 @@ async fn a_canary_is_promoted_and_a_failing_one_rolls_itself_back() {
     both.insert("apple".to_owned(), 1);
     both.insert("pear".to_owned(), 2);
     let want = cart_union::encode(&both);
-    until("every replica holds the merged cart", &nodes, 60, async || {
-        for node in &nodes {
-            match local_set(&probe, &node.addr, "carts", b"after").await {
-                Some(s)
-                    if s.len() == 1
-                        && s.versions()[0].value_bytes() == Some(&want[..])
-                        && s.versions()[0].resolver == Some(union_hash) => {}
-                _ => return false,
+    until(
+        "every replica holds the merged cart",
+        &nodes,
+        60,
+        async || {
+            for node in &nodes {
+                match local_set(&probe, &node.addr, "carts", b"after").await {
+                    Some(s)
+                        if s.len() == 1
+                            && s.versions()[0].value_bytes() == Some(&want[..])
+                            && s.versions()[0].resolver == Some(union_hash) => {}
+                    _ => return false,
+                }
             }
-        }
-        true
-    })
+            true
+        },
+    )
     .await;
 
     // Paused: siblings are kept and returned to readers.

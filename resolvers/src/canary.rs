@@ -205,7 +205,11 @@ mod tests {
         let first = canary(1, 10_000, 2, 100_000);
         assert_eq!(watch.record("ks", &first, true, 1_000), None);
         let second = canary(2, 10_000, 2, 100_000);
-        assert_eq!(watch.record("ks", &second, true, 1_001), None, "fresh window");
+        assert_eq!(
+            watch.record("ks", &second, true, 1_001),
+            None,
+            "fresh window"
+        );
         let tripped = watch.record("ks", &second, true, 1_002).unwrap();
         assert_eq!((tripped.since_ms, tripped.merges), (2, 2));
     }

@@ -268,10 +268,8 @@ pub const CANARY_MERGES_MIN: std::ops::RangeInclusive<u64> = 1..=1_000_000;
 impl RollbackGuard {
     /// Refuse numbers outside their bounds, naming the field.
     pub fn validate(&self) -> Result<(), RegistryError> {
-        let invalid = |field: &'static str, reason: String| RegistryError::InvalidCanary {
-            field,
-            reason,
-        };
+        let invalid =
+            |field: &'static str, reason: String| RegistryError::InvalidCanary { field, reason };
         if !CANARY_WINDOW_MS.contains(&self.window_ms) {
             return Err(invalid(
                 "window_ms",
@@ -719,7 +717,9 @@ impl Registry {
             .filter(|b| {
                 uses(&b.current)
                     || b.history.iter().any(uses)
-                    || b.canary.as_ref().is_some_and(|c| uses(&Some(c.resolver.clone())))
+                    || b.canary
+                        .as_ref()
+                        .is_some_and(|c| uses(&Some(c.resolver.clone())))
             })
             .map(|b| b.keyspace)
             .collect())

@@ -51,8 +51,8 @@ use std::time::Duration;
 
 use isthmus_core::bridge::BoxFuture;
 use isthmus_core::system_keyspace::{
-    BindingEvent, BindingInfo, BoundResolver, CanaryInfo, ErrorCode, RegistryHook, RegistryRequest, RegistryResponse,
-    ResolverInfo, SystemKeyspace, WireError, is_system,
+    BindingEvent, BindingInfo, BoundResolver, CanaryInfo, ErrorCode, RegistryHook, RegistryRequest,
+    RegistryResponse, ResolverInfo, SystemKeyspace, WireError, is_system,
 };
 
 use crate::check::CheckOptions;

@@ -35,7 +35,13 @@ fn setup(host: &Host) -> (Arc<Registry>, [ResolverRecord; 3]) {
         )
         .unwrap();
     let lww = registry
-        .register(host, "m", 2, &example_module("isthmus-example-lww"), &policy)
+        .register(
+            host,
+            "m",
+            2,
+            &example_module("isthmus-example-lww"),
+            &policy,
+        )
         .unwrap();
     let bad = registry
         .register(host, "bad", 1, &trapping_module(), &policy)
@@ -118,7 +124,10 @@ fn a_canary_merges_in_its_dc_only_until_promoted_or_rolled_back() {
     let binding = registry.promote("ks").unwrap();
     assert_eq!(binding.canary, None);
     assert_eq!(binding.current.as_ref().unwrap().hash, lww.hash);
-    assert_eq!(binding.history.last().unwrap().as_ref().unwrap().hash, cart.hash);
+    assert_eq!(
+        binding.history.last().unwrap().as_ref().unwrap().hash,
+        cart.hash
+    );
     assert_eq!(merged_by(&dc1, b"k"), Some(lww.hash));
     assert_eq!(merged_by(&dc2, b"k"), Some(lww.hash));
     let notes: Vec<String> = binding.events.iter().map(|e| e.kind.to_string()).collect();
@@ -155,7 +164,11 @@ fn a_share_canary_takes_its_share_of_keys_on_every_dc() {
         let key = format!("key-{i}");
         let by = merged_by(&dc1, key.as_bytes()).unwrap();
         assert!(by == lww.hash || by == cart.hash);
-        assert_eq!(merged_by(&dc2, key.as_bytes()), Some(by), "{key}: same on both DCs");
+        assert_eq!(
+            merged_by(&dc2, key.as_bytes()),
+            Some(by),
+            "{key}: same on both DCs"
+        );
         canary_keys += usize::from(by == lww.hash);
     }
     assert!(
@@ -227,7 +240,12 @@ fn a_failing_canary_rolls_itself_back_and_says_why() {
         assert_eq!(merged_by(&dc2, b"k"), Some(cart.hash));
     }
     assert_eq!(
-        registry.binding("ks").unwrap().unwrap().canary.map(|c| c.resolver.hash),
+        registry
+            .binding("ks")
+            .unwrap()
+            .unwrap()
+            .canary
+            .map(|c| c.resolver.hash),
         Some(bad.hash)
     );
     // DC1's merges fail: siblings kept, and the third trips the guard.
@@ -285,7 +303,10 @@ fn nodes_rolling_back_the_same_canary_concurrently_agree() {
         .unwrap()
         .unwrap();
     // Whichever record wins, the keyspace is bound alike.
-    assert_eq!((&a.current, &a.history, &a.canary), (&b.current, &b.history, &b.canary));
+    assert_eq!(
+        (&a.current, &a.history, &a.canary),
+        (&b.current, &b.history, &b.canary)
+    );
     assert_eq!(a.canary, None);
     // Once rolled back, a late node's rollback changes nothing; nor does
     // one for an earlier trial of the same module.
@@ -297,7 +318,9 @@ fn nodes_rolling_back_the_same_canary_concurrently_agree() {
         .attach_canary("ks", "bad", 1, in_dc1(), RollbackGuard::default(), None, 8)
         .unwrap();
     assert_eq!(
-        registry.auto_rollback("ks", &bad.hash, 7, 1, 1, 103).unwrap(),
+        registry
+            .auto_rollback("ks", &bad.hash, 7, 1, 1, 103)
+            .unwrap(),
         None
     );
     assert!(registry.binding("ks").unwrap().unwrap().canary.is_some());
@@ -356,11 +379,11 @@ fn a_canary_resolver_cannot_be_deleted() {
 fn canary_scope_and_guard_are_validated_naming_the_field() {
     let host = small_host();
     let (registry, _) = setup(&host);
-    let field = |scope: CanaryScope, guard: RollbackGuard| {
-        match registry.attach_canary("ks", "m", 2, scope, guard, None, 1) {
-            Err(RegistryError::InvalidCanary { field, .. }) => field,
-            other => panic!("expected an invalid canary, got {other:?}"),
-        }
+    let field = |scope: CanaryScope, guard: RollbackGuard| match registry
+        .attach_canary("ks", "m", 2, scope, guard, None, 1)
+    {
+        Err(RegistryError::InvalidCanary { field, .. }) => field,
+        other => panic!("expected an invalid canary, got {other:?}"),
     };
     let ok = RollbackGuard::default();
     let share = |ppm| CanaryScope {
@@ -378,7 +401,10 @@ fn canary_scope_and_guard_are_validated_naming_the_field() {
     assert_eq!(field(in_dc1(), guard(999, 20, 1)), "window_ms");
     assert_eq!(field(in_dc1(), guard(1_000, 0, 1)), "merges_min");
     assert_eq!(field(in_dc1(), guard(1_000, 1, 0)), "failure_rate_max");
-    assert_eq!(field(in_dc1(), guard(1_000, 1, 1_000_001)), "failure_rate_max");
+    assert_eq!(
+        field(in_dc1(), guard(1_000, 1, 1_000_001)),
+        "failure_rate_max"
+    );
     // The current binding on trial again: refused.
     assert!(matches!(
         registry.attach_canary("ks", "m", 1, in_dc1(), ok, None, 1),
