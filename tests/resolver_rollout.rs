@@ -195,7 +195,10 @@ async fn a_canary_is_promoted_and_a_failing_one_rolls_itself_back() {
     );
 
     // Mid-rollout: concurrent carts through both DCs. DC1 merges them with
-    // cart-union, DC2 with lww; every replica of both ends the same.
+    // cart-union, DC2 with lww: equal clocks, different bytes. Each DC's
+    // merge stays in that DC until the versions meet (here by the read
+    // repair of reads at ALL; repair does it too); then the greater
+    // digest wins on every replica of both.
     put(&addr(0), b"mid", cart("apple", 2), 1).await;
     put(&addr(2), b"mid", cart("pear", 1), 2).await;
     put(&addr(3), b"mid", cart("fig", 3), 3).await;
@@ -205,6 +208,12 @@ async fn a_canary_is_promoted_and_a_failing_one_rolls_itself_back() {
         &nodes,
         60,
         async || {
+            let get = RequestBody::Get {
+                keyspace: "carts".into(),
+                key: b"mid".to_vec(),
+                consistency: Some(Consistency::All),
+            };
+            let _ = call(&addr(0), get).await;
             last.clear();
             for node in &nodes {
                 last.push(local_set(&probe, &node.addr, "carts", b"mid").await);
@@ -215,6 +224,7 @@ async fn a_canary_is_promoted_and_a_failing_one_rolls_itself_back() {
         },
     )
     .await;
+    eprintln!("mid-rollout, every replica holds {:?}", last[0]);
     let merged_by = last[0].as_ref().unwrap().versions()[0].resolver;
     assert!(
         merged_by == Some(lww_hash) || merged_by == Some(union_hash),
