@@ -868,6 +868,80 @@ mod tests {
     }
 
     #[test]
+    fn canary_fractions_are_checked_and_guards_need_a_scope() {
+        assert_eq!(fraction_ppm("--canary-share", 0.25).unwrap(), 250_000);
+        assert_eq!(fraction_ppm("--canary-share", 1.0).unwrap(), 1_000_000);
+        for bad in [0.0, -0.1, 1.5, f64::NAN, f64::INFINITY] {
+            let err = fraction_ppm("--canary-share", bad).unwrap_err();
+            assert!(err.to_string().contains("--canary-share"), "{err}");
+        }
+        // A guard without --canary-dc or --canary-share: refused before
+        // any node is asked.
+        let err = registry_command(ResolverCommand::Attach {
+            node: NodeArgs {
+                addr: "127.0.0.1:1".into(),
+                timeout_ms: 10,
+                security: crate::client_cmd::Security::default(),
+            },
+            keyspace: "carts".into(),
+            resolver: "m@2".into(),
+            canary_dc: None,
+            canary_share: None,
+            canary_window_ms: None,
+            canary_merges_min: Some(3),
+            canary_failure_rate_max: None,
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("need --canary-dc"), "{err}");
+    }
+
+    #[test]
+    fn a_binding_shows_its_canary_pause_and_log() {
+        let resolver = BoundResolver {
+            name: "m".into(),
+            version: 1,
+            hash: Some([1; 32]),
+        };
+        let b = BindingInfo {
+            keyspace: "carts".into(),
+            current: Some(resolver.clone()),
+            history: vec![None],
+            from_config: false,
+            canary: Some(CanaryInfo {
+                resolver: BoundResolver {
+                    version: 2,
+                    ..resolver
+                },
+                dc: Some("dc1".into()),
+                share_ppm: Some(100_000),
+                window_ms: 60_000,
+                merges_min: 20,
+                failure_rate_max_ppm: 100_000,
+                since_ms: 5,
+            }),
+            paused: true,
+            events: vec![isthmus_client::wire::BindingEvent {
+                at_ms: 6,
+                note: "canary m@2 began".into(),
+            }],
+        };
+        let text = format_listing(&[], std::slice::from_ref(&b), false);
+        assert!(
+            text.contains(
+                "canary: m@2 in dc dc1 and share 0.1; rolled back past failure rate 0.1 over 60000 ms (at least 20 merges)"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("paused: siblings are kept"), "{text}");
+        assert!(text.contains("6: canary m@2 began"), "{text}");
+        let json: serde_json::Value =
+            serde_json::from_str(&format_listing(&[], &[b], true)).unwrap();
+        assert_eq!(json["bindings"][0]["canary"]["dc"], "dc1");
+        assert_eq!(json["bindings"][0]["paused"], true);
+        assert_eq!(json["bindings"][0]["events"][0]["note"], "canary m@2 began");
+    }
+
+    #[test]
     fn check_fails_cleanly_on_a_missing_or_invalid_file() {
         let missing = run(ResolverCommand::Check {
             file: "/nonexistent.wasm".into(),

@@ -481,9 +481,7 @@ async fn the_service_runs_canaries_with_default_guards_and_pauses_a_configured_d
     serve(&service, upload("cart-union", cart, false))
         .await
         .unwrap();
-    let RegistryResponse::Uploaded(lww) = serve(&service, upload("lww", lww, false))
-        .await
-        .unwrap()
+    let RegistryResponse::Uploaded(lww) = serve(&service, upload("lww", lww, false)).await.unwrap()
     else {
         panic!("no upload")
     };
