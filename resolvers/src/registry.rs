@@ -913,6 +913,9 @@ impl Registry {
     /// stays (`default`: the keyspace's configured resolver, for a
     /// keyspace the registry never bound). A canary already on is
     /// replaced.
+    // Each argument is one thing the operator chose (or the node's clock
+    // and configuration); a struct around them would only rename them.
+    #[allow(clippy::too_many_arguments)]
     pub fn attach_canary(
         &self,
         keyspace: &str,
@@ -969,7 +972,7 @@ impl Registry {
         };
         let mut binding = self.binding(keyspace)?.ok_or_else(none)?;
         let canary = binding.canary.take().ok_or_else(none)?;
-        let previous = std::mem::replace(&mut binding.current, Some(canary.resolver.clone()));
+        let previous = binding.current.replace(canary.resolver.clone());
         binding.history.push(previous);
         self.store_binding(
             &mut binding,
