@@ -1,6 +1,7 @@
 //! `isthmus resolver …`: tooling for resolver modules: the law checker,
 //! one merge run locally (`call`), and the cluster's resolver registry
-//! (upload, attach, detach, rollback, list) through any node.
+//! (upload, attach (everywhere or as a canary), promote, detach, rollback,
+//! pause, resume, delete, list) through any node.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -8,8 +9,8 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Subcommand;
 use isthmus_client::wire::{
-    BindingInfo, BoundResolver, ErrorCode, LawCheckOutcome, RegistryRequest, RegistryResponse,
-    RequestBody, ResolverInfo, ResponseBody,
+    BindingInfo, BoundResolver, CanaryInfo, ErrorCode, LawCheckOutcome, RegistryRequest,
+    RegistryResponse, RequestBody, ResolverInfo, ResponseBody,
 };
 use isthmus_client::{ClientError, Session};
 use isthmus_resolvers::check::{CheckOptions, check};
@@ -90,7 +91,12 @@ pub enum ResolverCommand {
         /// The module (`.wasm`, built for wasm32-unknown-unknown).
         file: PathBuf,
     },
-    /// Bind a keyspace to a registered NAME@VERSION on every node.
+    /// Bind a keyspace to a registered NAME@VERSION on every node; with
+    /// --canary-dc and/or --canary-share, only in that scope (a canary,
+    /// which the nodes in scope roll back themselves when its failure
+    /// rate passes --canary-failure-rate-max over --canary-window-ms,
+    /// once --canary-merges-min merges ran). `resolver promote` makes a
+    /// canary the binding everywhere, `resolver rollback` drops it.
     Attach {
         #[command(flatten)]
         node: NodeArgs,
@@ -99,6 +105,50 @@ pub enum ResolverCommand {
         keyspace: String,
         /// The resolver, NAME@VERSION.
         resolver: String,
+        /// Canary: only merges on nodes of this datacenter use it.
+        #[arg(long)]
+        canary_dc: Option<String>,
+        /// Canary: only keys in this share (more than 0, at most 1) of the
+        /// key-hash space use it.
+        #[arg(long)]
+        canary_share: Option<f64>,
+        /// Canary: the window its failure rate is measured over
+        /// (1000 to 3600000 ms; default 60000).
+        #[arg(long)]
+        canary_window_ms: Option<u64>,
+        /// Canary: merges the window must hold before the rate is judged
+        /// (1 to 1000000; default 20).
+        #[arg(long)]
+        canary_merges_min: Option<u64>,
+        /// Canary: the failure rate (failed / attempted merges, more than
+        /// 0, at most 1) past which it is rolled back (default 0.1).
+        #[arg(long)]
+        canary_failure_rate_max: Option<f64>,
+    },
+    /// Make a keyspace's canary its binding on every node.
+    Promote {
+        #[command(flatten)]
+        node: NodeArgs,
+        /// The keyspace.
+        #[arg(long)]
+        keyspace: String,
+    },
+    /// Pause a keyspace's merges: siblings are kept (and returned to
+    /// readers) until `resolver resume`.
+    Pause {
+        #[command(flatten)]
+        node: NodeArgs,
+        /// The keyspace.
+        #[arg(long)]
+        keyspace: String,
+    },
+    /// Merge a paused keyspace again.
+    Resume {
+        #[command(flatten)]
+        node: NodeArgs,
+        /// The keyspace.
+        #[arg(long)]
+        keyspace: String,
     },
     /// Unbind a keyspace (its siblings are then kept for clients).
     Detach {
@@ -108,7 +158,8 @@ pub enum ResolverCommand {
         #[arg(long)]
         keyspace: String,
     },
-    /// Restore a keyspace's previous binding.
+    /// Restore a keyspace's previous binding; with a canary on, drop the
+    /// canary (the binding elsewhere stays).
     Rollback {
         #[command(flatten)]
         node: NodeArgs,
@@ -208,11 +259,51 @@ fn format_binding(b: &BindingInfo) -> String {
         .as_ref()
         .and_then(|r| r.hash)
         .map_or_else(|| "-".into(), |h| short(&h));
-    format!(
+    let mut out = format!(
         "{} -> {} (blake3 {hash})\n",
         b.keyspace,
         resolver_name(&b.current)
+    );
+    if let Some(c) = &b.canary {
+        out.push_str(&format!("canary: {}\n", canary_text(c)));
+    }
+    if b.paused {
+        out.push_str("paused: siblings are kept\n");
+    }
+    out
+}
+
+fn ppm_text(ppm: u32) -> String {
+    format!("{}", f64::from(ppm) / 1e6)
+}
+
+/// A canary in one line: resolver, scope and guard.
+fn canary_text(c: &CanaryInfo) -> String {
+    let mut scope = Vec::new();
+    if let Some(dc) = &c.dc {
+        scope.push(format!("dc {dc}"));
+    }
+    if let Some(share) = c.share_ppm {
+        scope.push(format!("share {}", ppm_text(share)));
+    }
+    format!(
+        "{} in {}; rolled back past failure rate {} over {} ms (at least {} merges)",
+        resolver_name(&Some(c.resolver.clone())),
+        scope.join(" and "),
+        ppm_text(c.failure_rate_max_ppm),
+        c.window_ms,
+        c.merges_min
     )
+}
+
+/// A fraction given on the command line, in millionths; `flag` names it
+/// in the error.
+fn fraction_ppm(flag: &str, value: f64) -> anyhow::Result<u32> {
+    anyhow::ensure!(
+        value.is_finite() && value > 0.0 && value <= 1.0,
+        "{flag}: {value} is not more than 0 and at most 1"
+    );
+    Ok((value * 1e6).round() as u32)
 }
 
 /// `isthmus resolver list` output.
@@ -249,6 +340,19 @@ fn format_listing(resolvers: &[ResolverInfo], bindings: &[BindingInfo], json: bo
                     "current": bound(&b.current),
                     "history": b.history.iter().map(bound).collect::<Vec<_>>(),
                     "source": if b.from_config { "config" } else { "registry" },
+                    "canary": b.canary.as_ref().map(|c| serde_json::json!({
+                        "resolver": bound(&Some(c.resolver.clone())),
+                        "dc": c.dc,
+                        "share": c.share_ppm.map(|p| f64::from(p) / 1e6),
+                        "window_ms": c.window_ms,
+                        "merges_min": c.merges_min,
+                        "failure_rate_max": f64::from(c.failure_rate_max_ppm) / 1e6,
+                        "since_ms": c.since_ms,
+                    })),
+                    "paused": b.paused,
+                    "events": b.events.iter().map(|e| serde_json::json!({
+                        "at_ms": e.at_ms, "note": e.note,
+                    })).collect::<Vec<_>>(),
                 })
             })
             .collect();
@@ -301,6 +405,15 @@ fn format_listing(resolvers: &[ResolverInfo], bindings: &[BindingInfo], json: bo
             if b.from_config { "config" } else { "registry" },
             earlier.join(", ")
         ));
+        if let Some(c) = &b.canary {
+            out.push_str(&format!("  canary: {}\n", canary_text(c)));
+        }
+        if b.paused {
+            out.push_str("  paused: siblings are kept\n");
+        }
+        for e in &b.events {
+            out.push_str(&format!("  {}: {}\n", e.at_ms, e.note));
+        }
     }
     out
 }
@@ -364,17 +477,65 @@ fn registry_command(command: ResolverCommand) -> anyhow::Result<(String, u8)> {
             node,
             keyspace,
             resolver,
+            canary_dc,
+            canary_share,
+            canary_window_ms,
+            canary_merges_min,
+            canary_failure_rate_max,
         } => {
             let (name, version) = isthmus_core::config::parse_resolver_binding(&resolver)
                 .with_context(|| format!("{resolver:?} is not NAME@VERSION"))?;
-            let request = RegistryRequest::Attach {
-                keyspace,
-                name,
-                version,
+            let canary = canary_dc.is_some() || canary_share.is_some();
+            let guard_given = canary_window_ms.is_some()
+                || canary_merges_min.is_some()
+                || canary_failure_rate_max.is_some();
+            anyhow::ensure!(
+                canary || !guard_given,
+                "--canary-window-ms, --canary-merges-min and --canary-failure-rate-max need --canary-dc or --canary-share"
+            );
+            let request = if canary {
+                RegistryRequest::Canary {
+                    keyspace,
+                    name,
+                    version,
+                    dc: canary_dc,
+                    share_ppm: canary_share
+                        .map(|f| fraction_ppm("--canary-share", f))
+                        .transpose()?,
+                    window_ms: canary_window_ms,
+                    merges_min: canary_merges_min,
+                    failure_rate_max_ppm: canary_failure_rate_max
+                        .map(|f| fraction_ppm("--canary-failure-rate-max", f))
+                        .transpose()?,
+                }
+            } else {
+                RegistryRequest::Attach {
+                    keyspace,
+                    name,
+                    version,
+                }
             };
             match call(&node, request)? {
                 RegistryResponse::Bound(b) => Ok((format_binding(&b), 0)),
                 other => Err(expect("attach", other)),
+            }
+        }
+        ResolverCommand::Promote { node, keyspace } => {
+            match call(&node, RegistryRequest::Promote { keyspace })? {
+                RegistryResponse::Bound(b) => Ok((format_binding(&b), 0)),
+                other => Err(expect("promote", other)),
+            }
+        }
+        ResolverCommand::Pause { node, keyspace } => {
+            match call(&node, RegistryRequest::Pause { keyspace })? {
+                RegistryResponse::Bound(b) => Ok((format_binding(&b), 0)),
+                other => Err(expect("pause", other)),
+            }
+        }
+        ResolverCommand::Resume { node, keyspace } => {
+            match call(&node, RegistryRequest::Resume { keyspace })? {
+                RegistryResponse::Bound(b) => Ok((format_binding(&b), 0)),
+                other => Err(expect("resume", other)),
             }
         }
         ResolverCommand::Detach { node, keyspace } => {
@@ -748,6 +909,80 @@ mod tests {
         .unwrap();
         assert_eq!(status, 1, "{out}");
         assert!(out.contains("failed (guest_error)"), "{out}");
+    }
+
+    #[test]
+    fn canary_fractions_are_checked_and_guards_need_a_scope() {
+        assert_eq!(fraction_ppm("--canary-share", 0.25).unwrap(), 250_000);
+        assert_eq!(fraction_ppm("--canary-share", 1.0).unwrap(), 1_000_000);
+        for bad in [0.0, -0.1, 1.5, f64::NAN, f64::INFINITY] {
+            let err = fraction_ppm("--canary-share", bad).unwrap_err();
+            assert!(err.to_string().contains("--canary-share"), "{err}");
+        }
+        // A guard without --canary-dc or --canary-share: refused before
+        // any node is asked.
+        let err = registry_command(ResolverCommand::Attach {
+            node: NodeArgs {
+                addr: "127.0.0.1:1".into(),
+                timeout_ms: 10,
+                security: crate::client_cmd::Security::default(),
+            },
+            keyspace: "carts".into(),
+            resolver: "m@2".into(),
+            canary_dc: None,
+            canary_share: None,
+            canary_window_ms: None,
+            canary_merges_min: Some(3),
+            canary_failure_rate_max: None,
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("need --canary-dc"), "{err}");
+    }
+
+    #[test]
+    fn a_binding_shows_its_canary_pause_and_log() {
+        let resolver = BoundResolver {
+            name: "m".into(),
+            version: 1,
+            hash: Some([1; 32]),
+        };
+        let b = BindingInfo {
+            keyspace: "carts".into(),
+            current: Some(resolver.clone()),
+            history: vec![None],
+            from_config: false,
+            canary: Some(CanaryInfo {
+                resolver: BoundResolver {
+                    version: 2,
+                    ..resolver
+                },
+                dc: Some("dc1".into()),
+                share_ppm: Some(100_000),
+                window_ms: 60_000,
+                merges_min: 20,
+                failure_rate_max_ppm: 100_000,
+                since_ms: 5,
+            }),
+            paused: true,
+            events: vec![isthmus_client::wire::BindingEvent {
+                at_ms: 6,
+                note: "canary m@2 began".into(),
+            }],
+        };
+        let text = format_listing(&[], std::slice::from_ref(&b), false);
+        assert!(
+            text.contains(
+                "canary: m@2 in dc dc1 and share 0.1; rolled back past failure rate 0.1 over 60000 ms (at least 20 merges)"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("paused: siblings are kept"), "{text}");
+        assert!(text.contains("6: canary m@2 began"), "{text}");
+        let json: serde_json::Value =
+            serde_json::from_str(&format_listing(&[], &[b], true)).unwrap();
+        assert_eq!(json["bindings"][0]["canary"]["dc"], "dc1");
+        assert_eq!(json["bindings"][0]["paused"], true);
+        assert_eq!(json["bindings"][0]["events"][0]["note"], "canary m@2 began");
     }
 
     #[test]

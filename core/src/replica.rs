@@ -487,8 +487,12 @@ impl<S: LocalStore> LockedKey<'_, S> {
 }
 
 fn log_failure(failure: &MergeFailure) {
-    if failure.class == FailureClass::BudgetExhausted {
-        // Counted by the pool; at warn it would log every deferred merge.
+    if matches!(
+        failure.class,
+        FailureClass::BudgetExhausted | FailureClass::Paused
+    ) {
+        // Counted by the pool; at warn it would log every deferred merge
+        // (or every merge of a paused binding).
         tracing::debug!(%failure, "merge deferred; siblings kept");
     } else {
         tracing::warn!(%failure, "merge failed; siblings kept");

@@ -55,8 +55,8 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 pub use isthmus_client::wire::{
-    BindingInfo, BoundResolver, ErrorCode, LawCheckOutcome, RegistryRequest, RegistryResponse,
-    ResolverInfo, WireError,
+    BindingEvent, BindingInfo, BoundResolver, CanaryInfo, ErrorCode, LawCheckOutcome,
+    RegistryRequest, RegistryResponse, ResolverInfo, WireError,
 };
 use parking_lot::RwLock;
 use tokio::sync::watch;

@@ -73,13 +73,21 @@ fn check_value(value: &[u8]) {
         let _ = registry.get(&current.name, current.version);
     }
     match registry.rollback("ks") {
+        Ok(rolled) if binding.canary.is_some() => {
+            // With a canary on, the rollback drops the canary alone.
+            assert_eq!(rolled.canary, None);
+            assert_eq!(
+                (&rolled.current, &rolled.history),
+                (&binding.current, &binding.history)
+            );
+        }
         Ok(rolled) => {
             assert_eq!(rolled.history.len() + 1, binding.history.len());
             assert_eq!(Some(&rolled.current), binding.history.last());
             assert_eq!(registry.binding("ks").ok().flatten(), Some(rolled));
         }
         Err(error) => {
-            assert!(binding.history.is_empty());
+            assert!(binding.history.is_empty() && binding.canary.is_none());
             assert!(matches!(error, RegistryError::NothingToRollBack { .. }));
         }
     }

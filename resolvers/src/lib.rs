@@ -14,7 +14,9 @@
 //! - [`RegistryService`], core's
 //!   [`RegistryHook`](isthmus_core::system_keyspace::RegistryHook): the node's
 //!   registry as clients reach it (upload with the law check, attach,
-//!   detach, roll back, list).
+//!   detach, roll back, canary, promote, pause, resume, list).
+//! - [`canary`]: the window a node counts its canaries' merges in, and
+//!   when one rolls itself back.
 //! - [`check`]: the law checker behind `isthmus resolver check`.
 //!
 //! The guest side (ABI types, the `export_merge!` macro, the ABI's
@@ -57,6 +59,7 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod canary;
 pub mod check;
 mod error;
 #[doc(hidden)]

@@ -160,6 +160,11 @@ pub struct ResolverRef {
 }
 
 /// Which resolver a keyspace uses, and what it used before.
+///
+/// Encoding: the fields in order; `canary`, `paused` and `events` were
+/// appended, and a record written before them (ending after `history`)
+/// still decodes ([`decode_binding`]), as a binding with no canary, not
+/// paused, and no events.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Binding {
     /// The keyspace.
@@ -169,6 +174,219 @@ pub struct Binding {
     /// Earlier bindings, oldest first; [`Registry::rollback`] pops the
     /// last. At most [`RegistryLimits::history_max`] are kept.
     pub history: Vec<Option<ResolverRef>>,
+    /// A resolver on trial in one scope ([`Registry::attach_canary`]).
+    pub canary: Option<Canary>,
+    /// Merging is paused: siblings are kept ([`Registry::pause`]).
+    pub paused: bool,
+    /// What happened to the binding, oldest first; at most
+    /// [`RegistryLimits::history_max`] are kept.
+    pub events: Vec<BindingEvent>,
+}
+
+/// A binding record as written before canaries (format version 1).
+#[derive(Deserialize)]
+struct BindingV1 {
+    keyspace: String,
+    current: Option<ResolverRef>,
+    history: Vec<Option<ResolverRef>>,
+}
+
+/// Decode a [`Binding`] record, of either layout.
+pub fn decode_binding(key: &[u8], bytes: &[u8]) -> Result<Binding, RegistryError> {
+    if let Ok(binding) = postcard::from_bytes::<Binding>(bytes) {
+        return Ok(binding);
+    }
+    let old: BindingV1 = decode(key, bytes)?;
+    Ok(Binding {
+        keyspace: old.keyspace,
+        current: old.current,
+        history: old.history,
+        canary: None,
+        paused: false,
+        events: Vec::new(),
+    })
+}
+
+/// Where a canary's resolver is used: every condition given must hold.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CanaryScope {
+    /// Only merges on nodes of this datacenter.
+    pub dc: Option<String>,
+    /// Only keys whose hash falls in the first this many millionths of
+    /// the key-hash space.
+    pub share_ppm: Option<u32>,
+}
+
+impl CanaryScope {
+    /// Whether a merge of `key` on a node of `dc` uses the canary.
+    pub fn covers(&self, dc: &str, key: &[u8]) -> bool {
+        if self.dc.as_deref().is_some_and(|scope| scope != dc) {
+            return false;
+        }
+        match self.share_ppm {
+            None => true,
+            Some(ppm) => {
+                // The share is the hash range [0, ppm/1e6 * 2^64).
+                let bound = (u128::from(ppm) << 64) / u128::from(PPM);
+                u128::from(isthmus_core::model::key_hash(key)) < bound
+            }
+        }
+    }
+}
+
+/// Millionths in one.
+pub const PPM: u32 = 1_000_000;
+
+/// When the nodes in a canary's scope roll it back by themselves.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RollbackGuard {
+    /// The window failures and merges are counted over, milliseconds.
+    pub window_ms: u64,
+    /// Merges the window must hold before the rate is judged.
+    pub merges_min: u64,
+    /// The failure rate (failed / attempted merges) past which the canary
+    /// is rolled back, in millionths.
+    pub failure_rate_max_ppm: u32,
+}
+
+impl Default for RollbackGuard {
+    /// One minute, at least 20 merges, more than 10 % of them failed.
+    fn default() -> Self {
+        RollbackGuard {
+            window_ms: 60_000,
+            merges_min: 20,
+            failure_rate_max_ppm: 100_000,
+        }
+    }
+}
+
+/// Bounds of [`RollbackGuard::window_ms`], milliseconds.
+pub const CANARY_WINDOW_MS: std::ops::RangeInclusive<u64> = 1_000..=3_600_000;
+/// Bounds of [`RollbackGuard::merges_min`].
+pub const CANARY_MERGES_MIN: std::ops::RangeInclusive<u64> = 1..=1_000_000;
+
+impl RollbackGuard {
+    /// Refuse numbers outside their bounds, naming the field.
+    pub fn validate(&self) -> Result<(), RegistryError> {
+        let invalid =
+            |field: &'static str, reason: String| RegistryError::InvalidCanary { field, reason };
+        if !CANARY_WINDOW_MS.contains(&self.window_ms) {
+            return Err(invalid(
+                "window_ms",
+                format!(
+                    "{} is not within {}..={}",
+                    self.window_ms,
+                    CANARY_WINDOW_MS.start(),
+                    CANARY_WINDOW_MS.end()
+                ),
+            ));
+        }
+        if !CANARY_MERGES_MIN.contains(&self.merges_min) {
+            return Err(invalid(
+                "merges_min",
+                format!(
+                    "{} is not within {}..={}",
+                    self.merges_min,
+                    CANARY_MERGES_MIN.start(),
+                    CANARY_MERGES_MIN.end()
+                ),
+            ));
+        }
+        if self.failure_rate_max_ppm == 0 || self.failure_rate_max_ppm > PPM {
+            return Err(invalid(
+                "failure_rate_max",
+                format!(
+                    "{} is not more than 0 and at most 1",
+                    f64::from(self.failure_rate_max_ppm) / f64::from(PPM)
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A resolver bound in one scope only, on trial.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Canary {
+    /// The resolver on trial.
+    pub resolver: ResolverRef,
+    /// Where it is used.
+    pub scope: CanaryScope,
+    /// When it rolls itself back.
+    pub guard: RollbackGuard,
+    /// When it was attached (Unix milliseconds): with the resolver's
+    /// hash, what tells this trial from a later one of the same module.
+    pub since_ms: u64,
+}
+
+/// One entry of a binding's log.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BindingEvent {
+    /// When (Unix milliseconds, the writing node's clock).
+    pub at_ms: u64,
+    /// What happened.
+    pub kind: BindingEventKind,
+}
+
+/// What happened to a binding.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BindingEventKind {
+    /// Bound everywhere (`None`: detached).
+    Bound(Option<ResolverRef>),
+    /// A canary began.
+    Canary(ResolverRef),
+    /// The canary became the binding everywhere.
+    Promoted(ResolverRef),
+    /// An operator rolled the canary back.
+    CanaryRolledBack(ResolverRef),
+    /// The nodes in the canary's scope rolled it back: its failure rate
+    /// passed the guard's threshold.
+    RolledBackAutomatically {
+        /// The canary.
+        resolver: ResolverRef,
+        /// Failed merges in the window, as the node that rolled it back
+        /// counted them.
+        failures: u64,
+        /// Merges attempted in the window.
+        merges: u64,
+    },
+    /// An operator rolled the binding back to an earlier one.
+    RolledBack(Option<ResolverRef>),
+    /// Merging paused.
+    Paused,
+    /// Merging resumed.
+    Resumed,
+}
+
+impl std::fmt::Display for BindingEventKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let name = |r: &Option<ResolverRef>| match r {
+            Some(r) => format!("{}@{}", r.name, r.version),
+            None => "(none)".into(),
+        };
+        match self {
+            BindingEventKind::Bound(r) => write!(f, "bound to {}", name(r)),
+            BindingEventKind::Canary(r) => write!(f, "canary {}@{} began", r.name, r.version),
+            BindingEventKind::Promoted(r) => write!(f, "canary {}@{} promoted", r.name, r.version),
+            BindingEventKind::CanaryRolledBack(r) => {
+                write!(f, "canary {}@{} rolled back", r.name, r.version)
+            }
+            BindingEventKind::RolledBackAutomatically {
+                resolver,
+                failures,
+                merges,
+            } => write!(
+                f,
+                "canary {}@{} rolled back automatically: failure rate {:.3} over {merges} merges ({failures} failed)",
+                resolver.name,
+                resolver.version,
+                *failures as f64 / (*merges).max(1) as f64
+            ),
+            BindingEventKind::RolledBack(r) => write!(f, "rolled back to {}", name(r)),
+            BindingEventKind::Paused => f.write_str("paused"),
+            BindingEventKind::Resumed => f.write_str("resumed"),
+        }
+    }
 }
 
 /// What to do when the law check fails at upload.
@@ -270,6 +488,20 @@ pub enum RegistryError {
         /// default).
         keyspaces: Vec<String>,
     },
+    /// A canary's scope or guard is out of bounds.
+    #[error("invalid canary {field}: {reason}")]
+    InvalidCanary {
+        /// The field (as the attach names it).
+        field: &'static str,
+        /// Why.
+        reason: String,
+    },
+    /// The keyspace has no canary (to promote).
+    #[error("keyspace {keyspace:?} has no canary")]
+    NoCanary {
+        /// The keyspace.
+        keyspace: String,
+    },
     /// A stored record does not decode.
     #[error("corrupt registry record under {key}")]
     Corrupt {
@@ -296,6 +528,7 @@ pub fn valid_name(name: &str) -> bool {
 pub struct Registry {
     store: Arc<dyn RegistryRecords>,
     limits: RegistryLimits,
+    mutating: Mutex<()>,
 }
 
 impl std::fmt::Debug for Registry {
@@ -345,7 +578,18 @@ impl Registry {
 
     /// A registry over a byte store, within `limits`.
     pub fn with_limits(store: Arc<dyn RegistryRecords>, limits: RegistryLimits) -> Self {
-        Registry { store, limits }
+        Registry {
+            store,
+            limits,
+            mutating: Mutex::new(()),
+        }
+    }
+
+    /// Held by whoever reads, changes and writes back a record on this
+    /// node (the registry service, a canary's automatic rollback), so that
+    /// one node's mutations do not overwrite each other.
+    pub fn mutation_lock(&self) -> parking_lot::MutexGuard<'_, ()> {
+        self.mutating.lock()
     }
 
     /// The registry's bounds.
@@ -460,8 +704,8 @@ impl Registry {
         Ok(())
     }
 
-    /// The keyspaces whose binding uses `name@version`, now or in the
-    /// history a rollback returns to.
+    /// The keyspaces whose binding uses `name@version`, now, as its
+    /// canary, or in the history a rollback returns to.
     pub fn users(&self, name: &str, version: u32) -> Result<Vec<String>, RegistryError> {
         let uses = |r: &Option<ResolverRef>| {
             r.as_ref()
@@ -470,7 +714,13 @@ impl Registry {
         Ok(self
             .bindings()?
             .into_iter()
-            .filter(|b| uses(&b.current) || b.history.iter().any(uses))
+            .filter(|b| {
+                uses(&b.current)
+                    || b.history.iter().any(uses)
+                    || b.canary
+                        .as_ref()
+                        .is_some_and(|c| uses(&Some(c.resolver.clone())))
+            })
             .map(|b| b.keyspace)
             .collect())
     }
@@ -535,7 +785,10 @@ impl Registry {
     /// The keyspace's binding, if it ever had one.
     pub fn binding(&self, keyspace: &str) -> Result<Option<Binding>, RegistryError> {
         let key = binding_key(keyspace);
-        self.store.get(&key)?.map(|b| decode(&key, &b)).transpose()
+        self.store
+            .get(&key)?
+            .map(|b| decode_binding(&key, &b))
+            .transpose()
     }
 
     /// Every keyspace binding.
@@ -543,81 +796,274 @@ impl Registry {
         self.store
             .scan(b"binding/")?
             .into_iter()
-            .map(|(k, v)| decode(&k, &v))
+            .map(|(k, v)| decode_binding(&k, &v))
             .collect()
     }
 
     /// Bind `keyspace` to `name@version` (which must be registered); the
-    /// previous binding goes on the history.
+    /// previous binding goes on the history. A canary is dropped (the
+    /// binding is now the same everywhere); a pause stays.
     pub fn attach(
         &self,
         keyspace: &str,
         name: &str,
         version: u32,
     ) -> Result<Binding, RegistryError> {
+        let resolver = self.resolver_ref(name, version)?;
+        self.set_current(keyspace, Some(resolver), None, now_ms())
+    }
+
+    /// Unbind `keyspace` (siblings then accumulate, bounded by the sibling
+    /// cap); the previous binding goes on the history, a canary is
+    /// dropped.
+    pub fn detach(&self, keyspace: &str) -> Result<Binding, RegistryError> {
+        self.set_current(keyspace, None, None, now_ms())
+    }
+
+    fn resolver_ref(&self, name: &str, version: u32) -> Result<ResolverRef, RegistryError> {
         let record = self
             .get(name, version)?
             .ok_or_else(|| RegistryError::UnknownResolver {
                 name: name.into(),
                 version,
             })?;
-        self.set_current(
-            keyspace,
-            Some(ResolverRef {
-                name: record.name,
-                version: record.version,
-                hash: record.hash,
-            }),
-        )
+        Ok(ResolverRef {
+            name: record.name,
+            version: record.version,
+            hash: record.hash,
+        })
     }
 
-    /// Unbind `keyspace` (siblings then accumulate, bounded by the sibling
-    /// cap); the previous binding goes on the history.
-    pub fn detach(&self, keyspace: &str) -> Result<Binding, RegistryError> {
-        self.set_current(keyspace, None)
+    /// The keyspace's binding, or a new one bound to `default` (the
+    /// keyspace's configured default, which a first record must carry
+    /// on, or it would unbind the keyspace).
+    fn binding_or(
+        &self,
+        keyspace: &str,
+        default: Option<ResolverRef>,
+    ) -> Result<Binding, RegistryError> {
+        Ok(self.binding(keyspace)?.unwrap_or(Binding {
+            keyspace: keyspace.into(),
+            current: default,
+            history: Vec::new(),
+            canary: None,
+            paused: false,
+            events: Vec::new(),
+        }))
+    }
+
+    /// Log `kind` on `binding`, bound the history and the log, and store it.
+    fn store_binding(
+        &self,
+        binding: &mut Binding,
+        kind: BindingEventKind,
+        at_ms: u64,
+    ) -> Result<(), RegistryError> {
+        binding.events.push(BindingEvent { at_ms, kind });
+        let excess = |n: usize| n.saturating_sub(self.limits.history_max);
+        let history_excess = excess(binding.history.len());
+        binding.history.drain(..history_excess);
+        let events_excess = excess(binding.events.len());
+        binding.events.drain(..events_excess);
+        self.store
+            .put(&binding_key(&binding.keyspace), &encode(&*binding))?;
+        Ok(())
     }
 
     fn set_current(
         &self,
         keyspace: &str,
         current: Option<ResolverRef>,
+        default: Option<ResolverRef>,
+        at_ms: u64,
     ) -> Result<Binding, RegistryError> {
-        let mut binding = self.binding(keyspace)?.unwrap_or(Binding {
-            keyspace: keyspace.into(),
-            current: None,
-            history: Vec::new(),
-        });
-        if binding.current == current {
+        let mut binding = self.binding_or(keyspace, default)?;
+        if binding.current == current && binding.canary.is_none() {
             return Ok(binding);
         }
-        let previous = std::mem::replace(&mut binding.current, current);
-        binding.history.push(previous);
-        let excess = binding
-            .history
-            .len()
-            .saturating_sub(self.limits.history_max);
-        binding.history.drain(..excess);
-        self.store.put(&binding_key(keyspace), &encode(&binding))?;
+        if binding.current != current {
+            let previous = std::mem::replace(&mut binding.current, current.clone());
+            binding.history.push(previous);
+        }
+        binding.canary = None;
+        self.store_binding(&mut binding, BindingEventKind::Bound(current), at_ms)?;
         Ok(binding)
     }
 
-    /// Restore the keyspace's previous binding.
+    /// Restore the keyspace's previous binding; with a canary on, drop
+    /// the canary instead (the binding everywhere else stays).
     pub fn rollback(&self, keyspace: &str) -> Result<Binding, RegistryError> {
-        let mut binding =
-            self.binding(keyspace)?
-                .ok_or_else(|| RegistryError::NothingToRollBack {
-                    keyspace: keyspace.into(),
-                })?;
-        let previous = binding
-            .history
-            .pop()
-            .ok_or_else(|| RegistryError::NothingToRollBack {
-                keyspace: keyspace.into(),
-            })?;
-        binding.current = previous;
-        self.store.put(&binding_key(keyspace), &encode(&binding))?;
+        let nothing = || RegistryError::NothingToRollBack {
+            keyspace: keyspace.into(),
+        };
+        let mut binding = self.binding(keyspace)?.ok_or_else(nothing)?;
+        let kind = if let Some(canary) = binding.canary.take() {
+            BindingEventKind::CanaryRolledBack(canary.resolver)
+        } else {
+            let previous = binding.history.pop().ok_or_else(nothing)?;
+            binding.current = previous.clone();
+            BindingEventKind::RolledBack(previous)
+        };
+        self.store_binding(&mut binding, kind, now_ms())?;
         Ok(binding)
     }
+
+    /// Put `name@version` on trial in `keyspace`, in `scope` only, rolled
+    /// back by the nodes in scope past `guard`; the binding elsewhere
+    /// stays (`default`: the keyspace's configured resolver, for a
+    /// keyspace the registry never bound). A canary already on is
+    /// replaced.
+    // Each argument is one thing the operator chose (or the node's clock
+    // and configuration); a struct around them would only rename them.
+    #[allow(clippy::too_many_arguments)]
+    pub fn attach_canary(
+        &self,
+        keyspace: &str,
+        name: &str,
+        version: u32,
+        scope: CanaryScope,
+        guard: RollbackGuard,
+        default: Option<ResolverRef>,
+        now_ms: u64,
+    ) -> Result<Binding, RegistryError> {
+        guard.validate()?;
+        let invalid = |field: &'static str, reason: &str| RegistryError::InvalidCanary {
+            field,
+            reason: reason.into(),
+        };
+        match scope.share_ppm {
+            Some(ppm) if ppm == 0 || ppm > PPM => {
+                return Err(invalid("share", "must be more than 0 and at most 1"));
+            }
+            _ => {}
+        }
+        if scope.dc.as_deref().is_some_and(str::is_empty) {
+            return Err(invalid("dc", "must name a datacenter"));
+        }
+        if scope.dc.is_none() && scope.share_ppm.is_none() {
+            return Err(invalid(
+                "scope",
+                "a canary needs a datacenter or a share of keys (attach without one to bind everywhere)",
+            ));
+        }
+        let resolver = self.resolver_ref(name, version)?;
+        let mut binding = self.binding_or(keyspace, default)?;
+        if binding.current.as_ref() == Some(&resolver) {
+            return Err(invalid(
+                "resolver",
+                &format!("{name}@{version} is the keyspace's binding already"),
+            ));
+        }
+        binding.canary = Some(Canary {
+            resolver: resolver.clone(),
+            scope,
+            guard,
+            since_ms: now_ms,
+        });
+        self.store_binding(&mut binding, BindingEventKind::Canary(resolver), now_ms)?;
+        Ok(binding)
+    }
+
+    /// Make the keyspace's canary its binding everywhere (the previous
+    /// binding goes on the history).
+    pub fn promote(&self, keyspace: &str) -> Result<Binding, RegistryError> {
+        let none = || RegistryError::NoCanary {
+            keyspace: keyspace.into(),
+        };
+        let mut binding = self.binding(keyspace)?.ok_or_else(none)?;
+        let canary = binding.canary.take().ok_or_else(none)?;
+        let previous = binding.current.replace(canary.resolver.clone());
+        binding.history.push(previous);
+        self.store_binding(
+            &mut binding,
+            BindingEventKind::Promoted(canary.resolver),
+            now_ms(),
+        )?;
+        Ok(binding)
+    }
+
+    /// Roll back the canary `(hash, since_ms)` of `keyspace` because its
+    /// failure rate passed its guard (`failures` of `merges` in the
+    /// window, as the caller counted them). Nothing happens when that
+    /// canary is no longer on (another node rolled it back first, an
+    /// operator promoted or replaced it): `Ok(None)`. So any number of
+    /// nodes may call this for the same canary: it is dropped once, and
+    /// what stays bound is the same whichever of their writes wins.
+    pub fn auto_rollback(
+        &self,
+        keyspace: &str,
+        hash: &ContentHash,
+        since_ms: u64,
+        failures: u64,
+        merges: u64,
+        now_ms: u64,
+    ) -> Result<Option<Binding>, RegistryError> {
+        let Some(mut binding) = self.binding(keyspace)? else {
+            return Ok(None);
+        };
+        match &binding.canary {
+            Some(c) if c.resolver.hash == *hash && c.since_ms == since_ms => {}
+            _ => return Ok(None),
+        }
+        let canary = binding.canary.take().expect("matched above");
+        self.store_binding(
+            &mut binding,
+            BindingEventKind::RolledBackAutomatically {
+                resolver: canary.resolver,
+                failures,
+                merges,
+            },
+            now_ms,
+        )?;
+        Ok(Some(binding))
+    }
+
+    /// Pause merging in `keyspace` (`default` as for
+    /// [`attach_canary`](Self::attach_canary)); pausing a paused keyspace
+    /// changes nothing.
+    pub fn pause(
+        &self,
+        keyspace: &str,
+        default: Option<ResolverRef>,
+    ) -> Result<Binding, RegistryError> {
+        self.set_paused(keyspace, true, default)
+    }
+
+    /// Merge a paused keyspace again.
+    pub fn resume(
+        &self,
+        keyspace: &str,
+        default: Option<ResolverRef>,
+    ) -> Result<Binding, RegistryError> {
+        self.set_paused(keyspace, false, default)
+    }
+
+    fn set_paused(
+        &self,
+        keyspace: &str,
+        paused: bool,
+        default: Option<ResolverRef>,
+    ) -> Result<Binding, RegistryError> {
+        let mut binding = self.binding_or(keyspace, default)?;
+        if binding.paused == paused {
+            return Ok(binding);
+        }
+        binding.paused = paused;
+        let kind = if paused {
+            BindingEventKind::Paused
+        } else {
+            BindingEventKind::Resumed
+        };
+        self.store_binding(&mut binding, kind, now_ms())?;
+        Ok(binding)
+    }
+}
+
+/// The wall clock, Unix milliseconds.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 #[cfg(test)]
@@ -640,6 +1086,59 @@ mod tests {
     fn resolver_keys_sort_by_name_then_version() {
         assert!(resolver_key("a", 2) < resolver_key("a", 10));
         assert!(resolver_key("a", u32::MAX) < resolver_key("ab", 0));
+    }
+
+    #[test]
+    fn a_binding_written_before_canaries_still_decodes() {
+        #[derive(Serialize)]
+        struct Old {
+            keyspace: String,
+            current: Option<ResolverRef>,
+            history: Vec<Option<ResolverRef>>,
+        }
+        let r = ResolverRef {
+            name: "m".into(),
+            version: 1,
+            hash: [1; 32],
+        };
+        let old = Old {
+            keyspace: "ks".into(),
+            current: Some(r.clone()),
+            history: vec![None],
+        };
+        let store = Arc::new(MemoryRecords::default());
+        store
+            .put(&binding_key("ks"), &postcard::to_allocvec(&old).unwrap())
+            .unwrap();
+        let binding = Registry::new(store).binding("ks").unwrap().unwrap();
+        assert_eq!(
+            binding,
+            Binding {
+                keyspace: "ks".into(),
+                current: Some(r),
+                history: vec![None],
+                canary: None,
+                paused: false,
+                events: Vec::new(),
+            }
+        );
+    }
+
+    #[test]
+    fn a_share_covers_its_part_of_the_hash_space_and_a_dc_its_nodes() {
+        let all = CanaryScope {
+            dc: None,
+            share_ppm: Some(PPM),
+        };
+        let half = CanaryScope {
+            dc: Some("dc1".into()),
+            share_ppm: Some(PPM / 2),
+        };
+        let keys: Vec<Vec<u8>> = (0..1000u32).map(|i| i.to_be_bytes().to_vec()).collect();
+        assert!(keys.iter().all(|k| all.covers("any", k)));
+        let covered = keys.iter().filter(|k| half.covers("dc1", k)).count();
+        assert!((400..=600).contains(&covered), "{covered}");
+        assert!(keys.iter().all(|k| !half.covers("dc2", k)));
     }
 
     #[test]

@@ -18,7 +18,16 @@
 //! - list: the registry as this node's replica holds it (its records and
 //!   bindings; no module is read or compiled), plus the configured default
 //!   bindings of keyspaces the registry never bound.
-//! - delete: a resolver version no keyspace uses, bound now, in the
+//! - canary: bind a registered resolver in one scope only (a datacenter,
+//!   a share of the key-hash space, or both), with a guard past which the
+//!   nodes in scope roll it back themselves (see [`crate::canary`]);
+//!   unset guard numbers take [`RollbackGuard::default`], and every number
+//!   is validated (the error names the field). promote: the canary
+//!   becomes the binding everywhere; rollback drops a canary when there
+//!   is one. pause and resume: a paused binding merges nothing (siblings
+//!   are kept). For a keyspace the registry never bound, the first record
+//!   carries on its configured default.
+//! - delete: a resolver version no keyspace uses, bound now, as a canary, in the
 //!   history a rollback returns to, or as the configured default of a
 //!   keyspace the registry never bound ([`ErrorCode::ResolverInUse`]);
 //!   its module goes too unless another version has the same bytes, and
@@ -28,9 +37,10 @@
 //! bytes (an upload past them is [`ErrorCode::RegistryFull`]), and each
 //! binding's history (the oldest entries drop off).
 //!
-//! One node runs its registry mutations one at a time (a binding is read,
-//! changed and written back); mutations through two nodes at once are
-//! settled by the store's last-writer-wins.
+//! One node runs its registry mutations one at a time, its canaries'
+//! automatic rollbacks included (a binding is read, changed and written
+//! back, under [`Registry::mutation_lock`]); mutations through two nodes
+//! at once are settled by the store's last-writer-wins.
 //!
 //! What it is not: access control. Any client that reaches a node can
 //! upload and attach.
@@ -41,14 +51,14 @@ use std::time::Duration;
 
 use isthmus_core::bridge::BoxFuture;
 use isthmus_core::system_keyspace::{
-    BindingInfo, BoundResolver, ErrorCode, RegistryHook, RegistryRequest, RegistryResponse,
-    ResolverInfo, SystemKeyspace, WireError, is_system,
+    BindingEvent, BindingInfo, BoundResolver, CanaryInfo, ErrorCode, RegistryHook, RegistryRequest,
+    RegistryResponse, ResolverInfo, SystemKeyspace, WireError, is_system,
 };
-use parking_lot::Mutex;
 
 use crate::check::CheckOptions;
 use crate::registry::{
-    Binding, RegistryError, RegistryLimits, ResolverRecord, ResolverRef, UploadPolicy,
+    Binding, CanaryScope, RegistryError, RegistryLimits, ResolverRecord, ResolverRef,
+    RollbackGuard, UploadPolicy, now_ms,
 };
 use crate::{Host, Registry, RegistryKeyspace, WasmMergeHook};
 
@@ -63,7 +73,6 @@ struct Inner {
     store: Arc<RegistryKeyspace>,
     registry: Arc<Registry>,
     check: CheckOptions,
-    mutating: Mutex<()>,
 }
 
 fn wire(code: ErrorCode, message: impl Into<String>) -> WireError {
@@ -85,9 +94,10 @@ pub fn to_wire(e: &RegistryError) -> WireError {
         RegistryError::LawCheckFailed { .. } => ErrorCode::LawCheckFailed,
         RegistryError::VersionTaken { .. } => ErrorCode::VersionTaken,
         RegistryError::UnknownResolver { .. } => ErrorCode::UnknownResolver,
-        RegistryError::NothingToRollBack { .. } | RegistryError::InvalidName { .. } => {
-            ErrorCode::BadRequest
-        }
+        RegistryError::NothingToRollBack { .. }
+        | RegistryError::InvalidName { .. }
+        | RegistryError::InvalidCanary { .. }
+        | RegistryError::NoCanary { .. } => ErrorCode::BadRequest,
         RegistryError::Corrupt { .. } => ErrorCode::Internal,
         RegistryError::Full { .. } => ErrorCode::RegistryFull,
         RegistryError::InUse { .. } => ErrorCode::ResolverInUse,
@@ -119,6 +129,28 @@ fn binding_info(b: Binding) -> BindingInfo {
         current: bound(b.current),
         history: b.history.into_iter().map(bound).collect(),
         from_config: false,
+        canary: b.canary.map(|c| CanaryInfo {
+            resolver: BoundResolver {
+                name: c.resolver.name,
+                version: c.resolver.version,
+                hash: Some(c.resolver.hash),
+            },
+            dc: c.scope.dc,
+            share_ppm: c.scope.share_ppm,
+            window_ms: c.guard.window_ms,
+            merges_min: c.guard.merges_min,
+            failure_rate_max_ppm: c.guard.failure_rate_max_ppm,
+            since_ms: c.since_ms,
+        }),
+        paused: b.paused,
+        events: b
+            .events
+            .into_iter()
+            .map(|e| BindingEvent {
+                at_ms: e.at_ms,
+                note: e.kind.to_string(),
+            })
+            .collect(),
     }
 }
 
@@ -144,7 +176,6 @@ impl RegistryService {
                 store,
                 registry,
                 check,
-                mutating: Mutex::new(()),
             }),
         }
     }
@@ -221,6 +252,42 @@ impl Inner {
         Ok(users)
     }
 
+    /// The keyspace's configured default, when it names a registered
+    /// resolver: what a first binding record of the keyspace carries on.
+    fn default_ref(&self, keyspace: &str) -> Result<Option<ResolverRef>, WireError> {
+        let Some((name, version)) = self
+            .system()?
+            .keyspaces()
+            .get(keyspace)
+            .and_then(|c| c.resolver.clone())
+        else {
+            return Ok(None);
+        };
+        Ok(self
+            .registry
+            .get(&name, version)
+            .map_err(|e| to_wire(&e))?
+            .map(|r| ResolverRef {
+                name: r.name,
+                version: r.version,
+                hash: r.hash,
+            }))
+    }
+
+    fn set_paused(&self, keyspace: &str, paused: bool) -> Result<RegistryResponse, WireError> {
+        self.user_keyspace(keyspace)?;
+        let _one_at_a_time = self.registry.mutation_lock();
+        let default = self.default_ref(keyspace)?;
+        let binding = if paused {
+            self.registry.pause(keyspace, default)
+        } else {
+            self.registry.resume(keyspace, default)
+        }
+        .map_err(|e| to_wire(&e))?;
+        tracing::info!(keyspace, paused, "resolver binding paused or resumed");
+        Ok(RegistryResponse::Bound(binding_info(binding)))
+    }
+
     fn serve(&self, request: RegistryRequest) -> Result<RegistryResponse, WireError> {
         let registry = &self.registry;
         let e = |e: RegistryError| to_wire(&e);
@@ -245,7 +312,7 @@ impl Inner {
                     check: self.check.clone(),
                     override_failed_check: force,
                 };
-                let _one_at_a_time = self.mutating.lock();
+                let _one_at_a_time = registry.mutation_lock();
                 let record = registry
                     .register(&self.host, &name, version, &module, &policy)
                     .map_err(e)?;
@@ -264,27 +331,63 @@ impl Inner {
                 version,
             } => {
                 self.user_keyspace(&keyspace)?;
-                let _one_at_a_time = self.mutating.lock();
+                let _one_at_a_time = registry.mutation_lock();
                 let binding = registry.attach(&keyspace, &name, version).map_err(e)?;
                 tracing::info!(keyspace, name, version, "resolver attached");
                 Ok(RegistryResponse::Bound(binding_info(binding)))
             }
             RegistryRequest::Detach { keyspace } => {
                 self.user_keyspace(&keyspace)?;
-                let _one_at_a_time = self.mutating.lock();
+                let _one_at_a_time = registry.mutation_lock();
                 let binding = registry.detach(&keyspace).map_err(e)?;
                 tracing::info!(keyspace, "resolver detached");
                 Ok(RegistryResponse::Bound(binding_info(binding)))
             }
             RegistryRequest::Rollback { keyspace } => {
                 self.user_keyspace(&keyspace)?;
-                let _one_at_a_time = self.mutating.lock();
+                let _one_at_a_time = registry.mutation_lock();
                 let binding = registry.rollback(&keyspace).map_err(e)?;
                 tracing::info!(keyspace, "resolver binding rolled back");
                 Ok(RegistryResponse::Bound(binding_info(binding)))
             }
+            RegistryRequest::Canary {
+                keyspace,
+                name,
+                version,
+                dc,
+                share_ppm,
+                window_ms,
+                merges_min,
+                failure_rate_max_ppm,
+            } => {
+                self.user_keyspace(&keyspace)?;
+                let defaults = RollbackGuard::default();
+                let guard = RollbackGuard {
+                    window_ms: window_ms.unwrap_or(defaults.window_ms),
+                    merges_min: merges_min.unwrap_or(defaults.merges_min),
+                    failure_rate_max_ppm: failure_rate_max_ppm
+                        .unwrap_or(defaults.failure_rate_max_ppm),
+                };
+                let scope = CanaryScope { dc, share_ppm };
+                let _one_at_a_time = registry.mutation_lock();
+                let default = self.default_ref(&keyspace)?;
+                let binding = registry
+                    .attach_canary(&keyspace, &name, version, scope, guard, default, now_ms())
+                    .map_err(e)?;
+                tracing::info!(keyspace, name, version, "resolver canary attached");
+                Ok(RegistryResponse::Bound(binding_info(binding)))
+            }
+            RegistryRequest::Promote { keyspace } => {
+                self.user_keyspace(&keyspace)?;
+                let _one_at_a_time = registry.mutation_lock();
+                let binding = registry.promote(&keyspace).map_err(e)?;
+                tracing::info!(keyspace, "resolver canary promoted");
+                Ok(RegistryResponse::Bound(binding_info(binding)))
+            }
+            RegistryRequest::Pause { keyspace } => self.set_paused(&keyspace, true),
+            RegistryRequest::Resume { keyspace } => self.set_paused(&keyspace, false),
             RegistryRequest::Delete { name, version } => {
-                let _one_at_a_time = self.mutating.lock();
+                let _one_at_a_time = registry.mutation_lock();
                 let defaults = self.default_users(&name, version)?;
                 let record = registry.delete(&name, version, &defaults).map_err(e)?;
                 self.host.evict(&record.hash);
@@ -319,6 +422,9 @@ impl Inner {
                             }),
                             history: Vec::new(),
                             from_config: true,
+                            canary: None,
+                            paused: false,
+                            events: Vec::new(),
                         },
                     );
                 }

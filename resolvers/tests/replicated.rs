@@ -458,3 +458,105 @@ async fn the_service_deletes_unused_resolvers_and_refuses_past_its_bounds() {
     let names: Vec<&str> = resolvers.iter().map(|r| r.name.as_str()).collect();
     assert_eq!(names, vec!["lww", "pn"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_service_runs_canaries_with_default_guards_and_pauses_a_configured_default() {
+    let n = node(Some(("cart-union", 1)));
+    let service = RegistryService::with_check(
+        small_host(),
+        CheckOptions {
+            cases_per_size: 8,
+            ..CheckOptions::default()
+        },
+    );
+    service.attach(n.system.clone());
+    let hook = service
+        .merge_hook(BTreeMap::from([(
+            "carts".to_owned(),
+            ("cart-union".to_owned(), 1),
+        )]))
+        .with_dc("dc1");
+    let cart = example_module("isthmus-example-cart-union");
+    let lww = example_module("isthmus-example-lww");
+    serve(&service, upload("cart-union", cart, false))
+        .await
+        .unwrap();
+    let RegistryResponse::Uploaded(lww) = serve(&service, upload("lww", lww, false)).await.unwrap()
+    else {
+        panic!("no upload")
+    };
+    let canary = |share_ppm, window_ms| RegistryRequest::Canary {
+        keyspace: "carts".into(),
+        name: "lww".into(),
+        version: 1,
+        dc: Some("dc1".into()),
+        share_ppm,
+        window_ms,
+        merges_min: None,
+        failure_rate_max_ppm: None,
+    };
+    // Out of bounds: BAD_REQUEST naming the field; nothing stored.
+    for (request, field) in [
+        (canary(Some(0), None), "share"),
+        (canary(None, Some(10)), "window_ms"),
+    ] {
+        let err = serve(&service, request).await.unwrap_err();
+        assert_eq!(err.code, ErrorCode::BadRequest, "{err:?}");
+        assert!(err.message.contains(field), "{}", err.message);
+    }
+    let err = serve(
+        &service,
+        RegistryRequest::Promote {
+            keyspace: "carts".into(),
+        },
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.code, ErrorCode::BadRequest, "{err:?}");
+
+    // On a keyspace the registry never bound: the configured default stays
+    // the binding outside the canary's scope; unset numbers take the
+    // defaults.
+    let RegistryResponse::Bound(binding) = serve(&service, canary(None, None)).await.unwrap()
+    else {
+        panic!("not bound")
+    };
+    assert_eq!(binding.current.as_ref().unwrap().name, "cart-union");
+    let info = binding.canary.unwrap();
+    assert_eq!(
+        (info.window_ms, info.merges_min, info.failure_rate_max_ppm),
+        (60_000, 20, 100_000)
+    );
+    let merged = hook.merge("carts", b"k", &cart_set()).unwrap().unwrap();
+    assert_eq!(merged.resolver, Some(lww.hash), "dc1 runs the canary");
+
+    // Paused through the service: no merge; resumed: the canary again.
+    let RegistryResponse::Bound(binding) = serve(
+        &service,
+        RegistryRequest::Pause {
+            keyspace: "carts".into(),
+        },
+    )
+    .await
+    .unwrap() else {
+        panic!("not bound")
+    };
+    assert!(binding.paused);
+    assert_eq!(hook.merge("carts", b"k", &cart_set()), Ok(None));
+    serve(
+        &service,
+        RegistryRequest::Resume {
+            keyspace: "carts".into(),
+        },
+    )
+    .await
+    .unwrap();
+    assert!(hook.merge("carts", b"k", &cart_set()).unwrap().is_some());
+    let RegistryResponse::Listing { bindings, .. } =
+        serve(&service, RegistryRequest::List).await.unwrap()
+    else {
+        panic!("no listing")
+    };
+    let notes: Vec<&str> = bindings[0].events.iter().map(|e| e.note.as_str()).collect();
+    assert_eq!(notes, ["canary lww@1 began", "paused", "resumed"]);
+}

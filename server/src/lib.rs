@@ -86,7 +86,9 @@ impl Plugins {
                     CheckOptions::default(),
                     registry_limits(&config.tuning.resolvers, RegistryLimits::default()),
                 );
-                let hook = service.merge_hook(default_bindings(config));
+                let hook = service
+                    .merge_hook(default_bindings(config))
+                    .with_dc(&config.dc);
                 Plugins {
                     host: Ok(host),
                     merge: Arc::new(hook),

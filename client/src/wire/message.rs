@@ -696,6 +696,48 @@ pub enum RegistryRequest {
         /// Version.
         version: u32,
     },
+    /// Bind a keyspace to a registered `name@version` in one scope only
+    /// (a canary): keys merged by nodes of `dc`, and/or keys whose hash
+    /// falls in the first `share_ppm` millionths of the hash space; the
+    /// rest keeps the current binding. The nodes in scope roll it back
+    /// themselves when its failure rate (failed merges / merges over
+    /// `window_ms`, once at least `merges_min` ran) passes
+    /// `failure_rate_max_ppm` millionths. Unset numbers take the node's
+    /// defaults. (Appended last: variants are encoded by position.)
+    Canary {
+        /// The keyspace.
+        keyspace: String,
+        /// Resolver name.
+        name: String,
+        /// Resolver version.
+        version: u32,
+        /// Only nodes of this datacenter use it.
+        dc: Option<String>,
+        /// Only keys in this share of the key-hash space, in millionths.
+        share_ppm: Option<u32>,
+        /// The window the failure rate is measured over, milliseconds.
+        window_ms: Option<u64>,
+        /// Merges the window must hold before the rate is judged.
+        merges_min: Option<u64>,
+        /// The failure rate past which it is rolled back, in millionths.
+        failure_rate_max_ppm: Option<u32>,
+    },
+    /// Make a keyspace's canary its binding everywhere.
+    Promote {
+        /// The keyspace.
+        keyspace: String,
+    },
+    /// Stop merging a keyspace: siblings are kept (and returned to
+    /// readers) until [`RegistryRequest::Resume`].
+    Pause {
+        /// The keyspace.
+        keyspace: String,
+    },
+    /// Merge a paused keyspace again.
+    Resume {
+        /// The keyspace.
+        keyspace: String,
+    },
 }
 
 /// One node as `isthmus status` shows it.
@@ -1140,6 +1182,44 @@ pub struct BindingInfo {
     /// The binding is the node's configuration (`resolver = "NAME@N"`),
     /// not a registry record: the registry binds the keyspace to nothing.
     pub from_config: bool,
+    /// A resolver bound in one scope only, on trial (see
+    /// [`RegistryRequest::Canary`]).
+    pub canary: Option<CanaryInfo>,
+    /// Merging is paused: siblings are kept.
+    pub paused: bool,
+    /// What happened to the binding, oldest first (bounded like the
+    /// history).
+    pub events: Vec<BindingEvent>,
+}
+
+/// A canary binding as the registry holds it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CanaryInfo {
+    /// The resolver on trial.
+    pub resolver: BoundResolver,
+    /// Only nodes of this datacenter use it.
+    pub dc: Option<String>,
+    /// Only keys in this share of the key-hash space, in millionths.
+    pub share_ppm: Option<u32>,
+    /// The window its failure rate is measured over, milliseconds.
+    pub window_ms: u64,
+    /// Merges the window must hold before the rate is judged.
+    pub merges_min: u64,
+    /// The failure rate past which it is rolled back, in millionths.
+    pub failure_rate_max_ppm: u32,
+    /// When it was attached (Unix milliseconds, the attaching node's
+    /// clock).
+    pub since_ms: u64,
+}
+
+/// One entry of a binding's log.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BindingEvent {
+    /// When (Unix milliseconds, the writing node's clock).
+    pub at_ms: u64,
+    /// What happened, e.g. `canary lww@2 rolled back automatically:
+    /// failure rate 1.000 over 24 merges`.
+    pub note: String,
 }
 
 /// What a repair, full sync or range movement did (so far).

@@ -81,6 +81,21 @@ fn sample_requests() -> Vec<Request> {
                 version: 1,
             }),
         },
+        Request {
+            id: 8,
+            timeout_ms: 30_000,
+            deadline_ms: 1_700_000_000_000,
+            body: RequestBody::Registry(RegistryRequest::Canary {
+                keyspace: "carts".into(),
+                name: "cart-union".into(),
+                version: 2,
+                dc: Some("dc1".into()),
+                share_ppm: None,
+                window_ms: Some(30_000),
+                merges_min: None,
+                failure_rate_max_ppm: Some(50_000),
+            }),
+        },
     ]
 }
 
@@ -176,8 +191,22 @@ fn requests_and_responses_round_trip() {
             bindings: vec![BindingInfo {
                 keyspace: "carts".into(),
                 current: Some(resolver.clone()),
-                history: vec![None, Some(resolver)],
+                history: vec![None, Some(resolver.clone())],
                 from_config: false,
+                canary: Some(CanaryInfo {
+                    resolver,
+                    dc: Some("dc1".into()),
+                    share_ppm: Some(250_000),
+                    window_ms: 60_000,
+                    merges_min: 20,
+                    failure_rate_max_ppm: 100_000,
+                    since_ms: 1_700_000_000_000,
+                }),
+                paused: true,
+                events: vec![BindingEvent {
+                    at_ms: 1_700_000_000_001,
+                    note: "paused".into(),
+                }],
             }],
         }),
     };

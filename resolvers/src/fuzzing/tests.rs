@@ -30,6 +30,36 @@ fn binding() -> Binding {
         keyspace: "ks".into(),
         current: cart(2),
         history: vec![None, cart(1)],
+        canary: None,
+        paused: false,
+        events: Vec::new(),
+    }
+}
+
+/// A binding with a canary on, paused, with a log.
+fn canary_binding() -> Binding {
+    use crate::registry::{BindingEvent, BindingEventKind, Canary, CanaryScope, RollbackGuard};
+    let cart = ResolverRef {
+        name: "cart".into(),
+        version: 3,
+        hash: [3; 32],
+    };
+    Binding {
+        canary: Some(Canary {
+            resolver: cart.clone(),
+            scope: CanaryScope {
+                dc: Some("dc1".into()),
+                share_ppm: Some(500_000),
+            },
+            guard: RollbackGuard::default(),
+            since_ms: 77,
+        }),
+        paused: true,
+        events: vec![BindingEvent {
+            at_ms: 78,
+            kind: BindingEventKind::Canary(cart),
+        }],
+        ..binding()
     }
 }
 
@@ -46,6 +76,7 @@ fn samples() -> Vec<Vec<u8>> {
         record,
         postcard::to_allocvec(&binding()).unwrap(),
         set.encode(),
+        postcard::to_allocvec(&canary_binding()).unwrap(),
     ]
 }
 
@@ -82,7 +113,7 @@ proptest! {
     /// holding one) with a byte flipped, inserted or cut.
     #[test]
     fn mutated_records_pass_the_registry_check(
-        which in 0usize..3,
+        which in 0usize..4,
         how in any::<u8>(),
         at in any::<usize>(),
         byte in any::<u8>(),
