@@ -8,6 +8,7 @@ use isthmus_core::merge::{FailureClass, MergeFailure, MergeHook};
 use isthmus_core::model::{ContentHash, Version, VersionSet};
 use parking_lot::Mutex;
 
+use crate::host::MergeContext;
 use crate::registry::{RegistryError, ResolverRef};
 use crate::{Host, Registry, ResolverError};
 
@@ -167,8 +168,12 @@ impl MergeHook for WasmMergeHook {
                     .map_err(|e| failure(Some(hash), e.class(), e.to_string()))?
             }
         };
+        let context = MergeContext {
+            keyspace: Some(keyspace),
+            resolver: Some((&current.name, current.version)),
+        };
         self.host
-            .merge_set(&resolver, key, siblings)
+            .merge_set_in(&resolver, key, siblings, &context)
             .map_err(|e: ResolverError| {
                 tracing::warn!(keyspace, resolver = %current.name, version = current.version,
                     class = %e.class(), error = %e, "merge failed; siblings kept");
