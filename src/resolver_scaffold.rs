@@ -68,10 +68,48 @@ const NAME_BYTES_MAX: usize = 64;
 /// Names cargo refuses for a package, or that would shadow a standard
 /// crate in `use` paths.
 const RESERVED: &[&str] = &[
-    "alloc", "as", "async", "await", "break", "const", "continue", "core", "crate", "dyn", "else",
-    "enum", "extern", "false", "fn", "for", "if", "impl", "in", "let", "loop", "match", "mod",
-    "move", "mut", "proc_macro", "pub", "ref", "return", "self", "static", "std", "struct",
-    "super", "test", "trait", "true", "type", "unsafe", "use", "where", "while",
+    "alloc",
+    "as",
+    "async",
+    "await",
+    "break",
+    "const",
+    "continue",
+    "core",
+    "crate",
+    "dyn",
+    "else",
+    "enum",
+    "extern",
+    "false",
+    "fn",
+    "for",
+    "if",
+    "impl",
+    "in",
+    "let",
+    "loop",
+    "match",
+    "mod",
+    "move",
+    "mut",
+    "proc_macro",
+    "pub",
+    "ref",
+    "return",
+    "self",
+    "static",
+    "std",
+    "struct",
+    "super",
+    "test",
+    "trait",
+    "true",
+    "type",
+    "unsafe",
+    "use",
+    "where",
+    "while",
 ];
 
 /// A name that is both a cargo package name and a resolver name: an ASCII
@@ -116,7 +154,11 @@ pub enum SdkSource {
 /// Write a new resolver crate named `name` into `dir` (created if missing;
 /// refused if it exists and is not empty). Returns the files written,
 /// relative to `dir`.
-pub fn scaffold(name: &str, dir: &Path, sdk: &SdkSource) -> Result<Vec<&'static str>, ScaffoldError> {
+pub fn scaffold(
+    name: &str,
+    dir: &Path,
+    sdk: &SdkSource,
+) -> Result<Vec<&'static str>, ScaffoldError> {
     validate_name(name)?;
     let io = |path: &Path| {
         let path = path.to_owned();
@@ -136,7 +178,10 @@ pub fn scaffold(name: &str, dir: &Path, sdk: &SdkSource) -> Result<Vec<&'static 
         SdkSource::Version => "isthmus-sdk-wasm = \"0.1\"".to_owned(),
         SdkSource::Path(p) => {
             let p = std::path::absolute(p).map_err(io(p))?;
-            format!("isthmus-sdk-wasm = {{ path = {:?} }}", p.display().to_string())
+            format!(
+                "isthmus-sdk-wasm = {{ path = {:?} }}",
+                p.display().to_string()
+            )
         }
     };
     let files: [(&'static str, String); 5] = [
@@ -386,7 +431,9 @@ mod tests {
         for good in ["cart", "my-cart", "set_union2", "A"] {
             assert!(validate_name(good).is_ok(), "{good}");
         }
-        for bad in ["", "2cart", "-x", "a.b", "a b", "café", "test", "self", "std"] {
+        for bad in [
+            "", "2cart", "-x", "a.b", "a b", "café", "test", "self", "std",
+        ] {
             assert!(
                 matches!(validate_name(bad), Err(ScaffoldError::BadName { .. })),
                 "{bad:?} accepted"
@@ -401,14 +448,20 @@ mod tests {
         std::fs::write(dir.path().join("keep.txt"), "mine").unwrap();
         let err = scaffold("cart", dir.path(), &SdkSource::Version).unwrap_err();
         assert!(matches!(err, ScaffoldError::DirNotEmpty { .. }), "{err}");
-        assert_eq!(std::fs::read_to_string(dir.path().join("keep.txt")).unwrap(), "mine");
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("keep.txt")).unwrap(),
+            "mine"
+        );
         assert!(!dir.path().join("Cargo.toml").exists());
 
         let empty = tempfile::tempdir().unwrap();
         let files = scaffold("cart", empty.path(), &SdkSource::Version).unwrap();
         assert!(files.contains(&"src/lib.rs"));
         let manifest = std::fs::read_to_string(empty.path().join("Cargo.toml")).unwrap();
-        assert!(manifest.contains("isthmus-sdk-wasm = \"0.1\""), "{manifest}");
+        assert!(
+            manifest.contains("isthmus-sdk-wasm = \"0.1\""),
+            "{manifest}"
+        );
         assert!(manifest.contains("[workspace]"), "{manifest}");
         let config = std::fs::read_to_string(empty.path().join(".cargo/config.toml")).unwrap();
         assert!(config.contains("-zstack-size=16384"), "{config}");

@@ -50,9 +50,22 @@ fn a_scaffolded_resolver_builds_checks_calls_and_tests() {
     let dir_s = dir.display().to_string();
     let sdk = sdk_path().display().to_string();
 
-    let out = isthmus(&["resolver", "new", "tag-set", "--dir", &dir_s, "--sdk-path", &sdk]);
+    let out = isthmus(&[
+        "resolver",
+        "new",
+        "tag-set",
+        "--dir",
+        &dir_s,
+        "--sdk-path",
+        &sdk,
+    ]);
     assert!(out.status.success());
-    for f in ["Cargo.toml", ".cargo/config.toml", "src/lib.rs", "README.md"] {
+    for f in [
+        "Cargo.toml",
+        ".cargo/config.toml",
+        "src/lib.rs",
+        "README.md",
+    ] {
         assert!(dir.join(f).is_file(), "{f} not written");
     }
     // Use the repository's lock file, so the build resolves the same
@@ -76,11 +89,19 @@ fn a_scaffolded_resolver_builds_checks_calls_and_tests() {
     // Refused: the same directory again, and a bad name.
     let again = isthmus(&["resolver", "new", "tag-set", "--dir", &dir_s]);
     assert!(!again.status.success());
-    assert!(text(&again.stderr).contains("not empty"), "{}", text(&again.stderr));
+    assert!(
+        text(&again.stderr).contains("not empty"),
+        "{}",
+        text(&again.stderr)
+    );
     let other = tmp.path().join("other").display().to_string();
     let bad = isthmus(&["resolver", "new", "2tags", "--dir", &other]);
     assert!(!bad.status.success());
-    assert!(text(&bad.stderr).contains("bad resolver name"), "{}", text(&bad.stderr));
+    assert!(
+        text(&bad.stderr).contains("bad resolver name"),
+        "{}",
+        text(&bad.stderr)
+    );
     assert!(!tmp.path().join("other").exists());
 
     // Build: wasm32, then the law checker on the module.
@@ -130,5 +151,9 @@ fn build_fails_with_status_2_where_there_is_no_crate() {
     let dir = tmp.path().display().to_string();
     let out = isthmus(&["resolver", "build", "--dir", &dir]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(text(&out.stderr).contains("cargo build failed"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("cargo build failed"),
+        "{}",
+        text(&out.stderr)
+    );
 }

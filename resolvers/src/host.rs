@@ -13,9 +13,9 @@ use isthmus_sdk_wasm::abi::{self, MergeOutput};
 use isthmus_sdk_wasm::{ABI_VERSION, Dot, Merged, Sibling, SiblingClock};
 use parking_lot::{Mutex, RwLock};
 use wasmtime::{
-    Caller, Config, Enabled, Engine, ExternType, FuncType, InstanceAllocationStrategy, InstancePre, Linker, Memory,
-    Module, ModuleExport, PoolingAllocationConfig, ResourceLimiter, Store, StoreLimits,
-    StoreLimitsBuilder, Trap, TypedFunc, ValType,
+    Caller, Config, Enabled, Engine, ExternType, FuncType, InstanceAllocationStrategy, InstancePre,
+    Linker, Memory, Module, ModuleExport, PoolingAllocationConfig, ResourceLimiter, Store,
+    StoreLimits, StoreLimitsBuilder, Trap, TypedFunc, ValType,
 };
 
 use crate::{ResolverError, ResolverLimits};
@@ -855,7 +855,12 @@ impl Host {
         MergeRun {
             result,
             fuel: self.limits.fuel_per_merge.saturating_sub(left),
-            log: store.data_mut().log.take().map(|l| l.log).unwrap_or_default(),
+            log: store
+                .data_mut()
+                .log
+                .take()
+                .map(|l| l.log)
+                .unwrap_or_default(),
         }
     }
 
@@ -1039,7 +1044,9 @@ impl Host {
         context: &MergeContext<'_>,
     ) -> Result<Option<Version>, ResolverError> {
         let siblings: Vec<Sibling<'_>> = set.versions().iter().map(to_sibling).collect();
-        let result = self.merge_siblings_in(resolver, key, &siblings, context).result;
+        let result = self
+            .merge_siblings_in(resolver, key, &siblings, context)
+            .result;
         resolver.stats.record(&result);
         let payload = match result? {
             Merged::Value(v) => Payload::Value(v),
@@ -1088,7 +1095,9 @@ fn guest_log(mut caller: Caller<'_, StoreState>, ptr: u32, len: u32) -> wasmtime
         .get_export(export::MEMORY)
         .and_then(|e| e.into_memory())
     else {
-        return Err(wasmtime::Error::msg("isthmus::log: the module has no memory"));
+        return Err(wasmtime::Error::msg(
+            "isthmus::log: the module has no memory",
+        ));
     };
     let (data, state) = memory.data_and_store_mut(&mut caller);
     let (start, len) = (ptr as usize, len as usize);

@@ -73,7 +73,9 @@ fn traced(f: impl FnOnce()) -> String {
 #[test]
 fn a_logged_line_arrives_attributed_to_the_resolver_and_keyspace() {
     let host = host(10, 512);
-    let r = host.load(&logging_module(1, 64, 16)).expect("a module importing isthmus::log loads");
+    let r = host
+        .load(&logging_module(1, 64, 16))
+        .expect("a module importing isthmus::log loads");
     assert!(r.logs());
     let context = MergeContext {
         keyspace: Some("carts"),
@@ -107,7 +109,11 @@ fn the_rate_limit_drops_the_excess_and_counts_it() {
     assert_eq!(first.log.dropped, 2);
     // Within the same second: the limit is per resolver, across merges.
     let second = host.merge_siblings_in(&r, b"k", &two(), &MergeContext::default());
-    assert_eq!(second.result.unwrap(), Merged::Delete, "dropping lines changes no merge");
+    assert_eq!(
+        second.result.unwrap(),
+        Merged::Delete,
+        "dropping lines changes no merge"
+    );
     assert_eq!((second.log.lines.len(), second.log.dropped), (0, 5));
     assert_eq!((r.stats().log_lines(), r.stats().log_dropped()), (3, 7));
 }
