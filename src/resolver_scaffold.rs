@@ -409,9 +409,10 @@ pub fn build(dir: &Path) -> Result<PathBuf, BuildError> {
 fn wasm_artifact(messages: &str) -> Option<PathBuf> {
     messages
         .lines()
+        .rev()
         .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
         .filter(|m| m["reason"] == "compiler-artifact")
-        .filter_map(|m| {
+        .find_map(|m| {
             m["filenames"]
                 .as_array()?
                 .iter()
@@ -419,7 +420,6 @@ fn wasm_artifact(messages: &str) -> Option<PathBuf> {
                 .find(|f| f.ends_with(".wasm"))
                 .map(PathBuf::from)
         })
-        .last()
 }
 
 #[cfg(test)]

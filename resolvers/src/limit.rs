@@ -56,9 +56,9 @@ pub struct ResolverLimits {
     /// `PAGEMAP_SCAN` (Linux 6.7 and later) the host resets only the pages
     /// a merge dirtied (a small merge touches a few), so a large value
     /// costs little and spares merges that use more memory their page
-    /// faults: 1 MiB took cart-union's empty merge from about 3.8 to 2.7
-    /// µs and its 10-sibling merge from about 28 to 24 µs against 128 KiB
-    /// without the scan. Without `PAGEMAP_SCAN` the whole accessible part
+    /// faults: 1 MiB with the scan took cart-union's empty merge from
+    /// about 3.3 to 2.7 µs p50 against 128 KiB memset whole (the
+    /// 10-sibling merge stayed at about 24 µs). Without `PAGEMAP_SCAN` the whole accessible part
     /// of it is memset on every merge (2 MiB made instantiation cost 19 µs
     /// instead of 4 µs); set it to 128 KiB on such kernels, which covers
     /// what a module linked with a 16-64 KiB stack touches in a small
