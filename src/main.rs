@@ -38,6 +38,7 @@ mod demo;
 mod operation_cmd;
 mod prestop_cmd;
 mod resolver_cmd;
+mod resolver_scaffold;
 mod resolver_stats;
 mod server_cmd;
 mod user_cmd;

@@ -17,6 +17,8 @@ use isthmus_resolvers::check::{CheckOptions, check};
 use isthmus_resolvers::host::hex;
 use isthmus_resolvers::{Host, ResolverLimits};
 
+use crate::resolver_scaffold::{SdkSource, build, scaffold};
+
 /// Where registry commands go.
 #[derive(clap::Args, Debug, Clone)]
 pub struct NodeArgs {
@@ -72,6 +74,37 @@ pub enum ResolverCommand {
         /// The key the merge is told it is merging.
         #[arg(long, default_value = "key")]
         key: String,
+    },
+    /// Write a new resolver crate (a set-union merge, its law-checker unit
+    /// test, a release profile for small modules, a small shadow stack and
+    /// a README) that builds as it stands. Refuses a directory that exists
+    /// and is not empty.
+    New {
+        /// Crate and resolver name (an ASCII letter, then letters, digits,
+        /// `-`, `_`).
+        name: String,
+        /// Where to write it (default: ./NAME).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Depend on the SDK at this path (a checkout's `sdk-wasm`)
+        /// instead of `isthmus-sdk-wasm = "0.1"` from crates.io.
+        #[arg(long)]
+        sdk_path: Option<PathBuf>,
+    },
+    /// Build the resolver crate in --dir for wasm32-unknown-unknown
+    /// (release), then run the law checker on the module, as `check` does.
+    /// Exit status 0 when it built and passed, 1 when the check failed, 2
+    /// when the build failed.
+    Build {
+        /// The crate's directory.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+        /// Seed of the check's generated cases (default: random).
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Sibling sets generated per set size (2, 3 and 4 siblings).
+        #[arg(long, default_value_t = 48)]
+        cases: usize,
     },
     /// Register a module in the cluster as NAME@VERSION. The node loads it
     /// and runs the law checker; a module that fails is refused (exit
@@ -433,8 +466,11 @@ fn registry_command(command: ResolverCommand) -> anyhow::Result<(String, u8)> {
         anyhow::anyhow!("unexpected answer to {what}: {other:?}")
     };
     match command {
-        ResolverCommand::Check { .. } | ResolverCommand::Call { .. } => {
-            anyhow::bail!("check and call are not registry commands")
+        ResolverCommand::Check { .. }
+        | ResolverCommand::Call { .. }
+        | ResolverCommand::New { .. }
+        | ResolverCommand::Build { .. } => {
+            anyhow::bail!("check, call, new and build are not registry commands")
         }
         ResolverCommand::Upload {
             node,
@@ -606,8 +642,6 @@ pub fn run(command: ResolverCommand) -> anyhow::Result<u8> {
             cases,
             corpus,
         } => {
-            let bytes =
-                std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
             let corpus = match corpus {
                 Some(path) => parse_corpus(
                     &std::fs::read_to_string(&path)
@@ -615,36 +649,39 @@ pub fn run(command: ResolverCommand) -> anyhow::Result<u8> {
                 )?,
                 None => Vec::new(),
             };
-            let host = Host::new(ResolverLimits::default())?;
-            let resolver = host
-                .load(&bytes)
-                .with_context(|| format!("loading {}", file.display()))?;
-            let seed = seed.unwrap_or_else(rand::random);
-            println!(
-                "checking {} ({} bytes, blake3 {})",
-                file.display(),
-                bytes.len(),
-                hex(&resolver.hash())
-            );
-            let report = check(
-                &host,
-                &resolver,
-                &CheckOptions {
-                    seed: Some(seed),
-                    cases_per_size: cases,
-                    corpus,
-                    ..CheckOptions::default()
-                },
-            )?;
-            print!("{report}");
-            if report.passed() {
-                println!("PASS: the merge is a join on every case tried");
-                Ok(0)
-            } else {
-                println!("FAIL: reproduce with --seed {}", report.seed);
-                Ok(1)
-            }
+            check_file(&file, seed, cases, corpus)
         }
+        ResolverCommand::New {
+            name,
+            dir,
+            sdk_path,
+        } => {
+            let dir = dir.unwrap_or_else(|| PathBuf::from(&name));
+            let sdk = match sdk_path {
+                Some(p) => SdkSource::Path(p),
+                None => SdkSource::Version,
+            };
+            let files = scaffold(&name, &dir, &sdk)?;
+            println!("created resolver {name} in {}:", dir.display());
+            for f in files {
+                println!("  {f}");
+            }
+            println!(
+                "next: cd {} && cargo test && isthmus resolver build",
+                dir.display()
+            );
+            Ok(0)
+        }
+        ResolverCommand::Build { dir, seed, cases } => match build(&dir) {
+            Ok(module) => {
+                println!("built {}", module.display());
+                check_file(&module, seed, cases, Vec::new())
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                Ok(2)
+            }
+        },
         ResolverCommand::Call {
             file,
             siblings,
@@ -659,6 +696,57 @@ pub fn run(command: ResolverCommand) -> anyhow::Result<u8> {
             print!("{out}");
             Ok(status)
         }
+    }
+}
+
+/// `resolver check` on a module file: print the report; exit status 0 if
+/// every law held, 1 if one failed.
+fn check_file(
+    file: &std::path::Path,
+    seed: Option<u64>,
+    cases: usize,
+    corpus: Vec<Vec<u8>>,
+) -> anyhow::Result<u8> {
+    let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+    let host = Host::new(ResolverLimits::default())?;
+    let resolver = host
+        .load(&bytes)
+        .with_context(|| format!("loading {}", file.display()))?;
+    let seed = seed.unwrap_or_else(rand::random);
+    println!(
+        "checking {} ({} bytes, blake3 {})",
+        file.display(),
+        bytes.len(),
+        hex(&resolver.hash())
+    );
+    let report = check(
+        &host,
+        &resolver,
+        &CheckOptions {
+            seed: Some(seed),
+            cases_per_size: cases,
+            corpus,
+            ..CheckOptions::default()
+        },
+    )?;
+    print!("{report}");
+    let stats = resolver.stats();
+    if stats.log_lines() + stats.log_dropped() > 0 {
+        println!(
+            "guest log: {} lines, {} dropped by the rate limit; the last ones:",
+            stats.log_lines(),
+            stats.log_dropped()
+        );
+        for line in stats.log_recent() {
+            println!("  log: {line}");
+        }
+    }
+    if report.passed() {
+        println!("PASS: the merge is a join on every case tried");
+        Ok(0)
+    } else {
+        println!("FAIL: reproduce with --seed {}", report.seed);
+        Ok(1)
     }
 }
 
@@ -764,8 +852,14 @@ fn call_local(file: &std::path::Path, siblings: &str, key: &str) -> anyhow::Resu
         })
         .collect();
     let started = std::time::Instant::now();
-    let (result, fuel) = host.merge_siblings_metered(&resolver, key.as_bytes(), &siblings);
+    let run = host.merge_siblings_in(
+        &resolver,
+        key.as_bytes(),
+        &siblings,
+        &isthmus_resolvers::host::MergeContext::default(),
+    );
     let took = started.elapsed();
+    let (result, fuel) = (run.result, run.fuel);
     let shown = |v: &[u8]| match std::str::from_utf8(v) {
         Ok(text) => format!("{text:?} ({} bytes)", v.len()),
         Err(_) => format!("0x{} ({} bytes, not UTF-8)", hex(v), v.len()),
@@ -795,6 +889,16 @@ fn call_local(file: &std::path::Path, siblings: &str, key: &str) -> anyhow::Resu
         "time: {} µs (one merge in a fresh instance)",
         took.as_micros()
     );
+    for line in &run.log.lines {
+        let _ = writeln!(out, "log: {line}");
+    }
+    if run.log.dropped > 0 {
+        let _ = writeln!(
+            out,
+            "log: {} more lines dropped by the rate limit",
+            run.log.dropped
+        );
+    }
     Ok((out, status))
 }
 

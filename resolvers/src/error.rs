@@ -27,8 +27,11 @@ pub enum ResolverError {
         /// Configured deadline in milliseconds.
         deadline_ms: u64,
     },
-    /// The module imports something; resolvers may import nothing.
-    #[error("module imports {module}::{name}; resolvers may not import anything (no WASI)")]
+    /// The module imports something other than the log function
+    /// (`isthmus::log`, of type `(i32, i32) -> ()`), the one import allowed.
+    #[error(
+        "module imports {module}::{name}; resolvers may import only isthmus::log of type (i32, i32) -> () (no WASI)"
+    )]
     ImportNotAllowed {
         /// Import module name (e.g. `wasi_snapshot_preview1`).
         module: String,

@@ -9,6 +9,7 @@ use isthmus_core::model::{ContentHash, Version, VersionSet};
 use parking_lot::Mutex;
 
 use crate::canary::{CanaryWatch, Tripped, counts_against};
+use crate::host::MergeContext;
 use crate::registry::{Canary, RegistryError, ResolverRef, now_ms};
 use crate::{Host, Registry, ResolverError};
 
@@ -192,7 +193,11 @@ impl WasmMergeHook {
                 }
             }
         };
-        let (result, fuel) = self.host.merge_set_metered(&resolver, key, siblings);
+        let context = MergeContext {
+            keyspace: Some(keyspace),
+            resolver: Some((&current.name, current.version)),
+        };
+        let (result, fuel) = self.host.merge_set_in(&resolver, key, siblings, &context);
         let result = result.map_err(|e: ResolverError| {
             tracing::warn!(keyspace, resolver = %current.name, version = current.version,
                 class = %e.class(), error = %e, "merge failed; siblings kept");
@@ -316,7 +321,10 @@ impl MergeHook for WasmMergeHook {
                     "keyspace {keyspace:?} is configured with {name}@{version}, which is not registered (upload it with `isthmus resolver upload`)"
                 );
                 let name = Some(format!("{name}@{version}"));
-                (Err(failure(None, name, FailureClass::Missing, detail)), None)
+                (
+                    Err(failure(None, name, FailureClass::Missing, detail)),
+                    None,
+                )
             }
         }
     }

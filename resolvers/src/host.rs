@@ -13,9 +13,9 @@ use isthmus_sdk_wasm::abi::{self, MergeOutput};
 use isthmus_sdk_wasm::{ABI_VERSION, Dot, Merged, Sibling, SiblingClock};
 use parking_lot::{Mutex, RwLock};
 use wasmtime::{
-    Config, Engine, ExternType, FuncType, InstanceAllocationStrategy, InstancePre, Linker, Memory,
-    Module, ModuleExport, PoolingAllocationConfig, ResourceLimiter, Store, StoreLimits,
-    StoreLimitsBuilder, Trap, TypedFunc, ValType,
+    Caller, Config, Enabled, Engine, ExternType, FuncType, InstanceAllocationStrategy, InstancePre,
+    Linker, Memory, Module, ModuleExport, PoolingAllocationConfig, ResourceLimiter, Store,
+    StoreLimits, StoreLimitsBuilder, Trap, TypedFunc, ValType,
 };
 
 use crate::{ResolverError, ResolverLimits};
@@ -34,6 +34,15 @@ pub mod export {
     pub const SAMPLE: &str = "isthmus_sample";
 }
 
+/// The one host function a resolver may import (see `isthmus_sdk_wasm`'s
+/// ABI docs, "Logging").
+pub mod import {
+    /// The import module name.
+    pub const MODULE: &str = "isthmus";
+    /// `(ptr: i32, len: i32) -> ()`: log the UTF-8 line at `ptr..ptr+len`.
+    pub const LOG: &str = "log";
+}
+
 /// The content hash of a module (blake3 of its bytes).
 pub fn module_hash(bytes: &[u8]) -> ContentHash {
     *blake3::hash(bytes).as_bytes()
@@ -45,7 +54,17 @@ pub fn module_hash(bytes: &[u8]) -> ContentHash {
 pub struct ResolverStats {
     merges_ok: AtomicU64,
     failures: [AtomicU64; FailureClass::ALL.len()],
+    log_lines: AtomicU64,
+    log_dropped: AtomicU64,
+    /// The rate limit's current one-second window: its start and the
+    /// lines let through in it.
+    log_window: Mutex<Option<(Instant, u32)>>,
+    /// The last [`LOG_RECENT_MAX`] lines let through.
+    log_recent: Mutex<std::collections::VecDeque<String>>,
 }
+
+/// Log lines a resolver's [`ResolverStats`] keeps for `resolver check`.
+pub const LOG_RECENT_MAX: usize = 32;
 
 impl ResolverStats {
     fn record<T>(&self, result: &Result<T, ResolverError>) {
@@ -69,6 +88,102 @@ impl ResolverStats {
     pub fn failures_total(&self) -> u64 {
         FailureClass::ALL.iter().map(|&c| self.failures(c)).sum()
     }
+
+    /// Guest log lines let through the rate limit.
+    pub fn log_lines(&self) -> u64 {
+        self.log_lines.load(Ordering::Relaxed)
+    }
+
+    /// Guest log lines dropped by the rate limit.
+    pub fn log_dropped(&self) -> u64 {
+        self.log_dropped.load(Ordering::Relaxed)
+    }
+
+    /// The last lines let through (at most [`LOG_RECENT_MAX`]), oldest
+    /// first.
+    pub fn log_recent(&self) -> Vec<String> {
+        self.log_recent.lock().iter().cloned().collect()
+    }
+
+    /// Take one line from the rate limit: `per_second` lines in each
+    /// one-second window; false (and counted as dropped) past that.
+    fn admit_log_line(&self, per_second: u32, now: Instant) -> bool {
+        let mut window = self.log_window.lock();
+        let admitted = match &mut *window {
+            Some((start, n)) if now.duration_since(*start) < Duration::from_secs(1) => {
+                if *n < per_second {
+                    *n += 1;
+                    true
+                } else {
+                    false
+                }
+            }
+            _ => {
+                *window = Some((now, 1));
+                per_second > 0
+            }
+        };
+        let counter = if admitted {
+            &self.log_lines
+        } else {
+            &self.log_dropped
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        admitted
+    }
+
+    fn remember_log_line(&self, line: &str) {
+        let mut recent = self.log_recent.lock();
+        if recent.len() == LOG_RECENT_MAX {
+            recent.pop_front();
+        }
+        recent.push_back(line.to_owned());
+    }
+}
+
+/// Who a merge runs for, to attribute the guest's log lines: the
+/// keyspace and the registered `name@version`, where the caller knows
+/// them.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct MergeContext<'a> {
+    /// The keyspace whose siblings are merged.
+    pub keyspace: Option<&'a str>,
+    /// The resolver's registered name and version.
+    pub resolver: Option<(&'a str, u32)>,
+}
+
+/// What a merge's guest logged (lines past the rate limit are counted,
+/// not kept).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct GuestLog {
+    /// Lines let through, in order.
+    pub lines: Vec<String>,
+    /// Lines the rate limit dropped.
+    pub dropped: u64,
+}
+
+/// One merge's outcome, the fuel it used (all of it when it ran out) and
+/// what its guest logged.
+#[derive(Debug)]
+pub struct MergeRun<T> {
+    /// The merge's result.
+    pub result: Result<T, ResolverError>,
+    /// Fuel used.
+    pub fuel: u64,
+    /// Lines the guest logged.
+    pub log: GuestLog,
+}
+
+/// Per merge, for a module that imports the log function: where its lines
+/// are attributed and collected.
+struct LogState {
+    stats: Arc<ResolverStats>,
+    hash: ContentHash,
+    keyspace: Option<String>,
+    resolver: Option<String>,
+    lines_per_second: u32,
+    line_bytes_max: usize,
+    log: GuestLog,
 }
 
 fn class_index(class: FailureClass) -> usize {
@@ -86,6 +201,8 @@ pub struct Resolver {
     alloc: ModuleExport,
     merge: ModuleExport,
     sample: Option<ModuleExport>,
+    /// Does the module import the log function?
+    logs: bool,
     stats: Arc<ResolverStats>,
 }
 
@@ -113,6 +230,11 @@ impl Resolver {
     pub fn stats(&self) -> &ResolverStats {
         &self.stats
     }
+
+    /// Does the module import the log host function?
+    pub fn logs(&self) -> bool {
+        self.logs
+    }
 }
 
 /// The memory and the two ABI functions of one instance.
@@ -128,6 +250,8 @@ pub fn hex(hash: &[u8]) -> String {
 pub struct StoreState {
     limits: StoreLimits,
     refused: bool,
+    /// Set only for a module that imports the log function.
+    log: Option<Box<LogState>>,
 }
 
 impl ResourceLimiter for StoreState {
@@ -287,7 +411,8 @@ impl Host {
             .table_elements(limits.table_elements_max)
             .max_memory_size(limits.memory_bytes_max)
             .linear_memory_keep_resident(limits.memory_keep_resident_bytes)
-            .table_keep_resident(64 * 1024);
+            .table_keep_resident(64 * 1024)
+            .pagemap_scan(Enabled::Auto);
         let mut config = Config::new();
         config
             .consume_fuel(true)
@@ -301,8 +426,14 @@ impl Host {
         })?;
         let ticker = EpochTicker::start(engine.clone(), limits.epoch_tick)?;
         let compiler = Compiler::start(&engine, &limits)?;
+        let mut linker = Linker::new(&engine);
+        linker
+            .func_wrap(import::MODULE, import::LOG, guest_log)
+            .map_err(|e| ResolverError::Unavailable {
+                reason: format!("cannot define the log host function: {e}"),
+            })?;
         Ok(Host {
-            linker: Linker::new(&engine),
+            linker,
             engine,
             limits,
             modules: RwLock::new(HashMap::new()),
@@ -418,7 +549,7 @@ impl Host {
     ) -> Result<Resolver, ResolverError> {
         self.check_bytes(bytes)?;
         let module = self.compile(bytes)?;
-        let sample = self.check_interface(&module)?;
+        let (sample, logs) = self.check_interface(&module)?;
         let index = |name: &str| {
             module
                 .get_export_index(name)
@@ -439,6 +570,7 @@ impl Host {
             alloc: index(export::ALLOC)?,
             merge: index(export::MERGE)?,
             sample,
+            logs,
             pre,
             stats,
         };
@@ -465,13 +597,10 @@ impl Host {
 
     /// The module imports nothing and exports what the ABI names, with
     /// their types; returns the optional sampler's export.
-    fn check_interface(&self, module: &Module) -> Result<Option<ModuleExport>, ResolverError> {
-        if let Some(import) = module.imports().next() {
-            return Err(ResolverError::ImportNotAllowed {
-                module: import.module().into(),
-                name: import.name().into(),
-            });
-        }
+    fn check_interface(
+        &self,
+        module: &Module,
+    ) -> Result<(Option<ModuleExport>, bool), ResolverError> {
         use ValType::{I32, I64};
         let func = |params: &[ValType], results: &[ValType]| {
             FuncType::new(
@@ -480,6 +609,19 @@ impl Host {
                 results.iter().cloned(),
             )
         };
+        let mut logs = false;
+        for import in module.imports() {
+            let allowed = import.module() == import::MODULE
+                && import.name() == import::LOG
+                && matches!(import.ty(), ExternType::Func(f) if FuncType::eq(&f, &func(&[I32, I32], &[])));
+            if !allowed {
+                return Err(ResolverError::ImportNotAllowed {
+                    module: import.module().into(),
+                    name: import.name().into(),
+                });
+            }
+            logs = true;
+        }
         let required = [
             (export::ABI_VERSION, func(&[], &[I32]), "() -> i32"),
             (export::ALLOC, func(&[I32], &[I32]), "(i32) -> i32"),
@@ -511,9 +653,9 @@ impl Host {
             });
         }
         match module.get_export(export::SAMPLE) {
-            None => Ok(None),
+            None => Ok((None, logs)),
             Some(ExternType::Func(f)) if FuncType::eq(&f, &func(&[I64], &[I64])) => {
-                Ok(module.get_export_index(export::SAMPLE))
+                Ok((module.get_export_index(export::SAMPLE), logs))
             }
             Some(_) => Err(ResolverError::MissingExport {
                 name: export::SAMPLE.into(),
@@ -592,6 +734,7 @@ impl Host {
             StoreState {
                 limits,
                 refused: false,
+                log: None,
             },
         );
         store.limiter(|s| s);
@@ -657,6 +800,7 @@ impl Host {
     ) -> Result<Vec<u8>, ResolverError> {
         self.run(
             resolver,
+            &MergeContext::default(),
             input.len(),
             |buf| {
                 buf.copy_from_slice(input);
@@ -664,45 +808,60 @@ impl Host {
             },
             |out| Ok(out.to_vec()),
         )
+        .result
     }
 
     /// One merge: a fresh store and instance, `len` input bytes that
     /// `write` puts straight into the buffer the guest allocated, the call,
     /// and `read` on the guest's output where it lies in guest memory (no
-    /// copies of either on the way).
+    /// copies of either on the way); with the fuel the call used (all of
+    /// it when it ran out) and what the guest logged.
     fn run<T>(
         &self,
         resolver: &Resolver,
+        context: &MergeContext<'_>,
         len: usize,
         write: impl FnOnce(&mut [u8]) -> Result<(), ResolverError>,
         read: impl FnOnce(&[u8]) -> Result<T, ResolverError>,
-    ) -> Result<T, ResolverError> {
-        self.run_metered(resolver, len, write, read).0
-    }
-
-    /// [`Self::run`], with the fuel the call used (all of it when it ran
-    /// out).
-    fn run_metered<T>(
-        &self,
-        resolver: &Resolver,
-        len: usize,
-        write: impl FnOnce(&mut [u8]) -> Result<(), ResolverError>,
-        read: impl FnOnce(&[u8]) -> Result<T, ResolverError>,
-    ) -> (Result<T, ResolverError>, u64) {
+    ) -> MergeRun<T> {
+        let failed = |e| MergeRun {
+            result: Err(e),
+            fuel: 0,
+            log: GuestLog::default(),
+        };
         if len > self.limits.input_bytes_max {
-            let e = ResolverError::InputTooLarge {
+            return failed(ResolverError::InputTooLarge {
                 bytes: len,
                 max_bytes: self.limits.input_bytes_max,
-            };
-            return (Err(e), 0);
+            });
         }
         let mut store = match self.store() {
             Ok(store) => store,
-            Err(e) => return (Err(e), 0),
+            Err(e) => return failed(e),
         };
+        if resolver.logs {
+            store.data_mut().log = Some(Box::new(LogState {
+                stats: resolver.stats.clone(),
+                hash: resolver.hash,
+                keyspace: context.keyspace.map(str::to_owned),
+                resolver: context.resolver.map(|(n, v)| format!("{n}@{v}")),
+                lines_per_second: self.limits.log_lines_per_second,
+                line_bytes_max: self.limits.log_line_bytes_max,
+                log: GuestLog::default(),
+            }));
+        }
         let result = self.run_in(&mut store, resolver, len, write, read);
         let left = store.get_fuel().unwrap_or(0);
-        (result, self.limits.fuel_per_merge.saturating_sub(left))
+        MergeRun {
+            result,
+            fuel: self.limits.fuel_per_merge.saturating_sub(left),
+            log: store
+                .data_mut()
+                .log
+                .take()
+                .map(|l| l.log)
+                .unwrap_or_default(),
+        }
     }
 
     fn run_in<T>(
@@ -834,8 +993,22 @@ impl Host {
         key: &[u8],
         siblings: &[Sibling<'_>],
     ) -> (Result<Merged, ResolverError>, u64) {
-        self.run_metered(
+        let run = self.merge_siblings_in(resolver, key, siblings, &MergeContext::default());
+        (run.result, run.fuel)
+    }
+
+    /// One merge for `context` (which the guest's log lines are attributed
+    /// to), with the fuel it used and what the guest logged. Not counted.
+    pub fn merge_siblings_in(
+        &self,
+        resolver: &Resolver,
+        key: &[u8],
+        siblings: &[Sibling<'_>],
+        context: &MergeContext<'_>,
+    ) -> MergeRun<Merged> {
+        self.run(
             resolver,
+            context,
             abi::encoded_input_len(key, siblings),
             |buf| {
                 abi::encode_input_into(key, siblings, buf)
@@ -858,28 +1031,31 @@ impl Host {
         key: &[u8],
         set: &VersionSet,
     ) -> Result<Option<Version>, ResolverError> {
-        self.merge_set_metered(resolver, key, set).0
+        self.merge_set_in(resolver, key, set, &MergeContext::default())
+            .0
     }
 
-    /// As [`Host::merge_set`], with the fuel the merge used (all of it
-    /// when it ran out). Counted.
-    pub fn merge_set_metered(
+    /// [`Host::merge_set`] for `context`, which the guest's log lines are
+    /// attributed to, with the fuel the merge used (all of it when it ran
+    /// out). Counted.
+    pub fn merge_set_in(
         &self,
         resolver: &Resolver,
         key: &[u8],
         set: &VersionSet,
+        context: &MergeContext<'_>,
     ) -> (Result<Option<Version>, ResolverError>, u64) {
         let siblings: Vec<Sibling<'_>> = set.versions().iter().map(to_sibling).collect();
-        let (result, fuel) = self.merge_siblings_metered(resolver, key, &siblings);
-        resolver.stats.record(&result);
-        let result = result.map(|merged| {
+        let run = self.merge_siblings_in(resolver, key, &siblings, context);
+        resolver.stats.record(&run.result);
+        let result = run.result.map(|merged| {
             let payload = match merged {
                 Merged::Value(v) => Payload::Value(v),
                 Merged::Delete => Payload::Tombstone,
             };
             set.merged(payload, resolver.hash)
         });
-        (result, fuel)
+        (result, run.fuel)
     }
 
     /// A sample value from the module's optional `isthmus_sample(seed)`;
@@ -908,6 +1084,61 @@ impl Host {
         self.output(&store, memory, packed)
             .map(|out| Some(out.to_vec()))
     }
+}
+
+/// The `isthmus::log(ptr, len)` host function. The line's bounds are
+/// checked first, on every call, so that a bad pointer traps the same way
+/// on every replica whatever the rate limit says; then the line is
+/// admitted or dropped by the resolver's rate limit, cut to
+/// `log_line_bytes_max`, its control characters replaced, and emitted as a
+/// tracing event attributed to the resolver. The guest gets nothing back:
+/// the rate limit cannot steer a merge.
+fn guest_log(mut caller: Caller<'_, StoreState>, ptr: u32, len: u32) -> wasmtime::Result<()> {
+    let Some(memory) = caller
+        .get_export(export::MEMORY)
+        .and_then(|e| e.into_memory())
+    else {
+        return Err(wasmtime::Error::msg(
+            "isthmus::log: the module has no memory",
+        ));
+    };
+    let (data, state) = memory.data_and_store_mut(&mut caller);
+    let (start, len) = (ptr as usize, len as usize);
+    let Some(bytes) = start.checked_add(len).and_then(|end| data.get(start..end)) else {
+        return Err(wasmtime::Error::msg(format!(
+            "isthmus::log({start:#x}, {len}) lies outside guest memory of {} bytes",
+            data.len()
+        )));
+    };
+    let Some(log) = state.log.as_deref_mut() else {
+        // Outside a merge (the ABI version check, a sampler): not logged.
+        return Ok(());
+    };
+    if !log
+        .stats
+        .admit_log_line(log.lines_per_second, Instant::now())
+    {
+        log.log.dropped += 1;
+        return Ok(());
+    }
+    let mut line: String = String::from_utf8_lossy(&bytes[..len.min(log.line_bytes_max)])
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    if len > log.line_bytes_max {
+        line.push_str(" [cut]");
+    }
+    tracing::info!(
+        target: "isthmus::resolver_log",
+        resolver = %log.resolver.as_deref().unwrap_or("-"),
+        keyspace = %log.keyspace.as_deref().unwrap_or("-"),
+        hash = %hex(&log.hash[..8]),
+        line = %line,
+        "resolver log"
+    );
+    log.stats.remember_log_line(&line);
+    log.log.lines.push(line);
+    Ok(())
 }
 
 /// Decode a guest's output into a merge result or a typed error.

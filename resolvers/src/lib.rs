@@ -3,7 +3,8 @@
 //! The WebAssembly host that runs Isthmus merge functions ("resolvers"):
 //!
 //! - [`Host`]: one wasmtime engine per node (Cranelift, pooling allocator,
-//!   fuel, epoch deadline, NaN canonicalisation, no WASI, no imports);
+//!   fuel, epoch deadline, NaN canonicalisation, no WASI, no imports but
+//!   the rate-limited `isthmus::log`);
 //!   modules validated at load and cached by blake3 content hash; a fresh
 //!   store per merge with the [`ResolverLimits`]; every failure a typed
 //!   [`ResolverError`] counted per resolver in [`ResolverStats`].
@@ -25,13 +26,14 @@
 //! ## Cost (measured by `cargo bench -p isthmus-resolvers`)
 //!
 //! On a 2-core VM shared with other benchmarks (figures swing by up to 2x
-//! between runs): instantiating a module from the pool costs about 2.5-4 µs;
-//! the whole call path of a minimal module about 2.5-3.5 µs; an empty merge
+//! between runs): instantiating a module from the pool costs about 1.7 µs;
+//! the whole call path of a minimal module about 2.1 µs; an empty merge
 //! of a Rust/SDK module (linked with a 16 KiB stack, see
-//! [`ResolverLimits::memory_keep_resident_bytes`]) about 3-4 µs.
+//! [`ResolverLimits::memory_keep_resident_bytes`]: only dirtied pages are
+//! reset, by `PAGEMAP_SCAN`) about 2.7 µs.
 //! cart-union (binary carts, k-way merge over 16-byte name keys) with 10
-//! siblings of 1 KB takes about 24 µs p50 in wasm against about 8.3 µs
-//! natively (ratio about 2.9). A merge's input is encoded straight into
+//! siblings of 1 KB takes about 24 µs p50 in wasm against about 7.8 µs
+//! natively (ratio about 3.1). A merge's input is encoded straight into
 //! the guest's buffer and its output decoded where it lies in guest
 //! memory. A merge that grows guest memory pays far more than one that
 //! stays within the module's initial memory, so guests should not

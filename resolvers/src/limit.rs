@@ -5,6 +5,8 @@
 
 use std::time::Duration;
 
+use wasmtime::PoolingAllocationConfig;
+
 /// Limits of one [`Host`](crate::Host).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ResolverLimits {
@@ -49,20 +51,32 @@ pub struct ResolverLimits {
     /// Largest encoded output read back from a guest.
     pub output_bytes_max: usize,
     /// Bytes at the start of each pooled memory slot kept resident between
-    /// merges (zeroed by memset rather than returned to the kernel and
-    /// faulted in again). The memset is paid on every merge: 2 MiB made
-    /// instantiation cost 19 µs instead of 4 µs; 128 KiB covers what a
-    /// module linked with a 16-64 KiB stack touches in a small merge (see
-    /// `isthmus-sdk-wasm`), and took cart-union's fixed cost per merge from
-    /// about 10-14 to 3-5 µs. Only the accessible part is reset: a module
-    /// whose memory is one 64 KiB page pays a 64 KiB memset. Smaller values
-    /// cost more: each page past it is faulted in again on every merge that
-    /// touches it (cart-union, 10 siblings: 30 µs at 128 KiB, 49 µs at
-    /// 64 KiB with a 64 KiB stack).
+    /// merges: reset in place rather than returned to the kernel and
+    /// faulted in again on the next merge. Where the kernel has
+    /// `PAGEMAP_SCAN` (Linux 6.7 and later) the host resets only the pages
+    /// a merge dirtied (a small merge touches a few), so a large value
+    /// costs little and spares merges that use more memory their page
+    /// faults: 1 MiB with the scan took cart-union's empty merge from
+    /// about 3.3 to 2.7 µs p50 against 128 KiB memset whole (the
+    /// 10-sibling merge stayed at about 24 µs). Without `PAGEMAP_SCAN` the whole accessible part
+    /// of it is memset on every merge (2 MiB made instantiation cost 19 µs
+    /// instead of 4 µs); set it to 128 KiB on such kernels, which covers
+    /// what a module linked with a 16-64 KiB stack touches in a small
+    /// merge (see `isthmus-sdk-wasm`). The default is 1 MiB where the
+    /// scan is available, else 128 KiB.
     pub memory_keep_resident_bytes: usize,
     /// Merges that can run at once on one host: the size of the pooling
     /// allocator's instance and memory pools.
     pub instances_max: u32,
+    /// Guest log lines (`isthmus::log`) one resolver may emit per second
+    /// on one host; lines past it are dropped and counted
+    /// ([`ResolverStats::log_dropped`](crate::ResolverStats::log_dropped)).
+    /// A resolver logging on every merge of a busy keyspace must not flood
+    /// the node's log.
+    pub log_lines_per_second: u32,
+    /// Longest guest log line kept, in bytes; the rest is cut (and the
+    /// line marked `[cut]`).
+    pub log_line_bytes_max: usize,
 }
 
 impl Default for ResolverLimits {
@@ -84,8 +98,14 @@ impl Default for ResolverLimits {
             // largest set core allows (16 siblings, `isthmus_core::limit`).
             input_bytes_max: 80 * 1024 * 1024,
             output_bytes_max: 2 * 1024 * 1024,
-            memory_keep_resident_bytes: 128 * 1024,
+            memory_keep_resident_bytes: if PoolingAllocationConfig::is_pagemap_scan_available() {
+                1024 * 1024
+            } else {
+                128 * 1024
+            },
             instances_max: 32,
+            log_lines_per_second: 10,
+            log_line_bytes_max: 512,
         }
     }
 }

@@ -481,3 +481,46 @@ fn failed_loads_are_remembered_within_a_bound_and_retried_later() {
     assert!(host.load(&failing_to_load(2)).is_err());
     assert_eq!(host.compiles(), 4);
 }
+
+/// Nothing survives between merges: a merge that bumps a (private)
+/// global, writes memory in the first page and deep in the memory the host
+/// keeps resident, and grows the memory, leaves the next merge the
+/// module's initial state. Each merge returns what it found: the global,
+/// the two bytes and the memory's size in pages.
+#[test]
+fn memory_globals_and_growth_are_reset_between_merges() {
+    let host = small_host();
+    let m = wat::parse_str(
+        r#"(module
+             (memory (export "memory") 8)
+             (global $g (mut i32) (i32.const 0))
+             (data (i32.const 0) "\00\04")
+             (data (i32.const 16) "\07")
+             (func (export "isthmus_abi_version") (result i32) i32.const 1)
+             (func (export "isthmus_alloc") (param i32) (result i32) i32.const 1024)
+             (func (export "isthmus_merge") (param i32 i32) (result i64)
+               (i32.store8 (i32.const 2) (global.get $g))
+               (i32.store8 (i32.const 3) (i32.load8_u (i32.const 16)))
+               (i32.store8 (i32.const 4) (i32.load8_u (i32.const 300000)))
+               (i32.store8 (i32.const 5) (memory.size))
+               (global.set $g (i32.add (global.get $g) (i32.const 1)))
+               (i32.store8 (i32.const 16) (i32.const 55))
+               (i32.store8 (i32.const 300000) (i32.const 99))
+               (drop (memory.grow (i32.const 1)))
+               (i32.store8 (i32.const 524300) (i32.const 1))
+               i64.const 6))"#,
+    )
+    .unwrap();
+    let r = host.load(&m).unwrap();
+    let two = [
+        isthmus_sdk_wasm::Sibling::of_value(b"a", 1),
+        isthmus_sdk_wasm::Sibling::of_value(b"b", 2),
+    ];
+    for _ in 0..50 {
+        assert_eq!(
+            host.merge_siblings(&r, b"k", &two).unwrap(),
+            isthmus_sdk_wasm::Merged::Value(vec![0, 7, 0, 8]),
+            "state leaked from one merge into the next"
+        );
+    }
+}

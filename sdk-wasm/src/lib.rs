@@ -14,7 +14,8 @@
 //!
 //! What it is not: a host. Loading, limiting and calling modules is
 //! `isthmus-resolvers`; this crate is `no_std` + `alloc`, has no wasmtime in
-//! it, and its modules need **no imports at all** (no WASI).
+//! it, and its modules need **no imports** (no WASI); the one import a
+//! module may have is the host's log function, which [`log`] calls.
 //!
 //! ## Writing a resolver
 //!
@@ -83,8 +84,9 @@
 //! See [`abi`] for the byte-level encoding.
 //!
 //! A resolver is a **core WebAssembly module** (not a component) with **no
-//! imports**. A module that imports anything (WASI included) is rejected at
-//! load. It must export:
+//! imports** but, optionally, the log function (see "Logging" below). A
+//! module that imports anything else (WASI included) is rejected at load.
+//! It must export:
 //!
 //! | export | wasm type | meaning |
 //! |---|---|---|
@@ -196,6 +198,28 @@
 //! and the check fails with no law tested. A guest error on generated
 //! input is not a violation; one on a merged value is.
 //!
+//! ## Logging
+//!
+//! A module may import one host function:
+//!
+//! | import | wasm type | meaning |
+//! |---|---|---|
+//! | `isthmus` `log` | `(ptr: i32, len: i32) -> ()` | log the UTF-8 text at `ptr..ptr+len` as one line |
+//!
+//! In Rust, call [`log`]. The host checks the bounds of every call first
+//! (a line outside memory traps the merge, the same on every replica);
+//! then it lets through at most `log_lines_per_second` lines per resolver
+//! per node (default 10) and counts the rest as dropped, cuts a line at
+//! `log_line_bytes_max` bytes (default 512, marked `[cut]`), replaces
+//! invalid UTF-8 and control characters, and emits it as a tracing event
+//! (target `isthmus::resolver_log`) attributed to the resolver
+//! (`name@version`, its hash, and the keyspace being merged).
+//! `isthmus resolver call` prints the lines of its merge, and
+//! `isthmus resolver check` the last lines and the counts. The call
+//! returns nothing, so a merge cannot depend on whether its line was kept:
+//! logging never breaks determinism. Lines are for debugging, not data:
+//! at the rate limit most are dropped on a busy keyspace.
+//!
 //! ## Stack size, for any toolchain
 //!
 //! The shadow stack lives at the bottom of linear memory, and the linker
@@ -217,6 +241,30 @@ pub mod laws;
 mod runtime;
 
 pub use abi::{ABI_VERSION, Dot, MergeError, Merged, Payload, Sibling, SiblingClock};
+
+/// Log one line through the host (`isthmus::log`, see "Logging" in the
+/// crate docs): rate-limited and attributed to the resolver by the host;
+/// nothing comes back, so a merge cannot depend on it. Natively (unit
+/// tests, the native law checker) it does nothing.
+///
+/// ```
+/// isthmus_sdk_wasm::log("merging a cart of 3 items");
+/// ```
+pub fn log(line: &str) {
+    #[cfg(target_arch = "wasm32")]
+    {
+        #[link(wasm_import_module = "isthmus")]
+        unsafe extern "C" {
+            #[link_name = "log"]
+            fn isthmus_log(ptr: *const u8, len: usize);
+        }
+        // SAFETY: the host only reads `len` bytes at `ptr`, which `line`
+        // holds for the duration of the call.
+        unsafe { isthmus_log(line.as_ptr(), line.len()) }
+    }
+    #[cfg(not(target_arch = "wasm32"))]
+    let _ = line;
+}
 
 /// Export a merge function (and optionally a sampler) as the resolver ABI.
 ///
