@@ -5,8 +5,12 @@
 //! `cargo test` runs its unit tests and the native law checker. Bad names
 //! and non-empty directories are refused.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+
+use common::scaffold_target;
 
 fn isthmus(args: &[&str]) -> Output {
     let out = Command::new(env!("CARGO_BIN_EXE_isthmus"))
@@ -25,18 +29,6 @@ fn isthmus(args: &[&str]) -> Output {
 
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
-}
-
-/// Where the scaffolded crate builds: a directory of its own beside this
-/// test's target directory (kept between runs, so its dependencies build
-/// once; not the test's own, whose lock the running `cargo test` holds).
-fn scaffold_target() -> PathBuf {
-    let exe = std::env::current_exe().expect("test binary path");
-    // target/<profile>/deps/<test binary>
-    exe.ancestors()
-        .nth(3)
-        .expect("the test binary lies in target/<profile>/deps")
-        .join("resolver-scaffold")
 }
 
 fn sdk_path() -> PathBuf {

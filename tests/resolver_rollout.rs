@@ -8,9 +8,13 @@
 //! It is promoted. A module that traps on every merge, forced past the law
 //! checker as `carts-merge@3`, is put on trial in DC1: concurrent writes
 //! through DC1 make its merges fail, and the DC1 nodes roll it back by
-//! themselves; `resolver list` says so, and merges succeed again. A paused
-//! binding keeps a key's siblings for readers, and merges again once
-//! resumed.
+//! themselves; `resolver list` says so, and merges succeed again. While it
+//! failed, a client read of a key it could not merge said so (class
+//! `trap`, `carts-merge@3`). A paused binding keeps a key's siblings for
+//! readers, whose reads say `paused`, and merges again once resumed.
+//! Last, a new resolver scaffolded by `resolver new` and built and checked
+//! by `resolver build` is uploaded, put on trial in DC1 (where it merges
+//! concurrent writes) and promoted.
 
 mod common;
 
@@ -20,8 +24,8 @@ use std::process::Output;
 
 use common::{Node, all_see, call, isthmus, local_set, text, until, wasm};
 use isthmus_client::wire::{
-    BindingInfo, Consistency, Context, RegistryRequest, RegistryResponse, RequestBody,
-    ResponseBody, WriteId, WriteMode,
+    BindingInfo, Consistency, Context, MergeFailureClass, MergeFailureInfo, RegistryRequest,
+    RegistryResponse, RequestBody, ResponseBody, WriteId, WriteMode,
 };
 use isthmus_example_cart_union as cart_union;
 
@@ -103,13 +107,26 @@ async fn put(addr: &str, key: &[u8], value: Vec<u8>, id: u8) {
 
 /// The live sibling values a client read through `addr` returns.
 async fn read(addr: &str, key: &[u8]) -> Vec<Vec<u8>> {
+    read_flagged(addr, key).await.0
+}
+
+/// [`read`], with the read's flag: why the keyspace's resolver did not
+/// merge the siblings returned, if it did not.
+async fn read_flagged(addr: &str, key: &[u8]) -> (Vec<Vec<u8>>, Option<MergeFailureInfo>) {
     let get = RequestBody::Get {
         keyspace: "carts".into(),
         key: key.to_vec(),
         consistency: Some(Consistency::LocalQuorum),
     };
     match call(addr, get).await.unwrap() {
-        ResponseBody::Value { siblings, .. } => siblings.into_iter().map(|s| s.value).collect(),
+        ResponseBody::Value {
+            siblings,
+            merge_failure,
+            ..
+        } => (
+            siblings.into_iter().map(|s| s.value).collect(),
+            merge_failure,
+        ),
         other => panic!("unexpected answer {other:?}"),
     }
 }
@@ -292,7 +309,7 @@ async fn a_canary_is_promoted_and_a_failing_one_rolls_itself_back() {
             "--canary-dc",
             "dc1",
             "--canary-merges-min",
-            "3",
+            "5",
             "--canary-failure-rate-max",
             "0.5",
         ],
@@ -312,8 +329,23 @@ async fn a_canary_is_promoted_and_a_failing_one_rolls_itself_back() {
     .await;
 
     // Concurrent writes through both DC1 nodes: DC1's replicas merge with
-    // the canary, and fail, until it trips.
-    for k in 0..4u8 {
+    // the canary, and fail. A client read of such a key says so (fewer
+    // merges than the canary's minimum of 5 have run on any node: it has
+    // not tripped).
+    put(&addr(0), b"failing", cart("apple", 1), 8).await;
+    put(&addr(1), b"failing", cart("pear", 2), 9).await;
+    let (siblings, flag) = read_flagged(&addr(0), b"failing").await;
+    assert_eq!(siblings.len(), 2, "{siblings:?}");
+    assert_eq!(
+        flag,
+        Some(MergeFailureInfo {
+            class: MergeFailureClass::Trap,
+            resolver: Some("carts-merge@3".into()),
+        }),
+        "the read says the canary failed to merge"
+    );
+    // More, until it trips.
+    for k in 0..8u8 {
         let key = [b'f', k];
         put(&addr(0), &key, cart("apple", 1), 10 + 2 * k).await;
         put(&addr(1), &key, cart("pear", 2), 11 + 2 * k).await;
@@ -341,8 +373,6 @@ async fn a_canary_is_promoted_and_a_failing_one_rolls_itself_back() {
         listing.contains("rolled back automatically: failure rate 1.000 over"),
         "{listing}"
     );
-    // (Reads of the keys whose merges failed would carry the failure flag
-    // with its class here, once reads carry one.)
 
     // Merges succeed again, in DC1 too: with cart-union, on every replica.
     put(&addr(0), b"after", cart("apple", 1), 40).await;
@@ -378,10 +408,16 @@ async fn a_canary_is_promoted_and_a_failing_one_rolls_itself_back() {
     .await;
     put(&addr(0), b"paused", cart("apple", 1), 50).await;
     put(&addr(1), b"paused", cart("fig", 1), 51).await;
-    let siblings = read(&addr(0), b"paused").await;
+    let (siblings, flag) = read_flagged(&addr(0), b"paused").await;
     assert_eq!(siblings.len(), 2, "{siblings:?}");
-    // (The read's failure flag, class `paused`, would be asserted here,
-    // once reads carry one.)
+    assert_eq!(
+        flag,
+        Some(MergeFailureInfo {
+            class: MergeFailureClass::Paused,
+            resolver: Some("carts-merge@2".into()),
+        }),
+        "the read says the binding is paused"
+    );
     for node in &nodes[..2] {
         let set = local_set(&probe, &node.addr, "carts", b"paused")
             .await
@@ -403,6 +439,61 @@ async fn a_canary_is_promoted_and_a_failing_one_rolls_itself_back() {
     until("a read returns the merged cart", &nodes, 60, async || {
         got = read(&addr(0), b"paused").await;
         got == [want.clone()]
+    })
+    .await;
+
+    // A new resolver: scaffolded, built and checked, uploaded, on trial in
+    // DC1, promoted. (The scaffold's merge is a union of newline-separated
+    // items.)
+    let parent = dir.path().to_owned();
+    let module = tokio::task::spawn_blocking(move || common::scaffold_and_build("lines", &parent))
+        .await
+        .unwrap();
+    upload("4", module.display().to_string()).await;
+    cli(
+        &addr(3),
+        &[
+            "attach",
+            "--keyspace",
+            "carts",
+            "carts-merge@4",
+            "--canary-dc",
+            "dc1",
+        ],
+    )
+    .await;
+    until(
+        "every node runs the scaffolded canary",
+        &nodes,
+        60,
+        async || {
+            every_binding(&nodes, |b| {
+                b.canary.as_ref().is_some_and(|c| c.resolver.version == 4)
+            })
+            .await
+        },
+    )
+    .await;
+    put(&addr(0), b"lines", b"pear".to_vec(), 60).await;
+    put(&addr(1), b"lines", b"apple".to_vec(), 61).await;
+    until("DC1's replicas merge with it", &nodes, 60, async || {
+        for node in &nodes[..2] {
+            match local_set(&probe, &node.addr, "carts", b"lines").await {
+                Some(s)
+                    if s.len() == 1
+                        && s.versions()[0].value_bytes() == Some(&b"apple\npear"[..]) => {}
+                _ => return false,
+            }
+        }
+        true
+    })
+    .await;
+    cli(&addr(0), &["promote", "--keyspace", "carts"]).await;
+    until("every node binds it", &nodes, 60, async || {
+        every_binding(&nodes, |b| {
+            b.canary.is_none() && b.current.as_ref().is_some_and(|r| r.version == 4)
+        })
+        .await
     })
     .await;
 }

@@ -182,6 +182,53 @@ pub fn wasm(package: &str) -> PathBuf {
     path
 }
 
+/// Where scaffolded resolver crates build: a directory of its own beside
+/// the test's target directory (kept between runs, so their dependencies
+/// build once; not the test's own, whose lock the running `cargo test`
+/// holds).
+#[allow(dead_code)]
+pub fn scaffold_target() -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    // target/<profile>/deps/<test binary>
+    exe.ancestors()
+        .nth(3)
+        .expect("the test binary lies in target/<profile>/deps")
+        .join("resolver-scaffold")
+}
+
+/// `isthmus resolver new NAME` into `parent/NAME` (the SDK by path, the
+/// repository's lock file), then `isthmus resolver build` (wasm32 and the
+/// law checker, which must pass): the built module.
+#[allow(dead_code)]
+pub fn scaffold_and_build(name: &str, parent: &Path) -> PathBuf {
+    let dir = parent.join(name);
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_isthmus"))
+            .args(args)
+            .env("CARGO_TARGET_DIR", scaffold_target())
+            .output()
+            .expect("running isthmus");
+        assert!(
+            out.status.success(),
+            "isthmus {args:?}: {}{}",
+            text(&out.stdout),
+            text(&out.stderr)
+        );
+        text(&out.stdout)
+    };
+    let dir_s = dir.display().to_string();
+    let sdk = root.join("sdk-wasm").display().to_string();
+    run(&["resolver", "new", name, "--dir", &dir_s, "--sdk-path", &sdk]);
+    std::fs::copy(root.join("Cargo.lock"), dir.join("Cargo.lock")).expect("copying Cargo.lock");
+    let built = run(&["resolver", "build", "--dir", &dir_s]);
+    let module = built
+        .lines()
+        .find_map(|l| l.strip_prefix("built "))
+        .unwrap_or_else(|| panic!("resolver build names no module: {built}"));
+    PathBuf::from(module)
+}
+
 /// The first admin of every process-test cluster.
 pub const ADMIN: &str = "admin";
 /// Its password (tests log in by certificate; the CLI tests by password).
