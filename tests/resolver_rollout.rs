@@ -451,7 +451,7 @@ async fn a_canary_is_promoted_and_a_failing_one_rolls_itself_back() {
         .unwrap();
     upload("4", module.display().to_string()).await;
     cli(
-        &addr(3),
+        &addr(0),
         &[
             "attach",
             "--keyspace",
