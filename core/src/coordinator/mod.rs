@@ -1315,6 +1315,9 @@ impl<S: LocalStore, T: Transport, H: HintSink> Coordinator<S, T, H> {
 /// hangs, or is merely slow, costs a read this much at most).
 pub const READ_SPECULATE_AFTER: Duration = Duration::from_millis(20);
 
+/// Replicas, each with its datacenter.
+type Replicas = Vec<(NodeId, DcName)>;
+
 /// Split a read's `replicas` into the fewest that can win `tracker`'s
 /// level when they all answer, asked first (`me` first when it is a
 /// replica, then the live ones in placement order, then the ones held
@@ -1324,8 +1327,8 @@ fn enough_to_win(
     tracker: &QuorumTracker,
     view: &ClusterView,
     me: &NodeId,
-) -> (Vec<(NodeId, DcName)>, Vec<(NodeId, DcName)>) {
-    let mut ordered: Vec<(NodeId, DcName)> = replicas.to_vec();
+) -> (Replicas, Replicas) {
+    let mut ordered: Replicas = replicas.to_vec();
     // Stable: placement order within each rank.
     ordered.sort_by_key(|(n, _)| match (n == me, view.alive.contains(n)) {
         (true, _) => 0,
