@@ -19,14 +19,18 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const WAIT: Duration = Duration::from_secs(30);
 
-/// A resolver that traps on every merge.
+/// A resolver that logs a line, then traps, on every merge.
 fn trapping() -> Vec<u8> {
     wat::parse_str(
         r#"(module
+             (import "isthmus" "log" (func $log (param i32 i32)))
              (memory (export "memory") 1)
+             (data (i32.const 64) "about to trap")
              (func (export "isthmus_abi_version") (result i32) i32.const 1)
              (func (export "isthmus_alloc") (param i32) (result i32) i32.const 1024)
-             (func (export "isthmus_merge") (param i32 i32) (result i64) unreachable))"#,
+             (func (export "isthmus_merge") (param i32 i32) (result i64)
+               (call $log (i32.const 64) (i32.const 13))
+               unreachable))"#,
     )
     .expect("WAT parses")
 }
@@ -360,6 +364,14 @@ async fn resolver_list_and_status_show_every_node_of_both_dcs() {
         scraped.contains("isthmus_merge_seconds_count{keyspace=\"plain\""),
         "{scraped}"
     );
+    // What the trapping resolver logged before each trap, counted.
+    let logged: u64 = scraped
+        .lines()
+        .find(|l| l.starts_with("isthmus_resolver_log_lines_total{keyspace=\"plain\""))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no log line count for plain: {scraped}"));
+    assert!(logged >= 1, "{scraped}");
 
     // A node that does not answer is shown as such.
     cluster.stop_node(&dc2).await;

@@ -56,6 +56,18 @@ impl MergeFailure {
     }
 }
 
+/// What a hook measured of one merge its resolver ran.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Metered {
+    /// Fuel the resolver used (all of it when it ran out); `None`: not
+    /// metered, or the resolver did not run.
+    pub fuel: Option<u64>,
+    /// Lines the resolver logged that were kept.
+    pub log_lines: u64,
+    /// Lines the resolver logged past its rate limit, dropped.
+    pub log_dropped: u64,
+}
+
 /// Resolves the siblings of a key with the keyspace's resolver.
 ///
 /// Implementations must be deterministic functions of
@@ -78,17 +90,17 @@ pub trait MergeHook: Send + Sync {
         siblings: &VersionSet,
     ) -> Result<Option<Version>, MergeFailure>;
 
-    /// As [`merge`](Self::merge), with the fuel the resolver used when the
-    /// hook meters it (`None` otherwise): the merge pool records it per
-    /// keyspace and resolver (`isthmus_merge_fuel`). The default does not
-    /// meter.
+    /// As [`merge`](Self::merge), with what the hook measured of the
+    /// resolver's run ([`Metered`]): the merge pool records it per
+    /// keyspace and resolver (`isthmus_merge_fuel`,
+    /// `isthmus_resolver_log_lines_total`). The default measures nothing.
     fn merge_metered(
         &self,
         keyspace: &str,
         key: &[u8],
         siblings: &VersionSet,
-    ) -> (Result<Option<Version>, MergeFailure>, Option<u64>) {
-        (self.merge(keyspace, key, siblings), None)
+    ) -> (Result<Option<Version>, MergeFailure>, Metered) {
+        (self.merge(keyspace, key, siblings), Metered::default())
     }
 
     /// Whether `keyspace` has a resolver bound now, when the hook knows

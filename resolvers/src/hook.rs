@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use isthmus_core::merge::{FailureClass, MergeFailure, MergeHook};
+use isthmus_core::merge::{FailureClass, MergeFailure, MergeHook, Metered};
 use isthmus_core::model::{ContentHash, Version, VersionSet};
 use parking_lot::Mutex;
 
@@ -153,15 +153,15 @@ impl WasmMergeHook {
         })
     }
 
-    /// Merge with `current`, which is registered; the fuel the merge
-    /// used, when it ran.
+    /// Merge with `current`, which is registered; what was measured of
+    /// the merge, when it ran.
     fn run(
         &self,
         keyspace: &str,
         key: &[u8],
         siblings: &VersionSet,
         current: &ResolverRef,
-    ) -> (Result<Option<Version>, MergeFailure>, Option<u64>) {
+    ) -> (Result<Option<Version>, MergeFailure>, Metered) {
         let failure = |class, detail: String| MergeFailure {
             keyspace: keyspace.into(),
             resolver: Some(current.hash),
@@ -189,7 +189,7 @@ impl WasmMergeHook {
                 };
                 match loaded {
                     Ok(resolver) => resolver,
-                    Err(error) => return (Err(error), None),
+                    Err(error) => return (Err(error), Metered::default()),
                 }
             }
         };
@@ -197,13 +197,18 @@ impl WasmMergeHook {
             keyspace: Some(keyspace),
             resolver: Some((&current.name, current.version)),
         };
-        let (result, fuel) = self.host.merge_set_in(&resolver, key, siblings, &context);
-        let result = result.map_err(|e: ResolverError| {
+        let run = self.host.merge_set_in(&resolver, key, siblings, &context);
+        let result = run.result.map_err(|e: ResolverError| {
             tracing::warn!(keyspace, resolver = %current.name, version = current.version,
                 class = %e.class(), error = %e, "merge failed; siblings kept");
             failure(e.class(), e.to_string())
         });
-        (result, Some(fuel))
+        let metered = Metered {
+            fuel: Some(run.fuel),
+            log_lines: run.log.lines.len() as u64,
+            log_dropped: run.log.dropped,
+        };
+        (result, metered)
     }
 
     /// Roll `tripped`'s canary back in the registry, off the merge's
@@ -264,9 +269,9 @@ impl MergeHook for WasmMergeHook {
         keyspace: &str,
         key: &[u8],
         siblings: &VersionSet,
-    ) -> (Result<Option<Version>, MergeFailure>, Option<u64>) {
+    ) -> (Result<Option<Version>, MergeFailure>, Metered) {
         if siblings.len() < 2 {
-            return (Ok(None), None);
+            return (Ok(None), Metered::default());
         }
         let failure = |resolver, name, class, detail: String| MergeFailure {
             keyspace: keyspace.into(),
@@ -279,7 +284,7 @@ impl MergeHook for WasmMergeHook {
             Ok(choice) => choice,
             Err(e) => {
                 let error = failure(None, None, FailureClass::Missing, e.to_string());
-                return (Err(error), None);
+                return (Err(error), Metered::default());
             }
         };
         if choice.paused {
@@ -296,7 +301,7 @@ impl MergeHook for WasmMergeHook {
                 FailureClass::Paused,
                 format!("the binding of keyspace {keyspace:?} is paused"),
             );
-            return (Err(paused), None);
+            return (Err(paused), Metered::default());
         }
         if let Some(canary) = &choice.canary
             && canary.scope.covers(&self.dc, key)
@@ -314,7 +319,7 @@ impl MergeHook for WasmMergeHook {
             return (result, fuel);
         }
         match choice.current {
-            None => (Ok(None), None),
+            None => (Ok(None), Metered::default()),
             Some(Bound::Resolver(current)) => self.run(keyspace, key, siblings, &current),
             Some(Bound::Unregistered { name, version }) => {
                 let detail = format!(
@@ -323,7 +328,7 @@ impl MergeHook for WasmMergeHook {
                 let name = Some(format!("{name}@{version}"));
                 (
                     Err(failure(None, name, FailureClass::Missing, detail)),
-                    None,
+                    Metered::default(),
                 )
             }
         }

@@ -1032,19 +1032,19 @@ impl Host {
         set: &VersionSet,
     ) -> Result<Option<Version>, ResolverError> {
         self.merge_set_in(resolver, key, set, &MergeContext::default())
-            .0
+            .result
     }
 
     /// [`Host::merge_set`] for `context`, which the guest's log lines are
     /// attributed to, with the fuel the merge used (all of it when it ran
-    /// out). Counted.
+    /// out) and what the guest logged. Counted.
     pub fn merge_set_in(
         &self,
         resolver: &Resolver,
         key: &[u8],
         set: &VersionSet,
         context: &MergeContext<'_>,
-    ) -> (Result<Option<Version>, ResolverError>, u64) {
+    ) -> MergeRun<Option<Version>> {
         let siblings: Vec<Sibling<'_>> = set.versions().iter().map(to_sibling).collect();
         let run = self.merge_siblings_in(resolver, key, &siblings, context);
         resolver.stats.record(&run.result);
@@ -1055,7 +1055,11 @@ impl Host {
             };
             set.merged(payload, resolver.hash)
         });
-        (result, run.fuel)
+        MergeRun {
+            result,
+            fuel: run.fuel,
+            log: run.log,
+        }
     }
 
     /// A sample value from the module's optional `isthmus_sample(seed)`;

@@ -397,7 +397,7 @@ impl MergePool {
                 // Held until the merge ends, even if the caller gave up.
                 let _permit = permit;
                 let started = Instant::now();
-                let (merged, fuel) = hook.merge_metered(&keyspace, &key, &siblings);
+                let (merged, metered) = hook.merge_metered(&keyspace, &key, &siblings);
                 let spent = started.elapsed();
                 // A merge the resolver ran: it produced a version, or the
                 // hook metered it (a failure to load or find the module
@@ -405,10 +405,10 @@ impl MergePool {
                 let ran = match &merged {
                     Ok(Some(version)) => version.resolver,
                     Ok(None) => None,
-                    Err(failure) => failure.resolver.filter(|_| fuel.is_some()),
+                    Err(failure) => failure.resolver.filter(|_| metered.fuel.is_some()),
                 };
                 if let Some(resolver) = ran {
-                    tally.cost(&keyspace, &resolver, spent, fuel);
+                    tally.cost(&keyspace, &resolver, spent, &metered);
                 }
                 share.charge(budget, spent);
                 stats.run.fetch_add(1, Ordering::Relaxed);

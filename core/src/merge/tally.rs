@@ -29,7 +29,7 @@ pub use isthmus_client::wire::{CostHistogram, MergeStatsRow};
 
 use parking_lot::Mutex;
 
-use super::FailureClass;
+use super::{FailureClass, Metered};
 use crate::model::{ContentHash, Version, VersionSet};
 
 /// Label sets each table of a tally holds at most.
@@ -117,6 +117,10 @@ pub struct MergeCost {
     pub fuel: CostHistogram,
     /// Time per merge on its thread, in [`MERGE_TIME_BUCKETS_US`].
     pub time_us: CostHistogram,
+    /// Lines its merges logged (kept).
+    pub log_lines: u64,
+    /// Lines its merges logged past the rate limit (dropped).
+    pub log_dropped: u64,
 }
 
 impl Default for MergeCost {
@@ -124,6 +128,8 @@ impl Default for MergeCost {
         MergeCost {
             fuel: CostHistogram::new(&MERGE_FUEL_BUCKETS),
             time_us: CostHistogram::new(&MERGE_TIME_BUCKETS_US),
+            log_lines: 0,
+            log_dropped: 0,
         }
     }
 }
@@ -241,8 +247,9 @@ impl ConflictTally {
     }
 
     /// Count what a merge by `resolver` cost: its time on the merge
-    /// thread and, when the hook metered it, its fuel.
-    pub fn cost(&self, keyspace: &str, resolver: &ContentHash, spent: Duration, fuel: Option<u64>) {
+    /// thread and, when the hook metered it, its fuel and the lines it
+    /// logged.
+    pub fn cost(&self, keyspace: &str, resolver: &ContentHash, spent: Duration, metered: &Metered) {
         let mut costs = self.costs.lock();
         let key = (keyspace.to_owned(), resolver_label(resolver));
         if !costs.contains_key(&key) && costs.len() >= TALLY_ENTRIES_MAX {
@@ -252,9 +259,11 @@ impl ConflictTally {
         let cost = costs.entry(key).or_default();
         cost.time_us
             .record(u64::try_from(spent.as_micros()).unwrap_or(u64::MAX));
-        if let Some(fuel) = fuel {
+        if let Some(fuel) = metered.fuel {
             cost.fuel.record(fuel);
         }
+        cost.log_lines = cost.log_lines.saturating_add(metered.log_lines);
+        cost.log_dropped = cost.log_dropped.saturating_add(metered.log_dropped);
     }
 
     /// The counts now, sorted by label.
@@ -402,9 +411,19 @@ mod tests {
     fn costs_are_kept_per_keyspace_and_resolver_in_fixed_buckets() {
         let tally = ConflictTally::default();
         for us in [3, 3, 3, 700] {
-            tally.cost("carts", &[7; 32], Duration::from_micros(us), Some(5_000));
+            let metered = Metered {
+                fuel: Some(5_000),
+                log_lines: 1,
+                log_dropped: 2,
+            };
+            tally.cost("carts", &[7; 32], Duration::from_micros(us), &metered);
         }
-        tally.cost("carts", &[7; 32], Duration::from_secs(5), None);
+        tally.cost(
+            "carts",
+            &[7; 32],
+            Duration::from_secs(5),
+            &Metered::default(),
+        );
         let figures = tally.figures();
         assert_eq!(figures.costs.len(), 1);
         let ((ks, resolver), cost) = &figures.costs[0];
@@ -415,6 +434,7 @@ mod tests {
         assert_eq!(cost.time_us.counts[2], 3);
         assert_eq!(cost.time_us.counts[MERGE_TIME_BUCKETS_US.len()], 1);
         assert_eq!(cost.fuel.sum, 20_000);
+        assert_eq!((cost.log_lines, cost.log_dropped), (4, 8));
         let p50 = cost.time_us.quantile(0.5).unwrap();
         assert!((2.0..=4.0).contains(&p50), "{p50}");
         let p99 = cost.fuel.quantile(0.99).unwrap();

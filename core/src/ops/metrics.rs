@@ -385,6 +385,27 @@ fn encode_conflicts(f: &Figures, out: &mut Out<'_, '_>) -> Result<(), Error> {
             )?;
         }
     }
+    let logged = |pick: fn(&MergeCost) -> u64| -> Vec<(Labels<'_>, u64)> {
+        c.costs
+            .iter()
+            .map(|((ks, resolver), cost)| {
+                (
+                    vec![("keyspace", ks.as_str()), ("resolver", resolver.as_str())],
+                    pick(cost),
+                )
+            })
+            .collect()
+    };
+    out.counters(
+        "isthmus_resolver_log_lines",
+        "Lines resolvers logged through the host's log import and kept, by keyspace and resolver (hex content hash)",
+        &logged(|c| c.log_lines),
+    )?;
+    out.counters(
+        "isthmus_resolver_log_dropped",
+        "Lines resolvers logged past their rate limit, dropped, by keyspace and resolver (hex content hash)",
+        &logged(|c| c.log_dropped),
+    )?;
     out.counter(
         "isthmus_conflict_tally_overflow",
         "Conflict counts not kept because a table of label sets was full",
