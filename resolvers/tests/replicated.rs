@@ -542,7 +542,8 @@ async fn the_service_runs_canaries_with_default_guards_and_pauses_a_configured_d
         panic!("not bound")
     };
     assert!(binding.paused);
-    assert_eq!(hook.merge("carts", b"k", &cart_set()), Ok(None));
+    let paused = hook.merge("carts", b"k", &cart_set()).unwrap_err();
+    assert_eq!(paused.class, FailureClass::Paused, "{paused}");
     serve(
         &service,
         RegistryRequest::Resume {

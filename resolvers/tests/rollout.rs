@@ -333,7 +333,8 @@ fn a_paused_binding_keeps_siblings_until_resumed() {
     let (dc1, _) = hooks(&host, &registry);
     let binding = registry.pause("ks", None).unwrap();
     assert!(binding.paused);
-    assert_eq!(dc1.merge("ks", b"k", &cart_set()), Ok(None));
+    let paused = dc1.merge("ks", b"k", &cart_set()).unwrap_err();
+    assert_eq!(paused.class, FailureClass::Paused, "{paused}");
     assert_eq!(dc1.bound("ks"), Some(true), "still a merging keyspace");
     let binding = registry.resume("ks", None).unwrap();
     assert!(!binding.paused);
@@ -354,7 +355,9 @@ fn pausing_a_keyspace_the_registry_never_bound_keeps_its_default() {
         hash: cart.hash,
     });
     registry.pause("other", default.clone()).unwrap();
-    assert_eq!(hook.merge("other", b"k", &cart_set()), Ok(None));
+    let paused = hook.merge("other", b"k", &cart_set()).unwrap_err();
+    assert_eq!(paused.class, FailureClass::Paused, "{paused}");
+    assert_eq!(paused.resolver_name.as_deref(), Some("m@1"));
     registry.resume("other", default).unwrap();
     let merged = hook.merge("other", b"k", &cart_set()).unwrap().unwrap();
     assert_eq!(merged.resolver, Some(cart.hash));
