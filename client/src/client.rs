@@ -21,7 +21,7 @@
 //! context it supersedes, and the store keeps concurrent writes from other
 //! datacenters as siblings rather than refusing them.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,6 +31,7 @@ use rand::Rng;
 use crate::error::ClientError;
 use crate::options::{Defaults, RequestOptions, Resolved, Use};
 use crate::placement::{Member, Rings};
+use crate::pool::ChannelPool;
 use crate::session::{ConnectOptions, Session};
 use crate::tls::TlsMaterial;
 use crate::wire::{
@@ -301,7 +302,7 @@ impl ClientBuilder {
         let client = Client {
             inner: Arc::new(Inner {
                 config: self,
-                sessions: Mutex::default(),
+                sessions: ChannelPool::new(Session::is_open),
                 topology: Mutex::default(),
                 refresher: Mutex::default(),
                 membership_moved: Arc::default(),
@@ -368,7 +369,7 @@ fn member_set(nodes: &[NodeReport]) -> BTreeSet<(&str, &str, &str, &str)> {
 
 struct Inner {
     config: ClientBuilder,
-    sessions: Mutex<HashMap<String, Arc<Session>>>,
+    sessions: ChannelPool<String, Session>,
     topology: Mutex<Topology>,
     refresher: Mutex<Option<tokio::task::AbortHandle>>,
     /// Wakes the background refresh before its tick: a node the client
@@ -393,7 +394,7 @@ pub struct Client {
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let topology = self.inner.topology.lock();
-        let mut sessions: Vec<String> = self.inner.sessions.lock().keys().cloned().collect();
+        let mut sessions: Vec<String> = self.inner.sessions.keys();
         sessions.sort();
         f.debug_struct("Client")
             .field("seeds", &self.inner.config.seeds)
@@ -421,36 +422,38 @@ impl Client {
         }
     }
 
+    /// The session to `addr`: the open one, or one connection shared by
+    /// every task that finds none.
     pub(crate) async fn session(&self, addr: &str) -> Result<Arc<Session>, ClientError> {
-        if let Some(s) = self.inner.sessions.lock().get(addr).filter(|s| s.is_open()) {
-            return Ok(s.clone());
+        if let Some(session) = self.inner.sessions.get(&addr.to_owned()) {
+            return Ok(session);
         }
-        let fresh = Arc::new(
-            Session::connect_with(
+        let connect = || async {
+            let fresh = Session::connect_with(
                 addr,
                 &self.inner.config.options,
                 self.inner.config.connect_timeout,
             )
-            .await?,
-        );
-        let known = {
-            let topology = self.inner.topology.lock();
-            topology.nodes.is_empty()
-                || topology
-                    .nodes
-                    .iter()
-                    .any(|n| n.node_id == fresh.peer().node_id)
+            .await?;
+            let known = {
+                let topology = self.inner.topology.lock();
+                topology.nodes.is_empty()
+                    || topology
+                        .nodes
+                        .iter()
+                        .any(|n| n.node_id == fresh.peer().node_id)
+            };
+            if !known {
+                // A node the client has not heard of answered: the members
+                // changed (or an address moved). Learn them now.
+                self.inner.membership_moved.notify_one();
+            }
+            Ok(fresh)
         };
-        if !known {
-            // A node the client has not heard of answered: the members
-            // changed (or an address moved). Learn them now.
-            self.inner.membership_moved.notify_one();
-        }
         self.inner
             .sessions
-            .lock()
-            .insert(addr.to_owned(), fresh.clone());
-        Ok(fresh)
+            .get_or_dial(&addr.to_owned(), connect)
+            .await
     }
 
     /// Re-learn the cluster's nodes from any reachable node.
@@ -645,7 +648,7 @@ impl Client {
                         e,
                         ClientError::Connect { .. } | ClientError::ConnectionClosed
                     ) {
-                        self.inner.sessions.lock().remove(addr);
+                        self.inner.sessions.remove(addr);
                         // Best effort: learn who is up before the next try,
                         // within the deadline.
                         let refresh = Box::pin(self.refresh());
@@ -1173,7 +1176,7 @@ mod tests {
         let client = Client {
             inner: Arc::new(Inner {
                 config,
-                sessions: Mutex::default(),
+                sessions: ChannelPool::new(Session::is_open),
                 topology: Mutex::default(),
                 refresher: Mutex::default(),
                 membership_moved: Arc::default(),
@@ -1234,7 +1237,7 @@ mod tests {
         let client = Client {
             inner: Arc::new(Inner {
                 config,
-                sessions: Mutex::default(),
+                sessions: ChannelPool::new(Session::is_open),
                 topology: Mutex::default(),
                 refresher: Mutex::default(),
                 membership_moved: Arc::default(),

@@ -8,6 +8,7 @@ pub mod counter;
 pub mod error;
 pub mod options;
 pub mod placement;
+pub mod pool;
 pub mod session;
 pub mod tls;
 #[cfg(feature = "serde-json")]

@@ -44,6 +44,8 @@ pub struct Channel<Q, A> {
     peer: HelloAck,
     /// The node's wall clock minus ours, from the clocks its answers carry.
     clock: Arc<std::sync::Mutex<ClockOffset>>,
+    /// Replies read so far (any request's).
+    replies: Arc<AtomicU64>,
     reader: tokio::task::JoinHandle<()>,
 }
 
@@ -264,11 +266,14 @@ impl<Q: serde::Serialize + Send, A: ReplyBody> Channel<Q, A> {
         let (mut read_half, write_half) = conn.split();
         let pending: Pending<A> = Arc::new(std::sync::Mutex::new(Some(HashMap::new())));
         let routes = pending.clone();
+        let replies = Arc::new(AtomicU64::new(0));
+        let heard = replies.clone();
         let reader = tokio::spawn(async move {
             while let Ok(Some(response)) = read_half.read::<Reply<A>>().await {
                 if response.id == CONNECTION_ERROR_ID {
                     break;
                 }
+                heard.fetch_add(1, Ordering::Relaxed);
                 if let Ok(mut clock) = samples.lock() {
                     clock.sample(response.clock_ms);
                 }
@@ -291,6 +296,7 @@ impl<Q: serde::Serialize + Send, A: ReplyBody> Channel<Q, A> {
             next_id: AtomicU64::new(1),
             peer,
             clock,
+            replies,
             reader,
             _request: std::marker::PhantomData,
         })
@@ -304,6 +310,13 @@ impl<Q: serde::Serialize + Send, A: ReplyBody> Channel<Q, A> {
     /// Is the connection still usable?
     pub fn is_open(&self) -> bool {
         self.pending.lock().map(|p| p.is_some()).unwrap_or(false)
+    }
+
+    /// How many replies the channel has read, to any request: a call that
+    /// timed out while this moved waited on a channel that works (the
+    /// node is slow, not gone).
+    pub fn replies(&self) -> u64 {
+        self.replies.load(Ordering::Relaxed)
     }
 
     /// Send one request and wait up to `timeout` for its response.

@@ -7,11 +7,12 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use isthmus_client::pool::ChannelPool;
 use isthmus_client::session::IoStream;
 use isthmus_client::tls::CertIdentity;
 use isthmus_client::wire::PeerRole;
 use isthmus_client::{Channel, ClientError};
-use parking_lot::{Mutex, RwLock};
+use parking_lot::RwLock;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
@@ -82,7 +83,7 @@ pub struct TcpTransport {
     me: NodeId,
     addrs: RwLock<HashMap<NodeId, String>>,
     dcs: RwLock<HashMap<NodeId, DcName>>,
-    channels: Mutex<HashMap<NodeId, Arc<PeerChannel>>>,
+    channels: ChannelPool<NodeId, PeerChannel>,
     connect_timeout: Duration,
     wan: Option<(DcName, String)>,
     tls: Option<Arc<rustls::ClientConfig>>,
@@ -96,7 +97,7 @@ impl TcpTransport {
             me,
             addrs: RwLock::default(),
             dcs: RwLock::default(),
-            channels: Mutex::default(),
+            channels: ChannelPool::new(PeerChannel::is_open),
             connect_timeout,
             wan: None,
             tls: None,
@@ -133,7 +134,7 @@ impl TcpTransport {
             .insert(node.clone(), addr.to_owned())
             .is_some_and(|old| old != addr);
         if changed {
-            self.channels.lock().remove(node);
+            self.channels.remove(node);
         }
     }
 
@@ -218,9 +219,11 @@ impl TcpTransport {
         Ok(channel)
     }
 
+    /// The channel to `to`: the open one, or one dial shared by every
+    /// caller that finds none.
     async fn channel(&self, to: &NodeId) -> Result<Arc<PeerChannel>, ClientError> {
-        if let Some(ch) = self.channels.lock().get(to).filter(|c| c.is_open()) {
-            return Ok(ch.clone());
+        if let Some(channel) = self.channels.get(to) {
+            return Ok(channel);
         }
         let addr = self
             .addrs
@@ -235,17 +238,9 @@ impl TcpTransport {
             (Some((own, _)), Some(dc)) => dc != own,
             _ => true,
         };
-        let fresh = Arc::new(self.dial(&addr, remote, Some(to)).await?);
-        let mut channels = self.channels.lock();
-        // Another task may have connected meanwhile: keep one channel.
-        let kept = match channels.get(to) {
-            Some(existing) if existing.is_open() => existing.clone(),
-            _ => {
-                channels.insert(to.clone(), fresh.clone());
-                fresh
-            }
-        };
-        Ok(kept)
+        self.channels
+            .get_or_dial(to, || self.dial(&addr, remote, Some(to)))
+            .await
     }
 }
 
@@ -257,24 +252,25 @@ impl Transport for TcpTransport {
         timeout: Duration,
     ) -> Result<PeerResponse, ClientError> {
         let channel = self.channel(to).await?;
+        let heard = channel.replies();
         let result = channel.call(request, timeout).await;
-        if matches!(
-            result,
-            Err(ClientError::ConnectionClosed
-                | ClientError::Connect { .. }
-                | ClientError::Timeout { .. })
-        ) {
+        let broken = match &result {
+            Err(ClientError::ConnectionClosed | ClientError::Connect { .. }) => true,
             // A peer answers every request by its deadline (the server
             // caps them and answers `Timeout` itself), so a call that
-            // hears nothing points at the channel: a stuck socket, or a
-            // peer that stopped answering on it. The next call dials a
-            // fresh one; calls still in flight keep the old channel until
-            // they end. Only this channel is dropped, not one another
-            // task put in its place meanwhile.
-            let mut channels = self.channels.lock();
-            if channels.get(to).is_some_and(|c| Arc::ptr_eq(c, &channel)) {
-                channels.remove(to);
-            }
+            // hears nothing on a channel that heard nothing else either
+            // points at the channel: a stuck socket, or a peer that
+            // stopped answering on it. A channel that answered other
+            // calls meanwhile works; its peer is slow, and dropping it
+            // would only add handshakes to that peer's load.
+            Err(ClientError::Timeout { .. }) => channel.replies() == heard,
+            _ => false,
+        };
+        if broken {
+            // The next call dials a fresh one; calls still in flight keep
+            // the old channel until they end. Only this channel is
+            // dropped, not one another task put in its place meanwhile.
+            self.channels.remove_if_same(to, &channel);
         }
         result
     }
@@ -335,6 +331,109 @@ mod tests {
             });
             held.push(task);
         }
+    }
+
+    /// A peer that answers `Read`s of key `slow` after a second and every
+    /// other request at once, all on one connection.
+    async fn slow_key_peer(listener: TcpListener, accepted: Arc<AtomicUsize>) {
+        let mut held = Vec::new();
+        loop {
+            let Ok((socket, _)) = listener.accept().await else {
+                return;
+            };
+            accepted.fetch_add(1, Ordering::SeqCst);
+            let task = tokio::spawn(async move {
+                let mut conn = Connection::new(socket, FRAME_BYTES_MAX_DEFAULT);
+                let Ok(Some(_hello)) = conn.read::<Hello>().await else {
+                    return;
+                };
+                let ack = HelloAck {
+                    magic: MAGIC,
+                    version: PROTOCOL_VERSION,
+                    node_id: "peer".into(),
+                    dc: "dc1".into(),
+                    clock_ms: 1,
+                };
+                if conn.write(&Ok::<_, WireError>(ack)).await.is_err() {
+                    return;
+                }
+                let (mut reader, mut writer) = conn.split();
+                let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<u64>();
+                tokio::spawn(async move {
+                    while let Some(id) = rx.recv().await {
+                        let reply = Reply {
+                            id,
+                            clock_ms: 1,
+                            body: PeerResponse::Applied,
+                        };
+                        if writer.write(&reply).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+                while let Ok(Some(request)) = reader.read::<Envelope<PeerRequest>>().await {
+                    let slow =
+                        matches!(&request.body, PeerRequest::Read { key, .. } if key == b"slow");
+                    let tx = tx.clone();
+                    tokio::spawn(async move {
+                        if slow {
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                        }
+                        let _ = tx.send(request.id);
+                    });
+                }
+            });
+            held.push(task);
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_slow_answer_on_a_channel_that_answers_others_keeps_it() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let peer_task = tokio::spawn(slow_key_peer(listener, accepted.clone()));
+        let transport = Arc::new(TcpTransport::new(
+            NodeId("me".into()),
+            Duration::from_secs(2),
+        ));
+        let peer = NodeId("peer".into());
+        transport.set_addr(&peer, &addr);
+
+        let slow = {
+            let (transport, peer) = (transport.clone(), peer.clone());
+            tokio::spawn(async move {
+                let read = PeerRequest::Read {
+                    keyspace: "ks".into(),
+                    key: b"slow".to_vec(),
+                };
+                transport
+                    .call(&peer, read, Duration::from_millis(300))
+                    .await
+            })
+        };
+        // Other calls are answered on the same channel while the slow one
+        // waits.
+        let until = Instant::now() + Duration::from_millis(500);
+        while Instant::now() < until {
+            let answer = transport
+                .call(&peer, gossip(), Duration::from_secs(2))
+                .await;
+            assert_eq!(answer, Ok(PeerResponse::Applied));
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let slow = slow.await.unwrap();
+        assert!(matches!(slow, Err(ClientError::Timeout { .. })), "{slow:?}");
+        let answer = transport
+            .call(&peer, gossip(), Duration::from_secs(2))
+            .await;
+        assert_eq!(answer, Ok(PeerResponse::Applied));
+        assert_eq!(
+            accepted.load(Ordering::SeqCst),
+            1,
+            "the channel that answered others was kept"
+        );
+        peer_task.abort();
     }
 
     fn gossip() -> PeerRequest {
