@@ -98,6 +98,26 @@ pub const XX_ATTEMPTS: usize = 8;
 /// What the key held when a conditional write's condition failed.
 type Current = (Vec<Sibling>, Context);
 
+/// A command that reads or writes one key and nothing else, with no
+/// options: a pipeline's run of these on distinct keys is served at once
+/// ([`Session::run_plain`]), with the replies in order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Plain {
+    /// `GET key`.
+    Get(Bytes),
+    /// `SET key value`: an overwrite with the keyspace's default expiry.
+    Set(Bytes, Bytes),
+}
+
+impl Plain {
+    /// The key it reads or writes.
+    pub fn key(&self) -> &Bytes {
+        match self {
+            Plain::Get(key) | Plain::Set(key, _) => key,
+        }
+    }
+}
+
 /// One connection's state.
 pub struct Session<H> {
     handler: Arc<H>,
@@ -324,6 +344,20 @@ impl<H: Handler> Session<H> {
         mode: WriteMode,
         expiry: Expiry,
     ) -> Result<Option<Current>, Reply> {
+        let id = self.write_id();
+        self.put_as(key, value, context, mode, expiry, id).await
+    }
+
+    /// [`Self::put_expiring`] as write `write_id`.
+    async fn put_as(
+        &self,
+        key: &Bytes,
+        value: &Bytes,
+        context: Context,
+        mode: WriteMode,
+        expiry: Expiry,
+        write_id: WriteId,
+    ) -> Result<Option<Current>, Reply> {
         let put = RequestBody::Put {
             mode,
             expiry,
@@ -332,7 +366,7 @@ impl<H: Handler> Session<H> {
             value: value.to_vec(),
             context,
             consistency: None,
-            write_id: self.write_id(),
+            write_id,
             sloppy: None,
         };
         match self.call(put).await? {
@@ -464,6 +498,48 @@ impl<H: Handler> Session<H> {
             }
         };
         result.unwrap_or_else(|reply| reply)
+    }
+
+    /// `args` as a [`Plain`] command, when it is one on this connection
+    /// (a `SET` on a keyspace of counters is not: it is refused).
+    pub fn plain(&self, args: &[Bytes]) -> Option<Plain> {
+        match args {
+            [name, key] if name.eq_ignore_ascii_case(b"get") => Some(Plain::Get(key.clone())),
+            [name, key, value] if name.eq_ignore_ascii_case(b"set") && !self.counters() => {
+                Some(Plain::Set(key.clone(), value.clone()))
+            }
+            _ => None,
+        }
+    }
+
+    /// Serve `batch` at once, each command as [`Session::run`] would;
+    /// the replies in the batch's order. The caller makes sure no two
+    /// commands of the batch share a key, so none could see another's
+    /// effect whichever finishes first.
+    pub async fn run_plain(&mut self, batch: Vec<Plain>) -> Vec<Reply> {
+        let ids: Vec<WriteId> = batch.iter().map(|_| self.write_id()).collect();
+        let session = &*self;
+        let served = batch.into_iter().zip(ids).map(|(command, id)| async move {
+            let reply = match command {
+                Plain::Get(key) => session.get(&key).await,
+                Plain::Set(key, value) => session
+                    .put_as(
+                        &key,
+                        &value,
+                        Context::default(),
+                        WriteMode::Overwrite,
+                        Expiry::KeyspaceDefault,
+                        id,
+                    )
+                    .await
+                    .map(|current| match current {
+                        None => Reply::Simple("OK"),
+                        Some(_) => Reply::Nil,
+                    }),
+            };
+            reply.unwrap_or_else(|reply| reply)
+        });
+        futures_util::future::join_all(served).await
     }
 
     /// `SCAN cursor [MATCH pattern] [COUNT n]`: one page of the

@@ -12,7 +12,9 @@
 //! - `pattern`: Redis glob patterns (`SCAN ... MATCH`).
 //! - here: the accept loop and one task per connection. Requests are
 //!   decoded as they arrive (pipelining: every complete command in the
-//!   buffer is served in order, and the replies are written together); a
+//!   buffer is served, and the replies are written together, in order; a
+//!   run of plain `GET`s and `SET`s on distinct keys is served at once,
+//!   every other command after what came before it); a
 //!   request larger than the frame cap, or one that does not decode,
 //!   gets an error and closes that connection only; connections beyond
 //!   `connections_max` are closed at once.
@@ -30,12 +32,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use bytes::BytesMut;
+use std::collections::HashSet;
+
+use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 use crate::server::Handler;
-use command::Session;
+use command::{Plain, Session};
 use reply::Reply;
 
 /// How the front door runs (from the node config's `[redis]` table).
@@ -133,52 +137,42 @@ async fn connection<S, H>(
     let mut session = Session::new(handler, door.clone(), id, addr, certificate).await;
     let mut input = BytesMut::with_capacity(16 * 1024);
     let mut output = BytesMut::with_capacity(16 * 1024);
+    let mut batch = Batch::default();
     loop {
         // Every complete command already read, in order.
-        loop {
-            if input.first().is_some_and(|b| *b != b'*') {
-                // An inline command: one line, words split by spaces (as
-                // telnet sends, and as `redis-cli --pipe` ends a batch
-                // with an empty one).
-                let Some(end) = input.iter().position(|b| *b == b'\n') else {
-                    break;
-                };
-                let line = input.split_to(end + 1).freeze();
-                let args = command::inline(&line);
-                if args.is_empty() {
+        let (received, broken) = decode_all(&mut input);
+        for command in received {
+            let args = match command {
+                Ok(args) => args,
+                Err(reply) => {
+                    batch.serve(&mut session, &mut output).await;
+                    reply.encode(session.protocol(), &mut output);
                     continue;
                 }
-                session
-                    .run(args)
-                    .await
-                    .encode(session.protocol(), &mut output);
-                if session.closing() {
-                    let _ = stream.write_all(&output).await;
-                    return;
+            };
+            if let Some(plain) = session.plain(&args) {
+                if !batch.fits(&plain) {
+                    batch.serve(&mut session, &mut output).await;
                 }
+                batch.push(plain);
                 continue;
             }
-            match redis_protocol::resp2::decode::decode_bytes_mut(&mut input) {
-                Ok(Some((frame, _, _))) => {
-                    let reply = match command::arguments(frame) {
-                        Ok(args) if args.is_empty() => continue,
-                        Ok(args) => session.run(args).await,
-                        Err(reply) => reply,
-                    };
-                    reply.encode(session.protocol(), &mut output);
-                    if session.closing() {
-                        let _ = stream.write_all(&output).await;
-                        return;
-                    }
-                }
-                Ok(None) => break,
-                Err(e) => {
-                    Reply::Error(format!("ERR Protocol error: {e}"))
-                        .encode(session.protocol(), &mut output);
-                    let _ = stream.write_all(&output).await;
-                    return;
-                }
+            batch.serve(&mut session, &mut output).await;
+            session
+                .run(args)
+                .await
+                .encode(session.protocol(), &mut output);
+            if session.closing() {
+                let _ = stream.write_all(&output).await;
+                return;
             }
+        }
+        batch.serve(&mut session, &mut output).await;
+        if let Some(error) = broken {
+            Reply::Error(format!("ERR Protocol error: {error}"))
+                .encode(session.protocol(), &mut output);
+            let _ = stream.write_all(&output).await;
+            return;
         }
         if !output.is_empty() {
             if stream.write_all(&output).await.is_err() {
@@ -198,6 +192,75 @@ async fn connection<S, H>(
         match stream.read_buf(&mut input).await {
             Ok(0) | Err(_) => return,
             Ok(_) => {}
+        }
+    }
+}
+
+/// The most commands of a pipeline served at once.
+pub const PLAIN_BATCH_MAX: usize = 64;
+
+/// A pipeline's run of [`Plain`] commands on distinct keys, waiting to be
+/// served together.
+#[derive(Default)]
+struct Batch {
+    commands: Vec<Plain>,
+    keys: HashSet<Bytes>,
+}
+
+impl Batch {
+    /// Whether `plain` may join: its key is not in the batch already (a
+    /// command must see the effect of an earlier one on its key) and the
+    /// batch is not full.
+    fn fits(&self, plain: &Plain) -> bool {
+        self.commands.len() < PLAIN_BATCH_MAX && !self.keys.contains(plain.key())
+    }
+
+    fn push(&mut self, plain: Plain) {
+        self.keys.insert(plain.key().clone());
+        self.commands.push(plain);
+    }
+
+    /// Serve the batch (if any) and append its replies, in order.
+    async fn serve<H: Handler>(&mut self, session: &mut Session<H>, output: &mut BytesMut) {
+        if self.commands.is_empty() {
+            return;
+        }
+        self.keys.clear();
+        let commands = std::mem::take(&mut self.commands);
+        for reply in session.run_plain(commands).await {
+            reply.encode(session.protocol(), output);
+        }
+    }
+}
+
+/// Take every complete command off the front of `input`: each as its
+/// arguments, or the error reply for a frame of the wrong shape; then the
+/// protocol error that stopped decoding, if one did (the connection ends
+/// after its reply).
+fn decode_all(input: &mut BytesMut) -> (Vec<Result<Vec<Bytes>, Reply>>, Option<String>) {
+    let mut received = Vec::new();
+    loop {
+        if input.first().is_some_and(|b| *b != b'*') {
+            // An inline command: one line, words split by spaces (as
+            // telnet sends, and as `redis-cli --pipe` ends a batch with an
+            // empty one).
+            let Some(end) = input.iter().position(|b| *b == b'\n') else {
+                return (received, None);
+            };
+            let line = input.split_to(end + 1).freeze();
+            let args = command::inline(&line);
+            if !args.is_empty() {
+                received.push(Ok(args));
+            }
+            continue;
+        }
+        match redis_protocol::resp2::decode::decode_bytes_mut(input) {
+            Ok(Some((frame, _, _))) => match command::arguments(frame) {
+                Ok(args) if args.is_empty() => {}
+                other => received.push(other),
+            },
+            Ok(None) => return (received, None),
+            Err(e) => return (received, Some(e.to_string())),
         }
     }
 }
