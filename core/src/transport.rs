@@ -290,6 +290,23 @@ mod tests {
     use super::*;
     use crate::limit::FRAME_BYTES_MAX_DEFAULT;
 
+    /// Read a node's hello on `socket` and answer as node `peer`.
+    async fn answer_hello(
+        socket: tokio::net::TcpStream,
+    ) -> Option<Connection<tokio::net::TcpStream>> {
+        let mut conn = Connection::new(socket, FRAME_BYTES_MAX_DEFAULT);
+        conn.read::<Hello>().await.ok()??;
+        let ack = HelloAck {
+            magic: MAGIC,
+            version: PROTOCOL_VERSION,
+            node_id: "peer".into(),
+            dc: "dc1".into(),
+            clock_ms: 1,
+        };
+        conn.write(&Ok::<_, WireError>(ack)).await.ok()?;
+        Some(conn)
+    }
+
     /// A peer whose first connection reads requests and never answers (as
     /// a connection whose writer died would), while later connections
     /// answer every request with `Applied`.
@@ -301,20 +318,9 @@ mod tests {
             };
             let n = accepted.fetch_add(1, Ordering::SeqCst);
             let task = tokio::spawn(async move {
-                let mut conn = Connection::new(socket, FRAME_BYTES_MAX_DEFAULT);
-                let Ok(Some(_hello)) = conn.read::<Hello>().await else {
+                let Some(mut conn) = answer_hello(socket).await else {
                     return;
                 };
-                let ack = HelloAck {
-                    magic: MAGIC,
-                    version: PROTOCOL_VERSION,
-                    node_id: "peer".into(),
-                    dc: "dc1".into(),
-                    clock_ms: 1,
-                };
-                if conn.write(&Ok::<_, WireError>(ack)).await.is_err() {
-                    return;
-                }
                 while let Ok(Some(request)) = conn.read::<Envelope<PeerRequest>>().await {
                     if n == 0 {
                         continue;
@@ -343,20 +349,9 @@ mod tests {
             };
             accepted.fetch_add(1, Ordering::SeqCst);
             let task = tokio::spawn(async move {
-                let mut conn = Connection::new(socket, FRAME_BYTES_MAX_DEFAULT);
-                let Ok(Some(_hello)) = conn.read::<Hello>().await else {
+                let Some(conn) = answer_hello(socket).await else {
                     return;
                 };
-                let ack = HelloAck {
-                    magic: MAGIC,
-                    version: PROTOCOL_VERSION,
-                    node_id: "peer".into(),
-                    dc: "dc1".into(),
-                    clock_ms: 1,
-                };
-                if conn.write(&Ok::<_, WireError>(ack)).await.is_err() {
-                    return;
-                }
                 let (mut reader, mut writer) = conn.split();
                 let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<u64>();
                 tokio::spawn(async move {
