@@ -89,6 +89,8 @@ struct Recorder {
     updates: Histogram<u64>,
     writes: Histogram<u64>,
     errors: u64,
+    /// The errors by kind (the client error's variant, or `shed`).
+    error_kinds: std::collections::BTreeMap<String, u64>,
 }
 
 impl Recorder {
@@ -98,6 +100,7 @@ impl Recorder {
             updates: Histogram::new(3)?,
             writes: Histogram::new(3)?,
             errors: 0,
+            error_kinds: Default::default(),
         })
     }
 
@@ -106,6 +109,9 @@ impl Recorder {
         self.updates.add(&other.updates)?;
         self.writes.add(&other.writes)?;
         self.errors += other.errors;
+        for (kind, n) in &other.error_kinds {
+            *self.error_kinds.entry(kind.clone()).or_default() += n;
+        }
         Ok(())
     }
 }
@@ -118,28 +124,43 @@ fn micros(since: Instant) -> u64 {
 /// What one operation does: a read, or an update writing this value.
 type Op = Option<Vec<u8>>;
 
-/// How one operation went: `None` failed; else its whole latency from
-/// `started` and, for an update, its put's own.
-type Timed = Option<(u64, Option<u64>)>;
+/// How one operation went: its whole latency from `started` and, for an
+/// update, its put's own; or the kind of error that failed it.
+type Timed = Result<(u64, Option<u64>), String>;
+
+/// The kind of a client error: its variant's name.
+fn kind(e: isthmus_client::ClientError) -> String {
+    let shown = format!("{e:?}");
+    let end = shown
+        .find(|c: char| !c.is_alphanumeric())
+        .unwrap_or(shown.len());
+    shown[..end].to_owned()
+}
 
 /// Run one operation on `k`, timed from `started` (when it was due, in
 /// the open loop).
 async fn one_op(client: &Client, ks: &str, k: &[u8], update: Op, started: Instant) -> Timed {
-    let read = client.get(ks, k).await.ok()?;
+    let read = client.get(ks, k).await.map_err(kind)?;
     let Some(value) = update else {
-        return Some((micros(started), None));
+        return Ok((micros(started), None));
     };
     let put_started = Instant::now();
-    client.put(ks, k, value, &read.context).await.ok()?;
-    Some((micros(started), Some(micros(put_started))))
+    client
+        .put(ks, k, value, &read.context)
+        .await
+        .map_err(kind)?;
+    Ok((micros(started), Some(micros(put_started))))
 }
 
 impl Recorder {
     fn record(&mut self, timed: Timed) -> anyhow::Result<()> {
         match timed {
-            None => self.errors += 1,
-            Some((whole, None)) => self.reads.record(whole)?,
-            Some((whole, Some(put))) => {
+            Err(kind) => {
+                self.errors += 1;
+                *self.error_kinds.entry(kind).or_default() += 1;
+            }
+            Ok((whole, None)) => self.reads.record(whole)?,
+            Ok((whole, Some(put))) => {
                 self.updates.record(whole)?;
                 self.writes.record(put)?;
             }
@@ -269,30 +290,49 @@ pub fn run(args: BenchArgs) -> anyhow::Result<String> {
 /// The open loop: `rate` operations a second on a fixed schedule for the
 /// duration, each recorded from when it was due; the recorder and the
 /// seconds it took (until the last answer).
+///
+/// The schedule is kept by a thread of its own that sleeps to each due
+/// time (the kernel's timers: tens of microseconds late at most) and hands
+/// the operation over at once; the runtime's timer wheel ticks in whole
+/// milliseconds, and every operation it released late would count its
+/// lateness as the store's.
 async fn open_loop(
     client: &Client,
     args: &BenchArgs,
     rate: u64,
-    choose: impl Fn(&mut rand::rngs::StdRng) -> (Vec<u8>, Op),
+    choose: impl Fn(&mut rand::rngs::StdRng) -> (Vec<u8>, Op) + Send + 'static,
 ) -> anyhow::Result<(Recorder, f64)> {
     let total = Arc::new(Mutex::new(Recorder::new()?));
-    let mut rng = rand::rngs::StdRng::seed_from_u64(args.seed);
     let in_flight = Arc::new(AtomicU64::new(0));
     let period = 1.0 / rate as f64;
     let started = Instant::now();
     let end = started + Duration::from_secs(args.duration);
-    let (mut sent, mut shed) = (0u64, 0u64);
+    let (due_tx, mut due_rx) = tokio::sync::mpsc::unbounded_channel();
+    let seed = args.seed;
+    let pacer = std::thread::Builder::new()
+        .name("bench-pacer".into())
+        .spawn(move || {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+            let mut sent = 0u64;
+            loop {
+                let due = started + Duration::from_secs_f64(sent as f64 * period);
+                if due >= end {
+                    return;
+                }
+                if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                    std::thread::sleep(wait);
+                }
+                sent += 1;
+                let (k, update) = choose(&mut rng);
+                if due_tx.send((due, k, update)).is_err() {
+                    return;
+                }
+            }
+        })
+        .context("starting the pacer thread")?;
+    let mut shed = 0u64;
     let mut tasks = tokio::task::JoinSet::new();
-    loop {
-        let due = started + Duration::from_secs_f64(sent as f64 * period);
-        if due >= end {
-            break;
-        }
-        if due > Instant::now() {
-            tokio::time::sleep_until(due.into()).await;
-        }
-        sent += 1;
-        let (k, update) = choose(&mut rng);
+    while let Some((due, k, update)) = due_rx.recv().await {
         if in_flight.load(Ordering::Relaxed) >= args.max_in_flight {
             shed += 1;
             continue;
@@ -313,6 +353,9 @@ async fn open_loop(
             done??;
         }
     }
+    pacer
+        .join()
+        .map_err(|_| anyhow::anyhow!("the pacer thread panicked"))?;
     while let Some(done) = tasks.join_next().await {
         done??;
     }
@@ -321,6 +364,9 @@ async fn open_loop(
         .context("every operation is done")?
         .into_inner();
     total.errors += shed;
+    if shed > 0 {
+        total.error_kinds.insert("shed".into(), shed);
+    }
     Ok((total, elapsed))
 }
 
@@ -339,6 +385,14 @@ fn report(args: &BenchArgs, total: &Recorder, elapsed: f64, rate: Option<u64>) -
         ops as f64 / elapsed,
         total.errors
     );
+    if !total.error_kinds.is_empty() {
+        let kinds: Vec<String> = total
+            .error_kinds
+            .iter()
+            .map(|(kind, n)| format!("{kind}={n}"))
+            .collect();
+        out.push_str(&format!("bench: errors {}\n", kinds.join(" ")));
+    }
     for (name, h) in [
         ("read", &total.reads),
         ("update", &total.updates),
