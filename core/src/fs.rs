@@ -202,6 +202,8 @@ struct MemState {
     space: Option<u64>,
     /// Fail the next truncate with an IO error.
     fail_truncate: bool,
+    /// How long a file fsync takes (a slow disk); zero by default.
+    sync_delay: std::time::Duration,
 }
 
 /// An in-memory, fault-injecting file system for tests (see module docs).
@@ -279,6 +281,12 @@ impl MemFs {
     /// space mid-way leaves a partial record.
     pub fn set_space(&self, bytes: Option<u64>) {
         self.state.lock().space = bytes;
+    }
+
+    /// Make every file fsync from now on take `delay`, as a slow disk's
+    /// does (group commit shows with it).
+    pub fn set_sync_delay(&self, delay: std::time::Duration) {
+        self.state.lock().sync_delay = delay;
     }
 
     /// Make the next truncate fail.
@@ -375,6 +383,12 @@ impl FsFile for MemFile {
         Ok(self.node.lock().current.len() as u64)
     }
     fn sync(&self) -> io::Result<()> {
+        let delay = self.state.lock().sync_delay;
+        if !delay.is_zero() {
+            // Outside the file system's lock: other files (and appends)
+            // go on meanwhile, as they would on a disk.
+            std::thread::sleep(delay);
+        }
         let mut st = self.check()?;
         MemFs::take_sync_failure(&mut st)?;
         st.syncs += 1;

@@ -39,7 +39,8 @@
 //!
 //! With `FsyncPolicy::Always` writers call [`Log::sync_to`] instead, which
 //! does the same and then fsyncs once for the group, so N concurrent
-//! writers share one fsync. With `FsyncPolicy::Interval` a background
+//! writers share one fsync; writers that arrive during an fsync sleep on a
+//! condition variable and are woken together when it ends. With `FsyncPolicy::Interval` a background
 //! thread calls it every interval; a power loss can lose up to about one
 //! interval of acknowledged writes.
 //!
@@ -50,7 +51,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use parking_lot::Mutex;
+use parking_lot::{Condvar, Mutex};
 
 use super::codec::{Reader, put_varint};
 use super::error::{EngineError, is_disk_full};
@@ -293,6 +294,10 @@ pub(crate) struct Log<F: Fs> {
     inner: Mutex<Inner<F>>,
     /// Serialises fsyncs: the holder is the group-commit leader.
     sync_lock: Mutex<()>,
+    /// Writers waiting for a leader's fsync sleep on `sync_done`, woken
+    /// all at once when it ends (under this lock, so none misses it).
+    sync_waiters: Mutex<()>,
+    sync_done: Condvar,
     /// Serialises write(2)s of the buffer: the holder is the leader of a
     /// write group. Holds the spare buffer swapped with `Inner::buf`, so a
     /// group's bytes are written outside the append lock without
@@ -337,6 +342,8 @@ impl<F: Fs> Log<F> {
                 appended: 0,
             }),
             sync_lock: Mutex::new(()),
+            sync_waiters: Mutex::new(()),
+            sync_done: Condvar::new(),
             write_lock: Mutex::new(Vec::with_capacity(64 * 1024)),
             written: AtomicU64::new(0),
             file_len: AtomicU64::new(SEGMENT_HEADER_BYTES as u64),
@@ -479,29 +486,55 @@ impl<F: Fs> Log<F> {
     }
 
     /// Make everything up to `lsn` durable (group commit, module docs).
+    ///
+    /// A writer that finds an fsync under way sleeps until it ends, then
+    /// returns if that fsync covered its record; the first writer not
+    /// covered leads the next one, for everything appended meanwhile.
+    /// Waiters are woken together: handing the leader's lock from one to
+    /// the next instead would put a wake-up and a context switch in line
+    /// for every writer of a group, costing more than a fast disk's fsync.
     pub(crate) fn sync_to(&self, lsn: u64) -> Result<(), EngineError> {
-        if self.synced.load(Ordering::Acquire) >= lsn {
+        loop {
+            if self.synced.load(Ordering::Acquire) >= lsn {
+                return self.check_kept(lsn);
+            }
+            // Declared first, dropped last: the waiters wake once the
+            // leader's lock is free, however this leader ends.
+            let _wake = WakeWaiters(self);
+            let Some(_leader) = self.sync_lock.try_lock() else {
+                std::mem::forget(_wake);
+                let mut waiting = self.sync_waiters.lock();
+                // Checked under the waiters' lock, which the leader takes
+                // to wake them: it cannot end between this check and the
+                // wait unseen. (The timeout covers a rotation, which holds
+                // the leader's lock and wakes no one.)
+                if self.synced.load(Ordering::Acquire) < lsn && self.sync_lock.is_locked() {
+                    self.sync_done
+                        .wait_for(&mut waiting, std::time::Duration::from_millis(5));
+                }
+                continue;
+            };
+            if self.synced.load(Ordering::Acquire) >= lsn {
+                return self.check_kept(lsn);
+            }
+            self.check()?;
+            let (file, path, target) = {
+                let mut spare = self.write_lock.lock();
+                self.write_group(&mut spare)?
+            };
+            // fsync outside the write lock so the next group can be written.
+            if let Err(e) = file.sync() {
+                return self.poison(&path, e);
+            }
+            self.syncs.fetch_add(1, Ordering::Relaxed);
+            self.synced.store(target, Ordering::Release);
             return self.check_kept(lsn);
         }
-        let _leader = self.sync_lock.lock();
-        if self.synced.load(Ordering::Acquire) >= lsn {
-            return self.check_kept(lsn);
-        }
-        self.check()?;
-        let (file, path, target) = {
-            let mut spare = self.write_lock.lock();
-            self.write_group(&mut spare)?
-        };
-        // fsync outside the write lock so the next group can be written.
-        if let Err(e) = file.sync() {
-            return self.poison(&path, e);
-        }
-        self.syncs.fetch_add(1, Ordering::Relaxed);
-        self.synced.store(target, Ordering::Release);
-        self.check_kept(lsn)
     }
 
     /// Seal the current segment (write, fsync) and start segment `id`.
+    /// (Writers waiting for an fsync meanwhile look again within their
+    /// wait's timeout.)
     /// The caller holds the engine's write gate, so no append races this.
     pub(crate) fn rotate(&self, id: u64) -> Result<(), EngineError> {
         let _leader = self.sync_lock.lock();
@@ -544,6 +577,16 @@ impl<F: Fs> Log<F> {
     /// fsyncs issued for commits.
     pub(crate) fn syncs(&self) -> u64 {
         self.syncs.load(Ordering::Relaxed)
+    }
+}
+
+/// Wakes every writer waiting in [`Log::sync_to`] when dropped.
+struct WakeWaiters<'a, F: Fs>(&'a Log<F>);
+
+impl<F: Fs> Drop for WakeWaiters<'_, F> {
+    fn drop(&mut self) {
+        let _waiting = self.0.sync_waiters.lock();
+        self.0.sync_done.notify_all();
     }
 }
 

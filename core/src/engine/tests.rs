@@ -453,6 +453,9 @@ fn compaction_purges_expired_tombstones_only() {
 #[test]
 fn group_commit_shares_fsyncs_between_threads() {
     let fs = MemFs::new();
+    // A disk whose fsync takes a millisecond: the writers that append
+    // during one fsync share the next.
+    fs.set_sync_delay(std::time::Duration::from_millis(1));
     let mut opts = small_options();
     opts.limits.memtable_bytes_max = 64 << 20;
     let engine = Arc::new(Engine::open_with_fs(fs, dir(), opts).unwrap());
@@ -471,7 +474,10 @@ fn group_commit_shares_fsyncs_between_threads() {
         t.join().unwrap();
     }
     let syncs = engine.stats().log_syncs;
-    assert!(syncs <= 1600, "at most one fsync per write: {syncs}");
+    assert!(
+        syncs <= 1600 / 3,
+        "8 writers share fsyncs, 3 writes or more to one on average: {syncs} for 1600 writes"
+    );
     for t in 0..8u64 {
         for i in 0..200u64 {
             assert_eq!(engine.get(format!("t{t}-{i}").as_bytes()).unwrap().len(), 1);
