@@ -148,13 +148,16 @@ impl<D: RepairData, T: GossipTransport + Transport> Movement<D, T> {
         let mut deciding = auto;
         let mut waiting = false;
         let normal = |why: &str| {
-            self.gossiper.set_status(NodeStatus::Normal);
+            // The mark goes first: once anyone can see this node `Normal`,
+            // its data directory no longer says it is joining (a crash in
+            // between restarts it as a member, which it was about to be).
             if let Some(marker) = &marker
                 && let Err(e) = std::fs::remove_file(marker)
                 && e.kind() != std::io::ErrorKind::NotFound
             {
                 tracing::warn!(error = %e, path = %marker.display(), "cannot remove the joining mark");
             }
+            self.gossiper.set_status(NodeStatus::Normal);
             tracing::info!("{why}; joining the ring");
         };
         loop {
