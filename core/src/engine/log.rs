@@ -498,11 +498,7 @@ impl<F: Fs> Log<F> {
             if self.synced.load(Ordering::Acquire) >= lsn {
                 return self.check_kept(lsn);
             }
-            // Declared first, dropped last: the waiters wake once the
-            // leader's lock is free, however this leader ends.
-            let _wake = WakeWaiters(self);
-            let Some(_leader) = self.sync_lock.try_lock() else {
-                std::mem::forget(_wake);
+            let Some(lock) = self.sync_lock.try_lock() else {
                 let mut waiting = self.sync_waiters.lock();
                 // Checked under the waiters' lock, which the leader takes
                 // to wake them: it cannot end between this check and the
@@ -513,6 +509,12 @@ impl<F: Fs> Log<F> {
                         .wait_for(&mut waiting, std::time::Duration::from_millis(5));
                 }
                 continue;
+            };
+            // However this leader ends, the waiters wake once its lock is
+            // free.
+            let _leader = Leading {
+                log: self,
+                lock: Some(lock),
             };
             if self.synced.load(Ordering::Acquire) >= lsn {
                 return self.check_kept(lsn);
@@ -580,13 +582,18 @@ impl<F: Fs> Log<F> {
     }
 }
 
-/// Wakes every writer waiting in [`Log::sync_to`] when dropped.
-struct WakeWaiters<'a, F: Fs>(&'a Log<F>);
+/// The group-commit leader's hold on `sync_lock`: dropped, it frees the
+/// lock, then wakes every writer waiting in [`Log::sync_to`].
+struct Leading<'a, F: Fs> {
+    log: &'a Log<F>,
+    lock: Option<parking_lot::MutexGuard<'a, ()>>,
+}
 
-impl<F: Fs> Drop for WakeWaiters<'_, F> {
+impl<F: Fs> Drop for Leading<'_, F> {
     fn drop(&mut self) {
-        let _waiting = self.0.sync_waiters.lock();
-        self.0.sync_done.notify_all();
+        drop(self.lock.take());
+        let _waiting = self.log.sync_waiters.lock();
+        self.log.sync_done.notify_all();
     }
 }
 
