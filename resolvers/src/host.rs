@@ -1,8 +1,10 @@
 //! The wasmtime host: one [`Engine`], compiled modules cached by content
-//! hash, and a fresh [`Store`] with limits, fuel and a deadline per merge.
+//! hash, and per merge a [`Store`] with limits, fuel and a deadline, whose
+//! instance is fresh or kept from an earlier merge and put back in its
+//! initial state (see [`crate::reuse`]).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, mpsc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -13,9 +15,9 @@ use isthmus_sdk_wasm::abi::{self, MergeOutput};
 use isthmus_sdk_wasm::{ABI_VERSION, Dot, Merged, Sibling, SiblingClock};
 use parking_lot::{Mutex, RwLock};
 use wasmtime::{
-    Caller, Config, Enabled, Engine, ExternType, FuncType, InstanceAllocationStrategy, InstancePre,
-    Linker, Memory, Module, ModuleExport, PoolingAllocationConfig, ResourceLimiter, Store,
-    StoreLimits, StoreLimitsBuilder, Trap, TypedFunc, ValType,
+    Caller, Config, Enabled, Engine, ExternType, FuncType, Global, InstanceAllocationStrategy,
+    InstancePre, Linker, Memory, Module, ModuleExport, PoolingAllocationConfig, ResourceLimiter,
+    Store, StoreLimits, StoreLimitsBuilder, Trap, TypedFunc, Val, ValType,
 };
 
 use crate::{ResolverError, ResolverLimits};
@@ -204,6 +206,72 @@ pub struct Resolver {
     /// Does the module import the log function?
     logs: bool,
     stats: Arc<ResolverStats>,
+    /// Instances kept between merges, for a module whose state the host
+    /// can put back (see [`crate::reuse`]); `None` for the others.
+    reuse: Option<Reuse>,
+}
+
+/// Largest initial memory an instance is kept for: putting it back is a
+/// copy of this many bytes per merge, which past about two pages costs
+/// more than a fresh instance.
+pub const REUSE_MEMORY_BYTES_MAX: usize = 128 * 1024;
+
+/// Idle instances kept per resolver.
+const REUSE_IDLE_MAX: usize = 4;
+
+/// A resolver's kept instances.
+struct Reuse {
+    /// The reserved exports of the module's mutable globals.
+    globals: Vec<String>,
+    idle: Mutex<Vec<Warm>>,
+    /// Merges that ran in a kept instance.
+    reused: AtomicU64,
+}
+
+/// An instance kept between merges, with what it held when it was new.
+struct Warm {
+    store: Store<StoreState>,
+    exports: AbiExports,
+    /// The memory's bytes right after instantiation.
+    image: Box<[u8]>,
+    /// The image cut into runs of 4 KiB blocks that are all zero (put
+    /// back by a fill, which costs about half a copy) or not.
+    runs: Vec<(std::ops::Range<usize>, bool)>,
+    /// The mutable globals and their initial values.
+    globals: Vec<(Global, Val)>,
+    /// Returned to the host's budget of kept instances on drop.
+    budget: Arc<AtomicUsize>,
+}
+
+impl Drop for Warm {
+    fn drop(&mut self) {
+        self.budget.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+impl Warm {
+    /// Put the instance back in its initial state: false (and it must be
+    /// dropped) if its memory grew, which cannot be undone.
+    fn reset(&mut self) -> bool {
+        let memory = self.exports.0;
+        let data = memory.data_mut(&mut self.store);
+        if data.len() != self.image.len() {
+            return false;
+        }
+        for (run, zero) in &self.runs {
+            if *zero {
+                data[run.clone()].fill(0);
+            } else {
+                data[run.clone()].copy_from_slice(&self.image[run.clone()]);
+            }
+        }
+        for (global, value) in &self.globals {
+            if global.set(&mut self.store, *value).is_err() {
+                return false;
+            }
+        }
+        true
+    }
 }
 
 impl std::fmt::Debug for Resolver {
@@ -235,10 +303,38 @@ impl Resolver {
     pub fn logs(&self) -> bool {
         self.logs
     }
+
+    /// Does this resolver keep instances between merges (see
+    /// [`crate::reuse`])?
+    pub fn reuses_instances(&self) -> bool {
+        self.reuse.is_some()
+    }
+
+    /// Merges that ran in a kept instance rather than a fresh one.
+    pub fn reused_merges(&self) -> u64 {
+        self.reuse
+            .as_ref()
+            .map_or(0, |r| r.reused.load(Ordering::Relaxed))
+    }
 }
 
 /// The memory and the two ABI functions of one instance.
 type AbiExports = (Memory, TypedFunc<u32, u32>, TypedFunc<(u32, u32), u64>);
+
+/// `bytes` cut into maximal runs of `block`-sized pieces that are all zero
+/// (`true`) or not; the runs cover `bytes` in order.
+fn zero_runs(bytes: &[u8], block: usize) -> Vec<(std::ops::Range<usize>, bool)> {
+    let mut runs: Vec<(std::ops::Range<usize>, bool)> = Vec::new();
+    for (i, piece) in bytes.chunks(block).enumerate() {
+        let start = i * block;
+        let zero = piece.iter().all(|&b| b == 0);
+        match runs.last_mut() {
+            Some((run, z)) if *z == zero => run.end = start + piece.len(),
+            _ => runs.push((start..start + piece.len(), zero)),
+        }
+    }
+    runs
+}
 
 /// Lower-case hex of a hash (for logs and reports).
 pub fn hex(hash: &[u8]) -> String {
@@ -373,8 +469,13 @@ type FailedModules = HashMap<ContentHash, (Instant, ResolverError)>;
 /// Owns one wasmtime [`Engine`] (Cranelift, pooling allocator, fuel, epoch
 /// interruption, NaN canonicalisation, no threads, no WASI), a cache of
 /// validated modules by content hash, per-resolver counters, and the epoch
-/// ticker thread. Every merge runs in a fresh [`Store`]: nothing a guest
-/// does survives the call, and concurrent merges share nothing mutable.
+/// ticker thread. Every merge runs in an instance in the module's initial
+/// state: fresh, or (for a module [`crate::reuse::plan`] accepts) kept
+/// from an earlier merge that succeeded without growing the memory and
+/// put back (memory copied back, mutable globals reset). Nothing a guest
+/// does survives the call, and concurrent merges share nothing mutable:
+/// an instance serves one merge at a time. A quarter of the instance pool
+/// may be kept, at most four instances per resolver.
 /// Modules compile on the host's bounded compile pool; a module whose load
 /// failed is remembered (bounded, for `failed_module_retry`) and not
 /// compiled again meanwhile.
@@ -387,6 +488,9 @@ pub struct Host {
     stats: Mutex<HashMap<ContentHash, Arc<ResolverStats>>>,
     compiler: Compiler,
     compiles: AtomicU64,
+    /// Instances that may still be kept between merges, over all
+    /// resolvers: each holds a slot of the pooling allocator.
+    warm_budget: Arc<AtomicUsize>,
     _ticker: EpochTicker,
 }
 
@@ -412,7 +516,11 @@ impl Host {
             .max_memory_size(limits.memory_bytes_max)
             .linear_memory_keep_resident(limits.memory_keep_resident_bytes)
             .table_keep_resident(64 * 1024)
-            .pagemap_scan(Enabled::Auto);
+            .pagemap_scan(if std::env::var("XPM").is_ok() {
+                Enabled::No
+            } else {
+                Enabled::Auto
+            });
         let mut config = Config::new();
         config
             .consume_fuel(true)
@@ -433,6 +541,8 @@ impl Host {
                 reason: format!("cannot define the log host function: {e}"),
             })?;
         Ok(Host {
+            // A quarter of the pool: fresh instances keep the rest.
+            warm_budget: Arc::new(AtomicUsize::new(limits.instances_max as usize / 4)),
             linker,
             engine,
             limits,
@@ -441,6 +551,7 @@ impl Host {
             stats: Mutex::new(HashMap::new()),
             compiler,
             compiles: AtomicU64::new(0),
+            // A quarter of the pool: fresh instances keep the rest.
             _ticker: ticker,
         })
     }
@@ -548,7 +659,19 @@ impl Host {
         stats: Arc<ResolverStats>,
     ) -> Result<Resolver, ResolverError> {
         self.check_bytes(bytes)?;
-        let module = self.compile(bytes)?;
+        let plan = crate::reuse::plan(bytes).and_then(|p| {
+            if p.memory_bytes > REUSE_MEMORY_BYTES_MAX as u64 {
+                Err(crate::reuse::Fresh::State(
+                    "an initial memory too large to copy back",
+                ))
+            } else {
+                Ok(p)
+            }
+        });
+        if let Err(crate::reuse::Fresh::State(why)) = &plan {
+            tracing::debug!(hash = %hex(&hash), why, "resolver runs in a fresh instance per merge");
+        }
+        let module = self.compile(plan.as_ref().map_or(bytes, |p| &p.bytes[..]))?;
         let (sample, logs) = self.check_interface(&module)?;
         let index = |name: &str| {
             module
@@ -573,6 +696,11 @@ impl Host {
             logs,
             pre,
             stats,
+            reuse: plan.ok().map(|p| Reuse {
+                globals: p.globals,
+                idle: Mutex::new(Vec::new()),
+                reused: AtomicU64::new(0),
+            }),
         };
         self.check_abi_version(&resolver)?;
         Ok(resolver)
@@ -738,6 +866,12 @@ impl Host {
             },
         );
         store.limiter(|s| s);
+        self.refill(&mut store)?;
+        Ok(store)
+    }
+
+    /// A merge's fuel budget and deadline, from now.
+    fn refill(&self, store: &mut Store<StoreState>) -> Result<(), ResolverError> {
         store
             .set_fuel(self.limits.fuel_per_merge)
             .map_err(|e| ResolverError::Unavailable {
@@ -747,7 +881,54 @@ impl Host {
         // +1: the next tick may come at once.
         let ticks = (self.limits.merge_deadline.as_nanos() / tick) as u64 + 1;
         store.set_epoch_deadline(ticks);
-        Ok(store)
+        Ok(())
+    }
+
+    /// An instance of `resolver` in its initial state to merge in: an idle
+    /// kept one, or a new one to keep if the budget allows. `None` when
+    /// neither is to be had (the merge then runs in a fresh instance,
+    /// which reports any instantiation error).
+    fn take_warm(&self, resolver: &Resolver, reuse: &Reuse) -> Option<Warm> {
+        if let Some(warm) = reuse.idle.lock().pop() {
+            reuse.reused.fetch_add(1, Ordering::Relaxed);
+            return Some(warm);
+        }
+        self.warm_budget
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+            .ok()?;
+        // From here on, dropping `warm` (or failing before it exists)
+        // returns the slot.
+        let budget = self.warm_budget.clone();
+        let Ok(mut store) = self.store() else {
+            budget.fetch_add(1, Ordering::Relaxed);
+            return None;
+        };
+        let Ok(instance) = resolver.pre.instantiate(&mut store) else {
+            budget.fetch_add(1, Ordering::Relaxed);
+            return None;
+        };
+        let exports = match self.exports(&mut store, &instance, resolver) {
+            Ok(exports) => exports,
+            Err(_) => {
+                budget.fetch_add(1, Ordering::Relaxed);
+                return None;
+            }
+        };
+        let image: Box<[u8]> = exports.0.data(&store).into();
+        let mut warm = Warm {
+            runs: zero_runs(&image, 4096),
+            image,
+            exports,
+            globals: Vec::with_capacity(reuse.globals.len()),
+            store,
+            budget,
+        };
+        for name in &reuse.globals {
+            let global = instance.get_global(&mut warm.store, name)?;
+            let value = global.get(&mut warm.store);
+            warm.globals.push((global, value));
+        }
+        Some(warm)
     }
 
     /// Class a wasmtime error into a [`ResolverError`].
@@ -835,12 +1016,8 @@ impl Host {
                 max_bytes: self.limits.input_bytes_max,
             });
         }
-        let mut store = match self.store() {
-            Ok(store) => store,
-            Err(e) => return failed(e),
-        };
-        if resolver.logs {
-            store.data_mut().log = Some(Box::new(LogState {
+        let log = resolver.logs.then(|| {
+            Box::new(LogState {
                 stats: resolver.stats.clone(),
                 hash: resolver.hash,
                 keyspace: context.keyspace.map(str::to_owned),
@@ -848,9 +1025,49 @@ impl Host {
                 lines_per_second: self.limits.log_lines_per_second,
                 line_bytes_max: self.limits.log_line_bytes_max,
                 log: GuestLog::default(),
-            }));
+            })
+        });
+        if let Some(reuse) = &resolver.reuse
+            && let Some(mut warm) = self.take_warm(resolver, reuse)
+        {
+            if let Err(e) = self.refill(&mut warm.store) {
+                return failed(e);
+            }
+            let state = warm.store.data_mut();
+            state.refused = false;
+            state.log = log;
+            let result = self.call(&mut warm.store, warm.exports.clone(), len, write, read);
+            let run = self.finish(&mut warm.store, result);
+            // After a failure the instance is dropped, not reset: failures
+            // are rare, and a fresh instance is certain.
+            if run.result.is_ok() && warm.reset() {
+                let mut idle = reuse.idle.lock();
+                if idle.len() < REUSE_IDLE_MAX {
+                    idle.push(warm);
+                }
+            }
+            return run;
         }
-        let result = self.run_in(&mut store, resolver, len, write, read);
+        let mut store = match self.store() {
+            Ok(store) => store,
+            Err(e) => return failed(e),
+        };
+        store.data_mut().log = log;
+        let result = resolver
+            .pre
+            .instantiate(&mut store)
+            .map_err(|e| self.classify(&store, e, "instantiate"))
+            .and_then(|instance| self.exports(&mut store, &instance, resolver))
+            .and_then(|exports| self.call(&mut store, exports, len, write, read));
+        self.finish(&mut store, result)
+    }
+
+    /// A merge's outcome with the fuel it used and what its guest logged.
+    fn finish<T>(
+        &self,
+        store: &mut Store<StoreState>,
+        result: Result<T, ResolverError>,
+    ) -> MergeRun<T> {
         let left = store.get_fuel().unwrap_or(0);
         MergeRun {
             result,
@@ -864,19 +1081,15 @@ impl Host {
         }
     }
 
-    fn run_in<T>(
+    /// The ABI calls of one merge on an instance in its initial state.
+    fn call<T>(
         &self,
         store: &mut Store<StoreState>,
-        resolver: &Resolver,
+        (memory, alloc, merge): AbiExports,
         len: usize,
         write: impl FnOnce(&mut [u8]) -> Result<(), ResolverError>,
         read: impl FnOnce(&[u8]) -> Result<T, ResolverError>,
     ) -> Result<T, ResolverError> {
-        let instance = resolver
-            .pre
-            .instantiate(&mut *store)
-            .map_err(|e| self.classify(&*store, e, "instantiate"))?;
-        let (memory, alloc, merge) = self.exports(&mut *store, &instance, resolver)?;
         let len32 = u32::try_from(len).map_err(|_| ResolverError::InputTooLarge {
             bytes: len,
             max_bytes: u32::MAX as usize,
@@ -1178,5 +1391,23 @@ pub fn to_sibling(v: &Version) -> Sibling<'_> {
                 })
                 .collect(),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::zero_runs;
+
+    #[test]
+    fn zero_runs_cover_the_bytes_in_maximal_runs() {
+        let mut bytes = vec![0u8; 10];
+        bytes[4] = 1;
+        assert_eq!(
+            zero_runs(&bytes, 2),
+            vec![(0..4, true), (4..6, false), (6..10, true)]
+        );
+        bytes[9] = 1;
+        assert_eq!(zero_runs(&bytes, 4), vec![(0..4, true), (4..10, false)]);
+        assert_eq!(zero_runs(&[], 4), vec![]);
     }
 }

@@ -71,6 +71,7 @@ pub mod host;
 mod limit;
 pub mod registry;
 pub mod replicated;
+pub mod reuse;
 pub mod service;
 
 pub use error::ResolverError;

@@ -66,7 +66,9 @@ pub struct ResolverLimits {
     /// scan is available, else 128 KiB.
     pub memory_keep_resident_bytes: usize,
     /// Merges that can run at once on one host: the size of the pooling
-    /// allocator's instance and memory pools.
+    /// allocator's instance and memory pools. A quarter of it (rounded
+    /// down) may hold instances kept between merges; below 4 none are
+    /// kept.
     pub instances_max: u32,
     /// Guest log lines (`isthmus::log`) one resolver may emit per second
     /// on one host; lines past it are dropped and counted

@@ -49,8 +49,9 @@
 //! allocator and a panic handler (a panic becomes a wasm trap), so the crate
 //! can be `#![cfg_attr(target_arch = "wasm32", no_std)]` as above. Turn the
 //! feature off if the resolver crate uses `std` on wasm32 or brings its own
-//! allocator. The bump allocator never frees: the host runs every merge in
-//! a fresh instance, so one merge's peak memory is the total it allocates.
+//! allocator. The bump allocator never frees: every merge starts from the
+//! module's initial state, so one merge's peak memory is the total it
+//! allocates.
 //!
 //! Link with a small shadow stack: rustc gives wasm32 modules 1 MiB of stack
 //! at the bottom of linear memory, which puts every page a merge touches
@@ -59,7 +60,9 @@
 //! the first page or two, which the host keeps resident between merges
 //! (and resets with a short memset). 64 KiB halved the fixed cost of a
 //! merge (about 10 to 4 µs); the examples use 16 KiB, which took it to
-//! about 3 µs. Pick the smallest your merge's deepest call chain fits in
+//! about 3 µs, and puts the whole initial memory in one page, small
+//! enough for the host to keep the instance between merges (about 1 µs;
+//! see "Nothing survives between merges"). Pick the smallest your merge's deepest call chain fits in
 //! (the examples' merges use a few KiB; deep recursion or large stack
 //! arrays need more). In the resolver's workspace, `.cargo/config.toml`:
 //!
@@ -105,8 +108,9 @@
 //! Other exports are ignored. Floating-point NaNs are canonicalised by the
 //! host, and threads are disabled, so a module is deterministic.
 //!
-//! **One call.** For each merge the host creates a fresh instance (fresh
-//! memory, nothing survives between merges), then:
+//! **One call.** Each merge runs in an instance in the module's initial
+//! state (a fresh one, or one kept from an earlier merge and put back:
+//! see "Nothing survives between merges"), then the host:
 //! 1. calls `isthmus_abi_version` (at load only) and checks it is 1;
 //! 2. calls `isthmus_alloc(len)` with the length of the encoded input
 //!    ([`abi::MergeInput`]) and writes the input at the returned pointer;
@@ -114,8 +118,8 @@
 //! 3. calls `isthmus_merge(ptr, len)`; the guest decodes the input, merges,
 //!    writes the encoded output ([`abi::MergeOutput`]) somewhere in its
 //!    memory and returns its packed location;
-//! 4. copies the output out and drops the instance. The output buffer stays
-//!    owned by the guest; the host never frees it.
+//! 4. copies the output out and drops or resets the instance. The output
+//!    buffer stays owned by the guest; the host never frees it.
 //!
 //! **Errors.** A resolver that refuses its input returns
 //! [`abi::MergeOutput::Error`] with a code and a message: the host keeps the
@@ -137,10 +141,24 @@
 //! is an ordinary sibling: its value, the greatest timestamp it merged,
 //! and the union of their clocks.
 //!
-//! **Nothing survives between merges.** Every merge runs in a fresh
-//! instance: memory, globals and tables start from the module's initial
-//! state each time, so a resolver cannot keep caches or counters across
-//! calls (and cannot leak state between keys).
+//! **Nothing survives between merges.** Every merge starts from the
+//! module's initial state: memory (contents and size), globals and tables
+//! as instantiation leaves them, so a resolver cannot keep caches or
+//! counters across calls (and cannot leak state between keys). To save
+//! instantiating, the host keeps an instance after a merge that succeeded
+//! without growing the memory, and puts it back before the next merge: it
+//! copies the initial memory back and sets every mutable global (exported
+//! or not) to its initial value. It does so only for a module whose other
+//! state cannot change: no start function, and no `table.set`,
+//! `table.grow`, `table.fill`, `table.copy`, `table.init`, `elem.drop` or
+//! `data.drop` anywhere in its code, and an initial memory of at most
+//! 128 KiB (the copy costs more than a fresh instance past that). Any
+//! other module gets a fresh instance per merge. A guest cannot tell the
+//! two apart (same bytes, same fuel: the host's tests compare them); the
+//! fixed cost of a merge drops from about 3-4 µs to about 1 µs. The host
+//! adds exports named `isthmus:reuse/global/N` to the module it compiles
+//! for this; a module that exports a name with that prefix itself is not
+//! reused.
 //!
 //! ## Limits (the host's defaults)
 //!

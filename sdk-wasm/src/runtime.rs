@@ -1,9 +1,10 @@
 //! The guest runtime (wasm32 with the `guest-runtime` feature only): a bump
 //! allocator over `memory.grow` and a panic handler that traps.
 //!
-//! Why a bump allocator: the host instantiates a fresh module for every
-//! merge, so nothing needs to be freed, and bumping is the fastest and
-//! smallest allocator there is. The host's memory cap bounds it.
+//! Why a bump allocator: every merge starts from the module's initial
+//! state (a fresh instance, or a kept one put back), so nothing needs to
+//! be freed, and bumping is the fastest and smallest allocator there is.
+//! The host's memory cap bounds it.
 
 use core::alloc::{GlobalAlloc, Layout};
 use core::cell::UnsafeCell;
