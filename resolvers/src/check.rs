@@ -6,7 +6,7 @@
 //! (merging a merge with the rest equals merging everything at once, in
 //! every grouping), **idempotent** (merging a value with itself, or a merged
 //! value with what it merged, changes nothing) and **deterministic** (the
-//! same input gives the same bytes in every fresh store). [`check`] runs a
+//! same input gives the same bytes every time). [`check`] runs a
 //! module inside the real [`Host`] on generated sibling sets and reports
 //! each law that fails with a smallest counterexample found.
 //!

@@ -409,7 +409,7 @@ fn laws<E, S>(
         if !same(&again) {
             found.push((
                 Law::Deterministic,
-                "the same set merged twice in fresh stores".into(),
+                "the same set merged twice, each from the initial state".into(),
                 Ok(base.clone()),
                 again,
             ));
