@@ -19,7 +19,9 @@
 #   PIPELINE=1  the same with `-P 16`
 #   ALWAYS=1    Isthmus `fsync = "always"` against `appendfsync always`
 #   CLUSTER=1   scripts/bench-cluster.sh (YCSB a, b, c through the native
-#               client, one node against three at RF 3, LOCAL_QUORUM)
+#               client, one node against three at RF 3, LOCAL_QUORUM),
+#               with a `cpu` line per cluster and workload: CPU time per
+#               operation of the node processes and of the whole machine
 #   LATENCY=1   with CLUSTER, workload a open loop (a fixed schedule,
 #               latency from when each operation was due) at 50% and 80%
 #               of each cluster's peak, printed as `latency ...` lines
@@ -203,10 +205,13 @@ if [ "$CLUSTER" != 0 ]; then
        /^== isthmus/ { load = ""; next }
        load != "" && /open_loop_rate=/ { for (i = 1; i <= NF; i++) { split($i, v, "=");
            if (v[1] == "open_loop_rate") rate = v[2]; if (v[1] == "ops_per_s") got = v[2]; if (v[1] == "errors") err = v[2] }
-         line = sprintf("latency nodes=%s load=%s rate=%s achieved=%s errors=%s", nodes, load, rate, got, err); next }
+         line = sprintf("latency nodes=%s load=%s rate=%s achieved=%s errors=%s", nodes, load, rate, got, err); kinds = ""; next }
+       load != "" && /^bench: errors / { kinds = $3; for (i = 4; i <= NF; i++) kinds = kinds "," $i; next }
        load != "" && /^bench: (read|write|update) / { for (i = 3; i <= NF; i++) { split($i, v, "=");
            if (v[1] ~ /^p/) line = line sprintf(" %s_%s_ms=%.2f", $2, substr(v[1], 1, length(v[1]) - 3), v[2] / 1000) }
-         if ($2 == "write") { print line; load = "" } }' "$dir/cluster.log"
+         if ($2 == "write") { print line (kinds != "" ? " error_kinds=" kinds : ""); load = "" } }' "$dir/cluster.log"
+  # CPU per operation: node processes, and the whole machine.
+  grep '^cpu ' "$dir/cluster.log" || true
 fi
 
 if [ "$ENGINE" != 0 ] || [ "$ROCKSDB" != 0 ]; then

@@ -14,6 +14,11 @@
 # LATENCY=1 also runs workload a open loop (`isthmus bench --rate`) at 50%
 # and 80% of the peak just measured, on each cluster (`== latency` blocks).
 #
+# After each closed-loop workload a `cpu` line gives the CPU time spent
+# per operation: by the node processes (`node_us_per_op`, from their
+# /proc/PID/stat) and by the whole machine (`machine_us_per_op`, from
+# /proc/stat: nodes, load tool and kernel), and how busy the machine was.
+#
 # redis-server and redis-benchmark come from apt (`apt-get install
 # redis-server`); the script skips redis when they are missing.
 set -euo pipefail
@@ -91,14 +96,42 @@ wait_up() { # addr count: that many members up and on the ring (not joining)
   exit 1
 }
 
+TICK=$(getconf CLK_TCK)
+node_ticks() { # user + system time of the node processes, in clock ticks
+  local t=0 p
+  for p in "${pids[@]}"; do
+    # Fields after the command name: utime and stime are the 12th and 13th.
+    t=$((t + $(sed 's/.*) //' "/proc/$p/stat" | awk '{ print $12 + $13 }')))
+  done
+  echo "$t"
+}
+machine_ticks() { # busy and total ticks of all CPUs
+  awk '/^cpu / { total = 0; for (i = 2; i <= NF; i++) total += $i; print total - $5 - $6, total }' /proc/stat
+}
+
 bench() { # label nodes addr
   for w in a b c; do
     load=()
     [ "$w" != a ] && load=(--no-load)
     echo "== isthmus $1, $SECURITY, workload $w"
+    if [ "$w" = a ]; then
+      # The load phase is not measured: run it alone first.
+      "$BIN" bench --addr "$3" "${client[@]}" --keyspace bench --workload a --threads "$THREADS" \
+        --duration 1 --keys "$KEYS" --value-bytes "$VALUE" >/dev/null
+      load=(--no-load)
+    fi
+    n0=$(node_ticks)
+    read -r b0 t0 < <(machine_ticks)
     out=$("$BIN" bench --addr "$3" "${client[@]}" --keyspace bench --workload "$w" --threads "$THREADS" \
       --duration "$DURATION" --keys "$KEYS" --value-bytes "$VALUE" "${load[@]}")
+    n1=$(node_ticks)
+    read -r b1 t1 < <(machine_ticks)
     echo "$out"
+    ops=$(grep -o ' ops=[0-9]*' <<<"$out" | head -1 | cut -d= -f2)
+    awk -v n="$((n1 - n0))" -v b="$((b1 - b0))" -v t="$((t1 - t0))" -v ops="$ops" -v tick="$TICK" \
+      -v label="$2" -v w="$w" 'BEGIN { if (ops > 0 && t > 0)
+        printf "cpu nodes=%s workload=%s ops=%d node_us_per_op=%.1f machine_us_per_op=%.1f machine_busy_pct=%.0f\n",
+          label, w, ops, n * 1e6 / tick / ops, b * 1e6 / tick / ops, 100 * b / t }'
     if [ "$LATENCY" != 0 ] && [ "$w" = a ]; then
       # Open loop at a share of the peak just measured: latency from when
       # each operation was due (no coordinated omission).

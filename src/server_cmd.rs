@@ -44,7 +44,12 @@ pub fn run(args: ServerArgs) -> anyhow::Result<()> {
     // Lifecycle events (started, ready, datacenters down and up, full
     // syncs, decommission) are logged at info.
     crate::init_logs(config.ops.log_format, "info");
-    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    runtime.enable_all();
+    if let Some(threads) = config.tuning.runtime.worker_threads {
+        runtime.worker_threads(threads);
+    }
+    let runtime = runtime.build().context("starting the async runtime")?;
     runtime.block_on(async move {
         // A wasm host whose merges follow the bindings of the cluster's
         // replicated registry, else the keyspaces' configured
@@ -292,12 +297,13 @@ mod tests {
             jail.set_env("ISTHMUS_ADVERTISE", "n1.isthmus.example:7401");
             jail.create_file(
                 "tuned.toml",
-                &format!("{node}[tuning.gossip]\ninterval_ms = 250\n[tuning.resolvers]\ncompile_threads = 2\n"),
+                &format!("{node}[tuning.gossip]\ninterval_ms = 250\n[tuning.resolvers]\ncompile_threads = 2\n[tuning.runtime]\nworker_threads = 1\n"),
             )?;
             let config = load_config(Path::new("tuned.toml")).map_err(|e| e.to_string())?;
             assert_eq!(config.advertise.as_deref(), Some("n1.isthmus.example:7401"));
             assert_eq!(config.tuning.gossip.interval_ms, Some(250));
             assert_eq!(config.tuning.resolvers.compile_threads, Some(2));
+            assert_eq!(config.tuning.runtime.worker_threads, Some(1));
             let limits = isthmus_server::resolver_limits(
                 &config.tuning.resolvers,
                 isthmus_resolvers::ResolverLimits::default(),

@@ -73,3 +73,40 @@ fn a_server_process_serves_its_operations_listener_and_logs_json_lines() {
         );
     }
 }
+
+/// `[tuning.runtime] worker_threads` sets how many threads run the node's
+/// tasks (a number no machine's CPU count gives by default), as its
+/// `/metrics` shows.
+#[test]
+fn a_server_process_runs_the_worker_threads_its_config_names() {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()) + 1;
+    let dir = tempfile::tempdir().unwrap();
+    let mut node = Node::new(dir.path(), "w1", "dc1", "127.0.7.2");
+    node.write_config(
+        dir.path(),
+        "r1",
+        &[],
+        &format!("bootstrap = false\n[tuning.runtime]\nworker_threads = {threads}\n"),
+        "dc1 = 1",
+    );
+    node.spawn();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let metrics = loop {
+        if let Some((200, body)) = ops_get(&node.ops, "/metrics", admin_login()) {
+            break body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} never answered: {}",
+            node.ops,
+            std::fs::read_to_string(&node.log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == format!("isthmus_runtime_worker_threads {threads}")),
+        "{metrics}"
+    );
+}

@@ -31,7 +31,7 @@ mod tuning;
 
 pub use tuning::{
     EngineSection, GossipSection, HintsSection, LimitsSection, RepairSection, ResolversSection,
-    Tuning,
+    RuntimeSection, Tuning,
 };
 
 use std::collections::BTreeMap;

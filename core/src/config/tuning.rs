@@ -1,6 +1,7 @@
 //! The tuning tables of a node's configuration: `[tuning.limits]`,
-//! `[tuning.engine]`, `[tuning.gossip]`, `[tuning.hints]`, `[tuning.repair]`
-//! and `[tuning.resolvers]` (environment: `ISTHMUS_TUNING__GOSSIP__INTERVAL_MS`).
+//! `[tuning.engine]`, `[tuning.gossip]`, `[tuning.hints]`, `[tuning.repair]`,
+//! `[tuning.resolvers]` and `[tuning.runtime]` (environment:
+//! `ISTHMUS_TUNING__GOSSIP__INTERVAL_MS`).
 //!
 //! Every key is optional: an absent key keeps the value the node is
 //! started with (the built-in default for `isthmus server`, a test's own
@@ -48,6 +49,22 @@ pub struct Tuning {
     /// The wasm host and the resolver registry.
     #[serde(default)]
     pub resolvers: ResolversSection,
+    /// The node's async runtime.
+    #[serde(default)]
+    pub runtime: RuntimeSection,
+}
+
+/// The `[tuning.runtime]` table (applied by `isthmus server` when it
+/// builds the node's runtime; core only checks it).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RuntimeSection {
+    /// Threads that run the node's tasks (network, coordination, the
+    /// engine's reads); default one per CPU. Set it lower when several
+    /// nodes (or other busy processes) share a machine's CPUs: threads
+    /// beyond the CPUs a node can use only add wake-ups and context
+    /// switches.
+    pub worker_threads: Option<usize>,
 }
 
 /// The `[tuning.limits]` table ([`Limits`](crate::limit::Limits)).
@@ -300,6 +317,13 @@ impl Tuning {
             HOUR_MS,
             " ms",
         )?;
+        within(
+            "tuning.runtime.worker_threads",
+            self.runtime.worker_threads,
+            1,
+            1024,
+            "",
+        )?;
         self.resolvers.validate()
     }
 
@@ -466,6 +490,9 @@ mod tests {
                 call_timeout_ms: Some(5000),
             },
             resolvers: ResolversSection::default(),
+            runtime: RuntimeSection {
+                worker_threads: Some(1),
+            },
         };
         assert_eq!(tuning.validate(), Ok(()));
         let applied = tuning.apply(NodeTuning::default());
@@ -525,6 +552,10 @@ mod tests {
         assert_eq!(
             bad(|t| t.resolvers.registry_history_max = Some(0)),
             "tuning.resolvers.registry_history_max"
+        );
+        assert_eq!(
+            bad(|t| t.runtime.worker_threads = Some(0)),
+            "tuning.runtime.worker_threads"
         );
     }
 }

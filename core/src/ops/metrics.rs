@@ -179,6 +179,12 @@ fn encode_figures(f: &Figures, encoder: &mut DescriptorEncoder<'_>) -> Result<()
         "1 when /readyz answers 200",
         i64::from(f.ready),
     )?;
+    out.gauge(
+        "isthmus_runtime_worker_threads",
+        "Threads running the node's tasks",
+        // Scraped on the node's runtime; 0 outside one (unit tests).
+        tokio::runtime::Handle::try_current().map_or(0, |h| h.metrics().num_workers() as i64),
+    )?;
     encode_engine(f, &mut out)?;
     encode_conflicts(f, &mut out)?;
     encode_hints(f, &mut out)?;
