@@ -14,6 +14,13 @@
 # LATENCY=1 also runs workload a open loop (`isthmus bench --rate`) at 50%
 # and 80% of the peak just measured, on each cluster (`== latency` blocks).
 #
+# WORKERS1 and WORKERS3 set `[tuning.runtime] worker_threads` of each
+# node of the one-node and the three-node cluster: by default the one node
+# runs one thread per CPU and the three nodes one thread each, as nodes
+# sharing a machine's CPUs should (three nodes of two threads on two CPUs
+# spend a fifth to a quarter of their time switching). `default` keeps
+# the node's default.
+#
 # After each closed-loop workload a `cpu` line gives the CPU time spent
 # per operation: by the node processes (`node_us_per_op`, from their
 # /proc/PID/stat) and by the whole machine (`machine_us_per_op`, from
@@ -31,6 +38,8 @@ KEYS=${KEYS:-100000}
 SECURITY=${SECURITY:-tls}
 REDIS=${REDIS:-1}
 LATENCY=${LATENCY:-0}
+WORKERS1=${WORKERS1:-default}
+WORKERS3=${WORKERS3:-1}
 
 cargo build --release -q
 BIN=${CARGO_TARGET_DIR:-target}/release/isthmus
@@ -65,7 +74,7 @@ security_toml() { # id
   fi
 }
 
-node() { # id addr seed rf
+node() { # id addr seed rf workers
   cat >"$dir/$1.toml" <<EOF
 node_id = "$1"
 dc = "dc1"
@@ -82,6 +91,9 @@ $(security_toml "$1")
 replication = { dc1 = $4 }
 consistency = "LOCAL_QUORUM"
 EOF
+  if [ "$5" != default ]; then
+    printf '\n[tuning.runtime]\nworker_threads = %s\n' "$5" >>"$dir/$1.toml"
+  fi
   "$BIN" server --config "$dir/$1.toml" 2>"$dir/$1.log" &
   pids+=($!)
 }
@@ -109,11 +121,11 @@ machine_ticks() { # busy and total ticks of all CPUs
   awk '/^cpu / { total = 0; for (i = 2; i <= NF; i++) total += $i; print total - $5 - $6, total }' /proc/stat
 }
 
-bench() { # label nodes addr
+bench() { # label nodes addr workers
   for w in a b c; do
     load=()
     [ "$w" != a ] && load=(--no-load)
-    echo "== isthmus $1, $SECURITY, workload $w"
+    echo "== isthmus $1, $SECURITY, worker threads per node: $4, workload $w"
     if [ "$w" = a ]; then
       # The load phase is not measured: run it alone first.
       "$BIN" bench --addr "$3" "${client[@]}" --keyspace bench --workload a --threads "$THREADS" \
@@ -145,24 +157,24 @@ bench() { # label nodes addr
   done
 }
 
-node n1 127.0.0.1:7501 127.0.0.1:7501 1
+node n1 127.0.0.1:7501 127.0.0.1:7501 1 "$WORKERS1"
 wait_up 127.0.0.1:7501 1
-bench "1 node (RF 1)" 1 127.0.0.1:7501
+bench "1 node (RF 1)" 1 127.0.0.1:7501 "$WORKERS1"
 cleanup_pids=("${pids[@]}")
 for p in "${cleanup_pids[@]}"; do kill "$p"; done
 wait 2>/dev/null || true
 pids=()
 
-node n1 127.0.0.2:7501 127.0.0.2:7501 3
+node n1 127.0.0.2:7501 127.0.0.2:7501 3 "$WORKERS3"
 # The seed first: two nodes that start together may each find no ring
 # and form one of their own.
 wait_up 127.0.0.2:7501 1
-node n2 127.0.0.3:7501 127.0.0.2:7501 3
-node n3 127.0.0.4:7501 127.0.0.2:7501 3
+node n2 127.0.0.3:7501 127.0.0.2:7501 3 "$WORKERS3"
+node n3 127.0.0.4:7501 127.0.0.2:7501 3 "$WORKERS3"
 # Every node, not only the first: each must know the users before the
 # client, which spreads its requests, logs in there.
 for a in 127.0.0.2:7501 127.0.0.3:7501 127.0.0.4:7501; do wait_up "$a" 3; done
-bench "3 nodes (RF 3, LOCAL_QUORUM)" 3 127.0.0.2:7501
+bench "3 nodes (RF 3, LOCAL_QUORUM)" 3 127.0.0.2:7501 "$WORKERS3"
 
 if [ "$REDIS" = 0 ]; then
   :

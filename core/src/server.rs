@@ -711,14 +711,17 @@ where
     // socket takes nothing for `write_timeout`.
     let write_timeout = config.write_timeout;
     let writer_budget = budget.clone();
+    let slots = Arc::new(Semaphore::new(in_flight));
+    let writer_slots = slots.clone();
     let mut write_task = tokio::spawn(async move {
-        let written = write_replies(&mut writer, &mut rx, &written, write_timeout).await;
+        // Requests of this connection still being served.
+        let serving = || in_flight - writer_slots.available_permits();
+        let written = write_replies(&mut writer, &mut rx, &written, write_timeout, serving).await;
         // Requests waiting for room in the queue stop waiting.
         writer_budget.bytes.close();
         written
     });
     let mut writer_ended = None;
-    let slots = Arc::new(Semaphore::new(in_flight));
     let mut requests = JoinSet::new();
     let frame_bytes_max = config.frame_bytes_max;
     let result = loop {
@@ -862,11 +865,14 @@ impl Drop for Held {
 /// Write queued replies until the queue closes, batching whatever is ready
 /// into one flush; a reply's budget is given back once it is flushed. Any
 /// write that sees the socket take no byte for `stall` fails the writer.
+/// `serving` counts the connection's requests not yet answered: while
+/// there are some, the writer lets them run before it flushes.
 async fn write_replies<S>(
     writer: &mut WriteHalf<S>,
     rx: &mut mpsc::Receiver<Queued>,
     written: &AtomicU64,
     stall: Duration,
+    serving: impl Fn() -> usize,
 ) -> Result<(), ConnectionError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -874,9 +880,25 @@ where
     let mut unflushed = Vec::new();
     while let Some(first) = rx.recv().await {
         let mut next = Some(first);
-        while let Some(queued) = next {
-            progressing(stall, written, writer.feed_frame(queued.frame)).await?;
-            unflushed.push(queued.held);
+        let mut yielded = false;
+        loop {
+            while let Some(queued) = next {
+                progressing(stall, written, writer.feed_frame(queued.frame)).await?;
+                unflushed.push(queued.held);
+                next = rx.try_recv().ok();
+            }
+            if yielded || serving() == 0 {
+                break;
+            }
+            // Other requests of this connection are being served: let the
+            // tasks that are ready to run queue their replies first, so
+            // that one flush (one TLS record, one write) carries them all.
+            // A reply's wake-up puts this task first in line, which would
+            // otherwise flush every reply on its own. (With nothing else
+            // being served there is nothing to wait for: no yield, whose
+            // cost is a poll of the I/O driver.)
+            tokio::task::yield_now().await;
+            yielded = true;
             next = rx.try_recv().ok();
         }
         progressing(stall, written, writer.flush()).await?;
