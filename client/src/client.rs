@@ -629,8 +629,13 @@ impl Client {
             if timeout.is_zero() {
                 return Err(past_deadline(last));
             }
+            // The session this attempt used, if it got one: the one to
+            // forget if it failed (not a fresh one another call dialled
+            // meanwhile).
+            let mut used = None;
             let attempt = async {
                 let session = self.session(addr).await?;
+                used = Some(session.clone());
                 session.call(body.clone(), timeout).await
             };
             // The connect too is bounded by what is left of the deadline.
@@ -648,7 +653,9 @@ impl Client {
                         e,
                         ClientError::Connect { .. } | ClientError::ConnectionClosed
                     ) {
-                        self.inner.sessions.remove(addr);
+                        if let Some(session) = &used {
+                            self.inner.sessions.remove_if_same(&addr.to_owned(), session);
+                        }
                         // Best effort: learn who is up before the next try,
                         // within the deadline.
                         let refresh = Box::pin(self.refresh());
