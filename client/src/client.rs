@@ -654,7 +654,9 @@ impl Client {
                         ClientError::Connect { .. } | ClientError::ConnectionClosed
                     ) {
                         if let Some(session) = &used {
-                            self.inner.sessions.remove_if_same(&addr.to_owned(), session);
+                            self.inner
+                                .sessions
+                                .remove_if_same(&addr.to_owned(), session);
                         }
                         // Best effort: learn who is up before the next try,
                         // within the deadline.
