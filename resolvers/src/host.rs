@@ -516,11 +516,7 @@ impl Host {
             .max_memory_size(limits.memory_bytes_max)
             .linear_memory_keep_resident(limits.memory_keep_resident_bytes)
             .table_keep_resident(64 * 1024)
-            .pagemap_scan(if std::env::var("XPM").is_ok() {
-                Enabled::No
-            } else {
-                Enabled::Auto
-            });
+            .pagemap_scan(Enabled::Auto);
         let mut config = Config::new();
         config
             .consume_fuel(true)
@@ -551,7 +547,6 @@ impl Host {
             stats: Mutex::new(HashMap::new()),
             compiler,
             compiles: AtomicU64::new(0),
-            // A quarter of the pool: fresh instances keep the rest.
             _ticker: ticker,
         })
     }
