@@ -456,6 +456,32 @@ impl Client {
             .await
     }
 
+    /// Open a session to every node the client knows as up, all at once,
+    /// so that the first requests routed to each do not wait for its
+    /// connection, TLS handshake and login (which checks the password:
+    /// tens of milliseconds). Sessions are otherwise opened on first use.
+    /// Returns the nodes that could not be reached, each with its error;
+    /// requests routed to them dial again.
+    pub async fn connect_all(&self) -> Vec<(String, ClientError)> {
+        let addrs: Vec<String> = self
+            .inner
+            .topology
+            .lock()
+            .nodes
+            .iter()
+            .filter(|n| n.up)
+            .map(|n| n.addr.clone())
+            .collect();
+        let dials = addrs
+            .iter()
+            .map(|addr| async move { self.session(addr).await.err().map(|e| (addr.clone(), e)) });
+        futures_util::future::join_all(dials)
+            .await
+            .into_iter()
+            .flatten()
+            .collect()
+    }
+
     /// Re-learn the cluster's nodes from any reachable node.
     pub async fn refresh(&self) -> Result<(), ClientError> {
         let mut candidates: Vec<String> = self

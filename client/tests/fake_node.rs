@@ -2,7 +2,8 @@
 //! protocol and holds its answers back as a test needs: a batch's
 //! requests are pipelined on the node's session (the node answers none
 //! until it holds a hundred), answers come back in input order with one
-//! result per item, and a request's overall deadline bounds its retries.
+//! result per item, a request's overall deadline bounds its retries, and
+//! `connect_all` opens a session to every node the status lists.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -32,6 +33,8 @@ enum Behaviour {
 struct FakeNode {
     addr: String,
     most_outstanding: Arc<AtomicUsize>,
+    /// Connections accepted so far.
+    accepted: Arc<AtomicUsize>,
 }
 
 fn now_ms() -> u64 {
@@ -71,33 +74,52 @@ fn answer(body: &RequestBody) -> ResponseBody {
     }
 }
 
-fn status(me: &str) -> ResponseBody {
+/// The status a node answers: itself (as `fake`, the id its handshake
+/// gives), then `others`, all up.
+fn status(me: &str, others: &[String]) -> ResponseBody {
+    let report = |i: usize, addr: &str| NodeReport {
+        node_id: if i == 0 {
+            "fake".into()
+        } else {
+            format!("fake-{i}")
+        },
+        addr: addr.into(),
+        dc: "dc1".into(),
+        rack: "r1".into(),
+        vnodes: 8,
+        up: true,
+        status: "Normal".into(),
+        load_bytes: 0,
+        hint_bytes: 0,
+        ownership: 1.0,
+    };
     ResponseBody::Status {
-        nodes: vec![NodeReport {
-            node_id: "fake".into(),
-            addr: me.into(),
-            dc: "dc1".into(),
-            rack: "r1".into(),
-            vnodes: 8,
-            up: true,
-            status: "Normal".into(),
-            load_bytes: 0,
-            hint_bytes: 0,
-            ownership: 1.0,
-        }],
+        nodes: std::iter::once(me)
+            .chain(others.iter().map(String::as_str))
+            .enumerate()
+            .map(|(i, addr)| report(i, addr))
+            .collect(),
         bridges: vec![],
     }
 }
 
 async fn fake_node(behaviour: Behaviour) -> FakeNode {
+    fake_node_listing(behaviour, Vec::new()).await
+}
+
+/// A stand-in node whose status lists `others` as well as itself.
+async fn fake_node_listing(behaviour: Behaviour, others: Vec<String>) -> FakeNode {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     let most_outstanding = Arc::new(AtomicUsize::new(0));
-    let (me, most) = (addr.clone(), most_outstanding.clone());
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let (me, most, count) = (addr.clone(), most_outstanding.clone(), accepted.clone());
+    let others = Arc::new(others);
     tokio::spawn(async move {
         loop {
             let (stream, _) = listener.accept().await.unwrap();
-            let (me, most) = (me.clone(), most.clone());
+            count.fetch_add(1, Ordering::Relaxed);
+            let (me, most, others) = (me.clone(), most.clone(), others.clone());
             tokio::spawn(async move {
                 let mut conn = Connection::new(stream, FRAME_BYTES_MAX_DEFAULT);
                 let Ok(Some(_hello)) = conn.read::<Hello>().await else {
@@ -116,7 +138,9 @@ async fn fake_node(behaviour: Behaviour) -> FakeNode {
                 while let Ok(Some(request)) = conn.read::<Request>().await {
                     let mut replies = Vec::new();
                     match (&request.body, behaviour) {
-                        (RequestBody::Status, _) => replies.push((request.id, status(&me))),
+                        (RequestBody::Status, _) => {
+                            replies.push((request.id, status(&me, &others)))
+                        }
                         (_, Behaviour::Silent) => {}
                         (_, Behaviour::HoldUntil(n)) if !released => {
                             held.push(request);
@@ -145,7 +169,41 @@ async fn fake_node(behaviour: Behaviour) -> FakeNode {
     FakeNode {
         addr,
         most_outstanding,
+        accepted,
     }
+}
+
+#[tokio::test]
+async fn connect_all_opens_a_session_to_every_listed_node_and_names_the_unreachable() {
+    let other = fake_node(Behaviour::Silent).await;
+    // An address nothing listens on.
+    let dead = {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        listener.local_addr().unwrap().to_string()
+    };
+    let seed = fake_node_listing(Behaviour::Silent, vec![other.addr.clone(), dead.clone()]).await;
+    let client = Client::builder()
+        .seed(&seed.addr)
+        .timeout(Duration::from_secs(5))
+        .build()
+        .await
+        .unwrap();
+    assert_eq!(client.nodes().len(), 3);
+    // Sessions are opened on first use: only the seed's so far.
+    assert_eq!(other.accepted.load(Ordering::Relaxed), 0);
+    let failed = client.connect_all().await;
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert_eq!(failed[0].0, dead);
+    assert!(
+        matches!(failed[0].1, ClientError::Connect { .. }),
+        "{:?}",
+        failed[0].1
+    );
+    assert_eq!(other.accepted.load(Ordering::Relaxed), 1);
+    // The seed's session was reused, and a second call dials nobody new.
+    client.connect_all().await;
+    assert_eq!(seed.accepted.load(Ordering::Relaxed), 1);
+    assert_eq!(other.accepted.load(Ordering::Relaxed), 1);
 }
 
 #[tokio::test]
