@@ -134,7 +134,11 @@ fn kind(e: isthmus_client::ClientError) -> String {
     let end = shown
         .find(|c: char| !c.is_alphanumeric())
         .unwrap_or(shown.len());
-    shown[..end].to_owned()
+    match e.code() {
+        // A node's refusal: which one.
+        Some(code) => format!("{}:{code:?}", &shown[..end]),
+        None => shown[..end].to_owned(),
+    }
 }
 
 /// Run one operation on `k`, timed from `started` (when it was due, in

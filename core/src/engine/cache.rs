@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
+use super::block_cache::BlockCache;
 use super::bloom::KeyFilter;
 use super::error::EngineError;
 use super::manifest::TableMeta;
@@ -103,6 +104,12 @@ impl<F: Fs> Table<F> {
             let _ = self.filter.set(r.filter());
         }
         Ok(r)
+    }
+
+    /// Open the reader and load every data block into `blocks`, for a
+    /// table about to take over reads that memory answered.
+    pub(crate) fn warm(&self, blocks: &BlockCache) -> Result<(), EngineError> {
+        self.reader()?.warm(blocks)
     }
 
     /// May the table hold `key` (its bloom filter; opens the reader the

@@ -1092,6 +1092,23 @@ impl<F: Fs> Shared<F> {
                 .fetch_add(meta.size_bytes, Ordering::Relaxed);
             Some(meta)
         };
+        // The table takes over the memtable's reads the moment it is
+        // installed: opened and its blocks cached first, so that they do
+        // not all go to the file at once (RocksDB's block-cache
+        // prepopulation on flush). Best effort: a block that cannot be
+        // read now is read, or reported, when a read needs it.
+        let fresh = table.as_ref().map(|meta| {
+            let t = Arc::new(Table::new(
+                meta.clone(),
+                table_path(&self.dir, meta.id),
+                self.fs.clone(),
+                self.readers.clone(),
+            ));
+            if let Err(e) = t.warm(&self.blocks) {
+                tracing::warn!(error = %e, table = meta.id, "could not cache a flushed table's blocks");
+            }
+            t
+        });
         {
             let mut man = self.manifest.lock();
             let mut next = man.clone();
@@ -1121,13 +1138,7 @@ impl<F: Fs> Shared<F> {
                 return Err(e);
             }
             *man = next;
-            if let Some(meta) = table {
-                let t = Arc::new(Table::new(
-                    meta.clone(),
-                    table_path(&self.dir, meta.id),
-                    self.fs.clone(),
-                    self.readers.clone(),
-                ));
+            if let Some(t) = fresh {
                 let levels = self.levels.load_full();
                 let mut l0 = levels.l0.clone();
                 let mut runs = levels.runs.clone();

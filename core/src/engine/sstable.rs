@@ -458,6 +458,14 @@ impl<F: Fs> TableReader<F> {
         Ok((b, false))
     }
 
+    /// Load every data block into `cache` (those not there already).
+    pub(crate) fn warm(&self, cache: &BlockCache) -> Result<(), EngineError> {
+        for i in 0..self.index.len() {
+            self.cached_block(i, cache)?;
+        }
+        Ok(())
+    }
+
     /// The key's set in this table (bloom filter already consulted by the
     /// caller), and whether the block came from the cache.
     pub(crate) fn get(

@@ -593,6 +593,21 @@ fn first_flush_goes_to_empty_l1_and_the_next_to_l0() {
 }
 
 #[test]
+fn a_flushed_table_takes_over_reads_from_memory() {
+    let fs = MemFs::new();
+    let (engine, _) = engine_with_keys_k0_to_k199(&fs, b"x");
+    engine.flush().unwrap();
+    assert!(engine.stats().tables_per_level.iter().sum::<usize>() >= 1);
+    // Every key is answered from memory right after the flush: the new
+    // table's reader is open and its blocks are cached.
+    for i in 0..200 {
+        let k = format!("k{i}");
+        let set = engine.get_cached(k.as_bytes());
+        assert_eq!(set.map(|s| s.unwrap().len()), Some(1), "{k}");
+    }
+}
+
+#[test]
 fn a_cold_read_goes_to_the_file_and_then_memory_answers() {
     let fs = MemFs::new();
     let (engine, options) = engine_with_keys_k0_to_k199(&fs, b"x");
