@@ -340,35 +340,44 @@ async fn open_loop(
             }
         })
         .context("starting the pacer thread")?;
-    let mut shed = 0u64;
-    let mut tasks = tokio::task::JoinSet::new();
-    while let Some((due, k, update)) = due_rx.recv().await {
-        if in_flight.load(Ordering::Relaxed) >= args.max_in_flight {
-            shed += 1;
-            continue;
+    // The operations are started by a task on the runtime's workers, not
+    // by this future (which `block_on` polls on the main thread): one
+    // thread hand-off per operation fewer.
+    let (client, ks, max_in_flight) = (client.clone(), args.keyspace.clone(), args.max_in_flight);
+    let results = total.clone();
+    let dispatch = tokio::spawn(async move {
+        let mut shed = 0u64;
+        let mut tasks = tokio::task::JoinSet::new();
+        while let Some((due, k, update)) = due_rx.recv().await {
+            if in_flight.load(Ordering::Relaxed) >= max_in_flight {
+                shed += 1;
+                continue;
+            }
+            in_flight.fetch_add(1, Ordering::Relaxed);
+            let (client, ks, total, in_flight) = (
+                client.clone(),
+                ks.clone(),
+                results.clone(),
+                in_flight.clone(),
+            );
+            tasks.spawn(async move {
+                let timed = one_op(&client, &ks, &k, update, due).await;
+                in_flight.fetch_sub(1, Ordering::Relaxed);
+                total.lock().record(timed)
+            });
+            while let Some(done) = tasks.try_join_next() {
+                done??;
+            }
         }
-        in_flight.fetch_add(1, Ordering::Relaxed);
-        let (client, ks, total, in_flight) = (
-            client.clone(),
-            args.keyspace.clone(),
-            total.clone(),
-            in_flight.clone(),
-        );
-        tasks.spawn(async move {
-            let timed = one_op(&client, &ks, &k, update, due).await;
-            in_flight.fetch_sub(1, Ordering::Relaxed);
-            total.lock().record(timed)
-        });
-        while let Some(done) = tasks.try_join_next() {
+        while let Some(done) = tasks.join_next().await {
             done??;
         }
-    }
+        anyhow::Ok(shed)
+    });
+    let shed = dispatch.await??;
     pacer
         .join()
         .map_err(|_| anyhow::anyhow!("the pacer thread panicked"))?;
-    while let Some(done) = tasks.join_next().await {
-        done??;
-    }
     let elapsed = started.elapsed().as_secs_f64();
     let mut total = Arc::into_inner(total)
         .context("every operation is done")?
