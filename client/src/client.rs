@@ -456,20 +456,23 @@ impl Client {
             .await
     }
 
-    /// Open a session to every node the client knows as up, all at once,
-    /// so that the first requests routed to each do not wait for its
-    /// connection, TLS handshake and login (which checks the password:
-    /// tens of milliseconds). Sessions are otherwise opened on first use.
-    /// Returns the nodes that could not be reached, each with its error;
-    /// requests routed to them dial again.
+    /// Open a session to every node the client knows as up (in its
+    /// local datacenter, when one is set), all at once, so that the first
+    /// requests routed to each do not wait for its connection, TLS
+    /// handshake and login (which checks the password: tens of
+    /// milliseconds). Sessions are otherwise opened on first use, as
+    /// those to other datacenters still are. Returns the nodes that could
+    /// not be reached, each with its error; requests routed to them dial
+    /// again.
     pub async fn connect_all(&self) -> Vec<(String, ClientError)> {
+        let local = self.inner.config.local_dc.as_ref();
         let addrs: Vec<String> = self
             .inner
             .topology
             .lock()
             .nodes
             .iter()
-            .filter(|n| n.up)
+            .filter(|n| n.up && local.is_none_or(|dc| n.dc == *dc))
             .map(|n| n.addr.clone())
             .collect();
         let dials = addrs

@@ -174,7 +174,7 @@ async fn fake_node_listing(behaviour: Behaviour, others: Vec<String>) -> FakeNod
 }
 
 #[tokio::test]
-async fn connect_all_opens_a_session_to_every_listed_node_and_names_the_unreachable() {
+async fn connect_all_opens_a_session_to_every_local_node_and_names_the_unreachable() {
     let other = fake_node(Behaviour::Silent).await;
     // An address nothing listens on.
     let dead = {
@@ -203,6 +203,17 @@ async fn connect_all_opens_a_session_to_every_listed_node_and_names_the_unreacha
     // The seed's session was reused, and a second call dials nobody new.
     client.connect_all().await;
     assert_eq!(seed.accepted.load(Ordering::Relaxed), 1);
+    assert_eq!(other.accepted.load(Ordering::Relaxed), 1);
+    // A client whose local datacenter is another one opens none of them
+    // ahead of use (the dead address included).
+    let remote = Client::builder()
+        .seed(&seed.addr)
+        .local_dc("dc2")
+        .timeout(Duration::from_secs(5))
+        .build()
+        .await
+        .unwrap();
+    assert!(remote.connect_all().await.is_empty());
     assert_eq!(other.accepted.load(Ordering::Relaxed), 1);
 }
 

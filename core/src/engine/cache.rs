@@ -106,8 +106,9 @@ impl<F: Fs> Table<F> {
         Ok(r)
     }
 
-    /// Open the reader and load every data block into `blocks`, for a
-    /// table about to take over reads that memory answered.
+    /// Open the reader and load its data blocks into `blocks` while it
+    /// has room, for a table about to take over reads that memory
+    /// answered.
     pub(crate) fn warm(&self, blocks: &BlockCache) -> Result<(), EngineError> {
         self.reader()?.warm(blocks)
     }

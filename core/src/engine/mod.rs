@@ -1093,10 +1093,11 @@ impl<F: Fs> Shared<F> {
             Some(meta)
         };
         // The table takes over the memtable's reads the moment it is
-        // installed: opened and its blocks cached first, so that they do
-        // not all go to the file at once (RocksDB's block-cache
-        // prepopulation on flush). Best effort: a block that cannot be
-        // read now is read, or reported, when a read needs it.
+        // installed: opened and its blocks cached first (as many as the
+        // cache has room for), so that they do not all go to the file at
+        // once (RocksDB's block-cache prepopulation on flush). Best
+        // effort: a block that cannot be read now is read, or reported,
+        // when a read needs it.
         let fresh = table.as_ref().map(|meta| {
             let t = Arc::new(Table::new(
                 meta.clone(),

@@ -458,10 +458,17 @@ impl<F: Fs> TableReader<F> {
         Ok((b, false))
     }
 
-    /// Load every data block into `cache` (those not there already).
+    /// Load the data blocks into `cache` (those not there already), as
+    /// many as the room it has left: in a full cache they would only push
+    /// each other out of its probation queue.
     pub(crate) fn warm(&self, cache: &BlockCache) -> Result<(), EngineError> {
+        let mut room = cache.capacity().saturating_sub(cache.weight());
         for i in 0..self.index.len() {
-            self.cached_block(i, cache)?;
+            if room == 0 {
+                break;
+            }
+            let (block, _) = self.cached_block(i, cache)?;
+            room = room.saturating_sub(block.mem_bytes() as u64);
         }
         Ok(())
     }

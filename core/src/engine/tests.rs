@@ -608,6 +608,39 @@ fn a_flushed_table_takes_over_reads_from_memory() {
 }
 
 #[test]
+fn a_flush_caches_no_more_blocks_than_the_cache_has_room_for() {
+    let fs = MemFs::new();
+    let mut options = small_options();
+    options.limits.memtable_bytes_max = 1 << 20;
+    options.block_cache_bytes = 16 << 10;
+    let engine = Engine::open_with_fs(fs, dir(), options).unwrap();
+    // Incompressible values, so that the table's blocks are as large as
+    // the data.
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    for i in 0..200u64 {
+        let value: Vec<u8> = (0..1000)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        engine
+            .apply(format!("k{i:03}").as_bytes(), v(1, i + 1, &value, i))
+            .unwrap();
+    }
+    engine.flush().unwrap();
+    // About 200 KB of blocks, a 16 KiB cache: the warm-up stops once the
+    // cache is full instead of reading the whole table through it.
+    let read = engine.stats().table_bytes_read;
+    assert!(read < 64 << 10, "{read} bytes read by the flush");
+    for i in (0..200u64).step_by(37) {
+        assert_eq!(engine.get(format!("k{i:03}").as_bytes()).unwrap().len(), 1);
+    }
+}
+
+#[test]
 fn a_cold_read_goes_to_the_file_and_then_memory_answers() {
     let fs = MemFs::new();
     let (engine, options) = engine_with_keys_k0_to_k199(&fs, b"x");
