@@ -1136,6 +1136,11 @@ impl<F: Fs> Shared<F> {
                 if let Some(meta) = &table {
                     let _ = self.fs.remove(&table_path(&self.dir, meta.id));
                 }
+                // Its warmed reader holds the file open: dropped with the
+                // table, or a full disk would not get the space back.
+                if let Some(t) = &fresh {
+                    t.mark_obsolete();
+                }
                 return Err(e);
             }
             *man = next;
