@@ -619,16 +619,10 @@ fn a_flush_caches_no_more_blocks_than_the_cache_has_room_for() {
     let engine = Engine::open_with_fs(fs, dir(), options).unwrap();
     // Incompressible values, so that the table's blocks are as large as
     // the data.
-    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(7);
     for i in 0..200u64 {
-        let value: Vec<u8> = (0..1000)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect();
+        let mut value = vec![0u8; 1000];
+        rand::RngCore::fill_bytes(&mut rng, &mut value);
         engine
             .apply(format!("k{i:03}").as_bytes(), v(1, i + 1, &value, i))
             .unwrap();
