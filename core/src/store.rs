@@ -323,10 +323,17 @@ impl LocalStore for EngineStore {
         // One version (a client's write, a replica's apply): inline when
         // the engine can take it without blocking for long, which spares
         // the two thread hand-offs of the blocking pool (they cost more
-        // than the write).
+        // than the write). Then this task yields once before the write(2):
+        // the other writers this thread has ready (the rest of a
+        // pipeline, other connections, a peer's other applies) append
+        // theirs meanwhile, and the first back writes them all at once.
         let versions = match <[Version; 1]>::try_from(versions) {
-            Ok([version]) => match self.engine.try_apply_now(&skey, version) {
-                Ok(done) => return Ok(done?),
+            Ok([version]) => match self.engine.try_apply_unwritten(&skey, version) {
+                Ok(taken) => {
+                    let unwritten = taken?;
+                    tokio::task::yield_now().await;
+                    return Ok(unwritten.write()?);
+                }
                 Err(version) => vec![version],
             },
             Err(versions) => versions,

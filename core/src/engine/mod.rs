@@ -271,6 +271,38 @@ pub struct Engine<F: Fs = StdFs> {
     threads: Mutex<Vec<JoinHandle<()>>>,
 }
 
+/// A write taken by [`Engine::try_apply_unwritten`]: appended to the
+/// commit log's buffer and absorbed, not yet handed to the OS.
+#[must_use = "a write is acknowledged only once `write` returns Ok"]
+pub struct Unwritten<F: Fs = StdFs> {
+    shared: Option<Arc<Shared<F>>>,
+    lsn: u64,
+}
+
+impl<F: Fs> Unwritten<F> {
+    /// Hand the write to the OS (one write(2) for every record appended
+    /// before it that no other writer has written yet): it then survives
+    /// a crash of this process.
+    pub fn write(mut self) -> Result<(), EngineError> {
+        match self.shared.take() {
+            Some(shared) => shared.log.write_to(self.lsn),
+            None => Ok(()),
+        }
+    }
+}
+
+impl<F: Fs> Drop for Unwritten<F> {
+    fn drop(&mut self) {
+        // A caller that went away before writing (its task cancelled)
+        // leaves no record in the buffer until the next writer's turn.
+        if let Some(shared) = self.shared.take()
+            && let Err(e) = shared.log.write_to(self.lsn)
+        {
+            tracing::warn!(error = %e, "commit log: a write left unwritten could not be written");
+        }
+    }
+}
+
 thread_local! {
     /// Reused record encoding buffer: no allocation per write.
     static ENCODE_BUF: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
@@ -484,6 +516,23 @@ impl<F: Fs> Engine<F> {
         key: &[u8],
         version: Version,
     ) -> Result<Result<(), EngineError>, Version> {
+        self.try_apply_unwritten(key, version)
+            .map(|taken| taken.and_then(Unwritten::write))
+    }
+
+    /// [`Engine::try_apply_now`] up to the write(2): the write is appended
+    /// and absorbed, and [`Unwritten::write`] hands it to the OS, together
+    /// with every record appended meanwhile. A caller that lets other
+    /// writers append first (an async one that yields once) shares one
+    /// write(2) with them, as Redis's event loop writes its AOF once per
+    /// turn. The write must not be acknowledged before `write` returns
+    /// `Ok`; an [`Unwritten`] dropped unwritten writes on drop.
+    #[allow(clippy::result_large_err)]
+    pub fn try_apply_unwritten(
+        &self,
+        key: &[u8],
+        version: Version,
+    ) -> Result<Result<Unwritten<F>, EngineError>, Version> {
         let s = &*self.shared;
         let FsyncPolicy::Interval(_) = s.options.fsync else {
             return Err(version);
@@ -531,9 +580,12 @@ impl<F: Fs> Engine<F> {
             )
         });
         drop(gate);
-        // Handed to the OS; a rotation this write made due is left to the
-        // next write, which takes the blocking path for it.
-        Ok(lsn.and_then(|lsn| s.log.write_to(lsn)))
+        // A rotation this write made due is left to the next write, which
+        // takes the blocking path for it.
+        Ok(lsn.map(|lsn| Unwritten {
+            shared: Some(self.shared.clone()),
+            lsn,
+        }))
     }
 
     /// Apply several writes as one log record: after a crash either all of

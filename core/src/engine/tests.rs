@@ -277,6 +277,51 @@ fn a_write_taken_now_is_handed_to_the_os_and_read_back() {
 }
 
 #[test]
+fn unwritten_writes_share_one_write_and_a_dropped_one_is_written_anyway() {
+    let fs = MemFs::new();
+    let opts = EngineOptions {
+        fsync: FsyncPolicy::Interval(Duration::from_secs(3600)),
+        ..small_options()
+    };
+    let engine = Engine::open_with_fs(fs.clone(), dir(), opts).unwrap();
+    let segment = log::segment_path(dir(), engine.shared.log.segment());
+    let logged = || {
+        let bytes = fs.read_all(&segment).unwrap();
+        let mut keys = Vec::new();
+        log::decode_segment(&bytes, &segment, true, |k, _| keys.push(k)).unwrap();
+        keys
+    };
+    let a = engine
+        .try_apply_unwritten(b"a", v(1, 1, b"x", 1))
+        .unwrap()
+        .unwrap();
+    let b = engine
+        .try_apply_unwritten(b"b", v(1, 2, b"y", 2))
+        .unwrap()
+        .unwrap();
+    // Absorbed (readable), not yet handed to the OS.
+    assert_eq!(engine.get(b"b").unwrap().len(), 1);
+    assert!(logged().is_empty());
+    let groups = engine.shared.log.bytes_written();
+    // The second writer's write(2) carries both records; the first then
+    // finds its own already written.
+    b.write().unwrap();
+    assert_eq!(logged(), vec![b"a".to_vec(), b"b".to_vec()]);
+    let after = engine.shared.log.bytes_written();
+    a.write().unwrap();
+    assert_eq!(engine.shared.log.bytes_written(), after);
+    assert!(after > groups);
+    // A writer that goes away before writing still gets its record out.
+    drop(
+        engine
+            .try_apply_unwritten(b"c", v(1, 3, b"z", 3))
+            .unwrap()
+            .unwrap(),
+    );
+    assert_eq!(logged(), vec![b"a".to_vec(), b"b".to_vec(), b"c".to_vec()]);
+}
+
+#[test]
 fn a_write_that_might_block_is_given_back_untouched() {
     // Fsync per write: never on the caller's thread.
     let engine = Engine::open_with_fs(MemFs::new(), dir(), small_options()).unwrap();
