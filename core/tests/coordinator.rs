@@ -517,6 +517,19 @@ async fn reads_ask_just_enough_replicas_and_more_when_one_fails_or_hangs() {
         "its own copy and one peer"
     );
     assert_eq!(reads("plain").await, (ok.clone(), 2), "every replica");
+    // A level this node's own copy wins alone asks no peer.
+    let before = c.net.reads.load(Relaxed);
+    let got = c
+        .node(&n(0))
+        .read("lean", b"k", Consistency::LocalOne, DEADLINE)
+        .await
+        .unwrap();
+    assert_eq!(Some(values(&got.set)), ok);
+    assert_eq!(
+        c.net.reads.load(Relaxed) - before,
+        0,
+        "LOCAL_ONE asks no peer"
+    );
     // One peer failing: whichever of the two was asked first, the read
     // wins; where it was the one asked, the other is asked after it.
     let mut asked = 0;

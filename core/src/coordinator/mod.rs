@@ -312,9 +312,9 @@ impl<S: LocalStore, T: Transport, H: HintSink> Coordinator<S, T, H> {
     fn check_known(
         view: &ClusterView,
         ks: &KeyspaceConfig,
-        hash: u64,
+        replicas: &[(NodeId, DcName)],
     ) -> Result<(), CoordinatorError> {
-        if !target::replicas(view, &ks.replication, hash).is_empty() {
+        if !replicas.is_empty() {
             return Ok(());
         }
         let dcs: Vec<&str> = ks.replication.keys().map(|dc| dc.0.as_str()).collect();
@@ -564,16 +564,17 @@ impl<S: LocalStore, T: Transport, H: HintSink> Coordinator<S, T, H> {
         let view = self.view.borrow().clone();
         let scope = self.scope(&ks, write.level);
         let hash = key_hash(write.key);
-        Self::check_known(&view, &ks, hash)?;
+        let all = target::replicas(&view, &ks.replication, hash);
+        Self::check_known(&view, &ks, &all)?;
         let me = &self.config.node;
         // A checked write is decided at one replica: the first live local
         // one in placement order. A node it was forwarded to takes it if
         // it is a replica at all (views may briefly disagree on who is
         // first; the two then issue concurrent versions: siblings).
         let route = if write.mode.is_checked() && may_forward {
-            target::route_checked(&scope, &view, hash, me)
+            target::route_checked_of(&scope, &view, &all, me)
         } else {
-            target::route(&scope, &view, hash, me)
+            target::route_of(&scope, &view, &all, me)
         };
         match route {
             Route::Here => {}
@@ -604,7 +605,7 @@ impl<S: LocalStore, T: Transport, H: HintSink> Coordinator<S, T, H> {
             WriteMode::Add(_) => Some(counter_value(&version)?),
             _ => None,
         };
-        let mut targets = target::targets(Operation::Write, &scope, &view, hash);
+        let mut targets = target::targets_of(Operation::Write, &scope, &view, hash, all);
         targets.tracker.ack(me);
         let stand_ins = if write.sloppy.unwrap_or(ks.sloppy_quorum) {
             target::fallbacks(&view, hash, &targets.replicas, me)
@@ -953,6 +954,17 @@ impl<S: LocalStore, T: Transport, H: HintSink> Coordinator<S, T, H> {
             .chain(pending.into_iter().map(|n| (n, local.clone())))
             .filter(|(n, _)| *n != self.config.node)
             .collect();
+        if sends.is_empty() {
+            // No other replica and no pending owner (one replica, here):
+            // decided by the acknowledgement already counted.
+            return match tracker.outcome() {
+                Outcome::Won => Ok(()),
+                _ => Err(CoordinatorError::QuorumLost {
+                    required: tracker.required() as u32,
+                    acked: tracker.acked() as u32,
+                }),
+            };
+        }
         let (tx, mut rx) =
             mpsc::channel::<(NodeId, Result<(), Option<WireError>>)>(sends.len().max(1));
         for (node, dc) in sends {
@@ -1112,15 +1124,12 @@ impl<S: LocalStore, T: Transport, H: HintSink> Coordinator<S, T, H> {
         let ks = self.keyspace(keyspace)?;
         self.config.limits.check(key, None)?;
         let view = self.view.borrow().clone();
-        Self::check_known(&view, &ks, key_hash(key))?;
+        let hash = key_hash(key);
+        let all = target::replicas(&view, &ks.replication, hash);
+        Self::check_known(&view, &ks, &all)?;
         let Targets {
             replicas, tracker, ..
-        } = target::targets(
-            Operation::Read,
-            &self.scope(&ks, level),
-            &view,
-            key_hash(key),
-        );
+        } = target::targets_of(Operation::Read, &self.scope(&ks, level), &view, hash, all);
         if tracker.outcome() == Outcome::Lost {
             let alive = replicas
                 .iter()
@@ -1138,14 +1147,37 @@ impl<S: LocalStore, T: Transport, H: HintSink> Coordinator<S, T, H> {
         let n = self
             .reads
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let (first, mut spares) = if n % 100 < u64::from(ks.read_repair_percent) {
-            (replicas.clone(), Vec::new())
+        let me = &self.config.node;
+        let (first, mut spares, alone) = if n % 100 < u64::from(ks.read_repair_percent) {
+            (replicas.clone(), Vec::new(), false)
         } else {
-            enough_to_win(&replicas, &tracker, &view, &self.config.node)
+            let (first, spares, won) = enough_to_win(&replicas, &tracker, &view, me);
+            let alone = won && matches!(first.as_slice(), [(only, _)] if only == me);
+            (first, spares, alone)
         };
+        // This node's own copy wins the level alone (`ONE`, `LOCAL_ONE`,
+        // or one replica here): answered inline, with no channel, timer
+        // or task; on a failure, the other replicas are asked below.
+        let mut failed_here = false;
+        if alone {
+            match self.replica.read(keyspace, key).await {
+                Ok(set) => {
+                    let (set, failure) = self.replica.merged(keyspace, key, set).await;
+                    return Ok(ReadAnswer::new(set, failure));
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "reading this node's copy failed");
+                    failed_here = true;
+                }
+            }
+        }
         let (tx, rx) = mpsc::channel(replicas.len().max(1));
         let mut asked = first.len();
-        self.ask(keyspace, key, &first, &view, deadline, &tx).await;
+        if failed_here {
+            let _ = tx.send((me.clone(), None)).await;
+        } else {
+            self.ask(keyspace, key, &first, &view, deadline, &tx).await;
+        }
         let mut gathered = Gathered {
             tracker,
             joined: VersionSet::new(),
@@ -1321,13 +1353,14 @@ type Replicas = Vec<(NodeId, DcName)>;
 /// Split a read's `replicas` into the fewest that can win `tracker`'s
 /// level when they all answer, asked first (`me` first when it is a
 /// replica, then the live ones in placement order, then the ones held
-/// down), and the rest, asked only if needed.
+/// down), and the rest, asked only if needed; and whether the first win
+/// the level when they all answer.
 fn enough_to_win(
     replicas: &[(NodeId, DcName)],
     tracker: &QuorumTracker,
     view: &ClusterView,
     me: &NodeId,
-) -> (Replicas, Replicas) {
+) -> (Replicas, Replicas, bool) {
     let mut ordered: Replicas = replicas.to_vec();
     // Stable: placement order within each rank.
     ordered.sort_by_key(|(n, _)| match (n == me, view.alive.contains(n)) {
@@ -1338,14 +1371,16 @@ fn enough_to_win(
     let mut trial = tracker.clone();
     let mut first = Vec::new();
     let mut rest = ordered.into_iter();
+    let mut won = false;
     for replica in rest.by_ref() {
         let outcome = trial.ack(&replica.0);
         first.push(replica);
         if outcome == Outcome::Won {
+            won = true;
             break;
         }
     }
-    (first, rest.collect())
+    (first, rest.collect(), won)
 }
 
 /// The answers of a read as they arrive.

@@ -114,7 +114,24 @@ fn stays_local(level: Consistency) -> bool {
 
 /// The replicas a request for the key at `hash` goes to, and its tracker.
 pub fn targets(op: Operation, scope: &Scope<'_>, view: &ClusterView, hash: u64) -> Targets {
-    let all = replicas(view, scope.replication, hash);
+    targets_of(
+        op,
+        scope,
+        view,
+        hash,
+        replicas(view, scope.replication, hash),
+    )
+}
+
+/// [`targets`] from `all`, the key's [`replicas`] in `view` (a request
+/// walks the ring once for its check, route and targets).
+pub fn targets_of(
+    op: Operation,
+    scope: &Scope<'_>,
+    view: &ClusterView,
+    hash: u64,
+    all: Vec<(NodeId, DcName)>,
+) -> Targets {
     let local: Vec<(NodeId, DcName)> = all
         .iter()
         .filter(|(_, dc)| dc == scope.local_dc)
@@ -151,7 +168,16 @@ pub fn targets(op: Operation, scope: &Scope<'_>, view: &ClusterView, hash: u64) 
 
 /// Who coordinates a write of the key at `hash` arriving at node `me`.
 pub fn route(scope: &Scope<'_>, view: &ClusterView, hash: u64, me: &NodeId) -> Route {
-    let all = replicas(view, scope.replication, hash);
+    route_of(scope, view, &replicas(view, scope.replication, hash), me)
+}
+
+/// [`route`] from `all`, the key's [`replicas`] in `view`.
+pub fn route_of(
+    scope: &Scope<'_>,
+    view: &ClusterView,
+    all: &[(NodeId, DcName)],
+    me: &NodeId,
+) -> Route {
     if all.iter().any(|(n, dc)| n == me && dc == scope.local_dc) {
         return Route::Here;
     }
@@ -165,7 +191,7 @@ pub fn route(scope: &Scope<'_>, view: &ClusterView, hash: u64, me: &NodeId) -> R
         None => Route::Unavailable {
             required: QuorumTracker::for_replication(
                 scope.level,
-                &all,
+                all,
                 scope.local_dc,
                 scope.replication,
             )
@@ -180,7 +206,16 @@ pub fn route(scope: &Scope<'_>, view: &ClusterView, hash: u64, me: &NodeId) -> R
 /// node with the same view picks the same replica, so the condition is
 /// checked, and the dot issued, at one place.
 pub fn route_checked(scope: &Scope<'_>, view: &ClusterView, hash: u64, me: &NodeId) -> Route {
-    let all = replicas(view, scope.replication, hash);
+    route_checked_of(scope, view, &replicas(view, scope.replication, hash), me)
+}
+
+/// [`route_checked`] from `all`, the key's [`replicas`] in `view`.
+pub fn route_checked_of(
+    scope: &Scope<'_>,
+    view: &ClusterView,
+    all: &[(NodeId, DcName)],
+    me: &NodeId,
+) -> Route {
     let alive = |(n, _): &&(NodeId, DcName)| view.alive.contains(n) || n == me;
     let local = all
         .iter()
@@ -189,7 +224,7 @@ pub fn route_checked(scope: &Scope<'_>, view: &ClusterView, hash: u64, me: &Node
     match local.or_else(|| all.iter().find(alive)) {
         Some((node, _)) if node == me => Route::Here,
         Some((node, _)) => Route::Forward(node.clone()),
-        None => route(scope, view, hash, me),
+        None => route_of(scope, view, all, me),
     }
 }
 
