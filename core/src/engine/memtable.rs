@@ -16,7 +16,7 @@
 //! only copies into the group-commit buffer).
 //!
 //! Keys up to [`INLINE_KEY_BYTES`] live inside the tree node, with their
-//! first eight bytes also kept as a big-endian integer so that most
+//! first sixteen bytes also kept as big-endian integers so that most
 //! comparisons are one integer compare. Sets live in the arena: the
 //! common write, a fresh key, costs no decode, no digest and no
 //! allocation of its own: its encoding is `[1]` followed by the version
@@ -40,30 +40,35 @@ use parking_lot::RwLock;
 use crate::model::{Version, VersionSet};
 
 /// Per-entry overhead counted on top of key and encoded-set sizes: the
-/// B-tree slot (inline key and arena location, 48 bytes) at the typical
+/// B-tree slot (inline key and arena location, 68 bytes) at the typical
 /// two-thirds fill of nodes under random inserts, plus node headers.
 /// Keeps the flush trigger close to the real footprint.
-const ENTRY_OVERHEAD_BYTES: usize = 72;
+const ENTRY_OVERHEAD_BYTES: usize = 104;
 
 /// The encoding of a set with one version is this byte (the postcard
 /// length prefix of its one-element version list) then the version.
 const SINGLETON_PREFIX: u8 = 1;
 
-/// Keys up to this length live inside the tree node.
-const INLINE_KEY_BYTES: usize = 22;
+/// Keys up to this length live inside the tree node: a storage key is
+/// the keyspace's name and the key's hash (10 bytes and the name) before
+/// the key itself.
+const INLINE_KEY_BYTES: usize = 38;
 
 /// Arena chunk size; a larger set gets a chunk of its own.
 const CHUNK_BYTES: usize = 1 << 20;
 
-/// The key's first eight bytes (zero-padded) as a big-endian integer.
-/// Orders like the bytes: if two keys' prefixes differ, the keys compare
-/// as their prefixes do (a shorter key that is a prefix of the other is
-/// padded with zeros, which sort first).
-fn prefix_of(key: &[u8]) -> u64 {
-    let mut p = [0u8; 8];
-    let n = key.len().min(8);
+/// The key's first sixteen bytes (zero-padded) as two big-endian
+/// integers. Orders like the bytes: if two keys' prefixes differ, the
+/// keys compare as their prefixes do (a shorter key that is a prefix of
+/// the other is padded with zeros, which sort first). Sixteen, not eight:
+/// a node's storage keys start with their keyspace's name, which all the
+/// keys of a memtable may share, and then the key's hash.
+fn prefix_of(key: &[u8]) -> [u64; 2] {
+    let mut p = [0u8; 16];
+    let n = key.len().min(16);
     p[..n].copy_from_slice(&key[..n]);
-    u64::from_be_bytes(p)
+    let x = u128::from_be_bytes(p);
+    [(x >> 64) as u64, x as u64]
 }
 
 #[derive(Clone)]
@@ -78,7 +83,7 @@ enum KeyRepr {
 /// A memtable key: short keys inline, with a cached integer prefix.
 #[derive(Clone)]
 struct MemKey {
-    prefix: u64,
+    prefix: [u64; 2],
     repr: KeyRepr,
 }
 
@@ -378,9 +383,16 @@ mod tests {
             b"abcdefgi".to_vec(),
             vec![0xff; 8],
             vec![0xff; 9],
+            b"abcdefghijklmnop".to_vec(),
+            b"abcdefghijklmnop\0".to_vec(),
+            b"abcdefghijklmnoq".to_vec(),
+            b"abcdefgi\0\0\0\0\0\0\0\0".to_vec(),
+            vec![7; 38],
+            vec![7; 39],
             vec![7; 40],
             vec![7; 41],
             [vec![7; 8], vec![1; 30]].concat(),
+            [vec![7; 16], vec![1; 30]].concat(),
         ];
         for a in &keys {
             for b in &keys {

@@ -744,11 +744,13 @@ fn a_full_disk_refuses_writes_keeps_reads_and_recovers_when_space_returns() {
 fn a_flush_without_room_waits_for_it_rather_than_poisoning() {
     let fs = MemFs::new();
     let engine = Arc::new(Engine::open_with_fs(fs.clone(), dir(), small_options()).unwrap());
-    for i in 0..20u64 {
+    // Under the memtable's bound: no flush of its own before this one.
+    for i in 0..10u64 {
         engine
             .apply(format!("k{i}").as_bytes(), v(1, i + 1, b"value", i))
             .unwrap();
     }
+    assert_eq!(engine.stats().flushes, 0);
     // Room for a new log segment, not for the table.
     fs.set_space(Some(64));
     let flushing = {
