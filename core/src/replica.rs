@@ -31,7 +31,7 @@ use crate::merge::tally::ConflictTally;
 use crate::merge::{FailureClass, MergeFailure, MergeHook};
 use crate::model::{Absorbed, KeyspaceConfig, Version, VersionSet, key_hash};
 use crate::repair::server::Absorb;
-use crate::store::{LocalStore, StoreError};
+use crate::store::{LocalStore, Settle, StoreError};
 use crate::system_keyspace;
 use crate::wall_clock::now_ms;
 
@@ -244,13 +244,16 @@ impl<S: LocalStore> Replica<S> {
         // Kept for a second try when the keyspace merges (deliveries are
         // small: one version, or a few concurrent ones).
         let again = self.has_resolver(keyspace).then(|| versions.clone());
+        // The key's lock is released at the end of this statement, before
+        // the write is settled.
         let first = self.lock(key).await.apply(keyspace, versions).await;
-        let due = match (first, again) {
+        let (due, settle) = match (first, again) {
             (Err(StoreError::Limit(LimitError::TooManySiblings { .. })), Some(versions)) => {
                 self.apply_merged_first(keyspace, key, versions).await?
             }
             (first, _) => first?,
         };
+        settle.settle().await?;
         self.merge_due(due).await;
         Ok(())
     }
@@ -265,7 +268,7 @@ impl<S: LocalStore> Replica<S> {
         keyspace: &str,
         key: &[u8],
         mut versions: Vec<Version>,
-    ) -> Result<Option<MergeDue>, StoreError> {
+    ) -> Result<(Option<MergeDue>, Settle), StoreError> {
         let mut would = self.read(keyspace, key).await?;
         for v in &versions {
             would.absorb(v.clone());
@@ -440,13 +443,15 @@ impl<S: LocalStore> LockedKey<'_, S> {
     /// no more than it held before), whatever the resolver's state: bound,
     /// missing, failing, deferred or detached. Otherwise nothing is
     /// applied (`TooManySiblings`). Siblings a merge has not replaced yet
-    /// count. Returns the siblings to merge, when the keyspace merges:
-    /// pass them to [`Replica::merge_due`] once this lock is dropped.
+    /// count. Returns the siblings to merge, when the keyspace merges,
+    /// and the write's [`Settle`]: once this lock is dropped, settle it
+    /// (before acknowledging the write) and pass the siblings to
+    /// [`Replica::merge_due`].
     pub async fn apply(
         &self,
         keyspace: &str,
         versions: Vec<Version>,
-    ) -> Result<Option<MergeDue>, StoreError> {
+    ) -> Result<(Option<MergeDue>, Settle), StoreError> {
         let set = self.replica.store.get(keyspace, self.key).await?;
         self.apply_over(keyspace, set, versions).await
     }
@@ -458,7 +463,7 @@ impl<S: LocalStore> LockedKey<'_, S> {
         keyspace: &str,
         mut set: VersionSet,
         versions: Vec<Version>,
-    ) -> Result<Option<MergeDue>, StoreError> {
+    ) -> Result<(Option<MergeDue>, Settle), StoreError> {
         let replica = self.replica;
         let before = set.len();
         let mut made = Vec::new();
@@ -473,7 +478,10 @@ impl<S: LocalStore> LockedKey<'_, S> {
             }));
         }
         let created = ConflictTally::new_siblings(before, &set, &versions);
-        replica.store.apply(keyspace, self.key, versions).await?;
+        let settle = replica
+            .store
+            .apply_unsettled(keyspace, self.key, versions)
+            .await?;
         replica.applied(keyspace);
         replica.merges.tally().siblings_created(keyspace, created);
         replica.note_collapsed(keyspace, self.key, made);
@@ -482,7 +490,7 @@ impl<S: LocalStore> LockedKey<'_, S> {
             key: self.key.to_vec(),
             siblings: set,
         });
-        Ok(due)
+        Ok((due, settle))
     }
 }
 
@@ -739,12 +747,13 @@ mod tests {
     async fn a_merge_that_would_add_a_sibling_is_not_stored() {
         let replica = replica(Duration::ZERO, Duration::from_secs(10));
         let (a, b) = (version(1, &[], b"a"), version(2, &[], b"b"));
-        let due = replica
+        let (due, settle) = replica
             .lock(b"k")
             .await
             .apply("ks", vec![a, b])
             .await
             .unwrap();
+        settle.settle().await.unwrap();
         assert!(due.is_some(), "two siblings are due for a merge");
         // Before the merge lands, each sibling is superseded on its own.
         let locked = replica.lock(b"k").await;

@@ -62,8 +62,38 @@ impl From<EngineError> for StoreError {
     }
 }
 
+/// What [`LocalStore::apply_unsettled`] leaves to do: hand an applied
+/// write to the OS. Dropped unsettled, it does so on drop.
+#[must_use = "a write is acknowledged only once it is settled"]
+#[derive(Default)]
+pub struct Settle(Option<crate::engine::Unwritten>);
+
+impl Settle {
+    /// Yield once, so that the writers this thread has ready (the rest of
+    /// a pipeline, other connections, a peer's other applies) append
+    /// theirs meanwhile, then hand every record appended to the OS: the
+    /// first writer back writes them all with one write(2), as Redis's
+    /// event loop writes its AOF once per turn.
+    pub async fn settle(self) -> Result<(), StoreError> {
+        let Some(unwritten) = self.0 else {
+            return Ok(());
+        };
+        tokio::task::yield_now().await;
+        Ok(unwritten.write()?)
+    }
+
+    /// Hand the write to the OS now, without yielding.
+    pub fn settle_now(self) -> Result<(), StoreError> {
+        match self.0 {
+            Some(unwritten) => Ok(unwritten.write()?),
+            None => Ok(()),
+        }
+    }
+}
+
 /// Version sets by keyspace and key; every call is durable per the store's
-/// fsync policy when it returns.
+/// fsync policy when it returns (for [`LocalStore::apply_unsettled`]:
+/// once its [`Settle`] is settled).
 pub trait LocalStore: Send + Sync + 'static {
     /// Absorb `versions` into the key's set.
     fn apply(
@@ -72,6 +102,22 @@ pub trait LocalStore: Send + Sync + 'static {
         key: &[u8],
         versions: Vec<Version>,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// [`Self::apply`] up to handing the write to the OS, which the
+    /// returned [`Settle`] does: a caller holding a key's lock releases it
+    /// before settling, and settles before acknowledging. A store that
+    /// has nothing left to do then returns a settled [`Settle`].
+    fn apply_unsettled(
+        &self,
+        keyspace: &str,
+        key: &[u8],
+        versions: Vec<Version>,
+    ) -> impl Future<Output = Result<Settle, StoreError>> + Send {
+        async move {
+            self.apply(keyspace, key, versions).await?;
+            Ok(Settle::default())
+        }
+    }
 
     /// Absorb the versions of many keys of `keyspace` at once (one
     /// commit-log record: the bridge's batches and their replicas).
@@ -319,21 +365,25 @@ impl LocalStore for EngineStore {
         key: &[u8],
         versions: Vec<Version>,
     ) -> Result<(), StoreError> {
+        self.apply_unsettled(keyspace, key, versions)
+            .await?
+            .settle_now()
+    }
+
+    async fn apply_unsettled(
+        &self,
+        keyspace: &str,
+        key: &[u8],
+        versions: Vec<Version>,
+    ) -> Result<Settle, StoreError> {
         let skey = storage_key(keyspace, key)?;
         // One version (a client's write, a replica's apply): inline when
         // the engine can take it without blocking for long, which spares
         // the two thread hand-offs of the blocking pool (they cost more
-        // than the write). Then this task yields once before the write(2):
-        // the other writers this thread has ready (the rest of a
-        // pipeline, other connections, a peer's other applies) append
-        // theirs meanwhile, and the first back writes them all at once.
+        // than the write); the write(2) is the caller's to settle.
         let versions = match <[Version; 1]>::try_from(versions) {
             Ok([version]) => match self.engine.try_apply_unwritten(&skey, version) {
-                Ok(taken) => {
-                    let unwritten = taken?;
-                    tokio::task::yield_now().await;
-                    return Ok(unwritten.write()?);
-                }
+                Ok(taken) => return Ok(Settle(Some(taken?))),
                 Err(version) => vec![version],
             },
             Err(versions) => versions,
@@ -342,7 +392,8 @@ impl LocalStore for EngineStore {
             engine.apply_batch(versions.into_iter().map(|v| (skey.clone(), v)))?;
             Ok(())
         })
-        .await
+        .await?;
+        Ok(Settle::default())
     }
 
     async fn apply_many(

@@ -72,7 +72,7 @@ use crate::peer::{PeerRequest, PeerResponse};
 use crate::quorum::{Outcome, QuorumTracker};
 use crate::replica::{Collapsed, MergeDue, Replica, ReplicaBounds};
 use crate::ring::NodeId;
-use crate::store::{LocalStore, StoreError};
+use crate::store::{LocalStore, Settle, StoreError};
 use crate::system_keyspace::{SYSTEM_WRITE_LEVEL, SystemWriter};
 use crate::transport::Transport;
 use crate::view::ClusterView;
@@ -662,19 +662,21 @@ impl<S: LocalStore, T: Transport, H: HintSink> Coordinator<S, T, H> {
         write: &Write<'_>,
         expires: Instant,
     ) -> Result<Version, CoordinatorError> {
-        let (version, due) = self.issue_locked(write, expires).await?;
-        // Merged on the merge pool, the key's lock released.
+        let (version, due, settle) = self.issue_locked(write, expires).await?;
+        // Handed to the OS and merged on the merge pool, the key's lock
+        // released.
+        settle.settle().await?;
         self.replica.merge_due(due).await;
         Ok(version)
     }
 
     /// [`Self::issue`]'s part under the key's lock; returns the siblings
-    /// left to merge.
+    /// left to merge and the write to settle.
     async fn issue_locked(
         &self,
         write: &Write<'_>,
         expires: Instant,
-    ) -> Result<(Version, Option<MergeDue>), CoordinatorError> {
+    ) -> Result<(Version, Option<MergeDue>, Settle), CoordinatorError> {
         let locked = self.replica.lock(write.key).await;
         let current = locked.read(write.keyspace).await?;
         if let Some(stored) = current
@@ -684,7 +686,7 @@ impl<S: LocalStore, T: Transport, H: HintSink> Coordinator<S, T, H> {
         {
             // A retry of a write this replica already holds: deliver the
             // stored version again rather than adding a sibling.
-            return Ok((stored.clone(), None));
+            return Ok((stored.clone(), None, Settle::default()));
         }
         if Instant::now() >= expires {
             return Err(CoordinatorError::Expired);
@@ -735,14 +737,14 @@ impl<S: LocalStore, T: Transport, H: HintSink> Coordinator<S, T, H> {
         };
         // The replica keeps the sibling bound, whatever the resolver's
         // state, over the set read above.
-        let due = locked
+        let (due, settle) = locked
             .apply_over(write.keyspace, current, vec![version.clone()])
             .await
             .map_err(|e| match e {
                 StoreError::Limit(limit) => CoordinatorError::Limit(limit),
                 other => other.into(),
             })?;
-        Ok((version, due))
+        Ok((version, due, settle))
     }
 
     /// The counter a [`WriteMode::Add`] writes: every counter `current`
