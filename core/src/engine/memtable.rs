@@ -367,6 +367,42 @@ mod tests {
         assert_eq!(flushed, vec![set.encode()]);
     }
 
+    proptest::proptest! {
+        /// The memtable agrees with a model map whatever the keys
+        /// (lengths around the inline bound, shared prefixes, rewrites of
+        /// a key already here): every key reads back its versions, an
+        /// absent key reads nothing, and a flush lists every key once,
+        /// in order.
+        #[test]
+        fn lookups_and_flushes_agree_with_a_model(
+            writes in proptest::collection::vec(
+                (proptest::collection::vec(0u8..4, 0..48), 1u64..4),
+                1..200,
+            ),
+            absent in proptest::collection::vec(0u8..4, 0..48),
+        ) {
+            let m = Memtable::new(1);
+            let mut model: BTreeMap<Vec<u8>, VersionSet> = BTreeMap::new();
+            for (i, (key, actor)) in writes.iter().enumerate() {
+                let version = v(*actor, i as u64 + 1);
+                m.absorb(key, version.clone());
+                model.entry(key.clone()).or_default().absorb(version);
+            }
+            for (key, set) in &model {
+                proptest::prop_assert_eq!(m.get(key), Some(set.clone()));
+            }
+            if !model.contains_key(&absent) {
+                proptest::prop_assert!(m.get(&absent).is_none());
+            }
+            proptest::prop_assert_eq!(m.len(), model.len());
+            let mut flushed = Vec::new();
+            m.for_each(|k, enc| flushed.push((k.to_vec(), enc.to_vec())));
+            let expected: Vec<(Vec<u8>, Vec<u8>)> =
+                model.iter().map(|(k, set)| (k.clone(), set.encode())).collect();
+            proptest::prop_assert_eq!(flushed, expected);
+        }
+    }
+
     #[test]
     fn keys_order_like_their_bytes() {
         let keys: Vec<Vec<u8>> = vec![
