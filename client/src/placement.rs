@@ -49,10 +49,12 @@ pub fn primary<'a, N>(tokens: &'a [(u64, N)], key: &[u8]) -> Option<&'a N> {
 /// would take them.
 ///
 /// `tokens` is `(token, node index)` sorted by token (ties by node id);
-/// `rack_of(i)` is node `i`'s rack, for `i < nodes`.
+/// `rack_of(i)` is node `i`'s rack, for `i < nodes`, and `racks` the
+/// number of distinct racks among them ([`rack_count`]).
 pub fn replica_walk<'r>(
     tokens: &[(u64, usize)],
     nodes: usize,
+    racks: usize,
     rack_of: impl Fn(usize) -> &'r str,
     hash: u64,
     count: usize,
@@ -61,11 +63,11 @@ pub fn replica_walk<'r>(
         return Vec::new();
     }
     let count = count.min(nodes);
-    let racks: std::collections::BTreeSet<&str> = (0..nodes).map(&rack_of).collect();
     let start = tokens.partition_point(|&(t, _)| t < hash);
     let mut chosen: Vec<usize> = Vec::with_capacity(count);
     let mut skipped: Vec<usize> = Vec::new();
-    let mut racks_used: std::collections::BTreeSet<&str> = std::collections::BTreeSet::new();
+    // At most one entry per rack, and few racks: a list beats a tree.
+    let mut racks_used: Vec<&str> = Vec::with_capacity(racks.min(count));
     for step in 0..tokens.len() {
         if chosen.len() == count {
             break;
@@ -75,15 +77,18 @@ pub fn replica_walk<'r>(
             continue;
         }
         let rack = rack_of(node);
-        if racks_used.len() < racks.len() && racks_used.contains(rack) {
+        let used = racks_used.contains(&rack);
+        if racks_used.len() < racks && used {
             // Rack already holds a replica while others hold none: keep
             // this node for later, in walk order.
             skipped.push(node);
             continue;
         }
-        racks_used.insert(rack);
+        if !used {
+            racks_used.push(rack);
+        }
         chosen.push(node);
-        if racks_used.len() == racks.len() {
+        if racks_used.len() == racks {
             // Every rack used: the nodes passed over come next, in order.
             while chosen.len() < count && !skipped.is_empty() {
                 chosen.push(skipped.remove(0));
@@ -91,6 +96,15 @@ pub fn replica_walk<'r>(
         }
     }
     chosen
+}
+
+/// The number of distinct racks among `racks` (what [`replica_walk`]
+/// takes; a ring computes it once, when built).
+pub fn rack_count<'r>(racks: impl IntoIterator<Item = &'r str>) -> usize {
+    racks
+        .into_iter()
+        .collect::<std::collections::BTreeSet<&str>>()
+        .len()
 }
 
 /// A member as placement needs it: id, datacenter, rack, vnodes.
@@ -121,6 +135,8 @@ struct DcRing {
     tokens: Vec<(u64, usize)>,
     /// (node id, rack).
     nodes: Vec<(String, String)>,
+    /// Distinct racks among `nodes`.
+    racks: usize,
 }
 
 impl Rings {
@@ -141,6 +157,7 @@ impl Rings {
             let nodes = &ring.nodes;
             ring.tokens
                 .sort_by(|a, b| a.0.cmp(&b.0).then_with(|| nodes[a.1].0.cmp(&nodes[b.1].0)));
+            ring.racks = rack_count(nodes.iter().map(|(_, rack)| rack.as_str()));
         }
         Rings { dcs }
     }
@@ -158,6 +175,7 @@ impl Rings {
         replica_walk(
             &ring.tokens,
             ring.nodes.len(),
+            ring.racks,
             |i| ring.nodes[i].1.as_str(),
             key_hash(key),
             count,

@@ -96,6 +96,7 @@ pub struct HintRecord {
     /// Keyspace of the key.
     pub keyspace: String,
     /// The key.
+    #[serde(with = "serde_bytes")]
     pub key: Vec<u8>,
     /// Versions the target must receive.
     pub versions: Vec<Version>,

@@ -26,6 +26,7 @@ pub enum PeerRequest {
         /// Keyspace name.
         keyspace: String,
         /// The key.
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
         /// Versions to absorb.
         versions: Vec<Version>,
@@ -45,6 +46,7 @@ pub enum PeerRequest {
         /// Keyspace name.
         keyspace: String,
         /// The key.
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
     },
     /// Coordinate a client write (the receiver must be a replica of the
@@ -54,8 +56,10 @@ pub enum PeerRequest {
         /// Keyspace name.
         keyspace: String,
         /// The key.
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
         /// The new value, or `None` for a delete.
+        #[serde(with = "serde_bytes")]
         value: Option<Vec<u8>>,
         /// The causal context the client wrote over.
         context: Clock,
@@ -82,6 +86,7 @@ pub enum PeerRequest {
         /// The sender's datacenter.
         from_dc: crate::model::DcName,
         /// The compressed batch.
+        #[serde(with = "serde_bytes")]
         batch: Vec<u8>,
     },
     /// One gossip exchange: the sender's own entry, a digest of its view,

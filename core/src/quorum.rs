@@ -52,11 +52,16 @@ impl QuorumTracker {
     /// replicas listed there; see [`QuorumTracker::for_replication`] for
     /// the coordinator's case, where the configured factor rules.
     pub fn new(level: Consistency, replicas: &[(NodeId, DcName)], local_dc: &DcName) -> Self {
-        let mut rf: BTreeMap<DcName, usize> = BTreeMap::new();
+        let mut rf: BTreeMap<&DcName, usize> = BTreeMap::new();
         for (_, dc) in replicas {
-            *rf.entry(dc.clone()).or_default() += 1;
+            *rf.entry(dc).or_default() += 1;
         }
-        Self::with_factors(level, replicas, local_dc, &rf)
+        Self::with_factors(
+            level,
+            replicas,
+            local_dc,
+            rf.iter().map(|(dc, &n)| (*dc, n)),
+        )
     }
 
     /// A tracker whose quorums are majorities of the configured replication
@@ -70,21 +75,22 @@ impl QuorumTracker {
         local_dc: &DcName,
         replication: &BTreeMap<DcName, u32>,
     ) -> Self {
-        let rf = replication
-            .iter()
-            .map(|(dc, &n)| (dc.clone(), n as usize))
-            .collect();
-        Self::with_factors(level, replicas, local_dc, &rf)
+        let rf = replication.iter().map(|(dc, &n)| (dc, n as usize));
+        Self::with_factors(level, replicas, local_dc, rf)
     }
 
-    fn with_factors(
+    /// `rf`: each datacenter's replication factor, once each.
+    fn with_factors<'a>(
         level: Consistency,
         replicas: &[(NodeId, DcName)],
         local_dc: &DcName,
-        rf: &BTreeMap<DcName, usize>,
+        rf: impl Iterator<Item = (&'a DcName, usize)> + Clone,
     ) -> Self {
-        let local_rf = rf.get(local_dc).copied().unwrap_or(0);
-        let total: usize = rf.values().sum();
+        let local_rf = rf
+            .clone()
+            .find(|(dc, _)| *dc == local_dc)
+            .map_or(0, |(_, n)| n);
+        let total: usize = rf.clone().map(|(_, n)| n).sum();
         let requirement = match level {
             Consistency::One => Requirement::Any(1),
             Consistency::Quorum => Requirement::Any(majority(total)),
@@ -98,9 +104,8 @@ impl QuorumTracker {
             // A local level where this DC holds no replica: never reachable.
             Consistency::LocalOne | Consistency::LocalQuorum => Requirement::PerDc(BTreeMap::new()),
             Consistency::EachQuorum => Requirement::PerDc(
-                rf.iter()
-                    .filter(|(_, n)| **n > 0)
-                    .map(|(dc, n)| (dc.clone(), majority(*n)))
+                rf.filter(|(_, n)| *n > 0)
+                    .map(|(dc, n)| (dc.clone(), majority(n)))
                     .collect(),
             ),
         };

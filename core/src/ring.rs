@@ -14,6 +14,7 @@
 //! skips down nodes) or of the network.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -48,17 +49,21 @@ pub fn tokens_for(node: &NodeId, vnodes: u32) -> Vec<u64> {
 }
 
 /// The ring of one datacenter.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 struct DcRing {
     /// (token, node index into `nodes`), sorted by token.
     tokens: Vec<(u64, usize)>,
     nodes: Vec<(NodeId, String)>,
+    /// Distinct racks among `nodes`.
+    racks: usize,
 }
 
 /// Rings for every datacenter, built from a membership snapshot.
 #[derive(Clone, Debug, Default)]
 pub struct Ring {
-    dcs: BTreeMap<DcName, DcRing>,
+    /// Shared, so that a ring built equal to another can take the
+    /// other's copy ([`Ring::share_equal`]) and compare by pointer.
+    dcs: BTreeMap<DcName, Arc<DcRing>>,
 }
 
 impl Ring {
@@ -79,8 +84,24 @@ impl Ring {
             let nodes = ring.nodes.clone();
             ring.tokens
                 .sort_by(|a, b| a.0.cmp(&b.0).then_with(|| nodes[a.1].0.cmp(&nodes[b.1].0)));
+            ring.racks =
+                isthmus_client::placement::rack_count(nodes.iter().map(|(_, rack)| rack.as_str()));
         }
-        Ring { dcs }
+        Ring {
+            dcs: dcs.into_iter().map(|(dc, r)| (dc, Arc::new(r))).collect(),
+        }
+    }
+
+    /// Take `other`'s copy of every datacenter ring equal to this one's,
+    /// so that [`Ring::same_in_dc`] answers by pointer.
+    pub fn share_equal(&mut self, other: &Ring) {
+        for (dc, ring) in &mut self.dcs {
+            if let Some(theirs) = other.dcs.get(dc)
+                && theirs == ring
+            {
+                *ring = theirs.clone();
+            }
+        }
     }
 
     /// Datacenters that have at least one node.
@@ -127,6 +148,7 @@ impl Ring {
         let chosen = isthmus_client::placement::replica_walk(
             &ring.tokens,
             ring.nodes.len(),
+            ring.racks,
             |i| ring.nodes[i].1.as_str(),
             hash,
             rf,
@@ -135,6 +157,16 @@ impl Ring {
             .into_iter()
             .map(|i| ring.nodes[i].0.clone())
             .collect()
+    }
+
+    /// Whether `other` places keys in datacenter `dc` exactly as this
+    /// ring does (same nodes, racks and tokens): then its replicas of
+    /// every key there are this ring's.
+    pub fn same_in_dc(&self, other: &Ring, dc: &DcName) -> bool {
+        match (self.dcs.get(dc), other.dcs.get(dc)) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b) || a == b,
+            (a, b) => a.is_none() && b.is_none(),
+        }
     }
 
     /// Replicas of `hash` in every datacenter named by `replication`.

@@ -121,7 +121,7 @@ pub type HelloAnswer = Result<HelloAck, WireError>;
 /// back unchanged with a write so that the write supersedes exactly those
 /// siblings.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct Context(pub Vec<u8>);
+pub struct Context(#[serde(with = "serde_bytes")] pub Vec<u8>);
 
 /// How a put relates to what the key holds. Every mode but
 /// [`WriteMode::Context`] is decided, and its dot issued, at one replica
@@ -278,6 +278,7 @@ pub enum RequestBody {
         /// Keyspace name.
         keyspace: String,
         /// The key.
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
         /// Level to read at; `None` uses the keyspace default.
         consistency: Option<Consistency>,
@@ -287,8 +288,10 @@ pub enum RequestBody {
         /// Keyspace name.
         keyspace: String,
         /// The key.
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
         /// The new value.
+        #[serde(with = "serde_bytes")]
         value: Vec<u8>,
         /// Context from the last read (empty for a blind write).
         context: Context,
@@ -315,6 +318,7 @@ pub enum RequestBody {
         /// Keyspace name.
         keyspace: String,
         /// The key.
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
         /// Context from the last read.
         context: Context,
@@ -610,6 +614,7 @@ pub struct QuarantinedRecord {
     /// Keyspace of the write.
     pub keyspace: String,
     /// The key.
+    #[serde(with = "serde_bytes")]
     pub key: Vec<u8>,
     /// Why the datacenter refused it.
     pub code: ErrorCode,
@@ -625,6 +630,7 @@ pub struct QuarantinedRecord {
     pub value_bytes: u64,
     /// The whole outbox record as the bridge encodes it (postcard), when
     /// asked for: what a replay ships again.
+    #[serde(with = "serde_bytes")]
     pub record: Option<Vec<u8>>,
 }
 
@@ -662,6 +668,7 @@ pub enum RegistryRequest {
         /// Version chosen by the uploader.
         version: u32,
         /// The wasm module.
+        #[serde(with = "serde_bytes")]
         module: Vec<u8>,
         /// Register even if the law check fails.
         force: bool,
@@ -811,6 +818,7 @@ pub struct BridgeReport {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Sibling {
     /// The value bytes.
+    #[serde(with = "serde_bytes")]
     pub value: Vec<u8>,
     /// Coordinator wall-clock time of the write, in Unix milliseconds.
     pub timestamp_ms: u64,

@@ -150,6 +150,9 @@ pub fn targets_of(
         QuorumTracker::for_replication(scope.level, &chosen, scope.local_dc, scope.replication);
     let pending = match op {
         Operation::Read => Vec::new(),
+        // Nothing moving in this datacenter: the next ring's replicas
+        // are the chosen ones (every local replica is chosen).
+        Operation::Write if view.next.same_in_dc(&view.ring, scope.local_dc) => Vec::new(),
         Operation::Write => {
             let local_rf = scope.replication.get(scope.local_dc).copied().unwrap_or(0);
             view.next

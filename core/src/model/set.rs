@@ -159,10 +159,10 @@ impl VersionSet {
         }
         self.versions
             .retain(|member| incoming.clock.compare(&member.clock) != Causality::After);
-        let key = order_key(&incoming, &mut incoming_digest);
+        // An overwrite leaves the set empty here: no digest to compute.
         let pos = self
             .versions
-            .partition_point(|v| order_key(v, &mut None) < key);
+            .partition_point(|v| precedes(v, &incoming, &mut incoming_digest));
         let made = collapsed.then(|| incoming.clone());
         self.versions.insert(pos, incoming);
         (Absorbed::Changed, made)
@@ -320,11 +320,16 @@ fn collapse(a: Version, b: Version) -> Version {
     kept
 }
 
-/// Canonical sibling order: ascending timestamp, then content digest.
-/// Any total order that depends only on content would do; this one also
-/// reads naturally (oldest first) and is what resolvers receive.
-fn order_key(v: &Version, digest: &mut Option<ContentHash>) -> (u64, ContentHash) {
-    (v.timestamp_ms, *digest.get_or_insert_with(|| v.digest()))
+/// Whether `v` comes before `incoming` (whose digest is computed once,
+/// into `incoming_digest`, and only if needed) in the canonical sibling
+/// order: ascending timestamp, then content digest. Any total order that
+/// depends only on content would do; this one also reads naturally
+/// (oldest first) and is what resolvers receive. Digests, a blake3 of the
+/// encoding each, are computed only where timestamps tie.
+fn precedes(v: &Version, incoming: &Version, incoming_digest: &mut Option<ContentHash>) -> bool {
+    v.timestamp_ms < incoming.timestamp_ms
+        || (v.timestamp_ms == incoming.timestamp_ms
+            && v.digest() < *incoming_digest.get_or_insert_with(|| incoming.digest()))
 }
 
 #[cfg(test)]

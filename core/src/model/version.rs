@@ -45,7 +45,7 @@ pub type ContentHash = [u8; 32];
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Payload {
     /// Opaque user bytes.
-    Value(Vec<u8>),
+    Value(#[serde(with = "serde_bytes")] Vec<u8>),
     /// A delete marker; kept until compaction's tombstone grace has passed
     /// so that replicas still holding older versions learn of the delete.
     Tombstone,
@@ -95,9 +95,9 @@ struct VersionRef<'a> {
 #[derive(Serialize)]
 #[serde(rename = "Payload")]
 enum PayloadRef<'a> {
-    Value(&'a [u8]),
+    Value(#[serde(with = "serde_bytes")] &'a [u8]),
     Tombstone,
-    ExpiringValue(&'a [u8], u64),
+    ExpiringValue(#[serde(with = "serde_bytes")] &'a [u8], u64),
     ExpiringTombstone(u64),
 }
 
@@ -116,9 +116,9 @@ struct VersionRepr {
 #[derive(Deserialize)]
 #[serde(rename = "Payload")]
 enum PayloadRepr {
-    Value(Vec<u8>),
+    Value(#[serde(with = "serde_bytes")] Vec<u8>),
     Tombstone,
-    ExpiringValue(Vec<u8>, u64),
+    ExpiringValue(#[serde(with = "serde_bytes")] Vec<u8>, u64),
     ExpiringTombstone(u64),
 }
 
