@@ -2,6 +2,7 @@
 //! handler, and one collector that reads every other figure from a
 //! [`Probe`] at scrape time.
 
+use std::collections::HashMap;
 use std::fmt::Error;
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,6 +10,7 @@ use std::time::Duration;
 use isthmus_client::wire::{
     Consistency, OperationInfo, OperationKind, OperationState, ResponseBody,
 };
+use parking_lot::RwLock;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{
     DescriptorEncoder, EncodeGaugeValue, EncodeLabelSet, EncodeMetric, NoLabelSet,
@@ -48,7 +50,14 @@ type LatencyFamily = Family<RequestLabels, Histogram, fn() -> Histogram>;
 pub struct RequestMetrics {
     requests: Family<RequestLabels, Counter>,
     latency: LatencyFamily,
+    /// Each label set's two metrics, as the families handed them out
+    /// (handles to the same values): one lookup with a fast hash per
+    /// request, where the families take one each with SipHash. Bounded as
+    /// the families are, by the label sets that occur.
+    handles: Arc<RwLock<Handles>>,
 }
+
+type Handles = HashMap<RequestLabels, (Histogram, Counter), rustc_hash::FxBuildHasher>;
 
 fn latency_histogram() -> Histogram {
     // 100 µs to ~3.3 s in doublings: a cached read to a quorum across a
@@ -61,6 +70,7 @@ impl Default for RequestMetrics {
         RequestMetrics {
             requests: Family::default(),
             latency: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
+            handles: Arc::default(),
         }
     }
 }
@@ -68,10 +78,17 @@ impl Default for RequestMetrics {
 impl RequestMetrics {
     /// Count one request, which took `took`.
     pub fn observe(&self, labels: RequestLabels, took: Duration) {
-        self.latency
-            .get_or_create(&labels)
-            .observe(took.as_secs_f64());
-        self.requests.get_or_create(&labels).inc();
+        let seconds = took.as_secs_f64();
+        if let Some((latency, requests)) = self.handles.read().get(&labels) {
+            latency.observe(seconds);
+            requests.inc();
+            return;
+        }
+        let latency = self.latency.get_or_create(&labels).clone();
+        let requests = self.requests.get_or_create(&labels).clone();
+        latency.observe(seconds);
+        requests.inc();
+        self.handles.write().insert(labels, (latency, requests));
     }
 }
 
@@ -840,6 +857,47 @@ mod tests {
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &registry).expect("encodes");
         text
+    }
+
+    #[test]
+    fn repeated_label_sets_count_into_the_registry_through_kept_handles() {
+        let requests = RequestMetrics::default();
+        let labels = |outcome| RequestLabels {
+            op: "put",
+            keyspace: "carts".into(),
+            level: "local_quorum",
+            outcome,
+        };
+        for _ in 0..3 {
+            requests.observe(labels("ok"), Duration::from_millis(1));
+        }
+        requests.observe(labels("TIMEOUT"), Duration::from_secs(2));
+        let registry = registry(&requests, Arc::new(Fixed(busy())));
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).expect("encodes");
+        let sample = |name: &str, outcome: &str| {
+            text.lines()
+                .find(|l| l.starts_with(name) && l.contains(&format!("outcome=\"{outcome}\"")))
+                .and_then(|l| l.rsplit(' ').next())
+                .map(str::to_owned)
+        };
+        assert_eq!(
+            sample("isthmus_requests_total", "ok").as_deref(),
+            Some("3"),
+            "{text}"
+        );
+        assert_eq!(
+            sample("isthmus_requests_total", "TIMEOUT").as_deref(),
+            Some("1")
+        );
+        assert_eq!(
+            sample("isthmus_request_duration_seconds_count", "ok").as_deref(),
+            Some("3")
+        );
+        assert_eq!(
+            sample("isthmus_request_duration_seconds_sum", "TIMEOUT").as_deref(),
+            Some("2.0")
+        );
     }
 
     /// The names a scrape exposes: a counter's samples end in `_total`.

@@ -10,6 +10,9 @@
 //!   `redis-protocol` crate.
 //! - `command`: the commands, one function each.
 //! - `pattern`: Redis glob patterns (`SCAN ... MATCH`).
+//! - `request`: a command as clients send it, an array of bulk strings,
+//!   read straight off the connection's buffer (every other frame goes
+//!   to the `redis-protocol` crate's decoder).
 //! - here: the accept loop and one task per connection. Requests are
 //!   decoded as they arrive (pipelining: every complete command in the
 //!   buffer is served, and the replies are written together, in order; a
@@ -26,6 +29,7 @@
 pub mod command;
 pub mod pattern;
 pub mod reply;
+mod request;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -253,6 +257,14 @@ fn decode_all(input: &mut BytesMut) -> (Vec<Result<Vec<Bytes>, Reply>>, Option<S
                 received.push(Ok(args));
             }
             continue;
+        }
+        match request::take(input) {
+            request::Taken::Command(args) => {
+                received.push(Ok(args));
+                continue;
+            }
+            request::Taken::Partial => return (received, None),
+            request::Taken::Other => {}
         }
         match redis_protocol::resp2::decode::decode_bytes_mut(input) {
             Ok(Some((frame, _, _))) => match command::arguments(frame) {
