@@ -118,6 +118,32 @@ impl QuorumTracker {
         }
     }
 
+    /// Whether a single acknowledgement, from a replica in `dc`, wins
+    /// `level` for a coordinator in `local_dc` under the configured
+    /// factors `replication`: what a tracker from
+    /// [`QuorumTracker::for_replication`] over replicas including that one
+    /// reports after its ack, found without building the tracker (a read
+    /// that the coordinator's own copy wins alone asks for no more).
+    pub fn one_ack_wins(
+        level: Consistency,
+        local_dc: &DcName,
+        replication: &BTreeMap<DcName, u32>,
+        dc: &DcName,
+    ) -> bool {
+        let local_rf = replication.get(local_dc).copied().unwrap_or(0);
+        let total: u64 = replication.values().map(|&n| u64::from(n)).sum();
+        match level {
+            Consistency::One => true,
+            Consistency::Quorum | Consistency::All => total <= 1,
+            Consistency::LocalOne => local_rf > 0 && dc == local_dc,
+            Consistency::LocalQuorum => local_rf == 1 && dc == local_dc,
+            Consistency::EachQuorum => {
+                let mut needed = replication.iter().filter(|(_, n)| **n > 0);
+                matches!((needed.next(), needed.next()), (Some((only, 1)), None) if only == dc)
+            }
+        }
+    }
+
     /// Record that `node` acknowledged. Unknown nodes and repeated answers
     /// are ignored (the first answer of a replica counts).
     pub fn ack(&mut self, node: &NodeId) -> Outcome {
@@ -216,6 +242,53 @@ mod tests {
 
     fn n(s: &str) -> NodeId {
         NodeId(s.into())
+    }
+
+    #[test]
+    fn one_ack_wins_exactly_when_a_tracker_is_won_by_that_ack() {
+        let dcs: Vec<DcName> = ["dc1", "dc2", "dc3"].map(DcName::from).to_vec();
+        let levels = [
+            Consistency::One,
+            Consistency::LocalOne,
+            Consistency::LocalQuorum,
+            Consistency::Quorum,
+            Consistency::EachQuorum,
+            Consistency::All,
+        ];
+        let mut won_some = 0;
+        for factors in 0..4u32.pow(3) {
+            let rf: Vec<u32> = (0..3).map(|i| factors / 4u32.pow(i) % 4).collect();
+            let replication: BTreeMap<DcName, u32> = dcs
+                .iter()
+                .zip(&rf)
+                .filter(|(_, n)| **n > 0)
+                .map(|(d, n)| (d.clone(), *n))
+                .collect();
+            let all: Vec<(NodeId, DcName)> = replication
+                .iter()
+                .flat_map(|(d, &n)| (0..n).map(move |i| (n_of(d, i), d.clone())))
+                .collect();
+            for level in levels {
+                for local in &dcs {
+                    for (node, dc) in &all {
+                        let mut tracker =
+                            QuorumTracker::for_replication(level, &all, local, &replication);
+                        let won = tracker.ack(node) == Outcome::Won;
+                        won_some += usize::from(won);
+                        assert_eq!(
+                            QuorumTracker::one_ack_wins(level, local, &replication, dc),
+                            won,
+                            "{level:?} from {local:?}, ack from {dc:?}, {replication:?}"
+                        );
+                    }
+                }
+            }
+        }
+        assert!(won_some > 0);
+    }
+
+    fn n_of(dc: &DcName, i: u32) -> NodeId {
+        NodeId(format!("{}-{i}", dc.0))
     }
 
     #[test]

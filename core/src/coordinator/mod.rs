@@ -1129,19 +1129,6 @@ impl<S: LocalStore, T: Transport, H: HintSink> Coordinator<S, T, H> {
         let hash = key_hash(key);
         let all = target::replicas(&view, &ks.replication, hash);
         Self::check_known(&view, &ks, &all)?;
-        let Targets {
-            replicas, tracker, ..
-        } = target::targets_of(Operation::Read, &self.scope(&ks, level), &view, hash, all);
-        if tracker.outcome() == Outcome::Lost {
-            let alive = replicas
-                .iter()
-                .filter(|(n, _)| view.alive.contains(n))
-                .count() as u32;
-            return Err(CoordinatorError::Unavailable {
-                required: tracker.required() as u32,
-                alive,
-            });
-        }
         // Most reads ask just enough replicas to win the level (this
         // node's own copy first), and the rest only when one of those
         // fails or is slow; `read_repair_percent` of them ask every
@@ -1149,19 +1136,20 @@ impl<S: LocalStore, T: Transport, H: HintSink> Coordinator<S, T, H> {
         let n = self
             .reads
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let repairing = n % 100 < u64::from(ks.read_repair_percent);
         let me = &self.config.node;
-        let (first, mut spares, alone) = if n % 100 < u64::from(ks.read_repair_percent) {
-            (replicas.clone(), Vec::new(), false)
-        } else {
-            let (first, spares, won) = enough_to_win(&replicas, &tracker, &view, me);
-            let alone = won && matches!(first.as_slice(), [(only, _)] if only == me);
-            (first, spares, alone)
-        };
+        let scope = self.scope(&ks, level);
         // This node's own copy wins the level alone (`ONE`, `LOCAL_ONE`,
-        // or one replica here): answered inline, with no channel, timer
-        // or task; on a failure, the other replicas are asked below.
+        // or one replica here): answered inline, with no targets,
+        // channel, timer or task; on a failure, the other replicas are
+        // asked below.
         let mut failed_here = false;
-        if alone {
+        if !repairing
+            && all
+                .iter()
+                .any(|(node, dc)| node == me && dc == scope.local_dc)
+            && QuorumTracker::one_ack_wins(level, scope.local_dc, &ks.replication, scope.local_dc)
+        {
             match self.replica.read(keyspace, key).await {
                 Ok(set) => {
                     let (set, failure) = self.replica.merged(keyspace, key, set).await;
@@ -1173,6 +1161,24 @@ impl<S: LocalStore, T: Transport, H: HintSink> Coordinator<S, T, H> {
                 }
             }
         }
+        let Targets {
+            replicas, tracker, ..
+        } = target::targets_of(Operation::Read, &scope, &view, hash, all);
+        if tracker.outcome() == Outcome::Lost {
+            let alive = replicas
+                .iter()
+                .filter(|(n, _)| view.alive.contains(n))
+                .count() as u32;
+            return Err(CoordinatorError::Unavailable {
+                required: tracker.required() as u32,
+                alive,
+            });
+        }
+        let (first, mut spares) = if repairing {
+            (replicas.clone(), Vec::new())
+        } else {
+            enough_to_win(&replicas, &tracker, &view, me)
+        };
         let (tx, rx) = mpsc::channel(replicas.len().max(1));
         let mut asked = first.len();
         if failed_here {
@@ -1355,14 +1361,13 @@ type Replicas = Vec<(NodeId, DcName)>;
 /// Split a read's `replicas` into the fewest that can win `tracker`'s
 /// level when they all answer, asked first (`me` first when it is a
 /// replica, then the live ones in placement order, then the ones held
-/// down), and the rest, asked only if needed; and whether the first win
-/// the level when they all answer.
+/// down), and the rest, asked only if needed.
 fn enough_to_win(
     replicas: &[(NodeId, DcName)],
     tracker: &QuorumTracker,
     view: &ClusterView,
     me: &NodeId,
-) -> (Replicas, Replicas, bool) {
+) -> (Replicas, Replicas) {
     let mut ordered: Replicas = replicas.to_vec();
     // Stable: placement order within each rank.
     ordered.sort_by_key(|(n, _)| match (n == me, view.alive.contains(n)) {
@@ -1373,16 +1378,14 @@ fn enough_to_win(
     let mut trial = tracker.clone();
     let mut first = Vec::new();
     let mut rest = ordered.into_iter();
-    let mut won = false;
     for replica in rest.by_ref() {
         let outcome = trial.ack(&replica.0);
         first.push(replica);
         if outcome == Outcome::Won {
-            won = true;
             break;
         }
     }
-    (first, rest.collect(), won)
+    (first, rest.collect())
 }
 
 /// The answers of a read as they arrive.
