@@ -605,6 +605,19 @@ impl<S: LocalStore, T: Transport, H: HintSink> Coordinator<S, T, H> {
             WriteMode::Add(_) => Some(counter_value(&version)?),
             _ => None,
         };
+        // This node is the key's one replica, nothing is moving here, and
+        // its own apply wins the level: nothing to send, nothing to track.
+        if matches!(all.as_slice(), [(only, dc)] if only == me && dc == scope.local_dc)
+            && view.next.same_in_dc(&view.ring, scope.local_dc)
+            && QuorumTracker::one_ack_wins(
+                write.level,
+                scope.local_dc,
+                scope.replication,
+                scope.local_dc,
+            )
+        {
+            return Ok(counted);
+        }
         let mut targets = target::targets_of(Operation::Write, &scope, &view, hash, all);
         targets.tracker.ack(me);
         let stand_ins = if write.sloppy.unwrap_or(ks.sloppy_quorum) {
