@@ -65,6 +65,19 @@ pub fn replica_walk<'r>(
     let count = count.min(nodes);
     let start = tokens.partition_point(|&(t, _)| t < hash);
     let mut chosen: Vec<usize> = Vec::with_capacity(count);
+    if racks <= 1 {
+        // One rack: distinct nodes in walk order.
+        for step in 0..tokens.len() {
+            if chosen.len() == count {
+                break;
+            }
+            let (_, node) = tokens[(start + step) % tokens.len()];
+            if !chosen.contains(&node) {
+                chosen.push(node);
+            }
+        }
+        return chosen;
+    }
     let mut skipped: Vec<usize> = Vec::new();
     // At most one entry per rack, and few racks: a list beats a tree.
     let mut racks_used: Vec<&str> = Vec::with_capacity(racks.min(count));

@@ -169,6 +169,37 @@ impl Ring {
         }
     }
 
+    /// [`Ring::replicas`] as one list, each replica with its datacenter,
+    /// appended to `out`.
+    pub fn replicas_flat(
+        &self,
+        replication: &Replication,
+        hash: u64,
+        out: &mut Vec<(NodeId, DcName)>,
+    ) {
+        for (dc, &rf) in replication {
+            let Some(ring) = self.dcs.get(dc) else {
+                continue;
+            };
+            if ring.tokens.is_empty() || rf == 0 {
+                continue;
+            }
+            let chosen = isthmus_client::placement::replica_walk(
+                &ring.tokens,
+                ring.nodes.len(),
+                ring.racks,
+                |i| ring.nodes[i].1.as_str(),
+                hash,
+                rf as usize,
+            );
+            out.extend(
+                chosen
+                    .into_iter()
+                    .map(|i| (ring.nodes[i].0.clone(), dc.clone())),
+            );
+        }
+    }
+
     /// Replicas of `hash` in every datacenter named by `replication`.
     pub fn replicas(&self, replication: &Replication, hash: u64) -> Vec<(DcName, Vec<NodeId>)> {
         replication

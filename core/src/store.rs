@@ -247,16 +247,21 @@ where
 
 /// The storage key of `(keyspace, key)`.
 pub fn storage_key(keyspace: &str, key: &[u8]) -> Result<Vec<u8>, StoreError> {
-    let mut out = keyspace_prefix(keyspace)?;
+    let mut out = prefix_with_room(keyspace, 8 + key.len())?;
     out.extend_from_slice(&key_hash(key).to_be_bytes());
     out.extend_from_slice(key);
     Ok(out)
 }
 
 fn keyspace_prefix(keyspace: &str) -> Result<Vec<u8>, StoreError> {
+    prefix_with_room(keyspace, 8)
+}
+
+/// The keyspace's prefix, in a buffer with `room` bytes more to spare.
+fn prefix_with_room(keyspace: &str, room: usize) -> Result<Vec<u8>, StoreError> {
     let len = keyspace.len();
     let len_byte = u8::try_from(len).map_err(|_| StoreError::KeyspaceName { len })?;
-    let mut out = Vec::with_capacity(1 + len + 8);
+    let mut out = Vec::with_capacity(1 + len + room);
     out.push(len_byte);
     out.extend_from_slice(keyspace.as_bytes());
     Ok(out)

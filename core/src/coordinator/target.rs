@@ -96,11 +96,9 @@ pub fn replicas(
     replication: &BTreeMap<DcName, u32>,
     hash: u64,
 ) -> Vec<(NodeId, DcName)> {
-    view.ring
-        .replicas(replication, hash)
-        .into_iter()
-        .flat_map(|(dc, nodes)| nodes.into_iter().map(move |n| (n, dc.clone())))
-        .collect()
+    let mut all = Vec::with_capacity(replication.values().map(|&n| n as usize).sum());
+    view.ring.replicas_flat(replication, hash, &mut all);
+    all
 }
 
 /// Whether `level` is served in the coordinator's datacenter alone (for
