@@ -218,7 +218,8 @@ impl Version {
     /// Canonical encoding (postcard); equal versions encode identically
     /// because clocks are normalised and use ordered maps.
     pub fn encode(&self) -> Vec<u8> {
-        postcard::to_allocvec(self).expect("encoding a Version into a Vec cannot fail")
+        postcard::to_extend(self, Vec::with_capacity(self.approx_bytes()))
+            .expect("encoding a Version into a Vec cannot fail")
     }
 
     /// Content digest over the canonical encoding: the tie-break between
