@@ -591,12 +591,22 @@ fn scan_storage_where(
 #[derive(Clone, Default)]
 pub struct MemStore {
     data: Arc<Mutex<BTreeMap<Vec<u8>, VersionSet>>>,
+    /// While set, every read fails (a disk that cannot be read); shared
+    /// by clones.
+    failing_reads: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl MemStore {
     /// An empty store.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Make every read of this store (and its clones) fail from now on
+    /// (`true`), or succeed again (`false`).
+    pub fn fail_reads(&self, failing: bool) {
+        self.failing_reads
+            .store(failing, std::sync::atomic::Ordering::SeqCst);
     }
 }
 
@@ -628,6 +638,11 @@ impl LocalStore for MemStore {
     }
 
     async fn get(&self, keyspace: &str, key: &[u8]) -> Result<VersionSet, StoreError> {
+        if self.failing_reads.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(StoreError::Failed {
+                reason: "reads made to fail (MemStore::fail_reads)".into(),
+            });
+        }
         let skey = storage_key(keyspace, key)?;
         Ok(self.data.lock().get(&skey).cloned().unwrap_or_default())
     }

@@ -530,6 +530,22 @@ async fn reads_ask_just_enough_replicas_and_more_when_one_fails_or_hangs() {
         0,
         "LOCAL_ONE asks no peer"
     );
+    // This node's own copy failing to read: the level it would have won
+    // alone is won by asking one peer instead.
+    c.stores[&n(0)].fail_reads(true);
+    let before = c.net.reads.load(Relaxed);
+    let got = c
+        .node(&n(0))
+        .read("lean", b"k", Consistency::LocalOne, DEADLINE)
+        .await
+        .unwrap();
+    assert_eq!(Some(values(&got.set)), ok);
+    assert_eq!(
+        c.net.reads.load(Relaxed) - before,
+        1,
+        "LOCAL_ONE with a failed local read asks one peer"
+    );
+    c.stores[&n(0)].fail_reads(false);
     // One peer failing: whichever of the two was asked first, the read
     // wins; where it was the one asked, the other is asked after it.
     let mut asked = 0;
