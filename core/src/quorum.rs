@@ -247,14 +247,6 @@ mod tests {
     #[test]
     fn one_ack_wins_exactly_when_a_tracker_is_won_by_that_ack() {
         let dcs: Vec<DcName> = ["dc1", "dc2", "dc3"].map(DcName::from).to_vec();
-        let levels = [
-            Consistency::One,
-            Consistency::LocalOne,
-            Consistency::LocalQuorum,
-            Consistency::Quorum,
-            Consistency::EachQuorum,
-            Consistency::All,
-        ];
         let mut won_some = 0;
         for factors in 0..4u32.pow(3) {
             let rf: Vec<u32> = (0..3).map(|i| factors / 4u32.pow(i) % 4).collect();
@@ -268,7 +260,7 @@ mod tests {
                 .iter()
                 .flat_map(|(d, &n)| (0..n).map(move |i| (n_of(d, i), d.clone())))
                 .collect();
-            for level in levels {
+            for level in Consistency::ALL_LEVELS {
                 for local in &dcs {
                     for (node, dc) in &all {
                         let mut tracker =

@@ -138,25 +138,34 @@ impl Ring {
     /// distinct nodes, unused racks first, in walk order. Fewer when the
     /// datacenter has fewer nodes.
     pub fn replicas_in_dc(&self, dc: &DcName, hash: u64, rf: usize) -> Vec<NodeId> {
-        let Some(ring) = self.dcs.get(dc) else {
-            return Vec::new();
-        };
-        if ring.tokens.is_empty() || rf == 0 {
-            return Vec::new();
-        }
-        // The walk is the client's, so clients list replicas in this order.
-        let chosen = isthmus_client::placement::replica_walk(
-            &ring.tokens,
-            ring.nodes.len(),
-            ring.racks,
-            |i| ring.nodes[i].1.as_str(),
-            hash,
-            rf,
-        );
+        self.walk(dc, hash, rf).cloned().collect()
+    }
+
+    /// The first `rf` nodes of `hash`'s walk in `dc`. The walk is the
+    /// client's, so clients list replicas in this order.
+    fn walk<'s>(
+        &'s self,
+        dc: &DcName,
+        hash: u64,
+        rf: usize,
+    ) -> impl Iterator<Item = &'s NodeId> + use<'s> {
+        let ring = self
+            .dcs
+            .get(dc)
+            .filter(|ring| !ring.tokens.is_empty() && rf > 0);
+        let chosen = ring.map_or_else(Vec::new, |ring| {
+            isthmus_client::placement::replica_walk(
+                &ring.tokens,
+                ring.nodes.len(),
+                ring.racks,
+                |i| ring.nodes[i].1.as_str(),
+                hash,
+                rf,
+            )
+        });
         chosen
             .into_iter()
-            .map(|i| ring.nodes[i].0.clone())
-            .collect()
+            .filter_map(move |i| ring.map(|ring| &ring.nodes[i].0))
     }
 
     /// Whether `other` places keys in datacenter `dc` exactly as this
@@ -178,24 +187,9 @@ impl Ring {
         out: &mut Vec<(NodeId, DcName)>,
     ) {
         for (dc, &rf) in replication {
-            let Some(ring) = self.dcs.get(dc) else {
-                continue;
-            };
-            if ring.tokens.is_empty() || rf == 0 {
-                continue;
-            }
-            let chosen = isthmus_client::placement::replica_walk(
-                &ring.tokens,
-                ring.nodes.len(),
-                ring.racks,
-                |i| ring.nodes[i].1.as_str(),
-                hash,
-                rf as usize,
-            );
             out.extend(
-                chosen
-                    .into_iter()
-                    .map(|i| (ring.nodes[i].0.clone(), dc.clone())),
+                self.walk(dc, hash, rf as usize)
+                    .map(|node| (node.clone(), dc.clone())),
             );
         }
     }

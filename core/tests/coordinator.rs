@@ -517,32 +517,23 @@ async fn reads_ask_just_enough_replicas_and_more_when_one_fails_or_hangs() {
         "its own copy and one peer"
     );
     assert_eq!(reads("plain").await, (ok.clone(), 2), "every replica");
+    let local_one = || async {
+        let before = c.net.reads.load(Relaxed);
+        let got = c
+            .node(&n(0))
+            .read("lean", b"k", Consistency::LocalOne, DEADLINE)
+            .await
+            .unwrap();
+        (Some(values(&got.set)), c.net.reads.load(Relaxed) - before)
+    };
     // A level this node's own copy wins alone asks no peer.
-    let before = c.net.reads.load(Relaxed);
-    let got = c
-        .node(&n(0))
-        .read("lean", b"k", Consistency::LocalOne, DEADLINE)
-        .await
-        .unwrap();
-    assert_eq!(Some(values(&got.set)), ok);
-    assert_eq!(
-        c.net.reads.load(Relaxed) - before,
-        0,
-        "LOCAL_ONE asks no peer"
-    );
+    assert_eq!(local_one().await, (ok.clone(), 0), "LOCAL_ONE asks no peer");
     // This node's own copy failing to read: the level it would have won
     // alone is won by asking one peer instead.
     c.stores[&n(0)].fail_reads(true);
-    let before = c.net.reads.load(Relaxed);
-    let got = c
-        .node(&n(0))
-        .read("lean", b"k", Consistency::LocalOne, DEADLINE)
-        .await
-        .unwrap();
-    assert_eq!(Some(values(&got.set)), ok);
     assert_eq!(
-        c.net.reads.load(Relaxed) - before,
-        1,
+        local_one().await,
+        (ok.clone(), 1),
         "LOCAL_ONE with a failed local read asks one peer"
     );
     c.stores[&n(0)].fail_reads(false);

@@ -277,14 +277,7 @@ mod tests {
     use crate::quorum::Outcome;
     use crate::ring::{Placement, Ring};
 
-    const LEVELS: [Consistency; 6] = [
-        Consistency::One,
-        Consistency::LocalOne,
-        Consistency::LocalQuorum,
-        Consistency::Quorum,
-        Consistency::EachQuorum,
-        Consistency::All,
-    ];
+    const LEVELS: [Consistency; 6] = Consistency::ALL_LEVELS;
 
     /// Three nodes in dc1 (a1..a3), three in dc2 (b1..b3), all alive.
     fn view() -> ClusterView {
