@@ -281,6 +281,23 @@ impl<S: LocalStore> Replica<S> {
         self.lock(key).await.apply(keyspace, versions).await
     }
 
+    /// Merge the siblings the key holds now, as [`Self::merge_due`] does
+    /// (a store error reading them is logged: they stay).
+    pub async fn merge_held(&self, keyspace: &str, key: &[u8]) {
+        match self.read(keyspace, key).await {
+            Ok(siblings) if siblings.len() > 1 => {
+                self.merge_due(Some(MergeDue {
+                    keyspace: keyspace.to_owned(),
+                    key: key.to_vec(),
+                    siblings,
+                }))
+                .await;
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "reading a key's siblings to merge failed"),
+        }
+    }
+
     /// Merge the siblings an apply left, on the merge pool (no lock held),
     /// then absorb the merged version under the key's lock: unless the set
     /// moved on meanwhile so that it would add a sibling (the apply that

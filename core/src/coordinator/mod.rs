@@ -675,7 +675,18 @@ impl<S: LocalStore, T: Transport, H: HintSink> Coordinator<S, T, H> {
         write: &Write<'_>,
         expires: Instant,
     ) -> Result<Version, CoordinatorError> {
-        let (version, due, settle) = self.issue_locked(write, expires).await?;
+        let (version, due, settle) = match self.issue_locked(write, expires).await {
+            // A hot key of a merging keyspace past its sibling bound: as a
+            // replica's apply does, merge what it holds first (on the
+            // merge pool, no lock held), then issue once more.
+            Err(CoordinatorError::Limit(crate::limit::LimitError::TooManySiblings { .. }))
+                if self.replica.has_resolver(write.keyspace) =>
+            {
+                self.replica.merge_held(write.keyspace, write.key).await;
+                self.issue_locked(write, expires).await?
+            }
+            issued => issued?,
+        };
         // Handed to the OS and merged on the merge pool, the key's lock
         // released.
         settle.settle().await?;
