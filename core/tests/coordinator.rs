@@ -888,6 +888,52 @@ async fn the_sibling_bound_holds_with_a_failing_resolver_and_at_every_replica() 
     assert!(c.stores[&n(1)].get("plain", b"q").await.unwrap().is_empty());
 }
 
+/// A hot key of a merging keyspace whose siblings piled up to the bound
+/// faster than the merge pool replaced them (here: put in the store
+/// directly, as blind writes racing the pool leave them): the
+/// coordinator's own write merges what the key holds first, as a peer's
+/// apply does, instead of refusing with `TooManySiblings`.
+#[tokio::test]
+async fn a_write_to_a_merging_key_at_its_sibling_bound_merges_first() {
+    let limits = Limits {
+        siblings_max: 3,
+        ..Limits::default()
+    };
+    let c = cluster(1, 1, Arc::new(Concat), limits);
+    let held: Vec<Version> = [b"a", b"b", b"c"]
+        .iter()
+        .enumerate()
+        .map(|(i, v)| concurrent(1 + i as u64, *v))
+        .collect();
+    c.stores[&n(0)].apply("merged", b"k", held).await.unwrap();
+    assert_eq!(c.stores[&n(0)].get("merged", b"k").await.unwrap().len(), 3);
+    c.node(&n(0))
+        .write(
+            "merged",
+            b"k",
+            Some(b"d".to_vec()),
+            Clock::new(),
+            [7; 16],
+            Consistency::One,
+            DEADLINE,
+        )
+        .await
+        .expect("the write merges the held siblings first");
+    let stored = c.stores[&n(0)].get("merged", b"k").await.unwrap();
+    assert_eq!(stored.len(), 1, "merged into one: {stored:?}");
+    let mut bytes = values(&stored)[0].clone();
+    bytes.sort();
+    assert_eq!(bytes, b"abcd".to_vec());
+
+    // Where the keyspace does not merge, the bound still refuses.
+    let held: Vec<Version> = (1..=3).map(|a| concurrent(a, b"p")).collect();
+    c.stores[&n(0)].apply("plain", b"k", held).await.unwrap();
+    match c.put(&n(0), b"k", b"q", Clock::new(), 8).await {
+        Err(CoordinatorError::Limit(LimitError::TooManySiblings { count: 4, max: 3 })) => {}
+        other => panic!("expected the sibling bound, got {other:?}"),
+    }
+}
+
 /// A bridge delivery this DC refuses for good says why, so the bridge
 /// can quarantine the key: what the receiving node can tell alone
 /// (`admit`: an unknown keyspace, a value over its limit, more versions
