@@ -31,7 +31,7 @@ use crate::merge::tally::ConflictTally;
 use crate::merge::{FailureClass, MergeFailure, MergeHook};
 use crate::model::{Absorbed, KeyspaceConfig, Version, VersionSet, key_hash};
 use crate::repair::server::Absorb;
-use crate::store::{LocalStore, Settle, StoreError};
+use crate::store::{LocalStore, ReadMark, Settle, StoreError};
 use crate::system_keyspace;
 use crate::wall_clock::now_ms;
 
@@ -450,9 +450,10 @@ impl<S: LocalStore> Replica<S> {
 }
 
 impl<S: LocalStore> LockedKey<'_, S> {
-    /// The locked key's set.
-    pub async fn read(&self, keyspace: &str) -> Result<VersionSet, StoreError> {
-        self.replica.store.get(keyspace, self.key).await
+    /// The locked key's set, and where the store found it (for
+    /// [`Self::apply_over`]).
+    pub async fn read(&self, keyspace: &str) -> Result<(VersionSet, ReadMark), StoreError> {
+        self.replica.store.get_marked(keyspace, self.key).await
     }
 
     /// [`Replica::apply`]'s part under this lock: the key's set with
@@ -469,16 +470,19 @@ impl<S: LocalStore> LockedKey<'_, S> {
         keyspace: &str,
         versions: Vec<Version>,
     ) -> Result<(Option<MergeDue>, Settle), StoreError> {
-        let set = self.replica.store.get(keyspace, self.key).await?;
-        self.apply_over(keyspace, set, versions).await
+        let (set, mark) = self.read(keyspace).await?;
+        self.apply_over(keyspace, set, mark, versions).await
     }
 
     /// [`Self::apply`] for a caller that read the key's set under this
     /// lock already (the coordinator issuing a write): no second read.
+    /// The store is handed the set with `versions` absorbed, which it may
+    /// keep as it is ([`LocalStore::apply_unsettled_over`]).
     pub async fn apply_over(
         &self,
         keyspace: &str,
         mut set: VersionSet,
+        mark: ReadMark,
         versions: Vec<Version>,
     ) -> Result<(Option<MergeDue>, Settle), StoreError> {
         let replica = self.replica;
@@ -497,7 +501,7 @@ impl<S: LocalStore> LockedKey<'_, S> {
         let created = ConflictTally::new_siblings(before, &set, &versions);
         let settle = replica
             .store
-            .apply_unsettled(keyspace, self.key, versions)
+            .apply_unsettled_over(keyspace, self.key, versions, mark, &set)
             .await?;
         replica.applied(keyspace);
         replica.merges.tally().siblings_created(keyspace, created);

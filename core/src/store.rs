@@ -91,6 +91,14 @@ impl Settle {
     }
 }
 
+/// Where a read under a key's lock found the key's newest writes: handed
+/// back with the set computed from that read
+/// ([`LocalStore::apply_unsettled_over`]), it spares the store absorbing
+/// the write again when nothing wrote the key since. Empty from a store
+/// that keeps no such mark, or a read that went to disk.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ReadMark(Option<crate::engine::Mark>);
+
 /// Version sets by keyspace and key; every call is durable per the store's
 /// fsync policy when it returns (for [`LocalStore::apply_unsettled`]:
 /// once its [`Settle`] is settled).
@@ -117,6 +125,32 @@ pub trait LocalStore: Send + Sync + 'static {
             self.apply(keyspace, key, versions).await?;
             Ok(Settle::default())
         }
+    }
+
+    /// [`Self::apply_unsettled`] for a writer holding the key's lock that
+    /// read the key with [`Self::get_marked`] (`mark`) and absorbed
+    /// `versions` into what it read (`full`): a store may keep `full` as
+    /// the key's set when nothing wrote the key since the read, rather
+    /// than absorb `versions` again. What it stores joins to the same.
+    fn apply_unsettled_over(
+        &self,
+        keyspace: &str,
+        key: &[u8],
+        versions: Vec<Version>,
+        mark: ReadMark,
+        full: &VersionSet,
+    ) -> impl Future<Output = Result<Settle, StoreError>> + Send {
+        let _ = (mark, full);
+        self.apply_unsettled(keyspace, key, versions)
+    }
+
+    /// [`Self::get`], with the mark [`Self::apply_unsettled_over`] takes.
+    fn get_marked(
+        &self,
+        keyspace: &str,
+        key: &[u8],
+    ) -> impl Future<Output = Result<(VersionSet, ReadMark), StoreError>> + Send {
+        async move { Ok((self.get(keyspace, key).await?, ReadMark::default())) }
     }
 
     /// Absorb the versions of many keys of `keyspace` at once (one
@@ -381,13 +415,35 @@ impl LocalStore for EngineStore {
         key: &[u8],
         versions: Vec<Version>,
     ) -> Result<Settle, StoreError> {
+        self.apply_unsettled_over(
+            keyspace,
+            key,
+            versions,
+            ReadMark::default(),
+            &VersionSet::new(),
+        )
+        .await
+    }
+
+    async fn apply_unsettled_over(
+        &self,
+        keyspace: &str,
+        key: &[u8],
+        versions: Vec<Version>,
+        mark: ReadMark,
+        full: &VersionSet,
+    ) -> Result<Settle, StoreError> {
         let skey = storage_key(keyspace, key)?;
         // One version (a client's write, a replica's apply): inline when
         // the engine can take it without blocking for long, which spares
         // the two thread hand-offs of the blocking pool (they cost more
         // than the write); the write(2) is the caller's to settle.
         let versions = match <[Version; 1]>::try_from(versions) {
-            Ok([version]) => match self.engine.try_apply_unwritten(&skey, version) {
+            Ok([version]) => match self.engine.try_apply_unwritten_over(
+                &skey,
+                version,
+                mark.0.map(|mark| (mark, full)),
+            ) {
                 Ok(taken) => return Ok(Settle(Some(taken?))),
                 Err(version) => vec![version],
             },
@@ -427,6 +483,20 @@ impl LocalStore for EngineStore {
             return Ok(answer?);
         }
         self.blocking(move |engine| Ok(engine.get(&skey)?)).await
+    }
+
+    async fn get_marked(
+        &self,
+        keyspace: &str,
+        key: &[u8],
+    ) -> Result<(VersionSet, ReadMark), StoreError> {
+        let skey = storage_key(keyspace, key)?;
+        if let Some(answer) = self.engine.get_cached_marked(&skey) {
+            let (set, mark) = answer?;
+            return Ok((set, ReadMark(Some(mark))));
+        }
+        let set = self.blocking(move |engine| Ok(engine.get(&skey)?)).await?;
+        Ok((set, ReadMark::default()))
     }
 
     async fn scan_hashes(

@@ -702,7 +702,7 @@ impl<S: LocalStore, T: Transport, H: HintSink> Coordinator<S, T, H> {
         expires: Instant,
     ) -> Result<(Version, Option<MergeDue>, Settle), CoordinatorError> {
         let locked = self.replica.lock(write.key).await;
-        let current = locked.read(write.keyspace).await?;
+        let (current, mark) = locked.read(write.keyspace).await?;
         if let Some(stored) = current
             .versions()
             .iter()
@@ -762,7 +762,7 @@ impl<S: LocalStore, T: Transport, H: HintSink> Coordinator<S, T, H> {
         // The replica keeps the sibling bound, whatever the resolver's
         // state, over the set read above.
         let (due, settle) = locked
-            .apply_over(write.keyspace, current, vec![version.clone()])
+            .apply_over(write.keyspace, current, mark, vec![version.clone()])
             .await
             .map_err(|e| match e {
                 StoreError::Limit(limit) => CoordinatorError::Limit(limit),

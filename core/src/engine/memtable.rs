@@ -26,6 +26,15 @@
 //! memtable is dropped, and are counted). A flush copies the bytes as
 //! they are.
 //!
+//! Unless the writer read the key's whole set already (under the key's
+//! lock, as a replica's apply does) and nothing wrote the key here since
+//! that read ([`Mark`]): then it stores the set it computed
+//! ([`Memtable::absorb_over`]), with no decode of its own: for an
+//! overwrite, the singleton encoding again. That set joins everything the
+//! key held (every memtable and table) with the new version, so reads,
+//! which join every place, find the same; the commit log still records
+//! only the version.
+//!
 //! Each memtable belongs to exactly one commit-log segment (same id): the
 //! engine rotates both together, so once a memtable is in a table recorded
 //! by the manifest, its segment can go.
@@ -141,7 +150,7 @@ impl Ord for MemKey {
 }
 
 /// Where a key's encoded set lives in the arena.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Loc {
     chunk: u32,
     off: u32,
@@ -195,6 +204,15 @@ struct Inner {
 /// costs a digest per member and proves nothing for bytes we built.
 fn decode(bytes: &[u8]) -> VersionSet {
     postcard::from_bytes(bytes).unwrap_or_else(|_| unreachable!("memtable sets decode"))
+}
+
+/// What a read found of a key in one memtable: which memtable, and where
+/// the key's set was (none: absent). Every write to the key moves it (the
+/// arena only grows), so an unchanged mark means no write since.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Mark {
+    memtable: u64,
+    loc: Option<Loc>,
 }
 
 /// One memtable (active or immutable).
@@ -277,11 +295,76 @@ impl Memtable {
         Ok(out)
     }
 
+    /// [`Self::absorb_with`] for a writer that read `key`'s whole set
+    /// (every memtable and table) where `mark` says, and computed `full`:
+    /// that set with `version` absorbed. If the key is still where the
+    /// mark found it (nothing wrote it here since), `full` is stored as
+    /// the key's set here, without decoding what was; else `version` is
+    /// absorbed as [`Self::absorb_with`] does. `check` sees the set as it
+    /// would be stored.
+    // The closures and the set a writer computed are all needed here.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn absorb_over<T, E>(
+        &self,
+        key: &[u8],
+        version: Version,
+        encoded: &[u8],
+        mark: Mark,
+        full: &VersionSet,
+        check: impl FnOnce(&VersionSet, &Version) -> Result<(), E>,
+        log: impl FnOnce() -> Result<T, E>,
+    ) -> Result<T, E> {
+        if mark.memtable != self.id {
+            return self.absorb_with(key, version, encoded, check, log);
+        }
+        let mut guard = self.inner.write();
+        let Inner { map, arena } = &mut *guard;
+        let entry = map.entry(MemKey::new(key));
+        let now = match &entry {
+            Entry::Vacant(_) => None,
+            Entry::Occupied(slot) => Some(*slot.get()),
+        };
+        if now != mark.loc {
+            drop(guard);
+            return self.absorb_with(key, version, encoded, check, log);
+        }
+        check(full, &version)?;
+        let out = log()?;
+        // An overwrite leaves the version alone: the singleton encoding.
+        let loc = match full.versions() {
+            [only] if *only == version => arena.push(&[&[SINGLETON_PREFIX], encoded]),
+            _ => arena.push(&[&full.encode()]),
+        };
+        let added = match entry {
+            Entry::Vacant(slot) => {
+                slot.insert(loc);
+                loc.len as usize + key.len() + ENTRY_OVERHEAD_BYTES
+            }
+            Entry::Occupied(mut slot) => {
+                *slot.get_mut() = loc;
+                loc.len as usize
+            }
+        };
+        drop(guard);
+        self.bytes.fetch_add(added, Ordering::Relaxed);
+        Ok(out)
+    }
+
     /// The key's set here, if any.
     pub(crate) fn get(&self, key: &[u8]) -> Option<VersionSet> {
+        self.get_marked(key).0
+    }
+
+    /// [`Self::get`], with where the set was ([`Self::absorb_over`]).
+    pub(crate) fn get_marked(&self, key: &[u8]) -> (Option<VersionSet>, Mark) {
         let inner = self.inner.read();
-        let loc = inner.lookup(key)?;
-        Some(decode(inner.arena.get(loc)))
+        let loc = inner.lookup(key);
+        let set = loc.map(|loc| decode(inner.arena.get(loc)));
+        let mark = Mark {
+            memtable: self.id,
+            loc,
+        };
+        (set, mark)
     }
 
     /// Approximate bytes held.

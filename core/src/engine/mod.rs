@@ -82,6 +82,7 @@ use block_cache::BlockCache;
 use cache::{ReaderCache, Table};
 use log::Log;
 use manifest::{ManifestBody, TableMeta, table_path};
+pub use memtable::Mark;
 use memtable::Memtable;
 use merge_iter::{MemIter, MergeIter, Source};
 use sstable::{TableIter, TableWriter};
@@ -533,6 +534,21 @@ impl<F: Fs> Engine<F> {
         key: &[u8],
         version: Version,
     ) -> Result<Result<Unwritten<F>, EngineError>, Version> {
+        self.try_apply_unwritten_over(key, version, None)
+    }
+
+    /// [`Engine::try_apply_unwritten`] for a writer that read the key's
+    /// set with [`Engine::get_cached_marked`] (under a lock that keeps its
+    /// other writers out) and absorbed `version` into it: `over` is that
+    /// mark and set. Unless the key was written since the read, the
+    /// memtable stores the set as given instead of absorbing again.
+    #[allow(clippy::result_large_err)]
+    pub fn try_apply_unwritten_over(
+        &self,
+        key: &[u8],
+        version: Version,
+        over: Option<(Mark, &VersionSet)>,
+    ) -> Result<Result<Unwritten<F>, EngineError>, Version> {
         let s = &*self.shared;
         let FsyncPolicy::Interval(_) = s.options.fsync else {
             return Err(version);
@@ -565,19 +581,20 @@ impl<F: Fs> Engine<F> {
             buf.clear();
             let encoded = log::encode_one(&mut buf, key, &version);
             let mem = s.mem.read().active.clone();
-            mem.absorb_with(
-                key,
-                version,
-                &buf[encoded],
-                |set, v| s.check_set_siblings(set, v),
-                || {
-                    let lsn = s.log.append(&buf)?;
-                    s.counters
-                        .user_bytes
-                        .fetch_add(buf.len() as u64, Ordering::Relaxed);
-                    Ok(lsn)
-                },
-            )
+            let check = |set: &VersionSet, v: &Version| s.check_set_siblings(set, v);
+            let log = || {
+                let lsn = s.log.append(&buf)?;
+                s.counters
+                    .user_bytes
+                    .fetch_add(buf.len() as u64, Ordering::Relaxed);
+                Ok(lsn)
+            };
+            match over {
+                Some((mark, full)) => {
+                    mem.absorb_over(key, version, &buf[encoded], mark, full, check, log)
+                }
+                None => mem.absorb_with(key, version, &buf[encoded], check, log),
+            }
         });
         drop(gate);
         // A rotation this write made due is left to the next write, which
@@ -637,9 +654,31 @@ impl<F: Fs> Engine<F> {
         self.lookup(key, true).transpose()
     }
 
+    /// [`Engine::get_cached`], with where the active memtable held the
+    /// key, for [`Engine::try_apply_unwritten_over`].
+    pub fn get_cached_marked(&self, key: &[u8]) -> Option<Result<(VersionSet, Mark), EngineError>> {
+        let mut mark = None;
+        match self.lookup_marked(key, true, &mut mark) {
+            Ok(Some(set)) => mark.map(|mark| Ok((set, mark))),
+            Ok(None) => None,
+            Err(e) => Some(Err(e)),
+        }
+    }
+
     /// The key's set; with `cached_only`, `Ok(None)` when a table's filter,
     /// handle or block is not in memory.
     fn lookup(&self, key: &[u8], cached_only: bool) -> Result<Option<VersionSet>, EngineError> {
+        self.lookup_marked(key, cached_only, &mut None)
+    }
+
+    /// [`Self::lookup`], noting in `mark` where the active memtable held
+    /// the key.
+    fn lookup_marked(
+        &self,
+        key: &[u8],
+        cached_only: bool,
+        mark: &mut Option<Mark>,
+    ) -> Result<Option<VersionSet>, EngineError> {
         let s = &*self.shared;
         let mut out: Option<VersionSet> = None;
         let mut add = |set: VersionSet| match &mut out {
@@ -652,7 +691,9 @@ impl<F: Fs> Engine<F> {
         // retires the memtable, so this order never misses a write.
         {
             let mem = s.mem.read();
-            if let Some(set) = mem.active.get(key) {
+            let (active, at) = mem.active.get_marked(key);
+            *mark = Some(at);
+            if let Some(set) = active {
                 add(set);
             }
             for m in &mem.immutable {

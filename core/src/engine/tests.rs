@@ -925,3 +925,182 @@ fn compaction_purges_an_expired_value_after_the_grace_and_only_at_the_bottom() {
     assert_eq!(engine.get(b"future").unwrap().len(), 1);
     assert_eq!(engine.get(b"a").unwrap().len(), 1);
 }
+
+/// Write `v` to `k` the way a replica holding the key's lock does: a
+/// marked read, then the set it computed handed back with the version.
+/// `between` is written (unlocked, as a batch delivery does) after the
+/// read. Falls back to [`Engine::apply`] where the inline path declines,
+/// as the store does.
+fn write_over(engine: &Engine<MemFs>, k: &[u8], v: Version, between: Option<Version>) {
+    let (read, mark) = match engine.get_cached_marked(k) {
+        Some(answer) => answer.unwrap(),
+        None => {
+            engine.apply(k, v).unwrap();
+            if let Some(w) = between {
+                engine.apply(k, w).unwrap();
+            }
+            return;
+        }
+    };
+    if let Some(w) = between {
+        engine.apply(k, w).unwrap();
+    }
+    let mut full = read;
+    full.absorb(v.clone());
+    match engine.try_apply_unwritten_over(k, v, Some((mark, &full))) {
+        Ok(taken) => taken.unwrap().write().unwrap(),
+        Err(v) => engine.apply(k, v).unwrap(),
+    }
+}
+
+fn interval_options() -> EngineOptions {
+    EngineOptions {
+        fsync: FsyncPolicy::Interval(Duration::from_secs(3600)),
+        ..small_options()
+    }
+}
+
+#[derive(Clone, Debug)]
+enum OverOp {
+    Over(u8, Version, Option<Version>),
+    Put(u8, Version),
+    Get(u8),
+    Flush,
+    Compact,
+    Restart,
+}
+
+fn over_op_strategy() -> impl Strategy<Value = OverOp> {
+    prop_oneof![
+        8 => (0u8..6, version_strategy(), proptest::option::weighted(0.3, version_strategy()))
+            .prop_map(|(k, v, w)| OverOp::Over(k, v, w)),
+        3 => (0u8..6, version_strategy()).prop_map(|(k, v)| OverOp::Put(k, v)),
+        4 => (0u8..6).prop_map(OverOp::Get),
+        1 => Just(OverOp::Flush),
+        1 => Just(OverOp::Compact),
+        1 => Just(OverOp::Restart),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: 64,
+        rng_seed: proptest::test_runner::RngSeed::Fixed(0x0157_1e47),
+        ..ProptestConfig::default()
+    })]
+
+    /// Writes over a marked read, with unlocked writes slipping in between
+    /// read and write, flushes (a new memtable) and restarts (the memtable
+    /// rebuilt from the log, which holds only the versions): every read
+    /// equals the join of everything written.
+    #[test]
+    fn writes_over_a_marked_read_match_the_model(
+        ops in proptest::collection::vec(over_op_strategy(), 1..80)
+    ) {
+        let fs = MemFs::new();
+        let mut engine = Engine::open_with_fs(fs.clone(), dir(), interval_options()).unwrap();
+        let mut model: BTreeMap<Vec<u8>, VersionSet> = BTreeMap::new();
+        for op in ops {
+            match op {
+                OverOp::Over(k, v, between) => {
+                    write_over(&engine, &key(k), v.clone(), between.clone());
+                    let set = model.entry(key(k)).or_default();
+                    set.absorb(v);
+                    if let Some(w) = between {
+                        set.absorb(w);
+                    }
+                }
+                OverOp::Put(k, v) => {
+                    engine.apply(&key(k), v.clone()).unwrap();
+                    model.entry(key(k)).or_default().absorb(v);
+                }
+                OverOp::Get(k) => {
+                    let want = model.get(&key(k)).cloned().unwrap_or_default();
+                    let got = engine.get(&key(k)).unwrap();
+                    prop_assert_eq!(got.encode(), want.encode());
+                }
+                OverOp::Flush => engine.flush().unwrap(),
+                OverOp::Compact => engine.compact().unwrap(),
+                OverOp::Restart => {
+                    engine.close().unwrap();
+                    engine = Engine::open_with_fs(fs.clone(), dir(), interval_options()).unwrap();
+                }
+            }
+        }
+        check_all(&engine, &model);
+        engine.close().unwrap();
+        let engine = Engine::open_with_fs(fs, dir(), interval_options()).unwrap();
+        check_all(&engine, &model);
+    }
+}
+
+/// Which path a write over a marked read took, seen in the active
+/// memtable: the writer's whole set when nothing wrote the key since the
+/// read; the absorbed version alone (plus what the memtable held) when a
+/// write came in between or the memtable was replaced.
+#[test]
+fn a_write_over_a_marked_read_stores_the_set_only_if_the_key_did_not_move() {
+    let engine = Engine::open_with_fs(MemFs::new(), dir(), interval_options()).unwrap();
+    let active = |k: &[u8]| {
+        engine
+            .shared
+            .mem
+            .read()
+            .active
+            .get(k)
+            .map_or(0, |set| set.len())
+    };
+    // In a table: the set read is {a}; the new sibling b is stored with it.
+    engine.apply(b"k", v(1, 1, b"a", 1)).unwrap();
+    engine.flush().unwrap();
+    write_over(&engine, b"k", v(2, 1, b"b", 2), None);
+    assert_eq!(active(b"k"), 2, "the whole set is stored");
+    assert_eq!(engine.get(b"k").unwrap().len(), 2);
+
+    // A write between read and write: absorbed instead, and kept.
+    engine.apply(b"j", v(1, 1, b"a", 1)).unwrap();
+    engine.flush().unwrap();
+    write_over(&engine, b"j", v(2, 1, b"b", 2), Some(v(3, 1, b"c", 3)));
+    assert_eq!(active(b"j"), 2, "b absorbed beside c, not {{a, b}} stored");
+    let values: Vec<Vec<u8>> = engine
+        .get(b"j")
+        .unwrap()
+        .live()
+        .map(|v| v.value_bytes().unwrap().to_vec())
+        .collect();
+    assert_eq!(values.len(), 3, "{values:?}");
+
+    // A new memtable between read and write: absorbed there.
+    engine.apply(b"m", v(1, 1, b"a", 1)).unwrap();
+    engine.flush().unwrap();
+    let (read, mark) = engine.get_cached_marked(b"m").unwrap().unwrap();
+    // (A flush of an empty memtable keeps it: write another key first.)
+    engine.apply(b"other", v(1, 1, b"o", 1)).unwrap();
+    engine.flush().unwrap();
+    let mut full = read;
+    full.absorb(v(2, 1, b"b", 2));
+    engine
+        .try_apply_unwritten_over(b"m", v(2, 1, b"b", 2), Some((mark, &full)))
+        .unwrap()
+        .unwrap()
+        .write()
+        .unwrap();
+    assert_eq!(active(b"m"), 1, "absorbed into the new memtable");
+    assert_eq!(engine.get(b"m").unwrap().len(), 2);
+
+    // An overwrite: the one version left, stored as the singleton.
+    let mut clock = Clock::new();
+    for actor in 1..=3 {
+        clock.add_dot(Dot {
+            actor: Actor(actor),
+            counter: 1,
+        });
+    }
+    clock.add_dot(Dot {
+        actor: Actor(4),
+        counter: 1,
+    });
+    let over = Version::value(clock, b"d".to_vec(), 4, "dc1".into());
+    write_over(&engine, b"k", over.clone(), None);
+    assert_eq!(engine.get(b"k").unwrap().versions(), [over]);
+}

@@ -36,8 +36,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use std::collections::HashSet;
-
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -208,7 +206,7 @@ pub const PLAIN_BATCH_MAX: usize = 64;
 #[derive(Default)]
 struct Batch {
     commands: Vec<Plain>,
-    keys: HashSet<Bytes>,
+    keys: rustc_hash::FxHashSet<Bytes>,
 }
 
 impl Batch {

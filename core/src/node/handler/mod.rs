@@ -132,13 +132,19 @@ where
     /// keyspace's default when the request names none).
     fn labels(&self, body: &RequestBody) -> (&'static str, String, Option<Consistency>) {
         let data = |op, keyspace: &String, asked: &Option<Consistency>| {
-            let known = self.keyspaces.read().contains_key(keyspace.as_str());
-            let label = if known {
-                keyspace.clone()
-            } else {
-                "-".to_owned()
-            };
-            (op, label, Some(self.level(keyspace, *asked)))
+            // One look at the keyspaces for both the label and the level.
+            match self.keyspaces.read().get(keyspace.as_str()) {
+                Some(known) => (
+                    op,
+                    keyspace.clone(),
+                    Some(asked.unwrap_or(known.consistency)),
+                ),
+                None => (
+                    op,
+                    "-".to_owned(),
+                    Some(asked.unwrap_or(Consistency::LocalQuorum)),
+                ),
+            }
         };
         let other = |op| (op, "-".to_owned(), None);
         match body {
