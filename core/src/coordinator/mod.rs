@@ -587,7 +587,10 @@ impl<S: LocalStore, T: Transport, H: HintSink> Coordinator<S, T, H> {
             Route::Forward(node) => {
                 // What is left of the client's wait, not all of it again.
                 let left = expires.saturating_duration_since(Instant::now());
-                return self.forward(&node, write, &scope, left).await;
+                // Boxed: the call to a peer is most of this future's size,
+                // which every write (and every layer above) would
+                // otherwise carry and copy.
+                return Box::pin(self.forward(&node, write, &scope, left)).await;
             }
             Route::Unavailable { required } => {
                 return Err(CoordinatorError::Unavailable { required, alive: 0 });

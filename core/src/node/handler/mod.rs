@@ -252,7 +252,11 @@ where
                 keyspace,
                 cursor,
                 count,
-            } => client::scan(self, keyspace, cursor, count, deadline).await,
+            } => {
+                // Boxed, as it is the largest of these futures after a
+                // write's: every request would carry its size.
+                Box::pin(client::scan(self, keyspace, cursor, count, deadline)).await
+            }
             RequestBody::Status => client::status(self),
             RequestBody::Repair {
                 keyspace,
