@@ -19,7 +19,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use serde::{Deserialize, Serialize};
+use serde::de::{MapAccess, Visitor};
+use serde::ser::SerializeStruct;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// A node actor: the identity under which a node coordinates writes.
 #[derive(
@@ -56,31 +58,129 @@ pub enum Causality {
 /// covered dots or dots contiguous with the vector, which no clock built
 /// here holds, and which would make [`Clock::compare`] tell equal
 /// histories apart.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Deserialize)]
 #[serde(from = "RawClock")]
 pub struct Clock {
-    vector: BTreeMap<Actor, u64>,
-    dots: BTreeSet<Dot>,
+    /// The contiguous prefix per actor: sorted by actor, one entry each,
+    /// every counter above zero. Encoded as a map, as a `BTreeMap` was.
+    vector: Vec<(Actor, u64)>,
+    /// Events beyond it: sorted, no two alike. Encoded as a sequence, as a
+    /// `BTreeSet` was.
+    dots: Vec<Dot>,
+}
+
+// Sorted vectors rather than a B-tree map and set: a clock holds a handful
+// of entries, and every write clones, joins, compares, encodes and drops
+// several. The bytes are those of the map and set they replace.
+impl Serialize for Clock {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut clock = serializer.serialize_struct("Clock", 2)?;
+        clock.serialize_field("vector", &AsMap(&self.vector))?;
+        clock.serialize_field("dots", &self.dots)?;
+        clock.end()
+    }
+}
+
+/// The vector as the map it is encoded as.
+struct AsMap<'a>(&'a [(Actor, u64)]);
+
+impl Serialize for AsMap<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_map(self.0.iter().map(|(actor, n)| (actor, n)))
+    }
+}
+
+/// A vector decoded from its map, pairs in the order they came.
+struct Pairs(Vec<(Actor, u64)>);
+
+impl<'de> Deserialize<'de> for Pairs {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct PairsVisitor;
+        impl<'de> Visitor<'de> for PairsVisitor {
+            type Value = Pairs;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a map of actors to counters")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Pairs, A::Error> {
+                // A length read off the wire is a claim, not an allocation.
+                let mut pairs = Vec::with_capacity(map.size_hint().unwrap_or(0).min(256));
+                while let Some(pair) = map.next_entry::<Actor, u64>()? {
+                    pairs.push(pair);
+                }
+                Ok(Pairs(pairs))
+            }
+        }
+        deserializer.deserialize_map(PairsVisitor)
+    }
 }
 
 /// A [`Clock`] as decoded, before it is normalised.
 #[derive(Deserialize)]
 struct RawClock {
-    vector: BTreeMap<Actor, u64>,
-    dots: BTreeSet<Dot>,
+    vector: Pairs,
+    dots: Vec<Dot>,
 }
 
 impl From<RawClock> for Clock {
     fn from(raw: RawClock) -> Clock {
         let clock = Clock {
-            vector: raw.vector,
+            vector: raw.vector.0,
             dots: raw.dots,
         };
-        if clock.is_normalised() {
+        let sorted = clock.vector.windows(2).all(|w| w[0].0 < w[1].0)
+            && clock.dots.windows(2).all(|w| w[0] < w[1]);
+        if sorted && clock.is_normalised() {
             // The common case (every clock this code encodes): no copy.
             return clock;
         }
-        Clock::from_parts(clock.vector, clock.dots)
+        // As the map and set this decoded into did: a later entry for an
+        // actor replaces an earlier one; a repeated dot counts once.
+        let mut vector = BTreeMap::new();
+        for (actor, n) in clock.vector {
+            vector.insert(actor, n);
+        }
+        let dots: BTreeSet<Dot> = clock.dots.into_iter().collect();
+        Clock::from_parts(vector, dots)
+    }
+}
+
+/// A clock's vector, read-only: the contiguous prefix per actor.
+#[derive(Clone, Copy, Debug)]
+pub struct Vector<'a>(&'a [(Actor, u64)]);
+
+impl<'a> Vector<'a> {
+    /// The prefix of `actor` (`None`: no event of it).
+    pub fn get(&self, actor: &Actor) -> Option<&'a u64> {
+        let entries = self.0;
+        entries
+            .binary_search_by_key(actor, |(a, _)| *a)
+            .ok()
+            .map(|i| &entries[i].1)
+    }
+
+    /// Entries in actor order.
+    pub fn iter(&self) -> impl Iterator<Item = (&'a Actor, &'a u64)> + use<'a> {
+        self.0.iter().map(|(actor, n)| (actor, n))
+    }
+
+    /// Actors, in order.
+    pub fn keys(&self) -> impl Iterator<Item = &'a Actor> + use<'a> {
+        self.0.iter().map(|(actor, _)| actor)
+    }
+
+    /// Prefixes, in actor order.
+    pub fn values(&self) -> impl Iterator<Item = &'a u64> + use<'a> {
+        self.0.iter().map(|(_, n)| n)
+    }
+
+    /// Number of actors.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// No actor at all.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
     }
 }
 
@@ -95,18 +195,18 @@ impl Clock {
         vector: impl IntoIterator<Item = (Actor, u64)>,
         dots: impl IntoIterator<Item = Dot>,
     ) -> Self {
-        let mut clock = Clock::new();
+        let mut prefixes: BTreeMap<Actor, u64> = BTreeMap::new();
         for (actor, counter) in vector {
             if counter > 0 {
-                let entry = clock.vector.entry(actor).or_insert(0);
+                let entry = prefixes.entry(actor).or_insert(0);
                 *entry = (*entry).max(counter);
             }
         }
-        for dot in dots {
-            if dot.counter > 0 {
-                clock.dots.insert(dot);
-            }
-        }
+        let dots: BTreeSet<Dot> = dots.into_iter().filter(|d| d.counter > 0).collect();
+        let mut clock = Clock {
+            vector: prefixes.into_iter().collect(),
+            dots: dots.into_iter().collect(),
+        };
         clock.normalise();
         clock
     }
@@ -117,54 +217,68 @@ impl Clock {
     }
 
     /// The contiguous prefix per actor.
-    pub fn vector(&self) -> &BTreeMap<Actor, u64> {
-        &self.vector
+    pub fn vector(&self) -> Vector<'_> {
+        Vector(&self.vector)
     }
 
-    /// Events beyond the contiguous prefix.
-    pub fn dots(&self) -> &BTreeSet<Dot> {
+    /// Events beyond the contiguous prefix, in order.
+    pub fn dots(&self) -> &[Dot] {
         &self.dots
+    }
+
+    /// The prefix of `actor` (0: none).
+    fn prefix(&self, actor: Actor) -> u64 {
+        self.vector().get(&actor).copied().unwrap_or(0)
     }
 
     /// Does this history contain the event `dot`?
     pub fn contains(&self, dot: Dot) -> bool {
-        self.vector
+        self.vector()
             .get(&dot.actor)
             .is_some_and(|&n| dot.counter <= n)
-            || self.dots.contains(&dot)
+            || self.dots.binary_search(&dot).is_ok()
     }
 
     /// The greatest event number of `actor` in this history (0 if none).
     /// A coordinator issues `max_counter + 1` for a new write.
     pub fn max_counter(&self, actor: Actor) -> u64 {
-        let prefix = self.vector.get(&actor).copied().unwrap_or(0);
-        let detached = self
-            .dots
-            .range(
-                Dot { actor, counter: 0 }..=Dot {
-                    actor,
-                    counter: u64::MAX,
-                },
-            )
-            .next_back()
+        // Dots are sorted by (actor, counter): the last of `actor`'s is
+        // just before the first dot of a later actor.
+        let end = self.dots.partition_point(|d| d.actor <= actor);
+        let detached = end
+            .checked_sub(1)
+            .map(|i| self.dots[i])
+            .filter(|d| d.actor == actor)
             .map_or(0, |d| d.counter);
-        prefix.max(detached)
+        self.prefix(actor).max(detached)
     }
 
     /// Add one event to the history.
     pub fn add_dot(&mut self, dot: Dot) {
-        if dot.counter == 0 || self.contains(dot) {
+        if dot.counter == 0 {
             return;
         }
-        self.dots.insert(dot);
-        self.normalise();
+        let prefix = self.prefix(dot.actor);
+        if dot.counter <= prefix {
+            return;
+        }
+        match self.dots.binary_search(&dot) {
+            Ok(_) => {}
+            Err(at) => {
+                self.dots.insert(at, dot);
+                if dot.counter == prefix + 1 {
+                    // Only a dot next to its actor's prefix folds.
+                    self.normalise();
+                }
+            }
+        }
     }
 
     /// Is every event of `self` also in `other`?
     pub fn is_covered_by(&self, other: &Clock) -> bool {
         self.vector
             .iter()
-            .all(|(a, &n)| other.vector.get(a).is_some_and(|&m| n <= m))
+            .all(|&(a, n)| other.vector().get(&a).is_some_and(|&m| n <= m))
             && self.dots.iter().all(|&d| other.contains(d))
     }
 
@@ -191,11 +305,83 @@ impl Clock {
 
     /// Least upper bound: the union of both histories, in place.
     pub fn join(&mut self, other: &Clock) {
-        for (&actor, &n) in &other.vector {
-            let entry = self.vector.entry(actor).or_insert(0);
-            *entry = (*entry).max(n);
+        if other.is_empty() {
+            return;
         }
-        self.dots.extend(other.dots.iter().copied());
+        if self.is_empty() {
+            self.clone_from(other);
+            return;
+        }
+        // Both sorted: merge, the greater prefix per actor.
+        let mut vector = Vec::with_capacity(self.vector.len() + other.vector.len());
+        let (mut a, mut b) = (
+            self.vector.iter().peekable(),
+            other.vector.iter().peekable(),
+        );
+        loop {
+            let next = match (a.peek(), b.peek()) {
+                (Some(&&(x, n)), Some(&&(y, m))) => match x.cmp(&y) {
+                    std::cmp::Ordering::Less => {
+                        a.next();
+                        (x, n)
+                    }
+                    std::cmp::Ordering::Greater => {
+                        b.next();
+                        (y, m)
+                    }
+                    std::cmp::Ordering::Equal => {
+                        a.next();
+                        b.next();
+                        (x, n.max(m))
+                    }
+                },
+                (Some(&&entry), None) => {
+                    a.next();
+                    entry
+                }
+                (None, Some(&&entry)) => {
+                    b.next();
+                    entry
+                }
+                (None, None) => break,
+            };
+            vector.push(next);
+        }
+        self.vector = vector;
+        if !other.dots.is_empty() {
+            let mut dots = Vec::with_capacity(self.dots.len() + other.dots.len());
+            let (mut a, mut b) = (self.dots.iter().peekable(), other.dots.iter().peekable());
+            loop {
+                let next = match (a.peek(), b.peek()) {
+                    (Some(&&x), Some(&&y)) => match x.cmp(&y) {
+                        std::cmp::Ordering::Less => {
+                            a.next();
+                            x
+                        }
+                        std::cmp::Ordering::Greater => {
+                            b.next();
+                            y
+                        }
+                        std::cmp::Ordering::Equal => {
+                            a.next();
+                            b.next();
+                            x
+                        }
+                    },
+                    (Some(&&x), None) => {
+                        a.next();
+                        x
+                    }
+                    (None, Some(&&y)) => {
+                        b.next();
+                        y
+                    }
+                    (None, None) => break,
+                };
+                dots.push(next);
+            }
+            self.dots = dots;
+        }
         self.normalise();
     }
 
@@ -215,30 +401,38 @@ impl Clock {
 
     /// Does the clock keep the invariant (see the module docs)?
     fn is_normalised(&self) -> bool {
-        self.vector.values().all(|&n| n > 0)
-            && self.dots.iter().all(|dot| {
-                let prefix = self.vector.get(&dot.actor).copied().unwrap_or(0);
-                dot.counter > prefix.saturating_add(1)
-            })
+        self.vector.iter().all(|&(_, n)| n > 0)
+            && self
+                .dots
+                .iter()
+                .all(|dot| dot.counter > self.prefix(dot.actor).saturating_add(1))
     }
 
     /// Restore the invariant: drop covered dots and fold contiguous ones.
     fn normalise(&mut self) {
+        if self.dots.is_empty() {
+            self.vector.retain(|&(_, n)| n > 0);
+            return;
+        }
         // Dots are sorted by (actor, counter), so one pass folds each run of
         // contiguous events into the prefix of its actor.
         let dots = std::mem::take(&mut self.dots);
         for dot in dots {
-            let prefix = self.vector.get(&dot.actor).copied().unwrap_or(0);
+            let at = self.vector.binary_search_by_key(&dot.actor, |(a, _)| *a);
+            let prefix = at.map_or(0, |i| self.vector[i].1);
             if dot.counter <= prefix {
                 continue;
             }
             if dot.counter == prefix + 1 {
-                self.vector.insert(dot.actor, dot.counter);
+                match at {
+                    Ok(i) => self.vector[i].1 = dot.counter,
+                    Err(i) => self.vector.insert(i, (dot.actor, dot.counter)),
+                }
             } else {
-                self.dots.insert(dot);
+                self.dots.push(dot);
             }
         }
-        self.vector.retain(|_, n| *n > 0);
+        self.vector.retain(|&(_, n)| n > 0);
     }
 }
 
@@ -257,7 +451,7 @@ mod tests {
     fn contiguous_dots_fold_into_vector() {
         let c = Clock::from_parts([], [d(1, 1), d(1, 2), d(1, 4)]);
         assert_eq!(c.vector().get(&Actor(1)), Some(&2));
-        assert_eq!(c.dots().iter().copied().collect::<Vec<_>>(), vec![d(1, 4)]);
+        assert_eq!(c.dots().to_vec(), vec![d(1, 4)]);
         let mut c2 = c.clone();
         c2.add_dot(d(1, 3));
         assert_eq!(c2.vector().get(&Actor(1)), Some(&4));
@@ -282,6 +476,123 @@ mod tests {
         let normal = Clock::from_parts([(Actor(1), 2)], [d(1, 5)]);
         let bytes = postcard::to_allocvec(&normal).unwrap();
         assert_eq!(postcard::from_bytes::<Clock>(&bytes).unwrap(), normal);
+    }
+
+    /// The history a clock stands for, event by event.
+    fn events(c: &Clock) -> BTreeSet<(u64, u64)> {
+        let mut out = BTreeSet::new();
+        for (a, &n) in c.vector().iter() {
+            out.extend((1..=n).map(|k| (a.0, k)));
+        }
+        out.extend(c.dots().iter().map(|d| (d.actor.0, d.counter)));
+        out
+    }
+
+    fn clock_strategy() -> impl proptest::strategy::Strategy<Value = Clock> {
+        use proptest::prelude::*;
+        (
+            proptest::collection::vec((0u64..4, 0u64..5), 0..4),
+            proptest::collection::vec((0u64..4, 0u64..9), 0..6),
+        )
+            .prop_map(|(vector, dots)| {
+                Clock::from_parts(
+                    vector.into_iter().map(|(a, n)| (Actor(a), n)),
+                    dots.into_iter().map(|(a, c)| d(a, c)),
+                )
+            })
+    }
+
+    /// The clock as it was held before: a map and a set, whose encoding
+    /// a clock's must still be.
+    #[derive(Serialize, Deserialize, PartialEq, Debug)]
+    struct Before {
+        vector: BTreeMap<Actor, u64>,
+        dots: BTreeSet<Dot>,
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config {
+            cases: 512,
+            rng_seed: proptest::test_runner::RngSeed::Fixed(0x000c_10c4),
+            ..proptest::test_runner::Config::default()
+        })]
+
+        /// Every operation agrees with the sets of events the clocks stand
+        /// for, and equal histories are equal clocks.
+        #[test]
+        fn operations_agree_with_the_histories(
+            a in clock_strategy(),
+            b in clock_strategy(),
+            actor in 0u64..5,
+            counter in 0u64..10,
+        ) {
+            let (ea, eb) = (events(&a), events(&b));
+            proptest::prop_assert!(a.is_normalised() && b.is_normalised());
+            proptest::prop_assert_eq!(a == b, ea == eb);
+            if counter > 0 {
+                proptest::prop_assert_eq!(
+                    a.contains(d(actor, counter)),
+                    ea.contains(&(actor, counter))
+                );
+            }
+            let max = ea.iter().filter(|e| e.0 == actor).map(|e| e.1).max().unwrap_or(0);
+            proptest::prop_assert_eq!(a.max_counter(Actor(actor)), max);
+            let want = match (ea.is_subset(&eb), eb.is_subset(&ea)) {
+                (true, true) => Causality::Equal,
+                (true, false) => Causality::Before,
+                (false, true) => Causality::After,
+                (false, false) => Causality::Concurrent,
+            };
+            proptest::prop_assert_eq!(a.compare(&b), want);
+            let mut joined = a.clone();
+            joined.join(&b);
+            proptest::prop_assert!(joined.is_normalised());
+            proptest::prop_assert_eq!(events(&joined), ea.union(&eb).copied().collect::<BTreeSet<_>>());
+            proptest::prop_assert_eq!(Clock::lub([&a, &b]), joined);
+            let mut added = a.clone();
+            added.add_dot(d(actor, counter));
+            proptest::prop_assert!(added.is_normalised());
+            let mut want_added = ea.clone();
+            if counter > 0 {
+                want_added.insert((actor, counter));
+            }
+            proptest::prop_assert_eq!(events(&added), want_added);
+        }
+
+        /// A clock encodes to the bytes of the map and set it was held
+        /// as, and decodes from them; a hand-made map with repeated or
+        /// unsorted actors decodes as the map did (the later entry wins).
+        #[test]
+        fn encodes_as_the_map_and_set_it_replaced(
+            c in clock_strategy(),
+            raw in proptest::collection::vec((0u64..4, 0u64..6), 0..5),
+            dots in proptest::collection::vec((0u64..4, 0u64..9), 0..5),
+        ) {
+            let before = Before {
+                vector: c.vector().iter().map(|(a, n)| (*a, *n)).collect(),
+                dots: c.dots().iter().copied().collect(),
+            };
+            let bytes = postcard::to_allocvec(&c).unwrap();
+            proptest::prop_assert_eq!(&bytes, &postcard::to_allocvec(&before).unwrap());
+            proptest::prop_assert_eq!(postcard::from_bytes::<Clock>(&bytes).unwrap(), c);
+
+            // A map and a sequence written pair by pair, in any order.
+            let mut hand = vec![raw.len() as u8];
+            for (a, n) in &raw {
+                hand.extend([*a as u8, *n as u8]);
+            }
+            hand.push(dots.len() as u8);
+            for (a, k) in &dots {
+                hand.extend([*a as u8, *k as u8]);
+            }
+            let decoded: Clock = postcard::from_bytes(&hand).unwrap();
+            let mut map = BTreeMap::new();
+            for (a, n) in &raw {
+                map.insert(Actor(*a), *n);
+            }
+            let want = Clock::from_parts(map, dots.iter().map(|(a, k)| d(*a, *k)));
+            proptest::prop_assert_eq!(decoded, want);
+        }
     }
 
     #[test]
