@@ -130,6 +130,9 @@ pub struct Session<H> {
     keyspace: String,
     name: Option<String>,
     closing: bool,
+    /// Set while a batch of plain commands runs: the batch's one timeout
+    /// covers each call ([`Session::run_plain`]), which then arms none.
+    batch_timed: bool,
     writes: u64,
     /// The first half of every write id of this connection.
     write_prefix: [u8; 8],
@@ -237,6 +240,7 @@ impl<H: Handler> Session<H> {
             protocol: 2,
             name: None,
             closing: false,
+            batch_timed: false,
             writes: 0,
             write_prefix,
         }
@@ -257,19 +261,26 @@ impl<H: Handler> Session<H> {
             .principal
             .as_ref()
             .ok_or_else(|| Reply::Error("NOAUTH Authentication required.".into()))?;
-        match tokio::time::timeout(
-            self.door.timeout,
-            self.handler.handle(principal, body, self.door.timeout),
-        )
-        .await
-        {
-            Ok(ResponseBody::Error(e)) => Err(refusal(e)),
-            Ok(answer) => Ok(answer),
-            Err(_) => Err(Reply::Error(format!(
-                "TIMEOUT no answer within {} ms",
-                self.door.timeout.as_millis()
-            ))),
+        let answer = self.handler.handle(principal, body, self.door.timeout);
+        let answer = if self.batch_timed {
+            answer.await
+        } else {
+            tokio::time::timeout(self.door.timeout, answer)
+                .await
+                .map_err(|_| self.timed_out())?
+        };
+        match answer {
+            ResponseBody::Error(e) => Err(refusal(e)),
+            answer => Ok(answer),
         }
+    }
+
+    /// The reply to a request with no answer within the door's timeout.
+    fn timed_out(&self) -> Reply {
+        Reply::Error(format!(
+            "TIMEOUT no answer within {} ms",
+            self.door.timeout.as_millis()
+        ))
     }
 
     async fn read(&self, key: &Bytes) -> Result<(Vec<Sibling>, Context), Reply> {
@@ -400,6 +411,8 @@ impl<H: Handler> Session<H> {
 
     /// Serve one command.
     pub async fn run(&mut self, args: Vec<Bytes>) -> Reply {
+        // (A batch dropped before its end leaves no command untimed.)
+        self.batch_timed = false;
         // The name in lower case without allocating: every known name is
         // short ASCII; a longer one is not known, and is lowered whole.
         let mut short = [0u8; 16];
@@ -516,30 +529,48 @@ impl<H: Handler> Session<H> {
     /// the replies in the batch's order. The caller makes sure no two
     /// commands of the batch share a key, so none could see another's
     /// effect whichever finishes first.
+    ///
+    /// One timer covers the whole batch, rather than one per command: a
+    /// command not answered when it fires is answered `TIMEOUT`, as it
+    /// would be on its own; those answered keep their replies.
     pub async fn run_plain(&mut self, batch: Vec<Plain>) -> Vec<Reply> {
         let ids: Vec<WriteId> = batch.iter().map(|_| self.write_id()).collect();
+        let replies: Vec<std::sync::OnceLock<Reply>> =
+            batch.iter().map(|_| std::sync::OnceLock::new()).collect();
+        self.batch_timed = true;
         let session = &*self;
-        let served = batch.into_iter().zip(ids).map(|(command, id)| async move {
-            let reply = match command {
-                Plain::Get(key) => session.get(&key).await,
-                Plain::Set(key, value) => session
-                    .put_as(
-                        &key,
-                        &value,
-                        Context::default(),
-                        WriteMode::Overwrite,
-                        Expiry::KeyspaceDefault,
-                        id,
-                    )
-                    .await
-                    .map(|current| match current {
-                        None => Reply::Simple("OK"),
-                        Some(_) => Reply::Nil,
-                    }),
-            };
-            reply.unwrap_or_else(|reply| reply)
-        });
-        futures_util::future::join_all(served).await
+        let served =
+            batch
+                .into_iter()
+                .zip(ids)
+                .zip(&replies)
+                .map(|((command, id), slot)| async move {
+                    let reply = match command {
+                        Plain::Get(key) => session.get(&key).await,
+                        Plain::Set(key, value) => session
+                            .put_as(
+                                &key,
+                                &value,
+                                Context::default(),
+                                WriteMode::Overwrite,
+                                Expiry::KeyspaceDefault,
+                                id,
+                            )
+                            .await
+                            .map(|current| match current {
+                                None => Reply::Simple("OK"),
+                                Some(_) => Reply::Nil,
+                            }),
+                    };
+                    let _ = slot.set(reply.unwrap_or_else(|reply| reply));
+                });
+        let all = futures_util::future::join_all(served);
+        let _ = tokio::time::timeout(self.door.timeout, all).await;
+        self.batch_timed = false;
+        replies
+            .into_iter()
+            .map(|slot| slot.into_inner().unwrap_or_else(|| self.timed_out()))
+            .collect()
     }
 
     /// `SCAN cursor [MATCH pattern] [COUNT n]`: one page of the
@@ -1171,6 +1202,7 @@ fn command(args: &[Bytes]) -> Reply {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn write_id_prefixes_differ_by_node_connection_and_time() {
@@ -1199,6 +1231,91 @@ mod tests {
         let cursor = ScanCursor::after(hashes[DBSIZE_SAMPLE as usize - 1]);
         let guess = estimate(u64::from(DBSIZE_SAMPLE), cursor);
         assert!((90_000..110_000).contains(&guess), "{guess}");
+    }
+
+    /// Answers a `Get` after sleeping as many ms as its key's first
+    /// byte says, with the key as the value; takes every `Put`.
+    struct Slow;
+
+    impl Handler for Slow {
+        async fn authenticate(
+            &self,
+            _: Option<isthmus_client::wire::Credentials>,
+            _: Option<CertIdentity>,
+        ) -> Result<Principal, WireError> {
+            Ok(Principal::Anonymous)
+        }
+
+        async fn handle(&self, _: &Principal, body: RequestBody, _: Duration) -> ResponseBody {
+            match body {
+                RequestBody::Get { key, .. } => {
+                    let ms = u64::from(key.first().copied().unwrap_or(0));
+                    tokio::time::sleep(Duration::from_millis(ms)).await;
+                    ResponseBody::Value {
+                        siblings: vec![Sibling {
+                            value: key,
+                            timestamp_ms: 0,
+                            origin_dc: "dc1".into(),
+                            expires_ms: None,
+                        }],
+                        context: Context::default(),
+                        merge_failure: None,
+                    }
+                }
+                _ => ResponseBody::Written,
+            }
+        }
+
+        async fn handle_peer(
+            &self,
+            _: crate::server::PeerIdentity,
+            _: crate::peer::PeerRequest,
+            _: Duration,
+        ) -> crate::peer::PeerResponse {
+            crate::peer::PeerResponse::Applied
+        }
+    }
+
+    /// A batch of plain commands shares one timer: a command still
+    /// unanswered when it fires is answered `TIMEOUT`, the rest keep
+    /// their replies; after the batch, a command is timed on its own.
+    #[tokio::test]
+    async fn a_batch_times_out_only_what_it_did_not_answer() {
+        let door = Arc::new(FrontDoor {
+            databases: vec!["db".into()],
+            timeout: Duration::from_millis(100),
+            connections_max: 1,
+            request_bytes_max: 1 << 20,
+            node_id: "n1".into(),
+            dc: "dc1".into(),
+            counters: Default::default(),
+        });
+        let mut session = Session::new(Arc::new(Slow), door, 1, "test".into(), None).await;
+        let (fast, slow) = (Bytes::from_static(&[5]), Bytes::from_static(&[250]));
+        let replies = session
+            .run_plain(vec![
+                Plain::Get(fast.clone()),
+                Plain::Get(slow.clone()),
+                Plain::Set(Bytes::from_static(b"k"), Bytes::from_static(b"v")),
+            ])
+            .await;
+        assert_eq!(replies[0], Reply::Bulk(fast.clone()));
+        assert!(
+            matches!(&replies[1], Reply::Error(e) if e.starts_with("TIMEOUT")),
+            "{:?}",
+            replies[1]
+        );
+        assert_eq!(replies[2], Reply::Simple("OK"));
+        // On its own again: the slow read still times out, alone.
+        let alone = session.run(vec![Bytes::from_static(b"GET"), slow]).await;
+        assert!(
+            matches!(&alone, Reply::Error(e) if e.starts_with("TIMEOUT")),
+            "{alone:?}"
+        );
+        let alone = session
+            .run(vec![Bytes::from_static(b"GET"), fast.clone()])
+            .await;
+        assert_eq!(alone, Reply::Bulk(fast));
     }
 
     #[test]
