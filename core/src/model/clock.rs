@@ -313,74 +313,14 @@ impl Clock {
             return;
         }
         // Both sorted: merge, the greater prefix per actor.
-        let mut vector = Vec::with_capacity(self.vector.len() + other.vector.len());
-        let (mut a, mut b) = (
-            self.vector.iter().peekable(),
-            other.vector.iter().peekable(),
+        self.vector = merge_sorted(
+            &self.vector,
+            &other.vector,
+            |e| e.0,
+            |x, y| (x.0, x.1.max(y.1)),
         );
-        loop {
-            let next = match (a.peek(), b.peek()) {
-                (Some(&&(x, n)), Some(&&(y, m))) => match x.cmp(&y) {
-                    std::cmp::Ordering::Less => {
-                        a.next();
-                        (x, n)
-                    }
-                    std::cmp::Ordering::Greater => {
-                        b.next();
-                        (y, m)
-                    }
-                    std::cmp::Ordering::Equal => {
-                        a.next();
-                        b.next();
-                        (x, n.max(m))
-                    }
-                },
-                (Some(&&entry), None) => {
-                    a.next();
-                    entry
-                }
-                (None, Some(&&entry)) => {
-                    b.next();
-                    entry
-                }
-                (None, None) => break,
-            };
-            vector.push(next);
-        }
-        self.vector = vector;
         if !other.dots.is_empty() {
-            let mut dots = Vec::with_capacity(self.dots.len() + other.dots.len());
-            let (mut a, mut b) = (self.dots.iter().peekable(), other.dots.iter().peekable());
-            loop {
-                let next = match (a.peek(), b.peek()) {
-                    (Some(&&x), Some(&&y)) => match x.cmp(&y) {
-                        std::cmp::Ordering::Less => {
-                            a.next();
-                            x
-                        }
-                        std::cmp::Ordering::Greater => {
-                            b.next();
-                            y
-                        }
-                        std::cmp::Ordering::Equal => {
-                            a.next();
-                            b.next();
-                            x
-                        }
-                    },
-                    (Some(&&x), None) => {
-                        a.next();
-                        x
-                    }
-                    (None, Some(&&y)) => {
-                        b.next();
-                        y
-                    }
-                    (None, None) => break,
-                };
-                dots.push(next);
-            }
-            self.dots = dots;
+            self.dots = merge_sorted(&self.dots, &other.dots, |d| *d, |x, _| x);
         }
         self.normalise();
     }
@@ -434,6 +374,38 @@ impl Clock {
         }
         self.vector.retain(|&(_, n)| n > 0);
     }
+}
+
+/// Merge two runs sorted by `key`, each holding a key at most once; where
+/// both hold a key, `both` makes the one entry kept.
+fn merge_sorted<T: Copy, K: Ord>(
+    a: &[T],
+    b: &[T],
+    key: impl Fn(&T) -> K,
+    both: impl Fn(T, T) -> T,
+) -> Vec<T> {
+    let mut out = Vec::with_capacity(a.len() + b.len());
+    let (mut i, mut j) = (0, 0);
+    while i < a.len() && j < b.len() {
+        match key(&a[i]).cmp(&key(&b[j])) {
+            std::cmp::Ordering::Less => {
+                out.push(a[i]);
+                i += 1;
+            }
+            std::cmp::Ordering::Greater => {
+                out.push(b[j]);
+                j += 1;
+            }
+            std::cmp::Ordering::Equal => {
+                out.push(both(a[i], b[j]));
+                i += 1;
+                j += 1;
+            }
+        }
+    }
+    out.extend_from_slice(&a[i..]);
+    out.extend_from_slice(&b[j..]);
+    out
 }
 
 #[cfg(test)]
