@@ -299,9 +299,11 @@ impl Memtable {
     /// (every memtable and table) where `mark` says, and computed `full`:
     /// that set with `version` absorbed. If the key is still where the
     /// mark found it (nothing wrote it here since), `full` is stored as
-    /// the key's set here, without decoding what was; else `version` is
-    /// absorbed as [`Self::absorb_with`] does. `check` sees the set as it
-    /// would be stored.
+    /// the key's set here, without decoding what was; the writer has
+    /// held the sibling bound over that whole set (a replica refuses an
+    /// apply that would grow it past the bound), so `check` is not asked.
+    /// Else `version` is absorbed as [`Self::absorb_with`] does, `check`
+    /// included.
     // The closures and the set a writer computed are all needed here.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn absorb_over<T, E>(
@@ -328,7 +330,6 @@ impl Memtable {
             drop(guard);
             return self.absorb_with(key, version, encoded, check, log);
         }
-        check(full, &version)?;
         let out = log()?;
         // An overwrite leaves the version alone: the singleton encoding.
         let loc = match full.versions() {

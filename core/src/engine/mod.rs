@@ -541,7 +541,9 @@ impl<F: Fs> Engine<F> {
     /// set with [`Engine::get_cached_marked`] (under a lock that keeps its
     /// other writers out) and absorbed `version` into it: `over` is that
     /// mark and set. Unless the key was written since the read, the
-    /// memtable stores the set as given instead of absorbing again.
+    /// memtable stores the set as given instead of absorbing again; the
+    /// writer has held the sibling bound over that whole set, so this
+    /// memtable's own count of siblings is asked only where it absorbs.
     #[allow(clippy::result_large_err)]
     pub fn try_apply_unwritten_over(
         &self,

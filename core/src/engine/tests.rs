@@ -1104,3 +1104,50 @@ fn a_write_over_a_marked_read_stores_the_set_only_if_the_key_did_not_move() {
     write_over(&engine, b"k", over.clone(), None);
     assert_eq!(engine.get(b"k").unwrap().versions(), [over]);
 }
+
+/// A key past the sibling bound (bounds are held per apply, and unlocked
+/// batch deliveries can race past them) takes, over a marked read, every
+/// write the absorbing path takes: a write that replaces one sibling and
+/// adds one does not grow the set, and the writer (a replica, which
+/// refuses only growth past the bound) has allowed it.
+#[test]
+fn a_write_over_a_marked_read_is_refused_no_more_than_one_absorbed() {
+    let mut opts = interval_options();
+    opts.limits.siblings_max = 2;
+    let engine = Engine::open_with_fs(MemFs::new(), dir(), opts).unwrap();
+    // Three siblings: two in a table, one in the memtable.
+    engine.apply(b"k", v(1, 1, b"a", 1)).unwrap();
+    engine.apply(b"k", v(2, 1, b"b", 2)).unwrap();
+    engine.flush().unwrap();
+    engine.apply(b"k", v(3, 1, b"c", 3)).unwrap();
+    assert_eq!(engine.get(b"k").unwrap().len(), 3);
+    // Supersedes c (it saw actor 3's first event), concurrent with a, b.
+    let mut clock = Clock::new();
+    clock.add_dot(Dot {
+        actor: Actor(3),
+        counter: 1,
+    });
+    clock.add_dot(Dot {
+        actor: Actor(4),
+        counter: 1,
+    });
+    let d = Version::value(clock, b"d".to_vec(), 4, "dc1".into());
+    let (read, mark) = engine.get_cached_marked(b"k").unwrap().unwrap();
+    let mut full = read;
+    full.absorb(d.clone());
+    assert_eq!(full.len(), 3, "one replaced, one added");
+    engine
+        .try_apply_unwritten_over(b"k", d, Some((mark, &full)))
+        .unwrap()
+        .unwrap()
+        .write()
+        .unwrap();
+    let values: Vec<Vec<u8>> = engine
+        .get(b"k")
+        .unwrap()
+        .live()
+        .map(|v| v.value_bytes().unwrap().to_vec())
+        .collect();
+    assert_eq!(values.len(), 3, "{values:?}");
+    assert!(values.contains(&b"d".to_vec()) && !values.contains(&b"c".to_vec()));
+}
