@@ -926,6 +926,16 @@ fn compaction_purges_an_expired_value_after_the_grace_and_only_at_the_bottom() {
     assert_eq!(engine.get(b"a").unwrap().len(), 1);
 }
 
+/// The live values of `k`, in the set's order.
+fn live_values(engine: &Engine<MemFs>, k: &[u8]) -> Vec<Vec<u8>> {
+    engine
+        .get(k)
+        .unwrap()
+        .live()
+        .map(|v| v.value_bytes().unwrap().to_vec())
+        .collect()
+}
+
 /// Write `v` to `k` the way a replica holding the key's lock does: a
 /// marked read, then the set it computed handed back with the version.
 /// `between` is written (unlocked, as a batch delivery does) after the
@@ -1062,12 +1072,7 @@ fn a_write_over_a_marked_read_stores_the_set_only_if_the_key_did_not_move() {
     engine.flush().unwrap();
     write_over(&engine, b"j", v(2, 1, b"b", 2), Some(v(3, 1, b"c", 3)));
     assert_eq!(active(b"j"), 2, "b absorbed beside c, not {{a, b}} stored");
-    let values: Vec<Vec<u8>> = engine
-        .get(b"j")
-        .unwrap()
-        .live()
-        .map(|v| v.value_bytes().unwrap().to_vec())
-        .collect();
+    let values = live_values(&engine, b"j");
     assert_eq!(values.len(), 3, "{values:?}");
 
     // A new memtable between read and write: absorbed there.
@@ -1088,18 +1093,14 @@ fn a_write_over_a_marked_read_stores_the_set_only_if_the_key_did_not_move() {
     assert_eq!(active(b"m"), 1, "absorbed into the new memtable");
     assert_eq!(engine.get(b"m").unwrap().len(), 2);
 
-    // An overwrite: the one version left, stored as the singleton.
-    let mut clock = Clock::new();
-    for actor in 1..=3 {
-        clock.add_dot(Dot {
+    // An overwrite (it saw a, b and c): the one version left.
+    let clock = Clock::from_parts(
+        [],
+        (1..=4).map(|actor| Dot {
             actor: Actor(actor),
             counter: 1,
-        });
-    }
-    clock.add_dot(Dot {
-        actor: Actor(4),
-        counter: 1,
-    });
+        }),
+    );
     let over = Version::value(clock, b"d".to_vec(), 4, "dc1".into());
     write_over(&engine, b"k", over.clone(), None);
     assert_eq!(engine.get(b"k").unwrap().versions(), [over]);
@@ -1122,15 +1123,13 @@ fn a_write_over_a_marked_read_is_refused_no_more_than_one_absorbed() {
     engine.apply(b"k", v(3, 1, b"c", 3)).unwrap();
     assert_eq!(engine.get(b"k").unwrap().len(), 3);
     // Supersedes c (it saw actor 3's first event), concurrent with a, b.
-    let mut clock = Clock::new();
-    clock.add_dot(Dot {
-        actor: Actor(3),
-        counter: 1,
-    });
-    clock.add_dot(Dot {
-        actor: Actor(4),
-        counter: 1,
-    });
+    let clock = Clock::from_parts(
+        [],
+        [3, 4].map(|actor| Dot {
+            actor: Actor(actor),
+            counter: 1,
+        }),
+    );
     let d = Version::value(clock, b"d".to_vec(), 4, "dc1".into());
     let (read, mark) = engine.get_cached_marked(b"k").unwrap().unwrap();
     let mut full = read;
@@ -1142,12 +1141,7 @@ fn a_write_over_a_marked_read_is_refused_no_more_than_one_absorbed() {
         .unwrap()
         .write()
         .unwrap();
-    let values: Vec<Vec<u8>> = engine
-        .get(b"k")
-        .unwrap()
-        .live()
-        .map(|v| v.value_bytes().unwrap().to_vec())
-        .collect();
+    let values = live_values(&engine, b"k");
     assert_eq!(values.len(), 3, "{values:?}");
     assert!(values.contains(&b"d".to_vec()) && !values.contains(&b"c".to_vec()));
 }
