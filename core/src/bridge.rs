@@ -26,7 +26,7 @@ use tokio::task::JoinHandle;
 
 use crate::coordinator::error::CoordinatorError;
 use crate::engine::FsyncPolicy;
-use crate::model::{DcName, KeyspaceConfig, Version};
+use crate::model::{DcName, Version};
 pub use crate::peer::ShipRefusal;
 use crate::ring::NodeId;
 use crate::store::StoreError;
@@ -199,7 +199,7 @@ pub struct BridgeParts {
     /// Membership and rings, as gossip publishes them.
     pub view: watch::Receiver<Arc<ClusterView>>,
     /// Keyspace configurations (which DCs replicate what).
-    pub keyspaces: Arc<RwLock<std::collections::BTreeMap<String, KeyspaceConfig>>>,
+    pub keyspaces: Arc<RwLock<crate::model::KeyspaceMap>>,
     /// Set to `true` when the node stops.
     pub stop: watch::Receiver<bool>,
     /// Merkle full-sync against a remote DC.

@@ -17,7 +17,6 @@
 //! What it is not: the coordinator. It never talks to another node, picks
 //! targets, or issues dots; the coordinator does that, over a replica.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -29,7 +28,7 @@ use crate::limit::LimitError;
 use crate::merge::pool::{MergeConfig, MergePool};
 use crate::merge::tally::ConflictTally;
 use crate::merge::{FailureClass, MergeFailure, MergeHook};
-use crate::model::{Absorbed, KeyspaceConfig, Version, VersionSet, key_hash};
+use crate::model::{Absorbed, Version, VersionSet, key_hash};
 use crate::repair::server::Absorb;
 use crate::store::{LocalStore, ReadMark, Settle, StoreError};
 use crate::system_keyspace;
@@ -43,7 +42,7 @@ const KEY_LOCK_STRIPES: usize = 1024;
 pub struct Replica<S> {
     store: S,
     merges: MergePool,
-    keyspaces: Arc<RwLock<BTreeMap<String, KeyspaceConfig>>>,
+    keyspaces: Arc<RwLock<crate::model::KeyspaceMap>>,
     key_locks: Vec<Mutex<()>>,
     system_applies: Arc<AtomicU64>,
     bounds: ReplicaBounds,
@@ -103,7 +102,7 @@ impl<S: LocalStore> Replica<S> {
         store: S,
         merge: Arc<dyn MergeHook>,
         merging: MergeConfig,
-        keyspaces: Arc<RwLock<BTreeMap<String, KeyspaceConfig>>>,
+        keyspaces: Arc<RwLock<crate::model::KeyspaceMap>>,
         bounds: ReplicaBounds,
     ) -> Self {
         Replica {
@@ -543,11 +542,12 @@ impl<S: LocalStore> Absorb for Replica<S> {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
     use std::time::{Duration, Instant};
 
     use super::*;
     use crate::merge::FailureClass;
-    use crate::model::{Actor, Clock, Dot, Payload};
+    use crate::model::{Actor, Clock, Dot, KeyspaceConfig, Payload};
     use crate::store::MemStore;
 
     /// Sleeps `cost` in every merge (a resolver burning its fuel), then
@@ -583,7 +583,7 @@ mod tests {
                 keyspace_budget: budget,
                 ..MergeConfig::default()
             },
-            Arc::new(RwLock::new(keyspaces)),
+            Arc::new(RwLock::new(crate::model::keyspace_map(keyspaces))),
             ReplicaBounds {
                 siblings_max: 16,
                 clock_skew_max_ms: 60_000,
@@ -802,7 +802,7 @@ mod tests {
             MemStore::new(),
             Arc::new(crate::merge::NoMerge),
             MergeConfig::default(),
-            Arc::new(RwLock::new(keyspaces)),
+            Arc::new(RwLock::new(crate::model::keyspace_map(keyspaces))),
             ReplicaBounds {
                 siblings_max: 4,
                 clock_skew_max_ms: 60_000,

@@ -130,11 +130,11 @@ pub fn factor(ring: &Ring, dc: &DcName) -> u32 {
 /// Set the registry keyspace's factors from `ring` (its datacenters stay
 /// those it started with: the bridge ships to the datacenters it knew at
 /// start).
-pub fn update_replication(keyspaces: &RwLock<BTreeMap<String, KeyspaceConfig>>, ring: &Ring) {
+pub fn update_replication(keyspaces: &RwLock<crate::model::KeyspaceMap>, ring: &Ring) {
     let mut keyspaces = keyspaces.write();
     for name in SYSTEM_KEYSPACES {
         if let Some(system) = keyspaces.get_mut(name) {
-            for (dc, rf) in system.replication.iter_mut() {
+            for (dc, rf) in Arc::make_mut(system).replication.iter_mut() {
                 *rf = factor(ring, dc);
             }
         }
@@ -144,7 +144,7 @@ pub fn update_replication(keyspaces: &RwLock<BTreeMap<String, KeyspaceConfig>>, 
 /// Keep the registry keyspace's factors equal to the ring, as gossip
 /// publishes it, until `stop`.
 pub async fn track_replication(
-    keyspaces: Arc<RwLock<BTreeMap<String, KeyspaceConfig>>>,
+    keyspaces: Arc<RwLock<crate::model::KeyspaceMap>>,
     mut view: watch::Receiver<Arc<ClusterView>>,
     mut stop: watch::Receiver<bool>,
     worker: WorkerHandle,
@@ -198,7 +198,7 @@ pub struct SystemKeyspace {
     reader: Weak<dyn BlockingRead>,
     writer: Weak<dyn SystemWriter>,
     applies: Arc<AtomicU64>,
-    keyspaces: Arc<RwLock<BTreeMap<String, KeyspaceConfig>>>,
+    keyspaces: Arc<RwLock<crate::model::KeyspaceMap>>,
     value_bytes_max: usize,
     runtime: Option<tokio::runtime::Handle>,
     writes: Arc<AtomicU64>,
@@ -231,7 +231,7 @@ impl SystemKeyspace {
         reader: &Arc<dyn BlockingRead>,
         writer: &Arc<dyn SystemWriter>,
         applies: Arc<AtomicU64>,
-        keyspaces: Arc<RwLock<BTreeMap<String, KeyspaceConfig>>>,
+        keyspaces: Arc<RwLock<crate::model::KeyspaceMap>>,
         limits: &Limits,
     ) -> Self {
         SystemKeyspace {
@@ -264,7 +264,7 @@ impl SystemKeyspace {
     }
 
     /// The node's user keyspaces and their configuration.
-    pub fn keyspaces(&self) -> BTreeMap<String, KeyspaceConfig> {
+    pub fn keyspaces(&self) -> crate::model::KeyspaceMap {
         self.keyspaces
             .read()
             .iter()
@@ -461,7 +461,10 @@ mod tests {
         assert_eq!(ks.consistency, Consistency::LocalQuorum);
         assert!(ks.resolver.is_none());
 
-        let table = RwLock::new(BTreeMap::from([(REGISTRY_KEYSPACE.to_owned(), ks)]));
+        let table = RwLock::new(BTreeMap::from([(
+            REGISTRY_KEYSPACE.to_owned(),
+            Arc::new(ks),
+        )]));
         let full = ring(&[
             ("a", "dc1"),
             ("b", "dc1"),

@@ -167,9 +167,9 @@ fn cluster(nodes: usize, rf: u32, merge: Arc<dyn MergeHook>, limits: Limits) -> 
         ..plain.clone()
     };
     let keyspaces = Arc::new(RwLock::new(BTreeMap::from([
-        ("lean".to_string(), lean),
-        ("plain".to_string(), plain),
-        ("merged".to_string(), carts),
+        ("lean".to_string(), Arc::new(lean)),
+        ("plain".to_string(), Arc::new(plain)),
+        ("merged".to_string(), Arc::new(carts)),
     ])));
     let net = Arc::new(Net::default());
     let (mut stores, mut hints) = (BTreeMap::new(), BTreeMap::new());

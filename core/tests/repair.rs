@@ -110,7 +110,7 @@ struct Cluster {
     net: Arc<Net>,
     ring: Ring,
     stores: BTreeMap<NodeId, MemStore>,
-    keyspaces: BTreeMap<String, KeyspaceConfig>,
+    keyspaces: BTreeMap<String, Arc<KeyspaceConfig>>,
     view: watch::Sender<Arc<ClusterView>>,
 }
 
@@ -147,7 +147,10 @@ fn cluster(dcs: &[(&str, usize)], replication: &[(&str, u32)]) -> Cluster {
         resolver: Some(("concat".into(), 1)),
         ..plain.clone()
     };
-    let keyspaces = BTreeMap::from([("plain".to_string(), plain), ("merged".to_string(), merged)]);
+    let keyspaces = BTreeMap::from([
+        ("plain".to_string(), Arc::new(plain)),
+        ("merged".to_string(), Arc::new(merged)),
+    ]);
     let shared = Arc::new(parking_lot::RwLock::new(keyspaces.clone()));
     let net = Arc::new(Net::default());
     let mut stores = BTreeMap::new();

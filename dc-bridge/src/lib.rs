@@ -50,7 +50,7 @@ use isthmus_core::bridge::{
     LagHistogram, ShipRefusal, StartedBridge, is_permanent,
 };
 use isthmus_core::engine::FsyncPolicy;
-use isthmus_core::model::{DcName, KeyspaceConfig, Version};
+use isthmus_core::model::{DcName, Version};
 use isthmus_core::store::StoreError;
 use parking_lot::{Mutex, RwLock};
 
@@ -126,7 +126,7 @@ impl<F: Fs> DcBridgeFactory<F> {
 }
 
 /// The remote DCs `keyspaces` replicate to, seen from `own`.
-fn remote_dcs(keyspaces: &BTreeMap<String, KeyspaceConfig>, own: &DcName) -> BTreeSet<DcName> {
+fn remote_dcs(keyspaces: &isthmus_core::model::KeyspaceMap, own: &DcName) -> BTreeSet<DcName> {
     keyspaces
         .values()
         .flat_map(|ks| ks.replication.keys())
@@ -240,7 +240,7 @@ pub struct DcBridge<F: Fs = StdFs> {
     quarantine: Arc<Quarantine<F>>,
     links: BTreeMap<DcName, Arc<ShipStats>>,
     lag_in: Mutex<BTreeMap<DcName, Inbound>>,
-    keyspaces: Arc<RwLock<BTreeMap<String, KeyspaceConfig>>>,
+    keyspaces: Arc<RwLock<isthmus_core::model::KeyspaceMap>>,
     own: DcName,
 }
 
@@ -653,6 +653,7 @@ mod tests {
     use std::path::Path;
 
     use isthmus_core::fs::MemFs;
+    use isthmus_core::model::KeyspaceConfig;
 
     use super::*;
 
@@ -672,7 +673,10 @@ mod tests {
             quarantine: Arc::new(quarantine),
             links: BTreeMap::new(),
             lag_in: Mutex::default(),
-            keyspaces: Arc::new(RwLock::new(BTreeMap::from([("carts".into(), carts)]))),
+            keyspaces: Arc::new(RwLock::new(BTreeMap::from([(
+                "carts".into(),
+                Arc::new(carts),
+            )]))),
             own: "dc1".into(),
         }
     }

@@ -19,7 +19,6 @@
 //! durable in the quarantine, nor owed there by a full sync.
 
 use isthmus_core::wall_clock::now_ms;
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -28,7 +27,7 @@ use futures_util::StreamExt;
 use futures_util::stream::FuturesOrdered;
 use isthmus_core::bridge::{FullSync, is_permanent};
 use isthmus_core::fs::Fs;
-use isthmus_core::model::{DcName, KeyspaceConfig};
+use isthmus_core::model::DcName;
 use isthmus_core::peer::{PeerRequest, PeerResponse};
 use isthmus_core::ring::NodeId;
 use isthmus_core::transport::DynTransport;
@@ -108,7 +107,7 @@ pub(crate) struct Shipper<F: Fs> {
     pub from_dc: DcName,
     pub transport: Arc<dyn DynTransport>,
     pub view: watch::Receiver<Arc<ClusterView>>,
-    pub keyspaces: Arc<RwLock<BTreeMap<String, KeyspaceConfig>>>,
+    pub keyspaces: Arc<RwLock<isthmus_core::model::KeyspaceMap>>,
     pub batch_bytes_max: usize,
     pub linger: Duration,
     pub stats: Arc<ShipStats>,
@@ -513,11 +512,12 @@ pub(crate) async fn full_syncer<F: Fs>(
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
     use std::path::Path;
 
     use isthmus_client::wire::ErrorCode;
     use isthmus_core::fs::MemFs;
-    use isthmus_core::model::{Actor, Clock, Dot, Version};
+    use isthmus_core::model::{Actor, Clock, Dot, KeyspaceConfig, Version};
 
     use super::*;
     use crate::outbox::OutboxConfig;
@@ -687,7 +687,7 @@ mod tests {
             from_dc: dc1,
             transport: transport.clone(),
             view: view_rx,
-            keyspaces: Arc::new(RwLock::new(keyspaces)),
+            keyspaces: Arc::new(RwLock::new(isthmus_core::model::keyspace_map(keyspaces))),
             batch_bytes_max: 1 << 20,
             linger: Duration::from_millis(1),
             stats: stats.clone(),

@@ -238,7 +238,8 @@ impl Inner {
         for (keyspace, config) in self.system()?.keyspaces() {
             let named = config
                 .resolver
-                .is_some_and(|(n, v)| n == name && v == version);
+                .as_ref()
+                .is_some_and(|(n, v)| n == name && *v == version);
             if named
                 && self
                     .registry
@@ -404,7 +405,7 @@ impl Inner {
                     .map(|b| (b.keyspace.clone(), binding_info(b)))
                     .collect();
                 for (keyspace, config) in self.system()?.keyspaces() {
-                    let Some((name, version)) = config.resolver else {
+                    let Some((name, version)) = config.resolver.clone() else {
                         continue;
                     };
                     if bindings.contains_key(&keyspace) {

@@ -112,7 +112,7 @@ fn node(default: Option<(&str, u32)>) -> Node {
         &(engine.clone() as Arc<dyn isthmus_core::store::BlockingRead>),
         &dyn_writer,
         applies,
-        Arc::new(RwLock::new(keyspaces)),
+        Arc::new(RwLock::new(isthmus_core::model::keyspace_map(keyspaces))),
         &Default::default(),
     );
     Node {

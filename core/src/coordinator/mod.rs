@@ -124,7 +124,7 @@ pub struct Coordinator<S, T, H> {
     replica: Arc<Replica<S>>,
     transport: Arc<T>,
     hints: Arc<H>,
-    keyspaces: Arc<RwLock<BTreeMap<String, KeyspaceConfig>>>,
+    keyspaces: Arc<RwLock<crate::model::KeyspaceMap>>,
     view: watch::Receiver<Arc<ClusterView>>,
     bridge: Option<Arc<dyn Bridge>>,
     /// Versions the replica made by collapsing two coordinations of one
@@ -183,7 +183,7 @@ impl<S: LocalStore, T: Transport, H: HintSink> Coordinator<S, T, H> {
         transport: Arc<T>,
         hints: Arc<H>,
         merge: Arc<dyn MergeHook>,
-        keyspaces: Arc<RwLock<BTreeMap<String, KeyspaceConfig>>>,
+        keyspaces: Arc<RwLock<crate::model::KeyspaceMap>>,
         view: watch::Receiver<Arc<ClusterView>>,
     ) -> Self {
         let bounds = ReplicaBounds {
@@ -296,7 +296,7 @@ impl<S: LocalStore, T: Transport, H: HintSink> Coordinator<S, T, H> {
         &self.config
     }
 
-    fn keyspace(&self, name: &str) -> Result<KeyspaceConfig, CoordinatorError> {
+    fn keyspace(&self, name: &str) -> Result<Arc<KeyspaceConfig>, CoordinatorError> {
         self.keyspaces
             .read()
             .get(name)
@@ -867,7 +867,7 @@ impl<S: LocalStore, T: Transport, H: HintSink> Coordinator<S, T, H> {
 
     /// The keyspace a delivery from another DC writes to: configured here
     /// and replicated in this DC.
-    fn delivery_keyspace(&self, keyspace: &str) -> Result<KeyspaceConfig, CoordinatorError> {
+    fn delivery_keyspace(&self, keyspace: &str) -> Result<Arc<KeyspaceConfig>, CoordinatorError> {
         let ks = self.keyspace(keyspace)?;
         if ks.replication.get(&self.config.dc).copied().unwrap_or(0) == 0 {
             return Err(CoordinatorError::BadRequest {

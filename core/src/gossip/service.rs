@@ -629,7 +629,7 @@ mod tests {
             Arc::new(Silent),
             Arc::new(NoHints),
             Arc::new(NoMerge),
-            Arc::new(RwLock::new(keyspaces)),
+            Arc::new(RwLock::new(crate::model::keyspace_map(keyspaces))),
             view.clone(),
         );
         let write = |key: &'static [u8]| {

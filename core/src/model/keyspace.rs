@@ -11,6 +11,19 @@ pub use isthmus_client::wire::Consistency;
 /// Replicas per datacenter, e.g. `{dc1: 3, dc2: 3}`.
 pub type Replication = BTreeMap<DcName, u32>;
 
+/// Every keyspace a node serves, by name, as the node's parts share it
+/// (behind a lock: replication follows the ring). Each config is behind
+/// an `Arc`, so a request takes its keyspace's without copying it.
+pub type KeyspaceMap = BTreeMap<String, std::sync::Arc<KeyspaceConfig>>;
+
+/// A [`KeyspaceMap`] of `keyspaces`.
+pub fn keyspace_map(keyspaces: impl IntoIterator<Item = (String, KeyspaceConfig)>) -> KeyspaceMap {
+    keyspaces
+        .into_iter()
+        .map(|(name, ks)| (name, std::sync::Arc::new(ks)))
+        .collect()
+}
+
 /// The configuration of one keyspace.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeyspaceConfig {

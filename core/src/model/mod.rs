@@ -17,7 +17,7 @@ mod version;
 
 pub use clock::{Actor, Causality, Clock, Dot};
 pub use expiry::Expiry;
-pub use keyspace::{Consistency, KeyspaceConfig, Replication};
+pub use keyspace::{Consistency, KeyspaceConfig, KeyspaceMap, Replication, keyspace_map};
 pub use set::{Absorbed, VersionSet};
 pub use version::{ContentHash, DcName, Payload, Version};
 

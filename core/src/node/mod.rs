@@ -247,7 +247,7 @@ const SHUTDOWN_WAIT: Duration = Duration::from_secs(30);
 
 /// The keyspaces a node serves: its configured ones and the registry's
 /// system keyspace.
-fn keyspaces_of(config: &NodeConfig) -> BTreeMap<String, KeyspaceConfig> {
+fn keyspaces_of(config: &NodeConfig) -> crate::model::KeyspaceMap {
     let mut keyspaces: BTreeMap<String, KeyspaceConfig> = config
         .keyspaces
         .iter()
@@ -276,7 +276,7 @@ fn keyspaces_of(config: &NodeConfig) -> BTreeMap<String, KeyspaceConfig> {
     for name in system_keyspace::SYSTEM_KEYSPACES {
         keyspaces.insert(name.to_owned(), registry.clone());
     }
-    keyspaces
+    crate::model::keyspace_map(keyspaces)
 }
 
 /// The node's fsync policy (engine, outbox).
@@ -678,7 +678,7 @@ fn coordinator<S, T, H, L>(
     config: CoordinatorConfig,
     parts: &NodeParts<S, T, H, L>,
     merge: Arc<dyn MergeHook>,
-    keyspaces: &Arc<RwLock<BTreeMap<String, KeyspaceConfig>>>,
+    keyspaces: &Arc<RwLock<crate::model::KeyspaceMap>>,
     view: &watch::Receiver<Arc<ClusterView>>,
     bridge: Option<Arc<dyn Bridge>>,
 ) -> Arc<NodeCoordinator<S, T, H>>
@@ -731,7 +731,7 @@ struct Background<S, T: GossipTransport, H> {
     movement: movement::Movement<StoreData<S, Arc<Replica<S>>>, T>,
     hints: Arc<H>,
     transport: Arc<T>,
-    keyspaces: Arc<RwLock<BTreeMap<String, KeyspaceConfig>>>,
+    keyspaces: Arc<RwLock<crate::model::KeyspaceMap>>,
     view: watch::Receiver<Arc<ClusterView>>,
     peers_dir: Option<PathBuf>,
     /// `NodeConfig::bootstrap`: join (`Some(true)`), take its place at
@@ -877,7 +877,7 @@ fn system_keyspace<S, T, H, L>(
     me: &NodeId,
     parts: &NodeParts<S, T, H, L>,
     coordinator: &Arc<NodeCoordinator<S, T, H>>,
-    keyspaces: &Arc<RwLock<BTreeMap<String, KeyspaceConfig>>>,
+    keyspaces: &Arc<RwLock<crate::model::KeyspaceMap>>,
     tuning: &NodeTuning,
 ) -> Option<SystemKeyspace>
 where

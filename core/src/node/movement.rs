@@ -3,7 +3,6 @@
 //! what the other side lacks, both ways). While a range moves,
 //! coordinators also send writes to its pending owners, so it misses none.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,7 +11,7 @@ use tokio::sync::watch;
 
 use crate::gossip::membership::NodeStatus;
 use crate::gossip::service::{GossipTransport, Gossiper};
-use crate::model::{DcName, KeyspaceConfig};
+use crate::model::DcName;
 use crate::repair::{Progress, RepairData, RepairError, RepairStats, Repairer};
 use crate::system_keyspace;
 use crate::transport::Transport;
@@ -34,7 +33,7 @@ const SETTLE_ROUNDS: u32 = 6;
 pub(super) struct Movement<D, T: GossipTransport> {
     pub(super) gossiper: Arc<Gossiper<T>>,
     pub(super) repairer: Arc<Repairer<D, T>>,
-    pub(super) keyspaces: Arc<RwLock<BTreeMap<String, KeyspaceConfig>>>,
+    pub(super) keyspaces: Arc<RwLock<crate::model::KeyspaceMap>>,
     pub(super) view: watch::Receiver<Arc<ClusterView>>,
     pub(super) dc: DcName,
     /// How long a status change takes to reach every node.

@@ -9,7 +9,6 @@ use super::{NodeRepairer, NodeStatus};
 use crate::bridge::Bridge;
 use crate::gossip::service::{GossipTransport, Gossiper};
 use crate::hints::HintQueue;
-use crate::model::KeyspaceConfig;
 use crate::ops::{Figures, HintFigures, Member, NotReady, Probe, ServerFigures};
 use crate::replica::Replica;
 use crate::ring::NodeId;
@@ -23,7 +22,7 @@ pub(super) struct NodeProbe<S, T: GossipTransport, H> {
     pub me: NodeId,
     pub dc: String,
     pub store: S,
-    pub keyspaces: Arc<parking_lot::RwLock<std::collections::BTreeMap<String, KeyspaceConfig>>>,
+    pub keyspaces: Arc<parking_lot::RwLock<crate::model::KeyspaceMap>>,
     pub replica: Arc<Replica<S>>,
     pub hints: Arc<H>,
     pub gossiper: Arc<Gossiper<T>>,

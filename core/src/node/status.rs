@@ -8,7 +8,6 @@ use isthmus_client::wire::{BridgeReport, NodeReport};
 
 use crate::gossip::membership::{Endpoint, NodeStatus};
 use crate::gossip::service::{GossipTransport, Gossiper};
-use crate::model::KeyspaceConfig;
 use crate::ring::{NodeId, Ring};
 use crate::system_keyspace;
 
@@ -18,7 +17,7 @@ use crate::system_keyspace;
 /// keyspace, on the ring of the members that are `Normal`.
 pub fn nodes<T: GossipTransport>(
     gossiper: &Gossiper<T>,
-    keyspaces: &BTreeMap<String, KeyspaceConfig>,
+    keyspaces: &crate::model::KeyspaceMap,
     hints: &BTreeMap<NodeId, u64>,
 ) -> Vec<NodeReport> {
     let membership = gossiper.membership();

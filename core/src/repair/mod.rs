@@ -50,7 +50,6 @@ pub mod tree;
 #[cfg(test)]
 mod tests;
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -169,7 +168,7 @@ pub struct Repairer<D, T> {
     dc: DcName,
     server: RepairServer<D>,
     transport: Arc<T>,
-    keyspaces: Arc<RwLock<BTreeMap<String, KeyspaceConfig>>>,
+    keyspaces: Arc<RwLock<crate::model::KeyspaceMap>>,
     view: watch::Receiver<Arc<ClusterView>>,
     config: RepairConfig,
     seed: u64,
@@ -254,7 +253,7 @@ impl<D: RepairData, T: Transport> Repairer<D, T> {
         dc: DcName,
         data: D,
         transport: Arc<T>,
-        keyspaces: Arc<RwLock<BTreeMap<String, KeyspaceConfig>>>,
+        keyspaces: Arc<RwLock<crate::model::KeyspaceMap>>,
         view: watch::Receiver<Arc<ClusterView>>,
         config: RepairConfig,
     ) -> Self {
@@ -594,7 +593,10 @@ impl<D: RepairData, T: Transport> Repairer<D, T> {
         xxhash_rust::xxh3::xxh3_64_with_seed(&n.to_le_bytes(), self.seed)
     }
 
-    fn keyspaces(&self, only: Option<&str>) -> Result<Vec<(String, KeyspaceConfig)>, RepairError> {
+    fn keyspaces(
+        &self,
+        only: Option<&str>,
+    ) -> Result<Vec<(String, Arc<KeyspaceConfig>)>, RepairError> {
         let keyspaces = self.keyspaces.read();
         match only {
             Some(name) => keyspaces

@@ -6,7 +6,6 @@
 pub mod client;
 pub mod peer;
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,7 +20,7 @@ use super::movement::Movement;
 use crate::coordinator::Coordinator;
 use crate::gossip::service::{GossipTransport, Gossiper};
 use crate::hints::{HintQueue, HintSink};
-use crate::model::{Consistency, KeyspaceConfig};
+use crate::model::Consistency;
 use crate::peer::{PeerRequest, PeerResponse};
 
 use crate::server::{Handler, PeerIdentity};
@@ -33,7 +32,7 @@ pub struct NodeHandler<S, T: GossipTransport, H> {
     pub(super) coordinator: Arc<Coordinator<S, T, Arc<H>>>,
     pub(super) hints: Arc<H>,
     pub(super) gossiper: Arc<Gossiper<T>>,
-    pub(super) keyspaces: Arc<RwLock<BTreeMap<String, KeyspaceConfig>>>,
+    pub(super) keyspaces: Arc<RwLock<crate::model::KeyspaceMap>>,
     pub(super) repairer: Arc<NodeRepairer<S, T>>,
     pub(super) movement: Movement<crate::repair::StoreData<S, Arc<crate::replica::Replica<S>>>, T>,
     pub(super) registry: Option<Arc<dyn RegistryHook>>,
