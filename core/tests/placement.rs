@@ -34,7 +34,7 @@ fn the_clients_replica_order_is_the_rings() {
             (
                 NodeId(m.node_id.clone()),
                 Placement {
-                    dc: DcName(m.dc.clone()),
+                    dc: DcName::from(m.dc.clone()),
                     rack: m.rack.clone(),
                 },
                 m.vnodes,

@@ -201,7 +201,7 @@ fn plan(seed: u64, nodes: &[NodeSpec]) -> Plan {
     let in_dc = |dc: &str| -> Vec<String> {
         nodes
             .iter()
-            .filter(|n| n.dc.0 == dc && names.contains(&n.name))
+            .filter(|n| &*n.dc.0 == dc && names.contains(&n.name))
             .map(|n| n.name.clone())
             .collect()
     };

@@ -426,7 +426,7 @@ impl<F: Fs> Bridge for DcBridge<F> {
                 let inbound = lag_in.get(&dc);
                 let held = quarantined.get(&dc).copied().unwrap_or_default();
                 BridgeReport {
-                    remote_dc: dc.0.clone(),
+                    remote_dc: dc.0.to_string(),
                     outbox_records: if self.links.contains_key(&dc) {
                         head.saturating_sub(cursor.next)
                     } else {
@@ -585,14 +585,14 @@ fn serve_quarantine<F: Fs>(
     };
     match request {
         QuarantineRequest::List { dc, after, records } => {
-            let dc = dc.map(DcName);
+            let dc = dc.map(DcName::from);
             let (records, next) = quarantine
                 .list(dc.as_ref(), after.as_ref(), records)
                 .map_err(failed)?;
             Ok(QuarantineResponse::Listing { records, next })
         }
         QuarantineRequest::Replay { dc, ids } => {
-            let dc = DcName(dc);
+            let dc = DcName::from(dc);
             if !known.contains(&dc) {
                 return Err(bad_request(format!(
                     "this node ships to no datacenter {dc} (no keyspace replicates there)"
@@ -689,7 +689,7 @@ mod tests {
         let bridge = bridge();
         bridge.record_lag(&"dc2".into(), &[5, 7]);
         for i in 0..1000 {
-            bridge.record_lag(&DcName(format!("forged-{i}")), &[1]);
+            bridge.record_lag(&DcName::from(format!("forged-{i}")), &[1]);
         }
         assert_eq!(bridge.lag_in.lock().len(), 1);
         assert!(bridge.take_lag(&"forged-1".into()).is_none());

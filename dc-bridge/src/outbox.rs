@@ -176,7 +176,7 @@ pub fn dc_of_hex(hex: &str) -> Option<DcName> {
         .step_by(2)
         .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
         .collect();
-    String::from_utf8(bytes?).ok().map(DcName)
+    String::from_utf8(bytes?).ok().map(DcName::from)
 }
 
 /// `dc`'s cursor file: `dc-cursor-<dc_hex>`.
@@ -197,7 +197,7 @@ fn cursor_dc(name: &str) -> Option<DcName> {
 fn legacy_cursor_dc(name: &str) -> Option<DcName> {
     name.strip_prefix("cursor-")
         .filter(|n| !n.ends_with(".tmp"))
-        .map(|n| DcName(n.to_owned()))
+        .map(DcName::from)
 }
 
 fn name_is_lossless_in_legacy_files(dc: &DcName) -> bool {
@@ -233,7 +233,7 @@ fn decode_record(payload: &[u8]) -> Option<Record> {
     let (mut record, rest) = postcard::take_from_bytes::<Record>(payload).ok()?;
     if !rest.is_empty() {
         let dc = isthmus_client::wire::decode::<String>(rest).ok()?;
-        record.only = Some(DcName(dc));
+        record.only = Some(DcName::from(dc));
     }
     Some(record)
 }
@@ -363,7 +363,7 @@ impl<F: Fs> Outbox<F> {
                 outbox.persist_cursor(&dc, &cursor)?;
                 inner.cursors.insert(dc, cursor);
             } else {
-                inner.legacy_shared.insert(dc.0, cursor);
+                inner.legacy_shared.insert(dc.0.to_string(), cursor);
             }
             outbox.fs.remove(&path).map_err(|e| failed(&path, e))?;
         }

@@ -470,13 +470,13 @@ impl<F: Fs> Quarantine<F> {
             .lock()
             .keys()
             .filter(|d| dc.is_none_or(|only| only == *d))
-            .filter(|d| after.is_none_or(|a| d.0 >= a.dc))
+            .filter(|d| after.is_none_or(|a| *d.0 >= *a.dc))
             .cloned()
             .collect();
         let mut out = Vec::new();
         let mut bytes = 0;
         for d in dcs {
-            let from = after.filter(|a| a.dc == d.0).map_or(0, |a| a.id);
+            let from = after.filter(|a| *a.dc == *d.0).map_or(0, |a| a.id);
             let (entries, more) = self.entries(
                 &d,
                 from,
@@ -562,7 +562,7 @@ fn summary(dc: &DcName, e: Entry, record: Option<Vec<u8>>) -> QuarantinedRecord 
         Payload::Tombstone => (true, 0),
     };
     QuarantinedRecord {
-        dc: dc.0.clone(),
+        dc: dc.0.to_string(),
         id: e.id,
         quarantined_ms: e.quarantined_ms,
         keyspace: e.record.keyspace,

@@ -317,7 +317,7 @@ impl<S: LocalStore, T: Transport, H: HintSink> Coordinator<S, T, H> {
         if !replicas.is_empty() {
             return Ok(());
         }
-        let dcs: Vec<&str> = ks.replication.keys().map(|dc| dc.0.as_str()).collect();
+        let dcs: Vec<&str> = ks.replication.keys().map(|dc| dc.as_str()).collect();
         Err(CoordinatorError::NoReplicas {
             dcs: dcs.join(", "),
             known: view.ring.dcs().map(|dc| view.ring.node_count(dc)).sum(),

@@ -142,7 +142,7 @@ impl<S: LocalStore, T: Transport, H: HintSink> Coordinator<S, T, H> {
             dcs: ks
                 .replication
                 .keys()
-                .map(|dc| dc.0.as_str())
+                .map(|dc| dc.as_str())
                 .collect::<Vec<_>>()
                 .join(", "),
             known: view.ring.dcs().map(|dc| view.ring.node_count(dc)).sum(),

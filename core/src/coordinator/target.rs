@@ -288,7 +288,7 @@ mod tests {
                 (
                     NodeId((*id).to_owned()),
                     Placement {
-                        dc: DcName(dc.to_owned()),
+                        dc: DcName::from(dc),
                         rack: (*id).to_owned(),
                     },
                 )
@@ -307,7 +307,7 @@ mod tests {
     }
 
     fn dcs(t: &Targets) -> BTreeSet<String> {
-        t.replicas.iter().map(|(_, dc)| dc.0.clone()).collect()
+        t.replicas.iter().map(|(_, dc)| dc.0.to_string()).collect()
     }
 
     fn ack_all(t: &Targets) -> Outcome {

@@ -198,14 +198,14 @@ impl ConflictTally {
                 .versions()
                 .iter()
                 .filter(|v| *v != new)
-                .map(|v| v.origin_dc.0.as_str())
+                .map(|v| v.origin_dc.as_str())
                 .collect();
             beside.sort_unstable();
             beside.dedup();
             pairs.extend(
                 beside
                     .into_iter()
-                    .map(|other| (new.origin_dc.0.clone(), other.to_owned())),
+                    .map(|other| (new.origin_dc.0.to_string(), other.to_owned())),
             );
         }
         pairs

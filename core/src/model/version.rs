@@ -22,13 +22,28 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::clock::Clock;
 
-/// Name of a datacenter, as configured (`dc = "dc1"`).
+/// Name of a datacenter, as configured (`dc = "dc1"`). Shared, not
+/// copied: every version, replica list and outbox entry names one, so a
+/// clone is a count, not an allocation. Encoded as the string it holds.
 #[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct DcName(pub String);
+pub struct DcName(pub std::sync::Arc<str>);
 
 impl From<&str> for DcName {
     fn from(s: &str) -> Self {
-        DcName(s.to_owned())
+        DcName(s.into())
+    }
+}
+
+impl From<String> for DcName {
+    fn from(s: String) -> Self {
+        DcName(s.into())
+    }
+}
+
+impl DcName {
+    /// The name.
+    pub fn as_str(&self) -> &str {
+        &self.0
     }
 }
 
@@ -240,6 +255,23 @@ impl Version {
 mod tests {
     use super::super::clock::Actor;
     use super::*;
+
+    #[test]
+    fn a_dc_name_encodes_as_the_string_it_replaced() {
+        /// The definition before names were shared.
+        #[derive(Serialize)]
+        struct OldDcName(String);
+        for name in ["", "dc1", "eu-west-ä-long-datacenter-name"] {
+            let new = postcard::to_allocvec(&DcName::from(name)).unwrap();
+            assert_eq!(new, postcard::to_allocvec(&OldDcName(name.into())).unwrap());
+            let back: DcName = postcard::from_bytes(&new).unwrap();
+            assert_eq!(back.as_str(), name);
+            assert_eq!(
+                serde_json::to_string(&DcName::from(name)).unwrap(),
+                serde_json::to_string(&OldDcName(name.into())).unwrap()
+            );
+        }
+    }
 
     /// The definition before expiries existed: its encoding is the fixture
     /// of what older releases wrote and sent.

@@ -37,7 +37,7 @@ impl<D: RepairData, T: Transport> FullSync for NodeFullSync<D, T> {
             let op = repairer.operations().start(
                 isthmus_client::wire::OperationKind::FullSync,
                 None,
-                Some(dc.0.clone()),
+                Some(dc.0.to_string()),
             );
             let result = turn
                 .run(repairer.full_sync_with(None, dc, Share::Replicated, op.progress()))

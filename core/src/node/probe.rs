@@ -57,7 +57,7 @@ where
             .endpoints()
             .values()
             .map(|e| Member {
-                dc: e.placement.dc.0.clone(),
+                dc: e.placement.dc.0.to_string(),
                 status: status_label(e.status),
                 up: alive.contains(&e.id),
             })
@@ -146,7 +146,7 @@ where
         let view = self.view.borrow();
         if !view
             .ring
-            .nodes_in(&crate::model::DcName(self.dc.clone()))
+            .nodes_in(&crate::model::DcName::from(self.dc.clone()))
             .any(|n| *n == self.me)
         {
             return not("no ring yet");

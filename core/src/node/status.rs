@@ -46,7 +46,7 @@ pub fn nodes<T: GossipTransport>(
             NodeReport {
                 node_id: e.id.0.clone(),
                 addr: e.addr.clone(),
-                dc: e.placement.dc.0.clone(),
+                dc: e.placement.dc.0.to_string(),
                 rack: e.placement.rack.clone(),
                 vnodes: e.vnodes,
                 up: alive.contains(&e.id),

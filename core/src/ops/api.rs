@@ -236,7 +236,7 @@ impl History {
     /// Add one sample of `figures`, taken at `t_ms`.
     pub fn sample(&mut self, figures: &Figures, t_ms: u64) {
         for h in &figures.bridge.lag_in {
-            let from = h.from_dc.0.clone();
+            let from = h.from_dc.0.to_string();
             let point = interval(self.last_lag.get(&from), h, t_ms);
             push(self.lag.entry(from.clone()).or_default(), point);
             self.last_lag.insert(from, h.clone());

@@ -476,7 +476,7 @@ fn gauge_rows(rows: Vec<(Labels<'_>, u64)>) -> Vec<(Labels<'_>, i64)> {
 
 fn per_dc(rows: &[(crate::model::DcName, u64)]) -> Vec<(Labels<'_>, u64)> {
     rows.iter()
-        .map(|(dc, v)| (vec![("remote_dc", dc.0.as_str())], *v))
+        .map(|(dc, v)| (vec![("remote_dc", dc.as_str())], *v))
         .collect()
 }
 
@@ -577,10 +577,7 @@ fn encode_bridge(f: &Figures, out: &mut Out<'_, '_>) -> Result<(), Error> {
             .map(|(bound, n)| (*bound as f64 / 1000.0, *n))
             .collect();
         buckets.push((f64::MAX, lag.counts[LAG_BUCKETS_MS.len()]));
-        let labels = [
-            ("from_dc", lag.from_dc.0.as_str()),
-            ("to_dc", f.dc.as_str()),
-        ];
+        let labels = [("from_dc", lag.from_dc.as_str()), ("to_dc", f.dc.as_str())];
         m.encode_family(&labels)?.encode_histogram::<NoLabelSet>(
             lag.sum_ms as f64 / 1000.0,
             lag.count(),

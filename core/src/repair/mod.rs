@@ -405,9 +405,11 @@ impl<D: RepairData, T: Transport> Repairer<D, T> {
         remote_dc: Option<&DcName>,
     ) -> (&'static str, OperationKind, Option<String>) {
         match remote_dc {
-            Some(dc) if *dc != self.dc => {
-                ("a full sync", OperationKind::FullSync, Some(dc.0.clone()))
-            }
+            Some(dc) if *dc != self.dc => (
+                "a full sync",
+                OperationKind::FullSync,
+                Some(dc.0.to_string()),
+            ),
             _ => ("a repair", OperationKind::Repair, None),
         }
     }
@@ -442,7 +444,9 @@ impl<D: RepairData, T: Transport> Repairer<D, T> {
         if let Some(dc) = &remote_dc
             && self.view.borrow().ring.node_count(dc) == 0
         {
-            return Err(RepairError::UnknownDc { name: dc.0.clone() });
+            return Err(RepairError::UnknownDc {
+                name: dc.0.to_string(),
+            });
         }
         let (what, kind, dc) = self.repair_kind(remote_dc.as_ref());
         self.start_admin(
@@ -459,7 +463,7 @@ impl<D: RepairData, T: Transport> Repairer<D, T> {
                     match &result {
                         Ok(stats) => tracing::info!(
                             keyspace = keyspace.as_deref().unwrap_or("*"),
-                            remote_dc = remote_dc.as_ref().map_or("", |d| d.0.as_str()),
+                            remote_dc = remote_dc.as_ref().map_or("", |d| d.as_str()),
                             %stats,
                             "repair done"
                         ),
@@ -499,9 +503,11 @@ impl<D: RepairData, T: Transport> Repairer<D, T> {
         }
         let view = self.view.borrow().clone();
         if let Some(dc) = sources.iter().find(|dc| view.ring.node_count(dc) == 0) {
-            return Err(RepairError::UnknownDc { name: dc.0.clone() });
+            return Err(RepairError::UnknownDc {
+                name: dc.0.to_string(),
+            });
         }
-        let dc = from.map(|d| d.0);
+        let dc = from.map(|d| d.0.to_string());
         self.start_admin(
             "a rebuild",
             OperationKind::Rebuild,
@@ -784,7 +790,7 @@ impl<D: RepairData, T: Transport> Repairer<D, T> {
         let view = self.view.borrow().clone();
         if view.ring.node_count(remote) == 0 {
             return Err(RepairError::UnknownDc {
-                name: remote.0.clone(),
+                name: remote.0.to_string(),
             });
         }
         let mut stats = RepairStats::default();

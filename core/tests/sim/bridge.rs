@@ -126,7 +126,7 @@ impl CursorWatch {
             }
             let present = stores
                 .iter()
-                .filter(|(d, _, _)| d.0 == dc)
+                .filter(|(d, _, _)| &*d.0 == dc)
                 .any(|(_, _, s)| {
                     s.get(&kept.keyspace, &kept.key)
                         .now_or_never()

@@ -309,7 +309,7 @@ fn config(cluster: &Cluster, spec: &NodeSpec) -> NodeConfig {
         tombstone_grace_ms: isthmus_core::config::TOMBSTONE_GRACE_MS_DEFAULT,
         hint_window_ms: isthmus_core::config::HINT_WINDOW_MS_DEFAULT,
         node_id: spec.name.clone(),
-        dc: spec.dc.0.clone(),
+        dc: spec.dc.0.to_string(),
         rack: spec.rack.clone(),
         listen: spec.addr(),
         data_dir: PathBuf::from(format!("/sim/{}", spec.name)),
@@ -325,7 +325,7 @@ fn config(cluster: &Cluster, spec: &NodeSpec) -> NodeConfig {
                     replication: ks
                         .replication
                         .iter()
-                        .map(|(dc, rf)| (dc.0.clone(), *rf))
+                        .map(|(dc, rf)| (dc.0.to_string(), *rf))
                         .collect(),
                     consistency: ks.consistency,
                     resolver: ks.resolver.as_ref().map(|(n, v)| format!("{n}@{v}")),

@@ -94,7 +94,7 @@ fn client_view(set: &VersionSet, now_ms: u64) -> (Vec<Sibling>, Context) {
         .map(|v| Sibling {
             value: v.value_bytes().unwrap_or_default().to_vec(),
             timestamp_ms: v.timestamp_ms,
-            origin_dc: v.origin_dc.0.clone(),
+            origin_dc: v.origin_dc.0.to_string(),
             expires_ms: v.expires_ms,
         })
         .collect();
@@ -247,7 +247,7 @@ where
 {
     let started = node
         .repairer
-        .start_repair(keyspace, remote_dc.map(DcName), node.stop.clone())
+        .start_repair(keyspace, remote_dc.map(DcName::from), node.stop.clone())
         .await;
     started_answer(started)
 }
@@ -262,7 +262,7 @@ where
 {
     let started = node
         .repairer
-        .start_rebuild(from_dc.map(DcName), node.stop.clone())
+        .start_rebuild(from_dc.map(DcName::from), node.stop.clone())
         .await;
     started_answer(started)
 }
