@@ -573,7 +573,7 @@ async fn a_node_joins_and_another_is_decommissioned_with_nothing_lost() {
         .filter(|r| r.status == "Normal")
         .map(|r| {
             let placement = Placement {
-                dc: DcName::from(r.dc.clone()),
+                dc: DcName::from(r.dc.as_str()),
                 rack: r.rack.clone(),
             };
             (NodeId(r.node_id.clone()), placement, r.vnodes)

@@ -291,7 +291,7 @@ async fn a_statefulset_scales_down_and_up_by_itself_with_nothing_lost() {
         .filter(|r| r.status == "Normal")
         .map(|r| {
             let placement = Placement {
-                dc: DcName::from(r.dc.clone()),
+                dc: DcName::from(r.dc.as_str()),
                 rack: r.rack.clone(),
             };
             (NodeId(r.node_id.clone()), placement, r.vnodes)

@@ -514,7 +514,7 @@ async fn serve_handshake<H: Handler, S: AsyncRead + AsyncWrite + Unpin + Send + 
             })),
         ) if *node_id == hello.name => Some(PeerIdentity {
             node: NodeId(node_id.clone()),
-            dc: Some(DcName::from(dc.clone())),
+            dc: Some(DcName::from(dc.as_str())),
         }),
         (PeerRole::Node, Some(proof)) => {
             let shown = match proof {

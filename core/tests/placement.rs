@@ -34,7 +34,7 @@ fn the_clients_replica_order_is_the_rings() {
             (
                 NodeId(m.node_id.clone()),
                 Placement {
-                    dc: DcName::from(m.dc.clone()),
+                    dc: DcName::from(m.dc.as_str()),
                     rack: m.rack.clone(),
                 },
                 m.vnodes,

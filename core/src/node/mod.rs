@@ -256,7 +256,7 @@ fn keyspaces_of(config: &NodeConfig) -> crate::model::KeyspaceMap {
                 replication: ks
                     .replication
                     .iter()
-                    .map(|(dc, rf)| (DcName::from(dc.clone()), *rf))
+                    .map(|(dc, rf)| (DcName::from(dc.as_str()), *rf))
                     .collect(),
                 consistency: ks.consistency,
                 resolver: ks.resolver.as_deref().and_then(parse_resolver_binding),
@@ -269,7 +269,7 @@ fn keyspaces_of(config: &NodeConfig) -> crate::model::KeyspaceMap {
         })
         .collect();
     let registry = system_keyspace::registry_keyspace(
-        &DcName::from(config.dc.clone()),
+        &DcName::from(config.dc.as_str()),
         &keyspaces,
         &crate::ring::Ring::default(),
     );
@@ -348,7 +348,7 @@ pub async fn start(
         .values()
         .flat_map(|ks| ks.replication.keys())
         .filter(|dc| **dc != config.dc)
-        .map(|dc| DcName::from(dc.clone()))
+        .map(|dc| DcName::from(dc.as_str()))
         .collect::<std::collections::BTreeSet<_>>()
         .into_iter()
         .collect();
@@ -391,7 +391,7 @@ pub async fn start(
     let me = NodeId(config.node_id.clone());
     let mut transport = TcpTransport::new(me, Duration::from_secs(2));
     if let Some(proxy) = &config.wan_proxy {
-        transport = transport.with_wan_proxy(DcName::from(config.dc.clone()), proxy.clone());
+        transport = transport.with_wan_proxy(DcName::from(config.dc.as_str()), proxy.clone());
     }
     let server_tls = match &config.tls {
         Some(section) => {
@@ -490,7 +490,7 @@ where
 {
     config.validate_vnodes(tuning.gossip.vnodes_max)?;
     let me = NodeId(config.node_id.clone());
-    let dc = DcName::from(config.dc.clone());
+    let dc = DcName::from(config.dc.as_str());
     let keyspaces = Arc::new(RwLock::new(keyspaces_of(&config)));
     let (stop, stop_rx) = watch::channel(false);
     let workers = Arc::new(Workers::new());
@@ -825,7 +825,7 @@ fn gossip<S, T: GossipTransport, H, L>(
         id: NodeId(config.node_id.clone()),
         addr: parts.addr.clone(),
         placement: Placement {
-            dc: DcName::from(config.dc.clone()),
+            dc: DcName::from(config.dc.as_str()),
             rack: config.rack.clone(),
         },
         vnodes: config.vnodes,

@@ -146,7 +146,7 @@ where
         let view = self.view.borrow();
         if !view
             .ring
-            .nodes_in(&crate::model::DcName::from(self.dc.clone()))
+            .nodes_in(&crate::model::DcName::from(self.dc.as_str()))
             .any(|n| *n == self.me)
         {
             return not("no ring yet");
