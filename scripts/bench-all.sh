@@ -186,7 +186,7 @@ if [ "$CLUSTER" != 0 ]; then
   # Three nodes started at once can each form a ring of their own (both
   # first nodes log "forming it"), and then the load fails: one more try.
   for attempt in 1 2; do
-    if SECURITY=$CLUSTER_SECURITY THREADS=$THREADS DURATION=$CLUSTER_DURATION REDIS=0 LATENCY=$LATENCY \
+    if BIN=$BIN SECURITY=$CLUSTER_SECURITY THREADS=$THREADS DURATION=$CLUSTER_DURATION REDIS=0 LATENCY=$LATENCY \
       bash scripts/bench-cluster.sh >"$dir/cluster.log" 2>&1; then
       break
     fi

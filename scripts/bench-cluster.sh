@@ -41,8 +41,11 @@ LATENCY=${LATENCY:-0}
 WORKERS1=${WORKERS1:-default}
 WORKERS3=${WORKERS3:-1}
 
-cargo build --release -q
-BIN=${CARGO_TARGET_DIR:-target}/release/isthmus
+# BIN: an isthmus binary to measure instead of building this tree's.
+if [ -z "${BIN:-}" ]; then
+  cargo build --release -q
+  BIN=${CARGO_TARGET_DIR:-target}/release/isthmus
+fi
 dir=$(mktemp -d)
 pids=()
 cleanup() {

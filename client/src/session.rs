@@ -2,21 +2,23 @@
 //!
 //! A [`Channel`] (for clients, a [`Session`]) runs the handshake, then lets any number of tasks send
 //! requests over the same socket at once: each request gets a fresh id, a
-//! reader task routes every response to the caller waiting for that id,
-//! and responses may come back in any order. The full client (seeds,
-//! routing, reconnects, retries) is built from sessions.
+//! writer task sends the requests queued by then in one write, a reader
+//! task routes every response to the caller waiting for that id, and
+//! responses may come back in any order. The full client (seeds, routing,
+//! reconnects, retries) is built from sessions.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
-use tokio::sync::{Mutex, oneshot};
+use tokio::sync::{Mutex, mpsc, oneshot};
 
 use crate::error::ClientError;
-use crate::wire::connection::{Connection, ConnectionError, WriteHalf};
+use crate::wire::connection::{Connection, ConnectionError, WriteHalf, encode_frame};
 use crate::wire::{
     CONNECTION_ERROR_ID, Envelope, Hello, HelloAck, HelloAnswer, MAGIC, PROTOCOL_VERSION, PeerRole,
     Reply, ReplyBody, RequestBody, ResponseBody, frame,
@@ -37,7 +39,8 @@ type Pending<A> = Arc<std::sync::Mutex<Option<HashMap<u64, oneshot::Sender<A>>>>
 /// bodies `Q` and receiving reply bodies `A` (client requests by default;
 /// nodes use the same type for their peer protocol).
 pub struct Channel<Q, A> {
-    writer: Mutex<WriteHalf<Box<dyn IoStream>>>,
+    outgoing: Outgoing,
+    frame_bytes_max: usize,
     pending: Pending<A>,
     _request: std::marker::PhantomData<fn(Q)>,
     next_id: AtomicU64,
@@ -48,6 +51,36 @@ pub struct Channel<Q, A> {
     replies: Arc<AtomicU64>,
     reader: tokio::task::JoinHandle<()>,
 }
+
+/// How a channel's requests reach its socket.
+enum Outgoing {
+    /// Each call writes its own request, in turn.
+    Direct(Mutex<WriteHalf<Box<dyn IoStream>>>),
+    /// Calls queue their requests for a writer task, which sends what is
+    /// queued by then in one write.
+    Coalesced {
+        outbox: mpsc::Sender<Bytes>,
+        writer: tokio::task::JoinHandle<()>,
+    },
+}
+
+/// How a channel writes its requests: [`Writes::Coalesced`] for a client's
+/// session, whose application tasks send many requests at once;
+/// [`Writes::Direct`] for a node's channel to a peer, where a request
+/// rarely has company (a coordinator's requests to one peer are a few at a
+/// time), and the writer task's extra wake-up per request cost more CPU
+/// than the writes it saved (`docs/performance.md`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Writes {
+    /// Each call writes its request itself.
+    Direct,
+    /// Requests queued together leave in one write.
+    Coalesced,
+}
+
+/// Requests queued for a channel's writer task before a caller waits for
+/// room: far more than the calls in flight on one connection at once.
+const OUTBOX_FRAMES: usize = 1024;
 
 impl<Q, A> std::fmt::Debug for Channel<Q, A> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -198,7 +231,7 @@ impl<Q: serde::Serialize + Send, A: ReplyBody> Channel<Q, A> {
             name: options.name.clone(),
             credentials: options.credentials.clone(),
         };
-        Self::handshake_with(stream, addr, hello, timeout).await
+        Self::handshake_with(stream, addr, hello, timeout, Writes::Coalesced).await
     }
 
     /// Run the handshake over an already connected `stream` (TCP or
@@ -217,15 +250,17 @@ impl<Q: serde::Serialize + Send, A: ReplyBody> Channel<Q, A> {
             name: name.to_owned(),
             credentials: None,
         };
-        Self::handshake_with(stream, addr, hello, timeout).await
+        Self::handshake_with(stream, addr, hello, timeout, Writes::Direct).await
     }
 
-    /// Run the handshake with `hello` over `stream` within `timeout`.
+    /// Run the handshake with `hello` over `stream` within `timeout`; the
+    /// channel then writes its requests as `writes` says.
     pub async fn handshake_with(
         stream: Box<dyn IoStream>,
         addr: &str,
         hello: Hello,
         timeout: Duration,
+        writes: Writes,
     ) -> Result<Self, ClientError> {
         let attempt = async {
             let mut conn = Connection::new(stream, frame::FRAME_BYTES_MAX_DEFAULT);
@@ -290,8 +325,22 @@ impl<Q: serde::Serialize + Send, A: ReplyBody> Channel<Q, A> {
                 p.take();
             }
         });
+        let outgoing = match writes {
+            Writes::Direct => Outgoing::Direct(Mutex::new(write_half)),
+            Writes::Coalesced => {
+                let (outbox, queued) = mpsc::channel(OUTBOX_FRAMES);
+                let writer = tokio::spawn(write_requests(
+                    write_half,
+                    queued,
+                    pending.clone(),
+                    reader.abort_handle(),
+                ));
+                Outgoing::Coalesced { outbox, writer }
+            }
+        };
         Ok(Channel {
-            writer: Mutex::new(write_half),
+            outgoing,
+            frame_bytes_max: frame::FRAME_BYTES_MAX_DEFAULT,
             pending,
             next_id: AtomicU64::new(1),
             peer,
@@ -345,30 +394,26 @@ impl<Q: serde::Serialize + Send, A: ReplyBody> Channel<Q, A> {
             deadline_ms,
             body,
         };
-        let sent = self.writer.lock().await.write(&request).await;
-        match sent {
-            Ok(()) => {}
-            Err(e @ (ConnectionError::MessageTooLarge { .. } | ConnectionError::Encode { .. })) => {
+        let frame = match encode_frame(&request, self.frame_bytes_max) {
+            Ok(frame) => frame,
+            Err(e) => {
                 // Nothing reached the socket: the channel is still good.
                 self.forget(id);
                 return Err(ClientError::RequestTooLarge {
                     reason: e.to_string(),
                 });
             }
-            Err(e) => {
-                // The write half may have sent part of a frame: the stream
-                // is unusable both ways, so close the channel (its reader
-                // too) rather than leave it open for the next caller.
-                self.close();
-                return Err(ClientError::Connect {
-                    addr: self.peer.node_id.clone(),
-                    reason: e.to_string(),
-                });
-            }
-        }
-        match tokio::time::timeout(timeout, rx).await {
+        };
+        let answer = async {
+            self.send(frame).await?;
+            rx.await.map_err(|_| ClientError::ConnectionClosed)
+        };
+        match tokio::time::timeout(timeout, answer).await {
             Ok(Ok(body)) => body.into_result().map_err(ClientError::from_wire),
-            Ok(Err(_)) => Err(ClientError::ConnectionClosed),
+            Ok(Err(e)) => {
+                self.forget(id);
+                Err(e)
+            }
             Err(_) => {
                 self.forget(id);
                 Err(ClientError::Timeout {
@@ -376,6 +421,32 @@ impl<Q: serde::Serialize + Send, A: ReplyBody> Channel<Q, A> {
                     acks: None,
                 })
             }
+        }
+    }
+
+    /// Send one encoded request. A write that fails closes the channel (the
+    /// stream may hold part of a frame): every call waiting on it fails.
+    async fn send(&self, frame: Bytes) -> Result<(), ClientError> {
+        match &self.outgoing {
+            Outgoing::Direct(writer) => {
+                let mut writer = writer.lock().await;
+                let sent = match writer.feed_frame(frame).await {
+                    Ok(()) => writer.flush().await,
+                    Err(e) => Err(e),
+                };
+                sent.map_err(|e| {
+                    self.close();
+                    ClientError::Connect {
+                        addr: self.peer.node_id.clone(),
+                        reason: e.to_string(),
+                    }
+                })
+            }
+            // The writer task sends it with whatever else is queued by then.
+            Outgoing::Coalesced { outbox, .. } => outbox
+                .send(frame)
+                .await
+                .map_err(|_| ClientError::ConnectionClosed),
         }
     }
 
@@ -387,6 +458,9 @@ impl<Q: serde::Serialize + Send, A: ReplyBody> Channel<Q, A> {
             p.take();
         }
         self.reader.abort();
+        if let Outgoing::Coalesced { writer, .. } = &self.outgoing {
+            writer.abort();
+        }
     }
 
     fn forget(&self, id: u64) {
@@ -401,6 +475,63 @@ impl<Q: serde::Serialize + Send, A: ReplyBody> Channel<Q, A> {
 impl<Q, A> Drop for Channel<Q, A> {
     fn drop(&mut self) {
         self.reader.abort();
+        if let Outgoing::Coalesced { writer, .. } = &self.outgoing {
+            writer.abort();
+        }
+    }
+}
+
+/// A channel's writer task: send queued requests until the channel is
+/// dropped, every request queued by the time of a write in that one write
+/// (one TLS record, one system call). When the socket fails, close the
+/// channel: calls waiting on it fail, and the reader stops.
+async fn write_requests<A>(
+    mut writer: WriteHalf<Box<dyn IoStream>>,
+    mut queued: mpsc::Receiver<Bytes>,
+    pending: Pending<A>,
+    reader: tokio::task::AbortHandle,
+) {
+    // Calls waiting for an answer on the channel, this batch's among them
+    // (a call is waiting from before it queues its request).
+    let in_flight = || {
+        pending
+            .lock()
+            .map_or(0, |p| p.as_ref().map_or(0, HashMap::len))
+    };
+    let sent: Result<(), ConnectionError> = async {
+        while let Some(first) = queued.recv().await {
+            let mut next = Some(first);
+            let mut batch = 0;
+            let mut yielded = false;
+            loop {
+                while let Some(frame) = next {
+                    writer.feed_frame(frame).await?;
+                    batch += 1;
+                    next = queued.try_recv().ok();
+                }
+                // Other calls are in flight on this channel: let the tasks
+                // that are ready to run queue their requests first, so that
+                // one write carries them all. (A caller's wake-up puts this
+                // task first in line, which would otherwise write every
+                // request on its own; with no other call in flight there is
+                // nothing to wait for.)
+                if yielded || in_flight() <= batch {
+                    break;
+                }
+                tokio::task::yield_now().await;
+                yielded = true;
+                next = queued.try_recv().ok();
+            }
+            writer.flush().await?;
+        }
+        Ok(())
+    }
+    .await;
+    if sent.is_err() {
+        if let Ok(mut p) = pending.lock() {
+            p.take();
+        }
+        reader.abort();
     }
 }
 
@@ -410,6 +541,156 @@ mod tests {
 
     fn now() -> u64 {
         u64::try_from(wall_clock_ms()).unwrap()
+    }
+
+    /// The client's end of an in-memory stream, counting the writes that
+    /// reach it and failing them once told to.
+    struct Counted {
+        inner: tokio::io::DuplexStream,
+        writes: Arc<AtomicU64>,
+        fail: Arc<std::sync::atomic::AtomicBool>,
+    }
+
+    impl AsyncRead for Counted {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+        }
+    }
+
+    impl AsyncWrite for Counted {
+        fn poll_write(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+            buf: &[u8],
+        ) -> std::task::Poll<std::io::Result<usize>> {
+            if self.fail.load(Ordering::Relaxed) {
+                return std::task::Poll::Ready(Err(std::io::ErrorKind::BrokenPipe.into()));
+            }
+            self.writes.fetch_add(1, Ordering::Relaxed);
+            std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+        }
+
+        fn poll_flush(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+        }
+
+        fn poll_shutdown(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+        }
+    }
+
+    /// A channel to a node that answers every request `Written`, over a
+    /// [`Counted`] stream; with the stream's write count and failure switch.
+    async fn counted_channel(
+        writes: Writes,
+    ) -> (
+        Channel<u32, ResponseBody>,
+        Arc<AtomicU64>,
+        Arc<std::sync::atomic::AtomicBool>,
+    ) {
+        let (near, far) = tokio::io::duplex(1 << 16);
+        tokio::spawn(async move {
+            let mut conn = Connection::new(far, frame::FRAME_BYTES_MAX_DEFAULT);
+            let Ok(Some(hello)) = conn.read::<Hello>().await else {
+                return;
+            };
+            let ack = HelloAck {
+                magic: hello.magic,
+                version: hello.version,
+                node_id: "n1".into(),
+                dc: "dc1".into(),
+                clock_ms: 0,
+            };
+            let _ = conn.write(&Ok::<_, crate::wire::WireError>(ack)).await;
+            while let Ok(Some(request)) = conn.read::<Envelope<u32>>().await {
+                let reply = Reply {
+                    id: request.id,
+                    clock_ms: 0,
+                    body: ResponseBody::Written,
+                };
+                let _ = conn.write(&reply).await;
+            }
+        });
+        let count = Arc::new(AtomicU64::new(0));
+        let fail = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stream = Counted {
+            inner: near,
+            writes: count.clone(),
+            fail: fail.clone(),
+        };
+        let hello = Hello {
+            magic: MAGIC,
+            version: PROTOCOL_VERSION,
+            role: PeerRole::Client,
+            name: "test".into(),
+            credentials: None,
+        };
+        let channel = Channel::handshake_with(
+            Box::new(stream),
+            "n1:1",
+            hello,
+            Duration::from_secs(5),
+            writes,
+        )
+        .await
+        .unwrap();
+        (channel, count, fail)
+    }
+
+    #[tokio::test]
+    async fn requests_queued_together_leave_in_one_write() {
+        let (channel, writes, _) = counted_channel(Writes::Coalesced).await;
+        let before = writes.load(Ordering::Relaxed);
+        let calls = (0..8).map(|n| channel.call(n, Duration::from_secs(5)));
+        for answer in futures_util::future::join_all(calls).await {
+            assert!(matches!(answer, Ok(ResponseBody::Written)), "{answer:?}");
+        }
+        // Eight requests queued in one poll: one write carries them all.
+        assert_eq!(writes.load(Ordering::Relaxed) - before, 1);
+        // A request alone is written at once, not held for company.
+        let alone = channel.call(9, Duration::from_secs(5)).await;
+        assert!(matches!(alone, Ok(ResponseBody::Written)), "{alone:?}");
+        assert_eq!(writes.load(Ordering::Relaxed) - before, 2);
+    }
+
+    #[tokio::test]
+    async fn a_failed_write_fails_the_waiting_calls_and_closes_the_channel() {
+        for writes in [Writes::Direct, Writes::Coalesced] {
+            let (channel, _, fail) = counted_channel(writes).await;
+            fail.store(true, Ordering::Relaxed);
+            let calls = (0..3).map(|n| channel.call(n, Duration::from_secs(30)));
+            let answers = tokio::time::timeout(
+                Duration::from_secs(10),
+                futures_util::future::join_all(calls),
+            )
+            .await
+            .expect("the calls failed at once, not at their timeout");
+            for answer in answers {
+                assert!(
+                    matches!(
+                        answer,
+                        Err(ClientError::ConnectionClosed | ClientError::Connect { .. })
+                    ),
+                    "{writes:?}: {answer:?}"
+                );
+            }
+            assert!(!channel.is_open(), "{writes:?}");
+            let later = channel.call(4, Duration::from_secs(30)).await;
+            assert!(
+                matches!(later, Err(ClientError::ConnectionClosed)),
+                "{writes:?}: {later:?}"
+            );
+        }
     }
 
     #[test]
