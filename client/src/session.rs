@@ -40,7 +40,6 @@ type Pending<A> = Arc<std::sync::Mutex<Option<HashMap<u64, oneshot::Sender<A>>>>
 /// nodes use the same type for their peer protocol).
 pub struct Channel<Q, A> {
     outgoing: Outgoing,
-    frame_bytes_max: usize,
     pending: Pending<A>,
     _request: std::marker::PhantomData<fn(Q)>,
     next_id: AtomicU64,
@@ -340,7 +339,6 @@ impl<Q: serde::Serialize + Send, A: ReplyBody> Channel<Q, A> {
         };
         Ok(Channel {
             outgoing,
-            frame_bytes_max: frame::FRAME_BYTES_MAX_DEFAULT,
             pending,
             next_id: AtomicU64::new(1),
             peer,
@@ -394,7 +392,7 @@ impl<Q: serde::Serialize + Send, A: ReplyBody> Channel<Q, A> {
             deadline_ms,
             body,
         };
-        let frame = match encode_frame(&request, self.frame_bytes_max) {
+        let frame = match encode_frame(&request, frame::FRAME_BYTES_MAX_DEFAULT) {
             Ok(frame) => frame,
             Err(e) => {
                 // Nothing reached the socket: the channel is still good.
