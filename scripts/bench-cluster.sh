@@ -26,6 +26,14 @@
 # /proc/PID/stat) and by the whole machine (`machine_us_per_op`, from
 # /proc/stat: nodes, load tool and kernel), and how busy the machine was.
 #
+# CLUSTERS ("1 3") picks the clusters to run and WORKLOADS ("a b c") the
+# workloads. SYSCALLS=1 also counts, for each closed-loop workload, what
+# the node processes spend per operation with `perf stat` (a `syscalls`
+# line): CPU time, context switches and the system calls that carry
+# messages and wake-ups. Counts per operation move far less from run to
+# run than throughput on two shared cores: compare binaries with them
+# (scripts/bench-syscalls.sh runs just that).
+#
 # redis-server and redis-benchmark come from apt (`apt-get install
 # redis-server`); the script skips redis when they are missing.
 set -euo pipefail
@@ -40,6 +48,13 @@ REDIS=${REDIS:-1}
 LATENCY=${LATENCY:-0}
 WORKERS1=${WORKERS1:-default}
 WORKERS3=${WORKERS3:-1}
+CLUSTERS=${CLUSTERS:-1 3}
+WORKLOADS=${WORKLOADS:-a b c}
+SYSCALLS=${SYSCALLS:-0}
+if [ "$SYSCALLS" != 0 ] && ! command -v perf >/dev/null; then
+  echo "SYSCALLS=1 needs perf (apt-get install linux-perf)" >&2
+  exit 2
+fi
 
 # BIN: an isthmus binary to measure instead of building this tree's.
 if [ -z "${BIN:-}" ]; then
@@ -125,20 +140,23 @@ machine_ticks() { # busy and total ticks of all CPUs
 }
 
 bench() { # label nodes addr workers
-  for w in a b c; do
-    load=()
-    [ "$w" != a ] && load=(--no-load)
+  # The load phase is not measured: run it alone first.
+  "$BIN" bench --addr "$3" "${client[@]}" --keyspace bench --workload a --threads "$THREADS" \
+    --duration 1 --keys "$KEYS" --value-bytes "$VALUE" >/dev/null
+  for w in $WORKLOADS; do
     echo "== isthmus $1, $SECURITY, worker threads per node: $4, workload $w"
-    if [ "$w" = a ]; then
-      # The load phase is not measured: run it alone first.
-      "$BIN" bench --addr "$3" "${client[@]}" --keyspace bench --workload a --threads "$THREADS" \
-        --duration 1 --keys "$KEYS" --value-bytes "$VALUE" >/dev/null
-      load=(--no-load)
+    if [ "$SYSCALLS" != 0 ]; then
+      events=context-switches,task-clock
+      for call in writev write sendto recvfrom read epoll_wait futex; do
+        events+=",syscalls:sys_enter_$call"
+      done
+      perf stat -x, -e "$events" -p "$(IFS=,; echo "${pids[*]}")" -o "$dir/perf.txt" &
+      perf_pid=$!
     fi
     n0=$(node_ticks)
     read -r b0 t0 < <(machine_ticks)
     out=$("$BIN" bench --addr "$3" "${client[@]}" --keyspace bench --workload "$w" --threads "$THREADS" \
-      --duration "$DURATION" --keys "$KEYS" --value-bytes "$VALUE" "${load[@]}")
+      --duration "$DURATION" --keys "$KEYS" --value-bytes "$VALUE" --no-load)
     n1=$(node_ticks)
     read -r b1 t1 < <(machine_ticks)
     echo "$out"
@@ -147,6 +165,18 @@ bench() { # label nodes addr workers
       -v label="$2" -v w="$w" 'BEGIN { if (ops > 0 && t > 0)
         printf "cpu nodes=%s workload=%s ops=%d node_us_per_op=%.1f machine_us_per_op=%.1f machine_busy_pct=%.0f\n",
           label, w, ops, n * 1e6 / tick / ops, b * 1e6 / tick / ops, 100 * b / t }'
+    if [ "$SYSCALLS" != 0 ]; then
+      kill -INT "$perf_pid"
+      wait "$perf_pid" 2>/dev/null || true
+      # perf's CSV: value, unit, event; task-clock is in milliseconds.
+      awk -F, -v ops="$ops" -v label="$2" -v w="$w" '
+        BEGIN { printf "syscalls nodes=%s workload=%s", label, w }
+        $1 ~ /^[0-9.]+$/ && ops > 0 {
+          n = $3; v = $1; sub("syscalls:sys_enter_", "", n)
+          if (n == "task-clock") { n = "node_us"; v *= 1000 }
+          printf " %s_per_op=%.2f", n, v / ops
+        } END { print "" }' "$dir/perf.txt"
+    fi
     if [ "$LATENCY" != 0 ] && [ "$w" = a ]; then
       # Open loop at a share of the peak just measured: latency from when
       # each operation was due (no coordinated omission).
@@ -160,24 +190,34 @@ bench() { # label nodes addr workers
   done
 }
 
-node n1 127.0.0.1:7501 127.0.0.1:7501 1 "$WORKERS1"
-wait_up 127.0.0.1:7501 1
-bench "1 node (RF 1)" 1 127.0.0.1:7501 "$WORKERS1"
-cleanup_pids=("${pids[@]}")
-for p in "${cleanup_pids[@]}"; do kill "$p"; done
-wait 2>/dev/null || true
-pids=()
-
-node n1 127.0.0.2:7501 127.0.0.2:7501 3 "$WORKERS3"
-# The seed first: two nodes that start together may each find no ring
-# and form one of their own.
-wait_up 127.0.0.2:7501 1
-node n2 127.0.0.3:7501 127.0.0.2:7501 3 "$WORKERS3"
-node n3 127.0.0.4:7501 127.0.0.2:7501 3 "$WORKERS3"
-# Every node, not only the first: each must know the users before the
-# client, which spreads its requests, logs in there.
-for a in 127.0.0.2:7501 127.0.0.3:7501 127.0.0.4:7501; do wait_up "$a" 3; done
-bench "3 nodes (RF 3, LOCAL_QUORUM)" 3 127.0.0.2:7501 "$WORKERS3"
+for nodes in $CLUSTERS; do
+  case "$nodes" in
+    1)
+      node n1 127.0.0.1:7501 127.0.0.1:7501 1 "$WORKERS1"
+      wait_up 127.0.0.1:7501 1
+      bench "1 node (RF 1)" 1 127.0.0.1:7501 "$WORKERS1"
+      ;;
+    3)
+      node n1 127.0.0.2:7501 127.0.0.2:7501 3 "$WORKERS3"
+      # The seed first: two nodes that start together may each find no
+      # ring and form one of their own.
+      wait_up 127.0.0.2:7501 1
+      node n2 127.0.0.3:7501 127.0.0.2:7501 3 "$WORKERS3"
+      node n3 127.0.0.4:7501 127.0.0.2:7501 3 "$WORKERS3"
+      # Every node, not only the first: each must know the users before
+      # the client, which spreads its requests, logs in there.
+      for a in 127.0.0.2:7501 127.0.0.3:7501 127.0.0.4:7501; do wait_up "$a" 3; done
+      bench "3 nodes (RF 3, LOCAL_QUORUM)" 3 127.0.0.2:7501 "$WORKERS3"
+      ;;
+    *)
+      echo "CLUSTERS holds 1 and/or 3, not $nodes" >&2
+      exit 2
+      ;;
+  esac
+  for p in "${pids[@]}"; do kill "$p"; done
+  wait 2>/dev/null || true
+  pids=()
+done
 
 if [ "$REDIS" = 0 ]; then
   :
