@@ -147,7 +147,10 @@ pub struct BridgeFigures {
 pub trait Bridge: Send + Sync + 'static {
     /// Durably queue `version` of the key for every other DC that
     /// replicates `keyspace`. Returns once the outbox holds it per the
-    /// node's fsync policy; never waits for a remote DC.
+    /// node's fsync policy; never waits for a remote DC. Once polled, the
+    /// append goes on even if the future is then dropped (a request's
+    /// deadline drops its write wherever it waits, and the version is
+    /// already in the coordinator's store).
     fn enqueue<'a>(
         &'a self,
         keyspace: &'a str,

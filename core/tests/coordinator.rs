@@ -8,13 +8,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use isthmus_client::ClientError;
-use isthmus_client::wire::ErrorCode;
+use isthmus_client::wire::{ErrorCode, QuarantineRequest, QuarantineResponse, WireError};
+use isthmus_core::bridge::{BoxFuture, Bridge, BridgeReport, Deliver, ShipRefusal};
 use isthmus_core::coordinator::{Coordinator, CoordinatorConfig, CoordinatorError};
 use isthmus_core::hints::HintSink;
 use isthmus_core::limit::{LimitError, Limits};
 use isthmus_core::merge::{MergeFailure, MergeHook, NoMerge};
 use isthmus_core::model::{
-    Actor, Clock, Consistency, KeyspaceConfig, Payload, Version, VersionSet,
+    Actor, Clock, Consistency, DcName, KeyspaceConfig, Payload, Version, VersionSet,
 };
 use isthmus_core::peer::{PeerRequest, PeerResponse};
 use isthmus_core::ring::{NodeId, Placement, Ring};
@@ -138,6 +139,17 @@ fn n(i: usize) -> NodeId {
 }
 
 fn cluster(nodes: usize, rf: u32, merge: Arc<dyn MergeHook>, limits: Limits) -> Cluster {
+    cluster_with(nodes, rf, merge, limits, None)
+}
+
+/// [`cluster`], every node running `bridge` when given.
+fn cluster_with(
+    nodes: usize,
+    rf: u32,
+    merge: Arc<dyn MergeHook>,
+    limits: Limits,
+    bridge: Option<Arc<dyn Bridge>>,
+) -> Cluster {
     let placements: Vec<(NodeId, Placement)> = (0..nodes)
         .map(|i| {
             (
@@ -193,6 +205,10 @@ fn cluster(nodes: usize, rf: u32, merge: Arc<dyn MergeHook>, limits: Limits) -> 
             keyspaces.clone(),
             view_rx.clone(),
         );
+        let node = match &bridge {
+            Some(bridge) => node.with_bridge(bridge.clone()),
+            None => node,
+        };
         net.nodes.write().insert(id.clone(), Arc::new(node));
         stores.insert(id.clone(), store);
         hints.insert(id.clone(), hint);
@@ -1163,4 +1179,84 @@ async fn a_read_names_the_failed_merge_and_only_in_a_keyspace_that_merges() {
     let answer = read_answer(&working, "merged").await;
     assert_eq!(answer.set.len(), 1);
     assert_eq!(answer.merge_failure, None);
+}
+
+/// A bridge whose outbox never takes a write: a write waits in it, after
+/// its coordinator applied it, until the write's request is dropped.
+struct Stalled;
+
+impl Bridge for Stalled {
+    fn enqueue<'a>(
+        &'a self,
+        _: &'a str,
+        _: &'a [u8],
+        _: &'a Version,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(std::future::pending())
+    }
+
+    fn receive<'a>(
+        &'a self,
+        _: &'a DcName,
+        _: &'a [u8],
+        _: &'a dyn Deliver,
+    ) -> BoxFuture<'a, Result<Vec<ShipRefusal>, WireError>> {
+        Box::pin(std::future::pending())
+    }
+
+    fn report(&self) -> Vec<BridgeReport> {
+        Vec::new()
+    }
+
+    fn quarantine(
+        &self,
+        _: QuarantineRequest,
+    ) -> BoxFuture<'_, Result<QuarantineResponse, WireError>> {
+        Box::pin(std::future::pending())
+    }
+}
+
+/// A request's deadline drops its handler wherever it is: a write its
+/// coordinator already applied still goes to the other replicas (or to
+/// hints for them), or the coordinator alone would hold it until repair.
+#[tokio::test]
+async fn a_write_applied_at_its_coordinator_reaches_the_replicas_when_its_request_is_dropped() {
+    let c = cluster_with(
+        3,
+        3,
+        Arc::new(NoMerge),
+        Limits::default(),
+        Some(Arc::new(Stalled)),
+    );
+    let node = c.node(&n(0));
+    let write = node.write(
+        "plain",
+        b"k",
+        Some(b"v".to_vec()),
+        Clock::new(),
+        [5; 16],
+        Consistency::LocalQuorum,
+        DEADLINE,
+    );
+    let dropped = tokio::time::timeout(Duration::from_millis(100), write).await;
+    assert!(dropped.is_err(), "the write finished: {dropped:?}");
+    let held = |c: &Cluster| {
+        let c = c.stores.values().cloned().collect::<Vec<_>>();
+        async move {
+            let mut held = Vec::new();
+            for store in c {
+                held.push(values(&store.get("plain", b"k").await.unwrap()) == vec![b"v".to_vec()]);
+            }
+            held
+        }
+    };
+    let mut copies = Vec::new();
+    for _ in 0..50 {
+        copies = held(&c).await;
+        if copies.iter().all(|h| *h) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(copies, vec![true; 3], "which replicas hold the write");
 }

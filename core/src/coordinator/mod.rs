@@ -144,6 +144,57 @@ const COLLAPSED_QUEUE: usize = 1024;
 /// that miss it get hints).
 const SPREAD_DEADLINE: Duration = Duration::from_secs(5);
 
+/// A write's sends under way ([`Coordinator::send_versions`]): the
+/// targets' answers as they arrive, counted toward the level.
+struct Sent {
+    tracker: QuorumTracker,
+    answers: Option<mpsc::Receiver<Answer>>,
+}
+
+/// A target's answer to a write: delivered, or missed (with its refusal,
+/// when it refused).
+type Answer = (NodeId, Result<(), Option<WireError>>);
+
+impl Sent {
+    /// Wait up to `deadline` for the level to be won or lost.
+    async fn level(self, deadline: Duration) -> Result<(), CoordinatorError> {
+        let Sent {
+            mut tracker,
+            mut answers,
+        } = self;
+        // A replica's refusal for a clock off beyond the bound is what the
+        // client should hear when the level is lost, not a bare count.
+        let mut skew: Option<(NodeId, WireError)> = None;
+        let outcome = tokio::time::timeout(deadline, async {
+            let mut outcome = tracker.outcome();
+            while outcome == Outcome::Pending {
+                let Some(rx) = answers.as_mut() else { break };
+                let Some((node, delivered)) = rx.recv().await else {
+                    break;
+                };
+                outcome = match delivered {
+                    Ok(()) => tracker.ack(&node),
+                    Err(refusal) => {
+                        if let Some(e) = refusal.filter(|e| e.code == ErrorCode::ClockSkew) {
+                            skew = Some((node.clone(), e));
+                        }
+                        tracker.fail(&node)
+                    }
+                };
+            }
+            outcome
+        })
+        .await;
+        let (required, acked) = (tracker.required() as u32, tracker.acked() as u32);
+        match (outcome, skew) {
+            (Ok(Outcome::Won), _) => Ok(()),
+            (Ok(_), Some((node, error))) => Err(CoordinatorError::Peer { node, error }),
+            (Ok(_), None) => Err(CoordinatorError::QuorumLost { required, acked }),
+            (Err(_), _) => Err(CoordinatorError::Timeout { required, acked }),
+        }
+    }
+}
+
 /// One write as the coordinator handles it ([`Coordinator::write_request`]).
 #[derive(Clone, Debug)]
 pub struct Write<'a> {
@@ -264,7 +315,7 @@ impl<S: LocalStore, T: Transport, H: HintSink> Coordinator<S, T, H> {
         self.replicate(
             keyspace,
             key,
-            vec![version],
+            std::slice::from_ref(&version),
             targets,
             BTreeMap::new(),
             &view,
@@ -596,49 +647,64 @@ impl<S: LocalStore, T: Transport, H: HintSink> Coordinator<S, T, H> {
                 return Err(CoordinatorError::Unavailable { required, alive: 0 });
             }
         }
-        let version = self.issue(&write, expires).await?;
-        if let Some(bridge) = &self.bridge {
-            // The bridge decides from the keyspace's replication, not from
-            // this node's view of the ring: a node that just restarted may
-            // not know the remote DC's nodes yet, and its writes are owed
-            // there all the same.
-            bridge.enqueue(write.keyspace, write.key, &version).await?;
-        }
+        let (version, due, settle) = self.issue(&write, expires).await?;
         let counted = match write.mode {
-            WriteMode::Add(_) => Some(counter_value(&version)?),
+            WriteMode::Add(_) => Some(counter_value(&version)),
             _ => None,
         };
+        // The version is in this replica's store from here on. Its sends
+        // to the other replicas (hints for those that miss it) start
+        // before the next await, and the bridge's enqueue is under way
+        // from its first poll: when the request's deadline drops this
+        // future at any later await, the write still reaches every
+        // replica, as it would have had the request lived.
+        //
         // This node is the key's one replica, nothing is moving here, and
         // its own apply wins the level: nothing to send, nothing to track.
-        if matches!(all.as_slice(), [(only, dc)] if only == me && dc == scope.local_dc)
+        let alone = matches!(all.as_slice(), [(only, dc)] if only == me && dc == scope.local_dc)
             && view.next.same_in_dc(&view.ring, scope.local_dc)
             && QuorumTracker::one_ack_wins(
                 write.level,
                 scope.local_dc,
                 scope.replication,
                 scope.local_dc,
+            );
+        let sent = (!alone).then(|| {
+            let mut targets = target::targets_of(Operation::Write, &scope, &view, hash, all);
+            targets.tracker.ack(me);
+            let stand_ins = if write.sloppy.unwrap_or(ks.sloppy_quorum) {
+                target::fallbacks(&view, hash, &targets.replicas, me)
+            } else {
+                BTreeMap::new()
+            };
+            self.send_versions(
+                write.keyspace,
+                write.key,
+                std::slice::from_ref(&version),
+                targets,
+                stand_ins,
+                &view,
+                deadline,
             )
-        {
-            return Ok(counted);
-        }
-        let mut targets = target::targets_of(Operation::Write, &scope, &view, hash, all);
-        targets.tracker.ack(me);
-        let stand_ins = if write.sloppy.unwrap_or(ks.sloppy_quorum) {
-            target::fallbacks(&view, hash, &targets.replicas, me)
-        } else {
-            BTreeMap::new()
+        });
+        let enqueued = match &self.bridge {
+            // The bridge decides from the keyspace's replication, not from
+            // this node's view of the ring: a node that just restarted may
+            // not know the remote DC's nodes yet, and its writes are owed
+            // there all the same.
+            Some(bridge) => bridge.enqueue(write.keyspace, write.key, &version).await,
+            None => Ok(()),
         };
-        self.replicate(
-            write.keyspace,
-            write.key,
-            vec![version],
-            targets,
-            stand_ins,
-            &view,
-            deadline,
-        )
-        .await?;
-        Ok(counted)
+        // Handed to the OS and merged on the merge pool, the key's lock
+        // released.
+        let settled = settle.settle().await;
+        self.replica.merge_due(due).await;
+        settled?;
+        enqueued?;
+        if let Some(sent) = sent {
+            sent.level(deadline).await?;
+        }
+        counted.transpose()
     }
 
     /// An addition goes to a keyspace of counters whose siblings merge,
@@ -672,13 +738,15 @@ impl<S: LocalStore, T: Transport, H: HintSink> Coordinator<S, T, H> {
     /// version already stored under the write's id (a retry). A new dot is
     /// issued only before `expires`: past it the client has given up, and
     /// its retry elsewhere must not be joined by this one, late (the node
-    /// may have been paused, or waited for the lock or the disk).
+    /// may have been paused, or waited for the lock or the disk). Returns
+    /// the siblings left to merge and the write to settle, for the caller
+    /// to finish once the version's sends are under way.
     async fn issue(
         &self,
         write: &Write<'_>,
         expires: Instant,
-    ) -> Result<Version, CoordinatorError> {
-        let (version, due, settle) = match self.issue_locked(write, expires).await {
+    ) -> Result<(Version, Option<MergeDue>, Settle), CoordinatorError> {
+        match self.issue_locked(write, expires).await {
             // A hot key of a merging keyspace past its sibling bound: as a
             // replica's apply does, merge what it holds first (on the
             // merge pool, no lock held), then issue once more.
@@ -686,15 +754,10 @@ impl<S: LocalStore, T: Transport, H: HintSink> Coordinator<S, T, H> {
                 if self.replica.has_resolver(write.keyspace) =>
             {
                 self.replica.merge_held(write.keyspace, write.key).await;
-                self.issue_locked(write, expires).await?
+                self.issue_locked(write, expires).await
             }
-            issued => issued?,
-        };
-        // Handed to the OS and merged on the merge pool, the key's lock
-        // released.
-        settle.settle().await?;
-        self.replica.merge_due(due).await;
-        Ok(version)
+            issued => issued,
+        }
     }
 
     /// [`Self::issue`]'s part under the key's lock; returns the siblings
@@ -958,24 +1021,43 @@ impl<S: LocalStore, T: Transport, H: HintSink> Coordinator<S, T, H> {
     }
 
     /// Send `versions` to the targets other than this node and wait for
-    /// the level. A target in this DC that misses them gets a hint; one in
-    /// another DC does not when a bridge runs (the bridge carries the
-    /// write there).
+    /// the level ([`Self::send_versions`], then [`Sent::level`]).
     #[allow(clippy::too_many_arguments)]
     async fn replicate(
         &self,
         keyspace: &str,
         key: &[u8],
-        versions: Vec<Version>,
+        versions: &[Version],
         targets: Targets,
         stand_ins: BTreeMap<NodeId, NodeId>,
         view: &ClusterView,
         deadline: Duration,
     ) -> Result<(), CoordinatorError> {
+        self.send_versions(keyspace, key, versions, targets, stand_ins, view, deadline)
+            .level(deadline)
+            .await
+    }
+
+    /// Start sending `versions` to the targets other than this node, a
+    /// task per target. A target in this DC that misses them gets a hint;
+    /// one in another DC does not when a bridge runs (the bridge carries
+    /// the write there). Nothing here awaits: once this returns, the sends
+    /// and hints go on whether or not anyone waits for their answers.
+    #[allow(clippy::too_many_arguments)]
+    fn send_versions(
+        &self,
+        keyspace: &str,
+        key: &[u8],
+        versions: &[Version],
+        targets: Targets,
+        stand_ins: BTreeMap<NodeId, NodeId>,
+        view: &ClusterView,
+        deadline: Duration,
+    ) -> Sent {
         let Targets {
             replicas,
             pending,
-            mut tracker,
+            tracker,
         } = targets;
         let local = self.config.dc.clone();
         let sends: Vec<(NodeId, DcName)> = replicas
@@ -986,20 +1068,16 @@ impl<S: LocalStore, T: Transport, H: HintSink> Coordinator<S, T, H> {
         if sends.is_empty() {
             // No other replica and no pending owner (one replica, here):
             // decided by the acknowledgement already counted.
-            return match tracker.outcome() {
-                Outcome::Won => Ok(()),
-                _ => Err(CoordinatorError::QuorumLost {
-                    required: tracker.required() as u32,
-                    acked: tracker.acked() as u32,
-                }),
+            return Sent {
+                tracker,
+                answers: None,
             };
         }
-        let (tx, mut rx) =
-            mpsc::channel::<(NodeId, Result<(), Option<WireError>>)>(sends.len().max(1));
+        let (tx, rx) = mpsc::channel::<Answer>(sends.len().max(1));
         for (node, dc) in sends {
             let tx = tx.clone();
             let (transport, hints) = (self.transport.clone(), self.hints.clone());
-            let (keyspace, key, versions) = (keyspace.to_owned(), key.to_vec(), versions.clone());
+            let (keyspace, key, versions) = (keyspace.to_owned(), key.to_vec(), versions.to_vec());
             let alive = view.alive.contains(&node);
             let hint = self.bridge.is_none() || dc == self.config.dc;
             let stand_in = stand_ins.get(&node).cloned();
@@ -1054,35 +1132,9 @@ impl<S: LocalStore, T: Transport, H: HintSink> Coordinator<S, T, H> {
                 let _ = tx.send((node, delivered)).await;
             });
         }
-        drop(tx);
-        // A replica's refusal for a clock off beyond the bound is what the
-        // client should hear when the level is lost, not a bare count.
-        let mut skew: Option<(NodeId, WireError)> = None;
-        let outcome = tokio::time::timeout(deadline, async {
-            let mut outcome = tracker.outcome();
-            while outcome == Outcome::Pending {
-                let Some((node, delivered)) = rx.recv().await else {
-                    break;
-                };
-                outcome = match delivered {
-                    Ok(()) => tracker.ack(&node),
-                    Err(refusal) => {
-                        if let Some(e) = refusal.filter(|e| e.code == ErrorCode::ClockSkew) {
-                            skew = Some((node.clone(), e));
-                        }
-                        tracker.fail(&node)
-                    }
-                };
-            }
-            outcome
-        })
-        .await;
-        let (required, acked) = (tracker.required() as u32, tracker.acked() as u32);
-        match (outcome, skew) {
-            (Ok(Outcome::Won), _) => Ok(()),
-            (Ok(_), Some((node, error))) => Err(CoordinatorError::Peer { node, error }),
-            (Ok(_), None) => Err(CoordinatorError::QuorumLost { required, acked }),
-            (Err(_), _) => Err(CoordinatorError::Timeout { required, acked }),
+        Sent {
+            tracker,
+            answers: Some(rx),
         }
     }
 
