@@ -297,6 +297,9 @@ struct Log {
     hints_before_repair: usize,
     /// Keys whose replicas differed before Merkle repair.
     diverged_before_repair: Vec<String>,
+    /// For a failure's report: what each replica of those keys held
+    /// then, and the hints still waiting.
+    diverged_detail: String,
     repairs: Vec<(String, Result<RepairReport, String>)>,
     /// Live values of each key read at ALL at the end.
     final_reads: BTreeMap<KsKey, Result<Vec<Vec<u8>>, String>>,
@@ -539,6 +542,56 @@ fn diverged(keys: &BTreeSet<KsKey>, ring: &Ring, disks: &[(NodeId, Disk)]) -> Ve
         .collect()
 }
 
+/// Per diverged key, the write ids each replica holds (with where, when
+/// and whether each was acknowledged); then every hint still waiting.
+fn diverged_detail(log: &Log, ring: &Ring, disks: &[(NodeId, Disk)]) -> String {
+    let mut out = String::new();
+    for name in &log.diverged_before_repair {
+        let Some((keyspace, key)) = log
+            .attempts
+            .values()
+            .map(|a| (a.keyspace, a.key.as_str()))
+            .find(|(ks, k)| format!("{ks}/{k}") == *name)
+        else {
+            continue;
+        };
+        let _ = writeln!(out, "{name}:");
+        for (node, set) in replica_sets(keyspace, key, ring, disks) {
+            let ids: Vec<String> = set
+                .versions()
+                .iter()
+                .map(|v| {
+                    let written = match v.write_id {
+                        None => "merged".to_owned(),
+                        Some(id) => match log.attempts.get(&id) {
+                            Some(a) => format!(
+                                "{} via {} at {:?}, {}",
+                                &hex(&id)[..8],
+                                a.node,
+                                a.at,
+                                if a.acked { "acked" } else { "not acked" }
+                            ),
+                            None => hex(&id)[..8].to_owned(),
+                        },
+                    };
+                    format!("{written}, clock {:?}", v.clock)
+                })
+                .collect();
+            let _ = writeln!(out, "  {node} holds {ids:?}");
+        }
+    }
+    for (holder, disk) in disks {
+        for (target, keyspace, key) in disk.hints.waiting() {
+            let _ = writeln!(
+                out,
+                "hint on {holder} for {target}: {keyspace}/{}",
+                String::from_utf8_lossy(&key)
+            );
+        }
+    }
+    out
+}
+
 fn replica_sets(
     keyspace: &str,
     key: &str,
@@ -720,6 +773,7 @@ async fn client(
         log.overflows = overflows;
         log.hints_before_repair = disks.iter().map(|(_, d)| d.hints.len()).sum();
         log.diverged_before_repair = diverged(&keys, &ring, &disks);
+        log.diverged_detail = diverged_detail(&log, &ring, &disks);
     }
     // Merkle repair on every member, one after another.
     for name in &members {
@@ -967,9 +1021,10 @@ fn check(
     if plan.crashes == 0 && !moved && log.overflows == 0 && !log.diverged_before_repair.is_empty() {
         let _ = writeln!(
             problems,
-            "without crashes or movement, hints and the bridge left {} keys diverged before repair: {:?}",
+            "without crashes or movement, hints and the bridge left {} keys diverged before repair: {:?}\n{}",
             log.diverged_before_repair.len(),
-            log.diverged_before_repair
+            log.diverged_before_repair,
+            log.diverged_detail
         );
     }
     // A write coordinated twice (retried elsewhere while its first

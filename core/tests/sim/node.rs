@@ -163,6 +163,19 @@ impl MemHints {
     pub fn len(&self) -> usize {
         self.kept.lock().values().map(Vec::len).sum()
     }
+
+    /// Every hint waiting: its target, keyspace and key.
+    pub fn waiting(&self) -> Vec<(NodeId, String, Vec<u8>)> {
+        self.kept
+            .lock()
+            .iter()
+            .flat_map(|(target, records)| {
+                records
+                    .iter()
+                    .map(|r| (target.clone(), r.keyspace.clone(), r.key.clone()))
+            })
+            .collect()
+    }
 }
 
 impl HintSink for MemHints {
