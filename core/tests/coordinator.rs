@@ -1240,20 +1240,15 @@ async fn a_write_applied_at_its_coordinator_reaches_the_replicas_when_its_reques
     );
     let dropped = tokio::time::timeout(Duration::from_millis(100), write).await;
     assert!(dropped.is_err(), "the write finished: {dropped:?}");
-    let held = |c: &Cluster| {
-        let c = c.stores.values().cloned().collect::<Vec<_>>();
-        async move {
-            let mut held = Vec::new();
-            for store in c {
-                held.push(values(&store.get("plain", b"k").await.unwrap()) == vec![b"v".to_vec()]);
-            }
-            held
-        }
-    };
     let mut copies = Vec::new();
     for _ in 0..50 {
-        copies = held(&c).await;
-        if copies.iter().all(|h| *h) {
+        copies = c
+            .copies("plain", b"k")
+            .await
+            .iter()
+            .map(|copy| values(copy) == vec![b"v".to_vec()])
+            .collect();
+        if copies.iter().all(|held| *held) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;

@@ -312,7 +312,7 @@ impl<S: LocalStore, T: Transport, H: HintSink> Coordinator<S, T, H> {
         let scope = self.scope(&ks, level);
         let mut targets = target::targets(Operation::Write, &scope, &view, key_hash(key));
         targets.tracker.ack(&self.config.node);
-        self.replicate(
+        self.send_versions(
             keyspace,
             key,
             std::slice::from_ref(&version),
@@ -321,6 +321,7 @@ impl<S: LocalStore, T: Transport, H: HintSink> Coordinator<S, T, H> {
             &view,
             SPREAD_DEADLINE,
         )
+        .level(SPREAD_DEADLINE)
         .await
     }
 
@@ -592,7 +593,8 @@ impl<S: LocalStore, T: Transport, H: HintSink> Coordinator<S, T, H> {
         self.write_inner(write, deadline, true).await
     }
 
-    /// Route, issue, queue for the bridge, replicate; a counter's value
+    /// Route, issue, send to the other replicas, queue for the bridge,
+    /// settle, wait for the level; a counter's value
     /// after an addition.
     async fn write_inner(
         &self,
@@ -1018,24 +1020,6 @@ impl<S: LocalStore, T: Transport, H: HintSink> Coordinator<S, T, H> {
             }
         }
         (node, answer)
-    }
-
-    /// Send `versions` to the targets other than this node and wait for
-    /// the level ([`Self::send_versions`], then [`Sent::level`]).
-    #[allow(clippy::too_many_arguments)]
-    async fn replicate(
-        &self,
-        keyspace: &str,
-        key: &[u8],
-        versions: &[Version],
-        targets: Targets,
-        stand_ins: BTreeMap<NodeId, NodeId>,
-        view: &ClusterView,
-        deadline: Duration,
-    ) -> Result<(), CoordinatorError> {
-        self.send_versions(keyspace, key, versions, targets, stand_ins, view, deadline)
-            .level(deadline)
-            .await
     }
 
     /// Start sending `versions` to the targets other than this node, a
